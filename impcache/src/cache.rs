@@ -1,0 +1,381 @@
+//! [`Cache`]: the handle applications use, and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{shown, Error, Result};
+use crate::expire::Expire;
+use crate::json;
+use crate::key::{full_key, full_pattern, Version};
+use crate::repository::CacheRepository;
+
+/// The default key prefix, as in the Python library.
+pub const DEFAULT_KEY_PREFIX: &str = "cache";
+
+/// The default longest key (the caller's part): 64 KiB.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
+
+/// A cache of JSON values under versioned keys, over a [`CacheRepository`].
+///
+/// Keys are stored as `{key_prefix}:{version}:{key}` and values as compact JSON, exactly as the
+/// Python library `impcache` stores them, so services in both languages can share one Redis.
+///
+/// `Cache` is cheap to clone (two `Arc`s); clones share the repository and its connection.
+///
+/// # Table of contents
+/// - [Building](#building)
+/// - [Versions](#versions)
+/// - [Expiry](#expiry)
+/// - [Errors](#errors)
+///
+/// # Building
+/// ```
+/// use impcache::{Cache, MemoryCacheRepository};
+///
+/// let cache = Cache::builder(MemoryCacheRepository::new())
+///     .key_prefix("myapp")
+///     .version(3)
+///     .build();
+/// assert_eq!(cache.make_key("user:1"), "myapp:3:user:1");
+/// ```
+///
+/// # Versions
+/// Every operation uses the cache's version; [`Cache::with_version`] gives a handle on another
+/// version of the same repository and prefix (the Python library's per-call `version=`).
+/// Bumping the version makes old entries unreachable but frees no memory until they expire.
+///
+/// # Expiry
+/// Writes take an expiry in whole seconds (any integer) or a [`Duration`](std::time::Duration);
+/// zero is refused with [`Error::InvalidExpire`]. Storing without expiry takes the explicit
+/// [`Expire::NEVER`].
+///
+/// # Errors
+/// Every method returns [`enum@Error`] naming the key and what went wrong; see
+/// [`Error::is_backend_failure`] to tell an outage from bad input.
+#[derive(Clone)]
+pub struct Cache {
+    shared: Arc<Shared>,
+    version: Version,
+}
+
+struct Shared {
+    repository: Arc<dyn CacheRepository>,
+    key_prefix: String,
+    max_key_bytes: usize,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("key_prefix", &self.shared.key_prefix)
+            .field("version", &self.version)
+            .field("repository", &self.shared.repository)
+            .finish()
+    }
+}
+
+/// Builds a [`Cache`]: prefix, version and key limit.
+#[must_use]
+pub struct CacheBuilder {
+    repository: Arc<dyn CacheRepository>,
+    key_prefix: String,
+    version: Version,
+    max_key_bytes: usize,
+}
+
+impl fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("key_prefix", &self.key_prefix)
+            .field("version", &self.version)
+            .field("max_key_bytes", &self.max_key_bytes)
+            .field("repository", &self.repository)
+            .finish()
+    }
+}
+
+impl CacheBuilder {
+    /// The prefix of every key (default `"cache"`). Keep it short: Redis stores it in every key.
+    pub fn key_prefix(mut self, key_prefix: impl Into<String>) -> Self {
+        self.key_prefix = key_prefix.into();
+        self
+    }
+
+    /// The version of every key (default `1`): an integer or a string.
+    pub fn version(mut self, version: impl Into<Version>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// The longest key accepted (the caller's part, default 64 KiB); longer keys are refused with
+    /// [`Error::InvalidKey`].
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
+    /// Builds the cache.
+    pub fn build(self) -> Cache {
+        Cache {
+            shared: Arc::new(Shared {
+                repository: self.repository,
+                key_prefix: self.key_prefix,
+                max_key_bytes: self.max_key_bytes,
+            }),
+            version: self.version,
+        }
+    }
+}
+
+impl Cache {
+    /// A cache with the default prefix (`"cache"`) and version (`1`).
+    pub fn new(repository: impl CacheRepository) -> Self {
+        Self::builder(repository).build()
+    }
+
+    /// Configures a cache over `repository`.
+    pub fn builder(repository: impl CacheRepository) -> CacheBuilder {
+        Self::builder_shared(Arc::new(repository))
+    }
+
+    /// Configures a cache over a repository that is already shared.
+    pub fn builder_shared(repository: Arc<dyn CacheRepository>) -> CacheBuilder {
+        CacheBuilder {
+            repository,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            version: Version::default(),
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+        }
+    }
+
+    /// The same repository and prefix, another version. Cheap: no connection is made.
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// let cache = Cache::new(MemoryCacheRepository::new());
+    /// assert_eq!(cache.with_version("v2").make_key("k"), "cache:v2:k");
+    /// ```
+    pub fn with_version(&self, version: impl Into<Version>) -> Cache {
+        Cache {
+            shared: Arc::clone(&self.shared),
+            version: version.into(),
+        }
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.shared.key_prefix
+    }
+
+    /// The version.
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    /// The repository.
+    pub fn repository(&self) -> &Arc<dyn CacheRepository> {
+        &self.shared.repository
+    }
+
+    /// The full key for `key`: `{key_prefix}:{version}:{key}`.
+    pub fn make_key(&self, key: &str) -> String {
+        full_key(&self.shared.key_prefix, self.version.as_str(), key)
+    }
+
+    /// The full Redis glob for a `delete_pattern` pattern: prefix and version escaped, the
+    /// pattern as given (checked for unclosed `[`).
+    pub fn make_pattern(&self, pattern: &str) -> Result<String> {
+        full_pattern(&self.shared.key_prefix, self.version.as_str(), pattern)
+    }
+
+    fn checked_key(&self, key: &str) -> Result<String> {
+        if key.len() > self.shared.max_key_bytes {
+            return Err(Error::InvalidKey {
+                key: shown(key),
+                reason: format!(
+                    "the key is {} bytes long, the limit is {} bytes",
+                    key.len(),
+                    self.shared.max_key_bytes
+                ),
+            });
+        }
+        Ok(self.make_key(key))
+    }
+
+    fn checked_keys<I>(&self, keys: I) -> Result<Vec<String>>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        keys.into_iter()
+            .map(|key| self.checked_key(key.as_ref()))
+            .collect()
+    }
+
+    /// Stores `value` at `key` for `expire`, replacing any previous value.
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+    /// let cache = Cache::new(MemoryCacheRepository::new());
+    /// cache.set("key", &"value", 100).await?;
+    /// assert_eq!(cache.get::<String>("key").await?.as_deref(), Some("value"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn set<V: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &V,
+        expire: impl Into<Expire>,
+    ) -> Result<()> {
+        let full = self.checked_key(key)?;
+        let expiry = expire.into().resolve(key)?;
+        let bytes = json::encode(key, value)?;
+        self.shared.repository.set(&full, bytes, expiry).await
+    }
+
+    /// Stores `value` at `key` only if nothing is stored there; `true` when it was stored.
+    /// Atomic: of many concurrent callers, exactly one gets `true`.
+    pub async fn set_nx<V: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &V,
+        expire: impl Into<Expire>,
+    ) -> Result<bool> {
+        let full = self.checked_key(key)?;
+        let expiry = expire.into().resolve(key)?;
+        let bytes = json::encode(key, value)?;
+        self.shared.repository.set_nx(&full, bytes, expiry).await
+    }
+
+    /// Stores every pair, each with its own TTL of `expire`, in one round trip (pipelined
+    /// `SET .. EX`, not atomic). Every value is encoded before anything is sent, so a bad value
+    /// stores nothing.
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+    /// let cache = Cache::new(MemoryCacheRepository::new());
+    /// cache.set_many([("k1", 1), ("k2", 2)], 100).await?;
+    /// let values: Vec<Option<i64>> = cache.get_many(&["k1", "missing", "k2"]).await?;
+    /// assert_eq!(values, [Some(1), None, Some(2)]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_many<I, K, V>(&self, entries: I, expire: impl Into<Expire>) -> Result<()>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Serialize,
+    {
+        let expire = expire.into();
+        let mut encoded = Vec::new();
+        let mut expiry = None;
+        for (key, value) in entries {
+            let key = key.as_ref();
+            let full = self.checked_key(key)?;
+            if expiry.is_none() {
+                expiry = Some(expire.resolve(key)?);
+            }
+            encoded.push((full, json::encode(key, &value)?));
+        }
+        match expiry {
+            None => Ok(()),
+            Some(expiry) => self.shared.repository.set_many(encoded, expiry).await,
+        }
+    }
+
+    /// The value at `key`, `None` when nothing is stored (or it expired).
+    ///
+    /// A stored JSON `null` is not a miss: `get::<Option<T>>` returns `Some(None)` for it.
+    pub async fn get<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>> {
+        let full = self.checked_key(key)?;
+        match self.shared.repository.get(&full).await? {
+            None => Ok(None),
+            Some(bytes) => json::decode(|| shown(&full), &bytes).map(Some),
+        }
+    }
+
+    /// The values at `keys`, in the same order, `None` where nothing is stored; one round trip.
+    pub async fn get_many<V, I>(&self, keys: I) -> Result<Vec<Option<V>>>
+    where
+        V: DeserializeOwned,
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let full = self.checked_keys(keys)?;
+        if full.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.shared.repository.get_many(&full).await?;
+        values
+            .into_iter()
+            .zip(&full)
+            .map(|(value, key)| match value {
+                None => Ok(None),
+                Some(bytes) => json::decode(|| shown(key), &bytes).map(Some),
+            })
+            .collect()
+    }
+
+    /// Removes `key`; the number of keys removed (0 or 1).
+    pub async fn delete(&self, key: &str) -> Result<u64> {
+        let full = self.checked_key(key)?;
+        self.shared.repository.delete(&full).await
+    }
+
+    /// Removes `keys`; the number of keys removed. An empty list sends nothing.
+    pub async fn delete_many<I>(&self, keys: I) -> Result<u64>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let full = self.checked_keys(keys)?;
+        if full.is_empty() {
+            return Ok(0);
+        }
+        self.shared.repository.delete_many(&full).await
+    }
+
+    /// Removes every key of this prefix and version whose key part matches the Redis glob
+    /// `pattern`; the number of keys removed.
+    ///
+    /// Patterns: `h?llo`, `h*llo`, `h[ae]llo`, `h[^e]llo`, `h[a-b]llo`, and `\` to escape (see
+    /// [`escape_pattern`](crate::escape_pattern) for literals). The prefix and version are escaped,
+    /// so `delete_pattern("*")` removes this cache's keys and never a neighbour's. On Redis it
+    /// uses `SCAN` and `UNLINK` in batches, never `KEYS`.
+    pub async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
+        let full = self.make_pattern(pattern)?;
+        self.shared.repository.delete_pattern(&full).await
+    }
+
+    /// The raw bytes at `key`, without JSON decoding. For values written with
+    /// [`set_raw`](Cache::set_raw) (such as the HTTP layer's entries).
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>> {
+        let full = self.checked_key(key)?;
+        self.shared.repository.get(&full).await
+    }
+
+    /// Stores raw bytes at `key`, without JSON encoding. Such entries are not readable by
+    /// [`get`](Cache::get) nor by the Python library.
+    pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
+        let full = self.checked_key(key)?;
+        let expiry = expire.into().resolve(key)?;
+        self.shared.repository.set(&full, value, expiry).await
+    }
+
+    /// [`set_nx`](Cache::set_nx) for raw bytes.
+    pub async fn set_nx_raw(
+        &self,
+        key: &str,
+        value: Bytes,
+        expire: impl Into<Expire>,
+    ) -> Result<bool> {
+        let full = self.checked_key(key)?;
+        let expiry = expire.into().resolve(key)?;
+        self.shared.repository.set_nx(&full, value, expiry).await
+    }
+}

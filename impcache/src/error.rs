@@ -1,0 +1,193 @@
+//! The error type of every cache operation.
+
+use std::time::Duration;
+
+/// A `Result` whose error is [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A boxed error from a repository's backend (the `redis` crate, or a user's own backend).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in a cache operation.
+///
+/// Every message names the key (or pattern, or DSN) involved and what was wrong with it. Long keys
+/// are shortened in messages; passwords never appear.
+///
+/// Errors fall into two groups:
+/// - **bad input** ([`InvalidDsn`](Error::InvalidDsn), [`InvalidKey`](Error::InvalidKey),
+///   [`InvalidExpire`](Error::InvalidExpire), [`InvalidPattern`](Error::InvalidPattern),
+///   [`Encode`](Error::Encode), [`ValueTooLarge`](Error::ValueTooLarge)): nothing was sent or changed;
+/// - **backend failures** ([`Error::is_backend_failure`]): the cache could not answer. Code that
+///   treats the cache as an optimisation (the `#[cached]` macro, the HTTP layer) falls back to the
+///   origin on these.
+///
+/// [`Decode`](Error::Decode) is neither: the server answered, but what it holds is not the requested type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The connection string could not be used; nothing was connected.
+    #[error("invalid DSN `{dsn}`: {reason}")]
+    InvalidDsn {
+        /// The DSN, with any password replaced by `***`.
+        dsn: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key was rejected before anything was sent (too long, for instance).
+    #[error("invalid key `{key}`: {reason}")]
+    InvalidKey {
+        /// The key (shortened when long).
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An expiry of zero, a negative one, or one beyond what Redis accepts.
+    #[error("invalid expire for key `{key}`: {reason}")]
+    InvalidExpire {
+        /// The key the expiry was given for.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `delete_pattern` pattern that is not a valid Redis glob (an unclosed `[`, for instance).
+    #[error("invalid pattern `{pattern}`: {reason}")]
+    InvalidPattern {
+        /// The pattern as given by the caller.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The value could not be written as JSON (a map with non-string keys, a NaN or infinite float, or
+    /// a failing `Serialize` impl). Nothing was stored.
+    #[error("cannot store key `{key}`: the value cannot be encoded as JSON: {reason}")]
+    Encode {
+        /// The key the value was meant for.
+        key: String,
+        /// Why encoding failed.
+        reason: String,
+    },
+    /// The stored bytes are not JSON of the requested type (written by another program, or the type
+    /// changed since it was cached).
+    #[error("cannot decode the value stored at key `{key}`: {source}")]
+    Decode {
+        /// The full key (prefix and version included).
+        key: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The encoded value is larger than the repository accepts. Nothing was stored.
+    #[error("value for key `{key}` is too large: {size} bytes, the limit is {limit} bytes")]
+    ValueTooLarge {
+        /// The key the value was meant for.
+        key: String,
+        /// The encoded size.
+        size: usize,
+        /// The repository's limit.
+        limit: usize,
+    },
+    /// The backend could not be reached or dropped the connection.
+    #[error("cache backend unavailable during {operation} of `{key}`: {source}")]
+    Unavailable {
+        /// The operation (`get`, `set`, ...).
+        operation: &'static str,
+        /// The key or pattern.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// The operation did not finish within the repository's deadline. A write that timed out may
+    /// still be applied by the server later.
+    #[error("{operation} of `{key}` timed out after {deadline:?} (a write may still be applied later)")]
+    Timeout {
+        /// The operation (`get`, `set`, ...).
+        operation: &'static str,
+        /// The key or pattern.
+        key: String,
+        /// The deadline that passed.
+        deadline: Duration,
+    },
+    /// The circuit breaker is open after repeated failures: the operation was not attempted.
+    #[error("{operation} of `{key}` not attempted: the circuit breaker is open after repeated backend failures")]
+    CircuitOpen {
+        /// The operation (`get`, `set`, ...).
+        operation: &'static str,
+        /// The key or pattern.
+        key: String,
+    },
+    /// The server answered with an error (for example `OOM` when `maxmemory` is reached under
+    /// `noeviction`).
+    #[error("server refused {operation} of `{key}`: {message}")]
+    Server {
+        /// The operation (`get`, `set`, ...).
+        operation: &'static str,
+        /// The key or pattern.
+        key: String,
+        /// The error code, such as `OOM`, when the server sent one.
+        code: Option<String>,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// `true` when the cache backend failed to answer (unavailable, timed out, breaker open, or
+    /// refused by the server): the cases a fail-open caller treats as a miss.
+    pub fn is_backend_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable { .. }
+                | Self::Timeout { .. }
+                | Self::CircuitOpen { .. }
+                | Self::Server { .. }
+        )
+    }
+
+    /// `true` for errors that say the connection or server is unhealthy (they count towards the
+    /// circuit breaker); a server's error reply is not one of them.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Timeout { .. } | Self::CircuitOpen { .. }
+        )
+    }
+
+    /// The key, pattern or DSN the error is about.
+    pub fn subject(&self) -> &str {
+        match self {
+            Self::InvalidDsn { dsn, .. } => dsn,
+            Self::InvalidPattern { pattern, .. } => pattern,
+            Self::InvalidKey { key, .. }
+            | Self::InvalidExpire { key, .. }
+            | Self::Encode { key, .. }
+            | Self::Decode { key, .. }
+            | Self::ValueTooLarge { key, .. }
+            | Self::Unavailable { key, .. }
+            | Self::Timeout { key, .. }
+            | Self::CircuitOpen { key, .. }
+            | Self::Server { key, .. } => key,
+        }
+    }
+}
+
+/// Longest key shown in an error message; longer keys are cut, with their size.
+const SHOWN_KEY_CHARS: usize = 200;
+
+/// A key as it appears in error messages: shortened when long, so a 1 MiB key does not make a
+/// 1 MiB log line.
+pub(crate) fn shown(key: &str) -> String {
+    match key.char_indices().nth(SHOWN_KEY_CHARS) {
+        None => key.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &key[..cut], key.len()),
+    }
+}
+
+/// The keys of a multi-key operation as they appear in error messages.
+pub(crate) fn shown_many<K: AsRef<str>>(keys: &[K]) -> String {
+    match keys {
+        [] => String::new(),
+        [one] => shown(one.as_ref()),
+        [first, rest @ ..] => format!("{} and {} more", shown(first.as_ref()), rest.len()),
+    }
+}

@@ -1,0 +1,233 @@
+//! JSON encoding and decoding of values, byte-compatible with the Python library (orjson's
+//! compact output).
+//!
+//! serde_json writes NaN and infinite floats as `null`, silently changing the value; so does
+//! orjson. We refuse them instead: [`encode`] walks the value once more with [`FiniteFloats`], a
+//! serializer that writes nothing and fails on a non-finite float.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::ser::{self, Serialize};
+
+use crate::error::{shown, Error, Result};
+
+/// Encodes `value` as compact JSON.
+pub(crate) fn encode<V: Serialize + ?Sized>(key: &str, value: &V) -> Result<Bytes> {
+    let encode_error = |reason: String| Error::Encode {
+        key: shown(key),
+        reason,
+    };
+    let bytes = serde_json::to_vec(value).map_err(|e| encode_error(e.to_string()))?;
+    // serde_json writes a NaN or an infinity as `null`: only an output with `null` in it can
+    // hide one, so the second walk is skipped for every other value.
+    if bytes.windows(4).any(|w| w == b"null") {
+        value
+            .serialize(FiniteFloats)
+            .map_err(|e| encode_error(e.0))?;
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Decodes the JSON at `key`.
+pub(crate) fn decode<V: DeserializeOwned>(key: impl FnOnce() -> String, bytes: &[u8]) -> Result<V> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Decode { key: key(), source })
+}
+
+#[derive(Debug)]
+pub(crate) struct NonFinite(String);
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NonFinite {}
+
+impl ser::Error for NonFinite {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        NonFinite(msg.to_string())
+    }
+}
+
+/// A serializer that produces nothing and fails on NaN or infinite floats.
+struct FiniteFloats;
+
+fn check(v: f64) -> std::result::Result<(), NonFinite> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(NonFinite(format!(
+            "{v} is not a finite number, and JSON has no way to store it (serde_json would write `null`)"
+        )))
+    }
+}
+
+macro_rules! ok_scalars {
+    ($($method:ident($t:ty)),* $(,)?) => {$(
+        fn $method(self, _: $t) -> std::result::Result<(), NonFinite> { Ok(()) }
+    )*};
+}
+
+impl ser::Serializer for FiniteFloats {
+    type Ok = ();
+    type Error = NonFinite;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    ok_scalars!(
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64), serialize_i128(i128), serialize_u8(u8), serialize_u16(u16),
+        serialize_u32(u32), serialize_u64(u64), serialize_u128(u128), serialize_char(char),
+        serialize_str(&str), serialize_bytes(&[u8]), serialize_unit_struct(&'static str),
+    );
+
+    fn serialize_f32(self, v: f32) -> std::result::Result<(), NonFinite> {
+        check(f64::from(v))
+    }
+    fn serialize_f64(self, v: f64) -> std::result::Result<(), NonFinite> {
+        check(v)
+    }
+    fn serialize_none(self) -> std::result::Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> std::result::Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> std::result::Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> std::result::Result<(), NonFinite> {
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> std::result::Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        v: &T,
+    ) -> std::result::Result<(), NonFinite> {
+        v.serialize(self)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> std::result::Result<Self, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_tuple(self, _: usize) -> std::result::Result<Self, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> std::result::Result<Self, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> std::result::Result<Self, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_map(self, _: Option<usize>) -> std::result::Result<Self, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> std::result::Result<Self, NonFinite> {
+        Ok(self)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> std::result::Result<Self, NonFinite> {
+        Ok(self)
+    }
+}
+
+macro_rules! compound {
+    ($($trait:ident :: $method:ident $(($name:ty))?),* $(,)?) => {$(
+        impl ser::$trait for FiniteFloats {
+            type Ok = ();
+            type Error = NonFinite;
+            fn $method<T: Serialize + ?Sized>(&mut self, $(_: $name,)? v: &T) -> std::result::Result<(), NonFinite> {
+                v.serialize(FiniteFloats)
+            }
+            fn end(self) -> std::result::Result<(), NonFinite> { Ok(()) }
+        }
+    )*};
+}
+compound!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+    SerializeStruct::serialize_field(&'static str),
+    SerializeStructVariant::serialize_field(&'static str),
+);
+
+impl ser::SerializeMap for FiniteFloats {
+    type Ok = ();
+    type Error = NonFinite;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> std::result::Result<(), NonFinite> {
+        k.serialize(FiniteFloats)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(
+        &mut self,
+        v: &T,
+    ) -> std::result::Result<(), NonFinite> {
+        v.serialize(FiniteFloats)
+    }
+    fn end(self) -> std::result::Result<(), NonFinite> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn compact_json_like_orjson() {
+        let mut m = BTreeMap::new();
+        m.insert("a", vec![1.5, 2.0]);
+        assert_eq!(&encode("k", &m).unwrap()[..], br#"{"a":[1.5,2.0]}"#);
+        assert_eq!(&encode("k", "ü").unwrap()[..], "\"ü\"".as_bytes());
+        assert_eq!(&encode("k", &None::<u8>).unwrap()[..], b"null");
+    }
+
+    #[test]
+    fn non_finite_floats_are_refused_wherever_they_are() {
+        let mut m = BTreeMap::new();
+        m.insert("deep", vec![Some(1.0), Some(f64::NAN)]);
+        for err in [
+            encode("k1", &f64::NAN).unwrap_err(),
+            encode("k1", &f32::INFINITY).unwrap_err(),
+            encode("k1", &m).unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::Encode { .. }), "{err}");
+            assert!(err.to_string().contains("k1"), "{err}");
+        }
+    }
+}

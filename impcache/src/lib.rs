@@ -1,0 +1,64 @@
+//! # impcache
+//!
+//! Simple async cache with high performance, right by default: JSON values under versioned keys
+//! (`{key_prefix}:{version}:{key}`), on Redis or an embedded in-memory repository, with deadlines
+//! and a circuit breaker so that a cache outage never slows the application down.
+//!
+//! The storage format is the Python library [impcache](https://pypi.org/project/impcache/)'s: a
+//! Rust and a Python service with the same prefix and version share entries in one Redis.
+//!
+//! ```
+//! use impcache::{Cache, MemoryCacheRepository};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> impcache::Result<()> {
+//! let cache = Cache::builder(MemoryCacheRepository::new())
+//!     .key_prefix("cache")
+//!     .version(1)
+//!     .build();
+//!
+//! cache.set("key", &"value", 100).await?;
+//! let value: Option<String> = cache.get("key").await?;
+//! assert_eq!(value.as_deref(), Some("value"));
+//!
+//! assert!(!cache.set_nx("key", &"other", 100).await?);
+//! cache.set_many([("hello", 1), ("hallo", 2)], 100).await?;
+//! assert_eq!(cache.delete_pattern("h?llo").await?, 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With Redis, swap the repository:
+//!
+//! ```no_run
+//! # async fn run() -> impcache::Result<()> {
+//! use impcache::{Cache, RedisCacheRepository};
+//! let cache = Cache::new(RedisCacheRepository::new("redis://127.0.0.1:6379/0")?);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Modules
+//! - [`Cache`] and [`CacheBuilder`]: the API.
+//! - [`repository`]: [`CacheRepository`], [`RedisCacheRepository`], [`MemoryCacheRepository`].
+//! - [`Expire`] / [`Expiry`]: lifetimes; [`Version`]: key versions; [`escape_pattern`]: glob escaping.
+//! - [`enum@Error`]: what can go wrong.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod cache;
+mod error;
+mod expire;
+mod glob;
+mod json;
+mod key;
+pub mod repository;
+
+pub use cache::{Cache, CacheBuilder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEY_BYTES};
+pub use error::{BoxError, Error, Result};
+pub use expire::{Expire, Expiry, MAX_EXPIRE};
+pub use glob::glob_match;
+pub use key::{escape_pattern, Version};
+pub use repository::breaker::CircuitBreakerConfig;
+pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder};
+pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
+pub use repository::{BoxFuture, CacheRepository};

@@ -1,0 +1,243 @@
+//! The embedded in-memory repository, built on [moka](https://docs.rs/moka).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{BoxFuture, CacheRepository};
+use crate::error::{shown, Error, Result};
+use crate::expire::Expiry;
+use crate::glob::glob_match;
+
+/// Default capacity: 256 MiB of keys and values.
+pub const DEFAULT_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Bytes counted for each entry on top of its key and value (moka's own bookkeeping).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// An in-process repository: the default for tests, single-instance services and local
+/// development, with the same semantics as the Redis repository.
+///
+/// - every entry has its own TTL (`SET .. EX`), and expired entries are never returned;
+/// - capacity is bounded by bytes (keys + values), evicting the least valuable entries (moka's
+///   TinyLFU) when full;
+/// - `set_nx` is atomic per key;
+/// - `delete_pattern` uses exactly Redis's glob rules (a port of Redis's matcher).
+///
+/// Clones share the same entries.
+///
+/// ```
+/// use impcache::{Cache, MemoryCacheRepository};
+///
+/// let repository = MemoryCacheRepository::builder().max_capacity_bytes(64 * 1024 * 1024).build();
+/// let cache = Cache::new(repository);
+/// # let _ = cache;
+/// ```
+#[derive(Clone)]
+pub struct MemoryCacheRepository {
+    entries: moka::sync::Cache<String, Entry>,
+    max_value_bytes: usize,
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    ttl: Option<Duration>,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+        entry.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        entry.ttl
+    }
+}
+
+impl MemoryCacheRepository {
+    /// A repository holding at most [`DEFAULT_CAPACITY_BYTES`].
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configures the capacity.
+    pub fn builder() -> MemoryCacheRepositoryBuilder {
+        MemoryCacheRepositoryBuilder {
+            max_capacity_bytes: DEFAULT_CAPACITY_BYTES,
+        }
+    }
+
+    /// The number of live entries (approximate while writes are in flight).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    /// Bytes used by keys, values and per-entry overhead (approximate while writes are in flight).
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
+    fn entry(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<Entry> {
+        let size = key.len() + value.len() + ENTRY_OVERHEAD_BYTES;
+        if size > self.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                key: shown(key),
+                size: value.len(),
+                limit: self.max_value_bytes.saturating_sub(key.len() + ENTRY_OVERHEAD_BYTES),
+            });
+        }
+        Ok(Entry {
+            value,
+            ttl: expiry.as_duration(),
+        })
+    }
+
+    fn store(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
+        let entry = self.entry(key, value, expiry)?;
+        self.entries.insert(key.to_owned(), entry);
+        Ok(())
+    }
+}
+
+impl Default for MemoryCacheRepository {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryCacheRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryCacheRepository")
+            .field("entry_count", &self.entries.entry_count())
+            .field("weighted_size", &self.entries.weighted_size())
+            .field("max_capacity_bytes", &self.entries.policy().max_capacity())
+            .finish()
+    }
+}
+
+/// Builds a [`MemoryCacheRepository`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryCacheRepositoryBuilder {
+    max_capacity_bytes: u64,
+}
+
+impl MemoryCacheRepositoryBuilder {
+    /// The most bytes (keys + values + 64 bytes per entry) kept before evicting; a single entry
+    /// larger than this is refused with [`Error::ValueTooLarge`].
+    pub fn max_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.max_capacity_bytes = bytes;
+        self
+    }
+
+    /// Builds the repository.
+    pub fn build(self) -> MemoryCacheRepository {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(self.max_capacity_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                u32::try_from(key.len() + entry.value.len() + ENTRY_OVERHEAD_BYTES)
+                    .unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .build();
+        // moka weighs entries with a u32, so no single entry can exceed 4 GiB.
+        let max_value_bytes = usize::try_from(self.max_capacity_bytes.min(u64::from(u32::MAX)))
+            .unwrap_or(usize::MAX);
+        MemoryCacheRepository {
+            entries,
+            max_value_bytes,
+        }
+    }
+}
+
+impl CacheRepository for MemoryCacheRepository {
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
+        let result = self.store(key, value, expiry);
+        Box::pin(async move { result })
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let result = self.entry(key, value, expiry).map(|entry| {
+            self.entries
+                .entry_by_ref(key)
+                .or_insert_with(|| entry)
+                .is_fresh()
+        });
+        Box::pin(async move { result })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: Vec<(String, Bytes)>,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        // Check every entry first, so that a rejected one leaves nothing half-written.
+        let result = entries
+            .into_iter()
+            .map(|(key, value)| Ok((self.entry(&key, value, expiry)?, key)))
+            .collect::<Result<Vec<_>>>()
+            .map(|checked| {
+                for (entry, key) in checked {
+                    self.entries.insert(key, entry);
+                }
+            });
+        Box::pin(async move { result })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        let value = self.entries.get(key).map(|entry| entry.value);
+        Box::pin(async move { Ok(value) })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+        let values = keys
+            .iter()
+            .map(|key| self.entries.get(key).map(|entry| entry.value))
+            .collect();
+        Box::pin(async move { Ok(values) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+        let removed = u64::from(self.entries.remove(key).is_some());
+        Box::pin(async move { Ok(removed) })
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+        let removed = keys
+            .iter()
+            .filter(|key| self.entries.remove(key.as_str()).is_some())
+            .count() as u64;
+        Box::pin(async move { Ok(removed) })
+    }
+
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
+        let matching: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| glob_match(pattern.as_bytes(), key.as_bytes()))
+            .map(|(key, _)| key)
+            .collect();
+        let removed = matching
+            .iter()
+            .filter(|key| self.entries.remove(key.as_str()).is_some())
+            .count() as u64;
+        Box::pin(async move { Ok(removed) })
+    }
+}

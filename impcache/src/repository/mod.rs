@@ -1,0 +1,58 @@
+//! Where entries live: the [`CacheRepository`] trait and its two implementations.
+//!
+//! A repository stores opaque bytes under full keys (`{prefix}:{version}:{key}`, already built by
+//! [`Cache`](crate::Cache)). It knows nothing of JSON or key layout, so adding a backend means
+//! implementing these eight operations.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::expire::Expiry;
+
+pub mod breaker;
+pub mod memory;
+pub mod redis;
+
+/// A boxed, `Send` future: what [`CacheRepository`] methods return, so that the trait stays
+/// object-safe (`Arc<dyn CacheRepository>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A storage backend for [`Cache`](crate::Cache).
+///
+/// Implementations must be cheap to share (`Cache` holds one in an `Arc`), apply the expiry to
+/// every write atomically with the value, and return errors that name the key. Keys and patterns
+/// arrive complete: `delete_pattern` gets a Redis glob whose prefix and version are already escaped.
+pub trait CacheRepository: Debug + Send + Sync + 'static {
+    /// Stores `value` at `key`, replacing any previous value and its expiry.
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>>;
+
+    /// Stores `value` at `key` only if the key holds nothing; `true` when it was stored.
+    fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry)
+        -> BoxFuture<'a, Result<bool>>;
+
+    /// Stores every pair, each with the same expiry; one round trip where the backend allows it.
+    fn set_many<'a>(
+        &'a self,
+        entries: Vec<(String, Bytes)>,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// The bytes at `key`, `None` when nothing is stored.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
+
+    /// The bytes at each key, in the order of `keys`.
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>>;
+
+    /// Removes `key`; the number of keys removed (0 or 1).
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>>;
+
+    /// Removes every key; the number of keys removed.
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>>;
+
+    /// Removes every key matching the Redis glob `pattern`; the number of keys removed.
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>>;
+}

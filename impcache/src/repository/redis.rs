@@ -1,0 +1,627 @@
+//! The Redis repository: one multiplexed, auto-reconnecting connection (the `redis` crate's
+//! `ConnectionManager`), a deadline on every call and a circuit breaker.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, RedisError};
+use tokio::sync::OnceCell;
+
+use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig};
+use super::{BoxFuture, CacheRepository};
+use crate::error::{shown, shown_many, BoxError, Error, Result};
+use crate::expire::Expiry;
+
+/// Default time allowed to open a TCP connection (and handshake) to Redis.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default deadline of one operation, reconnecting included.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
+/// Redis's default `proto-max-bulk-len`: the largest value a server accepts.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
+/// Keys per `SCAN` batch in `delete_pattern`.
+const SCAN_BATCH: usize = 1000;
+
+/// The Redis (or Valkey) repository.
+///
+/// - **Lazy**: construction only checks the DSN; the connection is opened by the first operation,
+///   so an application starts while Redis is down.
+/// - **One connection, shared**: every clone (and every [`Cache`](crate::Cache) over it) uses one
+///   multiplexed connection; concurrent calls are pipelined on it. It reconnects by itself.
+/// - **Bounded**: no operation waits longer than its [deadline](RedisCacheRepositoryBuilder::deadline),
+///   reconnecting included ([`Error::Timeout`]). A timed-out write may still be applied by the
+///   server later: a timeout is not a cancellation.
+/// - **Circuit breaker**: after 5 consecutive outage errors, operations fail at once with
+///   [`Error::CircuitOpen`] for 500 ms, then one probe goes through; see
+///   [`RedisCacheRepositoryBuilder::circuit_breaker`].
+///
+/// DSNs: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (feature `tls`; certificates
+/// are verified), `unix:///path/to/redis.sock[?db=N]` and `redis+unix://...`.
+///
+/// ```
+/// use std::time::Duration;
+/// use impcache::RedisCacheRepository;
+///
+/// let repository = RedisCacheRepository::builder("redis://127.0.0.1:6379/0")
+///     .deadline(Duration::from_millis(200))
+///     .build()?;
+/// assert!(RedisCacheRepository::new("http://127.0.0.1").is_err());
+/// # Ok::<(), impcache::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct RedisCacheRepository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    manager: OnceCell<ConnectionManager>,
+    deadline: Duration,
+    connect_timeout: Duration,
+    max_value_bytes: usize,
+    breaker: CircuitBreaker,
+    /// The DSN with its password replaced: the only form that is ever printed.
+    shown_dsn: String,
+}
+
+enum Source {
+    Dsn(String),
+    Client(redis::Client),
+}
+
+/// Configures a [`RedisCacheRepository`]. Every setting has a default suited to a cache that
+/// must never slow its application down.
+#[must_use]
+pub struct RedisCacheRepositoryBuilder {
+    source: Source,
+    connect_timeout: Duration,
+    deadline: Duration,
+    breaker: Option<CircuitBreakerConfig>,
+    max_value_bytes: usize,
+}
+
+impl fmt::Debug for RedisCacheRepositoryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            Source::Dsn(dsn) => redact_dsn(dsn),
+            Source::Client(client) => describe_client(client),
+        };
+        f.debug_struct("RedisCacheRepositoryBuilder")
+            .field("source", &source)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("deadline", &self.deadline)
+            .field("circuit_breaker", &self.breaker)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .finish()
+    }
+}
+
+impl RedisCacheRepository {
+    /// A repository for `dsn` with the default settings. The DSN is checked now
+    /// ([`Error::InvalidDsn`]); nothing is connected until the first operation.
+    pub fn new(dsn: &str) -> Result<Self> {
+        Self::builder(dsn).build()
+    }
+
+    /// A repository over an existing `redis::Client`, with the default settings.
+    pub fn from_client(client: redis::Client) -> Self {
+        Self::builder_with_client(client.clone()).finish(client)
+    }
+
+    /// Configures a repository for `dsn`.
+    pub fn builder(dsn: impl Into<String>) -> RedisCacheRepositoryBuilder {
+        RedisCacheRepositoryBuilder::new(Source::Dsn(dsn.into()))
+    }
+
+    /// Configures a repository over an existing `redis::Client`.
+    pub fn builder_with_client(client: redis::Client) -> RedisCacheRepositoryBuilder {
+        RedisCacheRepositoryBuilder::new(Source::Client(client))
+    }
+
+    /// The per-operation deadline.
+    pub fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
+
+    /// `true` while the circuit breaker fails operations fast.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        if let Some(manager) = self.inner.manager.get() {
+            return Ok(manager.clone());
+        }
+        let manager = self
+            .inner
+            .manager
+            .get_or_try_init(|| async {
+                ConnectionManager::new_lazy_with_config(
+                    self.inner.client.clone(),
+                    self.inner.manager_config.clone(),
+                )
+            })
+            .await?;
+        Ok(manager.clone())
+    }
+
+    /// Sends one command or pipeline under the deadline and the breaker. Idempotent requests are
+    /// retried once, within the same deadline, when the connection turned out to be dropped (an
+    /// idle connection closed by the server, a `CLIENT KILL`).
+    async fn query<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        subject: &(dyn Fn() -> String + Sync),
+        request: Request<'_>,
+    ) -> Result<T> {
+        let admission = self.inner.breaker.admit();
+        if admission == Admission::Rejected {
+            return Err(Error::CircuitOpen {
+                operation,
+                key: subject(),
+            });
+        }
+        // Frees the half-open probe slot even when the caller drops this future mid-flight.
+        let _probe = ProbeGuard {
+            breaker: &self.inner.breaker,
+            admission: &admission,
+        };
+        let attempt = async {
+            let mut retried = false;
+            loop {
+                let mut connection = self.connection().await?;
+                let result = match request {
+                    Request::Read(cmd) | Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
+                    Request::Pipe(pipe) => pipe.query_async(&mut connection).await,
+                };
+                match result {
+                    Err(e) if request.is_idempotent() && !retried && is_dropped(&e) => {
+                        retried = true;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(self.inner.deadline, attempt).await {
+            Ok(Ok(value)) => {
+                self.inner.breaker.record_success();
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                let error = classify(e, operation, subject(), self.inner.deadline);
+                if error.is_outage() {
+                    self.inner.breaker.record_failure(&admission);
+                } else {
+                    self.inner.breaker.record_success();
+                }
+                Err(error)
+            }
+            Err(_elapsed) => {
+                self.inner.breaker.record_failure(&admission);
+                Err(Error::Timeout {
+                    operation,
+                    key: subject(),
+                    deadline: self.inner.deadline,
+                })
+            }
+        }
+    }
+
+    fn check_size(&self, key: &str, value: &Bytes) -> Result<()> {
+        if value.len() > self.inner.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                key: shown(key),
+                size: value.len(),
+                limit: self.inner.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+struct ProbeGuard<'a> {
+    breaker: &'a CircuitBreaker,
+    admission: &'a Admission,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.breaker.release_probe(self.admission);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    /// A read: safe to send twice.
+    Read(&'a redis::Cmd),
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
+impl Request<'_> {
+    fn is_idempotent(&self) -> bool {
+        matches!(self, Request::Read(_))
+    }
+}
+
+fn is_dropped(e: &RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_timeout() && !e.is_connection_refusal()
+}
+
+fn classify(e: RedisError, operation: &'static str, key: String, deadline: Duration) -> Error {
+    if e.is_timeout() {
+        Error::Timeout {
+            operation,
+            key,
+            deadline,
+        }
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+    {
+        Error::Unavailable {
+            operation,
+            key,
+            source: Box::new(e) as BoxError,
+        }
+    } else {
+        Error::Server {
+            operation,
+            key,
+            code: e.code().map(str::to_owned),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// `SET key value [EX s | PX ms] [NX]`.
+fn set_command(key: &str, value: &[u8], expiry: Expiry, only_if_absent: bool) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value);
+    match expiry {
+        Expiry::Seconds(s) => {
+            cmd.arg("EX").arg(s);
+        }
+        Expiry::Milliseconds(ms) => {
+            cmd.arg("PX").arg(ms);
+        }
+        Expiry::Never => {}
+    }
+    if only_if_absent {
+        cmd.arg("NX");
+    }
+    cmd
+}
+
+fn scan_command(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_BATCH);
+    cmd
+}
+
+fn bytes_of(values: Option<Vec<u8>>) -> Option<Bytes> {
+    values.map(Bytes::from)
+}
+
+impl CacheRepository for RedisCacheRepository {
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.check_size(key, &value)?;
+            let cmd = set_command(key, &value, expiry, false);
+            self.query("set", &|| shown(key), Request::Cmd(&cmd)).await
+        })
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.check_size(key, &value)?;
+            let cmd = set_command(key, &value, expiry, true);
+            let reply: redis::Value = self.query("set_nx", &|| shown(key), Request::Cmd(&cmd)).await?;
+            Ok(!matches!(reply, redis::Value::Nil))
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: Vec<(String, Bytes)>,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for (key, value) in &entries {
+                self.check_size(key, value)?;
+                pipe.add_command(set_command(key, value, expiry, false)).ignore();
+            }
+            let keys = || {
+                let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+                shown_many(&keys)
+            };
+            self.query("set_many", &keys, Request::Pipe(&pipe)).await
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key);
+            let value: Option<Vec<u8>> = self.query("get", &|| shown(key), Request::Read(&cmd)).await?;
+            Ok(bytes_of(value))
+        })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(keys);
+            let values: Vec<Option<Vec<u8>>> = self
+                .query("get_many", &|| shown_many(keys), Request::Read(&cmd))
+                .await?;
+            Ok(values.into_iter().map(bytes_of).collect())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("UNLINK");
+            cmd.arg(key);
+            self.query("delete", &|| shown(key), Request::Cmd(&cmd)).await
+        })
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut cmd = redis::cmd("UNLINK");
+            cmd.arg(keys);
+            self.query("delete_many", &|| shown_many(keys), Request::Cmd(&cmd))
+                .await
+        })
+    }
+
+    /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
+    /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
+    /// round trip, not to the whole sweep.
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let subject = || shown(pattern);
+            let (mut cursor, mut keys): (u64, Vec<Vec<u8>>) = self
+                .query("delete_pattern", &subject, Request::Read(&scan_command(0, pattern)))
+                .await?;
+            let mut removed = 0;
+            loop {
+                match (cursor, keys.is_empty()) {
+                    (0, true) => return Ok(removed),
+                    (0, false) => {
+                        let mut unlink = redis::cmd("UNLINK");
+                        unlink.arg(&keys);
+                        let n: u64 = self
+                            .query("delete_pattern", &subject, Request::Cmd(&unlink))
+                            .await?;
+                        return Ok(removed + n);
+                    }
+                    (_, true) => {
+                        (cursor, keys) = self
+                            .query(
+                                "delete_pattern",
+                                &subject,
+                                Request::Read(&scan_command(cursor, pattern)),
+                            )
+                            .await?;
+                    }
+                    (_, false) => {
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("UNLINK").arg(&keys);
+                        pipe.add_command(scan_command(cursor, pattern));
+                        let (n, (next, next_keys)): (u64, (u64, Vec<Vec<u8>>)) = self
+                            .query("delete_pattern", &subject, Request::Pipe(&pipe))
+                            .await?;
+                        removed += n;
+                        (cursor, keys) = (next, next_keys);
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl fmt::Debug for RedisCacheRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheRepository")
+            .field("dsn", &self.inner.shown_dsn)
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .field("deadline", &self.inner.deadline)
+            .field("circuit_open", &self.inner.breaker.is_open())
+            .field("connected", &self.inner.manager.initialized())
+            .finish()
+    }
+}
+
+impl RedisCacheRepositoryBuilder {
+    fn new(source: Source) -> Self {
+        Self {
+            source,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            breaker: Some(CircuitBreakerConfig::default()),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+
+    /// Time allowed to open a connection (TCP and handshake). Default 250 ms.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The most any operation waits, reconnecting included. Default 500 ms. For `delete_pattern`
+    /// it bounds each round trip of the sweep.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Replaces the circuit-breaker settings (default: open after 5 consecutive outage errors,
+    /// probe every 500 ms).
+    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
+        self.breaker = Some(config);
+        self
+    }
+
+    /// Turns the circuit breaker off: every operation tries the server, each bounded by the deadline.
+    pub fn without_circuit_breaker(mut self) -> Self {
+        self.breaker = None;
+        self
+    }
+
+    /// The largest encoded value accepted before sending (default 512 MiB, Redis's own limit).
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Checks the DSN and builds the repository; nothing is connected yet.
+    pub fn build(self) -> Result<RedisCacheRepository> {
+        let client = match &self.source {
+            Source::Dsn(dsn) => client_for(dsn)?,
+            Source::Client(client) => client.clone(),
+        };
+        Ok(self.finish(client))
+    }
+
+    fn finish(self, client: redis::Client) -> RedisCacheRepository {
+        let shown_dsn = match &self.source {
+            Source::Dsn(dsn) => redact_dsn(dsn),
+            Source::Client(client) => describe_client(client),
+        };
+        // One reconnect attempt per failing call: the circuit breaker, not the connection
+        // manager's backoff, decides how often an unreachable server is tried.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100))
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.deadline));
+        RedisCacheRepository {
+            inner: Arc::new(Inner {
+                client,
+                manager_config,
+                manager: OnceCell::new(),
+                deadline: self.deadline,
+                connect_timeout: self.connect_timeout,
+                max_value_bytes: self.max_value_bytes,
+                breaker: CircuitBreaker::new(self.breaker),
+                shown_dsn,
+            }),
+        }
+    }
+}
+
+fn describe_client(client: &redis::Client) -> String {
+    format!("{} (existing client)", client.get_connection_info().addr())
+}
+
+/// The DSN with any password (between `user:` and the `@` of the authority) replaced by `***`.
+/// Works on strings that are not valid URLs too, since those are the ones that end up in errors.
+pub(crate) fn redact_dsn(dsn: &str) -> String {
+    let Some(scheme_end) = dsn.find("://") else {
+        return dsn.to_owned();
+    };
+    let (scheme, rest) = (&dsn[..scheme_end], &dsn[scheme_end + 3..]);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return dsn.to_owned();
+    };
+    let (userinfo, host_and_rest) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host_and_rest}"),
+        // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
+        None => format!("{scheme}://***@{host_and_rest}"),
+    }
+}
+
+/// Checks a DSN and makes a client for it, with `TCP_NODELAY` on.
+fn client_for(dsn: &str) -> Result<redis::Client> {
+    let invalid = |reason: String| Error::InvalidDsn {
+        dsn: redact_dsn(dsn),
+        reason,
+    };
+    if dsn.trim().is_empty() {
+        return Err(invalid("the DSN is empty".to_owned()));
+    }
+    let url = url::Url::parse(dsn).map_err(|e| {
+        invalid(format!(
+            "not a URL ({e}); expected redis://host:port/db, rediss://..., or unix:///path"
+        ))
+    })?;
+    match url.scheme() {
+        "redis" | "rediss" | "valkey" | "valkeys" => {
+            match url.host_str() {
+                None | Some("") => return Err(invalid("the host is missing".to_owned())),
+                Some(_) => {}
+            }
+            let db = url.path().trim_start_matches('/');
+            if !db.is_empty() && db.parse::<u16>().is_err() {
+                return Err(invalid(format!(
+                    "the database `{db}` is not a number between 0 and 65535"
+                )));
+            }
+            if url.scheme().ends_with('s') && !cfg!(feature = "tls") {
+                return Err(invalid(format!(
+                    "`{}://` needs the `tls` feature of impcache",
+                    url.scheme()
+                )));
+            }
+        }
+        "unix" | "redis+unix" => {
+            if url.path().is_empty() || url.path() == "/" {
+                return Err(invalid("the socket path is missing".to_owned()));
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "unsupported scheme `{other}`; expected redis, rediss, unix or redis+unix"
+            )))
+        }
+    }
+    for (name, value) in url.query_pairs() {
+        if name == "db" && value.parse::<u16>().is_err() {
+            return Err(invalid(format!(
+                "the database `{value}` is not a number between 0 and 65535"
+            )));
+        }
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(dsn)
+        .map_err(|e| invalid(scrub(&e.to_string(), &url)))?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    let info = info.set_tcp_settings(tcp);
+    redis::Client::open(info).map_err(|e| invalid(scrub(&e.to_string(), &url)))
+}
+
+/// Removes the password from a message, in case a library echoed it.
+fn scrub(message: &str, url: &url::Url) -> String {
+    match url.password() {
+        Some(password) if !password.is_empty() => message.replace(password, "***"),
+        _ => message.to_owned(),
+    }
+}
