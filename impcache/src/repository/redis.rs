@@ -586,7 +586,7 @@ fn client_for(dsn: &str) -> Result<redis::Client> {
                     "the database `{db}` is not a number between 0 and 65535"
                 )));
             }
-            if url.scheme().ends_with('s') && !cfg!(feature = "tls") {
+            if matches!(url.scheme(), "rediss" | "valkeys") && !cfg!(feature = "tls") {
                 return Err(invalid(format!(
                     "`{}://` needs the `tls` feature of impcache",
                     url.scheme()
