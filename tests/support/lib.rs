@@ -1,9 +1,10 @@
 //! Test harness of the impcache workspace: throwaway `redis-server` processes on free loopback
-#![allow(clippy::expect_used, clippy::unwrap_used)] // a test harness: failing loudly is its job
 //! ports, which tests can kill, freeze (SIGSTOP), thaw and restart on the same port.
 //!
 //! Tests never touch a server they did not start: every [`RedisServer`] is its own process, with
 //! no persistence, removed when dropped.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test harness: failing loudly is its job
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
