@@ -2,13 +2,13 @@
 //! `ConnectionManager`), a deadline on every call and a circuit breaker.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
-use tokio::sync::OnceCell;
 
 use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig};
 use super::{BoxFuture, CacheRepository};
@@ -23,6 +23,9 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// Keys per `SCAN` batch in `delete_pattern`.
 const SCAN_BATCH: usize = 1000;
+/// Consecutive timeouts after which the connection is presumed dead (a half-open TCP connection,
+/// a black-holed route) and replaced by a fresh one.
+const RESET_AFTER_TIMEOUTS: u32 = 3;
 
 /// The Redis (or Valkey) repository.
 ///
@@ -58,7 +61,11 @@ pub struct RedisCacheRepository {
 struct Inner {
     client: redis::Client,
     manager_config: ConnectionManagerConfig,
-    manager: OnceCell<ConnectionManager>,
+    /// The current connection and its generation; `None` until the first operation and after a
+    /// connection was found dead.
+    manager: RwLock<Option<(u64, ConnectionManager)>>,
+    generations: AtomicU64,
+    consecutive_timeouts: AtomicU32,
     deadline: Duration,
     connect_timeout: Duration,
     max_value_bytes: usize,
@@ -69,7 +76,7 @@ struct Inner {
 
 enum Source {
     Dsn(String),
-    Client(redis::Client),
+    Client(Box<redis::Client>),
 }
 
 /// Configures a [`RedisCacheRepository`]. Every setting has a default suited to a cache that
@@ -81,6 +88,16 @@ pub struct RedisCacheRepositoryBuilder {
     deadline: Duration,
     breaker: Option<CircuitBreakerConfig>,
     max_value_bytes: usize,
+    #[cfg(feature = "tls")]
+    tls: TlsSettings,
+}
+
+/// Certificates for `rediss://` beyond the default (webpki) roots.
+#[cfg(feature = "tls")]
+#[derive(Default)]
+struct TlsSettings {
+    root_certificate: Option<Vec<u8>>,
+    client_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for RedisCacheRepositoryBuilder {
@@ -89,13 +106,24 @@ impl fmt::Debug for RedisCacheRepositoryBuilder {
             Source::Dsn(dsn) => redact_dsn(dsn),
             Source::Client(client) => describe_client(client),
         };
-        f.debug_struct("RedisCacheRepositoryBuilder")
+        let mut debug = f.debug_struct("RedisCacheRepositoryBuilder");
+        debug
             .field("source", &source)
             .field("connect_timeout", &self.connect_timeout)
             .field("deadline", &self.deadline)
             .field("circuit_breaker", &self.breaker)
-            .field("max_value_bytes", &self.max_value_bytes)
-            .finish()
+            .field("max_value_bytes", &self.max_value_bytes);
+        #[cfg(feature = "tls")]
+        debug
+            .field(
+                "tls_root_certificate",
+                &self.tls.root_certificate.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "tls_client_certificate",
+                &self.tls.client_identity.as_ref().map(|_| "<redacted>"),
+            );
+        debug.finish()
     }
 }
 
@@ -118,7 +146,7 @@ impl RedisCacheRepository {
 
     /// Configures a repository over an existing `redis::Client`.
     pub fn builder_with_client(client: redis::Client) -> RedisCacheRepositoryBuilder {
-        RedisCacheRepositoryBuilder::new(Source::Client(client))
+        RedisCacheRepositoryBuilder::new(Source::Client(Box::new(client)))
     }
 
     /// The per-operation deadline.
@@ -131,21 +159,67 @@ impl RedisCacheRepository {
         self.inner.breaker.is_open()
     }
 
-    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
-        if let Some(manager) = self.inner.manager.get() {
-            return Ok(manager.clone());
+    /// The current connection (made lazily: it connects on first use) and its generation.
+    fn connection(&self) -> redis::RedisResult<(u64, ConnectionManager)> {
+        {
+            let current = self
+                .inner
+                .manager
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((generation, manager)) = current.as_ref() {
+                return Ok((*generation, manager.clone()));
+            }
         }
-        let manager = self
+        let mut current = self
             .inner
             .manager
-            .get_or_try_init(|| async {
-                ConnectionManager::new_lazy_with_config(
-                    self.inner.client.clone(),
-                    self.inner.manager_config.clone(),
-                )
-            })
-            .await?;
-        Ok(manager.clone())
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((generation, manager)) = current.as_ref() {
+            return Ok((*generation, manager.clone()));
+        }
+        let manager = ConnectionManager::new_lazy_with_config(
+            self.inner.client.clone(),
+            self.inner.manager_config.clone(),
+        )?;
+        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        *current = Some((generation, manager.clone()));
+        Ok((generation, manager))
+    }
+
+    /// Drops connection `generation` (if still current) so that the next operation opens a fresh
+    /// one, instead of waiting on a dead socket or a reconnect attempt that already failed.
+    fn reset_connection(&self, generation: u64) {
+        if generation == 0 {
+            return;
+        }
+        let mut current = self
+            .inner
+            .manager
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if matches!(current.as_ref(), Some((g, _)) if *g == generation) {
+            *current = None;
+            tracing::debug!(
+                dsn = %self.inner.shown_dsn,
+                "impcache: dropping a dead redis connection; the next operation reconnects"
+            );
+        }
+    }
+
+    /// Counts a timeout on connection `generation`; after a few in a row the connection is presumed
+    /// dead (a server or route that swallows traffic never resets it) and replaced.
+    fn note_timeout(&self, generation: u64) {
+        let timeouts = self
+            .inner
+            .consecutive_timeouts
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if timeouts >= RESET_AFTER_TIMEOUTS {
+            self.inner.consecutive_timeouts.store(0, Ordering::Relaxed);
+            self.reset_connection(generation);
+        }
     }
 
     /// Sends one command or pipeline under the deadline and the breaker. Idempotent requests are
@@ -169,29 +243,43 @@ impl RedisCacheRepository {
             breaker: &self.inner.breaker,
             admission: &admission,
         };
+        // The generation of the connection the attempt used, readable after a timeout dropped it.
+        let used = AtomicU64::new(0);
         let attempt = async {
             let mut retried = false;
             loop {
-                let mut connection = self.connection().await?;
+                let (generation, mut connection) = self.connection()?;
+                used.store(generation, Ordering::Relaxed);
                 let result = match request {
-                    Request::Read(cmd) | Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
+                    Request::Read(cmd) | Request::Cmd(cmd) => {
+                        cmd.query_async(&mut connection).await
+                    }
                     Request::Pipe(pipe) => pipe.query_async(&mut connection).await,
                 };
                 match result {
                     Err(e) if request.is_idempotent() && !retried && is_dropped(&e) => {
+                        self.reset_connection(generation);
                         retried = true;
                     }
                     other => return other,
                 }
             }
         };
-        match tokio::time::timeout(self.inner.deadline, attempt).await {
+        let outcome = tokio::time::timeout(self.inner.deadline, attempt).await;
+        let generation = used.load(Ordering::Relaxed);
+        match outcome {
             Ok(Ok(value)) => {
+                self.inner.consecutive_timeouts.store(0, Ordering::Relaxed);
                 self.inner.breaker.record_success();
                 Ok(value)
             }
             Ok(Err(e)) => {
                 let error = classify(e, operation, subject(), self.inner.deadline);
+                match &error {
+                    Error::Timeout { .. } => self.note_timeout(generation),
+                    Error::Unavailable { .. } => self.reset_connection(generation),
+                    _ => {}
+                }
                 if error.is_outage() {
                     self.inner.breaker.record_failure(&admission);
                 } else {
@@ -200,6 +288,7 @@ impl RedisCacheRepository {
                 Err(error)
             }
             Err(_elapsed) => {
+                self.note_timeout(generation);
                 self.inner.breaker.record_failure(&admission);
                 Err(Error::Timeout {
                     operation,
@@ -329,7 +418,9 @@ impl CacheRepository for RedisCacheRepository {
         Box::pin(async move {
             self.check_size(key, &value)?;
             let cmd = set_command(key, &value, expiry, true);
-            let reply: redis::Value = self.query("set_nx", &|| shown(key), Request::Cmd(&cmd)).await?;
+            let reply: redis::Value = self
+                .query("set_nx", &|| shown(key), Request::Cmd(&cmd))
+                .await?;
             Ok(!matches!(reply, redis::Value::Nil))
         })
     }
@@ -346,7 +437,8 @@ impl CacheRepository for RedisCacheRepository {
             let mut pipe = redis::pipe();
             for (key, value) in &entries {
                 self.check_size(key, value)?;
-                pipe.add_command(set_command(key, value, expiry, false)).ignore();
+                pipe.add_command(set_command(key, value, expiry, false))
+                    .ignore();
             }
             let keys = || {
                 let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
@@ -360,7 +452,9 @@ impl CacheRepository for RedisCacheRepository {
         Box::pin(async move {
             let mut cmd = redis::cmd("GET");
             cmd.arg(key);
-            let value: Option<Vec<u8>> = self.query("get", &|| shown(key), Request::Read(&cmd)).await?;
+            let value: Option<Vec<u8>> = self
+                .query("get", &|| shown(key), Request::Read(&cmd))
+                .await?;
             Ok(bytes_of(value))
         })
     }
@@ -383,7 +477,8 @@ impl CacheRepository for RedisCacheRepository {
         Box::pin(async move {
             let mut cmd = redis::cmd("UNLINK");
             cmd.arg(key);
-            self.query("delete", &|| shown(key), Request::Cmd(&cmd)).await
+            self.query("delete", &|| shown(key), Request::Cmd(&cmd))
+                .await
         })
     }
 
@@ -406,7 +501,11 @@ impl CacheRepository for RedisCacheRepository {
         Box::pin(async move {
             let subject = || shown(pattern);
             let (mut cursor, mut keys): (u64, Vec<Vec<u8>>) = self
-                .query("delete_pattern", &subject, Request::Read(&scan_command(0, pattern)))
+                .query(
+                    "delete_pattern",
+                    &subject,
+                    Request::Read(&scan_command(0, pattern)),
+                )
                 .await?;
             let mut removed = 0;
             loop {
@@ -452,7 +551,14 @@ impl fmt::Debug for RedisCacheRepository {
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("deadline", &self.inner.deadline)
             .field("circuit_open", &self.inner.breaker.is_open())
-            .field("connected", &self.inner.manager.initialized())
+            .field(
+                "connected",
+                &self
+                    .inner
+                    .manager
+                    .read()
+                    .is_ok_and(|current| current.is_some()),
+            )
             .finish()
     }
 }
@@ -465,7 +571,30 @@ impl RedisCacheRepositoryBuilder {
             deadline: DEFAULT_DEADLINE,
             breaker: Some(CircuitBreakerConfig::default()),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            #[cfg(feature = "tls")]
+            tls: TlsSettings::default(),
         }
+    }
+
+    /// Trusts `pem` (one or more PEM certificates) as the root certificate authority of a
+    /// `rediss://` server, instead of the default (webpki) roots: for a private CA. Certificates
+    /// are still verified, host name included. Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_certificate = Some(pem.into());
+        self
+    }
+
+    /// A client certificate chain and its private key (both PEM) for servers that require mutual
+    /// TLS (`tls-auth-clients yes`). Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_identity = Some((certificate_pem.into(), key_pem.into()));
+        self
     }
 
     /// Time allowed to open a connection (TCP and handshake). Default 250 ms.
@@ -504,9 +633,46 @@ impl RedisCacheRepositoryBuilder {
     pub fn build(self) -> Result<RedisCacheRepository> {
         let client = match &self.source {
             Source::Dsn(dsn) => client_for(dsn)?,
-            Source::Client(client) => client.clone(),
+            Source::Client(client) => (**client).clone(),
         };
+        #[cfg(feature = "tls")]
+        let client = self.with_tls_certificates(client)?;
         Ok(self.finish(client))
+    }
+
+    /// Rebuilds `client` with the custom root and client certificates, when any were given.
+    #[cfg(feature = "tls")]
+    fn with_tls_certificates(&self, client: redis::Client) -> Result<redis::Client> {
+        if self.tls.root_certificate.is_none() && self.tls.client_identity.is_none() {
+            return Ok(client);
+        }
+        let shown_dsn = match &self.source {
+            Source::Dsn(dsn) => redact_dsn(dsn),
+            Source::Client(client) => describe_client(client),
+        };
+        let invalid = |reason: String| Error::InvalidDsn {
+            dsn: shown_dsn.clone(),
+            reason,
+        };
+        if !matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ) {
+            return Err(invalid(
+                "TLS certificates were given, but the DSN is not `rediss://`".to_owned(),
+            ));
+        }
+        let certificates = redis::TlsCertificates {
+            client_tls: self.tls.client_identity.as_ref().map(|(cert, key)| {
+                redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }
+            }),
+            root_cert: self.tls.root_certificate.clone(),
+        };
+        redis::Client::build_with_tls(client.get_connection_info().clone(), certificates)
+            .map_err(|e| invalid(format!("unusable TLS certificates: {e}")))
     }
 
     fn finish(self, client: redis::Client) -> RedisCacheRepository {
@@ -526,7 +692,9 @@ impl RedisCacheRepositoryBuilder {
             inner: Arc::new(Inner {
                 client,
                 manager_config,
-                manager: OnceCell::new(),
+                manager: RwLock::new(None),
+                generations: AtomicU64::new(0),
+                consecutive_timeouts: AtomicU32::new(0),
                 deadline: self.deadline,
                 connect_timeout: self.connect_timeout,
                 max_value_bytes: self.max_value_bytes,

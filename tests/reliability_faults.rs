@@ -1,0 +1,494 @@
+//! Reliability under faults: bounded waits, the circuit breaker, recovery without a restart, and
+//! what happens to writes. Faults come from the tests themselves: the harness's `RedisServer`
+//! (kill, SIGSTOP, restart on the same port), `CLIENT PAUSE`, `CLIENT KILL`, `CONFIG SET` and the
+//! in-test TCP proxy (`impcache_tests::FaultProxy`).
+//!
+//! Bounds are generous (deadline plus [`SLACK`]): they prove that a call cannot hang, not how fast
+//! it is.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use impcache::{Cache, CircuitBreakerConfig, Error, RedisCacheRepository};
+use impcache_tests::{FaultProxy, RedisServer};
+
+/// The per-operation deadline used throughout.
+const DEADLINE: Duration = Duration::from_millis(150);
+/// Scheduling slack on a loaded 2-core CI machine.
+const SLACK: Duration = Duration::from_millis(450);
+
+fn repository(url: &str) -> RedisCacheRepository {
+    RedisCacheRepository::builder(url)
+        .deadline(DEADLINE)
+        .connect_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+fn cache(url: &str) -> (Cache, RedisCacheRepository) {
+    let repository = repository(url);
+    let cache = Cache::builder(repository.clone())
+        .key_prefix("rel")
+        .version(1)
+        .build();
+    (cache, repository)
+}
+
+async fn timed<F: Future>(f: F) -> (F::Output, Duration) {
+    let start = Instant::now();
+    let output = f.await;
+    (output, start.elapsed())
+}
+
+/// Runs every kind of operation once and checks each returned, within the deadline plus slack,
+/// either a value or an error; returns the errors.
+async fn every_operation_is_bounded(cache: &Cache, situation: &str) -> Vec<Error> {
+    let mut errors = Vec::new();
+    macro_rules! check {
+        ($name:literal, $call:expr) => {{
+            let (result, elapsed) = timed($call).await;
+            assert!(
+                elapsed <= DEADLINE + SLACK,
+                "{situation}: {} took {elapsed:?} (deadline {DEADLINE:?})",
+                $name
+            );
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }};
+    }
+    check!("set", cache.set("k", &1, 60));
+    check!("set_nx", async {
+        cache.set_nx("k2", &1, 60).await.map(|_| ())
+    });
+    check!("set_many", cache.set_many([("a", 1), ("b", 2)], 60));
+    check!("get", async { cache.get::<i32>("k").await.map(|_| ()) });
+    check!("get_many", async {
+        cache.get_many::<i32, _>(["a", "b"]).await.map(|_| ())
+    });
+    check!("delete", async { cache.delete("k").await.map(|_| ()) });
+    check!("delete_many", async {
+        cache.delete_many(["a", "b"]).await.map(|_| ())
+    });
+    check!("delete_pattern", async {
+        cache.delete_pattern("*").await.map(|_| ())
+    });
+    errors
+}
+
+fn assert_all_outages(errors: &[Error], situation: &str, expected: usize) {
+    assert_eq!(errors.len(), expected, "{situation}: {errors:?}");
+    for e in errors {
+        assert!(e.is_outage(), "{situation}: not an outage error: {e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_when_the_server_is_killed() {
+    let mut server = RedisServer::start();
+    let (cache, _) = cache(&server.url());
+    assert!(every_operation_is_bounded(&cache, "healthy")
+        .await
+        .is_empty());
+    server.kill();
+    let errors = every_operation_is_bounded(&cache, "killed").await;
+    // Every write fails and says so: nothing is reported as stored when it was not.
+    assert_all_outages(&errors, "killed", 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_when_the_server_is_frozen() {
+    let server = RedisServer::start();
+    let (cache, _) = cache(&server.url());
+    assert!(every_operation_is_bounded(&cache, "healthy")
+        .await
+        .is_empty());
+    server.freeze();
+    let errors = every_operation_is_bounded(&cache, "frozen (SIGSTOP)").await;
+    assert_all_outages(&errors, "frozen", 8);
+    // A repository that has never connected is bounded too (the kernel accepts, nobody answers).
+    let (fresh, _) = self::cache(&server.url());
+    let errors = every_operation_is_bounded(&fresh, "frozen, fresh repository").await;
+    assert_all_outages(&errors, "frozen, fresh", 8);
+    server.thaw();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_when_the_server_is_paused() {
+    let server = RedisServer::start();
+    let (cache, repository) = cache(&server.url());
+    assert!(every_operation_is_bounded(&cache, "healthy")
+        .await
+        .is_empty());
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "800", "ALL"]);
+    let (result, elapsed) = timed(cache.get::<i32>("k")).await;
+    assert!(elapsed <= DEADLINE + SLACK, "paused get took {elapsed:?}");
+    assert!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "paused get: {result:?}"
+    );
+    let _: () = server.cmd(&["CLIENT", "UNPAUSE"]);
+    poll_until_ok(&cache, Duration::from_secs(3)).await;
+    assert!(!repository.is_circuit_open());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_when_connections_are_killed_or_reset() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let (cache, _) = cache(&proxy.url());
+    cache.set("k", &7, 60).await.unwrap();
+
+    // CLIENT KILL from the server side: reads are retried once on a fresh connection.
+    let killed: i64 = server.cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    assert!(killed >= 1);
+    let (value, elapsed) = timed(cache.get::<i32>("k")).await;
+    assert!(elapsed <= DEADLINE + SLACK);
+    assert_eq!(
+        value.unwrap(),
+        Some(7),
+        "a read after CLIENT KILL is retried"
+    );
+
+    // RST on every connection, from the network.
+    proxy.reset_all();
+    let (value, elapsed) = timed(cache.get::<i32>("k")).await;
+    assert!(elapsed <= DEADLINE + SLACK);
+    assert_eq!(value.unwrap(), Some(7), "a read after a RST is retried");
+    proxy.reset_all();
+    let (written, elapsed) = timed(cache.set("k", &8, 60)).await;
+    assert!(elapsed <= DEADLINE + SLACK);
+    // A write on a reset connection is not retried (it might have been applied): it either
+    // failed, and says so, or succeeded.
+    if let Err(e) = written {
+        assert!(e.is_outage(), "{e:?}");
+    }
+    let errors = every_operation_is_bounded(&cache, "after resets").await;
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_when_the_network_black_holes() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let (cache, _) = cache(&proxy.url());
+    assert!(every_operation_is_bounded(&cache, "healthy")
+        .await
+        .is_empty());
+    proxy.blackhole();
+    let errors = every_operation_is_bounded(&cache, "black hole").await;
+    assert_all_outages(&errors, "black hole", 8);
+    let (fresh, _) = self::cache(&proxy.url());
+    let errors = every_operation_is_bounded(&fresh, "black hole, fresh repository").await;
+    assert_all_outages(&errors, "black hole, fresh", 8);
+    proxy.heal();
+    poll_until_ok(&cache, Duration::from_secs(3)).await;
+    poll_until_ok(&fresh, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_with_latency_and_refused_connections() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let (cache, _) = cache(&proxy.url());
+    proxy.set_latency(Duration::from_millis(20));
+    let errors = every_operation_is_bounded(&cache, "20 ms latency").await;
+    assert!(errors.is_empty(), "latency below the deadline: {errors:?}");
+    proxy.set_latency(Duration::from_millis(400));
+    let errors = every_operation_is_bounded(&cache, "400 ms latency").await;
+    assert_all_outages(&errors, "400 ms latency", 8);
+    proxy.set_latency(Duration::ZERO);
+    proxy.refuse(true).await;
+    proxy.reset_all();
+    let (fresh, _) = self::cache(&proxy.url());
+    let errors = every_operation_is_bounded(&fresh, "refused").await;
+    assert_all_outages(&errors, "refused", 8);
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, Error::Unavailable { .. })),
+        "{errors:?}"
+    );
+    proxy.refuse(false).await;
+    poll_until_ok(&cache, Duration::from_secs(3)).await;
+    poll_until_ok(&fresh, Duration::from_secs(3)).await;
+}
+
+/// A connection that goes silent for good (the peer or a NAT forgot it, no RST ever comes) is
+/// replaced after a few timeouts: without that, every call would time out forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_from_a_half_open_connection() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let (cache, repository) = cache(&proxy.url());
+    cache.set("k", &1, 60).await.unwrap();
+    proxy.strand_connections();
+    let start = Instant::now();
+    let recovered = poll_until_ok(&cache, Duration::from_secs(5)).await;
+    eprintln!("recovered from a half-open connection in {recovered:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(!repository.is_circuit_open());
+}
+
+/// Calls `get` every 20 ms until it succeeds; the time it took. Panics after `limit`.
+async fn poll_until_ok(cache: &Cache, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (result, elapsed) = timed(cache.get::<i32>("probe")).await;
+        assert!(elapsed <= DEADLINE + SLACK, "a poll took {elapsed:?}");
+        match result {
+            Ok(_) => return start.elapsed(),
+            Err(e) => {
+                assert!(e.is_outage(), "{e:?}");
+                assert!(
+                    start.elapsed() < limit,
+                    "not recovered after {limit:?}: {e}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_fails_fast_during_an_outage_and_probes_close_it() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(DEADLINE)
+        .connect_timeout(Duration::from_millis(100))
+        .circuit_breaker(CircuitBreakerConfig::new(3, Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository.clone());
+    cache.set("k", &1, 60).await.unwrap();
+    server.freeze();
+    for _ in 0..3 {
+        let e = cache.get::<i32>("k").await.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    }
+    assert!(repository.is_circuit_open(), "3 timeouts open the breaker");
+
+    // While open, a call does not wait for the server at all.
+    const N: u32 = 1000;
+    let start = Instant::now();
+    let mut open = 0;
+    for _ in 0..N {
+        match cache.get::<i32>("k").await {
+            Err(Error::CircuitOpen { .. }) => open += 1,
+            other => panic!("expected CircuitOpen, got {other:?}"),
+        }
+        if start.elapsed() > Duration::from_millis(250) {
+            break; // the cool-down is 300 ms: stop before a probe is let through
+        }
+    }
+    let elapsed = start.elapsed();
+    eprintln!(
+        "breaker open: {open} calls in {elapsed:?} ({:?} per call)",
+        elapsed / open
+    );
+    assert!(open >= 10, "only {open} calls before the cool-down ended");
+    // Without the breaker each call would cost the deadline: `open` calls in `open × 150 ms`.
+    assert!(
+        elapsed < DEADLINE * open / 10,
+        "{open} calls took {elapsed:?}"
+    );
+    let message = cache.get::<i32>("k").await.unwrap_err().to_string();
+    assert!(message.contains("circuit breaker"), "{message}");
+
+    // Half-open: after the cool-down one probe goes to the (still frozen) server and fails; the
+    // breaker reopens.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (probe, elapsed) = timed(cache.get::<i32>("k")).await;
+    assert!(matches!(probe, Err(Error::Timeout { .. })), "{probe:?}");
+    assert!(elapsed <= DEADLINE + SLACK);
+    assert!(
+        repository.is_circuit_open(),
+        "a failed probe reopens the breaker"
+    );
+
+    server.thaw();
+    let recovered = poll_until_ok(&cache, Duration::from_secs(3)).await;
+    eprintln!("breaker closed {recovered:?} after the server came back");
+    assert!(!repository.is_circuit_open());
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
+}
+
+/// Without the breaker every call during a freeze costs the whole deadline: what the breaker saves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_breaker_every_call_waits_its_deadline() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(50))
+        .without_circuit_breaker()
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository.clone());
+    cache.set("k", &1, 60).await.unwrap();
+    server.freeze();
+    for _ in 0..8 {
+        let (result, elapsed) = timed(cache.get::<i32>("k")).await;
+        assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+        assert!(elapsed >= Duration::from_millis(50), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_millis(50) + SLACK, "{elapsed:?}");
+    }
+    assert!(!repository.is_circuit_open());
+    server.thaw();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_after_a_restart_on_the_same_port_without_any_action() {
+    let mut server = RedisServer::start();
+    // Production defaults, except a short deadline.
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(DEADLINE)
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository.clone());
+    cache.set("k", &1, 60).await.unwrap();
+    server.kill();
+    for _ in 0..10 {
+        let (result, elapsed) = timed(cache.get::<i32>("k")).await;
+        assert!(result.unwrap_err().is_outage());
+        assert!(elapsed <= DEADLINE + SLACK);
+    }
+    assert!(repository.is_circuit_open());
+    server.restart();
+    let recovered = poll_until_ok(&cache, Duration::from_secs(5)).await;
+    eprintln!("operations succeed again {recovered:?} after redis-server restarted");
+    assert!(
+        recovered < Duration::from_millis(2500),
+        "recovery took {recovered:?}"
+    );
+    // The restarted server is empty: a miss, and writes work again.
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
+    cache.set("k", &2, 60).await.unwrap();
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(2));
+}
+
+/// A timeout is not a cancellation: a write that timed out is reported as failed, and may still
+/// be applied by the server later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_write_is_reported_and_may_still_be_applied_later() {
+    let server = RedisServer::start();
+    let (cache, _) = cache(&server.url());
+    cache.get::<i32>("warm-up").await.unwrap();
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let paused_at = Instant::now();
+    let (result, elapsed) = timed(cache.set("late", &42, 60)).await;
+    assert!(elapsed <= DEADLINE + SLACK);
+    let error = result.unwrap_err();
+    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("may still be applied"),
+        "{error}"
+    );
+    // Reads from another connection are not paused: the write has not happened yet.
+    let exists: i64 = server.cmd(&["EXISTS", "rel:1:late"]);
+    assert_eq!(exists, 0, "not applied during the pause");
+    // ... and is applied once the pause ends.
+    let deadline = paused_at + Duration::from_secs(5);
+    loop {
+        let value: Option<String> = server.cmd(&["GET", "rel:1:late"]);
+        if let Some(value) = value {
+            assert_eq!(value, "42");
+            eprintln!(
+                "the timed-out write was applied {:?} after it was sent",
+                paused_at.elapsed()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the write was never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `maxmemory` with `noeviction`: writes fail with a clear error (Error::Server, code OOM) that is
+/// not an outage (the breaker stays closed); reads and deletes keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_fails_writes_clearly_and_reads_keep_working() {
+    let server = RedisServer::start();
+    let (cache, repository) = cache(&server.url());
+    cache.set("early", &"kept", 60).await.unwrap();
+    let _: () = server.cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let _: () = server.cmd(&["CONFIG", "SET", "maxmemory", "2mb"]);
+    let big = "x".repeat(10 * 1024);
+    let mut stored = 0;
+    let error = loop {
+        match cache.set(&format!("big{stored}"), &big, 60).await {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 10_000, "maxmemory never reached");
+    };
+    eprintln!("OOM after {stored} writes of 10 KiB: {error}");
+    match &error {
+        Error::Server { code, message, .. } => {
+            assert_eq!(code.as_deref(), Some("OOM"), "{message}");
+        }
+        other => panic!("expected Error::Server, got {other:?}"),
+    }
+    assert!(error.is_backend_failure() && !error.is_outage());
+    assert!(error.to_string().contains("OOM"), "{error}");
+    for _ in 0..10 {
+        assert!(cache.set("more", &big, 60).await.is_err());
+    }
+    assert!(!repository.is_circuit_open(), "OOM is not an outage");
+    assert_eq!(
+        cache.get::<String>("early").await.unwrap().as_deref(),
+        Some("kept")
+    );
+    assert_eq!(
+        cache.get::<String>("big0").await.unwrap().as_deref(),
+        Some(big.as_str())
+    );
+    assert_eq!(
+        cache.get::<String>(&format!("big{stored}")).await.unwrap(),
+        None
+    );
+    assert_eq!(cache.delete("big0").await.unwrap(), 1);
+}
+
+/// Thousands of concurrent calls against a frozen server: every one ends within the deadline (no
+/// queue grows without bound, nothing hangs or panics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_against_a_frozen_server_all_end_in_time() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(DEADLINE)
+        .without_circuit_breaker()
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository);
+    cache.set("k", &1, 60).await.unwrap();
+    server.freeze();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let (result, elapsed) = if i % 2 == 0 {
+                    timed(cache.get::<i32>("k")).await
+                } else {
+                    let (r, e) = timed(cache.set("k", &i, 60)).await;
+                    (r.map(|()| None), e)
+                };
+                (result.unwrap_err(), elapsed)
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    for task in tasks {
+        let (error, elapsed) = task.await.expect("no panic");
+        assert!(error.is_outage(), "{error:?}");
+        worst = worst.max(elapsed);
+    }
+    eprintln!(
+        "2000 concurrent calls, frozen server: worst {worst:?}, all done in {:?}",
+        start.elapsed()
+    );
+    assert!(worst <= DEADLINE + SLACK * 2, "worst call took {worst:?}");
+    server.thaw();
+    poll_until_ok(&cache, Duration::from_secs(3)).await;
+}
