@@ -278,6 +278,11 @@ impl RedisCacheRepository {
                 match &error {
                     Error::Timeout { .. } => self.note_timeout(generation),
                     Error::Unavailable { .. } => self.reset_connection(generation),
+                    // Redis closes the connection after a protocol error (a value beyond its
+                    // `proto-max-bulk-len`): don't let the next call find it dead.
+                    Error::Server { message, .. } if message.contains("Protocol error") => {
+                        self.reset_connection(generation)
+                    }
                     _ => {}
                 }
                 if error.is_outage() {
