@@ -1,0 +1,396 @@
+//! Security: `rediss://` verifies certificates (default roots, or a custom CA given to the
+//! builder), refusing an untrusted CA or a wrong host name; ACL users and passwords work; passwords
+//! never appear in `Debug` output, error messages or logs.
+//!
+//! The TLS tests need the `tls` feature: `cargo test -p impcache-tests --features tls`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use impcache::{Cache, Error, RedisCacheRepository};
+use impcache_tests::RedisServer;
+
+const PASSWORD: &str = "s3cret-pw-7f1c";
+const WRONG_PASSWORD: &str = "wrong-pw-93ab";
+
+/// Everything logged through `tracing` by this test binary, at every level.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in [PASSWORD, WRONG_PASSWORD] {
+        assert!(!text.contains(secret), "{what} shows a password: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_users_work_and_passwords_never_show() {
+    let logs = captured_logs();
+    let mut server = RedisServer::start();
+    let _: () = server.cmd(&[
+        "ACL",
+        "SETUSER",
+        "alice",
+        "on",
+        &format!(">{PASSWORD}"),
+        "~*",
+        "+@all",
+    ]);
+    let _: () = server.cmd(&["ACL", "SETUSER", "default", "off"]);
+    let port = server.port();
+    let dsn = format!("redis://alice:{PASSWORD}@127.0.0.1:{port}/0");
+
+    let builder = RedisCacheRepository::builder(&dsn).deadline(Duration::from_millis(300));
+    assert_no_secret("builder Debug", &format!("{builder:?}"));
+    let repository = builder.build().unwrap();
+    let cache = Cache::new(repository.clone());
+    assert_no_secret("repository Debug", &format!("{repository:?}"));
+    assert_no_secret("cache Debug", &format!("{cache:?}"));
+    assert!(format!("{repository:?}").contains("alice:***@"));
+    cache.set("k", &"v", 60).await.unwrap();
+    assert_eq!(
+        cache.get::<String>("k").await.unwrap().as_deref(),
+        Some("v")
+    );
+
+    // A wrong password: refused, and neither password shows anywhere.
+    let bad =
+        RedisCacheRepository::builder(format!("redis://alice:{WRONG_PASSWORD}@127.0.0.1:{port}/0"))
+            .deadline(Duration::from_millis(300))
+            .build()
+            .unwrap();
+    let bad_cache = Cache::new(bad.clone());
+    let mut errors = Vec::new();
+    for _ in 0..8 {
+        errors.push(bad_cache.get::<String>("k").await.unwrap_err());
+    }
+    eprintln!("wrong password: {}", errors[0]);
+    assert!(errors[0].is_backend_failure(), "{:?}", errors[0]);
+    for e in &errors {
+        assert_no_secret("error message", &e.to_string());
+        assert_no_secret("error Debug", &format!("{e:?}"));
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            assert_no_secret("error source", &s.to_string());
+            source = s.source();
+        }
+    }
+    assert_no_secret("repository Debug", &format!("{bad:?}"));
+
+    // An outage (logged by the breaker and the reconnect logic) logs no password either.
+    server.kill();
+    for _ in 0..10 {
+        assert!(cache.get::<String>("k").await.is_err());
+    }
+    assert!(repository.is_circuit_open());
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(logs.contains("circuit breaker opened"), "logs: {logs}");
+    assert_no_secret("logs", &logs);
+}
+
+#[test]
+fn dsn_errors_never_show_the_password() {
+    for dsn in [
+        format!("redis://alice:{PASSWORD}@127.0.0.1:notaport/0"),
+        format!("redis://alice:{PASSWORD}@/0"),
+        format!("redis://{PASSWORD}@127.0.0.1:1/abc"),
+        format!("redis://alice:{PASSWORD}@127.0.0.1:1/0?db=x"),
+        format!("ftp://alice:{PASSWORD}@127.0.0.1:1/0"),
+    ] {
+        let error = RedisCacheRepository::new(&dsn).unwrap_err();
+        assert!(matches!(error, Error::InvalidDsn { .. }), "{error:?}");
+        assert_no_secret("DSN error", &error.to_string());
+        assert_no_secret("DSN error Debug", &format!("{error:?}"));
+        assert_no_secret(
+            "builder Debug",
+            &format!("{:?}", RedisCacheRepository::builder(&dsn)),
+        );
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use impcache::{Cache, Error, RedisCacheRepository};
+
+    /// A scratch directory with a CA, a second (untrusted) CA, and server certificates.
+    struct Pki {
+        dir: PathBuf,
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "impcache-pki-{}-{}",
+                std::process::id(),
+                impcache_tests::free_port()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let pki = Pki { dir };
+            pki.ca("ca");
+            pki.ca("rogue-ca");
+            pki.server("server", "ca", "DNS:localhost,IP:127.0.0.1");
+            pki.server("wrong-host", "ca", "DNS:wrong.example");
+            pki.server("rogue", "rogue-ca", "DNS:localhost,IP:127.0.0.1");
+            pki
+        }
+
+        fn ca(&self, name: &str) {
+            openssl(
+                &self.dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN=impcache test {name}"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.crt"),
+                ],
+            );
+        }
+
+        fn server(&self, name: &str, ca: &str, san: &str) {
+            openssl(
+                &self.dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-subj",
+                    "/CN=impcache test server",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            std::fs::write(
+                self.dir.join(format!("{name}.ext")),
+                format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n"),
+            )
+            .unwrap();
+            openssl(
+                &self.dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    &format!("{ca}.crt"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}.crt"),
+                ],
+            );
+        }
+
+        fn pem(&self, name: &str) -> Vec<u8> {
+            std::fs::read(self.dir.join(format!("{name}.crt"))).unwrap()
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A `redis-server` listening for TLS only (`--port 0`), with certificate `cert`.
+    struct TlsServer {
+        child: Child,
+        port: u16,
+    }
+
+    impl TlsServer {
+        fn start(pki: &Pki, cert: &str) -> Self {
+            let port = impcache_tests::free_port();
+            let file = |ext: &str| pki.dir.join(format!("{cert}.{ext}"));
+            let child = Command::new(impcache_tests::redis_server_bin())
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&pki.dir)
+                .arg("--tls-cert-file")
+                .arg(file("crt"))
+                .arg("--tls-key-file")
+                .arg(file("key"))
+                .arg("--tls-ca-cert-file")
+                .arg(pki.dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "TLS redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            TlsServer { child, port }
+        }
+
+        fn url(&self, host: &str) -> String {
+            format!("rediss://{host}:{}/0", self.port)
+        }
+    }
+
+    impl Drop for TlsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn cache(url: &str, root: Option<Vec<u8>>) -> Cache {
+        let mut builder = RedisCacheRepository::builder(url).deadline(Duration::from_secs(2));
+        if let Some(root) = root {
+            builder = builder.tls_root_certificate(root);
+        }
+        Cache::new(builder.build().unwrap())
+    }
+
+    fn assert_refused(result: impcache::Result<()>, what: &str) -> Error {
+        let error = result.expect_err(what);
+        eprintln!("{what}: {error}");
+        assert!(error.is_backend_failure(), "{what}: {error:?}");
+        error
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trusted_ca_and_matching_host_connect() {
+        let pki = Pki::new();
+        let server = TlsServer::start(&pki, "server");
+        for host in ["127.0.0.1", "localhost"] {
+            let cache = cache(&server.url(host), Some(pki.pem("ca")));
+            cache.set("k", &host, 60).await.unwrap();
+            assert_eq!(
+                cache.get::<String>("k").await.unwrap().as_deref(),
+                Some(host)
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn certificates_are_verified_by_default() {
+        let pki = Pki::new();
+        let server = TlsServer::start(&pki, "server");
+        // The default (webpki) roots do not include the test CA.
+        let error = assert_refused(
+            cache(&server.url("127.0.0.1"), None).set("k", &1, 60).await,
+            "a private CA without tls_root_certificate",
+        );
+        assert!(
+            format!("{error:?}").to_lowercase().contains("certificate"),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_untrusted_ca_is_refused() {
+        let pki = Pki::new();
+        let server = TlsServer::start(&pki, "rogue");
+        assert_refused(
+            cache(&server.url("127.0.0.1"), Some(pki.pem("ca")))
+                .set("k", &1, 60)
+                .await,
+            "a certificate from another CA",
+        );
+        // Trusting the rogue CA explicitly makes it work: the refusal was about trust.
+        cache(&server.url("127.0.0.1"), Some(pki.pem("rogue-ca")))
+            .set("k", &1, 60)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wrong_host_name_is_refused() {
+        let pki = Pki::new();
+        let server = TlsServer::start(&pki, "wrong-host");
+        for host in ["127.0.0.1", "localhost"] {
+            let error = assert_refused(
+                cache(&server.url(host), Some(pki.pem("ca")))
+                    .set("k", &1, 60)
+                    .await,
+                "a certificate for wrong.example",
+            );
+            assert!(
+                format!("{error:?}").to_lowercase().contains("certificate"),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_certificates_need_a_rediss_dsn() {
+        let error = RedisCacheRepository::builder("redis://127.0.0.1:1/0")
+            .tls_root_certificate(b"-----BEGIN CERTIFICATE-----".to_vec())
+            .build()
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidDsn { .. }), "{error:?}");
+        assert!(error.to_string().contains("rediss://"), "{error}");
+    }
+}
