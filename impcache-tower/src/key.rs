@@ -1,0 +1,348 @@
+//! Cache keys: how a request maps to entries, and the `delete_pattern` globs that purge them.
+//!
+//! Every key lives inside the cache's `{prefix}:{version}:` namespace. The part this crate adds is
+//!
+//! ```text
+//! {namespace}:{host}:{path}:{query}:{method}:h              the Vary header names learned for the URL
+//! {namespace}:{host}:{path}:{query}:{method}:v:-            the entry, when the response had no Vary
+//! {namespace}:{host}:{path}:{query}:{method}:v:{vary-hash}  one entry per Vary variant
+//! ```
+//!
+//! - `host` and `path` are *percent-encoded* with every byte outside a small safe set escaped (`%`
+//!   and `:` included, and all Redis glob characters `* ? [ ] \`), so user-controlled parts can
+//!   neither add a `:` segment nor act as a wildcard in a purge pattern, and the encoding is
+//!   one-to-one (no two requests share a key by accident).
+//! - `query` is `-` without a query, else the first 128 bits of the SHA-256 of the query with its
+//!   `&`-separated parameters sorted (so `?b=2&a=1` and `?a=1&b=2` share an entry), in hex.
+//! - `vary-hash` is the SHA-256 (128 bits, hex) of the request's values of the headers that the
+//!   response's `Vary` names (and of `Authorization`/`Cookie` when authenticated requests are cached).
+//!
+//! Purging one URL removes all its methods and variants with one pattern,
+//! [`url_pattern`] (`{namespace}:{host}:{path}:{query}:*`), and a whole subtree with
+//! [`prefix_pattern`] (`{namespace}:{host}:{path-prefix}*`); the host may be `None` for "any host".
+
+use std::fmt::Write as _;
+
+use http::{HeaderMap, HeaderName, Method};
+use sha2::{Digest, Sha256};
+
+/// Bytes kept as they are in the path segment of a key; every other byte is `%XX`.
+fn path_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'/'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b'@'
+        )
+}
+
+/// Bytes kept as they are in the host and method segments (no `/`, so only the path starts with one).
+fn token_safe(b: u8) -> bool {
+    path_safe(b) && b != b'/'
+}
+
+fn push_encoded(out: &mut String, s: &str, safe: fn(u8) -> bool) {
+    for &b in s.as_bytes() {
+        if safe(b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// The host segment: lowercased and encoded, `-` when the request names none.
+fn host_segment(host: Option<&str>) -> String {
+    match host {
+        None | Some("") => "-".to_owned(),
+        Some(host) => {
+            let mut out = String::with_capacity(host.len());
+            push_encoded(&mut out, &host.to_ascii_lowercase(), token_safe);
+            out
+        }
+    }
+}
+
+/// The path segment: always starts with `/` (an empty path is `/`).
+fn path_segment(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 1);
+    if !path.starts_with('/') {
+        out.push('/');
+    }
+    push_encoded(&mut out, path, path_safe);
+    out
+}
+
+fn hex128(digest: &[u8]) -> String {
+    let mut out = String::with_capacity(32);
+    for b in digest.iter().take(16) {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The query segment: `-` without a query, else the hash of its sorted parameters.
+fn query_segment(query: Option<&str>) -> String {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return "-".to_owned();
+    };
+    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    if params.is_empty() {
+        return "-".to_owned();
+    }
+    params.sort_unstable();
+    let mut hasher = Sha256::new();
+    for param in params {
+        hasher.update(param.as_bytes());
+        hasher.update(b"&");
+    }
+    hex128(&hasher.finalize())
+}
+
+/// The host a request names: the `Host` header, else the URI's authority.
+pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+/// The URL part of a key (without the cache's prefix and version): everything but the variant.
+pub(crate) fn url_key(
+    namespace: &str,
+    host: Option<&str>,
+    path: &str,
+    query: Option<&str>,
+    method: &Method,
+) -> String {
+    let mut key = String::with_capacity(namespace.len() + path.len() + 64);
+    key.push_str(namespace);
+    key.push(':');
+    key.push_str(&host_segment(host));
+    key.push(':');
+    key.push_str(&path_segment(path));
+    key.push(':');
+    key.push_str(&query_segment(query));
+    key.push(':');
+    push_encoded(&mut key, method.as_str(), token_safe);
+    key
+}
+
+/// The key holding the Vary header names learned for a URL.
+pub(crate) fn meta_key(url_key: &str) -> String {
+    format!("{url_key}:h")
+}
+
+/// The key of the entry of a URL when the response had no `Vary` (and no credentials are keyed).
+pub(crate) fn plain_variant_key(url_key: &str) -> String {
+    format!("{url_key}:v:-")
+}
+
+/// The key of one variant: the request's values of the `vary` headers (and, when `credentials`,
+/// of `Authorization` and `Cookie`), hashed.
+pub(crate) fn variant_key(
+    url_key: &str,
+    vary: &[HeaderName],
+    headers: &HeaderMap,
+    credentials: bool,
+) -> String {
+    let credential_headers = [http::header::AUTHORIZATION, http::header::COOKIE];
+    let keyed_credentials = credentials
+        && credential_headers
+            .iter()
+            .any(|name| headers.contains_key(name));
+    if vary.is_empty() && !keyed_credentials {
+        return plain_variant_key(url_key);
+    }
+    let mut hasher = Sha256::new();
+    let feed = |hasher: &mut Sha256, name: &HeaderName| {
+        // Length-prefixed fields: no two different header sets hash the same input.
+        hasher.update((name.as_str().len() as u64).to_le_bytes());
+        hasher.update(name.as_str().as_bytes());
+        let values = headers.get_all(name);
+        hasher.update((values.iter().count() as u64).to_le_bytes());
+        for value in values {
+            hasher.update((value.as_bytes().len() as u64).to_le_bytes());
+            hasher.update(value.as_bytes());
+        }
+    };
+    for name in vary {
+        feed(&mut hasher, name);
+    }
+    if keyed_credentials {
+        hasher.update(b"\xffcredentials");
+        for name in &credential_headers {
+            feed(&mut hasher, name);
+        }
+    }
+    format!("{url_key}:v:{}", hex128(&hasher.finalize()))
+}
+
+/// The `delete_pattern` glob (inside the cache's prefix and version) matching every entry of one
+/// URL: all methods and all `Vary` variants of `path_and_query` (as it appears in the request line,
+/// percent-encoded), on `host`, or on any host when `None`.
+///
+/// ```
+/// use impcache_tower::key::url_pattern;
+/// assert_eq!(url_pattern("http", Some("example.com"), "/users/1"), "http:example.com:/users/1:-:*");
+/// // glob characters in a path are encoded: they cannot widen the purge
+/// assert_eq!(url_pattern("http", None, "/a*"), "http:*:/a%2A:-:*");
+/// ```
+pub fn url_pattern(namespace: &str, host: Option<&str>, path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    format!(
+        "{}:{}:{}:{}:*",
+        impcache::escape_pattern(namespace),
+        host_pattern(host),
+        path_segment(path),
+        query_segment(query)
+    )
+}
+
+/// The `delete_pattern` glob matching every entry whose path starts with `path_prefix` (all
+/// queries, methods and variants), on `host`, or on any host when `None`.
+///
+/// The match is on the path text: `/users` also matches `/users-admin`; end the prefix with `/`
+/// to purge a subtree only.
+///
+/// ```
+/// use impcache_tower::key::prefix_pattern;
+/// assert_eq!(prefix_pattern("http", None, "/users/"), "http:*:/users/*");
+/// ```
+pub fn prefix_pattern(namespace: &str, host: Option<&str>, path_prefix: &str) -> String {
+    format!(
+        "{}:{}:{}*",
+        impcache::escape_pattern(namespace),
+        host_pattern(host),
+        path_segment(path_prefix)
+    )
+}
+
+fn host_pattern(host: Option<&str>) -> String {
+    match host {
+        // Only the path segment contains `/`, so `*` cannot reach past the host into another path.
+        None => "*".to_owned(),
+        Some(host) => host_segment(Some(host)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::HeaderValue;
+
+    fn url(host: Option<&str>, path: &str, query: Option<&str>) -> String {
+        url_key("http", host, path, query, &Method::GET)
+    }
+
+    #[test]
+    fn query_parameters_are_sorted_and_hashed() {
+        assert_eq!(
+            url(Some("h"), "/p", Some("b=2&a=1")),
+            url(Some("h"), "/p", Some("a=1&b=2"))
+        );
+        assert_ne!(
+            url(Some("h"), "/p", Some("a=1&b=2")),
+            url(Some("h"), "/p", Some("a=1&b=3"))
+        );
+        assert_eq!(url(Some("h"), "/p", Some("")), url(Some("h"), "/p", None));
+        assert!(url(Some("h"), "/p", None).ends_with(":/p:-:GET"));
+        let hashed = url(Some("h"), "/p", Some("a=1"));
+        let segment = hashed.split(':').nth(3).unwrap();
+        assert_eq!(segment.len(), 32);
+        assert!(segment.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn host_and_path_cannot_inject_segments_or_globs() {
+        let key = url(Some("Evil:*.com"), "/a:b*?[x]\\%", None);
+        assert_eq!(key, "http:evil%3A%2A.com:/a%3Ab%2A%3F%5Bx%5D%5C%25:-:GET");
+        for c in ['*', '?', '[', ']', '\\'] {
+            assert!(!key.contains(c), "{key}");
+        }
+        assert_eq!(key.matches(':').count(), 4);
+        // One-to-one: an already-encoded path is not the same key as the decoded one.
+        assert_ne!(url(None, "/a%2A", None), url(None, "/a*", None));
+        // A host cannot contain `/`, so only the path segment starts with one.
+        assert!(url(Some("a/b"), "/", None).starts_with("http:a%2Fb:/:"));
+    }
+
+    #[test]
+    fn patterns_match_exactly_what_they_name() {
+        let matches =
+            |pattern: &str, key: &str| impcache::glob_match(pattern.as_bytes(), key.as_bytes());
+        let a = format!("{}:v:-", url(Some("h"), "/users/1", None));
+        let b = format!("{}:v:abc", url(Some("h"), "/users/1", None));
+        let c = url(Some("h"), "/users/10", None) + ":h";
+        let q = url(Some("h"), "/users/1", Some("x=1")) + ":h";
+        let other = url(Some("h"), "/a*", None) + ":h";
+        let p = url_pattern("http", Some("h"), "/users/1");
+        assert!(matches(&p, &a) && matches(&p, &b));
+        assert!(!matches(&p, &c) && !matches(&p, &q));
+        assert!(matches(&url_pattern("http", None, "/users/1?x=1"), &q));
+        let prefix = prefix_pattern("http", None, "/users/");
+        assert!(matches(&prefix, &a) && matches(&prefix, &c) && matches(&prefix, &q));
+        // A purge of `/a*` removes that literal path only, not `/ab`.
+        let star = prefix_pattern("http", None, "/a*");
+        assert!(matches(&star, &other));
+        assert!(!matches(&star, &(url(Some("h"), "/ab", None) + ":h")));
+        // `*` as the host cannot match across into another path.
+        assert!(!matches(
+            &url_pattern("http", None, "/users"),
+            &(url(Some("h"), "/x", None) + ":h")
+        ));
+    }
+
+    #[test]
+    fn variants_hash_the_named_header_values() {
+        let base = url(None, "/", None);
+        let mut en = HeaderMap::new();
+        en.insert("accept-language", HeaderValue::from_static("en"));
+        let mut fr = HeaderMap::new();
+        fr.insert("accept-language", HeaderValue::from_static("fr"));
+        let vary = [HeaderName::from_static("accept-language")];
+        assert_eq!(
+            variant_key(&base, &[], &en, false),
+            plain_variant_key(&base)
+        );
+        assert_ne!(
+            variant_key(&base, &vary, &en, false),
+            variant_key(&base, &vary, &fr, false)
+        );
+        assert_ne!(
+            variant_key(&base, &vary, &HeaderMap::new(), false),
+            variant_key(&base, &vary, &en, false)
+        );
+        let mut auth = HeaderMap::new();
+        auth.insert("authorization", HeaderValue::from_static("Bearer a"));
+        assert_eq!(
+            variant_key(&base, &[], &auth, false),
+            plain_variant_key(&base)
+        );
+        assert_ne!(
+            variant_key(&base, &[], &auth, true),
+            plain_variant_key(&base)
+        );
+        assert_eq!(
+            variant_key(&base, &[], &HeaderMap::new(), true),
+            plain_variant_key(&base)
+        );
+    }
+}

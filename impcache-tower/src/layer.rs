@@ -1,0 +1,320 @@
+//! [`CacheLayer`]: the configuration, and the purge helpers.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, Request, StatusCode};
+use impcache::{Cache, Expire};
+use tower::Layer;
+
+use crate::flight::Flights;
+use crate::key;
+use crate::service::CacheService;
+
+/// The default largest body stored: 1 MiB. Larger responses stream through, unstored.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
+
+/// The default TTL of an entry: 60 seconds.
+pub const DEFAULT_EXPIRE_SECS: u64 = 60;
+
+/// The default longest wait for a concurrent request's handler call: 10 seconds.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default namespace of keys inside the cache's prefix and version.
+pub const DEFAULT_NAMESPACE: &str = "http";
+
+/// Which cache status headers responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StatusHeader {
+    /// `x-cache: HIT`, `MISS` or `BYPASS`.
+    XCache,
+    /// RFC 9211 `Cache-Status: impcache; hit; ttl=42` (or `fwd=uri-miss; stored`, `fwd=bypass`, …).
+    CacheStatus,
+    /// Both (the default).
+    #[default]
+    Both,
+    /// Neither.
+    None,
+}
+
+/// The `x-cache` header name.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// The RFC 9211 `Cache-Status` header name.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) cache: Cache,
+    pub(crate) namespace: String,
+    pub(crate) expire: Expire,
+    pub(crate) max_ttl: Option<Expire>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) max_body_size: usize,
+    pub(crate) allow_authenticated: bool,
+    pub(crate) honor_request_cache_control: bool,
+    pub(crate) status_header: StatusHeader,
+    pub(crate) compute_etag: bool,
+    pub(crate) coalesce: bool,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) key_by_host: bool,
+}
+
+impl Config {
+    fn resolve(expire: Expire) -> Option<Duration> {
+        match expire.resolve("impcache-tower expire") {
+            Ok(expiry) => expiry.as_duration(),
+            // Zero or negative: checked by `storable_ttls`, which stores nothing then.
+            Err(_) => Some(Duration::ZERO),
+        }
+    }
+
+    /// The layer's TTL and cap, as durations (`None`: no limit).
+    pub(crate) fn ttls(&self) -> (Option<Duration>, Option<Duration>) {
+        (
+            Self::resolve(self.expire),
+            self.max_ttl.and_then(Self::resolve),
+        )
+    }
+
+    pub(crate) fn host<'a>(&self, host: Option<&'a str>) -> Option<&'a str> {
+        if self.key_by_host {
+            host
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("cache", &self.cache)
+            .field("namespace", &self.namespace)
+            .field("expire", &self.expire)
+            .field("max_ttl", &self.max_ttl)
+            .field("methods", &self.methods)
+            .field("statuses", &self.statuses)
+            .field("max_body_size", &self.max_body_size)
+            .field("allow_authenticated", &self.allow_authenticated)
+            .field(
+                "honor_request_cache_control",
+                &self.honor_request_cache_control,
+            )
+            .field("status_header", &self.status_header)
+            .field("compute_etag", &self.compute_etag)
+            .field("coalesce", &self.coalesce)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("key_by_host", &self.key_by_host)
+            .finish()
+    }
+}
+
+/// A [`Layer`] that caches HTTP responses in an [`impcache::Cache`].
+///
+/// Cheap to clone; clones (and every service they make) share the cache and the in-flight
+/// request table. Builder methods consume and return the layer. See the [crate docs](crate) for
+/// the rules and an example.
+#[derive(Clone, Debug)]
+pub struct CacheLayer {
+    pub(crate) config: Arc<Config>,
+    pub(crate) flights: Arc<Flights>,
+}
+
+impl CacheLayer {
+    /// A layer storing in `cache` with the default rules: GET (and HEAD from the GET entry), status
+    /// 200, 60 s, bodies up to 1 MiB.
+    pub fn new(cache: Cache) -> Self {
+        CacheLayer {
+            config: Arc::new(Config {
+                cache,
+                namespace: DEFAULT_NAMESPACE.to_owned(),
+                expire: Expire::seconds(DEFAULT_EXPIRE_SECS),
+                max_ttl: None,
+                methods: vec![Method::GET],
+                statuses: vec![StatusCode::OK],
+                max_body_size: DEFAULT_MAX_BODY_SIZE,
+                allow_authenticated: false,
+                honor_request_cache_control: false,
+                status_header: StatusHeader::Both,
+                compute_etag: true,
+                coalesce: true,
+                lock_timeout: DEFAULT_LOCK_TIMEOUT,
+                key_by_host: true,
+            }),
+            flights: Arc::new(Flights::default()),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// How long entries live (integers are seconds; default 60). A response's `s-maxage`, else
+    /// `max-age`, shortens it; it never lengthens it. [`Expire::NEVER`] stores without expiry
+    /// (then only the response's directives and [`max_ttl`](Self::max_ttl) bound it). Zero or a
+    /// negative number stores nothing.
+    pub fn expire(self, expire: impl Into<Expire>) -> Self {
+        let expire = expire.into();
+        self.with(|c| c.expire = expire)
+    }
+
+    /// The longest TTL, whatever the layer's `expire` and the response say (default: none).
+    pub fn max_ttl(self, max_ttl: impl Into<Expire>) -> Self {
+        let max_ttl = max_ttl.into();
+        self.with(|c| c.max_ttl = Some(max_ttl))
+    }
+
+    /// The request methods whose responses are stored (default: GET). HEAD is never stored; it is
+    /// answered from the GET entry when GET is listed.
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        let methods: Vec<Method> = methods.into_iter().filter(|m| m != Method::HEAD).collect();
+        self.with(|c| c.methods = methods)
+    }
+
+    /// The response statuses that are stored (default: 200 only). 206 is never stored.
+    pub fn statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        let statuses = statuses.into_iter().collect();
+        self.with(|c| c.statuses = statuses)
+    }
+
+    /// The largest body stored, in bytes (default 1 MiB). A larger response streams to the client
+    /// unchanged, and at most this many bytes of it are ever held in memory.
+    pub fn max_body_size(self, bytes: usize) -> Self {
+        self.with(|c| c.max_body_size = bytes)
+    }
+
+    /// Whether requests with `Authorization` or `Cookie` use the cache (default `false`: they go
+    /// straight to the handler). When `true`, their values are part of the key, so each
+    /// credential gets its own entries and none is ever served to another.
+    pub fn allow_authenticated(self, allow: bool) -> Self {
+        self.with(|c| c.allow_authenticated = allow)
+    }
+
+    /// Whether the client's request `Cache-Control` counts (default `false`: the server owns its
+    /// cache, and a browser's hard refresh does not reach the handler). When `true`, `no-store`
+    /// bypasses the cache, and `no-cache`, `max-age=0` or `Pragma: no-cache` skip the lookup and
+    /// store the fresh response.
+    pub fn honor_request_cache_control(self, honor: bool) -> Self {
+        self.with(|c| c.honor_request_cache_control = honor)
+    }
+
+    /// Which cache status headers responses carry (default [`StatusHeader::Both`]).
+    pub fn status_header(self, status_header: StatusHeader) -> Self {
+        self.with(|c| c.status_header = status_header)
+    }
+
+    /// Whether a stored response without an `ETag` gets a strong one computed from its body
+    /// (default `true`), so that `If-None-Match` can be answered with 304 from the cache.
+    pub fn compute_etag(self, compute: bool) -> Self {
+        self.with(|c| c.compute_etag = compute)
+    }
+
+    /// Whether concurrent misses of one key in this process wait for a single handler call
+    /// (default `true`).
+    pub fn coalesce(self, coalesce: bool) -> Self {
+        self.with(|c| c.coalesce = coalesce)
+    }
+
+    /// How long a coalesced request waits for the first one's handler call before calling the
+    /// handler itself (default 10 s).
+    pub fn lock_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.lock_timeout = timeout)
+    }
+
+    /// Whether the `Host` is part of the key (default `true`). Turn it off when one application
+    /// answers several host names with the same content.
+    pub fn key_by_host(self, key_by_host: bool) -> Self {
+        self.with(|c| c.key_by_host = key_by_host)
+    }
+
+    /// The first segment of every key this layer writes (default `"http"`), inside the cache's
+    /// `{prefix}:{version}:`. Layers with different rules on one cache should use different ones.
+    pub fn namespace(self, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        self.with(|c| c.namespace = namespace)
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.config.cache
+    }
+
+    /// The full key (with the cache's prefix and version) under which `request`'s URL is stored:
+    /// its entry is `{key}:v:-` (or `{key}:v:{hash}` per `Vary` variant) and the learned Vary
+    /// list `{key}:h`. HEAD requests name the GET key.
+    pub fn request_key<B>(&self, request: &Request<B>) -> String {
+        let method = if request.method() == Method::HEAD {
+            &Method::GET
+        } else {
+            request.method()
+        };
+        let host = key::request_host(request.uri(), request.headers());
+        self.config.cache.make_key(&key::url_key(
+            &self.config.namespace,
+            self.config.host(host),
+            request.uri().path(),
+            request.uri().query(),
+            method,
+        ))
+    }
+
+    /// The `delete_pattern` pattern of one URL (all methods and `Vary` variants); see
+    /// [`purge_url`](Self::purge_url).
+    pub fn url_pattern(&self, host: Option<&str>, path_and_query: &str) -> String {
+        key::url_pattern(
+            &self.config.namespace,
+            self.config.host(host),
+            path_and_query,
+        )
+    }
+
+    /// The `delete_pattern` pattern of every URL under a path prefix; see
+    /// [`purge_prefix`](Self::purge_prefix).
+    pub fn prefix_pattern(&self, host: Option<&str>, path_prefix: &str) -> String {
+        key::prefix_pattern(&self.config.namespace, self.config.host(host), path_prefix)
+    }
+
+    /// Removes every stored response of one URL, with all its `Vary` variants: `path_and_query`
+    /// as in the request line (`/users/1?tab=a`, percent-encoded as sent), on `host` or on any
+    /// host when `None`. Returns the number of keys removed.
+    ///
+    /// The query is matched after sorting its parameters, as keys are.
+    pub async fn purge_url(
+        &self,
+        host: Option<&str>,
+        path_and_query: &str,
+    ) -> impcache::Result<u64> {
+        let pattern = self.url_pattern(host, path_and_query);
+        self.config.cache.delete_pattern(&pattern).await
+    }
+
+    /// Removes every stored response whose path starts with `path_prefix` (any query, method,
+    /// variant), on `host` or on any host. `/users/` purges the subtree; `/users` also matches
+    /// `/users-old`.
+    pub async fn purge_prefix(
+        &self,
+        host: Option<&str>,
+        path_prefix: &str,
+    ) -> impcache::Result<u64> {
+        let pattern = self.prefix_pattern(host, path_prefix);
+        self.config.cache.delete_pattern(&pattern).await
+    }
+
+    /// Removes every response this layer's namespace holds in the cache.
+    pub async fn purge_all(&self) -> impcache::Result<u64> {
+        let pattern = format!("{}:*", impcache::escape_pattern(&self.config.namespace));
+        self.config.cache.delete_pattern(&pattern).await
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, self.clone())
+    }
+}

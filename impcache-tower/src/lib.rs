@@ -1,0 +1,72 @@
+//! # impcache-tower
+//!
+//! A [tower] [`Layer`](tower::Layer) that caches HTTP responses in an [`impcache::Cache`]
+//! (Redis, or the in-memory repository), with the defaults of a safe shared cache.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router, extract::Path};
+//! use impcache::{Cache, MemoryCacheRepository};
+//! use impcache_tower::CacheLayer;
+//!
+//! async fn show_user(Path(id): Path<u64>) -> String {
+//!     format!("user {id}")
+//! }
+//!
+//! # async fn run() {
+//! let cache = Cache::new(MemoryCacheRepository::new());
+//! let app: Router = Router::new()
+//!     .route("/users/{id}", get(show_user))
+//!     .layer(CacheLayer::new(cache.clone()).expire(60));
+//! # }
+//! ```
+//!
+//! It fits `axum::Router::layer` and `route_layer` and any hyper 1 / tower service with an
+//! `http::Response<B>` (`B: http_body::Body<Data = Bytes>`, no `Sync` needed); the inner error type
+//! is kept (`Infallible` stays `Infallible`).
+//!
+//! ## Rules
+//!
+//! | | |
+//! |---|---|
+//! | **Stored** | GET responses with status 200 ([`methods`](CacheLayer::methods), [`statuses`](CacheLayer::statuses)), bodies up to 1 MiB ([`max_body_size`](CacheLayer::max_body_size)) |
+//! | **HEAD** | answered from the GET entry without a body; a HEAD response is never stored |
+//! | **Never stored** | `Set-Cookie`; `Cache-Control: no-store`, `private`, `no-cache`; `Vary: *`; 206 or `Content-Range`; larger bodies (streamed through, never buffered past the limit); trailers |
+//! | **Bypassed** | requests with `Authorization` or `Cookie` (unless [`allow_authenticated`](CacheLayer::allow_authenticated), which then keys by them), `Range` requests, methods not stored |
+//! | **Key** | method, host, path, query with sorted parameters, and the request's values of the headers the response's `Vary` names (learned per URL); see [`key`] |
+//! | **TTL** | [`expire`](CacheLayer::expire) (default 60 s), lowered by the response's `s-maxage`, else `max-age`; capped by [`max_ttl`](CacheLayer::max_ttl) |
+//! | **Client `Cache-Control`** | ignored unless [`honor_request_cache_control`](CacheLayer::honor_request_cache_control) |
+//! | **Hits** | the stored status and headers, `Age`, `x-cache: HIT` and `Cache-Status: impcache; hit; ttl=N`; a matching `If-None-Match` gets 304 (an `ETag` is computed when the response has none) |
+//! | **Concurrent misses** | one handler call per key per process; waiters get the stored response, never an uncacheable one |
+//! | **Cache down or slow** | the handler answers; the lookup waits no longer than the repository's deadline, and stores happen in the background |
+//!
+//! ## Purging
+//!
+//! [`CacheLayer::purge_url`] removes one URL with all its variants, [`CacheLayer::purge_prefix`]
+//! every URL under a path prefix, [`CacheLayer::purge_all`] everything; all use
+//! [`Cache::delete_pattern`](impcache::Cache::delete_pattern) with the patterns of [`key`].
+//! [`CacheLayer::request_key`] gives a request's key.
+//!
+//! ## Storage
+//!
+//! Entries are a compact binary framing (see the `entry` module source) stored with
+//! [`Cache::set_raw`](impcache::Cache::set_raw): the body is stored as is, plus about 20 bytes and
+//! the headers. Bump the cache's version to drop every entry at once.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod body;
+mod entry;
+mod flight;
+mod future;
+pub mod key;
+mod layer;
+mod policy;
+mod service;
+
+pub use body::{BoxError, ResponseBody};
+pub use future::ResponseFuture;
+pub use layer::{
+    CacheLayer, StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, X_CACHE,
+};
+pub use service::CacheService;

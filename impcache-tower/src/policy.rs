@@ -1,0 +1,469 @@
+//! What may be stored, for how long, and which requests may be answered from the cache.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, Method, StatusCode};
+
+/// One parsed `Cache-Control` header (all its fields), only the directives this layer reads.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct CacheControl {
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
+}
+
+impl CacheControl {
+    /// Parses every `Cache-Control` field of `headers`. Directive names are case-insensitive;
+    /// quoted arguments may contain commas (`private="a, b"`). A directive with an argument that
+    /// is not a number (`max-age=abc`) counts as `max-age=0`, as RFC 9111 §4.2.1 advises.
+    pub(crate) fn parse(headers: &HeaderMap) -> Self {
+        let mut cc = CacheControl::default();
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else {
+                // Unreadable: be safe.
+                cc.no_store = true;
+                continue;
+            };
+            for directive in split_directives(value) {
+                let (name, arg) = match directive.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (directive.trim(), None),
+                };
+                let seconds = || arg.map(|a| a.parse::<u64>().unwrap_or(0)).unwrap_or(0);
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => cc.no_store = true,
+                    "no-cache" => cc.no_cache = true,
+                    "private" => cc.private = true,
+                    "max-age" => {
+                        cc.max_age = Some(cc.max_age.map_or(seconds(), |m| m.min(seconds())))
+                    }
+                    "s-maxage" => {
+                        cc.s_maxage = Some(cc.s_maxage.map_or(seconds(), |m| m.min(seconds())))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+}
+
+/// Splits on commas outside double quotes.
+fn split_directives(value: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Why a request is not answered from the cache at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bypass {
+    Method,
+    Credentials,
+    Range,
+    RequestNoStore,
+}
+
+impl Bypass {
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            Bypass::Method => "method",
+            Bypass::Credentials => "credentials",
+            Bypass::Range => "range",
+            Bypass::RequestNoStore => "request-no-store",
+        }
+    }
+}
+
+/// Why a response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotStored {
+    Status,
+    SetCookie,
+    NoStore,
+    Private,
+    NoCache,
+    VaryStar,
+    PartialContent,
+    ZeroTtl,
+    TooLarge,
+    Trailers,
+    BodyError,
+    Head,
+}
+
+impl NotStored {
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            NotStored::Status => "status",
+            NotStored::SetCookie => "set-cookie",
+            NotStored::NoStore => "no-store",
+            NotStored::Private => "private",
+            NotStored::NoCache => "no-cache",
+            NotStored::VaryStar => "vary-star",
+            NotStored::PartialContent => "partial-content",
+            NotStored::ZeroTtl => "zero-ttl",
+            NotStored::TooLarge => "too-large",
+            NotStored::Trailers => "trailers",
+            NotStored::BodyError => "body-error",
+            NotStored::Head => "head",
+        }
+    }
+}
+
+/// How a request is handled, before any cache access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestPlan {
+    /// Straight to the handler; nothing read or stored.
+    Bypass(Bypass),
+    /// A HEAD request: answered from the GET entry, never stored.
+    Head,
+    /// Looked up, and stored on a miss. `refresh`: skip the lookup (the client's `no-cache`, when
+    /// request directives are honoured) but store the fresh response.
+    Lookup { refresh: bool },
+}
+
+/// The request-side rules.
+pub(crate) fn plan_request(
+    method: &Method,
+    headers: &HeaderMap,
+    methods: &[Method],
+    allow_authenticated: bool,
+    honor_request_cache_control: bool,
+) -> RequestPlan {
+    let head = method == Method::HEAD && methods.contains(&Method::GET);
+    if !head && !methods.contains(method) {
+        return RequestPlan::Bypass(Bypass::Method);
+    }
+    if !allow_authenticated
+        && (headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE))
+    {
+        return RequestPlan::Bypass(Bypass::Credentials);
+    }
+    if headers.contains_key(header::RANGE) {
+        return RequestPlan::Bypass(Bypass::Range);
+    }
+    let mut refresh = false;
+    if honor_request_cache_control {
+        let cc = CacheControl::parse(headers);
+        if cc.no_store {
+            return RequestPlan::Bypass(Bypass::RequestNoStore);
+        }
+        let pragma_no_cache = headers.get_all(header::PRAGMA).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
+        });
+        refresh = cc.no_cache || cc.max_age == Some(0) || pragma_no_cache;
+    }
+    if head {
+        return if refresh {
+            RequestPlan::Bypass(Bypass::RequestNoStore)
+        } else {
+            RequestPlan::Head
+        };
+    }
+    RequestPlan::Lookup { refresh }
+}
+
+/// The response-side rules: `Ok(ttl)` when the response may be stored (`None`: no expiry), the
+/// reason otherwise. The body size is checked separately, while buffering.
+pub(crate) fn storable(
+    status: StatusCode,
+    headers: &HeaderMap,
+    statuses: &[StatusCode],
+    expire: Option<Duration>,
+    max_ttl: Option<Duration>,
+) -> Result<Option<Duration>, NotStored> {
+    if status == StatusCode::PARTIAL_CONTENT || headers.contains_key(header::CONTENT_RANGE) {
+        return Err(NotStored::PartialContent);
+    }
+    if !statuses.contains(&status) {
+        return Err(NotStored::Status);
+    }
+    if headers.contains_key(header::SET_COOKIE) {
+        return Err(NotStored::SetCookie);
+    }
+    let cc = CacheControl::parse(headers);
+    if cc.no_store {
+        return Err(NotStored::NoStore);
+    }
+    if cc.private {
+        return Err(NotStored::Private);
+    }
+    if cc.no_cache {
+        return Err(NotStored::NoCache);
+    }
+    if vary_names(headers).is_none() {
+        return Err(NotStored::VaryStar);
+    }
+    // s-maxage is for shared caches (this is one) and wins over max-age.
+    let origin = cc.s_maxage.or(cc.max_age).map(Duration::from_secs);
+    let ttl = [expire, origin, max_ttl].into_iter().flatten().min();
+    if ttl.is_some_and(|t| t.as_secs() == 0) {
+        return Err(NotStored::ZeroTtl);
+    }
+    Ok(ttl)
+}
+
+/// The header names the response's `Vary` lists, lowercased, sorted and deduplicated; `None` for
+/// `Vary: *` (or an unreadable `Vary`).
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        let value = value.to_str().ok()?;
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return None;
+            }
+            names.push(HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()?);
+        }
+    }
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), and any header the `Connection` field names, are not
+/// stored; neither is `Age` (it is recomputed on every hit) nor any cache status header.
+pub(crate) fn stored_headers(headers: &HeaderMap, status_names: &[HeaderName]) -> HeaderMap {
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ];
+    let connection_named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || n == "age"
+            || n == "set-cookie"
+            || status_names.contains(name)
+            || connection_named.iter().any(|c| c == n)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    let etag = opaque(etag);
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn cache_control_directives_parse_with_quotes_and_case() {
+        let cc = CacheControl::parse(&headers(&[
+            (
+                "cache-control",
+                "Public, MAX-AGE=30, private=\"a, no-store\"",
+            ),
+            ("cache-control", "s-maxage=\"10\""),
+        ]));
+        assert!(cc.private && !cc.no_store);
+        assert_eq!((cc.max_age, cc.s_maxage), (Some(30), Some(10)));
+        assert_eq!(
+            CacheControl::parse(&headers(&[("cache-control", "max-age=x")])).max_age,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn ttl_is_the_least_of_expire_origin_and_cap() {
+        let s = |n| Some(Duration::from_secs(n));
+        let ok = [StatusCode::OK];
+        let ttl = |h: &[(&'static str, &'static str)], expire, cap| {
+            storable(StatusCode::OK, &headers(h), &ok, expire, cap)
+        };
+        assert_eq!(ttl(&[], s(60), None), Ok(s(60)));
+        assert_eq!(
+            ttl(&[("cache-control", "max-age=10")], s(60), None),
+            Ok(s(10))
+        );
+        assert_eq!(
+            ttl(&[("cache-control", "max-age=600")], s(60), None),
+            Ok(s(60))
+        );
+        assert_eq!(
+            ttl(&[("cache-control", "max-age=5, s-maxage=20")], s(60), None),
+            Ok(s(20))
+        );
+        assert_eq!(ttl(&[], s(60), s(30)), Ok(s(30)));
+        assert_eq!(ttl(&[], None, None), Ok(None));
+        assert_eq!(
+            ttl(&[("cache-control", "max-age=0")], s(60), None),
+            Err(NotStored::ZeroTtl)
+        );
+    }
+
+    #[test]
+    fn unsafe_responses_are_refused() {
+        let ok = [StatusCode::OK];
+        let check = |status, h: &[(&'static str, &'static str)]| {
+            storable(status, &headers(h), &ok, None, None).err()
+        };
+        assert_eq!(
+            check(StatusCode::UNAUTHORIZED, &[]),
+            Some(NotStored::Status)
+        );
+        assert_eq!(
+            check(StatusCode::PARTIAL_CONTENT, &[]),
+            Some(NotStored::PartialContent)
+        );
+        assert_eq!(
+            check(StatusCode::OK, &[("content-range", "bytes 0-1/2")]),
+            Some(NotStored::PartialContent)
+        );
+        assert_eq!(
+            check(StatusCode::OK, &[("set-cookie", "s=1")]),
+            Some(NotStored::SetCookie)
+        );
+        assert_eq!(
+            check(StatusCode::OK, &[("cache-control", "no-store")]),
+            Some(NotStored::NoStore)
+        );
+        assert_eq!(
+            check(StatusCode::OK, &[("cache-control", "private")]),
+            Some(NotStored::Private)
+        );
+        assert_eq!(
+            check(StatusCode::OK, &[("cache-control", "no-cache")]),
+            Some(NotStored::NoCache)
+        );
+        assert_eq!(
+            check(StatusCode::OK, &[("vary", "accept, *")]),
+            Some(NotStored::VaryStar)
+        );
+        assert_eq!(
+            check(StatusCode::OK, &[("vary", "Accept-Language, accept")]),
+            None
+        );
+    }
+
+    #[test]
+    fn requests_are_planned() {
+        let m = [Method::GET];
+        let plan = |method: Method, h: &[(&'static str, &'static str)], auth, honor| {
+            plan_request(&method, &headers(h), &m, auth, honor)
+        };
+        assert_eq!(
+            plan(Method::GET, &[], false, false),
+            RequestPlan::Lookup { refresh: false }
+        );
+        assert_eq!(plan(Method::HEAD, &[], false, false), RequestPlan::Head);
+        assert_eq!(
+            plan(Method::POST, &[], false, false),
+            RequestPlan::Bypass(Bypass::Method)
+        );
+        assert_eq!(
+            plan(Method::GET, &[("cookie", "a=1")], false, false),
+            RequestPlan::Bypass(Bypass::Credentials)
+        );
+        assert_eq!(
+            plan(Method::GET, &[("authorization", "Bearer x")], true, false),
+            RequestPlan::Lookup { refresh: false }
+        );
+        assert_eq!(
+            plan(Method::GET, &[("cache-control", "no-cache")], false, false),
+            RequestPlan::Lookup { refresh: false }
+        );
+        assert_eq!(
+            plan(Method::GET, &[("cache-control", "no-cache")], false, true),
+            RequestPlan::Lookup { refresh: true }
+        );
+        assert_eq!(
+            plan(Method::GET, &[("pragma", "no-cache")], false, true),
+            RequestPlan::Lookup { refresh: true }
+        );
+        assert_eq!(
+            plan(Method::GET, &[("cache-control", "no-store")], false, true),
+            RequestPlan::Bypass(Bypass::RequestNoStore)
+        );
+    }
+
+    #[test]
+    fn stored_headers_drop_hop_by_hop_and_connection_named() {
+        let h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("age", "5"),
+            ("x-cache", "MISS"),
+            ("content-type", "text/plain"),
+            ("link", "<a>"),
+            ("link", "<b>"),
+        ]);
+        let kept = stored_headers(&h, &[HeaderName::from_static("x-cache")]);
+        let names: Vec<_> = kept.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "link"]);
+        assert_eq!(kept.get_all("link").iter().count(), 2);
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison() {
+        assert!(if_none_match(
+            &headers(&[("if-none-match", "\"a\", W/\"b\"")]),
+            "\"b\""
+        ));
+        assert!(if_none_match(&headers(&[("if-none-match", "*")]), "\"b\""));
+        assert!(!if_none_match(
+            &headers(&[("if-none-match", "\"c\"")]),
+            "\"b\""
+        ));
+        assert!(!if_none_match(&HeaderMap::new(), "\"b\""));
+    }
+}

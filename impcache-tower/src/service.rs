@@ -1,0 +1,586 @@
+//! [`CacheService`]: the middleware itself.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use impcache::{Cache, Expire};
+use sha2::{Digest, Sha256};
+use tower::Service;
+
+use crate::body::{BoxError, ResponseBody};
+use crate::entry::{decode_vary, encode_vary, now_ms, Entry};
+use crate::flight::{FlightGuard, Join, Published};
+use crate::future::ResponseFuture;
+use crate::key;
+use crate::layer::{CacheLayer, Config, StatusHeader, CACHE_STATUS, X_CACHE};
+use crate::policy::{self, NotStored, RequestPlan};
+
+/// The service [`CacheLayer`] wraps around a handler (or any
+/// `Service<Request<_>, Response = Response<_>>`). Its error type is the inner service's.
+#[derive(Clone, Debug)]
+pub struct CacheService<S> {
+    inner: S,
+    layer: CacheLayer,
+}
+
+impl<S> CacheService<S> {
+    /// Wraps `inner` with the rules of `layer`.
+    pub fn new(inner: S, layer: CacheLayer) -> Self {
+        CacheService { inner, layer }
+    }
+
+    /// A [`CacheLayer`] storing in `cache` (same as [`CacheLayer::new`]).
+    pub fn layer(cache: Cache) -> CacheLayer {
+        CacheLayer::new(cache)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the middleware.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Move the service that was driven to readiness into the future; keep a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(Box::pin(run(self.layer.clone(), inner, request)))
+    }
+}
+
+/// How a response was obtained, for the status headers.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Hit {
+        ttl_left: Option<u64>,
+    },
+    Miss {
+        fwd: &'static str,
+        stored: bool,
+        detail: Option<&'static str>,
+    },
+    Bypass {
+        fwd: &'static str,
+        detail: &'static str,
+    },
+}
+
+fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Outcome) {
+    let (x_cache, cache_status) = match outcome {
+        Outcome::Hit { ttl_left } => (
+            "HIT",
+            match ttl_left {
+                Some(ttl) => format!("impcache; hit; ttl={ttl}"),
+                None => "impcache; hit".to_owned(),
+            },
+        ),
+        Outcome::Miss {
+            fwd,
+            stored,
+            detail,
+        } => {
+            let mut value = format!("impcache; fwd={fwd}");
+            if stored {
+                value.push_str("; stored");
+            }
+            if let Some(detail) = detail {
+                value.push_str("; detail=");
+                value.push_str(detail);
+            }
+            ("MISS", value)
+        }
+        Outcome::Bypass { fwd, detail } => {
+            ("BYPASS", format!("impcache; fwd={fwd}; detail={detail}"))
+        }
+    };
+    let headers = response.headers_mut();
+    if matches!(status_header, StatusHeader::XCache | StatusHeader::Both) {
+        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    }
+    if matches!(
+        status_header,
+        StatusHeader::CacheStatus | StatusHeader::Both
+    ) {
+        if let Ok(value) = HeaderValue::from_str(&cache_status) {
+            // RFC 9211: each cache adds its member; the one nearest the origin comes first.
+            headers.append(CACHE_STATUS, value);
+        }
+    }
+}
+
+/// A stored response, as sent: `Age`, the status headers, and a 304 when `If-None-Match`
+/// matches its `ETag`; no body for HEAD.
+fn serve<B>(
+    entry: &Entry,
+    request_headers: &HeaderMap,
+    head: bool,
+    config: &Config,
+) -> Response<ResponseBody<B>> {
+    let age = entry.age_secs(now_ms());
+    let ttl_left = entry.ttl.map(|ttl| ttl.as_secs().saturating_sub(age));
+    let etag = entry
+        .headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok());
+    let mut response = if etag.is_some_and(|etag| policy::if_none_match(request_headers, etag)) {
+        // RFC 9110 §15.4.5: the fields a 200 would have carried that describe the representation.
+        let mut response = Response::new(ResponseBody::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in [
+            header::CACHE_CONTROL,
+            header::CONTENT_LOCATION,
+            header::DATE,
+            header::ETAG,
+            header::EXPIRES,
+            header::LAST_MODIFIED,
+            header::VARY,
+        ] {
+            for value in entry.headers.get_all(&name) {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        response
+    } else {
+        let body = if head {
+            ResponseBody::empty()
+        } else {
+            ResponseBody::full(entry.body.clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+        if !response.headers().contains_key(header::CONTENT_LENGTH) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        }
+        response
+    };
+    response
+        .headers_mut()
+        .insert(header::AGE, HeaderValue::from(age));
+    mark(
+        &mut response,
+        config.status_header,
+        Outcome::Hit { ttl_left },
+    );
+    response
+}
+
+/// The result of a lookup.
+enum Lookup {
+    Hit(Entry),
+    /// `fwd` is `uri-miss` (nothing known for the URL) or `vary-miss` (not this variant).
+    Miss(&'static str),
+    /// The cache could not answer; `backend` when it is down or slow (nothing is stored then).
+    Failed {
+        backend: bool,
+    },
+}
+
+async fn lookup(config: &Config, url: &str, headers: &HeaderMap) -> Lookup {
+    let cache = &config.cache;
+    let plain = key::plain_variant_key(url);
+    let keys = [cache.make_key(&key::meta_key(url)), cache.make_key(&plain)];
+    let values = match cache.repository().get_many(&keys).await {
+        Ok(values) => values,
+        Err(error) => {
+            tracing::debug!(%error, "impcache-tower: lookup failed, calling the handler");
+            return Lookup::Failed {
+                backend: error.is_backend_failure(),
+            };
+        }
+    };
+    let mut values = values.into_iter();
+    let (Some(meta), prefetched) = (values.next().flatten(), values.next().flatten()) else {
+        return Lookup::Miss("uri-miss");
+    };
+    let Some(vary) = decode_vary(&meta) else {
+        tracing::warn!(key = %keys[0], "impcache-tower: unreadable Vary list, treated as a miss");
+        return Lookup::Miss("uri-miss");
+    };
+    let variant = key::variant_key(url, &vary, headers, config.allow_authenticated);
+    let bytes = if variant == plain {
+        prefetched
+    } else {
+        match cache.get_raw(&variant).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::debug!(%error, "impcache-tower: lookup failed, calling the handler");
+                return Lookup::Failed {
+                    backend: error.is_backend_failure(),
+                };
+            }
+        }
+    };
+    let Some(bytes) = bytes else {
+        return Lookup::Miss("vary-miss");
+    };
+    match Entry::decode(&bytes) {
+        Some(entry) => Lookup::Hit(entry),
+        None => {
+            tracing::warn!(key = %variant, "impcache-tower: unreadable entry, treated as a miss");
+            Lookup::Miss("vary-miss")
+        }
+    }
+}
+
+/// A body read up to the size limit.
+enum Buffered<B> {
+    Complete(Bytes),
+    /// Not storable: the frames read so far, then the rest of the body (if it has not ended).
+    Partial {
+        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+        rest: Option<Pin<Box<B>>>,
+        reason: NotStored,
+    },
+}
+
+async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let mut frames = VecDeque::new();
+    let mut size = 0usize;
+    let mut trailers = false;
+    while !body.is_end_stream() {
+        match body.frame().await {
+            None => break,
+            Some(Err(error)) => {
+                frames.push_back(Err(error.into()));
+                return Buffered::Partial {
+                    frames,
+                    rest: None,
+                    reason: NotStored::BodyError,
+                };
+            }
+            Some(Ok(frame)) => {
+                match frame.data_ref() {
+                    Some(data) => size = size.saturating_add(data.len()),
+                    None => trailers = true,
+                }
+                frames.push_back(Ok(frame));
+                if size > limit {
+                    return Buffered::Partial {
+                        frames,
+                        rest: Some(body),
+                        reason: NotStored::TooLarge,
+                    };
+                }
+            }
+        }
+    }
+    if trailers {
+        return Buffered::Partial {
+            frames,
+            rest: None,
+            reason: NotStored::Trailers,
+        };
+    }
+    let mut data = frames
+        .into_iter()
+        .filter_map(|frame| frame.ok().and_then(|f| f.into_data().ok()));
+    let bytes = match (data.next(), data.next()) {
+        (None, _) => Bytes::new(),
+        (Some(only), None) => only,
+        (Some(first), Some(second)) => {
+            let mut all = BytesMut::with_capacity(size);
+            all.extend_from_slice(&first);
+            all.extend_from_slice(&second);
+            for chunk in data {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
+        }
+    };
+    Buffered::Complete(bytes)
+}
+
+/// A strong ETag for a body: the first 128 bits of its SHA-256.
+fn strong_etag(body: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(body);
+    let mut etag = String::with_capacity(34);
+    etag.push('"');
+    for b in digest.iter().take(16) {
+        etag.push_str(&format!("{b:02x}"));
+    }
+    etag.push('"');
+    // Only hex digits and quotes: always a valid header value.
+    HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn store(cache: Cache, url: String, published: Arc<Published>) {
+    let expire = published
+        .entry
+        .ttl
+        .map_or(Expire::NEVER, Expire::from_duration);
+    // The entry first, then the Vary list: a reader that finds the list finds the entry.
+    let stored = cache
+        .set_raw(&published.variant_key, published.entry.encode(), expire)
+        .await;
+    let stored = match stored {
+        Ok(()) => {
+            cache
+                .set_raw(&key::meta_key(&url), encode_vary(&published.vary), expire)
+                .await
+        }
+        Err(error) => Err(error),
+    };
+    if let Err(error) = stored {
+        tracing::debug!(%error, "impcache-tower: response not stored");
+    }
+}
+
+/// Stores in the background when a tokio runtime is there, so the response is not delayed by
+/// the write; the flight stays open until the write has finished.
+async fn store_then_release(
+    cache: Cache,
+    url: String,
+    published: Arc<Published>,
+    guard: Option<FlightGuard>,
+) {
+    let task = async move {
+        store(cache, url, published).await;
+        drop(guard);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(task);
+        }
+        Err(_) => task.await,
+    }
+}
+
+async fn run<S, ReqBody, ResBody>(
+    layer: CacheLayer,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let config = &*layer.config;
+    let plan = policy::plan_request(
+        request.method(),
+        request.headers(),
+        &config.methods,
+        config.allow_authenticated,
+        config.honor_request_cache_control,
+    );
+    let refresh = match plan {
+        RequestPlan::Bypass(reason) => {
+            let fwd = if reason == policy::Bypass::Method {
+                "method"
+            } else {
+                "bypass"
+            };
+            let mut response = inner.call(request).await?.map(ResponseBody::inner);
+            mark(
+                &mut response,
+                config.status_header,
+                Outcome::Bypass {
+                    fwd,
+                    detail: reason.detail(),
+                },
+            );
+            return Ok(response);
+        }
+        RequestPlan::Head => true,
+        RequestPlan::Lookup { refresh } => refresh,
+    };
+    let head = plan == RequestPlan::Head;
+    let method = if head { &Method::GET } else { request.method() };
+    let headers = request.headers().clone();
+    let url = key::url_key(
+        &config.namespace,
+        config.host(key::request_host(request.uri(), &headers)),
+        request.uri().path(),
+        request.uri().query(),
+        method,
+    );
+
+    // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
+    let mut fwd = "request";
+    let mut may_store = true;
+    let mut detail = None;
+    if head || !refresh {
+        match lookup(config, &url, &headers).await {
+            Lookup::Hit(entry) => return Ok(serve(&entry, &headers, head, config)),
+            Lookup::Miss(miss) => fwd = miss,
+            Lookup::Failed { backend } => {
+                fwd = "uri-miss";
+                may_store = !backend;
+                detail = Some("cache-error");
+            }
+        }
+    }
+    if head {
+        // Never stored: a HEAD response has no body to serve GETs with.
+        let mut response = inner.call(request).await?.map(ResponseBody::inner);
+        let detail = detail.or(Some(NotStored::Head.detail()));
+        mark(
+            &mut response,
+            config.status_header,
+            Outcome::Miss {
+                fwd,
+                stored: false,
+                detail,
+            },
+        );
+        return Ok(response);
+    }
+
+    // 2. Coalescing: one handler call per URL in this process.
+    let guard = match config.coalesce.then(|| layer.flights.join(&url)) {
+        None => None,
+        Some(Join::Leader(guard)) => Some(guard),
+        Some(Join::Waiter(waiter)) => {
+            if let Some(published) = waiter.wait(config.lock_timeout).await {
+                let variant =
+                    key::variant_key(&url, &published.vary, &headers, config.allow_authenticated);
+                if variant == published.variant_key {
+                    return Ok(serve(&published.entry, &headers, false, config));
+                }
+            }
+            // Nothing shareable (uncacheable, another variant, the leader failed or is slow).
+            None
+        }
+    };
+
+    // 3. The handler.
+    let response = inner.call(request).await?;
+    let (mut parts, body) = response.into_parts();
+    let (expire, max_ttl) = config.ttls();
+    let verdict = policy::storable(
+        parts.status,
+        &parts.headers,
+        &config.statuses,
+        expire,
+        max_ttl,
+    )
+    .and_then(|ttl| {
+        let too_large = content_length(&parts.headers)
+            .is_some_and(|len| len > config.max_body_size as u64)
+            || body.size_hint().lower() > config.max_body_size as u64;
+        if too_large {
+            Err(NotStored::TooLarge)
+        } else {
+            Ok(ttl)
+        }
+    });
+    let not_stored = |reason: NotStored| Outcome::Miss {
+        fwd,
+        stored: false,
+        detail: detail.or(Some(reason.detail())),
+    };
+    let ttl = match verdict {
+        Ok(ttl) => ttl,
+        Err(reason) => {
+            // Waiters call the handler themselves: an uncacheable response is never shared.
+            drop(guard);
+            let mut response = Response::from_parts(parts, ResponseBody::inner(body));
+            mark(&mut response, config.status_header, not_stored(reason));
+            return Ok(response);
+        }
+    };
+
+    // 4. Read the body, up to the limit; past it, stream everything to the client unstored.
+    let body = match buffer(body, config.max_body_size).await {
+        Buffered::Complete(body) => body,
+        Buffered::Partial {
+            frames,
+            rest,
+            reason,
+        } => {
+            drop(guard);
+            let mut response = Response::from_parts(parts, ResponseBody::replay(frames, rest));
+            mark(&mut response, config.status_header, not_stored(reason));
+            return Ok(response);
+        }
+    };
+
+    // 5. Store (in the background) and hand the entry to waiters.
+    let mut stored_headers = policy::stored_headers(&parts.headers, &[X_CACHE, CACHE_STATUS]);
+    if config.compute_etag && !stored_headers.contains_key(header::ETAG) {
+        let etag = strong_etag(&body);
+        stored_headers.insert(header::ETAG, etag.clone());
+        parts.headers.insert(header::ETAG, etag);
+    }
+    let vary = policy::vary_names(&parts.headers).unwrap_or_default();
+    let variant_key = key::variant_key(&url, &vary, &headers, config.allow_authenticated);
+    let published = Arc::new(Published {
+        entry: Entry {
+            status: parts.status,
+            headers: stored_headers,
+            body: body.clone(),
+            stored_at_ms: now_ms(),
+            ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
+        },
+        vary,
+        variant_key,
+    });
+    if let Some(guard) = &guard {
+        guard.publish(Some(Arc::clone(&published)));
+    }
+    if may_store {
+        store_then_release(config.cache.clone(), url, published, guard).await;
+    }
+    let mut response = Response::from_parts(parts, ResponseBody::full(body));
+    mark(
+        &mut response,
+        config.status_header,
+        Outcome::Miss {
+            fwd,
+            stored: may_store,
+            detail,
+        },
+    );
+    Ok(response)
+}
