@@ -51,6 +51,7 @@ mod expire;
 mod glob;
 mod json;
 mod key;
+mod memoize;
 pub mod repository;
 
 pub use cache::{Cache, CacheBuilder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEY_BYTES};
@@ -58,7 +59,18 @@ pub use error::{BoxError, Error, Result};
 pub use expire::{Expire, Expiry, MAX_EXPIRE};
 pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
+pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
 pub use repository::breaker::CircuitBreakerConfig;
 pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder};
 pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
 pub use repository::{BoxFuture, CacheRepository};
+
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use impcache_macros::cached;
+
+/// Items used by macro expansions. /!\ Not a stable API: may change in any release. /!\
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::memoize::__private::*;
+}

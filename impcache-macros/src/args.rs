@@ -1,0 +1,205 @@
+//! Parsing `#[cached(...)]` options: one struct, duplicates and unknown options reported
+//! together with every other error.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
+
+use crate::errors::Errors;
+
+/// The valid options, in the order the error message lists them.
+const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`";
+
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) expire: Option<Expr>,
+    pub(crate) version: Option<Expr>,
+    pub(crate) cache: Option<Expr>,
+    pub(crate) key: Option<LitStr>,
+    pub(crate) skip: Option<(Span, Vec<Ident>)>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) cache_none: Option<LitBool>,
+}
+
+/// Stores `value` in `slot`, or reports a duplicate at `path`.
+fn set<T>(slot: &mut Option<T>, value: T, path: &syn::Path, option: &str, errors: &mut Errors) {
+    if slot.is_some() {
+        errors.push(syn::Error::new_spanned(
+            path,
+            format!("`{option}` specified more than once"),
+        ));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+fn value<'a>(meta: &'a Meta, option: &str, example: &str, errors: &mut Errors) -> Option<&'a Expr> {
+    match meta {
+        Meta::NameValue(nv) => Some(&nv.value),
+        _ => {
+            errors.push(syn::Error::new_spanned(
+                meta,
+                format!("expected `{option} = {example}`"),
+            ));
+            None
+        }
+    }
+}
+
+fn lit_str(expr: &Expr, option: &str, errors: &mut Errors) -> Option<LitStr> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Some(s.clone()),
+        _ => {
+            errors.push(syn::Error::new_spanned(
+                expr,
+                format!("`{option}` takes a string literal"),
+            ));
+            None
+        }
+    }
+}
+
+/// Whether `expr` is a literal zero or negative number, or an obviously zero `Duration`.
+fn is_obviously_not_positive(expr: &Expr) -> bool {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_digits().bytes().all(|b| b == b'0'),
+        Expr::Unary(u) => matches!(u.op, syn::UnOp::Neg(_)),
+        Expr::Paren(p) => is_obviously_not_positive(&p.expr),
+        Expr::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "ZERO"),
+        Expr::Call(call) => {
+            let ctor = match &*call.func {
+                Expr::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
+                _ => None,
+            };
+            matches!(
+                ctor.as_deref(),
+                Some("from_secs" | "from_millis" | "from_micros" | "from_nanos" | "seconds")
+            ) && call.args.len() == 1
+                && call.args.first().is_some_and(is_obviously_not_positive)
+        }
+        _ => false,
+    }
+}
+
+pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
+    let mut args = Args::default();
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(metas) => metas,
+        Err(e) => {
+            errors.push(e);
+            return args;
+        }
+    };
+    for meta in &metas {
+        let path = meta.path();
+        let Some(option) = path.get_ident().map(Ident::to_string) else {
+            errors.push(syn::Error::new_spanned(
+                path,
+                format!("unknown option; expected one of: {OPTIONS}"),
+            ));
+            continue;
+        };
+        match option.as_str() {
+            "expire" => {
+                if let Some(expr) = value(meta, "expire", "100", errors) {
+                    if is_obviously_not_positive(expr) {
+                        errors.push(syn::Error::new_spanned(
+                            expr,
+                            "`expire` must be positive: a cached value always expires",
+                        ));
+                    }
+                    set(&mut args.expire, expr.clone(), path, "expire", errors);
+                }
+            }
+            "version" => {
+                if let Some(expr) = value(meta, "version", "2", errors) {
+                    set(&mut args.version, expr.clone(), path, "version", errors);
+                }
+            }
+            "cache" => {
+                if let Some(expr) = value(meta, "cache", "MY_CACHE", errors) {
+                    set(&mut args.cache, expr.clone(), path, "cache", errors);
+                }
+            }
+            "key" => {
+                if let Some(s) = value(meta, "key", "\"user:{id}\"", errors)
+                    .and_then(|e| lit_str(e, "key", errors))
+                {
+                    set(&mut args.key, s, path, "key", errors);
+                }
+            }
+            "name" => {
+                if let Some(s) = value(meta, "name", "\"users::get\"", errors)
+                    .and_then(|e| lit_str(e, "name", errors))
+                {
+                    if s.value().is_empty() {
+                        errors.push(syn::Error::new_spanned(&s, "`name` cannot be empty"));
+                    }
+                    set(&mut args.name, s, path, "name", errors);
+                }
+            }
+            "cache_none" => {
+                let b = match meta {
+                    Meta::Path(p) => Some(LitBool::new(true, p.span())),
+                    Meta::NameValue(nv) => match &nv.value {
+                        Expr::Lit(ExprLit {
+                            lit: Lit::Bool(b), ..
+                        }) => Some(b.clone()),
+                        other => {
+                            errors.push(syn::Error::new_spanned(
+                                other,
+                                "`cache_none` takes `true` or `false`",
+                            ));
+                            None
+                        }
+                    },
+                    Meta::List(_) => {
+                        errors.push(syn::Error::new_spanned(
+                            meta,
+                            "expected `cache_none = true`",
+                        ));
+                        None
+                    }
+                };
+                if let Some(b) = b {
+                    set(&mut args.cache_none, b, path, "cache_none", errors);
+                }
+            }
+            "skip" => match meta {
+                Meta::List(list) => {
+                    let parser = |input: syn::parse::ParseStream<'_>| {
+                        Punctuated::<Ident, Token![,]>::parse_terminated_with(input, |input| {
+                            if input.peek(Token![self]) {
+                                return Err(input
+                                    .error("`self` is never part of the key: no need to skip it"));
+                            }
+                            input.parse::<Ident>()
+                        })
+                    };
+                    match list.parse_args_with(parser) {
+                        Ok(idents) => set(
+                            &mut args.skip,
+                            (path.span(), idents.into_iter().collect()),
+                            path,
+                            "skip",
+                            errors,
+                        ),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                _ => errors.push(syn::Error::new_spanned(meta, "expected `skip(arg, ...)`")),
+            },
+            _ => errors.push(syn::Error::new_spanned(
+                path,
+                format!("unknown option `{option}`; expected one of: {OPTIONS}"),
+            )),
+        }
+    }
+    args
+}

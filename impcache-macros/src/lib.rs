@@ -1,0 +1,98 @@
+//! The `#[cached]` attribute macro of [impcache](https://docs.rs/impcache). Use it through the
+//! `impcache` crate (`impcache::cached`, feature `macros`, on by default); the expansion names
+//! `::impcache::__private`, so this crate is not useful alone.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod args;
+mod errors;
+mod expand;
+
+use proc_macro::TokenStream;
+
+/// Memoizes an `async fn` in an impcache [`Cache`]: a hit costs one `GET` and one JSON decode; a
+/// miss runs the body once per key per process and stores its value with `SET NX` and an expiry.
+///
+/// ```
+/// use impcache::{cached, Cache, MemoryCacheRepository};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct User { id: u64, name: String }
+///
+/// /// Loads a user (a slow call).
+/// #[cached(expire = 60)]
+/// async fn get_user(id: u64) -> Result<User, std::io::Error> {
+///     Ok(User { id, name: format!("user {id}") })
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// impcache::set_default_cache(Cache::new(MemoryCacheRepository::new()))?;
+/// let user = get_user(1).await?;           // miss: runs the body, stores `user` (not an `Err`)
+/// let again = get_user(1).await?;          // hit
+/// assert_eq!(again.name, user.name);
+/// get_user_invalidate(1).await?;           // drops the entry of `get_user(1)`
+/// let fresh = get_user_uncached(1).await?; // runs the body, bypassing the cache
+/// # let _ = fresh;
+/// # Ok(()) }
+/// ```
+///
+/// # Options
+/// | option | meaning |
+/// |---|---|
+/// | `expire = 100` / `expire = Duration::from_millis(1500)` | **required**: the lifetime of an entry (seconds, or anything `Into<Expire>`) |
+/// | `cache = APP_CACHE` | the cache: any expression giving a `Cache`, `&Cache`, or something that derefs to one (`LazyLock<Cache>`, `Arc<Cache>`, `self.cache`); default: the one installed with `impcache::set_default_cache` (without one, the function runs uncached and a `tracing` warning is emitted once) |
+/// | `version = 2` | a constant key version (integer or string) replacing the cache's own |
+/// | `key = "user:{id}"` | the whole key part, a template over argument names; only the named arguments are part of the key |
+/// | `skip(db, client)` | arguments left out of the default key |
+/// | `name = "users::get"` | replaces the `{module_path}::{fn_name}` part of the default key |
+/// | `cache_none = true` | with `Option<T>`: cache `None` as well |
+///
+/// # Key layout
+/// The full key is the cache's `{key_prefix}:{version}:{key}`, where `{key}` is:
+/// - default: `{module_path}::{fn_name}:{arg1}:{arg2}...`, each argument as compact JSON
+///   (`myapp::users::get_user:42:"alice"`), `self` and `_` excluded. For methods with a `self`
+///   receiver the first part is `{type_name::<Self>()}::{fn_name}`
+///   (`myapp::users::UserRepo::get_user:42`), so two types' methods of the same name never share
+///   entries. `name = "..."` replaces this first part.
+/// - with `key = "user:{id}"`: the template with each `{arg}` as compact JSON, except that strings
+///   are written without quotes (`user:42`, `user:alice`).
+///
+/// So `cache.delete_pattern("myapp::users::get_user:*")` drops every entry of a function.
+///
+/// # What is cached
+/// | return type | stored | not stored |
+/// |---|---|---|
+/// | `Result<T, E>` (any path ending in `Result`: `io::Result<T>`, `anyhow::Result<T>`) | `T` of `Ok(T)` | `Err(E)`; `E` needs no serde |
+/// | `Option<T>` | `T` of `Some(T)` | `None` (unless `cache_none = true`) |
+/// | anything else | the value | |
+///
+/// Stored types must be `Serialize + DeserializeOwned`, key arguments `Serialize` (`&str`, `&T`
+/// work).
+///
+/// # Behaviour
+/// - **One execution per key per process**: concurrent callers with the same key wait for the
+///   first one and decode its JSON (values need not be `Clone`). If it returns a value that is not
+///   cached (`Err`, `None`), each waiter runs its own body; if it panics or is cancelled, the
+///   waiters elect a new leader. Nothing is poisoned.
+/// - **Fail open**: when the cache fails (server down, deadline passed, breaker open), the body
+///   runs and its value is returned; a stored value that no longer decodes (the type changed) is
+///   recomputed and overwritten. Errors go to `tracing`, never to the caller.
+///
+/// # Generated companions
+/// Next to `fn name`, with the same visibility:
+/// - `name_uncached(...)`: the same arguments; runs the body without the cache.
+/// - `name_invalidate(...) -> impcache::Result<bool>`: `&self` if the function has a receiver, the
+///   key arguments (and any argument the `cache` expression names); removes that call's entry.
+///
+/// Works on free functions, methods (`&self`) and generic functions, keeping visibility,
+/// attributes, docs, generics and where clauses. Not for trait impls (the companions are extra
+/// items). Generic functions whose instantiations share a key share entries: a value of another
+/// type fails to decode and is recomputed, so give them distinguishing key arguments or `name`s.
+/// The body is compiled twice (the function and `name_uncached`).
+///
+/// [`Cache`]: https://docs.rs/impcache/latest/impcache/struct.Cache.html
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::cached(args.into(), item.into()).into()
+}

@@ -1,0 +1,525 @@
+//! The runtime of the [`#[cached]`](crate::cached) attribute macro: the process-wide default cache
+//! and the one function every expansion calls ([`__private::memoize`](crate::__private::memoize)).
+//!
+//! # How a call runs
+//! - **Hit**: one `GET`, one JSON decode, the value is returned.
+//! - **Miss**: the body runs once per key per process however many callers arrive together (the
+//!   first becomes the *leader*, the others wait for it), the value is stored with `SET NX` and
+//!   the expire, and returned. Waiters get the leader's encoded JSON and decode it, so values need
+//!   not be `Clone` and waiters are served even while the cache itself is down.
+//! - **Leader returns `Err`/`None`** (a value that is not cached): each waiter runs its own body,
+//!   concurrently. Errors are never shared between callers.
+//! - **Leader panics or is cancelled**: its entry is removed on unwind/drop and the waiters elect a
+//!   new leader among themselves; nothing stays stuck or poisoned.
+//! - **Cache errors** (server down, deadline, breaker open, a key too long): the body runs and its
+//!   value is returned; the error goes to `tracing`, never to the caller. A stored value that no
+//!   longer decodes (the type changed) is treated as a miss and overwritten with `SET` (not `NX`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::error::{shown, Error};
+use crate::expire::Expire;
+use crate::json;
+use crate::key::Version;
+use crate::Cache;
+
+static DEFAULT_CACHE: OnceLock<Cache> = OnceLock::new();
+
+/// Installs the process-wide default cache used by [`#[cached]`](crate::cached) functions that
+/// have no `cache = ...` option, like `tracing`'s global default dispatcher.
+///
+/// It can be set once; a second call returns the rejected cache in the error. Until it is set,
+/// such functions run uncached (a `tracing` warning says so once).
+///
+/// ```
+/// use impcache::{Cache, MemoryCacheRepository};
+///
+/// impcache::set_default_cache(Cache::new(MemoryCacheRepository::new()))?;
+/// assert!(impcache::default_cache().is_some());
+/// # Ok::<(), impcache::SetDefaultCacheError>(())
+/// ```
+pub fn set_default_cache(cache: Cache) -> Result<(), SetDefaultCacheError> {
+    DEFAULT_CACHE
+        .set(cache)
+        .map_err(|cache| SetDefaultCacheError { cache })
+}
+
+/// The default cache installed with [`set_default_cache`], if any: handy to invalidate with
+/// [`Cache::delete_pattern`].
+pub fn default_cache() -> Option<&'static Cache> {
+    DEFAULT_CACHE.get()
+}
+
+/// [`set_default_cache`] was called when a default cache was already installed.
+pub struct SetDefaultCacheError {
+    cache: Cache,
+}
+
+impl SetDefaultCacheError {
+    /// The cache that was not installed.
+    pub fn into_cache(self) -> Cache {
+        self.cache
+    }
+}
+
+impl fmt::Debug for SetDefaultCacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SetDefaultCacheError")
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for SetDefaultCacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a default cache is already installed (`impcache::set_default_cache` can be called once per process)")
+    }
+}
+
+impl std::error::Error for SetDefaultCacheError {}
+
+/// What a leader tells the callers waiting on the same key.
+#[derive(Clone)]
+enum Outcome {
+    /// The body is still running.
+    Running,
+    /// The body returned a cacheable value: its JSON.
+    Value(Bytes),
+    /// The body returned a value that is not cached (`Err`, `None`, or one that cannot be encoded).
+    NotCached,
+}
+
+/// The key of an in-flight computation: the repository's address and the full key, so that two
+/// caches never share a computation.
+type FlightKey = (usize, String);
+
+static FLIGHTS: LazyLock<Mutex<HashMap<FlightKey, watch::Receiver<Outcome>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn flights() -> std::sync::MutexGuard<'static, HashMap<FlightKey, watch::Receiver<Outcome>>> {
+    // The lock is never held across user code or an await, so poisoning cannot leave the map
+    // inconsistent: recover from it.
+    FLIGHTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+enum Join {
+    Leader(Leader),
+    Waiter(watch::Receiver<Outcome>),
+}
+
+fn join(key: &FlightKey) -> Join {
+    let mut map = flights();
+    if let Some(rx) = map.get(key) {
+        return Join::Waiter(rx.clone());
+    }
+    let (tx, rx) = watch::channel(Outcome::Running);
+    map.insert(key.clone(), rx);
+    Join::Leader(Leader {
+        key: key.clone(),
+        tx,
+    })
+}
+
+/// The leader's handle: removes the in-flight entry when dropped, including on panic or
+/// cancellation; waiters then see the channel closed and elect a new leader.
+struct Leader {
+    key: FlightKey,
+    tx: watch::Sender<Outcome>,
+}
+
+impl Leader {
+    fn publish(&self, outcome: Outcome) {
+        self.tx.send_replace(outcome);
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let mut map = flights();
+        if map
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Waits for the leader; `None` when it panicked or was cancelled.
+async fn wait(mut rx: watch::Receiver<Outcome>) -> Option<Outcome> {
+    match rx.wait_for(|o| !matches!(o, Outcome::Running)).await {
+        Ok(outcome) => Some(outcome.clone()),
+        Err(_) => None,
+    }
+}
+
+/// Whether the default-cache warning was emitted.
+static WARNED_NO_DEFAULT: AtomicBool = AtomicBool::new(false);
+
+/// Internals the `#[cached]` expansion names. /!\ Not a stable API: may change in any release. /!\
+#[doc(hidden)]
+pub(crate) mod __private {
+    use super::*;
+
+    /// The default cache, warning once when none is installed.
+    #[inline]
+    pub fn default_cache() -> Option<&'static Cache> {
+        let cache = DEFAULT_CACHE.get();
+        if cache.is_none() && !WARNED_NO_DEFAULT.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a #[cached] function was called before `impcache::set_default_cache`: it runs uncached until a default cache is installed"
+            );
+        }
+        cache
+    }
+
+    /// Names the output type of a body future, so that `?` in the body infers.
+    #[inline(always)]
+    pub fn body<R, F: Future<Output = R>>(body: F) -> F {
+        body
+    }
+
+    /// A value that can be part of a cache key.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be part of a cache key: it does not implement `serde::Serialize`",
+        label = "this argument is part of the cache key",
+        note = "leave it out of the key with `#[cached(skip(...))]`, or choose the key arguments with `key = \"...\"`"
+    )]
+    pub trait KeyArg: Serialize {}
+    impl<T: Serialize + ?Sized> KeyArg for T {}
+
+    /// A value that can be cached.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be cached: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+        label = "the cached value"
+    )]
+    pub trait CacheValue: Serialize + DeserializeOwned {}
+    impl<T: Serialize + DeserializeOwned> CacheValue for T {}
+
+    /// Which part of a return value is cached.
+    pub trait Policy<R> {
+        /// The stored type.
+        type Value;
+        /// The part to store, `None` when this return value is not cached.
+        fn value(ret: &R) -> Option<&Self::Value>;
+        /// The return value for a stored value.
+        fn wrap(value: Self::Value) -> R;
+    }
+
+    /// Caches every return value as is.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Plain;
+    /// Caches `Ok(T)` of a `Result<T, E>`, storing `T`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct OkOnly;
+    /// Caches `Some(T)` of an `Option<T>`, storing `T`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct SomeOnly;
+
+    impl<R> Policy<R> for Plain {
+        type Value = R;
+        #[inline]
+        fn value(ret: &R) -> Option<&R> {
+            Some(ret)
+        }
+        #[inline]
+        fn wrap(value: R) -> R {
+            value
+        }
+    }
+
+    impl<T, E> Policy<Result<T, E>> for OkOnly {
+        type Value = T;
+        #[inline]
+        fn value(ret: &Result<T, E>) -> Option<&T> {
+            ret.as_ref().ok()
+        }
+        #[inline]
+        fn wrap(value: T) -> Result<T, E> {
+            Ok(value)
+        }
+    }
+
+    impl<T> Policy<Option<T>> for SomeOnly {
+        type Value = T;
+        #[inline]
+        fn value(ret: &Option<T>) -> Option<&T> {
+            ret.as_ref()
+        }
+        #[inline]
+        fn wrap(value: T) -> Option<T> {
+            Some(value)
+        }
+    }
+
+    /// Builds a key into one buffer: literal parts and arguments as compact JSON.
+    #[derive(Debug)]
+    pub struct KeyBuilder {
+        buf: Vec<u8>,
+        error: Option<(&'static str, String)>,
+    }
+
+    impl KeyBuilder {
+        /// An empty key with room for `capacity` bytes.
+        #[inline]
+        pub fn with_capacity(capacity: usize) -> Self {
+            KeyBuilder {
+                buf: Vec::with_capacity(capacity),
+                error: None,
+            }
+        }
+
+        /// Appends a literal part.
+        #[inline]
+        pub fn push_str(&mut self, part: &str) {
+            self.buf.extend_from_slice(part.as_bytes());
+        }
+
+        /// Appends `value` as compact JSON (strings quoted).
+        #[inline]
+        pub fn push_json<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
+            if let Err(e) = serde_json::to_writer(&mut self.buf, value) {
+                self.fail(name, e);
+            }
+        }
+
+        /// Appends `value` for a `key = "..."` template: compact JSON, except that a string is
+        /// written without quotes (`user:{name}` gives `user:alice`).
+        pub fn push_template<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
+            let start = self.buf.len();
+            if let Err(e) = serde_json::to_writer(&mut self.buf, value) {
+                self.fail(name, e);
+                return;
+            }
+            if self.buf.get(start) != Some(&b'"') {
+                return;
+            }
+            if !self.buf[start..].contains(&b'\\') {
+                // `"text"` without escapes: drop the quotes in place.
+                self.buf.pop();
+                self.buf.remove(start);
+                return;
+            }
+            match serde_json::from_slice::<String>(&self.buf[start..]) {
+                Ok(text) => {
+                    self.buf.truncate(start);
+                    self.buf.extend_from_slice(text.as_bytes());
+                }
+                Err(e) => self.fail(name, e),
+            }
+        }
+
+        fn fail(&mut self, name: &'static str, e: serde_json::Error) {
+            if self.error.is_none() {
+                self.error = Some((name, e.to_string()));
+            }
+        }
+
+        /// The key, or an [`Error::Encode`] naming the argument that could not be written.
+        pub fn finish(self) -> crate::Result<String> {
+            let partial = String::from_utf8_lossy(&self.buf);
+            if let Some((name, reason)) = self.error {
+                return Err(Error::Encode {
+                    key: shown(&partial),
+                    reason: format!("argument `{name}` cannot be written as JSON: {reason}"),
+                });
+            }
+            String::from_utf8(self.buf).map_err(|e| Error::Encode {
+                key: shown(&String::from_utf8_lossy(e.as_bytes())),
+                reason: "the key is not UTF-8".to_owned(),
+            })
+        }
+    }
+
+    /// The cache a call uses: the function's cache with its version override, if any.
+    enum Target<'a> {
+        Borrowed(&'a Cache),
+        Versioned(Cache),
+    }
+
+    impl Target<'_> {
+        #[inline]
+        fn get(&self) -> &Cache {
+            match self {
+                Target::Borrowed(cache) => cache,
+                Target::Versioned(cache) => cache,
+            }
+        }
+    }
+
+    #[inline]
+    fn target<'a>(cache: &'a Cache, version: Option<&Version>) -> Target<'a> {
+        match version {
+            None => Target::Borrowed(cache),
+            Some(version) => Target::Versioned(cache.with_version(version.clone())),
+        }
+    }
+
+    /// Runs one call of a `#[cached]` function: see the [module documentation](super).
+    ///
+    /// `cache` is `None` when no default cache is installed; `key` is `Err` when an argument
+    /// could not be written as JSON (the body then runs uncached).
+    pub async fn memoize<P, R, Fut>(
+        cache: Option<&Cache>,
+        version: Option<&Version>,
+        key: crate::Result<String>,
+        expire: Expire,
+        _policy: P,
+        body: Fut,
+    ) -> R
+    where
+        P: Policy<R>,
+        P::Value: CacheValue,
+        Fut: Future<Output = R>,
+    {
+        let Some(cache) = cache else {
+            return body.await;
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::warn!(%error, "#[cached]: the key cannot be built; running uncached");
+                return body.await;
+            }
+        };
+        let target = target(cache, version);
+        let cache = target.get();
+
+        // The hit path: one GET, one decode.
+        let mut overwrite = false;
+        let mut clean_miss = false;
+        match cache.get_raw(&key).await {
+            Ok(Some(bytes)) => match decode::<P::Value>(cache, &key, &bytes) {
+                Ok(value) => return P::wrap(value),
+                Err(()) => overwrite = true,
+            },
+            Ok(None) => clean_miss = true,
+            Err(error) => report("get", &key, &error),
+        }
+
+        let flight = (
+            Arc::as_ptr(cache.repository()) as *const () as usize,
+            cache.make_key(&key),
+        );
+        loop {
+            match join(&flight) {
+                Join::Leader(leader) => {
+                    // A leader that finished between our GET and now has stored its value.
+                    if clean_miss {
+                        if let Ok(Some(bytes)) = cache.get_raw(&key).await {
+                            if let Ok(value) = decode::<P::Value>(cache, &key, &bytes) {
+                                leader.publish(Outcome::Value(bytes));
+                                return P::wrap(value);
+                            }
+                            overwrite = true;
+                        }
+                    }
+                    return run::<P, R, Fut>(cache, &key, expire, overwrite, body, Some(leader))
+                        .await;
+                }
+                Join::Waiter(rx) => match wait(rx).await {
+                    Some(Outcome::Value(bytes)) => {
+                        match decode::<P::Value>(cache, &key, &bytes) {
+                            Ok(value) => return P::wrap(value),
+                            // Another instantiation of a generic function under the same key.
+                            Err(()) => {
+                                return run::<P, R, Fut>(cache, &key, expire, true, body, None)
+                                    .await
+                            }
+                        }
+                    }
+                    Some(_) => {
+                        return run::<P, R, Fut>(cache, &key, expire, overwrite, body, None).await
+                    }
+                    // The leader panicked or was cancelled: elect a new one.
+                    None => {
+                        clean_miss = true;
+                        continue;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Runs the body and stores a cacheable result, publishing it to the waiters first.
+    async fn run<P, R, Fut>(
+        cache: &Cache,
+        key: &str,
+        expire: Expire,
+        overwrite: bool,
+        body: Fut,
+        leader: Option<Leader>,
+    ) -> R
+    where
+        P: Policy<R>,
+        P::Value: CacheValue,
+        Fut: Future<Output = R>,
+    {
+        let ret = body.await;
+        let Some(value) = P::value(&ret) else {
+            if let Some(leader) = &leader {
+                leader.publish(Outcome::NotCached);
+            }
+            return ret;
+        };
+        let bytes = match json::encode(key, value) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                report("encode", key, &error);
+                if let Some(leader) = &leader {
+                    leader.publish(Outcome::NotCached);
+                }
+                return ret;
+            }
+        };
+        if let Some(leader) = &leader {
+            leader.publish(Outcome::Value(bytes.clone()));
+        }
+        let stored = if overwrite {
+            cache.set_raw(key, bytes, expire).await
+        } else {
+            cache.set_nx_raw(key, bytes, expire).await.map(|_| ())
+        };
+        if let Err(error) = stored {
+            report("set", key, &error);
+        }
+        drop(leader);
+        ret
+    }
+
+    fn decode<V: DeserializeOwned>(cache: &Cache, key: &str, bytes: &[u8]) -> Result<V, ()> {
+        json::decode(|| shown(&cache.make_key(key)), bytes).map_err(|error| {
+            tracing::warn!(%error, "#[cached]: the stored value does not decode as the return type; recomputing and replacing it");
+        })
+    }
+
+    fn report(operation: &'static str, key: &str, error: &Error) {
+        if matches!(error, Error::CircuitOpen { .. }) {
+            tracing::debug!(operation, key, %error, "#[cached]: cache unavailable; running uncached");
+        } else {
+            tracing::warn!(operation, key, %error, "#[cached]: cache operation failed; the function runs regardless");
+        }
+    }
+
+    /// Removes the entry of one call (the `*_invalidate` companion); `true` when one was removed.
+    pub async fn invalidate(
+        cache: Option<&Cache>,
+        version: Option<&Version>,
+        key: crate::Result<String>,
+    ) -> crate::Result<bool> {
+        let Some(cache) = cache else {
+            return Ok(false);
+        };
+        let key = key?;
+        let target = target(cache, version);
+        Ok(target.get().delete(&key).await? > 0)
+    }
+}

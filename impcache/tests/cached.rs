@@ -1,0 +1,441 @@
+//! `#[cached]` on the in-memory repository: hits and misses, key layout, Result/Option rules,
+//! companions, methods, generics, concurrency, panics and failures, values of the wrong type.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use impcache::{cached, Cache, MemoryCacheRepository};
+use serde::{Deserialize, Serialize};
+
+/// The default cache of this test binary (installed once).
+fn default() -> &'static Cache {
+    static CACHE: LazyLock<Cache> = LazyLock::new(|| {
+        let cache = Cache::builder(MemoryCacheRepository::new())
+            .key_prefix("app")
+            .build();
+        impcache::set_default_cache(cache.clone()).unwrap();
+        cache
+    });
+    &CACHE
+}
+
+fn fresh() -> Cache {
+    Cache::builder(MemoryCacheRepository::new())
+        .key_prefix("t")
+        .build()
+}
+
+static SQUARES: AtomicUsize = AtomicUsize::new(0);
+
+/// Squares (documented).
+#[cached(expire = 100)]
+async fn square(x: u64) -> u64 {
+    SQUARES.fetch_add(1, SeqCst);
+    x * x
+}
+
+#[tokio::test]
+async fn default_cache_hits_and_misses_and_key_layout() {
+    let cache = default();
+    assert_eq!(square(3).await, 9);
+    assert_eq!(square(3).await, 9);
+    assert_eq!(square(4).await, 16);
+    assert_eq!(SQUARES.load(SeqCst), 2);
+    let raw = cache.get_raw("cached::square:3").await.unwrap().unwrap();
+    assert_eq!(&raw[..], b"9");
+    assert_eq!(cache.make_key("cached::square:3"), "app:1:cached::square:3");
+
+    assert!(square_invalidate(3).await.unwrap());
+    assert!(!square_invalidate(3).await.unwrap());
+    assert_eq!(square(3).await, 9);
+    assert_eq!(SQUARES.load(SeqCst), 3);
+    assert_eq!(square_uncached(3).await, 9);
+    assert_eq!(SQUARES.load(SeqCst), 4);
+
+    assert_eq!(cache.delete_pattern("cached::square:*").await.unwrap(), 2);
+    assert_eq!(square(4).await, 16);
+    assert_eq!(SQUARES.load(SeqCst), 5);
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+/// An error type without serde.
+#[derive(Debug)]
+struct DbError;
+
+static LOADS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn load_user(cache: &Cache, id: u64, fail: bool) -> Result<User, DbError> {
+    LOADS.fetch_add(1, SeqCst);
+    if fail {
+        return Err(DbError);
+    }
+    Ok(User {
+        id,
+        name: format!("user {id}"),
+    })
+}
+
+#[tokio::test]
+async fn result_caches_only_ok() {
+    let cache = &fresh();
+    assert!(load_user(cache, 1, true).await.is_err());
+    assert!(load_user(cache, 1, true).await.is_err());
+    assert_eq!(LOADS.load(SeqCst), 2);
+    let user = load_user(cache, 1, false).await.unwrap();
+    assert_eq!(load_user(cache, 1, false).await.unwrap(), user);
+    assert_eq!(LOADS.load(SeqCst), 3);
+    let raw = cache
+        .get_raw("cached::load_user:1:false")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&raw[..], br#"{"id":1,"name":"user 1"}"#);
+    assert!(load_user_invalidate(cache, 1, false).await.unwrap());
+}
+
+static IO_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = Duration::from_millis(1500), skip(cache), name = "io")]
+async fn io_alias(cache: &Cache, ok: bool) -> std::io::Result<String> {
+    IO_CALLS.fetch_add(1, SeqCst);
+    if ok {
+        Ok("fine".to_owned())
+    } else {
+        Err(std::io::Error::other("boom"))
+    }
+}
+
+#[tokio::test]
+async fn io_result_alias_and_name() {
+    let cache = &fresh();
+    assert!(io_alias(cache, false).await.is_err());
+    assert!(io_alias(cache, false).await.is_err());
+    assert_eq!(io_alias(cache, true).await.unwrap(), "fine");
+    assert_eq!(io_alias(cache, true).await.unwrap(), "fine");
+    assert_eq!(IO_CALLS.load(SeqCst), 3);
+    assert!(cache.get_raw("io:true").await.unwrap().is_some());
+}
+
+static FINDS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, key = "find:{name}")]
+async fn find(cache: &Cache, name: &str) -> Option<u32> {
+    FINDS.fetch_add(1, SeqCst);
+    (name == "alice").then_some(7)
+}
+
+static FINDS_NONE: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, key = "find-none:{name}", cache_none = true)]
+async fn find_none(cache: &Cache, name: &str) -> Option<u32> {
+    FINDS_NONE.fetch_add(1, SeqCst);
+    (name == "alice").then_some(7)
+}
+
+#[tokio::test]
+async fn option_caches_only_some_unless_cache_none() {
+    let cache = &fresh();
+    assert_eq!(find(cache, "bob").await, None);
+    assert_eq!(find(cache, "bob").await, None);
+    assert_eq!(FINDS.load(SeqCst), 2);
+    assert_eq!(find(cache, "alice").await, Some(7));
+    assert_eq!(find(cache, "alice").await, Some(7));
+    assert_eq!(FINDS.load(SeqCst), 3);
+    // The template writes strings without quotes.
+    assert_eq!(
+        &cache.get_raw("find:alice").await.unwrap().unwrap()[..],
+        b"7"
+    );
+
+    assert_eq!(find_none(cache, "bob").await, None);
+    assert_eq!(find_none(cache, "bob").await, None);
+    assert_eq!(FINDS_NONE.load(SeqCst), 1);
+    assert_eq!(
+        &cache.get_raw("find-none:bob").await.unwrap().unwrap()[..],
+        b"null"
+    );
+    assert!(find_none_invalidate(cache, "bob").await.unwrap());
+}
+
+#[derive(Debug)]
+struct UserRepo {
+    cache: Cache,
+    calls: AtomicUsize,
+}
+
+impl UserRepo {
+    /// A method: `self` is not part of the key.
+    #[cached(cache = self.cache, expire = 60, version = 2)]
+    pub(crate) async fn get(&self, id: u64) -> User {
+        self.calls.fetch_add(1, SeqCst);
+        User {
+            id,
+            name: "m".into(),
+        }
+    }
+
+    /// An associated function without `self`.
+    #[cached(cache = cache, expire = 60, skip(cache))]
+    async fn assoc(cache: &Cache, n: u8) -> u8 {
+        n + 1
+    }
+}
+
+#[tokio::test]
+async fn methods_with_self_and_version() {
+    let repo = UserRepo {
+        cache: fresh(),
+        calls: AtomicUsize::new(0),
+    };
+    assert_eq!(repo.get(5).await.id, 5);
+    assert_eq!(repo.get(5).await.id, 5);
+    assert_eq!(repo.calls.load(SeqCst), 1);
+    let key = format!("{}::get:5", std::any::type_name::<UserRepo>());
+    assert_eq!(key, "cached::UserRepo::get:5");
+    assert!(repo
+        .cache
+        .with_version(2)
+        .get_raw(&key)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(repo.cache.get_raw(&key).await.unwrap().is_none());
+    assert!(repo.get_invalidate(5).await.unwrap());
+    assert_eq!(repo.get_uncached(5).await.id, 5);
+    assert_eq!(repo.calls.load(SeqCst), 2);
+    assert_eq!(UserRepo::assoc(&repo.cache, 1).await, 2);
+    assert!(UserRepo::assoc_invalidate(&repo.cache, 1).await.unwrap());
+}
+
+static GENERIC_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn describe<T>(cache: &Cache, value: &T) -> String
+where
+    T: Serialize + std::fmt::Debug + Sync,
+{
+    GENERIC_CALLS.fetch_add(1, SeqCst);
+    format!("{value:?}")
+}
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn parse_as<T: serde::de::DeserializeOwned + Serialize + Default>(
+    cache: &Cache,
+    text: String,
+) -> T {
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn generic_functions() {
+    let cache = &fresh();
+    assert_eq!(describe(cache, &vec![1, 2]).await, "[1, 2]");
+    assert_eq!(describe(cache, &vec![1, 2]).await, "[1, 2]");
+    assert_eq!(describe(cache, &"x").await, "\"x\"");
+    assert_eq!(GENERIC_CALLS.load(SeqCst), 2);
+    assert!(cache
+        .get_raw("cached::describe:[1,2]")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(describe_invalidate(cache, &"x").await.unwrap());
+    // Instantiations sharing a key: another type does not decode and is recomputed.
+    assert_eq!(parse_as::<u8>(cache, "5".into()).await, 5);
+    assert_eq!(
+        parse_as::<Vec<u8>>(cache, "5".into()).await,
+        Vec::<u8>::new()
+    );
+    assert_eq!(parse_as::<u8>(cache, "5".into()).await, 5);
+}
+
+static SLOW_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Not `Clone`: waiters decode the leader's JSON.
+#[derive(Debug, Serialize, Deserialize)]
+struct NotClone(u64);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn slow(cache: &Cache, id: u64) -> NotClone {
+    SLOW_CALLS.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    NotClone(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_callers_one_execution() {
+    let cache = fresh();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { slow(&cache, 9).await.0 })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 9);
+    }
+    assert_eq!(SLOW_CALLS.load(SeqCst), 1);
+}
+
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn panics_first(cache: &Cache, id: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if PANICS.fetch_add(1, SeqCst) == 0 {
+        panic!("first call panics");
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_leader_does_not_poison() {
+    let cache = fresh();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { panics_first(&cache, 3).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut panicked = 0;
+    for task in tasks {
+        match task.await {
+            Ok(v) => {
+                assert_eq!(v, 3);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.is_panic());
+                panicked += 1;
+            }
+        }
+    }
+    assert_eq!((ok, panicked), (9, 1));
+    // One panicking execution, then one new leader for the nine others.
+    assert_eq!(PANICS.load(SeqCst), 2);
+    assert_eq!(panics_first(&cache, 3).await, 3);
+    assert_eq!(PANICS.load(SeqCst), 2);
+}
+
+static FAILS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn fails_first(cache: &Cache, id: u64) -> Result<u64, String> {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if FAILS.fetch_add(1, SeqCst) == 0 {
+        return Err("first call fails".into());
+    }
+    Ok(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_leader_does_not_fail_its_waiters() {
+    let cache = fresh();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { fails_first(&cache, 3).await })
+        })
+        .collect();
+    let results: Vec<_> = futures_join(tasks).await;
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+    assert_eq!(results.iter().filter(|r| **r == Ok(3)).count(), 9);
+    let executions = FAILS.load(SeqCst);
+    assert_eq!(fails_first(&cache, 3).await, Ok(3));
+    assert_eq!(FAILS.load(SeqCst), executions, "the value is cached now");
+}
+
+async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+static TYPED: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, key = "typed:{id}")]
+async fn typed(cache: &Cache, id: u64) -> User {
+    TYPED.fetch_add(1, SeqCst);
+    User {
+        id,
+        name: "new".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_value_of_the_wrong_type_is_replaced() {
+    let cache = &fresh();
+    cache.set("typed:1", &"an old string", 60).await.unwrap();
+    assert_eq!(typed(cache, 1).await.name, "new");
+    assert_eq!(
+        &cache.get_raw("typed:1").await.unwrap().unwrap()[..],
+        br#"{"id":1,"name":"new"}"#
+    );
+    assert_eq!(typed(cache, 1).await.name, "new");
+    assert_eq!(TYPED.load(SeqCst), 1);
+}
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn patterns(cache: &Cache, (a, b): (u8, u8), _: u8, mut acc: Vec<u8>) -> Vec<u8> {
+    acc.push(a + b);
+    acc
+}
+
+#[tokio::test]
+async fn argument_patterns_and_wildcards() {
+    let cache = &fresh();
+    assert_eq!(patterns(cache, (1, 2), 7, vec![0]).await, [0, 3]);
+    assert!(cache
+        .get_raw("cached::patterns:[1,2]:[0]")
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// Arguments named like generated bindings are fine.
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn collide(cache: &Cache, key: u8, expire: u8, body: u8) -> u8 {
+    key + expire + body
+}
+
+#[tokio::test]
+async fn argument_names_do_not_collide() {
+    let cache = &fresh();
+    assert_eq!(collide(cache, 1, 2, 3).await, 6);
+    assert!(cache
+        .get_raw("cached::collide:1:2:3")
+        .await
+        .unwrap()
+        .is_some());
+}
+
+static APP_CACHE: LazyLock<Cache> = LazyLock::new(fresh);
+static STATIC_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = APP_CACHE, expire = 60)]
+async fn with_static(s: String) -> Box<str> {
+    STATIC_CALLS.fetch_add(1, SeqCst);
+    s.into_boxed_str()
+}
+
+#[tokio::test]
+async fn a_static_cache_and_a_string_key() {
+    assert_eq!(&*with_static("a\"b".into()).await, "a\"b");
+    assert_eq!(&*with_static("a\"b".into()).await, "a\"b");
+    assert_eq!(STATIC_CALLS.load(SeqCst), 1);
+    assert!(APP_CACHE
+        .get_raw(r#"cached::with_static:"a\"b""#)
+        .await
+        .unwrap()
+        .is_some());
+}
