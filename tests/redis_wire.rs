@@ -149,3 +149,44 @@ async fn glob_semantics_are_identical_in_both_repositories() {
         assert_eq!(left_redis, left_memory, "pattern {pattern:?}");
     }
 }
+
+#[tokio::test]
+async fn database_number_password_and_unix_socket_dsns_work() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let dsn = format!("redis://:s3cret@127.0.0.1:{}/3", server.port());
+    let cache = Cache::new(RedisCacheRepository::new(&dsn).unwrap());
+    cache.set("in-db-3", &1, 100).await.unwrap();
+    let mut raw = redis::Client::open(dsn.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let db0: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/0", server.port()))
+            .unwrap()
+            .get_connection()
+            .unwrap())
+        .unwrap();
+    assert!(db0.is_empty(), "{db0:?}");
+    let db3: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut raw).unwrap();
+    assert_eq!(db3, ["cache:1:in-db-3"]);
+
+    // A wrong password fails as a typed error that does not leak it.
+    let wrong = format!("redis://:wrong-password@127.0.0.1:{}/0", server.port());
+    let cache = Cache::new(RedisCacheRepository::new(&wrong).unwrap());
+    let err = cache.get::<i32>("k").await.unwrap_err();
+    assert!(err.is_backend_failure(), "{err}");
+    assert!(!err.to_string().contains("wrong-password"), "{err}");
+    assert!(!format!("{cache:?}").contains("wrong-password"), "{cache:?}");
+
+    let socket = std::env::temp_dir().join(format!("impcache-{}.sock", server.port()));
+    let unix = RedisServer::start_with(&["--unixsocket", socket.to_str().unwrap()]);
+    let cache = Cache::new(
+        RedisCacheRepository::new(&format!("unix://{}?db=2", socket.display())).unwrap(),
+    );
+    cache.set("over-unix", &1, 100).await.unwrap();
+    assert_eq!(cache.get::<i32>("over-unix").await.unwrap(), Some(1));
+    let _: () = unix.cmd(&["SELECT", "2"]);
+    drop(unix);
+    let _ = std::fs::remove_file(socket);
+}
