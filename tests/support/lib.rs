@@ -6,6 +6,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test harness: failing loudly is its job
 
+pub mod cluster;
 pub mod proxy;
 pub use proxy::FaultProxy;
 
@@ -113,10 +114,11 @@ impl RedisServer {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        // A server with `requirepass` answers `-NOAUTH ...`: alive all the same.
         let mut reply = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+            && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
     }
 
     /// The port.
