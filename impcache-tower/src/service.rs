@@ -477,8 +477,9 @@ where
         return Ok(response);
     }
 
-    // 2. Coalescing: one handler call per URL in this process.
-    let guard = match config.coalesce.then(|| layer.flights.join(&url)) {
+    // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
+    //    which asked for a new response).
+    let guard = match (config.coalesce && !refresh).then(|| layer.flights.join(&url)) {
         None => None,
         Some(Join::Leader(guard)) => Some(guard),
         Some(Join::Waiter(waiter)) => {

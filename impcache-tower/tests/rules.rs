@@ -1,0 +1,848 @@
+//! Every storage rule of the layer, on the in-memory repository, with `ServiceExt::oneshot`.
+//! Each peer-crate defect from the field notes has a test named after it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use impcache_tower::{CacheLayer, StatusHeader};
+use support::*;
+
+fn layer() -> CacheLayer {
+    CacheLayer::new(memory_cache()).expire(60)
+}
+
+#[tokio::test]
+async fn get_is_stored_then_served_with_age_status_and_original_headers() {
+    let (svc, calls) = app(layer(), |n, _| async move {
+        Response::builder()
+            .header("content-type", "text/plain")
+            .header("link", "<a>")
+            .header("link", "<b>")
+            .header("connection", "x-hop")
+            .header("x-hop", "1")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let first = send(&svc, get("/users/1")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, "call 1");
+    assert_eq!(first.x_cache(), "MISS");
+    assert_eq!(
+        first.header("cache-status"),
+        Some("impcache; fwd=uri-miss; stored")
+    );
+    let etag = first.header("etag").expect("a computed ETag").to_owned();
+
+    let second = send(&svc, get("/users/1")).await;
+    assert_eq!(calls.get(), 1);
+    assert_eq!(second.body, "call 1");
+    assert_eq!(second.x_cache(), "HIT");
+    assert!(second
+        .header("cache-status")
+        .unwrap()
+        .starts_with("impcache; hit; ttl="));
+    assert_eq!(second.header("age"), Some("0"));
+    assert_eq!(second.header("content-type"), Some("text/plain"));
+    assert_eq!(second.header("etag"), Some(etag.as_str()));
+    let links: Vec<_> = second.headers.get_all("link").iter().collect();
+    assert_eq!(links, ["<a>", "<b>"], "multi-valued headers are kept");
+    assert!(second.headers.get("x-hop").is_none() && second.headers.get("connection").is_none());
+}
+
+#[tokio::test]
+async fn stored_entries_outlive_the_process_local_state() {
+    // A second layer over the same cache (another process, say) reads what the first stored.
+    let cache = memory_cache();
+    let first = CacheLayer::new(cache.clone());
+    let (svc, _) = counting(first.clone());
+    send(&svc, get("/p?b=2&a=1")).await;
+    wait_stored(&first, "/p?a=1&b=2").await;
+    let (other, calls) = counting(CacheLayer::new(cache));
+    let seen = send(&other, get("/p?a=1&b=2")).await;
+    assert_eq!(
+        (seen.x_cache(), seen.body.as_ref(), calls.get()),
+        ("HIT", &b"call 1"[..], 0)
+    );
+}
+
+#[tokio::test]
+async fn age_grows_with_time() {
+    let cache = memory_cache();
+    let layer = CacheLayer::new(cache.clone());
+    let (svc, _) = counting(layer.clone());
+    send(&svc, get("/aged")).await;
+    wait_stored(&layer, "/aged").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (fresh, _) = counting(CacheLayer::new(cache));
+    let seen = send(&fresh, get("/aged")).await;
+    assert_eq!(seen.x_cache(), "HIT");
+    assert!(seen.header("age").unwrap().parse::<u64>().unwrap() >= 1);
+}
+
+/// tower-http-cache 0.6.1: the key left out the method, so a HEAD stored an empty body under the
+/// GET key.
+#[tokio::test]
+async fn defect_head_request_poisons_the_get_entry() {
+    let layer = layer();
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        // Like hyper/axum: a HEAD response has no body.
+        let body = if req.method() == http::Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from(format!("page {n}"))
+        };
+        Response::new(body)
+    });
+    let head = send(&svc, request("HEAD", "/page", &[])).await;
+    assert_eq!((head.x_cache(), head.body.len()), ("MISS", 0));
+    let get1 = send(&svc, get("/page")).await;
+    assert_eq!(get1.x_cache(), "MISS", "the HEAD response was not stored");
+    assert_eq!(get1.body, "page 2");
+    let get2 = send(&svc, get("/page")).await;
+    assert_eq!(
+        (get2.x_cache(), get2.body.as_ref()),
+        ("HIT", &b"page 2"[..])
+    );
+    wait_stored(&layer, "/page").await;
+    // HEAD is now answered from the GET entry, without a body but with its length.
+    let head2 = send(&svc, request("HEAD", "/page", &[])).await;
+    assert_eq!(head2.x_cache(), "HIT");
+    assert!(head2.body.is_empty());
+    assert_eq!(head2.header("content-length"), Some("6"));
+    assert_eq!(calls.get(), 2);
+}
+
+/// http-cache-tower-server, axum-response-cache, rustango #1251: `Set-Cookie` stored and replayed.
+#[tokio::test]
+async fn defect_set_cookie_replayed_to_other_users() {
+    let (svc, calls) = app(layer(), |n, _| async move {
+        Response::builder()
+            .header("set-cookie", format!("session=user{n}"))
+            .body(Body::from("hello"))
+            .unwrap()
+    });
+    let a = send(&svc, get("/login")).await;
+    let b = send(&svc, get("/login")).await;
+    assert_eq!(calls.get(), 2);
+    assert_eq!(a.header("set-cookie"), Some("session=user1"));
+    assert_eq!(b.header("set-cookie"), Some("session=user2"));
+    assert_eq!(
+        b.header("cache-status"),
+        Some("impcache; fwd=uri-miss; detail=set-cookie")
+    );
+}
+
+/// tower-http-cache, axum-response-cache: `Authorization` ignored, so a user's page was served
+/// to anonymous visitors.
+#[tokio::test]
+async fn defect_authenticated_response_served_to_anonymous_users() {
+    let (svc, calls) = app(layer(), |_, req| async move {
+        let who = req
+            .headers()
+            .get("authorization")
+            .map_or("anonymous".to_owned(), |v| {
+                format!("secret of {}", v.to_str().unwrap())
+            });
+        Response::new(Body::from(who))
+    });
+    let alice = send(
+        &svc,
+        request("GET", "/me", &[("authorization", "Bearer alice")]),
+    )
+    .await;
+    assert_eq!(alice.body, "secret of Bearer alice");
+    assert_eq!(alice.x_cache(), "BYPASS");
+    let anon = send(&svc, get("/me")).await;
+    assert_eq!(anon.body, "anonymous");
+    assert_eq!(anon.x_cache(), "MISS");
+    // The anonymous entry is not served to a cookie-carrying user either.
+    let bob = send(&svc, request("GET", "/me", &[("cookie", "sid=bob")])).await;
+    assert_eq!(bob.x_cache(), "BYPASS");
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test]
+async fn opting_in_keys_authenticated_requests_by_their_credentials() {
+    let (svc, calls) = app(layer().allow_authenticated(true), |_, req| async move {
+        let who = req
+            .headers()
+            .get("authorization")
+            .map_or("anonymous", |v| v.to_str().unwrap())
+            .to_owned();
+        Response::new(Body::from(who))
+    });
+    let alice = || request("GET", "/me", &[("authorization", "alice")]);
+    let bob = || request("GET", "/me", &[("authorization", "bob")]);
+    assert_eq!(send(&svc, alice()).await.x_cache(), "MISS");
+    let again = send(&svc, alice()).await;
+    assert_eq!(
+        (again.x_cache(), again.body.as_ref()),
+        ("HIT", &b"alice"[..])
+    );
+    let b = send(&svc, bob()).await;
+    assert_eq!(b.body, "bob", "never another credential's entry");
+    let anon = send(&svc, get("/me")).await;
+    assert_eq!(anon.body, "anonymous");
+    assert_eq!(calls.get(), 3);
+}
+
+/// tower-http-cache: every 4xx cached for 5 s, 401 included.
+#[tokio::test]
+async fn defect_401_cached() {
+    let (svc, calls) = app(layer(), |_, _| async {
+        Response::builder()
+            .status(401)
+            .body(Body::from("log in"))
+            .unwrap()
+    });
+    send(&svc, get("/private")).await;
+    let second = send(&svc, get("/private")).await;
+    assert_eq!((second.status, calls.get()), (StatusCode::UNAUTHORIZED, 2));
+    assert_eq!(
+        second.header("cache-status"),
+        Some("impcache; fwd=uri-miss; detail=status")
+    );
+}
+
+#[tokio::test]
+async fn statuses_are_configurable() {
+    let (svc, calls) = app(
+        layer().statuses([StatusCode::OK, StatusCode::NOT_FOUND]),
+        |_, _| async {
+            Response::builder()
+                .status(404)
+                .body(Body::from("none"))
+                .unwrap()
+        },
+    );
+    send(&svc, get("/missing")).await;
+    let second = send(&svc, get("/missing")).await;
+    assert_eq!(
+        (second.status, second.x_cache(), calls.get()),
+        (StatusCode::NOT_FOUND, "HIT", 1)
+    );
+}
+
+/// axum-response-cache, http-cache-tower-server: POST responses cached.
+#[tokio::test]
+async fn defect_post_cached() {
+    let (svc, calls) = counting(layer());
+    let a = send(&svc, request("POST", "/orders", &[])).await;
+    let b = send(&svc, request("POST", "/orders", &[])).await;
+    assert_eq!(
+        (a.body.as_ref(), b.body.as_ref(), calls.get()),
+        (&b"call 1"[..], &b"call 2"[..], 2)
+    );
+    assert_eq!(
+        b.header("cache-status"),
+        Some("impcache; fwd=method; detail=method")
+    );
+    // And a POST does not read the GET entry either.
+    send(&svc, get("/orders")).await;
+    assert_eq!(
+        send(&svc, request("POST", "/orders", &[])).await.body,
+        "call 4"
+    );
+}
+
+#[tokio::test]
+async fn methods_are_configurable() {
+    let (svc, calls) = counting(layer().methods([
+        http::Method::GET,
+        http::Method::from_bytes(b"QUERY").unwrap(),
+    ]));
+    send(&svc, request("QUERY", "/search", &[])).await;
+    assert_eq!(
+        send(&svc, request("QUERY", "/search", &[])).await.x_cache(),
+        "HIT"
+    );
+    assert_eq!(
+        send(&svc, get("/search")).await.x_cache(),
+        "MISS",
+        "methods are keyed apart"
+    );
+    assert_eq!(calls.get(), 2);
+}
+
+/// http-cache-tower-server, tower-http-cache: a client's `Cache-Control: no-cache` (a browser
+/// hard refresh) forced origin calls.
+#[tokio::test]
+async fn defect_client_no_cache_forces_origin_calls() {
+    let (svc, calls) = counting(layer());
+    send(&svc, get("/home")).await;
+    for header in [
+        ("cache-control", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("pragma", "no-cache"),
+        ("cache-control", "no-store"),
+    ] {
+        let seen = send(&svc, request("GET", "/home", &[header])).await;
+        assert_eq!(seen.x_cache(), "HIT", "{header:?}");
+    }
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn honouring_client_cache_control_is_opt_in() {
+    let layer = layer().honor_request_cache_control(true);
+    let (svc, _) = counting(layer.clone());
+    send(&svc, get("/home")).await;
+    wait_stored(&layer, "/home").await;
+    let refreshed = send(
+        &svc,
+        request("GET", "/home", &[("cache-control", "no-cache")]),
+    )
+    .await;
+    assert_eq!(
+        (refreshed.body.as_ref(), refreshed.x_cache()),
+        (&b"call 2"[..], "MISS")
+    );
+    assert_eq!(
+        refreshed.header("cache-status"),
+        Some("impcache; fwd=request; stored")
+    );
+    let bypassed = send(
+        &svc,
+        request("GET", "/home", &[("cache-control", "no-store")]),
+    )
+    .await;
+    assert_eq!(bypassed.x_cache(), "BYPASS");
+    // The refresh stored its response (in the background: wait for it).
+    for _ in 0..400 {
+        let later = send(&svc, get("/home")).await;
+        assert_eq!(later.x_cache(), "HIT");
+        if later.body == "call 2" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the refreshed response was never stored");
+}
+
+/// axum-response-cache: a body over the limit became `500 File too big`.
+#[tokio::test]
+async fn defect_oversized_body_turns_into_a_500() {
+    let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let (svc, calls) = app(layer().max_body_size(1000), move |_, _| {
+        let counter = counter.clone();
+        async move {
+            // 100 chunks of 100 bytes, no Content-Length: only the stream tells the size.
+            Response::new(Body::new(Chunks {
+                left: 100,
+                index: 0,
+                size: 100,
+                pulled: counter,
+            }))
+        }
+    });
+    let response = tower::ServiceExt::oneshot(svc.clone(), get("/big"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers().get("cache-status").unwrap(),
+        "impcache; fwd=uri-miss; detail=too-large"
+    );
+    // Not buffered past the limit: 11 chunks (1100 bytes) were read before the response left.
+    assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 11);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.len(), 10_000);
+    assert!(
+        body.iter().enumerate().all(|(i, b)| *b == (i / 100) as u8),
+        "chunks in order"
+    );
+    send(&svc, get("/big")).await;
+    assert_eq!(calls.get(), 2, "not stored");
+}
+
+/// A body of `count` chunks of `size` bytes (chunk `i` filled with byte `i`), counting the chunks
+/// pulled from it; no size hint, like a stream.
+struct Chunks {
+    left: usize,
+    index: usize,
+    size: usize,
+    pulled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        self.pulled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let chunk = Bytes::from(vec![self.index as u8; self.size]);
+        self.index += 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+#[tokio::test]
+async fn a_known_length_over_the_limit_is_not_read_at_all() {
+    let (svc, calls) = app(layer().max_body_size(10), |_, _| async {
+        Response::new(Body::from("x".repeat(11)))
+    });
+    let seen = send(&svc, get("/cl")).await;
+    assert_eq!(
+        (seen.body.len(), seen.header("cache-status")),
+        (11, Some("impcache; fwd=uri-miss; detail=too-large"))
+    );
+    let exact = app(layer().max_body_size(11), |_, _| async {
+        Response::new(Body::from("x".repeat(11)))
+    })
+    .0;
+    send(&exact, get("/cl")).await;
+    assert_eq!(
+        send(&exact, get("/cl")).await.x_cache(),
+        "HIT",
+        "the limit is inclusive"
+    );
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn responses_that_forbid_shared_storage_are_not_stored() {
+    let cases: [(&str, &[(&str, &str)], u16); 7] = [
+        ("no-store", &[("cache-control", "no-store")], 200),
+        ("private", &[("cache-control", "private, max-age=60")], 200),
+        ("no-cache", &[("cache-control", "no-cache")], 200),
+        ("vary-star", &[("vary", "*")], 200),
+        ("partial-content", &[("content-range", "bytes 0-1/10")], 206),
+        ("partial-content", &[("content-range", "bytes 0-1/10")], 200),
+        ("zero-ttl", &[("cache-control", "max-age=0")], 200),
+    ];
+    for (detail, headers, status) in cases {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let (svc, calls) = app(
+            layer().statuses([StatusCode::OK, StatusCode::PARTIAL_CONTENT]),
+            move |_, _| {
+                let headers = headers.clone();
+                async move {
+                    let mut response = Response::builder().status(status);
+                    for (n, v) in &headers {
+                        response = response.header(n, v);
+                    }
+                    response.body(Body::from("body")).unwrap()
+                }
+            },
+        );
+        send(&svc, get("/x")).await;
+        let second = send(&svc, get("/x")).await;
+        assert_eq!(calls.get(), 2, "{detail}");
+        assert_eq!(
+            second.header("cache-status").unwrap(),
+            format!("impcache; fwd=uri-miss; detail={detail}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn range_requests_go_to_the_handler() {
+    let (svc, calls) = counting(layer());
+    send(&svc, get("/file")).await;
+    let ranged = send(&svc, request("GET", "/file", &[("range", "bytes=0-1")])).await;
+    assert_eq!((ranged.x_cache(), calls.get()), ("BYPASS", 2));
+}
+
+#[tokio::test]
+async fn ttl_is_lowered_by_max_age_and_s_maxage_and_capped() {
+    async fn ttl_of(layer: CacheLayer, cache_control: &'static str) -> String {
+        let (svc, _) = app(layer, move |_, _| async move {
+            let mut r = Response::builder();
+            if !cache_control.is_empty() {
+                r = r.header("cache-control", cache_control);
+            }
+            r.body(Body::from("x")).unwrap()
+        });
+        send(&svc, get("/t")).await;
+        send(&svc, get("/t"))
+            .await
+            .header("cache-status")
+            .unwrap()
+            .to_owned()
+    }
+    assert_eq!(ttl_of(layer(), "").await, "impcache; hit; ttl=60");
+    assert_eq!(
+        ttl_of(layer(), "public, max-age=5").await,
+        "impcache; hit; ttl=5"
+    );
+    assert_eq!(
+        ttl_of(layer(), "max-age=5, s-maxage=30").await,
+        "impcache; hit; ttl=30"
+    );
+    assert_eq!(
+        ttl_of(layer(), "max-age=3600").await,
+        "impcache; hit; ttl=60",
+        "never lengthened"
+    );
+    assert_eq!(
+        ttl_of(layer().max_ttl(10), "").await,
+        "impcache; hit; ttl=10"
+    );
+    assert_eq!(
+        ttl_of(layer().expire(Duration::from_secs(90)), "").await,
+        "impcache; hit; ttl=90"
+    );
+}
+
+#[tokio::test]
+async fn vary_is_learned_per_url_and_keys_the_variants() {
+    let layer = layer();
+    let (svc, calls) = app(layer.clone(), |_, req| async move {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_owned();
+        Response::builder()
+            .header("vary", "Accept-Language")
+            .body(Body::from(lang))
+            .unwrap()
+    });
+    let en = || request("GET", "/hello", &[("accept-language", "en")]);
+    let fr = || request("GET", "/hello", &[("accept-language", "fr")]);
+    assert_eq!(send(&svc, en()).await.body, "en");
+    let en2 = send(&svc, en()).await;
+    assert_eq!((en2.x_cache(), en2.body.as_ref()), ("HIT", &b"en"[..]));
+    wait_key(&layer, "/hello", ":h").await;
+    let fr1 = send(&svc, fr()).await;
+    assert_eq!((fr1.x_cache(), fr1.body.as_ref()), ("MISS", &b"fr"[..]));
+    assert_eq!(
+        fr1.header("cache-status"),
+        Some("impcache; fwd=vary-miss; stored")
+    );
+    assert_eq!(send(&svc, fr()).await.body, "fr");
+    assert_eq!(send(&svc, get("/hello")).await.body, "none");
+    assert_eq!(send(&svc, en()).await.body, "en");
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test]
+async fn query_parameters_are_sorted_into_the_key() {
+    let (svc, calls) = counting(layer());
+    send(&svc, get("/search?q=rust&page=2")).await;
+    assert_eq!(
+        send(&svc, get("/search?page=2&q=rust")).await.x_cache(),
+        "HIT"
+    );
+    assert_eq!(
+        send(&svc, get("/search?page=3&q=rust")).await.x_cache(),
+        "MISS"
+    );
+    assert_eq!(send(&svc, get("/search")).await.x_cache(), "MISS");
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test]
+async fn hosts_are_keyed_apart_unless_turned_off() {
+    let (svc, calls) = counting(layer());
+    send(&svc, get("/")).await;
+    let other = Request::get("/")
+        .header("host", "other.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&svc, other).await.x_cache(), "MISS");
+    let (shared, _) = counting(layer().key_by_host(false));
+    send(&shared, get("/")).await;
+    let other = Request::get("/")
+        .header("host", "other.example")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&shared, other).await.x_cache(), "HIT");
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn if_none_match_is_answered_with_304_from_the_cache() {
+    let (svc, calls) = app(layer(), |_, _| async {
+        Response::builder()
+            .header("etag", "\"v1\"")
+            .header("cache-control", "public, max-age=60")
+            .header("content-type", "text/plain")
+            .body(Body::from("content"))
+            .unwrap()
+    });
+    send(&svc, get("/doc")).await;
+    let not_modified = send(
+        &svc,
+        request("GET", "/doc", &[("if-none-match", "W/\"v1\"")]),
+    )
+    .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert!(not_modified.body.is_empty());
+    assert_eq!(not_modified.header("etag"), Some("\"v1\""));
+    assert_eq!(
+        not_modified.header("cache-control"),
+        Some("public, max-age=60")
+    );
+    assert!(not_modified.header("age").is_some());
+    assert_eq!(not_modified.x_cache(), "HIT");
+    let changed = send(&svc, request("GET", "/doc", &[("if-none-match", "\"v0\"")])).await;
+    assert_eq!(
+        (changed.status, changed.body.as_ref()),
+        (StatusCode::OK, &b"content"[..])
+    );
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn a_computed_etag_is_strong_and_stable() {
+    let (svc, _) = counting(layer());
+    let (svc2, _) = counting(layer());
+    let a = send(&svc, get("/e"))
+        .await
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    let b = send(&svc2, get("/e"))
+        .await
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    assert_eq!(a, b, "same body, same ETag");
+    assert!(a.starts_with('"') && !a.starts_with("W/"));
+    let hit = send(&svc, request("GET", "/e", &[("if-none-match", &a)])).await;
+    assert_eq!(hit.status, StatusCode::NOT_MODIFIED);
+    let (plain, _) = counting(layer().compute_etag(false));
+    assert!(send(&plain, get("/e")).await.header("etag").is_none());
+}
+
+#[tokio::test]
+async fn status_headers_are_configurable() {
+    let (svc, _) = counting(layer().status_header(StatusHeader::XCache));
+    let seen = send(&svc, get("/")).await;
+    assert!(seen.header("cache-status").is_none() && seen.header("x-cache").is_some());
+    let (svc, _) = counting(layer().status_header(StatusHeader::None));
+    let seen = send(&svc, get("/")).await;
+    assert!(seen.header("cache-status").is_none() && seen.header("x-cache").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_call_the_handler_once() {
+    let (svc, calls) = app(layer(), |n, _| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Response::new(Body::from(format!("call {n}")))
+    });
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn({
+                let svc = svc.clone();
+                async move { send(&svc, get("/slow")).await }
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let seen = task.await.unwrap();
+        assert_eq!(seen.body, "call 1");
+        statuses.push(seen.x_cache().to_owned());
+    }
+    assert_eq!(calls.get(), 1);
+    assert_eq!(statuses.iter().filter(|s| *s == "MISS").count(), 1);
+}
+
+/// unjs/ocache #61: coalesced waiters received the leader's `Set-Cookie`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncacheable_responses_are_never_handed_to_waiters() {
+    let (svc, calls) = app(layer(), |n, _| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Response::builder()
+            .header("set-cookie", format!("sid={n}"))
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn({
+                let svc = svc.clone();
+                async move { send(&svc, get("/session")).await }
+            })
+        })
+        .collect();
+    let mut cookies = Vec::new();
+    for task in tasks {
+        let seen = task.await.unwrap();
+        let cookie = seen.header("set-cookie").unwrap().to_owned();
+        assert_eq!(
+            cookie.trim_start_matches("sid="),
+            seen.body
+                .strip_prefix(b"call ")
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap()
+        );
+        cookies.push(cookie);
+    }
+    cookies.sort();
+    cookies.dedup();
+    assert_eq!(
+        (cookies.len(), calls.get()),
+        (8, 8),
+        "each request its own handler call and cookie"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_another_variant_call_the_handler() {
+    let (svc, calls) = app(layer(), |_, req| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_owned();
+        Response::builder()
+            .header("vary", "accept-language")
+            .body(Body::from(lang))
+            .unwrap()
+    });
+    let en = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, request("GET", "/v", &[("accept-language", "en")])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let fr = send(&svc, request("GET", "/v", &[("accept-language", "fr")])).await;
+    assert_eq!(fr.body, "fr");
+    assert_eq!(en.await.unwrap().body, "en");
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn purges_remove_a_url_with_its_variants_or_a_prefix_and_glob_characters_stay_literal() {
+    let layer = layer();
+    let (svc, calls) = app(layer.clone(), |n, _| async move {
+        Response::builder()
+            .header("vary", "accept")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    for uri in [
+        "/users/1",
+        "/users/1?tab=x",
+        "/users/2",
+        "/a*",
+        "/ab",
+        "/other",
+    ] {
+        send(&svc, request("GET", uri, &[("accept", "text/html")])).await;
+        send(&svc, request("GET", uri, &[("accept", "application/json")])).await;
+    }
+    assert_eq!(calls.get(), 12);
+    let keys = |uri: &str| {
+        let key = layer.request_key(&get(uri));
+        assert!(key.starts_with("cache:1:http:example.com:"), "{key}");
+        key
+    };
+    let _ = keys("/users/1");
+    // Settle the background stores (a fresh layer has no in-flight state).
+    for uri in [
+        "/users/1",
+        "/users/1?tab=x",
+        "/users/2",
+        "/a*",
+        "/ab",
+        "/other",
+    ] {
+        let meta = format!("{}:h", keys(uri));
+        for _ in 0..400 {
+            if layer
+                .cache()
+                .repository()
+                .get(&meta)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let fresh = |layer: &CacheLayer| {
+        app(layer.clone(), |n, _| async move {
+            Response::builder()
+                .header("vary", "accept")
+                .body(Body::from(format!("new {n}")))
+                .unwrap()
+        })
+    };
+    // One URL: its Vary list and both variants (3 keys); the other query is another URL.
+    assert_eq!(
+        layer
+            .purge_url(Some("example.com"), "/users/1")
+            .await
+            .unwrap(),
+        3
+    );
+    // A literal `*` in a path purges only that path.
+    assert_eq!(layer.purge_url(None, "/a*").await.unwrap(), 3);
+    let (svc, _) = fresh(&CacheLayer::new(layer.cache().clone()));
+    let html = |uri: &str| request("GET", uri, &[("accept", "text/html")]);
+    assert_eq!(send(&svc, html("/users/1")).await.x_cache(), "MISS");
+    assert_eq!(send(&svc, html("/users/1?tab=x")).await.x_cache(), "HIT");
+    assert_eq!(send(&svc, html("/ab")).await.x_cache(), "HIT");
+    // A prefix: every query, variant and sub-path.
+    assert!(layer.purge_prefix(None, "/users/").await.unwrap() >= 6);
+    let (svc, _) = fresh(&CacheLayer::new(layer.cache().clone()));
+    assert_eq!(send(&svc, html("/users/1?tab=x")).await.x_cache(), "MISS");
+    assert_eq!(send(&svc, html("/users/2")).await.x_cache(), "MISS");
+    assert_eq!(send(&svc, html("/other")).await.x_cache(), "HIT");
+    assert!(layer.purge_all().await.unwrap() >= 3);
+}
+
+#[tokio::test]
+async fn unreadable_entries_are_misses_and_get_overwritten() {
+    let layer = layer();
+    let key = format!("{}:v:-", layer.request_key(&get("/bad")));
+    let cache = layer.cache().clone();
+    let caller_key = key.strip_prefix("cache:1:").unwrap();
+    cache
+        .set_raw(
+            &format!("{}:h", caller_key.trim_end_matches(":v:-")),
+            Bytes::from_static(b"IHV\x01"),
+            60,
+        )
+        .await
+        .unwrap();
+    cache
+        .set_raw(caller_key, Bytes::from_static(b"{\"not\":\"ours\"}"), 60)
+        .await
+        .unwrap();
+    let (svc, calls) = counting(layer.clone());
+    assert_eq!(send(&svc, get("/bad")).await.body, "call 1");
+    wait_stored(&layer, "/bad").await;
+    assert_eq!(send(&svc, get("/bad")).await.x_cache(), "HIT");
+    assert_eq!(calls.get(), 1);
+}
+
+#[test]
+fn the_inner_error_type_is_kept() {
+    fn assert_infallible<S: tower::Service<Request<Body>, Error = Infallible>>(_: &S) {}
+    let (svc, _) = counting(layer());
+    assert_infallible(&svc);
+    #[derive(Debug)]
+    struct MyError;
+    let failing = tower::service_fn(|_: Request<Body>| async { Err::<Response<Body>, _>(MyError) });
+    let wrapped = tower::Layer::layer(&layer(), failing);
+    fn assert_error<S: tower::Service<Request<Body>, Error = MyError>>(_: &S) {}
+    assert_error(&wrapped);
+}
