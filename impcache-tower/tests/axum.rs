@@ -1,0 +1,222 @@
+//! The layer in real stacks: `axum::Router::layer` / `route_layer` (a compile test as much as a
+//! behaviour test), a plain hyper 1 server, and one end-to-end run over TCP with a real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use impcache::{Cache, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use impcache_tower::CacheLayer;
+use support::memory_cache;
+use tower::ServiceExt;
+
+#[derive(Clone, Default)]
+struct Hits(Arc<AtomicUsize>);
+
+async fn show_user(State(hits): State<Hits>, Path(id): Path<u64>) -> String {
+    let n = hits.0.fetch_add(1, Ordering::SeqCst) + 1;
+    format!("user {id} (call {n})")
+}
+
+/// Defect of tower-http-cache 0.6.1: it did not compile as `Router::layer` (it needed a `Sync`
+/// body and returned `BoxError`). This compiles, keeps `Path` and `State`, and serves hits.
+#[tokio::test]
+async fn defect_not_compiling_as_axum_router_layer() {
+    let hits = Hits::default();
+    let app: Router = Router::new()
+        .route("/users/{id}", get(show_user))
+        .layer(CacheLayer::new(memory_cache()).expire(60))
+        .with_state(hits.clone());
+    let call = |uri: &'static str| {
+        let app = app.clone();
+        async move {
+            let response = app
+                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let x_cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (x_cache, body)
+        }
+    };
+    assert_eq!(
+        call("/users/7").await,
+        ("MISS".to_owned(), Bytes::from("user 7 (call 1)"))
+    );
+    assert_eq!(
+        call("/users/7").await,
+        ("HIT".to_owned(), Bytes::from("user 7 (call 1)"))
+    );
+    assert_eq!(call("/users/8").await.1, "user 8 (call 2)");
+    assert_eq!(hits.0.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn fits_route_layer_on_some_routes_only() {
+    let hits = Hits::default();
+    let app: Router = Router::new()
+        .route("/users/{id}", get(show_user))
+        .route_layer(CacheLayer::new(memory_cache()))
+        .route("/live/{id}", get(show_user))
+        .route("/users", post(|| async { "created" }))
+        .with_state(hits.clone());
+    for uri in ["/users/1", "/users/1", "/live/1", "/live/1"] {
+        let response = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        hits.0.load(Ordering::SeqCst),
+        3,
+        "only /users/{{id}} is cached"
+    );
+}
+
+/// A plain hyper 1 server (no axum): `Incoming` request bodies, `Full<Bytes>` responses.
+#[tokio::test]
+async fn fits_a_plain_hyper_service() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let handler = tower::service_fn(move |_req: Request<hyper::body::Incoming>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("call {n}"))))) }
+    });
+    let service = tower::Layer::layer(&CacheLayer::new(memory_cache()), handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let first = fetch(addr, "GET", "/x").await;
+    let second = fetch(addr, "GET", "/x").await;
+    assert_eq!((first.0.as_str(), second.0.as_str()), ("MISS", "HIT"));
+    assert_eq!(
+        (first.1, second.1),
+        (Bytes::from("call 1"), Bytes::from("call 1"))
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+async fn fetch(addr: SocketAddr, method: &str, path: &str) -> (String, Bytes, http::HeaderMap) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let x_cache = response
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (x_cache, body, headers)
+}
+
+/// End to end: axum over TCP, a real HTTP client, a real Redis. Stored → the next request is a
+/// HIT read back from Redis (not from process memory), HEAD from the GET entry, purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_over_tcp_with_redis() {
+    let redis = RedisServer::start();
+    let cache = Cache::builder(RedisCacheRepository::new(&redis.url()).unwrap())
+        .key_prefix("e2e")
+        .version(3)
+        .build();
+    let layer = CacheLayer::new(cache.clone()).expire(30);
+    let hits = Hits::default();
+    let app: Router = Router::new()
+        .route("/users/{id}", get(show_user))
+        .layer(layer.clone())
+        .with_state(hits.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (x1, b1, h1) = fetch(addr, "GET", "/users/1?b=2&a=1").await;
+    assert_eq!(
+        (x1.as_str(), b1.as_ref()),
+        ("MISS", &b"user 1 (call 1)"[..])
+    );
+    assert!(h1.get("etag").is_some());
+    // Wait for the background store to reach Redis.
+    let key = layer.request_key(
+        &Request::get("/users/1?a=1&b=2")
+            .header("host", addr.to_string())
+            .body(())
+            .unwrap(),
+    );
+    assert!(key.starts_with("e2e:3:http:127.0.0.1%3A"), "{key}");
+    for _ in 0..400 {
+        if redis.keys().contains(&format!("{key}:h")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut keys = redis.keys();
+    keys.sort();
+    assert_eq!(keys, [format!("{key}:h"), format!("{key}:v:-")]);
+    let ttl: i64 = redis.cmd(&["TTL", &format!("{key}:v:-")]);
+    assert!((1..=30).contains(&ttl), "{ttl}");
+    // A new layer (no in-process state) over the same Redis: the entry is read back.
+    let (x2, b2, h2) = fetch(addr, "GET", "/users/1?a=1&b=2").await;
+    assert_eq!((x2.as_str(), b2.as_ref()), ("HIT", &b"user 1 (call 1)"[..]));
+    assert!(h2.get("age").is_some());
+    assert_eq!(h2.get("etag"), h1.get("etag"));
+    let (x3, b3, h3) = fetch(addr, "HEAD", "/users/1?a=1&b=2").await;
+    assert_eq!((x3.as_str(), b3.len()), ("HIT", 0));
+    assert_eq!(h3.get("content-length").unwrap(), "15");
+
+    let fresh_app: Router = Router::new()
+        .route("/users/{id}", get(show_user))
+        .layer(CacheLayer::new(cache.clone()))
+        .with_state(hits.clone());
+    let response = fresh_app
+        .oneshot(
+            Request::get("/users/1?a=1&b=2")
+                .header("host", addr.to_string())
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+
+    // Purge every URL under /users/ on any host.
+    assert_eq!(layer.purge_prefix(None, "/users/").await.unwrap(), 2);
+    assert!(redis.keys().is_empty());
+    let (x4, b4, _) = fetch(addr, "GET", "/users/1?a=1&b=2").await;
+    assert_eq!(
+        (x4.as_str(), b4.as_ref()),
+        ("MISS", &b"user 1 (call 2)"[..])
+    );
+    server.abort();
+}
