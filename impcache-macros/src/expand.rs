@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{
@@ -328,6 +328,14 @@ fn validate(args: &Args, func: &ItemFn, errors: &mut Errors) -> Option<Plan> {
     })
 }
 
+/// The spans of the first and last tokens of `tokens` (a multi-token span without `Span::join`).
+fn first_last(tokens: TokenStream) -> (Span, Span) {
+    let mut iter = tokens.into_iter();
+    let first = iter.next().map_or_else(Span::call_site, |t| t.span());
+    let last = iter.last().map_or(first, |t| t.span());
+    (first, last)
+}
+
 /// The idents and lifetimes mentioned in `tokens`.
 fn mentioned(tokens: TokenStream, out: &mut HashSet<String>) {
     let mut after_quote = false;
@@ -444,11 +452,13 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
     // The key: built into one buffer.
     let key_arg_expr = |i: usize| {
         let arg = &plan.args[i];
-        // The argument's name, spanned at its type: an argument that is not `Serialize` is
-        // reported on its type.
-        let name = Ident::new(&arg.name.to_string(), arg.ty.span());
+        // `&name` spans from the argument's name to the end of its type, so that an argument
+        // that is not `Serialize` is reported on `name: Type`.
+        let (_, last) = first_last(arg.ty.to_token_stream());
+        let name = Ident::new(&arg.name.to_string(), last);
+        let amp = quote_spanned!(arg.name.span()=> &);
         let label = LitStr::new(&arg.name.to_string(), arg.name.span());
-        (name, label)
+        (quote!(#amp #name), label, last)
     };
     let mut key_parts = Vec::new();
     match &plan.template {
@@ -461,10 +471,9 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
                         let Some(i) = plan.args.iter().position(|a| a.name == name) else {
                             continue;
                         };
-                        let (arg, label) = key_arg_expr(i);
-                        key_parts.push(
-                            quote_spanned!(arg.span()=> __impcache_k.push_template(#label, &#arg);),
-                        );
+                        let (arg, label, span) = key_arg_expr(i);
+                        key_parts
+                            .push(quote_spanned!(span=> __impcache_k.push_template(#label, #arg);));
                     }
                 }
             }
@@ -485,9 +494,9 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
             };
             key_parts.push(base);
             for &i in &plan.key_args {
-                let (arg, label) = key_arg_expr(i);
+                let (arg, label, span) = key_arg_expr(i);
                 key_parts.push(quote!(__impcache_k.push_str(":");));
-                key_parts.push(quote_spanned!(arg.span()=> __impcache_k.push_json(#label, &#arg);));
+                key_parts.push(quote_spanned!(span=> __impcache_k.push_json(#label, #arg);));
             }
         }
     }
@@ -535,8 +544,12 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
     };
     // The bounds of `memoize` (the stored type is `Serialize + DeserializeOwned`) are reported on
     // the stored type: `T` of `Result<T, E>`, the whole type otherwise.
-    let value_span = plan.value_ty.span();
-    let memoize = quote_spanned!(value_span=> ::impcache::__private::memoize);
+    // `codec()` is the one place that requires `Serialize + DeserializeOwned` of the stored type;
+    // the call spans the type (`T` of `Result<T, E>`), so that is where a missing impl is reported.
+    let (first, last) = first_last(plan.value_ty.to_token_stream());
+    let codec_path = quote_spanned!(first=> ::impcache::__private::codec);
+    let mut codec_args = Group::new(Delimiter::Parenthesis, TokenStream::new());
+    codec_args.set_span(last);
 
     // The wrapper's arguments: plain names, patterns restored inside the body.
     let receiver = sig.inputs.iter().find(|a| matches!(a, FnArg::Receiver(_)));
@@ -612,12 +625,13 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
                 #(#restore)*
                 #block
             });
-            #memoize(
+            ::impcache::__private::memoize(
                 #cache_opt,
                 #version_opt,
                 __impcache_key,
                 #expire,
                 #policy,
+                #codec_path #codec_args,
                 __impcache_body,
             )
             .await

@@ -204,6 +204,37 @@ pub(crate) mod __private {
     pub trait CacheValue: Serialize + DeserializeOwned {}
     impl<T: Serialize + DeserializeOwned> CacheValue for T {}
 
+    /// How a stored type is encoded and decoded. Obtained from [`codec`], the only place that
+    /// requires `Serialize + DeserializeOwned`, so that a type without them gets one error, on
+    /// the type.
+    pub struct Codec<T> {
+        encode: fn(&str, &T) -> crate::Result<Bytes>,
+        decode: fn(&[u8]) -> serde_json::Result<T>,
+    }
+
+    impl<T> Clone for Codec<T> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+
+    impl<T> Copy for Codec<T> {}
+
+    impl<T> fmt::Debug for Codec<T> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Codec")
+        }
+    }
+
+    /// The JSON codec of a cached value type.
+    #[inline(always)]
+    pub fn codec<T: CacheValue>() -> Codec<T> {
+        Codec {
+            encode: json::encode::<T>,
+            decode: |bytes| serde_json::from_slice(bytes),
+        }
+    }
+
     /// Which part of a return value is cached.
     pub trait Policy<R> {
         /// The stored type.
@@ -373,11 +404,11 @@ pub(crate) mod __private {
         key: crate::Result<String>,
         expire: Expire,
         _policy: P,
+        codec: Codec<P::Value>,
         body: Fut,
     ) -> R
     where
         P: Policy<R>,
-        P::Value: CacheValue,
         Fut: Future<Output = R>,
     {
         let Some(cache) = cache else {
@@ -397,7 +428,7 @@ pub(crate) mod __private {
         let mut overwrite = false;
         let mut clean_miss = false;
         match cache.get_raw(&key).await {
-            Ok(Some(bytes)) => match decode::<P::Value>(cache, &key, &bytes) {
+            Ok(Some(bytes)) => match decode(codec, cache, &key, &bytes) {
                 Ok(value) => return P::wrap(value),
                 Err(()) => overwrite = true,
             },
@@ -415,29 +446,40 @@ pub(crate) mod __private {
                     // A leader that finished between our GET and now has stored its value.
                     if clean_miss {
                         if let Ok(Some(bytes)) = cache.get_raw(&key).await {
-                            if let Ok(value) = decode::<P::Value>(cache, &key, &bytes) {
+                            if let Ok(value) = decode(codec, cache, &key, &bytes) {
                                 leader.publish(Outcome::Value(bytes));
                                 return P::wrap(value);
                             }
                             overwrite = true;
                         }
                     }
-                    return run::<P, R, Fut>(cache, &key, expire, overwrite, body, Some(leader))
-                        .await;
+                    return run::<P, R, Fut>(
+                        cache,
+                        &key,
+                        expire,
+                        overwrite,
+                        codec,
+                        body,
+                        Some(leader),
+                    )
+                    .await;
                 }
                 Join::Waiter(rx) => match wait(rx).await {
                     Some(Outcome::Value(bytes)) => {
-                        match decode::<P::Value>(cache, &key, &bytes) {
+                        match decode(codec, cache, &key, &bytes) {
                             Ok(value) => return P::wrap(value),
                             // Another instantiation of a generic function under the same key.
                             Err(()) => {
-                                return run::<P, R, Fut>(cache, &key, expire, true, body, None)
-                                    .await
+                                return run::<P, R, Fut>(
+                                    cache, &key, expire, true, codec, body, None,
+                                )
+                                .await
                             }
                         }
                     }
                     Some(_) => {
-                        return run::<P, R, Fut>(cache, &key, expire, overwrite, body, None).await
+                        return run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body, None)
+                            .await
                     }
                     // The leader panicked or was cancelled: elect a new one.
                     None => {
@@ -455,12 +497,12 @@ pub(crate) mod __private {
         key: &str,
         expire: Expire,
         overwrite: bool,
+        codec: Codec<P::Value>,
         body: Fut,
         leader: Option<Leader>,
     ) -> R
     where
         P: Policy<R>,
-        P::Value: CacheValue,
         Fut: Future<Output = R>,
     {
         let ret = body.await;
@@ -470,7 +512,7 @@ pub(crate) mod __private {
             }
             return ret;
         };
-        let bytes = match json::encode(key, value) {
+        let bytes = match (codec.encode)(key, value) {
             Ok(bytes) => bytes,
             Err(error) => {
                 report("encode", key, &error);
@@ -495,8 +537,13 @@ pub(crate) mod __private {
         ret
     }
 
-    fn decode<V: DeserializeOwned>(cache: &Cache, key: &str, bytes: &[u8]) -> Result<V, ()> {
-        json::decode(|| shown(&cache.make_key(key)), bytes).map_err(|error| {
+    #[inline]
+    fn decode<V>(codec: Codec<V>, cache: &Cache, key: &str, bytes: &[u8]) -> Result<V, ()> {
+        (codec.decode)(bytes).map_err(|source| {
+            let error = Error::Decode {
+                key: shown(&cache.make_key(key)),
+                source,
+            };
             tracing::warn!(%error, "#[cached]: the stored value does not decode as the return type; recomputing and replacing it");
         })
     }

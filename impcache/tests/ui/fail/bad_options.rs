@@ -1,0 +1,30 @@
+use impcache::cached;
+use std::time::Duration;
+
+// Every problem is reported at once.
+#[cached(expire = 0, expire = 5, ttl = 60, cache_none = true)]
+async fn many(id: u64) -> u64 {
+    id
+}
+
+#[cached(expire = Duration::from_secs(0))]
+async fn zero_duration(id: u64) -> u64 {
+    id
+}
+
+#[cached(expire = 60, skip(db, nope))]
+async fn skip_unknown(id: u64, db: String) -> u64 {
+    id + db.len() as u64
+}
+
+#[cached(expire = 60, key = "user:{id}:{missing}")]
+async fn key_unknown(id: u64) -> u64 {
+    id
+}
+
+#[cached(expire = 60, key = "user:{id", skip(id))]
+async fn key_unclosed(id: u64) -> u64 {
+    id
+}
+
+fn main() {}

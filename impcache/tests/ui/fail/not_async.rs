@@ -1,0 +1,8 @@
+use impcache::cached;
+
+#[cached(expire = 60)]
+fn not_async(id: u64) -> u64 {
+    id
+}
+
+fn main() {}
