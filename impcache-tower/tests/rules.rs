@@ -419,7 +419,8 @@ async fn a_known_length_over_the_limit_is_not_read_at_all() {
 
 #[tokio::test]
 async fn responses_that_forbid_shared_storage_are_not_stored() {
-    let cases: [(&str, &[(&str, &str)], u16); 7] = [
+    type Case = (&'static str, &'static [(&'static str, &'static str)], u16);
+    let cases: [Case; 7] = [
         ("no-store", &[("cache-control", "no-store")], 200),
         ("private", &[("cache-control", "private, max-age=60")], 200),
         ("no-cache", &[("cache-control", "no-cache")], 200),

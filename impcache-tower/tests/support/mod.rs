@@ -1,5 +1,12 @@
 //! Shared helpers of the impcache-tower integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::convert::Infallible;
 use std::future::Future;
