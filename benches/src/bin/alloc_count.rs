@@ -1,0 +1,2 @@
+//! Counts heap allocations per operation on the hit path (placeholder).
+fn main() {}

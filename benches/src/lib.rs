@@ -1,0 +1,315 @@
+//! Shared pieces of the impcache benchmarks: the payloads, a closed-loop throughput driver that
+//! runs two systems in alternation (so both see the same machine state), and the result records
+//! written to `benches/results/`.
+//!
+//! Only ratios measured in one run mean anything: the machine is shared by the client and the
+//! server, and its speed drifts from run to run.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// A small JSON object, about 100 bytes once encoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Small {
+    /// An identifier.
+    pub id: u64,
+    /// A name.
+    pub name: String,
+    /// An e-mail address.
+    pub email: String,
+    /// A flag.
+    pub active: bool,
+    /// A float.
+    pub score: f64,
+    /// A few short strings.
+    pub tags: Vec<String>,
+}
+
+impl Small {
+    /// The payload for `id`.
+    pub fn new(id: u64) -> Self {
+        Small {
+            id,
+            name: format!("user-{id:06}"),
+            email: format!("user-{id:06}@example.com"),
+            active: id % 2 == 0,
+            score: 0.5 + id as f64,
+            tags: vec!["a".into(), "bb".into(), "ccc".into()],
+        }
+    }
+}
+
+/// One row of [`Large`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// An identifier.
+    pub id: u64,
+    /// A label.
+    pub label: String,
+    /// A value.
+    pub value: f64,
+}
+
+/// A larger JSON object, about 10 KiB once encoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Large {
+    /// An identifier.
+    pub id: u64,
+    /// About 170 rows.
+    pub rows: Vec<Row>,
+}
+
+impl Large {
+    /// The payload for `id`.
+    pub fn new(id: u64) -> Self {
+        Large {
+            id,
+            rows: (0..170)
+                .map(|i| Row {
+                    id: i,
+                    label: format!("row-{id}-{i:04}-label"),
+                    value: i as f64 * 1.25,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The measured rate of one system in one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// The case, as in the table of `BENCHMARKS.md` (`"get 100B"`).
+    pub case: String,
+    /// The system (`"impcache"`, `"redis-rs"`, ...).
+    pub system: String,
+    /// Concurrent tasks (or clients).
+    pub concurrency: usize,
+    /// Operations per second (for batch cases: calls per second).
+    pub ops_per_sec: f64,
+    /// Mean latency of one operation, in microseconds (elapsed × concurrency / operations).
+    pub mean_latency_us: f64,
+    /// Free-form remark (executions counted, a failure, ...).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+/// Ratio of a system to its baseline in one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// The case.
+    pub case: String,
+    /// Concurrency.
+    pub concurrency: usize,
+    /// The system measured.
+    pub system: String,
+    /// What it is compared to.
+    pub baseline: String,
+    /// `system / baseline` throughput.
+    pub ratio: f64,
+    /// The target, when there is one (`0.95` = at least 95 % of the baseline).
+    pub target: Option<f64>,
+    /// Smallest and largest ratio over the alternating rounds.
+    pub spread: (f64, f64),
+}
+
+/// How long to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Unmeasured time before each system's first round.
+    pub warmup: Duration,
+    /// Length of one round.
+    pub round: Duration,
+    /// Rounds per system; they alternate A B B A A B ...
+    pub rounds: usize,
+}
+
+impl Timing {
+    /// A few hundred milliseconds per case: a smoke run.
+    pub fn quick() -> Self {
+        Timing {
+            warmup: Duration::from_millis(20),
+            round: Duration::from_millis(60),
+            rounds: 2,
+        }
+    }
+
+    /// The full run.
+    pub fn full() -> Self {
+        Timing {
+            warmup: Duration::from_millis(150),
+            round: Duration::from_millis(400),
+            rounds: 4,
+        }
+    }
+}
+
+/// Result of one closed-loop round: operations done and time taken.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Round {
+    /// Operations completed.
+    pub ops: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Round {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs `op` in `concurrency` tasks, each calling it in a closed loop, for `duration`. `op` gets
+/// the task index and the iteration and returns how many operations it did (1, or the batch size
+/// when counting keys).
+pub async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: Arc<F>) -> Round
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
+        let (stop, total, op) = (Arc::clone(&stop), Arc::clone(&total), Arc::clone(&op));
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                done += op(task, i).await;
+                i += 1;
+            }
+            total.fetch_add(done, Ordering::Relaxed);
+        }));
+    }
+    // The stop signal comes from an OS thread, not a tokio timer: operations that never yield
+    // (the memory repository) would keep the runtime's timer from firing.
+    let stopper = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(duration);
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    for task in tasks {
+        // A panicking benchmark task is a bug in the benchmark: surface it.
+        if let Err(e) = task.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    let _ = stopper.join();
+    Round {
+        ops: total.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// A system under test in a side-by-side comparison: a name and its operation.
+pub struct Contender<F> {
+    /// The name in the results.
+    pub name: String,
+    /// The operation (see [`closed_loop`]).
+    pub op: Arc<F>,
+}
+
+impl<F> std::fmt::Debug for Contender<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contender")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Measures `a` against `b` at `concurrency`, alternating rounds A B B A A B B A ..., and returns
+/// their samples and the ratio `a / b`.
+pub async fn side_by_side<FA, FutA, FB, FutB>(
+    case: &str,
+    concurrency: usize,
+    timing: Timing,
+    a: &Contender<FA>,
+    b: &Contender<FB>,
+    target: Option<f64>,
+) -> (Vec<Sample>, Ratio)
+where
+    FA: Fn(usize, u64) -> FutA + Send + Sync + 'static,
+    FutA: Future<Output = u64> + Send,
+    FB: Fn(usize, u64) -> FutB + Send + Sync + 'static,
+    FutB: Future<Output = u64> + Send,
+{
+    closed_loop(concurrency, timing.warmup, Arc::clone(&a.op)).await;
+    closed_loop(concurrency, timing.warmup, Arc::clone(&b.op)).await;
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    for round in 0..timing.rounds {
+        let a_first = round % 2 == 0;
+        if a_first {
+            ra.push(closed_loop(concurrency, timing.round, Arc::clone(&a.op)).await);
+            rb.push(closed_loop(concurrency, timing.round, Arc::clone(&b.op)).await);
+        } else {
+            rb.push(closed_loop(concurrency, timing.round, Arc::clone(&b.op)).await);
+            ra.push(closed_loop(concurrency, timing.round, Arc::clone(&a.op)).await);
+        }
+    }
+    let sample = |name: &str, rounds: &[Round]| {
+        let ops: u64 = rounds.iter().map(|r| r.ops).sum();
+        let secs: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+        let rate = ops as f64 / secs.max(1e-9);
+        Sample {
+            case: case.to_owned(),
+            system: name.to_owned(),
+            concurrency,
+            ops_per_sec: rate,
+            mean_latency_us: concurrency as f64 * 1e6 / rate.max(1e-9),
+            note: String::new(),
+        }
+    };
+    let (sa, sb) = (sample(&a.name, &ra), sample(&b.name, &rb));
+    let per_round: Vec<f64> = ra
+        .iter()
+        .zip(&rb)
+        .map(|(x, y)| x.rate() / y.rate().max(1e-9))
+        .collect();
+    let spread = per_round
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(*r), hi.max(*r))
+        });
+    let ratio = Ratio {
+        case: case.to_owned(),
+        concurrency,
+        system: a.name.clone(),
+        baseline: b.name.clone(),
+        ratio: sa.ops_per_sec / sb.ops_per_sec.max(1e-9),
+        target,
+        spread,
+    };
+    (vec![sa, sb], ratio)
+}
+
+/// Formats a rate: `12.3k`, `1.23M`.
+pub fn human_rate(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2}M", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1}k", rate / 1e3)
+    } else {
+        format!("{rate:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_sizes_are_as_advertised() {
+        let small = serde_json::to_vec(&Small::new(123_456)).unwrap_or_default();
+        let large = serde_json::to_vec(&Large::new(123_456)).unwrap_or_default();
+        assert!((90..=130).contains(&small.len()), "{}", small.len());
+        assert!((9_500..=11_000).contains(&large.len()), "{}", large.len());
+    }
+}
