@@ -1,0 +1,189 @@
+//! `#[cached]` against a real (throwaway) Redis: the raw key layout, TTLs, `delete_pattern`
+//! invalidation, version bumps, concurrency, a value of the wrong type, and fail-open when the
+//! server is killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use impcache::{cached, Cache, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use serde::{Deserialize, Serialize};
+
+fn cache_on(server: &RedisServer) -> Cache {
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    Cache::new(repository)
+}
+
+mod users {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub(crate) struct User {
+        pub(crate) id: u64,
+        pub(crate) name: String,
+    }
+
+    pub(crate) static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    #[cached(cache = cache, expire = 100, skip(cache))]
+    pub(crate) async fn get_user(cache: &Cache, id: u64, name: &str) -> Result<User, String> {
+        CALLS.fetch_add(1, SeqCst);
+        if id == 0 {
+            return Err("no user 0".into());
+        }
+        Ok(User {
+            id,
+            name: name.to_owned(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn raw_key_layout_ttl_and_delete_pattern() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server);
+    let alice = users::get_user(&cache, 42, "alice").await.unwrap();
+    assert_eq!(users::get_user(&cache, 42, "alice").await.unwrap(), alice);
+    users::get_user(&cache, 43, "bob").await.unwrap();
+    assert!(users::get_user(&cache, 0, "nobody").await.is_err());
+    assert_eq!(users::CALLS.load(SeqCst), 3);
+
+    // Err is not stored; the layout is {prefix}:{version}:{module_path}::{fn}:{json args}.
+    assert_eq!(
+        server.keys(),
+        [
+            r#"cache:1:cached_redis::users::get_user:42:"alice""#,
+            r#"cache:1:cached_redis::users::get_user:43:"bob""#,
+        ]
+    );
+    let raw: String = server.cmd(&["GET", r#"cache:1:cached_redis::users::get_user:42:"alice""#]);
+    assert_eq!(raw, r#"{"id":42,"name":"alice"}"#);
+    let ttl: i64 = server.cmd(&[
+        "PTTL",
+        r#"cache:1:cached_redis::users::get_user:42:"alice""#,
+    ]);
+    assert!(ttl > 0 && ttl <= 100_000, "{ttl}");
+
+    // A version bump: the same function on version 2 misses and writes its own key.
+    let v2 = cache.with_version(2);
+    users::get_user(&v2, 42, "alice").await.unwrap();
+    assert_eq!(users::CALLS.load(SeqCst), 4);
+    assert!(server
+        .keys()
+        .contains(&r#"cache:2:cached_redis::users::get_user:42:"alice""#.to_owned()));
+
+    // Every entry of the function, on this version only.
+    assert_eq!(
+        cache
+            .delete_pattern("cached_redis::users::get_user:*")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(server.keys().len(), 1);
+    users::get_user(&cache, 42, "alice").await.unwrap();
+    assert_eq!(users::CALLS.load(SeqCst), 5);
+
+    // The invalidate companion removes one call's entry.
+    assert!(users::get_user_invalidate(&cache, 42, "alice")
+        .await
+        .unwrap());
+    assert!(!users::get_user_invalidate(&cache, 42, "alice")
+        .await
+        .unwrap());
+}
+
+static SLOW: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, key = "slow:{id}")]
+async fn slow(cache: &Cache, id: u64) -> Vec<u64> {
+    SLOW.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    vec![id; 3]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_callers_one_execution_on_redis() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { slow(&cache, 7).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), [7, 7, 7]);
+    }
+    assert_eq!(SLOW.load(SeqCst), 1);
+    assert_eq!(server.keys(), ["cache:1:slow:7"]);
+}
+
+static TYPED: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, key = "typed:{id}", version = 3)]
+async fn typed(cache: &Cache, id: u64) -> users::User {
+    TYPED.fetch_add(1, SeqCst);
+    users::User {
+        id,
+        name: "new".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_stored_value_of_another_type_is_replaced() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server);
+    let _: () = server.cmd(&["SET", "cache:3:typed:1", r#"["an","old","shape"]"#]);
+    assert_eq!(typed(&cache, 1).await.name, "new");
+    let raw: String = server.cmd(&["GET", "cache:3:typed:1"]);
+    assert_eq!(raw, r#"{"id":1,"name":"new"}"#);
+    let ttl: i64 = server.cmd(&["TTL", "cache:3:typed:1"]);
+    assert!(ttl > 0 && ttl <= 60, "replaced with the expire: {ttl}");
+    assert_eq!(typed(&cache, 1).await.name, "new");
+    assert_eq!(TYPED.load(SeqCst), 1);
+}
+
+static DOWN: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn down(cache: &Cache, id: u64) -> Result<u64, std::io::Error> {
+    DOWN.fetch_add(1, SeqCst);
+    Ok(id + 1)
+}
+
+#[tokio::test]
+async fn fails_open_when_the_server_is_killed() {
+    let mut server = RedisServer::start();
+    let cache = cache_on(&server);
+    assert_eq!(down(&cache, 1).await.unwrap(), 2);
+    assert_eq!(down(&cache, 1).await.unwrap(), 2);
+    assert_eq!(DOWN.load(SeqCst), 1);
+
+    server.kill();
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(down(&cache, 1).await.unwrap(), 2);
+    }
+    assert_eq!(
+        DOWN.load(SeqCst),
+        4,
+        "the body runs while the cache is down"
+    );
+    // Bounded by the deadline (two cache calls per miss), with generous slack.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The invalidate companion reports the outage instead.
+    assert!(down_invalidate(&cache, 1)
+        .await
+        .unwrap_err()
+        .is_backend_failure());
+}
