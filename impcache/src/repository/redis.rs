@@ -36,6 +36,9 @@ const RESET_AFTER_TIMEOUTS: u32 = 3;
 /// - **Bounded**: no operation waits longer than its [deadline](RedisCacheRepositoryBuilder::deadline),
 ///   reconnecting included ([`Error::Timeout`]). A timed-out write may still be applied by the
 ///   server later: a timeout is not a cancellation.
+/// - **Self-healing**: a connection that failed (refused, reset, a protocol error) or timed out 3
+///   times in a row (a half-open connection, a black-holed route) is dropped, and the next
+///   operation opens a fresh one: recovery needs no restart of the application.
 /// - **Circuit breaker**: after 5 consecutive outage errors, operations fail at once with
 ///   [`Error::CircuitOpen`] for 500 ms, then one probe goes through; see
 ///   [`RedisCacheRepositoryBuilder::circuit_breaker`].
