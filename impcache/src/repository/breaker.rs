@@ -158,7 +158,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         let probe = breaker.admit();
         assert_eq!(probe, Admission::Probe);
-        assert_eq!(breaker.admit(), Admission::Rejected, "only one probe at a time");
+        assert_eq!(
+            breaker.admit(),
+            Admission::Rejected,
+            "only one probe at a time"
+        );
         breaker.record_failure(&probe);
         assert!(breaker.is_open(), "a failed probe reopens at once");
         std::thread::sleep(Duration::from_millis(40));
