@@ -503,15 +503,3 @@ pub(crate) async fn memory(config: &Config, results: &mut Results) {
     }
     black_box(ERRORS.load(std::sync::atomic::Ordering::Relaxed));
 }
-
-/// Case 4: the `#[cached]` macro. Pending until the macro crate lands.
-pub(crate) async fn macro_hit(_config: &Config, _server: &RedisServer, results: &mut Results) {
-    results.note(
-        "case 4 (#[cached] hit/miss path): pending, the macro crate is not in the workspace yet",
-    );
-}
-
-/// Case 5: the tower layer. Pending until the layer crate lands.
-pub(crate) async fn http(_config: &Config, _server: &RedisServer, results: &mut Results) {
-    results.note("case 5 (HTTP layer): pending, impcache-tower is not in the workspace yet");
-}

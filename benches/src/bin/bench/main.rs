@@ -12,6 +12,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a broken setup must fail loudly
 
 mod cases;
+mod http;
+mod memo;
 mod peers;
 mod report;
 
@@ -170,13 +172,13 @@ fn main() {
             cases::memory(&config, &mut results).await;
         }
         if config.wants("macro") {
-            cases::macro_hit(&config, &server, &mut results).await;
+            memo::macro_case(&config, &server, &mut results).await;
         }
         if config.wants("http") {
-            cases::http(&config, &server, &mut results).await;
+            http::http(&config, &server, &mut results).await;
         }
         if config.wants("peers") {
-            peers::cached_crate(&config, &server, &mut results).await;
+            memo::cached_crate(&config, &server, &mut results).await;
         }
         if config.wants("python") {
             peers::python(&config, &server, &mut results).await;
