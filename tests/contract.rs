@@ -41,6 +41,22 @@ impl Backend {
         }
     }
 
+    /// The shared cluster of this test binary, under a namespace of its own (so that tests
+    /// running at once cannot see each other's keys).
+    #[cfg(feature = "cluster")]
+    fn cluster() -> Self {
+        use impcache::RedisClusterCacheRepository;
+        use impcache_tests::cluster::{NamespacedRepository, RedisCluster};
+        let repository = RedisClusterCacheRepository::builder(RedisCluster::shared().urls())
+            .deadline(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        Backend {
+            repository: Arc::new(NamespacedRepository::unique(Arc::new(repository))),
+            _server: None,
+        }
+    }
+
     /// The defaults: prefix `cache`, version 1.
     fn cache(&self) -> Cache {
         Cache::builder_shared(self.repository.clone()).build()
@@ -69,6 +85,15 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Backend::redis()).await
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::cluster()).await
                 }
             )*
         }

@@ -64,6 +64,10 @@ pub use repository::breaker::CircuitBreakerConfig;
 pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder};
 pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
 pub use repository::{BoxFuture, CacheRepository};
+#[cfg(feature = "cluster")]
+pub use repository::cluster::{RedisClusterCacheRepository, RedisClusterCacheRepositoryBuilder};
+#[cfg(feature = "sentinel")]
+pub use repository::sentinel::{RedisSentinelCacheRepository, RedisSentinelCacheRepositoryBuilder};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

@@ -14,8 +14,12 @@ use crate::error::Result;
 use crate::expire::Expiry;
 
 pub mod breaker;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod memory;
 pub mod redis;
+#[cfg(feature = "sentinel")]
+pub mod sentinel;
 
 /// A boxed, `Send` future: what [`CacheRepository`] methods return, so that the trait stays
 /// object-safe (`Arc<dyn CacheRepository>`).

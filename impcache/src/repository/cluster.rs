@@ -1,0 +1,852 @@
+//! The Redis Cluster repository (feature `cluster`): the `redis` crate's async cluster client, with
+//! the same deadline, circuit breaker and fail-open behaviour as [`RedisCacheRepository`].
+//!
+//! [`RedisCacheRepository`]: crate::RedisCacheRepository
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+use tokio::task::JoinSet;
+
+use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig};
+use super::redis::{
+    redact_dsn, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES,
+};
+use super::{BoxFuture, CacheRepository};
+use crate::error::{shown, shown_many, BoxError, Error, Result};
+use crate::expire::Expiry;
+
+/// Keys per `SCAN` batch in `delete_pattern`, per primary.
+const SCAN_BATCH: usize = 1000;
+/// Retries of the cluster client for one request (redirections, a node being replaced), all
+/// within the deadline.
+const CLUSTER_RETRIES: u32 = 3;
+/// Consecutive outage errors after which the cluster connection is replaced by a fresh one (new
+/// topology discovery from the configured nodes): the client can stay stuck after a failover.
+const RESET_AFTER_FAILURES: u32 = 3;
+
+/// The Redis Cluster repository (feature `cluster`).
+///
+/// Built from one or more node addresses (`redis://host:port`; any reachable node is enough, the
+/// client discovers the rest from the cluster). It behaves like
+/// [`RedisCacheRepository`](crate::RedisCacheRepository):
+///
+/// - **Lazy**: construction only checks the addresses; the first operation connects, and a
+///   failed connect is retried by the next operation.
+/// - **Bounded**: every operation (redirections and retries included) gives up after its
+///   [deadline](RedisClusterCacheRepositoryBuilder::deadline) with [`Error::Timeout`]; the
+///   client's per-node response timeout is set to the same value.
+/// - **Circuit breaker**: one breaker for the whole cluster, as for a single server.
+///
+/// Multi-key operations cross slots freely:
+/// - `get_many` is one `MGET` and `delete_many` one `UNLINK`, which the client splits per slot,
+///   sends concurrently (one multiplexed connection per node) and reassembles in the caller's order;
+/// - `set_many` groups the entries per slot into pipelines of `SET ... EX`, sent concurrently;
+///   it is not atomic (neither is it on a single server);
+/// - `delete_pattern` reads the primaries from `CLUSTER NODES`, sweeps each one with `SCAN` in
+///   parallel and `UNLINK`s what it finds, routed per slot; it returns the sum.
+///
+/// Key layout: keys are `{prefix}:{version}:{key}`, spread over slots by their hash. Braces in a
+/// prefix or key make a *hash tag* (`{user42}:...`): every key with the same tag lands in the same
+/// slot, on the same node. See `SCALING.md`.
+///
+/// ```
+/// use std::time::Duration;
+/// use impcache::RedisClusterCacheRepository;
+///
+/// let repository = RedisClusterCacheRepository::builder(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+///     .deadline(Duration::from_millis(200))
+///     .build()?;
+/// assert!(RedisClusterCacheRepository::new(["unix:///tmp/redis.sock"]).is_err());
+/// # Ok::<(), impcache::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct RedisClusterCacheRepository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: ClusterClient,
+    /// The connection and its generation; `None` until the first operation and after a reset.
+    connection: RwLock<Option<(u64, ClusterConnection)>>,
+    /// Held while connecting, so that one connect is in flight at a time.
+    connecting: tokio::sync::Mutex<()>,
+    generations: AtomicU64,
+    consecutive_failures: AtomicU32,
+    deadline: Duration,
+    connect_timeout: Duration,
+    max_value_bytes: usize,
+    breaker: CircuitBreaker,
+    /// The node addresses with passwords replaced: the only form that is ever printed.
+    shown_nodes: Vec<String>,
+}
+
+/// Configures a [`RedisClusterCacheRepository`].
+#[must_use]
+pub struct RedisClusterCacheRepositoryBuilder {
+    nodes: Vec<String>,
+    connect_timeout: Duration,
+    deadline: Duration,
+    breaker: Option<CircuitBreakerConfig>,
+    max_value_bytes: usize,
+}
+
+impl fmt::Debug for RedisClusterCacheRepositoryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes: Vec<String> = self.nodes.iter().map(|n| redact_dsn(n)).collect();
+        f.debug_struct("RedisClusterCacheRepositoryBuilder")
+            .field("nodes", &nodes)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("deadline", &self.deadline)
+            .field("circuit_breaker", &self.breaker)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RedisClusterCacheRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisClusterCacheRepository")
+            .field("nodes", &self.inner.shown_nodes)
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .field("deadline", &self.inner.deadline)
+            .field("circuit_open", &self.inner.breaker.is_open())
+            .field("connected", &self.current().is_some())
+            .finish()
+    }
+}
+
+impl RedisClusterCacheRepository {
+    /// A repository for the cluster reachable at `nodes`, with the default settings. The addresses
+    /// are checked now ([`Error::InvalidDsn`]); nothing is connected until the first operation.
+    pub fn new<I, S>(nodes: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::builder(nodes).build()
+    }
+
+    /// Configures a repository for the cluster reachable at `nodes`.
+    pub fn builder<I, S>(nodes: I) -> RedisClusterCacheRepositoryBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisClusterCacheRepositoryBuilder {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            breaker: Some(CircuitBreakerConfig::default()),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+
+    /// The per-operation deadline.
+    pub fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
+
+    /// `true` while the circuit breaker fails operations fast.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// The primaries holding slots, as `(host, port)`, read from `CLUSTER NODES` (failed nodes
+    /// left out). Bounded by the deadline like any operation.
+    pub async fn primaries(&self) -> Result<Vec<(String, u16)>> {
+        self.run("primaries", &String::new, |mut connection| async move {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("NODES");
+            let reply = connection
+                .route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                )
+                .await?;
+            let text: String = redis::from_redis_value(reply)?;
+            Ok::<_, RedisError>(parse_primaries(&text))
+        })
+        .await
+    }
+
+    fn current(&self) -> Option<(u64, ClusterConnection)> {
+        self.inner
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The cluster connection, made (topology discovered) on first use and after a reset.
+    async fn connection(&self) -> redis::RedisResult<(u64, ClusterConnection)> {
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(current) = self.current() {
+            return Ok(current);
+        }
+        let connection = self.inner.client.get_async_connection().await?;
+        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+        *self
+            .inner
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some((generation, connection.clone()));
+        Ok((generation, connection))
+    }
+
+    /// Counts an outage; after a few in a row, drops the connection `generation` so that the
+    /// next operation connects afresh.
+    fn record_outage(&self, generation: Option<u64>) {
+        let failures = self
+            .inner
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let Some(generation) = generation else { return };
+        if failures >= RESET_AFTER_FAILURES {
+            let mut slot = self
+                .inner
+                .connection
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+                *slot = None;
+                self.inner.consecutive_failures.store(0, Ordering::Relaxed);
+                tracing::info!(
+                    failures,
+                    "impcache: replacing the cluster connection after repeated failures"
+                );
+            }
+        }
+    }
+
+    /// Runs `request` on the cluster connection under the deadline and the breaker.
+    async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        subject: &(dyn Fn() -> String + Sync),
+        request: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let admission = self.inner.breaker.admit();
+        if admission == Admission::Rejected {
+            return Err(Error::CircuitOpen {
+                operation,
+                key: subject(),
+            });
+        }
+        let _probe = ProbeGuard {
+            breaker: &self.inner.breaker,
+            admission: &admission,
+        };
+        let generation = std::sync::Mutex::new(None);
+        let attempt = async {
+            let (g, connection) = self.connection().await?;
+            *generation.lock().unwrap_or_else(PoisonError::into_inner) = Some(g);
+            request(connection).await
+        };
+        let outcome = tokio::time::timeout(self.inner.deadline, attempt).await;
+        let generation = *generation.lock().unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(Ok(value)) => {
+                self.inner.breaker.record_success();
+                self.inner.consecutive_failures.store(0, Ordering::Relaxed);
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                let error = classify(e, operation, subject(), self.inner.deadline);
+                if error.is_outage() {
+                    self.inner.breaker.record_failure(&admission);
+                    self.record_outage(generation);
+                } else {
+                    self.inner.breaker.record_success();
+                }
+                Err(error)
+            }
+            Err(_elapsed) => {
+                self.inner.breaker.record_failure(&admission);
+                self.record_outage(generation);
+                Err(Error::Timeout {
+                    operation,
+                    key: subject(),
+                    deadline: self.inner.deadline,
+                })
+            }
+        }
+    }
+
+    fn check_size(&self, key: &str, value: &Bytes) -> Result<()> {
+        if value.len() > self.inner.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                key: shown(key),
+                size: value.len(),
+                limit: self.inner.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sweeps one primary: `SCAN` it, `UNLINK` each batch (routed per slot, so a key that moved
+    /// meanwhile is still found, and one already gone counts 0).
+    async fn sweep(&self, host: String, port: u16, pattern: &str) -> Result<u64> {
+        let subject = || shown(pattern);
+        let scan = |cursor: u64| {
+            let host = host.clone();
+            move |mut connection: ClusterConnection| async move {
+                let reply = connection
+                    .route_command(
+                        scan_command(cursor, pattern),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value::<(u64, Vec<Vec<u8>>)>(reply)?)
+            }
+        };
+        // The keys a SCAN of this node found are on this node: one pipeline of `ASKING` +
+        // `UNLINK key` pairs, sent to it. `ASKING` lets the node delete keys of a slot it is
+        // importing (a migration in progress) and is a no-op otherwise; in one pipeline, nothing
+        // can slip between the two (the client's own ASK handling sends them apart, so a
+        // concurrent request can steal the `ASKING`). Keys that moved away since the SCAN come
+        // back as MOVED/ASK and are deleted through the client's routing instead.
+        let unlink = |keys: Vec<Vec<u8>>| {
+            let host = host.clone();
+            move |mut connection: ClusterConnection| async move {
+                if keys.is_empty() {
+                    return Ok(0);
+                }
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("ASKING").cmd("UNLINK").arg(key);
+                }
+                let replies = connection
+                    .route_pipeline(
+                        pipe,
+                        0,
+                        keys.len() * 2,
+                        SingleNodeRoutingInfo::ByAddress { host, port },
+                    )
+                    .await?;
+                let mut removed = 0;
+                let mut moved = Vec::new();
+                for (key, reply) in keys.into_iter().zip(replies.into_iter().skip(1).step_by(2)) {
+                    match reply {
+                        redis::Value::Int(n) => removed += u64::try_from(n).unwrap_or(0),
+                        _ => moved.push(key),
+                    }
+                }
+                let mut tasks = JoinSet::new();
+                for key in moved {
+                    let mut connection = connection.clone();
+                    tasks.spawn(async move {
+                        let mut cmd = redis::cmd("UNLINK");
+                        cmd.arg(key);
+                        cmd.query_async::<u64>(&mut connection).await
+                    });
+                }
+                Ok(removed + join_set(tasks).await?.into_iter().sum::<u64>())
+            }
+        };
+        let (mut cursor, mut keys) = self.run("delete_pattern", &subject, scan(0)).await?;
+        let mut removed = 0;
+        while cursor != 0 {
+            // The UNLINK of this batch and the SCAN for the next one travel together.
+            let (n, next) = tokio::join!(
+                self.run(
+                    "delete_pattern",
+                    &subject,
+                    unlink(std::mem::take(&mut keys))
+                ),
+                self.run("delete_pattern", &subject, scan(cursor)),
+            );
+            removed += n?;
+            (cursor, keys) = next?;
+        }
+        Ok(removed + self.run("delete_pattern", &subject, unlink(keys)).await?)
+    }
+}
+
+struct ProbeGuard<'a> {
+    breaker: &'a CircuitBreaker,
+    admission: &'a Admission,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.breaker.release_probe(self.admission);
+    }
+}
+
+/// Like the single-server classification, with the cluster's own unavailability replies
+/// (`CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, redirections left after the retries, no connection
+/// to the slot's node) counted as outages.
+fn classify(e: RedisError, operation: &'static str, key: String, deadline: Duration) -> Error {
+    let cluster_outage = e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(ServerErrorKind::MasterDown)
+                | ErrorKind::Server(ServerErrorKind::BusyLoading)
+        );
+    if e.is_timeout() {
+        Error::Timeout {
+            operation,
+            key,
+            deadline,
+        }
+    } else if cluster_outage
+        || e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+    {
+        Error::Unavailable {
+            operation,
+            key,
+            source: Box::new(e) as BoxError,
+        }
+    } else {
+        Error::Server {
+            operation,
+            key,
+            code: e.code().map(str::to_owned),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// `SET key value [EX s | PX ms] [NX]`.
+fn set_command(key: &str, value: &[u8], expiry: Expiry, only_if_absent: bool) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value);
+    match expiry {
+        Expiry::Seconds(s) => {
+            cmd.arg("EX").arg(s);
+        }
+        Expiry::Milliseconds(ms) => {
+            cmd.arg("PX").arg(ms);
+        }
+        Expiry::Never => {}
+    }
+    if only_if_absent {
+        cmd.arg("NX");
+    }
+    cmd
+}
+
+fn scan_command(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_BATCH);
+    cmd
+}
+
+/// The primaries of a `CLUSTER NODES` reply that may hold keys: flagged `master`, not failed,
+/// with an address. Lines look like
+/// `<id> <ip:port@cport[,hostname]> <flags> <master-id> <ping> <pong> <epoch> <link> <slot>...`.
+fn parse_primaries(nodes: &str) -> Vec<(String, u16)> {
+    let mut primaries = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        let [_, address, flags, ..] = fields[..] else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master")
+            || flags
+                .iter()
+                .any(|f| matches!(*f, "fail" | "noaddr" | "handshake"))
+        {
+            continue;
+        }
+        let address = address.split(['@', ',']).next().unwrap_or_default();
+        let Some((host, port)) = address.rsplit_once(':') else {
+            continue;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match port.parse::<u16>() {
+            Ok(port) if !host.is_empty() && port != 0 => primaries.push((host.to_owned(), port)),
+            _ => {}
+        }
+    }
+    primaries.sort();
+    primaries.dedup();
+    primaries
+}
+
+/// Waits for every task; the first error wins (the others are aborted when the set is dropped).
+async fn join_set<T: 'static, E: 'static>(
+    mut tasks: JoinSet<std::result::Result<T, E>>,
+) -> std::result::Result<Vec<T>, E> {
+    let mut results = Vec::with_capacity(tasks.len());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(result) => results.push(result?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: only when the set itself is shutting down.
+            Err(_) => {}
+        }
+    }
+    Ok(results)
+}
+
+impl CacheRepository for RedisClusterCacheRepository {
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.check_size(key, &value)?;
+            let cmd = set_command(key, &value, expiry, false);
+            self.run("set", &|| shown(key), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await
+        })
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.check_size(key, &value)?;
+            let cmd = set_command(key, &value, expiry, true);
+            let reply: redis::Value = self
+                .run("set_nx", &|| shown(key), |mut c| async move {
+                    cmd.query_async(&mut c).await
+                })
+                .await?;
+            Ok(!matches!(reply, redis::Value::Nil))
+        })
+    }
+
+    /// One pipeline of `SET`s per slot, all sent concurrently; not atomic.
+    fn set_many<'a>(
+        &'a self,
+        entries: Vec<(String, Bytes)>,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut by_slot: std::collections::HashMap<Slot, redis::Pipeline> =
+                std::collections::HashMap::new();
+            for (key, value) in &entries {
+                self.check_size(key, value)?;
+                by_slot
+                    .entry(Slot::for_key(key.as_bytes()))
+                    .or_insert_with(redis::pipe)
+                    .add_command(set_command(key, value, expiry, false))
+                    .ignore();
+            }
+            let keys = || {
+                let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+                shown_many(&keys)
+            };
+            self.run("set_many", &keys, |connection| async move {
+                let mut tasks = JoinSet::new();
+                for pipe in by_slot.into_values() {
+                    let mut connection = connection.clone();
+                    tasks.spawn(async move { pipe.query_async::<()>(&mut connection).await });
+                }
+                join_set(tasks).await.map(drop)
+            })
+            .await
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key);
+            let value: Option<Vec<u8>> = self
+                .run("get", &|| shown(key), |mut c| async move {
+                    cmd.query_async(&mut c).await
+                })
+                .await?;
+            Ok(value.map(Bytes::from))
+        })
+    }
+
+    /// One `MGET`, split per slot by the cluster client and reassembled in the order of `keys`.
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(keys);
+            let values: Vec<Option<Vec<u8>>> = self
+                .run("get_many", &|| shown_many(keys), |mut c| async move {
+                    cmd.query_async(&mut c).await
+                })
+                .await?;
+            Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("UNLINK");
+            cmd.arg(key);
+            self.run("delete", &|| shown(key), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await
+        })
+    }
+
+    /// One `UNLINK`, split per slot by the cluster client; the counts are summed.
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut cmd = redis::cmd("UNLINK");
+            cmd.arg(keys);
+            self.run("delete_many", &|| shown_many(keys), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await
+        })
+    }
+
+    /// Sweeps every primary in parallel (`SCAN MATCH` in batches of 1,000, `UNLINK` per batch)
+    /// and returns the total removed. The deadline applies to each round trip.
+    ///
+    /// While slots migrate, a key that moves is deleted where it now lives (the `UNLINK` is routed
+    /// by slot) and one already gone counts 0, so the total never counts a key twice. As with
+    /// `SCAN` on one server, a key written (or migrated) while the sweep runs may be missed.
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let primaries = self.primaries().await.map_err(|e| match e {
+                // Name the pattern, not the topology query.
+                Error::Timeout { deadline, .. } => Error::Timeout {
+                    operation: "delete_pattern",
+                    key: shown(pattern),
+                    deadline,
+                },
+                Error::CircuitOpen { .. } => Error::CircuitOpen {
+                    operation: "delete_pattern",
+                    key: shown(pattern),
+                },
+                Error::Unavailable { source, .. } => Error::Unavailable {
+                    operation: "delete_pattern",
+                    key: shown(pattern),
+                    source,
+                },
+                other => other,
+            })?;
+            let mut tasks = JoinSet::new();
+            for (host, port) in primaries {
+                let this = self.clone();
+                let pattern = pattern.to_owned();
+                tasks.spawn(async move { this.sweep(host, port, &pattern).await });
+            }
+            Ok(join_set(tasks).await?.into_iter().sum())
+        })
+    }
+}
+
+impl RedisClusterCacheRepositoryBuilder {
+    /// Time allowed to open a connection to a node. Default 250 ms.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The most any operation waits, redirections, retries and reconnecting included.
+    /// Default 500 ms. For `delete_pattern` it bounds each round trip of the sweep.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Replaces the circuit-breaker settings (default: open after 5 consecutive outage errors,
+    /// probe every 500 ms). The breaker covers the whole cluster.
+    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
+        self.breaker = Some(config);
+        self
+    }
+
+    /// Turns the circuit breaker off: every operation tries the cluster, each bounded by the deadline.
+    pub fn without_circuit_breaker(mut self) -> Self {
+        self.breaker = None;
+        self
+    }
+
+    /// The largest encoded value accepted before sending (default 512 MiB, Redis's own limit).
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Checks the node addresses and builds the repository; nothing is connected yet.
+    pub fn build(self) -> Result<RedisClusterCacheRepository> {
+        if self.nodes.is_empty() {
+            return Err(Error::InvalidDsn {
+                dsn: String::new(),
+                reason: "no cluster node address given".to_owned(),
+            });
+        }
+        let mut infos = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            infos.push(check_node(node)?);
+        }
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let client = ClusterClientBuilder::new(infos)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.deadline)
+            .overall_response_timeout(Some(self.deadline))
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .retry_wait_formula(10, 2)
+            .tcp_settings(tcp)
+            .build()
+            .map_err(|e| Error::InvalidDsn {
+                dsn: self
+                    .nodes
+                    .iter()
+                    .map(|n| redact_dsn(n))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason: scrub_all(&e.to_string(), &self.nodes),
+            })?;
+        Ok(RedisClusterCacheRepository {
+            inner: Arc::new(Inner {
+                client,
+                connection: RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                generations: AtomicU64::new(0),
+                consecutive_failures: AtomicU32::new(0),
+                deadline: self.deadline,
+                connect_timeout: self.connect_timeout,
+                max_value_bytes: self.max_value_bytes,
+                breaker: CircuitBreaker::new(self.breaker),
+                shown_nodes: self.nodes.iter().map(|n| redact_dsn(n)).collect(),
+            }),
+        })
+    }
+}
+
+/// Checks one node address: `redis://` or `rediss://` (feature `tls`), with a host.
+fn check_node(node: &str) -> Result<redis::ConnectionInfo> {
+    let invalid = |reason: String| Error::InvalidDsn {
+        dsn: redact_dsn(node),
+        reason,
+    };
+    if node.trim().is_empty() {
+        return Err(invalid("the node address is empty".to_owned()));
+    }
+    let url = url::Url::parse(node).map_err(|e| {
+        invalid(format!(
+            "not a URL ({e}); expected redis://host:port for each cluster node"
+        ))
+    })?;
+    match url.scheme() {
+        "redis" | "valkey" => {}
+        "rediss" | "valkeys" if cfg!(feature = "tls") => {}
+        "rediss" | "valkeys" => {
+            return Err(invalid(format!(
+                "`{}://` needs the `tls` feature of impcache",
+                url.scheme()
+            )))
+        }
+        "unix" | "redis+unix" => {
+            return Err(invalid(
+                "cluster nodes are reached over TCP; expected redis://host:port".to_owned(),
+            ))
+        }
+        other => {
+            return Err(invalid(format!(
+                "unsupported scheme `{other}`; expected redis or rediss"
+            )))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("the host is missing".to_owned()));
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db != "0" {
+        return Err(invalid(format!(
+            "a cluster has only database 0, not `{db}`"
+        )));
+    }
+    redis::IntoConnectionInfo::into_connection_info(node)
+        .map_err(|e| invalid(scrub_all(&e.to_string(), &[node.to_owned()])))
+}
+
+/// Removes every node's password from a message, in case a library echoed it.
+fn scrub_all(message: &str, nodes: &[String]) -> String {
+    let mut message = message.to_owned();
+    for node in nodes {
+        if let Ok(url) = url::Url::parse(node) {
+            if let Some(password) = url.password().filter(|p| !p.is_empty()) {
+                message = message.replace(password, "***");
+            }
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primaries_come_from_cluster_nodes() {
+        let nodes = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002,host-b master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
+6ec2 127.0.0.1:30005@31005 master,fail - 1426238316232 1426238316232 5 disconnected
+824f :0@0 master,noaddr - 0 0 0 disconnected
+e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            parse_primaries(nodes),
+            [
+                ("127.0.0.1".to_owned(), 30001),
+                ("127.0.0.1".to_owned(), 30002),
+                ("127.0.0.1".to_owned(), 30003)
+            ]
+        );
+    }
+
+    #[test]
+    fn node_addresses_are_checked() {
+        for bad in [
+            "",
+            "http://h:1",
+            "unix:///tmp/s.sock",
+            "redis://h:1/3",
+            "redis://",
+        ] {
+            let err = RedisClusterCacheRepository::new([bad]).unwrap_err();
+            assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
+        }
+        assert!(RedisClusterCacheRepository::new(Vec::<String>::new()).is_err());
+        let err = RedisClusterCacheRepository::new(["redis://:s3cret@h:1/9"]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(RedisClusterCacheRepository::new(["redis://h:1", "redis://h:2/0"]).is_ok());
+    }
+}
