@@ -77,7 +77,7 @@ fn samples() -> Vec<(&'static str, Value)> {
         ("int", json!(42)),
         ("negative", json!(-7)),
         ("big-int", json!(9_007_199_254_740_993_i64)),
-        ("float", json!(3.14159)),
+        ("float", json!(1.0625)),
         ("float-whole", json!(2.0)),
         ("float-negative", json!(-0.25)),
         ("true", json!(true)),

@@ -135,6 +135,19 @@ impl CircuitBreaker {
     }
 }
 
+/// Frees a half-open probe slot when dropped, so that a caller dropping its future mid-flight
+/// cannot leave the breaker waiting for a probe that never reports.
+pub(crate) struct ProbeGuard<'a> {
+    pub(crate) breaker: &'a CircuitBreaker,
+    pub(crate) admission: &'a Admission,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.breaker.release_probe(self.admission);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,19 +13,19 @@ use bytes::Bytes;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::RedisError;
 use tokio::task::JoinSet;
 
-use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig};
+use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
+use super::commands::{classify, scan_command, set_command};
 use super::redis::{
     redact_dsn, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES,
 };
 use super::{BoxFuture, CacheRepository};
-use crate::error::{shown, shown_many, BoxError, Error, Result};
+use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
 
 /// Keys per `SCAN` batch in `delete_pattern`, per primary.
-const SCAN_BATCH: usize = 1000;
 /// Retries of the cluster client for one request (redirections, a node being replaced), all
 /// within the deadline.
 const CLUSTER_RETRIES: u32 = 3;
@@ -377,84 +377,6 @@ impl RedisClusterCacheRepository {
         }
         Ok(removed + self.run("delete_pattern", &subject, unlink(keys)).await?)
     }
-}
-
-struct ProbeGuard<'a> {
-    breaker: &'a CircuitBreaker,
-    admission: &'a Admission,
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        self.breaker.release_probe(self.admission);
-    }
-}
-
-/// Like the single-server classification, with the cluster's own unavailability replies
-/// (`CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, redirections left after the retries, no connection
-/// to the slot's node) counted as outages.
-fn classify(e: RedisError, operation: &'static str, key: String, deadline: Duration) -> Error {
-    let cluster_outage = e.is_cluster_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(ServerErrorKind::MasterDown)
-                | ErrorKind::Server(ServerErrorKind::BusyLoading)
-        );
-    if e.is_timeout() {
-        Error::Timeout {
-            operation,
-            key,
-            deadline,
-        }
-    } else if cluster_outage
-        || e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_unrecoverable_error()
-    {
-        Error::Unavailable {
-            operation,
-            key,
-            source: Box::new(e) as BoxError,
-        }
-    } else {
-        Error::Server {
-            operation,
-            key,
-            code: e.code().map(str::to_owned),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// `SET key value [EX s | PX ms] [NX]`.
-fn set_command(key: &str, value: &[u8], expiry: Expiry, only_if_absent: bool) -> redis::Cmd {
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(key).arg(value);
-    match expiry {
-        Expiry::Seconds(s) => {
-            cmd.arg("EX").arg(s);
-        }
-        Expiry::Milliseconds(ms) => {
-            cmd.arg("PX").arg(ms);
-        }
-        Expiry::Never => {}
-    }
-    if only_if_absent {
-        cmd.arg("NX");
-    }
-    cmd
-}
-
-fn scan_command(cursor: u64, pattern: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("SCAN");
-    cmd.arg(cursor)
-        .arg("MATCH")
-        .arg(pattern)
-        .arg("COUNT")
-        .arg(SCAN_BATCH);
-    cmd
 }
 
 /// The primaries of a `CLUSTER NODES` reply that may hold keys: flagged `master`, not failed,

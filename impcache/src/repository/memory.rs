@@ -95,7 +95,9 @@ impl MemoryCacheRepository {
             return Err(Error::ValueTooLarge {
                 key: shown(key),
                 size: value.len(),
-                limit: self.max_value_bytes.saturating_sub(key.len() + ENTRY_OVERHEAD_BYTES),
+                limit: self
+                    .max_value_bytes
+                    .saturating_sub(key.len() + ENTRY_OVERHEAD_BYTES),
             });
         }
         Ok(Entry {
@@ -153,8 +155,8 @@ impl MemoryCacheRepositoryBuilder {
             .expire_after(PerEntryTtl)
             .build();
         // moka weighs entries with a u32, so no single entry can exceed 4 GiB.
-        let max_value_bytes = usize::try_from(self.max_capacity_bytes.min(u64::from(u32::MAX)))
-            .unwrap_or(usize::MAX);
+        let max_value_bytes =
+            usize::try_from(self.max_capacity_bytes.min(u64::from(u32::MAX))).unwrap_or(usize::MAX);
         MemoryCacheRepository {
             entries,
             max_value_bytes,

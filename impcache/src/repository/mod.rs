@@ -16,6 +16,7 @@ use crate::expire::Expiry;
 pub mod breaker;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub(crate) mod commands;
 pub mod memory;
 pub mod redis;
 #[cfg(feature = "sentinel")]
@@ -35,8 +36,12 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>>;
 
     /// Stores `value` at `key` only if the key holds nothing; `true` when it was stored.
-    fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry)
-        -> BoxFuture<'a, Result<bool>>;
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>>;
 
     /// Stores every pair, each with the same expiry; one round trip where the backend allows it.
     fn set_many<'a>(

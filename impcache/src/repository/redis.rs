@@ -10,9 +10,10 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 
-use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig};
+use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
+use super::commands::{classify, scan_command, set_command};
 use super::{BoxFuture, CacheRepository};
-use crate::error::{shown, shown_many, BoxError, Error, Result};
+use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
 
 /// Default time allowed to open a TCP connection (and handshake) to Redis.
@@ -21,8 +22,6 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
 /// Redis's default `proto-max-bulk-len`: the largest value a server accepts.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
-/// Keys per `SCAN` batch in `delete_pattern`.
-const SCAN_BATCH: usize = 1000;
 /// Consecutive timeouts after which the connection is presumed dead (a half-open TCP connection,
 /// a black-holed route) and replaced by a fresh one.
 const RESET_AFTER_TIMEOUTS: u32 = 3;
@@ -319,17 +318,6 @@ impl RedisCacheRepository {
     }
 }
 
-struct ProbeGuard<'a> {
-    breaker: &'a CircuitBreaker,
-    admission: &'a Admission,
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        self.breaker.release_probe(self.admission);
-    }
-}
-
 #[derive(Clone, Copy)]
 enum Request<'a> {
     /// A read: safe to send twice.
@@ -346,62 +334,6 @@ impl Request<'_> {
 
 fn is_dropped(e: &RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout() && !e.is_connection_refusal()
-}
-
-fn classify(e: RedisError, operation: &'static str, key: String, deadline: Duration) -> Error {
-    if e.is_timeout() {
-        Error::Timeout {
-            operation,
-            key,
-            deadline,
-        }
-    } else if e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_unrecoverable_error()
-    {
-        Error::Unavailable {
-            operation,
-            key,
-            source: Box::new(e) as BoxError,
-        }
-    } else {
-        Error::Server {
-            operation,
-            key,
-            code: e.code().map(str::to_owned),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// `SET key value [EX s | PX ms] [NX]`.
-fn set_command(key: &str, value: &[u8], expiry: Expiry, only_if_absent: bool) -> redis::Cmd {
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(key).arg(value);
-    match expiry {
-        Expiry::Seconds(s) => {
-            cmd.arg("EX").arg(s);
-        }
-        Expiry::Milliseconds(ms) => {
-            cmd.arg("PX").arg(ms);
-        }
-        Expiry::Never => {}
-    }
-    if only_if_absent {
-        cmd.arg("NX");
-    }
-    cmd
-}
-
-fn scan_command(cursor: u64, pattern: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("SCAN");
-    cmd.arg(cursor)
-        .arg("MATCH")
-        .arg(pattern)
-        .arg("COUNT")
-        .arg(SCAN_BATCH);
-    cmd
 }
 
 fn bytes_of(values: Option<Vec<u8>>) -> Option<Bytes> {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::RedisConnectionInfo;
 
-use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig};
+use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
 use super::redis::{
     redact_dsn, RedisCacheRepository, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE,
     DEFAULT_MAX_VALUE_BYTES,
@@ -404,17 +404,6 @@ impl RedisSentinelCacheRepository {
             _ => self.inner.breaker.record_success(),
         }
         outcome
-    }
-}
-
-struct ProbeGuard<'a> {
-    breaker: &'a CircuitBreaker,
-    admission: &'a Admission,
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        self.breaker.release_probe(self.admission);
     }
 }
 
