@@ -584,7 +584,7 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
     );
 
     let mut uncached_sig = sig.clone();
-    uncached_sig.ident = uncached.clone();
+    uncached_sig.ident = uncached;
 
     // The invalidate companion: the receiver, the key arguments, and any other argument the
     // `cache` expression names.
@@ -621,7 +621,7 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
             #key_block
             #cache_binding
             #version_static
-            let __impcache_body = ::impcache::__private::body::<#ret, _>(async move {
+            let __impcache_body = ::impcache::__private::body::<#ret, _, _>(move || async move {
                 #(#restore)*
                 #block
             });

@@ -181,9 +181,9 @@ pub(crate) mod __private {
         cache
     }
 
-    /// Names the output type of a body future, so that `?` in the body infers.
+    /// Names the output type of a body, so that `?` in it infers.
     #[inline(always)]
-    pub fn body<R, F: Future<Output = R>>(body: F) -> F {
+    pub fn body<R, F: FnOnce() -> Fut, Fut: Future<Output = R>>(body: F) -> F {
         body
     }
 
@@ -291,11 +291,34 @@ pub(crate) mod __private {
         }
     }
 
-    /// Builds a key into one buffer: literal parts and arguments as compact JSON.
+    /// Builds a key into one `String`: literal parts and arguments as compact JSON.
     #[derive(Debug)]
     pub struct KeyBuilder {
-        buf: Vec<u8>,
+        key: String,
         error: Option<(&'static str, String)>,
+    }
+
+    /// Lets serde_json write into a `String`. serde_json only ever writes whole UTF-8 sequences
+    /// (ASCII punctuation, digits, slices of the input between escapes), so each chunk is checked
+    /// on its own: the literal parts of the key are never re-validated.
+    struct StrWriter<'a>(&'a mut String);
+
+    impl std::io::Write for StrWriter<'_> {
+        #[inline]
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+            self.0.push_str(text);
+            Ok(buf.len())
+        }
+
+        #[inline]
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            self.write(buf).map(|_| ())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     impl KeyBuilder {
@@ -303,7 +326,7 @@ pub(crate) mod __private {
         #[inline]
         pub fn with_capacity(capacity: usize) -> Self {
             KeyBuilder {
-                buf: Vec::with_capacity(capacity),
+                key: String::with_capacity(capacity),
                 error: None,
             }
         }
@@ -311,13 +334,13 @@ pub(crate) mod __private {
         /// Appends a literal part.
         #[inline]
         pub fn push_str(&mut self, part: &str) {
-            self.buf.extend_from_slice(part.as_bytes());
+            self.key.push_str(part);
         }
 
         /// Appends `value` as compact JSON (strings quoted).
         #[inline]
         pub fn push_json<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
-            if let Err(e) = serde_json::to_writer(&mut self.buf, value) {
+            if let Err(e) = serde_json::to_writer(StrWriter(&mut self.key), value) {
                 self.fail(name, e);
             }
         }
@@ -325,29 +348,30 @@ pub(crate) mod __private {
         /// Appends `value` for a `key = "..."` template: compact JSON, except that a string is
         /// written without quotes (`user:{name}` gives `user:alice`).
         pub fn push_template<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
-            let start = self.buf.len();
-            if let Err(e) = serde_json::to_writer(&mut self.buf, value) {
+            let start = self.key.len();
+            if let Err(e) = serde_json::to_writer(StrWriter(&mut self.key), value) {
                 self.fail(name, e);
                 return;
             }
-            if self.buf.get(start) != Some(&b'"') {
+            if !self.key[start..].starts_with('"') {
                 return;
             }
-            if !self.buf[start..].contains(&b'\\') {
+            if !self.key[start..].contains('\\') {
                 // `"text"` without escapes: drop the quotes in place.
-                self.buf.pop();
-                self.buf.remove(start);
+                self.key.pop();
+                self.key.remove(start);
                 return;
             }
-            match serde_json::from_slice::<String>(&self.buf[start..]) {
+            match serde_json::from_str::<String>(&self.key[start..]) {
                 Ok(text) => {
-                    self.buf.truncate(start);
-                    self.buf.extend_from_slice(text.as_bytes());
+                    self.key.truncate(start);
+                    self.key.push_str(&text);
                 }
                 Err(e) => self.fail(name, e),
             }
         }
 
+        #[cold]
         fn fail(&mut self, name: &'static str, e: serde_json::Error) {
             if self.error.is_none() {
                 self.error = Some((name, e.to_string()));
@@ -355,18 +379,15 @@ pub(crate) mod __private {
         }
 
         /// The key, or an [`Error::Encode`] naming the argument that could not be written.
+        #[inline]
         pub fn finish(self) -> crate::Result<String> {
-            let partial = String::from_utf8_lossy(&self.buf);
-            if let Some((name, reason)) = self.error {
-                return Err(Error::Encode {
-                    key: shown(&partial),
+            match self.error {
+                None => Ok(self.key),
+                Some((name, reason)) => Err(Error::Encode {
+                    key: shown(&self.key),
                     reason: format!("argument `{name}` cannot be written as JSON: {reason}"),
-                });
+                }),
             }
-            String::from_utf8(self.buf).map_err(|e| Error::Encode {
-                key: shown(&String::from_utf8_lossy(e.as_bytes())),
-                reason: "the key is not UTF-8".to_owned(),
-            })
         }
     }
 
@@ -394,31 +415,34 @@ pub(crate) mod __private {
         }
     }
 
-    /// Runs one call of a `#[cached]` function: see the [module documentation](super).
+    /// Runs one call of a `#[cached]` function (hit, single-flight miss, fail open).
     ///
     /// `cache` is `None` when no default cache is installed; `key` is `Err` when an argument
     /// could not be written as JSON (the body then runs uncached).
-    pub async fn memoize<P, R, Fut>(
+    pub async fn memoize<P, R, F, Fut>(
         cache: Option<&Cache>,
         version: Option<&Version>,
         key: crate::Result<String>,
         expire: Expire,
         _policy: P,
         codec: Codec<P::Value>,
-        body: Fut,
+        body: F,
     ) -> R
     where
         P: Policy<R>,
+        F: FnOnce() -> Fut,
         Fut: Future<Output = R>,
     {
+        // Everything but the hit path is boxed, so that the future of a cached function stays
+        // small: the body's future is only created (and allocated) on a miss.
         let Some(cache) = cache else {
-            return body.await;
+            return Box::pin(body()).await;
         };
         let key = match key {
             Ok(key) => key,
             Err(error) => {
                 tracing::warn!(%error, "#[cached]: the key cannot be built; running uncached");
-                return body.await;
+                return Box::pin(body()).await;
             }
         };
         let target = target(cache, version);
@@ -435,7 +459,26 @@ pub(crate) mod __private {
             Ok(None) => clean_miss = true,
             Err(error) => report("get", &key, &error),
         }
+        Box::pin(miss::<P, R, Fut>(
+            cache, key, expire, codec, body, overwrite, clean_miss,
+        ))
+        .await
+    }
 
+    /// A miss: one execution per key per process, then store.
+    async fn miss<P, R, Fut>(
+        cache: &Cache,
+        key: String,
+        expire: Expire,
+        codec: Codec<P::Value>,
+        body: impl FnOnce() -> Fut,
+        mut overwrite: bool,
+        mut clean_miss: bool,
+    ) -> R
+    where
+        P: Policy<R>,
+        Fut: Future<Output = R>,
+    {
         let flight = (
             Arc::as_ptr(cache.repository()) as *const () as usize,
             cache.make_key(&key),
@@ -459,7 +502,7 @@ pub(crate) mod __private {
                         expire,
                         overwrite,
                         codec,
-                        body,
+                        body(),
                         Some(leader),
                     )
                     .await;
@@ -471,15 +514,29 @@ pub(crate) mod __private {
                             // Another instantiation of a generic function under the same key.
                             Err(()) => {
                                 return run::<P, R, Fut>(
-                                    cache, &key, expire, true, codec, body, None,
+                                    cache,
+                                    &key,
+                                    expire,
+                                    true,
+                                    codec,
+                                    body(),
+                                    None,
                                 )
                                 .await
                             }
                         }
                     }
                     Some(_) => {
-                        return run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body, None)
-                            .await
+                        return run::<P, R, Fut>(
+                            cache,
+                            &key,
+                            expire,
+                            overwrite,
+                            codec,
+                            body(),
+                            None,
+                        )
+                        .await
                     }
                     // The leader panicked or was cancelled: elect a new one.
                     None => {
