@@ -38,5 +38,7 @@ if ! "$venv/bin/python" -c 'import impcache' >/dev/null 2>&1; then
 fi
 export IMPCACHE_PYTHON="$PWD/$venv/bin/python"
 export IMPCACHE_REQUIRE_PYTHON=1
+# The full soak (1,000,000 operations from 256 tasks, Redis restarted mid-run; ~40 s in debug).
+export IMPCACHE_SOAK="${IMPCACHE_SOAK:-1}"
 
 cargo test --workspace --all-features "$@"
