@@ -287,3 +287,242 @@ async fn an_unreachable_cluster_fails_within_the_deadline() {
         assert!(started.elapsed() < deadline + Duration::from_millis(500));
     }
 }
+
+/// What the repository reported on the `impcache::cluster` tracing target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct NodeEvent {
+    event: String,
+    node: String,
+    commands: u64,
+    keys: u64,
+}
+
+impl tracing::field::Visit for NodeEvent {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "event" {
+            self.event = value.to_owned();
+        }
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        match field.name() {
+            "commands" => self.commands = value,
+            "keys" => self.keys = value,
+            _ => {}
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "node" => self.node = format!("{value:?}"),
+            "event" => self.event = format!("{value:?}").trim_matches('"').to_owned(),
+            _ => {}
+        }
+    }
+}
+
+/// A `tracing` subscriber that records the repository's per-node events. Installed with
+/// `set_default` on a current-thread runtime, it sees every task of the test (they all run on
+/// this thread) and nothing from the tests running on other threads.
+#[derive(Debug, Clone, Default)]
+struct NodeEvents(Arc<std::sync::Mutex<Vec<NodeEvent>>>);
+
+impl NodeEvents {
+    fn take(&self) -> Vec<NodeEvent> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl tracing::Subscriber for NodeEvents {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        // Ask each time: other threads have no subscriber.
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == "impcache::cluster"
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut seen = NodeEvent::default();
+        event.record(&mut seen);
+        self.0.lock().unwrap().push(seen);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// `calls` of `cmdstat_{command}` and `count` of `errorstat_{error}` in `INFO` on one node.
+fn command_calls(cluster: &RedisCluster, port: u16, command: &str) -> u64 {
+    let info: String = cluster.cmd(port, &["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+fn redirections(cluster: &RedisCluster, port: u16) -> Vec<String> {
+    let info: String = cluster.cmd(port, &["INFO", "errorstats"]);
+    info.lines()
+        .filter(|l| l.starts_with("errorstat_MOVED") || l.starts_with("errorstat_ASK"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pipelines(events: &[NodeEvent]) -> Vec<(String, u64)> {
+    let mut sent: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| e.event == "pipeline")
+        .map(|e| (e.node.clone(), e.commands))
+        .collect();
+    sent.sort();
+    sent
+}
+
+/// One round trip per node for `set_many`, `get_many` and `delete_many` across slots.
+///
+/// What proves it, honestly: a round trip is one pipeline written to one node's connection and
+/// its replies read back. The repository reports each such send as a `pipeline` event on the
+/// `impcache::cluster` tracing target (emitted by the one function that calls `route_pipeline`),
+/// so counting those events counts the round trips: exactly one per primary, each to a distinct
+/// primary. The servers confirm it from their side: after `CONFIG RESETSTAT`, each primary's
+/// `INFO commandstats` shows exactly the commands of the pipeline reported for it (no command
+/// went anywhere else), and `INFO errorstats` shows no `MOVED`/`ASK` (no redirection, which would
+/// be a second round trip). The cluster is this test's own, so no other test adds commands.
+#[tokio::test]
+async fn multi_key_operations_take_one_round_trip_per_node() {
+    let cluster = RedisCluster::start(3, 0);
+    let events = NodeEvents::default();
+    let _subscriber = tracing::subscriber::set_default(events.clone());
+    let cache = Cache::builder(repository(&cluster, Duration::from_secs(5)))
+        .key_prefix("trips")
+        .build();
+    let primaries = cluster.primaries();
+    let nodes: BTreeSet<String> = primaries.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let reset = || {
+        for &port in &primaries {
+            cluster.cmd::<()>(port, &["CONFIG", "RESETSTAT"]);
+        }
+    };
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+
+    // set_many: the slot map is learned once (one `CLUSTER SLOTS`), then one pipeline per node.
+    reset();
+    cache
+        .set_many(keys.iter().enumerate().map(|(i, k)| (k, i)), 100)
+        .await
+        .unwrap();
+    let seen = events.take();
+    assert_eq!(seen.iter().filter(|e| e.event == "learned").count(), 1);
+    assert!(seen.iter().all(|e| e.event != "fallback"), "{seen:?}");
+    let sent = pipelines(&seen);
+    assert_eq!(sent.len(), 3, "one pipeline per primary: {sent:?}");
+    assert_eq!(
+        sent.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>(),
+        nodes
+    );
+    assert_eq!(sent.iter().map(|(_, c)| c).sum::<u64>(), 300);
+    for (node, commands) in &sent {
+        let port: u16 = node.rsplit_once(':').unwrap().1.parse().unwrap();
+        assert_eq!(command_calls(&cluster, port, "set"), *commands, "{node}");
+        assert!(redirections(&cluster, port).is_empty(), "{node}");
+    }
+
+    // get_many, in the caller's order across nodes: one pipeline of per-slot MGETs per node;
+    // the map is not learned again.
+    reset();
+    let mut asked: Vec<String> = keys.iter().rev().cloned().collect();
+    asked.insert(150, "absent".into());
+    let got: Vec<Option<usize>> = cache.get_many(&asked).await.unwrap();
+    let expected: Vec<Option<usize>> = asked
+        .iter()
+        .map(|k| k.strip_prefix('k').map(|n| n.parse().unwrap()))
+        .collect();
+    assert_eq!(got, expected);
+    let seen = events.take();
+    assert!(seen.iter().all(|e| e.event == "pipeline"), "{seen:?}");
+    let sent = pipelines(&seen);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    for (node, commands) in &sent {
+        let port: u16 = node.rsplit_once(':').unwrap().1.parse().unwrap();
+        assert_eq!(command_calls(&cluster, port, "mget"), *commands, "{node}");
+        assert_eq!(command_calls(&cluster, port, "get"), 0, "{node}");
+        assert!(redirections(&cluster, port).is_empty(), "{node}");
+    }
+
+    // delete_many: one pipeline of per-slot UNLINKs per node.
+    reset();
+    let doomed: Vec<&String> = keys.iter().step_by(2).collect();
+    assert_eq!(cache.delete_many(&doomed).await.unwrap(), 150);
+    let seen = events.take();
+    let sent = pipelines(&seen);
+    assert_eq!(sent.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|e| e.event == "pipeline"), "{seen:?}");
+    for (node, commands) in &sent {
+        let port: u16 = node.rsplit_once(':').unwrap().1.parse().unwrap();
+        assert_eq!(command_calls(&cluster, port, "unlink"), *commands, "{node}");
+    }
+    let left: Vec<Option<usize>> = cache.get_many(&keys).await.unwrap();
+    assert!(left.iter().step_by(2).all(Option::is_none));
+    assert!(left.iter().skip(1).step_by(2).all(Option::is_some));
+}
+
+/// A slot moves after the repository learned the slot map: its node answers `MOVED`, those keys
+/// (only) go through the client's routing, the map is learned again, and the next call is back to
+/// one pipeline per node. Results stay right and in the caller's order throughout.
+#[tokio::test]
+async fn a_stale_slot_map_falls_back_then_is_relearned() {
+    let cluster = RedisCluster::start(3, 0);
+    let events = NodeEvents::default();
+    let _subscriber = tracing::subscriber::set_default(events.clone());
+    let cache = Cache::builder(repository(&cluster, Duration::from_secs(5))).build();
+    // 20 keys in the slot of `{moving}`, 100 spread over every node.
+    let keys: Vec<String> = (0..20)
+        .map(|i| format!("{{moving}}{i}"))
+        .chain((0..100).map(|i| format!("k{i}")))
+        .collect();
+    cache
+        .set_many(keys.iter().map(|k| (k, k)), 100)
+        .await
+        .unwrap();
+    events.take();
+
+    let slot = cluster.slot_of(&cache.make_key("{moving}0"));
+    let from = cluster.primary_for(&cache.make_key("{moving}0"));
+    let to = *cluster.primaries().iter().find(|p| **p != from).unwrap();
+    cluster.begin_migration(slot, from, to);
+    cluster.finish_migration(slot, from, to);
+    assert_eq!(cluster.primary_for(&cache.make_key("{moving}0")), to);
+
+    let asked: Vec<String> = keys.iter().rev().cloned().collect();
+    let got: Vec<Option<String>> = cache.get_many(&asked).await.unwrap();
+    assert_eq!(got, asked.iter().cloned().map(Some).collect::<Vec<_>>());
+    let seen = events.take();
+    let fallback: Vec<&NodeEvent> = seen.iter().filter(|e| e.event == "fallback").collect();
+    assert_eq!(fallback.len(), 1, "{seen:?}");
+    assert_eq!(fallback[0].keys, 20, "only the moved slot's keys: {seen:?}");
+    assert!(
+        !redirections(&cluster, from).is_empty(),
+        "the old owner said MOVED"
+    );
+
+    // Relearned on the next call; no fallback any more.
+    cache
+        .set_many(keys.iter().map(|k| (k, "again")), 100)
+        .await
+        .unwrap();
+    let seen = events.take();
+    assert_eq!(
+        seen.iter().filter(|e| e.event == "learned").count(),
+        1,
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|e| e.event != "fallback"), "{seen:?}");
+    assert_eq!(pipelines(&seen).len(), 3, "{seen:?}");
+    let got: Vec<Option<String>> = cache.get_many(&asked).await.unwrap();
+    assert!(got.iter().all(|v| v.as_deref() == Some("again")), "{got:?}");
+    assert_eq!(cache.delete_many(&keys).await.unwrap(), 120);
+}

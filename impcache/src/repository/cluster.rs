@@ -3,6 +3,7 @@
 //!
 //! [`RedisCacheRepository`]: crate::RedisCacheRepository
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -10,10 +11,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
-use redis::RedisError;
+use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use tokio::task::JoinSet;
 
 use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
@@ -79,6 +81,18 @@ struct Inner {
     connection: RwLock<Option<(u64, ClusterConnection)>>,
     /// Held while connecting, so that one connect is in flight at a time.
     connecting: tokio::sync::Mutex<()>,
+    /// Which primary serves which slot, learned from `CLUSTER SLOTS`; `None` until the first
+    /// multi-key operation and after a redirection or a connection error (relearned lazily).
+    slot_map: RwLock<Option<Arc<SlotMap>>>,
+    /// Held while learning the slot map, so that one `CLUSTER SLOTS` is in flight at a time.
+    learning: tokio::sync::Mutex<()>,
+    /// The first configured node's settings (credentials, TLS, protocol): the template of the
+    /// direct connections to the primaries.
+    seed: redis::ConnectionInfo,
+    /// Direct connections to the primaries, by address, for the per-node pipelines. Not the
+    /// cluster client's: it answers a redirection of any one command in a pipeline by resending
+    /// the whole pipeline to the redirected node, which would run the other commands twice.
+    node_connections: RwLock<HashMap<(String, u16), MultiplexedConnection>>,
     generations: AtomicU64,
     consecutive_failures: AtomicU32,
     deadline: Duration,
@@ -213,6 +227,12 @@ impl RedisClusterCacheRepository {
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
+        // A node may be gone or replaced: relearn the slot map on the next multi-key operation.
+        *self
+            .inner
+            .slot_map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         let Some(generation) = generation else { return };
         if failures >= RESET_AFTER_FAILURES {
             let mut slot = self
@@ -287,6 +307,240 @@ impl RedisClusterCacheRepository {
                 })
             }
         }
+    }
+
+    /// The slot map, learned with one `CLUSTER SLOTS` if none is known.
+    async fn slot_map(&self, connection: &ClusterConnection) -> redis::RedisResult<Arc<SlotMap>> {
+        let known = || {
+            self.inner
+                .slot_map
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        };
+        if let Some(map) = known() {
+            return Ok(map);
+        }
+        let _learning = self.inner.learning.lock().await;
+        if let Some(map) = known() {
+            return Ok(map);
+        }
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let reply = connection
+            .clone()
+            .route_command(
+                cmd,
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await?;
+        let map = Arc::new(SlotMap::parse(&reply));
+        tracing::debug!(
+            target: NODE_EVENTS,
+            event = "learned",
+            primaries = map.nodes.len(),
+            "impcache: learned the cluster slot map"
+        );
+        *self
+            .inner
+            .slot_map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(map.clone());
+        Ok(map)
+    }
+
+    /// Drops `stale` (unless a newer map replaced it already): the next multi-key operation
+    /// learns the map again.
+    fn forget_slot_map(&self, stale: &Arc<SlotMap>) {
+        let mut map = self
+            .inner
+            .slot_map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.as_ref().is_some_and(|m| Arc::ptr_eq(m, stale)) {
+            *map = None;
+        }
+    }
+
+    /// The direct connection to the primary at `host:port`, made on first use with the settings
+    /// of the configured nodes.
+    async fn node_connection(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let address = (host.to_owned(), port);
+        if let Some(connection) = self
+            .inner
+            .node_connections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&address)
+        {
+            return Ok(connection.clone());
+        }
+        let addr = match self.inner.seed.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.connect_timeout))
+            .set_response_timeout(Some(self.inner.deadline));
+        let connection = redis::Client::open(self.inner.seed.clone().set_addr(addr))?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(self
+            .inner
+            .node_connections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(address)
+            .or_insert(connection)
+            .clone())
+    }
+
+    /// Drops the direct connection to `host:port` after it failed; the next use reconnects.
+    fn forget_node(&self, host: &str, port: u16) {
+        self.inner
+            .node_connections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(host.to_owned(), port));
+    }
+
+    /// Sends the commands for `keys` grouped per node: one pipeline per primary of the slot map,
+    /// all in parallel (one round trip per node). `command` builds one command for the keys at the
+    /// given indices of `keys`: with `per_slot`, one command per slot (`MGET`, `UNLINK`: all its
+    /// keys are in one slot), else one per key.
+    ///
+    /// Returns each command's reply with the indices it covers, and the indices the map could not
+    /// serve: slot unknown to the map, node unreachable, or the node answered a redirection
+    /// (`MOVED`/`ASK`) or a cluster-state error. Those are for the caller to send through the
+    /// cluster client's own routing, which follows redirections; the map is then relearned.
+    async fn send_per_node(
+        &self,
+        connection: &ClusterConnection,
+        keys: &[&str],
+        per_slot: bool,
+        command: impl Fn(&[usize]) -> redis::Cmd,
+    ) -> redis::RedisResult<PerNode> {
+        let mut outcome = PerNode {
+            replies: Vec::new(),
+            fallback: Vec::new(),
+        };
+        let map = match self.slot_map(connection).await {
+            Ok(map) => map,
+            Err(e) if e.is_timeout() => return Err(e),
+            Err(e) => {
+                // The client's routing still works without the map.
+                tracing::debug!(error = %e, "impcache: CLUSTER SLOTS failed; routing per slot");
+                outcome.fallback = (0..keys.len()).collect();
+                return Ok(outcome);
+            }
+        };
+        // node -> slot -> indices, in the caller's order within each slot.
+        let mut by_node: HashMap<usize, HashMap<Slot, Vec<usize>>> = HashMap::new();
+        for (index, key) in keys.iter().enumerate() {
+            let slot = Slot::for_key(key.as_bytes());
+            match map.owners.get(&slot) {
+                Some(&node) => by_node
+                    .entry(node)
+                    .or_default()
+                    .entry(slot)
+                    .or_default()
+                    .push(index),
+                None => outcome.fallback.push(index),
+            }
+        }
+        let mut tasks = JoinSet::new();
+        for (node, slots) in by_node {
+            let mut pipe = redis::pipe();
+            let mut covers: Vec<Vec<usize>> = Vec::new();
+            for indices in slots.into_values() {
+                if per_slot {
+                    pipe.add_command(command(&indices));
+                    covers.push(indices);
+                } else {
+                    for index in indices {
+                        pipe.add_command(command(&[index]));
+                        covers.push(vec![index]);
+                    }
+                }
+            }
+            let (host, port) = map.nodes[node].clone();
+            let this = self.clone();
+            tasks.spawn(async move {
+                let sent = async {
+                    let mut connection = this.node_connection(&host, port).await?;
+                    tracing::debug!(
+                        target: NODE_EVENTS,
+                        event = "pipeline",
+                        node = %format_args!("{host}:{port}"),
+                        commands = covers.len(),
+                        "impcache: one pipeline to one cluster node"
+                    );
+                    connection
+                        .send_packed_commands(&pipe, 0, covers.len())
+                        .await
+                }
+                .await;
+                if sent.as_ref().is_err_and(|e| !e.is_timeout()) {
+                    this.forget_node(&host, port);
+                }
+                (covers, sent)
+            });
+        }
+        let mut stale = false;
+        while let Some(joined) = tasks.join_next().await {
+            let (covers, sent) = match joined {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => continue,
+            };
+            match sent {
+                Ok(replies) => {
+                    for (indices, reply) in covers.into_iter().zip(replies) {
+                        if let redis::Value::ServerError(e) = &reply {
+                            if is_redirection(e.kind()) {
+                                stale = true;
+                                outcome.fallback.extend(indices);
+                                continue;
+                            }
+                        }
+                        outcome.replies.push((indices, reply));
+                    }
+                }
+                Err(e) if e.is_timeout() => return Err(e),
+                // The node is unreachable or gone (a failover): the client's routing decides.
+                Err(e) => {
+                    tracing::debug!(error = %e, "impcache: a cluster node pipeline failed; routing per slot");
+                    stale = true;
+                    outcome.fallback.extend(covers.into_iter().flatten());
+                }
+            }
+        }
+        if stale {
+            self.forget_slot_map(&map);
+        }
+        if !outcome.fallback.is_empty() {
+            tracing::debug!(
+                target: NODE_EVENTS,
+                event = "fallback",
+                keys = outcome.fallback.len(),
+                "impcache: keys routed per slot by the cluster client (stale slot map)"
+            );
+        }
+        outcome.fallback.sort_unstable();
+        Ok(outcome)
     }
 
     fn check_size(&self, key: &str, value: &Bytes) -> Result<()> {
@@ -379,6 +633,92 @@ impl RedisClusterCacheRepository {
     }
 }
 
+/// The `tracing` target of the per-node events, at `DEBUG` level: `learned` (a slot map),
+/// `pipeline` (one sent to one node: one round trip), `fallback` (keys the map could not serve).
+const NODE_EVENTS: &str = "impcache::cluster";
+
+/// Which primary serves which slot: `owners` maps a slot to an index in `nodes`. Slots that no
+/// known primary serves are absent (their keys go through the client's routing).
+#[derive(Debug)]
+struct SlotMap {
+    nodes: Vec<(String, u16)>,
+    owners: HashMap<Slot, usize>,
+}
+
+impl SlotMap {
+    /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, ..], replicas..], ..]`.
+    /// Ranges whose primary has no usable address (empty, `?`) are left out.
+    fn parse(reply: &redis::Value) -> Self {
+        let mut map = SlotMap {
+            nodes: Vec::new(),
+            owners: HashMap::with_capacity(16384),
+        };
+        let redis::Value::Array(ranges) = reply else {
+            return map;
+        };
+        for range in ranges {
+            let redis::Value::Array(range) = range else {
+                continue;
+            };
+            let [redis::Value::Int(start), redis::Value::Int(end), redis::Value::Array(primary), ..] =
+                &range[..]
+            else {
+                continue;
+            };
+            let [redis::Value::BulkString(host), redis::Value::Int(port), ..] = &primary[..] else {
+                continue;
+            };
+            let host = String::from_utf8_lossy(host).into_owned();
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            if host.is_empty() || host == "?" || port == 0 {
+                continue;
+            }
+            let node = match map.nodes.iter().position(|n| n.0 == host && n.1 == port) {
+                Some(node) => node,
+                None => {
+                    map.nodes.push((host, port));
+                    map.nodes.len() - 1
+                }
+            };
+            let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else {
+                continue;
+            };
+            for slot in start..=end {
+                if let Some(slot) = Slot::new(slot) {
+                    map.owners.insert(slot, node);
+                }
+            }
+        }
+        map
+    }
+}
+
+/// What [`RedisClusterCacheRepository::send_per_node`] got back.
+struct PerNode {
+    /// Each command's reply, with the indices (in the caller's keys) it covers.
+    replies: Vec<(Vec<usize>, redis::Value)>,
+    /// Indices to send through the cluster client's routing, ascending.
+    fallback: Vec<usize>,
+}
+
+/// Replies that mean "not here, or not now": the client's routing handles them (it follows
+/// `MOVED`/`ASK` and retries the others).
+fn is_redirection(kind: Option<ServerErrorKind>) -> bool {
+    matches!(
+        kind,
+        Some(
+            ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::BusyLoading
+        )
+    )
+}
+
 /// The primaries of a `CLUSTER NODES` reply that may hold keys: flagged `master`, not failed,
 /// with an address. Lines look like
 /// `<id> <ip:port@cport[,hostname]> <flags> <master-id> <ping> <pong> <epoch> <link> <slot>...`.
@@ -458,7 +798,8 @@ impl CacheRepository for RedisClusterCacheRepository {
         })
     }
 
-    /// One pipeline of `SET`s per slot, all sent concurrently; not atomic.
+    /// One pipeline of `SET`s per node, all sent in parallel; not atomic. Keys whose node
+    /// redirected (a stale slot map) are set again through the client's routing.
     fn set_many<'a>(
         &'a self,
         entries: Vec<(String, Bytes)>,
@@ -468,25 +809,27 @@ impl CacheRepository for RedisClusterCacheRepository {
             if entries.is_empty() {
                 return Ok(());
             }
-            let mut by_slot: std::collections::HashMap<Slot, redis::Pipeline> =
-                std::collections::HashMap::new();
             for (key, value) in &entries {
                 self.check_size(key, value)?;
-                by_slot
-                    .entry(Slot::for_key(key.as_bytes()))
-                    .or_insert_with(redis::pipe)
-                    .add_command(set_command(key, value, expiry, false))
-                    .ignore();
             }
-            let keys = || {
-                let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
-                shown_many(&keys)
-            };
-            self.run("set_many", &keys, |connection| async move {
+            let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            let shown_keys = || shown_many(&keys);
+            let entries = &entries;
+            let keys = &keys;
+            self.run("set_many", &shown_keys, |connection| async move {
+                let set = |indices: &[usize]| {
+                    let (key, value) = &entries[indices[0]];
+                    set_command(key, value, expiry, false)
+                };
+                let sent = self.send_per_node(&connection, keys, false, set).await?;
+                for (_, reply) in sent.replies {
+                    reply.extract_error()?;
+                }
                 let mut tasks = JoinSet::new();
-                for pipe in by_slot.into_values() {
+                for index in sent.fallback {
+                    let cmd = set(&[index]);
                     let mut connection = connection.clone();
-                    tasks.spawn(async move { pipe.query_async::<()>(&mut connection).await });
+                    tasks.spawn(async move { cmd.query_async::<()>(&mut connection).await });
                 }
                 join_set(tasks).await.map(drop)
             })
@@ -507,20 +850,44 @@ impl CacheRepository for RedisClusterCacheRepository {
         })
     }
 
-    /// One `MGET`, split per slot by the cluster client and reassembled in the order of `keys`.
+    /// One pipeline per node of one `MGET` per slot, all sent in parallel, reassembled in the
+    /// order of `keys`. Keys whose node redirected (a stale slot map) are read again through the
+    /// client's routing.
     fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut cmd = redis::cmd("MGET");
-            cmd.arg(keys);
-            let values: Vec<Option<Vec<u8>>> = self
-                .run("get_many", &|| shown_many(keys), |mut c| async move {
-                    cmd.query_async(&mut c).await
-                })
-                .await?;
-            Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let shown_keys = || shown_many(&keys);
+            let keys = &keys;
+            self.run("get_many", &shown_keys, |connection| async move {
+                let mget = |indices: &[usize]| {
+                    let mut cmd = redis::cmd("MGET");
+                    for &index in indices {
+                        cmd.arg(keys[index]);
+                    }
+                    cmd
+                };
+                let sent = self.send_per_node(&connection, keys, true, mget).await?;
+                let mut values: Vec<Option<Bytes>> = vec![None; keys.len()];
+                for (indices, reply) in sent.replies {
+                    let got: Vec<Option<Vec<u8>>> = redis::from_redis_value(reply)?;
+                    for (index, value) in indices.into_iter().zip(got) {
+                        values[index] = value.map(Bytes::from);
+                    }
+                }
+                if !sent.fallback.is_empty() {
+                    let got: Vec<Option<Vec<u8>>> = mget(&sent.fallback)
+                        .query_async(&mut connection.clone())
+                        .await?;
+                    for (index, value) in sent.fallback.into_iter().zip(got) {
+                        values[index] = value.map(Bytes::from);
+                    }
+                }
+                Ok(values)
+            })
+            .await
         })
     }
 
@@ -535,16 +902,36 @@ impl CacheRepository for RedisClusterCacheRepository {
         })
     }
 
-    /// One `UNLINK`, split per slot by the cluster client; the counts are summed.
+    /// One pipeline per node of one `UNLINK` per slot, all sent in parallel; the counts are
+    /// summed. Keys whose node redirected (a stale slot map) are unlinked again through the
+    /// client's routing.
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(0);
             }
-            let mut cmd = redis::cmd("UNLINK");
-            cmd.arg(keys);
-            self.run("delete_many", &|| shown_many(keys), |mut c| async move {
-                cmd.query_async(&mut c).await
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let shown_keys = || shown_many(&keys);
+            let keys = &keys;
+            self.run("delete_many", &shown_keys, |connection| async move {
+                let unlink = |indices: &[usize]| {
+                    let mut cmd = redis::cmd("UNLINK");
+                    for &index in indices {
+                        cmd.arg(keys[index]);
+                    }
+                    cmd
+                };
+                let sent = self.send_per_node(&connection, keys, true, unlink).await?;
+                let mut removed = 0;
+                for (_, reply) in sent.replies {
+                    removed += redis::from_redis_value::<u64>(reply)?;
+                }
+                if !sent.fallback.is_empty() {
+                    removed += unlink(&sent.fallback)
+                        .query_async::<u64>(&mut connection.clone())
+                        .await?;
+                }
+                Ok(removed)
             })
             .await
         })
@@ -633,6 +1020,7 @@ impl RedisClusterCacheRepositoryBuilder {
             infos.push(check_node(node)?);
         }
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let seed = infos[0].clone().set_tcp_settings(tcp.clone());
         let client = ClusterClientBuilder::new(infos)
             .connection_timeout(self.connect_timeout)
             .response_timeout(self.deadline)
@@ -657,6 +1045,10 @@ impl RedisClusterCacheRepositoryBuilder {
                 client,
                 connection: RwLock::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                slot_map: RwLock::new(None),
+                learning: tokio::sync::Mutex::new(()),
+                seed,
+                node_connections: RwLock::new(HashMap::new()),
                 generations: AtomicU64::new(0),
                 consecutive_failures: AtomicU32::new(0),
                 deadline: self.deadline,
