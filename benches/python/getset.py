@@ -21,6 +21,7 @@ from impcache import Cache, RedisCacheRepository
 
 KEYS = 2000
 TTL = 300
+OP_TIMEOUT = 1.0
 
 
 def small(i: int) -> dict:
@@ -53,7 +54,9 @@ async def closed_loop(concurrency: int, seconds: float, op) -> tuple[float, int,
         i = 0
         while not stop:
             try:
-                await op(task, i)
+                # A bounded wait: impcache 1.0.2 can leave an operation hanging on a connection
+                # another task closed.
+                await asyncio.wait_for(op(task, i), OP_TIMEOUT)
                 done[task] += 1
             except Exception as exc:  # counted and reported: a failing peer is a result too
                 failed[task] += 1
@@ -78,8 +81,12 @@ async def main() -> None:
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
 
-    cache = Cache(repository=RedisCacheRepository(dsn=args.url), key_prefix="cache", version=1)
-    client = aioredis.from_url(args.url)
+    # redis-py's pools are bounded (MaxConnectionsError past the limit); raise the bound for both
+    # Python systems so that 256 tasks can each hold a connection.
+    sep = "&" if "?" in args.url else "?"
+    url = f"{args.url}{sep}max_connections=1024"
+    cache = Cache(repository=RedisCacheRepository(dsn=url), key_prefix="cache", version=1)
+    client = aioredis.from_url(url)
     # The keys of case 1, in case this script runs alone.
     async with client.pipeline(transaction=False) as pipe:
         for n, value in enumerate(VALUES):

@@ -2,6 +2,7 @@
 //! redis-py (subprocesses), and `redis-benchmark`. (The `cached` crate is in `memo.rs`.)
 
 use std::process::Command;
+use std::time::Duration;
 
 use impcache_benches::{Ratio, Sample};
 use impcache_tests::RedisServer;
@@ -25,7 +26,7 @@ pub(crate) async fn python(config: &Config, server: &RedisServer, results: &mut 
         return;
     }
     let concurrencies: Vec<String> = config.concurrencies.iter().map(usize::to_string).collect();
-    let output = tokio::process::Command::new(&config.python)
+    let run = tokio::process::Command::new(&config.python)
         .arg(python_script())
         .args(["--url", &server.url()])
         .args(["--concurrency", &concurrencies.join(",")])
@@ -33,9 +34,15 @@ pub(crate) async fn python(config: &Config, server: &RedisServer, results: &mut 
             "--seconds",
             &format!("{}", config.timing.round.as_secs_f64() * 2.0),
         ])
-        .output()
-        .await
-        .expect("run python");
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(Duration::from_secs(240), run).await {
+        Ok(output) => output.expect("run python"),
+        Err(_) => {
+            results.note("Python peers timed out after 240 s");
+            return;
+        }
+    };
     if !output.status.success() {
         results.note(format!(
             "Python peers failed: {}",
