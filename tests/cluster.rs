@@ -189,8 +189,17 @@ async fn a_killed_primary_fails_open_then_its_replica_takes_over() {
         .unwrap();
     let victim = cluster.primary_for(&cache.make_key("k0"));
     let heir = cluster.replica_of(victim).expect("a replica");
-    // Replication is asynchronous: wait for the replica to have every write.
-    let _: i64 = cluster.cmd(victim, &["WAIT", "1", "2000"]);
+    // Replication is asynchronous: wait for the replica to have every write. (`WAIT` from the
+    // harness's own connection would not do: it waits only for that connection's writes.)
+    let written: i64 = cluster.cmd(victim, &["DBSIZE"]);
+    let synced = Instant::now();
+    while cluster.cmd::<i64>(heir, &["DBSIZE"]) < written {
+        assert!(
+            synced.elapsed() < Duration::from_secs(5),
+            "replica not in sync"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let survivor_key = keys
         .iter()
         .find(|k| cluster.primary_for(&cache.make_key(k)) != victim)
@@ -295,6 +304,7 @@ struct NodeEvent {
     node: String,
     commands: u64,
     keys: u64,
+    round: u64,
 }
 
 impl tracing::field::Visit for NodeEvent {
@@ -307,6 +317,7 @@ impl tracing::field::Visit for NodeEvent {
         match field.name() {
             "commands" => self.commands = value,
             "keys" => self.keys = value,
+            "round" => self.round = value,
             _ => {}
         }
     }
@@ -472,7 +483,8 @@ async fn multi_key_operations_take_one_round_trip_per_node() {
 
 /// A slot moves after the repository learned the slot map: its node answers `MOVED`, those keys
 /// (only) go through the client's routing, the map is learned again, and the next call is back to
-/// one pipeline per node. Results stay right and in the caller's order throughout.
+/// one pipeline per node. Then a slot half migrated (`ASK`). Results stay right, in the caller's
+/// order, and each deleted key is counted once throughout.
 #[tokio::test]
 async fn a_stale_slot_map_falls_back_then_is_relearned() {
     let cluster = RedisCluster::start(3, 0);
@@ -525,4 +537,57 @@ async fn a_stale_slot_map_falls_back_then_is_relearned() {
     let got: Vec<Option<String>> = cache.get_many(&asked).await.unwrap();
     assert!(got.iter().all(|v| v.as_deref() == Some("again")), "{got:?}");
     assert_eq!(cache.delete_many(&keys).await.unwrap(), 120);
+
+    // A slot half migrated: for the keys already moved, the old owner answers `TRYAGAIN` to the
+    // slot's `MGET` (some keys are here, some not), then `ASK` per key; those keys are read from
+    // the importing node (with `ASKING`) in further rounds, and deleted there, each once.
+    let half: Vec<String> = (0..30)
+        .map(|i| format!("{{half}}{i}"))
+        .chain((0..30).map(|i| format!("s{i}")))
+        .collect();
+    cache
+        .set_many(half.iter().map(|k| (k, k)), 100)
+        .await
+        .unwrap();
+    let slot = cluster.slot_of(&cache.make_key("{half}0"));
+    let from = cluster.primary_for(&cache.make_key("{half}0"));
+    let to = *cluster.primaries().iter().find(|p| **p != from).unwrap();
+    cluster.begin_migration(slot, from, to);
+    assert_eq!(cluster.migrate_keys(slot, from, to, 10), 10);
+    events.take();
+    let asked: Vec<String> = half.iter().rev().cloned().collect();
+    let got: Vec<Option<String>> = cache.get_many(&asked).await.unwrap();
+    assert_eq!(got, asked.iter().cloned().map(Some).collect::<Vec<_>>());
+    let seen = events.take();
+    assert!(seen.iter().all(|e| e.event == "pipeline"), "{seen:?}");
+    assert_eq!(seen.iter().filter(|e| e.round == 0).count(), 3, "{seen:?}");
+    let asked_on_importing: u64 = seen
+        .iter()
+        .filter(|e| e.round > 0 && e.node == format!("127.0.0.1:{to}"))
+        .map(|e| e.commands)
+        .sum();
+    assert_eq!(
+        asked_on_importing, 10,
+        "the moved keys, after ASK: {seen:?}"
+    );
+    // Writes land where each key lives; a new key of the slot goes to the importing node.
+    let mut written = half.clone();
+    written.push("{half}new".to_owned());
+    cache
+        .set_many(written.iter().map(|k| (k, "w")), 100)
+        .await
+        .unwrap();
+    let got: Vec<Option<String>> = cache.get_many(&written).await.unwrap();
+    assert!(got.iter().all(|v| v.as_deref() == Some("w")), "{got:?}");
+    assert_eq!(
+        cluster.primary_for(&cache.make_key("{half}new")),
+        from,
+        "still migrating"
+    );
+    let on_importing: i64 = cluster.cmd(to, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+    assert_eq!(on_importing, 11, "the 10 moved keys and the new one");
+    assert_eq!(cache.delete_many(&written).await.unwrap(), 61);
+    let got: Vec<Option<String>> = cache.get_many(&half).await.unwrap();
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    cluster.finish_migration(slot, from, to);
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use tokio::task::JoinSet;
 
@@ -48,11 +48,16 @@ const RESET_AFTER_FAILURES: u32 = 3;
 ///   client's per-node response timeout is set to the same value.
 /// - **Circuit breaker**: one breaker for the whole cluster, as for a single server.
 ///
-/// Multi-key operations cross slots freely:
-/// - `get_many` is one `MGET` and `delete_many` one `UNLINK`, which the client splits per slot,
-///   sends concurrently (one multiplexed connection per node) and reassembles in the caller's order;
-/// - `set_many` groups the entries per slot into pipelines of `SET ... EX`, sent concurrently;
-///   it is not atomic (neither is it on a single server);
+/// Multi-key operations cross slots freely, one round trip per node:
+/// - `set_many`, `get_many` and `delete_many` group the keys by the primary serving their slot
+///   (a slot map learned with `CLUSTER SLOTS` on first use) and send each primary one pipeline
+///   (`SET ... EX` per key; `MGET` or `UNLINK` per slot), all in parallel over a direct connection
+///   to each primary; `get_many` returns the values in the caller's order. `set_many` is not
+///   atomic (neither is it on a single server);
+/// - a key whose node answers a redirection (`MOVED`/`ASK`: the slot moved since the map was
+///   learned) is sent again on its own through the cluster client's routing, which follows
+///   redirections, and the map is learned again on the next call (also after a connection error),
+///   so results never depend on the map being fresh;
 /// - `delete_pattern` reads the primaries from `CLUSTER NODES`, sweeps each one with `SCAN` in
 ///   parallel and `UNLINK`s what it finds, routed per slot; it returns the sum.
 ///
@@ -422,10 +427,16 @@ impl RedisClusterCacheRepository {
     /// given indices of `keys`: with `per_slot`, one command per slot (`MGET`, `UNLINK`: all its
     /// keys are in one slot), else one per key.
     ///
+    /// While a slot migrates, its node answers `ASK` (the keys are on the importing node) or, for a
+    /// command on several keys of which only some moved, `TRYAGAIN`: those commands are sent again
+    /// in a further round, split per key, and with `ASKING` in front on the importing node (in one
+    /// pipeline, so that no other request can take the `ASKING`; the cluster client sends them
+    /// apart). A few rounds at most.
+    ///
     /// Returns each command's reply with the indices it covers, and the indices the map could not
-    /// serve: slot unknown to the map, node unreachable, or the node answered a redirection
-    /// (`MOVED`/`ASK`) or a cluster-state error. Those are for the caller to send through the
-    /// cluster client's own routing, which follows redirections; the map is then relearned.
+    /// serve: slot unknown to the map, node unreachable, `MOVED` (the map is stale: it is learned
+    /// again on the next call) or a cluster-state error. Those are for the caller to send through
+    /// the cluster client's own routing, which follows redirections.
     async fn send_per_node(
         &self,
         connection: &ClusterConnection,
@@ -448,11 +459,11 @@ impl RedisClusterCacheRepository {
             }
         };
         // node -> slot -> indices, in the caller's order within each slot.
-        let mut by_node: HashMap<usize, HashMap<Slot, Vec<usize>>> = HashMap::new();
+        let mut by_node: HashMap<usize, HashMap<u16, Vec<usize>>> = HashMap::new();
         for (index, key) in keys.iter().enumerate() {
-            let slot = Slot::for_key(key.as_bytes());
-            match map.owners.get(&slot) {
-                Some(&node) => by_node
+            let slot = key_slot(key.as_bytes());
+            match map.owner(slot) {
+                Some(node) => by_node
                     .entry(node)
                     .or_default()
                     .entry(slot)
@@ -461,70 +472,129 @@ impl RedisClusterCacheRepository {
                 None => outcome.fallback.push(index),
             }
         }
-        let mut tasks = JoinSet::new();
+        let mut work: HashMap<(String, u16), Vec<Unit>> = HashMap::new();
         for (node, slots) in by_node {
-            let mut pipe = redis::pipe();
-            let mut covers: Vec<Vec<usize>> = Vec::new();
+            let units = work.entry(map.nodes[node].clone()).or_default();
             for indices in slots.into_values() {
                 if per_slot {
-                    pipe.add_command(command(&indices));
-                    covers.push(indices);
+                    units.push(Unit {
+                        indices,
+                        asking: false,
+                    });
                 } else {
-                    for index in indices {
-                        pipe.add_command(command(&[index]));
-                        covers.push(vec![index]);
-                    }
+                    units.extend(indices.into_iter().map(|index| Unit {
+                        indices: vec![index],
+                        asking: false,
+                    }));
                 }
             }
-            let (host, port) = map.nodes[node].clone();
-            let this = self.clone();
-            tasks.spawn(async move {
-                let sent = async {
-                    let mut connection = this.node_connection(&host, port).await?;
-                    tracing::debug!(
-                        target: NODE_EVENTS,
-                        event = "pipeline",
-                        node = %format_args!("{host}:{port}"),
-                        commands = covers.len(),
-                        "impcache: one pipeline to one cluster node"
-                    );
-                    connection
-                        .send_packed_commands(&pipe, 0, covers.len())
-                        .await
-                }
-                .await;
-                if sent.as_ref().is_err_and(|e| !e.is_timeout()) {
-                    this.forget_node(&host, port);
-                }
-                (covers, sent)
-            });
         }
         let mut stale = false;
-        while let Some(joined) = tasks.join_next().await {
-            let (covers, sent) = match joined {
-                Ok(done) => done,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => continue,
-            };
-            match sent {
-                Ok(replies) => {
-                    for (indices, reply) in covers.into_iter().zip(replies) {
-                        if let redis::Value::ServerError(e) = &reply {
-                            if is_redirection(e.kind()) {
-                                stale = true;
-                                outcome.fallback.extend(indices);
-                                continue;
+        for round in 0..MIGRATION_ROUNDS {
+            if work.is_empty() {
+                break;
+            }
+            let last = round + 1 == MIGRATION_ROUNDS;
+            let mut tasks = JoinSet::new();
+            for ((host, port), units) in work.drain() {
+                let mut pipe = redis::pipe();
+                let mut count = 0;
+                let mut positions = Vec::with_capacity(units.len());
+                for unit in &units {
+                    if unit.asking {
+                        pipe.cmd("ASKING");
+                        count += 1;
+                    }
+                    positions.push(count);
+                    pipe.add_command(command(&unit.indices));
+                    count += 1;
+                }
+                let this = self.clone();
+                tasks.spawn(async move {
+                    let sent = async {
+                        let mut connection = this.node_connection(&host, port).await?;
+                        tracing::debug!(
+                            target: NODE_EVENTS,
+                            event = "pipeline",
+                            node = %format_args!("{host}:{port}"),
+                            commands = units.len(),
+                            round,
+                            "impcache: one pipeline to one cluster node"
+                        );
+                        connection.send_packed_commands(&pipe, 0, count).await
+                    }
+                    .await;
+                    if sent.as_ref().is_err_and(|e| !e.is_timeout()) {
+                        this.forget_node(&host, port);
+                    }
+                    ((host, port), units, positions, sent)
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                let (node, units, positions, sent) = match joined {
+                    Ok(done) => done,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => continue,
+                };
+                let mut replies = match sent {
+                    Ok(replies) => replies,
+                    Err(e) if e.is_timeout() => return Err(e),
+                    // The node is unreachable or gone (a failover): the client's routing decides.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "impcache: a cluster node pipeline failed");
+                        stale = true;
+                        outcome
+                            .fallback
+                            .extend(units.into_iter().flat_map(|u| u.indices));
+                        continue;
+                    }
+                };
+                for (unit, position) in units.into_iter().zip(positions) {
+                    let reply = replies
+                        .get_mut(position)
+                        .map_or(redis::Value::Nil, std::mem::take);
+                    let redis::Value::ServerError(error) = reply else {
+                        outcome.replies.push((unit.indices, reply));
+                        continue;
+                    };
+                    match error.kind() {
+                        Some(ServerErrorKind::Ask) if !last => {
+                            let target =
+                                RedisError::from(error)
+                                    .redirect_node()
+                                    .and_then(|(address, _)| {
+                                        let (host, port) = address.rsplit_once(':')?;
+                                        Some((host.to_owned(), port.parse::<u16>().ok()?))
+                                    });
+                            match target {
+                                // Per key: the keys of one slot may be on either side.
+                                Some(target) => {
+                                    work.entry(target).or_default().extend(
+                                        unit.indices.into_iter().map(|index| Unit {
+                                            indices: vec![index],
+                                            asking: true,
+                                        }),
+                                    );
+                                }
+                                None => outcome.fallback.extend(unit.indices),
                             }
                         }
-                        outcome.replies.push((indices, reply));
+                        Some(ServerErrorKind::TryAgain) if !last && unit.indices.len() > 1 => {
+                            work.entry(node.clone()).or_default().extend(
+                                unit.indices.into_iter().map(|index| Unit {
+                                    indices: vec![index],
+                                    asking: unit.asking,
+                                }),
+                            );
+                        }
+                        kind if is_redirection(kind) => {
+                            stale |= kind == Some(ServerErrorKind::Moved);
+                            outcome.fallback.extend(unit.indices);
+                        }
+                        _ => outcome
+                            .replies
+                            .push((unit.indices, redis::Value::ServerError(error))),
                     }
-                }
-                Err(e) if e.is_timeout() => return Err(e),
-                // The node is unreachable or gone (a failover): the client's routing decides.
-                Err(e) => {
-                    tracing::debug!(error = %e, "impcache: a cluster node pipeline failed; routing per slot");
-                    stale = true;
-                    outcome.fallback.extend(covers.into_iter().flatten());
                 }
             }
         }
@@ -637,21 +707,29 @@ impl RedisClusterCacheRepository {
 /// `pipeline` (one sent to one node: one round trip), `fallback` (keys the map could not serve).
 const NODE_EVENTS: &str = "impcache::cluster";
 
-/// Which primary serves which slot: `owners` maps a slot to an index in `nodes`. Slots that no
-/// known primary serves are absent (their keys go through the client's routing).
+/// Which primary serves which slot: `owners[slot]` is an index in `nodes`, or [`NO_OWNER`] for a
+/// slot no known primary serves (its keys go through the client's routing).
 #[derive(Debug)]
 struct SlotMap {
     nodes: Vec<(String, u16)>,
-    owners: HashMap<Slot, usize>,
+    owners: Box<[u16]>,
 }
 
 impl SlotMap {
+    /// The index in `nodes` of the primary serving `slot`, if known.
+    fn owner(&self, slot: u16) -> Option<usize> {
+        match self.owners.get(usize::from(slot)) {
+            Some(&NO_OWNER) | None => None,
+            Some(&node) => Some(usize::from(node)),
+        }
+    }
+
     /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, ..], replicas..], ..]`.
     /// Ranges whose primary has no usable address (empty, `?`) are left out.
     fn parse(reply: &redis::Value) -> Self {
         let mut map = SlotMap {
             nodes: Vec::new(),
-            owners: HashMap::with_capacity(16384),
+            owners: vec![NO_OWNER; usize::from(SLOTS)].into_boxed_slice(),
         };
         let redis::Value::Array(ranges) = reply else {
             return map;
@@ -685,14 +763,73 @@ impl SlotMap {
             let (Ok(start), Ok(end)) = (u16::try_from(*start), u16::try_from(*end)) else {
                 continue;
             };
-            for slot in start..=end {
-                if let Some(slot) = Slot::new(slot) {
-                    map.owners.insert(slot, node);
-                }
+            let Ok(node) = u16::try_from(node) else {
+                continue;
+            };
+            for slot in start..=end.min(SLOTS - 1) {
+                map.owners[usize::from(slot)] = node;
             }
         }
         map
     }
+}
+
+/// The number of hash slots of a Redis Cluster.
+const SLOTS: u16 = 16384;
+/// A slot no known primary serves, in [`SlotMap::owners`].
+const NO_OWNER: u16 = u16::MAX;
+
+/// The slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first `{` and the next
+/// `}`, if not empty) or of the whole key, modulo 16384, as Redis computes it.
+fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            Some(&rest[..close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    crc16(hashed) % SLOTS
+}
+
+/// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), the checksum of Redis Cluster.
+fn crc16(data: &[u8]) -> u16 {
+    const TABLE: [u16; 256] = {
+        let mut table = [0u16; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = (i as u16) << 8;
+            let mut bit = 0;
+            while bit < 8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+                bit += 1;
+            }
+            table[i] = crc;
+            i += 1;
+        }
+        table
+    };
+    data.iter().fold(0u16, |crc, &byte| {
+        (crc << 8) ^ TABLE[usize::from((crc >> 8) as u8 ^ byte)]
+    })
+}
+
+/// Rounds of per-node pipelines for one multi-key call: the first, then while a slot migrates
+/// one with the `TRYAGAIN` commands split per key, and one after `ASK` on the importing node.
+const MIGRATION_ROUNDS: usize = 4;
+
+/// One command of a per-node pipeline: the indices (in the caller's keys) it covers, and whether
+/// `ASKING` goes in front of it (it follows an `ASK` redirection).
+struct Unit {
+    indices: Vec<usize>,
+    asking: bool,
 }
 
 /// What [`RedisClusterCacheRepository::send_per_node`] got back.
@@ -877,13 +1014,19 @@ impl CacheRepository for RedisClusterCacheRepository {
                         values[index] = value.map(Bytes::from);
                     }
                 }
-                if !sent.fallback.is_empty() {
-                    let got: Vec<Option<Vec<u8>>> = mget(&sent.fallback)
-                        .query_async(&mut connection.clone())
-                        .await?;
-                    for (index, value) in sent.fallback.into_iter().zip(got) {
-                        values[index] = value.map(Bytes::from);
-                    }
+                // One key per command: the client follows each key's redirection on its own
+                // (a multi-key command in a migrating slot would get `TRYAGAIN`).
+                let mut tasks = JoinSet::new();
+                for index in sent.fallback {
+                    let cmd = mget(&[index]);
+                    let mut connection = connection.clone();
+                    tasks.spawn(async move {
+                        let got: Vec<Option<Vec<u8>>> = cmd.query_async(&mut connection).await?;
+                        Ok::<_, RedisError>((index, got.into_iter().next().flatten()))
+                    });
+                }
+                for (index, value) in join_set(tasks).await? {
+                    values[index] = value.map(Bytes::from);
                 }
                 Ok(values)
             })
@@ -926,12 +1069,14 @@ impl CacheRepository for RedisClusterCacheRepository {
                 for (_, reply) in sent.replies {
                     removed += redis::from_redis_value::<u64>(reply)?;
                 }
-                if !sent.fallback.is_empty() {
-                    removed += unlink(&sent.fallback)
-                        .query_async::<u64>(&mut connection.clone())
-                        .await?;
+                // One key per command, as in `get_many`.
+                let mut tasks = JoinSet::new();
+                for index in sent.fallback {
+                    let cmd = unlink(&[index]);
+                    let mut connection = connection.clone();
+                    tasks.spawn(async move { cmd.query_async::<u64>(&mut connection).await });
                 }
-                Ok(removed)
+                Ok(removed + join_set(tasks).await?.into_iter().sum::<u64>())
             })
             .await
         })
@@ -1125,6 +1270,7 @@ fn scrub_all(message: &str, nodes: &[String]) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use redis::cluster_routing::Slot;
 
     #[test]
     fn primaries_come_from_cluster_nodes() {
@@ -1144,6 +1290,58 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
                 ("127.0.0.1".to_owned(), 30003)
             ]
         );
+    }
+
+    #[test]
+    fn key_slots_match_the_redis_crate() {
+        // Redis's own examples, then keys with and without hash tags against `redis`'s routing.
+        assert_eq!(key_slot(b"123456789"), 0x31C3 % SLOTS);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        let mut keys: Vec<String> = (0..5000).map(|i| format!("cache:1:k{i}")).collect();
+        keys.extend(["{}x", "a{b}c", "{a}{b}", "x{", "}{y}", "", "{", "{{}}"].map(String::from));
+        for key in &keys {
+            assert_eq!(
+                Slot::new(key_slot(key.as_bytes())),
+                Some(Slot::for_key(key.as_bytes())),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn slot_map_comes_from_cluster_slots() {
+        use redis::Value::{Array, BulkString, Int};
+        let node = |host: &str, port: i64| {
+            Array(vec![
+                BulkString(host.into()),
+                Int(port),
+                BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Array(vec![
+            Array(vec![
+                Int(0),
+                Int(5460),
+                node("10.0.0.1", 7000),
+                node("10.0.0.4", 7000),
+            ]),
+            Array(vec![Int(5461), Int(10922), node("10.0.0.2", 7000)]),
+            Array(vec![Int(10923), Int(16000), node("10.0.0.1", 7000)]),
+            Array(vec![Int(16001), Int(16383), node("?", 7000)]),
+            Int(3),
+        ]);
+        let map = SlotMap::parse(&reply);
+        assert_eq!(
+            map.nodes,
+            [("10.0.0.1".to_owned(), 7000), ("10.0.0.2".to_owned(), 7000)]
+        );
+        assert_eq!(map.owner(0), Some(0));
+        assert_eq!(map.owner(5461), Some(1));
+        assert_eq!(map.owner(16000), Some(0));
+        assert_eq!(map.owner(16001), None);
+        assert_eq!(map.owner(16383), None);
+        assert_eq!(SlotMap::parse(&redis::Value::Nil).owner(0), None);
     }
 
     #[test]
