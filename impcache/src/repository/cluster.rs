@@ -54,10 +54,11 @@ const RESET_AFTER_FAILURES: u32 = 3;
 ///   (`SET ... EX` per key; `MGET` or `UNLINK` per slot), all in parallel over a direct connection
 ///   to each primary; `get_many` returns the values in the caller's order. `set_many` is not
 ///   atomic (neither is it on a single server);
-/// - a key whose node answers a redirection (`MOVED`/`ASK`: the slot moved since the map was
-///   learned) is sent again on its own through the cluster client's routing, which follows
-///   redirections, and the map is learned again on the next call (also after a connection error),
-///   so results never depend on the map being fresh;
+/// - while a slot migrates (`ASK`, `TRYAGAIN`), its keys are sent again in a further round, one
+///   command per key, with `ASKING` in front on the importing node; a key whose node answers
+///   `MOVED` (the slot moved since the map was learned) is sent again on its own through the
+///   cluster client's routing, which follows redirections, and the map is learned again on the
+///   next call (also after a connection error), so results never depend on the map being fresh;
 /// - `delete_pattern` reads the primaries from `CLUSTER NODES`, sweeps each one with `SCAN` in
 ///   parallel and `UNLINK`s what it finds, routed per slot; it returns the sum.
 ///
