@@ -20,7 +20,7 @@ pub(crate) fn encode<V: Serialize + ?Sized>(key: &str, value: &V) -> Result<Byte
     let bytes = serde_json::to_vec(value).map_err(|e| encode_error(e.to_string()))?;
     // serde_json writes a NaN or an infinity as `null`: only an output with `null` in it can
     // hide one, so the second walk is skipped for every other value.
-    if bytes.windows(4).any(|w| w == b"null") {
+    if memchr::memmem::find(&bytes, b"null").is_some() {
         value
             .serialize(FiniteFloats)
             .map_err(|e| encode_error(e.0))?;
