@@ -36,7 +36,7 @@ impl Small {
             id,
             name: format!("user-{id:06}"),
             email: format!("user-{id:06}@example.com"),
-            active: id % 2 == 0,
+            active: id.is_multiple_of(2),
             score: 0.5 + id as f64,
             tags: vec!["a".into(), "bb".into(), "ccc".into()],
         }

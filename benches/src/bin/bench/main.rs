@@ -120,8 +120,8 @@ fn parse_args() -> Config {
             "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "bench [--quick] [--out DIR] [--python PATH] [--only {}]",
-                    "core,batch,delete,memory,macro,http,peers,python,redis-benchmark"
+                    "bench [--quick] [--out DIR] [--python PATH] \
+                     [--only core,batch,delete,memory,macro,http,peers,python,redis-benchmark]"
                 );
                 std::process::exit(0);
             }

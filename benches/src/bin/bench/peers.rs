@@ -74,7 +74,11 @@ pub(crate) async fn python(config: &Config, server: &RedisServer, results: &mut 
             sample.system,
             impcache_benches::human_rate(sample.ops_per_sec)
         );
-        // Ratio against Rust impcache measured earlier in this run, same case and concurrency.
+        // Ratio against Rust impcache measured earlier in this run, same case and concurrency
+        // (none when the Python system did nothing at all: see its note).
+        if sample.ops_per_sec <= 0.0 {
+            continue;
+        }
         if let Some(rust) = results.samples.iter().find(|s| {
             s.system == "impcache" && s.case == sample.case && s.concurrency == sample.concurrency
         }) {
