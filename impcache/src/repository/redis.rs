@@ -271,7 +271,11 @@ impl RedisCacheRepository {
         let generation = used.load(Ordering::Relaxed);
         match outcome {
             Ok(Ok(value)) => {
-                self.inner.consecutive_timeouts.store(0, Ordering::Relaxed);
+                // Read before writing: a store on every call would bounce the cache line
+                // between cores on the hot path.
+                if self.inner.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
+                    self.inner.consecutive_timeouts.store(0, Ordering::Relaxed);
+                }
                 self.inner.breaker.record_success();
                 Ok(value)
             }
