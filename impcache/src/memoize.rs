@@ -450,17 +450,16 @@ pub(crate) mod __private {
 
         // The hit path: one GET, one decode.
         let mut overwrite = false;
-        let mut clean_miss = false;
         match cache.get_raw(&key).await {
             Ok(Some(bytes)) => match decode(codec, cache, &key, &bytes) {
                 Ok(value) => return P::wrap(value),
                 Err(()) => overwrite = true,
             },
-            Ok(None) => clean_miss = true,
+            Ok(None) => {}
             Err(error) => report("get", &key, &error),
         }
         Box::pin(miss::<P, R, Fut>(
-            cache, key, expire, codec, body, overwrite, clean_miss,
+            cache, key, expire, codec, body, overwrite,
         ))
         .await
     }
@@ -473,7 +472,6 @@ pub(crate) mod __private {
         codec: Codec<P::Value>,
         body: impl FnOnce() -> Fut,
         mut overwrite: bool,
-        mut clean_miss: bool,
     ) -> R
     where
         P: Policy<R>,
@@ -483,11 +481,15 @@ pub(crate) mod __private {
             Arc::as_ptr(cache.repository()) as *const () as usize,
             cache.make_key(&key),
         );
+        // A first leader runs the body at once: a miss costs GET + SET NX, as by hand. Only a
+        // leader elected after another one panicked or was cancelled looks in the cache first.
+        // (A leader that completes in the microseconds between a caller's GET and its joining
+        // the flight lets that caller run the body once more: a narrow, documented race.)
+        let mut recheck = false;
         loop {
             match join(&flight) {
                 Join::Leader(leader) => {
-                    // A leader that finished between our GET and now has stored its value.
-                    if clean_miss {
+                    if recheck {
                         if let Ok(Some(bytes)) = cache.get_raw(&key).await {
                             if let Ok(value) = decode(codec, cache, &key, &bytes) {
                                 leader.publish(Outcome::Value(bytes));
@@ -540,7 +542,7 @@ pub(crate) mod __private {
                     }
                     // The leader panicked or was cancelled: elect a new one.
                     None => {
-                        clean_miss = true;
+                        recheck = true;
                         continue;
                     }
                 },

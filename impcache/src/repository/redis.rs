@@ -631,7 +631,9 @@ impl RedisCacheRepositoryBuilder {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100))
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.deadline));
+            // Our own deadline (`tokio::time::timeout` around each call) bounds every response;
+            // a second, identical timer inside the connection would only cost time per call.
+            .set_response_timeout(None);
         RedisCacheRepository {
             inner: Arc::new(Inner {
                 client,
