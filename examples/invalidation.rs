@@ -16,15 +16,22 @@ async fn main() -> impcache::Result<()> {
         cache.set(&format!("user:{id}:profile"), &id, 300).await?;
         cache.set(&format!("user:{id}:friends"), &[id], 300).await?;
     }
-    cache.set("report[2024]*", &"literal glob characters", 300).await?;
+    cache
+        .set("report[2024]*", &"literal glob characters", 300)
+        .await?;
 
     println!("delete one key: {}", cache.delete("user:1:profile").await?);
     println!(
         "delete a list: {}",
-        cache.delete_many(["user:1:friends", "user:2:profile"]).await?
+        cache
+            .delete_many(["user:1:friends", "user:2:profile"])
+            .await?
     );
     // Everything of user 3, with a glob over the key part only: prefix and version are escaped.
-    println!("delete user:3:*: {}", cache.delete_pattern("user:3:*").await?);
+    println!(
+        "delete user:3:*: {}",
+        cache.delete_pattern("user:3:*").await?
+    );
     // All friends lists of users 4 and 5.
     println!(
         "delete user:[45]:friends: {}",
@@ -32,7 +39,10 @@ async fn main() -> impcache::Result<()> {
     );
     // A key with glob characters in it: escape it to match only itself.
     let literal = escape_pattern("report[2024]*");
-    println!("delete {literal}: {}", cache.delete_pattern(&literal).await?);
+    println!(
+        "delete {literal}: {}",
+        cache.delete_pattern(&literal).await?
+    );
     println!("left over: {}", cache.delete_pattern("*").await?);
     Ok(())
 }

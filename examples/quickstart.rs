@@ -19,7 +19,10 @@ async fn main() -> impcache::Result<()> {
     let result: Option<String> = cache.get("key").await?;
     println!("get(\"key\") = {result:?}");
 
-    println!("set_nx(\"key\") = {}", cache.set_nx("key", &"other", 100).await?);
+    println!(
+        "set_nx(\"key\") = {}",
+        cache.set_nx("key", &"other", 100).await?
+    );
     cache
         .set_many([("key1", "value1"), ("key2", "value2")], 100)
         .await?;
@@ -30,12 +33,17 @@ async fn main() -> impcache::Result<()> {
     println!("delete(\"key\") = {}", cache.delete("key").await?);
     println!(
         "delete_many = {}",
-        cache.delete_many(&["key1", "non-existing-key", "key2"]).await?
+        cache
+            .delete_many(&["key1", "non-existing-key", "key2"])
+            .await?
     );
     cache
         .set_many([("hllo", "value1"), ("heeeello", "value2")], 100)
         .await?;
-    println!("delete_pattern(\"h*llo\") = {}", cache.delete_pattern("h*llo").await?);
+    println!(
+        "delete_pattern(\"h*llo\") = {}",
+        cache.delete_pattern("h*llo").await?
+    );
     println!("full key of \"key\": {}", cache.make_key("key"));
     Ok(())
 }

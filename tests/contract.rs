@@ -133,10 +133,7 @@ async fn seed_quickstart(b: Backend) {
     cache.set("key", &"value", 100).await.unwrap();
     let result: Option<String> = cache.get("key").await.unwrap();
     assert_eq!(result.as_deref(), Some("value"));
-    assert_eq!(
-        cache.get::<String>("non-existing-key").await.unwrap(),
-        None
-    );
+    assert_eq!(cache.get::<String>("non-existing-key").await.unwrap(), None);
 }
 
 async fn seed_versioning(b: Backend) {
@@ -164,7 +161,10 @@ async fn seed_key_format(b: Backend) {
     assert_eq!(b.cache_with("p", "v3").make_key("k"), "p:v3:k");
     // The same entry is reachable through a cache whose prefix+version spell the same full key.
     cache.set("a:b", &1, 100).await.unwrap();
-    assert_eq!(b.cache_with("cache:1", "a").get::<i32>("b").await.unwrap(), Some(1));
+    assert_eq!(
+        b.cache_with("cache:1", "a").get::<i32>("b").await.unwrap(),
+        Some(1)
+    );
 }
 
 async fn seed_set_nx(b: Backend) {
@@ -221,10 +221,16 @@ async fn seed_delete_pattern_examples(b: Backend) {
         "hello", "hallo", "hxllo", "hllo", "heeeello", "hillo", "hbllo", "hcllo",
     ];
     let cases = [
-        ("h?llo", vec!["hallo", "hbllo", "hcllo", "hello", "hillo", "hxllo"]),
+        (
+            "h?llo",
+            vec!["hallo", "hbllo", "hcllo", "hello", "hillo", "hxllo"],
+        ),
         ("h*llo", words.to_vec()),
         ("h[ae]llo", vec!["hallo", "hello"]),
-        ("h[^e]llo", vec!["hallo", "hbllo", "hcllo", "hillo", "hxllo"]),
+        (
+            "h[^e]llo",
+            vec!["hallo", "hbllo", "hcllo", "hillo", "hxllo"],
+        ),
         ("h[a-b]llo", vec!["hallo", "hbllo"]),
     ];
     for (pattern, expected) in cases {
@@ -260,7 +266,11 @@ async fn stored_null_is_not_a_miss(b: Backend) {
 
 async fn zero_expire_is_refused_before_anything_is_sent(b: Backend) {
     let cache = b.cache();
-    for expire in [Expire::from(0), Expire::from(Duration::ZERO), Expire::from(-1)] {
+    for expire in [
+        Expire::from(0),
+        Expire::from(Duration::ZERO),
+        Expire::from(-1),
+    ] {
         let err = cache.set("k", &1, expire).await.unwrap_err();
         assert!(matches!(err, Error::InvalidExpire { .. }), "{err}");
         assert!(err.to_string().contains("`k`"), "{err}");
@@ -313,23 +323,28 @@ async fn unusual_keys_round_trip(b: Backend) {
     for (i, key) in keys.iter().enumerate() {
         assert_eq!(cache.get::<usize>(key).await.unwrap(), Some(i), "{key:?}");
     }
-    assert_eq!(
-        cache.delete_many(keys).await.unwrap(),
-        keys.len() as u64
-    );
+    assert_eq!(cache.delete_many(keys).await.unwrap(), keys.len() as u64);
 }
 
 async fn glob_characters_in_prefix_version_and_key(b: Backend) {
     let odd = b.cache_with("a*[p]?\\", "[1]*");
     odd.set("k*[x]?\\", &"v", 100).await.unwrap();
-    assert_eq!(odd.get::<String>("k*[x]?\\").await.unwrap().as_deref(), Some("v"));
+    assert_eq!(
+        odd.get::<String>("k*[x]?\\").await.unwrap().as_deref(),
+        Some("v")
+    );
     odd.set("kx", &"other", 100).await.unwrap();
     // A literal key, escaped, matches only itself.
     assert_eq!(
-        odd.delete_pattern(&escape_pattern("k*[x]?\\")).await.unwrap(),
+        odd.delete_pattern(&escape_pattern("k*[x]?\\"))
+            .await
+            .unwrap(),
         1
     );
-    assert_eq!(odd.get::<String>("kx").await.unwrap().as_deref(), Some("other"));
+    assert_eq!(
+        odd.get::<String>("kx").await.unwrap().as_deref(),
+        Some("other")
+    );
 }
 
 async fn delete_pattern_stays_inside_prefix_and_version(b: Backend) {
@@ -400,13 +415,22 @@ async fn ttl_really_expires(b: Backend) {
 async fn set_many_gives_every_key_its_ttl(b: Backend) {
     let cache = b.cache();
     cache
-        .set_many((0..50).map(|i| (format!("k{i}"), i)), Duration::from_millis(300))
+        .set_many(
+            (0..50).map(|i| (format!("k{i}"), i)),
+            Duration::from_millis(300),
+        )
         .await
         .unwrap();
-    let before: Vec<Option<i32>> = cache.get_many((0..50).map(|i| format!("k{i}"))).await.unwrap();
+    let before: Vec<Option<i32>> = cache
+        .get_many((0..50).map(|i| format!("k{i}")))
+        .await
+        .unwrap();
     assert!(before.iter().all(Option::is_some));
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let after: Vec<Option<i32>> = cache.get_many((0..50).map(|i| format!("k{i}"))).await.unwrap();
+    let after: Vec<Option<i32>> = cache
+        .get_many((0..50).map(|i| format!("k{i}")))
+        .await
+        .unwrap();
     assert!(after.iter().all(Option::is_none), "{after:?}");
 }
 
@@ -432,7 +456,10 @@ async fn decode_errors_name_the_key(b: Backend) {
     assert!(matches!(err, Error::Decode { .. }), "{err}");
     assert!(err.to_string().contains("cache:1:text"), "{err}");
     assert!(!err.is_backend_failure());
-    let err = cache.get_many::<i64, _>(["missing", "text"]).await.unwrap_err();
+    let err = cache
+        .get_many::<i64, _>(["missing", "text"])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("cache:1:text"), "{err}");
 }
 
@@ -449,7 +476,11 @@ async fn bad_values_store_nothing(b: Backend) {
         .unwrap_err();
     assert!(err.to_string().contains("bad"), "{err}");
     let stored: Vec<Option<f64>> = cache.get_many(["float", "good", "bad"]).await.unwrap();
-    assert_eq!(stored, [None, None, None], "a failed set_many stores nothing");
+    assert_eq!(
+        stored,
+        [None, None, None],
+        "a failed set_many stores nothing"
+    );
     // A map with non-string keys cannot be JSON either.
     let mut map = std::collections::HashMap::new();
     map.insert(vec![1], 1);

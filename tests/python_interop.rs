@@ -23,7 +23,10 @@ fn python() -> Option<PathBuf> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/interop-venv/bin/python")
         });
     let has_impcache = Command::new(&candidate)
-        .args(["-c", "import impcache, sys; sys.exit(impcache.__version__ != '1.0.2')"])
+        .args([
+            "-c",
+            "import impcache, sys; sys.exit(impcache.__version__ != '1.0.2')",
+        ])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
@@ -41,7 +44,13 @@ fn python() -> Option<PathBuf> {
     None
 }
 
-fn run_python(python: &PathBuf, server: &RedisServer, version: &str, mode: &str, payload: &Value) -> Value {
+fn run_python(
+    python: &PathBuf,
+    server: &RedisServer,
+    version: &str,
+    mode: &str,
+    payload: &Value,
+) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/interop.py");
     let mut child = Command::new(python)
         .arg(script)
@@ -71,7 +80,10 @@ fn samples() -> Vec<(&'static str, Value)> {
         ("string", json!("value")),
         ("empty-string", json!("")),
         ("unicode", json!("Zoë 键 🔑 \"quoted\" \\ \n newline")),
-        ("nested", json!({"user": {"id": 7, "tags": ["a", "b"], "meta": {"ok": true, "none": null}}})),
+        (
+            "nested",
+            json!({"user": {"id": 7, "tags": ["a", "b"], "meta": {"ok": true, "none": null}}}),
+        ),
         ("list", json!([1, "two", 3.5, [4], {"five": 5}])),
         ("empty-list", json!([])),
         ("int", json!(42)),
@@ -91,7 +103,10 @@ async fn rust_and_python_read_each_others_entries() {
     let Some(python) = python() else { return };
     let server = RedisServer::start();
     let repository = RedisCacheRepository::new(&server.url()).unwrap();
-    let cache = Cache::builder(repository).key_prefix("interop").version(3).build();
+    let cache = Cache::builder(repository)
+        .key_prefix("interop")
+        .version(3)
+        .build();
 
     // Rust writes, Python reads.
     for (key, value) in samples() {
@@ -116,7 +131,13 @@ async fn rust_and_python_read_each_others_entries() {
         .into_iter()
         .map(|(k, v)| (format!("py:{k}"), v))
         .collect();
-    run_python(&python, &server, "3", "write", &Value::Object(written.clone()));
+    run_python(
+        &python,
+        &server,
+        "3",
+        "write",
+        &Value::Object(written.clone()),
+    );
     for (key, value) in &written {
         let got: Option<Value> = cache.get(key).await.unwrap();
         assert_eq!(got.as_ref(), Some(value), "rust get of {key}");

@@ -20,7 +20,12 @@ fn command_calls(server: &RedisServer) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_owned(), calls))
         })
         .filter(|(name, _)| name != "info" && name != "config|resetstat")
@@ -73,7 +78,10 @@ async fn set_many_is_one_set_ex_per_key_and_get_many_one_mget() {
         .unwrap();
     let calls = command_calls(&server);
     assert_eq!(calls.get("set"), Some(&100), "{calls:?}");
-    assert!(!calls.contains_key("mset") && !calls.contains_key("expire"), "{calls:?}");
+    assert!(
+        !calls.contains_key("mset") && !calls.contains_key("expire"),
+        "{calls:?}"
+    );
     for i in [0, 99] {
         let ttl: i64 = server.cmd(&["TTL", &format!("cache:1:k{i}")]);
         assert!(ttl > 0, "every key gets its TTL with its value");
@@ -95,7 +103,10 @@ async fn empty_inputs_send_nothing() {
     let cache = cache(&server);
     cache.set("warmup", &0, 10).await.unwrap();
     reset_stats(&server);
-    cache.set_many(Vec::<(String, i32)>::new(), 100).await.unwrap();
+    cache
+        .set_many(Vec::<(String, i32)>::new(), 100)
+        .await
+        .unwrap();
     let _: Vec<Option<i32>> = cache.get_many(Vec::<String>::new()).await.unwrap();
     cache.delete_many(Vec::<String>::new()).await.unwrap();
     assert_eq!(command_calls(&server), BTreeMap::new());
@@ -113,7 +124,10 @@ async fn delete_pattern_scans_and_unlinks_in_batches_never_keys() {
     reset_stats(&server);
     assert_eq!(cache.delete_pattern("item:*").await.unwrap(), 5000);
     let calls = command_calls(&server);
-    assert!(!calls.contains_key("keys") && !calls.contains_key("del"), "{calls:?}");
+    assert!(
+        !calls.contains_key("keys") && !calls.contains_key("del"),
+        "{calls:?}"
+    );
     assert!(calls["scan"] >= 2, "{calls:?}");
     assert!(calls["unlink"] >= 2, "batches: {calls:?}");
     assert_eq!(server.keys(), ["cache:1:other"]);
@@ -127,19 +141,48 @@ async fn glob_semantics_are_identical_in_both_repositories() {
     let redis = cache(&server);
     let memory = Cache::new(MemoryCacheRepository::new());
     let keys = [
-        "", "a", "b", "ab", "abc", "a*c", "a?c", "a[c", "a]c", "a\\c", "a-c", "^", "é", "aé", "hello",
-        "hallo", "h-llo", "h]llo", "h\\llo", "[", "]", "*", "?", "\\",
+        "", "a", "b", "ab", "abc", "a*c", "a?c", "a[c", "a]c", "a\\c", "a-c", "^", "é", "aé",
+        "hello", "hallo", "h-llo", "h]llo", "h\\llo", "[", "]", "*", "?", "\\",
     ];
     let patterns = [
-        "*", "?", "a*", "*c", "a?c", "a\\*c", "a\\?c", "a[*?]c", "a[^b]c", "a[b-a]c", "a[\\]]c",
-        "a[]]c", "h[^]]llo", "h[a-]llo", "h[-a]llo", "[\\\\]", "\\\\", "\\", "a\\", "[a-]", "[]",
-        "**", "*?*", "a[!b]c", "h[e-e]llo", "é", "?é", "[é]", "a[\\-]c",
+        "*",
+        "?",
+        "a*",
+        "*c",
+        "a?c",
+        "a\\*c",
+        "a\\?c",
+        "a[*?]c",
+        "a[^b]c",
+        "a[b-a]c",
+        "a[\\]]c",
+        "a[]]c",
+        "h[^]]llo",
+        "h[a-]llo",
+        "h[-a]llo",
+        "[\\\\]",
+        "\\\\",
+        "\\",
+        "a\\",
+        "[a-]",
+        "[]",
+        "**",
+        "*?*",
+        "a[!b]c",
+        "h[e-e]llo",
+        "é",
+        "?é",
+        "[é]",
+        "a[\\-]c",
     ];
     for pattern in patterns {
         for cache in [&redis, &memory] {
             cache.delete_pattern("*").await.unwrap();
             cache.delete("").await.unwrap();
-            cache.set_many(keys.iter().map(|k| (*k, 1)), 100).await.unwrap();
+            cache
+                .set_many(keys.iter().map(|k| (*k, 1)), 100)
+                .await
+                .unwrap();
         }
         let removed_redis = redis.delete_pattern(pattern).await.unwrap();
         let removed_memory = memory.delete_pattern(pattern).await.unwrap();
@@ -162,10 +205,12 @@ async fn database_number_password_and_unix_socket_dsns_work() {
         .unwrap();
     let db0: Vec<String> = redis::cmd("KEYS")
         .arg("*")
-        .query(&mut redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/0", server.port()))
-            .unwrap()
-            .get_connection()
-            .unwrap())
+        .query(
+            &mut redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/0", server.port()))
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        )
         .unwrap();
     assert!(db0.is_empty(), "{db0:?}");
     let db3: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut raw).unwrap();
@@ -177,7 +222,10 @@ async fn database_number_password_and_unix_socket_dsns_work() {
     let err = cache.get::<i32>("k").await.unwrap_err();
     assert!(err.is_backend_failure(), "{err}");
     assert!(!err.to_string().contains("wrong-password"), "{err}");
-    assert!(!format!("{cache:?}").contains("wrong-password"), "{cache:?}");
+    assert!(
+        !format!("{cache:?}").contains("wrong-password"),
+        "{cache:?}"
+    );
 
     let socket = std::env::temp_dir().join(format!("impcache-{}.sock", server.port()));
     let unix = RedisServer::start_with(&["--unixsocket", socket.to_str().unwrap()]);

@@ -99,7 +99,9 @@ pub enum Error {
     },
     /// The operation did not finish within the repository's deadline. A write that timed out may
     /// still be applied by the server later.
-    #[error("{operation} of `{key}` timed out after {deadline:?} (a write may still be applied later)")]
+    #[error(
+        "{operation} of `{key}` timed out after {deadline:?} (a write may still be applied later)"
+    )]
     Timeout {
         /// The operation (`get`, `set`, ...).
         operation: &'static str,

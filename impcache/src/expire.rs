@@ -124,7 +124,10 @@ mod tests {
 
     #[test]
     fn integers_are_seconds_and_durations_keep_milliseconds() {
-        assert_eq!(Expire::from(100).resolve("k").ok(), Some(Expiry::Seconds(100)));
+        assert_eq!(
+            Expire::from(100).resolve("k").ok(),
+            Some(Expiry::Seconds(100))
+        );
         assert_eq!(
             Expire::from(Duration::from_secs(3)).resolve("k").ok(),
             Some(Expiry::Seconds(3))

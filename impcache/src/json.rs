@@ -81,10 +81,21 @@ impl ser::Serializer for FiniteFloats {
     type SerializeStructVariant = Self;
 
     ok_scalars!(
-        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
-        serialize_i64(i64), serialize_i128(i128), serialize_u8(u8), serialize_u16(u16),
-        serialize_u32(u32), serialize_u64(u64), serialize_u128(u128), serialize_char(char),
-        serialize_str(&str), serialize_bytes(&[u8]), serialize_unit_struct(&'static str),
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
+        serialize_char(char),
+        serialize_str(&str),
+        serialize_bytes(&[u8]),
+        serialize_unit_struct(&'static str),
     );
 
     fn serialize_f32(self, v: f32) -> std::result::Result<(), NonFinite> {
@@ -189,7 +200,10 @@ compound!(
 impl ser::SerializeMap for FiniteFloats {
     type Ok = ();
     type Error = NonFinite;
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> std::result::Result<(), NonFinite> {
+    fn serialize_key<T: Serialize + ?Sized>(
+        &mut self,
+        k: &T,
+    ) -> std::result::Result<(), NonFinite> {
         k.serialize(FiniteFloats)
     }
     fn serialize_value<T: Serialize + ?Sized>(

@@ -180,7 +180,16 @@ mod tests {
         for bad in ["[", "h[ae", "x[^", r"[\]", "ok[a]then["] {
             assert!(check_pattern(bad).is_err(), "{bad}");
         }
-        for good in ["", "*", "h[ae]llo", r"\[", r"[\]]", "[]]", "a]", r"trailing\"] {
+        for good in [
+            "",
+            "*",
+            "h[ae]llo",
+            r"\[",
+            r"[\]]",
+            "[]]",
+            "a]",
+            r"trailing\",
+        ] {
             assert!(check_pattern(good).is_ok(), "{good}");
         }
     }

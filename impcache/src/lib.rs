@@ -61,13 +61,13 @@ pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
 pub use repository::breaker::CircuitBreakerConfig;
-pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder};
-pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
-pub use repository::{BoxFuture, CacheRepository};
 #[cfg(feature = "cluster")]
 pub use repository::cluster::{RedisClusterCacheRepository, RedisClusterCacheRepositoryBuilder};
+pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder};
+pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
 #[cfg(feature = "sentinel")]
 pub use repository::sentinel::{RedisSentinelCacheRepository, RedisSentinelCacheRepositoryBuilder};
+pub use repository::{BoxFuture, CacheRepository};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

@@ -50,10 +50,8 @@ impl RedisServer {
         let mut last_error = String::new();
         for _ in 0..10 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!(
-                "impcache-redis-{}-{port}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("impcache-redis-{}-{port}", std::process::id()));
             let mut server = RedisServer {
                 child: None,
                 port,
