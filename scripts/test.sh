@@ -2,7 +2,8 @@
 # Runs the whole test suite of the workspace.
 #
 # On Debian it installs what the tests need when it is missing and it may (root with apt-get):
-# redis-server and redis-tools (throwaway servers, clusters), redis-sentinel, openssl (TLS tests),
+# redis-server and redis-tools (throwaway servers, clusters, Sentinel via `redis-server --sentinel`),
+# openssl (TLS tests),
 # and a Python virtual environment with impcache==1.0.2 (the interoperability test).
 # Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -22,7 +23,6 @@ apt_install() {
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
