@@ -18,11 +18,10 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use tokio::task::JoinSet;
 
-use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
+use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
 use super::commands::{classify, scan_command, set_command};
-use super::redis::{
-    redact_dsn, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES,
-};
+use super::redis::redact_dsn;
+use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
@@ -113,10 +112,7 @@ struct Inner {
 #[must_use]
 pub struct RedisClusterCacheRepositoryBuilder {
     nodes: Vec<String>,
-    connect_timeout: Duration,
-    deadline: Duration,
-    breaker: Option<CircuitBreakerConfig>,
-    max_value_bytes: usize,
+    settings: Settings,
 }
 
 impl fmt::Debug for RedisClusterCacheRepositoryBuilder {
@@ -124,10 +120,7 @@ impl fmt::Debug for RedisClusterCacheRepositoryBuilder {
         let nodes: Vec<String> = self.nodes.iter().map(|n| redact_dsn(n)).collect();
         f.debug_struct("RedisClusterCacheRepositoryBuilder")
             .field("nodes", &nodes)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("deadline", &self.deadline)
-            .field("circuit_breaker", &self.breaker)
-            .field("max_value_bytes", &self.max_value_bytes)
+            .field("settings", &self.settings)
             .finish()
     }
 }
@@ -163,10 +156,7 @@ impl RedisClusterCacheRepository {
     {
         RedisClusterCacheRepositoryBuilder {
             nodes: nodes.into_iter().map(Into::into).collect(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            deadline: DEFAULT_DEADLINE,
-            breaker: Some(CircuitBreakerConfig::default()),
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            settings: Settings::default(),
         }
     }
 
@@ -1121,37 +1111,7 @@ impl CacheRepository for RedisClusterCacheRepository {
 }
 
 impl RedisClusterCacheRepositoryBuilder {
-    /// Time allowed to open a connection to a node. Default 250 ms.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The most any operation waits, redirections, retries and reconnecting included.
-    /// Default 500 ms. For `delete_pattern` it bounds each round trip of the sweep.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
-        self
-    }
-
-    /// Replaces the circuit-breaker settings (default: open after 5 consecutive outage errors,
-    /// probe every 500 ms). The breaker covers the whole cluster.
-    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
-        self.breaker = Some(config);
-        self
-    }
-
-    /// Turns the circuit breaker off: every operation tries the cluster, each bounded by the deadline.
-    pub fn without_circuit_breaker(mut self) -> Self {
-        self.breaker = None;
-        self
-    }
-
-    /// The largest encoded value accepted before sending (default 512 MiB, Redis's own limit).
-    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.max_value_bytes = bytes;
-        self
-    }
+    shared_setters!();
 
     /// Checks the node addresses and builds the repository; nothing is connected yet.
     pub fn build(self) -> Result<RedisClusterCacheRepository> {
@@ -1168,9 +1128,9 @@ impl RedisClusterCacheRepositoryBuilder {
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
         let seed = infos[0].clone().set_tcp_settings(tcp.clone());
         let client = ClusterClientBuilder::new(infos)
-            .connection_timeout(self.connect_timeout)
-            .response_timeout(self.deadline)
-            .overall_response_timeout(Some(self.deadline))
+            .connection_timeout(self.settings.connect_timeout)
+            .response_timeout(self.settings.deadline)
+            .overall_response_timeout(Some(self.settings.deadline))
             .retries(CLUSTER_RETRIES)
             .min_retry_wait(10)
             .max_retry_wait(100)
@@ -1197,10 +1157,10 @@ impl RedisClusterCacheRepositoryBuilder {
                 node_connections: RwLock::new(HashMap::new()),
                 generations: AtomicU64::new(0),
                 consecutive_failures: AtomicU32::new(0),
-                deadline: self.deadline,
-                connect_timeout: self.connect_timeout,
-                max_value_bytes: self.max_value_bytes,
-                breaker: CircuitBreaker::new(self.breaker),
+                deadline: self.settings.deadline,
+                connect_timeout: self.settings.connect_timeout,
+                max_value_bytes: self.settings.max_value_bytes,
+                breaker: CircuitBreaker::new(self.settings.breaker),
                 shown_nodes: self.nodes.iter().map(|n| redact_dsn(n)).collect(),
             }),
         })

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod redis;
 #[cfg(feature = "sentinel")]
 pub mod sentinel;
+pub(crate) mod settings;
 
 /// A boxed, `Send` future: what [`CacheRepository`] methods return, so that the trait stays
 /// object-safe (`Arc<dyn CacheRepository>`).

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 
-use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
+use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
 use super::commands::{classify, scan_command, set_command};
+use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
@@ -86,10 +87,7 @@ enum Source {
 #[must_use]
 pub struct RedisCacheRepositoryBuilder {
     source: Source,
-    connect_timeout: Duration,
-    deadline: Duration,
-    breaker: Option<CircuitBreakerConfig>,
-    max_value_bytes: usize,
+    settings: Settings,
     #[cfg(feature = "tls")]
     tls: TlsSettings,
 }
@@ -111,10 +109,7 @@ impl fmt::Debug for RedisCacheRepositoryBuilder {
         let mut debug = f.debug_struct("RedisCacheRepositoryBuilder");
         debug
             .field("source", &source)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("deadline", &self.deadline)
-            .field("circuit_breaker", &self.breaker)
-            .field("max_value_bytes", &self.max_value_bytes);
+            .field("settings", &self.settings);
         #[cfg(feature = "tls")]
         debug
             .field(
@@ -511,10 +506,7 @@ impl RedisCacheRepositoryBuilder {
     fn new(source: Source) -> Self {
         Self {
             source,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            deadline: DEFAULT_DEADLINE,
-            breaker: Some(CircuitBreakerConfig::default()),
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            settings: Settings::default(),
             #[cfg(feature = "tls")]
             tls: TlsSettings::default(),
         }
@@ -541,37 +533,7 @@ impl RedisCacheRepositoryBuilder {
         self
     }
 
-    /// Time allowed to open a connection (TCP and handshake). Default 250 ms.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The most any operation waits, reconnecting included. Default 500 ms. For `delete_pattern`
-    /// it bounds each round trip of the sweep.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
-        self
-    }
-
-    /// Replaces the circuit-breaker settings (default: open after 5 consecutive outage errors,
-    /// probe every 500 ms).
-    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
-        self.breaker = Some(config);
-        self
-    }
-
-    /// Turns the circuit breaker off: every operation tries the server, each bounded by the deadline.
-    pub fn without_circuit_breaker(mut self) -> Self {
-        self.breaker = None;
-        self
-    }
-
-    /// The largest encoded value accepted before sending (default 512 MiB, Redis's own limit).
-    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.max_value_bytes = bytes;
-        self
-    }
+    shared_setters!();
 
     /// Checks the DSN and builds the repository; nothing is connected yet.
     pub fn build(self) -> Result<RedisCacheRepository> {
@@ -630,7 +592,7 @@ impl RedisCacheRepositoryBuilder {
             .set_number_of_retries(0)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100))
-            .set_connection_timeout(Some(self.connect_timeout))
+            .set_connection_timeout(Some(self.settings.connect_timeout))
             // Our own deadline (`tokio::time::timeout` around each call) bounds every response;
             // a second, identical timer inside the connection would only cost time per call.
             .set_response_timeout(None);
@@ -641,10 +603,10 @@ impl RedisCacheRepositoryBuilder {
                 manager: RwLock::new(None),
                 generations: AtomicU64::new(0),
                 consecutive_timeouts: AtomicU32::new(0),
-                deadline: self.deadline,
-                connect_timeout: self.connect_timeout,
-                max_value_bytes: self.max_value_bytes,
-                breaker: CircuitBreaker::new(self.breaker),
+                deadline: self.settings.deadline,
+                connect_timeout: self.settings.connect_timeout,
+                max_value_bytes: self.settings.max_value_bytes,
+                breaker: CircuitBreaker::new(self.settings.breaker),
                 shown_dsn,
             }),
         }

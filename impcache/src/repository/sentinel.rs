@@ -12,11 +12,9 @@ use bytes::Bytes;
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::RedisConnectionInfo;
 
-use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
-use super::redis::{
-    redact_dsn, RedisCacheRepository, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE,
-    DEFAULT_MAX_VALUE_BYTES,
-};
+use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
+use super::redis::{redact_dsn, RedisCacheRepository};
+use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, BoxError, Error, Result};
 use crate::expire::Expiry;
@@ -91,10 +89,7 @@ pub struct RedisSentinelCacheRepositoryBuilder {
     db: i64,
     username: Option<String>,
     password: Option<String>,
-    connect_timeout: Duration,
-    deadline: Duration,
-    breaker: Option<CircuitBreakerConfig>,
-    max_value_bytes: usize,
+    settings: Settings,
     recheck_every: Option<Duration>,
 }
 
@@ -110,10 +105,7 @@ impl fmt::Debug for RedisSentinelCacheRepositoryBuilder {
             .field("db", &self.db)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("connect_timeout", &self.connect_timeout)
-            .field("deadline", &self.deadline)
-            .field("circuit_breaker", &self.breaker)
-            .field("max_value_bytes", &self.max_value_bytes)
+            .field("settings", &self.settings)
             .field("recheck_every", &self.recheck_every)
             .finish()
     }
@@ -159,10 +151,7 @@ impl RedisSentinelCacheRepository {
             db: 0,
             username: None,
             password: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            deadline: DEFAULT_DEADLINE,
-            breaker: Some(CircuitBreakerConfig::default()),
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            settings: Settings::default(),
             recheck_every: Some(DEFAULT_RECHECK_EVERY),
         }
     }
@@ -566,37 +555,7 @@ impl RedisSentinelCacheRepositoryBuilder {
         self
     }
 
-    /// Time allowed to open a connection to the primary. Default 250 ms.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The most any operation waits, the Sentinel lookup included. Default 500 ms. For
-    /// `delete_pattern` it bounds each round trip of the sweep.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
-        self
-    }
-
-    /// Replaces the circuit-breaker settings (default: open after 5 consecutive outage errors,
-    /// probe every 500 ms).
-    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
-        self.breaker = Some(config);
-        self
-    }
-
-    /// Turns the circuit breaker off.
-    pub fn without_circuit_breaker(mut self) -> Self {
-        self.breaker = None;
-        self
-    }
-
-    /// The largest encoded value accepted before sending (default 512 MiB, Redis's own limit).
-    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.max_value_bytes = bytes;
-        self
-    }
+    shared_setters!();
 
     /// How often a background task asks the Sentinels whether the primary changed, so that a
     /// failover that leaves the old primary answering (`SENTINEL FAILOVER`) is noticed within
@@ -661,10 +620,10 @@ impl RedisSentinelCacheRepositoryBuilder {
                 service_name: self.service_name,
                 node_info,
                 state: RwLock::new(State::default()),
-                deadline: self.deadline,
-                connect_timeout: self.connect_timeout,
-                max_value_bytes: self.max_value_bytes,
-                breaker: CircuitBreaker::new(self.breaker),
+                deadline: self.settings.deadline,
+                connect_timeout: self.settings.connect_timeout,
+                max_value_bytes: self.settings.max_value_bytes,
+                breaker: CircuitBreaker::new(self.settings.breaker),
                 shown_sentinels,
                 recheck_every: self.recheck_every,
                 epoch: Instant::now(),

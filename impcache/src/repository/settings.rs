@@ -1,0 +1,68 @@
+//! Settings shared by the builders of the Redis-backed repositories (single server, Sentinel,
+//! Cluster): one definition of the defaults and of the builder methods that set them.
+
+use std::time::Duration;
+
+use super::breaker::CircuitBreakerConfig;
+use super::redis::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES};
+
+/// Deadlines, breaker and size limit of a Redis-backed repository.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) deadline: Duration,
+    pub(crate) breaker: Option<CircuitBreakerConfig>,
+    pub(crate) max_value_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            breaker: Some(CircuitBreakerConfig::default()),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+/// The builder methods for [`Settings`], for a builder with a `settings` field.
+macro_rules! shared_setters {
+    () => {
+        /// Time allowed to open a connection (TCP and handshake). Default 250 ms.
+        pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.settings.connect_timeout = timeout;
+            self
+        }
+
+        /// The most any operation waits, reconnecting (and, on a cluster, redirections and
+        /// retries) included. Default 500 ms. For `delete_pattern` it bounds each round trip
+        /// of the sweep.
+        pub fn deadline(mut self, deadline: std::time::Duration) -> Self {
+            self.settings.deadline = deadline;
+            self
+        }
+
+        /// Replaces the circuit-breaker settings (default: open after 5 consecutive outage
+        /// errors, probe every 500 ms).
+        pub fn circuit_breaker(mut self, config: $crate::CircuitBreakerConfig) -> Self {
+            self.settings.breaker = Some(config);
+            self
+        }
+
+        /// Turns the circuit breaker off: every operation tries the server, each bounded by
+        /// the deadline.
+        pub fn without_circuit_breaker(mut self) -> Self {
+            self.settings.breaker = None;
+            self
+        }
+
+        /// The largest encoded value accepted before sending (default 512 MiB, Redis's own
+        /// limit).
+        pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+            self.settings.max_value_bytes = bytes;
+            self
+        }
+    };
+}
+pub(crate) use shared_setters;
