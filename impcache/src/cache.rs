@@ -379,3 +379,24 @@ impl Cache {
         self.shared.repository.set_nx(&full, value, expiry).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryCacheRepository, RedisCacheRepository};
+
+    fn shareable<T: Clone + Send + Sync + fmt::Debug + 'static>() {}
+
+    #[test]
+    fn handles_are_cheap_shareable_and_debug() {
+        shareable::<Cache>();
+        shareable::<MemoryCacheRepository>();
+        shareable::<RedisCacheRepository>();
+        // The repository trait is object-safe: a user backend goes behind `Arc<dyn ..>`.
+        let repository: Arc<dyn CacheRepository> = Arc::new(MemoryCacheRepository::new());
+        let cache = Cache::builder_shared(repository).build();
+        let clone = cache.with_version(2);
+        assert!(Arc::ptr_eq(cache.repository(), clone.repository()));
+        assert!(format!("{cache:?}").contains("key_prefix"));
+    }
+}
