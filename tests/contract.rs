@@ -15,17 +15,18 @@ use impcache::{
 use impcache_tests::RedisServer;
 use serde::{Deserialize, Serialize};
 
-/// A repository under test, and the server behind it when there is one.
+/// A repository under test, and the servers behind it when the test started its own (they are
+/// killed when it is dropped).
 struct Backend {
     repository: Arc<dyn CacheRepository>,
-    _server: Option<RedisServer>,
+    _servers: Option<Box<dyn std::any::Any>>,
 }
 
 impl Backend {
     fn memory() -> Self {
         Backend {
             repository: Arc::new(MemoryCacheRepository::new()),
-            _server: None,
+            _servers: None,
         }
     }
 
@@ -37,7 +38,7 @@ impl Backend {
             .unwrap();
         Backend {
             repository: Arc::new(repository),
-            _server: Some(server),
+            _servers: Some(Box::new(server)),
         }
     }
 
@@ -53,7 +54,25 @@ impl Backend {
             .unwrap();
         Backend {
             repository: Arc::new(NamespacedRepository::unique(Arc::new(repository))),
-            _server: None,
+            _servers: None,
+        }
+    }
+
+    /// A primary, its replica and a Sentinel of this test's own; the repository finds the
+    /// primary through the Sentinel.
+    #[cfg(feature = "sentinel")]
+    fn sentinel() -> Self {
+        use impcache::RedisSentinelCacheRepository;
+        use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+        let group = SentinelGroup::start();
+        let repository =
+            RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+                .deadline(Duration::from_secs(5))
+                .build()
+                .unwrap();
+        Backend {
+            repository: Arc::new(repository),
+            _servers: Some(Box::new(group)),
         }
     }
 
@@ -85,6 +104,15 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Backend::redis()).await
+                }
+            )*
+        }
+        #[cfg(feature = "sentinel")]
+        mod sentinel {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::sentinel()).await
                 }
             )*
         }
