@@ -134,10 +134,13 @@ impl Entry {
         };
         let status = StatusCode::from_u16(u16::from_le_bytes(r.take(2)?.try_into().ok()?)).ok()?;
         let count = r.varint()?;
-        let mut headers = HeaderMap::with_capacity(usize::try_from(count.min(256)).ok()?);
+        // Room for the fields a hit adds (`Age`, `Content-Length`, the status headers): no regrowth.
+        let capacity = usize::try_from(count.min(256)).ok()? + 4;
+        let mut headers = HeaderMap::with_capacity(capacity);
         for _ in 0..count {
             let name = HeaderName::from_bytes(r.field()?).ok()?;
-            let value = HeaderValue::from_bytes(r.field()?).ok()?;
+            // Shares `bytes` (no copy), like the body.
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(r.field()?)).ok()?;
             headers.append(name, value);
         }
         let body_len = usize::try_from(r.varint()?).ok()?;

@@ -21,8 +21,6 @@
 //! [`url_pattern`] (`{namespace}:{host}:{path}:{query}:*`), and a whole subtree with
 //! [`prefix_pattern`] (`{namespace}:{host}:{path-prefix}*`); the host may be `None` for "any host".
 
-use std::fmt::Write as _;
-
 use http::{HeaderMap, HeaderName, Method};
 use sha2::{Digest, Sha256};
 
@@ -54,54 +52,90 @@ fn token_safe(b: u8) -> bool {
     path_safe(b) && b != b'/'
 }
 
-fn push_encoded(out: &mut String, s: &str, safe: fn(u8) -> bool) {
-    for &b in s.as_bytes() {
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `s`, its safe bytes as they are (ASCII-lowercased when `lowercase`), every other
+/// byte as `%XX`.
+fn push_encoded_with(out: &mut String, s: &str, safe: fn(u8) -> bool, lowercase: bool) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &raw) in bytes.iter().enumerate() {
+        let b = if lowercase {
+            raw.to_ascii_lowercase()
+        } else {
+            raw
+        };
+        if b == raw && safe(b) {
+            continue;
+        }
+        // `start..i` holds only safe (ASCII) bytes, so both ends are character boundaries.
+        if let Some(run) = s.get(start..i) {
+            out.push_str(run);
+        }
+        start = i + 1;
         if safe(b) {
             out.push(char::from(b));
         } else {
-            let _ = write!(out, "%{b:02X}");
+            out.push('%');
+            out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
+            out.push(char::from(HEX_UPPER[usize::from(b & 0xf)]));
         }
     }
+    if let Some(run) = s.get(start..) {
+        out.push_str(run);
+    }
+}
+
+fn push_encoded(out: &mut String, s: &str, safe: fn(u8) -> bool) {
+    push_encoded_with(out, s, safe, false);
 }
 
 /// The host segment: lowercased and encoded, `-` when the request names none.
-fn host_segment(host: Option<&str>) -> String {
+fn push_host_segment(out: &mut String, host: Option<&str>) {
     match host {
-        None | Some("") => "-".to_owned(),
-        Some(host) => {
-            let mut out = String::with_capacity(host.len());
-            push_encoded(&mut out, &host.to_ascii_lowercase(), token_safe);
-            out
-        }
+        None | Some("") => out.push('-'),
+        Some(host) => push_encoded_with(out, host, token_safe, true),
     }
+}
+
+fn host_segment(host: Option<&str>) -> String {
+    let mut out = String::with_capacity(host.map_or(1, str::len));
+    push_host_segment(&mut out, host);
+    out
 }
 
 /// The path segment: always starts with `/` (an empty path is `/`).
-fn path_segment(path: &str) -> String {
-    let mut out = String::with_capacity(path.len() + 1);
+fn push_path_segment(out: &mut String, path: &str) {
     if !path.starts_with('/') {
         out.push('/');
     }
-    push_encoded(&mut out, path, path_safe);
+    push_encoded(out, path, path_safe);
+}
+
+fn path_segment(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 1);
+    push_path_segment(&mut out, path);
     out
 }
 
-fn hex128(digest: &[u8]) -> String {
-    let mut out = String::with_capacity(32);
-    for b in digest.iter().take(16) {
-        let _ = write!(out, "{b:02x}");
+fn push_hex128(out: &mut String, digest: &[u8]) {
+    for &b in digest.iter().take(16) {
+        out.push(char::from(HEX_LOWER[usize::from(b >> 4)]));
+        out.push(char::from(HEX_LOWER[usize::from(b & 0xf)]));
     }
-    out
 }
 
 /// The query segment: `-` without a query, else the hash of its sorted parameters.
-fn query_segment(query: Option<&str>) -> String {
+fn push_query_segment(out: &mut String, query: Option<&str>) {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
-        return "-".to_owned();
+        out.push('-');
+        return;
     };
     let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
     if params.is_empty() {
-        return "-".to_owned();
+        out.push('-');
+        return;
     }
     params.sort_unstable();
     let mut hasher = Sha256::new();
@@ -109,7 +143,13 @@ fn query_segment(query: Option<&str>) -> String {
         hasher.update(param.as_bytes());
         hasher.update(b"&");
     }
-    hex128(&hasher.finalize())
+    push_hex128(out, &hasher.finalize());
+}
+
+fn query_segment(query: Option<&str>) -> String {
+    let mut out = String::with_capacity(32);
+    push_query_segment(&mut out, query);
+    out
 }
 
 /// The host a request names: the `Host` header, else the URI's authority.
@@ -128,27 +168,47 @@ pub(crate) fn url_key(
     query: Option<&str>,
     method: &Method,
 ) -> String {
-    let mut key = String::with_capacity(namespace.len() + path.len() + 64);
+    let host_len = host.map_or(1, str::len);
+    let mut key = String::with_capacity(namespace.len() + host_len + path.len() + 64);
     key.push_str(namespace);
     key.push(':');
-    key.push_str(&host_segment(host));
+    push_host_segment(&mut key, host);
     key.push(':');
-    key.push_str(&path_segment(path));
+    push_path_segment(&mut key, path);
     key.push(':');
-    key.push_str(&query_segment(query));
+    push_query_segment(&mut key, query);
     key.push(':');
     push_encoded(&mut key, method.as_str(), token_safe);
     key
 }
 
+fn suffixed(url_key: &str, suffix: &str) -> String {
+    let mut key = String::with_capacity(url_key.len() + suffix.len());
+    key.push_str(url_key);
+    key.push_str(suffix);
+    key
+}
+
 /// The key holding the Vary header names learned for a URL.
 pub(crate) fn meta_key(url_key: &str) -> String {
-    format!("{url_key}:h")
+    suffixed(url_key, ":h")
 }
 
 /// The key of the entry of a URL when the response had no `Vary` (and no credentials are keyed).
 pub(crate) fn plain_variant_key(url_key: &str) -> String {
-    format!("{url_key}:v:-")
+    suffixed(url_key, ":v:-")
+}
+
+/// Whether [`variant_key`] is the [`plain_variant_key`] for these arguments.
+pub(crate) fn is_plain_variant(
+    vary: &[HeaderName],
+    headers: &HeaderMap,
+    credentials: bool,
+) -> bool {
+    vary.is_empty()
+        && !(credentials
+            && (headers.contains_key(http::header::AUTHORIZATION)
+                || headers.contains_key(http::header::COOKIE)))
 }
 
 /// The key of one variant: the request's values of the `vary` headers (and, when `credentials`,
@@ -188,7 +248,11 @@ pub(crate) fn variant_key(
             feed(&mut hasher, name);
         }
     }
-    format!("{url_key}:v:{}", hex128(&hasher.finalize()))
+    let mut key = String::with_capacity(url_key.len() + 35);
+    key.push_str(url_key);
+    key.push_str(":v:");
+    push_hex128(&mut key, &hasher.finalize());
+    key
 }
 
 /// The `delete_pattern` glob (inside the cache's prefix and version) matching every entry of one
@@ -268,6 +332,51 @@ mod tests {
         let segment = hashed.split(':').nth(3).unwrap();
         assert_eq!(segment.len(), 32);
         assert!(segment.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    /// The encoding as first written (lowercase the whole host, then escape byte by byte).
+    fn reference_encoding(s: &str, safe: fn(u8) -> bool, lowercase: bool) -> String {
+        let s = if lowercase {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_owned()
+        };
+        s.bytes()
+            .map(|b| {
+                if safe(b) {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn run_copying_encoder_matches_the_byte_by_byte_one() {
+        for input in [
+            "",
+            "a",
+            "%",
+            "é",
+            "aé",
+            "éa",
+            "Example.COM:8080",
+            "ÉxÄmple.com",
+            "/users/1?x",
+            "/a b/*?[]\\/ü/%41",
+            "日本/語",
+        ] {
+            for (safe, lowercase) in [(path_safe as fn(u8) -> bool, false), (token_safe, true)] {
+                let mut out = String::from("k:");
+                push_encoded_with(&mut out, input, safe, lowercase);
+                let expected = format!("k:{}", reference_encoding(input, safe, lowercase));
+                assert_eq!(out, expected, "{input:?}");
+            }
+        }
+        assert_eq!(host_segment(Some("Ex.COM")), "ex.com");
+        assert_eq!(host_segment(None), "-");
+        assert_eq!(query_segment(Some("")), "-");
     }
 
     #[test]

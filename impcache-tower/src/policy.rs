@@ -281,7 +281,9 @@ pub(crate) fn stored_headers(headers: &HeaderMap, status_names: &[HeaderName]) -
 
 /// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
 pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    fn opaque(tag: &str) -> &str {
+        tag.trim().trim_start_matches("W/")
+    }
     let etag = opaque(etag);
     headers
         .get_all(header::IF_NONE_MATCH)

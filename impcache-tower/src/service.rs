@@ -101,15 +101,33 @@ enum Outcome {
     },
 }
 
+/// `impcache; hit; ttl={ttl}` without `format!`.
+fn hit_status(ttl_left: Option<u64>) -> HeaderValue {
+    const PREFIX: &[u8] = b"impcache; hit; ttl=";
+    let Some(mut ttl) = ttl_left else {
+        return HeaderValue::from_static("impcache; hit");
+    };
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (ttl % 10) as u8;
+        ttl /= 10;
+        if ttl == 0 {
+            break;
+        }
+    }
+    let mut value = BytesMut::with_capacity(PREFIX.len() + digits.len() - at);
+    value.extend_from_slice(PREFIX);
+    value.extend_from_slice(&digits[at..]);
+    // Visible ASCII only: always a valid header value.
+    HeaderValue::from_maybe_shared(value.freeze())
+        .unwrap_or_else(|_| HeaderValue::from_static("impcache; hit"))
+}
+
 fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Outcome) {
     let (x_cache, cache_status) = match outcome {
-        Outcome::Hit { ttl_left } => (
-            "HIT",
-            match ttl_left {
-                Some(ttl) => format!("impcache; hit; ttl={ttl}"),
-                None => "impcache; hit".to_owned(),
-            },
-        ),
+        Outcome::Hit { ttl_left } => ("HIT", Ok(hit_status(ttl_left))),
         Outcome::Miss {
             fwd,
             stored,
@@ -123,11 +141,12 @@ fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Out
                 value.push_str("; detail=");
                 value.push_str(detail);
             }
-            ("MISS", value)
+            ("MISS", Err(value))
         }
-        Outcome::Bypass { fwd, detail } => {
-            ("BYPASS", format!("impcache; fwd={fwd}; detail={detail}"))
-        }
+        Outcome::Bypass { fwd, detail } => (
+            "BYPASS",
+            Err(format!("impcache; fwd={fwd}; detail={detail}")),
+        ),
     };
     let headers = response.headers_mut();
     if matches!(status_header, StatusHeader::XCache | StatusHeader::Both) {
@@ -137,7 +156,11 @@ fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Out
         status_header,
         StatusHeader::CacheStatus | StatusHeader::Both
     ) {
-        if let Ok(value) = HeaderValue::from_str(&cache_status) {
+        let value = match cache_status {
+            Ok(value) => Some(value),
+            Err(text) => HeaderValue::from_str(&text).ok(),
+        };
+        if let Some(value) = value {
             // RFC 9211: each cache adds its member; the one nearest the origin comes first.
             headers.append(CACHE_STATUS, value);
         }
@@ -147,7 +170,7 @@ fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Out
 /// A stored response, as sent: `Age`, the status headers, and a 304 when `If-None-Match`
 /// matches its `ETag`; no body for HEAD.
 fn serve<B>(
-    entry: &Entry,
+    entry: Entry,
     request_headers: &HeaderMap,
     head: bool,
     config: &Config,
@@ -177,18 +200,19 @@ fn serve<B>(
         }
         response
     } else {
+        let body_len = entry.body.len();
         let body = if head {
             ResponseBody::empty()
         } else {
-            ResponseBody::full(entry.body.clone())
+            ResponseBody::full(entry.body)
         };
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers.clone();
+        *response.headers_mut() = entry.headers;
         if !response.headers().contains_key(header::CONTENT_LENGTH) {
             response
                 .headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
         }
         response
     };
@@ -235,11 +259,12 @@ async fn lookup(config: &Config, url: &str, headers: &HeaderMap) -> Lookup {
         tracing::warn!(key = %keys[0], "impcache-tower: unreadable Vary list, treated as a miss");
         return Lookup::Miss("uri-miss");
     };
-    let variant = key::variant_key(url, &vary, headers, config.allow_authenticated);
-    let bytes = if variant == plain {
-        prefetched
+    // A hashed variant key never equals the plain one, which was fetched with the Vary list.
+    let (variant, bytes) = if key::is_plain_variant(&vary, headers, config.allow_authenticated) {
+        (plain, prefetched)
     } else {
-        match cache.get_raw(&variant).await {
+        let variant = key::variant_key(url, &vary, headers, config.allow_authenticated);
+        let bytes = match cache.get_raw(&variant).await {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::debug!(%error, "impcache-tower: lookup failed, calling the handler");
@@ -247,7 +272,8 @@ async fn lookup(config: &Config, url: &str, headers: &HeaderMap) -> Lookup {
                     backend: error.is_backend_failure(),
                 };
             }
-        }
+        };
+        (variant, bytes)
     };
     let Some(bytes) = bytes else {
         return Lookup::Miss("vary-miss");
@@ -437,10 +463,9 @@ where
     };
     let head = plan == RequestPlan::Head;
     let method = if head { &Method::GET } else { request.method() };
-    let headers = request.headers().clone();
     let url = key::url_key(
         &config.namespace,
-        config.host(key::request_host(request.uri(), &headers)),
+        config.host(key::request_host(request.uri(), request.headers())),
         request.uri().path(),
         request.uri().query(),
         method,
@@ -451,8 +476,8 @@ where
     let mut may_store = true;
     let mut detail = None;
     if head || !refresh {
-        match lookup(config, &url, &headers).await {
-            Lookup::Hit(entry) => return Ok(serve(&entry, &headers, head, config)),
+        match lookup(config, &url, request.headers()).await {
+            Lookup::Hit(entry) => return Ok(serve(entry, request.headers(), head, config)),
             Lookup::Miss(miss) => fwd = miss,
             Lookup::Failed { backend } => {
                 fwd = "uri-miss";
@@ -476,6 +501,8 @@ where
         );
         return Ok(response);
     }
+    // The request goes to the handler: its headers are kept for the variant key.
+    let headers = request.headers().clone();
 
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
     //    which asked for a new response).
@@ -487,7 +514,7 @@ where
                 let variant =
                     key::variant_key(&url, &published.vary, &headers, config.allow_authenticated);
                 if variant == published.variant_key {
-                    return Ok(serve(&published.entry, &headers, false, config));
+                    return Ok(serve(published.entry.clone(), &headers, false, config));
                 }
             }
             // Nothing shareable (uncacheable, another variant, the leader failed or is slow).
