@@ -226,9 +226,12 @@ mod tests {
     fn round_trips_binary_bodies_and_multi_valued_headers() {
         for len in [0, 1, 127, 128, 1024, 100 * 1024] {
             let e = entry(binary(len));
-            let decoded = Entry::decode(&e.encode()).unwrap();
-            assert_eq!(decoded, e);
-            let multi: Vec<_> = decoded.headers.get_all("x-multi").iter().collect();
+            let decoded = Entry::decode(&e.encode());
+            assert_eq!(decoded.as_ref(), Some(&e));
+            let multi: Vec<_> = decoded
+                .iter()
+                .flat_map(|d| d.headers.get_all("x-multi").iter())
+                .collect();
             assert_eq!(multi, ["one", "two"]);
         }
     }
@@ -268,10 +271,10 @@ mod tests {
             HeaderName::from_static("accept-language"),
             HeaderName::from_static("accept"),
         ];
-        assert_eq!(decode_vary(&encode_vary(&names)).unwrap(), names);
+        assert_eq!(decode_vary(&encode_vary(&names)), Some(names.to_vec()));
         assert_eq!(
-            decode_vary(&encode_vary(&[])).unwrap(),
-            Vec::<HeaderName>::new()
+            decode_vary(&encode_vary(&[])),
+            Some(Vec::<HeaderName>::new())
         );
         assert!(decode_vary(b"garbage").is_none());
     }

@@ -329,9 +329,9 @@ mod tests {
         assert_eq!(url(Some("h"), "/p", Some("")), url(Some("h"), "/p", None));
         assert!(url(Some("h"), "/p", None).ends_with(":/p:-:GET"));
         let hashed = url(Some("h"), "/p", Some("a=1"));
-        let segment = hashed.split(':').nth(3).unwrap();
-        assert_eq!(segment.len(), 32);
-        assert!(segment.bytes().all(|b| b.is_ascii_hexdigit()));
+        let segment = hashed.split(':').nth(3);
+        assert_eq!(segment.map(str::len), Some(32));
+        assert!(segment.is_some_and(|s| s.bytes().all(|b| b.is_ascii_hexdigit())));
     }
 
     /// The encoding as first written (lowercase the whole host, then escape byte by byte).

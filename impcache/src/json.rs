@@ -226,9 +226,12 @@ mod tests {
     fn compact_json_like_orjson() {
         let mut m = BTreeMap::new();
         m.insert("a", vec![1.5, 2.0]);
-        assert_eq!(&encode("k", &m).unwrap()[..], br#"{"a":[1.5,2.0]}"#);
-        assert_eq!(&encode("k", "ü").unwrap()[..], "\"ü\"".as_bytes());
-        assert_eq!(&encode("k", &None::<u8>).unwrap()[..], b"null");
+        assert_eq!(
+            encode("k", &m).ok().as_deref(),
+            Some(&br#"{"a":[1.5,2.0]}"#[..])
+        );
+        assert_eq!(encode("k", "ü").ok().as_deref(), Some("\"ü\"".as_bytes()));
+        assert_eq!(encode("k", &None::<u8>).ok().as_deref(), Some(&b"null"[..]));
     }
 
     #[test]

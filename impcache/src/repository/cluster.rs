@@ -19,7 +19,7 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use tokio::task::JoinSet;
 
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
-use super::commands::{classify, scan_command, set_command};
+use super::commands::{check_value_size, classify, scan_command, set_command};
 use super::redis::redact_dsn;
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
@@ -605,14 +605,7 @@ impl RedisClusterCacheRepository {
     }
 
     fn check_size(&self, key: &str, value: &Bytes) -> Result<()> {
-        if value.len() > self.inner.max_value_bytes {
-            return Err(Error::ValueTooLarge {
-                key: shown(key),
-                size: value.len(),
-                limit: self.inner.max_value_bytes,
-            });
-        }
-        Ok(())
+        check_value_size(key, value.len(), self.inner.max_value_bytes)
     }
 
     /// Sweeps one primary: `SCAN` it, `UNLINK` each batch (routed per slot, so a key that moved

@@ -5,8 +5,20 @@ use std::time::Duration;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-use crate::error::{BoxError, Error};
+use crate::error::{shown, BoxError, Error};
 use crate::expire::Expiry;
+
+/// Refuses, before anything is sent, a value larger than the repository accepts.
+pub(crate) fn check_value_size(key: &str, size: usize, limit: usize) -> Result<(), Error> {
+    if size > limit {
+        return Err(Error::ValueTooLarge {
+            key: shown(key),
+            size,
+            limit,
+        });
+    }
+    Ok(())
+}
 
 /// Keys per `SCAN` batch in `delete_pattern`.
 pub(crate) const SCAN_BATCH: usize = 1000;

@@ -11,7 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
-use super::commands::{classify, scan_command, set_command};
+use super::commands::{check_value_size, classify, scan_command, set_command};
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, Error, Result};
@@ -306,14 +306,7 @@ impl RedisCacheRepository {
     }
 
     fn check_size(&self, key: &str, value: &Bytes) -> Result<()> {
-        if value.len() > self.inner.max_value_bytes {
-            return Err(Error::ValueTooLarge {
-                key: shown(key),
-                size: value.len(),
-                limit: self.inner.max_value_bytes,
-            });
-        }
-        Ok(())
+        check_value_size(key, value.len(), self.inner.max_value_bytes)
     }
 }
 
