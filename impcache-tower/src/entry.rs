@@ -1,10 +1,15 @@
 //! The stored form of a response: status, headers, body and storage time, in a compact binary
-//! framing (stored with [`Cache::set_raw`](impcache::Cache::set_raw), never base64 or JSON).
+//! framing (stored with [`Cache::set_raw`](impcache::Cache::set_raw), never base64 or JSON); and of
+//! the Vary marker that a URL's record holds instead of an entry when its responses vary.
+//!
+//! An entry:
 //!
 //! ```text
-//! "IHC" 0x01                      magic and format version
+//! "IHC" 0x02                      magic and format version
 //! u64 LE                          stored at, milliseconds since the Unix epoch
 //! varint                          TTL in seconds (0: none)
+//! varint + bytes                  the Vary header names it was stored under, lowercase,
+//!                                   comma-separated (empty: none)
 //! u16 LE                          status
 //! varint                          number of header fields, then per field:
 //!   varint + bytes                  name (lowercase)
@@ -12,15 +17,51 @@
 //! varint + bytes                  body
 //! ```
 //!
-//! Varints are LEB128. Anything that does not decode is treated as a miss (and overwritten).
+//! A Vary marker:
+//!
+//! ```text
+//! "IHV" 0x02                      magic and format version
+//! bytes                           the Vary header names, lowercase, comma-separated (empty: none)
+//! ```
+//!
+//! Varints are LEB128. Anything that does not decode (the `0x01` formats included, which kept the
+//! Vary list and the entry under two keys) is treated as a miss (and overwritten).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-const MAGIC: &[u8; 4] = b"IHC\x01";
-const META_MAGIC: &[u8; 4] = b"IHV\x01";
+const MAGIC: &[u8; 4] = b"IHC\x02";
+const MARKER_MAGIC: &[u8; 4] = b"IHV\x02";
+
+/// What a URL's record (or a variant key) holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// A stored response, with the Vary header names it was stored under.
+    Entry {
+        /// The response.
+        entry: Entry,
+        /// The Vary header names (empty for the entry a URL's record holds).
+        vary: Vec<HeaderName>,
+    },
+    /// The Vary header names of a URL whose entries are variants (see [`crate::key`]).
+    Marker(Vec<HeaderName>),
+}
+
+impl Record {
+    /// Reads an entry or a Vary marker; `None` when it is neither in this format. An entry's
+    /// body and header values share `bytes` (no copy).
+    pub(crate) fn decode(bytes: &Bytes) -> Option<Record> {
+        match bytes.get(..MAGIC.len())? {
+            magic if magic == MAGIC => {
+                Entry::decode(bytes).map(|(entry, vary)| Record::Entry { entry, vary })
+            }
+            magic if magic == MARKER_MAGIC => decode_marker(bytes).map(Record::Marker),
+            _ => None,
+        }
+    }
+}
 
 /// A stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,9 +138,10 @@ impl Entry {
         now_ms.saturating_sub(self.stored_at_ms) / 1000
     }
 
-    /// The binary form.
-    pub(crate) fn encode(&self) -> Bytes {
-        let mut size = MAGIC.len() + 8 + 10 + 2 + 10 + 10 + self.body.len();
+    /// The binary form, with the Vary header names the entry is stored under.
+    pub(crate) fn encode(&self, vary: &[HeaderName]) -> Bytes {
+        let vary_len = names_len(vary);
+        let mut size = MAGIC.len() + 8 + 10 + 10 + vary_len + 2 + 10 + 10 + self.body.len();
         for (name, value) in &self.headers {
             size += 20 + name.as_str().len() + value.len();
         }
@@ -107,6 +149,8 @@ impl Entry {
         out.put_slice(MAGIC);
         out.put_u64_le(self.stored_at_ms);
         put_varint(&mut out, self.ttl.map_or(0, |d| d.as_secs().max(1)));
+        put_varint(&mut out, vary_len as u64);
+        put_names(&mut out, vary);
         out.put_u16_le(self.status.as_u16());
         put_varint(&mut out, self.headers.len() as u64);
         for (name, value) in &self.headers {
@@ -120,9 +164,9 @@ impl Entry {
         out.freeze()
     }
 
-    /// Reads the binary form; `None` when it is not an entry of this format. The body shares
-    /// `bytes` (no copy).
-    pub(crate) fn decode(bytes: &Bytes) -> Option<Entry> {
+    /// Reads the binary form, and the Vary header names the entry was stored under; `None` when
+    /// it is not an entry of this format. The body and the header values share `bytes` (no copy).
+    pub(crate) fn decode(bytes: &Bytes) -> Option<(Entry, Vec<HeaderName>)> {
         let mut r = Reader { bytes };
         if r.take(MAGIC.len())? != MAGIC {
             return None;
@@ -132,6 +176,7 @@ impl Entry {
             0 => None,
             s => Some(Duration::from_secs(s)),
         };
+        let vary = parse_names(r.field()?)?;
         let status = StatusCode::from_u16(u16::from_le_bytes(r.take(2)?.try_into().ok()?)).ok()?;
         let count = r.varint()?;
         // Room for the fields a hit adds (`Age`, `Content-Length`, the status headers): no regrowth.
@@ -149,46 +194,64 @@ impl Entry {
             return None;
         }
         let body = bytes.slice(consumed..);
-        Some(Entry {
+        let entry = Entry {
             status,
             headers,
             body,
             stored_at_ms,
             ttl,
-        })
+        };
+        Some((entry, vary))
     }
 
     /// Bytes the framing adds to the body (for the documentation's overhead figure).
     #[cfg(test)]
     pub(crate) fn overhead(&self) -> usize {
-        self.encode().len() - self.body.len()
+        self.encode(&[]).len() - self.body.len()
     }
 }
 
-/// The stored list of header names a URL's responses vary on.
-pub(crate) fn encode_vary(names: &[HeaderName]) -> Bytes {
-    let mut out = BytesMut::with_capacity(
-        META_MAGIC.len() + names.iter().map(|n| n.as_str().len() + 1).sum::<usize>(),
-    );
-    out.put_slice(META_MAGIC);
+/// Bytes of `names`, comma-separated.
+fn names_len(names: &[HeaderName]) -> usize {
+    names
+        .iter()
+        .map(|n| n.as_str().len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1)
+}
+
+/// Appends `names`, comma-separated.
+fn put_names(out: &mut BytesMut, names: &[HeaderName]) {
     for (i, name) in names.iter().enumerate() {
         if i > 0 {
             out.put_u8(b',');
         }
         out.put_slice(name.as_str().as_bytes());
     }
+}
+
+/// Reads comma-separated header names (none when empty); `None` when one is not a name.
+fn parse_names(bytes: &[u8]) -> Option<Vec<HeaderName>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    bytes
+        .split(|&b| b == b',')
+        .map(|name| HeaderName::from_bytes(name).ok())
+        .collect()
+}
+
+/// The Vary marker of a URL whose responses vary on `names` (see [`crate::key`]).
+pub(crate) fn encode_marker(names: &[HeaderName]) -> Bytes {
+    let mut out = BytesMut::with_capacity(MARKER_MAGIC.len() + names_len(names));
+    out.put_slice(MARKER_MAGIC);
+    put_names(&mut out, names);
     out.freeze()
 }
 
-/// Reads a stored Vary list; `None` when it is not one.
-pub(crate) fn decode_vary(bytes: &[u8]) -> Option<Vec<HeaderName>> {
-    let rest = bytes.strip_prefix(META_MAGIC)?;
-    if rest.is_empty() {
-        return Some(Vec::new());
-    }
-    rest.split(|&b| b == b',')
-        .map(|name| HeaderName::from_bytes(name).ok())
-        .collect()
+/// Reads a Vary marker; `None` when it is not one.
+fn decode_marker(bytes: &[u8]) -> Option<Vec<HeaderName>> {
+    parse_names(bytes.strip_prefix(MARKER_MAGIC)?)
 }
 
 #[cfg(test)]
@@ -224,21 +287,34 @@ mod tests {
 
     #[test]
     fn round_trips_binary_bodies_and_multi_valued_headers() {
+        let vary = [
+            HeaderName::from_static("accept"),
+            HeaderName::from_static("accept-language"),
+        ];
         for len in [0, 1, 127, 128, 1024, 100 * 1024] {
-            let e = entry(binary(len));
-            let decoded = Entry::decode(&e.encode());
-            assert_eq!(decoded.as_ref(), Some(&e));
-            let multi: Vec<_> = decoded
-                .iter()
-                .flat_map(|d| d.headers.get_all("x-multi").iter())
-                .collect();
-            assert_eq!(multi, ["one", "two"]);
+            for names in [&[][..], &vary[..1], &vary[..]] {
+                let e = entry(binary(len));
+                let decoded = Entry::decode(&e.encode(names));
+                assert_eq!(decoded.as_ref(), Some(&(e.clone(), names.to_vec())));
+                let multi: Vec<_> = decoded
+                    .iter()
+                    .flat_map(|(d, _)| d.headers.get_all("x-multi").iter())
+                    .collect();
+                assert_eq!(multi, ["one", "two"]);
+                assert_eq!(
+                    Record::decode(&e.encode(names)),
+                    Some(Record::Entry {
+                        entry: e,
+                        vary: names.to_vec()
+                    })
+                );
+            }
         }
     }
 
     #[test]
     fn rejects_truncated_or_foreign_bytes() {
-        let bytes = entry(binary(300)).encode();
+        let bytes = entry(binary(300)).encode(&[]);
         for cut in [0, 3, 4, 12, 20, bytes.len() - 1] {
             assert!(Entry::decode(&bytes.slice(..cut)).is_none(), "cut at {cut}");
         }
@@ -246,6 +322,26 @@ mod tests {
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert!(Entry::decode(&Bytes::from(longer)).is_none());
+        let mut bad_vary = BytesMut::new();
+        bad_vary.put_slice(MAGIC);
+        bad_vary.put_u64_le(0);
+        put_varint(&mut bad_vary, 0);
+        put_varint(&mut bad_vary, 3);
+        bad_vary.put_slice(b"a b");
+        assert!(Entry::decode(&bad_vary.freeze()).is_none());
+    }
+
+    /// The framings before the record layout (a Vary list at `:h`, the entry at `:v:-`, without
+    /// the entry's Vary list) are not read as records.
+    #[test]
+    fn the_version_1_framings_are_not_records() {
+        let current = entry(binary(10)).encode(&[]);
+        let mut old = current.to_vec();
+        old[3] = 1;
+        assert!(Record::decode(&Bytes::from(old)).is_none());
+        for bytes in [&b"IHV\x01"[..], b"IHV\x01accept", b"IHC\x01", b"IH", b""] {
+            assert!(Record::decode(&Bytes::copy_from_slice(bytes)).is_none());
+        }
     }
 
     /// The figure quoted in the README: framing overhead of a binary body with typical headers.
@@ -266,16 +362,19 @@ mod tests {
     }
 
     #[test]
-    fn vary_lists_round_trip() {
+    fn markers_round_trip() {
         let names = [
             HeaderName::from_static("accept-language"),
             HeaderName::from_static("accept"),
         ];
-        assert_eq!(decode_vary(&encode_vary(&names)), Some(names.to_vec()));
-        assert_eq!(
-            decode_vary(&encode_vary(&[])),
-            Some(Vec::<HeaderName>::new())
-        );
-        assert!(decode_vary(b"garbage").is_none());
+        for names in [&names[..], &names[..1], &[]] {
+            assert_eq!(
+                Record::decode(&encode_marker(names)),
+                Some(Record::Marker(names.to_vec()))
+            );
+        }
+        assert_eq!(&encode_marker(&[])[..], b"IHV\x02");
+        assert!(Record::decode(&Bytes::from_static(b"IHV\x02bad name")).is_none());
+        assert!(Record::decode(&Bytes::from_static(b"garbage")).is_none());
     }
 }

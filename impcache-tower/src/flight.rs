@@ -149,7 +149,7 @@ mod tests {
                 ttl: None,
             },
             vary: Vec::new(),
-            variant_key: "k:v:-".to_owned(),
+            variant_key: "k:v".to_owned(),
         })
     }
 

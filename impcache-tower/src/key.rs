@@ -3,10 +3,14 @@
 //! Every key lives inside the cache's `{prefix}:{version}:` namespace. The part this crate adds is
 //!
 //! ```text
-//! {namespace}:{host}:{path}:{query}:{method}:h              the Vary header names learned for the URL
-//! {namespace}:{host}:{path}:{query}:{method}:v:-            the entry, when the response had no Vary
-//! {namespace}:{host}:{path}:{query}:{method}:v:{vary-hash}  one entry per Vary variant
+//! {namespace}:{host}:{path}:{query}:{method}:v              the URL's record (see below)
+//! {namespace}:{host}:{path}:{query}:{method}:v:{vary-hash}  one entry per Vary (or credential) variant
 //! ```
+//!
+//! The record holds either the entry itself, when the response had no `Vary` and the request
+//! carried no keyed credentials (the common case: a hit reads this one key), or a *Vary marker*:
+//! the header names the URL's responses vary on (possibly none, when only credentialed variants
+//! exist), which name the variant to read next.
 //!
 //! - `host` and `path` are *percent-encoded* with every byte outside a small safe set escaped (`%`
 //!   and `:` included, and all Redis glob characters `* ? [ ] \`), so user-controlled parts can
@@ -160,6 +164,31 @@ pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Op
         .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
+/// Appends the URL part of a key (without the cache's prefix and version).
+fn push_url_key(
+    key: &mut String,
+    namespace: &str,
+    host: Option<&str>,
+    path: &str,
+    query: Option<&str>,
+    method: &Method,
+) {
+    key.push_str(namespace);
+    key.push(':');
+    push_host_segment(key, host);
+    key.push(':');
+    push_path_segment(key, path);
+    key.push(':');
+    push_query_segment(key, query);
+    key.push(':');
+    push_encoded(key, method.as_str(), token_safe);
+}
+
+/// Room for the segments [`push_url_key`] adds beyond the namespace, host and path as given.
+fn url_key_capacity(namespace: &str, host: Option<&str>, path: &str) -> usize {
+    namespace.len() + host.map_or(1, str::len) + path.len() + 64
+}
+
 /// The URL part of a key (without the cache's prefix and version): everything but the variant.
 pub(crate) fn url_key(
     namespace: &str,
@@ -168,38 +197,59 @@ pub(crate) fn url_key(
     query: Option<&str>,
     method: &Method,
 ) -> String {
-    let host_len = host.map_or(1, str::len);
-    let mut key = String::with_capacity(namespace.len() + host_len + path.len() + 64);
-    key.push_str(namespace);
-    key.push(':');
-    push_host_segment(&mut key, host);
-    key.push(':');
-    push_path_segment(&mut key, path);
-    key.push(':');
-    push_query_segment(&mut key, query);
-    key.push(':');
-    push_encoded(&mut key, method.as_str(), token_safe);
+    let mut key = String::with_capacity(url_key_capacity(namespace, host, path));
+    push_url_key(&mut key, namespace, host, path, query, method);
     key
 }
 
-fn suffixed(url_key: &str, suffix: &str) -> String {
-    let mut key = String::with_capacity(url_key.len() + suffix.len());
+/// The suffix of a URL's record key.
+const RECORD_SUFFIX: &str = ":v";
+
+/// The key of a URL's record: its entry when the response had no `Vary`, else its Vary marker.
+pub(crate) fn record_key(url_key: &str) -> String {
+    let mut key = String::with_capacity(url_key.len() + RECORD_SUFFIX.len());
     key.push_str(url_key);
-    key.push_str(suffix);
+    key.push_str(RECORD_SUFFIX);
     key
 }
 
-/// The key holding the Vary header names learned for a URL.
-pub(crate) fn meta_key(url_key: &str) -> String {
-    suffixed(url_key, ":h")
+/// The URL key and the record key of one request, built in one buffer (the record key is the
+/// URL key plus `:v`).
+#[derive(Debug, Clone)]
+pub(crate) struct UrlKeys {
+    record: String,
+    url_len: usize,
 }
 
-/// The key of the entry of a URL when the response had no `Vary` (and no credentials are keyed).
-pub(crate) fn plain_variant_key(url_key: &str) -> String {
-    suffixed(url_key, ":v:-")
+impl UrlKeys {
+    /// The keys of a URL (see [`url_key`]).
+    pub(crate) fn new(
+        namespace: &str,
+        host: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+        method: &Method,
+    ) -> Self {
+        let mut record = String::with_capacity(url_key_capacity(namespace, host, path));
+        push_url_key(&mut record, namespace, host, path, query, method);
+        let url_len = record.len();
+        record.push_str(RECORD_SUFFIX);
+        UrlKeys { record, url_len }
+    }
+
+    /// The URL key (see [`url_key`]).
+    pub(crate) fn url(&self) -> &str {
+        self.record.get(..self.url_len).unwrap_or(&self.record)
+    }
+
+    /// The record key (see [`record_key`]).
+    pub(crate) fn record(&self) -> &str {
+        &self.record
+    }
 }
 
-/// Whether [`variant_key`] is the [`plain_variant_key`] for these arguments.
+/// Whether [`variant_key`] is the [`record_key`] for these arguments: no `vary` names, and no
+/// keyed credentials.
 pub(crate) fn is_plain_variant(
     vary: &[HeaderName],
     headers: &HeaderMap,
@@ -212,7 +262,8 @@ pub(crate) fn is_plain_variant(
 }
 
 /// The key of one variant: the request's values of the `vary` headers (and, when `credentials`,
-/// of `Authorization` and `Cookie`), hashed.
+/// of `Authorization` and `Cookie`), hashed; the [`record_key`] when there is nothing to hash
+/// (see [`is_plain_variant`]).
 pub(crate) fn variant_key(
     url_key: &str,
     vary: &[HeaderName],
@@ -225,7 +276,7 @@ pub(crate) fn variant_key(
             .iter()
             .any(|name| headers.contains_key(name));
     if vary.is_empty() && !keyed_credentials {
-        return plain_variant_key(url_key);
+        return record_key(url_key);
     }
     let mut hasher = Sha256::new();
     let feed = |hasher: &mut Sha256, name: &HeaderName| {
@@ -397,11 +448,11 @@ mod tests {
     fn patterns_match_exactly_what_they_name() {
         let matches =
             |pattern: &str, key: &str| impcache::glob_match(pattern.as_bytes(), key.as_bytes());
-        let a = format!("{}:v:-", url(Some("h"), "/users/1", None));
+        let a = record_key(&url(Some("h"), "/users/1", None));
         let b = format!("{}:v:abc", url(Some("h"), "/users/1", None));
-        let c = url(Some("h"), "/users/10", None) + ":h";
-        let q = url(Some("h"), "/users/1", Some("x=1")) + ":h";
-        let other = url(Some("h"), "/a*", None) + ":h";
+        let c = record_key(&url(Some("h"), "/users/10", None));
+        let q = record_key(&url(Some("h"), "/users/1", Some("x=1")));
+        let other = record_key(&url(Some("h"), "/a*", None));
         let p = url_pattern("http", Some("h"), "/users/1");
         assert!(matches(&p, &a) && matches(&p, &b));
         assert!(!matches(&p, &c) && !matches(&p, &q));
@@ -411,11 +462,11 @@ mod tests {
         // A purge of `/a*` removes that literal path only, not `/ab`.
         let star = prefix_pattern("http", None, "/a*");
         assert!(matches(&star, &other));
-        assert!(!matches(&star, &(url(Some("h"), "/ab", None) + ":h")));
+        assert!(!matches(&star, &record_key(&url(Some("h"), "/ab", None))));
         // `*` as the host cannot match across into another path.
         assert!(!matches(
             &url_pattern("http", None, "/users"),
-            &(url(Some("h"), "/x", None) + ":h")
+            &record_key(&url(Some("h"), "/x", None))
         ));
     }
 
@@ -427,10 +478,7 @@ mod tests {
         let mut fr = HeaderMap::new();
         fr.insert("accept-language", HeaderValue::from_static("fr"));
         let vary = [HeaderName::from_static("accept-language")];
-        assert_eq!(
-            variant_key(&base, &[], &en, false),
-            plain_variant_key(&base)
-        );
+        assert_eq!(variant_key(&base, &[], &en, false), record_key(&base));
         assert_ne!(
             variant_key(&base, &vary, &en, false),
             variant_key(&base, &vary, &fr, false)
@@ -441,17 +489,47 @@ mod tests {
         );
         let mut auth = HeaderMap::new();
         auth.insert("authorization", HeaderValue::from_static("Bearer a"));
-        assert_eq!(
-            variant_key(&base, &[], &auth, false),
-            plain_variant_key(&base)
-        );
-        assert_ne!(
-            variant_key(&base, &[], &auth, true),
-            plain_variant_key(&base)
-        );
+        assert_eq!(variant_key(&base, &[], &auth, false), record_key(&base));
+        assert_ne!(variant_key(&base, &[], &auth, true), record_key(&base));
         assert_eq!(
             variant_key(&base, &[], &HeaderMap::new(), true),
-            plain_variant_key(&base)
+            record_key(&base)
         );
+    }
+
+    #[test]
+    fn url_keys_share_one_buffer_and_match_the_separate_builders() {
+        for (host, path, query) in [
+            (Some("Example.com"), "/users/1", Some("b=2&a=1")),
+            (None, "", None),
+            (Some("h"), "/a:b*", Some("")),
+        ] {
+            let keys = UrlKeys::new("http", host, path, query, &Method::HEAD);
+            let url = url_key("http", host, path, query, &Method::HEAD);
+            assert_eq!(keys.url(), url);
+            assert_eq!(keys.record(), record_key(&url));
+            assert_eq!(keys.record(), format!("{url}:v"));
+        }
+    }
+
+    #[test]
+    fn the_plain_variant_is_the_record_exactly_when_is_plain_variant_says_so() {
+        let base = url(None, "/", None);
+        let vary = [HeaderName::from_static("accept-language")];
+        let mut cookie = HeaderMap::new();
+        cookie.insert("cookie", HeaderValue::from_static("sid=1"));
+        let mut lang = HeaderMap::new();
+        lang.insert("accept-language", HeaderValue::from_static("en"));
+        for names in [&vary[..], &[]] {
+            for headers in [&HeaderMap::new(), &cookie, &lang] {
+                for credentials in [false, true] {
+                    let plain = is_plain_variant(names, headers, credentials);
+                    let key = variant_key(&base, names, headers, credentials);
+                    assert_eq!(plain, key == record_key(&base), "{names:?} {headers:?}");
+                    // A variant key is the record key plus `:{hash}`: inside the URL's pattern.
+                    assert!(key.starts_with(&record_key(&base)));
+                }
+            }
+        }
     }
 }

@@ -244,8 +244,9 @@ impl CacheLayer {
     }
 
     /// The full key (with the cache's prefix and version) under which `request`'s URL is stored:
-    /// its entry is `{key}:v:-` (or `{key}:v:{hash}` per `Vary` variant) and the learned Vary
-    /// list `{key}:h`. HEAD requests name the GET key.
+    /// its record is `{key}:v` (the entry when the response had no `Vary`, else the learned Vary
+    /// header names) and each `Vary` (or credential) variant is `{key}:v:{hash}`; see [`key`].
+    /// HEAD requests name the GET key.
     pub fn request_key<B>(&self, request: &Request<B>) -> String {
         let method = if request.method() == Method::HEAD {
             &Method::GET

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tower::Service;
 
 use crate::body::{BoxError, ResponseBody};
-use crate::entry::{decode_vary, encode_vary, now_ms, Entry};
+use crate::entry::{encode_marker, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Join, Published};
 use crate::future::ResponseFuture;
 use crate::key;
@@ -238,48 +238,43 @@ enum Lookup {
     },
 }
 
-async fn lookup(config: &Config, url: &str, headers: &HeaderMap) -> Lookup {
+/// `Lookup::Failed` for a cache error.
+fn failed(error: &impcache::Error) -> Lookup {
+    tracing::debug!(%error, "impcache-tower: lookup failed, calling the handler");
+    Lookup::Failed {
+        backend: error.is_backend_failure(),
+    }
+}
+
+/// Reads the URL's record and, when it names another variant than the record's entry, that
+/// variant: one GET for a URL without `Vary`, two for a varying one.
+async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
     let cache = &config.cache;
-    let plain = key::plain_variant_key(url);
-    let keys = [cache.make_key(&key::meta_key(url)), cache.make_key(&plain)];
-    let values = match cache.repository().get_many(&keys).await {
-        Ok(values) => values,
-        Err(error) => {
-            tracing::debug!(%error, "impcache-tower: lookup failed, calling the handler");
-            return Lookup::Failed {
-                backend: error.is_backend_failure(),
-            };
+    let record = match cache.get_raw(keys.record()).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Lookup::Miss("uri-miss"),
+        Err(error) => return failed(&error),
+    };
+    let (vary, entry) = match Record::decode(&record) {
+        Some(Record::Entry { entry, vary }) => (vary, Some(entry)),
+        Some(Record::Marker(vary)) => (vary, None),
+        None => {
+            tracing::warn!(key = %keys.record(), "impcache-tower: unreadable record, treated as a miss");
+            return Lookup::Miss("uri-miss");
         }
     };
-    let mut values = values.into_iter();
-    let (Some(meta), prefetched) = (values.next().flatten(), values.next().flatten()) else {
-        return Lookup::Miss("uri-miss");
-    };
-    let Some(vary) = decode_vary(&meta) else {
-        tracing::warn!(key = %keys[0], "impcache-tower: unreadable Vary list, treated as a miss");
-        return Lookup::Miss("uri-miss");
-    };
-    // A hashed variant key never equals the plain one, which was fetched with the Vary list.
-    let (variant, bytes) = if key::is_plain_variant(&vary, headers, config.allow_authenticated) {
-        (plain, prefetched)
-    } else {
-        let variant = key::variant_key(url, &vary, headers, config.allow_authenticated);
-        let bytes = match cache.get_raw(&variant).await {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::debug!(%error, "impcache-tower: lookup failed, calling the handler");
-                return Lookup::Failed {
-                    backend: error.is_backend_failure(),
-                };
-            }
-        };
-        (variant, bytes)
-    };
-    let Some(bytes) = bytes else {
-        return Lookup::Miss("vary-miss");
+    if key::is_plain_variant(&vary, headers, config.allow_authenticated) {
+        // The record's key is this request's variant key: its entry, if it holds one.
+        return entry.map_or(Lookup::Miss("vary-miss"), Lookup::Hit);
+    }
+    let variant = key::variant_key(keys.url(), &vary, headers, config.allow_authenticated);
+    let bytes = match cache.get_raw(&variant).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Lookup::Miss("vary-miss"),
+        Err(error) => return failed(&error),
     };
     match Entry::decode(&bytes) {
-        Some(entry) => Lookup::Hit(entry),
+        Some((entry, _)) => Lookup::Hit(entry),
         None => {
             tracing::warn!(key = %variant, "impcache-tower: unreadable entry, treated as a miss");
             Lookup::Miss("vary-miss")
@@ -380,38 +375,57 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn store(cache: Cache, url: String, published: Arc<Published>) {
+/// Writes a response: its variant, and the URL's record naming it.
+async fn store(cache: &Cache, record: &str, published: &Published) -> impcache::Result<()> {
     let expire = published
         .entry
         .ttl
         .map_or(Expire::NEVER, Expire::from_duration);
-    // The entry first, then the Vary list: a reader that finds the list finds the entry.
-    let stored = cache
-        .set_raw(&published.variant_key, published.entry.encode(), expire)
-        .await;
-    let stored = match stored {
-        Ok(()) => {
-            cache
-                .set_raw(&key::meta_key(&url), encode_vary(&published.vary), expire)
-                .await
-        }
-        Err(error) => Err(error),
-    };
-    if let Err(error) = stored {
-        tracing::debug!(%error, "impcache-tower: response not stored");
+    let entry = published.entry.encode(&published.vary);
+    if published.variant_key == record {
+        // The plain variant: one key, which also replaces a Vary marker.
+        return cache.set_raw(record, entry, expire).await;
     }
+    // The variant first, then the record: a reader that finds the record finds the variant.
+    cache.set_raw(&published.variant_key, entry, expire).await?;
+    let marker = encode_marker(&published.vary);
+    if !published.vary.is_empty() {
+        // Replaces a plain entry: once a URL varies, its plain entry must never be served.
+        return cache.set_raw(record, marker, expire).await;
+    }
+    // A credentialed variant of a response without `Vary`: the record must say "vary on nothing"
+    // without evicting a plain entry that anonymous requests are served from (credentialed
+    // requests never read it: they are not the plain variant).
+    if cache.set_nx_raw(record, marker.clone(), expire).await? {
+        return Ok(());
+    }
+    let current = cache.get_raw(record).await?;
+    let keep = match current.as_ref().and_then(Record::decode) {
+        Some(Record::Entry { .. }) => true,
+        Some(Record::Marker(vary)) => vary.is_empty(),
+        // Gone meanwhile, or unreadable (an older format): the marker takes its place.
+        None => false,
+    };
+    if keep {
+        return Ok(());
+    }
+    // A stale marker (the URL no longer varies). A plain entry stored between the read and this
+    // write is lost (a later miss stores it again); none is ever served to the wrong request.
+    cache.set_raw(record, marker, expire).await
 }
 
 /// Stores in the background when a tokio runtime is there, so the response is not delayed by
 /// the write; the flight stays open until the write has finished.
 async fn store_then_release(
     cache: Cache,
-    url: String,
+    keys: key::UrlKeys,
     published: Arc<Published>,
     guard: Option<FlightGuard>,
 ) {
     let task = async move {
-        store(cache, url, published).await;
+        if let Err(error) = store(&cache, keys.record(), &published).await {
+            tracing::debug!(%error, "impcache-tower: response not stored");
+        }
         drop(guard);
     };
     match tokio::runtime::Handle::try_current() {
@@ -463,20 +477,21 @@ where
     };
     let head = plan == RequestPlan::Head;
     let method = if head { &Method::GET } else { request.method() };
-    let url = key::url_key(
+    let keys = key::UrlKeys::new(
         &config.namespace,
         config.host(key::request_host(request.uri(), request.headers())),
         request.uri().path(),
         request.uri().query(),
         method,
     );
+    let url = keys.url();
 
     // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
     let mut fwd = "request";
     let mut may_store = true;
     let mut detail = None;
     if head || !refresh {
-        match lookup(config, &url, request.headers()).await {
+        match lookup(config, &keys, request.headers()).await {
             Lookup::Hit(entry) => return Ok(serve(entry, request.headers(), head, config)),
             Lookup::Miss(miss) => fwd = miss,
             Lookup::Failed { backend } => {
@@ -506,13 +521,13 @@ where
 
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
     //    which asked for a new response).
-    let guard = match (config.coalesce && !refresh).then(|| layer.flights.join(&url)) {
+    let guard = match (config.coalesce && !refresh).then(|| layer.flights.join(url)) {
         None => None,
         Some(Join::Leader(guard)) => Some(guard),
         Some(Join::Waiter(waiter)) => {
             if let Some(published) = waiter.wait(config.lock_timeout).await {
                 let variant =
-                    key::variant_key(&url, &published.vary, &headers, config.allow_authenticated);
+                    key::variant_key(url, &published.vary, &headers, config.allow_authenticated);
                 if variant == published.variant_key {
                     return Ok(serve(published.entry.clone(), &headers, false, config));
                 }
@@ -582,7 +597,7 @@ where
         parts.headers.insert(header::ETAG, etag);
     }
     let vary = policy::vary_names(&parts.headers).unwrap_or_default();
-    let variant_key = key::variant_key(&url, &vary, &headers, config.allow_authenticated);
+    let variant_key = key::variant_key(url, &vary, &headers, config.allow_authenticated);
     let published = Arc::new(Published {
         entry: Entry {
             status: parts.status,
@@ -598,7 +613,7 @@ where
         guard.publish(Some(Arc::clone(&published)));
     }
     if may_store {
-        store_then_release(config.cache.clone(), url, published, guard).await;
+        store_then_release(config.cache.clone(), keys, published, guard).await;
     }
     let mut response = Response::from_parts(parts, ResponseBody::full(body));
     mark(

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use impcache::{Cache, CacheRepository};
 use impcache_tower::{CacheLayer, StatusHeader};
 use support::*;
 
@@ -525,7 +526,7 @@ async fn vary_is_learned_per_url_and_keys_the_variants() {
     assert_eq!(send(&svc, en()).await.body, "en");
     let en2 = send(&svc, en()).await;
     assert_eq!((en2.x_cache(), en2.body.as_ref()), ("HIT", &b"en"[..]));
-    wait_key(&layer, "/hello", ":h").await;
+    wait_key(&layer, "/hello", ":v").await;
     let fr1 = send(&svc, fr()).await;
     assert_eq!((fr1.x_cache(), fr1.body.as_ref()), ("MISS", &b"fr"[..]));
     assert_eq!(
@@ -763,7 +764,7 @@ async fn purges_remove_a_url_with_its_variants_or_a_prefix_and_glob_characters_s
         "/ab",
         "/other",
     ] {
-        let meta = format!("{}:h", keys(uri));
+        let meta = format!("{}:v", keys(uri));
         for _ in 0..400 {
             if layer
                 .cache()
@@ -786,7 +787,8 @@ async fn purges_remove_a_url_with_its_variants_or_a_prefix_and_glob_characters_s
                 .unwrap()
         })
     };
-    // One URL: its Vary list and both variants (3 keys); the other query is another URL.
+    // One URL: its record (the Vary marker) and both variants (3 keys); the other query is
+    // another URL.
     assert_eq!(
         layer
             .purge_url(Some("example.com"), "/users/1")
@@ -810,29 +812,323 @@ async fn purges_remove_a_url_with_its_variants_or_a_prefix_and_glob_characters_s
     assert!(layer.purge_all().await.unwrap() >= 3);
 }
 
+/// A record or variant in another format (the version 1 framings, which kept the Vary list at
+/// `{key}:h` and the entry at `{key}:v:-`, or foreign bytes) is a miss, then gets overwritten.
 #[tokio::test]
-async fn unreadable_entries_are_misses_and_get_overwritten() {
-    let layer = layer();
-    let key = format!("{}:v:-", layer.request_key(&get("/bad")));
-    let cache = layer.cache().clone();
-    let caller_key = key.strip_prefix("cache:1:").unwrap();
-    cache
-        .set_raw(
-            &format!("{}:h", caller_key.trim_end_matches(":v:-")),
-            Bytes::from_static(b"IHV\x01"),
-            60,
+async fn records_in_an_old_or_foreign_format_are_misses_and_get_overwritten() {
+    // A complete version 1 entry: magic, stored at, TTL 60, status 200, no headers, body "old".
+    let mut old_entry = b"IHC\x01".to_vec();
+    old_entry.extend_from_slice(&0u64.to_le_bytes());
+    old_entry.extend_from_slice(&[60, 200, 0, 0, 3]);
+    old_entry.extend_from_slice(b"old");
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("/old-entry", old_entry.clone()),
+        ("/old-list", b"IHV\x01".to_vec()),
+        ("/old-list-vary", b"IHV\x01accept-language".to_vec()),
+        ("/foreign", b"{\"not\":\"ours\"}".to_vec()),
+    ];
+    for (uri, bytes) in cases {
+        let layer = layer();
+        let cache = layer.cache().clone();
+        let key = layer.request_key(&get(uri));
+        let caller_key = key.strip_prefix("cache:1:").unwrap().to_owned();
+        // The record, and what a version 1 layer left next to it.
+        for (suffix, value) in [
+            (":v", bytes.clone()),
+            (":h", b"IHV\x01".to_vec()),
+            (":v:-", old_entry.clone()),
+        ] {
+            cache
+                .set_raw(&format!("{caller_key}{suffix}"), Bytes::from(value), 60)
+                .await
+                .unwrap();
+        }
+        let (svc, calls) = counting(layer.clone());
+        let first = send(&svc, get(uri)).await;
+        assert_eq!(
+            (first.body.as_ref(), first.header("cache-status")),
+            (&b"call 1"[..], Some("impcache; fwd=uri-miss; stored")),
+            "{uri}"
+        );
+        let record = format!("{key}:v");
+        wait_value(&cache, &record, |v| {
+            v.is_some_and(|v| v.starts_with(b"IHC\x02"))
+        })
+        .await;
+        let second = send(&svc, get(uri)).await;
+        assert_eq!(
+            (second.x_cache(), second.body.as_ref(), calls.get()),
+            ("HIT", &b"call 1"[..], 1),
+            "{uri}"
+        );
+    }
+}
+
+/// A variant in another format behind a current Vary marker is a `vary-miss`, then overwritten.
+#[tokio::test]
+async fn unreadable_variants_are_misses_and_get_overwritten() {
+    let repository = CountingRepository::default();
+    let layer = CacheLayer::new(Cache::new(repository.clone()));
+    let (svc, calls) = app(layer.clone(), |n, _| async move {
+        Response::builder()
+            .header("vary", "accept")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let html = || request("GET", "/v", &[("accept", "text/html")]);
+    send(&svc, html()).await;
+    let record = format!("{}:v", layer.request_key(&get("/v")));
+    wait_value(layer.cache(), &record, |v| v.is_some()).await;
+    repository.take_reads();
+    assert_eq!(send(&svc, html()).await.x_cache(), "HIT");
+    // The second read of the hit named the variant: replace it with a version 1 entry.
+    let variant = repository.take_reads().pop().unwrap().pop().unwrap();
+    assert!(variant.starts_with(&format!("{record}:")), "{variant}");
+    let old_entry = b"IHC\x01\0\0\0\0\0\0\0\0\x3c\xc8\0\0\x03old";
+    repository
+        .set(
+            &variant,
+            Bytes::from_static(old_entry),
+            impcache::Expiry::Never,
         )
         .await
         .unwrap();
-    cache
-        .set_raw(caller_key, Bytes::from_static(b"{\"not\":\"ours\"}"), 60)
-        .await
-        .unwrap();
+    let missed = send(&svc, html()).await;
+    assert_eq!(
+        (missed.body.as_ref(), missed.header("cache-status")),
+        (&b"call 2"[..], Some("impcache; fwd=vary-miss; stored"))
+    );
+    wait_value(layer.cache(), &variant, |v| {
+        v.is_some_and(|v| v.starts_with(b"IHC\x02"))
+    })
+    .await;
+    let hit = send(&svc, html()).await;
+    assert_eq!((hit.x_cache(), hit.body.as_ref()), ("HIT", &b"call 2"[..]));
+    assert_eq!(calls.get(), 2);
+}
+
+/// The common case costs one key read per hit: the URL's record holds the entry.
+#[tokio::test]
+async fn a_hit_of_a_url_without_vary_reads_exactly_one_key() {
+    let repository = CountingRepository::default();
+    let layer = CacheLayer::new(Cache::new(repository.clone()));
     let (svc, calls) = counting(layer.clone());
-    assert_eq!(send(&svc, get("/bad")).await.body, "call 1");
-    wait_stored(&layer, "/bad").await;
-    assert_eq!(send(&svc, get("/bad")).await.x_cache(), "HIT");
+    let first = send(&svc, get("/one?b=2&a=1")).await;
+    assert_eq!(first.x_cache(), "MISS");
+    let key = layer.request_key(&get("/one?a=1&b=2"));
+    let record = format!("{key}:v");
+    wait_value(layer.cache(), &record, |v| v.is_some()).await;
+    repository.take_reads();
+    for request in [
+        get("/one?a=1&b=2"),
+        request("HEAD", "/one?b=2&a=1", &[]),
+        request("GET", "/one?a=1&b=2", &[("accept-language", "fr")]),
+    ] {
+        let seen = send(&svc, request).await;
+        assert_eq!(seen.x_cache(), "HIT");
+        assert_eq!(repository.take_reads(), [[record.clone()]], "one GET");
+    }
     assert_eq!(calls.get(), 1);
+    // A varying URL: the record (a Vary marker), then the variant.
+    let (svc, _) = app(layer.clone(), |_, _| async {
+        Response::builder()
+            .header("vary", "accept")
+            .body(Body::from("varies"))
+            .unwrap()
+    });
+    let json = || request("GET", "/two", &[("accept", "application/json")]);
+    send(&svc, json()).await;
+    let record = format!("{}:v", layer.request_key(&get("/two")));
+    wait_value(layer.cache(), &record, |v| v.is_some()).await;
+    repository.take_reads();
+    assert_eq!(send(&svc, json()).await.x_cache(), "HIT");
+    let reads = repository.take_reads();
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert_eq!(reads[0], [record.as_str()]);
+    assert!(reads[1][0].starts_with(&format!("{record}:")), "{reads:?}");
+}
+
+/// Once a URL's responses carry `Vary`, its plain entry is never served again; each variant is.
+#[tokio::test]
+async fn a_url_that_starts_to_vary_never_serves_its_plain_entry() {
+    let layer = layer().honor_request_cache_control(true);
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        if n == 1 {
+            return Response::new(Body::from("plain"));
+        }
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_owned();
+        Response::builder()
+            .header("vary", "accept-language")
+            .body(Body::from(format!("{lang} {n}")))
+            .unwrap()
+    });
+    let lang = |lang: &str| request("GET", "/page", &[("accept-language", lang)]);
+    let record = format!("{}:v", layer.request_key(&get("/page")));
+    assert_eq!(send(&svc, get("/page")).await.body, "plain");
+    wait_stored(&layer, "/page").await;
+    assert_eq!(send(&svc, lang("en")).await.body, "plain", "no Vary yet");
+    // A refresh (any miss would do) brings a response that varies.
+    let refreshed = send(
+        &svc,
+        request(
+            "GET",
+            "/page",
+            &[("accept-language", "en"), ("cache-control", "no-cache")],
+        ),
+    )
+    .await;
+    assert_eq!(refreshed.body, "en 2");
+    let cache = layer.cache().clone();
+    wait_value(&cache, &record, |v| {
+        v.is_some_and(|v| v.starts_with(b"IHV"))
+    })
+    .await;
+    let mut served = Vec::new();
+    for request in [
+        get("/page"),
+        lang("en"),
+        lang("fr"),
+        get("/page"),
+        lang("fr"),
+        request("HEAD", "/page", &[]),
+        lang("en"),
+    ] {
+        let seen = send(&svc, request).await;
+        served.push((seen.x_cache().to_owned(), seen.body));
+        // Settle the background store before the next request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served.iter().all(|(_, body)| body != "plain"), "{served:?}");
+    let served: Vec<(&str, &[u8])> = served
+        .iter()
+        .map(|(x, body)| (x.as_str(), body.as_ref()))
+        .collect();
+    assert_eq!(
+        served,
+        [
+            ("MISS", &b"none 3"[..]),
+            ("HIT", b"en 2"),
+            ("MISS", b"fr 4"),
+            ("HIT", b"none 3"),
+            ("HIT", b"fr 4"),
+            ("HIT", b""),
+            ("HIT", b"en 2"),
+        ]
+    );
+    assert_eq!(calls.get(), 4);
+}
+
+/// With `allow_authenticated`, credentialed requests have their own variants: they never get
+/// the anonymous entry the URL's record holds, and storing theirs does not evict it.
+#[tokio::test]
+async fn credentialed_variants_and_the_anonymous_entry_live_side_by_side() {
+    let layer = layer()
+        .allow_authenticated(true)
+        .honor_request_cache_control(true);
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        let who = req
+            .headers()
+            .get("authorization")
+            .map_or("anonymous", |v| v.to_str().unwrap())
+            .to_owned();
+        Response::new(Body::from(format!("{who} {n}")))
+    });
+    let alice = |uri: &str| request("GET", uri, &[("authorization", "alice")]);
+    let bob = |uri: &str| request("GET", uri, &[("cookie", "sid=bob")]);
+    let settle = || tokio::time::sleep(Duration::from_millis(30));
+
+    // The anonymous entry first: a credentialed request is not served it, and its own store
+    // (SET NX of an empty marker, which finds the entry) leaves the entry in place.
+    assert_eq!(send(&svc, get("/a")).await.body, "anonymous 1");
+    wait_stored(&layer, "/a").await;
+    let a = send(&svc, alice("/a")).await;
+    assert_eq!(
+        (a.body.as_ref(), a.header("cache-status")),
+        (&b"alice 2"[..], Some("impcache; fwd=vary-miss; stored"))
+    );
+    settle().await;
+    let anon = send(&svc, get("/a")).await;
+    assert_eq!(
+        (anon.x_cache(), anon.body.as_ref()),
+        ("HIT", &b"anonymous 1"[..])
+    );
+    let a = send(&svc, alice("/a")).await;
+    assert_eq!((a.x_cache(), a.body.as_ref()), ("HIT", &b"alice 2"[..]));
+    let b = send(&svc, bob("/a")).await;
+    assert_eq!(
+        (b.x_cache(), b.body.as_ref()),
+        ("MISS", &b"anonymous 3"[..])
+    );
+    settle().await;
+    assert_eq!(send(&svc, get("/a")).await.body, "anonymous 1");
+    assert_eq!(send(&svc, bob("/a")).await.x_cache(), "HIT");
+    assert_eq!(calls.get(), 3);
+
+    // A credentialed variant first: the record is an empty marker; the anonymous request misses
+    // and its entry replaces the marker; the credentialed variant is still found.
+    assert_eq!(send(&svc, alice("/b")).await.body, "alice 4");
+    settle().await;
+    let record = format!("{}:v", layer.request_key(&get("/b")));
+    let cache = layer.cache().clone();
+    assert_eq!(
+        cache.repository().get(&record).await.unwrap().as_deref(),
+        Some(&b"IHV\x02"[..])
+    );
+    let anon = send(&svc, get("/b")).await;
+    assert_eq!(
+        (anon.body.as_ref(), anon.header("cache-status")),
+        (&b"anonymous 5"[..], Some("impcache; fwd=vary-miss; stored"))
+    );
+    settle().await;
+    assert_eq!(send(&svc, get("/b")).await.body, "anonymous 5");
+    assert_eq!(send(&svc, alice("/b")).await.body, "alice 4");
+    assert_eq!(calls.get(), 5);
+}
+
+/// A Vary marker left from when a URL varied is replaced when a credentialed response without
+/// `Vary` is stored (else that response's variant could never be found).
+#[tokio::test]
+async fn a_stale_vary_marker_gives_way_to_a_credentialed_variant() {
+    let layer = layer()
+        .allow_authenticated(true)
+        .honor_request_cache_control(true);
+    let (svc, calls) = app(layer.clone(), |n, _| async move {
+        let mut response = Response::builder();
+        if n == 1 {
+            response = response.header("vary", "accept-language");
+        }
+        response.body(Body::from(format!("call {n}"))).unwrap()
+    });
+    let alice = |refresh: bool| {
+        let mut headers = vec![("authorization", "alice"), ("accept-language", "en")];
+        if refresh {
+            headers.push(("cache-control", "no-cache"));
+        }
+        request("GET", "/s", &headers)
+    };
+    let record = format!("{}:v", layer.request_key(&get("/s")));
+    let cache = layer.cache().clone();
+    assert_eq!(send(&svc, alice(false)).await.body, "call 1");
+    wait_value(&cache, &record, |v| {
+        v.is_some_and(|v| v.as_ref() == b"IHV\x02accept-language")
+    })
+    .await;
+    assert_eq!(send(&svc, alice(false)).await.body, "call 1");
+    assert_eq!(send(&svc, alice(true)).await.body, "call 2");
+    wait_value(&cache, &record, |v| {
+        v.is_some_and(|v| v.as_ref() == b"IHV\x02")
+    })
+    .await;
+    let seen = send(&svc, alice(false)).await;
+    assert_eq!(
+        (seen.x_cache(), seen.body.as_ref()),
+        ("HIT", &b"call 2"[..])
+    );
+    assert_eq!(calls.get(), 2);
 }
 
 #[test]

@@ -11,14 +11,14 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use impcache::{Cache, MemoryCacheRepository};
+use impcache::{BoxFuture, Cache, CacheRepository, Expiry, MemoryCacheRepository};
 use impcache_tower::{CacheLayer, CacheService};
 use tower::{Layer, ServiceExt};
 
@@ -42,6 +42,88 @@ impl Seen {
 
 pub fn memory_cache() -> Cache {
     Cache::new(MemoryCacheRepository::new())
+}
+
+/// A [`MemoryCacheRepository`] that records the keys each read asks for (one list per call).
+#[derive(Debug, Clone, Default)]
+pub struct CountingRepository {
+    inner: Arc<MemoryCacheRepository>,
+    reads: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl CountingRepository {
+    /// The reads since the last call, each with the keys it asked for.
+    pub fn take_reads(&self) -> Vec<Vec<String>> {
+        std::mem::take(&mut *self.reads.lock().unwrap())
+    }
+
+    fn record(&self, keys: Vec<String>) {
+        self.reads.lock().unwrap().push(keys);
+    }
+}
+
+impl CacheRepository for CountingRepository {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
+        self.inner.set(key, value, expiry)
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<bool>> {
+        self.inner.set_nx(key, value, expiry)
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: Vec<(String, Bytes)>,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
+        self.inner.set_many(entries, expiry)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<Option<Bytes>>> {
+        self.record(vec![key.to_owned()]);
+        self.inner.get(key)
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, impcache::Result<Vec<Option<Bytes>>>> {
+        self.record(keys.to_vec());
+        self.inner.get_many(keys)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete(key)
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_many(keys)
+    }
+
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_pattern(pattern)
+    }
+}
+
+/// Waits (bounded) until the repository value at the full key `key` satisfies `ready`.
+pub async fn wait_value(cache: &Cache, key: &str, ready: impl Fn(Option<&Bytes>) -> bool) {
+    for _ in 0..400 {
+        if ready(cache.repository().get(key).await.unwrap().as_ref()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{key} never reached the expected value");
 }
 
 /// Counts handler calls.
@@ -121,10 +203,10 @@ async fn send_owned(svc: Svc, req: Request<Body>) -> Seen {
     }
 }
 
-/// Waits (bounded) until the entry of `uri` (no Vary) is in the repository: stores run in the
-/// background.
+/// Waits (bounded) until the record of `uri` (its entry when the response has no Vary) is in the
+/// repository: stores run in the background.
 pub async fn wait_stored(layer: &CacheLayer, uri: &str) {
-    wait_key(layer, uri, ":v:-").await
+    wait_key(layer, uri, ":v").await
 }
 
 /// Waits (bounded) until the key `{request key}{suffix}` of `uri` is in the repository.
