@@ -1,0 +1,81 @@
+//! Runs `n` cache hits of [`CacheLayer`] for counting their CPU instructions with callgrind
+//! (deterministic, unlike timings on a busy machine). Run it at `n = 0` and `n = N` and divide the
+//! difference by `N`:
+//!
+//! ```text
+//! cargo build --release -p impcache-tower --example hit_cost
+//! for n in 0 10000; do valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/hit_cost memory $n 2>&1 | grep Collected; done
+//! ```
+//!
+//! Cases: `memory` and `redis` (a throwaway `redis-server`, not traced) hit a URL whose response
+//! has no `Vary`; `memory-vary` and `redis-vary` one whose response varies on `Accept-Language`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring harness: a broken setup must fail loudly
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use impcache::{Cache, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use impcache_tower::CacheLayer;
+use tower::{Service, ServiceExt};
+
+const CASES: &[&str] = &["memory", "redis", "memory-vary", "redis-vary"];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let case = args.next().unwrap_or_default();
+    if !CASES.contains(&case.as_str()) {
+        println!("usage: hit_cost <{}> <n>", CASES.join("|"));
+        return;
+    }
+    let n: u64 = args.next().map_or(1_000, |n| n.parse().expect("n"));
+    let vary = case.ends_with("-vary");
+    let server = case.starts_with("redis").then(RedisServer::start);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cache = match &server {
+            Some(server) => Cache::new(RedisCacheRepository::new(&server.url()).unwrap()),
+            None => Cache::new(MemoryCacheRepository::new()),
+        };
+        let layer = CacheLayer::new(cache).expire(300);
+        let handler = tower::service_fn(move |_: Request<()>| async move {
+            let mut response = Response::builder().header("content-type", "application/json");
+            if vary {
+                response = response.header("vary", "accept-language");
+            }
+            Ok::<_, Infallible>(
+                response
+                    .body(Full::new(Bytes::from_static(&[b'x'; 100])))
+                    .unwrap(),
+            )
+        });
+        let mut svc = tower::Layer::layer(&layer, handler);
+        let request = || {
+            Request::get("/users/1?tab=profile")
+                .header("host", "example.com")
+                .header("accept", "application/json")
+                .header("accept-language", "en")
+                .header("user-agent", "hit-cost/1")
+                .body(())
+                .unwrap()
+        };
+        // Warm-up: the miss, its background store, connections, lazily built tables.
+        for _ in 0..200 {
+            let response = svc.ready().await.unwrap().call(request()).await.unwrap();
+            std::hint::black_box(response.into_body().collect().await.unwrap());
+            tokio::task::yield_now().await;
+        }
+        let response = svc.ready().await.unwrap().call(request()).await.unwrap();
+        assert_eq!(response.headers()["x-cache"], "HIT");
+        for _ in 0..n {
+            let response = svc.ready().await.unwrap().call(request()).await.unwrap();
+            std::hint::black_box(response.into_body().collect().await.unwrap());
+        }
+    });
+}
