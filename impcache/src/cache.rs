@@ -1,17 +1,19 @@
 //! [`Cache`]: the handle applications use, and its builder.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{shown, Error, Result};
-use crate::expire::Expire;
+use crate::expire::{Expire, Expiry};
 use crate::json;
-use crate::key::{full_key, full_pattern, Version};
+use crate::key::{full_key, full_pattern, FullKey, KeyBatch, Version};
 use crate::repository::CacheRepository;
+use crate::MemoryCacheRepository;
 
 /// The default key prefix, as in the Python library.
 pub const DEFAULT_KEY_PREFIX: &str = "cache";
@@ -64,6 +66,9 @@ pub struct Cache {
 
 struct Shared {
     repository: Arc<dyn CacheRepository>,
+    /// The same repository when it is the in-memory one: called directly, without the boxed
+    /// future of the trait and with the key moved in (the same code runs either way).
+    memory: Option<MemoryCacheRepository>,
     key_prefix: String,
     max_key_bytes: usize,
 }
@@ -120,9 +125,13 @@ impl CacheBuilder {
 
     /// Builds the cache.
     pub fn build(self) -> Cache {
+        let memory = (&*self.repository as &dyn Any)
+            .downcast_ref::<MemoryCacheRepository>()
+            .cloned();
         Cache {
             shared: Arc::new(Shared {
                 repository: self.repository,
+                memory,
                 key_prefix: self.key_prefix,
                 max_key_bytes: self.max_key_bytes,
             }),
@@ -192,7 +201,7 @@ impl Cache {
         full_pattern(&self.shared.key_prefix, self.version.as_str(), pattern)
     }
 
-    fn checked_key(&self, key: &str) -> Result<String> {
+    fn check_key(&self, key: &str) -> Result<()> {
         if key.len() > self.shared.max_key_bytes {
             return Err(Error::InvalidKey {
                 key: shown(key),
@@ -203,17 +212,68 @@ impl Cache {
                 ),
             });
         }
-        Ok(self.make_key(key))
+        Ok(())
     }
 
-    fn checked_keys<I>(&self, keys: I) -> Result<Vec<String>>
+    /// The full key of an operation, on the stack when short (the repository only borrows it).
+    fn stack_key(&self, key: &str) -> FullKey {
+        FullKey::new(&self.shared.key_prefix, self.version.as_str(), key)
+    }
+
+    fn key_batch(&self, count: usize) -> KeyBatch {
+        KeyBatch::with_capacity(&self.shared.key_prefix, self.version.as_str(), count)
+    }
+
+    /// The full keys of `keys`, each checked, in one buffer.
+    fn checked_keys<I>(&self, keys: I) -> Result<KeyBatch>
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        keys.into_iter()
-            .map(|key| self.checked_key(key.as_ref()))
-            .collect()
+        let keys = keys.into_iter();
+        let mut batch = self.key_batch(keys.size_hint().0);
+        for key in keys {
+            let key = key.as_ref();
+            self.check_key(key)?;
+            batch.push(&self.shared.key_prefix, self.version.as_str(), key);
+        }
+        Ok(batch)
+    }
+
+    /// Stores bytes at a checked key.
+    async fn write(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
+        if let Some(memory) = &self.shared.memory {
+            return memory.set_now(self.make_key(key), value, expiry);
+        }
+        let full = self.stack_key(key);
+        self.shared
+            .repository
+            .set(full.as_str(), value, expiry)
+            .await
+    }
+
+    /// Stores bytes at a checked key if it holds nothing.
+    async fn write_nx(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<bool> {
+        let full = self.stack_key(key);
+        match &self.shared.memory {
+            Some(memory) => memory.set_nx_now(full.as_str(), value, expiry),
+            None => {
+                self.shared
+                    .repository
+                    .set_nx(full.as_str(), value, expiry)
+                    .await
+            }
+        }
+    }
+
+    /// The bytes at `key`.
+    async fn read(&self, key: &str) -> Result<Option<Bytes>> {
+        self.check_key(key)?;
+        let full = self.stack_key(key);
+        match &self.shared.memory {
+            Some(memory) => Ok(memory.get_now(full.as_str())),
+            None => self.shared.repository.get(full.as_str()).await,
+        }
     }
 
     /// Stores `value` at `key` for `expire`, replacing any previous value.
@@ -232,10 +292,10 @@ impl Cache {
         value: &V,
         expire: impl Into<Expire>,
     ) -> Result<()> {
-        let full = self.checked_key(key)?;
+        self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
         let bytes = json::encode(key, value)?;
-        self.shared.repository.set(&full, bytes, expiry).await
+        self.write(key, bytes, expiry).await
     }
 
     /// Stores `value` at `key` only if nothing is stored there; `true` when it was stored.
@@ -246,10 +306,10 @@ impl Cache {
         value: &V,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
-        let full = self.checked_key(key)?;
+        self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
         let bytes = json::encode(key, value)?;
-        self.shared.repository.set_nx(&full, bytes, expiry).await
+        self.write_nx(key, bytes, expiry).await
     }
 
     /// Stores every pair, each with its own TTL of `expire`, in one round trip (pipelined
@@ -272,19 +332,32 @@ impl Cache {
         V: Serialize,
     {
         let expire = expire.into();
-        let mut encoded = Vec::new();
+        let entries = entries.into_iter();
+        let mut keys = self.key_batch(entries.size_hint().0);
+        let mut values = Vec::with_capacity(entries.size_hint().0);
+        // Values sent over the network share a few buffers; the memory repository keeps its
+        // values, so each gets its own exact allocation there.
+        let mut packed = BytesMut::new();
         let mut expiry = None;
         for (key, value) in entries {
             let key = key.as_ref();
-            let full = self.checked_key(key)?;
+            self.check_key(key)?;
             if expiry.is_none() {
                 expiry = Some(expire.resolve(key)?);
             }
-            encoded.push((full, json::encode(key, &value)?));
+            keys.push(&self.shared.key_prefix, self.version.as_str(), key);
+            values.push(match self.shared.memory {
+                Some(_) => json::encode(key, &value)?,
+                None => json::encode_packed(key, &value, &mut packed)?,
+            });
         }
-        match expiry {
-            None => Ok(()),
-            Some(expiry) => self.shared.repository.set_many(encoded, expiry).await,
+        let Some(expiry) = expiry else {
+            return Ok(());
+        };
+        let entries: Vec<(&str, Bytes)> = keys.keys().into_iter().zip(values).collect();
+        match &self.shared.memory {
+            Some(memory) => memory.set_many_now(&entries, expiry),
+            None => self.shared.repository.set_many(&entries, expiry).await,
         }
     }
 
@@ -292,10 +365,9 @@ impl Cache {
     ///
     /// A stored JSON `null` is not a miss: `get::<Option<T>>` returns `Some(None)` for it.
     pub async fn get<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>> {
-        let full = self.checked_key(key)?;
-        match self.shared.repository.get(&full).await? {
+        match self.read(key).await? {
             None => Ok(None),
-            Some(bytes) => json::decode(|| shown(&full), &bytes).map(Some),
+            Some(bytes) => json::decode(|| shown(&self.make_key(key)), &bytes).map(Some),
         }
     }
 
@@ -306,11 +378,15 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let full = self.checked_keys(keys)?;
+        let batch = self.checked_keys(keys)?;
+        let full = batch.keys();
         if full.is_empty() {
             return Ok(Vec::new());
         }
-        let values = self.shared.repository.get_many(&full).await?;
+        let values = match &self.shared.memory {
+            Some(memory) => memory.get_many_now(&full),
+            None => self.shared.repository.get_many(&full).await?,
+        };
         values
             .into_iter()
             .zip(&full)
@@ -323,8 +399,9 @@ impl Cache {
 
     /// Removes `key`; the number of keys removed (0 or 1).
     pub async fn delete(&self, key: &str) -> Result<u64> {
-        let full = self.checked_key(key)?;
-        self.shared.repository.delete(&full).await
+        self.check_key(key)?;
+        let full = self.stack_key(key);
+        self.shared.repository.delete(full.as_str()).await
     }
 
     /// Removes `keys`; the number of keys removed. An empty list sends nothing.
@@ -333,7 +410,8 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let full = self.checked_keys(keys)?;
+        let batch = self.checked_keys(keys)?;
+        let full = batch.keys();
         if full.is_empty() {
             return Ok(0);
         }
@@ -355,16 +433,15 @@ impl Cache {
     /// The raw bytes at `key`, without JSON decoding. For values written with
     /// [`set_raw`](Cache::set_raw) (such as the HTTP layer's entries).
     pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>> {
-        let full = self.checked_key(key)?;
-        self.shared.repository.get(&full).await
+        self.read(key).await
     }
 
     /// Stores raw bytes at `key`, without JSON encoding. Such entries are not readable by
     /// [`get`](Cache::get) nor by the Python library.
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
-        let full = self.checked_key(key)?;
+        self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
-        self.shared.repository.set(&full, value, expiry).await
+        self.write(key, value, expiry).await
     }
 
     /// [`set_nx`](Cache::set_nx) for raw bytes.
@@ -374,9 +451,9 @@ impl Cache {
         value: Bytes,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
-        let full = self.checked_key(key)?;
+        self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
-        self.shared.repository.set_nx(&full, value, expiry).await
+        self.write_nx(key, value, expiry).await
     }
 }
 

@@ -5,27 +5,91 @@
 //! orjson. We refuse them instead: [`encode`] walks the value once more with [`FiniteFloats`], a
 //! serializer that writes nothing and fails on a non-finite float.
 
-use bytes::Bytes;
+use std::cell::RefCell;
+use std::sync::LazyLock;
+
+use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize};
 
 use crate::error::{shown, Error, Result};
 
+/// Capacity of each thread's encoding buffer; one that grew past [`MAX_RETAINED_BYTES`] for a
+/// large value is replaced by a fresh one of this size, so no thread keeps megabytes for good.
+const SCRATCH_BYTES: usize = 1024;
+const MAX_RETAINED_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// Each thread encodes into one reused buffer: values of any size cost no regrowth, and the
+    /// result is one exact-size allocation.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH_BYTES));
+}
+
+/// Built once: constructing a searcher costs more than searching a small value.
+static NULL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"null"));
+
+/// Bytes of each buffer that [`encode_packed`] fills.
+pub(crate) const PACK_BYTES: usize = 16 * 1024;
+
+/// Encodes `value` as compact JSON at the end of `packed`, and splits it off: the values of a
+/// batch share a few large buffers instead of one allocation each. Only for values that are sent
+/// and dropped (a buffer lives as long as any value in it).
+pub(crate) fn encode_packed<V: Serialize + ?Sized>(
+    key: &str,
+    value: &V,
+    packed: &mut BytesMut,
+) -> Result<Bytes> {
+    with_encoded(key, value, |encoded| {
+        if packed.capacity() < encoded.len() {
+            packed.reserve(encoded.len().max(PACK_BYTES));
+        }
+        packed.extend_from_slice(encoded);
+        packed.split().freeze()
+    })
+}
+
 /// Encodes `value` as compact JSON.
 pub(crate) fn encode<V: Serialize + ?Sized>(key: &str, value: &V) -> Result<Bytes> {
-    let encode_error = |reason: String| Error::Encode {
+    with_encoded(key, value, Bytes::copy_from_slice)
+}
+
+/// Encodes `value` into this thread's buffer and hands the JSON to `keep`.
+fn with_encoded<V: Serialize + ?Sized>(
+    key: &str,
+    value: &V,
+    keep: impl FnOnce(&[u8]) -> Bytes,
+) -> Result<Bytes> {
+    let encoded = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            let written = serde_json::to_writer(&mut *buffer, value).map(|()| keep(&buffer));
+            if buffer.capacity() > MAX_RETAINED_BYTES {
+                *buffer = Vec::with_capacity(SCRATCH_BYTES);
+            }
+            written
+        }
+        // A `Serialize` impl that encodes another value while being encoded.
+        Err(_) => serde_json::to_vec(value).map(|fresh| keep(&fresh)),
+    });
+    let bytes = encoded.map_err(|e| Error::Encode {
         key: shown(key),
-        reason,
-    };
-    let bytes = serde_json::to_vec(value).map_err(|e| encode_error(e.to_string()))?;
-    // serde_json writes a NaN or an infinity as `null`: only an output with `null` in it can
-    // hide one, so the second walk is skipped for every other value.
-    if memchr::memmem::find(&bytes, b"null").is_some() {
-        value
-            .serialize(FiniteFloats)
-            .map_err(|e| encode_error(e.0))?;
+        reason: e.to_string(),
+    })?;
+    check_finite(key, value, &bytes)?;
+    Ok(bytes)
+}
+
+/// serde_json writes a NaN or an infinity as `null`: only an output with `null` in it can hide
+/// one, so the second walk is skipped for every other value.
+fn check_finite<V: Serialize + ?Sized>(key: &str, value: &V, encoded: &[u8]) -> Result<()> {
+    if NULL.find(encoded).is_some() {
+        value.serialize(FiniteFloats).map_err(|e| Error::Encode {
+            key: shown(key),
+            reason: e.0,
+        })?;
     }
-    Ok(Bytes::from(bytes))
+    Ok(())
 }
 
 /// Decodes the JSON at `key`.
@@ -232,6 +296,39 @@ mod tests {
         );
         assert_eq!(encode("k", "ü").ok().as_deref(), Some("\"ü\"".as_bytes()));
         assert_eq!(encode("k", &None::<u8>).ok().as_deref(), Some(&b"null"[..]));
+    }
+
+    #[test]
+    fn packed_values_equal_single_ones() {
+        let mut packed = BytesMut::new();
+        let big = "y".repeat(3 * PACK_BYTES);
+        let values = [
+            serde_json::json!({"a": [1, 2.5, null]}),
+            serde_json::json!(big),
+            serde_json::json!("ü"),
+        ];
+        let encoded: Vec<_> = values
+            .iter()
+            .map(|v| encode_packed("k", v, &mut packed).ok())
+            .collect();
+        for (value, packed) in values.iter().zip(encoded) {
+            assert_eq!(packed, encode("k", value).ok());
+        }
+        assert!(encode_packed("k", &f64::NAN, &mut packed).is_err());
+        assert_eq!(
+            encode_packed("k", &1, &mut packed).ok().as_deref(),
+            Some(&b"1"[..])
+        );
+    }
+
+    #[test]
+    fn large_values_do_not_stay_in_the_thread_buffer() {
+        let big = "x".repeat(1 << 20);
+        let encoded = encode("k", &big).ok().map(|b| b.len());
+        assert_eq!(encoded, Some(big.len() + 2));
+        let retained = SCRATCH.with(|s| s.borrow().capacity());
+        assert!(retained <= MAX_RETAINED_BYTES, "{retained}");
+        assert_eq!(encode("k", &1).ok().as_deref(), Some(&b"1"[..]));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use arrayvec::ArrayString;
+
 use crate::error::{Error, Result};
 
 /// A cache version: an integer or a string, as in the Python library.
@@ -78,6 +80,76 @@ pub(crate) fn full_key(prefix: &str, version: &str, key: &str) -> String {
     full.push(':');
     full.push_str(key);
     full
+}
+
+/// Longest full key built on the stack by [`FullKey`]; longer ones go to the heap.
+const INLINE_KEY_BYTES: usize = 128;
+
+/// A full key for one operation, built on the stack when it is short: the hot path of a read
+/// makes no allocation for its key (the repository copies it into its command or looks it up).
+pub(crate) enum FullKey {
+    Inline(ArrayString<INLINE_KEY_BYTES>),
+    Heap(String),
+}
+
+impl FullKey {
+    /// `{prefix}:{version}:{key}`.
+    pub(crate) fn new(prefix: &str, version: &str, key: &str) -> FullKey {
+        let mut inline = ArrayString::new();
+        let fits = [prefix, ":", version, ":", key]
+            .iter()
+            .all(|part| inline.try_push_str(part).is_ok());
+        if fits {
+            FullKey::Inline(inline)
+        } else {
+            FullKey::Heap(full_key(prefix, version, key))
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            FullKey::Inline(key) => key.as_str(),
+            FullKey::Heap(key) => key.as_str(),
+        }
+    }
+}
+
+/// The full keys of a batch in one buffer: a handful of allocations however many keys.
+pub(crate) struct KeyBatch {
+    buffer: String,
+    ends: Vec<usize>,
+}
+
+impl KeyBatch {
+    /// Room for about `count` keys.
+    pub(crate) fn with_capacity(prefix: &str, version: &str, count: usize) -> KeyBatch {
+        KeyBatch {
+            buffer: String::with_capacity(count.saturating_mul(prefix.len() + version.len() + 24)),
+            ends: Vec::with_capacity(count),
+        }
+    }
+
+    /// Appends `{prefix}:{version}:{key}`.
+    pub(crate) fn push(&mut self, prefix: &str, version: &str, key: &str) {
+        for part in [prefix, ":", version, ":", key] {
+            self.buffer.push_str(part);
+        }
+        self.ends.push(self.buffer.len());
+    }
+
+    /// The keys, in the order they were pushed.
+    pub(crate) fn keys(&self) -> Vec<&str> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                // Each end is the length after a whole `push`: always a char boundary.
+                let key = self.buffer.get(start..end).unwrap_or_default();
+                start = end;
+                key
+            })
+            .collect()
+    }
 }
 
 /// The characters that mean something in a Redis glob pattern.
@@ -163,6 +235,34 @@ mod tests {
     fn full_key_joins_with_colons() {
         assert_eq!(full_key("cache", "1", "key"), "cache:1:key");
         assert_eq!(full_key("", "", ""), "::");
+    }
+
+    #[test]
+    fn stack_keys_equal_heap_keys() {
+        for key in [
+            "",
+            "k",
+            "ü:ß",
+            &"x".repeat(INLINE_KEY_BYTES - 8),
+            &"y".repeat(300),
+        ] {
+            let full = FullKey::new("cache", "1", key);
+            assert_eq!(full.as_str(), full_key("cache", "1", key));
+            let expected_inline = key.len() + 8 <= INLINE_KEY_BYTES;
+            assert_eq!(matches!(full, FullKey::Inline(_)), expected_inline, "{key}");
+        }
+    }
+
+    #[test]
+    fn batches_hold_each_key_whole() {
+        let mut batch = KeyBatch::with_capacity("p", "2", 1);
+        for key in ["a", "", "ü:ß", "long key with spaces"] {
+            batch.push("p", "2", key);
+        }
+        assert_eq!(
+            batch.keys(),
+            ["p:2:a", "p:2:", "p:2:ü:ß", "p:2:long key with spaces"]
+        );
     }
 
     #[test]

@@ -613,7 +613,7 @@ impl NamespacedRepository {
         format!("{}{key}", self.namespace)
     }
 
-    fn keys(&self, keys: &[String]) -> Vec<String> {
+    fn keys(&self, keys: &[&str]) -> Vec<String> {
         keys.iter().map(|k| self.key(k)).collect()
     }
 }
@@ -634,30 +634,42 @@ impl CacheRepository for NamespacedRepository {
 
     fn set_many<'a>(
         &'a self,
-        entries: Vec<(String, Bytes)>,
+        entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
-        let entries = entries
-            .into_iter()
-            .map(|(k, v)| (self.key(&k), v))
-            .collect();
-        self.inner.set_many(entries, expiry)
+        Box::pin(async move {
+            let keys: Vec<String> = entries.iter().map(|(k, _)| self.key(k)).collect();
+            let entries: Vec<(&str, Bytes)> = keys
+                .iter()
+                .zip(entries)
+                .map(|(k, (_, v))| (k.as_str(), v.clone()))
+                .collect();
+            self.inner.set_many(&entries, expiry).await
+        })
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move { self.inner.get(&self.key(key)).await })
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
-        Box::pin(async move { self.inner.get_many(&self.keys(keys)).await })
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+        Box::pin(async move {
+            let keys = self.keys(keys);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            self.inner.get_many(&keys).await
+        })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move { self.inner.delete(&self.key(key)).await })
     }
 
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move { self.inner.delete_many(&self.keys(keys)).await })
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let keys = self.keys(keys);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            self.inner.delete_many(&keys).await
+        })
     }
 
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {

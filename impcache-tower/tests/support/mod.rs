@@ -83,7 +83,7 @@ impl CacheRepository for CountingRepository {
 
     fn set_many<'a>(
         &'a self,
-        entries: Vec<(String, Bytes)>,
+        entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, impcache::Result<()>> {
         self.inner.set_many(entries, expiry)
@@ -96,9 +96,9 @@ impl CacheRepository for CountingRepository {
 
     fn get_many<'a>(
         &'a self,
-        keys: &'a [String],
+        keys: &'a [&'a str],
     ) -> BoxFuture<'a, impcache::Result<Vec<Option<Bytes>>>> {
-        self.record(keys.to_vec());
+        self.record(keys.iter().map(|key| (*key).to_owned()).collect());
         self.inner.get_many(keys)
     }
 
@@ -106,7 +106,7 @@ impl CacheRepository for CountingRepository {
         self.inner.delete(key)
     }
 
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, impcache::Result<u64>> {
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, impcache::Result<u64>> {
         self.inner.delete_many(keys)
     }
 

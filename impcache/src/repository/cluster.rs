@@ -923,19 +923,18 @@ impl CacheRepository for RedisClusterCacheRepository {
     /// redirected (a stale slot map) are set again through the client's routing.
     fn set_many<'a>(
         &'a self,
-        entries: Vec<(String, Bytes)>,
+        entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             if entries.is_empty() {
                 return Ok(());
             }
-            for (key, value) in &entries {
+            for (key, value) in entries {
                 self.check_size(key, value)?;
             }
-            let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
             let shown_keys = || shown_many(&keys);
-            let entries = &entries;
             let keys = &keys;
             self.run("set_many", &shown_keys, |connection| async move {
                 let set = |indices: &[usize]| {
@@ -962,26 +961,22 @@ impl CacheRepository for RedisClusterCacheRepository {
         Box::pin(async move {
             let mut cmd = redis::cmd("GET");
             cmd.arg(key);
-            let value: Option<Vec<u8>> = self
-                .run("get", &|| shown(key), |mut c| async move {
-                    cmd.query_async(&mut c).await
-                })
-                .await?;
-            Ok(value.map(Bytes::from))
+            self.run("get", &|| shown(key), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await
         })
     }
 
     /// One pipeline per node of one `MGET` per slot, all sent in parallel, reassembled in the
     /// order of `keys`. Keys whose node redirected (a stale slot map) are read again through the
     /// client's routing.
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let shown_keys = || shown_many(&keys);
-            let keys = &keys;
+            let shown_keys = || shown_many(keys);
             self.run("get_many", &shown_keys, |connection| async move {
                 let mget = |indices: &[usize]| {
                     let mut cmd = redis::cmd("MGET");
@@ -993,9 +988,9 @@ impl CacheRepository for RedisClusterCacheRepository {
                 let sent = self.send_per_node(&connection, keys, true, mget).await?;
                 let mut values: Vec<Option<Bytes>> = vec![None; keys.len()];
                 for (indices, reply) in sent.replies {
-                    let got: Vec<Option<Vec<u8>>> = redis::from_redis_value(reply)?;
+                    let got: Vec<Option<Bytes>> = redis::from_redis_value(reply)?;
                     for (index, value) in indices.into_iter().zip(got) {
-                        values[index] = value.map(Bytes::from);
+                        values[index] = value;
                     }
                 }
                 // One key per command: the client follows each key's redirection on its own
@@ -1005,12 +1000,12 @@ impl CacheRepository for RedisClusterCacheRepository {
                     let cmd = mget(&[index]);
                     let mut connection = connection.clone();
                     tasks.spawn(async move {
-                        let got: Vec<Option<Vec<u8>>> = cmd.query_async(&mut connection).await?;
+                        let got: Vec<Option<Bytes>> = cmd.query_async(&mut connection).await?;
                         Ok::<_, RedisError>((index, got.into_iter().next().flatten()))
                     });
                 }
                 for (index, value) in join_set(tasks).await? {
-                    values[index] = value.map(Bytes::from);
+                    values[index] = value;
                 }
                 Ok(values)
             })
@@ -1032,14 +1027,12 @@ impl CacheRepository for RedisClusterCacheRepository {
     /// One pipeline per node of one `UNLINK` per slot, all sent in parallel; the counts are
     /// summed. Keys whose node redirected (a stale slot map) are unlinked again through the
     /// client's routing.
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(0);
             }
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let shown_keys = || shown_many(&keys);
-            let keys = &keys;
+            let shown_keys = || shown_many(keys);
             self.run("delete_many", &shown_keys, |connection| async move {
                 let unlink = |indices: &[usize]| {
                     let mut cmd = redis::cmd("UNLINK");

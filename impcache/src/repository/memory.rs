@@ -106,10 +106,42 @@ impl MemoryCacheRepository {
         })
     }
 
-    fn store(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
-        let entry = self.entry(key, value, expiry)?;
-        self.entries.insert(key.to_owned(), entry);
+    // The operations themselves, synchronous: `Cache` calls them directly (no boxed future, the
+    // key moved in rather than copied), the `CacheRepository` impl wraps them in ready futures.
+
+    pub(crate) fn get_now(&self, key: &str) -> Option<Bytes> {
+        self.entries.get(key).map(|entry| entry.value)
+    }
+
+    pub(crate) fn set_now(&self, key: String, value: Bytes, expiry: Expiry) -> Result<()> {
+        let entry = self.entry(&key, value, expiry)?;
+        self.entries.insert(key, entry);
         Ok(())
+    }
+
+    pub(crate) fn set_nx_now(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<bool> {
+        let entry = self.entry(key, value, expiry)?;
+        Ok(self
+            .entries
+            .entry_by_ref(key)
+            .or_insert_with(|| entry)
+            .is_fresh())
+    }
+
+    pub(crate) fn set_many_now(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
+        // Check every entry first, so that a rejected one leaves nothing half-written.
+        let checked = entries
+            .iter()
+            .map(|(key, value)| self.entry(key, value.clone(), expiry))
+            .collect::<Result<Vec<_>>>()?;
+        for ((key, _), entry) in entries.iter().zip(checked) {
+            self.entries.insert((*key).to_owned(), entry);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn get_many_now(&self, keys: &[&str]) -> Vec<Option<Bytes>> {
+        keys.iter().map(|key| self.get_now(key)).collect()
     }
 }
 
@@ -166,7 +198,7 @@ impl MemoryCacheRepositoryBuilder {
 
 impl CacheRepository for MemoryCacheRepository {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
-        let result = self.store(key, value, expiry);
+        let result = self.set_now(key.to_owned(), value, expiry);
         Box::pin(async move { result })
     }
 
@@ -176,43 +208,26 @@ impl CacheRepository for MemoryCacheRepository {
         value: Bytes,
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<bool>> {
-        let result = self.entry(key, value, expiry).map(|entry| {
-            self.entries
-                .entry_by_ref(key)
-                .or_insert_with(|| entry)
-                .is_fresh()
-        });
+        let result = self.set_nx_now(key, value, expiry);
         Box::pin(async move { result })
     }
 
     fn set_many<'a>(
         &'a self,
-        entries: Vec<(String, Bytes)>,
+        entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
-        // Check every entry first, so that a rejected one leaves nothing half-written.
-        let result = entries
-            .into_iter()
-            .map(|(key, value)| Ok((self.entry(&key, value, expiry)?, key)))
-            .collect::<Result<Vec<_>>>()
-            .map(|checked| {
-                for (entry, key) in checked {
-                    self.entries.insert(key, entry);
-                }
-            });
+        let result = self.set_many_now(entries, expiry);
         Box::pin(async move { result })
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
-        let value = self.entries.get(key).map(|entry| entry.value);
+        let value = self.get_now(key);
         Box::pin(async move { Ok(value) })
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
-        let values = keys
-            .iter()
-            .map(|key| self.entries.get(key).map(|entry| entry.value))
-            .collect();
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+        let values = self.get_many_now(keys);
         Box::pin(async move { Ok(values) })
     }
 
@@ -221,10 +236,10 @@ impl CacheRepository for MemoryCacheRepository {
         Box::pin(async move { Ok(removed) })
     }
 
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         let removed = keys
             .iter()
-            .filter(|key| self.entries.remove(key.as_str()).is_some())
+            .filter(|key| self.entries.remove(**key).is_some())
             .count() as u64;
         Box::pin(async move { Ok(removed) })
     }

@@ -4,6 +4,7 @@
 //! [`Cache`](crate::Cache)). It knows nothing of JSON or key layout, so adding a backend means
 //! implementing these eight operations.
 
+use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +33,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Implementations must be cheap to share (`Cache` holds one in an `Arc`), apply the expiry to
 /// every write atomically with the value, and return errors that name the key. Keys and patterns
 /// arrive complete: `delete_pattern` gets a Redis glob whose prefix and version are already escaped.
-pub trait CacheRepository: Debug + Send + Sync + 'static {
+pub trait CacheRepository: Any + Debug + Send + Sync {
     /// Stores `value` at `key`, replacing any previous value and its expiry.
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>>;
 
@@ -45,9 +46,12 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool>>;
 
     /// Stores every pair, each with the same expiry; one round trip where the backend allows it.
+    ///
+    /// The values of one call may share an allocation (they are encoded into a few buffers): a
+    /// repository that keeps them in memory should keep copies (`Bytes::copy_from_slice`).
     fn set_many<'a>(
         &'a self,
-        entries: Vec<(String, Bytes)>,
+        entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>>;
 
@@ -55,13 +59,13 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
 
     /// The bytes at each key, in the order of `keys`.
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>>;
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>>;
 
     /// Removes `key`; the number of keys removed (0 or 1).
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>>;
 
     /// Removes every key; the number of keys removed.
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>>;
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>>;
 
     /// Removes every key matching the Redis glob `pattern`; the number of keys removed.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>>;

@@ -328,10 +328,6 @@ fn is_dropped(e: &RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout() && !e.is_connection_refusal()
 }
 
-fn bytes_of(values: Option<Vec<u8>>) -> Option<Bytes> {
-    values.map(Bytes::from)
-}
-
 impl CacheRepository for RedisCacheRepository {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
@@ -359,7 +355,7 @@ impl CacheRepository for RedisCacheRepository {
 
     fn set_many<'a>(
         &'a self,
-        entries: Vec<(String, Bytes)>,
+        entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
@@ -367,13 +363,13 @@ impl CacheRepository for RedisCacheRepository {
                 return Ok(());
             }
             let mut pipe = redis::pipe();
-            for (key, value) in &entries {
+            for (key, value) in entries {
                 self.check_size(key, value)?;
                 pipe.add_command(set_command(key, value, expiry, false))
                     .ignore();
             }
             let keys = || {
-                let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+                let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
                 shown_many(&keys)
             };
             self.query("set_many", &keys, Request::Pipe(&pipe)).await
@@ -384,24 +380,19 @@ impl CacheRepository for RedisCacheRepository {
         Box::pin(async move {
             let mut cmd = redis::cmd("GET");
             cmd.arg(key);
-            let value: Option<Vec<u8>> = self
-                .query("get", &|| shown(key), Request::Read(&cmd))
-                .await?;
-            Ok(bytes_of(value))
+            self.query("get", &|| shown(key), Request::Read(&cmd)).await
         })
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
             let mut cmd = redis::cmd("MGET");
             cmd.arg(keys);
-            let values: Vec<Option<Vec<u8>>> = self
-                .query("get_many", &|| shown_many(keys), Request::Read(&cmd))
-                .await?;
-            Ok(values.into_iter().map(bytes_of).collect())
+            self.query("get_many", &|| shown_many(keys), Request::Read(&cmd))
+                .await
         })
     }
 
@@ -414,7 +405,7 @@ impl CacheRepository for RedisCacheRepository {
         })
     }
 
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(0);

@@ -464,17 +464,16 @@ impl CacheRepository for RedisSentinelCacheRepository {
 
     fn set_many<'a>(
         &'a self,
-        entries: Vec<(String, Bytes)>,
+        entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let keys = || {
-                let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+                let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
                 shown_many(&keys)
             };
-            self.run("set_many", &keys, true, |r| {
-                let entries = entries.clone();
-                async move { r.set_many(entries, expiry).await }
+            self.run("set_many", &keys, true, move |r| async move {
+                r.set_many(entries, expiry).await
             })
             .await
         })
@@ -489,7 +488,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
         })
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
         Box::pin(async move {
             self.run(
                 "get_many",
@@ -510,7 +509,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
         })
     }
 
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64>> {
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             self.run(
                 "delete_many",

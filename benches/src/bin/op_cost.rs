@@ -1,0 +1,237 @@
+//! Runs one operation `n` times, for counting its CPU instructions with callgrind
+//! (deterministic, unlike timings on a shared 2-core machine): impcache and the same work by
+//! hand, against a throwaway `redis-server` (not traced) or in memory.
+//!
+//! `benches/op-cost.sh` runs every operation under callgrind at `n = 0` and `n = N` and prints the
+//! difference per operation. By hand: `op-cost <operation> <n>`; `op-cost list` names them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a broken setup must fail loudly
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use impcache::{Cache, MemoryCacheRepository, RedisCacheRepository};
+use impcache_benches::Small;
+use impcache_tests::RedisServer;
+
+const KEYS: u64 = 1_000;
+const TTL: u64 = 300;
+const BATCH: u64 = 100;
+
+const OPERATIONS: &[&str] = &[
+    "get",
+    "raw-get",
+    "set",
+    "raw-set",
+    "get-many",
+    "raw-mget",
+    "set-many",
+    "raw-pipeline",
+    "memory-get",
+    "moka-get",
+    "memory-set",
+    "moka-set",
+    "moka-ttl-get",
+    "moka-ttl-set",
+];
+
+/// moka's per-entry expiry, as the memory repository needs it.
+struct PerEntryTtl;
+
+impl moka::Expiry<String, (Bytes, Duration)> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &(Bytes, Duration),
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &(Bytes, Duration),
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+}
+
+type MokaTtl = moka::sync::Cache<String, (Bytes, Duration)>;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let operation = args.next().unwrap_or_else(|| "list".to_owned());
+    if operation == "list" || !OPERATIONS.contains(&operation.as_str()) {
+        println!("operations: {}", OPERATIONS.join(" "));
+        return;
+    }
+    let n: u64 = args.next().map_or(1_000, |n| n.parse().expect("n"));
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
+        let info = redis::IntoConnectionInfo::into_connection_info(server.url()).unwrap();
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(tcp)).unwrap();
+        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let memory = Cache::new(MemoryCacheRepository::new());
+        let moka: moka::sync::Cache<String, Bytes> = moka::sync::Cache::builder()
+            .max_capacity(impcache::repository::memory::DEFAULT_CAPACITY_BYTES)
+            .weigher(|k: &String, v: &Bytes| {
+                u32::try_from(k.len() + v.len() + 64).unwrap_or(u32::MAX)
+            })
+            .time_to_live(Duration::from_secs(TTL))
+            .build();
+        let moka_ttl: MokaTtl = moka::sync::Cache::builder()
+            .max_capacity(impcache::repository::memory::DEFAULT_CAPACITY_BYTES)
+            .weigher(|k: &String, v: &(Bytes, Duration)| {
+                u32::try_from(k.len() + v.0.len() + 64).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .build();
+        let values: Vec<Small> = (0..KEYS).map(Small::new).collect();
+        for (id, v) in values.iter().enumerate() {
+            cache.set(&format!("small:{id}"), v, TTL).await.unwrap();
+            memory.set(&format!("small:{id}"), v, TTL).await.unwrap();
+            moka.insert(
+                format!("cache:1:small:{id}"),
+                Bytes::from(serde_json::to_vec(v).unwrap()),
+            );
+            moka_ttl.insert(
+                format!("cache:1:small:{id}"),
+                (
+                    Bytes::from(serde_json::to_vec(v).unwrap()),
+                    Duration::from_secs(TTL),
+                ),
+            );
+        }
+        let moka = (&moka, &moka_ttl);
+        // Warm-up: connections, lazily built tables.
+        for i in 0..200 {
+            run(&operation, i % KEYS, &cache, &raw, &memory, moka, &values).await;
+        }
+        for i in 0..n {
+            run(&operation, i % KEYS, &cache, &raw, &memory, moka, &values).await;
+        }
+    });
+}
+
+async fn run(
+    operation: &str,
+    id: u64,
+    cache: &Cache,
+    raw: &redis::aio::ConnectionManager,
+    memory: &Cache,
+    (moka, moka_ttl): (&moka::sync::Cache<String, Bytes>, &MokaTtl),
+    values: &[Small],
+) {
+    let mut conn = raw.clone();
+    let first = id.min(KEYS - BATCH);
+    match operation {
+        "get" => {
+            let v: Small = cache.get(&format!("small:{id}")).await.unwrap().unwrap();
+            black_box(v);
+        }
+        "raw-get" => {
+            let bytes: Vec<u8> = redis::cmd("GET")
+                .arg(format!("cache:1:small:{id}"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+        }
+        "set" => {
+            cache
+                .set(&format!("small:{id}"), &values[id as usize], TTL)
+                .await
+                .unwrap();
+        }
+        "raw-set" => {
+            let bytes = serde_json::to_vec(&values[id as usize]).unwrap();
+            let () = redis::cmd("SET")
+                .arg(format!("cache:1:small:{id}"))
+                .arg(bytes)
+                .arg("EX")
+                .arg(TTL)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        "get-many" => {
+            let keys: Vec<String> = (first..first + BATCH)
+                .map(|id| format!("small:{id}"))
+                .collect();
+            let v: Vec<Option<Small>> = cache.get_many(&keys).await.unwrap();
+            black_box(v);
+        }
+        "raw-mget" => {
+            let keys: Vec<String> = (first..first + BATCH)
+                .map(|id| format!("cache:1:small:{id}"))
+                .collect();
+            let replies: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let v: Vec<Option<Small>> = replies
+                .into_iter()
+                .map(|b| b.map(|b| serde_json::from_slice(&b).unwrap()))
+                .collect();
+            black_box(v);
+        }
+        "set-many" => {
+            let entries =
+                (first..first + BATCH).map(|id| (format!("small:{id}"), &values[id as usize]));
+            cache.set_many(entries, TTL).await.unwrap();
+        }
+        "raw-pipeline" => {
+            let mut pipe = redis::pipe();
+            for id in first..first + BATCH {
+                let bytes = serde_json::to_vec(&values[id as usize]).unwrap();
+                pipe.cmd("SET")
+                    .arg(format!("cache:1:small:{id}"))
+                    .arg(bytes)
+                    .arg("EX")
+                    .arg(TTL)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap();
+        }
+        "memory-get" => {
+            let v: Small = memory.get(&format!("small:{id}")).await.unwrap().unwrap();
+            black_box(v);
+        }
+        "moka-get" => {
+            let bytes = moka.get(&format!("cache:1:small:{id}")).unwrap();
+            black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+        }
+        "memory-set" => {
+            memory
+                .set(&format!("small:{id}"), &values[id as usize], TTL)
+                .await
+                .unwrap();
+        }
+        "moka-set" => {
+            let bytes = serde_json::to_vec(&values[id as usize]).unwrap();
+            moka.insert(format!("cache:1:small:{id}"), Bytes::from(bytes));
+        }
+        "moka-ttl-get" => {
+            let (bytes, _) = moka_ttl.get(&format!("cache:1:small:{id}")).unwrap();
+            black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+        }
+        "moka-ttl-set" => {
+            let bytes = serde_json::to_vec(&values[id as usize]).unwrap();
+            moka_ttl.insert(
+                format!("cache:1:small:{id}"),
+                (Bytes::from(bytes), Duration::from_secs(TTL)),
+            );
+        }
+        _ => unreachable!("checked in main"),
+    }
+}
