@@ -29,7 +29,7 @@ use http::{HeaderMap, HeaderName, Method};
 use sha2::{Digest, Sha256};
 
 /// Bytes kept as they are in the path segment of a key; every other byte is `%XX`.
-fn path_safe(b: u8) -> bool {
+const fn path_safe(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -52,16 +52,34 @@ fn path_safe(b: u8) -> bool {
 }
 
 /// Bytes kept as they are in the host and method segments (no `/`, so only the path starts with one).
-fn token_safe(b: u8) -> bool {
+const fn token_safe(b: u8) -> bool {
     path_safe(b) && b != b'/'
 }
+
+/// Which bytes a segment keeps as they are: a table, so the per-byte test is one load.
+type SafeBytes = [bool; 256];
+
+macro_rules! safe_table {
+    ($safe:ident) => {{
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = $safe(b as u8);
+            b += 1;
+        }
+        table
+    }};
+}
+
+const PATH_SAFE: SafeBytes = safe_table!(path_safe);
+const TOKEN_SAFE: SafeBytes = safe_table!(token_safe);
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `s`, its safe bytes as they are (ASCII-lowercased when `lowercase`), every other
 /// byte as `%XX`.
-fn push_encoded_with(out: &mut String, s: &str, safe: fn(u8) -> bool, lowercase: bool) {
+fn push_encoded_with(out: &mut String, s: &str, safe: &SafeBytes, lowercase: bool) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &raw) in bytes.iter().enumerate() {
@@ -70,7 +88,7 @@ fn push_encoded_with(out: &mut String, s: &str, safe: fn(u8) -> bool, lowercase:
         } else {
             raw
         };
-        if b == raw && safe(b) {
+        if b == raw && safe[usize::from(b)] {
             continue;
         }
         // `start..i` holds only safe (ASCII) bytes, so both ends are character boundaries.
@@ -78,7 +96,7 @@ fn push_encoded_with(out: &mut String, s: &str, safe: fn(u8) -> bool, lowercase:
             out.push_str(run);
         }
         start = i + 1;
-        if safe(b) {
+        if safe[usize::from(b)] {
             out.push(char::from(b));
         } else {
             out.push('%');
@@ -91,7 +109,7 @@ fn push_encoded_with(out: &mut String, s: &str, safe: fn(u8) -> bool, lowercase:
     }
 }
 
-fn push_encoded(out: &mut String, s: &str, safe: fn(u8) -> bool) {
+fn push_encoded(out: &mut String, s: &str, safe: &SafeBytes) {
     push_encoded_with(out, s, safe, false);
 }
 
@@ -99,7 +117,7 @@ fn push_encoded(out: &mut String, s: &str, safe: fn(u8) -> bool) {
 fn push_host_segment(out: &mut String, host: Option<&str>) {
     match host {
         None | Some("") => out.push('-'),
-        Some(host) => push_encoded_with(out, host, token_safe, true),
+        Some(host) => push_encoded_with(out, host, &TOKEN_SAFE, true),
     }
 }
 
@@ -114,7 +132,7 @@ fn push_path_segment(out: &mut String, path: &str) {
     if !path.starts_with('/') {
         out.push('/');
     }
-    push_encoded(out, path, path_safe);
+    push_encoded(out, path, &PATH_SAFE);
 }
 
 fn path_segment(path: &str) -> String {
@@ -181,7 +199,7 @@ fn push_url_key(
     key.push(':');
     push_query_segment(key, query);
     key.push(':');
-    push_encoded(key, method.as_str(), token_safe);
+    push_encoded(key, method.as_str(), &TOKEN_SAFE);
 }
 
 /// Room for the segments [`push_url_key`] adds beyond the namespace, host and path as given.
@@ -418,9 +436,13 @@ mod tests {
             "/a b/*?[]\\/ü/%41",
             "日本/語",
         ] {
-            for (safe, lowercase) in [(path_safe as fn(u8) -> bool, false), (token_safe, true)] {
+            let cases = [
+                (path_safe as fn(u8) -> bool, &PATH_SAFE, false),
+                (token_safe, &TOKEN_SAFE, true),
+            ];
+            for (safe, table, lowercase) in cases {
                 let mut out = String::from("k:");
-                push_encoded_with(&mut out, input, safe, lowercase);
+                push_encoded_with(&mut out, input, table, lowercase);
                 let expected = format!("k:{}", reference_encoding(input, safe, lowercase));
                 assert_eq!(out, expected, "{input:?}");
             }
