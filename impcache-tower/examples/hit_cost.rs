@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Cases: `memory` and `redis` (a throwaway `redis-server`, not traced) hit a URL whose response
-//! has no `Vary`; `memory-vary` and `redis-vary` one whose response varies on `Accept-Language`.
+//! has no `Vary`; `memory-vary` and `redis-vary` one whose response varies on `Accept-Language`;
+//! `redis-raw` is the baseline of the HTTP benchmark without the layer: a handler that does one
+//! raw redis-rs `GET` and returns the bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring harness: a broken setup must fail loudly
 
 use std::convert::Infallible;
@@ -22,7 +24,7 @@ use impcache_tests::RedisServer;
 use impcache_tower::CacheLayer;
 use tower::{Service, ServiceExt};
 
-const CASES: &[&str] = &["memory", "redis", "memory-vary", "redis-vary"];
+const CASES: &[&str] = &["memory", "redis", "memory-vary", "redis-vary", "redis-raw"];
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -38,6 +40,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if case == "redis-raw" {
+        let url = server.as_ref().map(RedisServer::url).unwrap_or_default();
+        rt.block_on(raw(&url, n));
+        return;
+    }
     rt.block_on(async {
         let cache = match &server {
             Some(server) => Cache::new(RedisCacheRepository::new(&server.url()).unwrap()),
@@ -57,7 +64,7 @@ fn main() {
         });
         let mut svc = tower::Layer::layer(&layer, handler);
         let request = || {
-            Request::get("/users/1?tab=profile")
+            Request::get("/users/1")
                 .header("host", "example.com")
                 .header("accept", "application/json")
                 .header("accept-language", "en")
@@ -78,4 +85,46 @@ fn main() {
             std::hint::black_box(response.into_body().collect().await.unwrap());
         }
     });
+}
+
+/// The baseline: one raw `GET` per request, its bytes returned with a content type.
+async fn raw(url: &str, n: u64) {
+    let client = redis::Client::open(url).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let mut setup = connection.clone();
+    let () = redis::cmd("SET")
+        .arg("http:1")
+        .arg(&[b'x'; 100][..])
+        .query_async(&mut setup)
+        .await
+        .unwrap();
+    let handler = tower::service_fn(move |_: Request<()>| {
+        let mut connection = connection.clone();
+        async move {
+            let body: Vec<u8> = redis::cmd("GET")
+                .arg("http:1")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap(),
+            )
+        }
+    });
+    let mut svc = handler;
+    for i in 0..200 + n {
+        let request = Request::get("/users/1")
+            .header("host", "example.com")
+            .header("accept", "application/json")
+            .header("accept-language", "en")
+            .header("user-agent", "hit-cost/1")
+            .body(())
+            .unwrap();
+        let response = svc.ready().await.unwrap().call(request).await.unwrap();
+        std::hint::black_box(response.into_body().collect().await.unwrap());
+        std::hint::black_box(i);
+    }
 }

@@ -33,6 +33,8 @@ const OPERATIONS: &[&str] = &[
     "moka-set",
     "moka-ttl-get",
     "moka-ttl-set",
+    "http-cached",
+    "http-raw",
 ];
 
 /// moka's per-entry expiry, as the memory repository needs it.
@@ -74,6 +76,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Some(route) = operation.strip_prefix("http-") {
+        rt.block_on(http(&server, route, n));
+        return;
+    }
     rt.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         let info = redis::IntoConnectionInfo::into_connection_info(server.url()).unwrap();
@@ -233,5 +239,77 @@ async fn run(
             );
         }
         _ => unreachable!("checked in main"),
+    }
+}
+
+/// One HTTP GET through axum over loopback, hyper client and server in this process: a
+/// `CacheLayer` hit (`cached`) or a handler doing one raw `GET` (`raw`), as in the bench's case 5.
+async fn http(server: &RedisServer, route: &str, n: u64) {
+    use axum::extract::{Path, State};
+    use axum::routing::get;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let body = |id: u64| Bytes::from(serde_json::to_vec(&Small::new(id)).unwrap());
+    let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
+    let client = redis::Client::open(server.url()).unwrap();
+    let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let mut conn = raw.clone();
+    for id in 0..KEYS {
+        let () = redis::cmd("SET")
+            .arg(format!("http:{id}"))
+            .arg(body(id).to_vec())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let content_type = axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new()
+        .route(
+            "/cached/{id}",
+            get(move |Path(id): Path<u64>| async move {
+                ([(content_type, "application/json")], body(id))
+            }),
+        )
+        .route_layer(impcache_tower::CacheLayer::new(cache).expire(300))
+        .merge(
+            axum::Router::new()
+                .route(
+                    "/raw/{id}",
+                    get(
+                        |State(mut conn): State<redis::aio::ConnectionManager>,
+                         Path(id): Path<u64>| async move {
+                            let value: Vec<u8> = redis::cmd("GET")
+                                .arg(format!("http:{id}"))
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap();
+                            (
+                                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                                Bytes::from(value),
+                            )
+                        },
+                    ),
+                )
+                .with_state(raw),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uris: Vec<hyper::Uri> = (0..KEYS)
+        .map(|id| format!("http://{addr}/{route}/{id}").parse().unwrap())
+        .collect();
+    // Warm-up: every URL once (the cached route stores them), then the connection pool.
+    for uri in &uris {
+        let response = client.get(uri.clone()).await.unwrap();
+        black_box(response.into_body().collect().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..n {
+        let response = client.get(uris[(i % KEYS) as usize].clone()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        black_box(response.into_body().collect().await.unwrap());
     }
 }
