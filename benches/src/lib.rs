@@ -108,8 +108,12 @@ pub struct Ratio {
     pub system: String,
     /// What it is compared to.
     pub baseline: String,
-    /// `system / baseline` throughput.
+    /// `system / baseline` throughput: the median of the per-round ratios (each round of one
+    /// system is paired with the adjacent round of the other), robust to a burst of noise in
+    /// one round.
     pub ratio: f64,
+    /// `system / baseline` of the total operations over the total time of all rounds.
+    pub ratio_of_totals: f64,
     /// The target, when there is one (`0.95` = at least 95 % of the baseline).
     pub target: Option<f64>,
     /// Smallest and largest ratio over the alternating rounds.
@@ -137,12 +141,13 @@ impl Timing {
         }
     }
 
-    /// The full run.
+    /// The full run: many short paired rounds, so that the median ratio shrugs off the noise
+    /// of a shared 2-core machine.
     pub fn full() -> Self {
         Timing {
             warmup: Duration::from_millis(150),
-            round: Duration::from_millis(400),
-            rounds: 4,
+            round: Duration::from_millis(200),
+            rounds: 12,
         }
     }
 }
@@ -283,7 +288,8 @@ where
         concurrency,
         system: a.name.clone(),
         baseline: b.name.clone(),
-        ratio: sa.ops_per_sec / sb.ops_per_sec.max(1e-9),
+        ratio: median(&per_round),
+        ratio_of_totals: sa.ops_per_sec / sb.ops_per_sec.max(1e-9),
         target,
         spread,
     };
@@ -311,5 +317,16 @@ mod tests {
         let large = serde_json::to_vec(&Large::new(123_456)).unwrap_or_default();
         assert!((90..=130).contains(&small.len()), "{}", small.len());
         assert!((9_500..=11_000).contains(&large.len()), "{}", large.len());
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }

@@ -143,6 +143,17 @@ async fn core_for<T>(
         results
             .add(side_by_side(&case, c, config.timing, &impcache_get, &raw_get, Some(0.95)).await);
     }
+    if size == "100B" {
+        // The noise floor: the same system against itself, measured exactly like the others.
+        let again = Contender {
+            name: "redis-rs, again".to_owned(),
+            op: Arc::clone(&raw_get.op),
+        };
+        for &c in &config.concurrencies {
+            let case = "get 100B (A/A: redis-rs against itself)";
+            results.add(side_by_side(case, c, config.timing, &raw_get, &again, None).await);
+        }
+    }
     for &c in &config.concurrencies {
         let case = format!("set {size}");
         results
@@ -349,6 +360,7 @@ pub(crate) async fn delete_pattern(config: &Config, results: &mut Results) {
         system: "impcache".to_owned(),
         baseline: "SCAN+UNLINK".to_owned(),
         ratio: imp / raw_rate,
+        ratio_of_totals: imp / raw_rate,
         target: Some(1.0),
         spread: (imp / raw_rate, imp / raw_rate),
     };

@@ -140,13 +140,16 @@ pub(crate) async fn http(config: &Config, server: &RedisServer, results: &mut Re
         }
     };
     let cached = contender("CacheLayer hit", cached_uris, true);
-    let raw = contender("raw GET handler", raw_uris, false);
+    let raw = contender("raw GET handler", Arc::clone(&raw_uris), false);
+    let raw_again = contender("raw GET handler, again", raw_uris, false);
     let slow = contender("2 ms handler", slow_uris, false);
     let before = NOT_HIT.load(Ordering::Relaxed);
     for c in [16, 64, 256] {
         results
             .add(side_by_side("http GET 100B", c, config.timing, &cached, &raw, Some(0.9)).await);
         results.add(side_by_side("http GET 100B", c, config.timing, &cached, &slow, None).await);
+        let case = "http GET 100B (A/A: raw GET handler against itself)";
+        results.add(side_by_side(case, c, config.timing, &raw, &raw_again, None).await);
     }
     let not_hit = NOT_HIT.load(Ordering::Relaxed) - before;
     if not_hit > 0 {

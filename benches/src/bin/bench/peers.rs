@@ -88,6 +88,7 @@ pub(crate) async fn python(config: &Config, server: &RedisServer, results: &mut 
                 system: "impcache".to_owned(),
                 baseline: sample.system.clone(),
                 ratio: rust.ops_per_sec / sample.ops_per_sec.max(1e-9),
+                ratio_of_totals: rust.ops_per_sec / sample.ops_per_sec.max(1e-9),
                 target: None,
                 spread: (f64::NAN, f64::NAN),
             });

@@ -69,8 +69,8 @@ pub(crate) fn write(config: &Config, results: &Results, elapsed: Duration) {
     std::fs::write(config.out.join("bench.csv"), csv).expect("write bench.csv");
 
     let mut md = String::from(
-        "| case | tasks | impcache | baseline | baseline rate | ratio | spread | target |\n\
-         |---|---:|---:|---|---:|---:|---|---|\n",
+        "| case | tasks | impcache | baseline | baseline rate | ratio (median) | ratio (totals) | spread | target |\n\
+         |---|---:|---:|---|---:|---:|---:|---|---|\n",
     );
     for r in &results.ratios {
         let rate = |system: &str| {
@@ -93,13 +93,14 @@ pub(crate) fn write(config: &Config, results: &Results, elapsed: Duration) {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {}/s | {} | {}/s | **{:.2}** | {} | {} |",
+            "| {} | {} | {}/s | {} | {}/s | **{:.2}** | {:.2} | {} | {} |",
             r.case,
             r.concurrency,
             rate(&r.system),
             r.baseline,
             rate(&r.baseline),
             r.ratio,
+            r.ratio_of_totals,
             spread,
             target
         );
