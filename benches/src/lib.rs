@@ -307,6 +307,65 @@ pub fn human_rate(rate: f64) -> String {
     }
 }
 
+/// The median of `values` (the mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The baseline's Redis connection: one `ConnectionManager` with the TCP settings impcache uses
+/// (`TCP_NODELAY`) and its default config otherwise.
+pub async fn raw_connection(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    let client = redis::Client::open(info.set_tcp_settings(tcp))?;
+    redis::aio::ConnectionManager::new(client).await
+}
+
+/// moka holding JSON bytes with a TTL per entry, as the memory repository needs it (every write
+/// has its own expiry): the memory baseline.
+pub type MokaPerEntryTtl = moka::sync::Cache<String, (bytes::Bytes, Duration)>;
+
+/// A [`MokaPerEntryTtl`] with the memory repository's capacity and weigher.
+pub fn moka_per_entry_ttl() -> MokaPerEntryTtl {
+    moka::sync::Cache::builder()
+        .max_capacity(impcache::repository::memory::DEFAULT_CAPACITY_BYTES)
+        .weigher(|k: &String, v: &(bytes::Bytes, Duration)| {
+            u32::try_from(k.len() + v.0.len() + 64).unwrap_or(u32::MAX)
+        })
+        .expire_after(PerEntryTtl)
+        .build()
+}
+
+/// moka's per-entry expiry: the TTL stored with each value.
+struct PerEntryTtl;
+
+impl moka::Expiry<String, (bytes::Bytes, Duration)> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &(bytes::Bytes, Duration),
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &(bytes::Bytes, Duration),
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,16 +376,5 @@ mod tests {
         let large = serde_json::to_vec(&Large::new(123_456)).unwrap_or_default();
         assert!((90..=130).contains(&small.len()), "{}", small.len());
         assert!((9_500..=11_000).contains(&large.len()), "{}", large.len());
-    }
-}
-
-/// The median of `values` (the mean of the middle two for an even count); NaN when empty.
-pub fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }

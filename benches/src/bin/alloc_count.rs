@@ -61,10 +61,9 @@ fn main() {
     rt.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         CACHE.set(cache.clone()).unwrap();
-        let info = redis::IntoConnectionInfo::into_connection_info(server.url()).unwrap();
-        let tcp = info.tcp_settings().clone().set_nodelay(true);
-        let client = redis::Client::open(info.set_tcp_settings(tcp)).unwrap();
-        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let raw = impcache_benches::raw_connection(&server.url())
+            .await
+            .unwrap();
         let memory = Cache::new(MemoryCacheRepository::new());
         let moka: moka::sync::Cache<String, Bytes> = moka::sync::Cache::builder()
             .max_capacity(1 << 28)

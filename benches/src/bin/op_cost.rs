@@ -37,31 +37,7 @@ const OPERATIONS: &[&str] = &[
     "http-raw",
 ];
 
-/// moka's per-entry expiry, as the memory repository needs it.
-struct PerEntryTtl;
-
-impl moka::Expiry<String, (Bytes, Duration)> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        value: &(Bytes, Duration),
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        value: &(Bytes, Duration),
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-}
-
-type MokaTtl = moka::sync::Cache<String, (Bytes, Duration)>;
+type MokaTtl = impcache_benches::MokaPerEntryTtl;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -82,10 +58,9 @@ fn main() {
     }
     rt.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
-        let info = redis::IntoConnectionInfo::into_connection_info(server.url()).unwrap();
-        let tcp = info.tcp_settings().clone().set_nodelay(true);
-        let client = redis::Client::open(info.set_tcp_settings(tcp)).unwrap();
-        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let raw = impcache_benches::raw_connection(&server.url())
+            .await
+            .unwrap();
         let memory = Cache::new(MemoryCacheRepository::new());
         let moka: moka::sync::Cache<String, Bytes> = moka::sync::Cache::builder()
             .max_capacity(impcache::repository::memory::DEFAULT_CAPACITY_BYTES)
@@ -94,13 +69,7 @@ fn main() {
             })
             .time_to_live(Duration::from_secs(TTL))
             .build();
-        let moka_ttl: MokaTtl = moka::sync::Cache::builder()
-            .max_capacity(impcache::repository::memory::DEFAULT_CAPACITY_BYTES)
-            .weigher(|k: &String, v: &(Bytes, Duration)| {
-                u32::try_from(k.len() + v.0.len() + 64).unwrap_or(u32::MAX)
-            })
-            .expire_after(PerEntryTtl)
-            .build();
+        let moka_ttl: MokaTtl = impcache_benches::moka_per_entry_ttl();
         let values: Vec<Small> = (0..KEYS).map(Small::new).collect();
         for (id, v) in values.iter().enumerate() {
             cache.set(&format!("small:{id}"), v, TTL).await.unwrap();

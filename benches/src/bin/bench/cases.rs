@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use impcache::{Cache, MemoryCacheRepository, RedisCacheRepository};
-use impcache_benches::{side_by_side, Contender, Large, Ratio, Sample, Small};
+use impcache_benches::{
+    moka_per_entry_ttl, side_by_side, Contender, Large, MokaPerEntryTtl, Ratio, Sample, Small,
+};
 use impcache_tests::RedisServer;
 use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
@@ -34,10 +36,9 @@ pub(crate) fn leaked_cache(server: &RedisServer) -> &'static Cache {
 /// The raw baseline: one `ConnectionManager` with the same TCP settings impcache uses
 /// (`TCP_NODELAY`), and its default config otherwise.
 pub(crate) async fn raw_connection(server: &RedisServer) -> ConnectionManager {
-    let info = redis::IntoConnectionInfo::into_connection_info(server.url()).expect("url");
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
-    let client = redis::Client::open(info.set_tcp_settings(tcp)).expect("client");
-    ConnectionManager::new(client).await.expect("connect")
+    impcache_benches::raw_connection(&server.url())
+        .await
+        .expect("connect")
 }
 
 fn hit<T>(value: Result<Option<T>, impl std::fmt::Display>) -> Result<T, String> {
@@ -402,45 +403,13 @@ async fn scan_unlink(conn: &mut ConnectionManager, pattern: &str) -> u64 {
     }
 }
 
-/// moka's per-entry expiry, as the memory repository needs it (each write has its own TTL).
-struct PerEntryTtl;
-
-impl moka::Expiry<String, (Bytes, Duration)> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        value: &(Bytes, Duration),
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        value: &(Bytes, Duration),
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-}
-
 /// Case 6: the memory repository against moka used directly with the same JSON work: with a TTL
 /// per entry as impcache's API needs (the target), with one TTL for all entries (cheaper, and
 /// not the same cache), and holding typed values (no JSON at all).
 pub(crate) async fn memory(config: &Config, results: &mut Results) {
     println!("case 6: memory repository against moka");
     let cache: &'static Cache = Box::leak(Box::new(Cache::new(MemoryCacheRepository::new())));
-    let moka_ttl: &'static moka::sync::Cache<String, (Bytes, Duration)> = Box::leak(Box::new(
-        moka::sync::Cache::builder()
-            .max_capacity(impcache::repository::memory::DEFAULT_CAPACITY_BYTES)
-            .weigher(|k: &String, v: &(Bytes, Duration)| {
-                u32::try_from(k.len() + v.0.len() + 64).unwrap_or(u32::MAX)
-            })
-            .expire_after(PerEntryTtl)
-            .build(),
-    ));
+    let moka_ttl: &'static MokaPerEntryTtl = Box::leak(Box::new(moka_per_entry_ttl()));
     let moka_bytes: &'static moka::sync::Cache<String, Bytes> = Box::leak(Box::new(
         moka::sync::Cache::builder()
             .max_capacity(impcache::repository::memory::DEFAULT_CAPACITY_BYTES)
