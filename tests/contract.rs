@@ -1,5 +1,6 @@
 //! The contract suite: every example of the Python library's description and the edge cases,
-//! run identically against the in-memory repository and a real Redis.
+//! run identically against the in-memory repository (called directly by `Cache`, and through
+//! the `CacheRepository` trait), a real Redis, Sentinel and Cluster.
 //!
 //! Each test is an `async fn(Backend)`; `contract!` instantiates it once per repository.
 
@@ -26,6 +27,19 @@ impl Backend {
     fn memory() -> Self {
         Backend {
             repository: Arc::new(MemoryCacheRepository::new()),
+            _servers: None,
+        }
+    }
+
+    /// The memory repository behind another `CacheRepository` (a namespacing wrapper), so that
+    /// `Cache` goes through the trait's boxed futures instead of calling it directly: both paths
+    /// must behave the same.
+    fn memory_through_trait() -> Self {
+        use impcache_tests::cluster::NamespacedRepository;
+        Backend {
+            repository: Arc::new(NamespacedRepository::unique(Arc::new(
+                MemoryCacheRepository::new(),
+            ))),
             _servers: None,
         }
     }
@@ -96,6 +110,14 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Backend::memory()).await
+                }
+            )*
+        }
+        mod memory_through_trait {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::memory_through_trait()).await
                 }
             )*
         }

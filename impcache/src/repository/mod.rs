@@ -33,6 +33,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Implementations must be cheap to share (`Cache` holds one in an `Arc`), apply the expiry to
 /// every write atomically with the value, and return errors that name the key. Keys and patterns
 /// arrive complete: `delete_pattern` gets a Redis glob whose prefix and version are already escaped.
+///
+/// (`Any` is a supertrait, which every `'static` type satisfies, so that `Cache` can recognise
+/// the built-in [`MemoryCacheRepository`](memory::MemoryCacheRepository) and call it without a
+/// boxed future.)
 pub trait CacheRepository: Any + Debug + Send + Sync {
     /// Stores `value` at `key`, replacing any previous value and its expiry.
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>>;
