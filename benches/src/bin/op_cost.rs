@@ -34,6 +34,7 @@ const OPERATIONS: &[&str] = &[
     "moka-ttl-get",
     "moka-ttl-set",
     "http-cached",
+    "http-cached-lean",
     "http-raw",
 ];
 
@@ -212,7 +213,8 @@ async fn run(
 }
 
 /// One HTTP GET through axum over loopback, hyper client and server in this process: a
-/// `CacheLayer` hit (`cached`) or a handler doing one raw `GET` (`raw`), as in the bench's case 5.
+/// `CacheLayer` hit (`cached`; `cached-lean` without the status headers and the computed ETag)
+/// or a handler doing one raw `GET` (`raw`), as in the bench's case 5.
 async fn http(server: &RedisServer, route: &str, n: u64) {
     use axum::extract::{Path, State};
     use axum::routing::get;
@@ -234,6 +236,16 @@ async fn http(server: &RedisServer, route: &str, n: u64) {
             .unwrap();
     }
     let content_type = axum::http::header::CONTENT_TYPE;
+    let mut layer = impcache_tower::CacheLayer::new(cache).expire(300);
+    let route = match route {
+        "cached-lean" => {
+            layer = layer
+                .status_header(impcache_tower::StatusHeader::None)
+                .compute_etag(false);
+            "cached"
+        }
+        route => route,
+    };
     let app = axum::Router::new()
         .route(
             "/cached/{id}",
@@ -241,7 +253,7 @@ async fn http(server: &RedisServer, route: &str, n: u64) {
                 ([(content_type, "application/json")], body(id))
             }),
         )
-        .route_layer(impcache_tower::CacheLayer::new(cache).expire(300))
+        .route_layer(layer)
         .merge(
             axum::Router::new()
                 .route(

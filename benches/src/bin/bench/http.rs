@@ -97,9 +97,20 @@ pub(crate) async fn http(config: &Config, server: &RedisServer, results: &mut Re
         }
         let () = pipe.query_async(&mut conn).await.expect("populate");
     }
+    // The same layer without the optional response headers: no status headers, no computed ETag.
+    let lean = CacheLayer::new(cache.clone())
+        .expire(300)
+        .namespace("lean")
+        .status_header(impcache_tower::StatusHeader::None)
+        .compute_etag(false);
     let app = Router::new()
         .route("/cached/{id}", get(origin))
         .route_layer(CacheLayer::new(cache).expire(300))
+        .merge(
+            Router::new()
+                .route("/lean/{id}", get(origin))
+                .route_layer(lean),
+        )
         .merge(
             Router::new()
                 .route("/raw/{id}", get(raw_get))
@@ -122,8 +133,9 @@ pub(crate) async fn http(config: &Config, server: &RedisServer, results: &mut Re
         )
     };
     let (cached_uris, raw_uris, slow_uris) = (uris("cached"), uris("raw"), uris("slow"));
-    // Warm the cached route: every URL once (misses, stored in the background).
-    for uri in cached_uris.iter() {
+    let lean_uris = uris("lean");
+    // Warm the cached routes: every URL once (misses, stored in the background).
+    for uri in cached_uris.iter().chain(lean_uris.iter()) {
         fetch(&client, uri.clone(), false).await.expect("warm up");
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -143,11 +155,15 @@ pub(crate) async fn http(config: &Config, server: &RedisServer, results: &mut Re
     let raw = contender("raw GET handler", Arc::clone(&raw_uris), false);
     let raw_again = contender("raw GET handler, again", raw_uris, false);
     let slow = contender("2 ms handler", slow_uris, false);
+    // No `x-cache` on these responses: they are not counted as hits or misses.
+    let lean = contender("CacheLayer hit, no optional headers", lean_uris, false);
     let before = NOT_HIT.load(Ordering::Relaxed);
     for c in [16, 64, 256] {
         results
             .add(side_by_side("http GET 100B", c, config.timing, &cached, &raw, Some(0.9)).await);
         results.add(side_by_side("http GET 100B", c, config.timing, &cached, &slow, None).await);
+        let case = "http GET 100B (layer without status headers and ETag)";
+        results.add(side_by_side(case, c, config.timing, &lean, &raw, None).await);
         let case = "http GET 100B (A/A: raw GET handler against itself)";
         results.add(side_by_side(case, c, config.timing, &raw, &raw_again, None).await);
     }
