@@ -436,9 +436,12 @@ async fn store_then_release(
     }
 }
 
+/// A request through the layer: the lookup, and a hit served from it. Everything that calls the
+/// handler lives in boxed futures of its own ([`bypass`], [`forward`]), so that the future of a
+/// hit stays small (moving it into its box is part of every request's cost).
 async fn run<S, ReqBody, ResBody>(
     layer: CacheLayer,
-    mut inner: S,
+    inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
@@ -456,21 +459,7 @@ where
     );
     let refresh = match plan {
         RequestPlan::Bypass(reason) => {
-            let fwd = if reason == policy::Bypass::Method {
-                "method"
-            } else {
-                "bypass"
-            };
-            let mut response = inner.call(request).await?.map(ResponseBody::inner);
-            mark(
-                &mut response,
-                config.status_header,
-                Outcome::Bypass {
-                    fwd,
-                    detail: reason.detail(),
-                },
-            );
-            return Ok(response);
+            return Box::pin(bypass(config, inner, request, reason)).await
         }
         RequestPlan::Head => true,
         RequestPlan::Lookup { refresh } => refresh,
@@ -484,7 +473,6 @@ where
         request.uri().query(),
         method,
     );
-    let url = keys.url();
 
     // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
     let mut fwd = "request";
@@ -501,6 +489,62 @@ where
             }
         }
     }
+    Box::pin(forward(
+        &layer, inner, request, keys, head, refresh, fwd, may_store, detail,
+    ))
+    .await
+}
+
+/// A request the cache does not answer (`Cache-Control: no-store`, a method it does not cache, …):
+/// the handler's response, marked.
+async fn bypass<S, ReqBody, ResBody>(
+    config: &Config,
+    mut inner: S,
+    request: Request<ReqBody>,
+    reason: policy::Bypass,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let fwd = if reason == policy::Bypass::Method {
+        "method"
+    } else {
+        "bypass"
+    };
+    let mut response = inner.call(request).await?.map(ResponseBody::inner);
+    mark(
+        &mut response,
+        config.status_header,
+        Outcome::Bypass {
+            fwd,
+            detail: reason.detail(),
+        },
+    );
+    Ok(response)
+}
+
+/// A request the lookup did not answer: the handler's response, stored when it may be.
+#[allow(clippy::too_many_arguments)]
+async fn forward<S, ReqBody, ResBody>(
+    layer: &CacheLayer,
+    mut inner: S,
+    request: Request<ReqBody>,
+    keys: key::UrlKeys,
+    head: bool,
+    refresh: bool,
+    fwd: &'static str,
+    may_store: bool,
+    detail: Option<&'static str>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let config = &*layer.config;
+    let url = keys.url();
     if head {
         // Never stored: a HEAD response has no body to serve GETs with.
         let mut response = inner.call(request).await?.map(ResponseBody::inner);
