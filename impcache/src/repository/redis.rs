@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -64,9 +66,11 @@ pub struct RedisCacheRepository {
 struct Inner {
     client: redis::Client,
     manager_config: ConnectionManagerConfig,
-    /// The current connection and its generation; `None` until the first operation and after a
-    /// connection was found dead.
-    manager: RwLock<Option<(u64, ConnectionManager)>>,
+    /// The current connection; `None` until the first operation and after a connection was
+    /// found dead. Read on every call without a lock (`arc-swap`: no atomic write to a line that
+    /// both cores share), replaced under `replacing`.
+    manager: ArcSwapOption<Current>,
+    replacing: Mutex<()>,
     generations: AtomicU64,
     consecutive_timeouts: AtomicU32,
     deadline: Duration,
@@ -75,6 +79,12 @@ struct Inner {
     breaker: CircuitBreaker,
     /// The DSN with its password replaced: the only form that is ever printed.
     shown_dsn: String,
+}
+
+/// A connection and its generation (which tells a dead connection's replacement apart from it).
+struct Current {
+    generation: u64,
+    manager: ConnectionManager,
 }
 
 enum Source {
@@ -158,30 +168,26 @@ impl RedisCacheRepository {
 
     /// The current connection (made lazily: it connects on first use) and its generation.
     fn connection(&self) -> redis::RedisResult<(u64, ConnectionManager)> {
-        {
-            let current = self
-                .inner
-                .manager
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some((generation, manager)) = current.as_ref() {
-                return Ok((*generation, manager.clone()));
-            }
+        if let Some(current) = &*self.inner.manager.load() {
+            return Ok((current.generation, current.manager.clone()));
         }
-        let mut current = self
+        let _replacing = self
             .inner
-            .manager
-            .write()
+            .replacing
+            .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((generation, manager)) = current.as_ref() {
-            return Ok((*generation, manager.clone()));
+        if let Some(current) = &*self.inner.manager.load() {
+            return Ok((current.generation, current.manager.clone()));
         }
         let manager = ConnectionManager::new_lazy_with_config(
             self.inner.client.clone(),
             self.inner.manager_config.clone(),
         )?;
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        *current = Some((generation, manager.clone()));
+        self.inner.manager.store(Some(Arc::new(Current {
+            generation,
+            manager: manager.clone(),
+        })));
         Ok((generation, manager))
     }
 
@@ -191,13 +197,14 @@ impl RedisCacheRepository {
         if generation == 0 {
             return;
         }
-        let mut current = self
+        let _replacing = self
             .inner
-            .manager
-            .write()
+            .replacing
+            .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if matches!(current.as_ref(), Some((g, _)) if *g == generation) {
-            *current = None;
+        let current = self.inner.manager.load();
+        if current.as_ref().is_some_and(|c| c.generation == generation) {
+            self.inner.manager.store(None);
             tracing::debug!(
                 dsn = %self.inner.shown_dsn,
                 "impcache: dropping a dead redis connection; the next operation reconnects"
@@ -474,14 +481,7 @@ impl fmt::Debug for RedisCacheRepository {
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("deadline", &self.inner.deadline)
             .field("circuit_open", &self.inner.breaker.is_open())
-            .field(
-                "connected",
-                &self
-                    .inner
-                    .manager
-                    .read()
-                    .is_ok_and(|current| current.is_some()),
-            )
+            .field("connected", &self.inner.manager.load().is_some())
             .finish()
     }
 }
@@ -584,7 +584,8 @@ impl RedisCacheRepositoryBuilder {
             inner: Arc::new(Inner {
                 client,
                 manager_config,
-                manager: RwLock::new(None),
+                manager: ArcSwapOption::empty(),
+                replacing: Mutex::new(()),
                 generations: AtomicU64::new(0),
                 consecutive_timeouts: AtomicU32::new(0),
                 deadline: self.settings.deadline,
