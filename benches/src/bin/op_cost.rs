@@ -36,6 +36,8 @@ const OPERATIONS: &[&str] = &[
     "http-cached",
     "http-cached-lean",
     "http-raw",
+    "concurrent-set-impcache",
+    "concurrent-set-raw",
 ];
 
 type MokaTtl = impcache_benches::MokaPerEntryTtl;
@@ -53,6 +55,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Some(system) = operation.strip_prefix("concurrent-set-") {
+        concurrent_set(&server, system, n);
+        return;
+    }
     if let Some(route) = operation.strip_prefix("http-") {
         rt.block_on(http(&server, route, n));
         return;
@@ -293,4 +299,53 @@ async fn http(server: &RedisServer, route: &str, n: u64) {
         assert_eq!(response.status(), 200);
         black_box(response.into_body().collect().await.unwrap());
     }
+}
+
+/// `n` `SET`s of a 100 B value from 256 tasks on a two-worker runtime, as in the bench's
+/// `set 100B` at 256 tasks: for `perf stat` (cycles and instructions under concurrency, which
+/// callgrind's serialised threads do not show).
+fn concurrent_set(server: &RedisServer, system: &str, n: u64) {
+    const TASKS: u64 = 256;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = server.url();
+    let impcache = system == "impcache";
+    rt.block_on(async move {
+        let cache = Cache::new(RedisCacheRepository::new(&url).unwrap());
+        let raw = impcache_benches::raw_connection(&url).await.unwrap();
+        let values: std::sync::Arc<Vec<Small>> =
+            std::sync::Arc::new((0..KEYS).map(Small::new).collect());
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let (cache, raw, values) = (cache.clone(), raw.clone(), values.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..(n / TASKS) {
+                    let id = (task * 7_919 + i * 13) % KEYS;
+                    if impcache {
+                        cache
+                            .set(&format!("small:{id}"), &values[id as usize], TTL)
+                            .await
+                            .unwrap();
+                    } else {
+                        let mut conn = raw.clone();
+                        let bytes = serde_json::to_vec(&values[id as usize]).unwrap();
+                        let () = redis::cmd("SET")
+                            .arg(format!("cache:1:small:{id}"))
+                            .arg(bytes)
+                            .arg("EX")
+                            .arg(TTL)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
 }
