@@ -134,10 +134,12 @@ impl Waiter {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
+
+    /// A test's failure, as a message (the tests return it instead of panicking).
+    type Outcome = Result<(), String>;
 
     fn published() -> Arc<Published> {
         Arc::new(Published {
@@ -153,51 +155,55 @@ mod tests {
         })
     }
 
+    fn leader(join: Join, role: &str) -> Result<FlightGuard, String> {
+        match join {
+            Join::Leader(guard) => Ok(guard),
+            Join::Waiter(_) => Err(format!("{role}: expected to lead, got to wait")),
+        }
+    }
+
+    fn waiter(join: Join, role: &str) -> Result<Waiter, String> {
+        match join {
+            Join::Waiter(waiter) => Ok(waiter),
+            Join::Leader(_) => Err(format!("{role}: expected to wait, got to lead")),
+        }
+    }
+
     #[tokio::test]
-    async fn waiters_get_the_published_entry_and_the_flight_ends_on_drop() {
+    async fn waiters_get_the_published_entry_and_the_flight_ends_on_drop() -> Outcome {
         let flights = Arc::new(Flights::default());
-        let Join::Leader(guard) = flights.join("k") else {
-            panic!("first is the leader")
-        };
-        let Join::Waiter(waiter) = flights.join("k") else {
-            panic!("second waits")
-        };
-        let task = tokio::spawn(waiter.wait(Duration::from_secs(5)));
+        let guard = leader(flights.join("k"), "first")?;
+        let second = waiter(flights.join("k"), "second")?;
+        let task = tokio::spawn(second.wait(Duration::from_secs(5)));
         guard.publish(Some(published()));
-        assert_eq!(task.await.unwrap().unwrap().entry.body, "x");
+        let got = task.await.map_err(|e| e.to_string())?;
+        assert_eq!(got.map(|p| p.entry.body.clone()), Some(Bytes::from("x")));
         // Still open until the guard is dropped: a late request is answered from memory.
-        let Join::Waiter(late) = flights.join("k") else {
-            panic!("late waits")
-        };
+        let late = waiter(flights.join("k"), "late")?;
         assert!(late.wait(Duration::from_secs(5)).await.is_some());
         drop(guard);
         assert_eq!(flights.len(), 0);
         assert!(matches!(flights.join("k"), Join::Leader(_)));
+        Ok(())
     }
 
     #[tokio::test]
-    async fn a_dropped_leader_releases_waiters_with_nothing() {
+    async fn a_dropped_leader_releases_waiters_with_nothing() -> Outcome {
         let flights = Arc::new(Flights::default());
-        let Join::Leader(guard) = flights.join("k") else {
-            panic!()
-        };
-        let Join::Waiter(waiter) = flights.join("k") else {
-            panic!()
-        };
-        let task = tokio::spawn(waiter.wait(Duration::from_secs(5)));
+        let guard = leader(flights.join("k"), "first")?;
+        let second = waiter(flights.join("k"), "second")?;
+        let task = tokio::spawn(second.wait(Duration::from_secs(5)));
         drop(guard);
-        assert!(task.await.unwrap().is_none());
+        assert!(task.await.map_err(|e| e.to_string())?.is_none());
+        Ok(())
     }
 
     #[tokio::test(start_paused = true)]
-    async fn waits_are_bounded() {
+    async fn waits_are_bounded() -> Outcome {
         let flights = Arc::new(Flights::default());
-        let Join::Leader(_guard) = flights.join("k") else {
-            panic!()
-        };
-        let Join::Waiter(waiter) = flights.join("k") else {
-            panic!()
-        };
-        assert!(waiter.wait(Duration::from_millis(50)).await.is_none());
+        let _guard = leader(flights.join("k"), "first")?;
+        let second = waiter(flights.join("k"), "second")?;
+        assert!(second.wait(Duration::from_millis(50)).await.is_none());
+        Ok(())
     }
 }
