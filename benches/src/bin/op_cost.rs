@@ -135,12 +135,7 @@ async fn run(
                 .unwrap();
         }
         "raw-set" => {
-            let bytes = serde_json::to_vec(&values[id as usize]).unwrap();
-            let () = redis::cmd("SET")
-                .arg(format!("cache:1:small:{id}"))
-                .arg(bytes)
-                .arg("EX")
-                .arg(TTL)
+            let () = raw_set(id, &values[id as usize])
                 .query_async(&mut conn)
                 .await
                 .unwrap();
@@ -175,13 +170,7 @@ async fn run(
         "raw-pipeline" => {
             let mut pipe = redis::pipe();
             for id in first..first + BATCH {
-                let bytes = serde_json::to_vec(&values[id as usize]).unwrap();
-                pipe.cmd("SET")
-                    .arg(format!("cache:1:small:{id}"))
-                    .arg(bytes)
-                    .arg("EX")
-                    .arg(TTL)
-                    .ignore();
+                pipe.add_command(raw_set(id, &values[id as usize])).ignore();
             }
             let () = pipe.query_async(&mut conn).await.unwrap();
         }
@@ -331,12 +320,7 @@ fn concurrent_set(server: &RedisServer, system: &str, n: u64) {
                             .unwrap();
                     } else {
                         let mut conn = raw.clone();
-                        let bytes = serde_json::to_vec(&values[id as usize]).unwrap();
-                        let () = redis::cmd("SET")
-                            .arg(format!("cache:1:small:{id}"))
-                            .arg(bytes)
-                            .arg("EX")
-                            .arg(TTL)
+                        let () = raw_set(id, &values[id as usize])
                             .query_async(&mut conn)
                             .await
                             .unwrap();
@@ -348,4 +332,14 @@ fn concurrent_set(server: &RedisServer, system: &str, n: u64) {
             task.await.unwrap();
         }
     });
+}
+
+/// The hand-written write: the value encoded with serde_json, `SET key value EX 300`.
+fn raw_set(id: u64, value: &Small) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(format!("cache:1:small:{id}"))
+        .arg(serde_json::to_vec(value).unwrap())
+        .arg("EX")
+        .arg(TTL);
+    cmd
 }
