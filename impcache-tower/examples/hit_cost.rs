@@ -79,7 +79,10 @@ fn main() {
             tokio::task::yield_now().await;
         }
         let response = svc.ready().await.unwrap().call(request()).await.unwrap();
-        assert_eq!(response.headers()["x-cache"], "HIT");
+        assert!(response.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .starts_with("impcache; hit"));
         for _ in 0..n {
             let response = svc.ready().await.unwrap().call(request()).await.unwrap();
             std::hint::black_box(response.into_body().collect().await.unwrap());

@@ -204,8 +204,10 @@ impl Entry {
         let vary = parse_names(r.field()?)?;
         let status = StatusCode::from_u16(u16::from_le_bytes(r.take(2)?.try_into().ok()?)).ok()?;
         let count = r.varint()?;
-        // Room for the fields a hit adds (`Age`, `Content-Length`, the status headers): no regrowth.
-        let capacity = usize::try_from(count.min(256)).ok()? + 4;
+        // Room for the fields a hit adds (`Age` and up to two status headers; `Content-Length`
+        // is stored): no regrowth. Not more: `HeaderMap` rounds up to a power of two past 3/4
+        // full, and a map for six fields or fewer stays a small allocation.
+        let capacity = usize::try_from(count.min(256)).ok()? + 3;
         let mut headers = HeaderMap::with_capacity(capacity);
         for _ in 0..count {
             let name = header_name(r.field()?)?;

@@ -56,6 +56,11 @@ const fn token_safe(b: u8) -> bool {
     path_safe(b) && b != b'/'
 }
 
+/// Bytes kept as they are in the host segment: the token bytes but capitals (lowercased).
+const fn host_safe(b: u8) -> bool {
+    token_safe(b) && !b.is_ascii_uppercase()
+}
+
 /// Which bytes a segment keeps as they are: a table, so the per-byte test is one load.
 type SafeBytes = [bool; 256];
 
@@ -73,36 +78,35 @@ macro_rules! safe_table {
 
 const PATH_SAFE: SafeBytes = safe_table!(path_safe);
 const TOKEN_SAFE: SafeBytes = safe_table!(token_safe);
+const HOST_SAFE: SafeBytes = safe_table!(host_safe);
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `s`, its safe bytes as they are (ASCII-lowercased when `lowercase`), every other
-/// byte as `%XX`.
+/// Appends `s`: runs of bytes `safe` keeps as they are, in one copy each; every other byte as
+/// `%XX`, except that ASCII capitals become lowercase letters when `lowercase` (a table used with
+/// `lowercase` must then not list capitals as safe).
 fn push_encoded_with(out: &mut String, s: &str, safe: &SafeBytes, lowercase: bool) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &raw) in bytes.iter().enumerate() {
-        let b = if lowercase {
-            raw.to_ascii_lowercase()
-        } else {
-            raw
-        };
-        if b == raw && safe[usize::from(b)] {
-            continue;
-        }
-        // `start..i` holds only safe (ASCII) bytes, so both ends are character boundaries.
-        if let Some(run) = s.get(start..i) {
+    while let Some(offset) = bytes
+        .get(start..)
+        .and_then(|rest| rest.iter().position(|&b| !safe[usize::from(b)]))
+    {
+        let at = start + offset;
+        // `start..at` holds only safe (ASCII) bytes, so both ends are character boundaries.
+        if let Some(run) = s.get(start..at) {
             out.push_str(run);
         }
-        start = i + 1;
-        if safe[usize::from(b)] {
-            out.push(char::from(b));
+        let b = bytes.get(at).copied().unwrap_or_default();
+        if lowercase && b.is_ascii_uppercase() {
+            out.push(char::from(b.to_ascii_lowercase()));
         } else {
             out.push('%');
             out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
             out.push(char::from(HEX_UPPER[usize::from(b & 0xf)]));
         }
+        start = at + 1;
     }
     if let Some(run) = s.get(start..) {
         out.push_str(run);
@@ -117,7 +121,7 @@ fn push_encoded(out: &mut String, s: &str, safe: &SafeBytes) {
 fn push_host_segment(out: &mut String, host: Option<&str>) {
     match host {
         None | Some("") => out.push('-'),
-        Some(host) => push_encoded_with(out, host, &TOKEN_SAFE, true),
+        Some(host) => push_encoded_with(out, host, &HOST_SAFE, true),
     }
 }
 
@@ -438,7 +442,8 @@ mod tests {
         ] {
             let cases = [
                 (path_safe as fn(u8) -> bool, &PATH_SAFE, false),
-                (token_safe, &TOKEN_SAFE, true),
+                (token_safe, &HOST_SAFE, true),
+                (token_safe, &TOKEN_SAFE, false),
             ];
             for (safe, table, lowercase) in cases {
                 let mut out = String::from("k:");

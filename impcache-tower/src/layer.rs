@@ -30,10 +30,11 @@ pub const DEFAULT_NAMESPACE: &str = "http";
 pub enum StatusHeader {
     /// `x-cache: HIT`, `MISS` or `BYPASS`.
     XCache,
-    /// RFC 9211 `Cache-Status: impcache; hit; ttl=42` (or `fwd=uri-miss; stored`, `fwd=bypass`, …).
-    CacheStatus,
-    /// Both (the default).
+    /// RFC 9211 `Cache-Status: impcache; hit; ttl=42` (or `fwd=uri-miss; stored`, `fwd=bypass`, …):
+    /// the default.
     #[default]
+    CacheStatus,
+    /// Both.
     Both,
     /// Neither.
     None,
@@ -138,7 +139,7 @@ impl CacheLayer {
                 max_body_size: DEFAULT_MAX_BODY_SIZE,
                 allow_authenticated: false,
                 honor_request_cache_control: false,
-                status_header: StatusHeader::Both,
+                status_header: StatusHeader::CacheStatus,
                 compute_etag: true,
                 coalesce: true,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
@@ -202,7 +203,10 @@ impl CacheLayer {
         self.with(|c| c.honor_request_cache_control = honor)
     }
 
-    /// Which cache status headers responses carry (default [`StatusHeader::Both`]).
+    /// Which cache status headers responses carry (default [`StatusHeader::CacheStatus`], the
+    /// standard one; [`StatusHeader::XCache`] or [`StatusHeader::Both`] add `x-cache: HIT`/`MISS`/
+    /// `BYPASS`, which some dashboards and scripts look for). Every header costs each response
+    /// its encoding and each client its parsing.
     pub fn status_header(self, status_header: StatusHeader) -> Self {
         self.with(|c| c.status_header = status_header)
     }

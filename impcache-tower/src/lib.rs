@@ -35,7 +35,7 @@
 //! | **Key** | method, host, path, query with sorted parameters, and the request's values of the headers the response's `Vary` names (learned per URL); see [`key`] |
 //! | **TTL** | [`expire`](CacheLayer::expire) (default 60 s), lowered by the response's `s-maxage`, else `max-age`; capped by [`max_ttl`](CacheLayer::max_ttl) |
 //! | **Client `Cache-Control`** | ignored unless [`honor_request_cache_control`](CacheLayer::honor_request_cache_control) |
-//! | **Hits** | the stored status and headers, `Age`, `x-cache: HIT` and `Cache-Status: impcache; hit; ttl=N`; a matching `If-None-Match` gets 304 (an `ETag` is computed when the response has none) |
+//! | **Hits** | the stored status and headers, `Content-Length`, `Age` and `Cache-Status: impcache; hit; ttl=N` (RFC 9211; [`status_header`](CacheLayer::status_header) adds `x-cache: HIT`); a matching `If-None-Match` gets 304 (an `ETag` is computed when the response has none) |
 //! | **Concurrent misses** | one handler call per key per process; waiters get the stored response, never an uncacheable one |
 //! | **Cache down or slow** | the handler answers; the lookup waits no longer than the repository's deadline, and stores happen in the background |
 //!
@@ -60,6 +60,7 @@ mod flight;
 mod future;
 pub mod key;
 mod layer;
+mod numbers;
 mod policy;
 mod service;
 

@@ -154,12 +154,16 @@ pub(crate) fn plan_request(
     if !head && !methods.contains(method) {
         return RequestPlan::Bypass(Bypass::Method);
     }
-    if !allow_authenticated
-        && (headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE))
-    {
+    // One pass over the names: cheaper than three lookups for the few fields a request has.
+    let (mut credentials, mut range) = (false, false);
+    for name in headers.keys() {
+        credentials |= name == header::AUTHORIZATION || name == header::COOKIE;
+        range |= name == header::RANGE;
+    }
+    if credentials && !allow_authenticated {
         return RequestPlan::Bypass(Bypass::Credentials);
     }
-    if headers.contains_key(header::RANGE) {
+    if range {
         return RequestPlan::Bypass(Bypass::Range);
     }
     let mut refresh = false;
@@ -282,11 +286,15 @@ pub(crate) fn stored_headers(headers: &HeaderMap, status_names: &[HeaderName]) -
 /// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
 pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     fn opaque(tag: &str) -> &str {
-        tag.trim().trim_start_matches("W/")
+        let tag = tag.trim();
+        tag.strip_prefix("W/").unwrap_or(tag)
+    }
+    let candidates = headers.get_all(header::IF_NONE_MATCH);
+    if candidates.iter().next().is_none() {
+        return false;
     }
     let etag = opaque(etag);
-    headers
-        .get_all(header::IF_NONE_MATCH)
+    candidates
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

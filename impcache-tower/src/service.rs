@@ -21,6 +21,7 @@ use crate::flight::{FlightGuard, Join, Published};
 use crate::future::ResponseFuture;
 use crate::key;
 use crate::layer::{CacheLayer, Config, StatusHeader, CACHE_STATUS, X_CACHE};
+use crate::numbers;
 use crate::policy::{self, NotStored, RequestPlan};
 
 /// The service [`CacheLayer`] wraps around a handler (or any
@@ -101,33 +102,9 @@ enum Outcome {
     },
 }
 
-/// `impcache; hit; ttl={ttl}` without `format!`.
-fn hit_status(ttl_left: Option<u64>) -> HeaderValue {
-    const PREFIX: &[u8] = b"impcache; hit; ttl=";
-    let Some(mut ttl) = ttl_left else {
-        return HeaderValue::from_static("impcache; hit");
-    };
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (ttl % 10) as u8;
-        ttl /= 10;
-        if ttl == 0 {
-            break;
-        }
-    }
-    let mut value = BytesMut::with_capacity(PREFIX.len() + digits.len() - at);
-    value.extend_from_slice(PREFIX);
-    value.extend_from_slice(&digits[at..]);
-    // Visible ASCII only: always a valid header value.
-    HeaderValue::from_maybe_shared(value.freeze())
-        .unwrap_or_else(|_| HeaderValue::from_static("impcache; hit"))
-}
-
 fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Outcome) {
     let (x_cache, cache_status) = match outcome {
-        Outcome::Hit { ttl_left } => ("HIT", Ok(hit_status(ttl_left))),
+        Outcome::Hit { ttl_left } => ("HIT", Ok(numbers::hit_status(ttl_left))),
         Outcome::Miss {
             fwd,
             stored,
@@ -209,16 +186,17 @@ fn serve<B>(
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
         *response.headers_mut() = entry.headers;
+        // Stored with the entry since format 2's second release; entries from before lack it.
         if !response.headers().contains_key(header::CONTENT_LENGTH) {
             response
                 .headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+                .insert(header::CONTENT_LENGTH, numbers::number(body_len as u64));
         }
         response
     };
     response
         .headers_mut()
-        .insert(header::AGE, HeaderValue::from(age));
+        .insert(header::AGE, numbers::number(age));
     mark(
         &mut response,
         config.status_header,
@@ -635,6 +613,8 @@ where
 
     // 5. Store (in the background) and hand the entry to waiters.
     let mut stored_headers = policy::stored_headers(&parts.headers, &[X_CACHE, CACHE_STATUS]);
+    // The length of the body as stored (a hit then serves it without formatting it).
+    stored_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if config.compute_etag && !stored_headers.contains_key(header::ETAG) {
         let etag = strong_etag(&body);
         stored_headers.insert(header::ETAG, etag.clone());

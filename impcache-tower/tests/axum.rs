@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use impcache::{Cache, RedisCacheRepository};
 use impcache_tests::RedisServer;
-use impcache_tower::CacheLayer;
+use impcache_tower::{CacheLayer, StatusHeader};
 use support::memory_cache;
 use tower::ServiceExt;
 
@@ -40,7 +40,11 @@ async fn defect_not_compiling_as_axum_router_layer() {
     let hits = Hits::default();
     let app: Router = Router::new()
         .route("/users/{id}", get(show_user))
-        .layer(CacheLayer::new(memory_cache()).expire(60))
+        .layer(
+            CacheLayer::new(memory_cache())
+                .expire(60)
+                .status_header(StatusHeader::XCache),
+        )
         .with_state(hits.clone());
     let call = |uri: &'static str| {
         let app = app.clone();
@@ -132,14 +136,13 @@ async fn fetch(addr: SocketAddr, method: &str, path: &str) -> (String, Bytes, ht
         .body(Full::new(Bytes::new()))
         .unwrap();
     let response = client.request(request).await.unwrap();
-    let x_cache = response
-        .headers()
-        .get("x-cache")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let headers = response.headers().clone();
+    let seen = support::Seen {
+        status: response.status(),
+        headers: response.headers().clone(),
+        body: Bytes::new(),
+    };
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (x_cache, body, headers)
+    (seen.outcome().to_owned(), body, seen.headers)
 }
 
 /// End to end: axum over TCP, a real HTTP client, a real Redis. Stored → the next request is a
@@ -216,7 +219,8 @@ async fn end_to_end_over_tcp_with_redis() {
         )
         .await
         .unwrap();
-    assert_eq!(response.headers()["x-cache"], "HIT");
+    let cache_status = response.headers()["cache-status"].to_str().unwrap();
+    assert!(cache_status.starts_with("impcache; hit"), "{cache_status}");
 
     // Purge every URL under /users/ on any host.
     assert_eq!(layer.purge_prefix(None, "/users/").await.unwrap(), 1);

@@ -30,7 +30,7 @@ async fn a_killed_redis_leaves_the_handler_answering() {
     let mut redis = RedisServer::start();
     let layer = redis_layer(&redis);
     let (svc, calls) = counting(layer.clone());
-    assert_eq!(send(&svc, get("/up")).await.x_cache(), "MISS");
+    assert_eq!(send(&svc, get("/up")).await.outcome(), "MISS");
     wait_stored(&layer, "/up").await;
     redis.kill();
     for i in 0..5 {
@@ -43,7 +43,7 @@ async fn a_killed_redis_leaves_the_handler_answering() {
         );
         assert_eq!(seen.status, 200);
         assert_eq!(seen.body, format!("call {}", i + 2));
-        assert_eq!(seen.x_cache(), "MISS");
+        assert_eq!(seen.outcome(), "MISS");
         assert!(
             seen.header("cache-status")
                 .unwrap()

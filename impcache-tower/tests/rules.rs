@@ -33,7 +33,7 @@ async fn get_is_stored_then_served_with_age_status_and_original_headers() {
     let first = send(&svc, get("/users/1")).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.body, "call 1");
-    assert_eq!(first.x_cache(), "MISS");
+    assert_eq!(first.outcome(), "MISS");
     assert_eq!(
         first.header("cache-status"),
         Some("impcache; fwd=uri-miss; stored")
@@ -43,7 +43,7 @@ async fn get_is_stored_then_served_with_age_status_and_original_headers() {
     let second = send(&svc, get("/users/1")).await;
     assert_eq!(calls.get(), 1);
     assert_eq!(second.body, "call 1");
-    assert_eq!(second.x_cache(), "HIT");
+    assert_eq!(second.outcome(), "HIT");
     assert!(second
         .header("cache-status")
         .unwrap()
@@ -67,7 +67,7 @@ async fn stored_entries_outlive_the_process_local_state() {
     let (other, calls) = counting(CacheLayer::new(cache));
     let seen = send(&other, get("/p?a=1&b=2")).await;
     assert_eq!(
-        (seen.x_cache(), seen.body.as_ref(), calls.get()),
+        (seen.outcome(), seen.body.as_ref(), calls.get()),
         ("HIT", &b"call 1"[..], 0)
     );
 }
@@ -82,7 +82,7 @@ async fn age_grows_with_time() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (fresh, _) = counting(CacheLayer::new(cache));
     let seen = send(&fresh, get("/aged")).await;
-    assert_eq!(seen.x_cache(), "HIT");
+    assert_eq!(seen.outcome(), "HIT");
     assert!(seen.header("age").unwrap().parse::<u64>().unwrap() >= 1);
 }
 
@@ -101,19 +101,19 @@ async fn defect_head_request_poisons_the_get_entry() {
         Response::new(body)
     });
     let head = send(&svc, request("HEAD", "/page", &[])).await;
-    assert_eq!((head.x_cache(), head.body.len()), ("MISS", 0));
+    assert_eq!((head.outcome(), head.body.len()), ("MISS", 0));
     let get1 = send(&svc, get("/page")).await;
-    assert_eq!(get1.x_cache(), "MISS", "the HEAD response was not stored");
+    assert_eq!(get1.outcome(), "MISS", "the HEAD response was not stored");
     assert_eq!(get1.body, "page 2");
     let get2 = send(&svc, get("/page")).await;
     assert_eq!(
-        (get2.x_cache(), get2.body.as_ref()),
+        (get2.outcome(), get2.body.as_ref()),
         ("HIT", &b"page 2"[..])
     );
     wait_stored(&layer, "/page").await;
     // HEAD is now answered from the GET entry, without a body but with its length.
     let head2 = send(&svc, request("HEAD", "/page", &[])).await;
-    assert_eq!(head2.x_cache(), "HIT");
+    assert_eq!(head2.outcome(), "HIT");
     assert!(head2.body.is_empty());
     assert_eq!(head2.header("content-length"), Some("6"));
     assert_eq!(calls.get(), 2);
@@ -158,13 +158,13 @@ async fn defect_authenticated_response_served_to_anonymous_users() {
     )
     .await;
     assert_eq!(alice.body, "secret of Bearer alice");
-    assert_eq!(alice.x_cache(), "BYPASS");
+    assert_eq!(alice.outcome(), "BYPASS");
     let anon = send(&svc, get("/me")).await;
     assert_eq!(anon.body, "anonymous");
-    assert_eq!(anon.x_cache(), "MISS");
+    assert_eq!(anon.outcome(), "MISS");
     // The anonymous entry is not served to a cookie-carrying user either.
     let bob = send(&svc, request("GET", "/me", &[("cookie", "sid=bob")])).await;
-    assert_eq!(bob.x_cache(), "BYPASS");
+    assert_eq!(bob.outcome(), "BYPASS");
     assert_eq!(calls.get(), 3);
 }
 
@@ -180,10 +180,10 @@ async fn opting_in_keys_authenticated_requests_by_their_credentials() {
     });
     let alice = || request("GET", "/me", &[("authorization", "alice")]);
     let bob = || request("GET", "/me", &[("authorization", "bob")]);
-    assert_eq!(send(&svc, alice()).await.x_cache(), "MISS");
+    assert_eq!(send(&svc, alice()).await.outcome(), "MISS");
     let again = send(&svc, alice()).await;
     assert_eq!(
-        (again.x_cache(), again.body.as_ref()),
+        (again.outcome(), again.body.as_ref()),
         ("HIT", &b"alice"[..])
     );
     let b = send(&svc, bob()).await;
@@ -225,7 +225,7 @@ async fn statuses_are_configurable() {
     send(&svc, get("/missing")).await;
     let second = send(&svc, get("/missing")).await;
     assert_eq!(
-        (second.status, second.x_cache(), calls.get()),
+        (second.status, second.outcome(), calls.get()),
         (StatusCode::NOT_FOUND, "HIT", 1)
     );
 }
@@ -260,11 +260,11 @@ async fn methods_are_configurable() {
     ]));
     send(&svc, request("QUERY", "/search", &[])).await;
     assert_eq!(
-        send(&svc, request("QUERY", "/search", &[])).await.x_cache(),
+        send(&svc, request("QUERY", "/search", &[])).await.outcome(),
         "HIT"
     );
     assert_eq!(
-        send(&svc, get("/search")).await.x_cache(),
+        send(&svc, get("/search")).await.outcome(),
         "MISS",
         "methods are keyed apart"
     );
@@ -284,7 +284,7 @@ async fn defect_client_no_cache_forces_origin_calls() {
         ("cache-control", "no-store"),
     ] {
         let seen = send(&svc, request("GET", "/home", &[header])).await;
-        assert_eq!(seen.x_cache(), "HIT", "{header:?}");
+        assert_eq!(seen.outcome(), "HIT", "{header:?}");
     }
     assert_eq!(calls.get(), 1);
 }
@@ -301,7 +301,7 @@ async fn honouring_client_cache_control_is_opt_in() {
     )
     .await;
     assert_eq!(
-        (refreshed.body.as_ref(), refreshed.x_cache()),
+        (refreshed.body.as_ref(), refreshed.outcome()),
         (&b"call 2"[..], "MISS")
     );
     assert_eq!(
@@ -313,11 +313,11 @@ async fn honouring_client_cache_control_is_opt_in() {
         request("GET", "/home", &[("cache-control", "no-store")]),
     )
     .await;
-    assert_eq!(bypassed.x_cache(), "BYPASS");
+    assert_eq!(bypassed.outcome(), "BYPASS");
     // The refresh stored its response (in the background: wait for it).
     for _ in 0..400 {
         let later = send(&svc, get("/home")).await;
-        assert_eq!(later.x_cache(), "HIT");
+        assert_eq!(later.outcome(), "HIT");
         if later.body == "call 2" {
             return;
         }
@@ -411,7 +411,7 @@ async fn a_known_length_over_the_limit_is_not_read_at_all() {
     .0;
     send(&exact, get("/cl")).await;
     assert_eq!(
-        send(&exact, get("/cl")).await.x_cache(),
+        send(&exact, get("/cl")).await.outcome(),
         "HIT",
         "the limit is inclusive"
     );
@@ -463,7 +463,7 @@ async fn range_requests_go_to_the_handler() {
     let (svc, calls) = counting(layer());
     send(&svc, get("/file")).await;
     let ranged = send(&svc, request("GET", "/file", &[("range", "bytes=0-1")])).await;
-    assert_eq!((ranged.x_cache(), calls.get()), ("BYPASS", 2));
+    assert_eq!((ranged.outcome(), calls.get()), ("BYPASS", 2));
 }
 
 #[tokio::test]
@@ -525,10 +525,10 @@ async fn vary_is_learned_per_url_and_keys_the_variants() {
     let fr = || request("GET", "/hello", &[("accept-language", "fr")]);
     assert_eq!(send(&svc, en()).await.body, "en");
     let en2 = send(&svc, en()).await;
-    assert_eq!((en2.x_cache(), en2.body.as_ref()), ("HIT", &b"en"[..]));
+    assert_eq!((en2.outcome(), en2.body.as_ref()), ("HIT", &b"en"[..]));
     wait_key(&layer, "/hello", ":v").await;
     let fr1 = send(&svc, fr()).await;
-    assert_eq!((fr1.x_cache(), fr1.body.as_ref()), ("MISS", &b"fr"[..]));
+    assert_eq!((fr1.outcome(), fr1.body.as_ref()), ("MISS", &b"fr"[..]));
     assert_eq!(
         fr1.header("cache-status"),
         Some("impcache; fwd=vary-miss; stored")
@@ -544,14 +544,14 @@ async fn query_parameters_are_sorted_into_the_key() {
     let (svc, calls) = counting(layer());
     send(&svc, get("/search?q=rust&page=2")).await;
     assert_eq!(
-        send(&svc, get("/search?page=2&q=rust")).await.x_cache(),
+        send(&svc, get("/search?page=2&q=rust")).await.outcome(),
         "HIT"
     );
     assert_eq!(
-        send(&svc, get("/search?page=3&q=rust")).await.x_cache(),
+        send(&svc, get("/search?page=3&q=rust")).await.outcome(),
         "MISS"
     );
-    assert_eq!(send(&svc, get("/search")).await.x_cache(), "MISS");
+    assert_eq!(send(&svc, get("/search")).await.outcome(), "MISS");
     assert_eq!(calls.get(), 3);
 }
 
@@ -563,14 +563,14 @@ async fn hosts_are_keyed_apart_unless_turned_off() {
         .header("host", "other.example")
         .body(Body::empty())
         .unwrap();
-    assert_eq!(send(&svc, other).await.x_cache(), "MISS");
+    assert_eq!(send(&svc, other).await.outcome(), "MISS");
     let (shared, _) = counting(layer().key_by_host(false));
     send(&shared, get("/")).await;
     let other = Request::get("/")
         .header("host", "other.example")
         .body(Body::empty())
         .unwrap();
-    assert_eq!(send(&shared, other).await.x_cache(), "HIT");
+    assert_eq!(send(&shared, other).await.outcome(), "HIT");
     assert_eq!(calls.get(), 2);
 }
 
@@ -598,7 +598,7 @@ async fn if_none_match_is_answered_with_304_from_the_cache() {
         Some("public, max-age=60")
     );
     assert!(not_modified.header("age").is_some());
-    assert_eq!(not_modified.x_cache(), "HIT");
+    assert_eq!(not_modified.outcome(), "HIT");
     let changed = send(&svc, request("GET", "/doc", &[("if-none-match", "\"v0\"")])).await;
     assert_eq!(
         (changed.status, changed.body.as_ref()),
@@ -657,7 +657,7 @@ async fn concurrent_misses_call_the_handler_once() {
     for task in tasks {
         let seen = task.await.unwrap();
         assert_eq!(seen.body, "call 1");
-        statuses.push(seen.x_cache().to_owned());
+        statuses.push(seen.outcome().to_owned());
     }
     assert_eq!(calls.get(), 1);
     assert_eq!(statuses.iter().filter(|s| *s == "MISS").count(), 1);
@@ -800,15 +800,15 @@ async fn purges_remove_a_url_with_its_variants_or_a_prefix_and_glob_characters_s
     assert_eq!(layer.purge_url(None, "/a*").await.unwrap(), 3);
     let (svc, _) = fresh(&CacheLayer::new(layer.cache().clone()));
     let html = |uri: &str| request("GET", uri, &[("accept", "text/html")]);
-    assert_eq!(send(&svc, html("/users/1")).await.x_cache(), "MISS");
-    assert_eq!(send(&svc, html("/users/1?tab=x")).await.x_cache(), "HIT");
-    assert_eq!(send(&svc, html("/ab")).await.x_cache(), "HIT");
+    assert_eq!(send(&svc, html("/users/1")).await.outcome(), "MISS");
+    assert_eq!(send(&svc, html("/users/1?tab=x")).await.outcome(), "HIT");
+    assert_eq!(send(&svc, html("/ab")).await.outcome(), "HIT");
     // A prefix: every query, variant and sub-path.
     assert!(layer.purge_prefix(None, "/users/").await.unwrap() >= 6);
     let (svc, _) = fresh(&CacheLayer::new(layer.cache().clone()));
-    assert_eq!(send(&svc, html("/users/1?tab=x")).await.x_cache(), "MISS");
-    assert_eq!(send(&svc, html("/users/2")).await.x_cache(), "MISS");
-    assert_eq!(send(&svc, html("/other")).await.x_cache(), "HIT");
+    assert_eq!(send(&svc, html("/users/1?tab=x")).await.outcome(), "MISS");
+    assert_eq!(send(&svc, html("/users/2")).await.outcome(), "MISS");
+    assert_eq!(send(&svc, html("/other")).await.outcome(), "HIT");
     assert!(layer.purge_all().await.unwrap() >= 3);
 }
 
@@ -857,7 +857,7 @@ async fn records_in_an_old_or_foreign_format_are_misses_and_get_overwritten() {
         .await;
         let second = send(&svc, get(uri)).await;
         assert_eq!(
-            (second.x_cache(), second.body.as_ref(), calls.get()),
+            (second.outcome(), second.body.as_ref(), calls.get()),
             ("HIT", &b"call 1"[..], 1),
             "{uri}"
         );
@@ -880,7 +880,7 @@ async fn unreadable_variants_are_misses_and_get_overwritten() {
     let record = format!("{}:v", layer.request_key(&get("/v")));
     wait_value(layer.cache(), &record, |v| v.is_some()).await;
     repository.take_reads();
-    assert_eq!(send(&svc, html()).await.x_cache(), "HIT");
+    assert_eq!(send(&svc, html()).await.outcome(), "HIT");
     // The second read of the hit named the variant: replace it with a version 1 entry.
     let variant = repository.take_reads().pop().unwrap().pop().unwrap();
     assert!(variant.starts_with(&format!("{record}:")), "{variant}");
@@ -903,7 +903,7 @@ async fn unreadable_variants_are_misses_and_get_overwritten() {
     })
     .await;
     let hit = send(&svc, html()).await;
-    assert_eq!((hit.x_cache(), hit.body.as_ref()), ("HIT", &b"call 2"[..]));
+    assert_eq!((hit.outcome(), hit.body.as_ref()), ("HIT", &b"call 2"[..]));
     assert_eq!(calls.get(), 2);
 }
 
@@ -914,7 +914,7 @@ async fn a_hit_of_a_url_without_vary_reads_exactly_one_key() {
     let layer = CacheLayer::new(Cache::new(repository.clone()));
     let (svc, calls) = counting(layer.clone());
     let first = send(&svc, get("/one?b=2&a=1")).await;
-    assert_eq!(first.x_cache(), "MISS");
+    assert_eq!(first.outcome(), "MISS");
     let key = layer.request_key(&get("/one?a=1&b=2"));
     let record = format!("{key}:v");
     wait_value(layer.cache(), &record, |v| v.is_some()).await;
@@ -925,7 +925,7 @@ async fn a_hit_of_a_url_without_vary_reads_exactly_one_key() {
         request("GET", "/one?a=1&b=2", &[("accept-language", "fr")]),
     ] {
         let seen = send(&svc, request).await;
-        assert_eq!(seen.x_cache(), "HIT");
+        assert_eq!(seen.outcome(), "HIT");
         assert_eq!(repository.take_reads(), [[record.clone()]], "one GET");
     }
     assert_eq!(calls.get(), 1);
@@ -941,7 +941,7 @@ async fn a_hit_of_a_url_without_vary_reads_exactly_one_key() {
     let record = format!("{}:v", layer.request_key(&get("/two")));
     wait_value(layer.cache(), &record, |v| v.is_some()).await;
     repository.take_reads();
-    assert_eq!(send(&svc, json()).await.x_cache(), "HIT");
+    assert_eq!(send(&svc, json()).await.outcome(), "HIT");
     let reads = repository.take_reads();
     assert_eq!(reads.len(), 2, "{reads:?}");
     assert_eq!(reads[0], [record.as_str()]);
@@ -998,7 +998,7 @@ async fn a_url_that_starts_to_vary_never_serves_its_plain_entry() {
         lang("en"),
     ] {
         let seen = send(&svc, request).await;
-        served.push((seen.x_cache().to_owned(), seen.body));
+        served.push((seen.outcome().to_owned(), seen.body));
         // Settle the background store before the next request.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1053,19 +1053,19 @@ async fn credentialed_variants_and_the_anonymous_entry_live_side_by_side() {
     settle().await;
     let anon = send(&svc, get("/a")).await;
     assert_eq!(
-        (anon.x_cache(), anon.body.as_ref()),
+        (anon.outcome(), anon.body.as_ref()),
         ("HIT", &b"anonymous 1"[..])
     );
     let a = send(&svc, alice("/a")).await;
-    assert_eq!((a.x_cache(), a.body.as_ref()), ("HIT", &b"alice 2"[..]));
+    assert_eq!((a.outcome(), a.body.as_ref()), ("HIT", &b"alice 2"[..]));
     let b = send(&svc, bob("/a")).await;
     assert_eq!(
-        (b.x_cache(), b.body.as_ref()),
+        (b.outcome(), b.body.as_ref()),
         ("MISS", &b"anonymous 3"[..])
     );
     settle().await;
     assert_eq!(send(&svc, get("/a")).await.body, "anonymous 1");
-    assert_eq!(send(&svc, bob("/a")).await.x_cache(), "HIT");
+    assert_eq!(send(&svc, bob("/a")).await.outcome(), "HIT");
     assert_eq!(calls.get(), 3);
 
     // A credentialed variant first: the record is an empty marker; the anonymous request misses
@@ -1125,7 +1125,7 @@ async fn a_stale_vary_marker_gives_way_to_a_credentialed_variant() {
     .await;
     let seen = send(&svc, alice(false)).await;
     assert_eq!(
-        (seen.x_cache(), seen.body.as_ref()),
+        (seen.outcome(), seen.body.as_ref()),
         ("HIT", &b"call 2"[..])
     );
     assert_eq!(calls.get(), 2);

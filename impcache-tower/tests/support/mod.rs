@@ -35,8 +35,25 @@ impl Seen {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    pub fn x_cache(&self) -> &str {
-        self.header("x-cache").unwrap_or("")
+    /// `HIT`, `MISS` or `BYPASS`, from this cache's `Cache-Status` member (the default status
+    /// header); empty without one.
+    pub fn outcome(&self) -> &'static str {
+        let Some(member) = self
+            .headers
+            .get_all("cache-status")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .rfind(|v| v.starts_with("impcache"))
+        else {
+            return "";
+        };
+        if member.starts_with("impcache; hit") {
+            "HIT"
+        } else if member.contains("fwd=bypass") || member.contains("fwd=method") {
+            "BYPASS"
+        } else {
+            "MISS"
+        }
     }
 }
 

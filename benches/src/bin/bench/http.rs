@@ -67,8 +67,8 @@ async fn fetch(client: &HttpClient, uri: hyper::Uri, expect_hit: bool) -> Result
     if expect_hit
         && response
             .headers()
-            .get(impcache_tower::X_CACHE)
-            .is_none_or(|v| v != "HIT")
+            .get(impcache_tower::CACHE_STATUS)
+            .is_none_or(|v| !v.as_bytes().starts_with(b"impcache; hit"))
     {
         NOT_HIT.fetch_add(1, Ordering::Relaxed);
     }
@@ -155,7 +155,7 @@ pub(crate) async fn http(config: &Config, server: &RedisServer, results: &mut Re
     let raw = contender("raw GET handler", Arc::clone(&raw_uris), false);
     let raw_again = contender("raw GET handler, again", raw_uris, false);
     let slow = contender("2 ms handler", slow_uris, false);
-    // No `x-cache` on these responses: they are not counted as hits or misses.
+    // No `Cache-Status` on these responses: they are not counted as hits or misses.
     let lean = contender("CacheLayer hit, no optional headers", lean_uris, false);
     let before = NOT_HIT.load(Ordering::Relaxed);
     for c in [16, 64, 256] {
