@@ -13,7 +13,7 @@ use crate::expire::{Expire, Expiry};
 use crate::json;
 use crate::key::{full_key, full_pattern, FullKey, KeyBatch, Version};
 use crate::repository::CacheRepository;
-use crate::MemoryCacheRepository;
+use crate::{MemoryCacheRepository, RedisCacheRepository};
 
 /// The default key prefix, as in the Python library.
 pub const DEFAULT_KEY_PREFIX: &str = "cache";
@@ -69,6 +69,9 @@ struct Shared {
     /// The same repository when it is the in-memory one: called directly, without the boxed
     /// future of the trait and with the key moved in (the same code runs either way).
     memory: Option<MemoryCacheRepository>,
+    /// The same repository when it is the single-node Redis one: its single-key operations are
+    /// awaited directly, without the boxed future of the trait.
+    redis: Option<RedisCacheRepository>,
     key_prefix: String,
     max_key_bytes: usize,
 }
@@ -128,10 +131,14 @@ impl CacheBuilder {
         let memory = (&*self.repository as &dyn Any)
             .downcast_ref::<MemoryCacheRepository>()
             .cloned();
+        let redis = (&*self.repository as &dyn Any)
+            .downcast_ref::<RedisCacheRepository>()
+            .cloned();
         Cache {
             shared: Arc::new(Shared {
                 repository: self.repository,
                 memory,
+                redis,
                 key_prefix: self.key_prefix,
                 max_key_bytes: self.max_key_bytes,
             }),
@@ -246,6 +253,9 @@ impl Cache {
             return memory.set_now(self.make_key(key), value, expiry);
         }
         let full = self.stack_key(key);
+        if let Some(redis) = &self.shared.redis {
+            return redis.set_direct(full.as_str(), value, expiry).await;
+        }
         self.shared
             .repository
             .set(full.as_str(), value, expiry)
@@ -255,6 +265,9 @@ impl Cache {
     /// Stores bytes at a checked key if it holds nothing.
     async fn write_nx(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<bool> {
         let full = self.stack_key(key);
+        if let Some(redis) = &self.shared.redis {
+            return redis.set_nx_direct(full.as_str(), value, expiry).await;
+        }
         match &self.shared.memory {
             Some(memory) => memory.set_nx_now(full.as_str(), value, expiry),
             None => {
@@ -270,6 +283,9 @@ impl Cache {
     async fn read(&self, key: &str) -> Result<Option<Bytes>> {
         self.check_key(key)?;
         let full = self.stack_key(key);
+        if let Some(redis) = &self.shared.redis {
+            return redis.get_direct(full.as_str()).await;
+        }
         match &self.shared.memory {
             Some(memory) => Ok(memory.get_now(full.as_str())),
             None => self.shared.repository.get(full.as_str()).await,

@@ -19,7 +19,7 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use tokio::task::JoinSet;
 
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
-use super::commands::{check_value_size, classify, scan_command, set_command};
+use super::commands::{check_value_size, classify, key_command, scan_command, set_command};
 use super::redis::redact_dsn;
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
@@ -959,8 +959,7 @@ impl CacheRepository for RedisClusterCacheRepository {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(key);
+            let cmd = key_command("GET", key);
             self.run("get", &|| shown(key), |mut c| async move {
                 cmd.query_async(&mut c).await
             })
@@ -1015,8 +1014,7 @@ impl CacheRepository for RedisClusterCacheRepository {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("UNLINK");
-            cmd.arg(key);
+            let cmd = key_command("UNLINK", key);
             self.run("delete", &|| shown(key), |mut c| async move {
                 cmd.query_async(&mut c).await
             })

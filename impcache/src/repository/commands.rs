@@ -30,8 +30,9 @@ pub(crate) fn set_command(
     expiry: Expiry,
     only_if_absent: bool,
 ) -> redis::Cmd {
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(key).arg(value);
+    // Sized up front: no buffer grows while the arguments are written.
+    let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
+    cmd.arg("SET").arg(key).arg(value);
     match expiry {
         Expiry::Seconds(s) => {
             cmd.arg("EX").arg(s);
@@ -44,6 +45,22 @@ pub(crate) fn set_command(
     if only_if_absent {
         cmd.arg("NX");
     }
+    cmd
+}
+
+/// `{name} key` (`GET`, `UNLINK`), in buffers sized up front (`redis::cmd` grows its data buffer
+/// for the key: one more allocation and copy per call).
+pub(crate) fn key_command(name: &'static str, key: &str) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(2, name.len() + key.len());
+    cmd.arg(name).arg(key);
+    cmd
+}
+
+/// `{name} key…` (`MGET`, `UNLINK`), in buffers sized up front.
+pub(crate) fn keys_command(name: &'static str, keys: &[&str]) -> redis::Cmd {
+    let size = name.len() + keys.iter().map(|k| k.len()).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(1 + keys.len(), size);
+    cmd.arg(name).arg(keys);
     cmd
 }
 

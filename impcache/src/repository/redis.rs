@@ -13,7 +13,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
-use super::commands::{check_value_size, classify, scan_command, set_command};
+use super::commands::{
+    check_value_size, classify, key_command, keys_command, scan_command, set_command,
+};
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, Error, Result};
@@ -335,13 +337,38 @@ fn is_dropped(e: &RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout() && !e.is_connection_refusal()
 }
 
+/// The single-key operations as plain `async fn`s: the trait boxes them, and
+/// [`Cache`](crate::Cache) awaits them directly (no allocation for the boxed future).
+impl RedisCacheRepository {
+    pub(crate) async fn set_direct(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
+        self.check_size(key, &value)?;
+        let cmd = set_command(key, &value, expiry, false);
+        self.query("set", &|| shown(key), Request::Cmd(&cmd)).await
+    }
+
+    pub(crate) async fn set_nx_direct(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<bool> {
+        self.check_size(key, &value)?;
+        let cmd = set_command(key, &value, expiry, true);
+        let reply: redis::Value = self
+            .query("set_nx", &|| shown(key), Request::Cmd(&cmd))
+            .await?;
+        Ok(!matches!(reply, redis::Value::Nil))
+    }
+
+    pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Bytes>> {
+        let cmd = key_command("GET", key);
+        self.query("get", &|| shown(key), Request::Read(&cmd)).await
+    }
+}
+
 impl CacheRepository for RedisCacheRepository {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.check_size(key, &value)?;
-            let cmd = set_command(key, &value, expiry, false);
-            self.query("set", &|| shown(key), Request::Cmd(&cmd)).await
-        })
+        Box::pin(self.set_direct(key, value, expiry))
     }
 
     fn set_nx<'a>(
@@ -350,14 +377,7 @@ impl CacheRepository for RedisCacheRepository {
         value: Bytes,
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            self.check_size(key, &value)?;
-            let cmd = set_command(key, &value, expiry, true);
-            let reply: redis::Value = self
-                .query("set_nx", &|| shown(key), Request::Cmd(&cmd))
-                .await?;
-            Ok(!matches!(reply, redis::Value::Nil))
-        })
+        Box::pin(self.set_nx_direct(key, value, expiry))
     }
 
     fn set_many<'a>(
@@ -384,11 +404,7 @@ impl CacheRepository for RedisCacheRepository {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
-        Box::pin(async move {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(key);
-            self.query("get", &|| shown(key), Request::Read(&cmd)).await
-        })
+        Box::pin(self.get_direct(key))
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
@@ -396,8 +412,7 @@ impl CacheRepository for RedisCacheRepository {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut cmd = redis::cmd("MGET");
-            cmd.arg(keys);
+            let cmd = keys_command("MGET", keys);
             self.query("get_many", &|| shown_many(keys), Request::Read(&cmd))
                 .await
         })
@@ -405,8 +420,7 @@ impl CacheRepository for RedisCacheRepository {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("UNLINK");
-            cmd.arg(key);
+            let cmd = key_command("UNLINK", key);
             self.query("delete", &|| shown(key), Request::Cmd(&cmd))
                 .await
         })
@@ -417,8 +431,7 @@ impl CacheRepository for RedisCacheRepository {
             if keys.is_empty() {
                 return Ok(0);
             }
-            let mut cmd = redis::cmd("UNLINK");
-            cmd.arg(keys);
+            let cmd = keys_command("UNLINK", keys);
             self.query("delete_many", &|| shown_many(keys), Request::Cmd(&cmd))
                 .await
         })
