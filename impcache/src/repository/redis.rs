@@ -389,11 +389,13 @@ impl CacheRepository for RedisCacheRepository {
             if entries.is_empty() {
                 return Ok(());
             }
-            let mut pipe = redis::pipe();
+            // Sized up front, and no command `ignore()`d: redis-rs keeps ignored indices in a
+            // hash set (a hash per command, and another per reply); the `OK`s are dropped as a
+            // whole instead. Error replies still fail the call.
+            let mut pipe = redis::Pipeline::with_capacity(entries.len());
             for (key, value) in entries {
                 self.check_size(key, value)?;
-                pipe.add_command(set_command(key, value, expiry, false))
-                    .ignore();
+                pipe.add_command(set_command(key, value, expiry, false));
             }
             let keys = || {
                 let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
