@@ -57,16 +57,6 @@ fn json(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("decode", "10KiB"), |b| {
         b.iter(|| serde_json::from_slice::<Large>(black_box(&large_bytes)).unwrap())
     });
-    // impcache's `json::encode` scans the output for `null` (a NaN would have been written as
-    // `null`) before walking the value a second time; how much does the scan cost?
-    for (size, bytes) in [("100B", &small_bytes), ("10KiB", &large_bytes)] {
-        group.bench_function(BenchmarkId::new("null scan windows(4)", size), |b| {
-            b.iter(|| black_box(bytes).windows(4).any(|w| w == b"null"))
-        });
-        group.bench_function(BenchmarkId::new("null scan memmem", size), |b| {
-            b.iter(|| memchr::memmem::find(black_box(bytes), b"null").is_some())
-        });
-    }
     group.finish();
 }
 

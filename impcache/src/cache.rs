@@ -311,6 +311,10 @@ impl Cache {
         self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
         let bytes = json::encode(key, value)?;
+        if let Some(memory) = &self.shared.memory {
+            // Here rather than in `write`: no nested future to build, poll and drop.
+            return memory.set_now(self.make_key(key), bytes, expiry);
+        }
         self.write(key, bytes, expiry).await
     }
 

@@ -6,10 +6,8 @@
 //! serializer that writes nothing and fails on a non-finite float.
 
 use std::cell::RefCell;
-use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
-use memchr::memmem::Finder;
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize};
 
@@ -26,8 +24,28 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH_BYTES));
 }
 
-/// Built once: constructing a searcher costs more than searching a small value.
-static NULL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"null"));
+/// serde_json's compact output, noting whether it wrote a `null`: serde_json writes a NaN or an
+/// infinity as `null`, so only then is the value walked again to look for one.
+struct NullNoting<'a> {
+    wrote_null: &'a mut bool,
+}
+
+impl serde_json::ser::Formatter for NullNoting<'_> {
+    fn write_null<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        *self.wrote_null = true;
+        writer.write_all(b"null")
+    }
+}
+
+/// Writes `value` as compact JSON into `out`; `Ok(true)` when a `null` was written.
+fn write_json<V: Serialize + ?Sized>(out: &mut Vec<u8>, value: &V) -> serde_json::Result<bool> {
+    let mut wrote_null = false;
+    let formatter = NullNoting {
+        wrote_null: &mut wrote_null,
+    };
+    value.serialize(&mut serde_json::Serializer::with_formatter(out, formatter))?;
+    Ok(wrote_null)
+}
 
 /// Bytes of each buffer that [`encode_packed`] fills.
 pub(crate) const PACK_BYTES: usize = 16 * 1024;
@@ -63,33 +81,34 @@ fn with_encoded<V: Serialize + ?Sized>(
     let encoded = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buffer) => {
             buffer.clear();
-            let written = serde_json::to_writer(&mut *buffer, value).map(|()| keep(&buffer));
+            let written = write_json(&mut buffer, value).map(|null| (keep(&buffer), null));
             if buffer.capacity() > MAX_RETAINED_BYTES {
                 *buffer = Vec::with_capacity(SCRATCH_BYTES);
             }
             written
         }
         // A `Serialize` impl that encodes another value while being encoded.
-        Err(_) => serde_json::to_vec(value).map(|fresh| keep(&fresh)),
+        Err(_) => {
+            let mut fresh = Vec::new();
+            write_json(&mut fresh, value).map(|null| (keep(&fresh), null))
+        }
     });
-    let bytes = encoded.map_err(|e| Error::Encode {
+    let (bytes, wrote_null) = encoded.map_err(|e| Error::Encode {
         key: shown(key),
         reason: e.to_string(),
     })?;
-    check_finite(key, value, &bytes)?;
+    if wrote_null {
+        check_finite(key, value)?;
+    }
     Ok(bytes)
 }
 
-/// serde_json writes a NaN or an infinity as `null`: only an output with `null` in it can hide
-/// one, so the second walk is skipped for every other value.
-fn check_finite<V: Serialize + ?Sized>(key: &str, value: &V, encoded: &[u8]) -> Result<()> {
-    if NULL.find(encoded).is_some() {
-        value.serialize(FiniteFloats).map_err(|e| Error::Encode {
-            key: shown(key),
-            reason: e.0,
-        })?;
-    }
-    Ok(())
+/// Fails on a NaN or an infinity anywhere in `value` (serde_json would have written `null`).
+fn check_finite<V: Serialize + ?Sized>(key: &str, value: &V) -> Result<()> {
+    value.serialize(FiniteFloats).map_err(|e| Error::Encode {
+        key: shown(key),
+        reason: e.0,
+    })
 }
 
 /// Decodes the JSON at `key`.
