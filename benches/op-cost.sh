@@ -15,7 +15,7 @@ cargo build --release -q -p impcache-benches --bin op-cost
 bin=${CARGO_TARGET_DIR:-target}/release/op-cost
 ops=("$@")
 if [ ${#ops[@]} -eq 0 ]; then
-  read -r -a ops <<<"$("$bin" list | sed 's/^operations: //; s/ concurrent-set-[a-z]*//g')"
+  read -r -a ops <<<"$("$bin" list | sed 's/^operations: //; s/ concurrent-[a-z]*-[a-z]*//g')"
 fi
 count() {
   local out

@@ -1,6 +1,7 @@
 //! [`CacheService`]: the middleware itself.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -233,18 +234,34 @@ async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lo
         Ok(None) => return Lookup::Miss("uri-miss"),
         Err(error) => return failed(&error),
     };
-    let (vary, entry) = match Record::decode(&record) {
-        Some(Record::Entry { entry, vary }) => (vary, Some(entry)),
-        Some(Record::Marker(vary)) => (vary, None),
+    let plain = |vary: &[http::HeaderName]| {
+        key::is_plain_variant(vary, headers, config.allow_authenticated)
+    };
+    // When the record's key is this request's variant key, the answer is its entry, if it
+    // holds one. Nothing decoded outlives this match: it would live in the future below.
+    let vary = match Record::decode(&record) {
+        Some(Record::Entry { entry, vary }) if plain(&vary) => return Lookup::Hit(entry),
+        Some(Record::Marker(vary)) if plain(&vary) => return Lookup::Miss("vary-miss"),
+        Some(Record::Entry { vary, .. } | Record::Marker(vary)) => vary,
         None => {
             tracing::warn!(key = %keys.record(), "impcache-tower: unreadable record, treated as a miss");
             return Lookup::Miss("uri-miss");
         }
     };
-    if key::is_plain_variant(&vary, headers, config.allow_authenticated) {
-        // The record's key is this request's variant key: its entry, if it holds one.
-        return entry.map_or(Lookup::Miss("vary-miss"), Lookup::Hit);
-    }
+    drop(record);
+    // Boxed on its own: it keeps the future of every lookup (moved into the request's box, an
+    // allocation per request) small; a varying URL pays one more allocation.
+    Box::pin(lookup_variant(config, keys, headers, vary)).await
+}
+
+/// The second read of a varying URL: the variant its record names for this request.
+async fn lookup_variant(
+    config: &Config,
+    keys: &key::UrlKeys,
+    headers: &HeaderMap,
+    vary: Vec<http::HeaderName>,
+) -> Lookup {
+    let cache = &config.cache;
     let variant = key::variant_key(keys.url(), &vary, headers, config.allow_authenticated);
     let bytes = match cache.get_raw(&variant).await {
         Ok(Some(bytes)) => bytes,
@@ -417,60 +434,66 @@ async fn store_then_release(
 /// A request through the layer: the lookup, and a hit served from it. Everything that calls the
 /// handler lives in boxed futures of its own ([`bypass`], [`forward`]), so that the future of a
 /// hit stays small (moving it into its box is part of every request's cost).
-async fn run<S, ReqBody, ResBody>(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment on the `async move` block
+fn run<S, ReqBody, ResBody>(
     layer: CacheLayer,
     inner: S,
     request: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let config = &*layer.config;
-    let plan = policy::plan_request(
-        request.method(),
-        request.headers(),
-        &config.methods,
-        config.allow_authenticated,
-        config.honor_request_cache_control,
-    );
-    let refresh = match plan {
-        RequestPlan::Bypass(reason) => {
-            return Box::pin(bypass(config, inner, request, reason)).await
-        }
-        RequestPlan::Head => true,
-        RequestPlan::Lookup { refresh } => refresh,
-    };
-    let head = plan == RequestPlan::Head;
-    let method = if head { &Method::GET } else { request.method() };
-    let keys = key::UrlKeys::new(
-        &config.namespace,
-        config.host(key::request_host(request.uri(), request.headers())),
-        request.uri().path(),
-        request.uri().query(),
-        method,
-    );
+    // An `async move` block rather than an `async fn`: an `async fn` moves each argument into a
+    // second slot of its future (the request alone is ~240 bytes), and this future is moved
+    // into a fresh allocation for every request (1,336 bytes as an `async fn`, 1,064 as this).
+    async move {
+        let config = &*layer.config;
+        let plan = policy::plan_request(
+            request.method(),
+            request.headers(),
+            &config.methods,
+            config.allow_authenticated,
+            config.honor_request_cache_control,
+        );
+        let refresh = match plan {
+            RequestPlan::Bypass(reason) => {
+                return Box::pin(bypass(config, inner, request, reason)).await
+            }
+            RequestPlan::Head => true,
+            RequestPlan::Lookup { refresh } => refresh,
+        };
+        let head = plan == RequestPlan::Head;
+        let method = if head { &Method::GET } else { request.method() };
+        let keys = key::UrlKeys::new(
+            &config.namespace,
+            config.host(key::request_host(request.uri(), request.headers())),
+            request.uri().path(),
+            request.uri().query(),
+            method,
+        );
 
-    // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
-    let mut fwd = "request";
-    let mut may_store = true;
-    let mut detail = None;
-    if head || !refresh {
-        match lookup(config, &keys, request.headers()).await {
-            Lookup::Hit(entry) => return Ok(serve(entry, request.headers(), head, config)),
-            Lookup::Miss(miss) => fwd = miss,
-            Lookup::Failed { backend } => {
-                fwd = "uri-miss";
-                may_store = !backend;
-                detail = Some("cache-error");
+        // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
+        let mut fwd = "request";
+        let mut may_store = true;
+        let mut detail = None;
+        if head || !refresh {
+            match lookup(config, &keys, request.headers()).await {
+                Lookup::Hit(entry) => return Ok(serve(entry, request.headers(), head, config)),
+                Lookup::Miss(miss) => fwd = miss,
+                Lookup::Failed { backend } => {
+                    fwd = "uri-miss";
+                    may_store = !backend;
+                    detail = Some("cache-error");
+                }
             }
         }
+        Box::pin(forward(
+            &layer, inner, request, keys, head, refresh, fwd, may_store, detail,
+        ))
+        .await
     }
-    Box::pin(forward(
-        &layer, inner, request, keys, head, refresh, fwd, may_store, detail,
-    ))
-    .await
 }
 
 /// A request the cache does not answer (`Cache-Control: no-store`, a method it does not cache, …):

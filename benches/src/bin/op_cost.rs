@@ -38,6 +38,8 @@ const OPERATIONS: &[&str] = &[
     "http-raw",
     "concurrent-set-impcache",
     "concurrent-set-raw",
+    "concurrent-http-cached",
+    "concurrent-http-raw",
 ];
 
 type MokaTtl = impcache_benches::MokaPerEntryTtl;
@@ -59,8 +61,17 @@ fn main() {
         concurrent_set(&server, system, n);
         return;
     }
+    if let Some(route) = operation.strip_prefix("concurrent-http-") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(http(&server, route, n, 256));
+        return;
+    }
     if let Some(route) = operation.strip_prefix("http-") {
-        rt.block_on(http(&server, route, n));
+        rt.block_on(http(&server, route, n, 1));
         return;
     }
     rt.block_on(async {
@@ -209,8 +220,9 @@ async fn run(
 
 /// One HTTP GET through axum over loopback, hyper client and server in this process: a
 /// `CacheLayer` hit (`cached`; `cached-lean` without the status headers and the computed ETag)
-/// or a handler doing one raw `GET` (`raw`), as in the bench's case 5.
-async fn http(server: &RedisServer, route: &str, n: u64) {
+/// or a handler doing one raw `GET` (`raw`), as in the bench's case 5. `n` requests from `tasks`
+/// concurrent client tasks (`concurrent-http-*`: 256 on two workers, for `/usr/bin/time`).
+async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
     use axum::extract::{Path, State};
     use axum::routing::get;
     use http_body_util::{BodyExt, Empty};
@@ -219,8 +231,10 @@ async fn http(server: &RedisServer, route: &str, n: u64) {
 
     let body = |id: u64| Bytes::from(serde_json::to_vec(&Small::new(id)).unwrap());
     let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
-    let client = redis::Client::open(server.url()).unwrap();
-    let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+    // The same TCP settings as impcache's connection (`TCP_NODELAY`), as in the bench.
+    let raw = impcache_benches::raw_connection(&server.url())
+        .await
+        .unwrap();
     let mut conn = raw.clone();
     for id in 0..KEYS {
         let () = redis::cmd("SET")
@@ -283,10 +297,21 @@ async fn http(server: &RedisServer, route: &str, n: u64) {
         black_box(response.into_body().collect().await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    for i in 0..n {
-        let response = client.get(uris[(i % KEYS) as usize].clone()).await.unwrap();
-        assert_eq!(response.status(), 200);
-        black_box(response.into_body().collect().await.unwrap());
+    let uris = std::sync::Arc::new(uris);
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let (client, uris) = (client.clone(), uris.clone());
+        handles.push(tokio::spawn(async move {
+            for i in 0..n / tasks {
+                let uri = uris[((task * 7_919 + i) % KEYS) as usize].clone();
+                let response = client.get(uri).await.unwrap();
+                assert_eq!(response.status(), 200);
+                black_box(response.into_body().collect().await.unwrap());
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
     }
 }
 
