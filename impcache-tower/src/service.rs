@@ -187,7 +187,7 @@ fn serve<B>(
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
         *response.headers_mut() = entry.headers;
-        // Stored with the entry since format 2's second release; entries from before lack it.
+        // Stored with the entry (see `forward`); entries stored by earlier versions lack it.
         if !response.headers().contains_key(header::CONTENT_LENGTH) {
             response
                 .headers_mut()
@@ -238,7 +238,7 @@ async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lo
         key::is_plain_variant(vary, headers, config.allow_authenticated)
     };
     // When the record's key is this request's variant key, the answer is its entry, if it
-    // holds one. Nothing decoded outlives this match: it would live in the future below.
+    // holds one.
     let vary = match Record::decode(&record) {
         Some(Record::Entry { entry, vary }) if plain(&vary) => return Lookup::Hit(entry),
         Some(Record::Marker(vary)) if plain(&vary) => return Lookup::Miss("vary-miss"),
@@ -248,7 +248,6 @@ async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lo
             return Lookup::Miss("uri-miss");
         }
     };
-    drop(record);
     // Boxed on its own: it keeps the future of every lookup (moved into the request's box, an
     // allocation per request) small; a varying URL pays one more allocation.
     Box::pin(lookup_variant(config, keys, headers, vary)).await
