@@ -61,6 +61,9 @@ pub(crate) struct Config {
     pub(crate) coalesce: bool,
     pub(crate) lock_timeout: Duration,
     pub(crate) key_by_host: bool,
+    /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
+    /// were changed after cloning). Inside the config so that a request clones one `Arc`.
+    pub(crate) flights: Arc<Flights>,
 }
 
 impl Config {
@@ -121,7 +124,6 @@ impl fmt::Debug for Config {
 #[derive(Clone, Debug)]
 pub struct CacheLayer {
     pub(crate) config: Arc<Config>,
-    pub(crate) flights: Arc<Flights>,
 }
 
 impl CacheLayer {
@@ -144,8 +146,8 @@ impl CacheLayer {
                 coalesce: true,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
                 key_by_host: true,
+                flights: Arc::new(Flights::default()),
             }),
-            flights: Arc::new(Flights::default()),
         }
     }
 

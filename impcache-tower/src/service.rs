@@ -565,7 +565,7 @@ where
 
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
     //    which asked for a new response).
-    let guard = match (config.coalesce && !refresh).then(|| layer.flights.join(url)) {
+    let guard = match (config.coalesce && !refresh).then(|| config.flights.join(url)) {
         None => None,
         Some(Join::Leader(guard)) => Some(guard),
         Some(Join::Waiter(waiter)) => {
