@@ -79,6 +79,9 @@ impl<const SIZE: usize> Table<SIZE> {
     }
 }
 
+// Entries end at `u16` offsets: a larger table would not build.
+const _: () = assert!(table_size(HIT_PREFIX) <= u16::MAX as usize);
+
 static NUMBERS: Table<{ table_size(b"") }> = Table::build(b"");
 static HIT_STATUSES: Table<{ table_size(HIT_PREFIX) }> = Table::build(HIT_PREFIX);
 
