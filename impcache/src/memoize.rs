@@ -73,7 +73,9 @@ impl SetDefaultCacheError {
 
 impl fmt::Debug for SetDefaultCacheError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // What `fn main() -> Result<(), _>` prints: the reason, not an empty struct.
         f.debug_struct("SetDefaultCacheError")
+            .field("reason", &format_args!("{self}"))
             .finish_non_exhaustive()
     }
 }
