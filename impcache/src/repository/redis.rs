@@ -319,7 +319,10 @@ impl RedisCacheRepository {
                     operation,
                     key: subject(),
                     source: Box::new(GaveUpEarly {
-                        waited: start.elapsed(),
+                        // To the millisecond: `102ms`, not `102.267089ms`.
+                        waited: Duration::from_millis(
+                            u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        ),
                         connect_timeout: self.inner.connect_timeout,
                         deadline: self.inner.deadline,
                         source: e,
