@@ -4,9 +4,12 @@
 //! # How a call runs
 //! - **Hit**: one `GET`, one JSON decode, the value is returned.
 //! - **Miss**: the body runs once per key per process however many callers arrive together (the
-//!   first becomes the *leader*, the others wait for it), the value is stored with `SET NX` and
-//!   the expire, and returned. Waiters get the leader's encoded JSON and decode it, so values need
-//!   not be `Clone` and waiters are served even while the cache itself is down.
+//!   first becomes the *leader*, the others wait for it), the value is returned as soon as the
+//!   body has, and stored with `SET NX` and the expire in the background (a tokio task): a miss
+//!   costs at most one deadline (its `GET`) plus the body. The key's flight stays open until the
+//!   store has finished, so callers arriving meanwhile get the leader's value without running the
+//!   body. Waiters get the leader's encoded JSON and decode it, so values need not be `Clone` and
+//!   waiters are served even while the cache itself is down.
 //! - **Leader returns `Err`/`None`** (a value that is not cached): each waiter runs its own body,
 //!   concurrently. Errors are never shared between callers.
 //! - **Leader panics or is cancelled**: its entry is removed on unwind/drop and the waiters elect a
@@ -20,6 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
+use std::task::Poll;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -483,8 +487,9 @@ pub(crate) mod __private {
         );
         // A first leader runs the body at once: a miss costs GET + SET NX, as by hand. Only a
         // leader elected after another one panicked or was cancelled looks in the cache first.
-        // (A leader that completes in the microseconds between a caller's GET and its joining
-        // the flight lets that caller run the body once more: a narrow, documented race.)
+        // (A leader whose store completes between a caller's GET and its joining the flight lets
+        // that caller run the body once more: a narrow, documented race. The store's command is
+        // sent before the leader answers, so a later GET from this process queues behind it.)
         let mut recheck = false;
         loop {
             match join(&flight) {
@@ -584,16 +589,49 @@ pub(crate) mod __private {
         if let Some(leader) = &leader {
             leader.publish(Outcome::Value(bytes.clone()));
         }
-        let stored = if overwrite {
-            cache.set_raw(key, bytes, expire).await
-        } else {
-            cache.set_nx_raw(key, bytes, expire).await.map(|_| ())
-        };
-        if let Err(error) = stored {
-            report("set", key, &error);
-        }
-        drop(leader);
+        store(cache.clone(), key.to_owned(), bytes, expire, overwrite, leader).await;
         ret
+    }
+
+    /// Stores a value without making the caller wait for the write: the caller is answered as
+    /// soon as the body has returned, so a miss costs at most one deadline (its `GET`) plus the
+    /// body, even with the server frozen.
+    ///
+    /// The store is polled once here, which sends the command (a Redis write is then queued on
+    /// the connection ahead of any later command of this process, so the caller's next read
+    /// sees it; an in-memory write simply completes), and the rest runs in a tokio task. The
+    /// leader's flight stays open until the write has finished, so callers arriving in that
+    /// window get the leader's value from memory instead of running the body again. Outside a
+    /// tokio runtime the store is awaited in place.
+    async fn store(
+        cache: Cache,
+        key: String,
+        bytes: Bytes,
+        expire: Expire,
+        overwrite: bool,
+        leader: Option<Leader>,
+    ) {
+        let write = async move {
+            let stored = if overwrite {
+                cache.set_raw(&key, bytes, expire).await
+            } else {
+                cache.set_nx_raw(&key, bytes, expire).await.map(|_| ())
+            };
+            if let Err(error) = stored {
+                report("set", &key, &error);
+            }
+            drop(leader);
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return write.await;
+        };
+        let mut write = Box::pin(write);
+        // One poll with this task's waker; the spawned task polls again with its own, so the
+        // first waker may be woken once for nothing (harmless).
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        if first.is_pending() {
+            runtime.spawn(write);
+        }
     }
 
     #[inline]
