@@ -156,7 +156,9 @@ async fn a_stored_value_of_another_type_is_replaced() {
     assert_eq!(typed(&cache, 1).await.name, "new");
     // Replaced in the background: wait for the new value.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.cmd::<String>(&["GET", "cache:3:typed:1"]).starts_with('[')
+    while server
+        .cmd::<String>(&["GET", "cache:3:typed:1"])
+        .starts_with('[')
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -11,9 +11,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use impcache::{
-    cached, BoxFuture, Cache, CacheRepository, Expiry, MemoryCacheRepository, Result,
-};
+use impcache::{cached, BoxFuture, Cache, CacheRepository, Expiry, MemoryCacheRepository, Result};
 
 /// An in-memory repository whose writes take [`WRITE_DELAY`]; reads are immediate.
 #[derive(Debug)]
@@ -114,8 +112,16 @@ async fn a_miss_answers_before_its_store_and_holds_the_flight_until_stored() {
     )
     .await;
     assert_eq!(again, [42; 8]);
-    assert_eq!(CALLS.load(SeqCst), 1, "the body ran again before the store ended");
-    assert!(started.elapsed() < WRITE_DELAY / 2, "{:?}", started.elapsed());
+    assert_eq!(
+        CALLS.load(SeqCst),
+        1,
+        "the body ran again before the store ended"
+    );
+    assert!(
+        started.elapsed() < WRITE_DELAY / 2,
+        "{:?}",
+        started.elapsed()
+    );
 
     // The write completes in the background; then it is an ordinary hit.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -123,7 +129,10 @@ async fn a_miss_answers_before_its_store_and_holds_the_flight_until_stored() {
         assert!(Instant::now() < deadline, "the value was never stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(&cache.get_raw("slow-store:21").await.unwrap().unwrap()[..], b"42");
+    assert_eq!(
+        &cache.get_raw("slow-store:21").await.unwrap().unwrap()[..],
+        b"42"
+    );
     assert_eq!(answer(&cache, 21).await, 42);
     assert_eq!(CALLS.load(SeqCst), 1);
 }
