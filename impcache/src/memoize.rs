@@ -295,34 +295,16 @@ pub(crate) mod __private {
         }
     }
 
-    /// Builds a key into one `String`: literal parts and arguments as compact JSON.
+    /// Builds a key into one `String`: literal parts and arguments as compact JSON, written so
+    /// that distinct argument values give distinct keys (see [`crate::key::write_arg`] and the
+    /// README's key layout).
     #[derive(Debug)]
     pub struct KeyBuilder {
         key: String,
         error: Option<(&'static str, String)>,
-    }
-
-    /// Lets serde_json write into a `String`. serde_json only ever writes whole UTF-8 sequences
-    /// (ASCII punctuation, digits, slices of the input between escapes), so each chunk is checked
-    /// on its own: the literal parts of the key are never re-validated.
-    struct StrWriter<'a>(&'a mut String);
-
-    impl std::io::Write for StrWriter<'_> {
-        #[inline]
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
-            self.0.push_str(text);
-            Ok(buf.len())
-        }
-
-        #[inline]
-        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-            self.write(buf).map(|_| ())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        /// Where the text of the last `key = "..."` placeholder starts, until the literal after
+        /// it is known.
+        placeholder: Option<usize>,
     }
 
     impl KeyBuilder {
@@ -332,51 +314,87 @@ pub(crate) mod __private {
             KeyBuilder {
                 key: String::with_capacity(capacity),
                 error: None,
+                placeholder: None,
             }
         }
 
         /// Appends a literal part.
         #[inline]
         pub fn push_str(&mut self, part: &str) {
+            if let Some(first) = part.chars().next() {
+                if let Some(start) = self.placeholder.take() {
+                    self.end_placeholder(start, Some(first));
+                }
+            }
             self.key.push_str(part);
         }
 
         /// Appends `value` as compact JSON (strings quoted).
         #[inline]
         pub fn push_json<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
-            if let Err(e) = serde_json::to_writer(StrWriter(&mut self.key), value) {
+            if let Err(e) = crate::key::write_arg(&mut self.key, value, None) {
                 self.fail(name, e);
             }
         }
 
         /// Appends `value` for a `key = "..."` template: compact JSON, except that a string is
         /// written without quotes (`user:{name}` gives `user:alice`).
+        ///
+        /// So that two calls never share a key, a placeholder's text is written as a JSON string
+        /// instead when it could be read another way: when it contains the first character of
+        /// the literal that follows it in the template (`{a}:{b}` with `a = "x:y"` gives
+        /// `"x:y":…`), starts with `"`, or is directly followed by another placeholder; and an
+        /// `Option`'s string keeps its quotes when unquoted it would read as `null`, `Some(…)` or a
+        /// quoted string.
         pub fn push_template<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
+            if let Some(start) = self.placeholder.take() {
+                self.end_placeholder(start, None);
+            }
             let start = self.key.len();
-            if let Err(e) = serde_json::to_writer(StrWriter(&mut self.key), value) {
+            let mut is_option = false;
+            if let Err(e) = crate::key::write_arg(&mut self.key, value, Some(&mut is_option)) {
                 self.fail(name, e);
                 return;
             }
+            self.placeholder = Some(start);
             if !self.key[start..].starts_with('"') {
                 return;
             }
-            if !self.key[start..].contains('\\') {
-                // `"text"` without escapes: drop the quotes in place.
-                self.key.pop();
-                self.key.remove(start);
-                return;
-            }
-            match serde_json::from_str::<String>(&self.key[start..]) {
-                Ok(text) => {
-                    self.key.truncate(start);
-                    self.key.push_str(&text);
+            let text = if !self.key[start..].contains('\\') {
+                // `"text"` without escapes: the text between the quotes.
+                self.key[start + 1..self.key.len() - 1].to_owned()
+            } else {
+                match serde_json::from_str::<String>(&self.key[start..]) {
+                    Ok(text) => text,
+                    Err(e) => return self.fail(name, e),
                 }
-                Err(e) => self.fail(name, e),
+            };
+            let ambiguous =
+                is_option && (text == "null" || text.starts_with("Some(") || text.starts_with('"'));
+            if !ambiguous {
+                self.key.truncate(start);
+                self.key.push_str(&text);
             }
         }
 
+        /// Ends the placeholder whose text starts at `start`, now that what follows it is
+        /// known: the first character of the next literal, or `None` for another placeholder.
+        fn end_placeholder(&mut self, start: usize, next: Option<char>) {
+            let text = &self.key[start..];
+            let readable = match next {
+                Some(next) => !text.starts_with('"') && !text.contains(next),
+                None => false,
+            };
+            if readable {
+                return;
+            }
+            let quoted = serde_json::Value::String(text.to_owned()).to_string();
+            self.key.truncate(start);
+            self.key.push_str(&quoted);
+        }
+
         #[cold]
-        fn fail(&mut self, name: &'static str, e: serde_json::Error) {
+        fn fail(&mut self, name: &'static str, e: impl fmt::Display) {
             if self.error.is_none() {
                 self.error = Some((name, e.to_string()));
             }
@@ -589,7 +607,15 @@ pub(crate) mod __private {
         if let Some(leader) = &leader {
             leader.publish(Outcome::Value(bytes.clone()));
         }
-        store(cache.clone(), key.to_owned(), bytes, expire, overwrite, leader).await;
+        store(
+            cache.clone(),
+            key.to_owned(),
+            bytes,
+            expire,
+            overwrite,
+            leader,
+        )
+        .await;
         ret
     }
 
