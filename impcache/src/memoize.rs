@@ -360,20 +360,27 @@ pub(crate) mod __private {
             if !self.key[start..].starts_with('"') {
                 return;
             }
-            let text = if !self.key[start..].contains('\\') {
-                // `"text"` without escapes: the text between the quotes.
-                self.key[start + 1..self.key.len() - 1].to_owned()
-            } else {
-                match serde_json::from_str::<String>(&self.key[start..]) {
-                    Ok(text) => text,
-                    Err(e) => return self.fail(name, e),
-                }
+            // An `Option`'s string whose unquoted text could be another of its values keeps
+            // its quotes.
+            let keep_quotes = |text: &str| {
+                is_option && (text == "null" || text.starts_with("Some(") || text.starts_with('"'))
             };
-            let ambiguous =
-                is_option && (text == "null" || text.starts_with("Some(") || text.starts_with('"'));
-            if !ambiguous {
-                self.key.truncate(start);
-                self.key.push_str(&text);
+            let quoted = &self.key[start..];
+            if !quoted.contains('\\') {
+                // `"text"` without escapes: drop the quotes in place.
+                if !keep_quotes(quoted.trim_matches('"')) {
+                    self.key.pop();
+                    self.key.remove(start);
+                }
+                return;
+            }
+            match serde_json::from_str::<String>(quoted) {
+                Ok(text) if keep_quotes(&text) => {}
+                Ok(text) => {
+                    self.key.truncate(start);
+                    self.key.push_str(&text);
+                }
+                Err(e) => self.fail(name, e),
             }
         }
 

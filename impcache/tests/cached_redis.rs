@@ -251,6 +251,7 @@ async fn a_miss_costs_one_deadline_plus_the_body_with_the_server_frozen() {
         let started = Instant::now();
         assert_eq!(hundred_ms(&cache, id).await, id);
         let took = started.elapsed();
+        eprintln!("miss with the server frozen: {took:?}");
         assert!(
             took < deadline + Duration::from_millis(100 + 600),
             "a miss took {took:?} with a {deadline:?} deadline and a 100 ms body"
@@ -258,4 +259,26 @@ async fn a_miss_costs_one_deadline_plus_the_body_with_the_server_frozen() {
     }
     assert_eq!(FROZEN.load(SeqCst), 3);
     server.thaw();
+}
+
+static AGAIN: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn once(cache: &Cache, id: u64) -> u64 {
+    AGAIN.fetch_add(1, SeqCst);
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_a_miss_never_runs_the_body_again() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server);
+    // The store of each miss is still in the background when the next call starts: it finds
+    // the value in Redis (the write was queued first) or in the still-open flight.
+    for id in 0..300 {
+        assert_eq!(once(&cache, id).await, id);
+        assert_eq!(once(&cache, id).await, id);
+        assert_eq!(AGAIN.load(SeqCst), id as usize + 1, "key {id}");
+    }
+    assert_eq!(wait_for_keys(&server, 300).await.len(), 300);
 }
