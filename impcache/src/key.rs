@@ -890,6 +890,15 @@ mod tests {
             template(&[Err("a"), Err("bc")]),
             template(&[Err("ab"), Err("c")])
         );
+        // A JSON array or object ends at its bracket: unchanged whatever follows.
+        let mut key = crate::__private::KeyBuilder::with_capacity(8);
+        key.push_template("list", &["a:b", "c"]);
+        key.push_str(":");
+        key.push_template("map", &BTreeMap::from([("k", 1)]));
+        key.push_template("n", &1);
+        assert_eq!(key.finish().unwrap(), r#"["a:b","c"]:{"k":1}1"#);
+        // An unquoted string that looks like one is quoted when it holds the separator.
+        assert_eq!(template(&[Err("[x:y]"), Ok(":"), Err("z")]), r#""[x:y]":z"#);
     }
 
     #[test]

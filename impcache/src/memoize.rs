@@ -303,8 +303,8 @@ pub(crate) mod __private {
         key: String,
         error: Option<(&'static str, String)>,
         /// Where the text of the last `key = "..."` placeholder starts, until the literal after
-        /// it is known.
-        placeholder: Option<usize>,
+        /// it is known, and whether it is a JSON array or object (which ends unambiguously).
+        placeholder: Option<(usize, bool)>,
     }
 
     impl KeyBuilder {
@@ -322,8 +322,8 @@ pub(crate) mod __private {
         #[inline]
         pub fn push_str(&mut self, part: &str) {
             if let Some(first) = part.chars().next() {
-                if let Some(start) = self.placeholder.take() {
-                    self.end_placeholder(start, Some(first));
+                if let Some(placeholder) = self.placeholder.take() {
+                    self.end_placeholder(placeholder, Some(first));
                 }
             }
             self.key.push_str(part);
@@ -343,12 +343,13 @@ pub(crate) mod __private {
         /// So that two calls never share a key, a placeholder's text is written as a JSON string
         /// instead when it could be read another way: when it contains the first character of
         /// the literal that follows it in the template (`{a}:{b}` with `a = "x:y"` gives
-        /// `"x:y":…`), starts with `"`, or is directly followed by another placeholder; and an
+        /// `"x:y":…`), starts with `"`, or is directly followed by another placeholder (a JSON
+        /// array or object never is: it ends at its closing bracket); and an
         /// `Option`'s string keeps its quotes when unquoted it would read as `null`, `Some(…)` or a
         /// quoted string.
         pub fn push_template<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
-            if let Some(start) = self.placeholder.take() {
-                self.end_placeholder(start, None);
+            if let Some(placeholder) = self.placeholder.take() {
+                self.end_placeholder(placeholder, None);
             }
             let start = self.key.len();
             let mut is_option = false;
@@ -356,7 +357,8 @@ pub(crate) mod __private {
                 self.fail(name, e);
                 return;
             }
-            self.placeholder = Some(start);
+            let compound = matches!(self.key.as_bytes().get(start), Some(b'[' | b'{'));
+            self.placeholder = Some((start, compound));
             if !self.key[start..].starts_with('"') {
                 return;
             }
@@ -386,12 +388,14 @@ pub(crate) mod __private {
 
         /// Ends the placeholder whose text starts at `start`, now that what follows it is
         /// known: the first character of the next literal, or `None` for another placeholder.
-        fn end_placeholder(&mut self, start: usize, next: Option<char>) {
+        /// A JSON array or object ends at its closing bracket whatever follows: it stays as is.
+        fn end_placeholder(&mut self, (start, compound): (usize, bool), next: Option<char>) {
             let text = &self.key[start..];
-            let readable = match next {
-                Some(next) => !text.starts_with('"') && !text.contains(next),
-                None => false,
-            };
+            let readable = compound
+                || match next {
+                    Some(next) => !text.starts_with('"') && !text.contains(next),
+                    None => false,
+                };
             if readable {
                 return;
             }
