@@ -11,7 +11,8 @@ mod expand;
 use proc_macro::TokenStream;
 
 /// Memoizes an `async fn` in an impcache [`Cache`]: a hit costs one `GET` and one JSON decode; a
-/// miss runs the body once per key per process and stores its value with `SET NX` and an expiry.
+/// miss runs the body once per key per process, answers, and stores its value with `SET NX` and an
+/// expiry in the background.
 ///
 /// ```
 /// use impcache::{cached, Cache, MemoryCacheRepository};
@@ -57,6 +58,11 @@ use proc_macro::TokenStream;
 ///   entries. `name = "..."` replaces this first part.
 /// - with `key = "user:{id}"`: the template with each `{arg}` as compact JSON, except that strings
 ///   are written without quotes (`user:42`, `user:alice`).
+///
+/// Distinct argument values get distinct keys: `Some(None)` is `Some(null)` (`None` is `null`),
+/// NaN and ±∞ are `NaN`, `Infinity`, `-Infinity`, and a template placeholder whose value could
+/// run into what follows it (`{a}:{b}` with `a = "x:y"`) is written as a JSON string
+/// (`"x:y":z`); other values keep `serde_json`'s text. See the README's key layout.
 ///
 /// So `cache.delete_pattern("myapp::users::get_user:*")` drops every entry of a function.
 ///

@@ -4,9 +4,12 @@
 //! # How a call runs
 //! - **Hit**: one `GET`, one JSON decode, the value is returned.
 //! - **Miss**: the body runs once per key per process however many callers arrive together (the
-//!   first becomes the *leader*, the others wait for it), the value is stored with `SET NX` and
-//!   the expire, and returned. Waiters get the leader's encoded JSON and decode it, so values need
-//!   not be `Clone` and waiters are served even while the cache itself is down.
+//!   first becomes the *leader*, the others wait for it), the value is returned as soon as the
+//!   body has, and stored with `SET NX` and the expire in the background (a tokio task): a miss
+//!   costs at most one deadline (its `GET`) plus the body. The key's flight stays open until the
+//!   store has finished, so callers arriving meanwhile get the leader's value without running the
+//!   body. Waiters get the leader's encoded JSON and decode it, so values need not be `Clone` and
+//!   waiters are served even while the cache itself is down.
 //! - **Leader returns `Err`/`None`** (a value that is not cached): each waiter runs its own body,
 //!   concurrently. Errors are never shared between callers.
 //! - **Leader panics or is cancelled**: its entry is removed on unwind/drop and the waiters elect a
@@ -20,6 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
+use std::task::Poll;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -293,34 +297,16 @@ pub(crate) mod __private {
         }
     }
 
-    /// Builds a key into one `String`: literal parts and arguments as compact JSON.
+    /// Builds a key into one `String`: literal parts and arguments as compact JSON, written so
+    /// that distinct argument values give distinct keys (see [`crate::key::write_arg`] and the
+    /// README's key layout).
     #[derive(Debug)]
     pub struct KeyBuilder {
         key: String,
         error: Option<(&'static str, String)>,
-    }
-
-    /// Lets serde_json write into a `String`. serde_json only ever writes whole UTF-8 sequences
-    /// (ASCII punctuation, digits, slices of the input between escapes), so each chunk is checked
-    /// on its own: the literal parts of the key are never re-validated.
-    struct StrWriter<'a>(&'a mut String);
-
-    impl std::io::Write for StrWriter<'_> {
-        #[inline]
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
-            self.0.push_str(text);
-            Ok(buf.len())
-        }
-
-        #[inline]
-        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-            self.write(buf).map(|_| ())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        /// Where the text of the last `key = "..."` placeholder starts, until the literal after
+        /// it is known, and whether it is a JSON array or object (which ends unambiguously).
+        placeholder: Option<(usize, bool)>,
     }
 
     impl KeyBuilder {
@@ -330,41 +316,70 @@ pub(crate) mod __private {
             KeyBuilder {
                 key: String::with_capacity(capacity),
                 error: None,
+                placeholder: None,
             }
         }
 
         /// Appends a literal part.
         #[inline]
         pub fn push_str(&mut self, part: &str) {
+            if let Some(first) = part.chars().next() {
+                if let Some(placeholder) = self.placeholder.take() {
+                    self.end_placeholder(placeholder, Some(first));
+                }
+            }
             self.key.push_str(part);
         }
 
         /// Appends `value` as compact JSON (strings quoted).
         #[inline]
         pub fn push_json<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
-            if let Err(e) = serde_json::to_writer(StrWriter(&mut self.key), value) {
+            if let Err(e) = crate::key::write_arg(&mut self.key, value, None) {
                 self.fail(name, e);
             }
         }
 
         /// Appends `value` for a `key = "..."` template: compact JSON, except that a string is
         /// written without quotes (`user:{name}` gives `user:alice`).
+        ///
+        /// So that two calls never share a key, a placeholder's text is written as a JSON string
+        /// instead when it could be read another way: when it contains the first character of
+        /// the literal that follows it in the template (`{a}:{b}` with `a = "x:y"` gives
+        /// `"x:y":…`), starts with `"`, or is directly followed by another placeholder (a JSON
+        /// array or object never is: it ends at its closing bracket); and an
+        /// `Option`'s string keeps its quotes when unquoted it would read as `null`, `Some(…)` or a
+        /// quoted string.
         pub fn push_template<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
+            if let Some(placeholder) = self.placeholder.take() {
+                self.end_placeholder(placeholder, None);
+            }
             let start = self.key.len();
-            if let Err(e) = serde_json::to_writer(StrWriter(&mut self.key), value) {
+            let mut is_option = false;
+            if let Err(e) = crate::key::write_arg(&mut self.key, value, Some(&mut is_option)) {
                 self.fail(name, e);
                 return;
             }
+            let compound = matches!(self.key.as_bytes().get(start), Some(b'[' | b'{'));
+            self.placeholder = Some((start, compound));
             if !self.key[start..].starts_with('"') {
                 return;
             }
-            if !self.key[start..].contains('\\') {
+            // An `Option`'s string whose unquoted text could be another of its values keeps
+            // its quotes.
+            let keep_quotes = |text: &str| {
+                is_option && (text == "null" || text.starts_with("Some(") || text.starts_with('"'))
+            };
+            let quoted = &self.key[start..];
+            if !quoted.contains('\\') {
                 // `"text"` without escapes: drop the quotes in place.
-                self.key.pop();
-                self.key.remove(start);
+                if !keep_quotes(quoted.trim_matches('"')) {
+                    self.key.pop();
+                    self.key.remove(start);
+                }
                 return;
             }
-            match serde_json::from_str::<String>(&self.key[start..]) {
+            match serde_json::from_str::<String>(quoted) {
+                Ok(text) if keep_quotes(&text) => {}
                 Ok(text) => {
                     self.key.truncate(start);
                     self.key.push_str(&text);
@@ -373,8 +388,26 @@ pub(crate) mod __private {
             }
         }
 
+        /// Ends the placeholder whose text starts at `start`, now that what follows it is
+        /// known: the first character of the next literal, or `None` for another placeholder.
+        /// A JSON array or object ends at its closing bracket whatever follows: it stays as is.
+        fn end_placeholder(&mut self, (start, compound): (usize, bool), next: Option<char>) {
+            let text = &self.key[start..];
+            let readable = compound
+                || match next {
+                    Some(next) => !text.starts_with('"') && !text.contains(next),
+                    None => false,
+                };
+            if readable {
+                return;
+            }
+            let quoted = serde_json::Value::String(text.to_owned()).to_string();
+            self.key.truncate(start);
+            self.key.push_str(&quoted);
+        }
+
         #[cold]
-        fn fail(&mut self, name: &'static str, e: serde_json::Error) {
+        fn fail(&mut self, name: &'static str, e: impl fmt::Display) {
             if self.error.is_none() {
                 self.error = Some((name, e.to_string()));
             }
@@ -485,8 +518,9 @@ pub(crate) mod __private {
         );
         // A first leader runs the body at once: a miss costs GET + SET NX, as by hand. Only a
         // leader elected after another one panicked or was cancelled looks in the cache first.
-        // (A leader that completes in the microseconds between a caller's GET and its joining
-        // the flight lets that caller run the body once more: a narrow, documented race.)
+        // (A leader whose store completes between a caller's GET and its joining the flight lets
+        // that caller run the body once more: a narrow, documented race. The store's command is
+        // sent before the leader answers, so a later GET from this process queues behind it.)
         let mut recheck = false;
         loop {
             match join(&flight) {
@@ -586,16 +620,57 @@ pub(crate) mod __private {
         if let Some(leader) = &leader {
             leader.publish(Outcome::Value(bytes.clone()));
         }
-        let stored = if overwrite {
-            cache.set_raw(key, bytes, expire).await
-        } else {
-            cache.set_nx_raw(key, bytes, expire).await.map(|_| ())
-        };
-        if let Err(error) = stored {
-            report("set", key, &error);
-        }
-        drop(leader);
+        store(
+            cache.clone(),
+            key.to_owned(),
+            bytes,
+            expire,
+            overwrite,
+            leader,
+        )
+        .await;
         ret
+    }
+
+    /// Stores a value without making the caller wait for the write: the caller is answered as
+    /// soon as the body has returned, so a miss costs at most one deadline (its `GET`) plus the
+    /// body, even with the server frozen.
+    ///
+    /// The store is polled once here, which sends the command (a Redis write is then queued on
+    /// the connection ahead of any later command of this process, so the caller's next read
+    /// sees it; an in-memory write simply completes), and the rest runs in a tokio task. The
+    /// leader's flight stays open until the write has finished, so callers arriving in that
+    /// window get the leader's value from memory instead of running the body again. Outside a
+    /// tokio runtime the store is awaited in place.
+    async fn store(
+        cache: Cache,
+        key: String,
+        bytes: Bytes,
+        expire: Expire,
+        overwrite: bool,
+        leader: Option<Leader>,
+    ) {
+        let write = async move {
+            let stored = if overwrite {
+                cache.set_raw(&key, bytes, expire).await
+            } else {
+                cache.set_nx_raw(&key, bytes, expire).await.map(|_| ())
+            };
+            if let Err(error) = stored {
+                report("set", &key, &error);
+            }
+            drop(leader);
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return write.await;
+        };
+        let mut write = Box::pin(write);
+        // One poll with this task's waker; the spawned task polls again with its own, so the
+        // first waker may be woken once for nothing (harmless).
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        if first.is_pending() {
+            runtime.spawn(write);
+        }
     }
 
     #[inline]
