@@ -1,6 +1,7 @@
 //! Redis Sentinel: the repository finds the primary through Sentinel and follows two failovers,
-//! a forced one (`SENTINEL FAILOVER`: the old primary is demoted and answers `READONLY`) and a
-//! crash (the primary is killed; Sentinel promotes the replica after `down-after-milliseconds`).
+//! a forced one (`SENTINEL FAILOVER`) and a crash (the primary is killed; Sentinel promotes the
+//! replica after `down-after-milliseconds`), through the Sentinel's announcements; how many
+//! acknowledged writes a forced failover loses; and `READONLY` from a demoted primary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -89,18 +90,23 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
     let forced = Instant::now();
     let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
     let (took, failures) = until_served_by(&cache, &repository, second, deadline).await;
+    // The repository follows the promotion itself, which comes before Sentinel's `+switch-master`.
+    wait_for("Sentinel names the replica", || {
+        group.primary_port() == second
+    })
+    .await;
     eprintln!(
         "SENTINEL FAILOVER: served by the new primary {took:?} after the command \
-         ({failures} failed calls; Sentinel switched after {:?})",
+         ({failures} failed calls; Sentinel named it {:?} after the command)",
         forced.elapsed()
     );
-    assert_eq!(group.primary_port(), second);
     assert_eq!(SentinelGroup::role(second), "master");
     assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1), "replicated");
 
     // 2. Crash: kill the new primary; Sentinel promotes the old one (now its replica) once it is
     //    down for `down-after-milliseconds` (1 s).
-    let deadline_wait = Instant::now() + Duration::from_secs(10);
+    // Sentinel converts it 10 s after `+switch-master` (`sentinel_publish_period` * 4 + 2 s).
+    let deadline_wait = Instant::now() + Duration::from_secs(20);
     while SentinelGroup::role(first) != "slave"
         || group.primary.cmd::<String>(&["GET", "s:1:k"]) != "1"
     {
@@ -118,7 +124,10 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
          down-after-milliseconds 1000); kill to recovery {:?}",
         killed.elapsed()
     );
-    assert_eq!(group.primary_port(), first);
+    wait_for("Sentinel names the old primary", || {
+        group.primary_port() == first
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -335,4 +344,87 @@ async fn a_forced_failover_loses_few_acknowledged_writes() {
         "switched {:?} after the promotion",
         seen.switch_delay
     );
+}
+
+/// Clients of the Sentinel subscribed to at least one channel.
+fn subscribers(group: &SentinelGroup) -> usize {
+    let clients: String = group.sentinel_cmd(&["CLIENT", "LIST"]);
+    clients
+        .lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("sub="))
+                .is_some_and(|n| n != "0")
+        })
+        .count()
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < limit, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_are_followed_until_the_repository_is_dropped_and_readonly_still_re_resolves()
+{
+    let group = SentinelGroup::start();
+    let (first, second) = (group.primary.port(), group.replica.port());
+
+    // 1. The first operation starts the task that follows the announcements; dropping the last
+    //    handle on the repository ends it (its subscription closes).
+    let repository =
+        RedisSentinelCacheRepository::new([group.sentinel_url()], SENTINEL_SERVICE).unwrap();
+    let cache = Cache::builder(repository.clone()).build();
+    assert_eq!(subscribers(&group), 0);
+    cache.set("k", &1, 100).await.unwrap();
+    wait_for("subscribed to the Sentinel", || subscribers(&group) == 1).await;
+    drop((cache, repository));
+    wait_for("subscription closed after the drop", || {
+        subscribers(&group) == 0
+    })
+    .await;
+
+    // 2. Without announcements (and without the periodic check), a primary demoted to a replica
+    //    answers READONLY: the write is retried on the primary Sentinel names, and succeeds.
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .follow_announcements(false)
+            .recheck_every(None)
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository.clone()).build();
+    cache.set("k", &2, 100).await.unwrap();
+    assert_eq!(subscribers(&group), 0, "follow_announcements(false)");
+    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+    // `SENTINEL MASTERS`, which a lookup reads, names it after `+switch-master` (a little after
+    // `GET-MASTER-ADDR-BY-NAME` does).
+    wait_for("Sentinel names the replica", || {
+        let primary: std::collections::HashMap<String, String> =
+            group.sentinel_cmd(&["SENTINEL", "MASTER", SENTINEL_SERVICE]);
+        primary.get("port") == Some(&second.to_string())
+    })
+    .await;
+    assert_eq!(
+        repository.primary_address(),
+        Some(format!("127.0.0.1:{first}")),
+        "nothing told the repository yet"
+    );
+    // What Sentinel does to the old primary about 10 s later.
+    let _: () = group
+        .primary
+        .cmd(&["REPLICAOF", "127.0.0.1", &second.to_string()]);
+    wait_for("old primary is a replica", || {
+        SentinelGroup::role(first) == "slave"
+    })
+    .await;
+    cache.set("k", &3, 100).await.unwrap();
+    assert_eq!(
+        repository.primary_address(),
+        Some(format!("127.0.0.1:{second}"))
+    );
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(3));
 }
