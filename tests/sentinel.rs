@@ -334,29 +334,30 @@ async fn a_forced_failover_loses_few_acknowledged_writes() {
     // Before the switch followed Sentinel's announcements, every write from the promotion until
     // the next once-a-second check was lost (≈0.5-2 s of writes).
     assert!(
-        lost_time < Duration::from_millis(200),
+        lost_time < Duration::from_millis(300),
         "{} of {} acknowledged writes lost (≈{lost_time:?} of writes)",
         seen.lost,
         seen.acknowledged
     );
     assert!(
-        seen.switch_delay < Duration::from_millis(400),
+        seen.switch_delay < Duration::from_millis(500),
         "switched {:?} after the promotion",
         seen.switch_delay
     );
 }
 
-/// Clients of the Sentinel subscribed to at least one channel.
-fn subscribers(group: &SentinelGroup) -> usize {
+/// The ids of the Sentinel's clients subscribed to at least one channel.
+fn subscribers(group: &SentinelGroup) -> Vec<String> {
     let clients: String = group.sentinel_cmd(&["CLIENT", "LIST"]);
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(name).map(str::to_owned))
+    };
     clients
         .lines()
-        .filter(|line| {
-            line.split_whitespace()
-                .find_map(|field| field.strip_prefix("sub="))
-                .is_some_and(|n| n != "0")
-        })
-        .count()
+        .filter(|line| field(line, "sub=").is_some_and(|n| n != "0"))
+        .filter_map(|line| field(line, "id="))
+        .collect()
 }
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
@@ -378,12 +379,19 @@ async fn announcements_are_followed_until_the_repository_is_dropped_and_readonly
     let repository =
         RedisSentinelCacheRepository::new([group.sentinel_url()], SENTINEL_SERVICE).unwrap();
     let cache = Cache::builder(repository.clone()).build();
-    assert_eq!(subscribers(&group), 0);
+    assert!(subscribers(&group).is_empty());
     cache.set("k", &1, 100).await.unwrap();
-    wait_for("subscribed to the Sentinel", || subscribers(&group) == 1).await;
+    wait_for("subscribed to the Sentinel", || {
+        subscribers(&group).len() == 1
+    })
+    .await;
+    // The same connection stays subscribed across the pings that check the Sentinel.
+    let subscribed = subscribers(&group);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(subscribers(&group), subscribed);
     drop((cache, repository));
     wait_for("subscription closed after the drop", || {
-        subscribers(&group) == 0
+        subscribers(&group).is_empty()
     })
     .await;
 
@@ -397,7 +405,10 @@ async fn announcements_are_followed_until_the_repository_is_dropped_and_readonly
             .unwrap();
     let cache = Cache::builder(repository.clone()).build();
     cache.set("k", &2, 100).await.unwrap();
-    assert_eq!(subscribers(&group), 0, "follow_announcements(false)");
+    assert!(
+        subscribers(&group).is_empty(),
+        "follow_announcements(false)"
+    );
     let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
     let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
     // `SENTINEL MASTERS`, which a lookup reads, names it after `+switch-master` (a little after

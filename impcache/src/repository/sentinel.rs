@@ -444,7 +444,7 @@ impl RedisSentinelCacheRepository {
         };
         let address = client.get_connection_info().addr().to_string();
         if self.current().is_some_and(|p| p.address == address) {
-            self.announced(&address);
+            self.renew_announcement(&address);
             return;
         }
         // `SLAVEOF NO ONE` reaches the promoted replica as the announcement reaches us.
@@ -484,7 +484,7 @@ impl RedisSentinelCacheRepository {
     }
 
     /// Renews the announcement of the primary in use at `address`.
-    fn announced(&self, address: &str) {
+    fn renew_announcement(&self, address: &str) {
         let mut state = self
             .inner
             .state
@@ -887,6 +887,7 @@ async fn watch(inner: Weak<Inner>, _running: Running) {
     };
     let mut next = 0;
     let mut failed_in_a_row = 0;
+    let mut followed_before = false;
     loop {
         let Some(info) = sentinels.get(next % sentinels.len().max(1)) else {
             return;
@@ -896,13 +897,14 @@ async fn watch(inner: Weak<Inner>, _running: Running) {
             Some((connection, pushes)) => {
                 failed_in_a_row = 0;
                 // An announcement may have been missed while no Sentinel was followed.
-                if let Some(inner) = inner.upgrade() {
-                    let repository = RedisSentinelCacheRepository { inner };
-                    if repository.current().is_some() {
+                if followed_before {
+                    if let Some(inner) = inner.upgrade() {
+                        let repository = RedisSentinelCacheRepository { inner };
                         let deadline = repository.inner.deadline;
                         let _ = tokio::time::timeout(deadline, repository.lookup(false)).await;
                     }
                 }
+                followed_before = true;
                 listen(&inner, connection, pushes).await;
             }
             None => failed_in_a_row += 1,
