@@ -623,7 +623,7 @@ const BUSY_TASKS: usize = 16;
 /// The deadline of the fault tests' repositories.
 const BUSY_DEADLINE: Duration = Duration::from_millis(300);
 
-/// [`BUSY_TASKS`] tasks reading `keys` in turn (each task from its own starting point) for
+/// [`BUSY_TASKS`] tasks reading every key in turn (each from its own starting point) for
 /// `window`; every 8th call of a task is a `get_many` over three keys of the healthy primaries.
 /// Every value read must be the key itself. Returns the tallies of the healthy keys (single and
 /// multi-key calls) and of the victim's keys.

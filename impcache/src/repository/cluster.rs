@@ -48,7 +48,13 @@ const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 /// - **Bounded**: every operation (redirections and retries included) gives up after its
 ///   [deadline](RedisClusterCacheRepositoryBuilder::deadline) with [`Error::Timeout`]; the
 ///   client's per-node response timeout is set to the same value.
-/// - **Circuit breaker**: one breaker for the whole cluster, as for a single server.
+/// - **One circuit breaker per primary**: an operation finds its key's primary first (from a slot
+///   map learned with `CLUSTER SLOTS`), then checks that primary's breaker and uses a direct
+///   connection to it, so a primary that is down or frozen fails only its own keys and costs
+///   nothing for the others'. Keys the map cannot place, or whose primary redirects them, go
+///   through the `redis` crate's cluster client (which follows `MOVED`/`ASK`), under a breaker of
+///   its own. While a primary fails, the slot map is learned again in the background (at most
+///   every 200 ms), so a replica promoted in its place is used as soon as the cluster says so.
 ///
 /// Multi-key operations cross slots freely, one round trip per node:
 /// - `set_many`, `get_many` and `delete_many` group the keys by the primary serving their slot
@@ -60,9 +66,13 @@ const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 ///   command per key, with `ASKING` in front on the importing node; a key whose node answers
 ///   `MOVED` (the slot moved since the map was learned) is sent again on its own through the
 ///   cluster client's routing, which follows redirections, and the map is learned again on the
-///   next call (also after a connection error), so results never depend on the map being fresh;
-/// - `delete_pattern` reads the primaries from `CLUSTER NODES`, sweeps each one with `SCAN` in
-///   parallel and `UNLINK`s what it finds, routed per slot; it returns the sum.
+///   next call, so results never depend on the map being fresh;
+/// - if a primary fails (unreachable, timed out, breaker open), the parts for the other primaries
+///   are done all the same (`set_many` and `delete_many` write and delete there), then the call
+///   fails with [`Error::Unavailable`] whose source names each failed node and its error;
+/// - `delete_pattern` sweeps the primaries of a freshly learned slot map with `SCAN`, in
+///   parallel, and `UNLINK`s what it finds on each; it returns the sum, or, if a primary could not
+///   be swept, the others are swept all the same and the error names it.
 ///
 /// Key layout: keys are `{prefix}:{version}:{key}`, spread over slots by their hash. Braces in a
 /// prefix or key make a *hash tag* (`{user42}:...`): every key with the same tag lands in the same
