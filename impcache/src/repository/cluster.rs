@@ -100,9 +100,10 @@ struct Inner {
     /// Held while connecting, so that one connect is in flight at a time.
     connecting: tokio::sync::Mutex<()>,
     /// Which primary serves which slot, learned from `CLUSTER SLOTS`; `None` until the first
-    /// multi-key operation and after a redirection or a connection error (relearned lazily).
+    /// operation and after a `MOVED` (learned again by the next operation); replaced in the
+    /// background while a node fails.
     slot_map: RwLock<Option<Arc<SlotMap>>>,
-    /// Held while learning the slot map, so that one `CLUSTER SLOTS` is in flight at a time.
+    /// Held while an operation learns the slot map, so that the others wait for that one.
     learning: tokio::sync::Mutex<()>,
     /// The first configured node's settings (credentials, TLS, protocol): the template of the
     /// direct connections to the primaries.
