@@ -840,10 +840,31 @@ async fn a_frozen_primary_costs_nothing_on_the_others() {
 
     let frozen = cluster.freeze_node(victim);
     let (on_healthy, on_victim) = busy(&cache, &keys, FAULT_WINDOW).await;
-    drop(frozen);
     report("frozen", FAULT_WINDOW, &on_healthy, &on_victim);
     assert!(
         on_healthy.success() >= 0.95,
         "healthy keys: {on_healthy:?}, the victim's: {on_victim:?}"
     );
+    // Still frozen: its replica takes over, and the victim's keys are served again (the slot map
+    // is learned again while the frozen node's breaker is open).
+    let started = Instant::now();
+    loop {
+        match cache.get::<String>("k0").await {
+            Ok(value) => {
+                assert_eq!(value.as_deref(), Some("k0"));
+                break;
+            }
+            Err(e) => assert!(e.is_backend_failure(), "{e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the victim's keys were not served again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "frozen: the victim's keys served again {:?} after the window",
+        started.elapsed()
+    );
+    drop(frozen);
 }
