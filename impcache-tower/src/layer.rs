@@ -289,7 +289,7 @@ impl CacheLayer {
     /// as in the request line (`/users/1?tab=a`, percent-encoded as sent), on `host` or on any
     /// host when `None`. Returns the number of keys removed.
     ///
-    /// The query is matched after sorting its parameters, as keys are.
+    /// The query is matched after sorting its parameters by name, as keys are.
     pub async fn purge_url(
         &self,
         host: Option<&str>,
