@@ -218,11 +218,17 @@ impl Targets {
     }
 
     fn failed(&self, error: &impcache::Error, step: &str) {
+        // Paths only: a query may carry a token, which has no place in a log.
+        let paths: Vec<&str> = self
+            .urls
+            .iter()
+            .map(|url| url.split_once('?').map_or(url.as_str(), |(path, _)| path))
+            .collect();
         tracing::warn!(
             %error,
-            urls = ?self.urls,
+            ?paths,
             "impcache-tower: invalidation after an unsafe request failed ({step}); stored \
-             responses of these URLs may be served until they expire"
+             responses of these paths may be served until they expire"
         );
     }
 }

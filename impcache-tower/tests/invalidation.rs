@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -18,6 +20,35 @@ use support::*;
 const DEADLINE: Duration = Duration::from_millis(100);
 /// Bound for one request: the deadline, plus slack for a 2-core CI machine.
 const BOUND: Duration = Duration::from_millis(100 + 900);
+
+/// Everything logged through `tracing` by this test binary, at every level.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// A handler driven by the request: GET answers `call {n}`, varying on `Accept` except under
 /// `/plain` (a URL without `Vary`: its record holds its entry); any other method
@@ -306,6 +337,7 @@ async fn timed_post(svc: &Svc) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_does_not_fail_or_hold_up_an_unsafe_request() {
+    let logs = captured_logs();
     let mut redis = RedisServer::start();
     let layer = redis_layer(&redis);
     let (svc, calls) = service(layer.clone());
@@ -317,6 +349,16 @@ async fn a_killed_redis_does_not_fail_or_hold_up_an_unsafe_request() {
         println!("POST with Redis killed: {took:?}");
     }
     assert_eq!(calls.get(), before + 3);
+    // The failure is logged, with the path but not the query (which may carry a secret).
+    let seen = send(&svc, request("POST", "/items/9?token=t0p-s3cret", &[])).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("WARN") && logs.contains("invalidation after an unsafe request failed"),
+        "{logs}"
+    );
+    assert!(logs.contains("/items/9"), "{logs}");
+    assert!(!logs.contains("t0p-s3cret"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
