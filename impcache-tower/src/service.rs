@@ -20,6 +20,7 @@ use crate::body::{BoxError, ResponseBody};
 use crate::entry::{encode_marker, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Join, Published};
 use crate::future::ResponseFuture;
+use crate::invalidate;
 use crate::key;
 use crate::layer::{CacheLayer, Config, StatusHeader, CACHE_STATUS, X_CACHE};
 use crate::numbers;
@@ -513,7 +514,13 @@ where
     } else {
         "bypass"
     };
+    let invalidation = invalidate::Pending::of(config, &request);
     let mut response = inner.call(request).await?.map(ResponseBody::inner);
+    if let Some(invalidation) = invalidation {
+        invalidation
+            .run(config, response.status(), response.headers())
+            .await;
+    }
     mark(
         &mut response,
         config.status_header,
