@@ -407,6 +407,12 @@ pub(crate) mod __private {
         }
     }
 
+    impl<R> Default for Returns<R> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
     impl<R> fmt::Debug for Returns<R> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("Returns")

@@ -97,7 +97,7 @@ static MAYBE: AtomicUsize = AtomicUsize::new(0);
 #[cached(cache = cache, expire = 60, skip(cache))]
 async fn alias_option(cache: &Cache, id: u64) -> Maybe<u64> {
     MAYBE.fetch_add(1, SeqCst);
-    (id % 2 == 0).then_some(id)
+    id.is_multiple_of(2).then_some(id)
 }
 
 static MAYBE_NONE: AtomicUsize = AtomicUsize::new(0);
@@ -105,7 +105,7 @@ static MAYBE_NONE: AtomicUsize = AtomicUsize::new(0);
 #[cached(cache = cache, expire = 60, skip(cache), cache_none = true)]
 async fn alias_option_cache_none(cache: &Cache, id: u64) -> Maybe<u64> {
     MAYBE_NONE.fetch_add(1, SeqCst);
-    (id % 2 == 0).then_some(id)
+    id.is_multiple_of(2).then_some(id)
 }
 
 #[tokio::test]
