@@ -238,7 +238,7 @@ pub(crate) mod __private {
     pub fn codec<T: CacheValue>() -> Codec<T> {
         Codec {
             encode: json::encode::<T>,
-            decode: |bytes| serde_json::from_slice(bytes),
+            decode: json::from_slice::<T>,
         }
     }
 
