@@ -1,11 +1,24 @@
-//! Request coalescing: one handler call per key per process on concurrent misses.
+//! Request coalescing: one handler call per key per process, across the store boundary.
 //!
 //! The first request to miss a key becomes the *leader* and calls the handler; later ones wait
-//! (bounded) for what the leader publishes: the entry when the response was stored, `None`
-//! otherwise, and then call the handler themselves. The leader keeps the flight open until its
-//! background store has finished, so requests arriving in that window are answered from memory.
+//! (bounded) for what the leader publishes: the entry when the response is stored, "not
+//! shareable" otherwise (they then call the handler themselves). The leader keeps the flight open
+//! until its background store has finished, so requests joining in that window are answered from
+//! memory.
+//!
+//! **Read your own writes.** A request takes a [`Ticket`] *before* its lookup, and joins the
+//! flight only after the lookup missed. A flight of the key that ended in between (its store
+//! finished, so the lookup may have overtaken the write) shows in the ticket: the new leader then
+//! looks again ([`Leader::recheck`]) before calling the handler. A flight that ended before the
+//! ticket was taken had finished its store before the lookup was sent, so the lookup sees it.
+//!
+//! **A leader that goes away** (its client disconnected, it panicked, the body was dropped
+//! mid-way) publishes nothing: its waiters look in the cache again and the first of them to
+//! join leads the next flight, the others wait for it (as `#[cached]` does).
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,26 +44,70 @@ enum Slot {
     Done(Option<Arc<Published>>),
 }
 
+/// How many counters of ended flights there are: keys share one by hash, so a flight ending
+/// rarely makes an unrelated miss look again.
+const SHARDS: usize = 64;
+
 /// The flights in progress, shared by every service a layer makes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Flights {
     map: Mutex<HashMap<String, (u64, watch::Receiver<Slot>)>>,
     next_id: AtomicU64,
+    /// Flights ended, per shard of keys; written with the map locked.
+    ended: [AtomicU64; SHARDS],
+    hasher: RandomState,
 }
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights {
+            map: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            ended: std::array::from_fn(|_| AtomicU64::new(0)),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+/// The count of ended flights of a key's shard, taken before its lookup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket(u64);
 
 /// A request's place in a flight.
 #[derive(Debug)]
 pub(crate) enum Join {
-    Leader(FlightGuard),
+    Leader(Leader),
     Waiter(Waiter),
+}
+
+/// A new leader: `recheck` when a flight of the key ended after the request's ticket was taken
+/// (its lookup may have overtaken that flight's store: look again before calling the handler).
+#[derive(Debug)]
+pub(crate) struct Leader {
+    pub(crate) guard: FlightGuard,
+    pub(crate) recheck: bool,
 }
 
 /// A waiting request.
 #[derive(Debug)]
 pub(crate) struct Waiter(watch::Receiver<Slot>);
 
-/// The leader's handle. Dropping it (the request was cancelled, the handler failed, the store
-/// finished) ends the flight; waiters that have not been answered call the handler themselves.
+/// What a waiter learned.
+#[derive(Debug)]
+pub(crate) enum Wait {
+    /// The leader's stored (or being stored) response.
+    Published(Arc<Published>),
+    /// The leader's response is not shareable (uncacheable, too large, failed): call the handler.
+    NotShared,
+    /// The leader went away without an answer (cancelled, panicked, its body dropped mid-way):
+    /// look again, and elect a new leader.
+    Abandoned,
+    /// The leader took longer than the lock timeout: call the handler.
+    TimedOut,
+}
+
+/// The leader's handle. Publishing answers the waiters; dropping it ends the flight (after the
+/// store, or when the request was cancelled, which leaves the waiters [`Wait::Abandoned`]).
 #[derive(Debug)]
 pub(crate) struct FlightGuard {
     flights: Arc<Flights>,
@@ -67,20 +124,37 @@ impl Flights {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn ended(&self, key: &str) -> &AtomicU64 {
+        let shard = self.hasher.hash_one(key) as usize % SHARDS;
+        &self.ended[shard]
+    }
+
+    /// Takes the ticket of `key`, before looking it up.
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        // Acquire pairs with the release of `FlightGuard::drop`: a flight counted here has
+        // finished its store before this request's lookup starts.
+        Ticket(self.ended(key).load(Ordering::Acquire))
+    }
+
     /// Joins the flight for `key`, starting it when there is none.
-    pub(crate) fn join(self: &Arc<Self>, key: &str) -> Join {
+    pub(crate) fn join(self: &Arc<Self>, key: &str, ticket: Ticket) -> Join {
         let mut map = self.lock();
         if let Some((_, rx)) = map.get(key) {
             return Join::Waiter(Waiter(rx.clone()));
         }
+        // Under the lock, as the guard's increment is: no flight ends unseen between the two.
+        let recheck = self.ended(key).load(Ordering::Acquire) != ticket.0;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(Slot::Pending);
         map.insert(key.to_owned(), (id, rx));
-        Join::Leader(FlightGuard {
-            flights: Arc::clone(self),
-            key: key.to_owned(),
-            id,
-            tx,
+        Join::Leader(Leader {
+            guard: FlightGuard {
+                flights: Arc::clone(self),
+                key: key.to_owned(),
+                id,
+                tx,
+            },
+            recheck,
         })
     }
 
@@ -92,9 +166,15 @@ impl Flights {
 }
 
 impl FlightGuard {
-    /// Hands the outcome to the waiters (and to requests joining until the guard is dropped).
-    pub(crate) fn publish(&self, outcome: Option<Arc<Published>>) {
-        self.tx.send_replace(Slot::Done(outcome));
+    /// Hands the stored response to the waiters (and to requests joining until the guard is
+    /// dropped, after the store).
+    pub(crate) fn publish(&self, published: Arc<Published>) {
+        self.tx.send_replace(Slot::Done(Some(published)));
+    }
+
+    /// Tells the waiters the response is not shareable, and ends the flight.
+    pub(crate) fn not_shared(self) {
+        self.tx.send_replace(Slot::Done(None));
     }
 }
 
@@ -103,32 +183,35 @@ impl Drop for FlightGuard {
         let mut map = self.flights.lock();
         if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
             map.remove(&self.key);
+            // Release: the store this guard waited for happens before a later ticket's lookup.
+            self.flights
+                .ended(&self.key)
+                .fetch_add(1, Ordering::Release);
         }
-        drop(map);
-        if matches!(*self.tx.borrow(), Slot::Pending) {
-            self.tx.send_replace(Slot::Done(None));
-        }
+        // Waiters still pending see the channel close: `Wait::Abandoned`.
     }
 }
 
 impl Waiter {
-    /// The leader's outcome, or `None` when it published none, was dropped, or took longer than
-    /// `timeout`.
-    pub(crate) async fn wait(mut self, timeout: Duration) -> Option<Arc<Published>> {
+    /// The leader's answer, waiting at most `timeout`.
+    pub(crate) async fn wait(mut self, timeout: Duration) -> Wait {
         let wait = async {
             match self.0.wait_for(|slot| matches!(slot, Slot::Done(_))).await {
                 Ok(slot) => match &*slot {
-                    Slot::Done(outcome) => outcome.clone(),
-                    Slot::Pending => None,
+                    Slot::Done(Some(published)) => Wait::Published(Arc::clone(published)),
+                    Slot::Done(None) | Slot::Pending => Wait::NotShared,
                 },
-                Err(_) => None,
+                // Closed while pending: the leader was dropped without an answer.
+                Err(_) => Wait::Abandoned,
             }
         };
         if tokio::runtime::Handle::try_current().is_err() {
             // No tokio timer to bound the wait with; the leader's guard still ends it.
             return wait.await;
         }
-        tokio::time::timeout(timeout, wait).await.ok().flatten()
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Wait::TimedOut)
     }
 }
 
@@ -155,9 +238,9 @@ mod tests {
         })
     }
 
-    fn leader(join: Join, role: &str) -> Result<FlightGuard, String> {
+    fn leader(join: Join, role: &str) -> Result<Leader, String> {
         match join {
-            Join::Leader(guard) => Ok(guard),
+            Join::Leader(leader) => Ok(leader),
             Join::Waiter(_) => Err(format!("{role}: expected to lead, got to wait")),
         }
     }
@@ -172,38 +255,75 @@ mod tests {
     #[tokio::test]
     async fn waiters_get_the_published_entry_and_the_flight_ends_on_drop() -> Outcome {
         let flights = Arc::new(Flights::default());
-        let guard = leader(flights.join("k"), "first")?;
-        let second = waiter(flights.join("k"), "second")?;
+        let ticket = flights.ticket("k");
+        let first = leader(flights.join("k", ticket), "first")?;
+        assert!(!first.recheck);
+        let second = waiter(flights.join("k", ticket), "second")?;
         let task = tokio::spawn(second.wait(Duration::from_secs(5)));
-        guard.publish(Some(published()));
-        let got = task.await.map_err(|e| e.to_string())?;
-        assert_eq!(got.map(|p| p.entry.body.clone()), Some(Bytes::from("x")));
+        first.guard.publish(published());
+        match task.await.map_err(|e| e.to_string())? {
+            Wait::Published(p) => assert_eq!(p.entry.body, Bytes::from("x")),
+            other => return Err(format!("second: {other:?}")),
+        }
         // Still open until the guard is dropped: a late request is answered from memory.
-        let late = waiter(flights.join("k"), "late")?;
-        assert!(late.wait(Duration::from_secs(5)).await.is_some());
-        drop(guard);
+        let late = waiter(flights.join("k", ticket), "late")?;
+        assert!(matches!(
+            late.wait(Duration::from_secs(5)).await,
+            Wait::Published(_)
+        ));
+        drop(first.guard);
         assert_eq!(flights.len(), 0);
-        assert!(matches!(flights.join("k"), Join::Leader(_)));
         Ok(())
     }
 
     #[tokio::test]
-    async fn a_dropped_leader_releases_waiters_with_nothing() -> Outcome {
+    async fn a_flight_that_ended_after_the_ticket_makes_the_next_leader_look_again() -> Outcome {
         let flights = Arc::new(Flights::default());
-        let guard = leader(flights.join("k"), "first")?;
-        let second = waiter(flights.join("k"), "second")?;
+        let before = flights.ticket("k");
+        let first = leader(flights.join("k", before), "first")?;
+        first.guard.publish(published());
+        drop(first.guard);
+        // A request that took its ticket before that flight ended: its lookup may have missed.
+        assert!(leader(flights.join("k", before), "late")?.recheck);
+        // One that took it after: its lookup came after the store.
+        let after = flights.ticket("k");
+        assert!(!leader(flights.join("k", after), "later")?.recheck);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_abandons_and_not_shared_releases() -> Outcome {
+        let flights = Arc::new(Flights::default());
+        let ticket = flights.ticket("k");
+        let first = leader(flights.join("k", ticket), "first")?;
+        let second = waiter(flights.join("k", ticket), "second")?;
         let task = tokio::spawn(second.wait(Duration::from_secs(5)));
-        drop(guard);
-        assert!(task.await.map_err(|e| e.to_string())?.is_none());
+        drop(first);
+        assert!(matches!(
+            task.await.map_err(|e| e.to_string())?,
+            Wait::Abandoned
+        ));
+        let again = leader(flights.join("k", flights.ticket("k")), "again")?;
+        let third = waiter(flights.join("k", ticket), "third")?;
+        again.guard.not_shared();
+        assert!(matches!(
+            third.wait(Duration::from_secs(5)).await,
+            Wait::NotShared
+        ));
+        assert_eq!(flights.len(), 0);
         Ok(())
     }
 
     #[tokio::test(start_paused = true)]
     async fn waits_are_bounded() -> Outcome {
         let flights = Arc::new(Flights::default());
-        let _guard = leader(flights.join("k"), "first")?;
-        let second = waiter(flights.join("k"), "second")?;
-        assert!(second.wait(Duration::from_millis(50)).await.is_none());
+        let ticket = flights.ticket("k");
+        let _first = leader(flights.join("k", ticket), "first")?;
+        let second = waiter(flights.join("k", ticket), "second")?;
+        assert!(matches!(
+            second.wait(Duration::from_millis(50)).await,
+            Wait::TimedOut
+        ));
         Ok(())
     }
 }
