@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body::Frame;
 use http_body_util::BodyExt;
+use impcache::{BoxFuture, CacheRepository, Expiry, MemoryCacheRepository};
 use impcache::{Cache, RedisCacheRepository};
 use impcache_tests::RedisServer;
 use impcache_tower::CacheLayer;
@@ -61,6 +62,105 @@ async fn a_delivered_response_is_a_hit_for_the_next_request_with_redis() {
         (200, 0),
         "one handler call per URL; second requests not served from the first: {misses:?}"
     );
+}
+
+/// A memory repository whose next `get` reads its answer, then holds it until the test lets it
+/// go: a lookup that overtakes a store.
+#[derive(Debug)]
+struct HeldRead {
+    inner: MemoryCacheRepository,
+    /// Set by the test: the next `get` waits for this gate after reading.
+    gate: std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, watch::Receiver<bool>)>>,
+}
+
+impl CacheRepository for HeldRead {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
+        self.inner.set(key, value, expiry)
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<bool>> {
+        self.inner.set_nx(key, value, expiry)
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
+        self.inner.set_many(entries, expiry)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<Option<Bytes>>> {
+        let gate = self.gate.lock().unwrap().take();
+        Box::pin(async move {
+            let read = self.inner.get(key).await;
+            if let Some((reading, mut open)) = gate {
+                reading.send(()).unwrap();
+                open.wait_for(|open| *open).await.unwrap();
+            }
+            read
+        })
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, impcache::Result<Vec<Option<Bytes>>>> {
+        self.inner.get_many(keys)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete(key)
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_many(keys)
+    }
+
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_pattern(pattern)
+    }
+}
+
+/// Issue 12 item 2, the race itself: a request's lookup reads "nothing" and is held; meanwhile
+/// another request makes the whole flight (handler call, store, flight closed). When the held
+/// lookup returns its miss, the request must not call the handler again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_overtaken_by_a_whole_flight_does_not_call_the_handler_again() {
+    let (reading, read) = tokio::sync::oneshot::channel();
+    let (open, opened) = watch::channel(false);
+    let repository = HeldRead {
+        inner: MemoryCacheRepository::new(),
+        gate: std::sync::Mutex::new(Some((reading, opened))),
+    };
+    let layer = CacheLayer::new(Cache::new(repository)).expire(60);
+    let (svc, calls) = counting(layer.clone());
+    let late = tokio::spawn(send(&svc, get("/race")));
+    read.await.unwrap();
+    // The late request has read "nothing" and is held. Another one calls the handler, stores, and
+    // its flight ends (the store runs in the background; give the flight time to close, else the
+    // late request simply finds it open, which passes too).
+    let first = send(&svc, get("/race")).await;
+    assert_eq!(first.body, "call 1");
+    wait_stored(&layer, "/race").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open.send_replace(true);
+    let late = tokio::time::timeout(PATIENCE, late).await.unwrap().unwrap();
+    assert_eq!(
+        (late.outcome(), late.body.as_ref()),
+        ("HIT", &b"call 1"[..])
+    );
+    assert_eq!(calls.get(), 1);
 }
 
 /// How the first leader goes away.
