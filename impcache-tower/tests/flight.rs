@@ -401,3 +401,66 @@ async fn a_streamed_body_is_stored_only_when_complete_and_within_the_limit() {
     }
     assert_eq!(calls.get(), 6);
 }
+
+/// Issue 12 item 4 end to end: axum over TCP and a real HTTP client, which receives the first
+/// chunk while the handler still holds the second back; the next request is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_reaches_an_http_client_chunk_by_chunk() {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let (feeds, mut fed) = mpsc::unbounded_channel::<Feed>();
+    let app = axum::Router::new()
+        .route(
+            "/events",
+            axum::routing::get(move || {
+                let feeds = feeds.clone();
+                async move {
+                    let (feed, chunks) = mpsc::channel(4);
+                    feeds.send(feed).unwrap();
+                    Body::new(ChannelBody(chunks))
+                }
+            }),
+        )
+        .layer(layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let fetch = |client: Client<_, Full<Bytes>>| async move {
+        let request = http::Request::get(format!("http://{addr}/events"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tokio::time::timeout(PATIENCE, client.request(request))
+            .await
+            .expect("the response head arrives before the body has ended")
+            .unwrap()
+    };
+
+    let response = fetch(client.clone()).await;
+    let feed = fed.recv().await.unwrap();
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one "))).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("chunk 1 reaches the client while chunk 2 is held back")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, "one ");
+    feed.send(Ok(Bytes::from("two"))).await.unwrap();
+    drop(feed);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "two");
+
+    let hit = fetch(client.clone()).await;
+    let status = hit.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert!(status.starts_with("impcache; hit"), "{status}");
+    assert_eq!(
+        hit.into_body().collect().await.unwrap().to_bytes(),
+        "one two"
+    );
+    server.abort();
+}
