@@ -35,7 +35,7 @@ pin_project! {
             frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
             rest: Option<Pin<Box<B>>>,
             // The copy of a cacheable body, kept while it is being streamed.
-            copy: Option<Copy>,
+            copy: Option<StreamCopy>,
         },
     }
 }
@@ -44,14 +44,14 @@ pin_project! {
 /// stored; given up (too large, trailers, a body error), the flight's waiters call the handler
 /// themselves; dropped unfinished (the client went away mid-body), nothing is stored and the
 /// flight is abandoned (its waiters elect a new leader).
-pub(crate) struct Copy {
+pub(crate) struct StreamCopy {
     chunks: Vec<Bytes>,
     size: usize,
     limit: usize,
     unfinished: Unfinished,
 }
 
-impl Copy {
+impl StreamCopy {
     /// A copy holding `chunks` (the data read so far, `size` bytes, within `limit`).
     pub(crate) fn new(
         chunks: Vec<Bytes>,
@@ -59,7 +59,7 @@ impl Copy {
         limit: usize,
         unfinished: Unfinished,
     ) -> Self {
-        Copy {
+        StreamCopy {
             chunks,
             size,
             limit,
@@ -180,7 +180,7 @@ impl<B> ResponseBody<B> {
     pub(crate) fn streaming(
         frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
         rest: Pin<Box<B>>,
-        copy: Copy,
+        copy: StreamCopy,
     ) -> Self {
         ResponseBody {
             kind: Kind::Replay {

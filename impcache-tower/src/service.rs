@@ -15,7 +15,7 @@ use impcache::{Cache, Expire};
 use sha2::{Digest, Sha256};
 use tower::Service;
 
-use crate::body::{self, BoxError, Copy, ResponseBody};
+use crate::body::{concat, BoxError, ResponseBody, StreamCopy};
 use crate::entry::{encode_marker, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Join, Leader, Published, Ticket, Wait};
 use crate::future::ResponseFuture;
@@ -355,7 +355,7 @@ where
             reason: NotStored::Trailers,
         };
     }
-    Buffered::Complete(body::concat(chunks, size))
+    Buffered::Complete(concat(chunks, size))
 }
 
 /// A strong ETag for a body: the first 128 bits of its SHA-256.
@@ -744,7 +744,7 @@ where
             size,
             rest,
         } => {
-            let copy = Copy::new(chunks, size, config.max_body_size, unfinished);
+            let copy = StreamCopy::new(chunks, size, config.max_body_size, unfinished);
             let body = ResponseBody::streaming(frames, rest, copy);
             // Stored when (and if) the body completes.
             (body, false, detail.or(Some("streamed")))
