@@ -464,3 +464,41 @@ async fn a_streamed_response_reaches_an_http_client_chunk_by_chunk() {
     );
     server.abort();
 }
+
+/// Issue 12 items 3 and 4: requests waiting for a streamed body whose client disconnects
+/// mid-way elect one new leader (nothing was stored, and a stampede is what coalescing avoids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_a_body_dropped_mid_way_elect_one_new_leader() {
+    let (svc, calls, mut feeds) = streaming(layer());
+    let response = head_of(&svc, "/dropped").await;
+    let feed = feeds.recv().await.unwrap();
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one "))).await.unwrap();
+    assert_eq!(next_chunk(&mut body).await, "one ");
+    let waiters: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(send(&svc, get("/dropped"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(body);
+    drop(feed);
+    let feed = tokio::time::timeout(PATIENCE, feeds.recv())
+        .await
+        .expect("a new leader calls the handler")
+        .unwrap();
+    // A stampede would show here: give the other waiters time to call the handler too.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    feed.send(Ok(Bytes::from("fresh"))).await.unwrap();
+    drop(feed);
+    let mut outcomes = Vec::new();
+    for waiter in waiters {
+        let seen = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.body, "fresh");
+        outcomes.push(seen.outcome());
+    }
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["HIT", "HIT", "HIT", "MISS"]);
+    assert_eq!(calls.get(), 2);
+}
