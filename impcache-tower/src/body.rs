@@ -34,8 +34,9 @@ pin_project! {
         Replay {
             frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
             rest: Option<Pin<Box<B>>>,
-            // The copy of a cacheable body, kept while it is being streamed.
-            copy: Option<StreamCopy>,
+            // The copy of a cacheable body, kept while it is being streamed (boxed: every
+            // response, hits too, moves a `ResponseBody` around).
+            copy: Option<Box<StreamCopy>>,
         },
     }
 }
@@ -70,10 +71,10 @@ impl StreamCopy {
     /// Follows one frame polled from the body (`None`: the end); `ended` when the body has
     /// ended with it. Returns the copy when it is still being kept.
     fn follow(
-        mut self,
+        mut self: Box<Self>,
         polled: Option<&Result<Frame<Bytes>, BoxError>>,
         ended: bool,
-    ) -> Option<Self> {
+    ) -> Option<Box<Self>> {
         match polled {
             Some(Ok(frame)) => match frame.data_ref() {
                 Some(data) => {
@@ -125,6 +126,37 @@ pub(crate) fn concat(chunks: Vec<Bytes>, size: usize) -> Bytes {
             all.freeze()
         }
     }
+}
+
+/// Polls a replayed body: the frames already read, then the rest of the body, followed by its
+/// copy (when one is kept).
+fn poll_replay<B>(
+    frames: &mut VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: &mut Option<Pin<Box<B>>>,
+    copy: &mut Option<Box<StreamCopy>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if let Some(frame) = frames.pop_front() {
+        return Poll::Ready(Some(frame));
+    }
+    let Some(body) = rest else {
+        return Poll::Ready(None);
+    };
+    let polled = ready!(body.as_mut().poll_frame(cx)).map(|f| f.map_err(Into::into));
+    // The end: `None`, or a frame after which the body says it has ended (a client may then stop
+    // polling before `None`).
+    let ended = polled.is_none() || body.is_end_stream();
+    if ended {
+        *rest = None;
+    }
+    if let Some(kept) = copy.take() {
+        *copy = kept.follow(polled.as_ref(), ended);
+    }
+    Poll::Ready(polled)
 }
 
 impl<B> fmt::Debug for ResponseBody<B> {
@@ -186,7 +218,7 @@ impl<B> ResponseBody<B> {
             kind: Kind::Replay {
                 frames,
                 rest: Some(rest),
-                copy: Some(copy),
+                copy: Some(Box::new(copy)),
             },
         }
     }
@@ -207,25 +239,7 @@ where
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
-            KindProj::Replay { frames, rest, copy } => {
-                if let Some(frame) = frames.pop_front() {
-                    return Poll::Ready(Some(frame));
-                }
-                let Some(body) = rest else {
-                    return Poll::Ready(None);
-                };
-                let polled = ready!(body.as_mut().poll_frame(cx)).map(|f| f.map_err(Into::into));
-                // The end: `None`, or a frame after which the body says it has ended (a client
-                // may then stop polling before `None`).
-                let ended = polled.is_none() || body.is_end_stream();
-                if ended {
-                    *rest = None;
-                }
-                if let Some(kept) = copy.take() {
-                    *copy = kept.follow(polled.as_ref(), ended);
-                }
-                Poll::Ready(polled)
-            }
+            KindProj::Replay { frames, rest, copy } => poll_replay(frames, rest, copy, cx),
         }
     }
 

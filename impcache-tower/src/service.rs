@@ -549,7 +549,7 @@ where
         );
 
         // Taken before the lookup: see `flight` (read your own writes).
-        let ticket = config.flights.ticket(keys.url());
+        let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
         let mut fwd = "request";
         let mut may_store = true;
@@ -808,7 +808,7 @@ async fn coalesce(
                 Wait::Abandoned => {
                     // The leader went away (cancelled, panicked): look again, then join again;
                     // the first to join leads, the others wait for it.
-                    ticket = config.flights.ticket(url);
+                    ticket = config.flights.ticket();
                     if let Lookup::Hit(entry) = lookup(config, keys, headers).await {
                         return Coalesced::Hit(entry);
                     }
