@@ -11,8 +11,8 @@
 //! that ended in between (its store finished, so the lookup may have overtaken the write) shows
 //! against the ticket: the new leader then looks again ([`Leader::recheck`]) before calling the
 //! handler. A flight that ended before the ticket was taken had finished its store before the
-//! lookup was sent, so the lookup sees it. Taking a ticket is one atomic load, so hits pay
-//! nothing for it.
+//! lookup was sent, so the lookup sees it (when the store succeeded). Taking a ticket is one
+//! atomic load: hits pay next to nothing for it.
 //!
 //! **A leader that goes away** (its client disconnected, it panicked, the body was dropped
 //! mid-way) publishes nothing: its waiters look in the cache again and the first of them to
