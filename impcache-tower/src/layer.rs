@@ -226,13 +226,14 @@ impl CacheLayer {
     }
 
     /// Whether concurrent misses of one key in this process wait for a single handler call
-    /// (default `true`).
+    /// (default `true`). It also makes a response delivered in this process a hit for the next
+    /// request, even while its store is still on its way to the cache.
     pub fn coalesce(self, coalesce: bool) -> Self {
         self.with(|c| c.coalesce = coalesce)
     }
 
-    /// How long a coalesced request waits for the first one's handler call before calling the
-    /// handler itself (default 10 s).
+    /// How long a coalesced request waits for the first one's handler call (and its body, when
+    /// it streams) before calling the handler itself (default 10 s).
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.lock_timeout = timeout)
     }
