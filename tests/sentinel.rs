@@ -471,3 +471,46 @@ async fn an_early_sentinel_error_names_its_cause_and_the_time_waited() {
     assert!(message.contains("gave up after"), "{message}");
     assert!(elapsed < deadline, "{elapsed:?}");
 }
+
+/// A `static` cache used from several `#[tokio::test]`s, each on its own runtime: the connections
+/// opened by one runtime (to the Sentinel, to the primary) and the task following the
+/// announcements end with it. Each call from a later runtime goes through, writes included
+/// (issue 12, item 11).
+#[test]
+fn a_finished_runtime_leaves_nothing_that_fails_a_call() {
+    let group = SentinelGroup::start();
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(Duration::from_secs(2))
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository).build();
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let multi_thread = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    current_thread().block_on(async { cache.set("k", &1, 60).await.unwrap() });
+    current_thread()
+        .block_on(cache.set("k", &2, 60))
+        .expect("a set from a second runtime");
+    multi_thread()
+        .block_on(cache.set_many([("a", 1), ("b", 2)], 60))
+        .expect("a set_many from a third runtime");
+    let removed = current_thread()
+        .block_on(cache.delete("a"))
+        .expect("a delete from a fourth runtime");
+    assert_eq!(removed, 1);
+    let got = multi_thread()
+        .block_on(cache.get::<i32>("k"))
+        .expect("a get from a fifth runtime");
+    assert_eq!(got, Some(2));
+}
