@@ -868,3 +868,107 @@ async fn a_frozen_primary_costs_nothing_on_the_others() {
     );
     drop(frozen);
 }
+
+/// A `static` cache used from several `#[tokio::test]`s, each on its own runtime: the driver tasks
+/// of the cluster client's connection and of the direct connections to the primaries die with the
+/// runtime that opened them. Each call from a later runtime reconnects and goes through, writes
+/// included (issue 12, item 11).
+#[test]
+fn connections_left_by_a_finished_runtime_are_replaced_transparently() {
+    let repository = repository(RedisCluster::shared(), Duration::from_secs(2));
+    let cache = Cache::builder(repository.clone())
+        .key_prefix("runtimes")
+        .build();
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let multi_thread = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The first runtime opens the direct connections (the slot map) and the client's connection.
+    current_thread().block_on(async {
+        cache.set("k", &1, 60).await.unwrap();
+        assert_eq!(repository.primaries().await.unwrap().len(), 3);
+    });
+    // Each runtime below starts with connections its predecessors opened, now driverless.
+    current_thread()
+        .block_on(cache.set("k", &2, 60))
+        .expect("a set from a second runtime");
+    multi_thread()
+        .block_on(cache.set_many([("a", 1), ("b", 2), ("c", 3)], 60))
+        .expect("a set_many from a third runtime");
+    let primaries = current_thread()
+        .block_on(repository.primaries())
+        .expect("the cluster client's routing from a fourth runtime");
+    assert_eq!(primaries.len(), 3);
+    let got: Vec<Option<i32>> = multi_thread()
+        .block_on(cache.get_many(["a", "b", "c", "k"]))
+        .expect("a get_many from a fifth runtime");
+    assert_eq!(got, [Some(1), Some(2), Some(3), Some(2)]);
+    let removed = current_thread()
+        .block_on(cache.delete("a"))
+        .expect("a delete from a sixth runtime");
+    assert_eq!(removed, 1);
+    let removed = multi_thread()
+        .block_on(cache.delete_pattern("*"))
+        .expect("a delete_pattern from a seventh runtime");
+    assert_eq!(removed, 3);
+    let got = current_thread()
+        .block_on(cache.get::<i32>("k"))
+        .expect("a get from an eighth runtime");
+    assert_eq!(got, None);
+}
+
+/// An error the client returns before the deadline (here the connect timeout of a node that
+/// accepts connections but never answers the handshake) names its cause and the time waited, not
+/// "timed out after <deadline>" (issue 12, item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_client_error_names_its_cause_and_the_time_waited() {
+    let proxy = impcache_tests::FaultProxy::start(impcache_tests::free_port()).await;
+    proxy.blackhole();
+    // A password: the handshake sends `AUTH`, which the black hole never answers.
+    let deadline = Duration::from_secs(3);
+    let repository = RedisClusterCacheRepository::builder([format!(
+        "redis://:secret@127.0.0.1:{}",
+        proxy.port()
+    )])
+    .deadline(deadline)
+    .connect_timeout(Duration::from_millis(100))
+    .build()
+    .unwrap();
+    let cache = Cache::builder(repository).build();
+    // `delete_pattern` learns the slot map first, over a direct connection to the node.
+    let started = Instant::now();
+    let error = cache.delete_pattern("*").await.unwrap_err();
+    let elapsed = started.elapsed();
+    let message = error.to_string();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    assert!(error.is_outage(), "{error:?}");
+    assert!(!message.contains("timed out after 3s"), "{message}");
+    assert!(message.contains("gave up after"), "{message}");
+    assert!(message.contains("connect timeout 100ms"), "{message}");
+    assert!(elapsed < deadline, "{elapsed:?}");
+    // A one-key call: the slot map cannot be learned, the client's routing cannot connect.
+    for operation in ["get", "set"] {
+        let started = Instant::now();
+        let error = match operation {
+            "get" => cache.get::<i32>("k").await.unwrap_err(),
+            _ => cache.set("k", &1, 60).await.unwrap_err(),
+        };
+        let elapsed = started.elapsed();
+        let message = error.to_string();
+        assert!(error.is_outage(), "{operation}: {error:?}");
+        assert!(
+            !message.contains("timed out after 3s"),
+            "{operation}: {message}"
+        );
+        assert!(elapsed < deadline, "{operation}: {elapsed:?}");
+    }
+}

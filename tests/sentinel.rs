@@ -439,3 +439,78 @@ async fn announcements_are_followed_until_the_repository_is_dropped_and_readonly
     );
     assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(3));
 }
+
+/// An error the client returns before the deadline (here a Sentinel that accepts connections but
+/// never answers: the `redis` crate's Sentinel connections time out after 1 s, within the 3 s
+/// deadline) names its cause and the time waited, not "timed out after <deadline>" (issue 12,
+/// item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_sentinel_error_names_its_cause_and_the_time_waited() {
+    let proxy = impcache_tests::FaultProxy::start(impcache_tests::free_port()).await;
+    proxy.blackhole();
+    let deadline = Duration::from_secs(3);
+    let repository = RedisSentinelCacheRepository::builder(
+        [format!("redis://127.0.0.1:{}", proxy.port())],
+        "mymaster",
+    )
+    .deadline(deadline)
+    .follow_announcements(false)
+    .build()
+    .unwrap();
+    let cache = Cache::builder(repository).build();
+    let started = Instant::now();
+    let error = cache.get::<i32>("k").await.unwrap_err();
+    let elapsed = started.elapsed();
+    let message = error.to_string();
+    assert!(
+        matches!(error, impcache::Error::Unavailable { .. }),
+        "{error:?}"
+    );
+    assert!(error.is_outage(), "{error:?}");
+    assert!(!message.contains("timed out after 3s"), "{message}");
+    assert!(message.contains("gave up after"), "{message}");
+    assert!(elapsed < deadline, "{elapsed:?}");
+}
+
+/// A `static` cache used from several `#[tokio::test]`s, each on its own runtime: the connections
+/// opened by one runtime (to the Sentinel, to the primary) and the task following the
+/// announcements end with it. Each call from a later runtime goes through, writes included
+/// (issue 12, item 11).
+#[test]
+fn a_finished_runtime_leaves_nothing_that_fails_a_call() {
+    let group = SentinelGroup::start();
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(Duration::from_secs(2))
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository).build();
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let multi_thread = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    current_thread().block_on(async { cache.set("k", &1, 60).await.unwrap() });
+    current_thread()
+        .block_on(cache.set("k", &2, 60))
+        .expect("a set from a second runtime");
+    multi_thread()
+        .block_on(cache.set_many([("a", 1), ("b", 2)], 60))
+        .expect("a set_many from a third runtime");
+    let removed = current_thread()
+        .block_on(cache.delete("a"))
+        .expect("a delete from a fourth runtime");
+    assert_eq!(removed, 1);
+    let got = multi_thread()
+        .block_on(cache.get::<i32>("k"))
+        .expect("a get from a fifth runtime");
+    assert_eq!(got, Some(2));
+}

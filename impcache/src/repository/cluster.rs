@@ -19,8 +19,8 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use tokio::task::JoinSet;
 
 use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
-use super::commands::{check_value_size, classify, key_command, scan_command, set_command};
-use super::redis::redact_dsn;
+use super::commands::{check_value_size, classify, key_command, scan_command, set_command, Waited};
+use super::redis::{current_runtime, lost_driver, redact_dsn};
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, Error, Result};
@@ -95,8 +95,9 @@ pub struct RedisClusterCacheRepository {
 
 struct Inner {
     client: ClusterClient,
-    /// The connection and its generation; `None` until the first operation and after a reset.
-    connection: RwLock<Option<(u64, ClusterConnection)>>,
+    /// The connection, its generation and the tokio runtime that opened it (where its driver
+    /// task runs); `None` until the first operation and after a reset.
+    connection: RwLock<Option<(u64, ClusterConnection, Option<tokio::runtime::Id>)>>,
     /// Held while connecting, so that one connect is in flight at a time.
     connecting: tokio::sync::Mutex<()>,
     /// Which primary serves which slot, learned from `CLUSTER SLOTS`; `None` until the first
@@ -142,7 +143,8 @@ struct Node {
     host: String,
     port: u16,
     breaker: CircuitBreaker,
-    connection: RwLock<Option<MultiplexedConnection>>,
+    /// The direct connection and the tokio runtime that opened it (where its driver task runs).
+    connection: RwLock<Option<(MultiplexedConnection, Option<tokio::runtime::Id>)>>,
 }
 
 impl fmt::Debug for Node {
@@ -239,7 +241,7 @@ impl RedisClusterCacheRepository {
         .await
     }
 
-    fn current(&self) -> Option<(u64, ClusterConnection)> {
+    fn current(&self) -> Option<(u64, ClusterConnection, Option<tokio::runtime::Id>)> {
         self.inner
             .connection
             .read()
@@ -248,7 +250,9 @@ impl RedisClusterCacheRepository {
     }
 
     /// The cluster connection, made (topology discovered) on first use and after a reset.
-    async fn connection(&self) -> redis::RedisResult<(u64, ClusterConnection)> {
+    async fn connection(
+        &self,
+    ) -> redis::RedisResult<(u64, ClusterConnection, Option<tokio::runtime::Id>)> {
         if let Some(current) = self.current() {
             return Ok(current);
         }
@@ -258,12 +262,29 @@ impl RedisClusterCacheRepository {
         }
         let connection = self.inner.client.get_async_connection().await?;
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+        let runtime = current_runtime();
         *self
             .inner
             .connection
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some((generation, connection.clone()));
-        Ok((generation, connection))
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((generation, connection.clone(), runtime));
+        Ok((generation, connection, runtime))
+    }
+
+    /// Drops the cluster connection `generation` if it is still the current one; `true` if it
+    /// was. The next operation connects afresh.
+    fn drop_connection(&self, generation: u64) -> bool {
+        let mut slot = self
+            .inner
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|(g, ..)| *g == generation) {
+            *slot = None;
+            return true;
+        }
+        false
     }
 
     /// Counts an outage; after a few in a row, drops the connection `generation` so that the
@@ -277,20 +298,12 @@ impl RedisClusterCacheRepository {
         // A node may be gone or replaced.
         self.refresh_soon();
         let Some(generation) = generation else { return };
-        if failures >= RESET_AFTER_FAILURES {
-            let mut slot = self
-                .inner
-                .connection
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
-                *slot = None;
-                self.inner.consecutive_failures.store(0, Ordering::Relaxed);
-                tracing::info!(
-                    failures,
-                    "impcache: replacing the cluster connection after repeated failures"
-                );
-            }
+        if failures >= RESET_AFTER_FAILURES && self.drop_connection(generation) {
+            self.inner.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::info!(
+                failures,
+                "impcache: replacing the cluster connection after repeated failures"
+            );
         }
     }
 
@@ -302,7 +315,7 @@ impl RedisClusterCacheRepository {
         request: F,
     ) -> Result<T>
     where
-        F: FnOnce(ClusterConnection) -> Fut,
+        F: Fn(ClusterConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let until = Instant::now() + self.inner.deadline;
@@ -310,7 +323,10 @@ impl RedisClusterCacheRepository {
     }
 
     /// Runs `request` on the cluster connection, giving up at `until`, under the client's breaker:
-    /// for keys the slot map cannot place (the client's routing follows redirections).
+    /// for keys the slot map cannot place (the client's routing follows redirections). When the
+    /// connection's driver ended with the runtime that opened it (a `static` cache used from
+    /// several runtimes), the connection is replaced and `request` runs once more, within the
+    /// same deadline: nothing was sent.
     async fn run_until<T, F, Fut>(
         &self,
         until: Instant,
@@ -319,7 +335,7 @@ impl RedisClusterCacheRepository {
         request: F,
     ) -> Result<T>
     where
-        F: FnOnce(ClusterConnection) -> Fut,
+        F: Fn(ClusterConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let breaker = &self.inner.client_breaker;
@@ -336,9 +352,18 @@ impl RedisClusterCacheRepository {
         };
         let generation = std::sync::Mutex::new(None);
         let attempt = async {
-            let (g, connection) = self.connection().await?;
-            *generation.lock().unwrap_or_else(PoisonError::into_inner) = Some(g);
-            request(connection).await
+            let mut retried = false;
+            loop {
+                let (g, connection, opened_on) = self.connection().await?;
+                *generation.lock().unwrap_or_else(PoisonError::into_inner) = Some(g);
+                match request(connection).await {
+                    Err(e) if !retried && lost_driver(opened_on, &e) => {
+                        self.drop_connection(g);
+                        retried = true;
+                    }
+                    other => return other,
+                }
+            }
         };
         let outcome = tokio::time::timeout_at(until.into(), attempt).await;
         let generation = *generation.lock().unwrap_or_else(PoisonError::into_inner);
@@ -349,7 +374,7 @@ impl RedisClusterCacheRepository {
                 Ok(value)
             }
             Ok(Err(e)) => {
-                let error = classify(e, operation, subject(), self.inner.deadline);
+                let error = classify(e, operation, subject(), self.waited(until));
                 if error.is_outage() {
                     breaker.record_failure(&admission);
                     self.record_outage(generation);
@@ -409,10 +434,14 @@ impl RedisClusterCacheRepository {
             let node = self.node(&host, port);
             let this = self.clone();
             tasks.spawn(async move {
-                let mut connection = this.node_connection(&node).await?;
                 let mut cmd = redis::cmd("CLUSTER");
                 cmd.arg("SLOTS");
-                let reply = connection.send_packed_command(&cmd).await;
+                let cmd = &cmd;
+                let reply = this
+                    .with_node_connection(&node, |mut connection| async move {
+                        connection.send_packed_command(cmd).await
+                    })
+                    .await;
                 if reply.as_ref().is_err_and(|e| !e.is_timeout()) {
                     this.forget_connection(&node);
                 }
@@ -532,7 +561,10 @@ impl RedisClusterCacheRepository {
 
     /// The direct connection to `node`, made on first use with the settings of the configured
     /// nodes.
-    async fn node_connection(&self, node: &Node) -> redis::RedisResult<MultiplexedConnection> {
+    async fn node_connection(
+        &self,
+        node: &Node,
+    ) -> redis::RedisResult<(MultiplexedConnection, Option<tokio::runtime::Id>)> {
         if let Some(connection) = node
             .connection
             .read()
@@ -565,8 +597,50 @@ impl RedisClusterCacheRepository {
             .connection
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(connection)
+            .get_or_insert((connection, current_runtime()))
             .clone())
+    }
+
+    /// Runs `request` on the direct connection to `node`. When the connection's driver ended with
+    /// the runtime that opened it (a `static` cache used from several runtimes), the connection
+    /// is dropped and `request` runs once more on a fresh one: nothing was sent.
+    async fn with_node_connection<T, F, Fut>(
+        &self,
+        node: &Node,
+        request: F,
+    ) -> redis::RedisResult<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let mut retried = false;
+        loop {
+            let (connection, opened_on) = self.node_connection(node).await?;
+            match request(connection).await {
+                Err(e) if !retried && lost_driver(opened_on, &e) => {
+                    let mut slot = node
+                        .connection
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    // Unless a caller on this runtime replaced it already.
+                    if slot.as_ref().is_some_and(|(_, r)| *r == opened_on) {
+                        *slot = None;
+                    }
+                    retried = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// What an operation that gives up at `until` has waited by now.
+    fn waited(&self, until: Instant) -> Waited {
+        let left = until.saturating_duration_since(Instant::now());
+        Waited {
+            waited: self.inner.deadline.saturating_sub(left),
+            deadline: self.inner.deadline,
+            connect_timeout: Some(self.inner.connect_timeout),
+        }
     }
 
     /// Drops the direct connection to `node` after it failed; the next use reconnects.
@@ -589,7 +663,7 @@ impl RedisClusterCacheRepository {
         request: F,
     ) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let admission = node.breaker.admit();
@@ -604,7 +678,7 @@ impl RedisClusterCacheRepository {
             breaker: &node.breaker,
             admission: &admission,
         };
-        let attempt = async { request(self.node_connection(node).await?).await };
+        let attempt = self.with_node_connection(node, request);
         match tokio::time::timeout_at(until.into(), attempt).await {
             Ok(Ok(value)) => {
                 node.breaker.record_success();
@@ -612,7 +686,7 @@ impl RedisClusterCacheRepository {
             }
             Ok(Err(e)) => {
                 let timed_out = e.is_timeout();
-                let error = classify(e, operation, subject(), self.inner.deadline);
+                let error = classify(e, operation, subject(), self.waited(until));
                 if error.is_outage() {
                     node.breaker.record_failure(&admission);
                     if !timed_out {
@@ -648,10 +722,12 @@ impl RedisClusterCacheRepository {
     ) -> Result<T> {
         let subject = || shown(key);
         let until = Instant::now() + self.inner.deadline;
-        let through_client = |cmd: redis::Cmd| {
+        let through_client = |cmd: redis::Cmd| async move {
+            let cmd = &cmd;
             self.run_until(until, operation, &subject, |mut c| async move {
                 cmd.query_async(&mut c).await
             })
+            .await
         };
         let map = match tokio::time::timeout_at(until.into(), self.slot_map()).await {
             Ok(Ok(map)) => map,
@@ -685,7 +761,7 @@ impl RedisClusterCacheRepository {
         reply
             .extract_error()
             .and_then(|value| Ok(redis::from_redis_value(value)?))
-            .map_err(|e| classify(e, operation, subject(), self.inner.deadline))
+            .map_err(|e| classify(e, operation, subject(), self.waited(until)))
     }
 
     /// Sends the commands for `keys` grouped per node: one pipeline per primary of the slot map,
@@ -797,6 +873,7 @@ impl RedisClusterCacheRepository {
                 tasks.spawn(async move {
                     let commands = units.len();
                     let label = format!("{host}:{port}");
+                    let (label, pipe) = (&label, &pipe);
                     let sent = this
                         .on_node(
                             &node,
@@ -812,7 +889,7 @@ impl RedisClusterCacheRepository {
                                     round,
                                     "impcache: one pipeline to one cluster node"
                                 );
-                                c.send_packed_commands(&pipe, 0, count).await
+                                c.send_packed_commands(pipe, 0, count).await
                             },
                         )
                         .await;
@@ -961,10 +1038,11 @@ impl RedisClusterCacheRepository {
             if moved.is_empty() {
                 return Ok(removed);
             }
+            let moved = &moved;
             let elsewhere = self
                 .run("delete_pattern", &subject, |connection| async move {
                     let mut tasks = JoinSet::new();
-                    for key in moved {
+                    for key in moved.iter().cloned() {
                         let mut connection = connection.clone();
                         tasks.spawn(async move {
                             let mut cmd = redis::cmd("UNLINK");
@@ -1295,13 +1373,13 @@ impl CacheRepository for RedisClusterCacheRepository {
             for (_, reply) in sent.replies {
                 reply
                     .extract_error()
-                    .map_err(|e| classify(e, "set_many", shown_keys(), self.inner.deadline))?;
+                    .map_err(|e| classify(e, "set_many", shown_keys(), self.waited(until)))?;
             }
             if !sent.fallback.is_empty() {
-                let fallback = sent.fallback;
+                let fallback = &sent.fallback;
                 self.run_until(until, "set_many", &shown_keys, |connection| async move {
                     let mut tasks = JoinSet::new();
-                    for index in fallback {
+                    for &index in fallback {
                         let cmd = set(&[index]);
                         let mut connection = connection.clone();
                         tasks.spawn(async move { cmd.query_async::<()>(&mut connection).await });
@@ -1344,19 +1422,19 @@ impl CacheRepository for RedisClusterCacheRepository {
                 let got: Vec<Option<Bytes>> = reply
                     .extract_error()
                     .and_then(|value| Ok(redis::from_redis_value(value)?))
-                    .map_err(|e| classify(e, "get_many", shown_keys(), self.inner.deadline))?;
+                    .map_err(|e| classify(e, "get_many", shown_keys(), self.waited(until)))?;
                 for (index, value) in indices.into_iter().zip(got) {
                     values[index] = value;
                 }
             }
             if !sent.fallback.is_empty() {
-                let fallback = sent.fallback;
+                let fallback = &sent.fallback;
                 // One key per command: the client follows each key's redirection on its own
                 // (a multi-key command in a migrating slot would get `TRYAGAIN`).
                 let read = self
                     .run_until(until, "get_many", &shown_keys, |connection| async move {
                         let mut tasks = JoinSet::new();
-                        for index in fallback {
+                        for &index in fallback {
                             let cmd = mget(&[index]);
                             let mut connection = connection.clone();
                             tasks.spawn(async move {
@@ -1406,15 +1484,15 @@ impl CacheRepository for RedisClusterCacheRepository {
                 removed += reply
                     .extract_error()
                     .and_then(|value| Ok(redis::from_redis_value::<u64>(value)?))
-                    .map_err(|e| classify(e, "delete_many", shown_keys(), self.inner.deadline))?;
+                    .map_err(|e| classify(e, "delete_many", shown_keys(), self.waited(until)))?;
             }
             if !sent.fallback.is_empty() {
-                let fallback = sent.fallback;
+                let fallback = &sent.fallback;
                 // One key per command, as in `get_many`.
                 removed += self
                     .run_until(until, "delete_many", &shown_keys, |connection| async move {
                         let mut tasks = JoinSet::new();
-                        for index in fallback {
+                        for &index in fallback {
                             let cmd = unlink(&[index]);
                             let mut connection = connection.clone();
                             tasks.spawn(
@@ -1441,15 +1519,11 @@ impl CacheRepository for RedisClusterCacheRepository {
         Box::pin(async move {
             let subject = || shown(pattern);
             // A fresh map: the primaries of right now (a replica may just have been promoted).
-            let map = match tokio::time::timeout(self.inner.deadline, self.learn_slot_map()).await {
+            let until = Instant::now() + self.inner.deadline;
+            let map = match tokio::time::timeout_at(until.into(), self.learn_slot_map()).await {
                 Ok(Ok(map)) => map,
                 Ok(Err(e)) => {
-                    return Err(classify(
-                        e,
-                        "delete_pattern",
-                        subject(),
-                        self.inner.deadline,
-                    ))
+                    return Err(classify(e, "delete_pattern", subject(), self.waited(until)))
                 }
                 Err(_elapsed) => {
                     return Err(Error::Timeout {

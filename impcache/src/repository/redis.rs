@@ -14,7 +14,7 @@ use redis::{FromRedisValue, RedisError};
 
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
 use super::commands::{
-    check_value_size, classify, key_command, keys_command, scan_command, set_command,
+    check_value_size, classify, key_command, keys_command, scan_command, set_command, Waited,
 };
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
@@ -202,13 +202,10 @@ impl RedisCacheRepository {
     /// several `#[tokio::test]`s, each with its own runtime). The `redis` crate then fails every
     /// request at once with a dropped connection (`broken pipe`), before sending anything.
     fn driver_gone(&self, generation: u64, e: &RedisError) -> bool {
-        if !is_dropped(e) {
-            return false;
-        }
         let current = self.inner.manager.load();
-        current.as_ref().is_some_and(|c| {
-            c.generation == generation && c.runtime.is_some() && c.runtime != current_runtime()
-        })
+        current
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && lost_driver(c.runtime, e))
     }
 
     /// Drops connection `generation` (if still current) so that the next operation opens a fresh
@@ -309,28 +306,15 @@ impl RedisCacheRepository {
                 self.inner.breaker.record_success();
                 Ok(value)
             }
-            Ok(Err(e)) if e.is_timeout() => {
-                // The client's own timer (the connect timeout) or the operating system gave up
-                // before our deadline: say so, and how long was waited, rather than reporting
-                // our deadline as passed.
-                self.reset_connection(generation);
-                self.inner.breaker.record_failure(&admission);
-                Err(Error::Unavailable {
-                    operation,
-                    key: subject(),
-                    source: Box::new(GaveUpEarly {
-                        // To the millisecond: `102ms`, not `102.267089ms`.
-                        waited: Duration::from_millis(
-                            u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
-                        ),
-                        connect_timeout: self.inner.connect_timeout,
-                        deadline: self.inner.deadline,
-                        source: e,
-                    }),
-                })
-            }
             Ok(Err(e)) => {
-                let error = classify(e, operation, subject(), self.inner.deadline);
+                // A timeout the client reports before the deadline (its connect timeout) is
+                // `Unavailable`, naming its cause and the time waited: the connection is reset.
+                let waited = Waited {
+                    waited: start.elapsed(),
+                    deadline: self.inner.deadline,
+                    connect_timeout: Some(self.inner.connect_timeout),
+                };
+                let error = classify(e, operation, subject(), waited);
                 match &error {
                     Error::Timeout { .. } => self.note_timeout(generation),
                     Error::Unavailable { .. } => self.reset_connection(generation),
@@ -383,26 +367,20 @@ fn is_dropped(e: &RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout() && !e.is_connection_refusal()
 }
 
+/// `true` when `e`, from a connection opened on runtime `opened_on`, says that the connection's
+/// driver task is gone because that runtime has ended: the `redis` crate's connections run their
+/// driver on the runtime that opened them, and fail every request at once with a dropped
+/// connection (`broken pipe`) once it is gone, before sending anything. Shared by the repositories
+/// that keep connections across calls (single node, Cluster).
+pub(crate) fn lost_driver(opened_on: Option<tokio::runtime::Id>, e: &RedisError) -> bool {
+    is_dropped(e) && opened_on.is_some() && opened_on != current_runtime()
+}
+
 /// The tokio runtime this code runs on, if any.
-fn current_runtime() -> Option<tokio::runtime::Id> {
+pub(crate) fn current_runtime() -> Option<tokio::runtime::Id> {
     tokio::runtime::Handle::try_current()
         .ok()
         .map(|handle| handle.id())
-}
-
-/// A timeout reported by the `redis` client (its connect timeout, or the operating system's)
-/// before the operation's deadline passed: the source of [`Error::Unavailable`].
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the redis client gave up after {waited:?}, before the {deadline:?} deadline: {source} \
-     (connect timeout {connect_timeout:?})"
-)]
-struct GaveUpEarly {
-    waited: Duration,
-    connect_timeout: Duration,
-    deadline: Duration,
-    #[source]
-    source: RedisError,
 }
 
 /// The single-key operations as plain `async fn`s: the trait boxes them, and

@@ -13,6 +13,7 @@ use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ConnectionInfo, RedisConnectionInfo};
 
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
+use super::commands::{timed_out, Waited};
 use super::redis::{redact_dsn, RedisCacheRepository};
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
@@ -545,6 +546,7 @@ impl RedisSentinelCacheRepository {
         let attempt = async {
             let mut retried = false;
             loop {
+                let asked = Instant::now();
                 let primary = tokio::time::timeout(deadline, self.primary())
                     .await
                     .map_err(|_| Error::Timeout {
@@ -552,7 +554,15 @@ impl RedisSentinelCacheRepository {
                         key: subject(),
                         deadline,
                     })?
-                    .map_err(|e| lookup_error(e, operation, subject(), deadline))?;
+                    .map_err(|e| {
+                        // The Sentinel connections run on the `redis` crate's default timeouts.
+                        let waited = Waited {
+                            waited: asked.elapsed(),
+                            deadline,
+                            connect_timeout: None,
+                        };
+                        lookup_error(e, operation, subject(), waited)
+                    })?;
                 match request(primary.repository.clone()).await {
                     Err(e) if primary_moved(&e) => {
                         self.mark_stale(primary.generation, is_readonly(&e));
@@ -607,18 +617,17 @@ fn nothing_applied(e: &Error) -> bool {
     }
 }
 
+/// A failed Sentinel lookup: an outage. A timeout is [`Error::Timeout`] only once the deadline
+/// has passed; one reported earlier (a Sentinel's connect timeout) names its cause and the time
+/// waited ([`timed_out`]).
 fn lookup_error(
     e: redis::RedisError,
     operation: &'static str,
     key: String,
-    deadline: Duration,
+    waited: Waited,
 ) -> Error {
     if e.is_timeout() {
-        Error::Timeout {
-            operation,
-            key,
-            deadline,
-        }
+        timed_out(e, operation, key, waited)
     } else {
         Error::Unavailable {
             operation,
