@@ -1574,7 +1574,8 @@ impl RedisClusterCacheRepositoryBuilder {
         for node in &self.nodes {
             infos.push(check_node(node)?);
         }
-        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        // The operating system's TCP defaults, as for a single node (BENCHMARKS.md case 1b).
+        let tcp = redis::io::tcp::TcpSettings::default();
         let seed = infos[0].clone().set_tcp_settings(tcp.clone());
         let seeds = infos
             .iter()

@@ -682,7 +682,8 @@ pub(crate) fn redact_dsn(dsn: &str) -> String {
     }
 }
 
-/// Checks a DSN and makes a client for it, with `TCP_NODELAY` on.
+/// Checks a DSN and makes a client for it, on the operating system's TCP defaults (as the
+/// `redis` crate: `TCP_NODELAY` measured slower under concurrency, BENCHMARKS.md case 1b).
 fn client_for(dsn: &str) -> Result<redis::Client> {
     let invalid = |reason: String| Error::InvalidDsn {
         dsn: redact_dsn(dsn),
@@ -735,8 +736,6 @@ fn client_for(dsn: &str) -> Result<redis::Client> {
     }
     let info = redis::IntoConnectionInfo::into_connection_info(dsn)
         .map_err(|e| invalid(scrub(&e.to_string(), &url)))?;
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
-    let info = info.set_tcp_settings(tcp);
     redis::Client::open(info).map_err(|e| invalid(scrub(&e.to_string(), &url)))
 }
 

@@ -435,11 +435,7 @@ impl RedisSentinelCacheRepository {
             host.to_owned(),
             port,
         ))
-        .map(|info| {
-            let tcp = info.tcp_settings().clone().set_nodelay(true);
-            info.set_redis_settings(self.inner.node_redis.clone())
-                .set_tcp_settings(tcp)
-        });
+        .map(|info| info.set_redis_settings(self.inner.node_redis.clone()));
         let Ok(client) = info.and_then(redis::Client::open) else {
             return;
         };
@@ -811,8 +807,7 @@ impl RedisSentinelCacheRepositoryBuilder {
             }
             let info = redis::IntoConnectionInfo::into_connection_info(sentinel.as_str())
                 .map_err(|e| invalid(shown.clone(), scrub(&e.to_string(), &url)))?;
-            let tcp = info.tcp_settings().clone().set_nodelay(true);
-            infos.push(info.set_tcp_settings(tcp));
+            infos.push(info);
         }
         let sentinel_infos = infos
             .iter()
@@ -833,9 +828,8 @@ impl RedisSentinelCacheRepositoryBuilder {
         if let Some(password) = &self.password {
             redis_info = redis_info.set_password(password);
         }
-        let node_info = SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(redis_info.clone())
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let node_info =
+            SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info.clone());
         Ok(RedisSentinelCacheRepository {
             inner: Arc::new(Inner {
                 sentinel: tokio::sync::Mutex::new(sentinel),
