@@ -161,7 +161,7 @@ async fn tcp_for<T>(
         }
         let set = cache_set(cache, name);
         for &c in &config.concurrencies {
-            let case = format!("set {size} (vs redis-rs defaults)");
+            let case = format!("set {size}, impcache with {setting} (vs redis-rs defaults)");
             results.add(side_by_side(&case, c, config.timing, &set, &raw_set, Some(0.95)).await);
         }
     }
