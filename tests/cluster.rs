@@ -591,3 +591,280 @@ async fn a_stale_slot_map_falls_back_then_is_relearned() {
     assert!(got.iter().all(Option::is_none), "{got:?}");
     cluster.finish_migration(slot, from, to);
 }
+
+/// What the busy tasks of [`busy`] saw on one group of keys.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    circuit_open: u64,
+    slowest: Duration,
+    /// The first few errors, for the report.
+    errors: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.circuit_open += other.circuit_open;
+        self.slowest = self.slowest.max(other.slowest);
+        self.errors.extend(other.errors);
+        self.errors.truncate(3);
+    }
+
+    fn success(&self) -> f64 {
+        self.ok as f64 / (self.ok + self.failed).max(1) as f64
+    }
+}
+
+/// The busy tasks of the fault tests.
+const BUSY_TASKS: usize = 16;
+/// The deadline of the fault tests' repositories.
+const BUSY_DEADLINE: Duration = Duration::from_millis(300);
+
+/// [`BUSY_TASKS`] tasks reading every key in turn (each from its own starting point) for
+/// `window`; every 8th call of a task is a `get_many` over three keys of the healthy primaries.
+/// Every value read must be the key itself. Returns the tallies of the healthy keys (single and
+/// multi-key calls) and of the victim's keys.
+async fn busy(cache: &Cache, keys: &[(String, bool)], window: Duration) -> (Tally, Tally) {
+    let healthy: Vec<String> = keys
+        .iter()
+        .filter(|(_, on_victim)| !on_victim)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let keys: Arc<Vec<(String, bool)>> = Arc::new(keys.to_vec());
+    let healthy = Arc::new(healthy);
+    let until = Instant::now() + window;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..BUSY_TASKS {
+        let (cache, keys, healthy) = (cache.clone(), keys.clone(), healthy.clone());
+        tasks.spawn(async move {
+            let (mut on_healthy, mut on_victim) = (Tally::default(), Tally::default());
+            let mut i = task * 7;
+            while Instant::now() < until {
+                i += 1;
+                let started = Instant::now();
+                let (outcome, tally) = if i % 8 == 0 {
+                    let asked: Vec<&String> = (0..3)
+                        .map(|j| &healthy[(i + j * 5) % healthy.len()])
+                        .collect();
+                    let outcome = cache.get_many::<String, _>(&asked).await.map(|got| {
+                        let expected: Vec<Option<String>> =
+                            asked.iter().map(|k| Some((*k).clone())).collect();
+                        assert_eq!(got, expected);
+                    });
+                    (outcome, &mut on_healthy)
+                } else {
+                    let (key, on_the_victim) = &keys[i % keys.len()];
+                    let outcome = cache
+                        .get::<String>(key)
+                        .await
+                        .map(|got| assert_eq!(got.as_deref(), Some(key.as_str())));
+                    let tally = if *on_the_victim {
+                        &mut on_victim
+                    } else {
+                        &mut on_healthy
+                    };
+                    (outcome, tally)
+                };
+                let took = started.elapsed();
+                tally.slowest = tally.slowest.max(took);
+                match outcome {
+                    Ok(()) => tally.ok += 1,
+                    Err(e) => {
+                        assert!(e.is_backend_failure(), "{e}");
+                        tally.failed += 1;
+                        if tally.errors.len() < 3 {
+                            tally.errors.push(e.to_string());
+                        }
+                        if matches!(e, Error::CircuitOpen { .. }) {
+                            tally.circuit_open += 1;
+                        }
+                    }
+                }
+            }
+            (on_healthy, on_victim)
+        });
+    }
+    let (mut on_healthy, mut on_victim) = (Tally::default(), Tally::default());
+    while let Some(done) = tasks.join_next().await {
+        let (h, v) = done.unwrap();
+        on_healthy.add(h);
+        on_victim.add(v);
+    }
+    (on_healthy, on_victim)
+}
+
+/// A cluster of its own (3 primaries, 1 replica each), a cache with the busy tests' deadline, 60
+/// keys written (each holding its own name), and the primary of `k0` as the victim. Returns the
+/// keys with whether each is on the victim.
+async fn fault_setup(prefix: &str) -> (RedisCluster, Cache, Vec<(String, bool)>, u16) {
+    let cluster = RedisCluster::start(3, 1);
+    let cache = Cache::builder(repository(&cluster, BUSY_DEADLINE))
+        .key_prefix(prefix)
+        .build();
+    let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    cache
+        .set_many(keys.iter().map(|k| (k, k)), 300)
+        .await
+        .unwrap();
+    let victim = cluster.primary_for(&cache.make_key("k0"));
+    let keys: Vec<(String, bool)> = keys
+        .into_iter()
+        .map(|k| {
+            let on_victim = cluster.primary_for(&cache.make_key(&k)) == victim;
+            (k, on_victim)
+        })
+        .collect();
+    (cluster, cache, keys, victim)
+}
+
+/// Prints what the busy tasks saw, then checks that no call took much longer than a deadline
+/// (generous: a bound, not a speed).
+fn report(what: &str, window: Duration, on_healthy: &Tally, on_victim: &Tally) {
+    let rate = |t: &Tally| t.ok as f64 / window.as_secs_f64();
+    eprintln!(
+        "{what}: healthy keys {}/{} ok ({:.1} %, {:.0} ok/s, {} circuit open, slowest {:?}); \
+         victim's keys {}/{} ok ({} circuit open, slowest {:?})",
+        on_healthy.ok,
+        on_healthy.ok + on_healthy.failed,
+        on_healthy.success() * 100.0,
+        rate(on_healthy),
+        on_healthy.circuit_open,
+        on_healthy.slowest,
+        on_victim.ok,
+        on_victim.ok + on_victim.failed,
+        on_victim.circuit_open,
+        on_victim.slowest,
+    );
+    if !on_healthy.errors.is_empty() {
+        eprintln!(
+            "{what}: healthy keys' first errors: {:?}",
+            on_healthy.errors
+        );
+    }
+    for tally in [on_healthy, on_victim] {
+        assert!(
+            tally.slowest < BUSY_DEADLINE + Duration::from_secs(1),
+            "{what}: a call took {:?}",
+            tally.slowest
+        );
+    }
+}
+
+/// The load window after a fault: about the time a replica takes to be promoted.
+const FAULT_WINDOW: Duration = Duration::from_millis(2500);
+
+/// Kill one primary of three under 16 busy tasks: calls on keys of the two others keep
+/// succeeding (each primary has its own circuit breaker, and its own connection); a multi-key
+/// call that needs the dead primary fails naming it, after doing its part on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_costs_nothing_on_the_others() {
+    let (cluster, cache, keys, victim) = fault_setup("killed").await;
+    let (on_healthy, on_victim) = busy(&cache, &keys, Duration::from_secs(1)).await;
+    report(
+        "before the kill",
+        Duration::from_secs(1),
+        &on_healthy,
+        &on_victim,
+    );
+    assert_eq!(on_healthy.failed + on_victim.failed, 0);
+    cache
+        .set_many((0..30).map(|i| (format!("p{i}"), i)), 300)
+        .await
+        .unwrap();
+
+    cluster.kill_node(victim);
+    // Right after the kill (no failover can happen before the node timeout): a multi-key call
+    // that needs the dead primary fails with an error naming it, and its parts on the healthy
+    // primaries are done.
+    let everything: Vec<&String> = keys.iter().map(|(k, _)| k).collect();
+    let err = cache
+        .set_many(everything.iter().map(|k| (k, "new")), 300)
+        .await
+        .unwrap_err();
+    assert!(err.is_backend_failure(), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{victim}")),
+        "{err}"
+    );
+    let err = cache.get_many::<String, _>(&everything).await.unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{victim}")),
+        "{err}"
+    );
+    let err = cache.delete_pattern("p*").await.unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{victim}")),
+        "{err}"
+    );
+    let healthy: Vec<&String> = keys.iter().filter(|(_, v)| !v).map(|(k, _)| k).collect();
+    let got: Vec<Option<String>> = cache.get_many(&healthy).await.unwrap();
+    assert!(got.iter().all(|v| v.as_deref() == Some("new")), "{got:?}");
+    let left: Vec<String> = cluster
+        .primaries()
+        .into_iter()
+        .filter(|&p| p != victim)
+        .flat_map(|p| cluster.cmd::<Vec<String>>(p, &["KEYS", "killed:1:p*"]))
+        .collect();
+    assert!(left.is_empty(), "swept on the healthy primaries: {left:?}");
+    cache
+        .set_many(healthy.iter().map(|k| (k, k)), 300)
+        .await
+        .unwrap();
+
+    let (on_healthy, on_victim) = busy(&cache, &keys, FAULT_WINDOW).await;
+    report("after the kill", FAULT_WINDOW, &on_healthy, &on_victim);
+    assert!(
+        on_healthy.success() >= 0.95,
+        "healthy keys: {on_healthy:?}, the victim's: {on_victim:?}"
+    );
+}
+
+/// Freeze one primary of three (SIGSTOP: connections are accepted, nothing answers) under 16
+/// busy tasks: calls on keys of the two others keep succeeding, as often as before (the cluster
+/// client is not on their path: the frozen node's slot-map refreshes and reconnections cannot
+/// hold them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_costs_nothing_on_the_others() {
+    let (cluster, cache, keys, victim) = fault_setup("frozen").await;
+    let (on_healthy, on_victim) = busy(&cache, &keys, Duration::from_secs(1)).await;
+    report(
+        "before the freeze",
+        Duration::from_secs(1),
+        &on_healthy,
+        &on_victim,
+    );
+    assert_eq!(on_healthy.failed + on_victim.failed, 0);
+
+    let frozen = cluster.freeze_node(victim);
+    let (on_healthy, on_victim) = busy(&cache, &keys, FAULT_WINDOW).await;
+    report("frozen", FAULT_WINDOW, &on_healthy, &on_victim);
+    assert!(
+        on_healthy.success() >= 0.95,
+        "healthy keys: {on_healthy:?}, the victim's: {on_victim:?}"
+    );
+    // Still frozen: its replica takes over, and the victim's keys are served again (the slot map
+    // is learned again while the frozen node's breaker is open).
+    let started = Instant::now();
+    loop {
+        match cache.get::<String>("k0").await {
+            Ok(value) => {
+                assert_eq!(value.as_deref(), Some("k0"));
+                break;
+            }
+            Err(e) => assert!(e.is_backend_failure(), "{e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the victim's keys were not served again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "frozen: the victim's keys served again {:?} after the window",
+        started.elapsed()
+    );
+    drop(frozen);
+}

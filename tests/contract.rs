@@ -176,6 +176,9 @@ contract!(
     overwrite_replaces_value_and_ttl,
     unclosed_bracket_pattern_is_refused,
     too_long_key_is_refused,
+    values_nested_as_deep_as_orjson_writes_round_trip,
+    values_nested_deeper_are_refused_both_ways,
+    integers_beyond_64_bits_are_refused,
 );
 
 async fn seed_quickstart(b: Backend) {
@@ -617,4 +620,87 @@ async fn too_long_key_is_refused(b: Backend) {
     assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
     assert!(err.to_string().len() < 1000, "the message shortens the key");
     assert!(cache.get::<i32>(&key).await.is_err());
+}
+
+/// `depth` levels of arrays and objects, alternating, around a number.
+fn nested(depth: usize) -> serde_json::Value {
+    let mut value = serde_json::json!(1);
+    for level in 0..depth {
+        value = if level % 2 == 0 {
+            serde_json::json!([value])
+        } else {
+            serde_json::json!({ "k": value })
+        };
+    }
+    value
+}
+
+/// orjson (the Python library's encoder) writes up to 255 levels; serde_json alone reads 127.
+/// On a spawned task: a tokio worker thread's default 2 MiB stack is enough.
+async fn values_nested_as_deep_as_orjson_writes_round_trip(b: Backend) {
+    let cache = b.cache();
+    tokio::spawn(async move {
+        for depth in [200, 255] {
+            let value = nested(depth);
+            cache.set("deep", &value, 100).await.unwrap();
+            let got: Option<serde_json::Value> = cache.get("deep").await.unwrap();
+            assert_eq!(got.as_ref(), Some(&value), "depth {depth}");
+            // As Python writes it (200 nested lists), read through get_many too.
+            let raw = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            cache.set_raw("raw", raw.into(), 100).await.unwrap();
+            let got: Vec<Option<serde_json::Value>> = cache.get_many(["raw"]).await.unwrap();
+            assert!(got[0].is_some(), "depth {depth}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// `set` refuses what `get` would refuse; a hostile million `[` is an error, not a crash.
+async fn values_nested_deeper_are_refused_both_ways(b: Backend) {
+    let cache = b.cache();
+    tokio::spawn(async move {
+        let err = cache.set("deep", &nested(256), 100).await.unwrap_err();
+        assert!(matches!(err, Error::Encode { .. }), "{err}");
+        assert!(err.to_string().contains("deep"), "{err}");
+        assert!(err.to_string().contains("255 levels"), "{err}");
+        assert_eq!(cache.get_raw("deep").await.unwrap(), None, "nothing stored");
+
+        let too_deep = format!("{}{}", "[".repeat(256), "]".repeat(256));
+        let hostile = "[".repeat(1_000_000);
+        for raw in [too_deep, hostile] {
+            cache.set_raw("raw", raw.into(), 100).await.unwrap();
+            let err = cache.get::<serde_json::Value>("raw").await.unwrap_err();
+            assert!(matches!(err, Error::Decode { .. }), "{err}");
+            assert!(err.to_string().contains("cache:1:raw"), "{err}");
+            assert!(err.to_string().contains("255 levels"), "{err}");
+            let err = cache.get::<Vec<i32>>("raw").await.unwrap_err();
+            assert!(matches!(err, Error::Decode { .. }), "{err}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// orjson refuses integers beyond 64 bits, and Python reads the ones serde_json writes back as
+/// floats: refused like NaN. A `u128`/`i128` holding a 64-bit value is stored as usual.
+async fn integers_beyond_64_bits_are_refused(b: Backend) {
+    let cache = b.cache();
+    let err = cache
+        .set("big", &(u128::from(u64::MAX) + 1), 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Encode { .. }), "{err}");
+    assert!(err.to_string().contains("beyond 64 bits"), "{err}");
+    let err = cache
+        .set_many([("small", 1_i128), ("negative", i128::MIN)], 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Encode { .. }), "{err}");
+    let stored: Vec<Option<i128>> = cache.get_many(["big", "small", "negative"]).await.unwrap();
+    assert_eq!(stored, [None, None, None], "nothing stored");
+    cache.set("max", &u128::from(u64::MAX), 100).await.unwrap();
+    assert_eq!(cache.get::<u64>("max").await.unwrap(), Some(u64::MAX));
+    cache.set("min", &i128::from(i64::MIN), 100).await.unwrap();
+    assert_eq!(cache.get::<i64>("min").await.unwrap(), Some(i64::MIN));
 }

@@ -72,7 +72,23 @@ fn run_python(
         "python {mode} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    // Python's answers hold the 200-deep sample: beyond serde_json's own limit of 127 levels.
+    let mut deserializer = serde_json::Deserializer::from_slice(&out.stdout);
+    deserializer.disable_recursion_limit();
+    serde::Deserialize::deserialize(&mut deserializer).unwrap()
+}
+
+/// `depth` levels of arrays and objects, alternating, around a number.
+fn nested(depth: usize) -> Value {
+    let mut value = json!(1);
+    for level in 0..depth {
+        value = if level % 2 == 0 {
+            json!([value])
+        } else {
+            json!({ "k": value })
+        };
+    }
+    value
 }
 
 fn samples() -> Vec<(&'static str, Value)> {
@@ -95,6 +111,8 @@ fn samples() -> Vec<(&'static str, Value)> {
         ("true", json!(true)),
         ("false", json!(false)),
         ("null", Value::Null),
+        // Deeper than serde_json reads by itself (127), within what orjson writes (255).
+        ("deep", nested(200)),
     ]
 }
 

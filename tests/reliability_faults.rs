@@ -301,7 +301,15 @@ async fn the_breaker_fails_fast_during_an_outage_and_probes_close_it() {
     // breaker reopens.
     tokio::time::sleep(Duration::from_millis(350)).await;
     let (probe, elapsed) = timed(cache.get::<i32>("k")).await;
-    assert!(matches!(probe, Err(Error::Timeout { .. })), "{probe:?}");
+    // The probe opens a fresh connection (3 timeouts dropped the old one): the connect timeout
+    // (100 ms) ends it before the deadline, reported as `Unavailable` with the time waited.
+    assert!(
+        matches!(
+            probe,
+            Err(Error::Timeout { .. } | Error::Unavailable { .. })
+        ),
+        "{probe:?}"
+    );
     assert!(elapsed <= DEADLINE + SLACK);
     assert!(
         repository.is_circuit_open(),
@@ -491,4 +499,67 @@ async fn concurrent_calls_against_a_frozen_server_all_end_in_time() {
     assert!(worst <= DEADLINE + SLACK * 2, "worst call took {worst:?}");
     server.thaw();
     poll_until_ok(&cache, Duration::from_secs(3)).await;
+}
+
+/// A `static` cache used from several `#[tokio::test]`s, each on its own runtime: the connection's
+/// driver task dies with the runtime that opened it. The next call, from another runtime, opens a
+/// fresh connection and goes through, writes included (issue 12, item 11).
+#[test]
+fn a_connection_left_by_a_finished_runtime_is_replaced_transparently() {
+    let server = RedisServer::start();
+    let (cache, _) = cache(&server.url());
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let multi_thread = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    current_thread().block_on(async { cache.set("k", &1, 60).await.unwrap() });
+    // Each runtime below starts with the connection its predecessor opened, now driverless.
+    let (result, elapsed) = current_thread().block_on(timed(cache.set("k", &2, 60)));
+    result.expect("a set from a second runtime");
+    assert!(elapsed <= DEADLINE + SLACK, "{elapsed:?}");
+    let (result, elapsed) =
+        multi_thread().block_on(timed(cache.set_many([("a", 1), ("b", 2)], 60)));
+    result.expect("a set_many from a third runtime");
+    assert!(elapsed <= DEADLINE + SLACK, "{elapsed:?}");
+    let (result, _) = current_thread().block_on(timed(cache.set_nx("n", &3, 60)));
+    assert!(result.expect("a set_nx from a fourth runtime"));
+    let (result, _) = multi_thread().block_on(timed(cache.delete("a")));
+    assert_eq!(result.expect("a delete from a fifth runtime"), 1);
+    let (result, _) = current_thread().block_on(timed(cache.get::<i32>("k")));
+    assert_eq!(result.expect("a get from a sixth runtime"), Some(2));
+}
+
+/// An error the `redis` client returns before the deadline (here its connect timeout, while the
+/// server does not answer the handshake) names its cause and the time waited, not the deadline
+/// (issue 12, item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_client_error_names_its_cause_and_the_time_waited() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    proxy.blackhole();
+    // Database 1: the handshake sends `SELECT 1`, which the black hole never answers.
+    let repository = RedisCacheRepository::builder(format!("redis://127.0.0.1:{}/1", proxy.port()))
+        .deadline(Duration::from_secs(3))
+        .connect_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository);
+    let (result, elapsed) = timed(cache.get::<i32>("k")).await;
+    let error = result.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    assert!(error.is_outage(), "{error:?}");
+    assert!(!message.contains("timed out after 3s"), "{message}");
+    assert!(message.contains("gave up after"), "{message}");
+    assert!(message.contains("connect timeout 100ms"), "{message}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
 }

@@ -1,6 +1,7 @@
 //! Redis Sentinel: the repository finds the primary through Sentinel and follows two failovers,
-//! a forced one (`SENTINEL FAILOVER`: the old primary is demoted and answers `READONLY`) and a
-//! crash (the primary is killed; Sentinel promotes the replica after `down-after-milliseconds`).
+//! a forced one (`SENTINEL FAILOVER`) and a crash (the primary is killed; Sentinel promotes the
+//! replica after `down-after-milliseconds`), through the Sentinel's announcements; how many
+//! acknowledged writes a forced failover loses; and `READONLY` from a demoted primary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -89,18 +90,23 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
     let forced = Instant::now();
     let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
     let (took, failures) = until_served_by(&cache, &repository, second, deadline).await;
+    // The repository follows the promotion itself, which comes before Sentinel's `+switch-master`.
+    wait_for("Sentinel names the replica", || {
+        group.primary_port() == second
+    })
+    .await;
     eprintln!(
         "SENTINEL FAILOVER: served by the new primary {took:?} after the command \
-         ({failures} failed calls; Sentinel switched after {:?})",
+         ({failures} failed calls; Sentinel named it {:?} after the command)",
         forced.elapsed()
     );
-    assert_eq!(group.primary_port(), second);
     assert_eq!(SentinelGroup::role(second), "master");
     assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1), "replicated");
 
     // 2. Crash: kill the new primary; Sentinel promotes the old one (now its replica) once it is
     //    down for `down-after-milliseconds` (1 s).
-    let deadline_wait = Instant::now() + Duration::from_secs(10);
+    // Sentinel converts it 10 s after `+switch-master` (`sentinel_publish_period` * 4 + 2 s).
+    let deadline_wait = Instant::now() + Duration::from_secs(20);
     while SentinelGroup::role(first) != "slave"
         || group.primary.cmd::<String>(&["GET", "s:1:k"]) != "1"
     {
@@ -118,7 +124,10 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
          down-after-milliseconds 1000); kill to recovery {:?}",
         killed.elapsed()
     );
-    assert_eq!(group.primary_port(), first);
+    wait_for("Sentinel names the old primary", || {
+        group.primary_port() == first
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -139,4 +148,294 @@ async fn no_reachable_sentinel_is_a_typed_failure_within_the_deadline() {
         assert!(err.to_string().contains("cache:1:k"), "{err}");
         assert!(started.elapsed() < deadline + Duration::from_millis(500));
     }
+}
+
+/// What [`writes_through_a_forced_failover`] saw.
+#[derive(Debug)]
+struct FailoverWrites {
+    /// Writes the repository acknowledged.
+    acknowledged: usize,
+    /// Acknowledged writes missing on the new primary afterwards.
+    lost: usize,
+    /// Calls that failed (typed backend failures).
+    failed: usize,
+    /// How long the tasks wrote.
+    writing: Duration,
+    /// From the first to the last acknowledged write that was lost.
+    lost_span: Duration,
+    /// From the replica reporting `role:master` to the repository naming it as its primary.
+    switch_delay: Duration,
+    /// Milliseconds from the replica reporting `role:master` to the first and the last lost write.
+    lost_from_promotion_ms: (f64, f64),
+}
+
+/// 8 tasks write distinct keys through `repository` while `SENTINEL FAILOVER` promotes the
+/// replica; then counts the acknowledged writes the new primary does not have. (A write
+/// acknowledged by the old primary after the promotion is lost: replication is asynchronous and
+/// the old primary later resynchronises from the new one.)
+async fn writes_through_a_forced_failover(
+    group: &SentinelGroup,
+    repository: &RedisSentinelCacheRepository,
+) -> FailoverWrites {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let second = group.replica.port();
+    let new_primary = format!("127.0.0.1:{second}");
+    let cache = Cache::builder(repository.clone()).key_prefix("w").build();
+    cache.set("warm", &0, 100).await.unwrap();
+    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+
+    // Observer (a thread: its checks are blocking): when the replica reports `role:master`, and
+    // when the repository names it.
+    let stop_observer = Arc::new(AtomicBool::new(false));
+    let promoted_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let switched_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let observer = {
+        let (stop, promoted_at, switched_at) = (
+            stop_observer.clone(),
+            promoted_at.clone(),
+            switched_at.clone(),
+        );
+        let repository = repository.clone();
+        let new_primary = new_primary.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if switched_at.lock().unwrap().is_none()
+                    && repository.primary_address().as_deref() == Some(new_primary.as_str())
+                {
+                    *switched_at.lock().unwrap() = Some(now);
+                }
+                if promoted_at.lock().unwrap().is_none() && SentinelGroup::role(second) == "master"
+                {
+                    *promoted_at.lock().unwrap() = Some(now);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let writers: Vec<_> = (0..8)
+        .map(|task| {
+            let (cache, stop) = (cache.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut acknowledged, mut failed) = (Vec::new(), 0);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let key = format!("t{task}-{i}");
+                    match cache.set(&key, &i, 300).await {
+                        Ok(()) => acknowledged.push((key, Instant::now())),
+                        Err(e) => {
+                            assert!(e.is_backend_failure(), "{e}");
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+                (acknowledged, failed)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+    // Write on until the repository uses the new primary, and a little longer.
+    let limit = Instant::now() + Duration::from_secs(10);
+    while switched_at.lock().unwrap().is_none() || promoted_at.lock().unwrap().is_none() {
+        assert!(
+            Instant::now() < limit,
+            "no switch to {new_primary} within 10 s (primary {:?})",
+            repository.primary_address()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let writing = started.elapsed();
+    let (mut acknowledged, mut failed) = (Vec::new(), 0);
+    for writer in writers {
+        let (a, f) = writer.await.unwrap();
+        acknowledged.extend(a);
+        failed += f;
+    }
+    stop_observer.store(true, Ordering::Relaxed);
+    observer.join().unwrap();
+    let promoted_at = promoted_at.lock().unwrap().unwrap();
+    let switched_at = switched_at.lock().unwrap().unwrap();
+
+    let limit = Instant::now() + Duration::from_secs(10);
+    while group.primary_port() != second {
+        assert!(Instant::now() < limit, "Sentinel did not name {second}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let present: HashSet<String> = group.replica.keys().into_iter().collect();
+    let lost: Vec<Instant> = acknowledged
+        .iter()
+        .filter(|(key, _)| !present.contains(&format!("w:1:{key}")))
+        .map(|(_, at)| *at)
+        .collect();
+    let lost_span = match (lost.iter().min(), lost.iter().max()) {
+        (Some(first), Some(last)) => *last - *first,
+        _ => Duration::ZERO,
+    };
+    let since_promotion = |at: &Instant| {
+        if *at >= promoted_at {
+            (*at - promoted_at).as_secs_f64() * 1e3
+        } else {
+            -(promoted_at - *at).as_secs_f64() * 1e3
+        }
+    };
+    let lost_from_promotion_ms = (
+        lost.iter().min().map_or(0.0, since_promotion),
+        lost.iter().max().map_or(0.0, since_promotion),
+    );
+    FailoverWrites {
+        acknowledged: acknowledged.len(),
+        lost: lost.len(),
+        failed,
+        writing,
+        lost_span,
+        switch_delay: switched_at.saturating_duration_since(promoted_at),
+        lost_from_promotion_ms,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_failover_loses_few_acknowledged_writes() {
+    let group = SentinelGroup::start();
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(Duration::from_millis(500))
+            .build()
+            .unwrap();
+    let seen = writes_through_a_forced_failover(&group, &repository).await;
+    let per_second = seen.acknowledged as f64 / seen.writing.as_secs_f64();
+    // The loss as time: how long the writes lost would have taken at the measured rate.
+    let lost_time = Duration::from_secs_f64(seen.lost as f64 / per_second);
+    eprintln!(
+        "SENTINEL FAILOVER under 8 writing tasks: {} acknowledged writes in {:?} ({per_second:.0}/s), \
+         {} lost (≈{lost_time:?} of writes, spread over {:?}), {} failed calls; the repository \
+         switched {:?} after the replica reported role:master (lost writes from {:.0} to {:.0} ms \
+         after it)",
+        seen.acknowledged,
+        seen.writing,
+        seen.lost,
+        seen.lost_span,
+        seen.failed,
+        seen.switch_delay,
+        seen.lost_from_promotion_ms.0,
+        seen.lost_from_promotion_ms.1,
+    );
+    // Before the switch followed Sentinel's announcements, every write from the promotion until
+    // the next once-a-second check was lost (≈0.5-2 s of writes).
+    assert!(
+        lost_time < Duration::from_millis(300),
+        "{} of {} acknowledged writes lost (≈{lost_time:?} of writes)",
+        seen.lost,
+        seen.acknowledged
+    );
+    assert!(
+        seen.switch_delay < Duration::from_millis(500),
+        "switched {:?} after the promotion",
+        seen.switch_delay
+    );
+}
+
+/// The ids of the Sentinel's clients subscribed to at least one channel.
+fn subscribers(group: &SentinelGroup) -> Vec<String> {
+    let clients: String = group.sentinel_cmd(&["CLIENT", "LIST"]);
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(name).map(str::to_owned))
+    };
+    clients
+        .lines()
+        .filter(|line| field(line, "sub=").is_some_and(|n| n != "0"))
+        .filter_map(|line| field(line, "id="))
+        .collect()
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < limit, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_are_followed_until_the_repository_is_dropped_and_readonly_still_re_resolves()
+{
+    let group = SentinelGroup::start();
+    let (first, second) = (group.primary.port(), group.replica.port());
+
+    // 1. The first operation starts the task that follows the announcements; dropping the last
+    //    handle on the repository ends it (its subscription closes).
+    let repository =
+        RedisSentinelCacheRepository::new([group.sentinel_url()], SENTINEL_SERVICE).unwrap();
+    let cache = Cache::builder(repository.clone()).build();
+    assert!(subscribers(&group).is_empty());
+    cache.set("k", &1, 100).await.unwrap();
+    wait_for("subscribed to the Sentinel", || {
+        subscribers(&group).len() == 1
+    })
+    .await;
+    // The same connection stays subscribed across the pings that check the Sentinel.
+    let subscribed = subscribers(&group);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(subscribers(&group), subscribed);
+    drop((cache, repository));
+    wait_for("subscription closed after the drop", || {
+        subscribers(&group).is_empty()
+    })
+    .await;
+
+    // 2. Without announcements (and without the periodic check), a primary demoted to a replica
+    //    answers READONLY: the write is retried on the primary Sentinel names, and succeeds.
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .follow_announcements(false)
+            .recheck_every(None)
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository.clone()).build();
+    cache.set("k", &2, 100).await.unwrap();
+    assert!(
+        subscribers(&group).is_empty(),
+        "follow_announcements(false)"
+    );
+    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+    // `SENTINEL MASTERS`, which a lookup reads, names it after `+switch-master` (a little after
+    // `GET-MASTER-ADDR-BY-NAME` does).
+    wait_for("Sentinel names the replica", || {
+        let primary: std::collections::HashMap<String, String> =
+            group.sentinel_cmd(&["SENTINEL", "MASTER", SENTINEL_SERVICE]);
+        primary.get("port") == Some(&second.to_string())
+    })
+    .await;
+    assert_eq!(
+        repository.primary_address(),
+        Some(format!("127.0.0.1:{first}")),
+        "nothing told the repository yet"
+    );
+    // What Sentinel does to the old primary about 10 s later.
+    let _: () = group
+        .primary
+        .cmd(&["REPLICAOF", "127.0.0.1", &second.to_string()]);
+    wait_for("old primary is a replica", || {
+        SentinelGroup::role(first) == "slave"
+    })
+    .await;
+    cache.set("k", &3, 100).await.unwrap();
+    assert_eq!(
+        repository.primary_address(),
+        Some(format!("127.0.0.1:{second}"))
+    );
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(3));
 }

@@ -10,7 +10,20 @@ use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
 use crate::errors::Errors;
 
 /// The valid options, in the order the error message lists them.
-const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`";
+const OPTIONS: &str =
+    "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`";
+
+/// `returns = "..."`: which part of the return value is cached, overriding the classification
+/// by type.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Returns {
+    /// `Ok`'s value of a `Result` (checked on the type).
+    Result,
+    /// `Some`'s value of an `Option` (checked on the type).
+    Option,
+    /// The whole value, whatever its type.
+    Value,
+}
 
 #[derive(Default)]
 pub(crate) struct Args {
@@ -21,6 +34,7 @@ pub(crate) struct Args {
     pub(crate) skip: Option<(Span, Vec<Ident>)>,
     pub(crate) name: Option<LitStr>,
     pub(crate) cache_none: Option<LitBool>,
+    pub(crate) returns: Option<(LitStr, Returns)>,
 }
 
 /// Stores `value` in `slot`, or reports a duplicate at `path`.
@@ -169,6 +183,27 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                 };
                 if let Some(b) = b {
                     set(&mut args.cache_none, b, path, "cache_none", errors);
+                }
+            }
+            "returns" => {
+                if let Some(s) = value(meta, "returns", "\"result\"", errors)
+                    .and_then(|e| lit_str(e, "returns", errors))
+                {
+                    let returns = match s.value().as_str() {
+                        "result" => Some(Returns::Result),
+                        "option" => Some(Returns::Option),
+                        "value" => Some(Returns::Value),
+                        _ => {
+                            errors.push(syn::Error::new_spanned(
+                                &s,
+                                "`returns` takes \"result\" (cache `Ok`'s value), \"option\" (cache `Some`'s value) or \"value\" (cache the whole value)",
+                            ));
+                            None
+                        }
+                    };
+                    if let Some(returns) = returns {
+                        set(&mut args.returns, (s, returns), path, "returns", errors);
+                    }
                 }
             }
             "skip" => match meta {

@@ -10,7 +10,7 @@ use syn::{
     PathArguments, ReturnType, Type, WherePredicate,
 };
 
-use crate::args::{self, Args};
+use crate::args::{self, Args, Returns};
 use crate::errors::Errors;
 
 /// Expands `#[cached(args)] item`. On any error: the item unchanged, plus every error.
@@ -62,10 +62,19 @@ enum Segment {
     Arg(String),
 }
 
+/// How the cached part of the return value is chosen.
 enum Policy {
-    Plain,
-    OkOnly,
-    SomeOnly,
+    /// By the type system, through aliases: `Ok`'s value of a `Result`, `Some`'s value of an
+    /// `Option`, the whole value otherwise.
+    ByType,
+    /// `returns = "result"`: `Ok`'s value; the type must be a `Result` (the span of the option).
+    Result(Span),
+    /// `returns = "option"`: `Some`'s value; the type must be an `Option`.
+    Option(Span),
+    /// `cache_none = true`: the whole `Option`; the type must be an `Option`.
+    OptionWithNone(Span),
+    /// `returns = "value"`: the whole value.
+    Value,
 }
 
 struct Plan {
@@ -137,6 +146,39 @@ fn first_type_arg(ty: &Type) -> Option<&Type> {
         GenericArgument::Type(t) => Some(t),
         _ => None,
     })
+}
+
+/// The span of the first borrow in a type: a reference, or a lifetime other than `'static`.
+fn borrow_in(ty: &Type) -> Option<Span> {
+    fn walk(tokens: TokenStream) -> Option<Span> {
+        let mut iter = tokens.into_iter().peekable();
+        while let Some(t) = iter.next() {
+            match t {
+                TokenTree::Punct(p) if p.as_char() == '&' => return Some(p.span()),
+                TokenTree::Punct(p) if p.as_char() == '\'' => {
+                    if matches!(iter.peek(), Some(TokenTree::Ident(i)) if i != "static") {
+                        return Some(p.span());
+                    }
+                }
+                TokenTree::Group(g) => {
+                    if let Some(span) = walk(g.stream()) {
+                        return Some(span);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+    walk(ty.to_token_stream())
+}
+
+/// Whether the signature mentions `Self`: then the function is in an impl. (Not the body: it may
+/// hold an impl of its own.)
+fn mentions_self(func: &ItemFn) -> bool {
+    let mut names = HashSet::new();
+    mentioned(func.sig.to_token_stream(), &mut names);
+    names.contains("Self")
 }
 
 fn last_ident(ty: &Type) -> Option<String> {
@@ -298,24 +340,48 @@ fn validate(args: &Args, func: &ItemFn, errors: &mut Errors) -> Option<Plan> {
             "`#[cached]` cannot store an `impl Trait` return type: name the type",
         ));
     }
-    let cache_none = args.cache_none.as_ref().is_some_and(|b| b.value);
-    let (policy, value_ty) = match last_ident(&ret).as_deref() {
-        Some("Result") => (Policy::OkOnly, first_type_arg(&ret).unwrap_or(&ret).clone()),
-        Some("Option") if !cache_none => (
-            Policy::SomeOnly,
-            first_type_arg(&ret).unwrap_or(&ret).clone(),
-        ),
-        Some("Option") => (Policy::Plain, ret.clone()),
-        _ => (Policy::Plain, ret.clone()),
-    };
-    if let Some(b) = &args.cache_none {
-        if last_ident(&ret).as_deref() != Some("Option") {
+    if let Some(span) = borrow_in(&ret) {
+        errors.push(syn::Error::new(
+            span,
+            "`#[cached]` cannot return a borrowed value: a cached value is decoded from the cache and owns its data; return an owned type (`String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`, no lifetime parameters)",
+        ));
+    }
+    // The policy is decided by the type system (aliases of `Result` and `Option` included);
+    // `returns` and `cache_none` choose it explicitly, checked on the type. The spelling only
+    // places the "cannot be cached" error on `T` of `Result<T, E>` rather than on the whole type.
+    let cache_none = args.cache_none.as_ref().filter(|b| b.value);
+    let returns = args
+        .returns
+        .as_ref()
+        .map(|(lit, returns)| (lit.span(), *returns));
+    let policy = match (returns, cache_none) {
+        (Some((_, returns @ (Returns::Result | Returns::Value))), Some(b)) => {
+            let name = if returns == Returns::Result {
+                "result"
+            } else {
+                "value"
+            };
             errors.push(syn::Error::new_spanned(
                 b,
-                "`cache_none` applies to functions returning `Option<T>`",
+                format!("`cache_none` applies to functions returning an `Option`, not with `returns = \"{name}\"`"),
             ));
+            Policy::Value
         }
-    }
+        (Some((span, Returns::Option)), Some(_)) => Policy::OptionWithNone(span),
+        (None, Some(b)) => Policy::OptionWithNone(b.span()),
+        (Some((span, Returns::Result)), None) => Policy::Result(span),
+        (Some((span, Returns::Option)), None) => Policy::Option(span),
+        (Some((_, Returns::Value)), None) => Policy::Value,
+        (None, None) => Policy::ByType,
+    };
+    let spelled = last_ident(&ret);
+    let value_ty = match (&policy, spelled.as_deref()) {
+        (Policy::ByType | Policy::Result(_), Some("Result"))
+        | (Policy::ByType | Policy::Option(_), Some("Option")) => {
+            first_type_arg(&ret).unwrap_or(&ret).clone()
+        }
+        _ => ret.clone(),
+    };
 
     Some(Plan {
         args: plan_args,
@@ -537,10 +603,25 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
     let expire = args.expire.as_ref().map(|expr| {
         quote_spanned!(expr.span()=> <::impcache::Expire as ::core::convert::From<_>>::from(#expr))
     });
+    // The policy is chosen by method lookup on `&Returns<R>` (autoref specialization: see
+    // `impcache::__private::Returns`), so that aliases are seen through.
+    // Only the method name carries the option's span (where a contradiction is reported): the
+    // rest is the macro's, so that no lint fires on the user's tokens.
+    let classify = |method: &str, span: Span| {
+        let method = Ident::new(method, span);
+        quote! {{
+            use ::impcache::__private::{
+                ReturnsMismatch as _, ReturnsOption as _, ReturnsResult as _, ReturnsValue as _,
+            };
+            (&::impcache::__private::Returns::<#ret>::new()).#method()
+        }}
+    };
     let policy = match plan.policy {
-        Policy::Plain => quote!(::impcache::__private::Plain),
-        Policy::OkOnly => quote!(::impcache::__private::OkOnly),
-        Policy::SomeOnly => quote!(::impcache::__private::SomeOnly),
+        Policy::ByType => classify("policy", Span::call_site()),
+        Policy::Result(span) => classify("result_policy", span),
+        Policy::Option(span) => classify("option_policy", span),
+        Policy::OptionWithNone(span) => classify("option_with_none_policy", span),
+        Policy::Value => quote!(::impcache::__private::Plain),
     };
     // The bounds of `memoize` (the stored type is `Serialize + DeserializeOwned`) are reported on
     // the stored type: `T` of `Result<T, E>`, the whole type otherwise.
@@ -570,8 +651,35 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
         })
     });
     let receiver_comma = receiver.map(|r| quote!(#r,));
+    let body = &block.stmts;
 
     let uncached = format_ident!("{}_uncached", ident);
+    // In a trait impl the companions are not members of the trait (E0407, which says nothing
+    // of `#[cached]`). A method (a receiver or a mention of `Self`) checks that its
+    // `{name}_uncached` companion is inherent: if it is not, `Self::{name}_uncached` falls back
+    // to a local trait whose bound fails with a message that says what to do. Skipped where the
+    // path would need type arguments (type or const parameters, `impl Trait` arguments).
+    let simple_generics = sig
+        .generics
+        .params
+        .iter()
+        .all(|p| matches!(p, GenericParam::Lifetime(_)))
+        && !plan.args.iter().any(|a| contains_impl_trait(&a.ty));
+    let trait_impl_check = ((plan.has_receiver || mentions_self(func)) && simple_generics).then(|| {
+        quote! {
+            #[allow(dead_code, non_camel_case_types)]
+            trait __impcache_not_in_trait_impl {
+                fn #uncached()
+                where
+                    Self: ::impcache::__private::NotInTraitImpl,
+                {
+                }
+            }
+            impl<__ImpcacheT: ?::core::marker::Sized> __impcache_not_in_trait_impl for __ImpcacheT {}
+            #[allow(deprecated)]
+            let _ = Self::#uncached;
+        }
+    });
     let invalidate = format_ident!("{}_invalidate", ident);
     let wrapper_doc = format!(
         " Cached with `#[cached]`: `{uncached}` runs the body without the cache, `{invalidate}` removes the entry of one call."
@@ -618,12 +726,15 @@ fn generate(args: &Args, func: &ItemFn, plan: &Plan) -> TokenStream {
         #[doc = ""]
         #[doc = #wrapper_doc]
         #vis #unsafety async #abi fn #ident #generics (#receiver_comma #(#wrapper_inputs),*) #output #where_clause {
+            #trait_impl_check
             #key_block
             #cache_binding
             #version_static
+            // The body's statements, not its block: `{ { expr } }` would make rustc's
+            // `unused_braces` lint fire on the user's braces.
             let __impcache_body = ::impcache::__private::body::<#ret, _, _>(move || async move {
                 #(#restore)*
-                #block
+                #(#body)*
             });
             ::impcache::__private::memoize(
                 #cache_opt,

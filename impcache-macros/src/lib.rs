@@ -11,7 +11,8 @@ mod expand;
 use proc_macro::TokenStream;
 
 /// Memoizes an `async fn` in an impcache [`Cache`]: a hit costs one `GET` and one JSON decode; a
-/// miss runs the body once per key per process and stores its value with `SET NX` and an expiry.
+/// miss runs the body once per key per process, answers, and stores its value with `SET NX` and an
+/// expiry in the background.
 ///
 /// ```
 /// use impcache::{cached, Cache, MemoryCacheRepository};
@@ -46,7 +47,8 @@ use proc_macro::TokenStream;
 /// | `key = "user:{id}"` | the whole key part, a template over argument names; only the named arguments are part of the key |
 /// | `skip(db, client)` | arguments left out of the default key |
 /// | `name = "users::get"` | replaces the `{module_path}::{fn_name}` part of the default key |
-/// | `cache_none = true` | with `Option<T>`: cache `None` as well |
+/// | `cache_none = true` | with `Option<T>` (or an alias of it): cache `None` as well |
+/// | `returns = "result"` / `"option"` / `"value"` | overrides the classification of the return type below: `"result"` caches `Ok`'s value and `"option"` `Some`'s (a compile error if the type is not one, through aliases), `"value"` caches the whole value whatever its type (`Err` and `None` included, which then need serde) |
 ///
 /// # Key layout
 /// The full key is the cache's `{key_prefix}:{version}:{key}`, where `{key}` is:
@@ -58,17 +60,24 @@ use proc_macro::TokenStream;
 /// - with `key = "user:{id}"`: the template with each `{arg}` as compact JSON, except that strings
 ///   are written without quotes (`user:42`, `user:alice`).
 ///
+/// Distinct argument values get distinct keys: `Some(None)` is `Some(null)` (`None` is `null`),
+/// NaN and ±∞ are `NaN`, `Infinity`, `-Infinity`, and a template placeholder whose value could
+/// run into what follows it (`{a}:{b}` with `a = "x:y"`) is written as a JSON string
+/// (`"x:y":z`); other values keep `serde_json`'s text. See the README's key layout.
+///
 /// So `cache.delete_pattern("myapp::users::get_user:*")` drops every entry of a function.
 ///
 /// # What is cached
+/// The return type is classified by the type system, not by its spelling, so aliases count:
 /// | return type | stored | not stored |
 /// |---|---|---|
-/// | `Result<T, E>` (any path ending in `Result`: `io::Result<T>`, `anyhow::Result<T>`) | `T` of `Ok(T)` | `Err(E)`; `E` needs no serde |
-/// | `Option<T>` | `T` of `Some(T)` | `None` (unless `cache_none = true`) |
-/// | anything else | the value | |
+/// | `Result<T, E>` or an alias of it (`io::Result<T>`, `anyhow::Result<T>`, `type AppResult<T> = Result<T, AppError>`) | `T` of `Ok(T)` | `Err(E)`; `E` needs no serde |
+/// | `Option<T>` or an alias of it | `T` of `Some(T)` | `None` (unless `cache_none = true`) |
+/// | anything else, including a generic parameter `T` (even one instantiated as a `Result`) | the value | |
 ///
-/// Stored types must be `Serialize + DeserializeOwned`, key arguments `Serialize` (`&str`, `&T`
-/// work).
+/// `returns = "..."` overrides this. Stored types must be `Serialize + DeserializeOwned` and own
+/// their data (a borrowed return type such as `&str` is a compile error: return `String`); key
+/// arguments must be `Serialize` (`&str`, `&T` work).
 ///
 /// # Behaviour
 /// - **One execution per key per process**: concurrent callers with the same key wait for the
@@ -86,8 +95,10 @@ use proc_macro::TokenStream;
 ///   key arguments (and any argument the `cache` expression names); removes that call's entry.
 ///
 /// Works on free functions, methods (`&self`) and generic functions, keeping visibility,
-/// attributes, docs, generics and where clauses. Not for trait impls (the companions are extra
-/// items). Generic functions whose instantiations share a key share entries: a value of another
+/// attributes, docs, generics and where clauses. Not in a trait impl (`impl Trait for T`): the
+/// companions are not members of the trait. A method there gets a compile error saying so; put
+/// the cached function in an inherent impl or make it a free function, and call it from the
+/// trait impl's method. Generic functions whose instantiations share a key share entries: a value of another
 /// type fails to decode and is recomputed, so give them distinguishing key arguments or `name`s.
 /// The body is compiled twice (the function and `name_uncached`).
 ///

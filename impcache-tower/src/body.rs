@@ -3,11 +3,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::service::Unfinished;
 
 /// The error of a [`ResponseBody`]: the inner body's error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -16,7 +18,8 @@ pin_project! {
     /// The body of a response that went through [`CacheLayer`](crate::CacheLayer): a stored or
     /// buffered body, the handler's body untouched (uncacheable responses stream through), or the
     /// chunks read while deciding followed by the rest of the handler's body (a response larger
-    /// than the size limit).
+    /// than the size limit, or a cacheable one still arriving, streamed to the client while a
+    /// copy is kept for the cache).
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -31,8 +34,129 @@ pin_project! {
         Replay {
             frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
             rest: Option<Pin<Box<B>>>,
+            // The copy of a cacheable body, kept while it is being streamed (boxed: every
+            // response, hits too, moves a `ResponseBody` around).
+            copy: Option<Box<StreamCopy>>,
         },
     }
+}
+
+/// The copy of a streamed body kept for the cache, up to the size limit. Completed, it is
+/// stored; given up (too large, trailers, a body error), the flight's waiters call the handler
+/// themselves; dropped unfinished (the client went away mid-body), nothing is stored and the
+/// flight is abandoned (its waiters elect a new leader).
+pub(crate) struct StreamCopy {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    unfinished: Unfinished,
+}
+
+impl StreamCopy {
+    /// A copy holding `chunks` (the data read so far, `size` bytes, within `limit`).
+    pub(crate) fn new(
+        chunks: Vec<Bytes>,
+        size: usize,
+        limit: usize,
+        unfinished: Unfinished,
+    ) -> Self {
+        StreamCopy {
+            chunks,
+            size,
+            limit,
+            unfinished,
+        }
+    }
+
+    /// Follows one frame polled from the body (`None`: the end); `ended` when the body has
+    /// ended with it. Returns the copy when it is still being kept.
+    fn follow(
+        mut self: Box<Self>,
+        polled: Option<&Result<Frame<Bytes>, BoxError>>,
+        ended: bool,
+    ) -> Option<Box<Self>> {
+        match polled {
+            Some(Ok(frame)) => match frame.data_ref() {
+                Some(data) => {
+                    self.size = self.size.saturating_add(data.len());
+                    if self.size > self.limit {
+                        // Too large: the rest streams through, unstored, and is not held.
+                        self.unfinished.give_up();
+                        return None;
+                    }
+                    self.chunks.push(data.clone());
+                }
+                // Trailers: never stored.
+                None => {
+                    self.unfinished.give_up();
+                    return None;
+                }
+            },
+            Some(Err(_)) => {
+                self.unfinished.give_up();
+                return None;
+            }
+            None => {}
+        }
+        if ended {
+            let (_, storing) = self.unfinished.finish(concat(self.chunks, self.size));
+            if storing.is_some() {
+                // Its waiters got it; nothing outside a tokio runtime can run the store.
+                tracing::debug!("impcache-tower: no tokio runtime, streamed response not stored");
+            }
+            return None;
+        }
+        Some(self)
+    }
+}
+
+/// `chunks` (of `size` bytes in all) as one `Bytes`, copied only when there are several.
+pub(crate) fn concat(chunks: Vec<Bytes>, size: usize) -> Bytes {
+    let mut chunks = chunks.into_iter();
+    match (chunks.next(), chunks.next()) {
+        (None, _) => Bytes::new(),
+        (Some(only), None) => only,
+        (Some(first), Some(second)) => {
+            let mut all = BytesMut::with_capacity(size);
+            all.extend_from_slice(&first);
+            all.extend_from_slice(&second);
+            for chunk in chunks {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
+        }
+    }
+}
+
+/// Polls a replayed body: the frames already read, then the rest of the body, followed by its
+/// copy (when one is kept).
+fn poll_replay<B>(
+    frames: &mut VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: &mut Option<Pin<Box<B>>>,
+    copy: &mut Option<Box<StreamCopy>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if let Some(frame) = frames.pop_front() {
+        return Poll::Ready(Some(frame));
+    }
+    let Some(body) = rest else {
+        return Poll::Ready(None);
+    };
+    let polled = ready!(body.as_mut().poll_frame(cx)).map(|f| f.map_err(Into::into));
+    // The end: `None`, or a frame after which the body says it has ended (a client may then stop
+    // polling before `None`).
+    let ended = polled.is_none() || body.is_end_stream();
+    if ended {
+        *rest = None;
+    }
+    if let Some(kept) = copy.take() {
+        *copy = kept.follow(polled.as_ref(), ended);
+    }
+    Poll::Ready(polled)
 }
 
 impl<B> fmt::Debug for ResponseBody<B> {
@@ -75,7 +199,27 @@ impl<B> ResponseBody<B> {
         rest: Option<Pin<Box<B>>>,
     ) -> Self {
         ResponseBody {
-            kind: Kind::Replay { frames, rest },
+            kind: Kind::Replay {
+                frames,
+                rest,
+                copy: None,
+            },
+        }
+    }
+
+    /// Frames already read (and copied into `copy`), then the rest of `rest`, streamed to the
+    /// client while `copy` keeps it for the cache.
+    pub(crate) fn streaming(
+        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+        rest: Pin<Box<B>>,
+        copy: StreamCopy,
+    ) -> Self {
+        ResponseBody {
+            kind: Kind::Replay {
+                frames,
+                rest: Some(rest),
+                copy: Some(Box::new(copy)),
+            },
         }
     }
 }
@@ -95,21 +239,7 @@ where
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
-            KindProj::Replay { frames, rest } => {
-                if let Some(frame) = frames.pop_front() {
-                    return Poll::Ready(Some(frame));
-                }
-                match rest {
-                    None => Poll::Ready(None),
-                    Some(body) => {
-                        let polled = body.as_mut().poll_frame(cx).map_err(Into::into);
-                        if let Poll::Ready(None) = polled {
-                            *rest = None;
-                        }
-                        polled
-                    }
-                }
-            }
+            KindProj::Replay { frames, rest, copy } => poll_replay(frames, rest, copy, cx),
         }
     }
 
@@ -117,7 +247,7 @@ where
         match &self.kind {
             Kind::Full { data } => data.is_none(),
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Replay { frames, rest } => {
+            Kind::Replay { frames, rest, .. } => {
                 frames.is_empty() && rest.as_ref().is_none_or(|b| b.is_end_stream())
             }
         }
@@ -129,7 +259,7 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Inner { body } => body.size_hint(),
-            Kind::Replay { frames, rest } => {
+            Kind::Replay { frames, rest, .. } => {
                 let buffered: u64 = frames
                     .iter()
                     .filter_map(|f| f.as_ref().ok())

@@ -17,7 +17,9 @@
 //!   neither add a `:` segment nor act as a wildcard in a purge pattern, and the encoding is
 //!   one-to-one (no two requests share a key by accident).
 //! - `query` is `-` without a query, else the first 128 bits of the SHA-256 of the query with its
-//!   `&`-separated parameters sorted (so `?b=2&a=1` and `?a=1&b=2` share an entry), in hex.
+//!   `&`-separated parameters sorted by name, stably (so `?b=2&a=1` and `?a=1&b=2` share an
+//!   entry, while `?x=1&x=2` and `?x=2&x=1` do not: the values of a repeated name keep their
+//!   order), in hex. Names and values are compared as written (not percent-decoded).
 //! - `vary-hash` is the SHA-256 (128 bits, hex) of the request's values of the headers that the
 //!   response's `Vary` names (and of `Authorization`/`Cookie` when authenticated requests are cached).
 //!
@@ -152,7 +154,15 @@ fn push_hex128(out: &mut String, digest: &[u8]) {
     }
 }
 
-/// The query segment: `-` without a query, else the hash of its sorted parameters.
+/// The first input of every query hash: names the layout (parameters sorted by name, stably).
+const QUERY_HASH_TAG: &[u8] = b"impcache-tower query 2\n";
+
+/// The name of a `name=value` query parameter (all of it without `=`), as written.
+fn param_name(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(name, _)| name)
+}
+
+/// The query segment: `-` without a query, else the hash of its parameters sorted by name.
 fn push_query_segment(out: &mut String, query: Option<&str>) {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         out.push('-');
@@ -163,8 +173,14 @@ fn push_query_segment(out: &mut String, query: Option<&str>) {
         out.push('-');
         return;
     }
-    params.sort_unstable();
+    // By name only, and stably: the values of a repeated name keep their order (`?x=1&x=2` and
+    // `?x=2&x=1` are different resources to most frameworks), while distinct names may come in
+    // any order.
+    params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
     let mut hasher = Sha256::new();
+    // A tag of this layout: keys of the earlier one (whole `name=value` pairs sorted, which put
+    // the values of a repeated name in order) never match, so none of its entries is served.
+    hasher.update(QUERY_HASH_TAG);
     for param in params {
         hasher.update(param.as_bytes());
         hasher.update(b"&");
@@ -405,6 +421,92 @@ mod tests {
         let segment = hashed.split(':').nth(3);
         assert_eq!(segment.map(str::len), Some(32));
         assert!(segment.is_some_and(|s| s.bytes().all(|b| b.is_ascii_hexdigit())));
+    }
+
+    /// Issue 12 item 1: `?x=2&x=1` was served the entry of `?x=1&x=2` (whole pairs were sorted).
+    #[test]
+    fn the_values_of_a_repeated_name_keep_their_order() {
+        let q = |query: &str| url(Some("h"), "/a", Some(query));
+        assert_ne!(q("x=1&x=2"), q("x=2&x=1"));
+        assert_ne!(q("x=1&y=0&x=2"), q("x=2&y=0&x=1"));
+        // Distinct names still sort, and a repeated name's values move with it as a group.
+        assert_eq!(q("a=1&b=2"), q("b=2&a=1"));
+        assert_eq!(q("x=1&y=0&x=2"), q("y=0&x=1&x=2"));
+        assert_eq!(q("x=1&y=0&x=2"), q("x=1&x=2&y=0"));
+        // Names are compared whole: `a` sorts before `a-b` (a pair sort put `a-b=2` first).
+        assert_eq!(q("a-b=2&a=1"), q("a=1&a-b=2"));
+        // A name without `=` is a name; `x` and `x=` are different parameters.
+        assert_eq!(q("flag&a=1"), q("a=1&flag"));
+        assert_ne!(q("x"), q("x="));
+        // Empty parameters are ignored, as before.
+        assert_eq!(q("a=1&&b=2&"), q("b=2&a=1"));
+    }
+
+    /// The key layout changed with item 1: a query hash of the earlier layout (pairs sorted
+    /// whole, no tag) is never produced, so no entry stored by an earlier version is served.
+    #[test]
+    fn query_hashes_of_the_earlier_layout_are_never_produced() {
+        let earlier = |params: &[&str]| {
+            let mut hasher = Sha256::new();
+            for param in params {
+                hasher.update(param.as_bytes());
+                hasher.update(b"&");
+            }
+            let mut out = String::new();
+            push_hex128(&mut out, &hasher.finalize());
+            out
+        };
+        assert_ne!(query_segment(Some("a=1&b=2")), earlier(&["a=1", "b=2"]));
+        assert_ne!(query_segment(Some("x=1&x=2")), earlier(&["x=1", "x=2"]));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Parameters with distinct names (`n0`, `n1`, …) and arbitrary values.
+        fn distinct_params() -> impl Strategy<Value = Vec<String>> {
+            prop::collection::vec("[a-z0-9%=._~-]{0,6}", 1..8).prop_map(|values| {
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, value)| format!("n{i}={value}"))
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn permuting_distinct_names_never_changes_the_key(
+                (params, shuffled) in distinct_params()
+                    .prop_flat_map(|p| (Just(p.clone()), Just(p).prop_shuffle()))
+            ) {
+                prop_assert_eq!(
+                    query_segment(Some(&params.join("&"))),
+                    query_segment(Some(&shuffled.join("&")))
+                );
+            }
+
+            #[test]
+            fn swapping_two_values_of_a_repeated_name_always_changes_the_key(
+                others in distinct_params(),
+                name in "[a-z]{1,4}",
+                first in "[a-z0-9]{0,4}",
+                second in "[a-z0-9]{0,4}",
+                at in any::<prop::sample::Index>(),
+            ) {
+                prop_assume!(first != second);
+                let with = |a: &str, b: &str| {
+                    let mut params = others.clone();
+                    // The repeated name's two occurrences, around a parameter of another name.
+                    let i = at.index(params.len() + 1);
+                    params.insert(i, format!("{name}={b}"));
+                    params.insert(0, format!("{name}={a}"));
+                    query_segment(Some(&params.join("&")))
+                };
+                prop_assert_ne!(with(&first, &second), with(&second, &first));
+            }
+        }
     }
 
     /// The encoding as first written (lowercase the whole host, then escape byte by byte).

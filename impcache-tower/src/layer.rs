@@ -61,6 +61,7 @@ pub(crate) struct Config {
     pub(crate) coalesce: bool,
     pub(crate) lock_timeout: Duration,
     pub(crate) key_by_host: bool,
+    pub(crate) invalidate_on_unsafe_methods: bool,
     /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
     /// were changed after cloning). Inside the config so that a request clones one `Arc`.
     pub(crate) flights: Arc<Flights>,
@@ -112,6 +113,10 @@ impl fmt::Debug for Config {
             .field("coalesce", &self.coalesce)
             .field("lock_timeout", &self.lock_timeout)
             .field("key_by_host", &self.key_by_host)
+            .field(
+                "invalidate_on_unsafe_methods",
+                &self.invalidate_on_unsafe_methods,
+            )
             .finish()
     }
 }
@@ -146,6 +151,7 @@ impl CacheLayer {
                 coalesce: true,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
                 key_by_host: true,
+                invalidate_on_unsafe_methods: true,
                 flights: Arc::new(Flights::default()),
             }),
         }
@@ -220,13 +226,14 @@ impl CacheLayer {
     }
 
     /// Whether concurrent misses of one key in this process wait for a single handler call
-    /// (default `true`).
+    /// (default `true`). It also makes a response delivered in this process a hit for the next
+    /// request, even while its store is still on its way to the cache.
     pub fn coalesce(self, coalesce: bool) -> Self {
         self.with(|c| c.coalesce = coalesce)
     }
 
-    /// How long a coalesced request waits for the first one's handler call before calling the
-    /// handler itself (default 10 s).
+    /// How long a coalesced request waits for the first one's handler call (and its body, when
+    /// it streams) before calling the handler itself (default 10 s).
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.lock_timeout = timeout)
     }
@@ -235,6 +242,31 @@ impl CacheLayer {
     /// answers several host names with the same content.
     pub fn key_by_host(self, key_by_host: bool) -> Self {
         self.with(|c| c.key_by_host = key_by_host)
+    }
+
+    /// Whether a successful (2xx or 3xx) response to an unsafe request (`POST`, `PUT`, `PATCH`,
+    /// `DELETE`: any method but `GET`, `HEAD`, `OPTIONS`, `TRACE`, and not one listed in
+    /// [`methods`](Self::methods)) removes the stored responses of its URL, as RFC 9111 §4.4
+    /// asks (default `true`). Removed: every method and `Vary` variant of the request's URL (as
+    /// [`purge_url`](Self::purge_url) does), and of the URLs the response's `Location` and
+    /// `Content-Location` name when they are on the same host (resolved against the request's
+    /// URL). An error status removes nothing.
+    ///
+    /// The removal finishes before the response is sent, so the client that made the change reads
+    /// it back on its next request (a GET whose handler call started before the change may still
+    /// store the older response it got). With the cache down or slow it adds at most one
+    /// repository deadline and fails open: the failure is logged (`tracing` warning) and the
+    /// response goes out.
+    ///
+    /// Cost: the URLs' records are read, and those holding their entry (no `Vary`) removed with
+    /// one `DEL`: two round trips. A URL whose responses vary (or, with
+    /// [`allow_authenticated`](Self::allow_authenticated), may have credentialed variants) is
+    /// removed as [`purge_url`](Self::purge_url) does, with a `delete_pattern` sweep: on Redis a
+    /// `SCAN` of the whole keyspace, 1,000 keys per round trip, so its time grows with everything
+    /// the Redis database holds (see the README for figures). For such URLs on a large Redis, turn
+    /// this off and purge what a change affects.
+    pub fn invalidate_on_unsafe_methods(self, invalidate: bool) -> Self {
+        self.with(|c| c.invalidate_on_unsafe_methods = invalidate)
     }
 
     /// The first segment of every key this layer writes (default `"http"`), inside the cache's
@@ -289,7 +321,7 @@ impl CacheLayer {
     /// as in the request line (`/users/1?tab=a`, percent-encoded as sent), on `host` or on any
     /// host when `None`. Returns the number of keys removed.
     ///
-    /// The query is matched after sorting its parameters, as keys are.
+    /// The query is matched after sorting its parameters by name, as keys are.
     pub async fn purge_url(
         &self,
         host: Option<&str>,

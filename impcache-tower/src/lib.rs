@@ -30,13 +30,15 @@
 //! |---|---|
 //! | **Stored** | GET responses with status 200 ([`methods`](CacheLayer::methods), [`statuses`](CacheLayer::statuses)), bodies up to 1 MiB ([`max_body_size`](CacheLayer::max_body_size)) |
 //! | **HEAD** | answered from the GET entry without a body; a HEAD response is never stored |
-//! | **Never stored** | `Set-Cookie`; `Cache-Control: no-store`, `private`, `no-cache`; `Vary: *`; 206 or `Content-Range`; larger bodies (streamed through, never buffered past the limit); trailers |
+//! | **Never stored** | `Set-Cookie`; `Cache-Control: no-store`, `private`, `no-cache`; `Vary: *`; 206 or `Content-Range`; larger bodies (streamed through, never copied past the limit); trailers; a body that fails or whose client disconnects before its end |
+//! | **Streaming** | a body still arriving when the handler returns streams to the client chunk by chunk while a copy is kept, stored once complete (`Cache-Status: impcache; fwd=uri-miss; detail=streamed`; its computed `ETag` is on the stored entry); a body that is all there is stored before the response leaves |
 //! | **Bypassed** | requests with `Authorization` or `Cookie` (unless [`allow_authenticated`](CacheLayer::allow_authenticated), which then keys by them), `Range` requests, methods not stored |
-//! | **Key** | method, host, path, query with sorted parameters, and the request's values of the headers the response's `Vary` names (learned per URL); see [`key`] |
+//! | **Key** | method, host, path, query with its parameters sorted by name (the values of a repeated name keep their order: `?x=1&x=2` and `?x=2&x=1` are two entries), and the request's values of the headers the response's `Vary` names (learned per URL); see [`key`] |
 //! | **TTL** | [`expire`](CacheLayer::expire) (default 60 s), lowered by the response's `s-maxage`, else `max-age`; capped by [`max_ttl`](CacheLayer::max_ttl) |
 //! | **Client `Cache-Control`** | ignored unless [`honor_request_cache_control`](CacheLayer::honor_request_cache_control) |
 //! | **Hits** | the stored status and headers, `Content-Length`, `Age` and `Cache-Status: impcache; hit; ttl=N` (RFC 9211; [`status_header`](CacheLayer::status_header) adds `x-cache: HIT`); a matching `If-None-Match` gets 304 (an `ETag` is computed when the response has none) |
-//! | **Concurrent misses** | one handler call per key per process; waiters get the stored response, never an uncacheable one |
+//! | **Unsafe methods** | a 2xx/3xx response to `POST`, `PUT`, `PATCH`, `DELETE` (any method but `GET`, `HEAD`, `OPTIONS`, `TRACE` that is not in [`methods`](CacheLayer::methods)) removes the stored responses of its URL, and of the same-host URLs in its `Location` and `Content-Location`, before it is sent (RFC 9111 §4.4; the client reads its own write); an error status removes nothing; with the cache down or slow it adds at most one repository deadline and fails open (logged). Two round trips for URLs without `Vary`; a URL with variants is swept as [`purge_url`](CacheLayer::purge_url) does (`SCAN`: grows with the Redis keyspace). Off with [`invalidate_on_unsafe_methods(false)`](CacheLayer::invalidate_on_unsafe_methods) |
+//! | **Concurrent misses** | one handler call per key per process, also across the background store: a delivered response is a hit for the next request (read your own writes, with [`coalesce`](CacheLayer::coalesce) on). Waiters get the stored response (a streamed one once complete), never an uncacheable one; a leader whose client disconnects or whose handler panics hands over to one new leader |
 //! | **Cache down or slow** | the handler answers; the lookup waits no longer than the repository's deadline, and stores happen in the background |
 //!
 //! ## Purging
@@ -58,6 +60,7 @@ mod body;
 mod entry;
 mod flight;
 mod future;
+mod invalidate;
 pub mod key;
 mod layer;
 mod numbers;

@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
-use http_body_util::BodyExt;
 use impcache::{Cache, Expire};
 use sha2::{Digest, Sha256};
 use tower::Service;
 
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{concat, BoxError, ResponseBody, StreamCopy};
 use crate::entry::{encode_marker, now_ms, Entry, Record};
-use crate::flight::{FlightGuard, Join, Published};
+use crate::flight::{FlightGuard, Join, Leader, Published, Ticket, Wait};
 use crate::future::ResponseFuture;
+use crate::invalidate;
 use crate::key;
 use crate::layer::{CacheLayer, Config, StatusHeader, CACHE_STATUS, X_CACHE};
 use crate::numbers;
@@ -276,7 +276,7 @@ async fn lookup_variant(
     }
 }
 
-/// A body read up to the size limit.
+/// A body read up to the size limit, as far as it is there without waiting.
 enum Buffered<B> {
     Complete(Bytes),
     /// Not storable: the frames read so far, then the rest of the body (if it has not ended).
@@ -285,8 +285,17 @@ enum Buffered<B> {
         rest: Option<Pin<Box<B>>>,
         reason: NotStored,
     },
+    /// Still arriving: the data frames read so far (`size` bytes), then the rest of the body.
+    Streaming {
+        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+        chunks: Vec<Bytes>,
+        size: usize,
+        rest: Pin<Box<B>>,
+    },
 }
 
+/// Reads the frames of `body` that are ready now, up to `limit` bytes: a body that is all there
+/// (the usual handler response) is complete, one still being produced is streamed.
 async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
 where
     B: Body<Data = Bytes>,
@@ -294,12 +303,23 @@ where
 {
     let mut body = Box::pin(body);
     let mut frames = VecDeque::new();
+    let mut chunks = Vec::new();
     let mut size = 0usize;
     let mut trailers = false;
     while !body.is_end_stream() {
-        match body.frame().await {
-            None => break,
-            Some(Err(error)) => {
+        // One poll: `Pending` means the rest is still being produced.
+        let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        match polled {
+            Poll::Pending => {
+                return Buffered::Streaming {
+                    frames,
+                    chunks,
+                    size,
+                    rest: body,
+                }
+            }
+            Poll::Ready(None) => break,
+            Poll::Ready(Some(Err(error))) => {
                 frames.push_back(Err(error.into()));
                 return Buffered::Partial {
                     frames,
@@ -307,9 +327,12 @@ where
                     reason: NotStored::BodyError,
                 };
             }
-            Some(Ok(frame)) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 match frame.data_ref() {
-                    Some(data) => size = size.saturating_add(data.len()),
+                    Some(data) => {
+                        size = size.saturating_add(data.len());
+                        chunks.push(data.clone());
+                    }
                     None => trailers = true,
                 }
                 frames.push_back(Ok(frame));
@@ -320,33 +343,20 @@ where
                         reason: NotStored::TooLarge,
                     };
                 }
+                if trailers {
+                    break;
+                }
             }
         }
     }
     if trailers {
         return Buffered::Partial {
             frames,
-            rest: None,
+            rest: Some(body),
             reason: NotStored::Trailers,
         };
     }
-    let mut data = frames
-        .into_iter()
-        .filter_map(|frame| frame.ok().and_then(|f| f.into_data().ok()));
-    let bytes = match (data.next(), data.next()) {
-        (None, _) => Bytes::new(),
-        (Some(only), None) => only,
-        (Some(first), Some(second)) => {
-            let mut all = BytesMut::with_capacity(size);
-            all.extend_from_slice(&first);
-            all.extend_from_slice(&second);
-            for chunk in data {
-                all.extend_from_slice(&chunk);
-            }
-            all.freeze()
-        }
-    };
-    Buffered::Complete(bytes)
+    Buffered::Complete(concat(chunks, size))
 }
 
 /// A strong ETag for a body: the first 128 bits of its SHA-256.
@@ -408,14 +418,15 @@ async fn store(cache: &Cache, record: &str, published: &Published) -> impcache::
     cache.set_raw(record, marker, expire).await
 }
 
-/// Stores in the background when a tokio runtime is there, so the response is not delayed by
-/// the write; the flight stays open until the write has finished.
-async fn store_then_release(
+/// Stores in the background, so the response is not delayed by the write; the flight stays open
+/// until the write has finished. Without a tokio runtime to run it on, the store is returned for
+/// the caller to await.
+fn store_in_background(
     cache: Cache,
     keys: key::UrlKeys,
     published: Arc<Published>,
     guard: Option<FlightGuard>,
-) {
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
         if let Err(error) = store(&cache, keys.record(), &published).await {
             tracing::debug!(%error, "impcache-tower: response not stored");
@@ -425,8 +436,73 @@ async fn store_then_release(
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
             handle.spawn(task);
+            None
         }
-        Err(_) => task.await,
+        Err(_) => Some(task),
+    }
+}
+
+/// A cacheable response whose body is not complete yet: everything needed to publish and store
+/// it. Dropped unfinished (the request or its body was dropped mid-way), it abandons the flight:
+/// the waiters look again and elect a new leader.
+pub(crate) struct Unfinished {
+    cache: Cache,
+    keys: key::UrlKeys,
+    may_store: bool,
+    compute_etag: bool,
+    status: StatusCode,
+    /// The headers to store (without the body's length and computed ETag).
+    headers: HeaderMap,
+    vary: Vec<HeaderName>,
+    variant_key: String,
+    ttl: Option<Duration>,
+    guard: Option<FlightGuard>,
+}
+
+impl Unfinished {
+    /// Publishes the response with its complete `body` to the waiters and stores it in the
+    /// background. Returns the ETag it computed, if any, and the store when there is no tokio
+    /// runtime to run it on.
+    pub(crate) fn finish(
+        self,
+        body: Bytes,
+    ) -> (Option<HeaderValue>, Option<impl Future<Output = ()> + Send>) {
+        let mut headers = self.headers;
+        // The length of the body as stored (a hit then serves it without formatting it).
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let etag =
+            (self.compute_etag && !headers.contains_key(header::ETAG)).then(|| strong_etag(&body));
+        if let Some(etag) = &etag {
+            headers.insert(header::ETAG, etag.clone());
+        }
+        let published = Arc::new(Published {
+            entry: Entry {
+                status: self.status,
+                headers,
+                body,
+                stored_at_ms: now_ms(),
+                ttl: self.ttl,
+            },
+            vary: self.vary,
+            variant_key: self.variant_key,
+        });
+        if let Some(guard) = &self.guard {
+            guard.publish(Arc::clone(&published));
+        }
+        let storing = if self.may_store {
+            store_in_background(self.cache, self.keys, published, self.guard)
+        } else {
+            None
+        };
+        (etag, storing)
+    }
+
+    /// The body turned out not storable (too large, trailers, an error): the waiters call the
+    /// handler themselves.
+    pub(crate) fn give_up(self) {
+        if let Some(guard) = self.guard {
+            guard.not_shared();
+        }
     }
 }
 
@@ -473,6 +549,8 @@ where
             method,
         );
 
+        // Taken before the lookup: see `flight` (read your own writes).
+        let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
         let mut fwd = "request";
         let mut may_store = true;
@@ -489,7 +567,7 @@ where
             }
         }
         Box::pin(forward(
-            &layer, inner, request, keys, head, refresh, fwd, may_store, detail,
+            &layer, inner, request, keys, ticket, head, refresh, fwd, may_store, detail,
         ))
         .await
     }
@@ -513,7 +591,13 @@ where
     } else {
         "bypass"
     };
+    let invalidation = invalidate::Pending::of(config, &request);
     let mut response = inner.call(request).await?.map(ResponseBody::inner);
+    if let Some(invalidation) = invalidation {
+        invalidation
+            .run(config, response.status(), response.headers())
+            .await;
+    }
     mark(
         &mut response,
         config.status_header,
@@ -532,6 +616,7 @@ async fn forward<S, ReqBody, ResBody>(
     mut inner: S,
     request: Request<ReqBody>,
     keys: key::UrlKeys,
+    ticket: Ticket,
     head: bool,
     refresh: bool,
     fwd: &'static str,
@@ -565,24 +650,26 @@ where
 
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
     //    which asked for a new response).
-    let guard = match (config.coalesce && !refresh).then(|| config.flights.join(url)) {
-        None => None,
-        Some(Join::Leader(guard)) => Some(guard),
-        Some(Join::Waiter(waiter)) => {
-            if let Some(published) = waiter.wait(config.lock_timeout).await {
-                let variant =
-                    key::variant_key(url, &published.vary, &headers, config.allow_authenticated);
-                if variant == published.variant_key {
-                    return Ok(serve(published.entry.clone(), &headers, false, config));
-                }
-            }
-            // Nothing shareable (uncacheable, another variant, the leader failed or is slow).
-            None
+    let guard = if config.coalesce && !refresh {
+        match coalesce(config, &keys, &headers, ticket).await {
+            Coalesced::Hit(entry) => return Ok(serve(entry, &headers, false, config)),
+            Coalesced::Lead(guard) => Some(guard),
+            Coalesced::Alone => None,
         }
+    } else {
+        None
     };
 
-    // 3. The handler.
-    let response = inner.call(request).await?;
+    // 3. The handler (an error is not shared: the waiters call the handler themselves).
+    let response = match inner.call(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            if let Some(guard) = guard {
+                guard.not_shared();
+            }
+            return Err(error);
+        }
+    };
     let (mut parts, body) = response.into_parts();
     let (expire, max_ttl) = config.ttls();
     let verdict = policy::storable(
@@ -611,65 +698,129 @@ where
         Ok(ttl) => ttl,
         Err(reason) => {
             // Waiters call the handler themselves: an uncacheable response is never shared.
-            drop(guard);
+            if let Some(guard) = guard {
+                guard.not_shared();
+            }
             let mut response = Response::from_parts(parts, ResponseBody::inner(body));
             mark(&mut response, config.status_header, not_stored(reason));
             return Ok(response);
         }
     };
 
-    // 4. Read the body, up to the limit; past it, stream everything to the client unstored.
-    let body = match buffer(body, config.max_body_size).await {
-        Buffered::Complete(body) => body,
+    // 4. Read the body as far as it is there, up to the limit: complete, it is stored (in the
+    //    background) and handed to the waiters before the response leaves; still arriving, it
+    //    streams to the client while a copy is kept, stored once complete; past the limit, it
+    //    streams through unstored.
+    let vary = policy::vary_names(&parts.headers).unwrap_or_default();
+    let variant_key = key::variant_key(url, &vary, &headers, config.allow_authenticated);
+    let unfinished = Unfinished {
+        cache: config.cache.clone(),
+        keys,
+        may_store,
+        compute_etag: config.compute_etag,
+        status: parts.status,
+        headers: policy::stored_headers(&parts.headers, &[X_CACHE, CACHE_STATUS]),
+        vary,
+        variant_key,
+        ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
+        guard,
+    };
+    let (body, stored, detail) = match buffer(body, config.max_body_size).await {
+        Buffered::Complete(body) => {
+            let (etag, storing) = unfinished.finish(body.clone());
+            if let Some(etag) = etag {
+                parts.headers.insert(header::ETAG, etag);
+            }
+            if let Some(storing) = storing {
+                storing.await;
+            }
+            (ResponseBody::full(body), may_store, detail)
+        }
         Buffered::Partial {
             frames,
             rest,
             reason,
         } => {
-            drop(guard);
-            let mut response = Response::from_parts(parts, ResponseBody::replay(frames, rest));
-            mark(&mut response, config.status_header, not_stored(reason));
-            return Ok(response);
+            unfinished.give_up();
+            let body = ResponseBody::replay(frames, rest);
+            (body, false, detail.or(Some(reason.detail())))
+        }
+        Buffered::Streaming {
+            frames,
+            chunks,
+            size,
+            rest,
+        } => {
+            let copy = StreamCopy::new(chunks, size, config.max_body_size, unfinished);
+            let body = ResponseBody::streaming(frames, rest, copy);
+            // Stored when (and if) the body completes.
+            (body, false, detail.or(Some("streamed")))
         }
     };
-
-    // 5. Store (in the background) and hand the entry to waiters.
-    let mut stored_headers = policy::stored_headers(&parts.headers, &[X_CACHE, CACHE_STATUS]);
-    // The length of the body as stored (a hit then serves it without formatting it).
-    stored_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if config.compute_etag && !stored_headers.contains_key(header::ETAG) {
-        let etag = strong_etag(&body);
-        stored_headers.insert(header::ETAG, etag.clone());
-        parts.headers.insert(header::ETAG, etag);
-    }
-    let vary = policy::vary_names(&parts.headers).unwrap_or_default();
-    let variant_key = key::variant_key(url, &vary, &headers, config.allow_authenticated);
-    let published = Arc::new(Published {
-        entry: Entry {
-            status: parts.status,
-            headers: stored_headers,
-            body: body.clone(),
-            stored_at_ms: now_ms(),
-            ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
-        },
-        vary,
-        variant_key,
-    });
-    if let Some(guard) = &guard {
-        guard.publish(Some(Arc::clone(&published)));
-    }
-    if may_store {
-        store_then_release(config.cache.clone(), keys, published, guard).await;
-    }
-    let mut response = Response::from_parts(parts, ResponseBody::full(body));
+    let mut response = Response::from_parts(parts, body);
     mark(
         &mut response,
         config.status_header,
         Outcome::Miss {
             fwd,
-            stored: may_store,
+            stored,
             detail,
         },
     );
     Ok(response)
+}
+
+/// Where a request that missed stands in its URL's flight.
+enum Coalesced {
+    /// Answered: by the leader's published response, or by the cache on a second look.
+    Hit(Entry),
+    /// This request calls the handler for everyone.
+    Lead(FlightGuard),
+    /// This request calls the handler for itself: the leader's response is not shareable, is
+    /// another variant, or is late.
+    Alone,
+}
+
+/// Joins the URL's flight (see [`crate::flight`]): leads it, or waits for its leader's answer.
+async fn coalesce(
+    config: &Config,
+    keys: &key::UrlKeys,
+    headers: &HeaderMap,
+    mut ticket: Ticket,
+) -> Coalesced {
+    let url = keys.url();
+    loop {
+        match config.flights.join(url, ticket) {
+            Join::Leader(Leader { guard, recheck }) => {
+                if recheck {
+                    // A flight of this URL ended during the lookup, which may have overtaken its
+                    // store: look again. (On a hit, dropping the guard sends this flight's
+                    // waiters to look again too.)
+                    if let Lookup::Hit(entry) = lookup(config, keys, headers).await {
+                        return Coalesced::Hit(entry);
+                    }
+                }
+                return Coalesced::Lead(guard);
+            }
+            Join::Waiter(waiter) => match waiter.wait(config.lock_timeout).await {
+                Wait::Published(published) => {
+                    let variant =
+                        key::variant_key(url, &published.vary, headers, config.allow_authenticated);
+                    if variant == published.variant_key {
+                        return Coalesced::Hit(published.entry.clone());
+                    }
+                    return Coalesced::Alone;
+                }
+                Wait::NotShared | Wait::TimedOut => return Coalesced::Alone,
+                Wait::Abandoned => {
+                    // The leader went away (cancelled, panicked): look again, then join again;
+                    // the first to join leads, the others wait for it.
+                    ticket = config.flights.ticket();
+                    if let Lookup::Hit(entry) = lookup(config, keys, headers).await {
+                        return Coalesced::Hit(entry);
+                    }
+                }
+            },
+        }
+    }
 }

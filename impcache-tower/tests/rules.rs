@@ -555,6 +555,40 @@ async fn query_parameters_are_sorted_into_the_key() {
     assert_eq!(calls.get(), 3);
 }
 
+/// Issue 12 item 1: `/a?x=2&x=1` was served the entry stored for `/a?x=1&x=2`, because the key
+/// sorted whole `name=value` pairs. A handler that reads the first value (as most frameworks
+/// do) answers the two differently.
+#[tokio::test]
+async fn defect_repeated_query_names_share_an_entry() {
+    let layer = layer();
+    let (svc, calls) = app(layer.clone(), |_, req| async move {
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let first_x = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("x="))
+            .unwrap_or("none")
+            .to_owned();
+        Response::new(Body::from(format!("x is {first_x}")))
+    });
+    assert_eq!(send(&svc, get("/a?x=1&x=2")).await.body, "x is 1");
+    wait_stored(&layer, "/a?x=1&x=2").await;
+    let swapped = send(&svc, get("/a?x=2&x=1")).await;
+    assert_eq!(
+        (swapped.outcome(), swapped.body.as_ref()),
+        ("MISS", &b"x is 2"[..]),
+        "another order of a repeated name's values is another resource"
+    );
+    wait_stored(&layer, "/a?x=2&x=1").await;
+    // Each is stored under its own key, and other names still sort around a repeated one.
+    assert_eq!(send(&svc, get("/a?x=2&x=1")).await.body, "x is 2");
+    let hit = send(&svc, get("/a?x=1&y=0&x=2")).await;
+    assert_eq!((hit.outcome(), hit.body.as_ref()), ("MISS", &b"x is 1"[..]));
+    wait_stored(&layer, "/a?x=1&y=0&x=2").await;
+    assert_eq!(send(&svc, get("/a?y=0&x=1&x=2")).await.outcome(), "HIT");
+    assert_eq!(send(&svc, get("/a?x=1&x=2&y=0")).await.outcome(), "HIT");
+    assert_eq!(calls.get(), 3);
+}
+
 #[tokio::test]
 async fn hosts_are_keyed_apart_unless_turned_off() {
     let (svc, calls) = counting(layer());

@@ -4,14 +4,28 @@
 //! serde_json writes NaN and infinite floats as `null`, silently changing the value; so does
 //! orjson. We refuse them instead: [`encode`] walks the value once more with [`FiniteFloats`], a
 //! serializer that writes nothing and fails on a non-finite float.
+//!
+//! Both directions accept what orjson writes and nothing it could not: values nested up to
+//! [`MAX_DEPTH`] levels (serde_json alone reads 127) and integers within 64 bits (orjson refuses
+//! wider ones; serde_json would write a `u128` that Python reads back as a float).
 
 use std::cell::RefCell;
+use std::io;
 
 use bytes::{Bytes, BytesMut};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::{self, Serialize};
+use serde_json::ser::{CompactFormatter, Formatter};
 
 use crate::error::{shown, Error, Result};
+
+/// The deepest nesting of arrays and objects a value may have, written or read: what orjson (the
+/// Python library's encoder) writes at most. Deeper values are refused with [`Error::Encode`] by
+/// `set` and [`Error::Decode`] by `get`, before any recursion goes that deep.
+pub(crate) const MAX_DEPTH: usize = 255;
+
+/// The deepest nesting serde_json reads with its own recursion limit on.
+const SERDE_JSON_DEPTH: usize = 127;
 
 /// Capacity of each thread's encoding buffer; one that grew past [`MAX_RETAINED_BYTES`] for a
 /// large value is replaced by a fresh one of this size, so no thread keeps megabytes for good.
@@ -24,24 +38,97 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH_BYTES));
 }
 
-/// serde_json's compact output, noting whether it wrote a `null`: serde_json writes a NaN or an
-/// infinity as `null`, so only then is the value walked again to look for one.
-struct NullNoting<'a> {
+/// serde_json's compact output, checked as it is written:
+/// - it notes whether it wrote a `null`: serde_json writes a NaN or an infinity as `null`, so only
+///   then is the value walked again to look for one;
+/// - it stops past [`MAX_DEPTH`] levels of nesting (also sparing the stack a runaway recursion);
+/// - it refuses integers beyond 64 bits (`u128`, `i128`), which orjson neither writes nor reads
+///   back as integers; such types holding a value within 64 bits are written as usual.
+struct Checking<'a> {
     wrote_null: &'a mut bool,
+    depth: usize,
+    /// Inside a string: a map key written from an integer is a string, of any size.
+    in_string: bool,
 }
 
-impl serde_json::ser::Formatter for NullNoting<'_> {
-    fn write_null<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+impl Checking<'_> {
+    fn enter(&mut self) -> io::Result<()> {
+        if self.depth == MAX_DEPTH {
+            return Err(io::Error::other(format!(
+                "the value is nested more than {MAX_DEPTH} levels deep (arrays and objects), \
+                 more than orjson writes and than a read accepts"
+            )));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn check_integer(&self, value: i128, shown: &dyn std::fmt::Display) -> io::Result<()> {
+        let within_64_bits = (i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(&value);
+        if within_64_bits || self.in_string {
+            return Ok(());
+        }
+        Err(io::Error::other(format!(
+            "the integer {shown} is beyond 64 bits, which JSON readers such as Python's orjson \
+             do not read back as an integer"
+        )))
+    }
+}
+
+impl Formatter for Checking<'_> {
+    fn write_null<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
         *self.wrote_null = true;
         writer.write_all(b"null")
+    }
+
+    fn write_i128<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: i128) -> io::Result<()> {
+        self.check_integer(value, &value)?;
+        CompactFormatter.write_i128(writer, value)
+    }
+
+    fn write_u128<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: u128) -> io::Result<()> {
+        self.check_integer(i128::try_from(value).unwrap_or(i128::MAX), &value)?;
+        CompactFormatter.write_u128(writer, value)
+    }
+
+    fn begin_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.enter()?;
+        writer.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        writer.write_all(b"]")
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.enter()?;
+        writer.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        writer.write_all(b"}")
+    }
+
+    fn begin_string<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.in_string = true;
+        writer.write_all(b"\"")
+    }
+
+    fn end_string<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.in_string = false;
+        writer.write_all(b"\"")
     }
 }
 
 /// Writes `value` as compact JSON into `out`; `Ok(true)` when a `null` was written.
 fn write_json<V: Serialize + ?Sized>(out: &mut Vec<u8>, value: &V) -> serde_json::Result<bool> {
     let mut wrote_null = false;
-    let formatter = NullNoting {
+    let formatter = Checking {
         wrote_null: &mut wrote_null,
+        depth: 0,
+        in_string: false,
     };
     value.serialize(&mut serde_json::Serializer::with_formatter(out, formatter))?;
     Ok(wrote_null)
@@ -113,7 +200,65 @@ fn check_finite<V: Serialize + ?Sized>(key: &str, value: &V) -> Result<()> {
 
 /// Decodes the JSON at `key`.
 pub(crate) fn decode<V: DeserializeOwned>(key: impl FnOnce() -> String, bytes: &[u8]) -> Result<V> {
-    serde_json::from_slice(bytes).map_err(|source| Error::Decode { key: key(), source })
+    from_slice(bytes).map_err(|source| Error::Decode { key: key(), source })
+}
+
+/// `serde_json::from_slice`, for values nested up to [`MAX_DEPTH`] levels.
+///
+/// serde_json stops at 127 levels, its guard against a stack overflow. Only when it fails is the
+/// depth measured: a value no deeper than [`MAX_DEPTH`] is read again without serde_json's limit
+/// (the depth, not the limit, then bounds the recursion); a deeper one is refused.
+pub(crate) fn from_slice<V: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<V> {
+    let error = match serde_json::from_slice(bytes) {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
+    match nesting_depth(bytes) {
+        depth if depth <= SERDE_JSON_DEPTH => Err(error),
+        depth if depth <= MAX_DEPTH => {
+            let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+            deserializer.disable_recursion_limit();
+            let value = V::deserialize(&mut deserializer)?;
+            deserializer.end()?;
+            Ok(value)
+        }
+        _ => Err(serde_json::Error::custom(format!(
+            "the value is nested more than {MAX_DEPTH} levels deep (arrays and objects), \
+             more than orjson writes and than this library reads"
+        ))),
+    }
+}
+
+/// The deepest nesting of arrays and objects in `json` (brackets inside strings do not count),
+/// or `MAX_DEPTH + 1` as soon as it is beyond [`MAX_DEPTH`]. Malformed JSON gives some number:
+/// the parser reports what is wrong with it.
+fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > MAX_DEPTH {
+                    break;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[derive(Debug)]
@@ -348,6 +493,101 @@ mod tests {
         let retained = SCRATCH.with(|s| s.borrow().capacity());
         assert!(retained <= MAX_RETAINED_BYTES, "{retained}");
         assert_eq!(encode("k", &1).ok().as_deref(), Some(&b"1"[..]));
+    }
+
+    /// `depth` levels of arrays and objects, alternating, around a number.
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut value = serde_json::json!(1);
+        for level in 0..depth {
+            value = if level % 2 == 0 {
+                serde_json::json!([value])
+            } else {
+                serde_json::json!({ "k": value })
+            };
+        }
+        value
+    }
+
+    #[test]
+    fn values_nested_as_deep_as_orjson_writes_them_round_trip() {
+        for depth in [SERDE_JSON_DEPTH, SERDE_JSON_DEPTH + 1, 200, MAX_DEPTH] {
+            let value = nested(depth);
+            let bytes = encode("k", &value).unwrap();
+            assert_eq!(nesting_depth(&bytes), depth);
+            let back: serde_json::Value = decode(|| "k".to_owned(), &bytes).unwrap();
+            assert_eq!(back, value, "depth {depth}");
+        }
+    }
+
+    /// Measured in a debug build: 255 levels need less than 512 KiB (not 256 KiB). A tokio worker
+    /// thread has 2 MiB.
+    #[test]
+    fn values_at_the_limit_fit_in_half_a_tokio_worker_stack() {
+        let round_trip = std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(|| {
+                let raw = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+                let value: serde_json::Value = decode(|| "k".to_owned(), raw.as_bytes()).unwrap();
+                encode("k", &value).unwrap() == raw.as_bytes()
+            })
+            .unwrap()
+            .join();
+        assert!(matches!(round_trip, Ok(true)));
+    }
+
+    #[test]
+    fn deeper_values_are_refused_both_ways() {
+        let error = encode("k1", &nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(matches!(error, Error::Encode { .. }), "{error}");
+        assert!(error.to_string().contains("k1"), "{error}");
+        assert!(error.to_string().contains("255 levels"), "{error}");
+        let mut packed = BytesMut::new();
+        assert!(encode_packed("k", &nested(MAX_DEPTH + 1), &mut packed).is_err());
+
+        let too_deep = format!("{}{}", "[".repeat(256), "]".repeat(256));
+        let hostile = "[".repeat(1_000_000);
+        for bytes in [too_deep.as_bytes(), hostile.as_bytes()] {
+            let error = decode::<serde_json::Value>(|| "k2".to_owned(), bytes).unwrap_err();
+            assert!(matches!(error, Error::Decode { .. }), "{error}");
+            assert!(error.to_string().contains("k2"), "{error}");
+            assert!(error.to_string().contains("255 levels"), "{error}");
+        }
+    }
+
+    #[test]
+    fn nesting_depth_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"{"a":"[[{\"[","b":[[]]}"#), 3);
+        assert_eq!(nesting_depth(b"1"), 0);
+        assert_eq!(nesting_depth(b"]]][["), 2);
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused() {
+        for error in [
+            encode("k1", &(u128::from(u64::MAX) + 1)).unwrap_err(),
+            encode("k1", &u128::MAX).unwrap_err(),
+            encode("k1", &(i128::from(i64::MIN) - 1)).unwrap_err(),
+            encode("k1", &vec![i128::MAX]).unwrap_err(),
+        ] {
+            assert!(matches!(error, Error::Encode { .. }), "{error}");
+            assert!(error.to_string().contains("beyond 64 bits"), "{error}");
+        }
+        // Within 64 bits, the same bytes as u64 / i64.
+        assert_eq!(
+            encode("k", &u128::from(u64::MAX)).ok(),
+            encode("k", &u64::MAX).ok()
+        );
+        assert_eq!(
+            encode("k", &i128::from(i64::MIN)).ok(),
+            encode("k", &i64::MIN).ok()
+        );
+        // As a map key, an integer is a string: any size is fine.
+        let mut keyed = BTreeMap::new();
+        keyed.insert(u128::MAX, 1);
+        assert_eq!(
+            encode("k", &keyed).ok().as_deref(),
+            Some(format!(r#"{{"{}":1}}"#, u128::MAX).as_bytes())
+        );
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! # How a call runs
 //! - **Hit**: one `GET`, one JSON decode, the value is returned.
 //! - **Miss**: the body runs once per key per process however many callers arrive together (the
-//!   first becomes the *leader*, the others wait for it), the value is stored with `SET NX` and
-//!   the expire, and returned. Waiters get the leader's encoded JSON and decode it, so values need
-//!   not be `Clone` and waiters are served even while the cache itself is down.
+//!   first becomes the *leader*, the others wait for it), the value is returned as soon as the
+//!   body has, and stored with `SET NX` and the expire in the background (a tokio task): a miss
+//!   costs at most one deadline (its `GET`) plus the body. The key's flight stays open until the
+//!   store has finished, so callers arriving meanwhile get the leader's value without running the
+//!   body. Waiters get the leader's encoded JSON and decode it, so values need not be `Clone` and
+//!   waiters are served even while the cache itself is down.
 //! - **Leader returns `Err`/`None`** (a value that is not cached): each waiter runs its own body,
 //!   concurrently. Errors are never shared between callers.
 //! - **Leader panics or is cancelled**: its entry is removed on unwind/drop and the waiters elect a
@@ -20,6 +23,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
+use std::task::Poll;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -73,7 +77,9 @@ impl SetDefaultCacheError {
 
 impl fmt::Debug for SetDefaultCacheError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // What `fn main() -> Result<(), _>` prints: the reason, not an empty struct.
         f.debug_struct("SetDefaultCacheError")
+            .field("reason", &format_args!("{self}"))
             .finish_non_exhaustive()
     }
 }
@@ -199,7 +205,8 @@ pub(crate) mod __private {
     /// A value that can be cached.
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be cached: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
-        label = "the cached value"
+        label = "the cached value",
+        note = "`#[cached]` stores `T` of a `Result<T, E>` or an `Option<T>` (aliases included) and any other return type whole, a generic parameter included; `returns = \"result\"` / `\"option\"` / `\"value\"` choose explicitly"
     )]
     pub trait CacheValue: Serialize + DeserializeOwned {}
     impl<T: Serialize + DeserializeOwned> CacheValue for T {}
@@ -231,7 +238,7 @@ pub(crate) mod __private {
     pub fn codec<T: CacheValue>() -> Codec<T> {
         Codec {
             encode: json::encode::<T>,
-            decode: |bytes| serde_json::from_slice(bytes),
+            decode: json::from_slice::<T>,
         }
     }
 
@@ -245,13 +252,14 @@ pub(crate) mod __private {
         fn wrap(value: Self::Value) -> R;
     }
 
-    /// Caches every return value as is.
+    /// Caches every return value as is (a type that is neither a `Result` nor an `Option`, and
+    /// `returns = "value"`).
     #[derive(Debug, Clone, Copy)]
     pub struct Plain;
-    /// Caches `Ok(T)` of a `Result<T, E>`, storing `T`.
+    /// Caches `Ok(T)` of a `Result<T, E>` (or an alias of one), storing `T`.
     #[derive(Debug, Clone, Copy)]
     pub struct OkOnly;
-    /// Caches `Some(T)` of an `Option<T>`, storing `T`.
+    /// Caches `Some(T)` of an `Option<T>` (or an alias of one), storing `T`.
     #[derive(Debug, Clone, Copy)]
     pub struct SomeOnly;
 
@@ -267,58 +275,251 @@ pub(crate) mod __private {
         }
     }
 
-    impl<T, E> Policy<Result<T, E>> for OkOnly {
-        type Value = T;
+    impl<R: ResultReturn> Policy<R> for OkOnly {
+        type Value = R::Ok;
         #[inline]
-        fn value(ret: &Result<T, E>) -> Option<&T> {
-            ret.as_ref().ok()
+        fn value(ret: &R) -> Option<&R::Ok> {
+            ret.ok_ref()
         }
         #[inline]
-        fn wrap(value: T) -> Result<T, E> {
+        fn wrap(value: R::Ok) -> R {
+            R::from_ok(value)
+        }
+    }
+
+    impl<R: OptionReturn> Policy<R> for SomeOnly {
+        type Value = R::Some;
+        #[inline]
+        fn value(ret: &R) -> Option<&R::Some> {
+            ret.some_ref()
+        }
+        #[inline]
+        fn wrap(value: R::Some) -> R {
+            R::from_some(value)
+        }
+    }
+
+    /// The policy chosen for a return type that contradicts `returns = "..."` or `cache_none`.
+    /// It appears only in code that does not compile (the contradiction is reported where it is
+    /// chosen); it satisfies every other bound so that the contradiction is the only error.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Mismatch;
+
+    /// The stored type of [`Mismatch`]: no value.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Never {}
+
+    impl Serialize for Never {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            match *self {}
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Never {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Err(serde::de::Error::custom(
+                "a #[cached] return type that contradicts its `returns` option has no value",
+            ))
+        }
+    }
+
+    impl<R> Policy<R> for Mismatch {
+        type Value = Never;
+        #[inline]
+        fn value(_: &R) -> Option<&Never> {
+            None
+        }
+        #[inline]
+        fn wrap(value: Never) -> R {
+            match value {}
+        }
+    }
+
+    /// A `Result`, seen through any alias ([`OkOnly`] and `returns = "result"` require it).
+    #[diagnostic::on_unimplemented(
+        message = "`#[cached(returns = \"result\")]` needs a function returning a `Result`: `{Self}` is not one",
+        label = "not a `Result` (nor an alias of one)",
+        note = "leave `returns` out to let `#[cached]` classify the return type, or use `returns = \"value\"` to cache the whole value"
+    )]
+    pub trait ResultReturn {
+        /// `T` of `Result<T, E>`.
+        type Ok;
+        /// `Ok(T)`'s value.
+        fn ok_ref(&self) -> Option<&Self::Ok>;
+        /// `Ok(value)`.
+        fn from_ok(value: Self::Ok) -> Self;
+    }
+
+    impl<T, E> ResultReturn for Result<T, E> {
+        type Ok = T;
+        #[inline]
+        fn ok_ref(&self) -> Option<&T> {
+            self.as_ref().ok()
+        }
+        #[inline]
+        fn from_ok(value: T) -> Self {
             Ok(value)
         }
     }
 
-    impl<T> Policy<Option<T>> for SomeOnly {
-        type Value = T;
+    /// An `Option`, seen through any alias ([`SomeOnly`], `returns = "option"` and `cache_none`
+    /// require it).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an `Option`: `#[cached(returns = \"option\")]` and `cache_none` apply to functions returning an `Option<T>` (or an alias of one)",
+        label = "not an `Option` (nor an alias of one)",
+        note = "leave `returns` and `cache_none` out to let `#[cached]` classify the return type, or use `returns = \"value\"` to cache the whole value"
+    )]
+    pub trait OptionReturn {
+        /// `T` of `Option<T>`.
+        type Some;
+        /// `Some(T)`'s value.
+        fn some_ref(&self) -> Option<&Self::Some>;
+        /// `Some(value)`.
+        fn from_some(value: Self::Some) -> Self;
+    }
+
+    impl<T> OptionReturn for Option<T> {
+        type Some = T;
         #[inline]
-        fn value(ret: &Option<T>) -> Option<&T> {
-            ret.as_ref()
+        fn some_ref(&self) -> Option<&T> {
+            self.as_ref()
         }
         #[inline]
-        fn wrap(value: T) -> Option<T> {
+        fn from_some(value: T) -> Self {
             Some(value)
         }
     }
 
-    /// Builds a key into one `String`: literal parts and arguments as compact JSON.
+    /// Classifies a return type by the type system rather than by its spelling, so that aliases
+    /// (`type AppResult<T> = Result<T, AppError>`, `io::Result<T>`) behave as what they name.
+    /// Without specialization, this is autoref specialization: the expansion calls
+    /// `(&Returns::<R>::new()).policy()` with the three traits in scope; method lookup tries the
+    /// receiver `&Returns<R>` first, where only [`ReturnsResult`] (for a `Result`) and
+    /// [`ReturnsOption`] (for an `Option`) apply, then `&&Returns<R>`, where [`ReturnsValue`]
+    /// applies to every type. A generic parameter `R` is not a `Result` to this lookup: it is
+    /// cached whole.
+    ///
+    /// `returns = "result"`, `returns = "option"` and `cache_none` call `result_policy()`,
+    /// `option_policy()` and `option_with_none_policy()` the same way: on a type that is not a
+    /// `Result` (an `Option`), the lookup falls back to [`ReturnsMismatch`], whose bound fails
+    /// with a message naming the option.
+    pub struct Returns<R>(std::marker::PhantomData<fn() -> R>);
+
+    impl<R> Returns<R> {
+        /// The classifier of `R`.
+        #[inline(always)]
+        pub const fn new() -> Self {
+            Returns(std::marker::PhantomData)
+        }
+    }
+
+    impl<R> Default for Returns<R> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl<R> fmt::Debug for Returns<R> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Returns")
+        }
+    }
+
+    /// A `Result` return caches `Ok`'s value (see [`Returns`]).
+    pub trait ReturnsResult {
+        /// [`OkOnly`].
+        #[inline(always)]
+        fn policy(&self) -> OkOnly {
+            OkOnly
+        }
+        /// `returns = "result"`: [`OkOnly`].
+        #[inline(always)]
+        fn result_policy(&self) -> OkOnly {
+            OkOnly
+        }
+    }
+    impl<T, E> ReturnsResult for Returns<Result<T, E>> {}
+
+    /// An `Option` return caches `Some`'s value (see [`Returns`]).
+    pub trait ReturnsOption {
+        /// [`SomeOnly`].
+        #[inline(always)]
+        fn policy(&self) -> SomeOnly {
+            SomeOnly
+        }
+        /// `returns = "option"`: [`SomeOnly`].
+        #[inline(always)]
+        fn option_policy(&self) -> SomeOnly {
+            SomeOnly
+        }
+        /// `cache_none = true`: the whole `Option`, `None` included.
+        #[inline(always)]
+        fn option_with_none_policy(&self) -> Plain {
+            Plain
+        }
+    }
+    impl<T> ReturnsOption for Returns<Option<T>> {}
+
+    /// Any other return type is cached whole (see [`Returns`]).
+    pub trait ReturnsValue {
+        /// [`Plain`].
+        #[inline(always)]
+        fn policy(&self) -> Plain {
+            Plain
+        }
+    }
+    impl<R> ReturnsValue for &Returns<R> {}
+
+    /// A return type that contradicts `returns = "..."` or `cache_none` (see [`Returns`]): the
+    /// failing bound is the error, reported once, on the option.
+    pub trait ReturnsMismatch<R> {
+        /// `returns = "result"` on a type that is not a `Result`.
+        #[inline(always)]
+        fn result_policy(&self) -> Mismatch
+        where
+            R: ResultReturn,
+        {
+            Mismatch
+        }
+        /// `returns = "option"` on a type that is not an `Option`.
+        #[inline(always)]
+        fn option_policy(&self) -> Mismatch
+        where
+            R: OptionReturn,
+        {
+            Mismatch
+        }
+        /// `cache_none` on a type that is not an `Option`.
+        #[inline(always)]
+        fn option_with_none_policy(&self) -> Mismatch
+        where
+            R: OptionReturn,
+        {
+            Mismatch
+        }
+    }
+    impl<R> ReturnsMismatch<R> for &Returns<R> {}
+
+    /// Fails to hold for every type: what a `#[cached]` method in a trait impl resolves its
+    /// companions to (the expansion names `Self::{name}_uncached`, which only an inherent impl
+    /// or a free function defines), so that the error says what to do.
+    #[diagnostic::on_unimplemented(
+        message = "`#[cached]` cannot be used on a method of a trait impl",
+        label = "`#[cached]` adds the companions `<name>_uncached` and `<name>_invalidate` next to the method, and a trait impl can only define the trait's items",
+        note = "put the cached function in an inherent impl (`impl {Self}`) or make it a free function, and call it from the trait impl's method"
+    )]
+    pub trait NotInTraitImpl {}
+
+    /// Builds a key into one `String`: literal parts and arguments as compact JSON, written so
+    /// that distinct argument values give distinct keys (see [`crate::key::write_arg`] and the
+    /// README's key layout).
     #[derive(Debug)]
     pub struct KeyBuilder {
         key: String,
         error: Option<(&'static str, String)>,
-    }
-
-    /// Lets serde_json write into a `String`. serde_json only ever writes whole UTF-8 sequences
-    /// (ASCII punctuation, digits, slices of the input between escapes), so each chunk is checked
-    /// on its own: the literal parts of the key are never re-validated.
-    struct StrWriter<'a>(&'a mut String);
-
-    impl std::io::Write for StrWriter<'_> {
-        #[inline]
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
-            self.0.push_str(text);
-            Ok(buf.len())
-        }
-
-        #[inline]
-        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-            self.write(buf).map(|_| ())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        /// Where the text of the last `key = "..."` placeholder starts, until the literal after
+        /// it is known, and whether it is a JSON array or object (which ends unambiguously).
+        placeholder: Option<(usize, bool)>,
     }
 
     impl KeyBuilder {
@@ -328,41 +529,70 @@ pub(crate) mod __private {
             KeyBuilder {
                 key: String::with_capacity(capacity),
                 error: None,
+                placeholder: None,
             }
         }
 
         /// Appends a literal part.
         #[inline]
         pub fn push_str(&mut self, part: &str) {
+            if let Some(first) = part.chars().next() {
+                if let Some(placeholder) = self.placeholder.take() {
+                    self.end_placeholder(placeholder, Some(first));
+                }
+            }
             self.key.push_str(part);
         }
 
         /// Appends `value` as compact JSON (strings quoted).
         #[inline]
         pub fn push_json<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
-            if let Err(e) = serde_json::to_writer(StrWriter(&mut self.key), value) {
+            if let Err(e) = crate::key::write_arg(&mut self.key, value, None) {
                 self.fail(name, e);
             }
         }
 
         /// Appends `value` for a `key = "..."` template: compact JSON, except that a string is
         /// written without quotes (`user:{name}` gives `user:alice`).
+        ///
+        /// So that two calls never share a key, a placeholder's text is written as a JSON string
+        /// instead when it could be read another way: when it contains the first character of
+        /// the literal that follows it in the template (`{a}:{b}` with `a = "x:y"` gives
+        /// `"x:y":…`), starts with `"`, or is directly followed by another placeholder (a JSON
+        /// array or object never is: it ends at its closing bracket); and an
+        /// `Option`'s string keeps its quotes when unquoted it would read as `null`, `Some(…)` or a
+        /// quoted string.
         pub fn push_template<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
+            if let Some(placeholder) = self.placeholder.take() {
+                self.end_placeholder(placeholder, None);
+            }
             let start = self.key.len();
-            if let Err(e) = serde_json::to_writer(StrWriter(&mut self.key), value) {
+            let mut is_option = false;
+            if let Err(e) = crate::key::write_arg(&mut self.key, value, Some(&mut is_option)) {
                 self.fail(name, e);
                 return;
             }
+            let compound = matches!(self.key.as_bytes().get(start), Some(b'[' | b'{'));
+            self.placeholder = Some((start, compound));
             if !self.key[start..].starts_with('"') {
                 return;
             }
-            if !self.key[start..].contains('\\') {
+            // An `Option`'s string whose unquoted text could be another of its values keeps
+            // its quotes.
+            let keep_quotes = |text: &str| {
+                is_option && (text == "null" || text.starts_with("Some(") || text.starts_with('"'))
+            };
+            let quoted = &self.key[start..];
+            if !quoted.contains('\\') {
                 // `"text"` without escapes: drop the quotes in place.
-                self.key.pop();
-                self.key.remove(start);
+                if !keep_quotes(quoted.trim_matches('"')) {
+                    self.key.pop();
+                    self.key.remove(start);
+                }
                 return;
             }
-            match serde_json::from_str::<String>(&self.key[start..]) {
+            match serde_json::from_str::<String>(quoted) {
+                Ok(text) if keep_quotes(&text) => {}
                 Ok(text) => {
                     self.key.truncate(start);
                     self.key.push_str(&text);
@@ -371,8 +601,26 @@ pub(crate) mod __private {
             }
         }
 
+        /// Ends the placeholder whose text starts at `start`, now that what follows it is
+        /// known: the first character of the next literal, or `None` for another placeholder.
+        /// A JSON array or object ends at its closing bracket whatever follows: it stays as is.
+        fn end_placeholder(&mut self, (start, compound): (usize, bool), next: Option<char>) {
+            let text = &self.key[start..];
+            let readable = compound
+                || match next {
+                    Some(next) => !text.starts_with('"') && !text.contains(next),
+                    None => false,
+                };
+            if readable {
+                return;
+            }
+            let quoted = serde_json::Value::String(text.to_owned()).to_string();
+            self.key.truncate(start);
+            self.key.push_str(&quoted);
+        }
+
         #[cold]
-        fn fail(&mut self, name: &'static str, e: serde_json::Error) {
+        fn fail(&mut self, name: &'static str, e: impl fmt::Display) {
             if self.error.is_none() {
                 self.error = Some((name, e.to_string()));
             }
@@ -483,8 +731,9 @@ pub(crate) mod __private {
         );
         // A first leader runs the body at once: a miss costs GET + SET NX, as by hand. Only a
         // leader elected after another one panicked or was cancelled looks in the cache first.
-        // (A leader that completes in the microseconds between a caller's GET and its joining
-        // the flight lets that caller run the body once more: a narrow, documented race.)
+        // (A leader whose store completes between a caller's GET and its joining the flight lets
+        // that caller run the body once more: a narrow, documented race. The store's command is
+        // sent before the leader answers, so a later GET from this process queues behind it.)
         let mut recheck = false;
         loop {
             match join(&flight) {
@@ -584,16 +833,57 @@ pub(crate) mod __private {
         if let Some(leader) = &leader {
             leader.publish(Outcome::Value(bytes.clone()));
         }
-        let stored = if overwrite {
-            cache.set_raw(key, bytes, expire).await
-        } else {
-            cache.set_nx_raw(key, bytes, expire).await.map(|_| ())
-        };
-        if let Err(error) = stored {
-            report("set", key, &error);
-        }
-        drop(leader);
+        store(
+            cache.clone(),
+            key.to_owned(),
+            bytes,
+            expire,
+            overwrite,
+            leader,
+        )
+        .await;
         ret
+    }
+
+    /// Stores a value without making the caller wait for the write: the caller is answered as
+    /// soon as the body has returned, so a miss costs at most one deadline (its `GET`) plus the
+    /// body, even with the server frozen.
+    ///
+    /// The store is polled once here, which sends the command (a Redis write is then queued on
+    /// the connection ahead of any later command of this process, so the caller's next read
+    /// sees it; an in-memory write simply completes), and the rest runs in a tokio task. The
+    /// leader's flight stays open until the write has finished, so callers arriving in that
+    /// window get the leader's value from memory instead of running the body again. Outside a
+    /// tokio runtime the store is awaited in place.
+    async fn store(
+        cache: Cache,
+        key: String,
+        bytes: Bytes,
+        expire: Expire,
+        overwrite: bool,
+        leader: Option<Leader>,
+    ) {
+        let write = async move {
+            let stored = if overwrite {
+                cache.set_raw(&key, bytes, expire).await
+            } else {
+                cache.set_nx_raw(&key, bytes, expire).await.map(|_| ())
+            };
+            if let Err(error) = stored {
+                report("set", &key, &error);
+            }
+            drop(leader);
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return write.await;
+        };
+        let mut write = Box::pin(write);
+        // One poll with this task's waker; the spawned task polls again with its own, so the
+        // first waker may be woken once for nothing (harmless).
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        if first.is_pending() {
+            runtime.spawn(write);
+        }
     }
 
     #[inline]

@@ -439,3 +439,25 @@ async fn a_static_cache_and_a_string_key() {
         .unwrap()
         .is_some());
 }
+
+static DEEP_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// A value nested `depth` levels deep (`[[[…]]]`).
+#[cached(expire = 100)]
+async fn deep_value(depth: usize) -> serde_json::Value {
+    DEEP_CALLS.fetch_add(1, SeqCst);
+    (0..depth).fold(serde_json::Value::Null, |inner, _| {
+        serde_json::Value::Array(vec![inner])
+    })
+}
+
+/// Issue 12 item 12: a value as deep as orjson writes (serde_json alone reads 127 levels) is a
+/// hit, not a decode failure that recomputes it on every call.
+#[tokio::test]
+async fn values_nested_200_levels_deep_are_hits() {
+    default();
+    let first = deep_value(200).await;
+    let second = deep_value(200).await;
+    assert_eq!(first, second);
+    assert_eq!(DEEP_CALLS.load(SeqCst), 1, "the second call was not a hit");
+}

@@ -60,6 +60,8 @@ async fn uncached_until_a_default_is_installed() {
     let again = impcache::set_default_cache(Cache::new(MemoryCacheRepository::new()));
     let err = again.unwrap_err();
     assert!(err.to_string().contains("already installed"), "{err}");
+    // `fn main() -> Result<(), SetDefaultCacheError>` prints the Debug form: it says why too.
+    assert!(format!("{err:?}").contains("already installed"), "{err:?}");
     let _rejected: Cache = err.into_cache();
     assert_eq!(WARNINGS.load(SeqCst), 1);
 }

@@ -10,6 +10,19 @@ use impcache::{cached, Cache, RedisCacheRepository};
 use impcache_tests::RedisServer;
 use serde::{Deserialize, Serialize};
 
+/// Waits until `count` keys are on the server: a miss answers its caller first and stores in
+/// the background.
+async fn wait_for_keys(server: &RedisServer, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = server.keys();
+        if keys.len() >= count || Instant::now() > deadline {
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn cache_on(server: &RedisServer) -> Cache {
     let repository = RedisCacheRepository::builder(server.url())
         .deadline(Duration::from_millis(200))
@@ -54,7 +67,7 @@ async fn raw_key_layout_ttl_and_delete_pattern() {
 
     // Err is not stored; the layout is {prefix}:{version}:{module_path}::{fn}:{json args}.
     assert_eq!(
-        server.keys(),
+        wait_for_keys(&server, 2).await,
         [
             r#"cache:1:cached_redis::users::get_user:42:"alice""#,
             r#"cache:1:cached_redis::users::get_user:43:"bob""#,
@@ -72,8 +85,8 @@ async fn raw_key_layout_ttl_and_delete_pattern() {
     let v2 = cache.with_version(2);
     users::get_user(&v2, 42, "alice").await.unwrap();
     assert_eq!(users::CALLS.load(SeqCst), 4);
-    assert!(server
-        .keys()
+    assert!(wait_for_keys(&server, 3)
+        .await
         .contains(&r#"cache:2:cached_redis::users::get_user:42:"alice""#.to_owned()));
 
     // Every entry of the function, on this version only.
@@ -87,6 +100,7 @@ async fn raw_key_layout_ttl_and_delete_pattern() {
     assert_eq!(server.keys().len(), 1);
     users::get_user(&cache, 42, "alice").await.unwrap();
     assert_eq!(users::CALLS.load(SeqCst), 5);
+    wait_for_keys(&server, 2).await;
 
     // The invalidate companion removes one call's entry.
     assert!(users::get_user_invalidate(&cache, 42, "alice")
@@ -120,7 +134,7 @@ async fn fifty_concurrent_callers_one_execution_on_redis() {
         assert_eq!(task.await.unwrap(), [7, 7, 7]);
     }
     assert_eq!(SLOW.load(SeqCst), 1);
-    assert_eq!(server.keys(), ["cache:1:slow:7"]);
+    assert_eq!(wait_for_keys(&server, 1).await, ["cache:1:slow:7"]);
 }
 
 static TYPED: AtomicUsize = AtomicUsize::new(0);
@@ -140,6 +154,15 @@ async fn a_stored_value_of_another_type_is_replaced() {
     let cache = cache_on(&server);
     let _: () = server.cmd(&["SET", "cache:3:typed:1", r#"["an","old","shape"]"#]);
     assert_eq!(typed(&cache, 1).await.name, "new");
+    // Replaced in the background: wait for the new value.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .cmd::<String>(&["GET", "cache:3:typed:1"])
+        .starts_with('[')
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let raw: String = server.cmd(&["GET", "cache:3:typed:1"]);
     assert_eq!(raw, r#"{"id":1,"name":"new"}"#);
     let ttl: i64 = server.cmd(&["TTL", "cache:3:typed:1"]);
@@ -166,15 +189,18 @@ async fn fails_open_when_the_server_is_killed() {
 
     server.kill();
     let started = Instant::now();
-    for _ in 0..3 {
-        assert_eq!(down(&cache, 1).await.unwrap(), 2);
+    // Distinct keys: a second call on one key while the first one's (failing) store is still in
+    // flight would get the first one's value from memory.
+    for id in 2..5 {
+        assert_eq!(down(&cache, id).await.unwrap(), id + 1);
     }
     assert_eq!(
         DOWN.load(SeqCst),
         4,
         "the body runs while the cache is down"
     );
-    // Bounded by the deadline (two cache calls per miss), with generous slack.
+    // Bounded by the deadline (one cache call per miss; the store is in the background), with
+    // generous slack.
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -186,4 +212,73 @@ async fn fails_open_when_the_server_is_killed() {
         .await
         .unwrap_err()
         .is_backend_failure());
+}
+
+static FROZEN: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn hundred_ms(cache: &Cache, id: u64) -> u64 {
+    FROZEN.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    id
+}
+
+#[tokio::test]
+async fn a_miss_costs_one_deadline_plus_the_body_with_the_server_frozen() {
+    let server = RedisServer::start();
+    let deadline = Duration::from_secs(1);
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(deadline)
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository);
+
+    // Healthy: the store runs in the background and lands; the next call is a hit.
+    assert_eq!(hundred_ms(&cache, 1).await, 1);
+    assert_eq!(hundred_ms(&cache, 1).await, 1);
+    assert_eq!(FROZEN.load(SeqCst), 1);
+    assert_eq!(
+        wait_for_keys(&server, 1).await,
+        ["cache:1:cached_redis::hundred_ms:1"]
+    );
+    let raw: String = server.cmd(&["GET", "cache:1:cached_redis::hundred_ms:1"]);
+    assert_eq!(raw, "1");
+
+    // Frozen: the GET waits one deadline, the body 100 ms, and the SET NX no longer delays the
+    // answer (before: GET deadline + body + SET deadline = 2.1 s).
+    server.freeze();
+    for id in 2..4 {
+        let started = Instant::now();
+        assert_eq!(hundred_ms(&cache, id).await, id);
+        let took = started.elapsed();
+        eprintln!("miss with the server frozen: {took:?}");
+        assert!(
+            took < deadline + Duration::from_millis(100 + 600),
+            "a miss took {took:?} with a {deadline:?} deadline and a 100 ms body"
+        );
+    }
+    assert_eq!(FROZEN.load(SeqCst), 3);
+    server.thaw();
+}
+
+static AGAIN: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn once(cache: &Cache, id: u64) -> u64 {
+    AGAIN.fetch_add(1, SeqCst);
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_a_miss_never_runs_the_body_again() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server);
+    // The store of each miss is still in the background when the next call starts: it finds
+    // the value in Redis (the write was queued first) or in the still-open flight.
+    for id in 0..300 {
+        assert_eq!(once(&cache, id).await, id);
+        assert_eq!(once(&cache, id).await, id);
+        assert_eq!(AGAIN.load(SeqCst), id as usize + 1, "key {id}");
+    }
+    assert_eq!(wait_for_keys(&server, 300).await.len(), 300);
 }

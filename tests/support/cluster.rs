@@ -338,6 +338,27 @@ impl RedisCluster {
         }
     }
 
+    /// SIGSTOPs the node at `port`: the kernel still accepts connections, nothing answers (its
+    /// replica takes over after [`NODE_TIMEOUT_MS`] or so). The guard SIGCONTs it when dropped,
+    /// also when the test fails. While a node is frozen, ask the harness only about other nodes
+    /// (its own queries to the frozen node would wait for their read timeout).
+    pub fn freeze_node(&self, port: u16) -> FrozenNode<'_> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port)
+            .expect("no such node");
+        let status = Command::new("kill")
+            .args(["-STOP", &node.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -STOP {} failed", node.pid);
+        FrozenNode {
+            pid: node.pid,
+            cluster: std::marker::PhantomData,
+        }
+    }
+
     /// Starts moving `slot` from the primary at `from` to the one at `to`, the way
     /// `redis-cli --cluster reshard` does: `SETSLOT IMPORTING` on `to`, `MIGRATING` on `from`.
     /// Until [`finish_migration`](Self::finish_migration), keys still on `from` are served there
@@ -393,6 +414,23 @@ impl RedisCluster {
     pub fn slot_of(&self, key: &str) -> u16 {
         let port = *self.live_ports().first().expect("no live cluster node");
         self.cmd(port, &["CLUSTER", "KEYSLOT", key])
+    }
+}
+
+/// A node frozen by [`RedisCluster::freeze_node`]; SIGCONT when dropped.
+#[derive(Debug)]
+#[must_use = "the node is thawed when the guard is dropped"]
+pub struct FrozenNode<'a> {
+    pid: u32,
+    cluster: std::marker::PhantomData<&'a RedisCluster>,
+}
+
+impl Drop for FrozenNode<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

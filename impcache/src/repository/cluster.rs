@@ -8,7 +8,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
@@ -18,7 +18,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use tokio::task::JoinSet;
 
-use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
+use super::breaker::{Admission, CircuitBreaker, CircuitBreakerConfig, ProbeGuard};
 use super::commands::{check_value_size, classify, key_command, scan_command, set_command};
 use super::redis::redact_dsn;
 use super::settings::{shared_setters, Settings};
@@ -33,6 +33,9 @@ const CLUSTER_RETRIES: u32 = 3;
 /// Consecutive outage errors after which the cluster connection is replaced by a fresh one (new
 /// topology discovery from the configured nodes): the client can stay stuck after a failover.
 const RESET_AFTER_FAILURES: u32 = 3;
+/// While a node fails, the slot map is learned again in the background at most this often, so
+/// that a replica promoted in its place is found without waiting for a `MOVED`.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The Redis Cluster repository (feature `cluster`).
 ///
@@ -45,7 +48,13 @@ const RESET_AFTER_FAILURES: u32 = 3;
 /// - **Bounded**: every operation (redirections and retries included) gives up after its
 ///   [deadline](RedisClusterCacheRepositoryBuilder::deadline) with [`Error::Timeout`]; the
 ///   client's per-node response timeout is set to the same value.
-/// - **Circuit breaker**: one breaker for the whole cluster, as for a single server.
+/// - **One circuit breaker per primary**: an operation finds its key's primary first (from a slot
+///   map learned with `CLUSTER SLOTS`), then checks that primary's breaker and uses a direct
+///   connection to it, so a primary that is down or frozen fails only its own keys and costs
+///   nothing for the others'. Keys the map cannot place, or whose primary redirects them, go
+///   through the `redis` crate's cluster client (which follows `MOVED`/`ASK`), under a breaker of
+///   its own. While a primary fails, the slot map is learned again in the background (at most
+///   every 200 ms), so a replica promoted in its place is used as soon as the cluster says so.
 ///
 /// Multi-key operations cross slots freely, one round trip per node:
 /// - `set_many`, `get_many` and `delete_many` group the keys by the primary serving their slot
@@ -57,9 +66,13 @@ const RESET_AFTER_FAILURES: u32 = 3;
 ///   command per key, with `ASKING` in front on the importing node; a key whose node answers
 ///   `MOVED` (the slot moved since the map was learned) is sent again on its own through the
 ///   cluster client's routing, which follows redirections, and the map is learned again on the
-///   next call (also after a connection error), so results never depend on the map being fresh;
-/// - `delete_pattern` reads the primaries from `CLUSTER NODES`, sweeps each one with `SCAN` in
-///   parallel and `UNLINK`s what it finds, routed per slot; it returns the sum.
+///   next call, so results never depend on the map being fresh;
+/// - if a primary fails (unreachable, timed out, breaker open), the parts for the other primaries
+///   are done all the same (`set_many` and `delete_many` write and delete there), then the call
+///   fails with [`Error::Unavailable`] whose source names each failed node and its error;
+/// - `delete_pattern` sweeps the primaries of a freshly learned slot map with `SCAN`, in
+///   parallel, and `UNLINK`s what it finds on each; it returns the sum, or, if a primary could not
+///   be swept, the others are swept all the same and the error names it.
 ///
 /// Key layout: keys are `{prefix}:{version}:{key}`, spread over slots by their hash. Braces in a
 /// prefix or key make a *hash tag* (`{user42}:...`): every key with the same tag lands in the same
@@ -87,25 +100,55 @@ struct Inner {
     /// Held while connecting, so that one connect is in flight at a time.
     connecting: tokio::sync::Mutex<()>,
     /// Which primary serves which slot, learned from `CLUSTER SLOTS`; `None` until the first
-    /// multi-key operation and after a redirection or a connection error (relearned lazily).
+    /// operation and after a `MOVED` (learned again by the next operation); replaced in the
+    /// background while a node fails.
     slot_map: RwLock<Option<Arc<SlotMap>>>,
-    /// Held while learning the slot map, so that one `CLUSTER SLOTS` is in flight at a time.
+    /// Held while an operation learns the slot map, so that the others wait for that one.
     learning: tokio::sync::Mutex<()>,
     /// The first configured node's settings (credentials, TLS, protocol): the template of the
     /// direct connections to the primaries.
     seed: redis::ConnectionInfo,
-    /// Direct connections to the primaries, by address, for the per-node pipelines. Not the
-    /// cluster client's: it answers a redirection of any one command in a pipeline by resending
-    /// the whole pipeline to the redirected node, which would run the other commands twice.
-    node_connections: RwLock<HashMap<(String, u16), MultiplexedConnection>>,
+    /// The configured node addresses: where the slot map is learned first.
+    seeds: Vec<(String, u16)>,
+    /// Every node met so far (configured, or in a slot map), by address, each with its own
+    /// breaker and direct connection. Kept across slot maps, so that a node's breaker outlives a
+    /// relearned map.
+    nodes: RwLock<HashMap<(String, u16), Arc<Node>>>,
+    /// When the slot map was last learned in the background (milliseconds since `epoch`).
+    last_refresh_ms: AtomicU64,
+    epoch: Instant,
     generations: AtomicU64,
     consecutive_failures: AtomicU32,
     deadline: Duration,
     connect_timeout: Duration,
     max_value_bytes: usize,
-    breaker: CircuitBreaker,
+    /// The settings of every node's breaker.
+    breaker_config: Option<CircuitBreakerConfig>,
+    /// The breaker of the requests that go through the cluster client's own routing (keys of a
+    /// slot the map does not know or that moved, and [`RedisClusterCacheRepository::primaries`]).
+    client_breaker: CircuitBreaker,
     /// The node addresses with passwords replaced: the only form that is ever printed.
     shown_nodes: Vec<String>,
+}
+
+/// One node as the repository sees it: its own circuit breaker and its own direct connection, so
+/// that a fault on one node costs nothing for the keys of the others.
+///
+/// The direct connection is not the cluster client's: that one holds every request while it
+/// refreshes its slot map (which asks the nodes one at a time, a frozen one until its timeout)
+/// or reconnects, and it answers a redirection of any one command in a pipeline by resending the
+/// whole pipeline, which would run the other commands twice.
+struct Node {
+    host: String,
+    port: u16,
+    breaker: CircuitBreaker,
+    connection: RwLock<Option<MultiplexedConnection>>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// Configures a [`RedisClusterCacheRepository`].
@@ -131,7 +174,7 @@ impl fmt::Debug for RedisClusterCacheRepository {
             .field("nodes", &self.inner.shown_nodes)
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("deadline", &self.inner.deadline)
-            .field("circuit_open", &self.inner.breaker.is_open())
+            .field("circuit_open", &self.is_circuit_open())
             .field("connected", &self.current().is_some())
             .finish()
     }
@@ -165,9 +208,17 @@ impl RedisClusterCacheRepository {
         self.inner.deadline
     }
 
-    /// `true` while the circuit breaker fails operations fast.
+    /// `true` while the circuit breaker of at least one node fails that node's operations fast
+    /// (each primary has its own breaker; keys of the other primaries are not affected).
     pub fn is_circuit_open(&self) -> bool {
-        self.inner.breaker.is_open()
+        self.inner.client_breaker.is_open()
+            || self
+                .inner
+                .nodes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .any(|node| node.breaker.is_open())
     }
 
     /// The primaries holding slots, as `(host, port)`, read from `CLUSTER NODES` (failed nodes
@@ -223,12 +274,8 @@ impl RedisClusterCacheRepository {
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        // A node may be gone or replaced: relearn the slot map on the next multi-key operation.
-        *self
-            .inner
-            .slot_map
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        // A node may be gone or replaced.
+        self.refresh_soon();
         let Some(generation) = generation else { return };
         if failures >= RESET_AFTER_FAILURES {
             let mut slot = self
@@ -247,7 +294,7 @@ impl RedisClusterCacheRepository {
         }
     }
 
-    /// Runs `request` on the cluster connection under the deadline and the breaker.
+    /// Runs `request` on the cluster connection under the deadline and the client's breaker.
     async fn run<T, F, Fut>(
         &self,
         operation: &'static str,
@@ -258,7 +305,25 @@ impl RedisClusterCacheRepository {
         F: FnOnce(ClusterConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let admission = self.inner.breaker.admit();
+        let until = Instant::now() + self.inner.deadline;
+        self.run_until(until, operation, subject, request).await
+    }
+
+    /// Runs `request` on the cluster connection, giving up at `until`, under the client's breaker:
+    /// for keys the slot map cannot place (the client's routing follows redirections).
+    async fn run_until<T, F, Fut>(
+        &self,
+        until: Instant,
+        operation: &'static str,
+        subject: &(dyn Fn() -> String + Sync),
+        request: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let breaker = &self.inner.client_breaker;
+        let admission = breaker.admit();
         if admission == Admission::Rejected {
             return Err(Error::CircuitOpen {
                 operation,
@@ -266,7 +331,7 @@ impl RedisClusterCacheRepository {
             });
         }
         let _probe = ProbeGuard {
-            breaker: &self.inner.breaker,
+            breaker,
             admission: &admission,
         };
         let generation = std::sync::Mutex::new(None);
@@ -275,26 +340,26 @@ impl RedisClusterCacheRepository {
             *generation.lock().unwrap_or_else(PoisonError::into_inner) = Some(g);
             request(connection).await
         };
-        let outcome = tokio::time::timeout(self.inner.deadline, attempt).await;
+        let outcome = tokio::time::timeout_at(until.into(), attempt).await;
         let generation = *generation.lock().unwrap_or_else(PoisonError::into_inner);
         match outcome {
             Ok(Ok(value)) => {
-                self.inner.breaker.record_success();
+                breaker.record_success();
                 self.inner.consecutive_failures.store(0, Ordering::Relaxed);
                 Ok(value)
             }
             Ok(Err(e)) => {
                 let error = classify(e, operation, subject(), self.inner.deadline);
                 if error.is_outage() {
-                    self.inner.breaker.record_failure(&admission);
+                    breaker.record_failure(&admission);
                     self.record_outage(generation);
                 } else {
-                    self.inner.breaker.record_success();
+                    breaker.record_success();
                 }
                 Err(error)
             }
             Err(_elapsed) => {
-                self.inner.breaker.record_failure(&admission);
+                breaker.record_failure(&admission);
                 self.record_outage(generation);
                 Err(Error::Timeout {
                     operation,
@@ -305,8 +370,8 @@ impl RedisClusterCacheRepository {
         }
     }
 
-    /// The slot map, learned with one `CLUSTER SLOTS` if none is known.
-    async fn slot_map(&self, connection: &ClusterConnection) -> redis::RedisResult<Arc<SlotMap>> {
+    /// The slot map, learned if none is known (one `CLUSTER SLOTS` at a time).
+    async fn slot_map(&self) -> redis::RedisResult<Arc<SlotMap>> {
         let known = || {
             self.inner
                 .slot_map
@@ -321,28 +386,107 @@ impl RedisClusterCacheRepository {
         if let Some(map) = known() {
             return Ok(map);
         }
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("SLOTS");
-        let reply = connection
-            .clone()
-            .route_command(
-                cmd,
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-            )
-            .await?;
-        let map = Arc::new(SlotMap::parse(&reply));
-        tracing::debug!(
-            target: NODE_EVENTS,
-            event = "learned",
-            primaries = map.nodes.len(),
-            "impcache: learned the cluster slot map"
+        self.learn_slot_map().await
+    }
+
+    /// Learns the slot map: `CLUSTER SLOTS` sent to every known node and configured address at
+    /// once, over the direct connections; the first answer wins (a frozen or dead node costs
+    /// nothing while another answers).
+    async fn learn_slot_map(&self) -> redis::RedisResult<Arc<SlotMap>> {
+        let mut candidates: Vec<(String, u16)> = self.inner.seeds.clone();
+        candidates.extend(
+            self.inner
+                .nodes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .cloned(),
         );
-        *self
+        candidates.sort();
+        candidates.dedup();
+        let mut tasks = JoinSet::new();
+        for (host, port) in candidates {
+            let node = self.node(&host, port);
+            let this = self.clone();
+            tasks.spawn(async move {
+                let mut connection = this.node_connection(&node).await?;
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("SLOTS");
+                let reply = connection.send_packed_command(&cmd).await;
+                if reply.as_ref().is_err_and(|e| !e.is_timeout()) {
+                    this.forget_connection(&node);
+                }
+                reply?.extract_error()
+            });
+        }
+        let mut last_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let reply = match joined {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => continue,
+            };
+            let mut map = SlotMap::parse(&reply);
+            if map.nodes.is_empty() {
+                continue;
+            }
+            map.handles = map.nodes.iter().map(|(h, p)| self.node(h, *p)).collect();
+            let map = Arc::new(map);
+            tracing::debug!(
+                target: NODE_EVENTS,
+                event = "learned",
+                primaries = map.nodes.len(),
+                "impcache: learned the cluster slot map"
+            );
+            *self
+                .inner
+                .slot_map
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(map.clone());
+            return Ok(map);
+        }
+        Err(last_error.unwrap_or_else(|| {
+            RedisError::from((
+                redis::ErrorKind::ClusterConnectionNotFound,
+                "no cluster node answered CLUSTER SLOTS",
+            ))
+        }))
+    }
+
+    /// Learns the slot map again in the background, at most once per [`REFRESH_INTERVAL`]: a
+    /// node failed, and a replica may be taking over its slots.
+    fn refresh_soon(&self) {
+        let now = u64::try_from(self.inner.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let last = self.inner.last_refresh_ms.load(Ordering::Acquire);
+        let interval = u64::try_from(REFRESH_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now < last.saturating_add(interval) {
+            return;
+        }
+        if self
             .inner
-            .slot_map
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(map.clone());
-        Ok(map)
+            .last_refresh_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        runtime.spawn(async move {
+            match tokio::time::timeout(this.inner.deadline, this.learn_slot_map()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "impcache: CLUSTER SLOTS failed"),
+                Err(_) => tracing::debug!("impcache: CLUSTER SLOTS timed out"),
+            }
+        });
     }
 
     /// Drops `stale` (unless a newer map replaced it already): the next multi-key operation
@@ -358,35 +502,58 @@ impl RedisClusterCacheRepository {
         }
     }
 
-    /// The direct connection to the primary at `host:port`, made on first use with the settings
-    /// of the configured nodes.
-    async fn node_connection(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> redis::RedisResult<MultiplexedConnection> {
+    /// The node at `host:port`, met now or before.
+    fn node(&self, host: &str, port: u16) -> Arc<Node> {
         let address = (host.to_owned(), port);
-        if let Some(connection) = self
+        if let Some(node) = self
             .inner
-            .node_connections
+            .nodes
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&address)
         {
+            return node.clone();
+        }
+        self.inner
+            .nodes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(address)
+            .or_insert_with(|| {
+                Arc::new(Node {
+                    host: host.to_owned(),
+                    port,
+                    breaker: CircuitBreaker::new(self.inner.breaker_config),
+                    connection: RwLock::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// The direct connection to `node`, made on first use with the settings of the configured
+    /// nodes.
+    async fn node_connection(&self, node: &Node) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(connection) = node
+            .connection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             return Ok(connection.clone());
         }
+        let (host, port) = (node.host.clone(), node.port);
         let addr = match self.inner.seed.addr() {
             ConnectionAddr::TcpTls {
                 insecure,
                 tls_params,
                 ..
             } => ConnectionAddr::TcpTls {
-                host: host.to_owned(),
+                host,
                 port,
                 insecure: *insecure,
                 tls_params: tls_params.clone(),
             },
-            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+            _ => ConnectionAddr::Tcp(host, port),
         };
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.inner.connect_timeout))
@@ -394,23 +561,131 @@ impl RedisClusterCacheRepository {
         let connection = redis::Client::open(self.inner.seed.clone().set_addr(addr))?
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        Ok(self
-            .inner
-            .node_connections
+        Ok(node
+            .connection
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(address)
-            .or_insert(connection)
+            .get_or_insert(connection)
             .clone())
     }
 
-    /// Drops the direct connection to `host:port` after it failed; the next use reconnects.
-    fn forget_node(&self, host: &str, port: u16) {
-        self.inner
-            .node_connections
+    /// Drops the direct connection to `node` after it failed; the next use reconnects.
+    fn forget_connection(&self, node: &Node) {
+        *node
+            .connection
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(host.to_owned(), port));
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Runs `request` on the direct connection to `node`, under that node's breaker, giving up
+    /// at `until`. A failure counts against this node only, and has the slot map learned again
+    /// soon (a replica may be taking over).
+    async fn on_node<T, F, Fut>(
+        &self,
+        node: &Node,
+        until: Instant,
+        operation: &'static str,
+        subject: &(dyn Fn() -> String + Sync),
+        request: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let admission = node.breaker.admit();
+        if admission == Admission::Rejected {
+            self.refresh_soon();
+            return Err(Error::CircuitOpen {
+                operation,
+                key: subject(),
+            });
+        }
+        let _probe = ProbeGuard {
+            breaker: &node.breaker,
+            admission: &admission,
+        };
+        let attempt = async { request(self.node_connection(node).await?).await };
+        match tokio::time::timeout_at(until.into(), attempt).await {
+            Ok(Ok(value)) => {
+                node.breaker.record_success();
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                let timed_out = e.is_timeout();
+                let error = classify(e, operation, subject(), self.inner.deadline);
+                if error.is_outage() {
+                    node.breaker.record_failure(&admission);
+                    if !timed_out {
+                        self.forget_connection(node);
+                    }
+                    self.refresh_soon();
+                } else {
+                    node.breaker.record_success();
+                }
+                Err(error)
+            }
+            Err(_elapsed) => {
+                node.breaker.record_failure(&admission);
+                self.refresh_soon();
+                Err(Error::Timeout {
+                    operation,
+                    key: subject(),
+                    deadline: self.inner.deadline,
+                })
+            }
+        }
+    }
+
+    /// Runs the one-key command `cmd` on the primary serving `key`'s slot, over its direct
+    /// connection and under its own breaker. A key the slot map cannot place, or whose node
+    /// redirects (`MOVED`, `ASK`, a migration or failover in progress), goes through the cluster
+    /// client's routing instead, within the same deadline.
+    async fn keyed<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        cmd: redis::Cmd,
+    ) -> Result<T> {
+        let subject = || shown(key);
+        let until = Instant::now() + self.inner.deadline;
+        let through_client = |cmd: redis::Cmd| {
+            self.run_until(until, operation, &subject, |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+        };
+        let map = match tokio::time::timeout_at(until.into(), self.slot_map()).await {
+            Ok(Ok(map)) => map,
+            // The client's routing may still work without the map.
+            Ok(Err(_)) => return through_client(cmd).await,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation,
+                    key: subject(),
+                    deadline: self.inner.deadline,
+                })
+            }
+        };
+        let Some(node) = map.node_for(key_slot(key.as_bytes())) else {
+            return through_client(cmd).await;
+        };
+        let sent = &cmd;
+        let reply = self
+            .on_node(node, until, operation, &subject, |mut c| async move {
+                c.send_packed_command(sent).await
+            })
+            .await?;
+        if let redis::Value::ServerError(error) = &reply {
+            if is_redirection(error.kind()) {
+                if error.kind() == Some(ServerErrorKind::Moved) {
+                    self.forget_slot_map(&map);
+                }
+                return through_client(cmd).await;
+            }
+        }
+        reply
+            .extract_error()
+            .and_then(|value| Ok(redis::from_redis_value(value)?))
+            .map_err(|e| classify(e, operation, subject(), self.inner.deadline))
     }
 
     /// Sends the commands for `keys` grouped per node: one pipeline per primary of the slot map,
@@ -424,25 +699,37 @@ impl RedisClusterCacheRepository {
     /// pipeline, so that no other request can take the `ASKING`; the cluster client sends them
     /// apart). A few rounds at most.
     ///
+    /// Each node's part runs under that node's breaker and gives up at `until`; a node that fails
+    /// (unreachable, timed out, breaker open) fails its own part only: the other nodes' parts are
+    /// done, and the failure is returned in [`PerNode::failures`], naming the node.
+    ///
     /// Returns each command's reply with the indices it covers, and the indices the map could not
-    /// serve: slot unknown to the map, node unreachable, `MOVED` (the map is stale: it is learned
-    /// again on the next call) or a cluster-state error. Those are for the caller to send through
-    /// the cluster client's own routing, which follows redirections.
+    /// serve: slot unknown to the map, `MOVED` (the map is stale: it is learned again on the next
+    /// call) or a cluster-state error. Those are for the caller to send through the cluster
+    /// client's own routing, which follows redirections.
     async fn send_per_node(
         &self,
-        connection: &ClusterConnection,
+        operation: &'static str,
         keys: &[&str],
         per_slot: bool,
+        until: Instant,
         command: impl Fn(&[usize]) -> redis::Cmd,
-    ) -> redis::RedisResult<PerNode> {
+    ) -> Result<PerNode> {
         let mut outcome = PerNode {
             replies: Vec::new(),
             fallback: Vec::new(),
+            failures: Vec::new(),
         };
-        let map = match self.slot_map(connection).await {
-            Ok(map) => map,
-            Err(e) if e.is_timeout() => return Err(e),
-            Err(e) => {
+        let map = match tokio::time::timeout_at(until.into(), self.slot_map()).await {
+            Ok(Ok(map)) => map,
+            Err(_elapsed) => {
+                return Err(Error::Timeout {
+                    operation,
+                    key: shown_many(keys),
+                    deadline: self.inner.deadline,
+                })
+            }
+            Ok(Err(e)) => {
                 // The client's routing still works without the map.
                 tracing::debug!(error = %e, "impcache: CLUSTER SLOTS failed; routing per slot");
                 outcome.fallback = (0..keys.len()).collect();
@@ -500,24 +787,35 @@ impl RedisClusterCacheRepository {
                     pipe.add_command(command(&unit.indices));
                     count += 1;
                 }
+                let part: Vec<&str> = units
+                    .iter()
+                    .flat_map(|u| u.indices.iter().map(|&index| keys[index]))
+                    .collect();
+                let part = shown_many(&part);
+                let node = self.node(&host, port);
                 let this = self.clone();
                 tasks.spawn(async move {
-                    let sent = async {
-                        let mut connection = this.node_connection(&host, port).await?;
-                        tracing::debug!(
-                            target: NODE_EVENTS,
-                            event = "pipeline",
-                            node = %format_args!("{host}:{port}"),
-                            commands = units.len(),
-                            round,
-                            "impcache: one pipeline to one cluster node"
-                        );
-                        connection.send_packed_commands(&pipe, 0, count).await
-                    }
-                    .await;
-                    if sent.as_ref().is_err_and(|e| !e.is_timeout()) {
-                        this.forget_node(&host, port);
-                    }
+                    let commands = units.len();
+                    let label = format!("{host}:{port}");
+                    let sent = this
+                        .on_node(
+                            &node,
+                            until,
+                            operation,
+                            &|| part.clone(),
+                            |mut c| async move {
+                                tracing::debug!(
+                                    target: NODE_EVENTS,
+                                    event = "pipeline",
+                                    node = %label,
+                                    commands,
+                                    round,
+                                    "impcache: one pipeline to one cluster node"
+                                );
+                                c.send_packed_commands(&pipe, 0, count).await
+                            },
+                        )
+                        .await;
                     ((host, port), units, positions, sent)
                 });
             }
@@ -529,14 +827,12 @@ impl RedisClusterCacheRepository {
                 };
                 let mut replies = match sent {
                     Ok(replies) => replies,
-                    Err(e) if e.is_timeout() => return Err(e),
-                    // The node is unreachable or gone (a failover): the client's routing decides.
-                    Err(e) => {
-                        tracing::debug!(error = %e, "impcache: a cluster node pipeline failed");
-                        stale = true;
-                        outcome
-                            .fallback
-                            .extend(units.into_iter().flat_map(|u| u.indices));
+                    // This node's part only: the others go on.
+                    Err(error) => {
+                        outcome.failures.push(NodeFailure {
+                            node: format!("{}:{}", node.0, node.1),
+                            error,
+                        });
                         continue;
                     }
                 };
@@ -608,82 +904,88 @@ impl RedisClusterCacheRepository {
         check_value_size(key, value.len(), self.inner.max_value_bytes)
     }
 
-    /// Sweeps one primary: `SCAN` it, `UNLINK` each batch (routed per slot, so a key that moved
-    /// meanwhile is still found, and one already gone counts 0).
-    async fn sweep(&self, host: String, port: u16, pattern: &str) -> Result<u64> {
+    /// Sweeps one primary: `SCAN` it, `UNLINK` each batch on it; keys that moved away meanwhile
+    /// are unlinked through the client's routing (one already gone counts 0). Each round trip is
+    /// bounded by the deadline and counts against this node's breaker only.
+    async fn sweep(&self, node: &Node, pattern: &str) -> Result<u64> {
         let subject = || shown(pattern);
-        let scan = |cursor: u64| {
-            let host = host.clone();
-            move |mut connection: ClusterConnection| async move {
-                let reply = connection
-                    .route_command(
-                        scan_command(cursor, pattern),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
-                    )
-                    .await?;
-                Ok(redis::from_redis_value::<(u64, Vec<Vec<u8>>)>(reply)?)
-            }
+        let deadline = self.inner.deadline;
+        let scan = |cursor: u64| async move {
+            let cmd = scan_command(cursor, pattern);
+            let cmd = &cmd;
+            let until = Instant::now() + deadline;
+            self.on_node(
+                node,
+                until,
+                "delete_pattern",
+                &subject,
+                |mut c| async move {
+                    let reply = c.send_packed_command(cmd).await?.extract_error()?;
+                    Ok(redis::from_redis_value::<(u64, Vec<Vec<u8>>)>(reply)?)
+                },
+            )
+            .await
         };
         // The keys a SCAN of this node found are on this node: one pipeline of `ASKING` +
         // `UNLINK key` pairs, sent to it. `ASKING` lets the node delete keys of a slot it is
         // importing (a migration in progress) and is a no-op otherwise; in one pipeline, nothing
-        // can slip between the two (the client's own ASK handling sends them apart, so a
-        // concurrent request can steal the `ASKING`). Keys that moved away since the SCAN come
-        // back as MOVED/ASK and are deleted through the client's routing instead.
-        let unlink = |keys: Vec<Vec<u8>>| {
-            let host = host.clone();
-            move |mut connection: ClusterConnection| async move {
-                if keys.is_empty() {
-                    return Ok(0);
-                }
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("ASKING").cmd("UNLINK").arg(key);
-                }
-                let replies = connection
-                    .route_pipeline(
-                        pipe,
-                        0,
-                        keys.len() * 2,
-                        SingleNodeRoutingInfo::ByAddress { host, port },
-                    )
-                    .await?;
-                let mut removed = 0;
-                let mut moved = Vec::new();
-                for (key, reply) in keys.into_iter().zip(replies.into_iter().skip(1).step_by(2)) {
-                    match reply {
-                        redis::Value::Int(n) => removed += u64::try_from(n).unwrap_or(0),
-                        _ => moved.push(key),
-                    }
-                }
-                let mut tasks = JoinSet::new();
-                for key in moved {
-                    let mut connection = connection.clone();
-                    tasks.spawn(async move {
-                        let mut cmd = redis::cmd("UNLINK");
-                        cmd.arg(key);
-                        cmd.query_async::<u64>(&mut connection).await
-                    });
-                }
-                Ok(removed + join_set(tasks).await?.into_iter().sum::<u64>())
+        // can slip between the two. Keys that moved away since the SCAN come back as MOVED/ASK
+        // and are deleted through the client's routing instead.
+        let unlink = |keys: Vec<Vec<u8>>| async move {
+            if keys.is_empty() {
+                return Ok(0);
             }
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("ASKING").cmd("UNLINK").arg(key);
+            }
+            let (pipe, count) = (&pipe, keys.len() * 2);
+            let until = Instant::now() + deadline;
+            let replies = self
+                .on_node(
+                    node,
+                    until,
+                    "delete_pattern",
+                    &subject,
+                    |mut c| async move { c.send_packed_commands(pipe, 0, count).await },
+                )
+                .await?;
+            let mut removed = 0;
+            let mut moved = Vec::new();
+            for (key, reply) in keys.into_iter().zip(replies.into_iter().skip(1).step_by(2)) {
+                match reply {
+                    redis::Value::Int(n) => removed += u64::try_from(n).unwrap_or(0),
+                    _ => moved.push(key),
+                }
+            }
+            if moved.is_empty() {
+                return Ok(removed);
+            }
+            let elsewhere = self
+                .run("delete_pattern", &subject, |connection| async move {
+                    let mut tasks = JoinSet::new();
+                    for key in moved {
+                        let mut connection = connection.clone();
+                        tasks.spawn(async move {
+                            let mut cmd = redis::cmd("UNLINK");
+                            cmd.arg(key);
+                            cmd.query_async::<u64>(&mut connection).await
+                        });
+                    }
+                    Ok(join_set(tasks).await?.into_iter().sum::<u64>())
+                })
+                .await?;
+            Ok(removed + elsewhere)
         };
-        let (mut cursor, mut keys) = self.run("delete_pattern", &subject, scan(0)).await?;
+        let (mut cursor, mut keys) = scan(0).await?;
         let mut removed = 0;
         while cursor != 0 {
             // The UNLINK of this batch and the SCAN for the next one travel together.
-            let (n, next) = tokio::join!(
-                self.run(
-                    "delete_pattern",
-                    &subject,
-                    unlink(std::mem::take(&mut keys))
-                ),
-                self.run("delete_pattern", &subject, scan(cursor)),
-            );
+            let (n, next) = tokio::join!(unlink(std::mem::take(&mut keys)), scan(cursor));
             removed += n?;
             (cursor, keys) = next?;
         }
-        Ok(removed + self.run("delete_pattern", &subject, unlink(keys)).await?)
+        Ok(removed + unlink(keys).await?)
     }
 }
 
@@ -697,9 +999,16 @@ const NODE_EVENTS: &str = "impcache::cluster";
 struct SlotMap {
     nodes: Vec<(String, u16)>,
     owners: Box<[u16]>,
+    /// The repository's handle of each of `nodes` (same order), with its breaker and connection.
+    handles: Vec<Arc<Node>>,
 }
 
 impl SlotMap {
+    /// The handle of the primary serving `slot`, if known.
+    fn node_for(&self, slot: u16) -> Option<&Arc<Node>> {
+        self.handles.get(self.owner(slot)?)
+    }
+
     /// The index in `nodes` of the primary serving `slot`, if known.
     fn owner(&self, slot: u16) -> Option<usize> {
         match self.owners.get(usize::from(slot)) {
@@ -714,6 +1023,7 @@ impl SlotMap {
         let mut map = SlotMap {
             nodes: Vec::new(),
             owners: vec![NO_OWNER; usize::from(SLOTS)].into_boxed_slice(),
+            handles: Vec::new(),
         };
         let redis::Value::Array(ranges) = reply else {
             return map;
@@ -822,6 +1132,51 @@ struct PerNode {
     replies: Vec<(Vec<usize>, redis::Value)>,
     /// Indices to send through the cluster client's routing, ascending.
     fallback: Vec<usize>,
+    /// The nodes whose part failed.
+    failures: Vec<NodeFailure>,
+}
+
+/// A node whose part of a multi-key operation failed, and how (the error names its keys).
+#[derive(Debug)]
+struct NodeFailure {
+    node: String,
+    error: Error,
+}
+
+/// The source of the [`Error::Unavailable`] of a multi-key operation whose part on one or more
+/// nodes failed (the parts on the other nodes were done): names each node and what happened.
+#[derive(Debug)]
+struct NodeFailures(Vec<NodeFailure>);
+
+impl fmt::Display for NodeFailures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, failure) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "cluster node {}: {}", failure.node, failure.error)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NodeFailures {}
+
+/// `Ok` if every node's part of a multi-key operation succeeded, else [`Error::Unavailable`]
+/// naming the nodes that failed.
+fn check_nodes(
+    operation: &'static str,
+    subject: &dyn Fn() -> String,
+    failures: Vec<NodeFailure>,
+) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Unavailable {
+        operation,
+        key: subject(),
+        source: Box::new(NodeFailures(failures)),
+    })
 }
 
 /// Replies that mean "not here, or not now": the client's routing handles them (it follows
@@ -894,10 +1249,7 @@ impl CacheRepository for RedisClusterCacheRepository {
         Box::pin(async move {
             self.check_size(key, &value)?;
             let cmd = set_command(key, &value, expiry, false);
-            self.run("set", &|| shown(key), |mut c| async move {
-                cmd.query_async(&mut c).await
-            })
-            .await
+            self.keyed("set", key, cmd).await
         })
     }
 
@@ -910,17 +1262,14 @@ impl CacheRepository for RedisClusterCacheRepository {
         Box::pin(async move {
             self.check_size(key, &value)?;
             let cmd = set_command(key, &value, expiry, true);
-            let reply: redis::Value = self
-                .run("set_nx", &|| shown(key), |mut c| async move {
-                    cmd.query_async(&mut c).await
-                })
-                .await?;
+            let reply: redis::Value = self.keyed("set_nx", key, cmd).await?;
             Ok(!matches!(reply, redis::Value::Nil))
         })
     }
 
     /// One pipeline of `SET`s per node, all sent in parallel; not atomic. Keys whose node
-    /// redirected (a stale slot map) are set again through the client's routing.
+    /// redirected (a stale slot map) are set again through the client's routing. If a node
+    /// fails, the keys of the other nodes are set all the same, and the error names the node.
     fn set_many<'a>(
         &'a self,
         entries: &'a [(&'a str, Bytes)],
@@ -935,161 +1284,203 @@ impl CacheRepository for RedisClusterCacheRepository {
             }
             let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
             let shown_keys = || shown_many(&keys);
-            let keys = &keys;
-            self.run("set_many", &shown_keys, |connection| async move {
-                let set = |indices: &[usize]| {
-                    let (key, value) = &entries[indices[0]];
-                    set_command(key, value, expiry, false)
-                };
-                let sent = self.send_per_node(&connection, keys, false, set).await?;
-                for (_, reply) in sent.replies {
-                    reply.extract_error()?;
-                }
-                let mut tasks = JoinSet::new();
-                for index in sent.fallback {
-                    let cmd = set(&[index]);
-                    let mut connection = connection.clone();
-                    tasks.spawn(async move { cmd.query_async::<()>(&mut connection).await });
-                }
-                join_set(tasks).await.map(drop)
-            })
-            .await
+            let until = Instant::now() + self.inner.deadline;
+            let set = |indices: &[usize]| {
+                let (key, value) = &entries[indices[0]];
+                set_command(key, value, expiry, false)
+            };
+            let sent = self
+                .send_per_node("set_many", &keys, false, until, set)
+                .await?;
+            for (_, reply) in sent.replies {
+                reply
+                    .extract_error()
+                    .map_err(|e| classify(e, "set_many", shown_keys(), self.inner.deadline))?;
+            }
+            if !sent.fallback.is_empty() {
+                let fallback = sent.fallback;
+                self.run_until(until, "set_many", &shown_keys, |connection| async move {
+                    let mut tasks = JoinSet::new();
+                    for index in fallback {
+                        let cmd = set(&[index]);
+                        let mut connection = connection.clone();
+                        tasks.spawn(async move { cmd.query_async::<()>(&mut connection).await });
+                    }
+                    join_set(tasks).await.map(drop)
+                })
+                .await?;
+            }
+            check_nodes("set_many", &shown_keys, sent.failures)
         })
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
-        Box::pin(async move {
-            let cmd = key_command("GET", key);
-            self.run("get", &|| shown(key), |mut c| async move {
-                cmd.query_async(&mut c).await
-            })
-            .await
-        })
+        Box::pin(async move { self.keyed("get", key, key_command("GET", key)).await })
     }
 
     /// One pipeline per node of one `MGET` per slot, all sent in parallel, reassembled in the
     /// order of `keys`. Keys whose node redirected (a stale slot map) are read again through the
-    /// client's routing.
+    /// client's routing. If a node fails, the call fails with an error naming it.
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
             let shown_keys = || shown_many(keys);
-            self.run("get_many", &shown_keys, |connection| async move {
-                let mget = |indices: &[usize]| {
-                    let mut cmd = redis::cmd("MGET");
-                    for &index in indices {
-                        cmd.arg(keys[index]);
-                    }
-                    cmd
-                };
-                let sent = self.send_per_node(&connection, keys, true, mget).await?;
-                let mut values: Vec<Option<Bytes>> = vec![None; keys.len()];
-                for (indices, reply) in sent.replies {
-                    let got: Vec<Option<Bytes>> = redis::from_redis_value(reply)?;
-                    for (index, value) in indices.into_iter().zip(got) {
-                        values[index] = value;
-                    }
+            let until = Instant::now() + self.inner.deadline;
+            let mget = |indices: &[usize]| {
+                let mut cmd = redis::cmd("MGET");
+                for &index in indices {
+                    cmd.arg(keys[index]);
                 }
-                // One key per command: the client follows each key's redirection on its own
-                // (a multi-key command in a migrating slot would get `TRYAGAIN`).
-                let mut tasks = JoinSet::new();
-                for index in sent.fallback {
-                    let cmd = mget(&[index]);
-                    let mut connection = connection.clone();
-                    tasks.spawn(async move {
-                        let got: Vec<Option<Bytes>> = cmd.query_async(&mut connection).await?;
-                        Ok::<_, RedisError>((index, got.into_iter().next().flatten()))
-                    });
-                }
-                for (index, value) in join_set(tasks).await? {
+                cmd
+            };
+            let sent = self
+                .send_per_node("get_many", keys, true, until, mget)
+                .await?;
+            check_nodes("get_many", &shown_keys, sent.failures)?;
+            let mut values: Vec<Option<Bytes>> = vec![None; keys.len()];
+            for (indices, reply) in sent.replies {
+                let got: Vec<Option<Bytes>> = reply
+                    .extract_error()
+                    .and_then(|value| Ok(redis::from_redis_value(value)?))
+                    .map_err(|e| classify(e, "get_many", shown_keys(), self.inner.deadline))?;
+                for (index, value) in indices.into_iter().zip(got) {
                     values[index] = value;
                 }
-                Ok(values)
-            })
-            .await
+            }
+            if !sent.fallback.is_empty() {
+                let fallback = sent.fallback;
+                // One key per command: the client follows each key's redirection on its own
+                // (a multi-key command in a migrating slot would get `TRYAGAIN`).
+                let read = self
+                    .run_until(until, "get_many", &shown_keys, |connection| async move {
+                        let mut tasks = JoinSet::new();
+                        for index in fallback {
+                            let cmd = mget(&[index]);
+                            let mut connection = connection.clone();
+                            tasks.spawn(async move {
+                                let got: Vec<Option<Bytes>> =
+                                    cmd.query_async(&mut connection).await?;
+                                Ok::<_, RedisError>((index, got.into_iter().next().flatten()))
+                            });
+                        }
+                        join_set(tasks).await
+                    })
+                    .await?;
+                for (index, value) in read {
+                    values[index] = value;
+                }
+            }
+            Ok(values)
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            let cmd = key_command("UNLINK", key);
-            self.run("delete", &|| shown(key), |mut c| async move {
-                cmd.query_async(&mut c).await
-            })
-            .await
-        })
+        Box::pin(async move { self.keyed("delete", key, key_command("UNLINK", key)).await })
     }
 
     /// One pipeline per node of one `UNLINK` per slot, all sent in parallel; the counts are
     /// summed. Keys whose node redirected (a stale slot map) are unlinked again through the
-    /// client's routing.
+    /// client's routing. If a node fails, the keys of the other nodes are deleted all the same,
+    /// and the error names the node.
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(0);
             }
             let shown_keys = || shown_many(keys);
-            self.run("delete_many", &shown_keys, |connection| async move {
-                let unlink = |indices: &[usize]| {
-                    let mut cmd = redis::cmd("UNLINK");
-                    for &index in indices {
-                        cmd.arg(keys[index]);
-                    }
-                    cmd
-                };
-                let sent = self.send_per_node(&connection, keys, true, unlink).await?;
-                let mut removed = 0;
-                for (_, reply) in sent.replies {
-                    removed += redis::from_redis_value::<u64>(reply)?;
+            let until = Instant::now() + self.inner.deadline;
+            let unlink = |indices: &[usize]| {
+                let mut cmd = redis::cmd("UNLINK");
+                for &index in indices {
+                    cmd.arg(keys[index]);
                 }
+                cmd
+            };
+            let sent = self
+                .send_per_node("delete_many", keys, true, until, unlink)
+                .await?;
+            let mut removed = 0;
+            for (_, reply) in sent.replies {
+                removed += reply
+                    .extract_error()
+                    .and_then(|value| Ok(redis::from_redis_value::<u64>(value)?))
+                    .map_err(|e| classify(e, "delete_many", shown_keys(), self.inner.deadline))?;
+            }
+            if !sent.fallback.is_empty() {
+                let fallback = sent.fallback;
                 // One key per command, as in `get_many`.
-                let mut tasks = JoinSet::new();
-                for index in sent.fallback {
-                    let cmd = unlink(&[index]);
-                    let mut connection = connection.clone();
-                    tasks.spawn(async move { cmd.query_async::<u64>(&mut connection).await });
-                }
-                Ok(removed + join_set(tasks).await?.into_iter().sum::<u64>())
-            })
-            .await
+                removed += self
+                    .run_until(until, "delete_many", &shown_keys, |connection| async move {
+                        let mut tasks = JoinSet::new();
+                        for index in fallback {
+                            let cmd = unlink(&[index]);
+                            let mut connection = connection.clone();
+                            tasks.spawn(
+                                async move { cmd.query_async::<u64>(&mut connection).await },
+                            );
+                        }
+                        Ok(join_set(tasks).await?.into_iter().sum::<u64>())
+                    })
+                    .await?;
+            }
+            check_nodes("delete_many", &shown_keys, sent.failures)?;
+            Ok(removed)
         })
     }
 
-    /// Sweeps every primary in parallel (`SCAN MATCH` in batches of 1,000, `UNLINK` per batch)
-    /// and returns the total removed. The deadline applies to each round trip.
+    /// Sweeps every primary of a freshly learned slot map in parallel (`SCAN MATCH` in batches
+    /// of 1,000, `UNLINK` per batch) and returns the total removed. The deadline applies to each
+    /// round trip. If a primary fails, the others are swept all the same, and the error names it.
     ///
     /// While slots migrate, a key that moves is deleted where it now lives (the `UNLINK` is routed
     /// by slot) and one already gone counts 0, so the total never counts a key twice. As with
     /// `SCAN` on one server, a key written (or migrated) while the sweep runs may be missed.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            let primaries = self.primaries().await.map_err(|e| match e {
-                // Name the pattern, not the topology query.
-                Error::Timeout { deadline, .. } => Error::Timeout {
-                    operation: "delete_pattern",
-                    key: shown(pattern),
-                    deadline,
-                },
-                Error::CircuitOpen { .. } => Error::CircuitOpen {
-                    operation: "delete_pattern",
-                    key: shown(pattern),
-                },
-                Error::Unavailable { source, .. } => Error::Unavailable {
-                    operation: "delete_pattern",
-                    key: shown(pattern),
-                    source,
-                },
-                other => other,
-            })?;
+            let subject = || shown(pattern);
+            // A fresh map: the primaries of right now (a replica may just have been promoted).
+            let map = match tokio::time::timeout(self.inner.deadline, self.learn_slot_map()).await {
+                Ok(Ok(map)) => map,
+                Ok(Err(e)) => {
+                    return Err(classify(
+                        e,
+                        "delete_pattern",
+                        subject(),
+                        self.inner.deadline,
+                    ))
+                }
+                Err(_elapsed) => {
+                    return Err(Error::Timeout {
+                        operation: "delete_pattern",
+                        key: subject(),
+                        deadline: self.inner.deadline,
+                    })
+                }
+            };
             let mut tasks = JoinSet::new();
-            for (host, port) in primaries {
+            for node in &map.handles {
                 let this = self.clone();
+                let node = node.clone();
                 let pattern = pattern.to_owned();
-                tasks.spawn(async move { this.sweep(host, port, &pattern).await });
+                tasks.spawn(async move {
+                    let swept = this.sweep(&node, &pattern).await;
+                    (format!("{}:{}", node.host, node.port), swept)
+                });
             }
-            Ok(join_set(tasks).await?.into_iter().sum())
+            let mut removed = 0;
+            let mut failures = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((_, Ok(n))) => removed += n,
+                    Ok((node, Err(error))) => failures.push(NodeFailure { node, error }),
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => {}
+                }
+            }
+            check_nodes("delete_pattern", &subject, failures)?;
+            Ok(removed)
         })
     }
 }
@@ -1111,6 +1502,15 @@ impl RedisClusterCacheRepositoryBuilder {
         }
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
         let seed = infos[0].clone().set_tcp_settings(tcp.clone());
+        let seeds = infos
+            .iter()
+            .filter_map(|info| match info.addr() {
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Some((host.clone(), *port))
+                }
+                _ => None,
+            })
+            .collect();
         let client = ClusterClientBuilder::new(infos)
             .connection_timeout(self.settings.connect_timeout)
             .response_timeout(self.settings.deadline)
@@ -1138,13 +1538,17 @@ impl RedisClusterCacheRepositoryBuilder {
                 slot_map: RwLock::new(None),
                 learning: tokio::sync::Mutex::new(()),
                 seed,
-                node_connections: RwLock::new(HashMap::new()),
+                seeds,
+                nodes: RwLock::new(HashMap::new()),
+                last_refresh_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
                 generations: AtomicU64::new(0),
                 consecutive_failures: AtomicU32::new(0),
                 deadline: self.settings.deadline,
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
-                breaker: CircuitBreaker::new(self.settings.breaker),
+                breaker_config: self.settings.breaker,
+                client_breaker: CircuitBreaker::new(self.settings.breaker),
                 shown_nodes: self.nodes.iter().map(|n| redact_dsn(n)).collect(),
             }),
         })

@@ -20,8 +20,10 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 /// development, with the same semantics as the Redis repository.
 ///
 /// - every entry has its own TTL (`SET .. EX`), and expired entries are never returned;
-/// - capacity is bounded by bytes (keys + values), evicting the least valuable entries (moka's
-///   TinyLFU) when full;
+/// - capacity is bounded by bytes (keys + values); when full, the least recently used entries are
+///   evicted (moka's LRU policy), as Redis does under `allkeys-lru`: a write is always kept, and
+///   recent writes and reads survive. (moka's default, TinyLFU, may refuse a new key that is not
+///   yet popular: a `set` that returned `Ok` would be gone at once.)
 /// - `set_nx` is atomic per key;
 /// - `delete_pattern` uses exactly Redis's glob rules (a port of Redis's matcher).
 ///
@@ -185,6 +187,7 @@ impl MemoryCacheRepositoryBuilder {
                     .unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
         // moka weighs entries with a u32, so no single entry can exceed 4 GiB.
         let max_value_bytes =
@@ -256,5 +259,53 @@ impl CacheRepository for MemoryCacheRepository {
             .filter(|key| self.entries.remove(key.as_str()).is_some())
             .count() as u64;
         Box::pin(async move { Ok(removed) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full repository keeps what was just written, as Redis's `allkeys-lru` does: moka's
+    /// default TinyLFU admission refused new keys that were not yet "popular" and kept the first
+    /// ~500 keys ever written instead (issue 12, item 14).
+    #[test]
+    fn recent_writes_survive_next_to_the_capacity_bound() {
+        const CAPACITY: u64 = 1024 * 1024;
+        let repository = MemoryCacheRepository::builder()
+            .max_capacity_bytes(CAPACITY)
+            .build();
+        let value = Bytes::from(vec![b'x'; 2000]);
+        let write = |key: String| {
+            repository
+                .set_now(key, value.clone(), Expiry::Never)
+                .unwrap()
+        };
+        for i in 0..1000 {
+            write(format!("old:{i}"));
+        }
+        repository.entries.run_pending_tasks();
+        assert!(repository.weighted_size() <= CAPACITY);
+        write("fresh".to_owned());
+        repository.entries.run_pending_tasks();
+        for i in 0..100 {
+            write(format!("new:{i}"));
+        }
+        repository.entries.run_pending_tasks();
+        assert!(
+            repository.get_now("fresh").is_some(),
+            "the fresh write is gone"
+        );
+        let missing: Vec<_> = (0..100)
+            .filter(|i| repository.get_now(&format!("new:{i}")).is_none())
+            .collect();
+        assert!(missing.is_empty(), "recent writes gone: {missing:?}");
+        assert!(
+            repository.get_now("old:0").is_none(),
+            "the oldest was evicted"
+        );
+        let used = repository.weighted_size();
+        assert!(used <= CAPACITY, "{used} bytes used");
+        assert!(used > CAPACITY * 9 / 10, "{used} bytes used: not full");
     }
 }

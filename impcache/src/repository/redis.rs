@@ -87,6 +87,9 @@ struct Inner {
 struct Current {
     generation: u64,
     manager: ConnectionManager,
+    /// The tokio runtime that opened the connection, where its driver task runs (`None` outside
+    /// one). When that runtime ends, the driver ends with it: see [`RedisCacheRepository::driver_gone`].
+    runtime: Option<tokio::runtime::Id>,
 }
 
 enum Source {
@@ -189,8 +192,23 @@ impl RedisCacheRepository {
         self.inner.manager.store(Some(Arc::new(Current {
             generation,
             manager: manager.clone(),
+            runtime: current_runtime(),
         })));
         Ok((generation, manager))
+    }
+
+    /// `true` when `e`, from connection `generation`, says that the connection's driver task is
+    /// gone because the runtime that opened the connection has ended (a `static` cache used from
+    /// several `#[tokio::test]`s, each with its own runtime). The `redis` crate then fails every
+    /// request at once with a dropped connection (`broken pipe`), before sending anything.
+    fn driver_gone(&self, generation: u64, e: &RedisError) -> bool {
+        if !is_dropped(e) {
+            return false;
+        }
+        let current = self.inner.manager.load();
+        current.as_ref().is_some_and(|c| {
+            c.generation == generation && c.runtime.is_some() && c.runtime != current_runtime()
+        })
     }
 
     /// Drops connection `generation` (if still current) so that the next operation opens a fresh
@@ -230,7 +248,8 @@ impl RedisCacheRepository {
 
     /// Sends one command or pipeline under the deadline and the breaker. Idempotent requests are
     /// retried once, within the same deadline, when the connection turned out to be dropped (an
-    /// idle connection closed by the server, a `CLIENT KILL`).
+    /// idle connection closed by the server, a `CLIENT KILL`); every request is, when the
+    /// connection's driver ended with the runtime that opened it ([`Self::driver_gone`]).
     async fn query<T: FromRedisValue>(
         &self,
         operation: &'static str,
@@ -263,7 +282,11 @@ impl RedisCacheRepository {
                     Request::Pipe(pipe) => pipe.query_async(&mut connection).await,
                 };
                 match result {
-                    Err(e) if request.is_idempotent() && !retried && is_dropped(&e) => {
+                    Err(e)
+                        if !retried
+                            && ((request.is_idempotent() && is_dropped(&e))
+                                || self.driver_gone(generation, &e)) =>
+                    {
                         self.reset_connection(generation);
                         retried = true;
                     }
@@ -271,7 +294,10 @@ impl RedisCacheRepository {
                 }
             }
         };
-        let outcome = tokio::time::timeout(self.inner.deadline, attempt).await;
+        // `timeout_at` with our own start: the same clock reads as `timeout`, and the time waited
+        // is known for an error that came back before the deadline.
+        let start = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout_at(start + self.inner.deadline, attempt).await;
         let generation = used.load(Ordering::Relaxed);
         match outcome {
             Ok(Ok(value)) => {
@@ -282,6 +308,26 @@ impl RedisCacheRepository {
                 }
                 self.inner.breaker.record_success();
                 Ok(value)
+            }
+            Ok(Err(e)) if e.is_timeout() => {
+                // The client's own timer (the connect timeout) or the operating system gave up
+                // before our deadline: say so, and how long was waited, rather than reporting
+                // our deadline as passed.
+                self.reset_connection(generation);
+                self.inner.breaker.record_failure(&admission);
+                Err(Error::Unavailable {
+                    operation,
+                    key: subject(),
+                    source: Box::new(GaveUpEarly {
+                        // To the millisecond: `102ms`, not `102.267089ms`.
+                        waited: Duration::from_millis(
+                            u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        ),
+                        connect_timeout: self.inner.connect_timeout,
+                        deadline: self.inner.deadline,
+                        source: e,
+                    }),
+                })
             }
             Ok(Err(e)) => {
                 let error = classify(e, operation, subject(), self.inner.deadline);
@@ -335,6 +381,28 @@ impl Request<'_> {
 
 fn is_dropped(e: &RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout() && !e.is_connection_refusal()
+}
+
+/// The tokio runtime this code runs on, if any.
+fn current_runtime() -> Option<tokio::runtime::Id> {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .map(|handle| handle.id())
+}
+
+/// A timeout reported by the `redis` client (its connect timeout, or the operating system's)
+/// before the operation's deadline passed: the source of [`Error::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the redis client gave up after {waited:?}, before the {deadline:?} deadline: {source} \
+     (connect timeout {connect_timeout:?})"
+)]
+struct GaveUpEarly {
+    waited: Duration,
+    connect_timeout: Duration,
+    deadline: Duration,
+    #[source]
+    source: RedisError,
 }
 
 /// The single-key operations as plain `async fn`s: the trait boxes them, and

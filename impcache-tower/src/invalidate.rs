@@ -1,0 +1,298 @@
+//! Invalidation after unsafe requests (RFC 9111 §4.4): a successful `POST`, `PUT`, `PATCH`,
+//! `DELETE` (any method but `GET`, `HEAD`, `OPTIONS`, `TRACE`) removes the stored responses of its
+//! URL, and of the same-host URLs its response's `Location` and `Content-Location` name.
+//!
+//! It runs before the response goes back, so the client that sent the request reads its own
+//! write, in a task of its own (a client that hangs up does not cut it short). A failure is
+//! logged and the response goes out anyway; with the cache down or slow it costs at most one
+//! repository deadline (the first failed round trip ends it).
+//!
+//! The URLs' records are read first (one round trip). A URL whose record holds its entry (no
+//! `Vary`, no keyed credentials: the common case) is then removed with one `DEL` for all of them.
+//! A URL whose record is a Vary marker (or that may have credentialed variants) has variants under
+//! keys no request names, so it is removed as [`CacheLayer::purge_url`](crate::CacheLayer::purge_url)
+//! removes one: a `delete_pattern` sweep (on Redis, `SCAN` of the whole keyspace). Deleting only
+//! its record would not do: the next stored variant writes a new marker, which would make the old
+//! variants reachable again.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, StatusCode};
+use impcache::Cache;
+
+use crate::entry::Record;
+use crate::key;
+use crate::layer::Config;
+
+/// Host of the base URL when the request names none: a relative reference still resolves against
+/// it, and no absolute one can name it (`.invalid` is reserved, RFC 2606).
+const NO_HOST: &str = "impcache-tower.invalid";
+
+/// Whether RFC 9110 §9.2.1 defines `method` as safe.
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// An unsafe request that invalidates once its response is known to be a success: what it needs
+/// of the request, which the handler consumes.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The host the request names (`Host`, else the URI's authority), as sent.
+    host: Option<String>,
+    /// The request's path and query, as in the request line.
+    path_and_query: String,
+}
+
+impl Pending {
+    /// `Some` when `request` invalidates on success: the option is on, its method is unsafe, and
+    /// it is not one the layer stores (a method listed in [`methods`](crate::CacheLayer::methods)
+    /// is treated as a read).
+    pub(crate) fn of<B>(config: &Config, request: &Request<B>) -> Option<Self> {
+        let method = request.method();
+        if !config.invalidate_on_unsafe_methods
+            || is_safe(method)
+            || config.methods.contains(method)
+        {
+            return None;
+        }
+        let uri = request.uri();
+        Some(Pending {
+            host: key::request_host(uri, request.headers()).map(str::to_owned),
+            path_and_query: join_path_and_query(uri.path(), uri.query()),
+        })
+    }
+
+    /// Invalidates when `status` is 2xx or 3xx; does nothing for an error status. Returns once
+    /// the cache answered, failed, or its deadline passed; never fails.
+    pub(crate) async fn run(self, config: &Config, status: StatusCode, headers: &HeaderMap) {
+        if !(status.is_success() || status.is_redirection()) {
+            return;
+        }
+        let targets = Targets {
+            cache: config.cache.clone(),
+            namespace: config.namespace.clone(),
+            host: config.host(self.host.as_deref()).map(str::to_owned),
+            methods: config.methods.clone(),
+            credentials: config.allow_authenticated,
+            urls: self.urls(headers),
+        };
+        match tokio::runtime::Handle::try_current() {
+            // Awaited, but in a task of its own: it finishes even if this request is dropped.
+            Ok(handle) => {
+                if let Err(error) = handle.spawn(targets.invalidate()).await {
+                    tracing::warn!(%error, "impcache-tower: invalidation task failed");
+                }
+            }
+            Err(_) => targets.invalidate().await,
+        }
+    }
+
+    /// The paths and queries to invalidate: the request's, then the same-host ones of `Location`
+    /// and `Content-Location` (resolved against the request's URL), each once.
+    fn urls(&self, headers: &HeaderMap) -> Vec<String> {
+        let mut urls = vec![self.path_and_query.clone()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            for value in headers.get_all(name) {
+                let target = value
+                    .to_str()
+                    .ok()
+                    .and_then(|reference| self.same_host_target(reference));
+                if let Some(target) = target {
+                    if !urls.contains(&target) {
+                        urls.push(target);
+                    }
+                }
+            }
+        }
+        urls
+    }
+
+    /// The path and query `reference` names, resolved against the request's URL (RFC 3986 §5,
+    /// as browsers do), when it is on the request's host (same host name and port; the scheme is
+    /// not part of a key); `None` for another host or an unusable reference.
+    fn same_host_target(&self, reference: &str) -> Option<String> {
+        let host = self.host.as_deref().filter(|h| !h.is_empty());
+        let base = url::Url::parse(&format!(
+            "http://{}{}",
+            host.unwrap_or(NO_HOST),
+            self.path_and_query
+        ))
+        .ok()?;
+        let target = base.join(reference.trim()).ok()?;
+        let same_host = matches!(target.scheme(), "http" | "https")
+            && target.host_str() == base.host_str()
+            && target.port() == base.port();
+        if !same_host {
+            return None;
+        }
+        Some(join_path_and_query(target.path(), target.query()))
+    }
+}
+
+fn join_path_and_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    }
+}
+
+/// Whether a URL whose record holds `record` may have entries under other keys than the record
+/// (Vary variants, credentialed variants), which only a sweep finds.
+fn has_variants(record: Option<&Bytes>, credentials: bool) -> bool {
+    let Some(bytes) = record else {
+        return false;
+    };
+    match Record::decode(bytes) {
+        Some(Record::Entry { vary, .. }) => credentials || !vary.is_empty(),
+        Some(Record::Marker(_)) => true,
+        // Another format (an earlier version's): its keys are unknown, so sweep.
+        None => true,
+    }
+}
+
+/// What one invalidation removes, owned so that it can run in a task of its own.
+struct Targets {
+    cache: Cache,
+    namespace: String,
+    /// The host part of the keys (`None`: any host, when keys leave the host out).
+    host: Option<String>,
+    /// The methods whose responses the layer stores: each has a record per URL.
+    methods: Vec<Method>,
+    credentials: bool,
+    urls: Vec<String>,
+}
+
+impl Targets {
+    /// Reads the records, removes those of URLs without variants with one `DEL`, and sweeps the
+    /// others; stops at the first failure (with the cache down, the next step would only wait its
+    /// own deadline too), which is logged.
+    async fn invalidate(self) {
+        let host = self.host.as_deref();
+        // (index in `urls`, full record key) for every URL and stored method.
+        let mut records = Vec::with_capacity(self.urls.len() * self.methods.len());
+        for (i, url) in self.urls.iter().enumerate() {
+            let (path, query) = match url.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (url.as_str(), None),
+            };
+            for method in &self.methods {
+                let url_key = key::url_key(&self.namespace, host, path, query, method);
+                records.push((i, self.cache.make_key(&key::record_key(&url_key))));
+            }
+        }
+        let keys: Vec<&str> = records.iter().map(|(_, key)| key.as_str()).collect();
+        let repository = self.cache.repository();
+        let values = match repository.get_many(&keys).await {
+            Ok(values) => values,
+            Err(error) => return self.failed(&error, "reading the records"),
+        };
+        let mut sweep = Vec::new();
+        for ((i, _), value) in records.iter().zip(&values) {
+            if has_variants(value.as_ref(), self.credentials) && !sweep.contains(i) {
+                sweep.push(*i);
+            }
+        }
+        let plain: Vec<&str> = records
+            .iter()
+            .zip(&values)
+            .filter(|((i, _), value)| value.is_some() && !sweep.contains(i))
+            .map(|((_, key), _)| key.as_str())
+            .collect();
+        if !plain.is_empty() {
+            if let Err(error) = repository.delete_many(&plain).await {
+                return self.failed(&error, "removing the records");
+            }
+        }
+        for i in sweep {
+            let Some(url) = self.urls.get(i) else {
+                continue;
+            };
+            let pattern = key::url_pattern(&self.namespace, host, url);
+            if let Err(error) = self.cache.delete_pattern(&pattern).await {
+                return self.failed(&error, "sweeping the variants");
+            }
+        }
+    }
+
+    fn failed(&self, error: &impcache::Error, step: &str) {
+        // Paths only: a query may carry a token, which has no place in a log.
+        let paths: Vec<&str> = self
+            .urls
+            .iter()
+            .map(|url| url.split_once('?').map_or(url.as_str(), |(path, _)| path))
+            .collect();
+        tracing::warn!(
+            %error,
+            ?paths,
+            "impcache-tower: invalidation after an unsafe request failed ({step}); stored \
+             responses of these paths may be served until they expire"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pending(host: Option<&str>, path_and_query: &str) -> Pending {
+        Pending {
+            host: host.map(str::to_owned),
+            path_and_query: path_and_query.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_safe_methods_are_get_head_options_and_trace() {
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert!(is_safe(&Method::from_bytes(method.as_bytes()).unwrap()));
+        }
+        for method in ["POST", "PUT", "PATCH", "DELETE", "PURGE", "QUERY"] {
+            assert!(!is_safe(&Method::from_bytes(method.as_bytes()).unwrap()));
+        }
+    }
+
+    #[test]
+    fn references_resolve_against_the_request_url() {
+        let p = pending(Some("Example.com"), "/users/1/edit?x=1");
+        let target = |r: &str| p.same_host_target(r);
+        assert_eq!(target("/users/1").as_deref(), Some("/users/1"));
+        assert_eq!(target("profile").as_deref(), Some("/users/1/profile"));
+        assert_eq!(target("../2?tab=a#top").as_deref(), Some("/users/2?tab=a"));
+        assert_eq!(target("?y=2").as_deref(), Some("/users/1/edit?y=2"));
+        assert_eq!(target("").as_deref(), Some("/users/1/edit?x=1"));
+        assert_eq!(
+            target("http://example.com/a").as_deref(),
+            Some("/a"),
+            "the same host, absolute"
+        );
+        assert_eq!(target("https://EXAMPLE.com:443/a").as_deref(), Some("/a"));
+        assert_eq!(target("//example.com/b").as_deref(), Some("/b"));
+        for other in [
+            "http://other.com/a",
+            "//other.com/a",
+            "http://example.com:8080/a",
+            "http://example.com.evil/a",
+            "mailto:a@example.com",
+            "ftp://example.com/a",
+            "http://[::1",
+        ] {
+            assert_eq!(target(other), None, "{other}");
+        }
+        // A port in `Host` must match.
+        let p = pending(Some("example.com:8080"), "/a");
+        assert_eq!(p.same_host_target("/b").as_deref(), Some("/b"));
+        assert_eq!(
+            p.same_host_target("http://example.com:8080/c").as_deref(),
+            Some("/c")
+        );
+        assert_eq!(p.same_host_target("http://example.com/c"), None);
+        // No host: only relative references are on it.
+        let p = pending(None, "/a/b");
+        assert_eq!(p.same_host_target("c").as_deref(), Some("/a/c"));
+        assert_eq!(p.same_host_target("http://example.com/c"), None);
+    }
+}

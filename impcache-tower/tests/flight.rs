@@ -1,0 +1,504 @@
+//! Request coalescing across the store boundary, a cancelled leader's hand-over, and streaming
+//! cacheable responses (issue 12, items 2-4).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::Response;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use impcache::{BoxFuture, CacheRepository, Expiry, MemoryCacheRepository};
+use impcache::{Cache, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use impcache_tower::CacheLayer;
+use support::*;
+use tokio::sync::{mpsc, watch};
+use tower::ServiceExt;
+
+/// Longest wait for something the test expects to happen (a hang fails the test, slowly).
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn layer() -> CacheLayer {
+    CacheLayer::new(memory_cache()).expire(60)
+}
+
+/// Waits (bounded) until `calls` reaches `n`.
+async fn wait_calls(calls: &Calls, n: usize) {
+    for _ in 0..2000 {
+        if calls.get() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the handler was called {} times, never {n}", calls.get());
+}
+
+/// Issue 12 item 2: with Redis, a request sent right after the previous response for the same
+/// URL was read must be a hit: the background store may still be on its way to Redis, and the
+/// second request's GET may overtake it. One handler call per URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_response_is_a_hit_for_the_next_request_with_redis() {
+    let redis = RedisServer::start();
+    let repository = RedisCacheRepository::builder(redis.url()).build().unwrap();
+    let (svc, calls) = counting(CacheLayer::new(Cache::new(repository)).expire(60));
+    let mut misses = Vec::new();
+    for i in 0..200 {
+        let uri = format!("/rw/{i}");
+        let first = send(&svc, get(&uri)).await;
+        assert_eq!(first.outcome(), "MISS");
+        let second = send(&svc, get(&uri)).await;
+        if second.outcome() != "HIT" || second.body != first.body {
+            misses.push((i, second.header("cache-status").map(str::to_owned)));
+        }
+    }
+    assert_eq!(
+        (calls.get(), misses.len()),
+        (200, 0),
+        "one handler call per URL; second requests not served from the first: {misses:?}"
+    );
+}
+
+/// A memory repository whose next `get` reads its answer, then holds it until the test lets it
+/// go: a lookup that overtakes a store.
+#[derive(Debug)]
+struct HeldRead {
+    inner: MemoryCacheRepository,
+    /// Set by the test: the next `get` waits for this gate after reading.
+    gate: std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, watch::Receiver<bool>)>>,
+}
+
+impl CacheRepository for HeldRead {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
+        self.inner.set(key, value, expiry)
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<bool>> {
+        self.inner.set_nx(key, value, expiry)
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
+        self.inner.set_many(entries, expiry)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<Option<Bytes>>> {
+        let gate = self.gate.lock().unwrap().take();
+        Box::pin(async move {
+            let read = self.inner.get(key).await;
+            if let Some((reading, mut open)) = gate {
+                reading.send(()).unwrap();
+                open.wait_for(|open| *open).await.unwrap();
+            }
+            read
+        })
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, impcache::Result<Vec<Option<Bytes>>>> {
+        self.inner.get_many(keys)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete(key)
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_many(keys)
+    }
+
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_pattern(pattern)
+    }
+}
+
+/// Issue 12 item 2, the race itself: a request's lookup reads "nothing" and is held; meanwhile
+/// another request makes the whole flight (handler call, store, flight closed). When the held
+/// lookup returns its miss, the request must not call the handler again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_overtaken_by_a_whole_flight_does_not_call_the_handler_again() {
+    let (reading, read) = tokio::sync::oneshot::channel();
+    let (open, opened) = watch::channel(false);
+    let repository = HeldRead {
+        inner: MemoryCacheRepository::new(),
+        gate: std::sync::Mutex::new(Some((reading, opened))),
+    };
+    let layer = CacheLayer::new(Cache::new(repository)).expire(60);
+    let (svc, calls) = counting(layer.clone());
+    let late = tokio::spawn(send(&svc, get("/race")));
+    read.await.unwrap();
+    // The late request has read "nothing" and is held. Another one calls the handler, stores, and
+    // its flight ends (the store runs in the background; give the flight time to close, else the
+    // late request simply finds it open, which passes too).
+    let first = send(&svc, get("/race")).await;
+    assert_eq!(first.body, "call 1");
+    wait_stored(&layer, "/race").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open.send_replace(true);
+    let late = tokio::time::timeout(PATIENCE, late).await.unwrap().unwrap();
+    assert_eq!(
+        (late.outcome(), late.body.as_ref()),
+        ("HIT", &b"call 1"[..])
+    );
+    assert_eq!(calls.get(), 1);
+}
+
+/// How the first leader goes away.
+#[derive(Clone, Copy, PartialEq)]
+enum Exit {
+    /// Its client disconnects: the request's future is dropped.
+    Cancelled,
+    /// Its handler panics.
+    Panicked,
+}
+
+/// Issue 12 item 3: the leader goes away mid-flight with 8 waiters: exactly one more handler
+/// call, and every waiter answered by it (the old code let every waiter call the handler).
+async fn a_leader_that_goes_away_hands_over_to_one_new_leader(exit: Exit) {
+    let (open, opened) = watch::channel(false);
+    let (svc, calls) = app(layer(), move |n, _| {
+        let mut opened = opened.clone();
+        async move {
+            // Every call waits for the test's signal; the first one's signal makes it panic.
+            opened.wait_for(|open| *open).await.unwrap();
+            if n == 1 {
+                panic!("the first handler call fails (on purpose)");
+            }
+            Response::new(Body::from(format!("call {n}")))
+        }
+    });
+    let leader = tokio::spawn(send(&svc, get("/handover")));
+    wait_calls(&calls, 1).await;
+    let waiters: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(send(&svc, get("/handover"))))
+        .collect();
+    // Let the waiters join the flight (one that joined later would find the new leader's flight
+    // all the same: the count below does not depend on this pause).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match exit {
+        Exit::Cancelled => leader.abort(),
+        Exit::Panicked => {
+            open.send_replace(true);
+        }
+    }
+    assert!(leader.await.is_err(), "the first request never answers");
+    wait_calls(&calls, 2).await;
+    // A stampede would show here: give the other waiters time to call the handler too.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open.send_replace(true);
+    for waiter in waiters {
+        let seen = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .expect("every waiter is answered")
+            .unwrap();
+        assert_eq!(seen.body, "call 2");
+    }
+    assert_eq!(calls.get(), 2, "one new leader, not one call per waiter");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_hands_over_to_one_new_leader() {
+    a_leader_that_goes_away_hands_over_to_one_new_leader(Exit::Cancelled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_leader_hands_over_to_one_new_leader() {
+    a_leader_that_goes_away_hands_over_to_one_new_leader(Exit::Panicked).await;
+}
+
+/// A response body fed chunk by chunk through a channel by the test.
+struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
+    }
+}
+
+type Feed = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// A handler whose response body is a [`ChannelBody`]; the test receives each call's feed.
+fn streaming(layer: CacheLayer) -> (Svc, Calls, mpsc::UnboundedReceiver<Feed>) {
+    let (feeds, fed) = mpsc::unbounded_channel();
+    let (svc, calls) = app(layer, move |_, _| {
+        let feeds = feeds.clone();
+        async move {
+            let (feed, chunks) = mpsc::channel(4);
+            feeds.send(feed).unwrap();
+            Response::new(Body::new(ChannelBody(chunks)))
+        }
+    });
+    (svc, calls, fed)
+}
+
+/// The response to `uri`, once its head has arrived.
+async fn head_of(svc: &Svc, uri: &str) -> Response<impcache_tower::ResponseBody<Body>> {
+    let response = tokio::spawn(svc.clone().oneshot(get(uri)));
+    tokio::time::timeout(PATIENCE, response)
+        .await
+        .expect("the response leaves before its body has ended")
+        .unwrap()
+        .unwrap()
+}
+
+/// The next data chunk the client receives.
+async fn next_chunk(body: &mut impcache_tower::ResponseBody<Body>) -> Bytes {
+    tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("a chunk reaches the client as soon as the handler produces it")
+        .expect("a chunk, not the end")
+        .expect("a chunk, not an error")
+        .into_data()
+        .expect("data")
+}
+
+async fn stored(layer: &CacheLayer, uri: &str) -> bool {
+    let key = format!("{}:v", layer.request_key(&get(uri)));
+    layer
+        .cache()
+        .repository()
+        .get(&key)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Issue 12 item 4: a cacheable response arriving in chunks reaches the client chunk by chunk
+/// (the old code held it back until the last chunk), and is stored once complete; requests that
+/// arrived meanwhile wait for the completed copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cacheable_body_streams_to_the_client_and_is_stored_once_complete() {
+    let layer = layer();
+    let (svc, calls, mut feeds) = streaming(layer.clone());
+    let response = head_of(&svc, "/stream").await;
+    let feed = feeds.recv().await.unwrap();
+    assert_eq!(
+        response.headers()["cache-status"],
+        "impcache; fwd=uri-miss; detail=streamed"
+    );
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one "))).await.unwrap();
+    // Chunk 1 reaches the client while the handler still holds chunk 2 back.
+    assert_eq!(next_chunk(&mut body).await, "one ");
+    assert!(
+        !stored(&layer, "/stream").await,
+        "not stored before it is complete"
+    );
+    // Requests arriving now wait for the copy.
+    let waiters: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(send(&svc, get("/stream"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    feed.send(Ok(Bytes::from("two"))).await.unwrap();
+    assert_eq!(next_chunk(&mut body).await, "two");
+    drop(feed);
+    assert!(body.frame().await.is_none(), "the end");
+    for waiter in waiters {
+        let seen = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (seen.outcome(), seen.body.as_ref()),
+            ("HIT", &b"one two"[..])
+        );
+    }
+    wait_stored(&layer, "/stream").await;
+    let hit = send(&svc, get("/stream")).await;
+    assert_eq!((hit.outcome(), hit.body.as_ref()), ("HIT", &b"one two"[..]));
+    assert_eq!(hit.header("content-length"), Some("7"));
+    assert!(
+        hit.header("etag").is_some(),
+        "computed from the stored body"
+    );
+    assert_eq!(calls.get(), 1);
+}
+
+/// Issue 12 item 4: a streamed body that does not complete (its client disconnects, or the body
+/// fails) is not stored; past the size limit it streams through unstored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_is_stored_only_when_complete_and_within_the_limit() {
+    let layer = layer().max_body_size(5);
+    let (svc, calls, mut feeds) = streaming(layer.clone());
+
+    // The client disconnects after the first chunk.
+    let response = head_of(&svc, "/gone").await;
+    let feed = feeds.recv().await.unwrap();
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one"))).await.unwrap();
+    assert_eq!(next_chunk(&mut body).await, "one");
+    drop(body);
+    let _ = feed.send(Ok(Bytes::from("s"))).await;
+    drop(feed);
+    assert!(!stored(&layer, "/gone").await);
+
+    // The body fails after the first chunk.
+    let response = head_of(&svc, "/fails").await;
+    let feed = feeds.recv().await.unwrap();
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one"))).await.unwrap();
+    assert_eq!(next_chunk(&mut body).await, "one");
+    feed.send(Err(std::io::Error::other("broken")))
+        .await
+        .unwrap();
+    assert!(
+        body.frame().await.unwrap().is_err(),
+        "the client sees the error"
+    );
+    drop(feed);
+
+    // Past the limit (5 bytes): all of it reaches the client.
+    let response = head_of(&svc, "/large").await;
+    let feed = feeds.recv().await.unwrap();
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one "))).await.unwrap();
+    assert_eq!(next_chunk(&mut body).await, "one ");
+    feed.send(Ok(Bytes::from("two"))).await.unwrap();
+    assert_eq!(next_chunk(&mut body).await, "two");
+    drop(feed);
+    assert!(body.frame().await.is_none(), "the end");
+
+    // None of them was stored: each is a miss again (the store would have been in the
+    // background: give it time to show).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for uri in ["/gone", "/fails", "/large"] {
+        assert!(!stored(&layer, uri).await, "{uri} stored");
+        let again = head_of(&svc, uri).await;
+        assert_eq!(
+            again.headers()["cache-status"],
+            "impcache; fwd=uri-miss; detail=streamed",
+            "{uri}"
+        );
+        drop(feeds.recv().await.unwrap());
+    }
+    assert_eq!(calls.get(), 6);
+}
+
+/// Issue 12 item 4 end to end: axum over TCP and a real HTTP client, which receives the first
+/// chunk while the handler still holds the second back; the next request is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_reaches_an_http_client_chunk_by_chunk() {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let (feeds, mut fed) = mpsc::unbounded_channel::<Feed>();
+    let app = axum::Router::new()
+        .route(
+            "/events",
+            axum::routing::get(move || {
+                let feeds = feeds.clone();
+                async move {
+                    let (feed, chunks) = mpsc::channel(4);
+                    feeds.send(feed).unwrap();
+                    Body::new(ChannelBody(chunks))
+                }
+            }),
+        )
+        .layer(layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let fetch = |client: Client<_, Full<Bytes>>| async move {
+        let request = http::Request::get(format!("http://{addr}/events"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tokio::time::timeout(PATIENCE, client.request(request))
+            .await
+            .expect("the response head arrives before the body has ended")
+            .unwrap()
+    };
+
+    let response = fetch(client.clone()).await;
+    let feed = fed.recv().await.unwrap();
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one "))).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("chunk 1 reaches the client while chunk 2 is held back")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, "one ");
+    feed.send(Ok(Bytes::from("two"))).await.unwrap();
+    drop(feed);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "two");
+
+    let hit = fetch(client.clone()).await;
+    let status = hit.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert!(status.starts_with("impcache; hit"), "{status}");
+    assert_eq!(
+        hit.into_body().collect().await.unwrap().to_bytes(),
+        "one two"
+    );
+    server.abort();
+}
+
+/// Issue 12 items 3 and 4: requests waiting for a streamed body whose client disconnects
+/// mid-way elect one new leader (nothing was stored, and a stampede is what coalescing avoids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_a_body_dropped_mid_way_elect_one_new_leader() {
+    let (svc, calls, mut feeds) = streaming(layer());
+    let response = head_of(&svc, "/dropped").await;
+    let feed = feeds.recv().await.unwrap();
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one "))).await.unwrap();
+    assert_eq!(next_chunk(&mut body).await, "one ");
+    let waiters: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(send(&svc, get("/dropped"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(body);
+    drop(feed);
+    let feed = tokio::time::timeout(PATIENCE, feeds.recv())
+        .await
+        .expect("a new leader calls the handler")
+        .unwrap();
+    // A stampede would show here: give the other waiters time to call the handler too.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    feed.send(Ok(Bytes::from("fresh"))).await.unwrap();
+    drop(feed);
+    let mut outcomes = Vec::new();
+    for waiter in waiters {
+        let seen = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.body, "fresh");
+        outcomes.push(seen.outcome());
+    }
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["HIT", "HIT", "HIT", "MISS"]);
+    assert_eq!(calls.get(), 2);
+}

@@ -1,0 +1,422 @@
+//! Issue 12 item 5: a successful unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`, …) removes the
+//! stored responses of its URL and of the same-host URLs in `Location` / `Content-Location`
+//! (RFC 9111 §4.4), before its response is sent; an error status removes nothing; the option
+//! turns it off; with Redis killed or frozen the response is delayed by at most one deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::{Method, Request, Response, StatusCode};
+use impcache::{Cache, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use impcache_tower::CacheLayer;
+use support::*;
+
+const DEADLINE: Duration = Duration::from_millis(100);
+/// Bound for one request: the deadline, plus slack for a 2-core CI machine.
+const BOUND: Duration = Duration::from_millis(100 + 900);
+
+/// Everything logged through `tracing` by this test binary, at every level.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A handler driven by the request: GET answers `call {n}`, varying on `Accept` except under
+/// `/plain` (a URL without `Vary`: its record holds its entry); any other method
+/// answers the status in `x-status` (default 200), with the `Location` and `Content-Location`
+/// given in `x-location` and `x-content-location`.
+fn service(layer: CacheLayer) -> (Svc, Calls) {
+    app(layer, |n, req: Request<Body>| async move {
+        if req.method() == Method::GET {
+            let mut response = Response::builder();
+            if !is_plain(req.uri().path()) {
+                response = response.header("vary", "accept");
+            }
+            return response.body(Body::from(format!("call {n}"))).unwrap();
+        }
+        let header = |name: &str| req.headers().get(name).map(|v| v.to_owned());
+        let mut response = Response::builder().status(
+            header("x-status")
+                .map(|s| s.to_str().unwrap().parse::<u16>().unwrap())
+                .unwrap_or(200),
+        );
+        if let Some(location) = header("x-location") {
+            response = response.header("location", location);
+        }
+        if let Some(location) = header("x-content-location") {
+            response = response.header("content-location", location);
+        }
+        response.body(Body::from(format!("changed {n}"))).unwrap()
+    })
+}
+
+fn is_plain(uri: &str) -> bool {
+    uri.starts_with("/plain")
+}
+
+fn html(uri: &str) -> Request<Body> {
+    request("GET", uri, &[("accept", "text/html")])
+}
+
+fn json(uri: &str) -> Request<Body> {
+    request("GET", uri, &[("accept", "application/json")])
+}
+
+/// Waits (bounded) until a HEAD with `accept` is a hit: the variant is stored (stores run in the
+/// background). A HEAD miss calls the handler but stores nothing.
+async fn wait_variant(svc: &Svc, uri: &str, accept: &str) {
+    for _ in 0..400 {
+        let head = request("HEAD", uri, &[("accept", accept)]);
+        if send(svc, head).await.outcome() == "HIT" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{uri} ({accept}) was never stored");
+}
+
+/// Stores both variants of each URL (the one entry of a `/plain` URL) and waits until both are
+/// hits.
+async fn store_all(svc: &Svc, uris: &[&str]) {
+    for uri in uris {
+        assert_eq!(send(svc, html(uri)).await.outcome(), "MISS", "{uri}");
+        if !is_plain(uri) {
+            assert_eq!(send(svc, json(uri)).await.outcome(), "MISS", "{uri}");
+        }
+    }
+    for uri in uris {
+        wait_variant(svc, uri, "text/html").await;
+        wait_variant(svc, uri, "application/json").await;
+        assert_eq!(send(svc, html(uri)).await.outcome(), "HIT", "{uri}");
+        assert_eq!(send(svc, json(uri)).await.outcome(), "HIT", "{uri}");
+    }
+}
+
+/// The outcome of a GET of each variant of `uri`. A `/plain` URL has one entry, which the first
+/// request may store again for the second: the second repeats the first's outcome.
+async fn outcomes(svc: &Svc, uri: &str) -> (&'static str, &'static str) {
+    let first = send(svc, html(uri)).await.outcome();
+    if is_plain(uri) {
+        return (first, first);
+    }
+    (first, send(svc, json(uri)).await.outcome())
+}
+
+/// The POST-then-GET contract, on any cache: the very next GET of the URL is a miss in each
+/// variant; another URL (another query) keeps its entries.
+async fn a_successful_unsafe_request_invalidates_its_url(base: CacheLayer) {
+    for method in ["POST", "PUT", "PATCH", "DELETE", "PURGE"] {
+        // A namespace per method: the stores of the previous round's misses run in the background.
+        let layer = base.clone().namespace(method);
+        let (svc, _) = service(layer.clone());
+        let uris = [
+            "/items/1",
+            "/items/1?tab=a",
+            "/items/2",
+            "/plain/1",
+            "/plain/2",
+        ];
+        store_all(&svc, &uris).await;
+        for changed in ["/items/1", "/plain/1"] {
+            let seen = send(&svc, request(method, changed, &[])).await;
+            assert_eq!(seen.status, StatusCode::OK);
+            assert_eq!(seen.outcome(), "BYPASS", "{method}");
+            // Read your own write: no wait between the response and the next request.
+            assert_eq!(
+                outcomes(&svc, changed).await,
+                ("MISS", "MISS"),
+                "{method} {changed}"
+            );
+        }
+        for kept in ["/items/1?tab=a", "/items/2", "/plain/2"] {
+            assert_eq!(outcomes(&svc, kept).await, ("HIT", "HIT"), "{kept}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_successful_unsafe_request_invalidates_its_url_in_memory() {
+    a_successful_unsafe_request_invalidates_its_url(CacheLayer::new(memory_cache())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_unsafe_request_invalidates_its_url_on_redis() {
+    let redis = RedisServer::start();
+    a_successful_unsafe_request_invalidates_its_url(redis_layer(&redis)).await;
+    // On the server: the URL's record and both variants are gone, the other URL's stay.
+    let layer = redis_layer(&redis).namespace("on-the-server");
+    let (svc, _) = service(layer.clone());
+    store_all(&svc, &["/items/1", "/items/2", "/plain/1", "/plain/2"]).await;
+    let in_namespace = || {
+        let keys = redis.keys();
+        keys.into_iter()
+            .filter(|k| k.contains(":on-the-server:"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(in_namespace().len(), 3 + 3 + 1 + 1);
+    send(&svc, request("DELETE", "/items/1", &[])).await;
+    send(&svc, request("DELETE", "/plain/1", &[])).await;
+    let key = |uri: &str| layer.request_key(&get(uri));
+    let keys = in_namespace();
+    for gone in ["/items/1", "/plain/1"] {
+        assert!(keys.iter().all(|k| !k.starts_with(&key(gone))), "{keys:?}");
+    }
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.starts_with(&key("/items/2")))
+            .count(),
+        3
+    );
+    assert!(keys.contains(&format!("{}:v", key("/plain/2"))), "{keys:?}");
+    assert_eq!(keys.len(), 3 + 1, "{keys:?}");
+}
+
+#[tokio::test]
+async fn a_redirect_invalidates_and_an_error_status_does_not() {
+    let layer = CacheLayer::new(memory_cache());
+    let (svc, _) = service(layer.clone());
+    store_all(&svc, &["/items/1"]).await;
+    for status in ["400", "404", "409", "500", "503"] {
+        let failed = send(&svc, request("POST", "/items/1", &[("x-status", status)])).await;
+        assert_eq!(failed.status.as_str(), status);
+        assert_eq!(outcomes(&svc, "/items/1").await, ("HIT", "HIT"), "{status}");
+    }
+    for status in ["201", "204", "303"] {
+        let layer = layer.clone().namespace(status);
+        let (svc, _) = service(layer.clone());
+        store_all(&svc, &["/items/1"]).await;
+        send(&svc, request("POST", "/items/1", &[("x-status", status)])).await;
+        assert_eq!(
+            outcomes(&svc, "/items/1").await,
+            ("MISS", "MISS"),
+            "{status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn turned_off_nothing_is_invalidated() {
+    let layer = CacheLayer::new(memory_cache()).invalidate_on_unsafe_methods(false);
+    let (svc, _) = service(layer.clone());
+    store_all(&svc, &["/items/1"]).await;
+    for method in ["POST", "DELETE"] {
+        assert_eq!(
+            send(&svc, request(method, "/items/1", &[])).await.status,
+            200
+        );
+        assert_eq!(outcomes(&svc, "/items/1").await, ("HIT", "HIT"), "{method}");
+    }
+}
+
+#[tokio::test]
+async fn safe_methods_and_stored_methods_invalidate_nothing() {
+    let layer = CacheLayer::new(memory_cache())
+        .methods([Method::GET, Method::from_bytes(b"QUERY").unwrap()]);
+    let (svc, _) = service(layer.clone());
+    store_all(&svc, &["/items/1"]).await;
+    for method in ["HEAD", "OPTIONS", "TRACE", "QUERY"] {
+        send(&svc, request(method, "/items/1", &[])).await;
+        assert_eq!(outcomes(&svc, "/items/1").await, ("HIT", "HIT"), "{method}");
+    }
+}
+
+#[tokio::test]
+async fn location_and_content_location_on_the_same_host_are_invalidated() {
+    let layer = CacheLayer::new(memory_cache());
+    let (svc, _) = service(layer.clone());
+    let other_host = || {
+        Request::get("/items/3")
+            .header("host", "other.example")
+            .body(Body::empty())
+            .unwrap()
+    };
+    store_all(
+        &svc,
+        &["/items", "/items/1", "/items/2", "/items/5?x=1", "/items/6"],
+    )
+    .await;
+    assert_eq!(send(&svc, other_host()).await.outcome(), "MISS");
+    let other_key = format!("{}:v", layer.request_key(&other_host()));
+    wait_value(layer.cache(), &other_key, |v| v.is_some()).await;
+    let post = |location: &'static str, content_location: &'static str| {
+        request(
+            "POST",
+            "/items",
+            &[
+                ("x-status", "201"),
+                ("x-location", location),
+                ("x-content-location", content_location),
+            ],
+        )
+    };
+    // Absolute path and absolute URL on the request's host.
+    send(&svc, post("/items/1", "http://EXAMPLE.com/items/2")).await;
+    assert_eq!(outcomes(&svc, "/items").await, ("MISS", "MISS"));
+    assert_eq!(outcomes(&svc, "/items/1").await, ("MISS", "MISS"));
+    assert_eq!(outcomes(&svc, "/items/2").await, ("MISS", "MISS"));
+    assert_eq!(outcomes(&svc, "/items/6").await, ("HIT", "HIT"));
+    // Relative references resolve against the request's URL (`/items`: `items/5` is a sibling
+    // of `items`).
+    send(&svc, post("items/5?x=1#top", "./items/6")).await;
+    assert_eq!(outcomes(&svc, "/items/5?x=1").await, ("MISS", "MISS"));
+    assert_eq!(outcomes(&svc, "/items/6").await, ("MISS", "MISS"));
+    // A URL without `Vary` (its record is its entry).
+    store_all(&svc, &["/plain/3"]).await;
+    send(&svc, post("/plain/3", "/plain/3")).await;
+    assert_eq!(outcomes(&svc, "/plain/3").await, ("MISS", "MISS"));
+    // Another host's entries stay.
+    assert_eq!(send(&svc, other_host()).await.outcome(), "HIT");
+    send(
+        &svc,
+        post("http://other.example/items/3", "//other.example/items/3"),
+    )
+    .await;
+    assert_eq!(send(&svc, other_host()).await.outcome(), "HIT");
+}
+
+fn redis_layer(redis: &RedisServer) -> CacheLayer {
+    let repository = RedisCacheRepository::builder(redis.url())
+        .deadline(DEADLINE)
+        .build()
+        .unwrap();
+    CacheLayer::new(Cache::new(repository)).expire(60)
+}
+
+/// Sends a POST that invalidates three URLs (its own, `Location`, `Content-Location`); checks
+/// that it is answered by the handler within [`BOUND`] and returns how long it took.
+async fn timed_post(svc: &Svc) -> Duration {
+    let started = Instant::now();
+    let seen = send(
+        svc,
+        request(
+            "POST",
+            "/items",
+            &[
+                ("x-status", "201"),
+                ("x-location", "/items/1"),
+                ("x-content-location", "/items/2"),
+            ],
+        ),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < BOUND, "the POST took {took:?}");
+    assert_eq!(seen.status, StatusCode::CREATED);
+    assert!(seen.body.starts_with(b"changed "));
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_does_not_fail_or_hold_up_an_unsafe_request() {
+    let logs = captured_logs();
+    let mut redis = RedisServer::start();
+    let layer = redis_layer(&redis);
+    let (svc, calls) = service(layer.clone());
+    store_all(&svc, &["/items"]).await;
+    let before = calls.get();
+    redis.kill();
+    for _ in 0..3 {
+        let took = timed_post(&svc).await;
+        println!("POST with Redis killed: {took:?}");
+    }
+    assert_eq!(calls.get(), before + 3);
+    // The failure is logged, with the path but not the query (which may carry a secret).
+    let seen = send(&svc, request("POST", "/items/9?token=t0p-s3cret", &[])).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("WARN") && logs.contains("invalidation after an unsafe request failed"),
+        "{logs}"
+    );
+    assert!(logs.contains("/items/9"), "{logs}");
+    assert!(!logs.contains("t0p-s3cret"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_delays_an_unsafe_request_by_at_most_one_deadline() {
+    let redis = RedisServer::start();
+    let layer = redis_layer(&redis);
+    let (svc, calls) = service(layer.clone());
+    // Connected first, so the freeze hits a live connection (the slow case, not the refused one).
+    store_all(&svc, &["/items"]).await;
+    let before = calls.get();
+    redis.freeze();
+    for _ in 0..3 {
+        let took = timed_post(&svc).await;
+        println!("POST with Redis frozen: {took:?} (deadline {DEADLINE:?})");
+    }
+    redis.thaw();
+    assert_eq!(calls.get(), before + 3);
+}
+
+/// The cost of an invalidation on Redis, by the number of other keys on the server. Prints the
+/// time of a POST that invalidates three URLs (its own, `Location`, `Content-Location`): without
+/// `Vary` (the records are read, then removed: two round trips), and with `Vary` (a
+/// `delete_pattern` sweep per URL: `SCAN` of the whole keyspace, 1,000 keys per round trip). Run
+/// with `cargo test -p impcache-tower --test invalidation cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints figures, asserts nothing about them"]
+async fn cost_of_an_invalidation_by_keyspace_size() {
+    let redis = RedisServer::start();
+    let repository = RedisCacheRepository::builder(redis.url()).build().unwrap();
+    let layer = CacheLayer::new(Cache::new(repository));
+    let (svc, _) = service(layer.clone());
+    for keys in [10_000, 100_000, 1_000_000] {
+        let _: () = redis.cmd(&["DEBUG", "POPULATE", &keys.to_string(), "other"]);
+        for prefix in ["/plain", "/items"] {
+            let mut times = Vec::new();
+            for round in 0..3 {
+                // A fresh URL each round: the misses of the last one are stored again.
+                let uri = format!("{prefix}/{keys}/{round}");
+                store_all(&svc, &[&uri]).await;
+                let started = Instant::now();
+                let seen = send(
+                    &svc,
+                    request(
+                        "POST",
+                        &uri,
+                        &[
+                            ("x-status", "201"),
+                            ("x-location", &format!("{prefix}/1")),
+                            ("x-content-location", &format!("{prefix}/2")),
+                        ],
+                    ),
+                )
+                .await;
+                times.push(started.elapsed());
+                assert_eq!(seen.status, StatusCode::CREATED);
+                assert_eq!(outcomes(&svc, &uri).await.0, "MISS");
+            }
+            println!("POST under {prefix} with {keys} other keys on the server: {times:?}");
+        }
+    }
+}
