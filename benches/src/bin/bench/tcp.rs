@@ -150,13 +150,13 @@ async fn tcp_for<T>(
         }
     };
 
-    for (cache, name) in [
-        (nodelay, "impcache, TCP_NODELAY"),
-        (os_default, "impcache, OS TCP defaults"),
+    for (cache, name, setting) in [
+        (nodelay, "impcache, TCP_NODELAY", "TCP_NODELAY"),
+        (os_default, "impcache, OS TCP defaults", "OS TCP defaults"),
     ] {
         let get = cache_get(cache, name);
         for &c in &config.concurrencies {
-            let case = format!("get {size} (vs redis-rs defaults)");
+            let case = format!("get {size}, impcache with {setting} (vs redis-rs defaults)");
             results.add(side_by_side(&case, c, config.timing, &get, &raw_get, Some(0.95)).await);
         }
         let set = cache_set(cache, name);
