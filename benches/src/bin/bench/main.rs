@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p impcache-benches --bin bench -- [--quick] [--out DIR] [--python PATH]
-//!     [--only core,batch,delete,memory,macro,http,peers,python,redis-benchmark]
+//!     [--only core,tcp,batch,delete,memory,macro,http,peers,python,redis-benchmark]
 //! ```
 //!
 //! Only the ratios mean something: client and server share the machine's cores.
@@ -16,6 +16,7 @@ mod http;
 mod memo;
 mod peers;
 mod report;
+mod tcp;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,7 +122,7 @@ fn parse_args() -> Config {
             "-h" | "--help" => {
                 println!(
                     "bench [--quick] [--out DIR] [--python PATH] \
-                     [--only core,batch,delete,memory,macro,http,peers,python,redis-benchmark]"
+                     [--only core,tcp,batch,delete,memory,macro,http,peers,python,redis-benchmark]"
                 );
                 std::process::exit(0);
             }
@@ -164,6 +165,9 @@ fn main() {
     runtime.block_on(async {
         if config.wants("core") {
             cases::core(&config, &server, &mut results).await;
+        }
+        if config.wants("tcp") {
+            tcp::tcp(&config, &server, &mut results).await;
         }
         if config.wants("batch") {
             cases::batch(&config, &server, &mut results).await;
