@@ -318,12 +318,10 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// The baseline's Redis connection: one `ConnectionManager` with the TCP settings impcache uses
-/// (`TCP_NODELAY`) and its default config otherwise.
+/// The baseline's Redis connection: one `ConnectionManager` with the redis crate's defaults (TCP
+/// settings included, as impcache's connection).
 pub async fn raw_connection(url: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
-    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
-    let client = redis::Client::open(info.set_tcp_settings(tcp))?;
+    let client = redis::Client::open(url)?;
     redis::aio::ConnectionManager::new(client).await
 }
 

@@ -231,7 +231,7 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
 
     let body = |id: u64| Bytes::from(serde_json::to_vec(&Small::new(id)).unwrap());
     let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
-    // The same TCP settings as impcache's connection (`TCP_NODELAY`), as in the bench.
+    // The redis crate's default TCP settings, as impcache's connection and the bench.
     let raw = impcache_benches::raw_connection(&server.url())
         .await
         .unwrap();

@@ -33,8 +33,8 @@ pub(crate) fn leaked_cache(server: &RedisServer) -> &'static Cache {
     Box::leak(Box::new(Cache::new(repository)))
 }
 
-/// The raw baseline: one `ConnectionManager` with the same TCP settings impcache uses
-/// (`TCP_NODELAY`), and its default config otherwise.
+/// The raw baseline: one `ConnectionManager` with the redis crate's defaults (the same TCP
+/// settings as impcache's connection).
 pub(crate) async fn raw_connection(server: &RedisServer) -> ConnectionManager {
     impcache_benches::raw_connection(&server.url())
         .await
