@@ -2,18 +2,21 @@
 //! `DELETE` (any method but `GET`, `HEAD`, `OPTIONS`, `TRACE`) removes the stored responses of its
 //! URL, and of the same-host URLs its response's `Location` and `Content-Location` name.
 //!
-//! It runs before the response goes back, so the client that sent the request reads its own
-//! write, in a task of its own (a client that hangs up does not cut it short). A failure is
-//! logged and the response goes out anyway; with the cache down or slow it costs at most one
-//! repository deadline (the first failed round trip ends it).
+//! The URLs' records are read (one round trip) and every one found is removed with one `DEL`
+//! (a second): a record holds its URL's entry, or the Vary marker through which its variants are
+//! found, so the next request for the URL is a miss. These two round trips run before the response
+//! goes back, so the client that sent the request reads its own write, in a task of its own (a
+//! client that hangs up does not cut it short). A failure is logged and the response goes out
+//! anyway; with the cache down or slow it costs at most one repository deadline (the first failed
+//! round trip ends it).
 //!
-//! The URLs' records are read first (one round trip). A URL whose record holds its entry (no
-//! `Vary`, no keyed credentials: the common case) is then removed with one `DEL` for all of them.
-//! A URL whose record is a Vary marker (or that may have credentialed variants) has variants under
-//! keys no request names, so it is removed as [`CacheLayer::purge_url`](crate::CacheLayer::purge_url)
-//! removes one: a `delete_pattern` sweep (on Redis, `SCAN` of the whole keyspace). Deleting only
-//! its record would not do: the next stored variant writes a new marker, which would make the old
-//! variants reachable again.
+//! A URL whose record was a Vary marker (or that may have credentialed variants) still has
+//! variants under keys no request names: the next stored variant writes a new marker, which would
+//! make them reachable again. They are removed as
+//! [`CacheLayer::purge_url`](crate::CacheLayer::purge_url) removes them, with a `delete_pattern`
+//! sweep (on Redis, a `SCAN` of the whole keyspace). Its time grows with the database (seconds on
+//! millions of keys), so the response waits for it [`SWEEP_WAIT`] at most, then it goes on in the
+//! background; until it ends, a variant other than the one requested again since may be served.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
@@ -23,6 +26,10 @@ use impcache::Cache;
 use crate::entry::Record;
 use crate::key;
 use crate::layer::Config;
+
+/// How long a response waits for the sweep of its URLs' variants before it goes out and the
+/// sweep goes on in the background: the repository's default deadline.
+const SWEEP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Host of the base URL when the request names none: a relative reference still resolves against
 /// it, and no absolute one can name it (`.invalid` is reserved, RFC 2606).
@@ -166,9 +173,9 @@ struct Targets {
 }
 
 impl Targets {
-    /// Reads the records, removes those of URLs without variants with one `DEL`, and sweeps the
-    /// others; stops at the first failure (with the cache down, the next step would only wait its
-    /// own deadline too), which is logged.
+    /// Reads the records and removes them with one `DEL`, then sweeps the variants of the URLs
+    /// that have them in a task of its own; stops at the first failure (with the cache down, the
+    /// next step would only wait its own deadline too), which is logged.
     async fn invalidate(self) {
         let host = self.host.as_deref();
         // (index in `urls`, full record key) for every URL and stored method.
@@ -195,18 +202,32 @@ impl Targets {
                 sweep.push(*i);
             }
         }
-        let plain: Vec<&str> = records
+        let found: Vec<&str> = records
             .iter()
             .zip(&values)
-            .filter(|((i, _), value)| value.is_some() && !sweep.contains(i))
+            .filter(|(_, value)| value.is_some())
             .map(|((_, key), _)| key.as_str())
             .collect();
-        if !plain.is_empty() {
-            if let Err(error) = repository.delete_many(&plain).await {
+        if !found.is_empty() {
+            if let Err(error) = repository.delete_many(&found).await {
                 return self.failed(&error, "removing the records");
             }
         }
-        for i in sweep {
+        if sweep.is_empty() {
+            return;
+        }
+        let sweep = self.sweep(sweep);
+        match tokio::runtime::Handle::try_current() {
+            // Past the wait, the sweep goes on in its task (dropping its handle detaches it).
+            Ok(handle) => drop(tokio::time::timeout(SWEEP_WAIT, handle.spawn(sweep)).await),
+            Err(_) => sweep.await,
+        }
+    }
+
+    /// Removes every variant of the URLs at `indexes` in `urls`.
+    async fn sweep(self, indexes: Vec<usize>) {
+        let host = self.host.as_deref();
+        for i in indexes {
             let Some(url) = self.urls.get(i) else {
                 continue;
             };

@@ -252,19 +252,19 @@ impl CacheLayer {
     /// `Content-Location` name when they are on the same host (resolved against the request's
     /// URL). An error status removes nothing.
     ///
-    /// The removal finishes before the response is sent, so the client that made the change reads
-    /// it back on its next request (a GET whose handler call started before the change may still
+    /// The removal of the URLs' records (two round trips: they are read, then removed with one
+    /// `DEL`) finishes before the response is sent, so the client that made the change reads it
+    /// back on its next request (a GET whose handler call started before the change may still
     /// store the older response it got). With the cache down or slow it adds at most one
     /// repository deadline and fails open: the failure is logged (`tracing` warning) and the
     /// response goes out.
     ///
-    /// Cost: the URLs' records are read, and those holding their entry (no `Vary`) removed with
-    /// one `DEL`: two round trips. A URL whose responses vary (or, with
-    /// [`allow_authenticated`](Self::allow_authenticated), may have credentialed variants) is
-    /// removed as [`purge_url`](Self::purge_url) does, with a `delete_pattern` sweep: on Redis a
-    /// `SCAN` of the whole keyspace, 1,000 keys per round trip, so its time grows with everything
-    /// the Redis database holds (see the README for figures). For such URLs on a large Redis, turn
-    /// this off and purge what a change affects.
+    /// A URL whose responses vary (or, with [`allow_authenticated`](Self::allow_authenticated),
+    /// may have credentialed variants) also has variants under keys of their own: they are swept
+    /// as [`purge_url`](Self::purge_url) does, with `delete_pattern` (on Redis a `SCAN` of the
+    /// whole keyspace, whose time grows with everything the database holds). The response waits
+    /// for that sweep 500 ms at most, then it goes on in the background; until it ends, a variant
+    /// that was not requested again since the change may still be served.
     pub fn invalidate_on_unsafe_methods(self, invalidate: bool) -> Self {
         self.with(|c| c.invalidate_on_unsafe_methods = invalidate)
     }

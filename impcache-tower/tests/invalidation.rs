@@ -420,3 +420,44 @@ async fn cost_of_an_invalidation_by_keyspace_size() {
         }
     }
 }
+
+/// A URL with variants on a large database: its records go before the response, the sweep of its
+/// variants (a `SCAN` of 2,000,000 keys, seconds) does not hold the response past [`BOUND`], and
+/// it finishes in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_of_a_large_database_does_not_hold_up_the_response() {
+    let redis = RedisServer::start();
+    let layer = redis_layer(&redis).namespace("large");
+    let (svc, _) = service(layer.clone());
+    store_all(&svc, &["/items/1", "/items/2"]).await;
+    let key = layer.request_key(&get("/items/1"));
+    let stored: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&key))
+        .collect();
+    assert_eq!(stored.len(), 3, "the record and two variants: {stored:?}");
+    let _: () = redis.cmd(&["DEBUG", "POPULATE", "2000000", "other"]);
+    let started = Instant::now();
+    let seen = send(&svc, request("POST", "/items/1", &[])).await;
+    let took = started.elapsed();
+    assert_eq!(seen.status, StatusCode::OK);
+    assert!(took < BOUND, "the POST waited {took:?} for the sweep");
+    // The sweep ends in the background: no key of the URL is left, the other URL's are.
+    let exists: Vec<&str> = std::iter::once("EXISTS")
+        .chain(stored.iter().map(String::as_str))
+        .collect();
+    loop {
+        let left: i64 = redis.cmd(&exists);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(50),
+            "the sweep did not end: {left} keys left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("POST: {took:?}; sweep done after {:?}", started.elapsed());
+    assert_eq!(outcomes(&svc, "/items/2").await, ("HIT", "HIT"));
+}
