@@ -33,6 +33,8 @@ const OPERATIONS: &[&str] = &[
     "moka-set",
     "moka-ttl-get",
     "moka-ttl-set",
+    "memo-hit",
+    "memo-hit-template",
     "http-cached",
     "http-cached-lean",
     "http-raw",
@@ -43,6 +45,27 @@ const OPERATIONS: &[&str] = &[
 ];
 
 type MokaTtl = impcache_benches::MokaPerEntryTtl;
+
+/// The in-memory cache of the `memo-hit*` operations.
+static MEMO: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+
+fn memo() -> &'static Cache {
+    MEMO.get_or_init(|| Cache::new(MemoryCacheRepository::new()))
+}
+
+/// A `#[cached]` hit with the default key layout (module path, function, JSON arguments).
+#[impcache::cached(expire = 300, cache = memo())]
+async fn memo_small(id: u64, name: &str) -> Small {
+    black_box(name);
+    Small::new(id)
+}
+
+/// A `#[cached]` hit with a key template.
+#[impcache::cached(expire = 300, cache = memo(), key = "m:{name}:{id}")]
+async fn memo_template(id: u64, name: &str) -> Small {
+    black_box(name);
+    Small::new(id)
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -184,6 +207,12 @@ async fn run(
                 pipe.add_command(raw_set(id, &values[id as usize])).ignore();
             }
             let () = pipe.query_async(&mut conn).await.unwrap();
+        }
+        "memo-hit" => {
+            black_box(memo_small(id % 100, "user").await); // warmed up: hits only
+        }
+        "memo-hit-template" => {
+            black_box(memo_template(id % 100, "user").await);
         }
         "memory-get" => {
             let v: Small = memory.get(&format!("small:{id}")).await.unwrap().unwrap();
