@@ -327,6 +327,53 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
     }
 
     #[test]
+    fn key_slots_match_the_redis_crate_for_hash_tags_and_braces() {
+        // Our slot function against `redis`'s own (`Slot::for_key`), for keys with hash tags,
+        // empty tags, nested and unbalanced braces, and bytes that are not UTF-8.
+        let shapes: [fn(usize) -> Vec<u8>; 16] = [
+            |i| format!("cache:1:k{i}").into_bytes(),
+            |i| format!("{{user{i}}}:profile").into_bytes(),
+            |i| format!("cache:1:{{user{i}}}:k").into_bytes(),
+            |i| format!("{{}}{i}").into_bytes(),
+            |i| format!("a{{}}{{u{i}}}").into_bytes(),
+            |i| format!("{{{{{i}}}}}").into_bytes(),
+            |i| format!("{{a{{{i}}}b}}").into_bytes(),
+            |i| format!("k{i}{{").into_bytes(),
+            |i| format!("{{k{i}").into_bytes(),
+            |i| format!("}}k{i}{{").into_bytes(),
+            |i| format!("}}{{t{i}}}").into_bytes(),
+            |i| format!("k{i}}}").into_bytes(),
+            |i| format!("x{{{i}}}}}y").into_bytes(),
+            |i| format!("{{{i}").into_bytes(),
+            |i| vec![b'{', 0xff, (i % 256) as u8, b'}', 0xfe],
+            |i| vec![0xc3, (i % 256) as u8, b'{', b'}', b'{'],
+        ];
+        let mut checked = 0;
+        for shape in shapes {
+            for i in 0..500 {
+                let key = shape(i);
+                assert_eq!(
+                    Slot::new(key_slot(&key)),
+                    Some(Slot::for_key(&key)),
+                    "{:?}",
+                    String::from_utf8_lossy(&key)
+                );
+                checked += 1;
+            }
+        }
+        for key in [
+            "", "{", "}", "{}", "}{", "{{}}", "{}{}", "{a", "a}", "{a}{b}", "a{b}c{d}",
+        ] {
+            assert_eq!(
+                Slot::new(key_slot(key.as_bytes())),
+                Some(Slot::for_key(key)),
+                "{key}"
+            );
+        }
+        assert_eq!(checked, 8000);
+    }
+
+    #[test]
     fn slot_map_comes_from_cluster_slots() {
         use redis::Value::{Array, BulkString, Int};
         let node = |host: &str, port: i64| {
