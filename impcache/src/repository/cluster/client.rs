@@ -16,7 +16,7 @@ use crate::repository::redis::{current_runtime, lost_driver};
 
 /// Consecutive outage errors after which the cluster connection is replaced by a fresh one (new
 /// topology discovery from the configured nodes): the client can stay stuck after a failover.
-pub(super) const RESET_AFTER_FAILURES: u32 = 3;
+const RESET_AFTER_FAILURES: u32 = 3;
 
 impl RedisClusterCacheRepository {
     pub(super) fn current(&self) -> Option<(u64, ClusterConnection, Option<tokio::runtime::Id>)> {

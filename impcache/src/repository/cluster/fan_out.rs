@@ -11,7 +11,7 @@ use redis::{RedisError, ServerErrorKind};
 use tokio::task::JoinSet;
 
 use super::node::is_redirection;
-use super::topology::key_slot;
+use super::topology::{key_slot, SlotMap};
 use super::{RedisClusterCacheRepository, NODE_EVENTS};
 use crate::error::{shown_many, Error, Result};
 use crate::expire::Expiry;
@@ -19,13 +19,13 @@ use crate::repository::commands::{classify, set_command};
 
 /// Rounds of per-node pipelines for one multi-key call: the first, then while a slot migrates
 /// one with the `TRYAGAIN` commands split per key, and one after `ASK` on the importing node.
-pub(super) const MIGRATION_ROUNDS: usize = 4;
+const MIGRATION_ROUNDS: usize = 4;
 
 /// One command of a per-node pipeline: the indices (in the caller's keys) it covers, and whether
 /// `ASKING` goes in front of it (it follows an `ASK` redirection).
-pub(super) struct Unit {
-    pub(super) indices: Vec<usize>,
-    pub(super) asking: bool,
+struct Unit {
+    indices: Vec<usize>,
+    asking: bool,
 }
 
 /// What [`RedisClusterCacheRepository::send_per_node`] got back.
@@ -48,7 +48,7 @@ pub(super) struct NodeFailure {
 /// The source of the [`Error::Unavailable`] of a multi-key operation whose part on one or more
 /// nodes failed (the parts on the other nodes were done): names each node and what happened.
 #[derive(Debug)]
-pub(super) struct NodeFailures(Vec<NodeFailure>);
+struct NodeFailures(Vec<NodeFailure>);
 
 impl fmt::Display for NodeFailures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,19 +111,8 @@ impl RedisClusterCacheRepository {
                 .extract_error()
                 .map_err(|e| classify(e, "set_many", shown_keys(), self.waited(until)))?;
         }
-        if !sent.fallback.is_empty() {
-            let fallback = &sent.fallback;
-            self.run_until(until, "set_many", &shown_keys, |connection| async move {
-                let mut tasks = JoinSet::new();
-                for &index in fallback {
-                    let cmd = set(&[index]);
-                    let mut connection = connection.clone();
-                    tasks.spawn(async move { cmd.query_async::<()>(&mut connection).await });
-                }
-                join_set(tasks).await.map(drop)
-            })
+        self.through_client_per_key::<()>(until, "set_many", &shown_keys, &sent.fallback, set)
             .await?;
-        }
         check_nodes("set_many", &shown_keys, sent.failures)
     }
 
@@ -157,27 +146,19 @@ impl RedisClusterCacheRepository {
                 values[index] = value;
             }
         }
-        if !sent.fallback.is_empty() {
-            let fallback = &sent.fallback;
-            // One key per command: the client follows each key's redirection on its own
-            // (a multi-key command in a migrating slot would get `TRYAGAIN`).
-            let read = self
-                .run_until(until, "get_many", &shown_keys, |connection| async move {
-                    let mut tasks = JoinSet::new();
-                    for &index in fallback {
-                        let cmd = mget(&[index]);
-                        let mut connection = connection.clone();
-                        tasks.spawn(async move {
-                            let got: Vec<Option<Bytes>> = cmd.query_async(&mut connection).await?;
-                            Ok::<_, RedisError>((index, got.into_iter().next().flatten()))
-                        });
-                    }
-                    join_set(tasks).await
-                })
-                .await?;
-            for (index, value) in read {
-                values[index] = value;
-            }
+        // One key per command: the client follows each key's redirection on its own (a multi-key
+        // command in a migrating slot would get `TRYAGAIN`).
+        let read = self
+            .through_client_per_key::<Vec<Option<Bytes>>>(
+                until,
+                "get_many",
+                &shown_keys,
+                &sent.fallback,
+                mget,
+            )
+            .await?;
+        for (index, got) in read {
+            values[index] = got.into_iter().next().flatten();
         }
         Ok(values)
     }
@@ -209,21 +190,17 @@ impl RedisClusterCacheRepository {
                 .and_then(|value| Ok(redis::from_redis_value::<u64>(value)?))
                 .map_err(|e| classify(e, "delete_many", shown_keys(), self.waited(until)))?;
         }
-        if !sent.fallback.is_empty() {
-            let fallback = &sent.fallback;
-            // One key per command, as in `get_many`.
-            removed += self
-                .run_until(until, "delete_many", &shown_keys, |connection| async move {
-                    let mut tasks = JoinSet::new();
-                    for &index in fallback {
-                        let cmd = unlink(&[index]);
-                        let mut connection = connection.clone();
-                        tasks.spawn(async move { cmd.query_async::<u64>(&mut connection).await });
-                    }
-                    Ok(join_set(tasks).await?.into_iter().sum::<u64>())
-                })
-                .await?;
-        }
+        // One key per command, as in `get_many`.
+        let unlinked = self
+            .through_client_per_key::<u64>(
+                until,
+                "delete_many",
+                &shown_keys,
+                &sent.fallback,
+                unlink,
+            )
+            .await?;
+        removed += unlinked.into_iter().map(|(_, n)| n).sum::<u64>();
         check_nodes("delete_many", &shown_keys, sent.failures)?;
         Ok(removed)
     }
@@ -276,37 +253,7 @@ impl RedisClusterCacheRepository {
                 return Ok(outcome);
             }
         };
-        // node -> slot -> indices, in the caller's order within each slot.
-        let mut by_node: HashMap<usize, HashMap<u16, Vec<usize>>> = HashMap::new();
-        for (index, key) in keys.iter().enumerate() {
-            let slot = key_slot(key.as_bytes());
-            match map.owner(slot) {
-                Some(node) => by_node
-                    .entry(node)
-                    .or_default()
-                    .entry(slot)
-                    .or_default()
-                    .push(index),
-                None => outcome.fallback.push(index),
-            }
-        }
-        let mut work: HashMap<(String, u16), Vec<Unit>> = HashMap::new();
-        for (node, slots) in by_node {
-            let units = work.entry(map.nodes[node].clone()).or_default();
-            for indices in slots.into_values() {
-                if per_slot {
-                    units.push(Unit {
-                        indices,
-                        asking: false,
-                    });
-                } else {
-                    units.extend(indices.into_iter().map(|index| Unit {
-                        indices: vec![index],
-                        asking: false,
-                    }));
-                }
-            }
-        }
+        let mut work = group_per_node(&map, keys, per_slot, &mut outcome.fallback);
         let mut stale = false;
         for round in 0..MIGRATION_ROUNDS {
             if work.is_empty() {
@@ -314,115 +261,29 @@ impl RedisClusterCacheRepository {
             }
             let last = round + 1 == MIGRATION_ROUNDS;
             let mut tasks = JoinSet::new();
-            for ((host, port), units) in work.drain() {
-                let mut pipe = redis::pipe();
-                let mut count = 0;
-                let mut positions = Vec::with_capacity(units.len());
-                for unit in &units {
-                    if unit.asking {
-                        pipe.cmd("ASKING");
-                        count += 1;
-                    }
-                    positions.push(count);
-                    pipe.add_command(command(&unit.indices));
-                    count += 1;
-                }
-                let part: Vec<&str> = units
-                    .iter()
-                    .flat_map(|u| u.indices.iter().map(|&index| keys[index]))
-                    .collect();
-                let part = shown_many(&part);
-                let node = self.node(&host, port);
+            for (node, units) in work.drain() {
+                let job = NodePipeline::new(node, units, keys, &command);
                 let this = self.clone();
                 tasks.spawn(async move {
-                    let commands = units.len();
-                    let label = format!("{host}:{port}");
-                    let (label, pipe) = (&label, &pipe);
-                    let sent = this
-                        .on_node(
-                            &node,
-                            until,
-                            operation,
-                            &|| part.clone(),
-                            |mut c| async move {
-                                tracing::debug!(
-                                    target: NODE_EVENTS,
-                                    event = "pipeline",
-                                    node = %label,
-                                    commands,
-                                    round,
-                                    "impcache: one pipeline to one cluster node"
-                                );
-                                c.send_packed_commands(pipe, 0, count).await
-                            },
-                        )
-                        .await;
-                    ((host, port), units, positions, sent)
+                    let sent = this.send_pipeline(&job, operation, round, until).await;
+                    (job, sent)
                 });
             }
             while let Some(joined) = tasks.join_next().await {
-                let (node, units, positions, sent) = match joined {
+                let (job, sent) = match joined {
                     Ok(done) => done,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                     Err(_) => continue,
                 };
-                let mut replies = match sent {
-                    Ok(replies) => replies,
+                match sent {
+                    Ok(replies) => {
+                        stale |= sort_replies(&mut outcome, &mut work, job, replies, last)
+                    }
                     // This node's part only: the others go on.
-                    Err(error) => {
-                        outcome.failures.push(NodeFailure {
-                            node: format!("{}:{}", node.0, node.1),
-                            error,
-                        });
-                        continue;
-                    }
-                };
-                for (unit, position) in units.into_iter().zip(positions) {
-                    let reply = replies
-                        .get_mut(position)
-                        .map_or(redis::Value::Nil, std::mem::take);
-                    let redis::Value::ServerError(error) = reply else {
-                        outcome.replies.push((unit.indices, reply));
-                        continue;
-                    };
-                    match error.kind() {
-                        Some(ServerErrorKind::Ask) if !last => {
-                            let target =
-                                RedisError::from(error)
-                                    .redirect_node()
-                                    .and_then(|(address, _)| {
-                                        let (host, port) = address.rsplit_once(':')?;
-                                        Some((host.to_owned(), port.parse::<u16>().ok()?))
-                                    });
-                            match target {
-                                // Per key: the keys of one slot may be on either side.
-                                Some(target) => {
-                                    work.entry(target).or_default().extend(
-                                        unit.indices.into_iter().map(|index| Unit {
-                                            indices: vec![index],
-                                            asking: true,
-                                        }),
-                                    );
-                                }
-                                None => outcome.fallback.extend(unit.indices),
-                            }
-                        }
-                        Some(ServerErrorKind::TryAgain) if !last && unit.indices.len() > 1 => {
-                            work.entry(node.clone()).or_default().extend(
-                                unit.indices.into_iter().map(|index| Unit {
-                                    indices: vec![index],
-                                    asking: unit.asking,
-                                }),
-                            );
-                        }
-                        kind if is_redirection(kind) => {
-                            stale |= kind == Some(ServerErrorKind::Moved);
-                            outcome.fallback.extend(unit.indices);
-                        }
-                        _ => outcome
-                            .replies
-                            .push((unit.indices, redis::Value::ServerError(error))),
-                    }
+                    Err(error) => outcome.failures.push(NodeFailure {
+                        node: format!("{}:{}", job.node.0, job.node.1),
+                        error,
+                    }),
                 }
             }
         }
@@ -440,6 +301,221 @@ impl RedisClusterCacheRepository {
         outcome.fallback.sort_unstable();
         Ok(outcome)
     }
+
+    /// Sends the command of each key at `fallback` (indices in the caller's keys) on its own
+    /// through the cluster client's routing, which follows each key's redirection, all in
+    /// parallel and giving up at `until`; returns each reply with its index. Nothing is sent for
+    /// no keys.
+    async fn through_client_per_key<T>(
+        &self,
+        until: Instant,
+        operation: &'static str,
+        subject: &(dyn Fn() -> String + Sync),
+        fallback: &[usize],
+        command: impl Fn(&[usize]) -> redis::Cmd,
+    ) -> Result<Vec<(usize, T)>>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        if fallback.is_empty() {
+            return Ok(Vec::new());
+        }
+        let command = &command;
+        self.run_until(until, operation, subject, |connection| async move {
+            let mut tasks = JoinSet::new();
+            for &index in fallback {
+                let cmd = command(&[index]);
+                let mut connection = connection.clone();
+                tasks.spawn(async move {
+                    let reply = cmd.query_async::<T>(&mut connection).await?;
+                    Ok::<_, RedisError>((index, reply))
+                });
+            }
+            join_set(tasks).await
+        })
+        .await
+    }
+
+    /// Sends one node's pipeline over its direct connection, under its breaker, giving up at
+    /// `until`: one round trip.
+    async fn send_pipeline(
+        &self,
+        job: &NodePipeline,
+        operation: &'static str,
+        round: usize,
+        until: Instant,
+    ) -> Result<Vec<redis::Value>> {
+        let node = self.node(&job.node.0, job.node.1);
+        let commands = job.units.len();
+        let label = format!("{}:{}", job.node.0, job.node.1);
+        let (label, pipe, count) = (&label, &job.pipe, job.count);
+        self.on_node(
+            &node,
+            until,
+            operation,
+            &|| job.part.clone(),
+            |mut c| async move {
+                tracing::debug!(
+                    target: NODE_EVENTS,
+                    event = "pipeline",
+                    node = %label,
+                    commands,
+                    round,
+                    "impcache: one pipeline to one cluster node"
+                );
+                c.send_packed_commands(pipe, 0, count).await
+            },
+        )
+        .await
+    }
+}
+
+/// The commands still to send, per node address.
+type Work = HashMap<(String, u16), Vec<Unit>>;
+
+/// One node's pipeline in one round: the command of each unit, with `ASKING` in front where the
+/// unit asks for it.
+struct NodePipeline {
+    node: (String, u16),
+    units: Vec<Unit>,
+    /// Where each unit's reply is among the pipeline's replies.
+    positions: Vec<usize>,
+    pipe: redis::Pipeline,
+    /// The commands in `pipe`, `ASKING` included.
+    count: usize,
+    /// The keys it covers, as errors show them.
+    part: String,
+}
+
+impl NodePipeline {
+    fn new(
+        node: (String, u16),
+        units: Vec<Unit>,
+        keys: &[&str],
+        command: &impl Fn(&[usize]) -> redis::Cmd,
+    ) -> Self {
+        let mut pipe = redis::pipe();
+        let mut count = 0;
+        let mut positions = Vec::with_capacity(units.len());
+        for unit in &units {
+            if unit.asking {
+                pipe.cmd("ASKING");
+                count += 1;
+            }
+            positions.push(count);
+            pipe.add_command(command(&unit.indices));
+            count += 1;
+        }
+        let part: Vec<&str> = units
+            .iter()
+            .flat_map(|u| u.indices.iter().map(|&index| keys[index]))
+            .collect();
+        NodePipeline {
+            node,
+            units,
+            positions,
+            pipe,
+            count,
+            part: shown_many(&part),
+        }
+    }
+}
+
+/// The commands for `keys` per primary of `map`: one per slot with `per_slot` (all its keys are
+/// in one slot), else one per key. The indices of keys whose slot no known primary serves go to
+/// `fallback`.
+fn group_per_node(map: &SlotMap, keys: &[&str], per_slot: bool, fallback: &mut Vec<usize>) -> Work {
+    // node -> slot -> indices, in the caller's order within each slot.
+    let mut by_node: HashMap<usize, HashMap<u16, Vec<usize>>> = HashMap::new();
+    for (index, key) in keys.iter().enumerate() {
+        let slot = key_slot(key.as_bytes());
+        match map.owner(slot) {
+            Some(node) => by_node
+                .entry(node)
+                .or_default()
+                .entry(slot)
+                .or_default()
+                .push(index),
+            None => fallback.push(index),
+        }
+    }
+    let mut work = Work::new();
+    for (node, slots) in by_node {
+        let units = work.entry(map.nodes[node].clone()).or_default();
+        for indices in slots.into_values() {
+            if per_slot {
+                units.push(Unit {
+                    indices,
+                    asking: false,
+                });
+            } else {
+                units.extend(per_key(indices, false));
+            }
+        }
+    }
+    work
+}
+
+/// One unit per key.
+fn per_key(indices: Vec<usize>, asking: bool) -> impl Iterator<Item = Unit> {
+    indices.into_iter().map(move |index| Unit {
+        indices: vec![index],
+        asking,
+    })
+}
+
+/// Sorts the replies of one node's pipeline: a reply (an error of the command included) goes to
+/// `outcome.replies`; unless this is the `last` round, the keys of an `ASK` go to the importing
+/// node (per key, with `ASKING`: the keys of one slot may be on either side) and those of a
+/// `TRYAGAIN` on several keys to the same node per key, in `work`; the keys of other
+/// redirections go to `outcome.fallback`. `true` if a `MOVED` says the slot map is stale.
+fn sort_replies(
+    outcome: &mut PerNode,
+    work: &mut Work,
+    job: NodePipeline,
+    mut replies: Vec<redis::Value>,
+    last: bool,
+) -> bool {
+    let mut stale = false;
+    for (unit, position) in job.units.into_iter().zip(job.positions) {
+        let reply = replies
+            .get_mut(position)
+            .map_or(redis::Value::Nil, std::mem::take);
+        let redis::Value::ServerError(error) = reply else {
+            outcome.replies.push((unit.indices, reply));
+            continue;
+        };
+        match error.kind() {
+            Some(ServerErrorKind::Ask) if !last => match ask_target(error) {
+                Some(target) => work
+                    .entry(target)
+                    .or_default()
+                    .extend(per_key(unit.indices, true)),
+                None => outcome.fallback.extend(unit.indices),
+            },
+            Some(ServerErrorKind::TryAgain) if !last && unit.indices.len() > 1 => {
+                work.entry(job.node.clone())
+                    .or_default()
+                    .extend(per_key(unit.indices, unit.asking));
+            }
+            kind if is_redirection(kind) => {
+                stale |= kind == Some(ServerErrorKind::Moved);
+                outcome.fallback.extend(unit.indices);
+            }
+            _ => outcome
+                .replies
+                .push((unit.indices, redis::Value::ServerError(error))),
+        }
+    }
+    stale
+}
+
+/// The node an `ASK` reply sends its keys to.
+fn ask_target(error: redis::ServerError) -> Option<(String, u16)> {
+    let error = RedisError::from(error);
+    let (address, _) = error.redirect_node()?;
+    let (host, port) = address.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse::<u16>().ok()?))
 }
 
 /// Waits for every task; the first error wins (the others are aborted when the set is dropped).

@@ -3,9 +3,10 @@
 //!
 //! [`RedisCacheRepository`]: crate::RedisCacheRepository
 //!
-//! One file per job: [`topology`] (the slot map, a key's slot), [`node`] (one node's breaker,
-//! connection and call), [`client`] (the call through the cluster client's routing), [`fan_out`]
-//! (multi-key commands per node), [`sweep`] (`delete_pattern`), [`dsn`] (the node addresses).
+//! One file per job: `topology.rs` (the slot map, a key's slot), `node.rs` (one node's breaker,
+//! connection and call), `client.rs` (the call through the cluster client's routing),
+//! `fan_out.rs` (multi-key commands per node), `sweep.rs` (`delete_pattern`), `dsn.rs` (the node
+//! addresses).
 
 mod client;
 mod dsn;

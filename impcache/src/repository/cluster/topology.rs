@@ -14,7 +14,7 @@ use super::{RedisClusterCacheRepository, NODE_EVENTS};
 
 /// While a node fails, the slot map is learned again in the background at most this often, so
 /// that a replica promoted in its place is found without waiting for a `MOVED`.
-pub(super) const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 
 impl RedisClusterCacheRepository {
     /// The slot map, learned if none is known (one `CLUSTER SLOTS` at a time).
@@ -230,9 +230,9 @@ impl SlotMap {
 }
 
 /// The number of hash slots of a Redis Cluster.
-pub(super) const SLOTS: u16 = 16384;
+const SLOTS: u16 = 16384;
 /// A slot no known primary serves, in [`SlotMap::owners`].
-pub(super) const NO_OWNER: u16 = u16::MAX;
+const NO_OWNER: u16 = u16::MAX;
 
 /// The slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first `{` and the next
 /// `}`, if not empty) or of the whole key, modulo 16384, as Redis computes it.
