@@ -1,0 +1,145 @@
+//! `delete_pattern`: every primary of a fresh slot map swept in parallel with `SCAN`, each batch
+//! `UNLINK`ed on its node.
+
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+
+use super::fan_out::{check_nodes, join_set, NodeFailure};
+use super::node::Node;
+use super::RedisClusterCacheRepository;
+use crate::error::{shown, Error, Result};
+use crate::repository::commands::{classify, scan_command};
+
+impl RedisClusterCacheRepository {
+    /// Sweeps every primary of a freshly learned slot map in parallel (`SCAN MATCH` in batches
+    /// of 1,000, `UNLINK` per batch) and returns the total removed. The deadline applies to each
+    /// round trip. If a primary fails, the others are swept all the same, and the error names it.
+    ///
+    /// While slots migrate, a key that moves is deleted where it now lives (the `UNLINK` is routed
+    /// by slot) and one already gone counts 0, so the total never counts a key twice. As with
+    /// `SCAN` on one server, a key written (or migrated) while the sweep runs may be missed.
+    pub(super) async fn sweep_primaries(&self, pattern: &str) -> Result<u64> {
+        let subject = || shown(pattern);
+        // A fresh map: the primaries of right now (a replica may just have been promoted).
+        let until = Instant::now() + self.inner.deadline;
+        let map = match tokio::time::timeout_at(until.into(), self.learn_slot_map()).await {
+            Ok(Ok(map)) => map,
+            Ok(Err(e)) => return Err(classify(e, "delete_pattern", subject(), self.waited(until))),
+            Err(_elapsed) => {
+                return Err(Error::Timeout {
+                    operation: "delete_pattern",
+                    key: subject(),
+                    deadline: self.inner.deadline,
+                })
+            }
+        };
+        let mut tasks = JoinSet::new();
+        for node in &map.handles {
+            let this = self.clone();
+            let node = node.clone();
+            let pattern = pattern.to_owned();
+            tasks.spawn(async move {
+                let swept = this.sweep(&node, &pattern).await;
+                (format!("{}:{}", node.host, node.port), swept)
+            });
+        }
+        let mut removed = 0;
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(n))) => removed += n,
+                Ok((node, Err(error))) => failures.push(NodeFailure { node, error }),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        check_nodes("delete_pattern", &subject, failures)?;
+        Ok(removed)
+    }
+
+    /// Sweeps one primary: `SCAN` it, `UNLINK` each batch on it; keys that moved away meanwhile
+    /// are unlinked through the client's routing (one already gone counts 0). Each round trip is
+    /// bounded by the deadline and counts against this node's breaker only.
+    pub(super) async fn sweep(&self, node: &Node, pattern: &str) -> Result<u64> {
+        let subject = || shown(pattern);
+        let deadline = self.inner.deadline;
+        let scan = |cursor: u64| async move {
+            let cmd = scan_command(cursor, pattern);
+            let cmd = &cmd;
+            let until = Instant::now() + deadline;
+            self.on_node(
+                node,
+                until,
+                "delete_pattern",
+                &subject,
+                |mut c| async move {
+                    let reply = c.send_packed_command(cmd).await?.extract_error()?;
+                    Ok(redis::from_redis_value::<(u64, Vec<Vec<u8>>)>(reply)?)
+                },
+            )
+            .await
+        };
+        // The keys a SCAN of this node found are on this node: one pipeline of `ASKING` +
+        // `UNLINK key` pairs, sent to it. `ASKING` lets the node delete keys of a slot it is
+        // importing (a migration in progress) and is a no-op otherwise; in one pipeline, nothing
+        // can slip between the two. Keys that moved away since the SCAN come back as MOVED/ASK
+        // and are deleted through the client's routing instead.
+        let unlink = |keys: Vec<Vec<u8>>| async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("ASKING").cmd("UNLINK").arg(key);
+            }
+            let (pipe, count) = (&pipe, keys.len() * 2);
+            let until = Instant::now() + deadline;
+            let replies = self
+                .on_node(
+                    node,
+                    until,
+                    "delete_pattern",
+                    &subject,
+                    |mut c| async move { c.send_packed_commands(pipe, 0, count).await },
+                )
+                .await?;
+            let mut removed = 0;
+            let mut moved = Vec::new();
+            for (key, reply) in keys.into_iter().zip(replies.into_iter().skip(1).step_by(2)) {
+                match reply {
+                    redis::Value::Int(n) => removed += u64::try_from(n).unwrap_or(0),
+                    _ => moved.push(key),
+                }
+            }
+            if moved.is_empty() {
+                return Ok(removed);
+            }
+            let moved = &moved;
+            let elsewhere = self
+                .run("delete_pattern", &subject, |connection| async move {
+                    let mut tasks = JoinSet::new();
+                    for key in moved.iter().cloned() {
+                        let mut connection = connection.clone();
+                        tasks.spawn(async move {
+                            let mut cmd = redis::cmd("UNLINK");
+                            cmd.arg(key);
+                            cmd.query_async::<u64>(&mut connection).await
+                        });
+                    }
+                    Ok(join_set(tasks).await?.into_iter().sum::<u64>())
+                })
+                .await?;
+            Ok(removed + elsewhere)
+        };
+        let (mut cursor, mut keys) = scan(0).await?;
+        let mut removed = 0;
+        while cursor != 0 {
+            // The UNLINK of this batch and the SCAN for the next one travel together.
+            let (n, next) = tokio::join!(unlink(std::mem::take(&mut keys)), scan(cursor));
+            removed += n?;
+            (cursor, keys) = next?;
+        }
+        Ok(removed + unlink(keys).await?)
+    }
+}
