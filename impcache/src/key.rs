@@ -300,10 +300,9 @@ impl<'a> ArgWriter<'a> {
         serde_json::to_writer(StrWriter(self.out), value).map_err(|e| ArgError(e.to_string()))
     }
 
-    fn integer(self, value: impl fmt::Display) -> std::result::Result<(), ArgError> {
-        use std::fmt::Write as _;
-        // Writing to a `String` cannot fail.
-        let _ = write!(self.out, "{value}");
+    /// An integer, as serde_json writes it (serde_json uses `itoa` too).
+    fn integer(self, value: impl itoa::Integer) -> std::result::Result<(), ArgError> {
+        self.out.push_str(itoa::Buffer::new().format(value));
         Ok(())
     }
 
