@@ -1,6 +1,5 @@
 //! [`Cache`]: the handle applications use, and its builder.
 
-use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,11 +8,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{shown, Error, Result};
-use crate::expire::{Expire, Expiry};
+use crate::expire::Expire;
 use crate::json;
-use crate::key::{full_key, full_pattern, FullKey, KeyBatch, Version};
+use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
+use crate::repository::backend::Backend;
 use crate::repository::CacheRepository;
-use crate::{MemoryCacheRepository, RedisCacheRepository};
 
 /// The default key prefix, as in the Python library.
 pub const DEFAULT_KEY_PREFIX: &str = "cache";
@@ -65,13 +64,10 @@ pub struct Cache {
 }
 
 struct Shared {
+    /// What [`Cache::repository`] returns; operations go through `backend`.
     repository: Arc<dyn CacheRepository>,
-    /// The same repository when it is the in-memory one: called directly, without the boxed
-    /// future of the trait and with the key moved in (the same code runs either way).
-    memory: Option<MemoryCacheRepository>,
-    /// The same repository when it is the single-node Redis one: its single-key operations are
-    /// awaited directly, without the boxed future of the trait.
-    redis: Option<RedisCacheRepository>,
+    /// Every operation's single call into the repository.
+    backend: Backend,
     key_prefix: String,
     max_key_bytes: usize,
 }
@@ -128,17 +124,10 @@ impl CacheBuilder {
 
     /// Builds the cache.
     pub fn build(self) -> Cache {
-        let memory = (&*self.repository as &dyn Any)
-            .downcast_ref::<MemoryCacheRepository>()
-            .cloned();
-        let redis = (&*self.repository as &dyn Any)
-            .downcast_ref::<RedisCacheRepository>()
-            .cloned();
         Cache {
             shared: Arc::new(Shared {
+                backend: Backend::of(&self.repository),
                 repository: self.repository,
-                memory,
-                redis,
                 key_prefix: self.key_prefix,
                 max_key_bytes: self.max_key_bytes,
             }),
@@ -222,9 +211,13 @@ impl Cache {
         Ok(())
     }
 
-    /// The full key of an operation, on the stack when short (the repository only borrows it).
-    fn stack_key(&self, key: &str) -> FullKey {
-        FullKey::new(&self.shared.key_prefix, self.version.as_str(), key)
+    /// The parts of an operation's full key (the backend builds it as its repository needs).
+    fn key_parts<'a>(&'a self, key: &'a str) -> KeyParts<'a> {
+        KeyParts {
+            prefix: &self.shared.key_prefix,
+            version: self.version.as_str(),
+            key,
+        }
     }
 
     fn key_batch(&self, count: usize) -> KeyBatch {
@@ -247,49 +240,10 @@ impl Cache {
         Ok(batch)
     }
 
-    /// Stores bytes at a checked key.
-    async fn write(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
-        if let Some(memory) = &self.shared.memory {
-            return memory.set_now(self.make_key(key), value, expiry);
-        }
-        let full = self.stack_key(key);
-        if let Some(redis) = &self.shared.redis {
-            return redis.set_direct(full.as_str(), value, expiry).await;
-        }
-        self.shared
-            .repository
-            .set(full.as_str(), value, expiry)
-            .await
-    }
-
-    /// Stores bytes at a checked key if it holds nothing.
-    async fn write_nx(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<bool> {
-        let full = self.stack_key(key);
-        if let Some(redis) = &self.shared.redis {
-            return redis.set_nx_direct(full.as_str(), value, expiry).await;
-        }
-        match &self.shared.memory {
-            Some(memory) => memory.set_nx_now(full.as_str(), value, expiry),
-            None => {
-                self.shared
-                    .repository
-                    .set_nx(full.as_str(), value, expiry)
-                    .await
-            }
-        }
-    }
-
     /// The bytes at `key`.
     async fn read(&self, key: &str) -> Result<Option<Bytes>> {
         self.check_key(key)?;
-        let full = self.stack_key(key);
-        if let Some(redis) = &self.shared.redis {
-            return redis.get_direct(full.as_str()).await;
-        }
-        match &self.shared.memory {
-            Some(memory) => Ok(memory.get_now(full.as_str())),
-            None => self.shared.repository.get(full.as_str()).await,
-        }
+        self.shared.backend.get(self.key_parts(key)).await
     }
 
     /// Stores `value` at `key` for `expire`, replacing any previous value.
@@ -311,11 +265,8 @@ impl Cache {
         self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
         let bytes = json::encode(key, value)?;
-        if let Some(memory) = &self.shared.memory {
-            // Here rather than in `write`: no nested future to build, poll and drop.
-            return memory.set_now(self.make_key(key), bytes, expiry);
-        }
-        self.write(key, bytes, expiry).await
+        let key = self.key_parts(key);
+        self.shared.backend.set(key, bytes, expiry).await
     }
 
     /// Stores `value` at `key` only if nothing is stored there; `true` when it was stored.
@@ -329,7 +280,8 @@ impl Cache {
         self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
         let bytes = json::encode(key, value)?;
-        self.write_nx(key, bytes, expiry).await
+        let key = self.key_parts(key);
+        self.shared.backend.set_nx(key, bytes, expiry).await
     }
 
     /// Stores every pair, each with its own TTL of `expire`, in one round trip (pipelined
@@ -366,19 +318,17 @@ impl Cache {
                 expiry = Some(expire.resolve(key)?);
             }
             keys.push(&self.shared.key_prefix, self.version.as_str(), key);
-            values.push(match self.shared.memory {
-                Some(_) => json::encode(key, &value)?,
-                None => json::encode_packed(key, &value, &mut packed)?,
+            values.push(if self.shared.backend.keeps_values() {
+                json::encode(key, &value)?
+            } else {
+                json::encode_packed(key, &value, &mut packed)?
             });
         }
         let Some(expiry) = expiry else {
             return Ok(());
         };
         let entries: Vec<(&str, Bytes)> = keys.keys().into_iter().zip(values).collect();
-        match &self.shared.memory {
-            Some(memory) => memory.set_many_now(&entries, expiry),
-            None => self.shared.repository.set_many(&entries, expiry).await,
-        }
+        self.shared.backend.set_many(&entries, expiry).await
     }
 
     /// The value at `key`, `None` when nothing is stored (or it expired).
@@ -403,10 +353,7 @@ impl Cache {
         if full.is_empty() {
             return Ok(Vec::new());
         }
-        let values = match &self.shared.memory {
-            Some(memory) => memory.get_many_now(&full),
-            None => self.shared.repository.get_many(&full).await?,
-        };
+        let values = self.shared.backend.get_many(&full).await?;
         values
             .into_iter()
             .zip(&full)
@@ -420,8 +367,7 @@ impl Cache {
     /// Removes `key`; the number of keys removed (0 or 1).
     pub async fn delete(&self, key: &str) -> Result<u64> {
         self.check_key(key)?;
-        let full = self.stack_key(key);
-        self.shared.repository.delete(full.as_str()).await
+        self.shared.backend.delete(self.key_parts(key)).await
     }
 
     /// Removes `keys`; the number of keys removed. An empty list sends nothing.
@@ -435,7 +381,7 @@ impl Cache {
         if full.is_empty() {
             return Ok(0);
         }
-        self.shared.repository.delete_many(&full).await
+        self.shared.backend.delete_many(&full).await
     }
 
     /// Removes every key of this prefix and version whose key part matches the Redis glob
@@ -447,7 +393,7 @@ impl Cache {
     /// uses `SCAN` and `UNLINK` in batches, never `KEYS`.
     pub async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
         let full = self.make_pattern(pattern)?;
-        self.shared.repository.delete_pattern(&full).await
+        self.shared.backend.delete_pattern(&full).await
     }
 
     /// The raw bytes at `key`, without JSON decoding. For values written with
@@ -461,7 +407,10 @@ impl Cache {
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
         self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
-        self.write(key, value, expiry).await
+        self.shared
+            .backend
+            .set(self.key_parts(key), value, expiry)
+            .await
     }
 
     /// [`set_nx`](Cache::set_nx) for raw bytes.
@@ -473,7 +422,10 @@ impl Cache {
     ) -> Result<bool> {
         self.check_key(key)?;
         let expiry = expire.into().resolve(key)?;
-        self.write_nx(key, value, expiry).await
+        self.shared
+            .backend
+            .set_nx(self.key_parts(key), value, expiry)
+            .await
     }
 }
 

@@ -82,6 +82,27 @@ pub(crate) fn full_key(prefix: &str, version: &str, key: &str) -> String {
     full
 }
 
+/// The parts of one operation's full key, built where the repository wants it: owned by a
+/// repository that keeps it, on the stack ([`FullKey`]) for one that only borrows it.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyParts<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) version: &'a str,
+    pub(crate) key: &'a str,
+}
+
+impl KeyParts<'_> {
+    /// `{prefix}:{version}:{key}` as an owned string.
+    pub(crate) fn owned(self) -> String {
+        full_key(self.prefix, self.version, self.key)
+    }
+
+    /// `{prefix}:{version}:{key}` on the stack when short.
+    pub(crate) fn stack(self) -> FullKey {
+        FullKey::new(self.prefix, self.version, self.key)
+    }
+}
+
 /// Longest full key built on the stack by [`FullKey`]; longer ones go to the heap.
 const INLINE_KEY_BYTES: usize = 128;
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::backend::Backend;
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
@@ -145,6 +146,29 @@ impl MemoryCacheRepository {
     pub(crate) fn get_many_now(&self, keys: &[&str]) -> Vec<Option<Bytes>> {
         keys.iter().map(|key| self.get_now(key)).collect()
     }
+
+    pub(crate) fn delete_now(&self, key: &str) -> u64 {
+        u64::from(self.entries.remove(key).is_some())
+    }
+
+    pub(crate) fn delete_many_now(&self, keys: &[&str]) -> u64 {
+        keys.iter()
+            .filter(|key| self.entries.remove(**key).is_some())
+            .count() as u64
+    }
+
+    pub(crate) fn delete_pattern_now(&self, pattern: &str) -> u64 {
+        let matching: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| glob_match(pattern.as_bytes(), key.as_bytes()))
+            .map(|(key, _)| key)
+            .collect();
+        matching
+            .iter()
+            .filter(|key| self.entries.remove(key.as_str()).is_some())
+            .count() as u64
+    }
 }
 
 impl Default for MemoryCacheRepository {
@@ -235,30 +259,22 @@ impl CacheRepository for MemoryCacheRepository {
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
-        let removed = u64::from(self.entries.remove(key).is_some());
+        let removed = self.delete_now(key);
         Box::pin(async move { Ok(removed) })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
-        let removed = keys
-            .iter()
-            .filter(|key| self.entries.remove(**key).is_some())
-            .count() as u64;
+        let removed = self.delete_many_now(keys);
         Box::pin(async move { Ok(removed) })
     }
 
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
-        let matching: Vec<_> = self
-            .entries
-            .iter()
-            .filter(|(key, _)| glob_match(pattern.as_bytes(), key.as_bytes()))
-            .map(|(key, _)| key)
-            .collect();
-        let removed = matching
-            .iter()
-            .filter(|key| self.entries.remove(key.as_str()).is_some())
-            .count() as u64;
+        let removed = self.delete_pattern_now(pattern);
         Box::pin(async move { Ok(removed) })
+    }
+
+    fn backend(&self) -> Option<Backend> {
+        Some(Backend::Memory(self.clone()))
     }
 }
 

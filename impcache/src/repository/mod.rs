@@ -4,7 +4,6 @@
 //! [`Cache`](crate::Cache)). It knows nothing of JSON or key layout, so adding a backend means
 //! implementing these eight operations.
 
-use std::any::Any;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +12,9 @@ use bytes::Bytes;
 
 use crate::error::Result;
 use crate::expire::Expiry;
+use backend::Backend;
 
+pub(crate) mod backend;
 pub mod breaker;
 #[cfg(feature = "cluster")]
 pub mod cluster;
@@ -33,11 +34,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Implementations must be cheap to share (`Cache` holds one in an `Arc`), apply the expiry to
 /// every write atomically with the value, and return errors that name the key. Keys and patterns
 /// arrive complete: `delete_pattern` gets a Redis glob whose prefix and version are already escaped.
-///
-/// (`Any` is a supertrait, which every `'static` type satisfies, so that `Cache` can recognise
-/// the built-in [`MemoryCacheRepository`](memory::MemoryCacheRepository) and call it without a
-/// boxed future.)
-pub trait CacheRepository: Any + Debug + Send + Sync {
+pub trait CacheRepository: Debug + Send + Sync + 'static {
     /// Stores `value` at `key`, replacing any previous value and its expiry.
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>>;
 
@@ -73,4 +70,13 @@ pub trait CacheRepository: Any + Debug + Send + Sync {
 
     /// Removes every key matching the Redis glob `pattern`; the number of keys removed.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>>;
+
+    /// How [`Cache`](crate::Cache) calls this repository: the built-in in-memory and single-node
+    /// Redis repositories are called directly, without the boxed futures of this trait; every
+    /// other repository keeps this default and is called through the trait. Not for use outside
+    /// this crate (its return type cannot be named there).
+    #[doc(hidden)]
+    fn backend(&self) -> Option<Backend> {
+        None
+    }
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 
+use super::backend::Backend;
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
 use super::commands::{
     check_value_size, classify, key_command, keys_command, scan_command, set_command, Waited,
@@ -383,8 +384,8 @@ pub(crate) fn current_runtime() -> Option<tokio::runtime::Id> {
         .map(|handle| handle.id())
 }
 
-/// The single-key operations as plain `async fn`s: the trait boxes them, and
-/// [`Cache`](crate::Cache) awaits them directly (no allocation for the boxed future).
+/// The operations as plain `async fn`s: the trait boxes them, and [`Cache`](crate::Cache)
+/// awaits them directly (no allocation for the boxed future).
 impl RedisCacheRepository {
     pub(crate) async fn set_direct(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
         self.check_size(key, &value)?;
@@ -406,9 +407,103 @@ impl RedisCacheRepository {
         Ok(!matches!(reply, redis::Value::Nil))
     }
 
+    pub(crate) async fn set_many_direct(
+        &self,
+        entries: &[(&str, Bytes)],
+        expiry: Expiry,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Sized up front, and no command `ignore()`d: redis-rs keeps ignored indices in a
+        // hash set (a hash per command, and another per reply); the `OK`s are dropped as a
+        // whole instead. Error replies still fail the call.
+        let mut pipe = redis::Pipeline::with_capacity(entries.len());
+        for (key, value) in entries {
+            self.check_size(key, value)?;
+            pipe.add_command(set_command(key, value, expiry, false));
+        }
+        let keys = || {
+            let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
+            shown_many(&keys)
+        };
+        self.query("set_many", &keys, Request::Pipe(&pipe)).await
+    }
+
     pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Bytes>> {
         let cmd = key_command("GET", key);
         self.query("get", &|| shown(key), Request::Read(&cmd)).await
+    }
+
+    pub(crate) async fn get_many_direct(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmd = keys_command("MGET", keys);
+        self.query("get_many", &|| shown_many(keys), Request::Read(&cmd))
+            .await
+    }
+
+    pub(crate) async fn delete_direct(&self, key: &str) -> Result<u64> {
+        let cmd = key_command("UNLINK", key);
+        self.query("delete", &|| shown(key), Request::Cmd(&cmd))
+            .await
+    }
+
+    pub(crate) async fn delete_many_direct(&self, keys: &[&str]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let cmd = keys_command("UNLINK", keys);
+        self.query("delete_many", &|| shown_many(keys), Request::Cmd(&cmd))
+            .await
+    }
+
+    /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
+    /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
+    /// round trip, not to the whole sweep.
+    pub(crate) async fn delete_pattern_direct(&self, pattern: &str) -> Result<u64> {
+        let subject = || shown(pattern);
+        let (mut cursor, mut keys): (u64, Vec<Vec<u8>>) = self
+            .query(
+                "delete_pattern",
+                &subject,
+                Request::Read(&scan_command(0, pattern)),
+            )
+            .await?;
+        let mut removed = 0;
+        loop {
+            match (cursor, keys.is_empty()) {
+                (0, true) => return Ok(removed),
+                (0, false) => {
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(&keys);
+                    let n: u64 = self
+                        .query("delete_pattern", &subject, Request::Cmd(&unlink))
+                        .await?;
+                    return Ok(removed + n);
+                }
+                (_, true) => {
+                    (cursor, keys) = self
+                        .query(
+                            "delete_pattern",
+                            &subject,
+                            Request::Read(&scan_command(cursor, pattern)),
+                        )
+                        .await?;
+                }
+                (_, false) => {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("UNLINK").arg(&keys);
+                    pipe.add_command(scan_command(cursor, pattern));
+                    let (n, (next, next_keys)): (u64, (u64, Vec<Vec<u8>>)) = self
+                        .query("delete_pattern", &subject, Request::Pipe(&pipe))
+                        .await?;
+                    removed += n;
+                    (cursor, keys) = (next, next_keys);
+                }
+            }
+        }
     }
 }
 
@@ -431,24 +526,7 @@ impl CacheRepository for RedisCacheRepository {
         entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            if entries.is_empty() {
-                return Ok(());
-            }
-            // Sized up front, and no command `ignore()`d: redis-rs keeps ignored indices in a
-            // hash set (a hash per command, and another per reply); the `OK`s are dropped as a
-            // whole instead. Error replies still fail the call.
-            let mut pipe = redis::Pipeline::with_capacity(entries.len());
-            for (key, value) in entries {
-                self.check_size(key, value)?;
-                pipe.add_command(set_command(key, value, expiry, false));
-            }
-            let keys = || {
-                let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
-                shown_many(&keys)
-            };
-            self.query("set_many", &keys, Request::Pipe(&pipe)).await
-        })
+        Box::pin(self.set_many_direct(entries, expiry))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
@@ -456,82 +534,23 @@ impl CacheRepository for RedisCacheRepository {
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
-        Box::pin(async move {
-            if keys.is_empty() {
-                return Ok(Vec::new());
-            }
-            let cmd = keys_command("MGET", keys);
-            self.query("get_many", &|| shown_many(keys), Request::Read(&cmd))
-                .await
-        })
+        Box::pin(self.get_many_direct(keys))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            let cmd = key_command("UNLINK", key);
-            self.query("delete", &|| shown(key), Request::Cmd(&cmd))
-                .await
-        })
+        Box::pin(self.delete_direct(key))
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            if keys.is_empty() {
-                return Ok(0);
-            }
-            let cmd = keys_command("UNLINK", keys);
-            self.query("delete_many", &|| shown_many(keys), Request::Cmd(&cmd))
-                .await
-        })
+        Box::pin(self.delete_many_direct(keys))
     }
 
-    /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
-    /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
-    /// round trip, not to the whole sweep.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            let subject = || shown(pattern);
-            let (mut cursor, mut keys): (u64, Vec<Vec<u8>>) = self
-                .query(
-                    "delete_pattern",
-                    &subject,
-                    Request::Read(&scan_command(0, pattern)),
-                )
-                .await?;
-            let mut removed = 0;
-            loop {
-                match (cursor, keys.is_empty()) {
-                    (0, true) => return Ok(removed),
-                    (0, false) => {
-                        let mut unlink = redis::cmd("UNLINK");
-                        unlink.arg(&keys);
-                        let n: u64 = self
-                            .query("delete_pattern", &subject, Request::Cmd(&unlink))
-                            .await?;
-                        return Ok(removed + n);
-                    }
-                    (_, true) => {
-                        (cursor, keys) = self
-                            .query(
-                                "delete_pattern",
-                                &subject,
-                                Request::Read(&scan_command(cursor, pattern)),
-                            )
-                            .await?;
-                    }
-                    (_, false) => {
-                        let mut pipe = redis::pipe();
-                        pipe.cmd("UNLINK").arg(&keys);
-                        pipe.add_command(scan_command(cursor, pattern));
-                        let (n, (next, next_keys)): (u64, (u64, Vec<Vec<u8>>)) = self
-                            .query("delete_pattern", &subject, Request::Pipe(&pipe))
-                            .await?;
-                        removed += n;
-                        (cursor, keys) = (next, next_keys);
-                    }
-                }
-            }
-        })
+        Box::pin(self.delete_pattern_direct(pattern))
+    }
+
+    fn backend(&self) -> Option<Backend> {
+        Some(Backend::Redis(self.clone()))
     }
 }
 

@@ -1,0 +1,216 @@
+//! The one dispatch point between [`Cache`](crate::Cache) and its repository.
+//!
+//! Every operation of `Cache` makes a single call into a [`Backend`], chosen once when the cache
+//! is built. The built-in in-memory and single-node Redis repositories are called directly (no
+//! boxed future, and for the memory repository no future at all); any other repository (Sentinel,
+//! Cluster, or one written by a user) goes through the [`CacheRepository`] trait.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::memory::MemoryCacheRepository;
+use super::redis::RedisCacheRepository;
+use super::CacheRepository;
+use crate::error::Result;
+use crate::expire::Expiry;
+use crate::key::KeyParts;
+
+/// How `Cache` reaches its repository.
+///
+/// Sentinel and Cluster have no arm of their own: their operations are not written as plain
+/// `async fn`s (the boxed future of the trait is all they have), so an arm would call the same
+/// boxed future.
+///
+/// (Declared `pub` inside a private module: [`CacheRepository::backend`] names it, but nothing
+/// outside the crate can.)
+#[derive(Debug)]
+pub enum Backend {
+    /// The in-memory repository: its operations are synchronous and called as such.
+    Memory(MemoryCacheRepository),
+    /// The single-node Redis repository: its operations are awaited without boxing them.
+    Redis(RedisCacheRepository),
+    /// Any other repository, through the trait.
+    Custom(Arc<dyn CacheRepository>),
+}
+
+impl Backend {
+    /// The backend for `repository`: its own arm if it is a built-in one, else the trait.
+    pub(crate) fn of(repository: &Arc<dyn CacheRepository>) -> Backend {
+        repository
+            .backend()
+            .unwrap_or_else(|| Backend::Custom(Arc::clone(repository)))
+    }
+
+    /// Whether the repository keeps the value bytes it is given (in this process): then each
+    /// value should get its own exact allocation rather than share a buffer with others.
+    pub(crate) fn keeps_values(&self) -> bool {
+        matches!(self, Backend::Memory(_))
+    }
+
+    pub(crate) async fn set(&self, key: KeyParts<'_>, value: Bytes, expiry: Expiry) -> Result<()> {
+        match self {
+            // The memory repository keeps the key: it gets it as an owned `String`.
+            Backend::Memory(memory) => memory.set_now(key.owned(), value, expiry),
+            Backend::Redis(redis) => redis.set_direct(key.stack().as_str(), value, expiry).await,
+            Backend::Custom(repository) => {
+                repository.set(key.stack().as_str(), value, expiry).await
+            }
+        }
+    }
+
+    pub(crate) async fn set_nx(
+        &self,
+        key: KeyParts<'_>,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<bool> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => memory.set_nx_now(full.as_str(), value, expiry),
+            Backend::Redis(redis) => redis.set_nx_direct(full.as_str(), value, expiry).await,
+            Backend::Custom(repository) => repository.set_nx(full.as_str(), value, expiry).await,
+        }
+    }
+
+    pub(crate) async fn set_many(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
+        match self {
+            Backend::Memory(memory) => memory.set_many_now(entries, expiry),
+            Backend::Redis(redis) => redis.set_many_direct(entries, expiry).await,
+            Backend::Custom(repository) => repository.set_many(entries, expiry).await,
+        }
+    }
+
+    pub(crate) async fn get(&self, key: KeyParts<'_>) -> Result<Option<Bytes>> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => Ok(memory.get_now(full.as_str())),
+            Backend::Redis(redis) => redis.get_direct(full.as_str()).await,
+            Backend::Custom(repository) => repository.get(full.as_str()).await,
+        }
+    }
+
+    pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.get_many_now(keys)),
+            Backend::Redis(redis) => redis.get_many_direct(keys).await,
+            Backend::Custom(repository) => repository.get_many(keys).await,
+        }
+    }
+
+    pub(crate) async fn delete(&self, key: KeyParts<'_>) -> Result<u64> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => Ok(memory.delete_now(full.as_str())),
+            Backend::Redis(redis) => redis.delete_direct(full.as_str()).await,
+            Backend::Custom(repository) => repository.delete(full.as_str()).await,
+        }
+    }
+
+    pub(crate) async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.delete_many_now(keys)),
+            Backend::Redis(redis) => redis.delete_many_direct(keys).await,
+            Backend::Custom(repository) => repository.delete_many(keys).await,
+        }
+    }
+
+    pub(crate) async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.delete_pattern_now(pattern)),
+            Backend::Redis(redis) => redis.delete_pattern_direct(pattern).await,
+            Backend::Custom(repository) => repository.delete_pattern(pattern).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BoxFuture;
+
+    /// A user repository: here, one that delegates to the memory repository.
+    #[derive(Debug)]
+    struct Wrapped(MemoryCacheRepository);
+
+    impl CacheRepository for Wrapped {
+        fn set<'a>(
+            &'a self,
+            key: &'a str,
+            value: Bytes,
+            expiry: Expiry,
+        ) -> BoxFuture<'a, Result<()>> {
+            self.0.set(key, value, expiry)
+        }
+        fn set_nx<'a>(
+            &'a self,
+            key: &'a str,
+            value: Bytes,
+            expiry: Expiry,
+        ) -> BoxFuture<'a, Result<bool>> {
+            self.0.set_nx(key, value, expiry)
+        }
+        fn set_many<'a>(
+            &'a self,
+            entries: &'a [(&'a str, Bytes)],
+            expiry: Expiry,
+        ) -> BoxFuture<'a, Result<()>> {
+            self.0.set_many(entries, expiry)
+        }
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+            self.0.get(key)
+        }
+        fn get_many<'a>(
+            &'a self,
+            keys: &'a [&'a str],
+        ) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+            self.0.get_many(keys)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+            self.0.delete(key)
+        }
+        fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+            self.0.delete_many(keys)
+        }
+        fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
+            self.0.delete_pattern(pattern)
+        }
+    }
+
+    #[test]
+    fn each_repository_gets_its_arm_even_behind_a_shared_trait_object() {
+        let memory: Arc<dyn CacheRepository> = Arc::new(MemoryCacheRepository::new());
+        assert!(matches!(Backend::of(&memory), Backend::Memory(_)));
+        // Nothing is connected until the first operation.
+        let redis = RedisCacheRepository::new("redis://127.0.0.1:1/").unwrap();
+        let redis: Arc<dyn CacheRepository> = Arc::new(redis);
+        assert!(matches!(Backend::of(&redis), Backend::Redis(_)));
+        let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped(MemoryCacheRepository::new()));
+        match Backend::of(&custom) {
+            Backend::Custom(repository) => assert!(Arc::ptr_eq(&repository, &custom)),
+            other => panic!("a user repository goes through the trait, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_memory_arm_deletes_directly() {
+        let memory = MemoryCacheRepository::new();
+        let backend = Backend::Memory(memory.clone());
+        let parts = |key| KeyParts {
+            prefix: "p",
+            version: "1",
+            key,
+        };
+        for key in ["a", "b", "c", "d"] {
+            backend
+                .set(parts(key), Bytes::from_static(b"1"), Expiry::Never)
+                .await
+                .unwrap();
+        }
+        assert_eq!(backend.delete(parts("a")).await.unwrap(), 1);
+        assert_eq!(backend.delete(parts("a")).await.unwrap(), 0);
+        assert_eq!(backend.delete_many(&["p:1:b", "p:1:x"]).await.unwrap(), 1);
+        assert_eq!(backend.delete_pattern("p:1:*").await.unwrap(), 2);
+        assert_eq!(memory.get_now("p:1:c"), None);
+    }
+}
