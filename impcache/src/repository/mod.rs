@@ -1,8 +1,12 @@
-//! Where entries live: the [`CacheRepository`] trait and its two implementations.
+//! Where entries live: the [`CacheRepository`] trait and its four implementations: in memory
+//! ([`memory`]), one Redis server ([`redis`]), Redis behind Sentinel (`sentinel`, feature
+//! `sentinel`) and Redis Cluster (`cluster`, feature `cluster`).
 //!
 //! A repository stores opaque bytes under full keys (`{prefix}:{version}:{key}`, already built by
 //! [`Cache`](crate::Cache)). It knows nothing of JSON or key layout, so adding a backend means
-//! implementing these eight operations.
+//! implementing these eight operations. [`Cache`](crate::Cache) calls every repository through
+//! one crate-private dispatch point (`backend.rs`), which calls the memory and single-node Redis
+//! repositories directly and any other one through the trait.
 
 use std::fmt::Debug;
 use std::future::Future;
