@@ -511,7 +511,7 @@ pub(crate) mod __private {
     pub trait NotInTraitImpl {}
 
     /// Builds a key into one `String`: literal parts and arguments as compact JSON, written so
-    /// that distinct argument values give distinct keys (see [`crate::key::write_arg`] and the
+    /// that distinct argument values give distinct keys (see `key::write_arg` and the
     /// README's key layout).
     #[derive(Debug)]
     pub struct KeyBuilder {
