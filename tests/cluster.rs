@@ -879,19 +879,8 @@ fn connections_left_by_a_finished_runtime_are_replaced_transparently() {
     let cache = Cache::builder(repository.clone())
         .key_prefix("runtimes")
         .build();
-    let current_thread = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let multi_thread = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
+    let current_thread = impcache_tests::current_thread_runtime;
+    let multi_thread = impcache_tests::multi_thread_runtime;
     // The first runtime opens the direct connections (the slot map) and the client's connection.
     current_thread().block_on(async {
         cache.set("k", &1, 60).await.unwrap();

@@ -508,19 +508,8 @@ async fn concurrent_calls_against_a_frozen_server_all_end_in_time() {
 fn a_connection_left_by_a_finished_runtime_is_replaced_transparently() {
     let server = RedisServer::start();
     let (cache, _) = cache(&server.url());
-    let current_thread = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let multi_thread = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
+    let current_thread = impcache_tests::current_thread_runtime;
+    let multi_thread = impcache_tests::multi_thread_runtime;
     current_thread().block_on(async { cache.set("k", &1, 60).await.unwrap() });
     // Each runtime below starts with the connection its predecessor opened, now driverless.
     let (result, elapsed) = current_thread().block_on(timed(cache.set("k", &2, 60)));

@@ -485,19 +485,8 @@ fn a_finished_runtime_leaves_nothing_that_fails_a_call() {
             .build()
             .unwrap();
     let cache = Cache::builder(repository).build();
-    let current_thread = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let multi_thread = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
+    let current_thread = impcache_tests::current_thread_runtime;
+    let multi_thread = impcache_tests::multi_thread_runtime;
     current_thread().block_on(async { cache.set("k", &1, 60).await.unwrap() });
     current_thread()
         .block_on(cache.set("k", &2, 60))
