@@ -1,5 +1,5 @@
 //! Single-flight: one computation per key at a time, its result handed to everyone who asked
-//! meanwhile. Used by the `#[cached]` runtime ([`crate::memoize`]) and by `impcache-tower`'s
+//! meanwhile. Used by the `#[cached]` runtime (`memoize/call.rs`) and by `impcache-tower`'s
 //! request coalescing; generic over the key `K` and the published value `V` (cheap to clone:
 //! `Bytes`, an `Arc`).
 //!

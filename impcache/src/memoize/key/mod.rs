@@ -21,7 +21,7 @@ pub trait KeyArg: Serialize {}
 impl<T: Serialize + ?Sized> KeyArg for T {}
 
 /// Builds a key into one `String`: literal parts and arguments as compact JSON, written so
-/// that distinct argument values give distinct keys (see [`write_arg`] and the
+/// that distinct argument values give distinct keys (see `key/arg.rs` and the
 /// README's key layout).
 #[derive(Debug)]
 pub struct KeyBuilder {
