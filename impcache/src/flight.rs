@@ -23,8 +23,9 @@
 //!   group that ended after the ticket (its store done, so the lookup may have overtaken the
 //!   write) makes the caller's lead a [`recheck`](Leader::recheck). A flight that ended before
 //!   the ticket was taken had finished before the lookup was sent. An abandoned flight ends
-//!   after the ticket of each of its waiters, which is how they look again. Taking a ticket is
-//!   one atomic load.
+//!   after the ticket of each of its waiters: joining again with the same ticket is how the new
+//!   leader is told to look again (`#[cached]`); a caller that looks again itself joins with a
+//!   fresh ticket instead (`impcache-tower`). Taking a ticket is one atomic load.
 //! - Waiting can be bounded ([`Waiter::wait`]: [`Wait::TimedOut`]) or not
 //!   ([`Waiter::wait_unbounded`]).
 
