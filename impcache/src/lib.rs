@@ -48,6 +48,8 @@
 mod cache;
 mod error;
 mod expire;
+#[doc(hidden)]
+pub mod flight;
 mod glob;
 mod json;
 mod key;

@@ -1,0 +1,304 @@
+//! One call of a `#[cached]` function: [`memoize`] (hit, single-flight miss, background store,
+//! fail open) and [`invalidate`], plus the small items the expansion wraps the body in.
+
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::task::Poll;
+
+use bytes::Bytes;
+
+use super::codec::Codec;
+use super::returns::Policy;
+use crate::error::{shown, Error};
+use crate::expire::Expire;
+use crate::flight::{FlightGuard, Flights, Join, Leader, Wait};
+use crate::key::Version;
+use crate::Cache;
+
+/// Names the output type of a body, so that `?` in it infers.
+#[inline(always)]
+pub fn body<R, F: FnOnce() -> Fut, Fut: Future<Output = R>>(body: F) -> F {
+    body
+}
+
+/// Fails to hold for every type: what a `#[cached]` method in a trait impl resolves its
+/// companions to (the expansion names `Self::{name}_uncached`, which only an inherent impl
+/// or a free function defines), so that the error says what to do.
+#[diagnostic::on_unimplemented(
+    message = "`#[cached]` cannot be used on a method of a trait impl",
+    label = "`#[cached]` adds the companions `<name>_uncached` and `<name>_invalidate` next to the method, and a trait impl can only define the trait's items",
+    note = "put the cached function in an inherent impl (`impl {Self}`) or make it a free function, and call it from the trait impl's method"
+)]
+pub trait NotInTraitImpl {}
+
+/// The key of an in-flight computation: the repository's address and the full key, so that two
+/// caches never share a computation.
+type FlightKey = (usize, String);
+
+/// The `#[cached]` computations in flight in this process, publishing the value's JSON.
+static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Bytes>>> = LazyLock::new(Arc::default);
+
+/// A leader's handle on its flight.
+type Guard = FlightGuard<FlightKey, Bytes>;
+
+/// The cache a call uses: the function's cache with its version override, if any.
+enum Target<'a> {
+    Borrowed(&'a Cache),
+    Versioned(Cache),
+}
+
+impl Target<'_> {
+    #[inline]
+    fn get(&self) -> &Cache {
+        match self {
+            Target::Borrowed(cache) => cache,
+            Target::Versioned(cache) => cache,
+        }
+    }
+}
+
+#[inline]
+fn target<'a>(cache: &'a Cache, version: Option<&Version>) -> Target<'a> {
+    match version {
+        None => Target::Borrowed(cache),
+        Some(version) => Target::Versioned(cache.with_version(version.clone())),
+    }
+}
+
+/// Runs one call of a `#[cached]` function (hit, single-flight miss, fail open).
+///
+/// `cache` is `None` when no default cache is installed; `key` is `Err` when an argument
+/// could not be written as JSON (the body then runs uncached).
+pub async fn memoize<P, R, F, Fut>(
+    cache: Option<&Cache>,
+    version: Option<&Version>,
+    key: crate::Result<String>,
+    expire: Expire,
+    _policy: P,
+    codec: Codec<P::Value>,
+    body: F,
+) -> R
+where
+    P: Policy<R>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    // Everything but the hit path is boxed, so that the future of a cached function stays
+    // small: the body's future is only created (and allocated) on a miss.
+    let Some(cache) = cache else {
+        return Box::pin(body()).await;
+    };
+    let key = match key {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::warn!(%error, "#[cached]: the key cannot be built; running uncached");
+            return Box::pin(body()).await;
+        }
+    };
+    let target = target(cache, version);
+    let cache = target.get();
+
+    // The hit path: one GET, one decode.
+    let mut overwrite = false;
+    match cache.get_raw(&key).await {
+        Ok(Some(bytes)) => match decode(codec, cache, &key, &bytes) {
+            Ok(value) => return P::wrap(value),
+            Err(()) => overwrite = true,
+        },
+        Ok(None) => {}
+        Err(error) => report("get", &key, &error),
+    }
+    Box::pin(miss::<P, R, Fut>(
+        cache, key, expire, codec, body, overwrite,
+    ))
+    .await
+}
+
+/// A miss: one execution per key per process, then store.
+async fn miss<P, R, Fut>(
+    cache: &Cache,
+    key: String,
+    expire: Expire,
+    codec: Codec<P::Value>,
+    body: impl FnOnce() -> Fut,
+    mut overwrite: bool,
+) -> R
+where
+    P: Policy<R>,
+    Fut: Future<Output = R>,
+{
+    let flight = (
+        Arc::as_ptr(cache.repository()) as *const () as usize,
+        cache.make_key(&key),
+    );
+    // A first leader runs the body at once: a miss costs GET + SET NX, as by hand. The ticket is
+    // taken just before joining, so only a leader elected after another one panicked or was
+    // cancelled (its flight ended after the ticket) looks in the cache first.
+    // (A leader whose store completes between a caller's GET and its joining the flight lets
+    // that caller run the body once more: a narrow, documented race. The store's command is
+    // sent before the leader answers, so a later GET from this process queues behind it.)
+    let ticket = FLIGHTS.ticket();
+    loop {
+        match FLIGHTS.join(&flight, ticket) {
+            Join::Leader(Leader { guard, recheck }) => {
+                if recheck {
+                    if let Ok(Some(bytes)) = cache.get_raw(&key).await {
+                        if let Ok(value) = decode(codec, cache, &key, &bytes) {
+                            guard.publish(bytes);
+                            return P::wrap(value);
+                        }
+                        overwrite = true;
+                    }
+                }
+                return run::<P, R, Fut>(
+                    cache,
+                    &key,
+                    expire,
+                    overwrite,
+                    codec,
+                    body(),
+                    Some(guard),
+                )
+                .await;
+            }
+            Join::Waiter(waiter) => match waiter.wait_unbounded().await {
+                Wait::Published(bytes) => {
+                    match decode(codec, cache, &key, &bytes) {
+                        Ok(value) => return P::wrap(value),
+                        // Another instantiation of a generic function under the same key.
+                        Err(()) => {
+                            return run::<P, R, Fut>(cache, &key, expire, true, codec, body(), None)
+                                .await
+                        }
+                    }
+                }
+                Wait::NotShared | Wait::TimedOut => {
+                    return run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), None)
+                        .await
+                }
+                // The leader panicked or was cancelled: join again (the first to join leads).
+                Wait::Abandoned => continue,
+            },
+        }
+    }
+}
+
+/// Runs the body and stores a cacheable result, publishing it to the waiters first.
+async fn run<P, R, Fut>(
+    cache: &Cache,
+    key: &str,
+    expire: Expire,
+    overwrite: bool,
+    codec: Codec<P::Value>,
+    body: Fut,
+    leader: Option<Guard>,
+) -> R
+where
+    P: Policy<R>,
+    Fut: Future<Output = R>,
+{
+    let ret = body.await;
+    let Some(value) = P::value(&ret) else {
+        if let Some(leader) = leader {
+            leader.not_shared();
+        }
+        return ret;
+    };
+    let bytes = match codec.encode(key, value) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            report("encode", key, &error);
+            if let Some(leader) = leader {
+                leader.not_shared();
+            }
+            return ret;
+        }
+    };
+    if let Some(leader) = &leader {
+        leader.publish(bytes.clone());
+    }
+    store(
+        cache.clone(),
+        key.to_owned(),
+        bytes,
+        expire,
+        overwrite,
+        leader,
+    )
+    .await;
+    ret
+}
+
+/// Stores a value without making the caller wait for the write: the caller is answered as
+/// soon as the body has returned, so a miss costs at most one deadline (its `GET`) plus the
+/// body, even with the server frozen.
+///
+/// The store is polled once here, which sends the command (a Redis write is then queued on
+/// the connection ahead of any later command of this process, so the caller's next read
+/// sees it; an in-memory write simply completes), and the rest runs in a tokio task. The
+/// leader's flight stays open until the write has finished, so callers arriving in that
+/// window get the leader's value from memory instead of running the body again. Outside a
+/// tokio runtime the store is awaited in place.
+async fn store(
+    cache: Cache,
+    key: String,
+    bytes: Bytes,
+    expire: Expire,
+    overwrite: bool,
+    leader: Option<Guard>,
+) {
+    let write = async move {
+        let stored = if overwrite {
+            cache.set_raw(&key, bytes, expire).await
+        } else {
+            cache.set_nx_raw(&key, bytes, expire).await.map(|_| ())
+        };
+        if let Err(error) = stored {
+            report("set", &key, &error);
+        }
+        drop(leader);
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return write.await;
+    };
+    let mut write = Box::pin(write);
+    // One poll with this task's waker; the spawned task polls again with its own, so the
+    // first waker may be woken once for nothing (harmless).
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        runtime.spawn(write);
+    }
+}
+
+#[inline]
+fn decode<V>(codec: Codec<V>, cache: &Cache, key: &str, bytes: &[u8]) -> Result<V, ()> {
+    codec.decode(bytes).map_err(|source| {
+        let error = Error::Decode {
+            key: shown(&cache.make_key(key)),
+            source,
+        };
+        tracing::warn!(%error, "#[cached]: the stored value does not decode as the return type; recomputing and replacing it");
+    })
+}
+
+fn report(operation: &'static str, key: &str, error: &Error) {
+    if matches!(error, Error::CircuitOpen { .. }) {
+        tracing::debug!(operation, key, %error, "#[cached]: cache unavailable; running uncached");
+    } else {
+        tracing::warn!(operation, key, %error, "#[cached]: cache operation failed; the function runs regardless");
+    }
+}
+
+/// Removes the entry of one call (the `*_invalidate` companion); `true` when one was removed.
+pub async fn invalidate(
+    cache: Option<&Cache>,
+    version: Option<&Version>,
+    key: crate::Result<String>,
+) -> crate::Result<bool> {
+    let Some(cache) = cache else {
+        return Ok(false);
+    };
+    let key = key?;
+    let target = target(cache, version);
+    Ok(target.get().delete(&key).await? > 0)
+}

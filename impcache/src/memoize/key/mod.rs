@@ -1,0 +1,221 @@
+//! Key building for `#[cached]` calls: [`KeyBuilder`] writes the literal parts and the
+//! arguments (as compact JSON, through [`write_arg`]) into one `String`.
+
+mod arg;
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::error::{shown, Error};
+
+use arg::write_arg;
+
+/// A value that can be part of a cache key.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be part of a cache key: it does not implement `serde::Serialize`",
+    label = "this argument is part of the cache key",
+    note = "leave it out of the key with `#[cached(skip(...))]`, or choose the key arguments with `key = \"...\"`"
+)]
+pub trait KeyArg: Serialize {}
+impl<T: Serialize + ?Sized> KeyArg for T {}
+
+/// Builds a key into one `String`: literal parts and arguments as compact JSON, written so
+/// that distinct argument values give distinct keys (see `key/arg.rs` and the
+/// README's key layout).
+#[derive(Debug)]
+pub struct KeyBuilder {
+    key: String,
+    error: Option<(&'static str, String)>,
+    /// Where the text of the last `key = "..."` placeholder starts, until the literal after
+    /// it is known, and whether it is a JSON array or object (which ends unambiguously).
+    placeholder: Option<(usize, bool)>,
+}
+
+impl KeyBuilder {
+    /// An empty key with room for `capacity` bytes.
+    #[inline]
+    pub fn with_capacity(capacity: usize) -> Self {
+        KeyBuilder {
+            key: String::with_capacity(capacity),
+            error: None,
+            placeholder: None,
+        }
+    }
+
+    /// Appends a literal part.
+    #[inline]
+    pub fn push_str(&mut self, part: &str) {
+        if let Some(first) = part.chars().next() {
+            if let Some(placeholder) = self.placeholder.take() {
+                self.end_placeholder(placeholder, Some(first));
+            }
+        }
+        self.key.push_str(part);
+    }
+
+    /// Appends `value` as compact JSON (strings quoted).
+    #[inline]
+    pub fn push_json<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
+        if let Err(e) = write_arg(&mut self.key, value, None) {
+            self.fail(name, e);
+        }
+    }
+
+    /// Appends `value` for a `key = "..."` template: compact JSON, except that a string is
+    /// written without quotes (`user:{name}` gives `user:alice`).
+    ///
+    /// So that two calls never share a key, a placeholder's text is written as a JSON string
+    /// instead when it could be read another way: when it contains the first character of
+    /// the literal that follows it in the template (`{a}:{b}` with `a = "x:y"` gives
+    /// `"x:y":…`), starts with `"`, or is directly followed by another placeholder (a JSON
+    /// array or object never is: it ends at its closing bracket); and an
+    /// `Option`'s string keeps its quotes when unquoted it would read as `null`, `Some(…)` or a
+    /// quoted string.
+    pub fn push_template<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
+        if let Some(placeholder) = self.placeholder.take() {
+            self.end_placeholder(placeholder, None);
+        }
+        let start = self.key.len();
+        let mut is_option = false;
+        if let Err(e) = write_arg(&mut self.key, value, Some(&mut is_option)) {
+            self.fail(name, e);
+            return;
+        }
+        let compound = matches!(self.key.as_bytes().get(start), Some(b'[' | b'{'));
+        self.placeholder = Some((start, compound));
+        if !self.key[start..].starts_with('"') {
+            return;
+        }
+        // An `Option`'s string whose unquoted text could be another of its values keeps
+        // its quotes.
+        let keep_quotes = |text: &str| {
+            is_option && (text == "null" || text.starts_with("Some(") || text.starts_with('"'))
+        };
+        let quoted = &self.key[start..];
+        if !quoted.contains('\\') {
+            // `"text"` without escapes: drop the quotes in place.
+            if !keep_quotes(quoted.trim_matches('"')) {
+                self.key.pop();
+                self.key.remove(start);
+            }
+            return;
+        }
+        match serde_json::from_str::<String>(quoted) {
+            Ok(text) if keep_quotes(&text) => {}
+            Ok(text) => {
+                self.key.truncate(start);
+                self.key.push_str(&text);
+            }
+            Err(e) => self.fail(name, e),
+        }
+    }
+
+    /// Ends the placeholder whose text starts at `start`, now that what follows it is
+    /// known: the first character of the next literal, or `None` for another placeholder.
+    /// A JSON array or object ends at its closing bracket whatever follows: it stays as is.
+    fn end_placeholder(&mut self, (start, compound): (usize, bool), next: Option<char>) {
+        let text = &self.key[start..];
+        let readable = compound
+            || match next {
+                Some(next) => !text.starts_with('"') && !text.contains(next),
+                None => false,
+            };
+        if readable {
+            return;
+        }
+        let quoted = serde_json::Value::String(text.to_owned()).to_string();
+        self.key.truncate(start);
+        self.key.push_str(&quoted);
+    }
+
+    #[cold]
+    fn fail(&mut self, name: &'static str, e: impl fmt::Display) {
+        if self.error.is_none() {
+            self.error = Some((name, e.to_string()));
+        }
+    }
+
+    /// The key, or an [`Error::Encode`] naming the argument that could not be written.
+    #[inline]
+    pub fn finish(self) -> crate::Result<String> {
+        match self.error {
+            None => Ok(self.key),
+            Some((name, reason)) => Err(Error::Encode {
+                key: shown(&self.key),
+                reason: format!("argument `{name}` cannot be written as JSON: {reason}"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn template(parts: &[Result<&str, &str>]) -> String {
+        let mut key = KeyBuilder::with_capacity(8);
+        for part in parts {
+            match part {
+                Ok(literal) => key.push_str(literal),
+                Err(value) => key.push_template("arg", value),
+            }
+        }
+        key.finish().unwrap()
+    }
+
+    #[test]
+    fn template_placeholders_cannot_run_into_each_other() {
+        // Ordinary values: unchanged.
+        assert_eq!(template(&[Ok("user:"), Err("alice")]), "user:alice");
+        assert_eq!(
+            template(&[Ok("u:"), Err("a b"), Ok(":"), Err("c")]),
+            "u:a b:c"
+        );
+        assert_eq!(
+            template(&[Ok("u:"), Err("x:y")]),
+            "u:x:y",
+            "the last one is free"
+        );
+        // A value containing the separator that follows it is quoted.
+        let a = template(&[Err("x:y"), Ok(":"), Err("z")]);
+        let b = template(&[Err("x"), Ok(":"), Err("y:z")]);
+        assert_eq!(a, r#""x:y":z"#);
+        assert_eq!(b, "x:y:z");
+        // So is one starting with a quote, and one right before another placeholder.
+        assert_eq!(template(&[Err(r#""x"#), Ok("/"), Err("y")]), r#""\"x"/y"#);
+        assert_eq!(template(&[Err("ab"), Err("c")]), r#""ab"c"#);
+        assert_ne!(
+            template(&[Err("a"), Err("bc")]),
+            template(&[Err("ab"), Err("c")])
+        );
+        // A JSON array or object ends at its bracket: unchanged whatever follows.
+        let mut key = KeyBuilder::with_capacity(8);
+        key.push_template("list", &["a:b", "c"]);
+        key.push_str(":");
+        key.push_template("map", &BTreeMap::from([("k", 1)]));
+        key.push_template("n", &1);
+        assert_eq!(key.finish().unwrap(), r#"["a:b","c"]:{"k":1}1"#);
+        // An unquoted string that looks like one is quoted when it holds the separator.
+        assert_eq!(template(&[Err("[x:y]"), Ok(":"), Err("z")]), r#""[x:y]":z"#);
+    }
+
+    #[test]
+    fn template_options_keep_their_quotes_when_unquoted_would_collide() {
+        let key = |value: &Option<&str>| {
+            let mut key = KeyBuilder::with_capacity(8);
+            key.push_str("k:");
+            key.push_template("arg", value);
+            key.finish().unwrap()
+        };
+        assert_eq!(key(&None), "k:null");
+        assert_eq!(key(&Some("null")), r#"k:"null""#);
+        assert_eq!(key(&Some(r#""null""#)), r#"k:"\"null\"""#);
+        assert_eq!(key(&Some("alice")), "k:alice");
+        assert_eq!(key(&Some("Some(null)")), r#"k:"Some(null)""#);
+        let mut key = KeyBuilder::with_capacity(8);
+        key.push_template("arg", &Some(None::<&str>));
+        assert_eq!(key.finish().unwrap(), "Some(null)");
+    }
+}
