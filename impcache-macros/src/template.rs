@@ -56,3 +56,51 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
     }
     Ok(segments)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{parse, Segment};
+
+    /// The segments as `"text"` and `{name}`, for comparison.
+    fn shown(template: &str) -> Result<Vec<String>, String> {
+        let segments = parse(template)?;
+        Ok(segments
+            .into_iter()
+            .map(|s| match s {
+                Segment::Literal(text) => format!("{text:?}"),
+                Segment::Placeholder(name) => format!("{{{name}}}"),
+            })
+            .collect())
+    }
+
+    #[test]
+    fn text_and_placeholders_alternate() {
+        assert_eq!(
+            shown("user:{ id }:{name}{id}"),
+            Ok(vec![
+                "\"user:\"".to_owned(),
+                "{id}".to_owned(),
+                "\":\"".to_owned(),
+                "{name}".to_owned(),
+                "{id}".to_owned(),
+            ])
+        );
+        assert_eq!(shown(""), Ok(vec![]));
+    }
+
+    #[test]
+    fn doubled_braces_are_literal() {
+        assert_eq!(
+            shown("{{x}}:{a}"),
+            Ok(vec!["\"{x}:\"".to_owned(), "{a}".to_owned()])
+        );
+    }
+
+    #[test]
+    fn malformed_templates_say_what_is_wrong() {
+        for (template, said) in [("a{b", "unclosed"), ("a}b", "unmatched"), ("{ }", "empty")] {
+            let error = shown(template).err().unwrap_or_default();
+            assert!(error.contains(said), "{template}: {error}");
+        }
+    }
+}
