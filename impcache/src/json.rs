@@ -52,8 +52,8 @@ struct Checking<'a> {
 }
 
 impl Checking<'_> {
-    /// Writes the opening bracket of an array or an object, one level deeper.
-    fn open<W: ?Sized + io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> io::Result<()> {
+    /// One level deeper, within [`MAX_DEPTH`].
+    fn enter(&mut self) -> io::Result<()> {
         if self.depth == MAX_DEPTH {
             return Err(io::Error::other(format!(
                 "the value is nested more than {MAX_DEPTH} levels deep (arrays and objects), \
@@ -61,10 +61,18 @@ impl Checking<'_> {
             )));
         }
         self.depth += 1;
+        Ok(())
+    }
+
+    /// Writes the opening bracket of an array or an object, one level deeper.
+    #[inline]
+    fn open<W: ?Sized + io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.enter()?;
         writer.write_all(bracket)
     }
 
     /// Writes the closing bracket of an array or an object, one level up.
+    #[inline]
     fn close<W: ?Sized + io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> io::Result<()> {
         self.depth -= 1;
         writer.write_all(bracket)
