@@ -7,6 +7,11 @@
 mod args;
 mod errors;
 mod expand;
+mod generate;
+mod generics;
+mod plan;
+mod template;
+mod tokens;
 
 use proc_macro::TokenStream;
 

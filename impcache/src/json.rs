@@ -52,6 +52,7 @@ struct Checking<'a> {
 }
 
 impl Checking<'_> {
+    /// One level deeper, within [`MAX_DEPTH`].
     fn enter(&mut self) -> io::Result<()> {
         if self.depth == MAX_DEPTH {
             return Err(io::Error::other(format!(
@@ -61,6 +62,20 @@ impl Checking<'_> {
         }
         self.depth += 1;
         Ok(())
+    }
+
+    /// Writes the opening bracket of an array or an object, one level deeper.
+    #[inline]
+    fn open<W: ?Sized + io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.enter()?;
+        writer.write_all(bracket)
+    }
+
+    /// Writes the closing bracket of an array or an object, one level up.
+    #[inline]
+    fn close<W: ?Sized + io::Write>(&mut self, writer: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.depth -= 1;
+        writer.write_all(bracket)
     }
 
     fn check_integer(&self, value: i128, shown: &dyn std::fmt::Display) -> io::Result<()> {
@@ -92,23 +107,19 @@ impl Formatter for Checking<'_> {
     }
 
     fn begin_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
-        self.enter()?;
-        writer.write_all(b"[")
+        self.open(writer, b"[")
     }
 
     fn end_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
-        self.depth -= 1;
-        writer.write_all(b"]")
+        self.close(writer, b"]")
     }
 
     fn begin_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
-        self.enter()?;
-        writer.write_all(b"{")
+        self.open(writer, b"{")
     }
 
     fn end_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
-        self.depth -= 1;
-        writer.write_all(b"}")
+        self.close(writer, b"}")
     }
 
     fn begin_string<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
@@ -446,161 +457,4 @@ impl ser::SerializeMap for FiniteFloats {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn compact_json_like_orjson() {
-        let mut m = BTreeMap::new();
-        m.insert("a", vec![1.5, 2.0]);
-        assert_eq!(
-            encode("k", &m).ok().as_deref(),
-            Some(&br#"{"a":[1.5,2.0]}"#[..])
-        );
-        assert_eq!(encode("k", "ü").ok().as_deref(), Some("\"ü\"".as_bytes()));
-        assert_eq!(encode("k", &None::<u8>).ok().as_deref(), Some(&b"null"[..]));
-    }
-
-    #[test]
-    fn packed_values_equal_single_ones() {
-        let mut packed = BytesMut::new();
-        let big = "y".repeat(3 * PACK_BYTES);
-        let values = [
-            serde_json::json!({"a": [1, 2.5, null]}),
-            serde_json::json!(big),
-            serde_json::json!("ü"),
-        ];
-        let encoded: Vec<_> = values
-            .iter()
-            .map(|v| encode_packed("k", v, &mut packed).ok())
-            .collect();
-        for (value, packed) in values.iter().zip(encoded) {
-            assert_eq!(packed, encode("k", value).ok());
-        }
-        assert!(encode_packed("k", &f64::NAN, &mut packed).is_err());
-        assert_eq!(
-            encode_packed("k", &1, &mut packed).ok().as_deref(),
-            Some(&b"1"[..])
-        );
-    }
-
-    #[test]
-    fn large_values_do_not_stay_in_the_thread_buffer() {
-        let big = "x".repeat(1 << 20);
-        let encoded = encode("k", &big).ok().map(|b| b.len());
-        assert_eq!(encoded, Some(big.len() + 2));
-        let retained = SCRATCH.with(|s| s.borrow().capacity());
-        assert!(retained <= MAX_RETAINED_BYTES, "{retained}");
-        assert_eq!(encode("k", &1).ok().as_deref(), Some(&b"1"[..]));
-    }
-
-    /// `depth` levels of arrays and objects, alternating, around a number.
-    fn nested(depth: usize) -> serde_json::Value {
-        let mut value = serde_json::json!(1);
-        for level in 0..depth {
-            value = if level % 2 == 0 {
-                serde_json::json!([value])
-            } else {
-                serde_json::json!({ "k": value })
-            };
-        }
-        value
-    }
-
-    #[test]
-    fn values_nested_as_deep_as_orjson_writes_them_round_trip() {
-        for depth in [SERDE_JSON_DEPTH, SERDE_JSON_DEPTH + 1, 200, MAX_DEPTH] {
-            let value = nested(depth);
-            let bytes = encode("k", &value).unwrap();
-            assert_eq!(nesting_depth(&bytes), depth);
-            let back: serde_json::Value = decode(|| "k".to_owned(), &bytes).unwrap();
-            assert_eq!(back, value, "depth {depth}");
-        }
-    }
-
-    /// Measured in a debug build: 255 levels need less than 512 KiB (not 256 KiB). A tokio worker
-    /// thread has 2 MiB.
-    #[test]
-    fn values_at_the_limit_fit_in_half_a_tokio_worker_stack() {
-        let round_trip = std::thread::Builder::new()
-            .stack_size(1024 * 1024)
-            .spawn(|| {
-                let raw = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-                let value: serde_json::Value = decode(|| "k".to_owned(), raw.as_bytes()).unwrap();
-                encode("k", &value).unwrap() == raw.as_bytes()
-            })
-            .unwrap()
-            .join();
-        assert!(matches!(round_trip, Ok(true)));
-    }
-
-    #[test]
-    fn deeper_values_are_refused_both_ways() {
-        let error = encode("k1", &nested(MAX_DEPTH + 1)).unwrap_err();
-        assert!(matches!(error, Error::Encode { .. }), "{error}");
-        assert!(error.to_string().contains("k1"), "{error}");
-        assert!(error.to_string().contains("255 levels"), "{error}");
-        let mut packed = BytesMut::new();
-        assert!(encode_packed("k", &nested(MAX_DEPTH + 1), &mut packed).is_err());
-
-        let too_deep = format!("{}{}", "[".repeat(256), "]".repeat(256));
-        let hostile = "[".repeat(1_000_000);
-        for bytes in [too_deep.as_bytes(), hostile.as_bytes()] {
-            let error = decode::<serde_json::Value>(|| "k2".to_owned(), bytes).unwrap_err();
-            assert!(matches!(error, Error::Decode { .. }), "{error}");
-            assert!(error.to_string().contains("k2"), "{error}");
-            assert!(error.to_string().contains("255 levels"), "{error}");
-        }
-    }
-
-    #[test]
-    fn nesting_depth_ignores_brackets_in_strings() {
-        assert_eq!(nesting_depth(br#"{"a":"[[{\"[","b":[[]]}"#), 3);
-        assert_eq!(nesting_depth(b"1"), 0);
-        assert_eq!(nesting_depth(b"]]][["), 2);
-    }
-
-    #[test]
-    fn integers_beyond_64_bits_are_refused() {
-        for error in [
-            encode("k1", &(u128::from(u64::MAX) + 1)).unwrap_err(),
-            encode("k1", &u128::MAX).unwrap_err(),
-            encode("k1", &(i128::from(i64::MIN) - 1)).unwrap_err(),
-            encode("k1", &vec![i128::MAX]).unwrap_err(),
-        ] {
-            assert!(matches!(error, Error::Encode { .. }), "{error}");
-            assert!(error.to_string().contains("beyond 64 bits"), "{error}");
-        }
-        // Within 64 bits, the same bytes as u64 / i64.
-        assert_eq!(
-            encode("k", &u128::from(u64::MAX)).ok(),
-            encode("k", &u64::MAX).ok()
-        );
-        assert_eq!(
-            encode("k", &i128::from(i64::MIN)).ok(),
-            encode("k", &i64::MIN).ok()
-        );
-        // As a map key, an integer is a string: any size is fine.
-        let mut keyed = BTreeMap::new();
-        keyed.insert(u128::MAX, 1);
-        assert_eq!(
-            encode("k", &keyed).ok().as_deref(),
-            Some(format!(r#"{{"{}":1}}"#, u128::MAX).as_bytes())
-        );
-    }
-
-    #[test]
-    fn non_finite_floats_are_refused_wherever_they_are() {
-        let mut m = BTreeMap::new();
-        m.insert("deep", vec![Some(1.0), Some(f64::NAN)]);
-        for err in [
-            encode("k1", &f64::NAN).unwrap_err(),
-            encode("k1", &f32::INFINITY).unwrap_err(),
-            encode("k1", &m).unwrap_err(),
-        ] {
-            assert!(matches!(err, Error::Encode { .. }), "{err}");
-            assert!(err.to_string().contains("k1"), "{err}");
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,282 @@
+//! Code generation: the wrapper, `{name}_uncached` and `{name}_invalidate`, written out from a
+//! [`Plan`]. The expansion stays thin: it calls `::impcache::__private`, where the logic is.
+
+use proc_macro2::{Delimiter, Group, Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::{Attribute, FnArg, Ident, ItemFn, LitStr};
+
+use crate::plan::{Arg, Key, Part, Plan, Policy, Prefix};
+use crate::tokens::first_last;
+
+/// Attributes that also apply to the companions.
+fn shared_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
+    attrs
+        .iter()
+        .filter(|a| {
+            [
+                "cfg",
+                "cfg_attr",
+                "allow",
+                "warn",
+                "deny",
+                "forbid",
+                "expect",
+                "deprecated",
+            ]
+            .iter()
+            .any(|name| a.path().is_ident(name))
+        })
+        .collect()
+}
+
+/// The statement that builds the key into `__impcache_key`, in one buffer.
+fn key_block(plan: &Plan) -> TokenStream {
+    let key_arg_expr = |i: usize| {
+        let arg = &plan.args[i];
+        // `&name` spans from the argument's name to the end of its type, so that an argument
+        // that is not `Serialize` is reported on `name: Type`.
+        let (_, last) = first_last(arg.ty.to_token_stream());
+        let name = Ident::new(&arg.name.to_string(), last);
+        let amp = quote_spanned!(arg.name.span()=> &);
+        let label = LitStr::new(&arg.name.to_string(), arg.name.span());
+        (quote!(#amp #name), label, last)
+    };
+    let mut key_parts = Vec::new();
+    match &plan.key {
+        Key::Template(parts) => {
+            for part in parts {
+                match part {
+                    Part::Literal(s) => key_parts.push(quote!(__impcache_k.push_str(#s);)),
+                    Part::Arg(i) => {
+                        let (arg, label, span) = key_arg_expr(*i);
+                        key_parts
+                            .push(quote_spanned!(span=> __impcache_k.push_template(#label, #arg);));
+                    }
+                }
+            }
+        }
+        Key::Default(prefix) => {
+            let fn_name = plan.func.sig.ident.to_string();
+            let base = match prefix {
+                Prefix::Name(name) => quote!(__impcache_k.push_str(#name);),
+                Prefix::Method => {
+                    let suffix = format!("::{fn_name}");
+                    quote! {
+                        __impcache_k.push_str(::core::any::type_name::<Self>());
+                        __impcache_k.push_str(#suffix);
+                    }
+                }
+                Prefix::Function => {
+                    quote!(__impcache_k.push_str(::core::concat!(::core::module_path!(), "::", #fn_name));)
+                }
+            };
+            key_parts.push(base);
+            for &i in &plan.key_args {
+                let (arg, label, span) = key_arg_expr(i);
+                key_parts.push(quote!(__impcache_k.push_str(":");));
+                key_parts.push(quote_spanned!(span=> __impcache_k.push_json(#label, #arg);));
+            }
+        }
+    }
+    quote! {
+        let __impcache_key = {
+            let mut __impcache_k = ::impcache::__private::KeyBuilder::with_capacity(64);
+            #(#key_parts)*
+            __impcache_k.finish()
+        };
+    }
+}
+
+/// The policy argument of `memoize`.
+fn policy(plan: &Plan) -> TokenStream {
+    let ret = &plan.ret;
+    // The policy is chosen by method lookup on `&Returns<R>` (autoref specialization: see
+    // `impcache::__private::Returns`), so that aliases are seen through.
+    // Only the method name carries the option's span (where a contradiction is reported): the
+    // rest is the macro's, so that no lint fires on the user's tokens.
+    let classify = |method: &str, span: Span| {
+        let method = Ident::new(method, span);
+        quote! {{
+            use ::impcache::__private::{
+                ReturnsMismatch as _, ReturnsOption as _, ReturnsResult as _, ReturnsValue as _,
+            };
+            (&::impcache::__private::Returns::<#ret>::new()).#method()
+        }}
+    };
+    match plan.policy {
+        Policy::ByType => classify("policy", Span::call_site()),
+        Policy::Result(span) => classify("result_policy", span),
+        Policy::Option(span) => classify("option_policy", span),
+        Policy::OptionWithNone(span) => classify("option_with_none_policy", span),
+        Policy::Value => quote!(::impcache::__private::Plain),
+    }
+}
+
+/// In a trait impl the companions are not members of the trait (E0407, which says nothing of
+/// `#[cached]`). A method checks that its `{name}_uncached` companion is inherent: if it is not,
+/// `Self::{name}_uncached` falls back to a local trait whose bound fails with a message that says
+/// what to do.
+fn trait_impl_check(uncached: &Ident) -> TokenStream {
+    quote! {
+        #[allow(dead_code, non_camel_case_types)]
+        trait __impcache_not_in_trait_impl {
+            fn #uncached()
+            where
+                Self: ::impcache::__private::NotInTraitImpl,
+            {
+            }
+        }
+        impl<__ImpcacheT: ?::core::marker::Sized> __impcache_not_in_trait_impl for __ImpcacheT {}
+        #[allow(deprecated)]
+        let _ = Self::#uncached;
+    }
+}
+
+/// The wrapper, then `{name}_uncached` and `{name}_invalidate`.
+pub(crate) fn generate(plan: &Plan) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = &plan.func;
+    let ident = &sig.ident;
+    let fn_name = ident.to_string();
+    let ret = &plan.ret;
+    let (_, _, where_clause) = sig.generics.split_for_impl();
+    let generics = &sig.generics;
+    let unsafety = &sig.unsafety;
+    let abi = &sig.abi;
+    let output = &sig.output;
+    let shared = shared_attrs(attrs);
+    let key_block = key_block(plan);
+
+    let (cache_binding, cache_opt) = match &plan.cache {
+        Some(expr) => {
+            let binding = quote_spanned! {expr.span()=>
+                let __impcache_cache: &::impcache::Cache = &(#expr);
+            };
+            (
+                binding,
+                quote!(::core::option::Option::Some(__impcache_cache)),
+            )
+        }
+        None => (quote!(), quote!(::impcache::__private::default_cache())),
+    };
+    let (version_static, version_opt) = match &plan.version {
+        Some(expr) => {
+            let version = quote_spanned! {expr.span()=>
+                static __IMPCACHE_VERSION: ::std::sync::LazyLock<::impcache::Version> =
+                    ::std::sync::LazyLock::new(|| ::impcache::Version::from(#expr));
+            };
+            (
+                version,
+                quote!(::core::option::Option::Some(&*__IMPCACHE_VERSION)),
+            )
+        }
+        None => (quote!(), quote!(::core::option::Option::None)),
+    };
+
+    let expire = &plan.expire;
+    let expire = quote_spanned!(expire.span()=> <::impcache::Expire as ::core::convert::From<_>>::from(#expire));
+    let policy = policy(plan);
+    // `codec()` is the one place that requires `Serialize + DeserializeOwned` of the stored type;
+    // the call spans the type (`T` of `Result<T, E>`), so that is where a missing impl is reported.
+    let (first, last) = first_last(plan.value_ty.to_token_stream());
+    let codec_path = quote_spanned!(first=> ::impcache::__private::codec);
+    let mut codec_args = Group::new(Delimiter::Parenthesis, TokenStream::new());
+    codec_args.set_span(last);
+
+    // The wrapper's arguments: plain names, patterns restored inside the body.
+    let receiver = sig.inputs.iter().find(|a| matches!(a, FnArg::Receiver(_)));
+    let wrapper_inputs = plan.args.iter().map(|a| {
+        let Arg {
+            name,
+            mutability,
+            ty,
+            attrs,
+            ..
+        } = a;
+        quote!(#(#attrs)* #mutability #name: #ty)
+    });
+    let restore = plan.args.iter().filter_map(|a| {
+        a.pattern.as_ref().map(|pat| {
+            let name = &a.name;
+            quote!(let #pat = #name;)
+        })
+    });
+    let receiver_comma = receiver.map(|r| quote!(#r,));
+    let body = &block.stmts;
+
+    let uncached = format_ident!("{}_uncached", ident);
+    let trait_impl_check = plan
+        .check_not_in_trait_impl
+        .then(|| trait_impl_check(&uncached));
+    let invalidate = format_ident!("{}_invalidate", ident);
+    let wrapper_doc = format!(
+        " Cached with `#[cached]`: `{uncached}` runs the body without the cache, `{invalidate}` removes the entry of one call."
+    );
+    let uncached_doc = format!(
+        " Runs `{fn_name}` without its cache: no lookup, no store (generated by `#[cached]`)."
+    );
+    let invalidate_doc = format!(
+        " Removes the cached entry of `{fn_name}` for these key arguments; `Ok(true)` when an entry was removed, `Ok(false)` when there was none (or no default cache is installed). Generated by `#[cached]`."
+    );
+
+    let mut uncached_sig = sig.clone();
+    uncached_sig.ident = uncached;
+
+    let invalidate_inputs = plan.invalidate_args.iter().map(|&i| {
+        let Arg {
+            name, ty, attrs, ..
+        } = &plan.args[i];
+        quote!(#(#attrs)* #name: #ty)
+    });
+    let inv_generics = &plan.invalidate_generics;
+    let (_, _, inv_where) = inv_generics.split_for_impl();
+    let inv_receiver = receiver.map(|_| quote!(&self,));
+
+    quote! {
+        #(#attrs)*
+        #[doc = ""]
+        #[doc = #wrapper_doc]
+        #vis #unsafety async #abi fn #ident #generics (#receiver_comma #(#wrapper_inputs),*) #output #where_clause {
+            #trait_impl_check
+            #key_block
+            #cache_binding
+            #version_static
+            // The body's statements, not its block: `{ { expr } }` would make rustc's
+            // `unused_braces` lint fire on the user's braces.
+            let __impcache_body = ::impcache::__private::body::<#ret, _, _>(move || async move {
+                #(#restore)*
+                #(#body)*
+            });
+            ::impcache::__private::memoize(
+                #cache_opt,
+                #version_opt,
+                __impcache_key,
+                #expire,
+                #policy,
+                #codec_path #codec_args,
+                __impcache_body,
+            )
+            .await
+        }
+
+        #[doc = #uncached_doc]
+        #[allow(dead_code, unused)]
+        #(#shared)*
+        #vis #uncached_sig #block
+
+        #[doc = #invalidate_doc]
+        #[allow(dead_code)]
+        #(#shared)*
+        #vis async fn #invalidate #inv_generics (#inv_receiver #(#invalidate_inputs),*) -> ::impcache::Result<bool> #inv_where {
+            #key_block
+            #cache_binding
+            #version_static
+            ::impcache::__private::invalidate(#cache_opt, #version_opt, __impcache_key).await
+        }
+    }
+}

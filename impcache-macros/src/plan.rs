@@ -1,0 +1,374 @@
+//! The plan: what to generate, decided from the parsed options and the function's signature.
+//! Every problem found on the way is reported, together with the options' own errors; code
+//! generation ([`crate::generate`]) then only writes out what the plan says.
+
+use std::collections::HashSet;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, ToTokens};
+use syn::{
+    Attribute, Expr, FnArg, GenericParam, Generics, Ident, ItemFn, LitStr, Pat, ReturnType, Type,
+};
+
+use crate::args::{Args, Returns};
+use crate::errors::Errors;
+use crate::template::{self, Segment};
+use crate::tokens::{borrow_in, contains_impl_trait, first_type_arg, last_ident, mentioned};
+
+/// One typed argument of the function.
+pub(crate) struct Arg {
+    /// The name used in the wrapper and the companions (the user's, or `__impcache_argN`).
+    pub(crate) name: Ident,
+    /// The user's pattern, when it is not a plain name (restored inside the body).
+    pub(crate) pattern: Option<Pat>,
+    /// `mut` on a plain name.
+    pub(crate) mutability: Option<syn::token::Mut>,
+    pub(crate) ty: Type,
+    pub(crate) attrs: Vec<Attribute>,
+    /// `_`: never part of the default key.
+    wild: bool,
+}
+
+/// How the key is written.
+pub(crate) enum Key {
+    /// `key = "..."`: the template's text and arguments, in order.
+    Template(Vec<Part>),
+    /// The default layout: the prefix, then `:` and each of [`Plan::key_args`].
+    Default(Prefix),
+}
+
+/// A piece of a `key = "..."` template, its placeholders resolved.
+pub(crate) enum Part {
+    Literal(String),
+    /// An index into [`Plan::args`].
+    Arg(usize),
+}
+
+/// The first part of the default key.
+pub(crate) enum Prefix {
+    /// `name = "..."`.
+    Name(LitStr),
+    /// `{type_name::<Self>()}::{fn_name}`, for a function with a receiver.
+    Method,
+    /// `{module_path}::{fn_name}`.
+    Function,
+}
+
+/// How the cached part of the return value is chosen.
+pub(crate) enum Policy {
+    /// By the type system, through aliases: `Ok`'s value of a `Result`, `Some`'s value of an
+    /// `Option`, the whole value otherwise.
+    ByType,
+    /// `returns = "result"`: `Ok`'s value; the type must be a `Result` (the span of the option).
+    Result(Span),
+    /// `returns = "option"`: `Some`'s value; the type must be an `Option`.
+    Option(Span),
+    /// `cache_none = true`: the whole `Option`; the type must be an `Option`.
+    OptionWithNone(Span),
+    /// `returns = "value"`: the whole value.
+    Value,
+}
+
+/// What to generate for one `#[cached]` function.
+pub(crate) struct Plan {
+    /// The function as written (its attributes without `#[cached]`).
+    pub(crate) func: ItemFn,
+    /// The typed arguments, in order (not the receiver).
+    pub(crate) args: Vec<Arg>,
+    pub(crate) key: Key,
+    /// Indices into `args` of the key arguments, in key order, each once.
+    pub(crate) key_args: Vec<usize>,
+    pub(crate) expire: Expr,
+    pub(crate) version: Option<Expr>,
+    pub(crate) cache: Option<Expr>,
+    /// The return type (`()` when none is written).
+    pub(crate) ret: Type,
+    /// The stored type as spelled (`T` of `Result<T, E>`): where a missing serde impl is reported.
+    pub(crate) value_ty: Type,
+    pub(crate) policy: Policy,
+    /// Whether the wrapper checks that it is not in a trait impl (see [`crate::generate`]).
+    pub(crate) check_not_in_trait_impl: bool,
+    /// Indices into `args` of the `{name}_invalidate` companion's arguments: the key arguments
+    /// and any argument the `cache` expression names.
+    pub(crate) invalidate_args: Vec<usize>,
+    /// The generics of `{name}_invalidate`: those its arguments need.
+    pub(crate) invalidate_generics: Generics,
+}
+
+impl Plan {
+    /// Checks `args` against `func`, pushing every problem to `errors`; the plan is only
+    /// meaningful when no error was pushed.
+    pub(crate) fn new(args: Args, func: ItemFn, errors: &mut Errors) -> Option<Plan> {
+        check_fn(&args, &func, errors);
+        let (has_receiver, plan_args) = arguments(&func, errors);
+        let (key, key_args) = key(&args, has_receiver, &plan_args, errors);
+        let (ret, value_ty, policy) = returns(&args, &func, errors);
+
+        // A method (a receiver or a mention of `Self`) checks that it is not in a trait impl,
+        // except where the path would need type arguments (type or const parameters,
+        // `impl Trait` arguments).
+        let simple_generics = func
+            .sig
+            .generics
+            .params
+            .iter()
+            .all(|p| matches!(p, GenericParam::Lifetime(_)))
+            && !plan_args.iter().any(|a| contains_impl_trait(&a.ty));
+        let check_not_in_trait_impl = (has_receiver || mentions_self(&func)) && simple_generics;
+
+        let mut cache_mentions = HashSet::new();
+        if let Some(expr) = &args.cache {
+            mentioned(expr.to_token_stream(), &mut cache_mentions);
+        }
+        let invalidate_args: Vec<usize> = (0..plan_args.len())
+            .filter(|i| {
+                key_args.contains(i) || cache_mentions.contains(&plan_args[*i].name.to_string())
+            })
+            .collect();
+        let invalidate_types: TokenStream = invalidate_args
+            .iter()
+            .map(|&i| plan_args[i].ty.to_token_stream())
+            .collect();
+        let invalidate_generics = crate::generics::filter(&func.sig.generics, invalidate_types);
+
+        let Args {
+            expire,
+            version,
+            cache,
+            ..
+        } = args;
+        Some(Plan {
+            func,
+            args: plan_args,
+            key,
+            key_args,
+            expire: expire?,
+            version,
+            cache,
+            ret,
+            value_ty,
+            policy,
+            check_not_in_trait_impl,
+            invalidate_args,
+            invalidate_generics,
+        })
+    }
+}
+
+/// An `async fn`, not `const`, and an `expire`.
+fn check_fn(args: &Args, func: &ItemFn, errors: &mut Errors) {
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new_spanned(
+            sig.fn_token,
+            "the `#[cached]` attribute requires an `async fn`",
+        ));
+    }
+    if let Some(c) = &sig.constness {
+        errors.push(syn::Error::new_spanned(
+            c,
+            "the `#[cached]` attribute cannot be used on a `const fn`",
+        ));
+    }
+    if args.expire.is_none() {
+        errors.push(syn::Error::new(
+            Span::call_site(),
+            "missing `expire`: every cached value expires, as in `#[cached(expire = 60)]` (seconds or a `Duration`)",
+        ));
+    }
+}
+
+/// Whether the function has a receiver (not by value), and its typed arguments.
+fn arguments(func: &ItemFn, errors: &mut Errors) -> (bool, Vec<Arg>) {
+    let mut has_receiver = false;
+    let mut args = Vec::new();
+    for (i, input) in func.sig.inputs.iter().enumerate() {
+        match input {
+            FnArg::Receiver(r) => {
+                has_receiver = true;
+                let by_value = match &r.colon_token {
+                    None => r.reference.is_none(),
+                    Some(_) => matches!(&*r.ty, Type::Path(p) if p.path.is_ident("Self")),
+                };
+                if by_value {
+                    errors.push(syn::Error::new_spanned(
+                        r.self_token,
+                        "`#[cached]` methods cannot take `self` by value: use `&self`",
+                    ));
+                }
+            }
+            FnArg::Typed(pt) => {
+                let (name, pattern, mutability, wild) = match &*pt.pat {
+                    Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
+                        (p.ident.clone(), None, p.mutability, false)
+                    }
+                    Pat::Wild(_) => (format_ident!("__impcache_arg{}", i), None, None, true),
+                    other => (
+                        format_ident!("__impcache_arg{}", i),
+                        Some(other.clone()),
+                        None,
+                        false,
+                    ),
+                };
+                args.push(Arg {
+                    name,
+                    pattern,
+                    mutability,
+                    ty: (*pt.ty).clone(),
+                    attrs: pt.attrs.clone(),
+                    wild,
+                });
+            }
+        }
+    }
+    (has_receiver, args)
+}
+
+/// The key layout and the key arguments, from `key`, `skip` and `name`.
+fn key(
+    args: &Args,
+    has_receiver: bool,
+    plan_args: &[Arg],
+    errors: &mut Errors,
+) -> (Key, Vec<usize>) {
+    let find = |name: &str| {
+        plan_args
+            .iter()
+            .position(|a| a.pattern.is_none() && !a.wild && a.name == name)
+    };
+    let Some(key) = &args.key else {
+        let mut skipped = HashSet::new();
+        if let Some((_, skip)) = &args.skip {
+            for ident in skip {
+                match find(&ident.to_string()) {
+                    Some(i) => {
+                        if !skipped.insert(i) {
+                            errors.push(syn::Error::new_spanned(
+                                ident,
+                                format!("`{ident}` is skipped twice"),
+                            ));
+                        }
+                    }
+                    None => errors.push(syn::Error::new_spanned(
+                        ident,
+                        format!(
+                            "`skip` names `{ident}`, but the function has no argument `{ident}`"
+                        ),
+                    )),
+                }
+            }
+        }
+        let key_args = (0..plan_args.len())
+            .filter(|i| !skipped.contains(i) && !plan_args[*i].wild)
+            .collect();
+        let prefix = match &args.name {
+            Some(name) => Prefix::Name(name.clone()),
+            None if has_receiver => Prefix::Method,
+            None => Prefix::Function,
+        };
+        return (Key::Default(prefix), key_args);
+    };
+
+    if let Some((span, _)) = &args.skip {
+        errors.push(syn::Error::new(
+            *span,
+            "`skip` cannot be combined with `key`: arguments not named in the `key` template are already left out",
+        ));
+    }
+    if let Some(name) = &args.name {
+        errors.push(syn::Error::new_spanned(
+            name,
+            "`name` cannot be combined with `key`: the template is the whole key",
+        ));
+    }
+    let mut key_args = Vec::new();
+    let mut parts = Vec::new();
+    match template::parse(&key.value()) {
+        Err(message) => errors.push(syn::Error::new_spanned(key, message)),
+        Ok(segments) => {
+            for segment in segments {
+                match segment {
+                    Segment::Literal(text) => parts.push(Part::Literal(text)),
+                    Segment::Placeholder(name) => match find(&name) {
+                        Some(i) => {
+                            if !key_args.contains(&i) {
+                                key_args.push(i);
+                            }
+                            parts.push(Part::Arg(i));
+                        }
+                        None => errors.push(syn::Error::new_spanned(
+                            key,
+                            format!("`key` names `{{{name}}}`, but the function has no argument `{name}`"),
+                        )),
+                    },
+                }
+            }
+        }
+    }
+    (Key::Template(parts), key_args)
+}
+
+/// The return type, the stored type as spelled, and the policy choosing what is cached.
+fn returns(args: &Args, func: &ItemFn, errors: &mut Errors) -> (Type, Type, Policy) {
+    let ret: Type = match &func.sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    if contains_impl_trait(&ret) {
+        errors.push(syn::Error::new_spanned(
+            &ret,
+            "`#[cached]` cannot store an `impl Trait` return type: name the type",
+        ));
+    }
+    if let Some(span) = borrow_in(&ret) {
+        errors.push(syn::Error::new(
+            span,
+            "`#[cached]` cannot return a borrowed value: a cached value is decoded from the cache and owns its data; return an owned type (`String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`, no lifetime parameters)",
+        ));
+    }
+    // The policy is decided by the type system (aliases of `Result` and `Option` included);
+    // `returns` and `cache_none` choose it explicitly, checked on the type. The spelling only
+    // places the "cannot be cached" error on `T` of `Result<T, E>` rather than on the whole type.
+    let cache_none = args.cache_none.as_ref().filter(|b| b.value);
+    let returns = args
+        .returns
+        .as_ref()
+        .map(|(lit, returns)| (lit.span(), *returns));
+    let policy = match (returns, cache_none) {
+        (Some((_, returns @ (Returns::Result | Returns::Value))), Some(b)) => {
+            let name = if returns == Returns::Result {
+                "result"
+            } else {
+                "value"
+            };
+            errors.push(syn::Error::new_spanned(
+                b,
+                format!("`cache_none` applies to functions returning an `Option`, not with `returns = \"{name}\"`"),
+            ));
+            Policy::Value
+        }
+        (Some((span, Returns::Option)), Some(_)) => Policy::OptionWithNone(span),
+        (None, Some(b)) => Policy::OptionWithNone(b.span()),
+        (Some((span, Returns::Result)), None) => Policy::Result(span),
+        (Some((span, Returns::Option)), None) => Policy::Option(span),
+        (Some((_, Returns::Value)), None) => Policy::Value,
+        (None, None) => Policy::ByType,
+    };
+    let spelled = last_ident(&ret);
+    let value_ty = match (&policy, spelled.as_deref()) {
+        (Policy::ByType | Policy::Result(_), Some("Result"))
+        | (Policy::ByType | Policy::Option(_), Some("Option")) => {
+            first_type_arg(&ret).unwrap_or(&ret).clone()
+        }
+        _ => ret.clone(),
+    };
+    (ret, value_ty, policy)
+}
+
+/// Whether the signature mentions `Self`: then the function is in an impl. (Not the body: it may
+/// hold an impl of its own.)
+fn mentions_self(func: &ItemFn) -> bool {
+    let mut names = HashSet::new();
+    mentioned(func.sig.to_token_stream(), &mut names);
+    names.contains("Self")
+}

@@ -1,0 +1,106 @@
+//! Parsing a `key = "user:{id}"` template into literal text and placeholders.
+
+/// A piece of a `key = "..."` template.
+pub(crate) enum Segment {
+    /// Text written as it is (`{{` and `}}` already unescaped).
+    Literal(String),
+    /// `{name}`: the name of an argument, trimmed.
+    Placeholder(String),
+}
+
+/// Splits `template` into segments, or says what is wrong with it.
+pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    let mut literal = String::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                literal.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                literal.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => name.push(c),
+                        None => {
+                            return Err(
+                                "unclosed `{` in `key` (write `{{` for a literal `{`)".to_owned()
+                            )
+                        }
+                    }
+                }
+                let name = name.trim().to_owned();
+                if name.is_empty() {
+                    return Err(
+                        "empty `{}` in `key`: name an argument, as in `\"user:{id}\"`".to_owned(),
+                    );
+                }
+                if !literal.is_empty() {
+                    segments.push(Segment::Literal(std::mem::take(&mut literal)));
+                }
+                segments.push(Segment::Placeholder(name));
+            }
+            '}' => return Err("unmatched `}` in `key` (write `}}` for a literal `}`)".to_owned()),
+            c => literal.push(c),
+        }
+    }
+    if !literal.is_empty() {
+        segments.push(Segment::Literal(literal));
+    }
+    Ok(segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse, Segment};
+
+    /// The segments as `"text"` and `{name}`, for comparison.
+    fn shown(template: &str) -> Result<Vec<String>, String> {
+        let segments = parse(template)?;
+        Ok(segments
+            .into_iter()
+            .map(|s| match s {
+                Segment::Literal(text) => format!("{text:?}"),
+                Segment::Placeholder(name) => format!("{{{name}}}"),
+            })
+            .collect())
+    }
+
+    #[test]
+    fn text_and_placeholders_alternate() {
+        assert_eq!(
+            shown("user:{ id }:{name}{id}"),
+            Ok(vec![
+                "\"user:\"".to_owned(),
+                "{id}".to_owned(),
+                "\":\"".to_owned(),
+                "{name}".to_owned(),
+                "{id}".to_owned(),
+            ])
+        );
+        assert_eq!(shown(""), Ok(vec![]));
+    }
+
+    #[test]
+    fn doubled_braces_are_literal() {
+        assert_eq!(
+            shown("{{x}}:{a}"),
+            Ok(vec!["\"{x}:\"".to_owned(), "{a}".to_owned()])
+        );
+    }
+
+    #[test]
+    fn malformed_templates_say_what_is_wrong() {
+        for (template, said) in [("a{b", "unclosed"), ("a}b", "unmatched"), ("{ }", "empty")] {
+            let error = shown(template).err().unwrap_or_default();
+            assert!(error.contains(said), "{template}: {error}");
+        }
+    }
+}
