@@ -22,10 +22,8 @@ use crate::key::KeyParts;
 /// `async fn`s (the boxed future of the trait is all they have), so an arm would call the same
 /// boxed future.
 ///
-/// (Declared `pub` inside a private module: [`CacheRepository::backend`] names it, but nothing
-/// outside the crate can.)
 #[derive(Debug)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// The in-memory repository: its operations are synchronous and called as such.
     Memory(MemoryCacheRepository),
     /// The single-node Redis repository: its operations are awaited without boxing them.
@@ -35,11 +33,17 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend for `repository`: its own arm if it is a built-in one, else the trait.
+    /// The backend for `repository`: its own arm if it is a built-in one (which it tells through
+    /// [`CacheRepository::as_any`]), else the trait.
     pub(crate) fn of(repository: &Arc<dyn CacheRepository>) -> Backend {
-        repository
-            .backend()
-            .unwrap_or_else(|| Backend::Custom(Arc::clone(repository)))
+        let any = repository.as_any();
+        if let Some(memory) = any.and_then(|any| any.downcast_ref::<MemoryCacheRepository>()) {
+            return Backend::Memory(memory.clone());
+        }
+        if let Some(redis) = any.and_then(|any| any.downcast_ref::<RedisCacheRepository>()) {
+            return Backend::Redis(redis.clone());
+        }
+        Backend::Custom(Arc::clone(repository))
     }
 
     /// Whether the repository keeps the value bytes it is given (in this process): then each

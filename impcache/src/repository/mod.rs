@@ -16,13 +16,13 @@ use bytes::Bytes;
 
 use crate::error::Result;
 use crate::expire::Expiry;
-use backend::Backend;
 
 pub(crate) mod backend;
 pub mod breaker;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub(crate) mod commands;
+pub(crate) mod dsn;
 pub mod memory;
 pub mod redis;
 #[cfg(feature = "sentinel")]
@@ -75,12 +75,12 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     /// Removes every key matching the Redis glob `pattern`; the number of keys removed.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>>;
 
-    /// How [`Cache`](crate::Cache) calls this repository: the built-in in-memory and single-node
-    /// Redis repositories are called directly, without the boxed futures of this trait; every
-    /// other repository keeps this default and is called through the trait. Not for use outside
-    /// this crate (its return type cannot be named there).
+    /// Lets [`Cache`](crate::Cache) see which repository this is: the built-in in-memory and
+    /// single-node Redis repositories return themselves, and are then called directly, without
+    /// the boxed futures of this trait; every other repository keeps this default and is called
+    /// through the trait. Not for use outside this crate.
     #[doc(hidden)]
-    fn backend(&self) -> Option<Backend> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
 }

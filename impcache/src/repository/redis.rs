@@ -12,22 +12,17 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 
-use super::backend::Backend;
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
 use super::commands::{
     check_value_size, classify, key_command, keys_command, scan_command, set_command, Waited,
 };
+use super::dsn;
 use super::settings::{shared_setters, Settings};
+pub use super::settings::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
 
-/// Default time allowed to open a TCP connection (and handshake) to Redis.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
-/// Default deadline of one operation, reconnecting included.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
-/// Redis's default `proto-max-bulk-len`: the largest value a server accepts.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// Consecutive timeouts after which the connection is presumed dead (a half-open TCP connection,
 /// a black-holed route) and replaced by a fresh one.
 const RESET_AFTER_TIMEOUTS: u32 = 3;
@@ -119,8 +114,8 @@ struct TlsSettings {
 impl fmt::Debug for RedisCacheRepositoryBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = match &self.source {
-            Source::Dsn(dsn) => redact_dsn(dsn),
-            Source::Client(client) => describe_client(client),
+            Source::Dsn(dsn) => dsn::redact(dsn),
+            Source::Client(client) => dsn::describe_client(client),
         };
         let mut debug = f.debug_struct("RedisCacheRepositoryBuilder");
         debug
@@ -549,8 +544,8 @@ impl CacheRepository for RedisCacheRepository {
         Box::pin(self.delete_pattern_direct(pattern))
     }
 
-    fn backend(&self) -> Option<Backend> {
-        Some(Backend::Redis(self.clone()))
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 
@@ -602,7 +597,7 @@ impl RedisCacheRepositoryBuilder {
     /// Checks the DSN and builds the repository; nothing is connected yet.
     pub fn build(self) -> Result<RedisCacheRepository> {
         let client = match &self.source {
-            Source::Dsn(dsn) => client_for(dsn)?,
+            Source::Dsn(dsn) => dsn::server(dsn)?,
             Source::Client(client) => (**client).clone(),
         };
         #[cfg(feature = "tls")]
@@ -617,8 +612,8 @@ impl RedisCacheRepositoryBuilder {
             return Ok(client);
         }
         let shown_dsn = match &self.source {
-            Source::Dsn(dsn) => redact_dsn(dsn),
-            Source::Client(client) => describe_client(client),
+            Source::Dsn(dsn) => dsn::redact(dsn),
+            Source::Client(client) => dsn::describe_client(client),
         };
         let invalid = |reason: String| Error::InvalidDsn {
             dsn: shown_dsn.clone(),
@@ -647,8 +642,8 @@ impl RedisCacheRepositoryBuilder {
 
     fn finish(self, client: redis::Client) -> RedisCacheRepository {
         let shown_dsn = match &self.source {
-            Source::Dsn(dsn) => redact_dsn(dsn),
-            Source::Client(client) => describe_client(client),
+            Source::Dsn(dsn) => dsn::redact(dsn),
+            Source::Client(client) => dsn::describe_client(client),
         };
         // One reconnect attempt per failing call: the circuit breaker, not the connection
         // manager's backoff, decides how often an unreachable server is tried.
@@ -675,93 +670,5 @@ impl RedisCacheRepositoryBuilder {
                 shown_dsn,
             }),
         }
-    }
-}
-
-fn describe_client(client: &redis::Client) -> String {
-    format!("{} (existing client)", client.get_connection_info().addr())
-}
-
-/// The DSN with any password (between `user:` and the `@` of the authority) replaced by `***`.
-/// Works on strings that are not valid URLs too, since those are the ones that end up in errors.
-pub(crate) fn redact_dsn(dsn: &str) -> String {
-    let Some(scheme_end) = dsn.find("://") else {
-        return dsn.to_owned();
-    };
-    let (scheme, rest) = (&dsn[..scheme_end], &dsn[scheme_end + 3..]);
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return dsn.to_owned();
-    };
-    let (userinfo, host_and_rest) = (&rest[..at], &rest[at + 1..]);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host_and_rest}"),
-        // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
-        None => format!("{scheme}://***@{host_and_rest}"),
-    }
-}
-
-/// Checks a DSN and makes a client for it, on the operating system's TCP defaults (as the
-/// `redis` crate: `TCP_NODELAY` measured slower under concurrency, BENCHMARKS.md case 1b).
-fn client_for(dsn: &str) -> Result<redis::Client> {
-    let invalid = |reason: String| Error::InvalidDsn {
-        dsn: redact_dsn(dsn),
-        reason,
-    };
-    if dsn.trim().is_empty() {
-        return Err(invalid("the DSN is empty".to_owned()));
-    }
-    let url = url::Url::parse(dsn).map_err(|e| {
-        invalid(format!(
-            "not a URL ({e}); expected redis://host:port/db, rediss://..., or unix:///path"
-        ))
-    })?;
-    match url.scheme() {
-        "redis" | "rediss" | "valkey" | "valkeys" => {
-            match url.host_str() {
-                None | Some("") => return Err(invalid("the host is missing".to_owned())),
-                Some(_) => {}
-            }
-            let db = url.path().trim_start_matches('/');
-            if !db.is_empty() && db.parse::<u16>().is_err() {
-                return Err(invalid(format!(
-                    "the database `{db}` is not a number between 0 and 65535"
-                )));
-            }
-            if matches!(url.scheme(), "rediss" | "valkeys") && !cfg!(feature = "tls") {
-                return Err(invalid(format!(
-                    "`{}://` needs the `tls` feature of impcache",
-                    url.scheme()
-                )));
-            }
-        }
-        "unix" | "redis+unix" => {
-            if url.path().is_empty() || url.path() == "/" {
-                return Err(invalid("the socket path is missing".to_owned()));
-            }
-        }
-        other => {
-            return Err(invalid(format!(
-                "unsupported scheme `{other}`; expected redis, rediss, unix or redis+unix"
-            )))
-        }
-    }
-    for (name, value) in url.query_pairs() {
-        if name == "db" && value.parse::<u16>().is_err() {
-            return Err(invalid(format!(
-                "the database `{value}` is not a number between 0 and 65535"
-            )));
-        }
-    }
-    let info = redis::IntoConnectionInfo::into_connection_info(dsn)
-        .map_err(|e| invalid(scrub(&e.to_string(), &url)))?;
-    redis::Client::open(info).map_err(|e| invalid(scrub(&e.to_string(), &url)))
-}
-
-/// Removes the password from a message, in case a library echoed it.
-fn scrub(message: &str, url: &url::Url) -> String {
-    match url.password() {
-        Some(password) if !password.is_empty() => message.replace(password, "***"),
-        _ => message.to_owned(),
     }
 }

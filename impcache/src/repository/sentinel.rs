@@ -14,7 +14,8 @@ use redis::{ConnectionInfo, RedisConnectionInfo};
 
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
 use super::commands::{timed_out, Waited};
-use super::redis::{redact_dsn, RedisCacheRepository};
+use super::dsn;
+use super::redis::RedisCacheRepository;
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, BoxError, Error, Result};
@@ -140,7 +141,7 @@ pub const DEFAULT_RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for RedisSentinelCacheRepositoryBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sentinels: Vec<String> = self.sentinels.iter().map(|s| redact_dsn(s)).collect();
+        let sentinels: Vec<String> = self.sentinels.iter().map(|s| dsn::redact(s)).collect();
         f.debug_struct("RedisSentinelCacheRepositoryBuilder")
             .field("sentinels", &sentinels)
             .field("service_name", &self.service_name)
@@ -775,7 +776,7 @@ impl RedisSentinelCacheRepositoryBuilder {
 
     /// Checks the Sentinel addresses and builds the repository; nothing is connected yet.
     pub fn build(self) -> Result<RedisSentinelCacheRepository> {
-        let shown_sentinels: Vec<String> = self.sentinels.iter().map(|s| redact_dsn(s)).collect();
+        let shown_sentinels: Vec<String> = self.sentinels.iter().map(|s| dsn::redact(s)).collect();
         let invalid = |dsn: String, reason: String| Error::InvalidDsn { dsn, reason };
         if self.sentinels.is_empty() {
             return Err(invalid(
@@ -789,26 +790,11 @@ impl RedisSentinelCacheRepositoryBuilder {
                 "the service (master) name is empty".to_owned(),
             ));
         }
-        let mut infos = Vec::with_capacity(self.sentinels.len());
-        for (sentinel, shown) in self.sentinels.iter().zip(&shown_sentinels) {
-            let url = url::Url::parse(sentinel).map_err(|e| {
-                invalid(
-                    shown.clone(),
-                    format!("not a URL ({e}); expected redis://host:26379 for each Sentinel"),
-                )
-            })?;
-            if !matches!(url.scheme(), "redis" | "rediss")
-                || url.host_str().is_none_or(str::is_empty)
-            {
-                return Err(invalid(
-                    shown.clone(),
-                    "expected redis://host:port (or rediss://) for each Sentinel".to_owned(),
-                ));
-            }
-            let info = redis::IntoConnectionInfo::into_connection_info(sentinel.as_str())
-                .map_err(|e| invalid(shown.clone(), scrub(&e.to_string(), &url)))?;
-            infos.push(info);
-        }
+        let infos = self
+            .sentinels
+            .iter()
+            .map(|sentinel| dsn::sentinel(sentinel))
+            .collect::<Result<Vec<_>>>()?;
         let sentinel_infos = infos
             .iter()
             .map(|info| {
@@ -819,8 +805,12 @@ impl RedisSentinelCacheRepositoryBuilder {
                 info.clone().set_redis_settings(resp3)
             })
             .collect();
-        let sentinel = Sentinel::build(infos)
-            .map_err(|e| invalid(shown_sentinels.join(", "), e.to_string()))?;
+        let sentinel = Sentinel::build(infos).map_err(|e| {
+            invalid(
+                shown_sentinels.join(", "),
+                dsn::scrub(&e.to_string(), &self.sentinels),
+            )
+        })?;
         let mut redis_info = RedisConnectionInfo::default().set_db(self.db);
         if let Some(username) = &self.username {
             redis_info = redis_info.set_username(username);
@@ -1001,38 +991,5 @@ async fn listen(
                 }
             }
         }
-    }
-}
-
-/// Removes the password from a message, in case a library echoed it.
-fn scrub(message: &str, url: &url::Url) -> String {
-    match url.password() {
-        Some(password) if !password.is_empty() => message.replace(password, "***"),
-        _ => message.to_owned(),
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sentinel_addresses_are_checked() -> Result<()> {
-        for bad in ["", "http://h:1", "unix:///tmp/s.sock", "redis://"] {
-            let err = RedisSentinelCacheRepository::new([bad], "mymaster").unwrap_err();
-            assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
-        }
-        assert!(RedisSentinelCacheRepository::new(Vec::<String>::new(), "m").is_err());
-        assert!(RedisSentinelCacheRepository::new(["redis://h:26379"], " ").is_err());
-        let repository = RedisSentinelCacheRepository::builder(["redis://:s3cret@h:26379"], "m")
-            .password("p4ss")
-            .build()?;
-        let shown = format!("{repository:?}");
-        assert!(
-            !shown.contains("s3cret") && !shown.contains("p4ss"),
-            "{shown}"
-        );
-        Ok(())
     }
 }
