@@ -56,7 +56,9 @@ impl Backend {
         match self {
             // The memory repository keeps the key: it gets it as an owned `String`.
             Backend::Memory(memory) => memory.set_now(key.owned(), value, expiry),
-            Backend::Redis(redis) => redis.set_direct(key.stack().as_str(), value, expiry).await,
+            Backend::Redis(redis) => Ok(redis
+                .set_direct(key.stack().as_str(), value, expiry)
+                .await?),
             Backend::Custom(repository) => {
                 repository.set(key.stack().as_str(), value, expiry).await
             }
@@ -72,7 +74,7 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => memory.set_nx_now(full.as_str(), value, expiry),
-            Backend::Redis(redis) => redis.set_nx_direct(full.as_str(), value, expiry).await,
+            Backend::Redis(redis) => Ok(redis.set_nx_direct(full.as_str(), value, expiry).await?),
             Backend::Custom(repository) => repository.set_nx(full.as_str(), value, expiry).await,
         }
     }
@@ -80,7 +82,7 @@ impl Backend {
     pub(crate) async fn set_many(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
         match self {
             Backend::Memory(memory) => memory.set_many_now(entries, expiry),
-            Backend::Redis(redis) => redis.set_many_direct(entries, expiry).await,
+            Backend::Redis(redis) => Ok(redis.set_many_direct(entries, expiry).await?),
             Backend::Custom(repository) => repository.set_many(entries, expiry).await,
         }
     }
@@ -89,7 +91,7 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => Ok(memory.get_now(full.as_str())),
-            Backend::Redis(redis) => redis.get_direct(full.as_str()).await,
+            Backend::Redis(redis) => Ok(redis.get_direct(full.as_str()).await?),
             Backend::Custom(repository) => repository.get(full.as_str()).await,
         }
     }
@@ -97,7 +99,7 @@ impl Backend {
     pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         match self {
             Backend::Memory(memory) => Ok(memory.get_many_now(keys)),
-            Backend::Redis(redis) => redis.get_many_direct(keys).await,
+            Backend::Redis(redis) => Ok(redis.get_many_direct(keys).await?),
             Backend::Custom(repository) => repository.get_many(keys).await,
         }
     }
@@ -106,7 +108,7 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => Ok(memory.delete_now(full.as_str())),
-            Backend::Redis(redis) => redis.delete_direct(full.as_str()).await,
+            Backend::Redis(redis) => Ok(redis.delete_direct(full.as_str()).await?),
             Backend::Custom(repository) => repository.delete(full.as_str()).await,
         }
     }
@@ -114,7 +116,7 @@ impl Backend {
     pub(crate) async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         match self {
             Backend::Memory(memory) => Ok(memory.delete_many_now(keys)),
-            Backend::Redis(redis) => redis.delete_many_direct(keys).await,
+            Backend::Redis(redis) => Ok(redis.delete_many_direct(keys).await?),
             Backend::Custom(repository) => repository.delete_many(keys).await,
         }
     }
@@ -122,7 +124,7 @@ impl Backend {
     pub(crate) async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
         match self {
             Backend::Memory(memory) => Ok(memory.delete_pattern_now(pattern)),
-            Backend::Redis(redis) => redis.delete_pattern_direct(pattern).await,
+            Backend::Redis(redis) => Ok(redis.delete_pattern_direct(pattern).await?),
             Backend::Custom(repository) => repository.delete_pattern(pattern).await,
         }
     }

@@ -19,10 +19,12 @@ use crate::expire::Expiry;
 
 pub(crate) mod backend;
 pub mod breaker;
+pub(crate) mod call;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub(crate) mod commands;
 pub(crate) mod dsn;
+pub(crate) mod failure;
 pub mod memory;
 pub mod redis;
 #[cfg(feature = "sentinel")]

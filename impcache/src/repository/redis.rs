@@ -12,15 +12,15 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 
-use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
-use super::commands::{
-    check_value_size, classify, key_command, keys_command, scan_command, set_command, Waited,
-};
+use super::breaker::CircuitBreaker;
+use super::call::{self, current_runtime, Attempt, Call, Opened, Target};
+use super::commands::{check_value_size, key_command, keys_command, scan_command, set_command};
 use super::dsn;
+use super::failure::{Failed, Failure};
 use super::settings::{shared_setters, Settings};
 pub use super::settings::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES};
 use super::{BoxFuture, CacheRepository};
-use crate::error::{shown, shown_many, Error, Result};
+use crate::error::{shown, shown_many, Result};
 use crate::expire::Expiry;
 
 /// Consecutive timeouts after which the connection is presumed dead (a half-open TCP connection,
@@ -167,10 +167,16 @@ impl RedisCacheRepository {
         self.inner.breaker.is_open()
     }
 
-    /// The current connection (made lazily: it connects on first use) and its generation.
-    fn connection(&self) -> redis::RedisResult<(u64, ConnectionManager)> {
+    /// The current connection (made lazily: it connects on first use), its generation and the
+    /// runtime that opened it.
+    fn connection(&self) -> redis::RedisResult<Opened<ConnectionManager>> {
+        let opened = |current: &Current| Opened {
+            generation: current.generation,
+            runtime: current.runtime,
+            handle: current.manager.clone(),
+        };
         if let Some(current) = &*self.inner.manager.load() {
-            return Ok((current.generation, current.manager.clone()));
+            return Ok(opened(current));
         }
         let _replacing = self
             .inner
@@ -178,30 +184,26 @@ impl RedisCacheRepository {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(current) = &*self.inner.manager.load() {
-            return Ok((current.generation, current.manager.clone()));
+            return Ok(opened(current));
         }
         let manager = ConnectionManager::new_lazy_with_config(
             self.inner.client.clone(),
             self.inner.manager_config.clone(),
         )?;
-        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        self.inner.manager.store(Some(Arc::new(Current {
-            generation,
-            manager: manager.clone(),
+        let current = Current {
+            generation: self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            manager,
             runtime: current_runtime(),
-        })));
-        Ok((generation, manager))
+        };
+        let connection = opened(&current);
+        self.inner.manager.store(Some(Arc::new(current)));
+        Ok(connection)
     }
 
-    /// `true` when `e`, from connection `generation`, says that the connection's driver task is
-    /// gone because the runtime that opened the connection has ended (a `static` cache used from
-    /// several `#[tokio::test]`s, each with its own runtime). The `redis` crate then fails every
-    /// request at once with a dropped connection (`broken pipe`), before sending anything.
-    fn driver_gone(&self, generation: u64, e: &RedisError) -> bool {
+    /// `true` while connection `generation` is the one in use.
+    fn is_current(&self, generation: u64) -> bool {
         let current = self.inner.manager.load();
-        current
-            .as_ref()
-            .is_some_and(|c| c.generation == generation && lost_driver(c.runtime, e))
+        current.as_ref().is_some_and(|c| c.generation == generation)
     }
 
     /// Drops connection `generation` (if still current) so that the next operation opens a fresh
@@ -239,112 +241,35 @@ impl RedisCacheRepository {
         }
     }
 
-    /// Sends one command or pipeline under the deadline and the breaker. Idempotent requests are
-    /// retried once, within the same deadline, when the connection turned out to be dropped (an
-    /// idle connection closed by the server, a `CLIENT KILL`); every request is, when the
-    /// connection's driver ended with the runtime that opened it ([`Self::driver_gone`]).
+    /// Sends one command or pipeline under the call policy ([`call::call`]): the deadline and
+    /// the breaker, and the hooks of [`Target`] below.
     async fn query<T: FromRedisValue>(
         &self,
         operation: &'static str,
         subject: &(dyn Fn() -> String + Sync),
         request: Request<'_>,
-    ) -> Result<T> {
-        let admission = self.inner.breaker.admit();
-        if admission == Admission::Rejected {
-            return Err(Error::CircuitOpen {
-                operation,
-                key: subject(),
-            });
-        }
-        // Frees the half-open probe slot even when the caller drops this future mid-flight.
-        let _probe = ProbeGuard {
-            breaker: &self.inner.breaker,
-            admission: &admission,
+    ) -> Result<T, Failed> {
+        let call = Call {
+            operation,
+            subject,
+            idempotent: matches!(request, Request::Read(_)),
         };
-        // The generation of the connection the attempt used, readable after a timeout dropped it.
-        let used = AtomicU64::new(0);
-        let attempt = async {
-            let mut retried = false;
-            loop {
-                let (generation, mut connection) = self.connection()?;
-                used.store(generation, Ordering::Relaxed);
-                let result = match request {
-                    Request::Read(cmd) | Request::Cmd(cmd) => {
-                        cmd.query_async(&mut connection).await
-                    }
-                    Request::Pipe(pipe) => pipe.query_async(&mut connection).await,
-                };
-                match result {
-                    Err(e)
-                        if !retried
-                            && ((request.is_idempotent() && is_dropped(&e))
-                                || self.driver_gone(generation, &e)) =>
-                    {
-                        self.reset_connection(generation);
-                        retried = true;
-                    }
-                    other => return other,
-                }
+        let until = tokio::time::Instant::now() + self.inner.deadline;
+        call::call(self, call, Some(until), |mut connection| async move {
+            match request {
+                Request::Read(cmd) | Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
+                Request::Pipe(pipe) => pipe.query_async(&mut connection).await,
             }
-        };
-        // `timeout_at` with our own start: the same clock reads as `timeout`, and the time waited
-        // is known for an error that came back before the deadline.
-        let start = tokio::time::Instant::now();
-        let outcome = tokio::time::timeout_at(start + self.inner.deadline, attempt).await;
-        let generation = used.load(Ordering::Relaxed);
-        match outcome {
-            Ok(Ok(value)) => {
-                // Read before writing: a store on every call would bounce the cache line
-                // between cores on the hot path.
-                if self.inner.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
-                    self.inner.consecutive_timeouts.store(0, Ordering::Relaxed);
-                }
-                self.inner.breaker.record_success();
-                Ok(value)
-            }
-            Ok(Err(e)) => {
-                // A timeout the client reports before the deadline (its connect timeout) is
-                // `Unavailable`, naming its cause and the time waited: the connection is reset.
-                let waited = Waited {
-                    waited: start.elapsed(),
-                    deadline: self.inner.deadline,
-                    connect_timeout: Some(self.inner.connect_timeout),
-                };
-                let error = classify(e, operation, subject(), waited);
-                match &error {
-                    Error::Timeout { .. } => self.note_timeout(generation),
-                    Error::Unavailable { .. } => self.reset_connection(generation),
-                    // Redis closes the connection after a protocol error (a value beyond its
-                    // `proto-max-bulk-len`): don't let the next call find it dead.
-                    Error::Server { message, .. } if message.contains("Protocol error") => {
-                        self.reset_connection(generation)
-                    }
-                    _ => {}
-                }
-                if error.is_outage() {
-                    self.inner.breaker.record_failure(&admission);
-                } else {
-                    self.inner.breaker.record_success();
-                }
-                Err(error)
-            }
-            Err(_elapsed) => {
-                self.note_timeout(generation);
-                self.inner.breaker.record_failure(&admission);
-                Err(Error::Timeout {
-                    operation,
-                    key: subject(),
-                    deadline: self.inner.deadline,
-                })
-            }
-        }
+        })
+        .await
     }
 
-    fn check_size(&self, key: &str, value: &Bytes) -> Result<()> {
-        check_value_size(key, value.len(), self.inner.max_value_bytes)
+    fn check_size(&self, key: &str, value: &Bytes) -> Result<(), Failed> {
+        check_value_size(key, value.len(), self.inner.max_value_bytes).map_err(Failed::invalid)
     }
 }
 
+/// What [`RedisCacheRepository::query`] sends.
 #[derive(Clone, Copy)]
 enum Request<'a> {
     /// A read: safe to send twice.
@@ -353,36 +278,75 @@ enum Request<'a> {
     Pipe(&'a redis::Pipeline),
 }
 
-impl Request<'_> {
-    fn is_idempotent(&self) -> bool {
-        matches!(self, Request::Read(_))
+/// The single node's hooks of the call policy: a connection that failed (refused, reset, a
+/// protocol error) or timed out [`RESET_AFTER_TIMEOUTS`] times in a row is dropped, and the
+/// next operation opens a fresh one. A request is sent once more, within the same deadline,
+/// when the connection turned out to be dropped and the request is a read (an idle connection
+/// closed by the server, a `CLIENT KILL`), and whatever it is when the connection's driver ended
+/// with the runtime that opened it.
+impl Target for RedisCacheRepository {
+    type Handle = ConnectionManager;
+    type Error = RedisError;
+
+    fn breaker(&self) -> &CircuitBreaker {
+        &self.inner.breaker
     }
-}
 
-fn is_dropped(e: &RedisError) -> bool {
-    e.is_connection_dropped() && !e.is_timeout() && !e.is_connection_refusal()
-}
+    fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
 
-/// `true` when `e`, from a connection opened on runtime `opened_on`, says that the connection's
-/// driver task is gone because that runtime has ended: the `redis` crate's connections run their
-/// driver on the runtime that opened them, and fail every request at once with a dropped
-/// connection (`broken pipe`) once it is gone, before sending anything. Shared by the repositories
-/// that keep connections across calls (single node, Cluster).
-pub(crate) fn lost_driver(opened_on: Option<tokio::runtime::Id>, e: &RedisError) -> bool {
-    is_dropped(e) && opened_on.is_some() && opened_on != current_runtime()
-}
+    fn connect_timeout(&self) -> Option<Duration> {
+        Some(self.inner.connect_timeout)
+    }
 
-/// The tokio runtime this code runs on, if any.
-pub(crate) fn current_runtime() -> Option<tokio::runtime::Id> {
-    tokio::runtime::Handle::try_current()
-        .ok()
-        .map(|handle| handle.id())
+    async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<ConnectionManager>> {
+        self.connection()
+    }
+
+    fn retry(&self, attempt: &Attempt<'_>, call: &Call<'_>) -> bool {
+        let retry = !attempt.retried
+            && ((call.idempotent && attempt.failure.kind == Failure::Dropped)
+                || (attempt.driver_gone && self.is_current(attempt.generation)));
+        if retry {
+            self.reset_connection(attempt.generation);
+        }
+        retry
+    }
+
+    fn succeeded(&self) {
+        // Read before writing: a store on every call would bounce the cache line between cores
+        // on the hot path.
+        if self.inner.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
+            self.inner.consecutive_timeouts.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, generation: Option<u64>, failure: Failure) {
+        let Some(generation) = generation else { return };
+        match failure {
+            Failure::Timeout => self.note_timeout(generation),
+            // Redis closes the connection after a protocol error (a value beyond its
+            // `proto-max-bulk-len`): don't let the next call find it dead.
+            Failure::GaveUp
+            | Failure::Refused
+            | Failure::Dropped
+            | Failure::Broken
+            | Failure::Protocol => self.reset_connection(generation),
+            _ => {}
+        }
+    }
 }
 
 /// The operations as plain `async fn`s: the trait boxes them, and [`Cache`](crate::Cache)
 /// awaits them directly (no allocation for the boxed future).
 impl RedisCacheRepository {
-    pub(crate) async fn set_direct(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
+    pub(crate) async fn set_direct(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<(), Failed> {
         self.check_size(key, &value)?;
         let cmd = set_command(key, &value, expiry, false);
         self.query("set", &|| shown(key), Request::Cmd(&cmd)).await
@@ -393,7 +357,7 @@ impl RedisCacheRepository {
         key: &str,
         value: Bytes,
         expiry: Expiry,
-    ) -> Result<bool> {
+    ) -> Result<bool, Failed> {
         self.check_size(key, &value)?;
         let cmd = set_command(key, &value, expiry, true);
         let reply: redis::Value = self
@@ -406,7 +370,7 @@ impl RedisCacheRepository {
         &self,
         entries: &[(&str, Bytes)],
         expiry: Expiry,
-    ) -> Result<()> {
+    ) -> Result<(), Failed> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -425,12 +389,15 @@ impl RedisCacheRepository {
         self.query("set_many", &keys, Request::Pipe(&pipe)).await
     }
 
-    pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Bytes>> {
+    pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Bytes>, Failed> {
         let cmd = key_command("GET", key);
         self.query("get", &|| shown(key), Request::Read(&cmd)).await
     }
 
-    pub(crate) async fn get_many_direct(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+    pub(crate) async fn get_many_direct(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Bytes>>, Failed> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -439,13 +406,13 @@ impl RedisCacheRepository {
             .await
     }
 
-    pub(crate) async fn delete_direct(&self, key: &str) -> Result<u64> {
+    pub(crate) async fn delete_direct(&self, key: &str) -> Result<u64, Failed> {
         let cmd = key_command("UNLINK", key);
         self.query("delete", &|| shown(key), Request::Cmd(&cmd))
             .await
     }
 
-    pub(crate) async fn delete_many_direct(&self, keys: &[&str]) -> Result<u64> {
+    pub(crate) async fn delete_many_direct(&self, keys: &[&str]) -> Result<u64, Failed> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -457,7 +424,7 @@ impl RedisCacheRepository {
     /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
     /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
     /// round trip, not to the whole sweep.
-    pub(crate) async fn delete_pattern_direct(&self, pattern: &str) -> Result<u64> {
+    pub(crate) async fn delete_pattern_direct(&self, pattern: &str) -> Result<u64, Failed> {
         let subject = || shown(pattern);
         let (mut cursor, mut keys): (u64, Vec<Vec<u8>>) = self
             .query(
@@ -504,7 +471,7 @@ impl RedisCacheRepository {
 
 impl CacheRepository for RedisCacheRepository {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.set_direct(key, value, expiry))
+        Box::pin(async move { Ok(self.set_direct(key, value, expiry).await?) })
     }
 
     fn set_nx<'a>(
@@ -513,7 +480,7 @@ impl CacheRepository for RedisCacheRepository {
         value: Bytes,
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(self.set_nx_direct(key, value, expiry))
+        Box::pin(async move { Ok(self.set_nx_direct(key, value, expiry).await?) })
     }
 
     fn set_many<'a>(
@@ -521,27 +488,27 @@ impl CacheRepository for RedisCacheRepository {
         entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.set_many_direct(entries, expiry))
+        Box::pin(async move { Ok(self.set_many_direct(entries, expiry).await?) })
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
-        Box::pin(self.get_direct(key))
+        Box::pin(async move { Ok(self.get_direct(key).await?) })
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
-        Box::pin(self.get_many_direct(keys))
+        Box::pin(async move { Ok(self.get_many_direct(keys).await?) })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.delete_direct(key))
+        Box::pin(async move { Ok(self.delete_direct(key).await?) })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.delete_many_direct(keys))
+        Box::pin(async move { Ok(self.delete_many_direct(keys).await?) })
     }
 
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.delete_pattern_direct(pattern))
+        Box::pin(async move { Ok(self.delete_pattern_direct(pattern).await?) })
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -615,7 +582,7 @@ impl RedisCacheRepositoryBuilder {
             Source::Dsn(dsn) => dsn::redact(dsn),
             Source::Client(client) => dsn::describe_client(client),
         };
-        let invalid = |reason: String| Error::InvalidDsn {
+        let invalid = |reason: String| crate::error::Error::InvalidDsn {
             dsn: shown_dsn.clone(),
             reason,
         };

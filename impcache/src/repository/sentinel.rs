@@ -12,13 +12,14 @@ use bytes::Bytes;
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ConnectionInfo, RedisConnectionInfo};
 
-use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
-use super::commands::{timed_out, Waited};
+use super::breaker::CircuitBreaker;
+use super::call::{self, Attempt, Call, Opened, Target};
 use super::dsn;
+use super::failure::{Failed, Failure, Waited};
 use super::redis::RedisCacheRepository;
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
-use crate::error::{shown, shown_many, BoxError, Error, Result};
+use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
 
 /// A Redis primary found through Sentinel (feature `sentinel`).
@@ -365,7 +366,8 @@ impl RedisSentinelCacheRepository {
             return Ok(last.clone());
         }
         let last = state.primary.as_ref();
-        let generation = last.map_or(0, |p| p.generation + 1);
+        // From 1: the call policy reads 0 as "no primary".
+        let generation = last.map_or(1, |p| p.generation + 1);
         if let Some(last) = last {
             tracing::info!(
                 service = %self.inner.service_name,
@@ -512,9 +514,9 @@ impl RedisSentinelCacheRepository {
         )
     }
 
-    /// Runs `request` on the primary under the breaker, and under the deadline when `bounded`
-    /// (`delete_pattern` bounds each of its round trips instead). Errors that say the primary
-    /// moved ask for a new lookup; when nothing can have been applied, `request` runs once more.
+    /// Runs `request` on the primary under the call policy ([`call::call`], with the hooks
+    /// below), and under the deadline when `bounded` (`delete_pattern` bounds each of its round
+    /// trips instead).
     async fn run<T, F, Fut>(
         &self,
         operation: &'static str,
@@ -524,113 +526,74 @@ impl RedisSentinelCacheRepository {
     ) -> Result<T>
     where
         F: Fn(RedisCacheRepository) -> Fut,
-        Fut: Future<Output = Result<T>>,
+        Fut: Future<Output = Result<T, Failed>>,
     {
-        let admission = self.inner.breaker.admit();
-        if admission == Admission::Rejected {
-            return Err(Error::CircuitOpen {
-                operation,
-                key: subject(),
-            });
-        }
-        let _probe = ProbeGuard {
-            breaker: &self.inner.breaker,
-            admission: &admission,
+        let call = Call {
+            operation,
+            subject,
+            idempotent: false,
         };
-        let deadline = self.inner.deadline;
+        let until = bounded.then(|| tokio::time::Instant::now() + self.inner.deadline);
+        Ok(call::call(self, call, until, request).await?)
+    }
+}
+
+/// The Sentinel's hooks of the call policy: an attempt goes to the primary the Sentinels name
+/// (asking them when there is none yet, or when an error made it stale). Errors that say the
+/// primary moved (it is gone, silent, or answers `READONLY`, being a replica now) ask for a new
+/// lookup and count towards the breaker; when nothing can have been applied (`READONLY`, a
+/// refused connection), the request runs once more, on the new primary.
+impl Target for RedisSentinelCacheRepository {
+    type Handle = RedisCacheRepository;
+    type Error = Failed;
+
+    fn breaker(&self) -> &CircuitBreaker {
+        &self.inner.breaker
+    }
+
+    fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
+
+    fn connect_timeout(&self) -> Option<Duration> {
+        Some(self.inner.connect_timeout)
+    }
+
+    async fn open(&self, call: &Call<'_>) -> Result<Opened<RedisCacheRepository>, Failed> {
         self.ensure_watching();
         self.maybe_recheck();
-        let attempt = async {
-            let mut retried = false;
-            loop {
-                let asked = Instant::now();
-                let primary = tokio::time::timeout(deadline, self.primary())
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        operation,
-                        key: subject(),
-                        deadline,
-                    })?
-                    .map_err(|e| {
-                        // The Sentinel connections run on the `redis` crate's default timeouts.
-                        let waited = Waited {
-                            waited: asked.elapsed(),
-                            deadline,
-                            connect_timeout: None,
-                        };
-                        lookup_error(e, operation, subject(), waited)
-                    })?;
-                match request(primary.repository.clone()).await {
-                    Err(e) if primary_moved(&e) => {
-                        self.mark_stale(primary.generation, is_readonly(&e));
-                        if !retried && nothing_applied(&e) {
-                            retried = true;
-                            continue;
-                        }
-                        return Err(e);
-                    }
-                    other => return other,
-                }
-            }
-        };
-        let outcome = if bounded {
-            match tokio::time::timeout(deadline, attempt).await {
-                Ok(outcome) => outcome,
-                Err(_elapsed) => Err(Error::Timeout {
-                    operation,
-                    key: subject(),
+        let deadline = self.inner.deadline;
+        let asked = Instant::now();
+        let primary = tokio::time::timeout(deadline, self.primary())
+            .await
+            .map_err(|_elapsed| call.timeout(deadline))?
+            .map_err(|e| {
+                // The Sentinel connections run on the `redis` crate's default timeouts.
+                let waited = Waited {
+                    waited: asked.elapsed(),
                     deadline,
-                }),
-            }
-        } else {
-            attempt.await
-        };
-        match &outcome {
-            Err(e) if e.is_outage() || is_readonly(e) => {
-                self.inner.breaker.record_failure(&admission)
-            }
-            _ => self.inner.breaker.record_success(),
-        }
-        outcome
+                    connect_timeout: None,
+                };
+                Failed::lookup(e, call.operation, (call.subject)(), waited)
+            })?;
+        Ok(Opened {
+            generation: primary.generation,
+            runtime: None,
+            handle: primary.repository,
+        })
     }
-}
 
-fn is_readonly(e: &Error) -> bool {
-    matches!(e, Error::Server { code: Some(code), .. } if code == "READONLY")
-}
-
-/// The primary is gone, silent, or now a replica: ask Sentinel again.
-fn primary_moved(e: &Error) -> bool {
-    matches!(e, Error::Unavailable { .. } | Error::Timeout { .. }) || is_readonly(e)
-}
-
-/// The request certainly did not reach a primary: a `READONLY` refusal or a refused connection.
-fn nothing_applied(e: &Error) -> bool {
-    match e {
-        Error::Unavailable { source, .. } => source
-            .downcast_ref::<redis::RedisError>()
-            .is_some_and(redis::RedisError::is_connection_refusal),
-        _ => is_readonly(e),
-    }
-}
-
-/// A failed Sentinel lookup: an outage. A timeout is [`Error::Timeout`] only once the deadline
-/// has passed; one reported earlier (a Sentinel's connect timeout) names its cause and the time
-/// waited ([`timed_out`]).
-fn lookup_error(
-    e: redis::RedisError,
-    operation: &'static str,
-    key: String,
-    waited: Waited,
-) -> Error {
-    if e.is_timeout() {
-        timed_out(e, operation, key, waited)
-    } else {
-        Error::Unavailable {
-            operation,
-            key,
-            source: Box::new(e) as BoxError,
+    fn retry(&self, attempt: &Attempt<'_>, _call: &Call<'_>) -> bool {
+        let failure = attempt.failure.kind;
+        if !self.is_outage(failure) {
+            return false;
         }
+        self.mark_stale(attempt.generation, failure == Failure::ReadOnly);
+        !attempt.retried && matches!(failure, Failure::ReadOnly | Failure::Refused)
+    }
+
+    fn is_outage(&self, failure: Failure) -> bool {
+        failure.is_outage() || failure == Failure::ReadOnly
     }
 }
 
@@ -639,7 +602,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
         Box::pin(async move {
             self.run("set", &|| shown(key), true, move |r| {
                 let value = value.clone();
-                async move { r.set(key, value, expiry).await }
+                async move { r.set_direct(key, value, expiry).await }
             })
             .await
         })
@@ -654,7 +617,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
         Box::pin(async move {
             self.run("set_nx", &|| shown(key), true, move |r| {
                 let value = value.clone();
-                async move { r.set_nx(key, value, expiry).await }
+                async move { r.set_nx_direct(key, value, expiry).await }
             })
             .await
         })
@@ -671,7 +634,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
                 shown_many(&keys)
             };
             self.run("set_many", &keys, true, move |r| async move {
-                r.set_many(entries, expiry).await
+                r.set_many_direct(entries, expiry).await
             })
             .await
         })
@@ -680,7 +643,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move {
             self.run("get", &|| shown(key), true, move |r| async move {
-                r.get(key).await
+                r.get_direct(key).await
             })
             .await
         })
@@ -692,7 +655,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
                 "get_many",
                 &|| shown_many(keys),
                 true,
-                move |r| async move { r.get_many(keys).await },
+                move |r| async move { r.get_many_direct(keys).await },
             )
             .await
         })
@@ -701,7 +664,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             self.run("delete", &|| shown(key), true, move |r| async move {
-                r.delete(key).await
+                r.delete_direct(key).await
             })
             .await
         })
@@ -713,7 +676,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
                 "delete_many",
                 &|| shown_many(keys),
                 true,
-                move |r| async move { r.delete_many(keys).await },
+                move |r| async move { r.delete_many_direct(keys).await },
             )
             .await
         })
@@ -726,7 +689,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
                 "delete_pattern",
                 &|| shown(pattern),
                 false,
-                move |r| async move { r.delete_pattern(pattern).await },
+                move |r| async move { r.delete_pattern_direct(pattern).await },
             )
             .await
         })

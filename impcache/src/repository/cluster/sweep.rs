@@ -9,7 +9,8 @@ use super::fan_out::{check_nodes, join_set, NodeFailure};
 use super::node::Node;
 use super::RedisClusterCacheRepository;
 use crate::error::{shown, Error, Result};
-use crate::repository::commands::{classify, scan_command};
+use crate::repository::commands::scan_command;
+use crate::repository::failure::classify;
 
 impl RedisClusterCacheRepository {
     /// Sweeps every primary of a freshly learned slot map in parallel (`SCAN MATCH` in batches
@@ -87,7 +88,7 @@ impl RedisClusterCacheRepository {
         // and are deleted through the client's routing instead.
         let unlink = |keys: Vec<Vec<u8>>| async move {
             if keys.is_empty() {
-                return Ok(0);
+                return Ok::<_, Error>(0);
             }
             let mut pipe = redis::pipe();
             for key in &keys {
