@@ -34,13 +34,13 @@ const RESET_AFTER_TIMEOUTS: u32 = 3;
 /// - **One connection, shared**: every clone (and every [`Cache`](crate::Cache) over it) uses one
 ///   multiplexed connection; concurrent calls are pipelined on it. It reconnects by itself.
 /// - **Bounded**: no operation waits longer than its [deadline](RedisCacheRepositoryBuilder::deadline),
-///   reconnecting included ([`Error::Timeout`]). A timed-out write may still be applied by the
+///   reconnecting included ([`Error::Timeout`](crate::Error::Timeout)). A timed-out write may still be applied by the
 ///   server later: a timeout is not a cancellation.
 /// - **Self-healing**: a connection that failed (refused, reset, a protocol error) or timed out 3
 ///   times in a row (a half-open connection, a black-holed route) is dropped, and the next
 ///   operation opens a fresh one: recovery needs no restart of the application.
 /// - **Circuit breaker**: after 5 consecutive outage errors, operations fail at once with
-///   [`Error::CircuitOpen`] for 500 ms, then one probe goes through; see
+///   [`Error::CircuitOpen`](crate::Error::CircuitOpen) for 500 ms, then one probe goes through; see
 ///   [`RedisCacheRepositoryBuilder::circuit_breaker`].
 ///
 /// DSNs: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (feature `tls`; certificates
@@ -137,7 +137,7 @@ impl fmt::Debug for RedisCacheRepositoryBuilder {
 
 impl RedisCacheRepository {
     /// A repository for `dsn` with the default settings. The DSN is checked now
-    /// ([`Error::InvalidDsn`]); nothing is connected until the first operation.
+    /// ([`Error::InvalidDsn`](crate::Error::InvalidDsn)); nothing is connected until the first operation.
     pub fn new(dsn: &str) -> Result<Self> {
         Self::builder(dsn).build()
     }
