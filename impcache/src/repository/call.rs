@@ -25,11 +25,30 @@ pub(crate) struct Call<'a> {
     pub(crate) idempotent: bool,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    /// A call that is not safe to send twice.
+    pub(crate) fn new(operation: &'static str, subject: &'a (dyn Fn() -> String + Sync)) -> Self {
+        Call {
+            operation,
+            subject,
+            idempotent: false,
+        }
+    }
+
     /// The deadline passed before the call finished.
     pub(crate) fn timeout(&self, deadline: Duration) -> Failed {
         Failed::timeout(self.operation, (self.subject)(), deadline)
     }
+}
+
+/// What a [`Target`]'s calls run under.
+pub(crate) struct Limits<'a> {
+    /// The breaker that admits the calls.
+    pub(crate) breaker: &'a CircuitBreaker,
+    /// The most a call waits.
+    pub(crate) deadline: Duration,
+    /// The connect timeout named when the client gives up early.
+    pub(crate) connect_timeout: Option<Duration>,
 }
 
 /// What one attempt is given: a connection (or a primary's repository), the generation that
@@ -82,12 +101,8 @@ pub(crate) trait Target: Sync {
     /// How an attempt fails.
     type Error: AttemptError;
 
-    /// The breaker that admits the calls.
-    fn breaker(&self) -> &CircuitBreaker;
-    /// The most a call waits.
-    fn deadline(&self) -> Duration;
-    /// The connect timeout named when the client gives up early.
-    fn connect_timeout(&self) -> Option<Duration>;
+    /// The breaker and limits the calls run under.
+    fn limits(&self) -> Limits<'_>;
 
     /// The connection (or primary) for the next attempt.
     fn open(
@@ -130,7 +145,11 @@ where
     F: Fn(G::Handle) -> Fut,
     Fut: Future<Output = Result<T, G::Error>>,
 {
-    let breaker = target.breaker();
+    let Limits {
+        breaker,
+        deadline,
+        connect_timeout,
+    } = target.limits();
     let admission = breaker.admit();
     if admission == Admission::Rejected {
         target.rejected();
@@ -141,7 +160,6 @@ where
         breaker,
         admission: &admission,
     };
-    let deadline = target.deadline();
     // An unbounded call's attempts fail with errors already classified (Sentinel's
     // `delete_pattern`, whose primary bounds each round trip): the time waited does not matter.
     let waited = || {
@@ -151,7 +169,7 @@ where
         Waited {
             waited: deadline.saturating_sub(left),
             deadline,
-            connect_timeout: target.connect_timeout(),
+            connect_timeout,
         }
     };
     // The generation of the connection the attempt used, readable after a timeout dropped it.

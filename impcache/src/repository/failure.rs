@@ -38,8 +38,9 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// How `e` failed: timeouts first, then the outages, then the server's replies.
-    fn of(e: &RedisError) -> Failure {
+    /// How `e` failed: timeouts first (one reported before the deadline is the client giving up
+    /// early), then the outages, then the server's replies.
+    pub(crate) fn of(e: &RedisError, waited: Waited) -> Failure {
         let cluster_outage = e.is_cluster_error()
             || matches!(
                 e.kind(),
@@ -47,7 +48,9 @@ impl Failure {
                     | ErrorKind::Server(ServerErrorKind::MasterDown)
                     | ErrorKind::Server(ServerErrorKind::BusyLoading)
             );
-        if e.is_timeout() {
+        if e.is_timeout() && waited.waited < waited.deadline {
+            Failure::GaveUp
+        } else if e.is_timeout() {
             Failure::Timeout
         } else if e.is_connection_refusal() {
             Failure::Refused
@@ -63,6 +66,16 @@ impl Failure {
             Failure::Protocol
         } else {
             Failure::Reply
+        }
+    }
+
+    /// Any failure but a timeout counted as an outage: how a failed Sentinel lookup is reported,
+    /// whatever the error.
+    #[cfg(feature = "sentinel")]
+    pub(crate) fn or_outage(self) -> Failure {
+        match self {
+            Failure::Timeout | Failure::GaveUp => self,
+            _ => Failure::Broken,
         }
     }
 
@@ -106,31 +119,11 @@ impl Failed {
         key: String,
         waited: Waited,
     ) -> Failed {
-        let kind = match Failure::of(&e) {
-            Failure::Timeout if waited.waited < waited.deadline => Failure::GaveUp,
-            kind => kind,
-        };
-        Failed::of(kind, e, operation, key, waited)
-    }
-
-    /// A failed Sentinel lookup: an outage, whatever the error (a timeout as in [`Self::classify`]).
-    #[cfg(feature = "sentinel")]
-    pub(crate) fn lookup(
-        e: RedisError,
-        operation: &'static str,
-        key: String,
-        waited: Waited,
-    ) -> Failed {
-        let kind = match Failure::of(&e) {
-            Failure::Timeout if waited.waited < waited.deadline => Failure::GaveUp,
-            Failure::Timeout => Failure::Timeout,
-            _ => Failure::Broken,
-        };
-        Failed::of(kind, e, operation, key, waited)
+        Failed::of(Failure::of(&e, waited), e, operation, key, waited)
     }
 
     /// The error reported for a failure of `kind`.
-    fn of(
+    pub(crate) fn of(
         kind: Failure,
         e: RedisError,
         operation: &'static str,

@@ -13,7 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
 
 use super::breaker::CircuitBreaker;
-use super::call::{self, current_runtime, Attempt, Call, Opened, Target};
+use super::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
 use super::commands::{check_value_size, key_command, keys_command, scan_command, set_command};
 use super::dsn;
 use super::failure::{Failed, Failure};
@@ -288,16 +288,12 @@ impl Target for RedisCacheRepository {
     type Handle = ConnectionManager;
     type Error = RedisError;
 
-    fn breaker(&self) -> &CircuitBreaker {
-        &self.inner.breaker
-    }
-
-    fn deadline(&self) -> Duration {
-        self.inner.deadline
-    }
-
-    fn connect_timeout(&self) -> Option<Duration> {
-        Some(self.inner.connect_timeout)
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            breaker: &self.inner.breaker,
+            deadline: self.inner.deadline,
+            connect_timeout: Some(self.inner.connect_timeout),
+        }
     }
 
     async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<ConnectionManager>> {

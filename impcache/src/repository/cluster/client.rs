@@ -7,15 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 use std::time::Instant;
 
-use std::time::Duration;
-
 use redis::cluster_async::ClusterConnection;
 use redis::RedisError;
 
 use super::RedisClusterCacheRepository;
 use crate::error::Result;
-use crate::repository::breaker::CircuitBreaker;
-use crate::repository::call::{self, current_runtime, Attempt, Call, Opened, Target};
+use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
 use crate::repository::failure::Failure;
 
 /// Consecutive outage errors after which the cluster connection is replaced by a fresh one (new
@@ -121,11 +118,7 @@ impl RedisClusterCacheRepository {
         F: Fn(ClusterConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let call = Call {
-            operation,
-            subject,
-            idempotent: false,
-        };
+        let call = Call::new(operation, subject);
         Ok(call::call(self, call, Some(until.into()), request).await?)
     }
 }
@@ -139,16 +132,12 @@ impl Target for RedisClusterCacheRepository {
     type Handle = ClusterConnection;
     type Error = RedisError;
 
-    fn breaker(&self) -> &CircuitBreaker {
-        &self.inner.client_breaker
-    }
-
-    fn deadline(&self) -> Duration {
-        self.inner.deadline
-    }
-
-    fn connect_timeout(&self) -> Option<Duration> {
-        Some(self.inner.connect_timeout)
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            breaker: &self.inner.client_breaker,
+            deadline: self.inner.deadline,
+            connect_timeout: Some(self.inner.connect_timeout),
+        }
     }
 
     async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<ClusterConnection>> {

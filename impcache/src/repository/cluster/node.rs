@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, RedisError, ServerErrorKind};
@@ -11,7 +11,7 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use super::RedisClusterCacheRepository;
 use crate::error::Result;
 use crate::repository::breaker::CircuitBreaker;
-use crate::repository::call::{self, current_runtime, Attempt, Call, Opened, Target};
+use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
 use crate::repository::failure::{Failure, Waited};
 
 /// One node as the repository sees it: its own circuit breaker and its own direct connection, so
@@ -175,11 +175,7 @@ impl RedisClusterCacheRepository {
             repository: self,
             node,
         };
-        let call = Call {
-            operation,
-            subject,
-            idempotent: false,
-        };
+        let call = Call::new(operation, subject);
         Ok(call::call(&target, call, Some(until.into()), request).await?)
     }
 }
@@ -211,16 +207,12 @@ impl Target for OnNode<'_> {
     type Handle = MultiplexedConnection;
     type Error = RedisError;
 
-    fn breaker(&self) -> &CircuitBreaker {
-        &self.node.breaker
-    }
-
-    fn deadline(&self) -> Duration {
-        self.repository.inner.deadline
-    }
-
-    fn connect_timeout(&self) -> Option<Duration> {
-        Some(self.repository.inner.connect_timeout)
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            breaker: &self.node.breaker,
+            deadline: self.repository.inner.deadline,
+            connect_timeout: Some(self.repository.inner.connect_timeout),
+        }
     }
 
     async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<MultiplexedConnection>> {

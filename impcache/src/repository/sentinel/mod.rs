@@ -246,11 +246,7 @@ impl RedisSentinelCacheRepository {
         F: Fn(RedisCacheRepository) -> Fut,
         Fut: Future<Output = Result<T, Failed>>,
     {
-        let call = Call {
-            operation,
-            subject,
-            idempotent: false,
-        };
+        let call = Call::new(operation, subject);
         let until = bounded.then(|| tokio::time::Instant::now() + self.inner.deadline);
         Ok(call::call(self, call, until, request).await?)
     }

@@ -4,11 +4,10 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Primary, RedisSentinelCacheRepository, State};
-use crate::repository::breaker::CircuitBreaker;
-use crate::repository::call::{Attempt, Call, Opened, Target};
+use crate::repository::call::{Attempt, Call, Limits, Opened, Target};
 use crate::repository::failure::{Failed, Failure, Waited};
 use crate::repository::redis::RedisCacheRepository;
 
@@ -196,16 +195,12 @@ impl Target for RedisSentinelCacheRepository {
     type Handle = RedisCacheRepository;
     type Error = Failed;
 
-    fn breaker(&self) -> &CircuitBreaker {
-        &self.inner.breaker
-    }
-
-    fn deadline(&self) -> Duration {
-        self.inner.deadline
-    }
-
-    fn connect_timeout(&self) -> Option<Duration> {
-        Some(self.inner.connect_timeout)
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            breaker: &self.inner.breaker,
+            deadline: self.inner.deadline,
+            connect_timeout: Some(self.inner.connect_timeout),
+        }
     }
 
     async fn open(&self, call: &Call<'_>) -> Result<Opened<RedisCacheRepository>, Failed> {
@@ -223,7 +218,8 @@ impl Target for RedisSentinelCacheRepository {
                     deadline,
                     connect_timeout: None,
                 };
-                Failed::lookup(e, call.operation, (call.subject)(), waited)
+                let kind = Failure::of(&e, waited).or_outage();
+                Failed::of(kind, e, call.operation, (call.subject)(), waited)
             })?;
         Ok(Opened {
             generation: primary.generation,
