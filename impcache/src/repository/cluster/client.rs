@@ -89,21 +89,6 @@ impl RedisClusterCacheRepository {
         }
     }
 
-    /// Runs `request` on the cluster connection under the deadline and the client's breaker.
-    pub(super) async fn run<T, F, Fut>(
-        &self,
-        operation: &'static str,
-        subject: &(dyn Fn() -> String + Sync),
-        request: F,
-    ) -> Result<T>
-    where
-        F: Fn(ClusterConnection) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        let until = Instant::now() + self.inner.deadline;
-        self.run_until(until, operation, subject, request).await
-    }
-
     /// Runs `request` on the cluster connection, giving up at `until`, under the client's breaker
     /// (the call policy, [`call::call`], with the hooks below): for keys the slot map cannot
     /// place (the client's routing follows redirections).

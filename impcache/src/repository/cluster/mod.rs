@@ -209,18 +209,24 @@ impl RedisClusterCacheRepository {
     /// The primaries holding slots, as `(host, port)`, read from `CLUSTER NODES` (failed nodes
     /// left out). Bounded by the deadline like any operation.
     pub async fn primaries(&self) -> Result<Vec<(String, u16)>> {
-        self.run("primaries", &String::new, |mut connection| async move {
-            let mut cmd = redis::cmd("CLUSTER");
-            cmd.arg("NODES");
-            let reply = connection
-                .route_command(
-                    cmd,
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-                )
-                .await?;
-            let text: String = redis::from_redis_value(reply)?;
-            Ok::<_, RedisError>(parse_primaries(&text))
-        })
+        let until = Instant::now() + self.inner.deadline;
+        self.run_until(
+            until,
+            "primaries",
+            &String::new,
+            |mut connection| async move {
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("NODES");
+                let reply = connection
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                    )
+                    .await?;
+                let text: String = redis::from_redis_value(reply)?;
+                Ok::<_, RedisError>(parse_primaries(&text))
+            },
+        )
         .await
     }
     /// Runs the one-key command `cmd` on the primary serving `key`'s slot, over its direct

@@ -117,8 +117,10 @@ impl RedisClusterCacheRepository {
                 return Ok(removed);
             }
             let moved = &moved;
+            // A round trip of its own: a deadline of its own.
+            let until = Instant::now() + deadline;
             let elsewhere = self
-                .run("delete_pattern", &subject, |connection| async move {
+                .run_until(until, "delete_pattern", &subject, |connection| async move {
                     let mut tasks = JoinSet::new();
                     for key in moved.iter().cloned() {
                         let mut connection = connection.clone();
