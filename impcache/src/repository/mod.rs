@@ -7,6 +7,13 @@
 //! implementing these eight operations. [`Cache`](crate::Cache) calls every repository through
 //! one crate-private dispatch point (`backend.rs`), which calls the memory and single-node Redis
 //! repositories directly and any other one through the trait.
+//!
+//! The three Redis repositories share, one file each: the call policy (`call.rs`: breaker
+//! admission, probe guard, deadline, one more attempt, the outcome told to the breaker; each
+//! repository gives its hooks), the failure kinds (`failure.rs`: a `redis` error read once into
+//! a kind, and the [`Error`](crate::Error) reported for it), the circuit breaker ([`breaker`]),
+//! the connection strings (`dsn.rs`: checks, redaction, `scrub`), the settings and their
+//! defaults (`settings.rs`) and the commands sent (`commands.rs`).
 
 use std::fmt::Debug;
 use std::future::Future;
