@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::failure::Failed;
 use super::memory::MemoryCacheRepository;
 use super::redis::RedisCacheRepository;
 use super::CacheRepository;
@@ -56,9 +57,10 @@ impl Backend {
         match self {
             // The memory repository keeps the key: it gets it as an owned `String`.
             Backend::Memory(memory) => memory.set_now(key.owned(), value, expiry),
-            Backend::Redis(redis) => Ok(redis
+            Backend::Redis(redis) => redis
                 .set_direct(key.stack().as_str(), value, expiry)
-                .await?),
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => {
                 repository.set(key.stack().as_str(), value, expiry).await
             }
@@ -74,7 +76,10 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => memory.set_nx_now(full.as_str(), value, expiry),
-            Backend::Redis(redis) => Ok(redis.set_nx_direct(full.as_str(), value, expiry).await?),
+            Backend::Redis(redis) => redis
+                .set_nx_direct(full.as_str(), value, expiry)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.set_nx(full.as_str(), value, expiry).await,
         }
     }
@@ -82,7 +87,10 @@ impl Backend {
     pub(crate) async fn set_many(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
         match self {
             Backend::Memory(memory) => memory.set_many_now(entries, expiry),
-            Backend::Redis(redis) => Ok(redis.set_many_direct(entries, expiry).await?),
+            Backend::Redis(redis) => redis
+                .set_many_direct(entries, expiry)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.set_many(entries, expiry).await,
         }
     }
@@ -91,7 +99,10 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => Ok(memory.get_now(full.as_str())),
-            Backend::Redis(redis) => Ok(redis.get_direct(full.as_str()).await?),
+            Backend::Redis(redis) => redis
+                .get_direct(full.as_str())
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get(full.as_str()).await,
         }
     }
@@ -99,7 +110,10 @@ impl Backend {
     pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         match self {
             Backend::Memory(memory) => Ok(memory.get_many_now(keys)),
-            Backend::Redis(redis) => Ok(redis.get_many_direct(keys).await?),
+            Backend::Redis(redis) => redis
+                .get_many_direct(keys)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get_many(keys).await,
         }
     }
@@ -108,7 +122,10 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => Ok(memory.delete_now(full.as_str())),
-            Backend::Redis(redis) => Ok(redis.delete_direct(full.as_str()).await?),
+            Backend::Redis(redis) => redis
+                .delete_direct(full.as_str())
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.delete(full.as_str()).await,
         }
     }
@@ -116,7 +133,10 @@ impl Backend {
     pub(crate) async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         match self {
             Backend::Memory(memory) => Ok(memory.delete_many_now(keys)),
-            Backend::Redis(redis) => Ok(redis.delete_many_direct(keys).await?),
+            Backend::Redis(redis) => redis
+                .delete_many_direct(keys)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.delete_many(keys).await,
         }
     }
@@ -124,7 +144,10 @@ impl Backend {
     pub(crate) async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
         match self {
             Backend::Memory(memory) => Ok(memory.delete_pattern_now(pattern)),
-            Backend::Redis(redis) => Ok(redis.delete_pattern_direct(pattern).await?),
+            Backend::Redis(redis) => redis
+                .delete_pattern_direct(pattern)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.delete_pattern(pattern).await,
         }
     }

@@ -101,13 +101,13 @@ pub(crate) struct Failed {
     pub(crate) error: Error,
 }
 
-impl From<Failed> for Error {
-    fn from(failed: Failed) -> Self {
-        failed.error
-    }
-}
-
 impl Failed {
+    /// The error reported. (Not a `From` impl: a second `From` for [`Error`] would leave `?` in
+    /// users' code without a type to infer.)
+    pub(crate) fn into_error(self) -> Error {
+        self.error
+    }
+
     /// Turns a `redis` error into ours: outages are [`Error::Unavailable`], any other error reply
     /// is the server's refusal ([`Error::Server`]). A timeout is [`Error::Timeout`] only once the
     /// deadline has passed: before it (the client's connect timeout, or the operating system,

@@ -250,9 +250,8 @@ impl RedisCacheRepository {
         request: Request<'_>,
     ) -> Result<T, Failed> {
         let call = Call {
-            operation,
-            subject,
             idempotent: matches!(request, Request::Read(_)),
+            ..Call::new(operation, subject)
         };
         let until = tokio::time::Instant::now() + self.inner.deadline;
         call::call(self, call, Some(until), |mut connection| async move {
@@ -467,7 +466,11 @@ impl RedisCacheRepository {
 
 impl CacheRepository for RedisCacheRepository {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { Ok(self.set_direct(key, value, expiry).await?) })
+        Box::pin(async move {
+            self.set_direct(key, value, expiry)
+                .await
+                .map_err(Failed::into_error)
+        })
     }
 
     fn set_nx<'a>(
@@ -476,7 +479,11 @@ impl CacheRepository for RedisCacheRepository {
         value: Bytes,
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move { Ok(self.set_nx_direct(key, value, expiry).await?) })
+        Box::pin(async move {
+            self.set_nx_direct(key, value, expiry)
+                .await
+                .map_err(Failed::into_error)
+        })
     }
 
     fn set_many<'a>(
@@ -484,27 +491,39 @@ impl CacheRepository for RedisCacheRepository {
         entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { Ok(self.set_many_direct(entries, expiry).await?) })
+        Box::pin(async move {
+            self.set_many_direct(entries, expiry)
+                .await
+                .map_err(Failed::into_error)
+        })
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
-        Box::pin(async move { Ok(self.get_direct(key).await?) })
+        Box::pin(async move { self.get_direct(key).await.map_err(Failed::into_error) })
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
-        Box::pin(async move { Ok(self.get_many_direct(keys).await?) })
+        Box::pin(async move { self.get_many_direct(keys).await.map_err(Failed::into_error) })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move { Ok(self.delete_direct(key).await?) })
+        Box::pin(async move { self.delete_direct(key).await.map_err(Failed::into_error) })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move { Ok(self.delete_many_direct(keys).await?) })
+        Box::pin(async move {
+            self.delete_many_direct(keys)
+                .await
+                .map_err(Failed::into_error)
+        })
     }
 
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move { Ok(self.delete_pattern_direct(pattern).await?) })
+        Box::pin(async move {
+            self.delete_pattern_direct(pattern)
+                .await
+                .map_err(Failed::into_error)
+        })
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

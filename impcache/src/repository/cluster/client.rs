@@ -13,7 +13,7 @@ use redis::RedisError;
 use super::RedisClusterCacheRepository;
 use crate::error::Result;
 use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
-use crate::repository::failure::Failure;
+use crate::repository::failure::{Failed, Failure};
 
 /// Consecutive outage errors after which the cluster connection is replaced by a fresh one (new
 /// topology discovery from the configured nodes): the client can stay stuck after a failover.
@@ -104,7 +104,9 @@ impl RedisClusterCacheRepository {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let call = Call::new(operation, subject);
-        Ok(call::call(self, call, Some(until.into()), request).await?)
+        call::call(self, call, Some(until.into()), request)
+            .await
+            .map_err(Failed::into_error)
     }
 }
 

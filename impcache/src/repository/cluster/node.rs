@@ -12,7 +12,7 @@ use super::RedisClusterCacheRepository;
 use crate::error::Result;
 use crate::repository::breaker::CircuitBreaker;
 use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
-use crate::repository::failure::{Failure, Waited};
+use crate::repository::failure::{Failed, Failure, Waited};
 
 /// One node as the repository sees it: its own circuit breaker and its own direct connection, so
 /// that a fault on one node costs nothing for the keys of the others.
@@ -176,7 +176,9 @@ impl RedisClusterCacheRepository {
             node,
         };
         let call = Call::new(operation, subject);
-        Ok(call::call(&target, call, Some(until.into()), request).await?)
+        call::call(&target, call, Some(until.into()), request)
+            .await
+            .map_err(Failed::into_error)
     }
 }
 

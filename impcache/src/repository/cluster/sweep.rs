@@ -88,7 +88,7 @@ impl RedisClusterCacheRepository {
         // and are deleted through the client's routing instead.
         let unlink = |keys: Vec<Vec<u8>>| async move {
             if keys.is_empty() {
-                return Ok::<_, Error>(0);
+                return Ok(0);
             }
             let mut pipe = redis::pipe();
             for key in &keys {

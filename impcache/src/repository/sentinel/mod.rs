@@ -248,7 +248,9 @@ impl RedisSentinelCacheRepository {
     {
         let call = Call::new(operation, subject);
         let until = bounded.then(|| tokio::time::Instant::now() + self.inner.deadline);
-        Ok(call::call(self, call, until, request).await?)
+        call::call(self, call, until, request)
+            .await
+            .map_err(Failed::into_error)
     }
 }
 
