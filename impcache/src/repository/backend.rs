@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::failure::Failed;
 use super::memory::MemoryCacheRepository;
 use super::redis::RedisCacheRepository;
 use super::CacheRepository;
@@ -22,10 +23,8 @@ use crate::key::KeyParts;
 /// `async fn`s (the boxed future of the trait is all they have), so an arm would call the same
 /// boxed future.
 ///
-/// (Declared `pub` inside a private module: [`CacheRepository::backend`] names it, but nothing
-/// outside the crate can.)
 #[derive(Debug)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// The in-memory repository: its operations are synchronous and called as such.
     Memory(MemoryCacheRepository),
     /// The single-node Redis repository: its operations are awaited without boxing them.
@@ -35,11 +34,17 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend for `repository`: its own arm if it is a built-in one, else the trait.
+    /// The backend for `repository`: its own arm if it is a built-in one (which it tells through
+    /// [`CacheRepository::as_any`]), else the trait.
     pub(crate) fn of(repository: &Arc<dyn CacheRepository>) -> Backend {
-        repository
-            .backend()
-            .unwrap_or_else(|| Backend::Custom(Arc::clone(repository)))
+        let any = repository.as_any();
+        if let Some(memory) = any.and_then(|any| any.downcast_ref::<MemoryCacheRepository>()) {
+            return Backend::Memory(memory.clone());
+        }
+        if let Some(redis) = any.and_then(|any| any.downcast_ref::<RedisCacheRepository>()) {
+            return Backend::Redis(redis.clone());
+        }
+        Backend::Custom(Arc::clone(repository))
     }
 
     /// Whether the repository keeps the value bytes it is given (in this process): then each
@@ -52,7 +57,10 @@ impl Backend {
         match self {
             // The memory repository keeps the key: it gets it as an owned `String`.
             Backend::Memory(memory) => memory.set_now(key.owned(), value, expiry),
-            Backend::Redis(redis) => redis.set_direct(key.stack().as_str(), value, expiry).await,
+            Backend::Redis(redis) => redis
+                .set_direct(key.stack().as_str(), value, expiry)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => {
                 repository.set(key.stack().as_str(), value, expiry).await
             }
@@ -68,7 +76,10 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => memory.set_nx_now(full.as_str(), value, expiry),
-            Backend::Redis(redis) => redis.set_nx_direct(full.as_str(), value, expiry).await,
+            Backend::Redis(redis) => redis
+                .set_nx_direct(full.as_str(), value, expiry)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.set_nx(full.as_str(), value, expiry).await,
         }
     }
@@ -76,7 +87,10 @@ impl Backend {
     pub(crate) async fn set_many(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
         match self {
             Backend::Memory(memory) => memory.set_many_now(entries, expiry),
-            Backend::Redis(redis) => redis.set_many_direct(entries, expiry).await,
+            Backend::Redis(redis) => redis
+                .set_many_direct(entries, expiry)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.set_many(entries, expiry).await,
         }
     }
@@ -85,7 +99,10 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => Ok(memory.get_now(full.as_str())),
-            Backend::Redis(redis) => redis.get_direct(full.as_str()).await,
+            Backend::Redis(redis) => redis
+                .get_direct(full.as_str())
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get(full.as_str()).await,
         }
     }
@@ -93,7 +110,10 @@ impl Backend {
     pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         match self {
             Backend::Memory(memory) => Ok(memory.get_many_now(keys)),
-            Backend::Redis(redis) => redis.get_many_direct(keys).await,
+            Backend::Redis(redis) => redis
+                .get_many_direct(keys)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get_many(keys).await,
         }
     }
@@ -102,7 +122,10 @@ impl Backend {
         let full = key.stack();
         match self {
             Backend::Memory(memory) => Ok(memory.delete_now(full.as_str())),
-            Backend::Redis(redis) => redis.delete_direct(full.as_str()).await,
+            Backend::Redis(redis) => redis
+                .delete_direct(full.as_str())
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.delete(full.as_str()).await,
         }
     }
@@ -110,7 +133,10 @@ impl Backend {
     pub(crate) async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         match self {
             Backend::Memory(memory) => Ok(memory.delete_many_now(keys)),
-            Backend::Redis(redis) => redis.delete_many_direct(keys).await,
+            Backend::Redis(redis) => redis
+                .delete_many_direct(keys)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.delete_many(keys).await,
         }
     }
@@ -118,7 +144,10 @@ impl Backend {
     pub(crate) async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
         match self {
             Backend::Memory(memory) => Ok(memory.delete_pattern_now(pattern)),
-            Backend::Redis(redis) => redis.delete_pattern_direct(pattern).await,
+            Backend::Redis(redis) => redis
+                .delete_pattern_direct(pattern)
+                .await
+                .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.delete_pattern(pattern).await,
         }
     }

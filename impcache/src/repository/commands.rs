@@ -1,11 +1,6 @@
-//! What the Redis-backed repositories send and how they read failures: shared by the single-node,
-//! Sentinel and Cluster repositories.
+//! What the Redis-backed repositories send: shared by the single-node and Cluster repositories.
 
-use std::time::Duration;
-
-use redis::{ErrorKind, RedisError, ServerErrorKind};
-
-use crate::error::{shown, BoxError, Error};
+use crate::error::{shown, Error};
 use crate::expire::Expiry;
 
 /// Refuses, before anything is sent, a value larger than the repository accepts.
@@ -73,105 +68,4 @@ pub(crate) fn scan_command(cursor: u64, pattern: &str) -> redis::Cmd {
         .arg("COUNT")
         .arg(SCAN_BATCH);
     cmd
-}
-
-/// How long an operation had waited when its error came back, against what it was allowed: a
-/// timeout the `redis` client reports before the deadline is the client's own timer (its connect
-/// timeout) or the operating system giving up, not the deadline passing.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Waited {
-    /// How long the operation had run when the error came back.
-    pub(crate) waited: Duration,
-    /// The operation's deadline.
-    pub(crate) deadline: Duration,
-    /// The connect timeout the repository gave the client that failed, named in the message;
-    /// `None` when that client runs on the `redis` crate's defaults (Sentinel lookups).
-    pub(crate) connect_timeout: Option<Duration>,
-}
-
-/// Turns a `redis` error into ours: timeouts, unreachable or dropped connections (and, on a
-/// cluster, its own unavailability replies: `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `LOADING`,
-/// no connection to the slot's node) are outages; any other error reply is the server's refusal.
-/// A timeout is [`Error::Timeout`] only once the deadline has passed (see [`timed_out`]).
-pub(crate) fn classify(
-    e: RedisError,
-    operation: &'static str,
-    key: String,
-    waited: Waited,
-) -> Error {
-    let cluster_outage = e.is_cluster_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(ServerErrorKind::MasterDown)
-                | ErrorKind::Server(ServerErrorKind::BusyLoading)
-        );
-    if e.is_timeout() {
-        timed_out(e, operation, key, waited)
-    } else if cluster_outage
-        || e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_unrecoverable_error()
-    {
-        Error::Unavailable {
-            operation,
-            key,
-            source: Box::new(e) as BoxError,
-        }
-    } else {
-        Error::Server {
-            operation,
-            key,
-            code: e.code().map(str::to_owned),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// A timeout reported by the `redis` client: [`Error::Timeout`] once the deadline has passed;
-/// before it (the client's connect timeout, or the operating system, gave up), an
-/// [`Error::Unavailable`] that names the client's cause and the time actually waited, rather
-/// than reporting the deadline as passed.
-pub(crate) fn timed_out(
-    e: RedisError,
-    operation: &'static str,
-    key: String,
-    waited: Waited,
-) -> Error {
-    if waited.waited >= waited.deadline {
-        return Error::Timeout {
-            operation,
-            key,
-            deadline: waited.deadline,
-        };
-    }
-    Error::Unavailable {
-        operation,
-        key,
-        source: Box::new(GaveUpEarly {
-            // To the millisecond: `102ms`, not `102.267089ms`.
-            waited: Duration::from_millis(
-                u64::try_from(waited.waited.as_millis()).unwrap_or(u64::MAX),
-            ),
-            deadline: waited.deadline,
-            connect_timeout: waited.connect_timeout,
-            source: e,
-        }),
-    }
-}
-
-/// A timeout reported by the `redis` client (its connect timeout, or the operating system's)
-/// before the operation's deadline passed: the source of [`Error::Unavailable`].
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the redis client gave up after {waited:?}, before the {deadline:?} deadline: {source}{}",
-    .connect_timeout.map(|t| format!(" (connect timeout {t:?})")).unwrap_or_default()
-)]
-struct GaveUpEarly {
-    waited: Duration,
-    deadline: Duration,
-    connect_timeout: Option<Duration>,
-    #[source]
-    source: RedisError,
 }

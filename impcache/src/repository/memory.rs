@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::backend::Backend;
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
@@ -273,8 +272,8 @@ impl CacheRepository for MemoryCacheRepository {
         Box::pin(async move { Ok(removed) })
     }
 
-    fn backend(&self) -> Option<Backend> {
-        Some(Backend::Memory(self.clone()))
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }
 

@@ -7,6 +7,13 @@
 //! implementing these eight operations. [`Cache`](crate::Cache) calls every repository through
 //! one crate-private dispatch point (`backend.rs`), which calls the memory and single-node Redis
 //! repositories directly and any other one through the trait.
+//!
+//! The three Redis repositories share, one file each: the call policy (`call.rs`: breaker
+//! admission, probe guard, deadline, one more attempt, the outcome told to the breaker; each
+//! repository gives its hooks), the failure kinds (`failure.rs`: a `redis` error read once into
+//! a kind, and the [`Error`](crate::Error) reported for it), the circuit breaker ([`breaker`]),
+//! the connection strings (`dsn.rs`: checks, redaction, `scrub`), the settings and their
+//! defaults (`settings.rs`) and the commands sent (`commands.rs`).
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -16,13 +23,15 @@ use bytes::Bytes;
 
 use crate::error::Result;
 use crate::expire::Expiry;
-use backend::Backend;
 
 pub(crate) mod backend;
 pub mod breaker;
+pub(crate) mod call;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub(crate) mod commands;
+pub(crate) mod dsn;
+pub(crate) mod failure;
 pub mod memory;
 pub mod redis;
 #[cfg(feature = "sentinel")]
@@ -75,12 +84,12 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     /// Removes every key matching the Redis glob `pattern`; the number of keys removed.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>>;
 
-    /// How [`Cache`](crate::Cache) calls this repository: the built-in in-memory and single-node
-    /// Redis repositories are called directly, without the boxed futures of this trait; every
-    /// other repository keeps this default and is called through the trait. Not for use outside
-    /// this crate (its return type cannot be named there).
+    /// Lets [`Cache`](crate::Cache) see which repository this is: the built-in in-memory and
+    /// single-node Redis repositories return themselves, and are then called directly, without
+    /// the boxed futures of this trait; every other repository keeps this default and is called
+    /// through the trait. Not for use outside this crate.
     #[doc(hidden)]
-    fn backend(&self) -> Option<Backend> {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
 }

@@ -4,7 +4,13 @@
 use std::time::Duration;
 
 use super::breaker::CircuitBreakerConfig;
-use super::redis::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES};
+
+/// Default time allowed to open a TCP connection (and handshake) to Redis.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default deadline of one operation, reconnecting included.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
+/// Redis's default `proto-max-bulk-len`: the largest value a server accepts.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 
 /// Deadlines, breaker and size limit of a Redis-backed repository.
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,6 @@
 //! The cluster client's own connection (topology discovery, `MOVED`/`ASK` routing) and the call
-//! through it: deadline, the client's breaker, reset after repeated failures.
+//! through it: the call policy's hooks for the client (its breaker, reset after repeated
+//! failures).
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -7,12 +8,12 @@ use std::sync::PoisonError;
 use std::time::Instant;
 
 use redis::cluster_async::ClusterConnection;
+use redis::RedisError;
 
 use super::RedisClusterCacheRepository;
-use crate::error::{Error, Result};
-use crate::repository::breaker::{Admission, ProbeGuard};
-use crate::repository::commands::classify;
-use crate::repository::redis::{current_runtime, lost_driver};
+use crate::error::Result;
+use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
+use crate::repository::failure::{Failed, Failure};
 
 /// Consecutive outage errors after which the cluster connection is replaced by a fresh one (new
 /// topology discovery from the configured nodes): the client can stay stuck after a failover.
@@ -28,26 +29,29 @@ impl RedisClusterCacheRepository {
     }
 
     /// The cluster connection, made (topology discovered) on first use and after a reset.
-    pub(super) async fn connection(
-        &self,
-    ) -> redis::RedisResult<(u64, ClusterConnection, Option<tokio::runtime::Id>)> {
+    pub(super) async fn connection(&self) -> redis::RedisResult<Opened<ClusterConnection>> {
+        let opened = |(generation, handle, runtime)| Opened {
+            generation,
+            runtime,
+            handle,
+        };
         if let Some(current) = self.current() {
-            return Ok(current);
+            return Ok(opened(current));
         }
         let _connecting = self.inner.connecting.lock().await;
         if let Some(current) = self.current() {
-            return Ok(current);
+            return Ok(opened(current));
         }
         let connection = self.inner.client.get_async_connection().await?;
-        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
-        let runtime = current_runtime();
+        // From 1: the call policy reads 0 as "no connection".
+        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let current = (generation, connection, current_runtime());
         *self
             .inner
             .connection
             .write()
-            .unwrap_or_else(PoisonError::into_inner) =
-            Some((generation, connection.clone(), runtime));
-        Ok((generation, connection, runtime))
+            .unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
+        Ok(opened(current))
     }
 
     /// Drops the cluster connection `generation` if it is still the current one; `true` if it
@@ -85,26 +89,9 @@ impl RedisClusterCacheRepository {
         }
     }
 
-    /// Runs `request` on the cluster connection under the deadline and the client's breaker.
-    pub(super) async fn run<T, F, Fut>(
-        &self,
-        operation: &'static str,
-        subject: &(dyn Fn() -> String + Sync),
-        request: F,
-    ) -> Result<T>
-    where
-        F: Fn(ClusterConnection) -> Fut,
-        Fut: Future<Output = redis::RedisResult<T>>,
-    {
-        let until = Instant::now() + self.inner.deadline;
-        self.run_until(until, operation, subject, request).await
-    }
-
-    /// Runs `request` on the cluster connection, giving up at `until`, under the client's breaker:
-    /// for keys the slot map cannot place (the client's routing follows redirections). When the
-    /// connection's driver ended with the runtime that opened it (a `static` cache used from
-    /// several runtimes), the connection is replaced and `request` runs once more, within the
-    /// same deadline: nothing was sent.
+    /// Runs `request` on the cluster connection, giving up at `until`, under the client's breaker
+    /// (the call policy, [`call::call`], with the hooks below): for keys the slot map cannot
+    /// place (the client's routing follows redirections).
     pub(super) async fn run_until<T, F, Fut>(
         &self,
         until: Instant,
@@ -116,60 +103,49 @@ impl RedisClusterCacheRepository {
         F: Fn(ClusterConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let breaker = &self.inner.client_breaker;
-        let admission = breaker.admit();
-        if admission == Admission::Rejected {
-            return Err(Error::CircuitOpen {
-                operation,
-                key: subject(),
-            });
+        let call = Call::new(operation, subject);
+        call::call(self, call, Some(until.into()), request)
+            .await
+            .map_err(Failed::into_error)
+    }
+}
+
+/// The cluster client's hooks of the call policy: an outage counts towards replacing the cluster
+/// connection (after [`RESET_AFTER_FAILURES`] in a row) and has the slot map learned again soon.
+/// When the connection's driver ended with the runtime that opened it (a `static` cache used
+/// from several runtimes), the connection is replaced and the request runs once more, within the
+/// same deadline: nothing was sent.
+impl Target for RedisClusterCacheRepository {
+    type Handle = ClusterConnection;
+    type Error = RedisError;
+
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            breaker: &self.inner.client_breaker,
+            deadline: self.inner.deadline,
+            connect_timeout: Some(self.inner.connect_timeout),
         }
-        let _probe = ProbeGuard {
-            breaker,
-            admission: &admission,
-        };
-        let generation = std::sync::Mutex::new(None);
-        let attempt = async {
-            let mut retried = false;
-            loop {
-                let (g, connection, opened_on) = self.connection().await?;
-                *generation.lock().unwrap_or_else(PoisonError::into_inner) = Some(g);
-                match request(connection).await {
-                    Err(e) if !retried && lost_driver(opened_on, &e) => {
-                        self.drop_connection(g);
-                        retried = true;
-                    }
-                    other => return other,
-                }
-            }
-        };
-        let outcome = tokio::time::timeout_at(until.into(), attempt).await;
-        let generation = *generation.lock().unwrap_or_else(PoisonError::into_inner);
-        match outcome {
-            Ok(Ok(value)) => {
-                breaker.record_success();
-                self.inner.consecutive_failures.store(0, Ordering::Relaxed);
-                Ok(value)
-            }
-            Ok(Err(e)) => {
-                let error = classify(e, operation, subject(), self.waited(until));
-                if error.is_outage() {
-                    breaker.record_failure(&admission);
-                    self.record_outage(generation);
-                } else {
-                    breaker.record_success();
-                }
-                Err(error)
-            }
-            Err(_elapsed) => {
-                breaker.record_failure(&admission);
-                self.record_outage(generation);
-                Err(Error::Timeout {
-                    operation,
-                    key: subject(),
-                    deadline: self.inner.deadline,
-                })
-            }
+    }
+
+    async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<ClusterConnection>> {
+        self.connection().await
+    }
+
+    fn retry(&self, attempt: &Attempt<'_>, _call: &Call<'_>) -> bool {
+        let retry = !attempt.retried && attempt.driver_gone;
+        if retry {
+            self.drop_connection(attempt.generation);
+        }
+        retry
+    }
+
+    fn succeeded(&self) {
+        self.inner.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self, generation: Option<u64>, failure: Failure) {
+        if failure.is_outage() {
+            self.record_outage(generation);
         }
     }
 }

@@ -15,7 +15,8 @@ use super::topology::{key_slot, SlotMap};
 use super::{RedisClusterCacheRepository, NODE_EVENTS};
 use crate::error::{shown_many, Error, Result};
 use crate::expire::Expiry;
-use crate::repository::commands::{classify, set_command};
+use crate::repository::commands::set_command;
+use crate::repository::failure::classify;
 
 /// Rounds of per-node pipelines for one multi-key call: the first, then while a slot migrates
 /// one with the `TRYAGAIN` commands split per key, and one after `ASK` on the importing node.

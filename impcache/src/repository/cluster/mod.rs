@@ -5,11 +5,10 @@
 //!
 //! One file per job: `topology.rs` (the slot map, a key's slot), `node.rs` (one node's breaker,
 //! connection and call), `client.rs` (the call through the cluster client's routing),
-//! `fan_out.rs` (multi-key commands per node), `sweep.rs` (`delete_pattern`), `dsn.rs` (the node
-//! addresses).
+//! `fan_out.rs` (multi-key commands per node), `sweep.rs` (`delete_pattern`); the node addresses are checked in
+//! `repository/dsn.rs`.
 
 mod client;
-mod dsn;
 mod fan_out;
 mod node;
 mod sweep;
@@ -27,12 +26,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 
-use self::dsn::{check_node, scrub_all};
 use self::node::{is_redirection, Node};
 use self::topology::{key_slot, parse_primaries, SlotMap};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
-use super::commands::{check_value_size, classify, key_command, set_command};
-use super::redis::redact_dsn;
+use super::commands::{check_value_size, key_command, set_command};
+use super::dsn;
+use super::failure::classify;
 use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, Error, Result};
@@ -146,7 +145,7 @@ pub struct RedisClusterCacheRepositoryBuilder {
 
 impl fmt::Debug for RedisClusterCacheRepositoryBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nodes: Vec<String> = self.nodes.iter().map(|n| redact_dsn(n)).collect();
+        let nodes: Vec<String> = self.nodes.iter().map(|n| dsn::redact(n)).collect();
         f.debug_struct("RedisClusterCacheRepositoryBuilder")
             .field("nodes", &nodes)
             .field("settings", &self.settings)
@@ -210,18 +209,24 @@ impl RedisClusterCacheRepository {
     /// The primaries holding slots, as `(host, port)`, read from `CLUSTER NODES` (failed nodes
     /// left out). Bounded by the deadline like any operation.
     pub async fn primaries(&self) -> Result<Vec<(String, u16)>> {
-        self.run("primaries", &String::new, |mut connection| async move {
-            let mut cmd = redis::cmd("CLUSTER");
-            cmd.arg("NODES");
-            let reply = connection
-                .route_command(
-                    cmd,
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-                )
-                .await?;
-            let text: String = redis::from_redis_value(reply)?;
-            Ok::<_, RedisError>(parse_primaries(&text))
-        })
+        let until = Instant::now() + self.inner.deadline;
+        self.run_until(
+            until,
+            "primaries",
+            &String::new,
+            |mut connection| async move {
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("NODES");
+                let reply = connection
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                    )
+                    .await?;
+                let text: String = redis::from_redis_value(reply)?;
+                Ok::<_, RedisError>(parse_primaries(&text))
+            },
+        )
         .await
     }
     /// Runs the one-key command `cmd` on the primary serving `key`'s slot, over its direct
@@ -369,7 +374,7 @@ impl RedisClusterCacheRepositoryBuilder {
         }
         let mut infos = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
-            infos.push(check_node(node)?);
+            infos.push(dsn::cluster_node(node)?);
         }
         // The operating system's TCP defaults, as for a single node (BENCHMARKS.md case 1b).
         let tcp = redis::io::tcp::TcpSettings::default();
@@ -394,13 +399,8 @@ impl RedisClusterCacheRepositoryBuilder {
             .tcp_settings(tcp)
             .build()
             .map_err(|e| Error::InvalidDsn {
-                dsn: self
-                    .nodes
-                    .iter()
-                    .map(|n| redact_dsn(n))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                reason: scrub_all(&e.to_string(), &self.nodes),
+                dsn: dsn::redact_all(&self.nodes),
+                reason: dsn::scrub(&e.to_string(), &self.nodes),
             })?;
         Ok(RedisClusterCacheRepository {
             inner: Arc::new(Inner {
@@ -421,7 +421,7 @@ impl RedisClusterCacheRepositoryBuilder {
                 max_value_bytes: self.settings.max_value_bytes,
                 breaker_config: self.settings.breaker,
                 client_breaker: CircuitBreaker::new(self.settings.breaker),
-                shown_nodes: self.nodes.iter().map(|n| redact_dsn(n)).collect(),
+                shown_nodes: self.nodes.iter().map(|n| dsn::redact(n)).collect(),
             }),
         })
     }

@@ -1,5 +1,4 @@
-//! One cluster node: its own breaker and direct connection, and the call on it under its breaker
-//! and the operation's deadline.
+//! One cluster node: its own breaker and direct connection, and the call policy's hooks for it.
 
 use std::fmt;
 use std::future::Future;
@@ -7,13 +6,13 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
-use redis::{ConnectionAddr, ServerErrorKind};
+use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 
 use super::RedisClusterCacheRepository;
-use crate::error::{Error, Result};
-use crate::repository::breaker::{Admission, CircuitBreaker, ProbeGuard};
-use crate::repository::commands::{classify, Waited};
-use crate::repository::redis::{current_runtime, lost_driver};
+use crate::error::Result;
+use crate::repository::breaker::CircuitBreaker;
+use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
+use crate::repository::failure::{Failed, Failure, Waited};
 
 /// One node as the repository sees it: its own circuit breaker and its own direct connection, so
 /// that a fault on one node costs nothing for the keys of the others.
@@ -107,9 +106,10 @@ impl RedisClusterCacheRepository {
             .clone())
     }
 
-    /// Runs `request` on the direct connection to `node`. When the connection's driver ended with
-    /// the runtime that opened it (a `static` cache used from several runtimes), the connection
-    /// is dropped and `request` runs once more on a fresh one: nothing was sent.
+    /// Runs `request` on the direct connection to `node`, outside any breaker (learning the slot
+    /// map). When the connection's driver ended with the runtime that opened it (a `static` cache
+    /// used from several runtimes), the connection is dropped and `request` runs once more on a
+    /// fresh one: nothing was sent.
     pub(super) async fn with_node_connection<T, F, Fut>(
         &self,
         node: &Node,
@@ -123,15 +123,15 @@ impl RedisClusterCacheRepository {
         loop {
             let (connection, opened_on) = self.node_connection(node).await?;
             match request(connection).await {
-                Err(e) if !retried && lost_driver(opened_on, &e) => {
-                    let mut slot = node
-                        .connection
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    // Unless a caller on this runtime replaced it already.
-                    if slot.as_ref().is_some_and(|(_, r)| *r == opened_on) {
-                        *slot = None;
-                    }
+                Err(e)
+                    if !retried
+                        && e.is_connection_dropped()
+                        && !e.is_connection_refusal()
+                        && !e.is_timeout()
+                        && opened_on.is_some()
+                        && opened_on != current_runtime() =>
+                {
+                    node.drop_connection_of(opened_on);
                     retried = true;
                 }
                 other => return other,
@@ -158,8 +158,7 @@ impl RedisClusterCacheRepository {
     }
 
     /// Runs `request` on the direct connection to `node`, under that node's breaker, giving up
-    /// at `until`. A failure counts against this node only, and has the slot map learned again
-    /// soon (a replica may be taking over).
+    /// at `until` (the call policy, [`call::call`], with the hooks of [`OnNode`]).
     pub(super) async fn on_node<T, F, Fut>(
         &self,
         node: &Node,
@@ -172,48 +171,81 @@ impl RedisClusterCacheRepository {
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let admission = node.breaker.admit();
-        if admission == Admission::Rejected {
-            self.refresh_soon();
-            return Err(Error::CircuitOpen {
-                operation,
-                key: subject(),
-            });
-        }
-        let _probe = ProbeGuard {
-            breaker: &node.breaker,
-            admission: &admission,
+        let target = OnNode {
+            repository: self,
+            node,
         };
-        let attempt = self.with_node_connection(node, request);
-        match tokio::time::timeout_at(until.into(), attempt).await {
-            Ok(Ok(value)) => {
-                node.breaker.record_success();
-                Ok(value)
-            }
-            Ok(Err(e)) => {
-                let timed_out = e.is_timeout();
-                let error = classify(e, operation, subject(), self.waited(until));
-                if error.is_outage() {
-                    node.breaker.record_failure(&admission);
-                    if !timed_out {
-                        self.forget_connection(node);
-                    }
-                    self.refresh_soon();
-                } else {
-                    node.breaker.record_success();
-                }
-                Err(error)
-            }
-            Err(_elapsed) => {
-                node.breaker.record_failure(&admission);
-                self.refresh_soon();
-                Err(Error::Timeout {
-                    operation,
-                    key: subject(),
-                    deadline: self.inner.deadline,
-                })
-            }
+        let call = Call::new(operation, subject);
+        call::call(&target, call, Some(until.into()), request)
+            .await
+            .map_err(Failed::into_error)
+    }
+}
+
+impl Node {
+    /// Drops the direct connection opened on runtime `opened_on`, unless a caller on this
+    /// runtime replaced it already.
+    fn drop_connection_of(&self, opened_on: Option<tokio::runtime::Id>) {
+        let mut slot = self
+            .connection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|(_, r)| *r == opened_on) {
+            *slot = None;
         }
+    }
+}
+
+/// One node's hooks of the call policy: a failure counts against this node only, and has the
+/// slot map learned again soon (a replica may be taking over); a connection that failed other
+/// than by a timeout is dropped. When the connection's driver ended with the runtime that opened
+/// it, the connection is dropped and the request runs once more on a fresh one: nothing was sent.
+struct OnNode<'a> {
+    repository: &'a RedisClusterCacheRepository,
+    node: &'a Node,
+}
+
+impl Target for OnNode<'_> {
+    type Handle = MultiplexedConnection;
+    type Error = RedisError;
+
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            breaker: &self.node.breaker,
+            deadline: self.repository.inner.deadline,
+            connect_timeout: Some(self.repository.inner.connect_timeout),
+        }
+    }
+
+    async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<MultiplexedConnection>> {
+        let (handle, runtime) = self.repository.node_connection(self.node).await?;
+        // A node's connection has no generations: the hooks below act on the node.
+        Ok(Opened {
+            generation: 1,
+            runtime,
+            handle,
+        })
+    }
+
+    fn retry(&self, attempt: &Attempt<'_>, _call: &Call<'_>) -> bool {
+        let retry = !attempt.retried && attempt.driver_gone;
+        if retry {
+            self.node.drop_connection_of(attempt.runtime);
+        }
+        retry
+    }
+
+    fn failed(&self, _generation: Option<u64>, failure: Failure) {
+        if failure.is_outage() {
+            if !matches!(failure, Failure::Timeout | Failure::GaveUp) {
+                self.repository.forget_connection(self.node);
+            }
+            self.repository.refresh_soon();
+        }
+    }
+
+    fn rejected(&self) {
+        self.repository.refresh_soon();
     }
 }
 

@@ -9,7 +9,8 @@ use super::fan_out::{check_nodes, join_set, NodeFailure};
 use super::node::Node;
 use super::RedisClusterCacheRepository;
 use crate::error::{shown, Error, Result};
-use crate::repository::commands::{classify, scan_command};
+use crate::repository::commands::scan_command;
+use crate::repository::failure::classify;
 
 impl RedisClusterCacheRepository {
     /// Sweeps every primary of a freshly learned slot map in parallel (`SCAN MATCH` in batches
@@ -116,8 +117,10 @@ impl RedisClusterCacheRepository {
                 return Ok(removed);
             }
             let moved = &moved;
+            // A round trip of its own: a deadline of its own.
+            let until = Instant::now() + deadline;
             let elsewhere = self
-                .run("delete_pattern", &subject, |connection| async move {
+                .run_until(until, "delete_pattern", &subject, |connection| async move {
                     let mut tasks = JoinSet::new();
                     for key in moved.iter().cloned() {
                         let mut connection = connection.clone();

@@ -1,0 +1,234 @@
+//! The call policy of every Redis-backed repository, written once: the circuit breaker's
+//! admission, the half-open probe guard, the deadline, the classification of failures
+//! ([`Failure`]), one more attempt when nothing can have been applied, and what the outcome tells
+//! the breaker. What differs per backend (how a connection or a primary is found, what a failure
+//! does to it: a reset, a new Sentinel lookup, a slot map learned again) are the hooks of a
+//! [`Target`]: the single node, the Sentinel primary, the cluster client and each cluster node.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::RedisError;
+use tokio::time::Instant;
+
+use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
+use super::failure::{Failed, Failure, Waited};
+
+/// One call as errors report it: the operation, the key (or keys, or pattern) it is about, and
+/// whether sending it twice is harmless.
+#[derive(Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub(crate) operation: &'static str,
+    pub(crate) subject: &'a (dyn Fn() -> String + Sync),
+    /// A read: safe to send twice.
+    pub(crate) idempotent: bool,
+}
+
+impl<'a> Call<'a> {
+    /// A call that is not safe to send twice.
+    pub(crate) fn new(operation: &'static str, subject: &'a (dyn Fn() -> String + Sync)) -> Self {
+        Call {
+            operation,
+            subject,
+            idempotent: false,
+        }
+    }
+
+    /// The deadline passed before the call finished.
+    pub(crate) fn timeout(&self, deadline: Duration) -> Failed {
+        Failed::timeout(self.operation, (self.subject)(), deadline)
+    }
+}
+
+/// What a [`Target`]'s calls run under.
+pub(crate) struct Limits<'a> {
+    /// The breaker that admits the calls.
+    pub(crate) breaker: &'a CircuitBreaker,
+    /// The most a call waits.
+    pub(crate) deadline: Duration,
+    /// The connect timeout named when the client gives up early.
+    pub(crate) connect_timeout: Option<Duration>,
+}
+
+/// What one attempt is given: a connection (or a primary's repository), the generation that
+/// tells it apart from its replacement (never 0), and the tokio runtime that opened it, where
+/// its driver task runs (`None` when it has none of its own).
+pub(crate) struct Opened<H> {
+    pub(crate) generation: u64,
+    pub(crate) runtime: Option<tokio::runtime::Id>,
+    pub(crate) handle: H,
+}
+
+/// A failed attempt, as the retry hook sees it.
+pub(crate) struct Attempt<'a> {
+    /// The generation of the connection it used.
+    pub(crate) generation: u64,
+    /// The runtime that opened that connection.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) runtime: Option<tokio::runtime::Id>,
+    pub(crate) failure: &'a Failed,
+    /// A dropped connection whose driver ended with the runtime that opened it (a `static`
+    /// cache used from several `#[tokio::test]`s, each with its own runtime): the `redis` crate
+    /// then fails every request at once, before sending anything.
+    pub(crate) driver_gone: bool,
+    /// Whether this was already the second attempt.
+    pub(crate) retried: bool,
+}
+
+/// An error of one attempt, and how it becomes a [`Failed`].
+pub(crate) trait AttemptError {
+    fn into_failed(self, call: &Call<'_>, waited: Waited) -> Failed;
+}
+
+impl AttemptError for RedisError {
+    fn into_failed(self, call: &Call<'_>, waited: Waited) -> Failed {
+        Failed::classify(self, call.operation, (call.subject)(), waited)
+    }
+}
+
+impl AttemptError for Failed {
+    fn into_failed(self, _: &Call<'_>, _: Waited) -> Failed {
+        self
+    }
+}
+
+/// Where a Redis-backed repository sends its calls, and what their outcomes do to it. The
+/// hooks' defaults do nothing.
+pub(crate) trait Target: Sync {
+    /// What an attempt sends its request on.
+    type Handle;
+    /// How an attempt fails.
+    type Error: AttemptError;
+
+    /// The breaker and limits the calls run under.
+    fn limits(&self) -> Limits<'_>;
+
+    /// The connection (or primary) for the next attempt.
+    fn open(
+        &self,
+        call: &Call<'_>,
+    ) -> impl Future<Output = Result<Opened<Self::Handle>, Self::Error>> + Send;
+
+    /// After each failed attempt: whether to send the request once more (after dropping what
+    /// failed, so that the next attempt gets a fresh one).
+    fn retry(&self, _attempt: &Attempt<'_>, _call: &Call<'_>) -> bool {
+        false
+    }
+
+    /// The call succeeded.
+    fn succeeded(&self) {}
+
+    /// The call failed (for good), on the connection `generation` when one was opened.
+    fn failed(&self, _generation: Option<u64>, _failure: Failure) {}
+
+    /// The breaker turned the call away.
+    fn rejected(&self) {}
+
+    /// Whether `failure` counts towards the breaker.
+    fn is_outage(&self, failure: Failure) -> bool {
+        failure.is_outage()
+    }
+}
+
+/// Runs `request` on `target` under its breaker, giving up at `until` (`None`: the request
+/// bounds each of its own round trips), with one more attempt when the target's retry hook asks
+/// for it.
+pub(crate) async fn call<G, T, F, Fut>(
+    target: &G,
+    call: Call<'_>,
+    until: Option<Instant>,
+    request: F,
+) -> Result<T, Failed>
+where
+    G: Target,
+    F: Fn(G::Handle) -> Fut,
+    Fut: Future<Output = Result<T, G::Error>>,
+{
+    let Limits {
+        breaker,
+        deadline,
+        connect_timeout,
+    } = target.limits();
+    let admission = breaker.admit();
+    if admission == Admission::Rejected {
+        target.rejected();
+        return Err(Failed::circuit_open(call.operation, (call.subject)()));
+    }
+    // Frees the half-open probe slot even when the caller drops this future mid-flight.
+    let _probe = ProbeGuard {
+        breaker,
+        admission: &admission,
+    };
+    // An unbounded call's attempts fail with errors already classified (Sentinel's
+    // `delete_pattern`, whose primary bounds each round trip): the time waited does not matter.
+    let waited = || {
+        let left = until.map_or(deadline, |until| {
+            until.saturating_duration_since(Instant::now())
+        });
+        Waited {
+            waited: deadline.saturating_sub(left),
+            deadline,
+            connect_timeout,
+        }
+    };
+    // The generation of the connection the attempt used, readable after a timeout dropped it.
+    let used = AtomicU64::new(0);
+    let attempt = async {
+        let mut retried = false;
+        loop {
+            let opened = target
+                .open(&call)
+                .await
+                .map_err(|e| e.into_failed(&call, waited()))?;
+            used.store(opened.generation, Ordering::Relaxed);
+            let failure = match request(opened.handle).await {
+                Ok(value) => return Ok(value),
+                Err(e) => e.into_failed(&call, waited()),
+            };
+            let attempt = Attempt {
+                generation: opened.generation,
+                runtime: opened.runtime,
+                driver_gone: failure.kind == Failure::Dropped
+                    && opened.runtime.is_some()
+                    && opened.runtime != current_runtime(),
+                failure: &failure,
+                retried,
+            };
+            if !target.retry(&attempt, &call) {
+                return Err(failure);
+            }
+            retried = true;
+        }
+    };
+    let outcome = match until {
+        Some(until) => tokio::time::timeout_at(until, attempt)
+            .await
+            .unwrap_or_else(|_elapsed| Err(call.timeout(deadline))),
+        None => attempt.await,
+    };
+    match outcome {
+        Ok(value) => {
+            target.succeeded();
+            breaker.record_success();
+            Ok(value)
+        }
+        Err(failed) => {
+            let generation = used.load(Ordering::Relaxed);
+            target.failed((generation != 0).then_some(generation), failed.kind);
+            if target.is_outage(failed.kind) {
+                breaker.record_failure(&admission);
+            } else {
+                breaker.record_success();
+            }
+            Err(failed)
+        }
+    }
+}
+
+/// The tokio runtime this code runs on, if any.
+pub(crate) fn current_runtime() -> Option<tokio::runtime::Id> {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .map(|handle| handle.id())
+}

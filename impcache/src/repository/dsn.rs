@@ -1,0 +1,241 @@
+//! Connection strings of the Redis-backed repositories, in one place: parsing and the checks of a
+//! server's DSN, a Sentinel's address and a cluster node's address; the redacted form that is the
+//! only one ever printed; and the one `scrub` that removes passwords from a library's messages.
+
+use crate::error::{Error, Result};
+
+/// The DSN with any password (between `user:` and the `@` of the authority) replaced by `***`.
+/// Works on strings that are not valid URLs too, since those are the ones that end up in errors.
+pub(crate) fn redact(dsn: &str) -> String {
+    let Some(scheme_end) = dsn.find("://") else {
+        return dsn.to_owned();
+    };
+    let (scheme, rest) = (&dsn[..scheme_end], &dsn[scheme_end + 3..]);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return dsn.to_owned();
+    };
+    let (userinfo, host_and_rest) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host_and_rest}"),
+        // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
+        None => format!("{scheme}://***@{host_and_rest}"),
+    }
+}
+
+/// Each DSN redacted, joined with `, `: how a list of addresses appears in an error.
+#[cfg(feature = "cluster")]
+pub(crate) fn redact_all<S: AsRef<str>>(dsns: &[S]) -> String {
+    dsns.iter()
+        .map(|dsn| redact(dsn.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Removes the password of each of `dsns` from `message`, in case a library echoed it.
+pub(crate) fn scrub<S: AsRef<str>>(message: &str, dsns: &[S]) -> String {
+    let mut message = message.to_owned();
+    for dsn in dsns {
+        if let Ok(url) = url::Url::parse(dsn.as_ref()) {
+            if let Some(password) = url.password().filter(|p| !p.is_empty()) {
+                message = message.replace(password, "***");
+            }
+        }
+    }
+    message
+}
+
+/// How a repository built over an existing `redis::Client` shows its server.
+pub(crate) fn describe_client(client: &redis::Client) -> String {
+    format!("{} (existing client)", client.get_connection_info().addr())
+}
+
+/// Checks the DSN of one server and makes a client for it, on the operating system's TCP
+/// defaults (as the `redis` crate: `TCP_NODELAY` measured slower under concurrency,
+/// BENCHMARKS.md case 1b).
+pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
+    let invalid = invalid(dsn);
+    if dsn.trim().is_empty() {
+        return Err(invalid("the DSN is empty".to_owned()));
+    }
+    let url = parse(
+        dsn,
+        "expected redis://host:port/db, rediss://..., or unix:///path",
+    )?;
+    match url.scheme() {
+        "redis" | "rediss" | "valkey" | "valkeys" => {
+            require_host(dsn, &url)?;
+            let db = url.path().trim_start_matches('/');
+            if !db.is_empty() {
+                check_db(dsn, db)?;
+            }
+            require_tls_feature(dsn, &url)?;
+        }
+        "unix" | "redis+unix" => {
+            if url.path().is_empty() || url.path() == "/" {
+                return Err(invalid("the socket path is missing".to_owned()));
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "unsupported scheme `{other}`; expected redis, rediss, unix or redis+unix"
+            )))
+        }
+    }
+    for (name, value) in url.query_pairs() {
+        if name == "db" {
+            check_db(dsn, &value)?;
+        }
+    }
+    let info = connection_info(dsn)?;
+    redis::Client::open(info).map_err(|e| invalid(scrub(&e.to_string(), &[dsn])))
+}
+
+/// Checks the address of one Sentinel: `redis://host:port` or `rediss://`.
+#[cfg(feature = "sentinel")]
+pub(crate) fn sentinel(dsn: &str) -> Result<redis::ConnectionInfo> {
+    let url = parse(dsn, "expected redis://host:26379 for each Sentinel")?;
+    if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(dsn)(
+            "expected redis://host:port (or rediss://) for each Sentinel".to_owned(),
+        ));
+    }
+    connection_info(dsn)
+}
+
+/// Checks the address of one cluster node: `redis://` or `rediss://` (feature `tls`), with a
+/// host, and database 0 if any.
+#[cfg(feature = "cluster")]
+pub(crate) fn cluster_node(dsn: &str) -> Result<redis::ConnectionInfo> {
+    let invalid = invalid(dsn);
+    if dsn.trim().is_empty() {
+        return Err(invalid("the node address is empty".to_owned()));
+    }
+    let url = parse(dsn, "expected redis://host:port for each cluster node")?;
+    match url.scheme() {
+        "redis" | "valkey" | "rediss" | "valkeys" => require_tls_feature(dsn, &url)?,
+        "unix" | "redis+unix" => {
+            return Err(invalid(
+                "cluster nodes are reached over TCP; expected redis://host:port".to_owned(),
+            ))
+        }
+        other => {
+            return Err(invalid(format!(
+                "unsupported scheme `{other}`; expected redis or rediss"
+            )))
+        }
+    }
+    require_host(dsn, &url)?;
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db != "0" {
+        return Err(invalid(format!(
+            "a cluster has only database 0, not `{db}`"
+        )));
+    }
+    connection_info(dsn)
+}
+
+/// The [`Error::InvalidDsn`] for `dsn` (redacted) and a reason.
+fn invalid(dsn: &str) -> impl Fn(String) -> Error + '_ {
+    move |reason| Error::InvalidDsn {
+        dsn: redact(dsn),
+        reason,
+    }
+}
+
+/// `dsn` as a URL; `expected` says what was expected instead.
+fn parse(dsn: &str, expected: &str) -> Result<url::Url> {
+    url::Url::parse(dsn).map_err(|e| invalid(dsn)(format!("not a URL ({e}); {expected}")))
+}
+
+/// Refuses a TCP address without a host.
+fn require_host(dsn: &str, url: &url::Url) -> Result<()> {
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(dsn)("the host is missing".to_owned()));
+    }
+    Ok(())
+}
+
+/// Refuses `rediss://` (and `valkeys://`) when this build cannot speak TLS.
+fn require_tls_feature(dsn: &str, url: &url::Url) -> Result<()> {
+    if matches!(url.scheme(), "rediss" | "valkeys") && !cfg!(feature = "tls") {
+        return Err(invalid(dsn)(format!(
+            "`{}://` needs the `tls` feature of impcache",
+            url.scheme()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a database that is not a number Redis accepts.
+fn check_db(dsn: &str, db: &str) -> Result<()> {
+    if db.parse::<u16>().is_err() {
+        return Err(invalid(dsn)(format!(
+            "the database `{db}` is not a number between 0 and 65535"
+        )));
+    }
+    Ok(())
+}
+
+/// The `redis` crate's reading of a checked `dsn`; its errors without the password.
+fn connection_info(dsn: &str) -> Result<redis::ConnectionInfo> {
+    redis::IntoConnectionInfo::into_connection_info(dsn)
+        .map_err(|e| invalid(dsn)(scrub(&e.to_string(), &[dsn])))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://pw@h:1"), "redis://***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            scrub("bad pw and pw2", &["redis://:pw2@h:1", "redis://u:pw@h:2"]),
+            "bad *** and ***"
+        );
+    }
+
+    #[cfg(feature = "sentinel")]
+    #[test]
+    fn sentinel_addresses_are_checked() -> Result<()> {
+        for bad in ["", "http://h:1", "unix:///tmp/s.sock", "redis://"] {
+            let err = crate::RedisSentinelCacheRepository::new([bad], "mymaster").unwrap_err();
+            assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
+        }
+        assert!(crate::RedisSentinelCacheRepository::new(Vec::<String>::new(), "m").is_err());
+        assert!(crate::RedisSentinelCacheRepository::new(["redis://h:26379"], " ").is_err());
+        let repository =
+            crate::RedisSentinelCacheRepository::builder(["redis://:s3cret@h:26379"], "m")
+                .password("p4ss")
+                .build()?;
+        let shown = format!("{repository:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("p4ss"),
+            "{shown}"
+        );
+        Ok(())
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn node_addresses_are_checked() {
+        for bad in [
+            "",
+            "http://h:1",
+            "unix:///tmp/s.sock",
+            "redis://h:1/3",
+            "redis://",
+        ] {
+            let err = crate::RedisClusterCacheRepository::new([bad]).unwrap_err();
+            assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
+        }
+        assert!(crate::RedisClusterCacheRepository::new(Vec::<String>::new()).is_err());
+        let err = crate::RedisClusterCacheRepository::new(["redis://:s3cret@h:1/9"]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(crate::RedisClusterCacheRepository::new(["redis://h:1", "redis://h:2/0"]).is_ok());
+    }
+}

@@ -1,0 +1,235 @@
+//! What kind of failure a Redis-backed repository saw: a `redis` error read once into a
+//! [`Failure`] (from its kind and `is_*` methods), and the [`Error`] reported for it.
+
+use std::time::Duration;
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use crate::error::{BoxError, Error};
+
+/// The kind of a failed call, read once from the `redis` error (or from what the call policy
+/// saw), so that the policy and each repository's hooks match on kinds, not on messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The deadline passed ([`Error::Timeout`]).
+    Timeout,
+    /// The `redis` client's own timer (its connect timeout), or the operating system, gave up
+    /// before the deadline.
+    GaveUp,
+    /// The connection was refused: nothing was sent.
+    Refused,
+    /// The connection dropped (reset, closed, a broken pipe).
+    Dropped,
+    /// Any other sign of an unhealthy connection or server: an I/O error, an error after which
+    /// the connection must be replaced, a cluster's own unavailability replies (`CLUSTERDOWN`,
+    /// `TRYAGAIN`, `MASTERDOWN`, `LOADING`, no connection to the slot's node).
+    Broken,
+    /// The circuit breaker is open: nothing was attempted.
+    CircuitOpen,
+    /// The server answered `READONLY`: it is a replica (a demoted primary).
+    ReadOnly,
+    /// The server answered a protocol error (a value beyond its `proto-max-bulk-len`), after
+    /// which it closes the connection.
+    Protocol,
+    /// Any other error reply.
+    Reply,
+    /// Refused before anything was sent: bad input (a value too large).
+    Invalid,
+}
+
+impl Failure {
+    /// How `e` failed: timeouts first (one reported before the deadline is the client giving up
+    /// early), then the outages, then the server's replies.
+    pub(crate) fn of(e: &RedisError, waited: Waited) -> Failure {
+        let cluster_outage = e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(ServerErrorKind::MasterDown)
+                    | ErrorKind::Server(ServerErrorKind::BusyLoading)
+            );
+        if e.is_timeout() && waited.waited < waited.deadline {
+            Failure::GaveUp
+        } else if e.is_timeout() {
+            Failure::Timeout
+        } else if e.is_connection_refusal() {
+            Failure::Refused
+        } else if e.is_connection_dropped() {
+            Failure::Dropped
+        } else if cluster_outage || e.is_io_error() || e.is_unrecoverable_error() {
+            Failure::Broken
+        } else if e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) {
+            Failure::ReadOnly
+        } else if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError)
+            && e.detail().is_some_and(|d| d.contains("Protocol error"))
+        {
+            Failure::Protocol
+        } else {
+            Failure::Reply
+        }
+    }
+
+    /// Any failure but a timeout counted as an outage: how a failed Sentinel lookup is reported,
+    /// whatever the error.
+    #[cfg(feature = "sentinel")]
+    pub(crate) fn or_outage(self) -> Failure {
+        match self {
+            Failure::Timeout | Failure::GaveUp => self,
+            _ => Failure::Broken,
+        }
+    }
+
+    /// The connection or server is unhealthy (these count towards a circuit breaker); a server's
+    /// error reply is not one of them.
+    pub(crate) fn is_outage(self) -> bool {
+        matches!(
+            self,
+            Failure::Timeout
+                | Failure::GaveUp
+                | Failure::Refused
+                | Failure::Dropped
+                | Failure::Broken
+                | Failure::CircuitOpen
+        )
+    }
+}
+
+/// A failed call: its kind, and the error reported for it.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) kind: Failure,
+    pub(crate) error: Error,
+}
+
+impl Failed {
+    /// The error reported. (Not a `From` impl: a second `From` for [`Error`] would leave `?` in
+    /// users' code without a type to infer.)
+    pub(crate) fn into_error(self) -> Error {
+        self.error
+    }
+
+    /// Turns a `redis` error into ours: outages are [`Error::Unavailable`], any other error reply
+    /// is the server's refusal ([`Error::Server`]). A timeout is [`Error::Timeout`] only once the
+    /// deadline has passed: before it (the client's connect timeout, or the operating system,
+    /// gave up), an [`Error::Unavailable`] that names the client's cause and the time actually
+    /// waited, rather than reporting the deadline as passed.
+    pub(crate) fn classify(
+        e: RedisError,
+        operation: &'static str,
+        key: String,
+        waited: Waited,
+    ) -> Failed {
+        Failed::of(Failure::of(&e, waited), e, operation, key, waited)
+    }
+
+    /// The error reported for a failure of `kind`.
+    pub(crate) fn of(
+        kind: Failure,
+        e: RedisError,
+        operation: &'static str,
+        key: String,
+        waited: Waited,
+    ) -> Failed {
+        let error = match kind {
+            Failure::Timeout => Error::Timeout {
+                operation,
+                key,
+                deadline: waited.deadline,
+            },
+            Failure::GaveUp => Error::Unavailable {
+                operation,
+                key,
+                source: Box::new(GaveUpEarly {
+                    // To the millisecond: `102ms`, not `102.267089ms`.
+                    waited: Duration::from_millis(
+                        u64::try_from(waited.waited.as_millis()).unwrap_or(u64::MAX),
+                    ),
+                    deadline: waited.deadline,
+                    connect_timeout: waited.connect_timeout,
+                    source: e,
+                }),
+            },
+            kind if kind.is_outage() => Error::Unavailable {
+                operation,
+                key,
+                source: Box::new(e) as BoxError,
+            },
+            _ => Error::Server {
+                operation,
+                key,
+                code: e.code().map(str::to_owned),
+                message: e.to_string(),
+            },
+        };
+        Failed { kind, error }
+    }
+
+    /// The deadline passed before the call finished.
+    pub(crate) fn timeout(operation: &'static str, key: String, deadline: Duration) -> Failed {
+        Failed {
+            kind: Failure::Timeout,
+            error: Error::Timeout {
+                operation,
+                key,
+                deadline,
+            },
+        }
+    }
+
+    /// The circuit breaker is open: the call was not attempted.
+    pub(crate) fn circuit_open(operation: &'static str, key: String) -> Failed {
+        Failed {
+            kind: Failure::CircuitOpen,
+            error: Error::CircuitOpen { operation, key },
+        }
+    }
+
+    /// Bad input, refused before anything was sent.
+    pub(crate) fn invalid(error: Error) -> Failed {
+        Failed {
+            kind: Failure::Invalid,
+            error,
+        }
+    }
+}
+
+/// Turns a `redis` error into ours (see [`Failed::classify`]): for replies read outside the call
+/// policy (a cluster's per-node pipelines).
+#[cfg(feature = "cluster")]
+pub(crate) fn classify(
+    e: RedisError,
+    operation: &'static str,
+    key: String,
+    waited: Waited,
+) -> Error {
+    Failed::classify(e, operation, key, waited).error
+}
+
+/// How long an operation had waited when its error came back, against what it was allowed: a
+/// timeout the `redis` client reports before the deadline is the client's own timer (its connect
+/// timeout) or the operating system giving up, not the deadline passing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Waited {
+    /// How long the operation had run when the error came back.
+    pub(crate) waited: Duration,
+    /// The operation's deadline.
+    pub(crate) deadline: Duration,
+    /// The connect timeout the repository gave the client that failed, named in the message;
+    /// `None` when that client runs on the `redis` crate's defaults (Sentinel lookups).
+    pub(crate) connect_timeout: Option<Duration>,
+}
+
+/// A timeout reported by the `redis` client (its connect timeout, or the operating system's)
+/// before the operation's deadline passed: the source of [`Error::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the redis client gave up after {waited:?}, before the {deadline:?} deadline: {source}{}",
+    .connect_timeout.map(|t| format!(" (connect timeout {t:?})")).unwrap_or_default()
+)]
+struct GaveUpEarly {
+    waited: Duration,
+    deadline: Duration,
+    connect_timeout: Option<Duration>,
+    #[source]
+    source: RedisError,
+}

@@ -1,0 +1,370 @@
+//! The Redis repository: one multiplexed, auto-reconnecting connection (the `redis` crate's
+//! `ConnectionManager`), a deadline on every call and a circuit breaker.
+//!
+//! This file: the repository, its connection and its builder; `operations.rs`: the operations
+//! and the call policy's hooks.
+
+mod operations;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwapOption;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::breaker::CircuitBreaker;
+use super::call::{current_runtime, Opened};
+use super::dsn;
+use super::settings::{shared_setters, Settings};
+pub use super::settings::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES};
+use crate::error::Result;
+
+/// Consecutive timeouts after which the connection is presumed dead (a half-open TCP connection,
+/// a black-holed route) and replaced by a fresh one.
+const RESET_AFTER_TIMEOUTS: u32 = 3;
+
+/// The Redis (or Valkey) repository.
+///
+/// - **Lazy**: construction only checks the DSN; the connection is opened by the first operation,
+///   so an application starts while Redis is down.
+/// - **One connection, shared**: every clone (and every [`Cache`](crate::Cache) over it) uses one
+///   multiplexed connection; concurrent calls are pipelined on it. It reconnects by itself.
+/// - **Bounded**: no operation waits longer than its [deadline](RedisCacheRepositoryBuilder::deadline),
+///   reconnecting included ([`Error::Timeout`]). A timed-out write may still be applied by the
+///   server later: a timeout is not a cancellation.
+/// - **Self-healing**: a connection that failed (refused, reset, a protocol error) or timed out 3
+///   times in a row (a half-open connection, a black-holed route) is dropped, and the next
+///   operation opens a fresh one: recovery needs no restart of the application.
+/// - **Circuit breaker**: after 5 consecutive outage errors, operations fail at once with
+///   [`Error::CircuitOpen`] for 500 ms, then one probe goes through; see
+///   [`RedisCacheRepositoryBuilder::circuit_breaker`].
+///
+/// DSNs: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (feature `tls`; certificates
+/// are verified), `unix:///path/to/redis.sock[?db=N]` and `redis+unix://...`.
+///
+/// ```
+/// use std::time::Duration;
+/// use impcache::RedisCacheRepository;
+///
+/// let repository = RedisCacheRepository::builder("redis://127.0.0.1:6379/0")
+///     .deadline(Duration::from_millis(200))
+///     .build()?;
+/// assert!(RedisCacheRepository::new("http://127.0.0.1").is_err());
+/// # Ok::<(), impcache::Error>(())
+/// ```
+///
+/// [`Error::Timeout`]: crate::Error::Timeout
+/// [`Error::CircuitOpen`]: crate::Error::CircuitOpen
+#[derive(Clone)]
+pub struct RedisCacheRepository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    /// The current connection; `None` until the first operation and after a connection was
+    /// found dead. Read on every call without a lock (`arc-swap`: no atomic write to a line that
+    /// both cores share), replaced under `replacing`.
+    manager: ArcSwapOption<Current>,
+    replacing: Mutex<()>,
+    generations: AtomicU64,
+    consecutive_timeouts: AtomicU32,
+    deadline: Duration,
+    connect_timeout: Duration,
+    max_value_bytes: usize,
+    breaker: CircuitBreaker,
+    /// The DSN with its password replaced: the only form that is ever printed.
+    shown_dsn: String,
+}
+
+/// A connection and its generation (which tells a dead connection's replacement apart from it).
+struct Current {
+    generation: u64,
+    manager: ConnectionManager,
+    /// The tokio runtime that opened the connection, where its driver task runs (`None` outside
+    /// one). When that runtime ends, the driver ends with it: see [`RedisCacheRepository::driver_gone`].
+    runtime: Option<tokio::runtime::Id>,
+}
+
+enum Source {
+    Dsn(String),
+    Client(Box<redis::Client>),
+}
+
+/// Configures a [`RedisCacheRepository`]. Every setting has a default suited to a cache that
+/// must never slow its application down.
+#[must_use]
+pub struct RedisCacheRepositoryBuilder {
+    source: Source,
+    settings: Settings,
+    #[cfg(feature = "tls")]
+    tls: TlsSettings,
+}
+
+/// Certificates for `rediss://` beyond the default (webpki) roots.
+#[cfg(feature = "tls")]
+#[derive(Default)]
+struct TlsSettings {
+    root_certificate: Option<Vec<u8>>,
+    client_identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for RedisCacheRepositoryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            Source::Dsn(dsn) => dsn::redact(dsn),
+            Source::Client(client) => dsn::describe_client(client),
+        };
+        let mut debug = f.debug_struct("RedisCacheRepositoryBuilder");
+        debug
+            .field("source", &source)
+            .field("settings", &self.settings);
+        #[cfg(feature = "tls")]
+        debug
+            .field(
+                "tls_root_certificate",
+                &self.tls.root_certificate.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "tls_client_certificate",
+                &self.tls.client_identity.as_ref().map(|_| "<redacted>"),
+            );
+        debug.finish()
+    }
+}
+
+impl RedisCacheRepository {
+    /// A repository for `dsn` with the default settings. The DSN is checked now
+    /// ([`Error::InvalidDsn`](crate::Error::InvalidDsn)); nothing is connected until the first
+    /// operation.
+    pub fn new(dsn: &str) -> Result<Self> {
+        Self::builder(dsn).build()
+    }
+
+    /// A repository over an existing `redis::Client`, with the default settings.
+    pub fn from_client(client: redis::Client) -> Self {
+        Self::builder_with_client(client.clone()).finish(client)
+    }
+
+    /// Configures a repository for `dsn`.
+    pub fn builder(dsn: impl Into<String>) -> RedisCacheRepositoryBuilder {
+        RedisCacheRepositoryBuilder::new(Source::Dsn(dsn.into()))
+    }
+
+    /// Configures a repository over an existing `redis::Client`.
+    pub fn builder_with_client(client: redis::Client) -> RedisCacheRepositoryBuilder {
+        RedisCacheRepositoryBuilder::new(Source::Client(Box::new(client)))
+    }
+
+    /// The per-operation deadline.
+    pub fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
+
+    /// `true` while the circuit breaker fails operations fast.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// The current connection (made lazily: it connects on first use), its generation and the
+    /// runtime that opened it.
+    fn connection(&self) -> redis::RedisResult<Opened<ConnectionManager>> {
+        let opened = |current: &Current| Opened {
+            generation: current.generation,
+            runtime: current.runtime,
+            handle: current.manager.clone(),
+        };
+        if let Some(current) = &*self.inner.manager.load() {
+            return Ok(opened(current));
+        }
+        let _replacing = self
+            .inner
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(current) = &*self.inner.manager.load() {
+            return Ok(opened(current));
+        }
+        let manager = ConnectionManager::new_lazy_with_config(
+            self.inner.client.clone(),
+            self.inner.manager_config.clone(),
+        )?;
+        let current = Current {
+            generation: self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            manager,
+            runtime: current_runtime(),
+        };
+        let connection = opened(&current);
+        self.inner.manager.store(Some(Arc::new(current)));
+        Ok(connection)
+    }
+
+    /// `true` while connection `generation` is the one in use.
+    fn is_current(&self, generation: u64) -> bool {
+        let current = self.inner.manager.load();
+        current.as_ref().is_some_and(|c| c.generation == generation)
+    }
+
+    /// Drops connection `generation` (if still current) so that the next operation opens a fresh
+    /// one, instead of waiting on a dead socket or a reconnect attempt that already failed.
+    fn reset_connection(&self, generation: u64) {
+        if generation == 0 {
+            return;
+        }
+        let _replacing = self
+            .inner
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.inner.manager.load();
+        if current.as_ref().is_some_and(|c| c.generation == generation) {
+            self.inner.manager.store(None);
+            tracing::debug!(
+                dsn = %self.inner.shown_dsn,
+                "impcache: dropping a dead redis connection; the next operation reconnects"
+            );
+        }
+    }
+
+    /// Counts a timeout on connection `generation`; after a few in a row the connection is presumed
+    /// dead (a server or route that swallows traffic never resets it) and replaced.
+    fn note_timeout(&self, generation: u64) {
+        let timeouts = self
+            .inner
+            .consecutive_timeouts
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if timeouts >= RESET_AFTER_TIMEOUTS {
+            self.inner.consecutive_timeouts.store(0, Ordering::Relaxed);
+            self.reset_connection(generation);
+        }
+    }
+}
+
+impl fmt::Debug for RedisCacheRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheRepository")
+            .field("dsn", &self.inner.shown_dsn)
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .field("deadline", &self.inner.deadline)
+            .field("circuit_open", &self.inner.breaker.is_open())
+            .field("connected", &self.inner.manager.load().is_some())
+            .finish()
+    }
+}
+
+impl RedisCacheRepositoryBuilder {
+    fn new(source: Source) -> Self {
+        Self {
+            source,
+            settings: Settings::default(),
+            #[cfg(feature = "tls")]
+            tls: TlsSettings::default(),
+        }
+    }
+
+    /// Trusts `pem` (one or more PEM certificates) as the root certificate authority of a
+    /// `rediss://` server, instead of the default (webpki) roots: for a private CA. Certificates
+    /// are still verified, host name included. Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_certificate = Some(pem.into());
+        self
+    }
+
+    /// A client certificate chain and its private key (both PEM) for servers that require mutual
+    /// TLS (`tls-auth-clients yes`). Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_identity = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    shared_setters!();
+
+    /// Checks the DSN and builds the repository; nothing is connected yet.
+    pub fn build(self) -> Result<RedisCacheRepository> {
+        let client = match &self.source {
+            Source::Dsn(dsn) => dsn::server(dsn)?,
+            Source::Client(client) => (**client).clone(),
+        };
+        #[cfg(feature = "tls")]
+        let client = self.with_tls_certificates(client)?;
+        Ok(self.finish(client))
+    }
+
+    /// Rebuilds `client` with the custom root and client certificates, when any were given.
+    #[cfg(feature = "tls")]
+    fn with_tls_certificates(&self, client: redis::Client) -> Result<redis::Client> {
+        if self.tls.root_certificate.is_none() && self.tls.client_identity.is_none() {
+            return Ok(client);
+        }
+        let shown_dsn = match &self.source {
+            Source::Dsn(dsn) => dsn::redact(dsn),
+            Source::Client(client) => dsn::describe_client(client),
+        };
+        let invalid = |reason: String| crate::Error::InvalidDsn {
+            dsn: shown_dsn.clone(),
+            reason,
+        };
+        if !matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ) {
+            return Err(invalid(
+                "TLS certificates were given, but the DSN is not `rediss://`".to_owned(),
+            ));
+        }
+        let certificates = redis::TlsCertificates {
+            client_tls: self.tls.client_identity.as_ref().map(|(cert, key)| {
+                redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }
+            }),
+            root_cert: self.tls.root_certificate.clone(),
+        };
+        redis::Client::build_with_tls(client.get_connection_info().clone(), certificates)
+            .map_err(|e| invalid(format!("unusable TLS certificates: {e}")))
+    }
+
+    fn finish(self, client: redis::Client) -> RedisCacheRepository {
+        let shown_dsn = match &self.source {
+            Source::Dsn(dsn) => dsn::redact(dsn),
+            Source::Client(client) => dsn::describe_client(client),
+        };
+        // One reconnect attempt per failing call: the circuit breaker, not the connection
+        // manager's backoff, decides how often an unreachable server is tried.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100))
+            .set_connection_timeout(Some(self.settings.connect_timeout))
+            // Our own deadline (`tokio::time::timeout` around each call) bounds every response;
+            // a second, identical timer inside the connection would only cost time per call.
+            .set_response_timeout(None);
+        RedisCacheRepository {
+            inner: Arc::new(Inner {
+                client,
+                manager_config,
+                manager: ArcSwapOption::empty(),
+                replacing: Mutex::new(()),
+                generations: AtomicU64::new(0),
+                consecutive_timeouts: AtomicU32::new(0),
+                deadline: self.settings.deadline,
+                connect_timeout: self.settings.connect_timeout,
+                max_value_bytes: self.settings.max_value_bytes,
+                breaker: CircuitBreaker::new(self.settings.breaker),
+                shown_dsn,
+            }),
+        }
+    }
+}

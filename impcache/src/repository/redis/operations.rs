@@ -1,0 +1,309 @@
+//! The single node's operations, each one command or pipeline sent under the call policy, and the
+//! policy's hooks for the single node.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::{FromRedisValue, RedisError};
+
+use super::RedisCacheRepository;
+use crate::error::{shown, shown_many, Result};
+use crate::expire::Expiry;
+use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
+use crate::repository::commands::{
+    check_value_size, key_command, keys_command, scan_command, set_command,
+};
+use crate::repository::failure::{Failed, Failure};
+use crate::repository::{BoxFuture, CacheRepository};
+
+impl RedisCacheRepository {
+    /// Sends one command or pipeline under the call policy ([`call::call`]): the deadline and
+    /// the breaker, and the hooks of [`Target`] below.
+    async fn query<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        subject: &(dyn Fn() -> String + Sync),
+        request: Request<'_>,
+    ) -> Result<T, Failed> {
+        let call = Call {
+            idempotent: matches!(request, Request::Read(_)),
+            ..Call::new(operation, subject)
+        };
+        let until = tokio::time::Instant::now() + self.inner.deadline;
+        call::call(self, call, Some(until), |mut connection| async move {
+            match request {
+                Request::Read(cmd) | Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
+                Request::Pipe(pipe) => pipe.query_async(&mut connection).await,
+            }
+        })
+        .await
+    }
+
+    fn check_size(&self, key: &str, value: &Bytes) -> Result<(), Failed> {
+        check_value_size(key, value.len(), self.inner.max_value_bytes).map_err(Failed::invalid)
+    }
+}
+
+/// What [`RedisCacheRepository::query`] sends.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    /// A read: safe to send twice.
+    Read(&'a redis::Cmd),
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
+/// The single node's hooks of the call policy: a connection that failed (refused, reset, a
+/// protocol error) or timed out [`RESET_AFTER_TIMEOUTS`](super::RESET_AFTER_TIMEOUTS) times in
+/// a row is dropped, and the next operation opens a fresh one. A request is sent once more, within the same deadline,
+/// when the connection turned out to be dropped and the request is a read (an idle connection
+/// closed by the server, a `CLIENT KILL`), and whatever it is when the connection's driver ended
+/// with the runtime that opened it.
+impl Target for RedisCacheRepository {
+    type Handle = ConnectionManager;
+    type Error = RedisError;
+
+    fn limits(&self) -> Limits<'_> {
+        Limits {
+            breaker: &self.inner.breaker,
+            deadline: self.inner.deadline,
+            connect_timeout: Some(self.inner.connect_timeout),
+        }
+    }
+
+    async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<ConnectionManager>> {
+        self.connection()
+    }
+
+    fn retry(&self, attempt: &Attempt<'_>, call: &Call<'_>) -> bool {
+        let retry = !attempt.retried
+            && ((call.idempotent && attempt.failure.kind == Failure::Dropped)
+                || (attempt.driver_gone && self.is_current(attempt.generation)));
+        if retry {
+            self.reset_connection(attempt.generation);
+        }
+        retry
+    }
+
+    fn succeeded(&self) {
+        // Read before writing: a store on every call would bounce the cache line between cores
+        // on the hot path.
+        if self.inner.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
+            self.inner.consecutive_timeouts.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, generation: Option<u64>, failure: Failure) {
+        let Some(generation) = generation else { return };
+        match failure {
+            Failure::Timeout => self.note_timeout(generation),
+            // Redis closes the connection after a protocol error (a value beyond its
+            // `proto-max-bulk-len`): don't let the next call find it dead.
+            Failure::GaveUp
+            | Failure::Refused
+            | Failure::Dropped
+            | Failure::Broken
+            | Failure::Protocol => self.reset_connection(generation),
+            _ => {}
+        }
+    }
+}
+
+/// The operations as plain `async fn`s: the trait boxes them, and [`Cache`](crate::Cache)
+/// awaits them directly (no allocation for the boxed future).
+impl RedisCacheRepository {
+    pub(crate) async fn set_direct(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<(), Failed> {
+        self.check_size(key, &value)?;
+        let cmd = set_command(key, &value, expiry, false);
+        self.query("set", &|| shown(key), Request::Cmd(&cmd)).await
+    }
+
+    pub(crate) async fn set_nx_direct(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<bool, Failed> {
+        self.check_size(key, &value)?;
+        let cmd = set_command(key, &value, expiry, true);
+        let reply: redis::Value = self
+            .query("set_nx", &|| shown(key), Request::Cmd(&cmd))
+            .await?;
+        Ok(!matches!(reply, redis::Value::Nil))
+    }
+
+    pub(crate) async fn set_many_direct(
+        &self,
+        entries: &[(&str, Bytes)],
+        expiry: Expiry,
+    ) -> Result<(), Failed> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Sized up front, and no command `ignore()`d: redis-rs keeps ignored indices in a
+        // hash set (a hash per command, and another per reply); the `OK`s are dropped as a
+        // whole instead. Error replies still fail the call.
+        let mut pipe = redis::Pipeline::with_capacity(entries.len());
+        for (key, value) in entries {
+            self.check_size(key, value)?;
+            pipe.add_command(set_command(key, value, expiry, false));
+        }
+        let keys = || {
+            let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
+            shown_many(&keys)
+        };
+        self.query("set_many", &keys, Request::Pipe(&pipe)).await
+    }
+
+    pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Bytes>, Failed> {
+        let cmd = key_command("GET", key);
+        self.query("get", &|| shown(key), Request::Read(&cmd)).await
+    }
+
+    pub(crate) async fn get_many_direct(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Bytes>>, Failed> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmd = keys_command("MGET", keys);
+        self.query("get_many", &|| shown_many(keys), Request::Read(&cmd))
+            .await
+    }
+
+    pub(crate) async fn delete_direct(&self, key: &str) -> Result<u64, Failed> {
+        let cmd = key_command("UNLINK", key);
+        self.query("delete", &|| shown(key), Request::Cmd(&cmd))
+            .await
+    }
+
+    pub(crate) async fn delete_many_direct(&self, keys: &[&str]) -> Result<u64, Failed> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let cmd = keys_command("UNLINK", keys);
+        self.query("delete_many", &|| shown_many(keys), Request::Cmd(&cmd))
+            .await
+    }
+
+    /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
+    /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
+    /// round trip, not to the whole sweep.
+    pub(crate) async fn delete_pattern_direct(&self, pattern: &str) -> Result<u64, Failed> {
+        let subject = || shown(pattern);
+        let (mut cursor, mut keys): (u64, Vec<Vec<u8>>) = self
+            .query(
+                "delete_pattern",
+                &subject,
+                Request::Read(&scan_command(0, pattern)),
+            )
+            .await?;
+        let mut removed = 0;
+        loop {
+            match (cursor, keys.is_empty()) {
+                (0, true) => return Ok(removed),
+                (0, false) => {
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(&keys);
+                    let n: u64 = self
+                        .query("delete_pattern", &subject, Request::Cmd(&unlink))
+                        .await?;
+                    return Ok(removed + n);
+                }
+                (_, true) => {
+                    (cursor, keys) = self
+                        .query(
+                            "delete_pattern",
+                            &subject,
+                            Request::Read(&scan_command(cursor, pattern)),
+                        )
+                        .await?;
+                }
+                (_, false) => {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("UNLINK").arg(&keys);
+                    pipe.add_command(scan_command(cursor, pattern));
+                    let (n, (next, next_keys)): (u64, (u64, Vec<Vec<u8>>)) = self
+                        .query("delete_pattern", &subject, Request::Pipe(&pipe))
+                        .await?;
+                    removed += n;
+                    (cursor, keys) = (next, next_keys);
+                }
+            }
+        }
+    }
+}
+
+impl CacheRepository for RedisCacheRepository {
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.set_direct(key, value, expiry)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.set_nx_direct(key, value, expiry)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.set_many_direct(entries, expiry)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move { self.get_direct(key).await.map_err(Failed::into_error) })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+        Box::pin(async move { self.get_many_direct(keys).await.map_err(Failed::into_error) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move { self.delete_direct(key).await.map_err(Failed::into_error) })
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            self.delete_many_direct(keys)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            self.delete_pattern_direct(pattern)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
