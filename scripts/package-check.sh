@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Checks that the published crates (impcache-macros, impcache, impcache-tower) can be published
+# and installed; `.ci/run` runs it. Needs crates.io's index (network).
+#
+# 1. `cargo publish --dry-run --workspace`: packages the three crates and builds each from its
+#    package (the other members are `publish = false`).
+# 2. The packaged crates' own tests, examples and doc examples build from the packages (each
+#    Cargo.toml's `exclude` lists the tests left out on purpose), in a workspace of the unpacked
+#    packages that patches them in for the crates.io versions.
+# 3. The README's Install lines, as written (a checkout path put in for `../impcache-rs`), build
+#    in a new empty project using `#[cached]` and `CacheLayer`.
+#
+# Builds go to target/package-check and target/install-check, kept between runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+crates=(impcache-macros impcache impcache-tower)
+
+echo "== cargo publish --dry-run --workspace"
+cargo publish --dry-run --workspace
+
+echo "== the packaged crates' tests build from the packages"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+package_args=()
+for crate in "${crates[@]}"; do package_args+=(-p "$crate"); done
+cargo package --no-verify --quiet "${package_args[@]}"
+{
+  echo '[workspace]'
+  echo 'resolver = "2"'
+  printf 'members = ['
+  for crate in "${crates[@]}"; do printf '"%s-%s", ' "$crate" "$version"; done
+  echo ']'
+  echo '[patch.crates-io]'
+  for crate in "${crates[@]}"; do echo "$crate = { path = \"$crate-$version\" }"; done
+} >"$work/Cargo.toml"
+for crate in "${crates[@]}"; do
+  tar -xzf "target/package/$crate-$version.crate" -C "$work"
+done
+cp Cargo.lock "$work/"  # the workspace's versions, for a deterministic check
+(
+  cd "$work"
+  export CARGO_TARGET_DIR="$root/target/package-check"
+  cargo test --workspace --all-features --no-run
+  cargo test --workspace --all-features --doc
+)
+
+echo "== the README's Install lines in an empty project"
+cargo new --quiet --vcs none "$work/install/app"
+# The TOML block under "## Install", without its `[dependencies]` header (`cargo new` wrote one).
+awk '/^## Install/ { section = 1; next }
+     section && /^```toml/ { block = 1; next }
+     block && /^```/ { exit }
+     block && !/^\[dependencies\]/ { print }' README.md \
+  | sed "s|\.\./impcache-rs/|$root/|g" >"$work/install/lines.toml"
+if ! grep -q impcache-tower "$work/install/lines.toml"; then
+  echo "README.md: no impcache-tower line in the Install section's TOML block" >&2
+  exit 1
+fi
+cat "$work/install/lines.toml" >>"$work/install/app/Cargo.toml"
+cat >"$work/install/app/src/main.rs" <<'RUST'
+use impcache::{cached, Cache, MemoryCacheRepository};
+use impcache_tower::CacheLayer;
+
+#[cached(expire = 60)]
+async fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn main() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let _layer = CacheLayer::new(cache).expire(60);
+    let _call = double(21);
+}
+RUST
+CARGO_TARGET_DIR="$root/target/install-check" cargo build --manifest-path "$work/install/app/Cargo.toml"
+echo "package check: ok"
