@@ -4,13 +4,13 @@
 #
 # 1. `cargo publish --dry-run --workspace`: packages the three crates and builds each from its
 #    package (the other members are `publish = false`).
-# 2. The packaged crates' own tests, examples and doc examples build from the packages (each
-#    Cargo.toml's `exclude` lists the tests left out on purpose), in a workspace of the unpacked
+# 2. The packaged crates' own tests and examples build from the packages, and their doc examples
+#    pass (each Cargo.toml says what is left out on purpose), in a workspace of the unpacked
 #    packages that patches them in for the crates.io versions.
 # 3. The README's Install lines, as written (a checkout path put in for `../impcache-rs`), build
 #    in a new empty project using `#[cached]` and `CacheLayer`.
 #
-# Builds go to target/package-check and target/install-check, kept between runs.
+# Builds go to target/package (cargo's) and target/package-check, kept between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -19,13 +19,14 @@ trap 'rm -rf "$work"' EXIT
 crates=(impcache-macros impcache impcache-tower)
 
 echo "== cargo publish --dry-run --workspace"
-cargo publish --dry-run --workspace
+cargo publish --dry-run --workspace --allow-dirty  # the working tree, committed or not
 
 echo "== the packaged crates' tests build from the packages"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 package_args=()
 for crate in "${crates[@]}"; do package_args+=(-p "$crate"); done
-cargo package --no-verify --quiet "${package_args[@]}"
+cargo package --no-verify --allow-dirty --quiet "${package_args[@]}"
+mkdir "$work/packages"
 {
   echo '[workspace]'
   echo 'resolver = "2"'
@@ -34,16 +35,18 @@ cargo package --no-verify --quiet "${package_args[@]}"
   echo ']'
   echo '[patch.crates-io]'
   for crate in "${crates[@]}"; do echo "$crate = { path = \"$crate-$version\" }"; done
-} >"$work/Cargo.toml"
+} >"$work/packages/Cargo.toml"
 for crate in "${crates[@]}"; do
-  tar -xzf "target/package/$crate-$version.crate" -C "$work"
+  tar -xzf "target/package/$crate-$version.crate" -C "$work/packages"
 done
-cp Cargo.lock "$work/"  # the workspace's versions, for a deterministic check
+cp Cargo.lock "$work/packages/"  # the workspace's versions, for a deterministic check
 (
-  cd "$work"
+  cd "$work/packages"
   export CARGO_TARGET_DIR="$root/target/package-check"
   cargo test --workspace --all-features --no-run
-  cargo test --workspace --all-features --doc
+  # impcache-macros' doc examples need impcache, a dev-dependency its package cannot carry (see its
+  # Cargo.toml): they run in the workspace's suite.
+  cargo test --workspace --all-features --doc --exclude impcache-macros
 )
 
 echo "== the README's Install lines in an empty project"
@@ -74,5 +77,8 @@ fn main() {
     let _call = double(21);
 }
 RUST
-CARGO_TARGET_DIR="$root/target/install-check" cargo build --manifest-path "$work/install/app/Cargo.toml"
+# The workspace's versions again (a user gets the newest), and the same target directory: the
+# check stays deterministic and reuses step 2's builds.
+cp Cargo.lock "$work/install/app/"
+CARGO_TARGET_DIR="$root/target/package-check" cargo build --manifest-path "$work/install/app/Cargo.toml"
 echo "package check: ok"
