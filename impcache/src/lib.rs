@@ -37,13 +37,34 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Memoizing async functions: `#[cached]`
+//!
+//! [`#[cached(expire = 60)]`](macro@cached) on an `async fn` stores its results in a cache (the one
+//! installed with [`set_default_cache`], or `cache = ...`): a hit is one `GET`, concurrent misses
+//! run the body once per key, and a cache outage runs the body. Feature `macros`, on by default.
+//!
+//! ## Caching HTTP responses: `impcache-tower`
+//!
+//! The [`impcache-tower`](https://docs.rs/impcache-tower) crate's `CacheLayer` is a tower/axum
+//! layer caching HTTP responses in a [`Cache`], with the defaults of a safe shared cache.
+//!
 //! ## Modules
 //! - [`Cache`] and [`CacheBuilder`]: the API.
 //! - [`repository`]: [`CacheRepository`], [`RedisCacheRepository`], [`MemoryCacheRepository`].
 //! - [`Expire`] / [`Expiry`]: lifetimes; [`Version`]: key versions; [`escape_pattern`]: glob escaping.
 //! - [`enum@Error`]: what can go wrong.
+//!
+//! ## Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `macros` | yes | [`#[cached]`](macro@cached) |
+//! | `tls` | no | `rediss://` through rustls, certificates verified |
+//! | `cluster` | no | `RedisClusterCacheRepository` (Redis Cluster) |
+//! | `sentinel` | no | `RedisSentinelCacheRepository` (the primary found through Sentinel) |
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+// On docs.rs (nightly), items behind a feature show which one.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
 mod error;
