@@ -452,8 +452,10 @@ async fn the_sweep_of_a_large_database_does_not_hold_up_the_response() {
         if left == 0 {
             break;
         }
+        // Not a timing claim: a bound so that a sweep that never ends fails the test. A `SCAN`
+        // of 2 M keys takes ~10 s alone and took over 50 s with the machine's 2 cores busy.
         assert!(
-            started.elapsed() < Duration::from_secs(50),
+            started.elapsed() < Duration::from_secs(300),
             "the sweep did not end: {left} keys left"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
