@@ -147,7 +147,8 @@ fn path_segment(path: &str) -> String {
     out
 }
 
-fn push_hex128(out: &mut String, digest: &[u8]) {
+/// Appends the first 128 bits of `digest` in lowercase hex.
+pub(crate) fn push_hex128(out: &mut String, digest: &[u8]) {
     for &b in digest.iter().take(16) {
         out.push(char::from(HEX_LOWER[usize::from(b >> 4)]));
         out.push(char::from(HEX_LOWER[usize::from(b & 0xf)]));
