@@ -28,102 +28,48 @@
 //! [`prefix_pattern`] (`{namespace}:{host}:{path-prefix}*`); the host may be `None` for "any host".
 
 use http::{HeaderMap, HeaderName, Method};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
-/// Bytes kept as they are in the path segment of a key; every other byte is `%XX`.
-const fn path_safe(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'/'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b'@'
-        )
-}
+/// Bytes escaped in the path segment of a key: all but the ASCII letters and digits and
+/// `-._~/!$&'()+,;=@` (non-ASCII bytes are always escaped).
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b'@');
 
-/// Bytes kept as they are in the host and method segments (no `/`, so only the path starts with one).
-const fn token_safe(b: u8) -> bool {
-    path_safe(b) && b != b'/'
-}
+/// Bytes escaped in the host (once lowercased) and method segments: the path's and `/`, so only
+/// the path starts with one.
+const TOKEN: &AsciiSet = &PATH.add(b'/');
 
-/// Bytes kept as they are in the host segment: the token bytes but capitals (lowercased).
-const fn host_safe(b: u8) -> bool {
-    token_safe(b) && !b.is_ascii_uppercase()
-}
-
-/// Which bytes a segment keeps as they are: a table, so the per-byte test is one load.
-type SafeBytes = [bool; 256];
-
-macro_rules! safe_table {
-    ($safe:ident) => {{
-        let mut table = [false; 256];
-        let mut b = 0;
-        while b < 256 {
-            table[b] = $safe(b as u8);
-            b += 1;
-        }
-        table
-    }};
-}
-
-const PATH_SAFE: SafeBytes = safe_table!(path_safe);
-const TOKEN_SAFE: SafeBytes = safe_table!(token_safe);
-const HOST_SAFE: SafeBytes = safe_table!(host_safe);
-
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `s`: runs of bytes `safe` keeps as they are, in one copy each; every other byte as
-/// `%XX`, except that ASCII capitals become lowercase letters when `lowercase` (a table used with
-/// `lowercase` must then not list capitals as safe).
-fn push_encoded_with(out: &mut String, s: &str, safe: &SafeBytes, lowercase: bool) {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    while let Some(offset) = bytes
-        .get(start..)
-        .and_then(|rest| rest.iter().position(|&b| !safe[usize::from(b)]))
-    {
-        let at = start + offset;
-        // `start..at` holds only safe (ASCII) bytes, so both ends are character boundaries.
-        if let Some(run) = s.get(start..at) {
-            out.push_str(run);
-        }
-        let b = bytes.get(at).copied().unwrap_or_default();
-        if lowercase && b.is_ascii_uppercase() {
-            out.push(char::from(b.to_ascii_lowercase()));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
-            out.push(char::from(HEX_UPPER[usize::from(b & 0xf)]));
-        }
-        start = at + 1;
-    }
-    if let Some(run) = s.get(start..) {
-        out.push_str(run);
-    }
-}
-
-fn push_encoded(out: &mut String, s: &str, safe: &SafeBytes) {
-    push_encoded_with(out, s, safe, false);
+/// Appends `s` with the bytes of `escaped` as `%XX` (uppercase hex).
+fn push_encoded(out: &mut String, s: &str, escaped: &'static AsciiSet) {
+    out.extend(utf8_percent_encode(s, escaped));
 }
 
 /// The host segment: lowercased and encoded, `-` when the request names none.
 fn push_host_segment(out: &mut String, host: Option<&str>) {
     match host {
         None | Some("") => out.push('-'),
-        Some(host) => push_encoded_with(out, host, &HOST_SAFE, true),
+        Some(host) if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+            push_encoded(out, &host.to_ascii_lowercase(), TOKEN);
+        }
+        Some(host) => push_encoded(out, host, TOKEN),
     }
 }
 
@@ -138,7 +84,7 @@ fn push_path_segment(out: &mut String, path: &str) {
     if !path.starts_with('/') {
         out.push('/');
     }
-    push_encoded(out, path, &PATH_SAFE);
+    push_encoded(out, path, PATH);
 }
 
 fn path_segment(path: &str) -> String {
@@ -203,31 +149,6 @@ pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Op
         .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
-/// Appends the URL part of a key (without the cache's prefix and version).
-fn push_url_key(
-    key: &mut String,
-    namespace: &str,
-    host: Option<&str>,
-    path: &str,
-    query: Option<&str>,
-    method: &Method,
-) {
-    key.push_str(namespace);
-    key.push(':');
-    push_host_segment(key, host);
-    key.push(':');
-    push_path_segment(key, path);
-    key.push(':');
-    push_query_segment(key, query);
-    key.push(':');
-    push_encoded(key, method.as_str(), &TOKEN_SAFE);
-}
-
-/// Room for the segments [`push_url_key`] adds beyond the namespace, host and path as given.
-fn url_key_capacity(namespace: &str, host: Option<&str>, path: &str) -> usize {
-    namespace.len() + host.map_or(1, str::len) + path.len() + 64
-}
-
 /// The URL part of a key (without the cache's prefix and version): everything but the variant.
 pub(crate) fn url_key(
     namespace: &str,
@@ -236,9 +157,7 @@ pub(crate) fn url_key(
     query: Option<&str>,
     method: &Method,
 ) -> String {
-    let mut key = String::with_capacity(url_key_capacity(namespace, host, path));
-    push_url_key(&mut key, namespace, host, path, query, method);
-    key
+    UrlKeys::new(namespace, host, path, query, method).into_url()
 }
 
 /// The suffix of a URL's record key.
@@ -269,11 +188,27 @@ impl UrlKeys {
         query: Option<&str>,
         method: &Method,
     ) -> Self {
-        let mut record = String::with_capacity(url_key_capacity(namespace, host, path));
-        push_url_key(&mut record, namespace, host, path, query, method);
+        // Room for the segments added beyond the namespace, host and path as given.
+        let capacity = namespace.len() + host.map_or(1, str::len) + path.len() + 64;
+        let mut record = String::with_capacity(capacity);
+        record.push_str(namespace);
+        record.push(':');
+        push_host_segment(&mut record, host);
+        record.push(':');
+        push_path_segment(&mut record, path);
+        record.push(':');
+        push_query_segment(&mut record, query);
+        record.push(':');
+        push_encoded(&mut record, method.as_str(), TOKEN);
         let url_len = record.len();
         record.push_str(RECORD_SUFFIX);
         UrlKeys { record, url_len }
+    }
+
+    /// The URL key alone.
+    fn into_url(mut self) -> String {
+        self.record.truncate(self.url_len);
+        self.record
     }
 
     /// The URL key (see [`url_key`]).
@@ -510,6 +445,16 @@ mod tests {
         }
     }
 
+    /// Bytes the path segment keeps as they are (the safe set as first written).
+    fn path_safe(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"-._~/!$&'()+,;=@".contains(&b)
+    }
+
+    /// Bytes the host and method segments keep as they are: the path's but `/`.
+    fn token_safe(b: u8) -> bool {
+        path_safe(b) && b != b'/'
+    }
+
     /// The encoding as first written (lowercase the whole host, then escape byte by byte).
     fn reference_encoding(s: &str, safe: fn(u8) -> bool, lowercase: bool) -> String {
         let s = if lowercase {
@@ -529,7 +474,7 @@ mod tests {
     }
 
     #[test]
-    fn run_copying_encoder_matches_the_byte_by_byte_one() {
+    fn segment_encodings_match_the_byte_by_byte_one() {
         for input in [
             "",
             "a",
@@ -543,16 +488,18 @@ mod tests {
             "/a b/*?[]\\/ü/%41",
             "日本/語",
         ] {
-            let cases = [
-                (path_safe as fn(u8) -> bool, &PATH_SAFE, false),
-                (token_safe, &HOST_SAFE, true),
-                (token_safe, &TOKEN_SAFE, false),
-            ];
-            for (safe, table, lowercase) in cases {
-                let mut out = String::from("k:");
-                push_encoded_with(&mut out, input, table, lowercase);
-                let expected = format!("k:{}", reference_encoding(input, safe, lowercase));
-                assert_eq!(out, expected, "{input:?}");
+            let expected =
+                |safe, lowercase| format!("k:{}", reference_encoding(input, safe, lowercase));
+            let mut path = String::from("k:");
+            push_encoded(&mut path, input, PATH);
+            assert_eq!(path, expected(path_safe, false), "{input:?}");
+            let mut token = String::from("k:");
+            push_encoded(&mut token, input, TOKEN);
+            assert_eq!(token, expected(token_safe, false), "{input:?}");
+            if !input.is_empty() {
+                let mut host = String::from("k:");
+                push_host_segment(&mut host, Some(input));
+                assert_eq!(host, expected(token_safe, true), "{input:?}");
             }
         }
         assert_eq!(host_segment(Some("Ex.COM")), "ex.com");
