@@ -166,10 +166,7 @@ impl Targets {
         // (index in `urls`, full record key) for every URL and stored method.
         let mut records = Vec::with_capacity(self.urls.len() * self.methods.len());
         for (i, url) in self.urls.iter().enumerate() {
-            let (path, query) = match url.split_once('?') {
-                Some((path, query)) => (path, Some(query)),
-                None => (url.as_str(), None),
-            };
+            let (path, query) = key::split_path_and_query(url);
             for method in &self.methods {
                 let url_key = key::url_key(&self.namespace, host, path, query, method);
                 records.push((i, self.cache.make_key(&key::record_key(&url_key))));
