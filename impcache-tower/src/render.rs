@@ -2,7 +2,7 @@
 //! a stored response as served (`Age`, `Content-Length`, a 304 for a matching `If-None-Match`,
 //! the strong `ETag` computed for a stored body).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use sha2::{Digest, Sha256};
@@ -84,11 +84,11 @@ fn hit_status(ttl_left: Option<u64>) -> HeaderValue {
     let Some(ttl) = ttl_left else {
         return NO_TTL;
     };
-    let mut value = String::with_capacity(24);
-    value.push_str("impcache; hit; ttl=");
-    value.push_str(itoa::Buffer::new().format(ttl));
-    // Visible ASCII only: always a valid header value.
-    HeaderValue::from_str(&value).unwrap_or(NO_TTL)
+    let mut value = BytesMut::with_capacity(40);
+    value.put_slice(b"impcache; hit; ttl=");
+    value.put_slice(itoa::Buffer::new().format(ttl).as_bytes());
+    // Visible ASCII only: always a valid header value (taken as is, not copied).
+    HeaderValue::from_maybe_shared(value.freeze()).unwrap_or(NO_TTL)
 }
 
 /// A stored response, as sent: `Age`, the status headers, and a 304 when `If-None-Match`
