@@ -2,7 +2,7 @@
 //! a stored response as served (`Age`, `Content-Length`, a 304 for a matching `If-None-Match`,
 //! the strong `ETag` computed for a stored body).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use sha2::{Digest, Sha256};
@@ -80,15 +80,22 @@ fn cache_status(outcome: Outcome) -> Option<HeaderValue> {
 /// The `Cache-Status` of a hit: `impcache; hit; ttl={ttl_left}`, or `impcache; hit` for an entry
 /// without expiry.
 fn hit_status(ttl_left: Option<u64>) -> HeaderValue {
-    const NO_TTL: HeaderValue = HeaderValue::from_static("impcache; hit");
-    let Some(ttl) = ttl_left else {
-        return NO_TTL;
-    };
-    let mut value = BytesMut::with_capacity(40);
-    value.put_slice(b"impcache; hit; ttl=");
-    value.put_slice(itoa::Buffer::new().format(ttl).as_bytes());
-    // Visible ASCII only: always a valid header value (taken as is, not copied).
-    HeaderValue::from_maybe_shared(value.freeze()).unwrap_or(NO_TTL)
+    match ttl_left {
+        Some(ttl) => with_number("impcache; hit; ttl=", ttl),
+        None => HeaderValue::from_static("impcache; hit"),
+    }
+}
+
+/// `prefix` followed by `n` in decimal, as a header value: one allocation, of its exact size
+/// (`HeaderValue::from(n)` makes two: a buffer of 20 bytes, and a handle to share it).
+fn with_number(prefix: &'static str, n: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    let mut value = Vec::with_capacity(prefix.len() + digits.len());
+    value.extend_from_slice(prefix.as_bytes());
+    value.extend_from_slice(digits.as_bytes());
+    // Visible ASCII only: always valid, taken as is (`Bytes` keeps a full vector without a copy).
+    HeaderValue::from_maybe_shared(Bytes::from(value)).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// A stored response, as sent: `Age`, the status headers, and a 304 when `If-None-Match`
@@ -124,7 +131,7 @@ pub(crate) fn serve(
     };
     response
         .headers_mut()
-        .insert(header::AGE, HeaderValue::from(age));
+        .insert(header::AGE, with_number("", age));
     mark(&mut response, status_header, Outcome::Hit { ttl_left });
     response
 }
@@ -174,5 +181,8 @@ mod tests {
             );
         }
         assert_eq!(hit_status(None), "impcache; hit");
+        for n in [0u64, 9, 10, 999, 1000, 12_345, u64::MAX] {
+            assert_eq!(with_number("", n), n.to_string().as_str(), "{n}");
+        }
     }
 }
