@@ -1,4 +1,5 @@
-//! [`ResponseBody`]: what the layer's responses carry.
+//! [`ResponseBody`]: what the layer's responses carry; reading a handler's body for the cache
+//! ([`buffer`]), and the copy kept of one that streams ([`StreamCopy`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -6,10 +7,12 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::service::Unfinished;
+use crate::policy::NotStored;
+use crate::store::Unfinished;
 
 /// The error of a [`ResponseBody`]: the inner body's error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -39,6 +42,100 @@ pin_project! {
             copy: Option<Box<StreamCopy>>,
         },
     }
+}
+
+/// Whether a body is known to be larger than `limit` before it is read: by its `Content-Length`
+/// or its size hint.
+pub(crate) fn exceeds<B: Body>(headers: &HeaderMap, body: &B, limit: usize) -> bool {
+    let limit = limit as u64;
+    let content_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    content_length.is_some_and(|len| len > limit) || body.size_hint().lower() > limit
+}
+
+/// A body read up to the size limit, as far as it is there without waiting.
+pub(crate) enum Buffered<B> {
+    Complete(Bytes),
+    /// Not storable: the frames read so far, then the rest of the body (if it has not ended).
+    Partial {
+        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+        rest: Option<Pin<Box<B>>>,
+        reason: NotStored,
+    },
+    /// Still arriving: the data frames read so far (`size` bytes), then the rest of the body.
+    Streaming {
+        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+        chunks: Vec<Bytes>,
+        size: usize,
+        rest: Pin<Box<B>>,
+    },
+}
+
+/// Reads the frames of `body` that are ready now, up to `limit` bytes: a body that is all there
+/// (the usual handler response) is complete, one still being produced is streamed.
+pub(crate) async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let mut frames = VecDeque::new();
+    let mut chunks = Vec::new();
+    let mut size = 0usize;
+    let mut trailers = false;
+    while !body.is_end_stream() {
+        // One poll: `Pending` means the rest is still being produced.
+        let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        match polled {
+            Poll::Pending => {
+                return Buffered::Streaming {
+                    frames,
+                    chunks,
+                    size,
+                    rest: body,
+                }
+            }
+            Poll::Ready(None) => break,
+            Poll::Ready(Some(Err(error))) => {
+                frames.push_back(Err(error.into()));
+                return Buffered::Partial {
+                    frames,
+                    rest: None,
+                    reason: NotStored::BodyError,
+                };
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                match frame.data_ref() {
+                    Some(data) => {
+                        size = size.saturating_add(data.len());
+                        chunks.push(data.clone());
+                    }
+                    None => trailers = true,
+                }
+                frames.push_back(Ok(frame));
+                if size > limit {
+                    return Buffered::Partial {
+                        frames,
+                        rest: Some(body),
+                        reason: NotStored::TooLarge,
+                    };
+                }
+                if trailers {
+                    break;
+                }
+            }
+        }
+    }
+    if trailers {
+        return Buffered::Partial {
+            frames,
+            rest: Some(body),
+            reason: NotStored::Trailers,
+        };
+    }
+    Buffered::Complete(concat(chunks, size))
 }
 
 /// The copy of a streamed body kept for the cache, up to the size limit. Completed, it is
@@ -111,7 +208,7 @@ impl StreamCopy {
 }
 
 /// `chunks` (of `size` bytes in all) as one `Bytes`, copied only when there are several.
-pub(crate) fn concat(chunks: Vec<Bytes>, size: usize) -> Bytes {
+fn concat(chunks: Vec<Bytes>, size: usize) -> Bytes {
     let mut chunks = chunks.into_iter();
     match (chunks.next(), chunks.next()) {
         (None, _) => Bytes::new(),
@@ -171,18 +268,11 @@ impl<B> fmt::Debug for ResponseBody<B> {
 }
 
 impl<B> ResponseBody<B> {
-    /// A body of `data` (a hit, or a buffered miss).
+    /// A body of `data` (a hit, or a buffered miss); none when `data` is empty (HEAD, 304).
     pub(crate) fn full(data: Bytes) -> Self {
         let data = (!data.is_empty()).then_some(data);
         ResponseBody {
             kind: Kind::Full { data },
-        }
-    }
-
-    /// No body (HEAD, 304).
-    pub(crate) fn empty() -> Self {
-        ResponseBody {
-            kind: Kind::Full { data: None },
         }
     }
 

@@ -18,14 +18,13 @@
 //! millions of keys), so the response waits for it [`SWEEP_WAIT`] at most, then it goes on in the
 //! background; until it ends, a variant other than the one requested again since may be served.
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, StatusCode};
 use impcache::Cache;
 
-use crate::entry::Record;
+use crate::config::Config;
 use crate::key;
-use crate::layer::Config;
+use crate::store::has_variants;
 
 /// How long a response waits for the sweep of its URLs' variants before it goes out and the
 /// sweep goes on in the background: the repository's default deadline.
@@ -146,20 +145,6 @@ fn join_path_and_query(path: &str, query: Option<&str>) -> String {
     }
 }
 
-/// Whether a URL whose record holds `record` may have entries under other keys than the record
-/// (Vary variants, credentialed variants), which only a sweep finds.
-fn has_variants(record: Option<&Bytes>, credentials: bool) -> bool {
-    let Some(bytes) = record else {
-        return false;
-    };
-    match Record::decode(bytes) {
-        Some(Record::Entry { vary, .. }) => credentials || !vary.is_empty(),
-        Some(Record::Marker(_)) => true,
-        // Another format (an earlier version's): its keys are unknown, so sweep.
-        None => true,
-    }
-}
-
 /// What one invalidation removes, owned so that it can run in a task of its own.
 struct Targets {
     cache: Cache,
@@ -181,10 +166,7 @@ impl Targets {
         // (index in `urls`, full record key) for every URL and stored method.
         let mut records = Vec::with_capacity(self.urls.len() * self.methods.len());
         for (i, url) in self.urls.iter().enumerate() {
-            let (path, query) = match url.split_once('?') {
-                Some((path, query)) => (path, Some(query)),
-                None => (url.as_str(), None),
-            };
+            let (path, query) = key::split_path_and_query(url);
             for method in &self.methods {
                 let url_key = key::url_key(&self.namespace, host, path, query, method);
                 records.push((i, self.cache.make_key(&key::record_key(&url_key))));

@@ -28,109 +28,49 @@
 //! [`prefix_pattern`] (`{namespace}:{host}:{path-prefix}*`); the host may be `None` for "any host".
 
 use http::{HeaderMap, HeaderName, Method};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
-/// Bytes kept as they are in the path segment of a key; every other byte is `%XX`.
-const fn path_safe(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'/'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b'@'
-        )
-}
+/// Bytes escaped in the path segment of a key: all but the ASCII letters and digits and
+/// `-._~/!$&'()+,;=@` (non-ASCII bytes are always escaped).
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b'@');
 
-/// Bytes kept as they are in the host and method segments (no `/`, so only the path starts with one).
-const fn token_safe(b: u8) -> bool {
-    path_safe(b) && b != b'/'
-}
+/// Bytes escaped in the host (once lowercased) and method segments: the path's and `/`, so only
+/// the path starts with one.
+const TOKEN: &AsciiSet = &PATH.add(b'/');
 
-/// Bytes kept as they are in the host segment: the token bytes but capitals (lowercased).
-const fn host_safe(b: u8) -> bool {
-    token_safe(b) && !b.is_ascii_uppercase()
-}
-
-/// Which bytes a segment keeps as they are: a table, so the per-byte test is one load.
-type SafeBytes = [bool; 256];
-
-macro_rules! safe_table {
-    ($safe:ident) => {{
-        let mut table = [false; 256];
-        let mut b = 0;
-        while b < 256 {
-            table[b] = $safe(b as u8);
-            b += 1;
-        }
-        table
-    }};
-}
-
-const PATH_SAFE: SafeBytes = safe_table!(path_safe);
-const TOKEN_SAFE: SafeBytes = safe_table!(token_safe);
-const HOST_SAFE: SafeBytes = safe_table!(host_safe);
-
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `s`: runs of bytes `safe` keeps as they are, in one copy each; every other byte as
-/// `%XX`, except that ASCII capitals become lowercase letters when `lowercase` (a table used with
-/// `lowercase` must then not list capitals as safe).
-fn push_encoded_with(out: &mut String, s: &str, safe: &SafeBytes, lowercase: bool) {
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    while let Some(offset) = bytes
-        .get(start..)
-        .and_then(|rest| rest.iter().position(|&b| !safe[usize::from(b)]))
-    {
-        let at = start + offset;
-        // `start..at` holds only safe (ASCII) bytes, so both ends are character boundaries.
-        if let Some(run) = s.get(start..at) {
-            out.push_str(run);
-        }
-        let b = bytes.get(at).copied().unwrap_or_default();
-        if lowercase && b.is_ascii_uppercase() {
-            out.push(char::from(b.to_ascii_lowercase()));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
-            out.push(char::from(HEX_UPPER[usize::from(b & 0xf)]));
-        }
-        start = at + 1;
-    }
-    if let Some(run) = s.get(start..) {
-        out.push_str(run);
-    }
-}
-
-fn push_encoded(out: &mut String, s: &str, safe: &SafeBytes) {
-    push_encoded_with(out, s, safe, false);
+/// Appends `s` with the bytes of `escaped` as `%XX` (uppercase hex).
+fn push_encoded(out: &mut String, s: &str, escaped: &'static AsciiSet) {
+    out.extend(utf8_percent_encode(s, escaped));
 }
 
 /// The host segment: lowercased and encoded, `-` when the request names none.
 fn push_host_segment(out: &mut String, host: Option<&str>) {
     match host {
         None | Some("") => out.push('-'),
-        Some(host) => push_encoded_with(out, host, &HOST_SAFE, true),
+        Some(host) if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+            push_encoded(out, &host.to_ascii_lowercase(), TOKEN);
+        }
+        Some(host) => push_encoded(out, host, TOKEN),
     }
-}
-
-fn host_segment(host: Option<&str>) -> String {
-    let mut out = String::with_capacity(host.map_or(1, str::len));
-    push_host_segment(&mut out, host);
-    out
 }
 
 /// The path segment: always starts with `/` (an empty path is `/`).
@@ -138,16 +78,11 @@ fn push_path_segment(out: &mut String, path: &str) {
     if !path.starts_with('/') {
         out.push('/');
     }
-    push_encoded(out, path, &PATH_SAFE);
+    push_encoded(out, path, PATH);
 }
 
-fn path_segment(path: &str) -> String {
-    let mut out = String::with_capacity(path.len() + 1);
-    push_path_segment(&mut out, path);
-    out
-}
-
-fn push_hex128(out: &mut String, digest: &[u8]) {
+/// Appends the first 128 bits of `digest` in lowercase hex.
+pub(crate) fn push_hex128(out: &mut String, digest: &[u8]) {
     for &b in digest.iter().take(16) {
         out.push(char::from(HEX_LOWER[usize::from(b >> 4)]));
         out.push(char::from(HEX_LOWER[usize::from(b & 0xf)]));
@@ -188,10 +123,12 @@ fn push_query_segment(out: &mut String, query: Option<&str>) {
     push_hex128(out, &hasher.finalize());
 }
 
-fn query_segment(query: Option<&str>) -> String {
-    let mut out = String::with_capacity(32);
-    push_query_segment(&mut out, query);
-    out
+/// A path and query as in a request line, split at the first `?`.
+pub(crate) fn split_path_and_query(path_and_query: &str) -> (&str, Option<&str>) {
+    match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    }
 }
 
 /// The host a request names: the `Host` header, else the URI's authority.
@@ -202,31 +139,6 @@ pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Op
         .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
-/// Appends the URL part of a key (without the cache's prefix and version).
-fn push_url_key(
-    key: &mut String,
-    namespace: &str,
-    host: Option<&str>,
-    path: &str,
-    query: Option<&str>,
-    method: &Method,
-) {
-    key.push_str(namespace);
-    key.push(':');
-    push_host_segment(key, host);
-    key.push(':');
-    push_path_segment(key, path);
-    key.push(':');
-    push_query_segment(key, query);
-    key.push(':');
-    push_encoded(key, method.as_str(), &TOKEN_SAFE);
-}
-
-/// Room for the segments [`push_url_key`] adds beyond the namespace, host and path as given.
-fn url_key_capacity(namespace: &str, host: Option<&str>, path: &str) -> usize {
-    namespace.len() + host.map_or(1, str::len) + path.len() + 64
-}
-
 /// The URL part of a key (without the cache's prefix and version): everything but the variant.
 pub(crate) fn url_key(
     namespace: &str,
@@ -235,9 +147,7 @@ pub(crate) fn url_key(
     query: Option<&str>,
     method: &Method,
 ) -> String {
-    let mut key = String::with_capacity(url_key_capacity(namespace, host, path));
-    push_url_key(&mut key, namespace, host, path, query, method);
-    key
+    UrlKeys::new(namespace, host, path, query, method).into_url()
 }
 
 /// The suffix of a URL's record key.
@@ -268,11 +178,27 @@ impl UrlKeys {
         query: Option<&str>,
         method: &Method,
     ) -> Self {
-        let mut record = String::with_capacity(url_key_capacity(namespace, host, path));
-        push_url_key(&mut record, namespace, host, path, query, method);
+        // Room for the segments added beyond the namespace, host and path as given.
+        let capacity = namespace.len() + host.map_or(1, str::len) + path.len() + 64;
+        let mut record = String::with_capacity(capacity);
+        record.push_str(namespace);
+        record.push(':');
+        push_host_segment(&mut record, host);
+        record.push(':');
+        push_path_segment(&mut record, path);
+        record.push(':');
+        push_query_segment(&mut record, query);
+        record.push(':');
+        push_encoded(&mut record, method.as_str(), TOKEN);
         let url_len = record.len();
         record.push_str(RECORD_SUFFIX);
         UrlKeys { record, url_len }
+    }
+
+    /// The URL key alone.
+    fn into_url(mut self) -> String {
+        self.record.truncate(self.url_len);
+        self.record
     }
 
     /// The URL key (see [`url_key`]).
@@ -355,17 +281,12 @@ pub(crate) fn variant_key(
 /// assert_eq!(url_pattern("http", None, "/a*"), "http:*:/a%2A:-:*");
 /// ```
 pub fn url_pattern(namespace: &str, host: Option<&str>, path_and_query: &str) -> String {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (path_and_query, None),
-    };
-    format!(
-        "{}:{}:{}:{}:*",
-        impcache::escape_pattern(namespace),
-        host_pattern(host),
-        path_segment(path),
-        query_segment(query)
-    )
+    let (path, query) = split_path_and_query(path_and_query);
+    let mut pattern = pattern_through_path(namespace, host, path);
+    pattern.push(':');
+    push_query_segment(&mut pattern, query);
+    pattern.push_str(":*");
+    pattern
 }
 
 /// The `delete_pattern` glob matching every entry whose path starts with `path_prefix` (all
@@ -379,286 +300,24 @@ pub fn url_pattern(namespace: &str, host: Option<&str>, path_and_query: &str) ->
 /// assert_eq!(prefix_pattern("http", None, "/users/"), "http:*:/users/*");
 /// ```
 pub fn prefix_pattern(namespace: &str, host: Option<&str>, path_prefix: &str) -> String {
-    format!(
-        "{}:{}:{}*",
-        impcache::escape_pattern(namespace),
-        host_pattern(host),
-        path_segment(path_prefix)
-    )
+    let mut pattern = pattern_through_path(namespace, host, path_prefix);
+    pattern.push('*');
+    pattern
 }
 
-fn host_pattern(host: Option<&str>) -> String {
+/// The start of a pattern: `{namespace}:{host}:{path}`, with `*` for any host.
+fn pattern_through_path(namespace: &str, host: Option<&str>, path: &str) -> String {
+    let mut pattern = impcache::escape_pattern(namespace);
+    pattern.push(':');
     match host {
         // Only the path segment contains `/`, so `*` cannot reach past the host into another path.
-        None => "*".to_owned(),
-        Some(host) => host_segment(Some(host)),
+        None => pattern.push('*'),
+        Some(host) => push_host_segment(&mut pattern, Some(host)),
     }
+    pattern.push(':');
+    push_path_segment(&mut pattern, path);
+    pattern
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use http::HeaderValue;
-
-    fn url(host: Option<&str>, path: &str, query: Option<&str>) -> String {
-        url_key("http", host, path, query, &Method::GET)
-    }
-
-    #[test]
-    fn query_parameters_are_sorted_and_hashed() {
-        assert_eq!(
-            url(Some("h"), "/p", Some("b=2&a=1")),
-            url(Some("h"), "/p", Some("a=1&b=2"))
-        );
-        assert_ne!(
-            url(Some("h"), "/p", Some("a=1&b=2")),
-            url(Some("h"), "/p", Some("a=1&b=3"))
-        );
-        assert_eq!(url(Some("h"), "/p", Some("")), url(Some("h"), "/p", None));
-        assert!(url(Some("h"), "/p", None).ends_with(":/p:-:GET"));
-        let hashed = url(Some("h"), "/p", Some("a=1"));
-        let segment = hashed.split(':').nth(3);
-        assert_eq!(segment.map(str::len), Some(32));
-        assert!(segment.is_some_and(|s| s.bytes().all(|b| b.is_ascii_hexdigit())));
-    }
-
-    /// Issue 12 item 1: `?x=2&x=1` was served the entry of `?x=1&x=2` (whole pairs were sorted).
-    #[test]
-    fn the_values_of_a_repeated_name_keep_their_order() {
-        let q = |query: &str| url(Some("h"), "/a", Some(query));
-        assert_ne!(q("x=1&x=2"), q("x=2&x=1"));
-        assert_ne!(q("x=1&y=0&x=2"), q("x=2&y=0&x=1"));
-        // Distinct names still sort, and a repeated name's values move with it as a group.
-        assert_eq!(q("a=1&b=2"), q("b=2&a=1"));
-        assert_eq!(q("x=1&y=0&x=2"), q("y=0&x=1&x=2"));
-        assert_eq!(q("x=1&y=0&x=2"), q("x=1&x=2&y=0"));
-        // Names are compared whole: `a` sorts before `a-b` (a pair sort put `a-b=2` first).
-        assert_eq!(q("a-b=2&a=1"), q("a=1&a-b=2"));
-        // A name without `=` is a name; `x` and `x=` are different parameters.
-        assert_eq!(q("flag&a=1"), q("a=1&flag"));
-        assert_ne!(q("x"), q("x="));
-        // Empty parameters are ignored, as before.
-        assert_eq!(q("a=1&&b=2&"), q("b=2&a=1"));
-    }
-
-    /// The key layout changed with item 1: a query hash of the earlier layout (pairs sorted
-    /// whole, no tag) is never produced, so no entry stored by an earlier version is served.
-    #[test]
-    fn query_hashes_of_the_earlier_layout_are_never_produced() {
-        let earlier = |params: &[&str]| {
-            let mut hasher = Sha256::new();
-            for param in params {
-                hasher.update(param.as_bytes());
-                hasher.update(b"&");
-            }
-            let mut out = String::new();
-            push_hex128(&mut out, &hasher.finalize());
-            out
-        };
-        assert_ne!(query_segment(Some("a=1&b=2")), earlier(&["a=1", "b=2"]));
-        assert_ne!(query_segment(Some("x=1&x=2")), earlier(&["x=1", "x=2"]));
-    }
-
-    mod properties {
-        use super::*;
-        use proptest::prelude::*;
-
-        /// Parameters with distinct names (`n0`, `n1`, …) and arbitrary values.
-        fn distinct_params() -> impl Strategy<Value = Vec<String>> {
-            prop::collection::vec("[a-z0-9%=._~-]{0,6}", 1..8).prop_map(|values| {
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, value)| format!("n{i}={value}"))
-                    .collect()
-            })
-        }
-
-        proptest! {
-            #[test]
-            fn permuting_distinct_names_never_changes_the_key(
-                (params, shuffled) in distinct_params()
-                    .prop_flat_map(|p| (Just(p.clone()), Just(p).prop_shuffle()))
-            ) {
-                prop_assert_eq!(
-                    query_segment(Some(&params.join("&"))),
-                    query_segment(Some(&shuffled.join("&")))
-                );
-            }
-
-            #[test]
-            fn swapping_two_values_of_a_repeated_name_always_changes_the_key(
-                others in distinct_params(),
-                name in "[a-z]{1,4}",
-                first in "[a-z0-9]{0,4}",
-                second in "[a-z0-9]{0,4}",
-                at in any::<prop::sample::Index>(),
-            ) {
-                prop_assume!(first != second);
-                let with = |a: &str, b: &str| {
-                    let mut params = others.clone();
-                    // The repeated name's two occurrences, around a parameter of another name.
-                    let i = at.index(params.len() + 1);
-                    params.insert(i, format!("{name}={b}"));
-                    params.insert(0, format!("{name}={a}"));
-                    query_segment(Some(&params.join("&")))
-                };
-                prop_assert_ne!(with(&first, &second), with(&second, &first));
-            }
-        }
-    }
-
-    /// The encoding as first written (lowercase the whole host, then escape byte by byte).
-    fn reference_encoding(s: &str, safe: fn(u8) -> bool, lowercase: bool) -> String {
-        let s = if lowercase {
-            s.to_ascii_lowercase()
-        } else {
-            s.to_owned()
-        };
-        s.bytes()
-            .map(|b| {
-                if safe(b) {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    }
-
-    #[test]
-    fn run_copying_encoder_matches_the_byte_by_byte_one() {
-        for input in [
-            "",
-            "a",
-            "%",
-            "é",
-            "aé",
-            "éa",
-            "Example.COM:8080",
-            "ÉxÄmple.com",
-            "/users/1?x",
-            "/a b/*?[]\\/ü/%41",
-            "日本/語",
-        ] {
-            let cases = [
-                (path_safe as fn(u8) -> bool, &PATH_SAFE, false),
-                (token_safe, &HOST_SAFE, true),
-                (token_safe, &TOKEN_SAFE, false),
-            ];
-            for (safe, table, lowercase) in cases {
-                let mut out = String::from("k:");
-                push_encoded_with(&mut out, input, table, lowercase);
-                let expected = format!("k:{}", reference_encoding(input, safe, lowercase));
-                assert_eq!(out, expected, "{input:?}");
-            }
-        }
-        assert_eq!(host_segment(Some("Ex.COM")), "ex.com");
-        assert_eq!(host_segment(None), "-");
-        assert_eq!(query_segment(Some("")), "-");
-    }
-
-    #[test]
-    fn host_and_path_cannot_inject_segments_or_globs() {
-        let key = url(Some("Evil:*.com"), "/a:b*?[x]\\%", None);
-        assert_eq!(key, "http:evil%3A%2A.com:/a%3Ab%2A%3F%5Bx%5D%5C%25:-:GET");
-        for c in ['*', '?', '[', ']', '\\'] {
-            assert!(!key.contains(c), "{key}");
-        }
-        assert_eq!(key.matches(':').count(), 4);
-        // One-to-one: an already-encoded path is not the same key as the decoded one.
-        assert_ne!(url(None, "/a%2A", None), url(None, "/a*", None));
-        // A host cannot contain `/`, so only the path segment starts with one.
-        assert!(url(Some("a/b"), "/", None).starts_with("http:a%2Fb:/:"));
-    }
-
-    #[test]
-    fn patterns_match_exactly_what_they_name() {
-        let matches =
-            |pattern: &str, key: &str| impcache::glob_match(pattern.as_bytes(), key.as_bytes());
-        let a = record_key(&url(Some("h"), "/users/1", None));
-        let b = format!("{}:v:abc", url(Some("h"), "/users/1", None));
-        let c = record_key(&url(Some("h"), "/users/10", None));
-        let q = record_key(&url(Some("h"), "/users/1", Some("x=1")));
-        let other = record_key(&url(Some("h"), "/a*", None));
-        let p = url_pattern("http", Some("h"), "/users/1");
-        assert!(matches(&p, &a) && matches(&p, &b));
-        assert!(!matches(&p, &c) && !matches(&p, &q));
-        assert!(matches(&url_pattern("http", None, "/users/1?x=1"), &q));
-        let prefix = prefix_pattern("http", None, "/users/");
-        assert!(matches(&prefix, &a) && matches(&prefix, &c) && matches(&prefix, &q));
-        // A purge of `/a*` removes that literal path only, not `/ab`.
-        let star = prefix_pattern("http", None, "/a*");
-        assert!(matches(&star, &other));
-        assert!(!matches(&star, &record_key(&url(Some("h"), "/ab", None))));
-        // `*` as the host cannot match across into another path.
-        assert!(!matches(
-            &url_pattern("http", None, "/users"),
-            &record_key(&url(Some("h"), "/x", None))
-        ));
-    }
-
-    #[test]
-    fn variants_hash_the_named_header_values() {
-        let base = url(None, "/", None);
-        let mut en = HeaderMap::new();
-        en.insert("accept-language", HeaderValue::from_static("en"));
-        let mut fr = HeaderMap::new();
-        fr.insert("accept-language", HeaderValue::from_static("fr"));
-        let vary = [HeaderName::from_static("accept-language")];
-        assert_eq!(variant_key(&base, &[], &en, false), record_key(&base));
-        assert_ne!(
-            variant_key(&base, &vary, &en, false),
-            variant_key(&base, &vary, &fr, false)
-        );
-        assert_ne!(
-            variant_key(&base, &vary, &HeaderMap::new(), false),
-            variant_key(&base, &vary, &en, false)
-        );
-        let mut auth = HeaderMap::new();
-        auth.insert("authorization", HeaderValue::from_static("Bearer a"));
-        assert_eq!(variant_key(&base, &[], &auth, false), record_key(&base));
-        assert_ne!(variant_key(&base, &[], &auth, true), record_key(&base));
-        assert_eq!(
-            variant_key(&base, &[], &HeaderMap::new(), true),
-            record_key(&base)
-        );
-    }
-
-    #[test]
-    fn url_keys_share_one_buffer_and_match_the_separate_builders() {
-        for (host, path, query) in [
-            (Some("Example.com"), "/users/1", Some("b=2&a=1")),
-            (None, "", None),
-            (Some("h"), "/a:b*", Some("")),
-        ] {
-            let keys = UrlKeys::new("http", host, path, query, &Method::HEAD);
-            let url = url_key("http", host, path, query, &Method::HEAD);
-            assert_eq!(keys.url(), url);
-            assert_eq!(keys.record(), record_key(&url));
-            assert_eq!(keys.record(), format!("{url}:v"));
-        }
-    }
-
-    #[test]
-    fn the_plain_variant_is_the_record_exactly_when_is_plain_variant_says_so() {
-        let base = url(None, "/", None);
-        let vary = [HeaderName::from_static("accept-language")];
-        let mut cookie = HeaderMap::new();
-        cookie.insert("cookie", HeaderValue::from_static("sid=1"));
-        let mut lang = HeaderMap::new();
-        lang.insert("accept-language", HeaderValue::from_static("en"));
-        for names in [&vary[..], &[]] {
-            for headers in [&HeaderMap::new(), &cookie, &lang] {
-                for credentials in [false, true] {
-                    let plain = is_plain_variant(names, headers, credentials);
-                    let key = variant_key(&base, names, headers, credentials);
-                    assert_eq!(plain, key == record_key(&base), "{names:?} {headers:?}");
-                    // A variant key is the record key plus `:{hash}`: inside the URL's pattern.
-                    assert!(key.starts_with(&record_key(&base)));
-                }
-            }
-        }
-    }
-}
+mod tests;

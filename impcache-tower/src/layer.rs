@@ -1,127 +1,15 @@
-//! [`CacheLayer`]: the configuration, and the purge helpers.
+//! [`CacheLayer`]: the builder of the configuration, and the purge helpers.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use impcache::{Cache, Expire};
-use tower::Layer;
 
-use crate::flight::Flights;
+use crate::config::{Config, StatusHeader};
 use crate::key;
-use crate::service::CacheService;
 
-/// The default largest body stored: 1 MiB. Larger responses stream through, unstored.
-pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
-
-/// The default TTL of an entry: 60 seconds.
-pub const DEFAULT_EXPIRE_SECS: u64 = 60;
-
-/// The default longest wait for a concurrent request's handler call: 10 seconds.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The default namespace of keys inside the cache's prefix and version.
-pub const DEFAULT_NAMESPACE: &str = "http";
-
-/// Which cache status headers responses carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum StatusHeader {
-    /// `x-cache: HIT`, `MISS` or `BYPASS`.
-    XCache,
-    /// RFC 9211 `Cache-Status: impcache; hit; ttl=42` (or `fwd=uri-miss; stored`, `fwd=bypass`, …):
-    /// the default.
-    #[default]
-    CacheStatus,
-    /// Both.
-    Both,
-    /// Neither.
-    None,
-}
-
-/// The `x-cache` header name.
-pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-/// The RFC 9211 `Cache-Status` header name.
-pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) cache: Cache,
-    pub(crate) namespace: String,
-    pub(crate) expire: Expire,
-    pub(crate) max_ttl: Option<Expire>,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) statuses: Vec<StatusCode>,
-    pub(crate) max_body_size: usize,
-    pub(crate) allow_authenticated: bool,
-    pub(crate) honor_request_cache_control: bool,
-    pub(crate) status_header: StatusHeader,
-    pub(crate) compute_etag: bool,
-    pub(crate) coalesce: bool,
-    pub(crate) lock_timeout: Duration,
-    pub(crate) key_by_host: bool,
-    pub(crate) invalidate_on_unsafe_methods: bool,
-    /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
-    /// were changed after cloning). Inside the config so that a request clones one `Arc`.
-    pub(crate) flights: Arc<Flights>,
-}
-
-impl Config {
-    fn resolve(expire: Expire) -> Option<Duration> {
-        match expire.resolve("impcache-tower expire") {
-            Ok(expiry) => expiry.as_duration(),
-            // Zero or negative: checked by `storable_ttls`, which stores nothing then.
-            Err(_) => Some(Duration::ZERO),
-        }
-    }
-
-    /// The layer's TTL and cap, as durations (`None`: no limit).
-    pub(crate) fn ttls(&self) -> (Option<Duration>, Option<Duration>) {
-        (
-            Self::resolve(self.expire),
-            self.max_ttl.and_then(Self::resolve),
-        )
-    }
-
-    pub(crate) fn host<'a>(&self, host: Option<&'a str>) -> Option<&'a str> {
-        if self.key_by_host {
-            host
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("cache", &self.cache)
-            .field("namespace", &self.namespace)
-            .field("expire", &self.expire)
-            .field("max_ttl", &self.max_ttl)
-            .field("methods", &self.methods)
-            .field("statuses", &self.statuses)
-            .field("max_body_size", &self.max_body_size)
-            .field("allow_authenticated", &self.allow_authenticated)
-            .field(
-                "honor_request_cache_control",
-                &self.honor_request_cache_control,
-            )
-            .field("status_header", &self.status_header)
-            .field("compute_etag", &self.compute_etag)
-            .field("coalesce", &self.coalesce)
-            .field("lock_timeout", &self.lock_timeout)
-            .field("key_by_host", &self.key_by_host)
-            .field(
-                "invalidate_on_unsafe_methods",
-                &self.invalidate_on_unsafe_methods,
-            )
-            .finish()
-    }
-}
-
-/// A [`Layer`] that caches HTTP responses in an [`impcache::Cache`].
+/// A [`Layer`](tower::Layer) that caches HTTP responses in an [`impcache::Cache`].
 ///
 /// Cheap to clone; clones (and every service they make) share the cache and the in-flight
 /// request table. Builder methods consume and return the layer. See the [crate docs](crate) for
@@ -136,24 +24,7 @@ impl CacheLayer {
     /// 200, 60 s, bodies up to 1 MiB.
     pub fn new(cache: Cache) -> Self {
         CacheLayer {
-            config: Arc::new(Config {
-                cache,
-                namespace: DEFAULT_NAMESPACE.to_owned(),
-                expire: Expire::seconds(DEFAULT_EXPIRE_SECS),
-                max_ttl: None,
-                methods: vec![Method::GET],
-                statuses: vec![StatusCode::OK],
-                max_body_size: DEFAULT_MAX_BODY_SIZE,
-                allow_authenticated: false,
-                honor_request_cache_control: false,
-                status_header: StatusHeader::CacheStatus,
-                compute_etag: true,
-                coalesce: true,
-                lock_timeout: DEFAULT_LOCK_TIMEOUT,
-                key_by_host: true,
-                invalidate_on_unsafe_methods: true,
-                flights: Arc::new(Flights::default()),
-            }),
+            config: Arc::new(Config::new(cache)),
         }
     }
 
@@ -347,13 +218,5 @@ impl CacheLayer {
     pub async fn purge_all(&self) -> impcache::Result<u64> {
         let pattern = format!("{}:*", impcache::escape_pattern(&self.config.namespace));
         self.config.cache.delete_pattern(&pattern).await
-    }
-}
-
-impl<S> Layer<S> for CacheLayer {
-    type Service = CacheService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CacheService::new(inner, self.clone())
     }
 }

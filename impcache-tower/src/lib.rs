@@ -57,20 +57,23 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod config;
 mod entry;
 mod flight;
 mod future;
 mod invalidate;
 pub mod key;
 mod layer;
-mod numbers;
 mod policy;
+mod render;
 mod service;
+mod store;
 
 pub use body::{BoxError, ResponseBody};
-pub use future::ResponseFuture;
-pub use layer::{
-    CacheLayer, StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, X_CACHE,
+pub use config::{
+    StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_NAMESPACE, X_CACHE,
 };
+pub use future::ResponseFuture;
+pub use layer::CacheLayer;
 pub use service::CacheService;

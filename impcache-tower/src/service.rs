@@ -1,42 +1,45 @@
-//! [`CacheService`]: the middleware itself.
+//! [`CacheService`]: the middleware itself, and the way through it of one request: the plan, the
+//! lookup, coalescing, the handler call, and the store of its response.
 
-use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{HeaderName, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame};
-use impcache::{Cache, Expire};
-use sha2::{Digest, Sha256};
-use tower::Service;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response};
+use http_body::Body;
+use impcache::Cache;
+use tower::{Layer, Service};
 
-use crate::body::{concat, BoxError, ResponseBody, StreamCopy};
-use crate::entry::{encode_marker, now_ms, Entry, Record};
-use crate::flight::{FlightGuard, Join, Leader, Published, Ticket, Wait};
+use crate::body::{self, BoxError, Buffered, ResponseBody, StreamCopy};
+use crate::config::{Config, CACHE_STATUS, X_CACHE};
+use crate::entry::Entry;
+use crate::flight::{FlightGuard, Join, Leader, Ticket, Wait};
 use crate::future::ResponseFuture;
 use crate::invalidate;
 use crate::key;
-use crate::layer::{CacheLayer, Config, StatusHeader, CACHE_STATUS, X_CACHE};
-use crate::numbers;
+use crate::layer::CacheLayer;
 use crate::policy::{self, NotStored, RequestPlan};
+use crate::render::{self, mark, Outcome};
+use crate::store::{lookup, Lookup, Unfinished};
 
 /// The service [`CacheLayer`] wraps around a handler (or any
 /// `Service<Request<_>, Response = Response<_>>`). Its error type is the inner service's.
 #[derive(Clone, Debug)]
 pub struct CacheService<S> {
     inner: S,
-    layer: CacheLayer,
+    config: Arc<Config>,
 }
 
 impl<S> CacheService<S> {
     /// Wraps `inner` with the rules of `layer`.
     pub fn new(inner: S, layer: CacheLayer) -> Self {
-        CacheService { inner, layer }
+        CacheService {
+            inner,
+            config: layer.config,
+        }
     }
 
     /// A [`CacheLayer`] storing in `cache` (same as [`CacheLayer::new`]).
@@ -57,6 +60,14 @@ impl<S> CacheService<S> {
     /// The inner service, consuming the middleware.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, self.clone())
     }
 }
 
@@ -82,428 +93,18 @@ where
         // Move the service that was driven to readiness into the future; keep a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(Box::pin(run(self.layer.clone(), inner, request)))
+        ResponseFuture::new(Box::pin(run(Arc::clone(&self.config), inner, request)))
     }
 }
 
-/// How a response was obtained, for the status headers.
-#[derive(Debug, Clone, Copy)]
-enum Outcome {
-    Hit {
-        ttl_left: Option<u64>,
-    },
-    Miss {
-        fwd: &'static str,
-        stored: bool,
-        detail: Option<&'static str>,
-    },
-    Bypass {
-        fwd: &'static str,
-        detail: &'static str,
-    },
-}
-
-fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Outcome) {
-    let (x_cache, cache_status) = match outcome {
-        Outcome::Hit { ttl_left } => ("HIT", Ok(numbers::hit_status(ttl_left))),
-        Outcome::Miss {
-            fwd,
-            stored,
-            detail,
-        } => {
-            let mut value = format!("impcache; fwd={fwd}");
-            if stored {
-                value.push_str("; stored");
-            }
-            if let Some(detail) = detail {
-                value.push_str("; detail=");
-                value.push_str(detail);
-            }
-            ("MISS", Err(value))
-        }
-        Outcome::Bypass { fwd, detail } => (
-            "BYPASS",
-            Err(format!("impcache; fwd={fwd}; detail={detail}")),
-        ),
-    };
-    let headers = response.headers_mut();
-    if matches!(status_header, StatusHeader::XCache | StatusHeader::Both) {
-        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
-    }
-    if matches!(
-        status_header,
-        StatusHeader::CacheStatus | StatusHeader::Both
-    ) {
-        let value = match cache_status {
-            Ok(value) => Some(value),
-            Err(text) => HeaderValue::from_str(&text).ok(),
-        };
-        if let Some(value) = value {
-            // RFC 9211: each cache adds its member; the one nearest the origin comes first.
-            headers.append(CACHE_STATUS, value);
-        }
-    }
-}
-
-/// A stored response, as sent: `Age`, the status headers, and a 304 when `If-None-Match`
-/// matches its `ETag`; no body for HEAD.
-fn serve<B>(
+/// A stored response, as sent (see [`render::serve`]).
+fn hit<B>(
     entry: Entry,
     request_headers: &HeaderMap,
     head: bool,
     config: &Config,
 ) -> Response<ResponseBody<B>> {
-    let age = entry.age_secs(now_ms());
-    let ttl_left = entry.ttl.map(|ttl| ttl.as_secs().saturating_sub(age));
-    let etag = entry
-        .headers
-        .get(header::ETAG)
-        .and_then(|v| v.to_str().ok());
-    let mut response = if etag.is_some_and(|etag| policy::if_none_match(request_headers, etag)) {
-        // RFC 9110 §15.4.5: the fields a 200 would have carried that describe the representation.
-        let mut response = Response::new(ResponseBody::empty());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        for name in [
-            header::CACHE_CONTROL,
-            header::CONTENT_LOCATION,
-            header::DATE,
-            header::ETAG,
-            header::EXPIRES,
-            header::LAST_MODIFIED,
-            header::VARY,
-        ] {
-            for value in entry.headers.get_all(&name) {
-                response.headers_mut().append(name.clone(), value.clone());
-            }
-        }
-        response
-    } else {
-        let body_len = entry.body.len();
-        let body = if head {
-            ResponseBody::empty()
-        } else {
-            ResponseBody::full(entry.body)
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers;
-        // Stored with the entry (see `forward`); entries stored by earlier versions lack it.
-        if !response.headers().contains_key(header::CONTENT_LENGTH) {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, numbers::number(body_len as u64));
-        }
-        response
-    };
-    response
-        .headers_mut()
-        .insert(header::AGE, numbers::number(age));
-    mark(
-        &mut response,
-        config.status_header,
-        Outcome::Hit { ttl_left },
-    );
-    response
-}
-
-/// The result of a lookup.
-enum Lookup {
-    Hit(Entry),
-    /// `fwd` is `uri-miss` (nothing known for the URL) or `vary-miss` (not this variant).
-    Miss(&'static str),
-    /// The cache could not answer; `backend` when it is down or slow (nothing is stored then).
-    Failed {
-        backend: bool,
-    },
-}
-
-/// `Lookup::Failed` for a cache error.
-fn failed(error: &impcache::Error) -> Lookup {
-    tracing::debug!(%error, "impcache-tower: lookup failed, calling the handler");
-    Lookup::Failed {
-        backend: error.is_backend_failure(),
-    }
-}
-
-/// Reads the URL's record and, when it names another variant than the record's entry, that
-/// variant: one GET for a URL without `Vary`, two for a varying one.
-async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
-    let cache = &config.cache;
-    let record = match cache.get_raw(keys.record()).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return Lookup::Miss("uri-miss"),
-        Err(error) => return failed(&error),
-    };
-    let plain = |vary: &[http::HeaderName]| {
-        key::is_plain_variant(vary, headers, config.allow_authenticated)
-    };
-    // When the record's key is this request's variant key, the answer is its entry, if it
-    // holds one.
-    let vary = match Record::decode(&record) {
-        Some(Record::Entry { entry, vary }) if plain(&vary) => return Lookup::Hit(entry),
-        Some(Record::Marker(vary)) if plain(&vary) => return Lookup::Miss("vary-miss"),
-        Some(Record::Entry { vary, .. } | Record::Marker(vary)) => vary,
-        None => {
-            tracing::warn!(key = %keys.record(), "impcache-tower: unreadable record, treated as a miss");
-            return Lookup::Miss("uri-miss");
-        }
-    };
-    // Boxed on its own: it keeps the future of every lookup (moved into the request's box, an
-    // allocation per request) small; a varying URL pays one more allocation.
-    Box::pin(lookup_variant(config, keys, headers, vary)).await
-}
-
-/// The second read of a varying URL: the variant its record names for this request.
-async fn lookup_variant(
-    config: &Config,
-    keys: &key::UrlKeys,
-    headers: &HeaderMap,
-    vary: Vec<http::HeaderName>,
-) -> Lookup {
-    let cache = &config.cache;
-    let variant = key::variant_key(keys.url(), &vary, headers, config.allow_authenticated);
-    let bytes = match cache.get_raw(&variant).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return Lookup::Miss("vary-miss"),
-        Err(error) => return failed(&error),
-    };
-    match Entry::decode(&bytes) {
-        Some((entry, _)) => Lookup::Hit(entry),
-        None => {
-            tracing::warn!(key = %variant, "impcache-tower: unreadable entry, treated as a miss");
-            Lookup::Miss("vary-miss")
-        }
-    }
-}
-
-/// A body read up to the size limit, as far as it is there without waiting.
-enum Buffered<B> {
-    Complete(Bytes),
-    /// Not storable: the frames read so far, then the rest of the body (if it has not ended).
-    Partial {
-        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
-        rest: Option<Pin<Box<B>>>,
-        reason: NotStored,
-    },
-    /// Still arriving: the data frames read so far (`size` bytes), then the rest of the body.
-    Streaming {
-        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
-        chunks: Vec<Bytes>,
-        size: usize,
-        rest: Pin<Box<B>>,
-    },
-}
-
-/// Reads the frames of `body` that are ready now, up to `limit` bytes: a body that is all there
-/// (the usual handler response) is complete, one still being produced is streamed.
-async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let mut body = Box::pin(body);
-    let mut frames = VecDeque::new();
-    let mut chunks = Vec::new();
-    let mut size = 0usize;
-    let mut trailers = false;
-    while !body.is_end_stream() {
-        // One poll: `Pending` means the rest is still being produced.
-        let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
-        match polled {
-            Poll::Pending => {
-                return Buffered::Streaming {
-                    frames,
-                    chunks,
-                    size,
-                    rest: body,
-                }
-            }
-            Poll::Ready(None) => break,
-            Poll::Ready(Some(Err(error))) => {
-                frames.push_back(Err(error.into()));
-                return Buffered::Partial {
-                    frames,
-                    rest: None,
-                    reason: NotStored::BodyError,
-                };
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                match frame.data_ref() {
-                    Some(data) => {
-                        size = size.saturating_add(data.len());
-                        chunks.push(data.clone());
-                    }
-                    None => trailers = true,
-                }
-                frames.push_back(Ok(frame));
-                if size > limit {
-                    return Buffered::Partial {
-                        frames,
-                        rest: Some(body),
-                        reason: NotStored::TooLarge,
-                    };
-                }
-                if trailers {
-                    break;
-                }
-            }
-        }
-    }
-    if trailers {
-        return Buffered::Partial {
-            frames,
-            rest: Some(body),
-            reason: NotStored::Trailers,
-        };
-    }
-    Buffered::Complete(concat(chunks, size))
-}
-
-/// A strong ETag for a body: the first 128 bits of its SHA-256.
-fn strong_etag(body: &[u8]) -> HeaderValue {
-    let digest = Sha256::digest(body);
-    let mut etag = String::with_capacity(34);
-    etag.push('"');
-    for b in digest.iter().take(16) {
-        etag.push_str(&format!("{b:02x}"));
-    }
-    etag.push('"');
-    // Only hex digits and quotes: always a valid header value.
-    HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Writes a response: its variant, and the URL's record naming it.
-async fn store(cache: &Cache, record: &str, published: &Published) -> impcache::Result<()> {
-    let expire = published
-        .entry
-        .ttl
-        .map_or(Expire::NEVER, Expire::from_duration);
-    let entry = published.entry.encode(&published.vary);
-    if published.variant_key == record {
-        // The plain variant: one key, which also replaces a Vary marker.
-        return cache.set_raw(record, entry, expire).await;
-    }
-    // The variant first, then the record: a reader that finds the record finds the variant.
-    cache.set_raw(&published.variant_key, entry, expire).await?;
-    let marker = encode_marker(&published.vary);
-    if !published.vary.is_empty() {
-        // Replaces a plain entry: once a URL varies, its plain entry must never be served.
-        return cache.set_raw(record, marker, expire).await;
-    }
-    // A credentialed variant of a response without `Vary`: the record must say "vary on nothing"
-    // without evicting a plain entry that anonymous requests are served from (credentialed
-    // requests never read it: they are not the plain variant).
-    if cache.set_nx_raw(record, marker.clone(), expire).await? {
-        return Ok(());
-    }
-    let current = cache.get_raw(record).await?;
-    let keep = match current.as_ref().and_then(Record::decode) {
-        Some(Record::Entry { .. }) => true,
-        Some(Record::Marker(vary)) => vary.is_empty(),
-        // Gone meanwhile, or unreadable (an older format): the marker takes its place.
-        None => false,
-    };
-    if keep {
-        return Ok(());
-    }
-    // A stale marker (the URL no longer varies). A plain entry stored between the read and this
-    // write is lost (a later miss stores it again); none is ever served to the wrong request.
-    cache.set_raw(record, marker, expire).await
-}
-
-/// Stores in the background, so the response is not delayed by the write; the flight stays open
-/// until the write has finished. Without a tokio runtime to run it on, the store is returned for
-/// the caller to await.
-fn store_in_background(
-    cache: Cache,
-    keys: key::UrlKeys,
-    published: Arc<Published>,
-    guard: Option<FlightGuard>,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
-    let task = async move {
-        if let Err(error) = store(&cache, keys.record(), &published).await {
-            tracing::debug!(%error, "impcache-tower: response not stored");
-        }
-        drop(guard);
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            handle.spawn(task);
-            None
-        }
-        Err(_) => Some(task),
-    }
-}
-
-/// A cacheable response whose body is not complete yet: everything needed to publish and store
-/// it. Dropped unfinished (the request or its body was dropped mid-way), it abandons the flight:
-/// the waiters look again and elect a new leader.
-pub(crate) struct Unfinished {
-    cache: Cache,
-    keys: key::UrlKeys,
-    may_store: bool,
-    compute_etag: bool,
-    status: StatusCode,
-    /// The headers to store (without the body's length and computed ETag).
-    headers: HeaderMap,
-    vary: Vec<HeaderName>,
-    variant_key: String,
-    ttl: Option<Duration>,
-    guard: Option<FlightGuard>,
-}
-
-impl Unfinished {
-    /// Publishes the response with its complete `body` to the waiters and stores it in the
-    /// background. Returns the ETag it computed, if any, and the store when there is no tokio
-    /// runtime to run it on.
-    pub(crate) fn finish(
-        self,
-        body: Bytes,
-    ) -> (Option<HeaderValue>, Option<impl Future<Output = ()> + Send>) {
-        let mut headers = self.headers;
-        // The length of the body as stored (a hit then serves it without formatting it).
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let etag =
-            (self.compute_etag && !headers.contains_key(header::ETAG)).then(|| strong_etag(&body));
-        if let Some(etag) = &etag {
-            headers.insert(header::ETAG, etag.clone());
-        }
-        let published = Arc::new(Published {
-            entry: Entry {
-                status: self.status,
-                headers,
-                body,
-                stored_at_ms: now_ms(),
-                ttl: self.ttl,
-            },
-            vary: self.vary,
-            variant_key: self.variant_key,
-        });
-        if let Some(guard) = &self.guard {
-            guard.publish(Arc::clone(&published));
-        }
-        let storing = if self.may_store {
-            store_in_background(self.cache, self.keys, published, self.guard)
-        } else {
-            None
-        };
-        (etag, storing)
-    }
-
-    /// The body turned out not storable (too large, trailers, an error): the waiters call the
-    /// handler themselves.
-    pub(crate) fn give_up(self) {
-        if let Some(guard) = self.guard {
-            guard.not_shared();
-        }
-    }
+    render::serve(entry, request_headers, head, config.status_header).map(ResponseBody::full)
 }
 
 /// A request through the layer: the lookup, and a hit served from it. Everything that calls the
@@ -511,7 +112,7 @@ impl Unfinished {
 /// hit stays small (moving it into its box is part of every request's cost).
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment on the `async move` block
 fn run<S, ReqBody, ResBody>(
-    layer: CacheLayer,
+    config: Arc<Config>,
     inner: S,
     request: Request<ReqBody>,
 ) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
@@ -524,7 +125,7 @@ where
     // second slot of its future (the request alone is ~240 bytes), and this future is moved
     // into a fresh allocation for every request (1,336 bytes as an `async fn`, 1,064 as this).
     async move {
-        let config = &*layer.config;
+        let config = &*config;
         let plan = policy::plan_request(
             request.method(),
             request.headers(),
@@ -552,24 +153,29 @@ where
         // Taken before the lookup: see `flight` (read your own writes).
         let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
-        let mut fwd = "request";
-        let mut may_store = true;
-        let mut detail = None;
+        let mut miss = Miss {
+            inner,
+            request,
+            keys,
+            ticket,
+            head,
+            refresh,
+            fwd: "request",
+            may_store: true,
+            detail: None,
+        };
         if head || !refresh {
-            match lookup(config, &keys, request.headers()).await {
-                Lookup::Hit(entry) => return Ok(serve(entry, request.headers(), head, config)),
-                Lookup::Miss(miss) => fwd = miss,
+            match lookup(config, &miss.keys, miss.request.headers()).await {
+                Lookup::Hit(entry) => return Ok(hit(entry, miss.request.headers(), head, config)),
+                Lookup::Miss(fwd) => miss.fwd = fwd,
                 Lookup::Failed { backend } => {
-                    fwd = "uri-miss";
-                    may_store = !backend;
-                    detail = Some("cache-error");
+                    miss.fwd = "uri-miss";
+                    miss.may_store = !backend;
+                    miss.detail = Some("cache-error");
                 }
             }
         }
-        Box::pin(forward(
-            &layer, inner, request, keys, ticket, head, refresh, fwd, may_store, detail,
-        ))
-        .await
+        Box::pin(forward(config, miss)).await
     }
 }
 
@@ -609,26 +215,47 @@ where
     Ok(response)
 }
 
-/// A request the lookup did not answer: the handler's response, stored when it may be.
-#[allow(clippy::too_many_arguments)]
-async fn forward<S, ReqBody, ResBody>(
-    layer: &CacheLayer,
-    mut inner: S,
+/// A request the lookup did not answer, and what the lookup found out: the input of [`forward`].
+struct Miss<S, ReqBody> {
+    /// The inner service, driven to readiness.
+    inner: S,
     request: Request<ReqBody>,
     keys: key::UrlKeys,
+    /// Taken before the lookup: see [`crate::flight`] (read your own writes).
     ticket: Ticket,
+    /// A HEAD request: answered by the handler, never stored.
     head: bool,
+    /// The client asked for a fresh response (honoured `no-cache`): not coalesced.
     refresh: bool,
+    /// The `fwd` of the response's `Cache-Status`: `request`, `uri-miss` or `vary-miss`.
     fwd: &'static str,
+    /// `false` when the cache is down or slow: nothing is stored then.
     may_store: bool,
+    /// The `detail` of the response's `Cache-Status` set by the lookup (`cache-error`).
     detail: Option<&'static str>,
+}
+
+/// A request the lookup did not answer: the handler's response, stored when it may be.
+async fn forward<S, ReqBody, ResBody>(
+    config: &Config,
+    miss: Miss<S, ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let config = &*layer.config;
+    let Miss {
+        mut inner,
+        request,
+        keys,
+        ticket,
+        head,
+        refresh,
+        fwd,
+        may_store,
+        detail,
+    } = miss;
     let url = keys.url();
     if head {
         // Never stored: a HEAD response has no body to serve GETs with.
@@ -652,7 +279,7 @@ where
     //    which asked for a new response).
     let guard = if config.coalesce && !refresh {
         match coalesce(config, &keys, &headers, ticket).await {
-            Coalesced::Hit(entry) => return Ok(serve(entry, &headers, false, config)),
+            Coalesced::Hit(entry) => return Ok(hit(entry, &headers, false, config)),
             Coalesced::Lead(guard) => Some(guard),
             Coalesced::Alone => None,
         }
@@ -680,10 +307,7 @@ where
         max_ttl,
     )
     .and_then(|ttl| {
-        let too_large = content_length(&parts.headers)
-            .is_some_and(|len| len > config.max_body_size as u64)
-            || body.size_hint().lower() > config.max_body_size as u64;
-        if too_large {
+        if body::exceeds(&parts.headers, &body, config.max_body_size) {
             Err(NotStored::TooLarge)
         } else {
             Ok(ttl)
@@ -725,7 +349,7 @@ where
         ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
         guard,
     };
-    let (body, stored, detail) = match buffer(body, config.max_body_size).await {
+    let (body, stored, detail) = match body::buffer(body, config.max_body_size).await {
         Buffered::Complete(body) => {
             let (etag, storing) = unfinished.finish(body.clone());
             if let Some(etag) = etag {

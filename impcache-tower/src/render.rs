@@ -1,0 +1,188 @@
+//! What the layer adds to responses: the cache status headers (`Cache-Status`, `x-cache`), and
+//! a stored response as served (`Age`, `Content-Length`, a 304 for a matching `If-None-Match`,
+//! the strong `ETag` computed for a stored body).
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::config::{StatusHeader, CACHE_STATUS, X_CACHE};
+use crate::entry::{now_ms, Entry};
+use crate::key;
+use crate::policy;
+
+/// How a response was obtained, for the status headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    /// Served from the cache; `ttl_left` in seconds (`None`: no expiry).
+    Hit { ttl_left: Option<u64> },
+    /// Answered by the handler after a lookup (or instead of one).
+    Miss {
+        fwd: &'static str,
+        stored: bool,
+        detail: Option<&'static str>,
+    },
+    /// Answered by the handler; the cache was not consulted.
+    Bypass {
+        fwd: &'static str,
+        detail: &'static str,
+    },
+}
+
+/// Adds the status headers `status_header` asks for.
+pub(crate) fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Outcome) {
+    let x_cache = match outcome {
+        Outcome::Hit { .. } => "HIT",
+        Outcome::Miss { .. } => "MISS",
+        Outcome::Bypass { .. } => "BYPASS",
+    };
+    let headers = response.headers_mut();
+    if matches!(status_header, StatusHeader::XCache | StatusHeader::Both) {
+        headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    }
+    if matches!(
+        status_header,
+        StatusHeader::CacheStatus | StatusHeader::Both
+    ) {
+        if let Some(value) = cache_status(outcome) {
+            // RFC 9211: each cache adds its member; the one nearest the origin comes first.
+            headers.append(CACHE_STATUS, value);
+        }
+    }
+}
+
+/// The `Cache-Status` member of this cache (RFC 9211): `impcache; hit; ttl=42`,
+/// `impcache; fwd=uri-miss; stored`, `impcache; fwd=bypass; detail=credentials`, …
+fn cache_status(outcome: Outcome) -> Option<HeaderValue> {
+    let value = match outcome {
+        Outcome::Hit { ttl_left } => return Some(hit_status(ttl_left)),
+        Outcome::Miss {
+            fwd,
+            stored,
+            detail,
+        } => {
+            let mut value = format!("impcache; fwd={fwd}");
+            if stored {
+                value.push_str("; stored");
+            }
+            if let Some(detail) = detail {
+                value.push_str("; detail=");
+                value.push_str(detail);
+            }
+            value
+        }
+        Outcome::Bypass { fwd, detail } => format!("impcache; fwd={fwd}; detail={detail}"),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// The `Cache-Status` of a hit: `impcache; hit; ttl={ttl_left}`, or `impcache; hit` for an entry
+/// without expiry.
+fn hit_status(ttl_left: Option<u64>) -> HeaderValue {
+    match ttl_left {
+        Some(ttl) => with_number("impcache; hit; ttl=", ttl),
+        None => HeaderValue::from_static("impcache; hit"),
+    }
+}
+
+/// `prefix` followed by `n` in decimal, as a header value: one allocation, of its exact size
+/// (`HeaderValue::from(n)` makes two: a buffer of 20 bytes, and a handle to share it).
+fn with_number(prefix: &'static str, n: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    let mut value = Vec::with_capacity(prefix.len() + digits.len());
+    value.extend_from_slice(prefix.as_bytes());
+    value.extend_from_slice(digits.as_bytes());
+    // Visible ASCII only: always valid, taken as is (`Bytes` keeps a full vector without a copy).
+    HeaderValue::from_maybe_shared(Bytes::from(value)).unwrap_or_else(|_| HeaderValue::from(n))
+}
+
+/// A stored response, as sent: `Age`, the status headers, and a 304 when `If-None-Match`
+/// matches its `ETag`; an empty body for HEAD (and the 304).
+pub(crate) fn serve(
+    entry: Entry,
+    request_headers: &HeaderMap,
+    head: bool,
+    status_header: StatusHeader,
+) -> Response<Bytes> {
+    let age = entry.age_secs(now_ms());
+    let ttl_left = entry.ttl.map(|ttl| ttl.as_secs().saturating_sub(age));
+    let etag = entry
+        .headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok());
+    let mut response = if etag.is_some_and(|etag| policy::if_none_match(request_headers, etag)) {
+        not_modified(&entry.headers)
+    } else {
+        let body_len = entry.body.len();
+        let body = if head { Bytes::new() } else { entry.body };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers;
+        // Stored with the entry (see `Unfinished::finish`); entries stored by earlier versions
+        // lack it.
+        if !response.headers().contains_key(header::CONTENT_LENGTH) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+        }
+        response
+    };
+    response
+        .headers_mut()
+        .insert(header::AGE, with_number("", age));
+    mark(&mut response, status_header, Outcome::Hit { ttl_left });
+    response
+}
+
+/// The 304 of a stored response with `headers`: RFC 9110 §15.4.5, the fields a 200 would have
+/// carried that describe the representation.
+fn not_modified(headers: &HeaderMap) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::ETAG,
+        header::EXPIRES,
+        header::LAST_MODIFIED,
+        header::VARY,
+    ] {
+        for value in headers.get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    response
+}
+
+/// A strong ETag for a body: the first 128 bits of its SHA-256.
+pub(crate) fn strong_etag(body: &[u8]) -> HeaderValue {
+    let mut etag = String::with_capacity(34);
+    etag.push('"');
+    key::push_hex128(&mut etag, &Sha256::digest(body));
+    etag.push('"');
+    // Only hex digits and quotes: always a valid header value.
+    HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_statuses_match_their_formatted_form() {
+        for n in [0u64, 7, 10, 60, 300, 999, 1000, 86_400] {
+            assert_eq!(
+                hit_status(Some(n)),
+                format!("impcache; hit; ttl={n}").as_str(),
+                "{n}"
+            );
+        }
+        assert_eq!(hit_status(None), "impcache; hit");
+        for n in [0u64, 9, 10, 999, 1000, 12_345, u64::MAX] {
+            assert_eq!(with_number("", n), n.to_string().as_str(), "{n}");
+        }
+    }
+}
