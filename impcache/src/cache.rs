@@ -1,16 +1,20 @@
 //! [`Cache`]: the handle applications use, and its builder.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::error::{shown, Error, Result};
 use crate::expire::Expire;
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
+use crate::observe::metrics::{Operation, Tally};
+use crate::observe::{CacheStats, Counters, Observation};
 use crate::repository::backend::Backend;
 use crate::repository::CacheRepository;
 
@@ -32,6 +36,7 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
 /// - [Versions](#versions)
 /// - [Expiry](#expiry)
 /// - [Errors](#errors)
+/// - [Observability](#observability)
 ///
 /// # Building
 /// ```
@@ -57,6 +62,14 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
 /// # Errors
 /// Every method returns [`enum@Error`] naming the key and what went wrong; see
 /// [`Error::is_backend_failure`] to tell an outage from bad input.
+///
+/// # Observability
+/// Every operation is counted in [`Cache::stats`] (hits, misses, errors), recorded through the
+/// [`metrics`](https://docs.rs/metrics) facade when a recorder is installed
+/// (`impcache_operations_total`, `impcache_operation_duration_seconds`, ...; see
+/// `OBSERVABILITY.md` and [`describe_metrics`](crate::describe_metrics)), and runs inside a
+/// `DEBUG` span `cache_operation` (target `impcache`) with its `operation` and `outcome`; keys are
+/// on the span only with [`CacheBuilder::record_keys`].
 #[derive(Clone)]
 pub struct Cache {
     shared: Arc<Shared>,
@@ -70,6 +83,10 @@ struct Shared {
     backend: Backend,
     key_prefix: String,
     max_key_bytes: usize,
+    /// Whether operation spans carry the key.
+    record_keys: bool,
+    /// The counters of [`Cache::stats`], shared by clones and `with_version` copies.
+    counters: Counters,
 }
 
 impl fmt::Debug for Cache {
@@ -89,6 +106,7 @@ pub struct CacheBuilder {
     key_prefix: String,
     version: Version,
     max_key_bytes: usize,
+    record_keys: bool,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -97,6 +115,7 @@ impl fmt::Debug for CacheBuilder {
             .field("key_prefix", &self.key_prefix)
             .field("version", &self.version)
             .field("max_key_bytes", &self.max_key_bytes)
+            .field("record_keys", &self.record_keys)
             .field("repository", &self.repository)
             .finish()
     }
@@ -122,6 +141,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether each operation's `tracing` span records the key (the caller's part; the pattern
+    /// of `delete_pattern`). Off by default: keys can be personal data.
+    pub fn record_keys(mut self, record: bool) -> Self {
+        self.record_keys = record;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         Cache {
@@ -130,6 +156,8 @@ impl CacheBuilder {
                 repository: self.repository,
                 key_prefix: self.key_prefix,
                 max_key_bytes: self.max_key_bytes,
+                record_keys: self.record_keys,
+                counters: Counters::default(),
             }),
             version: self.version,
         }
@@ -154,6 +182,7 @@ impl Cache {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             version: Version::default(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            record_keys: false,
         }
     }
 
@@ -184,6 +213,30 @@ impl Cache {
     /// The repository.
     pub fn repository(&self) -> &Arc<dyn CacheRepository> {
         &self.shared.repository
+    }
+
+    /// The hits, misses and errors counted so far by this cache, its clones and its
+    /// [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: three atomic loads.
+    pub fn stats(&self) -> CacheStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Runs `body`, the work of one operation, observed: inside its span when a subscriber wants
+    /// it, then counted in the stats and the metrics.
+    async fn observed<T>(
+        &self,
+        operation: Operation,
+        key: Option<&str>,
+        body: impl Future<Output = Result<(T, Tally)>>,
+    ) -> Result<T> {
+        let observation = Observation::start(operation, key, self.shared.record_keys);
+        let span = observation.span();
+        let result = if span.is_disabled() {
+            body.await
+        } else {
+            body.instrument(span.clone()).await
+        };
+        observation.finish(&self.shared.counters, result)
     }
 
     /// The full key for `key`: `{key_prefix}:{version}:{key}`.
@@ -240,10 +293,12 @@ impl Cache {
         Ok(batch)
     }
 
-    /// The bytes at `key`.
-    async fn read(&self, key: &str) -> Result<Option<Bytes>> {
+    /// The bytes at `key`, and the lookup's tally.
+    async fn read(&self, key: &str) -> Result<(Option<Bytes>, Tally)> {
         self.check_key(key)?;
-        self.shared.backend.get(self.key_parts(key)).await
+        let found = self.shared.backend.get(self.key_parts(key)).await?;
+        let tally = Tally::read(found.as_ref().map(Bytes::len));
+        Ok((found, tally))
     }
 
     /// Stores `value` at `key` for `expire`, replacing any previous value.
@@ -262,11 +317,16 @@ impl Cache {
         value: &V,
         expire: impl Into<Expire>,
     ) -> Result<()> {
-        self.check_key(key)?;
-        let expiry = expire.into().resolve(key)?;
-        let bytes = json::encode(key, value)?;
-        let key = self.key_parts(key);
-        self.shared.backend.set(key, bytes, expiry).await
+        self.observed(Operation::Set, Some(key), async {
+            self.check_key(key)?;
+            let expiry = expire.into().resolve(key)?;
+            let bytes = json::encode(key, value)?;
+            let tally = Tally::written(bytes.len());
+            let key = self.key_parts(key);
+            self.shared.backend.set(key, bytes, expiry).await?;
+            Ok(((), tally))
+        })
+        .await
     }
 
     /// Stores `value` at `key` only if nothing is stored there; `true` when it was stored.
@@ -277,11 +337,16 @@ impl Cache {
         value: &V,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
-        self.check_key(key)?;
-        let expiry = expire.into().resolve(key)?;
-        let bytes = json::encode(key, value)?;
-        let key = self.key_parts(key);
-        self.shared.backend.set_nx(key, bytes, expiry).await
+        self.observed(Operation::SetNx, Some(key), async {
+            self.check_key(key)?;
+            let expiry = expire.into().resolve(key)?;
+            let bytes = json::encode(key, value)?;
+            let tally = Tally::written(bytes.len());
+            let key = self.key_parts(key);
+            let stored = self.shared.backend.set_nx(key, bytes, expiry).await?;
+            Ok((stored, tally))
+        })
+        .await
     }
 
     /// Stores every pair, each with its own TTL of `expire`, in one round trip (pipelined
@@ -303,7 +368,20 @@ impl Cache {
         K: AsRef<str>,
         V: Serialize,
     {
-        let expire = expire.into();
+        self.observed(Operation::SetMany, None, async {
+            let written = self.write_many(entries, expire.into()).await?;
+            Ok(((), Tally::written(written)))
+        })
+        .await
+    }
+
+    /// [`set_many`](Cache::set_many)'s work; the number of value bytes written.
+    async fn write_many<I, K, V>(&self, entries: I, expire: Expire) -> Result<usize>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Serialize,
+    {
         let entries = entries.into_iter();
         let mut keys = self.key_batch(entries.size_hint().0);
         let mut values = Vec::with_capacity(entries.size_hint().0);
@@ -325,20 +403,27 @@ impl Cache {
             });
         }
         let Some(expiry) = expiry else {
-            return Ok(());
+            return Ok(0);
         };
+        let written = values.iter().map(Bytes::len).sum();
         let entries: Vec<(&str, Bytes)> = keys.keys().into_iter().zip(values).collect();
-        self.shared.backend.set_many(&entries, expiry).await
+        self.shared.backend.set_many(&entries, expiry).await?;
+        Ok(written)
     }
 
     /// The value at `key`, `None` when nothing is stored (or it expired).
     ///
     /// A stored JSON `null` is not a miss: `get::<Option<T>>` returns `Some(None)` for it.
     pub async fn get<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>> {
-        match self.read(key).await? {
-            None => Ok(None),
-            Some(bytes) => json::decode(|| shown(&self.make_key(key)), &bytes).map(Some),
-        }
+        self.observed(Operation::Get, Some(key), async {
+            let (found, tally) = self.read(key).await?;
+            let value = match found {
+                None => None,
+                Some(bytes) => Some(json::decode(|| shown(&self.make_key(key)), &bytes)?),
+            };
+            Ok((value, tally))
+        })
+        .await
     }
 
     /// The values at `keys`, in the same order, `None` where nothing is stored; one round trip.
@@ -348,26 +433,42 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let batch = self.checked_keys(keys)?;
-        let full = batch.keys();
-        if full.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values = self.shared.backend.get_many(&full).await?;
-        values
-            .into_iter()
-            .zip(&full)
-            .map(|(value, key)| match value {
-                None => Ok(None),
-                Some(bytes) => json::decode(|| shown(key), &bytes).map(Some),
-            })
-            .collect()
+        self.observed(Operation::GetMany, None, async {
+            let batch = self.checked_keys(keys)?;
+            let full = batch.keys();
+            if full.is_empty() {
+                return Ok((Vec::new(), Tally::NONE));
+            }
+            let values = self.shared.backend.get_many(&full).await?;
+            let mut tally = Tally::NONE;
+            let decoded = values
+                .into_iter()
+                .zip(&full)
+                .map(|(value, key)| match value {
+                    None => {
+                        tally.misses += 1;
+                        Ok(None)
+                    }
+                    Some(bytes) => {
+                        tally.hits += 1;
+                        tally.bytes_read += bytes.len() as u64;
+                        json::decode(|| shown(key), &bytes).map(Some)
+                    }
+                })
+                .collect::<Result<_>>()?;
+            Ok((decoded, tally))
+        })
+        .await
     }
 
     /// Removes `key`; the number of keys removed (0 or 1).
     pub async fn delete(&self, key: &str) -> Result<u64> {
-        self.check_key(key)?;
-        self.shared.backend.delete(self.key_parts(key)).await
+        self.observed(Operation::Delete, Some(key), async {
+            self.check_key(key)?;
+            let removed = self.shared.backend.delete(self.key_parts(key)).await?;
+            Ok((removed, Tally::NONE))
+        })
+        .await
     }
 
     /// Removes `keys`; the number of keys removed. An empty list sends nothing.
@@ -376,12 +477,16 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let batch = self.checked_keys(keys)?;
-        let full = batch.keys();
-        if full.is_empty() {
-            return Ok(0);
-        }
-        self.shared.backend.delete_many(&full).await
+        self.observed(Operation::DeleteMany, None, async {
+            let batch = self.checked_keys(keys)?;
+            let full = batch.keys();
+            if full.is_empty() {
+                return Ok((0, Tally::NONE));
+            }
+            let removed = self.shared.backend.delete_many(&full).await?;
+            Ok((removed, Tally::NONE))
+        })
+        .await
     }
 
     /// Removes every key of this prefix and version whose key part matches the Redis glob
@@ -392,25 +497,33 @@ impl Cache {
     /// so `delete_pattern("*")` removes this cache's keys and never a neighbour's. On Redis it
     /// uses `SCAN` and `UNLINK` in batches, never `KEYS`.
     pub async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
-        let full = self.make_pattern(pattern)?;
-        self.shared.backend.delete_pattern(&full).await
+        self.observed(Operation::DeletePattern, Some(pattern), async {
+            let full = self.make_pattern(pattern)?;
+            let removed = self.shared.backend.delete_pattern(&full).await?;
+            Ok((removed, Tally::NONE))
+        })
+        .await
     }
 
     /// The raw bytes at `key`, without JSON decoding. For values written with
     /// [`set_raw`](Cache::set_raw) (such as the HTTP layer's entries).
     pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>> {
-        self.read(key).await
+        self.observed(Operation::Get, Some(key), self.read(key))
+            .await
     }
 
     /// Stores raw bytes at `key`, without JSON encoding. Such entries are not readable by
     /// [`get`](Cache::get) nor by the Python library.
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
-        self.check_key(key)?;
-        let expiry = expire.into().resolve(key)?;
-        self.shared
-            .backend
-            .set(self.key_parts(key), value, expiry)
-            .await
+        self.observed(Operation::Set, Some(key), async {
+            self.check_key(key)?;
+            let expiry = expire.into().resolve(key)?;
+            let tally = Tally::written(value.len());
+            let key = self.key_parts(key);
+            self.shared.backend.set(key, value, expiry).await?;
+            Ok(((), tally))
+        })
+        .await
     }
 
     /// [`set_nx`](Cache::set_nx) for raw bytes.
@@ -420,12 +533,15 @@ impl Cache {
         value: Bytes,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
-        self.check_key(key)?;
-        let expiry = expire.into().resolve(key)?;
-        self.shared
-            .backend
-            .set_nx(self.key_parts(key), value, expiry)
-            .await
+        self.observed(Operation::SetNx, Some(key), async {
+            self.check_key(key)?;
+            let expiry = expire.into().resolve(key)?;
+            let tally = Tally::written(value.len());
+            let key = self.key_parts(key);
+            let stored = self.shared.backend.set_nx(key, value, expiry).await?;
+            Ok((stored, tally))
+        })
+        .await
     }
 }
 

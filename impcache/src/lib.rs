@@ -52,6 +52,7 @@ mod glob;
 mod json;
 mod key;
 mod memoize;
+mod observe;
 pub mod repository;
 
 pub use cache::{Cache, CacheBuilder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEY_BYTES};
@@ -59,6 +60,7 @@ pub use error::{BoxError, Error, Result};
 pub use expire::{Expire, Expiry, MAX_EXPIRE};
 pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
+pub use observe::{describe_metrics, CacheStats};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
 pub use repository::breaker::CircuitBreakerConfig;
 #[cfg(feature = "cluster")]
@@ -77,4 +79,9 @@ pub use impcache_macros::cached;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::memoize::__private::*;
+
+    /// Metrics recorded by the `#[cached]` expansion, the HTTP layer and the circuit breaker.
+    pub mod metrics {
+        pub use crate::observe::hooks::*;
+    }
 }
