@@ -60,8 +60,8 @@ pub use error::{BoxError, Error, Result};
 pub use expire::{Expire, Expiry, MAX_EXPIRE};
 pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
-pub use observe::{describe_metrics, CacheStats};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
+pub use observe::{describe_metrics, CacheStats};
 pub use repository::breaker::CircuitBreakerConfig;
 #[cfg(feature = "cluster")]
 pub use repository::cluster::{RedisClusterCacheRepository, RedisClusterCacheRepositoryBuilder};

@@ -291,7 +291,11 @@ mod tests {
             .collect()
     }
 
-    fn metric(name: &str, pairs: &[(&str, &str)], value: Value) -> (String, Vec<(String, String)>, Value) {
+    fn metric(
+        name: &str,
+        pairs: &[(&str, &str)],
+        value: Value,
+    ) -> (String, Vec<(String, String)>, Value) {
         (name.to_owned(), labels(pairs), value)
     }
 
@@ -325,7 +329,11 @@ mod tests {
         assert_eq!(
             all,
             [
-                metric(SINGLE_FLIGHT_WAIT_SECONDS, &function, Value::Histogram(vec![0.25, 0.5])),
+                metric(
+                    SINGLE_FLIGHT_WAIT_SECONDS,
+                    &function,
+                    Value::Histogram(vec![0.25, 0.5])
+                ),
                 metric(SINGLE_FLIGHT_WAITS_TOTAL, &function, Value::Counter(2)),
             ]
         );
@@ -342,7 +350,11 @@ mod tests {
         assert_eq!(
             all,
             [
-                metric(HTTP_REQUESTS_TOTAL, &[("outcome", "bypass")], Value::Counter(1)),
+                metric(
+                    HTTP_REQUESTS_TOTAL,
+                    &[("outcome", "bypass")],
+                    Value::Counter(1)
+                ),
                 metric(
                     HTTP_REQUESTS_TOTAL,
                     &[("outcome", "hit"), ("route", "/users/{id}")],
@@ -382,5 +394,4 @@ mod tests {
             ]
         );
     }
-}
 }

@@ -337,7 +337,10 @@ mod tests {
     fn key_tables_follow_the_enums() {
         for operation in Operation::ALL {
             let index = operation as usize;
-            assert_eq!(DURATION_KEYS[index].labels().next().map(Label::value), Some(operation.name()));
+            assert_eq!(
+                DURATION_KEYS[index].labels().next().map(Label::value),
+                Some(operation.name())
+            );
             for outcome in [Outcome::Hit, Outcome::Miss, Outcome::Ok, Outcome::Error] {
                 let key = &OPERATION_KEYS[outcome as usize][index];
                 let labels: Vec<_> = key.labels().map(|l| (l.key(), l.value())).collect();
@@ -353,7 +356,10 @@ mod tests {
     fn outcomes_of_a_tally() {
         assert_eq!(Tally::read(Some(3)).outcome(Operation::Get), Outcome::Hit);
         assert_eq!(Tally::read(None).outcome(Operation::Get), Outcome::Miss);
-        assert_eq!(Tally::read(Some(3)).outcome(Operation::GetMany), Outcome::Ok);
+        assert_eq!(
+            Tally::read(Some(3)).outcome(Operation::GetMany),
+            Outcome::Ok
+        );
         assert_eq!(Tally::written(3).outcome(Operation::Set), Outcome::Ok);
     }
 }
