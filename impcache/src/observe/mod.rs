@@ -17,48 +17,51 @@ pub use self::metrics::describe_metrics;
 use self::metrics::{Operation, Outcome, Tally};
 pub use self::stats::CacheStats;
 pub(crate) use self::stats::Counters;
-use crate::error::Result;
+use crate::error::Error;
 
-/// One operation being observed: its span and its start.
+/// One operation being observed: its span and, when a metrics recorder is installed, its start.
 #[derive(Debug)]
 pub(crate) struct Observation {
     operation: Operation,
-    started: Instant,
+    /// `None` without a recorder: the metrics are skipped, the clock is not read.
+    started: Option<Instant>,
     span: Span,
 }
 
 impl Observation {
     /// Starts observing `operation` on `key` (recorded on the span only when `record_keys`; `None`
     /// for batches).
+    #[inline(always)]
     pub(crate) fn start(operation: Operation, key: Option<&str>, record_keys: bool) -> Self {
         Observation {
             operation,
             span: span::operation_span(operation, key, record_keys),
-            started: Instant::now(),
+            started: metrics::recorder_installed().then(Instant::now),
         }
     }
 
     /// The operation's span ([`Span::is_disabled`] when no subscriber wants it).
+    #[inline(always)]
     pub(crate) fn span(&self) -> &Span {
         &self.span
     }
 
-    /// Counts the result everywhere (stats, metrics, span) and hands back the value.
-    pub(crate) fn finish<T>(self, counters: &Counters, result: Result<(T, Tally)>) -> Result<T> {
-        let elapsed = self.started.elapsed();
-        match result {
-            Ok((value, tally)) => {
-                counters.succeeded(&tally);
-                metrics::record(self.operation, Ok(&tally), elapsed);
-                span::finish(&self.span, tally.outcome(self.operation), None);
-                Ok(value)
+    /// Counts the result everywhere: stats, metrics, span.
+    #[inline(always)]
+    pub(crate) fn finish(self, counters: &Counters, result: Result<&Tally, &Error>) {
+        let outcome = match result {
+            Ok(tally) => {
+                counters.succeeded(tally);
+                tally.outcome(self.operation)
             }
-            Err(error) => {
+            Err(_) => {
                 counters.failed();
-                metrics::record(self.operation, Err(&error), elapsed);
-                span::finish(&self.span, Outcome::Error, Some(&error));
-                Err(error)
+                Outcome::Error
             }
+        };
+        span::finish(&self.span, outcome, result.err());
+        if let Some(started) = self.started {
+            metrics::record(self.operation, result, started.elapsed());
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::error::Error;
 ///
 /// With no subscriber interested in it, this is a check of the callsite's cached interest and
 /// [`Span::none`].
+#[inline(always)]
 pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_keys: bool) -> Span {
     let span = tracing::debug_span!(
         target: "impcache",
@@ -28,6 +29,7 @@ pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_key
 }
 
 /// Records how the operation ended on its span; an error is also a `DEBUG` event in it.
+#[inline(always)]
 pub(crate) fn finish(span: &Span, outcome: Outcome, error: Option<&Error>) {
     if span.is_disabled() {
         return;

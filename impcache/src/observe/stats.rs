@@ -55,6 +55,7 @@ pub(crate) struct Counters {
 
 impl Counters {
     /// Counts a successful operation.
+    #[inline(always)]
     pub(crate) fn succeeded(&self, tally: &Tally) {
         if tally.hits > 0 {
             self.hits.fetch_add(tally.hits, Ordering::Relaxed);
@@ -65,6 +66,7 @@ impl Counters {
     }
 
     /// Counts a failed operation.
+    #[inline(always)]
     pub(crate) fn failed(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
