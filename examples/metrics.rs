@@ -152,6 +152,9 @@ mod tests {
         let timed = "impcache_operation_duration_seconds_count{operation=\"get\"}";
         assert_eq!(sample(&scrape, timed), Some(3.0), "{scrape}");
         assert!(sample(&scrape, "impcache_bytes_written_total").is_some_and(|b| b > 0.0));
-        assert_eq!(fetch(&app, "/stats").await, "hits 2 misses 1 errors 0\n");
+        assert_eq!(
+            fetch(&app, "/stats").await.unwrap(),
+            "hits 2 misses 1 errors 0\n"
+        );
     }
 }
