@@ -26,6 +26,7 @@ pub(crate) struct Observation {
     /// `None` without a recorder: the metrics are skipped, the clock is not read.
     started: Option<Instant>,
     span: Span,
+    record_keys: bool,
 }
 
 impl Observation {
@@ -37,6 +38,7 @@ impl Observation {
             operation,
             span: span::operation_span(operation, key, record_keys),
             started: metrics::recorder_installed().then(Instant::now),
+            record_keys,
         }
     }
 
@@ -59,7 +61,7 @@ impl Observation {
                 Outcome::Error
             }
         };
-        span::finish(&self.span, outcome, result.err());
+        span::finish(&self.span, outcome, result.err(), self.record_keys);
         if let Some(started) = self.started {
             metrics::record(self.operation, result, started.elapsed());
         }

@@ -28,20 +28,25 @@ pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_key
     span
 }
 
-/// Records how the operation ended on its span; an error is also a `DEBUG` event in it.
+/// Records how the operation ended on its span; an error is also a `DEBUG` event in it: its kind,
+/// and its message only when keys are recorded (every message names its key).
 #[inline(always)]
-pub(crate) fn finish(span: &Span, outcome: Outcome, error: Option<&Error>) {
+pub(crate) fn finish(span: &Span, outcome: Outcome, error: Option<&Error>, record_keys: bool) {
     if span.is_disabled() {
         return;
     }
     span.record("outcome", outcome.name());
     if let Some(error) = error {
-        tracing::debug!(
-            target: "impcache",
-            parent: span,
-            kind = error_kind(error),
-            %error,
-            "cache operation failed"
-        );
+        failed(span, error, record_keys);
+    }
+}
+
+#[cold]
+fn failed(span: &Span, error: &Error, record_keys: bool) {
+    let kind = error_kind(error);
+    if record_keys {
+        tracing::debug!(target: "impcache", parent: span, kind, %error, "cache operation failed");
+    } else {
+        tracing::debug!(target: "impcache", parent: span, kind, "cache operation failed");
     }
 }
