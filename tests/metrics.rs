@@ -5,6 +5,7 @@
 //!
 //! Each test installs its own recorder for its thread only (`set_default_local_recorder`) and runs
 //! a current-thread runtime on that thread, so tests running in parallel do not see each other.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,11 @@ use impcache_tests::{current_thread_runtime, RedisServer};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
 
-/// What a recorder holds: `(name, sorted labels, value)`.
-struct Recorded(Vec<(String, Vec<(String, String)>, DebugValue)>);
+/// A recorded metric: name, sorted labels, value.
+type Metric = (String, Vec<(String, String)>, DebugValue);
+
+/// What a recorder holds.
+struct Recorded(Vec<Metric>);
 
 impl Recorded {
     /// Everything recorded since the last snapshot (a snapshot drains the debugging recorder).

@@ -254,8 +254,11 @@ mod tests {
         Histogram(Vec<f64>),
     }
 
-    /// `(name, sorted labels, value)` of every metric recorded by `f`, sorted.
-    fn recorded(f: impl FnOnce()) -> Vec<(String, Vec<(String, String)>, Value)> {
+    /// A recorded metric: name, sorted labels, value.
+    type Metric = (String, Vec<(String, String)>, Value);
+
+    /// Every metric recorded by `f`, sorted.
+    fn recorded(f: impl FnOnce()) -> Vec<Metric> {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         metrics::with_local_recorder(&recorder, f);
@@ -291,11 +294,7 @@ mod tests {
             .collect()
     }
 
-    fn metric(
-        name: &str,
-        pairs: &[(&str, &str)],
-        value: Value,
-    ) -> (String, Vec<(String, String)>, Value) {
+    fn metric(name: &str, pairs: &[(&str, &str)], value: Value) -> Metric {
         (name.to_owned(), labels(pairs), value)
     }
 

@@ -15,6 +15,9 @@ use crate::error::Error;
 /// [`Span::none`].
 #[inline(always)]
 pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_keys: bool) -> Span {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return Span::none();
+    }
     let span = tracing::debug_span!(
         target: "impcache",
         "cache_operation",
