@@ -6,13 +6,40 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::error::{shown, Error, Result};
 use crate::expire::Expire;
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
+use crate::observe::metrics::{Operation, Tally};
+use crate::observe::{CacheStats, Counters, Observation};
 use crate::repository::backend::Backend;
 use crate::repository::CacheRepository;
+
+/// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
+/// operation's span, then counted in the stats and the metrics; evaluates to `Result<T>`.
+///
+/// A macro rather than an `async fn` taking the future: an `async fn` argument is copied into
+/// the callee's state, a memcpy of the whole operation's future on every call (+200 instructions
+/// on an in-memory `get`, op-cost).
+macro_rules! observed {
+    ($cache:expr, $operation:expr, $key:expr, $body:expr) => {{
+        let observation = Observation::start($operation, $key, $cache.shared.record_keys);
+        // `$body` twice: awaited in place when no subscriber wants the span (moving the future
+        // into `Instrumented` is a memcpy of it), instrumented otherwise.
+        let result: Result<(_, Tally)> = if observation.span().is_disabled() {
+            $body.await
+        } else {
+            Instrument::instrument($body, observation.span().clone()).await
+        };
+        observation.finish(
+            &$cache.shared.counters,
+            result.as_ref().map(|(_, tally)| tally),
+        );
+        result.map(|(value, _)| value)
+    }};
+}
 
 /// The default key prefix, as in the Python library.
 pub const DEFAULT_KEY_PREFIX: &str = "cache";
@@ -32,6 +59,7 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
 /// - [Versions](#versions)
 /// - [Expiry](#expiry)
 /// - [Errors](#errors)
+/// - [Observability](#observability)
 ///
 /// # Building
 /// ```
@@ -57,6 +85,14 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
 /// # Errors
 /// Every method returns [`enum@Error`] naming the key and what went wrong; see
 /// [`Error::is_backend_failure`] to tell an outage from bad input.
+///
+/// # Observability
+/// Every operation is counted in [`Cache::stats`] (hits, misses, errors), recorded through the
+/// [`metrics`](https://docs.rs/metrics) facade when a recorder is installed
+/// (`impcache_operations_total`, `impcache_operation_duration_seconds`, ...; see
+/// `OBSERVABILITY.md` and [`describe_metrics`](crate::describe_metrics)), and runs inside a
+/// `DEBUG` span `cache_operation` (target `impcache`) with its `operation` and `outcome`; keys are
+/// on the span only with [`CacheBuilder::record_keys`].
 #[derive(Clone)]
 pub struct Cache {
     shared: Arc<Shared>,
@@ -70,6 +106,10 @@ struct Shared {
     backend: Backend,
     key_prefix: String,
     max_key_bytes: usize,
+    /// Whether operation spans carry the key.
+    record_keys: bool,
+    /// The counters of [`Cache::stats`], shared by clones and `with_version` copies.
+    counters: Counters,
 }
 
 impl fmt::Debug for Cache {
@@ -89,6 +129,7 @@ pub struct CacheBuilder {
     key_prefix: String,
     version: Version,
     max_key_bytes: usize,
+    record_keys: bool,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -97,6 +138,7 @@ impl fmt::Debug for CacheBuilder {
             .field("key_prefix", &self.key_prefix)
             .field("version", &self.version)
             .field("max_key_bytes", &self.max_key_bytes)
+            .field("record_keys", &self.record_keys)
             .field("repository", &self.repository)
             .finish()
     }
@@ -122,6 +164,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether each operation's `tracing` span records the key (the caller's part; the pattern
+    /// of `delete_pattern`). Off by default: keys can be personal data.
+    pub fn record_keys(mut self, record: bool) -> Self {
+        self.record_keys = record;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         Cache {
@@ -130,6 +179,8 @@ impl CacheBuilder {
                 repository: self.repository,
                 key_prefix: self.key_prefix,
                 max_key_bytes: self.max_key_bytes,
+                record_keys: self.record_keys,
+                counters: Counters::default(),
             }),
             version: self.version,
         }
@@ -154,6 +205,7 @@ impl Cache {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             version: Version::default(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            record_keys: false,
         }
     }
 
@@ -184,6 +236,12 @@ impl Cache {
     /// The repository.
     pub fn repository(&self) -> &Arc<dyn CacheRepository> {
         &self.shared.repository
+    }
+
+    /// The hits, misses and errors counted so far by this cache, its clones and its
+    /// [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: three atomic loads.
+    pub fn stats(&self) -> CacheStats {
+        self.shared.counters.snapshot()
     }
 
     /// The full key for `key`: `{key_prefix}:{version}:{key}`.
@@ -240,10 +298,12 @@ impl Cache {
         Ok(batch)
     }
 
-    /// The bytes at `key`.
-    async fn read(&self, key: &str) -> Result<Option<Bytes>> {
+    /// The bytes at `key`, and the lookup's tally.
+    async fn read(&self, key: &str) -> Result<(Option<Bytes>, Tally)> {
         self.check_key(key)?;
-        self.shared.backend.get(self.key_parts(key)).await
+        let found = self.shared.backend.get(self.key_parts(key)).await?;
+        let tally = Tally::read(found.as_ref().map(Bytes::len));
+        Ok((found, tally))
     }
 
     /// Stores `value` at `key` for `expire`, replacing any previous value.
@@ -262,11 +322,15 @@ impl Cache {
         value: &V,
         expire: impl Into<Expire>,
     ) -> Result<()> {
-        self.check_key(key)?;
-        let expiry = expire.into().resolve(key)?;
-        let bytes = json::encode(key, value)?;
-        let key = self.key_parts(key);
-        self.shared.backend.set(key, bytes, expiry).await
+        observed!(self, Operation::Set, Some(key), async {
+            self.check_key(key)?;
+            let expiry = expire.into().resolve(key)?;
+            let bytes = json::encode(key, value)?;
+            let tally = Tally::written(bytes.len());
+            let key = self.key_parts(key);
+            self.shared.backend.set(key, bytes, expiry).await?;
+            Ok(((), tally))
+        })
     }
 
     /// Stores `value` at `key` only if nothing is stored there; `true` when it was stored.
@@ -277,11 +341,15 @@ impl Cache {
         value: &V,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
-        self.check_key(key)?;
-        let expiry = expire.into().resolve(key)?;
-        let bytes = json::encode(key, value)?;
-        let key = self.key_parts(key);
-        self.shared.backend.set_nx(key, bytes, expiry).await
+        observed!(self, Operation::SetNx, Some(key), async {
+            self.check_key(key)?;
+            let expiry = expire.into().resolve(key)?;
+            let bytes = json::encode(key, value)?;
+            let tally = Tally::written(bytes.len());
+            let key = self.key_parts(key);
+            let stored = self.shared.backend.set_nx(key, bytes, expiry).await?;
+            Ok((stored, tally))
+        })
     }
 
     /// Stores every pair, each with its own TTL of `expire`, in one round trip (pipelined
@@ -303,7 +371,19 @@ impl Cache {
         K: AsRef<str>,
         V: Serialize,
     {
-        let expire = expire.into();
+        observed!(self, Operation::SetMany, None, async {
+            let written = self.write_many(entries, expire.into()).await?;
+            Ok(((), Tally::written(written)))
+        })
+    }
+
+    /// [`set_many`](Cache::set_many)'s work; the number of value bytes written.
+    async fn write_many<I, K, V>(&self, entries: I, expire: Expire) -> Result<usize>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Serialize,
+    {
         let entries = entries.into_iter();
         let mut keys = self.key_batch(entries.size_hint().0);
         let mut values = Vec::with_capacity(entries.size_hint().0);
@@ -325,20 +405,26 @@ impl Cache {
             });
         }
         let Some(expiry) = expiry else {
-            return Ok(());
+            return Ok(0);
         };
+        let written = values.iter().map(Bytes::len).sum();
         let entries: Vec<(&str, Bytes)> = keys.keys().into_iter().zip(values).collect();
-        self.shared.backend.set_many(&entries, expiry).await
+        self.shared.backend.set_many(&entries, expiry).await?;
+        Ok(written)
     }
 
     /// The value at `key`, `None` when nothing is stored (or it expired).
     ///
     /// A stored JSON `null` is not a miss: `get::<Option<T>>` returns `Some(None)` for it.
     pub async fn get<V: DeserializeOwned>(&self, key: &str) -> Result<Option<V>> {
-        match self.read(key).await? {
-            None => Ok(None),
-            Some(bytes) => json::decode(|| shown(&self.make_key(key)), &bytes).map(Some),
-        }
+        observed!(self, Operation::Get, Some(key), async {
+            let (found, tally) = self.read(key).await?;
+            let value = match found {
+                None => None,
+                Some(bytes) => Some(json::decode(|| shown(&self.make_key(key)), &bytes)?),
+            };
+            Ok((value, tally))
+        })
     }
 
     /// The values at `keys`, in the same order, `None` where nothing is stored; one round trip.
@@ -348,26 +434,40 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let batch = self.checked_keys(keys)?;
-        let full = batch.keys();
-        if full.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values = self.shared.backend.get_many(&full).await?;
-        values
-            .into_iter()
-            .zip(&full)
-            .map(|(value, key)| match value {
-                None => Ok(None),
-                Some(bytes) => json::decode(|| shown(key), &bytes).map(Some),
-            })
-            .collect()
+        observed!(self, Operation::GetMany, None, async {
+            let batch = self.checked_keys(keys)?;
+            let full = batch.keys();
+            if full.is_empty() {
+                return Ok((Vec::new(), Tally::NONE));
+            }
+            let values = self.shared.backend.get_many(&full).await?;
+            let mut tally = Tally::NONE;
+            let decoded = values
+                .into_iter()
+                .zip(&full)
+                .map(|(value, key)| match value {
+                    None => {
+                        tally.misses += 1;
+                        Ok(None)
+                    }
+                    Some(bytes) => {
+                        tally.hits += 1;
+                        tally.bytes_read += bytes.len() as u64;
+                        json::decode(|| shown(key), &bytes).map(Some)
+                    }
+                })
+                .collect::<Result<_>>()?;
+            Ok((decoded, tally))
+        })
     }
 
     /// Removes `key`; the number of keys removed (0 or 1).
     pub async fn delete(&self, key: &str) -> Result<u64> {
-        self.check_key(key)?;
-        self.shared.backend.delete(self.key_parts(key)).await
+        observed!(self, Operation::Delete, Some(key), async {
+            self.check_key(key)?;
+            let removed = self.shared.backend.delete(self.key_parts(key)).await?;
+            Ok((removed, Tally::NONE))
+        })
     }
 
     /// Removes `keys`; the number of keys removed. An empty list sends nothing.
@@ -376,12 +476,15 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let batch = self.checked_keys(keys)?;
-        let full = batch.keys();
-        if full.is_empty() {
-            return Ok(0);
-        }
-        self.shared.backend.delete_many(&full).await
+        observed!(self, Operation::DeleteMany, None, async {
+            let batch = self.checked_keys(keys)?;
+            let full = batch.keys();
+            if full.is_empty() {
+                return Ok((0, Tally::NONE));
+            }
+            let removed = self.shared.backend.delete_many(&full).await?;
+            Ok((removed, Tally::NONE))
+        })
     }
 
     /// Removes every key of this prefix and version whose key part matches the Redis glob
@@ -392,25 +495,30 @@ impl Cache {
     /// so `delete_pattern("*")` removes this cache's keys and never a neighbour's. On Redis it
     /// uses `SCAN` and `UNLINK` in batches, never `KEYS`.
     pub async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
-        let full = self.make_pattern(pattern)?;
-        self.shared.backend.delete_pattern(&full).await
+        observed!(self, Operation::DeletePattern, Some(pattern), async {
+            let full = self.make_pattern(pattern)?;
+            let removed = self.shared.backend.delete_pattern(&full).await?;
+            Ok((removed, Tally::NONE))
+        })
     }
 
     /// The raw bytes at `key`, without JSON decoding. For values written with
     /// [`set_raw`](Cache::set_raw) (such as the HTTP layer's entries).
     pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>> {
-        self.read(key).await
+        observed!(self, Operation::Get, Some(key), self.read(key))
     }
 
     /// Stores raw bytes at `key`, without JSON encoding. Such entries are not readable by
     /// [`get`](Cache::get) nor by the Python library.
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
-        self.check_key(key)?;
-        let expiry = expire.into().resolve(key)?;
-        self.shared
-            .backend
-            .set(self.key_parts(key), value, expiry)
-            .await
+        observed!(self, Operation::Set, Some(key), async {
+            self.check_key(key)?;
+            let expiry = expire.into().resolve(key)?;
+            let tally = Tally::written(value.len());
+            let key = self.key_parts(key);
+            self.shared.backend.set(key, value, expiry).await?;
+            Ok(((), tally))
+        })
     }
 
     /// [`set_nx`](Cache::set_nx) for raw bytes.
@@ -420,12 +528,14 @@ impl Cache {
         value: Bytes,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
-        self.check_key(key)?;
-        let expiry = expire.into().resolve(key)?;
-        self.shared
-            .backend
-            .set_nx(self.key_parts(key), value, expiry)
-            .await
+        observed!(self, Operation::SetNx, Some(key), async {
+            self.check_key(key)?;
+            let expiry = expire.into().resolve(key)?;
+            let tally = Tally::written(value.len());
+            let key = self.key_parts(key);
+            let stored = self.shared.backend.set_nx(key, value, expiry).await?;
+            Ok((stored, tally))
+        })
     }
 }
 

@@ -75,6 +75,7 @@ mod glob;
 mod json;
 mod key;
 mod memoize;
+mod observe;
 pub mod repository;
 
 pub use cache::{Cache, CacheBuilder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEY_BYTES};
@@ -83,6 +84,7 @@ pub use expire::{Expire, Expiry, MAX_EXPIRE};
 pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
+pub use observe::{describe_metrics, CacheStats};
 pub use repository::breaker::CircuitBreakerConfig;
 #[cfg(feature = "cluster")]
 pub use repository::cluster::{RedisClusterCacheRepository, RedisClusterCacheRepositoryBuilder};
@@ -100,4 +102,9 @@ pub use impcache_macros::cached;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::memoize::__private::*;
+
+    /// Metrics recorded by the `#[cached]` expansion, the HTTP layer and the circuit breaker.
+    pub mod metrics {
+        pub use crate::observe::hooks::*;
+    }
 }

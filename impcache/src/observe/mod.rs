@@ -1,0 +1,69 @@
+//! Observability: metrics through the [`metrics`](https://docs.rs/metrics) facade, the counters of
+//! [`Cache::stats`](crate::Cache::stats), and a `tracing` span per operation.
+//!
+//! Every operation of a [`Cache`](crate::Cache) goes through [`Observation`]: started before the
+//! operation's body, finished with its result. The table of metrics is in `OBSERVABILITY.md`.
+
+pub(crate) mod hooks;
+pub(crate) mod metrics;
+mod span;
+mod stats;
+
+use std::time::Instant;
+
+use tracing::Span;
+
+pub use self::metrics::describe_metrics;
+use self::metrics::{Operation, Outcome, Tally};
+pub use self::stats::CacheStats;
+pub(crate) use self::stats::Counters;
+use crate::error::Error;
+
+/// One operation being observed: its span and, when a metrics recorder is installed, its start.
+#[derive(Debug)]
+pub(crate) struct Observation {
+    operation: Operation,
+    /// `None` without a recorder: the metrics are skipped, the clock is not read.
+    started: Option<Instant>,
+    span: Span,
+    record_keys: bool,
+}
+
+impl Observation {
+    /// Starts observing `operation` on `key` (recorded on the span only when `record_keys`; `None`
+    /// for batches).
+    #[inline(always)]
+    pub(crate) fn start(operation: Operation, key: Option<&str>, record_keys: bool) -> Self {
+        Observation {
+            operation,
+            span: span::operation_span(operation, key, record_keys),
+            started: metrics::recorder_installed().then(Instant::now),
+            record_keys,
+        }
+    }
+
+    /// The operation's span ([`Span::is_disabled`] when no subscriber wants it).
+    #[inline(always)]
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Counts the result everywhere: stats, metrics, span.
+    #[inline(always)]
+    pub(crate) fn finish(self, counters: &Counters, result: Result<&Tally, &Error>) {
+        let outcome = match result {
+            Ok(tally) => {
+                counters.succeeded(tally);
+                tally.outcome(self.operation)
+            }
+            Err(_) => {
+                counters.failed();
+                Outcome::Error
+            }
+        };
+        span::finish(&self.span, outcome, result.err(), self.record_keys);
+        if let Some(started) = self.started {
+            metrics::record(self.operation, result, started.elapsed());
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! [`CacheStats`]: counters kept by every [`Cache`](crate::Cache), for users without a metrics
+//! recorder.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::metrics::Tally;
+
+/// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
+///
+/// The counters belong to the cache as built: its clones and its
+/// [`with_version`](crate::Cache::with_version) copies count into the same ones (they share the
+/// repository, whose hit ratio this measures). Two caches built separately over one repository
+/// count separately. The counters only grow; subtract two snapshots for a rate.
+///
+/// ```
+/// # use impcache::{Cache, MemoryCacheRepository};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+/// let cache = Cache::new(MemoryCacheRepository::new());
+/// cache.set("a", &1, 60).await?;
+/// cache.get::<i64>("a").await?;
+/// cache.with_version(2).get::<i64>("a").await?;
+/// let stats = cache.stats();
+/// assert_eq!((stats.hits, stats.misses, stats.errors), (1, 1, 0));
+/// assert_eq!(stats.hit_ratio(), Some(0.5));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Keys found by `get`, `get_raw` and `get_many` (each key of a batch counts).
+    pub hits: u64,
+    /// Keys looked up and not found.
+    pub misses: u64,
+    /// Operations that returned an error (bad input included; see the `impcache_errors_total`
+    /// metric for the kinds).
+    pub errors: u64,
+}
+
+impl CacheStats {
+    /// `hits / (hits + misses)`, `None` before the first lookup.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let lookups = self.hits + self.misses;
+        (lookups > 0).then(|| self.hits as f64 / lookups as f64)
+    }
+}
+
+/// The live counters behind [`CacheStats`]: relaxed atomics, as a snapshot needs no ordering with
+/// the operations themselves.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a successful operation.
+    #[inline(always)]
+    pub(crate) fn succeeded(&self, tally: &Tally) {
+        if tally.hits > 0 {
+            self.hits.fetch_add(tally.hits, Ordering::Relaxed);
+        }
+        if tally.misses > 0 {
+            self.misses.fetch_add(tally.misses, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed operation.
+    #[inline(always)]
+    pub(crate) fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub(crate) fn snapshot(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}

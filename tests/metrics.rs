@@ -1,0 +1,259 @@
+//! Observability of `Cache` (issue 17): the metrics recorded through the `metrics` facade and the
+//! counters of `Cache::stats()` for a scripted sequence of hits, misses and errors, on the memory
+//! repository and on Redis (a throwaway redis-server, then killed for the errors); and the
+//! operation spans, with keys only when asked for.
+//!
+//! Each test installs its own recorder for its thread only (`set_default_local_recorder`) and runs
+//! a current-thread runtime on that thread, so tests running in parallel do not see each other.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use impcache::{Cache, CacheRepository, CacheStats, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::{current_thread_runtime, RedisServer};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use serde_json::json;
+
+/// A recorded metric: name, sorted labels, value.
+type Metric = (String, Vec<(String, String)>, DebugValue);
+
+/// What a recorder holds.
+struct Recorded(Vec<Metric>);
+
+impl Recorded {
+    /// Everything recorded since the last snapshot (a snapshot drains the debugging recorder).
+    fn take(snapshotter: &Snapshotter) -> Recorded {
+        let all = snapshotter.snapshot().into_vec().into_iter();
+        Recorded(
+            all.map(|(key, _, _, value)| {
+                let key = key.key();
+                let mut labels: Vec<(String, String)> = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                labels.sort();
+                (key.name().to_owned(), labels, value)
+            })
+            .collect(),
+        )
+    }
+
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+        let mut expected: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        expected.sort();
+        self.0
+            .iter()
+            .find(|(n, l, _)| n == name && *l == expected)
+            .map(|(_, _, value)| value)
+    }
+
+    /// The counter `name` with exactly `labels` (0 when never incremented).
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        match self.find(name, labels) {
+            Some(DebugValue::Counter(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// How many durations the histogram of `operation` holds.
+    fn timings(&self, operation: &str) -> usize {
+        match self.find(
+            "impcache_operation_duration_seconds",
+            &[("operation", operation)],
+        ) {
+            Some(DebugValue::Histogram(times)) => times.len(),
+            _ => 0,
+        }
+    }
+
+    fn ops(&self, operation: &str, outcome: &str) -> u64 {
+        self.counter(
+            "impcache_operations_total",
+            &[("operation", operation), ("outcome", outcome)],
+        )
+    }
+
+    fn errors(&self, operation: &str, kind: &str) -> u64 {
+        self.counter(
+            "impcache_errors_total",
+            &[("operation", operation), ("kind", kind)],
+        )
+    }
+}
+
+/// The same script on any repository: 2 hits, 3 misses, 2 errors (a decode, a key too long),
+/// and the writes and deletes around them. Returns the stats afterwards.
+async fn script(repository: Arc<dyn CacheRepository>, snapshotter: &Snapshotter) -> Cache {
+    let cache = Cache::builder_shared(repository)
+        .key_prefix("metrics-test")
+        .max_key_bytes(16)
+        .build();
+    cache.set("a", &json!({"n": 1}), 60).await.unwrap(); // {"n":1}: 7 bytes
+    assert!(cache.get::<serde_json::Value>("a").await.unwrap().is_some()); // hit
+    assert!(cache.get::<serde_json::Value>("b").await.unwrap().is_none()); // miss
+    let many: Vec<Option<serde_json::Value>> = cache.get_many(["a", "b", "c"]).await.unwrap(); // 1 hit, 2 misses
+    assert_eq!(many.iter().filter(|v| v.is_some()).count(), 1);
+    assert!(cache.get::<i64>("a").await.is_err()); // decode error
+    assert!(cache.get::<i64>("a-key-longer-than-16").await.is_err()); // invalid key
+    assert_eq!(cache.delete("a").await.unwrap(), 1);
+
+    let recorded = Recorded::take(snapshotter);
+    assert_eq!(recorded.ops("set", "ok"), 1);
+    assert_eq!(recorded.ops("get", "hit"), 1);
+    assert_eq!(recorded.ops("get", "miss"), 1);
+    assert_eq!(recorded.ops("get", "error"), 2);
+    assert_eq!(recorded.ops("get_many", "ok"), 1);
+    assert_eq!(recorded.ops("delete", "ok"), 1);
+    assert_eq!(recorded.errors("get", "decode"), 1);
+    assert_eq!(recorded.errors("get", "invalid_key"), 1);
+    let lookups = |outcome| recorded.counter("impcache_lookups_total", &[("outcome", outcome)]);
+    // The decode error read its key but is an error, not a hit.
+    assert_eq!((lookups("hit"), lookups("miss")), (2, 3));
+    assert_eq!(recorded.counter("impcache_bytes_written_total", &[]), 7);
+    assert_eq!(recorded.counter("impcache_bytes_read_total", &[]), 14);
+    assert_eq!(recorded.timings("get"), 4);
+    assert_eq!(recorded.timings("set"), 1);
+    assert_eq!(
+        (
+            cache.stats().hits,
+            cache.stats().misses,
+            cache.stats().errors
+        ),
+        (2, 3, 2)
+    );
+    cache
+}
+
+#[test]
+fn a_scripted_sequence_on_the_memory_repository() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = script(Arc::new(MemoryCacheRepository::new()), &snapshotter).await;
+        // Clones and other versions count into the same stats.
+        cache.clone().get::<i64>("x").await.unwrap();
+        cache.with_version(2).get::<i64>("x").await.unwrap();
+        assert_eq!(cache.stats().misses, 5);
+        let recorded = Recorded::take(&snapshotter);
+        assert_eq!(recorded.ops("get", "miss"), 2);
+        // A cache built separately over the same repository counts on its own.
+        let other = Cache::builder_shared(Arc::clone(cache.repository())).build();
+        assert_eq!(other.stats(), CacheStats::default());
+    });
+}
+
+#[test]
+fn a_scripted_sequence_on_redis_then_errors_when_it_is_gone() {
+    let mut server = RedisServer::start();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let repository = RedisCacheRepository::new(&server.url()).unwrap();
+        let cache = script(Arc::new(repository), &snapshotter).await;
+
+        server.kill();
+        for _ in 0..2 {
+            let error = cache.get::<i64>("a").await.unwrap_err();
+            assert!(error.is_backend_failure(), "{error}");
+        }
+        let recorded = Recorded::take(&snapshotter);
+        let backend_errors: u64 = ["unavailable", "timeout", "circuit_open"]
+            .into_iter()
+            .map(|kind| recorded.errors("get", kind))
+            .sum();
+        assert_eq!(backend_errors, 2);
+        assert_eq!(recorded.ops("get", "error"), 2);
+        assert_eq!(cache.stats().errors, 4);
+        assert_eq!(recorded.timings("get"), 2);
+    });
+}
+
+#[test]
+fn without_a_recorder_only_the_stats_count() {
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        cache.set("a", &1, 60).await.unwrap();
+        cache.get::<i64>("a").await.unwrap();
+        cache.get::<i64>("b").await.unwrap();
+        assert_eq!(cache.stats().hit_ratio(), Some(0.5));
+    });
+}
+
+/// Everything a `fmt` subscriber writes, shared with the test.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The closed `cache_operation` spans (with their fields) of `set`, a hit and a miss.
+fn spans_of_a_hit_and_a_miss(record_keys: bool) -> String {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        current_thread_runtime().block_on(async {
+            let cache = Cache::builder(MemoryCacheRepository::new())
+                .record_keys(record_keys)
+                .build();
+            cache.set("user:1", &1, 60).await.unwrap();
+            cache.get::<i64>("user:1").await.unwrap();
+            cache.get::<i64>("user:2").await.unwrap();
+            cache.get::<String>("user:1").await.unwrap_err();
+        });
+    });
+    let bytes = logs.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn each_operation_is_a_debug_span_with_its_outcome_and_no_key_by_default() {
+    let logs = spans_of_a_hit_and_a_miss(false);
+    for fields in [
+        r#"cache_operation{operation="set" outcome="ok"}"#,
+        r#"cache_operation{operation="get" outcome="hit"}"#,
+        r#"cache_operation{operation="get" outcome="miss"}"#,
+        r#"cache_operation{operation="get" outcome="error"}"#,
+    ] {
+        assert!(logs.contains(fields), "{fields} in\n{logs}");
+    }
+    assert!(
+        logs.contains(": impcache: close"),
+        "target impcache:\n{logs}"
+    );
+    // The decode error is an event inside its span, without its message (which names the key).
+    assert!(
+        logs.contains("cache operation failed kind=\"decode\"\n"),
+        "{logs}"
+    );
+    assert!(!logs.contains("user:"), "no key by default:\n{logs}");
+}
+
+#[test]
+fn keys_are_on_the_spans_only_when_the_cache_records_them() {
+    let logs = spans_of_a_hit_and_a_miss(true);
+    assert!(
+        logs.contains(r#"cache_operation{operation="get" key="user:2" outcome="miss"}"#)
+            || logs.contains(r#"cache_operation{operation="get" outcome="miss" key="user:2"}"#),
+        "{logs}"
+    );
+    assert!(logs.contains("error=cannot decode the value stored at key `cache:1:user:1`"));
+}
