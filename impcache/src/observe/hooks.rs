@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use metrics::{Key, Label, Unit};
 
-use super::metrics::METADATA;
+use super::METADATA;
 
 /// `impcache_cached_calls_total{function, outcome}`: calls of `#[cached]` functions.
 pub const CACHED_CALLS_TOTAL: &str = "impcache_cached_calls_total";

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use metrics::{Key, Label, Level, Metadata, Recorder, Unit};
+use metrics::{Key, Label, Recorder, Unit};
+
+use super::METADATA;
 
 use crate::error::Error;
 
@@ -21,10 +23,6 @@ pub(crate) const OPERATION_DURATION_SECONDS: &str = "impcache_operation_duration
 pub(crate) const BYTES_READ_TOTAL: &str = "impcache_bytes_read_total";
 /// `impcache_bytes_written_total`: value bytes handed to the repository (after JSON encoding).
 pub(crate) const BYTES_WRITTEN_TOTAL: &str = "impcache_bytes_written_total";
-
-/// The metadata of every metric of this crate: target `impcache`, level `INFO`.
-pub(crate) static METADATA: Metadata<'static> =
-    Metadata::new("impcache", Level::INFO, Some(module_path!()));
 
 /// A cache operation: the `operation` label. The `_raw` methods count as their JSON twins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,28 +285,8 @@ fn record_error(recorder: &dyn Recorder, operation: Operation, error: &Error) {
     recorder.register_counter(&key, &METADATA).increment(1);
 }
 
-/// Sends the description and unit of every metric of this crate (the runtime's and those the
-/// `#[cached]` macro and the HTTP layer record) to the installed recorder, which an exporter shows
-/// as `# HELP` and uses for units. Call it once after installing the recorder; metrics are recorded
-/// with or without it.
-pub fn describe_metrics() {
-    metrics::with_recorder(|recorder| {
-        for (name, unit, help) in super::hooks::DESCRIPTIONS.iter().chain(DESCRIPTIONS) {
-            match unit {
-                Some(Unit::Seconds) => {
-                    recorder.describe_histogram((*name).into(), *unit, (*help).into());
-                }
-                _ if name.ends_with("_total") => {
-                    recorder.describe_counter((*name).into(), *unit, (*help).into());
-                }
-                _ => recorder.describe_gauge((*name).into(), *unit, (*help).into()),
-            }
-        }
-    });
-}
-
 /// Name, unit and help text of the operation metrics.
-const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
+pub(super) const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
     (
         OPERATIONS_TOTAL,
         Some(Unit::Count),

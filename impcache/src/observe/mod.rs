@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use tracing::Span;
 
-pub use self::metrics::describe_metrics;
 use self::metrics::{Operation, Outcome, Tally};
 pub use self::stats::CacheStats;
 pub(crate) use self::stats::Counters;
@@ -66,4 +65,28 @@ impl Observation {
             metrics::record(self.operation, result, started.elapsed());
         }
     }
+}
+
+/// The metadata of every metric of this crate: target `impcache`, level `INFO`.
+pub(crate) static METADATA: ::metrics::Metadata<'static> =
+    ::metrics::Metadata::new("impcache", ::metrics::Level::INFO, Some(module_path!()));
+
+/// Sends the description and unit of every metric of this crate (the runtime's and those the
+/// `#[cached]` macro and the HTTP layer record) to the installed recorder, which an exporter shows
+/// as `# HELP` and uses for units. Call it once after installing the recorder; metrics are recorded
+/// with or without it.
+pub fn describe_metrics() {
+    ::metrics::with_recorder(|recorder| {
+        for (name, unit, help) in hooks::DESCRIPTIONS.iter().chain(metrics::DESCRIPTIONS) {
+            match unit {
+                Some(::metrics::Unit::Seconds) => {
+                    recorder.describe_histogram((*name).into(), *unit, (*help).into());
+                }
+                _ if name.ends_with("_total") => {
+                    recorder.describe_counter((*name).into(), *unit, (*help).into());
+                }
+                _ => recorder.describe_gauge((*name).into(), *unit, (*help).into()),
+            }
+        }
+    });
 }
