@@ -825,7 +825,11 @@ async fn a_killed_primary_costs_nothing_on_the_others() {
         "{err}"
     );
     // The keys of the healthy primaries were removed, and the error says how many.
-    assert_eq!(err.removed_before_failure(), Some(30 - on_the_victim), "{err:?}");
+    assert_eq!(
+        err.removed_before_failure(),
+        Some(30 - on_the_victim),
+        "{err:?}"
+    );
     let healthy: Vec<&String> = keys.iter().filter(|(_, v)| !v).map(|(k, _)| k).collect();
     let got: Vec<Option<String>> = cache.get_many(&healthy).await.unwrap();
     assert!(got.iter().all(|v| v.as_deref() == Some("new")), "{got:?}");

@@ -66,7 +66,12 @@ async fn memory_reports_each_batch_of_1000() {
 struct Delegating(MemoryCacheRepository);
 
 impl CacheRepository for Delegating {
-    fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, impcache::Result<()>> {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
         self.0.set(key, value, expiry)
     }
     fn set_nx<'a>(
@@ -169,7 +174,9 @@ fn a_long_sweep_is_a_debug_event_every_10_batches() {
     assert_eq!(events.len(), 2, "{logs}");
     assert!(events[0].contains("DEBUG"), "{logs}");
     assert!(
-        events[0].contains(" impcache: delete_pattern: sweep in progress matched=10000 removed=10000 batches=10"),
+        events[0].contains(
+            " impcache: delete_pattern: sweep in progress matched=10000 removed=10000 batches=10"
+        ),
         "{logs}"
     );
     assert!(events[1].contains("batches=20"), "{logs}");
@@ -183,7 +190,10 @@ fn populated(server: &RedisServer, deadline: Duration) -> Cache {
         .connect_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
-    Cache::builder(repository).key_prefix("p").version(1).build()
+    Cache::builder(repository)
+        .key_prefix("p")
+        .version(1)
+        .build()
 }
 
 fn db_size(server: &RedisServer) -> u64 {
@@ -204,7 +214,11 @@ async fn redis_reports_each_scan_batch() {
     check_reports(&reports, removed);
     assert_eq!(reports.last().unwrap().matched, POPULATED);
     // `SCAN COUNT 1000`: about 1,000 keys a batch.
-    assert!((15..=30).contains(&reports.len()), "{} batches", reports.len());
+    assert!(
+        (15..=30).contains(&reports.len()),
+        "{} batches",
+        reports.len()
+    );
     assert_eq!(server.keys(), ["p:1:other"]);
 }
 
@@ -223,7 +237,11 @@ async fn a_server_killed_mid_sweep_leaves_the_count_removed_in_the_error() {
         .await
         .unwrap_err();
     assert!(last.removed >= 2000, "{last:?}");
-    assert_eq!(error.removed_before_failure(), Some(last.removed), "{error:?}");
+    assert_eq!(
+        error.removed_before_failure(),
+        Some(last.removed),
+        "{error:?}"
+    );
     assert!(error.is_outage(), "{error:?}");
     assert_eq!(error.subject(), "p:1:k:*");
     let Error::Interrupted { source, .. } = &error else {
@@ -232,7 +250,10 @@ async fn a_server_killed_mid_sweep_leaves_the_count_removed_in_the_error() {
     assert!(matches!(**source, Error::Unavailable { .. }), "{source:?}");
     let message = error.to_string();
     assert!(
-        message.ends_with(&format!("({} keys removed before the failure)", last.removed)),
+        message.ends_with(&format!(
+            "({} keys removed before the failure)",
+            last.removed
+        )),
         "{message}"
     );
 }
@@ -259,8 +280,14 @@ async fn a_server_frozen_mid_sweep_times_out_with_the_count_and_a_second_sweep_f
     assert!(matches!(**source, Error::Timeout { .. }), "{source:?}");
     // Confirmed removed: gone. The `UNLINK` that timed out may have been applied after the thaw.
     let left = db_size(&server);
-    assert!(left <= POPULATED - removed, "{left} left, {removed} removed");
-    assert!(left >= POPULATED - removed - 2000, "{left} left, {removed} removed");
+    assert!(
+        left <= POPULATED - removed,
+        "{left} left, {removed} removed"
+    );
+    assert!(
+        left >= POPULATED - removed - 2000,
+        "{left} left, {removed} removed"
+    );
     // Running it again finishes the work.
     assert_eq!(cache.delete_pattern("k:*").await.unwrap(), left);
     assert_eq!(db_size(&server), 0);

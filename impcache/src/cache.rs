@@ -541,7 +541,11 @@ impl Cache {
                 trace_progress(&progress);
                 on_progress(progress);
             };
-            let removed = self.shared.backend.delete_pattern(&full, &mut report).await?;
+            let removed = self
+                .shared
+                .backend
+                .delete_pattern(&full, &mut report)
+                .await?;
             Ok((removed, Tally::NONE))
         })
     }

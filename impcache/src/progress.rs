@@ -124,7 +124,10 @@ mod tests {
             deadline: std::time::Duration::from_secs(1),
         };
         // Nothing removed yet: the error as it is.
-        assert!(matches!(sweep.interrupted(timeout()), Error::Timeout { .. }));
+        assert!(matches!(
+            sweep.interrupted(timeout()),
+            Error::Timeout { .. }
+        ));
         sweep.batch(1000, 998);
         sweep.batch(5, 5);
         let error = sweep.interrupted(timeout());
@@ -135,8 +138,9 @@ mod tests {
         sweep.batch(1, 1);
         let error = sweep.interrupted(error);
         assert_eq!(error.removed_before_failure(), Some(1004));
-        assert!(matches!(&error, Error::Interrupted { source, .. } if matches!(**source, Error::Timeout { .. })));
-        drop(sweep);
+        assert!(
+            matches!(&error, Error::Interrupted { source, .. } if matches!(**source, Error::Timeout { .. }))
+        );
         assert_eq!(seen.len(), 3);
         assert_eq!(
             seen[1],
