@@ -10,8 +10,8 @@ use crate::error::Error;
 ///
 /// On Redis a batch is one `SCAN` reply that found keys (up to 1,000) and its `UNLINK`; on Redis
 /// Cluster the batches of every primary are added up, as they come; the in-memory repository
-/// removes in batches of 1,000 too. A [`CacheRepository`](crate::CacheRepository) that does not report its
-/// own progress reports once, at the end.
+/// removes in batches of 1,000 too. A [`CacheRepository`](crate::CacheRepository) that does not
+/// report its own progress reports once, at the end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeleteProgress {
@@ -28,9 +28,9 @@ impl DeleteProgress {
     /// Adds one batch of `matched` keys found, `removed` of them removed: for a
     /// [`CacheRepository`](crate::CacheRepository) reporting its own progress.
     pub fn add_batch(&mut self, matched: u64, removed: u64) {
-        self.matched += matched;
-        self.removed += removed;
-        self.batches += 1;
+        self.matched = self.matched.saturating_add(matched);
+        self.removed = self.removed.saturating_add(removed);
+        self.batches = self.batches.saturating_add(1);
     }
 }
 
