@@ -117,6 +117,28 @@ async fn delete_pattern_sweeps_every_primary() {
     assert_eq!(cache.delete_pattern("*").await.unwrap(), 0);
 }
 
+/// The batches of every primary add up, as they come, to the total removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_pattern_reports_the_batches_of_every_primary() {
+    let cache = shared_cache("progress");
+    cache
+        .set_many((0..4000).map(|i| (format!("k{i}"), i)), 100)
+        .await
+        .unwrap();
+    let mut reports = Vec::new();
+    let removed = cache
+        .delete_pattern_with_progress("k*", |p| reports.push(p))
+        .await
+        .unwrap();
+    assert_eq!(removed, 4000);
+    let last = reports.last().unwrap();
+    assert_eq!((last.matched, last.removed), (4000, 4000));
+    assert_eq!(last.batches, reports.len() as u64);
+    // At least one batch per primary.
+    assert!(reports.len() >= 3, "{reports:?}");
+    assert!(reports.windows(2).all(|w| w[1].removed >= w[0].removed));
+}
+
 /// A slot half migrated from one primary to another: keys on both sides are read (the client
 /// follows `ASK`), and `delete_pattern` removes each key exactly once, wherever it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -774,6 +796,9 @@ async fn a_killed_primary_costs_nothing_on_the_others() {
         .set_many((0..30).map(|i| (format!("p{i}"), i)), 300)
         .await
         .unwrap();
+    let on_the_victim = (0..30)
+        .filter(|i| cluster.primary_for(&cache.make_key(&format!("p{i}"))) == victim)
+        .count() as u64;
 
     cluster.kill_node(victim);
     // Right after the kill (no failover can happen before the node timeout): a multi-key call
@@ -798,6 +823,12 @@ async fn a_killed_primary_costs_nothing_on_the_others() {
     assert!(
         err.to_string().contains(&format!("127.0.0.1:{victim}")),
         "{err}"
+    );
+    // The keys of the healthy primaries were removed, and the error says how many.
+    assert_eq!(
+        err.removed_before_failure(),
+        Some(30 - on_the_victim),
+        "{err:?}"
     );
     let healthy: Vec<&String> = keys.iter().filter(|(_, v)| !v).map(|(k, _)| k).collect();
     let got: Vec<Option<String>> = cache.get_many(&healthy).await.unwrap();

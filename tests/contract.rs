@@ -165,6 +165,7 @@ contract!(
     unusual_keys_round_trip,
     glob_characters_in_prefix_version_and_key,
     delete_pattern_stays_inside_prefix_and_version,
+    delete_pattern_reports_its_progress,
     ten_mib_values_round_trip,
     ttl_really_expires,
     set_many_gives_every_key_its_ttl,
@@ -429,6 +430,29 @@ async fn delete_pattern_stays_inside_prefix_and_version(b: Backend) {
     v10.set("k", &1, 100).await.unwrap();
     assert_eq!(v1.delete_pattern("*").await.unwrap(), 1);
     assert_eq!(v10.get::<i32>("k").await.unwrap(), Some(1));
+}
+
+/// Totals after each batch (up to 1,000 keys), ending on the count returned, on every
+/// repository (the one behind a user's trait object reports as its own does).
+async fn delete_pattern_reports_its_progress(b: Backend) {
+    let cache = b.cache();
+    cache
+        .set_many((0..2500).map(|i| (format!("k{i}"), i)), 100)
+        .await
+        .unwrap();
+    let mut reports = Vec::new();
+    let removed = cache
+        .delete_pattern_with_progress("k*", |p| reports.push(p))
+        .await
+        .unwrap();
+    assert_eq!(removed, 2500);
+    let last = reports.last().unwrap();
+    assert_eq!((last.matched, last.removed), (2500, 2500));
+    assert_eq!(last.batches, reports.len() as u64);
+    assert!(reports.len() >= 3, "{reports:?}");
+    assert!(reports
+        .windows(2)
+        .all(|w| w[1].removed >= w[0].removed && w[1].matched > w[0].matched));
 }
 
 async fn ten_mib_values_round_trip(b: Backend) {

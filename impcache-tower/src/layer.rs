@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
-use impcache::{Cache, Expire};
+use impcache::{Cache, DeleteProgress, Expire};
 
 use crate::config::{Config, StatusHeader};
 use crate::key;
@@ -193,13 +193,32 @@ impl CacheLayer {
     /// host when `None`. Returns the number of keys removed.
     ///
     /// The query is matched after sorting its parameters by name, as keys are.
+    ///
+    /// Like every purge, a sweep that fails after removing keys returns
+    /// [`Error::Interrupted`](impcache::Error::Interrupted) with the count removed
+    /// ([`removed_before_failure`](impcache::Error::removed_before_failure)).
     pub async fn purge_url(
         &self,
         host: Option<&str>,
         path_and_query: &str,
     ) -> impcache::Result<u64> {
+        self.purge_url_with_progress(host, path_and_query, |_| {})
+            .await
+    }
+
+    /// [`purge_url`](Self::purge_url), calling `on_progress` after each batch of the sweep (see
+    /// [`Cache::delete_pattern_with_progress`](impcache::Cache::delete_pattern_with_progress)).
+    pub async fn purge_url_with_progress(
+        &self,
+        host: Option<&str>,
+        path_and_query: &str,
+        on_progress: impl FnMut(DeleteProgress) + Send,
+    ) -> impcache::Result<u64> {
         let pattern = self.url_pattern(host, path_and_query);
-        self.config.cache.delete_pattern(&pattern).await
+        self.config
+            .cache
+            .delete_pattern_with_progress(&pattern, on_progress)
+            .await
     }
 
     /// Removes every stored response whose path starts with `path_prefix` (any query, method,
@@ -210,13 +229,40 @@ impl CacheLayer {
         host: Option<&str>,
         path_prefix: &str,
     ) -> impcache::Result<u64> {
+        self.purge_prefix_with_progress(host, path_prefix, |_| {})
+            .await
+    }
+
+    /// [`purge_prefix`](Self::purge_prefix), calling `on_progress` after each batch of the sweep
+    /// (see [`Cache::delete_pattern_with_progress`](impcache::Cache::delete_pattern_with_progress)).
+    pub async fn purge_prefix_with_progress(
+        &self,
+        host: Option<&str>,
+        path_prefix: &str,
+        on_progress: impl FnMut(DeleteProgress) + Send,
+    ) -> impcache::Result<u64> {
         let pattern = self.prefix_pattern(host, path_prefix);
-        self.config.cache.delete_pattern(&pattern).await
+        self.config
+            .cache
+            .delete_pattern_with_progress(&pattern, on_progress)
+            .await
     }
 
     /// Removes every response this layer's namespace holds in the cache.
     pub async fn purge_all(&self) -> impcache::Result<u64> {
+        self.purge_all_with_progress(|_| {}).await
+    }
+
+    /// [`purge_all`](Self::purge_all), calling `on_progress` after each batch of the sweep (see
+    /// [`Cache::delete_pattern_with_progress`](impcache::Cache::delete_pattern_with_progress)).
+    pub async fn purge_all_with_progress(
+        &self,
+        on_progress: impl FnMut(DeleteProgress) + Send,
+    ) -> impcache::Result<u64> {
         let pattern = format!("{}:*", impcache::escape_pattern(&self.config.namespace));
-        self.config.cache.delete_pattern(&pattern).await
+        self.config
+            .cache
+            .delete_pattern_with_progress(&pattern, on_progress)
+            .await
     }
 }

@@ -46,6 +46,9 @@
 //! [`CacheLayer::purge_url`] removes one URL with all its variants, [`CacheLayer::purge_prefix`]
 //! every URL under a path prefix, [`CacheLayer::purge_all`] everything; all use
 //! [`Cache::delete_pattern`](impcache::Cache::delete_pattern) with the patterns of [`key`].
+//! Each has a `_with_progress` twin ([`CacheLayer::purge_prefix_with_progress`], ...) calling
+//! back after each batch of the sweep, and a purge that fails midway says how many keys it had
+//! removed ([`Error::removed_before_failure`](impcache::Error::removed_before_failure)).
 //! [`CacheLayer::request_key`] gives a request's key.
 //!
 //! ## Storage

@@ -846,6 +846,42 @@ async fn purges_remove_a_url_with_its_variants_or_a_prefix_and_glob_characters_s
     assert!(layer.purge_all().await.unwrap() >= 3);
 }
 
+/// Each purge reports its sweep's batches, as `Cache::delete_pattern_with_progress` does.
+#[tokio::test]
+async fn purges_report_their_progress() {
+    let layer = layer();
+    let repository = layer.cache().repository().clone();
+    for i in 0..2500 {
+        let key = layer.request_key(&get(&format!("/bulk/{i}")));
+        repository
+            .set(&key, Bytes::from_static(b"x"), impcache::Expiry::Never)
+            .await
+            .unwrap();
+    }
+    let mut reports = Vec::new();
+    let removed = layer
+        .purge_url_with_progress(None, "/bulk/7", |p| reports.push(p))
+        .await
+        .unwrap();
+    assert_eq!((removed, reports.len()), (1, 1));
+    let mut reports = Vec::new();
+    let removed = layer
+        .purge_prefix_with_progress(None, "/bulk/1", |p| reports.push(p))
+        .await
+        .unwrap();
+    // `/bulk/1`, `/bulk/10`-`/bulk/19`, `/bulk/100`-`/bulk/199`, `/bulk/1000`-`/bulk/1999`.
+    assert_eq!(removed, 1111);
+    let batches: Vec<(u64, u64)> = reports.iter().map(|p| (p.removed, p.batches)).collect();
+    assert_eq!(batches, [(1000, 1), (1111, 2)]);
+    let mut last = None;
+    let removed = layer
+        .purge_all_with_progress(|p| last = Some(p))
+        .await
+        .unwrap();
+    assert_eq!(removed, 2500 - 1 - 1111);
+    assert_eq!(last.map(|p| (p.matched, p.batches)), Some((removed, 2)));
+}
+
 /// A record or variant in another format (the version 1 framings, which kept the Vary list at
 /// `{key}:h` and the entry at `{key}:v:-`, or foreign bytes) is a miss, then gets overwritten.
 #[tokio::test]

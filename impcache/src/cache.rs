@@ -14,6 +14,7 @@ use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
 use crate::observe::metrics::{Operation, Tally};
 use crate::observe::{CacheStats, Counters, Observation};
+use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
 use crate::repository::CacheRepository;
 
@@ -494,10 +495,57 @@ impl Cache {
     /// [`escape_pattern`](crate::escape_pattern) for literals). The prefix and version are escaped,
     /// so `delete_pattern("*")` removes this cache's keys and never a neighbour's. On Redis it
     /// uses `SCAN` and `UNLINK` in batches, never `KEYS`.
+    ///
+    /// A sweep that fails after removing keys (the server killed or frozen mid-sweep) returns
+    /// [`Error::Interrupted`], which says how many ([`Error::removed_before_failure`]); see
+    /// [`delete_pattern_with_progress`](Cache::delete_pattern_with_progress) to follow a long
+    /// sweep as it goes.
     pub async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
+        self.delete_pattern_with_progress(pattern, |_| {}).await
+    }
+
+    /// [`delete_pattern`](Cache::delete_pattern), calling `on_progress` after each batch with the
+    /// totals so far ([`DeleteProgress`]: keys matched, keys removed, batches): on Redis a batch
+    /// is one `SCAN` reply of up to 1,000 keys and its `UNLINK`.
+    ///
+    /// Every sweep, with or without a callback, also emits a `tracing` event (target `impcache`,
+    /// inside the operation's span) every 10 batches at `DEBUG` and every 100 batches at `INFO`,
+    /// with the fields `matched`, `removed` and `batches`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> impcache::Result<()> {
+    /// use impcache::{Cache, MemoryCacheRepository};
+    ///
+    /// let cache = Cache::builder(MemoryCacheRepository::new()).build();
+    /// cache.set_many((0..2500).map(|i| (format!("session:{i}"), i)), 60).await?;
+    /// let mut batches = 0;
+    /// let removed = cache
+    ///     .delete_pattern_with_progress("session:*", |progress| {
+    ///         batches = progress.batches;
+    ///         println!("{} sessions removed so far", progress.removed);
+    ///     })
+    ///     .await?;
+    /// assert_eq!((removed, batches), (2500, 3));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_pattern_with_progress(
+        &self,
+        pattern: &str,
+        mut on_progress: impl FnMut(DeleteProgress) + Send,
+    ) -> Result<u64> {
         observed!(self, Operation::DeletePattern, Some(pattern), async {
             let full = self.make_pattern(pattern)?;
-            let removed = self.shared.backend.delete_pattern(&full).await?;
+            let mut report = |progress: DeleteProgress| {
+                trace_progress(&progress);
+                on_progress(progress);
+            };
+            let removed = self
+                .shared
+                .backend
+                .delete_pattern(&full, &mut report)
+                .await?;
             Ok((removed, Tally::NONE))
         })
     }

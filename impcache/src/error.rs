@@ -22,6 +22,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///   origin on these.
 ///
 /// [`Decode`](Error::Decode) is neither: the server answered, but what it holds is not the requested type.
+///
+/// A `delete_pattern` sweep that fails after removing keys returns
+/// [`Interrupted`](Error::Interrupted), which wraps the failure and says how many keys were
+/// removed ([`Error::removed_before_failure`]); it is in the group of the failure it wraps.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -131,12 +135,31 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// A [`delete_pattern`](crate::Cache::delete_pattern) sweep failed (the server killed or
+    /// frozen, the breaker opened, ...) after it had removed `removed` keys: the keys of the
+    /// batches done stay removed, the rest are still there. Running the sweep again finishes
+    /// the work.
+    ///
+    /// `removed` counts the removals the server confirmed: the `UNLINK` of a round trip that
+    /// timed out may still have been applied. A sweep that fails before removing anything
+    /// returns the failure itself, not this.
+    #[error("{source} ({removed} keys removed before the failure)")]
+    Interrupted {
+        /// The keys removed before the failure.
+        removed: u64,
+        /// The failure (never itself `Interrupted`).
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
     /// `true` when the cache backend failed to answer (unavailable, timed out, breaker open, or
     /// refused by the server): the cases a fail-open caller treats as a miss.
     pub fn is_backend_failure(&self) -> bool {
+        if let Self::Interrupted { source, .. } = self {
+            return source.is_backend_failure();
+        }
         matches!(
             self,
             Self::Unavailable { .. }
@@ -149,6 +172,9 @@ impl Error {
     /// `true` for errors that say the connection or server is unhealthy (they count towards the
     /// circuit breaker); a server's error reply is not one of them.
     pub fn is_outage(&self) -> bool {
+        if let Self::Interrupted { source, .. } = self {
+            return source.is_outage();
+        }
         matches!(
             self,
             Self::Unavailable { .. } | Self::Timeout { .. } | Self::CircuitOpen { .. }
@@ -169,6 +195,29 @@ impl Error {
             | Self::Timeout { key, .. }
             | Self::CircuitOpen { key, .. }
             | Self::Server { key, .. } => key,
+            Self::Interrupted { source, .. } => source.subject(),
+        }
+    }
+
+    /// How many keys a `delete_pattern` sweep removed before it failed: `Some` for
+    /// [`Interrupted`](Error::Interrupted), `None` for every other error (a `delete_pattern`
+    /// that fails with another error removed nothing).
+    ///
+    /// ```
+    /// # async fn purge(cache: impcache::Cache) {
+    /// match cache.delete_pattern("session:*").await {
+    ///     Ok(removed) => println!("{removed} sessions removed"),
+    ///     Err(e) => println!(
+    ///         "{} sessions removed, then: {e}",
+    ///         e.removed_before_failure().unwrap_or(0)
+    ///     ),
+    /// }
+    /// # }
+    /// ```
+    pub fn removed_before_failure(&self) -> Option<u64> {
+        match self {
+            Self::Interrupted { removed, .. } => Some(*removed),
+            _ => None,
         }
     }
 }

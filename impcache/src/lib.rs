@@ -76,6 +76,7 @@ mod json;
 mod key;
 mod memoize;
 mod observe;
+mod progress;
 pub mod repository;
 
 pub use cache::{Cache, CacheBuilder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEY_BYTES};
@@ -85,6 +86,7 @@ pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
 pub use observe::{describe_metrics, CacheStats};
+pub use progress::DeleteProgress;
 pub use repository::breaker::CircuitBreakerConfig;
 #[cfg(feature = "cluster")]
 pub use repository::cluster::{RedisClusterCacheRepository, RedisClusterCacheRepositoryBuilder};

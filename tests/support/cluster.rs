@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use impcache::{escape_pattern, BoxFuture, CacheRepository, Expiry, Result};
+use impcache::{escape_pattern, BoxFuture, CacheRepository, DeleteProgress, Expiry, Result};
 
 use crate::{free_port, redis_server_bin, RedisServer};
 
@@ -714,6 +714,19 @@ impl CacheRepository for NamespacedRepository {
         Box::pin(async move {
             let pattern = format!("{}{pattern}", escape_pattern(&self.namespace));
             self.inner.delete_pattern(&pattern).await
+        })
+    }
+
+    fn delete_pattern_with_progress<'a>(
+        &'a self,
+        pattern: &'a str,
+        progress: &'a mut (dyn FnMut(DeleteProgress) + Send),
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let pattern = format!("{}{pattern}", escape_pattern(&self.namespace));
+            self.inner
+                .delete_pattern_with_progress(&pattern, progress)
+                .await
         })
     }
 }

@@ -16,6 +16,7 @@ use super::CacheRepository;
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
+use crate::progress::{Report, Sweep};
 
 /// How `Cache` reaches its repository.
 ///
@@ -141,14 +142,18 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn delete_pattern(&self, pattern: &str) -> Result<u64> {
+    pub(crate) async fn delete_pattern(&self, pattern: &str, report: Report<'_>) -> Result<u64> {
         match self {
-            Backend::Memory(memory) => Ok(memory.delete_pattern_now(pattern)),
+            Backend::Memory(memory) => Ok(memory.delete_pattern_now(pattern, report)),
             Backend::Redis(redis) => redis
-                .delete_pattern_direct(pattern)
+                .delete_pattern_direct(pattern, &Sweep::new(report))
                 .await
                 .map_err(Failed::into_error),
-            Backend::Custom(repository) => repository.delete_pattern(pattern).await,
+            Backend::Custom(repository) => {
+                repository
+                    .delete_pattern_with_progress(pattern, report)
+                    .await
+            }
         }
     }
 }
@@ -239,7 +244,14 @@ mod tests {
         assert_eq!(backend.delete(parts("a")).await.unwrap(), 1);
         assert_eq!(backend.delete(parts("a")).await.unwrap(), 0);
         assert_eq!(backend.delete_many(&["p:1:b", "p:1:x"]).await.unwrap(), 1);
-        assert_eq!(backend.delete_pattern("p:1:*").await.unwrap(), 2);
+        let mut reports = Vec::new();
+        let removed = backend
+            .delete_pattern("p:1:*", &mut |p| reports.push(p))
+            .await
+            .unwrap();
+        assert_eq!(removed, 2);
+        assert_eq!(reports.len(), 1);
+        assert_eq!((reports[0].matched, reports[0].removed), (2, 2));
         assert_eq!(memory.get_now("p:1:c"), None);
     }
 }

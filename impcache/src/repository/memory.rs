@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::commands::SCAN_BATCH;
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::glob::glob_match;
+use crate::progress::{DeleteProgress, Report};
 
 /// Default capacity: 256 MiB of keys and values.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
@@ -156,17 +158,25 @@ impl MemoryCacheRepository {
             .count() as u64
     }
 
-    pub(crate) fn delete_pattern_now(&self, pattern: &str) -> u64 {
+    /// Removes the matching keys in batches of [`SCAN_BATCH`], as a Redis sweep does, reporting
+    /// each batch to `report`.
+    pub(crate) fn delete_pattern_now(&self, pattern: &str, report: Report<'_>) -> u64 {
         let matching: Vec<_> = self
             .entries
             .iter()
             .filter(|(key, _)| glob_match(pattern.as_bytes(), key.as_bytes()))
             .map(|(key, _)| key)
             .collect();
-        matching
-            .iter()
-            .filter(|key| self.entries.remove(key.as_str()).is_some())
-            .count() as u64
+        let mut progress = DeleteProgress::default();
+        for batch in matching.chunks(SCAN_BATCH) {
+            let removed = batch
+                .iter()
+                .filter(|key| self.entries.remove(key.as_str()).is_some())
+                .count();
+            progress.add_batch(batch.len() as u64, removed as u64);
+            report(progress);
+        }
+        progress.removed
     }
 }
 
@@ -268,7 +278,16 @@ impl CacheRepository for MemoryCacheRepository {
     }
 
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
-        let removed = self.delete_pattern_now(pattern);
+        let removed = self.delete_pattern_now(pattern, &mut |_| {});
+        Box::pin(async move { Ok(removed) })
+    }
+
+    fn delete_pattern_with_progress<'a>(
+        &'a self,
+        pattern: &'a str,
+        progress: &'a mut (dyn FnMut(DeleteProgress) + Send),
+    ) -> BoxFuture<'a, Result<u64>> {
+        let removed = self.delete_pattern_now(pattern, progress);
         Box::pin(async move { Ok(removed) })
     }
 

@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 use crate::error::Result;
 use crate::expire::Expiry;
+use crate::progress::DeleteProgress;
 
 pub(crate) mod backend;
 pub mod breaker;
@@ -83,6 +84,27 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
 
     /// Removes every key matching the Redis glob `pattern`; the number of keys removed.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>>;
+
+    /// [`delete_pattern`](CacheRepository::delete_pattern), calling `progress` with the totals so
+    /// far after each batch; when it fails after removing keys, the error is
+    /// [`Error::Interrupted`](crate::Error::Interrupted) with the count removed.
+    ///
+    /// The default calls `delete_pattern` and reports once, at the end (one batch, every key
+    /// removed counted as matched): a repository that sweeps in batches overrides it, and may
+    /// then implement `delete_pattern` as this with a callback that does nothing.
+    fn delete_pattern_with_progress<'a>(
+        &'a self,
+        pattern: &'a str,
+        progress: &'a mut (dyn FnMut(DeleteProgress) + Send),
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let removed = self.delete_pattern(pattern).await?;
+            let mut done = DeleteProgress::default();
+            done.add_batch(removed, removed);
+            progress(done);
+            Ok(removed)
+        })
+    }
 
     /// Lets [`Cache`](crate::Cache) see which repository this is: the built-in in-memory and
     /// single-node Redis repositories return themselves, and are then called directly, without

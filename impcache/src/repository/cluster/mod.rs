@@ -36,6 +36,7 @@ use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
+use crate::progress::DeleteProgress;
 
 /// Retries of the cluster client for one request (redirections, a node being replaced), all
 /// within the deadline.
@@ -357,7 +358,16 @@ impl CacheRepository for RedisClusterCacheRepository {
     /// by slot) and one already gone counts 0, so the total never counts a key twice. As with
     /// `SCAN` on one server, a key written (or migrated) while the sweep runs may be missed.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.sweep_primaries(pattern))
+        Box::pin(async move { self.sweep_primaries(pattern, &mut |_| {}).await })
+    }
+
+    /// As `delete_pattern`, the batches of every primary added up as they come.
+    fn delete_pattern_with_progress<'a>(
+        &'a self,
+        pattern: &'a str,
+        progress: &'a mut (dyn FnMut(DeleteProgress) + Send),
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.sweep_primaries(pattern, progress))
     }
 }
 

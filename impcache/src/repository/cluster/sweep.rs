@@ -3,12 +3,14 @@
 
 use std::time::Instant;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::fan_out::{check_nodes, join_set, NodeFailure};
 use super::node::Node;
 use super::RedisClusterCacheRepository;
 use crate::error::{shown, Error, Result};
+use crate::progress::{Report, Sweep};
 use crate::repository::commands::scan_command;
 use crate::repository::failure::classify;
 
@@ -20,7 +22,11 @@ impl RedisClusterCacheRepository {
     /// While slots migrate, a key that moves is deleted where it now lives (the `UNLINK` is routed
     /// by slot) and one already gone counts 0, so the total never counts a key twice. As with
     /// `SCAN` on one server, a key written (or migrated) while the sweep runs may be missed.
-    pub(super) async fn sweep_primaries(&self, pattern: &str) -> Result<u64> {
+    ///
+    /// Each primary's task sends its batches here, where they are added up and reported; when a
+    /// primary fails after keys were removed (on it or on the others), the error is
+    /// [`Error::Interrupted`] with the total.
+    pub(super) async fn sweep_primaries(&self, pattern: &str, report: Report<'_>) -> Result<u64> {
         let subject = || shown(pattern);
         // A fresh map: the primaries of right now (a replica may just have been promoted).
         let until = Instant::now() + self.inner.deadline;
@@ -35,34 +41,47 @@ impl RedisClusterCacheRepository {
                 })
             }
         };
+        let (batches, mut done) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
         for node in &map.handles {
             let this = self.clone();
             let node = node.clone();
             let pattern = pattern.to_owned();
+            let batches = batches.clone();
             tasks.spawn(async move {
-                let swept = this.sweep(&node, &pattern).await;
+                let swept = this.sweep(&node, &pattern, &batches).await;
                 (format!("{}:{}", node.host, node.port), swept)
             });
         }
-        let mut removed = 0;
+        // Every task holds a sender: the channel closes when the last one ends.
+        drop(batches);
+        let sweep = Sweep::new(report);
+        while let Some((matched, removed)) = done.recv().await {
+            sweep.batch(matched, removed);
+        }
         let mut failures = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((_, Ok(n))) => removed += n,
+                Ok((_, Ok(_))) => {}
                 Ok((node, Err(error))) => failures.push(NodeFailure { node, error }),
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => {}
             }
         }
-        check_nodes("delete_pattern", &subject, failures)?;
-        Ok(removed)
+        check_nodes("delete_pattern", &subject, failures).map_err(|e| sweep.interrupted(e))?;
+        Ok(sweep.removed())
     }
 
     /// Sweeps one primary: `SCAN` it, `UNLINK` each batch on it; keys that moved away meanwhile
     /// are unlinked through the client's routing (one already gone counts 0). Each round trip is
-    /// bounded by the deadline and counts against this node's breaker only.
-    pub(super) async fn sweep(&self, node: &Node, pattern: &str) -> Result<u64> {
+    /// bounded by the deadline and counts against this node's breaker only. Each batch is sent
+    /// to `batches` (keys found, keys removed).
+    pub(super) async fn sweep(
+        &self,
+        node: &Node,
+        pattern: &str,
+        batches: &mpsc::UnboundedSender<(usize, u64)>,
+    ) -> Result<u64> {
         let subject = || shown(pattern);
         let deadline = self.inner.deadline;
         let scan = |cursor: u64| async move {
@@ -135,14 +154,23 @@ impl RedisClusterCacheRepository {
                 .await?;
             Ok(removed + elsewhere)
         };
+        // A send fails only when the caller gave up the sweep (its tasks are then aborted).
+        let counted = |matched: usize, n: u64| {
+            if matched > 0 {
+                let _ = batches.send((matched, n));
+            }
+            n
+        };
         let (mut cursor, mut keys) = scan(0).await?;
         let mut removed = 0;
         while cursor != 0 {
             // The UNLINK of this batch and the SCAN for the next one travel together.
+            let matched = keys.len();
             let (n, next) = tokio::join!(unlink(std::mem::take(&mut keys)), scan(cursor));
-            removed += n?;
+            removed += counted(matched, n?);
             (cursor, keys) = next?;
         }
-        Ok(removed + unlink(keys).await?)
+        let matched = keys.len();
+        Ok(removed + counted(matched, unlink(keys).await?))
     }
 }

@@ -10,6 +10,7 @@ use redis::{FromRedisValue, RedisError};
 use super::RedisCacheRepository;
 use crate::error::{shown, shown_many, Result};
 use crate::expire::Expiry;
+use crate::progress::{DeleteProgress, Sweep};
 use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::commands::{
     check_value_size, key_command, keys_command, scan_command, set_command,
@@ -195,8 +196,21 @@ impl RedisCacheRepository {
 
     /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
     /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
-    /// round trip, not to the whole sweep.
-    pub(crate) async fn delete_pattern_direct(&self, pattern: &str) -> Result<u64, Failed> {
+    /// round trip, not to the whole sweep. Each batch is counted in `sweep`; the total removed
+    /// is the sweep's (every attempt of a Sentinel call adds to one sweep), and a failure after
+    /// keys were removed is [`Error::Interrupted`](crate::Error::Interrupted).
+    pub(crate) async fn delete_pattern_direct(
+        &self,
+        pattern: &str,
+        sweep: &Sweep<'_>,
+    ) -> Result<u64, Failed> {
+        self.sweep(pattern, sweep).await.map_err(|failed| Failed {
+            error: sweep.interrupted(failed.error),
+            ..failed
+        })
+    }
+
+    async fn sweep(&self, pattern: &str, sweep: &Sweep<'_>) -> Result<u64, Failed> {
         let subject = || shown(pattern);
         let (mut cursor, mut keys): (u64, Vec<Vec<u8>>) = self
             .query(
@@ -205,17 +219,17 @@ impl RedisCacheRepository {
                 Request::Read(&scan_command(0, pattern)),
             )
             .await?;
-        let mut removed = 0;
         loop {
             match (cursor, keys.is_empty()) {
-                (0, true) => return Ok(removed),
+                (0, true) => return Ok(sweep.removed()),
                 (0, false) => {
                     let mut unlink = redis::cmd("UNLINK");
                     unlink.arg(&keys);
                     let n: u64 = self
                         .query("delete_pattern", &subject, Request::Cmd(&unlink))
                         .await?;
-                    return Ok(removed + n);
+                    sweep.batch(keys.len(), n);
+                    return Ok(sweep.removed());
                 }
                 (_, true) => {
                     (cursor, keys) = self
@@ -233,7 +247,7 @@ impl RedisCacheRepository {
                     let (n, (next, next_keys)): (u64, (u64, Vec<Vec<u8>>)) = self
                         .query("delete_pattern", &subject, Request::Pipe(&pipe))
                         .await?;
-                    removed += n;
+                    sweep.batch(keys.len(), n);
                     (cursor, keys) = (next, next_keys);
                 }
             }
@@ -297,7 +311,19 @@ impl CacheRepository for RedisCacheRepository {
 
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            self.delete_pattern_direct(pattern)
+            self.delete_pattern_direct(pattern, &Sweep::new(&mut |_| {}))
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn delete_pattern_with_progress<'a>(
+        &'a self,
+        pattern: &'a str,
+        progress: &'a mut (dyn FnMut(DeleteProgress) + Send),
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            self.delete_pattern_direct(pattern, &Sweep::new(progress))
                 .await
                 .map_err(Failed::into_error)
         })

@@ -27,6 +27,7 @@ use super::settings::{shared_setters, Settings};
 use super::{BoxFuture, CacheRepository};
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
+use crate::progress::{DeleteProgress, Sweep};
 
 /// A Redis primary found through Sentinel (feature `sentinel`).
 ///
@@ -342,11 +343,24 @@ impl CacheRepository for RedisSentinelCacheRepository {
     /// As [`RedisCacheRepository`]'s: the deadline bounds each round trip of the sweep.
     fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
+            self.delete_pattern_with_progress(pattern, &mut |_| {})
+                .await
+        })
+    }
+
+    /// As [`RedisCacheRepository`]'s; a sweep sent again to a new primary adds to the same count.
+    fn delete_pattern_with_progress<'a>(
+        &'a self,
+        pattern: &'a str,
+        progress: &'a mut (dyn FnMut(DeleteProgress) + Send),
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let sweep = &Sweep::new(progress);
             self.run(
                 "delete_pattern",
                 &|| shown(pattern),
                 false,
-                move |r| async move { r.delete_pattern_direct(pattern).await },
+                move |r| async move { r.delete_pattern_direct(pattern, sweep).await },
             )
             .await
         })
