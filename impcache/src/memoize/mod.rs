@@ -41,6 +41,7 @@ pub use default_cache::{default_cache, set_default_cache, SetDefaultCacheError};
 #[doc(hidden)]
 pub(crate) mod __private {
     pub use super::call::{body, invalidate, memoize, NotInTraitImpl};
+    pub use crate::observe::hooks::CachedFunction;
     pub use super::codec::{codec, CacheValue, Codec};
     pub use super::default_cache::default_cache_or_warn as default_cache;
     pub use super::key::{KeyArg, KeyBuilder};

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use metrics::{Key, Label, Unit};
+use metrics::{Key, Label, Recorder, Unit};
 
 use super::METADATA;
 
@@ -92,16 +92,32 @@ impl CachedFunction {
         }
     }
 
+    /// The function's name (`module::path::name`).
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// Counts one call; also a `TRACE` event (target `impcache::cached`).
     pub fn call(&'static self, outcome: CallOutcome) {
+        self.trace(outcome);
+        metrics::with_recorder(|recorder| self.record_call(recorder, outcome));
+    }
+
+    /// The `TRACE` event of one call (target `impcache::cached`).
+    #[inline(always)]
+    pub(crate) fn trace(&self, outcome: CallOutcome) {
         tracing::trace!(
             target: "impcache::cached",
             function = self.name,
             outcome = outcome.name(),
             "#[cached] call"
         );
+    }
+
+    /// Counts one call in `recorder` (for a caller already inside the facade's `with_recorder`).
+    pub(crate) fn record_call(&'static self, recorder: &dyn Recorder, outcome: CallOutcome) {
         let key = Key::from_static_parts(CACHED_CALLS_TOTAL, &self.calls[outcome.index()]);
-        metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA).increment(1));
+        recorder.register_counter(&key, &METADATA).increment(1);
     }
 
     /// Counts one caller that waited `waited` for another caller's run of the same key.

@@ -237,8 +237,13 @@ pub(crate) fn recorder_installed() -> bool {
 }
 
 /// Records one finished operation: its count by outcome, its duration, and on success what it
-/// read and wrote. One call into the recorder for all of them.
-pub(crate) fn record(operation: Operation, result: Result<&Tally, &Error>, elapsed: Duration) {
+/// read and wrote, then whatever `also` records. One call into the recorder for all of them.
+pub(crate) fn record(
+    operation: Operation,
+    result: Result<&Tally, &Error>,
+    elapsed: Duration,
+    also: impl FnOnce(&dyn Recorder),
+) {
     metrics::with_recorder(|recorder| {
         let outcome = match result {
             Ok(tally) => tally.outcome(operation),
@@ -255,6 +260,7 @@ pub(crate) fn record(operation: Operation, result: Result<&Tally, &Error>, elaps
             Ok(tally) => record_tally(recorder, tally),
             Err(error) => record_error(recorder, operation, error),
         }
+        also(recorder);
     });
 }
 
