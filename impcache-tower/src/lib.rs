@@ -64,6 +64,7 @@ mod future;
 mod invalidate;
 pub mod key;
 mod layer;
+mod metrics;
 mod policy;
 mod render;
 mod service;

@@ -26,13 +26,15 @@ use crate::repository::CacheRepository;
 /// the callee's state, a memcpy of the whole operation's future on every call (+200 instructions
 /// on an in-memory `get`, op-cost).
 ///
-/// `also: |value, recorder| ..` records the caller's own metrics of a success in the same call into
+/// `map: |value| ..` turns the body's value into the operation's (after the body, before the
+/// counting: not in the body's future, which would grow by it), and `also: |value, recorder| ..`
+/// records the caller's own metrics of a success in the same call into
 /// the recorder (only when one is installed).
 macro_rules! observed {
     ($cache:expr, $operation:expr, $key:expr, $body:expr) => {
-        observed!($cache, $operation, $key, $body, also: |_, _| {})
+        observed!($cache, $operation, $key, $body, map: |value| value, also: |_, _| {})
     };
-    ($cache:expr, $operation:expr, $key:expr, $body:expr, also: $also:expr) => {{
+    ($cache:expr, $operation:expr, $key:expr, $body:expr, map: $map:expr, also: $also:expr) => {{
         let observation = Observation::start($operation, $key, $cache.shared.record_keys);
         // `$body` twice: awaited in place when no subscriber wants the span (moving the future
         // into `Instrumented` is a memcpy of it), instrumented otherwise.
@@ -41,6 +43,7 @@ macro_rules! observed {
         } else {
             Instrument::instrument($body, observation.span().clone()).await
         };
+        let result = result.map(|(value, tally)| (($map)(value), tally));
         observation.finish(
             &$cache.shared.counters,
             result.as_ref().map(|(_, tally)| tally),
@@ -534,10 +537,8 @@ impl Cache {
             self,
             Operation::Get,
             Some(key),
-            async {
-                let (found, tally) = self.read(key).await?;
-                Ok((found.map(|bytes| decode(&bytes)), tally))
-            },
+            self.read(key),
+            map: |found: Option<Bytes>| found.map(|bytes| decode(&bytes)),
             also: |found: &Option<Result<V, ()>>, recorder: &dyn Recorder| {
                 if let Some(Ok(_)) = found {
                     function.record_call(recorder, CallOutcome::Hit);

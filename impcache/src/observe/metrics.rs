@@ -232,7 +232,7 @@ static BYTES_WRITTEN_KEY: Key = Key::from_static_name(BYTES_WRITTEN_TOTAL);
 /// (two clock reads and the recorder calls are ~10 % of an in-memory `get`). A zero-sized
 /// recorder of a user's (one forwarding to a `static`) records nothing from this crate.
 #[inline(always)]
-pub(crate) fn recorder_installed() -> bool {
+pub fn recorder_installed() -> bool {
     metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
 }
 
