@@ -276,7 +276,7 @@ fn cached_calls_count_by_function_and_outcome_and_their_hits_once() {
         assert_eq!(square(&cache, 3).await, 9); // miss
         assert_eq!(square(&cache, 3).await, 9); // hit
         assert_eq!(square(&cache, 3).await, 9); // hit
-        // The key ("metrics::square:" and the number) is too long: the cache fails, the body runs.
+                                                // The key ("metrics::square:" and the number) is too long: the cache fails, the body runs.
         assert_eq!(square(&cache, 12345).await, 12345 * 12345); // bypass
         let recorded = Recorded::take(&snapshotter);
         let calls = |outcome| {

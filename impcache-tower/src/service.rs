@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response};
 use http_body::Body;
-use impcache::Cache;
 use impcache::__private::metrics::LayerOutcome;
+use impcache::Cache;
 use tower::{Layer, Service};
 
 use crate::body::{self, BoxError, Buffered, ResponseBody, StreamCopy};

@@ -175,16 +175,9 @@ where
                         overwrite = true;
                     }
                 }
-                let ret = run::<P, R, Fut>(
-                    cache,
-                    &key,
-                    expire,
-                    overwrite,
-                    codec,
-                    body(),
-                    Some(guard),
-                )
-                .await;
+                let ret =
+                    run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), Some(guard))
+                        .await;
                 return (ret, outcome);
             }
             Join::Waiter(waiter) => {

@@ -41,7 +41,6 @@ pub use default_cache::{default_cache, set_default_cache, SetDefaultCacheError};
 #[doc(hidden)]
 pub(crate) mod __private {
     pub use super::call::{body, invalidate, memoize, NotInTraitImpl};
-    pub use crate::observe::hooks::CachedFunction;
     pub use super::codec::{codec, CacheValue, Codec};
     pub use super::default_cache::default_cache_or_warn as default_cache;
     pub use super::key::{KeyArg, KeyBuilder};
@@ -49,4 +48,5 @@ pub(crate) mod __private {
         Mismatch, Never, OkOnly, OptionReturn, Plain, Policy, ResultReturn, Returns,
         ReturnsMismatch, ReturnsOption, ReturnsResult, ReturnsValue, SomeOnly,
     };
+    pub use crate::observe::hooks::CachedFunction;
 }

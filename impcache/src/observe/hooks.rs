@@ -206,7 +206,10 @@ pub fn breaker_transition(breaker: &[Label], from: BreakerState, to: BreakerStat
         let extra = extra
             .iter()
             .map(|&(key, value)| Label::from_static_parts(key, value));
-        Key::from_parts(name, breaker.iter().cloned().chain(extra).collect::<Vec<_>>())
+        Key::from_parts(
+            name,
+            breaker.iter().cloned().chain(extra).collect::<Vec<_>>(),
+        )
     };
     let transition = key(
         BREAKER_TRANSITIONS_TOTAL,
