@@ -48,6 +48,13 @@
 //! [`Cache::delete_pattern`](impcache::Cache::delete_pattern) with the patterns of [`key`].
 //! [`CacheLayer::request_key`] gives a request's key.
 //!
+//! ## Metrics
+//!
+//! With a [`metrics`](https://docs.rs/metrics) recorder installed, every request counts in
+//! `impcache_http_requests_total{outcome, route}` (`hit`, `miss`, `bypass`, `error`). `route` is the
+//! route axum matched (`/users/{id}`, never the request's path) with the `axum` feature, absent
+//! otherwise. The table of metrics is in impcache's `OBSERVABILITY.md`.
+//!
 //! ## Storage
 //!
 //! Entries are a compact binary framing (see the `entry` module source) stored with
