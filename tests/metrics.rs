@@ -257,3 +257,96 @@ fn keys_are_on_the_spans_only_when_the_cache_records_them() {
     );
     assert!(logs.contains("error=cannot decode the value stored at key `cache:1:user:1`"));
 }
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache))]
+async fn square(cache: &Cache, n: u64) -> u64 {
+    tokio::task::yield_now().await;
+    n * n
+}
+
+#[test]
+fn cached_calls_count_by_function_and_outcome_and_their_hits_once() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::builder(MemoryCacheRepository::new())
+            .max_key_bytes(20)
+            .build();
+        assert_eq!(square(&cache, 3).await, 9); // miss
+        assert_eq!(square(&cache, 3).await, 9); // hit
+        assert_eq!(square(&cache, 3).await, 9); // hit
+                                                // The key ("metrics::square:" and the number) is too long: the cache fails, the body runs.
+        assert_eq!(square(&cache, 12345).await, 12345 * 12345); // bypass
+        let recorded = Recorded::take(&snapshotter);
+        let calls = |outcome| {
+            recorded.counter(
+                "impcache_cached_calls_total",
+                &[("function", "metrics::square"), ("outcome", outcome)],
+            )
+        };
+        assert_eq!((calls("hit"), calls("miss"), calls("bypass")), (2, 1, 1));
+        // The cache's own operations are counted as before: 3 GETs that reached the repository
+        // (1 miss, 2 hits), one failed, the store.
+        assert_eq!(recorded.ops("get", "hit"), 2);
+        assert_eq!(recorded.ops("get", "miss"), 1);
+        assert_eq!(recorded.ops("get", "error"), 1);
+        assert_eq!(recorded.ops("set_nx", "ok"), 1);
+        assert_eq!((cache.stats().hits, cache.stats().misses), (2, 1));
+
+        // Two callers of one key together: the second waits for the first's run.
+        let (a, b) = tokio::join!(square(&cache, 4), square(&cache, 4));
+        assert_eq!((a, b), (16, 16));
+        let recorded = Recorded::take(&snapshotter);
+        let function = [("function", "metrics::square")];
+        assert_eq!(
+            recorded.counter("impcache_single_flight_waits_total", &function),
+            1
+        );
+        assert!(matches!(
+            recorded.find("impcache_single_flight_wait_duration_seconds", &function),
+            Some(DebugValue::Histogram(times)) if times.len() == 1
+        ));
+        assert_eq!(
+            recorded.counter(
+                "impcache_cached_calls_total",
+                &[("function", "metrics::square"), ("outcome", "miss")]
+            ),
+            2
+        );
+    });
+}
+
+#[test]
+fn cached_hits_and_misses_are_trace_events_of_target_impcache_cached() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        current_thread_runtime().block_on(async {
+            let cache = Cache::builder(MemoryCacheRepository::new())
+                .max_key_bytes(20)
+                .build();
+            square(&cache, 5).await;
+            square(&cache, 5).await;
+            square(&cache, 12345).await;
+        });
+    });
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for outcome in ["miss", "hit", "bypass"] {
+        let event = format!(
+            "TRACE impcache::cached: #[cached] call function=\"metrics::square\" outcome=\"{outcome}\""
+        );
+        assert!(logs.contains(&event), "{event} in\n{logs}");
+    }
+    // The warning of the failed lookup has the same target, not the runtime's module.
+    assert!(
+        logs.contains("WARN impcache::cached: #[cached]: cache operation failed"),
+        "{logs}"
+    );
+    assert!(!logs.contains("memoize"), "{logs}");
+}

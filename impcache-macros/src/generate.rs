@@ -252,7 +252,10 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
                 #(#restore)*
                 #(#body)*
             });
+            static __IMPCACHE_FUNCTION: ::impcache::__private::CachedFunction =
+                ::impcache::__private::CachedFunction::new(::core::concat!(::core::module_path!(), "::", #fn_name));
             ::impcache::__private::memoize(
+                &__IMPCACHE_FUNCTION,
                 #cache_opt,
                 #version_opt,
                 __impcache_key,

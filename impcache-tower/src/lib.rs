@@ -51,6 +51,13 @@
 //! removed ([`Error::removed_before_failure`](impcache::Error::removed_before_failure)).
 //! [`CacheLayer::request_key`] gives a request's key.
 //!
+//! ## Metrics
+//!
+//! With a [`metrics`](https://docs.rs/metrics) recorder installed, every request counts in
+//! `impcache_http_requests_total{outcome, route}` (`hit`, `miss`, `bypass`, `error`). `route` is the
+//! route axum matched (`/users/{id}`, never the request's path) with the `axum` feature, absent
+//! otherwise. The table of metrics is in impcache's `OBSERVABILITY.md`.
+//!
 //! ## Storage
 //!
 //! Entries are a compact binary framing (see the `entry` module source) stored with
@@ -67,6 +74,7 @@ mod future;
 mod invalidate;
 pub mod key;
 mod layer;
+mod metrics;
 mod policy;
 mod render;
 mod service;

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response};
 use http_body::Body;
+use impcache::__private::metrics::LayerOutcome;
 use impcache::Cache;
 use tower::{Layer, Service};
 
@@ -21,6 +22,7 @@ use crate::future::ResponseFuture;
 use crate::invalidate;
 use crate::key;
 use crate::layer::CacheLayer;
+use crate::metrics::Counted;
 use crate::policy::{self, NotStored, RequestPlan};
 use crate::render::{self, mark, Outcome};
 use crate::store::{lookup, Lookup, Unfinished};
@@ -133,9 +135,11 @@ where
             config.allow_authenticated,
             config.honor_request_cache_control,
         );
+        let counted = Counted::of(&request);
         let refresh = match plan {
             RequestPlan::Bypass(reason) => {
-                return Box::pin(bypass(config, inner, request, reason)).await
+                counted.count(LayerOutcome::Bypass);
+                return Box::pin(bypass(config, inner, request, reason)).await;
             }
             RequestPlan::Head => true,
             RequestPlan::Lookup { refresh } => refresh,
@@ -164,17 +168,23 @@ where
             may_store: true,
             detail: None,
         };
+        let mut outcome = LayerOutcome::Miss;
         if head || !refresh {
             match lookup(config, &miss.keys, miss.request.headers()).await {
-                Lookup::Hit(entry) => return Ok(hit(entry, miss.request.headers(), head, config)),
+                Lookup::Hit(entry) => {
+                    counted.count(LayerOutcome::Hit);
+                    return Ok(hit(entry, miss.request.headers(), head, config));
+                }
                 Lookup::Miss(fwd) => miss.fwd = fwd,
                 Lookup::Failed { backend } => {
                     miss.fwd = "uri-miss";
                     miss.may_store = !backend;
                     miss.detail = Some("cache-error");
+                    outcome = LayerOutcome::Error;
                 }
             }
         }
+        counted.count(outcome);
         Box::pin(forward(config, miss)).await
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use metrics::Recorder;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
@@ -12,6 +13,7 @@ use crate::error::{shown, Error, Result};
 use crate::expire::Expire;
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
+use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::observe::metrics::{Operation, Tally};
 use crate::observe::{CacheStats, Counters, Observation};
 use crate::progress::{trace_progress, DeleteProgress};
@@ -24,8 +26,16 @@ use crate::repository::CacheRepository;
 /// A macro rather than an `async fn` taking the future: an `async fn` argument is copied into
 /// the callee's state, a memcpy of the whole operation's future on every call (+200 instructions
 /// on an in-memory `get`, op-cost).
+///
+/// `map: |value| ..` turns the body's value into the operation's (after the body, before the
+/// counting: not in the body's future, which would grow by it), and `also: |value, recorder| ..`
+/// records the caller's own metrics of a success in the same call into
+/// the recorder (only when one is installed).
 macro_rules! observed {
-    ($cache:expr, $operation:expr, $key:expr, $body:expr) => {{
+    ($cache:expr, $operation:expr, $key:expr, $body:expr) => {
+        observed!($cache, $operation, $key, $body, map: |value| value, also: |_, _| {})
+    };
+    ($cache:expr, $operation:expr, $key:expr, $body:expr, map: $map:expr, also: $also:expr) => {{
         let observation = Observation::start($operation, $key, $cache.shared.record_keys);
         // `$body` twice: awaited in place when no subscriber wants the span (moving the future
         // into `Instrumented` is a memcpy of it), instrumented otherwise.
@@ -34,9 +44,15 @@ macro_rules! observed {
         } else {
             Instrument::instrument($body, observation.span().clone()).await
         };
+        let result = result.map(|(value, tally)| (($map)(value), tally));
         observation.finish(
             &$cache.shared.counters,
             result.as_ref().map(|(_, tally)| tally),
+            |recorder| {
+                if let Ok((value, _)) = &result {
+                    ($also)(value, recorder);
+                }
+            },
         );
         result.map(|(value, _)| value)
     }};
@@ -554,6 +570,29 @@ impl Cache {
     /// [`set_raw`](Cache::set_raw) (such as the HTTP layer's entries).
     pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>> {
         observed!(self, Operation::Get, Some(key), self.read(key))
+    }
+
+    /// [`get_raw`](Cache::get_raw) for the `#[cached]` runtime: the bytes found go through `decode`
+    /// (`Err(())`: not a value of the function's type), and a decoded value counts as a hit of
+    /// `function` in the same call into the metrics recorder as the `get` itself.
+    pub(crate) async fn get_raw_cached<V>(
+        &self,
+        key: &str,
+        function: &'static CachedFunction,
+        decode: impl FnOnce(&Bytes) -> Result<V, ()>,
+    ) -> Result<Option<Result<V, ()>>> {
+        observed!(
+            self,
+            Operation::Get,
+            Some(key),
+            self.read(key),
+            map: |found: Option<Bytes>| found.map(|bytes| decode(&bytes)),
+            also: |found: &Option<Result<V, ()>>, recorder: &dyn Recorder| {
+                if let Some(Ok(_)) = found {
+                    function.record_call(recorder, CallOutcome::Hit);
+                }
+            }
+        )
     }
 
     /// Stores raw bytes at `key`, without JSON encoding. Such entries are not readable by

@@ -108,5 +108,6 @@ pub mod __private {
     /// Metrics recorded by the `#[cached]` expansion, the HTTP layer and the circuit breaker.
     pub mod metrics {
         pub use crate::observe::hooks::*;
+        pub use crate::observe::metrics::recorder_installed;
     }
 }

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::task::Poll;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -13,6 +14,8 @@ use crate::error::{shown, Error};
 use crate::expire::Expire;
 use crate::flight::{FlightGuard, Flights, Join, Leader, Wait};
 use crate::key::Version;
+use crate::observe::hooks::{CachedFunction, CallOutcome};
+use crate::observe::metrics::recorder_installed;
 use crate::Cache;
 
 /// Names the output type of a body, so that `?` in it infers.
@@ -30,6 +33,9 @@ pub fn body<R, F: FnOnce() -> Fut, Fut: Future<Output = R>>(body: F) -> F {
     note = "put the cached function in an inherent impl (`impl {Self}`) or make it a free function, and call it from the trait impl's method"
 )]
 pub trait NotInTraitImpl {}
+
+/// The `tracing` target of the `#[cached]` runtime's events (its hits and misses, its warnings).
+pub(crate) const TARGET: &str = "impcache::cached";
 
 /// The key of an in-flight computation: the repository's address and the full key, so that two
 /// caches never share a computation.
@@ -65,11 +71,14 @@ fn target<'a>(cache: &'a Cache, version: Option<&Version>) -> Target<'a> {
     }
 }
 
-/// Runs one call of a `#[cached]` function (hit, single-flight miss, fail open).
+/// Runs one call of a `#[cached]` function (hit, single-flight miss, fail open), counted as a call
+/// of `function` (`impcache_cached_calls_total`).
 ///
 /// `cache` is `None` when no default cache is installed; `key` is `Err` when an argument
 /// could not be written as JSON (the body then runs uncached).
+#[allow(clippy::too_many_arguments)]
 pub async fn memoize<P, R, F, Fut>(
+    function: &'static CachedFunction,
     cache: Option<&Cache>,
     version: Option<&Version>,
     key: crate::Result<String>,
@@ -86,43 +95,59 @@ where
     // Everything but the hit path is boxed, so that the future of a cached function stays
     // small: the body's future is only created (and allocated) on a miss.
     let Some(cache) = cache else {
+        function.call(CallOutcome::Bypass);
         return Box::pin(body()).await;
     };
     let key = match key {
         Ok(key) => key,
         Err(error) => {
-            tracing::warn!(%error, "#[cached]: the key cannot be built; running uncached");
+            tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
+            function.call(CallOutcome::Bypass);
             return Box::pin(body()).await;
         }
     };
     let target = target(cache, version);
     let cache = target.get();
 
-    // The hit path: one GET, one decode.
+    // The hit path: one GET, one decode (the hit counted with the GET).
     let mut overwrite = false;
-    match cache.get_raw(&key).await {
-        Ok(Some(bytes)) => match decode(codec, cache, &key, &bytes) {
-            Ok(value) => return P::wrap(value),
-            Err(()) => overwrite = true,
-        },
+    let mut outcome = CallOutcome::Miss;
+    match cache
+        .get_raw_cached(&key, function, |bytes| decode(codec, cache, &key, bytes))
+        .await
+    {
+        Ok(Some(Ok(value))) => {
+            function.trace(CallOutcome::Hit);
+            return P::wrap(value);
+        }
+        Ok(Some(Err(()))) => overwrite = true,
         Ok(None) => {}
-        Err(error) => report("get", &key, &error),
+        Err(error) => {
+            report("get", &key, &error);
+            outcome = CallOutcome::Bypass;
+        }
     }
-    Box::pin(miss::<P, R, Fut>(
-        cache, key, expire, codec, body, overwrite,
+    let (ret, outcome) = Box::pin(miss::<P, R, Fut>(
+        function, cache, key, expire, codec, body, overwrite, outcome,
     ))
-    .await
+    .await;
+    function.call(outcome);
+    ret
 }
 
-/// A miss: one execution per key per process, then store.
+/// A miss: one execution per key per process, then store. Answers with the call's outcome: `hit`
+/// when a leader elected late finds the value, `outcome` otherwise.
+#[allow(clippy::too_many_arguments)]
 async fn miss<P, R, Fut>(
+    function: &'static CachedFunction,
     cache: &Cache,
     key: String,
     expire: Expire,
     codec: Codec<P::Value>,
     body: impl FnOnce() -> Fut,
     mut overwrite: bool,
-) -> R
+    outcome: CallOutcome,
+) -> (R, CallOutcome)
 where
     P: Policy<R>,
     Fut: Future<Output = R>,
@@ -145,40 +170,36 @@ where
                     if let Ok(Some(bytes)) = cache.get_raw(&key).await {
                         if let Ok(value) = decode(codec, cache, &key, &bytes) {
                             guard.publish(bytes);
-                            return P::wrap(value);
+                            return (P::wrap(value), CallOutcome::Hit);
                         }
                         overwrite = true;
                     }
                 }
-                return run::<P, R, Fut>(
-                    cache,
-                    &key,
-                    expire,
-                    overwrite,
-                    codec,
-                    body(),
-                    Some(guard),
-                )
-                .await;
+                let ret =
+                    run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), Some(guard))
+                        .await;
+                return (ret, outcome);
             }
-            Join::Waiter(waiter) => match waiter.wait_unbounded().await {
-                Wait::Published(bytes) => {
-                    match decode(codec, cache, &key, &bytes) {
-                        Ok(value) => return P::wrap(value),
+            Join::Waiter(waiter) => {
+                let started = recorder_installed().then(Instant::now);
+                let waited = waiter.wait_unbounded().await;
+                if let Some(started) = started {
+                    function.single_flight_wait(started.elapsed());
+                }
+                let overwrite = match waited {
+                    Wait::Published(bytes) => match decode(codec, cache, &key, &bytes) {
+                        Ok(value) => return (P::wrap(value), outcome),
                         // Another instantiation of a generic function under the same key.
-                        Err(()) => {
-                            return run::<P, R, Fut>(cache, &key, expire, true, codec, body(), None)
-                                .await
-                        }
-                    }
-                }
-                Wait::NotShared | Wait::TimedOut => {
-                    return run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), None)
-                        .await
-                }
-                // The leader panicked or was cancelled: join again (the first to join leads).
-                Wait::Abandoned => continue,
-            },
+                        Err(()) => true,
+                    },
+                    Wait::NotShared | Wait::TimedOut => overwrite,
+                    // The leader panicked or was cancelled: join again (the first to join leads).
+                    Wait::Abandoned => continue,
+                };
+                let ret =
+                    run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), None).await;
+                return (ret, outcome);
+            }
         }
     }
 }
@@ -277,15 +298,15 @@ fn decode<V>(codec: Codec<V>, cache: &Cache, key: &str, bytes: &[u8]) -> Result<
             key: shown(&cache.make_key(key)),
             source,
         };
-        tracing::warn!(%error, "#[cached]: the stored value does not decode as the return type; recomputing and replacing it");
+        tracing::warn!(target: TARGET, %error, "#[cached]: the stored value does not decode as the return type; recomputing and replacing it");
     })
 }
 
 fn report(operation: &'static str, key: &str, error: &Error) {
     if matches!(error, Error::CircuitOpen { .. }) {
-        tracing::debug!(operation, key, %error, "#[cached]: cache unavailable; running uncached");
+        tracing::debug!(target: TARGET, operation, key, %error, "#[cached]: cache unavailable; running uncached");
     } else {
-        tracing::warn!(operation, key, %error, "#[cached]: cache operation failed; the function runs regardless");
+        tracing::warn!(target: TARGET, operation, key, %error, "#[cached]: cache operation failed; the function runs regardless");
     }
 }
 

@@ -71,6 +71,7 @@ pub fn default_cache_or_warn() -> Option<&'static Cache> {
     let cache = DEFAULT_CACHE.get();
     if cache.is_none() && !WARNED_NO_DEFAULT.swap(true, Ordering::Relaxed) {
         tracing::warn!(
+            target: super::call::TARGET,
             "a #[cached] function was called before `impcache::set_default_cache`: it runs uncached until a default cache is installed"
         );
     }

@@ -48,4 +48,5 @@ pub(crate) mod __private {
         Mismatch, Never, OkOnly, OptionReturn, Plain, Policy, ResultReturn, Returns,
         ReturnsMismatch, ReturnsOption, ReturnsResult, ReturnsValue, SomeOnly,
     };
+    pub use crate::observe::hooks::CachedFunction;
 }

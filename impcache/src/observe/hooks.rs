@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use metrics::{Key, Label, Unit};
+use metrics::{Key, Label, Recorder, Unit};
 
 use super::METADATA;
 
@@ -92,16 +92,32 @@ impl CachedFunction {
         }
     }
 
+    /// The function's name (`module::path::name`).
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// Counts one call; also a `TRACE` event (target `impcache::cached`).
     pub fn call(&'static self, outcome: CallOutcome) {
+        self.trace(outcome);
+        metrics::with_recorder(|recorder| self.record_call(recorder, outcome));
+    }
+
+    /// The `TRACE` event of one call (target `impcache::cached`).
+    #[inline(always)]
+    pub(crate) fn trace(&self, outcome: CallOutcome) {
         tracing::trace!(
             target: "impcache::cached",
             function = self.name,
             outcome = outcome.name(),
             "#[cached] call"
         );
+    }
+
+    /// Counts one call in `recorder` (for a caller already inside the facade's `with_recorder`).
+    pub(crate) fn record_call(&'static self, recorder: &dyn Recorder, outcome: CallOutcome) {
         let key = Key::from_static_parts(CACHED_CALLS_TOTAL, &self.calls[outcome.index()]);
-        metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA).increment(1));
+        recorder.register_counter(&key, &METADATA).increment(1);
     }
 
     /// Counts one caller that waited `waited` for another caller's run of the same key.
@@ -182,26 +198,31 @@ impl BreakerState {
     }
 }
 
-/// Counts a breaker's change of state and sets [`BREAKER_STATE`] to `to`.
-pub fn breaker_transition(from: BreakerState, to: BreakerState) {
-    let transition = Key::from_parts(
+/// Counts a breaker's change of state and sets [`BREAKER_STATE`] to `to`. `breaker` are the labels
+/// naming the breaker (`repository`, and `node` for a cluster node's), so that several breakers
+/// do not write over each other's gauge.
+pub fn breaker_transition(breaker: &[Label], from: BreakerState, to: BreakerState) {
+    let key = |name: &'static str, extra: &[(&'static str, &'static str)]| {
+        let extra = extra
+            .iter()
+            .map(|&(key, value)| Label::from_static_parts(key, value));
+        Key::from_parts(
+            name,
+            breaker.iter().cloned().chain(extra).collect::<Vec<_>>(),
+        )
+    };
+    let transition = key(
         BREAKER_TRANSITIONS_TOTAL,
-        vec![
-            Label::from_static_parts("from", from.name()),
-            Label::from_static_parts("to", to.name()),
-        ],
+        &[("from", from.name()), ("to", to.name())],
     );
     metrics::with_recorder(|recorder| {
         recorder
             .register_counter(&transition, &METADATA)
             .increment(1);
         for state in BreakerState::ALL {
-            let key = Key::from_parts(
-                BREAKER_STATE,
-                vec![Label::from_static_parts("state", state.name())],
-            );
             let value = if state == to { 1.0 } else { 0.0 };
-            recorder.register_gauge(&key, &METADATA).set(value);
+            let gauge = key(BREAKER_STATE, &[("state", state.name())]);
+            recorder.register_gauge(&gauge, &METADATA).set(value);
         }
     });
 }
@@ -371,8 +392,8 @@ mod tests {
     #[test]
     fn breaker_transitions_count_and_set_the_state() {
         let all = recorded(|| {
-            breaker_transition(BreakerState::Closed, BreakerState::Open);
-            breaker_transition(BreakerState::Open, BreakerState::HalfOpen);
+            breaker_transition(&[], BreakerState::Closed, BreakerState::Open);
+            breaker_transition(&[], BreakerState::Open, BreakerState::HalfOpen);
         });
         assert_eq!(
             all,

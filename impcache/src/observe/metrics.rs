@@ -234,13 +234,18 @@ static BYTES_WRITTEN_KEY: Key = Key::from_static_name(BYTES_WRITTEN_TOTAL);
 /// (two clock reads and the recorder calls are ~10 % of an in-memory `get`). A zero-sized
 /// recorder of a user's (one forwarding to a `static`) records nothing from this crate.
 #[inline(always)]
-pub(crate) fn recorder_installed() -> bool {
+pub fn recorder_installed() -> bool {
     metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
 }
 
 /// Records one finished operation: its count by outcome, its duration, and on success what it
-/// read and wrote. One call into the recorder for all of them.
-pub(crate) fn record(operation: Operation, result: Result<&Tally, &Error>, elapsed: Duration) {
+/// read and wrote, then whatever `also` records. One call into the recorder for all of them.
+pub(crate) fn record(
+    operation: Operation,
+    result: Result<&Tally, &Error>,
+    elapsed: Duration,
+    also: impl FnOnce(&dyn Recorder),
+) {
     metrics::with_recorder(|recorder| {
         let outcome = match result {
             Ok(tally) => tally.outcome(operation),
@@ -257,6 +262,7 @@ pub(crate) fn record(operation: Operation, result: Result<&Tally, &Error>, elaps
             Ok(tally) => record_tally(recorder, tally),
             Err(error) => record_error(recorder, operation, error),
         }
+        also(recorder);
     });
 }
 

@@ -47,9 +47,16 @@ impl Observation {
         &self.span
     }
 
-    /// Counts the result everywhere: stats, metrics, span.
+    /// Counts the result everywhere: stats, metrics, span; `also` records the caller's own metrics
+    /// in the same call into the recorder (the `#[cached]` runtime's count of a hit), only when one
+    /// is installed.
     #[inline(always)]
-    pub(crate) fn finish(self, counters: &Counters, result: Result<&Tally, &Error>) {
+    pub(crate) fn finish(
+        self,
+        counters: &Counters,
+        result: Result<&Tally, &Error>,
+        also: impl FnOnce(&dyn ::metrics::Recorder),
+    ) {
         let outcome = match result {
             Ok(tally) => {
                 counters.succeeded(tally);
@@ -62,7 +69,7 @@ impl Observation {
         };
         span::finish(&self.span, outcome, result.err(), self.record_keys);
         if let Some(started) = self.started {
-            metrics::record(self.operation, result, started.elapsed());
+            metrics::record(self.operation, result, started.elapsed(), also);
         }
     }
 }

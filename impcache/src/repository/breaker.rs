@@ -4,6 +4,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use metrics::Label;
+
+use crate::observe::hooks::{breaker_transition, BreakerState};
+
 /// Circuit-breaker settings of a [`RedisCacheRepository`](crate::RedisCacheRepository).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -45,6 +49,8 @@ pub(crate) enum Admission {
 #[derive(Debug)]
 pub(crate) struct CircuitBreaker {
     config: Option<CircuitBreakerConfig>,
+    /// The labels of its metrics: `repository`, and `node` for a cluster node's breaker.
+    labels: Vec<Label>,
     epoch: Instant,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch` until which the breaker is open; 0 when closed.
@@ -53,9 +59,18 @@ pub(crate) struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub(crate) fn new(config: Option<CircuitBreakerConfig>) -> Self {
+    /// A breaker of the repository `repository` (`redis`, `sentinel`, `cluster`), or of its `node`
+    /// (`host:port`, a cluster node's), as its metrics name it.
+    pub(crate) fn new(
+        config: Option<CircuitBreakerConfig>,
+        repository: &'static str,
+        node: Option<String>,
+    ) -> Self {
+        let mut labels = vec![Label::from_static_parts("repository", repository)];
+        labels.extend(node.map(|node| Label::new("node", node)));
         Self {
             config,
+            labels,
             epoch: Instant::now(),
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
@@ -89,7 +104,10 @@ impl CircuitBreaker {
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            Ok(_) => Admission::Probe,
+            Ok(_) => {
+                self.transition(BreakerState::Open, BreakerState::HalfOpen);
+                Admission::Probe
+            }
             Err(_) => Admission::Rejected,
         }
     }
@@ -101,7 +119,12 @@ impl CircuitBreaker {
         }
         if self.open_until_ms.load(Ordering::Relaxed) != 0 {
             self.open_until_ms.store(0, Ordering::Release);
-            self.probe_in_flight.store(false, Ordering::Release);
+            let from = if self.probe_in_flight.swap(false, Ordering::AcqRel) {
+                BreakerState::HalfOpen
+            } else {
+                BreakerState::Open
+            };
+            self.transition(from, BreakerState::Closed);
             tracing::info!("impcache: redis answered again, circuit breaker closed");
         }
     }
@@ -116,7 +139,11 @@ impl CircuitBreaker {
         if *admission == Admission::Probe || failures >= config.failure_threshold {
             let until = self.now_ms() + config.cool_down.as_millis() as u64;
             let was_open = self.open_until_ms.swap(until, Ordering::AcqRel) != 0;
-            self.probe_in_flight.store(false, Ordering::Release);
+            if self.probe_in_flight.swap(false, Ordering::AcqRel) {
+                self.transition(BreakerState::HalfOpen, BreakerState::Open);
+            } else if !was_open {
+                self.transition(BreakerState::Closed, BreakerState::Open);
+            }
             if !was_open {
                 tracing::warn!(
                     failures,
@@ -129,9 +156,16 @@ impl CircuitBreaker {
 
     /// Releases a probe slot that ended without telling anything about the server.
     pub(crate) fn release_probe(&self, admission: &Admission) {
-        if *admission == Admission::Probe {
-            self.probe_in_flight.store(false, Ordering::Release);
+        if *admission == Admission::Probe && self.probe_in_flight.swap(false, Ordering::AcqRel) {
+            // Back to open with its cool-down over: the next operation is the probe.
+            self.transition(BreakerState::HalfOpen, BreakerState::Open);
         }
+    }
+
+    /// Records a change of state in the metrics (rare: no cost on the paths that do not change it).
+    #[cold]
+    fn transition(&self, from: BreakerState, to: BreakerState) {
+        breaker_transition(&self.labels, from, to);
     }
 }
 
@@ -154,10 +188,11 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_then_probes_once_and_closes_on_success() {
-        let breaker = CircuitBreaker::new(Some(CircuitBreakerConfig::new(
-            3,
-            Duration::from_millis(30),
-        )));
+        let breaker = CircuitBreaker::new(
+            Some(CircuitBreakerConfig::new(3, Duration::from_millis(30))),
+            "redis",
+            None,
+        );
         for _ in 0..2 {
             let a = breaker.admit();
             assert_eq!(a, Admission::Allowed);
@@ -185,8 +220,68 @@ mod tests {
     }
 
     #[test]
+    fn transitions_are_counted_and_the_state_is_a_gauge_per_breaker() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let breaker = CircuitBreaker::new(
+                Some(CircuitBreakerConfig::new(1, Duration::from_millis(10))),
+                "cluster",
+                Some("10.0.0.1:7000".to_owned()),
+            );
+            let a = breaker.admit();
+            breaker.record_failure(&a); // closed -> open
+            std::thread::sleep(Duration::from_millis(20));
+            let probe = breaker.admit(); // open -> half_open
+            breaker.record_failure(&probe); // half_open -> open
+            std::thread::sleep(Duration::from_millis(20));
+            let probe = breaker.admit(); // open -> half_open
+            breaker.record_success(); // half_open -> closed
+            breaker.release_probe(&probe); // nothing: the probe reported
+        });
+        let mut transitions = Vec::new();
+        let mut states = Vec::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let labels: Vec<_> = key.labels().map(|l| (l.key(), l.value())).collect();
+            assert_eq!(
+                labels[..2],
+                [("repository", "cluster"), ("node", "10.0.0.1:7000")]
+            );
+            match (key.name(), value) {
+                ("impcache_circuit_breaker_transitions_total", DebugValue::Counter(n)) => {
+                    transitions.push((labels[2].1.to_owned(), labels[3].1.to_owned(), n));
+                }
+                ("impcache_circuit_breaker_state", DebugValue::Gauge(v)) => {
+                    states.push((labels[2].1.to_owned(), v.into_inner()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        transitions.sort();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        let t = |from: &str, to: &str, n| (from.to_owned(), to.to_owned(), n);
+        assert_eq!(
+            transitions,
+            [
+                t("closed", "open", 1),
+                t("half_open", "closed", 1),
+                t("half_open", "open", 1),
+                t("open", "half_open", 2),
+            ]
+        );
+        let s = |state: &str, v| (state.to_owned(), v);
+        assert_eq!(
+            states,
+            [s("closed", 1.0), s("half_open", 0.0), s("open", 0.0)]
+        );
+    }
+
+    #[test]
     fn disabled_breaker_always_allows() {
-        let breaker = CircuitBreaker::new(None);
+        let breaker = CircuitBreaker::new(None, "redis", None);
         for _ in 0..100 {
             let a = breaker.admit();
             breaker.record_failure(&a);

@@ -430,7 +430,7 @@ impl RedisClusterCacheRepositoryBuilder {
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
                 breaker_config: self.settings.breaker,
-                client_breaker: CircuitBreaker::new(self.settings.breaker),
+                client_breaker: CircuitBreaker::new(self.settings.breaker, "cluster", None),
                 shown_nodes: self.nodes.iter().map(|n| dsn::redact(n)).collect(),
             }),
         })

@@ -57,7 +57,11 @@ impl RedisClusterCacheRepository {
                 Arc::new(Node {
                     host: host.to_owned(),
                     port,
-                    breaker: CircuitBreaker::new(self.inner.breaker_config),
+                    breaker: CircuitBreaker::new(
+                        self.inner.breaker_config,
+                        "cluster",
+                        Some(format!("{host}:{port}")),
+                    ),
                     connection: RwLock::new(None),
                 })
             })

@@ -362,7 +362,7 @@ impl RedisCacheRepositoryBuilder {
                 deadline: self.settings.deadline,
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
-                breaker: CircuitBreaker::new(self.settings.breaker),
+                breaker: CircuitBreaker::new(self.settings.breaker, "redis", None),
                 shown_dsn,
             }),
         }

@@ -463,7 +463,7 @@ impl RedisSentinelCacheRepositoryBuilder {
                 deadline: self.settings.deadline,
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
-                breaker: CircuitBreaker::new(self.settings.breaker),
+                breaker: CircuitBreaker::new(self.settings.breaker, "sentinel", None),
                 shown_sentinels,
                 recheck_every: self.recheck_every,
                 epoch: Instant::now(),
