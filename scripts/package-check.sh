@@ -10,9 +10,9 @@
 # 3. The README's Install lines, as written (a checkout path put in for `../impcache-rs`), build
 #    in a new empty project using `#[cached]` and `CacheLayer`.
 #
-# Builds go to the workspace's own target directory (cargo's dry run puts its verification builds
-# there too), so after `scripts/test.sh` the dependencies are built already: `.ci/run` runs this
-# script last. From a cold target directory it took 4 min 26 s on the shared 2-core machine.
+# Builds go to the workspace's own target directory, so after `scripts/test.sh` the dependencies
+# are built already (`.ci/run` runs this script last), but the dry run's, which go to
+# target/publish-verify (see below). From a cold target directory it took 4 min 26 s on the shared 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -21,10 +21,22 @@ trap 'rm -rf "$work"' EXIT
 crates=(impcache-macros impcache impcache-tower)
 
 echo "== cargo publish --dry-run --workspace"
-cargo publish --dry-run --workspace --allow-dirty  # the working tree, committed or not
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+# The dry run verifies each crate against the ones packaged before it, served from a local registry.
+# Cargo takes registry packages for immutable: it does not unpack one again while a directory of
+# that name and version is under $CARGO_HOME/registry/src/-<hash>/, nor rebuild it while its build
+# is in the target directory, so a second run would verify impcache-tower against the impcache of
+# the first. Both go first: the unpacked copies (only our own packages are under those `-<hash>`
+# directories; crates.io's are under index.crates.io-*), and our crates' builds in a target
+# directory of the dry run's own (its dependencies stay built).
+verify_target="$root/target/publish-verify"
+for crate in "${crates[@]}"; do
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/"$crate-$version"
+done
+rm -rf "$verify_target"/debug/.fingerprint/impcache* "$verify_target"/debug/deps/*impcache*
+CARGO_TARGET_DIR="$verify_target" cargo publish --dry-run --workspace --allow-dirty  # the working tree, committed or not
 
 echo "== the packaged crates' tests build from the packages"
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 package_args=()
 for crate in "${crates[@]}"; do package_args+=(-p "$crate"); done
 cargo package --no-verify --allow-dirty --quiet "${package_args[@]}"
