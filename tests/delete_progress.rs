@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +12,7 @@ use impcache::{
     BoxFuture, Cache, CacheRepository, DeleteProgress, Error, Expiry, MemoryCacheRepository,
     RedisCacheRepository,
 };
+use impcache_tests::logs::Logs;
 use impcache_tests::{current_thread_runtime, RedisServer};
 
 /// Keys `DEBUG POPULATE` writes in the Redis tests: 20 batches of `SCAN`.
@@ -129,20 +128,6 @@ async fn a_repository_without_progress_reports_once_at_the_end() {
     );
 }
 
-/// Everything a `fmt` subscriber writes, shared with the test.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_long_sweep_is_a_debug_event_every_10_batches() {
     let logs = Logs::default();
@@ -166,7 +151,7 @@ fn a_long_sweep_is_a_debug_event_every_10_batches() {
             assert_eq!(cache.delete_pattern("*").await.unwrap(), 21_500);
         });
     });
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     let events: Vec<&str> = logs
         .lines()
         .filter(|line| line.contains("sweep in progress"))

@@ -7,10 +7,10 @@
 //! a current-thread runtime on that thread, so tests running in parallel do not see each other.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use impcache::{Cache, CacheRepository, CacheStats, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::logs::Logs;
 use impcache_tests::{current_thread_runtime, RedisServer};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
@@ -185,20 +185,6 @@ fn without_a_recorder_only_the_stats_count() {
     });
 }
 
-/// Everything a `fmt` subscriber writes, shared with the test.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The closed `cache_operation` spans (with their fields) of `set`, a hit and a miss.
 fn spans_of_a_hit_and_a_miss(record_keys: bool) -> String {
     let logs = Logs::default();
@@ -220,8 +206,7 @@ fn spans_of_a_hit_and_a_miss(record_keys: bool) -> String {
             cache.get::<String>("user:1").await.unwrap_err();
         });
     });
-    let bytes = logs.0.lock().unwrap().clone();
-    String::from_utf8(bytes).unwrap()
+    logs.text()
 }
 
 #[test]
@@ -336,7 +321,7 @@ fn cached_hits_and_misses_are_trace_events_of_target_impcache_cached() {
             square(&cache, 12345).await;
         });
     });
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     for outcome in ["miss", "hit", "bypass"] {
         let event = format!(
             "TRACE impcache::cached: #[cached] call function=\"metrics::square\" outcome=\"{outcome}\""
