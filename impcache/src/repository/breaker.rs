@@ -49,7 +49,7 @@ pub(crate) enum Admission {
 #[derive(Debug)]
 pub(crate) struct CircuitBreaker {
     config: Option<CircuitBreakerConfig>,
-    /// The labels of its metrics: `repository`, and `node` for a cluster node's breaker.
+    /// The labels of its metrics: `repository` and `target`.
     labels: Vec<Label>,
     epoch: Instant,
     consecutive_failures: AtomicU32,
@@ -59,15 +59,19 @@ pub(crate) struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// A breaker of the repository `repository` (`redis`, `sentinel`, `cluster`), or of its `node`
-    /// (`host:port`, a cluster node's), as its metrics name it.
+    /// A breaker of the repository kind `repository` (`redis`, `sentinel`, `cluster`) guarding
+    /// `target`, as its metrics name them: the server's DSN without its password, the Sentinel
+    /// service, the cluster's seed nodes, or one cluster node's `host:port`. Two repositories of
+    /// one kind therefore keep apart in the metrics.
     pub(crate) fn new(
         config: Option<CircuitBreakerConfig>,
         repository: &'static str,
-        node: Option<String>,
+        target: String,
     ) -> Self {
-        let mut labels = vec![Label::from_static_parts("repository", repository)];
-        labels.extend(node.map(|node| Label::new("node", node)));
+        let labels = vec![
+            Label::from_static_parts("repository", repository),
+            Label::new("target", target),
+        ];
         Self {
             config,
             labels,
@@ -191,7 +195,7 @@ mod tests {
         let breaker = CircuitBreaker::new(
             Some(CircuitBreakerConfig::new(3, Duration::from_millis(30))),
             "redis",
-            None,
+            "redis://127.0.0.1:6379/0".to_owned(),
         );
         for _ in 0..2 {
             let a = breaker.admit();
@@ -229,7 +233,7 @@ mod tests {
             let breaker = CircuitBreaker::new(
                 Some(CircuitBreakerConfig::new(1, Duration::from_millis(10))),
                 "cluster",
-                Some("10.0.0.1:7000".to_owned()),
+                "10.0.0.1:7000".to_owned(),
             );
             let a = breaker.admit();
             breaker.record_failure(&a); // closed -> open
@@ -248,7 +252,7 @@ mod tests {
             let labels: Vec<_> = key.labels().map(|l| (l.key(), l.value())).collect();
             assert_eq!(
                 labels[..2],
-                [("repository", "cluster"), ("node", "10.0.0.1:7000")]
+                [("repository", "cluster"), ("target", "10.0.0.1:7000")]
             );
             match (key.name(), value) {
                 ("impcache_circuit_breaker_transitions_total", DebugValue::Counter(n)) => {
@@ -280,8 +284,42 @@ mod tests {
     }
 
     #[test]
+    fn two_breakers_of_one_kind_keep_apart_in_the_metrics() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let config = Some(CircuitBreakerConfig::new(1, Duration::from_secs(60)));
+            let sessions = CircuitBreaker::new(config, "redis", "redis://10.0.0.1:6379/0".into());
+            let _pages = CircuitBreaker::new(config, "redis", "redis://10.0.0.2:6379/0".into());
+            let a = sessions.admit();
+            sessions.record_failure(&a); // closed -> open, on the first server only
+        });
+        let mut open = Vec::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let label = |name: &str| {
+                key.labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_owned())
+            };
+            if let ("impcache_circuit_breaker_state", DebugValue::Gauge(v)) = (key.name(), value) {
+                if label("state").as_deref() == Some("open") {
+                    open.push((label("target"), v.into_inner()));
+                }
+            }
+        }
+        assert_eq!(
+            open,
+            [(Some("redis://10.0.0.1:6379/0".to_owned()), 1.0)],
+            "the second server's breaker never changed state, so it has no gauge"
+        );
+    }
+
+    #[test]
     fn disabled_breaker_always_allows() {
-        let breaker = CircuitBreaker::new(None, "redis", None);
+        let breaker = CircuitBreaker::new(None, "redis", "redis://127.0.0.1:6379/0".to_owned());
         for _ in 0..100 {
             let a = breaker.admit();
             breaker.record_failure(&a);

@@ -412,6 +412,7 @@ impl RedisClusterCacheRepositoryBuilder {
                 dsn: dsn::redact_all(&self.nodes),
                 reason: dsn::scrub(&e.to_string(), &self.nodes),
             })?;
+        let shown_nodes: Vec<String> = self.nodes.iter().map(|n| dsn::redact(n)).collect();
         Ok(RedisClusterCacheRepository {
             inner: Arc::new(Inner {
                 client,
@@ -430,8 +431,12 @@ impl RedisClusterCacheRepositoryBuilder {
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
                 breaker_config: self.settings.breaker,
-                client_breaker: CircuitBreaker::new(self.settings.breaker, "cluster", None),
-                shown_nodes: self.nodes.iter().map(|n| dsn::redact(n)).collect(),
+                client_breaker: CircuitBreaker::new(
+                    self.settings.breaker,
+                    "cluster",
+                    shown_nodes.join(","),
+                ),
+                shown_nodes,
             }),
         })
     }

@@ -60,7 +60,7 @@ impl RedisClusterCacheRepository {
                     breaker: CircuitBreaker::new(
                         self.inner.breaker_config,
                         "cluster",
-                        Some(format!("{host}:{port}")),
+                        format!("{host}:{port}"),
                     ),
                     connection: RwLock::new(None),
                 })

@@ -362,7 +362,7 @@ impl RedisCacheRepositoryBuilder {
                 deadline: self.settings.deadline,
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
-                breaker: CircuitBreaker::new(self.settings.breaker, "redis", None),
+                breaker: CircuitBreaker::new(self.settings.breaker, "redis", shown_dsn.clone()),
                 shown_dsn,
             }),
         }

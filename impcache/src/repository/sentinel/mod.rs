@@ -454,6 +454,7 @@ impl RedisSentinelCacheRepositoryBuilder {
         }
         let node_info =
             SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info.clone());
+        let breaker_target = format!("{} via {}", self.service_name, shown_sentinels.join(","));
         Ok(RedisSentinelCacheRepository {
             inner: Arc::new(Inner {
                 sentinel: tokio::sync::Mutex::new(sentinel),
@@ -463,7 +464,7 @@ impl RedisSentinelCacheRepositoryBuilder {
                 deadline: self.settings.deadline,
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
-                breaker: CircuitBreaker::new(self.settings.breaker, "sentinel", None),
+                breaker: CircuitBreaker::new(self.settings.breaker, "sentinel", breaker_target),
                 shown_sentinels,
                 recheck_every: self.recheck_every,
                 epoch: Instant::now(),
