@@ -42,3 +42,6 @@ export IMPCACHE_REQUIRE_PYTHON=1
 export IMPCACHE_SOAK="${IMPCACHE_SOAK:-1}"
 
 cargo test --workspace --all-features "$@"
+# impcache-tower without its optional `axum` feature, as users of other frameworks build it: the
+# request metric without a route label.
+cargo test -p impcache-tower --test metrics_without_route "$@"
