@@ -70,6 +70,7 @@ mod body;
 mod config;
 mod entry;
 mod flight;
+mod freshness;
 mod future;
 mod invalidate;
 pub mod key;
@@ -77,13 +78,14 @@ mod layer;
 mod metrics;
 mod policy;
 mod render;
+mod revalidate;
 mod service;
 mod store;
 
 pub use body::{BoxError, ResponseBody};
 pub use config::{
-    StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_NAMESPACE, X_CACHE,
+    StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_KEEP_STALE, DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, X_CACHE,
 };
 pub use future::ResponseFuture;
 pub use layer::CacheLayer;
