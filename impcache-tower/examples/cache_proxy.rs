@@ -8,7 +8,8 @@
 //!
 //! `origin` is `http://host:port`. `follow-origin` builds the layer with
 //! [`follow_origin(true)`](CacheLayer::follow_origin) (an RFC 9111 shared cache); `default` keeps
-//! the layer's defaults (the server owns its cache).
+//! the layer's defaults (the server owns its cache). In `follow-origin` mode, `Surrogate-Control` is
+//! the layer's [targeted field](CacheLayer::targeted_cache_control).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: a broken setup must fail loudly
 
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use http::{StatusCode, Uri};
+use http::{HeaderName, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -60,7 +61,11 @@ async fn main() {
     let cache = Cache::new(MemoryCacheRepository::new());
     let layer = match mode.as_str() {
         "default" => CacheLayer::new(cache),
-        "follow-origin" => CacheLayer::new(cache).follow_origin(true),
+        // Surrogate-Control (W3C Edge Architecture) as this cache's targeted field: the suite
+        // tests it as one.
+        "follow-origin" => CacheLayer::new(cache)
+            .follow_origin(true)
+            .targeted_cache_control(HeaderName::from_static("surrogate-control")),
         other => panic!("unknown mode {other}; {usage}"),
     };
     let origin = Origin {

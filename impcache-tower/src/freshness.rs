@@ -61,6 +61,15 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// The statuses whose caching this cache understands (RFC 9111 §5.2.2.3 `must-understand`): those
+/// RFC 9110 defines.
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421..=426 | 428 | 429 | 431 | 451 | 500..=505
+    )
+}
+
 /// The directives that apply to this cache: the first targeted field present, else
 /// `Cache-Control` (RFC 9213 §2.1: a cache that uses a targeted field ignores `Cache-Control`).
 pub(crate) fn directives(headers: &HeaderMap, targeted: Option<&HeaderName>) -> CacheControl {
@@ -80,13 +89,26 @@ fn date_secs(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-/// The `Age` field (§5.1): a non-negative integer; `None` when absent or invalid.
+/// An age that makes any response stale.
+const STALE_AGE: u64 = 1 << 31;
+
+/// The `Age` field (§5.1): one non-negative integer; `None` when absent. An invalid one (not
+/// digits, a list, several fields) makes the response stale: [`STALE_AGE`].
 fn age_value(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(header::AGE)?.to_str().ok()?.trim();
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    let mut values = headers.get_all(header::AGE).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return Some(STALE_AGE);
     }
-    Some(value.parse::<u64>().unwrap_or(u64::from(u32::MAX)))
+    let value = value.to_str().map(str::trim).unwrap_or_default();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(STALE_AGE);
+    }
+    Some(
+        value
+            .parse::<u64>()
+            .map_or(STALE_AGE, |age| age.min(STALE_AGE)),
+    )
 }
 
 /// A response judged storable in the origin mode: its freshness, and the TTL of its key.
@@ -122,7 +144,11 @@ pub(crate) fn storable(
         return Err(NotStored::SetCookie);
     }
     let cc = directives(headers, config.targeted_field.as_ref());
-    if cc.no_store {
+    if cc.must_understand && !understood(status) {
+        return Err(NotStored::Status);
+    }
+    // `must-understand` overrides `no-store` for a status the cache understands (§5.2.2.3).
+    if cc.no_store && !cc.must_understand {
         return Err(NotStored::NoStore);
     }
     if cc.private {

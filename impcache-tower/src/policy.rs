@@ -14,6 +14,7 @@ pub(crate) struct CacheControl {
     pub(crate) public: bool,
     /// `must-revalidate`, or (a shared cache's) `proxy-revalidate`.
     pub(crate) must_revalidate: bool,
+    pub(crate) must_understand: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
 }
@@ -74,6 +75,7 @@ impl CacheControl {
                     "private" => cc.private = true,
                     "public" => cc.public = true,
                     "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
+                    "must-understand" => cc.must_understand = true,
                     "max-age" => cc.max_age = least(cc.max_age),
                     "s-maxage" => cc.s_maxage = least(cc.s_maxage),
                     _ => {}

@@ -333,9 +333,7 @@ where
     let response_ms = now_ms();
     let (mut parts, body) = response.into_parts();
     if let Some(stale) = stale.filter(|_| revalidating) {
-        if parts.status == http::StatusCode::NOT_MODIFIED
-            && revalidate::selects(&stale, &parts.headers)
-        {
+        if parts.status == http::StatusCode::NOT_MODIFIED {
             let refresh = Refresh {
                 keys,
                 headers: &headers,
