@@ -6,8 +6,13 @@ import path from 'path'
 
 const dir = path.resolve(process.argv[2])
 const tests = (await import(path.join(dir, 'tests/index.mjs'))).default
-tests.push((await import(path.join(dir, 'tests/surrogate-control.mjs'))).default)
-const display = await import(path.join(dir, 'lib/display.mjs'))
+// The npm release (0.4.x) has its engine at the top and runs the Surrogate-Control tests too;
+// the repository's current layout has it in `test-engine/`, without them.
+const engine = fs.existsSync(path.join(dir, 'test-engine'))
+const display = engine
+  ? await import(path.join(dir, 'test-engine/lib/results.mjs'))
+  : await import(path.join(dir, 'lib/display.mjs'))
+if (!engine) tests.push((await import(path.join(dir, 'tests/surrogate-control.mjs'))).default)
 const names = {
   '✅': 'pass', Y: 'pass', '⛔️': 'fail', '⚠️': 'fail', N: 'fail', '⚪️': 'dependency fail',
   '🔹': 'setup fail', '⁉️': 'harness fail', '↻': 'retry', '-': 'untested'

@@ -7,24 +7,34 @@
 #
 #   scripts/cache-tests.sh [default|follow-origin ...]     (default: both)
 #
-# Env: CACHE_TESTS_VERSION (default 0.4.5), ORIGIN_PORT (default 18000), PROXY_PORT (18100),
-# LIST=1 to list the required tests that do not pass, ID=<test-id> to run one test verbosely.
+# The suite: CACHE_TESTS_DIR, a checkout of github.com/http-tests/cache-tests (the version
+# cache-tests.fyi shows, 160 required tests; run `npm install --omit=dev` in it once), else the npm
+# release CACHE_TESTS_VERSION (default 0.4.5, 165 required tests, Surrogate-Control included),
+# installed under target/cache-tests.
+# Env: ORIGIN_PORT (default 18000), PROXY_PORT (18100), LIST=1 to list the required tests that do
+# not pass, ID=<test-id> to run one test verbosely.
 # Results: target/cache-tests/results-<mode>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$PWD"
 version="${CACHE_TESTS_VERSION:-0.4.5}"
 origin_port="${ORIGIN_PORT:-18000}"
 proxy_port="${PROXY_PORT:-18100}"
 dir=target/cache-tests
-suite="$dir/node_modules/http-cache-tests"
+suite="${CACHE_TESTS_DIR:-$dir/node_modules/http-cache-tests}"
+suite="$(cd "$(dirname "$suite")" 2>/dev/null && pwd)/$(basename "$suite")" || true
 modes=("$@")
 [ ${#modes[@]} -eq 0 ] && modes=(default follow-origin)
 
 command -v node >/dev/null || { echo "cache-tests: node is not installed" >&2; exit 1; }
 mkdir -p "$dir"
-if [ "$(node -p "try{require('./$suite/package.json').version}catch(e){''}")" != "$version" ]; then
+if [ -z "${CACHE_TESTS_DIR:-}" ] &&
+    [ "$(node -p "try{require('$suite/package.json').version}catch(e){''}")" != "$version" ]; then
     (cd "$dir" && npm install --no-audit --no-fund --silent "http-cache-tests@$version")
 fi
+engine=.
+[ -d "$suite/test-engine" ] && engine=test-engine
+label="$(cd "$suite" && git rev-parse --short HEAD 2>/dev/null || node -p "require('./package.json').version")"
 cargo build --quiet -p impcache-tower --example cache_proxy
 proxy_bin=target/debug/examples/cache_proxy
 
@@ -42,7 +52,7 @@ wait_port() {
 }
 
 (cd "$suite" && npm_config_protocol=http npm_config_port="$origin_port" \
-    npm_config_pidfile="$PWD/../../origin.pid" exec node server/server.mjs) >"$dir/origin.log" 2>&1 &
+    npm_config_pidfile="$root/$dir/origin.pid" exec node "$engine/server/server.mjs") >"$dir/origin.log" 2>&1 &
 pids+=($!)
 wait_port "$origin_port"
 
@@ -53,10 +63,10 @@ for mode in "${modes[@]}"; do
     wait_port "$proxy_port"
     if [ -n "${ID:-}" ]; then
         (cd "$suite" && npm_config_base="http://127.0.0.1:$proxy_port" npm_config_id="$ID" \
-            node --no-warnings cli.mjs)
+            node --no-warnings "$engine/cli.mjs")
     else
         (cd "$suite" && npm_config_base="http://127.0.0.1:$proxy_port" npm_config_id="" npm_package_config_id="" \
-            node --no-warnings cli.mjs) >"$dir/results-$mode.json"
+            node --no-warnings "$engine/cli.mjs") >"$dir/results-$mode.json"
         echo "== $mode (http-cache-tests $version)"
         node scripts/cache-tests-count.mjs "$suite" "$dir/results-$mode.json"
     fi

@@ -73,10 +73,16 @@ fn understood(status: StatusCode) -> bool {
 /// The directives that apply to this cache: the first targeted field present, else
 /// `Cache-Control` (RFC 9213 §2.1: a cache that uses a targeted field ignores `Cache-Control`).
 pub(crate) fn directives(headers: &HeaderMap, targeted: Option<&HeaderName>) -> CacheControl {
+    let cdn_valid = || {
+        headers
+            .get_all(&CDN_CACHE_CONTROL)
+            .iter()
+            .all(|v| v.to_str().is_ok_and(valid_cdn_dictionary))
+    };
     targeted
         .into_iter()
-        .chain(std::iter::once(&CDN_CACHE_CONTROL))
         .find_map(|name| CacheControl::parse_field(headers, name))
+        .or_else(|| CacheControl::parse_field(headers, &CDN_CACHE_CONTROL).filter(|_| cdn_valid()))
         .unwrap_or_else(|| CacheControl::parse(headers))
 }
 
@@ -89,26 +95,53 @@ fn date_secs(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-/// An age that makes any response stale.
-const STALE_AGE: u64 = 1 << 31;
-
-/// The `Age` field (§5.1): one non-negative integer; `None` when absent. An invalid one (not
-/// digits, a list, several fields) makes the response stale: [`STALE_AGE`].
+/// The `Age` field (§5.1): the first member of the first field line, when it is a non-negative
+/// integer; `None` when absent or invalid (an invalid `Age` is ignored, as §5.1 asks). Values past
+/// 2^31 count as 2^31.
 fn age_value(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::AGE).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return Some(STALE_AGE);
+    let value = headers.get(header::AGE)?.to_str().ok()?;
+    let first = value.split(',').next()?.trim();
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    let value = value.to_str().map(str::trim).unwrap_or_default();
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(STALE_AGE);
+    Some(first.parse::<u64>().map_or(1 << 31, |age| age.min(1 << 31)))
+}
+
+/// Whether a `CDN-Cache-Control` field value is a valid Structured Field dictionary (RFC 8941)
+/// whose `max-age`/`s-maxage` are integers: RFC 9213 §2.1 asks a cache to ignore the whole field
+/// otherwise (and fall back to `Cache-Control`). A light check: keys, the types of bare values,
+/// and the integer directives; parameters are not examined.
+fn valid_cdn_dictionary(value: &str) -> bool {
+    fn key(k: &str) -> bool {
+        let mut bytes = k.bytes();
+        bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b))
     }
-    Some(
-        value
-            .parse::<u64>()
-            .map_or(STALE_AGE, |age| age.min(STALE_AGE)),
-    )
+    fn integer(v: &str) -> bool {
+        let digits = v.strip_prefix('-').unwrap_or(v);
+        !digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit())
+    }
+    fn bare_item(v: &str) -> bool {
+        let number = v.strip_prefix('-').unwrap_or(v);
+        if number.starts_with(|c: char| c.is_ascii_digit()) {
+            return number.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        }
+        (v.len() >= 2 && v.starts_with('"') && v.ends_with('"'))
+            || (v.len() >= 2 && v.starts_with(':') && v.ends_with(':'))
+            || v == "?0"
+            || v == "?1"
+            || v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '*')
+    }
+    policy::split_directives(value).into_iter().all(|member| {
+        let item = member.split(';').next().unwrap_or_default();
+        match item.split_once('=') {
+            None => key(item),
+            Some((k, v)) if k == "max-age" || k == "s-maxage" => integer(v),
+            Some((k, v)) => key(k) && bare_item(v),
+        }
+    })
 }
 
 /// A response judged storable in the origin mode: its freshness, and the TTL of its key.
@@ -336,6 +369,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.ttl, crate::config::DEFAULT_KEEP_STALE);
+    }
+
+    #[test]
+    fn age_is_the_first_member_and_ignored_when_invalid() {
+        let age = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::AGE, HeaderValue::from_static(v));
+            }
+            age_value(&h)
+        };
+        assert_eq!(age(&[]), None);
+        assert_eq!(age(&["7"]), Some(7));
+        assert_eq!(age(&["0, 7200"]), Some(0));
+        assert_eq!(age(&["0", "7200"]), Some(0));
+        assert_eq!(age(&["99999999999999999999"]), Some(1 << 31));
+        for invalid in ["abc", "-1", "1.5", "7200;foo=bar", ""] {
+            assert_eq!(age(&[invalid]), None, "{invalid}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_cdn_cache_control_is_ignored() {
+        for (value, valid) in [
+            ("max-age=60", true),
+            ("max-age=60, no-store", true),
+            ("max-age=60;foo=1, stale-if-error=30", true),
+            ("max-age=\"60\"", false),
+            ("max-age=60, &&&&&", false),
+            ("Max-Age=60", false),
+        ] {
+            assert_eq!(valid_cdn_dictionary(value), valid, "{value}");
+        }
+        let h = [
+            ("cdn-cache-control", "max-age=\"50\"".to_owned()),
+            ("cache-control", "max-age=7".to_owned()),
+        ];
+        assert_eq!(lifetime(200, &h), Some(7));
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl CacheControl {
 }
 
 /// Splits on commas outside double quotes.
-fn split_directives(value: &str) -> Vec<&str> {
+pub(crate) fn split_directives(value: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     let mut quoted = false;
