@@ -509,7 +509,8 @@ async fn coalesce(
                 Wait::Published(published) => {
                     let variant =
                         key::variant_key(url, &published.vary, headers, config.allow_authenticated);
-                    if variant == published.variant_key {
+                    // (Origin mode: a response already stale, `no-cache` say, is not shared.)
+                    if variant == published.variant_key && usable(config, &published.entry) {
                         return Coalesced::Hit(published.entry.clone());
                     }
                     return Coalesced::Alone;
