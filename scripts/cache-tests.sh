@@ -34,7 +34,11 @@ if [ -z "${CACHE_TESTS_DIR:-}" ] &&
 fi
 engine=.
 [ -d "$suite/test-engine" ] && engine=test-engine
-label="$(cd "$suite" && git rev-parse --short HEAD 2>/dev/null || node -p "require('./package.json').version")"
+if [ -n "${CACHE_TESTS_DIR:-}" ]; then
+    label="checkout $CACHE_TESTS_DIR$(cd "$suite" && git rev-parse --short HEAD 2>/dev/null | sed 's/^/ at /')"
+else
+    label="npm $version"
+fi
 cargo build --quiet -p impcache-tower --example cache_proxy
 proxy_bin=target/debug/examples/cache_proxy
 
