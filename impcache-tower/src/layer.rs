@@ -36,7 +36,7 @@ impl CacheLayer {
     /// How long entries live (integers are seconds; default 60). A response's `s-maxage`, else
     /// `max-age`, shortens it; it never lengthens it. [`Expire::NEVER`] stores without expiry
     /// (then only the response's directives and [`max_ttl`](Self::max_ttl) bound it). Zero or a
-    /// negative number stores nothing.
+    /// negative number stores nothing. Not used in the [origin-freshness mode](Self::follow_origin).
     pub fn expire(self, expire: impl Into<Expire>) -> Self {
         let expire = expire.into();
         self.with(|c| c.expire = expire)
@@ -55,7 +55,8 @@ impl CacheLayer {
         self.with(|c| c.methods = methods)
     }
 
-    /// The response statuses that are stored (default: 200 only). 206 is never stored.
+    /// The response statuses that are stored (default: 200 only). 206 is never stored. Not used
+    /// in the [origin-freshness mode](Self::follow_origin), which follows RFC 9111.
     pub fn statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses = statuses.into_iter().collect();
         self.with(|c| c.statuses = statuses)
@@ -91,7 +92,8 @@ impl CacheLayer {
     }
 
     /// Whether a stored response without an `ETag` gets a strong one computed from its body
-    /// (default `true`), so that `If-None-Match` can be answered with 304 from the cache.
+    /// (default `true`), so that `If-None-Match` can be answered with 304 from the cache. Not used
+    /// in the [origin-freshness mode](Self::follow_origin): the origin's validators only.
     pub fn compute_etag(self, compute: bool) -> Self {
         self.with(|c| c.compute_etag = compute)
     }

@@ -392,8 +392,13 @@ where
             if let Some(guard) = guard {
                 guard.not_shared();
             }
-            if config.follow_origin && reason == NotStored::NoStore && may_store {
-                // A newer `no-store` response removes the stored one it replaces.
+            // A newer `no-store` response removes the stored one it replaces (found stale by the
+            // lookup, or skipped by a client's honoured `no-cache`).
+            if config.follow_origin
+                && reason == NotStored::NoStore
+                && may_store
+                && matches!(fwd, "stale" | "request")
+            {
                 let vary = policy::vary_names(&parts.headers).unwrap_or_default();
                 let variant = key::variant_key(url, &vary, &headers, config.allow_authenticated);
                 if let Err(error) = config.cache.delete(&variant).await {
