@@ -1,9 +1,19 @@
 //! Revalidation of a stale entry in the origin-freshness mode (RFC 9111 §4.3): the conditional
-//! request sent to the handler, and the entry a `304 Not Modified` refreshes (§4.3.4).
+//! request sent to the handler, and the entry a `304 Not Modified` refreshes (§4.3.4), stored
+//! again and served.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
+use http::Response;
 
+use crate::config::{Config, CACHE_STATUS, X_CACHE};
 use crate::entry::Entry;
+use crate::flight::FlightGuard;
+use crate::freshness;
+use crate::key;
+use crate::policy::{self, NotStored};
+use crate::render;
+use crate::store::Unfinished;
 
 /// Makes `request_headers` a validation request for `stale`: its `ETag` as `If-None-Match`, its
 /// `Last-Modified` as `If-Modified-Since`, in place of the client's own (whose answer would not
@@ -54,6 +64,97 @@ pub(crate) fn updated_headers(stale: &Entry, not_modified: &HeaderMap) -> Header
         }
     }
     headers
+}
+
+/// A stale entry whose validation request the handler answered with a `304`: the input of
+/// [`refreshed`].
+pub(crate) struct Refresh<'a> {
+    pub(crate) keys: key::UrlKeys,
+    /// The client's request headers (without the validators this cache added).
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) stale: Entry,
+    pub(crate) not_modified: &'a HeaderMap,
+    pub(crate) request_ms: u64,
+    pub(crate) response_ms: u64,
+    pub(crate) may_store: bool,
+    pub(crate) guard: Option<FlightGuard>,
+}
+
+/// The stored response refreshed by a `304` (RFC 9111 §4.3.4): its headers updated, its lifetime
+/// recomputed, stored again with its body (and handed to the waiters), and served. A `304` that
+/// makes it unstorable (`no-store`) removes it; its body is served this once.
+pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response<Bytes> {
+    let Refresh {
+        keys,
+        headers,
+        stale,
+        not_modified,
+        request_ms,
+        response_ms,
+        may_store,
+        guard,
+    } = refresh;
+    let mut updated = updated_headers(&stale, not_modified);
+    // For the freshness: without a `Date` of its own, the 304's time stands for it (the stored
+    // `Date` would age the refreshed response by its whole stay in the cache).
+    let mut current = updated.clone();
+    current.remove(header::SET_COOKIE);
+    if !not_modified.contains_key(header::DATE) {
+        current.remove(header::DATE);
+    }
+    let verdict = freshness::storable(config, stale.status, &current, request_ms, response_ms);
+    let set_cookie: Vec<_> = updated
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    updated.remove(header::SET_COOKIE);
+    let vary = policy::vary_names(&updated).unwrap_or_default();
+    let variant_key = key::variant_key(keys.url(), &vary, headers, config.allow_authenticated);
+    let (entry, stored) = match verdict {
+        Ok(verdict) => {
+            let unfinished = Unfinished {
+                cache: config.cache.clone(),
+                keys,
+                may_store,
+                compute_etag: false,
+                status: stale.status,
+                headers: policy::stored_headers(&updated, &[X_CACHE, CACHE_STATUS]),
+                vary,
+                variant_key,
+                ttl: Some(verdict.ttl),
+                origin: Some((verdict.freshness, response_ms)),
+                guard,
+            };
+            let (published, _, storing) = unfinished.finish_published(stale.body);
+            if let Some(storing) = storing {
+                storing.await;
+            }
+            (published.entry.clone(), may_store)
+        }
+        Err(reason) => {
+            if let Some(guard) = guard {
+                guard.not_shared();
+            }
+            if reason == NotStored::NoStore && may_store {
+                if let Err(error) = config.cache.delete(&variant_key).await {
+                    tracing::debug!(%error, "impcache-tower: stored response not removed");
+                }
+            }
+            let entry = Entry {
+                headers: policy::stored_headers(&updated, &[X_CACHE, CACHE_STATUS]),
+                stored_at_ms: response_ms,
+                ..stale
+            };
+            (entry, false)
+        }
+    };
+    let mut response = render::serve_revalidated(entry, headers, config.status_header, stored);
+    for cookie in set_cookie {
+        // For this client only: never stored, never handed to the waiters.
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -334,7 +334,7 @@ where
     let (mut parts, body) = response.into_parts();
     if let Some(stale) = stale.filter(|_| revalidating) {
         if parts.status == http::StatusCode::NOT_MODIFIED {
-            let refresh = Refresh {
+            let refresh = revalidate::Refresh {
                 keys,
                 headers: &headers,
                 stale,
@@ -344,7 +344,9 @@ where
                 may_store,
                 guard,
             };
-            return Ok(refreshed(config, refresh).await.map(ResponseBody::full));
+            return Ok(revalidate::refreshed(config, refresh)
+                .await
+                .map(ResponseBody::full));
         }
         if parts.status.is_server_error() {
             // The stale-if-error hook (a later issue): `stale` could be served here instead of
@@ -535,95 +537,4 @@ async fn coalesce(
             },
         }
     }
-}
-
-/// A stale entry whose validation request the handler answered with a `304`: the input of
-/// [`refreshed`].
-struct Refresh<'a> {
-    keys: key::UrlKeys,
-    /// The client's request headers (without the validators this cache added).
-    headers: &'a HeaderMap,
-    stale: Entry,
-    not_modified: &'a HeaderMap,
-    request_ms: u64,
-    response_ms: u64,
-    may_store: bool,
-    guard: Option<FlightGuard>,
-}
-
-/// The stored response refreshed by a `304` (RFC 9111 §4.3.4): its headers updated, its lifetime
-/// recomputed, stored again with its body (and handed to the waiters), and served. A `304` that
-/// makes it unstorable (`no-store`) removes it; its body is served this once.
-async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response<Bytes> {
-    let Refresh {
-        keys,
-        headers,
-        stale,
-        not_modified,
-        request_ms,
-        response_ms,
-        may_store,
-        guard,
-    } = refresh;
-    let mut updated = revalidate::updated_headers(&stale, not_modified);
-    // For the freshness: without a `Date` of its own, the 304's time stands for it (the stored
-    // `Date` would age the refreshed response by its whole stay in the cache).
-    let mut current = updated.clone();
-    current.remove(header::SET_COOKIE);
-    if !not_modified.contains_key(header::DATE) {
-        current.remove(header::DATE);
-    }
-    let verdict = freshness::storable(config, stale.status, &current, request_ms, response_ms);
-    let set_cookie: Vec<_> = updated
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .cloned()
-        .collect();
-    updated.remove(header::SET_COOKIE);
-    let vary = policy::vary_names(&updated).unwrap_or_default();
-    let variant_key = key::variant_key(keys.url(), &vary, headers, config.allow_authenticated);
-    let (entry, stored) = match verdict {
-        Ok(verdict) => {
-            let unfinished = Unfinished {
-                cache: config.cache.clone(),
-                keys,
-                may_store,
-                compute_etag: false,
-                status: stale.status,
-                headers: policy::stored_headers(&updated, &[X_CACHE, CACHE_STATUS]),
-                vary,
-                variant_key,
-                ttl: Some(verdict.ttl),
-                origin: Some((verdict.freshness, response_ms)),
-                guard,
-            };
-            let (published, _, storing) = unfinished.finish_published(stale.body);
-            if let Some(storing) = storing {
-                storing.await;
-            }
-            (published.entry.clone(), may_store)
-        }
-        Err(reason) => {
-            if let Some(guard) = guard {
-                guard.not_shared();
-            }
-            if reason == NotStored::NoStore && may_store {
-                if let Err(error) = config.cache.delete(&variant_key).await {
-                    tracing::debug!(%error, "impcache-tower: stored response not removed");
-                }
-            }
-            let entry = Entry {
-                headers: policy::stored_headers(&updated, &[X_CACHE, CACHE_STATUS]),
-                stored_at_ms: response_ms,
-                ..stale
-            };
-            (entry, false)
-        }
-    };
-    let mut response = render::serve_revalidated(entry, headers, config.status_header, stored);
-    for cookie in set_cookie {
-        // For this client only: never stored, never handed to the waiters.
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    response
 }
