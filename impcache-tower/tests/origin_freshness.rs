@@ -369,6 +369,27 @@ async fn a_newer_no_store_response_removes_the_stored_one() {
 }
 
 #[tokio::test]
+async fn a_no_store_answer_to_a_honoured_client_refresh_removes_the_fresh_entry() {
+    let layer = origin().honor_request_cache_control(true);
+    let (svc, _) = app(layer.clone(), |n, _| async move {
+        if n == 1 {
+            respond(n, 200, &[("cache-control", "max-age=600")])
+        } else {
+            respond(n, 200, &[("cache-control", "no-store")])
+        }
+    });
+    send(&svc, get("/fresh")).await;
+    wait_stored(&layer, "/fresh").await;
+    let refreshed = send(
+        &svc,
+        request("GET", "/fresh", &[("cache-control", "no-cache")]),
+    )
+    .await;
+    assert_eq!(refreshed.body, "call 2");
+    assert!(record(&layer, "/fresh").await.is_none());
+}
+
+#[tokio::test]
 async fn cdn_cache_control_and_the_targeted_field_take_precedence() {
     let layer = origin();
     let svc = fixed(
