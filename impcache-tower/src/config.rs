@@ -21,6 +21,10 @@ pub const DEFAULT_EXPIRE_SECS: u64 = 60;
 /// The default longest wait for a concurrent request's handler call: 10 seconds.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default time a stale entry with a validator is kept past its freshness lifetime in the
+/// origin-freshness mode, to be revalidated: 10 minutes.
+pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(600);
+
 /// The default namespace of keys inside the cache's prefix and version.
 pub const DEFAULT_NAMESPACE: &str = "http";
 
@@ -63,6 +67,12 @@ pub(crate) struct Config {
     pub(crate) lock_timeout: Duration,
     pub(crate) key_by_host: bool,
     pub(crate) invalidate_on_unsafe_methods: bool,
+    /// The origin-freshness mode: an RFC 9111 shared cache (see [`crate::freshness`]).
+    pub(crate) follow_origin: bool,
+    /// The targeted field (RFC 9213) read before `CDN-Cache-Control`, in the origin mode.
+    pub(crate) targeted_field: Option<HeaderName>,
+    /// How long a stale entry with a validator is kept for revalidation, in the origin mode.
+    pub(crate) keep_stale: Duration,
     /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
     /// were changed after cloning). Inside the config so that a request clones one `Arc`.
     pub(crate) flights: Arc<Flights>,
@@ -88,6 +98,9 @@ impl Config {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             key_by_host: true,
             invalidate_on_unsafe_methods: true,
+            follow_origin: false,
+            targeted_field: None,
+            keep_stale: DEFAULT_KEEP_STALE,
             flights: Arc::new(Flights::default()),
         }
     }
@@ -143,6 +156,9 @@ impl fmt::Debug for Config {
                 "invalidate_on_unsafe_methods",
                 &self.invalidate_on_unsafe_methods,
             )
+            .field("follow_origin", &self.follow_origin)
+            .field("targeted_field", &self.targeted_field)
+            .field("keep_stale", &self.keep_stale)
             .finish()
     }
 }

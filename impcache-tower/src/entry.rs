@@ -5,9 +5,13 @@
 //! An entry:
 //!
 //! ```text
-//! "IHC" 0x02                      magic and format version
+//! "IHC" 0x03                      magic and format version
 //! u64 LE                          stored at, milliseconds since the Unix epoch
 //! varint                          TTL in seconds (0: none)
+//! u8                              origin freshness: 0 none (the default mode), 1 present,
+//!                                   2 present with must-revalidate; when present:
+//!   varint                          freshness lifetime, seconds
+//!   varint                          initial age, seconds
 //! varint + bytes                  the Vary header names it was stored under, lowercase,
 //!                                   comma-separated (empty: none)
 //! u16 LE                          status
@@ -25,14 +29,17 @@
 //! ```
 //!
 //! Varints are LEB128. Anything that does not decode (the `0x01` formats included, which kept the
-//! Vary list and the entry under two keys) is treated as a miss (and overwritten).
+//! Vary list and the entry under two keys, and the `0x02` entry, without origin freshness) is
+//! treated as a miss (and overwritten).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-const MAGIC: &[u8; 4] = b"IHC\x02";
+use crate::freshness::Freshness;
+
+const MAGIC: &[u8; 4] = b"IHC\x03";
 const MARKER_MAGIC: &[u8; 4] = b"IHV\x02";
 
 /// What a URL's record (or a variant key) holds.
@@ -73,6 +80,9 @@ pub(crate) struct Entry {
     pub(crate) stored_at_ms: u64,
     /// The TTL the entry was stored with, `None` when it never expires.
     pub(crate) ttl: Option<Duration>,
+    /// Its freshness, when stored in the origin-freshness mode (`None`: fresh until its key
+    /// expires).
+    pub(crate) origin: Option<Freshness>,
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -134,15 +144,27 @@ impl<'a> Reader<'a> {
 }
 
 impl Entry {
-    /// Seconds since the entry was stored (never negative, even with clock skew between hosts).
+    /// The entry's age in seconds: since it was stored (never negative, even with clock skew
+    /// between hosts), plus, in the origin mode, how old it was then (RFC 9111 §4.2.3).
     pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.stored_at_ms) / 1000
+        match &self.origin {
+            None => now_ms.saturating_sub(self.stored_at_ms) / 1000,
+            Some(freshness) => freshness.current_age(self.stored_at_ms, now_ms),
+        }
+    }
+
+    /// Seconds the entry stays fresh at age `age` (`None`: no expiry).
+    pub(crate) fn ttl_left(&self, age: u64) -> Option<u64> {
+        match &self.origin {
+            None => self.ttl.map(|ttl| ttl.as_secs().saturating_sub(age)),
+            Some(freshness) => Some(freshness.lifetime.saturating_sub(age)),
+        }
     }
 
     /// The binary form, with the Vary header names the entry is stored under.
     pub(crate) fn encode(&self, vary: &[HeaderName]) -> Bytes {
         let vary_len = names_len(vary);
-        let mut size = MAGIC.len() + 8 + 10 + 10 + vary_len + 2 + 10 + 10 + self.body.len();
+        let mut size = MAGIC.len() + 8 + 10 + 21 + 10 + vary_len + 2 + 10 + 10 + self.body.len();
         for (name, value) in &self.headers {
             size += 20 + name.as_str().len() + value.len();
         }
@@ -150,6 +172,14 @@ impl Entry {
         out.put_slice(MAGIC);
         out.put_u64_le(self.stored_at_ms);
         put_varint(&mut out, self.ttl.map_or(0, |d| d.as_secs().max(1)));
+        match &self.origin {
+            None => out.put_u8(0),
+            Some(freshness) => {
+                out.put_u8(if freshness.must_revalidate { 2 } else { 1 });
+                put_varint(&mut out, freshness.lifetime);
+                put_varint(&mut out, freshness.initial_age);
+            }
+        }
         put_varint(&mut out, vary_len as u64);
         put_names(&mut out, vary);
         out.put_u16_le(self.status.as_u16());
@@ -177,6 +207,15 @@ impl Entry {
             0 => None,
             s => Some(Duration::from_secs(s)),
         };
+        let origin = match *r.take(1)?.first()? {
+            0 => None,
+            tag @ (1 | 2) => Some(Freshness {
+                lifetime: r.varint()?,
+                initial_age: r.varint()?,
+                must_revalidate: tag == 2,
+            }),
+            _ => return None,
+        };
         let vary = parse_names(r.field()?)?;
         let status = StatusCode::from_u16(u16::from_le_bytes(r.take(2)?.try_into().ok()?)).ok()?;
         let count = r.varint()?;
@@ -203,6 +242,7 @@ impl Entry {
             body,
             stored_at_ms,
             ttl,
+            origin,
         };
         Some((entry, vary))
     }
@@ -280,6 +320,7 @@ mod tests {
             body,
             stored_at_ms: now_ms(),
             ttl: Some(Duration::from_secs(60)),
+            origin: None,
         }
     }
 
@@ -295,8 +336,15 @@ mod tests {
             HeaderName::from_static("accept-language"),
         ];
         for len in [0, 1, 127, 128, 1024, 100 * 1024] {
-            for names in [&[][..], &vary[..1], &vary[..]] {
-                let e = entry(binary(len));
+            for (i, names) in [&[][..], &vary[..1], &vary[..]].into_iter().enumerate() {
+                let mut e = entry(binary(len));
+                if i > 0 {
+                    e.origin = Some(Freshness {
+                        lifetime: 300 * i as u64,
+                        initial_age: 7,
+                        must_revalidate: i == 2,
+                    });
+                }
                 let decoded = Entry::decode(&e.encode(names));
                 assert_eq!(decoded.as_ref(), Some(&(e.clone(), names.to_vec())));
                 let multi: Vec<_> = decoded
@@ -329,19 +377,22 @@ mod tests {
         bad_vary.put_slice(MAGIC);
         bad_vary.put_u64_le(0);
         put_varint(&mut bad_vary, 0);
+        bad_vary.put_u8(0);
         put_varint(&mut bad_vary, 3);
         bad_vary.put_slice(b"a b");
         assert!(Entry::decode(&bad_vary.freeze()).is_none());
     }
 
     /// The framings before the record layout (a Vary list at `:h`, the entry at `:v:-`, without
-    /// the entry's Vary list) are not read as records.
+    /// the entry's Vary list) and the entry before origin freshness are not read as records.
     #[test]
     fn the_version_1_framings_are_not_records() {
         let current = entry(binary(10)).encode(&[]);
-        let mut old = current.to_vec();
-        old[3] = 1;
-        assert!(Record::decode(&Bytes::from(old)).is_none());
+        for version in [1, 2] {
+            let mut old = current.to_vec();
+            old[3] = version;
+            assert!(Record::decode(&Bytes::from(old)).is_none());
+        }
         for bytes in [&b"IHV\x01"[..], b"IHV\x01accept", b"IHC\x01", b"IH", b""] {
             assert!(Record::decode(&Bytes::copy_from_slice(bytes)).is_none());
         }

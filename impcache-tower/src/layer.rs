@@ -36,7 +36,7 @@ impl CacheLayer {
     /// How long entries live (integers are seconds; default 60). A response's `s-maxage`, else
     /// `max-age`, shortens it; it never lengthens it. [`Expire::NEVER`] stores without expiry
     /// (then only the response's directives and [`max_ttl`](Self::max_ttl) bound it). Zero or a
-    /// negative number stores nothing.
+    /// negative number stores nothing. Not used in the [origin-freshness mode](Self::follow_origin).
     pub fn expire(self, expire: impl Into<Expire>) -> Self {
         let expire = expire.into();
         self.with(|c| c.expire = expire)
@@ -55,7 +55,8 @@ impl CacheLayer {
         self.with(|c| c.methods = methods)
     }
 
-    /// The response statuses that are stored (default: 200 only). 206 is never stored.
+    /// The response statuses that are stored (default: 200 only). 206 is never stored. Not used
+    /// in the [origin-freshness mode](Self::follow_origin), which follows RFC 9111.
     pub fn statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses = statuses.into_iter().collect();
         self.with(|c| c.statuses = statuses)
@@ -91,7 +92,8 @@ impl CacheLayer {
     }
 
     /// Whether a stored response without an `ETag` gets a strong one computed from its body
-    /// (default `true`), so that `If-None-Match` can be answered with 304 from the cache.
+    /// (default `true`), so that `If-None-Match` can be answered with 304 from the cache. Not used
+    /// in the [origin-freshness mode](Self::follow_origin): the origin's validators only.
     pub fn compute_etag(self, compute: bool) -> Self {
         self.with(|c| c.compute_etag = compute)
     }
@@ -138,6 +140,56 @@ impl CacheLayer {
     /// that was not requested again since the change may still be served.
     pub fn invalidate_on_unsafe_methods(self, invalidate: bool) -> Self {
         self.with(|c| c.invalidate_on_unsafe_methods = invalidate)
+    }
+
+    /// The origin-freshness mode (default `false`): the layer becomes an RFC 9111 shared cache
+    /// that follows what the responses say, for putting in front of anything that speaks HTTP
+    /// caching (a reverse proxy, handlers that set `Cache-Control`, `Expires`, `ETag`).
+    ///
+    /// - **Freshness** from `s-maxage`, else `max-age`, else `Expires` minus `Date`, else, for the
+    ///   heuristically cacheable statuses (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501)
+    ///   or a `public` response, 10 % of the time since `Last-Modified`; capped by
+    ///   [`max_ttl`](Self::max_ttl). [`expire`](Self::expire) and [`statuses`](Self::statuses)
+    ///   are not used: a response without freshness or a validator is not stored, and every
+    ///   status but 1xx, 206 and 304 is stored when it is explicitly fresh.
+    /// - **Targeted fields** (RFC 9213): the [`targeted_cache_control`](Self::targeted_cache_control)
+    ///   field, else `CDN-Cache-Control`, when present, replaces `Cache-Control`.
+    /// - **Age**: the response's `Age` and `Date` make its initial age (RFC 9111 §4.2.3), which
+    ///   counts against its lifetime and is part of the `Age` of every hit.
+    /// - **Directives**: `no-store` and `private` responses are not stored (a `no-store` response
+    ///   also removes the stored response it replaces); `no-cache` ones are stored only with a
+    ///   validator, and revalidated on every use; `must-revalidate`/`proxy-revalidate` entries
+    ///   are never served stale.
+    /// - **Revalidation**: a stale entry with an `ETag` or `Last-Modified` is kept for
+    ///   [`keep_stale_for`](Self::keep_stale_for), and revalidated by calling the handler with
+    ///   `If-None-Match`/`If-Modified-Since`; a 304 refreshes its headers and lifetime and the
+    ///   stored body is served; any other response replaces it.
+    /// - **ETag**: none is computed ([`compute_etag`](Self::compute_etag) is not used); the
+    ///   origin's validators are served as they are.
+    ///
+    /// Unchanged: the safety rules (`Set-Cookie`, credentials, `HEAD`, `Range`, streaming and the
+    /// body limit), the key and `Vary`, invalidation after unsafe methods, and the client's
+    /// `Cache-Control`, still ignored unless
+    /// [`honor_request_cache_control`](Self::honor_request_cache_control).
+    pub fn follow_origin(self, follow: bool) -> Self {
+        self.with(|c| c.follow_origin = follow)
+    }
+
+    /// A targeted cache-control field (RFC 9213) for this cache, such as `Impcache-Cache-Control`
+    /// or `Surrogate-Control`: in the [origin-freshness mode](Self::follow_origin), when a
+    /// response has it, its directives replace those of `CDN-Cache-Control` and
+    /// `Cache-Control`. Default: none (`CDN-Cache-Control`, then `Cache-Control`).
+    pub fn targeted_cache_control(self, name: http::HeaderName) -> Self {
+        self.with(|c| c.targeted_field = Some(name))
+    }
+
+    /// How long a stale entry with a validator (`ETag` or `Last-Modified`) stays in the cache
+    /// past its freshness lifetime, to be revalidated rather than fetched again, in the
+    /// [origin-freshness mode](Self::follow_origin) (default 10 minutes,
+    /// [`DEFAULT_KEEP_STALE`](crate::DEFAULT_KEEP_STALE)). Its key's TTL is the rest of its
+    /// lifetime plus this.
+    pub fn keep_stale_for(self, keep: Duration) -> Self {
+        self.with(|c| c.keep_stale = keep)
     }
 
     /// The first segment of every key this layer writes (default `"http"`), inside the cache's

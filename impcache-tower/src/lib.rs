@@ -41,6 +41,19 @@
 //! | **Concurrent misses** | one handler call per key per process, also across the background store: a delivered response is a hit for the next request (read your own writes, with [`coalesce`](CacheLayer::coalesce) on). Waiters get the stored response (a streamed one once complete), never an uncacheable one; a leader whose client disconnects or whose handler panics hands over to one new leader |
 //! | **Cache down or slow** | the handler answers; the lookup waits no longer than the repository's deadline, and stores happen in the background |
 //!
+//! ## Following the origin
+//!
+//! The table above is the default mode, where the server owns its cache. With
+//! [`follow_origin(true)`](CacheLayer::follow_origin) the layer is an RFC 9111 shared cache
+//! instead, for a reverse proxy or handlers that speak HTTP caching: the freshness lifetime comes
+//! from `s-maxage`, `max-age`, `Expires` − `Date` or a `Last-Modified` heuristic (`CDN-Cache-Control`
+//! and a [targeted field](CacheLayer::targeted_cache_control) first), upstream `Age`/`Date` count
+//! in the hits' `Age`, any status but 1xx/206/304 is stored when explicitly fresh, and a stale
+//! entry with a validator is revalidated with `If-None-Match`/`If-Modified-Since` (a `304`
+//! refreshes it). The safety rules, the key, HEAD, streaming and invalidation stay as above. It
+//! passes 150 of the 160 required tests of the public HTTP cache test suite (cache-tests.fyi);
+//! see `CONFORMANCE.md` in the repository.
+//!
 //! ## Purging
 //!
 //! [`CacheLayer::purge_url`] removes one URL with all its variants, [`CacheLayer::purge_prefix`]
@@ -70,6 +83,7 @@ mod body;
 mod config;
 mod entry;
 mod flight;
+mod freshness;
 mod future;
 mod invalidate;
 pub mod key;
@@ -77,13 +91,14 @@ mod layer;
 mod metrics;
 mod policy;
 mod render;
+mod revalidate;
 mod service;
 mod store;
 
 pub use body::{BoxError, ResponseBody};
 pub use config::{
-    StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_NAMESPACE, X_CACHE,
+    StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_KEEP_STALE, DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, X_CACHE,
 };
 pub use future::ResponseFuture;
 pub use layer::CacheLayer;

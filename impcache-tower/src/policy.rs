@@ -11,17 +11,50 @@ pub(crate) struct CacheControl {
     pub(crate) no_store: bool,
     pub(crate) no_cache: bool,
     pub(crate) private: bool,
+    pub(crate) public: bool,
+    /// `must-revalidate`, or (a shared cache's) `proxy-revalidate`.
+    pub(crate) must_revalidate: bool,
+    pub(crate) must_understand: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
+}
+
+/// The largest delta-seconds kept: RFC 9111 §1.2.2 asks a cache to use 2^31 for anything larger.
+const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// A delta-seconds argument (RFC 9111 §1.2.2), quoted or not: digits only (leading zeros are
+/// fine; more than 2^31 counts as 2^31); anything else (`-1`, `'3600'`, `3600a`, none) is `0`,
+/// which makes the response stale, as §4.2.1 advises for an invalid value.
+fn delta_seconds(arg: Option<&str>) -> u64 {
+    let Some(arg) = arg else { return 0 };
+    let arg = arg
+        .strip_prefix('"')
+        .and_then(|a| a.strip_suffix('"'))
+        .unwrap_or(arg);
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    arg.parse::<u64>()
+        .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS))
 }
 
 impl CacheControl {
     /// Parses every `Cache-Control` field of `headers`. Directive names are case-insensitive;
     /// quoted arguments may contain commas (`private="a, b"`). A directive with an argument that
-    /// is not a number (`max-age=abc`) counts as `max-age=0`, as RFC 9111 §4.2.1 advises.
+    /// is not a number (`max-age=abc`) counts as `max-age=0`, as RFC 9111 §4.2.1 advises; a
+    /// directive given twice counts with its smaller value (the most restrictive).
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
+        Self::parse_field(headers, &header::CACHE_CONTROL).unwrap_or_default()
+    }
+
+    /// Parses every field `name` of `headers` (`Cache-Control`, or a targeted field of RFC 9213
+    /// such as `CDN-Cache-Control`, whose dictionary syntax reads the same); `None` when there is
+    /// no such field.
+    pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut values = headers.get_all(name).iter().peekable();
+        values.peek()?;
         let mut cc = CacheControl::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
+        for value in values {
             let Ok(value) = value.to_str() else {
                 // Unreadable: be safe.
                 cc.no_store = true;
@@ -29,30 +62,32 @@ impl CacheControl {
             };
             for directive in split_directives(value) {
                 let (name, arg) = match directive.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (directive.trim(), None),
+                    Some((n, a)) => (n, Some(a)),
+                    None => (directive, None),
                 };
-                let seconds = || arg.map(|a| a.parse::<u64>().unwrap_or(0)).unwrap_or(0);
+                let least = |current: Option<u64>| {
+                    let seconds = delta_seconds(arg);
+                    Some(current.map_or(seconds, |m| m.min(seconds)))
+                };
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
                     "no-cache" => cc.no_cache = true,
                     "private" => cc.private = true,
-                    "max-age" => {
-                        cc.max_age = Some(cc.max_age.map_or(seconds(), |m| m.min(seconds())))
-                    }
-                    "s-maxage" => {
-                        cc.s_maxage = Some(cc.s_maxage.map_or(seconds(), |m| m.min(seconds())))
-                    }
+                    "public" => cc.public = true,
+                    "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
+                    "must-understand" => cc.must_understand = true,
+                    "max-age" => cc.max_age = least(cc.max_age),
+                    "s-maxage" => cc.s_maxage = least(cc.s_maxage),
                     _ => {}
                 }
             }
         }
-        cc
+        Some(cc)
     }
 }
 
 /// Splits on commas outside double quotes.
-fn split_directives(value: &str) -> Vec<&str> {
+pub(crate) fn split_directives(value: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     let mut quoted = false;

@@ -17,6 +17,9 @@ use crate::policy;
 pub(crate) enum Outcome {
     /// Served from the cache; `ttl_left` in seconds (`None`: no expiry).
     Hit { ttl_left: Option<u64> },
+    /// Served from the cache after the handler answered its validation request with a `304`
+    /// (origin-freshness mode); `stored`: the refreshed entry is being stored.
+    Revalidated { stored: bool },
     /// Answered by the handler after a lookup (or instead of one).
     Miss {
         fwd: &'static str,
@@ -34,6 +37,7 @@ pub(crate) enum Outcome {
 pub(crate) fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, outcome: Outcome) {
     let x_cache = match outcome {
         Outcome::Hit { .. } => "HIT",
+        Outcome::Revalidated { .. } => "REVALIDATED",
         Outcome::Miss { .. } => "MISS",
         Outcome::Bypass { .. } => "BYPASS",
     };
@@ -57,6 +61,16 @@ pub(crate) fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, o
 fn cache_status(outcome: Outcome) -> Option<HeaderValue> {
     let value = match outcome {
         Outcome::Hit { ttl_left } => return Some(hit_status(ttl_left)),
+        Outcome::Revalidated { stored: true } => {
+            return Some(HeaderValue::from_static(
+                "impcache; fwd=stale; fwd-status=304; stored",
+            ))
+        }
+        Outcome::Revalidated { stored: false } => {
+            return Some(HeaderValue::from_static(
+                "impcache; fwd=stale; fwd-status=304",
+            ))
+        }
         Outcome::Miss {
             fwd,
             stored,
@@ -106,8 +120,31 @@ pub(crate) fn serve(
     head: bool,
     status_header: StatusHeader,
 ) -> Response<Bytes> {
+    serve_as(entry, request_headers, head, status_header, None)
+}
+
+/// [`serve`] for a stored response just revalidated: marked [`Outcome::Revalidated`].
+pub(crate) fn serve_revalidated(
+    entry: Entry,
+    request_headers: &HeaderMap,
+    status_header: StatusHeader,
+    stored: bool,
+) -> Response<Bytes> {
+    let outcome = Outcome::Revalidated { stored };
+    serve_as(entry, request_headers, false, status_header, Some(outcome))
+}
+
+/// [`serve`], marked `outcome` (default: a hit).
+#[inline]
+fn serve_as(
+    entry: Entry,
+    request_headers: &HeaderMap,
+    head: bool,
+    status_header: StatusHeader,
+    outcome: Option<Outcome>,
+) -> Response<Bytes> {
     let age = entry.age_secs(now_ms());
-    let ttl_left = entry.ttl.map(|ttl| ttl.as_secs().saturating_sub(age));
+    let ttl_left = entry.ttl_left(age);
     let etag = entry
         .headers
         .get(header::ETAG)
@@ -132,7 +169,8 @@ pub(crate) fn serve(
     response
         .headers_mut()
         .insert(header::AGE, with_number("", age));
-    mark(&mut response, status_header, Outcome::Hit { ttl_left });
+    let outcome = outcome.unwrap_or(Outcome::Hit { ttl_left });
+    mark(&mut response, status_header, outcome);
     response
 }
 

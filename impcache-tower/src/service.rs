@@ -16,8 +16,9 @@ use tower::{Layer, Service};
 
 use crate::body::{self, BoxError, Buffered, ResponseBody, StreamCopy};
 use crate::config::{Config, CACHE_STATUS, X_CACHE};
-use crate::entry::Entry;
+use crate::entry::{now_ms, Entry};
 use crate::flight::{FlightGuard, Join, Leader, Ticket, Wait};
+use crate::freshness;
 use crate::future::ResponseFuture;
 use crate::invalidate;
 use crate::key;
@@ -25,6 +26,7 @@ use crate::layer::CacheLayer;
 use crate::metrics::Counted;
 use crate::policy::{self, NotStored, RequestPlan};
 use crate::render::{self, mark, Outcome};
+use crate::revalidate;
 use crate::store::{lookup, Lookup, Unfinished};
 
 /// The service [`CacheLayer`] wraps around a handler (or any
@@ -99,6 +101,13 @@ where
     }
 }
 
+/// Whether a stored entry may be served as it is: always in the default mode (it expires with its
+/// key), while fresh in the origin-freshness mode.
+#[inline]
+fn usable(config: &Config, entry: &Entry) -> bool {
+    !config.follow_origin || freshness::is_fresh(entry, now_ms())
+}
+
 /// A stored response, as sent (see [`render::serve`]).
 fn hit<B>(
     entry: Entry,
@@ -158,17 +167,19 @@ where
         // Taken before the lookup: see `flight` (read your own writes).
         let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
-        let (fwd, may_store, detail) = if head || !refresh {
+        let (fwd, may_store, detail, stale) = if head || !refresh {
             match lookup(config, &keys, request.headers()).await {
-                Lookup::Hit(entry) => {
+                Lookup::Hit(entry) if usable(config, &entry) => {
                     counted.count(LayerOutcome::Hit);
                     return Ok(hit(entry, request.headers(), head, config));
                 }
-                Lookup::Miss(fwd) => (fwd, true, None),
-                Lookup::Failed { backend } => ("uri-miss", !backend, Some("cache-error")),
+                // Origin mode: a stale entry, revalidated when it has a validator.
+                Lookup::Hit(entry) => ("stale", true, None, Some(entry)),
+                Lookup::Miss(fwd) => (fwd, true, None, None),
+                Lookup::Failed { backend } => ("uri-miss", !backend, Some("cache-error"), None),
             }
         } else {
-            ("request", true, None)
+            ("request", true, None, None)
         };
         counted.count(if detail.is_some() {
             LayerOutcome::Error
@@ -187,6 +198,7 @@ where
             fwd,
             may_store,
             detail,
+            stale,
         };
         Box::pin(forward(config, miss)).await
     }
@@ -246,6 +258,8 @@ struct Miss<S, ReqBody> {
     may_store: bool,
     /// The `detail` of the response's `Cache-Status` set by the lookup (`cache-error`).
     detail: Option<&'static str>,
+    /// The stale entry the lookup found (origin-freshness mode), revalidated when it can be.
+    stale: Option<Entry>,
 }
 
 /// A request the lookup did not answer: the handler's response, stored when it may be.
@@ -260,7 +274,7 @@ where
 {
     let Miss {
         mut inner,
-        request,
+        mut request,
         keys,
         ticket,
         head,
@@ -268,6 +282,7 @@ where
         fwd,
         may_store,
         detail,
+        stale,
     } = miss;
     let url = keys.url();
     if head {
@@ -300,7 +315,12 @@ where
         None
     };
 
-    // 3. The handler (an error is not shared: the waiters call the handler themselves).
+    // 3. The handler (an error is not shared: the waiters call the handler themselves); a stale
+    //    entry with a validator makes the call a validation request.
+    let revalidating = stale
+        .as_ref()
+        .is_some_and(|stale| revalidate::make_conditional(stale, request.headers_mut()));
+    let request_ms = now_ms();
     let response = match inner.call(request).await {
         Ok(response) => response,
         Err(error) => {
@@ -310,16 +330,52 @@ where
             return Err(error);
         }
     };
+    let response_ms = now_ms();
     let (mut parts, body) = response.into_parts();
-    let (expire, max_ttl) = config.ttls();
-    let verdict = policy::storable(
-        parts.status,
-        &parts.headers,
-        &config.statuses,
-        expire,
-        max_ttl,
-    )
-    .and_then(|ttl| {
+    if let Some(stale) = stale.filter(|_| revalidating) {
+        if parts.status == http::StatusCode::NOT_MODIFIED {
+            let refresh = revalidate::Refresh {
+                keys,
+                headers: &headers,
+                stale,
+                not_modified: &parts.headers,
+                request_ms,
+                response_ms,
+                may_store,
+                guard,
+            };
+            return Ok(revalidate::refreshed(config, refresh)
+                .await
+                .map(ResponseBody::full));
+        }
+        if parts.status.is_server_error() {
+            // The stale-if-error hook (a later issue): `stale` could be served here instead of
+            // the error, unless its `must_revalidate` forbids it. For now the error is served
+            // (and the stale entry kept until it expires).
+            tracing::debug!(status = %parts.status, "impcache-tower: revalidation failed");
+        }
+    }
+    let verdict = if config.follow_origin {
+        freshness::storable(
+            config,
+            parts.status,
+            &parts.headers,
+            request_ms,
+            response_ms,
+        )
+        .map(|verdict| (Some(verdict.ttl), Some((verdict.freshness, response_ms))))
+    } else {
+        let (expire, max_ttl) = config.ttls();
+        policy::storable(
+            parts.status,
+            &parts.headers,
+            &config.statuses,
+            expire,
+            max_ttl,
+        )
+        .map(|ttl| (ttl, None))
+    };
+    let verdict = verdict.and_then(|ttl| {
         if body::exceeds(&parts.headers, &body, config.max_body_size) {
             Err(NotStored::TooLarge)
         } else {
@@ -331,12 +387,25 @@ where
         stored: false,
         detail: detail.or(Some(reason.detail())),
     };
-    let ttl = match verdict {
+    let (ttl, origin) = match verdict {
         Ok(ttl) => ttl,
         Err(reason) => {
             // Waiters call the handler themselves: an uncacheable response is never shared.
             if let Some(guard) = guard {
                 guard.not_shared();
+            }
+            // A newer `no-store` response removes the stored one it replaces (found stale by the
+            // lookup, or skipped by a client's honoured `no-cache`).
+            if config.follow_origin
+                && reason == NotStored::NoStore
+                && may_store
+                && matches!(fwd, "stale" | "request")
+            {
+                let vary = policy::vary_names(&parts.headers).unwrap_or_default();
+                let variant = key::variant_key(url, &vary, &headers, config.allow_authenticated);
+                if let Err(error) = config.cache.delete(&variant).await {
+                    tracing::debug!(%error, "impcache-tower: stored response not removed");
+                }
             }
             let mut response = Response::from_parts(parts, ResponseBody::inner(body));
             mark(&mut response, config.status_header, not_stored(reason));
@@ -354,12 +423,13 @@ where
         cache: config.cache.clone(),
         keys,
         may_store,
-        compute_etag: config.compute_etag,
+        compute_etag: config.compute_etag && !config.follow_origin,
         status: parts.status,
         headers: policy::stored_headers(&parts.headers, &[X_CACHE, CACHE_STATUS]),
         vary,
         variant_key,
         ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
+        origin,
         guard,
     };
     let (body, stored, detail) = match body::buffer(body, config.max_body_size).await {
@@ -433,8 +503,11 @@ async fn coalesce(
                     // A flight of this URL ended during the lookup, which may have overtaken its
                     // store: look again. (On a hit, dropping the guard sends this flight's
                     // waiters to look again too.)
-                    if let Lookup::Hit(entry) = lookup(config, keys, headers).await {
-                        return Coalesced::Hit(entry);
+                    match lookup(config, keys, headers).await {
+                        Lookup::Hit(entry) if usable(config, &entry) => {
+                            return Coalesced::Hit(entry)
+                        }
+                        _ => {}
                     }
                 }
                 return Coalesced::Lead(guard);
@@ -443,7 +516,8 @@ async fn coalesce(
                 Wait::Published(published) => {
                     let variant =
                         key::variant_key(url, &published.vary, headers, config.allow_authenticated);
-                    if variant == published.variant_key {
+                    // (Origin mode: a response already stale, `no-cache` say, is not shared.)
+                    if variant == published.variant_key && usable(config, &published.entry) {
                         return Coalesced::Hit(published.entry.clone());
                     }
                     return Coalesced::Alone;
@@ -453,8 +527,11 @@ async fn coalesce(
                     // The leader went away (cancelled, panicked): look again, then join again;
                     // the first to join leads, the others wait for it.
                     ticket = config.flights.ticket();
-                    if let Lookup::Hit(entry) = lookup(config, keys, headers).await {
-                        return Coalesced::Hit(entry);
+                    match lookup(config, keys, headers).await {
+                        Lookup::Hit(entry) if usable(config, &entry) => {
+                            return Coalesced::Hit(entry)
+                        }
+                        _ => {}
                     }
                 }
             },

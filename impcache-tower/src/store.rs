@@ -20,6 +20,7 @@ use impcache::{Cache, Expire};
 use crate::config::Config;
 use crate::entry::{encode_marker, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Published};
+use crate::freshness::Freshness;
 use crate::key;
 use crate::render::strong_etag;
 
@@ -183,6 +184,9 @@ pub(crate) struct Unfinished {
     pub(crate) vary: Vec<HeaderName>,
     pub(crate) variant_key: String,
     pub(crate) ttl: Option<Duration>,
+    /// The freshness of a response stored in the origin mode, and when it arrived (its storage
+    /// time then: its age counts from there).
+    pub(crate) origin: Option<(Freshness, u64)>,
     pub(crate) guard: Option<FlightGuard>,
 }
 
@@ -194,6 +198,19 @@ impl Unfinished {
         self,
         body: Bytes,
     ) -> (Option<HeaderValue>, Option<impl Future<Output = ()> + Send>) {
+        let (_, etag, storing) = self.finish_published(body);
+        (etag, storing)
+    }
+
+    /// [`finish`](Self::finish), also returning the entry as published.
+    pub(crate) fn finish_published(
+        self,
+        body: Bytes,
+    ) -> (
+        Arc<Published>,
+        Option<HeaderValue>,
+        Option<impl Future<Output = ()> + Send>,
+    ) {
         let mut headers = self.headers;
         // The length of the body as stored (a hit then serves it without formatting it).
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -207,8 +224,9 @@ impl Unfinished {
                 status: self.status,
                 headers,
                 body,
-                stored_at_ms: now_ms(),
+                stored_at_ms: self.origin.map_or_else(now_ms, |(_, at)| at),
                 ttl: self.ttl,
+                origin: self.origin.map(|(freshness, _)| freshness),
             },
             vary: self.vary,
             variant_key: self.variant_key,
@@ -217,11 +235,11 @@ impl Unfinished {
             guard.publish(Arc::clone(&published));
         }
         let storing = if self.may_store {
-            store_in_background(self.cache, self.keys, published, self.guard)
+            store_in_background(self.cache, self.keys, Arc::clone(&published), self.guard)
         } else {
             None
         };
-        (etag, storing)
+        (published, etag, storing)
     }
 
     /// The body turned out not storable (too large, trailers, an error): the waiters call the

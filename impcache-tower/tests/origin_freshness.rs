@@ -1,0 +1,475 @@
+//! The origin-freshness mode (`CacheLayer::follow_origin(true)`): an RFC 9111 shared cache, on the
+//! in-memory repository with `ServiceExt::oneshot`. Staleness comes from the responses' `Age` and
+//! `max-age=0` rather than from waiting, so these tests do not sleep.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use axum::body::Body;
+use http::{HeaderName, Request, Response, StatusCode};
+use impcache_tower::CacheLayer;
+use support::*;
+
+fn origin() -> CacheLayer {
+    CacheLayer::new(memory_cache()).follow_origin(true)
+}
+
+/// A response with `status`, `headers` and body `call {n}`.
+fn respond(n: usize, status: u16, headers: &[(&str, &str)]) -> Response<Body> {
+    let mut builder = Response::builder().status(status);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::from(format!("call {n}"))).unwrap()
+}
+
+/// A handler answering every call with the same status and headers.
+fn fixed(layer: CacheLayer, status: u16, headers: &'static [(&'static str, &'static str)]) -> Svc {
+    app(
+        layer,
+        move |n, _| async move { respond(n, status, headers) },
+    )
+    .0
+}
+
+/// Sends two GETs of `uri` (waiting for the first one's store, if any): the second's outcome.
+async fn second_outcome(svc: &Svc, layer: &CacheLayer, uri: &str) -> &'static str {
+    let first = send(svc, get(uri)).await;
+    if first
+        .header("cache-status")
+        .is_some_and(|s| s.contains("stored"))
+    {
+        wait_stored(layer, uri).await;
+    }
+    send(svc, get(uri)).await.outcome()
+}
+
+async fn record(layer: &CacheLayer, uri: &str) -> Option<bytes::Bytes> {
+    let key = format!("{}:v", layer.request_key(&get(uri)));
+    layer.cache().repository().get(&key).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_defaults_are_unchanged_without_the_switch() {
+    // No freshness information: the defaults store it for `expire`; the origin mode does not.
+    let default = CacheLayer::new(memory_cache());
+    let svc = fixed(default.clone(), 200, &[]);
+    assert_eq!(second_outcome(&svc, &default, "/plain").await, "HIT");
+    let layer = origin();
+    let svc = fixed(layer.clone(), 200, &[]);
+    assert_eq!(second_outcome(&svc, &layer, "/plain").await, "MISS");
+    // Only 200 by default, whatever the response says.
+    let svc = fixed(default.clone(), 404, &[("cache-control", "max-age=60")]);
+    assert_eq!(second_outcome(&svc, &default, "/gone").await, "MISS");
+}
+
+#[tokio::test]
+async fn freshness_comes_from_s_maxage_max_age_expires_then_heuristics() {
+    let now = std::time::SystemTime::now();
+    let date = httpdate::fmt_http_date(now);
+    let later = httpdate::fmt_http_date(now + std::time::Duration::from_secs(100));
+    let modified = httpdate::fmt_http_date(now - std::time::Duration::from_secs(10_000));
+    let layer = origin();
+    let (svc, _) = app(layer.clone(), move |n, req| {
+        let (date, later, modified) = (date.clone(), later.clone(), modified.clone());
+        async move {
+            match req.uri().path() {
+                "/s-maxage" => respond(n, 200, &[("cache-control", "max-age=0, s-maxage=60")]),
+                "/max-age" => respond(n, 200, &[("cache-control", "max-age=0060")]),
+                "/expires" => respond(n, 200, &[("date", &date), ("expires", &later)]),
+                "/bad-expires" => respond(n, 200, &[("expires", "0")]),
+                "/heuristic" => respond(n, 200, &[("date", &date), ("last-modified", &modified)]),
+                "/heuristic-404" => {
+                    respond(n, 404, &[("date", &date), ("last-modified", &modified)])
+                }
+                "/heuristic-500" => {
+                    respond(n, 500, &[("date", &date), ("last-modified", &modified)])
+                }
+                "/explicit-500" => respond(n, 500, &[("cache-control", "max-age=60")]),
+                "/explicit-302" => respond(
+                    n,
+                    302,
+                    &[("cache-control", "max-age=60"), ("location", "/x")],
+                ),
+                "/partial" => respond(n, 206, &[("cache-control", "max-age=60")]),
+                _ => respond(n, 200, &[("cache-control", "max-age=0")]),
+            }
+        }
+    });
+    for (uri, expected) in [
+        ("/s-maxage", "HIT"),
+        ("/max-age", "HIT"),
+        ("/expires", "HIT"),
+        ("/bad-expires", "MISS"),
+        ("/heuristic", "HIT"),
+        ("/heuristic-404", "HIT"),
+        ("/heuristic-500", "MISS"),
+        ("/explicit-500", "HIT"),
+        ("/explicit-302", "HIT"),
+        ("/partial", "MISS"),
+        ("/zero", "MISS"),
+    ] {
+        assert_eq!(second_outcome(&svc, &layer, uri).await, expected, "{uri}");
+    }
+    let hit = send(&svc, get("/s-maxage")).await;
+    assert!(
+        hit.header("cache-status").unwrap().contains("ttl=60")
+            || hit.header("cache-status").unwrap().contains("ttl=59")
+    );
+    // The heuristic lifetime: 10 % of 10,000 s.
+    let hit = send(&svc, get("/heuristic")).await;
+    let status = hit.header("cache-status").unwrap();
+    assert!(
+        status.contains("ttl=999") || status.contains("ttl=1000"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_age_counts_against_the_lifetime_and_is_added_to_hits() {
+    let layer = origin();
+    let svc = fixed(
+        layer.clone(),
+        200,
+        &[("cache-control", "max-age=100"), ("age", "30")],
+    );
+    assert_eq!(second_outcome(&svc, &layer, "/aged").await, "HIT");
+    let hit = send(&svc, get("/aged")).await;
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!((30..35).contains(&age), "{age}");
+    let status = hit.header("cache-status").unwrap();
+    assert!(
+        status.contains("ttl=70") || status.contains("ttl=69"),
+        "the rest of the lifetime: {status}"
+    );
+    // Older than its lifetime on arrival, without a validator: not stored.
+    let svc = fixed(
+        layer.clone(),
+        200,
+        &[("cache-control", "max-age=100"), ("age", "200")],
+    );
+    assert_eq!(second_outcome(&svc, &layer, "/too-old").await, "MISS");
+    assert!(record(&layer, "/too-old").await.is_none());
+}
+
+#[tokio::test]
+async fn max_age_parsing_is_robust() {
+    let layer = origin();
+    for (uri, value, expected) in [
+        ("/leading-zero", "max-age=003600", "HIT"),
+        ("/quoted", "max-age=\"3600\"", "HIT"),
+        ("/single-quoted", "max-age='3600'", "MISS"),
+        ("/duplicate", "max-age=3600, max-age=0", "MISS"),
+        ("/invalid", "max-age=1a", "MISS"),
+        ("/negative", "max-age=-1", "MISS"),
+        ("/in-a-string", "x=\"max-age=3600\"", "MISS"),
+        ("/huge", "max-age=99999999999999999999", "HIT"),
+    ] {
+        let value: &'static str = value;
+        let (svc, _) = app(layer.clone(), move |n, _| async move {
+            respond(n, 200, &[("cache-control", value)])
+        });
+        assert_eq!(second_outcome(&svc, &layer, uri).await, expected, "{value}");
+    }
+}
+
+#[tokio::test]
+async fn no_store_private_and_set_cookie_are_not_stored() {
+    let layer = origin();
+    for (uri, headers) in [
+        (
+            "/no-store",
+            &[("cache-control", "max-age=60, no-store")][..],
+        ),
+        ("/private", &[("cache-control", "max-age=60, private")]),
+        (
+            "/cookie",
+            &[
+                ("cache-control", "max-age=60, public"),
+                ("set-cookie", "s=1"),
+            ],
+        ),
+        (
+            "/vary-star",
+            &[("cache-control", "max-age=60"), ("vary", "*")],
+        ),
+    ] {
+        let (svc, _) = app(layer.clone(), move |n, _| async move {
+            respond(n, 200, headers)
+        });
+        assert_eq!(second_outcome(&svc, &layer, uri).await, "MISS", "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn no_cache_is_stored_with_a_validator_and_revalidated_on_every_use() {
+    let layer = origin();
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"a\"")
+        {
+            return respond(n, 304, &[("etag", "\"a\"")]);
+        }
+        respond(n, 200, &[("cache-control", "no-cache"), ("etag", "\"a\"")])
+    });
+    send(&svc, get("/no-cache")).await;
+    wait_stored(&layer, "/no-cache").await;
+    for _ in 0..2 {
+        let seen = send(&svc, get("/no-cache")).await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(seen.body, "call 1", "the stored body");
+        assert_eq!(
+            seen.header("cache-status"),
+            Some("impcache; fwd=stale; fwd-status=304; stored")
+        );
+    }
+    assert_eq!(calls.get(), 3, "every use is revalidated");
+    // Without a validator, no-cache is not stored.
+    let svc = fixed(layer.clone(), 200, &[("cache-control", "no-cache")]);
+    assert_eq!(second_outcome(&svc, &layer, "/no-cache-bare").await, "MISS");
+}
+
+#[tokio::test]
+async fn a_304_refreshes_the_stale_entry_and_the_stored_body_is_served() {
+    let layer = origin();
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        let inm = req.headers().get("if-none-match").cloned();
+        let ims = req.headers().get("if-modified-since").cloned();
+        if n == 1 {
+            return respond(
+                n,
+                200,
+                &[
+                    ("cache-control", "max-age=0"),
+                    ("etag", "\"v1\""),
+                    ("last-modified", "Wed, 01 Jan 2020 00:00:00 GMT"),
+                    ("x-old", "1"),
+                    ("content-type", "text/plain"),
+                ],
+            );
+        }
+        // The validators of the stored response, not the client's.
+        assert_eq!(inm.unwrap(), "\"v1\"");
+        assert_eq!(ims.unwrap(), "Wed, 01 Jan 2020 00:00:00 GMT");
+        respond(
+            n,
+            304,
+            &[
+                ("cache-control", "max-age=60"),
+                ("etag", "\"v1\""),
+                ("content-type", "text/html"),
+                ("x-new", "2"),
+                ("set-cookie", "only=this-client"),
+            ],
+        )
+    });
+    send(&svc, get("/page")).await;
+    wait_stored(&layer, "/page").await;
+    let revalidated = send(
+        &svc,
+        request("GET", "/page", &[("if-none-match", "\"client\"")]),
+    )
+    .await;
+    assert_eq!(revalidated.status, StatusCode::OK);
+    assert_eq!(revalidated.body, "call 1");
+    assert_eq!(revalidated.header("x-old"), Some("1"));
+    assert_eq!(revalidated.header("x-new"), Some("2"));
+    assert_eq!(revalidated.header("content-type"), Some("text/html"));
+    assert_eq!(revalidated.header("set-cookie"), Some("only=this-client"));
+    assert_eq!(revalidated.header("content-length"), Some("6"));
+    // Fresh again: a hit, without the 304's cookie.
+    for _ in 0..100 {
+        if record(&layer, "/page")
+            .await
+            .is_some_and(|r| r.windows(5).any(|w| w == b"x-new"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let hit = send(&svc, get("/page")).await;
+    assert_eq!((hit.outcome(), hit.body.as_ref()), ("HIT", &b"call 1"[..]));
+    assert_eq!(hit.header("x-new"), Some("2"));
+    assert!(hit.header("set-cookie").is_none());
+    assert_eq!(calls.get(), 2);
+    // The client's own validator is answered from the refreshed entry.
+    let not_modified = send(
+        &svc,
+        request("GET", "/page", &[("if-none-match", "\"v1\"")]),
+    )
+    .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn a_changed_response_replaces_the_stale_entry_and_a_5xx_is_served() {
+    let layer = origin();
+    let (svc, calls) = app(layer.clone(), |n, _| async move {
+        match n {
+            1 => respond(
+                n,
+                200,
+                &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
+            ),
+            // Revalidation fails: served as is (stale-if-error is not applied), entry kept.
+            2 => respond(n, 503, &[]),
+            _ => respond(
+                n,
+                200,
+                &[("cache-control", "max-age=60"), ("etag", "\"v3\"")],
+            ),
+        }
+    });
+    send(&svc, get("/changing")).await;
+    wait_stored(&layer, "/changing").await;
+    let failed = send(&svc, get("/changing")).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        record(&layer, "/changing").await.is_some(),
+        "the stale entry is kept"
+    );
+    let replaced = send(&svc, get("/changing")).await;
+    assert_eq!(
+        (replaced.body.as_ref(), replaced.header("etag")),
+        (&b"call 3"[..], Some("\"v3\""))
+    );
+    wait_stored(&layer, "/changing").await;
+    for _ in 0..100 {
+        if send(&svc, get("/changing")).await.outcome() == "HIT" {
+            break;
+        }
+    }
+    let hit = send(&svc, get("/changing")).await;
+    assert_eq!((hit.outcome(), hit.body.as_ref()), ("HIT", &b"call 3"[..]));
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test]
+async fn a_newer_no_store_response_removes_the_stored_one() {
+    let layer = origin();
+    let (svc, _) = app(layer.clone(), |n, _| async move {
+        if n == 1 {
+            respond(
+                n,
+                200,
+                &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
+            )
+        } else {
+            respond(n, 200, &[("cache-control", "no-store")])
+        }
+    });
+    send(&svc, get("/withdrawn")).await;
+    wait_stored(&layer, "/withdrawn").await;
+    let seen = send(&svc, get("/withdrawn")).await;
+    assert_eq!(seen.body, "call 2");
+    assert!(record(&layer, "/withdrawn").await.is_none());
+}
+
+#[tokio::test]
+async fn a_no_store_answer_to_a_honoured_client_refresh_removes_the_fresh_entry() {
+    let layer = origin().honor_request_cache_control(true);
+    let (svc, _) = app(layer.clone(), |n, _| async move {
+        if n == 1 {
+            respond(n, 200, &[("cache-control", "max-age=600")])
+        } else {
+            respond(n, 200, &[("cache-control", "no-store")])
+        }
+    });
+    send(&svc, get("/fresh")).await;
+    wait_stored(&layer, "/fresh").await;
+    let refreshed = send(
+        &svc,
+        request("GET", "/fresh", &[("cache-control", "no-cache")]),
+    )
+    .await;
+    assert_eq!(refreshed.body, "call 2");
+    assert!(record(&layer, "/fresh").await.is_none());
+}
+
+#[tokio::test]
+async fn cdn_cache_control_and_the_targeted_field_take_precedence() {
+    let layer = origin();
+    let svc = fixed(
+        layer.clone(),
+        200,
+        &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ],
+    );
+    assert_eq!(second_outcome(&svc, &layer, "/cdn").await, "HIT");
+    let svc = fixed(
+        layer.clone(),
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-store"),
+        ],
+    );
+    assert_eq!(second_outcome(&svc, &layer, "/cdn-no-store").await, "MISS");
+    let targeted =
+        origin().targeted_cache_control(HeaderName::from_static("impcache-cache-control"));
+    let svc = fixed(
+        targeted.clone(),
+        200,
+        &[
+            ("cdn-cache-control", "no-store"),
+            ("impcache-cache-control", "max-age=60"),
+        ],
+    );
+    assert_eq!(second_outcome(&svc, &targeted, "/mine").await, "HIT");
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_in_the_origin_mode() {
+    let layer = origin();
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        if req.method() == http::Method::POST {
+            return respond(
+                n,
+                201,
+                &[("location", "/items/2"), ("content-location", "/items/3")],
+            );
+        }
+        respond(n, 200, &[("cache-control", "max-age=60")])
+    });
+    for uri in ["/items", "/items/2", "/items/3"] {
+        send(&svc, get(uri)).await;
+        wait_stored(&layer, uri).await;
+    }
+    let post = Request::post("/items")
+        .header("host", "example.com")
+        .body(Body::empty())
+        .unwrap();
+    send(&svc, post).await;
+    for uri in ["/items", "/items/2", "/items/3"] {
+        assert!(record(&layer, uri).await.is_none(), "{uri}");
+    }
+    assert_eq!(calls.get(), 4);
+}
+
+#[tokio::test]
+async fn head_and_credentials_keep_their_rules() {
+    let layer = origin();
+    let svc = fixed(
+        layer.clone(),
+        200,
+        &[("cache-control", "max-age=60, public")],
+    );
+    let head = send(&svc, request("HEAD", "/safe", &[])).await;
+    assert_eq!(head.outcome(), "MISS");
+    assert!(
+        record(&layer, "/safe").await.is_none(),
+        "HEAD is never stored"
+    );
+    let auth = send(
+        &svc,
+        request("GET", "/safe", &[("authorization", "Bearer x")]),
+    )
+    .await;
+    assert_eq!(auth.outcome(), "BYPASS");
+    assert!(record(&layer, "/safe").await.is_none());
+}
