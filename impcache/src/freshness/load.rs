@@ -2,9 +2,12 @@
 //! the single-flight of [`crate::flight`] (a leader's load runs in a spawned task, so that a
 //! dropped caller neither cancels it nor strands its waiters).
 
+use std::any::Any;
 use std::fmt::Display;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock};
+use std::task::Poll;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -31,6 +34,26 @@ pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Bytes>>> = LazyLock::
 
 /// A leader's handle on its flight.
 pub(super) type Guard = FlightGuard<FlightKey, Bytes>;
+
+/// What the machinery needs of a loader's error type: to carry the cache's own errors (an
+/// invalid expire, the hard timeout) and a panic of the loader.
+pub(crate) trait LoadError: Display + Send + 'static + Sized {
+    /// A cache error.
+    fn from_cache(error: Error) -> Self;
+    /// The loader of `key` panicked with `payload`.
+    fn from_panic(key: &str, payload: Box<dyn Any + Send>) -> Self;
+}
+
+/// Any `E: From<impcache::Error>`: a panic becomes [`Error::Loader`] (its payload is dropped).
+impl<E: From<Error> + Display + Send + 'static> LoadError for E {
+    fn from_cache(error: Error) -> Self {
+        E::from(error)
+    }
+
+    fn from_panic(key: &str, _payload: Box<dyn Any + Send>) -> Self {
+        E::from(loader_error(key, "panicked"))
+    }
+}
 
 /// What a load needs besides its loader: shared by the foreground and background paths.
 #[derive(Clone)]
@@ -60,13 +83,13 @@ pub(crate) async fn get_or_set<V, E, F, Fut>(
 ) -> Result<V, E>
 where
     V: Serialize + DeserializeOwned + Send + 'static,
-    E: From<Error> + Display + Send + 'static,
+    E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     // Bad input is the caller's: an invalid expire is an error (nothing is loaded), a key the
     // cache refuses (too long) runs the loader uncached, as any other cache error does.
-    let expiry = policy.stored_expiry(expire, key)?;
+    let expiry = policy.stored_expiry(expire, key).map_err(E::from_cache)?;
     if let Err(error) = cache.check_key_for_load(key) {
         report("get", key, &error);
         return loader().await;
@@ -103,7 +126,7 @@ enum Served<V, F> {
 fn serve<V, E, F, Fut>(job: &Job, found: WithTtl, loader: F) -> Served<V, F>
 where
     V: Serialize + DeserializeOwned + Send + 'static,
-    E: From<Error> + Display + Send + 'static,
+    E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
@@ -141,7 +164,7 @@ async fn load<V, E, F, Fut>(
 ) -> Result<V, E>
 where
     V: Serialize + DeserializeOwned + Send + 'static,
-    E: From<Error> + Display + Send + 'static,
+    E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
@@ -195,7 +218,7 @@ where
 async fn lead<V, E, F, Fut>(job: Job, stale: Option<Bytes>, loader: F, guard: Guard) -> Result<V, E>
 where
     V: Serialize + DeserializeOwned + Send + 'static,
-    E: From<Error> + Display + Send + 'static,
+    E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
@@ -207,22 +230,16 @@ where
         return answer(&job, stale.as_ref(), rx.await);
     };
     runtime.spawn(task);
-    let answered = match (&stale, job.policy.soft_timeout_duration()) {
-        (Some(_), Some(soft)) => match tokio::time::timeout(soft, rx).await {
-            Ok(answered) => answered,
-            Err(_) => {
-                if let Some(value) = stale.as_ref().and_then(|s| decode(&job, s)) {
-                    tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
-                    return Ok(value);
-                }
-                return Err(E::from(loader_error(
-                    &job.key,
-                    "its stale value no longer decodes",
-                )));
+    let mut rx = rx;
+    if let (Some(stale), Some(soft)) = (&stale, job.policy.soft_timeout_duration()) {
+        if tokio::time::timeout(soft, &mut rx).await.is_err() {
+            if let Some(value) = decode(&job, stale) {
+                tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
+                return Ok(value);
             }
-        },
-        _ => rx.await,
-    };
+        }
+    }
+    let answered = rx.await;
     answer(&job, stale.as_ref(), answered)
 }
 
@@ -235,12 +252,16 @@ fn answer<V, E>(
 ) -> Result<V, E>
 where
     V: DeserializeOwned,
-    E: From<Error>,
+    E: LoadError,
 {
     let failed = match answered {
         Ok(Ok(value)) => return Ok(value),
         Ok(Err(error)) => error,
-        Err(_) => E::from(loader_error(&job.key, "panicked")),
+        // The task was dropped unfinished: its runtime shut down.
+        Err(_) => E::from_cache(loader_error(
+            &job.key,
+            "was cancelled (its runtime shut down)",
+        )),
     };
     match stale.and_then(|stale| decode(job, stale)) {
         Some(value) => Ok(value),
@@ -252,7 +273,7 @@ where
 async fn alone<V, E, F, Fut>(job: Job, stale: Option<Bytes>, loader: F) -> Result<V, E>
 where
     V: Serialize + DeserializeOwned + Send + 'static,
-    E: From<Error> + Display + Send + 'static,
+    E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
@@ -273,22 +294,33 @@ pub(super) async fn run<V, E, F, Fut>(
     answer: Option<oneshot::Sender<Result<V, E>>>,
 ) where
     V: Serialize + Send + 'static,
-    E: From<Error> + Display + Send + 'static,
+    E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    let loaded = match job.policy.hard_timeout_duration() {
+    // A panic is caught here and becomes the loader's error: the flight is answered (the stale
+    // value or nothing to share) rather than abandoned.
+    let mut loading = Box::pin(loader());
+    let loading = std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| loading.as_mut().poll(cx))) {
+            Ok(Poll::Ready(loaded)) => Poll::Ready(Ok(loaded)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    });
+    let caught = match job.policy.hard_timeout_duration() {
         Some(hard) if tokio::runtime::Handle::try_current().is_ok() => {
-            match tokio::time::timeout(hard, loader()).await {
-                Ok(loaded) => loaded,
-                Err(_) => Err(E::from(loader_error(
+            match tokio::time::timeout(hard, loading).await {
+                Ok(caught) => caught,
+                Err(_) => Ok(Err(E::from_cache(loader_error(
                     &job.key,
                     &format!("timed out after {hard:?} (hard timeout)"),
-                ))),
+                )))),
             }
         }
-        _ => loader().await,
+        _ => loading.await,
     };
+    let loaded = caught.unwrap_or_else(|payload| Err(E::from_panic(&job.key, payload)));
     let encoded = match &loaded {
         Ok(value) => match json::encode(&job.key, value) {
             Ok(bytes) => Some(bytes),

@@ -52,5 +52,6 @@ mod policy;
 mod refresh;
 mod request;
 
+pub(crate) use load::{get_or_set as load_with, LoadError};
 pub use policy::Freshness;
 pub use request::{GetOrSet, TryGetOrSet};

@@ -2,13 +2,11 @@
 //! flight, so one reload per key per process; bounded by the hard timeout, its store by the
 //! repository's deadline.
 
-use std::fmt::Display;
 use std::future::Future;
 
 use serde::Serialize;
 
-use super::load::{run, Job, FLIGHTS, TARGET};
-use crate::error::Error;
+use super::load::{run, Job, LoadError, FLIGHTS, TARGET};
 use crate::flight::{Join, Leader};
 
 /// Starts a background reload of `job`'s key unless one is under way (then `loader` is dropped
@@ -17,7 +15,7 @@ use crate::flight::{Join, Leader};
 pub(super) fn spawn<V, E, F, Fut>(job: Job, loader: F)
 where
     V: Serialize + Send + 'static,
-    E: From<Error> + Display + Send + 'static,
+    E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
