@@ -36,7 +36,7 @@ fn main() {
         .unwrap();
     let server = RedisServer::start();
     runtime.block_on(async {
-        let cache = Cache::new(RedisCacheRepository::new(server.url()).unwrap());
+        let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         hit_cost(&cache, round).await;
         tail_latency(&cache, round * 5).await;
     });
@@ -85,8 +85,8 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             .unwrap();
     }
     for tasks in [1, CONCURRENCY] {
-        let (mut plain, mut fresh) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
+        let (mut plain, mut fresh, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
             let c = cache.clone();
             plain.push(
                 throughput(tasks, round, move |k| {
@@ -94,6 +94,21 @@ async fn hit_cost(cache: &Cache, round: Duration) {
                     async move {
                         let v: Option<Small> = c.get(&format!("hit:{k}")).await.unwrap();
                         assert!(v.is_some());
+                    }
+                })
+                .await,
+            );
+            let c = cache.clone();
+            bare.push(
+                throughput(tasks, round, move |k| {
+                    let c = c.clone();
+                    async move {
+                        let _: Small =
+                            c.get_or_set(&format!("hit:{k}"), 3600, move || async move {
+                                Small::new(k)
+                            })
+                            .await
+                            .unwrap();
                     }
                 })
                 .await,
@@ -116,8 +131,10 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             );
         }
         let (p, f) = (median(&mut plain), median(&mut fresh));
+        let b = median(&mut bare);
         println!(
-            "hit, {tasks:>2} tasks: get {p:>9.0}/s  get_or_set+freshness {f:>9.0}/s  ratio {:.3}",
+            "hit, {tasks:>2} tasks: get {p:>9.0}/s  get_or_set (no policy) {b:>9.0}/s ratio {:.3}  get_or_set+freshness {f:>9.0}/s  ratio {:.3}",
+            b / p,
             f / p
         );
     }

@@ -94,22 +94,23 @@ where
         report("get", key, &error);
         return loader().await;
     }
-    let job = Job {
+    let ticket = FLIGHTS.ticket();
+    // The job (a clone of the cache, the key copied) is made only past a fresh hit.
+    let job = || Job {
         cache: cache.clone(),
         key: key.to_owned(),
         expiry,
         policy,
     };
-    let ticket = FLIGHTS.ticket();
-    let (stale, loader) = match cache.read_for_load(key, policy.needs_ttl()).await {
-        Ok(Some(found)) => match serve(&job, found, loader) {
+    let (job, stale, loader) = match cache.read_for_load(key, policy.needs_ttl()).await {
+        Ok(Some(found)) => match serve(cache, key, &policy, &job, found, loader) {
             Served::Value(value) => return Ok(value),
-            Served::Load { stale, loader } => (stale, loader),
+            Served::Load { stale, loader } => (job(), stale, loader),
         },
-        Ok(None) => (None, loader),
+        Ok(None) => (job(), None, loader),
         Err(error) => {
             report("get", key, &error);
-            (None, loader)
+            (job(), None, loader)
         }
     };
     load(job, ticket, stale, loader).await
@@ -123,33 +124,40 @@ enum Served<V, F> {
     Load { stale: Option<Bytes>, loader: F },
 }
 
-fn serve<V, E, F, Fut>(job: &Job, found: WithTtl, loader: F) -> Served<V, F>
+fn serve<V, E, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    policy: &Freshness,
+    job: &dyn Fn() -> Job,
+    found: WithTtl,
+    loader: F,
+) -> Served<V, F>
 where
     V: Serialize + DeserializeOwned + Send + 'static,
     E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    let Some(value) = decode::<V>(job, &found.value) else {
+    let Some(value) = decode_at::<V>(cache, key, &found.value) else {
         // Not this type (any more): load and overwrite.
         return Served::Load {
             stale: None,
             loader,
         };
     };
-    match job.policy.state(found.ttl) {
+    match policy.state(found.ttl) {
         State::Fresh { left } => {
-            if job.policy.refresh_early(left) {
-                refresh::spawn(job.clone(), loader);
+            if policy.refresh_early(left) {
+                refresh::spawn(job(), loader);
             }
             Served::Value(value)
         }
-        State::Stale { past } if job.policy.serves_while_revalidating(past) => {
-            refresh::spawn(job.clone(), loader);
+        State::Stale { past } if policy.serves_while_revalidating(past) => {
+            refresh::spawn(job(), loader);
             Served::Value(value)
         }
         State::Stale { past } => Served::Load {
-            stale: job.policy.serves_if_error(past).then_some(found.value),
+            stale: policy.serves_if_error(past).then_some(found.value),
             loader,
         },
     }
@@ -365,7 +373,11 @@ async fn store(job: &Job, bytes: Bytes) {
 
 /// The stored JSON as a `V`; `None` (logged) when it is not one.
 fn decode<V: DeserializeOwned>(job: &Job, bytes: &[u8]) -> Option<V> {
-    match json::decode(|| shown(&job.cache.make_key(&job.key)), bytes) {
+    decode_at(&job.cache, &job.key, bytes)
+}
+
+fn decode_at<V: DeserializeOwned>(cache: &Cache, key: &str, bytes: &[u8]) -> Option<V> {
+    match json::decode(|| shown(&cache.make_key(key)), bytes) {
         Ok(value) => Some(value),
         Err(error) => {
             tracing::warn!(target: TARGET, %error, "the stored value does not decode as the requested type; loading and replacing it");
