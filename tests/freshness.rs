@@ -1,5 +1,6 @@
 //! `Cache::get_or_set` / `try_get_or_set` and their `Freshness` options, each against the
-//! memory repository and a real Redis (started by `tests/support`). `both!` instantiates each
+//! memory repository and a real Redis (started by `tests/support`), and with the feature
+//! `cluster` the shared Redis Cluster. `both!` instantiates each
 //! `async fn(Backend)` once per repository.
 //!
 //! No timing assertions: entries are made stale by short expiries and sleeps past them, and
@@ -47,6 +48,28 @@ impl Backend {
             _server: Some(server),
         }
     }
+    /// The shared cluster of this test binary, under a key prefix of this test's own. Its
+    /// `get_with_ttl` is one `EVAL` (`GET` + `PTTL`) routed by the key.
+    #[cfg(feature = "cluster")]
+    fn cluster() -> Self {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let repository = impcache::RedisClusterCacheRepository::builder(
+            impcache_tests::cluster::RedisCluster::shared().urls(),
+        )
+        .deadline(HANG)
+        .build()
+        .unwrap();
+        let prefix = format!(
+            "freshness{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Backend {
+            cache: Cache::builder(repository).key_prefix(prefix).build(),
+            _server: None,
+        }
+    }
 }
 
 macro_rules! both {
@@ -64,6 +87,15 @@ macro_rules! both {
                 #[tokio::test]
                 async fn $test() {
                     super::$test(super::Backend::redis()).await;
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::cluster()).await;
                 }
             )*
         }
