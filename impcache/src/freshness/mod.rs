@@ -15,9 +15,9 @@
 //!   single-flight of [`crate::flight`]. The leader's loader runs in a spawned task that answers
 //!   the leader, publishes the value's JSON to the waiters, stores it (`SET`, in the background
 //!   of the caller) and only then ends the flight. A dropped caller therefore cancels nothing and
-//!   strands no one; a panicking loader ends the flight unanswered, its waiters join again and
-//!   one of them loads (the flight's single cancellation rule), and the panicking caller gets the
-//!   stale value or [`Error::Loader`](crate::Error::Loader).
+//!   strands no one. A panicking loader is caught in its task and treated as a failure (below):
+//!   the flight is answered, nothing stays stuck, and the panicking caller gets the stale value
+//!   or [`Error::Loader`](crate::Error::Loader) (`#[cached]` resumes the panic instead).
 //! - **Loader failure** (an `Err` of `try_get_or_set`, the hard timeout, a panic): logged
 //!   (`WARN`, target `impcache::freshness`), never stored; the stale value is served when one is
 //!   within `stale_if_error`, and published to the waiters too. Without one, each waiter loads on
