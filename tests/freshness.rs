@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use impcache::freshness::State;
 use impcache::{
     Cache, CacheRepository, Error, Freshness, MemoryCacheRepository, RedisCacheRepository,
 };
@@ -197,6 +198,12 @@ async fn stale_readers_are_answered_at_once_by_one_background_reload(backend: Ba
     let cache = backend.cache;
     let policy = Freshness::new().stale_while_revalidate(MINUTE);
     stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    // The raw read a layer would make: the TTL is the expire plus the window, partly spent.
+    let found = cache.get_raw_with_ttl("k").await.unwrap().unwrap();
+    assert_eq!(&found.value[..], b"\"old\"");
+    let ttl = found.ttl.unwrap();
+    assert!(ttl < MINUTE && ttl > MINUTE - HANG, "{ttl:?}");
+    assert!(matches!(policy.state(found.ttl), State::Stale { .. }));
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     let callers: Vec<_> = (0..100)

@@ -681,6 +681,13 @@ impl Cache {
         TryGetOrSet::new(self, key, expire.into(), loader)
     }
 
+    /// The raw bytes at `key` with the key's remaining time to live, in one round trip (on Redis
+    /// `GET` + `PTTL` pipelined): for callers that apply a [`Freshness`](crate::Freshness) policy
+    /// to raw entries themselves ([`Freshness::state`](crate::Freshness::state)).
+    pub async fn get_raw_with_ttl(&self, key: &str) -> Result<Option<WithTtl>> {
+        self.read_for_load(key, true).await
+    }
+
     /// Checks a key as every operation does.
     pub(crate) fn check_key_for_load(&self, key: &str) -> Result<()> {
         self.check_key(key)

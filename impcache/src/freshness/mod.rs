@@ -53,5 +53,5 @@ mod refresh;
 mod request;
 
 pub(crate) use load::{get_or_set as load_with, LoadError};
-pub use policy::Freshness;
+pub use policy::{Freshness, State};
 pub use request::{GetOrSet, TryGetOrSet};

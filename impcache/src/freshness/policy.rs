@@ -47,13 +47,20 @@ pub struct Freshness {
     early_refresh: Option<Duration>,
 }
 
-/// Where a value read with its remaining TTL stands.
+/// Where a value read with its remaining TTL stands under a policy ([`Freshness::state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum State {
+#[non_exhaustive]
+pub enum State {
     /// Before its expiry: `left` until it (`None`: no expiry known).
-    Fresh { left: Option<Duration> },
+    Fresh {
+        /// Time left before the expiry.
+        left: Option<Duration>,
+    },
     /// Past its expiry by `past` (within the stored stale window).
-    Stale { past: Duration },
+    Stale {
+        /// Time since the expiry.
+        past: Duration,
+    },
 }
 
 impl Freshness {
@@ -152,7 +159,10 @@ impl Freshness {
 
     /// The expiry stored for a value that is fresh for `expire`: `expire` plus the stale
     /// window (no expiry stays no expiry). `key` names the key in an invalid expire's error.
-    pub(crate) fn stored_expiry(&self, expire: Expire, key: &str) -> Result<Expiry> {
+    ///
+    /// With [`state`](Freshness::state), what a caller other than `get_or_set` (the HTTP layer)
+    /// needs to store and read entries by this policy.
+    pub fn stored_expiry(&self, expire: Expire, key: &str) -> Result<Expiry> {
         let expiry = expire.resolve(key)?;
         let window = self.stale_window();
         match expiry.as_duration() {
@@ -163,8 +173,11 @@ impl Freshness {
         }
     }
 
-    /// Where a value whose key has `ttl` left stands.
-    pub(crate) fn state(&self, ttl: Option<Duration>) -> State {
+    /// Where a value whose key has `ttl` left (as [`Cache::get_raw_with_ttl`] reads it) stands:
+    /// fresh while more than the stale window is left.
+    ///
+    /// [`Cache::get_raw_with_ttl`]: crate::Cache::get_raw_with_ttl
+    pub fn state(&self, ttl: Option<Duration>) -> State {
         let window = self.stale_window();
         match ttl {
             None => State::Fresh { left: None },
@@ -176,18 +189,19 @@ impl Freshness {
     }
 
     /// Whether a stale value `past` its expiry is served while it is reloaded in the background.
-    pub(crate) fn serves_while_revalidating(&self, past: Duration) -> bool {
+    pub fn serves_while_revalidating(&self, past: Duration) -> bool {
         self.stale_while_revalidate
             .is_some_and(|window| past <= window)
     }
 
     /// Whether a stale value `past` its expiry may stand in for a failed loader.
-    pub(crate) fn serves_if_error(&self, past: Duration) -> bool {
+    pub fn serves_if_error(&self, past: Duration) -> bool {
         self.stale_if_error.is_some_and(|window| past <= window)
     }
 
-    /// Whether a fresh value with `left` before its expiry should be reloaded now (XFetch).
-    pub(crate) fn refresh_early(&self, left: Option<Duration>) -> bool {
+    /// Whether a fresh value with `left` before its expiry should be reloaded now (XFetch: a
+    /// coin thrown at each call).
+    pub fn refresh_early(&self, left: Option<Duration>) -> bool {
         let (Some(gap), Some(left)) = (self.early_refresh, left) else {
             return false;
         };
