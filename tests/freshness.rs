@@ -480,3 +480,24 @@ async fn a_repository_without_ttls_reads_everything_as_fresh() {
         .unwrap();
     assert_eq!(got, "old");
 }
+
+/// Through Sentinel (feature `sentinel`): the read with its TTL goes to the primary the
+/// Sentinel names; one case, the group being slow to start.
+#[cfg(feature = "sentinel")]
+#[tokio::test]
+async fn through_sentinel_stale_readers_are_answered_by_one_reload() {
+    use impcache::RedisSentinelCacheRepository;
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+    let group = SentinelGroup::start();
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(HANG)
+            .build()
+            .unwrap();
+    stale_readers_are_answered_at_once_by_one_background_reload(Backend {
+        cache: Cache::new(repository),
+        _server: None,
+    })
+    .await;
+    drop(group);
+}
