@@ -179,3 +179,46 @@ async fn rust_and_python_read_each_others_entries() {
     let other = run_python(&python, &server, "4", "read", &json!(["string"]));
     assert_eq!(other["get"]["string"], Value::Null);
 }
+
+/// An entry written by `get_or_set` with a stale window is an ordinary value to Python: past its
+/// freshness, within the window, Python still reads it (the TTL is the expire plus the window).
+#[tokio::test]
+async fn python_reads_an_entry_with_a_stale_window() {
+    let Some(python) = python() else { return };
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::new(&server.url()).unwrap();
+    let cache = Cache::builder(repository)
+        .key_prefix("interop")
+        .version(3)
+        .build();
+    let policy =
+        impcache::Freshness::new().stale_while_revalidate(std::time::Duration::from_secs(60));
+    let value = json!({"user": 7, "name": "Ada"});
+    let loaded = value.clone();
+    let got: Value = cache
+        .get_or_set(
+            "stale",
+            std::time::Duration::from_millis(100),
+            move || async move { loaded },
+        )
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(got, value);
+    // The store runs after the answer: wait for it, then past the freshness.
+    for _ in 0..500 {
+        if cache.get::<Value>("stale").await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let read = run_python(&python, &server, "3", "read", &json!(["stale"]));
+    assert_eq!(read["get"]["stale"], value, "python reads the stale entry");
+    let raw: Vec<u8> = server.cmd(&["GET", "interop:3:stale"]);
+    assert_eq!(
+        String::from_utf8(raw).unwrap(),
+        read["dumps"]["stale"].as_str().unwrap(),
+        "stored bytes are Python's"
+    );
+}

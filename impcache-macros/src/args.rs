@@ -10,8 +10,16 @@ use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
 use crate::errors::Errors;
 
 /// The valid options, in the order the error message lists them.
-const OPTIONS: &str =
-    "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`";
+const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `early_refresh`";
+
+/// The freshness options (issue 15), each taking seconds or a `Duration`: the name of the
+/// `impcache::Freshness` builder method each one calls.
+const FRESHNESS: [&str; 4] = [
+    "stale_while_revalidate",
+    "stale_if_error",
+    "soft_timeout",
+    "early_refresh",
+];
 
 /// `returns = "..."`: which part of the return value is cached, overriding the classification
 /// by type.
@@ -35,6 +43,8 @@ pub(crate) struct Args {
     pub(crate) name: Option<LitStr>,
     pub(crate) cache_none: Option<LitBool>,
     pub(crate) returns: Option<(LitStr, Returns)>,
+    /// The freshness options given, in order: each option's name and value.
+    pub(crate) freshness: Vec<(Ident, Expr)>,
 }
 
 /// Stores `value` in `slot`, or reports a duplicate at `path`.
@@ -230,6 +240,11 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                 }
                 _ => errors.push(syn::Error::new_spanned(meta, "expected `skip(arg, ...)`")),
             },
+            name if FRESHNESS.contains(&name) => freshness(&mut args, meta, name, errors),
+            "hard_timeout" => errors.push(syn::Error::new_spanned(
+                path,
+                "`hard_timeout` is not available in `#[cached]`: a cached function has no value to return when its body is given up; use `Cache::get_or_set` with `Freshness::hard_timeout`",
+            )),
             _ => errors.push(syn::Error::new_spanned(
                 path,
                 format!("unknown option `{option}`; expected one of: {OPTIONS}"),
@@ -237,4 +252,28 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
         }
     }
     args
+}
+
+/// A freshness option: `name = 30` (seconds) or `name = Duration::from_millis(100)`.
+fn freshness(args: &mut Args, meta: &Meta, name: &str, errors: &mut Errors) {
+    let Some(expr) = value(meta, name, "30", errors) else {
+        return;
+    };
+    if is_obviously_not_positive(expr) {
+        errors.push(syn::Error::new_spanned(
+            expr,
+            format!("`{name}` must be positive"),
+        ));
+    }
+    let path = meta.path();
+    if args.freshness.iter().any(|(given, _)| given == name) {
+        errors.push(syn::Error::new_spanned(
+            path,
+            format!("`{name}` specified more than once"),
+        ));
+        return;
+    }
+    if let Some(ident) = path.get_ident() {
+        args.freshness.push((ident.clone(), expr.clone()));
+    }
 }

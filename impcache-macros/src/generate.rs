@@ -209,6 +209,40 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let receiver_comma = receiver.map(|r| quote!(#r,));
     let body = &block.stmts;
 
+    let call = if plan.freshness.is_empty() {
+        quote! {
+            ::impcache::__private::memoize(
+                &__IMPCACHE_FUNCTION,
+                #cache_opt,
+                #version_opt,
+                __impcache_key,
+                #expire,
+                #policy,
+                #codec_path #codec_args,
+                __impcache_body,
+            )
+            .await
+        }
+    } else {
+        // Freshness options: the `get_or_set` machinery, which needs a `Send + 'static` body.
+        let options = plan.freshness.iter().map(|(name, value)| {
+            quote_spanned!(value.span()=> .#name(::impcache::__private::duration(#value)))
+        });
+        quote! {
+            ::impcache::__private::memoize_fresh(
+                &__IMPCACHE_FUNCTION,
+                #cache_opt,
+                #version_opt,
+                __impcache_key,
+                #expire,
+                ::impcache::Freshness::new() #(#options)*,
+                #policy,
+                #codec_path #codec_args,
+                __impcache_body,
+            )
+            .await
+        }
+    };
     let uncached = format_ident!("{}_uncached", ident);
     let trait_impl_check = plan
         .check_not_in_trait_impl
@@ -254,17 +288,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             });
             static __IMPCACHE_FUNCTION: ::impcache::__private::CachedFunction =
                 ::impcache::__private::CachedFunction::new(::core::concat!(::core::module_path!(), "::", #fn_name));
-            ::impcache::__private::memoize(
-                &__IMPCACHE_FUNCTION,
-                #cache_opt,
-                #version_opt,
-                __impcache_key,
-                #expire,
-                #policy,
-                #codec_path #codec_args,
-                __impcache_body,
-            )
-            .await
+            #call
         }
 
         #[doc = #uncached_doc]

@@ -81,6 +81,9 @@ pub(crate) struct Plan {
     pub(crate) expire: Expr,
     pub(crate) version: Option<Expr>,
     pub(crate) cache: Option<Expr>,
+    /// The freshness options (`stale_while_revalidate = 30`, ...): each `Freshness` method and
+    /// its value. Empty: the plain runtime (`memoize`).
+    pub(crate) freshness: Vec<(Ident, Expr)>,
     /// The return type (`()` when none is written).
     pub(crate) ret: Type,
     /// The stored type as spelled (`T` of `Result<T, E>`): where a missing serde impl is reported.
@@ -135,6 +138,7 @@ impl Plan {
             expire,
             version,
             cache,
+            freshness,
             ..
         } = args;
         Some(Plan {
@@ -145,6 +149,7 @@ impl Plan {
             expire: expire?,
             version,
             cache,
+            freshness,
             ret,
             value_ty,
             policy,

@@ -10,7 +10,8 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::error::{shown, Error, Result};
-use crate::expire::Expire;
+use crate::expire::{Expire, Expiry};
+use crate::freshness::{GetOrSet, TryGetOrSet};
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
 use crate::observe::hooks::{CachedFunction, CallOutcome};
@@ -18,7 +19,7 @@ use crate::observe::metrics::{Operation, Tally};
 use crate::observe::{CacheStats, Counters, Observation};
 use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
-use crate::repository::CacheRepository;
+use crate::repository::{CacheRepository, WithTtl};
 
 /// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
 /// operation's span, then counted in the stats and the metrics; evaluates to `Result<T>`.
@@ -622,6 +623,107 @@ impl Cache {
             let key = self.key_parts(key);
             let stored = self.shared.backend.set_nx(key, value, expiry).await?;
             Ok((stored, tally))
+        })
+    }
+}
+
+// --- Freshness (issue 15): get_or_set, and what its machinery (`crate::freshness`) reads and
+// writes through. ---
+
+impl Cache {
+    /// The value at `key`, or, when nothing is stored, the value of `loader`, stored for
+    /// `expire` and returned.
+    ///
+    /// `loader` runs once per key per process however many callers miss together (the others
+    /// wait for it and decode its value), in a spawned task: a caller that is dropped cancels
+    /// nothing, and a loader that panics leaves nothing stuck. Cache errors never fail the call:
+    /// with the cache down, `loader` runs and answers (see the
+    /// [freshness module docs](crate::freshness)). Set a [`Freshness`](crate::Freshness) policy
+    /// (stale-while-revalidate, stale-if-error, timeouts, early refresh) with
+    /// [`.freshness(..)`](crate::GetOrSet::freshness) before awaiting.
+    ///
+    /// Errors: an invalid `expire` ([`Error::InvalidExpire`]), and, with a hard timeout, a loader
+    /// that gave no value with no stale value to serve ([`Error::Loader`]).
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+    /// use std::time::Duration;
+    /// use impcache::Freshness;
+    ///
+    /// let cache = Cache::new(MemoryCacheRepository::new());
+    /// let user: String = cache
+    ///     .get_or_set("user:1", 60, || async { "Ada".to_owned() })
+    ///     .freshness(Freshness::new().stale_while_revalidate(Duration::from_secs(30)))
+    ///     .await?;
+    /// assert_eq!(user, "Ada");
+    /// # Ok(()) }
+    /// ```
+    pub fn get_or_set<'a, F>(
+        &'a self,
+        key: &'a str,
+        expire: impl Into<Expire>,
+        loader: F,
+    ) -> GetOrSet<'a, F> {
+        GetOrSet::new(self, key, expire.into(), loader)
+    }
+
+    /// [`get_or_set`](Cache::get_or_set) with a fallible loader: its `Err` is returned (or,
+    /// within a [`stale_if_error`](crate::Freshness::stale_if_error) window, the stale value
+    /// instead) and never stored nor shared with the waiters. `E: From<impcache::Error>` carries
+    /// the invalid-expire and loader-timeout errors.
+    pub fn try_get_or_set<'a, F>(
+        &'a self,
+        key: &'a str,
+        expire: impl Into<Expire>,
+        loader: F,
+    ) -> TryGetOrSet<'a, F> {
+        TryGetOrSet::new(self, key, expire.into(), loader)
+    }
+
+    /// The raw bytes at `key` with the key's remaining time to live, in one round trip (on Redis
+    /// `GET` + `PTTL` pipelined): for callers that apply a [`Freshness`](crate::Freshness) policy
+    /// to raw entries themselves ([`Freshness::state`](crate::Freshness::state)).
+    pub async fn get_raw_with_ttl(&self, key: &str) -> Result<Option<WithTtl>> {
+        self.read_for_load(key, true).await
+    }
+
+    /// Checks a key as every operation does.
+    pub(crate) fn check_key_for_load(&self, key: &str) -> Result<()> {
+        self.check_key(key)
+    }
+
+    /// The value at `key` with its remaining TTL when `with_ttl` (else a `GET`, TTL unknown),
+    /// counted as a `get`.
+    pub(crate) async fn read_for_load(&self, key: &str, with_ttl: bool) -> Result<Option<WithTtl>> {
+        observed!(self, Operation::Get, Some(key), async {
+            self.check_key(key)?;
+            let found = if with_ttl {
+                self.shared
+                    .backend
+                    .get_with_ttl(self.key_parts(key))
+                    .await?
+            } else {
+                self.shared
+                    .backend
+                    .get(self.key_parts(key))
+                    .await?
+                    .map(|value| WithTtl::new(value, None))
+            };
+            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
+            Ok((found, tally))
+        })
+    }
+
+    /// Stores a loaded value's JSON with an expiry already resolved, counted as a `set`.
+    pub(crate) async fn set_for_load(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
+        observed!(self, Operation::Set, Some(key), async {
+            let tally = Tally::written(value.len());
+            self.shared
+                .backend
+                .set(self.key_parts(key), value, expiry)
+                .await?;
+            Ok(((), tally))
         })
     }
 }

@@ -151,6 +151,16 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// The loader of [`Cache::get_or_set`](crate::Cache::get_or_set) (or `try_get_or_set`) gave
+    /// no value and no stale value could be served: it passed its
+    /// [`hard_timeout`](crate::Freshness::hard_timeout), or panicked.
+    #[error("the loader of `{key}` gave no value: {reason}")]
+    Loader {
+        /// The key.
+        key: String,
+        /// What happened (`timed out after 2s (hard timeout)`, `panicked`).
+        reason: String,
+    },
 }
 
 impl Error {
@@ -194,7 +204,8 @@ impl Error {
             | Self::Unavailable { key, .. }
             | Self::Timeout { key, .. }
             | Self::CircuitOpen { key, .. }
-            | Self::Server { key, .. } => key,
+            | Self::Server { key, .. }
+            | Self::Loader { key, .. } => key,
             Self::Interrupted { source, .. } => source.subject(),
         }
     }

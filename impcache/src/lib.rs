@@ -71,6 +71,7 @@ mod error;
 mod expire;
 #[doc(hidden)]
 pub mod flight;
+pub mod freshness;
 mod glob;
 mod json;
 mod key;
@@ -82,6 +83,7 @@ pub mod repository;
 pub use cache::{Cache, CacheBuilder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEY_BYTES};
 pub use error::{BoxError, Error, Result};
 pub use expire::{Expire, Expiry, MAX_EXPIRE};
+pub use freshness::{Freshness, GetOrSet, TryGetOrSet};
 pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
@@ -94,7 +96,7 @@ pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder
 pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
 #[cfg(feature = "sentinel")]
 pub use repository::sentinel::{RedisSentinelCacheRepository, RedisSentinelCacheRepositoryBuilder};
-pub use repository::{BoxFuture, CacheRepository};
+pub use repository::{BoxFuture, CacheRepository, WithTtl};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

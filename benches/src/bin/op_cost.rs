@@ -35,6 +35,8 @@ const OPERATIONS: &[&str] = &[
     "moka-ttl-set",
     "memo-hit",
     "memo-hit-template",
+    "get-or-set-hit",
+    "fresh-hit",
     "http-cached",
     "http-cached-lean",
     "http-raw",
@@ -152,6 +154,27 @@ async fn run(
     match operation {
         "get" => {
             let v: Small = cache.get(&format!("small:{id}")).await.unwrap().unwrap();
+            black_box(v);
+        }
+        // Issue 15: `get_or_set` hits, without a policy (one `GET`) and with one (`GET` + `PTTL`).
+        "get-or-set-hit" => {
+            let v: Small = cache
+                .get_or_set(&format!("small:{id}"), TTL, move || async move {
+                    Small::new(id)
+                })
+                .await
+                .unwrap();
+            black_box(v);
+        }
+        "fresh-hit" => {
+            let policy = impcache::Freshness::new().stale_while_revalidate(Duration::from_secs(60));
+            let v: Small = cache
+                .get_or_set(&format!("small:{id}"), TTL, move || async move {
+                    Small::new(id)
+                })
+                .freshness(policy)
+                .await
+                .unwrap();
             black_box(v);
         }
         "raw-get" => {

@@ -26,12 +26,15 @@
 //! - `returns.rs`: which part of a return value is cached ([`__private::Policy`]), chosen by
 //!   type ([`__private::Returns`]).
 //! - `codec.rs`: how the stored type is encoded ([`__private::Codec`]).
+//! - `fresh.rs`: one call with freshness options ([`__private::memoize_fresh`]), through
+//!   [`crate::freshness`].
 //! - `call.rs`: one call ([`__private::memoize`]): hit, miss through the single-flight of
 //!   [`crate::flight`], background store.
 
 mod call;
 mod codec;
 mod default_cache;
+mod fresh;
 mod key;
 mod returns;
 
@@ -43,6 +46,7 @@ pub(crate) mod __private {
     pub use super::call::{body, invalidate, memoize, NotInTraitImpl};
     pub use super::codec::{codec, CacheValue, Codec};
     pub use super::default_cache::default_cache_or_warn as default_cache;
+    pub use super::fresh::{duration, memoize_fresh, IntoDuration};
     pub use super::key::{KeyArg, KeyBuilder};
     pub use super::returns::{
         Mismatch, Never, OkOnly, OptionReturn, Plain, Policy, ResultReturn, Returns,

@@ -165,6 +165,7 @@ pub(crate) fn error_kind(error: &Error) -> &'static str {
         Error::Timeout { .. } => "timeout",
         Error::CircuitOpen { .. } => "circuit_open",
         Error::Server { .. } => "server",
+        Error::Loader { .. } => "loader",
         // The kind of the failure: an interrupted sweep failed as its failure did.
         Error::Interrupted { source, .. } => error_kind(source),
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::failure::Failed;
 use super::memory::MemoryCacheRepository;
 use super::redis::RedisCacheRepository;
-use super::CacheRepository;
+use super::{CacheRepository, WithTtl};
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
@@ -105,6 +105,21 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get(full.as_str()).await,
+        }
+    }
+
+    // --- Freshness (issue 15). ---
+
+    /// The bytes at `key` with the key's remaining TTL, in one round trip.
+    pub(crate) async fn get_with_ttl(&self, key: KeyParts<'_>) -> Result<Option<WithTtl>> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => Ok(memory.get_with_ttl_now(full.as_str())),
+            Backend::Redis(redis) => redis
+                .get_with_ttl_direct(full.as_str())
+                .await
+                .map_err(Failed::into_error),
+            Backend::Custom(repository) => repository.get_with_ttl(full.as_str()).await,
         }
     }
 

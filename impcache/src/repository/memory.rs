@@ -1,12 +1,14 @@
 //! The embedded in-memory repository, built on [moka](https://docs.rs/moka).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::commands::SCAN_BATCH;
-use super::{BoxFuture, CacheRepository};
+use super::{BoxFuture, CacheRepository, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::glob::glob_match;
@@ -48,12 +50,19 @@ pub struct MemoryCacheRepository {
 struct Entry {
     value: Bytes,
     ttl: Option<Duration>,
+    written: WrittenAt,
 }
 
 struct PerEntryTtl;
 
 impl moka::Expiry<String, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        entry: &Entry,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        entry.written.record(created_at);
         entry.ttl
     }
 
@@ -61,10 +70,58 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
         &self,
         _: &String,
         entry: &Entry,
-        _: Instant,
+        updated_at: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
+        entry.written.record(updated_at);
         entry.ttl
+    }
+}
+
+// --- Freshness (issue 15): when an entry was written, for its remaining TTL. ---
+
+/// The instant all [`WrittenAt`]s count from.
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// When an entry was written, in nanoseconds since [`ORIGIN`]: set by the expiry callbacks with
+/// moka's own timestamp of the write (no clock read of ours on a `set`), read by
+/// [`MemoryCacheRepository::get_with_ttl_now`]. An atomic because moka hands the callbacks a
+/// shared reference to the entry it stores.
+#[derive(Default)]
+struct WrittenAt(AtomicU64);
+
+impl WrittenAt {
+    fn record(&self, at: Instant) {
+        // Seconds and nanoseconds apart rather than `as_nanos` (a u128): cheaper on every write,
+        // and 2^64 ns is 584 years.
+        let since = at.saturating_duration_since(*ORIGIN);
+        let nanos = since
+            .as_secs()
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(u64::from(since.subsec_nanos()));
+        self.0.store(nanos, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Instant {
+        *ORIGIN + Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+impl Clone for WrittenAt {
+    fn clone(&self) -> Self {
+        WrittenAt(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl MemoryCacheRepository {
+    /// The bytes at `key` and the entry's remaining time to live.
+    pub(crate) fn get_with_ttl_now(&self, key: &str) -> Option<WithTtl> {
+        let entry = self.entries.get(key)?;
+        let ttl = entry.ttl.map(|ttl| {
+            let age = entry.written.get().elapsed();
+            ttl.saturating_sub(age)
+        });
+        Some(WithTtl::new(entry.value, ttl))
     }
 }
 
@@ -107,6 +164,7 @@ impl MemoryCacheRepository {
         Ok(Entry {
             value,
             ttl: expiry.as_duration(),
+            written: WrittenAt::default(),
         })
     }
 
@@ -213,6 +271,8 @@ impl MemoryCacheRepositoryBuilder {
 
     /// Builds the repository.
     pub fn build(self) -> MemoryCacheRepository {
+        // Before any entry is written: every write's instant is after it.
+        LazyLock::force(&ORIGIN);
         let entries = moka::sync::Cache::builder()
             .max_capacity(self.max_capacity_bytes)
             .weigher(|key: &String, entry: &Entry| {
@@ -289,6 +349,11 @@ impl CacheRepository for MemoryCacheRepository {
     ) -> BoxFuture<'a, Result<u64>> {
         let removed = self.delete_pattern_now(pattern, progress);
         Box::pin(async move { Ok(removed) })
+    }
+
+    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<WithTtl>>> {
+        let found = self.get_with_ttl_now(key);
+        Box::pin(async move { Ok(found) })
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

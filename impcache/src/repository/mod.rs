@@ -18,6 +18,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -106,6 +107,24 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
+    // --- Freshness (issue 15): the value with its remaining TTL. ---
+
+    /// The bytes at `key` with the key's remaining time to live, in one round trip (on Redis a
+    /// pipelined `GET` + `PTTL`): what [`Cache::get_or_set`](crate::Cache::get_or_set) reads to
+    /// tell a fresh entry from a stale one. The TTL is `None` when the key has no expiry, or
+    /// when the repository cannot tell.
+    ///
+    /// The default calls [`get`](CacheRepository::get) and reports no TTL: every entry then
+    /// reads as fresh, so stale serving and early refresh never trigger on that repository.
+    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<WithTtl>>> {
+        Box::pin(async move {
+            Ok(self
+                .get(key)
+                .await?
+                .map(|value| WithTtl { value, ttl: None }))
+        })
+    }
+
     /// Lets [`Cache`](crate::Cache) see which repository this is: the built-in in-memory and
     /// single-node Redis repositories return themselves, and are then called directly, without
     /// the boxed futures of this trait; every other repository keeps this default and is called
@@ -113,5 +132,35 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     #[doc(hidden)]
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
+    }
+}
+
+// --- Freshness (issue 15). ---
+
+/// A value read with its key's remaining time to live ([`CacheRepository::get_with_ttl`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WithTtl {
+    /// The stored bytes.
+    pub value: Bytes,
+    /// The key's remaining time to live; `None` when it has no expiry (or the repository cannot
+    /// tell).
+    pub ttl: Option<Duration>,
+}
+
+impl WithTtl {
+    /// `value` with the remaining time to live `ttl`.
+    pub fn new(value: Bytes, ttl: Option<Duration>) -> Self {
+        WithTtl { value, ttl }
+    }
+
+    /// From a Redis `PTTL` reply: milliseconds left, `-1` for no expiry, `-2` when the key
+    /// expired between the `GET` and the `PTTL` (read as no time left).
+    pub(crate) fn from_pttl(value: Bytes, pttl: i64) -> Self {
+        let ttl = match pttl {
+            -1 => None,
+            ms => Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        };
+        WithTtl { value, ttl }
     }
 }

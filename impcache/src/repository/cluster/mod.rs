@@ -33,7 +33,7 @@ use super::commands::{check_value_size, key_command, set_command};
 use super::dsn;
 use super::failure::classify;
 use super::settings::{shared_setters, Settings};
-use super::{BoxFuture, CacheRepository};
+use super::{BoxFuture, CacheRepository, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::progress::DeleteProgress;
@@ -293,6 +293,11 @@ impl RedisClusterCacheRepository {
 /// `pipeline` (one sent to one node: one round trip), `fallback` (keys the map could not serve).
 const NODE_EVENTS: &str = "impcache::cluster";
 
+/// The script of [`RedisClusterCacheRepository::get_with_ttl`]: `nil` for a missing key (a Lua
+/// table cannot hold one), else `{value, pttl}`.
+const GET_WITH_TTL_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+if v then return {v, redis.call('PTTL', KEYS[1])} end return false";
+
 impl CacheRepository for RedisClusterCacheRepository {
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
@@ -329,6 +334,17 @@ impl CacheRepository for RedisClusterCacheRepository {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move { self.keyed("get", key, key_command("GET", key)).await })
+    }
+
+    /// `GET` and `PTTL` in one command routed by the key: a script (`EVAL`), since the
+    /// cluster's keyed path sends one command per call. Atomic, so the TTL is the value's.
+    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<WithTtl>>> {
+        Box::pin(async move {
+            let mut cmd = redis::Cmd::with_capacity(4, GET_WITH_TTL_SCRIPT.len() + key.len() + 8);
+            cmd.arg("EVAL").arg(GET_WITH_TTL_SCRIPT).arg(1).arg(key);
+            let found: Option<(Bytes, i64)> = self.keyed("get", key, cmd).await?;
+            Ok(found.map(|(value, pttl)| WithTtl::from_pttl(value, pttl)))
+        })
     }
 
     /// One pipeline per node of one `MGET` per slot, all sent in parallel, reassembled in the

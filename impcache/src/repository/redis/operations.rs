@@ -16,7 +16,7 @@ use crate::repository::commands::{
     check_value_size, key_command, keys_command, scan_command, set_command,
 };
 use crate::repository::failure::{Failed, Failure};
-use crate::repository::{BoxFuture, CacheRepository};
+use crate::repository::{BoxFuture, CacheRepository, WithTtl};
 
 impl RedisCacheRepository {
     /// Sends one command or pipeline under the call policy ([`call::call`]): the deadline and
@@ -28,14 +28,16 @@ impl RedisCacheRepository {
         request: Request<'_>,
     ) -> Result<T, Failed> {
         let call = Call {
-            idempotent: matches!(request, Request::Read(_)),
+            idempotent: matches!(request, Request::Read(_) | Request::ReadPipe(_)),
             ..Call::new(operation, subject)
         };
         let until = tokio::time::Instant::now() + self.inner.deadline;
         call::call(self, call, Some(until), |mut connection| async move {
             match request {
                 Request::Read(cmd) | Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
-                Request::Pipe(pipe) => pipe.query_async(&mut connection).await,
+                Request::Pipe(pipe) | Request::ReadPipe(pipe) => {
+                    pipe.query_async(&mut connection).await
+                }
             }
         })
         .await
@@ -53,6 +55,8 @@ enum Request<'a> {
     Read(&'a redis::Cmd),
     Cmd(&'a redis::Cmd),
     Pipe(&'a redis::Pipeline),
+    /// A pipeline of reads: safe to send twice.
+    ReadPipe(&'a redis::Pipeline),
 }
 
 /// The single node's hooks of the call policy: a connection that failed (refused, reset, a
@@ -165,6 +169,17 @@ impl RedisCacheRepository {
     pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Bytes>, Failed> {
         let cmd = key_command("GET", key);
         self.query("get", &|| shown(key), Request::Read(&cmd)).await
+    }
+
+    /// `GET` and `PTTL` of `key`, pipelined: one round trip.
+    pub(crate) async fn get_with_ttl_direct(&self, key: &str) -> Result<Option<WithTtl>, Failed> {
+        let mut pipe = redis::Pipeline::with_capacity(2);
+        pipe.add_command(key_command("GET", key))
+            .add_command(key_command("PTTL", key));
+        let (value, pttl): (Option<Bytes>, i64) = self
+            .query("get", &|| shown(key), Request::ReadPipe(&pipe))
+            .await?;
+        Ok(value.map(|value| WithTtl::from_pttl(value, pttl)))
     }
 
     pub(crate) async fn get_many_direct(
@@ -324,6 +339,14 @@ impl CacheRepository for RedisCacheRepository {
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             self.delete_pattern_direct(pattern, &Sweep::new(progress))
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<WithTtl>>> {
+        Box::pin(async move {
+            self.get_with_ttl_direct(key)
                 .await
                 .map_err(Failed::into_error)
         })

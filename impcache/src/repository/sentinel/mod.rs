@@ -24,7 +24,7 @@ use super::dsn;
 use super::failure::Failed;
 use super::redis::RedisCacheRepository;
 use super::settings::{shared_setters, Settings};
-use super::{BoxFuture, CacheRepository};
+use super::{BoxFuture, CacheRepository, WithTtl};
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
 use crate::progress::{DeleteProgress, Sweep};
@@ -302,6 +302,15 @@ impl CacheRepository for RedisSentinelCacheRepository {
         Box::pin(async move {
             self.run("get", &|| shown(key), true, move |r| async move {
                 r.get_direct(key).await
+            })
+            .await
+        })
+    }
+
+    fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<WithTtl>>> {
+        Box::pin(async move {
+            self.run("get", &|| shown(key), true, move |r| async move {
+                r.get_with_ttl_direct(key).await
             })
             .await
         })

@@ -1,0 +1,402 @@
+//! One `get_or_set` call: the read, the classification of what it found, and the load through
+//! the single-flight of [`crate::flight`] (a leader's load runs in a spawned task, so that a
+//! dropped caller neither cancels it nor strands its waiters).
+
+use std::any::Any;
+use std::fmt::Display;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, LazyLock};
+use std::task::Poll;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::policy::{Freshness, State};
+use super::refresh;
+use crate::error::{shown, Error};
+use crate::expire::Expiry;
+use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
+use crate::json;
+use crate::repository::WithTtl;
+use crate::Cache;
+
+/// The `tracing` target of this module's events.
+pub(crate) const TARGET: &str = "impcache::freshness";
+
+/// The key of a load: the repository's address and the full key (two caches never share one).
+pub(super) type FlightKey = (usize, String);
+
+/// The loads in flight in this process, publishing the value's JSON.
+pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Bytes>>> = LazyLock::new(Arc::default);
+
+/// A leader's handle on its flight.
+pub(super) type Guard = FlightGuard<FlightKey, Bytes>;
+
+/// What the machinery needs of a loader's error type: to carry the cache's own errors (an
+/// invalid expire, the hard timeout) and a panic of the loader.
+pub(crate) trait LoadError: Display + Send + 'static + Sized {
+    /// A cache error.
+    fn from_cache(error: Error) -> Self;
+    /// The loader of `key` panicked with `payload`.
+    fn from_panic(key: &str, payload: Box<dyn Any + Send>) -> Self;
+}
+
+/// Any `E: From<impcache::Error>`: a panic becomes [`Error::Loader`] (its payload is dropped).
+impl<E: From<Error> + Display + Send + 'static> LoadError for E {
+    fn from_cache(error: Error) -> Self {
+        E::from(error)
+    }
+
+    fn from_panic(key: &str, _payload: Box<dyn Any + Send>) -> Self {
+        E::from(loader_error(key, "panicked"))
+    }
+}
+
+/// What a load needs besides its loader: shared by the foreground and background paths.
+#[derive(Clone)]
+pub(super) struct Job {
+    pub(super) cache: Cache,
+    pub(super) key: String,
+    pub(super) expiry: Expiry,
+    pub(super) policy: Freshness,
+}
+
+impl Job {
+    pub(super) fn flight(&self) -> FlightKey {
+        (
+            Arc::as_ptr(self.cache.repository()) as *const () as usize,
+            self.cache.make_key(&self.key),
+        )
+    }
+}
+
+/// One call of [`Cache::get_or_set`] / [`Cache::try_get_or_set`].
+pub(crate) async fn get_or_set<V, E, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    expire: crate::Expire,
+    policy: Freshness,
+    loader: F,
+) -> Result<V, E>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    E: LoadError,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    // Bad input is the caller's: an invalid expire is an error (nothing is loaded), a key the
+    // cache refuses (too long) runs the loader uncached, as any other cache error does.
+    let expiry = policy.stored_expiry(expire, key).map_err(E::from_cache)?;
+    if let Err(error) = cache.check_key_for_load(key) {
+        report("get", key, &error);
+        return loader().await;
+    }
+    let ticket = FLIGHTS.ticket();
+    // The job (a clone of the cache, the key copied) is made only past a fresh hit.
+    let job = || Job {
+        cache: cache.clone(),
+        key: key.to_owned(),
+        expiry,
+        policy,
+    };
+    let (job, stale, loader) = match cache.read_for_load(key, policy.needs_ttl()).await {
+        Ok(Some(found)) => match serve(cache, key, &policy, &job, found, loader) {
+            Served::Value(value) => return Ok(value),
+            Served::Load { stale, loader } => (job(), stale, loader),
+        },
+        Ok(None) => (job(), None, loader),
+        Err(error) => {
+            report("get", key, &error);
+            (job(), None, loader)
+        }
+    };
+    load(job, ticket, stale, loader).await
+}
+
+/// What a read found, and what to do next.
+enum Served<V, F> {
+    /// Answer with it (a background reload may have been started).
+    Value(V),
+    /// Load, with this stale value at hand for errors and the soft timeout.
+    Load { stale: Option<Bytes>, loader: F },
+}
+
+fn serve<V, E, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    policy: &Freshness,
+    job: &dyn Fn() -> Job,
+    found: WithTtl,
+    loader: F,
+) -> Served<V, F>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    E: LoadError,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    let Some(value) = decode_at::<V>(cache, key, &found.value) else {
+        // Not this type (any more): load and overwrite.
+        return Served::Load {
+            stale: None,
+            loader,
+        };
+    };
+    match policy.state(found.ttl) {
+        State::Fresh { left } => {
+            if policy.refresh_early(left) {
+                refresh::spawn(job(), loader);
+            }
+            Served::Value(value)
+        }
+        State::Stale { past } if policy.serves_while_revalidating(past) => {
+            refresh::spawn(job(), loader);
+            Served::Value(value)
+        }
+        State::Stale { past } => Served::Load {
+            stale: policy.serves_if_error(past).then_some(found.value),
+            loader,
+        },
+    }
+}
+
+/// A load through the key's flight: lead it, or wait for its leader.
+async fn load<V, E, F, Fut>(
+    job: Job,
+    ticket: Ticket,
+    stale: Option<Bytes>,
+    loader: F,
+) -> Result<V, E>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    E: LoadError,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    let flight = job.flight();
+    loop {
+        match FLIGHTS.join(&flight, ticket) {
+            Join::Leader(Leader { guard, recheck }) => {
+                if recheck {
+                    // A flight of this key ended since our read: its value may be stored now.
+                    if let Ok(Some(found)) = job.cache.read_for_load(&job.key, true).await {
+                        if let State::Fresh { .. } = job.policy.state(found.ttl) {
+                            if let Some(value) = decode(&job, &found.value) {
+                                guard.publish(found.value);
+                                return Ok(value);
+                            }
+                        }
+                    }
+                }
+                return lead(job, stale, loader, guard).await;
+            }
+            Join::Waiter(waiter) => {
+                let waited = match (&stale, job.policy.soft_timeout_duration()) {
+                    (Some(_), Some(soft)) => waiter.wait(soft).await,
+                    _ => waiter.wait_unbounded().await,
+                };
+                match waited {
+                    Wait::Published(bytes) => {
+                        if let Some(value) = decode(&job, &bytes) {
+                            return Ok(value);
+                        }
+                    }
+                    // The soft timeout passed with a stale value at hand.
+                    Wait::TimedOut => {
+                        if let Some(value) = stale.as_ref().and_then(|s| decode(&job, s)) {
+                            return Ok(value);
+                        }
+                    }
+                    Wait::Abandoned => continue,
+                    Wait::NotShared => {}
+                }
+                // The leader had nothing to share (its loader failed): load on our own, unshared.
+                return alone(job, stale, loader).await;
+            }
+        }
+    }
+}
+
+/// The leader's load: the loader runs in a spawned task (which holds the flight, publishes,
+/// stores, and then ends the flight); the caller waits for its answer, at most the soft timeout
+/// when a stale value is at hand.
+async fn lead<V, E, F, Fut>(job: Job, stale: Option<Bytes>, loader: F, guard: Guard) -> Result<V, E>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    E: LoadError,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let task = run(job.clone(), stale.clone(), loader, Some(guard), Some(tx));
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // No runtime to spawn on (nor timers): in place.
+        task.await;
+        return answer(&job, stale.as_ref(), rx.await);
+    };
+    runtime.spawn(task);
+    let mut rx = rx;
+    if let (Some(stale), Some(soft)) = (&stale, job.policy.soft_timeout_duration()) {
+        if tokio::time::timeout(soft, &mut rx).await.is_err() {
+            if let Some(value) = decode(&job, stale) {
+                tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
+                return Ok(value);
+            }
+        }
+    }
+    let answered = rx.await;
+    answer(&job, stale.as_ref(), answered)
+}
+
+/// The caller's answer from what the leader's task sent: its value, else the stale value, else
+/// its error (`Err(RecvError)`: the loader panicked, or the runtime shut down).
+fn answer<V, E>(
+    job: &Job,
+    stale: Option<&Bytes>,
+    answered: Result<Result<V, E>, oneshot::error::RecvError>,
+) -> Result<V, E>
+where
+    V: DeserializeOwned,
+    E: LoadError,
+{
+    let failed = match answered {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(error)) => error,
+        // The task was dropped unfinished: its runtime shut down.
+        Err(_) => E::from_cache(loader_error(
+            &job.key,
+            "was cancelled (its runtime shut down)",
+        )),
+    };
+    match stale.and_then(|stale| decode(job, stale)) {
+        Some(value) => Ok(value),
+        None => Err(failed),
+    }
+}
+
+/// A waiter's own load, when its leader had nothing to share: in place, not single-flight.
+async fn alone<V, E, F, Fut>(job: Job, stale: Option<Bytes>, loader: F) -> Result<V, E>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    E: LoadError,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    run(job.clone(), stale.clone(), loader, None, Some(tx)).await;
+    answer(&job, stale.as_ref(), rx.await)
+}
+
+/// Runs the loader (bounded by the hard timeout), sends its result to `answer` as soon as it
+/// has one, then publishes and stores the value (or, on failure, publishes the stale value, or
+/// nothing) and ends the flight by dropping `guard`. The store is bounded by the repository's
+/// deadline; its failure is logged.
+pub(super) async fn run<V, E, F, Fut>(
+    job: Job,
+    stale: Option<Bytes>,
+    loader: F,
+    guard: Option<Guard>,
+    answer: Option<oneshot::Sender<Result<V, E>>>,
+) where
+    V: Serialize + Send + 'static,
+    E: LoadError,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    // A panic is caught here and becomes the loader's error: the flight is answered (the stale
+    // value or nothing to share) rather than abandoned.
+    let mut loading = Box::pin(loader());
+    let loading = std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| loading.as_mut().poll(cx))) {
+            Ok(Poll::Ready(loaded)) => Poll::Ready(Ok(loaded)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    });
+    let caught = match job.policy.hard_timeout_duration() {
+        Some(hard) if tokio::runtime::Handle::try_current().is_ok() => {
+            match tokio::time::timeout(hard, loading).await {
+                Ok(caught) => caught,
+                Err(_) => Ok(Err(E::from_cache(loader_error(
+                    &job.key,
+                    &format!("timed out after {hard:?} (hard timeout)"),
+                )))),
+            }
+        }
+        _ => loading.await,
+    };
+    let loaded = caught.unwrap_or_else(|payload| Err(E::from_panic(&job.key, payload)));
+    let encoded = match &loaded {
+        Ok(value) => match json::encode(&job.key, value) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                report("encode", &job.key, &error);
+                None
+            }
+        },
+        Err(error) => {
+            let serving_stale = stale.is_some();
+            tracing::warn!(target: TARGET, key = job.key, %error, serving_stale, "the loader failed; nothing is stored");
+            None
+        }
+    };
+    if let Some(answer) = answer {
+        // The caller may be gone (dropped, or answered by its soft timeout): the store goes on.
+        let _ = answer.send(loaded);
+    }
+    match (encoded, guard) {
+        (Some(bytes), guard) => {
+            if let Some(guard) = &guard {
+                guard.publish(bytes.clone());
+            }
+            store(&job, bytes).await;
+            drop(guard);
+        }
+        (None, Some(guard)) => match stale {
+            // Waiters may serve the stale value as the leader does.
+            Some(stale) => guard.publish(stale),
+            None => guard.not_shared(),
+        },
+        (None, None) => {}
+    }
+}
+
+/// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry).
+async fn store(job: &Job, bytes: Bytes) {
+    if let Err(error) = job.cache.set_for_load(&job.key, bytes, job.expiry).await {
+        report("set", &job.key, &error);
+    }
+}
+
+/// The stored JSON as a `V`; `None` (logged) when it is not one.
+fn decode<V: DeserializeOwned>(job: &Job, bytes: &[u8]) -> Option<V> {
+    decode_at(&job.cache, &job.key, bytes)
+}
+
+fn decode_at<V: DeserializeOwned>(cache: &Cache, key: &str, bytes: &[u8]) -> Option<V> {
+    match json::decode(|| shown(&cache.make_key(key)), bytes) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::warn!(target: TARGET, %error, "the stored value does not decode as the requested type; loading and replacing it");
+            None
+        }
+    }
+}
+
+fn loader_error(key: &str, reason: &str) -> Error {
+    Error::Loader {
+        key: shown(key),
+        reason: reason.to_owned(),
+    }
+}
+
+pub(super) fn report(operation: &'static str, key: &str, error: &Error) {
+    if matches!(error, Error::CircuitOpen { .. }) {
+        tracing::debug!(target: TARGET, operation, key, %error, "cache unavailable; loading regardless");
+    } else {
+        tracing::warn!(target: TARGET, operation, key, %error, "cache operation failed; loading regardless");
+    }
+}

@@ -1,0 +1,57 @@
+//! Freshness: [`Cache::get_or_set`](crate::Cache::get_or_set) and
+//! [`try_get_or_set`](crate::Cache::try_get_or_set), and the [`Freshness`] policy they (and
+//! `#[cached(...)]`) take: stale-while-revalidate, stale-if-error, soft and hard timeouts of the
+//! loader, and probabilistic early refresh.
+//!
+//! # How a call runs
+//! - **Read**: one round trip. Without a policy that needs it, a `GET`; with a stale window or
+//!   early refresh, `GET` + `PTTL` pipelined (on Cluster, one `EVAL` doing both), through
+//!   [`CacheRepository::get_with_ttl`](crate::CacheRepository::get_with_ttl).
+//! - **Fresh hit**: the value is returned (with early refresh, sometimes after starting a
+//!   background reload).
+//! - **Stale hit** within `stale_while_revalidate`: the stale value is returned at once, and one
+//!   background reload starts (`refresh.rs`: a spawned task holding the key's single-flight).
+//! - **Miss** (or stale past that window): the loader runs once per key per process, through the
+//!   single-flight of [`crate::flight`]. The leader's loader runs in a spawned task that answers
+//!   the leader, publishes the value's JSON to the waiters, stores it (`SET`, in the background
+//!   of the caller) and only then ends the flight. A dropped caller therefore cancels nothing and
+//!   strands no one. A panicking loader is caught in its task and treated as a failure (below):
+//!   the flight is answered, nothing stays stuck, and the panicking caller gets the stale value
+//!   or [`Error::Loader`](crate::Error::Loader) (`#[cached]` resumes the panic instead).
+//! - **Loader failure** (an `Err` of `try_get_or_set`, the hard timeout, a panic): logged
+//!   (`WARN`, target `impcache::freshness`), never stored; the stale value is served when one is
+//!   within `stale_if_error`, and published to the waiters too. Without one, each waiter loads on
+//!   its own: errors are never shared.
+//! - **Cache errors** (down, deadline, breaker open, a key too long): logged, and the loader runs
+//!   and answers; they never fail the call. The read costs at most one deadline, and the store
+//!   happens after the caller is answered.
+//!
+//! # Storage: byte-identical to the Python library
+//! No envelope around the value. An entry fresh for `expire` is stored with a Redis TTL of
+//! `expire` plus the stale window (the longer of `stale_while_revalidate` and `stale_if_error`),
+//! and a read learns how far it is into that window from the `PTTL` of the same round trip: it is
+//! fresh while more than the window is left. The alternative, an envelope holding the logical
+//! expiry (FusionCache's), would make every value unreadable by the Python library and by plain
+//! `get`. The cost of this choice: a Python reader (or a plain [`get`](crate::Cache::get)) sees
+//! an ordinary value that lives until the stale window ends, not until `expire`; and a policy's
+//! reads send `PTTL` too (one round trip all the same).
+//!
+//! # Bounds
+//! No call waits longer than the read's deadline plus what its policy allows the loader: the
+//! hard timeout (or, without one, the loader's own duration); with a stale value at hand and a
+//! soft timeout, the soft timeout. Stores never delay an answer.
+//!
+//! # Where each part lives
+//! - `policy.rs`: [`Freshness`], its options and the fresh/stale rule.
+//! - `request.rs`: [`GetOrSet`] / [`TryGetOrSet`], what `get_or_set` returns.
+//! - `load.rs`: one call: read, classify, load through the flight.
+//! - `refresh.rs`: background reloads.
+
+mod load;
+mod policy;
+mod refresh;
+mod request;
+
+pub(crate) use load::{get_or_set as load_with, LoadError};
+pub use policy::{Freshness, State};
+pub use request::{GetOrSet, TryGetOrSet};

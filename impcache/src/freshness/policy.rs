@@ -1,0 +1,295 @@
+//! [`Freshness`]: how long a value is served after its expiry, and how long its loader may take.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::expire::{Expire, Expiry};
+
+/// A freshness policy: what [`Cache::get_or_set`](crate::Cache::get_or_set) (through
+/// [`GetOrSet::freshness`](crate::GetOrSet::freshness)) and `#[cached(...)]` do around an entry's
+/// expiry and a slow or failing loader. Every option is off by default, and
+/// `Freshness::default()` behaves as a plain `get_or_set`.
+///
+/// | option | effect |
+/// |---|---|
+/// | [`stale_while_revalidate(d)`](Freshness::stale_while_revalidate) | up to `d` after the expiry, answer with the stale value at once and reload it once, in the background |
+/// | [`stale_if_error(d)`](Freshness::stale_if_error) | up to `d` after the expiry, answer with the stale value when the loader fails, times out or panics |
+/// | [`soft_timeout(d)`](Freshness::soft_timeout) | with a stale value at hand, answer with it when the loader takes longer than `d`; the loader finishes and stores in the background |
+/// | [`hard_timeout(d)`](Freshness::hard_timeout) | give up on the loader after `d` (stale value if any, else [`Error::Loader`](crate::Error::Loader)) |
+/// | [`early_refresh(d)`](Freshness::early_refresh) | reload a fresh value in the background before it expires, with a probability that rises as the expiry nears (XFetch) |
+///
+/// The entry is stored with a time to live of `expire` plus the longer of the two stale windows,
+/// and a read learns how much of it is left (`GET` + `PTTL` in one round trip): the value itself
+/// is stored as it always is (see the [module docs](crate::freshness)).
+///
+/// ```
+/// use std::time::Duration;
+/// use impcache::Freshness;
+///
+/// let policy = Freshness::new()
+///     .stale_while_revalidate(Duration::from_secs(60))
+///     .stale_if_error(Duration::from_secs(3600))
+///     .soft_timeout(Duration::from_millis(100))
+///     .hard_timeout(Duration::from_secs(2));
+/// assert_eq!(policy.stale_window(), Duration::from_secs(3600));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Freshness {
+    stale_while_revalidate: Option<Duration>,
+    stale_if_error: Option<Duration>,
+    soft_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
+    early_refresh: Option<Duration>,
+}
+
+/// Where a value read with its remaining TTL stands under a policy ([`Freshness::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum State {
+    /// Before its expiry: `left` until it (`None`: no expiry known).
+    Fresh {
+        /// Time left before the expiry.
+        left: Option<Duration>,
+    },
+    /// Past its expiry by `past` (within the stored stale window).
+    Stale {
+        /// Time since the expiry.
+        past: Duration,
+    },
+}
+
+impl Freshness {
+    /// No option set: the same as `Freshness::default()`.
+    pub const fn new() -> Self {
+        Freshness {
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            soft_timeout: None,
+            hard_timeout: None,
+            early_refresh: None,
+        }
+    }
+
+    /// Up to `window` after the expiry, a read answers with the stale value at once, and the
+    /// first such read starts one reload in the background (a spawned task holding the key's
+    /// single-flight, bounded by [`hard_timeout`](Freshness::hard_timeout)). Past the window the
+    /// entry is gone and the next read is a miss.
+    pub const fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// Up to `window` after the expiry, a read whose loader fails (an `Err`, a hard timeout, a
+    /// panic) answers with the stale value instead; the failure is logged (`WARN`, target
+    /// `impcache::freshness`) and nothing is stored.
+    pub const fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// With a stale value at hand (within [`stale_if_error`](Freshness::stale_if_error)), a
+    /// caller waits at most `timeout` for the loader and then answers with the stale value; the
+    /// loader goes on in the background and stores its value. Without a stale value it has no
+    /// effect.
+    pub const fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// The loader is given up after `timeout` (its future dropped): the caller gets the stale
+    /// value when one is at hand, else [`Error::Loader`](crate::Error::Loader). Also bounds
+    /// background reloads.
+    pub const fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch, as in Symfony's cache): a read of a fresh value with
+    /// `left` before its expiry starts a background reload when `left <= -gap * ln(u)`, `u`
+    /// uniform in (0, 1]: with probability `exp(-left / gap)`. Set `gap` to about the loader's
+    /// duration (XFetch's δ·β): one reader reloads a little before the expiry, and the others
+    /// keep being answered from the cache.
+    pub const fn early_refresh(mut self, gap: Duration) -> Self {
+        self.early_refresh = Some(gap);
+        self
+    }
+
+    /// The stale-while-revalidate window, if set.
+    pub const fn stale_while_revalidate_window(&self) -> Option<Duration> {
+        self.stale_while_revalidate
+    }
+
+    /// The stale-if-error window, if set.
+    pub const fn stale_if_error_window(&self) -> Option<Duration> {
+        self.stale_if_error
+    }
+
+    /// The soft timeout, if set.
+    pub const fn soft_timeout_duration(&self) -> Option<Duration> {
+        self.soft_timeout
+    }
+
+    /// The hard timeout, if set.
+    pub const fn hard_timeout_duration(&self) -> Option<Duration> {
+        self.hard_timeout
+    }
+
+    /// The early-refresh gap, if set.
+    pub const fn early_refresh_gap(&self) -> Option<Duration> {
+        self.early_refresh
+    }
+
+    /// How long an entry is kept after its expiry: the longer of the two stale windows (zero
+    /// when neither is set).
+    pub fn stale_window(&self) -> Duration {
+        let swr = self.stale_while_revalidate.unwrap_or_default();
+        let sie = self.stale_if_error.unwrap_or_default();
+        swr.max(sie)
+    }
+
+    /// Whether a read needs the entry's remaining TTL (`GET` + `PTTL`) rather than a `GET`.
+    pub(crate) fn needs_ttl(&self) -> bool {
+        self.early_refresh.is_some() || !self.stale_window().is_zero()
+    }
+
+    /// The expiry stored for a value that is fresh for `expire`: `expire` plus the stale
+    /// window (no expiry stays no expiry). `key` names the key in an invalid expire's error.
+    ///
+    /// With [`state`](Freshness::state), what a caller other than `get_or_set` (the HTTP layer)
+    /// needs to store and read entries by this policy.
+    pub fn stored_expiry(&self, expire: Expire, key: &str) -> Result<Expiry> {
+        let expiry = expire.resolve(key)?;
+        let window = self.stale_window();
+        match expiry.as_duration() {
+            Some(fresh) if !window.is_zero() => {
+                Expire::from_duration(fresh.saturating_add(window)).resolve(key)
+            }
+            _ => Ok(expiry),
+        }
+    }
+
+    /// Where a value whose key has `ttl` left (as [`Cache::get_raw_with_ttl`] reads it) stands:
+    /// fresh while more than the stale window is left.
+    ///
+    /// [`Cache::get_raw_with_ttl`]: crate::Cache::get_raw_with_ttl
+    pub fn state(&self, ttl: Option<Duration>) -> State {
+        let window = self.stale_window();
+        match ttl {
+            None => State::Fresh { left: None },
+            Some(ttl) if ttl > window => State::Fresh {
+                left: Some(ttl - window),
+            },
+            Some(ttl) => State::Stale { past: window - ttl },
+        }
+    }
+
+    /// Whether a stale value `past` its expiry is served while it is reloaded in the background.
+    pub fn serves_while_revalidating(&self, past: Duration) -> bool {
+        self.stale_while_revalidate
+            .is_some_and(|window| past <= window)
+    }
+
+    /// Whether a stale value `past` its expiry may stand in for a failed loader.
+    pub fn serves_if_error(&self, past: Duration) -> bool {
+        self.stale_if_error.is_some_and(|window| past <= window)
+    }
+
+    /// Whether a fresh value with `left` before its expiry should be reloaded now (XFetch: a
+    /// coin thrown at each call).
+    pub fn refresh_early(&self, left: Option<Duration>) -> bool {
+        let (Some(gap), Some(left)) = (self.early_refresh, left) else {
+            return false;
+        };
+        if gap.is_zero() {
+            return false;
+        }
+        // u in (0, 1]: -ln(u) in [0, inf).
+        let u = (random() >> 11) as f64 / (1u64 << 53) as f64;
+        let u = 1.0 - u;
+        left.as_secs_f64() <= -gap.as_secs_f64() * u.ln()
+    }
+}
+
+/// A pseudo-random `u64` (splitmix64 over a counter seeded once per process): for early refresh's
+/// coin, where only spreading matters.
+fn random() -> u64 {
+    static STATE: LazyLock<AtomicU64> =
+        LazyLock::new(|| AtomicU64::new(RandomState::new().hash_one(0x5eed_u64)));
+    let mut z = STATE
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_stored_ttl_is_the_expire_plus_the_longer_stale_window() {
+        let policy = Freshness::new()
+            .stale_while_revalidate(10 * S)
+            .stale_if_error(60 * S);
+        assert_eq!(
+            policy.stored_expiry(Expire::seconds(5), "k").unwrap(),
+            Expiry::Seconds(65)
+        );
+        assert_eq!(
+            Freshness::new()
+                .stored_expiry(Expire::seconds(5), "k")
+                .unwrap(),
+            Expiry::Seconds(5)
+        );
+        assert_eq!(
+            policy.stored_expiry(Expire::NEVER, "k").unwrap(),
+            Expiry::Never
+        );
+        assert!(policy.stored_expiry(Expire::seconds(0), "k").is_err());
+        assert!(policy.needs_ttl() && !Freshness::new().needs_ttl());
+    }
+
+    #[test]
+    fn the_remaining_ttl_says_fresh_or_how_long_past_the_expiry() {
+        let policy = Freshness::new()
+            .stale_while_revalidate(10 * S)
+            .stale_if_error(60 * S);
+        assert_eq!(
+            policy.state(Some(70 * S)),
+            State::Fresh { left: Some(10 * S) }
+        );
+        assert_eq!(policy.state(Some(55 * S)), State::Stale { past: 5 * S });
+        assert!(policy.serves_while_revalidating(5 * S));
+        assert_eq!(policy.state(Some(30 * S)), State::Stale { past: 30 * S });
+        assert!(!policy.serves_while_revalidating(30 * S));
+        assert!(policy.serves_if_error(30 * S));
+        assert_eq!(policy.state(None), State::Fresh { left: None });
+        // No window: anything present is fresh.
+        assert_eq!(
+            Freshness::new().state(Some(S)),
+            State::Fresh { left: Some(S) }
+        );
+    }
+
+    #[test]
+    fn early_refresh_fires_more_often_as_the_expiry_nears() {
+        let policy = Freshness::new().early_refresh(S);
+        let rate = |left: Duration| {
+            (0..10_000)
+                .filter(|_| policy.refresh_early(Some(left)))
+                .count()
+        };
+        let (near, far) = (rate(Duration::from_millis(10)), rate(10 * S));
+        assert!(near > 9_000, "{near}");
+        assert!(far < 100, "{far}");
+        assert!(!Freshness::new().refresh_early(Some(Duration::ZERO)));
+    }
+}

@@ -1,0 +1,128 @@
+//! [`GetOrSet`] and [`TryGetOrSet`]: what [`Cache::get_or_set`] and [`Cache::try_get_or_set`]
+//! return, to set a [`Freshness`] policy on before awaiting.
+
+use std::fmt;
+use std::fmt::Display;
+use std::future::{Future, IntoFuture};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::load;
+use super::policy::Freshness;
+use crate::error::{Error, Result};
+use crate::expire::Expire;
+use crate::repository::BoxFuture;
+use crate::Cache;
+
+/// A [`Cache::get_or_set`] call: await it, after setting a [`Freshness`] policy if you want one.
+#[must_use = "a `GetOrSet` does nothing until awaited"]
+pub struct GetOrSet<'a, F> {
+    cache: &'a Cache,
+    key: &'a str,
+    expire: Expire,
+    policy: Freshness,
+    loader: F,
+}
+
+/// A [`Cache::try_get_or_set`] call: await it, after setting a [`Freshness`] policy if you want
+/// one.
+#[must_use = "a `TryGetOrSet` does nothing until awaited"]
+pub struct TryGetOrSet<'a, F> {
+    inner: GetOrSet<'a, F>,
+}
+
+impl<'a, F> GetOrSet<'a, F> {
+    pub(crate) fn new(cache: &'a Cache, key: &'a str, expire: Expire, loader: F) -> Self {
+        GetOrSet {
+            cache,
+            key,
+            expire,
+            policy: Freshness::new(),
+            loader,
+        }
+    }
+
+    /// The freshness policy of this call (default: none).
+    pub fn freshness(mut self, policy: Freshness) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+impl<'a, F> TryGetOrSet<'a, F> {
+    pub(crate) fn new(cache: &'a Cache, key: &'a str, expire: Expire, loader: F) -> Self {
+        TryGetOrSet {
+            inner: GetOrSet::new(cache, key, expire, loader),
+        }
+    }
+
+    /// The freshness policy of this call (default: none).
+    pub fn freshness(mut self, policy: Freshness) -> Self {
+        self.inner.policy = policy;
+        self
+    }
+}
+
+impl<'a, V, F, Fut> IntoFuture for GetOrSet<'a, F>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = V> + Send + 'static,
+{
+    type Output = Result<V>;
+    type IntoFuture = BoxFuture<'a, Result<V>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let loader = self.loader;
+        Box::pin(load::get_or_set(
+            self.cache,
+            self.key,
+            self.expire,
+            self.policy,
+            move || async move { Ok::<V, Error>(loader().await) },
+        ))
+    }
+}
+
+impl<'a, V, E, F, Fut> IntoFuture for TryGetOrSet<'a, F>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    E: From<Error> + Display + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    type Output = Result<V, E>;
+    type IntoFuture = BoxFuture<'a, Result<V, E>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let GetOrSet {
+            cache,
+            key,
+            expire,
+            policy,
+            loader,
+        } = self.inner;
+        Box::pin(load::get_or_set(cache, key, expire, policy, loader))
+    }
+}
+
+impl<F> fmt::Debug for GetOrSet<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetOrSet")
+            .field("key", &self.key)
+            .field("expire", &self.expire)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> fmt::Debug for TryGetOrSet<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryGetOrSet")
+            .field("key", &self.inner.key)
+            .field("expire", &self.inner.expire)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}

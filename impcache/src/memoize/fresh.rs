@@ -1,0 +1,186 @@
+//! One call of a `#[cached(...)]` function with freshness options (`stale_while_revalidate`,
+//! `stale_if_error`, `soft_timeout`, `early_refresh`): [`memoize_fresh`], through the machinery
+//! of [`Cache::get_or_set`](crate::Cache::get_or_set) (`crate::freshness`), with the stored part
+//! of the return value chosen by the function's [`Policy`] as in [`memoize`](super::call::memoize).
+//!
+//! Such a function's body runs in a spawned task (a background reload, a soft timeout), so its
+//! future must be `Send + 'static`: arguments are owned (no `&self`, no `&str`).
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::call::TARGET;
+use super::codec::Codec;
+use super::returns::Policy;
+use crate::error::Error;
+use crate::expire::Expire;
+use crate::freshness::{load_with, Freshness, LoadError};
+use crate::key::Version;
+use crate::observe::hooks::{CachedFunction, CallOutcome};
+use crate::Cache;
+
+/// A freshness option's value: whole seconds (any integer) or a [`Duration`].
+pub trait IntoDuration {
+    /// The duration; a negative number of seconds is zero.
+    fn into_duration(self) -> Duration;
+}
+
+impl IntoDuration for Duration {
+    fn into_duration(self) -> Duration {
+        self
+    }
+}
+
+macro_rules! seconds {
+    ($($int:ty),*) => {$(
+        impl IntoDuration for $int {
+            #[allow(clippy::cast_sign_loss, clippy::cast_lossless, unused_comparisons)]
+            fn into_duration(self) -> Duration {
+                Duration::from_secs(if self < 0 { 0 } else { self as u64 })
+            }
+        }
+    )*};
+}
+seconds!(i32, i64, u32, u64, usize);
+
+/// A freshness option's value as a [`Duration`].
+pub fn duration(value: impl IntoDuration) -> Duration {
+    value.into_duration()
+}
+
+/// A return value that is cached: stored as its policy's part (`T` of `Ok(T)`, ...), read back
+/// wrapped again. The same bytes as [`memoize`](super::call::memoize) stores.
+struct Stored<P, R>(R, PhantomData<fn() -> P>);
+
+impl<P: Policy<R>, R> Serialize for Stored<P, R>
+where
+    P::Value: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match P::value(&self.0) {
+            Some(value) => value.serialize(serializer),
+            None => Err(serde::ser::Error::custom("this return value is not cached")),
+        }
+    }
+}
+
+impl<'de, P: Policy<R>, R> Deserialize<'de> for Stored<P, R>
+where
+    P::Value: DeserializeOwned,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        P::Value::deserialize(deserializer).map(|value| Stored(P::wrap(value), PhantomData))
+    }
+}
+
+/// Why a load gave no stored value.
+enum Failed<R> {
+    /// The body returned a value that is not cached (an `Err`, a `None`): returned as is.
+    Returned(R),
+    /// The cache's own error (the body's task dropped with its runtime).
+    Cache(Error),
+    /// The body panicked: the panic goes on in the caller.
+    Panicked(Box<dyn Any + Send>),
+}
+
+impl<R> fmt::Display for Failed<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failed::Returned(_) => f.write_str("the function returned a value that is not cached"),
+            Failed::Cache(error) => error.fmt(f),
+            Failed::Panicked(_) => f.write_str("the function panicked"),
+        }
+    }
+}
+
+impl<R: Send + 'static> LoadError for Failed<R> {
+    fn from_cache(error: Error) -> Self {
+        Failed::Cache(error)
+    }
+
+    fn from_panic(_key: &str, payload: Box<dyn Any + Send>) -> Self {
+        Failed::Panicked(payload)
+    }
+}
+
+/// Runs one call of a `#[cached(...)]` function with freshness options. As
+/// [`memoize`](super::call::memoize), plus `freshness`; the body must be `Send + 'static`.
+#[allow(clippy::too_many_arguments)]
+pub async fn memoize_fresh<P, R, F, Fut>(
+    function: &'static CachedFunction,
+    cache: Option<&Cache>,
+    version: Option<&Version>,
+    key: crate::Result<String>,
+    expire: Expire,
+    freshness: Freshness,
+    _policy: P,
+    _codec: Codec<P::Value>,
+    body: F,
+) -> R
+where
+    P: Policy<R> + 'static,
+    P::Value: Serialize + DeserializeOwned,
+    R: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    let Some(cache) = cache else {
+        function.call(CallOutcome::Bypass);
+        return body().await;
+    };
+    let key = match key {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
+            function.call(CallOutcome::Bypass);
+            return body().await;
+        }
+    };
+    let versioned;
+    let cache = match version {
+        None => cache,
+        Some(version) => {
+            versioned = cache.with_version(version.clone());
+            &versioned
+        }
+    };
+    // Checked first: an invalid expire would otherwise drop the body unrun.
+    if let Err(error) = freshness.stored_expiry(expire, &key) {
+        tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: running uncached");
+        function.call(CallOutcome::Bypass);
+        return body().await;
+    }
+    let ran = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let ran = Arc::clone(&ran);
+        move || async move {
+            ran.store(true, Ordering::Relaxed);
+            let ret = body().await;
+            match P::value(&ret) {
+                Some(_) => Ok(Stored::<P, R>(ret, PhantomData)),
+                None => Err(Failed::Returned(ret)),
+            }
+        }
+    };
+    let loaded = load_with(cache, &key, expire, freshness, loader).await;
+    function.call(if ran.load(Ordering::Relaxed) {
+        CallOutcome::Miss
+    } else {
+        CallOutcome::Hit
+    });
+    match loaded {
+        Ok(Stored(ret, _)) | Err(Failed::Returned(ret)) => ret,
+        Err(Failed::Panicked(payload)) => std::panic::resume_unwind(payload),
+        // Only when the body's task was dropped unfinished, with its runtime: there is no
+        // return value to give, and the caller's own runtime is shutting down.
+        Err(Failed::Cache(error)) => std::panic::resume_unwind(Box::new(error.to_string())),
+    }
+}

@@ -1,0 +1,117 @@
+//! `#[cached(...)]` with freshness options, on the in-memory repository: stale-while-revalidate
+//! (served at once, one background run), stale-if-error (an `Err` answered by the stale value),
+//! soft timeout, and the stored bytes being those of a plain `#[cached]`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use impcache::{cached, Cache, MemoryCacheRepository};
+use tokio::sync::Semaphore;
+
+const HANG: Duration = Duration::from_secs(5);
+
+static CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::new(MemoryCacheRepository::new()));
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+/// Holds the body of `revalidated` once it has run once (the test lets it through).
+static GATE: Semaphore = Semaphore::const_new(0);
+
+#[cached(
+    cache = CACHE,
+    expire = Duration::from_millis(100),
+    stale_while_revalidate = 60,
+)]
+async fn revalidated(id: u32) -> String {
+    let run = RUNS.fetch_add(1, SeqCst);
+    if run > 0 {
+        let _permit = GATE.acquire().await.unwrap();
+    }
+    format!("{id}:{run}")
+}
+
+/// Waits until `key` holds the JSON `json`.
+async fn until(key: &str, json: &str) {
+    tokio::time::timeout(HANG, async {
+        while CACHE.get_raw(key).await.unwrap().as_deref() != Some(json.as_bytes()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{key} never became {json}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_answers_at_once_and_reloads_once() {
+    let key = "cached_freshness::revalidated:7";
+    assert_eq!(revalidated(7).await, "7:0");
+    until(key, "\"7:0\"").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Stale: 50 callers answered with the stale value while the reload is held at its gate.
+    let callers: Vec<_> = (0..50).map(|_| tokio::spawn(revalidated(7))).collect();
+    for caller in callers {
+        assert_eq!(
+            tokio::time::timeout(HANG, caller).await.unwrap().unwrap(),
+            "7:0"
+        );
+    }
+    GATE.add_permits(100);
+    until(key, "\"7:1\"").await;
+    assert_eq!(RUNS.load(SeqCst), 2, "one background reload");
+    // The stored bytes are what a plain `#[cached]` (and the Python library) stores.
+    assert_eq!(&CACHE.get_raw(key).await.unwrap().unwrap()[..], b"\"7:1\"");
+}
+
+static FAILING: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = Duration::from_millis(100), stale_if_error = 60)]
+async fn flaky(id: u32) -> Result<u32, String> {
+    match FAILING.fetch_add(1, SeqCst) {
+        0 => Ok(id),
+        _ => Err("the origin is down".to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn stale_if_error_answers_an_err_with_the_stale_value() {
+    assert_eq!(flaky(3).await, Ok(3));
+    until("cached_freshness::flaky:3", "3").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(flaky(3).await, Ok(3), "the stale value");
+    assert_eq!(FAILING.load(SeqCst), 2, "the body ran and failed");
+    // No stale value: the error is returned.
+    assert_eq!(flaky(4).await, Err("the origin is down".to_owned()));
+}
+
+static SLOW_RUNS: AtomicUsize = AtomicUsize::new(0);
+static SLOW_GATE: Semaphore = Semaphore::const_new(0);
+
+#[cached(
+    cache = CACHE,
+    expire = Duration::from_millis(100),
+    stale_if_error = 60,
+    soft_timeout = Duration::from_millis(50),
+)]
+async fn slow(id: u32) -> Option<String> {
+    let run = SLOW_RUNS.fetch_add(1, SeqCst);
+    if run > 0 {
+        let _permit = SLOW_GATE.acquire().await.unwrap();
+    }
+    Some(format!("{id}:{run}"))
+}
+
+#[tokio::test]
+async fn the_soft_timeout_answers_stale_and_the_body_still_stores() {
+    assert_eq!(slow(1).await.as_deref(), Some("1:0"));
+    until("cached_freshness::slow:1", "\"1:0\"").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let served = tokio::time::timeout(HANG, slow(1)).await.unwrap();
+    assert_eq!(
+        served.as_deref(),
+        Some("1:0"),
+        "answered while the body is held"
+    );
+    SLOW_GATE.add_permits(10);
+    until("cached_freshness::slow:1", "\"1:1\"").await;
+}

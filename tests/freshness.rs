@@ -1,0 +1,503 @@
+//! `Cache::get_or_set` / `try_get_or_set` and their `Freshness` options, each against the
+//! memory repository and a real Redis (started by `tests/support`), and with the feature
+//! `cluster` the shared Redis Cluster. `both!` instantiates each
+//! `async fn(Backend)` once per repository.
+//!
+//! No timing assertions: entries are made stale by short expiries and sleeps past them, and
+//! "answered at once" is shown by answering while the loader is still held at a gate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use impcache::freshness::State;
+use impcache::{
+    Cache, CacheRepository, Error, Freshness, MemoryCacheRepository, RedisCacheRepository,
+};
+use impcache_tests::logs::Logs;
+use impcache_tests::RedisServer;
+use tokio::sync::Semaphore;
+
+const HANG: Duration = Duration::from_secs(5);
+const MS: Duration = Duration::from_millis(1);
+const MINUTE: Duration = Duration::from_secs(60);
+
+struct Backend {
+    cache: Cache,
+    _server: Option<RedisServer>,
+}
+
+impl Backend {
+    fn memory() -> Self {
+        Backend {
+            cache: Cache::new(MemoryCacheRepository::new()),
+            _server: None,
+        }
+    }
+
+    fn redis() -> Self {
+        let server = RedisServer::start();
+        let repository = RedisCacheRepository::builder(server.url())
+            .deadline(HANG)
+            .build()
+            .unwrap();
+        Backend {
+            cache: Cache::new(repository),
+            _server: Some(server),
+        }
+    }
+    /// The shared cluster of this test binary, under a key prefix of this test's own. Its
+    /// `get_with_ttl` is one `EVAL` (`GET` + `PTTL`) routed by the key.
+    #[cfg(feature = "cluster")]
+    fn cluster() -> Self {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let repository = impcache::RedisClusterCacheRepository::builder(
+            impcache_tests::cluster::RedisCluster::shared().urls(),
+        )
+        .deadline(HANG)
+        .build()
+        .unwrap();
+        let prefix = format!(
+            "freshness{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Backend {
+            cache: Cache::builder(repository).key_prefix(prefix).build(),
+            _server: None,
+        }
+    }
+}
+
+macro_rules! both {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::redis()).await;
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::cluster()).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    concurrent_misses_run_the_loader_once,
+    stale_readers_are_answered_at_once_by_one_background_reload,
+    a_failing_loader_serves_the_stale_value_and_is_logged,
+    the_soft_timeout_answers_stale_and_the_loader_still_stores,
+    the_hard_timeout_gives_up_with_or_without_a_stale_value,
+    past_the_stale_window_is_a_miss,
+    a_panicking_or_dropped_leader_strands_no_one,
+    early_refresh_reloads_a_fresh_value_in_the_background,
+);
+
+/// A loader counting its runs, held at `gate` until the test lets it through.
+fn counted(
+    runs: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+    value: &'static str,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + 'static
+{
+    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
+    move || {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await.unwrap();
+            value.to_owned()
+        })
+    }
+}
+
+/// Waits (at most [`HANG`]) until `key` holds `value`.
+async fn until_stored(cache: &Cache, key: &str, value: &str) {
+    tokio::time::timeout(HANG, async {
+        while cache.get::<String>(key).await.unwrap().as_deref() != Some(value) {
+            tokio::time::sleep(10 * MS).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("`{key}` never became {value:?}"));
+}
+
+/// Stores `value` at `key` through `get_or_set` with `policy`, fresh for `fresh`, and waits
+/// until it is stale.
+async fn stale_entry(cache: &Cache, key: &str, value: &str, fresh: Duration, policy: Freshness) {
+    let value = value.to_owned();
+    let stored: String = cache
+        .get_or_set(key, fresh, move || async move { value })
+        .freshness(policy)
+        .await
+        .unwrap();
+    until_stored(cache, key, &stored).await;
+    tokio::time::sleep(fresh + 50 * MS).await;
+}
+
+async fn concurrent_misses_run_the_loader_once(backend: Backend) {
+    let cache = backend.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let callers: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, loader) = (cache.clone(), counted(&runs, &gate, "v1"));
+            tokio::spawn(async move { cache.get_or_set("k", 60, loader).await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(50 * MS).await;
+    gate.add_permits(1000);
+    for caller in callers {
+        assert_eq!(
+            tokio::time::timeout(HANG, caller).await.unwrap().unwrap(),
+            "v1"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    until_stored(&cache, "k", "v1").await;
+    // A hit does not run the loader.
+    let again: String = cache
+        .get_or_set("k", 60, || async { "v2".to_owned() })
+        .await
+        .unwrap();
+    assert_eq!(again, "v1");
+    // An error is returned, never stored.
+    let failed: Result<String, Error> = cache
+        .try_get_or_set("e", 60, || async {
+            Err(Error::Loader {
+                key: "e".into(),
+                reason: "boom".into(),
+            })
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(cache.get::<String>("e").await.unwrap(), None);
+}
+
+async fn stale_readers_are_answered_at_once_by_one_background_reload(backend: Backend) {
+    let cache = backend.cache;
+    let policy = Freshness::new().stale_while_revalidate(MINUTE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    // The raw read a layer would make: the TTL is the expire plus the window, partly spent.
+    let found = cache.get_raw_with_ttl("k").await.unwrap().unwrap();
+    assert_eq!(&found.value[..], b"\"old\"");
+    let ttl = found.ttl.unwrap();
+    assert!(ttl < MINUTE && ttl > MINUTE - HANG, "{ttl:?}");
+    assert!(matches!(policy.state(found.ttl), State::Stale { .. }));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let callers: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, loader) = (cache.clone(), counted(&runs, &gate, "new"));
+            tokio::spawn(async move {
+                cache
+                    .get_or_set("k", Duration::from_secs(60), loader)
+                    .freshness(policy)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Every reader is answered while the reload is still held at its gate.
+    for caller in callers {
+        assert_eq!(
+            tokio::time::timeout(HANG, caller).await.unwrap().unwrap(),
+            "old"
+        );
+    }
+    gate.add_permits(1000);
+    until_stored(&cache, "k", "new").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one reload for 100 readers");
+    // Fresh again: the next read is a plain hit.
+    let fresh: String = cache
+        .get_or_set("k", 60, || async { "newer".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(fresh, "new");
+}
+
+async fn a_failing_loader_serves_the_stale_value_and_is_logged(backend: Backend) {
+    let cache = backend.cache;
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let policy = Freshness::new().stale_if_error(MINUTE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let served: Result<String, Error> = cache
+        .try_get_or_set("k", 60, || async {
+            Err(Error::Loader {
+                key: "k".into(),
+                reason: "the origin is down".into(),
+            })
+        })
+        .freshness(policy)
+        .await;
+    assert_eq!(served.unwrap(), "old");
+    assert!(
+        logs.text().contains("the origin is down"),
+        "not logged: {}",
+        logs.text()
+    );
+    // Without a stale value the error is the caller's.
+    let failed: Result<String, Error> = cache
+        .try_get_or_set("absent", 60, || async {
+            Err(Error::Loader {
+                key: "absent".into(),
+                reason: "the origin is down".into(),
+            })
+        })
+        .freshness(policy)
+        .await;
+    assert!(matches!(failed, Err(Error::Loader { .. })));
+}
+
+async fn the_soft_timeout_answers_stale_and_the_loader_still_stores(backend: Backend) {
+    let cache = backend.cache;
+    let policy = Freshness::new()
+        .stale_if_error(MINUTE)
+        .soft_timeout(50 * MS);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let served = tokio::time::timeout(
+        HANG,
+        cache
+            .get_or_set("k", 60, counted(&runs, &gate, "new"))
+            .freshness(policy)
+            .into_future(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(served, "old", "answered while the loader is held");
+    gate.add_permits(1);
+    until_stored(&cache, "k", "new").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+async fn the_hard_timeout_gives_up_with_or_without_a_stale_value(backend: Backend) {
+    let cache = backend.cache;
+    let never = || std::future::pending::<String>();
+    let hard = Freshness::new().hard_timeout(50 * MS);
+    let failed = tokio::time::timeout(
+        HANG,
+        cache
+            .get_or_set("k", 60, never)
+            .freshness(hard)
+            .into_future(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&failed, Err(Error::Loader { reason, .. }) if reason.contains("hard timeout")),
+        "{failed:?}"
+    );
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+    let policy = hard.stale_if_error(MINUTE);
+    stale_entry(&cache, "s", "old", 100 * MS, policy).await;
+    let served = tokio::time::timeout(
+        HANG,
+        cache
+            .get_or_set("s", 60, never)
+            .freshness(policy)
+            .into_future(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(served, "old");
+}
+
+async fn past_the_stale_window_is_a_miss(backend: Backend) {
+    let cache = backend.cache;
+    let policy = Freshness::new().stale_while_revalidate(100 * MS);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    tokio::time::sleep(150 * MS).await;
+    // The entry's TTL (expire + window) is over: gone for any reader.
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+    let loaded: String = cache
+        .get_or_set("k", 60, || async { "new".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(loaded, "new", "loaded in the foreground");
+}
+
+async fn a_panicking_or_dropped_leader_strands_no_one(backend: Backend) {
+    let cache = backend.cache;
+    // A dropped caller: its load goes on, and the waiter gets its value.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let first = {
+        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "v"));
+        tokio::spawn(async move { cache.get_or_set("k", 60, loader).await })
+    };
+    // The first caller leads (its loader has started) before the second joins.
+    tokio::time::timeout(HANG, async {
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(MS).await;
+        }
+    })
+    .await
+    .unwrap();
+    let second = {
+        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "other"));
+        tokio::spawn(async move { cache.get_or_set("k", 60, loader).await })
+    };
+    tokio::time::sleep(20 * MS).await;
+    first.abort();
+    gate.add_permits(10);
+    let got = tokio::time::timeout(HANG, second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "v");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // A panicking loader: its caller gets an error, the next caller loads normally.
+    let panicked = cache
+        .get_or_set("p", 60, || async {
+            if true {
+                panic!("loader panics");
+            }
+            "never".to_owned()
+        })
+        .await;
+    assert!(matches!(&panicked, Err(Error::Loader { reason, .. }) if reason == "panicked"));
+    let loaded: String = tokio::time::timeout(
+        HANG,
+        cache
+            .get_or_set("p", 60, || async { "fine".to_owned() })
+            .into_future(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(loaded, "fine");
+}
+
+async fn early_refresh_reloads_a_fresh_value_in_the_background(backend: Backend) {
+    let cache = backend.cache;
+    // A gap far longer than the expiry: every read of a fresh value reloads.
+    let policy = Freshness::new().early_refresh(Duration::from_secs(3600));
+    let first: String = cache
+        .get_or_set("k", 60, || async { "old".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(first, "old");
+    until_stored(&cache, "k", "old").await;
+    // Each read reloads with probability exp(-60 s / 1 h), about 98 %: read until one did.
+    tokio::time::timeout(HANG, async {
+        loop {
+            let served: String = cache
+                .get_or_set("k", 60, || async { "new".to_owned() })
+                .freshness(policy)
+                .await
+                .unwrap();
+            if served == "new" {
+                break;
+            }
+            assert_eq!(served, "old", "the fresh value is served");
+            tokio::time::sleep(10 * MS).await;
+        }
+    })
+    .await
+    .expect("no early refresh");
+}
+
+/// With Redis down, the loader answers every call; nothing fails.
+#[tokio::test]
+async fn with_the_cache_down_the_loader_answers() {
+    let repository = RedisCacheRepository::builder(format!(
+        "redis://127.0.0.1:{}/",
+        impcache_tests::free_port()
+    ))
+    .deadline(Duration::from_millis(200))
+    .build()
+    .unwrap();
+    let cache = Cache::new(repository);
+    let policy = Freshness::new()
+        .stale_while_revalidate(MINUTE)
+        .stale_if_error(MINUTE);
+    for _ in 0..3 {
+        let got: String = tokio::time::timeout(
+            HANG,
+            cache
+                .get_or_set("k", 60, || async { "loaded".to_owned() })
+                .freshness(policy)
+                .into_future(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, "loaded");
+        let tried: Result<u32, Error> = cache.try_get_or_set("n", 60, || async { Ok(7) }).await;
+        assert_eq!(tried.unwrap(), 7);
+    }
+}
+
+/// A repository that keeps the trait's default `get_with_ttl` (no TTL known): every entry reads
+/// as fresh, so a policy degrades to a plain `get_or_set`.
+#[tokio::test]
+async fn a_repository_without_ttls_reads_everything_as_fresh() {
+    use impcache_tests::cluster::NamespacedRepository;
+    let repository: Arc<dyn CacheRepository> = Arc::new(NamespacedRepository::unique(Arc::new(
+        MemoryCacheRepository::new(),
+    )));
+    let cache = Cache::builder_shared(repository).build();
+    let policy = Freshness::new().stale_while_revalidate(MINUTE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let got: String = cache
+        .get_or_set("k", 60, || async { "new".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(got, "old");
+}
+
+/// Through Sentinel (feature `sentinel`): the read with its TTL goes to the primary the
+/// Sentinel names; one case, the group being slow to start.
+#[cfg(feature = "sentinel")]
+#[tokio::test]
+async fn through_sentinel_stale_readers_are_answered_by_one_reload() {
+    use impcache::RedisSentinelCacheRepository;
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+    let group = SentinelGroup::start();
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(HANG)
+            .build()
+            .unwrap();
+    stale_readers_are_answered_at_once_by_one_background_reload(Backend {
+        cache: Cache::new(repository),
+        _server: None,
+    })
+    .await;
+    drop(group);
+}
