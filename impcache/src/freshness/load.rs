@@ -15,7 +15,6 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::policy::{Freshness, State};
-use super::refresh;
 use crate::error::{shown, Error};
 use crate::expire::Expiry;
 use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
@@ -148,12 +147,12 @@ where
     match policy.state(found.ttl) {
         State::Fresh { left } => {
             if policy.refresh_early(left) {
-                refresh::spawn(job(), loader);
+                spawn_refresh(job(), loader);
             }
             Served::Value(value)
         }
         State::Stale { past } if policy.serves_while_revalidating(past) => {
-            refresh::spawn(job(), loader);
+            spawn_refresh(job(), loader);
             Served::Value(value)
         }
         State::Stale { past } => Served::Load {
@@ -398,5 +397,32 @@ pub(super) fn report(operation: &'static str, key: &str, error: &Error) {
         tracing::debug!(target: TARGET, operation, key, %error, "cache unavailable; loading regardless");
     } else {
         tracing::warn!(target: TARGET, operation, key, %error, "cache operation failed; loading regardless");
+    }
+}
+
+// Background reloads (stale-while-revalidate, early refresh): a spawned task holding the key's
+// flight, so one reload per key per process; bounded by the hard timeout, its store by the
+// repository's deadline. Here, beside `run`, as the other half of one load protocol.
+/// Starts a background reload of `job`'s key unless one is under way (then `loader` is dropped
+/// unrun). Outside a tokio runtime nothing is started: the stale value is served, and a caller
+/// past the stale-while-revalidate window loads.
+fn spawn_refresh<V, E, F, Fut>(job: Job, loader: F)
+where
+    V: Serialize + Send + 'static,
+    E: LoadError,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::debug!(target: TARGET, key = job.key, "no tokio runtime: no background reload");
+        return;
+    };
+    match FLIGHTS.join(&job.flight(), FLIGHTS.ticket()) {
+        // A load of this key is under way: its value will be stored.
+        Join::Waiter(_) => {}
+        Join::Leader(Leader { guard, .. }) => {
+            tracing::debug!(target: TARGET, key = job.key, "reloading in the background");
+            runtime.spawn(run::<V, E, F, Fut>(job, None, loader, Some(guard), None));
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! - **Fresh hit**: the value is returned (with early refresh, sometimes after starting a
 //!   background reload).
 //! - **Stale hit** within `stale_while_revalidate`: the stale value is returned at once, and one
-//!   background reload starts (`refresh.rs`: a spawned task holding the key's single-flight).
+//!   background reload starts (`load.rs`: a spawned task holding the key's single-flight).
 //! - **Miss** (or stale past that window): the loader runs once per key per process, through the
 //!   single-flight of [`crate::flight`]. The leader's loader runs in a spawned task that answers
 //!   the leader, publishes the value's JSON to the waiters, stores it (`SET`, in the background
@@ -45,11 +45,9 @@
 //! - `policy.rs`: [`Freshness`], its options and the fresh/stale rule.
 //! - `request.rs`: [`GetOrSet`] / [`TryGetOrSet`], what `get_or_set` returns.
 //! - `load.rs`: one call: read, classify, load through the flight.
-//! - `refresh.rs`: background reloads.
 
 mod load;
 mod policy;
-mod refresh;
 mod request;
 
 pub(crate) use load::{get_or_set as load_with, LoadError};
