@@ -94,7 +94,14 @@ fn a_failed_lookup_is_counted_as_an_error_and_the_handler_answers() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let nowhere = format!("redis://127.0.0.1:{}/0", impcache_tests::free_port());
+        // A port nothing listens on: bound, read, and closed again. (This test is packaged with
+        // the crate, so it cannot use the workspace's unpublished test harness.)
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let nowhere = format!("redis://127.0.0.1:{port}/0");
         let repository = RedisCacheRepository::builder(nowhere)
             .deadline(Duration::from_millis(200))
             .connect_timeout(Duration::from_millis(100))
