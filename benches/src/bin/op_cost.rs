@@ -44,6 +44,8 @@ const OPERATIONS: &[&str] = &[
     "concurrent-set-raw",
     "concurrent-http-cached",
     "concurrent-http-raw",
+    "two-thread-memory-get",
+    "two-thread-moka-ttl-get",
 ];
 
 type MokaTtl = impcache_benches::MokaPerEntryTtl;
@@ -82,6 +84,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Some(system) = operation.strip_prefix("two-thread-") {
+        two_threads(system, n);
+        return;
+    }
     if let Some(system) = operation.strip_prefix("concurrent-set-") {
         concurrent_set(&server, system, n);
         return;
@@ -268,6 +274,58 @@ async fn run(
         }
         _ => unreachable!("checked in main"),
     }
+}
+
+/// `n` gets of the 1,000 keys from two threads (`n / 2` each, a current-thread runtime each) on one
+/// shared in-memory store: our memory repository (`memory-get`) or moka + serde_json
+/// (`moka-ttl-get`). For wall clock under `/usr/bin/time`: it shows what the threads' shared
+/// writes (counters, moka's own bookkeeping) cost, which a one-thread count cannot.
+fn two_threads(system: &str, n: u64) {
+    let memory = Cache::new(MemoryCacheRepository::new());
+    let moka_ttl: MokaTtl = impcache_benches::moka_per_entry_ttl();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for id in 0..KEYS {
+        let value = Small::new(id);
+        rt.block_on(memory.set(&format!("small:{id}"), &value, TTL))
+            .unwrap();
+        moka_ttl.insert(
+            format!("cache:1:small:{id}"),
+            (
+                Bytes::from(serde_json::to_vec(&value).unwrap()),
+                Duration::from_secs(TTL),
+            ),
+        );
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    for i in 0..n / 2 {
+                        let key = i % KEYS;
+                        match system {
+                            "memory-get" => {
+                                let v: Small =
+                                    memory.get(&format!("small:{key}")).await.unwrap().unwrap();
+                                black_box(v);
+                            }
+                            _ => {
+                                let (bytes, _) =
+                                    moka_ttl.get(&format!("cache:1:small:{key}")).unwrap();
+                                black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+                            }
+                        }
+                    }
+                });
+            });
+        }
+    });
 }
 
 /// One HTTP GET through axum over loopback, hyper client and server in this process: a
