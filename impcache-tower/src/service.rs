@@ -105,7 +105,7 @@ where
 /// key), while fresh in the origin-freshness mode.
 #[inline]
 fn usable(config: &Config, entry: &Entry) -> bool {
-    !config.follow_origin || freshness::is_fresh(entry, now_ms())
+    !config.follow_origin || entry.is_fresh(now_ms())
 }
 
 /// A stored response, as sent (see [`render::serve`]).

@@ -18,9 +18,9 @@ use http::{HeaderName, StatusCode};
 use impcache::{Cache, Expire};
 
 use crate::config::Config;
+use crate::entry::Freshness;
 use crate::entry::{encode_marker, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Published};
-use crate::freshness::Freshness;
 use crate::key;
 use crate::render::strong_etag;
 
