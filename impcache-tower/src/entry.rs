@@ -163,13 +163,19 @@ impl<'a> Reader<'a> {
 }
 
 impl Entry {
-    /// Whether the entry may be served without revalidation at `now_ms`: always in the default
-    /// mode (it expires with its key), while younger than its lifetime in the origin mode.
-    pub(crate) fn is_fresh(&self, now_ms: u64) -> bool {
+    /// How long the entry has been past its freshness at `now_ms`; `None` while it is fresh (or
+    /// never expires). In the default mode its freshness is its TTL, in the origin mode its
+    /// lifetime.
+    pub(crate) fn stale_for(&self, now_ms: u64) -> Option<Duration> {
         match &self.origin {
-            None => true,
+            None => {
+                let ttl = self.ttl?;
+                let age = Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms));
+                age.checked_sub(ttl)
+            }
             Some(freshness) => {
-                freshness.lifetime > freshness.current_age(self.stored_at_ms, now_ms)
+                let age = freshness.current_age(self.stored_at_ms, now_ms);
+                age.checked_sub(freshness.lifetime).map(Duration::from_secs)
             }
         }
     }

@@ -67,7 +67,7 @@
 //! ## Metrics
 //!
 //! With a [`metrics`](https://docs.rs/metrics) recorder installed, every request counts in
-//! `impcache_http_requests_total{outcome, route}` (`hit`, `miss`, `bypass`, `error`). `route` is the
+//! `impcache_http_requests_total{outcome, route}` (`hit`, `miss`, `bypass`, `error`, `stale`). `route` is the
 //! route axum matched (`/users/{id}`, never the request's path) with the `axum` feature, absent
 //! otherwise. The table of metrics is in impcache's `OBSERVABILITY.md`.
 //!
@@ -93,12 +93,13 @@ mod policy;
 mod render;
 mod revalidate;
 mod service;
+mod stale;
 mod store;
 
 pub use body::{BoxError, ResponseBody};
 pub use config::{
     StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_KEEP_STALE, DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, X_CACHE,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, DEFAULT_STALE_IF_ERROR_STATUSES, X_CACHE,
 };
 pub use future::ResponseFuture;
 pub use layer::CacheLayer;

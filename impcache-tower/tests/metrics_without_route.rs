@@ -35,3 +35,33 @@ fn requests_are_counted_by_outcome_without_a_route() {
         ]
     );
 }
+
+/// A stale response standing in for a failing handler is counted as `stale`.
+#[test]
+fn a_stale_response_is_counted_as_stale() {
+    let counts = requests_total(|| async {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handler = service_fn(move |_: Request<String>| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let mut response = Response::new("page".to_owned());
+                if n > 0 {
+                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let layer = CacheLayer::new(Cache::new(MemoryCacheRepository::new()))
+            .expire(1)
+            .stale_if_error(std::time::Duration::from_secs(60));
+        let service = layer.layer(handler);
+        let get = || Request::get("/page").body(String::new()).unwrap();
+        let first = tower::ServiceExt::oneshot(service.clone(), get()).await;
+        assert!(first.unwrap().status().is_success());
+        // Past the one-second freshness (no timing is asserted).
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let stale = tower::ServiceExt::oneshot(service, get()).await.unwrap();
+        assert!(stale.status().is_success(), "the stale response answers");
+    });
+    assert_eq!(counts, [count("miss", None, 1), count("stale", None, 1)]);
+}
