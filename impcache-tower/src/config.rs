@@ -25,6 +25,15 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// origin-freshness mode, to be revalidated: 10 minutes.
 pub const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(600);
 
+/// The handler statuses a stale entry stands in for within its
+/// [`stale_if_error`](crate::CacheLayer::stale_if_error) window: 500, 502, 503 and 504.
+pub const DEFAULT_STALE_IF_ERROR_STATUSES: [StatusCode; 4] = [
+    StatusCode::INTERNAL_SERVER_ERROR,
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
 /// The default namespace of keys inside the cache's prefix and version.
 pub const DEFAULT_NAMESPACE: &str = "http";
 
@@ -73,6 +82,14 @@ pub(crate) struct Config {
     pub(crate) targeted_field: Option<HeaderName>,
     /// How long a stale entry with a validator is kept for revalidation, in the origin mode.
     pub(crate) keep_stale: Duration,
+    /// The layer's `stale-while-revalidate` window (zero: the responses' directives only).
+    pub(crate) stale_while_revalidate: Duration,
+    /// The layer's `stale-if-error` window (zero: the responses' directives only).
+    pub(crate) stale_if_error: Duration,
+    /// The handler statuses a stale entry stands in for.
+    pub(crate) stale_if_error_statuses: Vec<StatusCode>,
+    /// The longest wait for the handler when a stale entry could answer instead.
+    pub(crate) handler_timeout: Option<Duration>,
     /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
     /// were changed after cloning). Inside the config so that a request clones one `Arc`.
     pub(crate) flights: Arc<Flights>,
@@ -101,6 +118,10 @@ impl Config {
             follow_origin: false,
             targeted_field: None,
             keep_stale: DEFAULT_KEEP_STALE,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            stale_if_error_statuses: DEFAULT_STALE_IF_ERROR_STATUSES.to_vec(),
+            handler_timeout: None,
             flights: Arc::new(Flights::default()),
         }
     }
@@ -159,6 +180,10 @@ impl fmt::Debug for Config {
             .field("follow_origin", &self.follow_origin)
             .field("targeted_field", &self.targeted_field)
             .field("keep_stale", &self.keep_stale)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("stale_if_error", &self.stale_if_error)
+            .field("stale_if_error_statuses", &self.stale_if_error_statuses)
+            .field("handler_timeout", &self.handler_timeout)
             .finish()
     }
 }

@@ -37,8 +37,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::freshness::Freshness;
-
 const MAGIC: &[u8; 4] = b"IHC\x03";
 const MARKER_MAGIC: &[u8; 4] = b"IHV\x02";
 
@@ -83,6 +81,27 @@ pub(crate) struct Entry {
     /// Its freshness, when stored in the origin-freshness mode (`None`: fresh until its key
     /// expires).
     pub(crate) origin: Option<Freshness>,
+}
+
+/// What an entry stored in the origin-freshness mode ([`crate::freshness`]) knows of its freshness, on top of its
+/// storage time ([`Entry::stored_at_ms`], the response time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Freshness {
+    /// The freshness lifetime, in seconds (0: stale at once, revalidated on every use).
+    pub(crate) lifetime: u64,
+    /// The corrected initial age (§4.2.3), in seconds: how old the response was when stored.
+    pub(crate) initial_age: u64,
+    /// `must-revalidate` / `proxy-revalidate` / `s-maxage`: never served stale (not even when
+    /// the origin fails, once stale-if-error exists).
+    pub(crate) must_revalidate: bool,
+}
+
+impl Freshness {
+    /// The current age (§4.2.3) at `now_ms`, in seconds.
+    pub(crate) fn current_age(&self, entry_stored_at_ms: u64, now_ms: u64) -> u64 {
+        self.initial_age
+            .saturating_add(now_ms.saturating_sub(entry_stored_at_ms) / 1000)
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -144,6 +163,23 @@ impl<'a> Reader<'a> {
 }
 
 impl Entry {
+    /// How long the entry has been past its freshness at `now_ms`; `None` while it is fresh (or
+    /// never expires). In the default mode its freshness is its TTL, in the origin mode its
+    /// lifetime.
+    pub(crate) fn stale_for(&self, now_ms: u64) -> Option<Duration> {
+        match &self.origin {
+            None => {
+                let ttl = self.ttl?;
+                let age = Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms));
+                age.checked_sub(ttl)
+            }
+            Some(freshness) => {
+                let age = freshness.current_age(self.stored_at_ms, now_ms);
+                age.checked_sub(freshness.lifetime).map(Duration::from_secs)
+            }
+        }
+    }
+
     /// The entry's age in seconds: since it was stored (never negative, even with clock skew
     /// between hosts), plus, in the origin mode, how old it was then (RFC 9111 §4.2.3).
     pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {

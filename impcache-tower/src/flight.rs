@@ -32,6 +32,8 @@ pub(crate) struct Published {
     pub(crate) vary: Vec<HeaderName>,
     /// The variant key the entry was stored under.
     pub(crate) variant_key: String,
+    /// Its stale policy (see [`crate::stale`]): its key outlives its TTL by the stale window.
+    pub(crate) stale: impcache::Freshness,
 }
 
 /// The flights in progress, by URL key, shared by every service a layer makes.

@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::StatusCode;
 
 use crate::config::Config;
-use crate::entry::Entry;
+use crate::entry::Freshness;
 use crate::policy::{self, CacheControl, NotStored};
 
 /// `CDN-Cache-Control` (RFC 9213).
@@ -22,36 +22,6 @@ pub(crate) const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-ca
 /// The fraction of the time since `Last-Modified` taken as a heuristic freshness lifetime (the
 /// 10 % RFC 9111 §4.2.2 mentions).
 const HEURISTIC_DIVISOR: u64 = 10;
-
-/// What an entry stored in the origin-freshness mode knows of its freshness, on top of its
-/// storage time ([`Entry::stored_at_ms`], the response time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Freshness {
-    /// The freshness lifetime, in seconds (0: stale at once, revalidated on every use).
-    pub(crate) lifetime: u64,
-    /// The corrected initial age (§4.2.3), in seconds: how old the response was when stored.
-    pub(crate) initial_age: u64,
-    /// `must-revalidate` / `proxy-revalidate` / `s-maxage`: never served stale (not even when
-    /// the origin fails, once stale-if-error exists).
-    pub(crate) must_revalidate: bool,
-}
-
-impl Freshness {
-    /// The current age (§4.2.3) at `now_ms`, in seconds.
-    pub(crate) fn current_age(&self, entry_stored_at_ms: u64, now_ms: u64) -> u64 {
-        self.initial_age
-            .saturating_add(now_ms.saturating_sub(entry_stored_at_ms) / 1000)
-    }
-}
-
-/// Whether `entry` may be served without revalidation at `now_ms`: always in the default mode
-/// (the entry expires with its key), while younger than its lifetime in the origin mode.
-pub(crate) fn is_fresh(entry: &Entry, now_ms: u64) -> bool {
-    match &entry.origin {
-        None => true,
-        Some(freshness) => freshness.lifetime > freshness.current_age(entry.stored_at_ms, now_ms),
-    }
-}
 
 /// The statuses RFC 9110 §15.1 defines as heuristically cacheable.
 fn heuristically_cacheable(status: StatusCode) -> bool {

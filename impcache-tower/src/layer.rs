@@ -192,6 +192,44 @@ impl CacheLayer {
         self.with(|c| c.keep_stale = keep)
     }
 
+    /// Up to `window` past its freshness, a stored response is served at once (`Cache-Status:
+    /// impcache; hit; fwd=stale; ttl=-N; detail=revalidating`) while one background handler call
+    /// per URL refreshes it (RFC 5861). A response's own `stale-while-revalidate=N` wins over
+    /// this; `must-revalidate`, `proxy-revalidate`, `no-cache` (and `s-maxage` in the
+    /// [origin-freshness mode](Self::follow_origin)) forbid it. Default [`Duration::ZERO`]: only
+    /// responses that say `stale-while-revalidate` are served stale. Entries are stored for their
+    /// freshness plus the longer of the two stale windows.
+    pub fn stale_while_revalidate(self, window: Duration) -> Self {
+        self.with(|c| c.stale_while_revalidate = window)
+    }
+
+    /// Up to `window` past its freshness, a stored response answers instead of a handler that
+    /// fails: returns an error, a status of [`stale_if_error_statuses`](Self::stale_if_error_statuses),
+    /// or takes longer than [`handler_timeout`](Self::handler_timeout) (`Cache-Status: impcache;
+    /// hit; fwd=stale; ttl=-N; detail=handler-error`, a `WARN` with target `impcache_tower`). A
+    /// response's own `stale-if-error=N` wins over this; the directives that forbid
+    /// [`stale_while_revalidate`](Self::stale_while_revalidate) forbid it too. Default
+    /// [`Duration::ZERO`]: the responses' directives only.
+    pub fn stale_if_error(self, window: Duration) -> Self {
+        self.with(|c| c.stale_if_error = window)
+    }
+
+    /// The handler statuses a stale response stands in for within its
+    /// [`stale_if_error`](Self::stale_if_error) window (default
+    /// [`DEFAULT_STALE_IF_ERROR_STATUSES`](crate::DEFAULT_STALE_IF_ERROR_STATUSES): 500, 502,
+    /// 503, 504).
+    pub fn stale_if_error_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        let statuses: Vec<StatusCode> = statuses.into_iter().collect();
+        self.with(|c| c.stale_if_error_statuses = statuses)
+    }
+
+    /// The longest wait for the handler when a stale response could answer instead (within its
+    /// [`stale_if_error`](Self::stale_if_error) window): past it, the stale response is served
+    /// and the handler's call dropped (default: no limit). Other requests are not limited.
+    pub fn handler_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.handler_timeout = Some(timeout))
+    }
+
     /// The first segment of every key this layer writes (default `"http"`), inside the cache's
     /// `{prefix}:{version}:`. Layers with different rules on one cache should use different ones.
     pub fn namespace(self, namespace: impl Into<String>) -> Self {

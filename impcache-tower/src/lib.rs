@@ -39,6 +39,7 @@
 //! | **Hits** | the stored status and headers, `Content-Length`, `Age` and `Cache-Status: impcache; hit; ttl=N` (RFC 9211; [`status_header`](CacheLayer::status_header) adds `x-cache: HIT`); a matching `If-None-Match` gets 304 (an `ETag` is computed when the response has none) |
 //! | **Unsafe methods** | a 2xx/3xx response to `POST`, `PUT`, `PATCH`, `DELETE` (any method but `GET`, `HEAD`, `OPTIONS`, `TRACE` that is not in [`methods`](CacheLayer::methods)) removes the stored responses of its URL, and of the same-host URLs in its `Location` and `Content-Location`, before it is sent (RFC 9111 §4.4; the client reads its own write); an error status removes nothing; with the cache down or slow it adds at most one repository deadline and fails open (logged). Two round trips for URLs without `Vary`; a URL with variants is swept as [`purge_url`](CacheLayer::purge_url) does (`SCAN`: grows with the Redis keyspace), the response waiting for the sweep 500 ms at most (then it goes on in the background). Off with [`invalidate_on_unsafe_methods(false)`](CacheLayer::invalidate_on_unsafe_methods) |
 //! | **Concurrent misses** | one handler call per key per process, also across the background store: a delivered response is a hit for the next request (read your own writes, with [`coalesce`](CacheLayer::coalesce) on). Waiters get the stored response (a streamed one once complete), never an uncacheable one; a leader whose client disconnects or whose handler panics hands over to one new leader |
+//! | **Stale** | served past its freshness only within a stale window: [`stale_while_revalidate`](CacheLayer::stale_while_revalidate) (served at once, one background handler call per URL refreshes it) and [`stale_if_error`](CacheLayer::stale_if_error) (answers for a handler error, a status of [`stale_if_error_statuses`](CacheLayer::stale_if_error_statuses), or a [`handler_timeout`](CacheLayer::handler_timeout)), or the response's own `stale-while-revalidate` / `stale-if-error` (RFC 5861), which win; `must-revalidate`, `proxy-revalidate`, `no-cache` forbid it. `Cache-Status: impcache; hit; fwd=stale; ttl=-N; detail=…`, `x-cache: STALE` |
 //! | **Cache down or slow** | the handler answers; the lookup waits no longer than the repository's deadline, and stores happen in the background |
 //!
 //! ## Following the origin
@@ -67,7 +68,7 @@
 //! ## Metrics
 //!
 //! With a [`metrics`](https://docs.rs/metrics) recorder installed, every request counts in
-//! `impcache_http_requests_total{outcome, route}` (`hit`, `miss`, `bypass`, `error`). `route` is the
+//! `impcache_http_requests_total{outcome, route}` (`hit`, `miss`, `bypass`, `error`, `stale`). `route` is the
 //! route axum matched (`/users/{id}`, never the request's path) with the `axum` feature, absent
 //! otherwise. The table of metrics is in impcache's `OBSERVABILITY.md`.
 //!
@@ -93,12 +94,13 @@ mod policy;
 mod render;
 mod revalidate;
 mod service;
+mod stale;
 mod store;
 
 pub use body::{BoxError, ResponseBody};
 pub use config::{
     StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_KEEP_STALE, DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, X_CACHE,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, DEFAULT_STALE_IF_ERROR_STATUSES, X_CACHE,
 };
 pub use future::ResponseFuture;
 pub use layer::CacheLayer;

@@ -17,6 +17,10 @@ pub(crate) struct CacheControl {
     pub(crate) must_understand: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
+    /// `stale-while-revalidate=N` (RFC 5861), seconds.
+    pub(crate) stale_while_revalidate: Option<u64>,
+    /// `stale-if-error=N` (RFC 5861), seconds.
+    pub(crate) stale_if_error: Option<u64>,
 }
 
 /// The largest delta-seconds kept: RFC 9111 §1.2.2 asks a cache to use 2^31 for anything larger.
@@ -78,6 +82,10 @@ impl CacheControl {
                     "must-understand" => cc.must_understand = true,
                     "max-age" => cc.max_age = least(cc.max_age),
                     "s-maxage" => cc.s_maxage = least(cc.s_maxage),
+                    "stale-while-revalidate" => {
+                        cc.stale_while_revalidate = least(cc.stale_while_revalidate)
+                    }
+                    "stale-if-error" => cc.stale_if_error = least(cc.stale_if_error),
                     _ => {}
                 }
             }

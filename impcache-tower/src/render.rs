@@ -2,6 +2,8 @@
 //! a stored response as served (`Age`, `Content-Length`, a 304 for a matching `If-None-Match`,
 //! the strong `ETag` computed for a stored body).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
@@ -11,6 +13,7 @@ use crate::config::{StatusHeader, CACHE_STATUS, X_CACHE};
 use crate::entry::{now_ms, Entry};
 use crate::key;
 use crate::policy;
+use crate::stale::Why;
 
 /// How a response was obtained, for the status headers.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +23,8 @@ pub(crate) enum Outcome {
     /// Served from the cache after the handler answered its validation request with a `304`
     /// (origin-freshness mode); `stored`: the refreshed entry is being stored.
     Revalidated { stored: bool },
+    /// Served from the cache `past` seconds after its freshness, for the reason `why`.
+    Stale { past: u64, why: Why },
     /// Answered by the handler after a lookup (or instead of one).
     Miss {
         fwd: &'static str,
@@ -38,6 +43,7 @@ pub(crate) fn mark<B>(response: &mut Response<B>, status_header: StatusHeader, o
     let x_cache = match outcome {
         Outcome::Hit { .. } => "HIT",
         Outcome::Revalidated { .. } => "REVALIDATED",
+        Outcome::Stale { .. } => "STALE",
         Outcome::Miss { .. } => "MISS",
         Outcome::Bypass { .. } => "BYPASS",
     };
@@ -71,6 +77,10 @@ fn cache_status(outcome: Outcome) -> Option<HeaderValue> {
                 "impcache; fwd=stale; fwd-status=304",
             ))
         }
+        Outcome::Stale { past, why } => format!(
+            "impcache; hit; fwd=stale; ttl=-{past}; detail={}",
+            why.detail()
+        ),
         Outcome::Miss {
             fwd,
             stored,
@@ -132,6 +142,22 @@ pub(crate) fn serve_revalidated(
 ) -> Response<Bytes> {
     let outcome = Outcome::Revalidated { stored };
     serve_as(entry, request_headers, false, status_header, Some(outcome))
+}
+
+/// [`serve`] for a stored response served `past` its freshness (see [`crate::stale`]).
+pub(crate) fn serve_stale(
+    entry: Entry,
+    request_headers: &HeaderMap,
+    head: bool,
+    status_header: StatusHeader,
+    past: Duration,
+    why: Why,
+) -> Response<Bytes> {
+    let outcome = Outcome::Stale {
+        past: past.as_secs(),
+        why,
+    };
+    serve_as(entry, request_headers, head, status_header, Some(outcome))
 }
 
 /// [`serve`], marked `outcome` (default: a hit).

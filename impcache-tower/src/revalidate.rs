@@ -13,6 +13,7 @@ use crate::freshness;
 use crate::key;
 use crate::policy::{self, NotStored};
 use crate::render;
+use crate::stale;
 use crate::store::Unfinished;
 
 /// Makes `request_headers` a validation request for `stale`: its `ETag` as `If-None-Match`, its
@@ -124,6 +125,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 variant_key,
                 ttl: Some(verdict.ttl),
                 origin: Some((verdict.freshness, response_ms)),
+                stale: stale::policy(config, &updated).unwrap_or_default(),
                 guard,
             };
             let (published, _, storing) = unfinished.finish_published(stale.body);

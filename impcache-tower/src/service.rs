@@ -27,7 +27,9 @@ use crate::metrics::Counted;
 use crate::policy::{self, NotStored, RequestPlan};
 use crate::render::{self, mark, Outcome};
 use crate::revalidate;
+use crate::stale::{self, Judged, Why};
 use crate::store::{lookup, Lookup, Unfinished};
+use http_body_util::BodyExt;
 
 /// The service [`CacheLayer`] wraps around a handler (or any
 /// `Service<Request<_>, Response = Response<_>>`). Its error type is the inner service's.
@@ -101,11 +103,30 @@ where
     }
 }
 
-/// Whether a stored entry may be served as it is: always in the default mode (it expires with its
-/// key), while fresh in the origin-freshness mode.
+/// Whether a stored entry may be served as it is (see [`stale::judge`]).
 #[inline]
 fn usable(config: &Config, entry: &Entry) -> bool {
-    !config.follow_origin || freshness::is_fresh(entry, now_ms())
+    stale::judge(config, entry, now_ms()) == Judged::Fresh
+}
+
+/// A stored response served past its freshness (see [`crate::stale`]).
+fn stale_hit<B>(
+    entry: Entry,
+    request_headers: &HeaderMap,
+    head: bool,
+    config: &Config,
+    past: Duration,
+    why: Why,
+) -> Response<ResponseBody<B>> {
+    render::serve_stale(
+        entry,
+        request_headers,
+        head,
+        config.status_header,
+        past,
+        why,
+    )
+    .map(ResponseBody::full)
 }
 
 /// A stored response, as sent (see [`render::serve`]).
@@ -123,13 +144,16 @@ fn hit<B>(
 /// hit stays small (moving it into its box is part of every request's cost).
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment on the `async move` block
 fn run<S, ReqBody, ResBody>(
-    config: Arc<Config>,
+    shared: Arc<Config>,
     inner: S,
     request: Request<ReqBody>,
 ) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     // An `async move` block rather than an `async fn`: an `async fn` moves each argument into a
@@ -137,7 +161,7 @@ where
     // into a fresh allocation for every request (1,456 bytes for the axum route of
     // `benches/op-cost`, most of it the cache's `get_raw` future).
     async move {
-        let config = &*config;
+        let config = &*shared;
         let plan = policy::plan_request(
             request.method(),
             request.headers(),
@@ -167,25 +191,53 @@ where
         // Taken before the lookup: see `flight` (read your own writes).
         let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
-        let (fwd, may_store, detail, stale) = if head || !refresh {
+        let (fwd, may_store, detail, stale, fallback) = if head || !refresh {
             match lookup(config, &keys, request.headers()).await {
-                Lookup::Hit(entry) if usable(config, &entry) => {
-                    counted.count(LayerOutcome::Hit);
-                    return Ok(hit(entry, request.headers(), head, config));
+                Lookup::Hit(entry) => match stale::judge(config, &entry, now_ms()) {
+                    Judged::Fresh => {
+                        counted.count(LayerOutcome::Hit);
+                        return Ok(hit(entry, request.headers(), head, config));
+                    }
+                    Judged::WhileRevalidating { past } => {
+                        counted.count(LayerOutcome::Stale);
+                        let response = stale_hit(
+                            entry.clone(),
+                            request.headers(),
+                            head,
+                            config,
+                            past,
+                            Why::Revalidating,
+                        );
+                        if !head {
+                            revalidate_in_background(&shared, inner, request, keys, ticket, entry);
+                        }
+                        return Ok(response);
+                    }
+                    // Stale: the handler answers, the entry stands in if it fails.
+                    Judged::IfError { past } => ("stale", true, None, Some(entry), Some(past)),
+                    // Origin mode: a stale entry, revalidated when it has a validator.
+                    Judged::Expired => ("stale", true, None, Some(entry), None),
+                },
+                Lookup::Miss(fwd) => (fwd, true, None, None, None),
+                Lookup::Failed { backend } => {
+                    ("uri-miss", !backend, Some("cache-error"), None, None)
                 }
-                // Origin mode: a stale entry, revalidated when it has a validator.
-                Lookup::Hit(entry) => ("stale", true, None, Some(entry)),
-                Lookup::Miss(fwd) => (fwd, true, None, None),
-                Lookup::Failed { backend } => ("uri-miss", !backend, Some("cache-error"), None),
             }
         } else {
-            ("request", true, None, None)
+            ("request", true, None, None, None)
         };
-        counted.count(if detail.is_some() {
-            LayerOutcome::Error
-        } else {
-            LayerOutcome::Miss
-        });
+        // Counted once the handler has answered when a stale entry may stand in for it.
+        let counted = match (fallback, detail) {
+            (Some(_), _) => Some(counted),
+            (None, Some(_)) => {
+                counted.count(LayerOutcome::Error);
+                None
+            }
+            (None, None) => {
+                counted.count(LayerOutcome::Miss);
+                None
+            }
+        };
         // Built after the lookup, not before: the request and the inner service moved into it
         // across the lookup's await would take a second slot in this future (600 bytes more).
         let miss = Miss {
@@ -199,6 +251,9 @@ where
             may_store,
             detail,
             stale,
+            fallback,
+            counted,
+            lead: None,
         };
         Box::pin(forward(config, miss)).await
     }
@@ -260,6 +315,13 @@ struct Miss<S, ReqBody> {
     detail: Option<&'static str>,
     /// The stale entry the lookup found (origin-freshness mode), revalidated when it can be.
     stale: Option<Entry>,
+    /// How long `stale` is past its freshness, when it may stand in for a failed handler
+    /// (stale-if-error).
+    fallback: Option<Duration>,
+    /// The request's count, when it waits for the handler's answer (with a `fallback`).
+    counted: Option<Counted>,
+    /// The URL's flight, already led (a background revalidation): no coalescing.
+    lead: Option<FlightGuard>,
 }
 
 /// A request the lookup did not answer: the handler's response, stored when it may be.
@@ -283,9 +345,18 @@ where
         may_store,
         detail,
         stale,
+        fallback,
+        counted,
+        lead,
     } = miss;
+    let count = |outcome| {
+        if let Some(counted) = &counted {
+            counted.count(outcome);
+        }
+    };
     let url = keys.url();
     if head {
+        count(LayerOutcome::Miss);
         // Never stored: a HEAD response has no body to serve GETs with.
         let mut response = inner.call(request).await?.map(ResponseBody::inner);
         let detail = detail.or(Some(NotStored::Head.detail()));
@@ -305,9 +376,14 @@ where
 
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
     //    which asked for a new response).
-    let guard = if config.coalesce && !refresh {
+    let guard = if lead.is_some() {
+        lead
+    } else if config.coalesce && !refresh {
         match coalesce(config, &keys, &headers, ticket).await {
-            Coalesced::Hit(entry) => return Ok(hit(entry, &headers, false, config)),
+            Coalesced::Hit(entry) => {
+                count(LayerOutcome::Hit);
+                return Ok(hit(entry, &headers, false, config));
+            }
             Coalesced::Lead(guard) => Some(guard),
             Coalesced::Alone => None,
         }
@@ -317,11 +393,41 @@ where
 
     // 3. The handler (an error is not shared: the waiters call the handler themselves); a stale
     //    entry with a validator makes the call a validation request.
-    let revalidating = stale
-        .as_ref()
-        .is_some_and(|stale| revalidate::make_conditional(stale, request.headers_mut()));
+    let revalidating = config.follow_origin
+        && stale
+            .as_ref()
+            .is_some_and(|stale| revalidate::make_conditional(stale, request.headers_mut()));
     let request_ms = now_ms();
-    let response = match inner.call(request).await {
+    // Stale-if-error: the stale entry answers for a handler that failed, timed out or answered
+    // with one of the configured statuses. Never handed to the waiters: they call the handler
+    // themselves (and fall back on their own stale entry).
+    let stand_in = fallback.zip(stale.as_ref());
+    let called = match (stand_in, config.handler_timeout) {
+        (Some((past, entry)), Some(timeout)) => {
+            match tokio::time::timeout(timeout, inner.call(request)).await {
+                Ok(called) => called,
+                Err(_) => {
+                    count(LayerOutcome::Stale);
+                    let why = Why::HandlerTimeout;
+                    return Ok(stood_in(config, guard, url, entry, &headers, past, why));
+                }
+            }
+        }
+        _ => inner.call(request).await,
+    };
+    let failed = match &called {
+        Err(_) => Some(Why::HandlerError),
+        Ok(response) if config.stale_if_error_statuses.contains(&response.status()) => {
+            Some(Why::HandlerStatus)
+        }
+        Ok(_) => None,
+    };
+    if let (Some(why), Some((past, entry))) = (failed, stand_in) {
+        count(LayerOutcome::Stale);
+        return Ok(stood_in(config, guard, url, entry, &headers, past, why));
+    }
+    count(LayerOutcome::Miss);
+    let response = match called {
         Ok(response) => response,
         Err(error) => {
             if let Some(guard) = guard {
@@ -430,6 +536,7 @@ where
         variant_key,
         ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
         origin,
+        stale: stale::policy(config, &parts.headers).unwrap_or_default(),
         guard,
     };
     let (body, stored, detail) = match body::buffer(body, config.max_body_size).await {
@@ -475,6 +582,94 @@ where
         },
     );
     Ok(response)
+}
+
+/// A stale entry answering for a failed handler (stale-if-error): logged, and not shared with the
+/// flight's waiters.
+fn stood_in<B>(
+    config: &Config,
+    guard: Option<FlightGuard>,
+    url: &str,
+    entry: &Entry,
+    headers: &HeaderMap,
+    past: Duration,
+    why: Why,
+) -> Response<ResponseBody<B>> {
+    if let Some(guard) = guard {
+        guard.not_shared();
+    }
+    tracing::warn!(
+        target: "impcache_tower",
+        url = %url,
+        cause = why.detail(),
+        stale_secs = past.as_secs(),
+        "serving a stale response: the handler failed"
+    );
+    stale_hit(entry.clone(), headers, false, config, past, why)
+}
+
+/// Stale-while-revalidate: one handler call in the background refreshes the URL, unless its
+/// flight is already under way (another revalidation, or a miss). It leads the URL's flight, so
+/// concurrent misses of the URL wait for it. Bounded by the lock timeout; without a tokio runtime
+/// nothing is refreshed.
+fn revalidate_in_background<S, ReqBody, ResBody>(
+    shared: &Arc<Config>,
+    inner: S,
+    request: Request<ReqBody>,
+    keys: key::UrlKeys,
+    ticket: Ticket,
+    entry: Entry,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Join::Leader(Leader { guard, .. }) = shared.flights.join(keys.url(), ticket) else {
+        // Under way already: this request's waiter is dropped at once.
+        return;
+    };
+    let config = Arc::clone(shared);
+    let url = keys.url().to_owned();
+    let miss = Miss {
+        inner,
+        request,
+        keys,
+        ticket,
+        head: false,
+        refresh: false,
+        fwd: "stale",
+        may_store: true,
+        detail: None,
+        stale: Some(entry),
+        fallback: None,
+        counted: None,
+        lead: Some(guard),
+    };
+    runtime.spawn(async move {
+        let refresh = async {
+            match forward(&config, miss).await {
+                // Read to its end: a streamed body is stored once complete.
+                Ok(response) => {
+                    if let Err(error) = response.into_body().collect().await {
+                        tracing::debug!(%error, %url, "impcache-tower: revalidation body failed");
+                    }
+                }
+                Err(_) => tracing::debug!(%url, "impcache-tower: revalidation failed"),
+            }
+        };
+        if tokio::time::timeout(config.lock_timeout, refresh)
+            .await
+            .is_err()
+        {
+            tracing::debug!(%url, "impcache-tower: revalidation timed out");
+        }
+    });
 }
 
 /// Where a request that missed stands in its URL's flight.

@@ -18,9 +18,9 @@ use http::{HeaderName, StatusCode};
 use impcache::{Cache, Expire};
 
 use crate::config::Config;
+use crate::entry::Freshness;
 use crate::entry::{encode_marker, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Published};
-use crate::freshness::Freshness;
 use crate::key;
 use crate::render::strong_etag;
 
@@ -113,6 +113,12 @@ async fn store(cache: &Cache, record: &str, published: &Published) -> impcache::
         .entry
         .ttl
         .map_or(Expire::NEVER, Expire::from_duration);
+    // Fresh for the TTL, kept for the stale window after it.
+    let expire = published
+        .stale
+        .stored_expiry(expire, record)?
+        .as_duration()
+        .map_or(Expire::NEVER, Expire::from_duration);
     let entry = published.entry.encode(&published.vary);
     if published.variant_key == record {
         // The plain variant: one key, which also replaces a Vary marker.
@@ -187,6 +193,8 @@ pub(crate) struct Unfinished {
     /// The freshness of a response stored in the origin mode, and when it arrived (its storage
     /// time then: its age counts from there).
     pub(crate) origin: Option<(Freshness, u64)>,
+    /// Its stale policy: the key outlives `ttl` by its stale window.
+    pub(crate) stale: impcache::Freshness,
     pub(crate) guard: Option<FlightGuard>,
 }
 
@@ -230,6 +238,7 @@ impl Unfinished {
             },
             vary: self.vary,
             variant_key: self.variant_key,
+            stale: self.stale,
         });
         if let Some(guard) = &self.guard {
             guard.publish(Arc::clone(&published));

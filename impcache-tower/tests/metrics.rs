@@ -3,6 +3,8 @@
 //! thread, which runs a current-thread runtime.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod recorded;
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,8 +14,10 @@ use axum::Router;
 use http::Request;
 use impcache::{Cache, MemoryCacheRepository, RedisCacheRepository};
 use impcache_tower::CacheLayer;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use recorded::{count, requests_total};
 use tower::ServiceExt;
+
+const ROUTE: Option<&str> = Some("/users/{id}");
 
 async fn show_user(Path(id): Path<u64>) -> String {
     format!("user {id}")
@@ -21,64 +25,19 @@ async fn show_user(Path(id): Path<u64>) -> String {
 
 #[test]
 fn requests_are_counted_by_outcome_and_matched_route() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _local = metrics::set_default_local_recorder(&recorder);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    let counts = requests_total(|| async {
         let app: Router = Router::new()
             .route("/users/{id}", get(show_user).post(show_user))
             .layer(CacheLayer::new(Cache::new(MemoryCacheRepository::new())).expire(60));
-        for (method, uri) in [
-            ("GET", "/users/1"),  // miss
-            ("GET", "/users/1"),  // hit
-            ("GET", "/users/2"),  // miss
-            ("POST", "/users/1"), // bypass
-        ] {
-            let request = Request::builder().method(method).uri(uri);
-            let response = app
-                .clone()
-                .oneshot(request.body(Body::empty()).unwrap())
-                .await
-                .unwrap();
-            assert!(response.status().is_success());
-            // Let the background store finish before the next request.
-            tokio::task::yield_now().await;
-        }
+        recorded::miss_hit_miss_bypass::<_, Body, _>(app, "/users/").await;
     });
-    let mut counts: Vec<(Vec<(String, String)>, u64)> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "impcache_http_requests_total")
-        .map(|(key, _, _, value)| {
-            let labels = key
-                .key()
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            let DebugValue::Counter(n) = value else {
-                panic!("a counter")
-            };
-            (labels, n)
-        })
-        .collect();
-    counts.sort();
-    let count = |outcome: &str, n| {
-        (
-            vec![
-                ("outcome".to_owned(), outcome.to_owned()),
-                ("route".to_owned(), "/users/{id}".to_owned()),
-            ],
-            n,
-        )
-    };
     assert_eq!(
         counts,
-        [count("bypass", 1), count("hit", 1), count("miss", 2)]
+        [
+            count("bypass", ROUTE, 1),
+            count("hit", ROUTE, 1),
+            count("miss", ROUTE, 2)
+        ]
     );
 }
 
@@ -86,14 +45,7 @@ fn requests_are_counted_by_outcome_and_matched_route() {
 /// and the handler still answers (fail open); the request after it is counted the same way.
 #[test]
 fn a_failed_lookup_is_counted_as_an_error_and_the_handler_answers() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _local = metrics::set_default_local_recorder(&recorder);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    let counts = requests_total(|| async {
         // A port nothing listens on: bound, read, and closed again. (This test is packaged with
         // the crate, so it cannot use the workspace's unpublished test harness.)
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -116,23 +68,5 @@ fn a_failed_lookup_is_counted_as_an_error_and_the_handler_answers() {
             assert!(response.status().is_success(), "the handler answers");
         }
     });
-    let errors: Vec<_> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "impcache_http_requests_total")
-        .map(|(key, _, _, value)| {
-            let labels: Vec<_> = key
-                .key()
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            (labels, value)
-        })
-        .collect();
-    let labels = vec![
-        ("outcome".to_owned(), "error".to_owned()),
-        ("route".to_owned(), "/users/{id}".to_owned()),
-    ];
-    assert_eq!(errors, [(labels, DebugValue::Counter(2))]);
+    assert_eq!(counts, [count("error", ROUTE, 2)]);
 }

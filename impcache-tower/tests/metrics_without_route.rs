@@ -5,70 +5,63 @@
 //! the way most users of other frameworks build it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod recorded;
+
 use std::convert::Infallible;
 
 use http::{Request, Response};
 use impcache::{Cache, MemoryCacheRepository};
 use impcache_tower::CacheLayer;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tower::{service_fn, Layer, ServiceExt};
+use recorded::{count, requests_total};
+use tower::{service_fn, Layer};
 
 #[test]
 fn requests_are_counted_by_outcome_without_a_route() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let _local = metrics::set_default_local_recorder(&recorder);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    let counts = requests_total(|| async {
         let handler = service_fn(|request: Request<String>| async move {
             Ok::<_, Infallible>(Response::new(format!("page {}", request.uri().path())))
         });
         let service = CacheLayer::new(Cache::new(MemoryCacheRepository::new()))
             .expire(60)
             .layer(handler);
-        for (method, uri) in [
-            ("GET", "/pages/1"),  // miss
-            ("GET", "/pages/1"),  // hit
-            ("GET", "/pages/2"),  // miss
-            ("POST", "/pages/1"), // bypass
-        ] {
-            let request = Request::builder().method(method).uri(uri);
-            let response = service
-                .clone()
-                .oneshot(request.body(String::new()).unwrap())
-                .await
-                .unwrap();
-            assert!(response.status().is_success());
-            // Let the background store finish before the next request.
-            tokio::task::yield_now().await;
-        }
+        recorded::miss_hit_miss_bypass(service, "/pages/").await;
     });
-    let mut counts: Vec<_> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "impcache_http_requests_total")
-        .map(|(key, _, _, value)| {
-            let labels: Vec<_> = key
-                .key()
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            (labels, value)
-        })
-        .collect();
-    counts.sort_by(|a, b| a.0.cmp(&b.0));
-    let count = |outcome: &str, n| {
-        (
-            vec![("outcome".to_owned(), outcome.to_owned())],
-            DebugValue::Counter(n),
-        )
-    };
     assert_eq!(
         counts,
-        [count("bypass", 1), count("hit", 1), count("miss", 2)]
+        [
+            count("bypass", None, 1),
+            count("hit", None, 1),
+            count("miss", None, 2)
+        ]
     );
+}
+
+/// A stale response standing in for a failing handler is counted as `stale`.
+#[test]
+fn a_stale_response_is_counted_as_stale() {
+    let counts = requests_total(|| async {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handler = service_fn(move |_: Request<String>| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let mut response = Response::new("page".to_owned());
+                if n > 0 {
+                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let layer = CacheLayer::new(Cache::new(MemoryCacheRepository::new()))
+            .expire(1)
+            .stale_if_error(std::time::Duration::from_secs(60));
+        let service = layer.layer(handler);
+        let get = || Request::get("/page").body(String::new()).unwrap();
+        let first = tower::ServiceExt::oneshot(service.clone(), get()).await;
+        assert!(first.unwrap().status().is_success());
+        // Past the one-second freshness (no timing is asserted).
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let stale = tower::ServiceExt::oneshot(service, get()).await.unwrap();
+        assert!(stale.status().is_success(), "the stale response answers");
+    });
+    assert_eq!(counts, [count("miss", None, 1), count("stale", None, 1)]);
 }

@@ -39,6 +39,7 @@ const OPERATIONS: &[&str] = &[
     "fresh-hit",
     "http-cached",
     "http-cached-lean",
+    "http-cached-stale",
     "http-raw",
     "concurrent-set-impcache",
     "concurrent-set-raw",
@@ -329,7 +330,8 @@ fn two_threads(system: &str, n: u64) {
 }
 
 /// One HTTP GET through axum over loopback, hyper client and server in this process: a
-/// `CacheLayer` hit (`cached`; `cached-lean` without the status headers and the computed ETag)
+/// `CacheLayer` hit (`cached`; `cached-lean` without the status headers and the computed ETag;
+/// `cached-stale` with stale-while-revalidate and stale-if-error windows)
 /// or a handler doing one raw `GET` (`raw`), as in the bench's case 5. `n` requests from `tasks`
 /// concurrent client tasks (`concurrent-http-*`: 256 on two workers, for `/usr/bin/time`).
 async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
@@ -361,6 +363,13 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
             layer = layer
                 .status_header(impcache_tower::StatusHeader::None)
                 .compute_etag(false);
+            "cached"
+        }
+        // Issue 15: the same hit with both stale windows on (every hit is fresh).
+        "cached-stale" => {
+            layer = layer
+                .stale_while_revalidate(std::time::Duration::from_secs(60))
+                .stale_if_error(std::time::Duration::from_secs(3600));
             "cached"
         }
         route => route,

@@ -143,6 +143,9 @@ pub enum LayerOutcome {
     Bypass,
     /// The cache failed; forwarded to the service.
     Error,
+    /// A stored response served past its freshness (stale-while-revalidate, or standing in for
+    /// a failed service under stale-if-error).
+    Stale,
 }
 
 impl LayerOutcome {
@@ -153,6 +156,7 @@ impl LayerOutcome {
             LayerOutcome::Miss => "miss",
             LayerOutcome::Bypass => "bypass",
             LayerOutcome::Error => "error",
+            LayerOutcome::Stale => "stale",
         }
     }
 }

@@ -1,0 +1,157 @@
+//! Serving stale responses (RFC 5861): which stored response may be served past its freshness,
+//! and how. The windows are [`impcache::Freshness`] policies, one per stored response: the
+//! response's own `stale-while-revalidate` / `stale-if-error` directives, else the layer's
+//! [`stale_while_revalidate`](crate::CacheLayer::stale_while_revalidate) and
+//! [`stale_if_error`](crate::CacheLayer::stale_if_error); none when the response forbids serving
+//! it stale. An entry is stored for its freshness plus the policy's
+//! [`stale_window`](impcache::Freshness::stale_window), and judged at each lookup by
+//! [`judge`]: the entry itself knows when it was stored and for how long it is fresh, so a hit
+//! stays one read.
+//!
+//! Within the stale-while-revalidate window the service answers with the entry and makes one
+//! background handler call per URL (it leads the URL's flight, see [`crate::flight`]); within the
+//! stale-if-error window it calls the handler and answers with the entry when the handler fails.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use impcache::Freshness;
+
+use crate::config::Config;
+use crate::entry::Entry;
+use crate::freshness;
+use crate::policy::CacheControl;
+
+/// Where a stored entry stands at a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Judged {
+    /// Served as it is.
+    Fresh,
+    /// Served stale (`past` its freshness) while one background call refreshes it.
+    WhileRevalidating { past: Duration },
+    /// Stale (`past` its freshness): the handler is called, and the entry answers if it fails.
+    IfError { past: Duration },
+    /// Stale and not to be served: the handler answers (the origin mode revalidates it).
+    Expired,
+}
+
+/// The stale policy of a response with `headers` under the layer's rules; `None` when it may not
+/// be served stale (no window, or a directive forbids it).
+pub(crate) fn policy(config: &Config, headers: &HeaderMap) -> Option<Freshness> {
+    let cc = if config.follow_origin {
+        freshness::directives(headers, config.targeted_field.as_ref())
+    } else {
+        CacheControl::parse(headers)
+    };
+    // `s-maxage` implies `proxy-revalidate` for a shared cache (RFC 9111 §5.2.2.10); in the
+    // default mode it only shortens the TTL.
+    if cc.must_revalidate || cc.no_cache || (config.follow_origin && cc.s_maxage.is_some()) {
+        return None;
+    }
+    let window = |directive: Option<u64>, layer: Duration| {
+        Some(directive.map_or(layer, Duration::from_secs)).filter(|window| !window.is_zero())
+    };
+    let mut policy = Freshness::new();
+    if let Some(swr) = window(cc.stale_while_revalidate, config.stale_while_revalidate) {
+        policy = policy.stale_while_revalidate(swr);
+    }
+    if let Some(sie) = window(cc.stale_if_error, config.stale_if_error) {
+        policy = policy.stale_if_error(sie);
+    }
+    (!policy.stale_window().is_zero()).then_some(policy)
+}
+
+/// Where `entry` stands at `now_ms`. An entry of the default mode past its TTL without a stale
+/// policy is still served: its key's TTL is its freshness, so it is about to go.
+#[inline]
+pub(crate) fn judge(config: &Config, entry: &Entry, now_ms: u64) -> Judged {
+    let Some(past) = entry.stale_for(now_ms) else {
+        return Judged::Fresh;
+    };
+    let Some(policy) = policy(config, &entry.headers) else {
+        return if config.follow_origin {
+            Judged::Expired
+        } else {
+            Judged::Fresh
+        };
+    };
+    if policy.serves_while_revalidating(past) {
+        Judged::WhileRevalidating { past }
+    } else if policy.serves_if_error(past) {
+        Judged::IfError { past }
+    } else {
+        Judged::Expired
+    }
+}
+
+/// Why a stale response was served: the `detail` of its `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Within stale-while-revalidate: a background call refreshes it.
+    Revalidating,
+    /// The handler returned an error.
+    HandlerError,
+    /// The handler answered with one of the stale-if-error statuses.
+    HandlerStatus,
+    /// The handler took longer than the handler timeout.
+    HandlerTimeout,
+}
+
+impl Why {
+    /// The `detail` of `Cache-Status`.
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            Why::Revalidating => "revalidating",
+            Why::HandlerError => "handler-error",
+            Why::HandlerStatus => "handler-status",
+            Why::HandlerTimeout => "handler-timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use impcache::{Cache, MemoryCacheRepository};
+
+    fn headers(cache_control: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        );
+        h
+    }
+
+    #[test]
+    fn directives_win_over_the_layer_and_some_forbid() {
+        let mut config = Config::new(Cache::new(MemoryCacheRepository::new()));
+        assert_eq!(policy(&config, &headers("max-age=10")), None);
+        let p = policy(&config, &headers("max-age=10, stale-while-revalidate=30")).unwrap();
+        assert_eq!(
+            p.stale_while_revalidate_window(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(p.stale_if_error_window(), None);
+        config.stale_while_revalidate = Duration::from_secs(5);
+        config.stale_if_error = Duration::from_secs(60);
+        let p = policy(&config, &headers("max-age=10, stale-if-error=0")).unwrap();
+        assert_eq!(
+            p.stale_while_revalidate_window(),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(p.stale_if_error_window(), None);
+        assert_eq!(p.stale_window(), Duration::from_secs(5));
+        for forbidding in [
+            "max-age=10, must-revalidate",
+            "proxy-revalidate",
+            "no-cache",
+        ] {
+            assert_eq!(policy(&config, &headers(forbidding)), None, "{forbidding}");
+        }
+        assert!(policy(&config, &headers("s-maxage=10")).is_some());
+        config.follow_origin = true;
+        assert_eq!(policy(&config, &headers("s-maxage=10")), None);
+    }
+}

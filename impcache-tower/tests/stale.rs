@@ -1,0 +1,391 @@
+//! Stale responses (RFC 5861): `stale_while_revalidate`, `stale_if_error` (handler error, 5xx,
+//! timeout), the responses' directives, on the memory repository and a real Redis, and through
+//! axum over TCP. The default mode's entries are fresh for a whole number of seconds, so these
+//! tests wait past a one-second freshness (they assert no timings); the origin mode's are made
+//! stale on arrival with `Age`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use impcache::{Cache, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use impcache_tower::{CacheLayer, StatusHeader};
+use support::*;
+use tower::{Layer, ServiceExt};
+
+/// Past a one-second freshness.
+async fn past_freshness() {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+}
+
+/// The handler's answer to its next call, set by the test.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Ok,
+    Status(u16),
+    Error,
+    Slow,
+}
+
+/// A service answering `call {n}` as `answer` says, counting calls; `Cache-Control` of its
+/// responses from `cache_control` (none when empty).
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    answer: Arc<std::sync::Mutex<Answer>>,
+    cache_control: &'static str,
+}
+
+impl Origin {
+    fn new(cache_control: &'static str) -> Self {
+        Origin {
+            calls: Arc::default(),
+            answer: Arc::new(std::sync::Mutex::new(Answer::Ok)),
+            cache_control,
+        }
+    }
+
+    fn set(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = std::io::Error,
+        Future = impl Future<Output = Result<Response<Body>, std::io::Error>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        let origin = self.clone();
+        tower::service_fn(move |_request: Request<Body>| {
+            let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let answer = *origin.answer.lock().unwrap();
+            let cache_control = origin.cache_control;
+            async move {
+                let status = match answer {
+                    Answer::Ok => 200,
+                    Answer::Status(status) => status,
+                    Answer::Error => return Err(std::io::Error::other("handler failed")),
+                    Answer::Slow => {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        200
+                    }
+                };
+                // The revalidation calls take a moment: concurrent requests overlap them.
+                if n > 1 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut response = Response::builder().status(status);
+                if !cache_control.is_empty() {
+                    response = response.header("cache-control", cache_control);
+                }
+                Ok(response.body(Body::from(format!("call {n}"))).unwrap())
+            }
+        })
+    }
+}
+
+/// What a client sees: status, `x-cache`, `Cache-Status`, body (`Err` for a handler error).
+async fn call<S>(service: &S, uri: &str) -> Result<(StatusCode, String, String, Bytes), String>
+where
+    S: tower::Service<Request<Body>, Response = Response<impcache_tower::ResponseBody<Body>>>
+        + Clone,
+    S::Error: std::fmt::Display,
+{
+    let response = service
+        .clone()
+        .oneshot(get(uri))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (x_cache, status) = (header("x-cache"), header("cache-status"));
+    let code = parts.status;
+    let body = body.collect().await.unwrap().to_bytes();
+    Ok((code, x_cache, status, body))
+}
+
+fn layer(cache: Cache) -> CacheLayer {
+    CacheLayer::new(cache)
+        .expire(1)
+        .status_header(StatusHeader::Both)
+}
+
+/// Stale-while-revalidate: 20 concurrent requests for a stale URL are all answered with the
+/// stale entry at once, one background handler call refreshes it, and the requests after it get
+/// the new response.
+async fn while_revalidating_serves_stale_and_calls_the_handler_once(cache: Cache) {
+    let origin = Origin::new("");
+    let layer = layer(cache).stale_while_revalidate(Duration::from_secs(60));
+    let service = layer.clone().layer(origin.service());
+    let first = call(&service, "/swr").await.unwrap();
+    assert_eq!(
+        (first.1.as_str(), first.3.as_ref()),
+        ("MISS", &b"call 1"[..])
+    );
+    wait_stored(&layer, "/swr").await;
+    past_freshness().await;
+
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { call(&service, "/swr").await.unwrap() })
+        })
+        .collect();
+    for request in requests {
+        let (status, x_cache, cache_status, body) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+        assert!(
+            cache_status.starts_with("impcache; hit; fwd=stale; ttl=-")
+                && cache_status.ends_with("; detail=revalidating"),
+            "{cache_status}"
+        );
+    }
+    // The background call stores `call 2`; then it is a plain hit.
+    let mut seen = call(&service, "/swr").await.unwrap();
+    for _ in 0..200 {
+        if seen.3 == "call 2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = call(&service, "/swr").await.unwrap();
+    }
+    assert_eq!((seen.1.as_str(), seen.3.as_ref()), ("HIT", &b"call 2"[..]));
+    assert_eq!(origin.calls(), 2, "one background handler call");
+}
+
+/// Stale-if-error: a stale entry stands in for a 5xx, a handler error and a slow handler; a
+/// success replaces it.
+async fn if_error_serves_stale_on_5xx_error_and_timeout(cache: Cache) {
+    let origin = Origin::new("");
+    let layer = layer(cache)
+        .stale_if_error(Duration::from_secs(60))
+        .handler_timeout(Duration::from_millis(200));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/sie").await.unwrap();
+    wait_stored(&layer, "/sie").await;
+    past_freshness().await;
+    for (answer, detail) in [
+        (Answer::Status(503), "handler-status"),
+        (Answer::Error, "handler-error"),
+        (Answer::Slow, "handler-timeout"),
+    ] {
+        origin.set(answer);
+        let (status, x_cache, cache_status, body) = call(&service, "/sie").await.unwrap();
+        assert_eq!(
+            (status, x_cache.as_str(), body.as_ref()),
+            (StatusCode::OK, "STALE", &b"call 1"[..]),
+            "{answer:?}"
+        );
+        assert!(
+            cache_status.starts_with("impcache; hit; fwd=stale; ttl=-")
+                && cache_status.ends_with(&format!("; detail={detail}")),
+            "{cache_status}"
+        );
+    }
+    // A status not configured goes through; so does a success, which is stored.
+    origin.set(Answer::Status(404));
+    let (status, x_cache, ..) = call(&service, "/sie").await.unwrap();
+    assert_eq!((status, x_cache.as_str()), (StatusCode::NOT_FOUND, "MISS"));
+    origin.set(Answer::Ok);
+    let (status, x_cache, cache_status, body) = call(&service, "/sie").await.unwrap();
+    assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "MISS"));
+    assert!(cache_status.contains("fwd=stale; stored"), "{cache_status}");
+    assert_eq!(body, format!("call {}", origin.calls()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_revalidating_on_memory() {
+    while_revalidating_serves_stale_and_calls_the_handler_once(memory_cache()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_revalidating_on_redis() {
+    let redis = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
+    while_revalidating_serves_stale_and_calls_the_handler_once(cache).await;
+}
+
+#[tokio::test]
+async fn if_error_on_memory() {
+    if_error_serves_stale_on_5xx_error_and_timeout(memory_cache()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_error_on_redis() {
+    let redis = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
+    if_error_serves_stale_on_5xx_error_and_timeout(cache).await;
+}
+
+/// Past the stale-while-revalidate window (but within stale-if-error's) the handler answers; past
+/// stale-if-error's, its error goes through.
+#[tokio::test]
+async fn past_the_window_the_handler_answers() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache())
+        .stale_while_revalidate(Duration::from_secs(1))
+        .stale_if_error(Duration::from_secs(1));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/over").await.unwrap();
+    wait_stored(&layer, "/over").await;
+    past_freshness().await;
+    past_freshness().await;
+    origin.set(Answer::Status(503));
+    let (status, x_cache, ..) = call(&service, "/over").await.unwrap();
+    assert_eq!(
+        (status, x_cache.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "MISS")
+    );
+    origin.set(Answer::Ok);
+    let (status, x_cache, _, body) = call(&service, "/over").await.unwrap();
+    assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "MISS"));
+    assert_eq!(body, "call 3");
+}
+
+/// A response's `stale-while-revalidate` / `stale-if-error` win over the layer's (here: none);
+/// `must-revalidate` forbids serving stale whatever the layer says; `stale-if-error=0` turns the
+/// layer's window off for that response.
+#[tokio::test]
+async fn directives_win_over_the_layer() {
+    let origin = Origin::new("max-age=1, stale-while-revalidate=30");
+    let plain = layer(memory_cache());
+    let service = plain.clone().layer(origin.service());
+    call(&service, "/d").await.unwrap();
+    wait_stored(&plain, "/d").await;
+    past_freshness().await;
+    let (_, x_cache, _, body) = call(&service, "/d").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+
+    for cache_control in ["max-age=1, must-revalidate", "max-age=1, stale-if-error=0"] {
+        let origin = Origin::new(cache_control);
+        let layer = layer(memory_cache())
+            .stale_while_revalidate(Duration::from_secs(60))
+            .stale_if_error(Duration::from_secs(60));
+        let service = layer.clone().layer(origin.service());
+        call(&service, "/f").await.unwrap();
+        wait_stored(&layer, "/f").await;
+        past_freshness().await;
+        origin.set(Answer::Status(503));
+        let (status, x_cache, ..) = call(&service, "/f").await.unwrap();
+        let expected = if cache_control.contains("must-revalidate") {
+            (StatusCode::SERVICE_UNAVAILABLE, "MISS")
+        } else {
+            // stale-if-error=0, but the layer's stale-while-revalidate still holds.
+            (StatusCode::OK, "STALE")
+        };
+        assert_eq!((status, x_cache.as_str()), expected, "{cache_control}");
+    }
+}
+
+/// The origin mode: a response stale on arrival (`Age` past `max-age`) with
+/// `stale-while-revalidate` is served stale; with `s-maxage` it is not (a shared cache's
+/// `proxy-revalidate`).
+#[tokio::test]
+async fn origin_mode_directives() {
+    for (cache_control, stale) in [
+        ("max-age=10, stale-while-revalidate=60", true),
+        ("s-maxage=10, stale-while-revalidate=60", false),
+    ] {
+        let layer = CacheLayer::new(memory_cache())
+            .follow_origin(true)
+            .status_header(StatusHeader::Both);
+        let (svc, calls) = app(layer.clone(), move |n, _| async move {
+            Response::builder()
+                .header("cache-control", cache_control)
+                .header("age", "20")
+                .header("etag", "\"v\"")
+                .body(Body::from(format!("call {n}")))
+                .unwrap()
+        });
+        send(&svc, get("/o")).await;
+        wait_stored(&layer, "/o").await;
+        let seen = send(&svc, get("/o")).await;
+        if stale {
+            assert_eq!(seen.header("x-cache"), Some("STALE"));
+            assert_eq!(
+                seen.header("cache-status"),
+                Some("impcache; hit; fwd=stale; ttl=-10; detail=revalidating")
+            );
+            assert_eq!(seen.body, "call 1");
+        } else {
+            assert_ne!(seen.header("x-cache"), Some("STALE"), "{cache_control}");
+            assert_eq!(calls.get(), 2);
+        }
+    }
+}
+
+/// Axum over TCP with a real Redis: a stale entry answers for a failing handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_over_tcp_with_redis() {
+    let redis = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
+    let layer = layer(cache).stale_if_error(Duration::from_secs(60));
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&failing);
+    let app = axum::Router::new()
+        .route(
+            "/page",
+            axum::routing::get(move || {
+                let failing = flag.load(Ordering::SeqCst);
+                async move {
+                    if failing {
+                        (StatusCode::BAD_GATEWAY, "down")
+                    } else {
+                        (StatusCode::OK, "page")
+                    }
+                }
+            }),
+        )
+        .layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let fetch = |client: hyper_util::client::legacy::Client<_, _>| async move {
+        let uri = format!("http://{addr}/page");
+        let response = client.get(uri.parse().unwrap()).await.unwrap();
+        let status = response.status();
+        let x_cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, x_cache, body)
+    };
+    assert_eq!(fetch(client.clone()).await.1, "MISS");
+    let request = Request::get(format!("http://{addr}/page"))
+        .body(())
+        .unwrap();
+    let key = format!("{}:v", layer.request_key(&request));
+    wait_value(layer.cache(), &key, |value| value.is_some()).await;
+    past_freshness().await;
+    failing.store(true, Ordering::SeqCst);
+    let (status, x_cache, body) = fetch(client.clone()).await;
+    assert_eq!(
+        (status, x_cache.as_str(), body.as_ref()),
+        (StatusCode::OK, "STALE", &b"page"[..])
+    );
+    server.abort();
+}
