@@ -349,3 +349,27 @@ async fn the_lock_must_outlive_the_hard_timeout() {
         other => panic!("expected InvalidExpire, got {other:?}"),
     }
 }
+
+/// Through Sentinel (feature `sentinel`): 4 processes, each its own Sentinel repository, share
+/// the primary the Sentinel names; one case, the group being slow to start.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_four_processes_run_the_loader_once() {
+    use impcache::RedisSentinelCacheRepository;
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+    let group = SentinelGroup::start();
+    let sentinel = group.sentinel_url();
+    let shared = Shared {
+        process: Box::new(move || {
+            Cache::new(
+                RedisSentinelCacheRepository::builder([sentinel.clone()], SENTINEL_SERVICE)
+                    .deadline(HANG)
+                    .build()
+                    .unwrap(),
+            )
+        }),
+        server: None,
+    };
+    four_processes_of_fifty_callers_run_the_loader_once(shared).await;
+    drop(group);
+}
