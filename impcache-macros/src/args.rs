@@ -10,7 +10,7 @@ use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
 use crate::errors::Errors;
 
 /// The valid options, in the order the error message lists them.
-const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `early_refresh`";
+const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `early_refresh`, `lock`";
 
 /// The freshness options (issue 15), each taking seconds or a `Duration`: the name of the
 /// `impcache::Freshness` builder method each one calls.
@@ -45,6 +45,11 @@ pub(crate) struct Args {
     pub(crate) returns: Option<(LitStr, Returns)>,
     /// The freshness options given, in order: each option's name and value.
     pub(crate) freshness: Vec<(Ident, Expr)>,
+    /// `lock` (issue 16): `true` for the default `Lock`, else its lifetime (seconds or a
+    /// `Duration`); `None` without one (or `lock = false`).
+    pub(crate) lock: Option<Expr>,
+    /// Whether `lock` was given (a second one is a duplicate, even after `lock = false`).
+    pub(crate) lock_given: bool,
 }
 
 /// Stores `value` in `slot`, or reports a duplicate at `path`.
@@ -241,6 +246,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                 _ => errors.push(syn::Error::new_spanned(meta, "expected `skip(arg, ...)`")),
             },
             name if FRESHNESS.contains(&name) => freshness(&mut args, meta, name, errors),
+            "lock" => lock(&mut args, meta, errors),
             "hard_timeout" => errors.push(syn::Error::new_spanned(
                 path,
                 "`hard_timeout` is not available in `#[cached]`: a cached function has no value to return when its body is given up; use `Cache::get_or_set` with `Freshness::hard_timeout`",
@@ -275,5 +281,58 @@ fn freshness(args: &mut Args, meta: &Meta, name: &str, errors: &mut Errors) {
     }
     if let Some(ident) = path.get_ident() {
         args.freshness.push((ident.clone(), expr.clone()));
+    }
+}
+
+/// `lock` (or `lock = true`): the default lock; `lock = 30` / `lock = Duration::...`: a lock of
+/// that lifetime (its wait the same); `lock = false`: none.
+fn lock(args: &mut Args, meta: &Meta, errors: &mut Errors) {
+    const TAKES: &str = "`lock` takes `true`, `false`, a lifetime in seconds or a `Duration`";
+    if args.lock_given {
+        errors.push(syn::Error::new_spanned(
+            meta.path(),
+            "`lock` specified more than once",
+        ));
+        return;
+    }
+    args.lock_given = true;
+    let expr = match meta {
+        Meta::Path(path) => Expr::Lit(ExprLit {
+            attrs: Vec::new(),
+            lit: Lit::Bool(LitBool::new(true, path.span())),
+        }),
+        Meta::NameValue(nv) => nv.value.clone(),
+        Meta::List(_) => {
+            errors.push(syn::Error::new_spanned(meta, "expected `lock = 10`"));
+            return;
+        }
+    };
+    match &expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) if !b.value => {}
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(_) | Lit::Int(_),
+            ..
+        })
+        | Expr::Path(_)
+        | Expr::Call(_)
+        | Expr::MethodCall(_)
+        | Expr::Paren(_)
+        | Expr::Unary(_)
+        | Expr::Binary(_)
+        | Expr::Macro(_)
+        | Expr::Field(_)
+        | Expr::Block(_) => {
+            if is_obviously_not_positive(&expr) {
+                errors.push(syn::Error::new_spanned(
+                    &expr,
+                    "`lock`'s lifetime must be positive",
+                ));
+            } else {
+                args.lock = Some(expr);
+            }
+        }
+        other => errors.push(syn::Error::new_spanned(other, TAKES)),
     }
 }

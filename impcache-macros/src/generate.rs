@@ -209,7 +209,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let receiver_comma = receiver.map(|r| quote!(#r,));
     let body = &block.stmts;
 
-    let call = if plan.freshness.is_empty() {
+    let call = if plan.freshness.is_empty() && plan.lock.is_none() {
         quote! {
             ::impcache::__private::memoize(
                 &__IMPCACHE_FUNCTION,
@@ -228,6 +228,11 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         let options = plan.freshness.iter().map(|(name, value)| {
             quote_spanned!(value.span()=> .#name(::impcache::__private::duration(#value)))
         });
+        // `lock = ...` (issue 16): a lock of that lifetime, or the default one.
+        let lock = plan
+            .lock
+            .iter()
+            .map(|value| quote_spanned!(value.span()=> .lock(::impcache::__private::lock(#value))));
         quote! {
             ::impcache::__private::memoize_fresh(
                 &__IMPCACHE_FUNCTION,
@@ -235,7 +240,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
                 #version_opt,
                 __impcache_key,
                 #expire,
-                ::impcache::Freshness::new() #(#options)*,
+                ::impcache::Freshness::new() #(#options)* #(#lock)*,
                 #policy,
                 #codec_path #codec_args,
                 __impcache_body,

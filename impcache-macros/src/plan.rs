@@ -84,6 +84,8 @@ pub(crate) struct Plan {
     /// The freshness options (`stale_while_revalidate = 30`, ...): each `Freshness` method and
     /// its value. Empty: the plain runtime (`memoize`).
     pub(crate) freshness: Vec<(Ident, Expr)>,
+    /// `lock = ...` (issue 16): `true` or the lock's lifetime; `None` without one.
+    pub(crate) lock: Option<Expr>,
     /// The return type (`()` when none is written).
     pub(crate) ret: Type,
     /// The stored type as spelled (`T` of `Result<T, E>`): where a missing serde impl is reported.
@@ -139,6 +141,7 @@ impl Plan {
             version,
             cache,
             freshness,
+            lock,
             ..
         } = args;
         Some(Plan {
@@ -150,6 +153,7 @@ impl Plan {
             version,
             cache,
             freshness,
+            lock,
             ret,
             value_ty,
             policy,

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::lock::{self, Lock, Turn};
 use super::policy::{Freshness, State};
 use crate::error::{shown, Error};
 use crate::expire::Expiry;
@@ -61,6 +62,9 @@ pub(super) struct Job {
     pub(super) key: String,
     pub(super) expiry: Expiry,
     pub(super) policy: Freshness,
+    /// The cross-process lock and its checked lifetime; `None` without one, or when the call's
+    /// read failed (the cache is down: fail open at once).
+    pub(super) lock: Option<(Lock, Expiry)>,
 }
 
 impl Job {
@@ -89,6 +93,14 @@ where
     // Bad input is the caller's: an invalid expire is an error (nothing is loaded), a key the
     // cache refuses (too long) runs the loader uncached, as any other cache error does.
     let expiry = policy.stored_expiry(expire, key).map_err(E::from_cache)?;
+    let lock = match policy.lock_options() {
+        Some(lock) => Some((
+            lock,
+            lock.checked(policy.hard_timeout_duration(), key)
+                .map_err(E::from_cache)?,
+        )),
+        None => None,
+    };
     if let Err(error) = cache.check_key_for_load(key) {
         report("get", key, &error);
         return loader().await;
@@ -100,6 +112,7 @@ where
         key: key.to_owned(),
         expiry,
         policy,
+        lock,
     };
     let (job, stale, loader) = match cache.read_for_load(key, policy.needs_ttl()).await {
         Ok(Some(found)) => match serve(cache, key, &policy, &job, found, loader) {
@@ -109,7 +122,11 @@ where
         Ok(None) => (job(), None, loader),
         Err(error) => {
             report("get", key, &error);
-            (job(), None, loader)
+            let job = Job {
+                lock: None,
+                ..job()
+            };
+            (job, None, loader)
         }
     };
     load(job, ticket, stale, loader).await
@@ -300,11 +317,37 @@ pub(super) async fn run<V, E, F, Fut>(
     guard: Option<Guard>,
     answer: Option<oneshot::Sender<Result<V, E>>>,
 ) where
-    V: Serialize + Send + 'static,
+    V: Serialize + DeserializeOwned + Send + 'static,
     E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
+    // Across processes (a flight's leader only, with a lock): take the lock, or serve the value
+    // another process stored while this one waited.
+    let held = match (job.lock, &guard) {
+        (Some((lock, lifetime)), Some(_)) => {
+            match lock::take(&job, lock, lifetime, answer.is_some()).await {
+                Turn::Owner(held) => Some(held),
+                Turn::Open => None,
+                // A background reload: another process reloads (the flight is abandoned, and
+                // any caller of this process waiting on it joins again).
+                Turn::Busy => return,
+                Turn::Loaded(bytes) => match decode::<V>(&job, &bytes) {
+                    Some(value) => {
+                        if let Some(answer) = answer {
+                            let _ = answer.send(Ok(value));
+                        }
+                        if let Some(guard) = guard {
+                            guard.publish(bytes);
+                        }
+                        return;
+                    }
+                    None => None,
+                },
+            }
+        }
+        _ => None,
+    };
     // A panic is caught here and becomes the loader's error: the flight is answered (the stale
     // value or nothing to share) rather than abandoned.
     let mut loading = Box::pin(loader());
@@ -361,6 +404,9 @@ pub(super) async fn run<V, E, F, Fut>(
         },
         (None, None) => {}
     }
+    if let Some(held) = held {
+        held.release(&job).await;
+    }
 }
 
 /// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry).
@@ -408,7 +454,7 @@ pub(super) fn report(operation: &'static str, key: &str, error: &Error) {
 /// past the stale-while-revalidate window loads.
 fn spawn_refresh<V, E, F, Fut>(job: Job, loader: F)
 where
-    V: Serialize + Send + 'static,
+    V: Serialize + DeserializeOwned + Send + 'static,
     E: LoadError,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,

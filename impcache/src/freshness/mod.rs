@@ -45,11 +45,14 @@
 //! - `policy.rs`: [`Freshness`], its options and the fresh/stale rule.
 //! - `request.rs`: [`GetOrSet`] / [`TryGetOrSet`], what `get_or_set` returns.
 //! - `load.rs`: one call: read, classify, load through the flight.
+//! - `lock.rs`: [`Lock`], one loader run across processes (its protocol is in its docs).
 
 mod load;
+mod lock;
 mod policy;
 mod request;
 
 pub(crate) use load::{get_or_set as load_with, LoadError};
+pub use lock::Lock;
 pub use policy::{Freshness, State};
 pub use request::{GetOrSet, TryGetOrSet};

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use super::lock::Lock;
 use crate::error::Result;
 use crate::expire::{Expire, Expiry};
 
@@ -21,6 +22,7 @@ use crate::expire::{Expire, Expiry};
 /// | [`soft_timeout(d)`](Freshness::soft_timeout) | with a stale value at hand, answer with it when the loader takes longer than `d`; the loader finishes and stores in the background |
 /// | [`hard_timeout(d)`](Freshness::hard_timeout) | give up on the loader after `d` (stale value if any, else [`Error::Loader`](crate::Error::Loader)) |
 /// | [`early_refresh(d)`](Freshness::early_refresh) | reload a fresh value in the background before it expires, with a probability that rises as the expiry nears (XFetch) |
+/// | [`lock(l)`](Freshness::lock) | one loader run per key across processes: a lock in the repository, the other processes wait for the value (see [`Lock`]) |
 ///
 /// The entry is stored with a time to live of `expire` plus the longer of the two stale windows,
 /// and a read learns how much of it is left (`GET` + `PTTL` in one round trip): the value itself
@@ -45,6 +47,7 @@ pub struct Freshness {
     soft_timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
     early_refresh: Option<Duration>,
+    lock: Option<Lock>,
 }
 
 /// Where a value read with its remaining TTL stands under a policy ([`Freshness::state`]).
@@ -72,6 +75,7 @@ impl Freshness {
             soft_timeout: None,
             hard_timeout: None,
             early_refresh: None,
+            lock: None,
         }
     }
 
@@ -117,6 +121,20 @@ impl Freshness {
     pub const fn early_refresh(mut self, gap: Duration) -> Self {
         self.early_refresh = Some(gap);
         self
+    }
+
+    /// One loader run per key across every process sharing the repository (see [`Lock`]): a
+    /// miss takes the key's lock before its loader runs, and the other processes wait for the
+    /// value it stores. Also applies to background reloads, which skip when another process
+    /// holds the lock.
+    pub const fn lock(mut self, lock: Lock) -> Self {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// The lock, if set.
+    pub const fn lock_options(&self) -> Option<Lock> {
+        self.lock
     }
 
     /// The stale-while-revalidate window, if set.

@@ -22,7 +22,7 @@ use super::codec::Codec;
 use super::returns::Policy;
 use crate::error::Error;
 use crate::expire::Expire;
-use crate::freshness::{load_with, Freshness, LoadError};
+use crate::freshness::{load_with, Freshness, LoadError, Lock};
 use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::Cache;
@@ -54,6 +54,34 @@ seconds!(i32, i64, u32, u64, usize);
 /// A freshness option's value as a [`Duration`].
 pub fn duration(value: impl IntoDuration) -> Duration {
     value.into_duration()
+}
+
+// --- `#[cached(lock = ...)]` (issue 16). ---
+
+/// A `lock` option's value: `true` (the default [`Lock`]), or a lifetime in whole seconds or as a
+/// [`Duration`] (the wait is the same, so that a crashed owner's lock expires before its waiters
+/// give up).
+pub trait IntoLock {
+    /// The lock.
+    fn into_lock(self) -> Lock;
+}
+
+impl IntoLock for bool {
+    fn into_lock(self) -> Lock {
+        Lock::new()
+    }
+}
+
+impl<T: IntoDuration> IntoLock for T {
+    fn into_lock(self) -> Lock {
+        let lifetime = self.into_duration();
+        Lock::new().lifetime(lifetime).wait(lifetime)
+    }
+}
+
+/// A `lock` option's value as a [`Lock`].
+pub fn lock(value: impl IntoLock) -> Lock {
+    value.into_lock()
 }
 
 /// A return value that is cached: stored as its policy's part (`T` of `Ok(T)`, ...), read back

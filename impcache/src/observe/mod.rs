@@ -5,6 +5,7 @@
 //! operation's body, finished with its result. The table of metrics is in `OBSERVABILITY.md`.
 
 pub(crate) mod hooks;
+pub(crate) mod lock;
 pub(crate) mod metrics;
 mod span;
 mod stats;
@@ -84,7 +85,11 @@ pub(crate) static METADATA: ::metrics::Metadata<'static> =
 /// with or without it.
 pub fn describe_metrics() {
     ::metrics::with_recorder(|recorder| {
-        for (name, unit, help) in hooks::DESCRIPTIONS.iter().chain(metrics::DESCRIPTIONS) {
+        for (name, unit, help) in hooks::DESCRIPTIONS
+            .iter()
+            .chain(metrics::DESCRIPTIONS)
+            .chain(lock::DESCRIPTIONS)
+        {
             match unit {
                 Some(::metrics::Unit::Seconds) => {
                     recorder.describe_histogram((*name).into(), *unit, (*help).into());

@@ -123,6 +123,23 @@ impl Backend {
         }
     }
 
+    // --- One loader run across processes (issue 16). ---
+
+    /// Removes `key` only if it holds `expected` (a lock's release by its owner).
+    pub(crate) async fn delete_if_equal(&self, key: KeyParts<'_>, expected: Bytes) -> Result<bool> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => Ok(memory.delete_if_equal_now(full.as_str(), &expected)),
+            Backend::Redis(redis) => redis
+                .delete_if_equal_direct(full.as_str(), &expected)
+                .await
+                .map_err(Failed::into_error),
+            Backend::Custom(repository) => {
+                repository.delete_if_equal(full.as_str(), expected).await
+            }
+        }
+    }
+
     pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         match self {
             Backend::Memory(memory) => Ok(memory.get_many_now(keys)),

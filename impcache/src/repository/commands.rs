@@ -69,3 +69,24 @@ pub(crate) fn scan_command(cursor: u64, pattern: &str) -> redis::Cmd {
         .arg(SCAN_BATCH);
     cmd
 }
+
+// --- One loader run across processes (issue 16). ---
+
+/// The compare-and-delete script releasing a lock: `DEL` only if the key still holds the
+/// owner's token (`1` when removed, else `0`).
+pub(crate) const DELETE_IF_EQUAL_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// `EVAL` of [`DELETE_IF_EQUAL_SCRIPT`] on `key` with `expected`.
+pub(crate) fn delete_if_equal_command(key: &str, expected: &[u8]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(
+        5,
+        DELETE_IF_EQUAL_SCRIPT.len() + key.len() + expected.len() + 8,
+    );
+    cmd.arg("EVAL")
+        .arg(DELETE_IF_EQUAL_SCRIPT)
+        .arg(1)
+        .arg(key)
+        .arg(expected);
+    cmd
+}

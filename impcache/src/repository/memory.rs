@@ -210,6 +210,18 @@ impl MemoryCacheRepository {
         u64::from(self.entries.remove(key).is_some())
     }
 
+    /// Compare-and-delete, atomic under the entry's lock.
+    pub(crate) fn delete_if_equal_now(&self, key: &str, expected: &[u8]) -> bool {
+        let removed = self
+            .entries
+            .entry_by_ref(key)
+            .and_compute_with(|found| match found {
+                Some(entry) if entry.value().value == expected => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            });
+        matches!(removed, moka::ops::compute::CompResult::Removed(_))
+    }
+
     pub(crate) fn delete_many_now(&self, keys: &[&str]) -> u64 {
         keys.iter()
             .filter(|key| self.entries.remove(**key).is_some())
@@ -354,6 +366,11 @@ impl CacheRepository for MemoryCacheRepository {
     fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<WithTtl>>> {
         let found = self.get_with_ttl_now(key);
         Box::pin(async move { Ok(found) })
+    }
+
+    fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
+        let removed = self.delete_if_equal_now(key, &expected);
+        Box::pin(async move { Ok(removed) })
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

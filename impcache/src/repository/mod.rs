@@ -125,6 +125,25 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
+    // --- One loader run across processes (issue 16). ---
+
+    /// Removes `key` only if it holds exactly `expected`; `true` when it was removed. This is how
+    /// a lock taken with [`set_nx`](CacheRepository::set_nx) and a random token is released by
+    /// its owner alone (see [`Lock`](crate::Lock)): on Redis one `EVAL` of a compare-and-delete
+    /// script, atomic and on one key (so it works on Cluster).
+    ///
+    /// The default reads, compares and deletes in two calls: not atomic (a lock that expires
+    /// and is taken by another owner between the two is removed all the same, and a second
+    /// loader run may follow). A repository shared between processes should override it.
+    fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            match self.get(key).await? {
+                Some(found) if found == expected => Ok(self.delete(key).await? > 0),
+                _ => Ok(false),
+            }
+        })
+    }
+
     /// Lets [`Cache`](crate::Cache) see which repository this is: the built-in in-memory and
     /// single-node Redis repositories return themselves, and are then called directly, without
     /// the boxed futures of this trait; every other repository keeps this default and is called

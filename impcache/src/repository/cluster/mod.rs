@@ -29,7 +29,7 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use self::node::{is_redirection, Node};
 use self::topology::{key_slot, parse_primaries, SlotMap};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
-use super::commands::{check_value_size, key_command, set_command};
+use super::commands::{check_value_size, delete_if_equal_command, key_command, set_command};
 use super::dsn;
 use super::failure::classify;
 use super::settings::{shared_setters, Settings};
@@ -356,6 +356,15 @@ impl CacheRepository for RedisClusterCacheRepository {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move { self.keyed("delete", key, key_command("UNLINK", key)).await })
+    }
+
+    /// The compare-and-delete script (`EVAL`), routed by the key: one key, one slot.
+    fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let cmd = delete_if_equal_command(key, &expected);
+            let removed: u64 = self.keyed("delete", key, cmd).await?;
+            Ok(removed > 0)
+        })
     }
 
     /// One pipeline per node of one `UNLINK` per slot, all sent in parallel; the counts are

@@ -13,7 +13,7 @@ use crate::expire::Expiry;
 use crate::progress::{DeleteProgress, Sweep};
 use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::commands::{
-    check_value_size, key_command, keys_command, scan_command, set_command,
+    check_value_size, delete_if_equal_command, key_command, keys_command, scan_command, set_command,
 };
 use crate::repository::failure::{Failed, Failure};
 use crate::repository::{BoxFuture, CacheRepository, WithTtl};
@@ -209,6 +209,19 @@ impl RedisCacheRepository {
             .await
     }
 
+    /// Compare-and-delete ([`CacheRepository::delete_if_equal`]): one `EVAL`.
+    pub(crate) async fn delete_if_equal_direct(
+        &self,
+        key: &str,
+        expected: &[u8],
+    ) -> Result<bool, Failed> {
+        let cmd = delete_if_equal_command(key, expected);
+        let removed: u64 = self
+            .query("delete", &|| shown(key), Request::Cmd(&cmd))
+            .await?;
+        Ok(removed > 0)
+    }
+
     /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
     /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
     /// round trip, not to the whole sweep. Each batch is counted in `sweep`; the total removed
@@ -347,6 +360,14 @@ impl CacheRepository for RedisCacheRepository {
     fn get_with_ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<WithTtl>>> {
         Box::pin(async move {
             self.get_with_ttl_direct(key)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.delete_if_equal_direct(key, &expected)
                 .await
                 .map_err(Failed::into_error)
         })

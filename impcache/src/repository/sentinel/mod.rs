@@ -316,6 +316,16 @@ impl CacheRepository for RedisSentinelCacheRepository {
         })
     }
 
+    fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.run("delete", &|| shown(key), true, move |r| {
+                let expected = expected.clone();
+                async move { r.delete_if_equal_direct(key, &expected).await }
+            })
+            .await
+        })
+    }
+
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
         Box::pin(async move {
             self.run(

@@ -1,0 +1,70 @@
+//! `#[cached(lock = ...)]`: one run of the body per key across processes. Each "process" is a
+//! `Cache` of its own (its own single-flight) over one in-memory store; the lock is the same
+//! mechanism as on Redis (`SET NX PX` of `{prefix}:{version}:__lock:{key}`, compare-and-delete),
+//! which `tests/lock.rs` of the harness runs on Redis and Cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use impcache::{cached, Cache, CacheRepository, MemoryCacheRepository};
+use tokio::sync::Semaphore;
+
+const HANG: Duration = Duration::from_secs(10);
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+/// Holds the body until every caller has started.
+static GATE: Semaphore = Semaphore::const_new(0);
+
+#[cached(cache = process, expire = 60, skip(process), lock = 10)]
+async fn locked(process: Cache, id: u32) -> String {
+    let run = RUNS.fetch_add(1, SeqCst);
+    let _permit = GATE.acquire().await.unwrap();
+    format!("{id}:{run}")
+}
+
+/// The default lock: `lock` alone (and `lock = false` is no lock).
+#[cached(cache = process, expire = 60, skip(process), lock)]
+async fn locked_by_default(process: Cache, id: u32) -> u32 {
+    id
+}
+
+#[cached(cache = process, expire = 60, skip(process), lock = false)]
+async fn not_locked(process: Cache, id: u32) -> u32 {
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_run_the_body_once() {
+    let store = MemoryCacheRepository::new();
+    let processes: Vec<Cache> = (0..4)
+        .map(|_| {
+            let repository: Arc<dyn CacheRepository> = Arc::new(store.clone());
+            Cache::builder_shared(repository).build()
+        })
+        .collect();
+    let callers: Vec<_> = processes
+        .iter()
+        .flat_map(|process| (0..50).map(|_| tokio::spawn(locked(process.clone(), 7))))
+        .collect();
+    while RUNS.load(SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The lock of the key, at `{prefix}:{version}:__lock:{key}`.
+    let lock = processes[0].make_key("__lock:cached_lock::locked:7");
+    assert!(store.get(&lock).await.unwrap().is_some(), "{lock}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    GATE.add_permits(1_000);
+    for caller in callers {
+        let got = tokio::time::timeout(HANG, caller).await.unwrap().unwrap();
+        assert_eq!(got, "7:0");
+    }
+    assert_eq!(RUNS.load(SeqCst), 1);
+    assert_eq!(
+        processes[3].get_raw("cached_lock::locked:7").await.unwrap(),
+        Some("\"7:0\"".into())
+    );
+    assert_eq!(locked_by_default(processes[1].clone(), 3).await, 3);
+    assert_eq!(not_locked(processes[1].clone(), 4).await, 4);
+}

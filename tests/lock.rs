@@ -1,0 +1,375 @@
+//! `Freshness::lock`: one loader run per key across processes. Each "process" is an
+//! independent `Cache` over its own repository (its own connections, its own single-flight),
+//! sharing the store: one `redis-server` started by `tests/support`, the memory repository's
+//! store, or (feature `cluster`) the shared Redis Cluster. `each!` instantiates each
+//! `async fn(Shared)` once per store.
+//!
+//! No timing assertions: the loader is held at a gate while the others wait, and a killed owner
+//! is a tokio runtime shut down with its task mid-load.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use impcache::{Cache, Error, Freshness, Lock, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use tokio::sync::{oneshot, Semaphore};
+
+const HANG: Duration = Duration::from_secs(30);
+const PROCESSES: usize = 4;
+const CALLERS: usize = 50;
+
+/// A store shared by several "processes".
+struct Shared {
+    /// A new process on the store.
+    process: Box<dyn Fn() -> Cache + Send + Sync>,
+    server: Option<RedisServer>,
+}
+
+impl Shared {
+    /// One memory repository's store; each process is a `Cache` of its own over a clone (its
+    /// own single-flight, as the flights are per `Cache` repository).
+    fn memory() -> Self {
+        let store = MemoryCacheRepository::new();
+        Shared {
+            process: Box::new(move || {
+                let repository: Arc<dyn impcache::CacheRepository> = Arc::new(store.clone());
+                Cache::builder_shared(repository).build()
+            }),
+            server: None,
+        }
+    }
+
+    /// One `redis-server`; each process has its own repository and connection.
+    fn redis() -> Self {
+        let server = RedisServer::start();
+        let url = server.url();
+        Shared {
+            process: Box::new(move || {
+                Cache::new(
+                    RedisCacheRepository::builder(url.clone())
+                        .deadline(HANG)
+                        .build()
+                        .unwrap(),
+                )
+            }),
+            server: Some(server),
+        }
+    }
+
+    /// The shared cluster of this test binary, under a key prefix of this test's own (the lock
+    /// key and the value key fall in different slots).
+    #[cfg(feature = "cluster")]
+    fn cluster() -> Self {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let prefix = format!(
+            "lock{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Shared {
+            process: Box::new(move || {
+                let repository = impcache::RedisClusterCacheRepository::builder(
+                    impcache_tests::cluster::RedisCluster::shared().urls(),
+                )
+                .deadline(HANG)
+                .build()
+                .unwrap();
+                Cache::builder(repository)
+                    .key_prefix(prefix.clone())
+                    .build()
+            }),
+            server: None,
+        }
+    }
+
+    fn processes(&self, n: usize) -> Vec<Cache> {
+        (0..n).map(|_| (self.process)()).collect()
+    }
+}
+
+macro_rules! each {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Shared::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Shared::redis()).await;
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Shared::cluster()).await;
+                }
+            )*
+        }
+    };
+}
+
+each!(
+    four_processes_of_fifty_callers_run_the_loader_once,
+    a_killed_owner_is_taken_over_after_the_lock_lifetime,
+    a_failing_owner_lets_the_next_process_load,
+);
+
+/// `CALLERS` concurrent `get_or_set` calls of `key` on `cache`, each with `loader()`.
+fn callers<L, Fut>(
+    cache: &Cache,
+    key: &'static str,
+    policy: Freshness,
+    loader: L,
+) -> Vec<tokio::task::JoinHandle<String>>
+where
+    L: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = String> + Send + 'static,
+{
+    (0..CALLERS)
+        .map(|_| {
+            let (cache, loader) = (cache.clone(), loader.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_set(key, 60, loader)
+                    .freshness(policy)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect()
+}
+
+/// Waits until the lock of `k` is gone.
+async fn released(cache: &Cache) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while cache.get_raw("__lock:k").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the lock is released");
+}
+
+async fn answers(handles: Vec<tokio::task::JoinHandle<String>>) -> Vec<String> {
+    let mut all = Vec::new();
+    for handle in handles {
+        all.push(tokio::time::timeout(HANG, handle).await.unwrap().unwrap());
+    }
+    all
+}
+
+/// 4 processes × 50 concurrent callers of a missing key: the loader runs once, and everyone
+/// gets its value.
+async fn four_processes_of_fifty_callers_run_the_loader_once(shared: Shared) {
+    let processes = shared.processes(PROCESSES);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let policy = Freshness::new().lock(Lock::new().wait(HANG));
+    let loader = {
+        let (runs, gate) = (Arc::clone(&runs), Arc::clone(&gate));
+        move || {
+            let (runs, gate) = (Arc::clone(&runs), Arc::clone(&gate));
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let _permit = gate.acquire().await.unwrap();
+                "loaded".to_owned()
+            }
+        }
+    };
+    let mut handles = Vec::new();
+    for cache in &processes {
+        handles.extend(callers(cache, "k", policy, loader.clone()));
+    }
+    // Held at the gate until one loader has started and every process has had time to find
+    // the lock taken and wait (waiting longer only makes the wait longer, never a second run).
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.add_permits(1_000);
+    let all = answers(handles).await;
+    assert_eq!(all.len(), PROCESSES * CALLERS);
+    assert!(all.iter().all(|got| got == "loaded"), "{all:?}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "one loader run across processes"
+    );
+    // Released by its owner after the store (which follows the answers).
+    released(&processes[0]).await;
+}
+
+/// The owner's process dies mid-load (its runtime shut down: nothing is released). Its lock
+/// stays until its lifetime ends; then one of the other processes takes over and loads.
+async fn a_killed_owner_is_taken_over_after_the_lock_lifetime(shared: Shared) {
+    let lifetime = Duration::from_secs(1);
+    let policy = Freshness::new().lock(Lock::new().lifetime(lifetime).wait(HANG));
+    // The owner, in a runtime of its own.
+    let owner_runtime = impcache_tests::multi_thread_runtime();
+    let owner = (shared.process)();
+    let (started, loading) = oneshot::channel::<()>();
+    let started = std::sync::Mutex::new(Some(started));
+    let started = Arc::new(started);
+    owner_runtime.spawn(async move {
+        let _ = owner
+            .get_or_set("k", 60, move || async move {
+                if let Some(started) = started.lock().unwrap().take() {
+                    let _ = started.send(());
+                }
+                std::future::pending::<String>().await
+            })
+            .freshness(policy)
+            .await;
+    });
+    tokio::time::timeout(HANG, loading).await.unwrap().unwrap();
+    owner_runtime.shutdown_background();
+
+    let processes = shared.processes(PROCESSES - 1);
+    // The dead owner's lock, at `{prefix}:{version}:__lock:{key}`.
+    let token = processes[0].get_raw("__lock:k").await.unwrap();
+    assert!(token.is_some(), "the dead owner's lock is still there");
+    if let Some(server) = &shared.server {
+        assert!(server.keys().contains(&processes[0].make_key("__lock:k")));
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let loader = {
+        let runs = Arc::clone(&runs);
+        move || {
+            let runs = Arc::clone(&runs);
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                "taken over".to_owned()
+            }
+        }
+    };
+    let mut handles = Vec::new();
+    for cache in &processes {
+        handles.extend(callers(cache, "k", policy, loader.clone()));
+    }
+    let all = answers(handles).await;
+    assert!(all.iter().all(|got| got == "taken over"), "{all:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one process took over");
+}
+
+/// An owner whose loader fails releases its lock at once: errors are never shared, the next
+/// process takes the lock and runs its own loader.
+async fn a_failing_owner_lets_the_next_process_load(shared: Shared) {
+    let processes = shared.processes(2);
+    let policy = Freshness::new().lock(Lock::new().wait(HANG));
+    let failed: Result<String, Error> = processes[0]
+        .try_get_or_set("k", 60, || async {
+            Err(Error::Loader {
+                key: "k".into(),
+                reason: "the origin is down".into(),
+            })
+        })
+        .freshness(policy)
+        .await;
+    assert!(failed.is_err());
+    // Released after the answer, long before its lifetime (10 s) ends.
+    released(&processes[0]).await;
+    let got: String = tokio::time::timeout(
+        HANG,
+        processes[1]
+            .get_or_set("k", 60, || async { "second".to_owned() })
+            .freshness(policy)
+            .into_future(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, "second");
+}
+
+/// With Redis down, every process fails open at once: each call is answered by its loader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_every_process_fails_open() {
+    let url = format!("redis://127.0.0.1:{}/", impcache_tests::free_port());
+    let processes: Vec<Cache> = (0..PROCESSES)
+        .map(|_| {
+            Cache::new(
+                RedisCacheRepository::builder(url.clone())
+                    .deadline(Duration::from_millis(200))
+                    .build()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let loader = {
+        let runs = Arc::clone(&runs);
+        move || {
+            let runs = Arc::clone(&runs);
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                "loaded".to_owned()
+            }
+        }
+    };
+    let policy = Freshness::new().lock(Lock::new().wait(HANG));
+    let mut handles = Vec::new();
+    for cache in &processes {
+        handles.extend(callers(cache, "k", policy, loader.clone()));
+    }
+    let all = answers(handles).await;
+    assert_eq!(all.len(), PROCESSES * CALLERS);
+    assert!(all.iter().all(|got| got == "loaded"));
+    assert!(runs.load(Ordering::SeqCst) >= 1);
+}
+
+/// A lock that would expire before the loader's hard timeout is refused before anything runs.
+#[tokio::test]
+async fn the_lock_must_outlive_the_hard_timeout() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new()
+        .hard_timeout(Duration::from_secs(5))
+        .lock(Lock::new().lifetime(Duration::from_secs(5)));
+    let got: Result<String, Error> = cache
+        .get_or_set("k", 60, || async { unreachable!("not run") })
+        .freshness(policy)
+        .await;
+    match got {
+        Err(Error::InvalidExpire { reason, .. }) => {
+            assert!(reason.contains("hard timeout"), "{reason}")
+        }
+        other => panic!("expected InvalidExpire, got {other:?}"),
+    }
+}
+
+/// Through Sentinel (feature `sentinel`): 4 processes, each its own Sentinel repository, share
+/// the primary the Sentinel names; one case, the group being slow to start.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_sentinel_four_processes_run_the_loader_once() {
+    use impcache::RedisSentinelCacheRepository;
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+    let group = SentinelGroup::start();
+    let sentinel = group.sentinel_url();
+    let shared = Shared {
+        process: Box::new(move || {
+            Cache::new(
+                RedisSentinelCacheRepository::builder([sentinel.clone()], SENTINEL_SERVICE)
+                    .deadline(HANG)
+                    .build()
+                    .unwrap(),
+            )
+        }),
+        server: None,
+    };
+    four_processes_of_fifty_callers_run_the_loader_once(shared).await;
+    drop(group);
+}
