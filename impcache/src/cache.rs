@@ -14,6 +14,7 @@ use crate::expire::{Expire, Expiry};
 use crate::freshness::{GetOrSet, TryGetOrSet};
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
+use crate::near::{NearCache, NearCacheStats, NearCacheStatus, Store as NearStore};
 use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::observe::metrics::{Operation, Tally};
 use crate::observe::{CacheStats, Counters, Observation};
@@ -128,6 +129,8 @@ struct Shared {
     record_keys: bool,
     /// The counters of [`Cache::stats`], shared by clones and `with_version` copies.
     counters: Counters,
+    /// The near cache's store, when one was configured (issue 14).
+    near: Option<Arc<NearStore>>,
 }
 
 impl fmt::Debug for Cache {
@@ -148,6 +151,7 @@ pub struct CacheBuilder {
     version: Version,
     max_key_bytes: usize,
     record_keys: bool,
+    near: Option<NearCache>,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -157,6 +161,7 @@ impl fmt::Debug for CacheBuilder {
             .field("version", &self.version)
             .field("max_key_bytes", &self.max_key_bytes)
             .field("record_keys", &self.record_keys)
+            .field("near", &self.near)
             .field("repository", &self.repository)
             .finish()
     }
@@ -189,11 +194,28 @@ impl CacheBuilder {
         self
     }
 
+    /// Keeps hot entries in process memory, kept coherent by Redis itself (see [`NearCache`]).
+    /// On a repository that cannot track keys (the memory repository, a custom one) the cache
+    /// runs without it, logs it once and reports [`NearCacheStatus::Unsupported`].
+    pub fn near_cache(mut self, near: NearCache) -> Self {
+        self.near = Some(near);
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
+        let backend = Backend::of(&self.repository);
+        let (backend, near) = match &self.near {
+            Some(config) => {
+                let (backend, store) = backend.with_near(config, &self.key_prefix);
+                (backend, Some(store))
+            }
+            None => (backend, None),
+        };
         Cache {
             shared: Arc::new(Shared {
-                backend: Backend::of(&self.repository),
+                backend,
+                near,
                 repository: self.repository,
                 key_prefix: self.key_prefix,
                 max_key_bytes: self.max_key_bytes,
@@ -224,6 +246,7 @@ impl Cache {
             version: Version::default(),
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             record_keys: false,
+            near: None,
         }
     }
 
@@ -260,6 +283,27 @@ impl Cache {
     /// [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: three atomic loads.
     pub fn stats(&self) -> CacheStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Whether reads are served from the near cache now ([`NearCacheStatus::Active`]).
+    pub fn is_near_cache_active(&self) -> bool {
+        self.near_cache_status() == NearCacheStatus::Active
+    }
+
+    /// The state of the near cache: [`NearCacheStatus::Off`] when none was configured.
+    pub fn near_cache_status(&self) -> NearCacheStatus {
+        self.shared
+            .near
+            .as_ref()
+            .map_or(NearCacheStatus::Off, |store| store.status())
+    }
+
+    /// The near cache's counters (all zero when none was configured).
+    pub fn near_cache_stats(&self) -> NearCacheStats {
+        self.shared
+            .near
+            .as_ref()
+            .map_or_else(NearCacheStats::default, |store| store.stats())
     }
 
     /// The full key for `key`: `{key_prefix}:{version}:{key}`.

@@ -76,6 +76,7 @@ mod glob;
 mod json;
 mod key;
 mod memoize;
+mod near;
 mod observe;
 mod progress;
 pub mod repository;
@@ -87,6 +88,10 @@ pub use freshness::{Freshness, GetOrSet, Lock, TryGetOrSet};
 pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
+pub use near::{
+    NearCache, NearCacheStats, NearCacheStatus, DEFAULT_NEAR_CAPACITY_BYTES,
+    DEFAULT_NEAR_HEARTBEAT, DEFAULT_NEAR_MAX_TTL, DEFAULT_NEAR_MAX_VALUE_BYTES,
+};
 pub use observe::{describe_metrics, CacheStats};
 pub use progress::DeleteProgress;
 pub use repository::breaker::CircuitBreakerConfig;

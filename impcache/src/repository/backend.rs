@@ -16,6 +16,7 @@ use super::{CacheRepository, WithTtl};
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
+use crate::near::{Near, NearCache, Store, Target};
 use crate::progress::{Report, Sweep};
 
 /// How `Cache` reaches its repository.
@@ -32,6 +33,10 @@ pub(crate) enum Backend {
     Redis(RedisCacheRepository),
     /// Any other repository, through the trait.
     Custom(Arc<dyn CacheRepository>),
+    /// A near cache (issue 14) in front of the Redis arm or the trait: reads are served from
+    /// process memory when they can be, writes remove the local entry. Its remote calls are
+    /// boxed (a miss costs a round trip anyway): the arm contains a `Backend`.
+    Near(Box<Near>),
 }
 
 impl Backend {
@@ -46,6 +51,31 @@ impl Backend {
             return Backend::Redis(redis.clone());
         }
         Backend::Custom(Arc::clone(repository))
+    }
+
+    /// `self` behind a near cache, when the repository can track keys; the store either way (its
+    /// status says `Unsupported` when it cannot).
+    pub(crate) fn with_near(self, config: &NearCache, prefix: &str) -> (Backend, Arc<Store>) {
+        let store = Arc::new(Store::new(config));
+        let target = match &self {
+            Backend::Redis(redis) => Some(Target::Single(redis.connection_info())),
+            Backend::Memory(_) => {
+                store.unsupported("the memory repository is in process already");
+                None
+            }
+            Backend::Custom(_) => {
+                store.unsupported("a custom repository cannot track keys");
+                None
+            }
+            Backend::Near(_) => None,
+        };
+        match target {
+            Some(target) => {
+                let near = Near::new(self, Arc::clone(&store), target, prefix);
+                (Backend::Near(Box::new(near)), store)
+            }
+            None => (self, store),
+        }
     }
 
     /// Whether the repository keeps the value bytes it is given (in this process): then each
@@ -65,6 +95,12 @@ impl Backend {
             Backend::Custom(repository) => {
                 repository.set(key.stack().as_str(), value, expiry).await
             }
+            Backend::Near(near) => {
+                near.track();
+                let result = Box::pin(near.remote.set(key, value, expiry)).await;
+                near.store.invalidate(key.stack().as_str().as_bytes());
+                result
+            }
         }
     }
 
@@ -82,6 +118,12 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.set_nx(full.as_str(), value, expiry).await,
+            Backend::Near(near) => {
+                near.track();
+                let result = Box::pin(near.remote.set_nx(key, value, expiry)).await;
+                near.store.invalidate(full.as_str().as_bytes());
+                result
+            }
         }
     }
 
@@ -93,6 +135,14 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.set_many(entries, expiry).await,
+            Backend::Near(near) => {
+                near.track();
+                let result = Box::pin(near.remote.set_many(entries, expiry)).await;
+                for (key, _) in entries {
+                    near.store.invalidate(key.as_bytes());
+                }
+                result
+            }
         }
     }
 
@@ -105,6 +155,23 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get(full.as_str()).await,
+            Backend::Near(near) => {
+                if let Some(value) = near.store.get(full.as_str()) {
+                    return Ok(Some(value));
+                }
+                near.track();
+                let Some(ticket) = near.store.ticket() else {
+                    return Box::pin(near.remote.get(key)).await;
+                };
+                // The `PTTL` in the same pipeline: the local entry never outlives the key.
+                let found = Box::pin(near.remote.get_with_ttl(key)).await?;
+                if let Some(found) = &found {
+                    near.store
+                        .keep_after_barrier(Some(ticket), full.as_str(), found)
+                        .await;
+                }
+                Ok(found.map(|found| found.value))
+            }
         }
     }
 
@@ -120,6 +187,20 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get_with_ttl(full.as_str()).await,
+            Backend::Near(near) => {
+                if let Some(found) = near.store.get_with_ttl(full.as_str()) {
+                    return Ok(Some(found));
+                }
+                near.track();
+                let ticket = near.store.ticket();
+                let found = Box::pin(near.remote.get_with_ttl(key)).await?;
+                if let Some(found) = &found {
+                    near.store
+                        .keep_after_barrier(ticket, full.as_str(), found)
+                        .await;
+                }
+                Ok(found)
+            }
         }
     }
 
@@ -148,6 +229,28 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get_many(keys).await,
+            Backend::Near(near) => {
+                // Local keys served, one `MGET` for the rest (whose replies are not kept: an
+                // `MGET` reads no TTL).
+                let mut values: Vec<Option<Bytes>> =
+                    keys.iter().map(|key| near.store.get(key)).collect();
+                let missing: Vec<&str> = keys
+                    .iter()
+                    .zip(&values)
+                    .filter(|(_, value)| value.is_none())
+                    .map(|(key, _)| *key)
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(values);
+                }
+                near.track();
+                near.store.count_remote(missing.len());
+                let mut fetched = Box::pin(near.remote.get_many(&missing)).await?.into_iter();
+                for value in values.iter_mut().filter(|value| value.is_none()) {
+                    *value = fetched.next().flatten();
+                }
+                Ok(values)
+            }
         }
     }
 
@@ -160,6 +263,12 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.delete(full.as_str()).await,
+            Backend::Near(near) => {
+                near.track();
+                let result = Box::pin(near.remote.delete(key)).await;
+                near.store.invalidate(full.as_str().as_bytes());
+                result
+            }
         }
     }
 
@@ -171,6 +280,14 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.delete_many(keys).await,
+            Backend::Near(near) => {
+                near.track();
+                let result = Box::pin(near.remote.delete_many(keys)).await;
+                for key in keys {
+                    near.store.invalidate(key.as_bytes());
+                }
+                result
+            }
         }
     }
 
@@ -185,6 +302,12 @@ impl Backend {
                 repository
                     .delete_pattern_with_progress(pattern, report)
                     .await
+            }
+            Backend::Near(near) => {
+                near.track();
+                let result = Box::pin(near.remote.delete_pattern(pattern, report)).await;
+                near.store.flush();
+                result
             }
         }
     }

@@ -165,6 +165,11 @@ impl RedisCacheRepository {
         self.inner.deadline
     }
 
+    /// The server's connection settings: where the near cache's tracking connection goes.
+    pub(crate) fn connection_info(&self) -> redis::ConnectionInfo {
+        self.inner.client.get_connection_info().clone()
+    }
+
     /// `true` while the circuit breaker fails operations fast.
     pub fn is_circuit_open(&self) -> bool {
         self.inner.breaker.is_open()

@@ -1,0 +1,202 @@
+//! The coherent near cache (issue 14): hot entries kept in process memory and invalidated by Redis
+//! itself (server-assisted client-side caching, `CLIENT TRACKING`).
+//!
+//! - [`NearCache`]: the settings given to [`CacheBuilder::near_cache`](crate::CacheBuilder::near_cache).
+//! - `store.rs`: the local entries (moka, bounded by bytes) and the race rule (a ticket per read,
+//!   an invalidation log per slot).
+//! - `tracker.rs`: the dedicated RESP3 tracking connection(s) that feed the store its
+//!   invalidations and tell it when it can no longer vouch for its entries.
+//!
+//! The one dispatch point (`repository/backend.rs`) reads through it: its `Near` arm.
+
+mod store;
+mod tracker;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) use self::store::Store;
+pub(crate) use self::tracker::Target;
+use crate::repository::backend::Backend;
+
+/// The default bound of a near cache's memory: 64 MiB of keys and values.
+pub const DEFAULT_NEAR_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// The default longest local lifetime of an entry: 5 minutes (also capped by the key's Redis TTL).
+pub const DEFAULT_NEAR_MAX_TTL: Duration = Duration::from_secs(300);
+/// The default largest value kept locally: 64 KiB (larger values are read from Redis every time).
+pub const DEFAULT_NEAR_MAX_VALUE_BYTES: usize = 64 * 1024;
+/// The default interval of the tracking connection's `PING`: 500 ms.
+pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// A near cache: hot values kept in process memory, in front of a Redis repository, and kept
+/// coherent by Redis itself.
+///
+/// Given to [`CacheBuilder::near_cache`](crate::CacheBuilder::near_cache). Works with
+/// [`RedisCacheRepository`](crate::RedisCacheRepository) and the Sentinel and Cluster
+/// repositories; any other repository runs without it
+/// ([`NearCacheStatus::Unsupported`], logged once).
+///
+/// ```no_run
+/// # fn run() -> impcache::Result<()> {
+/// use impcache::{Cache, NearCache, RedisCacheRepository};
+///
+/// let cache = Cache::builder(RedisCacheRepository::new("redis://127.0.0.1:6379/0")?)
+///     .near_cache(NearCache::new().max_capacity_bytes(64 * 1024 * 1024))
+///     .build();
+/// # let _ = cache; Ok(()) }
+/// ```
+///
+/// # How it stays coherent
+/// A dedicated RESP3 connection per server (per primary on Cluster) runs
+/// `CLIENT TRACKING ON BCAST PREFIX {key_prefix}:`: Redis pushes on it the name of every key under
+/// the cache's prefix that changes, by any client (another process, the Python library,
+/// `redis-cli`, expiry, eviction), and a "flush everything" on `FLUSHDB`/`FLUSHALL`.
+///
+/// *Why BCAST*: in the default mode Redis remembers every key each client read (server memory
+/// per key, `tracking-table-max-keys`, and the reads must go through the tracking connection);
+/// BCAST costs the server nothing per key, lets the tracking connection be separate from the
+/// data connection (which stays as it is), and a cache owns its whole prefix anyway. Its cost is
+/// an invalidation message for every write under the prefix, read locally or not.
+///
+/// - A read takes a ticket before it is sent; its reply is kept only if no invalidation of its
+///   slot arrived since (a reply that raced with a change is never kept).
+/// - A local entry lives at most `min(max_ttl, PTTL − round trip)`: the `PTTL` is read in the
+///   same pipeline as the `GET`.
+/// - This cache's own writes and deletes remove the local entry at once.
+/// - A lost or replaced tracking connection, a Sentinel failover or a new Cluster slot map
+///   flushes everything; until the tracking connection is back and subscribed, nothing is served
+///   locally ([`NearCacheStatus::Connecting`]).
+/// - A server that refuses `CLIENT TRACKING` (`CLIENT` renamed, an old server, a managed service)
+///   turns the near cache off for good ([`NearCacheStatus::Unsupported`], one `warn!`).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct NearCache {
+    pub(crate) max_capacity_bytes: u64,
+    pub(crate) max_ttl: Duration,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) heartbeat: Duration,
+}
+
+impl Default for NearCache {
+    fn default() -> Self {
+        NearCache {
+            max_capacity_bytes: DEFAULT_NEAR_CAPACITY_BYTES,
+            max_ttl: DEFAULT_NEAR_MAX_TTL,
+            max_value_bytes: DEFAULT_NEAR_MAX_VALUE_BYTES,
+            heartbeat: DEFAULT_NEAR_HEARTBEAT,
+        }
+    }
+}
+
+impl NearCache {
+    /// The defaults: 64 MiB, entries kept at most 5 minutes, values up to 64 KiB, a heartbeat
+    /// every 500 ms.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most bytes (keys + values) kept locally; the least recently used entries are evicted
+    /// beyond it.
+    pub fn max_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.max_capacity_bytes = bytes;
+        self
+    }
+
+    /// The longest an entry is kept locally (it is also never kept past its Redis TTL). Zero
+    /// keeps nothing.
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
+    }
+
+    /// The largest value kept locally; larger values are read from Redis every time.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// How often the tracking connection is checked with a `PING` (at least 10 ms); a `PING`
+    /// unanswered within this interval counts as a lost connection (everything local is
+    /// flushed).
+    pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat.max(Duration::from_millis(10));
+        self
+    }
+}
+
+/// Whether a cache's near cache serves reads ([`Cache::near_cache_status`](crate::Cache::near_cache_status)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NearCacheStatus {
+    /// No near cache was configured.
+    Off,
+    /// A near cache was configured, but the repository or the server cannot track keys (the
+    /// memory repository, a custom one, `CLIENT TRACKING` refused): every read goes to the
+    /// repository.
+    Unsupported,
+    /// The tracking connection is not (yet, or no longer) established and subscribed: every read
+    /// goes to Redis, nothing is kept locally.
+    Connecting,
+    /// Reads are served locally when they can be.
+    Active,
+}
+
+/// A near cache's counters ([`Cache::near_cache_stats`](crate::Cache::near_cache_stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NearCacheStats {
+    /// Keys served from process memory.
+    pub hits: u64,
+    /// Keys looked up locally and read from Redis (found there or not).
+    pub misses: u64,
+    /// Keys read from Redis without looking locally (the near cache was not active).
+    pub bypassed: u64,
+    /// Invalidations received from Redis or made by this cache's own writes (one per key).
+    pub invalidations: u64,
+    /// Times everything local was dropped (connection lost, failover, `FLUSHDB`, `delete_pattern`).
+    pub flushes: u64,
+    /// Entries held now (approximate: moka's count).
+    pub entries: u64,
+    /// Bytes (keys + values) held now (approximate: moka's weighted size).
+    pub bytes: u64,
+}
+
+/// A near cache in front of a remote backend: what the dispatch point's `Near` arm holds.
+pub(crate) struct Near {
+    /// The repository behind it (the single-node Redis arm or the trait).
+    pub(crate) remote: Backend,
+    pub(crate) store: Arc<Store>,
+    target: Arc<Target>,
+    prefix: Arc<str>,
+}
+
+impl fmt::Debug for Near {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Near")
+            .field("remote", &self.remote)
+            .field("status", &self.store.status())
+            .finish()
+    }
+}
+
+impl Near {
+    /// `remote` behind a near cache whose tracking connections go to `target`.
+    pub(crate) fn new(remote: Backend, store: Arc<Store>, target: Target, prefix: &str) -> Near {
+        let near = Near {
+            remote,
+            store,
+            target: Arc::new(target),
+            prefix: Arc::from(prefix),
+        };
+        near.track();
+        near
+    }
+
+    /// Makes sure the tracking task runs (it starts in the first runtime it meets, and again
+    /// after that runtime ended). One relaxed load when it runs.
+    #[inline]
+    pub(crate) fn track(&self) {
+        tracker::start(&self.store, &self.target, &self.prefix);
+    }
+}

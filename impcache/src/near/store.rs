@@ -1,0 +1,425 @@
+//! The near cache's local entries and its race rule.
+//!
+//! Entries live in a moka cache bounded by bytes (key + value), each with its own lifetime:
+//! `min(max_ttl, PTTL − round trip)`.
+//!
+//! **The race rule.** A read takes a ticket (the invalidation sequence number now) before its
+//! request is sent. Every invalidation bumps the sequence and records the new number in its key's
+//! slot (4096 slots by key hash); every flush records it for all slots at once. A reply is kept
+//! only if neither its slot nor the flush mark moved past its ticket, checked again after the
+//! insert (an invalidation between the check and the insert would otherwise find nothing to
+//! remove and leave a stale entry behind).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+
+use super::{NearCache, NearCacheStats, NearCacheStatus};
+use crate::repository::WithTtl;
+
+/// Slots of the invalidation log: a power of two.
+const SLOTS: usize = 4096;
+
+/// Taken off every local lifetime read from `PTTL` (see [`Store::keep`]).
+const PTTL_MARGIN: Duration = Duration::from_millis(2);
+
+const CONNECTING: u8 = 0;
+const ACTIVE: u8 = 1;
+const UNSUPPORTED: u8 = 2;
+
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    /// The local lifetime.
+    ttl: Duration,
+    /// When the key expires in Redis (`None`: no expiry).
+    redis_expires: Option<Instant>,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// A read in flight: its ticket and when it was sent.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    number: u64,
+    sent: Instant,
+}
+
+/// The local entries of one [`Cache`](crate::Cache)'s near cache.
+pub(crate) struct Store {
+    entries: moka::sync::Cache<String, Entry>,
+    /// The invalidation sequence: bumped by every invalidation and flush.
+    sequence: AtomicU64,
+    /// Per slot, the sequence number of its last invalidation.
+    slots: Box<[AtomicU64]>,
+    /// The sequence number of the last flush.
+    flushed: AtomicU64,
+    state: AtomicU8,
+    /// Whether a tracker task runs for this store.
+    pub(super) tracking: AtomicBool,
+    /// The tracking connection whose loss flushes the store (see [`Store::lost`]).
+    connection: AtomicU64,
+    /// The subscribed tracking connections, for [`Store::barrier`]; `None` unless active.
+    tracking_connections: ArcSwapOption<Vec<MultiplexedConnection>>,
+    /// One `warn!` for an unsupported repository or server.
+    warned: Mutex<bool>,
+    max_ttl: Duration,
+    max_value_bytes: usize,
+    pub(super) heartbeat: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypassed: AtomicU64,
+    invalidations: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl Store {
+    pub(crate) fn new(config: &NearCache) -> Store {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(config.max_capacity_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                u32::try_from(key.len() + entry.value.len()).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .build();
+        Store {
+            entries,
+            sequence: AtomicU64::new(0),
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            flushed: AtomicU64::new(0),
+            state: AtomicU8::new(CONNECTING),
+            tracking: AtomicBool::new(false),
+            connection: AtomicU64::new(0),
+            tracking_connections: ArcSwapOption::empty(),
+            warned: Mutex::new(false),
+            max_ttl: config.max_ttl,
+            // moka weighs entries with a u32.
+            max_value_bytes: config
+                .max_value_bytes
+                .min(usize::try_from(config.max_capacity_bytes).unwrap_or(usize::MAX)),
+            heartbeat: config.heartbeat,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            bypassed: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn status(&self) -> NearCacheStatus {
+        match self.state.load(Ordering::Acquire) {
+            ACTIVE => NearCacheStatus::Active,
+            UNSUPPORTED => NearCacheStatus::Unsupported,
+            _ => NearCacheStatus::Connecting,
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == ACTIVE
+    }
+
+    pub(crate) fn stats(&self) -> NearCacheStats {
+        // Evictions pending in moka's queues: the size reported is the size kept.
+        self.entries.run_pending_tasks();
+        NearCacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bypassed: self.bypassed.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            entries: self.entries.entry_count(),
+            bytes: self.entries.weighted_size(),
+        }
+    }
+
+    /// The local value at `key`, when the near cache is active and holds it.
+    #[inline]
+    pub(crate) fn get(&self, key: &str) -> Option<Bytes> {
+        self.get_entry(key).map(|entry| entry.value)
+    }
+
+    /// The local value at `key` with its remaining Redis TTL.
+    pub(crate) fn get_with_ttl(&self, key: &str) -> Option<WithTtl> {
+        self.get_entry(key).map(|entry| {
+            let ttl = entry
+                .redis_expires
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            WithTtl::new(entry.value, ttl)
+        })
+    }
+
+    fn get_entry(&self, key: &str) -> Option<Entry> {
+        if !self.active() {
+            return None;
+        }
+        let entry = self.entries.get(key)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// A ticket for a read about to be sent; `None` when the near cache is not active (the reply
+    /// will not be kept).
+    pub(crate) fn ticket(&self) -> Option<Ticket> {
+        if !self.active() {
+            self.bypassed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        Some(Ticket {
+            number: self.sequence.load(Ordering::SeqCst),
+            sent: Instant::now(),
+        })
+    }
+
+    /// Counts `count` keys read from the remote without keeping their replies.
+    pub(crate) fn count_remote(&self, count: usize) {
+        let counter = if self.active() {
+            &self.misses
+        } else {
+            &self.bypassed
+        };
+        counter.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Whether nothing invalidated `key` (nor flushed everything) since `ticket`.
+    fn still_valid(&self, ticket: Ticket, slot: usize) -> bool {
+        self.active()
+            && self.flushed.load(Ordering::SeqCst) <= ticket.number
+            && self.slots[slot].load(Ordering::SeqCst) <= ticket.number
+    }
+
+    /// Keeps the reply of a read sent with `ticket`, if no invalidation of its key arrived since
+    /// and it is small enough; its lifetime is `min(max_ttl, PTTL − round trip)`.
+    ///
+    /// The data and tracking connections are not ordered with each other: an invalidation sent
+    /// by Redis before it answered a later read may still be on its way. So a `PING` goes over
+    /// every tracking connection first (the barrier): its answer comes after every invalidation
+    /// Redis sent before it, so after the one of any write that preceded the reply.
+    pub(crate) async fn keep_after_barrier(
+        &self,
+        ticket: Option<Ticket>,
+        key: &str,
+        found: &WithTtl,
+    ) {
+        let Some(ticket) = ticket else {
+            return;
+        };
+        if found.value.len() > self.max_value_bytes || !self.barrier().await {
+            return;
+        }
+        self.keep(ticket, key, found);
+    }
+
+    /// A `PING` answered on every tracking connection (within a heartbeat): every invalidation
+    /// Redis sent before now has been applied.
+    async fn barrier(&self) -> bool {
+        let Some(connections) = self.tracking_connections.load_full() else {
+            return false;
+        };
+        for connection in connections.iter() {
+            let mut connection = connection.clone();
+            let command = redis::cmd("PING");
+            let ping = command.query_async::<()>(&mut connection);
+            if !matches!(tokio::time::timeout(self.heartbeat, ping).await, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Keeps the reply of a read sent with `ticket` (its barrier passed).
+    fn keep(&self, ticket: Ticket, key: &str, found: &WithTtl) {
+        if found.value.len() > self.max_value_bytes {
+            return;
+        }
+        let now = Instant::now();
+        let round_trip = now.saturating_duration_since(ticket.sent);
+        let ttl = match found.ttl {
+            None => self.max_ttl,
+            // `PTTL` is whole milliseconds rounded down at the server: one more off, and one for
+            // the clocks (moka's own counts from the insert, just after `now`).
+            Some(redis_ttl) => self
+                .max_ttl
+                .min(redis_ttl.saturating_sub(round_trip + PTTL_MARGIN)),
+        };
+        if ttl.is_zero() {
+            return;
+        }
+        let slot = slot_of(key);
+        if !self.still_valid(ticket, slot) {
+            return;
+        }
+        let entry = Entry {
+            value: found.value.clone(),
+            ttl,
+            // The TTL was read after `sent`: counting from `sent` errs on the early side.
+            redis_expires: found.ttl.map(|redis_ttl| ticket.sent + redis_ttl),
+        };
+        self.entries.insert(key.to_owned(), entry);
+        // An invalidation between the check and the insert found nothing to remove.
+        if !self.still_valid(ticket, slot) {
+            self.entries.invalidate(key);
+        }
+    }
+
+    /// Drops `key`: Redis said it changed, or this cache wrote it.
+    pub(crate) fn invalidate(&self, key: &[u8]) {
+        let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        self.slots[slot_of_bytes(key)].fetch_max(number, Ordering::SeqCst);
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        if let Ok(key) = std::str::from_utf8(key) {
+            self.entries.invalidate(key);
+        }
+    }
+
+    /// Drops every entry, and every reply in flight.
+    pub(crate) fn flush(&self) {
+        let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        self.flushed.fetch_max(number, Ordering::SeqCst);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.entries.invalidate_all();
+    }
+
+    /// The tracking connection `connection` is established and subscribed: everything from
+    /// before is dropped, then reads are served locally.
+    pub(super) fn activate(&self, connection: u64, connections: Vec<MultiplexedConnection>) {
+        self.connection.store(connection, Ordering::SeqCst);
+        self.tracking_connections.store(Some(Arc::new(connections)));
+        self.flush();
+        let _ = self
+            .state
+            .compare_exchange(CONNECTING, ACTIVE, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The tracking connection `connection` is gone (if it is still the current one): nothing is
+    /// served locally until another one is subscribed.
+    pub(super) fn lost(&self, connection: u64) {
+        if self.connection.load(Ordering::SeqCst) == connection {
+            self.disconnect();
+        }
+    }
+
+    /// Stops serving locally and drops everything.
+    pub(super) fn disconnect(&self) {
+        self.tracking_connections.store(None);
+        let _ = self
+            .state
+            .compare_exchange(ACTIVE, CONNECTING, Ordering::SeqCst, Ordering::SeqCst);
+        self.flush();
+    }
+
+    /// For good: the repository or server cannot track keys. Logged once.
+    pub(crate) fn unsupported(&self, why: &str) {
+        self.state.store(UNSUPPORTED, Ordering::SeqCst);
+        self.flush();
+        let mut warned = self
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*warned {
+            *warned = true;
+            tracing::warn!(
+                target: "impcache",
+                reason = why,
+                "near cache unsupported: every read goes to the repository"
+            );
+        }
+    }
+
+    pub(super) fn is_unsupported(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == UNSUPPORTED
+    }
+}
+
+/// The invalidation-log slot of `key`: FNV-1a of its bytes.
+#[inline]
+fn slot_of(key: &str) -> usize {
+    slot_of_bytes(key.as_bytes())
+}
+
+#[inline]
+fn slot_of_bytes(key: &[u8]) -> usize {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in key {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash as usize & (SLOTS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(value: &'static [u8]) -> WithTtl {
+        WithTtl::new(Bytes::from_static(value), Some(Duration::from_secs(60)))
+    }
+
+    fn active() -> Store {
+        let store = Store::new(&NearCache::new());
+        store.activate(1, Vec::new());
+        store
+    }
+
+    #[test]
+    fn a_reply_that_raced_with_an_invalidation_is_not_kept() {
+        let store = active();
+        let ticket = store.ticket();
+        store.invalidate(b"p:1:k");
+        store.keep(ticket.unwrap(), "p:1:k", &found(b"old"));
+        assert_eq!(store.get("p:1:k"), None);
+        let ticket = store.ticket();
+        store.keep(ticket.unwrap(), "p:1:k", &found(b"new"));
+        assert_eq!(store.get("p:1:k").as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn a_flush_drops_replies_in_flight_and_nothing_is_served_while_connecting() {
+        let store = active();
+        let ticket = store.ticket();
+        store.flush();
+        store.keep(ticket.unwrap(), "k", &found(b"v"));
+        assert_eq!(store.get("k"), None);
+        let ticket = store.ticket();
+        store.keep(ticket.unwrap(), "k", &found(b"v"));
+        assert!(store.get("k").is_some());
+        store.lost(2); // not the current connection
+        assert!(store.get("k").is_some());
+        store.lost(1);
+        assert_eq!(store.status(), NearCacheStatus::Connecting);
+        assert_eq!(store.get("k"), None);
+        assert!(store.ticket().is_none());
+    }
+
+    #[test]
+    fn lifetimes_are_capped_and_large_values_skipped() {
+        let store = Store::new(&NearCache::new().max_value_bytes(4));
+        store.activate(1, Vec::new());
+        store.keep(store.ticket().unwrap(), "big", &found(b"12345"));
+        assert_eq!(store.get("big"), None);
+        let expired = WithTtl::new(Bytes::from_static(b"1"), Some(Duration::ZERO));
+        store.keep(store.ticket().unwrap(), "gone", &expired);
+        assert_eq!(store.get("gone"), None);
+    }
+}

@@ -1,0 +1,521 @@
+//! The coherent near cache (issue 14) against real throwaway servers: every coherence rule of the
+//! issue has a case here (changes by other clients, the in-flight race under concurrent writes,
+//! own writes, the tracking connection killed, Redis restarted, a server refusing tracking,
+//! expiry and the byte bound, a Python writer; Sentinel and Cluster with their features).
+//!
+//! No timing assertions: "within a bound" waits are generous ceilings for liveness (a test fails
+//! only if a change never arrives); the coherence checks are orderings (never an older value
+//! after a newer one, never a value Redis no longer has).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use impcache::{
+    Cache, CacheRepository, MemoryCacheRepository, NearCache, NearCacheStatus, RedisCacheRepository,
+};
+use impcache_tests::RedisServer;
+use redis::AsyncCommands;
+
+/// The ceiling for anything that must happen "soon" (an invalidation, a reconnect).
+const SOON: Duration = Duration::from_secs(10);
+
+fn near() -> NearCache {
+    NearCache::new().heartbeat(Duration::from_millis(100))
+}
+
+fn near_cache(server: &RedisServer, near: NearCache) -> Cache {
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    Cache::builder(repository).near_cache(near).build()
+}
+
+async fn other_client(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Polls `check` until it holds; panics after [`SOON`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + SOON;
+    while !check().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_active(cache: &Cache) {
+    let _ = cache.get::<i64>("warm-up").await;
+    eventually("the near cache becomes active", || async {
+        cache.is_near_cache_active()
+    })
+    .await;
+}
+
+/// Reads `key` until it is served from process memory.
+async fn wait_local(cache: &Cache, key: &str) {
+    eventually("the value is served locally", || async {
+        let before = cache.near_cache_stats().hits;
+        let _ = cache.get::<serde_json::Value>(key).await;
+        cache.near_cache_stats().hits > before
+    })
+    .await;
+}
+
+async fn wait_value(cache: &Cache, key: &str, expected: Option<i64>) {
+    eventually(&format!("{key} reads {expected:?}"), || async {
+        cache.get::<i64>(key).await.ok() == Some(expected)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_by_other_clients_reach_the_reader() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    let mut other = other_client(&server).await;
+    wait_active(&cache).await;
+    let key = cache.make_key("k");
+
+    cache.set("k", &1, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+    let _: () = other.set(&key, "2").await.unwrap();
+    wait_value(&cache, "k", Some(2)).await;
+
+    wait_local(&cache, "k").await;
+    let _: () = other.del(&key).await.unwrap();
+    wait_value(&cache, "k", None).await;
+
+    let _: () = other.set(&key, "3").await.unwrap();
+    wait_value(&cache, "k", Some(3)).await;
+    wait_local(&cache, "k").await;
+    let _: () = other.pexpire(&key, 20).await.unwrap();
+    wait_value(&cache, "k", None).await;
+
+    let _: () = other.set(&key, "4").await.unwrap();
+    wait_value(&cache, "k", Some(4)).await;
+    wait_local(&cache, "k").await;
+    let flushes = cache.near_cache_stats().flushes;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut other).await.unwrap();
+    wait_value(&cache, "k", None).await;
+    assert!(cache.near_cache_stats().flushes > flushes);
+
+    // get_many: local keys served, the rest read in one MGET.
+    cache.set_many([("a", 1), ("b", 2)], 60).await.unwrap();
+    wait_local(&cache, "a").await;
+    let values: Vec<Option<i64>> = cache.get_many(["a", "b", "c"]).await.unwrap();
+    assert_eq!(values, [Some(1), Some(2), None]);
+    let _: () = other.set(cache.make_key("a"), "10").await.unwrap();
+    eventually("get_many sees the other client's write", || async {
+        cache.get_many::<i64, _>(["a", "b"]).await.unwrap() == [Some(10), Some(2)]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_never_go_back_while_another_client_writes() {
+    const WRITES: i64 = 1500;
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    let key = cache.make_key("counter");
+    cache.set("counter", &0, 600).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let cache = cache.clone();
+        let done = Arc::clone(&done);
+        readers.push(tokio::spawn(async move {
+            let mut last = 0;
+            let mut reads = 0u64;
+            loop {
+                let seen: i64 = cache.get("counter").await.unwrap().unwrap();
+                assert!(seen >= last, "went back from {last} to {seen}");
+                last = seen;
+                reads += 1;
+                if done.load(Ordering::SeqCst) && seen == WRITES {
+                    return reads;
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut other = other_client(&server).await;
+    for value in 1..=WRITES {
+        let _: () = other.set(&key, value.to_string()).await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    // Every reader sees the last write (a reader stuck on an older value would never end).
+    for reader in readers {
+        let reads = tokio::time::timeout(SOON, reader).await.unwrap().unwrap();
+        assert!(reads > 0);
+    }
+    let stats = cache.near_cache_stats();
+    assert!(
+        stats.hits > 0 && stats.invalidations >= WRITES as u64,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_are_read_back_at_once() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    cache.set("k", &1, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+    cache.set("k", &2, 60).await.unwrap();
+    assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(2));
+    wait_local(&cache, "k").await;
+    cache.set_many([("k", 3)], 60).await.unwrap();
+    assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(3));
+    wait_local(&cache, "k").await;
+    cache.delete("k").await.unwrap();
+    assert_eq!(cache.get::<i64>("k").await.unwrap(), None);
+    assert!(cache.set_nx("k", &4, 60).await.unwrap());
+    assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(4));
+    wait_local(&cache, "k").await;
+    cache.delete_many(["k"]).await.unwrap();
+    assert_eq!(cache.get::<i64>("k").await.unwrap(), None);
+    cache.set("k", &5, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+    cache.delete_pattern("*").await.unwrap();
+    assert_eq!(cache.get::<i64>("k").await.unwrap(), None);
+    // Another version is another key: the local entry of version 1 is not served for it.
+    cache.set("k", &6, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+    let v2 = cache.with_version(2);
+    assert_eq!(v2.get::<i64>("k").await.unwrap(), None);
+    v2.set("k", &7, 60).await.unwrap();
+    assert_eq!(v2.get::<i64>("k").await.unwrap(), Some(7));
+    assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(6));
+    // get_or_set reads through the near cache too (its GET + PTTL).
+    let value: i64 = cache
+        .get_or_set("k", 60, || async { unreachable!("stored") })
+        .await
+        .unwrap();
+    assert_eq!(value, 6);
+}
+
+/// The id of the cache's tracking connection: the one RESP3 client.
+fn tracking_client_id(server: &RedisServer) -> Option<String> {
+    let list: String = server.cmd(&["CLIENT", "LIST"]);
+    list.lines()
+        .find(|line| line.contains("resp=3"))
+        .and_then(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_never_leaves_a_stale_value() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    let mut other = other_client(&server).await;
+    wait_active(&cache).await;
+    let key = cache.make_key("k");
+    cache.set("k", &1, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+
+    let id = tracking_client_id(&server).expect("a RESP3 tracking connection");
+    let flushes = cache.near_cache_stats().flushes;
+    let _: () = server.cmd(&["CLIENT", "KILL", "ID", &id]);
+    // Changed while nothing tracks it: its invalidation is lost.
+    let _: () = other.set(&key, "2").await.unwrap();
+    // Once the loss is noticed (the connection's end, read by its driver: at once on loopback,
+    // within a heartbeat for a silent loss), everything local is gone: the change made while
+    // tracking was down is never hidden by the old local value.
+    eventually("the loss is noticed", || async {
+        cache.near_cache_stats().flushes > flushes
+    })
+    .await;
+    for _ in 0..200 {
+        assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(2));
+    }
+    wait_active(&cache).await;
+    assert_ne!(tracking_client_id(&server).as_deref(), Some(id.as_str()));
+    wait_local(&cache, "k").await;
+    let _: () = other.set(&key, "3").await.unwrap();
+    wait_value(&cache, "k", Some(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_the_key_changed() {
+    let mut server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    cache.set("k", &1, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+
+    server.kill();
+    eventually("the near cache stops serving", || async {
+        cache.near_cache_status() == NearCacheStatus::Connecting
+    })
+    .await;
+    assert!(
+        cache.get::<i64>("k").await.is_err(),
+        "nothing served while Redis is down"
+    );
+    server.restart();
+    let _: () = server.cmd(&["SET", &cache.make_key("k"), "2"]);
+    // Every answer after the restart is the new value (or an error while reconnecting).
+    eventually("the new value is read", || async {
+        match cache.get::<i64>("k").await {
+            Ok(value) => {
+                assert_eq!(value, Some(2), "the old local value was served");
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    wait_active(&cache).await;
+    wait_local(&cache, "k").await;
+    assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(2));
+    let _: () = server.cmd(&["SET", &cache.make_key("k"), "3"]);
+    wait_value(&cache, "k", Some(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_tracking_runs_without_it() {
+    let server = RedisServer::start_with(&["--rename-command", "CLIENT", ""]);
+    let cache = near_cache(&server, near());
+    let _ = cache.get::<i64>("k").await;
+    eventually("the near cache is unsupported", || async {
+        cache.near_cache_status() == NearCacheStatus::Unsupported
+    })
+    .await;
+    let mut other = other_client(&server).await;
+    for value in 0..20 {
+        let _: () = other.set(cache.make_key("k"), value).await.unwrap();
+        assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(value));
+    }
+    assert_eq!(cache.near_cache_stats().hits, 0);
+}
+
+#[derive(Debug)]
+struct Custom(MemoryCacheRepository);
+
+impl CacheRepository for Custom {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<()>> {
+        self.0.set(key, value, expiry)
+    }
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<bool>> {
+        self.0.set_nx(key, value, expiry)
+    }
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, bytes::Bytes)],
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<()>> {
+        self.0.set_many(entries, expiry)
+    }
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impcache::BoxFuture<'a, impcache::Result<Option<bytes::Bytes>>> {
+        self.0.get(key)
+    }
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> impcache::BoxFuture<'a, impcache::Result<Vec<Option<bytes::Bytes>>>> {
+        self.0.get_many(keys)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        self.0.delete(key)
+    }
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        self.0.delete_many(keys)
+    }
+    fn delete_pattern<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        self.0.delete_pattern(pattern)
+    }
+}
+
+#[tokio::test]
+async fn memory_and_custom_repositories_run_without_it() {
+    let plain = Cache::new(MemoryCacheRepository::new());
+    assert_eq!(plain.near_cache_status(), NearCacheStatus::Off);
+    for cache in [
+        Cache::builder(MemoryCacheRepository::new())
+            .near_cache(NearCache::new())
+            .build(),
+        Cache::builder(Custom(MemoryCacheRepository::new()))
+            .near_cache(NearCache::new())
+            .build(),
+    ] {
+        assert_eq!(cache.near_cache_status(), NearCacheStatus::Unsupported);
+        assert!(!cache.is_near_cache_active());
+        cache.set("k", &1, 60).await.unwrap();
+        assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_entries_never_outlive_the_redis_ttl_nor_max_ttl() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    // The Redis TTL: no read that starts after the key expired returns it. Tracking is paused
+    // for this key's invalidations by nothing: the local lifetime alone must stop it (Redis
+    // reports an expired key lazily).
+    cache
+        .set("short", &1, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let expires = Instant::now() + Duration::from_millis(300);
+    let mut served = 0;
+    loop {
+        let started = Instant::now();
+        let hits = cache.near_cache_stats().hits;
+        match cache.get::<i64>("short").await.unwrap() {
+            // Served from process memory (Redis itself may answer a little past the TTL: its
+            // clock is read once per command).
+            Some(_) if cache.near_cache_stats().hits > hits => {
+                assert!(
+                    started < expires,
+                    "served locally {:?} after the Redis TTL",
+                    started - expires
+                );
+                served += 1;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(served > 1);
+
+    // max_ttl: an entry is read again from Redis once it is older than max_ttl.
+    let cache = near_cache(&server, near().max_ttl(Duration::from_millis(50)));
+    wait_active(&cache).await;
+    cache.set("long", &1, 600).await.unwrap();
+    wait_local(&cache, "long").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let misses = cache.near_cache_stats().misses;
+    cache.get::<i64>("long").await.unwrap();
+    assert_eq!(
+        cache.near_cache_stats().misses,
+        misses + 1,
+        "read locally past max_ttl"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_bounded_by_bytes() {
+    const BOUND: u64 = 16 * 1024;
+    let server = RedisServer::start();
+    let cache = near_cache(
+        &server,
+        near().max_capacity_bytes(BOUND).max_value_bytes(1024),
+    );
+    wait_active(&cache).await;
+    let value = "x".repeat(200);
+    let keys: Vec<String> = (0..500).map(|i| format!("key:{i}")).collect();
+    cache
+        .set_many(keys.iter().map(|key| (key.as_str(), &value)), 600)
+        .await
+        .unwrap();
+    // A value larger than max_value_bytes is never kept.
+    cache.set("big", &"y".repeat(2000), 600).await.unwrap();
+    for _ in 0..3 {
+        for key in &keys {
+            cache.get::<String>(key).await.unwrap();
+        }
+        let stats = cache.near_cache_stats();
+        assert!(stats.bytes <= BOUND, "{stats:?}");
+        assert!(stats.entries > 0, "{stats:?}");
+    }
+    let hits = cache.near_cache_stats().hits;
+    for _ in 0..3 {
+        cache.get::<String>("big").await.unwrap();
+    }
+    assert_eq!(cache.near_cache_stats().hits, hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_writer_reaches_the_reader() {
+    let Some(python) = python() else {
+        return;
+    };
+    let server = RedisServer::start();
+    // The Python script writes under the prefix "interop", version 1.
+    let repository = RedisCacheRepository::new(&server.url()).unwrap();
+    let cache = Cache::builder(repository)
+        .key_prefix("interop")
+        .near_cache(near())
+        .build();
+    wait_active(&cache).await;
+    cache.set("py", &1, 60).await.unwrap();
+    wait_local(&cache, "py").await;
+    let status = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/interop.py"))
+        .args([&server.url(), "interop", "1", "write"])
+        .stdin(file_with(br#"{"py": 2}"#))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_value(&cache, "py", Some(2)).await;
+}
+
+/// A file holding `bytes`, opened for reading (the Python script's stdin).
+fn file_with(bytes: &[u8]) -> std::process::Stdio {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "impcache-near-{}-{}.json",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::File::open(&path).unwrap().into()
+}
+
+/// A Python with `impcache==1.0.2`, as `tests/python_interop.rs` finds it.
+fn python() -> Option<std::path::PathBuf> {
+    let candidate = std::env::var_os("IMPCACHE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/interop-venv/bin/python")
+        });
+    let ok = std::process::Command::new(&candidate)
+        .args(["-c", "import impcache"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if ok {
+        return Some(candidate);
+    }
+    if std::env::var("IMPCACHE_REQUIRE_PYTHON").as_deref() == Ok("1") {
+        panic!("no Python with impcache at {}", candidate.display());
+    }
+    eprintln!("skipping the Python writer case: no Python with impcache");
+    None
+}
