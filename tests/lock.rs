@@ -126,6 +126,7 @@ each!(
     four_processes_of_fifty_callers_run_the_loader_once,
     a_killed_owner_is_taken_over_after_the_lock_lifetime,
     a_failing_owner_lets_the_next_process_load,
+    a_stale_key_is_reloaded_in_the_background_by_one_process,
 );
 
 /// `CALLERS` concurrent `get_or_set` calls of `key` on `cache`, each with `loader()`.
@@ -293,6 +294,71 @@ async fn a_failing_owner_lets_the_next_process_load(shared: Shared) {
     .unwrap()
     .unwrap();
     assert_eq!(got, "second");
+}
+
+/// Stale-while-revalidate under a lock: the first process's background reload holds the lock;
+/// the second process's stale read is answered at once too, and its reload finds the lock
+/// taken and skips (or, once the lock is released, finds the new value): one reload in all.
+async fn a_stale_key_is_reloaded_in_the_background_by_one_process(shared: Shared) {
+    let processes = shared.processes(2);
+    let short = Duration::from_millis(100);
+    let policy = Freshness::new()
+        .stale_while_revalidate(Duration::from_secs(60))
+        .lock(Lock::new().wait(HANG));
+    let old: String = processes[0]
+        .get_or_set("k", short, || async { "old".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(old, "old");
+    holds(&processes[0], "\"old\"").await;
+    tokio::time::sleep(2 * short).await;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let loader = {
+        let (runs, gate) = (Arc::clone(&runs), Arc::clone(&gate));
+        move || {
+            let (runs, gate) = (Arc::clone(&runs), Arc::clone(&gate));
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let _permit = gate.acquire().await.unwrap();
+                "new".to_owned()
+            }
+        }
+    };
+    for process in &processes {
+        let got: String = tokio::time::timeout(
+            HANG,
+            process
+                .get_or_set("k", short, loader.clone())
+                .freshness(policy)
+                .into_future(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, "old", "a stale read is answered at once");
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.add_permits(1_000);
+    holds(&processes[1], "\"new\"").await;
+    released(&processes[0]).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one background reload");
+}
+
+/// Waits until `k` holds the JSON `json`.
+async fn holds(cache: &Cache, json: &str) {
+    tokio::time::timeout(HANG, async {
+        while cache.get_raw("k").await.unwrap().as_deref() != Some(json.as_bytes()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("k never held {json}"));
 }
 
 /// With Redis down, every process fails open at once: each call is answered by its loader.
