@@ -101,5 +101,5 @@ fn outside_a_tokio_runtime_the_body_runs_without_the_lock() {
         impcache::Expiry::Seconds(60),
     ))
     .unwrap();
-    assert_eq!(block_on(locked_by_default(process.clone(), 9)), 9);
+    assert_eq!(block_on(locked_by_default(process, 9)), 9);
 }
