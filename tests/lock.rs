@@ -439,3 +439,51 @@ async fn through_sentinel_four_processes_run_the_loader_once() {
     four_processes_of_fifty_callers_run_the_loader_once(shared).await;
     drop(group);
 }
+
+/// The cost of a miss under a lock, in commands (counted by the server, `INFO commandstats`):
+/// without it a `GET` and a `SET`; with it a `SET NX` of the lock and a second `GET` before the
+/// loader, and the release (`EVAL`) after the store: three round trips more. A hit is one `GET`
+/// either way.
+#[tokio::test]
+async fn a_miss_under_a_lock_costs_three_round_trips_more() {
+    let shared = Shared::redis();
+    let server = shared.server.as_ref().unwrap();
+    let cache = (shared.process)();
+    let calls = |name: &str| -> u64 {
+        let info: String = server.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let counts = || (calls("get"), calls("set"), calls("eval"));
+    for (key, policy, expected) in [
+        ("plain", Freshness::new(), (1, 1, 0)),
+        // The release script's own `GET` is counted too (a third `GET`, no round trip).
+        ("locked", Freshness::new().lock(Lock::new()), (3, 2, 1)),
+    ] {
+        let _: String = server.cmd(&["CONFIG", "RESETSTAT"]);
+        let got: String = cache
+            .get_or_set(key, 60, || async { "v".to_owned() })
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(got, "v");
+        // The store and the release follow the answer.
+        tokio::time::timeout(HANG, async {
+            while counts() != expected {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{key}: {:?}, expected {expected:?}", counts()));
+        let _: String = server.cmd(&["CONFIG", "RESETSTAT"]);
+        let hit: String = cache
+            .get_or_set(key, 60, || async { "other".to_owned() })
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(hit, "v");
+        assert_eq!(counts(), (1, 0, 0), "{key}: a hit is one GET");
+    }
+}
