@@ -180,6 +180,7 @@ contract!(
     values_nested_as_deep_as_orjson_writes_round_trip,
     values_nested_deeper_are_refused_both_ways,
     integers_beyond_64_bits_are_refused,
+    delete_if_equal_removes_only_a_match,
 );
 
 async fn seed_quickstart(b: Backend) {
@@ -727,4 +728,30 @@ async fn integers_beyond_64_bits_are_refused(b: Backend) {
     assert_eq!(cache.get::<u64>("max").await.unwrap(), Some(u64::MAX));
     cache.set("min", &i128::from(i64::MIN), 100).await.unwrap();
     assert_eq!(cache.get::<i64>("min").await.unwrap(), Some(i64::MIN));
+}
+
+// --- One loader run across processes (issue 16): the lock's release. ---
+
+/// `delete_if_equal` (a lock's compare-and-delete release) removes the key only while it holds
+/// exactly the given bytes.
+async fn delete_if_equal_removes_only_a_match(b: Backend) {
+    let cache = b.cache();
+    let key = cache.make_key("__lock:k");
+    let token = bytes::Bytes::from_static(b"token-1");
+    let taken = b
+        .repository
+        .set_nx(&key, token.clone(), impcache::Expiry::Seconds(10))
+        .await
+        .unwrap();
+    assert!(taken);
+    let other = bytes::Bytes::from_static(b"token-2");
+    assert!(!b.repository.delete_if_equal(&key, other).await.unwrap());
+    assert_eq!(b.repository.get(&key).await.unwrap(), Some(token.clone()));
+    assert!(b
+        .repository
+        .delete_if_equal(&key, token.clone())
+        .await
+        .unwrap());
+    assert_eq!(b.repository.get(&key).await.unwrap(), None);
+    assert!(!b.repository.delete_if_equal(&key, token).await.unwrap());
 }

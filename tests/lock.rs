@@ -126,6 +126,7 @@ each!(
     four_processes_of_fifty_callers_run_the_loader_once,
     a_killed_owner_is_taken_over_after_the_lock_lifetime,
     a_failing_owner_lets_the_next_process_load,
+    a_stale_key_is_reloaded_in_the_background_by_one_process,
 );
 
 /// `CALLERS` concurrent `get_or_set` calls of `key` on `cache`, each with `loader()`.
@@ -295,6 +296,71 @@ async fn a_failing_owner_lets_the_next_process_load(shared: Shared) {
     assert_eq!(got, "second");
 }
 
+/// Stale-while-revalidate under a lock: the first process's background reload holds the lock;
+/// the second process's stale read is answered at once too, and its reload finds the lock
+/// taken and skips (or, once the lock is released, finds the new value): one reload in all.
+async fn a_stale_key_is_reloaded_in_the_background_by_one_process(shared: Shared) {
+    let processes = shared.processes(2);
+    let short = Duration::from_millis(100);
+    let policy = Freshness::new()
+        .stale_while_revalidate(Duration::from_secs(60))
+        .lock(Lock::new().wait(HANG));
+    let old: String = processes[0]
+        .get_or_set("k", short, || async { "old".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(old, "old");
+    holds(&processes[0], "\"old\"").await;
+    tokio::time::sleep(2 * short).await;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let loader = {
+        let (runs, gate) = (Arc::clone(&runs), Arc::clone(&gate));
+        move || {
+            let (runs, gate) = (Arc::clone(&runs), Arc::clone(&gate));
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let _permit = gate.acquire().await.unwrap();
+                "new".to_owned()
+            }
+        }
+    };
+    for process in &processes {
+        let got: String = tokio::time::timeout(
+            HANG,
+            process
+                .get_or_set("k", short, loader.clone())
+                .freshness(policy)
+                .into_future(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, "old", "a stale read is answered at once");
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.add_permits(1_000);
+    holds(&processes[1], "\"new\"").await;
+    released(&processes[0]).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one background reload");
+}
+
+/// Waits until `k` holds the JSON `json`.
+async fn holds(cache: &Cache, json: &str) {
+    tokio::time::timeout(HANG, async {
+        while cache.get_raw("k").await.unwrap().as_deref() != Some(json.as_bytes()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("k never held {json}"));
+}
+
 /// With Redis down, every process fails open at once: each call is answered by its loader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_every_process_fails_open() {
@@ -372,4 +438,52 @@ async fn through_sentinel_four_processes_run_the_loader_once() {
     };
     four_processes_of_fifty_callers_run_the_loader_once(shared).await;
     drop(group);
+}
+
+/// The cost of a miss under a lock, in commands (counted by the server, `INFO commandstats`):
+/// without it a `GET` and a `SET`; with it a `SET NX` of the lock and a second `GET` before the
+/// loader, and the release (`EVAL`) after the store: three round trips more. A hit is one `GET`
+/// either way.
+#[tokio::test]
+async fn a_miss_under_a_lock_costs_three_round_trips_more() {
+    let shared = Shared::redis();
+    let server = shared.server.as_ref().unwrap();
+    let cache = (shared.process)();
+    let calls = |name: &str| -> u64 {
+        let info: String = server.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let counts = || (calls("get"), calls("set"), calls("eval"));
+    for (key, policy, expected) in [
+        ("plain", Freshness::new(), (1, 1, 0)),
+        // The release script's own `GET` is counted too (a third `GET`, no round trip).
+        ("locked", Freshness::new().lock(Lock::new()), (3, 2, 1)),
+    ] {
+        let _: String = server.cmd(&["CONFIG", "RESETSTAT"]);
+        let got: String = cache
+            .get_or_set(key, 60, || async { "v".to_owned() })
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(got, "v");
+        // The store and the release follow the answer.
+        tokio::time::timeout(HANG, async {
+            while counts() != expected {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{key}: {:?}, expected {expected:?}", counts()));
+        let _: String = server.cmd(&["CONFIG", "RESETSTAT"]);
+        let hit: String = cache
+            .get_or_set(key, 60, || async { "other".to_owned() })
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(hit, "v");
+        assert_eq!(counts(), (1, 0, 0), "{key}: a hit is one GET");
+    }
 }

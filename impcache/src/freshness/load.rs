@@ -323,9 +323,11 @@ pub(super) async fn run<V, E, F, Fut>(
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     // Across processes (a flight's leader only, with a lock): take the lock, or serve the value
-    // another process stored while this one waited.
+    // another process stored while this one waited. Outside a tokio runtime (no timers to wait
+    // with) the loader runs without it.
+    let timers = tokio::runtime::Handle::try_current().is_ok();
     let held = match (job.lock, &guard) {
-        (Some((lock, lifetime)), Some(_)) => {
+        (Some((lock, lifetime)), Some(_)) if timers => {
             match lock::take(&job, lock, lifetime, answer.is_some()).await {
                 Turn::Owner(held) => Some(held),
                 Turn::Open => None,

@@ -184,14 +184,13 @@ pub(super) async fn take(job: &Job, lock: Lock, lifetime: Expiry, wait: bool) ->
             Ok(false) => {}
             Err(error) => return failed(job, "acquire_lock", &error),
         }
-        // Waiting for the value. Hook: a near cache that sees the value key's invalidation can
-        // end this sleep early (rueidisaside's wake-up); without one, the poll below.
+        // Waiting for the value.
         let now = Instant::now();
         if now >= deadline {
             tracing::warn!(target: TARGET, key = job.key, wait = ?lock.wait, "waited for another process's value past the lock's wait: loading here, without the lock");
             return outcome(LockOutcome::TimedOut, Turn::Open);
         }
-        tokio::time::sleep(pause.min(deadline - now)).await;
+        until_changed(job, pause.min(deadline - now)).await;
         pause = (pause * 2).min(LAST_POLL);
         waited = true;
         match fresh(job).await {
@@ -200,6 +199,14 @@ pub(super) async fn take(job: &Job, lock: Lock, lifetime: Expiry, wait: bool) ->
             Err(error) => return failed(job, "get", &error),
         }
     }
+}
+
+/// The pause of a waiting process before its next poll of the value key. The hook for a near
+/// cache: one that tracks the value key learns of another process's store by its invalidation,
+/// and can end this pause then (rueidisaside's waiters are woken that way) instead of when it
+/// runs out; the poll that follows reads the new value.
+async fn until_changed(_job: &Job, pause: Duration) {
+    tokio::time::sleep(pause).await;
 }
 
 /// The lock was taken: one more read, since another process may have stored the value (and

@@ -40,6 +40,8 @@
 //! No call waits longer than the read's deadline plus what its policy allows the loader: the
 //! hard timeout (or, without one, the loader's own duration); with a stale value at hand and a
 //! soft timeout, the soft timeout. Stores never delay an answer.
+//! With a [`Lock`], a miss may also wait up to the lock's wait for another process's value
+//! (or, on a cache error, one more deadline), before its loader runs.
 //!
 //! # Where each part lives
 //! - `policy.rs`: [`Freshness`], its options and the fresh/stale rule.
