@@ -519,3 +519,136 @@ fn python() -> Option<std::path::PathBuf> {
     eprintln!("skipping the Python writer case: no Python with impcache");
     None
 }
+
+/// Sentinel: invalidations from the primary reach the reader, and a failover flushes and moves
+/// the tracking connection to the promoted primary.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_moves_tracking_to_the_new_primary() {
+    use impcache::RedisSentinelCacheRepository;
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+
+    let group = SentinelGroup::start();
+    let second = group.replica.port();
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(Duration::from_millis(500))
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository)
+        .key_prefix("ns")
+        .near_cache(near())
+        .build();
+    wait_active(&cache).await;
+    let key = cache.make_key("k");
+    cache.set("k", &1, 600).await.unwrap();
+    wait_local(&cache, "k").await;
+    let _: () = group.primary.cmd(&["SET", &key, "2"]);
+    wait_value(&cache, "k", Some(2)).await;
+    wait_local(&cache, "k").await;
+    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+
+    let flushes = cache.near_cache_stats().flushes;
+    let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+    eventually("the replica is promoted", || async {
+        SentinelGroup::role(second) == "master"
+    })
+    .await;
+    // Written on the new primary: read once the repository follows, never hidden by the local 2.
+    let _: () = group.replica.cmd(&["SET", &key, "3"]);
+    wait_value(&cache, "k", Some(3)).await;
+    eventually(
+        "the primary change flushed and tracking is back",
+        || async {
+            let _ = cache.get::<i64>("k").await;
+            cache.near_cache_stats().flushes > flushes && cache.is_near_cache_active()
+        },
+    )
+    .await;
+    // Tracked on the new primary: a change there reaches a locally held value.
+    wait_local(&cache, "k").await;
+    let _: () = group.replica.cmd(&["SET", &key, "4"]);
+    wait_value(&cache, "k", Some(4)).await;
+}
+
+/// Cluster: a write on each primary reaches the reader; a primary's failover flushes and the
+/// promoted replica is tracked.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_writes_on_each_primary_and_a_failover() {
+    use impcache::RedisClusterCacheRepository;
+    use impcache_tests::cluster::RedisCluster;
+
+    let cluster = RedisCluster::start(3, 1);
+    let repository = RedisClusterCacheRepository::builder(cluster.urls())
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository)
+        .key_prefix("nc")
+        .near_cache(near())
+        .build();
+    wait_active(&cache).await;
+    // One key per primary.
+    let mut keys: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let key = format!("k{i}");
+        let primary = cluster.primary_for(&cache.make_key(&key));
+        if keys.iter().all(|(_, port)| *port != primary) {
+            keys.push((key, primary));
+        }
+        if keys.len() == cluster.primaries().len() {
+            break;
+        }
+    }
+    for (key, primary) in &keys {
+        cache.set(key, &1, 600).await.unwrap();
+        wait_local(&cache, key).await;
+        let _: () = cluster.cmd(*primary, &["SET", &cache.make_key(key), "2"]);
+        wait_value(&cache, key, Some(2)).await;
+    }
+
+    let (key, victim) = keys[0].clone();
+    let heir = cluster.replica_of(victim).expect("a replica");
+    let full = cache.make_key(&key);
+    // Replicated before the failover: written again and `WAIT`ed for on one connection.
+    let mut primary = redis::Client::open(format!("redis://127.0.0.1:{victim}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&full)
+        .arg("2")
+        .query(&mut primary)
+        .unwrap();
+    let replicated: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(2000)
+        .query(&mut primary)
+        .unwrap();
+    assert_eq!(replicated, 1);
+    wait_local(&cache, &key).await;
+    let flushes = cache.near_cache_stats().flushes;
+    cluster.kill_node(victim);
+    cluster.wait_until_healthy(Duration::from_secs(30));
+    let _: () = cluster.cmd(heir, &["SET", &full, "3"]);
+    eventually("the promoted replica's value is read", || async {
+        match cache.get::<i64>(&key).await {
+            Ok(value) => {
+                assert_ne!(value, Some(2), "the old local value was served");
+                value == Some(3)
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(cache.near_cache_stats().flushes > flushes);
+    eventually("tracking is back", || async {
+        let _ = cache.get::<i64>(&key).await;
+        cache.is_near_cache_active()
+    })
+    .await;
+    wait_local(&cache, &key).await;
+    let _: () = cluster.cmd(heir, &["SET", &full, "4"]);
+    wait_value(&cache, &key, Some(4)).await;
+}

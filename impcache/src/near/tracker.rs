@@ -19,7 +19,13 @@ use super::Store;
 #[derive(Debug)]
 pub(crate) enum Target {
     /// One server (`RedisCacheRepository`).
-    Single(ConnectionInfo),
+    Single(crate::RedisCacheRepository),
+    /// The primary Sentinel names (`RedisSentinelCacheRepository`): a change of primary flushes.
+    #[cfg(feature = "sentinel")]
+    Sentinel(crate::RedisSentinelCacheRepository),
+    /// Every primary of the Cluster (`RedisClusterCacheRepository`): a new slot map flushes.
+    #[cfg(feature = "cluster")]
+    Cluster(crate::RedisClusterCacheRepository),
 }
 
 /// Why subscribing failed.
@@ -43,10 +49,52 @@ impl From<redis::RedisError> for Failure {
 }
 
 impl Target {
-    /// The servers to track now, in a stable order.
-    async fn servers(&self) -> Result<Vec<ConnectionInfo>, Failure> {
+    /// The target of a Sentinel or Cluster repository (seen through its `as_any`).
+    pub(crate) fn of(repository: Option<&dyn std::any::Any>) -> Option<Target> {
+        let _repository = repository?;
+        #[cfg(feature = "sentinel")]
+        if let Some(sentinel) = _repository.downcast_ref::<crate::RedisSentinelCacheRepository>() {
+            return Some(Target::Sentinel(sentinel.clone()));
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = _repository.downcast_ref::<crate::RedisClusterCacheRepository>() {
+            return Some(Target::Cluster(cluster.clone()));
+        }
+        None
+    }
+
+    /// The servers to track now, and what identifies them (their addresses; on Cluster also
+    /// the slot map's identity): a change of it flushes.
+    async fn servers(&self) -> Result<(Vec<ConnectionInfo>, Vec<String>), Failure> {
+        let addresses = |servers: &[ConnectionInfo]| -> Vec<String> {
+            servers.iter().map(|info| info.addr().to_string()).collect()
+        };
         match self {
-            Target::Single(info) => Ok(vec![info.clone()]),
+            Target::Single(repository) => {
+                let info = repository.connection_info();
+                let identity = addresses(std::slice::from_ref(&info));
+                Ok((vec![info], identity))
+            }
+            #[cfg(feature = "sentinel")]
+            Target::Sentinel(repository) => {
+                let primary = repository
+                    .current_primary()
+                    .await
+                    .ok_or(Failure::Transient)?;
+                let identity = addresses(std::slice::from_ref(&primary));
+                Ok((vec![primary], identity))
+            }
+            #[cfg(feature = "cluster")]
+            Target::Cluster(repository) => {
+                let (primaries, map) = repository
+                    .current_primaries()
+                    .await
+                    .filter(|(primaries, _)| !primaries.is_empty())
+                    .ok_or(Failure::Transient)?;
+                let mut identity = addresses(&primaries);
+                identity.push(format!("slot map {map:x}"));
+                Ok((primaries, identity))
+            }
         }
     }
 
@@ -102,7 +150,7 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
                 };
                 strong.activate(session, connections.clone());
                 drop(strong);
-                tracing::debug!(target: "impcache", servers = servers.len(), "near cache active");
+                tracing::debug!(target: "impcache", servers = ?servers, "near cache active");
                 watch(&store, &target, connections, &servers, heartbeat).await;
                 let Some(strong) = store.upgrade() else {
                     return;
@@ -130,14 +178,12 @@ async fn subscribe(
     session: u64,
     timeout: Duration,
 ) -> Result<(Vec<MultiplexedConnection>, Vec<String>), Failure> {
-    let servers = target.servers().await?;
+    let (servers, identity) = target.servers().await?;
     let mut connections = Vec::with_capacity(servers.len());
-    let mut addresses = Vec::with_capacity(servers.len());
     for server in servers {
-        addresses.push(server.addr().to_string());
         connections.push(connect(server, store.clone(), prefix, session, timeout).await?);
     }
-    Ok((connections, addresses))
+    Ok((connections, identity))
 }
 
 async fn connect(
@@ -218,8 +264,7 @@ async fn watch(
             }
         }
         if target.moves() {
-            if let Ok(now) = target.servers().await {
-                let now: Vec<String> = now.iter().map(|info| info.addr().to_string()).collect();
+            if let Ok((_, now)) = target.servers().await {
                 if now != servers {
                     return;
                 }

@@ -58,14 +58,17 @@ impl Backend {
     pub(crate) fn with_near(self, config: &NearCache, prefix: &str) -> (Backend, Arc<Store>) {
         let store = Arc::new(Store::new(config));
         let target = match &self {
-            Backend::Redis(redis) => Some(Target::Single(redis.connection_info())),
+            Backend::Redis(redis) => Some(Target::Single(redis.clone())),
             Backend::Memory(_) => {
                 store.unsupported("the memory repository is in process already");
                 None
             }
-            Backend::Custom(_) => {
-                store.unsupported("a custom repository cannot track keys");
-                None
+            Backend::Custom(repository) => {
+                let target = Target::of(repository.as_any());
+                if target.is_none() {
+                    store.unsupported("a custom repository cannot track keys");
+                }
+                target
             }
             Backend::Near(_) => None,
         };

@@ -299,6 +299,11 @@ const GET_WITH_TTL_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
 if v then return {v, redis.call('PTTL', KEYS[1])} end return false";
 
 impl CacheRepository for RedisClusterCacheRepository {
+    /// Itself: a near cache finds the servers to track through it (issue 14).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.check_size(key, &value)?;
@@ -464,5 +469,25 @@ impl RedisClusterCacheRepositoryBuilder {
                 shown_nodes,
             }),
         })
+    }
+}
+
+// --- Near cache (issue 14). ---
+
+impl RedisClusterCacheRepository {
+    /// The connection settings of every primary of the slot map in use (learned when none is
+    /// known), and the map's identity: where a near cache's tracking connections go; a new map
+    /// flushes the near cache.
+    pub(crate) async fn current_primaries(&self) -> Option<(Vec<redis::ConnectionInfo>, usize)> {
+        let map = tokio::time::timeout(self.inner.deadline, self.slot_map())
+            .await
+            .ok()?
+            .ok()?;
+        let primaries = map
+            .nodes
+            .iter()
+            .map(|(host, port)| self.node_info(host.clone(), *port))
+            .collect();
+        Some((primaries, Arc::as_ptr(&map) as usize))
     }
 }

@@ -36,6 +36,25 @@ impl fmt::Debug for Node {
 }
 
 impl RedisClusterCacheRepository {
+    /// The connection settings of the node at `host:port`: the first configured node's
+    /// (credentials, TLS, protocol) with its address.
+    pub(super) fn node_info(&self, host: String, port: u16) -> redis::ConnectionInfo {
+        let addr = match self.inner.seed.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        self.inner.seed.clone().set_addr(addr)
+    }
+
     /// The node at `host:port`, met now or before.
     pub(super) fn node(&self, host: &str, port: u16) -> Arc<Node> {
         let address = (host.to_owned(), port);
@@ -82,24 +101,11 @@ impl RedisClusterCacheRepository {
         {
             return Ok(connection.clone());
         }
-        let (host, port) = (node.host.clone(), node.port);
-        let addr = match self.inner.seed.addr() {
-            ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => ConnectionAddr::Tcp(host, port),
-        };
+        let info = self.node_info(node.host.clone(), node.port);
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.inner.connect_timeout))
             .set_response_timeout(Some(self.inner.deadline));
-        let connection = redis::Client::open(self.inner.seed.clone().set_addr(addr))?
+        let connection = redis::Client::open(info)?
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         Ok(node

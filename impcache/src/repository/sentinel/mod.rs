@@ -256,6 +256,11 @@ impl RedisSentinelCacheRepository {
 }
 
 impl CacheRepository for RedisSentinelCacheRepository {
+    /// Itself: a near cache finds the servers to track through it (issue 14).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.run("set", &|| shown(key), true, move |r| {
@@ -495,5 +500,16 @@ impl RedisSentinelCacheRepositoryBuilder {
                 watcher: Mutex::new(None),
             }),
         })
+    }
+}
+
+// --- Near cache (issue 14). ---
+
+impl RedisSentinelCacheRepository {
+    /// The primary's connection settings now (asking Sentinel when none is known): where a near
+    /// cache's tracking connection goes; a change of it flushes the near cache.
+    pub(crate) async fn current_primary(&self) -> Option<ConnectionInfo> {
+        let primary = tokio::time::timeout(self.inner.deadline, self.primary()).await;
+        Some(primary.ok()?.ok()?.repository.connection_info())
     }
 }

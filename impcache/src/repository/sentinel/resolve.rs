@@ -49,7 +49,7 @@ impl RedisSentinelCacheRepository {
     /// The primary to use: the current one, or the Sentinels' answer when there is none or an
     /// error made it stale. One lookup at a time; callers waiting meanwhile take its answer. When
     /// no Sentinel answers, the last known primary is used again.
-    async fn primary(&self) -> redis::RedisResult<Primary> {
+    pub(super) async fn primary(&self) -> redis::RedisResult<Primary> {
         if let Some(primary) = self.fresh() {
             return Ok(primary);
         }
