@@ -10,13 +10,13 @@
 //! anyway; with the cache down or slow it costs at most one repository deadline (the first failed
 //! round trip ends it).
 //!
-//! A URL whose record was a Vary marker (or that may have credentialed variants) still has
-//! variants under keys no request names: the next stored variant writes a new marker, which would
-//! make them reachable again. They are removed as
-//! [`CacheLayer::purge_url`](crate::CacheLayer::purge_url) removes them, with a `delete_pattern`
-//! sweep (on Redis, a `SCAN` of the whole keyspace). Its time grows with the database (seconds on
-//! millions of keys), so the response waits for it [`SWEEP_WAIT`] at most, then it goes on in the
-//! background; until it ends, a variant other than the one requested again since may be served.
+//! Removing a URL's records is enough: its variants (Vary variants, credentialed variants) are
+//! stored under the generation of the record that names them, and a new record has a new one, so
+//! they are unreachable at once (see [`crate::store`]) and expire with their TTL. Only a record
+//! of an earlier version's format, whose variants carry no generation, has them removed as
+//! [`CacheLayer::purge_url`](crate::CacheLayer::purge_url) removes them on any host, with a
+//! `delete_pattern` sweep (on Redis, a `SCAN` of the whole keyspace): the response waits for it
+//! [`SWEEP_WAIT`] at most, then it goes on in the background.
 
 use http::header::{self, HeaderMap};
 use http::{Method, Request, StatusCode};

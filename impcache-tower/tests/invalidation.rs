@@ -509,7 +509,12 @@ async fn purge_url_without_a_scan_on_redis() {
 #[ignore = "a measurement: prints figures, asserts nothing about them"]
 async fn cost_of_purge_url_by_keyspace_size() {
     let redis = RedisServer::start();
-    let layer = redis_layer(&redis);
+    // A deadline the sweep's batches fit in on a large keyspace.
+    let repository = RedisCacheRepository::builder(redis.url())
+        .deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let layer = CacheLayer::new(Cache::new(repository)).expire(60);
     let (svc, _) = service(layer.clone());
     for keys in ["200000", "1000000"] {
         let _: () = redis.cmd(&["DEBUG", "POPULATE", keys, "other"]);
