@@ -5,7 +5,9 @@
 //! An entry:
 //!
 //! ```text
-//! "IHC" 0x03                      magic and format version
+//! "IHC" 0x04                      magic and format version
+//! u64 LE                          generation: a variant is served only under a record of the
+//!                                   same generation (see `crate::store`; 0 in the `0x03` format)
 //! u64 LE                          stored at, milliseconds since the Unix epoch
 //! varint                          TTL in seconds (0: none)
 //! u8                              origin freshness: 0 none (the default mode), 1 present,
@@ -24,21 +26,37 @@
 //! A Vary marker:
 //!
 //! ```text
-//! "IHV" 0x02                      magic and format version
+//! "IHV" 0x03                      magic and format version
+//! u64 LE                          generation of the variants it names (0 in the `0x02` format)
 //! bytes                           the Vary header names, lowercase, comma-separated (empty: none)
 //! ```
 //!
 //! Varints are LEB128. Anything that does not decode (the `0x01` formats included, which kept the
 //! Vary list and the entry under two keys, and the `0x02` entry, without origin freshness) is
-//! treated as a miss (and overwritten).
+//! treated as a miss (and overwritten). The `0x03` entry and the `0x02` marker are the formats
+//! without a generation: they read as generation 0.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-const MAGIC: &[u8; 4] = b"IHC\x03";
-const MARKER_MAGIC: &[u8; 4] = b"IHV\x02";
+const MAGIC: &[u8; 4] = b"IHC\x04";
+const MAGIC_V3: &[u8; 4] = b"IHC\x03";
+const MARKER_MAGIC: &[u8; 4] = b"IHV\x03";
+const MARKER_MAGIC_V2: &[u8; 4] = b"IHV\x02";
+
+/// A new generation for a record and the variants it names: random, never 0 (the generation of
+/// the formats without one).
+pub(crate) fn new_generation() -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::collections::hash_map::RandomState::new()
+        .hash_one((n, now_ms()))
+        .max(1)
+}
 
 /// What a URL's record (or a variant key) holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +67,17 @@ pub(crate) enum Record {
         entry: Entry,
         /// The Vary header names (empty for the entry a URL's record holds).
         vary: Vec<HeaderName>,
+        /// Its generation.
+        generation: u64,
     },
-    /// The Vary header names of a URL whose entries are variants (see [`crate::key`]).
-    Marker(Vec<HeaderName>),
+    /// The Vary header names of a URL whose entries are variants (see [`crate::key`]), and
+    /// their generation.
+    Marker {
+        /// The Vary header names.
+        vary: Vec<HeaderName>,
+        /// The generation of the variants it names.
+        generation: u64,
+    },
 }
 
 impl Record {
@@ -59,10 +85,16 @@ impl Record {
     /// body and header values share `bytes` (no copy).
     pub(crate) fn decode(bytes: &Bytes) -> Option<Record> {
         match bytes.get(..MAGIC.len())? {
-            magic if magic == MAGIC => {
-                Entry::decode(bytes).map(|(entry, vary)| Record::Entry { entry, vary })
+            magic if magic == MAGIC || magic == MAGIC_V3 => {
+                Entry::decode(bytes).map(|(entry, vary, generation)| Record::Entry {
+                    entry,
+                    vary,
+                    generation,
+                })
             }
-            magic if magic == MARKER_MAGIC => decode_marker(bytes).map(Record::Marker),
+            magic if magic == MARKER_MAGIC || magic == MARKER_MAGIC_V2 => {
+                decode_marker(bytes).map(|(vary, generation)| Record::Marker { vary, generation })
+            }
             _ => None,
         }
     }
@@ -197,15 +229,18 @@ impl Entry {
         }
     }
 
-    /// The binary form, with the Vary header names the entry is stored under.
-    pub(crate) fn encode(&self, vary: &[HeaderName]) -> Bytes {
+    /// The binary form, with the Vary header names the entry is stored under and its
+    /// generation.
+    pub(crate) fn encode(&self, vary: &[HeaderName], generation: u64) -> Bytes {
         let vary_len = names_len(vary);
-        let mut size = MAGIC.len() + 8 + 10 + 21 + 10 + vary_len + 2 + 10 + 10 + self.body.len();
+        let mut size =
+            MAGIC.len() + 8 + 8 + 10 + 21 + 10 + vary_len + 2 + 10 + 10 + self.body.len();
         for (name, value) in &self.headers {
             size += 20 + name.as_str().len() + value.len();
         }
         let mut out = BytesMut::with_capacity(size);
         out.put_slice(MAGIC);
+        out.put_u64_le(generation);
         out.put_u64_le(self.stored_at_ms);
         put_varint(&mut out, self.ttl.map_or(0, |d| d.as_secs().max(1)));
         match &self.origin {
@@ -231,13 +266,16 @@ impl Entry {
         out.freeze()
     }
 
-    /// Reads the binary form, and the Vary header names the entry was stored under; `None` when
-    /// it is not an entry of this format. The body and the header values share `bytes` (no copy).
-    pub(crate) fn decode(bytes: &Bytes) -> Option<(Entry, Vec<HeaderName>)> {
+    /// Reads the binary form, the Vary header names the entry was stored under and its
+    /// generation; `None` when it is not an entry of this format (or of `0x03`, generation 0).
+    /// The body and the header values share `bytes` (no copy).
+    pub(crate) fn decode(bytes: &Bytes) -> Option<(Entry, Vec<HeaderName>, u64)> {
         let mut r = Reader { bytes };
-        if r.take(MAGIC.len())? != MAGIC {
-            return None;
-        }
+        let generation = match r.take(MAGIC.len())? {
+            magic if magic == MAGIC => u64::from_le_bytes(r.take(8)?.try_into().ok()?),
+            magic if magic == MAGIC_V3 => 0,
+            _ => return None,
+        };
         let stored_at_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let ttl = match r.varint()? {
             0 => None,
@@ -280,13 +318,13 @@ impl Entry {
             ttl,
             origin,
         };
-        Some((entry, vary))
+        Some((entry, vary, generation))
     }
 
     /// Bytes the framing adds to the body (for the documentation's overhead figure).
     #[cfg(test)]
     pub(crate) fn overhead(&self) -> usize {
-        self.encode(&[]).len() - self.body.len()
+        self.encode(&[], 1).len() - self.body.len()
     }
 }
 
@@ -320,17 +358,24 @@ fn parse_names(bytes: &[u8]) -> Option<Vec<HeaderName>> {
         .collect()
 }
 
-/// The Vary marker of a URL whose responses vary on `names` (see [`crate::key`]).
-pub(crate) fn encode_marker(names: &[HeaderName]) -> Bytes {
-    let mut out = BytesMut::with_capacity(MARKER_MAGIC.len() + names_len(names));
+/// The Vary marker of a URL whose responses vary on `names` (see [`crate::key`]), naming the
+/// variants of `generation`.
+pub(crate) fn encode_marker(names: &[HeaderName], generation: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(MARKER_MAGIC.len() + 8 + names_len(names));
     out.put_slice(MARKER_MAGIC);
+    out.put_u64_le(generation);
     put_names(&mut out, names);
     out.freeze()
 }
 
-/// Reads a Vary marker; `None` when it is not one.
-fn decode_marker(bytes: &[u8]) -> Option<Vec<HeaderName>> {
-    parse_names(bytes.strip_prefix(MARKER_MAGIC)?)
+/// Reads a Vary marker and its generation; `None` when it is not one.
+fn decode_marker(bytes: &[u8]) -> Option<(Vec<HeaderName>, u64)> {
+    if let Some(names) = bytes.strip_prefix(MARKER_MAGIC_V2) {
+        return Some((parse_names(names)?, 0));
+    }
+    let rest = bytes.strip_prefix(MARKER_MAGIC)?;
+    let generation = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    Some((parse_names(rest.get(8..)?)?, generation))
 }
 
 #[cfg(test)]
@@ -381,18 +426,19 @@ mod tests {
                         must_revalidate: i == 2,
                     });
                 }
-                let decoded = Entry::decode(&e.encode(names));
-                assert_eq!(decoded.as_ref(), Some(&(e.clone(), names.to_vec())));
+                let decoded = Entry::decode(&e.encode(names, 42));
+                assert_eq!(decoded.as_ref(), Some(&(e.clone(), names.to_vec(), 42)));
                 let multi: Vec<_> = decoded
                     .iter()
-                    .flat_map(|(d, _)| d.headers.get_all("x-multi").iter())
+                    .flat_map(|(d, ..)| d.headers.get_all("x-multi").iter())
                     .collect();
                 assert_eq!(multi, ["one", "two"]);
                 assert_eq!(
-                    Record::decode(&e.encode(names)),
+                    Record::decode(&e.encode(names, 42)),
                     Some(Record::Entry {
                         entry: e,
-                        vary: names.to_vec()
+                        vary: names.to_vec(),
+                        generation: 42,
                     })
                 );
             }
@@ -401,7 +447,7 @@ mod tests {
 
     #[test]
     fn rejects_truncated_or_foreign_bytes() {
-        let bytes = entry(binary(300)).encode(&[]);
+        let bytes = entry(binary(300)).encode(&[], 1);
         for cut in [0, 3, 4, 12, 20, bytes.len() - 1] {
             assert!(Entry::decode(&bytes.slice(..cut)).is_none(), "cut at {cut}");
         }
@@ -411,6 +457,7 @@ mod tests {
         assert!(Entry::decode(&Bytes::from(longer)).is_none());
         let mut bad_vary = BytesMut::new();
         bad_vary.put_slice(MAGIC);
+        bad_vary.put_u64_le(1);
         bad_vary.put_u64_le(0);
         put_varint(&mut bad_vary, 0);
         bad_vary.put_u8(0);
@@ -423,7 +470,7 @@ mod tests {
     /// the entry's Vary list) and the entry before origin freshness are not read as records.
     #[test]
     fn the_version_1_framings_are_not_records() {
-        let current = entry(binary(10)).encode(&[]);
+        let current = entry(binary(10)).encode(&[], 1);
         for version in [1, 2] {
             let mut old = current.to_vec();
             old[3] = version;
@@ -451,6 +498,23 @@ mod tests {
         assert_eq!(o100, o1 + varint_size(100 * 1024) - varint_size(1024));
     }
 
+    /// The formats before generations read as generation 0.
+    #[test]
+    fn the_formats_without_a_generation_read_as_generation_0() {
+        let e = entry(binary(10));
+        let mut v3 = e.encode(&[], 9).to_vec();
+        v3.drain(4..12);
+        v3[3] = 3;
+        assert_eq!(Entry::decode(&Bytes::from(v3)), Some((e, Vec::new(), 0)));
+        assert_eq!(
+            Record::decode(&Bytes::from_static(b"IHV\x02accept")),
+            Some(Record::Marker {
+                vary: vec![HeaderName::from_static("accept")],
+                generation: 0
+            })
+        );
+    }
+
     #[test]
     fn markers_round_trip() {
         let names = [
@@ -459,11 +523,14 @@ mod tests {
         ];
         for names in [&names[..], &names[..1], &[]] {
             assert_eq!(
-                Record::decode(&encode_marker(names)),
-                Some(Record::Marker(names.to_vec()))
+                Record::decode(&encode_marker(names, 7)),
+                Some(Record::Marker {
+                    vary: names.to_vec(),
+                    generation: 7
+                })
             );
         }
-        assert_eq!(&encode_marker(&[])[..], b"IHV\x02");
+        assert_eq!(&encode_marker(&[], 1)[..], b"IHV\x03\x01\0\0\0\0\0\0\0");
         assert!(Record::decode(&Bytes::from_static(b"IHV\x02bad name")).is_none());
         assert!(Record::decode(&Bytes::from_static(b"garbage")).is_none());
     }

@@ -34,6 +34,9 @@ pub(crate) struct Published {
     pub(crate) variant_key: String,
     /// Its stale policy (see [`crate::stale`]): its key outlives its TTL by the stale window.
     pub(crate) stale: impcache::Freshness,
+    /// The generation of the record its lookup found (see [`crate::store`]), when it names this
+    /// response's variants: stored under it without writing the record.
+    pub(crate) generation: Option<u64>,
 }
 
 /// The flights in progress, by URL key, shared by every service a layer makes.

@@ -10,13 +10,13 @@
 //! anyway; with the cache down or slow it costs at most one repository deadline (the first failed
 //! round trip ends it).
 //!
-//! A URL whose record was a Vary marker (or that may have credentialed variants) still has
-//! variants under keys no request names: the next stored variant writes a new marker, which would
-//! make them reachable again. They are removed as
-//! [`CacheLayer::purge_url`](crate::CacheLayer::purge_url) removes them, with a `delete_pattern`
-//! sweep (on Redis, a `SCAN` of the whole keyspace). Its time grows with the database (seconds on
-//! millions of keys), so the response waits for it [`SWEEP_WAIT`] at most, then it goes on in the
-//! background; until it ends, a variant other than the one requested again since may be served.
+//! Removing a URL's records is enough: its variants (Vary variants, credentialed variants) are
+//! stored under the generation of the record that names them, and a new record has a new one, so
+//! they are unreachable at once (see [`crate::store`]) and expire with their TTL. Only a record
+//! of an earlier version's format, whose variants carry no generation, has them removed as
+//! [`CacheLayer::purge_url`](crate::CacheLayer::purge_url) removes them on any host, with a
+//! `delete_pattern` sweep (on Redis, a `SCAN` of the whole keyspace): the response waits for it
+//! [`SWEEP_WAIT`] at most, then it goes on in the background.
 
 use http::header::{self, HeaderMap};
 use http::{Method, Request, StatusCode};
@@ -82,7 +82,6 @@ impl Pending {
             namespace: config.namespace.clone(),
             host: config.host(self.host.as_deref()).map(str::to_owned),
             methods: config.methods.clone(),
-            credentials: config.allow_authenticated,
             urls: self.urls(headers),
         };
         match tokio::runtime::Handle::try_current() {
@@ -146,22 +145,35 @@ fn join_path_and_query(path: &str, query: Option<&str>) -> String {
 }
 
 /// What one invalidation removes, owned so that it can run in a task of its own.
-struct Targets {
+pub(crate) struct Targets {
     cache: Cache,
     namespace: String,
     /// The host part of the keys (`None`: any host, when keys leave the host out).
     host: Option<String>,
     /// The methods whose responses the layer stores: each has a record per URL.
     methods: Vec<Method>,
-    credentials: bool,
     urls: Vec<String>,
 }
 
 impl Targets {
-    /// Reads the records and removes them with one `DEL`, then sweeps the variants of the URLs
-    /// that have them in a task of its own; stops at the first failure (with the cache down, the
-    /// next step would only wait its own deadline too), which is logged.
-    async fn invalidate(self) {
+    /// The targets of a purge of `urls` (paths and queries, as in request lines) on `host`.
+    pub(crate) fn purge(config: &Config, host: Option<&str>, urls: Vec<String>) -> Self {
+        Targets {
+            cache: config.cache.clone(),
+            namespace: config.namespace.clone(),
+            host: config.host(host).map(str::to_owned),
+            methods: config.methods.clone(),
+            urls,
+        }
+    }
+
+    /// Reads the URLs' records (one round trip) and removes the ones found with one `DEL` (a
+    /// second): their variants are then unreachable (see [`crate::store`]). Returns the number
+    /// of records removed, and the indexes in `urls` of the URLs whose record was of an earlier
+    /// format, whose variants only a sweep removes.
+    pub(crate) async fn remove_records(
+        &self,
+    ) -> Result<(u64, Vec<usize>), (impcache::Error, &'static str)> {
         let host = self.host.as_deref();
         // (index in `urls`, full record key) for every URL and stored method.
         let mut records = Vec::with_capacity(self.urls.len() * self.methods.len());
@@ -174,13 +186,13 @@ impl Targets {
         }
         let keys: Vec<&str> = records.iter().map(|(_, key)| key.as_str()).collect();
         let repository = self.cache.repository();
-        let values = match repository.get_many(&keys).await {
-            Ok(values) => values,
-            Err(error) => return self.failed(&error, "reading the records"),
-        };
+        let values = repository
+            .get_many(&keys)
+            .await
+            .map_err(|error| (error, "reading the records"))?;
         let mut sweep = Vec::new();
         for ((i, _), value) in records.iter().zip(&values) {
-            if has_variants(value.as_ref(), self.credentials) && !sweep.contains(i) {
+            if has_variants(value.as_ref()) && !sweep.contains(i) {
                 sweep.push(*i);
             }
         }
@@ -190,11 +202,24 @@ impl Targets {
             .filter(|(_, value)| value.is_some())
             .map(|((_, key), _)| key.as_str())
             .collect();
+        let mut removed = 0;
         if !found.is_empty() {
-            if let Err(error) = repository.delete_many(&found).await {
-                return self.failed(&error, "removing the records");
-            }
+            removed = repository
+                .delete_many(&found)
+                .await
+                .map_err(|error| (error, "removing the records"))?;
         }
+        Ok((removed, sweep))
+    }
+
+    /// Removes the records, then sweeps the variants of the URLs whose record was of an earlier
+    /// format in a task of its own; stops at the first failure (with the cache down, the next
+    /// step would only wait its own deadline too), which is logged.
+    async fn invalidate(self) {
+        let sweep = match self.remove_records().await {
+            Ok((_, sweep)) => sweep,
+            Err((error, step)) => return self.failed(&error, step),
+        };
         if sweep.is_empty() {
             return;
         }
@@ -204,6 +229,12 @@ impl Targets {
             Ok(handle) => drop(tokio::time::timeout(SWEEP_WAIT, handle.spawn(sweep)).await),
             Err(_) => sweep.await,
         }
+    }
+
+    /// The `delete_pattern` pattern of the URL at `index` in `urls`.
+    pub(crate) fn pattern(&self, index: usize) -> Option<String> {
+        let url = self.urls.get(index)?;
+        Some(key::url_pattern(&self.namespace, self.host.as_deref(), url))
     }
 
     /// Removes every variant of the URLs at `indexes` in `urls`.

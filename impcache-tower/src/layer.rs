@@ -7,6 +7,7 @@ use http::{Method, Request, StatusCode};
 use impcache::{Cache, DeleteProgress, Expire};
 
 use crate::config::{Config, StatusHeader};
+use crate::invalidate::Targets;
 use crate::key;
 
 /// A [`Layer`](tower::Layer) that caches HTTP responses in an [`impcache::Cache`].
@@ -284,6 +285,15 @@ impl CacheLayer {
     ///
     /// The query is matched after sorting its parameters by name, as keys are.
     ///
+    /// **Without a scan** when `host` is given (or keys leave the host out,
+    /// [`key_by_host(false)`](Self::key_by_host)): the URL's records (one per stored method) are
+    /// read and removed, two round trips whatever the size of the keyspace; its variants, stored
+    /// under the records' generation, are unreachable from then on and expire with their TTL
+    /// (they are not counted). A record written by an earlier version of this crate, whose
+    /// variants carry no generation, is swept as before. With `host` `None` and keys by host, the
+    /// URL's keys on every host are found by a `delete_pattern` sweep (on Redis a `SCAN` of the
+    /// whole keyspace).
+    ///
     /// Like every purge, a sweep that fails after removing keys returns
     /// [`Error::Interrupted`](impcache::Error::Interrupted) with the count removed
     /// ([`removed_before_failure`](impcache::Error::removed_before_failure)).
@@ -302,13 +312,25 @@ impl CacheLayer {
         &self,
         host: Option<&str>,
         path_and_query: &str,
-        on_progress: impl FnMut(DeleteProgress) + Send,
+        mut on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
-        let pattern = self.url_pattern(host, path_and_query);
-        self.config
-            .cache
-            .delete_pattern_with_progress(&pattern, on_progress)
-            .await
+        let config = &self.config;
+        if host.is_none() && config.key_by_host {
+            let pattern = self.url_pattern(host, path_and_query);
+            return config
+                .cache
+                .delete_pattern_with_progress(&pattern, on_progress)
+                .await;
+        }
+        let targets = Targets::purge(config, host, vec![path_and_query.to_owned()]);
+        let (mut removed, sweep) = targets.remove_records().await.map_err(|(error, _)| error)?;
+        for pattern in sweep.into_iter().filter_map(|i| targets.pattern(i)) {
+            removed += config
+                .cache
+                .delete_pattern_with_progress(&pattern, &mut on_progress)
+                .await?;
+        }
+        Ok(removed)
     }
 
     /// Removes every stored response whose path starts with `path_prefix` (any query, method,

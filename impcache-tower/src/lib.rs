@@ -37,7 +37,7 @@
 //! | **TTL** | [`expire`](CacheLayer::expire) (default 60 s), lowered by the response's `s-maxage`, else `max-age`; capped by [`max_ttl`](CacheLayer::max_ttl) |
 //! | **Client `Cache-Control`** | ignored unless [`honor_request_cache_control`](CacheLayer::honor_request_cache_control) |
 //! | **Hits** | the stored status and headers, `Content-Length`, `Age` and `Cache-Status: impcache; hit; ttl=N` (RFC 9211; [`status_header`](CacheLayer::status_header) adds `x-cache: HIT`); a matching `If-None-Match` gets 304 (an `ETag` is computed when the response has none) |
-//! | **Unsafe methods** | a 2xx/3xx response to `POST`, `PUT`, `PATCH`, `DELETE` (any method but `GET`, `HEAD`, `OPTIONS`, `TRACE` that is not in [`methods`](CacheLayer::methods)) removes the stored responses of its URL, and of the same-host URLs in its `Location` and `Content-Location`, before it is sent (RFC 9111 §4.4; the client reads its own write); an error status removes nothing; with the cache down or slow it adds at most one repository deadline and fails open (logged). Two round trips for URLs without `Vary`; a URL with variants is swept as [`purge_url`](CacheLayer::purge_url) does (`SCAN`: grows with the Redis keyspace), the response waiting for the sweep 500 ms at most (then it goes on in the background). Off with [`invalidate_on_unsafe_methods(false)`](CacheLayer::invalidate_on_unsafe_methods) |
+//! | **Unsafe methods** | a 2xx/3xx response to `POST`, `PUT`, `PATCH`, `DELETE` (any method but `GET`, `HEAD`, `OPTIONS`, `TRACE` that is not in [`methods`](CacheLayer::methods)) removes the stored responses of its URL, and of the same-host URLs in its `Location` and `Content-Location`, before it is sent (RFC 9111 §4.4; the client reads its own write); an error status removes nothing; with the cache down or slow it adds at most one repository deadline and fails open (logged). Two round trips whatever the keyspace: the URLs' records are read and removed, and their `Vary` variants, stored under the records' generation, are unreachable from then on (they expire with their TTL); only a record of an earlier version's format still has its variants swept (`SCAN`), the response waiting for it 500 ms at most. Off with [`invalidate_on_unsafe_methods(false)`](CacheLayer::invalidate_on_unsafe_methods) |
 //! | **Concurrent misses** | one handler call per key per process, also across the background store: a delivered response is a hit for the next request (read your own writes, with [`coalesce`](CacheLayer::coalesce) on). Waiters get the stored response (a streamed one once complete), never an uncacheable one; a leader whose client disconnects or whose handler panics hands over to one new leader |
 //! | **Stale** | served past its freshness only within a stale window: [`stale_while_revalidate`](CacheLayer::stale_while_revalidate) (served at once, one background handler call per URL refreshes it) and [`stale_if_error`](CacheLayer::stale_if_error) (answers for a handler error, a status of [`stale_if_error_statuses`](CacheLayer::stale_if_error_statuses), or a [`handler_timeout`](CacheLayer::handler_timeout)), or the response's own `stale-while-revalidate` / `stale-if-error` (RFC 5861), which win; `must-revalidate`, `proxy-revalidate`, `no-cache` forbid it. `Cache-Status: impcache; hit; fwd=stale; ttl=-N; detail=…`, `x-cache: STALE` |
 //! | **Cache down or slow** | the handler answers; the lookup waits no longer than the repository's deadline, and stores happen in the background |
@@ -57,9 +57,12 @@
 //!
 //! ## Purging
 //!
-//! [`CacheLayer::purge_url`] removes one URL with all its variants, [`CacheLayer::purge_prefix`]
-//! every URL under a path prefix, [`CacheLayer::purge_all`] everything; all use
-//! [`Cache::delete_pattern`](impcache::Cache::delete_pattern) with the patterns of [`key`].
+//! [`CacheLayer::purge_url`] removes one URL with all its variants: on a given host (or with
+//! keys that leave the host out) without a scan, by removing its records (two round trips; the
+//! variants of their generation are unreachable at once), on any host with a sweep.
+//! [`CacheLayer::purge_prefix`] removes every URL under a path prefix, [`CacheLayer::purge_all`]
+//! everything; the sweeps use [`Cache::delete_pattern`](impcache::Cache::delete_pattern) with the
+//! patterns of [`key`].
 //! Each has a `_with_progress` twin ([`CacheLayer::purge_prefix_with_progress`], ...) calling
 //! back after each batch of the sweep, and a purge that fails midway says how many keys it had
 //! removed ([`Error::removed_before_failure`](impcache::Error::removed_before_failure)).

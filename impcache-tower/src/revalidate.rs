@@ -126,6 +126,8 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 ttl: Some(verdict.ttl),
                 origin: Some((verdict.freshness, response_ms)),
                 stale: stale::policy(config, &updated).unwrap_or_default(),
+                // A new generation: the variants of its URL stored before are misses again.
+                generation: None,
                 guard,
             };
             let (published, _, storing) = unfinished.finish_published(stale.body);

@@ -28,7 +28,7 @@ use crate::policy::{self, NotStored, RequestPlan};
 use crate::render::{self, mark, Outcome};
 use crate::revalidate;
 use crate::stale::{self, Judged, Why};
-use crate::store::{lookup, Lookup, Unfinished};
+use crate::store::{lookup, Lookup, Seen, Unfinished};
 use http_body_util::BodyExt;
 
 /// The service [`CacheLayer`] wraps around a handler (or any
@@ -191,9 +191,9 @@ where
         // Taken before the lookup: see `flight` (read your own writes).
         let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
-        let (fwd, may_store, detail, stale, fallback) = if head || !refresh {
+        let (fwd, may_store, detail, stale, fallback, seen) = if head || !refresh {
             match lookup(config, &keys, request.headers()).await {
-                Lookup::Hit(entry) => match stale::judge(config, &entry, now_ms()) {
+                Lookup::Hit(entry, seen) => match stale::judge(config, &entry, now_ms()) {
                     Judged::Fresh => {
                         counted.count(LayerOutcome::Hit);
                         return Ok(hit(entry, request.headers(), head, config));
@@ -209,22 +209,25 @@ where
                             Why::Revalidating,
                         );
                         if !head {
-                            revalidate_in_background(&shared, inner, request, keys, ticket, entry);
+                            let found = (entry, seen);
+                            revalidate_in_background(&shared, inner, request, keys, ticket, found);
                         }
                         return Ok(response);
                     }
                     // Stale: the handler answers, the entry stands in if it fails.
-                    Judged::IfError { past } => ("stale", true, None, Some(entry), Some(past)),
+                    Judged::IfError { past } => {
+                        ("stale", true, None, Some(entry), Some(past), seen)
+                    }
                     // Origin mode: a stale entry, revalidated when it has a validator.
-                    Judged::Expired => ("stale", true, None, Some(entry), None),
+                    Judged::Expired => ("stale", true, None, Some(entry), None, seen),
                 },
-                Lookup::Miss(fwd) => (fwd, true, None, None, None),
+                Lookup::Miss(fwd, seen) => (fwd, true, None, None, None, seen),
                 Lookup::Failed { backend } => {
-                    ("uri-miss", !backend, Some("cache-error"), None, None)
+                    ("uri-miss", !backend, Some("cache-error"), None, None, None)
                 }
             }
         } else {
-            ("request", true, None, None, None)
+            ("request", true, None, None, None, None)
         };
         // Counted once the handler has answered when a stale entry may stand in for it.
         let counted = match (fallback, detail) {
@@ -254,6 +257,7 @@ where
             fallback,
             counted,
             lead: None,
+            seen,
         };
         Box::pin(forward(config, miss)).await
     }
@@ -322,6 +326,8 @@ struct Miss<S, ReqBody> {
     counted: Option<Counted>,
     /// The URL's flight, already led (a background revalidation): no coalescing.
     lead: Option<FlightGuard>,
+    /// The record the lookup found, whose generation a new variant is stored under.
+    seen: Option<Seen>,
 }
 
 /// A request the lookup did not answer: the handler's response, stored when it may be.
@@ -348,6 +354,7 @@ where
         fallback,
         counted,
         lead,
+        seen,
     } = miss;
     let count = |outcome| {
         if let Some(counted) = &counted {
@@ -525,6 +532,9 @@ where
     //    streams through unstored.
     let vary = policy::vary_names(&parts.headers).unwrap_or_default();
     let variant_key = key::variant_key(url, &vary, &headers, config.allow_authenticated);
+    let generation = seen
+        .filter(|seen| seen.vary == vary)
+        .map(|seen| seen.generation);
     let unfinished = Unfinished {
         cache: config.cache.clone(),
         keys,
@@ -537,6 +547,7 @@ where
         ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
         origin,
         stale: stale::policy(config, &parts.headers).unwrap_or_default(),
+        generation,
         guard,
     };
     let (body, stored, detail) = match body::buffer(body, config.max_body_size).await {
@@ -618,7 +629,7 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
     keys: key::UrlKeys,
     ticket: Ticket,
-    entry: Entry,
+    (entry, seen): (Entry, Option<Seen>),
 ) where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send,
@@ -650,6 +661,7 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
         fallback: None,
         counted: None,
         lead: Some(guard),
+        seen,
     };
     runtime.spawn(async move {
         let refresh = async {
@@ -699,7 +711,7 @@ async fn coalesce(
                     // store: look again. (On a hit, dropping the guard sends this flight's
                     // waiters to look again too.)
                     match lookup(config, keys, headers).await {
-                        Lookup::Hit(entry) if usable(config, &entry) => {
+                        Lookup::Hit(entry, _) if usable(config, &entry) => {
                             return Coalesced::Hit(entry)
                         }
                         _ => {}
@@ -723,7 +735,7 @@ async fn coalesce(
                     // the first to join leads, the others wait for it.
                     ticket = config.flights.ticket();
                     match lookup(config, keys, headers).await {
-                        Lookup::Hit(entry) if usable(config, &entry) => {
+                        Lookup::Hit(entry, _) if usable(config, &entry) => {
                             return Coalesced::Hit(entry)
                         }
                         _ => {}

@@ -7,6 +7,14 @@
 //! keyed credentials: a hit reads one key) or a Vary marker, the header names that pick the
 //! variant key to read next. A variant is written before the record that names it, so a reader
 //! that finds the record finds the variant.
+//!
+//! **Generations.** A record carries a generation (random), and a variant is served only under a
+//! record of its own generation: removing a URL's records (a purge, an unsafe method) makes all
+//! its variants unreachable at once, without finding their keys (they expire with their TTL). A
+//! new variant is written under the generation of the record its lookup found ([`Seen`]), and
+//! then the record is left alone; a variant whose lookup found no record (or another Vary) gets a
+//! new generation and writes the record. So a store that races a purge never makes the purged
+//! variants reachable again: it could only write a record of a new generation.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,20 +27,28 @@ use impcache::{Cache, Expire};
 
 use crate::config::Config;
 use crate::entry::Freshness;
-use crate::entry::{encode_marker, now_ms, Entry, Record};
+use crate::entry::{encode_marker, new_generation, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Published};
 use crate::key;
 use crate::render::strong_etag;
 
+/// The record a lookup found for a URL whose entries are variants: its Vary header names and the
+/// generation new variants are stored under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) generation: u64,
+}
+
 /// The result of a lookup.
 pub(crate) enum Lookup {
-    Hit(Entry),
-    /// `fwd` is `uri-miss` (nothing known for the URL) or `vary-miss` (not this variant).
-    Miss(&'static str),
+    /// The entry, and the record it was found through when it is a variant.
+    Hit(Entry, Option<Seen>),
+    /// `fwd` is `uri-miss` (nothing known for the URL) or `vary-miss` (not this variant, and the
+    /// record naming the variants).
+    Miss(&'static str, Option<Seen>),
     /// The cache could not answer; `backend` when it is down or slow (nothing is stored then).
-    Failed {
-        backend: bool,
-    },
+    Failed { backend: bool },
 }
 
 /// `Lookup::Failed` for a cache error.
@@ -49,25 +65,33 @@ pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &Heade
     let cache = &config.cache;
     let record = match cache.get_raw(keys.record()).await {
         Ok(Some(bytes)) => bytes,
-        Ok(None) => return Lookup::Miss("uri-miss"),
+        Ok(None) => return Lookup::Miss("uri-miss", None),
         Err(error) => return failed(&error),
     };
     let plain =
         |vary: &[HeaderName]| key::is_plain_variant(vary, headers, config.allow_authenticated);
     // When the record's key is this request's variant key, the answer is its entry, if it
     // holds one.
-    let vary = match Record::decode(&record) {
-        Some(Record::Entry { entry, vary }) if plain(&vary) => return Lookup::Hit(entry),
-        Some(Record::Marker(vary)) if plain(&vary) => return Lookup::Miss("vary-miss"),
-        Some(Record::Entry { vary, .. } | Record::Marker(vary)) => vary,
+    let seen = match Record::decode(&record) {
+        Some(Record::Entry { entry, vary, .. }) if plain(&vary) => return Lookup::Hit(entry, None),
+        Some(
+            Record::Entry {
+                vary, generation, ..
+            }
+            | Record::Marker { vary, generation },
+        ) => Seen { vary, generation },
         None => {
             tracing::warn!(key = %keys.record(), "impcache-tower: unreadable record, treated as a miss");
-            return Lookup::Miss("uri-miss");
+            return Lookup::Miss("uri-miss", None);
         }
     };
+    if plain(&seen.vary) {
+        // A marker naming the plain variant: not stored yet.
+        return Lookup::Miss("vary-miss", Some(seen));
+    }
     // Boxed on its own: it keeps the future of every lookup (moved into the request's box, an
     // allocation per request) small; a varying URL pays one more allocation.
-    Box::pin(lookup_variant(config, keys, headers, vary)).await
+    Box::pin(lookup_variant(config, keys, headers, seen)).await
 }
 
 /// The second read of a varying URL: the variant its record names for this request.
@@ -75,36 +99,33 @@ async fn lookup_variant(
     config: &Config,
     keys: &key::UrlKeys,
     headers: &HeaderMap,
-    vary: Vec<HeaderName>,
+    seen: Seen,
 ) -> Lookup {
     let cache = &config.cache;
-    let variant = key::variant_key(keys.url(), &vary, headers, config.allow_authenticated);
+    let variant = key::variant_key(keys.url(), &seen.vary, headers, config.allow_authenticated);
     let bytes = match cache.get_raw(&variant).await {
         Ok(Some(bytes)) => bytes,
-        Ok(None) => return Lookup::Miss("vary-miss"),
+        Ok(None) => return Lookup::Miss("vary-miss", Some(seen)),
         Err(error) => return failed(&error),
     };
     match Entry::decode(&bytes) {
-        Some((entry, _)) => Lookup::Hit(entry),
+        Some((entry, _, generation)) if generation == seen.generation => {
+            Lookup::Hit(entry, Some(seen))
+        }
+        // Of another generation: purged (or orphaned by a newer record).
+        Some(_) => Lookup::Miss("vary-miss", Some(seen)),
         None => {
             tracing::warn!(key = %variant, "impcache-tower: unreadable entry, treated as a miss");
-            Lookup::Miss("vary-miss")
+            Lookup::Miss("vary-miss", Some(seen))
         }
     }
 }
 
-/// Whether a URL whose record holds `record` may have entries under other keys than the record
-/// (Vary variants, credentialed variants), which only a sweep finds.
-pub(crate) fn has_variants(record: Option<&Bytes>, credentials: bool) -> bool {
-    let Some(bytes) = record else {
-        return false;
-    };
-    match Record::decode(bytes) {
-        Some(Record::Entry { vary, .. }) => credentials || !vary.is_empty(),
-        Some(Record::Marker(_)) => true,
-        // Another format (an earlier version's): its keys are unknown, so sweep.
-        None => true,
-    }
+/// Whether a URL whose record holds `record` may have entries that removing the record does not
+/// hide, which only a sweep finds: a record of an unknown (earlier) format. Every other record's
+/// variants are of its generation, unreachable once it is gone.
+pub(crate) fn has_variants(record: Option<&Bytes>) -> bool {
+    record.is_some_and(|bytes| Record::decode(bytes).is_none())
 }
 
 /// Writes a response: its variant, and the URL's record naming it.
@@ -119,36 +140,47 @@ async fn store(cache: &Cache, record: &str, published: &Published) -> impcache::
         .stored_expiry(expire, record)?
         .as_duration()
         .map_or(Expire::NEVER, Expire::from_duration);
-    let entry = published.entry.encode(&published.vary);
     if published.variant_key == record {
-        // The plain variant: one key, which also replaces a Vary marker.
+        // The plain variant: one key, which also replaces a Vary marker (a new generation: the
+        // variants of the record it replaces are unreachable).
+        let entry = published.entry.encode(&published.vary, new_generation());
         return cache.set_raw(record, entry, expire).await;
     }
-    // The variant first, then the record: a reader that finds the record finds the variant.
-    cache.set_raw(&published.variant_key, entry, expire).await?;
-    let marker = encode_marker(&published.vary);
-    if !published.vary.is_empty() {
-        // Replaces a plain entry: once a URL varies, its plain entry must never be served.
-        return cache.set_raw(record, marker, expire).await;
+    if let Some(generation) = published.generation {
+        // The record the lookup found names this variant's generation: the variant alone. (The
+        // record is not written again: were it removed meanwhile, writing it would make the
+        // removed variants reachable again.)
+        let entry = published.entry.encode(&published.vary, generation);
+        return cache.set_raw(&published.variant_key, entry, expire).await;
     }
-    // A credentialed variant of a response without `Vary`: the record must say "vary on nothing"
-    // without evicting a plain entry that anonymous requests are served from (credentialed
-    // requests never read it: they are not the plain variant).
+    // The variant first, then the record: a reader that finds the record finds the variant.
+    let generation = new_generation();
+    let entry = published.entry.encode(&published.vary, generation);
+    cache.set_raw(&published.variant_key, entry, expire).await?;
+    let marker = encode_marker(&published.vary, generation);
     if cache.set_nx_raw(record, marker.clone(), expire).await? {
         return Ok(());
     }
     let current = cache.get_raw(record).await?;
-    let keep = match current.as_ref().and_then(Record::decode) {
-        Some(Record::Entry { .. }) => true,
-        Some(Record::Marker(vary)) => vary.is_empty(),
+    let (current_vary, current_generation) = match current.as_ref().and_then(Record::decode) {
+        Some(
+            Record::Entry {
+                vary, generation, ..
+            }
+            | Record::Marker { vary, generation },
+        ) => (Some(vary), generation),
         // Gone meanwhile, or unreadable (an older format): the marker takes its place.
-        None => false,
+        None => (None, 0),
     };
-    if keep {
-        return Ok(());
+    if current_vary.as_ref() == Some(&published.vary) {
+        // A record of the same Vary names (written meanwhile by another variant's store, or the
+        // plain entry that a credentialed variant of a URL without `Vary` leaves in place): the
+        // variant joins its generation.
+        let entry = published.entry.encode(&published.vary, current_generation);
+        return cache.set_raw(&published.variant_key, entry, expire).await;
     }
-    // A stale marker (the URL no longer varies). A plain entry stored between the read and this
-    // write is lost (a later miss stores it again); none is ever served to the wrong request.
+    // Another Vary, or a plain entry of a URL that now varies: once a URL varies, its plain
+    // entry must never be served.
     cache.set_raw(record, marker, expire).await
 }
 
@@ -195,6 +227,8 @@ pub(crate) struct Unfinished {
     pub(crate) origin: Option<(Freshness, u64)>,
     /// Its stale policy: the key outlives `ttl` by its stale window.
     pub(crate) stale: impcache::Freshness,
+    /// The generation of the record the lookup found, when it names this response's variants.
+    pub(crate) generation: Option<u64>,
     pub(crate) guard: Option<FlightGuard>,
 }
 
@@ -239,6 +273,7 @@ impl Unfinished {
             vary: self.vary,
             variant_key: self.variant_key,
             stale: self.stale,
+            generation: self.generation,
         });
         if let Some(guard) = &self.guard {
             guard.publish(Arc::clone(&published));
