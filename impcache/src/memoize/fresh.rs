@@ -25,6 +25,7 @@ use crate::expire::Expire;
 use crate::freshness::{load_with, Freshness, LoadError};
 use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome};
+use crate::tags::Tags;
 use crate::Cache;
 
 /// A freshness option's value: whole seconds (any integer) or a [`Duration`].
@@ -170,7 +171,7 @@ where
             }
         }
     };
-    let loaded = load_with(cache, &key, expire, freshness, loader).await;
+    let loaded = load_with(cache, &key, expire, freshness, Tags::default(), loader).await;
     function.call(if ran.load(Ordering::Relaxed) {
         CallOutcome::Miss
     } else {

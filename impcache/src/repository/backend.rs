@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::failure::Failed;
 use super::memory::MemoryCacheRepository;
 use super::redis::RedisCacheRepository;
-use super::{CacheRepository, WithTtl};
+use super::{CacheRepository, TaggedRead, WithTtl};
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
@@ -120,6 +120,32 @@ impl Backend {
                 .await
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get_with_ttl(full.as_str()).await,
+        }
+    }
+
+    // --- Tags (issue 16). ---
+
+    /// The entry at `key` and the bytes at each tag key, in one wait.
+    pub(crate) async fn get_with_tags(
+        &self,
+        key: KeyParts<'_>,
+        tag_keys: &[&str],
+        with_ttl: bool,
+    ) -> Result<TaggedRead> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => {
+                Ok(memory.get_with_tags_now(full.as_str(), tag_keys, with_ttl))
+            }
+            Backend::Redis(redis) => redis
+                .get_with_tags_direct(full.as_str(), tag_keys, with_ttl)
+                .await
+                .map_err(Failed::into_error),
+            Backend::Custom(repository) => {
+                repository
+                    .get_with_tags(full.as_str(), tag_keys, with_ttl)
+                    .await
+            }
         }
     }
 
