@@ -218,6 +218,12 @@ impl Backend {
             Backend::Custom(repository) => {
                 repository.delete_if_equal(full.as_str(), expected).await
             }
+            // A write: the local copy goes at once, as for every write of this `Cache`.
+            Backend::Near(near) => {
+                let result = Box::pin(near.remote.delete_if_equal(key, expected)).await;
+                near.store.invalidate(full.as_str().as_bytes());
+                result
+            }
         }
     }
 
