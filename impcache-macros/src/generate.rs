@@ -92,7 +92,7 @@ fn key_block(plan: &Plan) -> TokenStream {
 /// template as `key`'s, then the function's own tag), or `Ok(vec![])` for an untagged function.
 fn tags_block(plan: &Plan) -> TokenStream {
     let Some(tags) = &plan.tags else {
-        if plan.freshness.is_empty() {
+        if plan.freshness.is_empty() && plan.lock.is_none() {
             // The plain runtime (`memoize`) takes no tags.
             return TokenStream::new();
         }
