@@ -10,7 +10,7 @@ use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
 use crate::errors::Errors;
 
 /// The valid options, in the order the error message lists them.
-const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `early_refresh`, `lock`";
+const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `early_refresh`, `lock`, `tags`, `invalidate_all`";
 
 /// The freshness options (issue 15), each taking seconds or a `Duration`: the name of the
 /// `impcache::Freshness` builder method each one calls.
@@ -50,6 +50,11 @@ pub(crate) struct Args {
     pub(crate) lock: Option<Expr>,
     /// Whether `lock` was given (a second one is a duplicate, even after `lock = false`).
     pub(crate) lock_given: bool,
+    /// Tags (issue 16): `tags = ["user:{id}", ..]`, the option's span and its templates.
+    pub(crate) tags: Option<(Span, Vec<LitStr>)>,
+    /// `invalidate_all`: tag every entry with the function's tag and generate
+    /// `{name}_invalidate_all` (implied by `tags`).
+    pub(crate) invalidate_all: Option<Span>,
 }
 
 /// Stores `value` in `slot`, or reports a duplicate at `path`.
@@ -247,6 +252,20 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
             },
             name if FRESHNESS.contains(&name) => freshness(&mut args, meta, name, errors),
             "lock" => lock(&mut args, meta, errors),
+            "tags" => {
+                if let Some(templates) = value(meta, "tags", "[\"user:{id}\"]", errors)
+                    .and_then(|e| tag_templates(e, errors))
+                {
+                    set(&mut args.tags, (path.span(), templates), path, "tags", errors);
+                }
+            }
+            "invalidate_all" => match meta {
+                Meta::Path(p) => set(&mut args.invalidate_all, p.span(), path, "invalidate_all", errors),
+                _ => errors.push(syn::Error::new_spanned(
+                    meta,
+                    "`invalidate_all` takes no value: write `invalidate_all`",
+                )),
+            },
             "hard_timeout" => errors.push(syn::Error::new_spanned(
                 path,
                 "`hard_timeout` is not available in `#[cached]`: a cached function has no value to return when its body is given up; use `Cache::get_or_set` with `Freshness::hard_timeout`",
@@ -258,6 +277,22 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
         }
     }
     args
+}
+
+/// `tags = ["user:{id}", "org:{org}"]`: an array of string literals.
+fn tag_templates(expr: &Expr, errors: &mut Errors) -> Option<Vec<LitStr>> {
+    let Expr::Array(array) = expr else {
+        errors.push(syn::Error::new_spanned(
+            expr,
+            "`tags` takes a list of string literals, as in `tags = [\"user:{id}\"]`",
+        ));
+        return None;
+    };
+    let mut templates = Vec::new();
+    for element in &array.elems {
+        templates.push(lit_str(element, "tags", errors)?);
+    }
+    Some(templates)
 }
 
 /// A freshness option: `name = 30` (seconds) or `name = Duration::from_millis(100)`.

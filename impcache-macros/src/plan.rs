@@ -98,6 +98,15 @@ pub(crate) struct Plan {
     pub(crate) invalidate_args: Vec<usize>,
     /// The generics of `{name}_invalidate`: those its arguments need.
     pub(crate) invalidate_generics: Generics,
+    /// Tags (issue 16): `Some` (the templates of `tags`, possibly none) when the function's
+    /// entries are tagged (`tags` or `invalidate_all`): they then carry the function's tag too,
+    /// and `{name}_invalidate_all` is generated.
+    pub(crate) tags: Option<Vec<Vec<Part>>>,
+    /// Indices into `args` of `{name}_invalidate_all`'s arguments: those the `cache` expression
+    /// names.
+    pub(crate) invalidate_all_args: Vec<usize>,
+    /// The generics of `{name}_invalidate_all`: those its arguments need.
+    pub(crate) invalidate_all_generics: Generics,
 }
 
 impl Plan {
@@ -108,6 +117,7 @@ impl Plan {
         let (has_receiver, plan_args) = arguments(&func, errors);
         let (key, key_args) = key(&args, has_receiver, &plan_args, errors);
         let (ret, value_ty, policy) = returns(&args, &func, errors);
+        let tags = tags(&args, &plan_args, errors);
 
         // A method (a receiver or a mention of `Self`) checks that it is not in a trait impl,
         // except where the path would need type arguments (type or const parameters,
@@ -135,6 +145,15 @@ impl Plan {
             .map(|&i| plan_args[i].ty.to_token_stream())
             .collect();
         let invalidate_generics = crate::generics::filter(&func.sig.generics, invalidate_types);
+        let invalidate_all_args: Vec<usize> = (0..plan_args.len())
+            .filter(|i| cache_mentions.contains(&plan_args[*i].name.to_string()))
+            .collect();
+        let invalidate_all_types: TokenStream = invalidate_all_args
+            .iter()
+            .map(|&i| plan_args[i].ty.to_token_stream())
+            .collect();
+        let invalidate_all_generics =
+            crate::generics::filter(&func.sig.generics, invalidate_all_types);
 
         let Args {
             expire,
@@ -160,6 +179,9 @@ impl Plan {
             check_not_in_trait_impl,
             invalidate_args,
             invalidate_generics,
+            tags,
+            invalidate_all_args,
+            invalidate_all_generics,
         })
     }
 }
@@ -292,7 +314,7 @@ fn key(
     }
     let mut key_args = Vec::new();
     let mut parts = Vec::new();
-    match template::parse(&key.value()) {
+    match template::parse(&key.value(), "key") {
         Err(message) => errors.push(syn::Error::new_spanned(key, message)),
         Ok(segments) => {
             for segment in segments {
@@ -315,6 +337,45 @@ fn key(
         }
     }
     (Key::Template(parts), key_args)
+}
+
+/// The tag templates, their placeholders resolved to arguments as `key`'s are; `None` when the
+/// function's entries are not tagged.
+fn tags(args: &Args, plan_args: &[Arg], errors: &mut Errors) -> Option<Vec<Vec<Part>>> {
+    if args.tags.is_none() && args.invalidate_all.is_none() {
+        return None;
+    }
+    let find = |name: &str| {
+        plan_args
+            .iter()
+            .position(|a| a.pattern.is_none() && !a.wild && a.name == name)
+    };
+    let mut tags = Vec::new();
+    for template in args.tags.iter().flat_map(|(_, templates)| templates) {
+        let mut parts = Vec::new();
+        match template::parse(&template.value(), "tags") {
+            Err(message) => errors.push(syn::Error::new_spanned(template, message)),
+            Ok(segments) => {
+                if segments.is_empty() {
+                    errors.push(syn::Error::new_spanned(template, "a tag cannot be empty"));
+                }
+                for segment in segments {
+                    match segment {
+                        Segment::Literal(text) => parts.push(Part::Literal(text)),
+                        Segment::Placeholder(name) => match find(&name) {
+                            Some(i) => parts.push(Part::Arg(i)),
+                            None => errors.push(syn::Error::new_spanned(
+                                template,
+                                format!("`tags` names `{{{name}}}`, but the function has no argument `{name}`"),
+                            )),
+                        },
+                    }
+                }
+            }
+        }
+        tags.push(parts);
+    }
+    Some(tags)
 }
 
 /// The return type, the stored type as spelled, and the policy choosing what is cached.

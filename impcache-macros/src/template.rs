@@ -1,4 +1,5 @@
-//! Parsing a `key = "user:{id}"` template into literal text and placeholders.
+//! Parsing a `key = "user:{id}"` (or `tags = ["user:{id}"]`) template into literal text and
+//! placeholders.
 
 /// A piece of a `key = "..."` template.
 pub(crate) enum Segment {
@@ -8,8 +9,9 @@ pub(crate) enum Segment {
     Placeholder(String),
 }
 
-/// Splits `template` into segments, or says what is wrong with it.
-pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
+/// Splits `template` (of the option `option`, named in errors) into segments, or says what is
+/// wrong with it.
+pub(crate) fn parse(template: &str, option: &str) -> Result<Vec<Segment>, String> {
     let mut segments = Vec::new();
     let mut literal = String::new();
     let mut chars = template.chars().peekable();
@@ -30,24 +32,28 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Segment>, String> {
                         Some('}') => break,
                         Some(c) => name.push(c),
                         None => {
-                            return Err(
-                                "unclosed `{` in `key` (write `{{` for a literal `{`)".to_owned()
-                            )
+                            return Err(format!(
+                                "unclosed `{{` in `{option}` (write `{{{{` for a literal `{{`)"
+                            ))
                         }
                     }
                 }
                 let name = name.trim().to_owned();
                 if name.is_empty() {
-                    return Err(
-                        "empty `{}` in `key`: name an argument, as in `\"user:{id}\"`".to_owned(),
-                    );
+                    return Err(format!(
+                        "empty `{{}}` in `{option}`: name an argument, as in `\"user:{{id}}\"`"
+                    ));
                 }
                 if !literal.is_empty() {
                     segments.push(Segment::Literal(std::mem::take(&mut literal)));
                 }
                 segments.push(Segment::Placeholder(name));
             }
-            '}' => return Err("unmatched `}` in `key` (write `}}` for a literal `}`)".to_owned()),
+            '}' => {
+                return Err(format!(
+                    "unmatched `}}` in `{option}` (write `}}}}` for a literal `}}`)"
+                ))
+            }
             c => literal.push(c),
         }
     }
@@ -63,7 +69,7 @@ mod tests {
 
     /// The segments as `"text"` and `{name}`, for comparison.
     fn shown(template: &str) -> Result<Vec<String>, String> {
-        let segments = parse(template)?;
+        let segments = parse(template, "key")?;
         Ok(segments
             .into_iter()
             .map(|s| match s {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use metrics::Recorder;
@@ -11,6 +12,7 @@ use tracing::Instrument;
 
 use crate::error::{shown, Error, Result};
 use crate::expire::{Expire, Expiry};
+use crate::freshness::Freshness;
 use crate::freshness::{GetOrSet, TryGetOrSet};
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
@@ -21,6 +23,7 @@ use crate::observe::{CacheStats, Counters, Observation};
 use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
 use crate::repository::{CacheRepository, WithTtl};
+use crate::tags::{self, envelope, Kind, Tags, Verdict};
 
 /// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
 /// operation's span, then counted in the stats and the metrics; evaluates to `Result<T>`.
@@ -131,6 +134,8 @@ struct Shared {
     counters: Counters,
     /// The near cache's store, when one was configured (issue 14).
     near: Option<Arc<NearStore>>,
+    /// Tags (issue 16): the clock-skew allowance of tag invalidations.
+    tag_clock_skew: Duration,
 }
 
 impl fmt::Debug for Cache {
@@ -152,6 +157,7 @@ pub struct CacheBuilder {
     max_key_bytes: usize,
     record_keys: bool,
     near: Option<NearCache>,
+    tag_clock_skew: Duration,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -162,6 +168,7 @@ impl fmt::Debug for CacheBuilder {
             .field("max_key_bytes", &self.max_key_bytes)
             .field("record_keys", &self.record_keys)
             .field("near", &self.near)
+            .field("tag_clock_skew", &self.tag_clock_skew)
             .field("repository", &self.repository)
             .finish()
     }
@@ -202,6 +209,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Tags (issue 16): how far apart the clocks of the processes sharing this cache may be
+    /// (default 0). Entries created up to this long after a tag's invalidation count as
+    /// invalidated too, so an entry computed just before it on a host whose clock runs ahead is
+    /// not served. See the [`tags` section of the README](crate#tags) and `Cache::invalidate_tag`.
+    pub fn tag_clock_skew(mut self, allowance: Duration) -> Self {
+        self.tag_clock_skew = allowance;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         let backend = Backend::of(&self.repository);
@@ -221,6 +237,7 @@ impl CacheBuilder {
                 max_key_bytes: self.max_key_bytes,
                 record_keys: self.record_keys,
                 counters: Counters::default(),
+                tag_clock_skew: self.tag_clock_skew,
             }),
             version: self.version,
         }
@@ -247,6 +264,7 @@ impl Cache {
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             record_keys: false,
             near: None,
+            tag_clock_skew: Duration::ZERO,
         }
     }
 
@@ -363,7 +381,10 @@ impl Cache {
     /// The bytes at `key`, and the lookup's tally.
     async fn read(&self, key: &str) -> Result<(Option<Bytes>, Tally)> {
         self.check_key(key)?;
-        let found = self.shared.backend.get(self.key_parts(key)).await?;
+        let mut found = self.shared.backend.get(self.key_parts(key)).await?;
+        if let Some(bytes) = found.take_if(|bytes| envelope::is_envelope(bytes)) {
+            found = self.open_tagged(key, &bytes).await?;
+        }
         let tally = Tally::read(found.as_ref().map(Bytes::len));
         Ok((found, tally))
     }
@@ -502,7 +523,13 @@ impl Cache {
             if full.is_empty() {
                 return Ok((Vec::new(), Tally::NONE));
             }
-            let values = self.shared.backend.get_many(&full).await?;
+            let mut values = self.shared.backend.get_many(&full).await?;
+            // Tags (issue 16): tagged entries are judged against their tags (a round trip each).
+            for (value, key) in values.iter_mut().zip(&full) {
+                if let Some(bytes) = value.take_if(|bytes| envelope::is_envelope(bytes)) {
+                    *value = self.open_tagged(key, &bytes).await?;
+                }
+            }
             let mut tally = Tally::NONE;
             let decoded = values
                 .into_iter()
@@ -754,6 +781,13 @@ impl Cache {
                     .await?
                     .map(|value| WithTtl::new(value, None))
             };
+            let found = match found {
+                Some(found) if envelope::is_envelope(&found.value) => self
+                    .open_tagged(key, &found.value)
+                    .await?
+                    .map(|value| WithTtl { value, ..found }),
+                found => found,
+            };
             let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
             Ok((found, tally))
         })
@@ -813,6 +847,224 @@ impl Cache {
 /// reserved).
 pub(crate) fn lock_key(key: &str) -> String {
     format!("__lock:{key}")
+}
+
+// --- Tags (issue 16): tagged writes, invalidation by tag, tagged reads (`crate::tags`). ---
+
+impl Cache {
+    /// Stores `value` at `key` for `expire`, tagged `tags`: [`invalidate_tag`](Cache::invalidate_tag)
+    /// of any of them hides it, without a scan. With no tags, the same as [`set`](Cache::set).
+    ///
+    /// A tagged entry is stored in an envelope, `{"__impcache_tagged__":{"created":..,"tags":[..]},
+    /// "value":..}`: the Python library reads it as that dict, not as the value (see the
+    /// [README's Tags section](crate#tags)). Reads of this crate unwrap it.
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+    /// let cache = Cache::new(MemoryCacheRepository::new());
+    /// cache.set_tagged("user:1:profile", &"Ada", 60, ["user:1"]).await?;
+    /// assert_eq!(cache.get::<String>("user:1:profile").await?.as_deref(), Some("Ada"));
+    /// cache.invalidate_tag("user:1").await?;
+    /// assert_eq!(cache.get::<String>("user:1:profile").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_tagged<V, I>(
+        &self,
+        key: &str,
+        value: &V,
+        expire: impl Into<Expire>,
+        tags: I,
+    ) -> Result<()>
+    where
+        V: Serialize + ?Sized,
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let tags = Tags::new(tags);
+        let created = tags::now_micros();
+        observed!(self, Operation::Set, Some(key), async {
+            self.check_key(key)?;
+            for tag in tags.as_slice() {
+                self.check_key(tag)?;
+            }
+            let expiry = expire.into().resolve(key)?;
+            let mut bytes = json::encode(key, value)?;
+            if !tags.is_empty() {
+                bytes = envelope::wrap(&bytes, tags.as_slice(), created);
+            }
+            let tally = Tally::written(bytes.len());
+            self.shared
+                .backend
+                .set(self.key_parts(key), bytes, expiry)
+                .await?;
+            Ok(((), tally))
+        })
+    }
+
+    /// Invalidates every entry tagged `tag` that exists now or is being computed (its loader
+    /// started before this call): they read as misses from now on, in every process sharing the
+    /// repository. One `SET` of the tag's key, never a scan; counted as a `set_many`.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        self.mark_tags(Tags::new([tag]), Kind::Hard).await
+    }
+
+    /// [`invalidate_tag`](Cache::invalidate_tag) of each of `tags`, in one round trip (on Cluster
+    /// one per node).
+    pub async fn invalidate_tags<I>(&self, tags: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.mark_tags(Tags::new(tags), Kind::Hard).await
+    }
+
+    /// Marks every entry tagged `tag` stale (Fastly's soft purge): a
+    /// [`get_or_set`](Cache::get_or_set) with a [`Freshness`](crate::Freshness) stale window
+    /// still serves it, counting the window from now, while one reload runs; reads without a
+    /// stale window (and plain [`get`](Cache::get)) see a miss.
+    pub async fn soft_invalidate_tag(&self, tag: &str) -> Result<()> {
+        self.mark_tags(Tags::new([tag]), Kind::Soft).await
+    }
+
+    /// Writes the time now into the state keys of `kind` of `tags`.
+    async fn mark_tags(&self, tags: Tags, kind: Kind) -> Result<()> {
+        observed!(self, Operation::SetMany, None, async {
+            for tag in tags.as_slice() {
+                self.check_key(tag)?;
+            }
+            let now = Bytes::from(tags::now_micros().to_string());
+            let keys: Vec<String> = tags
+                .as_slice()
+                .iter()
+                .map(|tag| tags::state_key(self.key_prefix(), self.version.as_str(), tag, kind))
+                .collect();
+            let entries: Vec<(&str, Bytes)> =
+                keys.iter().map(|key| (key.as_str(), now.clone())).collect();
+            if !entries.is_empty() {
+                self.shared
+                    .backend
+                    .set_many(&entries, Expiry::Never)
+                    .await?;
+            }
+            Ok(((), Tally::written(now.len() * entries.len())))
+        })
+    }
+
+    /// The state values of `tags` (hard and soft of each), one round trip.
+    async fn tag_states(&self, tags: &[String]) -> Result<Vec<Option<Bytes>>> {
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = tags::state_keys(self.key_prefix(), self.version.as_str(), tags);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.shared.backend.get_many(&keys).await
+    }
+
+    /// The value of the envelope `bytes` stored at `key` when none of its tags invalidated it
+    /// (a soft invalidation counts: no stale window here); a second round trip, for the tags'
+    /// state. Bytes that are no well-formed envelope are returned as they are.
+    async fn open_tagged(&self, key: &str, bytes: &Bytes) -> Result<Option<Bytes>> {
+        let Some(opened) = envelope::open(bytes) else {
+            tracing::debug!(target: "impcache", key, "a value starting like a tagged envelope is not one");
+            return Ok(Some(bytes.clone()));
+        };
+        let states = self.tag_states(&opened.tags).await?;
+        let verdict = tags::verdict(opened.created, &states, self.shared.tag_clock_skew);
+        Ok((verdict == Verdict::Fresh).then_some(opened.value))
+    }
+
+    /// [`read_for_load`](Cache::read_for_load) for `get_or_set`: with the call's `tags`, their
+    /// state is read with the entry (one wait); a tagged entry is judged against its tags and the
+    /// call's. A soft-invalidated entry comes back with a TTL that makes `policy` see it as
+    /// stale since the invalidation, or as a miss past the policy's stale window.
+    pub(crate) async fn read_for_load_tagged(
+        &self,
+        key: &str,
+        policy: &Freshness,
+        tags: &Tags,
+    ) -> Result<Option<WithTtl>> {
+        if tags.is_empty() {
+            return self.read_for_load_judged(key, policy).await;
+        }
+        observed!(self, Operation::Get, Some(key), async {
+            self.check_key(key)?;
+            let keys = tags::state_keys(self.key_prefix(), self.version.as_str(), tags.as_slice());
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let (found, states) = self
+                .shared
+                .backend
+                .get_with_tags(self.key_parts(key), &keys, policy.needs_ttl())
+                .await?;
+            let found = self.judge(found, states, tags, policy).await?;
+            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
+            Ok((found, tally))
+        })
+    }
+
+    /// An untagged `get_or_set` read: as [`read_for_load`](Cache::read_for_load), and a tagged
+    /// entry found is judged with the policy's stale window.
+    async fn read_for_load_judged(&self, key: &str, policy: &Freshness) -> Result<Option<WithTtl>> {
+        observed!(self, Operation::Get, Some(key), async {
+            self.check_key(key)?;
+            let parts = self.key_parts(key);
+            let found = if policy.needs_ttl() {
+                self.shared.backend.get_with_ttl(parts).await?
+            } else {
+                self.shared
+                    .backend
+                    .get(parts)
+                    .await?
+                    .map(|value| WithTtl::new(value, None))
+            };
+            let found = self
+                .judge(found, Vec::new(), &Tags::default(), policy)
+                .await?;
+            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
+            Ok((found, tally))
+        })
+    }
+
+    /// What a `get_or_set` read found, judged against the tags' `states` (those of `read`, in
+    /// order; the state of the entry's other tags is read here).
+    async fn judge(
+        &self,
+        found: Option<WithTtl>,
+        mut states: Vec<Option<Bytes>>,
+        read: &Tags,
+        policy: &Freshness,
+    ) -> Result<Option<WithTtl>> {
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        if !envelope::is_envelope(&found.value) {
+            return Ok(Some(found));
+        }
+        let Some(opened) = envelope::open(&found.value) else {
+            return Ok(Some(found));
+        };
+        let others: Vec<String> = opened
+            .tags
+            .iter()
+            .filter(|tag| !read.as_slice().contains(tag))
+            .cloned()
+            .collect();
+        states.extend(self.tag_states(&others).await?);
+        let ttl = match tags::verdict(opened.created, &states, self.shared.tag_clock_skew) {
+            Verdict::Fresh => found.ttl,
+            Verdict::Gone => return Ok(None),
+            Verdict::Stale { since } => {
+                let window = policy.stale_window();
+                let past = tags::elapsed_since(since);
+                if past >= window {
+                    return Ok(None);
+                }
+                let left = window - past;
+                Some(found.ttl.map_or(left, |ttl| ttl.min(left)))
+            }
+        };
+        Ok(Some(WithTtl::new(opened.value, ttl)))
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,28 @@
 //! installed with [`set_default_cache`], or `cache = ...`): a hit is one `GET`, concurrent misses
 //! run the body once per key, and a cache outage runs the body. Feature `macros`, on by default.
 //!
+//! ## Tags
+//!
+//! Entries written with [`Cache::set_tagged`] or [`get_or_set(..).tags(..)`](GetOrSet::tags)
+//! carry tags; [`Cache::invalidate_tag`] hides every entry of a tag in one `SET`, without a
+//! keyspace scan (on Cluster too), and [`Cache::soft_invalidate_tag`] makes them stale (served
+//! under a [`Freshness`] stale window while they reload). An entry whose loader started before an
+//! invalidation is never served after it. Tagged entries are stored in a JSON envelope (the
+//! Python library reads it as a dict holding the value); untagged ones keep the Python bytes.
+//!
+//! ```
+//! # use impcache::{Cache, MemoryCacheRepository};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+//! let cache = Cache::new(MemoryCacheRepository::new());
+//! let name: String = cache
+//!     .get_or_set("user:42:name", 60, || async { "Ada".to_owned() })
+//!     .tags(["user:42"])
+//!     .await?;
+//! cache.invalidate_tag("user:42").await?; // every entry about user 42, gone
+//! assert_eq!(cache.get::<String>("user:42:name").await?, None);
+//! # Ok(()) }
+//! ```
+//!
 //! ## Caching HTTP responses: `impcache-tower`
 //!
 //! The [`impcache-tower`](https://docs.rs/impcache-tower) crate's `CacheLayer` is a tower/axum
@@ -80,6 +102,7 @@ mod near;
 mod observe;
 mod progress;
 pub mod repository;
+mod tags;
 
 pub use cache::{Cache, CacheBuilder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEY_BYTES};
 pub use error::{BoxError, Error, Result};
@@ -101,7 +124,7 @@ pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder
 pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
 #[cfg(feature = "sentinel")]
 pub use repository::sentinel::{RedisSentinelCacheRepository, RedisSentinelCacheRepositoryBuilder};
-pub use repository::{BoxFuture, CacheRepository, WithTtl};
+pub use repository::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

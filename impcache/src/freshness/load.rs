@@ -21,6 +21,7 @@ use crate::expire::Expiry;
 use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
 use crate::json;
 use crate::repository::WithTtl;
+use crate::tags::{self, envelope, Tags};
 use crate::Cache;
 
 /// The `tracing` target of this module's events.
@@ -65,6 +66,8 @@ pub(super) struct Job {
     /// The cross-process lock and its checked lifetime; `None` without one, or when the call's
     /// read failed (the cache is down: fail open at once).
     pub(super) lock: Option<(Lock, Expiry)>,
+    /// Tags (issue 16): the call's tags, read with the entry and stored in its envelope.
+    pub(super) tags: Tags,
 }
 
 impl Job {
@@ -82,6 +85,7 @@ pub(crate) async fn get_or_set<V, E, F, Fut>(
     key: &str,
     expire: crate::Expire,
     policy: Freshness,
+    tags: Tags,
     loader: F,
 ) -> Result<V, E>
 where
@@ -113,8 +117,9 @@ where
         expiry,
         policy,
         lock,
+        tags: tags.clone(),
     };
-    let (job, stale, loader) = match cache.read_for_load(key, policy.needs_ttl()).await {
+    let (job, stale, loader) = match cache.read_for_load_tagged(key, &policy, &tags).await {
         Ok(Some(found)) => match serve(cache, key, &policy, &job, found, loader) {
             Served::Value(value) => return Ok(value),
             Served::Load { stale, loader } => (job(), stale, loader),
@@ -198,7 +203,10 @@ where
             Join::Leader(Leader { guard, recheck }) => {
                 if recheck {
                     // A flight of this key ended since our read: its value may be stored now.
-                    if let Ok(Some(found)) = job.cache.read_for_load(&job.key, true).await {
+                    let read = job
+                        .cache
+                        .read_for_load_tagged(&job.key, &job.policy, &job.tags);
+                    if let Ok(Some(found)) = read.await {
                         if let State::Fresh { .. } = job.policy.state(found.ttl) {
                             if let Some(value) = decode(&job, &found.value) {
                                 guard.publish(found.value);
@@ -322,6 +330,9 @@ pub(super) async fn run<V, E, F, Fut>(
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
+    // Tags: the entry's creation time is taken before its loader runs, so that an invalidation
+    // landing during the computation hides it.
+    let created = tags::now_micros();
     // Across processes (a flight's leader only, with a lock): take the lock, or serve the value
     // another process stored while this one waited. Outside a tokio runtime (no timers to wait
     // with) the loader runs without it.
@@ -396,7 +407,7 @@ pub(super) async fn run<V, E, F, Fut>(
             if let Some(guard) = &guard {
                 guard.publish(bytes.clone());
             }
-            store(&job, bytes).await;
+            store(&job, bytes, created).await;
             drop(guard);
         }
         (None, Some(guard)) => match stale {
@@ -411,8 +422,13 @@ pub(super) async fn run<V, E, F, Fut>(
     }
 }
 
-/// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry).
-async fn store(job: &Job, bytes: Bytes) {
+/// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry), in an
+/// envelope with its tags and creation time when the call has tags.
+async fn store(job: &Job, bytes: Bytes, created: u64) {
+    let bytes = match job.tags.as_slice() {
+        [] => bytes,
+        tags => envelope::wrap(&bytes, tags, created),
+    };
     if let Err(error) = job.cache.set_for_load(&job.key, bytes, job.expiry).await {
         report("set", &job.key, &error);
     }

@@ -233,9 +233,10 @@ async fn owned(job: &Job, token: Bytes, waited: bool) -> Turn {
 
 /// The value at `job`'s key if it is there and fresh.
 async fn fresh(job: &Job) -> Result<Option<Bytes>> {
+    // The tagged read when the call has tags: an envelope is opened and its tags are checked.
     let found = job
         .cache
-        .read_for_load(&job.key, job.policy.needs_ttl())
+        .read_for_load_tagged(&job.key, &job.policy, &job.tags)
         .await?;
     Ok(found
         .filter(|found| matches!(job.policy.state(found.ttl), State::Fresh { .. }))

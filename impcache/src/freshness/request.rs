@@ -13,15 +13,18 @@ use super::policy::Freshness;
 use crate::error::{Error, Result};
 use crate::expire::Expire;
 use crate::repository::BoxFuture;
+use crate::tags::Tags;
 use crate::Cache;
 
-/// A [`Cache::get_or_set`] call: await it, after setting a [`Freshness`] policy if you want one.
+/// A [`Cache::get_or_set`] call: await it, after setting a [`Freshness`] policy or
+/// [tags](GetOrSet::tags) if you want them.
 #[must_use = "a `GetOrSet` does nothing until awaited"]
 pub struct GetOrSet<'a, F> {
     cache: &'a Cache,
     key: &'a str,
     expire: Expire,
     policy: Freshness,
+    tags: Tags,
     loader: F,
 }
 
@@ -39,6 +42,7 @@ impl<'a, F> GetOrSet<'a, F> {
             key,
             expire,
             policy: Freshness::new(),
+            tags: Tags::default(),
             loader,
         }
     }
@@ -46,6 +50,19 @@ impl<'a, F> GetOrSet<'a, F> {
     /// The freshness policy of this call (default: none).
     pub fn freshness(mut self, policy: Freshness) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// The tags of this call's entry (issue 16): read with the entry in one round trip, and
+    /// stored with a loaded value, whose creation time is taken before the loader runs.
+    /// [`Cache::invalidate_tag`] of any of them hides the entry; a soft invalidation makes it
+    /// stale under this call's [`freshness`](GetOrSet::freshness) policy.
+    pub fn tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.tags = Tags::new(tags);
         self
     }
 }
@@ -60,6 +77,16 @@ impl<'a, F> TryGetOrSet<'a, F> {
     /// The freshness policy of this call (default: none).
     pub fn freshness(mut self, policy: Freshness) -> Self {
         self.inner.policy = policy;
+        self
+    }
+
+    /// The tags of this call's entry: see [`GetOrSet::tags`].
+    pub fn tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.inner.tags = Tags::new(tags);
         self
     }
 }
@@ -80,6 +107,7 @@ where
             self.key,
             self.expire,
             self.policy,
+            self.tags,
             move || async move { Ok::<V, Error>(loader().await) },
         ))
     }
@@ -101,9 +129,10 @@ where
             key,
             expire,
             policy,
+            tags,
             loader,
         } = self.inner;
-        Box::pin(load::get_or_set(cache, key, expire, policy, loader))
+        Box::pin(load::get_or_set(cache, key, expire, policy, tags, loader))
     }
 }
 
@@ -113,6 +142,7 @@ impl<F> fmt::Debug for GetOrSet<'_, F> {
             .field("key", &self.key)
             .field("expire", &self.expire)
             .field("policy", &self.policy)
+            .field("tags", &self.tags)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +153,7 @@ impl<F> fmt::Debug for TryGetOrSet<'_, F> {
             .field("key", &self.inner.key)
             .field("expire", &self.inner.expire)
             .field("policy", &self.inner.policy)
+            .field("tags", &self.inner.tags)
             .finish_non_exhaustive()
     }
 }

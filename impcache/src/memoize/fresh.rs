@@ -25,6 +25,7 @@ use crate::expire::Expire;
 use crate::freshness::{load_with, Freshness, LoadError, Lock};
 use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome};
+use crate::tags::Tags;
 use crate::Cache;
 
 /// A freshness option's value: whole seconds (any integer) or a [`Duration`].
@@ -50,6 +51,40 @@ macro_rules! seconds {
     )*};
 }
 seconds!(i32, i64, u32, u64, usize);
+
+/// Tags (issue 16): the tags built from a function's templates, then its own tag; the first
+/// template that could not be built is the error.
+pub fn tag_list<const N: usize>(
+    tags: [crate::Result<String>; N],
+    function: &str,
+) -> crate::Result<Vec<String>> {
+    let mut list = Vec::with_capacity(N + 1);
+    for tag in tags {
+        list.push(tag?);
+    }
+    list.push(function.to_owned());
+    Ok(list)
+}
+
+/// Tags (issue 16): the `{name}_invalidate_all` companion: invalidates the function's tag.
+pub async fn invalidate_all(
+    cache: Option<&Cache>,
+    version: Option<&Version>,
+    function: &str,
+) -> crate::Result<()> {
+    let Some(cache) = cache else {
+        return Ok(());
+    };
+    match version {
+        None => cache.invalidate_tag(function).await,
+        Some(version) => {
+            cache
+                .with_version(version.clone())
+                .invalidate_tag(function)
+                .await
+        }
+    }
+}
 
 /// A freshness option's value as a [`Duration`].
 pub fn duration(value: impl IntoDuration) -> Duration {
@@ -139,8 +174,9 @@ impl<R: Send + 'static> LoadError for Failed<R> {
     }
 }
 
-/// Runs one call of a `#[cached(...)]` function with freshness options. As
-/// [`memoize`](super::call::memoize), plus `freshness`; the body must be `Send + 'static`.
+/// Runs one call of a `#[cached(...)]` function with freshness options or tags. As
+/// [`memoize`](super::call::memoize), plus `freshness` and `tags` (an error building one runs
+/// the body uncached); the body must be `Send + 'static`.
 #[allow(clippy::too_many_arguments)]
 pub async fn memoize_fresh<P, R, F, Fut>(
     function: &'static CachedFunction,
@@ -149,6 +185,7 @@ pub async fn memoize_fresh<P, R, F, Fut>(
     key: crate::Result<String>,
     expire: Expire,
     freshness: Freshness,
+    tags: crate::Result<Vec<String>>,
     _policy: P,
     _codec: Codec<P::Value>,
     body: F,
@@ -186,6 +223,14 @@ where
         function.call(CallOutcome::Bypass);
         return body().await;
     }
+    let tags = match tags {
+        Ok(tags) => Tags::new(tags),
+        Err(error) => {
+            tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: a tag cannot be built; running uncached");
+            function.call(CallOutcome::Bypass);
+            return body().await;
+        }
+    };
     let ran = Arc::new(AtomicBool::new(false));
     let loader = {
         let ran = Arc::clone(&ran);
@@ -198,7 +243,7 @@ where
             }
         }
     };
-    let loaded = load_with(cache, &key, expire, freshness, loader).await;
+    let loaded = load_with(cache, &key, expire, freshness, tags, loader).await;
     function.call(if ran.load(Ordering::Relaxed) {
         CallOutcome::Miss
     } else {

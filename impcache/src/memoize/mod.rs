@@ -46,7 +46,9 @@ pub(crate) mod __private {
     pub use super::call::{body, invalidate, memoize, NotInTraitImpl};
     pub use super::codec::{codec, CacheValue, Codec};
     pub use super::default_cache::default_cache_or_warn as default_cache;
-    pub use super::fresh::{duration, lock, memoize_fresh, IntoDuration, IntoLock};
+    pub use super::fresh::{
+        duration, invalidate_all, lock, memoize_fresh, tag_list, IntoDuration, IntoLock,
+    };
     pub use super::key::{KeyArg, KeyBuilder};
     pub use super::returns::{
         Mismatch, Never, OkOnly, OptionReturn, Plain, Policy, ResultReturn, Returns,

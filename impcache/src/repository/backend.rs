@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::failure::Failed;
 use super::memory::MemoryCacheRepository;
 use super::redis::RedisCacheRepository;
-use super::{CacheRepository, WithTtl};
+use super::{CacheRepository, TaggedRead, WithTtl};
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
@@ -226,6 +226,37 @@ impl Backend {
                 let result = Box::pin(near.remote.delete_if_equal(key, expected)).await;
                 near.store.invalidate(full.as_str().as_bytes());
                 result
+            }
+        }
+    }
+
+    // --- Tags (issue 16). ---
+
+    /// The entry at `key` and the bytes at each tag key, in one wait.
+    pub(crate) async fn get_with_tags(
+        &self,
+        key: KeyParts<'_>,
+        tag_keys: &[&str],
+        with_ttl: bool,
+    ) -> Result<TaggedRead> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => {
+                Ok(memory.get_with_tags_now(full.as_str(), tag_keys, with_ttl))
+            }
+            Backend::Redis(redis) => redis
+                .get_with_tags_direct(full.as_str(), tag_keys, with_ttl)
+                .await
+                .map_err(Failed::into_error),
+            Backend::Custom(repository) => {
+                repository
+                    .get_with_tags(full.as_str(), tag_keys, with_ttl)
+                    .await
+            }
+            // Tagged reads go to Redis: an entry and its tags' state must be read together, and
+            // the near cache keeps neither a tag's absence nor an envelope's tags.
+            Backend::Near(near) => {
+                Box::pin(near.remote.get_with_tags(key, tag_keys, with_ttl)).await
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::commands::SCAN_BATCH;
-use super::{BoxFuture, CacheRepository, WithTtl};
+use super::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::glob::glob_match;
@@ -122,6 +122,21 @@ impl MemoryCacheRepository {
             ttl.saturating_sub(age)
         });
         Some(WithTtl::new(entry.value, ttl))
+    }
+
+    /// The entry (with its TTL when `with_ttl`) and the bytes at each tag key.
+    pub(crate) fn get_with_tags_now(
+        &self,
+        key: &str,
+        tag_keys: &[&str],
+        with_ttl: bool,
+    ) -> TaggedRead {
+        let entry = if with_ttl {
+            self.get_with_ttl_now(key)
+        } else {
+            self.get_now(key).map(|value| WithTtl::new(value, None))
+        };
+        (entry, self.get_many_now(tag_keys))
     }
 }
 

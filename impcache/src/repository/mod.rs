@@ -144,6 +144,34 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
+    // --- Tags (issue 16): an entry and its tags' state together. ---
+
+    /// The bytes at `key` (with its remaining TTL when `with_ttl`, else a TTL of `None`) and the
+    /// bytes at each of `tag_keys`, in their order: what a tagged read needs, in one wait. On
+    /// single-node Redis one pipeline (`GET` [+ `PTTL`] + `MGET`); the default sends the two
+    /// reads concurrently (on Cluster the tag keys live on other slots than the entry).
+    fn get_with_tags<'a>(
+        &'a self,
+        key: &'a str,
+        tag_keys: &'a [&'a str],
+        with_ttl: bool,
+    ) -> BoxFuture<'a, Result<TaggedRead>> {
+        Box::pin(async move {
+            let entry = async {
+                if with_ttl {
+                    self.get_with_ttl(key).await
+                } else {
+                    Ok(self
+                        .get(key)
+                        .await?
+                        .map(|value| WithTtl { value, ttl: None }))
+                }
+            };
+            let (entry, states) = tokio::join!(entry, self.get_many(tag_keys));
+            Ok((entry?, states?))
+        })
+    }
+
     /// Lets [`Cache`](crate::Cache) see which repository this is: the built-in in-memory and
     /// single-node Redis repositories return themselves, and are then called directly, without
     /// the boxed futures of this trait; every other repository keeps this default and is called
@@ -155,6 +183,10 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
 }
 
 // --- Freshness (issue 15). ---
+
+/// Tags (issue 16): what [`CacheRepository::get_with_tags`] returns: the entry (with its TTL
+/// when asked), and the bytes at each tag key, in order.
+pub type TaggedRead = (Option<WithTtl>, Vec<Option<Bytes>>);
 
 /// A value read with its key's remaining time to live ([`CacheRepository::get_with_ttl`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

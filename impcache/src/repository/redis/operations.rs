@@ -16,7 +16,7 @@ use crate::repository::commands::{
     check_value_size, delete_if_equal_command, key_command, keys_command, scan_command, set_command,
 };
 use crate::repository::failure::{Failed, Failure};
-use crate::repository::{BoxFuture, CacheRepository, WithTtl};
+use crate::repository::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
 
 impl RedisCacheRepository {
     /// Sends one command or pipeline under the call policy ([`call::call`]): the deadline and
@@ -180,6 +180,48 @@ impl RedisCacheRepository {
             .query("get", &|| shown(key), Request::ReadPipe(&pipe))
             .await?;
         Ok(value.map(|value| WithTtl::from_pttl(value, pttl)))
+    }
+
+    /// `GET` [+ `PTTL`] of `key` and `MGET` of `tag_keys`, pipelined: one round trip.
+    pub(crate) async fn get_with_tags_direct(
+        &self,
+        key: &str,
+        tag_keys: &[&str],
+        with_ttl: bool,
+    ) -> Result<TaggedRead, Failed> {
+        let mut pipe = redis::Pipeline::with_capacity(3);
+        pipe.add_command(key_command("GET", key));
+        if with_ttl {
+            pipe.add_command(key_command("PTTL", key));
+        }
+        if !tag_keys.is_empty() {
+            pipe.add_command(keys_command("MGET", tag_keys));
+        }
+        let request = Request::ReadPipe(&pipe);
+        match (with_ttl, tag_keys.is_empty()) {
+            (true, false) => {
+                let (value, pttl, states): (Option<Bytes>, i64, Vec<Option<Bytes>>) =
+                    self.query("get", &|| shown(key), request).await?;
+                Ok((value.map(|value| WithTtl::from_pttl(value, pttl)), states))
+            }
+            (false, false) => {
+                let (value, states): (Option<Bytes>, Vec<Option<Bytes>>) =
+                    self.query("get", &|| shown(key), request).await?;
+                Ok((value.map(|value| WithTtl::new(value, None)), states))
+            }
+            (true, true) => {
+                let (value, pttl): (Option<Bytes>, i64) =
+                    self.query("get", &|| shown(key), request).await?;
+                Ok((
+                    value.map(|value| WithTtl::from_pttl(value, pttl)),
+                    Vec::new(),
+                ))
+            }
+            (false, true) => {
+                let (value,): (Option<Bytes>,) = self.query("get", &|| shown(key), request).await?;
+                Ok((value.map(|value| WithTtl::new(value, None)), Vec::new()))
+            }
+        }
     }
 
     pub(crate) async fn get_many_direct(
@@ -368,6 +410,19 @@ impl CacheRepository for RedisCacheRepository {
     fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.delete_if_equal_direct(key, &expected)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn get_with_tags<'a>(
+        &'a self,
+        key: &'a str,
+        tag_keys: &'a [&'a str],
+        with_ttl: bool,
+    ) -> BoxFuture<'a, Result<TaggedRead>> {
+        Box::pin(async move {
+            self.get_with_tags_direct(key, tag_keys, with_ttl)
                 .await
                 .map_err(Failed::into_error)
         })

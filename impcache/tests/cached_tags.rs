@@ -1,0 +1,107 @@
+//! `#[cached(tags = [...])]` and `invalidate_all` (issue 16), on the in-memory repository: tags
+//! templated from the arguments, `{name}_invalidate_all` invalidating every entry of one
+//! function (and only that function's), and the function's tag following `name = "..."`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use impcache::{cached, Cache, MemoryCacheRepository};
+
+static CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::new(MemoryCacheRepository::new()));
+
+static PROFILE_RUNS: AtomicUsize = AtomicUsize::new(0);
+static ORDERS_RUNS: AtomicUsize = AtomicUsize::new(0);
+static PLAIN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, tags = ["user:{id}", "org:{org}"])]
+async fn profile(id: u64, org: String) -> String {
+    PROFILE_RUNS.fetch_add(1, SeqCst);
+    format!("{org}/{id}")
+}
+
+#[cached(cache = CACHE, expire = 60, name = "shop::orders", invalidate_all)]
+async fn orders(id: u64) -> Vec<u64> {
+    ORDERS_RUNS.fetch_add(1, SeqCst);
+    vec![id, id + 1]
+}
+
+#[cached(cache = CACHE, expire = 60)]
+async fn plain(id: u64) -> u64 {
+    PLAIN_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+/// The entries of one call are written in the background: wait until `key` is stored.
+async fn stored(key: &str) {
+    for _ in 0..5000 {
+        if CACHE
+            .repository()
+            .get(&CACHE.make_key(key))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{key} was never stored");
+}
+
+#[tokio::test]
+async fn tags_templated_from_the_arguments_invalidate_their_entries() {
+    assert_eq!(profile(1, "acme".to_owned()).await, "acme/1");
+    assert_eq!(profile(2, "acme".to_owned()).await, "acme/2");
+    assert_eq!(profile(3, "other".to_owned()).await, "other/3");
+    stored("cached_tags::profile:1:\"acme\"").await;
+    stored("cached_tags::profile:3:\"other\"").await;
+    assert_eq!(profile(1, "acme".to_owned()).await, "acme/1");
+    assert_eq!(PROFILE_RUNS.load(SeqCst), 3);
+
+    // The tag of user 1 hides only that entry.
+    CACHE.invalidate_tag("user:1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(profile(1, "acme".to_owned()).await, "acme/1");
+    assert_eq!(profile(2, "acme".to_owned()).await, "acme/2");
+    assert_eq!(PROFILE_RUNS.load(SeqCst), 4);
+
+    // The org's tag (a string argument, written unquoted as in `key` templates) hides both.
+    CACHE.invalidate_tag("org:acme").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(profile(2, "acme".to_owned()).await, "acme/2");
+    assert_eq!(profile(3, "other".to_owned()).await, "other/3");
+    assert_eq!(PROFILE_RUNS.load(SeqCst), 5);
+
+    // Every entry of the function, whatever its arguments.
+    profile_invalidate_all().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(profile(3, "other".to_owned()).await, "other/3");
+    assert_eq!(PROFILE_RUNS.load(SeqCst), 6);
+}
+
+#[tokio::test]
+async fn invalidate_all_hides_one_function_and_follows_its_name() {
+    for id in 0..5 {
+        assert_eq!(orders(id).await, [id, id + 1]);
+        assert_eq!(plain(id).await, id);
+    }
+    stored("shop::orders:4").await;
+    stored("cached_tags::plain:4").await;
+    orders_invalidate_all().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for id in 0..5 {
+        assert_eq!(orders(id).await, [id, id + 1]);
+        assert_eq!(plain(id).await, id);
+    }
+    assert_eq!(ORDERS_RUNS.load(SeqCst), 10);
+    assert_eq!(PLAIN_RUNS.load(SeqCst), 5);
+    // The function's tag is its `name`: the same invalidation from anywhere.
+    stored("shop::orders:0").await;
+    CACHE
+        .invalidate_tag("__impcache_fn:shop::orders")
+        .await
+        .unwrap();
+    assert_eq!(CACHE.get::<Vec<u64>>("shop::orders:0").await.unwrap(), None);
+}

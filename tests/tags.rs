@@ -1,0 +1,419 @@
+//! Tags (issue 16): `Cache::set_tagged`, `get_or_set(..).tags(..)`, `invalidate_tag`,
+//! `soft_invalidate_tag`, each against the memory repository and a real Redis (started by
+//! `tests/support`), and with the feature `cluster` the shared Redis Cluster (tag keys on other
+//! slots than the entries). `both!` instantiates each `async fn(Backend)` once per repository.
+//!
+//! No timing assertions. Tag times have microsecond resolution and an entry created in the same
+//! microsecond as an invalidation counts as invalidated: where a test writes right after an
+//! invalidation and wants the write to count as newer, it sleeps a millisecond first.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use impcache::{Cache, CacheRepository, Freshness, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use tokio::sync::Semaphore;
+
+const HANG: Duration = Duration::from_secs(5);
+const MS: Duration = Duration::from_millis(1);
+const MINUTE: Duration = Duration::from_secs(60);
+
+struct Backend {
+    cache: Cache,
+    /// Another `Cache` over the same data through its own repository (its own connection):
+    /// another process, as far as the cache can tell.
+    other: Cache,
+    _server: Option<RedisServer>,
+}
+
+impl Backend {
+    fn memory() -> Self {
+        let repository: Arc<dyn CacheRepository> = Arc::new(MemoryCacheRepository::new());
+        Backend {
+            cache: Cache::builder_shared(Arc::clone(&repository)).build(),
+            other: Cache::builder_shared(repository).build(),
+            _server: None,
+        }
+    }
+
+    fn redis() -> Self {
+        let server = RedisServer::start();
+        let cache = || {
+            let repository = RedisCacheRepository::builder(server.url())
+                .deadline(HANG)
+                .build()
+                .unwrap();
+            Cache::new(repository)
+        };
+        Backend {
+            cache: cache(),
+            other: cache(),
+            _server: Some(server),
+        }
+    }
+
+    /// The shared cluster of this test binary, under a key prefix of this test's own.
+    #[cfg(feature = "cluster")]
+    fn cluster() -> Self {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let prefix = format!(
+            "tags{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let cache = || {
+            let repository = impcache::RedisClusterCacheRepository::builder(
+                impcache_tests::cluster::RedisCluster::shared().urls(),
+            )
+            .deadline(HANG)
+            .build()
+            .unwrap();
+            Cache::builder(repository)
+                .key_prefix(prefix.clone())
+                .build()
+        };
+        Backend {
+            cache: cache(),
+            other: cache(),
+            _server: None,
+        }
+    }
+}
+
+macro_rules! both {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::redis()).await;
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::cluster()).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    an_invalidated_tag_hides_its_entries_and_only_those,
+    untagged_entries_keep_the_python_bytes_and_tagged_ones_are_json,
+    another_instance_sees_the_invalidation,
+    get_or_set_with_tags_loads_once_and_again_after_an_invalidation,
+    an_invalidation_during_the_computation_is_not_missed,
+    a_soft_invalidation_serves_stale_while_one_reload_runs,
+    a_soft_invalidation_without_a_stale_window_is_a_miss,
+    a_plain_get_or_set_checks_the_tags_of_what_it_finds,
+);
+
+/// The raw bytes stored at `key` (through the repository: no tag check).
+async fn raw(cache: &Cache, key: &str) -> Option<bytes::Bytes> {
+    cache.repository().get(&cache.make_key(key)).await.unwrap()
+}
+
+/// Waits until the raw entry at `key` contains `needle` (a background store landed).
+async fn stored(cache: &Cache, key: &str, needle: &str) {
+    for _ in 0..5000 {
+        if let Some(bytes) = raw(cache, key).await {
+            if String::from_utf8_lossy(&bytes).contains(needle) {
+                return;
+            }
+        }
+        tokio::time::sleep(MS).await;
+    }
+    panic!("{needle} was never stored at {key}");
+}
+
+/// A loader counting its runs, held at `gate` until the test lets it through.
+fn counted(
+    runs: &Arc<AtomicUsize>,
+    gate: &Arc<Semaphore>,
+    value: &'static str,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + 'static
+{
+    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
+    move || {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _permit = gate.acquire().await.unwrap();
+            value.to_owned()
+        })
+    }
+}
+
+async fn an_invalidated_tag_hides_its_entries_and_only_those(b: Backend) {
+    let cache = &b.cache;
+    cache.set_tagged("a", &1, 60, ["t1"]).await.unwrap();
+    cache.set_tagged("b", &2, 60, ["t1", "t2"]).await.unwrap();
+    cache.set("c", &3, 60).await.unwrap();
+    cache.set_tagged("d", &4, 60, ["t3"]).await.unwrap();
+    assert_eq!(cache.get::<i32>("b").await.unwrap(), Some(2));
+
+    cache.invalidate_tag("t2").await.unwrap();
+    assert_eq!(cache.get::<i32>("a").await.unwrap(), Some(1));
+    assert_eq!(cache.get::<i32>("b").await.unwrap(), None);
+    assert_eq!(cache.get::<i32>("c").await.unwrap(), Some(3));
+    assert_eq!(
+        cache
+            .get_many::<i32, _>(["a", "b", "c", "d"])
+            .await
+            .unwrap(),
+        [Some(1), None, Some(3), Some(4)]
+    );
+
+    cache.invalidate_tags(["t1", "t3"]).await.unwrap();
+    assert_eq!(
+        cache
+            .get_many::<i32, _>(["a", "b", "c", "d"])
+            .await
+            .unwrap(),
+        [None, None, Some(3), None]
+    );
+    assert_eq!(cache.get_raw("a").await.unwrap(), None);
+
+    // A write after the invalidation is visible again.
+    tokio::time::sleep(MS).await;
+    cache.set_tagged("a", &5, 60, ["t1"]).await.unwrap();
+    assert_eq!(cache.get::<i32>("a").await.unwrap(), Some(5));
+    // Another version has its own tags.
+    let v2 = cache.with_version(2);
+    v2.set_tagged("a", &6, 60, ["t1"]).await.unwrap();
+    cache.invalidate_tag("t1").await.unwrap();
+    assert_eq!(v2.get::<i32>("a").await.unwrap(), Some(6));
+}
+
+async fn untagged_entries_keep_the_python_bytes_and_tagged_ones_are_json(b: Backend) {
+    let cache = &b.cache;
+    cache
+        .set("plain", &serde_json::json!({"a": 1}), 60)
+        .await
+        .unwrap();
+    assert_eq!(raw(cache, "plain").await.unwrap(), &br#"{"a":1}"#[..]);
+
+    cache
+        .set_tagged("tagged", &serde_json::json!({"a": 1}), 60, ["user:1"])
+        .await
+        .unwrap();
+    let stored = raw(cache, "tagged").await.unwrap();
+    // What the Python library's `get` returns for it: this dict.
+    let seen: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(seen["value"], serde_json::json!({"a": 1}));
+    assert_eq!(
+        seen["__impcache_tagged__"]["tags"],
+        serde_json::json!(["user:1"])
+    );
+    assert!(seen["__impcache_tagged__"]["created"].is_u64());
+}
+
+async fn another_instance_sees_the_invalidation(b: Backend) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    let value: String = b
+        .cache
+        .get_or_set("user:1:profile", 60, counted(&runs, &open, "v1"))
+        .tags(["user:1"])
+        .await
+        .unwrap();
+    assert_eq!(value, "v1");
+    stored(&b.cache, "user:1:profile", "v1").await;
+    // The other "process" reads the entry, then invalidates the tag.
+    assert_eq!(
+        b.other.get::<String>("user:1:profile").await.unwrap(),
+        Some("v1".to_owned())
+    );
+    b.other.invalidate_tag("user:1").await.unwrap();
+    tokio::time::sleep(MS).await;
+    let value: String = b
+        .cache
+        .get_or_set("user:1:profile", 60, counted(&runs, &open, "v2"))
+        .tags(["user:1"])
+        .await
+        .unwrap();
+    assert_eq!(value, "v2");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+async fn get_or_set_with_tags_loads_once_and_again_after_an_invalidation(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    for _ in 0..3 {
+        let value: String = cache
+            .get_or_set("k", 60, counted(&runs, &open, "v1"))
+            .tags(["t", "u"])
+            .await
+            .unwrap();
+        assert_eq!(value, "v1");
+        stored(cache, "k", "v1").await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Invalidating a tag the entry does not carry changes nothing.
+    cache.invalidate_tag("other").await.unwrap();
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &open, "unused"))
+        .tags(["t", "u"])
+        .await
+        .unwrap();
+    assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("v1", 1));
+
+    cache.invalidate_tag("u").await.unwrap();
+    tokio::time::sleep(MS).await;
+    let value: String = cache
+        .try_get_or_set("k", 60, {
+            let run = counted(&runs, &open, "v2");
+            move || async move { Ok::<_, impcache::Error>(run().await) }
+        })
+        .tags(["t", "u"])
+        .await
+        .unwrap();
+    assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("v2", 2));
+}
+
+/// FusionCache #535/#628: the loader started before `invalidate_tag`; the value it computed
+/// answers the call that ran it, but is never served from the cache after the invalidation.
+async fn an_invalidation_during_the_computation_is_not_missed(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let leader = tokio::spawn({
+        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "old"));
+        async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
+    });
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(MS).await;
+    }
+    // The loader is running (held at its gate): the other process invalidates now.
+    b.other.invalidate_tag("t").await.unwrap();
+    gate.add_permits(1000);
+    assert_eq!(leader.await.unwrap(), "old");
+    // Its value was stored (after the invalidation), and is a miss all the same.
+    stored(cache, "k", "old").await;
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+    assert_eq!(b.other.get::<String>("k").await.unwrap(), None);
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &gate, "new"))
+        .tags(["t"])
+        .await
+        .unwrap();
+    assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("new", 2));
+}
+
+async fn a_soft_invalidation_serves_stale_while_one_reload_runs(b: Backend) {
+    let cache = &b.cache;
+    let policy = Freshness::new().stale_while_revalidate(MINUTE);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    let gate = Arc::new(Semaphore::new(0));
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &open, "v1"))
+        .tags(["t"])
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(value, "v1");
+    stored(cache, "k", "v1").await;
+
+    b.other.soft_invalidate_tag("t").await.unwrap();
+    tokio::time::sleep(MS).await;
+    // Every reader is answered with the stale value while the one reload is held at its gate.
+    for _ in 0..5 {
+        let value: String = cache
+            .get_or_set("k", 60, counted(&runs, &gate, "v2"))
+            .tags(["t"])
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(value, "v1");
+    }
+    // A plain read has no stale window: a miss.
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+    gate.add_permits(1000);
+    stored(cache, "k", "v2").await;
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &gate, "unused"))
+        .tags(["t"])
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("v2", 2));
+    assert_eq!(
+        cache.get::<String>("k").await.unwrap(),
+        Some("v2".to_owned())
+    );
+}
+
+async fn a_soft_invalidation_without_a_stale_window_is_a_miss(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    cache.set_tagged("k", &"v1", 60, ["t"]).await.unwrap();
+    cache.soft_invalidate_tag("t").await.unwrap();
+    tokio::time::sleep(MS).await;
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &open, "v2"))
+        .tags(["t"])
+        .await
+        .unwrap();
+    assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("v2", 1));
+}
+
+/// A `get_or_set` that names no tags still finds an envelope's tags and checks them (a second
+/// round trip), and a read naming other tags checks the entry's own too.
+async fn a_plain_get_or_set_checks_the_tags_of_what_it_finds(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    cache.set_tagged("k", &"v1", 60, ["t"]).await.unwrap();
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &open, "unused"))
+        .await
+        .unwrap();
+    assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("v1", 0));
+    let found = cache.get_raw_with_ttl("k").await.unwrap().unwrap();
+    assert_eq!(&found.value[..], b"\"v1\"");
+
+    cache.invalidate_tag("t").await.unwrap();
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &open, "v2"))
+        .tags(["unrelated"])
+        .await
+        .unwrap();
+    assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("v2", 1));
+}
+
+/// On Cluster, an entry and its tag keys live on different slots (and here nodes): the tagged
+/// read and the invalidation work across them.
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn cluster_tags_live_on_other_slots_than_their_entries() {
+    let b = Backend::cluster();
+    let cluster = impcache_tests::cluster::RedisCluster::shared();
+    let entry = b.cache.make_key("user:1:profile");
+    let tag = b.cache.make_key("__impcache_tag:hard:user:1");
+    assert_ne!(cluster.primary_for(&entry), cluster.primary_for(&tag));
+    b.cache
+        .set_tagged("user:1:profile", &"Ada", 60, ["user:1"])
+        .await
+        .unwrap();
+    b.other.invalidate_tag("user:1").await.unwrap();
+    assert_eq!(b.cache.get::<String>("user:1:profile").await.unwrap(), None);
+}
