@@ -652,3 +652,33 @@ async fn cluster_writes_on_each_primary_and_a_failover() {
     let _: () = cluster.cmd(heir, &["SET", &full, "4"]);
     wait_value(&cache, &key, Some(4)).await;
 }
+
+/// Lookups are counted by tier (`impcache_near_cache_lookups_total{tier}`).
+#[test]
+fn lookups_are_counted_by_tier() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let server = RedisServer::start();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = impcache_tests::current_thread_runtime();
+        runtime.block_on(async {
+            let cache = near_cache(&server, near());
+            wait_active(&cache).await;
+            cache.set("k", &1, 60).await.unwrap();
+            wait_local(&cache, "k").await;
+        });
+    });
+    let mut tiers = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if key.key().name() == "impcache_near_cache_lookups_total" {
+            let tier = key.key().labels().next().unwrap().value().to_owned();
+            if let DebugValue::Counter(count) = value {
+                tiers.insert(tier, count);
+            }
+        }
+    }
+    assert!(tiers.get("near").copied().unwrap_or(0) >= 1, "{tiers:?}");
+    assert!(tiers.get("remote").copied().unwrap_or(0) >= 1, "{tiers:?}");
+}

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 
 use super::{NearCache, NearCacheStats, NearCacheStatus};
+use crate::observe::hooks::{near_lookups, Tier};
 use crate::repository::WithTtl;
 
 /// Slots of the invalidation log: a power of two.
@@ -175,12 +176,14 @@ impl Store {
         }
         let entry = self.entries.get(key)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
+        near_lookups(Tier::Near, 1);
         Some(entry)
     }
 
     /// A ticket for a read about to be sent; `None` when the near cache is not active (the reply
     /// will not be kept).
     pub(crate) fn ticket(&self) -> Option<Ticket> {
+        near_lookups(Tier::Remote, 1);
         if !self.active() {
             self.bypassed.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -200,6 +203,7 @@ impl Store {
             &self.bypassed
         };
         counter.fetch_add(count as u64, Ordering::Relaxed);
+        near_lookups(Tier::Remote, count as u64);
     }
 
     /// Whether nothing invalidated `key` (nor flushed everything) since `ticket`.
