@@ -201,6 +201,26 @@ async fn own_writes_are_read_back_at_once() {
     v2.set("k", &7, 60).await.unwrap();
     assert_eq!(v2.get::<i64>("k").await.unwrap(), Some(7));
     assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(6));
+    // Raw entries (the HTTP layer's, `#[cached]`'s) read through it the same way.
+    cache
+        .set_raw("raw", bytes::Bytes::from_static(b"r1"), 60)
+        .await
+        .unwrap();
+    eventually("a raw entry is served locally", || async {
+        let before = cache.near_cache_stats().hits;
+        let found = cache.get_raw("raw").await.unwrap();
+        assert_eq!(found.as_deref(), Some(&b"r1"[..]));
+        cache.near_cache_stats().hits > before
+    })
+    .await;
+    cache
+        .set_raw("raw", bytes::Bytes::from_static(b"r2"), 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get_raw("raw").await.unwrap().as_deref(),
+        Some(&b"r2"[..])
+    );
     // get_or_set reads through the near cache too (its GET + PTTL).
     let value: i64 = cache
         .get_or_set("k", 60, || async { unreachable!("stored") })
