@@ -702,3 +702,63 @@ fn lookups_are_counted_by_tier() {
     assert!(tiers.get("near").copied().unwrap_or(0) >= 1, "{tiers:?}");
     assert!(tiers.get("remote").copied().unwrap_or(0) >= 1, "{tiers:?}");
 }
+
+/// `#[cached]` hits and `CacheLayer` hits read through the near cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_functions_and_the_http_layer_hit_the_near_cache() {
+    use std::convert::Infallible;
+    use std::sync::OnceLock;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use impcache_tower::CacheLayer;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+
+    #[impcache::cached(expire = 60, cache = CACHE.get().unwrap())]
+    async fn square(x: u64) -> u64 {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        x * x
+    }
+
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    CACHE.set(cache.clone()).unwrap();
+    assert_eq!(square(12).await, 144);
+    let hits = cache.near_cache_stats().hits;
+    eventually("a #[cached] hit is served locally", || async {
+        assert_eq!(square(12).await, 144);
+        cache.near_cache_stats().hits > hits
+    })
+    .await;
+    assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+
+    let service = CacheLayer::new(cache.clone()).expire(60).layer(service_fn(
+        |_request: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+        },
+    ));
+    let get = || async {
+        let response = service
+            .clone()
+            .oneshot(
+                Request::get("http://example.com/greeting")
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    assert_eq!(&get().await[..], b"hello");
+    let hits = cache.near_cache_stats().hits;
+    eventually("a CacheLayer hit is served locally", || async {
+        assert_eq!(&get().await[..], b"hello");
+        cache.near_cache_stats().hits > hits
+    })
+    .await;
+}
