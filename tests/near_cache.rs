@@ -201,6 +201,26 @@ async fn own_writes_are_read_back_at_once() {
     v2.set("k", &7, 60).await.unwrap();
     assert_eq!(v2.get::<i64>("k").await.unwrap(), Some(7));
     assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(6));
+    // Raw entries (the HTTP layer's, `#[cached]`'s) read through it the same way.
+    cache
+        .set_raw("raw", bytes::Bytes::from_static(b"r1"), 60)
+        .await
+        .unwrap();
+    eventually("a raw entry is served locally", || async {
+        let before = cache.near_cache_stats().hits;
+        let found = cache.get_raw("raw").await.unwrap();
+        assert_eq!(found.as_deref(), Some(&b"r1"[..]));
+        cache.near_cache_stats().hits > before
+    })
+    .await;
+    cache
+        .set_raw("raw", bytes::Bytes::from_static(b"r2"), 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get_raw("raw").await.unwrap().as_deref(),
+        Some(&b"r2"[..])
+    );
     // get_or_set reads through the near cache too (its GET + PTTL).
     let value: i64 = cache
         .get_or_set("k", 60, || async { unreachable!("stored") })
@@ -651,4 +671,94 @@ async fn cluster_writes_on_each_primary_and_a_failover() {
     wait_local(&cache, &key).await;
     let _: () = cluster.cmd(heir, &["SET", &full, "4"]);
     wait_value(&cache, &key, Some(4)).await;
+}
+
+/// Lookups are counted by tier (`impcache_near_cache_lookups_total{tier}`).
+#[test]
+fn lookups_are_counted_by_tier() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let server = RedisServer::start();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = impcache_tests::current_thread_runtime();
+        runtime.block_on(async {
+            let cache = near_cache(&server, near());
+            wait_active(&cache).await;
+            cache.set("k", &1, 60).await.unwrap();
+            wait_local(&cache, "k").await;
+        });
+    });
+    let mut tiers = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if key.key().name() == "impcache_near_cache_lookups_total" {
+            let tier = key.key().labels().next().unwrap().value().to_owned();
+            if let DebugValue::Counter(count) = value {
+                tiers.insert(tier, count);
+            }
+        }
+    }
+    assert!(tiers.get("near").copied().unwrap_or(0) >= 1, "{tiers:?}");
+    assert!(tiers.get("remote").copied().unwrap_or(0) >= 1, "{tiers:?}");
+}
+
+/// `#[cached]` hits and `CacheLayer` hits read through the near cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_functions_and_the_http_layer_hit_the_near_cache() {
+    use std::convert::Infallible;
+    use std::sync::OnceLock;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use impcache_tower::CacheLayer;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+
+    #[impcache::cached(expire = 60, cache = CACHE.get().unwrap())]
+    async fn square(x: u64) -> u64 {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        x * x
+    }
+
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    CACHE.set(cache.clone()).unwrap();
+    assert_eq!(square(12).await, 144);
+    let hits = cache.near_cache_stats().hits;
+    eventually("a #[cached] hit is served locally", || async {
+        assert_eq!(square(12).await, 144);
+        cache.near_cache_stats().hits > hits
+    })
+    .await;
+    assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+
+    let service = CacheLayer::new(cache.clone()).expire(60).layer(service_fn(
+        |_request: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+        },
+    ));
+    let get = || async {
+        let response = service
+            .clone()
+            .oneshot(
+                Request::get("http://example.com/greeting")
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    assert_eq!(&get().await[..], b"hello");
+    let hits = cache.near_cache_stats().hits;
+    eventually("a CacheLayer hit is served locally", || async {
+        assert_eq!(&get().await[..], b"hello");
+        cache.near_cache_stats().hits > hits
+    })
+    .await;
 }

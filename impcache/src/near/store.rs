@@ -19,6 +19,7 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 
 use super::{NearCache, NearCacheStats, NearCacheStatus};
+use crate::observe::hooks::{near_lookups, Tier};
 use crate::repository::WithTtl;
 
 /// Slots of the invalidation log: a power of two.
@@ -175,12 +176,14 @@ impl Store {
         }
         let entry = self.entries.get(key)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
+        near_lookups(Tier::Near, 1);
         Some(entry)
     }
 
     /// A ticket for a read about to be sent; `None` when the near cache is not active (the reply
     /// will not be kept).
     pub(crate) fn ticket(&self) -> Option<Ticket> {
+        near_lookups(Tier::Remote, 1);
         if !self.active() {
             self.bypassed.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -192,14 +195,14 @@ impl Store {
         })
     }
 
-    /// Counts `count` keys read from the remote without keeping their replies.
-    pub(crate) fn count_remote(&self, count: usize) {
-        let counter = if self.active() {
-            &self.misses
-        } else {
-            &self.bypassed
-        };
+    /// Counts `count` keys read from the remote without keeping their replies; whether the
+    /// near cache is active (then the read is settled with [`Store::settle_many`]).
+    pub(crate) fn count_remote(&self, count: usize) -> bool {
+        let active = self.active();
+        let counter = if active { &self.misses } else { &self.bypassed };
         counter.fetch_add(count as u64, Ordering::Relaxed);
+        near_lookups(Tier::Remote, count as u64);
+        active
     }
 
     /// Whether nothing invalidated `key` (nor flushed everything) since `ticket`.
@@ -209,26 +212,34 @@ impl Store {
             && self.slots[slot].load(Ordering::SeqCst) <= ticket.number
     }
 
-    /// Keeps the reply of a read sent with `ticket`, if no invalidation of its key arrived since
-    /// and it is small enough; its lifetime is `min(max_ttl, PTTL − round trip)`.
+    /// Settles a read sent with `ticket`: waits for the barrier, then keeps the reply (if any) if
+    /// no invalidation of its key arrived since and it is small enough; its lifetime is
+    /// `min(max_ttl, PTTL − round trip)`.
     ///
-    /// The data and tracking connections are not ordered with each other: an invalidation sent
-    /// by Redis before it answered a later read may still be on its way. So a `PING` goes over
-    /// every tracking connection first (the barrier): its answer comes after every invalidation
-    /// Redis sent before it, so after the one of any write that preceded the reply.
-    pub(crate) async fn keep_after_barrier(
-        &self,
-        ticket: Option<Ticket>,
-        key: &str,
-        found: &WithTtl,
-    ) {
+    /// The data and tracking connections are not ordered with each other: an invalidation Redis
+    /// sent before it answered this read may still be on its way. So a `PING` goes over every
+    /// tracking connection first (the barrier): its answer comes after every invalidation Redis
+    /// sent before it. Without it, a reply read before a write could be kept after the write's
+    /// invalidation was sent; and a reader that just read a new value from Redis could next be
+    /// served an older local value whose invalidation had not arrived yet. The barrier is passed
+    /// before the reply is returned, whether it is kept or not.
+    pub(crate) async fn settle(&self, ticket: Option<Ticket>, key: &str, found: Option<&WithTtl>) {
         let Some(ticket) = ticket else {
             return;
         };
-        if found.value.len() > self.max_value_bytes || !self.barrier().await {
+        if !self.barrier().await {
             return;
         }
-        self.keep(ticket, key, found);
+        if let Some(found) = found {
+            self.keep(ticket, key, found);
+        }
+    }
+
+    /// [`settle`](Store::settle) for replies that are not kept (an `MGET`): the barrier only.
+    pub(crate) async fn settle_many(&self, active: bool) {
+        if active {
+            let _ = self.barrier().await;
+        }
     }
 
     /// A `PING` answered on every tracking connection (within a heartbeat): every invalidation

@@ -263,7 +263,46 @@ pub(super) const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
         Some(Unit::Count),
         "Circuit breaker state changes, by from and to state.",
     ),
+    (
+        NEAR_LOOKUPS_TOTAL,
+        Some(Unit::Count),
+        "Keys looked up through a near cache, by the tier that answered (near, remote).",
+    ),
 ];
+
+// --- Near cache (issue 14). ---
+
+/// `impcache_near_cache_lookups_total{tier}`: keys looked up through a near cache, by the tier
+/// that answered: `near` (process memory) or `remote` (Redis).
+pub const NEAR_LOOKUPS_TOTAL: &str = "impcache_near_cache_lookups_total";
+
+/// The tier that answered a near cache's lookup: the `tier` label of [`NEAR_LOOKUPS_TOTAL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// Process memory.
+    Near,
+    /// Redis.
+    Remote,
+}
+
+static NEAR_TIER_LABELS: [[Label; 1]; 2] = [
+    [Label::from_static_parts("tier", "near")],
+    [Label::from_static_parts("tier", "remote")],
+];
+
+/// Counts `count` keys answered by `tier` (nothing without a recorder).
+#[inline]
+pub(crate) fn near_lookups(tier: Tier, count: u64) {
+    if !super::metrics::recorder_installed() {
+        return;
+    }
+    let labels = match tier {
+        Tier::Near => &NEAR_TIER_LABELS[0],
+        Tier::Remote => &NEAR_TIER_LABELS[1],
+    };
+    let key = Key::from_static_parts(NEAR_LOOKUPS_TOTAL, labels);
+    metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA).increment(count));
+}
 
 #[cfg(test)]
 mod tests {

@@ -168,11 +168,9 @@ impl Backend {
                 };
                 // The `PTTL` in the same pipeline: the local entry never outlives the key.
                 let found = Box::pin(near.remote.get_with_ttl(key)).await?;
-                if let Some(found) = &found {
-                    near.store
-                        .keep_after_barrier(Some(ticket), full.as_str(), found)
-                        .await;
-                }
+                near.store
+                    .settle(Some(ticket), full.as_str(), found.as_ref())
+                    .await;
                 Ok(found.map(|found| found.value))
             }
         }
@@ -197,11 +195,9 @@ impl Backend {
                 near.track();
                 let ticket = near.store.ticket();
                 let found = Box::pin(near.remote.get_with_ttl(key)).await?;
-                if let Some(found) = &found {
-                    near.store
-                        .keep_after_barrier(ticket, full.as_str(), found)
-                        .await;
-                }
+                near.store
+                    .settle(ticket, full.as_str(), found.as_ref())
+                    .await;
                 Ok(found)
             }
         }
@@ -284,8 +280,10 @@ impl Backend {
                     return Ok(values);
                 }
                 near.track();
-                near.store.count_remote(missing.len());
-                let mut fetched = Box::pin(near.remote.get_many(&missing)).await?.into_iter();
+                let active = near.store.count_remote(missing.len());
+                let fetched = Box::pin(near.remote.get_many(&missing)).await?;
+                near.store.settle_many(active).await;
+                let mut fetched = fetched.into_iter();
                 for value in values.iter_mut().filter(|value| value.is_none()) {
                     *value = fetched.next().flatten();
                 }
