@@ -307,7 +307,8 @@ impl CacheLayer {
     }
 
     /// [`purge_url`](Self::purge_url), calling `on_progress` after each batch of the sweep (see
-    /// [`Cache::delete_pattern_with_progress`](impcache::Cache::delete_pattern_with_progress)).
+    /// [`Cache::delete_pattern_with_progress`](impcache::Cache::delete_pattern_with_progress));
+    /// never when it purges without one.
     pub async fn purge_url_with_progress(
         &self,
         host: Option<&str>,

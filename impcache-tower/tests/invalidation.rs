@@ -424,6 +424,16 @@ async fn cost_of_an_invalidation_by_keyspace_size() {
     }
 }
 
+/// The server's `SCAN` statistics line (empty before the first `SCAN`).
+fn scans(redis: &RedisServer) -> String {
+    let stats: String = redis.cmd(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find(|line| line.starts_with("cmdstat_scan:"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A URL with variants on a large database: removing its record is enough (its variants are of
 /// the record's generation), so nothing sweeps the 2,000,000 keys and the response is not held up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,21 +443,13 @@ async fn a_url_with_variants_on_a_large_database_is_invalidated_without_a_sweep(
     let (svc, _) = service(layer.clone());
     store_all(&svc, &["/items/1", "/items/2"]).await;
     let _: () = redis.cmd(&["DEBUG", "POPULATE", "2000000", "other"]);
-    let scans = || -> String {
-        let stats: String = redis.cmd(&["INFO", "commandstats"]);
-        stats
-            .lines()
-            .find(|line| line.starts_with("cmdstat_scan:"))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let before = scans();
+    let before = scans(&redis);
     let started = Instant::now();
     let seen = send(&svc, request("POST", "/items/1", &[])).await;
     let took = started.elapsed();
     assert_eq!(seen.status, StatusCode::OK);
     assert!(took < BOUND, "the POST took {took:?}");
-    assert_eq!(scans(), before, "no SCAN");
+    assert_eq!(scans(&redis), before, "no SCAN");
     assert_eq!(outcomes(&svc, "/items/1").await, ("MISS", "MISS"));
     assert_eq!(outcomes(&svc, "/items/2").await, ("HIT", "HIT"));
 }
@@ -489,17 +491,9 @@ async fn purge_url_without_a_scan_in_memory() {
 async fn purge_url_without_a_scan_on_redis() {
     let redis = RedisServer::start();
     let _: () = redis.cmd(&["DEBUG", "POPULATE", "200000", "other"]);
-    let scans = || -> String {
-        let stats: String = redis.cmd(&["INFO", "commandstats"]);
-        stats
-            .lines()
-            .find(|line| line.starts_with("cmdstat_scan:"))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let before = scans();
+    let before = scans(&redis);
     purge_url_without_a_scan(redis_layer(&redis)).await;
-    assert_eq!(scans(), before, "no SCAN");
+    assert_eq!(scans(&redis), before, "no SCAN");
 }
 
 /// `purge_url` of one URL among 200,000 other keys: by host (the records) against any host (the

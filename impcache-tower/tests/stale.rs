@@ -389,3 +389,32 @@ async fn axum_over_tcp_with_redis() {
     );
     server.abort();
 }
+
+/// Concurrent requests for a stale URL whose handler fails: the first one's stale answer is not
+/// handed to the others waiting on its flight; each calls the handler itself, then falls back on
+/// its own stale entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_not_handed_a_stale_answer_to_another_request() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache()).stale_if_error(Duration::from_secs(60));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/w").await.unwrap();
+    wait_stored(&layer, "/w").await;
+    past_freshness().await;
+    origin.set(Answer::Status(500));
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { call(&service, "/w").await.unwrap() })
+        })
+        .collect();
+    for request in requests {
+        let (status, x_cache, cache_status, _) = request.await.unwrap();
+        assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "STALE"));
+        assert!(
+            cache_status.ends_with("detail=handler-status"),
+            "{cache_status}"
+        );
+    }
+    assert_eq!(origin.calls(), 1 + 5, "one handler call per request");
+}
