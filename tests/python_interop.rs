@@ -180,6 +180,30 @@ async fn rust_and_python_read_each_others_entries() {
     assert_eq!(other["get"]["string"], Value::Null);
 }
 
+/// Tags (issue 16): an untagged entry keeps Python's bytes; a tagged one is its envelope, which
+/// Python's `get` returns as a dict holding the value (no crash).
+#[tokio::test]
+async fn python_reads_a_tagged_entry_as_its_envelope() {
+    let Some(python) = python() else { return };
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::new(&server.url()).unwrap();
+    let cache = Cache::builder(repository)
+        .key_prefix("interop")
+        .version(3)
+        .build();
+    let value = json!({"name": "Ada", "ids": [1, 2]});
+    cache
+        .set_tagged("tagged", &value, 100, ["user:1"])
+        .await
+        .unwrap();
+    let read = run_python(&python, &server, "3", "read", &json!(["tagged"]));
+    assert_eq!(read["get"]["tagged"]["value"], value);
+    assert_eq!(
+        read["get"]["tagged"]["__impcache_tagged__"]["tags"],
+        json!(["user:1"])
+    );
+}
+
 /// An entry written by `get_or_set` with a stale window is an ordinary value to Python: past its
 /// freshness, within the window, Python still reads it (the TTL is the expire plus the window).
 #[tokio::test]

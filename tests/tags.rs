@@ -417,3 +417,24 @@ async fn cluster_tags_live_on_other_slots_than_their_entries() {
     b.other.invalidate_tag("user:1").await.unwrap();
     assert_eq!(b.cache.get::<String>("user:1:profile").await.unwrap(), None);
 }
+
+/// Fail open: with Redis down, a tagged `get_or_set` runs its loader and answers; an
+/// invalidation reports the outage (it is a write the caller must know failed).
+#[tokio::test]
+async fn with_redis_down_a_tagged_get_or_set_runs_its_loader() {
+    let mut server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository);
+    server.kill();
+    let value: String = cache
+        .get_or_set("k", 60, || async { "v".to_owned() })
+        .tags(["t"])
+        .await
+        .unwrap();
+    assert_eq!(value, "v");
+    let error = cache.invalidate_tag("t").await.unwrap_err();
+    assert!(error.is_backend_failure(), "{error}");
+}

@@ -23,7 +23,7 @@ use crate::observe::{CacheStats, Counters, Observation};
 use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
 use crate::repository::{CacheRepository, WithTtl};
-use crate::tags::{self, envelope, Kind, Tags, Verdict};
+use crate::tags::{self, envelope, Kind, StateKeys, Tags, Verdict};
 
 /// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
 /// operation's span, then counted in the stats and the metrics; evaluates to `Result<T>`.
@@ -952,13 +952,12 @@ impl Cache {
     }
 
     /// The state values of `tags` (hard and soft of each), one round trip.
-    async fn tag_states(&self, tags: &[String]) -> Result<Vec<Option<Bytes>>> {
+    async fn tag_states<T: AsRef<str> + Sync>(&self, tags: &[T]) -> Result<Vec<Option<Bytes>>> {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = tags::state_keys(self.key_prefix(), self.version.as_str(), tags);
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.shared.backend.get_many(&keys).await
+        let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags);
+        self.shared.backend.get_many(&keys.keys()).await
     }
 
     /// The value of the envelope `bytes` stored at `key` when none of its tags invalidated it
@@ -989,12 +988,11 @@ impl Cache {
         }
         observed!(self, Operation::Get, Some(key), async {
             self.check_key(key)?;
-            let keys = tags::state_keys(self.key_prefix(), self.version.as_str(), tags.as_slice());
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
             let (found, states) = self
                 .shared
                 .backend
-                .get_with_tags(self.key_parts(key), &keys, policy.needs_ttl())
+                .get_with_tags(self.key_parts(key), &keys.keys(), policy.needs_ttl())
                 .await?;
             let found = self.judge(found, states, tags, policy).await?;
             let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
@@ -1043,11 +1041,11 @@ impl Cache {
         let Some(opened) = envelope::open(&found.value) else {
             return Ok(Some(found));
         };
-        let others: Vec<String> = opened
+        let others: Vec<&str> = opened
             .tags
             .iter()
-            .filter(|tag| !read.as_slice().contains(tag))
-            .cloned()
+            .map(|tag| tag.as_ref())
+            .filter(|tag| !read.as_slice().iter().any(|known| known == tag))
             .collect();
         states.extend(self.tag_states(&others).await?);
         let ttl = match tags::verdict(opened.created, &states, self.shared.tag_clock_skew) {

@@ -37,6 +37,7 @@ const OPERATIONS: &[&str] = &[
     "memo-hit-template",
     "get-or-set-hit",
     "fresh-hit",
+    "tagged-hit",
     "http-cached",
     "http-cached-lean",
     "http-cached-stale",
@@ -124,6 +125,16 @@ fn main() {
         for (id, v) in values.iter().enumerate() {
             cache.set(&format!("small:{id}"), v, TTL).await.unwrap();
             memory.set(&format!("small:{id}"), v, TTL).await.unwrap();
+            // Tags (issue 16): `tagged-hit` reads these, tagged with two tags.
+            cache
+                .set_tagged(
+                    &format!("tagged:{id}"),
+                    v,
+                    TTL,
+                    [format!("user:{id}"), "users".to_owned()],
+                )
+                .await
+                .unwrap();
             moka.insert(
                 format!("cache:1:small:{id}"),
                 Bytes::from(serde_json::to_vec(v).unwrap()),
@@ -180,6 +191,16 @@ async fn run(
                     Small::new(id)
                 })
                 .freshness(policy)
+                .await
+                .unwrap();
+            black_box(v);
+        }
+        "tagged-hit" => {
+            let v: Small = cache
+                .get_or_set(&format!("tagged:{id}"), TTL, move || async move {
+                    Small::new(id)
+                })
+                .tags([format!("user:{id}"), "users".to_owned()])
                 .await
                 .unwrap();
             black_box(v);

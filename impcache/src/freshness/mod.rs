@@ -36,6 +36,9 @@
 //! an ordinary value that lives until the stale window ends, not until `expire`; and a policy's
 //! reads send `PTTL` too (one round trip all the same).
 //!
+//! The exception is a call with [tags](GetOrSet::tags) (issue 16): its value is stored in an
+//! envelope holding the tags and the creation time (see the crate docs' Tags section).
+//!
 //! # Bounds
 //! No call waits longer than the read's deadline plus what its policy allows the loader: the
 //! hard timeout (or, without one, the loader's own duration); with a stale value at hand and a

@@ -148,8 +148,9 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
 
     /// The bytes at `key` (with its remaining TTL when `with_ttl`, else a TTL of `None`) and the
     /// bytes at each of `tag_keys`, in their order: what a tagged read needs, in one wait. On
-    /// single-node Redis one pipeline (`GET` [+ `PTTL`] + `MGET`); the default sends the two
-    /// reads concurrently (on Cluster the tag keys live on other slots than the entry).
+    /// single-node Redis one `MGET` (with the TTL, `GET` + `PTTL` + `MGET` pipelined); the default
+    /// sends the two reads concurrently (on Cluster the tag keys live on other slots than the
+    /// entry).
     fn get_with_tags<'a>(
         &'a self,
         key: &'a str,

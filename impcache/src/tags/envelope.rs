@@ -10,6 +10,8 @@
 //! value that is a JSON object whose first field is `__impcache_tagged__` would be taken for an
 //! envelope: that field name is reserved.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -40,9 +42,9 @@ pub(crate) fn wrap(value: &[u8], tags: &[String], created: u64) -> Bytes {
 
 /// An envelope's contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Opened {
-    /// The entry's tags.
-    pub(crate) tags: Vec<String>,
+pub(crate) struct Opened<'a> {
+    /// The entry's tags (borrowed from the stored bytes unless escaped).
+    pub(crate) tags: Vec<Cow<'a, str>>,
     /// When its computation started (µs since the epoch).
     pub(crate) created: u64,
     /// The value's JSON: a slice of the stored bytes, not a copy.
@@ -50,21 +52,22 @@ pub(crate) struct Opened {
 }
 
 #[derive(Deserialize)]
-struct Header {
+struct Header<'a> {
     created: u64,
-    tags: Vec<String>,
+    #[serde(borrow)]
+    tags: Vec<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(rename = "__impcache_tagged__")]
-    header: Header,
+    #[serde(rename = "__impcache_tagged__", borrow)]
+    header: Header<'a>,
     #[serde(borrow)]
     value: &'a RawValue,
 }
 
 /// The contents of the envelope `bytes`; `None` when they are not a well-formed one.
-pub(crate) fn open(bytes: &Bytes) -> Option<Opened> {
+pub(crate) fn open(bytes: &Bytes) -> Option<Opened<'_>> {
     let envelope: Envelope<'_> = serde_json::from_slice(bytes).ok()?;
     let raw = envelope.value.get().as_bytes();
     // The raw value borrows from `bytes`: its offset there, to slice without copying.
@@ -89,7 +92,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
         assert_eq!(value["value"]["name"], "Ada");
         let opened = open(&wrapped).unwrap();
-        assert_eq!(opened.tags, tags);
+        assert_eq!(opened.tags, ["user:1", "a\"b"]);
         assert_eq!(opened.created, 42);
         assert_eq!(&opened.value[..], br#"{"name":"Ada"}"#);
     }

@@ -20,7 +20,8 @@
 //!   [`Freshness`](crate::Freshness) policy while it reloads (`stale_while_revalidate` counted
 //!   from the soft invalidation), a miss without one. A caller that knows its tags
 //!   (`get_or_set(..).tags(..)`, `#[cached(tags = ..)]`) reads the entry and the tag keys in one
-//!   round trip (single node: one pipeline `GET` [+ `PTTL`] + `MGET`; Cluster, where tag keys live
+//!   round trip (single node: one `MGET` of the entry and the tag keys, or with a stale window
+//!   `GET` + `PTTL` + `MGET` pipelined; Cluster, where tag keys live
 //!   on other slots: concurrent requests, one wait). A plain [`get`](crate::Cache::get) finds the
 //!   tags in the envelope and reads their state in a second round trip.
 //!
@@ -97,11 +98,45 @@ pub(crate) fn state_key(prefix: &str, version: &str, tag: &str, kind: Kind) -> S
     full_key(prefix, version, &[TAG_KEY_PART, kind, tag].concat())
 }
 
-/// The state keys of `tags`: hard then soft of each tag, in order.
-pub(crate) fn state_keys(prefix: &str, version: &str, tags: &[String]) -> Vec<String> {
-    tags.iter()
-        .flat_map(|tag| [Kind::Hard, Kind::Soft].map(|kind| state_key(prefix, version, tag, kind)))
-        .collect()
+/// The state keys of some tags, hard then soft of each tag, in order ([`state_key`] of each):
+/// in one buffer, since a tagged read builds them on every call.
+pub(crate) struct StateKeys {
+    buffer: String,
+    ends: Vec<usize>,
+}
+
+impl StateKeys {
+    pub(crate) fn new<T: AsRef<str>>(prefix: &str, version: &str, tags: &[T]) -> StateKeys {
+        let fixed = prefix.len() + version.len() + TAG_KEY_PART.len() + 7;
+        let size: usize = tags
+            .iter()
+            .map(|tag| 2 * (fixed + tag.as_ref().len()))
+            .sum();
+        let mut buffer = String::with_capacity(size);
+        let mut ends = Vec::with_capacity(2 * tags.len());
+        for tag in tags {
+            for kind in ["hard:", "soft:"] {
+                for part in [prefix, ":", version, ":", TAG_KEY_PART, kind, tag.as_ref()] {
+                    buffer.push_str(part);
+                }
+                ends.push(buffer.len());
+            }
+        }
+        StateKeys { buffer, ends }
+    }
+
+    /// The keys, in order.
+    pub(crate) fn keys(&self) -> Vec<&str> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let key = self.buffer.get(start..end).unwrap_or_default();
+                start = end;
+                key
+            })
+            .collect()
+    }
 }
 
 /// Now, in µs since the Unix epoch (0 if the clock is before it).
@@ -124,7 +159,7 @@ pub(crate) enum Verdict {
 }
 
 /// The verdict on an entry created at `created` (µs), from its tags' state values as read
-/// (`states`: what [`state_keys`] hold, in that order; `None` where a tag was never invalidated)
+/// (`states`: what [`StateKeys`] hold, in that order; `None` where a tag was never invalidated)
 /// with the clock-skew allowance `skew`.
 pub(crate) fn verdict(created: u64, states: &[Option<Bytes>], skew: Duration) -> Verdict {
     let skew = u64::try_from(skew.as_micros()).unwrap_or(u64::MAX);
@@ -193,8 +228,10 @@ mod tests {
     fn tag_keys_are_reserved_and_deduplicated() {
         let tags = Tags::new(["a", "b", "a"]);
         assert_eq!(tags.as_slice(), ["a", "b"]);
+        let keys = StateKeys::new("p", "1", tags.as_slice());
+        assert_eq!(keys.keys()[3], state_key("p", "1", "b", Kind::Soft));
         assert_eq!(
-            state_keys("p", "1", tags.as_slice()),
+            keys.keys(),
             [
                 "p:1:__impcache_tag:hard:a",
                 "p:1:__impcache_tag:soft:a",

@@ -189,39 +189,35 @@ impl RedisCacheRepository {
         tag_keys: &[&str],
         with_ttl: bool,
     ) -> Result<TaggedRead, Failed> {
+        if !with_ttl {
+            // One `MGET` of the entry and its tag keys: one command, one reply to parse (a
+            // pipeline costs the client ~10 % more instructions per read).
+            let mut keys = Vec::with_capacity(1 + tag_keys.len());
+            keys.push(key);
+            keys.extend_from_slice(tag_keys);
+            let cmd = keys_command("MGET", &keys);
+            let mut found: Vec<Option<Bytes>> = self
+                .query("get", &|| shown(key), Request::Read(&cmd))
+                .await?;
+            let states = found.split_off(1.min(found.len()));
+            let value = found.pop().flatten();
+            return Ok((value.map(|value| WithTtl::new(value, None)), states));
+        }
+        // With the TTL: `GET` + `PTTL` + `MGET` of the tag keys, pipelined.
         let mut pipe = redis::Pipeline::with_capacity(3);
-        pipe.add_command(key_command("GET", key));
-        if with_ttl {
-            pipe.add_command(key_command("PTTL", key));
+        pipe.add_command(key_command("GET", key))
+            .add_command(key_command("PTTL", key));
+        if tag_keys.is_empty() {
+            let (value, pttl): (Option<Bytes>, i64) = self
+                .query("get", &|| shown(key), Request::ReadPipe(&pipe))
+                .await?;
+            return Ok((value.map(|v| WithTtl::from_pttl(v, pttl)), Vec::new()));
         }
-        if !tag_keys.is_empty() {
-            pipe.add_command(keys_command("MGET", tag_keys));
-        }
-        let request = Request::ReadPipe(&pipe);
-        match (with_ttl, tag_keys.is_empty()) {
-            (true, false) => {
-                let (value, pttl, states): (Option<Bytes>, i64, Vec<Option<Bytes>>) =
-                    self.query("get", &|| shown(key), request).await?;
-                Ok((value.map(|value| WithTtl::from_pttl(value, pttl)), states))
-            }
-            (false, false) => {
-                let (value, states): (Option<Bytes>, Vec<Option<Bytes>>) =
-                    self.query("get", &|| shown(key), request).await?;
-                Ok((value.map(|value| WithTtl::new(value, None)), states))
-            }
-            (true, true) => {
-                let (value, pttl): (Option<Bytes>, i64) =
-                    self.query("get", &|| shown(key), request).await?;
-                Ok((
-                    value.map(|value| WithTtl::from_pttl(value, pttl)),
-                    Vec::new(),
-                ))
-            }
-            (false, true) => {
-                let (value,): (Option<Bytes>,) = self.query("get", &|| shown(key), request).await?;
-                Ok((value.map(|value| WithTtl::new(value, None)), Vec::new()))
-            }
-        }
+        pipe.add_command(keys_command("MGET", tag_keys));
+        let (value, pttl, states): (Option<Bytes>, i64, Vec<Option<Bytes>>) = self
+            .query("get", &|| shown(key), Request::ReadPipe(&pipe))
+            .await?;
+        Ok((value.map(|v| WithTtl::from_pttl(v, pttl)), states))
     }
 
     pub(crate) async fn get_many_direct(
