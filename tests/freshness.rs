@@ -204,6 +204,7 @@ async fn stale_readers_are_answered_at_once_by_one_background_reload(backend: Ba
     let ttl = found.ttl.unwrap();
     assert!(ttl < MINUTE && ttl > MINUTE - HANG, "{ttl:?}");
     assert!(matches!(policy.state(found.ttl), State::Stale { .. }));
+    let stale_before = cache.stats().stale;
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     let callers: Vec<_> = (0..100)
@@ -225,6 +226,11 @@ async fn stale_readers_are_answered_at_once_by_one_background_reload(backend: Ba
             "old"
         );
     }
+    assert_eq!(
+        cache.stats().stale - stale_before,
+        100,
+        "each stale answer counted"
+    );
     gate.add_permits(1000);
     until_stored(&cache, "k", "new").await;
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one reload for 100 readers");
@@ -248,6 +254,7 @@ async fn a_failing_loader_serves_the_stale_value_and_is_logged(backend: Backend)
     let _guard = tracing::subscriber::set_default(subscriber);
     let policy = Freshness::new().stale_if_error(MINUTE);
     stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let stale_before = cache.stats().stale;
     let served: Result<String, Error> = cache
         .try_get_or_set("k", 60, || async {
             Err(Error::Loader {
@@ -258,6 +265,11 @@ async fn a_failing_loader_serves_the_stale_value_and_is_logged(backend: Backend)
         .freshness(policy)
         .await;
     assert_eq!(served.unwrap(), "old");
+    assert_eq!(
+        cache.stats().stale - stale_before,
+        1,
+        "the stale answer counted"
+    );
     assert!(
         logs.text().contains("the origin is down"),
         "not logged: {}",

@@ -19,6 +19,7 @@ use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
 use crate::near::{NearCache, NearCacheStats, NearCacheStatus, Store as NearStore};
 use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::observe::metrics::{Operation, Tally};
+use crate::observe::stale::{stale_served, StaleReason};
 use crate::observe::{CacheStats, Counters, Observation};
 use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
@@ -297,10 +298,19 @@ impl Cache {
         &self.shared.repository
     }
 
-    /// The hits, misses and errors counted so far by this cache, its clones and its
-    /// [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: three atomic loads.
+    /// The hits, misses, errors and stale answers counted so far by this cache, its clones and
+    /// its [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: four atomic
+    /// loads.
     pub fn stats(&self) -> CacheStats {
         self.shared.counters.snapshot()
+    }
+
+    /// Counts a value served past its expiry by the freshness policy: in the stats, the metric and
+    /// at `DEBUG`.
+    pub(crate) fn served_stale(&self, key: &str, reason: StaleReason) {
+        self.shared.counters.served_stale();
+        stale_served(reason);
+        tracing::debug!(target: "impcache", key, reason = reason.name(), "served a stale value");
     }
 
     /// Whether reads are served from the near cache now ([`NearCacheStatus::Active`]).

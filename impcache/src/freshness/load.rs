@@ -20,6 +20,7 @@ use crate::error::{shown, Error};
 use crate::expire::Expiry;
 use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
 use crate::json;
+use crate::observe::stale::StaleReason;
 use crate::repository::WithTtl;
 use crate::tags::{self, envelope, Tags};
 use crate::Cache;
@@ -174,6 +175,7 @@ where
             Served::Value(value)
         }
         State::Stale { past } if policy.serves_while_revalidating(past) => {
+            cache.served_stale(key, StaleReason::Revalidating);
             spawn_refresh(job(), loader);
             Served::Value(value)
         }
@@ -231,6 +233,7 @@ where
                     // The soft timeout passed with a stale value at hand.
                     Wait::TimedOut => {
                         if let Some(value) = stale.as_ref().and_then(|s| decode(&job, s)) {
+                            job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
                             return Ok(value);
                         }
                     }
@@ -267,6 +270,7 @@ where
         if tokio::time::timeout(soft, &mut rx).await.is_err() {
             if let Some(value) = decode(&job, stale) {
                 tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
+                job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
                 return Ok(value);
             }
         }
@@ -296,7 +300,10 @@ where
         )),
     };
     match stale.and_then(|stale| decode(job, stale)) {
-        Some(value) => Ok(value),
+        Some(value) => {
+            job.cache.served_stale(&job.key, StaleReason::Error);
+            Ok(value)
+        }
         None => Err(failed),
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod hooks;
 pub(crate) mod lock;
 pub(crate) mod metrics;
 mod span;
+pub(crate) mod stale;
 mod stats;
 
 use std::time::Instant;
@@ -89,6 +90,7 @@ pub fn describe_metrics() {
             .iter()
             .chain(metrics::DESCRIPTIONS)
             .chain(lock::DESCRIPTIONS)
+            .chain(stale::DESCRIPTIONS)
         {
             match unit {
                 Some(::metrics::Unit::Seconds) => {

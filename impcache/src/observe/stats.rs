@@ -34,6 +34,11 @@ pub struct CacheStats {
     /// Operations that returned an error (bad input included; see the `impcache_errors_total`
     /// metric for the kinds).
     pub errors: u64,
+    /// Values served past their expiry by [`get_or_set`](crate::Cache::get_or_set) and
+    /// `#[cached]` under a [`Freshness`](crate::Freshness) policy (stale-while-revalidate,
+    /// stale-if-error, soft timeout; the `impcache_stale_served_total` metric has the reasons).
+    /// Such a read counts as a hit too.
+    pub stale: u64,
 }
 
 impl CacheStats {
@@ -51,6 +56,7 @@ pub(crate) struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
+    stale: AtomicU64,
 }
 
 impl Counters {
@@ -71,12 +77,18 @@ impl Counters {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a value served past its expiry.
+    pub(crate) fn served_stale(&self) {
+        self.stale.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub(crate) fn snapshot(&self) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
         }
     }
 }
