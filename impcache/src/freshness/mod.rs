@@ -54,10 +54,11 @@
 
 mod load;
 mod lock;
+mod lock_settings;
 mod policy;
 mod request;
 
 pub(crate) use load::{get_or_set as load_with, LoadError};
-pub use lock::Lock;
+pub use lock_settings::Lock;
 pub use policy::{Freshness, State};
 pub use request::{GetOrSet, TryGetOrSet};

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 pub(crate) use self::store::Store;
 pub(crate) use self::tracker::Target;
-use crate::repository::backend::Backend;
 
 /// The default bound of a near cache's memory: 64 MiB of keys and values.
 pub const DEFAULT_NEAR_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
@@ -162,16 +161,17 @@ pub struct NearCacheStats {
     pub bytes: u64,
 }
 
-/// A near cache in front of a remote backend: what the dispatch point's `Near` arm holds.
-pub(crate) struct Near {
+/// A near cache in front of a remote backend: what the dispatch point's `Near` arm holds
+/// (`Near<Backend>`: generic so that this module need not know the dispatch point).
+pub(crate) struct Near<R> {
     /// The repository behind it (the single-node Redis arm or the trait).
-    pub(crate) remote: Backend,
+    pub(crate) remote: R,
     pub(crate) store: Arc<Store>,
     target: Arc<Target>,
     prefix: Arc<str>,
 }
 
-impl fmt::Debug for Near {
+impl<R: fmt::Debug> fmt::Debug for Near<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Near")
             .field("remote", &self.remote)
@@ -180,9 +180,9 @@ impl fmt::Debug for Near {
     }
 }
 
-impl Near {
+impl<R> Near<R> {
     /// `remote` behind a near cache whose tracking connections go to `target`.
-    pub(crate) fn new(remote: Backend, store: Arc<Store>, target: Target, prefix: &str) -> Near {
+    pub(crate) fn new(remote: R, store: Arc<Store>, target: Target, prefix: &str) -> Near<R> {
         let near = Near {
             remote,
             store,

@@ -36,7 +36,7 @@ pub(crate) enum Backend {
     /// A near cache (issue 14) in front of the Redis arm or the trait: reads are served from
     /// process memory when they can be, writes remove the local entry. Its remote calls are
     /// boxed (a miss costs a round trip anyway): the arm contains a `Backend`.
-    Near(Box<Near>),
+    Near(Box<Near<Backend>>),
 }
 
 impl Backend {
