@@ -407,15 +407,21 @@ async fn a_plain_get_or_set_checks_the_tags_of_what_it_finds(b: Backend) {
 async fn cluster_tags_live_on_other_slots_than_their_entries() {
     let b = Backend::cluster();
     let cluster = impcache_tests::cluster::RedisCluster::shared();
-    let entry = b.cache.make_key("user:1:profile");
-    let tag = b.cache.make_key("__impcache_tag:hard:user:1");
-    assert_ne!(cluster.primary_for(&entry), cluster.primary_for(&tag));
-    b.cache
-        .set_tagged("user:1:profile", &"Ada", 60, ["user:1"])
-        .await
-        .unwrap();
-    b.other.invalidate_tag("user:1").await.unwrap();
-    assert_eq!(b.cache.get::<String>("user:1:profile").await.unwrap(), None);
+    // The key prefix is the test's own, so which user's keys land on two primaries varies: take
+    // the first that does.
+    let user = (0..1000)
+        .find(|user| {
+            let entry = b.cache.make_key(&format!("user:{user}:profile"));
+            let tag = b
+                .cache
+                .make_key(&format!("__impcache_tag:hard:user:{user}"));
+            cluster.primary_for(&entry) != cluster.primary_for(&tag)
+        })
+        .expect("an entry and its tag key on two primaries");
+    let (key, tag) = (format!("user:{user}:profile"), format!("user:{user}"));
+    b.cache.set_tagged(&key, &"Ada", 60, [&tag]).await.unwrap();
+    b.other.invalidate_tag(&tag).await.unwrap();
+    assert_eq!(b.cache.get::<String>(&key).await.unwrap(), None);
 }
 
 /// Fail open: with Redis down, a tagged `get_or_set` runs its loader and answers; an
