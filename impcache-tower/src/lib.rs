@@ -99,6 +99,7 @@ mod revalidate;
 mod service;
 mod stale;
 mod store;
+mod tags;
 
 pub use body::{BoxError, ResponseBody};
 pub use config::{
@@ -108,3 +109,4 @@ pub use config::{
 pub use future::ResponseFuture;
 pub use layer::CacheLayer;
 pub use service::CacheService;
+pub use tags::DEFAULT_TAG_HEADERS;

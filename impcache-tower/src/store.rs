@@ -59,9 +59,20 @@ fn failed(error: &impcache::Error) -> Lookup {
     }
 }
 
+/// Reads the URL's response (see [`lookup_stored`]); a tagged one is judged against its tags'
+/// state, in a second read ([`crate::tags::judge`]).
+pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
+    match lookup_stored(config, keys, headers).await {
+        Lookup::Hit(entry, seen) if entry.tags.is_some() => {
+            Box::pin(crate::tags::judge(config, entry, seen)).await
+        }
+        found => found,
+    }
+}
+
 /// Reads the URL's record and, when it names another variant than the record's entry, that
 /// variant: one GET for a URL without `Vary`, two for a varying one.
-pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
+async fn lookup_stored(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
     let cache = &config.cache;
     let record = match cache.get_raw(keys.record()).await {
         Ok(Some(bytes)) => bytes,
@@ -229,6 +240,8 @@ pub(crate) struct Unfinished {
     pub(crate) stale: impcache::Freshness,
     /// The generation of the record the lookup found, when it names this response's variants.
     pub(crate) generation: Option<u64>,
+    /// Its tags (issue 16).
+    pub(crate) tags: Option<Box<crate::tags::Tagged>>,
     pub(crate) guard: Option<FlightGuard>,
 }
 
@@ -269,6 +282,7 @@ impl Unfinished {
                 stored_at_ms: self.origin.map_or_else(now_ms, |(_, at)| at),
                 ttl: self.ttl,
                 origin: self.origin.map(|(freshness, _)| freshness),
+                tags: self.tags,
             },
             vary: self.vary,
             variant_key: self.variant_key,

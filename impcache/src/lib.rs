@@ -135,6 +135,22 @@ pub use impcache_macros::cached;
 pub mod __private {
     pub use crate::memoize::__private::*;
 
+    /// Tag state for `impcache-tower`'s tagged responses (issue 16): the same state keys as
+    /// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
+    pub mod tags {
+        pub use crate::tags::{now_micros, Verdict};
+
+        /// Where an entry created at `created` (µs since the epoch) and tagged `tags` stands:
+        /// one round trip reading their state.
+        pub async fn verdict<T: AsRef<str> + Sync>(
+            cache: &crate::Cache,
+            tags: &[T],
+            created: u64,
+        ) -> crate::Result<Verdict> {
+            cache.tag_verdict(tags, created).await
+        }
+    }
+
     /// Metrics recorded by the `#[cached]` expansion, the HTTP layer and the circuit breaker.
     pub mod metrics {
         pub use crate::observe::hooks::*;
