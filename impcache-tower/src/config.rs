@@ -99,6 +99,8 @@ pub(crate) struct Config {
     pub(crate) keep_tag_headers: bool,
     /// The request's tags.
     pub(crate) tags_from: Option<crate::tags::TagsFrom>,
+    /// The cross-process lock of a miss (`CacheLayer::lock`).
+    pub(crate) lock: Option<impcache::Lock>,
 }
 
 impl Config {
@@ -132,6 +134,7 @@ impl Config {
             tag_headers: crate::tags::DEFAULT_TAG_HEADERS.to_vec(),
             keep_tag_headers: false,
             tags_from: None,
+            lock: None,
         }
     }
 
@@ -196,6 +199,7 @@ impl fmt::Debug for Config {
             .field("tag_headers", &self.tag_headers)
             .field("keep_tag_headers", &self.keep_tag_headers)
             .field("tags_from", &self.tags_from)
+            .field("lock", &self.lock)
             .finish()
     }
 }

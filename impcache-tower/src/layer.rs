@@ -266,6 +266,19 @@ impl CacheLayer {
         self.with(|c| c.tags_from = Some(tags_from))
     }
 
+    /// One handler call per URL across the processes sharing the cache (issue 16), with
+    /// impcache's cross-process [`Lock`](impcache::Lock) (default: none; within one process,
+    /// [`coalesce`](Self::coalesce) already makes one call). A miss's leader takes the lock of
+    /// the URL (`SET NX` of `__lock:{record key}`) before calling the handler and releases it once
+    /// the response is stored; the other processes poll the URL's response (5 ms, doubling, at
+    /// most 50 ms) and serve it when it appears. Fail open: past the lock's
+    /// [`wait`](impcache::Lock::wait), or when the cache fails, they call the handler; a lookup
+    /// that failed does not try the lock. A miss costs three round trips more (the `SET NX`, a
+    /// second lookup, the release); hits cost nothing more.
+    pub fn lock(self, lock: impcache::Lock) -> Self {
+        self.with(|c| c.lock = Some(lock))
+    }
+
     /// Hides every stored response tagged `tag` (and every impcache entry tagged `tag`: the same
     /// tag state as [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag)), in every process
     /// sharing the cache: one write, never a scan. Responses whose handler call started before

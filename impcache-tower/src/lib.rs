@@ -92,6 +92,7 @@ mod future;
 mod invalidate;
 pub mod key;
 mod layer;
+mod lock;
 mod metrics;
 mod policy;
 mod render;

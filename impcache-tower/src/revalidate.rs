@@ -128,6 +128,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 stale: stale::policy(config, &updated).unwrap_or_default(),
                 // A new generation: the variants of its URL stored before are misses again.
                 generation: None,
+                lock: None,
                 // Its tags, as of this validation.
                 tags: stale.tags.clone().map(|tags| {
                     Box::new(crate::tags::Tagged {

@@ -106,7 +106,7 @@ where
 
 /// Whether a stored entry may be served as it is (see [`stale::judge`]).
 #[inline]
-fn usable(config: &Config, entry: &Entry) -> bool {
+pub(crate) fn usable(config: &Config, entry: &Entry) -> bool {
     stale::judge(config, entry, now_ms()) == Judged::Fresh
 }
 
@@ -401,6 +401,19 @@ where
         None
     };
 
+    // 2b. The cross-process lock (`CacheLayer::lock`): for a miss this process leads.
+    let locked = if stale.is_none() && may_store && !refresh {
+        match crate::lock::take(config, &keys, &headers).await {
+            crate::lock::Locked::Stored(entry) => {
+                count(LayerOutcome::Hit);
+                return Ok(hit(entry, &headers, false, config));
+            }
+            crate::lock::Locked::Call(held) => held,
+        }
+    } else {
+        None
+    };
+
     // Tags (issue 16): the request's, and the time the handler call starts (an invalidation of
     // one of its tags from then on hides the response).
     let created = tags::now_micros();
@@ -566,6 +579,7 @@ where
         stale: stale::policy(config, &parts.headers).unwrap_or_default(),
         generation,
         tags: tagged,
+        lock: locked,
         guard,
     };
     let (body, stored, detail) = match body::buffer(body, config.max_body_size).await {

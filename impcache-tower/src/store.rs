@@ -203,12 +203,14 @@ fn store_in_background(
     keys: key::UrlKeys,
     published: Arc<Published>,
     guard: Option<FlightGuard>,
+    lock: Option<crate::lock::HeldLock>,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
         if let Err(error) = store(&cache, keys.record(), &published).await {
             tracing::debug!(%error, "impcache-tower: response not stored");
         }
         drop(guard);
+        drop(lock);
     };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
@@ -242,6 +244,8 @@ pub(crate) struct Unfinished {
     pub(crate) generation: Option<u64>,
     /// Its tags (issue 16).
     pub(crate) tags: Option<Box<crate::tags::Tagged>>,
+    /// The URL's cross-process lock, released once the response is stored (or not).
+    pub(crate) lock: Option<crate::lock::HeldLock>,
     pub(crate) guard: Option<FlightGuard>,
 }
 
@@ -293,7 +297,8 @@ impl Unfinished {
             guard.publish(Arc::clone(&published));
         }
         let storing = if self.may_store {
-            store_in_background(self.cache, self.keys, Arc::clone(&published), self.guard)
+            let (guard, lock) = (self.guard, self.lock);
+            store_in_background(self.cache, self.keys, Arc::clone(&published), guard, lock)
         } else {
             None
         };

@@ -418,7 +418,7 @@ pub(super) async fn run<V, E, F, Fut>(
         (None, None) => {}
     }
     if let Some(held) = held {
-        held.release(&job).await;
+        held.release(&job.cache, &job.key).await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! The protocol is in [`Lock`]'s docs.
 
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 
 use super::load::{report, Job, TARGET};
 use super::policy::State;
+use crate::cache::Cache;
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::observe::lock::{lock_outcome, LockOutcome};
@@ -135,12 +137,14 @@ impl Lock {
     }
 }
 
-/// What taking the lock came to.
-pub(super) enum Turn {
+/// What taking the lock came to (`T`: what the poll found, the value's bytes for `get_or_set`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Turn<T = Bytes> {
     /// This process holds the lock: run the loader, store, then [`Held::release`].
     Owner(Held),
     /// Another process's fresh value: serve it; the loader does not run.
-    Loaded(Bytes),
+    Loaded(T),
     /// Run the loader without the lock (the wait's deadline passed, or the cache failed).
     Open,
     /// Taken by another process, and this caller does not wait (a background reload).
@@ -148,20 +152,21 @@ pub(super) enum Turn {
 }
 
 /// The lock of a key, held by this process.
-pub(super) struct Held {
+#[derive(Debug)]
+pub struct Held {
     token: Bytes,
 }
 
 impl Held {
-    /// Releases the lock if this process still holds it (compare-and-delete); a failure is
-    /// logged, and the lock expires by itself.
-    pub(super) async fn release(self, job: &Job) {
-        match job.cache.release_lock(&job.key, self.token).await {
+    /// Releases the lock of `key` on `cache` if this process still holds it
+    /// (compare-and-delete); a failure is logged, and the lock expires by itself.
+    pub async fn release(self, cache: &Cache, key: &str) {
+        match cache.release_lock(key, self.token).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(target: TARGET, key = job.key, "the lock had expired before its release: its lifetime is shorter than the load and store took");
+                tracing::warn!(target: TARGET, key, "the lock had expired before its release: its lifetime is shorter than the load and store took");
             }
-            Err(error) => report("release_lock", &job.key, &error),
+            Err(error) => report("release_lock", key, &error),
         }
     }
 }
@@ -169,34 +174,48 @@ impl Held {
 /// Takes the lock of `job`'s key, waiting for another process's value while it is held
 /// (`wait`), or giving up at once (a background reload, `!wait`).
 pub(super) async fn take(job: &Job, lock: Lock, lifetime: Expiry, wait: bool) -> Turn {
+    take_polling(&job.cache, &job.key, lock, lifetime, wait, || fresh(job)).await
+}
+
+/// The protocol of [`Lock`] on the lock of `key` (caller's part), `poll` reading what another
+/// process stores (`Some`: it is there, the wait ends). `get_or_set` polls the value key; the
+/// HTTP layer polls a URL's response (through `__private::lock`).
+pub(crate) async fn take_polling<T, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    lock: Lock,
+    lifetime: Expiry,
+    wait: bool,
+    mut poll: F,
+) -> Turn<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
     let token = token();
     let deadline = Instant::now() + lock.wait;
     let mut pause = FIRST_POLL;
     let mut waited = false;
     loop {
-        match job
-            .cache
-            .acquire_lock(&job.key, token.clone(), lifetime)
-            .await
-        {
-            Ok(true) => return owned(job, token, waited).await,
+        match cache.acquire_lock(key, token.clone(), lifetime).await {
+            Ok(true) => return owned(cache, key, token, waited, poll()).await,
             Ok(false) if !wait => return outcome(LockOutcome::Busy, Turn::Busy),
             Ok(false) => {}
-            Err(error) => return failed(job, "acquire_lock", &error),
+            Err(error) => return failed(key, "acquire_lock", &error),
         }
         // Waiting for the value.
         let now = Instant::now();
         if now >= deadline {
-            tracing::warn!(target: TARGET, key = job.key, wait = ?lock.wait, "waited for another process's value past the lock's wait: loading here, without the lock");
+            tracing::warn!(target: TARGET, key, wait = ?lock.wait, "waited for another process's value past the lock's wait: loading here, without the lock");
             return outcome(LockOutcome::TimedOut, Turn::Open);
         }
-        until_changed(job, pause.min(deadline - now)).await;
+        until_changed(pause.min(deadline - now)).await;
         pause = (pause * 2).min(LAST_POLL);
         waited = true;
-        match fresh(job).await {
+        match poll().await {
             Ok(Some(value)) => return outcome(LockOutcome::Waited, Turn::Loaded(value)),
             Ok(None) => {}
-            Err(error) => return failed(job, "get", &error),
+            Err(error) => return failed(key, "get", &error),
         }
     }
 }
@@ -205,25 +224,31 @@ pub(super) async fn take(job: &Job, lock: Lock, lifetime: Expiry, wait: bool) ->
 /// cache: one that tracks the value key learns of another process's store by its invalidation,
 /// and can end this pause then (rueidisaside's waiters are woken that way) instead of when it
 /// runs out; the poll that follows reads the new value.
-async fn until_changed(_job: &Job, pause: Duration) {
+async fn until_changed(pause: Duration) {
     tokio::time::sleep(pause).await;
 }
 
-/// The lock was taken: one more read, since another process may have stored the value (and
-/// released its lock) since this process's read.
-async fn owned(job: &Job, token: Bytes, waited: bool) -> Turn {
+/// The lock was taken: one more read (`read`), since another process may have stored the value
+/// (and released its lock) since this process's read.
+async fn owned<T>(
+    cache: &Cache,
+    key: &str,
+    token: Bytes,
+    waited: bool,
+    read: impl Future<Output = Result<Option<T>>>,
+) -> Turn<T> {
     let held = Held { token };
-    match fresh(job).await {
+    match read.await {
         Ok(None) => {}
         Ok(Some(value)) => {
-            held.release(job).await;
+            held.release(cache, key).await;
             return outcome(LockOutcome::Waited, Turn::Loaded(value));
         }
         // The loader runs; the lock is released after it as usual.
-        Err(error) => report("get", &job.key, &error),
+        Err(error) => report("get", key, &error),
     }
     let taken = if waited {
-        tracing::debug!(target: TARGET, key = job.key, "took the lock over after waiting");
+        tracing::debug!(target: TARGET, key, "took the lock over after waiting");
         LockOutcome::TookOver
     } else {
         LockOutcome::Acquired
@@ -243,12 +268,12 @@ async fn fresh(job: &Job) -> Result<Option<Bytes>> {
         .map(|found| found.value))
 }
 
-fn failed(job: &Job, operation: &'static str, error: &Error) -> Turn {
-    report(operation, &job.key, error);
+fn failed<T>(key: &str, operation: &'static str, error: &Error) -> Turn<T> {
+    report(operation, key, error);
     outcome(LockOutcome::FailedOpen, Turn::Open)
 }
 
-fn outcome(outcome: LockOutcome, turn: Turn) -> Turn {
+fn outcome<T>(outcome: LockOutcome, turn: Turn<T>) -> Turn<T> {
     lock_outcome(outcome);
     turn
 }
