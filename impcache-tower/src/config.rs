@@ -93,6 +93,14 @@ pub(crate) struct Config {
     /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
     /// were changed after cloning). Inside the config so that a request clones one `Arc`.
     pub(crate) flights: Arc<Flights>,
+    /// Tags (issue 16): the response header fields read as tags.
+    pub(crate) tag_headers: Vec<HeaderName>,
+    /// Whether the tag header fields reach the client.
+    pub(crate) keep_tag_headers: bool,
+    /// The request's tags.
+    pub(crate) tags_from: Option<crate::tags::TagsFrom>,
+    /// The cross-process lock of a miss (`CacheLayer::lock`).
+    pub(crate) lock: Option<impcache::Lock>,
 }
 
 impl Config {
@@ -123,6 +131,10 @@ impl Config {
             stale_if_error_statuses: DEFAULT_STALE_IF_ERROR_STATUSES.to_vec(),
             handler_timeout: None,
             flights: Arc::new(Flights::default()),
+            tag_headers: crate::tags::DEFAULT_TAG_HEADERS.to_vec(),
+            keep_tag_headers: false,
+            tags_from: None,
+            lock: None,
         }
     }
 
@@ -184,6 +196,10 @@ impl fmt::Debug for Config {
             .field("stale_if_error", &self.stale_if_error)
             .field("stale_if_error_statuses", &self.stale_if_error_statuses)
             .field("handler_timeout", &self.handler_timeout)
+            .field("tag_headers", &self.tag_headers)
+            .field("keep_tag_headers", &self.keep_tag_headers)
+            .field("tags_from", &self.tags_from)
+            .field("lock", &self.lock)
             .finish()
     }
 }

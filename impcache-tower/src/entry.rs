@@ -113,6 +113,9 @@ pub(crate) struct Entry {
     /// Its freshness, when stored in the origin-freshness mode (`None`: fresh until its key
     /// expires).
     pub(crate) origin: Option<Freshness>,
+    /// Its tags (issue 16), stored as the pseudo header field [`TAGS_FIELD`](crate::tags::TAGS_FIELD).
+    /// Boxed: an untagged entry (the common case) pays one word.
+    pub(crate) tags: Option<Box<crate::tags::Tagged>>,
 }
 
 /// What an entry stored in the origin-freshness mode ([`crate::freshness`]) knows of its freshness, on top of its
@@ -254,10 +257,19 @@ impl Entry {
         put_varint(&mut out, vary_len as u64);
         put_names(&mut out, vary);
         out.put_u16_le(self.status.as_u16());
-        put_varint(&mut out, self.headers.len() as u64);
-        for (name, value) in &self.headers {
-            put_varint(&mut out, name.as_str().len() as u64);
-            out.put_slice(name.as_str().as_bytes());
+        let tags = self.tags.as_deref().map(crate::tags::Tagged::encode);
+        put_varint(
+            &mut out,
+            (self.headers.len() + usize::from(tags.is_some())) as u64,
+        );
+        let tags = tags.iter().map(|value| (crate::tags::TAGS_FIELD, value));
+        let fields = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value));
+        for (name, value) in fields.chain(tags) {
+            put_varint(&mut out, name.len() as u64);
+            out.put_slice(name.as_bytes());
             put_varint(&mut out, value.len() as u64);
             out.put_slice(value.as_bytes());
         }
@@ -298,11 +310,16 @@ impl Entry {
         // full, and a map for six fields or fewer stays a small allocation.
         let capacity = usize::try_from(count.min(256)).ok()? + 3;
         let mut headers = HeaderMap::with_capacity(capacity);
+        let mut tags = None;
         for _ in 0..count {
             let name = HeaderName::from_bytes(r.field()?).ok()?;
             // Shares `bytes` (no copy), like the body.
             let value = HeaderValue::from_maybe_shared(bytes.slice_ref(r.field()?)).ok()?;
-            headers.append(name, value);
+            if name == crate::tags::TAGS_FIELD {
+                tags = crate::tags::Tagged::decode(&value).map(Box::new);
+            } else {
+                headers.append(name, value);
+            }
         }
         let body_len = usize::try_from(r.varint()?).ok()?;
         let consumed = bytes.len() - r.bytes.len();
@@ -317,6 +334,7 @@ impl Entry {
             stored_at_ms,
             ttl,
             origin,
+            tags,
         };
         Some((entry, vary, generation))
     }
@@ -402,6 +420,7 @@ mod tests {
             stored_at_ms: now_ms(),
             ttl: Some(Duration::from_secs(60)),
             origin: None,
+            tags: None,
         }
     }
 

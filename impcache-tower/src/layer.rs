@@ -238,6 +238,64 @@ impl CacheLayer {
         self.with(|c| c.namespace = namespace)
     }
 
+    /// Tags (issue 16): the response header fields whose values are the response's tags,
+    /// separated by spaces or commas (default [`DEFAULT_TAG_HEADERS`](crate::DEFAULT_TAG_HEADERS):
+    /// `Surrogate-Key` and `Cache-Tag`). A stored response is hidden by
+    /// [`purge_tag`](Self::purge_tag) (or [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag),
+    /// from any process sharing the cache) of any of its tags. The fields are removed from the
+    /// responses unless [`keep_tag_headers`](Self::keep_tag_headers).
+    pub fn tag_headers(self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
+        let names: Vec<http::HeaderName> = names.into_iter().collect();
+        self.with(|c| c.tag_headers = names)
+    }
+
+    /// Whether the [tag header fields](Self::tag_headers) reach the client (default `false`:
+    /// removed, as a CDN does, so the tags stay private).
+    pub fn keep_tag_headers(self, keep: bool) -> Self {
+        self.with(|c| c.keep_tag_headers = keep)
+    }
+
+    /// Tags (issue 16) given by the request, added to those of the response's
+    /// [tag header fields](Self::tag_headers): `tags_from(|req| vec![format!("path:{}", req.uri.path())])`.
+    /// Called once per handler call of a cacheable request.
+    pub fn tags_from<F>(self, tags_from: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Vec<String> + Send + Sync + 'static,
+    {
+        let tags_from = crate::tags::TagsFrom(Arc::new(tags_from));
+        self.with(|c| c.tags_from = Some(tags_from))
+    }
+
+    /// One handler call per URL across the processes sharing the cache (issue 16), with
+    /// impcache's cross-process [`Lock`](impcache::Lock) (default: none; within one process,
+    /// [`coalesce`](Self::coalesce) already makes one call). A miss's leader takes the lock of
+    /// the URL (`SET NX` of `__lock:{record key}`) before calling the handler and releases it once
+    /// the response is stored; the other processes poll the URL's response (5 ms, doubling, at
+    /// most 50 ms) and serve it when it appears. Fail open: past the lock's
+    /// [`wait`](impcache::Lock::wait), or when the cache fails, they call the handler; a lookup
+    /// that failed does not try the lock. A miss costs three round trips more (the `SET NX`, a
+    /// second lookup, the release); hits cost nothing more.
+    pub fn lock(self, lock: impcache::Lock) -> Self {
+        self.with(|c| c.lock = Some(lock))
+    }
+
+    /// Hides every stored response tagged `tag` (and every impcache entry tagged `tag`: the same
+    /// tag state as [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag)), in every process
+    /// sharing the cache: one write, never a scan. Responses whose handler call started before
+    /// it are misses from then on.
+    pub async fn purge_tag(&self, tag: &str) -> impcache::Result<()> {
+        self.config.cache.invalidate_tag(tag).await
+    }
+
+    /// Marks every stored response tagged `tag` stale (Fastly's soft purge, and
+    /// [`Cache::soft_invalidate_tag`](impcache::Cache::soft_invalidate_tag) for impcache
+    /// entries): within the layer's (or the response's) [stale-while-revalidate
+    /// window](Self::stale_while_revalidate), counted from the purge, it is served at once while
+    /// one background handler call per URL refreshes it; without a window it is a miss.
+    pub async fn soft_purge_tag(&self, tag: &str) -> impcache::Result<()> {
+        self.config.cache.soft_invalidate_tag(tag).await
+    }
+
     /// The cache.
     pub fn cache(&self) -> &Cache {
         &self.config.cache

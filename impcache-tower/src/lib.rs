@@ -68,6 +68,16 @@
 //! removed ([`Error::removed_before_failure`](impcache::Error::removed_before_failure)).
 //! [`CacheLayer::request_key`] gives a request's key.
 //!
+//! ## Tags and the cross-process lock (issue 16)
+//!
+//! A response's `Surrogate-Key` / `Cache-Tag` fields ([`CacheLayer::tag_headers`], removed before
+//! the client unless [`CacheLayer::keep_tag_headers`]) and [`CacheLayer::tags_from`] give its
+//! tags; [`CacheLayer::purge_tag`] (or [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag)
+//! anywhere) hides its responses, [`CacheLayer::soft_purge_tag`] makes them stale. A tagged hit
+//! reads its tags' state in a second round trip; an untagged hit is unchanged.
+//! [`CacheLayer::lock`] makes one handler call per URL across processes with impcache's
+//! [`Lock`](impcache::Lock).
+//!
 //! ## Metrics
 //!
 //! With a [`metrics`](https://docs.rs/metrics) recorder installed, every request counts in
@@ -92,6 +102,7 @@ mod future;
 mod invalidate;
 pub mod key;
 mod layer;
+mod lock;
 mod metrics;
 mod policy;
 mod render;
@@ -99,6 +110,7 @@ mod revalidate;
 mod service;
 mod stale;
 mod store;
+mod tags;
 
 pub use body::{BoxError, ResponseBody};
 pub use config::{
@@ -108,3 +120,4 @@ pub use config::{
 pub use future::ResponseFuture;
 pub use layer::CacheLayer;
 pub use service::CacheService;
+pub use tags::DEFAULT_TAG_HEADERS;

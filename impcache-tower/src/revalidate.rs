@@ -128,6 +128,15 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 stale: stale::policy(config, &updated).unwrap_or_default(),
                 // A new generation: the variants of its URL stored before are misses again.
                 generation: None,
+                lock: None,
+                // Its tags, as of this validation.
+                tags: stale.tags.clone().map(|tags| {
+                    Box::new(crate::tags::Tagged {
+                        created: request_ms.saturating_mul(1000),
+                        soft_since: None,
+                        ..*tags
+                    })
+                }),
                 guard,
             };
             let (published, _, storing) = unfinished.finish_published(stale.body);
@@ -180,6 +189,7 @@ mod tests {
             stored_at_ms: 0,
             ttl: None,
             origin: None,
+            tags: None,
         }
     }
 

@@ -29,6 +29,7 @@ use crate::render::{self, mark, Outcome};
 use crate::revalidate;
 use crate::stale::{self, Judged, Why};
 use crate::store::{lookup, Lookup, Seen, Unfinished};
+use crate::tags;
 use http_body_util::BodyExt;
 
 /// The service [`CacheLayer`] wraps around a handler (or any
@@ -105,7 +106,7 @@ where
 
 /// Whether a stored entry may be served as it is (see [`stale::judge`]).
 #[inline]
-fn usable(config: &Config, entry: &Entry) -> bool {
+pub(crate) fn usable(config: &Config, entry: &Entry) -> bool {
     stale::judge(config, entry, now_ms()) == Judged::Fresh
 }
 
@@ -288,6 +289,7 @@ where
             .run(config, response.status(), response.headers())
             .await;
     }
+    tags::strip(config, response.headers_mut());
     mark(
         &mut response,
         config.status_header,
@@ -366,6 +368,7 @@ where
         count(LayerOutcome::Miss);
         // Never stored: a HEAD response has no body to serve GETs with.
         let mut response = inner.call(request).await?.map(ResponseBody::inner);
+        tags::strip(config, response.headers_mut());
         let detail = detail.or(Some(NotStored::Head.detail()));
         mark(
             &mut response,
@@ -396,6 +399,32 @@ where
         }
     } else {
         None
+    };
+
+    // 2b. The cross-process lock (`CacheLayer::lock`): for a miss this process leads.
+    let locked = if stale.is_none() && may_store && !refresh {
+        match crate::lock::take(config, &keys, &headers).await {
+            crate::lock::Locked::Stored(entry) => {
+                count(LayerOutcome::Hit);
+                return Ok(hit(entry, &headers, false, config));
+            }
+            crate::lock::Locked::Call(held) => held,
+        }
+    } else {
+        None
+    };
+
+    // Tags (issue 16): the request's, and the time the handler call starts (an invalidation of
+    // one of its tags from then on hides the response).
+    let created = tags::now_micros();
+    let request_tags = match &config.tags_from {
+        Some(tags_from) => {
+            let (parts, body) = request.into_parts();
+            let request_tags = (tags_from.0)(&parts);
+            request = Request::from_parts(parts, body);
+            request_tags
+        }
+        None => Vec::new(),
     };
 
     // 3. The handler (an error is not shared: the waiters call the handler themselves); a stale
@@ -445,6 +474,7 @@ where
     };
     let response_ms = now_ms();
     let (mut parts, body) = response.into_parts();
+    let tagged = tags::collect(config, request_tags, &mut parts.headers, created);
     if let Some(stale) = stale.filter(|_| revalidating) {
         if parts.status == http::StatusCode::NOT_MODIFIED {
             let refresh = revalidate::Refresh {
@@ -548,6 +578,8 @@ where
         origin,
         stale: stale::policy(config, &parts.headers).unwrap_or_default(),
         generation,
+        tags: tagged,
+        lock: locked,
         guard,
     };
     let (body, stored, detail) = match body::buffer(body, config.max_body_size).await {

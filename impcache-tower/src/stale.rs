@@ -65,11 +65,18 @@ pub(crate) fn policy(config: &Config, headers: &HeaderMap) -> Option<Freshness> 
 /// policy is still served: its key's TTL is its freshness, so it is about to go.
 #[inline]
 pub(crate) fn judge(config: &Config, entry: &Entry, now_ms: u64) -> Judged {
-    let Some(past) = entry.stale_for(now_ms) else {
-        return Judged::Fresh;
+    // Soft-purged by a tag (issue 16): stale since the purge, and never served as fresh.
+    let soft_purged = entry.tags.as_ref().and_then(|tags| tags.soft_since);
+    let past = match (entry.stale_for(now_ms), soft_purged) {
+        (None, None) => return Judged::Fresh,
+        (past, since) => {
+            let since =
+                since.map(|since| Duration::from_millis(now_ms.saturating_sub(since / 1000)));
+            past.max(since).unwrap_or_default()
+        }
     };
     let Some(policy) = policy(config, &entry.headers) else {
-        return if config.follow_origin {
+        return if config.follow_origin || soft_purged.is_some() {
             Judged::Expired
         } else {
             Judged::Fresh

@@ -59,9 +59,20 @@ fn failed(error: &impcache::Error) -> Lookup {
     }
 }
 
+/// Reads the URL's response (see [`lookup_stored`]); a tagged one is judged against its tags'
+/// state, in a second read ([`crate::tags::judge`]).
+pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
+    match lookup_stored(config, keys, headers).await {
+        Lookup::Hit(entry, seen) if entry.tags.is_some() => {
+            Box::pin(crate::tags::judge(config, entry, seen)).await
+        }
+        found => found,
+    }
+}
+
 /// Reads the URL's record and, when it names another variant than the record's entry, that
 /// variant: one GET for a URL without `Vary`, two for a varying one.
-pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
+async fn lookup_stored(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
     let cache = &config.cache;
     let record = match cache.get_raw(keys.record()).await {
         Ok(Some(bytes)) => bytes,
@@ -192,12 +203,14 @@ fn store_in_background(
     keys: key::UrlKeys,
     published: Arc<Published>,
     guard: Option<FlightGuard>,
+    lock: Option<crate::lock::HeldLock>,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
         if let Err(error) = store(&cache, keys.record(), &published).await {
             tracing::debug!(%error, "impcache-tower: response not stored");
         }
         drop(guard);
+        drop(lock);
     };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
@@ -229,6 +242,10 @@ pub(crate) struct Unfinished {
     pub(crate) stale: impcache::Freshness,
     /// The generation of the record the lookup found, when it names this response's variants.
     pub(crate) generation: Option<u64>,
+    /// Its tags (issue 16).
+    pub(crate) tags: Option<Box<crate::tags::Tagged>>,
+    /// The URL's cross-process lock, released once the response is stored (or not).
+    pub(crate) lock: Option<crate::lock::HeldLock>,
     pub(crate) guard: Option<FlightGuard>,
 }
 
@@ -269,6 +286,7 @@ impl Unfinished {
                 stored_at_ms: self.origin.map_or_else(now_ms, |(_, at)| at),
                 ttl: self.ttl,
                 origin: self.origin.map(|(freshness, _)| freshness),
+                tags: self.tags,
             },
             vary: self.vary,
             variant_key: self.variant_key,
@@ -279,7 +297,8 @@ impl Unfinished {
             guard.publish(Arc::clone(&published));
         }
         let storing = if self.may_store {
-            store_in_background(self.cache, self.keys, Arc::clone(&published), self.guard)
+            let (guard, lock) = (self.guard, self.lock);
+            store_in_background(self.cache, self.keys, Arc::clone(&published), guard, lock)
         } else {
             None
         };

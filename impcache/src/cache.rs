@@ -961,6 +961,17 @@ impl Cache {
         })
     }
 
+    /// Where an entry created at `created` (µs since the epoch) and tagged `tags` stands against
+    /// their invalidations: one round trip (for `impcache-tower`, through `__private::tags`).
+    pub(crate) async fn tag_verdict<T: AsRef<str> + Sync>(
+        &self,
+        tags: &[T],
+        created: u64,
+    ) -> Result<Verdict> {
+        let states = self.tag_states(tags).await?;
+        Ok(tags::verdict(created, &states, self.shared.tag_clock_skew))
+    }
+
     /// The state values of `tags` (hard and soft of each), one round trip.
     async fn tag_states<T: AsRef<str> + Sync>(&self, tags: &[T]) -> Result<Vec<Option<Bytes>>> {
         if tags.is_empty() {

@@ -135,6 +135,44 @@ pub use impcache_macros::cached;
 pub mod __private {
     pub use crate::memoize::__private::*;
 
+    /// Tag state for `impcache-tower`'s tagged responses (issue 16): the same state keys as
+    /// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
+    pub mod tags {
+        pub use crate::tags::{now_micros, Verdict};
+
+        /// Where an entry created at `created` (µs since the epoch) and tagged `tags` stands:
+        /// one round trip reading their state.
+        pub async fn verdict<T: AsRef<str> + Sync>(
+            cache: &crate::Cache,
+            tags: &[T],
+            created: u64,
+        ) -> crate::Result<Verdict> {
+            cache.tag_verdict(tags, created).await
+        }
+    }
+
+    /// The cross-process [`Lock`](crate::Lock) for `impcache-tower`'s `CacheLayer::lock`: the same
+    /// protocol as `get_or_set`'s, polling what the caller reads.
+    pub mod lock {
+        pub use crate::freshness::lock_private::{Held, Turn};
+
+        /// Takes the lock of `key` (the caller's part; at `__lock:{key}`), waiting (up to the
+        /// lock's wait) while another process holds it: `poll` reads what that process stores
+        /// (`Some` ends the wait). See [`Lock`](crate::Lock)'s protocol.
+        pub async fn take<T, F, Fut>(
+            cache: &crate::Cache,
+            key: &str,
+            lock: crate::Lock,
+            poll: F,
+        ) -> Turn<T>
+        where
+            F: FnMut() -> Fut,
+            Fut: std::future::Future<Output = crate::Result<Option<T>>>,
+        {
+            crate::freshness::lock_private::take(cache, key, lock, poll).await
+        }
+    }
+
     /// Metrics recorded by the `#[cached]` expansion, the HTTP layer and the circuit breaker.
     pub mod metrics {
         pub use crate::observe::hooks::*;

@@ -41,6 +41,7 @@ const OPERATIONS: &[&str] = &[
     "http-cached",
     "http-cached-lean",
     "http-cached-stale",
+    "http-cached-tagged",
     "http-raw",
     "concurrent-set-impcache",
     "concurrent-set-raw",
@@ -352,7 +353,8 @@ fn two_threads(system: &str, n: u64) {
 
 /// One HTTP GET through axum over loopback, hyper client and server in this process: a
 /// `CacheLayer` hit (`cached`; `cached-lean` without the status headers and the computed ETag;
-/// `cached-stale` with stale-while-revalidate and stale-if-error windows)
+/// `cached-stale` with stale-while-revalidate and stale-if-error windows; `cached-tagged` with
+/// responses tagged `Surrogate-Key: item:{id} items`, issue 16)
 /// or a handler doing one raw `GET` (`raw`), as in the bench's case 5. `n` requests from `tasks`
 /// concurrent client tasks (`concurrent-http-*`: 256 on two workers, for `/usr/bin/time`).
 async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
@@ -393,6 +395,8 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
                 .stale_if_error(std::time::Duration::from_secs(3600));
             "cached"
         }
+        // Issue 16: tagged responses (a hit also reads its tags' state).
+        "cached-tagged" => "tagged",
         route => route,
     };
     let app = axum::Router::new()
@@ -400,6 +404,22 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
             "/cached/{id}",
             get(move |Path(id): Path<u64>| async move {
                 ([(content_type, "application/json")], body(id))
+            }),
+        )
+        .route(
+            "/tagged/{id}",
+            get(move |Path(id): Path<u64>| async move {
+                let tags = format!("item:{id} items");
+                (
+                    [
+                        (
+                            axum::http::header::CONTENT_TYPE,
+                            "application/json".to_owned(),
+                        ),
+                        (axum::http::HeaderName::from_static("surrogate-key"), tags),
+                    ],
+                    body(id),
+                )
             }),
         )
         .route_layer(layer)

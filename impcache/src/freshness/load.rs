@@ -14,8 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::lock::{self, Turn};
-use super::lock_settings::Lock;
+use super::lock::{self, Lock, Turn};
 use super::policy::{Freshness, State};
 use crate::error::{shown, Error};
 use crate::expire::Expiry;
@@ -426,7 +425,7 @@ pub(super) async fn run<V, E, F, Fut>(
         (None, None) => {}
     }
     if let Some(held) = held {
-        held.release(&job).await;
+        held.release(&job.cache, &job.key).await;
     }
 }
 

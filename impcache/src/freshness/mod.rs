@@ -54,11 +54,36 @@
 
 mod load;
 mod lock;
-mod lock_settings;
 mod policy;
 mod request;
 
 pub(crate) use load::{get_or_set as load_with, LoadError};
-pub use lock_settings::Lock;
+pub use lock::Lock;
+
+/// The lock's protocol for the HTTP layer (`__private::lock`).
+pub(crate) mod lock_private {
+    use super::lock::{take_polling, Lock};
+    pub use super::lock::{Held, Turn};
+
+    /// [`take_polling`] with the lock's own lifetime, waiting.
+    pub(crate) async fn take<T, F, Fut>(
+        cache: &crate::Cache,
+        key: &str,
+        lock: Lock,
+        poll: F,
+    ) -> Turn<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = crate::Result<Option<T>>>,
+    {
+        match lock.checked(None, key) {
+            Ok(lifetime) => take_polling(cache, key, lock, lifetime, true, poll).await,
+            Err(error) => {
+                tracing::warn!(%error, "the lock's lifetime is invalid: running without it");
+                Turn::Open
+            }
+        }
+    }
+}
 pub use policy::{Freshness, State};
 pub use request::{GetOrSet, TryGetOrSet};

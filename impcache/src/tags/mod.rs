@@ -140,7 +140,7 @@ impl StateKeys {
 }
 
 /// Now, in µs since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_micros() -> u64 {
+pub fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
@@ -149,11 +149,15 @@ pub(crate) fn now_micros() -> u64 {
 
 /// Where an entry stands against its tags' invalidations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
+#[non_exhaustive]
+pub enum Verdict {
     /// No invalidation since it was created.
     Fresh,
     /// Soft-invalidated at `since` (µs): stale.
-    Stale { since: u64 },
+    Stale {
+        /// When (µs since the epoch).
+        since: u64,
+    },
     /// Invalidated: a miss.
     Gone,
 }

@@ -1,0 +1,87 @@
+//! `CacheLayer::lock` (issue 16): one handler call per URL across processes (two layers over two
+//! `Cache`s on one Redis, as two processes would be), and fail open when Redis is down.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Response, StatusCode};
+use impcache::{Cache, Lock, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use impcache_tower::CacheLayer;
+use support::*;
+
+fn locked_layer(redis: &RedisServer) -> CacheLayer {
+    let repository = RedisCacheRepository::builder(redis.url())
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    CacheLayer::new(Cache::new(repository)).lock(Lock::new().wait(Duration::from_secs(5)))
+}
+
+/// A slow handler counting its calls in `calls`, shared by every service made with it.
+fn slow(layer: CacheLayer, calls: Arc<AtomicUsize>) -> Svc {
+    app(layer, move |_, _req| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Response::new(Body::from(format!("call {n}")))
+        }
+    })
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_in_two_processes_call_the_handler_once() {
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = slow(locked_layer(&redis), Arc::clone(&calls));
+    let second = slow(locked_layer(&redis), Arc::clone(&calls));
+    let requests: Vec<_> = (0..10)
+        .map(|i| {
+            let svc = if i % 2 == 0 { &first } else { &second };
+            tokio::spawn(send(svc, get("/report")))
+        })
+        .collect();
+    for request in requests {
+        let seen = request.await.unwrap();
+        assert_eq!(
+            (seen.status, &seen.body[..]),
+            (StatusCode::OK, &b"call 1"[..])
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one handler call across both"
+    );
+    // The lock was released after the store.
+    let lock_key = format!("{}:v", locked_layer(&redis).request_key(&get("/report")));
+    let lock_key = lock_key.replacen("cache:1:", "cache:1:__lock:", 1);
+    let mut client = redis::Client::open(redis.url()).unwrap();
+    for _ in 0..100 {
+        let exists: bool = redis::Cmd::exists(&lock_key).query(&mut client).unwrap();
+        if !exists {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{lock_key} was never released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_handler_answers() {
+    let mut redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = slow(locked_layer(&redis), Arc::clone(&calls));
+    redis.kill();
+    for _ in 0..2 {
+        let seen = send(&svc, get("/down")).await;
+        assert_eq!(seen.status, StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,198 @@
+//! Tagged responses (issue 16): `Surrogate-Key` / `Cache-Tag` header fields and the
+//! `tags_from` closure as tags, `purge_tag`, `soft_purge_tag` and `Cache::invalidate_tag` (from a
+//! second `Cache`, over another connection), on the memory repository and a real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::Response;
+use impcache::{Cache, RedisCacheRepository};
+use impcache_tests::RedisServer;
+use impcache_tower::CacheLayer;
+use support::*;
+
+/// `200 call {n}`, tagged `Surrogate-Key: user:1 page` and `Cache-Tag: team:7,page`.
+fn tagged(layer: CacheLayer) -> (Svc, Calls) {
+    app(layer, |n, _req| async move {
+        Response::builder()
+            .header("surrogate-key", "user:1 page")
+            .header("cache-tag", "team:7, page")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    })
+}
+
+/// Misses once, then waits for the store.
+async fn stored(svc: &Svc, layer: &CacheLayer, uri: &str) {
+    assert_eq!(send(svc, get(uri)).await.outcome(), "MISS");
+    wait_stored(layer, uri).await;
+    assert_eq!(send(svc, get(uri)).await.outcome(), "HIT");
+}
+
+#[tokio::test]
+async fn tag_headers_are_stripped_unless_kept() {
+    let layer = CacheLayer::new(memory_cache());
+    let (svc, _) = tagged(layer.clone());
+    let miss = send(&svc, get("/a")).await;
+    assert_eq!(miss.header("surrogate-key"), None);
+    assert_eq!(miss.header("cache-tag"), None);
+    wait_stored(&layer, "/a").await;
+    let hit = send(&svc, get("/a")).await;
+    assert_eq!(hit.outcome(), "HIT");
+    assert_eq!(hit.header("surrogate-key"), None);
+    assert_eq!(hit.header("impcache-tags"), None);
+
+    let layer = CacheLayer::new(memory_cache()).keep_tag_headers(true);
+    let (svc, _) = tagged(layer.clone());
+    let miss = send(&svc, get("/a")).await;
+    assert_eq!(miss.header("surrogate-key"), Some("user:1 page"));
+    wait_stored(&layer, "/a").await;
+    let hit = send(&svc, get("/a")).await;
+    assert_eq!(hit.outcome(), "HIT");
+    assert_eq!(hit.header("cache-tag"), Some("team:7, page"));
+    assert_eq!(hit.header("impcache-tags"), None);
+}
+
+async fn purge_tag_hides(cache: Cache) {
+    let layer = CacheLayer::new(cache);
+    let (svc, calls) = tagged(layer.clone());
+    let (untagged, untagged_calls) = counting(layer.clone().namespace("plain"));
+    stored(&svc, &layer, "/a").await;
+    stored(&svc, &layer, "/b").await;
+    let plain_layer = layer.clone().namespace("plain");
+    stored(&untagged, &plain_layer, "/a").await;
+    // Either header's tags: `team:7` comes from `Cache-Tag`.
+    layer.purge_tag("team:7").await.unwrap();
+    for uri in ["/a", "/b"] {
+        let seen = send(&svc, get(uri)).await;
+        assert_eq!(seen.outcome(), "MISS", "{uri}");
+    }
+    assert_eq!(calls.get(), 4);
+    // Stored again, with a creation time after the purge: hits.
+    wait_stored(&layer, "/a").await;
+    let mut seen = send(&svc, get("/a")).await;
+    for _ in 0..100 {
+        if seen.outcome() == "HIT" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = send(&svc, get("/a")).await;
+    }
+    assert_eq!(seen.outcome(), "HIT");
+    // An untagged response is untouched.
+    assert_eq!(send(&untagged, get("/a")).await.outcome(), "HIT");
+    assert_eq!(untagged_calls.get(), 1);
+}
+
+async fn soft_purge_serves_stale_and_calls_once(cache: Cache) {
+    let layer = CacheLayer::new(cache).stale_while_revalidate(Duration::from_secs(60));
+    let (svc, calls) = app(layer.clone(), |n, _req| async move {
+        if n > 1 {
+            // The revalidation takes a moment: the concurrent requests overlap it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Response::builder()
+            .header("surrogate-key", "user:1")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    stored(&svc, &layer, "/s").await;
+    layer.soft_purge_tag("user:1").await.unwrap();
+    let requests: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(send(&svc, get("/s"))))
+        .collect();
+    for request in requests {
+        let seen = request.await.unwrap();
+        assert_eq!(seen.body, "call 1");
+        let status = seen.header("cache-status").unwrap().to_owned();
+        assert!(
+            status.starts_with("impcache; hit; fwd=stale") && status.ends_with("revalidating"),
+            "{status}"
+        );
+    }
+    let mut seen = send(&svc, get("/s")).await;
+    for _ in 0..200 {
+        if seen.body == "call 2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = send(&svc, get("/s")).await;
+    }
+    assert_eq!((seen.outcome(), &seen.body[..]), ("HIT", &b"call 2"[..]));
+    assert_eq!(calls.get(), 2, "one background handler call");
+
+    // Without a stale window, a soft purge is a miss.
+    let strict = layer
+        .clone()
+        .namespace("strict")
+        .stale_while_revalidate(Duration::ZERO);
+    let (svc, calls) = tagged(strict.clone());
+    stored(&svc, &strict, "/s").await;
+    strict.soft_purge_tag("page").await.unwrap();
+    assert_eq!(send(&svc, get("/s")).await.outcome(), "MISS");
+    assert_eq!(calls.get(), 2);
+}
+
+async fn tags_from_the_request(cache: Cache) {
+    let layer = CacheLayer::new(cache).tags_from(|request| {
+        let id = request.uri.path().trim_start_matches("/users/").to_owned();
+        vec![format!("user {id}")]
+    });
+    let (svc, calls) = counting(layer.clone());
+    stored(&svc, &layer, "/users/1").await;
+    stored(&svc, &layer, "/users/2").await;
+    // A tag with a space (percent-encoded in the entry).
+    layer.purge_tag("user 1").await.unwrap();
+    assert_eq!(send(&svc, get("/users/1")).await.outcome(), "MISS");
+    assert_eq!(send(&svc, get("/users/2")).await.outcome(), "HIT");
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test]
+async fn purge_tag_hides_memory() {
+    purge_tag_hides(memory_cache()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purge_serves_stale_and_calls_once_memory() {
+    soft_purge_serves_stale_and_calls_once(memory_cache()).await;
+}
+
+#[tokio::test]
+async fn tags_from_the_request_memory() {
+    tags_from_the_request(memory_cache()).await;
+}
+
+fn redis_cache(redis: &RedisServer) -> Cache {
+    Cache::new(RedisCacheRepository::new(&redis.url()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_on_redis() {
+    let redis = RedisServer::start();
+    purge_tag_hides(redis_cache(&redis)).await;
+    soft_purge_serves_stale_and_calls_once(redis_cache(&redis).with_version(2)).await;
+    tags_from_the_request(redis_cache(&redis).with_version(3)).await;
+}
+
+/// `Cache::invalidate_tag` on a second `Cache` (another connection, as another process would)
+/// hides the HTTP response, and a memoized value of the same tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_from_another_cache_hides_the_response() {
+    let redis = RedisServer::start();
+    let layer = CacheLayer::new(redis_cache(&redis));
+    let (svc, calls) = tagged(layer.clone());
+    stored(&svc, &layer, "/a").await;
+    let other = redis_cache(&redis);
+    other
+        .set_tagged("user:1:profile", &"Ada", 60, ["user:1"])
+        .await
+        .unwrap();
+    other.invalidate_tag("user:1").await.unwrap();
+    assert_eq!(send(&svc, get("/a")).await.outcome(), "MISS");
+    assert_eq!(calls.get(), 2);
+    assert_eq!(other.get::<String>("user:1:profile").await.unwrap(), None);
+}
