@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::lock::{self, Lock, Turn};
+use super::lock::{self, Turn};
+use super::lock_settings::Lock;
 use super::policy::{Freshness, State};
 use crate::error::{shown, Error};
 use crate::expire::Expiry;

@@ -13,9 +13,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::load::{report, Job, TARGET};
+use super::lock_settings::Lock;
 use super::policy::State;
 use crate::cache::Cache;
-use crate::error::{shown, Error, Result};
+use crate::error::{Error, Result};
 use crate::expire::Expiry;
 use crate::observe::lock::{lock_outcome, LockOutcome};
 
@@ -23,119 +24,6 @@ use crate::observe::lock::{lock_outcome, LockOutcome};
 const FIRST_POLL: Duration = Duration::from_millis(5);
 /// The longest pause between two polls.
 const LAST_POLL: Duration = Duration::from_millis(50);
-
-/// A cross-process lock around a `get_or_set` loader: with it, among all the processes sharing a
-/// Redis, one runs the loader of a missing key and the others wait for its value. Set it with
-/// [`Freshness::lock`](crate::Freshness::lock), or `#[cached(lock = "10s")]`.
-///
-/// # Protocol
-/// - **In front**: the per-process single-flight of `get_or_set`. Only a flight's leader
-///   (one caller per key per process) touches the lock.
-/// - **Take**: `SET {prefix}:{version}:__lock:{key} {token} NX PX {lifetime}`, the token 128
-///   random bits. Keys starting with `__lock:` are therefore reserved. The owner reads the value
-///   key once more (another process may have stored it between this process's read and the
-///   `SET NX`), then runs the loader, stores the value, and only then releases the lock.
-/// - **Release**: by the owner only, compare-and-delete (on Redis, one `EVAL` on one key, so it
-///   works on Cluster), after the store, whether the loader succeeded or failed (errors are never
-///   shared: the next process takes the lock and runs its own loader). A crashed owner releases
-///   nothing: its lock expires after its lifetime, which must exceed the loader's hard timeout.
-/// - **Wait**: a process that finds the lock taken polls the value key with a backoff (5 ms,
-///   doubling, at most 50 ms), each poll one read and, while nothing fresh is there, one more
-///   `SET NX` (which takes over a released or expired lock). A fresh value ends the wait and is
-///   shared with the process's own waiters; the loader does not run here.
-/// - **Bounds**: past [`Lock::wait`] the process stops waiting and runs the loader itself,
-///   without the lock (fail open). A cache error while taking, re-reading or polling does the
-///   same at once, and a call whose first read failed does not try the lock at all: a Redis
-///   outage costs at most one deadline, as without the lock.
-/// - **Background reloads** (stale-while-revalidate, early refresh) try the lock once and do
-///   not wait: when it is taken, another process is reloading and this one serves its stale value.
-///
-/// A miss under a lock costs three round trips more than one without it (`SET NX`, the second
-/// read, the release); hits cost nothing more.
-///
-/// ```
-/// use std::time::Duration;
-/// use impcache::{Freshness, Lock};
-///
-/// let policy = Freshness::new()
-///     .hard_timeout(Duration::from_secs(5))
-///     .lock(Lock::new().lifetime(Duration::from_secs(10)).wait(Duration::from_secs(3)));
-/// assert_eq!(policy.lock_options().unwrap().wait_duration(), Duration::from_secs(3));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub struct Lock {
-    lifetime: Duration,
-    wait: Duration,
-}
-
-impl Default for Lock {
-    fn default() -> Self {
-        Lock::new()
-    }
-}
-
-impl Lock {
-    /// A lifetime of 10 s, and a wait of at most 10 s.
-    pub const fn new() -> Self {
-        Lock {
-            lifetime: Duration::from_secs(10),
-            wait: Duration::from_secs(10),
-        }
-    }
-
-    /// How long the lock lives when its owner does not release it (a crashed or stuck owner):
-    /// the others take over after it. Must be longer than the loader's
-    /// [`hard_timeout`](crate::Freshness::hard_timeout) (checked: a shorter one is
-    /// [`Error::InvalidExpire`]); give it a margin for the store too. Without a hard timeout, a
-    /// loader running longer than the lifetime loses the lock, and another process may run its
-    /// own loader meanwhile. At least 1 ms.
-    pub const fn lifetime(mut self, lifetime: Duration) -> Self {
-        self.lifetime = lifetime;
-        self
-    }
-
-    /// The most a process waits for another process's value before it runs the loader itself
-    /// (fail open).
-    pub const fn wait(mut self, wait: Duration) -> Self {
-        self.wait = wait;
-        self
-    }
-
-    /// The lock's lifetime.
-    pub const fn lifetime_duration(&self) -> Duration {
-        self.lifetime
-    }
-
-    /// The longest wait.
-    pub const fn wait_duration(&self) -> Duration {
-        self.wait
-    }
-
-    /// The lifetime checked against the loader's hard timeout, as the lock key's expiry.
-    pub(crate) fn checked(&self, hard_timeout: Option<Duration>, key: &str) -> Result<Expiry> {
-        let invalid = |reason: String| Error::InvalidExpire {
-            key: shown(key),
-            reason,
-        };
-        let millis = u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX);
-        if millis == 0 {
-            return Err(invalid(format!(
-                "the lock's lifetime ({:?}) must be at least 1 ms",
-                self.lifetime
-            )));
-        }
-        if let Some(hard) = hard_timeout {
-            if self.lifetime <= hard {
-                return Err(invalid(format!(
-                    "the lock's lifetime ({:?}) must be longer than the loader's hard timeout ({hard:?})",
-                    self.lifetime
-                )));
-            }
-        }
-        Ok(Expiry::Milliseconds(millis))
-    }
-}
 
 /// What taking the lock came to (`T`: what the poll found, the value's bytes for `get_or_set`).
 #[derive(Debug)]
@@ -193,7 +81,7 @@ where
     Fut: Future<Output = Result<Option<T>>>,
 {
     let token = token();
-    let deadline = Instant::now() + lock.wait;
+    let deadline = Instant::now() + lock.wait_duration();
     let mut pause = FIRST_POLL;
     let mut waited = false;
     loop {
@@ -206,7 +94,7 @@ where
         // Waiting for the value.
         let now = Instant::now();
         if now >= deadline {
-            tracing::warn!(target: TARGET, key, wait = ?lock.wait, "waited for another process's value past the lock's wait: loading here, without the lock");
+            tracing::warn!(target: TARGET, key, wait = ?lock.wait_duration(), "waited for another process's value past the lock's wait: loading here, without the lock");
             return outcome(LockOutcome::TimedOut, Turn::Open);
         }
         until_changed(pause.min(deadline - now)).await;

@@ -54,16 +54,18 @@
 
 mod load;
 mod lock;
+mod lock_settings;
 mod policy;
 mod request;
 
 pub(crate) use load::{get_or_set as load_with, LoadError};
-pub use lock::Lock;
+pub use lock_settings::Lock;
 
 /// The lock's protocol for the HTTP layer (`__private::lock`).
 pub(crate) mod lock_private {
-    use super::lock::{take_polling, Lock};
+    use super::lock::take_polling;
     pub use super::lock::{Held, Turn};
+    use super::lock_settings::Lock;
 
     /// [`take_polling`] with the lock's own lifetime, waiting.
     pub(crate) async fn take<T, F, Fut>(

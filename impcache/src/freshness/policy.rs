@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::lock::Lock;
+use super::lock_settings::Lock;
 use crate::error::Result;
 use crate::expire::{Expire, Expiry};
 
