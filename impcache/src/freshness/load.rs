@@ -68,6 +68,8 @@ pub(super) struct Job {
     pub(super) lock: Option<(Lock, Expiry)>,
     /// Tags (issue 16): the call's tags, read with the entry and stored in its envelope.
     pub(super) tags: Tags,
+    /// Whether the stale value at hand is the near cache's fail-safe copy (the read failed).
+    pub(super) fail_safe: bool,
 }
 
 impl Job {
@@ -118,6 +120,7 @@ where
         policy,
         lock,
         tags: tags.clone(),
+        fail_safe: false,
     };
     let (job, stale, loader) = match cache.read_for_load_tagged(key, &policy, &tags).await {
         Ok(Some(found)) => match serve(cache, key, &policy, &job, found, loader) {
@@ -127,11 +130,21 @@ where
         Ok(None) => (job(), None, loader),
         Err(error) => {
             report("get", key, &error);
+            // The near cache's fail-safe copy (off by default), for the loader's failure only.
+            // Not with tags: their state cannot be read while Redis fails.
+            let stale = if tags.is_empty() {
+                cache
+                    .near_fail_safe(key, &policy)
+                    .filter(|copy| !envelope::is_envelope(copy))
+            } else {
+                None
+            };
             let job = Job {
                 lock: None,
+                fail_safe: stale.is_some(),
                 ..job()
             };
-            (job, None, loader)
+            (job, stale, loader)
         }
     };
     load(job, ticket, stale, loader).await
@@ -231,6 +244,7 @@ where
                     // The soft timeout passed with a stale value at hand.
                     Wait::TimedOut => {
                         if let Some(value) = stale.as_ref().and_then(|s| decode(&job, s)) {
+                            served_stale(&job);
                             return Ok(value);
                         }
                     }
@@ -267,6 +281,7 @@ where
         if tokio::time::timeout(soft, &mut rx).await.is_err() {
             if let Some(value) = decode(&job, stale) {
                 tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
+                served_stale(&job);
                 return Ok(value);
             }
         }
@@ -296,8 +311,19 @@ where
         )),
     };
     match stale.and_then(|stale| decode(job, stale)) {
-        Some(value) => Ok(value),
+        Some(value) => {
+            served_stale(job);
+            Ok(value)
+        }
         None => Err(failed),
+    }
+}
+
+/// A stale value answered the caller: counted and logged when it is the near cache's fail-safe
+/// copy.
+fn served_stale(job: &Job) {
+    if job.fail_safe {
+        job.cache.near_fail_safe_served(&job.key);
     }
 }
 
