@@ -857,3 +857,18 @@ async fn without_fail_safe_the_loader_error_returns() {
     assert!(failing_load(&cache, policy).await.is_err());
     assert_eq!(cache.near_cache_stats().fail_safe_served, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_keeps_an_entry_whose_local_lifetime_ended() {
+    let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(3600));
+    let mut server = RedisServer::start();
+    let near = near().max_ttl(Duration::from_millis(100)).fail_safe(true);
+    let cache = near_cache(&server, near);
+    outage_after_a_local_entry(&mut server, &cache, policy).await;
+    // The local entry lived 100 ms: long gone, its copy is counted from then.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(cache.get::<i64>("k").await.is_err());
+    assert_eq!(failing_load(&cache, policy).await.unwrap(), 1);
+    let narrow = impcache::Freshness::new().stale_if_error(Duration::from_millis(1));
+    assert!(failing_load(&cache, narrow).await.is_err());
+}
