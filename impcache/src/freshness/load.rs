@@ -243,8 +243,8 @@ where
                     }
                     // The soft timeout passed with a stale value at hand.
                     Wait::TimedOut => {
-                        if let Some(value) = stale.as_ref().and_then(|s| decode(&job, s)) {
-                            served_stale(&job);
+                        let value = stale.as_ref().and_then(|s| decode(&job, s));
+                        if let Some(value) = value.filter(|_| stale_allowed(&job)) {
                             return Ok(value);
                         }
                     }
@@ -279,9 +279,8 @@ where
     let mut rx = rx;
     if let (Some(stale), Some(soft)) = (&stale, job.policy.soft_timeout_duration()) {
         if tokio::time::timeout(soft, &mut rx).await.is_err() {
-            if let Some(value) = decode(&job, stale) {
+            if let Some(value) = decode(&job, stale).filter(|_| stale_allowed(&job)) {
                 tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
-                served_stale(&job);
                 return Ok(value);
             }
         }
@@ -311,20 +310,23 @@ where
         )),
     };
     match stale.and_then(|stale| decode(job, stale)) {
-        Some(value) => {
-            served_stale(job);
-            Ok(value)
-        }
-        None => Err(failed),
+        Some(value) if stale_allowed(job) => Ok(value),
+        _ => Err(failed),
     }
 }
 
-/// A stale value answered the caller: counted and logged when it is the near cache's fail-safe
-/// copy.
-fn served_stale(job: &Job) {
-    if job.fail_safe {
-        job.cache.near_fail_safe_served(&job.key);
+/// Whether the stale value at hand may answer the caller now. The near cache's fail-safe copy
+/// is checked again (its window may have passed while the loader ran; a change may have dropped
+/// it), and counted and logged when it answers.
+fn stale_allowed(job: &Job) -> bool {
+    if !job.fail_safe {
+        return true;
     }
+    if job.cache.near_fail_safe(&job.key, &job.policy).is_none() {
+        return false;
+    }
+    job.cache.near_fail_safe_served(&job.key);
+    true
 }
 
 /// A waiter's own load, when its leader had nothing to share: in place, not single-flight.
@@ -437,9 +439,10 @@ pub(super) async fn run<V, E, F, Fut>(
             drop(guard);
         }
         (None, Some(guard)) => match stale {
-            // Waiters may serve the stale value as the leader does.
-            Some(stale) => guard.publish(stale),
-            None => guard.not_shared(),
+            // Waiters may serve the stale value as the leader does; not a fail-safe copy: each
+            // waiter judges it by its own window (it loads on its own, unshared).
+            Some(stale) if !job.fail_safe => guard.publish(stale),
+            _ => guard.not_shared(),
         },
         (None, None) => {}
     }
