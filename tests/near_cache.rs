@@ -762,3 +762,114 @@ async fn cached_functions_and_the_http_layer_hit_the_near_cache() {
     })
     .await;
 }
+
+// --- Fail-safe (issue 15): a near entry standing in for a failed loader while Redis fails. ---
+
+fn boom() -> impcache::Error {
+    impcache::Error::Loader {
+        key: "k".into(),
+        reason: "boom".into(),
+    }
+}
+
+/// `k` holds 1 (stored by `get_or_set` with `policy`) and is served locally; then Redis is
+/// killed and the near cache has stopped serving.
+async fn outage_after_a_local_entry(
+    server: &mut RedisServer,
+    cache: &Cache,
+    policy: impcache::Freshness,
+) {
+    wait_active(cache).await;
+    let stored: i64 = cache
+        .get_or_set("k", 60, || async { 1 })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    wait_local(cache, "k").await;
+    server.kill();
+    eventually("the near cache stops serving", || async {
+        cache.near_cache_status() == NearCacheStatus::Connecting
+    })
+    .await;
+}
+
+async fn failing_load(cache: &Cache, policy: impcache::Freshness) -> Result<i64, impcache::Error> {
+    cache
+        .try_get_or_set("k", 60, || async { Err::<i64, _>(boom()) })
+        .freshness(policy)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_serves_the_near_entry_when_redis_and_the_loader_fail() {
+    let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(3600));
+    let mut server = RedisServer::start();
+    let cache = near_cache(&server, near().fail_safe(true));
+    outage_after_a_local_entry(&mut server, &cache, policy).await;
+
+    assert_eq!(failing_load(&cache, policy).await.unwrap(), 1);
+    assert_eq!(cache.near_cache_stats().fail_safe_served, 1);
+    // Without a stale_if_error window, or past it, the loader's error returns.
+    assert!(failing_load(&cache, impcache::Freshness::new())
+        .await
+        .is_err());
+    let past = impcache::Freshness::new().stale_if_error(Duration::ZERO);
+    assert!(failing_load(&cache, past).await.is_err());
+    // A plain read errors as before.
+    assert!(cache.get::<i64>("k").await.is_err());
+    assert_eq!(cache.near_cache_stats().fail_safe_served, 1);
+    // A succeeding loader is used as ever (the copy is for its failure only; a call joining
+    // its flight meanwhile would be answered by it).
+    let loaded: i64 = cache
+        .get_or_set("k", 60, || async { 7 })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(loaded, 7);
+
+    // Redis back with the key changed: the new value is read, not the copy.
+    server.restart();
+    let _: () = server.cmd(&["SET", &cache.make_key("k"), "2"]);
+    eventually("the new value is read", || async {
+        match cache.get::<i64>("k").await {
+            Ok(value) => {
+                assert_eq!(value, Some(2), "the copy was served by get");
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert_eq!(failing_load(&cache, policy).await.unwrap(), 2);
+    wait_active(&cache).await;
+    let _: () = server.cmd(&["SET", &cache.make_key("k"), "3"]);
+    wait_value(&cache, "k", Some(3)).await;
+    assert_eq!(failing_load(&cache, policy).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fail_safe_the_loader_error_returns() {
+    let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(3600));
+    let mut server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    outage_after_a_local_entry(&mut server, &cache, policy).await;
+
+    assert!(failing_load(&cache, policy).await.is_err());
+    assert_eq!(cache.near_cache_stats().fail_safe_served, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_keeps_an_entry_whose_local_lifetime_ended() {
+    let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(3600));
+    let mut server = RedisServer::start();
+    let near = near().max_ttl(Duration::from_millis(100)).fail_safe(true);
+    let cache = near_cache(&server, near);
+    outage_after_a_local_entry(&mut server, &cache, policy).await;
+    // The local entry lived 100 ms: long gone, its copy is counted from then.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(cache.get::<i64>("k").await.is_err());
+    assert_eq!(failing_load(&cache, policy).await.unwrap(), 1);
+    let narrow = impcache::Freshness::new().stale_if_error(Duration::from_millis(1));
+    assert!(failing_load(&cache, narrow).await.is_err());
+}

@@ -326,6 +326,22 @@ impl Cache {
             .map_or(NearCacheStatus::Off, |store| store.status())
     }
 
+    /// The near cache's fail-safe copy of `key` within `policy`'s `stale_if_error` window
+    /// (issue 15: [`NearCache::fail_safe`]), for a `get_or_set` whose read failed.
+    pub(crate) fn near_fail_safe(&self, key: &str, policy: &Freshness) -> Option<Bytes> {
+        self.shared
+            .near
+            .as_ref()?
+            .fail_safe(&self.make_key(key), policy)
+    }
+
+    /// Counts and logs the near cache's fail-safe copy of `key` served.
+    pub(crate) fn near_fail_safe_served(&self, key: &str) {
+        if let Some(store) = &self.shared.near {
+            store.fail_safe_served(&self.make_key(key));
+        }
+    }
+
     /// The near cache's counters (all zero when none was configured).
     pub fn near_cache_stats(&self) -> NearCacheStats {
         self.shared

@@ -70,6 +70,8 @@ pub(super) struct Job {
     pub(super) lock: Option<(Lock, Expiry)>,
     /// Tags (issue 16): the call's tags, read with the entry and stored in its envelope.
     pub(super) tags: Tags,
+    /// Whether the stale value at hand is the near cache's fail-safe copy (the read failed).
+    pub(super) fail_safe: bool,
 }
 
 impl Job {
@@ -120,6 +122,7 @@ where
         policy,
         lock,
         tags: tags.clone(),
+        fail_safe: false,
     };
     let (job, stale, loader) = match cache.read_for_load_tagged(key, &policy, &tags).await {
         Ok(Some(found)) => match serve(cache, key, &policy, &job, found, loader) {
@@ -129,11 +132,21 @@ where
         Ok(None) => (job(), None, loader),
         Err(error) => {
             report("get", key, &error);
+            // The near cache's fail-safe copy (off by default), for the loader's failure only.
+            // Not with tags: their state cannot be read while Redis fails.
+            let stale = if tags.is_empty() {
+                cache
+                    .near_fail_safe(key, &policy)
+                    .filter(|copy| !envelope::is_envelope(copy))
+            } else {
+                None
+            };
             let job = Job {
                 lock: None,
+                fail_safe: stale.is_some(),
                 ..job()
             };
-            (job, None, loader)
+            (job, stale, loader)
         }
     };
     load(job, ticket, stale, loader).await
@@ -233,7 +246,8 @@ where
                     }
                     // The soft timeout passed with a stale value at hand.
                     Wait::TimedOut => {
-                        if let Some(value) = stale.as_ref().and_then(|s| decode(&job, s)) {
+                        let value = stale.as_ref().and_then(|s| decode(&job, s));
+                        if let Some(value) = value.filter(|_| stale_allowed(&job)) {
                             job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
                             return Ok(value);
                         }
@@ -269,7 +283,7 @@ where
     let mut rx = rx;
     if let (Some(stale), Some(soft)) = (&stale, job.policy.soft_timeout_duration()) {
         if tokio::time::timeout(soft, &mut rx).await.is_err() {
-            if let Some(value) = decode(&job, stale) {
+            if let Some(value) = decode(&job, stale).filter(|_| stale_allowed(&job)) {
                 tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
                 job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
                 return Ok(value);
@@ -301,12 +315,26 @@ where
         )),
     };
     match stale.and_then(|stale| decode(job, stale)) {
-        Some(value) => {
+        Some(value) if stale_allowed(job) => {
             job.cache.served_stale(&job.key, StaleReason::Error);
             Ok(value)
         }
-        None => Err(failed),
+        _ => Err(failed),
     }
+}
+
+/// Whether the stale value at hand may answer the caller now. The near cache's fail-safe copy
+/// is checked again (its window may have passed while the loader ran; a change may have dropped
+/// it), and counted and logged when it answers.
+fn stale_allowed(job: &Job) -> bool {
+    if !job.fail_safe {
+        return true;
+    }
+    if job.cache.near_fail_safe(&job.key, &job.policy).is_none() {
+        return false;
+    }
+    job.cache.near_fail_safe_served(&job.key);
+    true
 }
 
 /// A waiter's own load, when its leader had nothing to share: in place, not single-flight.
@@ -419,9 +447,10 @@ pub(super) async fn run<V, E, F, Fut>(
             drop(guard);
         }
         (None, Some(guard)) => match stale {
-            // Waiters may serve the stale value as the leader does.
-            Some(stale) => guard.publish(stale),
-            None => guard.not_shared(),
+            // Waiters may serve the stale value as the leader does; not a fail-safe copy: each
+            // waiter judges it by its own window (it loads on its own, unshared).
+            Some(stale) if !job.fail_safe => guard.publish(stale),
+            _ => guard.not_shared(),
         },
         (None, None) => {}
     }

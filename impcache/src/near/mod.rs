@@ -9,6 +9,7 @@
 //!
 //! The one dispatch point (`repository/backend.rs`) reads through it: its `Near` arm.
 
+mod fail_safe;
 mod store;
 mod tracker;
 
@@ -75,6 +76,7 @@ pub struct NearCache {
     pub(crate) max_ttl: Duration,
     pub(crate) max_value_bytes: usize,
     pub(crate) heartbeat: Duration,
+    pub(crate) fail_safe: bool,
 }
 
 impl Default for NearCache {
@@ -84,6 +86,7 @@ impl Default for NearCache {
             max_ttl: DEFAULT_NEAR_MAX_TTL,
             max_value_bytes: DEFAULT_NEAR_MAX_VALUE_BYTES,
             heartbeat: DEFAULT_NEAR_HEARTBEAT,
+            fail_safe: false,
         }
     }
 }
@@ -120,6 +123,26 @@ impl NearCache {
     /// flushed).
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
         self.heartbeat = heartbeat.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Fail-safe (FusionCache's): keep a copy of local entries past the moment the near cache
+    /// stops vouching for them (their local lifetime ends, the tracking connection is lost), for
+    /// one use only: a [`get_or_set`](crate::Cache::get_or_set) /
+    /// [`try_get_or_set`](crate::Cache::try_get_or_set) with a
+    /// [`stale_if_error`](crate::Freshness::stale_if_error) window whose Redis read **failed**
+    /// (an error, the breaker open, the deadline) and whose loader then failed or timed out too.
+    /// The copy answers if its age past the earlier of its expiry and the end of its vouching
+    /// is within that window. Off by default: meanwhile the copy may no longer be what Redis
+    /// holds (coherence is lost, bounded by the window). Never served by `get`, nor when Redis
+    /// answered; counted in [`NearCacheStats::fail_safe_served`] and logged (`warn!`).
+    ///
+    /// A switch, not a duration: the call's `stale_if_error` window is the bound. The copies
+    /// share the live entries' values and are bounded by the same byte count (separately);
+    /// each lives at most until its key's Redis expiry. A change seen by Redis, this cache's own
+    /// write or delete, `FLUSHDB` and `delete_pattern` drop them.
+    pub fn fail_safe(mut self, on: bool) -> Self {
+        self.fail_safe = on;
         self
     }
 }
@@ -159,6 +182,9 @@ pub struct NearCacheStats {
     pub entries: u64,
     /// Bytes (keys + values) held now (approximate: moka's weighted size).
     pub bytes: u64,
+    /// Fail-safe copies served in place of a failed loader while Redis failed
+    /// ([`NearCache::fail_safe`]).
+    pub fail_safe_served: u64,
 }
 
 /// A near cache in front of a remote backend: what the dispatch point's `Near` arm holds

@@ -18,7 +18,9 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 
+use super::fail_safe::FailSafe;
 use super::{NearCache, NearCacheStats, NearCacheStatus};
+use crate::freshness::Freshness;
 use crate::observe::hooks::{near_lookups, Tier};
 use crate::repository::WithTtl;
 
@@ -92,6 +94,9 @@ pub(crate) struct Store {
     bypassed: AtomicU64,
     invalidations: AtomicU64,
     flushes: AtomicU64,
+    /// The fail-safe copies ([`NearCache::fail_safe`]); `None` when off.
+    fail_safe: Option<FailSafe>,
+    fail_safe_served: AtomicU64,
 }
 
 impl Store {
@@ -125,6 +130,10 @@ impl Store {
             bypassed: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            fail_safe: config
+                .fail_safe
+                .then(|| FailSafe::new(config.max_capacity_bytes)),
+            fail_safe_served: AtomicU64::new(0),
         }
     }
 
@@ -151,6 +160,7 @@ impl Store {
             flushes: self.flushes.load(Ordering::Relaxed),
             entries: self.entries.entry_count(),
             bytes: self.entries.weighted_size(),
+            fail_safe_served: self.fail_safe_served.load(Ordering::Relaxed),
         }
     }
 
@@ -287,10 +297,16 @@ impl Store {
             // The TTL was read after `sent`: counting from `sent` errs on the early side.
             redis_expires: found.ttl.map(|redis_ttl| ticket.sent + redis_ttl),
         };
+        if let Some(fail_safe) = &self.fail_safe {
+            fail_safe.keep(key, &entry.value, ttl, entry.redis_expires);
+        }
         self.entries.insert(key.to_owned(), entry);
         // An invalidation between the check and the insert found nothing to remove.
         if !self.still_valid(ticket, slot) {
             self.entries.invalidate(key);
+            if let Some(fail_safe) = &self.fail_safe {
+                fail_safe.invalidate(key);
+            }
         }
     }
 
@@ -301,11 +317,22 @@ impl Store {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         if let Ok(key) = std::str::from_utf8(key) {
             self.entries.invalidate(key);
+            if let Some(fail_safe) = &self.fail_safe {
+                fail_safe.invalidate(key);
+            }
         }
     }
 
-    /// Drops every entry, and every reply in flight.
+    /// Drops every entry (and fail-safe copy), and every reply in flight.
     pub(crate) fn flush(&self) {
+        self.drop_live();
+        if let Some(fail_safe) = &self.fail_safe {
+            fail_safe.flush();
+        }
+    }
+
+    /// Drops every live entry, and every reply in flight (the fail-safe copies stay).
+    fn drop_live(&self) {
         let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         self.flushed.fetch_max(number, Ordering::SeqCst);
         self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -317,7 +344,7 @@ impl Store {
     pub(super) fn activate(&self, connection: u64, connections: Vec<MultiplexedConnection>) {
         self.connection.store(connection, Ordering::SeqCst);
         self.tracking_connections.store(Some(Arc::new(connections)));
-        self.flush();
+        self.drop_live();
         let _ = self
             .state
             .compare_exchange(CONNECTING, ACTIVE, Ordering::SeqCst, Ordering::SeqCst);
@@ -331,13 +358,34 @@ impl Store {
         }
     }
 
-    /// Stops serving locally and drops everything.
+    /// Stops serving locally and drops everything; the fail-safe copies stay, no longer
+    /// vouched for.
     pub(super) fn disconnect(&self) {
         self.tracking_connections.store(None);
         let _ = self
             .state
             .compare_exchange(ACTIVE, CONNECTING, Ordering::SeqCst, Ordering::SeqCst);
-        self.flush();
+        self.drop_live();
+        if let Some(fail_safe) = &self.fail_safe {
+            fail_safe.lost();
+        }
+    }
+
+    /// The fail-safe copy of `key` (a full key) within `policy`'s `stale_if_error` window, for
+    /// a `get_or_set` whose read failed; `None` when fail-safe is off or no copy qualifies.
+    pub(crate) fn fail_safe(&self, key: &str, policy: &Freshness) -> Option<Bytes> {
+        self.fail_safe.as_ref()?.get(key, policy)
+    }
+
+    /// Counts and logs a fail-safe copy of `key` served in place of a failed loader.
+    pub(crate) fn fail_safe_served(&self, key: &str) {
+        self.fail_safe_served.fetch_add(1, Ordering::Relaxed);
+        near_lookups(Tier::FailSafe, 1);
+        tracing::warn!(
+            target: "impcache",
+            key,
+            "Redis and the loader failed: serving the near cache's fail-safe copy (not vouched for)"
+        );
     }
 
     /// For good: the repository or server cannot track keys. Logged once.

@@ -273,7 +273,8 @@ pub(super) const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
 // --- Near cache (issue 14). ---
 
 /// `impcache_near_cache_lookups_total{tier}`: keys looked up through a near cache, by the tier
-/// that answered: `near` (process memory) or `remote` (Redis).
+/// that answered: `near` (process memory) or `remote` (Redis), or `stale`: a fail-safe copy
+/// standing in for a failed loader while Redis failed ([`NearCache::fail_safe`](crate::NearCache::fail_safe)).
 pub const NEAR_LOOKUPS_TOTAL: &str = "impcache_near_cache_lookups_total";
 
 /// The tier that answered a near cache's lookup: the `tier` label of [`NEAR_LOOKUPS_TOTAL`].
@@ -283,11 +284,14 @@ pub(crate) enum Tier {
     Near,
     /// Redis.
     Remote,
+    /// A fail-safe copy (the `stale` outcome).
+    FailSafe,
 }
 
-static NEAR_TIER_LABELS: [[Label; 1]; 2] = [
+static NEAR_TIER_LABELS: [[Label; 1]; 3] = [
     [Label::from_static_parts("tier", "near")],
     [Label::from_static_parts("tier", "remote")],
+    [Label::from_static_parts("tier", "stale")],
 ];
 
 /// Counts `count` keys answered by `tier` (nothing without a recorder).
@@ -299,6 +303,7 @@ pub(crate) fn near_lookups(tier: Tier, count: u64) {
     let labels = match tier {
         Tier::Near => &NEAR_TIER_LABELS[0],
         Tier::Remote => &NEAR_TIER_LABELS[1],
+        Tier::FailSafe => &NEAR_TIER_LABELS[2],
     };
     let key = Key::from_static_parts(NEAR_LOOKUPS_TOTAL, labels);
     metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA).increment(count));
