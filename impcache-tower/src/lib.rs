@@ -110,6 +110,7 @@ mod revalidate;
 mod service;
 mod stale;
 mod store;
+mod tagging;
 mod tags;
 
 pub use body::{BoxError, ResponseBody};

@@ -56,7 +56,7 @@ pub(crate) async fn take(config: &Config, keys: &UrlKeys, headers: &http::Header
     };
     let poll = || async {
         Ok(match lookup(config, keys, headers).await {
-            Lookup::Hit(entry, _) if crate::service::usable(config, &entry) => Some(Some(entry)),
+            Lookup::Hit(entry, _) if crate::stale::usable(config, &entry) => Some(Some(entry)),
             // The cache failed: stop waiting, call the handler.
             Lookup::Failed { .. } => Some(None),
             _ => None,

@@ -27,9 +27,9 @@ use crate::metrics::Counted;
 use crate::policy::{self, NotStored, RequestPlan};
 use crate::render::{self, mark, Outcome};
 use crate::revalidate;
-use crate::stale::{self, Judged, Why};
+use crate::stale::{self, usable, Judged, Why};
 use crate::store::{lookup, Lookup, Seen, Unfinished};
-use crate::tags;
+use crate::tagging;
 use http_body_util::BodyExt;
 
 /// The service [`CacheLayer`] wraps around a handler (or any
@@ -102,12 +102,6 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::new(Box::pin(run(Arc::clone(&self.config), inner, request)))
     }
-}
-
-/// Whether a stored entry may be served as it is (see [`stale::judge`]).
-#[inline]
-pub(crate) fn usable(config: &Config, entry: &Entry) -> bool {
-    stale::judge(config, entry, now_ms()) == Judged::Fresh
 }
 
 /// A stored response served past its freshness (see [`crate::stale`]).
@@ -289,7 +283,7 @@ where
             .run(config, response.status(), response.headers())
             .await;
     }
-    tags::strip(config, response.headers_mut());
+    tagging::strip(config, response.headers_mut());
     mark(
         &mut response,
         config.status_header,
@@ -368,7 +362,7 @@ where
         count(LayerOutcome::Miss);
         // Never stored: a HEAD response has no body to serve GETs with.
         let mut response = inner.call(request).await?.map(ResponseBody::inner);
-        tags::strip(config, response.headers_mut());
+        tagging::strip(config, response.headers_mut());
         let detail = detail.or(Some(NotStored::Head.detail()));
         mark(
             &mut response,
@@ -416,7 +410,7 @@ where
 
     // Tags (issue 16): the request's, and the time the handler call starts (an invalidation of
     // one of its tags from then on hides the response).
-    let created = tags::now_micros();
+    let created = tagging::now_micros();
     let request_tags = match &config.tags_from {
         Some(tags_from) => {
             let (parts, body) = request.into_parts();
@@ -474,7 +468,7 @@ where
     };
     let response_ms = now_ms();
     let (mut parts, body) = response.into_parts();
-    let tagged = tags::collect(config, request_tags, &mut parts.headers, created);
+    let tagged = tagging::collect(config, request_tags, &mut parts.headers, created);
     if let Some(stale) = stale.filter(|_| revalidating) {
         if parts.status == http::StatusCode::NOT_MODIFIED {
             let refresh = revalidate::Refresh {

@@ -116,6 +116,12 @@ impl Why {
     }
 }
 
+/// Whether a stored entry may be served as it is (see [`judge`]).
+#[inline]
+pub(crate) fn usable(config: &Config, entry: &Entry) -> bool {
+    judge(config, entry, crate::entry::now_ms()) == Judged::Fresh
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{HeaderName, StatusCode};
+use impcache::__private::tags::{self as state, Verdict};
 use impcache::{Cache, Expire};
 
 use crate::config::Config;
@@ -60,11 +61,11 @@ fn failed(error: &impcache::Error) -> Lookup {
 }
 
 /// Reads the URL's response (see [`lookup_stored`]); a tagged one is judged against its tags'
-/// state, in a second read ([`crate::tags::judge`]).
+/// state, in a second read ([`judge_tags`]).
 pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
     match lookup_stored(config, keys, headers).await {
         Lookup::Hit(entry, seen) if entry.tags.is_some() => {
-            Box::pin(crate::tags::judge(config, entry, seen)).await
+            Box::pin(judge_tags(config, entry, seen)).await
         }
         found => found,
     }
@@ -310,6 +311,35 @@ impl Unfinished {
     pub(crate) fn give_up(self) {
         if let Some(guard) = self.guard {
             guard.not_shared();
+        }
+    }
+}
+
+/// A tagged hit judged against its tags' state (a second read): served, stale (soft purge), or a
+/// miss (hard purge). Fails open: the state unreadable, the handler answers.
+async fn judge_tags(config: &Config, mut entry: Entry, seen: Option<Seen>) -> Lookup {
+    let Some(tagged) = entry.tags.as_mut() else {
+        return Lookup::Hit(entry, seen);
+    };
+    match state::verdict(&config.cache, &tagged.tags, tagged.created).await {
+        Ok(Verdict::Fresh) => Lookup::Hit(entry, seen),
+        Ok(Verdict::Stale { since }) => {
+            tagged.soft_since = Some(since);
+            Lookup::Hit(entry, seen)
+        }
+        Ok(_) => {
+            let fwd = if seen.is_some() {
+                "vary-miss"
+            } else {
+                "uri-miss"
+            };
+            Lookup::Miss(fwd, seen)
+        }
+        Err(error) => {
+            tracing::debug!(%error, "impcache-tower: tag state unreadable, calling the handler");
+            Lookup::Failed {
+                backend: error.is_backend_failure(),
+            }
         }
     }
 }

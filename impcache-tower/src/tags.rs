@@ -18,13 +18,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue};
-use impcache::__private::tags::{self as state, Verdict};
+use http::{HeaderName, HeaderValue};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
-
-use crate::config::Config;
-use crate::entry::Entry;
-use crate::store::{Lookup, Seen};
 
 /// The pseudo header field an entry stores its tags in (never served).
 pub(crate) const TAGS_FIELD: &str = "impcache-tags";
@@ -88,127 +83,5 @@ impl Tagged {
             tags,
             soft_since: None,
         })
-    }
-}
-
-/// The tags of a response: those of the request (`from_request`), then those of the layer's tag
-/// header fields, which are removed from `headers` unless the layer keeps them. `None` without
-/// any.
-pub(crate) fn collect(
-    config: &Config,
-    from_request: Vec<String>,
-    headers: &mut HeaderMap,
-    created: u64,
-) -> Option<Box<Tagged>> {
-    let mut tags = from_request;
-    for name in &config.tag_headers {
-        for value in headers.get_all(name) {
-            let Ok(value) = value.to_str() else { continue };
-            let split = value.split(|c: char| c == ',' || c.is_ascii_whitespace());
-            tags.extend(split.filter(|tag| !tag.is_empty()).map(str::to_owned));
-        }
-        if !config.keep_tag_headers {
-            headers.remove(name);
-        }
-    }
-    // Never taken from a handler: the layer's own field.
-    headers.remove(TAGS_FIELD);
-    let mut unique: Vec<String> = Vec::with_capacity(tags.len());
-    for tag in tags {
-        if !unique.contains(&tag) {
-            unique.push(tag);
-        }
-    }
-    (!unique.is_empty()).then(|| {
-        Box::new(Tagged {
-            created,
-            tags: unique,
-            soft_since: None,
-        })
-    })
-}
-
-/// Removes the layer's tag header fields from a response it does not store (unless kept).
-pub(crate) fn strip(config: &Config, headers: &mut HeaderMap) {
-    if !config.keep_tag_headers {
-        for name in &config.tag_headers {
-            headers.remove(name);
-        }
-    }
-}
-
-/// Now, µs since the epoch (impcache's tag clock).
-pub(crate) fn now_micros() -> u64 {
-    state::now_micros()
-}
-
-/// A tagged hit judged against its tags' state (a second read): served, stale (soft purge), or a
-/// miss (hard purge). Fails open: the state unreadable, the handler answers.
-pub(crate) async fn judge(config: &Config, mut entry: Entry, seen: Option<Seen>) -> Lookup {
-    let Some(tagged) = entry.tags.as_mut() else {
-        return Lookup::Hit(entry, seen);
-    };
-    match state::verdict(&config.cache, &tagged.tags, tagged.created).await {
-        Ok(Verdict::Fresh) => Lookup::Hit(entry, seen),
-        Ok(Verdict::Stale { since }) => {
-            tagged.soft_since = Some(since);
-            Lookup::Hit(entry, seen)
-        }
-        Ok(_) => {
-            let fwd = if seen.is_some() {
-                "vary-miss"
-            } else {
-                "uri-miss"
-            };
-            Lookup::Miss(fwd, seen)
-        }
-        Err(error) => {
-            tracing::debug!(%error, "impcache-tower: tag state unreadable, calling the handler");
-            Lookup::Failed {
-                backend: error.is_backend_failure(),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use bytes::Bytes;
-    use http::StatusCode;
-
-    #[test]
-    fn tags_round_trip_in_the_entry_and_never_show_as_a_header() {
-        let tagged = Tagged {
-            created: 42,
-            tags: vec!["user:1".to_owned(), "a b,c%".to_owned()],
-            soft_since: None,
-        };
-        let entry = Entry {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"x"),
-            stored_at_ms: 1,
-            ttl: None,
-            origin: None,
-            tags: Some(Box::new(tagged.clone())),
-        };
-        let (decoded, _, _) = Entry::decode(&entry.encode(&[], 1)).unwrap();
-        assert_eq!(decoded.tags.as_deref(), Some(&tagged));
-        assert!(decoded.headers.is_empty());
-    }
-
-    #[test]
-    fn collect_reads_both_separators_and_strips() {
-        let config = Config::new(impcache::Cache::new(impcache::MemoryCacheRepository::new()));
-        let mut headers = HeaderMap::new();
-        headers.insert("surrogate-key", HeaderValue::from_static("a  b"));
-        headers.insert("cache-tag", HeaderValue::from_static("b, c"));
-        headers.insert(TAGS_FIELD, HeaderValue::from_static("1 forged"));
-        let tagged = collect(&config, vec!["r".to_owned()], &mut headers, 7).unwrap();
-        assert_eq!(tagged.tags, ["r", "a", "b", "c"]);
-        assert!(headers.is_empty());
-        assert!(collect(&config, Vec::new(), &mut HeaderMap::new(), 7).is_none());
     }
 }

@@ -1,0 +1,103 @@
+//! The layer's tag handling in a request's way (issue 16): a response's tags collected, and its
+//! tag header fields stripped. What a tag set is and how an entry stores it is `tags.rs`; how a
+//! tagged hit is judged against impcache's tag state is `store.rs` (`judge_tags`).
+
+use http::HeaderMap;
+
+use crate::config::Config;
+use crate::tags::{Tagged, TAGS_FIELD};
+
+/// The tags of a response: those of the request (`from_request`), then those of the layer's tag
+/// header fields, which are removed from `headers` unless the layer keeps them. `None` without
+/// any.
+pub(crate) fn collect(
+    config: &Config,
+    from_request: Vec<String>,
+    headers: &mut HeaderMap,
+    created: u64,
+) -> Option<Box<Tagged>> {
+    let mut tags = from_request;
+    for name in &config.tag_headers {
+        for value in headers.get_all(name) {
+            let Ok(value) = value.to_str() else { continue };
+            let split = value.split(|c: char| c == ',' || c.is_ascii_whitespace());
+            tags.extend(split.filter(|tag| !tag.is_empty()).map(str::to_owned));
+        }
+        if !config.keep_tag_headers {
+            headers.remove(name);
+        }
+    }
+    // Never taken from a handler: the layer's own field.
+    headers.remove(TAGS_FIELD);
+    let mut unique: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        if !unique.contains(&tag) {
+            unique.push(tag);
+        }
+    }
+    (!unique.is_empty()).then(|| {
+        Box::new(Tagged {
+            created,
+            tags: unique,
+            soft_since: None,
+        })
+    })
+}
+
+/// Removes the layer's tag header fields from a response it does not store (unless kept).
+pub(crate) fn strip(config: &Config, headers: &mut HeaderMap) {
+    if !config.keep_tag_headers {
+        for name in &config.tag_headers {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Now, µs since the epoch (impcache's tag clock).
+pub(crate) fn now_micros() -> u64 {
+    impcache::__private::tags::now_micros()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderValue, StatusCode};
+
+    use crate::entry::Entry;
+
+    #[test]
+    fn tags_round_trip_in_the_entry_and_never_show_as_a_header() {
+        let tagged = Tagged {
+            created: 42,
+            tags: vec!["user:1".to_owned(), "a b,c%".to_owned()],
+            soft_since: None,
+        };
+        let entry = Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+            stored_at_ms: 1,
+            ttl: None,
+            origin: None,
+            tags: Some(Box::new(tagged.clone())),
+        };
+        let (decoded, _, _) = Entry::decode(&entry.encode(&[], 1)).unwrap();
+        assert_eq!(decoded.tags.as_deref(), Some(&tagged));
+        assert!(decoded.headers.is_empty());
+    }
+
+    #[test]
+    fn collect_reads_both_separators_and_strips() {
+        let config = Config::new(impcache::Cache::new(impcache::MemoryCacheRepository::new()));
+        let mut headers = HeaderMap::new();
+        headers.insert("surrogate-key", HeaderValue::from_static("a  b"));
+        headers.insert("cache-tag", HeaderValue::from_static("b, c"));
+        headers.insert(TAGS_FIELD, HeaderValue::from_static("1 forged"));
+        let tagged = collect(&config, vec!["r".to_owned()], &mut headers, 7).unwrap();
+        assert_eq!(tagged.tags, ["r", "a", "b", "c"]);
+        assert!(headers.is_empty());
+        assert!(collect(&config, Vec::new(), &mut HeaderMap::new(), 7).is_none());
+    }
+}
