@@ -15,10 +15,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::lock::{self, Turn};
-use super::lock_settings::Lock;
 use super::policy::{Freshness, State};
 use crate::error::{shown, Error};
-use crate::expire::Expiry;
 use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
 use crate::json;
 use crate::observe::stale::StaleReason;
@@ -26,11 +24,7 @@ use crate::repository::WithTtl;
 use crate::tags::{self, envelope, Tags};
 use crate::Cache;
 
-/// The `tracing` target of this module's events.
-pub(crate) const TARGET: &str = "impcache::freshness";
-
-/// The key of a load: the repository's address and the full key (two caches never share one).
-pub(super) type FlightKey = (usize, String);
+use super::job::{report, FlightKey, Job, TARGET};
 
 /// The loads in flight in this process, publishing the value's JSON.
 pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Bytes>>> = LazyLock::new(Arc::default);
@@ -55,31 +49,6 @@ impl<E: From<Error> + Display + Send + 'static> LoadError for E {
 
     fn from_panic(key: &str, _payload: Box<dyn Any + Send>) -> Self {
         E::from(loader_error(key, "panicked"))
-    }
-}
-
-/// What a load needs besides its loader: shared by the foreground and background paths.
-#[derive(Clone)]
-pub(super) struct Job {
-    pub(super) cache: Cache,
-    pub(super) key: String,
-    pub(super) expiry: Expiry,
-    pub(super) policy: Freshness,
-    /// The cross-process lock and its checked lifetime; `None` without one, or when the call's
-    /// read failed (the cache is down: fail open at once).
-    pub(super) lock: Option<(Lock, Expiry)>,
-    /// Tags (issue 16): the call's tags, read with the entry and stored in its envelope.
-    pub(super) tags: Tags,
-    /// Whether the stale value at hand is the near cache's fail-safe copy (the read failed).
-    pub(super) fail_safe: bool,
-}
-
-impl Job {
-    pub(super) fn flight(&self) -> FlightKey {
-        (
-            Arc::as_ptr(self.cache.repository()) as *const () as usize,
-            self.cache.make_key(&self.key),
-        )
     }
 }
 
@@ -490,14 +459,6 @@ fn loader_error(key: &str, reason: &str) -> Error {
     Error::Loader {
         key: shown(key),
         reason: reason.to_owned(),
-    }
-}
-
-pub(super) fn report(operation: &'static str, key: &str, error: &Error) {
-    if matches!(error, Error::CircuitOpen { .. }) {
-        tracing::debug!(target: TARGET, operation, key, %error, "cache unavailable; loading regardless");
-    } else {
-        tracing::warn!(target: TARGET, operation, key, %error, "cache operation failed; loading regardless");
     }
 }
 

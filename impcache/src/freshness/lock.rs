@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::load::{report, Job, TARGET};
+use super::job::{report, Job, TARGET};
 use super::lock_settings::Lock;
 use super::policy::State;
 use crate::cache::Cache;

@@ -52,6 +52,7 @@
 //! - `load.rs`: one call: read, classify, load through the flight.
 //! - `lock.rs`: [`Lock`], one loader run across processes (its protocol is in its docs).
 
+mod job;
 mod load;
 mod lock;
 mod lock_settings;

@@ -1,0 +1,52 @@
+//! One load's data (`Job`: the cache, key, expiry, policy, lock and tags of a `get_or_set` call)
+//! and its reporting, shared by the load protocol (`load.rs`) and the cross-process lock
+//! (`lock.rs`).
+
+use std::sync::Arc;
+
+use super::lock_settings::Lock;
+use super::policy::Freshness;
+use crate::error::Error;
+use crate::expire::Expiry;
+use crate::tags::Tags;
+use crate::Cache;
+
+/// The `tracing` target of this module's events.
+pub(crate) const TARGET: &str = "impcache::freshness";
+
+/// The key of a load: the repository's address and the full key (two caches never share one).
+pub(super) type FlightKey = (usize, String);
+
+/// What a load needs besides its loader: shared by the foreground and background paths.
+#[derive(Clone)]
+pub(super) struct Job {
+    pub(super) cache: Cache,
+    pub(super) key: String,
+    pub(super) expiry: Expiry,
+    pub(super) policy: Freshness,
+    /// The cross-process lock and its checked lifetime; `None` without one, or when the call's
+    /// read failed (the cache is down: fail open at once).
+    pub(super) lock: Option<(Lock, Expiry)>,
+    /// Tags (issue 16): the call's tags, read with the entry and stored in its envelope.
+    pub(super) tags: Tags,
+    /// Whether the stale value at hand is the near cache's fail-safe copy (the read failed).
+    pub(super) fail_safe: bool,
+}
+
+impl Job {
+    pub(super) fn flight(&self) -> FlightKey {
+        (
+            Arc::as_ptr(self.cache.repository()) as *const () as usize,
+            self.cache.make_key(&self.key),
+        )
+    }
+}
+
+/// Logs a cache operation of a load that failed: the load goes on without the cache.
+pub(super) fn report(operation: &'static str, key: &str, error: &Error) {
+    if matches!(error, Error::CircuitOpen { .. }) {
+        tracing::debug!(target: TARGET, operation, key, %error, "cache unavailable; loading regardless");
+    } else {
+        tracing::warn!(target: TARGET, operation, key, %error, "cache operation failed; loading regardless");
+    }
+}
