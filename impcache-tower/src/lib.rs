@@ -99,6 +99,7 @@ mod entry;
 mod flight;
 mod freshness;
 mod future;
+mod held_lock;
 mod invalidate;
 pub mod key;
 mod layer;

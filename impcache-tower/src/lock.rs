@@ -5,41 +5,13 @@
 //! stored; the other processes' leaders poll the URL's response meanwhile (bounded by the lock's
 //! wait), then fail open. A lookup that failed (the cache down) does not try the lock.
 
-use std::fmt;
-
-use impcache::__private::lock::{self, Held, Turn};
-use impcache::Cache;
+use impcache::__private::lock::{self, Turn};
 
 use crate::config::Config;
 use crate::entry::Entry;
+use crate::held_lock::HeldLock;
 use crate::key::UrlKeys;
 use crate::store::{lookup, Lookup};
-
-/// The lock of a URL, held by this process: released when dropped (in the background: after the
-/// response's store, which holds it, or at once when the response is not stored).
-pub(crate) struct HeldLock {
-    cache: Cache,
-    key: String,
-    held: Option<Held>,
-}
-
-impl fmt::Debug for HeldLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HeldLock").field("key", &self.key).finish()
-    }
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        let Some(held) = self.held.take() else { return };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Expires by itself after its lifetime.
-            return;
-        };
-        let (cache, key) = (self.cache.clone(), std::mem::take(&mut self.key));
-        runtime.spawn(async move { held.release(&cache, &key).await });
-    }
-}
 
 /// What the lock came to for a miss.
 pub(crate) enum Locked {
@@ -63,11 +35,11 @@ pub(crate) async fn take(config: &Config, keys: &UrlKeys, headers: &http::Header
         })
     };
     match lock::take(&config.cache, keys.record(), options, poll).await {
-        Turn::Owner(held) => Locked::Call(Some(HeldLock {
-            cache: config.cache.clone(),
-            key: keys.record().to_owned(),
-            held: Some(held),
-        })),
+        Turn::Owner(held) => Locked::Call(Some(HeldLock::new(
+            config.cache.clone(),
+            keys.record().to_owned(),
+            held,
+        ))),
         Turn::Loaded(Some(entry)) => Locked::Stored(entry),
         _ => Locked::Call(None),
     }

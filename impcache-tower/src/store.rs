@@ -204,7 +204,7 @@ fn store_in_background(
     keys: key::UrlKeys,
     published: Arc<Published>,
     guard: Option<FlightGuard>,
-    lock: Option<crate::lock::HeldLock>,
+    lock: Option<crate::held_lock::HeldLock>,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
         if let Err(error) = store(&cache, keys.record(), &published).await {
@@ -246,7 +246,7 @@ pub(crate) struct Unfinished {
     /// Its tags (issue 16).
     pub(crate) tags: Option<Box<crate::tags::Tagged>>,
     /// The URL's cross-process lock, released once the response is stored (or not).
-    pub(crate) lock: Option<crate::lock::HeldLock>,
+    pub(crate) lock: Option<crate::held_lock::HeldLock>,
     pub(crate) guard: Option<FlightGuard>,
 }
 
