@@ -182,20 +182,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_lifetime_must_outlast_the_hard_timeout() {
+    fn the_lifetime_must_outlast_the_hard_timeout() -> Result<()> {
         let s = Duration::from_secs(1);
         let lock = Lock::new().lifetime(2 * s);
-        assert_eq!(
-            lock.checked(Some(s), "k").unwrap(),
-            Expiry::Milliseconds(2000)
-        );
-        assert_eq!(lock.checked(None, "k").unwrap(), Expiry::Milliseconds(2000));
+        assert_eq!(lock.checked(Some(s), "k")?, Expiry::Milliseconds(2000));
+        assert_eq!(lock.checked(None, "k")?, Expiry::Milliseconds(2000));
         let error = lock.checked(Some(2 * s), "k").unwrap_err();
         assert!(error.to_string().contains("hard timeout"), "{error}");
         assert!(Lock::new()
             .lifetime(Duration::ZERO)
             .checked(None, "k")
             .is_err());
+        Ok(())
     }
 
     #[test]

@@ -253,26 +253,22 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     #[test]
-    fn the_stored_ttl_is_the_expire_plus_the_longer_stale_window() {
+    fn the_stored_ttl_is_the_expire_plus_the_longer_stale_window() -> Result<()> {
         let policy = Freshness::new()
             .stale_while_revalidate(10 * S)
             .stale_if_error(60 * S);
         assert_eq!(
-            policy.stored_expiry(Expire::seconds(5), "k").unwrap(),
+            policy.stored_expiry(Expire::seconds(5), "k")?,
             Expiry::Seconds(65)
         );
         assert_eq!(
-            Freshness::new()
-                .stored_expiry(Expire::seconds(5), "k")
-                .unwrap(),
+            Freshness::new().stored_expiry(Expire::seconds(5), "k")?,
             Expiry::Seconds(5)
         );
-        assert_eq!(
-            policy.stored_expiry(Expire::NEVER, "k").unwrap(),
-            Expiry::Never
-        );
+        assert_eq!(policy.stored_expiry(Expire::NEVER, "k")?, Expiry::Never);
         assert!(policy.stored_expiry(Expire::seconds(0), "k").is_err());
         assert!(policy.needs_ttl() && !Freshness::new().needs_ttl());
+        Ok(())
     }
 
     #[test]
