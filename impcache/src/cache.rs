@@ -8,22 +8,19 @@ use bytes::{Bytes, BytesMut};
 use metrics::Recorder;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::Instrument;
 
 use crate::error::{shown, Error, Result};
 use crate::expire::{Expire, Expiry};
-use crate::freshness::Freshness;
-use crate::freshness::{GetOrSet, TryGetOrSet};
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
 use crate::near::{NearCache, NearCacheStats, NearCacheStatus, Store as NearStore};
 use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::observe::metrics::{Operation, Tally};
 use crate::observe::stale::{stale_served, StaleReason};
-use crate::observe::{CacheStats, Counters, Observation};
+use crate::observe::{CacheStats, Counters};
 use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
-use crate::repository::{CacheRepository, WithTtl};
+use crate::repository::CacheRepository;
 use crate::tags::{self, envelope, Kind, StateKeys, Tags, Verdict};
 
 /// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
@@ -39,17 +36,19 @@ use crate::tags::{self, envelope, Kind, StateKeys, Tags, Verdict};
 /// the recorder (only when one is installed).
 macro_rules! observed {
     ($cache:expr, $operation:expr, $key:expr, $body:expr) => {
-        observed!($cache, $operation, $key, $body, map: |value| value, also: |_, _| {})
+        $crate::cache::observed!($cache, $operation, $key, $body, map: |value| value, also: |_, _| {})
     };
     ($cache:expr, $operation:expr, $key:expr, $body:expr, map: $map:expr, also: $also:expr) => {{
-        let observation = Observation::start($operation, $key, $cache.shared.record_keys);
+        let observation =
+            $crate::observe::Observation::start($operation, $key, $cache.shared.record_keys);
         // `$body` twice: awaited in place when no subscriber wants the span (moving the future
         // into `Instrumented` is a memcpy of it), instrumented otherwise.
-        let result: Result<(_, Tally)> = if observation.span().is_disabled() {
-            $body.await
-        } else {
-            Instrument::instrument($body, observation.span().clone()).await
-        };
+        let result: $crate::Result<(_, $crate::observe::metrics::Tally)> =
+            if observation.span().is_disabled() {
+                $body.await
+            } else {
+                ::tracing::Instrument::instrument($body, observation.span().clone()).await
+            };
         let result = result.map(|(value, tally)| (($map)(value), tally));
         observation.finish(
             &$cache.shared.counters,
@@ -63,6 +62,8 @@ macro_rules! observed {
         result.map(|(value, _)| value)
     }};
 }
+/// For the load protocol's reads and writes in `crate::freshness`.
+pub(crate) use observed;
 
 /// The default key prefix, as in the Python library.
 pub const DEFAULT_KEY_PREFIX: &str = "cache";
@@ -118,25 +119,25 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 64 * 1024;
 /// on the span only with [`CacheBuilder::record_keys`].
 #[derive(Clone)]
 pub struct Cache {
-    shared: Arc<Shared>,
-    version: Version,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) version: Version,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     /// What [`Cache::repository`] returns; operations go through `backend`.
     repository: Arc<dyn CacheRepository>,
     /// Every operation's single call into the repository.
-    backend: Backend,
+    pub(crate) backend: Backend,
     key_prefix: String,
     max_key_bytes: usize,
     /// Whether operation spans carry the key.
-    record_keys: bool,
+    pub(crate) record_keys: bool,
     /// The counters of [`Cache::stats`], shared by clones and `with_version` copies.
-    counters: Counters,
+    pub(crate) counters: Counters,
     /// The near cache's store, when one was configured (issue 14).
-    near: Option<Arc<NearStore>>,
+    pub(crate) near: Option<Arc<NearStore>>,
     /// Tags (issue 16): the clock-skew allowance of tag invalidations.
-    tag_clock_skew: Duration,
+    pub(crate) tag_clock_skew: Duration,
 }
 
 impl fmt::Debug for Cache {
@@ -326,22 +327,6 @@ impl Cache {
             .map_or(NearCacheStatus::Off, |store| store.status())
     }
 
-    /// The near cache's fail-safe copy of `key` within `policy`'s `stale_if_error` window
-    /// (issue 15: [`NearCache::fail_safe`]), for a `get_or_set` whose read failed.
-    pub(crate) fn near_fail_safe(&self, key: &str, policy: &Freshness) -> Option<Bytes> {
-        self.shared
-            .near
-            .as_ref()?
-            .fail_safe(&self.make_key(key), policy)
-    }
-
-    /// Counts and logs the near cache's fail-safe copy of `key` served.
-    pub(crate) fn near_fail_safe_served(&self, key: &str) {
-        if let Some(store) = &self.shared.near {
-            store.fail_safe_served(&self.make_key(key));
-        }
-    }
-
     /// The near cache's counters (all zero when none was configured).
     pub fn near_cache_stats(&self) -> NearCacheStats {
         self.shared
@@ -361,7 +346,7 @@ impl Cache {
         full_pattern(&self.shared.key_prefix, self.version.as_str(), pattern)
     }
 
-    fn check_key(&self, key: &str) -> Result<()> {
+    pub(crate) fn check_key(&self, key: &str) -> Result<()> {
         if key.len() > self.shared.max_key_bytes {
             return Err(Error::InvalidKey {
                 key: shown(key),
@@ -376,7 +361,7 @@ impl Cache {
     }
 
     /// The parts of an operation's full key (the backend builds it as its repository needs).
-    fn key_parts<'a>(&'a self, key: &'a str) -> KeyParts<'a> {
+    pub(crate) fn key_parts<'a>(&'a self, key: &'a str) -> KeyParts<'a> {
         KeyParts {
             prefix: &self.shared.key_prefix,
             version: self.version.as_str(),
@@ -724,157 +709,6 @@ impl Cache {
     }
 }
 
-// --- Freshness (issue 15): get_or_set, and what its machinery (`crate::freshness`) reads and
-// writes through. ---
-
-impl Cache {
-    /// The value at `key`, or, when nothing is stored, the value of `loader`, stored for
-    /// `expire` and returned.
-    ///
-    /// `loader` runs once per key per process however many callers miss together (the others
-    /// wait for it and decode its value), in a spawned task: a caller that is dropped cancels
-    /// nothing, and a loader that panics leaves nothing stuck. Cache errors never fail the call:
-    /// with the cache down, `loader` runs and answers (see the
-    /// [freshness module docs](crate::freshness)). Set a [`Freshness`](crate::Freshness) policy
-    /// (stale-while-revalidate, stale-if-error, timeouts, early refresh) with
-    /// [`.freshness(..)`](crate::GetOrSet::freshness) before awaiting.
-    ///
-    /// Errors: an invalid `expire` ([`Error::InvalidExpire`]), and, with a hard timeout, a loader
-    /// that gave no value with no stale value to serve ([`Error::Loader`]).
-    ///
-    /// ```
-    /// # use impcache::{Cache, MemoryCacheRepository};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
-    /// use std::time::Duration;
-    /// use impcache::Freshness;
-    ///
-    /// let cache = Cache::new(MemoryCacheRepository::new());
-    /// let user: String = cache
-    ///     .get_or_set("user:1", 60, || async { "Ada".to_owned() })
-    ///     .freshness(Freshness::new().stale_while_revalidate(Duration::from_secs(30)))
-    ///     .await?;
-    /// assert_eq!(user, "Ada");
-    /// # Ok(()) }
-    /// ```
-    pub fn get_or_set<'a, F>(
-        &'a self,
-        key: &'a str,
-        expire: impl Into<Expire>,
-        loader: F,
-    ) -> GetOrSet<'a, F> {
-        GetOrSet::new(self, key, expire.into(), loader)
-    }
-
-    /// [`get_or_set`](Cache::get_or_set) with a fallible loader: its `Err` is returned (or,
-    /// within a [`stale_if_error`](crate::Freshness::stale_if_error) window, the stale value
-    /// instead) and never stored nor shared with the waiters. `E: From<impcache::Error>` carries
-    /// the invalid-expire and loader-timeout errors.
-    pub fn try_get_or_set<'a, F>(
-        &'a self,
-        key: &'a str,
-        expire: impl Into<Expire>,
-        loader: F,
-    ) -> TryGetOrSet<'a, F> {
-        TryGetOrSet::new(self, key, expire.into(), loader)
-    }
-
-    /// The raw bytes at `key` with the key's remaining time to live, in one round trip (on Redis
-    /// `GET` + `PTTL` pipelined): for callers that apply a [`Freshness`](crate::Freshness) policy
-    /// to raw entries themselves ([`Freshness::state`](crate::Freshness::state)).
-    pub async fn get_raw_with_ttl(&self, key: &str) -> Result<Option<WithTtl>> {
-        self.read_for_load(key, true).await
-    }
-
-    /// Checks a key as every operation does.
-    pub(crate) fn check_key_for_load(&self, key: &str) -> Result<()> {
-        self.check_key(key)
-    }
-
-    /// The value at `key` with its remaining TTL when `with_ttl` (else a `GET`, TTL unknown),
-    /// counted as a `get`.
-    pub(crate) async fn read_for_load(&self, key: &str, with_ttl: bool) -> Result<Option<WithTtl>> {
-        observed!(self, Operation::Get, Some(key), async {
-            self.check_key(key)?;
-            let found = if with_ttl {
-                self.shared
-                    .backend
-                    .get_with_ttl(self.key_parts(key))
-                    .await?
-            } else {
-                self.shared
-                    .backend
-                    .get(self.key_parts(key))
-                    .await?
-                    .map(|value| WithTtl::new(value, None))
-            };
-            let found = match found {
-                Some(found) if envelope::is_envelope(&found.value) => self
-                    .open_tagged(key, &found.value)
-                    .await?
-                    .map(|value| WithTtl { value, ..found }),
-                found => found,
-            };
-            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
-            Ok((found, tally))
-        })
-    }
-
-    /// Stores a loaded value's JSON with an expiry already resolved, counted as a `set`.
-    pub(crate) async fn set_for_load(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
-        observed!(self, Operation::Set, Some(key), async {
-            let tally = Tally::written(value.len());
-            self.shared
-                .backend
-                .set(self.key_parts(key), value, expiry)
-                .await?;
-            Ok(((), tally))
-        })
-    }
-}
-
-// --- One loader run across processes (issue 16): the lock of a key (`freshness/lock.rs`). ---
-impl Cache {
-    /// Takes the lock of `key` (at `{prefix}:{version}:__lock:{key}`) with `token` for
-    /// `lifetime` (`SET NX PX`), counted as a `set_nx`; `true` when taken.
-    pub(crate) async fn acquire_lock(
-        &self,
-        key: &str,
-        token: Bytes,
-        lifetime: Expiry,
-    ) -> Result<bool> {
-        let lock = lock_key(key);
-        observed!(self, Operation::SetNx, Some(&lock), async {
-            let tally = Tally::written(token.len());
-            let taken = self
-                .shared
-                .backend
-                .set_nx(self.key_parts(&lock), token, lifetime)
-                .await?;
-            Ok((taken, tally))
-        })
-    }
-
-    /// Releases the lock of `key` if it still holds `token` (compare-and-delete), counted as a
-    /// `delete`; `true` when released.
-    pub(crate) async fn release_lock(&self, key: &str, token: Bytes) -> Result<bool> {
-        let lock = lock_key(key);
-        observed!(self, Operation::Delete, Some(&lock), async {
-            let released = self
-                .shared
-                .backend
-                .delete_if_equal(self.key_parts(&lock), token)
-                .await?;
-            Ok((released, Tally::NONE))
-        })
-    }
-}
-
-/// The caller's part of the lock key of `key`: `__lock:{key}` (keys starting `__lock:` are
-/// reserved).
-pub(crate) fn lock_key(key: &str) -> String {
-    format!("__lock:{key}")
-}
-
 // --- Tags (issue 16): tagged writes, invalidation by tag, tagged reads (`crate::tags`). ---
 
 impl Cache {
@@ -989,7 +823,10 @@ impl Cache {
     }
 
     /// The state values of `tags` (hard and soft of each), one round trip.
-    async fn tag_states<T: AsRef<str> + Sync>(&self, tags: &[T]) -> Result<Vec<Option<Bytes>>> {
+    pub(crate) async fn tag_states<T: AsRef<str> + Sync>(
+        &self,
+        tags: &[T],
+    ) -> Result<Vec<Option<Bytes>>> {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
@@ -1000,7 +837,7 @@ impl Cache {
     /// The value of the envelope `bytes` stored at `key` when none of its tags invalidated it
     /// (a soft invalidation counts: no stale window here); a second round trip, for the tags'
     /// state. Bytes that are no well-formed envelope are returned as they are.
-    async fn open_tagged(&self, key: &str, bytes: &Bytes) -> Result<Option<Bytes>> {
+    pub(crate) async fn open_tagged(&self, key: &str, bytes: &Bytes) -> Result<Option<Bytes>> {
         let Some(opened) = envelope::open(bytes) else {
             tracing::debug!(target: "impcache", key, "a value starting like a tagged envelope is not one");
             return Ok(Some(bytes.clone()));
@@ -1008,97 +845,6 @@ impl Cache {
         let states = self.tag_states(&opened.tags).await?;
         let verdict = tags::verdict(opened.created, &states, self.shared.tag_clock_skew);
         Ok((verdict == Verdict::Fresh).then_some(opened.value))
-    }
-
-    /// [`read_for_load`](Cache::read_for_load) for `get_or_set`: with the call's `tags`, their
-    /// state is read with the entry (one wait); a tagged entry is judged against its tags and the
-    /// call's. A soft-invalidated entry comes back with a TTL that makes `policy` see it as
-    /// stale since the invalidation, or as a miss past the policy's stale window.
-    pub(crate) async fn read_for_load_tagged(
-        &self,
-        key: &str,
-        policy: &Freshness,
-        tags: &Tags,
-    ) -> Result<Option<WithTtl>> {
-        if tags.is_empty() {
-            return self.read_for_load_judged(key, policy).await;
-        }
-        observed!(self, Operation::Get, Some(key), async {
-            self.check_key(key)?;
-            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
-            let (found, states) = self
-                .shared
-                .backend
-                .get_with_tags(self.key_parts(key), &keys.keys(), policy.needs_ttl())
-                .await?;
-            let found = self.judge(found, states, tags, policy).await?;
-            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
-            Ok((found, tally))
-        })
-    }
-
-    /// An untagged `get_or_set` read: as [`read_for_load`](Cache::read_for_load), and a tagged
-    /// entry found is judged with the policy's stale window.
-    async fn read_for_load_judged(&self, key: &str, policy: &Freshness) -> Result<Option<WithTtl>> {
-        observed!(self, Operation::Get, Some(key), async {
-            self.check_key(key)?;
-            let parts = self.key_parts(key);
-            let found = if policy.needs_ttl() {
-                self.shared.backend.get_with_ttl(parts).await?
-            } else {
-                self.shared
-                    .backend
-                    .get(parts)
-                    .await?
-                    .map(|value| WithTtl::new(value, None))
-            };
-            let found = self
-                .judge(found, Vec::new(), &Tags::default(), policy)
-                .await?;
-            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
-            Ok((found, tally))
-        })
-    }
-
-    /// What a `get_or_set` read found, judged against the tags' `states` (those of `read`, in
-    /// order; the state of the entry's other tags is read here).
-    async fn judge(
-        &self,
-        found: Option<WithTtl>,
-        mut states: Vec<Option<Bytes>>,
-        read: &Tags,
-        policy: &Freshness,
-    ) -> Result<Option<WithTtl>> {
-        let Some(found) = found else {
-            return Ok(None);
-        };
-        if !envelope::is_envelope(&found.value) {
-            return Ok(Some(found));
-        }
-        let Some(opened) = envelope::open(&found.value) else {
-            return Ok(Some(found));
-        };
-        let others: Vec<&str> = opened
-            .tags
-            .iter()
-            .map(|tag| tag.as_ref())
-            .filter(|tag| !read.as_slice().iter().any(|known| known == tag))
-            .collect();
-        states.extend(self.tag_states(&others).await?);
-        let ttl = match tags::verdict(opened.created, &states, self.shared.tag_clock_skew) {
-            Verdict::Fresh => found.ttl,
-            Verdict::Gone => return Ok(None),
-            Verdict::Stale { since } => {
-                let window = policy.stale_window();
-                let past = tags::elapsed_since(since);
-                if past >= window {
-                    return Ok(None);
-                }
-                let left = window - past;
-                Some(found.ttl.map_or(left, |ttl| ttl.min(left)))
-            }
-        };
-        Ok(Some(WithTtl::new(opened.value, ttl)))
     }
 }
 

@@ -15,10 +15,11 @@ use tokio::time::Instant;
 use super::job::{report, Job, TARGET};
 use super::lock_settings::Lock;
 use super::policy::State;
-use crate::cache::Cache;
+use crate::cache::{observed, Cache};
 use crate::error::{Error, Result};
 use crate::expire::Expiry;
 use crate::observe::lock::{lock_outcome, LockOutcome};
+use crate::observe::metrics::{Operation, Tally};
 
 /// The first pause between two polls of a waiting process.
 const FIRST_POLL: Duration = Duration::from_millis(5);
@@ -175,6 +176,51 @@ fn token() -> Bytes {
         RandomState::new().hash_one(!n),
     );
     Bytes::from(format!("{a:016x}{b:016x}"))
+}
+
+// --- The lock of a key in the repository (issue 16): taken and released as operations of the
+// cache (counted, observed). ---
+
+impl Cache {
+    /// Takes the lock of `key` (at `{prefix}:{version}:__lock:{key}`) with `token` for
+    /// `lifetime` (`SET NX PX`), counted as a `set_nx`; `true` when taken.
+    pub(crate) async fn acquire_lock(
+        &self,
+        key: &str,
+        token: Bytes,
+        lifetime: Expiry,
+    ) -> Result<bool> {
+        let lock = lock_key(key);
+        observed!(self, Operation::SetNx, Some(&lock), async {
+            let tally = Tally::written(token.len());
+            let taken = self
+                .shared
+                .backend
+                .set_nx(self.key_parts(&lock), token, lifetime)
+                .await?;
+            Ok((taken, tally))
+        })
+    }
+
+    /// Releases the lock of `key` if it still holds `token` (compare-and-delete), counted as a
+    /// `delete`; `true` when released.
+    pub(crate) async fn release_lock(&self, key: &str, token: Bytes) -> Result<bool> {
+        let lock = lock_key(key);
+        observed!(self, Operation::Delete, Some(&lock), async {
+            let released = self
+                .shared
+                .backend
+                .delete_if_equal(self.key_parts(&lock), token)
+                .await?;
+            Ok((released, Tally::NONE))
+        })
+    }
+}
+
+/// The caller's part of the lock key of `key`: `__lock:{key}` (keys starting `__lock:` are
+/// reserved).
+pub(crate) fn lock_key(key: &str) -> String {
+    format!("__lock:{key}")
 }
 
 #[cfg(test)]

@@ -50,8 +50,12 @@
 //! - `policy.rs`: [`Freshness`], its options and the fresh/stale rule.
 //! - `request.rs`: [`GetOrSet`] / [`TryGetOrSet`], what `get_or_set` returns.
 //! - `load.rs`: one call: read, classify, load through the flight.
-//! - `lock.rs`: [`Lock`], one loader run across processes (its protocol is in its docs).
+//! - `lock.rs`: [`Lock`], one loader run across processes (its protocol is in its docs), and
+//!   the lock key's reads and writes.
+//! - `cache_io.rs`: the [`Cache`](crate::Cache) methods of the protocol: `get_or_set`,
+//!   `try_get_or_set`, `get_raw_with_ttl`, and the reads and writes `load.rs` goes through.
 
+mod cache_io;
 mod job;
 mod load;
 mod lock;

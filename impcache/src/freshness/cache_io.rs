@@ -1,0 +1,239 @@
+//! The [`Cache`] methods of the load protocol: its entry points [`Cache::get_or_set`],
+//! [`Cache::try_get_or_set`] and [`Cache::get_raw_with_ttl`], and the crate-private reads and
+//! writes that `load.rs` goes through (the key check, the read with the key's TTL, the tagged
+//! read judged against the policy, the store, the near cache's fail-safe copy). They live here,
+//! next to the protocol, so that `cache.rs` needs nothing of `crate::freshness`.
+
+use bytes::Bytes;
+
+use super::policy::Freshness;
+use super::request::{GetOrSet, TryGetOrSet};
+use crate::cache::{observed, Cache};
+use crate::error::Result;
+use crate::expire::{Expire, Expiry};
+use crate::observe::metrics::{Operation, Tally};
+use crate::repository::WithTtl;
+use crate::tags::{self, envelope, StateKeys, Tags, Verdict};
+
+// --- Freshness (issue 15): get_or_set, and what its machinery (`crate::freshness`) reads and
+// writes through. ---
+
+impl Cache {
+    /// The value at `key`, or, when nothing is stored, the value of `loader`, stored for
+    /// `expire` and returned.
+    ///
+    /// `loader` runs once per key per process however many callers miss together (the others
+    /// wait for it and decode its value), in a spawned task: a caller that is dropped cancels
+    /// nothing, and a loader that panics leaves nothing stuck. Cache errors never fail the call:
+    /// with the cache down, `loader` runs and answers (see the
+    /// [freshness module docs](crate::freshness)). Set a [`Freshness`](crate::Freshness) policy
+    /// (stale-while-revalidate, stale-if-error, timeouts, early refresh) with
+    /// [`.freshness(..)`](crate::GetOrSet::freshness) before awaiting.
+    ///
+    /// Errors: an invalid `expire` ([`Error::InvalidExpire`](crate::Error::InvalidExpire)), and, with a hard timeout, a loader
+    /// that gave no value with no stale value to serve ([`Error::Loader`](crate::Error::Loader)).
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+    /// use std::time::Duration;
+    /// use impcache::Freshness;
+    ///
+    /// let cache = Cache::new(MemoryCacheRepository::new());
+    /// let user: String = cache
+    ///     .get_or_set("user:1", 60, || async { "Ada".to_owned() })
+    ///     .freshness(Freshness::new().stale_while_revalidate(Duration::from_secs(30)))
+    ///     .await?;
+    /// assert_eq!(user, "Ada");
+    /// # Ok(()) }
+    /// ```
+    pub fn get_or_set<'a, F>(
+        &'a self,
+        key: &'a str,
+        expire: impl Into<Expire>,
+        loader: F,
+    ) -> GetOrSet<'a, F> {
+        GetOrSet::new(self, key, expire.into(), loader)
+    }
+
+    /// [`get_or_set`](Cache::get_or_set) with a fallible loader: its `Err` is returned (or,
+    /// within a [`stale_if_error`](crate::Freshness::stale_if_error) window, the stale value
+    /// instead) and never stored nor shared with the waiters. `E: From<impcache::Error>` carries
+    /// the invalid-expire and loader-timeout errors.
+    pub fn try_get_or_set<'a, F>(
+        &'a self,
+        key: &'a str,
+        expire: impl Into<Expire>,
+        loader: F,
+    ) -> TryGetOrSet<'a, F> {
+        TryGetOrSet::new(self, key, expire.into(), loader)
+    }
+
+    /// The raw bytes at `key` with the key's remaining time to live, in one round trip (on Redis
+    /// `GET` + `PTTL` pipelined): for callers that apply a [`Freshness`](crate::Freshness) policy
+    /// to raw entries themselves ([`Freshness::state`](crate::Freshness::state)).
+    pub async fn get_raw_with_ttl(&self, key: &str) -> Result<Option<WithTtl>> {
+        self.read_for_load(key, true).await
+    }
+
+    /// Checks a key as every operation does.
+    pub(crate) fn check_key_for_load(&self, key: &str) -> Result<()> {
+        self.check_key(key)
+    }
+
+    /// The value at `key` with its remaining TTL when `with_ttl` (else a `GET`, TTL unknown),
+    /// counted as a `get`.
+    pub(crate) async fn read_for_load(&self, key: &str, with_ttl: bool) -> Result<Option<WithTtl>> {
+        observed!(self, Operation::Get, Some(key), async {
+            self.check_key(key)?;
+            let found = if with_ttl {
+                self.shared
+                    .backend
+                    .get_with_ttl(self.key_parts(key))
+                    .await?
+            } else {
+                self.shared
+                    .backend
+                    .get(self.key_parts(key))
+                    .await?
+                    .map(|value| WithTtl::new(value, None))
+            };
+            let found = match found {
+                Some(found) if envelope::is_envelope(&found.value) => self
+                    .open_tagged(key, &found.value)
+                    .await?
+                    .map(|value| WithTtl { value, ..found }),
+                found => found,
+            };
+            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
+            Ok((found, tally))
+        })
+    }
+
+    /// Stores a loaded value's JSON with an expiry already resolved, counted as a `set`.
+    pub(crate) async fn set_for_load(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
+        observed!(self, Operation::Set, Some(key), async {
+            let tally = Tally::written(value.len());
+            self.shared
+                .backend
+                .set(self.key_parts(key), value, expiry)
+                .await?;
+            Ok(((), tally))
+        })
+    }
+}
+
+// --- The near cache's fail-safe copy (issue 15) for a `get_or_set` whose read failed. ---
+
+impl Cache {
+    /// The near cache's fail-safe copy of `key` within `policy`'s `stale_if_error` window
+    /// (issue 15: [`NearCache::fail_safe`](crate::NearCache::fail_safe)), for a `get_or_set` whose read failed.
+    pub(crate) fn near_fail_safe(&self, key: &str, policy: &Freshness) -> Option<Bytes> {
+        self.shared
+            .near
+            .as_ref()?
+            .fail_safe(&self.make_key(key), policy)
+    }
+
+    /// Counts and logs the near cache's fail-safe copy of `key` served.
+    pub(crate) fn near_fail_safe_served(&self, key: &str) {
+        if let Some(store) = &self.shared.near {
+            store.fail_safe_served(&self.make_key(key));
+        }
+    }
+}
+
+// --- Tags (issue 16): the tagged reads of `get_or_set`. ---
+
+impl Cache {
+    /// [`read_for_load`](Cache::read_for_load) for `get_or_set`: with the call's `tags`, their
+    /// state is read with the entry (one wait); a tagged entry is judged against its tags and the
+    /// call's. A soft-invalidated entry comes back with a TTL that makes `policy` see it as
+    /// stale since the invalidation, or as a miss past the policy's stale window.
+    pub(crate) async fn read_for_load_tagged(
+        &self,
+        key: &str,
+        policy: &Freshness,
+        tags: &Tags,
+    ) -> Result<Option<WithTtl>> {
+        if tags.is_empty() {
+            return self.read_for_load_judged(key, policy).await;
+        }
+        observed!(self, Operation::Get, Some(key), async {
+            self.check_key(key)?;
+            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
+            let (found, states) = self
+                .shared
+                .backend
+                .get_with_tags(self.key_parts(key), &keys.keys(), policy.needs_ttl())
+                .await?;
+            let found = self.judge(found, states, tags, policy).await?;
+            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
+            Ok((found, tally))
+        })
+    }
+
+    /// An untagged `get_or_set` read: as [`read_for_load`](Cache::read_for_load), and a tagged
+    /// entry found is judged with the policy's stale window.
+    async fn read_for_load_judged(&self, key: &str, policy: &Freshness) -> Result<Option<WithTtl>> {
+        observed!(self, Operation::Get, Some(key), async {
+            self.check_key(key)?;
+            let parts = self.key_parts(key);
+            let found = if policy.needs_ttl() {
+                self.shared.backend.get_with_ttl(parts).await?
+            } else {
+                self.shared
+                    .backend
+                    .get(parts)
+                    .await?
+                    .map(|value| WithTtl::new(value, None))
+            };
+            let found = self
+                .judge(found, Vec::new(), &Tags::default(), policy)
+                .await?;
+            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
+            Ok((found, tally))
+        })
+    }
+
+    /// What a `get_or_set` read found, judged against the tags' `states` (those of `read`, in
+    /// order; the state of the entry's other tags is read here).
+    async fn judge(
+        &self,
+        found: Option<WithTtl>,
+        mut states: Vec<Option<Bytes>>,
+        read: &Tags,
+        policy: &Freshness,
+    ) -> Result<Option<WithTtl>> {
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        if !envelope::is_envelope(&found.value) {
+            return Ok(Some(found));
+        }
+        let Some(opened) = envelope::open(&found.value) else {
+            return Ok(Some(found));
+        };
+        let others: Vec<&str> = opened
+            .tags
+            .iter()
+            .map(|tag| tag.as_ref())
+            .filter(|tag| !read.as_slice().iter().any(|known| known == tag))
+            .collect();
+        states.extend(self.tag_states(&others).await?);
+        let ttl = match tags::verdict(opened.created, &states, self.shared.tag_clock_skew) {
+            Verdict::Fresh => found.ttl,
+            Verdict::Gone => return Ok(None),
+            Verdict::Stale { since } => {
+                let window = policy.stale_window();
+                let past = tags::elapsed_since(since);
+                if past >= window {
+                    return Ok(None);
+                }
+                let left = window - past;
+                Some(found.ttl.map_or(left, |ttl| ttl.min(left)))
+            }
+        };
+        Ok(Some(WithTtl::new(opened.value, ttl)))
+    }
+}
