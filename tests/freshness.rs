@@ -1,7 +1,7 @@
 //! `Cache::get_or_set` / `try_get_or_set` and their `Freshness` options, each against the
 //! memory repository and a real Redis (started by `tests/support`), and with the feature
-//! `cluster` the shared Redis Cluster. `both!` instantiates each
-//! `async fn(Backend)` once per repository.
+//! `cluster` the shared Redis Cluster. `per_store!` instantiates
+//! each `async fn(Backend)` once per repository.
 //!
 //! No timing assertions: entries are made stale by short expiries and sleeps past them, and
 //! "answered at once" is shown by answering while the loader is still held at a gate.
@@ -18,7 +18,8 @@ use impcache::{
     Cache, CacheRepository, Error, Freshness, MemoryCacheRepository, RedisCacheRepository,
 };
 use impcache_tests::logs::Logs;
-use impcache_tests::RedisServer;
+use impcache_tests::per_store;
+use impcache_tests::store::Store;
 use tokio::sync::Semaphore;
 
 const HANG: Duration = Duration::from_secs(5);
@@ -27,83 +28,36 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 struct Backend {
     cache: Cache,
-    _server: Option<RedisServer>,
+    _store: Store,
 }
 
 impl Backend {
     fn memory() -> Self {
-        Backend {
-            cache: Cache::new(MemoryCacheRepository::new()),
-            _server: None,
-        }
+        Self::on(Store::memory())
     }
 
     fn redis() -> Self {
-        let server = RedisServer::start();
-        let repository = RedisCacheRepository::builder(server.url())
-            .deadline(HANG)
-            .build()
-            .unwrap();
-        Backend {
-            cache: Cache::new(repository),
-            _server: Some(server),
-        }
+        Self::on(Store::redis(HANG))
     }
+
     /// The shared cluster of this test binary, under a key prefix of this test's own. Its
     /// `get_with_ttl` is one `EVAL` (`GET` + `PTTL`) routed by the key.
     #[cfg(feature = "cluster")]
     fn cluster() -> Self {
-        use std::sync::atomic::AtomicU64;
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let repository = impcache::RedisClusterCacheRepository::builder(
-            impcache_tests::cluster::RedisCluster::shared().urls(),
-        )
-        .deadline(HANG)
-        .build()
-        .unwrap();
-        let prefix = format!(
-            "freshness{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        Self::on(Store::cluster("freshness", HANG))
+    }
+
+    fn on(store: Store) -> Self {
         Backend {
-            cache: Cache::builder(repository).key_prefix(prefix).build(),
-            _server: None,
+            cache: store.cache(),
+            _store: store,
         }
     }
 }
 
-macro_rules! both {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::memory()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::redis()).await;
-                }
-            )*
-        }
-        #[cfg(feature = "cluster")]
-        mod cluster {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::cluster()).await;
-                }
-            )*
-        }
-    };
-}
-
-both!(
+per_store!(
+    #[tokio::test]
+    Backend;
     concurrent_misses_run_the_loader_once,
     stale_readers_are_answered_at_once_by_one_background_reload,
     a_failing_loader_serves_the_stale_value_and_is_logged,
@@ -522,18 +476,9 @@ async fn a_repository_without_ttls_reads_everything_as_fresh() {
 #[cfg(feature = "sentinel")]
 #[tokio::test]
 async fn through_sentinel_stale_readers_are_answered_by_one_reload() {
-    use impcache::RedisSentinelCacheRepository;
-    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+    use impcache_tests::cluster::SentinelGroup;
     let group = SentinelGroup::start();
-    let repository =
-        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
-            .deadline(HANG)
-            .build()
-            .unwrap();
-    stale_readers_are_answered_at_once_by_one_background_reload(Backend {
-        cache: Cache::new(repository),
-        _server: None,
-    })
-    .await;
+    let store = Store::sentinel(group.sentinel_url(), HANG);
+    stale_readers_are_answered_at_once_by_one_background_reload(Backend::on(store)).await;
     drop(group);
 }

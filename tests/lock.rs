@@ -1,8 +1,8 @@
 //! `Freshness::lock`: one loader run per key across processes. Each "process" is an
 //! independent `Cache` over its own repository (its own connections, its own single-flight),
 //! sharing the store: one `redis-server` started by `tests/support`, the memory repository's
-//! store, or (feature `cluster`) the shared Redis Cluster. `each!` instantiates each
-//! `async fn(Shared)` once per store.
+//! store, or (feature `cluster`) the shared Redis Cluster. `per_store!` instantiates each
+//! `async fn(Store)` once per store.
 //!
 //! No timing assertions: the loader is held at a gate while the others wait, and a killed owner
 //! is a tokio runtime shut down with its task mid-load.
@@ -15,114 +15,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, Error, Freshness, Lock, MemoryCacheRepository, RedisCacheRepository};
-use impcache_tests::RedisServer;
+use impcache_tests::per_store;
+use impcache_tests::store::Store;
 use tokio::sync::{oneshot, Semaphore};
 
 const HANG: Duration = Duration::from_secs(30);
 const PROCESSES: usize = 4;
 const CALLERS: usize = 50;
 
-/// A store shared by several "processes".
-struct Shared {
-    /// A new process on the store.
-    process: Box<dyn Fn() -> Cache + Send + Sync>,
-    server: Option<RedisServer>,
-}
+/// The stores of `per_store!`: the memory repository's, a `redis-server`'s, the cluster's.
+mod stores {
+    use super::{Store, HANG};
 
-impl Shared {
-    /// One memory repository's store; each process is a `Cache` of its own over a clone (its
-    /// own single-flight, as the flights are per `Cache` repository).
-    fn memory() -> Self {
-        let store = MemoryCacheRepository::new();
-        Shared {
-            process: Box::new(move || {
-                let repository: Arc<dyn impcache::CacheRepository> = Arc::new(store.clone());
-                Cache::builder_shared(repository).build()
-            }),
-            server: None,
-        }
+    pub(super) fn memory() -> Store {
+        Store::memory()
     }
 
-    /// One `redis-server`; each process has its own repository and connection.
-    fn redis() -> Self {
-        let server = RedisServer::start();
-        let url = server.url();
-        Shared {
-            process: Box::new(move || {
-                Cache::new(
-                    RedisCacheRepository::builder(url.clone())
-                        .deadline(HANG)
-                        .build()
-                        .unwrap(),
-                )
-            }),
-            server: Some(server),
-        }
+    pub(super) fn redis() -> Store {
+        Store::redis(HANG)
     }
 
-    /// The shared cluster of this test binary, under a key prefix of this test's own (the lock
-    /// key and the value key fall in different slots).
+    /// Under a key prefix of this test's own (the lock key and the value key fall in different
+    /// slots).
     #[cfg(feature = "cluster")]
-    fn cluster() -> Self {
-        use std::sync::atomic::AtomicU64;
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let prefix = format!(
-            "lock{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        Shared {
-            process: Box::new(move || {
-                let repository = impcache::RedisClusterCacheRepository::builder(
-                    impcache_tests::cluster::RedisCluster::shared().urls(),
-                )
-                .deadline(HANG)
-                .build()
-                .unwrap();
-                Cache::builder(repository)
-                    .key_prefix(prefix.clone())
-                    .build()
-            }),
-            server: None,
-        }
-    }
-
-    fn processes(&self, n: usize) -> Vec<Cache> {
-        (0..n).map(|_| (self.process)()).collect()
+    pub(super) fn cluster() -> Store {
+        Store::cluster("lock", HANG)
     }
 }
 
-macro_rules! each {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Shared::memory()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Shared::redis()).await;
-                }
-            )*
-        }
-        #[cfg(feature = "cluster")]
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Shared::cluster()).await;
-                }
-            )*
-        }
-    };
-}
-
-each!(
+per_store!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    stores;
     four_processes_of_fifty_callers_run_the_loader_once,
     a_killed_owner_is_taken_over_after_the_lock_lifetime,
     a_failing_owner_lets_the_next_process_load,
@@ -175,8 +98,8 @@ async fn answers(handles: Vec<tokio::task::JoinHandle<String>>) -> Vec<String> {
 
 /// 4 processes × 50 concurrent callers of a missing key: the loader runs once, and everyone
 /// gets its value.
-async fn four_processes_of_fifty_callers_run_the_loader_once(shared: Shared) {
-    let processes = shared.processes(PROCESSES);
+async fn four_processes_of_fifty_callers_run_the_loader_once(store: Store) {
+    let processes = store.processes(PROCESSES);
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     let policy = Freshness::new().lock(Lock::new().wait(HANG));
@@ -216,12 +139,12 @@ async fn four_processes_of_fifty_callers_run_the_loader_once(shared: Shared) {
 
 /// The owner's process dies mid-load (its runtime shut down: nothing is released). Its lock
 /// stays until its lifetime ends; then one of the other processes takes over and loads.
-async fn a_killed_owner_is_taken_over_after_the_lock_lifetime(shared: Shared) {
+async fn a_killed_owner_is_taken_over_after_the_lock_lifetime(store: Store) {
     let lifetime = Duration::from_secs(1);
     let policy = Freshness::new().lock(Lock::new().lifetime(lifetime).wait(HANG));
     // The owner, in a runtime of its own.
     let owner_runtime = impcache_tests::multi_thread_runtime();
-    let owner = (shared.process)();
+    let owner = store.cache();
     let (started, loading) = oneshot::channel::<()>();
     let started = std::sync::Mutex::new(Some(started));
     let started = Arc::new(started);
@@ -239,11 +162,11 @@ async fn a_killed_owner_is_taken_over_after_the_lock_lifetime(shared: Shared) {
     tokio::time::timeout(HANG, loading).await.unwrap().unwrap();
     owner_runtime.shutdown_background();
 
-    let processes = shared.processes(PROCESSES - 1);
+    let processes = store.processes(PROCESSES - 1);
     // The dead owner's lock, at `{prefix}:{version}:__lock:{key}`.
     let token = processes[0].get_raw("__lock:k").await.unwrap();
     assert!(token.is_some(), "the dead owner's lock is still there");
-    if let Some(server) = &shared.server {
+    if let Some(server) = store.server() {
         assert!(server.keys().contains(&processes[0].make_key("__lock:k")));
     }
     let runs = Arc::new(AtomicUsize::new(0));
@@ -268,8 +191,8 @@ async fn a_killed_owner_is_taken_over_after_the_lock_lifetime(shared: Shared) {
 
 /// An owner whose loader fails releases its lock at once: errors are never shared, the next
 /// process takes the lock and runs its own loader.
-async fn a_failing_owner_lets_the_next_process_load(shared: Shared) {
-    let processes = shared.processes(2);
+async fn a_failing_owner_lets_the_next_process_load(store: Store) {
+    let processes = store.processes(2);
     let policy = Freshness::new().lock(Lock::new().wait(HANG));
     let failed: Result<String, Error> = processes[0]
         .try_get_or_set("k", 60, || async {
@@ -299,8 +222,8 @@ async fn a_failing_owner_lets_the_next_process_load(shared: Shared) {
 /// Stale-while-revalidate under a lock: the first process's background reload holds the lock;
 /// the second process's stale read is answered at once too, and its reload finds the lock
 /// taken and skips (or, once the lock is released, finds the new value): one reload in all.
-async fn a_stale_key_is_reloaded_in_the_background_by_one_process(shared: Shared) {
-    let processes = shared.processes(2);
+async fn a_stale_key_is_reloaded_in_the_background_by_one_process(store: Store) {
+    let processes = store.processes(2);
     let short = Duration::from_millis(100);
     let policy = Freshness::new()
         .stale_while_revalidate(Duration::from_secs(60))
@@ -421,22 +344,10 @@ async fn the_lock_must_outlive_the_hard_timeout() {
 #[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_sentinel_four_processes_run_the_loader_once() {
-    use impcache::RedisSentinelCacheRepository;
-    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+    use impcache_tests::cluster::SentinelGroup;
     let group = SentinelGroup::start();
-    let sentinel = group.sentinel_url();
-    let shared = Shared {
-        process: Box::new(move || {
-            Cache::new(
-                RedisSentinelCacheRepository::builder([sentinel.clone()], SENTINEL_SERVICE)
-                    .deadline(HANG)
-                    .build()
-                    .unwrap(),
-            )
-        }),
-        server: None,
-    };
-    four_processes_of_fifty_callers_run_the_loader_once(shared).await;
+    let store = Store::sentinel(group.sentinel_url(), HANG);
+    four_processes_of_fifty_callers_run_the_loader_once(store).await;
     drop(group);
 }
 
@@ -446,9 +357,9 @@ async fn through_sentinel_four_processes_run_the_loader_once() {
 /// either way.
 #[tokio::test]
 async fn a_miss_under_a_lock_costs_three_round_trips_more() {
-    let shared = Shared::redis();
-    let server = shared.server.as_ref().unwrap();
-    let cache = (shared.process)();
+    let store = Store::redis(HANG);
+    let server = store.server().unwrap();
+    let cache = store.cache();
     let calls = |name: &str| -> u64 {
         let info: String = server.cmd(&["INFO", "commandstats"]);
         info.lines()

@@ -1,7 +1,7 @@
 //! Tags (issue 16): `Cache::set_tagged`, `get_or_set(..).tags(..)`, `invalidate_tag`,
 //! `soft_invalidate_tag`, each against the memory repository and a real Redis (started by
 //! `tests/support`), and with the feature `cluster` the shared Redis Cluster (tag keys on other
-//! slots than the entries). `both!` instantiates each `async fn(Backend)` once per repository.
+//! slots than the entries). `per_store!` instantiates each `async fn(Backend)` once per repository.
 //!
 //! No timing assertions. Tag times have microsecond resolution and an entry created in the same
 //! microsecond as an invalidation counts as invalidated: where a test writes right after an
@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use impcache::{Cache, CacheRepository, Freshness, MemoryCacheRepository, RedisCacheRepository};
+use impcache::{Cache, Freshness, RedisCacheRepository};
+use impcache_tests::per_store;
+use impcache_tests::store::Store;
 use impcache_tests::RedisServer;
 use tokio::sync::Semaphore;
 
@@ -26,95 +28,36 @@ struct Backend {
     /// Another `Cache` over the same data through its own repository (its own connection):
     /// another process, as far as the cache can tell.
     other: Cache,
-    _server: Option<RedisServer>,
+    _store: Store,
 }
 
 impl Backend {
     fn memory() -> Self {
-        let repository: Arc<dyn CacheRepository> = Arc::new(MemoryCacheRepository::new());
-        Backend {
-            cache: Cache::builder_shared(Arc::clone(&repository)).build(),
-            other: Cache::builder_shared(repository).build(),
-            _server: None,
-        }
+        Self::on(Store::memory())
     }
 
     fn redis() -> Self {
-        let server = RedisServer::start();
-        let cache = || {
-            let repository = RedisCacheRepository::builder(server.url())
-                .deadline(HANG)
-                .build()
-                .unwrap();
-            Cache::new(repository)
-        };
-        Backend {
-            cache: cache(),
-            other: cache(),
-            _server: Some(server),
-        }
+        Self::on(Store::redis(HANG))
     }
 
     /// The shared cluster of this test binary, under a key prefix of this test's own.
     #[cfg(feature = "cluster")]
     fn cluster() -> Self {
-        use std::sync::atomic::AtomicU64;
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let prefix = format!(
-            "tags{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let cache = || {
-            let repository = impcache::RedisClusterCacheRepository::builder(
-                impcache_tests::cluster::RedisCluster::shared().urls(),
-            )
-            .deadline(HANG)
-            .build()
-            .unwrap();
-            Cache::builder(repository)
-                .key_prefix(prefix.clone())
-                .build()
-        };
+        Self::on(Store::cluster("tags", HANG))
+    }
+
+    fn on(store: Store) -> Self {
         Backend {
-            cache: cache(),
-            other: cache(),
-            _server: None,
+            cache: store.cache(),
+            other: store.cache(),
+            _store: store,
         }
     }
 }
 
-macro_rules! both {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::memory()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::redis()).await;
-                }
-            )*
-        }
-        #[cfg(feature = "cluster")]
-        mod cluster {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Backend::cluster()).await;
-                }
-            )*
-        }
-    };
-}
-
-both!(
+per_store!(
+    #[tokio::test]
+    Backend;
     an_invalidated_tag_hides_its_entries_and_only_those,
     untagged_entries_keep_the_python_bytes_and_tagged_ones_are_json,
     another_instance_sees_the_invalidation,

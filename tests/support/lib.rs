@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod logs;
 pub mod proxy;
+pub mod store;
 pub use proxy::FaultProxy;
 
 use std::io::{Read, Write};
