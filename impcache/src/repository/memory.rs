@@ -42,9 +42,15 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct MemoryCacheRepository {
-    entries: moka::sync::Cache<String, Entry>,
+    entries: moka::sync::Cache<String, Entry, KeyHasher>,
     max_value_bytes: usize,
 }
+
+/// The hasher of the entries' keys: foldhash (randomly seeded per process, as hashbrown's
+/// default) rather than moka's default SipHash-1-3, which cost a hit ~130 of its ~7,700
+/// instructions (BENCHMARKS.md, op-cost). A bounded cache's keys hash into moka's concurrent
+/// table and its frequency sketch: the `quality` variant, for the sketch's bits.
+type KeyHasher = foldhash::quality::RandomState;
 
 #[derive(Clone)]
 struct Entry {
@@ -308,7 +314,7 @@ impl MemoryCacheRepositoryBuilder {
             })
             .expire_after(PerEntryTtl)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .build();
+            .build_with_hasher(KeyHasher::default());
         // moka weighs entries with a u32, so no single entry can exceed 4 GiB.
         let max_value_bytes =
             usize::try_from(self.max_capacity_bytes.min(u64::from(u32::MAX))).unwrap_or(usize::MAX);
