@@ -46,10 +46,11 @@ pub struct MemoryCacheRepository {
     max_value_bytes: usize,
 }
 
-/// The hasher of the entries' keys: foldhash (randomly seeded per process, as hashbrown's
-/// default) rather than moka's default SipHash-1-3, which cost a hit ~130 of its ~7,700
-/// instructions (BENCHMARKS.md, op-cost). A bounded cache's keys hash into moka's concurrent
-/// table and its frequency sketch: the `quality` variant, for the sketch's bits.
+/// The hasher of the entries' keys: foldhash (randomly seeded per process, hashbrown's default)
+/// rather than moka's default SipHash-1-3, which cost a hit ~165 of its ~7,700 instructions
+/// (BENCHMARKS.md, Pending). The `quality` variant: the keys also feed moka's frequency sketch.
+/// The price: foldhash is only "minimally DoS-resistant" (random seeds defeat precomputed
+/// colliding keys, not an attacker who can observe timings).
 type KeyHasher = foldhash::quality::RandomState;
 
 #[derive(Clone)]
