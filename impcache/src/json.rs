@@ -220,10 +220,22 @@ pub(crate) fn decode<V: DeserializeOwned>(key: impl FnOnce() -> String, bytes: &
 /// depth measured: a value no deeper than [`MAX_DEPTH`] is read again without serde_json's limit
 /// (the depth, not the limit, then bounds the recursion); a deeper one is refused.
 pub(crate) fn from_slice<V: DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<V> {
-    let error = match serde_json::from_slice(bytes) {
-        Ok(value) => return Ok(value),
-        Err(error) => error,
-    };
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(error) => from_slice_deep(bytes, error),
+    }
+}
+
+/// [`from_slice`] after serde_json refused `bytes` (`error`): read again without its depth limit
+/// when the value is nested deeper than 127 levels but no deeper than [`MAX_DEPTH`]. Out of line
+/// and cold: a second instance of the value's deserializer inside every hit's code cost the hit
+/// ~40 instructions where it moved the compiler's inlining (BENCHMARKS.md, Pending).
+#[cold]
+#[inline(never)]
+fn from_slice_deep<V: DeserializeOwned>(
+    bytes: &[u8],
+    error: serde_json::Error,
+) -> serde_json::Result<V> {
     match nesting_depth(bytes) {
         depth if depth <= SERDE_JSON_DEPTH => Err(error),
         depth if depth <= MAX_DEPTH => {
