@@ -71,7 +71,7 @@ for mode in "${modes[@]}"; do
     else
         (cd "$suite" && npm_config_base="http://127.0.0.1:$proxy_port" npm_config_id="" npm_package_config_id="" \
             node --no-warnings "$engine/cli.mjs") >"$dir/results-$mode.json"
-        echo "== $mode (http-cache-tests $version)"
+        echo "== $mode ($label)"
         node scripts/cache-tests-count.mjs "$suite" "$dir/results-$mode.json"
     fi
     kill "$proxy" 2>/dev/null || true

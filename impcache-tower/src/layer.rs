@@ -218,7 +218,11 @@ impl CacheLayer {
     /// The handler statuses a stale response stands in for within its
     /// [`stale_if_error`](Self::stale_if_error) window (default
     /// [`DEFAULT_STALE_IF_ERROR_STATUSES`](crate::DEFAULT_STALE_IF_ERROR_STATUSES): 500, 502,
-    /// 503, 504).
+    /// 503, 504). A response that says `stale-if-error=N` itself is also served for 500, 502, 503
+    /// and 504 within its window (RFC 5861 §4: the origin's permission), whatever this list. An
+    /// empty list with a [`stale_if_error`](Self::stale_if_error) window: stale responses answer
+    /// only for a handler error (a reverse proxy's "the origin cannot be reached", see
+    /// `examples/cache_proxy.rs`) and a [`handler_timeout`](Self::handler_timeout).
     pub fn stale_if_error_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses: Vec<StatusCode> = statuses.into_iter().collect();
         self.with(|c| c.stale_if_error_statuses = statuses)
