@@ -746,3 +746,97 @@ async fn past_a_responses_stale_while_revalidate_window_the_origin_answers() {
     assert_eq!(answered.body, "call 2");
     assert_eq!(origin.last_if_none_match().as_deref(), Some("\"v1\""));
 }
+
+#[tokio::test]
+async fn an_error_status_or_another_hosts_location_invalidates_nothing_in_the_origin_mode() {
+    let layer = origin();
+    let (svc, _) = app(layer.clone(), |n, req| async move {
+        match (req.method().as_str(), req.uri().path()) {
+            ("POST", "/failing") => respond(n, 500, &[("location", "/kept")]),
+            ("POST", _) => respond(n, 201, &[("location", "http://other.example/kept")]),
+            _ => respond(n, 200, &[("cache-control", "max-age=60")]),
+        }
+    });
+    for uri in ["/failing", "/kept", "/ok"] {
+        send(&svc, get(uri)).await;
+        wait_stored(&layer, uri).await;
+    }
+    send(&svc, request("POST", "/failing", &[])).await;
+    assert!(
+        record(&layer, "/failing").await.is_some(),
+        "an error status"
+    );
+    assert!(record(&layer, "/kept").await.is_some(), "an error status");
+    send(&svc, request("POST", "/ok", &[])).await;
+    assert!(record(&layer, "/ok").await.is_none(), "the target URI");
+    assert!(
+        record(&layer, "/kept").await.is_some(),
+        "a Location on another host"
+    );
+}
+
+/// The rules the origin mode leaves as they are: `Vary`, the client's `Cache-Control` (ignored),
+/// a 1xx is never stored, the body limit (a larger body streams through unstored).
+#[tokio::test]
+async fn vary_client_cache_control_1xx_and_the_body_limit_are_unchanged_in_the_origin_mode() {
+    let layer = origin().max_body_size(64);
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        let fresh = ("cache-control", "max-age=60");
+        match req.uri().path() {
+            "/vary" => {
+                let accept = req.headers().get("accept").unwrap().to_str().unwrap();
+                let mut response = respond(n, 200, &[fresh, ("vary", "accept")]);
+                *response.body_mut() = Body::from(format!("call {n} for {accept}"));
+                response
+            }
+            "/interim" => respond(n, 103, &[fresh, ("link", "</a.css>; rel=preload")]),
+            "/large" => {
+                let mut response = respond(n, 200, &[fresh]);
+                *response.body_mut() = Body::from(vec![b'x'; 1000]);
+                response
+            }
+            _ => respond(n, 200, &[fresh]),
+        }
+    });
+    let accept = |value: &str| request("GET", "/vary", &[("accept", value)]);
+    assert_eq!(send(&svc, accept("text/html")).await.outcome(), "MISS");
+    wait_stored(&layer, "/vary").await;
+    let json = send(&svc, accept("application/json")).await;
+    assert_eq!(
+        (json.outcome(), json.body.as_ref()),
+        ("MISS", &b"call 2 for application/json"[..])
+    );
+    let html = send(&svc, accept("text/html")).await;
+    assert_eq!(
+        (html.outcome(), html.body.as_ref()),
+        ("HIT", &b"call 1 for text/html"[..])
+    );
+
+    send(&svc, get("/plain")).await;
+    wait_stored(&layer, "/plain").await;
+    let refresh = request(
+        "GET",
+        "/plain",
+        &[("cache-control", "no-cache"), ("pragma", "no-cache")],
+    );
+    assert_eq!(
+        send(&svc, refresh).await.outcome(),
+        "HIT",
+        "the client's no-cache is ignored"
+    );
+
+    assert_eq!(second_outcome(&svc, &layer, "/interim").await, "MISS");
+    assert!(
+        record(&layer, "/interim").await.is_none(),
+        "a 1xx is never stored"
+    );
+
+    let large = send(&svc, get("/large")).await;
+    assert_eq!(large.body.len(), 1000, "streamed through whole");
+    assert_eq!(send(&svc, get("/large")).await.outcome(), "MISS");
+    assert!(
+        record(&layer, "/large").await.is_none(),
+        "over the body limit"
+    );
+    assert_eq!(calls.get(), 7);
+}
