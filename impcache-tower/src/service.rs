@@ -561,6 +561,7 @@ where
     let generation = seen
         .filter(|seen| seen.vary == vary)
         .map(|seen| seen.generation);
+    let policy = stale::policy(config, &parts.headers).unwrap_or_default();
     let unfinished = Unfinished {
         cache: config.cache.clone(),
         keys,
@@ -570,9 +571,9 @@ where
         headers: policy::stored_headers(&parts.headers, &[X_CACHE, CACHE_STATUS]),
         vary,
         variant_key,
-        ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
+        ttl: ttl.map(|ttl| stale::key_ttl(ttl, &policy)),
         origin,
-        stale: stale::policy(config, &parts.headers).unwrap_or_default(),
+        stale: policy,
         generation,
         tags: tagged,
         lock: locked,

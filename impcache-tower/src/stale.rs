@@ -80,6 +80,18 @@ pub(crate) fn stands_in_for(config: &Config, headers: &HeaderMap, status: Status
                 .is_some_and(|window| window > 0))
 }
 
+/// The TTL stored for an entry fresh (or kept to be revalidated) for `ttl` under the stale
+/// `policy`: whole seconds, at least one, and short enough that with the policy's stale window it
+/// stays within impcache's longest expiry ([`impcache::MAX_EXPIRE`], 100 years), which the store
+/// would refuse (an `Expires` centuries ahead). The entry's freshness is not changed by it.
+pub(crate) fn key_ttl(ttl: Duration, policy: &Freshness) -> Duration {
+    let longest = impcache::MAX_EXPIRE
+        .saturating_sub(policy.stale_window())
+        .as_secs()
+        .max(1);
+    Duration::from_secs(ttl.as_secs().clamp(1, longest))
+}
+
 /// Where `entry` stands at `now_ms`. An entry of the default mode past its TTL without a stale
 /// policy is still served: its key's TTL is its freshness, so it is about to go.
 #[inline]
@@ -185,6 +197,28 @@ mod tests {
         assert!(policy(&config, &headers("s-maxage=10")).is_some());
         config.follow_origin = true;
         assert_eq!(policy(&config, &headers("s-maxage=10")), None);
+    }
+
+    #[test]
+    fn key_ttls_stay_within_the_longest_expiry() {
+        let none = Freshness::new();
+        let day = Duration::from_secs(86_400);
+        let window = Freshness::new().stale_if_error(day);
+        assert_eq!(key_ttl(Duration::ZERO, &none), Duration::from_secs(1));
+        assert_eq!(
+            key_ttl(Duration::from_millis(2500), &none),
+            Duration::from_secs(2)
+        );
+        assert_eq!(key_ttl(day, &window), day);
+        let centuries = Duration::from_secs(260 * 365 * 86_400);
+        assert_eq!(key_ttl(centuries, &none), impcache::MAX_EXPIRE);
+        assert_eq!(key_ttl(centuries, &window), impcache::MAX_EXPIRE - day);
+        assert!(window
+            .stored_expiry(
+                impcache::Expire::from_duration(key_ttl(centuries, &window)),
+                "k"
+            )
+            .is_ok());
     }
 
     #[test]

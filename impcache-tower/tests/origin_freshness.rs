@@ -840,3 +840,32 @@ async fn vary_client_cache_control_1xx_and_the_body_limit_are_unchanged_in_the_o
     );
     assert_eq!(calls.get(), 7);
 }
+
+/// An `Expires` centuries ahead: fresh for as long as impcache can keep a key (100 years, less
+/// the stale windows), not refused by the store.
+#[tokio::test]
+async fn an_expires_centuries_ahead_is_stored() {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    for layer in [
+        origin(),
+        origin().stale_if_error(std::time::Duration::from_secs(86_400)),
+    ] {
+        let (svc, _) = app(layer.clone(), {
+            let date = date.clone();
+            move |n, _| {
+                let date = date.clone();
+                async move {
+                    respond(
+                        n,
+                        200,
+                        &[
+                            ("date", &date),
+                            ("expires", "Sun, 21 Nov 2286 04:46:39 GMT"),
+                        ],
+                    )
+                }
+            }
+        });
+        assert_eq!(second_outcome(&svc, &layer, "/far").await, "HIT");
+    }
+}
