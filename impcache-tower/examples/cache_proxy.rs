@@ -31,7 +31,7 @@ use axum::Router;
 use http::{HeaderName, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use impcache::{Cache, MemoryCacheRepository};
 use impcache_tower::CacheLayer;
 use tower::Layer;
@@ -89,7 +89,13 @@ async fn main() {
         other => panic!("unknown mode {other}; {usage}"),
     };
     let origin = Origin {
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        // Idle connections are dropped before the origin's keep-alive timeout (node's: 5 s) can
+        // close one under a request: a request written to a closing connection fails, and one
+        // with a body (the suite's setup `PUT`s) is not retried.
+        client: Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build_http(),
         base,
     };
     let proxy = tower::service_fn(move |request: Request| forward(origin.clone(), request));

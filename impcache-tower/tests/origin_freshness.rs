@@ -869,3 +869,59 @@ async fn an_expires_centuries_ahead_is_stored() {
         assert_eq!(second_outcome(&svc, &layer, "/far").await, "HIT");
     }
 }
+
+/// A response body whose chunks the test sends.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+/// Streaming is unchanged: a fresh body still arriving when the handler returns streams to the
+/// client and is stored once complete; its hits carry the origin's headers, no computed `ETag`.
+#[tokio::test]
+async fn a_streamed_body_is_stored_once_complete_in_the_origin_mode() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let layer = origin();
+    let (feed, chunks) = tokio::sync::mpsc::channel(4);
+    let chunks = std::sync::Arc::new(std::sync::Mutex::new(Some(chunks)));
+    let (svc, calls) = app(layer.clone(), move |_, _| {
+        let chunks = chunks.lock().unwrap().take().unwrap();
+        async move {
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(Body::new(ChannelBody(chunks)))
+                .unwrap()
+        }
+    });
+    let response = svc.clone().oneshot(get("/stream")).await.unwrap();
+    assert_eq!(
+        response.headers()["cache-status"],
+        "impcache; fwd=uri-miss; detail=streamed"
+    );
+    feed.send(bytes::Bytes::from("one ")).await.unwrap();
+    feed.send(bytes::Bytes::from("two")).await.unwrap();
+    drop(feed);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "one two");
+    wait_stored(&layer, "/stream").await;
+    let hit = send(&svc, get("/stream")).await;
+    assert_eq!((hit.outcome(), hit.body.as_ref()), ("HIT", &b"one two"[..]));
+    assert_eq!(
+        hit.header("etag"),
+        None,
+        "no ETag is computed in the origin mode"
+    );
+    assert_eq!(calls.get(), 1);
+}
