@@ -488,9 +488,10 @@ where
                 .map(ResponseBody::full));
         }
         if parts.status.is_server_error() {
-            // Outside a stale-if-error window (or under `must-revalidate` & co., see
-            // `stale::policy`): the error is served, and the stale entry kept until it expires.
-            // Within one, the entry answered above.
+            // Outside a stale-if-error window (none, past it, or `must-revalidate` & co., see
+            // `stale::policy`), or a status it does not cover (`stale::stands_in_for`): the error
+            // is served, and the stale entry kept until it expires. Otherwise the entry answered
+            // above.
             tracing::debug!(status = %parts.status, "impcache-tower: revalidation failed");
         }
     }
