@@ -22,7 +22,8 @@ origin_port="${ORIGIN_PORT:-18000}"
 proxy_port="${PROXY_PORT:-18100}"
 dir=target/cache-tests
 suite="${CACHE_TESTS_DIR:-$dir/node_modules/http-cache-tests}"
-suite="$(cd "$(dirname "$suite")" 2>/dev/null && pwd)/$(basename "$suite")" || true
+# Absolute (it need not exist yet: the npm release is installed below).
+case "$suite" in /*) ;; *) suite="$root/$suite" ;; esac
 modes=("$@")
 [ ${#modes[@]} -eq 0 ] && modes=(default follow-origin)
 
@@ -71,7 +72,7 @@ for mode in "${modes[@]}"; do
     else
         (cd "$suite" && npm_config_base="http://127.0.0.1:$proxy_port" npm_config_id="" npm_package_config_id="" \
             node --no-warnings "$engine/cli.mjs") >"$dir/results-$mode.json"
-        echo "== $mode (http-cache-tests $version)"
+        echo "== $mode ($label)"
         node scripts/cache-tests-count.mjs "$suite" "$dir/results-$mode.json"
     fi
     kill "$proxy" 2>/dev/null || true

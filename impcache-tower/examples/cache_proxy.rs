@@ -9,21 +9,32 @@
 //! `origin` is `http://host:port`. `follow-origin` builds the layer with
 //! [`follow_origin(true)`](CacheLayer::follow_origin) (an RFC 9111 shared cache); `default` keeps
 //! the layer's defaults (the server owns its cache). In `follow-origin` mode, `Surrogate-Control` is
-//! the layer's [targeted field](CacheLayer::targeted_cache_control).
+//! the layer's [targeted field](CacheLayer::targeted_cache_control), and a stored response answers
+//! for an origin that cannot be reached (RFC 9111 §4.2.4: the cache is disconnected), as nginx's
+//! `proxy_cache_use_stale error timeout`: the proxy is a tower service whose error is "the origin
+//! did not answer" (a refused or closed connection), the layer's
+//! [`stale_if_error`](CacheLayer::stale_if_error) window stands a stale response in for that error,
+//! and only then is it turned into a `502 Bad Gateway`. The origin's own 5xx responses are passed
+//! on (`stale_if_error_statuses` is empty): the origin was reached, and only a response's own
+//! `stale-if-error` lets a cache hide them. `must-revalidate`, `proxy-revalidate`, `no-cache` and
+//! `s-maxage` responses are never served stale.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: a broken setup must fail loudly
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::error_handling::HandleError;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{HeaderName, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use impcache::{Cache, MemoryCacheRepository};
 use impcache_tower::CacheLayer;
+use tower::Layer;
 
 #[derive(Clone)]
 struct Origin {
@@ -31,8 +42,9 @@ struct Origin {
     base: String,
 }
 
-/// Forwards `request` to the origin, unchanged but for its URI (and the hop-by-hop fields).
-async fn forward(State(origin): State<Origin>, mut request: Request) -> Response {
+/// Forwards `request` to the origin, unchanged but for its URI (and the hop-by-hop fields). The
+/// error: the origin did not answer.
+async fn forward(origin: Origin, mut request: Request) -> Result<Response, OriginError> {
     let path_and_query = request
         .uri()
         .path_and_query()
@@ -40,14 +52,20 @@ async fn forward(State(origin): State<Origin>, mut request: Request) -> Response
         .to_owned();
     let uri: Uri = match format!("{}{}", origin.base, path_and_query).parse() {
         Ok(uri) => uri,
-        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        Err(_) => return Ok(StatusCode::BAD_REQUEST.into_response()),
     };
     *request.uri_mut() = uri;
     request.headers_mut().remove(http::header::CONNECTION);
-    match origin.client.request(request).await {
-        Ok(response) => response.map(Body::new),
-        Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
-    }
+    let response = origin.client.request(request).await?;
+    Ok(response.map(Body::new))
+}
+
+/// The origin did not answer (connection refused, closed before a response, …).
+type OriginError = hyper_util::client::legacy::Error;
+
+/// The proxy's answer when the origin did not, and no stale response stood in for it.
+async fn bad_gateway(error: OriginError) -> Response {
+    (StatusCode::BAD_GATEWAY, error.to_string()).into_response()
 }
 
 #[tokio::main]
@@ -62,20 +80,26 @@ async fn main() {
     let layer = match mode.as_str() {
         "default" => CacheLayer::new(cache),
         // Surrogate-Control (W3C Edge Architecture) as this cache's targeted field: the suite
-        // tests it as one.
+        // tests it as one. Stale responses answer for an unreachable origin for up to a day.
         "follow-origin" => CacheLayer::new(cache)
             .follow_origin(true)
-            .targeted_cache_control(HeaderName::from_static("surrogate-control")),
+            .targeted_cache_control(HeaderName::from_static("surrogate-control"))
+            .stale_if_error(Duration::from_secs(24 * 60 * 60))
+            .stale_if_error_statuses([]),
         other => panic!("unknown mode {other}; {usage}"),
     };
     let origin = Origin {
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        // Idle connections are dropped before the origin's keep-alive timeout (node's: 5 s) can
+        // close one under a request: a request written to a closing connection fails, and one
+        // with a body (the suite's setup `PUT`s) is not retried.
+        client: Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build_http(),
         base,
     };
-    let app = Router::new()
-        .fallback(forward)
-        .with_state(origin)
-        .layer(layer);
+    let proxy = tower::service_fn(move |request: Request| forward(origin.clone(), request));
+    let app = Router::new().fallback_service(HandleError::new(layer.layer(proxy), bad_gateway));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     println!("cache_proxy ({mode}) listening on http://{addr}");

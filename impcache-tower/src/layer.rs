@@ -165,6 +165,13 @@ impl CacheLayer {
     ///   [`keep_stale_for`](Self::keep_stale_for), and revalidated by calling the handler with
     ///   `If-None-Match`/`If-Modified-Since`; a 304 refreshes its headers and lifetime and the
     ///   stored body is served; any other response replaces it.
+    /// - **Stale responses** only where RFC 9111 §4.2.4 allows them: within the response's own
+    ///   `stale-while-revalidate` / `stale-if-error` window, else the layer's
+    ///   ([`stale_while_revalidate`](Self::stale_while_revalidate),
+    ///   [`stale_if_error`](Self::stale_if_error): the operator's configuration), and never under
+    ///   `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage`. Within a stale-if-error
+    ///   window a failed revalidation (a handler error, such as a proxy's unreachable origin, or a
+    ///   [listed status](Self::stale_if_error_statuses)) is answered with the stale response.
     /// - **ETag**: none is computed ([`compute_etag`](Self::compute_etag) is not used); the
     ///   origin's validators are served as they are.
     ///
@@ -218,7 +225,11 @@ impl CacheLayer {
     /// The handler statuses a stale response stands in for within its
     /// [`stale_if_error`](Self::stale_if_error) window (default
     /// [`DEFAULT_STALE_IF_ERROR_STATUSES`](crate::DEFAULT_STALE_IF_ERROR_STATUSES): 500, 502,
-    /// 503, 504).
+    /// 503, 504). A response that says `stale-if-error=N` itself is also served for 500, 502, 503
+    /// and 504 within its window (RFC 5861 §4: the origin's permission), whatever this list. An
+    /// empty list with a [`stale_if_error`](Self::stale_if_error) window: stale responses answer
+    /// only for a handler error (a reverse proxy's "the origin cannot be reached", see
+    /// `examples/cache_proxy.rs`) and a [`handler_timeout`](Self::handler_timeout).
     pub fn stale_if_error_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses: Vec<StatusCode> = statuses.into_iter().collect();
         self.with(|c| c.stale_if_error_statuses = statuses)

@@ -114,6 +114,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
     let variant_key = key::variant_key(keys.url(), &vary, headers, config.allow_authenticated);
     let (entry, stored) = match verdict {
         Ok(verdict) => {
+            let policy = stale::policy(config, &updated).unwrap_or_default();
             let unfinished = Unfinished {
                 cache: config.cache.clone(),
                 keys,
@@ -123,9 +124,9 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 headers: policy::stored_headers(&updated, &[X_CACHE, CACHE_STATUS]),
                 vary,
                 variant_key,
-                ttl: Some(verdict.ttl),
+                ttl: Some(stale::key_ttl(verdict.ttl, &policy)),
                 origin: Some((verdict.freshness, response_ms)),
-                stale: stale::policy(config, &updated).unwrap_or_default(),
+                stale: policy,
                 // A new generation: the variants of its URL stored before are misses again.
                 generation: None,
                 lock: None,

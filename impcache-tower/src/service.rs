@@ -445,16 +445,18 @@ where
         }
         _ => inner.call(request).await,
     };
-    let failed = match &called {
-        Err(_) => Some(Why::HandlerError),
-        Ok(response) if config.stale_if_error_statuses.contains(&response.status()) => {
-            Some(Why::HandlerStatus)
+    if let Some((past, entry)) = stand_in {
+        let failed = match &called {
+            Err(_) => Some(Why::HandlerError),
+            Ok(response) if stale::stands_in_for(config, &entry.headers, response.status()) => {
+                Some(Why::HandlerStatus)
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = failed {
+            count(LayerOutcome::Stale);
+            return Ok(stood_in(config, guard, url, entry, &headers, past, why));
         }
-        Ok(_) => None,
-    };
-    if let (Some(why), Some((past, entry))) = (failed, stand_in) {
-        count(LayerOutcome::Stale);
-        return Ok(stood_in(config, guard, url, entry, &headers, past, why));
     }
     count(LayerOutcome::Miss);
     let response = match called {
@@ -486,9 +488,10 @@ where
                 .map(ResponseBody::full));
         }
         if parts.status.is_server_error() {
-            // The stale-if-error hook (a later issue): `stale` could be served here instead of
-            // the error, unless its `must_revalidate` forbids it. For now the error is served
-            // (and the stale entry kept until it expires).
+            // Outside a stale-if-error window (none, past it, or `must-revalidate` & co., see
+            // `stale::policy`), or a status it does not cover (`stale::stands_in_for`): the error
+            // is served, and the stale entry kept until it expires. Otherwise the entry answered
+            // above.
             tracing::debug!(status = %parts.status, "impcache-tower: revalidation failed");
         }
     }
@@ -559,6 +562,7 @@ where
     let generation = seen
         .filter(|seen| seen.vary == vary)
         .map(|seen| seen.generation);
+    let policy = stale::policy(config, &parts.headers).unwrap_or_default();
     let unfinished = Unfinished {
         cache: config.cache.clone(),
         keys,
@@ -568,9 +572,9 @@ where
         headers: policy::stored_headers(&parts.headers, &[X_CACHE, CACHE_STATUS]),
         vary,
         variant_key,
-        ttl: ttl.map(|t| Duration::from_secs(t.as_secs().max(1))),
+        ttl: ttl.map(|ttl| stale::key_ttl(ttl, &policy)),
         origin,
-        stale: stale::policy(config, &parts.headers).unwrap_or_default(),
+        stale: policy,
         generation,
         tags: tagged,
         lock: locked,

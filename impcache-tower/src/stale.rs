@@ -14,10 +14,10 @@
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use impcache::Freshness;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_STALE_IF_ERROR_STATUSES};
 use crate::entry::Entry;
 use crate::freshness;
 use crate::policy::CacheControl;
@@ -38,11 +38,7 @@ pub(crate) enum Judged {
 /// The stale policy of a response with `headers` under the layer's rules; `None` when it may not
 /// be served stale (no window, or a directive forbids it).
 pub(crate) fn policy(config: &Config, headers: &HeaderMap) -> Option<Freshness> {
-    let cc = if config.follow_origin {
-        freshness::directives(headers, config.targeted_field.as_ref())
-    } else {
-        CacheControl::parse(headers)
-    };
+    let cc = directives(config, headers);
     // `s-maxage` implies `proxy-revalidate` for a shared cache (RFC 9111 §5.2.2.10); in the
     // default mode it only shortens the TTL.
     if cc.must_revalidate || cc.no_cache || (config.follow_origin && cc.s_maxage.is_some()) {
@@ -59,6 +55,41 @@ pub(crate) fn policy(config: &Config, headers: &HeaderMap) -> Option<Freshness> 
         policy = policy.stale_if_error(sie);
     }
     (!policy.stale_window().is_zero()).then_some(policy)
+}
+
+/// The directives of a response with `headers`: in the origin mode those of its targeted field
+/// (RFC 9213) when it has one, else of `Cache-Control`.
+fn directives(config: &Config, headers: &HeaderMap) -> CacheControl {
+    if config.follow_origin {
+        freshness::directives(headers, config.targeted_field.as_ref())
+    } else {
+        CacheControl::parse(headers)
+    }
+}
+
+/// Whether a stale response with `headers`, within its stale-if-error window, stands in for a
+/// handler that answered with `status`: one of the layer's
+/// [`stale_if_error_statuses`](crate::CacheLayer::stale_if_error_statuses), or, when the response
+/// itself says `stale-if-error=N` (N > 0), one of the errors of RFC 5861 §4 (500, 502, 503, 504):
+/// the origin's permission covers them whatever the layer's list.
+pub(crate) fn stands_in_for(config: &Config, headers: &HeaderMap, status: StatusCode) -> bool {
+    config.stale_if_error_statuses.contains(&status)
+        || (DEFAULT_STALE_IF_ERROR_STATUSES.contains(&status)
+            && directives(config, headers)
+                .stale_if_error
+                .is_some_and(|window| window > 0))
+}
+
+/// The TTL stored for an entry fresh (or kept to be revalidated) for `ttl` under the stale
+/// `policy`: whole seconds, at least one, and short enough that with the policy's stale window it
+/// stays within impcache's longest expiry ([`impcache::MAX_EXPIRE`], 100 years), which the store
+/// would refuse (an `Expires` centuries ahead). The entry's freshness is not changed by it.
+pub(crate) fn key_ttl(ttl: Duration, policy: &Freshness) -> Duration {
+    let longest = impcache::MAX_EXPIRE
+        .saturating_sub(policy.stale_window())
+        .as_secs()
+        .max(1);
+    Duration::from_secs(ttl.as_secs().clamp(1, longest))
 }
 
 /// Where `entry` stands at `now_ms`. An entry of the default mode past its TTL without a stale
@@ -166,5 +197,63 @@ mod tests {
         assert!(policy(&config, &headers("s-maxage=10")).is_some());
         config.follow_origin = true;
         assert_eq!(policy(&config, &headers("s-maxage=10")), None);
+    }
+
+    #[test]
+    fn key_ttls_stay_within_the_longest_expiry() {
+        let none = Freshness::new();
+        let day = Duration::from_secs(86_400);
+        let window = Freshness::new().stale_if_error(day);
+        assert_eq!(key_ttl(Duration::ZERO, &none), Duration::from_secs(1));
+        assert_eq!(
+            key_ttl(Duration::from_millis(2500), &none),
+            Duration::from_secs(2)
+        );
+        assert_eq!(key_ttl(day, &window), day);
+        let centuries = Duration::from_secs(260 * 365 * 86_400);
+        assert_eq!(key_ttl(centuries, &none), impcache::MAX_EXPIRE);
+        assert_eq!(key_ttl(centuries, &window), impcache::MAX_EXPIRE - day);
+        assert!(window
+            .stored_expiry(
+                impcache::Expire::from_duration(key_ttl(centuries, &window)),
+                "k"
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn a_responses_stale_if_error_covers_the_rfc_5861_errors_whatever_the_layers_statuses() {
+        let mut config = Config::new(Cache::new(MemoryCacheRepository::new()));
+        config.stale_if_error_statuses = vec![StatusCode::BAD_GATEWAY];
+        let plain = headers("max-age=10");
+        let sie = headers("max-age=10, stale-if-error=60");
+        let off = headers("max-age=10, stale-if-error=0");
+        for follow_origin in [false, true] {
+            config.follow_origin = follow_origin;
+            assert!(stands_in_for(&config, &plain, StatusCode::BAD_GATEWAY));
+            assert!(!stands_in_for(
+                &config,
+                &plain,
+                StatusCode::SERVICE_UNAVAILABLE
+            ));
+            assert!(stands_in_for(
+                &config,
+                &sie,
+                StatusCode::SERVICE_UNAVAILABLE
+            ));
+            assert!(!stands_in_for(&config, &sie, StatusCode::NOT_FOUND));
+            assert!(!stands_in_for(
+                &config,
+                &off,
+                StatusCode::SERVICE_UNAVAILABLE
+            ));
+        }
+        config.stale_if_error_statuses = Vec::new();
+        assert!(!stands_in_for(&config, &plain, StatusCode::BAD_GATEWAY));
+        assert!(stands_in_for(
+            &config,
+            &sie,
+            StatusCode::INTERNAL_SERVER_ERROR
+        ));
     }
 }

@@ -314,7 +314,7 @@ async fn a_changed_response_replaces_the_stale_entry_and_a_5xx_is_served() {
                 200,
                 &[("cache-control", "max-age=0"), ("etag", "\"v1\"")],
             ),
-            // Revalidation fails: served as is (stale-if-error is not applied), entry kept.
+            // Revalidation fails: served as is (no stale-if-error window), entry kept.
             2 => respond(n, 503, &[]),
             _ => respond(
                 n,
@@ -472,4 +472,456 @@ async fn head_and_credentials_keep_their_rules() {
     .await;
     assert_eq!(auth.outcome(), "BYPASS");
     assert!(record(&layer, "/safe").await.is_none());
+}
+
+// Serving stale in the origin mode (RFC 9111 §4.2.4, RFC 5861): the responses'
+// `stale-if-error` / `stale-while-revalidate`, and the layer's `stale_if_error` for an origin that
+// cannot be reached; never under `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage`.
+// The stored responses are stale on arrival (`Age: 20` past `max-age=10`), with an `ETag` so that
+// they are stored to be revalidated.
+
+/// What the origin does on its next call (the first one answers 200 with the test's headers).
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// Answers with this status (304: not modified); below 500 with `Cache-Control: max-age=60`.
+    Status(u16),
+    /// Cannot be reached: the service's error.
+    Unreachable,
+}
+
+/// An origin that can fail: its first call answers `200`, body `call 1`, with `first`; the
+/// following ones as [`Next`] says. The `If-None-Match` of each call is recorded.
+#[derive(Clone)]
+struct Flaky {
+    next: std::sync::Arc<std::sync::Mutex<Next>>,
+    seen_inm: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+type FlakySvc = tower::util::BoxCloneService<
+    Request<Body>,
+    Response<impcache_tower::ResponseBody<Body>>,
+    std::io::Error,
+>;
+
+impl Flaky {
+    fn new(layer: CacheLayer, first: &'static [(&'static str, &'static str)]) -> (Self, FlakySvc) {
+        let flaky = Flaky {
+            next: std::sync::Arc::new(std::sync::Mutex::new(Next::Status(200))),
+            seen_inm: std::sync::Arc::default(),
+        };
+        let origin = flaky.clone();
+        let inner = tower::service_fn(move |req: Request<Body>| {
+            let mut seen = origin.seen_inm.lock().unwrap();
+            seen.push(
+                req.headers()
+                    .get("if-none-match")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            );
+            let n = seen.len();
+            let next = *origin.next.lock().unwrap();
+            async move {
+                match (n, next) {
+                    (1, _) => Ok(respond(n, 200, first)),
+                    (_, Next::Unreachable) => Err(std::io::Error::other("connection refused")),
+                    // An error status says nothing of its freshness (it is not stored).
+                    (_, Next::Status(status)) if status >= 500 => Ok(respond(n, status, &[])),
+                    (_, Next::Status(status)) => Ok(respond(
+                        n,
+                        status,
+                        &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+                    )),
+                }
+            }
+        });
+        let svc = tower::util::BoxCloneService::new(tower::Layer::layer(&layer, inner));
+        (flaky, svc)
+    }
+
+    fn set(&self, next: Next) {
+        *self.next.lock().unwrap() = next;
+    }
+
+    fn calls(&self) -> usize {
+        self.seen_inm.lock().unwrap().len()
+    }
+
+    fn last_if_none_match(&self) -> Option<String> {
+        self.seen_inm.lock().unwrap().last().cloned().flatten()
+    }
+}
+
+/// Sends a GET of `uri`: the response as the client sees it, or the handler's error.
+async fn try_send(svc: &FlakySvc, uri: &str) -> Result<Seen, std::io::Error> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = svc.clone().oneshot(get(uri)).await?;
+    let (parts, body) = response.into_parts();
+    Ok(Seen {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    })
+}
+
+/// Stores the first response of `uri` (stale on arrival).
+async fn store_stale(svc: &FlakySvc, layer: &CacheLayer, uri: &str) {
+    let first = try_send(svc, uri).await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(
+        first
+            .header("cache-status")
+            .is_some_and(|s| s.contains("stored")),
+        "{:?}",
+        first.header("cache-status")
+    );
+    wait_stored(layer, uri).await;
+}
+
+#[tokio::test]
+async fn a_responses_stale_if_error_answers_a_failed_revalidation() {
+    const FIRST: &[(&str, &str)] = &[
+        ("cache-control", "max-age=10, stale-if-error=60"),
+        ("age", "20"),
+        ("etag", "\"v1\""),
+    ];
+    // The layer's own list is empty (the example proxy's setting): the response's directive is
+    // the origin's permission, which covers RFC 5861's errors (500, 502, 503, 504).
+    let layer = origin().stale_if_error_statuses([]);
+    let (origin, svc) = Flaky::new(layer.clone(), FIRST);
+    store_stale(&svc, &layer, "/sie").await;
+    // A 5xx to the validation request: the stale response answers (10 s past its freshness).
+    origin.set(Next::Status(503));
+    let stale = try_send(&svc, "/sie").await.unwrap();
+    assert_eq!(origin.last_if_none_match().as_deref(), Some("\"v1\""));
+    assert_eq!(
+        (stale.status, stale.body.as_ref()),
+        (StatusCode::OK, &b"call 1"[..])
+    );
+    assert_eq!(
+        stale.header("cache-status"),
+        Some("impcache; hit; fwd=stale; ttl=-10; detail=handler-status")
+    );
+    // The origin cannot be reached: the same.
+    origin.set(Next::Unreachable);
+    let stale = try_send(&svc, "/sie").await.unwrap();
+    assert_eq!(stale.body, "call 1");
+    assert_eq!(
+        stale.header("cache-status"),
+        Some("impcache; hit; fwd=stale; ttl=-10; detail=handler-error")
+    );
+    // The origin is back: its 304 refreshes the entry, which is fresh again.
+    origin.set(Next::Status(304));
+    let refreshed = try_send(&svc, "/sie").await.unwrap();
+    assert_eq!(
+        (refreshed.status, refreshed.body.as_ref()),
+        (StatusCode::OK, &b"call 1"[..])
+    );
+    assert_eq!(try_send(&svc, "/sie").await.unwrap().outcome(), "HIT");
+    assert_eq!(origin.calls(), 4);
+}
+
+#[tokio::test]
+async fn past_a_responses_stale_if_error_window_the_error_is_served() {
+    // 10 s past its freshness, 5 s of stale-if-error.
+    const FIRST: &[(&str, &str)] = &[
+        ("cache-control", "max-age=10, stale-if-error=5"),
+        ("age", "20"),
+        ("etag", "\"v1\""),
+    ];
+    let layer = origin();
+    let (origin, svc) = Flaky::new(layer.clone(), FIRST);
+    store_stale(&svc, &layer, "/sie-past").await;
+    origin.set(Next::Status(503));
+    let failed = try_send(&svc, "/sie-past").await.unwrap();
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    origin.set(Next::Unreachable);
+    assert!(try_send(&svc, "/sie-past").await.is_err());
+}
+
+/// The layer's `stale_if_error` with no statuses (the example proxy's setting): a stale
+/// response answers for an origin that cannot be reached, and the origin's own 5xx is passed on.
+#[tokio::test]
+async fn the_layers_stale_if_error_answers_for_an_unreachable_origin() {
+    const FIRST: &[(&str, &str)] = &[
+        ("cache-control", "max-age=10"),
+        ("age", "20"),
+        ("etag", "\"v1\""),
+    ];
+    let layer = origin()
+        .stale_if_error(std::time::Duration::from_secs(60))
+        .stale_if_error_statuses([]);
+    let (origin, svc) = Flaky::new(layer.clone(), FIRST);
+    store_stale(&svc, &layer, "/down").await;
+    origin.set(Next::Unreachable);
+    let stale = try_send(&svc, "/down").await.unwrap();
+    assert_eq!(
+        (stale.status, stale.body.as_ref()),
+        (StatusCode::OK, &b"call 1"[..])
+    );
+    assert_eq!(
+        stale.header("cache-status"),
+        Some("impcache; hit; fwd=stale; ttl=-10; detail=handler-error")
+    );
+    assert_eq!(stale.header("age"), Some("20"));
+    origin.set(Next::Status(502));
+    let passed_on = try_send(&svc, "/down").await.unwrap();
+    assert_eq!(passed_on.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(origin.calls(), 3);
+}
+
+/// `must-revalidate`, `proxy-revalidate`, `no-cache` and (for a shared cache) `s-maxage` forbid
+/// serving stale, whatever the layer's window and the response's `stale-if-error` say: the
+/// origin's error reaches the client.
+#[tokio::test]
+async fn nothing_is_served_stale_under_must_revalidate_proxy_revalidate_no_cache_or_s_maxage() {
+    let forbidding: [&'static [(&'static str, &'static str)]; 5] = [
+        &[
+            (
+                "cache-control",
+                "max-age=10, must-revalidate, stale-if-error=60",
+            ),
+            ("age", "20"),
+            ("etag", "\"v1\""),
+        ],
+        &[
+            ("cache-control", "max-age=10, proxy-revalidate"),
+            ("age", "20"),
+            ("etag", "\"v1\""),
+        ],
+        &[
+            ("cache-control", "max-age=10, no-cache"),
+            ("etag", "\"v1\""),
+        ],
+        &[
+            ("cache-control", "s-maxage=10, stale-if-error=60"),
+            ("age", "20"),
+            ("etag", "\"v1\""),
+        ],
+        &[
+            ("cdn-cache-control", "max-age=10, must-revalidate"),
+            ("cache-control", "max-age=10"),
+            ("age", "20"),
+            ("etag", "\"v1\""),
+        ],
+    ];
+    for first in forbidding {
+        let layer = origin().stale_if_error(std::time::Duration::from_secs(60));
+        let (origin, svc) = Flaky::new(layer.clone(), first);
+        store_stale(&svc, &layer, "/strict").await;
+        origin.set(Next::Unreachable);
+        assert!(try_send(&svc, "/strict").await.is_err(), "{first:?}");
+        origin.set(Next::Status(502));
+        let failed = try_send(&svc, "/strict").await.unwrap();
+        assert_eq!(failed.status, StatusCode::BAD_GATEWAY, "{first:?}");
+        assert_eq!(origin.last_if_none_match().as_deref(), Some("\"v1\""));
+    }
+    // The control: the same layer serves the plain `max-age` response stale.
+    let layer = origin().stale_if_error(std::time::Duration::from_secs(60));
+    let (origin, svc) = Flaky::new(
+        layer.clone(),
+        &[
+            ("cache-control", "max-age=10"),
+            ("age", "20"),
+            ("etag", "\"v1\""),
+        ],
+    );
+    store_stale(&svc, &layer, "/strict").await;
+    origin.set(Next::Status(502));
+    assert_eq!(try_send(&svc, "/strict").await.unwrap().body, "call 1");
+}
+
+#[tokio::test]
+async fn past_a_responses_stale_while_revalidate_window_the_origin_answers() {
+    // 40 s past its freshness, 30 s of stale-while-revalidate: revalidated before answering.
+    const FIRST: &[(&str, &str)] = &[
+        ("cache-control", "max-age=10, stale-while-revalidate=30"),
+        ("age", "50"),
+        ("etag", "\"v1\""),
+    ];
+    let layer = origin();
+    let (origin, svc) = Flaky::new(layer.clone(), FIRST);
+    store_stale(&svc, &layer, "/swr-past").await;
+    origin.set(Next::Status(200));
+    let answered = try_send(&svc, "/swr-past").await.unwrap();
+    assert_eq!(answered.body, "call 2");
+    assert_eq!(origin.last_if_none_match().as_deref(), Some("\"v1\""));
+}
+
+#[tokio::test]
+async fn an_error_status_or_another_hosts_location_invalidates_nothing_in_the_origin_mode() {
+    let layer = origin();
+    let (svc, _) = app(layer.clone(), |n, req| async move {
+        match (req.method().as_str(), req.uri().path()) {
+            ("POST", "/failing") => respond(n, 500, &[("location", "/kept")]),
+            ("POST", _) => respond(n, 201, &[("location", "http://other.example/kept")]),
+            _ => respond(n, 200, &[("cache-control", "max-age=60")]),
+        }
+    });
+    for uri in ["/failing", "/kept", "/ok"] {
+        send(&svc, get(uri)).await;
+        wait_stored(&layer, uri).await;
+    }
+    send(&svc, request("POST", "/failing", &[])).await;
+    assert!(
+        record(&layer, "/failing").await.is_some(),
+        "an error status"
+    );
+    assert!(record(&layer, "/kept").await.is_some(), "an error status");
+    send(&svc, request("POST", "/ok", &[])).await;
+    assert!(record(&layer, "/ok").await.is_none(), "the target URI");
+    assert!(
+        record(&layer, "/kept").await.is_some(),
+        "a Location on another host"
+    );
+}
+
+/// The rules the origin mode leaves as they are: `Vary`, the client's `Cache-Control` (ignored),
+/// a 1xx is never stored, the body limit (a larger body streams through unstored).
+#[tokio::test]
+async fn vary_client_cache_control_1xx_and_the_body_limit_are_unchanged_in_the_origin_mode() {
+    let layer = origin().max_body_size(64);
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        let fresh = ("cache-control", "max-age=60");
+        match req.uri().path() {
+            "/vary" => {
+                let accept = req.headers().get("accept").unwrap().to_str().unwrap();
+                let mut response = respond(n, 200, &[fresh, ("vary", "accept")]);
+                *response.body_mut() = Body::from(format!("call {n} for {accept}"));
+                response
+            }
+            "/interim" => respond(n, 103, &[fresh, ("link", "</a.css>; rel=preload")]),
+            "/large" => {
+                let mut response = respond(n, 200, &[fresh]);
+                *response.body_mut() = Body::from(vec![b'x'; 1000]);
+                response
+            }
+            _ => respond(n, 200, &[fresh]),
+        }
+    });
+    let accept = |value: &str| request("GET", "/vary", &[("accept", value)]);
+    assert_eq!(send(&svc, accept("text/html")).await.outcome(), "MISS");
+    wait_stored(&layer, "/vary").await;
+    let json = send(&svc, accept("application/json")).await;
+    assert_eq!(
+        (json.outcome(), json.body.as_ref()),
+        ("MISS", &b"call 2 for application/json"[..])
+    );
+    let html = send(&svc, accept("text/html")).await;
+    assert_eq!(
+        (html.outcome(), html.body.as_ref()),
+        ("HIT", &b"call 1 for text/html"[..])
+    );
+
+    send(&svc, get("/plain")).await;
+    wait_stored(&layer, "/plain").await;
+    let refresh = request(
+        "GET",
+        "/plain",
+        &[("cache-control", "no-cache"), ("pragma", "no-cache")],
+    );
+    assert_eq!(
+        send(&svc, refresh).await.outcome(),
+        "HIT",
+        "the client's no-cache is ignored"
+    );
+
+    assert_eq!(second_outcome(&svc, &layer, "/interim").await, "MISS");
+    assert!(
+        record(&layer, "/interim").await.is_none(),
+        "a 1xx is never stored"
+    );
+
+    let large = send(&svc, get("/large")).await;
+    assert_eq!(large.body.len(), 1000, "streamed through whole");
+    assert_eq!(send(&svc, get("/large")).await.outcome(), "MISS");
+    assert!(
+        record(&layer, "/large").await.is_none(),
+        "over the body limit"
+    );
+    assert_eq!(calls.get(), 7);
+}
+
+/// An `Expires` centuries ahead: fresh for as long as impcache can keep a key (100 years, less
+/// the stale windows), not refused by the store.
+#[tokio::test]
+async fn an_expires_centuries_ahead_is_stored() {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    for layer in [
+        origin(),
+        origin().stale_if_error(std::time::Duration::from_secs(86_400)),
+    ] {
+        let (svc, _) = app(layer.clone(), {
+            let date = date.clone();
+            move |n, _| {
+                let date = date.clone();
+                async move {
+                    respond(
+                        n,
+                        200,
+                        &[
+                            ("date", &date),
+                            ("expires", "Sun, 21 Nov 2286 04:46:39 GMT"),
+                        ],
+                    )
+                }
+            }
+        });
+        assert_eq!(second_outcome(&svc, &layer, "/far").await, "HIT");
+    }
+}
+
+/// A response body whose chunks the test sends.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+/// Streaming is unchanged: a fresh body still arriving when the handler returns streams to the
+/// client and is stored once complete; its hits carry the origin's headers, no computed `ETag`.
+#[tokio::test]
+async fn a_streamed_body_is_stored_once_complete_in_the_origin_mode() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let layer = origin();
+    let (feed, chunks) = tokio::sync::mpsc::channel(4);
+    let chunks = std::sync::Arc::new(std::sync::Mutex::new(Some(chunks)));
+    let (svc, calls) = app(layer.clone(), move |_, _| {
+        let chunks = chunks.lock().unwrap().take().unwrap();
+        async move {
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(Body::new(ChannelBody(chunks)))
+                .unwrap()
+        }
+    });
+    let response = svc.clone().oneshot(get("/stream")).await.unwrap();
+    assert_eq!(
+        response.headers()["cache-status"],
+        "impcache; fwd=uri-miss; detail=streamed"
+    );
+    feed.send(bytes::Bytes::from("one ")).await.unwrap();
+    feed.send(bytes::Bytes::from("two")).await.unwrap();
+    drop(feed);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "one two");
+    wait_stored(&layer, "/stream").await;
+    let hit = send(&svc, get("/stream")).await;
+    assert_eq!((hit.outcome(), hit.body.as_ref()), ("HIT", &b"one two"[..]));
+    assert_eq!(
+        hit.header("etag"),
+        None,
+        "no ETag is computed in the origin mode"
+    );
+    assert_eq!(calls.get(), 1);
 }
