@@ -29,6 +29,8 @@ const OPERATIONS: &[&str] = &[
     "raw-pipeline",
     "memory-get",
     "moka-get",
+    "near-get",
+    "cache-aio-get",
     "memory-set",
     "moka-set",
     "moka-ttl-get",
@@ -52,6 +54,12 @@ const OPERATIONS: &[&str] = &[
 ];
 
 type MokaTtl = impcache_benches::MokaPerEntryTtl;
+
+/// `near-get`: a `Cache` with a near cache holding every key (issue 14).
+static NEAR: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+/// `cache-aio-get`: the `redis` crate's client-side cache (`cache-aio`), holding every key.
+static CACHE_AIO: std::sync::OnceLock<redis::aio::MultiplexedConnection> =
+    std::sync::OnceLock::new();
 
 /// The in-memory cache of the `memo-hit*` operations.
 static MEMO: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
@@ -147,6 +155,37 @@ fn main() {
                     Duration::from_secs(TTL),
                 ),
             );
+        }
+        if operation == "near-get" {
+            let near = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
+                .near_cache(impcache::NearCache::new())
+                .build();
+            while !near.is_near_cache_active() {
+                let _ = near.get::<Small>("small:0").await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for id in 0..KEYS {
+                let _: Small = near.get(&format!("small:{id}")).await.unwrap().unwrap();
+            }
+            let _ = NEAR.set(near);
+        }
+        if operation == "cache-aio-get" {
+            let mut conn = redis::Client::open(format!("{}?protocol=resp3", server.url()))
+                .unwrap()
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_cache_config(redis::caching::CacheConfig::new()),
+                )
+                .await
+                .unwrap();
+            for id in 0..KEYS {
+                let _: Vec<u8> = redis::cmd("GET")
+                    .arg(cache.make_key(&format!("small:{id}")))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            let _ = CACHE_AIO.set(conn);
         }
         let moka = (&moka, &moka_ttl);
         // Warm-up: connections, lazily built tables.
@@ -272,6 +311,20 @@ async fn run(
         }
         "moka-get" => {
             let bytes = moka.get(&format!("cache:1:small:{id}")).unwrap();
+            black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+        }
+        "near-get" => {
+            let near = NEAR.get().unwrap();
+            let v: Small = near.get(&format!("small:{id}")).await.unwrap().unwrap();
+            black_box(v);
+        }
+        "cache-aio-get" => {
+            let mut conn = CACHE_AIO.get().unwrap().clone();
+            let bytes: Vec<u8> = redis::cmd("GET")
+                .arg(format!("cache:1:small:{id}"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
             black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
         }
         "memory-set" => {
