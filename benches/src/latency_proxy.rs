@@ -3,10 +3,13 @@
 //! writer thread sends it then, so a pipelined connection keeps many requests in flight (what a
 //! network with a longer round trip does). Plain threads and `std::thread::sleep`, which wakes
 //! within tens of microseconds, where tokio's timer rounds a sleep up to the next millisecond.
+//! The threads' wake-ups and the extra loopback hops add to the delay set: calibrate with
+//! [`LatencyProxy::set_one_way`] against a measured round trip.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct LatencyProxy {
     port: u16,
+    /// The delay each way, nanoseconds; read for every chunk.
+    one_way: Arc<AtomicU64>,
 }
 
 impl LatencyProxy {
@@ -22,6 +27,8 @@ impl LatencyProxy {
     pub fn start(upstream_port: u16, one_way: Duration) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
+        let one_way = Arc::new(AtomicU64::new(nanos(one_way)));
+        let delay = Arc::clone(&one_way);
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -35,11 +42,21 @@ impl LatencyProxy {
                 else {
                     continue;
                 };
-                pipe(client_reader, server, one_way);
-                pipe(server_reader, client, one_way);
+                pipe(client_reader, server, Arc::clone(&delay));
+                pipe(server_reader, client, Arc::clone(&delay));
             }
         });
-        Ok(Self { port })
+        Ok(Self { port, one_way })
+    }
+
+    /// Changes the delay each way, for the chunks read from now on.
+    pub fn set_one_way(&self, one_way: Duration) {
+        self.one_way.store(nanos(one_way), Ordering::Relaxed);
+    }
+
+    /// The delay each way.
+    pub fn one_way(&self) -> Duration {
+        Duration::from_nanos(self.one_way.load(Ordering::Relaxed))
     }
 
     /// The proxy's port.
@@ -53,8 +70,12 @@ impl LatencyProxy {
     }
 }
 
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Forwards `from` to `to`, each chunk `delay` after it was read.
-fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Arc<AtomicU64>) {
     let (chunks, delivery) = mpsc::channel::<(Instant, Vec<u8>)>();
     thread::spawn(move || {
         let mut buffer = vec![0u8; 64 * 1024];
@@ -63,7 +84,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if chunks
-                        .send((Instant::now() + delay, buffer[..n].to_vec()))
+                        .send((
+                            Instant::now() + Duration::from_nanos(delay.load(Ordering::Relaxed)),
+                            buffer[..n].to_vec(),
+                        ))
                         .is_err()
                     {
                         break;
