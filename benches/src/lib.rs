@@ -5,6 +5,8 @@
 //! Only ratios measured in one run mean anything: the machine is shared by the client and the
 //! server, and its speed drifts from run to run.
 
+pub mod latency_proxy;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -29,6 +29,8 @@ const OPERATIONS: &[&str] = &[
     "raw-pipeline",
     "memory-get",
     "moka-get",
+    "near-get",
+    "cache-aio-get",
     "memory-set",
     "moka-set",
     "moka-ttl-get",
@@ -43,6 +45,8 @@ const OPERATIONS: &[&str] = &[
     "http-cached-stale",
     "http-cached-tagged",
     "http-raw",
+    "http-cached-near",
+    "http-static",
     "concurrent-set-impcache",
     "concurrent-set-raw",
     "concurrent-http-cached",
@@ -52,6 +56,12 @@ const OPERATIONS: &[&str] = &[
 ];
 
 type MokaTtl = impcache_benches::MokaPerEntryTtl;
+
+/// `near-get`: a `Cache` with a near cache holding every key (issue 14).
+static NEAR: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+/// `cache-aio-get`: the `redis` crate's client-side cache (`cache-aio`), holding every key.
+static CACHE_AIO: std::sync::OnceLock<redis::aio::MultiplexedConnection> =
+    std::sync::OnceLock::new();
 
 /// The in-memory cache of the `memo-hit*` operations.
 static MEMO: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
@@ -147,6 +157,37 @@ fn main() {
                     Duration::from_secs(TTL),
                 ),
             );
+        }
+        if operation == "near-get" {
+            let near = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
+                .near_cache(impcache::NearCache::new())
+                .build();
+            while !near.is_near_cache_active() {
+                let _ = near.get::<Small>("small:0").await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for id in 0..KEYS {
+                let _: Small = near.get(&format!("small:{id}")).await.unwrap().unwrap();
+            }
+            let _ = NEAR.set(near);
+        }
+        if operation == "cache-aio-get" {
+            let mut conn = redis::Client::open(format!("{}?protocol=resp3", server.url()))
+                .unwrap()
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_cache_config(redis::caching::CacheConfig::new()),
+                )
+                .await
+                .unwrap();
+            for id in 0..KEYS {
+                let _: Vec<u8> = redis::cmd("GET")
+                    .arg(cache.make_key(&format!("small:{id}")))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            let _ = CACHE_AIO.set(conn);
         }
         let moka = (&moka, &moka_ttl);
         // Warm-up: connections, lazily built tables.
@@ -274,6 +315,20 @@ async fn run(
             let bytes = moka.get(&format!("cache:1:small:{id}")).unwrap();
             black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
         }
+        "near-get" => {
+            let near = NEAR.get().unwrap();
+            let v: Small = near.get(&format!("small:{id}")).await.unwrap().unwrap();
+            black_box(v);
+        }
+        "cache-aio-get" => {
+            let mut conn = CACHE_AIO.get().unwrap().clone();
+            let bytes: Vec<u8> = redis::cmd("GET")
+                .arg(format!("cache:1:small:{id}"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+        }
         "memory-set" => {
             memory
                 .set(&format!("small:{id}"), &values[id as usize], TTL)
@@ -365,7 +420,20 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
     use hyper_util::rt::TokioExecutor;
 
     let body = |id: u64| Bytes::from(serde_json::to_vec(&Small::new(id)).unwrap());
-    let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
+    // Issue 14: `cached-near` is the layer on a `Cache` with a near cache (hits read locally).
+    let near = route == "cached-near";
+    let cache = if near {
+        let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
+            .near_cache(impcache::NearCache::new())
+            .build();
+        while !cache.is_near_cache_active() {
+            let _ = cache.get::<Small>("warm").await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cache
+    } else {
+        Cache::new(RedisCacheRepository::new(&server.url()).unwrap())
+    };
     // The redis crate's default TCP settings, as impcache's connection and the bench.
     let raw = impcache_benches::raw_connection(&server.url())
         .await
@@ -397,6 +465,7 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
         }
         // Issue 16: tagged responses (a hit also reads its tags' state).
         "cached-tagged" => "tagged",
+        "cached-near" => "cached",
         route => route,
     };
     let app = axum::Router::new()
@@ -425,6 +494,16 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
         .route_layer(layer)
         .merge(
             axum::Router::new()
+                // The limit: the same bytes from memory, no layer.
+                .route(
+                    "/static/{id}",
+                    get(move |Path(id): Path<u64>| async move {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "application/json")],
+                            body(id),
+                        )
+                    }),
+                )
                 .route(
                     "/raw/{id}",
                     get(
@@ -451,12 +530,15 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
     let uris: Vec<hyper::Uri> = (0..KEYS)
         .map(|id| format!("http://{addr}/{route}/{id}").parse().unwrap())
         .collect();
-    // Warm-up: every URL once (the cached route stores them), then the connection pool.
-    for uri in &uris {
-        let response = client.get(uri.clone()).await.unwrap();
-        black_box(response.into_body().collect().await.unwrap());
+    // Warm-up: every URL once (the cached route stores them), then the connection pool; with a
+    // near cache twice more (its own store dropped the local copy; the next read keeps it).
+    for _ in 0..if near { 3 } else { 1 } {
+        for uri in &uris {
+            let response = client.get(uri.clone()).await.unwrap();
+            black_box(response.into_body().collect().await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let uris = std::sync::Arc::new(uris);
     let mut handles = Vec::new();
     for task in 0..tasks {
