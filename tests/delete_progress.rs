@@ -14,6 +14,7 @@ use impcache::{
 };
 use impcache_tests::logs::Logs;
 use impcache_tests::{current_thread_runtime, RedisServer};
+use tracing::Instrument;
 
 /// Keys `DEBUG POPULATE` writes in the Redis tests: 20 batches of `SCAN`.
 const POPULATED: u64 = 20_000;
@@ -130,18 +131,13 @@ async fn a_repository_without_progress_reports_once_at_the_end() {
 
 #[test]
 fn a_long_sweep_is_a_debug_event_every_10_batches() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        // Another test's thread may have registered the event's callsite while this subscriber
-        // was being set up, leaving it disabled for it (tracing-core caches interest per callsite).
-        tracing::callsite::rebuild_interest_cache();
-        current_thread_runtime().block_on(async {
+    // A global subscriber: a thread-local one (`with_default`) lost this event now and then when
+    // other tests' threads registered its callsite meanwhile (tracing-core caches interest per
+    // callsite, process-wide). Other tests' sweeps log into the same buffer, so this one's lines
+    // are told apart by their span.
+    let logs = global_debug_logs();
+    current_thread_runtime().block_on(
+        async {
             let cache = Cache::builder(MemoryCacheRepository::new()).build();
             cache
                 .set_many((0..21_500).map(|i| (format!("k{i}"), i)), 60)
@@ -149,12 +145,13 @@ fn a_long_sweep_is_a_debug_event_every_10_batches() {
                 .unwrap();
             // No callback: the events all the same.
             assert_eq!(cache.delete_pattern("*").await.unwrap(), 21_500);
-        });
-    });
+        }
+        .instrument(tracing::info_span!("long_sweep_test")),
+    );
     let logs = logs.text();
     let events: Vec<&str> = logs
         .lines()
-        .filter(|line| line.contains("sweep in progress"))
+        .filter(|line| line.contains("long_sweep_test") && line.contains("sweep in progress"))
         .collect();
     assert_eq!(events.len(), 2, "{logs}");
     assert!(events[0].contains("DEBUG"), "{logs}");
@@ -165,6 +162,22 @@ fn a_long_sweep_is_a_debug_event_every_10_batches() {
         "{logs}"
     );
     assert!(events[1].contains("batches=20"), "{logs}");
+}
+
+/// The log of this binary's one global subscriber (`DEBUG` and up), set on first use.
+fn global_debug_logs() -> &'static Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
 }
 
 /// A cache over a server holding [`POPULATED`] keys `p:1:k:{n}` (`k:*` for the cache).
