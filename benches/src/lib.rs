@@ -214,6 +214,24 @@ where
     }
 }
 
+/// Calls per second of `op` from `tasks` tasks, each calling it in a [`closed_loop`] for
+/// `duration`, with a key number below `keys`: the `i`-th call of task `t` gets
+/// `(t + i) % keys` (the tasks start on different keys).
+pub async fn keyed_rate<F, Fut>(tasks: usize, duration: Duration, keys: u64, op: F) -> f64
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let op = move |task: usize, i: u64| {
+        let call = op((task as u64 + i) % keys);
+        async move {
+            call.await;
+            1
+        }
+    };
+    closed_loop(tasks, duration, Arc::new(op)).await.rate()
+}
+
 /// A system under test in a side-by-side comparison: a name and its operation.
 pub struct Contender<F> {
     /// The name in the results.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, Freshness, RedisCacheRepository};
-use impcache_benches::Small;
+use impcache_benches::{keyed_rate, Small};
 use impcache_tests::RedisServer;
 
 const CONCURRENCY: usize = 32;
@@ -42,36 +42,6 @@ fn main() {
     });
 }
 
-/// Calls per second of `op` from `tasks` tasks for `round`.
-async fn throughput<F, Fut>(tasks: usize, round: Duration, op: F) -> f64
-where
-    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let (op, done, stop) = (op.clone(), Arc::clone(&done), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut i = t as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    op(i % KEYS).await;
-                    i += 1;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(round).await;
-    stop.store(true, Ordering::Relaxed);
-    for handle in handles {
-        handle.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
-}
-
 async fn hit_cost(cache: &Cache, round: Duration) {
     let policy = Freshness::new()
         .stale_while_revalidate(Duration::from_secs(60))
@@ -89,7 +59,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
         for _ in 0..5 {
             let c = cache.clone();
             plain.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let v: Option<Small> = c.get(&format!("hit:{k}")).await.unwrap();
@@ -100,7 +70,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             );
             let c = cache.clone();
             bare.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let _: Small =
@@ -115,7 +85,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             );
             let c = cache.clone();
             fresh.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let _: Small =

@@ -11,12 +11,10 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a broken setup must fail loudly
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, RedisCacheRepository};
-use impcache_benches::Small;
+use impcache_benches::{keyed_rate, Small};
 use impcache_tests::RedisServer;
 
 const CONCURRENCY: usize = 32;
@@ -40,36 +38,6 @@ fn main() {
         hit_cost(&cache, round).await;
         invalidation(&cache, &server).await;
     });
-}
-
-/// Calls per second of `op` from `tasks` tasks for `round`.
-async fn throughput<F, Fut>(tasks: usize, round: Duration, op: F) -> f64
-where
-    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let (op, done, stop) = (op.clone(), Arc::clone(&done), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut i = t as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    op(i % KEYS).await;
-                    i += 1;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(round).await;
-    stop.store(true, Ordering::Relaxed);
-    for handle in handles {
-        handle.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn hit_cost(cache: &Cache, round: Duration) {
@@ -107,7 +75,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
         for _ in 0..5 {
             let c = cache.clone();
             plain.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let _: Small = c
@@ -122,7 +90,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             );
             let c = cache.clone();
             tagged.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let _: Small = c
