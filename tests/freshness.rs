@@ -32,21 +32,6 @@ struct Backend {
 }
 
 impl Backend {
-    fn memory() -> Self {
-        Self::on(Store::memory())
-    }
-
-    fn redis() -> Self {
-        Self::on(Store::redis(HANG))
-    }
-
-    /// The shared cluster of this test binary, under a key prefix of this test's own. Its
-    /// `get_with_ttl` is one `EVAL` (`GET` + `PTTL`) routed by the key.
-    #[cfg(feature = "cluster")]
-    fn cluster() -> Self {
-        Self::on(Store::cluster("freshness", HANG))
-    }
-
     fn on(store: Store) -> Self {
         Backend {
             cache: store.cache(),
@@ -57,7 +42,9 @@ impl Backend {
 
 per_store!(
     #[tokio::test]
-    Backend;
+    make: Backend::on,
+    prefix: "freshness",
+    deadline: HANG;
     concurrent_misses_run_the_loader_once,
     stale_readers_are_answered_at_once_by_one_background_reload,
     a_failing_loader_serves_the_stale_value_and_is_logged,

@@ -32,20 +32,6 @@ struct Backend {
 }
 
 impl Backend {
-    fn memory() -> Self {
-        Self::on(Store::memory())
-    }
-
-    fn redis() -> Self {
-        Self::on(Store::redis(HANG))
-    }
-
-    /// The shared cluster of this test binary, under a key prefix of this test's own.
-    #[cfg(feature = "cluster")]
-    fn cluster() -> Self {
-        Self::on(Store::cluster("tags", HANG))
-    }
-
     fn on(store: Store) -> Self {
         Backend {
             cache: store.cache(),
@@ -57,7 +43,9 @@ impl Backend {
 
 per_store!(
     #[tokio::test]
-    Backend;
+    make: Backend::on,
+    prefix: "tags",
+    deadline: HANG;
     an_invalidated_tag_hides_its_entries_and_only_those,
     untagged_entries_keep_the_python_bytes_and_tagged_ones_are_json,
     another_instance_sees_the_invalidation,
@@ -348,7 +336,7 @@ async fn a_plain_get_or_set_checks_the_tags_of_what_it_finds(b: Backend) {
 #[cfg(feature = "cluster")]
 #[tokio::test]
 async fn cluster_tags_live_on_other_slots_than_their_entries() {
-    let b = Backend::cluster();
+    let b = Backend::on(Store::cluster("tags", HANG));
     let cluster = impcache_tests::cluster::RedisCluster::shared();
     // The key prefix is the test's own, so which user's keys land on two primaries varies: take
     // the first that does.
