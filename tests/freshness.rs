@@ -17,6 +17,7 @@ use impcache::freshness::State;
 use impcache::{
     Cache, CacheRepository, Error, Freshness, MemoryCacheRepository, RedisCacheRepository,
 };
+use impcache_tests::loader::counted;
 use impcache_tests::logs::Logs;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
@@ -54,23 +55,6 @@ per_store!(
     a_panicking_or_dropped_leader_strands_no_one,
     early_refresh_reloads_a_fresh_value_in_the_background,
 );
-
-/// A loader counting its runs, held at `gate` until the test lets it through.
-fn counted(
-    runs: &Arc<AtomicUsize>,
-    gate: &Arc<Semaphore>,
-    value: &'static str,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + 'static
-{
-    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
-    move || {
-        Box::pin(async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let _permit = gate.acquire().await.unwrap();
-            value.to_owned()
-        })
-    }
-}
 
 /// Waits (at most [`HANG`]) until `key` holds `value`.
 async fn until_stored(cache: &Cache, key: &str, value: &str) {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, Freshness, RedisCacheRepository};
+use impcache_tests::loader::counted;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
 use impcache_tests::RedisServer;
@@ -72,23 +73,6 @@ async fn stored(cache: &Cache, key: &str, needle: &str) {
         tokio::time::sleep(MS).await;
     }
     panic!("{needle} was never stored at {key}");
-}
-
-/// A loader counting its runs, held at `gate` until the test lets it through.
-fn counted(
-    runs: &Arc<AtomicUsize>,
-    gate: &Arc<Semaphore>,
-    value: &'static str,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + 'static
-{
-    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
-    move || {
-        Box::pin(async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let _permit = gate.acquire().await.unwrap();
-            value.to_owned()
-        })
-    }
 }
 
 async fn an_invalidated_tag_hides_its_entries_and_only_those(b: Backend) {
