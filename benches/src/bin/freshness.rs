@@ -18,23 +18,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, Freshness, RedisCacheRepository};
-use impcache_benches::{keyed_rate, Small};
-use impcache_tests::RedisServer;
+use impcache_benches::{keyed_rate, OnRedis, Small};
 
 const CONCURRENCY: usize = 32;
 const KEYS: u64 = 50;
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .map_or(2.0, |s| s.parse().expect("seconds per round"));
-    let round = Duration::from_secs_f64(seconds);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = RedisServer::start();
+    let OnRedis {
+        runtime,
+        server,
+        round,
+    } = OnRedis::start().unwrap();
     runtime.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         hit_cost(&cache, round).await;

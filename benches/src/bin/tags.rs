@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, RedisCacheRepository};
-use impcache_benches::{keyed_rate, Small};
+use impcache_benches::{keyed_rate, OnRedis, Small};
 use impcache_tests::RedisServer;
 
 const CONCURRENCY: usize = 32;
@@ -23,21 +23,27 @@ const GROUP: u64 = 10_000;
 const OTHERS: u64 = 100_000;
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .map_or(2.0, |s| s.parse().expect("seconds per round"));
-    let round = Duration::from_secs_f64(seconds);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = RedisServer::start();
+    let OnRedis {
+        runtime,
+        server,
+        round,
+    } = OnRedis::start().unwrap();
     runtime.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         hit_cost(&cache, round).await;
         invalidation(&cache, &server).await;
     });
+}
+
+/// Loads `tagged:{k}` (a miss stores it), tagged `user:{k}` and `users`.
+async fn load_tagged(cache: &Cache, k: u64) {
+    let _: Small = cache
+        .get_or_set(&format!("tagged:{k}"), 3600, move || async move {
+            Small::new(k)
+        })
+        .tags([format!("user:{k}"), "users".to_owned()])
+        .await
+        .unwrap();
 }
 
 async fn hit_cost(cache: &Cache, round: Duration) {
@@ -50,25 +56,13 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             )
             .await
             .unwrap();
-        let _: Small = cache
-            .get_or_set(&format!("tagged:{k}"), 3600, move || async move {
-                Small::new(k)
-            })
-            .tags([format!("user:{k}"), "users".to_owned()])
-            .await
-            .unwrap();
+        load_tagged(cache, k).await;
     }
     // A tag invalidated long ago: its keys exist, as in production.
     cache.invalidate_tag("users").await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     for k in 0..KEYS {
-        let _: Small = cache
-            .get_or_set(&format!("tagged:{k}"), 3600, move || async move {
-                Small::new(k)
-            })
-            .tags([format!("user:{k}"), "users".to_owned()])
-            .await
-            .unwrap();
+        load_tagged(cache, k).await;
     }
     for tasks in [1, CONCURRENCY] {
         let (mut plain, mut tagged) = (Vec::new(), Vec::new());
