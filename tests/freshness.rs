@@ -17,6 +17,7 @@ use impcache::freshness::State;
 use impcache::{
     Cache, CacheRepository, Error, Freshness, MemoryCacheRepository, RedisCacheRepository,
 };
+use impcache_tests::loader::counted;
 use impcache_tests::logs::Logs;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
@@ -32,21 +33,6 @@ struct Backend {
 }
 
 impl Backend {
-    fn memory() -> Self {
-        Self::on(Store::memory())
-    }
-
-    fn redis() -> Self {
-        Self::on(Store::redis(HANG))
-    }
-
-    /// The shared cluster of this test binary, under a key prefix of this test's own. Its
-    /// `get_with_ttl` is one `EVAL` (`GET` + `PTTL`) routed by the key.
-    #[cfg(feature = "cluster")]
-    fn cluster() -> Self {
-        Self::on(Store::cluster("freshness", HANG))
-    }
-
     fn on(store: Store) -> Self {
         Backend {
             cache: store.cache(),
@@ -57,7 +43,9 @@ impl Backend {
 
 per_store!(
     #[tokio::test]
-    Backend;
+    make: Backend::on,
+    prefix: "freshness",
+    deadline: HANG;
     concurrent_misses_run_the_loader_once,
     stale_readers_are_answered_at_once_by_one_background_reload,
     a_failing_loader_serves_the_stale_value_and_is_logged,
@@ -67,23 +55,6 @@ per_store!(
     a_panicking_or_dropped_leader_strands_no_one,
     early_refresh_reloads_a_fresh_value_in_the_background,
 );
-
-/// A loader counting its runs, held at `gate` until the test lets it through.
-fn counted(
-    runs: &Arc<AtomicUsize>,
-    gate: &Arc<Semaphore>,
-    value: &'static str,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + 'static
-{
-    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
-    move || {
-        Box::pin(async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let _permit = gate.acquire().await.unwrap();
-            value.to_owned()
-        })
-    }
-}
 
 /// Waits (at most [`HANG`]) until `key` holds `value`.
 async fn until_stored(cache: &Cache, key: &str, value: &str) {

@@ -23,29 +23,11 @@ const HANG: Duration = Duration::from_secs(30);
 const PROCESSES: usize = 4;
 const CALLERS: usize = 50;
 
-/// The stores of `per_store!`: the memory repository's, a `redis-server`'s, the cluster's.
-mod stores {
-    use super::{Store, HANG};
-
-    pub(super) fn memory() -> Store {
-        Store::memory()
-    }
-
-    pub(super) fn redis() -> Store {
-        Store::redis(HANG)
-    }
-
-    /// Under a key prefix of this test's own (the lock key and the value key fall in different
-    /// slots).
-    #[cfg(feature = "cluster")]
-    pub(super) fn cluster() -> Store {
-        Store::cluster("lock", HANG)
-    }
-}
-
 per_store!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    stores;
+    make: std::convert::identity,
+    prefix: "lock",
+    deadline: HANG;
     four_processes_of_fifty_callers_run_the_loader_once,
     a_killed_owner_is_taken_over_after_the_lock_lifetime,
     a_failing_owner_lets_the_next_process_load,

@@ -74,6 +74,33 @@ async fn wait_local(cache: &Cache, key: &str) {
     .await;
 }
 
+/// Restarts `server` with `k` = 2 stored in it, and reads `k` until an answer comes: every
+/// answer must be the new value (an error while reconnecting is no answer); another value
+/// fails the test with `served`.
+async fn restart_with_k_2(server: &mut RedisServer, cache: &Cache, served: &str) {
+    server.restart();
+    let _: () = server.cmd(&["SET", &cache.make_key("k"), "2"]);
+    eventually("the new value is read", || async {
+        match cache.get::<i64>("k").await {
+            Ok(value) => {
+                assert_eq!(value, Some(2), "{served}");
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
+/// A near cache on `server`, active, with `k` = 1 set and served from process memory.
+async fn local_k(server: &RedisServer) -> Cache {
+    let cache = near_cache(server, near());
+    wait_active(&cache).await;
+    cache.set("k", &1, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+    cache
+}
+
 async fn wait_value(cache: &Cache, key: &str, expected: Option<i64>) {
     eventually(&format!("{key} reads {expected:?}"), || async {
         cache.get::<i64>(key).await.ok() == Some(expected)
@@ -84,13 +111,9 @@ async fn wait_value(cache: &Cache, key: &str, expected: Option<i64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_by_other_clients_reach_the_reader() {
     let server = RedisServer::start();
-    let cache = near_cache(&server, near());
+    let cache = local_k(&server).await;
     let mut other = other_client(&server).await;
-    wait_active(&cache).await;
     let key = cache.make_key("k");
-
-    cache.set("k", &1, 60).await.unwrap();
-    wait_local(&cache, "k").await;
     let _: () = other.set(&key, "2").await.unwrap();
     wait_value(&cache, "k", Some(2)).await;
 
@@ -172,10 +195,7 @@ async fn readers_never_go_back_while_another_client_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_writes_are_read_back_at_once() {
     let server = RedisServer::start();
-    let cache = near_cache(&server, near());
-    wait_active(&cache).await;
-    cache.set("k", &1, 60).await.unwrap();
-    wait_local(&cache, "k").await;
+    let cache = local_k(&server).await;
     cache.set("k", &2, 60).await.unwrap();
     assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(2));
     wait_local(&cache, "k").await;
@@ -241,12 +261,9 @@ fn tracking_client_id(server: &RedisServer) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_tracking_connection_never_leaves_a_stale_value() {
     let server = RedisServer::start();
-    let cache = near_cache(&server, near());
+    let cache = local_k(&server).await;
     let mut other = other_client(&server).await;
-    wait_active(&cache).await;
     let key = cache.make_key("k");
-    cache.set("k", &1, 60).await.unwrap();
-    wait_local(&cache, "k").await;
 
     let id = tracking_client_id(&server).expect("a RESP3 tracking connection");
     let flushes = cache.near_cache_stats().flushes;
@@ -273,10 +290,7 @@ async fn a_killed_tracking_connection_never_leaves_a_stale_value() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_with_the_key_changed() {
     let mut server = RedisServer::start();
-    let cache = near_cache(&server, near());
-    wait_active(&cache).await;
-    cache.set("k", &1, 60).await.unwrap();
-    wait_local(&cache, "k").await;
+    let cache = local_k(&server).await;
 
     server.kill();
     eventually("the near cache stops serving", || async {
@@ -287,19 +301,8 @@ async fn redis_restarted_with_the_key_changed() {
         cache.get::<i64>("k").await.is_err(),
         "nothing served while Redis is down"
     );
-    server.restart();
-    let _: () = server.cmd(&["SET", &cache.make_key("k"), "2"]);
     // Every answer after the restart is the new value (or an error while reconnecting).
-    eventually("the new value is read", || async {
-        match cache.get::<i64>("k").await {
-            Ok(value) => {
-                assert_eq!(value, Some(2), "the old local value was served");
-                true
-            }
-            Err(_) => false,
-        }
-    })
-    .await;
+    restart_with_k_2(&mut server, &cache, "the old local value was served").await;
     wait_active(&cache).await;
     wait_local(&cache, "k").await;
     assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(2));
@@ -684,10 +687,7 @@ fn lookups_are_counted_by_tier() {
     metrics::with_local_recorder(&recorder, || {
         let runtime = impcache_tests::current_thread_runtime();
         runtime.block_on(async {
-            let cache = near_cache(&server, near());
-            wait_active(&cache).await;
-            cache.set("k", &1, 60).await.unwrap();
-            wait_local(&cache, "k").await;
+            local_k(&server).await;
         });
     });
     let mut tiers = std::collections::HashMap::new();
@@ -829,18 +829,7 @@ async fn fail_safe_serves_the_near_entry_when_redis_and_the_loader_fail() {
     assert_eq!(loaded, 7);
 
     // Redis back with the key changed: the new value is read, not the copy.
-    server.restart();
-    let _: () = server.cmd(&["SET", &cache.make_key("k"), "2"]);
-    eventually("the new value is read", || async {
-        match cache.get::<i64>("k").await {
-            Ok(value) => {
-                assert_eq!(value, Some(2), "the copy was served by get");
-                true
-            }
-            Err(_) => false,
-        }
-    })
-    .await;
+    restart_with_k_2(&mut server, &cache, "the copy was served by get").await;
     assert_eq!(failing_load(&cache, policy).await.unwrap(), 2);
     wait_active(&cache).await;
     let _: () = server.cmd(&["SET", &cache.make_key("k"), "3"]);

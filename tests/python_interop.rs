@@ -116,15 +116,20 @@ fn samples() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// A cache on `server` with the key layout the Python script uses (`interop:3:{key}`).
+fn interop_cache(server: &RedisServer) -> Cache {
+    let repository = RedisCacheRepository::new(&server.url()).unwrap();
+    Cache::builder(repository)
+        .key_prefix("interop")
+        .version(3)
+        .build()
+}
+
 #[tokio::test]
 async fn rust_and_python_read_each_others_entries() {
     let Some(python) = python() else { return };
     let server = RedisServer::start();
-    let repository = RedisCacheRepository::new(&server.url()).unwrap();
-    let cache = Cache::builder(repository)
-        .key_prefix("interop")
-        .version(3)
-        .build();
+    let cache = interop_cache(&server);
 
     // Rust writes, Python reads.
     for (key, value) in samples() {
@@ -186,11 +191,7 @@ async fn rust_and_python_read_each_others_entries() {
 async fn python_reads_a_tagged_entry_as_its_envelope() {
     let Some(python) = python() else { return };
     let server = RedisServer::start();
-    let repository = RedisCacheRepository::new(&server.url()).unwrap();
-    let cache = Cache::builder(repository)
-        .key_prefix("interop")
-        .version(3)
-        .build();
+    let cache = interop_cache(&server);
     let value = json!({"name": "Ada", "ids": [1, 2]});
     cache
         .set_tagged("tagged", &value, 100, ["user:1"])
@@ -210,11 +211,7 @@ async fn python_reads_a_tagged_entry_as_its_envelope() {
 async fn python_reads_an_entry_with_a_stale_window() {
     let Some(python) = python() else { return };
     let server = RedisServer::start();
-    let repository = RedisCacheRepository::new(&server.url()).unwrap();
-    let cache = Cache::builder(repository)
-        .key_prefix("interop")
-        .version(3)
-        .build();
+    let cache = interop_cache(&server);
     let policy =
         impcache::Freshness::new().stale_while_revalidate(std::time::Duration::from_secs(60));
     let value = json!({"user": 7, "name": "Ada"});

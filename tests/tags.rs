@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, Freshness, RedisCacheRepository};
+use impcache_tests::loader::counted;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
 use impcache_tests::RedisServer;
@@ -32,20 +33,6 @@ struct Backend {
 }
 
 impl Backend {
-    fn memory() -> Self {
-        Self::on(Store::memory())
-    }
-
-    fn redis() -> Self {
-        Self::on(Store::redis(HANG))
-    }
-
-    /// The shared cluster of this test binary, under a key prefix of this test's own.
-    #[cfg(feature = "cluster")]
-    fn cluster() -> Self {
-        Self::on(Store::cluster("tags", HANG))
-    }
-
     fn on(store: Store) -> Self {
         Backend {
             cache: store.cache(),
@@ -57,7 +44,9 @@ impl Backend {
 
 per_store!(
     #[tokio::test]
-    Backend;
+    make: Backend::on,
+    prefix: "tags",
+    deadline: HANG;
     an_invalidated_tag_hides_its_entries_and_only_those,
     untagged_entries_keep_the_python_bytes_and_tagged_ones_are_json,
     another_instance_sees_the_invalidation,
@@ -84,23 +73,6 @@ async fn stored(cache: &Cache, key: &str, needle: &str) {
         tokio::time::sleep(MS).await;
     }
     panic!("{needle} was never stored at {key}");
-}
-
-/// A loader counting its runs, held at `gate` until the test lets it through.
-fn counted(
-    runs: &Arc<AtomicUsize>,
-    gate: &Arc<Semaphore>,
-    value: &'static str,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + 'static
-{
-    let (runs, gate) = (Arc::clone(runs), Arc::clone(gate));
-    move || {
-        Box::pin(async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let _permit = gate.acquire().await.unwrap();
-            value.to_owned()
-        })
-    }
 }
 
 async fn an_invalidated_tag_hides_its_entries_and_only_those(b: Backend) {
@@ -348,7 +320,7 @@ async fn a_plain_get_or_set_checks_the_tags_of_what_it_finds(b: Backend) {
 #[cfg(feature = "cluster")]
 #[tokio::test]
 async fn cluster_tags_live_on_other_slots_than_their_entries() {
-    let b = Backend::cluster();
+    let b = Backend::on(Store::cluster("tags", HANG));
     let cluster = impcache_tests::cluster::RedisCluster::shared();
     // The key prefix is the test's own, so which user's keys land on two primaries varies: take
     // the first that does.

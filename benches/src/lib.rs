@@ -216,6 +216,61 @@ where
     }
 }
 
+/// What a benchmark binary on one throwaway `redis-server` starts with: a 2-worker tokio
+/// runtime, the server, and the duration of a round from its first argument (seconds, default 2).
+#[derive(Debug)]
+pub struct OnRedis {
+    /// The runtime to run the benchmark on.
+    pub runtime: tokio::runtime::Runtime,
+    /// The server, killed on drop.
+    pub server: impcache_tests::RedisServer,
+    /// The duration of a round.
+    pub round: Duration,
+}
+
+impl OnRedis {
+    /// Reads the round from the command line, builds the runtime and starts the server; the
+    /// error says which of the first two failed.
+    pub fn start() -> Result<Self, String> {
+        let seconds: f64 = match std::env::args().nth(1) {
+            None => 2.0,
+            Some(arg) => arg
+                .parse()
+                .map_err(|e| format!("seconds per round: {arg:?}: {e}"))?,
+        };
+        let round = Duration::try_from_secs_f64(seconds)
+            .map_err(|e| format!("seconds per round: {seconds}: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("a tokio runtime: {e}"))?;
+        Ok(OnRedis {
+            runtime,
+            server: impcache_tests::RedisServer::start(),
+            round,
+        })
+    }
+}
+
+/// Calls per second of `op` from `tasks` tasks, each calling it in a [`closed_loop`] for
+/// `duration`, with a key number below `keys`: the `i`-th call of task `t` gets
+/// `(t + i) % keys` (the tasks start on different keys).
+pub async fn keyed_rate<F, Fut>(tasks: usize, duration: Duration, keys: u64, op: F) -> f64
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let op = move |task: usize, i: u64| {
+        let call = op((task as u64 + i) % keys);
+        async move {
+            call.await;
+            1
+        }
+    };
+    closed_loop(tasks, duration, Arc::new(op)).await.rate()
+}
+
 /// A system under test in a side-by-side comparison: a name and its operation.
 pub struct Contender<F> {
     /// The name in the results.

@@ -11,6 +11,9 @@ use std::time::Duration;
 use impcache::{cached, Cache, CacheRepository, MemoryCacheRepository};
 use tokio::sync::Semaphore;
 
+mod block_on;
+use block_on::block_on;
+
 const HANG: Duration = Duration::from_secs(10);
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -67,26 +70,6 @@ async fn four_processes_run_the_body_once() {
     );
     assert_eq!(locked_by_default(processes[1].clone(), 3).await, 3);
     assert_eq!(not_locked(processes[1].clone(), 4).await, 4);
-}
-
-/// A minimal executor that is not tokio: no timers to wait with.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
-    }
 }
 
 /// Outside a tokio runtime, a lock held elsewhere does not make the call wait (nor panic for

@@ -4,14 +4,14 @@
 //! boundary visible; `cached_redis.rs` checks the same against a frozen Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use impcache::{cached, BoxFuture, Cache, CacheRepository, Expiry, MemoryCacheRepository, Result};
+
+mod block_on;
+use block_on::block_on;
 
 /// An in-memory repository whose writes take [`WRITE_DELAY`]; reads are immediate.
 #[derive(Debug)]
@@ -151,25 +151,6 @@ static PLAIN_CALLS: AtomicUsize = AtomicUsize::new(0);
 async fn no_runtime(cache: &Cache, id: u64) -> u64 {
     PLAIN_CALLS.fetch_add(1, SeqCst);
     id + 1
-}
-
-/// A minimal executor that is not tokio: the store must not panic for want of a runtime.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
-    }
 }
 
 #[test]

@@ -136,34 +136,52 @@ fn next() -> u64 {
 }
 
 /// Instantiates each `async fn(T)` test once per store, in modules `memory`, `redis` and (with
-/// the feature `cluster`) `cluster`, each test under the attribute given and with the argument
-/// `T::memory()`, `T::redis()` or `T::cluster()`:
-/// `per_store!(#[tokio::test] Backend; test_a, test_b);`.
+/// the feature `cluster`) `cluster`, each test under the attribute given, with the argument
+/// `make(store)` of [`Store::memory`], [`Store::redis`]`(deadline)` or
+/// [`Store::cluster`]`(prefix, deadline)`. `make`, `deadline` and the tests are named as in the
+/// calling file:
+///
+/// ```ignore
+/// per_store!(#[tokio::test] make: Backend::on, prefix: "tags", deadline: HANG; test_a, test_b);
+/// ```
 #[macro_export]
 macro_rules! per_store {
-    (#[$attr:meta] $backend:ident; $($test:ident),* $(,)?) => {
+    (
+        #[$attr:meta]
+        make: $make:expr,
+        prefix: $prefix:literal,
+        deadline: $deadline:expr;
+        $($test:ident),* $(,)?
+    ) => {
         mod memory {
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[$attr]
                 async fn $test() {
-                    super::$test(super::$backend::memory()).await;
+                    super::$test(($make)($crate::store::Store::memory())).await;
                 }
             )*
         }
         mod redis {
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[$attr]
                 async fn $test() {
-                    super::$test(super::$backend::redis()).await;
+                    super::$test(($make)($crate::store::Store::redis($deadline))).await;
                 }
             )*
         }
         #[cfg(feature = "cluster")]
         mod cluster {
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[$attr]
                 async fn $test() {
-                    super::$test(super::$backend::cluster()).await;
+                    super::$test(($make)($crate::store::Store::cluster($prefix, $deadline)))
+                        .await;
                 }
             )*
         }

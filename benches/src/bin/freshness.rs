@@ -18,58 +18,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, Freshness, RedisCacheRepository};
-use impcache_benches::Small;
-use impcache_tests::RedisServer;
+use impcache_benches::{keyed_rate, OnRedis, Small};
 
 const CONCURRENCY: usize = 32;
 const KEYS: u64 = 50;
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .map_or(2.0, |s| s.parse().expect("seconds per round"));
-    let round = Duration::from_secs_f64(seconds);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = RedisServer::start();
+    let OnRedis {
+        runtime,
+        server,
+        round,
+    } = OnRedis::start().unwrap();
     runtime.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         hit_cost(&cache, round).await;
         tail_latency(&cache, round * 5).await;
     });
-}
-
-/// Calls per second of `op` from `tasks` tasks for `round`.
-async fn throughput<F, Fut>(tasks: usize, round: Duration, op: F) -> f64
-where
-    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let (op, done, stop) = (op.clone(), Arc::clone(&done), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut i = t as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    op(i % KEYS).await;
-                    i += 1;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(round).await;
-    stop.store(true, Ordering::Relaxed);
-    for handle in handles {
-        handle.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
 async fn hit_cost(cache: &Cache, round: Duration) {
@@ -89,7 +53,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
         for _ in 0..5 {
             let c = cache.clone();
             plain.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let v: Option<Small> = c.get(&format!("hit:{k}")).await.unwrap();
@@ -100,7 +64,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             );
             let c = cache.clone();
             bare.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let _: Small =
@@ -115,7 +79,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             );
             let c = cache.clone();
             fresh.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let _: Small =

@@ -11,12 +11,10 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a broken setup must fail loudly
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, RedisCacheRepository};
-use impcache_benches::Small;
+use impcache_benches::{keyed_rate, OnRedis, Small};
 use impcache_tests::RedisServer;
 
 const CONCURRENCY: usize = 32;
@@ -25,16 +23,11 @@ const GROUP: u64 = 10_000;
 const OTHERS: u64 = 100_000;
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .map_or(2.0, |s| s.parse().expect("seconds per round"));
-    let round = Duration::from_secs_f64(seconds);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = RedisServer::start();
+    let OnRedis {
+        runtime,
+        server,
+        round,
+    } = OnRedis::start().unwrap();
     runtime.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         hit_cost(&cache, round).await;
@@ -42,34 +35,15 @@ fn main() {
     });
 }
 
-/// Calls per second of `op` from `tasks` tasks for `round`.
-async fn throughput<F, Fut>(tasks: usize, round: Duration, op: F) -> f64
-where
-    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let (op, done, stop) = (op.clone(), Arc::clone(&done), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut i = t as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    op(i % KEYS).await;
-                    i += 1;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
+/// Loads `tagged:{k}` (a miss stores it), tagged `user:{k}` and `users`.
+async fn load_tagged(cache: &Cache, k: u64) {
+    let _: Small = cache
+        .get_or_set(&format!("tagged:{k}"), 3600, move || async move {
+            Small::new(k)
         })
-        .collect();
-    tokio::time::sleep(round).await;
-    stop.store(true, Ordering::Relaxed);
-    for handle in handles {
-        handle.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+        .tags([format!("user:{k}"), "users".to_owned()])
+        .await
+        .unwrap();
 }
 
 async fn hit_cost(cache: &Cache, round: Duration) {
@@ -82,32 +56,20 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             )
             .await
             .unwrap();
-        let _: Small = cache
-            .get_or_set(&format!("tagged:{k}"), 3600, move || async move {
-                Small::new(k)
-            })
-            .tags([format!("user:{k}"), "users".to_owned()])
-            .await
-            .unwrap();
+        load_tagged(cache, k).await;
     }
     // A tag invalidated long ago: its keys exist, as in production.
     cache.invalidate_tag("users").await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     for k in 0..KEYS {
-        let _: Small = cache
-            .get_or_set(&format!("tagged:{k}"), 3600, move || async move {
-                Small::new(k)
-            })
-            .tags([format!("user:{k}"), "users".to_owned()])
-            .await
-            .unwrap();
+        load_tagged(cache, k).await;
     }
     for tasks in [1, CONCURRENCY] {
         let (mut plain, mut tagged) = (Vec::new(), Vec::new());
         for _ in 0..5 {
             let c = cache.clone();
             plain.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let _: Small = c
@@ -122,7 +84,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             );
             let c = cache.clone();
             tagged.push(
-                throughput(tasks, round, move |k| {
+                keyed_rate(tasks, round, KEYS, move |k| {
                     let c = c.clone();
                     async move {
                         let _: Small = c
