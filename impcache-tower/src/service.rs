@@ -650,7 +650,8 @@ fn stood_in<B>(
 }
 
 /// Stale-while-revalidate: one handler call in the background refreshes the URL, unless its
-/// flight is already under way (another revalidation, or a miss). It leads the URL's flight, so
+/// flight is already under way (another revalidation, or a miss) or ended since the request's
+/// ticket. It leads the URL's flight, so
 /// concurrent misses of the URL wait for it. Bounded by the lock timeout; without a tokio runtime
 /// nothing is refreshed.
 fn revalidate_in_background<S, ReqBody, ResBody>(
@@ -671,8 +672,14 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let Join::Leader(Leader { guard, .. }) = shared.flights.join(keys.url(), ticket) else {
-        // Under way already: this request's waiter is dropped at once.
+    // Under way already (this request's waiter is dropped at once), or one ended since this
+    // request's ticket: its lookup may have overtaken that revalidation's store, so the next
+    // request sees the new entry (or starts the next revalidation).
+    let Join::Leader(Leader {
+        guard,
+        recheck: false,
+    }) = shared.flights.join(keys.url(), ticket)
+    else {
         return;
     };
     let config = Arc::clone(shared);

@@ -94,7 +94,7 @@ where
         fail_safe: false,
     };
     let (job, stale, loader) = match cache.read_for_load_tagged(key, &policy, &tags).await {
-        Ok(Some(found)) => match serve(cache, key, &policy, &job, found, loader) {
+        Ok(Some(found)) => match serve(cache, key, &policy, &job, ticket, found, loader) {
             Served::Value(value) => return Ok(value),
             Served::Load { stale, loader } => (job(), stale, loader),
         },
@@ -134,6 +134,7 @@ fn serve<V, E, F, Fut>(
     key: &str,
     policy: &Freshness,
     job: &dyn Fn() -> Job,
+    ticket: Ticket,
     found: WithTtl,
     loader: F,
 ) -> Served<V, F>
@@ -153,13 +154,13 @@ where
     match policy.state(found.ttl) {
         State::Fresh { left } => {
             if policy.refresh_early(left) {
-                spawn_refresh(job(), loader);
+                spawn_refresh(job(), ticket, loader);
             }
             Served::Value(value)
         }
         State::Stale { past } if policy.serves_while_revalidating(past) => {
             cache.served_stale(key, StaleReason::Revalidating);
-            spawn_refresh(job(), loader);
+            spawn_refresh(job(), ticket, loader);
             Served::Value(value)
         }
         State::Stale { past } => Served::Load {
@@ -465,10 +466,12 @@ fn loader_error(key: &str, reason: &str) -> Error {
 // Background reloads (stale-while-revalidate, early refresh): a spawned task holding the key's
 // flight, so one reload per key per process; bounded by the hard timeout, its store by the
 // repository's deadline. Here, beside `run`, as the other half of one load protocol.
-/// Starts a background reload of `job`'s key unless one is under way (then `loader` is dropped
-/// unrun). Outside a tokio runtime nothing is started: the stale value is served, and a caller
-/// past the stale-while-revalidate window loads.
-fn spawn_refresh<V, E, F, Fut>(job: Job, loader: F)
+/// Starts a background reload of `job`'s key unless one is under way or one ended since the
+/// caller's `ticket` (taken before its read, which may have overtaken that reload's store: the
+/// next read sees the new value, or starts the next reload); `loader` is then dropped unrun.
+/// Outside a tokio runtime nothing is started: the stale value is served, and a caller past the
+/// stale-while-revalidate window loads.
+fn spawn_refresh<V, E, F, Fut>(job: Job, ticket: Ticket, loader: F)
 where
     V: Serialize + DeserializeOwned + Send + 'static,
     E: LoadError,
@@ -479,10 +482,15 @@ where
         tracing::debug!(target: TARGET, key = job.key, "no tokio runtime: no background reload");
         return;
     };
-    match FLIGHTS.join(&job.flight(), FLIGHTS.ticket()) {
+    match FLIGHTS.join(&job.flight(), ticket) {
         // A load of this key is under way: its value will be stored.
         Join::Waiter(_) => {}
-        Join::Leader(Leader { guard, .. }) => {
+        // One ended since the read: it stored what this reload would.
+        Join::Leader(Leader { recheck: true, .. }) => {}
+        Join::Leader(Leader {
+            guard,
+            recheck: false,
+        }) => {
             tracing::debug!(target: TARGET, key = job.key, "reloading in the background");
             runtime.spawn(run::<V, E, F, Fut>(job, None, loader, Some(guard), None));
         }
