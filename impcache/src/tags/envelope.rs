@@ -79,7 +79,10 @@ pub(crate) fn open(bytes: &Bytes) -> Option<Opened<'_>> {
 fn open_as_written(bytes: &Bytes) -> Option<Opened<'_>> {
     let rest = bytes.strip_prefix(MARKER)?.strip_prefix(b"{\"created\":")?;
     let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
-    let created = std::str::from_utf8(rest.get(..digits)?).ok()?.parse().ok()?;
+    let created = std::str::from_utf8(rest.get(..digits)?)
+        .ok()?
+        .parse()
+        .ok()?;
     let mut rest = rest.get(digits..)?.strip_prefix(b",\"tags\":[")?;
     let mut tags = Vec::new();
     if let Some(after) = rest.strip_prefix(b"]") {
@@ -87,7 +90,9 @@ fn open_as_written(bytes: &Bytes) -> Option<Opened<'_>> {
     } else {
         loop {
             let string = rest.strip_prefix(b"\"")?;
-            let end = string.iter().position(|&byte| byte == b'"' || byte == b'\\')?;
+            let end = string
+                .iter()
+                .position(|&byte| byte == b'"' || byte == b'\\')?;
             if string.get(end) != Some(&b'"') {
                 return None;
             }
@@ -145,7 +150,11 @@ mod tests {
 
     #[test]
     fn the_written_layout_and_json_read_alike() {
-        for tags in [vec![], vec!["a".to_owned()], vec!["a".to_owned(), "ü:1".to_owned()]] {
+        for tags in [
+            vec![],
+            vec!["a".to_owned()],
+            vec!["a".to_owned(), "ü:1".to_owned()],
+        ] {
             let wrapped = wrap(b"[1, 2]", &tags, 7);
             let fast = open_as_written(&wrapped).unwrap();
             assert_eq!(Some(&fast), open_as_json(&wrapped).as_ref());
