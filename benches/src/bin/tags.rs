@@ -68,7 +68,7 @@ where
                     done.fetch_add(1, Ordering::Relaxed);
                     // A near-cache hit never waits: yield now and then, or the timer that
                     // ends the round never runs (as in `near.rs`).
-                    if i % 64 == 0 {
+                    if i.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }
