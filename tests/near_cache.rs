@@ -978,7 +978,11 @@ async fn tagged_hits_are_local_and_tag_invalidations_reach_them() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     a.invalidate_tag("user:1").await.unwrap();
     assert_eq!(tagged_read(&a, 3, &runs).await, 3);
-    assert_eq!(a.get::<i64>("profile:1").await.unwrap(), Some(3));
+    // `get_or_set` answers before its store lands.
+    eventually("the reloaded entry is stored", || async {
+        a.get::<i64>("profile:1").await.unwrap() == Some(3)
+    })
+    .await;
 }
 
 /// A soft invalidation by another `Cache` makes the near-cached entry stale: served under the
@@ -1023,8 +1027,12 @@ async fn a_soft_tag_invalidation_is_seen_as_stale_through_the_near_cache() {
         read(3).await == 2
     })
     .await;
-    // A plain read has no stale window: it sees the reloaded entry, not the stale one.
-    assert_eq!(a.get::<i64>("page:1").await.unwrap(), Some(2));
+    // A plain read has no stale window: it sees the reloaded entry (once stored), not the stale
+    // one.
+    eventually("a plain read sees the reloaded entry", || async {
+        a.get::<i64>("page:1").await.unwrap() == Some(2)
+    })
+    .await;
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 

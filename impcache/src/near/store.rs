@@ -222,16 +222,7 @@ impl Store {
     /// A ticket for a read about to be sent; `None` when the near cache is not active (the reply
     /// will not be kept).
     pub(crate) fn ticket(&self) -> Option<Ticket> {
-        near_lookups(Tier::Remote, 1);
-        if !self.active() {
-            self.bypassed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        Some(Ticket {
-            number: self.sequence.load(Ordering::SeqCst),
-            sent: Instant::now(),
-        })
+        self.ticket_for(1)
     }
 
     /// Counts `count` keys read from the remote without keeping their replies; whether the

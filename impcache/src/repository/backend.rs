@@ -250,15 +250,15 @@ impl Backend {
                     .await
             }
             // The entry and the tag states are served locally when all are (a state's absence
-            // included); what is missing is read in one round trip and kept (race rule and
-            // barrier as for any read): the entry with its `PTTL`, to be kept.
-            // The entry and the tag states are served locally when all are (a state's absence
             // included); what is missing is read in one round trip and kept, under the race
             // rule and the barrier as for any read (the entry with its `PTTL`, to be kept).
             Backend::Near(near) => {
-                let strip = |found: WithTtl| match with_ttl {
-                    true => found,
-                    false => WithTtl::new(found.value, None),
+                let strip = |found: WithTtl| {
+                    if with_ttl {
+                        found
+                    } else {
+                        WithTtl::new(found.value, None)
+                    }
                 };
                 if let Some(found) = near.store.get_with_ttl(full.as_str()) {
                     let states = self.get_tag_states(tag_keys).await?;
