@@ -862,3 +862,225 @@ async fn fail_safe_keeps_an_entry_whose_local_lifetime_ended() {
     let narrow = impcache::Freshness::new().stale_if_error(Duration::from_millis(1));
     assert!(failing_load(&cache, narrow).await.is_err());
 }
+
+// --- Tags (issue 16): tag state tracked like any key. ---
+
+/// Calls of the data commands a read could send (`GET`, `MGET`, `PTTL`) on `server` so far,
+/// from `INFO commandstats` (the tracking connection's `PING`s are not counted).
+async fn reads_sent(server: &RedisServer) -> u64 {
+    let mut connection = other_client(server).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|line| {
+            ["cmdstat_get:", "cmdstat_mget:", "cmdstat_pttl:"]
+                .iter()
+                .any(|name| line.starts_with(name))
+        })
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+async fn tagged_read(cache: &Cache, value: i64, runs: &Arc<AtomicU64>) -> i64 {
+    let runs = Arc::clone(runs);
+    cache
+        .get_or_set("profile:1", 60, move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            value
+        })
+        .tags(["user:1", "users"])
+        .await
+        .unwrap()
+}
+
+/// Reads with `read` until one sends nothing to `server`.
+async fn wait_served_locally<F, Fut>(server: &RedisServer, what: &str, mut read: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    eventually(what, || {
+        let read = read();
+        async move {
+            let before = reads_sent(server).await;
+            read.await;
+            reads_sent(server).await == before
+        }
+    })
+    .await;
+}
+
+/// A tagged hit through a near cache (the entry and its tags' state, a tag's absence included)
+/// makes no round trip; another `Cache` invalidating the tag reaches it within a bound measured
+/// here (printed), and the same cache's own invalidation at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_hits_are_local_and_tag_invalidations_reach_them() {
+    let server = RedisServer::start();
+    let a = near_cache(&server, near());
+    let b = near_cache(&server, near());
+    wait_active(&a).await;
+    wait_active(&b).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    assert_eq!(tagged_read(&a, 1, &runs).await, 1);
+    wait_served_locally(&server, "a tagged hit is served locally", || async {
+        assert_eq!(tagged_read(&a, 2, &runs).await, 1);
+    })
+    .await;
+    let before = reads_sent(&server).await;
+    for _ in 0..20 {
+        assert_eq!(tagged_read(&a, 2, &runs).await, 1);
+    }
+    // A plain `get` of the tagged entry judges its tags locally too.
+    assert_eq!(a.get::<i64>("profile:1").await.unwrap(), Some(1));
+    assert_eq!(reads_sent(&server).await, before, "tagged hits sent reads");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // Another process invalidates a tag (never invalidated before: its absence was local).
+    let started = Instant::now();
+    b.invalidate_tag("users").await.unwrap();
+    eventually(
+        "the other cache's invalidation reaches the reader",
+        || async { tagged_read(&a, 2, &runs).await == 2 },
+    )
+    .await;
+    eprintln!(
+        "tag invalidation seen by the other cache after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    // Own invalidation: the very next read misses, without waiting for Redis's message.
+    wait_served_locally(&server, "the reloaded entry is served locally", || async {
+        assert_eq!(tagged_read(&a, 3, &runs).await, 2);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    a.invalidate_tag("user:1").await.unwrap();
+    assert_eq!(tagged_read(&a, 3, &runs).await, 3);
+    // `get_or_set` answers before its store lands.
+    eventually("the reloaded entry is stored", || async {
+        a.get::<i64>("profile:1").await.unwrap() == Some(3)
+    })
+    .await;
+}
+
+/// A soft invalidation by another `Cache` makes the near-cached entry stale: served under the
+/// stale window while one reload runs, then replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_tag_invalidation_is_seen_as_stale_through_the_near_cache() {
+    let server = RedisServer::start();
+    let a = near_cache(&server, near());
+    let b = near_cache(&server, near());
+    wait_active(&a).await;
+    wait_active(&b).await;
+    let policy = impcache::Freshness::new().stale_while_revalidate(Duration::from_secs(60));
+    let runs = Arc::new(AtomicU64::new(0));
+    let read = |value: i64| {
+        let runs = Arc::clone(&runs);
+        let a = a.clone();
+        async move {
+            a.get_or_set("page:1", 60, move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                value
+            })
+            .tags(["page"])
+            .freshness(policy)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(read(1).await, 1);
+    wait_served_locally(&server, "the tagged entry is served locally", || async {
+        assert_eq!(read(9).await, 1);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    b.soft_invalidate_tag("page").await.unwrap();
+    // Stale: still answered with 1 while the reload (to 2) runs in the background; then 2.
+    eventually("the soft invalidation triggers a reload", || async {
+        assert!([1, 2].contains(&read(2).await));
+        runs.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    eventually("the reloaded value is served", || async {
+        read(3).await == 2
+    })
+    .await;
+    // A plain read has no stale window: it sees the reloaded entry (once stored), not the stale
+    // one.
+    eventually("a plain read sees the reloaded entry", || async {
+        a.get::<i64>("page:1").await.unwrap() == Some(2)
+    })
+    .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// On Cluster, tag state keys live on other slots (other primaries) than their entries: a
+/// tagged hit is still served locally and another cache's invalidation still reaches it.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_tag_state_is_tracked_on_every_primary() {
+    use impcache::RedisClusterCacheRepository;
+    use impcache_tests::cluster::RedisCluster;
+
+    let cluster = RedisCluster::start(3, 0);
+    let open = || {
+        let repository = RedisClusterCacheRepository::builder(cluster.urls())
+            .build()
+            .unwrap();
+        Cache::builder(repository).near_cache(near()).build()
+    };
+    let (a, b) = (open(), open());
+    wait_active(&a).await;
+    wait_active(&b).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    // Tags whose state keys land on other primaries than the entry.
+    let entry = cluster.primary_for(&a.make_key("profile:1"));
+    let tags: Vec<String> = (0..64)
+        .map(|i| format!("t{i}"))
+        .filter(|tag| {
+            cluster.primary_for(&a.make_key(&format!("__impcache_tag:hard:{tag}"))) != entry
+        })
+        .take(2)
+        .collect();
+    assert_eq!(tags.len(), 2);
+    let read = |value: i64| {
+        let runs = Arc::clone(&runs);
+        let a = a.clone();
+        let tags = tags.clone();
+        async move {
+            a.get_or_set("profile:1", 60, move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                value
+            })
+            .tags(tags)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(read(1).await, 1);
+    eventually("the tagged hit is served locally", || async {
+        let hits = a.near_cache_stats().hits;
+        let misses = a.near_cache_stats().misses;
+        assert_eq!(read(2).await, 1);
+        let stats = a.near_cache_stats();
+        stats.hits > hits && stats.misses == misses
+    })
+    .await;
+    b.invalidate_tag(&tags[1]).await.unwrap();
+    eventually(
+        "the invalidation on another primary reaches the reader",
+        || async { read(2).await == 2 },
+    )
+    .await;
+}

@@ -831,7 +831,7 @@ impl Cache {
             return Ok(Vec::new());
         }
         let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags);
-        self.shared.backend.get_many(&keys.keys()).await
+        self.shared.backend.get_tag_states(&keys.keys()).await
     }
 
     /// The value of the envelope `bytes` stored at `key` when none of its tags invalidated it

@@ -2,7 +2,8 @@
 //!
 //! 1. **Hit cost**: `get_or_set(..).tags([two tags])` (one pipeline: `GET` + `MGET` of the four
 //!    tag keys) against the same `get_or_set` untagged (one `GET`), closed loop, alternating
-//!    rounds; the ratio of throughputs (target ≥ 0.9).
+//!    rounds; the ratio of throughputs (target ≥ 0.9). Then the same through a near cache (issue
+//!    14), where the entry and its tags' state are all served from process memory.
 //! 2. **Invalidation**: `invalidate_tag` against `delete_pattern` of the same 10,000 entries,
 //!    among 100,000 other keys; wall time and round trips (from `INFO commandstats`).
 //!
@@ -13,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use impcache::{Cache, RedisCacheRepository};
+use impcache::{Cache, NearCache, RedisCacheRepository};
 use impcache_benches::{keyed_rate, OnRedis, Small};
 use impcache_tests::RedisServer;
 
@@ -30,7 +31,12 @@ fn main() {
     } = OnRedis::start().unwrap();
     runtime.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
-        hit_cost(&cache, round).await;
+        hit_cost("", &cache, round).await;
+        let repository = RedisCacheRepository::new(&server.url()).unwrap();
+        let near = Cache::builder(repository)
+            .near_cache(NearCache::new())
+            .build();
+        hit_cost("near cache, ", &near, round).await;
         invalidation(&cache, &server).await;
     });
 }
@@ -46,7 +52,7 @@ async fn load_tagged(cache: &Cache, k: u64) {
         .unwrap();
 }
 
-async fn hit_cost(cache: &Cache, round: Duration) {
+async fn hit_cost(label: &str, cache: &Cache, round: Duration) {
     for k in 0..KEYS {
         let _: Small = cache
             .get_or_set(
@@ -101,7 +107,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
         }
         let (p, t) = (median(&mut plain), median(&mut tagged));
         println!(
-            "hit, {tasks:>2} tasks: get_or_set {p:>9.0}/s  get_or_set.tags(2) {t:>9.0}/s  ratio {:.3}",
+            "hit, {label}{tasks:>2} tasks: get_or_set {p:>9.0}/s  get_or_set.tags(2) {t:>9.0}/s  ratio {:.3}",
             t / p
         );
     }

@@ -64,6 +64,9 @@ pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
 /// - A local entry lives at most `min(max_ttl, PTTL − round trip)`: the `PTTL` is read in the
 ///   same pipeline as the `GET`.
 /// - This cache's own writes and deletes remove the local entry at once.
+/// - Tags (issue 16): a tag's state, or its absence, is kept like any key, so a tagged hit can
+///   be served without a round trip, and a tag invalidated anywhere reaches every process with
+///   Redis's invalidation.
 /// - A lost or replaced tracking connection, a Sentinel failover or a new Cluster slot map
 ///   flushes everything; until the tracking connection is back and subscribed, nothing is served
 ///   locally ([`NearCacheStatus::Connecting`]).

@@ -9,6 +9,12 @@
 //! only if neither its slot nor the flush mark moved past its ticket, checked again after the
 //! insert (an invalidation between the check and the insert would otherwise find nothing to
 //! remove and leave a stale entry behind).
+//!
+//! **Tag states (issue 16)** are kept like any key, and so is their *absence* (most tags were
+//! never invalidated): an absent state is an entry marked `absent`, never served by
+//! [`Store::get`]. Creating the tag key is a change under the tracked prefix like any other, so
+//! its invalidation drops the absence, and the race rule holds for it as for a value: a `nil`
+//! reply that raced with the key's creation is not kept.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +47,8 @@ struct Entry {
     ttl: Duration,
     /// When the key expires in Redis (`None`: no expiry).
     redis_expires: Option<Instant>,
+    /// A tag state known to be absent (`value` is empty): served by [`Store::get_state`] only.
+    absent: bool,
 }
 
 struct PerEntryTtl;
@@ -184,25 +192,37 @@ impl Store {
         if !self.active() {
             return None;
         }
-        let entry = self.entries.get(key)?;
+        let entry = self.entries.get(key).filter(|entry| !entry.absent)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::Near, 1);
         Some(entry)
     }
 
-    /// A ticket for a read about to be sent; `None` when the near cache is not active (the reply
-    /// will not be kept).
-    pub(crate) fn ticket(&self) -> Option<Ticket> {
-        near_lookups(Tier::Remote, 1);
+    /// The local state of the tag key `key`: `Some(None)` when it is known to be absent, `None`
+    /// when nothing is known locally (or the near cache is not active).
+    pub(crate) fn get_state(&self, key: &str) -> Option<Option<Bytes>> {
         if !self.active() {
-            self.bypassed.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        Some(Ticket {
+        let entry = self.entries.get(key)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        near_lookups(Tier::Near, 1);
+        Some((!entry.absent).then_some(entry.value))
+    }
+
+    /// [`ticket`](Store::ticket) for one read of `count` keys.
+    pub(crate) fn ticket_for(&self, count: usize) -> Option<Ticket> {
+        let active = self.count_remote(count);
+        active.then(|| Ticket {
             number: self.sequence.load(Ordering::SeqCst),
             sent: Instant::now(),
         })
+    }
+
+    /// A ticket for a read about to be sent; `None` when the near cache is not active (the reply
+    /// will not be kept).
+    pub(crate) fn ticket(&self) -> Option<Ticket> {
+        self.ticket_for(1)
     }
 
     /// Counts `count` keys read from the remote without keeping their replies; whether the
@@ -242,6 +262,30 @@ impl Store {
         }
         if let Some(found) = found {
             self.keep(ticket, key, found);
+        }
+    }
+
+    /// [`settle`](Store::settle) for a tagged read sent with `ticket`: the entry's reply (when
+    /// `entry` is `Some((key, reply))`) and the tag states read (`states[i]` at `state_keys[i]`,
+    /// `None` for an absent key: kept as absent), behind one barrier.
+    pub(crate) async fn settle_tagged(
+        &self,
+        ticket: Option<Ticket>,
+        entry: Option<(&str, Option<&WithTtl>)>,
+        state_keys: &[&str],
+        states: &[Option<Bytes>],
+    ) {
+        let Some(ticket) = ticket else {
+            return;
+        };
+        if !self.barrier().await {
+            return;
+        }
+        if let Some((key, Some(found))) = entry {
+            self.keep(ticket, key, found);
+        }
+        for (key, state) in state_keys.iter().zip(states) {
+            self.keep_state(ticket, key, state.as_ref());
         }
     }
 
@@ -297,24 +341,49 @@ impl Store {
         if ttl.is_zero() {
             return;
         }
-        let slot = slot_of(key);
-        if !self.still_valid(ticket, slot) {
-            return;
-        }
         let entry = Entry {
             value: found.value.clone(),
             ttl,
             // The TTL was read after `sent`: counting from `sent` errs on the early side.
             redis_expires: found.ttl.map(|redis_ttl| ticket.sent + redis_ttl),
+            absent: false,
         };
-        if let Some(fail_safe) = &self.fail_safe {
-            fail_safe.keep(key, &entry.value, ttl, entry.redis_expires);
+        self.insert(ticket, key, entry);
+    }
+
+    /// Keeps a tag state read with `ticket` (its barrier passed): its value, or its absence.
+    /// Tag keys have no Redis TTL (or one that only ends once nothing they judge is alive):
+    /// `max_ttl` bounds the local lifetime.
+    fn keep_state(&self, ticket: Ticket, key: &str, state: Option<&Bytes>) {
+        let value = state.cloned().unwrap_or_default();
+        if value.len() > self.max_value_bytes || self.max_ttl.is_zero() {
+            return;
+        }
+        let entry = Entry {
+            value,
+            ttl: self.max_ttl,
+            redis_expires: None,
+            absent: state.is_none(),
+        };
+        self.insert(ticket, key, entry);
+    }
+
+    /// Inserts `entry` at `key` unless an invalidation of its slot (or a flush) came after
+    /// `ticket`, checked before and after the insert.
+    fn insert(&self, ticket: Ticket, key: &str, entry: Entry) {
+        let slot = slot_of(key);
+        if !self.still_valid(ticket, slot) {
+            return;
+        }
+        let fail_safe = self.fail_safe.as_ref().filter(|_| !entry.absent);
+        if let Some(fail_safe) = fail_safe {
+            fail_safe.keep(key, &entry.value, entry.ttl, entry.redis_expires);
         }
         self.entries.insert(key.to_owned(), entry);
         // An invalidation between the check and the insert found nothing to remove.
         if !self.still_valid(ticket, slot) {
             self.entries.invalidate(key);
-            if let Some(fail_safe) = &self.fail_safe {
+            if let Some(fail_safe) = fail_safe {
                 fail_safe.invalidate(key);
             }
         }
@@ -479,6 +548,31 @@ mod tests {
         assert_eq!(store.status(), NearCacheStatus::Connecting);
         assert_eq!(store.get("k"), None);
         assert!(store.ticket().is_none());
+    }
+
+    #[test]
+    fn a_tag_state_and_its_absence_are_kept_until_invalidated() {
+        let store = active();
+        let ticket = store.ticket_for(2);
+        store.keep_state(ticket.unwrap(), "p:1:__impcache_tag:hard:a", None);
+        store.keep_state(
+            ticket.unwrap(),
+            "p:1:__impcache_tag:soft:a",
+            Some(&Bytes::from("7")),
+        );
+        assert_eq!(store.get_state("p:1:__impcache_tag:hard:a"), Some(None));
+        assert_eq!(
+            store.get_state("p:1:__impcache_tag:soft:a"),
+            Some(Some(Bytes::from("7")))
+        );
+        // An absence is never a value for a plain read.
+        assert_eq!(store.get("p:1:__impcache_tag:hard:a"), None);
+        // The key's creation (its invalidation) drops the absence ...
+        store.invalidate(b"p:1:__impcache_tag:hard:a");
+        assert_eq!(store.get_state("p:1:__impcache_tag:hard:a"), None);
+        // ... and a `nil` reply that raced with it is not kept.
+        store.keep_state(ticket.unwrap(), "p:1:__impcache_tag:hard:a", None);
+        assert_eq!(store.get_state("p:1:__impcache_tag:hard:a"), None);
     }
 
     #[test]

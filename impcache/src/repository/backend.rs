@@ -249,12 +249,52 @@ impl Backend {
                     .get_with_tags(full.as_str(), tag_keys, with_ttl)
                     .await
             }
-            // Tagged reads go to Redis: an entry and its tags' state must be read together, and
-            // the near cache keeps neither a tag's absence nor an envelope's tags.
+            // The entry and the tag states are served locally when all are (a state's absence
+            // included); what is missing is read in one round trip and kept, under the race
+            // rule and the barrier as for any read (the entry with its `PTTL`, to be kept).
             Backend::Near(near) => {
-                Box::pin(near.remote.get_with_tags(key, tag_keys, with_ttl)).await
+                let strip = |found: WithTtl| {
+                    if with_ttl {
+                        found
+                    } else {
+                        WithTtl::new(found.value, None)
+                    }
+                };
+                if let Some(found) = near.store.get_with_ttl(full.as_str()) {
+                    let states = self.get_tag_states(tag_keys).await?;
+                    return Ok((Some(strip(found)), states));
+                }
+                let states = LocalStates::of(&near.store, tag_keys);
+                near.track();
+                let ticket = near.store.ticket_for(1 + states.missing.len());
+                let (found, fetched) =
+                    Box::pin(near.remote.get_with_tags(key, &states.missing, true)).await?;
+                let entry = Some((full.as_str(), found.as_ref()));
+                near.store
+                    .settle_tagged(ticket, entry, &states.missing, &fetched)
+                    .await;
+                Ok((found.map(strip), states.filled(fetched)))
             }
         }
+    }
+
+    /// The bytes at each tag state key (`None` where absent): [`get_many`](Backend::get_many),
+    /// and through a near cache each state, or its absence, is kept locally like any key.
+    pub(crate) async fn get_tag_states(&self, tag_keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        let Backend::Near(near) = self else {
+            return self.get_many(tag_keys).await;
+        };
+        let states = LocalStates::of(&near.store, tag_keys);
+        if states.missing.is_empty() {
+            return Ok(states.filled(Vec::new()));
+        }
+        near.track();
+        let ticket = near.store.ticket_for(states.missing.len());
+        let fetched = Box::pin(near.remote.get_many(&states.missing)).await?;
+        near.store
+            .settle_tagged(ticket, None, &states.missing, &fetched)
+            .await;
+        Ok(states.filled(fetched))
     }
 
     pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
@@ -348,6 +388,35 @@ impl Backend {
                 result
             }
         }
+    }
+}
+
+/// Tag states as the near cache knows them: each one's local state (`Some(None)`: known absent)
+/// and the keys it does not know, in order.
+struct LocalStates<'a> {
+    states: Vec<Option<Option<Bytes>>>,
+    missing: Vec<&'a str>,
+}
+
+impl<'a> LocalStates<'a> {
+    fn of(store: &Store, tag_keys: &[&'a str]) -> LocalStates<'a> {
+        let states: Vec<_> = tag_keys.iter().map(|key| store.get_state(key)).collect();
+        let missing = tag_keys
+            .iter()
+            .zip(&states)
+            .filter(|(_, state)| state.is_none())
+            .map(|(key, _)| *key)
+            .collect();
+        LocalStates { states, missing }
+    }
+
+    /// Every state, the missing ones taken from `fetched` (their values, in order).
+    fn filled(self, fetched: Vec<Option<Bytes>>) -> Vec<Option<Bytes>> {
+        let mut fetched = fetched.into_iter();
+        self.states
+            .into_iter()
+            .map(|state| state.unwrap_or_else(|| fetched.next().flatten()))
+            .collect()
     }
 }
 

@@ -67,7 +67,58 @@ struct Envelope<'a> {
 }
 
 /// The contents of the envelope `bytes`; `None` when they are not a well-formed one.
+///
+/// Envelopes are written by [`wrap`] only, field for field: they are read the same way, without
+/// walking the value (the last field: everything up to the closing brace). An envelope not in
+/// that exact layout (a tag with an escaped character, hand-written JSON) is parsed as JSON.
 pub(crate) fn open(bytes: &Bytes) -> Option<Opened<'_>> {
+    open_as_written(bytes).or_else(|| open_as_json(bytes))
+}
+
+/// [`open`] of an envelope laid out exactly as [`wrap`] writes it, with no escaped tag.
+fn open_as_written(bytes: &Bytes) -> Option<Opened<'_>> {
+    let rest = bytes.strip_prefix(MARKER)?.strip_prefix(b"{\"created\":")?;
+    let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
+    let created = std::str::from_utf8(rest.get(..digits)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut rest = rest.get(digits..)?.strip_prefix(b",\"tags\":[")?;
+    let mut tags = Vec::new();
+    if let Some(after) = rest.strip_prefix(b"]") {
+        rest = after;
+    } else {
+        loop {
+            let string = rest.strip_prefix(b"\"")?;
+            let end = string
+                .iter()
+                .position(|&byte| byte == b'"' || byte == b'\\')?;
+            if string.get(end) != Some(&b'"') {
+                return None;
+            }
+            tags.push(Cow::Borrowed(std::str::from_utf8(string.get(..end)?).ok()?));
+            rest = string.get(end + 1..)?;
+            match rest.split_first()? {
+                (b',', after) => rest = after,
+                (b']', after) => {
+                    rest = after;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    let value = rest.strip_prefix(b"},\"value\":")?.strip_suffix(b"}")?;
+    let start = bytes.len() - 1 - value.len();
+    Some(Opened {
+        tags,
+        created,
+        value: bytes.slice(start..start + value.len()),
+    })
+}
+
+/// [`open`] of any envelope, as JSON.
+fn open_as_json(bytes: &Bytes) -> Option<Opened<'_>> {
     let envelope: Envelope<'_> = serde_json::from_slice(bytes).ok()?;
     let raw = envelope.value.get().as_bytes();
     // The raw value borrows from `bytes`: its offset there, to slice without copying.
@@ -95,6 +146,34 @@ mod tests {
         assert_eq!(opened.tags, ["user:1", "a\"b"]);
         assert_eq!(opened.created, 42);
         assert_eq!(&opened.value[..], br#"{"name":"Ada"}"#);
+    }
+
+    #[test]
+    fn the_written_layout_and_json_read_alike() {
+        for tags in [
+            vec![],
+            vec!["a".to_owned()],
+            vec!["a".to_owned(), "ü:1".to_owned()],
+        ] {
+            let wrapped = wrap(b"[1, 2]", &tags, 7);
+            let fast = open_as_written(&wrapped).unwrap();
+            assert_eq!(Some(&fast), open_as_json(&wrapped).as_ref());
+            assert_eq!(&fast.value[..], b"[1, 2]");
+        }
+        // An escaped tag, or another layout of the same JSON, is read as JSON.
+        let escaped = wrap(b"1", &["a\"b".to_owned()], 7);
+        assert_eq!(open_as_written(&escaped), None);
+        assert_eq!(open(&escaped).unwrap().tags, ["a\"b"]);
+        let spaced = Bytes::from_static(
+            b"{\"__impcache_tagged__\":{ \"tags\":[\"t\"],\"created\":3},\"value\":2}",
+        );
+        let opened = open(&spaced).unwrap();
+        assert_eq!((opened.created, &opened.value[..]), (3, &b"2"[..]));
+        // Truncated envelopes are none.
+        let wrapped = wrap(b"1", &["t".to_owned()], 7);
+        for end in 0..wrapped.len() {
+            assert_eq!(open(&wrapped.slice(..end)), None, "{end}");
+        }
     }
 
     #[test]

@@ -24,6 +24,15 @@
 //!   `GET` + `PTTL` + `MGET` pipelined; Cluster, where tag keys live
 //!   on other slots: concurrent requests, one wait). A plain [`get`](crate::Cache::get) finds the
 //!   tags in the envelope and reads their state in a second round trip.
+//! - **Near cache** (issue 14): tag state keys live under the tracked prefix, so they are kept
+//!   locally like any key, their absence included (`near/store.rs`), and invalidated by Redis when
+//!   a tag is invalidated (or its key created) anywhere. A tagged read whose entry and states are
+//!   all local makes no round trip; the rest is read in one and kept (the dispatch point's
+//!   `Near` arm, `Backend::get_with_tags` and `Backend::get_tag_states`).
+//! - **No expiry of tag keys**: a state may only go once no entry created at or before it can be
+//!   served, which the cache cannot know (entries without expiry, a TTL per write, a loader that
+//!   stores long after the invalidation); a soft state dropped early would make its stale entries
+//!   fresh again.
 //!
 //! # Clock
 //! Client clocks (`SystemTime`), not the server's `TIME`: taking the server's time before a
