@@ -54,9 +54,7 @@ impl FailSafe {
     pub(super) fn new(max_capacity_bytes: u64) -> FailSafe {
         let copies = moka::sync::Cache::builder()
             .max_capacity(max_capacity_bytes)
-            .weigher(|key: &String, copy: &Copy| {
-                u32::try_from(key.len() + copy.value.len()).unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &String, copy: &Copy| super::store::weight(key, &copy.value))
             .expire_after(UntilRedisExpiry)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
