@@ -12,6 +12,7 @@
 mod fail_safe;
 mod store;
 mod tracker;
+mod weight;
 
 use std::fmt;
 use std::sync::Arc;

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 
 use super::fail_safe::FailSafe;
+use super::weight;
 use super::{NearCache, NearCacheStats, NearCacheStatus};
 use crate::freshness::Freshness;
 use crate::observe::hooks::{near_lookups, Tier};
@@ -107,23 +108,11 @@ pub(crate) struct Store {
     fail_safe_served: AtomicU64,
 }
 
-/// What an entry costs in memory besides its key and value: moka's entry (hash-table node, LRU
-/// deque node, timer-wheel node for its lifetime) and the near entry's own fields. Measured with
-/// `near-memory` at 1 M entries (BENCHMARKS.md, issue 14, "Memory per entry"): 365 B. Counted in
-/// the weight so that `max_capacity_bytes` bounds the memory, not only the payload.
-pub(super) const ENTRY_OVERHEAD_BYTES: usize = 368;
-
-/// An entry's weight against `max_capacity_bytes`: key, value and [`ENTRY_OVERHEAD_BYTES`]
-/// (moka weighs with a `u32`).
-pub(super) fn weight(key: &str, value: &[u8]) -> u32 {
-    u32::try_from(key.len() + value.len() + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
-}
-
 impl Store {
     pub(crate) fn new(config: &NearCache) -> Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_capacity_bytes)
-            .weigher(|key: &String, entry: &Entry| weight(key, &entry.value))
+            .weigher(|key: &String, entry: &Entry| weight::of(key, &entry.value))
             .expire_after(PerEntryTtl)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
