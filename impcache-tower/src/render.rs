@@ -122,15 +122,17 @@ fn with_number(prefix: &'static str, n: u64) -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from(value)).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
-/// A stored response, as sent: `Age`, the status headers, and a 304 when `If-None-Match`
-/// matches its `ETag`; an empty body for HEAD (and the 304).
+/// A stored response, as sent at `now_ms` (the time it was judged fresh at): `Age`, the status
+/// headers, and a 304 when `If-None-Match` matches its `ETag`; an empty body for HEAD (and the
+/// 304).
 pub(crate) fn serve(
     entry: Entry,
     request_headers: &HeaderMap,
     head: bool,
     status_header: StatusHeader,
+    now_ms: u64,
 ) -> Response<Bytes> {
-    serve_as(entry, request_headers, head, status_header, None)
+    serve_as(entry, request_headers, head, status_header, None, now_ms)
 }
 
 /// [`serve`] for a stored response just revalidated: marked [`Outcome::Revalidated`].
@@ -141,7 +143,14 @@ pub(crate) fn serve_revalidated(
     stored: bool,
 ) -> Response<Bytes> {
     let outcome = Outcome::Revalidated { stored };
-    serve_as(entry, request_headers, false, status_header, Some(outcome))
+    serve_as(
+        entry,
+        request_headers,
+        false,
+        status_header,
+        Some(outcome),
+        now_ms(),
+    )
 }
 
 /// [`serve`] for a stored response served `past` its freshness (see [`crate::stale`]).
@@ -157,7 +166,14 @@ pub(crate) fn serve_stale(
         past: past.as_secs(),
         why,
     };
-    serve_as(entry, request_headers, head, status_header, Some(outcome))
+    serve_as(
+        entry,
+        request_headers,
+        head,
+        status_header,
+        Some(outcome),
+        now_ms(),
+    )
 }
 
 /// [`serve`], marked `outcome` (default: a hit).
@@ -168,14 +184,18 @@ fn serve_as(
     head: bool,
     status_header: StatusHeader,
     outcome: Option<Outcome>,
+    now_ms: u64,
 ) -> Response<Bytes> {
-    let age = entry.age_secs(now_ms());
+    let age = entry.age_secs(now_ms);
     let ttl_left = entry.ttl_left(age);
-    let etag = entry
-        .headers
-        .get(header::ETAG)
-        .and_then(|v| v.to_str().ok());
-    let mut response = if etag.is_some_and(|etag| policy::if_none_match(request_headers, etag)) {
+    // The stored ETag is read only for a conditional request (most requests are not).
+    let matched = request_headers.contains_key(header::IF_NONE_MATCH)
+        && entry
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|etag| policy::if_none_match(request_headers, etag));
+    let mut response = if matched {
         not_modified(&entry.headers)
     } else {
         let body_len = entry.body.len();

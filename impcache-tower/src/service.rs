@@ -124,14 +124,16 @@ fn stale_hit<B>(
     .map(ResponseBody::full)
 }
 
-/// A stored response, as sent (see [`render::serve`]).
+/// A stored response, as sent at `now_ms` (see [`render::serve`]).
 fn hit<B>(
     entry: Entry,
     request_headers: &HeaderMap,
     head: bool,
     config: &Config,
+    now_ms: u64,
 ) -> Response<ResponseBody<B>> {
-    render::serve(entry, request_headers, head, config.status_header).map(ResponseBody::full)
+    render::serve(entry, request_headers, head, config.status_header, now_ms)
+        .map(ResponseBody::full)
 }
 
 /// A request through the layer: the lookup, and a hit served from it. Everything that calls the
@@ -187,11 +189,14 @@ where
         let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
         let (fwd, may_store, detail, stale, fallback, seen) = if head || !refresh {
-            match lookup(config, &keys, request.headers()).await {
-                Lookup::Hit(entry, seen) => match stale::judge(config, &entry, now_ms()) {
+            let found = lookup(config, &keys, request.headers()).await;
+            let now = now_ms();
+            match found {
+                // One clock read: judged fresh at `now`, served with its age at `now`.
+                Lookup::Hit(entry, seen) => match stale::judge(config, &entry, now) {
                     Judged::Fresh => {
                         counted.count(LayerOutcome::Hit);
-                        return Ok(hit(entry, request.headers(), head, config));
+                        return Ok(hit(entry, request.headers(), head, config, now));
                     }
                     Judged::WhileRevalidating { past } => {
                         counted.count(LayerOutcome::Stale);
@@ -386,7 +391,7 @@ where
         match coalesce(config, &keys, &headers, ticket).await {
             Coalesced::Hit(entry) => {
                 count(LayerOutcome::Hit);
-                return Ok(hit(entry, &headers, false, config));
+                return Ok(hit(entry, &headers, false, config, now_ms()));
             }
             Coalesced::Lead(guard) => Some(guard),
             Coalesced::Alone => None,
@@ -400,7 +405,7 @@ where
         match crate::lock::take(config, &keys, &headers).await {
             crate::lock::Locked::Stored(entry) => {
                 count(LayerOutcome::Hit);
-                return Ok(hit(entry, &headers, false, config));
+                return Ok(hit(entry, &headers, false, config, now_ms()));
             }
             crate::lock::Locked::Call(held) => held,
         }
