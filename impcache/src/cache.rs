@@ -49,17 +49,20 @@ macro_rules! observed {
             } else {
                 ::tracing::Instrument::instrument($body, observation.span().clone()).await
             };
-        let result = result.map(|(value, tally)| (($map)(value), tally));
-        observation.finish(
-            &$cache.shared.counters,
-            result.as_ref().map(|(_, tally)| tally),
-            |recorder| {
-                if let Ok((value, _)) = &result {
-                    ($also)(value, recorder);
-                }
-            },
-        );
-        result.map(|(value, _)| value)
+        // A match, not `Result::map`s: the value is moved once (it may be a large decoded one).
+        match result {
+            Ok((value, tally)) => {
+                let value = ($map)(value);
+                observation.finish(&$cache.shared.counters, Ok(&tally), |recorder| {
+                    ($also)(&value, recorder)
+                });
+                Ok(value)
+            }
+            Err(error) => {
+                observation.finish(&$cache.shared.counters, Err(&error), |_| {});
+                Err(error)
+            }
+        }
     }};
 }
 /// For the load protocol's reads and writes in `crate::freshness`.
