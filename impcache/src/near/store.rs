@@ -519,27 +519,32 @@ mod tests {
         store
     }
 
+    /// A ticket, or the test's error: an active store always hands one out.
+    const NO_TICKET: &str = "an active store hands out tickets";
+
     #[test]
-    fn a_reply_that_raced_with_an_invalidation_is_not_kept() {
+    fn a_reply_that_raced_with_an_invalidation_is_not_kept() -> Result<(), &'static str> {
         let store = active();
-        let ticket = store.ticket();
+        let ticket = store.ticket().ok_or(NO_TICKET)?;
         store.invalidate(b"p:1:k");
-        store.keep(ticket.unwrap(), "p:1:k", &found(b"old"));
+        store.keep(ticket, "p:1:k", &found(b"old"));
         assert_eq!(store.get("p:1:k"), None);
-        let ticket = store.ticket();
-        store.keep(ticket.unwrap(), "p:1:k", &found(b"new"));
+        let ticket = store.ticket().ok_or(NO_TICKET)?;
+        store.keep(ticket, "p:1:k", &found(b"new"));
         assert_eq!(store.get("p:1:k").as_deref(), Some(&b"new"[..]));
+        Ok(())
     }
 
     #[test]
-    fn a_flush_drops_replies_in_flight_and_nothing_is_served_while_connecting() {
+    fn a_flush_drops_replies_in_flight_and_nothing_is_served_while_connecting(
+    ) -> Result<(), &'static str> {
         let store = active();
-        let ticket = store.ticket();
+        let ticket = store.ticket().ok_or(NO_TICKET)?;
         store.flush();
-        store.keep(ticket.unwrap(), "k", &found(b"v"));
+        store.keep(ticket, "k", &found(b"v"));
         assert_eq!(store.get("k"), None);
-        let ticket = store.ticket();
-        store.keep(ticket.unwrap(), "k", &found(b"v"));
+        let ticket = store.ticket().ok_or(NO_TICKET)?;
+        store.keep(ticket, "k", &found(b"v"));
         assert!(store.get("k").is_some());
         store.lost(2); // not the current connection
         assert!(store.get("k").is_some());
@@ -547,18 +552,15 @@ mod tests {
         assert_eq!(store.status(), NearCacheStatus::Connecting);
         assert_eq!(store.get("k"), None);
         assert!(store.ticket().is_none());
+        Ok(())
     }
 
     #[test]
-    fn a_tag_state_and_its_absence_are_kept_until_invalidated() {
+    fn a_tag_state_and_its_absence_are_kept_until_invalidated() -> Result<(), &'static str> {
         let store = active();
-        let ticket = store.ticket_for(2);
-        store.keep_state(ticket.unwrap(), "p:1:__impcache_tag:hard:a", None);
-        store.keep_state(
-            ticket.unwrap(),
-            "p:1:__impcache_tag:soft:a",
-            Some(&Bytes::from("7")),
-        );
+        let ticket = store.ticket_for(2).ok_or(NO_TICKET)?;
+        store.keep_state(ticket, "p:1:__impcache_tag:hard:a", None);
+        store.keep_state(ticket, "p:1:__impcache_tag:soft:a", Some(&Bytes::from("7")));
         assert_eq!(store.get_state("p:1:__impcache_tag:hard:a"), Some(None));
         assert_eq!(
             store.get_state("p:1:__impcache_tag:soft:a"),
@@ -570,18 +572,20 @@ mod tests {
         store.invalidate(b"p:1:__impcache_tag:hard:a");
         assert_eq!(store.get_state("p:1:__impcache_tag:hard:a"), None);
         // ... and a `nil` reply that raced with it is not kept.
-        store.keep_state(ticket.unwrap(), "p:1:__impcache_tag:hard:a", None);
+        store.keep_state(ticket, "p:1:__impcache_tag:hard:a", None);
         assert_eq!(store.get_state("p:1:__impcache_tag:hard:a"), None);
+        Ok(())
     }
 
     #[test]
-    fn lifetimes_are_capped_and_large_values_skipped() {
+    fn lifetimes_are_capped_and_large_values_skipped() -> Result<(), &'static str> {
         let store = Store::new(&NearCache::new().max_value_bytes(4));
         store.activate(1, Vec::new());
-        store.keep(store.ticket().unwrap(), "big", &found(b"12345"));
+        store.keep(store.ticket().ok_or(NO_TICKET)?, "big", &found(b"12345"));
         assert_eq!(store.get("big"), None);
         let expired = WithTtl::new(Bytes::from_static(b"1"), Some(Duration::ZERO));
-        store.keep(store.ticket().unwrap(), "gone", &expired);
+        store.keep(store.ticket().ok_or(NO_TICKET)?, "gone", &expired);
         assert_eq!(store.get("gone"), None);
+        Ok(())
     }
 }
