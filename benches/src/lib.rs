@@ -14,6 +14,28 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// Waits until `cache`'s near cache is active (its tracking connection subscribed), reading a
+/// key now and then so that the connection is made; nothing read meanwhile is kept.
+pub async fn wait_near_active(cache: &impcache::Cache) {
+    while !cache.is_near_cache_active() {
+        let _ = cache.get::<Small>("warm").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A connection with the `redis` crate's client-side cache (`cache-aio`): RESP3 and
+/// `CacheConfig::new()` (its default mode, size and lifetime).
+pub async fn cache_aio_connection(
+    url: &str,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    redis::Client::open(format!("{url}?protocol=resp3"))?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_cache_config(redis::caching::CacheConfig::new()),
+        )
+        .await
+}
+
 /// A small JSON object, about 100 bytes once encoded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Small {

@@ -133,6 +133,23 @@ fn human(rate: f64) -> String {
 }
 
 /// `median (min–max)` of a cell's rounds.
+/// The table's rows: each system's median (spread) at the two concurrencies and its ratio to the
+/// first row's (the anchor's).
+fn print_rows<'a>(rows: impl IntoIterator<Item = (&'a str, &'a [Vec<f64>; 2])>) {
+    let mut anchor = None;
+    for (name, result) in rows {
+        let [low, high] = [median(&result[0]), median(&result[1])];
+        let [first_low, first_high] = *anchor.get_or_insert([low, high]);
+        println!(
+            "| {name} | {} | {:.2}× | {} | {:.2}× |",
+            cell(&result[0]),
+            low / first_low,
+            cell(&result[1]),
+            high / first_high
+        );
+    }
+}
+
 fn cell(values: &[f64]) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(0.0, f64::max);
@@ -177,14 +194,7 @@ async fn readers(url: &str, writer: &Cache, local: bool) -> Readers {
         .await
         .unwrap();
     // The `redis` crate's client-side cache: RESP3, `CacheMode::All`, its default size and TTL.
-    let cache_aio = redis::Client::open(format!("{url}?protocol=resp3"))
-        .unwrap()
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_cache_config(redis::caching::CacheConfig::new()),
-        )
-        .await
-        .unwrap();
+    let cache_aio = impcache_benches::cache_aio_connection(url).await.unwrap();
     let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("small:{i}")).collect());
     let full: Arc<Vec<String>> = Arc::new(keys.iter().map(|k| near.make_key(k)).collect());
     let memory = Cache::new(MemoryCacheRepository::new());
@@ -201,10 +211,7 @@ async fn readers(url: &str, writer: &Cache, local: bool) -> Readers {
             Bytes::from(serde_json::to_vec(&value).unwrap()),
         );
     }
-    while !near.is_near_cache_active() {
-        let _ = near.get::<Small>("small:0").await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    impcache_benches::wait_near_active(&near).await;
     for (key, full) in keys.iter().zip(full.iter()) {
         let _: Small = near.get(key).await.unwrap().unwrap();
         let mut conn = cache_aio.clone();
@@ -308,16 +315,7 @@ async fn hot_keys(readers: &Readers, window: Duration) {
             }
         }
     }
-    let anchor = [median(&results[0][0]), median(&results[0][1])];
-    for (name, result) in HOT_NAMES.iter().zip(&results) {
-        println!(
-            "| {name} | {} | {:.2}× | {} | {:.2}× |",
-            cell(&result[0]),
-            median(&result[0]) / anchor[0],
-            cell(&result[1]),
-            median(&result[1]) / anchor[1]
-        );
-    }
+    print_rows(HOT_NAMES.iter().copied().zip(&results));
     println!();
     for t in 0..2 {
         let tasks = [1, 64][t];
@@ -575,10 +573,7 @@ async fn http(server: &RedisServer, window: Duration) {
                 .unwrap();
         }
     }
-    while !near.is_near_cache_active() {
-        let _ = near.get::<Small>("warm").await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    impcache_benches::wait_near_active(&near).await;
     let app = Router::new()
         .route("/static/{id}", get(static_body))
         .merge(
@@ -674,16 +669,7 @@ async fn http(server: &RedisServer, window: Duration) {
             }
         }
     }
-    let anchor = [median(&results[0][0]), median(&results[0][1])];
-    for ((name, _, _), result) in routes.iter().zip(&results) {
-        println!(
-            "| {name} | {} | {:.2}× | {} | {:.2}× |",
-            cell(&result[0]),
-            median(&result[0]) / anchor[0],
-            cell(&result[1]),
-            median(&result[1]) / anchor[1]
-        );
-    }
+    print_rows(routes.iter().map(|(name, _, _)| *name).zip(&results));
     println!();
     for t in 0..2 {
         println!(

@@ -96,10 +96,7 @@ async fn run(system: &str, n: u64) {
                         .max_ttl(Duration::from_secs(3600)),
                 )
                 .build();
-            while !near.is_near_cache_active() {
-                let _ = near.get::<Small>("m:0").await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            impcache_benches::wait_near_active(&near).await;
             // Warm the connections and buffers on keys outside the measured set.
             let _ = near.get::<Small>("warm").await;
             let _ = near.near_cache_stats();

@@ -162,22 +162,14 @@ fn main() {
             let near = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
                 .near_cache(impcache::NearCache::new())
                 .build();
-            while !near.is_near_cache_active() {
-                let _ = near.get::<Small>("small:0").await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            impcache_benches::wait_near_active(&near).await;
             for id in 0..KEYS {
                 let _: Small = near.get(&format!("small:{id}")).await.unwrap().unwrap();
             }
             let _ = NEAR.set(near);
         }
         if operation == "cache-aio-get" {
-            let mut conn = redis::Client::open(format!("{}?protocol=resp3", server.url()))
-                .unwrap()
-                .get_multiplexed_async_connection_with_config(
-                    &redis::AsyncConnectionConfig::new()
-                        .set_cache_config(redis::caching::CacheConfig::new()),
-                )
+            let mut conn = impcache_benches::cache_aio_connection(&server.url())
                 .await
                 .unwrap();
             for id in 0..KEYS {
@@ -426,10 +418,7 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
         let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
             .near_cache(impcache::NearCache::new())
             .build();
-        while !cache.is_near_cache_active() {
-            let _ = cache.get::<Small>("warm").await;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        impcache_benches::wait_near_active(&cache).await;
         cache
     } else {
         Cache::new(RedisCacheRepository::new(&server.url()).unwrap())
