@@ -189,38 +189,41 @@ where
         let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
         let (fwd, may_store, detail, stale, fallback, seen) = if head || !refresh {
-            let found = lookup(config, &keys, request.headers()).await;
-            let now = now_ms();
-            match found {
-                // One clock read: judged fresh at `now`, served with its age at `now`.
-                Lookup::Hit(entry, seen) => match stale::judge(config, &entry, now) {
-                    Judged::Fresh => {
-                        counted.count(LayerOutcome::Hit);
-                        return Ok(hit(entry, request.headers(), head, config, now));
-                    }
-                    Judged::WhileRevalidating { past } => {
-                        counted.count(LayerOutcome::Stale);
-                        let response = stale_hit(
-                            entry.clone(),
-                            request.headers(),
-                            head,
-                            config,
-                            past,
-                            Why::Revalidating,
-                        );
-                        if !head {
-                            let found = (entry, seen);
-                            revalidate_in_background(&shared, inner, request, keys, ticket, found);
+            match lookup(config, &keys, request.headers()).await {
+                Lookup::Hit(entry, seen) => {
+                    // One clock read: judged fresh at `now`, served with its age at `now`.
+                    let now = now_ms();
+                    match stale::judge(config, &entry, now) {
+                        Judged::Fresh => {
+                            counted.count(LayerOutcome::Hit);
+                            return Ok(hit(entry, request.headers(), head, config, now));
                         }
-                        return Ok(response);
+                        Judged::WhileRevalidating { past } => {
+                            counted.count(LayerOutcome::Stale);
+                            let response = stale_hit(
+                                entry.clone(),
+                                request.headers(),
+                                head,
+                                config,
+                                past,
+                                Why::Revalidating,
+                            );
+                            if !head {
+                                let found = (entry, seen);
+                                revalidate_in_background(
+                                    &shared, inner, request, keys, ticket, found,
+                                );
+                            }
+                            return Ok(response);
+                        }
+                        // Stale: the handler answers, the entry stands in if it fails.
+                        Judged::IfError { past } => {
+                            ("stale", true, None, Some(entry), Some(past), seen)
+                        }
+                        // Origin mode: a stale entry, revalidated when it has a validator.
+                        Judged::Expired => ("stale", true, None, Some(entry), None, seen),
                     }
-                    // Stale: the handler answers, the entry stands in if it fails.
-                    Judged::IfError { past } => {
-                        ("stale", true, None, Some(entry), Some(past), seen)
-                    }
-                    // Origin mode: a stale entry, revalidated when it has a validator.
-                    Judged::Expired => ("stale", true, None, Some(entry), None, seen),
-                },
+                }
                 Lookup::Miss(fwd, seen) => (fwd, true, None, None, None, seen),
                 Lookup::Failed { backend } => {
                     ("uri-miss", !backend, Some("cache-error"), None, None, None)
