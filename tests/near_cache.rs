@@ -383,6 +383,57 @@ impl CacheRepository for Custom {
     }
 }
 
+/// Local hits complete without ever waiting. A task looping over them must still give its thread
+/// back to the runtime (each `Cache` operation spends tokio's cooperative budget), or the near
+/// cache's own tasks (its tracking connection, its heartbeat) never run on that thread and the
+/// reader never learns of another client's write. On a one-thread runtime that is a hang, so the
+/// runtime runs on its own thread and the test waits for its answer with a bound.
+#[test]
+fn a_reader_looping_over_local_hits_still_receives_invalidations() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (ready, key) = std::sync::mpsc::channel();
+    let (done, reads) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let repository = RedisCacheRepository::builder(url)
+                .deadline(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            let cache = Cache::builder(repository).near_cache(near()).build();
+            wait_active(&cache).await;
+            cache.set("k", &1, 60).await.unwrap();
+            wait_local(&cache, "k").await;
+            let key = cache.make_key("k");
+            let looping = tokio::spawn(async move {
+                let mut reads = 0u64;
+                loop {
+                    reads += 1;
+                    match cache.get::<i64>("k").await.unwrap() {
+                        Some(2) => return reads,
+                        // Looping: the other client may write now.
+                        _ if reads == 1 => ready.send(key.clone()).unwrap(),
+                        _ => {}
+                    }
+                }
+            });
+            done.send(looping.await.unwrap()).unwrap();
+        });
+    });
+    let key = key
+        .recv_timeout(SOON)
+        .expect("the near cache never became active");
+    let _: () = server.cmd(&["SET", &key, "2"]);
+    let reads = reads
+        .recv_timeout(3 * SOON)
+        .expect("a reader looping over local hits never saw another client's write");
+    assert!(reads > 1);
+}
+
 #[tokio::test]
 async fn memory_and_custom_repositories_run_without_it() {
     let plain = Cache::new(MemoryCacheRepository::new());

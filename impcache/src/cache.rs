@@ -39,6 +39,12 @@ macro_rules! observed {
         $crate::cache::observed!($cache, $operation, $key, $body, map: |value| value, also: |_, _| {})
     };
     ($cache:expr, $operation:expr, $key:expr, $body:expr, map: $map:expr, also: $also:expr) => {{
+        // A cooperative yield point, as tokio's own resources are: local hits (the memory
+        // repository, the near cache) complete without ever waiting, so a task looping over them
+        // would otherwise never give its worker back, starving the runtime's other tasks (the near
+        // cache's heartbeat and invalidations, the Redis connection's driver). Before the
+        // operation, so a caller cancelled at this point has changed nothing.
+        ::tokio::task::coop::consume_budget().await;
         let observation =
             $crate::observe::Observation::start($operation, $key, $cache.shared.record_keys);
         // `$body` twice: awaited in place when no subscriber wants the span (moving the future
