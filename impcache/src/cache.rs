@@ -790,27 +790,35 @@ impl Cache {
         self.mark_tags(Tags::new([tag]), Kind::Soft).await
     }
 
-    /// Writes the time now into the state keys of `kind` of `tags`.
+    /// Writes the time now into the state key of each of `tags`: hard, one `set_many` (the state
+    /// replaced); soft, the soft time replaced and the hard one kept, atomically on the built-in
+    /// repositories (`crate::tags`'s module doc).
     async fn mark_tags(&self, tags: Tags, kind: Kind) -> Result<()> {
         observed!(self, Operation::SetMany, None, async {
             for tag in tags.as_slice() {
                 self.check_key(tag)?;
             }
             let now = Bytes::from(tags::now_micros().to_string());
-            let keys: Vec<String> = tags
-                .as_slice()
-                .iter()
-                .map(|tag| tags::state_key(self.key_prefix(), self.version.as_str(), tag, kind))
-                .collect();
-            let entries: Vec<(&str, Bytes)> =
-                keys.iter().map(|key| (key.as_str(), now.clone())).collect();
-            if !entries.is_empty() {
-                self.shared
-                    .backend
-                    .set_many(&entries, Expiry::Never)
-                    .await?;
+            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
+            let keys = keys.keys();
+            match kind {
+                Kind::Hard => {
+                    let entries: Vec<(&str, Bytes)> =
+                        keys.iter().map(|key| (*key, now.clone())).collect();
+                    if !entries.is_empty() {
+                        self.shared
+                            .backend
+                            .set_many(&entries, Expiry::Never)
+                            .await?;
+                    }
+                }
+                Kind::Soft => {
+                    for key in &keys {
+                        self.shared.backend.mark_tag_soft(key, now.clone()).await?;
+                    }
+                }
             }
-            Ok(((), Tally::written(now.len() * entries.len())))
+            Ok(((), Tally::written(now.len() * keys.len())))
         })
     }
 
@@ -825,7 +833,7 @@ impl Cache {
         Ok(tags::verdict(created, &states, self.shared.tag_clock_skew))
     }
 
-    /// The state values of `tags` (hard and soft of each), one round trip.
+    /// The state value of each of `tags`, one round trip.
     pub(crate) async fn tag_states<T: AsRef<str> + Sync>(
         &self,
         tags: &[T],

@@ -244,6 +244,19 @@ impl MemoryCacheRepository {
         matches!(removed, moka::ops::compute::CompResult::Removed(_))
     }
 
+    /// A tag's soft invalidation ([`CacheRepository::mark_tag_soft`]), atomic under the entry's
+    /// lock. No expiry, as every tag state.
+    pub(crate) fn mark_tag_soft_now(&self, key: &str, at: &[u8]) {
+        self.entries.entry_by_ref(key).and_compute_with(|found| {
+            let old = found.as_ref().map(|entry| &entry.value().value[..]);
+            moka::ops::compute::Op::Put(Entry {
+                value: crate::tags::with_soft(old, at),
+                ttl: None,
+                written: WrittenAt::default(),
+            })
+        });
+    }
+
     pub(crate) fn delete_many_now(&self, keys: &[&str]) -> u64 {
         keys.iter()
             .filter(|key| self.entries.remove(**key).is_some())
@@ -393,6 +406,11 @@ impl CacheRepository for MemoryCacheRepository {
     fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
         let removed = self.delete_if_equal_now(key, &expected);
         Box::pin(async move { Ok(removed) })
+    }
+
+    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+        self.mark_tag_soft_now(key, &at);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
