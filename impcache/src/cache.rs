@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{shown, Error, Result};
-use crate::expire::{Expire, Expiry};
+use crate::expire::Expire;
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
 use crate::near::{NearCache, NearCacheStats, NearCacheStatus, Store as NearStore};
@@ -803,14 +803,10 @@ impl Cache {
             let keys = keys.keys();
             match kind {
                 Kind::Hard => {
-                    let entries: Vec<(&str, Bytes)> =
-                        keys.iter().map(|key| (*key, now.clone())).collect();
-                    if !entries.is_empty() {
-                        self.shared
-                            .backend
-                            .set_many(&entries, Expiry::Never)
-                            .await?;
-                    }
+                    self.shared
+                        .backend
+                        .mark_tags_hard(&keys, now.clone())
+                        .await?;
                 }
                 Kind::Soft => {
                     for key in &keys {

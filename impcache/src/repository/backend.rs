@@ -278,6 +278,21 @@ impl Backend {
         }
     }
 
+    /// The tag states of a hard invalidation at `at`: a [`set_many`](Backend::set_many) of `at`
+    /// to every key, except in memory, where the write takes the lock the soft invalidation's
+    /// read-modify-write takes (`MemoryCacheRepository::mark_tags_hard_now`).
+    pub(crate) async fn mark_tags_hard(&self, keys: &[&str], at: Bytes) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if let Backend::Memory(memory) = self {
+            memory.mark_tags_hard_now(keys, &at);
+            return Ok(());
+        }
+        let entries: Vec<(&str, Bytes)> = keys.iter().map(|key| (*key, at.clone())).collect();
+        self.set_many(&entries, Expiry::Never).await
+    }
+
     /// A tag's soft invalidation at `at` in its state key `key` (the hard time kept).
     pub(crate) async fn mark_tag_soft(&self, key: &str, at: Bytes) -> Result<()> {
         match self {

@@ -176,7 +176,8 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     /// Records a soft invalidation of a tag at `at` (µs since the epoch, decimal) in its state
     /// key `key`, keeping the hard invalidation time the key holds: the state `{hard}` or
     /// `{hard};{soft}` becomes `{hard};{at}` (`;{at}` when the key holds nothing), with no
-    /// expiry. (A hard invalidation is a plain [`set_many`](CacheRepository::set_many).) On
+    /// expiry. (A hard invalidation is a plain [`set_many`](CacheRepository::set_many): an
+    /// override must be atomic with respect to it.) On
     /// Redis one `EVAL` of a script on the one key (so it works on Cluster); in memory atomic
     /// under the entry's lock.
     ///

@@ -24,7 +24,8 @@
 //!   A soft invalidation must keep the hard time (entries created before it must stay gone, not
 //!   become stale), so it is a read-modify-write, made atomic by the repository
 //!   ([`CacheRepository::mark_tag_soft`](crate::CacheRepository::mark_tag_soft): on Redis one
-//!   `EVAL` on the one key, so Cluster-safe; in memory under the entry's lock): concurrent hard
+//!   `EVAL` on the one key, so Cluster-safe; in memory under moka's per-key compute lock, which
+//!   the memory repository's hard write takes too, since a plain `insert` does not): concurrent hard
 //!   and soft invalidations never lose a hard one. The trait's default, for a user repository,
 //!   is a read then a write, not atomic (documented there). Rejected: a blind encoding (hard =
 //!   `SET`, soft = `APPEND`) needs a new repository operation all the same, and a bound on the
