@@ -21,15 +21,16 @@
 //!   *after* `t` is dropped only when a soft invalidation stamped later than the hard one lands
 //!   first (two processes racing within their network delay or clock skew): the last write to
 //!   land wins, as between two hard (or two soft) invalidations, which were never merged either.
-//!   A soft invalidation must keep the hard time (entries created before it must stay gone, not
-//!   become stale), so it is a read-modify-write, made atomic by the repository
+//!   A soft invalidation must keep the hard time (entries created before the hard time must
+//!   stay gone, not become stale), so it is a read-modify-write, made atomic by the repository
 //!   ([`CacheRepository::mark_tag_soft`](crate::CacheRepository::mark_tag_soft): on Redis one
 //!   `EVAL` on the one key, so Cluster-safe; in memory under moka's per-key compute lock, which
-//!   the memory repository's hard write takes too, since a plain `insert` does not): concurrent hard
-//!   and soft invalidations never lose a hard one. The trait's default, for a user repository,
-//!   is a read then a write, not atomic (documented there). Rejected: a blind encoding (hard =
-//!   `SET`, soft = `APPEND`) needs a new repository operation all the same, and a bound on the
-//!   growth of a tag soft-invalidated often, which needs a read-modify-write again.
+//!   the memory repository's hard write takes too, since a plain `insert` does not wait for
+//!   it): concurrent hard and soft invalidations never lose a hard one (`tests/tags.rs`,
+//!   `races`). The trait's default, for a user repository, is a read then a write, not atomic
+//!   (documented there). Rejected: a blind encoding (hard = `SET`, soft = `APPEND`) needs a new
+//!   repository operation all the same, and a bound on the growth of a tag soft-invalidated
+//!   often, which needs a read-modify-write again.
 //! - **Tagged entry**: the value's JSON inside an envelope holding its tags and its creation time
 //!   (`envelope.rs`). The creation time is taken *before* the loader runs, so an invalidation
 //!   that lands while the value is computed hides it (FusionCache #535/#628). Untagged entries
