@@ -71,6 +71,16 @@ mod races {
     );
 }
 
+/// Sentinel (not in `per_store!`: a group of its own): the soft invalidation's script goes to
+/// the primary the Sentinel names, and the race keeps the hard invalidation there too.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_hard_and_soft_invalidations_never_lose_the_hard_one() {
+    let group = impcache_tests::cluster::SentinelGroup::start();
+    let b = Backend::on(Store::sentinel(group.sentinel_url(), HANG));
+    concurrent_hard_and_soft_invalidations_never_lose_the_hard_one(b).await;
+}
+
 /// The raw bytes stored at `key` (through the repository: no tag check).
 async fn raw(cache: &Cache, key: &str) -> Option<bytes::Bytes> {
     cache.repository().get(&cache.make_key(key)).await.unwrap()
