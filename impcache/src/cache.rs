@@ -785,7 +785,9 @@ impl Cache {
     /// Marks every entry tagged `tag` stale (Fastly's soft purge): a
     /// [`get_or_set`](Cache::get_or_set) with a [`Freshness`](crate::Freshness) stale window
     /// still serves it, counting the window from now, while one reload runs; reads without a
-    /// stale window (and plain [`get`](Cache::get)) see a miss.
+    /// stale window (and plain [`get`](Cache::get)) see a miss. Entries a hard invalidation hid
+    /// stay hidden: on Redis one `EVAL` of a script rewriting the tag's key keeping its hard
+    /// invalidation time, never a scan; counted as a `set_many`.
     pub async fn soft_invalidate_tag(&self, tag: &str) -> Result<()> {
         self.mark_tags(Tags::new([tag]), Kind::Soft).await
     }
