@@ -57,6 +57,30 @@ per_store!(
     a_plain_get_or_set_checks_the_tags_of_what_it_finds,
 );
 
+/// The races of invalidations, on a runtime with worker threads: the memory repository's
+/// writes, synchronous, then really run at the same time.
+mod races {
+    use super::*;
+
+    per_store!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        make: Backend::on,
+        prefix: "tags_races",
+        deadline: HANG;
+        concurrent_hard_and_soft_invalidations_never_lose_the_hard_one,
+    );
+}
+
+/// Sentinel (not in `per_store!`: a group of its own): the soft invalidation's script goes to
+/// the primary the Sentinel names, and the race keeps the hard invalidation there too.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_hard_and_soft_invalidations_never_lose_the_hard_one() {
+    let group = impcache_tests::cluster::SentinelGroup::start();
+    let b = Backend::on(Store::sentinel(group.sentinel_url(), HANG));
+    concurrent_hard_and_soft_invalidations_never_lose_the_hard_one(b).await;
+}
+
 /// The raw bytes stored at `key` (through the repository: no tag check).
 async fn raw(cache: &Cache, key: &str) -> Option<bytes::Bytes> {
     cache.repository().get(&cache.make_key(key)).await.unwrap()
@@ -315,6 +339,47 @@ async fn a_plain_get_or_set_checks_the_tags_of_what_it_finds(b: Backend) {
     assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("v2", 1));
 }
 
+/// A tag's hard and soft times share one key, and a soft invalidation rewrites it keeping the
+/// hard time: hard and soft invalidations racing from two processes (two connections) never
+/// lose the hard one, so the entry created before them all is a miss even with a stale window.
+async fn concurrent_hard_and_soft_invalidations_never_lose_the_hard_one(b: Backend) {
+    let policy = Freshness::new().stale_while_revalidate(MINUTE);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    for round in 0..40 {
+        let (key, tag) = (format!("k{round}"), format!("t{round}"));
+        b.cache.set_tagged(&key, &"old", 60, [&tag]).await.unwrap();
+        tokio::time::sleep(MS).await;
+        let writers: Vec<_> = (0..8)
+            .map(|writer| {
+                let cache = if writer % 2 == 0 { &b.cache } else { &b.other }.clone();
+                let tag = tag.clone();
+                tokio::spawn(async move {
+                    if writer == round % 8 {
+                        cache.invalidate_tag(&tag).await
+                    } else {
+                        cache.soft_invalidate_tag(&tag).await
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        let value: String = b
+            .cache
+            .get_or_set(&key, 60, counted(&runs, &open, "new"))
+            .tags([&tag])
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(
+            value, "new",
+            "round {round}: the hard invalidation was lost"
+        );
+    }
+}
+
 /// On Cluster, an entry and its tag keys live on different slots (and here nodes): the tagged
 /// read and the invalidation work across them.
 #[cfg(feature = "cluster")]
@@ -327,9 +392,7 @@ async fn cluster_tags_live_on_other_slots_than_their_entries() {
     let user = (0..1000)
         .find(|user| {
             let entry = b.cache.make_key(&format!("user:{user}:profile"));
-            let tag = b
-                .cache
-                .make_key(&format!("__impcache_tag:hard:user:{user}"));
+            let tag = b.cache.make_key(&format!("__impcache_tag:user:{user}"));
             cluster.primary_for(&entry) != cluster.primary_for(&tag)
         })
         .expect("an entry and its tag key on two primaries");
@@ -337,6 +400,17 @@ async fn cluster_tags_live_on_other_slots_than_their_entries() {
     b.cache.set_tagged(&key, &"Ada", 60, [&tag]).await.unwrap();
     b.other.invalidate_tag(&tag).await.unwrap();
     assert_eq!(b.cache.get::<String>(&key).await.unwrap(), None);
+    // The soft invalidation's script runs on the tag key's node, and keeps the hard time.
+    b.other.soft_invalidate_tag(&tag).await.unwrap();
+    let policy = Freshness::new().stale_while_revalidate(MINUTE);
+    let value: String = b
+        .cache
+        .get_or_set(&key, 60, || async { "Grace".to_owned() })
+        .tags([&tag])
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(value, "Grace");
 }
 
 /// Fail open: with Redis down, a tagged `get_or_set` runs its loader and answers; an

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{shown, Error, Result};
-use crate::expire::{Expire, Expiry};
+use crate::expire::Expire;
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
 use crate::near::{NearCache, NearCacheStats, NearCacheStatus, Store as NearStore};
@@ -791,32 +791,38 @@ impl Cache {
     /// Marks every entry tagged `tag` stale (Fastly's soft purge): a
     /// [`get_or_set`](Cache::get_or_set) with a [`Freshness`](crate::Freshness) stale window
     /// still serves it, counting the window from now, while one reload runs; reads without a
-    /// stale window (and plain [`get`](Cache::get)) see a miss.
+    /// stale window (and plain [`get`](Cache::get)) see a miss. Entries a hard invalidation hid
+    /// stay hidden: on Redis one `EVAL` of a script rewriting the tag's key keeping its hard
+    /// invalidation time, never a scan; counted as a `set_many`.
     pub async fn soft_invalidate_tag(&self, tag: &str) -> Result<()> {
         self.mark_tags(Tags::new([tag]), Kind::Soft).await
     }
 
-    /// Writes the time now into the state keys of `kind` of `tags`.
+    /// Writes the time now into the state key of each of `tags`: hard, one `set_many` (the state
+    /// replaced); soft, the soft time replaced and the hard one kept, atomically on the built-in
+    /// repositories (`crate::tags`'s module doc).
     async fn mark_tags(&self, tags: Tags, kind: Kind) -> Result<()> {
         observed!(self, Operation::SetMany, None, async {
             for tag in tags.as_slice() {
                 self.check_key(tag)?;
             }
             let now = Bytes::from(tags::now_micros().to_string());
-            let keys: Vec<String> = tags
-                .as_slice()
-                .iter()
-                .map(|tag| tags::state_key(self.key_prefix(), self.version.as_str(), tag, kind))
-                .collect();
-            let entries: Vec<(&str, Bytes)> =
-                keys.iter().map(|key| (key.as_str(), now.clone())).collect();
-            if !entries.is_empty() {
-                self.shared
-                    .backend
-                    .set_many(&entries, Expiry::Never)
-                    .await?;
+            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
+            let keys = keys.keys();
+            match kind {
+                Kind::Hard => {
+                    self.shared
+                        .backend
+                        .mark_tags_hard(&keys, now.clone())
+                        .await?;
+                }
+                Kind::Soft => {
+                    for key in &keys {
+                        self.shared.backend.mark_tag_soft(key, now.clone()).await?;
+                    }
+                }
             }
-            Ok(((), Tally::written(now.len() * entries.len())))
+            Ok(((), Tally::written(now.len() * keys.len())))
         })
     }
 
@@ -831,7 +837,7 @@ impl Cache {
         Ok(tags::verdict(created, &states, self.shared.tag_clock_skew))
     }
 
-    /// The state values of `tags` (hard and soft of each), one round trip.
+    /// The state value of each of `tags`, one round trip.
     pub(crate) async fn tag_states<T: AsRef<str> + Sync>(
         &self,
         tags: &[T],

@@ -1,7 +1,7 @@
 //! The tags benchmark (issue 16), on a throwaway `redis-server`:
 //!
-//! 1. **Hit cost**: `get_or_set(..).tags([two tags])` (one pipeline: `GET` + `MGET` of the four
-//!    tag keys) against the same `get_or_set` untagged (one `GET`), closed loop, alternating
+//! 1. **Hit cost**: `get_or_set(..).tags([two tags])` (one `MGET` of the entry and the two
+//!    tag state keys) against the same `get_or_set` untagged (one `GET`), closed loop, alternating
 //!    rounds; the ratio of throughputs (target ≥ 0.9). Then the same through a near cache (issue
 //!    14), where the entry and its tags' state are all served from process memory.
 //! 2. **Invalidation**: `invalidate_tag` against `delete_pattern` of the same 10,000 entries,

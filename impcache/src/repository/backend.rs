@@ -278,6 +278,42 @@ impl Backend {
         }
     }
 
+    /// The tag states of a hard invalidation at `at`: a [`set_many`](Backend::set_many) of `at`
+    /// to every key, except in memory, where the write takes the lock the soft invalidation's
+    /// read-modify-write takes (`MemoryCacheRepository::mark_tags_hard_now`).
+    pub(crate) async fn mark_tags_hard(&self, keys: &[&str], at: Bytes) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if let Backend::Memory(memory) = self {
+            memory.mark_tags_hard_now(keys, &at);
+            return Ok(());
+        }
+        let entries: Vec<(&str, Bytes)> = keys.iter().map(|key| (*key, at.clone())).collect();
+        self.set_many(&entries, Expiry::Never).await
+    }
+
+    /// A tag's soft invalidation at `at` in its state key `key` (the hard time kept).
+    pub(crate) async fn mark_tag_soft(&self, key: &str, at: Bytes) -> Result<()> {
+        match self {
+            Backend::Memory(memory) => {
+                memory.mark_tag_soft_now(key, &at);
+                Ok(())
+            }
+            Backend::Redis(redis) => redis
+                .mark_tag_soft_direct(key, &at)
+                .await
+                .map_err(Failed::into_error),
+            Backend::Custom(repository) => repository.mark_tag_soft(key, at).await,
+            Backend::Near(near) => {
+                near.track();
+                let result = Box::pin(near.remote.mark_tag_soft(key, at)).await;
+                near.store.invalidate(key.as_bytes());
+                result
+            }
+        }
+    }
+
     /// The bytes at each tag state key (`None` where absent): [`get_many`](Backend::get_many),
     /// and through a near cache each state, or its absence, is kept locally like any key.
     pub(crate) async fn get_tag_states(&self, tag_keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
@@ -515,5 +551,33 @@ mod tests {
         assert_eq!(reports.len(), 1);
         assert_eq!((reports[0].matched, reports[0].removed), (2, 2));
         assert_eq!(memory.get_now("p:1:c"), None);
+    }
+
+    /// The trait's default soft invalidation (a read, then a write) keeps the hard time, as the
+    /// built-in repositories' atomic ones do.
+    #[tokio::test]
+    async fn every_arm_keeps_the_hard_time_on_a_soft_invalidation() {
+        let memory = MemoryCacheRepository::new();
+        let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped(MemoryCacheRepository::new()));
+        for backend in [Backend::Memory(memory), Backend::of(&custom)] {
+            backend
+                .mark_tag_soft("s", Bytes::from_static(b"5"))
+                .await
+                .unwrap();
+            backend
+                .set_many(&[("s", Bytes::from_static(b"7"))], Expiry::Never)
+                .await
+                .unwrap();
+            backend
+                .mark_tag_soft("s", Bytes::from_static(b"8"))
+                .await
+                .unwrap();
+            backend
+                .mark_tag_soft("s", Bytes::from_static(b"9"))
+                .await
+                .unwrap();
+            let states = backend.get_many(&["s"]).await.unwrap();
+            assert_eq!(states, [Some(Bytes::from_static(b"7;9"))], "{backend:?}");
+        }
     }
 }

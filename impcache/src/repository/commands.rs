@@ -90,3 +90,24 @@ pub(crate) fn delete_if_equal_command(key: &str, expected: &[u8]) -> redis::Cmd 
         .arg(expected);
     cmd
 }
+
+// --- Tags (issue 16). ---
+
+/// A soft invalidation of a tag (`crate::tags::with_soft`, in Lua): the state's hard time (what
+/// precedes its first `;`, if any) kept, the soft time replaced by `ARGV[1]`; atomic on the one
+/// key, so a hard invalidation landing at the same time is never lost.
+pub(crate) const MARK_TAG_SOFT_SCRIPT: &str = "local old = redis.call('GET', KEYS[1]) \
+     local hard = '' if old then hard = string.match(old, '^[^;]*') end \
+     redis.call('SET', KEYS[1], hard .. ';' .. ARGV[1]) return 1";
+
+/// `EVAL` of [`MARK_TAG_SOFT_SCRIPT`] on the state key `key` with the time `at`.
+pub(crate) fn mark_tag_soft_command(key: &str, at: &[u8]) -> redis::Cmd {
+    let mut cmd =
+        redis::Cmd::with_capacity(5, MARK_TAG_SOFT_SCRIPT.len() + key.len() + at.len() + 8);
+    cmd.arg("EVAL")
+        .arg(MARK_TAG_SOFT_SCRIPT)
+        .arg(1)
+        .arg(key)
+        .arg(at);
+    cmd
+}

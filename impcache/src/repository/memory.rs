@@ -244,6 +244,39 @@ impl MemoryCacheRepository {
         matches!(removed, moka::ops::compute::CompResult::Removed(_))
     }
 
+    /// A tag's soft invalidation ([`CacheRepository::mark_tag_soft`]), atomic under the entry's
+    /// lock. No expiry, as every tag state.
+    ///
+    /// moka serializes its compute calls on a key with each other, not with a plain `insert`:
+    /// hard invalidations are written through [`mark_tags_hard_now`](Self::mark_tags_hard_now)
+    /// for that reason.
+    pub(crate) fn mark_tag_soft_now(&self, key: &str, at: &[u8]) {
+        self.entries.entry_by_ref(key).and_compute_with(|found| {
+            let old = found.as_ref().map(|entry| &entry.value().value[..]);
+            moka::ops::compute::Op::Put(Entry {
+                value: crate::tags::with_soft(old, at),
+                ttl: None,
+                written: WrittenAt::default(),
+            })
+        });
+    }
+
+    /// The tag states of a hard invalidation at `at`, each key replaced, with no expiry: under
+    /// the same per-key lock as [`mark_tag_soft_now`](Self::mark_tag_soft_now), so that a soft
+    /// invalidation's read-modify-write never overwrites a hard one landing between its read
+    /// and its write (a plain `insert` could).
+    pub(crate) fn mark_tags_hard_now(&self, keys: &[&str], at: &Bytes) {
+        for key in keys {
+            self.entries.entry_by_ref(*key).and_compute_with(|_| {
+                moka::ops::compute::Op::Put(Entry {
+                    value: at.clone(),
+                    ttl: None,
+                    written: WrittenAt::default(),
+                })
+            });
+        }
+    }
+
     pub(crate) fn delete_many_now(&self, keys: &[&str]) -> u64 {
         keys.iter()
             .filter(|key| self.entries.remove(**key).is_some())
@@ -393,6 +426,11 @@ impl CacheRepository for MemoryCacheRepository {
     fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
         let removed = self.delete_if_equal_now(key, &expected);
         Box::pin(async move { Ok(removed) })
+    }
+
+    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+        self.mark_tag_soft_now(key, &at);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -173,6 +173,25 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
+    /// Records a soft invalidation of a tag at `at` (µs since the epoch, decimal) in its state
+    /// key `key`, keeping the hard invalidation time the key holds: the state `{hard}` or
+    /// `{hard};{soft}` becomes `{hard};{at}` (`;{at}` when the key holds nothing), with no
+    /// expiry. (A hard invalidation is a plain [`set_many`](CacheRepository::set_many): an
+    /// override must be atomic with respect to it.) On
+    /// Redis one `EVAL` of a script on the one key (so it works on Cluster); in memory atomic
+    /// under the entry's lock.
+    ///
+    /// The default reads the key and writes it in two calls: not atomic (a hard invalidation
+    /// landing between the two is lost: the entries it hid come back, stale). A repository
+    /// shared between processes should override it.
+    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let old = self.get(key).await?;
+            let state = crate::tags::with_soft(old.as_deref(), &at);
+            self.set(key, state, Expiry::Never).await
+        })
+    }
+
     /// Lets [`Cache`](crate::Cache) see which repository this is: the built-in in-memory and
     /// single-node Redis repositories return themselves, and are then called directly, without
     /// the boxed futures of this trait; every other repository keeps this default and is called

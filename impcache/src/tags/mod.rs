@@ -2,15 +2,35 @@
 //! keyspace scan, on every repository including Cluster.
 //!
 //! # How it works
-//! - **Tag state**: two keys per tag, under the cache's prefix and version, each holding a time
-//!   (µs since the Unix epoch, as a decimal number): `{prefix}:{version}:__impcache_tag:hard:{tag}`
-//!   (set by [`Cache::invalidate_tag`](crate::Cache::invalidate_tag)) and
-//!   `{prefix}:{version}:__impcache_tag:soft:{tag}` (set by
-//!   [`Cache::soft_invalidate_tag`](crate::Cache::soft_invalidate_tag)). An invalidation is one
-//!   `SET` of one key: no read-modify-write, so concurrent hard and soft invalidations never lose
-//!   each other. Tag keys have no expiry (an entry they invalidate may have none): one small key
-//!   per tag ever invalidated, gone with the version. The key part `__impcache_tag:` is reserved:
-//!   a user key starting with it would be read as a tag's state.
+//! - **Tag state**: one key per tag, under the cache's prefix and version,
+//!   `{prefix}:{version}:__impcache_tag:{tag}`, holding the times (µs since the Unix epoch, as
+//!   decimal numbers) of the tag's last hard and soft invalidation: `{hard}` after a hard one
+//!   ([`Cache::invalidate_tag`](crate::Cache::invalidate_tag)), `{hard};{soft}` (or `;{soft}`
+//!   with no hard one yet) after a soft one
+//!   ([`Cache::soft_invalidate_tag`](crate::Cache::soft_invalidate_tag)). One key rather than
+//!   two: a tagged read reads 1 + N keys for N tags, not 1 + 2N (BENCHMARKS.md, "Issue 16:
+//!   tags"). Tag keys have no expiry (an entry they invalidate may have none): one small key
+//!   per tag ever invalidated, gone with the version. The key part `__impcache_tag:` is
+//!   reserved: a user key starting with it would be read as a tag's state. (Before this layout,
+//!   unreleased, a tag had two keys, `…:hard:{tag}` and `…:soft:{tag}`: they are not read, and
+//!   not migrated.)
+//! - **Invalidation writes**: a hard invalidation at `t` is a blind `SET` of `{t}` (one
+//!   `set_many` for several tags: O(1) round trips, no read). Dropping the soft time it
+//!   overwrites loses nothing when that time is at or before `t`: every entry it made stale
+//!   (created at or before it, plus the skew allowance) is gone under `t` too. A soft time
+//!   *after* `t` is dropped only when a soft invalidation stamped later than the hard one lands
+//!   first (two processes racing within their network delay or clock skew): the last write to
+//!   land wins, as between two hard (or two soft) invalidations, which were never merged either.
+//!   A soft invalidation must keep the hard time (entries created before the hard time must
+//!   stay gone, not become stale), so it is a read-modify-write, made atomic by the repository
+//!   ([`CacheRepository::mark_tag_soft`](crate::CacheRepository::mark_tag_soft): on Redis one
+//!   `EVAL` on the one key, so Cluster-safe; in memory under moka's per-key compute lock, which
+//!   the memory repository's hard write takes too, since a plain `insert` does not wait for
+//!   it): concurrent hard and soft invalidations never lose a hard one (`tests/tags.rs`,
+//!   `races`). The trait's default, for a user repository, is a read then a write, not atomic
+//!   (documented there). Rejected: a blind encoding (hard = `SET`, soft = `APPEND`) needs a new
+//!   repository operation all the same, and a bound on the growth of a tag soft-invalidated
+//!   often, which needs a read-modify-write again.
 //! - **Tagged entry**: the value's JSON inside an envelope holding its tags and its creation time
 //!   (`envelope.rs`). The creation time is taken *before* the loader runs, so an invalidation
 //!   that lands while the value is computed hides it (FusionCache #535/#628). Untagged entries
@@ -52,8 +72,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::key::full_key;
-
 /// The reserved key part of tag state keys.
 pub(crate) const TAG_KEY_PART: &str = "__impcache_tag:";
 
@@ -91,24 +109,15 @@ impl Tags {
     }
 }
 
-/// Which invalidation a tag key records.
+/// Which invalidation is written into a tag's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Hard,
     Soft,
 }
 
-/// The full key of `tag`'s state of `kind`.
-pub(crate) fn state_key(prefix: &str, version: &str, tag: &str, kind: Kind) -> String {
-    let kind = match kind {
-        Kind::Hard => "hard:",
-        Kind::Soft => "soft:",
-    };
-    full_key(prefix, version, &[TAG_KEY_PART, kind, tag].concat())
-}
-
-/// The state keys of some tags, hard then soft of each tag, in order ([`state_key`] of each):
-/// in one buffer, since a tagged read builds them on every call.
+/// The state keys of some tags, in order (`{prefix}:{version}:__impcache_tag:{tag}`, as
+/// `key::full_key` builds keys): in one buffer, since a tagged read builds them on every call.
 pub(crate) struct StateKeys {
     buffer: String,
     ends: Vec<usize>,
@@ -116,20 +125,15 @@ pub(crate) struct StateKeys {
 
 impl StateKeys {
     pub(crate) fn new<T: AsRef<str>>(prefix: &str, version: &str, tags: &[T]) -> StateKeys {
-        let fixed = prefix.len() + version.len() + TAG_KEY_PART.len() + 7;
-        let size: usize = tags
-            .iter()
-            .map(|tag| 2 * (fixed + tag.as_ref().len()))
-            .sum();
+        let fixed = prefix.len() + version.len() + TAG_KEY_PART.len() + 2;
+        let size: usize = tags.iter().map(|tag| fixed + tag.as_ref().len()).sum();
         let mut buffer = String::with_capacity(size);
-        let mut ends = Vec::with_capacity(2 * tags.len());
+        let mut ends = Vec::with_capacity(tags.len());
         for tag in tags {
-            for kind in ["hard:", "soft:"] {
-                for part in [prefix, ":", version, ":", TAG_KEY_PART, kind, tag.as_ref()] {
-                    buffer.push_str(part);
-                }
-                ends.push(buffer.len());
+            for part in [prefix, ":", version, ":", TAG_KEY_PART, tag.as_ref()] {
+                buffer.push_str(part);
             }
+            ends.push(buffer.len());
         }
         StateKeys { buffer, ends }
     }
@@ -146,6 +150,39 @@ impl StateKeys {
             })
             .collect()
     }
+}
+
+/// The separator of the hard and soft times in a tag's state (`{hard};{soft}`).
+const SOFT_SEPARATOR: u8 = b';';
+
+/// A tag's state after a soft invalidation at `at` (decimal µs) on top of `old`: the hard time
+/// of `old` kept, the soft time replaced. What [`CacheRepository::mark_tag_soft`] writes; the
+/// Redis script (`commands::MARK_TAG_SOFT_SCRIPT`) does the same in Lua.
+///
+/// [`CacheRepository::mark_tag_soft`]: crate::CacheRepository::mark_tag_soft
+pub(crate) fn with_soft(old: Option<&[u8]>, at: &[u8]) -> Bytes {
+    let hard = old
+        .unwrap_or_default()
+        .split(|&byte| byte == SOFT_SEPARATOR)
+        .next()
+        .unwrap_or_default();
+    let mut state = Vec::with_capacity(hard.len() + 1 + at.len());
+    state.extend_from_slice(hard);
+    state.push(SOFT_SEPARATOR);
+    state.extend_from_slice(at);
+    Bytes::from(state)
+}
+
+/// The hard and soft times in a tag's state (`None` where absent or unreadable).
+fn parse_state(state: &[u8]) -> (Option<u64>, Option<u64>) {
+    let time = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+    };
+    let mut parts = state.splitn(2, |&byte| byte == SOFT_SEPARATOR);
+    let hard = parts.next().and_then(time);
+    (hard, parts.next().and_then(time))
 }
 
 /// Now, in µs since the Unix epoch (0 if the clock is before it).
@@ -176,22 +213,16 @@ pub enum Verdict {
 /// with the clock-skew allowance `skew`.
 pub(crate) fn verdict(created: u64, states: &[Option<Bytes>], skew: Duration) -> Verdict {
     let skew = u64::try_from(skew.as_micros()).unwrap_or(u64::MAX);
-    let time = |state: &Option<Bytes>| {
-        state
-            .as_deref()
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
-            .and_then(|text| text.trim().parse::<u64>().ok())
-    };
+    let covers = |at: u64| created <= at.saturating_add(skew);
     let mut stale_since = None;
-    for (index, state) in states.iter().enumerate() {
-        let Some(at) = time(state) else { continue };
-        if created > at.saturating_add(skew) {
-            continue;
-        }
-        if index % 2 == 0 {
+    for state in states.iter().flatten() {
+        let (hard, soft) = parse_state(state);
+        if hard.is_some_and(covers) {
             return Verdict::Gone;
         }
-        stale_since = stale_since.max(Some(at));
+        if let Some(soft) = soft.filter(|&soft| covers(soft)) {
+            stale_since = stale_since.max(Some(soft));
+        }
     }
     match stale_since {
         Some(since) => Verdict::Stale { since },
@@ -212,6 +243,10 @@ mod tests {
         Some(Bytes::from(micros.to_string()))
     }
 
+    fn soft(old: Option<Bytes>, micros: u64) -> Option<Bytes> {
+        Some(with_soft(old.as_deref(), micros.to_string().as_bytes()))
+    }
+
     #[test]
     fn the_latest_invalidation_decides() {
         let none = Duration::ZERO;
@@ -219,22 +254,51 @@ mod tests {
         assert_eq!(verdict(10, &[at(9), None], none), Verdict::Fresh);
         assert_eq!(verdict(10, &[at(10), None], none), Verdict::Gone);
         assert_eq!(
-            verdict(10, &[None, at(12)], none),
+            verdict(10, &[soft(None, 12)], none),
+            Verdict::Stale { since: 12 }
+        );
+        // A soft invalidation keeps the hard time: still gone.
+        assert_eq!(verdict(10, &[soft(at(11), 12)], none), Verdict::Gone);
+        // A hard time before the entry and a soft one after it: stale.
+        assert_eq!(
+            verdict(10, &[soft(at(9), 12)], none),
             Verdict::Stale { since: 12 }
         );
         // A hard invalidation of any tag wins over a soft one of another.
         assert_eq!(
-            verdict(10, &[None, at(12), at(11), None], none),
+            verdict(10, &[soft(None, 12), at(11), None], none),
             Verdict::Gone
+        );
+        // The latest soft invalidation of the tags is the one counted.
+        assert_eq!(
+            verdict(10, &[soft(None, 12), soft(at(3), 15)], none),
+            Verdict::Stale { since: 15 }
         );
         // The skew allowance widens each invalidation.
         assert_eq!(
             verdict(10, &[at(9), None], Duration::from_micros(1)),
             Verdict::Gone
         );
+        assert_eq!(
+            verdict(10, &[soft(None, 9)], Duration::from_micros(1)),
+            Verdict::Stale { since: 9 }
+        );
         // Unreadable state is ignored.
         let junk = Some(Bytes::from_static(b"x"));
         assert_eq!(verdict(10, &[junk, None], none), Verdict::Fresh);
+        let junk = Some(Bytes::from_static(b"x;y"));
+        assert_eq!(verdict(10, &[junk], none), Verdict::Fresh);
+    }
+
+    #[test]
+    fn a_soft_invalidation_keeps_the_hard_time_and_replaces_the_soft_one() {
+        assert_eq!(with_soft(None, b"5"), ";5");
+        assert_eq!(with_soft(Some(b"3"), b"5"), "3;5");
+        assert_eq!(with_soft(Some(b"3;4"), b"5"), "3;5");
+        assert_eq!(with_soft(Some(b";4"), b"5"), ";5");
+        assert_eq!(parse_state(b"3;5"), (Some(3), Some(5)));
+        assert_eq!(parse_state(b";5"), (None, Some(5)));
+        assert_eq!(parse_state(b"3"), (Some(3), None));
     }
 
     #[test]
@@ -242,15 +306,11 @@ mod tests {
         let tags = Tags::new(["a", "b", "a"]);
         assert_eq!(tags.as_slice(), ["a", "b"]);
         let keys = StateKeys::new("p", "1", tags.as_slice());
-        assert_eq!(keys.keys()[3], state_key("p", "1", "b", Kind::Soft));
+        let full = crate::key::full_key("p", "1", &[TAG_KEY_PART, "b"].concat());
+        assert_eq!(keys.keys()[1], full);
         assert_eq!(
             keys.keys(),
-            [
-                "p:1:__impcache_tag:hard:a",
-                "p:1:__impcache_tag:soft:a",
-                "p:1:__impcache_tag:hard:b",
-                "p:1:__impcache_tag:soft:b"
-            ]
+            ["p:1:__impcache_tag:a", "p:1:__impcache_tag:b"]
         );
         assert!(Tags::new(Vec::<String>::new()).is_empty());
     }

@@ -29,7 +29,9 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use self::node::{is_redirection, Node};
 use self::topology::{key_slot, parse_primaries, SlotMap};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
-use super::commands::{check_value_size, delete_if_equal_command, key_command, set_command};
+use super::commands::{
+    check_value_size, delete_if_equal_command, key_command, mark_tag_soft_command, set_command,
+};
 use super::dsn;
 use super::failure::classify;
 use super::settings::{shared_setters, Settings};
@@ -369,6 +371,16 @@ impl CacheRepository for RedisClusterCacheRepository {
             let cmd = delete_if_equal_command(key, &expected);
             let removed: u64 = self.keyed("delete", key, cmd).await?;
             Ok(removed > 0)
+        })
+    }
+
+    /// The soft-invalidation script (`EVAL`), routed by the key: one key, one slot.
+    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let _: u64 = self
+                .keyed("set", key, mark_tag_soft_command(key, &at))
+                .await?;
+            Ok(())
         })
     }
 

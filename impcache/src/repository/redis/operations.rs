@@ -13,7 +13,8 @@ use crate::expire::Expiry;
 use crate::progress::{DeleteProgress, Sweep};
 use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::commands::{
-    check_value_size, delete_if_equal_command, key_command, keys_command, scan_command, set_command,
+    check_value_size, delete_if_equal_command, key_command, keys_command, mark_tag_soft_command,
+    scan_command, set_command,
 };
 use crate::repository::failure::{Failed, Failure};
 use crate::repository::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
@@ -260,6 +261,15 @@ impl RedisCacheRepository {
         Ok(removed > 0)
     }
 
+    /// A tag's soft invalidation ([`CacheRepository::mark_tag_soft`]): one `EVAL`.
+    pub(crate) async fn mark_tag_soft_direct(&self, key: &str, at: &[u8]) -> Result<(), Failed> {
+        let cmd = mark_tag_soft_command(key, at);
+        let _: u64 = self
+            .query("set", &|| shown(key), Request::Cmd(&cmd))
+            .await?;
+        Ok(())
+    }
+
     /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
     /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
     /// round trip, not to the whole sweep. Each batch is counted in `sweep`; the total removed
@@ -406,6 +416,14 @@ impl CacheRepository for RedisCacheRepository {
     fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.delete_if_equal_direct(key, &expected)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.mark_tag_soft_direct(key, &at)
                 .await
                 .map_err(Failed::into_error)
         })

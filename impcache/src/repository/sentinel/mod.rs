@@ -331,6 +331,16 @@ impl CacheRepository for RedisSentinelCacheRepository {
         })
     }
 
+    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.run("set", &|| shown(key), true, move |r| {
+                let at = at.clone();
+                async move { r.mark_tag_soft_direct(key, &at).await }
+            })
+            .await
+        })
+    }
+
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
         Box::pin(async move {
             self.run(
