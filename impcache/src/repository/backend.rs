@@ -510,22 +510,24 @@ mod tests {
     }
 
     #[test]
-    fn each_repository_gets_its_arm_even_behind_a_shared_trait_object() {
+    fn each_repository_gets_its_arm_even_behind_a_shared_trait_object() -> Result<()> {
         let memory: Arc<dyn CacheRepository> = Arc::new(MemoryCacheRepository::new());
         assert!(matches!(Backend::of(&memory), Backend::Memory(_)));
         // Nothing is connected until the first operation.
-        let redis = RedisCacheRepository::new("redis://127.0.0.1:1/").unwrap();
+        let redis = RedisCacheRepository::new("redis://127.0.0.1:1/")?;
         let redis: Arc<dyn CacheRepository> = Arc::new(redis);
         assert!(matches!(Backend::of(&redis), Backend::Redis(_)));
         let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped(MemoryCacheRepository::new()));
-        match Backend::of(&custom) {
-            Backend::Custom(repository) => assert!(Arc::ptr_eq(&repository, &custom)),
-            other => panic!("a user repository goes through the trait, got {other:?}"),
-        }
+        let backend = Backend::of(&custom);
+        assert!(
+            matches!(&backend, Backend::Custom(repository) if Arc::ptr_eq(repository, &custom)),
+            "a user repository goes through the trait, got {backend:?}"
+        );
+        Ok(())
     }
 
     #[tokio::test]
-    async fn the_memory_arm_deletes_directly() {
+    async fn the_memory_arm_deletes_directly() -> Result<()> {
         let memory = MemoryCacheRepository::new();
         let backend = Backend::Memory(memory.clone());
         let parts = |key| KeyParts {
@@ -536,48 +538,38 @@ mod tests {
         for key in ["a", "b", "c", "d"] {
             backend
                 .set(parts(key), Bytes::from_static(b"1"), Expiry::Never)
-                .await
-                .unwrap();
+                .await?;
         }
-        assert_eq!(backend.delete(parts("a")).await.unwrap(), 1);
-        assert_eq!(backend.delete(parts("a")).await.unwrap(), 0);
-        assert_eq!(backend.delete_many(&["p:1:b", "p:1:x"]).await.unwrap(), 1);
+        assert_eq!(backend.delete(parts("a")).await?, 1);
+        assert_eq!(backend.delete(parts("a")).await?, 0);
+        assert_eq!(backend.delete_many(&["p:1:b", "p:1:x"]).await?, 1);
         let mut reports = Vec::new();
         let removed = backend
             .delete_pattern("p:1:*", &mut |p| reports.push(p))
-            .await
-            .unwrap();
+            .await?;
         assert_eq!(removed, 2);
         assert_eq!(reports.len(), 1);
         assert_eq!((reports[0].matched, reports[0].removed), (2, 2));
         assert_eq!(memory.get_now("p:1:c"), None);
+        Ok(())
     }
 
     /// The trait's default soft invalidation (a read, then a write) keeps the hard time, as the
     /// built-in repositories' atomic ones do.
     #[tokio::test]
-    async fn every_arm_keeps_the_hard_time_on_a_soft_invalidation() {
+    async fn every_arm_keeps_the_hard_time_on_a_soft_invalidation() -> Result<()> {
         let memory = MemoryCacheRepository::new();
         let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped(MemoryCacheRepository::new()));
         for backend in [Backend::Memory(memory), Backend::of(&custom)] {
-            backend
-                .mark_tag_soft("s", Bytes::from_static(b"5"))
-                .await
-                .unwrap();
+            backend.mark_tag_soft("s", Bytes::from_static(b"5")).await?;
             backend
                 .set_many(&[("s", Bytes::from_static(b"7"))], Expiry::Never)
-                .await
-                .unwrap();
-            backend
-                .mark_tag_soft("s", Bytes::from_static(b"8"))
-                .await
-                .unwrap();
-            backend
-                .mark_tag_soft("s", Bytes::from_static(b"9"))
-                .await
-                .unwrap();
-            let states = backend.get_many(&["s"]).await.unwrap();
+                .await?;
+            backend.mark_tag_soft("s", Bytes::from_static(b"8")).await?;
+            backend.mark_tag_soft("s", Bytes::from_static(b"9")).await?;
+            let states = backend.get_many(&["s"]).await?;
             assert_eq!(states, [Some(Bytes::from_static(b"7;9"))], "{backend:?}");
         }
+        Ok(())
     }
 }

@@ -446,26 +446,22 @@ mod tests {
     /// default TinyLFU admission refused new keys that were not yet "popular" and kept the first
     /// ~500 keys ever written instead (issue 12, item 14).
     #[test]
-    fn recent_writes_survive_next_to_the_capacity_bound() {
+    fn recent_writes_survive_next_to_the_capacity_bound() -> Result<()> {
         const CAPACITY: u64 = 1024 * 1024;
         let repository = MemoryCacheRepository::builder()
             .max_capacity_bytes(CAPACITY)
             .build();
         let value = Bytes::from(vec![b'x'; 2000]);
-        let write = |key: String| {
-            repository
-                .set_now(key, value.clone(), Expiry::Never)
-                .unwrap()
-        };
+        let write = |key: String| repository.set_now(key, value.clone(), Expiry::Never);
         for i in 0..1000 {
-            write(format!("old:{i}"));
+            write(format!("old:{i}"))?;
         }
         repository.entries.run_pending_tasks();
         assert!(repository.weighted_size() <= CAPACITY);
-        write("fresh".to_owned());
+        write("fresh".to_owned())?;
         repository.entries.run_pending_tasks();
         for i in 0..100 {
-            write(format!("new:{i}"));
+            write(format!("new:{i}"))?;
         }
         repository.entries.run_pending_tasks();
         assert!(
@@ -483,5 +479,6 @@ mod tests {
         let used = repository.weighted_size();
         assert!(used <= CAPACITY, "{used} bytes used");
         assert!(used > CAPACITY * 9 / 10, "{used} bytes used: not full");
+        Ok(())
     }
 }
