@@ -1025,6 +1025,76 @@ async fn tagged_hits_are_local_and_tag_invalidations_reach_them() {
     .await;
 }
 
+/// A near-cached tagged entry judged fresh keeps its verdict for the next read with the same
+/// tags only while no tag state changes: a read naming another tag judges it again (and finds
+/// that tag invalidated), and an invalidation of any tag anywhere makes the next read judge
+/// again (and an unrelated one leaves the entry fresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_tag_verdict_holds_only_for_the_same_tags_and_no_tag_change() {
+    let server = RedisServer::start();
+    let a = near_cache(&server, near());
+    let b = near_cache(&server, near());
+    wait_active(&a).await;
+    wait_active(&b).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let read = |tags: &'static [&'static str], value: i64| {
+        let (a, runs) = (a.clone(), Arc::clone(&runs));
+        async move {
+            a.get_or_set("page:1", 60, move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                value
+            })
+            .tags(tags)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(read(&["x"], 1).await, 1);
+    // Local, and judged locally at least once: the verdict is kept from then on.
+    wait_served_locally(&server, "the tagged entry is served locally", || async {
+        assert_eq!(read(&["x"], 2).await, 1);
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(read(&["x"], 2).await, 1);
+    }
+
+    // Another process invalidates a tag this entry does not carry: the reader judges again
+    // once Redis's invalidation is in, and the entry is still fresh.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let before = a.near_cache_stats().invalidations;
+    b.invalidate_tag("y").await.unwrap();
+    eventually("the invalidation of `y` reaches the reader", || async {
+        a.near_cache_stats().invalidations > before
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(read(&["x"], 2).await, 1);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // A read naming `y` too is judged against it, not served from the verdict on `x` alone.
+    assert_eq!(read(&["x", "y"], 3).await, 3);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    // The reloaded entry (tagged `x` and `y`), verdict kept, then `x` invalidated elsewhere.
+    eventually("the reloaded entry is served", || async {
+        read(&["x", "y"], 4).await == 3
+    })
+    .await;
+    wait_served_locally(&server, "the reloaded entry is served locally", || async {
+        assert_eq!(read(&["x", "y"], 4).await, 3);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    b.invalidate_tag("x").await.unwrap();
+    eventually(
+        "the invalidation of `x` reaches the kept verdict",
+        || async { read(&["x", "y"], 5).await == 5 },
+    )
+    .await;
+}
+
 /// A soft invalidation by another `Cache` makes the near-cached entry stale: served under the
 /// stale window while one reload runs, then replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

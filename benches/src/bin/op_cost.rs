@@ -40,6 +40,8 @@ const OPERATIONS: &[&str] = &[
     "get-or-set-hit",
     "fresh-hit",
     "tagged-hit",
+    "near-get-or-set-hit",
+    "near-tagged-hit",
     "http-cached",
     "http-cached-lean",
     "http-cached-stale",
@@ -158,13 +160,23 @@ fn main() {
                 ),
             );
         }
-        if operation == "near-get" {
+        if operation == "near-get"
+            || operation == "near-get-or-set-hit"
+            || operation == "near-tagged-hit"
+        {
             let near = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
                 .near_cache(impcache::NearCache::new())
                 .build();
             impcache_benches::wait_near_active(&near).await;
             for id in 0..KEYS {
                 let _: Small = near.get(&format!("small:{id}")).await.unwrap().unwrap();
+                let _: Small = near
+                    .get_or_set(&format!("tagged:{id}"), TTL, move || async move {
+                        Small::new(id)
+                    })
+                    .tags([format!("user:{id}"), "users".to_owned()])
+                    .await
+                    .unwrap();
             }
             let _ = NEAR.set(near);
         }
@@ -306,6 +318,27 @@ async fn run(
         "moka-get" => {
             let bytes = moka.get(&format!("cache:1:small:{id}")).unwrap();
             black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+        }
+        "near-get-or-set-hit" => {
+            let near = NEAR.get().unwrap();
+            let v: Small = near
+                .get_or_set(&format!("small:{id}"), TTL, move || async move {
+                    Small::new(id)
+                })
+                .await
+                .unwrap();
+            black_box(v);
+        }
+        "near-tagged-hit" => {
+            let near = NEAR.get().unwrap();
+            let v: Small = near
+                .get_or_set(&format!("tagged:{id}"), TTL, move || async move {
+                    Small::new(id)
+                })
+                .tags([format!("user:{id}"), "users".to_owned()])
+                .await
+                .unwrap();
+            black_box(v);
         }
         "near-get" => {
             let near = NEAR.get().unwrap();

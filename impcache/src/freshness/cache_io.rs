@@ -11,6 +11,7 @@ use super::request::{GetOrSet, TryGetOrSet};
 use crate::cache::{observed, Cache};
 use crate::error::Result;
 use crate::expire::{Expire, Expiry};
+use crate::key::KeyParts;
 use crate::observe::metrics::{Operation, Tally};
 use crate::repository::WithTtl;
 use crate::tags::{self, envelope, StateKeys, Tags, Verdict};
@@ -161,13 +162,21 @@ impl Cache {
         }
         observed!(self, Operation::Get, Some(key), async {
             self.check_key(key)?;
+            let parts = self.key_parts(key);
+            let backend = &self.shared.backend;
+            // Through a near cache: an entry judged fresh against these tags, no tag state
+            // having changed since, needs no judging again (`near/store.rs`).
+            if let Some(found) = backend.verified(parts, tags, policy.needs_ttl()) {
+                let tally = Tally::read(Some(found.value.len()));
+                return Ok((Some(found), tally));
+            }
+            let sequence = backend.tag_sequence();
             let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
-            let (found, states) = self
-                .shared
-                .backend
-                .get_with_tags(self.key_parts(key), &keys.keys(), policy.needs_ttl())
+            let (found, states) = backend
+                .get_with_tags(parts, &keys.keys(), policy.needs_ttl())
                 .await?;
-            let found = self.judge(found, states, tags, policy).await?;
+            let verifiable = sequence.map(|sequence| (parts, sequence));
+            let found = self.judge(found, states, tags, policy, verifiable).await?;
             let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
             Ok((found, tally))
         })
@@ -189,7 +198,7 @@ impl Cache {
                     .map(|value| WithTtl::new(value, None))
             };
             let found = self
-                .judge(found, Vec::new(), &Tags::default(), policy)
+                .judge(found, Vec::new(), &Tags::default(), policy, None)
                 .await?;
             let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
             Ok((found, tally))
@@ -197,13 +206,16 @@ impl Cache {
     }
 
     /// What a `get_or_set` read found, judged against the tags' `states` (those of `read`, in
-    /// order; the state of the entry's other tags is read here).
+    /// order; the state of the entry's other tags is read here). With `verifiable` (the key and
+    /// the near cache's tag sequence read before the states), a verdict "fresh" is kept on the
+    /// local entry for the next read with the same tags.
     async fn judge(
         &self,
         found: Option<WithTtl>,
         mut states: Vec<Option<Bytes>>,
         read: &Tags,
         policy: &Freshness,
+        verifiable: Option<(KeyParts<'_>, u64)>,
     ) -> Result<Option<WithTtl>> {
         let Some(found) = found else {
             return Ok(None);
@@ -222,7 +234,15 @@ impl Cache {
             .collect();
         states.extend(self.tag_states(&others).await?);
         let ttl = match tags::verdict(opened.created, &states, self.shared.tag_clock_skew) {
-            Verdict::Fresh => found.ttl,
+            Verdict::Fresh => {
+                if let Some((key, sequence)) = verifiable {
+                    let value = opened.value.clone();
+                    self.shared
+                        .backend
+                        .verify(key, &found.value, read, sequence, value);
+                }
+                found.ttl
+            }
             Verdict::Gone => return Ok(None),
             Verdict::Stale { since } => {
                 let window = policy.stale_window();

@@ -15,6 +15,15 @@
 //! [`Store::get`]. Creating the tag key is a change under the tracked prefix like any other, so
 //! its invalidation drops the absence, and the race rule holds for it as for a value: a `nil`
 //! reply that raced with the key's creation is not kept.
+//!
+//! **Verified tagged entries.** Judging a tagged entry takes a lookup per tag state, the
+//! envelope's parse and the verdict (about half of a near-cached tagged hit: BENCHMARKS.md,
+//! "Issue 16: verified tagged entries"). A tagged entry judged fresh against a call's tags keeps
+//! that verdict ([`Store::verify`]) with the *tag sequence* read before its states were: a
+//! number bumped by every invalidation of a tag state key (from Redis or this cache's own
+//! invalidation) and every flush. The next read with the same tags is served from the verdict
+//! while the tag sequence has not moved ([`Store::verified`]): a tag invalidated anywhere, or a
+//! lost tracking connection, moves it, and the entry is judged again from its tags' states.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +39,7 @@ use super::{NearCache, NearCacheStats, NearCacheStatus};
 use crate::freshness::Freshness;
 use crate::observe::hooks::{near_lookups, Tier};
 use crate::repository::WithTtl;
+use crate::tags::{envelope, Tags, TAG_KEY_PART};
 
 /// Slots of the invalidation log: a power of two.
 const SLOTS: usize = 4096;
@@ -50,6 +60,17 @@ struct Entry {
     redis_expires: Option<Instant>,
     /// A tag state known to be absent (`value` is empty): served by [`Store::get_state`] only.
     absent: bool,
+    /// For a tagged entry (an envelope), its last verdict "fresh" ([`Store::verify`]); shared by
+    /// the clones moka hands out. `None` for other entries.
+    verified: Option<Arc<ArcSwapOption<Verified>>>,
+}
+
+/// A tagged entry judged fresh: against which call's tags, from states read after which tag
+/// sequence, and the envelope's value (a slice of the entry's bytes).
+struct Verified {
+    tags: Tags,
+    sequence: u64,
+    value: Bytes,
 }
 
 struct PerEntryTtl;
@@ -86,6 +107,9 @@ pub(crate) struct Store {
     slots: Box<[AtomicU64]>,
     /// The sequence number of the last flush.
     flushed: AtomicU64,
+    /// Bumped by every invalidation of a tag state key and every flush: a verdict on a tagged
+    /// entry holds while it stands still ([`Store::verified`]).
+    tag_sequence: AtomicU64,
     state: AtomicU8,
     /// Whether a tracker task runs for this store.
     pub(super) tracking: AtomicBool,
@@ -112,7 +136,9 @@ impl Store {
     pub(crate) fn new(config: &NearCache) -> Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_capacity_bytes)
-            .weigher(|key: &String, entry: &Entry| weight::of(key, &entry.value))
+            .weigher(|key: &String, entry: &Entry| {
+                weight::of(key, &entry.value, entry.verified.is_some())
+            })
             .expire_after(PerEntryTtl)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
@@ -121,6 +147,7 @@ impl Store {
             sequence: AtomicU64::new(0),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             flushed: AtomicU64::new(0),
+            tag_sequence: AtomicU64::new(0),
             state: AtomicU8::new(CONNECTING),
             tracking: AtomicBool::new(false),
             connection: AtomicU64::new(0),
@@ -195,6 +222,59 @@ impl Store {
         self.hits.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::Near, 1);
         Some(entry)
+    }
+
+    /// The tag sequence now: read before the tag states a verdict is made from, and given to
+    /// [`Store::verify`] with it.
+    pub(crate) fn tag_sequence(&self) -> u64 {
+        self.tag_sequence.load(Ordering::SeqCst)
+    }
+
+    /// The value of the tagged entry at `key` when it was judged fresh against `tags` and no
+    /// tag state changed (nor anything was flushed) since the states were read; with its
+    /// remaining Redis TTL when `with_ttl`. Counted as one local hit.
+    pub(crate) fn verified(&self, key: &str, tags: &Tags, with_ttl: bool) -> Option<WithTtl> {
+        if !self.active() {
+            return None;
+        }
+        let entry = self.entries.get(key)?;
+        let cell = entry.verified.as_ref()?;
+        let guard = cell.load();
+        let verified = guard.as_ref().filter(|verified| {
+            verified.sequence == self.tag_sequence() && verified.tags == *tags
+        })?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        near_lookups(Tier::Near, 1);
+        let ttl = entry
+            .redis_expires
+            .filter(|_| with_ttl)
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        Some(WithTtl::new(verified.value.clone(), ttl))
+    }
+
+    /// Records that the tagged entry at `key` whose bytes are `stored` was judged fresh
+    /// against `tags` from states read after the tag sequence was `sequence`; `value` is the
+    /// envelope's value. Nothing is recorded when the local entry is gone or holds other bytes.
+    pub(crate) fn verify(
+        &self,
+        key: &str,
+        stored: &Bytes,
+        tags: &Tags,
+        sequence: u64,
+        value: Bytes,
+    ) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        // The same bytes, not equal ones: the verdict belongs to this entry.
+        let same = entry.value.as_ptr() == stored.as_ptr() && entry.value.len() == stored.len();
+        if let Some(cell) = entry.verified.as_ref().filter(|_| same) {
+            cell.store(Some(Arc::new(Verified {
+                tags: tags.clone(),
+                sequence,
+                value,
+            })));
+        }
     }
 
     /// The local state of the tag key `key`: `Some(None)` when it is known to be absent, `None`
@@ -346,6 +426,7 @@ impl Store {
             // The TTL was read after `sent`: counting from `sent` errs on the early side.
             redis_expires: found.ttl.map(|redis_ttl| ticket.sent + redis_ttl),
             absent: false,
+            verified: envelope::is_envelope(&found.value).then(Default::default),
         };
         self.insert(ticket, key, entry);
     }
@@ -363,6 +444,7 @@ impl Store {
             ttl: self.max_ttl,
             redis_expires: None,
             absent: state.is_none(),
+            verified: None,
         };
         self.insert(ticket, key, entry);
     }
@@ -393,7 +475,12 @@ impl Store {
         let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         self.slots[slot_of_bytes(key)].fetch_max(number, Ordering::SeqCst);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
-        if let Ok(key) = std::str::from_utf8(key) {
+        let key = std::str::from_utf8(key);
+        // Before the state is dropped: no verdict made from it is served from then on.
+        if key.map_or(true, |key| key.contains(TAG_KEY_PART)) {
+            self.tag_sequence.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Ok(key) = key {
             self.entries.invalidate(key);
             if let Some(fail_safe) = &self.fail_safe {
                 fail_safe.invalidate(key);
@@ -413,6 +500,7 @@ impl Store {
     fn drop_live(&self) {
         let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         self.flushed.fetch_max(number, Ordering::SeqCst);
+        self.tag_sequence.fetch_add(1, Ordering::SeqCst);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.entries.invalidate_all();
     }

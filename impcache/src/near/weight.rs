@@ -7,8 +7,14 @@
 /// the weight so that `max_capacity_bytes` bounds the memory, not only the payload.
 const ENTRY_OVERHEAD_BYTES: usize = 368;
 
-/// An entry's weight against `max_capacity_bytes`: key, value and [`ENTRY_OVERHEAD_BYTES`]
-/// (moka weighs with a `u32`).
-pub(super) fn of(key: &str, value: &[u8]) -> u32 {
-    u32::try_from(key.len() + value.len() + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
+/// What a tagged entry's kept verdict costs besides: its cell (an `Arc` of an `ArcSwapOption`,
+/// 32 B allocated) and the verdict (an `Arc` of the call's tags, the tag sequence and the
+/// value's `Bytes`, 80 B allocated), rounded up (`store.rs`, `Verified`).
+const VERIFIED_OVERHEAD_BYTES: usize = 128;
+
+/// An entry's weight against `max_capacity_bytes`: key, value, [`ENTRY_OVERHEAD_BYTES`] and, for
+/// a tagged entry (`verified`), [`VERIFIED_OVERHEAD_BYTES`] (moka weighs with a `u32`).
+pub(super) fn of(key: &str, value: &[u8], verified: bool) -> u32 {
+    let verdict = if verified { VERIFIED_OVERHEAD_BYTES } else { 0 };
+    u32::try_from(key.len() + value.len() + ENTRY_OVERHEAD_BYTES + verdict).unwrap_or(u32::MAX)
 }

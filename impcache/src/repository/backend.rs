@@ -18,6 +18,7 @@ use crate::expire::Expiry;
 use crate::key::KeyParts;
 use crate::near::{Near, NearCache, Store, Target};
 use crate::progress::{Report, Sweep};
+use crate::tags::Tags;
 
 /// How `Cache` reaches its repository.
 ///
@@ -227,6 +228,46 @@ impl Backend {
     }
 
     // --- Tags (issue 16). ---
+
+    /// Through a near cache, the tag sequence now (`near/store.rs`, "Verified tagged
+    /// entries"): read before the tag states of a verdict that may be kept.
+    pub(crate) fn tag_sequence(&self) -> Option<u64> {
+        match self {
+            Backend::Near(near) => Some(near.store.tag_sequence()),
+            _ => None,
+        }
+    }
+
+    /// Through a near cache, the local tagged entry at `key` already judged fresh against
+    /// `tags`, no tag state having changed since (`Store::verified`).
+    pub(crate) fn verified(
+        &self,
+        key: KeyParts<'_>,
+        tags: &Tags,
+        with_ttl: bool,
+    ) -> Option<WithTtl> {
+        match self {
+            Backend::Near(near) => near.store.verified(key.stack().as_str(), tags, with_ttl),
+            _ => None,
+        }
+    }
+
+    /// Through a near cache, keeps the verdict "fresh" on the local tagged entry at `key` whose
+    /// bytes are `stored`, judged against `tags` from states read after the tag sequence was
+    /// `sequence` (`Store::verify`); `value` is the envelope's value.
+    pub(crate) fn verify(
+        &self,
+        key: KeyParts<'_>,
+        stored: &Bytes,
+        tags: &Tags,
+        sequence: u64,
+        value: Bytes,
+    ) {
+        if let Backend::Near(near) = self {
+            near.store
+                .verify(key.stack().as_str(), stored, tags, sequence, value);
+        }
+    }
 
     /// The entry at `key` and the bytes at each tag key, in one wait.
     pub(crate) async fn get_with_tags(
