@@ -67,7 +67,8 @@ pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
 /// - This cache's own writes and deletes remove the local entry at once.
 /// - Tags (issue 16): a tag's state, or its absence, is kept like any key, so a tagged hit can
 ///   be served without a round trip, and a tag invalidated anywhere reaches every process with
-///   Redis's invalidation.
+///   Redis's invalidation. A tagged entry judged fresh keeps that verdict for the next read with
+///   the same tags until any tag state changes or everything is flushed.
 /// - A lost or replaced tracking connection, a Sentinel failover or a new Cluster slot map
 ///   flushes everything; until the tracking connection is back and subscribed, nothing is served
 ///   locally ([`NearCacheStatus::Connecting`]).

@@ -48,7 +48,9 @@
 //!   locally like any key, their absence included (`near/store.rs`), and invalidated by Redis when
 //!   a tag is invalidated (or its key created) anywhere. A tagged read whose entry and states are
 //!   all local makes no round trip; the rest is read in one and kept (the dispatch point's
-//!   `Near` arm, `Backend::get_with_tags` and `Backend::get_tag_states`).
+//!   `Near` arm, `Backend::get_with_tags` and `Backend::get_tag_states`). A local entry judged
+//!   fresh keeps the verdict for the next read with the same tags until a tag state changes
+//!   (`near/store.rs`, "Verified tagged entries").
 //! - **No expiry of tag keys**: a state may only go once no entry created at or before it can be
 //!   served, which the cache cannot know (entries without expiry, a TTL per write, a loader that
 //!   stores long after the invalidation); a soft state dropped early would make its stale entries
