@@ -401,9 +401,10 @@ impl Cache {
     /// The bytes at `key`, and the lookup's tally.
     async fn read(&self, key: &str) -> Result<(Option<Bytes>, Tally)> {
         self.check_key(key)?;
-        let mut found = self.shared.backend.get(self.key_parts(key)).await?;
+        let parts = self.key_parts(key);
+        let mut found = self.shared.backend.get(parts).await?;
         if let Some(bytes) = found.take_if(|bytes| envelope::is_envelope(bytes)) {
-            found = self.open_tagged(key, &bytes).await?;
+            found = self.open_tagged(key, &bytes, Some(parts)).await?;
         }
         let tally = Tally::read(found.as_ref().map(Bytes::len));
         Ok((found, tally))
@@ -547,7 +548,7 @@ impl Cache {
             // Tags (issue 16): tagged entries are judged against their tags (a round trip each).
             for (value, key) in values.iter_mut().zip(&full) {
                 if let Some(bytes) = value.take_if(|bytes| envelope::is_envelope(bytes)) {
-                    *value = self.open_tagged(key, &bytes).await?;
+                    *value = self.open_tagged(key, &bytes, None).await?;
                 }
             }
             let mut tally = Tally::NONE;
@@ -851,15 +852,34 @@ impl Cache {
 
     /// The value of the envelope `bytes` stored at `key` when none of its tags invalidated it
     /// (a soft invalidation counts: no stale window here); a second round trip, for the tags'
-    /// state. Bytes that are no well-formed envelope are returned as they are.
-    pub(crate) async fn open_tagged(&self, key: &str, bytes: &Bytes) -> Result<Option<Bytes>> {
+    /// state. Bytes that are no well-formed envelope are returned as they are. With `parts`
+    /// (`key`'s) and a near cache, a verdict kept on the local entry answers, and a new verdict
+    /// "fresh" is kept (`near/store.rs`, "Verified tagged entries").
+    pub(crate) async fn open_tagged(
+        &self,
+        key: &str,
+        bytes: &Bytes,
+        parts: Option<KeyParts<'_>>,
+    ) -> Result<Option<Bytes>> {
+        let backend = &self.shared.backend;
+        let call_tags = Tags::default();
+        if let Some(found) = parts.and_then(|parts| backend.verified(parts, &call_tags, false)) {
+            return Ok(Some(found.value));
+        }
+        let sequence = backend.tag_sequence();
         let Some(opened) = envelope::open(bytes) else {
             tracing::debug!(target: "impcache", key, "a value starting like a tagged envelope is not one");
             return Ok(Some(bytes.clone()));
         };
         let states = self.tag_states(&opened.tags).await?;
         let verdict = tags::verdict(opened.created, &states, self.shared.tag_clock_skew);
-        Ok((verdict == Verdict::Fresh).then_some(opened.value))
+        if verdict != Verdict::Fresh {
+            return Ok(None);
+        }
+        if let (Some(parts), Some(sequence)) = (parts, sequence) {
+            backend.verify(parts, bytes, &call_tags, sequence, opened.value.clone());
+        }
+        Ok(Some(opened.value))
     }
 }
 

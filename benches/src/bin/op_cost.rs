@@ -42,6 +42,7 @@ const OPERATIONS: &[&str] = &[
     "tagged-hit",
     "near-get-or-set-hit",
     "near-tagged-hit",
+    "near-get-tagged",
     "http-cached",
     "http-cached-lean",
     "http-cached-stale",
@@ -163,6 +164,7 @@ fn main() {
         if operation == "near-get"
             || operation == "near-get-or-set-hit"
             || operation == "near-tagged-hit"
+            || operation == "near-get-tagged"
         {
             let near = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
                 .near_cache(impcache::NearCache::new())
@@ -338,6 +340,11 @@ async fn run(
                 .tags([format!("user:{id}"), "users".to_owned()])
                 .await
                 .unwrap();
+            black_box(v);
+        }
+        "near-get-tagged" => {
+            let near = NEAR.get().unwrap();
+            let v: Small = near.get(&format!("tagged:{id}")).await.unwrap().unwrap();
             black_box(v);
         }
         "near-get" => {

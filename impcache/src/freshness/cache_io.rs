@@ -101,7 +101,7 @@ impl Cache {
             };
             let found = match found {
                 Some(found) if envelope::is_envelope(&found.value) => self
-                    .open_tagged(key, &found.value)
+                    .open_tagged(key, &found.value, Some(self.key_parts(key)))
                     .await?
                     .map(|value| WithTtl { value, ..found }),
                 found => found,
