@@ -99,6 +99,9 @@ pub(crate) struct Config {
     pub(crate) keep_tag_headers: bool,
     /// The request's tags.
     pub(crate) tags_from: Option<crate::tags::TagsFrom>,
+    /// The tags each URL's response carried when last read, read with its record next time
+    /// (shared by every clone of the layer, like `flights`).
+    pub(crate) learned_tags: crate::tags::LearnedTags,
     /// The cross-process lock of a miss (`CacheLayer::lock`).
     pub(crate) lock: Option<impcache::Lock>,
 }
@@ -134,6 +137,7 @@ impl Config {
             tag_headers: crate::tags::DEFAULT_TAG_HEADERS.to_vec(),
             keep_tag_headers: false,
             tags_from: None,
+            learned_tags: crate::tags::LearnedTags::default(),
             lock: None,
         }
     }

@@ -60,26 +60,52 @@ fn failed(error: &impcache::Error) -> Lookup {
     }
 }
 
-/// Reads the URL's response (see [`lookup_stored`]); a tagged one is judged against its tags'
-/// state, in a second read ([`judge_tags`]).
+/// Reads the URL's response (its record, see [`lookup_stored`]); a tagged one is judged against
+/// its tags' state ([`judge_tags`]): read with the record when the URL's tags are known from an
+/// earlier lookup ([`crate::tags::LearnedTags`]), else in a second read.
 pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
-    match lookup_stored(config, keys, headers).await {
+    let (record, prefetched) = match read_record(config, keys).await {
+        Ok((Some(record), prefetched)) => (record, prefetched),
+        Ok((None, _)) => return Lookup::Miss("uri-miss", None),
+        Err(error) => return failed(&error),
+    };
+    match lookup_stored(config, keys, headers, record).await {
         Lookup::Hit(entry, seen) if entry.tags.is_some() => {
-            Box::pin(judge_tags(config, entry, seen)).await
+            Box::pin(judge_tags(config, keys, entry, seen, prefetched)).await
         }
         found => found,
     }
 }
 
-/// Reads the URL's record and, when it names another variant than the record's entry, that
-/// variant: one GET for a URL without `Vary`, two for a varying one.
-async fn lookup_stored(config: &Config, keys: &key::UrlKeys, headers: &HeaderMap) -> Lookup {
+/// The state of the tags learned for a URL, read with its record.
+struct Prefetched {
+    /// The tags, in the order of `states`.
+    tags: Arc<[String]>,
+    states: Vec<Option<Bytes>>,
+}
+
+/// The URL's record: one `GET`, or with the state of the tags learned for the URL, one read of
+/// both (one `MGET` on a single node).
+async fn read_record(
+    config: &Config,
+    keys: &key::UrlKeys,
+) -> impcache::Result<(Option<Bytes>, Option<Prefetched>)> {
     let cache = &config.cache;
-    let record = match cache.get_raw(keys.record()).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return Lookup::Miss("uri-miss", None),
-        Err(error) => return failed(&error),
+    let Some(tags) = config.learned_tags.get(keys.record()) else {
+        return Ok((cache.get_raw(keys.record()).await?, None));
     };
+    let (record, states) = state::get_raw_with_states(cache, keys.record(), &tags).await?;
+    Ok((record, Some(Prefetched { tags, states })))
+}
+
+/// The response of the URL whose `record` was read: the record's entry, or when it names
+/// another variant than the record's entry, that variant (a second `GET`).
+async fn lookup_stored(
+    config: &Config,
+    keys: &key::UrlKeys,
+    headers: &HeaderMap,
+    record: Bytes,
+) -> Lookup {
     let plain =
         |vary: &[HeaderName]| key::is_plain_variant(vary, headers, config.allow_authenticated);
     // When the record's key is this request's variant key, the answer is its entry, if it
@@ -315,13 +341,38 @@ impl Unfinished {
     }
 }
 
-/// A tagged hit judged against its tags' state (a second read): served, stale (soft purge), or a
-/// miss (hard purge). Fails open: the state unreadable, the handler answers.
-async fn judge_tags(config: &Config, mut entry: Entry, seen: Option<Seen>) -> Lookup {
+/// A tagged hit judged against its tags' state: served, stale (soft purge), or a miss (hard
+/// purge). The state is the one `prefetched` with the record when it covers the entry's tags;
+/// else it is read (a second read) and the entry's tags are learned for the URL's next lookup.
+/// Fails open: the state unreadable, the handler answers.
+async fn judge_tags(
+    config: &Config,
+    keys: &key::UrlKeys,
+    mut entry: Entry,
+    seen: Option<Seen>,
+    prefetched: Option<Prefetched>,
+) -> Lookup {
     let Some(tagged) = entry.tags.as_mut() else {
         return Lookup::Hit(entry, seen);
     };
-    match state::verdict(&config.cache, &tagged.tags, tagged.created).await {
+    let cache = &config.cache;
+    let known = prefetched.and_then(|known| {
+        state::verdict_from(
+            cache,
+            &tagged.tags,
+            tagged.created,
+            &known.tags,
+            &known.states,
+        )
+    });
+    let verdict = match known {
+        Some(verdict) => Ok(verdict),
+        None => {
+            config.learned_tags.learn(keys.record(), &tagged.tags);
+            state::verdict(cache, &tagged.tags, tagged.created).await
+        }
+    };
+    match verdict {
         Ok(Verdict::Fresh) => Lookup::Hit(entry, seen),
         Ok(Verdict::Stale { since }) => {
             tagged.soft_since = Some(since);

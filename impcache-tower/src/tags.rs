@@ -12,6 +12,13 @@
 //! The other choice, the tag keys kept in the URL's record and read with it, would cost every
 //! lookup of a varying URL a record rewrite and still a second read for the variant: the second
 //! read is paid by tagged hits only.
+//!
+//! **One round trip from the second hit on.** The layer remembers, per URL (its record key), the
+//! tags its response carried when last read ([`LearnedTags`], in process memory, bounded), and
+//! reads their state with the record (one `MGET` on a single node,
+//! `impcache::__private::tags::get_raw_with_states`). A hit whose tags are all among them is
+//! judged from that read; one that carries another tag (the response changed its tags, a variant
+//! with other tags) reads the rest in a second round trip, as the first hit of a URL does.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -33,6 +40,41 @@ pub const DEFAULT_TAG_HEADERS: [HeaderName; 2] = [
 
 /// What a tag is percent-encoded against in the stored field: the separators and `%`.
 const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',');
+
+/// How many URLs [`LearnedTags`] remembers (the most recently read are kept).
+const LEARNED_URLS: u64 = 10_000;
+
+/// The tags each URL's response carried when last read, by record key: their state is read with
+/// the record on the next lookup. A hint only: the verdict is always made from the entry's own
+/// tags. Bounded to [`LEARNED_URLS`] URLs (a few hundred bytes each with their tags).
+#[derive(Clone)]
+pub(crate) struct LearnedTags(moka::sync::Cache<String, Arc<[String]>>);
+
+impl Default for LearnedTags {
+    fn default() -> Self {
+        LearnedTags(moka::sync::Cache::new(LEARNED_URLS))
+    }
+}
+
+impl fmt::Debug for LearnedTags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LearnedTags")
+            .field(&self.0.entry_count())
+            .finish()
+    }
+}
+
+impl LearnedTags {
+    /// The tags last seen on the response of the URL whose record key is `record`.
+    pub(crate) fn get(&self, record: &str) -> Option<Arc<[String]>> {
+        self.0.get(record)
+    }
+
+    /// Remembers `tags` for the URL whose record key is `record`.
+    pub(crate) fn learn(&self, record: &str, tags: &[String]) {
+        self.0.insert(record.to_owned(), Arc::from(tags));
+    }
+}
 
 /// The layer's closure giving a request's tags.
 #[derive(Clone)]

@@ -196,3 +196,64 @@ async fn invalidate_tag_from_another_cache_hides_the_response() {
     assert_eq!(calls.get(), 2);
     assert_eq!(other.get::<String>("user:1:profile").await.unwrap(), None);
 }
+
+/// The `GET` / `MGET` lines of `INFO commandstats` since the last `CONFIG RESETSTAT`.
+fn reads(redis: &RedisServer) -> Vec<String> {
+    let stats: String = redis.cmd(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_get:") || line.starts_with("cmdstat_mget:"))
+        .map(|line| line.split(',').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// From a URL's second tagged hit on, the layer knows the URL's tags and reads their state with
+/// the record: one read per hit (one `MGET`), and a purge from another `Cache` still hides the
+/// response at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_hit_reads_its_tags_state_with_the_record() {
+    let redis = RedisServer::start();
+    let layer = CacheLayer::new(redis_cache(&redis));
+    let (svc, calls) = tagged(layer.clone());
+    // The miss stores; the first hit reads the record, then the tags' state, and learns them.
+    stored(&svc, &layer, "/a").await;
+    let () = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..5 {
+        assert_eq!(send(&svc, get("/a")).await.outcome(), "HIT");
+    }
+    assert_eq!(reads(&redis), ["cmdstat_mget:calls=5"]);
+    redis_cache(&redis).invalidate_tag("team:7").await.unwrap();
+    assert_eq!(send(&svc, get("/a")).await.outcome(), "MISS");
+    assert_eq!(calls.get(), 2);
+}
+
+/// A response whose tags changed since the layer learned them is judged against its own tags
+/// (the others read in a second round trip), and learned anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_with_other_tags_than_learned_is_judged_by_its_own() {
+    let redis = RedisServer::start();
+    let layer = CacheLayer::new(redis_cache(&redis));
+    let (svc, calls) = app(layer.clone(), |n, _req| async move {
+        let tags = if n == 1 { "a b" } else { "c" };
+        Response::builder()
+            .header("surrogate-key", tags)
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    stored(&svc, &layer, "/x").await;
+    assert_eq!(send(&svc, get("/x")).await.outcome(), "HIT");
+    layer.purge_tag("a").await.unwrap();
+    // Call 2 answers tagged `c` only, unknown to the layer's memory of `/x`.
+    assert_eq!(send(&svc, get("/x")).await.outcome(), "MISS");
+    wait_stored(&layer, "/x").await;
+    let () = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    // The record with the state of `a` and `b`, then the state of `c`: two reads.
+    assert_eq!(send(&svc, get("/x")).await.outcome(), "HIT");
+    assert_eq!(reads(&redis), ["cmdstat_mget:calls=2"]);
+    // Learned anew: one read.
+    assert_eq!(send(&svc, get("/x")).await.outcome(), "HIT");
+    assert_eq!(reads(&redis), ["cmdstat_mget:calls=3"]);
+    redis_cache(&redis).invalidate_tag("c").await.unwrap();
+    assert_eq!(send(&svc, get("/x")).await.outcome(), "MISS");
+    assert_eq!(calls.get(), 3);
+}

@@ -838,6 +838,48 @@ impl Cache {
         Ok(tags::verdict(created, &states, self.shared.tag_clock_skew))
     }
 
+    /// The bytes at `key` (as [`get_raw`](Cache::get_raw) reads them, counted as a `get`) and
+    /// the state value of each of `tags`, in one round trip (for `impcache-tower`: a URL's record
+    /// read with the tags its response carried last time, through `__private::tags`).
+    pub(crate) async fn get_raw_with_tag_states<T: AsRef<str> + Sync>(
+        &self,
+        key: &str,
+        tags: &[T],
+    ) -> Result<(Option<Bytes>, Vec<Option<Bytes>>)> {
+        observed!(self, Operation::Get, Some(key), async {
+            self.check_key(key)?;
+            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags);
+            let (found, states) = self
+                .shared
+                .backend
+                .get_with_tags(self.key_parts(key), &keys.keys(), false)
+                .await?;
+            let found = found.map(|found| found.value);
+            let tally = Tally::read(found.as_ref().map(Bytes::len));
+            Ok(((found, states), tally))
+        })
+    }
+
+    /// Where an entry created at `created` (µs since the epoch) and tagged `tags` stands, from
+    /// the states of the tags `known` read already (`states[i]` is `known[i]`'s); `None` when
+    /// one of `tags` is not among them.
+    pub(crate) fn tag_verdict_from<T: AsRef<str>, K: AsRef<str>>(
+        &self,
+        tags: &[T],
+        created: u64,
+        known: &[K],
+        states: &[Option<Bytes>],
+    ) -> Option<Verdict> {
+        let mut picked = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let at = known
+                .iter()
+                .position(|known| known.as_ref() == tag.as_ref())?;
+            picked.push(states.get(at)?.clone());
+        }
+        Some(tags::verdict(created, &picked, self.shared.tag_clock_skew))
+    }
+
     /// The state value of each of `tags`, one round trip.
     pub(crate) async fn tag_states<T: AsRef<str> + Sync>(
         &self,

@@ -149,6 +149,29 @@ pub mod __private {
         ) -> crate::Result<Verdict> {
             cache.tag_verdict(tags, created).await
         }
+
+        /// The bytes at `key` (as [`Cache::get_raw`](crate::Cache::get_raw)) and the state of
+        /// each of `tags` (for [`verdict_from`]), in one round trip.
+        pub async fn get_raw_with_states<T: AsRef<str> + Sync>(
+            cache: &crate::Cache,
+            key: &str,
+            tags: &[T],
+        ) -> crate::Result<(Option<bytes::Bytes>, Vec<Option<bytes::Bytes>>)> {
+            cache.get_raw_with_tag_states(key, tags).await
+        }
+
+        /// Where an entry created at `created` and tagged `tags` stands, from the `states` of
+        /// the tags `known` that [`get_raw_with_states`] read; `None` when one of `tags` is not
+        /// among them (then [`verdict`] reads them).
+        pub fn verdict_from<T: AsRef<str>, K: AsRef<str>>(
+            cache: &crate::Cache,
+            tags: &[T],
+            created: u64,
+            known: &[K],
+            states: &[Option<bytes::Bytes>],
+        ) -> Option<Verdict> {
+            cache.tag_verdict_from(tags, created, known, states)
+        }
     }
 
     /// The cross-process [`Lock`](crate::Lock) for `impcache-tower`'s `CacheLayer::lock`: the same
