@@ -94,7 +94,10 @@ async fn read_record(
     let Some(tags) = config.learned_tags.get(keys.record()) else {
         return Ok((cache.get_raw(keys.record()).await?, None));
     };
-    let (record, states) = state::get_raw_with_states(cache, keys.record(), &tags).await?;
+    // Boxed: the read with tag state is a larger future than a `GET`'s, and every lookup's
+    // future (moved into the request's box) would carry its size.
+    let (record, states) =
+        Box::pin(state::get_raw_with_states(cache, keys.record(), &tags)).await?;
     Ok((record, Some(Prefetched { tags, states })))
 }
 

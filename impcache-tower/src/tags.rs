@@ -22,6 +22,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -46,20 +47,28 @@ const LEARNED_URLS: u64 = 10_000;
 
 /// The tags each URL's response carried when last read, by record key: their state is read with
 /// the record on the next lookup. A hint only: the verdict is always made from the entry's own
-/// tags. Bounded to [`LEARNED_URLS`] URLs (a few hundred bytes each with their tags).
+/// tags. Bounded to [`LEARNED_URLS`] URLs (a few hundred bytes each with their tags). Until a
+/// layer has seen a tagged response, a lookup pays one atomic load here, not a map lookup.
 #[derive(Clone)]
-pub(crate) struct LearnedTags(moka::sync::Cache<String, Arc<[String]>>);
+pub(crate) struct LearnedTags {
+    urls: moka::sync::Cache<String, Arc<[String]>>,
+    /// Whether anything was ever learned (shared by the layer's clones, as `urls` is).
+    any: Arc<AtomicBool>,
+}
 
 impl Default for LearnedTags {
     fn default() -> Self {
-        LearnedTags(moka::sync::Cache::new(LEARNED_URLS))
+        LearnedTags {
+            urls: moka::sync::Cache::new(LEARNED_URLS),
+            any: Arc::default(),
+        }
     }
 }
 
 impl fmt::Debug for LearnedTags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("LearnedTags")
-            .field(&self.0.entry_count())
+        f.debug_struct("LearnedTags")
+            .field("urls", &self.urls.entry_count())
             .finish()
     }
 }
@@ -67,12 +76,16 @@ impl fmt::Debug for LearnedTags {
 impl LearnedTags {
     /// The tags last seen on the response of the URL whose record key is `record`.
     pub(crate) fn get(&self, record: &str) -> Option<Arc<[String]>> {
-        self.0.get(record)
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.urls.get(record)
     }
 
     /// Remembers `tags` for the URL whose record key is `record`.
     pub(crate) fn learn(&self, record: &str, tags: &[String]) {
-        self.0.insert(record.to_owned(), Arc::from(tags));
+        self.urls.insert(record.to_owned(), Arc::from(tags));
+        self.any.store(true, Ordering::Relaxed);
     }
 }
 
