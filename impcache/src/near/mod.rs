@@ -104,7 +104,7 @@ impl NearCache {
     }
 
     /// The most bytes kept locally; the least recently used entries are evicted beyond it. Each
-    /// entry weighs its full key, its value and about 370 bytes of bookkeeping (measured: moka's
+    /// entry weighs its full key, its value and about 384 bytes of bookkeeping (measured: moka's
     /// entry and the near entry's lifetime), so the bound holds for the process's memory, small
     /// entries included. The fail-safe copies ([`fail_safe`](NearCache::fail_safe)) have a bound
     /// of the same size of their own.

@@ -3,9 +3,10 @@
 
 /// What an entry costs in memory besides its key and value: moka's entry (hash-table node, LRU
 /// deque node, timer-wheel node for its lifetime) and the near entry's own fields. Measured with
-/// `near-memory` at 1 M entries (BENCHMARKS.md, issue 14, "Memory per entry"): 365 B. Counted in
-/// the weight so that `max_capacity_bytes` bounds the memory, not only the payload.
-const ENTRY_OVERHEAD_BYTES: usize = 368;
+/// `near-memory` at 1 M entries (BENCHMARKS.md, issue 14, "Memory per entry"): 365 B, 381 B since
+/// the entry holds its kept tag verdict's cell (`store.rs`, `Entry::verified`). Counted in the
+/// weight so that `max_capacity_bytes` bounds the memory, not only the payload.
+const ENTRY_OVERHEAD_BYTES: usize = 384;
 
 /// What a tagged entry's kept verdict costs besides: its cell (an `Arc` of an `ArcSwapOption`,
 /// 32 B allocated) and the verdict (an `Arc` of the call's tags, the tag sequence and the
