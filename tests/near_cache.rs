@@ -1078,8 +1078,9 @@ async fn a_kept_tag_verdict_holds_only_for_the_same_tags_and_no_tag_change() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 
     // The reloaded entry (tagged `x` and `y`), verdict kept, then `x` invalidated elsewhere.
-    eventually("the reloaded entry is served", || async {
-        read(&["x", "y"], 4).await == 3
+    // `get_or_set` answers before its store lands: wait for the store, not with a loader.
+    eventually("the reloaded entry is stored", || async {
+        a.get::<i64>("page:1").await.unwrap() == Some(3)
     })
     .await;
     wait_served_locally(&server, "the reloaded entry is served locally", || async {

@@ -571,6 +571,10 @@ where
         .filter(|seen| seen.vary == vary)
         .map(|seen| seen.generation);
     let policy = stale::policy(config, &parts.headers).unwrap_or_default();
+    // The URL's next hit reads these tags' state with its record (`tags.rs`, `LearnedTags`).
+    if let Some(tagged) = &tagged {
+        config.learned_tags.learn(keys.record(), &tagged.tags);
+    }
     let unfinished = Unfinished {
         cache: config.cache.clone(),
         keys,

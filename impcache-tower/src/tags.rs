@@ -13,12 +13,13 @@
 //! lookup of a varying URL a record rewrite and still a second read for the variant: the second
 //! read is paid by tagged hits only.
 //!
-//! **One round trip from the second hit on.** The layer remembers, per URL (its record key), the
-//! tags its response carried when last read ([`LearnedTags`], in process memory, bounded), and
-//! reads their state with the record (one `MGET` on a single node,
+//! **One round trip.** The layer remembers, per URL (its record key), the tags its response
+//! carried when last stored or read ([`LearnedTags`], in process memory, bounded), and reads
+//! their state with the record (one `MGET` on a single node,
 //! `impcache::__private::tags::get_raw_with_states`). A hit whose tags are all among them is
-//! judged from that read; one that carries another tag (the response changed its tags, a variant
-//! with other tags) reads the rest in a second round trip, as the first hit of a URL does.
+//! judged from that read; one that carries another tag (stored by another process with other
+//! tags, a variant with other tags) reads the rest in a second round trip, as the first hit of a
+//! URL this process has not seen does.
 
 use std::borrow::Cow;
 use std::fmt;

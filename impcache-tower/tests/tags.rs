@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -197,26 +198,29 @@ async fn invalidate_tag_from_another_cache_hides_the_response() {
     assert_eq!(other.get::<String>("user:1:profile").await.unwrap(), None);
 }
 
-/// The `GET` / `MGET` lines of `INFO commandstats` since the last `CONFIG RESETSTAT`.
+/// The `GET` / `MGET` lines of `INFO commandstats` since the last `CONFIG RESETSTAT`, sorted
+/// (the server lists its commands in no fixed order).
 fn reads(redis: &RedisServer) -> Vec<String> {
     let stats: String = redis.cmd(&["INFO", "commandstats"]);
-    stats
+    let mut reads: Vec<String> = stats
         .lines()
         .filter(|line| line.starts_with("cmdstat_get:") || line.starts_with("cmdstat_mget:"))
         .map(|line| line.split(',').next().unwrap_or_default().to_owned())
-        .collect()
+        .collect();
+    reads.sort();
+    reads
 }
 
-/// From a URL's second tagged hit on, the layer knows the URL's tags and reads their state with
-/// the record: one read per hit (one `MGET`), and a purge from another `Cache` still hides the
-/// response at once.
+/// The layer remembers the tags of the responses it stores and reads: a tagged hit reads the
+/// record and its tags' state in one read (one `MGET`), and a purge from another `Cache` still
+/// hides the response at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tagged_hit_reads_its_tags_state_with_the_record() {
     let redis = RedisServer::start();
     let layer = CacheLayer::new(redis_cache(&redis));
     let (svc, calls) = tagged(layer.clone());
-    // The miss stores; the first hit reads the record, then the tags' state, and learns them.
-    stored(&svc, &layer, "/a").await;
+    assert_eq!(send(&svc, get("/a")).await.outcome(), "MISS");
+    wait_stored(&layer, "/a").await;
     let () = redis.cmd(&["CONFIG", "RESETSTAT"]);
     for _ in 0..5 {
         assert_eq!(send(&svc, get("/a")).await.outcome(), "HIT");
@@ -227,33 +231,53 @@ async fn a_tagged_hit_reads_its_tags_state_with_the_record() {
     assert_eq!(calls.get(), 2);
 }
 
-/// A response whose tags changed since the layer learned them is judged against its own tags
-/// (the others read in a second round trip), and learned anew.
+/// A response stored by another process with other tags than this layer remembers for the URL
+/// is judged against its own tags (the others read in a second round trip), and remembered
+/// anew; a layer that knows nothing of a URL reads its record, then its tags' state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_with_other_tags_than_learned_is_judged_by_its_own() {
     let redis = RedisServer::start();
-    let layer = CacheLayer::new(redis_cache(&redis));
-    let (svc, calls) = app(layer.clone(), |n, _req| async move {
-        let tags = if n == 1 { "a b" } else { "c" };
-        Response::builder()
-            .header("surrogate-key", tags)
-            .body(Body::from(format!("call {n}")))
-            .unwrap()
-    });
-    stored(&svc, &layer, "/x").await;
-    assert_eq!(send(&svc, get("/x")).await.outcome(), "HIT");
-    layer.purge_tag("a").await.unwrap();
-    // Call 2 answers tagged `c` only, unknown to the layer's memory of `/x`.
-    assert_eq!(send(&svc, get("/x")).await.outcome(), "MISS");
-    wait_stored(&layer, "/x").await;
+    let tags = Arc::new(Mutex::new("a b"));
+    let handler = |tags: Arc<Mutex<&'static str>>| {
+        move |n: usize, _req| {
+            let tags = *tags.lock().unwrap();
+            async move {
+                Response::builder()
+                    .header("surrogate-key", tags)
+                    .body(Body::from(format!("call {n}")))
+                    .unwrap()
+            }
+        }
+    };
+    let (one, two) = (
+        CacheLayer::new(redis_cache(&redis)),
+        CacheLayer::new(redis_cache(&redis)),
+    );
+    let (svc_one, calls_one) = app(one.clone(), handler(Arc::clone(&tags)));
+    let (svc_two, calls_two) = app(two.clone(), handler(Arc::clone(&tags)));
+    // `one` stores `/x` tagged `a b`; `two`, which knows nothing of it, reads it in two.
+    assert_eq!(send(&svc_one, get("/x")).await.outcome(), "MISS");
+    wait_stored(&one, "/x").await;
+    let () = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(send(&svc_two, get("/x")).await.outcome(), "HIT");
+    assert_eq!(
+        reads(&redis),
+        ["cmdstat_get:calls=1", "cmdstat_mget:calls=1"]
+    );
+
+    // `two` purges `a` and stores `/x` anew, now tagged `c`; `one` still remembers `a b`.
+    *tags.lock().unwrap() = "c";
+    two.purge_tag("a").await.unwrap();
+    assert_eq!(send(&svc_two, get("/x")).await.outcome(), "MISS");
+    wait_stored(&two, "/x").await;
     let () = redis.cmd(&["CONFIG", "RESETSTAT"]);
     // The record with the state of `a` and `b`, then the state of `c`: two reads.
-    assert_eq!(send(&svc, get("/x")).await.outcome(), "HIT");
+    assert_eq!(send(&svc_one, get("/x")).await.outcome(), "HIT");
     assert_eq!(reads(&redis), ["cmdstat_mget:calls=2"]);
-    // Learned anew: one read.
-    assert_eq!(send(&svc, get("/x")).await.outcome(), "HIT");
+    // Remembered anew: one read.
+    assert_eq!(send(&svc_one, get("/x")).await.outcome(), "HIT");
     assert_eq!(reads(&redis), ["cmdstat_mget:calls=3"]);
     redis_cache(&redis).invalidate_tag("c").await.unwrap();
-    assert_eq!(send(&svc, get("/x")).await.outcome(), "MISS");
-    assert_eq!(calls.get(), 3);
+    assert_eq!(send(&svc_one, get("/x")).await.outcome(), "MISS");
+    assert_eq!((calls_one.get(), calls_two.get()), (2, 1));
 }
