@@ -903,12 +903,12 @@ impl Cache {
         bytes: &Bytes,
         parts: Option<KeyParts<'_>>,
     ) -> Result<Option<Bytes>> {
-        let backend = &self.shared.backend;
         let call_tags = Tags::default();
-        if let Some(found) = parts.and_then(|parts| backend.verified(parts, &call_tags, false)) {
-            return Ok(Some(found.value));
-        }
-        let sequence = backend.tag_sequence();
+        let slot = match parts.map(|parts| self.shared.backend.verified(parts, &call_tags, false)) {
+            Some(Ok(found)) => return Ok(Some(found.value)),
+            Some(Err(slot)) => slot,
+            None => None,
+        };
         let Some(opened) = envelope::open(bytes) else {
             tracing::debug!(target: "impcache", key, "a value starting like a tagged envelope is not one");
             return Ok(Some(bytes.clone()));
@@ -918,8 +918,8 @@ impl Cache {
         if verdict != Verdict::Fresh {
             return Ok(None);
         }
-        if let (Some(parts), Some(sequence)) = (parts, sequence) {
-            backend.verify(parts, bytes, &call_tags, sequence, opened.value.clone());
+        if let Some(slot) = slot {
+            slot.keep(bytes, &call_tags, opened.value.clone());
         }
         Ok(Some(opened.value))
     }

@@ -11,7 +11,7 @@ use super::request::{GetOrSet, TryGetOrSet};
 use crate::cache::{observed, Cache};
 use crate::error::Result;
 use crate::expire::{Expire, Expiry};
-use crate::key::KeyParts;
+use crate::near::VerdictSlot;
 use crate::observe::metrics::{Operation, Tally};
 use crate::repository::WithTtl;
 use crate::tags::{self, envelope, StateKeys, Tags, Verdict};
@@ -166,17 +166,18 @@ impl Cache {
             let backend = &self.shared.backend;
             // Through a near cache: an entry judged fresh against these tags, no tag state
             // having changed since, needs no judging again (`near/store.rs`).
-            if let Some(found) = backend.verified(parts, tags, policy.needs_ttl()) {
-                let tally = Tally::read(Some(found.value.len()));
-                return Ok((Some(found), tally));
-            }
-            let sequence = backend.tag_sequence();
+            let slot = match backend.verified(parts, tags, policy.needs_ttl()) {
+                Ok(found) => {
+                    let tally = Tally::read(Some(found.value.len()));
+                    return Ok((Some(found), tally));
+                }
+                Err(slot) => slot,
+            };
             let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
             let (found, states) = backend
                 .get_with_tags(parts, &keys.keys(), policy.needs_ttl())
                 .await?;
-            let verifiable = sequence.map(|sequence| (parts, sequence));
-            let found = self.judge(found, states, tags, policy, verifiable).await?;
+            let found = self.judge(found, states, tags, policy, slot).await?;
             let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
             Ok((found, tally))
         })
@@ -206,16 +207,16 @@ impl Cache {
     }
 
     /// What a `get_or_set` read found, judged against the tags' `states` (those of `read`, in
-    /// order; the state of the entry's other tags is read here). With `verifiable` (the key and
-    /// the near cache's tag sequence read before the states), a verdict "fresh" is kept on the
-    /// local entry for the next read with the same tags.
+    /// order; the state of the entry's other tags is read here). With a near cache's `slot` (the
+    /// local entry looked up before the states were read), a verdict "fresh" is kept on it for
+    /// the next read with the same tags.
     async fn judge(
         &self,
         found: Option<WithTtl>,
         mut states: Vec<Option<Bytes>>,
         read: &Tags,
         policy: &Freshness,
-        verifiable: Option<(KeyParts<'_>, u64)>,
+        slot: Option<VerdictSlot>,
     ) -> Result<Option<WithTtl>> {
         let Some(found) = found else {
             return Ok(None);
@@ -235,11 +236,8 @@ impl Cache {
         states.extend(self.tag_states(&others).await?);
         let ttl = match tags::verdict(opened.created, &states, self.shared.tag_clock_skew) {
             Verdict::Fresh => {
-                if let Some((key, sequence)) = verifiable {
-                    let value = opened.value.clone();
-                    self.shared
-                        .backend
-                        .verify(key, &found.value, read, sequence, value);
+                if let Some(slot) = slot {
+                    slot.keep(&found.value, read, opened.value.clone());
                 }
                 found.ttl
             }

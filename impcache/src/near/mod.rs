@@ -18,7 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use self::store::Store;
+pub(crate) use self::store::{Store, VerdictSlot};
 pub(crate) use self::tracker::Target;
 
 /// The default bound of a near cache's memory: 64 MiB of keys and values.

@@ -19,7 +19,7 @@
 //! **Verified tagged entries.** Judging a tagged entry takes a lookup per tag state, the
 //! envelope's parse and the verdict (about half of a near-cached tagged hit: BENCHMARKS.md,
 //! "Issue 16: verified tagged entries"). A tagged entry judged fresh against a call's tags keeps
-//! that verdict ([`Store::verify`]) with the *tag sequence* read before its states were: a
+//! that verdict ([`VerdictSlot::keep`]) with the *tag sequence* read before its states were: a
 //! number bumped by every invalidation of a tag state key (from Redis or this cache's own
 //! invalidation) and every flush. The next read with the same tags is served from the verdict
 //! while the tag sequence has not moved ([`Store::verified`]): a tag invalidated anywhere, or a
@@ -60,7 +60,7 @@ struct Entry {
     redis_expires: Option<Instant>,
     /// A tag state known to be absent (`value` is empty): served by [`Store::get_state`] only.
     absent: bool,
-    /// For a tagged entry (an envelope), its last verdict "fresh" ([`Store::verify`]); shared by
+    /// For a tagged entry (an envelope), its last verdict "fresh" ([`VerdictSlot::keep`]); shared by
     /// the clones moka hands out. `None` for other entries.
     verified: Option<Arc<ArcSwapOption<Verified>>>,
 }
@@ -71,6 +71,31 @@ struct Verified {
     tags: Tags,
     sequence: u64,
     value: Bytes,
+}
+
+/// Where a new verdict on a local tagged entry is kept ([`Store::verified`] found none valid).
+pub(crate) struct VerdictSlot {
+    cell: Arc<ArcSwapOption<Verified>>,
+    /// The entry's bytes, to tell them from another entry's.
+    bytes: Bytes,
+    /// The tag sequence when the entry was looked up, before its states were read.
+    sequence: u64,
+}
+
+impl VerdictSlot {
+    /// Keeps the verdict "fresh" on the entry whose bytes `stored` were judged against `tags`;
+    /// `value` is the envelope's value. Nothing is kept when `stored` are not this entry's bytes
+    /// (the entry was replaced between the lookup and the read).
+    pub(crate) fn keep(self, stored: &Bytes, tags: &Tags, value: Bytes) {
+        // The same bytes, not equal ones: the verdict belongs to this entry.
+        if self.bytes.as_ptr() == stored.as_ptr() && self.bytes.len() == stored.len() {
+            self.cell.store(Some(Arc::new(Verified {
+                tags: tags.clone(),
+                sequence: self.sequence,
+                value,
+            })));
+        }
+    }
 }
 
 struct PerEntryTtl;
@@ -224,57 +249,41 @@ impl Store {
         Some(entry)
     }
 
-    /// The tag sequence now: read before the tag states a verdict is made from, and given to
-    /// [`Store::verify`] with it.
-    pub(crate) fn tag_sequence(&self) -> u64 {
-        self.tag_sequence.load(Ordering::SeqCst)
-    }
-
     /// The value of the tagged entry at `key` when it was judged fresh against `tags` and no
     /// tag state changed (nor anything was flushed) since the states were read; with its
-    /// remaining Redis TTL when `with_ttl`. Counted as one local hit.
-    pub(crate) fn verified(&self, key: &str, tags: &Tags, with_ttl: bool) -> Option<WithTtl> {
+    /// remaining Redis TTL when `with_ttl`. Counted as one local hit. Otherwise, for a local
+    /// tagged entry, `Err(Some(slot))`: where a new verdict on it is kept ([`VerdictSlot::keep`]),
+    /// stamped with the tag sequence read now, before its states are.
+    pub(crate) fn verified(
+        &self,
+        key: &str,
+        tags: &Tags,
+        with_ttl: bool,
+    ) -> Result<WithTtl, Option<VerdictSlot>> {
         if !self.active() {
-            return None;
+            return Err(None);
         }
-        let entry = self.entries.get(key)?;
-        let cell = entry.verified.as_ref()?;
-        let guard = cell.load();
-        let verified = guard.as_ref().filter(|verified| {
-            verified.sequence == self.tag_sequence() && verified.tags == *tags
-        })?;
+        let entry = self.entries.get(key).ok_or(None)?;
+        let cell = entry.verified.as_ref().ok_or(None)?;
+        let sequence = self.tag_sequence.load(Ordering::SeqCst);
+        let kept = cell.load();
+        let Some(verified) = kept
+            .as_ref()
+            .filter(|verified| verified.sequence == sequence && verified.tags == *tags)
+        else {
+            return Err(Some(VerdictSlot {
+                cell: Arc::clone(cell),
+                bytes: entry.value.clone(),
+                sequence,
+            }));
+        };
         self.hits.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::Near, 1);
         let ttl = entry
             .redis_expires
             .filter(|_| with_ttl)
             .map(|at| at.saturating_duration_since(Instant::now()));
-        Some(WithTtl::new(verified.value.clone(), ttl))
-    }
-
-    /// Records that the tagged entry at `key` whose bytes are `stored` was judged fresh
-    /// against `tags` from states read after the tag sequence was `sequence`; `value` is the
-    /// envelope's value. Nothing is recorded when the local entry is gone or holds other bytes.
-    pub(crate) fn verify(
-        &self,
-        key: &str,
-        stored: &Bytes,
-        tags: &Tags,
-        sequence: u64,
-        value: Bytes,
-    ) {
-        let Some(entry) = self.entries.get(key) else {
-            return;
-        };
-        // The same bytes, not equal ones: the verdict belongs to this entry.
-        let same = entry.value.as_ptr() == stored.as_ptr() && entry.value.len() == stored.len();
-        if let Some(cell) = entry.verified.as_ref().filter(|_| same) {
-            cell.store(Some(Arc::new(Verified {
-                tags: tags.clone(),
-                sequence,
-                value,
-            })));
-        }
+        Ok(WithTtl::new(verified.value.clone(), ttl))
     }
 
     /// The local state of the tag key `key`: `Some(None)` when it is known to be absent, `None`

@@ -16,7 +16,7 @@ use super::{CacheRepository, TaggedRead, WithTtl};
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
-use crate::near::{Near, NearCache, Store, Target};
+use crate::near::{Near, NearCache, Store, Target, VerdictSlot};
 use crate::progress::{Report, Sweep};
 use crate::tags::Tags;
 
@@ -229,43 +229,18 @@ impl Backend {
 
     // --- Tags (issue 16). ---
 
-    /// Through a near cache, the tag sequence now (`near/store.rs`, "Verified tagged
-    /// entries"): read before the tag states of a verdict that may be kept.
-    pub(crate) fn tag_sequence(&self) -> Option<u64> {
-        match self {
-            Backend::Near(near) => Some(near.store.tag_sequence()),
-            _ => None,
-        }
-    }
-
     /// Through a near cache, the local tagged entry at `key` already judged fresh against
-    /// `tags`, no tag state having changed since (`Store::verified`).
+    /// `tags`, no tag state having changed since; or, for a local tagged entry without such a
+    /// verdict, where to keep one (`near/store.rs`, "Verified tagged entries").
     pub(crate) fn verified(
         &self,
         key: KeyParts<'_>,
         tags: &Tags,
         with_ttl: bool,
-    ) -> Option<WithTtl> {
+    ) -> Result<WithTtl, Option<VerdictSlot>> {
         match self {
             Backend::Near(near) => near.store.verified(key.stack().as_str(), tags, with_ttl),
-            _ => None,
-        }
-    }
-
-    /// Through a near cache, keeps the verdict "fresh" on the local tagged entry at `key` whose
-    /// bytes are `stored`, judged against `tags` from states read after the tag sequence was
-    /// `sequence` (`Store::verify`); `value` is the envelope's value.
-    pub(crate) fn verify(
-        &self,
-        key: KeyParts<'_>,
-        stored: &Bytes,
-        tags: &Tags,
-        sequence: u64,
-        value: Bytes,
-    ) {
-        if let Backend::Near(near) = self {
-            near.store
-                .verify(key.stack().as_str(), stored, tags, sequence, value);
+            _ => Err(None),
         }
     }
 
