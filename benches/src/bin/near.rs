@@ -17,9 +17,10 @@
 //! the same bytes from memory and one doing a raw `GET`, over TCP with a hyper client, at 1 and 64
 //! connections.
 //!
-//! Every cell is the median of 3 alternating rounds, with the spread (min–max) beside it.
+//! Every cell is the median of 3 alternating rounds (`--rounds N` for more), with the spread
+//! (min–max) beside it.
 //!
-//! usage: `cargo run --release -p impcache-benches --bin near [-- --seconds S] [--case direct|latency|http]`
+//! usage: `cargo run --release -p impcache-benches --bin near [-- --seconds S] [--rounds N] [--case direct|latency|http]`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,7 +46,13 @@ use impcache_tower::CacheLayer;
 use redis::aio::MultiplexedConnection;
 
 const KEYS: u64 = 100;
-const ROUNDS: usize = 3;
+/// Alternating rounds per cell (`--rounds N`, default 3): more rounds give a steadier median on
+/// a busy machine.
+static ROUNDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(3);
+
+fn rounds() -> usize {
+    ROUNDS.load(Ordering::Relaxed)
+}
 /// The latency proxy's delay, each way.
 const ONE_WAY: Duration = Duration::from_micros(250);
 
@@ -62,6 +69,14 @@ fn main() {
                     .expect("--seconds S");
             }
             "--case" => case = args.next().expect("--case direct|latency|http"),
+            "--rounds" => {
+                let rounds: usize = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--rounds N");
+                ROUNDS.store(rounds, Ordering::Relaxed);
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -161,13 +176,12 @@ fn cell(values: &[f64]) -> String {
     )
 }
 
-/// Per-round ratios `a[r] / b[r]`, formatted.
+/// Per-round ratios `a[r] / b[r]`, formatted, and their median: each round's two rates were
+/// measured seconds apart, so a ratio of a pair cancels the slow drifts of a shared machine's load.
 fn round_ratios(a: &[f64], b: &[f64]) -> String {
-    a.iter()
-        .zip(b)
-        .map(|(a, b)| format!("{:.2}", a / b))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    format!("{} (median {:.2})", listed.join(", "), median(&ratios))
 }
 
 /// What the hot-key table reads with.
@@ -301,14 +315,14 @@ const HOT_NAMES: [&str; 6] = [
     "impcache memory repository",
 ];
 
-/// The hot-key table: every reader at 1 and 64 tasks, `ROUNDS` alternating rounds.
+/// The hot-key table: every reader at 1 and 64 tasks, [`rounds`] alternating rounds.
 async fn hot_keys(readers: &Readers, window: Duration) {
     let count = if readers.local.is_some() { 6 } else { 4 };
-    println!("## Hot-key get, {KEYS} keys, `Small` JSON, median (min–max) of {ROUNDS} alternating rounds of {window:?}\n");
+    println!("## Hot-key get, {KEYS} keys, `Small` JSON, median (min–max) of {} alternating rounds of {window:?}\n", rounds());
     println!("| reader | 1 task | ratio | 64 tasks | ratio |");
     println!("|---|---:|---:|---:|---:|");
     let mut results = vec![[Vec::new(), Vec::new()]; count];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         for (t, tasks) in [1usize, 64].into_iter().enumerate() {
             for (c, result) in results.iter_mut().enumerate() {
                 result[t].push(hot_rate(readers, c, tasks, window).await);
@@ -319,6 +333,10 @@ async fn hot_keys(readers: &Readers, window: Duration) {
     println!();
     for t in 0..2 {
         let tasks = [1, 64][t];
+        println!(
+            "- {tasks} task(s), per round: near ÷ plain {}",
+            round_ratios(&results[3][t], &results[0][t])
+        );
         println!(
             "- {tasks} task(s), per round: near ÷ cache-aio {}",
             round_ratios(&results[3][t], &results[1][t])
@@ -393,14 +411,15 @@ async fn zipf(remote: &Cache, near: &Cache, window: Duration) {
         .await
         .unwrap();
     println!(
-        "## Zipf (s = 1) reads:writes over {MIX_KEYS} keys, 64 tasks, median (min–max) of {ROUNDS} alternating rounds after one uncounted warm-up round each\n"
+        "## Zipf (s = 1) reads:writes over {MIX_KEYS} keys, 64 tasks, median (min–max) of {} alternating rounds after one uncounted warm-up round each\n",
+        rounds()
     );
     println!("| mix | without near cache | with near cache | ratio | per round |");
     println!("|---|---:|---:|---:|---|");
     for reads_per_100 in [99u64, 90, 50] {
         let mut rates = [Vec::new(), Vec::new()];
         // One round of each first, not counted: the near cache fills with this mix's hot keys.
-        for round in 0..=ROUNDS {
+        for round in 0..=rounds() {
             for (c, cache) in [remote.clone(), near.clone()].into_iter().enumerate() {
                 let (cdf, mix_keys) = (Arc::clone(&cdf), Arc::clone(&mix_keys));
                 rates[c].push(
@@ -650,11 +669,11 @@ async fn http(server: &RedisServer, window: Duration) {
     }
     let before = NOT_HIT.load(Ordering::Relaxed);
     let hits_before = near.near_cache_stats().hits;
-    println!("## HTTP GET through axum over loopback TCP, hyper client, {KEYS} URLs, `Small` JSON body, median (min–max) of {ROUNDS} alternating rounds of {window:?}\n");
+    println!("## HTTP GET through axum over loopback TCP, hyper client, {KEYS} URLs, `Small` JSON body, median (min–max) of {} alternating rounds of {window:?}\n", rounds());
     println!("| route | 1 connection | ratio | 64 connections | ratio |");
     println!("|---|---:|---:|---:|---:|");
     let mut results = vec![[Vec::new(), Vec::new()]; routes.len()];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         for (t, tasks) in [1usize, 64].into_iter().enumerate() {
             for (r, (_, uris, expect_hit)) in routes.iter().enumerate() {
                 let (client, uris, expect_hit) = (client.clone(), Arc::clone(uris), *expect_hit);

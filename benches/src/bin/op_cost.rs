@@ -54,6 +54,10 @@ const OPERATIONS: &[&str] = &[
     "concurrent-set-raw",
     "concurrent-http-cached",
     "concurrent-http-raw",
+    "concurrent-http-cached-near",
+    "concurrent-http-static",
+    "one-client-http-cached-near",
+    "one-client-http-static",
     "two-thread-memory-get",
     "two-thread-moka-ttl-get",
 ];
@@ -115,6 +119,17 @@ fn main() {
             .build()
             .unwrap();
         rt.block_on(http(&server, route, n, 256));
+        return;
+    }
+    // One client task on two workers, as the `near` bench's 1-connection column: for `strace -f
+    // -c` / `/usr/bin/time` (what crossing between the workers costs, which one thread hides).
+    if let Some(route) = operation.strip_prefix("one-client-http-") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(http(&server, route, n, 1));
         return;
     }
     if let Some(route) = operation.strip_prefix("http-") {
