@@ -5,7 +5,7 @@
 #
 #   benches/op-cost.sh [N] [operation ...]      (needs valgrind)
 #
-# Not for the concurrent-set-* operations (256 tasks on two worker threads): run those under
+# Not for the concurrent-* and one-client-* operations (several threads): run those under
 # `perf stat` / `/usr/bin/time`, e.g. `target/release/op-cost concurrent-set-impcache 512000`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ cargo build --release -q -p impcache-benches --bin op-cost
 bin=${CARGO_TARGET_DIR:-target}/release/op-cost
 ops=("$@")
 if [ ${#ops[@]} -eq 0 ]; then
-  read -r -a ops <<<"$("$bin" list | sed 's/^operations: //; s/ concurrent-[a-z]*-[a-z]*//g')"
+  read -r -a ops <<<"$("$bin" list | sed 's/^operations: //; s/ concurrent-[a-z-]*//g; s/ one-client-[a-z-]*//g')"
 fi
 count() {
   local out
