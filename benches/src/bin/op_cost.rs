@@ -64,6 +64,15 @@ const OPERATIONS: &[&str] = &[
 
 type MokaTtl = impcache_benches::MokaPerEntryTtl;
 
+/// A runtime of two worker threads (the machine's two cores), for the multi-threaded operations.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// `near-get`: a `Cache` with a near cache holding every key (issue 14).
 static NEAR: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
 /// `cache-aio-get`: the `redis` crate's client-side cache (`cache-aio`), holding every key.
@@ -113,23 +122,13 @@ fn main() {
         return;
     }
     if let Some(route) = operation.strip_prefix("concurrent-http-") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(http(&server, route, n, 256));
+        two_workers().block_on(http(&server, route, n, 256));
         return;
     }
     // One client task on two workers, as the `near` bench's 1-connection column: for `strace -f
     // -c` / `/usr/bin/time` (what crossing between the workers costs, which one thread hides).
     if let Some(route) = operation.strip_prefix("one-client-http-") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(http(&server, route, n, 1));
+        two_workers().block_on(http(&server, route, n, 1));
         return;
     }
     if let Some(route) = operation.strip_prefix("http-") {
@@ -606,11 +605,7 @@ async fn http(server: &RedisServer, route: &str, n: u64, tasks: u64) {
 /// callgrind's serialised threads do not show).
 fn concurrent_set(server: &RedisServer, system: &str, n: u64) {
     const TASKS: u64 = 256;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     let url = server.url();
     let impcache = system == "impcache";
     rt.block_on(async move {
