@@ -147,6 +147,50 @@ async fn changes_by_other_clients_reach_the_reader() {
     .await;
 }
 
+/// Calls of `PING` on `server` so far (the barrier's and the heartbeat's).
+fn pings(server: &RedisServer) -> u64 {
+    let info: String = server.cmd(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_ping:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Concurrent misses share the barrier's rounds (`near/barrier.rs`): 100 reads at once send far
+/// fewer than the 200 `PING`s of a round each, every one answers with the value, and every
+/// value is kept (the next reads are local).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_the_barrier() {
+    let server = RedisServer::start();
+    // A long heartbeat: its own `PING`s stay out of the count.
+    let cache = near_cache(&server, NearCache::new().heartbeat(Duration::from_secs(5)));
+    wait_active(&cache).await;
+    for i in 0..100 {
+        let _: () = server.cmd(&["SET", &cache.make_key(&format!("m:{i}")), &i.to_string()]);
+    }
+    let before = pings(&server);
+    let reads: Vec<_> = (0..100i64)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<i64>(&format!("m:{i}")).await })
+        })
+        .collect();
+    for (i, read) in (0i64..).zip(reads) {
+        assert_eq!(read.await.unwrap().unwrap(), Some(i));
+    }
+    let sent = pings(&server) - before;
+    assert!(sent < 100, "{sent} PINGs for 100 concurrent misses");
+    let hits = cache.near_cache_stats().hits;
+    for i in 0..100i64 {
+        assert_eq!(cache.get::<i64>(&format!("m:{i}")).await.unwrap(), Some(i));
+    }
+    assert_eq!(
+        cache.near_cache_stats().hits - hits,
+        100,
+        "every miss was kept"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_never_go_back_while_another_client_writes() {
     const WRITES: i64 = 1500;

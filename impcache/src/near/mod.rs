@@ -6,9 +6,12 @@
 //!   an invalidation log per slot).
 //! - `tracker.rs`: the dedicated RESP3 tracking connection(s) that feed the store its
 //!   invalidations and tell it when it can no longer vouch for its entries.
+//! - `barrier.rs`: the rounds of `PING`s on those connections that a read waits for before its
+//!   reply is kept, shared by concurrent reads.
 //!
 //! The one dispatch point (`repository/backend.rs`) reads through it: its `Near` arm.
 
+mod barrier;
 mod fail_safe;
 mod store;
 mod tracker;

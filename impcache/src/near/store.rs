@@ -33,6 +33,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 
+use super::barrier::Barrier;
 use super::fail_safe::FailSafe;
 use super::weight;
 use super::{NearCache, NearCacheStats, NearCacheStatus};
@@ -142,6 +143,8 @@ pub(crate) struct Store {
     connection: AtomicU64,
     /// The subscribed tracking connections, for [`Store::barrier`]; `None` unless active.
     tracking_connections: ArcSwapOption<Vec<MultiplexedConnection>>,
+    /// The barrier's rounds, shared by concurrent reads.
+    barrier: Barrier,
     /// One `warn!` for an unsupported repository or server.
     warned: Mutex<bool>,
     max_ttl: Duration,
@@ -177,6 +180,7 @@ impl Store {
             tracking: AtomicBool::new(false),
             connection: AtomicU64::new(0),
             tracking_connections: ArcSwapOption::empty(),
+            barrier: Barrier::new(),
             warned: Mutex::new(false),
             max_ttl: config.max_ttl,
             // moka weighs entries with a u32.
@@ -384,8 +388,9 @@ impl Store {
         }
     }
 
-    /// Two `PING`s answered in turn on every tracking connection (each within a heartbeat):
-    /// every invalidation of a write Redis ran before now has been applied.
+    /// Two `PING`s answered in turn on every tracking connection (each within a heartbeat), in
+    /// a round begun after this call (concurrent reads share rounds: `barrier.rs`): every
+    /// invalidation of a write Redis ran before now has been applied.
     ///
     /// Two, because in BCAST mode Redis does not send an invalidation when the write runs: it
     /// collects the keys and sends them once per event-loop turn, after the turn's commands. A
@@ -395,6 +400,18 @@ impl Store {
     /// to an older value now and then (`tests/near_cache.rs`,
     /// `readers_never_go_back_while_another_client_writes`, failed in CI).
     async fn barrier(&self) -> bool {
+        let Some(connections) = self.tracking_connections.load_full() else {
+            return false;
+        };
+        // The longest a round takes (each `PING` within a heartbeat), and a heartbeat more.
+        let rounds = u32::try_from(2 * connections.len() + 1).unwrap_or(u32::MAX);
+        let patience = self.heartbeat.saturating_mul(rounds);
+        self.barrier.pass(patience, || self.ping_round()).await
+    }
+
+    /// One round of the barrier: two `PING`s in turn on every tracking connection subscribed
+    /// now.
+    async fn ping_round(&self) -> bool {
         let Some(connections) = self.tracking_connections.load_full() else {
             return false;
         };
