@@ -147,13 +147,16 @@ async fn changes_by_other_clients_reach_the_reader() {
     .await;
 }
 
-/// Calls of `PING` on `server` so far (the barrier's and the heartbeat's).
-fn pings(server: &RedisServer) -> u64 {
+/// Calls of the commands `names` (lowercase) on `server` so far, from `INFO commandstats`.
+fn command_calls(server: &RedisServer, names: &[&str]) -> u64 {
     let info: String = server.cmd(&["INFO", "commandstats"]);
     info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_ping:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            names.contains(&name).then_some(rest)
+        })
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Concurrent misses share the barrier's rounds (`near/barrier.rs`): 100 reads at once send far
@@ -168,7 +171,7 @@ async fn concurrent_misses_share_the_barrier() {
     for i in 0..100 {
         let _: () = server.cmd(&["SET", &cache.make_key(&format!("m:{i}")), &i.to_string()]);
     }
-    let before = pings(&server);
+    let before = command_calls(&server, &["ping"]);
     let reads: Vec<_> = (0..100i64)
         .map(|i| {
             let cache = cache.clone();
@@ -178,7 +181,7 @@ async fn concurrent_misses_share_the_barrier() {
     for (i, read) in (0i64..).zip(reads) {
         assert_eq!(read.await.unwrap().unwrap(), Some(i));
     }
-    let sent = pings(&server) - before;
+    let sent = command_calls(&server, &["ping"]) - before;
     assert!(sent < 100, "{sent} PINGs for 100 concurrent misses");
     let hits = cache.near_cache_stats().hits;
     for i in 0..100i64 {
@@ -960,30 +963,10 @@ async fn fail_safe_keeps_an_entry_whose_local_lifetime_ended() {
 
 // --- Tags (issue 16): tag state tracked like any key. ---
 
-/// Calls of the data commands a read could send (`GET`, `MGET`, `PTTL`) on `server` so far,
-/// from `INFO commandstats` (the tracking connection's `PING`s are not counted).
-async fn reads_sent(server: &RedisServer) -> u64 {
-    let mut connection = other_client(server).await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    info.lines()
-        .filter(|line| {
-            ["cmdstat_get:", "cmdstat_mget:", "cmdstat_pttl:"]
-                .iter()
-                .any(|name| line.starts_with(name))
-        })
-        .filter_map(|line| {
-            line.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+/// Calls of the data commands a read could send (`GET`, `MGET`, `PTTL`) on `server` so far (the
+/// tracking connection's `PING`s are not counted).
+fn reads_sent(server: &RedisServer) -> u64 {
+    command_calls(server, &["get", "mget", "pttl"])
 }
 
 async fn tagged_read(cache: &Cache, value: i64, runs: &Arc<AtomicU64>) -> i64 {
@@ -1007,9 +990,9 @@ where
     eventually(what, || {
         let read = read();
         async move {
-            let before = reads_sent(server).await;
+            let before = reads_sent(server);
             read.await;
-            reads_sent(server).await == before
+            reads_sent(server) == before
         }
     })
     .await;
@@ -1031,13 +1014,13 @@ async fn tagged_hits_are_local_and_tag_invalidations_reach_them() {
         assert_eq!(tagged_read(&a, 2, &runs).await, 1);
     })
     .await;
-    let before = reads_sent(&server).await;
+    let before = reads_sent(&server);
     for _ in 0..20 {
         assert_eq!(tagged_read(&a, 2, &runs).await, 1);
     }
     // A plain `get` of the tagged entry judges its tags locally too.
     assert_eq!(a.get::<i64>("profile:1").await.unwrap(), Some(1));
-    assert_eq!(reads_sent(&server).await, before, "tagged hits sent reads");
+    assert_eq!(reads_sent(&server), before, "tagged hits sent reads");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
     // Another process invalidates a tag (never invalidated before: its absence was local).

@@ -21,17 +21,11 @@ use tokio::sync::watch;
 
 /// The rounds of one near cache's barrier.
 pub(super) struct Barrier {
-    rounds: Mutex<Rounds>,
+    /// Rounds begun so far (the number of the last one). Round `begun` is running while the
+    /// last round to end is an earlier one.
+    begun: Mutex<u64>,
     /// The last round to end, and whether it passed.
     ended: watch::Sender<Ended>,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Rounds {
-    /// Rounds begun so far (the number of the last one).
-    begun: u64,
-    /// Whether round `begun` is still running.
-    running: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -53,7 +47,7 @@ enum Step {
 impl Barrier {
     pub(super) fn new() -> Barrier {
         Barrier {
-            rounds: Mutex::new(Rounds::default()),
+            begun: Mutex::new(0),
             ended: watch::Sender::new(Ended::default()),
         }
     }
@@ -66,17 +60,17 @@ impl Barrier {
         F: Fn() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let needed = self.lock().begun + 1;
+        let needed = *self.lock() + 1;
         loop {
             match self.next_step(needed) {
                 Step::Done(passed) => return passed,
                 Step::Drive(number) => {
-                    let guard = Driving {
+                    let mut driving = Driving {
                         barrier: self,
                         round: number,
+                        passed: false,
                     };
-                    let passed = round().await;
-                    guard.end(passed);
+                    driving.passed = round().await;
                 }
                 Step::Wait(mut ended) => {
                     if !matches!(
@@ -91,48 +85,41 @@ impl Barrier {
     }
 
     fn next_step(&self, needed: u64) -> Step {
-        let mut rounds = self.lock();
+        let mut begun = self.lock();
         let ended = *self.ended.borrow();
         if ended.round >= needed {
             return Step::Done(ended.passed);
         }
-        if rounds.running {
-            // Subscribed under the lock: the end of the running round cannot slip between.
+        if ended.round < *begun {
+            // Round `begun` runs. Subscribed under the lock: its end cannot slip between.
             return Step::Wait(self.ended.subscribe());
         }
-        rounds.begun += 1;
-        rounds.running = true;
-        Step::Drive(rounds.begun)
+        *begun += 1;
+        Step::Drive(*begun)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Rounds> {
-        // Two integers, always consistent between statements: a panic elsewhere leaves them usable.
-        self.rounds.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn end(&self, round: u64, passed: bool) {
-        let mut rounds = self.lock();
-        rounds.running = false;
-        self.ended.send_replace(Ended { round, passed });
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        // One integer: a panic elsewhere cannot leave it half-written.
+        self.begun.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// The round a caller drives: ended as failed if the caller is dropped before it ends it.
+/// The round a caller drives, ended with its outcome when dropped: `false` unless the caller got
+/// as far as setting it (a caller dropped mid-round fails the round, and no one waits on it).
 struct Driving<'a> {
     barrier: &'a Barrier,
     round: u64,
-}
-
-impl Driving<'_> {
-    fn end(self, passed: bool) {
-        self.barrier.end(self.round, passed);
-        std::mem::forget(self);
-    }
+    passed: bool,
 }
 
 impl Drop for Driving<'_> {
     fn drop(&mut self) {
-        self.barrier.end(self.round, false);
+        // Under the lock, as the readers subscribe (see `Barrier::next_step`).
+        let _begun = self.barrier.lock();
+        self.barrier.ended.send_replace(Ended {
+            round: self.round,
+            passed: self.passed,
+        });
     }
 }
 
@@ -147,28 +134,36 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_rounds_and_each_waits_for_one_begun_after_it_asked() {
-        let barrier = Barrier::new();
-        let rounds = AtomicUsize::new(0);
-        let round = || async {
-            rounds.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            true
+        let barrier = Arc::new(Barrier::new());
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let call = || {
+            let (barrier, rounds) = (Arc::clone(&barrier), Arc::clone(&rounds));
+            tokio::spawn(async move {
+                let round = || async {
+                    rounds.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    true
+                };
+                barrier.pass(PATIENCE, round).await
+            })
         };
         // 50 callers at once: the first drives round 1, the other 49 asked while it ran and
         // share round 2.
-        let calls = (0..50).map(|_| barrier.pass(PATIENCE, round));
-        let passed = futures_join_all(calls).await;
-        assert!(passed.iter().all(|&p| p));
+        let calls: Vec<_> = (0..50).map(|_| call()).collect();
+        for call in calls {
+            assert!(call.await.unwrap());
+        }
         assert_eq!(rounds.load(Ordering::SeqCst), 2);
         // Alone, a caller drives its own round.
-        assert!(barrier.pass(PATIENCE, round).await);
+        assert!(call().await.unwrap());
         assert_eq!(rounds.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
-    async fn a_failed_or_abandoned_round_fails_its_waiters_and_the_next_caller_starts_afresh() {
+    async fn an_abandoned_round_strands_no_one() {
         let barrier = Arc::new(Barrier::new());
-        // Round 1 hangs; a second caller waits for round 2; the first is dropped mid-round.
+        // Round 1 hangs; a second caller asks while it runs, so it needs round 2; the first
+        // caller is dropped mid-round.
         let driver = {
             let barrier = Arc::clone(&barrier);
             tokio::spawn(async move { barrier.pass(PATIENCE, std::future::pending::<bool>).await })
@@ -176,39 +171,15 @@ mod tests {
         tokio::task::yield_now().await;
         let waiter = {
             let barrier = Arc::clone(&barrier);
-            tokio::spawn(async move { barrier.pass(PATIENCE, || async { false }).await })
+            tokio::spawn(async move { barrier.pass(PATIENCE, || async { true }).await })
         };
         tokio::task::yield_now().await;
         driver.abort();
-        // Round 1 ended as failed by the drop; the waiter needed round 2, drives it, and it fails.
-        assert!(!waiter.await.unwrap());
-        // The next caller is not stuck behind either: round 3 passes.
-        assert!(barrier.pass(PATIENCE, || async { true }).await);
-    }
-
-    /// `join_all` without the `futures` crate: spawned on the test's runtime would need `'static`.
-    async fn futures_join_all<F: Future<Output = bool>>(
-        calls: impl Iterator<Item = F>,
-    ) -> Vec<bool> {
-        let mut calls: Vec<_> = calls.map(Box::pin).collect();
-        let mut results = vec![None; calls.len()];
-        std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (call, result) in calls.iter_mut().zip(results.iter_mut()) {
-                if result.is_none() {
-                    match call.as_mut().poll(cx) {
-                        std::task::Poll::Ready(value) => *result = Some(value),
-                        std::task::Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        results.into_iter().map(|r| r.unwrap_or(false)).collect()
+        // The drop ended round 1 (as failed): the waiter drives round 2 well within its
+        // patience, and gets that round's outcome.
+        let waited = tokio::time::timeout(PATIENCE / 2, waiter).await;
+        assert!(waited.expect("the waiter was stranded").unwrap());
+        // A failing round's outcome is its callers': the next caller drives round 3.
+        assert!(!barrier.pass(PATIENCE, || async { false }).await);
     }
 }
