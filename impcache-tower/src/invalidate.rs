@@ -175,18 +175,25 @@ impl Targets {
         &self,
     ) -> Result<(u64, Vec<usize>), (impcache::Error, &'static str)> {
         let host = self.host.as_deref();
-        // (index in `urls`, full record key) for every URL and stored method.
+        // (index in `urls`, record key) for every URL and stored method.
         let mut records = Vec::with_capacity(self.urls.len() * self.methods.len());
         for (i, url) in self.urls.iter().enumerate() {
             let (path, query) = key::split_path_and_query(url);
             for method in &self.methods {
                 let url_key = key::url_key(&self.namespace, host, path, query, method);
-                records.push((i, self.cache.make_key(&key::record_key(&url_key))));
+                records.push((i, key::record_key(&url_key)));
             }
         }
-        let keys: Vec<&str> = records.iter().map(|(_, key)| key.as_str()).collect();
-        let repository = self.cache.repository();
-        let values = repository
+        // Read from the repository itself: the records' bytes as Redis holds them (the read
+        // keeps nothing in a near cache).
+        let full: Vec<String> = records
+            .iter()
+            .map(|(_, key)| self.cache.make_key(key))
+            .collect();
+        let keys: Vec<&str> = full.iter().map(String::as_str).collect();
+        let values = self
+            .cache
+            .repository()
             .get_many(&keys)
             .await
             .map_err(|error| (error, "reading the records"))?;
@@ -196,19 +203,18 @@ impl Targets {
                 sweep.push(*i);
             }
         }
-        let found: Vec<&str> = records
+        let found = records
             .iter()
             .zip(&values)
             .filter(|(_, value)| value.is_some())
-            .map(|((_, key), _)| key.as_str())
-            .collect();
-        let mut removed = 0;
-        if !found.is_empty() {
-            removed = repository
-                .delete_many(&found)
-                .await
-                .map_err(|error| (error, "removing the records"))?;
-        }
+            .map(|((_, key), _)| key.as_str());
+        // Removed through the cache: a near cache drops its copies at once (the next request
+        // in this process is a miss, not a copy waiting for Redis's invalidation).
+        let removed = self
+            .cache
+            .delete_many(found)
+            .await
+            .map_err(|error| (error, "removing the records"))?;
         Ok((removed, sweep))
     }
 

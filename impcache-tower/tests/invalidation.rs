@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http::{Method, Request, Response, StatusCode};
-use impcache::{Cache, RedisCacheRepository};
+use impcache::{Cache, NearCache, RedisCacheRepository};
 use impcache_tests::RedisServer;
 use impcache_tower::CacheLayer;
 use support::*;
@@ -314,6 +314,28 @@ fn redis_layer(redis: &RedisServer) -> CacheLayer {
     CacheLayer::new(Cache::new(repository)).expire(60)
 }
 
+/// [`redis_layer`] over a near-cached `Cache` (issue 14), once its near cache is active: hits
+/// are served from process memory, so an invalidation that skipped the near cache would leave
+/// the next request of this process a hit.
+async fn near_layer(redis: &RedisServer) -> CacheLayer {
+    let repository = RedisCacheRepository::builder(redis.url())
+        .deadline(DEADLINE)
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository)
+        .near_cache(NearCache::new())
+        .build();
+    let started = Instant::now();
+    while !cache.is_near_cache_active() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "near cache not active"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    CacheLayer::new(cache).expire(60)
+}
+
 /// Sends a POST that invalidates three URLs (its own, `Location`, `Content-Location`); checks
 /// that it is answered by the handler within [`BOUND`] and returns how long it took.
 async fn timed_post(svc: &Svc) -> Duration {
@@ -336,6 +358,19 @@ async fn timed_post(svc: &Svc) -> Duration {
     assert_eq!(seen.status, StatusCode::CREATED);
     assert!(seen.body.starts_with(b"changed "));
     took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_unsafe_request_invalidates_its_url_through_a_near_cache() {
+    let redis = RedisServer::start();
+    let layer = near_layer(&redis).await;
+    let near = layer.cache().clone();
+    a_successful_unsafe_request_invalidates_its_url(layer).await;
+    assert!(
+        near.near_cache_stats().hits > 0,
+        "{:?}",
+        near.near_cache_stats()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,6 +529,33 @@ async fn purge_url_without_a_scan_on_redis() {
     let before = scans(&redis);
     purge_url_without_a_scan(redis_layer(&redis)).await;
     assert_eq!(scans(&redis), before, "no SCAN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_url_through_a_near_cache() {
+    let redis = RedisServer::start();
+    let layer = near_layer(&redis).await;
+    let near = layer.cache().clone();
+    let (svc, _) = service(layer.clone());
+    store_all(&svc, &["/items/1", "/plain/1"]).await;
+    // Read from Redis and kept, then served from process memory.
+    for _ in 0..2 {
+        assert_eq!(outcomes(&svc, "/items/1").await, ("HIT", "HIT"));
+        assert_eq!(outcomes(&svc, "/plain/1").await.0, "HIT");
+    }
+    let hits = near.near_cache_stats().hits;
+    assert_eq!(outcomes(&svc, "/plain/1").await.0, "HIT");
+    assert!(
+        near.near_cache_stats().hits > hits,
+        "{:?}",
+        near.near_cache_stats()
+    );
+    for url in ["/items/1", "/plain/1"] {
+        assert_eq!(layer.purge_url(Some("example.com"), url).await.unwrap(), 1);
+    }
+    // No wait: this process's copies went with the records.
+    assert_eq!(outcomes(&svc, "/items/1").await, ("MISS", "MISS"));
+    assert_eq!(outcomes(&svc, "/plain/1").await.0, "MISS");
 }
 
 /// `purge_url` of one URL among 200,000 other keys: by host (the records) against any host (the
