@@ -418,7 +418,7 @@ where
 
     // Tags (issue 16): the request's, and the time the handler call starts (an invalidation of
     // one of its tags from then on hides the response).
-    let created = tagging::now_micros();
+    let created = tagging::stamp_micros();
     let request_tags = match &config.tags_from {
         Some(tags_from) => {
             let (parts, body) = request.into_parts();

@@ -53,9 +53,10 @@ pub(crate) fn strip(config: &Config, headers: &mut HeaderMap) {
     }
 }
 
-/// Now, µs since the epoch (impcache's tag clock).
-pub(crate) fn now_micros() -> u64 {
-    impcache::__private::tags::now_micros()
+/// A response's creation time, µs since the epoch (impcache's tag clock: later than every
+/// invalidation made before it in this process).
+pub(crate) fn stamp_micros() -> u64 {
+    impcache::__private::tags::stamp_micros()
 }
 
 #[cfg(test)]

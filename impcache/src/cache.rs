@@ -752,7 +752,7 @@ impl Cache {
         I::Item: AsRef<str>,
     {
         let tags = Tags::new(tags);
-        let created = tags::now_micros();
+        let created = tags::stamp_micros();
         observed!(self, Operation::Set, Some(key), async {
             self.check_key(key)?;
             for tag in tags.as_slice() {
@@ -807,7 +807,7 @@ impl Cache {
             for tag in tags.as_slice() {
                 self.check_key(tag)?;
             }
-            let now = Bytes::from(tags::now_micros().to_string());
+            let now = Bytes::from(tags::stamp_micros().to_string());
             let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
             let keys = keys.keys();
             match kind {

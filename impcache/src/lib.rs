@@ -138,7 +138,7 @@ pub mod __private {
     /// Tag state for `impcache-tower`'s tagged responses (issue 16): the same state keys as
     /// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
     pub mod tags {
-        pub use crate::tags::{now_micros, Verdict};
+        pub use crate::tags::{stamp_micros, Verdict};
 
         /// Where an entry created at `created` (µs since the epoch) and tagged `tags` stands:
         /// one round trip reading their state.

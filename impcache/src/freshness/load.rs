@@ -338,7 +338,7 @@ pub(super) async fn run<V, E, F, Fut>(
 {
     // Tags: the entry's creation time is taken before its loader runs, so that an invalidation
     // landing during the computation hides it.
-    let created = tags::now_micros();
+    let created = tags::stamp_micros();
     // Across processes (a flight's leader only, with a lock): take the lock, or serve the value
     // another process stored while this one waited. Outside a tokio runtime (no timers to wait
     // with) the loader runs without it.
