@@ -549,6 +549,35 @@ async fn local_entries_never_outlive_the_redis_ttl_nor_max_ttl() {
     );
 }
 
+/// "No limit" settings (`Duration::MAX`) are taken as 100 years, not added to a clock: the
+/// deadline, the near cache's longest local lifetime and heartbeat, a lock's wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_limit_settings_do_not_overflow() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::MAX)
+        .build()
+        .unwrap();
+    let near = NearCache::new()
+        .max_ttl(Duration::MAX)
+        .heartbeat(Duration::MAX)
+        .fail_safe(true);
+    let cache = Cache::builder(repository).near_cache(near).build();
+    wait_active(&cache).await;
+    // A key without a TTL, kept for max_ttl.
+    let mut other = other_client(&server).await;
+    let _: () = other.set(cache.make_key("forever"), "7").await.unwrap();
+    wait_local(&cache, "forever").await;
+    assert_eq!(cache.get::<i64>("forever").await.unwrap(), Some(7));
+    let lock = impcache::Lock::new().wait(Duration::MAX);
+    let loaded: i64 = cache
+        .get_or_set("locked", 60, || async { 8 })
+        .freshness(impcache::Freshness::new().lock(lock))
+        .await
+        .unwrap();
+    assert_eq!(loaded, 8);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_is_bounded_by_bytes() {
     const BOUND: u64 = 16 * 1024;

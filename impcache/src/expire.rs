@@ -8,6 +8,13 @@ use crate::error::{shown, Error, Result};
 /// milliseconds overflows a signed 64-bit integer; the in-memory repository needs a bound too.
 pub const MAX_EXPIRE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
+/// `duration`, at most [`MAX_EXPIRE`]: for the waits and local lifetimes impcache adds to an
+/// `Instant` (a deadline, a lock's wait, a near-cache copy's life), where a setting such as
+/// `Duration::MAX` ("no limit") would overflow; 100 years is no limit in practice.
+pub(crate) fn capped(duration: Duration) -> Duration {
+    duration.min(MAX_EXPIRE)
+}
+
 /// The lifetime given to a write: whole seconds (any integer), a [`Duration`], or the explicit
 /// [`Expire::NEVER`].
 ///

@@ -82,7 +82,7 @@ where
     Fut: Future<Output = Result<Option<T>>>,
 {
     let token = token();
-    let deadline = Instant::now() + lock.wait_duration();
+    let deadline = Instant::now() + crate::expire::capped(lock.wait_duration());
     let mut pause = FIRST_POLL;
     let mut waited = false;
     loop {

@@ -119,7 +119,7 @@ impl NearCache {
     /// The longest an entry is kept locally (it is also never kept past its Redis TTL). Zero
     /// keeps nothing.
     pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
-        self.max_ttl = max_ttl;
+        self.max_ttl = crate::expire::capped(max_ttl);
         self
     }
 
@@ -133,7 +133,7 @@ impl NearCache {
     /// unanswered within this interval counts as a lost connection (everything local is
     /// flushed).
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
-        self.heartbeat = heartbeat.max(Duration::from_millis(10));
+        self.heartbeat = crate::expire::capped(heartbeat).max(Duration::from_millis(10));
         self
     }
 

@@ -45,7 +45,7 @@ macro_rules! shared_setters {
         /// retries) included. Default 500 ms. For `delete_pattern` it bounds each round trip
         /// of the sweep.
         pub fn deadline(mut self, deadline: std::time::Duration) -> Self {
-            self.settings.deadline = deadline;
+            self.settings.deadline = $crate::expire::capped(deadline);
             self
         }
 

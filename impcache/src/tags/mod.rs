@@ -189,7 +189,7 @@ fn parse_state(state: &[u8]) -> (Option<u64>, Option<u64>) {
 }
 
 /// Now, in µs since the Unix epoch (0 if the clock is before it).
-pub fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
