@@ -374,6 +374,33 @@ async fn a_server_refusing_tracking_runs_without_it() {
     assert_eq!(cache.near_cache_stats().hits, 0);
 }
 
+/// An ACL that forbids `CLIENT` answers `NOPERM`: the near cache is unsupported for good (not
+/// reconnecting forever), and the cache works without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_forbidding_client_runs_without_it() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(&[
+        "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-client",
+    ]);
+    let url = format!("redis://app:pw@127.0.0.1:{}/0", server.port());
+    let repository = RedisCacheRepository::builder(url)
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository).near_cache(near()).build();
+    cache.set("k", &1, 60).await.unwrap();
+    eventually("the near cache is unsupported", || async {
+        cache.near_cache_status() == NearCacheStatus::Unsupported
+    })
+    .await;
+    let mut other = other_client(&server).await;
+    for value in 0..20 {
+        let _: () = other.set(cache.make_key("k"), value).await.unwrap();
+        assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(value));
+    }
+    assert_eq!(cache.near_cache_stats().hits, 0);
+}
+
 #[derive(Debug)]
 struct Custom(MemoryCacheRepository);
 

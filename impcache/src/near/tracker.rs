@@ -30,7 +30,8 @@ pub(crate) enum Target {
 
 /// Why subscribing failed.
 enum Failure {
-    /// The server refuses tracking (`CLIENT` renamed, `ERR` on `TRACKING`, no RESP3): for good.
+    /// The server refuses tracking (`CLIENT` renamed, `ERR` on `TRACKING`, no RESP3, an ACL
+    /// forbidding it): for good.
     Refused(String),
     /// Unreachable, timed out, reset: try again.
     Transient,
@@ -38,9 +39,15 @@ enum Failure {
 
 impl From<redis::RedisError> for Failure {
     fn from(error: redis::RedisError) -> Failure {
-        // `ERR` is the server refusing the command itself; anything else (I/O, a timeout,
-        // `LOADING`, `MASTERDOWN`, ...) may pass.
-        if error.code() == Some("ERR") || error.code() == Some("NOPROTO") {
+        // The server refusing the commands themselves: `ERR` (an unknown or renamed command or
+        // subcommand), `NOPROTO` (no RESP3), `NOPERM` (an ACL forbids them), or a server without
+        // `HELLO` at all (the `redis` crate's `RESP3NotSupported`). Anything else (I/O, a
+        // timeout, `LOADING`, `MASTERDOWN`, a full client table, ...) may pass.
+        let full = error
+            .detail()
+            .is_some_and(|detail| detail.starts_with("max number of clients"));
+        let refused = matches!(error.code(), Some("ERR" | "NOPROTO" | "NOPERM")) && !full;
+        if refused || error.kind() == redis::ErrorKind::RESP3NotSupported {
             Failure::Refused(error.to_string())
         } else {
             Failure::Transient
