@@ -75,8 +75,9 @@ pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
 /// - A lost or replaced tracking connection, a Sentinel failover or a new Cluster slot map
 ///   flushes everything; until the tracking connection is back and subscribed, nothing is served
 ///   locally ([`NearCacheStatus::Connecting`]).
-/// - A server that refuses `CLIENT TRACKING` (`CLIENT` renamed or forbidden by an ACL, a server without RESP3, a managed service)
-///   turns the near cache off for good ([`NearCacheStatus::Unsupported`], one `warn!`).
+/// - A server that refuses `CLIENT TRACKING` (`CLIENT` renamed or forbidden by an ACL, a server
+///   without RESP3, a managed service) turns the near cache off for good
+///   ([`NearCacheStatus::Unsupported`], one `warn!`).
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct NearCache {
