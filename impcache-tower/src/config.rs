@@ -90,6 +90,13 @@ pub(crate) struct Config {
     pub(crate) stale_if_error_statuses: Vec<StatusCode>,
     /// The longest wait for the handler when a stale entry could answer instead.
     pub(crate) handler_timeout: Option<Duration>,
+    /// With a stale entry that may stand in: the wait after which it answers while the handler
+    /// call goes on in the background.
+    pub(crate) soft_timeout: Option<Duration>,
+    /// The longest wait for any handler call the layer makes after a lookup.
+    pub(crate) hard_timeout: Option<Duration>,
+    /// The XFetch gap of early background revalidations of fresh hits (zero: none).
+    pub(crate) early_refresh: Duration,
     /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
     /// were changed after cloning). Inside the config so that a request clones one `Arc`.
     pub(crate) flights: Arc<Flights>,
@@ -133,6 +140,9 @@ impl Config {
             stale_if_error: Duration::ZERO,
             stale_if_error_statuses: DEFAULT_STALE_IF_ERROR_STATUSES.to_vec(),
             handler_timeout: None,
+            soft_timeout: None,
+            hard_timeout: None,
+            early_refresh: Duration::ZERO,
             flights: Arc::new(Flights::default()),
             tag_headers: crate::tags::DEFAULT_TAG_HEADERS.to_vec(),
             keep_tag_headers: false,
@@ -200,6 +210,9 @@ impl fmt::Debug for Config {
             .field("stale_if_error", &self.stale_if_error)
             .field("stale_if_error_statuses", &self.stale_if_error_statuses)
             .field("handler_timeout", &self.handler_timeout)
+            .field("soft_timeout", &self.soft_timeout)
+            .field("hard_timeout", &self.hard_timeout)
+            .field("early_refresh", &self.early_refresh)
             .field("tag_headers", &self.tag_headers)
             .field("keep_tag_headers", &self.keep_tag_headers)
             .field("tags_from", &self.tags_from)

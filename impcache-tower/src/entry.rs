@@ -215,6 +215,21 @@ impl Entry {
         }
     }
 
+    /// How long the entry stays fresh from `now_ms` (zero once stale); `None` when it never
+    /// expires.
+    pub(crate) fn fresh_left(&self, now_ms: u64) -> Option<Duration> {
+        match &self.origin {
+            None => {
+                let age = Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms));
+                Some(self.ttl?.saturating_sub(age))
+            }
+            Some(freshness) => {
+                let age = freshness.current_age(self.stored_at_ms, now_ms);
+                Some(Duration::from_secs(freshness.lifetime.saturating_sub(age)))
+            }
+        }
+    }
+
     /// The entry's age in seconds: since it was stored (never negative, even with clock skew
     /// between hosts), plus, in the origin mode, how old it was then (RFC 9111 §4.2.3).
     pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {

@@ -237,9 +237,39 @@ impl CacheLayer {
 
     /// The longest wait for the handler when a stale response could answer instead (within its
     /// [`stale_if_error`](Self::stale_if_error) window): past it, the stale response is served
-    /// and the handler's call dropped (default: no limit). Other requests are not limited.
+    /// and the handler's call dropped (default: no limit). Other requests are not limited (see
+    /// [`hard_timeout`](Self::hard_timeout) for them).
     pub fn handler_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.handler_timeout = Some(timeout))
+    }
+
+    /// With a stale response at hand that may answer instead (within its
+    /// [`stale_if_error`](Self::stale_if_error) window): past `timeout`, the stale response is
+    /// served (`Cache-Status: impcache; hit; fwd=stale; ttl=-N; detail=soft-timeout`) while the
+    /// handler call goes on in the background and its response is stored (default: none). The
+    /// handler is then called in a task of its own, bounded by the
+    /// [`lock_timeout`](Self::lock_timeout) once nobody waits for it.
+    pub fn soft_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.soft_timeout = Some(timeout))
+    }
+
+    /// The longest wait for a handler call after a lookup (a miss, a stale entry's refresh,
+    /// a background revalidation): past it the call is dropped, the stale response answers
+    /// within its [`stale_if_error`](Self::stale_if_error) window (`detail=handler-timeout`, as
+    /// [`handler_timeout`](Self::handler_timeout)), and otherwise the layer answers
+    /// `504 Gateway Timeout` (never stored; `Cache-Status: impcache; fwd=…; detail=handler-timeout`),
+    /// as a reverse proxy does (default: no limit). Bypassed requests are not limited.
+    pub fn hard_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.hard_timeout = Some(timeout))
+    }
+
+    /// Probabilistic early refresh (XFetch, as [`Freshness::early_refresh`](impcache::Freshness::early_refresh)):
+    /// a fresh hit with `left` before its freshness ends is served as usual and, with probability
+    /// `exp(-left / gap)`, also starts one background handler call per URL that refreshes it (as
+    /// stale-while-revalidate does), so hot URLs are refreshed before they expire. Set `gap` to
+    /// about the handler's duration; zero (the default) turns it off.
+    pub fn early_refresh(self, gap: Duration) -> Self {
+        self.with(|c| c.early_refresh = gap)
     }
 
     /// The first segment of every key this layer writes (default `"http"`), inside the cache's

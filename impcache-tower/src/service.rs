@@ -196,6 +196,15 @@ where
                     match stale::judge(config, &entry, now) {
                         Judged::Fresh => {
                             counted.count(LayerOutcome::Hit);
+                            if !head && stale::refreshes_early(config, &entry, now) {
+                                let response =
+                                    hit(entry.clone(), request.headers(), false, config, now);
+                                let found = (entry, seen);
+                                revalidate_in_background(
+                                    &shared, inner, request, keys, ticket, found,
+                                );
+                                return Ok(response);
+                            }
                             return Ok(hit(entry, request.headers(), head, config, now));
                         }
                         Judged::WhileRevalidating { past } => {
@@ -216,10 +225,17 @@ where
                             }
                             return Ok(response);
                         }
-                        // Stale: the handler answers, the entry stands in if it fails.
-                        Judged::IfError { past } => {
-                            ("stale", true, None, Some(entry), Some(past), seen)
-                        }
+                        // Stale: the handler answers, the entry stands in if it fails (and, with
+                        // a soft timeout, if it is slow).
+                        Judged::IfError { past } => match config.soft_timeout {
+                            Some(soft) if !head => {
+                                let found = (entry, seen);
+                                let call = (inner, request, keys, ticket);
+                                let within = within_soft_timeout(&shared, call, found, past, soft);
+                                return Box::pin(within).await.counted(&counted);
+                            }
+                            _ => ("stale", true, None, Some(entry), Some(past), seen),
+                        },
                         // Origin mode: a stale entry, revalidated when it has a validator.
                         Judged::Expired => ("stale", true, None, Some(entry), None, seen),
                     }
@@ -440,18 +456,33 @@ where
     // with one of the configured statuses. Never handed to the waiters: they call the handler
     // themselves (and fall back on their own stale entry).
     let stand_in = fallback.zip(stale.as_ref());
-    let called = match (stand_in, config.handler_timeout) {
-        (Some((past, entry)), Some(timeout)) => {
-            match tokio::time::timeout(timeout, inner.call(request)).await {
-                Ok(called) => called,
-                Err(_) => {
+    // The handler's time limit: the handler timeout when a stale entry may answer instead, and
+    // the hard timeout for every call.
+    let limit = match stand_in {
+        Some(_) => [config.handler_timeout, config.hard_timeout]
+            .into_iter()
+            .flatten()
+            .min(),
+        None => config.hard_timeout,
+    };
+    let called = match limit {
+        Some(limit) => match tokio::time::timeout(limit, inner.call(request)).await {
+            Ok(called) => called,
+            Err(_) => {
+                let why = Why::HandlerTimeout;
+                if let Some((past, entry)) = stand_in {
                     count(LayerOutcome::Stale);
-                    let why = Why::HandlerTimeout;
                     return Ok(stood_in(config, guard, url, entry, &headers, past, why));
                 }
+                count(LayerOutcome::Miss);
+                if let Some(guard) = guard {
+                    guard.not_shared();
+                }
+                tracing::warn!(target: "impcache_tower", url = %url, ?limit, "the handler timed out (hard timeout): 504");
+                return Ok(gateway_timeout(config, fwd));
             }
-        }
-        _ => inner.call(request).await,
+        },
+        None => inner.call(request).await,
     };
     if let Some((past, entry)) = stand_in {
         let failed = match &called {
@@ -658,7 +689,136 @@ fn stood_in<B>(
         stale_secs = past.as_secs(),
         "serving a stale response: the handler failed"
     );
-    stale_hit(entry.clone(), headers, false, config, past, why)
+    let mut response = stale_hit(entry.clone(), headers, false, config, past, why);
+    response.extensions_mut().insert(StoodIn);
+    response
+}
+
+/// Marks a stale entry's response standing in for a failed handler, for
+/// [`within_soft_timeout`]'s count (removed there).
+#[derive(Clone, Copy, Debug)]
+struct StoodIn;
+
+/// The answer of [`within_soft_timeout`], counted by its caller.
+enum WithinSoft<B, E> {
+    /// The handler's answer (or the stale entry standing in for its failure), in time.
+    Answered(Result<Response<ResponseBody<B>>, E>),
+    /// The stale entry, past the soft timeout.
+    Stale(Response<ResponseBody<B>>),
+}
+
+impl<B, E> WithinSoft<B, E> {
+    fn counted(self, counted: &Counted) -> Result<Response<ResponseBody<B>>, E> {
+        match self {
+            WithinSoft::Answered(Ok(mut response)) => {
+                let stood_in = response.extensions_mut().remove::<StoodIn>().is_some();
+                counted.count(if stood_in {
+                    LayerOutcome::Stale
+                } else {
+                    LayerOutcome::Miss
+                });
+                Ok(response)
+            }
+            WithinSoft::Answered(Err(error)) => {
+                counted.count(LayerOutcome::Miss);
+                Err(error)
+            }
+            WithinSoft::Stale(response) => {
+                counted.count(LayerOutcome::Stale);
+                Ok(response)
+            }
+        }
+    }
+}
+
+/// Stale-if-error with a soft timeout (`CacheLayer::soft_timeout`): the handler is called
+/// through [`forward`] in a task of its own (its response stored, the stale entry standing in if
+/// it fails or exceeds the handler timeout); the request waits for it at most `soft`, then the
+/// stale entry answers and the call goes on, its response read to its end (and so stored) within
+/// the lock timeout. Without a tokio runtime the request waits for the handler.
+async fn within_soft_timeout<S, ReqBody, ResBody>(
+    shared: &Arc<Config>,
+    (inner, request, keys, ticket): (S, Request<ReqBody>, key::UrlKeys, Ticket),
+    (entry, seen): (Entry, Option<Seen>),
+    past: Duration,
+    soft: Duration,
+) -> WithinSoft<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let headers = request.headers().clone();
+    let url = keys.url().to_owned();
+    let miss = Miss {
+        inner,
+        request,
+        keys,
+        ticket,
+        head: false,
+        refresh: false,
+        fwd: "stale",
+        may_store: true,
+        detail: None,
+        stale: Some(entry.clone()),
+        fallback: Some(past),
+        counted: None,
+        lead: None,
+        seen,
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return WithinSoft::Answered(forward(shared, miss).await);
+    };
+    let config = Arc::clone(shared);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    runtime.spawn(async move {
+        let answered = forward(&config, miss).await;
+        // Nobody waits for it any more (the stale entry answered): read the body here, so that
+        // the response is stored.
+        if let Err(Ok(response)) = tx.send(answered) {
+            let finish = response.into_body().collect();
+            if tokio::time::timeout(config.lock_timeout, finish)
+                .await
+                .is_err()
+            {
+                tracing::debug!(%url, "impcache-tower: the call past the soft timeout timed out");
+            }
+        }
+    });
+    let answered = match tokio::time::timeout(soft, &mut rx).await {
+        // `Err`: the task ended without an answer (its runtime shut down).
+        Ok(answered) => answered.ok(),
+        Err(_) => {
+            // An answer sent just before the close is still taken.
+            rx.close();
+            rx.try_recv().ok()
+        }
+    };
+    match answered {
+        Some(answered) => WithinSoft::Answered(answered),
+        None => {
+            tracing::debug!(target: "impcache_tower", ?soft, "soft timeout: the stale response answers; the handler call goes on in the background");
+            let why = Why::SoftTimeout;
+            WithinSoft::Stale(stale_hit(entry, &headers, false, shared, past, why))
+        }
+    }
+}
+
+/// The answer to a request whose handler exceeded the hard timeout with no stale entry to stand
+/// in: `504 Gateway Timeout`, never stored.
+fn gateway_timeout<B>(config: &Config, fwd: &'static str) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::full(Bytes::new()));
+    *response.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+    let outcome = Outcome::Miss {
+        fwd,
+        stored: false,
+        detail: Some("handler-timeout"),
+    };
+    mark(&mut response, config.status_header, outcome);
+    response
 }
 
 /// Stale-while-revalidate: one handler call in the background refreshes the URL, unless its

@@ -131,8 +131,10 @@ pub(crate) enum Why {
     HandlerError,
     /// The handler answered with one of the stale-if-error statuses.
     HandlerStatus,
-    /// The handler took longer than the handler timeout.
+    /// The handler took longer than the handler timeout (or the hard timeout).
     HandlerTimeout,
+    /// The handler took longer than the soft timeout; its call goes on in the background.
+    SoftTimeout,
 }
 
 impl Why {
@@ -143,8 +145,18 @@ impl Why {
             Why::HandlerError => "handler-error",
             Why::HandlerStatus => "handler-status",
             Why::HandlerTimeout => "handler-timeout",
+            Why::SoftTimeout => "soft-timeout",
         }
     }
+}
+
+/// Whether a fresh hit of `entry` at `now_ms` also starts an early background refresh
+/// (`CacheLayer::early_refresh`: XFetch's coin, thrown by impcache's freshness policy).
+pub(crate) fn refreshes_early(config: &Config, entry: &Entry, now_ms: u64) -> bool {
+    !config.early_refresh.is_zero()
+        && impcache::Freshness::new()
+            .early_refresh(config.early_refresh)
+            .refresh_early(entry.fresh_left(now_ms))
 }
 
 /// Whether a stored entry may be served as it is (see [`judge`]).

@@ -34,6 +34,8 @@ enum Answer {
     Status(u16),
     Error,
     Slow,
+    /// 300 ms late.
+    Late,
 }
 
 /// A service answering `call {n}` as `answer` says, counting calls; `Cache-Control` of its
@@ -84,6 +86,10 @@ impl Origin {
                     Answer::Error => return Err(std::io::Error::other("handler failed")),
                     Answer::Slow => {
                         tokio::time::sleep(Duration::from_secs(5)).await;
+                        200
+                    }
+                    Answer::Late => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
                         200
                     }
                 };
@@ -239,6 +245,162 @@ async fn if_error_on_redis() {
     let redis = RedisServer::start();
     let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
     if_error_serves_stale_on_5xx_error_and_timeout(cache).await;
+}
+
+/// Reads `uri` until a hit answers `body`; bounded.
+async fn wait_hit<S>(service: &S, uri: &str, body: &str)
+where
+    S: tower::Service<Request<Body>, Response = Response<impcache_tower::ResponseBody<Body>>>
+        + Clone,
+    S::Error: std::fmt::Display,
+{
+    for _ in 0..500 {
+        let (_, x_cache, _, seen) = call(service, uri).await.unwrap();
+        if x_cache == "HIT" && seen == body {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never a hit with {body}");
+}
+
+/// Soft timeout (issue 15): with a stale entry that may stand in, a handler slower than the soft
+/// timeout is answered by the stale entry, and its call goes on in the background and stores
+/// its response (one handler call); a handler within the soft timeout answers itself.
+async fn soft_timeout_serves_stale_and_the_call_stores(cache: Cache) {
+    let origin = Origin::new("");
+    let layer = layer(cache)
+        .stale_if_error(Duration::from_secs(60))
+        .soft_timeout(Duration::from_millis(50));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/soft").await.unwrap();
+    wait_stored(&layer, "/soft").await;
+    past_freshness().await;
+    origin.set(Answer::Late);
+    let (status, x_cache, cache_status, body) = call(&service, "/soft").await.unwrap();
+    assert_eq!(
+        (status, x_cache.as_str(), body.as_ref()),
+        (StatusCode::OK, "STALE", &b"call 1"[..])
+    );
+    assert!(
+        cache_status.starts_with("impcache; hit; fwd=stale; ttl=-")
+            && cache_status.ends_with("; detail=soft-timeout"),
+        "{cache_status}"
+    );
+    // The late call finishes in the background and is stored.
+    wait_hit(&service, "/soft", "call 2").await;
+    assert_eq!(origin.calls(), 2, "the late call is the only one");
+
+    // A handler within the soft timeout answers itself, and is stored.
+    let patient = layer.soft_timeout(Duration::from_secs(3));
+    let service = patient.clone().layer(origin.service());
+    past_freshness().await;
+    origin.set(Answer::Ok);
+    let (status, x_cache, _, body) = call(&service, "/soft").await.unwrap();
+    assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "MISS"));
+    assert_eq!(body, "call 3");
+    wait_hit(&service, "/soft", "call 3").await;
+    // And a failure within it is still answered by the stale entry.
+    past_freshness().await;
+    origin.set(Answer::Status(503));
+    let (status, x_cache, cache_status, body) = call(&service, "/soft").await.unwrap();
+    assert_eq!(
+        (status, x_cache.as_str(), body.as_ref()),
+        (StatusCode::OK, "STALE", &b"call 3"[..])
+    );
+    assert!(
+        cache_status.ends_with("; detail=handler-status"),
+        "{cache_status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_on_memory() {
+    soft_timeout_serves_stale_and_the_call_stores(memory_cache()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_on_redis() {
+    let redis = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
+    soft_timeout_serves_stale_and_the_call_stores(cache).await;
+}
+
+/// Hard timeout (issue 15): a handler slower than it is given up; with no stale entry the layer
+/// answers `504` (not stored: the next request calls the handler again), with one within its
+/// stale-if-error window the stale entry answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_timeout_gives_up_on_the_handler() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache())
+        .stale_if_error(Duration::from_secs(60))
+        .hard_timeout(Duration::from_millis(100));
+    let service = layer.clone().layer(origin.service());
+    origin.set(Answer::Slow);
+    let started = std::time::Instant::now();
+    let (status, x_cache, cache_status, body) = call(&service, "/hard").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4), "given up");
+    assert_eq!(
+        (status, x_cache.as_str(), body.as_ref()),
+        (StatusCode::GATEWAY_TIMEOUT, "MISS", &b""[..])
+    );
+    assert!(
+        cache_status.ends_with("; detail=handler-timeout"),
+        "{cache_status}"
+    );
+    origin.set(Answer::Ok);
+    let (status, x_cache, _, body) = call(&service, "/hard").await.unwrap();
+    assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "MISS"));
+    assert_eq!(body, "call 2");
+    wait_stored(&layer, "/hard").await;
+    past_freshness().await;
+    origin.set(Answer::Slow);
+    let (status, x_cache, cache_status, body) = call(&service, "/hard").await.unwrap();
+    assert_eq!(
+        (status, x_cache.as_str(), body.as_ref()),
+        (StatusCode::OK, "STALE", &b"call 2"[..])
+    );
+    assert!(
+        cache_status.ends_with("; detail=handler-timeout"),
+        "{cache_status}"
+    );
+}
+
+/// Early refresh (issue 15): hits of a hot URL are served fresh as usual, and one of them starts
+/// a background refresh before the entry expires; without it the handler is not called again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_refresh_refreshes_a_hot_url_before_it_expires() {
+    let origin = Origin::new("");
+    // A two-second lifetime and a ten-second gap: each hit refreshes with probability > 0.8.
+    let layer = layer(memory_cache())
+        .expire(2)
+        .early_refresh(Duration::from_secs(10));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/early").await.unwrap();
+    wait_stored(&layer, "/early").await;
+    let plain = layer
+        .clone()
+        .early_refresh(Duration::ZERO)
+        .namespace("plain");
+    let plain_service = plain.clone().layer(origin.service());
+    call(&plain_service, "/early").await.unwrap();
+    wait_stored(&plain, "/early").await;
+    assert_eq!(origin.calls(), 2);
+    let started = std::time::Instant::now();
+    while origin.calls() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "never refreshed early"
+        );
+        let (status, x_cache, ..) = call(&service, "/early").await.unwrap();
+        assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "HIT"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_hit(&service, "/early", "call 3").await;
+    for _ in 0..20 {
+        let (_, x_cache, _, body) = call(&plain_service, "/early").await.unwrap();
+        assert_eq!((x_cache.as_str(), body.as_ref()), ("HIT", &b"call 2"[..]));
+    }
 }
 
 /// Past the stale-while-revalidate window (but within stale-if-error's) the handler answers; past
