@@ -53,6 +53,7 @@ per_store!(
     another_instance_sees_the_invalidation,
     get_or_set_with_tags_loads_once_and_again_after_an_invalidation,
     an_invalidation_during_the_computation_is_not_missed,
+    a_caller_after_the_invalidation_does_not_share_the_older_computation,
     a_soft_invalidation_serves_stale_while_one_reload_runs,
     a_soft_invalidation_without_a_stale_window_is_a_miss,
     a_plain_get_or_set_checks_the_tags_of_what_it_finds,
@@ -280,6 +281,34 @@ async fn an_invalidation_during_the_computation_is_not_missed(b: Backend) {
         .await
         .unwrap();
     assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("new", 2));
+}
+
+/// The same race seen by a second caller of this process: it asks after the invalidation, while
+/// the loader that started before it still runs. It does not get that loader's value (which the
+/// first caller, who asked before, does): it loads its own.
+async fn a_caller_after_the_invalidation_does_not_share_the_older_computation(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let first = tokio::spawn({
+        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "old"));
+        async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
+    });
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(MS).await;
+    }
+    b.other.invalidate_tag("t").await.unwrap();
+    let second = tokio::spawn({
+        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "new"));
+        async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
+    });
+    // The second caller has read a miss and waits on the first one's flight.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    gate.add_permits(1000);
+    assert_eq!(first.await.unwrap(), "old");
+    assert_eq!(second.await.unwrap(), "new");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
 async fn a_soft_invalidation_serves_stale_while_one_reload_runs(b: Backend) {

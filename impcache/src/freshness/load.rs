@@ -26,11 +26,54 @@ use crate::Cache;
 
 use super::job::{report, FlightKey, Job, TARGET};
 
-/// The loads in flight in this process, publishing the value's JSON.
-pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Bytes>>> = LazyLock::new(Arc::default);
+/// The loads in flight in this process, publishing the value.
+pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> = LazyLock::new(Arc::default);
 
 /// A leader's handle on its flight.
-pub(super) type Guard = FlightGuard<FlightKey, Bytes>;
+pub(super) type Guard = FlightGuard<FlightKey, Shared>;
+
+/// What a flight's leader hands its waiters: the value's JSON and, when the leader's call has
+/// tags, the time (a tag stamp) from which the value holds against their invalidations (taken
+/// before its loader ran, or before the read that found it).
+#[derive(Clone, Debug)]
+pub(super) struct Shared {
+    json: Bytes,
+    holds_since: Option<(u64, Tags)>,
+}
+
+impl Shared {
+    /// A value that holds since `since` for a call with `tags`.
+    fn new(json: Bytes, since: u64, tags: &Tags) -> Shared {
+        let holds_since = (!tags.is_empty()).then(|| (since, tags.clone()));
+        Shared { json, holds_since }
+    }
+
+    /// A stale value: each waiter judges it by its own window.
+    fn stale(json: Bytes) -> Shared {
+        Shared {
+            json,
+            holds_since: None,
+        }
+    }
+
+    /// Whether a waiter that joined the flight at `joined` may take the value. A tagged value
+    /// computed (or read) before the waiter asked may have been invalidated in between
+    /// (`invalidate_tag` from any process): its tags' state is read again, and it is taken only
+    /// if none was invalidated since. A waiter that asked before it was computed takes it, as
+    /// the leader's own caller does.
+    async fn holds_for(&self, cache: &Cache, joined: u64) -> bool {
+        let Some((since, tags)) = &self.holds_since else {
+            return true;
+        };
+        if *since > joined {
+            return true;
+        }
+        matches!(
+            cache.tag_verdict(tags.as_slice(), *since).await,
+            Ok(tags::Verdict::Fresh)
+        )
+    }
+}
 
 /// What the machinery needs of a loader's error type: to carry the cache's own errors (an
 /// invalid expire, the hard timeout) and a panic of the loader.
@@ -189,13 +232,14 @@ where
             Join::Leader(Leader { guard, recheck }) => {
                 if recheck {
                     // A flight of this key ended since our read: its value may be stored now.
+                    let since = tags::stamp_micros();
                     let read = job
                         .cache
                         .read_for_load_tagged(&job.key, &job.policy, &job.tags);
                     if let Ok(Some(found)) = read.await {
                         if let State::Fresh { .. } = job.policy.state(found.ttl) {
                             if let Some(value) = decode(&job, &found.value) {
-                                guard.publish(found.value);
+                                guard.publish(Shared::new(found.value, since, &job.tags));
                                 return Ok(value);
                             }
                         }
@@ -204,14 +248,17 @@ where
                 return lead(job, stale, loader, guard).await;
             }
             Join::Waiter(waiter) => {
+                let joined = tags::stamp_micros();
                 let waited = match (&stale, job.policy.soft_timeout_duration()) {
                     (Some(_), Some(soft)) => waiter.wait(soft).await,
                     _ => waiter.wait_unbounded().await,
                 };
                 match waited {
-                    Wait::Published(bytes) => {
-                        if let Some(value) = decode(&job, &bytes) {
-                            return Ok(value);
+                    Wait::Published(shared) => {
+                        if shared.holds_for(&job.cache, joined).await {
+                            if let Some(value) = decode(&job, &shared.json) {
+                                return Ok(value);
+                            }
                         }
                     }
                     // The soft timeout passed with a stale value at hand.
@@ -225,7 +272,8 @@ where
                     Wait::Abandoned => continue,
                     Wait::NotShared => {}
                 }
-                // The leader had nothing to share (its loader failed): load on our own, unshared.
+                // The leader had nothing to share (its loader failed), or nothing that holds for
+                // this caller (invalidated since): load on our own, unshared.
                 return alone(job, stale, loader).await;
             }
         }
@@ -357,7 +405,7 @@ pub(super) async fn run<V, E, F, Fut>(
                             let _ = answer.send(Ok(value));
                         }
                         if let Some(guard) = guard {
-                            guard.publish(bytes);
+                            guard.publish(Shared::new(bytes, created, &job.tags));
                         }
                         return;
                     }
@@ -411,7 +459,7 @@ pub(super) async fn run<V, E, F, Fut>(
     match (encoded, guard) {
         (Some(bytes), guard) => {
             if let Some(guard) = &guard {
-                guard.publish(bytes.clone());
+                guard.publish(Shared::new(bytes.clone(), created, &job.tags));
             }
             store(&job, bytes, created).await;
             drop(guard);
@@ -419,7 +467,7 @@ pub(super) async fn run<V, E, F, Fut>(
         (None, Some(guard)) => match stale {
             // Waiters may serve the stale value as the leader does; not a fail-safe copy: each
             // waiter judges it by its own window (it loads on its own, unshared).
-            Some(stale) if !job.fail_safe => guard.publish(stale),
+            Some(stale) if !job.fail_safe => guard.publish(Shared::stale(stale)),
             _ => guard.not_shared(),
         },
         (None, None) => {}
