@@ -329,6 +329,8 @@ async fn a_killed_tracking_connection_never_leaves_a_stale_value() {
     }
     wait_active(&cache).await;
     assert_ne!(tracking_client_id(&server).as_deref(), Some(id.as_str()));
+    // One loss, one flush (reconnecting is not another).
+    assert_eq!(cache.near_cache_stats().flushes, flushes + 1);
     wait_local(&cache, "k").await;
     let _: () = other.set(&key, "3").await.unwrap();
     wait_value(&cache, "k", Some(3)).await;
@@ -522,6 +524,10 @@ async fn memory_and_custom_repositories_run_without_it() {
     ] {
         assert_eq!(cache.near_cache_status(), NearCacheStatus::Unsupported);
         assert!(!cache.is_near_cache_active());
+        assert_eq!(
+            cache.near_cache_stats(),
+            impcache::NearCacheStats::default()
+        );
         cache.set("k", &1, 60).await.unwrap();
         assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(1));
     }

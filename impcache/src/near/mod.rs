@@ -188,7 +188,8 @@ pub struct NearCacheStats {
     pub bypassed: u64,
     /// Invalidations received from Redis or made by this cache's own writes (one per key).
     pub invalidations: u64,
-    /// Times everything local was dropped (connection lost, failover, `FLUSHDB`, `delete_pattern`).
+    /// Times everything local was dropped: the tracking connection lost (once per loss, a
+    /// failover included), a new Cluster slot map, `FLUSHDB` / `FLUSHALL`, `delete_pattern`.
     pub flushes: u64,
     /// Entries held now (approximate: moka's count).
     pub entries: u64,

@@ -514,8 +514,15 @@ impl Store {
         }
     }
 
-    /// Drops every entry (and fail-safe copy), and every reply in flight.
+    /// Drops every entry (and fail-safe copy), and every reply in flight: a flush (`FLUSHDB`,
+    /// `delete_pattern`, a new slot map), counted.
     pub(crate) fn flush(&self) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.drop_all();
+    }
+
+    /// Drops every entry (and fail-safe copy), and every reply in flight.
+    fn drop_all(&self) {
         self.drop_live();
         if let Some(fail_safe) = &self.fail_safe {
             fail_safe.flush();
@@ -527,12 +534,12 @@ impl Store {
         let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         self.flushed.fetch_max(number, Ordering::SeqCst);
         self.tag_sequence.fetch_add(1, Ordering::SeqCst);
-        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.entries.invalidate_all();
     }
 
     /// The tracking connection `connection` is established and subscribed: everything from
-    /// before is dropped, then reads are served locally.
+    /// before is dropped (not counted as a flush: the loss that came before was), then reads
+    /// are served locally.
     pub(super) fn activate(&self, connection: u64, connections: Vec<MultiplexedConnection>) {
         self.connection.store(connection, Ordering::SeqCst);
         self.tracking_connections.store(Some(Arc::new(connections)));
@@ -551,12 +558,17 @@ impl Store {
     }
 
     /// Stops serving locally and drops everything; the fail-safe copies stay, no longer
-    /// vouched for.
+    /// vouched for. Counted as a flush once per loss (it may be noticed twice: the connection's
+    /// end and its driver's disconnection notice).
     pub(super) fn disconnect(&self) {
         self.tracking_connections.store(None);
-        let _ = self
+        let was_active = self
             .state
-            .compare_exchange(ACTIVE, CONNECTING, Ordering::SeqCst, Ordering::SeqCst);
+            .compare_exchange(ACTIVE, CONNECTING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if was_active {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
         self.drop_live();
         if let Some(fail_safe) = &self.fail_safe {
             fail_safe.lost();
@@ -583,7 +595,7 @@ impl Store {
     /// For good: the repository or server cannot track keys. Logged once.
     pub(crate) fn unsupported(&self, why: &str) {
         self.state.store(UNSUPPORTED, Ordering::SeqCst);
-        self.flush();
+        self.drop_all();
         let mut warned = self
             .warned
             .lock()
