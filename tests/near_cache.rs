@@ -147,18 +147,6 @@ async fn changes_by_other_clients_reach_the_reader() {
     .await;
 }
 
-/// Calls of the commands `names` (lowercase) on `server` so far, from `INFO commandstats`.
-fn command_calls(server: &RedisServer, names: &[&str]) -> u64 {
-    let info: String = server.cmd(&["INFO", "commandstats"]);
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            names.contains(&name).then_some(rest)
-        })
-        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Concurrent misses share the barrier's rounds (`near/barrier.rs`): 100 reads at once send far
 /// fewer than the 200 `PING`s of a round each, every one answers with the value, and every
 /// value is kept (the next reads are local).
@@ -171,7 +159,7 @@ async fn concurrent_misses_share_the_barrier() {
     for i in 0..100 {
         let _: () = server.cmd(&["SET", &cache.make_key(&format!("m:{i}")), &i.to_string()]);
     }
-    let before = command_calls(&server, &["ping"]);
+    let before = server.command_calls(&["ping"]);
     let reads: Vec<_> = (0..100i64)
         .map(|i| {
             let cache = cache.clone();
@@ -181,7 +169,7 @@ async fn concurrent_misses_share_the_barrier() {
     for (i, read) in (0i64..).zip(reads) {
         assert_eq!(read.await.unwrap().unwrap(), Some(i));
     }
-    let sent = command_calls(&server, &["ping"]) - before;
+    let sent = server.command_calls(&["ping"]) - before;
     assert!(sent < 100, "{sent} PINGs for 100 concurrent misses");
     let hits = cache.near_cache_stats().hits;
     for i in 0..100i64 {
@@ -1028,7 +1016,7 @@ async fn fail_safe_keeps_an_entry_whose_local_lifetime_ended() {
 /// Calls of the data commands a read could send (`GET`, `MGET`, `PTTL`) on `server` so far (the
 /// tracking connection's `PING`s are not counted).
 fn reads_sent(server: &RedisServer) -> u64 {
-    command_calls(server, &["get", "mget", "pttl"])
+    server.command_calls(&["get", "mget", "pttl"])
 }
 
 async fn tagged_read(cache: &Cache, value: i64, runs: &Arc<AtomicU64>) -> i64 {

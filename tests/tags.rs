@@ -468,6 +468,36 @@ async fn cluster_tags_live_on_other_slots_than_their_entries() {
     assert_eq!(value, "Grace");
 }
 
+/// `get_many` of tagged entries: the entries in one round trip, the state of all their tags in
+/// one more, however many entries are tagged; each is judged by its own tags.
+#[tokio::test]
+async fn get_many_reads_the_tags_of_all_its_entries_at_once() {
+    let server = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
+    let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let tags = [format!("user:{i}"), format!("group:{}", i % 5)];
+        cache.set_tagged(key, &i, 60, tags).await.unwrap();
+    }
+    cache.set("plain", &-1, 60).await.unwrap();
+    cache.invalidate_tag("group:3").await.unwrap();
+    cache.invalidate_tag("user:4").await.unwrap();
+    let before = server.command_calls(&["get", "mget"]);
+    let all = keys.iter().map(String::as_str).chain(["plain", "missing"]);
+    let values: Vec<Option<i64>> = cache.get_many(all).await.unwrap();
+    assert_eq!(server.command_calls(&["get", "mget"]) - before, 2);
+    let expected: Vec<Option<i64>> = (0..50)
+        .map(|i| (i % 5 != 3 && i != 4).then_some(i))
+        .chain([Some(-1), None])
+        .collect();
+    assert_eq!(values, expected);
+    // Untagged entries only: one round trip.
+    let before = server.command_calls(&["get", "mget"]);
+    let values: Vec<Option<i64>> = cache.get_many(["plain", "missing"]).await.unwrap();
+    assert_eq!(values, [Some(-1), None]);
+    assert_eq!(server.command_calls(&["get", "mget"]) - before, 1);
+}
+
 /// Fail open: with Redis down, a tagged `get_or_set` runs its loader and answers; an
 /// invalidation reports the outage (it is a write the caller must know failed).
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! [`Cache`]: the handle applications use, and its builder.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -545,12 +546,7 @@ impl Cache {
                 return Ok((Vec::new(), Tally::NONE));
             }
             let mut values = self.shared.backend.get_many(&full).await?;
-            // Tags (issue 16): tagged entries are judged against their tags (a round trip each).
-            for (value, key) in values.iter_mut().zip(&full) {
-                if let Some(bytes) = value.take_if(|bytes| envelope::is_envelope(bytes)) {
-                    *value = self.open_tagged(key, &bytes, None).await?;
-                }
-            }
+            self.open_tagged_many(&full, &mut values).await?;
             let mut tally = Tally::NONE;
             let decoded = values
                 .into_iter()
@@ -890,6 +886,59 @@ impl Cache {
         }
         let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags);
         self.shared.backend.get_tag_states(&keys.keys()).await
+    }
+
+    /// [`open_tagged`](Cache::open_tagged) for the `values` read at `keys`: each envelope becomes
+    /// its value, or `None` when one of its tags invalidated it; the state of all their tags is
+    /// read in one more round trip (none without a tagged entry).
+    async fn open_tagged_many(&self, keys: &[&str], values: &mut [Option<Bytes>]) -> Result<()> {
+        let mut tagged = Vec::new();
+        for (i, (value, key)) in values.iter().zip(keys).enumerate() {
+            let Some(bytes) = value.as_ref().filter(|bytes| envelope::is_envelope(bytes)) else {
+                continue;
+            };
+            match envelope::open(bytes) {
+                Some(opened) => tagged.push((i, opened)),
+                None => {
+                    tracing::debug!(target: "impcache", key, "a value starting like a tagged envelope is not one");
+                }
+            }
+        }
+        if tagged.is_empty() {
+            return Ok(());
+        }
+        // Every tag once, in the order first seen.
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut all: Vec<&str> = Vec::new();
+        for tag in tagged.iter().flat_map(|(_, opened)| &opened.tags) {
+            index.entry(tag).or_insert_with(|| {
+                all.push(tag);
+                all.len() - 1
+            });
+        }
+        let states = self.tag_states(&all).await?;
+        let mut verdicts = Vec::with_capacity(tagged.len());
+        for (i, opened) in &tagged {
+            let own: Vec<Option<Bytes>> = opened
+                .tags
+                .iter()
+                .map(|tag| {
+                    index
+                        .get(tag.as_ref())
+                        .and_then(|&at| states.get(at).cloned().flatten())
+                })
+                .collect();
+            let verdict = tags::verdict(opened.created, &own, self.shared.tag_clock_skew);
+            let value = (verdict == Verdict::Fresh).then(|| opened.value.clone());
+            verdicts.push((*i, value));
+        }
+        drop(tagged);
+        for (i, value) in verdicts {
+            if let Some(slot) = values.get_mut(i) {
+                *slot = value;
+            }
+        }
+        Ok(())
     }
 
     /// The value of the envelope `bytes` stored at `key` when none of its tags invalidated it

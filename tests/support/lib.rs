@@ -202,6 +202,19 @@ impl RedisServer {
             .expect("raw connection to the test server")
     }
 
+    /// Calls of the commands `names` (lowercase, as `INFO commandstats` names them) since the
+    /// server started: round trips, for tests that count them.
+    pub fn command_calls(&self, names: &[&str]) -> u64 {
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+                names.contains(&name).then_some(rest)
+            })
+            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Runs a raw command and returns its reply.
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let mut cmd = redis::cmd(args[0]);
