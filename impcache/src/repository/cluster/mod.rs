@@ -488,9 +488,9 @@ impl RedisClusterCacheRepositoryBuilder {
 
 impl RedisClusterCacheRepository {
     /// The connection settings of every primary of the slot map in use (learned when none is
-    /// known), and the map's identity: where a near cache's tracking connections go; a new map
-    /// flushes the near cache.
-    pub(crate) async fn current_primaries(&self) -> Option<(Vec<redis::ConnectionInfo>, usize)> {
+    /// known), and the map's fingerprint: where a near cache's tracking connections go; a map
+    /// that says something else flushes the near cache.
+    pub(crate) async fn current_primaries(&self) -> Option<(Vec<redis::ConnectionInfo>, u64)> {
         let map = tokio::time::timeout(self.inner.deadline, self.slot_map())
             .await
             .ok()?
@@ -500,6 +500,6 @@ impl RedisClusterCacheRepository {
             .iter()
             .map(|(host, port)| self.node_info(host.clone(), *port))
             .collect();
-        Some((primaries, Arc::as_ptr(&map) as usize))
+        Some((primaries, map.fingerprint()))
     }
 }

@@ -165,6 +165,16 @@ pub(super) struct SlotMap {
 }
 
 impl SlotMap {
+    /// What the map says (its primaries and which serves each slot), as one number: two maps
+    /// that say the same have the same fingerprint, so a re-read that changed nothing does not
+    /// flush a near cache (the map's address would: each read makes a new map).
+    pub(super) fn fingerprint(&self) -> u64 {
+        std::hash::BuildHasher::hash_one(
+            &std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(),
+            (&self.nodes, &self.owners),
+        )
+    }
+
     /// The handle of the primary serving `slot`, if known.
     pub(super) fn node_for(&self, slot: u16) -> Option<&Arc<Node>> {
         self.handles.get(self.owner(slot)?)
@@ -406,5 +416,13 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
         assert_eq!(map.owner(16001), None);
         assert_eq!(map.owner(16383), None);
         assert_eq!(SlotMap::parse(&redis::Value::Nil).owner(0), None);
+        // Read again, the same map has the same fingerprint; a moved range changes it.
+        assert_eq!(SlotMap::parse(&reply).fingerprint(), map.fingerprint());
+        let moved = Array(vec![
+            Array(vec![Int(0), Int(5460), node("10.0.0.1", 7000)]),
+            Array(vec![Int(5461), Int(10923), node("10.0.0.2", 7000)]),
+            Array(vec![Int(10924), Int(16000), node("10.0.0.1", 7000)]),
+        ]);
+        assert_ne!(SlotMap::parse(&moved).fingerprint(), map.fingerprint());
     }
 }
