@@ -49,6 +49,7 @@ per_store!(
     concurrent_misses_run_the_loader_once,
     stale_readers_are_answered_at_once_by_one_background_reload,
     a_failing_loader_serves_the_stale_value_and_is_logged,
+    concurrent_callers_of_a_failing_loader_all_get_the_stale_value,
     the_soft_timeout_answers_stale_and_the_loader_still_stores,
     the_hard_timeout_gives_up_with_or_without_a_stale_value,
     past_the_stale_window_is_a_miss,
@@ -235,6 +236,47 @@ async fn a_failing_loader_serves_the_stale_value_and_is_logged(backend: Backend)
         .freshness(policy)
         .await;
     assert!(matches!(failed, Err(Error::Loader { .. })));
+}
+
+/// 50 concurrent callers of a stale key whose loader fails: one loader run, every caller
+/// answered with the stale value and counted.
+async fn concurrent_callers_of_a_failing_loader_all_get_the_stale_value(backend: Backend) {
+    let cache = backend.cache;
+    let policy = Freshness::new().stale_if_error(MINUTE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let stale_before = cache.stats().stale;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let failing = |runs: &Arc<AtomicUsize>| {
+        let runs = Arc::clone(runs);
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(200 * MS).await;
+            Err::<String, _>(Error::Loader {
+                key: "k".into(),
+                reason: "the origin is down".into(),
+            })
+        }
+    };
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, loader) = (cache.clone(), failing(&runs));
+            tokio::spawn(async move {
+                cache
+                    .try_get_or_set("k", 60, loader)
+                    .freshness(policy)
+                    .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap(), "old");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one loader run");
+    assert_eq!(
+        cache.stats().stale - stale_before,
+        50,
+        "every stale answer counted"
+    );
 }
 
 async fn the_soft_timeout_answers_stale_and_the_loader_still_stores(backend: Backend) {

@@ -39,20 +39,28 @@ pub(super) type Guard = FlightGuard<FlightKey, Shared>;
 pub(super) struct Shared {
     json: Bytes,
     holds_since: Option<(u64, Tags)>,
+    /// The stale value the leader answered with, its loader having failed.
+    stale: bool,
 }
 
 impl Shared {
     /// A value that holds since `since` for a call with `tags`.
     fn new(json: Bytes, since: u64, tags: &Tags) -> Shared {
         let holds_since = (!tags.is_empty()).then(|| (since, tags.clone()));
-        Shared { json, holds_since }
+        Shared {
+            json,
+            holds_since,
+            stale: false,
+        }
     }
 
-    /// A stale value: each waiter judges it by its own window.
+    /// The stale value the leader answered with: for the waiters that may serve a stale value
+    /// themselves (their own read found one within their window).
     fn stale(json: Bytes) -> Shared {
         Shared {
             json,
             holds_since: None,
+            stale: true,
         }
     }
 
@@ -254,6 +262,15 @@ where
                     _ => waiter.wait_unbounded().await,
                 };
                 match waited {
+                    // The leader's stale answer: served (and counted) by a waiter whose own read
+                    // found the stale value within its window, else it loads on its own.
+                    Wait::Published(shared) if shared.stale => {
+                        let value = stale.as_ref().and_then(|_| decode(&job, &shared.json));
+                        if let Some(value) = value.filter(|_| stale_allowed(&job)) {
+                            job.cache.served_stale(&job.key, StaleReason::Error);
+                            return Ok(value);
+                        }
+                    }
                     Wait::Published(shared) => {
                         if shared.holds_for(&job.cache, joined).await {
                             if let Some(value) = decode(&job, &shared.json) {
