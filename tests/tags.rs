@@ -468,6 +468,38 @@ async fn cluster_tags_live_on_other_slots_than_their_entries() {
     assert_eq!(value, "Grace");
 }
 
+/// A tag longer than the cache's key limit is refused as `set_tagged` and `invalidate_tag`
+/// refuse it: `get_or_set` runs its loader uncached rather than store an entry whose tag could
+/// never be invalidated.
+#[tokio::test]
+async fn a_tag_the_cache_refuses_is_never_stored() {
+    let cache = Cache::builder(impcache::MemoryCacheRepository::new())
+        .max_key_bytes(8)
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        let runs = Arc::clone(&runs);
+        let value: i32 = cache
+            .get_or_set("k", 60, move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                1
+            })
+            .tags(["a-long-tag"])
+            .await
+            .unwrap();
+        assert_eq!(value, 1);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "not stored");
+    assert!(matches!(
+        cache.invalidate_tag("a-long-tag").await,
+        Err(impcache::Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        cache.set_tagged("k", &1, 60, ["a-long-tag"]).await,
+        Err(impcache::Error::InvalidKey { .. })
+    ));
+}
+
 /// `get_many` of tagged entries: the entries in one round trip, the state of all their tags in
 /// one more, however many entries are tagged; each is judged by its own tags.
 #[tokio::test]

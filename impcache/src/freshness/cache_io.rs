@@ -77,9 +77,14 @@ impl Cache {
         self.read_for_load(key, true).await
     }
 
-    /// Checks a key as every operation does.
-    pub(crate) fn check_key_for_load(&self, key: &str) -> Result<()> {
-        self.check_key(key)
+    /// Checks a key (and the call's tags) as every operation does.
+    pub(crate) fn check_key_for_load(&self, key: &str, tags: &Tags) -> Result<()> {
+        self.check_key(key)?;
+        // A tag is checked as `set_tagged` and `invalidate_tag` check it: an entry is never
+        // stored with a tag that cannot be invalidated.
+        tags.as_slice()
+            .iter()
+            .try_for_each(|tag| self.check_key(tag))
     }
 
     /// The value at `key` with its remaining TTL when `with_ttl` (else a `GET`, TTL unknown),

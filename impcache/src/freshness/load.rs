@@ -118,8 +118,8 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    // Bad input is the caller's: an invalid expire is an error (nothing is loaded), a key the
-    // cache refuses (too long) runs the loader uncached, as any other cache error does.
+    // Bad input is the caller's: an invalid expire is an error (nothing is loaded), a key or a
+    // tag the cache refuses (too long) runs the loader uncached, as any other cache error does.
     let expiry = policy.stored_expiry(expire, key).map_err(E::from_cache)?;
     let lock = match policy.lock_options() {
         Some(lock) => Some((
@@ -129,7 +129,7 @@ where
         )),
         None => None,
     };
-    if let Err(error) = cache.check_key_for_load(key) {
+    if let Err(error) = cache.check_key_for_load(key, &tags) {
         report("get", key, &error);
         return loader().await;
     }
