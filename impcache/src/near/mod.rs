@@ -57,11 +57,13 @@ pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
 /// the cache's prefix that changes, by any client (another process, the Python library,
 /// `redis-cli`, expiry, eviction), and a "flush everything" on `FLUSHDB`/`FLUSHALL`.
 ///
-/// *Why BCAST*: in the default mode Redis remembers every key each client read (server memory
-/// per key, `tracking-table-max-keys`, and the reads must go through the tracking connection);
-/// BCAST costs the server nothing per key, lets the tracking connection be separate from the
-/// data connection (which stays as it is), and a cache owns its whole prefix anyway. Its cost is
-/// an invalidation message for every write under the prefix, read locally or not.
+/// *Why BCAST* (the only mode offered): in the default mode Redis remembers every key each
+/// client read (server memory per key, `tracking-table-max-keys`), and every connection that
+/// reads must itself have tracking on (`REDIRECT` to the connection receiving invalidations),
+/// re-enabled on each reconnect, before its first read; BCAST costs the server nothing per key,
+/// lets the tracking connection be separate from the data connections (which stay as they are),
+/// and a cache owns its whole prefix anyway. Its cost is an invalidation message for every write
+/// under the prefix, read locally or not.
 ///
 /// - A read takes a ticket before it is sent; its reply is kept only if no invalidation of its
 ///   slot arrived since (a reply that raced with a change is never kept).
