@@ -347,21 +347,27 @@ async fn redis_restarted_with_the_key_changed() {
     wait_value(&cache, "k", Some(3)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_refusing_tracking_runs_without_it() {
-    let server = RedisServer::start_with(&["--rename-command", "CLIENT", ""]);
-    let cache = near_cache(&server, near());
-    let _ = cache.get::<i64>("k").await;
+/// Once the near cache of `cache` is `Unsupported`, every read goes to Redis: another client's
+/// writes are all seen, and nothing is served locally.
+async fn runs_without_it(server: &RedisServer, cache: &Cache) {
     eventually("the near cache is unsupported", || async {
         cache.near_cache_status() == NearCacheStatus::Unsupported
     })
     .await;
-    let mut other = other_client(&server).await;
+    let mut other = other_client(server).await;
     for value in 0..20 {
         let _: () = other.set(cache.make_key("k"), value).await.unwrap();
         assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(value));
     }
     assert_eq!(cache.near_cache_stats().hits, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_tracking_runs_without_it() {
+    let server = RedisServer::start_with(&["--rename-command", "CLIENT", ""]);
+    let cache = near_cache(&server, near());
+    let _ = cache.get::<i64>("k").await;
+    runs_without_it(&server, &cache).await;
 }
 
 /// An ACL that forbids `CLIENT` answers `NOPERM`: the near cache is unsupported for good (not
@@ -379,16 +385,7 @@ async fn an_acl_forbidding_client_runs_without_it() {
         .unwrap();
     let cache = Cache::builder(repository).near_cache(near()).build();
     cache.set("k", &1, 60).await.unwrap();
-    eventually("the near cache is unsupported", || async {
-        cache.near_cache_status() == NearCacheStatus::Unsupported
-    })
-    .await;
-    let mut other = other_client(&server).await;
-    for value in 0..20 {
-        let _: () = other.set(cache.make_key("k"), value).await.unwrap();
-        assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(value));
-    }
-    assert_eq!(cache.near_cache_stats().hits, 0);
+    runs_without_it(&server, &cache).await;
 }
 
 #[derive(Debug)]

@@ -350,6 +350,35 @@ struct Miss<S, ReqBody> {
     seen: Option<Seen>,
 }
 
+impl<S, ReqBody> Miss<S, ReqBody> {
+    /// A handler call that refreshes the stale `entry` the lookup found (`fwd=stale`, stored
+    /// when it may be), uncounted: a background call, or one its caller counts.
+    fn of_stale(
+        inner: S,
+        request: Request<ReqBody>,
+        keys: key::UrlKeys,
+        ticket: Ticket,
+        (entry, seen): (Entry, Option<Seen>),
+    ) -> Self {
+        Miss {
+            inner,
+            request,
+            keys,
+            ticket,
+            head: false,
+            refresh: false,
+            fwd: "stale",
+            may_store: true,
+            detail: None,
+            stale: Some(entry),
+            fallback: None,
+            counted: None,
+            lead: None,
+            seen,
+        }
+    }
+}
+
 /// A request the lookup did not answer: the handler's response, stored when it may be.
 async fn forward<S, ReqBody, ResBody>(
     config: &Config,
@@ -754,20 +783,8 @@ where
     let headers = request.headers().clone();
     let url = keys.url().to_owned();
     let miss = Miss {
-        inner,
-        request,
-        keys,
-        ticket,
-        head: false,
-        refresh: false,
-        fwd: "stale",
-        may_store: true,
-        detail: None,
-        stale: Some(entry.clone()),
         fallback: Some(past),
-        counted: None,
-        lead: None,
-        seen,
+        ..Miss::of_stale(inner, request, keys, ticket, (entry.clone(), seen))
     };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return WithinSoft::Answered(forward(shared, miss).await);
@@ -857,20 +874,8 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     let config = Arc::clone(shared);
     let url = keys.url().to_owned();
     let miss = Miss {
-        inner,
-        request,
-        keys,
-        ticket,
-        head: false,
-        refresh: false,
-        fwd: "stale",
-        may_store: true,
-        detail: None,
-        stale: Some(entry),
-        fallback: None,
-        counted: None,
         lead: Some(guard),
-        seen,
+        ..Miss::of_stale(inner, request, keys, ticket, (entry, seen))
     };
     runtime.spawn(async move {
         let refresh = async {
