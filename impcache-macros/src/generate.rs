@@ -124,11 +124,23 @@ fn tags_block(plan: &Plan) -> TokenStream {
 }
 
 /// The function's own tag (what `{name}_invalidate_all` invalidates): from `name = "..."` when
-/// given, so that it survives moving the function, else its module path and name.
+/// given, so that it survives moving the function; for a method with the default key, its type
+/// and name, as its keys (two types' methods of one name in one module are two functions); else
+/// its module path and name.
 fn function_tag(plan: &Plan) -> TokenStream {
     match &plan.key {
         Key::Default(Prefix::Name(name)) => {
             quote!(::core::concat!("__impcache_fn:", #name))
+        }
+        Key::Default(Prefix::Method) => {
+            let suffix = format!("::{}", plan.func.sig.ident);
+            quote! {
+                &::std::format!(
+                    "__impcache_fn:{}{}",
+                    ::core::any::type_name::<Self>(),
+                    #suffix
+                )
+            }
         }
         _ => {
             let fn_name = plan.func.sig.ident.to_string();

@@ -105,3 +105,39 @@ async fn invalidate_all_hides_one_function_and_follows_its_name() {
         .unwrap();
     assert_eq!(CACHE.get::<Vec<u64>>("shop::orders:0").await.unwrap(), None);
 }
+
+/// Two types' methods of one name in one module: each has its own function tag, as its own keys.
+struct Users;
+struct Teams;
+
+static USERS_RUNS: AtomicUsize = AtomicUsize::new(0);
+static TEAMS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+impl Users {
+    #[cached(cache = CACHE, expire = 60, invalidate_all)]
+    async fn load(&self, id: u64) -> u64 {
+        USERS_RUNS.fetch_add(1, SeqCst);
+        id
+    }
+}
+
+impl Teams {
+    #[cached(cache = CACHE, expire = 60, invalidate_all)]
+    async fn load(&self, id: u64) -> u64 {
+        TEAMS_RUNS.fetch_add(1, SeqCst);
+        id + 100
+    }
+}
+
+#[tokio::test]
+async fn invalidate_all_of_a_method_spares_another_types_method_of_the_same_name() {
+    assert_eq!(Users.load(1).await, 1);
+    assert_eq!(Teams.load(1).await, 101);
+    stored(&format!("{}::load:1", std::any::type_name::<Users>())).await;
+    stored(&format!("{}::load:1", std::any::type_name::<Teams>())).await;
+    Users.load_invalidate_all().await.unwrap();
+    assert_eq!(Users.load(1).await, 1);
+    assert_eq!(Teams.load(1).await, 101);
+    assert_eq!(USERS_RUNS.load(SeqCst), 2, "Users::load invalidated");
+    assert_eq!(TEAMS_RUNS.load(SeqCst), 1, "Teams::load kept");
+}
