@@ -328,6 +328,16 @@ impl CacheLayer {
         self.config.cache.invalidate_tag(tag).await
     }
 
+    /// [`purge_tag`](Self::purge_tag) of each of `tags`, in one round trip (on Cluster one per
+    /// node).
+    pub async fn purge_tags<I>(&self, tags: I) -> impcache::Result<()>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.config.cache.invalidate_tags(tags).await
+    }
+
     /// Marks every stored response tagged `tag` stale (Fastly's soft purge, and
     /// [`Cache::soft_invalidate_tag`](impcache::Cache::soft_invalidate_tag) for impcache
     /// entries): within the layer's (or the response's) [stale-while-revalidate
@@ -335,6 +345,15 @@ impl CacheLayer {
     /// one background handler call per URL refreshes it; without a window it is a miss.
     pub async fn soft_purge_tag(&self, tag: &str) -> impcache::Result<()> {
         self.config.cache.soft_invalidate_tag(tag).await
+    }
+
+    /// [`soft_purge_tag`](Self::soft_purge_tag) of each of `tags`.
+    pub async fn soft_purge_tags<I>(&self, tags: I) -> impcache::Result<()>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.config.cache.soft_invalidate_tags(tags).await
     }
 
     /// The cache.

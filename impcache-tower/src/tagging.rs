@@ -19,7 +19,11 @@ pub(crate) fn collect(
     let mut tags = from_request;
     for name in &config.tag_headers {
         for value in headers.get_all(name) {
-            let Ok(value) = value.to_str() else { continue };
+            // UTF-8, not only visible ASCII (`to_str`): a tag such as `café` counts.
+            let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
+                tracing::debug!(header = %name, "impcache-tower: a tag header value that is not UTF-8 is ignored");
+                continue;
+            };
             let split = value.split(|c: char| c == ',' || c.is_ascii_whitespace());
             tags.extend(split.filter(|tag| !tag.is_empty()).map(str::to_owned));
         }
@@ -100,5 +104,13 @@ mod tests {
         assert_eq!(tagged.tags, ["r", "a", "b", "c"]);
         assert!(headers.is_empty());
         assert!(collect(&config, Vec::new(), &mut HeaderMap::new(), 7).is_none());
+        // UTF-8 tags are read (and stored percent-encoded); a value that is not UTF-8 is not.
+        let mut headers = HeaderMap::new();
+        let utf8 = HeaderValue::from_bytes("café thé".as_bytes()).unwrap();
+        headers.insert("surrogate-key", utf8);
+        headers.insert("cache-tag", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        let tagged = collect(&config, Vec::new(), &mut headers, 7).unwrap();
+        assert_eq!(tagged.tags, ["café", "thé"]);
+        assert_eq!(Tagged::decode(&tagged.encode()).unwrap().tags, tagged.tags);
     }
 }

@@ -65,8 +65,9 @@ async fn purge_tag_hides(cache: Cache) {
     stored(&svc, &layer, "/b").await;
     let plain_layer = layer.clone().namespace("plain");
     stored(&untagged, &plain_layer, "/a").await;
-    // Either header's tags: `team:7` comes from `Cache-Tag`.
-    layer.purge_tag("team:7").await.unwrap();
+    // Either header's tags: `team:7` comes from `Cache-Tag` (the plural form, with a tag never
+    // used).
+    layer.purge_tags(["team:7", "unused"]).await.unwrap();
     for uri in ["/a", "/b"] {
         let seen = send(&svc, get(uri)).await;
         assert_eq!(seen.outcome(), "MISS", "{uri}");
@@ -132,7 +133,7 @@ async fn soft_purge_serves_stale_and_calls_once(cache: Cache) {
         .stale_while_revalidate(Duration::ZERO);
     let (svc, calls) = tagged(strict.clone());
     stored(&svc, &strict, "/s").await;
-    strict.soft_purge_tag("page").await.unwrap();
+    strict.soft_purge_tags(["page", "unused"]).await.unwrap();
     assert_eq!(send(&svc, get("/s")).await.outcome(), "MISS");
     assert_eq!(calls.get(), 2);
 }

@@ -795,6 +795,15 @@ impl Cache {
         self.mark_tags(Tags::new([tag]), Kind::Soft).await
     }
 
+    /// [`soft_invalidate_tag`](Cache::soft_invalidate_tag) of each of `tags` (one `EVAL` each).
+    pub async fn soft_invalidate_tags<I>(&self, tags: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.mark_tags(Tags::new(tags), Kind::Soft).await
+    }
+
     /// Writes the time now into the state key of each of `tags`: hard, one `set_many` (the state
     /// replaced); soft, the soft time replaced and the hard one kept, atomically on the built-in
     /// repositories (`crate::tags`'s module doc).
