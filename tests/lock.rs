@@ -380,3 +380,72 @@ async fn a_miss_under_a_lock_costs_three_round_trips_more() {
         assert_eq!(counts(), (1, 0, 0), "{key}: a hit is one GET");
     }
 }
+
+/// With a near cache, a waiting process is woken by the value key's invalidation when the owner
+/// stores it, not at its next poll: each round holds the owner long enough for the waiter to
+/// poll at its longest pause (50 ms); the invalidation arrives well within it, so at least one
+/// of three rounds (in practice all) logs the wake. Both get the owner's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_near_cache_a_waiter_is_woken_by_the_stores_invalidation() {
+    let logs = debug_logs();
+    let server = impcache_tests::RedisServer::start();
+    let near = || {
+        let repository = RedisCacheRepository::new(&server.url()).unwrap();
+        Cache::builder(repository)
+            .near_cache(impcache::NearCache::new())
+            .build()
+    };
+    let (owner, waiter) = (near(), near());
+    for cache in [&owner, &waiter] {
+        tokio::time::timeout(HANG, async {
+            while !cache.is_near_cache_active() {
+                let _ = cache.get::<String>("warm-up").await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the near cache becomes active");
+    }
+    let policy = Freshness::new().lock(Lock::new().wait(HANG));
+    for key in ["w0", "w1", "w2"] {
+        let (started, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+        let first = tokio::spawn({
+            let (cache, started, gate) = (owner.clone(), started.clone(), gate.clone());
+            let loader = || async move {
+                started.add_permits(1);
+                gate.acquire().await.unwrap().forget();
+                "owner".to_owned()
+            };
+            async move { cache.get_or_set(key, 60, loader).freshness(policy).await }
+        });
+        started.acquire().await.unwrap().forget();
+        let second = tokio::spawn({
+            let cache = waiter.clone();
+            let loader = || async { "waiter".to_owned() };
+            async move { cache.get_or_set(key, 60, loader).freshness(policy).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), "owner");
+        assert_eq!(second.await.unwrap().unwrap(), "owner");
+    }
+    let woken = logs.text().matches("the value key changed").count();
+    assert!(woken >= 1, "never woken by the invalidation");
+}
+
+/// Everything logged at `DEBUG` and above by this test binary (a global subscriber: the waiting
+/// runs in spawned tasks on worker threads).
+fn debug_logs() -> &'static impcache_tests::logs::Logs {
+    static LOGS: std::sync::OnceLock<impcache_tests::logs::Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = impcache_tests::logs::Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+}

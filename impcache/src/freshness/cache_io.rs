@@ -141,6 +141,12 @@ impl Cache {
             .fail_safe(&self.make_key(key), policy)
     }
 
+    /// A watch of `key` in the near cache (`None` without one): woken when Redis reports the key
+    /// changed, for the cross-process lock's waiters.
+    pub(crate) fn near_watch(&self, key: &str) -> Option<crate::near::Watch> {
+        Some(self.shared.near.as_ref()?.watch(&self.make_key(key)))
+    }
+
     /// Counts and logs the near cache's fail-safe copy of `key` served.
     pub(crate) fn near_fail_safe_served(&self, key: &str) {
         if let Some(store) = &self.shared.near {

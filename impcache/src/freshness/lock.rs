@@ -83,6 +83,8 @@ where
 {
     let token = token();
     let deadline = Instant::now() + crate::expire::capped(lock.wait_duration());
+    // Before the first attempt: a store made after it is not missed.
+    let watch = wait.then(|| cache.near_watch(key)).flatten();
     let mut pause = FIRST_POLL;
     let mut waited = false;
     loop {
@@ -98,7 +100,7 @@ where
             tracing::warn!(target: TARGET, key, wait = ?lock.wait_duration(), "waited for another process's value past the lock's wait: loading here, without the lock");
             return outcome(LockOutcome::TimedOut, Turn::Open);
         }
-        until_changed(pause.min(deadline - now)).await;
+        until_changed(key, pause.min(deadline - now), watch.as_ref()).await;
         pause = (pause * 2).min(LAST_POLL);
         waited = true;
         match poll().await {
@@ -109,12 +111,19 @@ where
     }
 }
 
-/// The pause of a waiting process before its next poll of the value key. The hook for a near
-/// cache: one that tracks the value key learns of another process's store by its invalidation,
-/// and can end this pause then (rueidisaside's waiters are woken that way) instead of when it
-/// runs out; the poll that follows reads the new value.
-async fn until_changed(pause: Duration) {
-    tokio::time::sleep(pause).await;
+/// The pause of a waiting process before its next poll of the value key. With a near cache
+/// (`watch`), which tracks the value key, another process's store ends it at once, by the key's
+/// invalidation (rueidisaside's waiters are woken that way); the poll that follows reads the
+/// new value.
+async fn until_changed(key: &str, pause: Duration, watch: Option<&crate::near::Watch>) {
+    match watch {
+        Some(watch) => {
+            if watch.changed_within(pause).await {
+                tracing::debug!(target: TARGET, key, "the value key changed: polling at once");
+            }
+        }
+        None => tokio::time::sleep(pause).await,
+    }
 }
 
 /// The lock was taken: one more read (`read`), since another process may have stored the value

@@ -15,7 +15,10 @@ mod barrier;
 mod fail_safe;
 mod store;
 mod tracker;
+mod watch;
 mod weight;
+
+pub(crate) use watch::Watch;
 
 use std::fmt;
 use std::sync::Arc;

@@ -35,6 +35,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::barrier::Barrier;
 use super::fail_safe::FailSafe;
+use super::watch::{Watch, Watches};
 use super::weight;
 use super::{NearCache, NearCacheStats, NearCacheStatus};
 use crate::freshness::Freshness;
@@ -158,6 +159,8 @@ pub(crate) struct Store {
     /// The fail-safe copies ([`NearCache::fail_safe`]); `None` when off.
     fail_safe: Option<FailSafe>,
     fail_safe_served: AtomicU64,
+    /// The keys a process waits on to change (the cross-process lock's waiters).
+    watches: Arc<Watches>,
 }
 
 impl Store {
@@ -197,6 +200,7 @@ impl Store {
                 .fail_safe
                 .then(|| FailSafe::new(config.max_capacity_bytes)),
             fail_safe_served: AtomicU64::new(0),
+            watches: Arc::default(),
         }
     }
 
@@ -511,7 +515,13 @@ impl Store {
             if let Some(fail_safe) = &self.fail_safe {
                 fail_safe.invalidate(key);
             }
+            self.watches.changed(key);
         }
+    }
+
+    /// A watch of `key` (a full key): woken when Redis reports it changed, or on a flush.
+    pub(crate) fn watch(&self, key: &str) -> Watch {
+        self.watches.watch(key)
     }
 
     /// Drops every entry (and fail-safe copy), and every reply in flight: a flush (`FLUSHDB`,
@@ -535,6 +545,7 @@ impl Store {
         self.flushed.fetch_max(number, Ordering::SeqCst);
         self.tag_sequence.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
+        self.watches.all_changed();
     }
 
     /// The tracking connection `connection` is established and subscribed: everything from
