@@ -196,10 +196,11 @@ pub(crate) fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// A time for an entry's creation or a tag's invalidation: [`now_micros`], but later than every
-/// stamp taken before it in this process. An entry written right after an invalidation (within
-/// the same microsecond, or after the clock stepped back) is then newer than it, as its order
-/// says; across processes only the clocks order them (see the module docs on skew).
+/// A time for an entry's creation or a tag's invalidation: the clock (µs since the epoch), but
+/// later than every stamp taken before it in this process. An entry written right after an
+/// invalidation (within the same microsecond, or after the clock stepped back) is then newer
+/// than it, as its order says; across processes only the clocks order them (see the module docs
+/// on skew).
 pub fn stamp_micros() -> u64 {
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = now_micros();
