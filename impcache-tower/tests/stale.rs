@@ -371,9 +371,9 @@ async fn hard_timeout_gives_up_on_the_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_refresh_refreshes_a_hot_url_before_it_expires() {
     let origin = Origin::new("");
-    // A two-second lifetime and a ten-second gap: each hit refreshes with probability > 0.8.
+    // A five-second lifetime and a ten-second gap: each hit refreshes with probability > 0.6.
     let layer = layer(memory_cache())
-        .expire(2)
+        .expire(5)
         .early_refresh(Duration::from_secs(10));
     let service = layer.clone().layer(origin.service());
     call(&service, "/early").await.unwrap();
@@ -388,8 +388,9 @@ async fn early_refresh_refreshes_a_hot_url_before_it_expires() {
     assert_eq!(origin.calls(), 2);
     let started = std::time::Instant::now();
     while origin.calls() < 3 {
+        // A ceiling for liveness, well before the entry expires (not a timing measurement).
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(4),
             "never refreshed early"
         );
         let (status, x_cache, ..) = call(&service, "/early").await.unwrap();
