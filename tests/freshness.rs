@@ -279,6 +279,52 @@ async fn concurrent_callers_of_a_failing_loader_all_get_the_stale_value(backend:
     );
 }
 
+/// A caller that waited on a leader whose loader hit the hard timeout loads on its own within
+/// what is left of its hard timeout: it waits about one hard timeout in all, not two. On tokio's
+/// paused clock (virtual time, nothing measured on a real clock).
+#[tokio::test(start_paused = true)]
+async fn a_waiter_waits_at_most_one_hard_timeout_in_all() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let hard = Duration::from_secs(10);
+    let policy = Freshness::new().hard_timeout(hard);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let never = |runs: &Arc<AtomicUsize>| {
+        let runs = Arc::clone(runs);
+        move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<Result<String, Error>>()
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let leader = tokio::spawn({
+        let (cache, loader) = (cache.clone(), never(&runs));
+        async move {
+            cache
+                .try_get_or_set("k", 60, loader)
+                .freshness(policy)
+                .await
+        }
+    });
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let waiter = tokio::spawn({
+        let (cache, loader) = (cache.clone(), never(&runs));
+        async move {
+            let answer = cache
+                .try_get_or_set("k", 60, loader)
+                .freshness(policy)
+                .await;
+            (answer, tokio::time::Instant::now())
+        }
+    });
+    assert!(matches!(leader.await.unwrap(), Err(Error::Loader { .. })));
+    let (answer, answered_at) = waiter.await.unwrap();
+    assert!(matches!(answer, Err(Error::Loader { .. })));
+    let waited = answered_at - started;
+    assert!(waited < hard + hard / 10, "waited {waited:?}");
+}
+
 async fn the_soft_timeout_answers_stale_and_the_loader_still_stores(backend: Backend) {
     let cache = backend.cache;
     let policy = Freshness::new()

@@ -34,6 +34,15 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// This job with `spent` taken off its hard timeout: a waiter that loads on its own after
+    /// its leader failed has waited already, and waits at most about one hard timeout in all.
+    pub(super) fn having_spent(mut self, spent: std::time::Duration) -> Job {
+        if let Some(hard) = self.policy.hard_timeout_duration() {
+            self.policy = self.policy.hard_timeout(hard.saturating_sub(spent));
+        }
+        self
+    }
+
     pub(super) fn flight(&self) -> FlightKey {
         (
             Arc::as_ptr(self.cache.repository()) as *const () as usize,

@@ -235,6 +235,7 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     let flight = job.flight();
+    let waiting_since = tokio::time::Instant::now();
     loop {
         match FLIGHTS.join(&flight, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
@@ -290,7 +291,9 @@ where
                     Wait::NotShared => {}
                 }
                 // The leader had nothing to share (its loader failed), or nothing that holds for
-                // this caller (invalidated since): load on our own, unshared.
+                // this caller (invalidated since): load on our own, unshared, within what is left
+                // of the hard timeout.
+                let job = job.having_spent(waiting_since.elapsed());
                 return alone(job, stale, loader).await;
             }
         }
