@@ -531,6 +531,10 @@ async fn purge_url_without_a_scan_on_redis() {
     assert_eq!(scans(&redis), before, "no SCAN");
 }
 
+/// `purge_url` through a near cache: the purged URL is a miss at once in this process. It does
+/// not discriminate a purge that skips the near cache (on loopback Redis's invalidation wins the
+/// race here); `a_successful_unsafe_request_invalidates_its_url_through_a_near_cache`, on the
+/// same removal code, does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_url_through_a_near_cache() {
     let redis = RedisServer::start();
