@@ -404,6 +404,16 @@ pub async fn raw_connection(url: &str) -> redis::RedisResult<redis::aio::Connect
     redis::aio::ConnectionManager::new(client).await
 }
 
+/// The hand-written baseline's connection as the guide defines it: one `MultiplexedConnection`
+/// with the redis crate's defaults.
+pub async fn multiplexed_connection(
+    url: &str,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await
+}
+
 /// moka holding JSON bytes with a TTL per entry, as the memory repository needs it (every write
 /// has its own expiry): the memory baseline.
 pub type MokaPerEntryTtl = moka::sync::Cache<String, (bytes::Bytes, Duration)>;

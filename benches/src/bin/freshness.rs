@@ -2,6 +2,9 @@
 //!
 //! 1. **Hit cost**: `get_or_set` with a `Freshness` policy (a `GET` + `PTTL` pipeline) against a
 //!    plain `Cache::get` hit, closed loop, alternating rounds; the ratio of throughputs.
+//!    The same two reads written by hand on the redis crate's defaults (`GET` against `GET` +
+//!    `PTTL` pipelined, one `MultiplexedConnection`): the ceiling of that ratio for any library
+//!    whose hit reads `PTTL`.
 //! 2. **Tail latency under expiry**: tasks read 50 keys through `get_or_set`; each key is fresh
 //!    for 1 s and its loader takes 50 ms, so keys expire all through the run. Without a policy
 //!    every expiry is a cliff (the callers of that key wait for the loader); with
@@ -18,7 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, Freshness, RedisCacheRepository};
-use impcache_benches::{keyed_rate, OnRedis, Small};
+use impcache_benches::{keyed_rate, multiplexed_connection, OnRedis, Small};
+use redis::AsyncCommands;
 
 const CONCURRENCY: usize = 32;
 const KEYS: u64 = 50;
@@ -32,6 +36,7 @@ fn main() {
     runtime.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         hit_cost(&cache, round).await;
+        hand_written(&server.url(), round).await;
         tail_latency(&cache, round * 5).await;
     });
 }
@@ -100,6 +105,57 @@ async fn hit_cost(cache: &Cache, round: Duration) {
             "hit, {tasks:>2} tasks: get {p:>9.0}/s  get_or_set (no policy) {b:>9.0}/s ratio {:.3}  get_or_set+freshness {f:>9.0}/s  ratio {:.3}",
             b / p,
             f / p
+        );
+    }
+}
+
+/// `GET` + decode against `GET` + `PTTL` pipelined + decode, written by hand: what the second
+/// command costs client and server with no library in between.
+async fn hand_written(url: &str, round: Duration) {
+    let mut conn = multiplexed_connection(url).await.unwrap();
+    for k in 0..KEYS {
+        let json = serde_json::to_vec(&Small::new(k)).unwrap();
+        let _: () = conn.set_ex(format!("raw:{k}"), json, 3600).await.unwrap();
+    }
+    for tasks in [1, CONCURRENCY] {
+        let (mut get, mut with_pttl) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let c = conn.clone();
+            get.push(
+                keyed_rate(tasks, round, KEYS, move |k| {
+                    let mut c = c.clone();
+                    async move {
+                        let bytes: Vec<u8> = c.get(format!("raw:{k}")).await.unwrap();
+                        std::hint::black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+                    }
+                })
+                .await,
+            );
+            let c = conn.clone();
+            with_pttl.push(
+                keyed_rate(tasks, round, KEYS, move |k| {
+                    let mut c = c.clone();
+                    async move {
+                        let key = format!("raw:{k}");
+                        let (bytes, ttl): (Vec<u8>, i64) = redis::pipe()
+                            .get(&key)
+                            .pttl(&key)
+                            .query_async(&mut c)
+                            .await
+                            .unwrap();
+                        std::hint::black_box((
+                            serde_json::from_slice::<Small>(&bytes).unwrap(),
+                            ttl,
+                        ));
+                    }
+                })
+                .await,
+            );
+        }
+        let (g, p) = (median(&mut get), median(&mut with_pttl));
+        println!(
+            "hit by hand, {tasks:>2} tasks: GET {g:>9.0}/s  GET+PTTL {p:>9.0}/s  ratio {:.3}",
+            p / g
         );
     }
 }

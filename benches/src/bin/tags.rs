@@ -4,6 +4,9 @@
 //!    tag state keys) against the same `get_or_set` untagged (one `GET`), closed loop, alternating
 //!    rounds; the ratio of throughputs (target ≥ 0.9). Then the same through a near cache (issue
 //!    14), where the entry and its tags' state are all served from process memory.
+//!    The same reads written by hand on the redis crate's defaults (`GET` against an `MGET` of
+//!    the entry and two other keys, one `MultiplexedConnection`): the ceiling of that ratio for
+//!    any library whose tagged read on Redis reads the tags' state.
 //! 2. **Invalidation**: `invalidate_tag` against `delete_pattern` of the same 10,000 entries,
 //!    among 100,000 other keys; wall time and round trips (from `INFO commandstats`).
 //!
@@ -15,8 +18,9 @@
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, NearCache, RedisCacheRepository};
-use impcache_benches::{keyed_rate, OnRedis, Small};
+use impcache_benches::{keyed_rate, multiplexed_connection, OnRedis, Small};
 use impcache_tests::RedisServer;
+use redis::AsyncCommands;
 
 const CONCURRENCY: usize = 32;
 const KEYS: u64 = 50;
@@ -32,6 +36,7 @@ fn main() {
     runtime.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
         hit_cost("", &cache, round).await;
+        hand_written(&server.url(), round).await;
         let repository = RedisCacheRepository::new(&server.url()).unwrap();
         let near = Cache::builder(repository)
             .near_cache(NearCache::new())
@@ -109,6 +114,60 @@ async fn hit_cost(label: &str, cache: &Cache, round: Duration) {
         println!(
             "hit, {label}{tasks:>2} tasks: get_or_set {p:>9.0}/s  get_or_set.tags(2) {t:>9.0}/s  ratio {:.3}",
             t / p
+        );
+    }
+}
+
+/// `GET` + decode against `MGET` of the entry and two tag-state-sized keys + decode, by hand.
+async fn hand_written(url: &str, round: Duration) {
+    let mut conn = multiplexed_connection(url).await.unwrap();
+    for k in 0..KEYS {
+        let json = serde_json::to_vec(&Small::new(k)).unwrap();
+        let _: () = conn.set_ex(format!("raw:{k}"), json, 3600).await.unwrap();
+        let _: () = conn
+            .set(format!("raw:tag:user:{k}"), "1764800000000000")
+            .await
+            .unwrap();
+    }
+    let _: () = conn.set("raw:tag:users", "1764800000000000").await.unwrap();
+    for tasks in [1, CONCURRENCY] {
+        let (mut get, mut mget) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let c = conn.clone();
+            get.push(
+                keyed_rate(tasks, round, KEYS, move |k| {
+                    let mut c = c.clone();
+                    async move {
+                        let bytes: Vec<u8> = c.get(format!("raw:{k}")).await.unwrap();
+                        std::hint::black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
+                    }
+                })
+                .await,
+            );
+            let c = conn.clone();
+            mget.push(
+                keyed_rate(tasks, round, KEYS, move |k| {
+                    let mut c = c.clone();
+                    async move {
+                        let keys = [
+                            format!("raw:{k}"),
+                            format!("raw:tag:user:{k}"),
+                            "raw:tag:users".to_owned(),
+                        ];
+                        let values: Vec<Vec<u8>> = c.mget(&keys).await.unwrap();
+                        std::hint::black_box((
+                            serde_json::from_slice::<Small>(&values[0]).unwrap(),
+                            &values[1..],
+                        ));
+                    }
+                })
+                .await,
+            );
+        }
+        let (g, m) = (median(&mut get), median(&mut mget));
+        println!(
+            "hit by hand, {tasks:>2} tasks: GET {g:>9.0}/s  MGET of 3 {m:>9.0}/s  ratio {:.3}",
+            m / g
         );
     }
 }
