@@ -168,6 +168,7 @@ contract!(
     delete_pattern_reports_its_progress,
     ten_mib_values_round_trip,
     ttl_really_expires,
+    deleting_an_expired_key_removes_nothing,
     set_many_gives_every_key_its_ttl,
     concurrent_set_nx_has_exactly_one_winner,
     decode_errors_name_the_key,
@@ -488,6 +489,28 @@ async fn ttl_really_expires(b: Backend) {
     cache.set("one-second", &1, 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(cache.get::<i32>("one-second").await.unwrap(), None);
+}
+
+/// An expired key is gone: deleting it counts nothing, as on Redis (moka keeps an expired entry
+/// until it is evicted, and its `remove` returns it).
+async fn deleting_an_expired_key_removes_nothing(b: Backend) {
+    let cache = b.cache();
+    for key in ["one", "many-a", "many-b"] {
+        cache
+            .set(key, &1, Duration::from_millis(200))
+            .await
+            .unwrap();
+    }
+    cache.set("many-live", &1, 100).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cache.delete("one").await.unwrap(), 0);
+    assert_eq!(
+        cache
+            .delete_many(["many-a", "many-b", "many-live"])
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 async fn set_many_gives_every_key_its_ttl(b: Backend) {

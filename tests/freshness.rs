@@ -118,6 +118,18 @@ async fn concurrent_misses_run_the_loader_once(backend: Backend) {
         .await;
     assert!(failed.is_err());
     assert_eq!(cache.get::<String>("e").await.unwrap(), None);
+    // A loader's error may be a plain message or an I/O error: both take the cache's errors.
+    let message: Result<u32, String> = cache
+        .try_get_or_set("e", 60, || async { Err("boom".to_owned()) })
+        .await;
+    assert_eq!(message, Err("boom".to_owned()));
+    let io: Result<u32, std::io::Error> = cache
+        .try_get_or_set("e", 60, || async {
+            Err(std::io::Error::other("disk on fire"))
+        })
+        .await;
+    assert_eq!(io.unwrap_err().to_string(), "disk on fire");
+    assert_eq!(cache.get::<u32>("e").await.unwrap(), None);
 }
 
 async fn stale_readers_are_answered_at_once_by_one_background_reload(backend: Backend) {

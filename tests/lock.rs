@@ -30,6 +30,7 @@ per_store!(
     deadline: HANG;
     four_processes_of_fifty_callers_run_the_loader_once,
     a_killed_owner_is_taken_over_after_the_lock_lifetime,
+    a_killed_owner_is_taken_over_once_with_the_default_wait,
     a_failing_owner_lets_the_next_process_load,
     a_stale_key_is_reloaded_in_the_background_by_one_process,
 );
@@ -123,7 +124,21 @@ async fn four_processes_of_fifty_callers_run_the_loader_once(store: Store) {
 /// stays until its lifetime ends; then one of the other processes takes over and loads.
 async fn a_killed_owner_is_taken_over_after_the_lock_lifetime(store: Store) {
     let lifetime = Duration::from_secs(1);
-    let policy = Freshness::new().lock(Lock::new().lifetime(lifetime).wait(HANG));
+    killed_owner(store, Lock::new().lifetime(lifetime).wait(HANG)).await;
+}
+
+/// The same with the lock's default wait (twice its lifetime): the waiters that started as the
+/// owner took its lock are still waiting when it expires, so one takes it over and the others
+/// wait for its value. (With a wait equal to the lifetime they gave up as it expired, and all
+/// loaded.)
+async fn a_killed_owner_is_taken_over_once_with_the_default_wait(store: Store) {
+    let lock = Lock::new().lifetime(Duration::from_secs(1));
+    assert_eq!(lock.wait_duration(), Duration::from_secs(2));
+    killed_owner(store, lock).await;
+}
+
+async fn killed_owner(store: Store, lock: Lock) {
+    let policy = Freshness::new().lock(lock);
     // The owner, in a runtime of its own.
     let owner_runtime = impcache_tests::multi_thread_runtime();
     let owner = store.cache();
@@ -319,6 +334,18 @@ async fn the_lock_must_outlive_the_hard_timeout() {
         }
         other => panic!("expected InvalidExpire, got {other:?}"),
     }
+    // A lock whose lifetime is not set outlasts any hard timeout by itself.
+    let policy = Freshness::new()
+        .hard_timeout(Duration::from_secs(30))
+        .lock(Lock::new());
+    let got: String = cache
+        .get_or_set("k", 60, || async { "loaded".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(got, "loaded");
+    let ttl = cache.get_raw_with_ttl("__lock:k").await.unwrap();
+    assert!(ttl.is_none(), "released after the store: {ttl:?}");
 }
 
 /// Through Sentinel (feature `sentinel`): 4 processes, each its own Sentinel repository, share

@@ -320,9 +320,11 @@ fn freshness(args: &mut Args, meta: &Meta, name: &str, errors: &mut Errors) {
 }
 
 /// `lock` (or `lock = true`): the default lock; `lock = 30` / `lock = Duration::...`: a lock of
-/// that lifetime (its wait the same); `lock = false`: none.
+/// that lifetime (its wait `Lock`'s default, twice that); `lock = Lock::new()...`: that lock;
+/// `lock = false`: none.
 fn lock(args: &mut Args, meta: &Meta, errors: &mut Errors) {
-    const TAKES: &str = "`lock` takes `true`, `false`, a lifetime in seconds or a `Duration`";
+    const TAKES: &str =
+        "`lock` takes `true`, `false`, a lifetime in seconds or a `Duration`, or a `Lock`";
     if args.lock_given {
         errors.push(syn::Error::new_spanned(
             meta.path(),

@@ -233,6 +233,23 @@ impl Error {
     }
 }
 
+/// For a fallible loader whose error is a message
+/// ([`try_get_or_set`](crate::Cache::try_get_or_set) needs `E: From<Error>`): the error's text.
+impl From<Error> for String {
+    fn from(error: Error) -> String {
+        error.to_string()
+    }
+}
+
+/// For a fallible loader whose error is an I/O error
+/// ([`try_get_or_set`](crate::Cache::try_get_or_set) needs `E: From<Error>`): the cache's error
+/// wrapped as [`std::io::ErrorKind::Other`], its source kept.
+impl From<Error> for std::io::Error {
+    fn from(error: Error) -> std::io::Error {
+        std::io::Error::other(error)
+    }
+}
+
 /// Longest key shown in an error message; longer keys are cut, with their size.
 const SHOWN_KEY_CHARS: usize = 200;
 

@@ -122,11 +122,14 @@ where
     // tag the cache refuses (too long) runs the loader uncached, as any other cache error does.
     let expiry = policy.stored_expiry(expire, key).map_err(E::from_cache)?;
     let lock = match policy.lock_options() {
-        Some(lock) => Some((
-            lock,
-            lock.checked(policy.hard_timeout_duration(), key)
-                .map_err(E::from_cache)?,
-        )),
+        Some(lock) => {
+            let hard_timeout = policy.hard_timeout_duration();
+            let lock = lock.resolved(hard_timeout);
+            Some((
+                lock,
+                lock.checked(hard_timeout, key).map_err(E::from_cache)?,
+            ))
+        }
         None => None,
     };
     if let Err(error) = cache.check_key_for_load(key, &tags) {

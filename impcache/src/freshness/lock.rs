@@ -252,6 +252,32 @@ mod tests {
     }
 
     #[test]
+    fn an_unset_lifetime_outlasts_the_hard_timeout() -> Result<()> {
+        let s = Duration::from_secs(1);
+        // The defaults: 10 s, and a wait of twice the lifetime.
+        assert_eq!(Lock::new().lifetime_duration(), 10 * s);
+        assert_eq!(Lock::new().wait_duration(), 20 * s);
+        assert_eq!(Lock::new().resolved(Some(2 * s)), Lock::new());
+        // A hard timeout of 30 s: the lifetime becomes 35 s, the wait 70 s.
+        let resolved = Lock::new().resolved(Some(30 * s));
+        assert_eq!(resolved.lifetime_duration(), 35 * s);
+        assert_eq!(resolved.wait_duration(), 70 * s);
+        assert_eq!(
+            resolved.checked(Some(30 * s), "k")?,
+            Expiry::Milliseconds(35_000)
+        );
+        // A lifetime or a wait set is kept.
+        let set = Lock::new().lifetime(40 * s).wait(3 * s);
+        assert_eq!(set.resolved(Some(30 * s)), set);
+        assert!(Lock::new()
+            .lifetime(20 * s)
+            .resolved(Some(30 * s))
+            .checked(Some(30 * s), "k")
+            .is_err());
+        Ok(())
+    }
+
+    #[test]
     fn tokens_differ() {
         let tokens: std::collections::HashSet<_> = (0..1000).map(|_| token()).collect();
         assert_eq!(tokens.len(), 1000);

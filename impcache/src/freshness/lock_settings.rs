@@ -8,7 +8,7 @@ use crate::expire::Expiry;
 
 /// A cross-process lock around a `get_or_set` loader: with it, among all the processes sharing a
 /// Redis, one runs the loader of a missing key and the others wait for its value. Set it with
-/// [`Freshness::lock`](crate::Freshness::lock), or `#[cached(lock = "10s")]`.
+/// [`Freshness::lock`](crate::Freshness::lock), or `#[cached(lock = 10)]`.
 ///
 /// # Protocol
 /// - **In front**: the per-process single-flight of `get_or_set`. Only a flight's leader
@@ -47,9 +47,16 @@ use crate::expire::Expiry;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct Lock {
-    lifetime: Duration,
-    wait: Duration,
+    /// `None`: [`DEFAULT_LIFETIME`], or more under a long hard timeout ([`Lock::resolved`]).
+    lifetime: Option<Duration>,
+    /// `None`: twice the lifetime.
+    wait: Option<Duration>,
 }
+
+/// The lifetime of a lock whose lifetime is not set, under a hard timeout shorter than it.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(10);
+/// What a lifetime that is not set keeps above the loader's hard timeout: time for the store.
+const STORE_MARGIN: Duration = Duration::from_secs(5);
 
 impl Default for Lock {
     fn default() -> Self {
@@ -58,11 +65,12 @@ impl Default for Lock {
 }
 
 impl Lock {
-    /// A lifetime of 10 s, and a wait of at most 10 s.
+    /// A lifetime of 10 s (longer under a [`hard_timeout`](crate::Freshness::hard_timeout) of
+    /// 10 s or more: see [`lifetime`](Self::lifetime)), and a wait of twice the lifetime.
     pub const fn new() -> Self {
         Lock {
-            lifetime: Duration::from_secs(10),
-            wait: Duration::from_secs(10),
+            lifetime: None,
+            wait: None,
         }
     }
 
@@ -72,26 +80,49 @@ impl Lock {
     /// [`Error::InvalidExpire`]); give it a margin for the store too. Without a hard timeout, a
     /// loader running longer than the lifetime loses the lock, and another process may run its
     /// own loader meanwhile. At least 1 ms.
+    ///
+    /// Not set, it is 10 s, or the hard timeout plus 5 s when that is longer.
     pub const fn lifetime(mut self, lifetime: Duration) -> Self {
-        self.lifetime = lifetime;
+        self.lifetime = Some(lifetime);
         self
     }
 
     /// The most a process waits for another process's value before it runs the loader itself
-    /// (fail open).
+    /// (fail open). Not set, it is twice the lifetime: when the owner dies, its lock expires
+    /// after one lifetime, one waiting process takes it over, and the others wait for that
+    /// process's value rather than all loading at once.
     pub const fn wait(mut self, wait: Duration) -> Self {
-        self.wait = wait;
+        self.wait = Some(wait);
         self
     }
 
-    /// The lock's lifetime.
+    /// The lock's lifetime (without a hard timeout to outlast: see [`lifetime`](Self::lifetime)).
     pub const fn lifetime_duration(&self) -> Duration {
-        self.lifetime
+        match self.lifetime {
+            Some(lifetime) => lifetime,
+            None => DEFAULT_LIFETIME,
+        }
     }
 
     /// The longest wait.
     pub const fn wait_duration(&self) -> Duration {
-        self.wait
+        match self.wait {
+            Some(wait) => wait,
+            None => self.lifetime_duration().saturating_mul(2),
+        }
+    }
+
+    /// The lock with its lifetime (when not set) raised above the loader's hard timeout: the hard
+    /// timeout plus [`STORE_MARGIN`], when that is longer than [`DEFAULT_LIFETIME`]. A wait that
+    /// is not set follows.
+    pub(crate) fn resolved(self, hard_timeout: Option<Duration>) -> Lock {
+        match (self.lifetime, hard_timeout) {
+            (None, Some(hard)) if hard.saturating_add(STORE_MARGIN) > DEFAULT_LIFETIME => Lock {
+                lifetime: Some(hard.saturating_add(STORE_MARGIN)),
+                ..self
+            },
+            _ => self,
+        }
     }
 
     /// The lifetime checked against the loader's hard timeout, as the lock key's expiry.
@@ -100,18 +131,17 @@ impl Lock {
             key: shown(key),
             reason,
         };
-        let millis = u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX);
+        let lifetime = self.lifetime_duration();
+        let millis = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
         if millis == 0 {
             return Err(invalid(format!(
-                "the lock's lifetime ({:?}) must be at least 1 ms",
-                self.lifetime
+                "the lock's lifetime ({lifetime:?}) must be at least 1 ms"
             )));
         }
         if let Some(hard) = hard_timeout {
-            if self.lifetime <= hard {
+            if lifetime <= hard {
                 return Err(invalid(format!(
-                    "the lock's lifetime ({:?}) must be longer than the loader's hard timeout ({hard:?})",
-                    self.lifetime
+                    "the lock's lifetime ({lifetime:?}) must be longer than the loader's hard timeout ({hard:?})"
                 )));
             }
         }

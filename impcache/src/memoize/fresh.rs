@@ -93,9 +93,8 @@ pub fn duration(value: impl IntoDuration) -> Duration {
 
 // --- `#[cached(lock = ...)]` (issue 16). ---
 
-/// A `lock` option's value: `true` (the default [`Lock`]), or a lifetime in whole seconds or as a
-/// [`Duration`] (the wait is the same, so that a crashed owner's lock expires before its waiters
-/// give up).
+/// A `lock` option's value: `true` (the default [`Lock`]), a lifetime in whole seconds or as a
+/// [`Duration`] (the wait is [`Lock`]'s default, twice the lifetime), or a [`Lock`].
 pub trait IntoLock {
     /// The lock.
     fn into_lock(self) -> Lock;
@@ -109,8 +108,13 @@ impl IntoLock for bool {
 
 impl<T: IntoDuration> IntoLock for T {
     fn into_lock(self) -> Lock {
-        let lifetime = self.into_duration();
-        Lock::new().lifetime(lifetime).wait(lifetime)
+        Lock::new().lifetime(self.into_duration())
+    }
+}
+
+impl IntoLock for Lock {
+    fn into_lock(self) -> Lock {
+        self
     }
 }
 

@@ -229,7 +229,20 @@ impl MemoryCacheRepository {
     }
 
     pub(crate) fn delete_now(&self, key: &str) -> u64 {
-        u64::from(self.entries.remove(key).is_some())
+        u64::from(self.remove_live(key))
+    }
+
+    /// Removes `key`, saying whether a live entry was there: moka's `remove` also returns an
+    /// entry that has expired but is not evicted yet, which Redis would not count.
+    fn remove_live(&self, key: &str) -> bool {
+        let removed = self
+            .entries
+            .entry_by_ref(key)
+            .and_compute_with(|found| match found {
+                Some(_) => moka::ops::compute::Op::Remove,
+                None => moka::ops::compute::Op::Nop,
+            });
+        matches!(removed, moka::ops::compute::CompResult::Removed(_))
     }
 
     /// Compare-and-delete, atomic under the entry's lock.
@@ -278,9 +291,7 @@ impl MemoryCacheRepository {
     }
 
     pub(crate) fn delete_many_now(&self, keys: &[&str]) -> u64 {
-        keys.iter()
-            .filter(|key| self.entries.remove(**key).is_some())
-            .count() as u64
+        keys.iter().filter(|key| self.remove_live(key)).count() as u64
     }
 
     /// Removes the matching keys in batches of [`SCAN_BATCH`], as a Redis sweep does, reporting
