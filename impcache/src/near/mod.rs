@@ -8,10 +8,13 @@
 //!   invalidations and tell it when it can no longer vouch for its entries.
 //! - `barrier.rs`: the rounds of `PING`s on those connections that a read waits for before its
 //!   reply is kept, shared by concurrent reads.
+//! - `echo.rs`: Redis's invalidations of this cache's own writes, which must not drop the reads
+//!   sent after those writes returned.
 //!
 //! The one dispatch point (`repository/backend.rs`) reads through it: its `Near` arm.
 
 mod barrier;
+mod echo;
 mod fail_safe;
 mod store;
 mod tracker;
@@ -243,5 +246,12 @@ impl<R> Near<R> {
     #[inline]
     pub(crate) fn track(&self) {
         tracker::start(&self.store, &self.target, &self.prefix);
+    }
+
+    /// [`track`](Self::track), then, for a read about to go to the remote, the wait for the
+    /// first tracking handshake ([`Store::first_handshake`]; one atomic load once it ended).
+    pub(crate) async fn ready(&self) {
+        self.track();
+        self.store.first_handshake().await;
     }
 }

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 
 use super::barrier::Barrier;
+use super::echo::Echoes;
 use super::fail_safe::FailSafe;
 use super::watch::{Watch, Watches};
 use super::weight;
@@ -42,6 +43,11 @@ use crate::freshness::Freshness;
 use crate::observe::hooks::{near_lookups, Tier};
 use crate::repository::WithTtl;
 use crate::tags::{envelope, Tags, TAG_KEY_PART};
+
+/// The longest a read of a new cache waits for its first tracking handshake (a connection,
+/// `HELLO 3` and `CLIENT TRACKING`: about 1 ms on loopback) before it goes on without the near
+/// cache ([`Store::first_handshake`]).
+pub(crate) const FIRST_HANDSHAKE_WAIT: Duration = Duration::from_millis(250);
 
 /// Slots of the invalidation log: a power of two.
 const SLOTS: usize = 4096;
@@ -146,6 +152,12 @@ pub(crate) struct Store {
     tracking_connections: ArcSwapOption<Vec<MultiplexedConnection>>,
     /// The barrier's rounds, shared by concurrent reads.
     barrier: Barrier,
+    /// This cache's own writes whose invalidation Redis has yet to echo.
+    echoes: Echoes,
+    /// Whether the first tracking handshake ended (active, refused, or failed once), and the
+    /// reads waiting for it ([`Store::first_handshake`]).
+    handshake_ended: AtomicBool,
+    handshake: tokio::sync::Notify,
     /// One `warn!` for an unsupported repository or server.
     warned: Mutex<bool>,
     max_ttl: Duration,
@@ -184,6 +196,9 @@ impl Store {
             connection: AtomicU64::new(0),
             tracking_connections: ArcSwapOption::empty(),
             barrier: Barrier::new(),
+            echoes: Echoes::default(),
+            handshake_ended: AtomicBool::new(false),
+            handshake: tokio::sync::Notify::new(),
             warned: Mutex::new(false),
             max_ttl: config.max_ttl,
             // moka weighs entries with a u32.
@@ -214,6 +229,33 @@ impl Store {
 
     fn active(&self) -> bool {
         self.state.load(Ordering::SeqCst) == ACTIVE
+    }
+
+    /// Until the first tracking handshake has ended (the store active, tracking refused, or the
+    /// first attempt failed), waits for it, at most [`FIRST_HANDSHAKE_WAIT`]; then returns at
+    /// once. A new cache's first reads are thus kept (a read made before tracking is active is
+    /// not), as with rueidis, whose connections track from their first command.
+    pub(crate) async fn first_handshake(&self) {
+        if self.handshake_ended.load(Ordering::Acquire) {
+            return;
+        }
+        let ended = self.handshake.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        // Timers need a tokio runtime; without one (no tracker either), no wait.
+        if self.handshake_ended.load(Ordering::Acquire)
+            || tokio::runtime::Handle::try_current().is_err()
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(FIRST_HANDSHAKE_WAIT, ended).await;
+    }
+
+    /// The first tracking handshake ended: the reads waiting for it go on.
+    pub(super) fn handshake_ended(&self) {
+        if !self.handshake_ended.swap(true, Ordering::AcqRel) {
+            self.handshake.notify_waiters();
+        }
     }
 
     pub(crate) fn stats(&self) -> NearCacheStats {
@@ -501,6 +543,28 @@ impl Store {
     }
 
     /// Drops `key`: Redis said it changed, or this cache wrote it.
+    /// An own write of `key` (a full key) is about to be sent (see `echo.rs`).
+    pub(crate) fn writing(&self, key: &[u8]) {
+        self.echoes.sending(key);
+    }
+
+    /// The own write of `key` returned (`changed`: it succeeded and changed the key): the key is
+    /// dropped locally at once (rule 5), and Redis's echo of the write, if it comes next, drops
+    /// no read sent since (see `echo.rs`).
+    pub(crate) fn written(&self, key: &[u8], changed: bool) {
+        self.echoes.returned(key, changed);
+        self.invalidate(key);
+    }
+
+    /// An invalidation of `key` from Redis.
+    pub(super) fn invalidated(&self, key: &[u8]) {
+        if self.echoes.arrived(key) {
+            self.invalidations.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.invalidate(key);
+        }
+    }
+
     pub(crate) fn invalidate(&self, key: &[u8]) {
         let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         self.slots[slot_of_bytes(key)].fetch_max(number, Ordering::SeqCst);
@@ -541,6 +605,7 @@ impl Store {
 
     /// Drops every live entry, and every reply in flight (the fail-safe copies stay).
     fn drop_live(&self) {
+        self.echoes.clear();
         let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         self.flushed.fetch_max(number, Ordering::SeqCst);
         self.tag_sequence.fetch_add(1, Ordering::SeqCst);
@@ -558,6 +623,7 @@ impl Store {
         let _ = self
             .state
             .compare_exchange(CONNECTING, ACTIVE, Ordering::SeqCst, Ordering::SeqCst);
+        self.handshake_ended();
     }
 
     /// The tracking connection `connection` is gone (if it is still the current one): nothing is
@@ -607,6 +673,7 @@ impl Store {
     pub(crate) fn unsupported(&self, why: &str) {
         self.state.store(UNSUPPORTED, Ordering::SeqCst);
         self.drop_all();
+        self.handshake_ended();
         let mut warned = self
             .warned
             .lock()

@@ -171,7 +171,11 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
                 }
                 return;
             }
-            Err(Failure::Transient) => {}
+            Err(Failure::Transient) => {
+                if let Some(store) = store.upgrade() {
+                    store.handshake_ended();
+                }
+            }
         }
         tokio::time::sleep(heartbeat.min(Duration::from_millis(200))).await;
     }
@@ -236,7 +240,7 @@ fn on_push(store: &Store, session: u64, push: PushInfo) {
             Some(Value::Array(keys)) => {
                 for key in keys {
                     if let Value::BulkString(key) = key {
-                        store.invalidate(key);
+                        store.invalidated(key);
                     }
                 }
             }

@@ -101,8 +101,10 @@ impl Backend {
             }
             Backend::Near(near) => {
                 near.track();
+                let full = key.stack();
+                near.store.writing(full.as_str().as_bytes());
                 let result = Box::pin(near.remote.set(key, value, expiry)).await;
-                near.store.invalidate(key.stack().as_str().as_bytes());
+                near.store.written(full.as_str().as_bytes(), result.is_ok());
                 result
             }
         }
@@ -124,8 +126,10 @@ impl Backend {
             Backend::Custom(repository) => repository.set_nx(full.as_str(), value, expiry).await,
             Backend::Near(near) => {
                 near.track();
+                near.store.writing(full.as_str().as_bytes());
                 let result = Box::pin(near.remote.set_nx(key, value, expiry)).await;
-                near.store.invalidate(full.as_str().as_bytes());
+                near.store
+                    .written(full.as_str().as_bytes(), matches!(result, Ok(true)));
                 result
             }
         }
@@ -141,9 +145,12 @@ impl Backend {
             Backend::Custom(repository) => repository.set_many(entries, expiry).await,
             Backend::Near(near) => {
                 near.track();
+                for (key, _) in entries {
+                    near.store.writing(key.as_bytes());
+                }
                 let result = Box::pin(near.remote.set_many(entries, expiry)).await;
                 for (key, _) in entries {
-                    near.store.invalidate(key.as_bytes());
+                    near.store.written(key.as_bytes(), result.is_ok());
                 }
                 result
             }
@@ -163,7 +170,7 @@ impl Backend {
                 if let Some(value) = near.store.get(full.as_str()) {
                     return Ok(Some(value));
                 }
-                near.track();
+                near.ready().await;
                 let Some(ticket) = near.store.ticket() else {
                     return Box::pin(near.remote.get(key)).await;
                 };
@@ -193,7 +200,7 @@ impl Backend {
                 if let Some(found) = near.store.get_with_ttl(full.as_str()) {
                     return Ok(Some(found));
                 }
-                near.track();
+                near.ready().await;
                 let ticket = near.store.ticket();
                 let found = Box::pin(near.remote.get_with_ttl(key)).await?;
                 near.store
@@ -281,7 +288,7 @@ impl Backend {
                     return Ok((Some(strip(found)), states));
                 }
                 let states = LocalStates::of(&near.store, tag_keys);
-                near.track();
+                near.ready().await;
                 let ticket = near.store.ticket_for(1 + states.missing.len());
                 let (found, fetched) =
                     Box::pin(near.remote.get_with_tags(key, &states.missing, true)).await?;
@@ -340,7 +347,7 @@ impl Backend {
         if states.missing.is_empty() {
             return Ok(states.filled(Vec::new()));
         }
-        near.track();
+        near.ready().await;
         let ticket = near.store.ticket_for(states.missing.len());
         let fetched = Box::pin(near.remote.get_many(&states.missing)).await?;
         near.store
@@ -371,7 +378,7 @@ impl Backend {
                 if missing.is_empty() {
                     return Ok(values);
                 }
-                near.track();
+                near.ready().await;
                 let active = near.store.count_remote(missing.len());
                 let fetched = Box::pin(near.remote.get_many(&missing)).await?;
                 near.store.settle_many(active).await;
@@ -395,8 +402,10 @@ impl Backend {
             Backend::Custom(repository) => repository.delete(full.as_str()).await,
             Backend::Near(near) => {
                 near.track();
+                near.store.writing(full.as_str().as_bytes());
                 let result = Box::pin(near.remote.delete(key)).await;
-                near.store.invalidate(full.as_str().as_bytes());
+                near.store
+                    .written(full.as_str().as_bytes(), matches!(result, Ok(1..)));
                 result
             }
         }
