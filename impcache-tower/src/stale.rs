@@ -81,15 +81,13 @@ pub(crate) fn stands_in_for(config: &Config, headers: &HeaderMap, status: Status
 }
 
 /// The TTL stored for an entry fresh (or kept to be revalidated) for `ttl` under the stale
-/// `policy`: whole seconds, at least one, and short enough that with the policy's stale window it
-/// stays within impcache's longest expiry ([`impcache::MAX_EXPIRE`], 100 years), which the store
-/// would refuse (an `Expires` centuries ahead). The entry's freshness is not changed by it.
+/// `policy`: to the millisecond (a layer's `expire(Duration::from_millis(300))` lives 300 ms, not
+/// a whole second), at least one, and short enough that with the policy's stale window it stays
+/// within impcache's longest expiry ([`impcache::MAX_EXPIRE`], 100 years), which the store would
+/// refuse (an `Expires` centuries ahead). The entry's freshness is not changed by it.
 pub(crate) fn key_ttl(ttl: Duration, policy: &Freshness) -> Duration {
-    let longest = impcache::MAX_EXPIRE
-        .saturating_sub(policy.stale_window())
-        .as_secs()
-        .max(1);
-    Duration::from_secs(ttl.as_secs().clamp(1, longest))
+    let longest = impcache::MAX_EXPIRE.saturating_sub(policy.stale_window());
+    ttl.clamp(Duration::from_millis(1), longest.max(Duration::from_millis(1)))
 }
 
 /// Where `entry` stands at `now_ms`. An entry of the default mode past its TTL without a stale
@@ -216,10 +214,10 @@ mod tests {
         let none = Freshness::new();
         let day = Duration::from_secs(86_400);
         let window = Freshness::new().stale_if_error(day);
-        assert_eq!(key_ttl(Duration::ZERO, &none), Duration::from_secs(1));
+        assert_eq!(key_ttl(Duration::ZERO, &none), Duration::from_millis(1));
         assert_eq!(
             key_ttl(Duration::from_millis(2500), &none),
-            Duration::from_secs(2)
+            Duration::from_millis(2500)
         );
         assert_eq!(key_ttl(day, &window), day);
         let centuries = Duration::from_secs(260 * 365 * 86_400);

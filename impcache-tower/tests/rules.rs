@@ -507,6 +507,25 @@ async fn ttl_is_lowered_by_max_age_and_s_maxage_and_capped() {
     );
 }
 
+/// A sub-second `expire` is kept to the millisecond (it was rounded up to a whole second).
+#[tokio::test]
+async fn a_sub_second_expire_lives_that_long() {
+    let (svc, calls) = app(
+        CacheLayer::new(memory_cache()).expire(Duration::from_millis(300)),
+        |n, _| async move { Response::new(Body::from(format!("call {n}"))) },
+    );
+    assert_eq!(send(&svc, get("/short")).await.outcome(), "MISS");
+    let hit = send(&svc, get("/short")).await;
+    assert_eq!((hit.outcome(), hit.body.as_ref()), ("HIT", &b"call 1"[..]));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after = send(&svc, get("/short")).await;
+    assert_eq!(
+        (after.outcome(), after.body.as_ref()),
+        ("MISS", &b"call 2"[..])
+    );
+    assert_eq!(calls.get(), 2);
+}
+
 #[tokio::test]
 async fn vary_is_learned_per_url_and_keys_the_variants() {
     let layer = layer();
