@@ -436,7 +436,7 @@ where
     let guard = if lead.is_some() {
         lead
     } else if config.coalesce && !refresh {
-        match coalesce(config, &keys, &headers, ticket).await {
+        match coalesce(config, &keys, &headers, ticket, may_store).await {
             Coalesced::Hit(entry) => {
                 count(LayerOutcome::Hit);
                 return Ok(hit(entry, &headers, false, config, now_ms()));
@@ -910,17 +910,20 @@ enum Coalesced {
 }
 
 /// Joins the URL's flight (see [`crate::flight`]): leads it, or waits for its leader's answer.
+/// `look_again`: whether the cache may be looked up again (not after a lookup that failed
+/// against the backend: a second lookup would cost a second deadline, and fail open means one).
 async fn coalesce(
     config: &Config,
     keys: &key::UrlKeys,
     headers: &HeaderMap,
     mut ticket: Ticket,
+    look_again: bool,
 ) -> Coalesced {
     let url = keys.url();
     loop {
         match config.flights.join(url, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
-                if recheck {
+                if recheck && look_again {
                     // A flight of this URL ended during the lookup, which may have overtaken its
                     // store: look again. (On a hit, dropping the guard sends this flight's
                     // waiters to look again too.)
@@ -948,6 +951,9 @@ async fn coalesce(
                     // The leader went away (cancelled, panicked): look again, then join again;
                     // the first to join leads, the others wait for it.
                     ticket = config.flights.ticket();
+                    if !look_again {
+                        continue;
+                    }
                     match lookup(config, keys, headers).await {
                         Lookup::Hit(entry, _) if usable(config, &entry) => {
                             return Coalesced::Hit(entry)

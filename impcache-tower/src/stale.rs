@@ -87,7 +87,10 @@ pub(crate) fn stands_in_for(config: &Config, headers: &HeaderMap, status: Status
 /// refuse (an `Expires` centuries ahead). The entry's freshness is not changed by it.
 pub(crate) fn key_ttl(ttl: Duration, policy: &Freshness) -> Duration {
     let longest = impcache::MAX_EXPIRE.saturating_sub(policy.stale_window());
-    ttl.clamp(Duration::from_millis(1), longest.max(Duration::from_millis(1)))
+    ttl.clamp(
+        Duration::from_millis(1),
+        longest.max(Duration::from_millis(1)),
+    )
 }
 
 /// Where `entry` stands at `now_ms`. An entry of the default mode past its TTL without a stale

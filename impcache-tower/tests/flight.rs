@@ -71,6 +71,8 @@ struct HeldRead {
     inner: MemoryCacheRepository,
     /// Set by the test: the next `get` waits for this gate after reading.
     gate: std::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, watch::Receiver<bool>)>>,
+    /// Every `get` fails (the backend is down), and is counted.
+    down: Option<std::sync::atomic::AtomicUsize>,
 }
 
 impl CacheRepository for HeldRead {
@@ -103,7 +105,15 @@ impl CacheRepository for HeldRead {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<Option<Bytes>>> {
         let gate = self.gate.lock().unwrap().take();
         Box::pin(async move {
-            let read = self.inner.get(key).await;
+            let mut read = self.inner.get(key).await;
+            if let Some(gets) = &self.down {
+                gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                read = Err(impcache::Error::Unavailable {
+                    operation: "get",
+                    key: key.to_owned(),
+                    source: "down".into(),
+                });
+            }
             if let Some((reading, mut open)) = gate {
                 reading.send(()).unwrap();
                 open.wait_for(|open| *open).await.unwrap();
@@ -142,6 +152,7 @@ async fn a_lookup_overtaken_by_a_whole_flight_does_not_call_the_handler_again() 
     let repository = HeldRead {
         inner: MemoryCacheRepository::new(),
         gate: std::sync::Mutex::new(Some((reading, opened))),
+        down: None,
     };
     let layer = CacheLayer::new(Cache::new(repository)).expire(60);
     let (svc, calls) = counting(layer.clone());
@@ -161,6 +172,38 @@ async fn a_lookup_overtaken_by_a_whole_flight_does_not_call_the_handler_again() 
         ("HIT", &b"call 1"[..])
     );
     assert_eq!(calls.get(), 1);
+}
+
+/// Fail open costs one lookup: a request whose lookup failed against the backend while its
+/// URL's flight ended calls the handler without looking the cache up again (that second lookup
+/// cost a second deadline when Redis was frozen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lookup_is_not_repeated_when_a_flight_ended_during_it() {
+    let (reading, read) = tokio::sync::oneshot::channel();
+    let (open, opened) = watch::channel(false);
+    let repository = std::sync::Arc::new(HeldRead {
+        inner: MemoryCacheRepository::new(),
+        gate: std::sync::Mutex::new(Some((reading, opened))),
+        down: Some(std::sync::atomic::AtomicUsize::new(0)),
+    });
+    let layer = CacheLayer::new(Cache::builder_shared(repository.clone()).build()).expire(60);
+    let (svc, calls) = counting(layer.clone());
+    let late = tokio::spawn(send(&svc, get("/down")));
+    read.await.unwrap();
+    // The late request's lookup has failed and is held; another request makes a whole flight.
+    let first = send(&svc, get("/down")).await;
+    assert_eq!(first.body, "call 1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open.send_replace(true);
+    let late = tokio::time::timeout(PATIENCE, late).await.unwrap().unwrap();
+    assert_eq!(late.body, "call 2");
+    assert_eq!(calls.get(), 2);
+    let gets = repository
+        .down
+        .as_ref()
+        .unwrap()
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(gets, 2, "one lookup per request");
 }
 
 /// How the first leader goes away.
