@@ -98,6 +98,11 @@ use proc_macro::TokenStream;
 /// - `name_uncached(...)`: the same arguments; runs the body without the cache.
 /// - `name_invalidate(...) -> impcache::Result<bool>`: `&self` if the function has a receiver, the
 ///   key arguments (and any argument the `cache` expression names); removes that call's entry.
+/// - `name_invalidate_all(...) -> impcache::Result<()>`: `&self` if the function has a receiver
+///   (and any argument the `cache` expression names); removes every entry of the function. With
+///   `tags` or `invalidate_all`, one invalidation of the function's tag (no scan); else, with the
+///   default keys, a `delete_pattern` sweep of the function's keys; not generated for an untagged
+///   function with a `key` template.
 ///
 /// Works on free functions, methods (`&self`) and generic functions, keeping visibility,
 /// attributes, docs, generics and where clauses. Not in a trait impl (`impl Trait for T`): the

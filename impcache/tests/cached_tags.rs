@@ -141,3 +141,48 @@ async fn invalidate_all_of_a_method_spares_another_types_method_of_the_same_name
     assert_eq!(USERS_RUNS.load(SeqCst), 2, "Users::load invalidated");
     assert_eq!(TEAMS_RUNS.load(SeqCst), 1, "Teams::load kept");
 }
+
+static SWEPT_RUNS: AtomicUsize = AtomicUsize::new(0);
+static NEIGHBOUR_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Untagged, with `name`: its entries keep the Python library's bytes.
+#[cached(cache = CACHE, expire = 60, name = "reports::daily")]
+async fn daily(day: u32) -> u32 {
+    SWEPT_RUNS.fetch_add(1, SeqCst);
+    day * 10
+}
+
+/// A neighbour whose name starts like `daily`'s: not swept with it.
+#[cached(cache = CACHE, expire = 60, name = "reports::daily_total")]
+async fn daily_total(day: u32) -> u32 {
+    NEIGHBOUR_RUNS.fetch_add(1, SeqCst);
+    day
+}
+
+/// Every `#[cached]` function with the default keys has `{name}_invalidate_all`, tagged or not:
+/// untagged, a sweep of its keys (`{name}:*` and the bare `{name}`), so its entries stay plain
+/// JSON (no envelope).
+#[tokio::test]
+async fn an_untagged_function_has_invalidate_all_too() {
+    for day in 0..3 {
+        assert_eq!(daily(day).await, day * 10);
+        assert_eq!(daily_total(day).await, day);
+    }
+    stored("reports::daily:2").await;
+    stored("reports::daily_total:2").await;
+    let raw = CACHE
+        .repository()
+        .get(&CACHE.make_key("reports::daily:2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&raw[..], b"20", "plain JSON");
+    daily_invalidate_all().await.unwrap();
+    assert_eq!(CACHE.get::<u32>("reports::daily:1").await.unwrap(), None);
+    for day in 0..3 {
+        assert_eq!(daily(day).await, day * 10);
+        assert_eq!(daily_total(day).await, day);
+    }
+    assert_eq!(SWEPT_RUNS.load(SeqCst), 6);
+    assert_eq!(NEIGHBOUR_RUNS.load(SeqCst), 3);
+}

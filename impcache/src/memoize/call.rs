@@ -29,7 +29,7 @@ pub fn body<R, F: FnOnce() -> Fut, Fut: Future<Output = R>>(body: F) -> F {
 /// or a free function defines), so that the error says what to do.
 #[diagnostic::on_unimplemented(
     message = "`#[cached]` cannot be used on a method of a trait impl",
-    label = "`#[cached]` adds the companions `<name>_uncached` and `<name>_invalidate` next to the method, and a trait impl can only define the trait's items",
+    label = "`#[cached]` adds the companions `<name>_uncached`, `<name>_invalidate` and `<name>_invalidate_all` next to the method, and a trait impl can only define the trait's items",
     note = "put the cached function in an inherent impl (`impl {Self}`) or make it a free function, and call it from the trait impl's method"
 )]
 pub trait NotInTraitImpl {}
@@ -322,4 +322,24 @@ pub async fn invalidate(
     let key = key?;
     let target = target(cache, version);
     Ok(target.get().delete(&key).await? > 0)
+}
+
+/// Removes every entry of an untagged function whose keys are the default ones, `base` or
+/// `base:{arguments}` (the `*_invalidate_all` companion without tags): a `delete` of `base` and a
+/// `delete_pattern` sweep of `base:*` (a keyspace scan on Redis; a tagged function's companion
+/// is one tag invalidation instead). Without a default cache installed, does nothing.
+pub async fn invalidate_all_keys(
+    cache: Option<&Cache>,
+    version: Option<&Version>,
+    base: &str,
+) -> crate::Result<()> {
+    let Some(cache) = cache else {
+        return Ok(());
+    };
+    let target = target(cache, version);
+    let cache = target.get();
+    cache.delete(base).await?;
+    let pattern = format!("{}:*", crate::key::escape_pattern(base));
+    cache.delete_pattern(&pattern).await?;
+    Ok(())
 }
