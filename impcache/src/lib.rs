@@ -112,7 +112,7 @@ pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};
 pub use near::{
-    NearCache, NearCacheStats, NearCacheStatus, DEFAULT_NEAR_CAPACITY_BYTES,
+    NearCache, NearCacheStats, NearCacheStatus, TrackingMode, DEFAULT_NEAR_CAPACITY_BYTES,
     DEFAULT_NEAR_HEARTBEAT, DEFAULT_NEAR_MAX_TTL, DEFAULT_NEAR_MAX_VALUE_BYTES,
 };
 pub use observe::{describe_metrics, CacheStats};

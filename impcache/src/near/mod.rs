@@ -165,6 +165,37 @@ impl NearCache {
         self.fail_safe = on;
         self
     }
+
+    /// The `CLIENT TRACKING` mode. [`TrackingMode::Broadcast`] is the only one offered (see
+    /// "Why BCAST" above), so this setting says what the near cache does rather than changing
+    /// it; it is here so that a mode added later is chosen where the others are.
+    ///
+    /// ```
+    /// use impcache::{NearCache, TrackingMode};
+    ///
+    /// let near = NearCache::new().tracking_mode(TrackingMode::Broadcast);
+    /// assert_eq!(near.tracking_mode_used(), TrackingMode::Broadcast);
+    /// ```
+    pub fn tracking_mode(self, mode: TrackingMode) -> Self {
+        match mode {
+            TrackingMode::Broadcast => self,
+        }
+    }
+
+    /// The `CLIENT TRACKING` mode: [`TrackingMode::Broadcast`].
+    pub fn tracking_mode_used(&self) -> TrackingMode {
+        TrackingMode::Broadcast
+    }
+}
+
+/// How Redis tells a near cache which keys changed ([`NearCache::tracking_mode`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrackingMode {
+    /// `CLIENT TRACKING ON BCAST PREFIX {key_prefix}:` on a dedicated connection: every change
+    /// under the cache's prefix, whoever reads it; nothing kept per key on the server.
+    #[default]
+    Broadcast,
 }
 
 /// Whether a cache's near cache serves reads ([`Cache::near_cache_status`](crate::Cache::near_cache_status)).
