@@ -553,3 +553,34 @@ async fn through_sentinel_stale_readers_are_answered_by_one_reload() {
     stale_readers_are_answered_at_once_by_one_background_reload(Backend::on(store)).await;
     drop(group);
 }
+
+/// The policy's settings as methods of the call: `get_or_set(..).stale_while_revalidate(..)` is
+/// `.freshness(Freshness::new().stale_while_revalidate(..))`, and likewise on `try_get_or_set`.
+#[tokio::test]
+async fn policy_settings_on_the_call() {
+    let cache = Cache::new(impcache::MemoryCacheRepository::new());
+    stale_entry(
+        &cache,
+        "k",
+        "old",
+        100 * MS,
+        Freshness::new().stale_while_revalidate(MINUTE),
+    )
+    .await;
+    let got: String = cache
+        .get_or_set("k", 100 * MS, || async { "new".to_owned() })
+        .stale_while_revalidate(MINUTE)
+        .stale_if_error(MINUTE)
+        .hard_timeout(HANG)
+        .await
+        .unwrap();
+    assert_eq!(got, "old", "served stale while it reloads");
+    until_stored(&cache, "k", "new").await;
+    let failed: Result<String, String> = cache
+        .try_get_or_set("absent", 60, || async { Err("boom".to_owned()) })
+        .soft_timeout(HANG)
+        .early_refresh(MS)
+        .lock(impcache::Lock::new())
+        .await;
+    assert_eq!(failed, Err("boom".to_owned()));
+}

@@ -4,11 +4,13 @@
 use std::fmt;
 use std::fmt::Display;
 use std::future::{Future, IntoFuture};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::load;
+use super::lock_settings::Lock;
 use super::policy::Freshness;
 use crate::error::{Error, Result};
 use crate::expire::Expire;
@@ -35,6 +37,49 @@ pub struct TryGetOrSet<'a, F> {
     inner: GetOrSet<'a, F>,
 }
 
+/// The settings of [`Freshness`] as methods of a call, each changing that one setting of the
+/// call's policy (`$policy`: the path of the policy field): `get_or_set(..).stale_if_error(..)`
+/// is `get_or_set(..).freshness(Freshness::new().stale_if_error(..))`.
+macro_rules! policy_settings {
+    ($($policy:ident).+) => {
+        /// Sets the policy's [`stale_while_revalidate`](Freshness::stale_while_revalidate).
+        pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+            self.$($policy).+ = self.$($policy).+.stale_while_revalidate(window);
+            self
+        }
+
+        /// Sets the policy's [`stale_if_error`](Freshness::stale_if_error).
+        pub fn stale_if_error(mut self, window: Duration) -> Self {
+            self.$($policy).+ = self.$($policy).+.stale_if_error(window);
+            self
+        }
+
+        /// Sets the policy's [`soft_timeout`](Freshness::soft_timeout).
+        pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+            self.$($policy).+ = self.$($policy).+.soft_timeout(timeout);
+            self
+        }
+
+        /// Sets the policy's [`hard_timeout`](Freshness::hard_timeout).
+        pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+            self.$($policy).+ = self.$($policy).+.hard_timeout(timeout);
+            self
+        }
+
+        /// Sets the policy's [`early_refresh`](Freshness::early_refresh).
+        pub fn early_refresh(mut self, gap: Duration) -> Self {
+            self.$($policy).+ = self.$($policy).+.early_refresh(gap);
+            self
+        }
+
+        /// Sets the policy's [`lock`](Freshness::lock).
+        pub fn lock(mut self, lock: Lock) -> Self {
+            self.$($policy).+ = self.$($policy).+.lock(lock);
+            self
+        }
+    };
+}
+
 impl<'a, F> GetOrSet<'a, F> {
     pub(crate) fn new(cache: &'a Cache, key: &'a str, expire: Expire, loader: F) -> Self {
         GetOrSet {
@@ -47,11 +92,14 @@ impl<'a, F> GetOrSet<'a, F> {
         }
     }
 
-    /// The freshness policy of this call (default: none).
+    /// The freshness policy of this call (default: none). Its settings can also be set one by
+    /// one on the call (`.stale_while_revalidate(..)`, …), on top of this policy.
     pub fn freshness(mut self, policy: Freshness) -> Self {
         self.policy = policy;
         self
     }
+
+    policy_settings!(policy);
 
     /// The tags of this call's entry (issue 16): read with the entry in one round trip, and
     /// stored with a loaded value, whose creation time is taken before the loader runs.
@@ -74,11 +122,13 @@ impl<'a, F> TryGetOrSet<'a, F> {
         }
     }
 
-    /// The freshness policy of this call (default: none).
+    /// The freshness policy of this call (default: none); see [`GetOrSet::freshness`].
     pub fn freshness(mut self, policy: Freshness) -> Self {
         self.inner.policy = policy;
         self
     }
+
+    policy_settings!(inner.policy);
 
     /// The tags of this call's entry: see [`GetOrSet::tags`].
     pub fn tags<I>(mut self, tags: I) -> Self
