@@ -347,6 +347,23 @@ async fn redis_restarted_with_the_key_changed() {
     wait_value(&cache, "k", Some(3)).await;
 }
 
+/// The same on a one-thread runtime (`#[tokio::test]`'s default) with the harness's synchronous
+/// restart and write: the thread was blocked throughout, so nothing has read the tracking
+/// connection's end yet when the next read comes; the read gives the thread back once first
+/// (it had not for a while), the end is read, everything is flushed, and Redis answers.
+#[tokio::test]
+async fn redis_restarted_with_the_key_changed_on_one_thread() {
+    let mut server = RedisServer::start();
+    let cache = local_k(&server).await;
+    server.restart();
+    let _: () = server.cmd(&["SET", &cache.make_key("k"), "2"]);
+    match cache.get::<i64>("k").await {
+        Ok(value) => assert_eq!(value, Some(2), "the old local value was served"),
+        Err(error) => assert!(error.is_backend_failure(), "{error}"),
+    }
+    wait_value(&cache, "k", Some(2)).await;
+}
+
 /// Once the near cache of `cache` is `Unsupported`, every read goes to Redis: another client's
 /// writes are all seen, and nothing is served locally.
 async fn runs_without_it(server: &RedisServer, cache: &Cache) {

@@ -177,6 +177,7 @@ impl Cache {
             let backend = &self.shared.backend;
             // Through a near cache: an entry judged fresh against these tags, no tag state
             // having changed since, needs no judging again (`near/store.rs`).
+            backend.catch_up().await;
             let slot = match backend.verified(parts, tags, policy.needs_ttl()) {
                 Ok(found) => {
                     let tally = Tally::read(Some(found.value.len()));

@@ -154,6 +154,8 @@ pub(crate) struct Store {
     barrier: Barrier,
     /// This cache's own writes whose invalidation Redis has yet to echo.
     echoes: Echoes,
+    /// When a read last gave its thread back ([`Store::catch_up`]), in [`catch_up_clock`] units.
+    caught_up: AtomicU64,
     /// Whether the first tracking handshake ended (active, refused, or failed once), and the
     /// reads waiting for it ([`Store::first_handshake`]).
     handshake_ended: AtomicBool,
@@ -197,6 +199,7 @@ impl Store {
             tracking_connections: ArcSwapOption::empty(),
             barrier: Barrier::new(),
             echoes: Echoes::default(),
+            caught_up: AtomicU64::new(0),
             handshake_ended: AtomicBool::new(false),
             handshake: tokio::sync::Notify::new(),
             warned: Mutex::new(false),
@@ -229,6 +232,28 @@ impl Store {
 
     fn active(&self) -> bool {
         self.state.load(Ordering::SeqCst) == ACTIVE
+    }
+
+    /// Before a local lookup: if no read of this store gave its thread back for a while (about
+    /// 1 ms), gives it back for a few turns (`yield_now`, which tokio resumes after polling its
+    /// I/O driver), so that a tracking connection's end or an invalidation already waiting on its
+    /// socket is read first. Without it, on a one-thread runtime whose thread was blocked (a
+    /// synchronous restart of Redis, a synchronous write through another client), the next
+    /// read was served the local entry the lost connection could no longer vouch for
+    /// (`tests/near_cache.rs`, `redis_restarted_with_the_key_changed_on_one_thread`). A loop
+    /// of local hits yields about once per millisecond (three turns: a few µs per ms); each read
+    /// reads the clock once.
+    pub(crate) async fn catch_up(&self) {
+        let now = catch_up_clock();
+        if now != self.caught_up.load(Ordering::Relaxed) {
+            self.caught_up.store(now, Ordering::Relaxed);
+            // Three turns: the connection's driver needs two to report its end once its socket
+            // is read (one turn was not enough in the test; two were, every run); one more as
+            // margin.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        }
     }
 
     /// Until the first tracking handshake has ended (the store active, tracking refused, or the
@@ -691,6 +716,12 @@ impl Store {
     pub(super) fn is_unsupported(&self) -> bool {
         self.state.load(Ordering::SeqCst) == UNSUPPORTED
     }
+}
+
+/// The clock of [`Store::catch_up`]: units of 2^20 ns (about 1 ms) since the first call.
+fn catch_up_clock() -> u64 {
+    static ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    u64::try_from(ORIGIN.elapsed().as_nanos() >> 20).unwrap_or(u64::MAX)
 }
 
 /// The invalidation-log slot of `key`: FNV-1a of its bytes.

@@ -167,6 +167,7 @@ impl Backend {
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get(full.as_str()).await,
             Backend::Near(near) => {
+                near.store.catch_up().await;
                 if let Some(value) = near.store.get(full.as_str()) {
                     return Ok(Some(value));
                 }
@@ -197,6 +198,7 @@ impl Backend {
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get_with_ttl(full.as_str()).await,
             Backend::Near(near) => {
+                near.store.catch_up().await;
                 if let Some(found) = near.store.get_with_ttl(full.as_str()) {
                     return Ok(Some(found));
                 }
@@ -239,6 +241,14 @@ impl Backend {
     /// Through a near cache, the local tagged entry at `key` already judged fresh against
     /// `tags`, no tag state having changed since; or, for a local tagged entry without such a
     /// verdict, where to keep one (`near/store.rs`, "Verified tagged entries").
+    /// Before a local lookup made outside this dispatch point ([`verified`](Self::verified)):
+    /// see `Store::catch_up`.
+    pub(crate) async fn catch_up(&self) {
+        if let Backend::Near(near) = self {
+            near.store.catch_up().await;
+        }
+    }
+
     pub(crate) fn verified(
         &self,
         key: KeyParts<'_>,
@@ -283,6 +293,7 @@ impl Backend {
                         WithTtl::new(found.value, None)
                     }
                 };
+                near.store.catch_up().await;
                 if let Some(found) = near.store.get_with_ttl(full.as_str()) {
                     let states = self.get_tag_states(tag_keys).await?;
                     return Ok((Some(strip(found)), states));
@@ -367,6 +378,7 @@ impl Backend {
             Backend::Near(near) => {
                 // Local keys served, one `MGET` for the rest (whose replies are not kept: an
                 // `MGET` reads no TTL).
+                near.store.catch_up().await;
                 let mut values: Vec<Option<Bytes>> =
                     keys.iter().map(|key| near.store.get(key)).collect();
                 let missing: Vec<&str> = keys
