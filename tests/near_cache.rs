@@ -558,6 +558,47 @@ async fn the_first_read_after_an_own_write_is_kept() {
     assert!(kept >= 195, "kept {kept} of 200");
 }
 
+/// `get_many` through a near cache on a single node keeps what it reads (its `MGET` is pipelined
+/// with the keys' `PTTL`s): the same `get_many` again is served from process memory, sending
+/// nothing; another client's change still reaches it. (Before, its replies were never kept.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_keeps_what_it_reads() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    let mut other = other_client(&server).await;
+    for key in ["a", "b", "c"] {
+        let _: () = other.set(cache.make_key(key), "1").await.unwrap();
+    }
+    let keys = ["a", "b", "c", "absent"];
+    eventually("a second get_many is served locally", || async {
+        let first: Vec<Option<i64>> = cache.get_many(keys).await.unwrap();
+        assert_eq!(first, [Some(1), Some(1), Some(1), None]);
+        let (hits, sent) = (cache.near_cache_stats().hits, reads_sent(&server));
+        let second: Vec<Option<i64>> = cache.get_many(["a", "b", "c"]).await.unwrap();
+        assert_eq!(second, [Some(1); 3]);
+        cache.near_cache_stats().hits == hits + 3 && reads_sent(&server) == sent
+    })
+    .await;
+    let _: () = other.set(cache.make_key("b"), "2").await.unwrap();
+    eventually("another client's change reaches get_many", || async {
+        let values: Vec<Option<i64>> = cache.get_many(["a", "b"]).await.unwrap();
+        values == [Some(1), Some(2)]
+    })
+    .await;
+    // The local entries end with the keys' Redis TTL.
+    let _: () = other.pset_ex(cache.make_key("c"), "3", 300).await.unwrap();
+    eventually("c is local, read by get_many", || async {
+        let before = cache.near_cache_stats().hits;
+        let values: Vec<Option<i64>> = cache.get_many(["c"]).await.unwrap();
+        values == [Some(3)] && cache.near_cache_stats().hits > before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let gone: Vec<Option<i64>> = cache.get_many(["c"]).await.unwrap();
+    assert_eq!(gone, [None]);
+}
+
 #[tokio::test]
 async fn memory_and_custom_repositories_run_without_it() {
     let plain = Cache::new(MemoryCacheRepository::new());

@@ -452,6 +452,27 @@ impl Store {
         }
     }
 
+    /// [`settle`](Store::settle) for the replies of one read of several keys (`found[i]` at
+    /// `keys[i]`), behind one barrier.
+    pub(crate) async fn settle_each(
+        &self,
+        ticket: Option<Ticket>,
+        keys: &[&str],
+        found: &[Option<WithTtl>],
+    ) {
+        let Some(ticket) = ticket else {
+            return;
+        };
+        if !self.barrier().await {
+            return;
+        }
+        for (key, found) in keys.iter().zip(found) {
+            if let Some(found) = found {
+                self.keep(ticket, key, found);
+            }
+        }
+    }
+
     /// [`settle`](Store::settle) for replies that are not kept (an `MGET`): the barrier only.
     pub(crate) async fn settle_many(&self, active: bool) {
         if active {

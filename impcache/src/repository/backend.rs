@@ -376,8 +376,7 @@ impl Backend {
                 .map_err(Failed::into_error),
             Backend::Custom(repository) => repository.get_many(keys).await,
             Backend::Near(near) => {
-                // Local keys served, one `MGET` for the rest (whose replies are not kept: an
-                // `MGET` reads no TTL).
+                // Local keys served, one `MGET` for the rest.
                 near.store.catch_up().await;
                 let mut values: Vec<Option<Bytes>> =
                     keys.iter().map(|key| near.store.get(key)).collect();
@@ -391,9 +390,29 @@ impl Backend {
                     return Ok(values);
                 }
                 near.ready().await;
-                let active = near.store.count_remote(missing.len());
-                let fetched = Box::pin(near.remote.get_many(&missing)).await?;
-                near.store.settle_many(active).await;
+                let fetched = match &near.remote {
+                    // Single node: the `MGET` pipelined with each key's `PTTL`, so that its
+                    // replies are kept as any read's (the local entry never outlives the key).
+                    Backend::Redis(redis) => {
+                        let ticket = near.store.ticket_for(missing.len());
+                        let found = redis
+                            .get_many_with_ttl_direct(&missing)
+                            .await
+                            .map_err(Failed::into_error)?;
+                        near.store.settle_each(ticket, &missing, &found).await;
+                        found
+                            .into_iter()
+                            .map(|found| found.map(|found| found.value))
+                            .collect()
+                    }
+                    // Sentinel and Cluster: their `MGET`'s replies are not kept (it reads no TTL).
+                    remote => {
+                        let active = near.store.count_remote(missing.len());
+                        let fetched = Box::pin(remote.get_many(&missing)).await?;
+                        near.store.settle_many(active).await;
+                        fetched
+                    }
+                };
                 let mut fetched = fetched.into_iter();
                 for value in values.iter_mut().filter(|value| value.is_none()) {
                     *value = fetched.next().flatten();

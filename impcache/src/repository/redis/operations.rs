@@ -233,6 +233,26 @@ impl RedisCacheRepository {
             .await
     }
 
+    /// `MGET` of `keys` pipelined with each key's `PTTL`: one round trip, for a near cache, which
+    /// keeps what it reads no longer than the key lives.
+    pub(crate) async fn get_many_with_ttl_direct(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<WithTtl>>, Failed> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::Pipeline::with_capacity(1 + keys.len());
+        pipe.add_command(keys_command("MGET", keys));
+        for key in keys {
+            pipe.add_command(key_command("PTTL", key));
+        }
+        let ManyWithTtl(found) = self
+            .query("get_many", &|| shown_many(keys), Request::ReadPipe(&pipe))
+            .await?;
+        Ok(found)
+    }
+
     pub(crate) async fn delete_direct(&self, key: &str) -> Result<u64, Failed> {
         let cmd = key_command("UNLINK", key);
         self.query("delete", &|| shown(key), Request::Cmd(&cmd))
@@ -444,5 +464,35 @@ impl CacheRepository for RedisCacheRepository {
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
+    }
+}
+
+/// The replies of an `MGET` of n keys pipelined with their n `PTTL`s.
+struct ManyWithTtl(Vec<Option<WithTtl>>);
+
+impl FromRedisValue for ManyWithTtl {
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        let mut replies = Vec::<redis::Value>::from_redis_value(value)?.into_iter();
+        let values = match replies.next() {
+            Some(values) => Vec::<Option<Bytes>>::from_redis_value(values)?,
+            None => return Err("an empty reply to MGET + PTTL".to_owned().into()),
+        };
+        if replies.len() != values.len() {
+            return Err(format!(
+                "{} PTTL replies to an MGET of {} keys",
+                replies.len(),
+                values.len()
+            )
+            .into());
+        }
+        values
+            .into_iter()
+            .zip(replies)
+            .map(|(value, pttl)| {
+                let pttl = i64::from_redis_value(pttl)?;
+                Ok(value.map(|value| WithTtl::from_pttl(value, pttl)))
+            })
+            .collect::<Result<_, redis::ParsingError>>()
+            .map(ManyWithTtl)
     }
 }
