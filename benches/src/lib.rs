@@ -414,6 +414,51 @@ pub async fn multiplexed_connection(
         .await
 }
 
+/// Stores `raw:{k}` = a [`Small`] as JSON for every `k` below `keys`, by hand: the keys the
+/// hand-written reads of [`raw_get_rate`] read.
+pub async fn store_raw_smalls(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: u64,
+) -> redis::RedisResult<()> {
+    for k in 0..keys {
+        let json = serde_json::to_vec(&Small::new(k)).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "encode", e.to_string()))
+        })?;
+        redis::cmd("SET")
+            .arg(format!("raw:{k}"))
+            .arg(json)
+            .arg("EX")
+            .arg(3600)
+            .exec_async(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// [`keyed_rate`] of a hand-written `GET` of `raw:{k}` + decode on `conn`: the anchor of the
+/// hand-written ceilings. A failed read panics: a broken benchmark must fail loudly.
+#[allow(clippy::expect_used)]
+pub async fn raw_get_rate(
+    conn: &redis::aio::MultiplexedConnection,
+    tasks: usize,
+    duration: Duration,
+    keys: u64,
+) -> f64 {
+    let conn = conn.clone();
+    keyed_rate(tasks, duration, keys, move |k| {
+        let mut conn = conn.clone();
+        async move {
+            let bytes: Vec<u8> = redis::cmd("GET")
+                .arg(format!("raw:{k}"))
+                .query_async(&mut conn)
+                .await
+                .expect("a hand-written GET");
+            std::hint::black_box(serde_json::from_slice::<Small>(&bytes).expect("a Small"));
+        }
+    })
+    .await
+}
+
 /// moka holding JSON bytes with a TTL per entry, as the memory repository needs it (every write
 /// has its own expiry): the memory baseline.
 pub type MokaPerEntryTtl = moka::sync::Cache<String, (bytes::Bytes, Duration)>;

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, Freshness, RedisCacheRepository};
-use impcache_benches::{keyed_rate, multiplexed_connection, OnRedis, Small};
-use redis::AsyncCommands;
+use impcache_benches::{
+    keyed_rate, multiplexed_connection, raw_get_rate, store_raw_smalls, OnRedis, Small,
+};
 
 const CONCURRENCY: usize = 32;
 const KEYS: u64 = 50;
@@ -113,24 +114,11 @@ async fn hit_cost(cache: &Cache, round: Duration) {
 /// command costs client and server with no library in between.
 async fn hand_written(url: &str, round: Duration) {
     let mut conn = multiplexed_connection(url).await.unwrap();
-    for k in 0..KEYS {
-        let json = serde_json::to_vec(&Small::new(k)).unwrap();
-        let _: () = conn.set_ex(format!("raw:{k}"), json, 3600).await.unwrap();
-    }
+    store_raw_smalls(&mut conn, KEYS).await.unwrap();
     for tasks in [1, CONCURRENCY] {
         let (mut get, mut with_pttl) = (Vec::new(), Vec::new());
         for _ in 0..5 {
-            let c = conn.clone();
-            get.push(
-                keyed_rate(tasks, round, KEYS, move |k| {
-                    let mut c = c.clone();
-                    async move {
-                        let bytes: Vec<u8> = c.get(format!("raw:{k}")).await.unwrap();
-                        std::hint::black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
-                    }
-                })
-                .await,
-            );
+            get.push(raw_get_rate(&conn, tasks, round, KEYS).await);
             let c = conn.clone();
             with_pttl.push(
                 keyed_rate(tasks, round, KEYS, move |k| {

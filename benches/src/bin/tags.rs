@@ -18,7 +18,9 @@
 use std::time::{Duration, Instant};
 
 use impcache::{Cache, NearCache, RedisCacheRepository};
-use impcache_benches::{keyed_rate, multiplexed_connection, OnRedis, Small};
+use impcache_benches::{
+    keyed_rate, multiplexed_connection, raw_get_rate, store_raw_smalls, OnRedis, Small,
+};
 use impcache_tests::RedisServer;
 use redis::AsyncCommands;
 
@@ -121,9 +123,8 @@ async fn hit_cost(label: &str, cache: &Cache, round: Duration) {
 /// `GET` + decode against `MGET` of the entry and two tag-state-sized keys + decode, by hand.
 async fn hand_written(url: &str, round: Duration) {
     let mut conn = multiplexed_connection(url).await.unwrap();
+    store_raw_smalls(&mut conn, KEYS).await.unwrap();
     for k in 0..KEYS {
-        let json = serde_json::to_vec(&Small::new(k)).unwrap();
-        let _: () = conn.set_ex(format!("raw:{k}"), json, 3600).await.unwrap();
         let _: () = conn
             .set(format!("raw:tag:user:{k}"), "1764800000000000")
             .await
@@ -133,17 +134,7 @@ async fn hand_written(url: &str, round: Duration) {
     for tasks in [1, CONCURRENCY] {
         let (mut get, mut mget) = (Vec::new(), Vec::new());
         for _ in 0..5 {
-            let c = conn.clone();
-            get.push(
-                keyed_rate(tasks, round, KEYS, move |k| {
-                    let mut c = c.clone();
-                    async move {
-                        let bytes: Vec<u8> = c.get(format!("raw:{k}")).await.unwrap();
-                        std::hint::black_box(serde_json::from_slice::<Small>(&bytes).unwrap());
-                    }
-                })
-                .await,
-            );
+            get.push(raw_get_rate(&conn, tasks, round, KEYS).await);
             let c = conn.clone();
             mget.push(
                 keyed_rate(tasks, round, KEYS, move |k| {
