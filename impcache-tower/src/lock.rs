@@ -34,7 +34,15 @@ pub(crate) async fn take(config: &Config, keys: &UrlKeys, headers: &http::Header
             _ => None,
         })
     };
-    match lock::take(&config.cache, keys.record(), options, poll).await {
+    match lock::take(
+        &config.cache,
+        keys.record(),
+        options,
+        config.hard_timeout,
+        poll,
+    )
+    .await
+    {
         Turn::Owner(held) => Locked::Call(Some(HeldLock::new(
             config.cache.clone(),
             keys.record().to_owned(),

@@ -85,3 +85,31 @@ async fn with_redis_down_the_handler_answers() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A lock whose lifetime is not set outlasts the layer's `hard_timeout` (the hard timeout plus
+/// 5 s), as `get_or_set`'s does: with a 30 s hard timeout the lock lives 35 s, not 10 s, so a
+/// handler call longer than 10 s keeps its URL's lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unset_lock_lifetime_outlasts_the_hard_timeout() {
+    let redis = RedisServer::start();
+    let layer = locked_layer(&redis).hard_timeout(Duration::from_secs(30));
+    let (started, mut running) = tokio::sync::mpsc::channel::<()>(1);
+    let (svc, _) = app(layer.clone(), move |_, _req| {
+        let started = started.clone();
+        async move {
+            started.send(()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Response::new(Body::from("slow"))
+        }
+    });
+    let request = tokio::spawn(send(&svc, get("/long")));
+    running.recv().await.unwrap();
+    let lock_key = redis
+        .keys()
+        .into_iter()
+        .find(|key| key.contains("__lock:"))
+        .expect("the URL's lock");
+    let ttl: i64 = redis.cmd(&["PTTL", &lock_key]);
+    assert!(ttl > 30_000 && ttl <= 35_000, "{lock_key}: {ttl} ms");
+    assert_eq!(request.await.unwrap().body, "slow");
+}

@@ -181,18 +181,20 @@ pub mod __private {
 
         /// Takes the lock of `key` (the caller's part; at `__lock:{key}`), waiting (up to the
         /// lock's wait) while another process holds it: `poll` reads what that process stores
-        /// (`Some` ends the wait). See [`Lock`](crate::Lock)'s protocol.
+        /// (`Some` ends the wait). A lifetime not set outlasts `hard_timeout`, the bound of the
+        /// work the lock covers. See [`Lock`](crate::Lock)'s protocol.
         pub async fn take<T, F, Fut>(
             cache: &crate::Cache,
             key: &str,
             lock: crate::Lock,
+            hard_timeout: Option<std::time::Duration>,
             poll: F,
         ) -> Turn<T>
         where
             F: FnMut() -> Fut,
             Fut: std::future::Future<Output = crate::Result<Option<T>>>,
         {
-            crate::freshness::lock_private::take(cache, key, lock, poll).await
+            crate::freshness::lock_private::take(cache, key, lock, hard_timeout, poll).await
         }
     }
 

@@ -159,6 +159,15 @@ async fn daily_total(day: u32) -> u32 {
     day
 }
 
+static SUB_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Keys under `daily`'s as a module path (`reports::daily::sub:{day}`): not swept with it.
+#[cached(cache = CACHE, expire = 60, name = "reports::daily::sub")]
+async fn daily_sub(day: u32) -> u32 {
+    SUB_RUNS.fetch_add(1, SeqCst);
+    day + 1
+}
+
 /// Every `#[cached]` function with the default keys has `{name}_invalidate_all`, tagged or not:
 /// untagged, a sweep of its keys (`{name}:*` and the bare `{name}`), so its entries stay plain
 /// JSON (no envelope).
@@ -167,9 +176,11 @@ async fn an_untagged_function_has_invalidate_all_too() {
     for day in 0..3 {
         assert_eq!(daily(day).await, day * 10);
         assert_eq!(daily_total(day).await, day);
+        assert_eq!(daily_sub(day).await, day + 1);
     }
     stored("reports::daily:2").await;
     stored("reports::daily_total:2").await;
+    stored("reports::daily::sub:2").await;
     let raw = CACHE
         .repository()
         .get(&CACHE.make_key("reports::daily:2"))
@@ -182,7 +193,9 @@ async fn an_untagged_function_has_invalidate_all_too() {
     for day in 0..3 {
         assert_eq!(daily(day).await, day * 10);
         assert_eq!(daily_total(day).await, day);
+        assert_eq!(daily_sub(day).await, day + 1);
     }
     assert_eq!(SWEPT_RUNS.load(SeqCst), 6);
     assert_eq!(NEIGHBOUR_RUNS.load(SeqCst), 3);
+    assert_eq!(SUB_RUNS.load(SeqCst), 3);
 }

@@ -72,18 +72,21 @@ pub(crate) mod lock_private {
     pub use super::lock::{Held, Turn};
     use super::lock_settings::Lock;
 
-    /// [`take_polling`] with the lock's own lifetime, waiting.
+    /// [`take_polling`] with the lock's own lifetime (raised above `hard_timeout` when not set,
+    /// as `get_or_set`'s), waiting.
     pub(crate) async fn take<T, F, Fut>(
         cache: &crate::Cache,
         key: &str,
         lock: Lock,
+        hard_timeout: Option<std::time::Duration>,
         poll: F,
     ) -> Turn<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = crate::Result<Option<T>>>,
     {
-        match lock.checked(None, key) {
+        let lock = lock.resolved(hard_timeout);
+        match lock.checked(hard_timeout, key) {
             Ok(lifetime) => take_polling(cache, key, lock, lifetime, true, poll).await,
             Err(error) => {
                 tracing::warn!(%error, "the lock's lifetime is invalid: running without it");

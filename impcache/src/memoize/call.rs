@@ -326,7 +326,7 @@ pub async fn invalidate(
 
 /// Removes every entry of an untagged function whose keys are the default ones, `base` or
 /// `base:{arguments}` (the `*_invalidate_all` companion without tags): a `delete` of `base` and a
-/// `delete_pattern` sweep of `base:*` (a keyspace scan on Redis; a tagged function's companion
+/// `delete_pattern` sweep of `base:[^:]*` (a keyspace scan on Redis; a tagged function's companion
 /// is one tag invalidation instead). Without a default cache installed, does nothing.
 pub async fn invalidate_all_keys(
     cache: Option<&Cache>,
@@ -339,7 +339,9 @@ pub async fn invalidate_all_keys(
     let target = target(cache, version);
     let cache = target.get();
     cache.delete(base).await?;
-    let pattern = format!("{}:*", crate::key::escape_pattern(base));
+    // `:[^:]*`, not `:*`: a default key's first argument is JSON, which never starts with `:`,
+    // while the keys of a function in a module of the same name (`{base}::f:…`) do.
+    let pattern = format!("{}:[^:]*", crate::key::escape_pattern(base));
     cache.delete_pattern(&pattern).await?;
     Ok(())
 }

@@ -124,6 +124,36 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
+/// An own write in flight ([`Store::writing`]). Dropped without
+/// [`written`](OwnWrite::written) (the write's future was cancelled, the write may or may not
+/// have landed), it expects no echo and drops its keys locally.
+#[must_use = "call `written` when the write returns"]
+pub(crate) struct OwnWrite<'a> {
+    store: &'a Store,
+    keys: Vec<&'a [u8]>,
+    returned: bool,
+}
+
+impl OwnWrite<'_> {
+    /// The write returned; `changed`: it succeeded and changed its keys.
+    pub(crate) fn written(mut self, changed: bool) {
+        self.returned = true;
+        for key in &self.keys {
+            self.store.written(key, changed);
+        }
+    }
+}
+
+impl Drop for OwnWrite<'_> {
+    fn drop(&mut self) {
+        if !self.returned {
+            for key in &self.keys {
+                self.store.written(key, false);
+            }
+        }
+    }
+}
+
 /// A read in flight: its ticket and when it was sent.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
@@ -232,6 +262,11 @@ impl Store {
 
     fn active(&self) -> bool {
         self.state.load(Ordering::SeqCst) == ACTIVE
+    }
+
+    /// Whether reads are kept (and served) now.
+    pub(crate) fn is_active(&self) -> bool {
+        self.active()
     }
 
     /// Before a local lookup: if no read of this store gave its thread back for a while (about
@@ -589,15 +624,23 @@ impl Store {
     }
 
     /// Drops `key`: Redis said it changed, or this cache wrote it.
-    /// An own write of `key` (a full key) is about to be sent (see `echo.rs`).
-    pub(crate) fn writing(&self, key: &[u8]) {
-        self.echoes.sending(key);
+    /// An own write of `keys` (full keys) is about to be sent (see `echo.rs`): call
+    /// [`OwnWrite::written`] when it returns.
+    pub(crate) fn writing<'a>(&'a self, keys: Vec<&'a [u8]>) -> OwnWrite<'a> {
+        for key in &keys {
+            self.echoes.sending(key);
+        }
+        OwnWrite {
+            store: self,
+            keys,
+            returned: false,
+        }
     }
 
     /// The own write of `key` returned (`changed`: it succeeded and changed the key): the key is
     /// dropped locally at once (rule 5), and Redis's echo of the write, if it comes next, drops
     /// no read sent since (see `echo.rs`).
-    pub(crate) fn written(&self, key: &[u8], changed: bool) {
+    fn written(&self, key: &[u8], changed: bool) {
         self.echoes.returned(key, changed);
         self.invalidate(key);
     }
@@ -773,6 +816,20 @@ mod tests {
         let store = Store::new(&NearCache::new());
         store.activate(1, Vec::new());
         store
+    }
+
+    #[test]
+    fn a_cancelled_own_write_expects_no_echo() {
+        let store = active();
+        // Returned, changed: its echo is expected.
+        store.writing(vec![b"k"]).written(true);
+        assert!(store.echoes.arrived(b"k"));
+        // Dropped unfinished (its future cancelled): nothing is left expected or in flight.
+        drop(store.writing(vec![b"k", b"j"]));
+        assert!(!store.echoes.arrived(b"k"));
+        assert!(!store.echoes.arrived(b"j"));
+        store.writing(vec![b"k"]).written(true);
+        assert!(store.echoes.arrived(b"k"), "a later write is not spoiled");
     }
 
     /// A ticket, or the test's error: an active store always hands one out.

@@ -102,9 +102,9 @@ impl Backend {
             Backend::Near(near) => {
                 near.track();
                 let full = key.stack();
-                near.store.writing(full.as_str().as_bytes());
+                let write = near.store.writing(vec![full.as_str().as_bytes()]);
                 let result = Box::pin(near.remote.set(key, value, expiry)).await;
-                near.store.written(full.as_str().as_bytes(), result.is_ok());
+                write.written(result.is_ok());
                 result
             }
         }
@@ -126,10 +126,9 @@ impl Backend {
             Backend::Custom(repository) => repository.set_nx(full.as_str(), value, expiry).await,
             Backend::Near(near) => {
                 near.track();
-                near.store.writing(full.as_str().as_bytes());
+                let write = near.store.writing(vec![full.as_str().as_bytes()]);
                 let result = Box::pin(near.remote.set_nx(key, value, expiry)).await;
-                near.store
-                    .written(full.as_str().as_bytes(), matches!(result, Ok(true)));
+                write.written(matches!(result, Ok(true)));
                 result
             }
         }
@@ -145,13 +144,10 @@ impl Backend {
             Backend::Custom(repository) => repository.set_many(entries, expiry).await,
             Backend::Near(near) => {
                 near.track();
-                for (key, _) in entries {
-                    near.store.writing(key.as_bytes());
-                }
+                let keys = entries.iter().map(|(key, _)| key.as_bytes()).collect();
+                let write = near.store.writing(keys);
                 let result = Box::pin(near.remote.set_many(entries, expiry)).await;
-                for (key, _) in entries {
-                    near.store.written(key.as_bytes(), result.is_ok());
-                }
+                write.written(result.is_ok());
                 result
             }
         }
@@ -391,9 +387,9 @@ impl Backend {
                 }
                 near.ready().await;
                 let fetched = match &near.remote {
-                    // Single node: the `MGET` pipelined with each key's `PTTL`, so that its
-                    // replies are kept as any read's (the local entry never outlives the key).
-                    Backend::Redis(redis) => {
+                    // Single node, active: the `MGET` pipelined with each key's `PTTL`, so that
+                    // its replies are kept as any read's (the local entry never outlives the key).
+                    Backend::Redis(redis) if near.store.is_active() => {
                         let ticket = near.store.ticket_for(missing.len());
                         let found = redis
                             .get_many_with_ttl_direct(&missing)
@@ -433,10 +429,9 @@ impl Backend {
             Backend::Custom(repository) => repository.delete(full.as_str()).await,
             Backend::Near(near) => {
                 near.track();
-                near.store.writing(full.as_str().as_bytes());
+                let write = near.store.writing(vec![full.as_str().as_bytes()]);
                 let result = Box::pin(near.remote.delete(key)).await;
-                near.store
-                    .written(full.as_str().as_bytes(), matches!(result, Ok(1..)));
+                write.written(matches!(result, Ok(1..)));
                 result
             }
         }
