@@ -186,6 +186,9 @@ pub(crate) struct Store {
     echoes: Echoes,
     /// When a read last gave its thread back ([`Store::catch_up`]), in [`catch_up_clock`] units.
     caught_up: AtomicU64,
+    /// Whether the tracker runs on a one-thread runtime (set when it starts): only there can a
+    /// blocked thread keep it from reading its connection's end ([`Store::catch_up`]).
+    pub(super) one_thread: AtomicBool,
     /// Whether the first tracking handshake ended (active, refused, or failed once), and the
     /// reads waiting for it ([`Store::first_handshake`]).
     handshake_ended: AtomicBool,
@@ -230,6 +233,7 @@ impl Store {
             barrier: Barrier::new(),
             echoes: Echoes::default(),
             caught_up: AtomicU64::new(0),
+            one_thread: AtomicBool::new(false),
             handshake_ended: AtomicBool::new(false),
             handshake: tokio::sync::Notify::new(),
             warned: Mutex::new(false),
@@ -269,8 +273,8 @@ impl Store {
         self.active()
     }
 
-    /// Before a local lookup: if no read of this store gave its thread back for a while (about
-    /// 1 ms), gives it back for a few turns (`yield_now`, which tokio resumes after polling its
+    /// Before a local lookup, on a one-thread runtime: if no read of this store gave its thread
+    /// back for a while (about 1 ms), gives it back for a few turns (`yield_now`, which tokio resumes after polling its
     /// I/O driver), so that a tracking connection's end or an invalidation already waiting on its
     /// socket is read first. Without it, on a one-thread runtime whose thread was blocked (a
     /// synchronous restart of Redis, a synchronous write through another client), the next
@@ -279,6 +283,11 @@ impl Store {
     /// of local hits yields about once per millisecond (three turns: a few µs per ms); each read
     /// reads the clock once.
     pub(crate) async fn catch_up(&self) {
+        // On a multi-thread runtime the tracker's connection is read by another worker; the
+        // turns cost a task alone on a worker about 10 % there (BENCHMARKS, Run G).
+        if !self.one_thread.load(Ordering::Relaxed) {
+            return;
+        }
         let now = catch_up_clock();
         if now != self.caught_up.load(Ordering::Relaxed) {
             self.caught_up.store(now, Ordering::Relaxed);

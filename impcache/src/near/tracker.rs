@@ -122,6 +122,8 @@ pub(crate) fn start(store: &Arc<Store>, target: &Arc<Target>, prefix: &Arc<str>)
     if store.tracking.swap(true, Ordering::SeqCst) {
         return;
     }
+    let one_thread = runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
+    store.one_thread.store(one_thread, Ordering::Relaxed);
     runtime.spawn(run(
         Arc::downgrade(store),
         Arc::clone(target),
