@@ -576,11 +576,41 @@ async fn policy_settings_on_the_call() {
         .unwrap();
     assert_eq!(got, "old", "served stale while it reloads");
     until_stored(&cache, "k", "new").await;
-    let failed: Result<String, String> = cache
-        .try_get_or_set("absent", 60, || async { Err("boom".to_owned()) })
+    // On `try_get_or_set` too: a failing loader is answered with the stale value.
+    stale_entry(
+        &cache,
+        "j",
+        "old",
+        100 * MS,
+        Freshness::new().stale_if_error(MINUTE),
+    )
+    .await;
+    let got: Result<String, String> = cache
+        .try_get_or_set("j", 100 * MS, || async { Err("boom".to_owned()) })
+        .stale_if_error(MINUTE)
         .soft_timeout(HANG)
         .early_refresh(MS)
         .lock(impcache::Lock::new())
         .await;
-    assert_eq!(failed, Err("boom".to_owned()));
+    assert_eq!(got, Ok("old".to_owned()));
+}
+
+/// A loader that answers within the soft timeout, a stale value at hand: its answer is the call's
+/// (the leader awaited the loader's answer a second time and panicked, "called after complete").
+#[tokio::test]
+async fn a_loader_faster_than_the_soft_timeout_answers() {
+    let cache = Cache::new(impcache::MemoryCacheRepository::new());
+    let policy = Freshness::new().stale_if_error(MINUTE).soft_timeout(HANG);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let got: String = cache
+        .get_or_set("k", 100 * MS, || async { "new".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(got, "new");
+    let failed: Result<String, String> = cache
+        .try_get_or_set("k", 60, || async { Err("boom".to_owned()) })
+        .freshness(policy)
+        .await;
+    assert!(failed.is_ok(), "{failed:?}");
 }

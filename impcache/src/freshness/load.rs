@@ -322,16 +322,22 @@ where
     };
     runtime.spawn(task);
     let mut rx = rx;
-    if let (Some(stale), Some(soft)) = (&stale, job.policy.soft_timeout_duration()) {
-        if tokio::time::timeout(soft, &mut rx).await.is_err() {
-            if let Some(value) = decode(&job, stale).filter(|_| stale_allowed(&job)) {
-                tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
-                job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
-                return Ok(value);
+    // An answer within the soft timeout is the answer: the receiver, once complete, must not be
+    // awaited again (it panics: "called after complete").
+    let answered = match (&stale, job.policy.soft_timeout_duration()) {
+        (Some(stale), Some(soft)) => match tokio::time::timeout(soft, &mut rx).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                if let Some(value) = decode(&job, stale).filter(|_| stale_allowed(&job)) {
+                    tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
+                    job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
+                    return Ok(value);
+                }
+                rx.await
             }
-        }
-    }
-    let answered = rx.await;
+        },
+        _ => rx.await,
+    };
     answer(&job, stale.as_ref(), answered)
 }
 
