@@ -57,21 +57,9 @@ fn key_block(plan: &Plan) -> TokenStream {
             }
         }
         Key::Default(prefix) => {
-            let fn_name = plan.func.sig.ident.to_string();
-            let base = match prefix {
-                Prefix::Name(name) => quote!(__impcache_k.push_str(#name);),
-                Prefix::Method => {
-                    let suffix = format!("::{fn_name}");
-                    quote! {
-                        __impcache_k.push_str(::core::any::type_name::<Self>());
-                        __impcache_k.push_str(#suffix);
-                    }
-                }
-                Prefix::Function => {
-                    quote!(__impcache_k.push_str(::core::concat!(::core::module_path!(), "::", #fn_name));)
-                }
-            };
-            key_parts.push(base);
+            for part in default_key_base(plan, prefix) {
+                key_parts.push(quote!(__impcache_k.push_str(#part);));
+            }
             for &i in &plan.key_args {
                 let (arg, label, span) = key_arg_expr(i);
                 key_parts.push(quote!(__impcache_k.push_str(":");));
@@ -435,7 +423,7 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
     };
     let body = match sweep_base {
         Some(base) => quote! {
-            ::impcache::__private::invalidate_all_keys(#cache_opt, #version_opt, #base).await
+            ::impcache::__private::invalidate_all_keys(#cache_opt, #version_opt, &[#(#base),*].concat()).await
         },
         None => {
             let function_tag = function_tag(plan);
@@ -457,15 +445,18 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
 }
 
 /// The part of a default key before its arguments (`{name}`, `{module}::{fn}`, or for a method
-/// `{type}::{fn}`), as an expression of type `&str`.
-fn default_key_base(plan: &Plan, prefix: &Prefix) -> TokenStream {
+/// `{type}::{fn}`), as `&str` expressions to join: a method's type name is known at run time
+/// only, and the key is built by appending them, with no allocation of its own.
+fn default_key_base(plan: &Plan, prefix: &Prefix) -> Vec<TokenStream> {
     let fn_name = plan.func.sig.ident.to_string();
     match prefix {
-        Prefix::Name(name) => quote!(#name),
+        Prefix::Name(name) => vec![quote!(#name)],
         Prefix::Method => {
             let suffix = format!("::{fn_name}");
-            quote!(&::std::format!("{}{}", ::core::any::type_name::<Self>(), #suffix))
+            vec![quote!(::core::any::type_name::<Self>()), quote!(#suffix)]
         }
-        Prefix::Function => quote!(::core::concat!(::core::module_path!(), "::", #fn_name)),
+        Prefix::Function => vec![quote!(
+            ::core::concat!(::core::module_path!(), "::", #fn_name)
+        )],
     }
 }

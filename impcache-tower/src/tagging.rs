@@ -63,6 +63,8 @@ pub(crate) fn stamp_micros() -> u64 {
     impcache::__private::tags::stamp_micros()
 }
 
+// Unit tests: an `unwrap`, `expect`, `assert!` or `panic!` here is the test failing (clippy.toml
+// allows them in tests); none of it is compiled into the library.
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

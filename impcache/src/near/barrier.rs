@@ -123,6 +123,8 @@ impl Drop for Driving<'_> {
     }
 }
 
+// Unit tests: an `unwrap`, `expect`, `assert!` or `panic!` here is the test failing (clippy.toml
+// allows them in tests); none of it is compiled into the library.
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

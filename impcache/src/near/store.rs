@@ -264,27 +264,23 @@ impl Store {
         }
     }
 
-    fn active(&self) -> bool {
+    /// Whether reads are kept (and served) now.
+    pub(crate) fn active(&self) -> bool {
         self.state.load(Ordering::SeqCst) == ACTIVE
     }
 
-    /// Whether reads are kept (and served) now.
-    pub(crate) fn is_active(&self) -> bool {
-        self.active()
-    }
-
     /// Before a local lookup, on a one-thread runtime: if no read of this store gave its thread
-    /// back for a while (about 1 ms), gives it back for a few turns (`yield_now`, which tokio resumes after polling its
-    /// I/O driver), so that a tracking connection's end or an invalidation already waiting on its
-    /// socket is read first. Without it, on a one-thread runtime whose thread was blocked (a
+    /// back for a while (about 1 ms), gives it back for a few turns (`yield_now`, which tokio
+    /// resumes after polling its I/O driver), so that a tracking connection's end or an
+    /// invalidation already waiting on its socket is read first. Without it, on a one-thread runtime whose thread was blocked (a
     /// synchronous restart of Redis, a synchronous write through another client), the next
     /// read was served the local entry the lost connection could no longer vouch for
     /// (`tests/near_cache.rs`, `redis_restarted_with_the_key_changed_on_one_thread`). A loop
     /// of local hits yields about once per millisecond (three turns: a few µs per ms); each read
     /// reads the clock once.
     pub(crate) async fn catch_up(&self) {
-        // On a multi-thread runtime the tracker's connection is read by another worker; the
-        // turns cost a task alone on a worker about 10 % there (BENCHMARKS, Run G).
+        // On a multi-thread runtime the tracker's connection is read by another worker; there
+        // the clock and the turns cost a task alone on its worker 10-25 % (BENCHMARKS, Run G).
         if !self.one_thread.load(Ordering::Relaxed) {
             return;
         }
@@ -632,7 +628,6 @@ impl Store {
         }
     }
 
-    /// Drops `key`: Redis said it changed, or this cache wrote it.
     /// An own write of `keys` (full keys) is about to be sent (see `echo.rs`): call
     /// [`OwnWrite::written`] when it returns.
     pub(crate) fn writing<'a>(&'a self, keys: Vec<&'a [u8]>) -> OwnWrite<'a> {
@@ -663,6 +658,7 @@ impl Store {
         }
     }
 
+    /// Drops `key`: Redis said it changed, or this cache wrote it.
     pub(crate) fn invalidate(&self, key: &[u8]) {
         let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         self.slots[slot_of_bytes(key)].fetch_max(number, Ordering::SeqCst);
@@ -813,6 +809,8 @@ fn slot_of_bytes(key: &[u8]) -> usize {
     hash as usize & (SLOTS - 1)
 }
 
+// Unit tests: an `unwrap`, `expect` or `panic!` here is the test failing (clippy.toml allows
+// them in tests).
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,8 @@ pub(super) const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[(
     "Attempts to take a key's cross-process loader lock, by outcome (acquired, took_over, waited, busy, timed_out, failed_open).",
 )];
 
+// Unit tests: an `unwrap`, `expect`, `assert!` or `panic!` here is the test failing (clippy.toml
+// allows them in tests); none of it is compiled into the library.
 #[cfg(test)]
 mod tests {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};

@@ -234,9 +234,6 @@ impl Backend {
 
     // --- Tags (issue 16). ---
 
-    /// Through a near cache, the local tagged entry at `key` already judged fresh against
-    /// `tags`, no tag state having changed since; or, for a local tagged entry without such a
-    /// verdict, where to keep one (`near/store.rs`, "Verified tagged entries").
     /// Before a local lookup made outside this dispatch point ([`verified`](Self::verified)):
     /// see `Store::catch_up`.
     pub(crate) async fn catch_up(&self) {
@@ -245,6 +242,9 @@ impl Backend {
         }
     }
 
+    /// Through a near cache, the local tagged entry at `key` already judged fresh against
+    /// `tags`, no tag state having changed since; or, for a local tagged entry without such a
+    /// verdict, where to keep one (`near/store.rs`, "Verified tagged entries").
     pub(crate) fn verified(
         &self,
         key: KeyParts<'_>,
@@ -389,7 +389,7 @@ impl Backend {
                 let fetched = match &near.remote {
                     // Single node, active: the `MGET` pipelined with each key's `PTTL`, so that
                     // its replies are kept as any read's (the local entry never outlives the key).
-                    Backend::Redis(redis) if near.store.is_active() => {
+                    Backend::Redis(redis) if near.store.active() => {
                         let ticket = near.store.ticket_for(missing.len());
                         let found = redis
                             .get_many_with_ttl_direct(&missing)

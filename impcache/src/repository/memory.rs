@@ -235,23 +235,22 @@ impl MemoryCacheRepository {
     /// Removes `key`, saying whether a live entry was there: moka's `remove` also returns an
     /// entry that has expired but is not evicted yet, which Redis would not count.
     fn remove_live(&self, key: &str) -> bool {
-        let removed = self
-            .entries
-            .entry_by_ref(key)
-            .and_compute_with(|found| match found {
-                Some(_) => moka::ops::compute::Op::Remove,
-                None => moka::ops::compute::Op::Nop,
-            });
-        matches!(removed, moka::ops::compute::CompResult::Removed(_))
+        self.remove_if(key, |_| true)
     }
 
     /// Compare-and-delete, atomic under the entry's lock.
     pub(crate) fn delete_if_equal_now(&self, key: &str, expected: &[u8]) -> bool {
+        self.remove_if(key, |entry| entry.value == expected)
+    }
+
+    /// Removes the live entry at `key` if `remove` says so, under the entry's lock; whether it
+    /// was removed.
+    fn remove_if(&self, key: &str, remove: impl FnOnce(&Entry) -> bool) -> bool {
         let removed = self
             .entries
             .entry_by_ref(key)
             .and_compute_with(|found| match found {
-                Some(entry) if entry.value().value == expected => moka::ops::compute::Op::Remove,
+                Some(entry) if remove(entry.value()) => moka::ops::compute::Op::Remove,
                 _ => moka::ops::compute::Op::Nop,
             });
         matches!(removed, moka::ops::compute::CompResult::Removed(_))

@@ -149,6 +149,8 @@ impl KeyBuilder {
     }
 }
 
+// Unit tests: an `unwrap`, `expect`, `assert!` or `panic!` here is the test failing (clippy.toml
+// allows them in tests); none of it is compiled into the library.
 #[cfg(test)]
 mod tests {
     use super::*;
