@@ -56,7 +56,7 @@ impl CacheLayer {
         self.with(|c| c.methods = methods)
     }
 
-    /// The response statuses that are stored (default: 200 only). 206 is never stored. Not used
+    /// The response statuses that are stored (default: 200 only). 206 and 304 are never stored. Not used
     /// in the [origin-freshness mode](Self::follow_origin), which follows RFC 9111.
     pub fn statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses = statuses.into_iter().collect();

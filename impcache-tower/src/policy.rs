@@ -243,7 +243,9 @@ pub(crate) fn storable(
     if status == StatusCode::PARTIAL_CONTENT || headers.contains_key(header::CONTENT_RANGE) {
         return Err(NotStored::PartialContent);
     }
-    if !statuses.contains(&status) {
+    // A 304 answers one client's conditional request and has no body (RFC 9111 §3): stored, it
+    // would be served empty to every client. Never stored, even when listed.
+    if status == StatusCode::NOT_MODIFIED || !statuses.contains(&status) {
         return Err(NotStored::Status);
     }
     if headers.contains_key(header::SET_COOKIE) {

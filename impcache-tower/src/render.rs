@@ -188,8 +188,11 @@ fn serve_as(
 ) -> Response<Bytes> {
     let age = entry.age_secs(now_ms);
     let ttl_left = entry.ttl_left(age);
-    // The stored ETag is read only for a conditional request (most requests are not).
+    // The stored ETag is read only for a conditional request (most requests are not), and only
+    // for a 2xx: a server ignores preconditions when its answer would be another status (RFC
+    // 9110 §13.2.1), so a stored 404 or redirect is sent as it is, never as a 304.
     let matched = request_headers.contains_key(header::IF_NONE_MATCH)
+        && entry.status.is_success()
         && entry
             .headers
             .get(header::ETAG)

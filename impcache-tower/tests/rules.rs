@@ -660,6 +660,59 @@ async fn if_none_match_is_answered_with_304_from_the_cache() {
     assert_eq!(calls.get(), 1);
 }
 
+/// RFC 9110 §13.2.1: preconditions are ignored when the answer would not be a 2xx, so a stored
+/// 404 (or redirect) is sent as it is to a conditional request, never as an empty 304.
+#[tokio::test]
+async fn a_stored_non_2xx_is_never_answered_with_304() {
+    let (svc, calls) = app(
+        layer().statuses([StatusCode::OK, StatusCode::NOT_FOUND]),
+        |_, _| async {
+            Response::builder()
+                .status(404)
+                .body(Body::from("none"))
+                .unwrap()
+        },
+    );
+    let first = send(&svc, get("/missing")).await;
+    let etag = first.header("etag").unwrap_or("\"x\"").to_owned();
+    for condition in ["*", etag.as_str()] {
+        let again = send(
+            &svc,
+            request("GET", "/missing", &[("if-none-match", condition)]),
+        )
+        .await;
+        assert_eq!(
+            (again.status, again.body.as_ref(), again.outcome()),
+            (StatusCode::NOT_FOUND, &b"none"[..], "HIT"),
+            "If-None-Match: {condition}"
+        );
+    }
+    assert_eq!(calls.get(), 1);
+}
+
+/// A handler's 304 (to one client's conditional request) is never stored, even when listed: it
+/// has no body, and would be served empty to every client.
+#[tokio::test]
+async fn a_304_is_never_stored_even_when_listed() {
+    let (svc, calls) = app(
+        layer().statuses([StatusCode::OK, StatusCode::NOT_MODIFIED]),
+        |_, _| async {
+            Response::builder()
+                .status(304)
+                .header("etag", "\"v1\"")
+                .body(Body::empty())
+                .unwrap()
+        },
+    );
+    send(&svc, get("/doc")).await;
+    let second = send(&svc, get("/doc")).await;
+    assert_eq!((second.status, calls.get()), (StatusCode::NOT_MODIFIED, 2));
+    assert_eq!(
+        second.header("cache-status"),
+        Some("impcache; fwd=uri-miss; detail=status")
+    );
+}
+
 #[tokio::test]
 async fn a_computed_etag_is_strong_and_stable() {
     let (svc, _) = counting(layer());
