@@ -3,9 +3,10 @@
 //!
 //! The first request to miss a URL becomes the *leader* and calls the handler; later ones wait
 //! (bounded by the lock timeout) for what the leader publishes: the entry when the response is
-//! stored, "not shareable" otherwise (they then call the handler themselves). The leader keeps
-//! the flight open until its background store has finished, so requests joining in that window
-//! are answered from memory.
+//! stored; that a stale entry stood in for a failed handler (each waiter then serves its own stale
+//! entry: a failing origin is called once per flight, not once per request); "not shareable"
+//! otherwise (they then call the handler themselves). The leader keeps the flight open until its
+//! background store has finished, so requests joining in that window are answered from memory.
 //!
 //! **Read your own writes.** A request takes a [`Ticket`] *before* its lookup, and joins the
 //! flight only after the lookup missed: a flight of the URL's group that ended in between (its
@@ -23,6 +24,7 @@ use http::HeaderName;
 use impcache::flight;
 
 use crate::entry::Entry;
+use crate::stale::Why;
 
 /// What a leader hands to its waiters.
 #[derive(Debug)]
@@ -39,17 +41,28 @@ pub(crate) struct Published {
     pub(crate) generation: Option<u64>,
 }
 
+/// What a leader hands to its waiters.
+#[derive(Debug, Clone)]
+pub(crate) enum Shared {
+    /// The response, stored.
+    Stored(Arc<Published>),
+    /// The handler failed (an error, a time limit, a stale-if-error status) and a stale entry
+    /// answered for it (stale-if-error): each waiter answers with its own stale entry the same
+    /// way, without calling the handler again; one without a stale entry calls the handler.
+    StoodIn(Why),
+}
+
 /// The flights in progress, by URL key, shared by every service a layer makes.
-pub(crate) type Flights = flight::Flights<String, Arc<Published>>;
+pub(crate) type Flights = flight::Flights<String, Shared>;
 /// A request's place in a flight.
-pub(crate) type Join = flight::Join<String, Arc<Published>>;
+pub(crate) type Join = flight::Join<String, Shared>;
 /// A new leader, told whether to look again.
-pub(crate) type Leader = flight::Leader<String, Arc<Published>>;
+pub(crate) type Leader = flight::Leader<String, Shared>;
 /// The leader's handle: publishes, or ends the flight when dropped.
-pub(crate) type FlightGuard = flight::FlightGuard<String, Arc<Published>>;
+pub(crate) type FlightGuard = flight::FlightGuard<String, Shared>;
 /// What a waiting request learned.
-pub(crate) type Wait = flight::Wait<Arc<Published>>;
+pub(crate) type Wait = flight::Wait<Shared>;
 pub(crate) use impcache::flight::Ticket;
 /// A waiting request (named for completeness: the service only calls its `wait`).
 #[allow(dead_code)]
-pub(crate) type Waiter = flight::Waiter<Arc<Published>>;
+pub(crate) type Waiter = flight::Waiter<Shared>;

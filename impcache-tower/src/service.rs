@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 use crate::body::{self, BoxError, Buffered, ResponseBody, StreamCopy};
 use crate::config::{Config, CACHE_STATUS, X_CACHE};
 use crate::entry::{now_ms, Entry};
-use crate::flight::{FlightGuard, Join, Leader, Ticket, Wait};
+use crate::flight::{FlightGuard, Join, Leader, Shared, Ticket, Wait};
 use crate::freshness;
 use crate::future::ResponseFuture;
 use crate::invalidate;
@@ -442,6 +442,15 @@ where
                 return Ok(hit(entry, &headers, false, config, now_ms()));
             }
             Coalesced::Lead(guard) => Some(guard),
+            // The leader's handler failed and a stale entry stood in: so does this request's,
+            // without a second call of a failing handler.
+            Coalesced::StoodIn(why) => match fallback.zip(stale.as_ref()) {
+                Some((past, entry)) => {
+                    count(LayerOutcome::Stale);
+                    return Ok(stood_in(config, None, url, entry, &headers, past, why));
+                }
+                None => None,
+            },
             Coalesced::Alone => None,
         }
     } else {
@@ -474,16 +483,17 @@ where
         None => Vec::new(),
     };
 
-    // 3. The handler (an error is not shared: the waiters call the handler themselves); a stale
-    //    entry with a validator makes the call a validation request.
+    // 3. The handler (an error is not shared: the waiters call the handler themselves, unless a
+    //    stale entry stood in for it); a stale entry with a validator makes the call a
+    //    validation request.
     let revalidating = config.follow_origin
         && stale
             .as_ref()
             .is_some_and(|stale| revalidate::make_conditional(stale, request.headers_mut()));
     let request_ms = now_ms();
     // Stale-if-error: the stale entry answers for a handler that failed, timed out or answered
-    // with one of the configured statuses. Never handed to the waiters: they call the handler
-    // themselves (and fall back on their own stale entry).
+    // with one of the configured statuses. The waiters are told, and answer with their own stale
+    // entry (see `stood_in`).
     let stand_in = fallback.zip(stale.as_ref());
     // The handler's time limit: the handler timeout when a stale entry may answer instead, and
     // the hard timeout for every call.
@@ -697,8 +707,9 @@ where
     Ok(response)
 }
 
-/// A stale entry answering for a failed handler (stale-if-error): logged, and not shared with the
-/// flight's waiters.
+/// A stale entry answering for a failed handler (stale-if-error): logged, and the flight's
+/// waiters told, so that each answers with its own stale entry (its variant's) instead of
+/// calling the failing handler again.
 fn stood_in<B>(
     config: &Config,
     guard: Option<FlightGuard>,
@@ -709,7 +720,7 @@ fn stood_in<B>(
     why: Why,
 ) -> Response<ResponseBody<B>> {
     if let Some(guard) = guard {
-        guard.not_shared();
+        guard.publish(Shared::StoodIn(why));
     }
     tracing::warn!(
         target: "impcache_tower",
@@ -904,6 +915,8 @@ enum Coalesced {
     Hit(Entry),
     /// This request calls the handler for everyone.
     Lead(FlightGuard),
+    /// The leader's handler failed, and a stale entry answered for it.
+    StoodIn(Why),
     /// This request calls the handler for itself: the leader's response is not shareable, is
     /// another variant, or is late.
     Alone,
@@ -937,7 +950,8 @@ async fn coalesce(
                 return Coalesced::Lead(guard);
             }
             Join::Waiter(waiter) => match waiter.wait(config.lock_timeout).await {
-                Wait::Published(published) => {
+                Wait::Published(Shared::StoodIn(why)) => return Coalesced::StoodIn(why),
+                Wait::Published(Shared::Stored(published)) => {
                     let variant =
                         key::variant_key(url, &published.vary, headers, config.allow_authenticated);
                     // (Origin mode: a response already stale, `no-cache` say, is not shared.)

@@ -29,7 +29,7 @@ use impcache::{Cache, Expire};
 use crate::config::Config;
 use crate::entry::Freshness;
 use crate::entry::{encode_marker, new_generation, now_ms, Entry, Record};
-use crate::flight::{FlightGuard, Published};
+use crate::flight::{FlightGuard, Published, Shared};
 use crate::key;
 use crate::render::strong_etag;
 
@@ -324,7 +324,7 @@ impl Unfinished {
             generation: self.generation,
         });
         if let Some(guard) = &self.guard {
-            guard.publish(Arc::clone(&published));
+            guard.publish(Shared::Stored(Arc::clone(&published)));
         }
         let storing = if self.may_store {
             let (guard, lock) = (self.guard, self.lock);

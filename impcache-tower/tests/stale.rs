@@ -80,6 +80,10 @@ impl Origin {
             let answer = *origin.answer.lock().unwrap();
             let cache_control = origin.cache_control;
             async move {
+                // The revalidation calls take a moment: concurrent requests overlap them.
+                if n > 1 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let status = match answer {
                     Answer::Ok => 200,
                     Answer::Status(status) => status,
@@ -93,10 +97,6 @@ impl Origin {
                         200
                     }
                 };
-                // The revalidation calls take a moment: concurrent requests overlap them.
-                if n > 1 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
                 let mut response = Response::builder().status(status);
                 if !cache_control.is_empty() {
                     response = response.header("cache-control", cache_control);
@@ -553,31 +553,109 @@ async fn axum_over_tcp_with_redis() {
     server.abort();
 }
 
-/// Concurrent requests for a stale URL whose handler fails: the first one's stale answer is not
-/// handed to the others waiting on its flight; each calls the handler itself, then falls back on
-/// its own stale entry.
+/// Concurrent requests for a stale URL whose handler fails: one handler call (the flight's
+/// leader's), and every request answered with its own stale entry (its variant's: a waiter is
+/// never handed another request's answer). A failing origin is not called once per waiting
+/// request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiters_are_not_handed_a_stale_answer_to_another_request() {
-    let origin = Origin::new("");
-    let layer = layer(memory_cache()).stale_if_error(Duration::from_secs(60));
-    let service = layer.clone().layer(origin.service());
-    call(&service, "/w").await.unwrap();
-    wait_stored(&layer, "/w").await;
-    past_freshness().await;
-    origin.set(Answer::Status(500));
-    let requests: Vec<_> = (0..5)
-        .map(|_| {
-            let service = service.clone();
-            tokio::spawn(async move { call(&service, "/w").await.unwrap() })
-        })
-        .collect();
-    for request in requests {
-        let (status, x_cache, cache_status, _) = request.await.unwrap();
-        assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "STALE"));
-        assert!(
-            cache_status.ends_with("detail=handler-status"),
-            "{cache_status}"
+async fn waiters_answer_with_their_own_stale_entry_without_calling_the_failing_handler() {
+    for answer in [Answer::Status(500), Answer::Error] {
+        let origin = Origin::new("");
+        let layer = layer(memory_cache()).stale_if_error(Duration::from_secs(60));
+        let service = layer.clone().layer(origin.service());
+        call(&service, "/w").await.unwrap();
+        wait_stored(&layer, "/w").await;
+        past_freshness().await;
+        origin.set(answer);
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { call(&service, "/w").await.unwrap() })
+            })
+            .collect();
+        for request in requests {
+            let (status, x_cache, cache_status, body) = request.await.unwrap();
+            assert_eq!(
+                (status, x_cache.as_str(), body.as_ref()),
+                (StatusCode::OK, "STALE", &b"call 1"[..]),
+                "{answer:?}"
+            );
+            assert!(cache_status.contains("fwd=stale"), "{cache_status}");
+        }
+        assert_eq!(
+            origin.calls(),
+            1 + 1,
+            "one handler call for all: {answer:?}"
         );
     }
-    assert_eq!(origin.calls(), 1 + 5, "one handler call per request");
+}
+
+/// The same with `Vary`: each waiter answers with the stale entry of its own variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_waiters_keep_their_own_variant() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, f) = (Arc::clone(&calls), Arc::clone(&failing));
+    let handler = tower::service_fn(move |request: Request<Body>| {
+        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+        let failing = f.load(Ordering::SeqCst);
+        let language = request
+            .headers()
+            .get("accept-language")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        async move {
+            if failing {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok::<_, std::io::Error>(
+                    Response::builder().status(500).body(Body::empty()).unwrap(),
+                );
+            }
+            Ok(Response::builder()
+                .header("vary", "accept-language")
+                .body(Body::from(format!("{language} {n}")))
+                .unwrap())
+        }
+    });
+    let layer = layer(memory_cache()).stale_if_error(Duration::from_secs(60));
+    let service = layer.clone().layer(handler);
+    let ask = |language: &'static str| {
+        let service = service.clone();
+        async move {
+            let request = Request::get("/v")
+                .header("host", "example.com")
+                .header("accept-language", language)
+                .body(Body::empty())
+                .unwrap();
+            let response = service.oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    assert_eq!(ask("en").await.1, "en 1");
+    wait_stored(&layer, "/v").await;
+    assert_eq!(ask("fr").await.1, "fr 2");
+    // Both stored (in the background): hits.
+    for _ in 0..400 {
+        if ask("fr").await.1 == "fr 2" {
+            break;
+        }
+    }
+    assert_eq!(ask("en").await.1, "en 1");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    past_freshness().await;
+    failing.store(true, Ordering::SeqCst);
+    let requests: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(ask(if i % 2 == 0 { "en" } else { "fr" })))
+        .collect();
+    for (i, request) in requests.into_iter().enumerate() {
+        let expected = if i % 2 == 0 { "en 1" } else { "fr 2" };
+        assert_eq!(
+            request.await.unwrap(),
+            (StatusCode::OK, expected.to_owned())
+        );
+    }
+    // One failing call per URL flight, not one per request.
+    assert!(calls.load(Ordering::SeqCst) <= 2 + 2, "{calls:?}");
 }
