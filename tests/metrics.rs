@@ -335,3 +335,61 @@ fn cached_hits_and_misses_are_trace_events_of_target_impcache_cached() {
     );
     assert!(!logs.contains("memoize"), "{logs}");
 }
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache))]
+async fn profile(cache: &Cache, email: String) -> String {
+    format!("profile of {email}")
+}
+
+/// Everything logged (at `TRACE` and up) while a cache whose Redis is down serves a `#[cached]`
+/// call, a `get_or_set` and a `try_get_or_set` keyed by an e-mail address.
+fn logs_of_an_outage(record_keys: bool) -> String {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        current_thread_runtime().block_on(async {
+            // Nothing listens on port 1: every operation fails at once.
+            let cache = Cache::builder(RedisCacheRepository::new("redis://127.0.0.1:1/0").unwrap())
+                .record_keys(record_keys)
+                .build();
+            let email = "alice@example.com".to_owned();
+            assert_eq!(
+                profile(&cache, email.clone()).await,
+                "profile of alice@example.com"
+            );
+            let key = format!("user:{email}");
+            let loaded: String = cache
+                .get_or_set(&key, 60, || async { "loaded".to_owned() })
+                .await
+                .unwrap();
+            assert_eq!(loaded, "loaded");
+            let failed = cache
+                .try_get_or_set(&format!("orders:{email}"), 60, || async {
+                    Err::<String, _>(std::io::Error::other("database down"))
+                })
+                .await;
+            assert!(failed.is_err());
+        });
+    });
+    logs.text()
+}
+
+/// Issue 17: keys are recorded only when the user opts in, in the spans and in every log event
+/// (a failed operation's message names its key).
+#[test]
+fn an_outage_logs_no_key_unless_the_cache_records_them() {
+    let logs = logs_of_an_outage(false);
+    assert!(
+        logs.contains("cache operation failed"),
+        "the failures are logged:\n{logs}"
+    );
+    assert!(!logs.contains("alice"), "no key by default:\n{logs}");
+    let logs = logs_of_an_outage(true);
+    assert!(logs.contains("alice@example.com"), "{logs}");
+}

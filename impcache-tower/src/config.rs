@@ -168,6 +168,21 @@ impl Config {
         )
     }
 
+    /// A URL or key for a log event: itself when the cache records keys
+    /// ([`impcache::CacheBuilder::record_keys`]: they can be personal data), else `None`.
+    pub(crate) fn logged<'a>(&self, url: &'a str) -> Option<&'a str> {
+        self.cache.records_keys().then_some(url)
+    }
+
+    /// A cache error for a log event: its message (which names its key) when the cache records
+    /// keys, else its kind and cause.
+    pub(crate) fn logged_error<'a>(
+        &self,
+        error: &'a impcache::Error,
+    ) -> impl std::fmt::Display + 'a {
+        impcache::__private::logged_error(&self.cache, error)
+    }
+
     /// The host part of a key: `host`, or `None` when keys leave the host out.
     pub(crate) fn host<'a>(&self, host: Option<&'a str>) -> Option<&'a str> {
         if self.key_by_host {

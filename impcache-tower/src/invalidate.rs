@@ -258,12 +258,17 @@ impl Targets {
     }
 
     fn failed(&self, error: &impcache::Error, step: &str) {
-        // Paths only: a query may carry a token, which has no place in a log.
-        let paths: Vec<&str> = self
-            .urls
-            .iter()
-            .map(|url| url.split_once('?').map_or(url.as_str(), |(path, _)| path))
-            .collect();
+        // Paths only: a query may carry a token, which has no place in a log; and only when the
+        // cache records keys (a path can be personal data).
+        let paths: Vec<&str> = if self.cache.records_keys() {
+            self.urls
+                .iter()
+                .map(|url| url.split_once('?').map_or(url.as_str(), |(path, _)| path))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let error = impcache::__private::logged_error(&self.cache, error);
         tracing::warn!(
             %error,
             ?paths,

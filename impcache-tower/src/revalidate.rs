@@ -152,6 +152,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
             }
             if reason == NotStored::NoStore && may_store {
                 if let Err(error) = config.cache.delete(&variant_key).await {
+                    let error = config.logged_error(&error);
                     tracing::debug!(%error, "impcache-tower: stored response not removed");
                 }
             }

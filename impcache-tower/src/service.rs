@@ -517,7 +517,8 @@ where
                 if let Some(guard) = guard {
                     guard.not_shared();
                 }
-                tracing::warn!(target: "impcache_tower", url = %url, ?limit, "the handler timed out (hard timeout): 504");
+                let url = config.logged(url);
+                tracing::warn!(target: "impcache_tower", url, ?limit, "the handler timed out (hard timeout): 504");
                 return Ok(gateway_timeout(config, fwd));
             }
         },
@@ -622,6 +623,7 @@ where
                 let vary = policy::vary_names(&parts.headers).unwrap_or_default();
                 let variant = key::variant_key(url, &vary, &headers, config.allow_authenticated);
                 if let Err(error) = config.cache.delete(&variant).await {
+                    let error = config.logged_error(&error);
                     tracing::debug!(%error, "impcache-tower: stored response not removed");
                 }
             }
@@ -724,7 +726,7 @@ fn stood_in<B>(
     }
     tracing::warn!(
         target: "impcache_tower",
-        url = %url,
+        url = config.logged(url),
         cause = why.detail(),
         stale_secs = past.as_secs(),
         "serving a stale response: the handler failed"
@@ -812,7 +814,11 @@ where
                 .await
                 .is_err()
             {
-                tracing::debug!(%url, "impcache-tower: the call past the soft timeout timed out");
+                let url = config.logged(&url);
+                tracing::debug!(
+                    url,
+                    "impcache-tower: the call past the soft timeout timed out"
+                );
             }
         }
     });
@@ -894,17 +900,22 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
                 // Read to its end: a streamed body is stored once complete.
                 Ok(response) => {
                     if let Err(error) = response.into_body().collect().await {
-                        tracing::debug!(%error, %url, "impcache-tower: revalidation body failed");
+                        let url = config.logged(&url);
+                        tracing::debug!(%error, url, "impcache-tower: revalidation body failed");
                     }
                 }
-                Err(_) => tracing::debug!(%url, "impcache-tower: revalidation failed"),
+                Err(_) => {
+                    let url = config.logged(&url);
+                    tracing::debug!(url, "impcache-tower: revalidation failed");
+                }
             }
         };
         if tokio::time::timeout(config.lock_timeout, refresh)
             .await
             .is_err()
         {
-            tracing::debug!(%url, "impcache-tower: revalidation timed out");
+            let url = config.logged(&url);
+            tracing::debug!(url, "impcache-tower: revalidation timed out");
         }
     });
 }

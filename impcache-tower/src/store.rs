@@ -53,8 +53,9 @@ pub(crate) enum Lookup {
 }
 
 /// `Lookup::Failed` for a cache error.
-fn failed(error: &impcache::Error) -> Lookup {
-    tracing::debug!(%error, "impcache-tower: lookup failed, calling the handler");
+fn failed(config: &Config, error: &impcache::Error) -> Lookup {
+    let logged = config.logged_error(error);
+    tracing::debug!(error = %logged, "impcache-tower: lookup failed, calling the handler");
     Lookup::Failed {
         backend: error.is_backend_failure(),
     }
@@ -67,7 +68,7 @@ pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &Heade
     let (record, prefetched) = match read_record(config, keys).await {
         Ok((Some(record), prefetched)) => (record, prefetched),
         Ok((None, _)) => return Lookup::Miss("uri-miss", None),
-        Err(error) => return failed(&error),
+        Err(error) => return failed(config, &error),
     };
     match lookup_stored(config, keys, headers, record).await {
         Lookup::Hit(entry, seen) if entry.tags.is_some() => {
@@ -122,7 +123,8 @@ async fn lookup_stored(
             | Record::Marker { vary, generation },
         ) => Seen { vary, generation },
         None => {
-            tracing::warn!(key = %keys.record(), "impcache-tower: unreadable record, treated as a miss");
+            let key = config.logged(keys.record());
+            tracing::warn!(key, "impcache-tower: unreadable record, treated as a miss");
             return Lookup::Miss("uri-miss", None);
         }
     };
@@ -147,7 +149,7 @@ async fn lookup_variant(
     let bytes = match cache.get_raw(&variant).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Lookup::Miss("vary-miss", Some(seen)),
-        Err(error) => return failed(&error),
+        Err(error) => return failed(config, &error),
     };
     match Entry::decode(&bytes) {
         Some((entry, _, generation)) if generation == seen.generation => {
@@ -156,7 +158,8 @@ async fn lookup_variant(
         // Of another generation: purged (or orphaned by a newer record).
         Some(_) => Lookup::Miss("vary-miss", Some(seen)),
         None => {
-            tracing::warn!(key = %variant, "impcache-tower: unreadable entry, treated as a miss");
+            let key = config.logged(&variant);
+            tracing::warn!(key, "impcache-tower: unreadable entry, treated as a miss");
             Lookup::Miss("vary-miss", Some(seen))
         }
     }
@@ -237,6 +240,7 @@ fn store_in_background(
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
         if let Err(error) = store(&cache, keys.record(), &published).await {
+            let error = impcache::__private::logged_error(&cache, &error);
             tracing::debug!(%error, "impcache-tower: response not stored");
         }
         drop(guard);
@@ -390,7 +394,8 @@ async fn judge_tags(
             Lookup::Miss(fwd, seen)
         }
         Err(error) => {
-            tracing::debug!(%error, "impcache-tower: tag state unreadable, calling the handler");
+            let logged = config.logged_error(&error);
+            tracing::debug!(error = %logged, "impcache-tower: tag state unreadable, calling the handler");
             Lookup::Failed {
                 backend: error.is_backend_failure(),
             }

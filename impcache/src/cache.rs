@@ -207,7 +207,9 @@ impl CacheBuilder {
     }
 
     /// Whether each operation's `tracing` span records the key (the caller's part; the pattern
-    /// of `delete_pattern`). Off by default: keys can be personal data.
+    /// of `delete_pattern`), and whether log events name it (a failed operation's message, a
+    /// stale value served, `#[cached]`'s and `CacheLayer`'s warnings). Off by default: keys can
+    /// be personal data; the events then carry the error's kind and cause, not the key.
     pub fn record_keys(mut self, record: bool) -> Self {
         self.record_keys = record;
         self
@@ -304,6 +306,11 @@ impl Cache {
         &self.version
     }
 
+    /// Whether spans and log events name keys ([`CacheBuilder::record_keys`]).
+    pub fn records_keys(&self) -> bool {
+        self.shared.record_keys
+    }
+
     /// The repository.
     pub fn repository(&self) -> &Arc<dyn CacheRepository> {
         &self.shared.repository
@@ -321,6 +328,7 @@ impl Cache {
     pub(crate) fn served_stale(&self, key: &str, reason: StaleReason) {
         self.shared.counters.served_stale();
         stale_served(reason);
+        let key = self.logged_key(key);
         tracing::debug!(target: "impcache", key, reason = reason.name(), "served a stale value");
     }
 
@@ -909,6 +917,7 @@ impl Cache {
             match envelope::open(bytes) {
                 Some(opened) => tagged.push((i, opened)),
                 None => {
+                    let key = self.logged_key(key);
                     tracing::debug!(target: "impcache", key, "a value starting like a tagged envelope is not one");
                 }
             }
@@ -968,6 +977,7 @@ impl Cache {
             None => None,
         };
         let Some(opened) = envelope::open(bytes) else {
+            let key = self.logged_key(key);
             tracing::debug!(target: "impcache", key, "a value starting like a tagged envelope is not one");
             return Ok(Some(bytes.clone()));
         };

@@ -135,6 +135,15 @@ pub use impcache_macros::cached;
 pub mod __private {
     pub use crate::memoize::__private::*;
 
+    /// `error` as `cache`'s log events show it: its message (which names its key) when the cache
+    /// records keys, else its kind and cause.
+    pub fn logged_error<'a>(
+        cache: &crate::Cache,
+        error: &'a crate::Error,
+    ) -> impl std::fmt::Display + 'a {
+        cache.logged_error(error)
+    }
+
     /// Tag state for `impcache-tower`'s tagged responses (issue 16): the same state keys as
     /// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
     pub mod tags {

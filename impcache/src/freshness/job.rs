@@ -52,8 +52,10 @@ impl Job {
 }
 
 /// Logs a cache operation of a load that failed: the load goes on without the cache.
-pub(super) fn report(operation: &'static str, key: &str, error: &Error) {
-    if matches!(error, Error::CircuitOpen { .. }) {
+pub(super) fn report(cache: &Cache, operation: &'static str, key: &str, error: &Error) {
+    let open = matches!(error, Error::CircuitOpen { .. });
+    let (key, error) = (cache.logged_key(key), cache.logged_error(error));
+    if open {
         tracing::debug!(target: TARGET, operation, key, %error, "cache unavailable; loading regardless");
     } else {
         tracing::warn!(target: TARGET, operation, key, %error, "cache operation failed; loading regardless");

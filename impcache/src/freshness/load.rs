@@ -133,7 +133,7 @@ where
         None => None,
     };
     if let Err(error) = cache.check_key_for_load(key, &tags) {
-        report("get", key, &error);
+        report(cache, "get", key, &error);
         return loader().await;
     }
     let ticket = FLIGHTS.ticket();
@@ -154,7 +154,7 @@ where
         },
         Ok(None) => (job(), None, loader),
         Err(error) => {
-            report("get", key, &error);
+            report(cache, "get", key, &error);
             // The near cache's fail-safe copy (off by default), for the loader's failure only.
             // Not with tags: their state cannot be read while Redis fails.
             let stale = if tags.is_empty() {
@@ -329,7 +329,7 @@ where
             Ok(answered) => answered,
             Err(_) => {
                 if let Some(value) = decode(&job, stale).filter(|_| stale_allowed(&job)) {
-                    tracing::debug!(target: TARGET, key = job.key, ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
+                    tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
                     job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
                     return Ok(value);
                 }
@@ -471,13 +471,14 @@ pub(super) async fn run<V, E, F, Fut>(
         Ok(value) => match json::encode(&job.key, value) {
             Ok(bytes) => Some(bytes),
             Err(error) => {
-                report("encode", &job.key, &error);
+                report(&job.cache, "encode", &job.key, &error);
                 None
             }
         },
         Err(error) => {
             let serving_stale = stale.is_some();
-            tracing::warn!(target: TARGET, key = job.key, %error, serving_stale, "the loader failed; nothing is stored");
+            let key = job.cache.logged_key(&job.key);
+            tracing::warn!(target: TARGET, key, %error, serving_stale, "the loader failed; nothing is stored");
             None
         }
     };
@@ -514,7 +515,7 @@ async fn store(job: &Job, bytes: Bytes, created: u64) {
         tags => envelope::wrap(&bytes, tags, created),
     };
     if let Err(error) = job.cache.set_for_load(&job.key, bytes, job.expiry).await {
-        report("set", &job.key, &error);
+        report(&job.cache, "set", &job.key, &error);
     }
 }
 
@@ -527,6 +528,7 @@ fn decode_at<V: DeserializeOwned>(cache: &Cache, key: &str, bytes: &[u8]) -> Opt
     match json::decode(|| shown(&cache.make_key(key)), bytes) {
         Ok(value) => Some(value),
         Err(error) => {
+            let error = cache.logged_error(&error);
             tracing::warn!(target: TARGET, %error, "the stored value does not decode as the requested type; loading and replacing it");
             None
         }
@@ -556,7 +558,7 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::debug!(target: TARGET, key = job.key, "no tokio runtime: no background reload");
+        tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), "no tokio runtime: no background reload");
         return;
     };
     match FLIGHTS.join(&job.flight(), ticket) {
@@ -568,7 +570,7 @@ where
             guard,
             recheck: false,
         }) => {
-            tracing::debug!(target: TARGET, key = job.key, "reloading in the background");
+            tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), "reloading in the background");
             runtime.spawn(run::<V, E, F, Fut>(job, None, loader, Some(guard), None));
         }
     }

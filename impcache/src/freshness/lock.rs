@@ -53,9 +53,10 @@ impl Held {
         match cache.release_lock(key, self.token).await {
             Ok(true) => {}
             Ok(false) => {
+                let key = cache.logged_key(key);
                 tracing::warn!(target: TARGET, key, "the lock had expired before its release: its lifetime is shorter than the load and store took");
             }
-            Err(error) => report("release_lock", key, &error),
+            Err(error) => report(cache, "release_lock", key, &error),
         }
     }
 }
@@ -92,21 +93,27 @@ where
             Ok(true) => return owned(cache, key, token, waited, poll()).await,
             Ok(false) if !wait => return outcome(LockOutcome::Busy, Turn::Busy),
             Ok(false) => {}
-            Err(error) => return failed(key, "acquire_lock", &error),
+            Err(error) => return failed(cache, key, "acquire_lock", &error),
         }
         // Waiting for the value.
         let now = Instant::now();
         if now >= deadline {
+            let key = cache.logged_key(key);
             tracing::warn!(target: TARGET, key, wait = ?lock.wait_duration(), "waited for another process's value past the lock's wait: loading here, without the lock");
             return outcome(LockOutcome::TimedOut, Turn::Open);
         }
-        until_changed(key, pause.min(deadline - now), watch.as_ref()).await;
+        until_changed(
+            cache.logged_key(key),
+            pause.min(deadline - now),
+            watch.as_ref(),
+        )
+        .await;
         pause = (pause * 2).min(LAST_POLL);
         waited = true;
         match poll().await {
             Ok(Some(value)) => return outcome(LockOutcome::Waited, Turn::Loaded(value)),
             Ok(None) => {}
-            Err(error) => return failed(key, "get", &error),
+            Err(error) => return failed(cache, key, "get", &error),
         }
     }
 }
@@ -115,7 +122,7 @@ where
 /// (`watch`), which tracks the value key, another process's store ends it at once, by the key's
 /// invalidation (rueidisaside's waiters are woken that way); the poll that follows reads the
 /// new value.
-async fn until_changed(key: &str, pause: Duration, watch: Option<&crate::near::Watch>) {
+async fn until_changed(key: Option<&str>, pause: Duration, watch: Option<&crate::near::Watch>) {
     match watch {
         Some(watch) => {
             if watch.changed_within(pause).await {
@@ -143,9 +150,10 @@ async fn owned<T>(
             return outcome(LockOutcome::Waited, Turn::Loaded(value));
         }
         // The loader runs; the lock is released after it as usual.
-        Err(error) => report("get", key, &error),
+        Err(error) => report(cache, "get", key, &error),
     }
     let taken = if waited {
+        let key = cache.logged_key(key);
         tracing::debug!(target: TARGET, key, "took the lock over after waiting");
         LockOutcome::TookOver
     } else {
@@ -166,8 +174,8 @@ async fn fresh(job: &Job) -> Result<Option<Bytes>> {
         .map(|found| found.value))
 }
 
-fn failed<T>(key: &str, operation: &'static str, error: &Error) -> Turn<T> {
-    report(operation, key, error);
+fn failed<T>(cache: &Cache, key: &str, operation: &'static str, error: &Error) -> Turn<T> {
+    report(cache, operation, key, error);
     outcome(LockOutcome::FailedOpen, Turn::Open)
 }
 

@@ -89,6 +89,7 @@ pub(crate) mod lock_private {
         match lock.checked(hard_timeout, key) {
             Ok(lifetime) => take_polling(cache, key, lock, lifetime, true, poll).await,
             Err(error) => {
+                let error = cache.logged_error(&error);
                 tracing::warn!(%error, "the lock's lifetime is invalid: running without it");
                 Turn::Open
             }

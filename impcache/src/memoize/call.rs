@@ -101,6 +101,7 @@ where
     let key = match key {
         Ok(key) => key,
         Err(error) => {
+            let error = cache.logged_error(&error);
             tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
             return Box::pin(body()).await;
@@ -123,7 +124,7 @@ where
         Ok(Some(Err(()))) => overwrite = true,
         Ok(None) => {}
         Err(error) => {
-            report("get", &key, &error);
+            report(cache, "get", &key, &error);
             outcome = CallOutcome::Bypass;
         }
     }
@@ -228,7 +229,7 @@ where
     let bytes = match codec.encode(key, value) {
         Ok(bytes) => bytes,
         Err(error) => {
-            report("encode", key, &error);
+            report(cache, "encode", key, &error);
             if let Some(leader) = leader {
                 leader.not_shared();
             }
@@ -275,7 +276,7 @@ async fn store(
             cache.set_nx_raw(&key, bytes, expire).await.map(|_| ())
         };
         if let Err(error) = stored {
-            report("set", &key, &error);
+            report(&cache, "set", &key, &error);
         }
         drop(leader);
     };
@@ -298,12 +299,15 @@ fn decode<V>(codec: Codec<V>, cache: &Cache, key: &str, bytes: &[u8]) -> Result<
             key: shown(&cache.make_key(key)),
             source,
         };
+        let error = cache.logged_error(&error);
         tracing::warn!(target: TARGET, %error, "#[cached]: the stored value does not decode as the return type; recomputing and replacing it");
     })
 }
 
-fn report(operation: &'static str, key: &str, error: &Error) {
-    if matches!(error, Error::CircuitOpen { .. }) {
+fn report(cache: &Cache, operation: &'static str, key: &str, error: &Error) {
+    let open = matches!(error, Error::CircuitOpen { .. });
+    let (key, error) = (cache.logged_key(key), cache.logged_error(error));
+    if open {
         tracing::debug!(target: TARGET, operation, key, %error, "#[cached]: cache unavailable; running uncached");
     } else {
         tracing::warn!(target: TARGET, operation, key, %error, "#[cached]: cache operation failed; the function runs regardless");

@@ -208,6 +208,7 @@ where
     let key = match key {
         Ok(key) => key,
         Err(error) => {
+            let error = cache.logged_error(&error);
             tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
             return body().await;
@@ -223,6 +224,7 @@ where
     };
     // Checked first: an invalid expire would otherwise drop the body unrun.
     if let Err(error) = freshness.stored_expiry(expire, &key) {
+        let error = cache.logged_error(&error);
         tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: running uncached");
         function.call(CallOutcome::Bypass);
         return body().await;
@@ -230,6 +232,7 @@ where
     let tags = match tags {
         Ok(tags) => Tags::new(tags),
         Err(error) => {
+            let error = cache.logged_error(&error);
             tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: a tag cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
             return body().await;

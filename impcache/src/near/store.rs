@@ -752,8 +752,9 @@ impl Store {
         self.fail_safe.as_ref()?.get(key, policy)
     }
 
-    /// Counts and logs a fail-safe copy of `key` served in place of a failed loader.
-    pub(crate) fn fail_safe_served(&self, key: &str) {
+    /// Counts and logs a fail-safe copy served in place of a failed loader (`key`: the caller's
+    /// key, when the cache records keys).
+    pub(crate) fn fail_safe_served(&self, key: Option<&str>) {
         self.fail_safe_served.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::FailSafe, 1);
         tracing::warn!(

@@ -6,6 +6,7 @@
 
 pub(crate) mod hooks;
 pub(crate) mod lock;
+mod logged;
 pub(crate) mod metrics;
 mod span;
 pub(crate) mod stale;

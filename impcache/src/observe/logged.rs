@@ -1,0 +1,47 @@
+//! Keys and errors as the logs show them: a key (and an error's message, which names its key) only
+//! when the cache records keys ([`CacheBuilder::record_keys`]); keys can be personal data.
+//!
+//! [`CacheBuilder::record_keys`]: crate::CacheBuilder::record_keys
+
+use std::error::Error as _;
+use std::fmt;
+
+use super::metrics::error_kind;
+use crate::cache::Cache;
+use crate::error::Error;
+
+/// An error in a log event: its message when keys are recorded, else its kind and its cause
+/// (a backend's message names no key).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoggedError<'a> {
+    error: &'a Error,
+    record_keys: bool,
+}
+
+impl fmt::Display for LoggedError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.record_keys {
+            return self.error.fmt(f);
+        }
+        f.write_str(error_kind(self.error))?;
+        match self.error.source() {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Cache {
+    /// `key` for a log event's `key` field: `None` (no field) unless the cache records keys.
+    pub(crate) fn logged_key<'a>(&self, key: &'a str) -> Option<&'a str> {
+        self.shared.record_keys.then_some(key)
+    }
+
+    /// `error` for a log event (see [`LoggedError`]).
+    pub(crate) fn logged_error<'a>(&self, error: &'a Error) -> LoggedError<'a> {
+        LoggedError {
+            error,
+            record_keys: self.shared.record_keys,
+        }
+    }
+}
