@@ -213,10 +213,10 @@ fn spans_of_a_hit_and_a_miss(record_keys: bool) -> String {
 fn each_operation_is_a_debug_span_with_its_outcome_and_no_key_by_default() {
     let logs = spans_of_a_hit_and_a_miss(false);
     for fields in [
-        r#"cache_operation{operation="set" outcome="ok"}"#,
-        r#"cache_operation{operation="get" outcome="hit"}"#,
-        r#"cache_operation{operation="get" outcome="miss"}"#,
-        r#"cache_operation{operation="get" outcome="error"}"#,
+        r#"cache_operation{operation="set" outcome="ok" tier="remote"}"#,
+        r#"cache_operation{operation="get" outcome="hit" tier="remote"}"#,
+        r#"cache_operation{operation="get" outcome="miss" tier="remote"}"#,
+        r#"cache_operation{operation="get" outcome="error" tier="remote"}"#,
     ] {
         assert!(logs.contains(fields), "{fields} in\n{logs}");
     }
@@ -236,8 +236,11 @@ fn each_operation_is_a_debug_span_with_its_outcome_and_no_key_by_default() {
 fn keys_are_on_the_spans_only_when_the_cache_records_them() {
     let logs = spans_of_a_hit_and_a_miss(true);
     assert!(
-        logs.contains(r#"cache_operation{operation="get" key="user:2" outcome="miss"}"#)
-            || logs.contains(r#"cache_operation{operation="get" outcome="miss" key="user:2"}"#),
+        logs.contains(
+            r#"cache_operation{operation="get" key="user:2" outcome="miss" tier="remote"}"#
+        ) || logs.contains(
+            r#"cache_operation{operation="get" outcome="miss" key="user:2" tier="remote"}"#
+        ),
         "{logs}"
     );
     assert!(logs.contains("error=cannot decode the value stored at key `cache:1:user:1`"));
@@ -392,4 +395,48 @@ fn an_outage_logs_no_key_unless_the_cache_records_them() {
     assert!(!logs.contains("alice"), "no key by default:\n{logs}");
     let logs = logs_of_an_outage(true);
     assert!(logs.contains("alice@example.com"), "{logs}");
+}
+
+/// Issue 17: the span's tier. With a near cache, a read answered from process memory is
+/// `tier="near"`, one read from Redis `tier="remote"`.
+#[test]
+fn a_near_cache_records_the_tier_that_answered() {
+    let server = RedisServer::start();
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        current_thread_runtime().block_on(async {
+            let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
+                .near_cache(impcache::NearCache::new())
+                .build();
+            cache.set("user:1", &1, 60).await.unwrap();
+            // Until a read is answered from process memory (the near cache starts tracking).
+            for _ in 0..400 {
+                let hits = cache.near_cache_stats().hits;
+                assert_eq!(cache.get::<i64>("user:1").await.unwrap(), Some(1));
+                if cache.near_cache_stats().hits > hits {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            assert!(cache.near_cache_stats().hits > 0);
+            // A key not held locally: read from Redis.
+            assert_eq!(cache.get::<i64>("user:2").await.unwrap(), None);
+        });
+    });
+    let logs = logs.text();
+    assert!(
+        logs.contains(r#"cache_operation{operation="get" tier="remote" outcome="miss"}"#),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(r#"cache_operation{operation="get" tier="near" outcome="hit"}"#),
+        "{logs}"
+    );
 }

@@ -47,7 +47,12 @@ macro_rules! observed {
         // operation, so a caller cancelled at this point has changed nothing.
         ::tokio::task::coop::consume_budget().await;
         let observation =
-            $crate::observe::Observation::start($operation, $key, $cache.shared.record_keys);
+            $crate::observe::Observation::start(
+                $operation,
+                $key,
+                $cache.shared.record_keys,
+                $cache.shared.near.is_some(),
+            );
         // `$body` twice: awaited in place when no subscriber wants the span (moving the future
         // into `Instrumented` is a memcpy of it), instrumented otherwise.
         let result: $crate::Result<(_, $crate::observe::metrics::Tally)> =

@@ -294,17 +294,20 @@ static NEAR_TIER_LABELS: [[Label; 1]; 3] = [
     [Label::from_static_parts("tier", "stale")],
 ];
 
-/// Counts `count` keys answered by `tier` (nothing without a recorder).
+/// Counts `count` keys answered by `tier` (nothing without a recorder), and records the tier on
+/// the operation's span.
 #[inline]
 pub(crate) fn near_lookups(tier: Tier, count: u64) {
+    let index = match tier {
+        Tier::Near => 0,
+        Tier::Remote => 1,
+        Tier::FailSafe => 2,
+    };
+    let labels = &NEAR_TIER_LABELS[index];
+    super::span::record_tier(labels[0].value());
     if !super::metrics::recorder_installed() {
         return;
     }
-    let labels = match tier {
-        Tier::Near => &NEAR_TIER_LABELS[0],
-        Tier::Remote => &NEAR_TIER_LABELS[1],
-        Tier::FailSafe => &NEAR_TIER_LABELS[2],
-    };
     let key = Key::from_static_parts(NEAR_LOOKUPS_TOTAL, labels);
     metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA).increment(count));
 }

@@ -8,7 +8,7 @@ pub(crate) mod hooks;
 pub(crate) mod lock;
 mod logged;
 pub(crate) mod metrics;
-mod span;
+pub(crate) mod span;
 pub(crate) mod stale;
 mod stats;
 
@@ -29,18 +29,27 @@ pub(crate) struct Observation {
     started: Option<Instant>,
     span: Span,
     record_keys: bool,
+    /// Whether the cache has a near cache (which records the span's tier itself).
+    near: bool,
 }
 
 impl Observation {
     /// Starts observing `operation` on `key` (recorded on the span only when `record_keys`; `None`
-    /// for batches).
+    /// for batches); `near`: whether the cache has a near cache (which then records the span's
+    /// tier).
     #[inline(always)]
-    pub(crate) fn start(operation: Operation, key: Option<&str>, record_keys: bool) -> Self {
+    pub(crate) fn start(
+        operation: Operation,
+        key: Option<&str>,
+        record_keys: bool,
+        near: bool,
+    ) -> Self {
         Observation {
             operation,
             span: span::operation_span(operation, key, record_keys),
             started: metrics::recorder_installed().then(Instant::now),
             record_keys,
+            near,
         }
     }
 
@@ -70,7 +79,13 @@ impl Observation {
                 Outcome::Error
             }
         };
-        span::finish(&self.span, outcome, result.err(), self.record_keys);
+        span::finish(
+            &self.span,
+            outcome,
+            result.err(),
+            self.record_keys,
+            self.near,
+        );
         if let Some(started) = self.started {
             metrics::record(self.operation, result, started.elapsed(), also);
         }

@@ -7,7 +7,10 @@ use super::metrics::{error_kind, Operation, Outcome};
 use crate::error::Error;
 
 /// The span of one operation: `cache_operation` at `DEBUG`, target `impcache`, with the fields
-/// `operation`, `outcome` (recorded when it ends) and, when the cache was built with
+/// `operation`, `outcome` (recorded when it ends), `tier` (without a near cache `remote`, the
+/// repository, recorded after the outcome; with one, recorded by it as keys are read: `near` for
+/// a key answered from process memory, `remote` for one read from Redis, both for a batch that
+/// had both; see [`record_tier`]) and, when the cache was built with
 /// [`record_keys(true)`](crate::CacheBuilder::record_keys), `key` (the caller's key, or the
 /// pattern of `delete_pattern`; batches record none).
 ///
@@ -23,6 +26,7 @@ pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_key
         "cache_operation",
         operation = operation.name(),
         outcome = Empty,
+        tier = Empty,
         key = Empty,
     );
     if let (true, Some(key)) = (record_keys, key) {
@@ -31,14 +35,32 @@ pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_key
     span
 }
 
+/// Records on the current operation's span (the near cache's reads run inside it) that a key was
+/// answered by `tier` (`near`, `remote`, `stale`); nothing when no subscriber wants `DEBUG`.
+#[inline]
+pub(crate) fn record_tier(tier: &'static str) {
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        Span::current().record("tier", tier);
+    }
+}
+
 /// Records how the operation ended on its span; an error is also a `DEBUG` event in it: its kind,
 /// and its message only when keys are recorded (every message names its key).
 #[inline(always)]
-pub(crate) fn finish(span: &Span, outcome: Outcome, error: Option<&Error>, record_keys: bool) {
+pub(crate) fn finish(
+    span: &Span,
+    outcome: Outcome,
+    error: Option<&Error>,
+    record_keys: bool,
+    near: bool,
+) {
     if span.is_disabled() {
         return;
     }
     span.record("outcome", outcome.name());
+    if !near {
+        span.record("tier", "remote");
+    }
     if let Some(error) = error {
         failed(span, error, record_keys);
     }
