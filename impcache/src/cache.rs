@@ -826,7 +826,7 @@ impl Cache {
                 self.check_key(tag)?;
             }
             let now = Bytes::from(tags::stamp_micros().to_string());
-            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
+            let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
             let keys = keys.keys();
             match kind {
                 Kind::Hard => {
@@ -866,7 +866,7 @@ impl Cache {
     ) -> Result<(Option<Bytes>, Vec<Option<Bytes>>)> {
         observed!(self, Operation::Get, Some(key), async {
             self.check_key(key)?;
-            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags);
+            let keys = StateKeys::new(self.key_prefix(), tags);
             let (found, states) = self
                 .shared
                 .backend
@@ -906,7 +906,7 @@ impl Cache {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags);
+        let keys = StateKeys::new(self.key_prefix(), tags);
         self.shared.backend.get_tag_states(&keys.keys()).await
     }
 

@@ -199,3 +199,48 @@ async fn an_untagged_function_has_invalidate_all_too() {
     assert_eq!(NEIGHBOUR_RUNS.load(SeqCst), 3);
     assert_eq!(SUB_RUNS.load(SeqCst), 3);
 }
+
+static VERSIONED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, version = 2, tags = ["account:{id}"])]
+async fn versioned(id: u64) -> u64 {
+    VERSIONED_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+/// Tag state has no version: the app cache's `invalidate_tag` reaches a function memoized under
+/// its own `version` ("everything about user 42" in one call), and so does a cache of another
+/// version (the other side of a rolling deploy).
+#[tokio::test]
+async fn an_invalidation_reaches_every_version() {
+    let runs = || VERSIONED_RUNS.load(SeqCst);
+    let key = CACHE.with_version(2).make_key("cached_tags::versioned:7");
+    let stored_at_version_2 = || async {
+        for _ in 0..5000 {
+            if CACHE.repository().get(&key).await.unwrap().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{key} was never stored");
+    };
+    assert_eq!(versioned(7).await, 7);
+    stored_at_version_2().await;
+    assert_eq!(versioned(7).await, 7);
+    assert_eq!(runs(), 1);
+    CACHE.invalidate_tag("account:7").await.unwrap();
+    assert_eq!(versioned(7).await, 7);
+    assert_eq!(
+        runs(),
+        2,
+        "the app cache's invalidation hid the version-2 entry"
+    );
+    stored_at_version_2().await;
+    CACHE
+        .with_version(3)
+        .invalidate_tag("account:7")
+        .await
+        .unwrap();
+    assert_eq!(versioned(7).await, 7);
+    assert_eq!(runs(), 3, "a version-3 cache's invalidation too");
+}

@@ -185,7 +185,7 @@ impl Cache {
                 }
                 Err(slot) => slot,
             };
-            let keys = StateKeys::new(self.key_prefix(), self.version.as_str(), tags.as_slice());
+            let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
             let (found, states) = backend
                 .get_with_tags(parts, &keys.keys(), policy.needs_ttl())
                 .await?;

@@ -2,18 +2,21 @@
 //! keyspace scan, on every repository including Cluster.
 //!
 //! # How it works
-//! - **Tag state**: one key per tag, under the cache's prefix and version,
-//!   `{prefix}:{version}:__impcache_tag:{tag}`, holding the times (µs since the Unix epoch, as
+//! - **Tag state**: one key per tag, under the cache's prefix and *no* version,
+//!   `{prefix}:__impcache_tag:{tag}`, holding the times (µs since the Unix epoch, as
 //!   decimal numbers) of the tag's last hard and soft invalidation: `{hard}` after a hard one
 //!   ([`Cache::invalidate_tag`](crate::Cache::invalidate_tag)), `{hard};{soft}` (or `;{soft}`
 //!   with no hard one yet) after a soft one
 //!   ([`Cache::soft_invalidate_tag`](crate::Cache::soft_invalidate_tag)). One key rather than
 //!   two: a tagged read reads 1 + N keys for N tags, not 1 + 2N (BENCHMARKS.md, "Issue 16:
 //!   tags"). Tag keys have no expiry (an entry they invalidate may have none): one small key
-//!   per tag ever invalidated, gone with the version. The key part `__impcache_tag:` is
-//!   reserved: a user key starting with it would be read as a tag's state. (Before this layout,
-//!   unreleased, a tag had two keys, `…:hard:{tag}` and `…:soft:{tag}`: they are not read, and
-//!   not migrated.)
+//!   per tag ever invalidated. No version in them, so one invalidation reaches every version's
+//!   entries: a `#[cached(version = 2, tags = [..])]` function's (which reads through
+//!   [`Cache::with_version`](crate::Cache::with_version)) as well as the app cache's, and, in a
+//!   rolling deploy that bumps the version, the old processes' entries as well as the new ones'.
+//!   (Before this layout, unreleased, the tag keys were `{prefix}:{version}:__impcache_tag:{tag}`,
+//!   and before that a tag had two keys, `…:hard:{tag}` and `…:soft:{tag}`: they are not read,
+//!   and not migrated.)
 //! - **Invalidation writes**: a hard invalidation at `t` is a blind `SET` of `{t}` (one
 //!   `set_many` for several tags: O(1) round trips, no read). Dropping the soft time it
 //!   overwrites loses nothing when that time is at or before `t`: every entry it made stale
@@ -119,21 +122,21 @@ pub(crate) enum Kind {
     Soft,
 }
 
-/// The state keys of some tags, in order (`{prefix}:{version}:__impcache_tag:{tag}`, as
-/// `key::full_key` builds keys): in one buffer, since a tagged read builds them on every call.
+/// The state keys of some tags, in order (`{prefix}:__impcache_tag:{tag}`: no version, see the
+/// module docs): in one buffer, since a tagged read builds them on every call.
 pub(crate) struct StateKeys {
     buffer: String,
     ends: Vec<usize>,
 }
 
 impl StateKeys {
-    pub(crate) fn new<T: AsRef<str>>(prefix: &str, version: &str, tags: &[T]) -> StateKeys {
-        let fixed = prefix.len() + version.len() + TAG_KEY_PART.len() + 2;
+    pub(crate) fn new<T: AsRef<str>>(prefix: &str, tags: &[T]) -> StateKeys {
+        let fixed = prefix.len() + TAG_KEY_PART.len() + 1;
         let size: usize = tags.iter().map(|tag| fixed + tag.as_ref().len()).sum();
         let mut buffer = String::with_capacity(size);
         let mut ends = Vec::with_capacity(tags.len());
         for tag in tags {
-            for part in [prefix, ":", version, ":", TAG_KEY_PART, tag.as_ref()] {
+            for part in [prefix, ":", TAG_KEY_PART, tag.as_ref()] {
                 buffer.push_str(part);
             }
             ends.push(buffer.len());
@@ -342,16 +345,11 @@ mod tests {
     }
 
     #[test]
-    fn tag_keys_are_reserved_and_deduplicated() {
+    fn tag_keys_have_no_version_and_are_deduplicated() {
         let tags = Tags::new(["a", "b", "a"]);
         assert_eq!(tags.as_slice(), ["a", "b"]);
-        let keys = StateKeys::new("p", "1", tags.as_slice());
-        let full = crate::key::full_key("p", "1", &[TAG_KEY_PART, "b"].concat());
-        assert_eq!(keys.keys()[1], full);
-        assert_eq!(
-            keys.keys(),
-            ["p:1:__impcache_tag:a", "p:1:__impcache_tag:b"]
-        );
+        let keys = StateKeys::new("p", tags.as_slice());
+        assert_eq!(keys.keys(), ["p:__impcache_tag:a", "p:__impcache_tag:b"]);
         assert!(Tags::new(Vec::<String>::new()).is_empty());
     }
 }
