@@ -960,33 +960,43 @@ async fn coalesce(
                 }
                 return Coalesced::Lead(guard);
             }
-            Join::Waiter(waiter) => match waiter.wait(config.lock_timeout).await {
-                Wait::Published(Shared::StoodIn(why)) => return Coalesced::StoodIn(why),
-                Wait::Published(Shared::Stored(published)) => {
-                    let variant =
-                        key::variant_key(url, &published.vary, headers, config.allow_authenticated);
-                    // (Origin mode: a response already stale, `no-cache` say, is not shared.)
-                    if variant == published.variant_key && usable(config, &published.entry) {
-                        return Coalesced::Hit(published.entry.clone());
-                    }
-                    return Coalesced::Alone;
-                }
-                Wait::NotShared | Wait::TimedOut => return Coalesced::Alone,
-                Wait::Abandoned => {
-                    // The leader went away (cancelled, panicked): look again, then join again;
-                    // the first to join leads, the others wait for it.
-                    ticket = config.flights.ticket();
-                    if !look_again {
-                        continue;
-                    }
-                    match lookup(config, keys, headers).await {
-                        Lookup::Hit(entry, _) if usable(config, &entry) => {
-                            return Coalesced::Hit(entry)
+            Join::Waiter(waiter) => {
+                let joined = crate::tagging::stamp_micros();
+                match waiter.wait(config.lock_timeout).await {
+                    Wait::Published(Shared::StoodIn(why)) => return Coalesced::StoodIn(why),
+                    Wait::Published(Shared::Stored(published)) => {
+                        let variant = key::variant_key(
+                            url,
+                            &published.vary,
+                            headers,
+                            config.allow_authenticated,
+                        );
+                        // (Origin mode: a response already stale, `no-cache` say, is not shared.)
+                        if variant == published.variant_key
+                            && usable(config, &published.entry)
+                            && crate::store::holds_for(config, &published.entry, joined).await
+                        {
+                            return Coalesced::Hit(published.entry.clone());
                         }
-                        _ => {}
+                        return Coalesced::Alone;
+                    }
+                    Wait::NotShared | Wait::TimedOut => return Coalesced::Alone,
+                    Wait::Abandoned => {
+                        // The leader went away (cancelled, panicked): look again, then join again;
+                        // the first to join leads, the others wait for it.
+                        ticket = config.flights.ticket();
+                        if !look_again {
+                            continue;
+                        }
+                        match lookup(config, keys, headers).await {
+                            Lookup::Hit(entry, _) if usable(config, &entry) => {
+                                return Coalesced::Hit(entry)
+                            }
+                            _ => {}
+                        }
                     }
                 }
-            },
+            }
         }
     }
 }

@@ -352,6 +352,24 @@ impl Unfinished {
 /// purge). The state is the one `prefetched` with the record when it covers the entry's tags;
 /// else it is read (a second read) and the entry's tags are learned for the URL's next lookup.
 /// Fails open: the state unreadable, the handler answers.
+/// Whether a waiter that joined a flight at `joined` (µs, [`crate::tagging::stamp_micros`]) may
+/// take the leader's `entry`: a tagged response whose handler call started before the waiter
+/// asked may have been invalidated in between (`purge_tag` / `invalidate_tag` from any process),
+/// so its tags' state is read again (one round trip, waiters of tagged responses only) and it is
+/// taken only when none was invalidated since, hard or soft. As the core's `get_or_set` waiters.
+pub(crate) async fn holds_for(config: &Config, entry: &Entry, joined: u64) -> bool {
+    let Some(tagged) = entry.tags.as_ref() else {
+        return true;
+    };
+    if tagged.created > joined {
+        return true;
+    }
+    matches!(
+        state::verdict(&config.cache, &tagged.tags, tagged.created).await,
+        Ok(Verdict::Fresh)
+    )
+}
+
 async fn judge_tags(
     config: &Config,
     keys: &key::UrlKeys,

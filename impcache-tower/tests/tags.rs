@@ -282,3 +282,32 @@ async fn a_response_with_other_tags_than_learned_is_judged_by_its_own() {
     assert_eq!(send(&svc_one, get("/x")).await.outcome(), "MISS");
     assert_eq!((calls_one.get(), calls_two.get()), (2, 1));
 }
+
+/// The invalidate-during-compute race through coalescing: a request that joins a flight after a
+/// `purge_tag` of the response being computed (its handler call started before the purge) is not
+/// handed that response; it calls the handler itself. A request that joined before the response
+/// started may take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
+    let layer = CacheLayer::new(memory_cache());
+    let (svc, calls) = app(layer.clone(), |n, _req| async move {
+        if n == 1 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Response::builder()
+            .header("surrogate-key", "user:1")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let leader = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, get("/race")).await }
+    });
+    // The leader's handler call is under way: purge its tag, then ask.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    layer.purge_tag("user:1").await.unwrap();
+    let waiter = send(&svc, get("/race")).await;
+    assert_eq!(leader.await.unwrap().body, "call 1");
+    assert_eq!(waiter.body, "call 2", "not the response computed before the purge");
+    assert_eq!(calls.get(), 2);
+}
