@@ -308,6 +308,9 @@ async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
     layer.purge_tag("user:1").await.unwrap();
     let waiter = send(&svc, get("/race")).await;
     assert_eq!(leader.await.unwrap().body, "call 1");
-    assert_eq!(waiter.body, "call 2", "not the response computed before the purge");
+    assert_eq!(
+        waiter.body, "call 2",
+        "not the response computed before the purge"
+    );
     assert_eq!(calls.get(), 2);
 }

@@ -55,6 +55,18 @@ impl Expire {
         Expire(Repr::Duration(duration))
     }
 
+    /// The expiry as a bound on a lifetime (a local cache's longest): no expiry and what is
+    /// longer than [`MAX_EXPIRE`] are `MAX_EXPIRE`, zero and negative numbers are zero.
+    pub(crate) fn as_bound(self) -> Duration {
+        match self.0 {
+            Repr::Never => MAX_EXPIRE,
+            Repr::Seconds(s) => {
+                Duration::from_secs(s.clamp(0, i128::from(MAX_EXPIRE.as_secs())) as u64)
+            }
+            Repr::Duration(d) => capped(d),
+        }
+    }
+
     /// Checks the expiry and turns it into what is sent to the repository.
     pub fn resolve(self, key: &str) -> Result<Expiry> {
         let invalid = |reason: String| Error::InvalidExpire {
@@ -128,6 +140,20 @@ impl Expiry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_a_bound_never_and_too_long_are_the_maximum_and_non_positive_is_zero() {
+        assert_eq!(Expire::from(300).as_bound(), Duration::from_secs(300));
+        assert_eq!(
+            Expire::from(Duration::from_millis(50)).as_bound(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(Expire::NEVER.as_bound(), MAX_EXPIRE);
+        assert_eq!(Expire::from(Duration::MAX).as_bound(), MAX_EXPIRE);
+        assert_eq!(Expire::from(u64::MAX).as_bound(), MAX_EXPIRE);
+        assert_eq!(Expire::from(0).as_bound(), Duration::ZERO);
+        assert_eq!(Expire::from(-5).as_bound(), Duration::ZERO);
+    }
 
     #[test]
     fn integers_are_seconds_and_durations_keep_milliseconds() {

@@ -125,10 +125,12 @@ impl NearCache {
         self
     }
 
-    /// The longest an entry is kept locally (it is also never kept past its Redis TTL). Zero
-    /// keeps nothing.
-    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
-        self.max_ttl = crate::expire::capped(max_ttl);
+    /// The longest an entry is kept locally (it is also never kept past its Redis TTL): whole
+    /// seconds or a [`Duration`], as every lifetime of the crate; [`Expire::NEVER`](crate::Expire::NEVER)
+    /// leaves only the Redis TTL (as does anything longer than [`MAX_EXPIRE`](crate::MAX_EXPIRE)).
+    /// Zero (or a negative number) keeps nothing.
+    pub fn max_ttl(mut self, max_ttl: impl Into<crate::Expire>) -> Self {
+        self.max_ttl = max_ttl.into().as_bound();
         self
     }
 
@@ -284,5 +286,28 @@ impl<R> Near<R> {
     pub(crate) async fn ready(&self) {
         self.track();
         self.store.first_handshake().await;
+    }
+}
+
+// Unit tests: an `assert!` here is the test failing; none of it is compiled into the library.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_ttl_takes_seconds_or_a_duration_as_every_lifetime() {
+        assert_eq!(
+            NearCache::new().max_ttl(30).max_ttl,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            NearCache::new().max_ttl(Duration::from_millis(50)).max_ttl,
+            Duration::from_millis(50)
+        );
+        assert_eq!(NearCache::new().max_ttl(0).max_ttl, Duration::ZERO);
+        assert_eq!(
+            NearCache::new().max_ttl(crate::Expire::NEVER).max_ttl,
+            crate::MAX_EXPIRE
+        );
     }
 }
