@@ -54,6 +54,16 @@ use proc_macro::TokenStream;
 /// | `name = "users::get"` | replaces the `{module_path}::{fn_name}` part of the default key |
 /// | `cache_none = true` | with `Option<T>` (or an alias of it): cache `None` as well |
 /// | `returns = "result"` / `"option"` / `"value"` | overrides the classification of the return type below: `"result"` caches `Ok`'s value and `"option"` `Some`'s (a compile error if the type is not one, through aliases), `"value"` caches the whole value whatever its type (`Err` and `None` included, which then need serde) |
+/// | `stale_while_revalidate = 60` | freshness (seconds or a `Duration`): up to that long past `expire`, answer with the stale value and reload once in the background |
+/// | `stale_if_error = 3600` | freshness: up to that long past `expire`, a body that fails (an `Err`, an uncached `None`, a panic) is answered with the stale value |
+/// | `soft_timeout = Duration::from_millis(100)` | freshness: with a stale value at hand, answer with it after that long; the body finishes and stores in the background |
+/// | `early_refresh = 2` | freshness: reload a fresh value in the background with a probability growing as its expiry nears (XFetch; about the body's duration) |
+/// | `lock` / `lock = 10` / `lock = Duration::from_secs(10)` / `lock = LOCK` (an `impcache::Lock`) | one body run across processes: a lock (`SET NX PX` with a token) taken before running the body, the other processes waiting for its value; `lock = 10` is a 10 s lifetime (waits up to twice that), `lock` alone the defaults |
+/// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`: `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
+/// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep |
+///
+/// With any freshness option, `lock` or `tags`, the body runs in a spawned task: its future must be
+/// `Send + 'static` (owned arguments). The README's freshness, tags and lock sections say more.
 ///
 /// # Key layout
 /// The full key is the cache's `{key_prefix}:{version}:{key}`, where `{key}` is:
