@@ -378,6 +378,15 @@ fn logs_of_an_outage(record_keys: bool) -> String {
                 })
                 .await;
             assert!(failed.is_err());
+            // A loader past its hard timeout: the crate's own error, which names the key.
+            let timed_out = cache
+                .try_get_or_set(&format!("slow:{email}"), 60, || async {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    Ok::<String, impcache::Error>("late".to_owned())
+                })
+                .hard_timeout(std::time::Duration::from_millis(20))
+                .await;
+            assert!(timed_out.is_err());
         });
     });
     logs.text()
@@ -391,6 +400,10 @@ fn an_outage_logs_no_key_unless_the_cache_records_them() {
     assert!(
         logs.contains("cache operation failed"),
         "the failures are logged:\n{logs}"
+    );
+    assert!(
+        logs.contains("the loader failed") && logs.contains("timed out after"),
+        "the loader's hard timeout is logged:\n{logs}"
     );
     assert!(!logs.contains("alice"), "no key by default:\n{logs}");
     let logs = logs_of_an_outage(true);
@@ -415,6 +428,9 @@ fn a_near_cache_records_the_tier_that_answered() {
             let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
                 .near_cache(impcache::NearCache::new())
                 .build();
+            // A write is `remote`; a user's span around a read never gets a `tier`.
+            let user_span = tracing::debug_span!("request", tier = tracing::field::Empty);
+            let _entered = user_span.enter();
             cache.set("user:1", &1, 60).await.unwrap();
             // Until a read is answered from process memory (the near cache starts tracking).
             for _ in 0..400 {
@@ -439,4 +455,9 @@ fn a_near_cache_records_the_tier_that_answered() {
         logs.contains(r#"cache_operation{operation="get" tier="near" outcome="hit"}"#),
         "{logs}"
     );
+    assert!(
+        logs.contains(r#"cache_operation{operation="set" outcome="ok" tier="remote"}"#),
+        "{logs}"
+    );
+    assert!(!logs.contains("request{tier"), "{logs}");
 }

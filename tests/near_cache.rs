@@ -1354,7 +1354,7 @@ async fn cluster_tag_state_is_tracked_on_every_primary() {
     let tags: Vec<String> = (0..64)
         .map(|i| format!("t{i}"))
         .filter(|tag| {
-            cluster.primary_for(&a.make_key(&format!("__impcache_tag:hard:{tag}"))) != entry
+            cluster.primary_for(&format!("{}:__impcache_tag:{tag}", a.key_prefix())) != entry
         })
         .take(2)
         .collect();

@@ -450,7 +450,7 @@ async fn cluster_tags_live_on_other_slots_than_their_entries() {
     let user = (0..1000)
         .find(|user| {
             let entry = b.cache.make_key(&format!("user:{user}:profile"));
-            let tag = b.cache.make_key(&format!("__impcache_tag:user:{user}"));
+            let tag = format!("{}:__impcache_tag:user:{user}", b.cache.key_prefix());
             cluster.primary_for(&entry) != cluster.primary_for(&tag)
         })
         .expect("an entry and its tag key on two primaries");

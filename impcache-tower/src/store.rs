@@ -348,15 +348,12 @@ impl Unfinished {
     }
 }
 
-/// A tagged hit judged against its tags' state: served, stale (soft purge), or a miss (hard
-/// purge). The state is the one `prefetched` with the record when it covers the entry's tags;
-/// else it is read (a second read) and the entry's tags are learned for the URL's next lookup.
-/// Fails open: the state unreadable, the handler answers.
 /// Whether a waiter that joined a flight at `joined` (µs, [`crate::tagging::stamp_micros`]) may
 /// take the leader's `entry`: a tagged response whose handler call started before the waiter
 /// asked may have been invalidated in between (`purge_tag` / `invalidate_tag` from any process),
 /// so its tags' state is read again (one round trip, waiters of tagged responses only) and it is
-/// taken only when none was invalidated since, hard or soft. As the core's `get_or_set` waiters.
+/// taken only when none was invalidated since, hard or soft. As the core's `get_or_set` waiters;
+/// and as they, with the state unreadable, the waiter calls the handler itself.
 pub(crate) async fn holds_for(config: &Config, entry: &Entry, joined: u64) -> bool {
     let Some(tagged) = entry.tags.as_ref() else {
         return true;
@@ -370,6 +367,10 @@ pub(crate) async fn holds_for(config: &Config, entry: &Entry, joined: u64) -> bo
     )
 }
 
+/// A tagged hit judged against its tags' state: served, stale (soft purge), or a miss (hard
+/// purge). The state is the one `prefetched` with the record when it covers the entry's tags;
+/// else it is read (a second read) and the entry's tags are learned for the URL's next lookup.
+/// Fails open: the state unreadable, the handler answers.
 async fn judge_tags(
     config: &Config,
     keys: &key::UrlKeys,

@@ -290,23 +290,38 @@ async fn a_response_with_other_tags_than_learned_is_judged_by_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
     let layer = CacheLayer::new(memory_cache());
-    let (svc, calls) = app(layer.clone(), |n, _req| async move {
-        if n == 1 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first call signals that it started, then waits until the test lets it answer.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let answer = Arc::new(tokio::sync::Notify::new());
+    let (s, a) = (Arc::clone(&started), Arc::clone(&answer));
+    let (svc, calls) = app(layer.clone(), move |n, _req| {
+        let (started, answer) = (Arc::clone(&s), Arc::clone(&a));
+        async move {
+            if n == 1 {
+                started.notify_one();
+                answer.notified().await;
+            }
+            Response::builder()
+                .header("surrogate-key", "user:1")
+                .body(Body::from(format!("call {n}")))
+                .unwrap()
         }
-        Response::builder()
-            .header("surrogate-key", "user:1")
-            .body(Body::from(format!("call {n}")))
-            .unwrap()
     });
     let leader = tokio::spawn({
         let svc = svc.clone();
         async move { send(&svc, get("/race")).await }
     });
-    // The leader's handler call is under way: purge its tag, then ask.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The leader's handler call is under way: purge its tag, then ask (joining its flight),
+    // then let the leader answer.
+    started.notified().await;
     layer.purge_tag("user:1").await.unwrap();
-    let waiter = send(&svc, get("/race")).await;
+    let waiter = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, get("/race")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    answer.notify_one();
+    let waiter = waiter.await.unwrap();
     assert_eq!(leader.await.unwrap().body, "call 1");
     assert_eq!(
         waiter.body, "call 2",

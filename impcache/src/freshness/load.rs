@@ -454,19 +454,26 @@ pub(super) async fn run<V, E, F, Fut>(
             Err(payload) => Poll::Ready(Err(payload)),
         }
     });
+    // What went wrong when it is this crate's to say (its error names the key): for the log.
+    let mut failure = None;
     let caught = match job.policy.hard_timeout_duration() {
         Some(hard) if tokio::runtime::Handle::try_current().is_ok() => {
             match tokio::time::timeout(hard, loading).await {
                 Ok(caught) => caught,
-                Err(_) => Ok(Err(E::from_cache(loader_error(
-                    &job.key,
-                    &format!("timed out after {hard:?} (hard timeout)"),
-                )))),
+                Err(_) => {
+                    let reason = format!("timed out after {hard:?} (hard timeout)");
+                    let error = E::from_cache(loader_error(&job.key, &reason));
+                    failure = Some(reason);
+                    Ok(Err(error))
+                }
             }
         }
         _ => loading.await,
     };
-    let loaded = caught.unwrap_or_else(|payload| Err(E::from_panic(&job.key, payload)));
+    let loaded = caught.unwrap_or_else(|payload| {
+        failure = Some("panicked".to_owned());
+        Err(E::from_panic(&job.key, payload))
+    });
     let encoded = match &loaded {
         Ok(value) => match json::encode(&job.key, value) {
             Ok(bytes) => Some(bytes),
@@ -477,8 +484,16 @@ pub(super) async fn run<V, E, F, Fut>(
         },
         Err(error) => {
             let serving_stale = stale.is_some();
-            let key = job.cache.logged_key(&job.key);
-            tracing::warn!(target: TARGET, key, %error, serving_stale, "the loader failed; nothing is stored");
+            match (failure, job.cache.records_keys()) {
+                // The crate's own error names the key: its reason alone.
+                (Some(reason), false) => {
+                    tracing::warn!(target: TARGET, reason, serving_stale, "the loader failed; nothing is stored");
+                }
+                _ => {
+                    let key = job.cache.logged_key(&job.key);
+                    tracing::warn!(target: TARGET, key, %error, serving_stale, "the loader failed; nothing is stored");
+                }
+            }
             None
         }
     };

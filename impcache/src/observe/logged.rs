@@ -23,6 +23,14 @@ impl fmt::Display for LoggedError<'_> {
         if self.record_keys {
             return self.error.fmt(f);
         }
+        if let Error::Interrupted { source, removed } = self.error {
+            // The failure it wraps names the pattern: shown the same way.
+            let source = LoggedError {
+                error: source,
+                record_keys: false,
+            };
+            return write!(f, "{source} ({removed} keys removed before the failure)");
+        }
         f.write_str(error_kind(self.error))?;
         match self.error.source() {
             Some(source) => write!(f, ": {source}"),
@@ -43,5 +51,39 @@ impl Cache {
             error,
             record_keys: self.shared.record_keys,
         }
+    }
+}
+
+// Unit tests: an `assert!` here is the test failing; none of it is compiled into the library.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_keys_an_error_shows_its_kind_and_cause_not_its_key() {
+        let inner = Error::Unavailable {
+            operation: "delete_pattern",
+            key: "cache:1:http:alice@example.com:*".to_owned(),
+            source: "Connection refused".into(),
+        };
+        let interrupted = Error::Interrupted {
+            removed: 3,
+            source: Box::new(inner),
+        };
+        let hidden = LoggedError {
+            error: &interrupted,
+            record_keys: false,
+        }
+        .to_string();
+        assert_eq!(
+            hidden,
+            "unavailable: Connection refused (3 keys removed before the failure)"
+        );
+        let shown = LoggedError {
+            error: &interrupted,
+            record_keys: true,
+        }
+        .to_string();
+        assert!(shown.contains("alice@example.com"), "{shown}");
     }
 }

@@ -38,6 +38,11 @@ pub(crate) enum Operation {
 }
 
 impl Operation {
+    /// Whether it reads (`get`, `get_many`): the operations a near cache may answer.
+    pub(crate) fn is_read(self) -> bool {
+        matches!(self, Operation::Get | Operation::GetMany)
+    }
+
     /// Every operation, in the order of the key tables below.
     #[cfg(test)]
     pub(crate) const ALL: [Operation; 8] = [

@@ -81,6 +81,7 @@ impl Observation {
         };
         span::finish(
             &self.span,
+            self.operation,
             outcome,
             result.err(),
             self.record_keys,

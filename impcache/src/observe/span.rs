@@ -7,10 +7,11 @@ use super::metrics::{error_kind, Operation, Outcome};
 use crate::error::Error;
 
 /// The span of one operation: `cache_operation` at `DEBUG`, target `impcache`, with the fields
-/// `operation`, `outcome` (recorded when it ends), `tier` (without a near cache `remote`, the
-/// repository, recorded after the outcome; with one, recorded by it as keys are read: `near` for
-/// a key answered from process memory, `remote` for one read from Redis, both for a batch that
-/// had both; see [`record_tier`]) and, when the cache was built with
+/// `operation`, `outcome` (recorded when it ends), `tier` (`remote`, the repository, recorded
+/// after the outcome, for every write and for reads without a near cache; with one, a read's
+/// tier is recorded by the near cache for each key it reads: `near` for a key answered from
+/// process memory, `remote` for one read from Redis; see [`record_tier`]) and, when the cache was
+/// built with
 /// [`record_keys(true)`](crate::CacheBuilder::record_keys), `key` (the caller's key, or the
 /// pattern of `delete_pattern`; batches record none).
 ///
@@ -23,7 +24,7 @@ pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_key
     }
     let span = tracing::debug_span!(
         target: "impcache",
-        "cache_operation",
+        OPERATION_SPAN,
         operation = operation.name(),
         outcome = Empty,
         tier = Empty,
@@ -36,19 +37,32 @@ pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_key
 }
 
 /// Records on the current operation's span (the near cache's reads run inside it) that a key was
-/// answered by `tier` (`near`, `remote`, `stale`); nothing when no subscriber wants `DEBUG`.
+/// answered by `tier` (`near`, `remote`); nothing when no subscriber wants `DEBUG`, nor when the
+/// current span is not an operation's (its span filtered out, or a fail-safe copy served after
+/// the failed read's span closed): never a field of another span.
 #[inline]
 pub(crate) fn record_tier(tier: &'static str) {
-    if tracing::level_enabled!(tracing::Level::DEBUG) {
-        Span::current().record("tier", tier);
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let span = Span::current();
+    if span
+        .metadata()
+        .is_some_and(|m| m.name() == OPERATION_SPAN && m.target() == "impcache")
+    {
+        span.record("tier", tier);
     }
 }
+
+/// The name of an operation's span.
+const OPERATION_SPAN: &str = "cache_operation";
 
 /// Records how the operation ended on its span; an error is also a `DEBUG` event in it: its kind,
 /// and its message only when keys are recorded (every message names its key).
 #[inline(always)]
 pub(crate) fn finish(
     span: &Span,
+    operation: Operation,
     outcome: Outcome,
     error: Option<&Error>,
     record_keys: bool,
@@ -58,7 +72,7 @@ pub(crate) fn finish(
         return;
     }
     span.record("outcome", outcome.name());
-    if !near {
+    if !near || !operation.is_read() {
         span.record("tier", "remote");
     }
     if let Some(error) = error {
