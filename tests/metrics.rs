@@ -185,28 +185,33 @@ fn without_a_recorder_only_the_stats_count() {
     });
 }
 
-/// The closed `cache_operation` spans (with their fields) of `set`, a hit and a miss.
-fn spans_of_a_hit_and_a_miss(record_keys: bool) -> String {
+/// What a `tracing_subscriber::fmt` subscriber at `level` writes (closed spans included, with
+/// their fields) while `body` runs on a current-thread runtime.
+fn logged(level: tracing::Level, body: impl std::future::Future<Output = ()>) -> String {
     let logs = Logs::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
+        .with_max_level(level)
         .with_ansi(false)
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(move || writer.clone())
         .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        current_thread_runtime().block_on(async {
-            let cache = Cache::builder(MemoryCacheRepository::new())
-                .record_keys(record_keys)
-                .build();
-            cache.set("user:1", &1, 60).await.unwrap();
-            cache.get::<i64>("user:1").await.unwrap();
-            cache.get::<i64>("user:2").await.unwrap();
-            cache.get::<String>("user:1").await.unwrap_err();
-        });
-    });
+    tracing::subscriber::with_default(subscriber, || current_thread_runtime().block_on(body));
     logs.text()
+}
+
+/// The closed `cache_operation` spans (with their fields) of `set`, a hit and a miss.
+fn spans_of_a_hit_and_a_miss(record_keys: bool) -> String {
+    let logs = logged(tracing::Level::DEBUG, async {
+        let cache = Cache::builder(MemoryCacheRepository::new())
+            .record_keys(record_keys)
+            .build();
+        cache.set("user:1", &1, 60).await.unwrap();
+        cache.get::<i64>("user:1").await.unwrap();
+        cache.get::<i64>("user:2").await.unwrap();
+        cache.get::<String>("user:1").await.unwrap_err();
+    });
+    logs
 }
 
 #[test]
@@ -347,49 +352,39 @@ async fn profile(cache: &Cache, email: String) -> String {
 /// Everything logged (at `TRACE` and up) while a cache whose Redis is down serves a `#[cached]`
 /// call, a `get_or_set` and a `try_get_or_set` keyed by an e-mail address.
 fn logs_of_an_outage(record_keys: bool) -> String {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        current_thread_runtime().block_on(async {
-            // Nothing listens on port 1: every operation fails at once.
-            let cache = Cache::builder(RedisCacheRepository::new("redis://127.0.0.1:1/0").unwrap())
-                .record_keys(record_keys)
-                .build();
-            let email = "alice@example.com".to_owned();
-            assert_eq!(
-                profile(&cache, email.clone()).await,
-                "profile of alice@example.com"
-            );
-            let key = format!("user:{email}");
-            let loaded: String = cache
-                .get_or_set(&key, 60, || async { "loaded".to_owned() })
-                .await
-                .unwrap();
-            assert_eq!(loaded, "loaded");
-            let failed = cache
-                .try_get_or_set(&format!("orders:{email}"), 60, || async {
-                    Err::<String, _>(std::io::Error::other("database down"))
-                })
-                .await;
-            assert!(failed.is_err());
-            // A loader past its hard timeout: the crate's own error, which names the key.
-            let timed_out = cache
-                .try_get_or_set(&format!("slow:{email}"), 60, || async {
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                    Ok::<String, impcache::Error>("late".to_owned())
-                })
-                .hard_timeout(std::time::Duration::from_millis(20))
-                .await;
-            assert!(timed_out.is_err());
-        });
+    let logs = logged(tracing::Level::TRACE, async {
+        // Nothing listens on port 1: every operation fails at once.
+        let cache = Cache::builder(RedisCacheRepository::new("redis://127.0.0.1:1/0").unwrap())
+            .record_keys(record_keys)
+            .build();
+        let email = "alice@example.com".to_owned();
+        assert_eq!(
+            profile(&cache, email.clone()).await,
+            "profile of alice@example.com"
+        );
+        let key = format!("user:{email}");
+        let loaded: String = cache
+            .get_or_set(&key, 60, || async { "loaded".to_owned() })
+            .await
+            .unwrap();
+        assert_eq!(loaded, "loaded");
+        let failed = cache
+            .try_get_or_set(&format!("orders:{email}"), 60, || async {
+                Err::<String, _>(std::io::Error::other("database down"))
+            })
+            .await;
+        assert!(failed.is_err());
+        // A loader past its hard timeout: the crate's own error, which names the key.
+        let timed_out = cache
+            .try_get_or_set(&format!("slow:{email}"), 60, || async {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                Ok::<String, impcache::Error>("late".to_owned())
+            })
+            .hard_timeout(std::time::Duration::from_millis(20))
+            .await;
+        assert!(timed_out.is_err());
     });
-    logs.text()
+    logs
 }
 
 /// Issue 17: keys are recorded only when the user opts in, in the spans and in every log event
@@ -415,38 +410,27 @@ fn an_outage_logs_no_key_unless_the_cache_records_them() {
 #[test]
 fn a_near_cache_records_the_tier_that_answered() {
     let server = RedisServer::start();
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        current_thread_runtime().block_on(async {
-            let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
-                .near_cache(impcache::NearCache::new())
-                .build();
-            // A write is `remote`; a user's span around a read never gets a `tier`.
-            let user_span = tracing::debug_span!("request", tier = tracing::field::Empty);
-            let _entered = user_span.enter();
-            cache.set("user:1", &1, 60).await.unwrap();
-            // Until a read is answered from process memory (the near cache starts tracking).
-            for _ in 0..400 {
-                let hits = cache.near_cache_stats().hits;
-                assert_eq!(cache.get::<i64>("user:1").await.unwrap(), Some(1));
-                if cache.near_cache_stats().hits > hits {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let logs = logged(tracing::Level::DEBUG, async {
+        let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
+            .near_cache(impcache::NearCache::new())
+            .build();
+        // A write is `remote`; a user's span around a read never gets a `tier`.
+        let user_span = tracing::debug_span!("request", tier = tracing::field::Empty);
+        let _entered = user_span.enter();
+        cache.set("user:1", &1, 60).await.unwrap();
+        // Until a read is answered from process memory (the near cache starts tracking).
+        for _ in 0..400 {
+            let hits = cache.near_cache_stats().hits;
+            assert_eq!(cache.get::<i64>("user:1").await.unwrap(), Some(1));
+            if cache.near_cache_stats().hits > hits {
+                break;
             }
-            assert!(cache.near_cache_stats().hits > 0);
-            // A key not held locally: read from Redis.
-            assert_eq!(cache.get::<i64>("user:2").await.unwrap(), None);
-        });
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(cache.near_cache_stats().hits > 0);
+        // A key not held locally: read from Redis.
+        assert_eq!(cache.get::<i64>("user:2").await.unwrap(), None);
     });
-    let logs = logs.text();
     assert!(
         logs.contains(r#"cache_operation{operation="get" tier="remote" outcome="miss"}"#),
         "{logs}"
