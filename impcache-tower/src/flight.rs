@@ -24,7 +24,7 @@ use http::HeaderName;
 use impcache::flight;
 
 use crate::entry::Entry;
-use crate::stale::Why;
+use crate::policy::Why;
 
 /// What a leader hands to its waiters.
 #[derive(Debug)]

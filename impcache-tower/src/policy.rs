@@ -173,6 +173,34 @@ impl NotStored {
     }
 }
 
+/// Why a stale response was served: the `detail` of its `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Within stale-while-revalidate: a background call refreshes it.
+    Revalidating,
+    /// The handler returned an error.
+    HandlerError,
+    /// The handler answered with one of the stale-if-error statuses.
+    HandlerStatus,
+    /// The handler took longer than the handler timeout (or the hard timeout).
+    HandlerTimeout,
+    /// The handler took longer than the soft timeout; its call goes on in the background.
+    SoftTimeout,
+}
+
+impl Why {
+    /// The `detail` of `Cache-Status`.
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            Why::Revalidating => "revalidating",
+            Why::HandlerError => "handler-error",
+            Why::HandlerStatus => "handler-status",
+            Why::HandlerTimeout => "handler-timeout",
+            Why::SoftTimeout => "soft-timeout",
+        }
+    }
+}
+
 /// How a request is handled, before any cache access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestPlan {

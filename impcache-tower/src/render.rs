@@ -13,7 +13,7 @@ use crate::config::{StatusHeader, CACHE_STATUS, X_CACHE};
 use crate::entry::{now_ms, Entry};
 use crate::key;
 use crate::policy;
-use crate::stale::Why;
+use crate::policy::Why;
 
 /// How a response was obtained, for the status headers.
 #[derive(Debug, Clone, Copy)]

@@ -131,34 +131,6 @@ pub(crate) fn judge(config: &Config, entry: &Entry, now_ms: u64) -> Judged {
     }
 }
 
-/// Why a stale response was served: the `detail` of its `Cache-Status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Why {
-    /// Within stale-while-revalidate: a background call refreshes it.
-    Revalidating,
-    /// The handler returned an error.
-    HandlerError,
-    /// The handler answered with one of the stale-if-error statuses.
-    HandlerStatus,
-    /// The handler took longer than the handler timeout (or the hard timeout).
-    HandlerTimeout,
-    /// The handler took longer than the soft timeout; its call goes on in the background.
-    SoftTimeout,
-}
-
-impl Why {
-    /// The `detail` of `Cache-Status`.
-    pub(crate) fn detail(self) -> &'static str {
-        match self {
-            Why::Revalidating => "revalidating",
-            Why::HandlerError => "handler-error",
-            Why::HandlerStatus => "handler-status",
-            Why::HandlerTimeout => "handler-timeout",
-            Why::SoftTimeout => "soft-timeout",
-        }
-    }
-}
-
 /// Whether a fresh hit of `entry` at `now_ms` also starts an early background refresh
 /// (`CacheLayer::early_refresh`: XFetch's coin, thrown by impcache's freshness policy).
 pub(crate) fn refreshes_early(config: &Config, entry: &Entry, now_ms: u64) -> bool {
