@@ -182,6 +182,41 @@ fn trait_impl_check(uncached: &Ident) -> TokenStream {
     }
 }
 
+/// Whether the `cache` expression starts from an argument (not `self`) that the body mentions,
+/// and so moves into the body's closure.
+fn borrows_moved_argument(plan: &Plan, expr: &syn::Expr, body: &[syn::Stmt]) -> bool {
+    let Some(root) = root_ident(expr) else {
+        return false;
+    };
+    plan.args.iter().any(|arg| arg.name == *root)
+        && body
+            .iter()
+            .any(|stmt| mentions(stmt.to_token_stream(), root))
+}
+
+/// The variable an expression such as `state.cache`, `(*state).cache` or `state.cache()` starts
+/// from.
+fn root_ident(expr: &syn::Expr) -> Option<&Ident> {
+    match expr {
+        syn::Expr::Path(path) => path.path.get_ident(),
+        syn::Expr::Field(field) => root_ident(&field.base),
+        syn::Expr::MethodCall(call) => root_ident(&call.receiver),
+        syn::Expr::Reference(reference) => root_ident(&reference.expr),
+        syn::Expr::Paren(paren) => root_ident(&paren.expr),
+        syn::Expr::Unary(unary) => root_ident(&unary.expr),
+        _ => None,
+    }
+}
+
+/// Whether `tokens` contain the identifier `ident` (in any group).
+fn mentions(tokens: TokenStream, ident: &Ident) -> bool {
+    tokens.into_iter().any(|token| match token {
+        proc_macro2::TokenTree::Ident(found) => found == *ident,
+        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), ident),
+        _ => false,
+    })
+}
+
 /// The wrapper, then `{name}_uncached` and `{name}_invalidate`.
 pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let ItemFn {
@@ -202,6 +237,19 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let key_block = key_block(plan);
 
     let (cache_binding, cache_opt) = match &plan.cache {
+        // A cache reached through an argument that the body uses (`cache = state.cache` with
+        // `state` used in the body): that argument moves into the body, so the cache cannot stay
+        // borrowed from it; a clone of it (two reference counts) is taken instead.
+        Some(expr) if borrows_moved_argument(plan, expr, &block.stmts) => {
+            let binding = quote_spanned! {expr.span()=>
+                let __impcache_owned_cache: ::impcache::Cache = ::impcache::Cache::clone(&(#expr));
+                let __impcache_cache: &::impcache::Cache = &__impcache_owned_cache;
+            };
+            (
+                binding,
+                quote!(::core::option::Option::Some(__impcache_cache)),
+            )
+        }
         Some(expr) => {
             let binding = quote_spanned! {expr.span()=>
                 let __impcache_cache: &::impcache::Cache = &(#expr);

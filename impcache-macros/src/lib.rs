@@ -80,7 +80,10 @@ use proc_macro::TokenStream;
 /// run into what follows it (`{a}:{b}` with `a = "x:y"`) is written as a JSON string
 /// (`"x:y":z`); other values keep `serde_json`'s text. See the README's key layout.
 ///
-/// So `cache.delete_pattern("myapp::users::get_user:*")` drops every entry of a function.
+/// A function without key arguments (none, or all skipped) has the one key
+/// `{module_path}::{fn_name}`, without the `:`. So `cache.delete_pattern("myapp::users::get_user:*")`
+/// drops every entry of a function with arguments; `get_user_invalidate_all()` (below) covers
+/// both forms.
 ///
 /// # What is cached
 /// The return type is classified by the type system, not by its spelling, so aliases count:

@@ -461,3 +461,39 @@ async fn values_nested_200_levels_deep_are_hits() {
     assert_eq!(first, second);
     assert_eq!(DEEP_CALLS.load(SeqCst), 1, "the second call was not a hit");
 }
+
+/// An axum-style shared state holding the cache, which the body also uses.
+#[derive(Debug)]
+struct AppState {
+    cache: Cache,
+    greeting: String,
+    calls: AtomicUsize,
+}
+
+/// The cache is a field of an owned argument that the body uses too (`state` moves into the
+/// body; the cache must not stay borrowed from it).
+#[cached(cache = state.cache, expire = 60, skip(state))]
+async fn greet(state: std::sync::Arc<AppState>, id: u64) -> String {
+    state.calls.fetch_add(1, SeqCst);
+    format!("{} {id}", state.greeting)
+}
+
+/// The same with the cache itself an owned argument the body uses.
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn owned_cache(cache: Cache, n: u64) -> u64 {
+    let _ = cache.key_prefix();
+    n * 3
+}
+
+#[tokio::test]
+async fn the_cache_can_live_in_an_argument_the_body_uses() {
+    let state = std::sync::Arc::new(AppState {
+        cache: fresh(),
+        greeting: "hello".to_owned(),
+        calls: AtomicUsize::new(0),
+    });
+    assert_eq!(greet(state.clone(), 1).await, "hello 1");
+    assert_eq!(greet(state.clone(), 1).await, "hello 1");
+    assert_eq!(state.calls.load(SeqCst), 1);
+    assert_eq!(owned_cache(fresh(), 2).await, 6);
+}
