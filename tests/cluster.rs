@@ -671,7 +671,7 @@ async fn busy(cache: &Cache, keys: &[(String, bool)], window: Duration) -> (Tall
                     let asked: Vec<&String> = (0..3)
                         .map(|j| &healthy[(i + j * 5) % healthy.len()])
                         .collect();
-                    let outcome = cache.get_many::<String, _>(&asked).await.map(|got| {
+                    let outcome = cache.get_many::<String>(&asked).await.map(|got| {
                         let expected: Vec<Option<String>> =
                             asked.iter().map(|k| Some((*k).clone())).collect();
                         assert_eq!(got, expected);
@@ -814,7 +814,7 @@ async fn a_killed_primary_costs_nothing_on_the_others() {
         err.to_string().contains(&format!("127.0.0.1:{victim}")),
         "{err}"
     );
-    let err = cache.get_many::<String, _>(&everything).await.unwrap_err();
+    let err = cache.get_many::<String>(&everything).await.unwrap_err();
     assert!(
         err.to_string().contains(&format!("127.0.0.1:{victim}")),
         "{err}"

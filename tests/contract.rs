@@ -558,7 +558,7 @@ async fn decode_errors_name_the_key(b: Backend) {
     assert!(err.to_string().contains("cache:1:text"), "{err}");
     assert!(!err.is_backend_failure());
     let err = cache
-        .get_many::<i64, _>(["missing", "text"])
+        .get_many::<i64>(["missing", "text"])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cache:1:text"), "{err}");

@@ -414,7 +414,7 @@ fn a_near_cache_records_the_tier_that_answered() {
         let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
             .near_cache(impcache::NearCache::new())
             .build();
-        // A write is `remote`; a user's span around a read never gets a `tier`.
+        // A user's span around the operations never gets a `tier`.
         let user_span = tracing::debug_span!("request", tier = tracing::field::Empty);
         let _entered = user_span.enter();
         cache.set("user:1", &1, 60).await.unwrap();
@@ -430,6 +430,9 @@ fn a_near_cache_records_the_tier_that_answered() {
         assert!(cache.near_cache_stats().hits > 0);
         // A key not held locally: read from Redis.
         assert_eq!(cache.get::<i64>("user:2").await.unwrap(), None);
+        // The write asserted on: the spans of a test's first moments can be missed while other
+        // tests' subscribers come and go (tracing's callsite interest is process-wide).
+        cache.set("user:3", &3, 60).await.unwrap();
     });
     assert!(
         logs.contains(r#"cache_operation{operation="get" tier="remote" outcome="miss"}"#),

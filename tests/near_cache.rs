@@ -142,7 +142,7 @@ async fn changes_by_other_clients_reach_the_reader() {
     assert_eq!(values, [Some(1), Some(2), None]);
     let _: () = other.set(cache.make_key("a"), "10").await.unwrap();
     eventually("get_many sees the other client's write", || async {
-        cache.get_many::<i64, _>(["a", "b"]).await.unwrap() == [Some(10), Some(2)]
+        cache.get_many::<i64>(["a", "b"]).await.unwrap() == [Some(10), Some(2)]
     })
     .await;
 }

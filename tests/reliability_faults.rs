@@ -66,7 +66,7 @@ async fn every_operation_is_bounded(cache: &Cache, situation: &str) -> Vec<Error
     check!("set_many", cache.set_many([("a", 1), ("b", 2)], 60));
     check!("get", async { cache.get::<i32>("k").await.map(|_| ()) });
     check!("get_many", async {
-        cache.get_many::<i32, _>(["a", "b"]).await.map(|_| ())
+        cache.get_many::<i32>(["a", "b"]).await.map(|_| ())
     });
     check!("delete", async { cache.delete("k").await.map(|_| ()) });
     check!("delete_many", async {

@@ -129,8 +129,8 @@ fn memory_delete_pattern_agrees_with_redis() {
                     on_memory.delete_pattern(&pattern).await,
                 );
                 let left = (
-                    on_redis.get_many::<usize, _>(&keys).await.unwrap(),
-                    on_memory.get_many::<usize, _>(&keys).await.unwrap(),
+                    on_redis.get_many::<usize>(&keys).await.unwrap(),
+                    on_memory.get_many::<usize>(&keys).await.unwrap(),
                 );
                 (removed, left)
             });

@@ -108,10 +108,7 @@ async fn values_that_are_not_json_or_not_utf8_are_decode_errors_and_stay_untouch
     let error = cache.get::<String>("good").await.unwrap_err();
     assert!(matches!(error, Error::Decode { .. }), "{error:?}");
     // In get_many, the error names the bad key.
-    let error = cache
-        .get_many::<i64, _>(["good", "text"])
-        .await
-        .unwrap_err();
+    let error = cache.get_many::<i64>(["good", "text"]).await.unwrap_err();
     assert!(error.to_string().contains("in:1:text"), "{error}");
     // Nothing was changed or removed by the failed reads; the raw bytes are still readable.
     assert_eq!(

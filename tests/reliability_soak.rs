@@ -131,7 +131,7 @@ async fn mixed_load_with_a_restart_in_the_middle() {
                         50..=79 => cache.set(&key, &n, 60).await,
                         80..=89 => {
                             let keys = [key.clone(), format!("k{}", (rng >> 8) % KEYS)];
-                            cache.get_many::<u64, _>(&keys).await.map(drop)
+                            cache.get_many::<u64>(&keys).await.map(drop)
                         }
                         90..=94 => cache.delete(&key).await.map(drop),
                         _ => cache.set_many([(key.as_str(), n), ("shared", n)], 60).await,

@@ -140,19 +140,13 @@ async fn an_invalidated_tag_hides_its_entries_and_only_those(b: Backend) {
     assert_eq!(cache.get::<i32>("b").await.unwrap(), None);
     assert_eq!(cache.get::<i32>("c").await.unwrap(), Some(3));
     assert_eq!(
-        cache
-            .get_many::<i32, _>(["a", "b", "c", "d"])
-            .await
-            .unwrap(),
+        cache.get_many::<i32>(["a", "b", "c", "d"]).await.unwrap(),
         [Some(1), None, Some(3), Some(4)]
     );
 
     cache.invalidate_tags(["t1", "t3"]).await.unwrap();
     assert_eq!(
-        cache
-            .get_many::<i32, _>(["a", "b", "c", "d"])
-            .await
-            .unwrap(),
+        cache.get_many::<i32>(["a", "b", "c", "d"]).await.unwrap(),
         [None, None, Some(3), None]
     );
     assert_eq!(cache.get_raw("a").await.unwrap(), None);

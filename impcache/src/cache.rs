@@ -546,11 +546,12 @@ impl Cache {
     }
 
     /// The values at `keys`, in the same order, `None` where nothing is stored; one round trip.
-    pub async fn get_many<V, I>(&self, keys: I) -> Result<Vec<Option<V>>>
+    pub async fn get_many<V>(
+        &self,
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Vec<Option<V>>>
     where
         V: DeserializeOwned,
-        I: IntoIterator,
-        I::Item: AsRef<str>,
     {
         observed!(self, Operation::GetMany, None, async {
             let batch = self.checked_keys(keys)?;

@@ -185,7 +185,7 @@ pub(crate) async fn batch(config: &Config, server: &RedisServer, results: &mut R
             op: Arc::new(move |task: usize, i: u64| async move {
                 let s = start(task, i);
                 let keys: Vec<String> = (s..s + n).map(|id| format!("batch:{id}")).collect();
-                let values = cache.get_many::<Small, _>(&keys).await;
+                let values = cache.get_many::<Small>(&keys).await;
                 count(values.map_err(|e| e.to_string()).and_then(|v| {
                     if v.iter().all(Option::is_some) {
                         Ok(v)
@@ -281,7 +281,7 @@ async fn check_round_trips(server: &RedisServer, cache: &Cache) -> String {
     };
     let (mget, set) = (stats("mget"), stats("set"));
     let keys: Vec<String> = (0..100).map(|id| format!("batch:{id}")).collect();
-    let _ = cache.get_many::<Small, _>(&keys).await;
+    let _ = cache.get_many::<Small>(&keys).await;
     let _ = cache
         .set_many(keys.iter().map(|k| (k.as_str(), 1)), TTL)
         .await;
