@@ -4,23 +4,45 @@
 
 use crate::error::{Error, Result};
 
-/// The DSN with any password (between `user:` and the `@` of the authority) replaced by `***`.
+/// The DSN with any password replaced by `***`: the one between `user:` and the `@` of the
+/// authority (found as the last `@` before the query, since a password may hold an unencoded
+/// `/`), and a `password=` / `pass=` query parameter (how the `redis` crate takes a socket's).
 /// Works on strings that are not valid URLs too, since those are the ones that end up in errors.
 pub(crate) fn redact(dsn: &str) -> String {
     let Some(scheme_end) = dsn.find("://") else {
         return dsn.to_owned();
     };
     let (scheme, rest) = (&dsn[..scheme_end], &dsn[scheme_end + 3..]);
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return dsn.to_owned();
+    let (head, query) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
+    let head = match head.rfind('@') {
+        // A socket path (`unix:///tmp/a@b.sock`) has no userinfo.
+        Some(at) if !head.starts_with('/') => {
+            let (userinfo, host_and_path) = (&head[..at], &head[at + 1..]);
+            match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***@{host_and_path}"),
+                // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
+                None => format!("***@{host_and_path}"),
+            }
+        }
+        _ => head.to_owned(),
     };
-    let (userinfo, host_and_rest) = (&rest[..at], &rest[at + 1..]);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host_and_rest}"),
-        // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
-        None => format!("{scheme}://***@{host_and_rest}"),
-    }
+    format!("{scheme}://{head}{}", redact_query(query))
+}
+
+/// `query` (from its `?`, with any fragment) with the values of `password` and `pass` replaced.
+fn redact_query(query: &str) -> String {
+    let Some(params) = query.strip_prefix('?') else {
+        return query.to_owned();
+    };
+    let (params, fragment) = params.split_at(params.find('#').unwrap_or(params.len()));
+    let params: Vec<String> = params
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if matches!(name, "password" | "pass") => format!("{name}=***"),
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("?{}{fragment}", params.join("&"))
 }
 
 /// Each DSN redacted, joined with `, `: how a list of addresses appears in an error.
@@ -82,12 +104,28 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
             )))
         }
     }
+    let mut query_db = None;
     for (name, value) in url.query_pairs() {
         if name == "db" {
             check_db(dsn, &value)?;
+            query_db = value.parse::<i64>().ok();
         }
     }
-    let info = connection_info(dsn)?;
+    let mut info = connection_info(dsn)?;
+    if let Some(db) = query_db {
+        // `redis://host/?db=3`: redis-py (the Python library's client) reads the database from
+        // the query as well as from the path; the `redis` crate only for sockets, and would
+        // silently use database 0. Applied here, so both languages share one database.
+        let path_db = url.path().trim_start_matches('/');
+        if url.scheme().starts_with("redis+unix") || url.scheme() == "unix" || path_db.is_empty() {
+            let settings = info.redis_settings().clone().set_db(db);
+            info = info.set_redis_settings(settings);
+        } else if path_db.parse::<i64>().ok() != Some(db) {
+            return Err(invalid(format!(
+                "two databases: `/{path_db}` in the path and `db={db}` in the query"
+            )));
+        }
+    }
     redis::Client::open(info).map_err(|e| invalid(scrub(&e.to_string(), &[dsn])))
 }
 
@@ -193,10 +231,34 @@ mod tests {
         assert_eq!(redact("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact("redis://pw@h:1"), "redis://***@h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        // An unencoded `/` in the password; a socket's password as a query parameter.
+        assert_eq!(redact("redis://:ab/cd@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(
+            redact("unix:///tmp/r.sock?db=2&pass=s3cret#x"),
+            "unix:///tmp/r.sock?db=2&pass=***#x"
+        );
+        assert_eq!(
+            redact("redis+unix:///tmp/a@b.sock?password=s3cret"),
+            "redis+unix:///tmp/a@b.sock?password=***"
+        );
+        let err = server("redis://:ab/cd@h:1/x").unwrap_err().to_string();
+        assert!(!err.contains("cd"), "{err}");
         assert_eq!(
             scrub("bad pw and pw2", &["redis://:pw2@h:1", "redis://u:pw@h:2"]),
             "bad *** and ***"
         );
+    }
+
+    #[test]
+    fn the_database_of_a_query_parameter_is_used_as_redis_py_does() {
+        let db = |dsn: &str| server(dsn).map(|c| c.get_connection_info().redis_settings().db());
+        assert_eq!(db("redis://h:1?db=3").ok(), Some(3));
+        assert_eq!(db("redis://h:1/?db=3").ok(), Some(3));
+        assert_eq!(db("redis://h:1/3?db=3").ok(), Some(3));
+        assert_eq!(db("redis://h:1/4").ok(), Some(4));
+        assert_eq!(db("unix:///tmp/r.sock?db=5").ok(), Some(5));
+        let err = server("redis://h:1/2?db=3").unwrap_err().to_string();
+        assert!(err.contains("two databases"), "{err}");
     }
 
     #[cfg(feature = "sentinel")]
