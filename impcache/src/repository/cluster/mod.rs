@@ -174,7 +174,7 @@ impl RedisClusterCacheRepository {
     pub fn new<I, S>(nodes: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<str>,
     {
         Self::builder(nodes).build()
     }
@@ -183,10 +183,13 @@ impl RedisClusterCacheRepository {
     pub fn builder<I, S>(nodes: I) -> RedisClusterCacheRepositoryBuilder
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<str>,
     {
         RedisClusterCacheRepositoryBuilder {
-            nodes: nodes.into_iter().map(Into::into).collect(),
+            nodes: nodes
+                .into_iter()
+                .map(|dsn| dsn.as_ref().to_owned())
+                .collect(),
             settings: Settings::default(),
         }
     }

@@ -183,7 +183,7 @@ impl RedisSentinelCacheRepository {
     pub fn new<I, S>(sentinels: I, service_name: impl Into<String>) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<str>,
     {
         Self::builder(sentinels, service_name).build()
     }
@@ -195,10 +195,13 @@ impl RedisSentinelCacheRepository {
     ) -> RedisSentinelCacheRepositoryBuilder
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<str>,
     {
         RedisSentinelCacheRepositoryBuilder {
-            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            sentinels: sentinels
+                .into_iter()
+                .map(|dsn| dsn.as_ref().to_owned())
+                .collect(),
             service_name: service_name.into(),
             db: 0,
             username: None,
