@@ -269,7 +269,8 @@ mod tests {
             assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
         }
         assert!(crate::RedisSentinelCacheRepository::new(Vec::<String>::new(), "m").is_err());
-        assert!(crate::RedisSentinelCacheRepository::new(&["redis://h:26379"], "m").is_ok());
+        let sentinels: &[&str] = &["redis://h:26379"];
+        assert!(crate::RedisSentinelCacheRepository::new(sentinels, "m").is_ok());
         assert!(crate::RedisSentinelCacheRepository::new(["redis://h:26379"], " ").is_err());
         let repository =
             crate::RedisSentinelCacheRepository::builder(["redis://:s3cret@h:26379"], "m")
@@ -298,9 +299,8 @@ mod tests {
         }
         assert!(crate::RedisClusterCacheRepository::new(Vec::<String>::new()).is_err());
         // A slice of addresses, as `get_many` takes keys.
-        assert!(
-            crate::RedisClusterCacheRepository::new(&["redis://a:7000", "redis://b:7000"]).is_ok()
-        );
+        let nodes: &[&str] = &["redis://a:7000", "redis://b:7000"];
+        assert!(crate::RedisClusterCacheRepository::new(nodes).is_ok());
         let err = crate::RedisClusterCacheRepository::new(["redis://:s3cret@h:1/9"]).unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
         assert!(crate::RedisClusterCacheRepository::new(["redis://h:1", "redis://h:2/0"]).is_ok());
