@@ -250,6 +250,14 @@ async fn seed_set_many_and_get_many(b: Backend) {
     cache.set_many([("k1", 1), ("k2", 2)], 100).await.unwrap();
     let ints: Vec<Option<i64>> = cache.get_many(["k1", "missing", "k2"]).await.unwrap();
     assert_eq!(ints, [Some(1), None, Some(2)]);
+    // Borrowed pairs and keys, and the turbofish of `get`.
+    let owned = vec![("k3".to_owned(), 3), ("k4".to_owned(), 4)];
+    cache.set_many(&owned, 100).await.unwrap();
+    cache.set_many(&[("k5", 5)], 100).await.unwrap();
+    assert_eq!(
+        cache.get_many::<i64>(&["k3", "k4", "k5"]).await.unwrap(),
+        [Some(3), Some(4), Some(5)]
+    );
 }
 
 async fn seed_delete_and_delete_many(b: Backend) {

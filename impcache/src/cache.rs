@@ -1,5 +1,6 @@
 //! [`Cache`]: the handle applications use, and its builder.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -479,13 +480,15 @@ impl Cache {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
     /// let cache = Cache::new(MemoryCacheRepository::new());
     /// cache.set_many([("k1", 1), ("k2", 2)], 100).await?;
+    /// cache.set_many(&[("k3", 3)], 100).await?; // or borrowed pairs
     /// let values: Vec<Option<i64>> = cache.get_many(&["k1", "missing", "k2"]).await?;
     /// assert_eq!(values, [Some(1), None, Some(2)]);
     /// # Ok(()) }
     /// ```
     pub async fn set_many<I, K, V>(&self, entries: I, expire: impl Into<Expire>) -> Result<()>
     where
-        I: IntoIterator<Item = (K, V)>,
+        I: IntoIterator,
+        I::Item: Borrow<(K, V)>,
         K: AsRef<str>,
         V: Serialize,
     {
@@ -498,7 +501,8 @@ impl Cache {
     /// [`set_many`](Cache::set_many)'s work; the number of value bytes written.
     async fn write_many<I, K, V>(&self, entries: I, expire: Expire) -> Result<usize>
     where
-        I: IntoIterator<Item = (K, V)>,
+        I: IntoIterator,
+        I::Item: Borrow<(K, V)>,
         K: AsRef<str>,
         V: Serialize,
     {
@@ -509,7 +513,8 @@ impl Cache {
         // values, so each gets its own exact allocation there.
         let mut packed = BytesMut::new();
         let mut expiry = None;
-        for (key, value) in entries {
+        for entry in entries {
+            let (key, value) = entry.borrow();
             let key = key.as_ref();
             self.check_key(key)?;
             if expiry.is_none() {
