@@ -77,9 +77,13 @@ impl CacheLayer {
     }
 
     /// Whether the client's request `Cache-Control` counts (default `false`: the server owns its
-    /// cache, and a browser's hard refresh does not reach the handler). When `true`, `no-store`
-    /// bypasses the cache, and `no-cache`, `max-age=0` or `Pragma: no-cache` skip the lookup and
-    /// store the fresh response.
+    /// cache, and a browser's hard refresh does not reach the handler). When `true` (RFC 9111
+    /// §5.2.1), `no-store` bypasses the cache; `no-cache`, `max-age=0` or `Pragma: no-cache` skip
+    /// the lookup and store the fresh response; `max-age=N` and `min-fresh=N` send a stored
+    /// response older than `N` seconds, or fresh for less than `N` more, to the handler
+    /// (`fwd=request`), storing its answer; `only-if-cached` answers `504 Gateway Timeout`
+    /// (`detail=only-if-cached`) whenever the handler would be called. `max-stale` is not read
+    /// (stale responses are served only within the layer's or the response's stale windows).
     pub fn honor_request_cache_control(self, honor: bool) -> Self {
         self.with(|c| c.honor_request_cache_control = honor)
     }

@@ -21,6 +21,10 @@ pub(crate) struct CacheControl {
     pub(crate) stale_while_revalidate: Option<u64>,
     /// `stale-if-error=N` (RFC 5861), seconds.
     pub(crate) stale_if_error: Option<u64>,
+    /// A request's `min-fresh=N`, seconds.
+    pub(crate) min_fresh: Option<u64>,
+    /// A request's `only-if-cached`.
+    pub(crate) only_if_cached: bool,
 }
 
 /// The largest delta-seconds kept: RFC 9111 §1.2.2 asks a cache to use 2^31 for anything larger.
@@ -86,6 +90,8 @@ impl CacheControl {
                         cc.stale_while_revalidate = least(cc.stale_while_revalidate)
                     }
                     "stale-if-error" => cc.stale_if_error = least(cc.stale_if_error),
+                    "min-fresh" => cc.min_fresh = least(cc.min_fresh),
+                    "only-if-cached" => cc.only_if_cached = true,
                     _ => {}
                 }
             }
@@ -209,8 +215,34 @@ pub(crate) enum RequestPlan {
     /// A HEAD request: answered from the GET entry, never stored.
     Head,
     /// Looked up, and stored on a miss. `refresh`: skip the lookup (the client's `no-cache`, when
-    /// request directives are honoured) but store the fresh response.
-    Lookup { refresh: bool },
+    /// request directives are honoured) but store the fresh response; `limits`: the client's
+    /// other directives, when honoured.
+    Lookup { refresh: bool, limits: Limits },
+}
+
+/// What a client's request `Cache-Control` asks of a stored response (RFC 9111 §5.2.1), when
+/// [`honor_request_cache_control`](crate::CacheLayer::honor_request_cache_control) is on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// `max-age=N`: no older than `N` seconds.
+    pub(crate) max_age: Option<u64>,
+    /// `min-fresh=N`: fresh for at least `N` more seconds.
+    pub(crate) min_fresh: Option<u64>,
+    /// `only-if-cached`: a stored response or `504`, never the handler.
+    pub(crate) only_if_cached: bool,
+}
+
+impl Limits {
+    /// Whether a fresh stored response of age `age` with `fresh_left` (`None`: no expiry) may
+    /// answer.
+    pub(crate) fn accept(&self, age: u64, fresh_left: Option<Duration>) -> bool {
+        let young = self.max_age.is_none_or(|max_age| age <= max_age);
+        let fresh = match (self.min_fresh, fresh_left) {
+            (Some(min_fresh), Some(left)) => left.as_secs() >= min_fresh,
+            _ => true,
+        };
+        young && fresh
+    }
 }
 
 /// The request-side rules.
@@ -238,6 +270,7 @@ pub(crate) fn plan_request(
         return RequestPlan::Bypass(Bypass::Range);
     }
     let mut refresh = false;
+    let mut limits = Limits::default();
     if honor_request_cache_control {
         let cc = CacheControl::parse(headers);
         if cc.no_store {
@@ -248,6 +281,11 @@ pub(crate) fn plan_request(
                 .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
         });
         refresh = cc.no_cache || cc.max_age == Some(0) || pragma_no_cache;
+        limits = Limits {
+            max_age: cc.max_age,
+            min_fresh: cc.min_fresh,
+            only_if_cached: cc.only_if_cached,
+        };
     }
     if head {
         return if refresh {
@@ -256,7 +294,7 @@ pub(crate) fn plan_request(
             RequestPlan::Head
         };
     }
-    RequestPlan::Lookup { refresh }
+    RequestPlan::Lookup { refresh, limits }
 }
 
 /// The response-side rules: `Ok(ttl)` when the response may be stored (`None`: no expiry), the
@@ -487,7 +525,10 @@ mod tests {
         };
         assert_eq!(
             plan(Method::GET, &[], false, false),
-            RequestPlan::Lookup { refresh: false }
+            RequestPlan::Lookup {
+                refresh: false,
+                limits: Limits::default()
+            }
         );
         assert_eq!(plan(Method::HEAD, &[], false, false), RequestPlan::Head);
         assert_eq!(
@@ -500,24 +541,60 @@ mod tests {
         );
         assert_eq!(
             plan(Method::GET, &[("authorization", "Bearer x")], true, false),
-            RequestPlan::Lookup { refresh: false }
+            RequestPlan::Lookup {
+                refresh: false,
+                limits: Limits::default()
+            }
         );
         assert_eq!(
             plan(Method::GET, &[("cache-control", "no-cache")], false, false),
-            RequestPlan::Lookup { refresh: false }
+            RequestPlan::Lookup {
+                refresh: false,
+                limits: Limits::default()
+            }
         );
         assert_eq!(
             plan(Method::GET, &[("cache-control", "no-cache")], false, true),
-            RequestPlan::Lookup { refresh: true }
+            RequestPlan::Lookup {
+                refresh: true,
+                limits: Limits::default()
+            }
         );
         assert_eq!(
             plan(Method::GET, &[("pragma", "no-cache")], false, true),
-            RequestPlan::Lookup { refresh: true }
+            RequestPlan::Lookup {
+                refresh: true,
+                limits: Limits::default()
+            }
         );
         assert_eq!(
             plan(Method::GET, &[("cache-control", "no-store")], false, true),
             RequestPlan::Bypass(Bypass::RequestNoStore)
         );
+        let limits = Limits {
+            max_age: Some(5),
+            min_fresh: Some(10),
+            only_if_cached: true,
+        };
+        let directives = [("cache-control", "max-age=5, min-fresh=10, only-if-cached")];
+        assert_eq!(
+            plan(Method::GET, &directives, false, true),
+            RequestPlan::Lookup {
+                refresh: false,
+                limits
+            }
+        );
+        assert_eq!(
+            plan(Method::GET, &directives, false, false),
+            RequestPlan::Lookup {
+                refresh: false,
+                limits: Limits::default()
+            }
+        );
+        assert!(limits.accept(5, Some(Duration::from_secs(10))));
+        assert!(!limits.accept(6, Some(Duration::from_secs(10))));
+        assert!(!limits.accept(5, Some(Duration::from_secs(9))));
+        assert!(limits.accept(0, None));
     }
 
     #[test]

@@ -24,8 +24,7 @@ use crate::invalidate;
 use crate::key;
 use crate::layer::CacheLayer;
 use crate::metrics::Counted;
-use crate::policy::Why;
-use crate::policy::{self, NotStored, RequestPlan};
+use crate::policy::{self, Limits, NotStored, RequestPlan, Why};
 use crate::render::{self, mark, Outcome};
 use crate::revalidate;
 use crate::stale::{self, usable, Judged};
@@ -168,13 +167,13 @@ where
             config.honor_request_cache_control,
         );
         let counted = Counted::of(&request);
-        let refresh = match plan {
+        let (refresh, limits) = match plan {
             RequestPlan::Bypass(reason) => {
                 counted.count(LayerOutcome::Bypass);
                 return Box::pin(bypass(config, inner, request, reason)).await;
             }
-            RequestPlan::Head => true,
-            RequestPlan::Lookup { refresh } => refresh,
+            RequestPlan::Head => (true, Limits::default()),
+            RequestPlan::Lookup { refresh, limits } => (refresh, limits),
         };
         let head = plan == RequestPlan::Head;
         let method = if head { &Method::GET } else { request.method() };
@@ -195,6 +194,12 @@ where
                     // One clock read: judged fresh at `now`, served with its age at `now`.
                     let now = now_ms();
                     match stale::judge(config, &entry, now) {
+                        // Fresh, but older (or closer to its expiry) than the client accepts.
+                        Judged::Fresh
+                            if !limits.accept(entry.age_secs(now), entry.fresh_left(now)) =>
+                        {
+                            ("request", true, None, None, None, seen)
+                        }
                         Judged::Fresh => {
                             counted.count(LayerOutcome::Hit);
                             if !head && stale::refreshes_early(config, &entry, now) {
@@ -229,7 +234,7 @@ where
                         // Stale: the handler answers, the entry stands in if it fails (and, with
                         // a soft timeout, if it is slow).
                         Judged::IfError { past } => match config.soft_timeout {
-                            Some(soft) if !head => {
+                            Some(soft) if !head && !limits.only_if_cached => {
                                 let found = (entry, seen);
                                 let call = (inner, request, keys, ticket);
                                 let within = within_soft_timeout(&shared, call, found, past, soft);
@@ -249,6 +254,12 @@ where
         } else {
             ("request", true, None, None, None, None)
         };
+        // `only-if-cached` (honoured request directives): no stored response answers, so a 504
+        // rather than the handler (RFC 9111 §5.2.1.7).
+        if limits.only_if_cached {
+            counted.count(LayerOutcome::Miss);
+            return Ok(gateway_timeout(config, fwd, "only-if-cached"));
+        }
         // Counted once the handler has answered when a stale entry may stand in for it.
         let counted = match (fallback, detail) {
             (Some(_), _) => Some(counted),
@@ -520,7 +531,7 @@ where
                 }
                 let url = config.logged(url);
                 tracing::warn!(target: "impcache_tower", url, ?limit, "the handler timed out (hard timeout): 504");
-                return Ok(gateway_timeout(config, fwd));
+                return Ok(gateway_timeout(config, fwd, "handler-timeout"));
             }
         },
         None => inner.call(request).await,
@@ -844,13 +855,17 @@ where
 
 /// The answer to a request whose handler exceeded the hard timeout with no stale entry to stand
 /// in: `504 Gateway Timeout`, never stored.
-fn gateway_timeout<B>(config: &Config, fwd: &'static str) -> Response<ResponseBody<B>> {
+fn gateway_timeout<B>(
+    config: &Config,
+    fwd: &'static str,
+    detail: &'static str,
+) -> Response<ResponseBody<B>> {
     let mut response = Response::new(ResponseBody::full(Bytes::new()));
     *response.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
     let outcome = Outcome::Miss {
         fwd,
         stored: false,
-        detail: Some("handler-timeout"),
+        detail: Some(detail),
     };
     mark(&mut response, config.status_header, outcome);
     response

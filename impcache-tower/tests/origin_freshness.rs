@@ -368,6 +368,33 @@ async fn a_newer_no_store_response_removes_the_stored_one() {
     assert!(record(&layer, "/withdrawn").await.is_none());
 }
 
+/// A request's `max-age=N` (honoured) turns away a stored response older than `N` seconds: here
+/// the origin's `Age: 100`.
+#[tokio::test]
+async fn a_honoured_request_max_age_turns_away_an_older_response() {
+    let layer = origin().honor_request_cache_control(true);
+    let (svc, _) = app(layer.clone(), |n, _| async move {
+        respond(n, 200, &[("cache-control", "max-age=3600"), ("age", "100")])
+    });
+    send(&svc, get("/aged")).await;
+    wait_stored(&layer, "/aged").await;
+    let young_enough = send(
+        &svc,
+        request("GET", "/aged", &[("cache-control", "max-age=500")]),
+    )
+    .await;
+    assert_eq!(young_enough.outcome(), "HIT");
+    let too_old = send(
+        &svc,
+        request("GET", "/aged", &[("cache-control", "max-age=50")]),
+    )
+    .await;
+    assert_eq!(
+        (too_old.outcome(), too_old.body.as_ref()),
+        ("MISS", &b"call 2"[..])
+    );
+}
+
 #[tokio::test]
 async fn a_no_store_answer_to_a_honoured_client_refresh_removes_the_fresh_entry() {
     let layer = origin().honor_request_cache_control(true);

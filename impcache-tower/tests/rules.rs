@@ -326,6 +326,56 @@ async fn honouring_client_cache_control_is_opt_in() {
     panic!("the refreshed response was never stored");
 }
 
+/// RFC 9111 §5.2.1 with request directives honoured: `min-fresh=N` turns away a response that
+/// is fresh for less than `N` more seconds, `max-age=N` one older than `N` seconds, and
+/// `only-if-cached` answers `504` instead of calling the handler; each only when opted in.
+#[tokio::test]
+async fn honoured_request_directives_limit_what_a_stored_response_answers() {
+    let layer = layer().honor_request_cache_control(true);
+    let (svc, calls) = counting(layer.clone());
+    send(&svc, get("/doc")).await;
+    wait_stored(&layer, "/doc").await;
+    let with = |directives: &'static str| request("GET", "/doc", &[("cache-control", directives)]);
+    // Fresh for about 60 s more, 0 s old.
+    let hit = send(&svc, with("min-fresh=30, max-age=10")).await;
+    assert_eq!((hit.outcome(), calls.get()), ("HIT", 1));
+    let turned_away = send(&svc, with("min-fresh=120")).await;
+    assert_eq!(
+        (
+            turned_away.outcome(),
+            turned_away.body.as_ref(),
+            calls.get()
+        ),
+        ("MISS", &b"call 2"[..], 2)
+    );
+    assert_eq!(
+        turned_away.header("cache-status"),
+        Some("impcache; fwd=request; stored")
+    );
+    // only-if-cached: the stored response, or a 504 without a handler call.
+    let cached = send(&svc, with("only-if-cached")).await;
+    assert_eq!((cached.status, cached.outcome()), (StatusCode::OK, "HIT"));
+    let absent = send(
+        &svc,
+        request("GET", "/absent", &[("cache-control", "only-if-cached")]),
+    )
+    .await;
+    assert_eq!(absent.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        absent.header("cache-status"),
+        Some("impcache; fwd=uri-miss; detail=only-if-cached")
+    );
+    assert_eq!(calls.get(), 2);
+    // Not honoured (the default): the directives change nothing.
+    let (svc, calls) = counting(CacheLayer::new(memory_cache()).expire(60));
+    let absent = send(
+        &svc,
+        request("GET", "/absent", &[("cache-control", "only-if-cached")]),
+    )
+    .await;
+    assert_eq!((absent.status, calls.get()), (StatusCode::OK, 1));
+}
+
 /// axum-response-cache: a body over the limit became `500 File too big`.
 #[tokio::test]
 async fn defect_oversized_body_turns_into_a_500() {
