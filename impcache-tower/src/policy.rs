@@ -233,12 +233,6 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// Whether `max-age` or `min-fresh` was given (else every fresh response is accepted, and
-    /// a hit computes nothing for them).
-    pub(crate) fn bounds_freshness(&self) -> bool {
-        self.max_age.is_some() || self.min_fresh.is_some()
-    }
-
     /// Whether a fresh stored response of age `age` with `fresh_left` (`None`: no expiry) may
     /// answer.
     pub(crate) fn accept(&self, age: u64, fresh_left: Option<Duration>) -> bool {

@@ -196,8 +196,7 @@ where
                     match stale::judge(config, &entry, now) {
                         // Fresh, but older (or closer to its expiry) than the client accepts.
                         Judged::Fresh
-                            if limits.bounds_freshness()
-                                && !limits.accept(entry.age_secs(now), entry.fresh_left(now)) =>
+                            if !limits.accept(entry.age_secs(now), entry.fresh_left(now)) =>
                         {
                             ("request", true, None, None, None, seen)
                         }
