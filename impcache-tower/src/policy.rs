@@ -233,12 +233,23 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// Whether a fresh stored response of age `age` with `fresh_left` (`None`: no expiry) may
-    /// answer.
-    pub(crate) fn accept(&self, age: u64, fresh_left: Option<Duration>) -> bool {
+    /// Whether the fresh stored `entry` may answer at `now_ms` (nothing computed when the request
+    /// set no bound).
+    pub(crate) fn accept_entry(&self, entry: &crate::entry::Entry, now_ms: u64) -> bool {
+        if self.max_age.is_none() && self.min_fresh.is_none() {
+            return true;
+        }
+        let age = entry.age_secs(now_ms);
+        self.accept(age, entry.ttl_left(age))
+    }
+
+    /// Whether a fresh stored response of age `age` with `ttl_left` seconds of freshness
+    /// (`None`: no expiry), as [`Entry::ttl_left`](crate::entry::Entry::ttl_left) gives them,
+    /// may answer.
+    pub(crate) fn accept(&self, age: u64, ttl_left: Option<u64>) -> bool {
         let young = self.max_age.is_none_or(|max_age| age <= max_age);
-        let fresh = match (self.min_fresh, fresh_left) {
-            (Some(min_fresh), Some(left)) => left.as_secs() >= min_fresh,
+        let fresh = match (self.min_fresh, ttl_left) {
+            (Some(min_fresh), Some(left)) => left >= min_fresh,
             _ => true,
         };
         young && fresh
@@ -591,9 +602,9 @@ mod tests {
                 limits: Limits::default()
             }
         );
-        assert!(limits.accept(5, Some(Duration::from_secs(10))));
-        assert!(!limits.accept(6, Some(Duration::from_secs(10))));
-        assert!(!limits.accept(5, Some(Duration::from_secs(9))));
+        assert!(limits.accept(5, Some(10)));
+        assert!(!limits.accept(6, Some(10)));
+        assert!(!limits.accept(5, Some(9)));
         assert!(limits.accept(0, None));
     }
 

@@ -195,9 +195,7 @@ where
                     let now = now_ms();
                     match stale::judge(config, &entry, now) {
                         // Fresh, but older (or closer to its expiry) than the client accepts.
-                        Judged::Fresh
-                            if !limits.accept(entry.age_secs(now), entry.fresh_left(now)) =>
-                        {
+                        Judged::Fresh if !limits.accept_entry(&entry, now) => {
                             ("request", true, None, None, None, seen)
                         }
                         Judged::Fresh => {
