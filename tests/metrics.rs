@@ -414,9 +414,6 @@ fn a_near_cache_records_the_tier_that_answered() {
         let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
             .near_cache(impcache::NearCache::new())
             .build();
-        // A user's span around the operations never gets a `tier`.
-        let user_span = tracing::debug_span!("request", tier = tracing::field::Empty);
-        let _entered = user_span.enter();
         cache.set("user:1", &1, 60).await.unwrap();
         // Until a read is answered from process memory (the near cache starts tracking).
         for _ in 0..400 {
@@ -446,5 +443,51 @@ fn a_near_cache_records_the_tier_that_answered() {
         logs.contains(r#"cache_operation{operation="set" outcome="ok" tier="remote"}"#),
         "{logs}"
     );
-    assert!(!logs.contains("request{tier"), "{logs}");
+}
+
+/// The near cache records the tier on the operation's span only: with `impcache`'s spans
+/// filtered out (a user at `DEBUG` for their own targets), a user's span around a near hit,
+/// current while the lookup runs, never gets a `tier`.
+#[test]
+fn the_tier_is_never_recorded_on_a_users_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    let server = RedisServer::start();
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(move || writer.clone())
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("impcache", tracing::Level::INFO)
+                    .with_default(tracing::Level::DEBUG),
+            ),
+    );
+    tracing::subscriber::with_default(subscriber, || {
+        current_thread_runtime().block_on(async {
+            let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
+                .near_cache(impcache::NearCache::new())
+                .build();
+            cache.set("user:1", &1, 60).await.unwrap();
+            for _ in 0..400 {
+                let hits = cache.near_cache_stats().hits;
+                let user_span = tracing::debug_span!("request", tier = tracing::field::Empty);
+                let read = cache.get::<i64>("user:1");
+                let found = tracing::Instrument::instrument(read, user_span).await;
+                assert_eq!(found.unwrap(), Some(1));
+                if cache.near_cache_stats().hits > hits {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            assert!(cache.near_cache_stats().hits > 0);
+        });
+    });
+    let logs = logs.text();
+    assert!(logs.contains("request: metrics: close"), "{logs}");
+    assert!(!logs.contains("tier"), "{logs}");
 }
