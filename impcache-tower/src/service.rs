@@ -440,6 +440,10 @@ where
     }
     // The request goes to the handler: its headers are kept for the variant key.
     let headers = request.headers().clone();
+    // Stale-if-error: the stale entry answers for a handler that failed, timed out or answered
+    // with one of the configured statuses (this request's, or its flight leader's). The waiters
+    // are told, and answer with their own stale entry (see `stood_in`).
+    let stand_in = fallback.zip(stale.as_ref());
 
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
     //    which asked for a new response).
@@ -454,7 +458,7 @@ where
             Coalesced::Lead(guard) => Some(guard),
             // The leader's handler failed and a stale entry stood in: so does this request's,
             // without a second call of a failing handler.
-            Coalesced::StoodIn(why) => match fallback.zip(stale.as_ref()) {
+            Coalesced::StoodIn(why) => match stand_in {
                 Some((past, entry)) => {
                     count(LayerOutcome::Stale);
                     return Ok(stood_in(config, None, url, entry, &headers, past, why));
@@ -501,10 +505,6 @@ where
             .as_ref()
             .is_some_and(|stale| revalidate::make_conditional(stale, request.headers_mut()));
     let request_ms = now_ms();
-    // Stale-if-error: the stale entry answers for a handler that failed, timed out or answered
-    // with one of the configured statuses. The waiters are told, and answer with their own stale
-    // entry (see `stood_in`).
-    let stand_in = fallback.zip(stale.as_ref());
     // The handler's time limit: the handler timeout when a stale entry may answer instead, and
     // the hard timeout for every call.
     let limit = match stand_in {

@@ -84,12 +84,14 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
         dsn,
         "expected redis://host:port/db, rediss://..., or unix:///path",
     )?;
+    // The database in a TCP address's path, if any.
+    let mut path_db = None;
     match url.scheme() {
         "redis" | "rediss" | "valkey" | "valkeys" => {
             require_host(dsn, &url)?;
             let db = url.path().trim_start_matches('/');
             if !db.is_empty() {
-                check_db(dsn, db)?;
+                path_db = Some(check_db(dsn, db)?);
             }
             require_tls_feature(dsn, &url)?;
         }
@@ -107,24 +109,24 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
     let mut query_db = None;
     for (name, value) in url.query_pairs() {
         if name == "db" {
-            check_db(dsn, &value)?;
-            query_db = value.parse::<i64>().ok();
+            query_db = Some(check_db(dsn, &value)?);
         }
     }
     let mut info = connection_info(dsn)?;
-    if let Some(db) = query_db {
-        // `redis://host/?db=3`: redis-py (the Python library's client) reads the database from
-        // the query as well as from the path; the `redis` crate only for sockets, and would
-        // silently use database 0. Applied here, so both languages share one database.
-        let path_db = url.path().trim_start_matches('/');
-        if url.scheme().starts_with("redis+unix") || url.scheme() == "unix" || path_db.is_empty() {
-            let settings = info.redis_settings().clone().set_db(db);
-            info = info.set_redis_settings(settings);
-        } else if path_db.parse::<i64>().ok() != Some(db) {
+    // `redis://host/?db=3`: redis-py (the Python library's client) reads the database from the
+    // query as well as from the path; the `redis` crate only for sockets, and would silently use
+    // database 0. Applied here, so both languages share one database.
+    match (query_db, path_db) {
+        (Some(query), Some(path)) if query != path => {
             return Err(invalid(format!(
-                "two databases: `/{path_db}` in the path and `db={db}` in the query"
+                "two databases: `/{path}` in the path and `db={query}` in the query"
             )));
         }
+        (Some(query), None) => {
+            let settings = info.redis_settings().clone().set_db(i64::from(query));
+            info = info.set_redis_settings(settings);
+        }
+        _ => {}
     }
     redis::Client::open(info).map_err(|e| invalid(scrub(&e.to_string(), &[dsn])))
 }
@@ -205,14 +207,13 @@ fn require_tls_feature(dsn: &str, url: &url::Url) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a database that is not a number Redis accepts.
-fn check_db(dsn: &str, db: &str) -> Result<()> {
-    if db.parse::<u16>().is_err() {
-        return Err(invalid(dsn)(format!(
+/// The database number `db`; refused when it is not one Redis accepts.
+fn check_db(dsn: &str, db: &str) -> Result<u16> {
+    db.parse::<u16>().map_err(|_| {
+        invalid(dsn)(format!(
             "the database `{db}` is not a number between 0 and 65535"
-        )));
-    }
-    Ok(())
+        ))
+    })
 }
 
 /// The `redis` crate's reading of a checked `dsn`; its errors without the password.
