@@ -7,6 +7,14 @@ use arrayvec::ArrayString;
 
 use crate::error::{Error, Result};
 
+/// The hasher of full keys in process memory (the memory repository's entries, the near cache's
+/// local entries and fail-safe copies): foldhash, randomly seeded per process (hashbrown's
+/// default), rather than moka's default SipHash-1-3, which cost a hit ~165 of its ~7,700
+/// instructions (BENCHMARKS.md, Pending). The `quality` variant: the keys also feed moka's
+/// frequency sketch. The price: foldhash is only "minimally DoS-resistant" (random seeds defeat
+/// precomputed colliding keys, not an attacker who can observe timings).
+pub(crate) type LocalKeyHasher = foldhash::quality::RandomState;
+
 /// A cache version: an integer or a string, as in the Python library.
 ///
 /// ```

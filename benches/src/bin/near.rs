@@ -11,6 +11,7 @@
 //! - a mix of reads and writes over 10,000 keys chosen with a Zipf law (s = 1), at 99:1, 90:10
 //!   and 50:50, with and without the near cache, at 64 tasks.
 //!
+//! `--case hot`: the hot-key table alone (to compare two builds).
 //! `--case latency`: the hot-key (network readers only) and Zipf tables again with every
 //! connection through a [`LatencyProxy`] adding 0.25 ms each way (a 0.5 ms round trip).
 //! `--case http`: `CacheLayer` hits through a near-cached `Cache` against an axum handler returning
@@ -20,7 +21,7 @@
 //! Every cell is the median of 3 alternating rounds (`--rounds N` for more), with the spread
 //! (min–max) beside it.
 //!
-//! usage: `cargo run --release -p impcache-benches --bin near [-- --seconds S] [--rounds N] [--case direct|latency|http]`
+//! usage: `cargo run --release -p impcache-benches --bin near [-- --seconds S] [--rounds N] [--case direct|hot|latency|http]`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -68,7 +69,7 @@ fn main() {
                     .and_then(|s| s.parse().ok())
                     .expect("--seconds S");
             }
-            "--case" => case = args.next().expect("--case direct|latency|http"),
+            "--case" => case = args.next().expect("--case direct|hot|latency|http"),
             "--rounds" => {
                 let rounds: usize = args
                     .next()
@@ -90,6 +91,7 @@ fn main() {
         let server = RedisServer::start();
         match case.as_str() {
             "direct" => direct(&server, window).await,
+            "hot" => hot(&server, window).await,
             "latency" => latency(&server, window).await,
             "http" => http(&server, window).await,
             other => panic!("unknown case {other}"),
@@ -467,6 +469,14 @@ async fn direct(server: &RedisServer, window: Duration) {
     hot_keys(&readers, window).await;
     invalidation_delay(&readers.near, &url).await;
     zipf(&readers.remote, &readers.near, window).await;
+}
+
+/// The hot-key table alone (`--case hot`): for comparing two builds of the near cache's hit.
+async fn hot(server: &RedisServer, window: Duration) {
+    let url = server.url();
+    let writer = Cache::new(RedisCacheRepository::new(&url).unwrap());
+    let readers = readers(&url, &writer, true).await;
+    hot_keys(&readers, window).await;
 }
 
 /// The hot-key and Zipf tables with every connection through a 0.5 ms round trip.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::freshness::{Freshness, State};
+use crate::key::LocalKeyHasher;
 
 /// One copy: the value, until when it was vouched for, and the key's Redis expiry.
 #[derive(Clone)]
@@ -47,7 +48,7 @@ impl moka::Expiry<String, Copy> for UntilRedisExpiry {
 
 /// The fail-safe copies of one near cache, bounded by the same byte count as its live entries.
 pub(super) struct FailSafe {
-    copies: moka::sync::Cache<String, Copy>,
+    copies: moka::sync::Cache<String, Copy, LocalKeyHasher>,
 }
 
 impl FailSafe {
@@ -57,7 +58,7 @@ impl FailSafe {
             .weigher(|key: &String, copy: &Copy| super::weight::of(key, &copy.value, false))
             .expire_after(UntilRedisExpiry)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .build();
+            .build_with_hasher(LocalKeyHasher::default());
         FailSafe { copies }
     }
 

@@ -40,6 +40,7 @@ use super::watch::{Watch, Watches};
 use super::weight;
 use super::{NearCache, NearCacheStats, NearCacheStatus};
 use crate::freshness::Freshness;
+use crate::key::LocalKeyHasher;
 use crate::observe::hooks::{near_lookups, Tier};
 use crate::repository::WithTtl;
 use crate::tags::{envelope, Tags, TAG_KEY_PART};
@@ -163,7 +164,7 @@ pub(crate) struct Ticket {
 
 /// The local entries of one [`Cache`](crate::Cache)'s near cache.
 pub(crate) struct Store {
-    entries: moka::sync::Cache<String, Entry>,
+    entries: moka::sync::Cache<String, Entry, LocalKeyHasher>,
     /// The invalidation sequence: bumped by every invalidation and flush.
     sequence: AtomicU64,
     /// Per slot, the sequence number of its last invalidation.
@@ -219,7 +220,7 @@ impl Store {
             })
             .expire_after(PerEntryTtl)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .build();
+            .build_with_hasher(LocalKeyHasher::default());
         Store {
             entries,
             sequence: AtomicU64::new(0),

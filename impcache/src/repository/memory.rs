@@ -12,6 +12,7 @@ use super::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::glob::glob_match;
+use crate::key::LocalKeyHasher;
 use crate::progress::{DeleteProgress, Report};
 
 /// Default capacity: 256 MiB of keys and values.
@@ -42,16 +43,9 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct MemoryCacheRepository {
-    entries: moka::sync::Cache<String, Entry, KeyHasher>,
+    entries: moka::sync::Cache<String, Entry, LocalKeyHasher>,
     max_value_bytes: usize,
 }
-
-/// The hasher of the entries' keys: foldhash (randomly seeded per process, hashbrown's default)
-/// rather than moka's default SipHash-1-3, which cost a hit ~165 of its ~7,700 instructions
-/// (BENCHMARKS.md, Pending). The `quality` variant: the keys also feed moka's frequency sketch.
-/// The price: foldhash is only "minimally DoS-resistant" (random seeds defeat precomputed
-/// colliding keys, not an attacker who can observe timings).
-type KeyHasher = foldhash::quality::RandomState;
 
 #[derive(Clone)]
 struct Entry {
@@ -358,7 +352,7 @@ impl MemoryCacheRepositoryBuilder {
             })
             .expire_after(PerEntryTtl)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .build_with_hasher(KeyHasher::default());
+            .build_with_hasher(LocalKeyHasher::default());
         // moka weighs entries with a u32, so no single entry can exceed 4 GiB.
         let max_value_bytes =
             usize::try_from(self.max_capacity_bytes.min(u64::from(u32::MAX))).unwrap_or(usize::MAX);
