@@ -62,17 +62,17 @@ impl FailSafe {
         FailSafe { copies }
     }
 
-    /// A copy of an entry just kept locally for `local_ttl`.
+    /// A copy of an entry just kept locally until `vouched_until`.
     pub(super) fn keep(
         &self,
         key: &str,
         value: &Bytes,
-        local_ttl: Duration,
+        vouched_until: Instant,
         redis_expires: Option<Instant>,
     ) {
         let copy = Copy {
             value: value.clone(),
-            vouched_until: Instant::now() + local_ttl,
+            vouched_until,
             redis_expires,
         };
         self.copies.insert(key.to_owned(), copy);
@@ -130,7 +130,7 @@ mod tests {
         let fail_safe = FailSafe::new(1024);
         let value = Bytes::from_static(b"1");
         let policy = Freshness::new().stale_if_error(60 * S);
-        fail_safe.keep("k", &value, 3600 * S, None);
+        fail_safe.keep("k", &value, Instant::now() + 3600 * S, None);
         assert_eq!(fail_safe.get("k", &policy), Some(value.clone()));
         assert_eq!(fail_safe.get("k", &Freshness::new()), None);
         fail_safe.lost();
@@ -149,7 +149,7 @@ mod tests {
         // Stored for 10 s fresh + 60 s stale window, 65 s ago: 55 s past its expiry.
         let policy = Freshness::new().stale_if_error(60 * S);
         let redis_expires = Instant::now() + 5 * S;
-        fail_safe.keep("k", &value, 3600 * S, Some(redis_expires));
+        fail_safe.keep("k", &value, Instant::now() + 3600 * S, Some(redis_expires));
         assert_eq!(fail_safe.get("k", &policy), Some(value));
         let narrow = Freshness::new()
             .stale_if_error(30 * S)

@@ -232,7 +232,9 @@ pub struct NearCacheStats {
     /// Times everything local was dropped: the tracking connection lost (once per loss, a
     /// failover included), a new Cluster slot map, `FLUSHDB` / `FLUSHALL`, `delete_pattern`.
     pub flushes: u64,
-    /// Entries held now (approximate: moka's count).
+    /// Entries held now (approximate: moka's count). One whose local lifetime ended is no longer
+    /// served but counts until Redis's invalidation of the expired key, a new read of it, or
+    /// `max_ttl` replaces or removes it.
     pub entries: u64,
     /// Bytes held now as weighed against [`NearCache::max_capacity_bytes`]: keys, values and
     /// each entry's bookkeeping (approximate: moka's weighted size).

@@ -1,7 +1,7 @@
 //! The near cache's local entries and its race rule.
 //!
-//! Entries live in a moka cache bounded by bytes (key + value), each with its own lifetime:
-//! `min(max_ttl, PTTL − round trip)`.
+//! Entries live in a moka cache bounded by bytes (key + value), each served for its own lifetime,
+//! `min(max_ttl, PTTL − round trip)`, checked on every lookup ([`Entry::alive`]).
 //!
 //! **The race rule.** A read takes a ticket (the invalidation sequence number now) before its
 //! request is sent. Every invalidation bumps the sequence and records the new number in its key's
@@ -63,8 +63,8 @@ const UNSUPPORTED: u8 = 2;
 #[derive(Clone)]
 struct Entry {
     value: Bytes,
-    /// The local lifetime.
-    ttl: Duration,
+    /// When the local lifetime ends: the entry is not served from then on.
+    until: Instant,
     /// When the key expires in Redis (`None`: no expiry).
     redis_expires: Option<Instant>,
     /// A tag state known to be absent (`value` is empty): served by [`Store::get_state`] only.
@@ -107,21 +107,13 @@ impl VerdictSlot {
     }
 }
 
-struct PerEntryTtl;
-
-impl moka::Expiry<String, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        entry: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
+impl Entry {
+    /// Whether the local lifetime still runs. Checked on every lookup rather than left to moka's
+    /// per-entry expiry, whose timer wheel cost a hit ~300 instructions (BENCHMARKS.md, "Own
+    /// deadlines"); moka's `time_to_live(max_ttl)` reclaims what nothing reads again, and Redis's
+    /// invalidation of an expired key removes it before that.
+    fn alive(&self) -> bool {
+        Instant::now() < self.until
     }
 }
 
@@ -218,7 +210,7 @@ impl Store {
             .weigher(|key: &String, entry: &Entry| {
                 weight::of(key, &entry.value, entry.verified.is_some())
             })
-            .expire_after(PerEntryTtl)
+            .time_to_live(config.max_ttl)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build_with_hasher(LocalKeyHasher::default());
         Store {
@@ -359,7 +351,10 @@ impl Store {
         if !self.active() {
             return None;
         }
-        let entry = self.entries.get(key).filter(|entry| !entry.absent)?;
+        let entry = self
+            .entries
+            .get(key)
+            .filter(|entry| !entry.absent && entry.alive())?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::Near, 1);
         Some(entry)
@@ -379,7 +374,7 @@ impl Store {
         if !self.active() {
             return Err(None);
         }
-        let entry = self.entries.get(key).ok_or(None)?;
+        let entry = self.entries.get(key).filter(Entry::alive).ok_or(None)?;
         let cell = entry.verified.as_ref().ok_or(None)?;
         let sequence = self.tag_sequence.load(Ordering::SeqCst);
         let kept = cell.load();
@@ -408,7 +403,7 @@ impl Store {
         if !self.active() {
             return None;
         }
-        let entry = self.entries.get(key)?;
+        let entry = self.entries.get(key).filter(Entry::alive)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::Near, 1);
         Some((!entry.absent).then_some(entry.value))
@@ -581,7 +576,7 @@ impl Store {
         }
         let entry = Entry {
             value: found.value.clone(),
-            ttl,
+            until: now + ttl,
             // The TTL was read after `sent`: counting from `sent` errs on the early side.
             redis_expires: found.ttl.map(|redis_ttl| ticket.sent + redis_ttl),
             absent: false,
@@ -600,7 +595,7 @@ impl Store {
         }
         let entry = Entry {
             value,
-            ttl: self.max_ttl,
+            until: Instant::now() + self.max_ttl,
             redis_expires: None,
             absent: state.is_none(),
             verified: None,
@@ -617,7 +612,7 @@ impl Store {
         }
         let fail_safe = self.fail_safe.as_ref().filter(|_| !entry.absent);
         if let Some(fail_safe) = fail_safe {
-            fail_safe.keep(key, &entry.value, entry.ttl, entry.redis_expires);
+            fail_safe.keep(key, &entry.value, entry.until, entry.redis_expires);
         }
         self.entries.insert(key.to_owned(), entry);
         // An invalidation between the check and the insert found nothing to remove.

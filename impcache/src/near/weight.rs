@@ -2,7 +2,7 @@
 //! copies alike).
 
 /// What an entry costs in memory besides its key and value: moka's entry (hash-table node, LRU
-/// deque node, timer-wheel node for its lifetime) and the near entry's own fields. Measured with
+/// deque node) and the near entry's own fields. Measured with
 /// `near-memory` at 1 M entries (BENCHMARKS.md, issue 14, "Memory per entry"): 365 B, 381 B since
 /// the entry holds its kept tag verdict's cell (`store.rs`, `Entry::verified`). Counted in the
 /// weight so that `max_capacity_bytes` bounds the memory, not only the payload.
