@@ -109,9 +109,9 @@ impl VerdictSlot {
 
 impl Entry {
     /// Whether the local lifetime still runs. Checked on every lookup rather than left to moka's
-    /// per-entry expiry, whose timer wheel cost a hit ~300 instructions (BENCHMARKS.md, "Own
-    /// deadlines"); moka's `time_to_live(max_ttl)` reclaims what nothing reads again, and Redis's
-    /// invalidation of an expired key removes it before that.
+    /// per-entry expiry, whose bookkeeping cost a hit ~255 of its ~6,700 instructions against
+    /// ~50 for this check (BENCHMARKS.md, "Run I"); moka's `time_to_live(max_ttl)` reclaims what
+    /// nothing reads again, and Redis's invalidation of an expired key removes it before that.
     fn alive(&self) -> bool {
         Instant::now() < self.until
     }
