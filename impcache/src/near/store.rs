@@ -347,14 +347,24 @@ impl Store {
         })
     }
 
+    /// The entry at `key` while its local lifetime runs. One whose lifetime ended is removed: it
+    /// would otherwise keep its weight and, read again and again, its place in the LRU order
+    /// until Redis's invalidation of the expired key or `max_ttl` removed it.
+    fn live_entry(&self, key: &str) -> Option<Entry> {
+        let entry = self.entries.get(key)?;
+        if entry.alive() {
+            return Some(entry);
+        }
+        // Racing a new insert of `key`, this removes a live entry: a miss, never a stale read.
+        self.entries.invalidate(key);
+        None
+    }
+
     fn get_entry(&self, key: &str) -> Option<Entry> {
         if !self.active() {
             return None;
         }
-        let entry = self
-            .entries
-            .get(key)
-            .filter(|entry| !entry.absent && entry.alive())?;
+        let entry = self.live_entry(key).filter(|entry| !entry.absent)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::Near, 1);
         Some(entry)
@@ -374,7 +384,7 @@ impl Store {
         if !self.active() {
             return Err(None);
         }
-        let entry = self.entries.get(key).filter(Entry::alive).ok_or(None)?;
+        let entry = self.live_entry(key).ok_or(None)?;
         let cell = entry.verified.as_ref().ok_or(None)?;
         let sequence = self.tag_sequence.load(Ordering::SeqCst);
         let kept = cell.load();
@@ -403,7 +413,7 @@ impl Store {
         if !self.active() {
             return None;
         }
-        let entry = self.entries.get(key).filter(Entry::alive)?;
+        let entry = self.live_entry(key)?;
         self.hits.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::Near, 1);
         Some((!entry.absent).then_some(entry.value))
@@ -565,8 +575,8 @@ impl Store {
         let round_trip = now.saturating_duration_since(ticket.sent);
         let ttl = match found.ttl {
             None => self.max_ttl,
-            // `PTTL` is whole milliseconds rounded down at the server: one more off, and one for
-            // the clocks (moka's own counts from the insert, just after `now`).
+            // `PTTL` is whole milliseconds rounded down at the server: one more off, and one of
+            // margin.
             Some(redis_ttl) => self
                 .max_ttl
                 .min(redis_ttl.saturating_sub(round_trip + PTTL_MARGIN)),
@@ -903,6 +913,22 @@ mod tests {
         let expired = WithTtl::new(Bytes::from_static(b"1"), Some(Duration::ZERO));
         store.keep(store.ticket().ok_or(NO_TICKET)?, "gone", &expired);
         assert_eq!(store.get("gone"), None);
+        Ok(())
+    }
+
+    #[test]
+    fn an_entry_past_its_deadline_is_not_served_and_is_removed() -> Result<(), &'static str> {
+        let store = active();
+        // 2 ms of margin and the round trip come off the Redis TTL: about 1 s locally.
+        let short = WithTtl::new(Bytes::from_static(b"1"), Some(Duration::from_millis(1002)));
+        store.keep(store.ticket().ok_or(NO_TICKET)?, "k", &short);
+        store.keep_state(store.ticket().ok_or(NO_TICKET)?, "t", None);
+        assert!(store.get("k").is_some());
+        std::thread::sleep(Duration::from_millis(1010));
+        assert_eq!(store.get("k"), None);
+        // Removed, not left to weigh (moka's own lifetime for it is `max_ttl`, 300 s).
+        store.entries.run_pending_tasks();
+        assert_eq!(store.entries.entry_count(), 1, "only the tag state is left");
         Ok(())
     }
 }
