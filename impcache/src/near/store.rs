@@ -463,15 +463,19 @@ impl Store {
     /// served an older local value whose invalidation had not arrived yet. The barrier is passed
     /// before the reply is returned, whether it is kept or not.
     pub(crate) async fn settle(&self, ticket: Option<Ticket>, key: &str, found: Option<&WithTtl>) {
-        let Some(ticket) = ticket else {
+        let Some(ticket) = self.passed(ticket).await else {
             return;
         };
-        if !self.barrier().await {
-            return;
-        }
         if let Some(found) = found {
             self.keep(ticket, key, found);
         }
+    }
+
+    /// `ticket` once the barrier is passed; `None` when the read took no ticket or the barrier
+    /// could not be passed (nothing of the read is kept then).
+    async fn passed(&self, ticket: Option<Ticket>) -> Option<Ticket> {
+        let ticket = ticket?;
+        self.barrier().await.then_some(ticket)
     }
 
     /// [`settle`](Store::settle) for a tagged read sent with `ticket`: the entry's reply (when
@@ -484,12 +488,9 @@ impl Store {
         state_keys: &[&str],
         states: &[Option<Bytes>],
     ) {
-        let Some(ticket) = ticket else {
+        let Some(ticket) = self.passed(ticket).await else {
             return;
         };
-        if !self.barrier().await {
-            return;
-        }
         if let Some((key, Some(found))) = entry {
             self.keep(ticket, key, found);
         }
@@ -506,12 +507,9 @@ impl Store {
         keys: &[&str],
         found: &[Option<WithTtl>],
     ) {
-        let Some(ticket) = ticket else {
+        let Some(ticket) = self.passed(ticket).await else {
             return;
         };
-        if !self.barrier().await {
-            return;
-        }
         for (key, found) in keys.iter().zip(found) {
             if let Some(found) = found {
                 self.keep(ticket, key, found);
