@@ -286,18 +286,26 @@ mod tests {
         Arc::new(Flights::default())
     }
 
-    fn leader(join: Join<String, u32>, role: &str) -> Leader<String, u32> {
+    /// A test's result: `Err` names what went wrong.
+    type Checked<T = ()> = Result<T, String>;
+
+    fn leader(join: Join<String, u32>, role: &str) -> Checked<Leader<String, u32>> {
         match join {
-            Join::Leader(leader) => leader,
-            Join::Waiter(_) => panic!("{role}: expected to lead, got to wait"),
+            Join::Leader(leader) => Ok(leader),
+            Join::Waiter(_) => Err(format!("{role}: expected to lead, got to wait")),
         }
     }
 
-    fn waiter(join: Join<String, u32>, role: &str) -> Waiter<u32> {
+    fn waiter(join: Join<String, u32>, role: &str) -> Checked<Waiter<u32>> {
         match join {
-            Join::Waiter(waiter) => waiter,
-            Join::Leader(_) => panic!("{role}: expected to wait, got to lead"),
+            Join::Waiter(waiter) => Ok(waiter),
+            Join::Leader(_) => Err(format!("{role}: expected to wait, got to lead")),
         }
+    }
+
+    /// A spawned task's output, or the reason it has none.
+    async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Checked<T> {
+        task.await.map_err(|error| error.to_string())
     }
 
     /// What a caller got: the value, whether it led (its guard, kept open as for a background
@@ -311,7 +319,7 @@ mod tests {
         leaders: Arc<AtomicUsize>,
         mut go: watch::Receiver<bool>,
         value: u32,
-    ) -> Got {
+    ) -> Checked<Got> {
         let ticket = flights.ticket();
         loop {
             match flights.join("k", ticket) {
@@ -319,30 +327,30 @@ mod tests {
                     leaders.fetch_add(1, Ordering::SeqCst);
                     let _ = go.wait_for(|go| *go).await;
                     guard.publish(value);
-                    return (value, Some(guard), recheck);
+                    return Ok((value, Some(guard), recheck));
                 }
                 Join::Waiter(waiter) => match waiter.wait_unbounded().await {
-                    Wait::Published(value) => return (value, None, false),
+                    Wait::Published(value) => return Ok((value, None, false)),
                     Wait::Abandoned => continue,
-                    other => panic!("unexpected {other:?}"),
+                    other => return Err(format!("unexpected {other:?}")),
                 },
             }
         }
     }
 
     #[tokio::test]
-    async fn waiters_get_the_published_value_and_the_flight_ends_when_the_guard_drops() {
+    async fn waiters_get_the_published_value_and_the_flight_ends_when_the_guard_drops() -> Checked {
         let flights = flights();
         let ticket = flights.ticket();
-        let first = leader(flights.join("k", ticket), "first");
+        let first = leader(flights.join("k", ticket), "first")?;
         assert!(!first.recheck);
-        let second = waiter(flights.join("k", ticket), "second");
+        let second = waiter(flights.join("k", ticket), "second")?;
         let task = tokio::spawn(second.wait_unbounded());
         first.guard.publish(7);
-        assert!(matches!(task.await.unwrap(), Wait::Published(7)));
+        assert!(matches!(joined(task).await?, Wait::Published(7)));
         // Still open until the guard is dropped (a background store): a late caller is answered
         // from memory.
-        let late = waiter(flights.join("k", ticket), "late");
+        let late = waiter(flights.join("k", ticket), "late")?;
         assert!(matches!(
             late.wait(Duration::from_secs(5)).await,
             Wait::Published(7)
@@ -350,26 +358,28 @@ mod tests {
         drop(first.guard);
         assert_eq!(flights.in_flight(), 0);
         // Another key is another flight.
-        let _other = leader(flights.join("other", flights.ticket()), "other");
+        let _other = leader(flights.join("other", flights.ticket()), "other")?;
+        Ok(())
     }
 
     #[tokio::test]
-    async fn not_shared_sends_each_waiter_to_compute_and_ends_the_flight() {
+    async fn not_shared_sends_each_waiter_to_compute_and_ends_the_flight() -> Checked {
         let flights = flights();
         let ticket = flights.ticket();
-        let first = leader(flights.join("k", ticket), "first");
-        let second = waiter(flights.join("k", ticket), "second");
+        let first = leader(flights.join("k", ticket), "first")?;
+        let second = waiter(flights.join("k", ticket), "second")?;
         first.guard.not_shared();
         assert!(matches!(second.wait_unbounded().await, Wait::NotShared));
         assert_eq!(flights.in_flight(), 0);
+        Ok(())
     }
 
     /// Starts a leader that exits as `exit` says, and five callers waiting for it; checks that
     /// exactly one of them leads the next flight (told to look again) and the others get its
     /// value.
-    async fn hand_over(exit: impl FnOnce(FlightGuard<String, u32>) + Send + 'static) {
+    async fn hand_over(exit: impl FnOnce(FlightGuard<String, u32>) + Send + 'static) -> Checked {
         let flights = flights();
-        let first = leader(flights.join("k", flights.ticket()), "first");
+        let first = leader(flights.join("k", flights.ticket()), "first")?;
         let leaders = Arc::new(AtomicUsize::new(0));
         let (go, go_rx) = watch::channel(false);
         let callers: Vec<_> = (0..5)
@@ -393,7 +403,7 @@ mod tests {
         go.send_replace(true);
         let mut results = Vec::new();
         for caller in callers {
-            results.push(caller.await.unwrap());
+            results.push(joined(caller).await??);
         }
         assert_eq!(leaders.load(Ordering::SeqCst), 1, "exactly one new leader");
         let rechecks: Vec<bool> = results
@@ -409,99 +419,109 @@ mod tests {
         assert!(results.iter().all(|(v, _, _)| *v == value));
         drop(results);
         assert_eq!(flights.in_flight(), 0);
+        Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dropped_leader_hands_over_to_exactly_one_new_leader() {
-        hand_over(drop).await;
+    async fn a_dropped_leader_hands_over_to_exactly_one_new_leader() -> Checked {
+        hand_over(drop).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_leader_hands_over_to_exactly_one_new_leader() {
+    async fn a_panicking_leader_hands_over_to_exactly_one_new_leader() -> Checked {
         hand_over(|guard| {
             let _guard = guard;
-            panic!("the leader fails (on purpose)");
+            // The case under test: the leader unwinds, as a panicking loader does (without the
+            // panic hook's message in the test output).
+            std::panic::resume_unwind(Box::new("the leader fails (on purpose)"))
         })
-        .await;
+        .await
     }
 
     #[tokio::test]
-    async fn a_cancelled_leader_hands_over() {
+    async fn a_cancelled_leader_hands_over() -> Checked {
         let flights = flights();
         let ticket = flights.ticket();
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let task = tokio::spawn({
             let flights = Arc::clone(&flights);
             async move {
-                let first = leader(flights.join("k", ticket), "first");
+                let Ok(first) = leader(flights.join("k", ticket), "first") else {
+                    return; // `started` then fails the test
+                };
                 let _ = started_tx.send(());
                 std::future::pending::<()>().await;
                 drop(first);
             }
         });
-        started.await.unwrap();
-        let second = waiter(flights.join("k", ticket), "second");
+        started.await.map_err(|_| "the first caller did not lead")?;
+        let second = waiter(flights.join("k", ticket), "second")?;
         task.abort();
         assert!(matches!(second.wait_unbounded().await, Wait::Abandoned));
-        assert!(leader(flights.join("k", ticket), "again").recheck);
+        assert!(leader(flights.join("k", ticket), "again")?.recheck);
+        Ok(())
     }
 
     #[tokio::test]
-    async fn waits_can_be_bounded() {
+    async fn waits_can_be_bounded() -> Checked {
         let flights = flights();
         let ticket = flights.ticket();
-        let _first = leader(flights.join("k", ticket), "first");
-        let second = waiter(flights.join("k", ticket), "second");
+        let _first = leader(flights.join("k", ticket), "first")?;
+        let second = waiter(flights.join("k", ticket), "second")?;
         assert!(matches!(
             second.wait(Duration::from_millis(50)).await,
             Wait::TimedOut
         ));
+        Ok(())
     }
 
     #[test]
-    fn without_a_runtime_a_bounded_wait_waits_for_the_leader() {
+    fn without_a_runtime_a_bounded_wait_waits_for_the_leader() -> Checked {
         let flights = flights();
         let ticket = flights.ticket();
-        let first = leader(flights.join("k", ticket), "first");
-        let second = waiter(flights.join("k", ticket), "second");
+        let first = leader(flights.join("k", ticket), "first")?;
+        let second = waiter(flights.join("k", ticket), "second")?;
         first.guard.publish(1);
         let wait = second.wait(Duration::from_millis(1));
-        let answer = ready_now(wait);
+        let answer = ready_now(wait).ok_or("the answer was published: ready at once")?;
         assert!(matches!(answer, Wait::Published(1)));
+        Ok(())
     }
 
     /// Polls a future that is ready without being woken (no runtime needed).
-    fn ready_now<F: std::future::Future>(future: F) -> F::Output {
+    fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
         let mut future = std::pin::pin!(future);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(output) => output,
-            std::task::Poll::Pending => panic!("the answer was published: ready at once"),
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
         }
     }
 
     #[tokio::test]
-    async fn a_flight_that_ended_after_the_ticket_makes_the_next_leader_look_again() {
+    async fn a_flight_that_ended_after_the_ticket_makes_the_next_leader_look_again() -> Checked {
         let flights = flights();
         let before = flights.ticket();
-        let first = leader(flights.join("k", before), "first");
+        let first = leader(flights.join("k", before), "first")?;
         first.guard.publish(1);
         drop(first.guard);
         // A caller that took its ticket before that flight ended: its lookup may have missed.
-        assert!(leader(flights.join("k", before), "late").recheck);
+        assert!(leader(flights.join("k", before), "late")?.recheck);
         // One that took it after: its lookup came after the store.
         let after = flights.ticket();
-        assert!(!leader(flights.join("k", after), "later").recheck);
+        assert!(!leader(flights.join("k", after), "later")?.recheck);
+        Ok(())
     }
 
     #[tokio::test]
-    async fn tickets_compare_across_the_counter_wrapping() {
+    async fn tickets_compare_across_the_counter_wrapping() -> Checked {
         let flights = flights();
         flights.ended.store(u32::MAX, Ordering::Relaxed);
         let before = flights.ticket();
-        drop(leader(flights.join("k", before), "first"));
+        drop(leader(flights.join("k", before), "first")?);
         assert_eq!(flights.ended.load(Ordering::Relaxed), 0, "wrapped");
-        assert!(leader(flights.join("k", before), "late").recheck);
-        assert!(!leader(flights.join("k", flights.ticket()), "later").recheck);
+        assert!(leader(flights.join("k", before), "late")?.recheck);
+        assert!(!leader(flights.join("k", flights.ticket()), "later")?.recheck);
+        Ok(())
     }
 }
