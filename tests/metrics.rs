@@ -405,15 +405,20 @@ fn an_outage_logs_no_key_unless_the_cache_records_them() {
     assert!(logs.contains("alice@example.com"), "{logs}");
 }
 
+/// A cache on `server` with a near cache.
+fn near_cached(server: &RedisServer) -> Cache {
+    Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
+        .near_cache(impcache::NearCache::new())
+        .build()
+}
+
 /// Issue 17: the span's tier. With a near cache, a read answered from process memory is
 /// `tier="near"`, one read from Redis `tier="remote"`.
 #[test]
 fn a_near_cache_records_the_tier_that_answered() {
     let server = RedisServer::start();
     let logs = logged(tracing::Level::DEBUG, async {
-        let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
-            .near_cache(impcache::NearCache::new())
-            .build();
+        let cache = near_cached(&server);
         cache.set("user:1", &1, 60).await.unwrap();
         // Until a read is answered from process memory (the near cache starts tracking).
         for _ in 0..400 {
@@ -469,9 +474,7 @@ fn the_tier_is_never_recorded_on_a_users_span() {
     );
     tracing::subscriber::with_default(subscriber, || {
         current_thread_runtime().block_on(async {
-            let cache = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
-                .near_cache(impcache::NearCache::new())
-                .build();
+            let cache = near_cached(&server);
             cache.set("user:1", &1, 60).await.unwrap();
             for _ in 0..400 {
                 let hits = cache.near_cache_stats().hits;
