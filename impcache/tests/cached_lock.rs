@@ -86,3 +86,29 @@ fn outside_a_tokio_runtime_the_body_runs_without_the_lock() {
     .unwrap();
     assert_eq!(block_on(locked_by_default(process, 9)), 9);
 }
+
+static TOO_SHORT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A lifetime under 1 ms, which the macro cannot see at compile time.
+#[cached(cache = process, expire = 60, skip(process), lock = Duration::from_micros(500))]
+async fn locked_too_briefly(process: Cache, id: u32) -> u32 {
+    TOO_SHORT_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+/// A lock the cache refuses (a lifetime under 1 ms) runs the body uncached, as any invalid
+/// option does: the caller gets its value, not a panic.
+#[tokio::test]
+async fn a_lock_shorter_than_a_millisecond_runs_the_body_uncached() {
+    let process = Cache::new(MemoryCacheRepository::new());
+    assert_eq!(locked_too_briefly(process.clone(), 5).await, 5);
+    assert_eq!(locked_too_briefly(process.clone(), 5).await, 5);
+    assert_eq!(TOO_SHORT_RUNS.load(SeqCst), 2);
+    assert_eq!(
+        process
+            .get_raw("cached_lock::locked_too_briefly:5")
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::lock::{self, Turn};
-use super::policy::{Freshness, State};
+use super::policy::{Freshness, LoadSettings, State};
 use crate::error::{shown, Error};
 use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
 use crate::json;
@@ -120,18 +120,9 @@ where
 {
     // Bad input is the caller's: an invalid expire is an error (nothing is loaded), a key or a
     // tag the cache refuses (too long) runs the loader uncached, as any other cache error does.
-    let expiry = policy.stored_expiry(expire, key).map_err(E::from_cache)?;
-    let lock = match policy.lock_options() {
-        Some(lock) => {
-            let hard_timeout = policy.hard_timeout_duration();
-            let lock = lock.resolved(hard_timeout);
-            Some((
-                lock,
-                lock.checked(hard_timeout, key).map_err(E::from_cache)?,
-            ))
-        }
-        None => None,
-    };
+    let LoadSettings { expiry, lock } = policy
+        .load_settings(expire, key)
+        .map_err(E::from_cache)?;
     if let Err(error) = cache.check_key_for_load(key, &tags) {
         report(cache, "get", key, &error);
         return loader().await;

@@ -191,6 +191,23 @@ impl Freshness {
         }
     }
 
+    /// What a load by this policy stores and locks with, checked before anything runs: the
+    /// stored expiry ([`stored_expiry`](Self::stored_expiry)) and, with a [`lock`](Self::lock),
+    /// the lock resolved against the hard timeout with its key's expiry. Errors
+    /// ([`Error::InvalidExpire`](crate::Error::InvalidExpire), naming `key`): an invalid
+    /// `expire`, a lock lifetime under 1 ms or not longer than the hard timeout.
+    pub(crate) fn load_settings(&self, expire: Expire, key: &str) -> Result<LoadSettings> {
+        let expiry = self.stored_expiry(expire, key)?;
+        let lock = match self.lock {
+            Some(lock) => {
+                let lock = lock.resolved(self.hard_timeout);
+                Some((lock, lock.checked(self.hard_timeout, key)?))
+            }
+            None => None,
+        };
+        Ok(LoadSettings { expiry, lock })
+    }
+
     /// Where a value whose key has `ttl` left (as [`Cache::get_raw_with_ttl`] reads it) stands:
     /// fresh while more than the stale window is left.
     ///
@@ -244,6 +261,14 @@ fn random() -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// What [`Freshness::load_settings`] checked: the stored expiry, and the lock with its key's
+/// expiry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadSettings {
+    pub(crate) expiry: Expiry,
+    pub(crate) lock: Option<(Lock, Expiry)>,
 }
 
 #[cfg(test)]

@@ -222,8 +222,8 @@ where
             &versioned
         }
     };
-    // Checked first: an invalid expire would otherwise drop the body unrun.
-    if let Err(error) = freshness.stored_expiry(expire, &key) {
+    // Checked first: an invalid expire or lock would otherwise drop the body unrun.
+    if let Err(error) = freshness.load_settings(expire, &key) {
         let error = cache.logged_error(&error);
         tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: running uncached");
         function.call(CallOutcome::Bypass);
