@@ -614,3 +614,188 @@ async fn a_loader_faster_than_the_soft_timeout_answers() {
         .await;
     assert!(failed.is_ok(), "{failed:?}");
 }
+
+/// A memory repository with scripted reads and writes: reads fail after `READ_DEADLINE` (as a
+/// Redis past its deadline does) when `reads_fail`, and are counted; writes land after
+/// `WRITE_DELAY`, or once `write_gate` lets them.
+#[derive(Debug)]
+struct Scripted {
+    inner: MemoryCacheRepository,
+    reads_fail: bool,
+    reads: AtomicUsize,
+    write_gate: Option<Semaphore>,
+}
+
+const READ_DEADLINE: Duration = Duration::from_millis(100);
+const WRITE_DELAY: Duration = Duration::from_millis(30);
+
+impl Scripted {
+    fn new(reads_fail: bool, write_gate: Option<Semaphore>) -> Arc<Self> {
+        Arc::new(Scripted {
+            inner: MemoryCacheRepository::new(),
+            reads_fail,
+            reads: AtomicUsize::new(0),
+            write_gate,
+        })
+    }
+
+    fn cache(self: &Arc<Self>) -> Cache {
+        let shared: Arc<dyn CacheRepository> = self.clone();
+        Cache::builder_shared(shared).build()
+    }
+
+    async fn read(&self, key: &str) -> impcache::Result<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if !self.reads_fail {
+            return Ok(());
+        }
+        tokio::time::sleep(READ_DEADLINE).await;
+        Err(Error::Timeout {
+            operation: "get",
+            key: key.to_owned(),
+            deadline: READ_DEADLINE,
+        })
+    }
+}
+
+impl CacheRepository for Scripted {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<()>> {
+        Box::pin(async move {
+            match &self.write_gate {
+                Some(gate) => drop(gate.acquire().await),
+                None => tokio::time::sleep(WRITE_DELAY).await,
+            }
+            self.inner.set(key, value, expiry).await
+        })
+    }
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<bool>> {
+        self.inner.set_nx(key, value, expiry)
+    }
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, bytes::Bytes)],
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<()>> {
+        self.inner.set_many(entries, expiry)
+    }
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impcache::BoxFuture<'a, impcache::Result<Option<bytes::Bytes>>> {
+        Box::pin(async move {
+            self.read(key).await?;
+            self.inner.get(key).await
+        })
+    }
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impcache::BoxFuture<'a, impcache::Result<Option<impcache::WithTtl>>> {
+        Box::pin(async move {
+            self.read(key).await?;
+            self.inner.get_with_ttl(key).await
+        })
+    }
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> impcache::BoxFuture<'a, impcache::Result<Vec<Option<bytes::Bytes>>>> {
+        self.inner.get_many(keys)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete(key)
+    }
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_many(keys)
+    }
+    fn delete_pattern<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_pattern(pattern)
+    }
+}
+
+/// With every read failing, a call reads once: a flight of the key that ended during that read
+/// (the previous call's store, landing late) does not make it read again, which would wait a
+/// second deadline ("an outage costs at most one deadline per call").
+#[tokio::test]
+async fn a_failed_read_is_not_read_again_when_a_flight_ended_meanwhile() {
+    let repository = Scripted::new(true, None);
+    let cache = repository.cache();
+    let policy = Freshness::new().stale_if_error(MINUTE);
+    for call in 1..=3 {
+        let got: String = cache
+            .get_or_set("k", 60, || async { "loaded".to_owned() })
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(got, "loaded");
+        assert_eq!(repository.reads.load(Ordering::SeqCst), call, "call {call}");
+    }
+}
+
+/// A waiter whose leader failed loads on its own, and is answered as soon as its loader is
+/// done: its store, held here until the end, does not delay the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
+    let repository = Scripted::new(false, Some(Semaphore::new(0)));
+    let cache = repository.cache();
+    let release = Arc::new(Semaphore::new(0));
+    let leader = tokio::spawn({
+        let (cache, release) = (cache.clone(), release.clone());
+        async move {
+            cache
+                .try_get_or_set("k", 60, || async move {
+                    drop(release.acquire().await);
+                    Err::<u32, _>(Error::Loader {
+                        key: "k".to_owned(),
+                        reason: "the origin failed".to_owned(),
+                    })
+                })
+                .await
+        }
+    });
+    while repository.reads.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(MS).await;
+    }
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.try_get_or_set("k", 60, || async { Ok(7) }).await }
+    });
+    while repository.reads.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(MS).await;
+    }
+    // The waiter has read (a miss) and joins the leader's flight.
+    tokio::time::sleep(50 * MS).await;
+    release.add_permits(1);
+    assert!(tokio::time::timeout(HANG, leader).await.unwrap().unwrap().is_err());
+    let answered: Result<u32, Error> = tokio::time::timeout(HANG, waiter)
+        .await
+        .expect("the waiter's answer waited for its store")
+        .unwrap();
+    assert_eq!(answered.unwrap(), 7);
+    if let Some(gate) = &repository.write_gate {
+        gate.add_permits(1);
+    }
+    tokio::time::timeout(HANG, async {
+        while cache.get::<u32>("k").await.unwrap() != Some(7) {
+            tokio::time::sleep(10 * MS).await;
+        }
+    })
+    .await
+    .expect("the waiter's value was never stored");
+}

@@ -138,12 +138,12 @@ where
         tags: tags.clone(),
         fail_safe: false,
     };
-    let (job, stale, loader) = match cache.read_for_load_tagged(key, &policy, &tags).await {
+    let (job, stale, loader, reread) = match cache.read_for_load_tagged(key, &policy, &tags).await {
         Ok(Some(found)) => match serve(cache, key, &policy, &job, ticket, found, loader) {
             Served::Value(value) => return Ok(value),
-            Served::Load { stale, loader } => (job(), stale, loader),
+            Served::Load { stale, loader } => (job(), stale, loader, Reread::IfAFlightEnded),
         },
-        Ok(None) => (job(), None, loader),
+        Ok(None) => (job(), None, loader, Reread::IfAFlightEnded),
         Err(error) => {
             report(cache, "get", key, &error);
             // The near cache's fail-safe copy (off by default), for the loader's failure only.
@@ -160,10 +160,20 @@ where
                 fail_safe: stale.is_some(),
                 ..job()
             };
-            (job, stale, loader)
+            // The read failed: another one would most likely wait a second deadline.
+            (job, stale, loader, Reread::Never)
         }
     };
-    load(job, ticket, stale, loader).await
+    load(job, ticket, stale, loader, reread).await
+}
+
+/// Whether a caller that becomes a flight's leader reads the key again first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reread {
+    /// When a flight of the key ended since the caller's read: its value may be stored now.
+    IfAFlightEnded,
+    /// Not at all: the caller's read failed, and a call waits at most one deadline.
+    Never,
 }
 
 /// What a read found, and what to do next.
@@ -221,6 +231,7 @@ async fn load<V, E, F, Fut>(
     ticket: Ticket,
     stale: Option<Bytes>,
     loader: F,
+    reread: Reread,
 ) -> Result<V, E>
 where
     V: Serialize + DeserializeOwned + Send + 'static,
@@ -233,7 +244,7 @@ where
     loop {
         match FLIGHTS.join(&flight, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
-                if recheck {
+                if recheck && reread == Reread::IfAFlightEnded {
                     // A flight of this key ended since our read: its value may be stored now.
                     let since = tags::stamp_micros();
                     let read = job
@@ -375,7 +386,7 @@ fn stale_allowed(job: &Job) -> bool {
     true
 }
 
-/// A waiter's own load, when its leader had nothing to share: in place, not single-flight.
+/// A waiter's own load, when its leader had nothing to share: not single-flight.
 async fn alone<V, E, F, Fut>(job: Job, stale: Option<Bytes>, loader: F) -> Result<V, E>
 where
     V: Serialize + DeserializeOwned + Send + 'static,
@@ -384,7 +395,13 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    run(job.clone(), stale.clone(), loader, None, Some(tx)).await;
+    let task = run(job.clone(), stale.clone(), loader, None, Some(tx));
+    // The answer comes as soon as the loader has one; the store goes on in the task (stores
+    // never delay an answer).
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(task)),
+        Err(_) => task.await,
+    }
     answer(&job, stale.as_ref(), rx.await)
 }
 
