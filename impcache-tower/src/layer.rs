@@ -251,8 +251,8 @@ impl CacheLayer {
     /// [`stale_if_error`](Self::stale_if_error) window): past `timeout`, the stale response is
     /// served (`Cache-Status: impcache; hit; fwd=stale; ttl=-N; detail=soft-timeout`) while the
     /// handler call goes on in the background and its response is stored (default: none). The
-    /// handler is then called in a task of its own, bounded by the
-    /// [`lock_timeout`](Self::lock_timeout) once nobody waits for it.
+    /// handler is then called in a task of its own: the call and its body together are bounded
+    /// by the [`lock_timeout`](Self::lock_timeout) (past it the call is dropped, unstored).
     pub fn soft_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.soft_timeout = Some(timeout))
     }

@@ -815,21 +815,25 @@ where
     let config = Arc::clone(shared);
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     runtime.spawn(async move {
-        let answered = forward(&config, miss).await;
-        // Nobody waits for it any more (the stale entry answered): read the body here, so that
-        // the response is stored.
-        if let Err(Ok(response)) = tx.send(answered) {
-            let finish = response.into_body().collect();
-            if tokio::time::timeout(config.lock_timeout, finish)
-                .await
-                .is_err()
-            {
-                let url = config.logged(&url);
-                tracing::debug!(
-                    url,
-                    "impcache-tower: the call past the soft timeout timed out"
-                );
+        let call = async {
+            let answered = forward(&config, miss).await;
+            // Nobody waits for it any more (the stale entry answered): read the body here, so
+            // that the response is stored.
+            if let Err(Ok(response)) = tx.send(answered) {
+                drop(response.into_body().collect().await);
             }
+        };
+        // The handler call and its body together, as a background revalidation is: a handler
+        // that hangs must not hold the URL's flight (every later miss would wait for it).
+        if tokio::time::timeout(config.lock_timeout, call)
+            .await
+            .is_err()
+        {
+            let url = config.logged(&url);
+            tracing::debug!(
+                url,
+                "impcache-tower: the call past the soft timeout timed out"
+            );
         }
     });
     let answered = match tokio::time::timeout(soft, &mut rx).await {

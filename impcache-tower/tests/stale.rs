@@ -314,6 +314,30 @@ async fn soft_timeout_serves_stale_and_the_call_stores(cache: Cache) {
     );
 }
 
+/// The handler call that goes on past a soft timeout is bounded by the lock timeout: a handler
+/// that hangs does not hold the URL's flight, so a later request calls the handler again
+/// instead of waiting behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_call_past_the_soft_timeout_is_dropped_after_the_lock_timeout() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache())
+        .stale_if_error(Duration::from_secs(60))
+        .soft_timeout(Duration::from_millis(150))
+        .lock_timeout(Duration::from_millis(200));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/hang").await.unwrap();
+    wait_stored(&layer, "/hang").await;
+    past_freshness().await;
+    origin.set(Answer::Slow);
+    let (_, x_cache, _, body) = call(&service, "/hang").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+    // Past the lock timeout, the hanging call (5 s) has been dropped.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    origin.set(Answer::Ok);
+    let (_, x_cache, _, body) = call(&service, "/hang").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("MISS", &b"call 3"[..]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_timeout_on_memory() {
     soft_timeout_serves_stale_and_the_call_stores(memory_cache()).await;
