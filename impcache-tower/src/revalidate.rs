@@ -37,6 +37,22 @@ pub(crate) fn make_conditional(stale: &Entry, request_headers: &mut HeaderMap) -
     true
 }
 
+/// Removes the client's preconditions and `Range` from a request the layer sends on its own (a
+/// background revalidation): its answer must be the whole response, which can be stored, not a
+/// `304` or `206` for the client's copy. The layer answers the client's preconditions itself.
+pub(crate) fn unconditional(request_headers: &mut HeaderMap) {
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
+        request_headers.remove(name);
+    }
+}
+
 /// Fields a `304` does not update: they describe the stored body (its length, encoding,
 /// digest, range) or the validator it was selected by.
 fn kept_from_stored(name: &HeaderName) -> bool {

@@ -881,7 +881,7 @@ fn gateway_timeout<B>(
 fn revalidate_in_background<S, ReqBody, ResBody>(
     shared: &Arc<Config>,
     inner: S,
-    request: Request<ReqBody>,
+    mut request: Request<ReqBody>,
     keys: key::UrlKeys,
     ticket: Ticket,
     (entry, seen): (Entry, Option<Seen>),
@@ -908,6 +908,7 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     };
     let config = Arc::clone(shared);
     let url = keys.url().to_owned();
+    revalidate::unconditional(request.headers_mut());
     let miss = Miss {
         lead: Some(guard),
         ..Miss::of_stale(inner, request, keys, ticket, (entry, seen))

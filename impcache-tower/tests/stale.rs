@@ -338,6 +338,49 @@ async fn a_hanging_call_past_the_soft_timeout_is_dropped_after_the_lock_timeout(
     assert_eq!((x_cache.as_str(), body.as_ref()), ("MISS", &b"call 3"[..]));
 }
 
+/// A background revalidation asks for the whole response: the client's validators are not
+/// forwarded, so an `ETag`-aware handler answers `200`, which is stored, and not
+/// a `304` for the client's copy, which could not refresh the entry (nginx does the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_revalidation_does_not_forward_the_clients_validators() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = tower::service_fn({
+        let calls = calls.clone();
+        move |request: Request<Body>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let conditional = request.headers().contains_key("if-none-match");
+            async move {
+                let response = if conditional {
+                    Response::builder().status(304).body(Body::empty())
+                } else {
+                    Response::builder()
+                        .header("etag", format!("\"v{n}\""))
+                        .body(Body::from(format!("call {n}")))
+                };
+                Ok::<_, std::io::Error>(response.unwrap())
+            }
+        }
+    });
+    let layer = layer(memory_cache()).stale_while_revalidate(Duration::from_secs(60));
+    let service = layer.clone().layer(origin);
+    call(&service, "/etag").await.unwrap();
+    wait_stored(&layer, "/etag").await;
+    past_freshness().await;
+    let conditional = request("GET", "/etag", &[("if-none-match", "\"v1\"")]);
+    let response = service.clone().oneshot(conditional).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "STALE");
+    for _ in 0..400 {
+        if calls.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The revalidation's response is stored (a moment after the handler answered).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, x_cache, _, body) = call(&service, "/etag").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("HIT", &b"call 2"[..]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_timeout_on_memory() {
     soft_timeout_serves_stale_and_the_call_stores(memory_cache()).await;
