@@ -782,7 +782,11 @@ async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
     // The waiter has read (a miss) and joins the leader's flight.
     tokio::time::sleep(50 * MS).await;
     release.add_permits(1);
-    assert!(tokio::time::timeout(HANG, leader).await.unwrap().unwrap().is_err());
+    assert!(tokio::time::timeout(HANG, leader)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_err());
     let answered: Result<u32, Error> = tokio::time::timeout(HANG, waiter)
         .await
         .expect("the waiter's answer waited for its store")

@@ -324,6 +324,43 @@ async fn a_killed_tracking_connection_never_leaves_a_stale_value() {
     wait_value(&cache, "k", Some(3)).await;
 }
 
+/// A delete whose future is dropped after it was sent (a `timeout`, a `select!`) may still land:
+/// its keys are dropped locally all the same, as an interrupted `set` or `delete` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_delete_drops_its_keys_locally() {
+    let server = RedisServer::start();
+    // A heartbeat longer than the test: nothing notices the frozen server meanwhile.
+    let cache = near_cache(&server, NearCache::new().heartbeat(Duration::from_secs(30)));
+    wait_active(&cache).await;
+    for key in ["k", "j"] {
+        cache.set(key, &1, 60).await.unwrap();
+        wait_local(&cache, key).await;
+    }
+    server.freeze();
+    let short = Duration::from_millis(50);
+    let interrupted = [
+        tokio::time::timeout(short, cache.delete_many(["k"]))
+            .await
+            .is_err(),
+        tokio::time::timeout(short, cache.delete_pattern("j*"))
+            .await
+            .is_err(),
+    ];
+    let hits = cache.near_cache_stats().hits;
+    let mut served = Vec::new();
+    for key in ["k", "j"] {
+        let read = tokio::time::timeout(short, cache.get::<i64>(key)).await;
+        served.push(matches!(read, Ok(Ok(Some(1)))));
+    }
+    server.thaw();
+    assert_eq!(interrupted, [true; 2]);
+    assert_eq!(
+        served, [false; 2],
+        "a local copy outlived its interrupted delete"
+    );
+    assert_eq!(cache.near_cache_stats().hits, hits);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_with_the_key_changed() {
     let mut server = RedisServer::start();

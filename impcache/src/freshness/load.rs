@@ -120,9 +120,7 @@ where
 {
     // Bad input is the caller's: an invalid expire is an error (nothing is loaded), a key or a
     // tag the cache refuses (too long) runs the loader uncached, as any other cache error does.
-    let LoadSettings { expiry, lock } = policy
-        .load_settings(expire, key)
-        .map_err(E::from_cache)?;
+    let LoadSettings { expiry, lock } = policy.load_settings(expire, key).map_err(E::from_cache)?;
     if let Err(error) = cache.check_key_for_load(key, &tags) {
         report(cache, "get", key, &error);
         return loader().await;

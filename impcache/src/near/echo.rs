@@ -44,7 +44,7 @@ struct Pending {
 pub(super) struct Echoes {
     pending: Mutex<HashMap<Box<[u8]>, Pending>>,
     /// `pending.len()`, read without the lock by every invalidation.
-    len: AtomicUsize,
+    pub(super) len: AtomicUsize,
 }
 
 impl Echoes {

@@ -221,13 +221,14 @@ pub enum NearCacheStatus {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NearCacheStats {
-    /// Keys served from process memory.
+    /// Keys served from process memory (a tagged entry's tag state keys included).
     pub hits: u64,
     /// Keys looked up locally and read from Redis (found there or not).
     pub misses: u64,
     /// Keys read from Redis without looking locally (the near cache was not active).
     pub bypassed: u64,
-    /// Invalidations received from Redis or made by this cache's own writes (one per key).
+    /// Invalidations received from Redis or made by this cache's own writes (one per key; the
+    /// echo Redis sends of an own write is not counted again).
     pub invalidations: u64,
     /// Times everything local was dropped: the tracking connection lost (once per loss, a
     /// failover included), a new Cluster slot map, `FLUSHDB` / `FLUSHALL`, `delete_pattern`.

@@ -148,6 +148,15 @@ impl Drop for OwnWrite<'_> {
     }
 }
 
+/// Flushes its store when dropped ([`Store::flush_when_dropped`]).
+pub(crate) struct FlushWhenDropped<'a>(&'a Store);
+
+impl Drop for FlushWhenDropped<'_> {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
+}
+
 /// A read in flight: its ticket and when it was sent.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
@@ -638,8 +647,12 @@ impl Store {
     /// An own write of `keys` (full keys) is about to be sent (see `echo.rs`): call
     /// [`OwnWrite::written`] when it returns.
     pub(crate) fn writing<'a>(&'a self, keys: Vec<&'a [u8]>) -> OwnWrite<'a> {
-        for key in &keys {
-            self.echoes.sending(key);
+        // Echoes come only while tracking is on (turning it on or off clears them): none is
+        // registered otherwise, so that nothing waits for one that never comes.
+        if self.active() {
+            for key in &keys {
+                self.echoes.sending(key);
+            }
         }
         OwnWrite {
             store: self,
@@ -658,9 +671,8 @@ impl Store {
 
     /// An invalidation of `key` from Redis.
     pub(super) fn invalidated(&self, key: &[u8]) {
-        if self.echoes.arrived(key) {
-            self.invalidations.fetch_add(1, Ordering::Relaxed);
-        } else {
+        // The echo of an own write is that write's invalidation, counted when it returned.
+        if !self.echoes.arrived(key) {
             self.invalidate(key);
         }
     }
@@ -694,6 +706,12 @@ impl Store {
     pub(crate) fn flush(&self) {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.drop_all();
+    }
+
+    /// A [`flush`](Self::flush) when the returned guard is dropped: after a sweep, whether it
+    /// ended or its future was dropped midway.
+    pub(crate) fn flush_when_dropped(&self) -> FlushWhenDropped<'_> {
+        FlushWhenDropped(self)
     }
 
     /// Drops every entry (and fail-safe copy), and every reply in flight.
@@ -775,19 +793,22 @@ impl Store {
     pub(crate) fn unsupported(&self, why: &str) {
         self.state.store(UNSUPPORTED, Ordering::SeqCst);
         self.drop_all();
-        self.handshake_ended();
-        let mut warned = self
-            .warned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !*warned {
-            *warned = true;
-            tracing::warn!(
-                target: "impcache",
-                reason = why,
-                "near cache unsupported: every read goes to the repository"
-            );
+        {
+            let mut warned = self
+                .warned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !*warned {
+                *warned = true;
+                tracing::warn!(
+                    target: "impcache",
+                    reason = why,
+                    "near cache unsupported: every read goes to the repository"
+                );
+            }
         }
+        // After the warning: a read released by the end of the handshake finds it logged.
+        self.handshake_ended();
     }
 
     pub(super) fn is_unsupported(&self) -> bool {
@@ -845,6 +866,15 @@ mod tests {
         assert!(!store.echoes.arrived(b"j"));
         store.writing(vec![b"k"]).written(true);
         assert!(store.echoes.arrived(b"k"), "a later write is not spoiled");
+    }
+
+    #[test]
+    fn no_echo_is_expected_unless_tracking_is_on() {
+        let store = Store::new(&NearCache::new());
+        store.writing(vec![b"k"]).written(true);
+        store.unsupported("test");
+        store.writing(vec![b"j"]).written(true);
+        assert_eq!(store.echoes.len.load(Ordering::Acquire), 0);
     }
 
     /// A ticket, or the test's error: an active store always hands one out.

@@ -225,8 +225,9 @@ impl Backend {
             }
             // A write: the local copy goes at once, as for every write of this `Cache`.
             Backend::Near(near) => {
+                let write = near.store.writing(vec![full.as_str().as_bytes()]);
                 let result = Box::pin(near.remote.delete_if_equal(key, expected)).await;
-                near.store.invalidate(full.as_str().as_bytes());
+                write.written(matches!(result, Ok(true)));
                 result
             }
         }
@@ -337,8 +338,10 @@ impl Backend {
             Backend::Custom(repository) => repository.mark_tag_soft(key, at).await,
             Backend::Near(near) => {
                 near.track();
+                let write = near.store.writing(vec![key.as_bytes()]);
                 let result = Box::pin(near.remote.mark_tag_soft(key, at)).await;
-                near.store.invalidate(key.as_bytes());
+                // Whether the script changed the state is not known: no echo is expected.
+                write.written(false);
                 result
             }
         }
@@ -447,10 +450,13 @@ impl Backend {
             Backend::Custom(repository) => repository.delete_many(keys).await,
             Backend::Near(near) => {
                 near.track();
+                let write = near
+                    .store
+                    .writing(keys.iter().map(|key| key.as_bytes()).collect());
                 let result = Box::pin(near.remote.delete_many(keys)).await;
-                for key in keys {
-                    near.store.invalidate(key.as_bytes());
-                }
+                // Every key changed only when each one was removed (a repeated key counts once).
+                let all = u64::try_from(keys.len()).unwrap_or(u64::MAX);
+                write.written(matches!(result, Ok(removed) if removed == all));
                 result
             }
         }
@@ -470,9 +476,10 @@ impl Backend {
             }
             Backend::Near(near) => {
                 near.track();
-                let result = Box::pin(near.remote.delete_pattern(pattern, report)).await;
-                near.store.flush();
-                result
+                // When the sweep ends, or its future is dropped midway (keys it removed are
+                // gone locally either way).
+                let _flush = near.store.flush_when_dropped();
+                Box::pin(near.remote.delete_pattern(pattern, report)).await
             }
         }
     }
