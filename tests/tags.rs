@@ -489,12 +489,36 @@ async fn a_tag_the_cache_refuses_is_never_stored() {
     assert_eq!(runs.load(Ordering::SeqCst), 2, "not stored");
     assert!(matches!(
         cache.invalidate_tag("a-long-tag").await,
-        Err(impcache::Error::InvalidKey { .. })
+        Err(impcache::Error::InvalidTag { .. })
     ));
-    assert!(matches!(
-        cache.set_tagged("k", &1, 60, ["a-long-tag"]).await,
-        Err(impcache::Error::InvalidKey { .. })
-    ));
+    let error = cache.set_tagged("k", &1, 60, ["a-long-tag"]).await;
+    assert!(matches!(&error, Err(impcache::Error::InvalidTag { tag, .. }) if tag == "a-long-tag"));
+}
+
+/// An empty tag is refused with a typed error naming it, wherever tags are taken; nothing is
+/// written.
+#[tokio::test]
+async fn an_empty_tag_is_refused() {
+    let cache = Cache::new(impcache::MemoryCacheRepository::new());
+    let refused = |result: impcache::Result<()>| matches!(&result, Err(impcache::Error::InvalidTag { tag, reason }) if tag.is_empty() && reason.contains("empty"));
+    assert!(refused(cache.set_tagged("k", &1, 60, ["a", ""]).await));
+    assert!(refused(cache.invalidate_tag("").await));
+    assert!(refused(cache.soft_invalidate_tags(["a", ""]).await));
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
+    let runs = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        let runs = Arc::clone(&runs);
+        let value: i32 = cache
+            .get_or_set("k", 60, move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                1
+            })
+            .tags([""])
+            .await
+            .unwrap();
+        assert_eq!(value, 1);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "not stored");
 }
 
 /// `get_many` of tagged entries: the entries in one round trip, the state of all their tags in

@@ -112,11 +112,28 @@ fn tags_block(plan: &Plan) -> TokenStream {
 }
 
 /// The function's own tag (what `{name}_invalidate_all` invalidates): from `name = "..."` when
-/// given, so that it survives moving the function; for a method with the default key, its type
-/// and name, as its keys (two types' methods of one name in one module are two functions); else
-/// its module path and name.
+/// given, so that it survives moving the function; from a `key = "..."` template, for the same
+/// reason (the template makes its keys: two functions with one template share their entries);
+/// for a method with the default key, its type and name, as its keys (two types' methods of one
+/// name in one module are two functions); else its module path and name.
 fn function_tag(plan: &Plan) -> TokenStream {
     match &plan.key {
+        Key::Template(parts) => {
+            let mut template = String::from("__impcache_fn:key=");
+            for part in parts {
+                match part {
+                    Part::Literal(text) => template.push_str(text),
+                    Part::Arg(i) => {
+                        if let Some(arg) = plan.args.get(*i) {
+                            template.push('{');
+                            template.push_str(&arg.name.to_string());
+                            template.push('}');
+                        }
+                    }
+                }
+            }
+            quote!(#template)
+        }
         Key::Default(Prefix::Name(name)) => {
             quote!(::core::concat!("__impcache_fn:", #name))
         }

@@ -60,7 +60,7 @@ use proc_macro::TokenStream;
 /// | `early_refresh = 2` | freshness: reload a fresh value in the background with a probability growing as its expiry nears (XFetch; about the body's duration) |
 /// | `lock` / `lock = 10` / `lock = Duration::from_secs(10)` / `lock = LOCK` (an `impcache::Lock`) | one body run across processes: a lock (`SET NX PX` with a token) taken before running the body, the other processes waiting for its value; `lock = 10` is a 10 s lifetime (waits up to twice that), `lock` alone the defaults |
 /// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`: `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
-/// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep |
+/// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep; the tag comes from `name` or the `key` template when given (so it survives moving the function), else from the module path |
 ///
 /// With any freshness option, `lock` or `tags`, the body runs in a spawned task: its future must be
 /// `Send + 'static` (owned arguments). The README's freshness, tags and lock sections say more.

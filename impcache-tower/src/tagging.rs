@@ -8,8 +8,8 @@ use crate::config::Config;
 use crate::tags::{Tagged, TAGS_FIELD};
 
 /// The tags of a response: those of the request (`from_request`), then those of the layer's tag
-/// header fields, which are removed from `headers` unless the layer keeps them. `None` without
-/// any.
+/// header fields, which are removed from `headers` unless the layer keeps them; those the cache
+/// refuses (empty, too long) left out. `None` without any.
 pub(crate) fn collect(
     config: &Config,
     from_request: Vec<String>,
@@ -35,6 +35,12 @@ pub(crate) fn collect(
     headers.remove(TAGS_FIELD);
     let mut unique: Vec<String> = Vec::with_capacity(tags.len());
     for tag in tags {
+        // A tag the cache refuses (too long) could never be purged: left out, and logged.
+        if let Err(error) = impcache::__private::tags::check(&config.cache, &tag) {
+            let error = impcache::__private::logged_error(&config.cache, &error);
+            tracing::warn!(%error, "impcache-tower: a response's tag is left out");
+            continue;
+        }
         if !unique.contains(&tag) {
             unique.push(tag);
         }

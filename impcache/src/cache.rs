@@ -384,6 +384,26 @@ impl Cache {
         Ok(())
     }
 
+    /// Checks a tag as every operation taking tags does: not empty, and no longer than a key
+    /// may be (its state is a key).
+    pub(crate) fn check_tag(&self, tag: &str) -> Result<()> {
+        let invalid = |reason: String| Error::InvalidTag {
+            tag: shown(tag),
+            reason,
+        };
+        if tag.is_empty() {
+            return Err(invalid("a tag cannot be empty".to_owned()));
+        }
+        if tag.len() > self.shared.max_key_bytes {
+            return Err(invalid(format!(
+                "the tag is {} bytes long, the limit is {} bytes (the cache's key limit)",
+                tag.len(),
+                self.shared.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// The parts of an operation's full key (the backend builds it as its repository needs).
     pub(crate) fn key_parts<'a>(&'a self, key: &'a str) -> KeyParts<'a> {
         KeyParts {
@@ -771,7 +791,7 @@ impl Cache {
         observed!(self, Operation::Set, Some(key), async {
             self.check_key(key)?;
             for tag in tags.as_slice() {
-                self.check_key(tag)?;
+                self.check_tag(tag)?;
             }
             let expiry = expire.into().resolve(key)?;
             let mut bytes = json::encode(key, value)?;
@@ -829,7 +849,7 @@ impl Cache {
     async fn mark_tags(&self, tags: Tags, kind: Kind) -> Result<()> {
         observed!(self, Operation::SetMany, None, async {
             for tag in tags.as_slice() {
-                self.check_key(tag)?;
+                self.check_tag(tag)?;
             }
             let now = Bytes::from(tags::stamp_micros().to_string());
             let keys = StateKeys::new(self.key_prefix(), tags.as_slice());

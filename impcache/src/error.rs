@@ -45,6 +45,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A tag was rejected before anything was sent: empty, or longer than the cache's key limit
+    /// (a tag's state is a key of its own).
+    #[error("invalid tag `{tag}`: {reason}")]
+    InvalidTag {
+        /// The tag (shortened when long).
+        tag: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An expiry of zero, a negative one, or one beyond what Redis accepts.
     #[error("invalid expire for key `{key}`: {reason}")]
     InvalidExpire {
@@ -191,11 +200,12 @@ impl Error {
         )
     }
 
-    /// The key, pattern or DSN the error is about.
+    /// The key, tag, pattern or DSN the error is about.
     pub fn subject(&self) -> &str {
         match self {
             Self::InvalidDsn { dsn, .. } => dsn,
             Self::InvalidPattern { pattern, .. } => pattern,
+            Self::InvalidTag { tag, .. } => tag,
             Self::InvalidKey { key, .. }
             | Self::InvalidExpire { key, .. }
             | Self::Encode { key, .. }

@@ -149,6 +149,12 @@ pub mod __private {
     pub mod tags {
         pub use crate::tags::{stamp_micros, Verdict};
 
+        /// Checks a tag as [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) does
+        /// ([`Error::InvalidTag`](crate::Error::InvalidTag): empty, or too long).
+        pub fn check(cache: &crate::Cache, tag: &str) -> crate::Result<()> {
+            cache.check_tag(tag)
+        }
+
         /// Where an entry created at `created` (µs since the epoch) and tagged `tags` stands:
         /// one round trip reading their state.
         pub async fn verdict<T: AsRef<str> + Sync>(

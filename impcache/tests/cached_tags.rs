@@ -244,3 +244,43 @@ async fn an_invalidation_reaches_every_version() {
     assert_eq!(versioned(7).await, 7);
     assert_eq!(runs(), 3, "a version-3 cache's invalidation too");
 }
+
+/// A function with a `key` template, before and after a move to another module: the template
+/// makes its keys, and its function tag too, so `_invalidate_all` of the moved function still
+/// hides the entries written before the move from every reader.
+mod before_the_move {
+    #[impcache::cached(cache = super::CACHE, expire = 60, key = "account:{id}", invalidate_all)]
+    pub async fn account(id: u64) -> u64 {
+        id * 10
+    }
+}
+
+mod after_the_move {
+    pub static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    #[impcache::cached(cache = super::CACHE, expire = 60, key = "account:{id}", invalidate_all)]
+    pub async fn account(id: u64) -> u64 {
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        id * 10
+    }
+}
+
+#[tokio::test]
+async fn invalidate_all_of_a_key_template_survives_a_move() {
+    assert_eq!(before_the_move::account(7).await, 70);
+    stored("account:7").await;
+    assert_eq!(after_the_move::account(7).await, 70);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        after_the_move::RUNS.load(SeqCst),
+        0,
+        "the entry written before the move"
+    );
+    after_the_move::account_invalidate_all().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Hidden from every reader, a plain `get` (which judges the entry by the tags it was stored
+    // with) included.
+    assert_eq!(CACHE.get::<u64>("account:7").await.unwrap(), None);
+    assert_eq!(after_the_move::account(7).await, 70);
+    assert_eq!(after_the_move::RUNS.load(SeqCst), 1);
+}

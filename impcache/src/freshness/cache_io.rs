@@ -84,7 +84,7 @@ impl Cache {
         // stored with a tag that cannot be invalidated.
         tags.as_slice()
             .iter()
-            .try_for_each(|tag| self.check_key(tag))
+            .try_for_each(|tag| self.check_tag(tag))
     }
 
     /// The value at `key` with its remaining TTL when `with_ttl` (else a `GET`, TTL unknown),

@@ -161,6 +161,7 @@ pub(crate) fn error_kind(error: &Error) -> &'static str {
     match error {
         Error::InvalidDsn { .. } => "invalid_dsn",
         Error::InvalidKey { .. } => "invalid_key",
+        Error::InvalidTag { .. } => "invalid_tag",
         Error::InvalidExpire { .. } => "invalid_expire",
         Error::InvalidPattern { .. } => "invalid_pattern",
         Error::Encode { .. } => "encode",
