@@ -636,6 +636,41 @@ async fn get_many_keeps_what_it_reads() {
     assert_eq!(gone, [None]);
 }
 
+/// `get_many` through `cache` (Sentinel or Cluster here; single node above) keeps what it reads:
+/// a second one is served locally, an own write is read back, and a local entry ends with its
+/// key's Redis TTL.
+async fn get_many_keeps_its_replies(cache: &Cache) {
+    for key in ["gm-a", "gm-b", "gm-c"] {
+        cache.set(key, &1, 600).await.unwrap();
+    }
+    let keys = ["gm-a", "gm-b", "gm-c", "gm-absent"];
+    eventually("a second get_many is served locally", || async {
+        let first: Vec<Option<i64>> = cache.get_many(keys).await.unwrap();
+        assert_eq!(first, [Some(1), Some(1), Some(1), None]);
+        let hits = cache.near_cache_stats().hits;
+        let second: Vec<Option<i64>> = cache.get_many(["gm-a", "gm-b", "gm-c"]).await.unwrap();
+        assert_eq!(second, [Some(1); 3]);
+        cache.near_cache_stats().hits == hits + 3
+    })
+    .await;
+    cache.set("gm-b", &2, 600).await.unwrap();
+    let values: Vec<Option<i64>> = cache.get_many(["gm-a", "gm-b"]).await.unwrap();
+    assert_eq!(values, [Some(1), Some(2)]);
+    cache
+        .set("gm-c", &3, Duration::from_millis(300))
+        .await
+        .unwrap();
+    eventually("gm-c is local, read by get_many", || async {
+        let before = cache.near_cache_stats().hits;
+        let values: Vec<Option<i64>> = cache.get_many(["gm-c"]).await.unwrap();
+        values == [Some(3)] && cache.near_cache_stats().hits > before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let gone: Vec<Option<i64>> = cache.get_many(["gm-c"]).await.unwrap();
+    assert_eq!(gone, [None]);
+}
+
 #[tokio::test]
 async fn memory_and_custom_repositories_run_without_it() {
     let plain = Cache::new(MemoryCacheRepository::new());
@@ -849,6 +884,7 @@ async fn sentinel_failover_moves_tracking_to_the_new_primary() {
         .near_cache(near())
         .build();
     wait_active(&cache).await;
+    get_many_keeps_its_replies(&cache).await;
     let key = cache.make_key("k");
     cache.set("k", &1, 600).await.unwrap();
     wait_local(&cache, "k").await;
@@ -898,6 +934,7 @@ async fn cluster_writes_on_each_primary_and_a_failover() {
         .near_cache(near())
         .build();
     wait_active(&cache).await;
+    get_many_keeps_its_replies(&cache).await;
     // One key per primary.
     let mut keys: Vec<(String, u16)> = Vec::new();
     for i in 0.. {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::failure::Failed;
 use super::memory::MemoryCacheRepository;
 use super::redis::RedisCacheRepository;
-use super::{CacheRepository, TaggedRead, WithTtl};
+use super::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
@@ -389,23 +389,35 @@ impl Backend {
                     return Ok(values);
                 }
                 near.ready().await;
-                let fetched = match &near.remote {
-                    // Single node, active: the `MGET` pipelined with each key's `PTTL`, so that
-                    // its replies are kept as any read's (the local entry never outlives the key).
-                    Backend::Redis(redis) if near.store.active() => {
-                        let ticket = near.store.ticket_for(missing.len());
-                        let found = redis
+                // Active: the values with their TTLs, so that the replies are kept as any
+                // read's (the local entry never outlives the key). Single node: the `MGET`
+                // pipelined with each key's `PTTL`; Sentinel and Cluster through the trait.
+                let with_ttl = match &near.remote {
+                    _ if !near.store.active() => None,
+                    Backend::Redis(redis) => Some(Box::pin(async {
+                        redis
                             .get_many_with_ttl_direct(&missing)
                             .await
-                            .map_err(Failed::into_error)?;
+                            .map_err(Failed::into_error)
+                    })
+                        as BoxFuture<'_, Result<Vec<Option<WithTtl>>>>),
+                    Backend::Custom(repository) => repository.get_many_with_ttl(&missing),
+                    _ => None,
+                };
+                let fetched = match with_ttl {
+                    Some(read) => {
+                        // Before the read is sent (its future is lazy): see `Store::ticket_for`.
+                        let ticket = near.store.ticket_for(missing.len());
+                        let found = read.await?;
                         near.store.settle_each(ticket, &missing, &found).await;
                         found
                             .into_iter()
                             .map(|found| found.map(|found| found.value))
                             .collect()
                     }
-                    // Sentinel and Cluster: their `MGET`'s replies are not kept (it reads no TTL).
-                    remote => {
+                    // A repository that reads no TTLs: its replies are not kept.
+                    None => {
+                        let remote = &near.remote;
                         let active = near.store.count_remote(missing.len());
                         let fetched = Box::pin(remote.get_many(&missing)).await?;
                         near.store.settle_many(active).await;

@@ -192,6 +192,20 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
+    /// The bytes at each key with its remaining TTL, in the order of `keys`, in one round trip
+    /// (on Sentinel an `MGET` pipelined with each key's `PTTL`; on Cluster one script per slot):
+    /// what a near cache keeps of a [`get_many`](CacheRepository::get_many), no longer than each
+    /// key lives. `None` (the default): the repository cannot, and a near cache keeps nothing of
+    /// its `get_many`. Not for use outside this crate.
+    #[doc(hidden)]
+    fn get_many_with_ttl<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> Option<BoxFuture<'a, Result<Vec<Option<WithTtl>>>>> {
+        let _ = keys;
+        None
+    }
+
     /// Lets [`Cache`](crate::Cache) see which repository this is: the built-in in-memory and
     /// single-node Redis repositories return themselves, and are then called directly, without
     /// the boxed futures of this trait; every other repository keeps this default and is called

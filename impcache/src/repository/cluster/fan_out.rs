@@ -17,6 +17,13 @@ use crate::error::{shown_many, Error, Result};
 use crate::expire::Expiry;
 use crate::repository::commands::set_command;
 use crate::repository::failure::classify;
+use crate::repository::WithTtl;
+
+/// The script of [`RedisClusterCacheRepository::get_many_with_ttl_per_node`]: per key, `nil`
+/// when missing (Lua's `false`, which a table can hold), else `{value, pttl}`.
+const GET_MANY_WITH_TTL_SCRIPT: &str = "local r = {} for i, k in ipairs(KEYS) do \
+local v = redis.call('GET', k) if v then r[i] = {v, redis.call('PTTL', k)} else r[i] = false end \
+end return r";
 
 /// Rounds of per-node pipelines for one multi-key call: the first, then while a slot migrates
 /// one with the `TRYAGAIN` commands split per key, and one after `ASK` on the importing node.
@@ -121,25 +128,63 @@ impl RedisClusterCacheRepository {
     /// order of `keys`. Keys whose node redirected (a stale slot map) are read again through the
     /// client's routing. If a node fails, the call fails with an error naming it.
     pub(super) async fn get_many_per_node(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let shown_keys = || shown_many(keys);
-        let until = Instant::now() + self.inner.deadline;
-        let mget = |indices: &[usize]| {
+        self.read_many_per_node(keys, |indices: &[usize]| {
             let mut cmd = redis::cmd("MGET");
             for &index in indices {
                 cmd.arg(keys[index]);
             }
             cmd
-        };
+        })
+        .await
+    }
+
+    /// [`get_many_per_node`](Self::get_many_per_node) with each key's remaining TTL: one script
+    /// per slot (`GET` and `PTTL` of each of its keys, atomic, so each TTL is its value's), for a
+    /// near cache, which keeps what it reads no longer than the key lives.
+    pub(super) async fn get_many_with_ttl_per_node(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<WithTtl>>> {
+        let found: Vec<Option<(Bytes, i64)>> = self
+            .read_many_per_node(keys, |indices: &[usize]| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(GET_MANY_WITH_TTL_SCRIPT).arg(indices.len());
+                for &index in indices {
+                    cmd.arg(keys[index]);
+                }
+                cmd
+            })
+            .await?;
+        Ok(found
+            .into_iter()
+            .map(|found| found.map(|(value, pttl)| WithTtl::from_pttl(value, pttl)))
+            .collect())
+    }
+
+    /// A read of `keys` by one `command` per slot (its reply: one value or nil per key, in
+    /// order), per node in parallel, reassembled in the order of `keys`; keys whose node
+    /// redirected are read again through the client's routing. If a node fails, the call fails
+    /// with an error naming it.
+    async fn read_many_per_node<V>(
+        &self,
+        keys: &[&str],
+        command: impl Fn(&[usize]) -> redis::Cmd,
+    ) -> Result<Vec<Option<V>>>
+    where
+        V: redis::FromRedisValue + Send + 'static,
+    {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shown_keys = || shown_many(keys);
+        let until = Instant::now() + self.inner.deadline;
         let sent = self
-            .send_per_node("get_many", keys, true, until, mget)
+            .send_per_node("get_many", keys, true, until, &command)
             .await?;
         check_nodes("get_many", &shown_keys, sent.failures)?;
-        let mut values: Vec<Option<Bytes>> = vec![None; keys.len()];
+        let mut values: Vec<Option<V>> = keys.iter().map(|_| None).collect();
         for (indices, reply) in sent.replies {
-            let got: Vec<Option<Bytes>> = reply
+            let got: Vec<Option<V>> = reply
                 .extract_error()
                 .and_then(|value| Ok(redis::from_redis_value(value)?))
                 .map_err(|e| classify(e, "get_many", shown_keys(), self.waited(until)))?;
@@ -150,12 +195,12 @@ impl RedisClusterCacheRepository {
         // One key per command: the client follows each key's redirection on its own (a multi-key
         // command in a migrating slot would get `TRYAGAIN`).
         let read = self
-            .through_client_per_key::<Vec<Option<Bytes>>>(
+            .through_client_per_key::<Vec<Option<V>>>(
                 until,
                 "get_many",
                 &shown_keys,
                 &sent.fallback,
-                mget,
+                &command,
             )
             .await?;
         for (index, got) in read {

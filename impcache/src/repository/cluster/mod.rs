@@ -364,6 +364,14 @@ impl CacheRepository for RedisClusterCacheRepository {
         Box::pin(self.get_many_per_node(keys))
     }
 
+    /// One script per slot (`GET` and `PTTL` of each key), per node in parallel.
+    fn get_many_with_ttl<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> Option<BoxFuture<'a, Result<Vec<Option<WithTtl>>>>> {
+        Some(Box::pin(self.get_many_with_ttl_per_node(keys)))
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move { self.keyed("delete", key, key_command("UNLINK", key)).await })
     }

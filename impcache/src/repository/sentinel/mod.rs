@@ -356,6 +356,21 @@ impl CacheRepository for RedisSentinelCacheRepository {
         })
     }
 
+    fn get_many_with_ttl<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> Option<BoxFuture<'a, Result<Vec<Option<WithTtl>>>>> {
+        Some(Box::pin(async move {
+            self.run(
+                "get_many",
+                &|| shown_many(keys),
+                true,
+                move |r| async move { r.get_many_with_ttl_direct(keys).await },
+            )
+            .await
+        }))
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             self.run("delete", &|| shown(key), true, move |r| async move {
