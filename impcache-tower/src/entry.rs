@@ -5,11 +5,12 @@
 //! An entry:
 //!
 //! ```text
-//! "IHC" 0x04                      magic and format version
+//! "IHC" 0x05                      magic and format version
 //! u64 LE                          generation: a variant is served only under a record of the
 //!                                   same generation (see `crate::store`; 0 in the `0x03` format)
 //! u64 LE                          stored at, milliseconds since the Unix epoch
-//! varint                          TTL in seconds (0: none)
+//! varint                          TTL in milliseconds (0: none; seconds in the `0x04` and
+//!                                   `0x03` formats)
 //! u8                              origin freshness: 0 none (the default mode), 1 present,
 //!                                   2 present with must-revalidate; when present:
 //!   varint                          freshness lifetime, seconds
@@ -41,7 +42,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-const MAGIC: &[u8; 4] = b"IHC\x04";
+const MAGIC: &[u8; 4] = b"IHC\x05";
+const MAGIC_V4: &[u8; 4] = b"IHC\x04";
 const MAGIC_V3: &[u8; 4] = b"IHC\x03";
 const MARKER_MAGIC: &[u8; 4] = b"IHV\x03";
 const MARKER_MAGIC_V2: &[u8; 4] = b"IHV\x02";
@@ -85,7 +87,7 @@ impl Record {
     /// body and header values share `bytes` (no copy).
     pub(crate) fn decode(bytes: &Bytes) -> Option<Record> {
         match bytes.get(..MAGIC.len())? {
-            magic if magic == MAGIC || magic == MAGIC_V3 => {
+            magic if magic == MAGIC || magic == MAGIC_V4 || magic == MAGIC_V3 => {
                 Entry::decode(bytes).map(|(entry, vary, generation)| Record::Entry {
                     entry,
                     vary,
@@ -260,7 +262,10 @@ impl Entry {
         out.put_slice(MAGIC);
         out.put_u64_le(generation);
         out.put_u64_le(self.stored_at_ms);
-        put_varint(&mut out, self.ttl.map_or(0, |d| d.as_secs().max(1)));
+        let ttl_ms = self.ttl.map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        put_varint(&mut out, ttl_ms);
         match &self.origin {
             None => out.put_u8(0),
             Some(freshness) => {
@@ -298,15 +303,22 @@ impl Entry {
     /// The body and the header values share `bytes` (no copy).
     pub(crate) fn decode(bytes: &Bytes) -> Option<(Entry, Vec<HeaderName>, u64)> {
         let mut r = Reader { bytes };
-        let generation = match r.take(MAGIC.len())? {
-            magic if magic == MAGIC => u64::from_le_bytes(r.take(8)?.try_into().ok()?),
-            magic if magic == MAGIC_V3 => 0,
+        // The TTL's unit, and whether a generation is stored.
+        let (ttl_unit, generation) = match r.take(MAGIC.len())? {
+            magic if magic == MAGIC => (Duration::from_millis(1), true),
+            magic if magic == MAGIC_V4 => (Duration::from_secs(1), true),
+            magic if magic == MAGIC_V3 => (Duration::from_secs(1), false),
             _ => return None,
+        };
+        let generation = if generation {
+            u64::from_le_bytes(r.take(8)?.try_into().ok()?)
+        } else {
+            0
         };
         let stored_at_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let ttl = match r.varint()? {
             0 => None,
-            s => Some(Duration::from_secs(s)),
+            n => Some(ttl_unit.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))),
         };
         let origin = match *r.take(1)?.first()? {
             0 => None,
@@ -532,11 +544,22 @@ mod tests {
         assert_eq!(o100, o1 + varint_size(100 * 1024) - varint_size(1024));
     }
 
-    /// The formats before generations read as generation 0.
+    /// The `0x04` format (TTL in seconds) reads as it did; the formats before generations read
+    /// as generation 0.
     #[test]
-    fn the_formats_without_a_generation_read_as_generation_0() {
+    fn the_earlier_formats_still_read() {
         let e = entry(binary(10));
-        let mut v3 = e.encode(&[], 9).to_vec();
+        assert_eq!(e.ttl, Some(Duration::from_secs(60)));
+        // The TTL varint follows the magic, the generation and the storage time.
+        let mut v4 = e.encode(&[], 9).to_vec();
+        let ttl_ms = varint_size(60_000);
+        v4.splice(20..20 + ttl_ms, [60]);
+        v4[3] = 4;
+        assert_eq!(
+            Entry::decode(&Bytes::from(v4.clone())),
+            Some((e.clone(), Vec::new(), 9))
+        );
+        let mut v3 = v4;
         v3.drain(4..12);
         v3[3] = 3;
         assert_eq!(Entry::decode(&Bytes::from(v3)), Some((e, Vec::new(), 0)));

@@ -344,8 +344,8 @@ pub(crate) fn storable(
     // s-maxage is for shared caches (this is one) and wins over max-age.
     let origin = cc.s_maxage.or(cc.max_age).map(Duration::from_secs);
     let ttl = [expire, origin, max_ttl].into_iter().flatten().min();
-    // A layer's sub-second `expire` is stored (its key lives that long; the entry records
-    // whole seconds, at least one, for `Age` and `Cache-Status`).
+    // A layer's sub-second `expire` is stored (its key lives that long, and the entry records
+    // it to the millisecond; `Age` and `Cache-Status` show whole seconds).
     if ttl.is_some_and(|t| t.is_zero()) {
         return Err(NotStored::ZeroTtl);
     }

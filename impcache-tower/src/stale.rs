@@ -85,20 +85,15 @@ pub(crate) fn stands_in_for(config: &Config, headers: &HeaderMap, status: Status
 /// expiry ([`impcache::MAX_EXPIRE`], 100 years), which the store would refuse (an `Expires`
 /// centuries ahead). The entry's freshness is not changed by it.
 ///
-/// Without a stale window, to the millisecond (at least one): the key's expiry is the entry's
-/// freshness, so a layer's `expire(Duration::from_millis(300))` lives 300 ms. With one, whole
-/// seconds (at least one), as the entry records its TTL and is judged fresh or stale by it: the
-/// key must end that window after the same freshness.
+/// To the millisecond (at least one), as the entry records its TTL: without a stale window the
+/// key's expiry is the entry's freshness, so a layer's `expire(Duration::from_millis(300))` lives
+/// 300 ms; with one, the key ends that window after the same freshness.
 pub(crate) fn key_ttl(ttl: Duration, policy: &Freshness) -> Duration {
     let longest = impcache::MAX_EXPIRE.saturating_sub(policy.stale_window());
-    if policy.stale_window().is_zero() {
-        ttl.clamp(
-            Duration::from_millis(1),
-            longest.max(Duration::from_millis(1)),
-        )
-    } else {
-        Duration::from_secs(ttl.as_secs().clamp(1, longest.as_secs().max(1)))
-    }
+    ttl.clamp(
+        Duration::from_millis(1),
+        longest.max(Duration::from_millis(1)),
+    )
 }
 
 /// Where `entry` stands at `now_ms`. An entry of the default mode past its TTL without a stale
@@ -202,14 +197,14 @@ mod tests {
             key_ttl(Duration::from_millis(2500), &none),
             Duration::from_millis(2500)
         );
-        // With a stale window, whole seconds, as the entry records its freshness.
+        // With a stale window too, to the millisecond, as the entry records its freshness.
         assert_eq!(
             key_ttl(Duration::from_millis(300), &window),
-            Duration::from_secs(1)
+            Duration::from_millis(300)
         );
         assert_eq!(
             key_ttl(Duration::from_millis(2500), &window),
-            Duration::from_secs(2)
+            Duration::from_millis(2500)
         );
         assert_eq!(key_ttl(day, &window), day);
         let centuries = Duration::from_secs(260 * 365 * 86_400);

@@ -1,8 +1,8 @@
 //! Stale responses (RFC 5861): `stale_while_revalidate`, `stale_if_error` (handler error, 5xx,
 //! timeout), the responses' directives, on the memory repository and a real Redis, and through
-//! axum over TCP. The default mode's entries are fresh for a whole number of seconds, so these
-//! tests wait past a one-second freshness (they assert no timings); the origin mode's are made
-//! stale on arrival with `Age`.
+//! axum over TCP. Most tests wait past a one-second freshness (they assert no timings); one
+//! shows a sub-second `expire` going stale on time; the origin mode's entries are made stale on
+//! arrival with `Age`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -379,6 +379,25 @@ async fn a_background_revalidation_does_not_forward_the_clients_validators() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, x_cache, _, body) = call(&service, "/etag").await.unwrap();
     assert_eq!((x_cache.as_str(), body.as_ref()), ("HIT", &b"call 2"[..]));
+}
+
+/// A sub-second `expire` with a stale window: stale once that freshness is over (the entry
+/// records its TTL to the millisecond), served while one background call refreshes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_second_expire_goes_stale_on_time() {
+    let origin = Origin::new("");
+    let layer = CacheLayer::new(memory_cache())
+        .expire(Duration::from_millis(300))
+        .stale_while_revalidate(Duration::from_secs(60))
+        .status_header(StatusHeader::Both);
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/fast").await.unwrap();
+    wait_stored(&layer, "/fast").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, x_cache, _, body) = call(&service, "/fast").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+    wait_hit(&service, "/fast", "call 2").await;
+    assert_eq!(origin.calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
