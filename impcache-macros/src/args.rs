@@ -10,14 +10,15 @@ use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
 use crate::errors::Errors;
 
 /// The valid options, in the order the error message lists them.
-const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `early_refresh`, `lock`, `tags`, `invalidate_all`";
+const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `hard_timeout`, `early_refresh`, `lock`, `tags`, `invalidate_all`";
 
 /// The freshness options (issue 15), each taking seconds or a `Duration`: the name of the
 /// `impcache::Freshness` builder method each one calls.
-const FRESHNESS: [&str; 4] = [
+const FRESHNESS: [&str; 5] = [
     "stale_while_revalidate",
     "stale_if_error",
     "soft_timeout",
+    "hard_timeout",
     "early_refresh",
 ];
 
@@ -256,20 +257,28 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                 if let Some(templates) = value(meta, "tags", "[\"user:{id}\"]", errors)
                     .and_then(|e| tag_templates(e, errors))
                 {
-                    set(&mut args.tags, (path.span(), templates), path, "tags", errors);
+                    set(
+                        &mut args.tags,
+                        (path.span(), templates),
+                        path,
+                        "tags",
+                        errors,
+                    );
                 }
             }
             "invalidate_all" => match meta {
-                Meta::Path(p) => set(&mut args.invalidate_all, p.span(), path, "invalidate_all", errors),
+                Meta::Path(p) => set(
+                    &mut args.invalidate_all,
+                    p.span(),
+                    path,
+                    "invalidate_all",
+                    errors,
+                ),
                 _ => errors.push(syn::Error::new_spanned(
                     meta,
                     "`invalidate_all` takes no value: write `invalidate_all`",
                 )),
             },
-            "hard_timeout" => errors.push(syn::Error::new_spanned(
-                path,
-                "`hard_timeout` is not available in `#[cached]`: a cached function has no value to return when its body is given up; use `Cache::get_or_set` with `Freshness::hard_timeout`",
-            )),
             _ => errors.push(syn::Error::new_spanned(
                 path,
                 format!("unknown option `{option}`; expected one of: {OPTIONS}"),

@@ -348,6 +348,22 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             .lock
             .iter()
             .map(|value| quote_spanned!(value.span()=> .lock(::impcache::__private::lock(#value))));
+        // `hard_timeout = ...`: what a given-up body returns (`None`, `Err(..)`); the bound is
+        // reported on the option's value when the return type has no such value.
+        let ret = &plan.ret;
+        let timed_out = match plan
+            .freshness
+            .iter()
+            .find(|(name, _)| name == "hard_timeout")
+        {
+            Some((_, value)) => quote_spanned! {value.span()=>
+                ::core::option::Option::Some(
+                    <#ret as ::impcache::__private::TimedOut>::timed_out
+                        as fn(::impcache::Error) -> #ret,
+                )
+            },
+            None => quote!(::core::option::Option::None),
+        };
         quote! {
             ::impcache::__private::memoize_fresh(
                 &__IMPCACHE_FUNCTION,
@@ -357,6 +373,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
                 #expire,
                 ::impcache::Freshness::new() #(#options)* #(#lock)*,
                 __impcache_tags,
+                #timed_out,
                 #policy,
                 #codec_path #codec_args,
                 __impcache_body,

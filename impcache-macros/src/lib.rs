@@ -57,6 +57,7 @@ use proc_macro::TokenStream;
 /// | `stale_while_revalidate = 60` | freshness (seconds or a `Duration`): up to that long past `expire`, answer with the stale value and reload once in the background |
 /// | `stale_if_error = 3600` | freshness: up to that long past `expire`, a body that fails (an `Err`, an uncached `None`, a panic) is answered with the stale value |
 /// | `soft_timeout = Duration::from_millis(100)` | freshness: with a stale value at hand, answer with it after that long; the body finishes and stores in the background |
+/// | `hard_timeout = Duration::from_secs(2)` | freshness: give up on the body after that long; the stale value answers within `stale_if_error`, else the call returns `None` (an `Option`) or `Err(impcache::Error::Loader { .. }.into())` (a `Result` whose error converts from `impcache::Error`; other return types do not compile) |
 /// | `early_refresh = 2` | freshness: reload a fresh value in the background with a probability growing as its expiry nears (XFetch; about the body's duration) |
 /// | `lock` / `lock = 10` / `lock = Duration::from_secs(10)` / `lock = LOCK` (an `impcache::Lock`) | one body run across processes: a lock (`SET NX PX` with a token) taken before running the body, the other processes waiting for its value; `lock = 10` is a 10 s lifetime (waits up to twice that), `lock` alone the defaults |
 /// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`: `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |

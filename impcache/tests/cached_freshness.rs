@@ -115,3 +115,68 @@ async fn the_soft_timeout_answers_stale_and_the_body_still_stores() {
     SLOW_GATE.add_permits(10);
     until("cached_freshness::slow:1", "\"1:1\"").await;
 }
+
+static HARD_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Never returns after its first run.
+async fn hangs_after_the_first_run(id: u32) -> u32 {
+    if HARD_RUNS.fetch_add(1, SeqCst) > 0 {
+        std::future::pending::<()>().await;
+    }
+    id
+}
+
+#[cached(
+    cache = CACHE,
+    expire = Duration::from_millis(100),
+    stale_if_error = 60,
+    hard_timeout = Duration::from_millis(100),
+)]
+async fn given_up_with_stale(id: u32) -> Result<u32, impcache::Error> {
+    Ok(hangs_after_the_first_run(id).await)
+}
+
+#[cached(cache = CACHE, expire = 60, hard_timeout = Duration::from_millis(100))]
+async fn given_up_result(id: u32) -> Result<u32, impcache::Error> {
+    std::future::pending::<()>().await;
+    Ok(id)
+}
+
+#[cached(cache = CACHE, expire = 60, hard_timeout = Duration::from_millis(100))]
+async fn given_up_option(id: u32) -> Option<u32> {
+    std::future::pending::<()>().await;
+    Some(id)
+}
+
+/// `hard_timeout`: a body slower than it is given up. With a stale value within `stale_if_error`
+/// the call answers with it; without one, a `Result` function returns `Err` (the
+/// `impcache::Error::Loader` converted into its error type) and an `Option` function `None`.
+/// Nothing is stored.
+#[tokio::test]
+async fn the_hard_timeout_gives_up_on_the_body() {
+    assert_eq!(given_up_with_stale(3).await.unwrap(), 3);
+    until("cached_freshness::given_up_with_stale:3", "3").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stale = tokio::time::timeout(HANG, given_up_with_stale(3)).await;
+    assert_eq!(stale.unwrap().unwrap(), 3);
+
+    let error = tokio::time::timeout(HANG, given_up_result(1))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&error, impcache::Error::Loader { reason, .. } if reason.contains("hard timeout")),
+        "{error}"
+    );
+    let none = tokio::time::timeout(HANG, given_up_option(1))
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    assert_eq!(
+        CACHE
+            .get_raw("cached_freshness::given_up_result:1")
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -180,7 +180,9 @@ impl<R: Send + 'static> LoadError for Failed<R> {
 
 /// Runs one call of a `#[cached(...)]` function with freshness options or tags. As
 /// [`memoize`](super::call::memoize), plus `freshness` and `tags` (an error building one runs
-/// the body uncached); the body must be `Send + 'static`.
+/// the body uncached); the body must be `Send + 'static`. `timed_out` (with `hard_timeout`):
+/// the return value of a call whose body was given up with no stale value to answer
+/// ([`TimedOut`](super::returns::TimedOut)).
 #[allow(clippy::too_many_arguments)]
 pub async fn memoize_fresh<P, R, F, Fut>(
     function: &'static CachedFunction,
@@ -190,6 +192,7 @@ pub async fn memoize_fresh<P, R, F, Fut>(
     expire: Expire,
     freshness: Freshness,
     tags: crate::Result<Vec<String>>,
+    timed_out: Option<fn(Error) -> R>,
     _policy: P,
     _codec: Codec<P::Value>,
     body: F,
@@ -259,8 +262,13 @@ where
     match loaded {
         Ok(Stored(ret, _)) | Err(Failed::Returned(ret)) => ret,
         Err(Failed::Panicked(payload)) => std::panic::resume_unwind(payload),
-        // Only when the body's task was dropped unfinished, with its runtime: there is no
-        // return value to give, and the caller's own runtime is shutting down.
-        Err(Failed::Cache(error)) => std::panic::resume_unwind(Box::new(error.to_string())),
+        // The body was given up (`hard_timeout`), or its task dropped unfinished with its
+        // runtime: the return type's "timed out" when it has one.
+        Err(Failed::Cache(error)) => match timed_out {
+            Some(timed_out) => timed_out(error),
+            // Without `hard_timeout`, only when the runtime shuts down: there is no return value
+            // to give, and the caller's own runtime is going away.
+            None => std::panic::resume_unwind(Box::new(error.to_string())),
+        },
     }
 }

@@ -52,7 +52,7 @@ pub(crate) mod __private {
     pub use super::key::{KeyArg, KeyBuilder};
     pub use super::returns::{
         Mismatch, Never, OkOnly, OptionReturn, Plain, Policy, ResultReturn, Returns,
-        ReturnsMismatch, ReturnsOption, ReturnsResult, ReturnsValue, SomeOnly,
+        ReturnsMismatch, ReturnsOption, ReturnsResult, ReturnsValue, SomeOnly, TimedOut,
     };
     pub use crate::observe::hooks::CachedFunction;
 }

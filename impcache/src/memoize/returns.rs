@@ -264,3 +264,28 @@ pub trait ReturnsMismatch<R> {
     }
 }
 impl<R> ReturnsMismatch<R> for &Returns<R> {}
+
+/// A return type that can say its body was given up (`#[cached(hard_timeout = ..)]` with no
+/// stale value to answer): `None` for an `Option`, `Err(error.into())` for a `Result` whose error
+/// converts from [`Error`](crate::Error) (`impcache::Error` itself, `anyhow::Error`, a
+/// `#[from]` variant, ...).
+#[diagnostic::on_unimplemented(
+    message = "`#[cached(hard_timeout = ..)]` needs a return type that can say the body timed out: `{Self}` is neither an `Option` nor a `Result` whose error converts from `impcache::Error`",
+    label = "a given-up body has no value of this type to return"
+)]
+pub trait TimedOut {
+    /// The return value of a call whose body was given up with `error`.
+    fn timed_out(error: crate::Error) -> Self;
+}
+
+impl<T> TimedOut for Option<T> {
+    fn timed_out(_: crate::Error) -> Self {
+        None
+    }
+}
+
+impl<T, E: From<crate::Error>> TimedOut for Result<T, E> {
+    fn timed_out(error: crate::Error) -> Self {
+        Err(error.into())
+    }
+}

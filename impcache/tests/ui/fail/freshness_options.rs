@@ -1,6 +1,7 @@
 use impcache::cached;
 use std::time::Duration;
 
+// A given-up body has no `u64` to return.
 #[cached(expire = 60, hard_timeout = 5)]
 async fn hard(id: u64) -> u64 {
     id
