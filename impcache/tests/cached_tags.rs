@@ -250,16 +250,16 @@ async fn an_invalidation_reaches_every_version() {
 /// hides the entries written before the move from every reader.
 mod before_the_move {
     #[impcache::cached(cache = super::CACHE, expire = 60, key = "account:{id}", invalidate_all)]
-    pub async fn account(id: u64) -> u64 {
+    pub(crate) async fn account(id: u64) -> u64 {
         id * 10
     }
 }
 
 mod after_the_move {
-    pub static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    pub(crate) static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
     #[impcache::cached(cache = super::CACHE, expire = 60, key = "account:{id}", invalidate_all)]
-    pub async fn account(id: u64) -> u64 {
+    pub(crate) async fn account(id: u64) -> u64 {
         RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         id * 10
     }
