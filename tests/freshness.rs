@@ -803,3 +803,69 @@ async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
     .await
     .expect("the waiter's value was never stored");
 }
+
+/// A waiter loading on its own (its leader failed) and dropped before its answer stops its
+/// loader: no flight holds that load for anyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_waiter_loading_on_its_own_stops_its_loader() {
+    let repository = Scripted::new(false, None);
+    let cache = repository.cache();
+    let release = Arc::new(Semaphore::new(0));
+    let leader = tokio::spawn({
+        let (cache, release) = (cache.clone(), release.clone());
+        async move {
+            cache
+                .try_get_or_set("k", 60, || async move {
+                    drop(release.acquire().await);
+                    Err::<u32, _>(Error::Loader {
+                        key: "k".to_owned(),
+                        reason: "the origin failed".to_owned(),
+                    })
+                })
+                .await
+        }
+    });
+    while repository.reads.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(MS).await;
+    }
+    let (started, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let waiter = tokio::spawn({
+        let (cache, started, gate, finished) = (
+            cache.clone(),
+            started.clone(),
+            gate.clone(),
+            finished.clone(),
+        );
+        async move {
+            cache
+                .try_get_or_set("k", 60, || async move {
+                    started.add_permits(1);
+                    drop(gate.acquire().await);
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    Ok::<u32, Error>(7)
+                })
+                .await
+        }
+    });
+    while repository.reads.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(MS).await;
+    }
+    tokio::time::sleep(50 * MS).await;
+    release.add_permits(1);
+    assert!(tokio::time::timeout(HANG, leader)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_err());
+    drop(tokio::time::timeout(HANG, started.acquire()).await.unwrap());
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    gate.add_permits(1);
+    tokio::time::sleep(100 * MS).await;
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the dropped waiter's loader ran on"
+    );
+}

@@ -348,21 +348,22 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             .lock
             .iter()
             .map(|value| quote_spanned!(value.span()=> .lock(::impcache::__private::lock(#value))));
-        // `hard_timeout = ...`: what a given-up body returns (`None`, `Err(..)`); the bound is
-        // reported on the option's value when the return type has no such value.
+        // `hard_timeout = ...`: what a given-up body returns (`None`, `Err(..)`); a return type
+        // with no such value is reported on the return type. A typed binding, not an `as` cast
+        // (which `trivial_casts` would flag in the user's crate).
         let ret = &plan.ret;
-        let timed_out = match plan
+        let timed_out = if plan
             .freshness
             .iter()
-            .find(|(name, _)| name == "hard_timeout")
+            .any(|(name, _)| name == "hard_timeout")
         {
-            Some((_, value)) => quote_spanned! {value.span()=>
-                ::core::option::Option::Some(
-                    <#ret as ::impcache::__private::TimedOut>::timed_out
-                        as fn(::impcache::Error) -> #ret,
-                )
-            },
-            None => quote!(::core::option::Option::None),
+            quote! {{
+                let __impcache_timed_out: fn(::impcache::Error) -> #ret =
+                    <#ret as ::impcache::__private::TimedOut>::timed_out;
+                ::core::option::Option::Some(__impcache_timed_out)
+            }}
+        } else {
+            quote!(::core::option::Option::None)
         };
         quote! {
             ::impcache::__private::memoize_fresh(

@@ -304,10 +304,10 @@ impl Entry {
     pub(crate) fn decode(bytes: &Bytes) -> Option<(Entry, Vec<HeaderName>, u64)> {
         let mut r = Reader { bytes };
         // The TTL's unit, and whether a generation is stored.
-        let (ttl_unit, generation) = match r.take(MAGIC.len())? {
-            magic if magic == MAGIC => (Duration::from_millis(1), true),
-            magic if magic == MAGIC_V4 => (Duration::from_secs(1), true),
-            magic if magic == MAGIC_V3 => (Duration::from_secs(1), false),
+        let (ttl_of, generation): (fn(u64) -> Duration, bool) = match r.take(MAGIC.len())? {
+            magic if magic == MAGIC => (Duration::from_millis, true),
+            magic if magic == MAGIC_V4 => (Duration::from_secs, true),
+            magic if magic == MAGIC_V3 => (Duration::from_secs, false),
             _ => return None,
         };
         let generation = if generation {
@@ -318,7 +318,7 @@ impl Entry {
         let stored_at_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let ttl = match r.varint()? {
             0 => None,
-            n => Some(ttl_unit.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))),
+            n => Some(ttl_of(n)),
         };
         let origin = match *r.take(1)?.first()? {
             0 => None,
@@ -542,6 +542,25 @@ mod tests {
         // body costs its length plus a 2-3 byte varint: no base64 (+33 %).
         assert!(o1 < 160, "{o1}");
         assert_eq!(o100, o1 + varint_size(100 * 1024) - varint_size(1024));
+    }
+
+    /// TTLs round-trip to the millisecond, long ones (a year, a century) included.
+    #[test]
+    fn ttls_round_trip_to_the_millisecond() {
+        let year = Duration::from_secs(365 * 86_400);
+        for ttl in [
+            Duration::from_millis(1),
+            Duration::from_millis(300),
+            year,
+            year * 100,
+        ] {
+            let e = Entry {
+                ttl: Some(ttl),
+                ..entry(binary(3))
+            };
+            let decoded = Entry::decode(&e.encode(&[], 1)).map(|(e, _, _)| e.ttl);
+            assert_eq!(decoded, Some(Some(ttl)));
+        }
     }
 
     /// The `0x04` format (TTL in seconds) reads as it did; the formats before generations read

@@ -206,7 +206,7 @@ impl CacheBuilder {
     }
 
     /// The longest key accepted (the caller's part, default 64 KiB); longer keys are refused with
-    /// [`Error::InvalidKey`].
+    /// [`Error::InvalidKey`], longer tags with [`Error::InvalidTag`].
     pub fn max_key_bytes(mut self, bytes: usize) -> Self {
         self.max_key_bytes = bytes;
         self

@@ -10,12 +10,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in a cache operation.
 ///
-/// Every message names the key (or pattern, or DSN) involved and what was wrong with it. Long keys
-/// are shortened in messages; passwords never appear.
+/// Every message names the key (or tag, pattern, or DSN) involved and what was wrong with it. Long
+/// keys are shortened in messages; passwords never appear.
 ///
 /// Errors fall into two groups:
 /// - **bad input** ([`InvalidDsn`](Error::InvalidDsn), [`InvalidKey`](Error::InvalidKey),
-///   [`InvalidExpire`](Error::InvalidExpire), [`InvalidPattern`](Error::InvalidPattern),
+///   [`InvalidTag`](Error::InvalidTag), [`InvalidExpire`](Error::InvalidExpire),
+///   [`InvalidPattern`](Error::InvalidPattern),
 ///   [`Encode`](Error::Encode), [`ValueTooLarge`](Error::ValueTooLarge)): nothing was sent or changed;
 /// - **backend failures** ([`Error::is_backend_failure`]): the cache could not answer. Code that
 ///   treats the cache as an optimisation (the `#[cached]` macro, the HTTP layer) falls back to the

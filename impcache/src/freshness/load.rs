@@ -395,12 +395,33 @@ where
     let (tx, rx) = oneshot::channel();
     let task = run(job.clone(), stale.clone(), loader, None, Some(tx));
     // The answer comes as soon as the loader has one; the store goes on in the task (stores
-    // never delay an answer).
+    // never delay an answer). A caller dropped before its answer stops its loader, as when it
+    // ran in place: no flight holds this load for anyone else.
+    let mut abort = None;
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn(task)),
+        Ok(runtime) => abort = Some(AbortOnDrop(runtime.spawn(task).abort_handle())),
         Err(_) => task.await,
     }
-    answer(&job, stale.as_ref(), rx.await)
+    let answered = rx.await;
+    if let Some(abort) = abort {
+        abort.disarm();
+    }
+    answer(&job, stale.as_ref(), answered)
+}
+
+/// Aborts a task when dropped, unless [`disarmed`](AbortOnDrop::disarm).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl AbortOnDrop {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the loader (bounded by the hard timeout), sends its result to `answer` as soon as it

@@ -19,11 +19,31 @@ use crate::repository::commands::set_command;
 use crate::repository::failure::classify;
 use crate::repository::WithTtl;
 
-/// The script of [`RedisClusterCacheRepository::get_many_with_ttl_per_node`]: per key, `nil`
-/// when missing (Lua's `false`, which a table can hold), else `{value, pttl}`.
+/// The script of [`RedisClusterCacheRepository::get_many_with_ttl_per_node`]: per key
+/// `{value, pttl}`, or `{}` when it holds no string (missing, or another type, which `MGET` reads
+/// as nil too: `redis.pcall` keeps a `WRONGTYPE` from failing the slot). `{}` rather than Lua's
+/// `false`, which RESP3 sends as a boolean, not a nil ([`MaybeWithTtl`] reads either).
 const GET_MANY_WITH_TTL_SCRIPT: &str = "local r = {} for i, k in ipairs(KEYS) do \
-local v = redis.call('GET', k) if v then r[i] = {v, redis.call('PTTL', k)} else r[i] = false end \
+local v = redis.pcall('GET', k) \
+if type(v) == 'string' then r[i] = {v, redis.call('PTTL', k)} else r[i] = {} end \
 end return r";
+
+/// One key's part of [`GET_MANY_WITH_TTL_SCRIPT`]'s reply: `{value, pttl}`, or nothing (`{}`,
+/// nil, `false`).
+struct MaybeWithTtl(Option<WithTtl>);
+
+impl redis::FromRedisValue for MaybeWithTtl {
+    fn from_redis_value(value: redis::Value) -> std::result::Result<Self, redis::ParsingError> {
+        match value {
+            redis::Value::Nil | redis::Value::Boolean(false) => Ok(MaybeWithTtl(None)),
+            redis::Value::Array(parts) if parts.is_empty() => Ok(MaybeWithTtl(None)),
+            found => {
+                let (value, pttl): (Bytes, i64) = redis::from_redis_value(found)?;
+                Ok(MaybeWithTtl(Some(WithTtl::from_pttl(value, pttl))))
+            }
+        }
+    }
+}
 
 /// Rounds of per-node pipelines for one multi-key call: the first, then while a slot migrates
 /// one with the `TRYAGAIN` commands split per key, and one after `ASK` on the importing node.
@@ -145,7 +165,7 @@ impl RedisClusterCacheRepository {
         &self,
         keys: &[&str],
     ) -> Result<Vec<Option<WithTtl>>> {
-        let found: Vec<Option<(Bytes, i64)>> = self
+        let found: Vec<Option<MaybeWithTtl>> = self
             .read_many_per_node(keys, |indices: &[usize]| {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(GET_MANY_WITH_TTL_SCRIPT).arg(indices.len());
@@ -157,7 +177,7 @@ impl RedisClusterCacheRepository {
             .await?;
         Ok(found
             .into_iter()
-            .map(|found| found.map(|(value, pttl)| WithTtl::from_pttl(value, pttl)))
+            .map(|found| found.and_then(|MaybeWithTtl(found)| found))
             .collect())
     }
 
