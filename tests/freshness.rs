@@ -748,12 +748,11 @@ async fn a_failed_read_is_not_read_again_when_a_flight_ended_meanwhile() {
     }
 }
 
-/// A waiter whose leader failed loads on its own, and is answered as soon as its loader is
-/// done: its store, held here until the end, does not delay the answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
-    let repository = Scripted::new(false, Some(Semaphore::new(0)));
-    let cache = repository.cache();
+/// The leader of `k`'s flight, read and loading: its loader fails once `release` lets it.
+async fn failing_leader(
+    repository: &Scripted,
+    cache: &Cache,
+) -> (tokio::task::JoinHandle<Result<u32, Error>>, Arc<Semaphore>) {
     let release = Arc::new(Semaphore::new(0));
     let leader = tokio::spawn({
         let (cache, release) = (cache.clone(), release.clone());
@@ -772,6 +771,16 @@ async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
     while repository.reads.load(Ordering::SeqCst) < 1 {
         tokio::time::sleep(MS).await;
     }
+    (leader, release)
+}
+
+/// A waiter whose leader failed loads on its own, and is answered as soon as its loader is
+/// done: its store, held here until the end, does not delay the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
+    let repository = Scripted::new(false, Some(Semaphore::new(0)));
+    let cache = repository.cache();
+    let (leader, release) = failing_leader(&repository, &cache).await;
     let waiter = tokio::spawn({
         let cache = cache.clone();
         async move { cache.try_get_or_set("k", 60, || async { Ok(7) }).await }
@@ -810,24 +819,7 @@ async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
 async fn a_dropped_waiter_loading_on_its_own_stops_its_loader() {
     let repository = Scripted::new(false, None);
     let cache = repository.cache();
-    let release = Arc::new(Semaphore::new(0));
-    let leader = tokio::spawn({
-        let (cache, release) = (cache.clone(), release.clone());
-        async move {
-            cache
-                .try_get_or_set("k", 60, || async move {
-                    drop(release.acquire().await);
-                    Err::<u32, _>(Error::Loader {
-                        key: "k".to_owned(),
-                        reason: "the origin failed".to_owned(),
-                    })
-                })
-                .await
-        }
-    });
-    while repository.reads.load(Ordering::SeqCst) < 1 {
-        tokio::time::sleep(MS).await;
-    }
+    let (leader, release) = failing_leader(&repository, &cache).await;
     let (started, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
     let finished = Arc::new(AtomicUsize::new(0));
     let waiter = tokio::spawn({

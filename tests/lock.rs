@@ -411,7 +411,7 @@ async fn a_miss_under_a_lock_costs_three_round_trips_more() {
 /// With a near cache, a waiting process is woken by the value key's invalidation when the owner
 /// stores it, not at its next poll: each round holds the owner long enough for the waiter to
 /// poll at its longest pause (50 ms); the invalidation arrives well within it, so at least one
-/// of three rounds (in practice all) logs the wake. Both get the owner's value.
+/// of five rounds (in practice all) logs the wake. Both get the owner's value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_near_cache_a_waiter_is_woken_by_the_stores_invalidation() {
     let logs = debug_logs();
@@ -434,7 +434,11 @@ async fn with_a_near_cache_a_waiter_is_woken_by_the_stores_invalidation() {
         .expect("the near cache becomes active");
     }
     let policy = Freshness::new().lock(Lock::new().wait(HANG));
-    for key in ["w0", "w1", "w2"] {
+    for key in ["w0", "w1", "w2", "w3", "w4"] {
+        // Interest recomputed with the global subscriber: other tests' subscribers, made or
+        // dropped alongside, may have switched the wake's `debug!` off (tracing's interest and
+        // max level are process-wide).
+        tracing::callsite::rebuild_interest_cache();
         let (started, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
         let first = tokio::spawn({
             let (cache, started, gate) = (owner.clone(), started.clone(), gate.clone());

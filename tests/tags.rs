@@ -465,14 +465,9 @@ async fn cluster_tags_live_on_other_slots_than_their_entries() {
     assert_eq!(value, "Grace");
 }
 
-/// A tag longer than the cache's key limit is refused as `set_tagged` and `invalidate_tag`
-/// refuse it: `get_or_set` runs its loader uncached rather than store an entry whose tag could
-/// never be invalidated.
-#[tokio::test]
-async fn a_tag_the_cache_refuses_is_never_stored() {
-    let cache = Cache::builder(impcache::MemoryCacheRepository::new())
-        .max_key_bytes(8)
-        .build();
+/// Two `get_or_set` calls of `k` tagged `tag`, which the cache refuses: both run the loader
+/// (nothing is stored) and answer its value.
+async fn assert_runs_uncached(cache: &Cache, tag: &str) {
     let runs = Arc::new(AtomicUsize::new(0));
     for _ in 0..2 {
         let runs = Arc::clone(&runs);
@@ -481,12 +476,23 @@ async fn a_tag_the_cache_refuses_is_never_stored() {
                 runs.fetch_add(1, Ordering::SeqCst);
                 1
             })
-            .tags(["a-long-tag"])
+            .tags([tag])
             .await
             .unwrap();
         assert_eq!(value, 1);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 2, "not stored");
+}
+
+/// A tag longer than the cache's key limit is refused as `set_tagged` and `invalidate_tag`
+/// refuse it: `get_or_set` runs its loader uncached rather than store an entry whose tag could
+/// never be invalidated.
+#[tokio::test]
+async fn a_tag_the_cache_refuses_is_never_stored() {
+    let cache = Cache::builder(impcache::MemoryCacheRepository::new())
+        .max_key_bytes(8)
+        .build();
+    assert_runs_uncached(&cache, "a-long-tag").await;
     assert!(matches!(
         cache.invalidate_tag("a-long-tag").await,
         Err(impcache::Error::InvalidTag { .. })
@@ -505,20 +511,7 @@ async fn an_empty_tag_is_refused() {
     assert!(refused(cache.invalidate_tag("").await));
     assert!(refused(cache.soft_invalidate_tags(["a", ""]).await));
     assert_eq!(cache.get::<i32>("k").await.unwrap(), None);
-    let runs = Arc::new(AtomicUsize::new(0));
-    for _ in 0..2 {
-        let runs = Arc::clone(&runs);
-        let value: i32 = cache
-            .get_or_set("k", 60, move || async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                1
-            })
-            .tags([""])
-            .await
-            .unwrap();
-        assert_eq!(value, 1);
-    }
-    assert_eq!(runs.load(Ordering::SeqCst), 2, "not stored");
+    assert_runs_uncached(&cache, "").await;
 }
 
 /// `get_many` of tagged entries: the entries in one round trip, the state of all their tags in
