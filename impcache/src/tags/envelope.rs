@@ -136,44 +136,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_envelope_round_trips_and_slices_the_value() {
+    fn an_envelope_round_trips_and_slices_the_value() -> Result<(), Box<dyn std::error::Error>> {
         let tags = vec!["user:1".to_owned(), "a\"b".to_owned()];
         let wrapped = wrap(br#"{"name":"Ada"}"#, &tags, 42);
         assert!(is_envelope(&wrapped));
-        let value: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&wrapped)?;
         assert_eq!(value["value"]["name"], "Ada");
-        let opened = open(&wrapped).unwrap();
+        let opened = open(&wrapped).ok_or("not an envelope")?;
         assert_eq!(opened.tags, ["user:1", "a\"b"]);
         assert_eq!(opened.created, 42);
         assert_eq!(&opened.value[..], br#"{"name":"Ada"}"#);
+        Ok(())
     }
 
     #[test]
-    fn the_written_layout_and_json_read_alike() {
+    fn the_written_layout_and_json_read_alike() -> Result<(), Box<dyn std::error::Error>> {
         for tags in [
             vec![],
             vec!["a".to_owned()],
             vec!["a".to_owned(), "ü:1".to_owned()],
         ] {
             let wrapped = wrap(b"[1, 2]", &tags, 7);
-            let fast = open_as_written(&wrapped).unwrap();
+            let fast = open_as_written(&wrapped).ok_or("not in the written layout")?;
             assert_eq!(Some(&fast), open_as_json(&wrapped).as_ref());
             assert_eq!(&fast.value[..], b"[1, 2]");
         }
         // An escaped tag, or another layout of the same JSON, is read as JSON.
         let escaped = wrap(b"1", &["a\"b".to_owned()], 7);
         assert_eq!(open_as_written(&escaped), None);
-        assert_eq!(open(&escaped).unwrap().tags, ["a\"b"]);
+        assert_eq!(open(&escaped).ok_or("not an envelope")?.tags, ["a\"b"]);
         let spaced = Bytes::from_static(
             b"{\"__impcache_tagged__\":{ \"tags\":[\"t\"],\"created\":3},\"value\":2}",
         );
-        let opened = open(&spaced).unwrap();
+        let opened = open(&spaced).ok_or("not an envelope")?;
         assert_eq!((opened.created, &opened.value[..]), (3, &b"2"[..]));
         // Truncated envelopes are none.
         let wrapped = wrap(b"1", &["t".to_owned()], 7);
         for end in 0..wrapped.len() {
             assert_eq!(open(&wrapped.slice(..end)), None, "{end}");
         }
+        Ok(())
     }
 
     #[test]
