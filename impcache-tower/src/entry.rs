@@ -303,22 +303,18 @@ impl Entry {
     /// The body and the header values share `bytes` (no copy).
     pub(crate) fn decode(bytes: &Bytes) -> Option<(Entry, Vec<HeaderName>, u64)> {
         let mut r = Reader { bytes };
-        // The TTL's unit, and whether a generation is stored.
-        let (ttl_of, generation): (fn(u64) -> Duration, bool) = match r.take(MAGIC.len())? {
-            magic if magic == MAGIC => (Duration::from_millis, true),
-            magic if magic == MAGIC_V4 => (Duration::from_secs, true),
-            magic if magic == MAGIC_V3 => (Duration::from_secs, false),
+        let magic = r.take(MAGIC.len())?;
+        let generation = match magic {
+            m if m == MAGIC || m == MAGIC_V4 => u64::from_le_bytes(r.take(8)?.try_into().ok()?),
+            m if m == MAGIC_V3 => 0,
             _ => return None,
-        };
-        let generation = if generation {
-            u64::from_le_bytes(r.take(8)?.try_into().ok()?)
-        } else {
-            0
         };
         let stored_at_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let ttl = match r.varint()? {
             0 => None,
-            n => Some(ttl_of(n)),
+            ms if magic == MAGIC => Some(Duration::from_millis(ms)),
+            // `0x04` and `0x03`: seconds.
+            secs => Some(Duration::from_secs(secs)),
         };
         let origin = match *r.take(1)?.first()? {
             0 => None,

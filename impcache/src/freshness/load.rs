@@ -409,7 +409,9 @@ where
     answer(&job, stale.as_ref(), answered)
 }
 
-/// Aborts a task when dropped, unless [`disarmed`](AbortOnDrop::disarm).
+/// Aborts a task when dropped, unless [`disarmed`](AbortOnDrop::disarm). Written here: it is
+/// tokio-util's `AbortOnDropHandle`, and tokio-util is not a dependency of this crate for
+/// anything else.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl AbortOnDrop {
