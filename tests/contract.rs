@@ -182,6 +182,7 @@ contract!(
     values_nested_deeper_are_refused_both_ways,
     integers_beyond_64_bits_are_refused,
     delete_if_equal_removes_only_a_match,
+    member_lists_keep_each_member_once_for_the_longest_lifetime,
 );
 
 async fn seed_quickstart(b: Backend) {
@@ -785,4 +786,90 @@ async fn delete_if_equal_removes_only_a_match(b: Backend) {
         .unwrap());
     assert_eq!(b.repository.get(&key).await.unwrap(), None);
     assert!(!b.repository.delete_if_equal(&key, token).await.unwrap());
+}
+
+// --- Member lists (issue 16): `impcache-tower`'s list of the hosts that stored a URL. ---
+
+/// A member list holds each member once, in order, and lives as long as the longest lifetime
+/// an addition asked for (forever once one asked for none).
+async fn member_lists_keep_each_member_once_for_the_longest_lifetime(b: Backend) {
+    use impcache::__private::members::{self, Members};
+    let cache = b.cache();
+    members::add(&cache, "hosts", "a.example", 100)
+        .await
+        .unwrap();
+    members::add(&cache, "hosts", "b.example", 2).await.unwrap();
+    members::add(&cache, "hosts", "a.example", 2).await.unwrap();
+    assert_eq!(
+        members::read(&cache, "hosts").await.unwrap(),
+        Members::Listed(vec!["a.example".into(), "b.example".into()])
+    );
+    let found = cache.get_raw_with_ttl("hosts").await.unwrap().unwrap();
+    assert_eq!(&found.value[..], b"a.example\nb.example\n");
+    // The repositories that report TTLs: the longest one asked for, not the last.
+    if let Some(ttl) = found.ttl {
+        assert!(ttl > Duration::from_secs(50), "{ttl:?}");
+    }
+    members::add(&cache, "forever", "a", 1).await.unwrap();
+    members::add(&cache, "forever", "b", Expire::NEVER)
+        .await
+        .unwrap();
+    members::add(&cache, "forever", "c", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        members::read(&cache, "forever").await.unwrap(),
+        Members::Listed(vec!["a".into(), "b".into(), "c".into()])
+    );
+    // What cannot be listed is refused, naming the key.
+    for member in ["", "a\nb", "*"] {
+        let error = members::add(&cache, "hosts", member, 10).await.unwrap_err();
+        assert!(matches!(error, Error::InvalidKey { .. }), "{error}");
+        assert!(error.to_string().contains("hosts"), "{error}");
+    }
+    // A list past 64 members reads as too many, for good.
+    for i in 0..65 {
+        members::add(&cache, "full", &format!("h{i}"), 10)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        members::read(&cache, "full").await.unwrap(),
+        Members::TooMany
+    );
+    members::add(&cache, "full", "h0", 10).await.unwrap();
+    assert_eq!(
+        members::read(&cache, "full").await.unwrap(),
+        Members::TooMany
+    );
+}
+
+/// Additions from many callers at once all land: atomic on the one key (one `EVAL` on Redis,
+/// the entry's lock in memory).
+async fn concurrent_member_additions_all_land(b: Backend) {
+    use impcache::__private::members::{self, Members};
+    let cache = b.cache();
+    let adds = (0..40).map(|i| {
+        let cache = cache.clone();
+        tokio::spawn(async move { members::add(&cache, "hosts", &format!("h{i}"), 60).await })
+    });
+    for add in adds {
+        add.await.unwrap().unwrap();
+    }
+    let Members::Listed(mut listed) = members::read(&cache, "hosts").await.unwrap() else {
+        panic!("not listed");
+    };
+    listed.sort();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("h{i}")).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_member_additions_all_land_in_memory() {
+    concurrent_member_additions_all_land(Backend::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_member_additions_all_land_on_redis() {
+    concurrent_member_additions_all_land(Backend::redis()).await;
 }

@@ -80,7 +80,7 @@ impl Pending {
         let targets = Targets {
             cache: config.cache.clone(),
             namespace: config.namespace.clone(),
-            host: config.host(self.host.as_deref()).map(str::to_owned),
+            hosts: vec![config.host(self.host.as_deref()).map(str::to_owned)],
             methods: config.methods.clone(),
             urls: self.urls(headers),
         };
@@ -148,8 +148,9 @@ fn join_path_and_query(path: &str, query: Option<&str>) -> String {
 pub(crate) struct Targets {
     cache: Cache,
     namespace: String,
-    /// The host part of the keys (`None`: any host, when keys leave the host out).
-    host: Option<String>,
+    /// The host parts of the keys (`None`: no host, or keys leave the host out): one, or for a
+    /// purge on any host those the URL's list of hosts names.
+    hosts: Vec<Option<String>>,
     /// The methods whose responses the layer stores: each has a record per URL.
     methods: Vec<Method>,
     urls: Vec<String>,
@@ -158,10 +159,15 @@ pub(crate) struct Targets {
 impl Targets {
     /// The targets of a purge of `urls` (paths and queries, as in request lines) on `host`.
     pub(crate) fn purge(config: &Config, host: Option<&str>, urls: Vec<String>) -> Self {
+        Targets::on_hosts(config, vec![config.host(host).map(str::to_owned)], urls)
+    }
+
+    /// The targets of a purge of `urls` on each of `hosts` (as keys name them).
+    pub(crate) fn on_hosts(config: &Config, hosts: Vec<Option<String>>, urls: Vec<String>) -> Self {
         Targets {
             cache: config.cache.clone(),
             namespace: config.namespace.clone(),
-            host: config.host(host).map(str::to_owned),
+            hosts,
             methods: config.methods.clone(),
             urls,
         }
@@ -174,14 +180,17 @@ impl Targets {
     pub(crate) async fn remove_records(
         &self,
     ) -> Result<(u64, Vec<usize>), (impcache::Error, &'static str)> {
-        let host = self.host.as_deref();
-        // (index in `urls`, record key) for every URL and stored method.
-        let mut records = Vec::with_capacity(self.urls.len() * self.methods.len());
+        // (index in `urls`, record key) for every URL, host and stored method.
+        let mut records =
+            Vec::with_capacity(self.urls.len() * self.hosts.len() * self.methods.len());
         for (i, url) in self.urls.iter().enumerate() {
             let (path, query) = key::split_path_and_query(url);
-            for method in &self.methods {
-                let url_key = key::url_key(&self.namespace, host, path, query, method);
-                records.push((i, key::record_key(&url_key)));
+            for host in &self.hosts {
+                for method in &self.methods {
+                    let url_key =
+                        key::url_key(&self.namespace, host.as_deref(), path, query, method);
+                    records.push((i, key::record_key(&url_key)));
+                }
             }
         }
         // Read from the repository itself: the records' bytes as Redis holds them (the read
@@ -237,20 +246,23 @@ impl Targets {
         }
     }
 
-    /// The `delete_pattern` pattern of the URL at `index` in `urls`.
+    /// The `delete_pattern` pattern of the URL at `index` in `urls`: on the one host, or on any
+    /// host when there are several.
     pub(crate) fn pattern(&self, index: usize) -> Option<String> {
         let url = self.urls.get(index)?;
-        Some(key::url_pattern(&self.namespace, self.host.as_deref(), url))
+        let host = match &self.hosts[..] {
+            [one] => one.as_deref(),
+            _ => None,
+        };
+        Some(key::url_pattern(&self.namespace, host, url))
     }
 
     /// Removes every variant of the URLs at `indexes` in `urls`.
     async fn sweep(self, indexes: Vec<usize>) {
-        let host = self.host.as_deref();
         for i in indexes {
-            let Some(url) = self.urls.get(i) else {
+            let Some(pattern) = self.pattern(i) else {
                 continue;
             };
-            let pattern = key::url_pattern(&self.namespace, host, url);
             if let Err(error) = self.cache.delete_pattern(&pattern).await {
                 return self.failed(&error, "sweeping the variants");
             }

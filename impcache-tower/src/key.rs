@@ -150,6 +150,31 @@ pub(crate) fn url_key(
     UrlKeys::new(namespace, host, path, query, method).into_url()
 }
 
+/// The start of the key of a namespace's list of hosts.
+const HOSTS_PREFIX: &str = "__impcache_hosts:";
+
+/// The key of the list of the hosts (their key segments) that stored responses in `namespace`:
+/// `__impcache_hosts:{namespace}`, one key per namespace, outside the namespace's keys so that
+/// no purge pattern matches it (a purge's count, and the keys a response takes, are the
+/// responses' own). Written before each record when keys are by host (`store.rs`), read by
+/// `purge_url` on any host, which reads each listed host's records instead of scanning the
+/// keyspace; removed by `purge_all`.
+pub(crate) fn hosts_key(namespace: &str) -> String {
+    [HOSTS_PREFIX, namespace].concat()
+}
+
+/// The host a key segment stands for (`-`: none), as [`UrlKeys::new`] takes it.
+pub(crate) fn host_of_segment(segment: &str) -> Option<String> {
+    if segment == "-" {
+        return None;
+    }
+    Some(
+        percent_encoding::percent_decode_str(segment)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
 /// The suffix of a URL's record key.
 const RECORD_SUFFIX: &str = ":v";
 
@@ -167,6 +192,8 @@ pub(crate) fn record_key(url_key: &str) -> String {
 pub(crate) struct UrlKeys {
     record: String,
     url_len: usize,
+    /// Where the host segment is in `record`.
+    host: std::ops::Range<usize>,
 }
 
 impl UrlKeys {
@@ -183,7 +210,9 @@ impl UrlKeys {
         let mut record = String::with_capacity(capacity);
         record.push_str(namespace);
         record.push(':');
+        let host_start = record.len();
         push_host_segment(&mut record, host);
+        let host = host_start..record.len();
         record.push(':');
         push_path_segment(&mut record, path);
         record.push(':');
@@ -192,7 +221,26 @@ impl UrlKeys {
         push_encoded(&mut record, method.as_str(), TOKEN);
         let url_len = record.len();
         record.push_str(RECORD_SUFFIX);
-        UrlKeys { record, url_len }
+        UrlKeys {
+            record,
+            url_len,
+            host,
+        }
+    }
+
+    /// The host segment of the keys (`-` for none).
+    pub(crate) fn host_segment(&self) -> &str {
+        self.record.get(self.host.clone()).unwrap_or("-")
+    }
+
+    /// The key of the list of the hosts of this URL's namespace (see [`hosts_key`]).
+    pub(crate) fn hosts_key(&self) -> String {
+        // The namespace is what precedes the host segment's `:`.
+        let namespace = self
+            .record
+            .get(..self.host.start.saturating_sub(1))
+            .unwrap_or_default();
+        hosts_key(namespace)
     }
 
     /// The URL key alone.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
+use impcache::__private::members::{self, Members};
 use impcache::{Cache, DeleteProgress, Expire};
 
 use crate::config::{Config, StatusHeader};
@@ -407,14 +408,18 @@ impl CacheLayer {
     ///
     /// The query is matched after sorting its parameters by name, as keys are.
     ///
-    /// **Without a scan** when `host` is given (or keys leave the host out,
-    /// [`key_by_host(false)`](Self::key_by_host)): the URL's records (one per stored method) are
-    /// read and removed, two round trips whatever the size of the keyspace; its variants, stored
-    /// under the records' generation, are unreachable from then on and expire with their TTL
-    /// (they are not counted). A record written by an earlier version of this crate, whose
-    /// variants carry no generation, is swept as before. With `host` `None` and keys by host, the
-    /// URL's keys on every host are found by a `delete_pattern` sweep (on Redis a `SCAN` of the
-    /// whole keyspace).
+    /// **Without a scan**: the URL's records (one per stored method) are read and removed, two
+    /// round trips whatever the size of the keyspace; its variants, stored under the records'
+    /// generation, are unreachable from then on and expire with their TTL (they are not
+    /// counted). With `host` `None` and keys by host (the default), a third round trip comes
+    /// first: the list of the hosts that stored responses in the namespace, which each store
+    /// writes before its record (one key, `__impcache_hosts:{namespace}` under the cache's
+    /// prefix and version, no expiry, at most 64 hosts; removed by
+    /// [`purge_all`](Self::purge_all)); the URL's records on each listed host are read in one
+    /// round trip. With no list (nothing stored since it was removed, or responses of an earlier
+    /// version only) or more than 64 hosts, the URL's keys on every host are found by a
+    /// `delete_pattern` sweep (on Redis a `SCAN` of the whole keyspace), as they are for a record
+    /// written by an earlier version of this crate whose variants carry no generation.
     ///
     /// Like every purge, a sweep that fails after removing keys returns
     /// [`Error::Interrupted`](impcache::Error::Interrupted) with the count removed
@@ -438,14 +443,28 @@ impl CacheLayer {
         mut on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let config = &self.config;
-        if host.is_none() && config.key_by_host {
-            let pattern = self.url_pattern(host, path_and_query);
-            return config
-                .cache
-                .delete_pattern_with_progress(&pattern, on_progress)
-                .await;
-        }
-        let targets = Targets::purge(config, host, vec![path_and_query.to_owned()]);
+        let urls = vec![path_and_query.to_owned()];
+        let targets = if host.is_none() && config.key_by_host {
+            // On any host: the hosts that stored responses are listed (`store.rs`).
+            let list = key::hosts_key(&config.namespace);
+            match members::read(&config.cache, &list).await? {
+                Members::Listed(hosts) if !hosts.is_empty() => {
+                    let hosts = hosts.iter().map(|h| key::host_of_segment(h)).collect();
+                    Targets::on_hosts(config, hosts, urls)
+                }
+                // No list (responses stored by an earlier version, or none at all), or too many
+                // hosts to list: the sweep.
+                _ => {
+                    let pattern = self.url_pattern(host, path_and_query);
+                    return config
+                        .cache
+                        .delete_pattern_with_progress(&pattern, on_progress)
+                        .await;
+                }
+            }
+        } else {
+            Targets::purge(config, host, urls)
+        };
         let (mut removed, sweep) = targets.remove_records().await.map_err(|(error, _)| error)?;
         for pattern in sweep.into_iter().filter_map(|i| targets.pattern(i)) {
             removed += config
@@ -494,9 +513,14 @@ impl CacheLayer {
         &self,
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
+        let cache = &self.config.cache;
+        // The list of hosts first (not counted): a store racing this purge lists its host again
+        // before writing its record, which the sweep then removes or leaves listed.
+        cache
+            .delete(&key::hosts_key(&self.config.namespace))
+            .await?;
         let pattern = format!("{}:*", impcache::escape_pattern(&self.config.namespace));
-        self.config
-            .cache
+        cache
             .delete_pattern_with_progress(&pattern, on_progress)
             .await
     }

@@ -134,6 +134,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
             let unfinished = Unfinished {
                 cache: config.cache.clone(),
                 keys,
+                list_host: config.key_by_host,
                 may_store,
                 compute_etag: false,
                 status: stale.status,

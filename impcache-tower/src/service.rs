@@ -660,6 +660,7 @@ where
     let unfinished = Unfinished {
         cache: config.cache.clone(),
         keys,
+        list_host: config.key_by_host,
         may_store,
         compute_etag: config.compute_etag && !config.follow_origin,
         status: parts.status,

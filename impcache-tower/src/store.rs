@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{HeaderName, StatusCode};
+use impcache::__private::members;
 use impcache::__private::tags::{self as state, Verdict};
 use impcache::{Cache, Expire};
 
@@ -172,8 +173,15 @@ pub(crate) fn has_variants(record: Option<&Bytes>) -> bool {
     record.is_some_and(|bytes| Record::decode(bytes).is_none())
 }
 
-/// Writes a response: its variant, and the URL's record naming it.
-async fn store(cache: &Cache, record: &str, published: &Published) -> impcache::Result<()> {
+/// Writes a response: its host in the namespace's list of hosts when `list_host` (keys by
+/// host), its variant, and the URL's record naming it.
+async fn store(
+    cache: &Cache,
+    keys: &key::UrlKeys,
+    list_host: bool,
+    published: &Published,
+) -> impcache::Result<()> {
+    let record = keys.record();
     let expire = published
         .entry
         .ttl
@@ -184,6 +192,13 @@ async fn store(cache: &Cache, record: &str, published: &Published) -> impcache::
         .stored_expiry(expire, record)?
         .as_duration()
         .map_or(Expire::NEVER, Expire::from_duration);
+    if list_host {
+        // Listed before the record is written: a purge on any host that reads the list after
+        // this store began finds this host's record. A failure stores nothing (a record no list
+        // names would survive such a purge).
+        let list = keys.hosts_key();
+        members::add(cache, &list, keys.host_segment(), Expire::NEVER).await?;
+    }
     if published.variant_key == record {
         // The plain variant: one key, which also replaces a Vary marker (a new generation: the
         // variants of the record it replaces are unreachable).
@@ -232,14 +247,13 @@ async fn store(cache: &Cache, record: &str, published: &Published) -> impcache::
 /// until the write has finished. Without a tokio runtime to run it on, the store is returned for
 /// the caller to await.
 fn store_in_background(
-    cache: Cache,
-    keys: key::UrlKeys,
+    (cache, keys, list_host): (Cache, key::UrlKeys, bool),
     published: Arc<Published>,
     guard: Option<FlightGuard>,
     lock: Option<crate::held_lock::HeldLock>,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
-        if let Err(error) = store(&cache, keys.record(), &published).await {
+        if let Err(error) = store(&cache, &keys, list_host, &published).await {
             let error = impcache::__private::logged_error(&cache, &error);
             tracing::debug!(%error, "impcache-tower: response not stored");
         }
@@ -261,6 +275,9 @@ fn store_in_background(
 pub(crate) struct Unfinished {
     pub(crate) cache: Cache,
     pub(crate) keys: key::UrlKeys,
+    /// Whether keys are by host: the host is then listed under the URL before it is stored
+    /// (`purge_url` of the URL on any host reads the list).
+    pub(crate) list_host: bool,
     pub(crate) may_store: bool,
     pub(crate) compute_etag: bool,
     pub(crate) status: StatusCode,
@@ -332,7 +349,8 @@ impl Unfinished {
         }
         let storing = if self.may_store {
             let (guard, lock) = (self.guard, self.lock);
-            store_in_background(self.cache, self.keys, Arc::clone(&published), guard, lock)
+            let to = (self.cache, self.keys, self.list_host);
+            store_in_background(to, Arc::clone(&published), guard, lock)
         } else {
             None
         };

@@ -184,8 +184,16 @@ async fn end_to_end_over_tcp_with_redis() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // One key: the URL's record holds the entry (the response has no Vary).
-    assert_eq!(redis.keys(), [format!("{key}:v")]);
+    // One key for the response: the URL's record holds the entry (the response has no Vary).
+    // Beside it, the URL's list of the hosts that stored it (for `purge_url` on any host).
+    // Beside it, the namespace's list of the hosts that stored responses (for `purge_url` on
+    // any host).
+    let hosts_list = "e2e:3:__impcache_hosts:http";
+    let mut keys = redis.keys();
+    keys.sort();
+    assert_eq!(keys, [hosts_list.to_owned(), format!("{key}:v")]);
+    let hosts: String = redis.cmd(&["GET", hosts_list]);
+    assert_eq!(hosts, format!("{}\n", addr.to_string().replace(':', "%3A")));
     let ttl: i64 = redis.cmd(&["TTL", &format!("{key}:v")]);
     assert!((1..=30).contains(&ttl), "{ttl}");
     // A new layer (no in-process state) over the same Redis: the entry is read back, with one
@@ -224,11 +232,20 @@ async fn end_to_end_over_tcp_with_redis() {
 
     // Purge every URL under /users/ on any host.
     assert_eq!(layer.purge_prefix(None, "/users/").await.unwrap(), 1);
-    assert!(redis.keys().is_empty());
+    assert_eq!(redis.keys(), [hosts_list]);
     let (x4, b4, _) = fetch(addr, "GET", "/users/1?a=1&b=2").await;
     assert_eq!(
         (x4.as_str(), b4.as_ref()),
         ("MISS", &b"user 1 (call 2)"[..])
     );
+    // Everything of the namespace, the list of hosts included.
+    for _ in 0..400 {
+        if redis.keys().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(layer.purge_all().await.unwrap(), 1);
+    assert!(redis.keys().is_empty(), "{:?}", redis.keys());
     server.abort();
 }

@@ -575,8 +575,9 @@ async fn purge_url_through_a_near_cache() {
     assert_eq!(outcomes(&svc, "/plain/1").await.0, "MISS");
 }
 
-/// `purge_url` of one URL among 200,000 other keys: by host (the records) against any host (the
-/// sweep, which is what every `purge_url` did before). Prints the figures of BENCHMARKS.md
+/// `purge_url` of one URL among 200,000 and 1,000,000 other keys: by host (the records), on any
+/// host (the list of hosts, then the records), and the sweep every `purge_url` did before (a
+/// `delete_pattern` of the URL's pattern on any host). Prints the figures of BENCHMARKS.md
 /// "Issue 16: purge_url without a scan"; asserts nothing about them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: prints figures, asserts nothing about them"]
@@ -591,8 +592,7 @@ async fn cost_of_purge_url_by_keyspace_size() {
     let (svc, _) = service(layer.clone());
     for keys in ["200000", "1000000"] {
         let _: () = redis.cmd(&["DEBUG", "POPULATE", keys, "other"]);
-        let mut by_host = Vec::new();
-        let mut sweep = Vec::new();
+        let (mut by_host, mut any_host, mut sweep) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..5 {
             let uri = format!("/items/{keys}-{round}");
             store_all(&svc, &[&uri]).await;
@@ -602,13 +602,125 @@ async fn cost_of_purge_url_by_keyspace_size() {
             store_all(&svc, &[&uri]).await;
             let started = Instant::now();
             layer.purge_url(None, &uri).await.unwrap();
+            any_host.push(started.elapsed());
+            store_all(&svc, &[&uri]).await;
+            let started = Instant::now();
+            let pattern = layer.url_pattern(None, &uri);
+            layer.cache().delete_pattern(&pattern).await.unwrap();
             sweep.push(started.elapsed());
         }
-        by_host.sort();
-        sweep.sort();
+        for purge in [&mut by_host, &mut any_host, &mut sweep] {
+            purge.sort();
+        }
         println!(
-            "purge_url among {keys} keys, median of 5: by host {:?}, any host (SCAN sweep) {:?}",
-            by_host[2], sweep[2]
+            "purge_url among {keys} keys, median of 5: by host {:?}, any host {:?}, \
+             the sweep (SCAN) {:?}",
+            by_host[2], any_host[2], sweep[2]
         );
     }
+}
+
+/// A GET of `uri` on `host` (none: no `Host` at all), accepting HTML.
+fn on_host(host: Option<&str>, uri: &str) -> Request<Body> {
+    let mut builder = Request::builder().uri(uri).header("accept", "text/html");
+    if let Some(host) = host {
+        builder = builder.header("host", host);
+    }
+    builder.body(Body::empty()).unwrap()
+}
+
+/// Sends a GET of `uri` on `host` and waits until its URL's record is in the repository
+/// (stores run in the background: a response delivered in this process is a hit before its
+/// store lands).
+async fn stored_on(layer: &CacheLayer, svc: &Svc, host: Option<&str>, uri: &str) {
+    let record = format!("{}:v", layer.request_key(&on_host(host, uri)));
+    send(svc, on_host(host, uri)).await;
+    for _ in 0..400 {
+        if layer
+            .cache()
+            .repository()
+            .get(&record)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{uri} on {host:?} was never stored");
+}
+
+const HOSTS: [Option<&str>; 3] = [Some("a.example"), Some("B.example:8080"), None];
+
+/// `purge_url` of a URL on any host, keys by host (the default): each store lists its host
+/// under the URL, so the purge reads the list and removes every host's records (three round
+/// trips, no scan), a URL with `Vary` and one without; another URL keeps its entries.
+async fn purge_url_on_any_host_without_a_scan(layer: CacheLayer) {
+    let (svc, _) = service(layer.clone());
+    for host in HOSTS {
+        for uri in ["/plain/1", "/items/1", "/plain/2"] {
+            stored_on(&layer, &svc, host, uri).await;
+        }
+    }
+    assert_eq!(layer.purge_url(None, "/plain/1").await.unwrap(), 3);
+    assert_eq!(layer.purge_url(None, "/items/1").await.unwrap(), 3);
+    for host in HOSTS {
+        for (uri, outcome) in [
+            ("/plain/1", "MISS"),
+            ("/items/1", "MISS"),
+            ("/plain/2", "HIT"),
+        ] {
+            let seen = send(&svc, on_host(host, uri)).await;
+            assert_eq!(seen.outcome(), outcome, "{uri} on {host:?}");
+        }
+    }
+    // Stored again, and purged again.
+    for host in HOSTS {
+        stored_on(&layer, &svc, host, "/plain/1").await;
+    }
+    assert_eq!(layer.purge_url(None, "/plain/1").await.unwrap(), 3);
+    // A URL never stored: nothing to remove, nothing scanned.
+    assert_eq!(layer.purge_url(None, "/never").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn purge_url_on_any_host_without_a_scan_in_memory() {
+    purge_url_on_any_host_without_a_scan(CacheLayer::new(memory_cache())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_url_on_any_host_without_a_scan_on_redis() {
+    let redis = RedisServer::start();
+    let _: () = redis.cmd(&["DEBUG", "POPULATE", "200000", "other"]);
+    let before = scans(&redis);
+    purge_url_on_any_host_without_a_scan(redis_layer(&redis)).await;
+    assert_eq!(scans(&redis), before, "no SCAN");
+}
+
+/// Past 64 hosts the list stops growing and a purge on any host sweeps, removing them all.
+#[tokio::test]
+async fn purge_url_on_more_hosts_than_listed_sweeps() {
+    let layer = CacheLayer::new(memory_cache());
+    let (svc, _) = service(layer.clone());
+    for i in 0..70 {
+        stored_on(&layer, &svc, Some(&format!("h{i}.example")), "/plain/1").await;
+    }
+    assert_eq!(layer.purge_url(None, "/plain/1").await.unwrap(), 70);
+    for i in [0, 69] {
+        let seen = send(&svc, on_host(Some(&format!("h{i}.example")), "/plain/1")).await;
+        assert_eq!(seen.outcome(), "MISS");
+    }
+}
+
+/// With the host out of the keys there is no list to write: a store is one key.
+#[tokio::test]
+async fn without_keys_by_host_no_list_is_written() {
+    let cache = memory_cache();
+    let layer = CacheLayer::new(cache.clone()).key_by_host(false);
+    let (svc, _) = service(layer.clone());
+    stored_on(&layer, &svc, Some("a.example"), "/plain/1").await;
+    let lists = cache.delete_pattern("__impcache_hosts:*").await.unwrap();
+    assert_eq!(lists, 0);
+    assert_eq!(layer.purge_url(None, "/plain/1").await.unwrap(), 1);
 }

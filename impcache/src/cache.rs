@@ -754,6 +754,29 @@ impl Cache {
     }
 }
 
+// --- Member lists (`crate::members`): `impcache-tower`'s index of the hosts of a URL. ---
+
+impl Cache {
+    /// `member` added to the member list at `key`, which then lives at least `expire` (see
+    /// `crate::members`); counted as a `set`.
+    pub(crate) async fn add_member(
+        &self,
+        key: &str,
+        member: &str,
+        expire: impl Into<Expire>,
+    ) -> Result<()> {
+        observed!(self, Operation::Set, Some(key), async {
+            self.check_key(key)?;
+            crate::members::check(key, member)?;
+            let expiry = expire.into().resolve(key)?;
+            let tally = Tally::written(member.len());
+            let key = self.key_parts(key);
+            self.shared.backend.add_member(key, member, expiry).await?;
+            Ok(((), tally))
+        })
+    }
+}
+
 // --- Tags (issue 16): tagged writes, invalidation by tag, tagged reads (`crate::tags`). ---
 
 impl Cache {

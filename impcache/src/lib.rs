@@ -97,6 +97,7 @@ pub mod freshness;
 mod glob;
 mod json;
 mod key;
+mod members;
 mod memoize;
 mod near;
 mod observe;
@@ -142,6 +143,31 @@ pub mod __private {
         error: &'a crate::Error,
     ) -> impl std::fmt::Display + 'a {
         cache.logged_error(error)
+    }
+
+    /// Member lists (`impcache-tower`'s index of the hosts that stored a URL): a key holding
+    /// a short list of distinct names that only grows, read in one round trip.
+    pub mod members {
+        pub use crate::members::Members;
+
+        /// Adds `member` (not empty, no newline, not `*`) to the list at `key` (under the
+        /// cache's prefix and version), atomically; the key then lives at least `expire`, or
+        /// forever once any addition asked for no expiry. Past 64 members the list reads as
+        /// [`Members::TooMany`] for good.
+        pub async fn add(
+            cache: &crate::Cache,
+            key: &str,
+            member: &str,
+            expire: impl Into<crate::Expire>,
+        ) -> crate::Result<()> {
+            cache.add_member(key, member, expire).await
+        }
+
+        /// The members listed at `key`, read from the repository itself.
+        pub async fn read(cache: &crate::Cache, key: &str) -> crate::Result<Members> {
+            let found = cache.repository().get(&cache.make_key(key)).await?;
+            Ok(Members::read(found.as_deref()))
+        }
     }
 
     /// Tag state for `impcache-tower`'s tagged responses (issue 16): the same state keys as

@@ -291,3 +291,40 @@ fn the_plain_variant_is_the_record_exactly_when_is_plain_variant_says_so() {
         }
     }
 }
+
+#[test]
+fn the_hosts_key_is_the_namespaces_and_host_segments_decode_back() {
+    let keys = UrlKeys::new(
+        "http",
+        Some("Ex%am:ple.com"),
+        "/a b",
+        Some("b=2&a=1"),
+        &Method::HEAD,
+    );
+    assert_eq!(keys.hosts_key(), "__impcache_hosts:http");
+    assert_eq!(keys.hosts_key(), hosts_key("http"));
+    // No purge pattern matches it.
+    for pattern in [
+        url_pattern("http", None, "/a b?b=2&a=1"),
+        prefix_pattern("http", None, "/"),
+        "http:*".to_owned(),
+    ] {
+        assert!(!impcache::glob_match(
+            pattern.as_bytes(),
+            keys.hosts_key().as_bytes()
+        ));
+    }
+    // A segment decodes to the host that re-encodes to it.
+    let host = host_of_segment(keys.host_segment());
+    assert_eq!(host.as_deref(), Some("ex%am:ple.com"));
+    let again = UrlKeys::new(
+        "http",
+        host.as_deref(),
+        "/a b",
+        Some("a=1&b=2"),
+        &Method::HEAD,
+    );
+    assert_eq!(again.record(), keys.record());
+    let none = UrlKeys::new("http", None, "/", None, &Method::GET);
+    assert_eq!((none.host_segment(), host_of_segment("-")), ("-", None));
+}

@@ -324,6 +324,37 @@ impl Backend {
         self.set_many(&entries, Expiry::Never).await
     }
 
+    /// `member` added to the member list at `key` (see `crate::members`).
+    pub(crate) async fn add_member(
+        &self,
+        key: KeyParts<'_>,
+        member: &str,
+        expiry: Expiry,
+    ) -> Result<()> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => {
+                memory.add_member_now(full.as_str(), member, expiry);
+                Ok(())
+            }
+            Backend::Redis(redis) => redis
+                .add_member_direct(full.as_str(), member, expiry)
+                .await
+                .map_err(Failed::into_error),
+            Backend::Custom(repository) => {
+                repository.add_member(full.as_str(), member, expiry).await
+            }
+            Backend::Near(near) => {
+                near.track();
+                let write = near.store.writing(vec![full.as_str().as_bytes()]);
+                let result = Box::pin(near.remote.add_member(key, member, expiry)).await;
+                // Whether the script changed the list is not known: no echo is expected.
+                write.written(false);
+                result
+            }
+        }
+    }
+
     /// A tag's soft invalidation at `at` in its state key `key` (the hard time kept).
     pub(crate) async fn mark_tag_soft(&self, key: &str, at: Bytes) -> Result<()> {
         match self {

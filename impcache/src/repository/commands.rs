@@ -100,6 +100,24 @@ pub(crate) const MARK_TAG_SOFT_SCRIPT: &str = "local old = redis.call('GET', KEY
      local hard = '' if old then hard = string.match(old, '^[^;]*') end \
      redis.call('SET', KEYS[1], hard .. ';' .. ARGV[1]) return 1";
 
+/// `EVAL` of [`ADD_MEMBER_SCRIPT`](crate::members::ADD_MEMBER_SCRIPT): `member` added to the
+/// list at `key`, which then lives at least `expiry`.
+pub(crate) fn add_member_command(key: &str, member: &str, expiry: Expiry) -> redis::Cmd {
+    let script = crate::members::ADD_MEMBER_SCRIPT;
+    let millis = expiry
+        .as_duration()
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut cmd = redis::Cmd::with_capacity(7, script.len() + key.len() + member.len() + 32);
+    cmd.arg("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg(key)
+        .arg(member)
+        .arg(millis)
+        .arg(crate::members::MAX_MEMBERS);
+    cmd
+}
+
 /// `EVAL` of [`MARK_TAG_SOFT_SCRIPT`] on the state key `key` with the time `at`.
 pub(crate) fn mark_tag_soft_command(key: &str, at: &[u8]) -> redis::Cmd {
     let mut cmd =

@@ -267,6 +267,27 @@ impl MemoryCacheRepository {
         });
     }
 
+    /// A member added to the list at `key` ([`CacheRepository::add_member`]), atomic under the
+    /// entry's lock.
+    pub(crate) fn add_member_now(&self, key: &str, member: &str, expiry: Expiry) {
+        self.entries.entry_by_ref(key).and_compute_with(|found| {
+            let old = found.map(|entry| {
+                let entry = entry.into_value();
+                let left = entry
+                    .ttl
+                    .map(|ttl| ttl.saturating_sub(entry.written.get().elapsed()));
+                (entry.value, left)
+            });
+            let list = crate::members::with_member(old.as_ref().map(|(v, _)| &v[..]), member);
+            let expiry = crate::members::longer(old.map(|(_, left)| left), expiry);
+            moka::ops::compute::Op::Put(Entry {
+                value: list,
+                ttl: expiry.as_duration(),
+                written: WrittenAt::default(),
+            })
+        });
+    }
+
     /// The tag states of a hard invalidation at `at`, each key replaced, with no expiry: under
     /// the same per-key lock as [`mark_tag_soft_now`](Self::mark_tag_soft_now), so that a soft
     /// invalidation's read-modify-write never overwrites a hard one landing between its read
@@ -430,6 +451,16 @@ impl CacheRepository for MemoryCacheRepository {
     fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
         let removed = self.delete_if_equal_now(key, &expected);
         Box::pin(async move { Ok(removed) })
+    }
+
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a str,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.add_member_now(key, member, expiry);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {

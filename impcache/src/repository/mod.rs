@@ -192,6 +192,30 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
+    /// Adds `member` to the member list at `key` (each member followed by `\n`; past 64 members
+    /// the list becomes `*\n`), which then lives at least `expiry` (forever once any addition
+    /// asked for no expiry). On Redis one `EVAL` on the one key; in memory atomic under the
+    /// entry's lock. Used by `impcache-tower` for its index of the hosts of a URL; not for use
+    /// outside the impcache crates.
+    ///
+    /// The default reads the key and its TTL and writes it in two calls: not atomic (a member
+    /// added by another process between the two is lost). A repository shared between processes
+    /// should override it.
+    #[doc(hidden)]
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a str,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let old = self.get_with_ttl(key).await?;
+            let list = crate::members::with_member(old.as_ref().map(|o| &o.value[..]), member);
+            let expiry = crate::members::longer(old.map(|old| old.ttl), expiry);
+            self.set(key, list, expiry).await
+        })
+    }
+
     /// The bytes at each key with its remaining TTL, in the order of `keys`, in one round trip
     /// (on Sentinel an `MGET` pipelined with each key's `PTTL`; on Cluster one script per slot):
     /// what a near cache keeps of a [`get_many`](CacheRepository::get_many), no longer than each

@@ -30,7 +30,8 @@ use self::node::{is_redirection, Node};
 use self::topology::{key_slot, parse_primaries, SlotMap};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
 use super::commands::{
-    check_value_size, delete_if_equal_command, key_command, mark_tag_soft_command, set_command,
+    add_member_command, check_value_size, delete_if_equal_command, key_command,
+    mark_tag_soft_command, set_command,
 };
 use super::dsn;
 use super::failure::classify;
@@ -382,6 +383,21 @@ impl CacheRepository for RedisClusterCacheRepository {
             let cmd = delete_if_equal_command(key, &expected);
             let removed: u64 = self.keyed("delete", key, cmd).await?;
             Ok(removed > 0)
+        })
+    }
+
+    /// The member-list script (`EVAL`), routed by the key: one key, one slot.
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a str,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let _: u64 = self
+                .keyed("set", key, add_member_command(key, member, expiry))
+                .await?;
+            Ok(())
         })
     }
 

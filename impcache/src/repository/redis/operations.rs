@@ -13,8 +13,8 @@ use crate::expire::Expiry;
 use crate::progress::{DeleteProgress, Sweep};
 use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::commands::{
-    check_value_size, delete_if_equal_command, key_command, keys_command, mark_tag_soft_command,
-    scan_command, set_command,
+    add_member_command, check_value_size, delete_if_equal_command, key_command, keys_command,
+    mark_tag_soft_command, scan_command, set_command,
 };
 use crate::repository::failure::{Failed, Failure};
 use crate::repository::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
@@ -290,6 +290,20 @@ impl RedisCacheRepository {
         Ok(())
     }
 
+    /// A member added to a list ([`CacheRepository::add_member`]): one `EVAL`.
+    pub(crate) async fn add_member_direct(
+        &self,
+        key: &str,
+        member: &str,
+        expiry: Expiry,
+    ) -> Result<(), Failed> {
+        let cmd = add_member_command(key, member, expiry);
+        let _: u64 = self
+            .query("set", &|| shown(key), Request::Cmd(&cmd))
+            .await?;
+        Ok(())
+    }
+
     /// `SCAN MATCH` in batches of 1,000 and `UNLINK` of each batch; the `UNLINK` of one batch
     /// travels in the same round trip as the `SCAN` for the next. The deadline applies to each
     /// round trip, not to the whole sweep. Each batch is counted in `sweep`; the total removed
@@ -444,6 +458,19 @@ impl CacheRepository for RedisCacheRepository {
     fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.mark_tag_soft_direct(key, &at)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a str,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.add_member_direct(key, member, expiry)
                 .await
                 .map_err(Failed::into_error)
         })

@@ -334,6 +334,20 @@ impl CacheRepository for RedisSentinelCacheRepository {
         })
     }
 
+    fn add_member<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a str,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.run("set", &|| shown(key), true, move |r| async move {
+                r.add_member_direct(key, member, expiry).await
+            })
+            .await
+        })
+    }
+
     fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.run("set", &|| shown(key), true, move |r| {
