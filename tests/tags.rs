@@ -58,6 +58,9 @@ per_store!(
     a_soft_invalidation_without_a_stale_window_is_a_miss,
     a_plain_get_or_set_checks_the_tags_of_what_it_finds,
     a_write_right_after_an_invalidation_is_newer,
+    tags_chosen_from_the_value_hide_it_when_invalidated,
+    an_invalidation_of_a_chosen_tag_during_the_computation_is_not_missed,
+    a_failed_loader_chooses_no_tags_and_stores_nothing,
 );
 
 /// The races of invalidations, on a runtime with worker threads: the memory repository's
@@ -563,4 +566,117 @@ async fn with_redis_down_a_tagged_get_or_set_runs_its_loader() {
     assert_eq!(value, "v");
     let error = cache.invalidate_tag("t").await.unwrap_err();
     assert!(error.is_backend_failure(), "{error}");
+}
+
+// --- Tags chosen from the loaded value (`tags_from`, HybridCache #6897). ---
+
+/// A tag known only once the value is loaded (the value's "org") is stored with the call's own
+/// tags: invalidating it, from this process or another, hides the entry from `get_or_set`
+/// (which reloads) and from a plain `get`; a tag the value did not choose changes nothing.
+async fn tags_chosen_from_the_value_hide_it_when_invalidated(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    let load = |value: &'static str| {
+        cache
+            .get_or_set("user:7", 60, counted(&runs, &open, value))
+            .tags(["user:7"])
+            .tags_from(|value: &String| [format!("org:{}", &value[..1])])
+    };
+    assert_eq!(load("3-ada").await.unwrap(), "3-ada");
+    stored(cache, "user:7", "org:3").await;
+    assert_eq!(load("unused").await.unwrap(), "3-ada");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    b.other.invalidate_tag("org:4").await.unwrap();
+    assert_eq!(load("unused").await.unwrap(), "3-ada");
+    assert_eq!(
+        b.other.get::<String>("user:7").await.unwrap().as_deref(),
+        Some("3-ada")
+    );
+    // Another process invalidates the organisation the value chose.
+    b.other.invalidate_tag("org:3").await.unwrap();
+    tokio::time::sleep(MS).await;
+    assert_eq!(cache.get::<String>("user:7").await.unwrap(), None);
+    assert_eq!(b.other.get::<String>("user:7").await.unwrap(), None);
+    assert_eq!(load("4-ada").await.unwrap(), "4-ada");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    stored(cache, "user:7", "org:4").await;
+    // The new value chose another organisation: the old one's invalidation is behind it, and
+    // the new one's hides it.
+    assert_eq!(load("unused").await.unwrap(), "4-ada");
+    cache.invalidate_tag("org:4").await.unwrap();
+    tokio::time::sleep(MS).await;
+    assert_eq!(load("5-ada").await.unwrap(), "5-ada");
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+/// FusionCache #535/#628 for a chosen tag: the entry's creation time is taken before the
+/// loader runs, so an invalidation of the tag it will choose, landing meanwhile, hides it.
+async fn an_invalidation_of_a_chosen_tag_during_the_computation_is_not_missed(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let leader = tokio::spawn({
+        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "old"));
+        async move {
+            cache
+                .get_or_set("k", 60, loader)
+                .tags_from(|_: &String| ["chosen"])
+                .await
+                .unwrap()
+        }
+    });
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(MS).await;
+    }
+    b.other.invalidate_tag("chosen").await.unwrap();
+    gate.add_permits(1000);
+    assert_eq!(leader.await.unwrap(), "old");
+    stored(cache, "k", "old").await;
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &gate, "new"))
+        .await
+        .unwrap();
+    assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("new", 2));
+}
+
+/// `try_get_or_set(..).tags_from(..)`: an error chooses nothing and stores nothing; a value
+/// chooses its tags; a chosen tag the cache refuses (empty) is left out, the value stored.
+async fn a_failed_loader_chooses_no_tags_and_stores_nothing(b: Backend) {
+    let cache = &b.cache;
+    let chosen = Arc::new(AtomicUsize::new(0));
+    let failed: Result<String, impcache::Error> = cache
+        .try_get_or_set("k", 60, || async {
+            Err(impcache::Error::Loader {
+                key: "k".into(),
+                reason: "down".into(),
+            })
+        })
+        .tags_from({
+            let chosen = chosen.clone();
+            move |_: &String| {
+                chosen.fetch_add(1, Ordering::SeqCst);
+                ["t"]
+            }
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(chosen.load(Ordering::SeqCst), 0);
+    assert_eq!(raw(cache, "k").await, None);
+    let value: String = cache
+        .try_get_or_set("k", 60, || async {
+            Ok::<_, impcache::Error>("v".to_owned())
+        })
+        .tags_from(|_: &String| ["t", ""])
+        .await
+        .unwrap();
+    assert_eq!(value, "v");
+    stored(cache, "k", "\"v\"").await;
+    assert_eq!(
+        cache.get::<String>("k").await.unwrap().as_deref(),
+        Some("v")
+    );
+    cache.invalidate_tag("t").await.unwrap();
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
 }

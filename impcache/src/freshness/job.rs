@@ -8,7 +8,7 @@ use super::lock_settings::Lock;
 use super::policy::Freshness;
 use crate::error::Error;
 use crate::expire::Expiry;
-use crate::tags::Tags;
+use crate::tags::{LoadedTags, Tags};
 use crate::Cache;
 
 /// The `tracing` target of this module's events.
@@ -29,6 +29,8 @@ pub(super) struct Job {
     pub(super) lock: Option<(Lock, Expiry)>,
     /// Tags (issue 16): the call's tags, read with the entry and stored in its envelope.
     pub(super) tags: Tags,
+    /// The tags its loader chose from the value (`tags_from`), stored with the call's.
+    pub(super) loaded_tags: Option<LoadedTags>,
     /// Whether the stale value at hand is the near cache's fail-safe copy (the read failed).
     pub(super) fail_safe: bool,
 }
@@ -41,6 +43,29 @@ impl Job {
             self.policy = self.policy.hard_timeout(hard.saturating_sub(spent));
         }
         self
+    }
+
+    /// The tags a loaded value is stored with: the call's, then those its loader chose, each
+    /// checked as [`Cache::invalidate_tag`] checks it (one refused is left out, logged: it could
+    /// never be invalidated).
+    pub(super) fn value_tags(&self) -> Tags {
+        let Some(loaded) = &self.loaded_tags else {
+            return self.tags.clone();
+        };
+        let chosen: Vec<&String> = loaded
+            .get()
+            .iter()
+            .filter(|tag| match self.cache.check_tag(tag) {
+                Ok(()) => true,
+                Err(error) => {
+                    let key = self.cache.logged_key(&self.key);
+                    let error = self.cache.logged_error(&error);
+                    tracing::warn!(target: TARGET, key, %error, "a tag chosen by the loader is left out");
+                    false
+                }
+            })
+            .collect();
+        self.tags.and(&chosen)
     }
 
     pub(super) fn flight(&self) -> FlightKey {

@@ -21,7 +21,7 @@ use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
 use crate::json;
 use crate::observe::stale::StaleReason;
 use crate::repository::WithTtl;
-use crate::tags::{self, envelope, Tags};
+use crate::tags::{self, envelope, LoadedTags, Tags};
 use crate::Cache;
 
 use super::job::{report, FlightKey, Job, TARGET};
@@ -109,7 +109,7 @@ pub(crate) async fn get_or_set<V, E, F, Fut>(
     key: &str,
     expire: crate::Expire,
     policy: Freshness,
-    tags: Tags,
+    (tags, loaded_tags): (Tags, Option<LoadedTags>),
     loader: F,
 ) -> Result<V, E>
 where
@@ -134,6 +134,7 @@ where
         policy,
         lock,
         tags: tags.clone(),
+        loaded_tags: loaded_tags.clone(),
         fail_safe: false,
     };
     let (job, stale, loader, reread) = match cache.read_for_load_tagged(key, &policy, &tags).await {
@@ -532,10 +533,11 @@ pub(super) async fn run<V, E, F, Fut>(
     }
     match (encoded, guard) {
         (Some(bytes), guard) => {
+            let tags = job.value_tags();
             if let Some(guard) = &guard {
-                guard.publish(Shared::new(bytes.clone(), created, &job.tags));
+                guard.publish(Shared::new(bytes.clone(), created, &tags));
             }
-            store(&job, bytes, created).await;
+            store(&job, bytes, created, &tags).await;
             drop(guard);
         }
         (None, Some(guard)) => match stale {
@@ -552,9 +554,9 @@ pub(super) async fn run<V, E, F, Fut>(
 }
 
 /// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry), in an
-/// envelope with its tags and creation time when the call has tags.
-async fn store(job: &Job, bytes: Bytes, created: u64) {
-    let bytes = match job.tags.as_slice() {
+/// envelope with its `tags` and creation time when it has tags.
+async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags) {
+    let bytes = match tags.as_slice() {
         [] => bytes,
         tags => envelope::wrap(&bytes, tags, created),
     };

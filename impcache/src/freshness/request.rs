@@ -15,7 +15,7 @@ use super::policy::Freshness;
 use crate::error::{Error, Result};
 use crate::expire::Expire;
 use crate::repository::BoxFuture;
-use crate::tags::Tags;
+use crate::tags::{LoadedTags, Tags};
 use crate::Cache;
 
 /// A [`Cache::get_or_set`] call: await it, after setting a [`Freshness`] policy or
@@ -27,6 +27,8 @@ pub struct GetOrSet<'a, F> {
     expire: Expire,
     policy: Freshness,
     tags: Tags,
+    /// Where the loader's wrapper records the tags chosen from its value (`tags_from`).
+    loaded_tags: Option<LoadedTags>,
     loader: F,
 }
 
@@ -88,6 +90,7 @@ impl<'a, F> GetOrSet<'a, F> {
             expire,
             policy: Freshness::new(),
             tags: Tags::default(),
+            loaded_tags: None,
             loader,
         }
     }
@@ -112,6 +115,66 @@ impl<'a, F> GetOrSet<'a, F> {
     {
         self.tags = Tags::new(tags);
         self
+    }
+
+    /// Tags chosen from the loaded value (issue 16), stored with the call's
+    /// [`tags`](GetOrSet::tags) when the loader runs: a tag may depend on what was loaded (the
+    /// organisation of a user, the categories of a product), which the caller cannot know
+    /// before. The entry's creation time is still taken before the loader runs, so an
+    /// invalidation of such a tag that lands while the value is computed hides it too.
+    ///
+    /// A read finds these tags in the stored entry and reads their state in a second round
+    /// trip (the call's own tags are read with the entry, in one); list the tags known up front
+    /// with [`tags`](GetOrSet::tags) to keep hits at one. A tag the cache refuses
+    /// ([`Error::InvalidTag`]: empty, or too long) is left out, with a warning.
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+    /// # let cache = Cache::new(MemoryCacheRepository::new());
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct User { id: u64, org: u64 }
+    ///
+    /// let user: User = cache
+    ///     .get_or_set("user:7", 60, || async { User { id: 7, org: 3 } })
+    ///     .tags(["user:7"])
+    ///     .tags_from(|user: &User| [format!("org:{}", user.org)])
+    ///     .await?;
+    /// cache.invalidate_tag("org:3").await?; // hides user:7, whose org was only known once loaded
+    /// # let _ = user; Ok(()) }
+    /// ```
+    pub fn tags_from<V, Fut, G, I>(
+        self,
+        tags_of: G,
+    ) -> GetOrSet<'a, impl FnOnce() -> BoxFuture<'static, V> + Send + 'static>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = V> + Send + 'static,
+        G: FnOnce(&V) -> I + Send + 'static,
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let loaded = LoadedTags::default();
+        let record = loaded.clone();
+        let loader = self.loader;
+        // Boxed: the wrapped future's type cannot be named in the return type (a loader runs
+        // once per load, so the allocation is off the hit path).
+        let loader = move || -> BoxFuture<'static, V> {
+            Box::pin(async move {
+                let value = loader().await;
+                record.set(tags_of(&value));
+                value
+            })
+        };
+        GetOrSet {
+            cache: self.cache,
+            key: self.key,
+            expire: self.expire,
+            policy: self.policy,
+            tags: self.tags,
+            loaded_tags: Some(loaded),
+            loader,
+        }
     }
 }
 
@@ -139,6 +202,53 @@ impl<'a, F> TryGetOrSet<'a, F> {
         self.inner.tags = Tags::new(tags);
         self
     }
+
+    /// Tags chosen from the loaded value, when the loader succeeds: see
+    /// [`GetOrSet::tags_from`].
+    pub fn tags_from<V, E, Fut, G, I>(
+        self,
+        tags_of: G,
+    ) -> TryGetOrSet<'a, impl FnOnce() -> BoxFuture<'static, Result<V, E>> + Send + 'static>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        G: FnOnce(&V) -> I + Send + 'static,
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let loaded = LoadedTags::default();
+        let record = loaded.clone();
+        let loader = self.inner.loader;
+        // Boxed, as `GetOrSet::tags_from`'s.
+        let loader = move || -> BoxFuture<'static, Result<V, E>> {
+            Box::pin(async move {
+                let loaded = loader().await;
+                if let Ok(value) = &loaded {
+                    record.set(tags_of(value));
+                }
+                loaded
+            })
+        };
+        let GetOrSet {
+            cache,
+            key,
+            expire,
+            policy,
+            tags,
+            ..
+        } = self.inner;
+        TryGetOrSet {
+            inner: GetOrSet {
+                cache,
+                key,
+                expire,
+                policy,
+                tags,
+                loaded_tags: Some(loaded),
+                loader,
+            },
+        }
+    }
 }
 
 impl<'a, V, F, Fut> IntoFuture for GetOrSet<'a, F>
@@ -157,7 +267,7 @@ where
             self.key,
             self.expire,
             self.policy,
-            self.tags,
+            (self.tags, self.loaded_tags),
             move || async move { Ok::<V, Error>(loader().await) },
         ))
     }
@@ -180,8 +290,10 @@ where
             expire,
             policy,
             tags,
+            loaded_tags,
             loader,
         } = self.inner;
+        let tags = (tags, loaded_tags);
         Box::pin(load::get_or_set(cache, key, expire, policy, tags, loader))
     }
 }

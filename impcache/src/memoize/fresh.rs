@@ -253,7 +253,7 @@ where
             }
         }
     };
-    let loaded = load_with(cache, &key, expire, freshness, tags, loader).await;
+    let loaded = load_with(cache, &key, expire, freshness, (tags, None), loader).await;
     function.call(if ran.load(Ordering::Relaxed) {
         CallOutcome::Miss
     } else {

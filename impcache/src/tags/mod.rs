@@ -37,7 +37,9 @@
 //! - **Tagged entry**: the value's JSON inside an envelope holding its tags and its creation time
 //!   (`envelope.rs`). The creation time is taken *before* the loader runs, so an invalidation
 //!   that lands while the value is computed hides it (FusionCache #535/#628). Untagged entries
-//!   stay the Python library's bytes exactly.
+//!   stay the Python library's bytes exactly. Tags chosen from the loaded value
+//!   (`get_or_set(..).tags_from(..)`, [`LoadedTags`]) join the call's in the envelope, with the
+//!   same creation time.
 //! - **Read**: an entry created at or before the latest hard invalidation of one of its tags is
 //!   a miss; at or before the latest soft invalidation, it is stale: served under the call's
 //!   [`Freshness`](crate::Freshness) policy while it reloads (`stale_while_revalidate` counted
@@ -112,6 +114,40 @@ impl Tags {
 
     pub(crate) fn as_slice(&self) -> &[String] {
         self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl Tags {
+    /// These tags, then those of `more` not among them.
+    pub(crate) fn and<T: AsRef<str>>(&self, more: &[T]) -> Tags {
+        if more.is_empty() {
+            return self.clone();
+        }
+        let more = more.iter().map(|tag| tag.as_ref());
+        Tags::new(self.as_slice().iter().map(String::as_str).chain(more))
+    }
+}
+
+/// The tags a loader chose from its value (`get_or_set(..).tags_from(..)`): set by the loader's
+/// wrapper once the value is there, read by the load that stores it. A tag may then depend on
+/// what was loaded (the organisation a user belongs to, say), which a caller cannot know before
+/// the loader runs (HybridCache #6897).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LoadedTags(Arc<std::sync::OnceLock<Vec<String>>>);
+
+impl LoadedTags {
+    /// Records the tags of the loaded value (once: a call loads at most once).
+    pub(crate) fn set<I>(&self, tags: I)
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let _ = self.0.set(tags.into_iter().map(Into::into).collect());
+    }
+
+    /// The tags recorded; none before the value is there.
+    pub(crate) fn get(&self) -> &[String] {
+        self.0.get().map_or(&[], Vec::as_slice)
     }
 }
 
