@@ -156,16 +156,22 @@ impl<'a, F> GetOrSet<'a, F> {
     {
         let loaded = LoadedTags::default();
         let record = loaded.clone();
-        let loader = self.loader;
-        // Boxed: the wrapped future's type cannot be named in the return type (a loader runs
-        // once per load, so the allocation is off the hit path).
-        let loader = move || -> BoxFuture<'static, V> {
-            Box::pin(async move {
-                let value = loader().await;
-                record.set(tags_of(&value));
-                value
-            })
-        };
+        self.choosing_tags(loaded, move |loader| {
+            // Boxed: the wrapped future's type cannot be named in the return type (a loader
+            // runs once per load, so the allocation is off the hit path).
+            move || -> BoxFuture<'static, V> {
+                Box::pin(async move {
+                    let value = loader().await;
+                    record.set(tags_of(&value));
+                    value
+                })
+            }
+        })
+    }
+
+    /// This call with its loader wrapped by `wrap`, the tags the wrapper chooses recorded in
+    /// `loaded`.
+    fn choosing_tags<L>(self, loaded: LoadedTags, wrap: impl FnOnce(F) -> L) -> GetOrSet<'a, L> {
         GetOrSet {
             cache: self.cache,
             key: self.key,
@@ -173,7 +179,7 @@ impl<'a, F> GetOrSet<'a, F> {
             policy: self.policy,
             tags: self.tags,
             loaded_tags: Some(loaded),
-            loader,
+            loader: wrap(self.loader),
         }
     }
 }
@@ -218,36 +224,19 @@ impl<'a, F> TryGetOrSet<'a, F> {
     {
         let loaded = LoadedTags::default();
         let record = loaded.clone();
-        let loader = self.inner.loader;
-        // Boxed, as `GetOrSet::tags_from`'s.
-        let loader = move || -> BoxFuture<'static, Result<V, E>> {
-            Box::pin(async move {
-                let loaded = loader().await;
-                if let Ok(value) = &loaded {
-                    record.set(tags_of(value));
-                }
-                loaded
-            })
-        };
-        let GetOrSet {
-            cache,
-            key,
-            expire,
-            policy,
-            tags,
-            ..
-        } = self.inner;
-        TryGetOrSet {
-            inner: GetOrSet {
-                cache,
-                key,
-                expire,
-                policy,
-                tags,
-                loaded_tags: Some(loaded),
-                loader,
-            },
-        }
+        let inner = self.inner.choosing_tags(loaded, move |loader| {
+            // Boxed, as `GetOrSet::tags_from`'s.
+            move || -> BoxFuture<'static, Result<V, E>> {
+                Box::pin(async move {
+                    let loaded = loader().await;
+                    if let Ok(value) = &loaded {
+                        record.set(tags_of(value));
+                    }
+                    loaded
+                })
+            }
+        });
+        TryGetOrSet { inner }
     }
 }
 
