@@ -873,3 +873,37 @@ async fn concurrent_member_additions_all_land_in_memory() {
 async fn concurrent_member_additions_all_land_on_redis() {
     concurrent_member_additions_all_land(Backend::redis()).await;
 }
+
+/// An addition that leaves the list as it was (the member listed, the lifetime long enough)
+/// writes nothing: no `SET` to replicate, no invalidation sent to near caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_addition_that_changes_nothing_writes_nothing_on_redis() {
+    use impcache::__private::members;
+    let server = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
+    members::add(&cache, "hosts", "a", Expire::NEVER)
+        .await
+        .unwrap();
+    let sets = || -> String {
+        let stats: String = server.cmd(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find(|line| line.starts_with("cmdstat_set:"))
+            .unwrap_or_default()
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let before = sets();
+    assert!(before.contains("calls=1"), "{before}");
+    members::add(&cache, "hosts", "a", Expire::NEVER)
+        .await
+        .unwrap();
+    members::add(&cache, "hosts", "a", 60).await.unwrap();
+    assert_eq!(sets(), before);
+    members::add(&cache, "hosts", "b", Expire::NEVER)
+        .await
+        .unwrap();
+    assert_ne!(sets(), before);
+}

@@ -582,9 +582,12 @@ async fn tags_chosen_from_the_value_hide_it_when_invalidated(b: Backend) {
             .get_or_set("user:7", 60, counted(&runs, &open, value))
             .tags(["user:7"])
             .tags_from(|value: &String| [format!("org:{}", &value[..1])])
+            // A second closure adds its own.
+            .tags_from(|value: &String| [format!("name:{}", &value[2..])])
     };
     assert_eq!(load("3-ada").await.unwrap(), "3-ada");
     stored(cache, "user:7", "org:3").await;
+    stored(cache, "user:7", "name:ada").await;
     assert_eq!(load("unused").await.unwrap(), "3-ada");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     b.other.invalidate_tag("org:4").await.unwrap();

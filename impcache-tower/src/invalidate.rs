@@ -81,6 +81,7 @@ impl Pending {
             cache: config.cache.clone(),
             namespace: config.namespace.clone(),
             hosts: vec![config.host(self.host.as_deref()).map(str::to_owned)],
+            any_host: false,
             methods: config.methods.clone(),
             urls: self.urls(headers),
         };
@@ -149,8 +150,10 @@ pub(crate) struct Targets {
     cache: Cache,
     namespace: String,
     /// The host parts of the keys (`None`: no host, or keys leave the host out): one, or for a
-    /// purge on any host those the URL's list of hosts names.
+    /// purge on any host those the namespace's list of hosts names.
     hosts: Vec<Option<String>>,
+    /// A purge on any host: a sweep (of a record of an earlier format) covers every host.
+    any_host: bool,
     /// The methods whose responses the layer stores: each has a record per URL.
     methods: Vec<Method>,
     urls: Vec<String>,
@@ -159,15 +162,19 @@ pub(crate) struct Targets {
 impl Targets {
     /// The targets of a purge of `urls` (paths and queries, as in request lines) on `host`.
     pub(crate) fn purge(config: &Config, host: Option<&str>, urls: Vec<String>) -> Self {
-        Targets::on_hosts(config, vec![config.host(host).map(str::to_owned)], urls)
+        Targets {
+            any_host: false,
+            ..Targets::on_hosts(config, vec![config.host(host).map(str::to_owned)], urls)
+        }
     }
 
-    /// The targets of a purge of `urls` on each of `hosts` (as keys name them).
+    /// The targets of a purge of `urls` on any host: on each of `hosts` (as keys name them).
     pub(crate) fn on_hosts(config: &Config, hosts: Vec<Option<String>>, urls: Vec<String>) -> Self {
         Targets {
             cache: config.cache.clone(),
             namespace: config.namespace.clone(),
             hosts,
+            any_host: true,
             methods: config.methods.clone(),
             urls,
         }
@@ -246,12 +253,11 @@ impl Targets {
         }
     }
 
-    /// The `delete_pattern` pattern of the URL at `index` in `urls`: on the one host, or on any
-    /// host when there are several.
+    /// The `delete_pattern` pattern of the URL at `index` in `urls`: on its host, or on any host.
     pub(crate) fn pattern(&self, index: usize) -> Option<String> {
         let url = self.urls.get(index)?;
         let host = match &self.hosts[..] {
-            [one] => one.as_deref(),
+            [one] if !self.any_host => one.as_deref(),
             _ => None,
         };
         Some(key::url_pattern(&self.namespace, host, url))

@@ -139,11 +139,11 @@ impl CacheLayer {
     /// response goes out.
     ///
     /// A URL whose responses vary (or, with [`allow_authenticated`](Self::allow_authenticated),
-    /// may have credentialed variants) also has variants under keys of their own: they are swept
-    /// as [`purge_url`](Self::purge_url) does, with `delete_pattern` (on Redis a `SCAN` of the
-    /// whole keyspace, whose time grows with everything the database holds). The response waits
-    /// for that sweep 500 ms at most, then it goes on in the background; until it ends, a variant
-    /// that was not requested again since the change may still be served.
+    /// may have credentialed variants) also has variants under keys of their own: they are
+    /// stored under their record's generation, so they are misses once the record is gone (and
+    /// expire with their TTL). Only a record written by an earlier version of this crate has its
+    /// variants swept, with `delete_pattern` (on Redis a `SCAN` of the whole keyspace): the
+    /// response waits for that sweep 500 ms at most, then it goes on in the background.
     pub fn invalidate_on_unsafe_methods(self, invalidate: bool) -> Self {
         self.with(|c| c.invalidate_on_unsafe_methods = invalidate)
     }
@@ -277,8 +277,10 @@ impl CacheLayer {
         self.with(|c| c.early_refresh = gap)
     }
 
-    /// The first segment of every key this layer writes (default `"http"`), inside the cache's
-    /// `{prefix}:{version}:`. Layers with different rules on one cache should use different ones.
+    /// The first segment of the keys of this layer's responses (default `"http"`), inside the
+    /// cache's `{prefix}:{version}:`; its list of hosts is `__impcache_hosts:{namespace}` (see
+    /// [`purge_url`](Self::purge_url)), so `__impcache_hosts` itself is reserved. Layers with
+    /// different rules on one cache should use different ones.
     pub fn namespace(self, namespace: impl Into<String>) -> Self {
         let namespace = namespace.into();
         self.with(|c| c.namespace = namespace)
@@ -412,14 +414,23 @@ impl CacheLayer {
     /// round trips whatever the size of the keyspace; its variants, stored under the records'
     /// generation, are unreachable from then on and expire with their TTL (they are not
     /// counted). With `host` `None` and keys by host (the default), a third round trip comes
-    /// first: the list of the hosts that stored responses in the namespace, which each store
-    /// writes before its record (one key, `__impcache_hosts:{namespace}` under the cache's
-    /// prefix and version, no expiry, at most 64 hosts; removed by
-    /// [`purge_all`](Self::purge_all)); the URL's records on each listed host are read in one
-    /// round trip. With no list (nothing stored since it was removed, or responses of an earlier
-    /// version only) or more than 64 hosts, the URL's keys on every host are found by a
-    /// `delete_pattern` sweep (on Redis a `SCAN` of the whole keyspace), as they are for a record
-    /// written by an earlier version of this crate whose variants carry no generation.
+    /// first: the list of the hosts that stored responses in the namespace, to which each store
+    /// adds its host before and after writing its record (one key,
+    /// `__impcache_hosts:{namespace}` under the cache's prefix and version, no expiry, at most 64
+    /// hosts; removed by [`purge_all`](Self::purge_all)); the URL's records on each listed host
+    /// are read in one round trip. With no list (nothing stored since it was removed, or
+    /// responses of an earlier version only) or more than 64 hosts (clients choose the `Host`
+    /// they send: 64 distinct ones fill the list until the next `purge_all`), the URL's keys on
+    /// every host are found by a `delete_pattern` sweep (on Redis a `SCAN` of the whole
+    /// keyspace), as they are for a record written by an earlier version of this crate whose
+    /// variants carry no generation.
+    ///
+    /// What the list cannot vouch for: responses stored on other hosts by a version without it
+    /// (upgrade every process sharing the namespace together, or purge each host), and the list
+    /// itself lost while records stay (evicted under an `allkeys-*` `maxmemory-policy`, or an
+    /// addition lost in a failover): the hosts stored since are listed again, others are missed
+    /// until their responses expire. With responses stored without expiry, purge by host or with
+    /// [`purge_prefix`](Self::purge_prefix) in those cases.
     ///
     /// Like every purge, a sweep that fails after removing keys returns
     /// [`Error::Interrupted`](impcache::Error::Interrupted) with the count removed

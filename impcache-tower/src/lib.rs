@@ -60,7 +60,8 @@
 //!
 //! [`CacheLayer::purge_url`] removes one URL with all its variants: on a given host (or with
 //! keys that leave the host out) without a scan, by removing its records (two round trips; the
-//! variants of their generation are unreachable at once), on any host with a sweep.
+//! variants of their generation are unreachable at once), and on any host through the list of
+//! the hosts that stored responses (three round trips).
 //! [`CacheLayer::purge_prefix`] removes every URL under a path prefix, [`CacheLayer::purge_all`]
 //! everything; the sweeps use [`Cache::delete_pattern`](impcache::Cache::delete_pattern) with the
 //! patterns of [`key`].

@@ -173,15 +173,46 @@ pub(crate) fn has_variants(record: Option<&Bytes>) -> bool {
     record.is_some_and(|bytes| Record::decode(bytes).is_none())
 }
 
-/// Writes a response: its host in the namespace's list of hosts when `list_host` (keys by
-/// host), its variant, and the URL's record naming it.
+/// Writes a response: its variant and the URL's record naming it ([`write`]), with its host in
+/// the namespace's list of hosts when `list_host` (keys by host), before and after.
+///
+/// Before: a purge on any host that reads the list after this store began finds this host's
+/// record. After: a `purge_all` (which removes the list first) that ran between the two finds
+/// the record and removes it, or finds it written after its sweep and the host listed again.
 async fn store(
     cache: &Cache,
     keys: &key::UrlKeys,
     list_host: bool,
     published: &Published,
 ) -> impcache::Result<()> {
-    let record = keys.record();
+    if list_host {
+        list(cache, keys).await?;
+    }
+    write(cache, keys.record(), published).await?;
+    if list_host {
+        list(cache, keys).await?;
+    }
+    Ok(())
+}
+
+/// Adds the host of `keys` to its namespace's list of hosts. Refused (not an outage: scripts
+/// denied by an ACL, say), the list is marked as holding too many hosts instead, so that purges
+/// on any host sweep, and the response is stored all the same; with the cache down, nothing is
+/// (a record no list names would survive a purge on any host).
+async fn list(cache: &Cache, keys: &key::UrlKeys) -> impcache::Result<()> {
+    let list = keys.hosts_key();
+    match members::add(cache, &list, keys.host_segment(), Expire::NEVER).await {
+        Err(error) if !error.is_outage() => {
+            let error = impcache::__private::logged_error(cache, &error);
+            tracing::warn!(%error, "impcache-tower: the list of hosts refused an addition; purges on any host will sweep");
+            members::give_up(cache, &list).await
+        }
+        listed => listed,
+    }
+}
+
+/// Writes a response's variant, and the URL's record naming it.
+async fn write(cache: &Cache, record: &str, published: &Published) -> impcache::Result<()> {
     let expire = published
         .entry
         .ttl
@@ -192,13 +223,6 @@ async fn store(
         .stored_expiry(expire, record)?
         .as_duration()
         .map_or(Expire::NEVER, Expire::from_duration);
-    if list_host {
-        // Listed before the record is written: a purge on any host that reads the list after
-        // this store began finds this host's record. A failure stores nothing (a record no list
-        // names would survive such a purge).
-        let list = keys.hosts_key();
-        members::add(cache, &list, keys.host_segment(), Expire::NEVER).await?;
-    }
     if published.variant_key == record {
         // The plain variant: one key, which also replaces a Vary marker (a new generation: the
         // variants of the record it replaces are unreachable).
@@ -275,8 +299,8 @@ fn store_in_background(
 pub(crate) struct Unfinished {
     pub(crate) cache: Cache,
     pub(crate) keys: key::UrlKeys,
-    /// Whether keys are by host: the host is then listed under the URL before it is stored
-    /// (`purge_url` of the URL on any host reads the list).
+    /// Whether keys are by host: the host is then listed in the namespace's list of hosts
+    /// around the store (`purge_url` on any host reads the list).
     pub(crate) list_host: bool,
     pub(crate) may_store: bool,
     pub(crate) compute_etag: bool,

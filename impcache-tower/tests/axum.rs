@@ -185,7 +185,6 @@ async fn end_to_end_over_tcp_with_redis() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // One key for the response: the URL's record holds the entry (the response has no Vary).
-    // Beside it, the URL's list of the hosts that stored it (for `purge_url` on any host).
     // Beside it, the namespace's list of the hosts that stored responses (for `purge_url` on
     // any host).
     let hosts_list = "e2e:3:__impcache_hosts:http";

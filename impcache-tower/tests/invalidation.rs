@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http::{Method, Request, Response, StatusCode};
+use impcache::__private::members::Members;
 use impcache::{Cache, NearCache, RedisCacheRepository};
 use impcache_tests::RedisServer;
 use impcache_tower::CacheLayer;
@@ -653,9 +654,10 @@ async fn stored_on(layer: &CacheLayer, svc: &Svc, host: Option<&str>, uri: &str)
 
 const HOSTS: [Option<&str>; 3] = [Some("a.example"), Some("B.example:8080"), None];
 
-/// `purge_url` of a URL on any host, keys by host (the default): each store lists its host
-/// under the URL, so the purge reads the list and removes every host's records (three round
-/// trips, no scan), a URL with `Vary` and one without; another URL keeps its entries.
+/// `purge_url` of a URL on any host, keys by host (the default): each store lists its host in
+/// the namespace's list of hosts, so the purge reads the list and removes every host's records
+/// (three round trips, no scan), a URL with `Vary` and one without; another URL keeps its
+/// entries.
 async fn purge_url_on_any_host_without_a_scan(layer: CacheLayer) {
     let (svc, _) = service(layer.clone());
     for host in HOSTS {
@@ -682,6 +684,31 @@ async fn purge_url_on_any_host_without_a_scan(layer: CacheLayer) {
     assert_eq!(layer.purge_url(None, "/plain/1").await.unwrap(), 3);
     // A URL never stored: nothing to remove, nothing scanned.
     assert_eq!(layer.purge_url(None, "/never").await.unwrap(), 0);
+}
+
+/// `purge_all` removes the list of hosts with everything else; the next stores list their hosts
+/// again, and a purge on any host finds them.
+async fn after_purge_all_stores_list_their_hosts_again(layer: CacheLayer) {
+    let (svc, _) = service(layer.clone());
+    stored_on(&layer, &svc, Some("old.example"), "/plain/1").await;
+    layer.purge_all().await.unwrap();
+    let list = impcache::__private::members::read(layer.cache(), "__impcache_hosts:http");
+    assert_eq!(list.await.unwrap(), Members::Listed(Vec::new()));
+    for host in HOSTS {
+        stored_on(&layer, &svc, host, "/plain/1").await;
+    }
+    assert_eq!(layer.purge_url(None, "/plain/1").await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn after_purge_all_stores_list_their_hosts_again_in_memory() {
+    after_purge_all_stores_list_their_hosts_again(CacheLayer::new(memory_cache())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_purge_all_stores_list_their_hosts_again_on_redis() {
+    let redis = RedisServer::start();
+    after_purge_all_stores_list_their_hosts_again(redis_layer(&redis)).await;
 }
 
 #[tokio::test]
@@ -723,4 +750,37 @@ async fn without_keys_by_host_no_list_is_written() {
     let lists = cache.delete_pattern("__impcache_hosts:*").await.unwrap();
     assert_eq!(lists, 0);
     assert_eq!(layer.purge_url(None, "/plain/1").await.unwrap(), 1);
+}
+
+/// Scripts denied (an ACL without `EVAL`): the list of hosts cannot be added to, so it is marked
+/// as holding too many hosts, the response is stored all the same, and a purge on any host
+/// sweeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_scripts_denied_responses_are_stored_and_purges_sweep() {
+    let redis = RedisServer::start();
+    let layer = redis_layer(&redis);
+    let (svc, _) = service(layer.clone());
+    let () = redis.cmd(&["ACL", "SETUSER", "default", "-eval"]);
+    stored_on(&layer, &svc, Some("a.example"), "/plain/1").await;
+    let list = format!(
+        "{}:__impcache_hosts:http",
+        layer.cache().make_key("").trim_end_matches(':')
+    );
+    let listed: String = redis.cmd(&["GET", &list]);
+    assert_eq!(listed, "*\n");
+    assert_eq!(
+        send(&svc, on_host(Some("a.example"), "/plain/1"))
+            .await
+            .outcome(),
+        "HIT"
+    );
+    let before = scans(&redis);
+    assert_eq!(layer.purge_url(None, "/plain/1").await.unwrap(), 1);
+    assert_ne!(scans(&redis), before, "a sweep");
+    assert_eq!(
+        send(&svc, on_host(Some("a.example"), "/plain/1"))
+            .await
+            .outcome(),
+        "MISS"
+    );
 }

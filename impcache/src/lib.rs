@@ -163,6 +163,13 @@ pub mod __private {
             cache.add_member(key, member, expire).await
         }
 
+        /// Marks the list at `key` as holding too many members ([`Members::TooMany`], for
+        /// good): its readers must find the members some other way.
+        pub async fn give_up(cache: &crate::Cache, key: &str) -> crate::Result<()> {
+            let full = bytes::Bytes::from_static(crate::members::TOO_MANY);
+            cache.set_raw(key, full, crate::Expire::NEVER).await
+        }
+
         /// The members listed at `key`, read from the repository itself.
         pub async fn read(cache: &crate::Cache, key: &str) -> crate::Result<Members> {
             let found = cache.repository().get(&cache.make_key(key)).await?;

@@ -1,7 +1,7 @@
 //! Member lists: a key holding a short list of distinct names that only grows, for an index
 //! that must be read in one round trip without a keyspace scan. `impcache-tower` keeps one per
-//! URL of the hosts that stored it, so that `CacheLayer::purge_url` of a URL on any host reads
-//! the list and removes each host's records (issue 16).
+//! namespace of the hosts that stored responses, so that `CacheLayer::purge_url` of a URL on
+//! any host reads the list and removes each listed host's records (issue 16).
 //!
 //! The format: each member followed by `\n`. Past [`MAX_MEMBERS`] the list becomes [`TOO_MANY`]
 //! for good (a reader must then find the members some other way, a sweep for the layer): a
@@ -90,6 +90,17 @@ pub(crate) fn with_member(old: Option<&[u8]>, member: &str) -> Bytes {
     Bytes::from(list)
 }
 
+/// Whether adding to a list holding `old`, with `left` to live (`None`: no expiry), leaves it
+/// as it was: `list` is `old` and the lifetime `wanted` is no longer than what is left.
+pub(crate) fn unchanged(old: &[u8], left: Option<Duration>, list: &[u8], wanted: Expiry) -> bool {
+    let long_enough = match (left, wanted.as_duration()) {
+        (None, _) => true,
+        (Some(left), Some(wanted)) => left >= wanted,
+        (Some(_), None) => false,
+    };
+    old == list && long_enough
+}
+
 /// The lifetime of a list that had `left` to live (`None`: no list; `Some(None)`: no expiry)
 /// when an addition asked for `wanted`: the longer of the two.
 pub(crate) fn longer(left: Option<Option<Duration>>, wanted: Expiry) -> Expiry {
@@ -102,8 +113,10 @@ pub(crate) fn longer(left: Option<Option<Duration>>, wanted: Expiry) -> Expiry {
     }
 }
 
-/// The addition in Lua (`EVAL` with the list's key, the member and the lifetime in ms, `0` for
-/// none): [`with_member`] and [`longer`] on the server, atomic on the one key.
+/// The addition in Lua (`EVAL` with the list's key, the member, the lifetime in ms, `0` for
+/// none, and [`MAX_MEMBERS`]): [`with_member`] and [`longer`] on the server, atomic on the one
+/// key. A list left as it was (the member listed, the lifetime long enough) is not written:
+/// no write to replicate, no invalidation sent to near caches.
 pub(crate) const ADD_MEMBER_SCRIPT: &str = "local old = redis.call('GET', KEYS[1]) \
      local member, wanted, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]) \
      local list = old or '' \
@@ -117,6 +130,9 @@ pub(crate) const ADD_MEMBER_SCRIPT: &str = "local old = redis.call('GET', KEYS[1
        end \
      end \
      local left = redis.call('PTTL', KEYS[1]) \
+     if old and list == old and (left == -1 or (wanted ~= 0 and left >= wanted)) then \
+       return 0 \
+     end \
      if wanted == 0 or (old and left == -1) then \
        redis.call('SET', KEYS[1], list) \
      else \
@@ -171,6 +187,18 @@ mod tests {
         );
         assert_eq!(longer(Some(None), Expiry::Seconds(5)), Expiry::Never);
         assert_eq!(longer(Some(Some(secs(9))), Expiry::Never), Expiry::Never);
+    }
+
+    #[test]
+    fn an_addition_that_changes_nothing_is_seen_as_such() {
+        let secs = Duration::from_secs;
+        let list = with_member(None, "a");
+        assert!(unchanged(&list, None, &list, Expiry::Seconds(5)));
+        assert!(unchanged(&list, Some(secs(9)), &list, Expiry::Seconds(5)));
+        assert!(!unchanged(&list, Some(secs(1)), &list, Expiry::Seconds(5)));
+        assert!(!unchanged(&list, Some(secs(9)), &list, Expiry::Never));
+        let more = with_member(Some(&list), "b");
+        assert!(!unchanged(&list, None, &more, Expiry::Never));
     }
 
     #[test]

@@ -52,9 +52,9 @@ impl Job {
         let Some(loaded) = &self.loaded_tags else {
             return self.tags.clone();
         };
-        let chosen: Vec<&String> = loaded
+        let chosen: Vec<String> = loaded
             .get()
-            .iter()
+            .into_iter()
             .filter(|tag| match self.cache.check_tag(tag) {
                 Ok(()) => true,
                 Err(error) => {

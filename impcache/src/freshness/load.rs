@@ -39,6 +39,9 @@ pub(super) type Guard = FlightGuard<FlightKey, Shared>;
 pub(super) struct Shared {
     json: Bytes,
     holds_since: Option<(u64, Tags)>,
+    /// Read from the cache for a call whose loader chooses tags (`tags_from`): the entry may
+    /// carry tags the call does not know, whose state a waiter could not check.
+    tags_unknown: bool,
     /// The stale value the leader answered with, its loader having failed.
     stale: bool,
 }
@@ -50,7 +53,21 @@ impl Shared {
         Shared {
             json,
             holds_since,
+            tags_unknown: false,
             stale: false,
+        }
+    }
+
+    /// A value the leader read from the cache at `since` for `job` (rather than loaded): as
+    /// [`new`](Shared::new), but when the job's loader chooses tags, the entry's may be others
+    /// than the call's, so a waiter that joined after the read does not take it (it reads the
+    /// entry itself, and judges all its tags).
+    fn read(json: Bytes, since: u64, job: &Job) -> Shared {
+        let tags_unknown = job.loaded_tags.is_some();
+        Shared {
+            holds_since: tags_unknown.then(|| (since, job.tags.clone())),
+            tags_unknown,
+            ..Shared::new(json, since, &job.tags)
         }
     }
 
@@ -60,6 +77,7 @@ impl Shared {
         Shared {
             json,
             holds_since: None,
+            tags_unknown: false,
             stale: true,
         }
     }
@@ -75,6 +93,9 @@ impl Shared {
         };
         if *since > joined {
             return true;
+        }
+        if self.tags_unknown {
+            return false;
         }
         matches!(
             cache.tag_verdict(tags.as_slice(), *since).await,
@@ -252,7 +273,7 @@ where
                     if let Ok(Some(found)) = read.await {
                         if let State::Fresh { .. } = job.policy.state(found.ttl) {
                             if let Some(value) = decode(&job, &found.value) {
-                                guard.publish(Shared::new(found.value, since, &job.tags));
+                                guard.publish(Shared::read(found.value, since, &job));
                                 return Ok(value);
                             }
                         }
@@ -464,7 +485,7 @@ pub(super) async fn run<V, E, F, Fut>(
                             let _ = answer.send(Ok(value));
                         }
                         if let Some(guard) = guard {
-                            guard.publish(Shared::new(bytes, created, &job.tags));
+                            guard.publish(Shared::read(bytes, created, &job));
                         }
                         return;
                     }

@@ -126,7 +126,8 @@ impl<'a, F> GetOrSet<'a, F> {
     /// A read finds these tags in the stored entry and reads their state in a second round
     /// trip (the call's own tags are read with the entry, in one); list the tags known up front
     /// with [`tags`](GetOrSet::tags) to keep hits at one. A tag the cache refuses
-    /// ([`Error::InvalidTag`]: empty, or too long) is left out, with a warning.
+    /// ([`Error::InvalidTag`]: empty, or too long) is left out, with a warning. Called more
+    /// than once, each closure adds its tags.
     ///
     /// ```
     /// # use impcache::{Cache, MemoryCacheRepository};
@@ -154,7 +155,7 @@ impl<'a, F> GetOrSet<'a, F> {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let loaded = LoadedTags::default();
+        let loaded = self.loaded_tags.clone().unwrap_or_default();
         let record = loaded.clone();
         self.choosing_tags(loaded, move |loader| {
             // Boxed: the wrapped future's type cannot be named in the return type (a loader
@@ -162,7 +163,7 @@ impl<'a, F> GetOrSet<'a, F> {
             move || -> BoxFuture<'static, V> {
                 Box::pin(async move {
                     let value = loader().await;
-                    record.set(tags_of(&value));
+                    record.add(tags_of(&value));
                     value
                 })
             }
@@ -222,7 +223,7 @@ impl<'a, F> TryGetOrSet<'a, F> {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let loaded = LoadedTags::default();
+        let loaded = self.inner.loaded_tags.clone().unwrap_or_default();
         let record = loaded.clone();
         let inner = self.inner.choosing_tags(loaded, move |loader| {
             // Boxed, as `GetOrSet::tags_from`'s.
@@ -230,7 +231,7 @@ impl<'a, F> TryGetOrSet<'a, F> {
                 Box::pin(async move {
                     let loaded = loader().await;
                     if let Ok(value) = &loaded {
-                        record.set(tags_of(value));
+                        record.add(tags_of(value));
                     }
                     loaded
                 })

@@ -279,6 +279,11 @@ impl MemoryCacheRepository {
                 (entry.value, left)
             });
             let list = crate::members::with_member(old.as_ref().map(|(v, _)| &v[..]), member);
+            if let Some((old, left)) = &old {
+                if crate::members::unchanged(old, *left, &list, expiry) {
+                    return moka::ops::compute::Op::Nop;
+                }
+            }
             let expiry = crate::members::longer(old.map(|(_, left)| left), expiry);
             moka::ops::compute::Op::Put(Entry {
                 value: list,

@@ -133,21 +133,29 @@ impl Tags {
 /// what was loaded (the organisation a user belongs to, say), which a caller cannot know before
 /// the loader runs (HybridCache #6897).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct LoadedTags(Arc<std::sync::OnceLock<Vec<String>>>);
+pub(crate) struct LoadedTags(Arc<std::sync::Mutex<Vec<String>>>);
 
 impl LoadedTags {
-    /// Records the tags of the loaded value (once: a call loads at most once).
-    pub(crate) fn set<I>(&self, tags: I)
+    /// Records tags of the loaded value (each `tags_from` of the call adds its own).
+    pub(crate) fn add<I>(&self, tags: I)
     where
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let _ = self.0.set(tags.into_iter().map(Into::into).collect());
+        let mut recorded = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        recorded.extend(tags.into_iter().map(Into::into));
     }
 
     /// The tags recorded; none before the value is there.
-    pub(crate) fn get(&self) -> &[String] {
-        self.0.get().map_or(&[], Vec::as_slice)
+    pub(crate) fn get(&self) -> Vec<String> {
+        let recorded = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        recorded.clone()
     }
 }
 
