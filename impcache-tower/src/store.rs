@@ -195,20 +195,29 @@ async fn store(
     Ok(())
 }
 
-/// Adds the host of `keys` to its namespace's list of hosts. Refused (not an outage: scripts
-/// denied by an ACL, say), the list is marked as holding too many hosts instead, so that purges
-/// on any host sweep, and the response is stored all the same; with the cache down, nothing is
-/// (a record no list names would survive a purge on any host).
+/// Adds the host of `keys` to its namespace's list of hosts. The script refused (denied by an
+/// ACL, `NOPERM`, or renamed away, `ERR`), the list is marked as holding too many hosts
+/// instead, so that purges on any host sweep, and the response is stored all the same. Any other
+/// failure (the cache down, or refusing writes: `OOM`, `READONLY`) stores nothing, at once (a
+/// record no list names would survive a purge on any host).
 async fn list(cache: &Cache, keys: &key::UrlKeys) -> impcache::Result<()> {
     let list = keys.hosts_key();
     match members::add(cache, &list, keys.host_segment(), Expire::NEVER).await {
-        Err(error) if !error.is_outage() => {
+        Err(error) if script_refused(&error) => {
             let error = impcache::__private::logged_error(cache, &error);
             tracing::warn!(%error, "impcache-tower: the list of hosts refused an addition; purges on any host will sweep");
             members::give_up(cache, &list).await
         }
         listed => listed,
     }
+}
+
+/// Whether the server refused a script as such (not the write it would make).
+fn script_refused(error: &impcache::Error) -> bool {
+    matches!(
+        error,
+        impcache::Error::Server { code: Some(code), .. } if code == "NOPERM" || code == "ERR"
+    )
 }
 
 /// Writes a response's variant, and the URL's record naming it.
