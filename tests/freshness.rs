@@ -748,17 +748,20 @@ async fn a_failed_read_is_not_read_again_when_a_flight_ended_meanwhile() {
     }
 }
 
-/// The leader of `k`'s flight, read and loading: its loader fails once `release` lets it.
+/// The leader of `k`'s flight, read and loading (returned once its loader runs, so that a
+/// caller started next is its waiter, not the flight's leader): its loader fails once `release`
+/// lets it.
 async fn failing_leader(
     repository: &Scripted,
     cache: &Cache,
 ) -> (tokio::task::JoinHandle<Result<u32, Error>>, Arc<Semaphore>) {
-    let release = Arc::new(Semaphore::new(0));
+    let (release, running) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
     let leader = tokio::spawn({
-        let (cache, release) = (cache.clone(), release.clone());
+        let (cache, release, running) = (cache.clone(), release.clone(), running.clone());
         async move {
             cache
                 .try_get_or_set("k", 60, || async move {
+                    running.add_permits(1);
                     drop(release.acquire().await);
                     Err::<u32, _>(Error::Loader {
                         key: "k".to_owned(),
@@ -768,9 +771,8 @@ async fn failing_leader(
                 .await
         }
     });
-    while repository.reads.load(Ordering::SeqCst) < 1 {
-        tokio::time::sleep(MS).await;
-    }
+    drop(tokio::time::timeout(HANG, running.acquire()).await);
+    assert_eq!(repository.reads.load(Ordering::SeqCst), 1);
     (leader, release)
 }
 
