@@ -415,7 +415,7 @@ impl CacheLayer {
     /// generation, are unreachable from then on and expire with their TTL (they are not
     /// counted). With `host` `None` and keys by host (the default), a third round trip comes
     /// first: the list of the hosts that stored responses in the namespace, to which each store
-    /// adds its host before and after writing its record (one key,
+    /// adds its host before writing its record (one key,
     /// `__impcache_hosts:{namespace}` under the cache's prefix and version, no expiry, at most 64
     /// hosts; removed by [`purge_all`](Self::purge_all)); the URL's records on each listed host
     /// are read in one round trip. With no list (nothing stored since it was removed, or
@@ -428,8 +428,8 @@ impl CacheLayer {
     /// What the list cannot vouch for: responses stored on other hosts by a version without it
     /// (upgrade every process sharing the namespace together, or purge each host), and the list
     /// itself lost while records stay (evicted under an `allkeys-*` `maxmemory-policy`, or an
-    /// addition lost in a failover): the hosts stored since are listed again, others are missed
-    /// until their responses expire. With responses stored without expiry, purge by host or with
+    /// addition lost in a failover, or a store racing `purge_all`): the hosts stored since are
+    /// listed again, others are missed until their responses expire. With responses stored without expiry, purge by host or with
     /// [`purge_prefix`](Self::purge_prefix) in those cases.
     ///
     /// Like every purge, a sweep that fails after removing keys returns
@@ -525,8 +525,10 @@ impl CacheLayer {
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let cache = &self.config.cache;
-        // The list of hosts first (not counted): a store racing this purge lists its host again
-        // before writing its record, which the sweep then removes or leaves listed.
+        // The list of hosts first (not counted): a store that begins after it lists its host
+        // again before writing its record. (One that listed its host just before it and writes
+        // its record after the sweep leaves that record unlisted until the host's next store:
+        // see `purge_url`.)
         cache
             .delete(&key::hosts_key(&self.config.namespace))
             .await?;

@@ -173,12 +173,14 @@ pub(crate) fn has_variants(record: Option<&Bytes>) -> bool {
     record.is_some_and(|bytes| Record::decode(bytes).is_none())
 }
 
-/// Writes a response: its variant and the URL's record naming it ([`write`]), with its host in
-/// the namespace's list of hosts when `list_host` (keys by host), before and after.
+/// Writes a response: its host in the namespace's list of hosts when `list_host` (keys by
+/// host), then its variant and the URL's record naming it ([`write`]).
 ///
-/// Before: a purge on any host that reads the list after this store began finds this host's
-/// record. After: a `purge_all` (which removes the list first) that ran between the two finds
-/// the record and removes it, or finds it written after its sweep and the host listed again.
+/// Listed first: a purge on any host that reads the list after this store began finds this
+/// host's record, and once the record is there the store has made its last command (a caller
+/// that waits for the record sees no command of the store after it). A `purge_all` (which
+/// removes the list first) landing between the two can leave the record unlisted, until the
+/// host's next store lists it again.
 async fn store(
     cache: &Cache,
     keys: &key::UrlKeys,
@@ -188,11 +190,7 @@ async fn store(
     if list_host {
         list(cache, keys).await?;
     }
-    write(cache, keys.record(), published).await?;
-    if list_host {
-        list(cache, keys).await?;
-    }
-    Ok(())
+    write(cache, keys.record(), published).await
 }
 
 /// Adds the host of `keys` to its namespace's list of hosts. The script refused (denied by an
@@ -309,7 +307,7 @@ pub(crate) struct Unfinished {
     pub(crate) cache: Cache,
     pub(crate) keys: key::UrlKeys,
     /// Whether keys are by host: the host is then listed in the namespace's list of hosts
-    /// around the store (`purge_url` on any host reads the list).
+    /// before the store (`purge_url` on any host reads the list).
     pub(crate) list_host: bool,
     pub(crate) may_store: bool,
     pub(crate) compute_etag: bool,
