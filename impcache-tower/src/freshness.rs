@@ -209,7 +209,6 @@ pub(crate) fn storable(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use http::HeaderValue;
     use impcache::{Cache, MemoryCacheRepository};
@@ -217,7 +216,11 @@ mod tests {
     fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in pairs {
-            h.append(*n, HeaderValue::from_str(v).unwrap());
+            let value = HeaderValue::from_str(v);
+            assert!(value.is_ok(), "not a header value: {v:?}");
+            if let Ok(value) = value {
+                h.append(*n, value);
+            }
         }
         h
     }
@@ -230,7 +233,8 @@ mod tests {
 
     fn verdict(status: u16, pairs: &[(&'static str, String)]) -> Result<Verdict, NotStored> {
         let config = Config::new(Cache::new(MemoryCacheRepository::new()));
-        let status = StatusCode::from_u16(status).unwrap();
+        // Outside 100–999 no status exists, so none is stored.
+        let status = StatusCode::from_u16(status).map_err(|_| NotStored::Status)?;
         storable(&config, status, &headers(pairs), NOW * 1000, NOW * 1000)
     }
 
@@ -276,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn targeted_fields_take_precedence() {
+    fn targeted_fields_take_precedence() -> Result<(), NotStored> {
         let h = [
             ("cache-control", "no-store".to_owned()),
             ("cdn-cache-control", "max-age=50".to_owned()),
@@ -293,20 +297,20 @@ mod tests {
             ("cdn-cache-control", "max-age=50".to_owned()),
             ("impcache-cache-control", "max-age=7".to_owned()),
         ]);
-        let v = storable(&config, StatusCode::OK, &h, 0, 0).unwrap();
+        let v = storable(&config, StatusCode::OK, &h, 0, 0)?;
         assert_eq!(v.freshness.lifetime, 7);
+        Ok(())
     }
 
     #[test]
-    fn age_and_date_make_the_initial_age() {
+    fn age_and_date_make_the_initial_age() -> Result<(), NotStored> {
         let v = verdict(
             200,
             &[
                 ("cache-control", "max-age=100".to_owned()),
                 ("age", "30".to_owned()),
             ],
-        )
-        .unwrap();
+        )?;
         assert_eq!((v.freshness.initial_age, v.ttl.as_secs()), (30, 70));
         let v = verdict(
             200,
@@ -315,8 +319,7 @@ mod tests {
                 ("date", date(NOW - 40)),
                 ("age", "30".to_owned()),
             ],
-        )
-        .unwrap();
+        )?;
         assert_eq!(v.freshness.initial_age, 40);
         assert_eq!(
             verdict(
@@ -336,9 +339,9 @@ mod tests {
                 ("age", "200".to_owned()),
                 ("etag", "\"a\"".to_owned()),
             ],
-        )
-        .unwrap();
+        )?;
         assert_eq!(v.ttl, crate::config::DEFAULT_KEEP_STALE);
+        Ok(())
     }
 
     #[test]
@@ -380,29 +383,28 @@ mod tests {
     }
 
     #[test]
-    fn no_cache_needs_a_validator_and_private_is_refused() {
+    fn no_cache_needs_a_validator_and_private_is_refused() -> Result<(), NotStored> {
         let cc = |v: &str| ("cache-control", v.to_owned());
         assert_eq!(
             verdict(200, &[cc("no-cache, max-age=100")]),
             Err(NotStored::NoCache)
         );
-        let v = verdict(200, &[cc("no-cache"), ("etag", "\"x\"".to_owned())]).unwrap();
+        let v = verdict(200, &[cc("no-cache"), ("etag", "\"x\"".to_owned())])?;
         assert_eq!(v.freshness.lifetime, 0);
         assert_eq!(
             verdict(200, &[cc("private, max-age=100")]),
             Err(NotStored::Private)
         );
         assert!(
-            verdict(200, &[cc("max-age=100, must-revalidate")])
-                .unwrap()
+            verdict(200, &[cc("max-age=100, must-revalidate")])?
                 .freshness
                 .must_revalidate
         );
         assert!(
-            verdict(200, &[cc("s-maxage=100")])
-                .unwrap()
+            verdict(200, &[cc("s-maxage=100")])?
                 .freshness
                 .must_revalidate
         );
+        Ok(())
     }
 }

@@ -157,10 +157,11 @@ mod tests {
     }
 
     #[test]
-    fn directives_win_over_the_layer_and_some_forbid() {
+    fn directives_win_over_the_layer_and_some_forbid() -> Result<(), &'static str> {
         let mut config = Config::new(Cache::new(MemoryCacheRepository::new()));
         assert_eq!(policy(&config, &headers("max-age=10")), None);
-        let p = policy(&config, &headers("max-age=10, stale-while-revalidate=30")).unwrap();
+        let p = policy(&config, &headers("max-age=10, stale-while-revalidate=30"))
+            .ok_or("no policy for stale-while-revalidate")?;
         assert_eq!(
             p.stale_while_revalidate_window(),
             Some(Duration::from_secs(30))
@@ -168,7 +169,8 @@ mod tests {
         assert_eq!(p.stale_if_error_window(), None);
         config.stale_while_revalidate = Duration::from_secs(5);
         config.stale_if_error = Duration::from_secs(60);
-        let p = policy(&config, &headers("max-age=10, stale-if-error=0")).unwrap();
+        let p = policy(&config, &headers("max-age=10, stale-if-error=0"))
+            .ok_or("no policy for the layer's windows")?;
         assert_eq!(
             p.stale_while_revalidate_window(),
             Some(Duration::from_secs(5))
@@ -185,6 +187,7 @@ mod tests {
         assert!(policy(&config, &headers("s-maxage=10")).is_some());
         config.follow_origin = true;
         assert_eq!(policy(&config, &headers("s-maxage=10")), None);
+        Ok(())
     }
 
     #[test]
