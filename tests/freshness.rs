@@ -776,6 +776,26 @@ async fn failing_leader(
     (leader, release)
 }
 
+/// Lets the `failing_leader` fail once a second caller has read (a miss) and joined its flight,
+/// and checks that it failed.
+async fn fail_once_the_waiter_joined(
+    repository: &Scripted,
+    leader: tokio::task::JoinHandle<Result<u32, Error>>,
+    release: Arc<Semaphore>,
+) {
+    while repository.reads.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(MS).await;
+    }
+    // The waiter has read and joins the leader's flight.
+    tokio::time::sleep(50 * MS).await;
+    release.add_permits(1);
+    assert!(tokio::time::timeout(HANG, leader)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_err());
+}
+
 /// A waiter whose leader failed loads on its own, and is answered as soon as its loader is
 /// done: its store, held here until the end, does not delay the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -787,17 +807,7 @@ async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
         let cache = cache.clone();
         async move { cache.try_get_or_set("k", 60, || async { Ok(7) }).await }
     });
-    while repository.reads.load(Ordering::SeqCst) < 2 {
-        tokio::time::sleep(MS).await;
-    }
-    // The waiter has read (a miss) and joins the leader's flight.
-    tokio::time::sleep(50 * MS).await;
-    release.add_permits(1);
-    assert!(tokio::time::timeout(HANG, leader)
-        .await
-        .unwrap()
-        .unwrap()
-        .is_err());
+    fail_once_the_waiter_joined(&repository, leader, release).await;
     let answered: Result<u32, Error> = tokio::time::timeout(HANG, waiter)
         .await
         .expect("the waiter's answer waited for its store")
@@ -842,16 +852,7 @@ async fn a_dropped_waiter_loading_on_its_own_stops_its_loader() {
                 .await
         }
     });
-    while repository.reads.load(Ordering::SeqCst) < 2 {
-        tokio::time::sleep(MS).await;
-    }
-    tokio::time::sleep(50 * MS).await;
-    release.add_permits(1);
-    assert!(tokio::time::timeout(HANG, leader)
-        .await
-        .unwrap()
-        .unwrap()
-        .is_err());
+    fail_once_the_waiter_joined(&repository, leader, release).await;
     drop(tokio::time::timeout(HANG, started.acquire()).await.unwrap());
     waiter.abort();
     assert!(waiter.await.unwrap_err().is_cancelled());

@@ -77,14 +77,7 @@ impl Pending {
         if !(status.is_success() || status.is_redirection()) {
             return;
         }
-        let targets = Targets {
-            cache: config.cache.clone(),
-            namespace: config.namespace.clone(),
-            hosts: vec![config.host(self.host.as_deref()).map(str::to_owned)],
-            any_host: false,
-            methods: config.methods.clone(),
-            urls: self.urls(headers),
-        };
+        let targets = Targets::purge(config, self.host.as_deref(), self.urls(headers));
         match tokio::runtime::Handle::try_current() {
             // Awaited, but in a task of its own: it finishes even if this request is dropped.
             Ok(handle) => {
@@ -162,19 +155,25 @@ pub(crate) struct Targets {
 impl Targets {
     /// The targets of a purge of `urls` (paths and queries, as in request lines) on `host`.
     pub(crate) fn purge(config: &Config, host: Option<&str>, urls: Vec<String>) -> Self {
-        Targets {
-            any_host: false,
-            ..Targets::on_hosts(config, vec![config.host(host).map(str::to_owned)], urls)
-        }
+        let host = config.host(host).map(str::to_owned);
+        Targets::new(config, (vec![host], false), urls)
     }
 
     /// The targets of a purge of `urls` on any host: on each of `hosts` (as keys name them).
     pub(crate) fn on_hosts(config: &Config, hosts: Vec<Option<String>>, urls: Vec<String>) -> Self {
+        Targets::new(config, (hosts, true), urls)
+    }
+
+    fn new(
+        config: &Config,
+        (hosts, any_host): (Vec<Option<String>>, bool),
+        urls: Vec<String>,
+    ) -> Self {
         Targets {
             cache: config.cache.clone(),
             namespace: config.namespace.clone(),
             hosts,
-            any_host: true,
+            any_host,
             methods: config.methods.clone(),
             urls,
         }

@@ -427,10 +427,10 @@ impl CacheLayer {
     ///
     /// What the list cannot vouch for: responses stored on other hosts by a version without it
     /// (upgrade every process sharing the namespace together, or purge each host), and the list
-    /// itself lost while records stay (evicted under an `allkeys-*` `maxmemory-policy`, or an
+    /// itself lost while records stay (evicted under an `allkeys-*` `maxmemory-policy`, an
     /// addition lost in a failover, or a store racing `purge_all`): the hosts stored since are
-    /// listed again, others are missed until their responses expire. With responses stored without expiry, purge by host or with
-    /// [`purge_prefix`](Self::purge_prefix) in those cases.
+    /// listed again, others are missed until their responses expire. With responses stored
+    /// without expiry, purge by host or with [`purge_prefix`](Self::purge_prefix) in those cases.
     ///
     /// Like every purge, a sweep that fails after removing keys returns
     /// [`Error::Interrupted`](impcache::Error::Interrupted) with the count removed

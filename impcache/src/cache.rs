@@ -754,7 +754,7 @@ impl Cache {
     }
 }
 
-// --- Member lists (`crate::members`): `impcache-tower`'s index of the hosts of a URL. ---
+// --- Member lists (`crate::members`): `impcache-tower`'s list of the hosts of a namespace. ---
 
 impl Cache {
     /// `member` added to the member list at `key`, which then lives at least `expire` (see

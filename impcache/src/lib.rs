@@ -145,8 +145,9 @@ pub mod __private {
         cache.logged_error(error)
     }
 
-    /// Member lists (`impcache-tower`'s index of the hosts that stored a URL): a key holding
-    /// a short list of distinct names that only grows, read in one round trip.
+    /// Member lists (`impcache-tower`'s list of the hosts that stored responses in a
+    /// namespace): a key holding a short list of distinct names that only grows, read in one
+    /// round trip.
     pub mod members {
         pub use crate::members::Members;
 

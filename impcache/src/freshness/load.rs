@@ -63,12 +63,12 @@ impl Shared {
     /// than the call's, so a waiter that joined after the read does not take it (it reads the
     /// entry itself, and judges all its tags).
     fn read(json: Bytes, since: u64, job: &Job) -> Shared {
-        let tags_unknown = job.loaded_tags.is_some();
-        Shared {
-            holds_since: tags_unknown.then(|| (since, job.tags.clone())),
-            tags_unknown,
-            ..Shared::new(json, since, &job.tags)
+        let mut shared = Shared::new(json, since, &job.tags);
+        if job.loaded_tags.is_some() {
+            shared.holds_since = Some((since, job.tags.clone()));
+            shared.tags_unknown = true;
         }
+        shared
     }
 
     /// The stale value the leader answered with: for the waiters that may serve a stale value

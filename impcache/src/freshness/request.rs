@@ -155,9 +155,7 @@ impl<'a, F> GetOrSet<'a, F> {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let loaded = self.loaded_tags.clone().unwrap_or_default();
-        let record = loaded.clone();
-        self.choosing_tags(loaded, move |loader| {
+        self.choosing_tags(move |loader, record| {
             // Boxed: the wrapped future's type cannot be named in the return type (a loader
             // runs once per load, so the allocation is off the hit path).
             move || -> BoxFuture<'static, V> {
@@ -170,17 +168,18 @@ impl<'a, F> GetOrSet<'a, F> {
         })
     }
 
-    /// This call with its loader wrapped by `wrap`, the tags the wrapper chooses recorded in
-    /// `loaded`.
-    fn choosing_tags<L>(self, loaded: LoadedTags, wrap: impl FnOnce(F) -> L) -> GetOrSet<'a, L> {
+    /// This call with its loader wrapped by `wrap`, which records the tags it chooses in the
+    /// call's [`LoadedTags`] (those of an earlier `tags_from`, if any).
+    fn choosing_tags<L>(self, wrap: impl FnOnce(F, LoadedTags) -> L) -> GetOrSet<'a, L> {
+        let loaded = self.loaded_tags.unwrap_or_default();
         GetOrSet {
             cache: self.cache,
             key: self.key,
             expire: self.expire,
             policy: self.policy,
             tags: self.tags,
+            loader: wrap(self.loader, loaded.clone()),
             loaded_tags: Some(loaded),
-            loader: wrap(self.loader),
         }
     }
 }
@@ -223,9 +222,7 @@ impl<'a, F> TryGetOrSet<'a, F> {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        let loaded = self.inner.loaded_tags.clone().unwrap_or_default();
-        let record = loaded.clone();
-        let inner = self.inner.choosing_tags(loaded, move |loader| {
+        let inner = self.inner.choosing_tags(move |loader, record| {
             // Boxed, as `GetOrSet::tags_from`'s.
             move || -> BoxFuture<'static, Result<V, E>> {
                 Box::pin(async move {

@@ -115,9 +115,7 @@ impl Tags {
     pub(crate) fn as_slice(&self) -> &[String] {
         self.0.as_deref().unwrap_or_default()
     }
-}
 
-impl Tags {
     /// These tags, then those of `more` not among them.
     pub(crate) fn and<T: AsRef<str>>(&self, more: &[T]) -> Tags {
         if more.is_empty() {
