@@ -111,6 +111,8 @@ pub(crate) struct Config {
     pub(crate) learned_tags: crate::tags::LearnedTags,
     /// The cross-process lock of a miss (`CacheLayer::lock`).
     pub(crate) lock: Option<impcache::Lock>,
+    /// The path prefixes purged by tag (`CacheLayer::tag_prefixes`).
+    pub(crate) tag_prefixes: crate::prefixes::TagPrefixes,
 }
 
 impl Config {
@@ -149,6 +151,7 @@ impl Config {
             tags_from: None,
             learned_tags: crate::tags::LearnedTags::default(),
             lock: None,
+            tag_prefixes: crate::prefixes::TagPrefixes::default(),
         }
     }
 
@@ -232,6 +235,7 @@ impl fmt::Debug for Config {
             .field("keep_tag_headers", &self.keep_tag_headers)
             .field("tags_from", &self.tags_from)
             .field("lock", &self.lock)
+            .field("tag_prefixes", &self.tag_prefixes)
             .finish()
     }
 }

@@ -73,6 +73,23 @@ fn push_host_segment(out: &mut String, host: Option<&str>) {
     }
 }
 
+/// `{namespace}:{host}:` as [`UrlKeys`] writes it for `host` (`None`: the `-` of no host).
+pub(crate) fn through_host(namespace: &str, host: Option<&str>) -> String {
+    let mut out = String::with_capacity(namespace.len() + host.map_or(1, str::len) + 2);
+    out.push_str(namespace);
+    out.push(':');
+    push_host_segment(&mut out, host);
+    out.push(':');
+    out
+}
+
+/// A path (or path prefix) as the path segment of a key.
+pub(crate) fn path_segment(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 1);
+    push_path_segment(&mut out, path);
+    out
+}
+
 /// The path segment: always starts with `/` (an empty path is `/`).
 fn push_path_segment(out: &mut String, path: &str) {
     if !path.starts_with('/') {
@@ -194,6 +211,8 @@ pub(crate) struct UrlKeys {
     url_len: usize,
     /// Where the host segment is in `record`.
     host: std::ops::Range<usize>,
+    /// Where the path segment starts in `record`.
+    path: usize,
 }
 
 impl UrlKeys {
@@ -214,6 +233,7 @@ impl UrlKeys {
         push_host_segment(&mut record, host);
         let host = host_start..record.len();
         record.push(':');
+        let path_start = record.len();
         push_path_segment(&mut record, path);
         record.push(':');
         push_query_segment(&mut record, query);
@@ -225,7 +245,20 @@ impl UrlKeys {
             record,
             url_len,
             host,
+            path: path_start,
         }
+    }
+
+    /// `{namespace}:{host}:`, the keys' start before the path segment.
+    pub(crate) fn through_host(&self) -> &str {
+        self.record.get(..self.path).unwrap_or_default()
+    }
+
+    /// The keys' rest from the path segment on (`{path}:{query}:{method}:v`): only the path
+    /// segment can hold a `/`, so an encoded path prefix matches its start exactly when it
+    /// matches the path.
+    pub(crate) fn path_onwards(&self) -> &str {
+        self.record.get(self.path..).unwrap_or_default()
     }
 
     /// The host segment of the keys (`-` for none).

@@ -10,6 +10,7 @@ use impcache::{Cache, DeleteProgress, Expire};
 use crate::config::{Config, StatusHeader};
 use crate::invalidate::Targets;
 use crate::key;
+use crate::prefixes;
 
 /// A [`Layer`](tower::Layer) that caches HTTP responses in an [`impcache::Cache`].
 ///
@@ -314,6 +315,30 @@ impl CacheLayer {
         self.with(|c| c.tags_from = Some(tags_from))
     }
 
+    /// Path prefixes that [`purge_prefix`](Self::purge_prefix) purges with a tag instead of a
+    /// sweep of the keyspace (issue 16; default: none), given as in the request line
+    /// (`/users/`, percent-encoded as sent) and matched as `purge_prefix` matches them. Each
+    /// response stored under one carries the prefix's tag for its host
+    /// (`__impcache_prefix:{namespace}:{host}:{prefix}`, the host and prefix as in keys), so a
+    /// hit under a declared prefix is a tagged hit (its tag state read with it: one round trip
+    /// once the URL's tags are learned, see [`tag_headers`](Self::tag_headers)). Only the
+    /// declared prefixes themselves are purged by tag: a longer or shorter prefix sweeps.
+    ///
+    /// An entry under a declared prefix that does not carry its tag (stored before the prefix
+    /// was declared, or by a process that does not declare it) is a miss, and the response
+    /// stored in its place carries the tag: declaring a prefix costs its URLs one handler call
+    /// each. Processes sharing a namespace should declare the same prefixes: responses stored
+    /// by one that does not carry no prefix tag, and that process keeps serving them after a
+    /// purge by tag (the others treat them as misses) until they expire.
+    pub fn tag_prefixes<I>(self, prefixes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let prefixes = crate::prefixes::TagPrefixes::new(prefixes.into_iter().map(Into::into));
+        self.with(|c| c.tag_prefixes = prefixes)
+    }
+
     /// One handler call per URL across the processes sharing the cache (issue 16), with
     /// impcache's cross-process [`Lock`](impcache::Lock) (default: none; within one process,
     /// [`coalesce`](Self::coalesce) already makes one call). A miss's leader takes the lock of
@@ -488,7 +513,16 @@ impl CacheLayer {
 
     /// Removes every stored response whose path starts with `path_prefix` (any query, method,
     /// variant), on `host` or on any host. `/users/` purges the subtree; `/users` also matches
-    /// `/users-old`.
+    /// `/users-old`. Returns the number of keys removed.
+    ///
+    /// A `delete_pattern` sweep (on Redis a `SCAN` of the whole keyspace), except for a prefix
+    /// declared with [`tag_prefixes`](Self::tag_prefixes): its responses are hidden by a tag
+    /// invalidation instead, one write whatever the size of the keyspace (on any host, with keys
+    /// by host: one per host listed for [`purge_url`](Self::purge_url), after reading the list;
+    /// without a list, or past 64 hosts, the sweep). Hidden responses are misses at once in every
+    /// process sharing the cache, and are not removed but expire with their TTL: such a purge
+    /// counts 0. Like [`purge_tag`](Self::purge_tag), a response whose handler call started
+    /// before the purge is a miss from then on.
     pub async fn purge_prefix(
         &self,
         host: Option<&str>,
@@ -506,11 +540,46 @@ impl CacheLayer {
         path_prefix: &str,
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
+        let config = &self.config;
+        if let Some(prefix) = config.tag_prefixes.declared(path_prefix) {
+            if let Some(tags) = self.prefix_tags(host, prefix).await? {
+                config.cache.invalidate_tags(&tags).await?;
+                return Ok(0);
+            }
+        }
         let pattern = self.prefix_pattern(host, path_prefix);
-        self.config
+        config
             .cache
             .delete_pattern_with_progress(&pattern, on_progress)
             .await
+    }
+
+    /// The tags of the declared (encoded) `prefix` on `host`, or on every listed host (see
+    /// [`purge_url`](Self::purge_url)); `None` when the hosts are not known (no list, or too many
+    /// hosts to list).
+    async fn prefix_tags(
+        &self,
+        host: Option<&str>,
+        prefix: &str,
+    ) -> impcache::Result<Option<Vec<String>>> {
+        let config = &self.config;
+        if host.is_some() || !config.key_by_host {
+            let through_host = key::through_host(&config.namespace, config.host(host));
+            return Ok(Some(vec![prefixes::tag(&through_host, prefix)]));
+        }
+        let list = key::hosts_key(&config.namespace);
+        Ok(match members::read(&config.cache, &list).await? {
+            Members::Listed(hosts) if !hosts.is_empty() => Some(
+                hosts
+                    .iter()
+                    .map(|segment| {
+                        let through_host = [&config.namespace, ":", segment, ":"].concat();
+                        prefixes::tag(&through_host, prefix)
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
     }
 
     /// Removes every response this layer's namespace holds in the cache.

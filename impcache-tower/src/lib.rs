@@ -64,7 +64,8 @@
 //! the hosts that stored responses (three round trips).
 //! [`CacheLayer::purge_prefix`] removes every URL under a path prefix, [`CacheLayer::purge_all`]
 //! everything; the sweeps use [`Cache::delete_pattern`](impcache::Cache::delete_pattern) with the
-//! patterns of [`key`].
+//! patterns of [`key`]. A prefix declared with [`CacheLayer::tag_prefixes`] is purged without a
+//! sweep: its responses carry the prefix's tag, and the purge invalidates it.
 //! Each has a `_with_progress` twin ([`CacheLayer::purge_prefix_with_progress`], ...) calling
 //! back after each batch of the sweep, and a purge that fails midway says how many keys it had
 //! removed ([`Error::removed_before_failure`](impcache::Error::removed_before_failure)).
@@ -108,6 +109,7 @@ mod layer;
 mod lock;
 mod metrics;
 mod policy;
+mod prefixes;
 mod render;
 mod revalidate;
 mod service;

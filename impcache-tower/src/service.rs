@@ -487,7 +487,7 @@ where
     // Tags (issue 16): the request's, and the time the handler call starts (an invalidation of
     // one of its tags from then on hides the response).
     let created = tagging::stamp_micros();
-    let request_tags = match &config.tags_from {
+    let mut request_tags = match &config.tags_from {
         Some(tags_from) => {
             let (parts, body) = request.into_parts();
             let request_tags = (tags_from.0)(&parts);
@@ -496,6 +496,8 @@ where
         }
         None => Vec::new(),
     };
+    // With the tags of the declared path prefixes it is under (`CacheLayer::tag_prefixes`).
+    request_tags.extend(config.tag_prefixes.tags_of(&keys));
 
     // 3. The handler (an error is not shared: the waiters call the handler themselves, unless a
     //    stale entry stood in for it); a stale entry with a validator makes the call a

@@ -72,11 +72,25 @@ pub(crate) async fn lookup(config: &Config, keys: &key::UrlKeys, headers: &Heade
         Err(error) => return failed(config, &error),
     };
     match lookup_stored(config, keys, headers, record).await {
+        // Stored before its path's prefixes were declared: out of a prefix purge's reach.
+        Lookup::Hit(entry, seen) if !config.tag_prefixes.reachable(keys, &entry) => {
+            not_served(seen)
+        }
         Lookup::Hit(entry, seen) if entry.tags.is_some() => {
             Box::pin(judge_tags(config, keys, entry, seen, prefetched)).await
         }
         found => found,
     }
+}
+
+/// The miss of a found entry that may not be served (`seen`: found through a Vary marker).
+fn not_served(seen: Option<Seen>) -> Lookup {
+    let fwd = if seen.is_some() {
+        "vary-miss"
+    } else {
+        "uri-miss"
+    };
+    Lookup::Miss(fwd, seen)
 }
 
 /// The state of the tags learned for a URL, read with its record.
@@ -453,14 +467,7 @@ async fn judge_tags(
             tagged.soft_since = Some(since);
             Lookup::Hit(entry, seen)
         }
-        Ok(_) => {
-            let fwd = if seen.is_some() {
-                "vary-miss"
-            } else {
-                "uri-miss"
-            };
-            Lookup::Miss(fwd, seen)
-        }
+        Ok(_) => not_served(seen),
         Err(error) => {
             let logged = config.logged_error(&error);
             tracing::debug!(error = %logged, "impcache-tower: tag state unreadable, calling the handler");

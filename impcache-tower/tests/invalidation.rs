@@ -589,11 +589,14 @@ async fn cost_of_purge_url_by_keyspace_size() {
         .deadline(Duration::from_secs(10))
         .build()
         .unwrap();
-    let layer = CacheLayer::new(Cache::new(repository)).expire(60);
+    let layer = CacheLayer::new(Cache::new(repository))
+        .expire(60)
+        .tag_prefixes(["/items/"]);
     let (svc, _) = service(layer.clone());
     for keys in ["200000", "1000000"] {
         let _: () = redis.cmd(&["DEBUG", "POPULATE", keys, "other"]);
         let (mut by_host, mut any_host, mut sweep) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut prefix_by_tag, mut prefix_sweep) = (Vec::new(), Vec::new());
         for round in 0..5 {
             let uri = format!("/items/{keys}-{round}");
             store_all(&svc, &[&uri]).await;
@@ -609,14 +612,32 @@ async fn cost_of_purge_url_by_keyspace_size() {
             let pattern = layer.url_pattern(None, &uri);
             layer.cache().delete_pattern(&pattern).await.unwrap();
             sweep.push(started.elapsed());
+            // `purge_prefix` of a declared prefix on any host (the list, one tag write), and the
+            // sweep of the same prefix.
+            store_all(&svc, &[&uri]).await;
+            let started = Instant::now();
+            layer.purge_prefix(None, "/items/").await.unwrap();
+            prefix_by_tag.push(started.elapsed());
+            store_all(&svc, &[&uri]).await;
+            let started = Instant::now();
+            let pattern = layer.prefix_pattern(None, "/items/");
+            layer.cache().delete_pattern(&pattern).await.unwrap();
+            prefix_sweep.push(started.elapsed());
         }
-        for purge in [&mut by_host, &mut any_host, &mut sweep] {
+        for purge in [
+            &mut by_host,
+            &mut any_host,
+            &mut sweep,
+            &mut prefix_by_tag,
+            &mut prefix_sweep,
+        ] {
             purge.sort();
         }
         println!(
             "purge_url among {keys} keys, median of 5: by host {:?}, any host {:?}, \
-             the sweep (SCAN) {:?}",
-            by_host[2], any_host[2], sweep[2]
+             the sweep (SCAN) {:?}; purge_prefix of a declared prefix on any host {:?}, \
+             the sweep of that prefix {:?}",
+            by_host[2], any_host[2], sweep[2], prefix_by_tag[2], prefix_sweep[2]
         );
     }
 }
@@ -783,4 +804,130 @@ async fn with_scripts_denied_responses_are_stored_and_purges_sweep() {
             .outcome(),
         "MISS"
     );
+}
+
+/// Sends GETs of `uri` on `host` until one is a hit (bounded): the response stored since the
+/// last purge has landed.
+async fn hit_again(svc: &Svc, host: Option<&str>, uri: &str) {
+    for _ in 0..400 {
+        if send(svc, on_host(host, uri)).await.outcome() == "HIT" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{uri} on {host:?} was never a hit again");
+}
+
+/// `purge_prefix` of a prefix declared with `tag_prefixes`: one tag invalidation hides every
+/// response under it, on one host or on every listed host, whatever its query or `Vary` variant;
+/// other paths and hosts keep theirs; nothing is removed (it counts 0), and what is stored after
+/// the purge is served.
+async fn purge_prefix_of_a_declared_prefix_by_tag(layer: CacheLayer) {
+    let layer = layer.tag_prefixes(["/plain/users/", "/items/"]);
+    let (svc, _) = service(layer.clone());
+    let users = ["/plain/users/1", "/plain/users/2?tab=a"];
+    for host in HOSTS {
+        for uri in users.iter().chain(&["/plain/other/1"]) {
+            stored_on(&layer, &svc, host, uri).await;
+        }
+    }
+    store_all(&svc, &["/items/1", "/items/2?x=1"]).await;
+
+    // On one host.
+    let purged = layer.purge_prefix(Some("A.example"), "/plain/users/");
+    assert_eq!(purged.await.unwrap(), 0);
+    for host in HOSTS {
+        let expected = if host == Some("a.example") {
+            "MISS"
+        } else {
+            "HIT"
+        };
+        for uri in users {
+            let seen = send(&svc, on_host(host, uri)).await;
+            assert_eq!(seen.outcome(), expected, "{uri} on {host:?}");
+        }
+    }
+
+    // On any host (the hosts listed by the stores), and a prefix of URLs with `Vary`.
+    assert_eq!(layer.purge_prefix(None, "/plain/users/").await.unwrap(), 0);
+    assert_eq!(layer.purge_prefix(None, "/items/").await.unwrap(), 0);
+    for host in HOSTS {
+        for uri in users {
+            let seen = send(&svc, on_host(host, uri)).await;
+            assert_eq!(seen.outcome(), "MISS", "{uri} on {host:?}");
+        }
+        let seen = send(&svc, on_host(host, "/plain/other/1")).await;
+        assert_eq!(seen.outcome(), "HIT", "/plain/other/1 on {host:?}");
+    }
+    assert_eq!(outcomes(&svc, "/items/1").await, ("MISS", "MISS"));
+    assert_eq!(outcomes(&svc, "/items/2?x=1").await, ("MISS", "MISS"));
+
+    // Stored again by those misses, served again.
+    for host in HOSTS {
+        hit_again(&svc, host, users[0]).await;
+    }
+    wait_variant(&svc, "/items/1", "text/html").await;
+}
+
+#[tokio::test]
+async fn purge_prefix_of_a_declared_prefix_by_tag_in_memory() {
+    purge_prefix_of_a_declared_prefix_by_tag(CacheLayer::new(memory_cache())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_prefix_of_a_declared_prefix_by_tag_on_redis_without_a_scan() {
+    let redis = RedisServer::start();
+    let _: () = redis.cmd(&["DEBUG", "POPULATE", "200000", "other"]);
+    let before = scans(&redis);
+    purge_prefix_of_a_declared_prefix_by_tag(redis_layer(&redis)).await;
+    assert_eq!(scans(&redis), before, "no SCAN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_prefix_of_a_declared_prefix_by_tag_through_a_near_cache() {
+    let redis = RedisServer::start();
+    purge_prefix_of_a_declared_prefix_by_tag(near_layer(&redis).await).await;
+}
+
+/// An entry stored before its prefix was declared carries no prefix tag, so no purge by tag can
+/// reach it: a layer declaring the prefix treats it as a miss and stores the response again, with
+/// the tag. A prefix not declared (or with the hosts unknown) is swept and counted as before.
+#[tokio::test]
+async fn entries_stored_before_a_prefix_was_declared_are_misses() {
+    let cache = memory_cache();
+    let undeclared = CacheLayer::new(cache.clone());
+    let (svc, _) = service(undeclared.clone());
+    let host = Some("a.example");
+    for uri in ["/plain/users/1", "/plain/other/1"] {
+        stored_on(&undeclared, &svc, host, uri).await;
+        assert_eq!(send(&svc, on_host(host, uri)).await.outcome(), "HIT");
+    }
+
+    let layer = CacheLayer::new(cache.clone()).tag_prefixes(["/plain/users/"]);
+    let (svc, calls) = service(layer.clone());
+    assert_eq!(
+        send(&svc, on_host(host, "/plain/users/1")).await.outcome(),
+        "MISS"
+    );
+    assert_eq!(calls.get(), 1);
+    hit_again(&svc, host, "/plain/users/1").await;
+    assert_eq!(
+        send(&svc, on_host(host, "/plain/other/1")).await.outcome(),
+        "HIT"
+    );
+    assert_eq!(layer.purge_prefix(None, "/plain/users/").await.unwrap(), 0);
+    assert_eq!(
+        send(&svc, on_host(host, "/plain/users/1")).await.outcome(),
+        "MISS"
+    );
+    // Not declared: the sweep.
+    assert_eq!(layer.purge_prefix(None, "/plain/other/").await.unwrap(), 1);
+    assert_eq!(
+        send(&svc, on_host(host, "/plain/other/1")).await.outcome(),
+        "MISS"
+    );
+    // Declared, but the hosts unknown (their list gone): the sweep.
+    hit_again(&svc, host, "/plain/users/1").await;
+    cache.delete("__impcache_hosts:http").await.unwrap();
+    assert_eq!(layer.purge_prefix(None, "/plain/users/").await.unwrap(), 1);
 }
