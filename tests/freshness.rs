@@ -55,6 +55,8 @@ per_store!(
     past_the_stale_window_is_a_miss,
     a_panicking_or_dropped_leader_strands_no_one,
     early_refresh_reloads_a_fresh_value_in_the_background,
+    the_fail_safe_throttle_answers_stale_without_the_loader,
+    a_failed_background_reload_throttles_the_next_ones,
 );
 
 /// Waits (at most [`HANG`]) until `key` holds `value`.
@@ -863,4 +865,107 @@ async fn a_dropped_waiter_loading_on_its_own_stops_its_loader() {
         0,
         "the dropped waiter's loader ran on"
     );
+}
+
+/// How long the throttle tests throttle: long enough that the calls right after a failure are
+/// within it on a loaded machine.
+const THROTTLE: Duration = Duration::from_secs(2);
+
+/// A loader counting its runs in `runs` and failing.
+fn failing_loader(
+    runs: &Arc<AtomicUsize>,
+) -> impl FnOnce() -> std::future::Ready<Result<String, Error>> + Send + 'static {
+    let runs = Arc::clone(runs);
+    move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err(Error::Loader {
+            key: "k".into(),
+            reason: "the origin is down".into(),
+        }))
+    }
+}
+
+/// FusionCache's fail-safe throttle: once the loader failed (the stale value answering), the
+/// stale value answers the key's next calls without a loader run, until the throttle has passed;
+/// then the loader runs again. A miss is not throttled.
+async fn the_fail_safe_throttle_answers_stale_without_the_loader(backend: Backend) {
+    let cache = backend.cache;
+    let policy = Freshness::new()
+        .stale_if_error(MINUTE)
+        .fail_safe_throttle(THROTTLE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let stale_before = cache.stats().stale;
+    for _ in 0..5 {
+        let served = cache.try_get_or_set("k", 60, failing_loader(&runs));
+        assert_eq!(served.freshness(policy).await.unwrap(), "old");
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "one loader run, then throttled"
+    );
+    assert_eq!(
+        cache.stats().stale - stale_before,
+        5,
+        "every stale answer counted"
+    );
+    // The same key without the throttle in its policy loads (and fails) again.
+    let unthrottled = Freshness::new().stale_if_error(MINUTE);
+    let served = cache.try_get_or_set("k", 60, failing_loader(&runs));
+    assert_eq!(served.freshness(unthrottled).await.unwrap(), "old");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // A miss always loads.
+    let absent = cache.try_get_or_set("absent", 60, failing_loader(&runs));
+    assert!(absent.freshness(policy).await.is_err());
+    let absent = cache.try_get_or_set("absent", 60, failing_loader(&runs));
+    assert!(absent.freshness(policy).await.is_err());
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    // Past the throttle the loader runs again, and its value answers.
+    tokio::time::sleep(THROTTLE + 100 * MS).await;
+    let loaded: String = cache
+        .get_or_set("k", 60, || async { "new".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(loaded, "new");
+}
+
+/// Under stale-while-revalidate, a background reload that failed throttles the next ones: the
+/// stale value answers, and no reload starts until the throttle has passed.
+async fn a_failed_background_reload_throttles_the_next_ones(backend: Backend) {
+    let cache = backend.cache;
+    let policy = Freshness::new()
+        .stale_while_revalidate(MINUTE)
+        .fail_safe_throttle(THROTTLE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let served = cache.try_get_or_set("k", 60, failing_loader(&runs));
+    assert_eq!(served.freshness(policy).await.unwrap(), "old");
+    // The background reload runs, fails, and starts the throttle right after.
+    tokio::time::timeout(HANG, async {
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(MS).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(100 * MS).await;
+    for _ in 0..5 {
+        let served = cache.try_get_or_set("k", 60, failing_loader(&runs));
+        assert_eq!(served.freshness(policy).await.unwrap(), "old");
+    }
+    tokio::time::sleep(100 * MS).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "no reload while throttled");
+    // Past the throttle a stale read starts a reload again.
+    tokio::time::sleep(THROTTLE).await;
+    let served = cache.try_get_or_set("k", 60, failing_loader(&runs));
+    assert_eq!(served.freshness(policy).await.unwrap(), "old");
+    tokio::time::timeout(HANG, async {
+        while runs.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(MS).await;
+        }
+    })
+    .await
+    .unwrap();
 }

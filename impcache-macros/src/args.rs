@@ -10,16 +10,17 @@ use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
 use crate::errors::Errors;
 
 /// The valid options, in the order the error message lists them.
-const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `hard_timeout`, `early_refresh`, `lock`, `tags`, `invalidate_all`";
+const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `hard_timeout`, `early_refresh`, `fail_safe_throttle`, `lock`, `tags`, `invalidate_all`";
 
 /// The freshness options (issue 15), each taking seconds or a `Duration`: the name of the
 /// `impcache::Freshness` builder method each one calls.
-const FRESHNESS: [&str; 5] = [
+const FRESHNESS: [&str; 6] = [
     "stale_while_revalidate",
     "stale_if_error",
     "soft_timeout",
     "hard_timeout",
     "early_refresh",
+    "fail_safe_throttle",
 ];
 
 /// `returns = "..."`: which part of the return value is cached, overriding the classification

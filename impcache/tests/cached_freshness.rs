@@ -180,3 +180,35 @@ async fn the_hard_timeout_gives_up_on_the_body() {
         None
     );
 }
+
+static THROTTLED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(
+    cache = CACHE,
+    expire = Duration::from_millis(100),
+    stale_if_error = 60,
+    fail_safe_throttle = 30,
+)]
+async fn throttled(id: u32) -> Result<u32, String> {
+    match THROTTLED_RUNS.fetch_add(1, SeqCst) {
+        0 => Ok(id),
+        _ => Err("the origin is down".to_owned()),
+    }
+}
+
+/// `fail_safe_throttle = ..`: after the body failed once (the stale value answering), the stale
+/// value answers without running the body.
+#[tokio::test]
+async fn the_fail_safe_throttle_answers_stale_without_running_the_body() {
+    assert_eq!(throttled(4).await, Ok(4));
+    until("cached_freshness::throttled:4", "4").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..5 {
+        assert_eq!(throttled(4).await, Ok(4));
+    }
+    assert_eq!(
+        THROTTLED_RUNS.load(SeqCst),
+        2,
+        "one failed run, then throttled"
+    );
+}

@@ -69,11 +69,16 @@ impl Job {
     }
 
     pub(super) fn flight(&self) -> FlightKey {
-        (
-            Arc::as_ptr(self.cache.repository()) as *const () as usize,
-            self.cache.make_key(&self.key),
-        )
+        flight_key(&self.cache, &self.key)
     }
+}
+
+/// The flight key of `key` in `cache`.
+pub(super) fn flight_key(cache: &Cache, key: &str) -> FlightKey {
+    (
+        Arc::as_ptr(cache.repository()) as *const () as usize,
+        cache.make_key(key),
+    )
 }
 
 /// Logs a cache operation of a load that failed: the load goes on without the cache.

@@ -24,7 +24,8 @@ use crate::repository::WithTtl;
 use crate::tags::{self, envelope, LoadedTags, Tags};
 use crate::Cache;
 
-use super::job::{report, FlightKey, Job, TARGET};
+use super::job::{self, report, FlightKey, Job, TARGET};
+use super::throttle;
 
 /// The loads in flight in this process, publishing the value.
 pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> = LazyLock::new(Arc::default);
@@ -234,8 +235,16 @@ where
             Served::Value(value)
         }
         State::Stale { past } if policy.serves_while_revalidating(past) => {
-            cache.served_stale(key, StaleReason::Revalidating);
-            spawn_refresh(job(), ticket, loader);
+            if throttled(cache, key, policy) {
+                cache.served_stale(key, StaleReason::Throttled);
+            } else {
+                cache.served_stale(key, StaleReason::Revalidating);
+                spawn_refresh(job(), ticket, loader);
+            }
+            Served::Value(value)
+        }
+        State::Stale { past } if policy.serves_if_error(past) && throttled(cache, key, policy) => {
+            cache.served_stale(key, StaleReason::Throttled);
             Served::Value(value)
         }
         State::Stale { past } => Served::Load {
@@ -243,6 +252,12 @@ where
             loader,
         },
     }
+}
+
+/// Whether `key`'s loader failed within the policy's fail-safe throttle (checked only for a
+/// stale value that may answer).
+fn throttled(cache: &Cache, key: &str, policy: &Freshness) -> bool {
+    policy.fail_safe_throttle_duration().is_some() && throttle::holds(&job::flight_key(cache, key))
 }
 
 /// A load through the key's flight: lead it, or wait for its leader.
@@ -534,6 +549,9 @@ pub(super) async fn run<V, E, F, Fut>(
             }
         },
         Err(error) => {
+            if let Some(throttle) = job.policy.fail_safe_throttle_duration() {
+                throttle::start(job.flight(), throttle);
+            }
             let serving_stale = stale.is_some();
             match (failure, job.cache.records_keys()) {
                 // The crate's own error names the key: its reason alone.

@@ -21,7 +21,8 @@
 //! - **Loader failure** (an `Err` of `try_get_or_set`, the hard timeout, a panic): logged
 //!   (`WARN`, target `impcache::freshness`), never stored; the stale value is served when one is
 //!   within `stale_if_error`, and published to the waiters too. Without one, each waiter loads on
-//!   its own: errors are never shared.
+//!   its own: errors are never shared. With a `fail_safe_throttle`, the stale value then answers
+//!   the key's calls for that long without a loader run.
 //! - **Cache errors** (down, deadline, breaker open, a key too long): logged, and the loader runs
 //!   and answers; they never fail the call. The read costs at most one deadline, and the store
 //!   happens after the caller is answered.
@@ -50,6 +51,7 @@
 //! - `policy.rs`: [`Freshness`], its options and the fresh/stale rule.
 //! - `request.rs`: [`GetOrSet`] / [`TryGetOrSet`], what `get_or_set` returns.
 //! - `load.rs`: one call: read, classify, load through the flight.
+//! - `throttle.rs`: the fail-safe throttle's table of recently failed keys.
 //! - `lock.rs`: [`Lock`], one loader run across processes (its protocol is in its docs), and
 //!   the lock key's reads and writes.
 //! - `cache_io.rs`: the [`Cache`](crate::Cache) methods of the protocol: `get_or_set`,
@@ -62,6 +64,7 @@ mod lock;
 mod lock_settings;
 mod policy;
 mod request;
+mod throttle;
 
 pub(crate) use load::{get_or_set as load_with, LoadError};
 pub use lock_settings::Lock;

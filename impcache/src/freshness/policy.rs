@@ -22,6 +22,7 @@ use crate::expire::{Expire, Expiry};
 /// | [`soft_timeout(d)`](Freshness::soft_timeout) | with a stale value at hand, answer with it when the loader takes longer than `d`; the loader finishes and stores in the background |
 /// | [`hard_timeout(d)`](Freshness::hard_timeout) | give up on the loader after `d` (stale value if any, else [`Error::Loader`](crate::Error::Loader)) |
 /// | [`early_refresh(d)`](Freshness::early_refresh) | reload a fresh value in the background before it expires, with a probability that rises as the expiry nears (XFetch) |
+/// | [`fail_safe_throttle(d)`](Freshness::fail_safe_throttle) | for `d` after a loader failed, answer with the stale value (within either window) without running the loader |
 /// | [`lock(l)`](Freshness::lock) | one loader run per key across processes: a lock in the repository, the other processes wait for the value (see [`Lock`]) |
 ///
 /// The entry is stored with a time to live of `expire` plus the longer of the two stale windows,
@@ -47,6 +48,7 @@ pub struct Freshness {
     soft_timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
     early_refresh: Option<Duration>,
+    fail_safe_throttle: Option<Duration>,
     lock: Option<Lock>,
 }
 
@@ -75,6 +77,7 @@ impl Freshness {
             soft_timeout: None,
             hard_timeout: None,
             early_refresh: None,
+            fail_safe_throttle: None,
             lock: None,
         }
     }
@@ -123,6 +126,18 @@ impl Freshness {
         self
     }
 
+    /// FusionCache's fail-safe throttle: once a loader of a key failed (an `Err`, a hard
+    /// timeout, a panic; in the foreground or in a background reload), for `throttle` the key's
+    /// stale value answers at once, within [`stale_if_error`](Freshness::stale_if_error) or
+    /// [`stale_while_revalidate`](Freshness::stale_while_revalidate), and no loader runs nor
+    /// background reload starts: a failing origin is not called again at the rate of the
+    /// requests. Per process; past `throttle` the next call loads again. A miss (no stale value)
+    /// always loads. Off by default.
+    pub const fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.fail_safe_throttle = Some(throttle);
+        self
+    }
+
     /// One loader run per key across every process sharing the repository (see [`Lock`]): a
     /// miss takes the key's lock before its loader runs, and the other processes wait for the
     /// value it stores. Also applies to background reloads, which skip when another process
@@ -160,6 +175,11 @@ impl Freshness {
     /// The early-refresh gap, if set.
     pub const fn early_refresh_gap(&self) -> Option<Duration> {
         self.early_refresh
+    }
+
+    /// The fail-safe throttle, if set.
+    pub const fn fail_safe_throttle_duration(&self) -> Option<Duration> {
+        self.fail_safe_throttle
     }
 
     /// How long an entry is kept after its expiry: the longer of the two stale windows (zero

@@ -17,6 +17,8 @@ pub(crate) enum StaleReason {
     Error,
     /// The loader was slower than `soft_timeout`: it goes on in the background.
     SoftTimeout,
+    /// Within `fail_safe_throttle` of a loader failure: no loader run.
+    Throttled,
 }
 
 impl StaleReason {
@@ -26,6 +28,7 @@ impl StaleReason {
             StaleReason::Revalidating => "revalidating",
             StaleReason::Error => "error",
             StaleReason::SoftTimeout => "soft_timeout",
+            StaleReason::Throttled => "fail_safe_throttle",
         }
     }
 }
