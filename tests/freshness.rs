@@ -421,13 +421,7 @@ async fn a_panicking_or_dropped_leader_strands_no_one(backend: Backend) {
         tokio::spawn(async move { cache.get_or_set("k", 60, loader).await })
     };
     // The first caller leads (its loader has started) before the second joins.
-    tokio::time::timeout(HANG, async {
-        while runs.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(MS).await;
-        }
-    })
-    .await
-    .unwrap();
+    until_runs(&runs, 1).await;
     let second = {
         let (cache, loader) = (cache.clone(), counted(&runs, &gate, "other"));
         tokio::spawn(async move { cache.get_or_set("k", 60, loader).await })
@@ -931,6 +925,17 @@ async fn the_fail_safe_throttle_answers_stale_without_the_loader(backend: Backen
     assert_eq!(loaded, "new");
 }
 
+/// Waits (at most [`HANG`]) until `runs` counts `n` loader runs.
+async fn until_runs(runs: &AtomicUsize, n: usize) {
+    tokio::time::timeout(HANG, async {
+        while runs.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(MS).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never {n} loader runs"));
+}
+
 /// Under stale-while-revalidate, a background reload that failed throttles the next ones: the
 /// stale value answers, and no reload starts until the throttle has passed.
 async fn a_failed_background_reload_throttles_the_next_ones(backend: Backend) {
@@ -961,11 +966,5 @@ async fn a_failed_background_reload_throttles_the_next_ones(backend: Backend) {
     tokio::time::sleep(THROTTLE).await;
     let served = cache.try_get_or_set("k", 60, failing_loader(&runs));
     assert_eq!(served.freshness(policy).await.unwrap(), "old");
-    tokio::time::timeout(HANG, async {
-        while runs.load(Ordering::SeqCst) < 2 {
-            tokio::time::sleep(MS).await;
-        }
-    })
-    .await
-    .unwrap();
+    until_runs(&runs, 2).await;
 }
