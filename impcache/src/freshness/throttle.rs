@@ -45,12 +45,16 @@ impl moka::Expiry<FlightKey, Instant> for Until {
     }
 }
 
+/// The longest throttle kept: a year (a longer one, `Duration::MAX` say, would overflow an
+/// `Instant`); past it the key loads again, as it would once its stale window ended anyway.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The loader of `key` failed: its stale value answers for `throttle` from now.
 pub(super) fn start(key: FlightKey, throttle: Duration) {
-    let Some(until) = Instant::now().checked_add(throttle) else {
-        return;
-    };
-    THROTTLED.insert(key, until);
+    let now = Instant::now();
+    if let Some(until) = now.checked_add(throttle.min(LONGEST)) {
+        THROTTLED.insert(key, until);
+    }
 }
 
 /// Whether `key`'s loader failed less than its throttle ago.
