@@ -131,8 +131,8 @@ impl Freshness {
     /// stale value answers at once, within [`stale_if_error`](Freshness::stale_if_error) or
     /// [`stale_while_revalidate`](Freshness::stale_while_revalidate), and no loader runs nor
     /// background reload starts: a failing origin is not called again at the rate of the
-    /// requests. Per process; past `throttle` (at most a year) the next call loads again. A miss (no stale value)
-    /// always loads. Off by default.
+    /// requests. Per process; past `throttle` (at most a year) the next call loads again. A miss
+    /// (no stale value) always loads. Off by default.
     pub const fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.fail_safe_throttle = Some(throttle);
         self
