@@ -97,6 +97,8 @@ pub(crate) struct Config {
     pub(crate) hard_timeout: Option<Duration>,
     /// The XFetch gap of early background revalidations of fresh hits (zero: none).
     pub(crate) early_refresh: Duration,
+    /// How long a URL's stale response answers without a handler call after a call failed.
+    pub(crate) fail_safe_throttle: Option<Duration>,
     /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
     /// were changed after cloning). Inside the config so that a request clones one `Arc`.
     pub(crate) flights: Arc<Flights>,
@@ -145,6 +147,7 @@ impl Config {
             soft_timeout: None,
             hard_timeout: None,
             early_refresh: Duration::ZERO,
+            fail_safe_throttle: None,
             flights: Arc::new(Flights::default()),
             tag_headers: crate::tags::DEFAULT_TAG_HEADERS.to_vec(),
             keep_tag_headers: false,
@@ -187,6 +190,20 @@ impl Config {
     }
 
     /// The host part of a key: `host`, or `None` when keys leave the host out.
+    /// A failed handler call of `url` (its key): throttled, with a fail-safe throttle.
+    pub(crate) fn handler_failed(&self, url: &str) {
+        if let Some(throttle) = self.fail_safe_throttle {
+            impcache::__private::fail_safe::throttle(&self.cache, url, throttle);
+        }
+    }
+
+    /// Whether `url`'s stale response answers without a handler call (a call failed less
+    /// than the fail-safe throttle ago).
+    pub(crate) fn throttled(&self, url: &str) -> bool {
+        self.fail_safe_throttle.is_some()
+            && impcache::__private::fail_safe::throttled(&self.cache, url)
+    }
+
     pub(crate) fn host<'a>(&self, host: Option<&'a str>) -> Option<&'a str> {
         if self.key_by_host {
             host
@@ -231,6 +248,7 @@ impl fmt::Debug for Config {
             .field("soft_timeout", &self.soft_timeout)
             .field("hard_timeout", &self.hard_timeout)
             .field("early_refresh", &self.early_refresh)
+            .field("fail_safe_throttle", &self.fail_safe_throttle)
             .field("tag_headers", &self.tag_headers)
             .field("keep_tag_headers", &self.keep_tag_headers)
             .field("tags_from", &self.tags_from)

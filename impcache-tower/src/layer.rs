@@ -278,6 +278,19 @@ impl CacheLayer {
         self.with(|c| c.early_refresh = gap)
     }
 
+    /// FusionCache's fail-safe throttle (default: none): for `throttle` after a handler call of
+    /// a URL failed (in the foreground, an error, status or timeout a stale response stood in
+    /// for; in a background revalidation, an error, a 5xx or a timeout), its stale response answers
+    /// within the [stale-while-revalidate](Self::stale_while_revalidate) or
+    /// [stale-if-error](Self::stale_if_error) window (the layer's or the response's) without a
+    /// handler call (`Cache-Status: ..; detail=fail-safe-throttle`), so a failing origin is not
+    /// called at the rate of the requests. Per process, as
+    /// [`Freshness::fail_safe_throttle`](impcache::Freshness::fail_safe_throttle) (the same
+    /// table); a miss always calls the handler.
+    pub fn fail_safe_throttle(self, throttle: Duration) -> Self {
+        self.with(|c| c.fail_safe_throttle = Some(throttle))
+    }
+
     /// The first segment of the keys of this layer's responses (default `"http"`), inside the
     /// cache's `{prefix}:{version}:`; its list of hosts is `__impcache_hosts:{namespace}` (see
     /// [`purge_url`](Self::purge_url)), so `__impcache_hosts` itself is reserved. Layers with

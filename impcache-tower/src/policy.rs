@@ -192,6 +192,8 @@ pub(crate) enum Why {
     HandlerTimeout,
     /// The handler took longer than the soft timeout; its call goes on in the background.
     SoftTimeout,
+    /// Within the fail-safe throttle of a failed handler call: the handler is not called.
+    Throttled,
 }
 
 impl Why {
@@ -203,6 +205,7 @@ impl Why {
             Why::HandlerStatus => "handler-status",
             Why::HandlerTimeout => "handler-timeout",
             Why::SoftTimeout => "soft-timeout",
+            Why::Throttled => "fail-safe-throttle",
         }
     }
 }

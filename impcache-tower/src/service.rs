@@ -211,6 +211,22 @@ where
                             }
                             return Ok(hit(entry, request.headers(), head, config, now));
                         }
+                        // A handler call failed lately (the fail-safe throttle): the stale
+                        // entry answers, the handler is left alone.
+                        Judged::WhileRevalidating { past } | Judged::IfError { past }
+                            if config.throttled(keys.url()) =>
+                        {
+                            counted.count(LayerOutcome::Stale);
+                            let why = Why::Throttled;
+                            return Ok(stale_hit(
+                                entry,
+                                request.headers(),
+                                head,
+                                config,
+                                past,
+                                why,
+                            ));
+                        }
                         Judged::WhileRevalidating { past } => {
                             counted.count(LayerOutcome::Stale);
                             let response = stale_hit(
@@ -737,6 +753,7 @@ fn stood_in<B>(
     if let Some(guard) = guard {
         guard.publish(Shared::StoodIn(why));
     }
+    config.handler_failed(url);
     tracing::warn!(
         target: "impcache_tower",
         url = config.logged(url),
@@ -921,12 +938,17 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
             match forward(&config, miss).await {
                 // Read to its end: a streamed body is stored once complete.
                 Ok(response) => {
+                    // A status that a stale response would stand in for is a failed call.
+                    if response.status().is_server_error() {
+                        config.handler_failed(&url);
+                    }
                     if let Err(error) = response.into_body().collect().await {
-                        let url = config.logged(&url);
-                        tracing::debug!(%error, url, "impcache-tower: revalidation body failed");
+                        let logged = config.logged(&url);
+                        tracing::debug!(%error, url = logged, "impcache-tower: revalidation body failed");
                     }
                 }
                 Err(_) => {
+                    config.handler_failed(&url);
                     let url = config.logged(&url);
                     tracing::debug!(url, "impcache-tower: revalidation failed");
                 }
@@ -936,6 +958,7 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
             .await
             .is_err()
         {
+            config.handler_failed(&url);
             let url = config.logged(&url);
             tracing::debug!(url, "impcache-tower: revalidation timed out");
         }

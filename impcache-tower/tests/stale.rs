@@ -223,6 +223,113 @@ async fn if_error_serves_stale_on_5xx_error_and_timeout(cache: Cache) {
     assert_eq!(body, format!("call {}", origin.calls()));
 }
 
+/// How long the throttle tests throttle: the requests right after a failure are within it on a
+/// loaded machine.
+const THROTTLE: Duration = Duration::from_secs(2);
+
+/// Polls `uri` until the origin has been called `calls` times (bounded).
+async fn until_calls(origin: &Origin, calls: usize) {
+    for _ in 0..500 {
+        if origin.calls() >= calls {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the origin was never called {calls} times");
+}
+
+/// The fail-safe throttle (FusionCache's): after a handler call that failed with a stale
+/// response standing in, the next requests of the URL get the stale response without a handler
+/// call until the throttle has passed; then the handler is called again, and its success stored.
+async fn fail_safe_throttle_leaves_a_failing_handler_alone(cache: Cache) {
+    let origin = Origin::new("");
+    let layer = layer(cache)
+        .stale_if_error(Duration::from_secs(60))
+        .fail_safe_throttle(THROTTLE);
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/throttled").await.unwrap();
+    wait_stored(&layer, "/throttled").await;
+    past_freshness().await;
+    origin.set(Answer::Error);
+    let (_, x_cache, cache_status, body) = call(&service, "/throttled").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+    assert!(
+        cache_status.ends_with("; detail=handler-error"),
+        "{cache_status}"
+    );
+    assert_eq!(origin.calls(), 2);
+    for _ in 0..5 {
+        let (status, x_cache, cache_status, body) = call(&service, "/throttled").await.unwrap();
+        assert_eq!(
+            (status, x_cache.as_str(), body.as_ref()),
+            (StatusCode::OK, "STALE", &b"call 1"[..])
+        );
+        assert!(
+            cache_status.ends_with("; detail=fail-safe-throttle"),
+            "{cache_status}"
+        );
+    }
+    assert_eq!(origin.calls(), 2, "no handler call while throttled");
+    // Past the throttle the handler is called again; its success is stored.
+    origin.set(Answer::Ok);
+    tokio::time::sleep(THROTTLE).await;
+    let (_, x_cache, _, body) = call(&service, "/throttled").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("MISS", &b"call 3"[..]));
+}
+
+/// Under stale-while-revalidate, a background revalidation that failed (a 5xx) throttles the
+/// next ones: the stale response answers, and no handler call starts until the throttle has
+/// passed.
+async fn fail_safe_throttle_after_a_failed_revalidation(cache: Cache) {
+    let origin = Origin::new("");
+    let layer = layer(cache)
+        .stale_while_revalidate(Duration::from_secs(60))
+        .fail_safe_throttle(THROTTLE);
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/revalidated").await.unwrap();
+    wait_stored(&layer, "/revalidated").await;
+    past_freshness().await;
+    origin.set(Answer::Status(503));
+    let (_, x_cache, _, body) = call(&service, "/revalidated").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+    // The background call (100 ms late) fails; the throttle starts right after its answer.
+    until_calls(&origin, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let (_, x_cache, cache_status, body) = call(&service, "/revalidated").await.unwrap();
+        assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+        assert!(
+            cache_status.ends_with("; detail=fail-safe-throttle"),
+            "{cache_status}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.calls(), 2, "no revalidation while throttled");
+    // Past the throttle a stale request starts a revalidation again.
+    origin.set(Answer::Ok);
+    tokio::time::sleep(THROTTLE).await;
+    let (_, _, cache_status, _) = call(&service, "/revalidated").await.unwrap();
+    assert!(
+        cache_status.ends_with("; detail=revalidating"),
+        "{cache_status}"
+    );
+    until_calls(&origin, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_throttle_on_memory() {
+    fail_safe_throttle_leaves_a_failing_handler_alone(memory_cache()).await;
+    fail_safe_throttle_after_a_failed_revalidation(memory_cache()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_throttle_on_redis() {
+    let redis = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
+    fail_safe_throttle_leaves_a_failing_handler_alone(cache.clone()).await;
+    fail_safe_throttle_after_a_failed_revalidation(cache).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_revalidating_on_memory() {
     while_revalidating_serves_stale_and_calls_the_handler_once(memory_cache()).await;
