@@ -73,13 +73,10 @@ fn push_host_segment(out: &mut String, host: Option<&str>) {
     }
 }
 
-/// `{namespace}:{host}:` as [`UrlKeys`] writes it for `host` (`None`: the `-` of no host).
-pub(crate) fn through_host(namespace: &str, host: Option<&str>) -> String {
-    let mut out = String::with_capacity(namespace.len() + host.map_or(1, str::len) + 2);
-    out.push_str(namespace);
-    out.push(':');
+/// The host segment of keys for `host`, as [`UrlKeys`] writes it (`None`: `-`).
+pub(crate) fn host_segment(host: Option<&str>) -> String {
+    let mut out = String::new();
     push_host_segment(&mut out, host);
-    out.push(':');
     out
 }
 

@@ -494,16 +494,13 @@ impl CacheLayer {
         let config = &self.config;
         let urls = vec![path_and_query.to_owned()];
         let targets = if host.is_none() && config.key_by_host {
-            // On any host: the hosts that stored responses are listed (`store.rs`).
-            let list = key::hosts_key(&config.namespace);
-            match members::read(&config.cache, &list).await? {
-                Members::Listed(hosts) if !hosts.is_empty() => {
+            match self.listed_hosts().await? {
+                Some(hosts) => {
                     let hosts = hosts.iter().map(|h| key::host_of_segment(h)).collect();
                     Targets::on_hosts(config, hosts, urls)
                 }
-                // No list (responses stored by an earlier version, or none at all), or too many
-                // hosts to list: the sweep.
-                _ => {
+                // The hosts not known: the sweep.
+                None => {
                     let pattern = self.url_pattern(host, path_and_query);
                     return config
                         .cache
@@ -576,21 +573,29 @@ impl CacheLayer {
         prefix: &str,
     ) -> impcache::Result<Option<Vec<String>>> {
         let config = &self.config;
-        if host.is_some() || !config.key_by_host {
-            let through_host = key::through_host(&config.namespace, config.host(host));
-            return Ok(Some(vec![prefixes::tag(&through_host, prefix)]));
-        }
+        let segments = if host.is_some() || !config.key_by_host {
+            vec![key::host_segment(config.host(host))]
+        } else {
+            match self.listed_hosts().await? {
+                Some(segments) => segments,
+                None => return Ok(None),
+            }
+        };
+        let tag = |segment: &String| {
+            let through_host = [&config.namespace, ":", segment, ":"].concat();
+            prefixes::tag(&through_host, prefix)
+        };
+        Ok(Some(segments.iter().map(tag).collect()))
+    }
+
+    /// The host segments listed in the namespace's list of hosts (each store adds its host
+    /// before writing its record, `store.rs`); `None` when the hosts are not known: no list
+    /// (responses stored by an earlier version, or none at all) or too many hosts to list.
+    async fn listed_hosts(&self) -> impcache::Result<Option<Vec<String>>> {
+        let config = &self.config;
         let list = key::hosts_key(&config.namespace);
         Ok(match members::read(&config.cache, &list).await? {
-            Members::Listed(hosts) if !hosts.is_empty() => Some(
-                hosts
-                    .iter()
-                    .map(|segment| {
-                        let through_host = [&config.namespace, ":", segment, ":"].concat();
-                        prefixes::tag(&through_host, prefix)
-                    })
-                    .collect(),
-            ),
+            Members::Listed(hosts) if !hosts.is_empty() => Some(hosts),
             _ => None,
         })
     }

@@ -44,13 +44,18 @@ impl Members {
             return Members::TooMany;
         }
         Members::Listed(
-            bytes
-                .split(|&b| b == b'\n')
-                .filter(|member| !member.is_empty())
+            listed(bytes)
                 .map(|member| String::from_utf8_lossy(member).into_owned())
                 .collect(),
         )
     }
+}
+
+/// The members of the list `bytes`, each without its `\n`.
+fn listed(bytes: &[u8]) -> impl Iterator<Item = &[u8]> + Clone {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|member| !member.is_empty())
 }
 
 /// Checks that `member` can be listed: not empty, no `\n`, not `*` (the mark of a full list).
@@ -76,7 +81,7 @@ pub(crate) fn with_member(old: Option<&[u8]>, member: &str) -> Bytes {
     if old == TOO_MANY {
         return Bytes::from_static(TOO_MANY);
     }
-    let listed = old.split(|&b| b == b'\n').filter(|m| !m.is_empty());
+    let listed = listed(old);
     if listed.clone().any(|m| m == member.as_bytes()) {
         return Bytes::copy_from_slice(old);
     }
