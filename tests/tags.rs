@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use impcache::{Cache, Freshness, RedisCacheRepository};
+use bytes::Bytes;
+use impcache::{Cache, Freshness, RedisCacheRepository, TagInvalidation};
 use impcache_tests::loader::counted;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
@@ -61,6 +62,8 @@ per_store!(
     tags_chosen_from_the_value_hide_it_when_invalidated,
     an_invalidation_of_a_chosen_tag_during_the_computation_is_not_missed,
     a_failed_loader_chooses_no_tags_and_stores_nothing,
+    an_earlier_invalidation_landing_later_undoes_nothing,
+    every_repository_keeps_the_later_invalidation,
 );
 
 /// The races of invalidations, on a runtime with worker threads: the memory repository's
@@ -682,4 +685,90 @@ async fn a_failed_loader_chooses_no_tags_and_stores_nothing(b: Backend) {
     );
     cache.invalidate_tag("t").await.unwrap();
     assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+}
+
+/// The state key of `tag` (`{prefix}:__impcache_tag:{tag}`).
+fn state_key(cache: &Cache, tag: &str) -> String {
+    format!("{}:__impcache_tag:{tag}", cache.key_prefix())
+}
+
+/// Two processes invalidate a tag: the one whose invalidation was stamped first is slower to
+/// land (a delayed request, or a clock behind). The later invalidation stays recorded, so an
+/// entry created between the two stamps is a miss after the later one, as the issue's "never
+/// served as fresh after it" asks. (With a blind `SET` for each, the earlier stamp landing last
+/// undid the later one and the entry came back.) The delayed invalidation is written through the
+/// repository, as `Cache::invalidate_tag` writes it, with the earlier stamp.
+async fn an_earlier_invalidation_landing_later_undoes_nothing(b: Backend) {
+    for kind in [TagInvalidation::Hard, TagInvalidation::Soft] {
+        let (key, tag) = (format!("k-{kind:?}"), format!("t-{kind:?}"));
+        let earlier = impcache::__private::tags::stamp_micros();
+        tokio::time::sleep(MS).await;
+        b.cache
+            .set_tagged(&key, &"between", 60, [&tag])
+            .await
+            .unwrap();
+        tokio::time::sleep(MS).await;
+        match kind {
+            TagInvalidation::Hard => b.other.invalidate_tag(&tag).await.unwrap(),
+            _ => b.other.soft_invalidate_tag(&tag).await.unwrap(),
+        }
+        let delayed = Bytes::from(earlier.to_string());
+        b.cache
+            .repository()
+            .mark_tag(&state_key(&b.cache, &tag), kind, delayed)
+            .await
+            .unwrap();
+        let got: Option<String> = b.cache.get(&key).await.unwrap();
+        assert_eq!(got, None, "{kind:?}: the later invalidation was undone");
+        // Under a stale window, a soft-invalidated entry is stale, a hard-invalidated one gone.
+        let policy = Freshness::new().stale_while_revalidate(MINUTE);
+        let value: String = b
+            .cache
+            .get_or_set(&key, 60, || async { "reloaded".to_owned() })
+            .tags([&tag])
+            .freshness(policy)
+            .await
+            .unwrap();
+        let expected = match kind {
+            TagInvalidation::Hard => "reloaded",
+            _ => "between",
+        };
+        assert_eq!(value, expected, "{kind:?}");
+    }
+}
+
+/// Every repository's atomic invalidation (Redis: the script; memory: under the entry's lock)
+/// writes the state `tags::marked` computes (its unit test holds the same table): each time
+/// replaced only by a later one of its kind, the soft time dropped once the hard one covers it.
+async fn every_repository_keeps_the_later_invalidation(b: Backend) {
+    use TagInvalidation::{Hard, Soft};
+    let cases: [(&[(TagInvalidation, u64)], &str); 9] = [
+        (&[(Soft, 5)], ";5"),
+        (&[(Hard, 3), (Soft, 5)], "3;5"),
+        (&[(Hard, 3), (Soft, 6), (Soft, 5)], "3;6"),
+        (&[(Hard, 7), (Soft, 5)], "7"),
+        (&[(Hard, 6), (Hard, 5)], "6"),
+        (&[(Hard, 6), (Soft, 8), (Hard, 5)], "6;8"),
+        (&[(Hard, 3), (Soft, 4), (Hard, 5)], "5"),
+        (&[(Hard, 3), (Soft, 9), (Hard, 5)], "5;9"),
+        // Today's times (16 digits) compare as numbers, not as text, and are written back whole.
+        (
+            &[(Hard, 1_764_800_000_000_001), (Hard, 999_999_999_999_999)],
+            "1764800000000001",
+        ),
+    ];
+    let repository = b.cache.repository();
+    for (case, (marks, state)) in cases.iter().enumerate() {
+        let key = state_key(&b.cache, &format!("case{case}"));
+        for (kind, at) in *marks {
+            let at = Bytes::from(at.to_string());
+            repository.mark_tag(&key, *kind, at).await.unwrap();
+        }
+        let got = repository.get(&key).await.unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(state.as_bytes()),
+            "case {case}: {marks:?}"
+        );
+    }
 }

@@ -23,7 +23,7 @@ use crate::observe::{CacheStats, Counters};
 use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
 use crate::repository::CacheRepository;
-use crate::tags::{self, envelope, Kind, StateKeys, Tags, Verdict};
+use crate::tags::{self, envelope, StateKeys, TagInvalidation, Tags, Verdict};
 
 /// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
 /// operation's span, then counted in the stats and the metrics; evaluates to `Result<T>`.
@@ -832,19 +832,21 @@ impl Cache {
 
     /// Invalidates every entry tagged `tag` that exists now or is being computed (its loader
     /// started before this call): they read as misses from now on, in every process sharing the
-    /// repository. One `SET` of the tag's key, never a scan; counted as a `set_many`.
+    /// repository. One `EVAL` of a script on the tag's key (keeping the later time if another
+    /// process's invalidation, stamped later, landed first), never a scan; counted as a
+    /// `set_many`.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
-        self.mark_tags(Tags::new([tag]), Kind::Hard).await
+        self.mark_tags(Tags::new([tag]), TagInvalidation::Hard)
+            .await
     }
 
-    /// [`invalidate_tag`](Cache::invalidate_tag) of each of `tags`, in one round trip (on Cluster
-    /// one per node).
+    /// [`invalidate_tag`](Cache::invalidate_tag) of each of `tags` (one `EVAL` each, in turn).
     pub async fn invalidate_tags<I>(&self, tags: I) -> Result<()>
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        self.mark_tags(Tags::new(tags), Kind::Hard).await
+        self.mark_tags(Tags::new(tags), TagInvalidation::Hard).await
     }
 
     /// Marks every entry tagged `tag` stale (Fastly's soft purge): a
@@ -852,9 +854,10 @@ impl Cache {
     /// still serves it, counting the window from now, while one reload runs; reads without a
     /// stale window (and plain [`get`](Cache::get)) see a miss. Entries a hard invalidation hid
     /// stay hidden: on Redis one `EVAL` of a script rewriting the tag's key keeping its hard
-    /// invalidation time, never a scan; counted as a `set_many`.
+    /// invalidation time (and the later soft time), never a scan; counted as a `set_many`.
     pub async fn soft_invalidate_tag(&self, tag: &str) -> Result<()> {
-        self.mark_tags(Tags::new([tag]), Kind::Soft).await
+        self.mark_tags(Tags::new([tag]), TagInvalidation::Soft)
+            .await
     }
 
     /// [`soft_invalidate_tag`](Cache::soft_invalidate_tag) of each of `tags` (one `EVAL` each).
@@ -863,13 +866,13 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        self.mark_tags(Tags::new(tags), Kind::Soft).await
+        self.mark_tags(Tags::new(tags), TagInvalidation::Soft).await
     }
 
-    /// Writes the time now into the state key of each of `tags`: hard, one `set_many` (the state
-    /// replaced); soft, the soft time replaced and the hard one kept, atomically on the built-in
-    /// repositories (`crate::tags`'s module doc).
-    async fn mark_tags(&self, tags: Tags, kind: Kind) -> Result<()> {
+    /// Records an invalidation of `kind` now in the state key of each of `tags` (one `EVAL`
+    /// each on Redis): each time a state holds replaced only by a later one, atomically on the
+    /// built-in repositories (`crate::tags`'s module doc).
+    async fn mark_tags(&self, tags: Tags, kind: TagInvalidation) -> Result<()> {
         observed!(self, Operation::SetMany, None, async {
             for tag in tags.as_slice() {
                 self.check_tag(tag)?;
@@ -877,18 +880,8 @@ impl Cache {
             let now = Bytes::from(tags::stamp_micros().to_string());
             let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
             let keys = keys.keys();
-            match kind {
-                Kind::Hard => {
-                    self.shared
-                        .backend
-                        .mark_tags_hard(&keys, now.clone())
-                        .await?;
-                }
-                Kind::Soft => {
-                    for key in &keys {
-                        self.shared.backend.mark_tag_soft(key, now.clone()).await?;
-                    }
-                }
+            for key in &keys {
+                self.shared.backend.mark_tag(key, kind, now.clone()).await?;
             }
             Ok(((), Tally::written(now.len() * keys.len())))
         })

@@ -125,7 +125,7 @@ pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder
 pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
 #[cfg(feature = "sentinel")]
 pub use repository::sentinel::{RedisSentinelCacheRepository, RedisSentinelCacheRepositoryBuilder};
-pub use repository::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
+pub use repository::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::failure::Failed;
 use super::memory::MemoryCacheRepository;
 use super::redis::RedisCacheRepository;
-use super::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
+use super::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
@@ -309,21 +309,6 @@ impl Backend {
         }
     }
 
-    /// The tag states of a hard invalidation at `at`: a [`set_many`](Backend::set_many) of `at`
-    /// to every key, except in memory, where the write takes the lock the soft invalidation's
-    /// read-modify-write takes (`MemoryCacheRepository::mark_tags_hard_now`).
-    pub(crate) async fn mark_tags_hard(&self, keys: &[&str], at: Bytes) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        if let Backend::Memory(memory) = self {
-            memory.mark_tags_hard_now(keys, &at);
-            return Ok(());
-        }
-        let entries: Vec<(&str, Bytes)> = keys.iter().map(|key| (*key, at.clone())).collect();
-        self.set_many(&entries, Expiry::Never).await
-    }
-
     /// `member` added to the member list at `key` (see `crate::members`).
     pub(crate) async fn add_member(
         &self,
@@ -355,22 +340,23 @@ impl Backend {
         }
     }
 
-    /// A tag's soft invalidation at `at` in its state key `key` (the hard time kept).
-    pub(crate) async fn mark_tag_soft(&self, key: &str, at: Bytes) -> Result<()> {
+    /// A tag's invalidation of `kind` at `at` in its state key `key` (each time the later of
+    /// the recorded one and `at`: `CacheRepository::mark_tag`).
+    pub(crate) async fn mark_tag(&self, key: &str, kind: TagInvalidation, at: Bytes) -> Result<()> {
         match self {
             Backend::Memory(memory) => {
-                memory.mark_tag_soft_now(key, &at);
+                memory.mark_tag_now(key, kind, &at);
                 Ok(())
             }
             Backend::Redis(redis) => redis
-                .mark_tag_soft_direct(key, &at)
+                .mark_tag_direct(key, kind, &at)
                 .await
                 .map_err(Failed::into_error),
-            Backend::Custom(repository) => repository.mark_tag_soft(key, at).await,
+            Backend::Custom(repository) => repository.mark_tag(key, kind, at).await,
             Backend::Near(near) => {
                 near.track();
                 let write = near.store.writing(vec![key.as_bytes()]);
-                let result = Box::pin(near.remote.mark_tag_soft(key, at)).await;
+                let result = Box::pin(near.remote.mark_tag(key, kind, at)).await;
                 // Whether the script changed the state is not known: no echo is expected.
                 write.written(false);
                 result
@@ -655,19 +641,24 @@ mod tests {
         Ok(())
     }
 
-    /// The trait's default soft invalidation (a read, then a write) keeps the hard time, as the
-    /// built-in repositories' atomic ones do.
+    /// The trait's default invalidation (a read, then a write) keeps the later time of each
+    /// kind, as the built-in repositories' atomic ones do.
     #[tokio::test]
-    async fn every_arm_keeps_the_hard_time_on_a_soft_invalidation() -> Result<()> {
+    async fn every_arm_keeps_the_later_invalidation() -> Result<()> {
+        use TagInvalidation::{Hard, Soft};
         let memory = MemoryCacheRepository::new();
         let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped(MemoryCacheRepository::new()));
         for backend in [Backend::Memory(memory), Backend::of(&custom)] {
-            backend.mark_tag_soft("s", Bytes::from_static(b"5")).await?;
-            backend
-                .set_many(&[("s", Bytes::from_static(b"7"))], Expiry::Never)
-                .await?;
-            backend.mark_tag_soft("s", Bytes::from_static(b"8")).await?;
-            backend.mark_tag_soft("s", Bytes::from_static(b"9")).await?;
+            let marks: [(TagInvalidation, &'static [u8]); 5] = [
+                (Soft, b"5"),
+                (Hard, b"7"),
+                (Hard, b"6"),
+                (Soft, b"9"),
+                (Soft, b"8"),
+            ];
+            for (kind, at) in marks {
+                backend.mark_tag("s", kind, Bytes::from_static(at)).await?;
+            }
             let states = backend.get_many(&["s"]).await?;
             assert_eq!(states, [Some(Bytes::from_static(b"7;9"))], "{backend:?}");
         }

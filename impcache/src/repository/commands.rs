@@ -2,6 +2,7 @@
 
 use crate::error::{shown, Error};
 use crate::expire::Expiry;
+use crate::tags::TagInvalidation;
 
 /// Refuses, before anything is sent, a value larger than the repository accepts.
 pub(crate) fn check_value_size(key: &str, size: usize, limit: usize) -> Result<(), Error> {
@@ -93,12 +94,19 @@ pub(crate) fn delete_if_equal_command(key: &str, expected: &[u8]) -> redis::Cmd 
 
 // --- Tags (issue 16). ---
 
-/// A soft invalidation of a tag (`crate::tags::with_soft`, in Lua): the state's hard time (what
-/// precedes its first `;`, if any) kept, the soft time replaced by `ARGV[1]`; atomic on the one
-/// key, so a hard invalidation landing at the same time is never lost.
-pub(crate) const MARK_TAG_SOFT_SCRIPT: &str = "local old = redis.call('GET', KEYS[1]) \
-     local hard = '' if old then hard = string.match(old, '^[^;]*') end \
-     redis.call('SET', KEYS[1], hard .. ';' .. ARGV[1]) return 1";
+/// An invalidation of a tag (`crate::tags::marked`, in Lua): `ARGV[1]` (`hard` or `soft`) at
+/// `ARGV[2]`, each time of the state the later of the two, the soft time dropped once the hard
+/// one covers it; atomic on the one key, so concurrent invalidations are never lost. Times are
+/// compared as numbers (µs since the epoch are below 2^53, exact in Lua's doubles) and written
+/// back as they came: Lua would print a large number in exponent form.
+pub(crate) const MARK_TAG_SCRIPT: &str = "local old = redis.call('GET', KEYS[1]) or '' \
+     local hard, soft = string.match(old, '^([^;]*);?(.*)$') \
+     local function later(a, b) local x, y = tonumber(a), tonumber(b) \
+       return x ~= nil and (y == nil or x > y) end \
+     if ARGV[1] == 'hard' then if later(ARGV[2], hard) then hard = ARGV[2] end \
+     elseif later(ARGV[2], soft) then soft = ARGV[2] end \
+     if tonumber(soft) ~= nil and later(soft, hard) then hard = hard .. ';' .. soft end \
+     redis.call('SET', KEYS[1], hard) return 1";
 
 /// `EVAL` of [`ADD_MEMBER_SCRIPT`](crate::members::ADD_MEMBER_SCRIPT): `member` added to the
 /// list at `key`, which then lives at least `expiry`.
@@ -118,14 +126,14 @@ pub(crate) fn add_member_command(key: &str, member: &str, expiry: Expiry) -> red
     cmd
 }
 
-/// `EVAL` of [`MARK_TAG_SOFT_SCRIPT`] on the state key `key` with the time `at`.
-pub(crate) fn mark_tag_soft_command(key: &str, at: &[u8]) -> redis::Cmd {
-    let mut cmd =
-        redis::Cmd::with_capacity(5, MARK_TAG_SOFT_SCRIPT.len() + key.len() + at.len() + 8);
+/// `EVAL` of [`MARK_TAG_SCRIPT`] on the state key `key`: an invalidation of `kind` at `at`.
+pub(crate) fn mark_tag_command(key: &str, kind: TagInvalidation, at: &[u8]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(6, MARK_TAG_SCRIPT.len() + key.len() + at.len() + 12);
     cmd.arg("EVAL")
-        .arg(MARK_TAG_SOFT_SCRIPT)
+        .arg(MARK_TAG_SCRIPT)
         .arg(1)
         .arg(key)
+        .arg(kind.as_str())
         .arg(at);
     cmd
 }

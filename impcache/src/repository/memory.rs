@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::commands::SCAN_BATCH;
-use super::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
+use super::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::glob::glob_match;
@@ -250,17 +250,13 @@ impl MemoryCacheRepository {
         matches!(removed, moka::ops::compute::CompResult::Removed(_))
     }
 
-    /// A tag's soft invalidation ([`CacheRepository::mark_tag_soft`]), atomic under the entry's
-    /// lock. No expiry, as every tag state.
-    ///
-    /// moka serializes its compute calls on a key with each other, not with a plain `insert`:
-    /// hard invalidations are written through [`mark_tags_hard_now`](Self::mark_tags_hard_now)
-    /// for that reason.
-    pub(crate) fn mark_tag_soft_now(&self, key: &str, at: &[u8]) {
+    /// A tag's invalidation ([`CacheRepository::mark_tag`]), atomic under the entry's lock. No
+    /// expiry, as every tag state.
+    pub(crate) fn mark_tag_now(&self, key: &str, kind: TagInvalidation, at: &[u8]) {
         self.entries.entry_by_ref(key).and_compute_with(|found| {
             let old = found.as_ref().map(|entry| &entry.value().value[..]);
             moka::ops::compute::Op::Put(Entry {
-                value: crate::tags::with_soft(old, at),
+                value: crate::tags::marked(old, kind, at),
                 ttl: None,
                 written: WrittenAt::default(),
             })
@@ -291,22 +287,6 @@ impl MemoryCacheRepository {
                 written: WrittenAt::default(),
             })
         });
-    }
-
-    /// The tag states of a hard invalidation at `at`, each key replaced, with no expiry: under
-    /// the same per-key lock as [`mark_tag_soft_now`](Self::mark_tag_soft_now), so that a soft
-    /// invalidation's read-modify-write never overwrites a hard one landing between its read
-    /// and its write (a plain `insert` could).
-    pub(crate) fn mark_tags_hard_now(&self, keys: &[&str], at: &Bytes) {
-        for key in keys {
-            self.entries.entry_by_ref(*key).and_compute_with(|_| {
-                moka::ops::compute::Op::Put(Entry {
-                    value: at.clone(),
-                    ttl: None,
-                    written: WrittenAt::default(),
-                })
-            });
-        }
     }
 
     pub(crate) fn delete_many_now(&self, keys: &[&str]) -> u64 {
@@ -468,8 +448,13 @@ impl CacheRepository for MemoryCacheRepository {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
-        self.mark_tag_soft_now(key, &at);
+    fn mark_tag<'a>(
+        &'a self,
+        key: &'a str,
+        kind: TagInvalidation,
+        at: Bytes,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.mark_tag_now(key, kind, &at);
         Box::pin(std::future::ready(Ok(())))
     }
 

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::progress::DeleteProgress;
+pub use crate::tags::TagInvalidation;
 
 pub(crate) mod backend;
 pub mod breaker;
@@ -173,21 +174,26 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
-    /// Records a soft invalidation of a tag at `at` (µs since the epoch, decimal) in its state
-    /// key `key`, keeping the hard invalidation time the key holds: the state `{hard}` or
-    /// `{hard};{soft}` becomes `{hard};{at}` (`;{at}` when the key holds nothing), with no
-    /// expiry. (A hard invalidation is a plain [`set_many`](CacheRepository::set_many): an
-    /// override must be atomic with respect to it.) On
-    /// Redis one `EVAL` of a script on the one key (so it works on Cluster); in memory atomic
-    /// under the entry's lock.
+    /// Records an invalidation of a tag, of `kind`, at `at` (µs since the epoch, decimal), in its
+    /// state key `key` (`{hard}`, `{hard};{soft}` or `;{soft}`, with no expiry): each time the
+    /// key holds is replaced only by a later one of its kind, and the soft time is dropped once
+    /// the hard one covers it (`tags::marked`). An invalidation stamped earlier than one
+    /// already recorded (another process's, delayed on its way) then never undoes it, and a hard
+    /// and a soft one racing are both kept. On Redis one `EVAL` of a script on the one key (so it
+    /// works on Cluster); in memory atomic under the entry's lock.
     ///
-    /// The default reads the key and writes it in two calls: not atomic (a hard invalidation
-    /// landing between the two is lost: the entries it hid come back, stale). A repository
-    /// shared between processes should override it.
-    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+    /// The default reads the key and writes it in two calls: not atomic (an invalidation landing
+    /// between the two is lost: the entries it hid come back). A repository shared between
+    /// processes should override it.
+    fn mark_tag<'a>(
+        &'a self,
+        key: &'a str,
+        kind: TagInvalidation,
+        at: Bytes,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let old = self.get(key).await?;
-            let state = crate::tags::with_soft(old.as_deref(), &at);
+            let state = crate::tags::marked(old.as_deref(), kind, &at);
             self.set(key, state, Expiry::Never).await
         })
     }

@@ -17,23 +17,22 @@
 //!   (Before this layout, unreleased, the tag keys were `{prefix}:{version}:__impcache_tag:{tag}`,
 //!   and before that a tag had two keys, `…:hard:{tag}` and `…:soft:{tag}`: they are not read,
 //!   and not migrated.)
-//! - **Invalidation writes**: a hard invalidation at `t` is a blind `SET` of `{t}` (one
-//!   `set_many` for several tags: O(1) round trips, no read). Dropping the soft time it
-//!   overwrites loses nothing when that time is at or before `t`: every entry it made stale
-//!   (created at or before it, plus the skew allowance) is gone under `t` too. A soft time
-//!   *after* `t` is dropped only when a soft invalidation stamped later than the hard one lands
-//!   first (two processes racing within their network delay or clock skew): the last write to
-//!   land wins, as between two hard (or two soft) invalidations, which were never merged either.
-//!   A soft invalidation must keep the hard time (entries created before the hard time must
-//!   stay gone, not become stale), so it is a read-modify-write, made atomic by the repository
-//!   ([`CacheRepository::mark_tag_soft`](crate::CacheRepository::mark_tag_soft): on Redis one
-//!   `EVAL` on the one key, so Cluster-safe; in memory under moka's per-key compute lock, which
-//!   the memory repository's hard write takes too, since a plain `insert` does not wait for
-//!   it): concurrent hard and soft invalidations never lose a hard one (`tests/tags.rs`,
-//!   `races`). The trait's default, for a user repository, is a read then a write, not atomic
-//!   (documented there). Rejected: a blind encoding (hard = `SET`, soft = `APPEND`) needs a new
-//!   repository operation all the same, and a bound on the growth of a tag soft-invalidated
-//!   often, which needs a read-modify-write again.
+//! - **Invalidation writes**: an invalidation at `t` is a read-modify-write of the one key, made
+//!   atomic by the repository ([`CacheRepository::mark_tag`](crate::CacheRepository::mark_tag):
+//!   on Redis one `EVAL` on the one key, so Cluster-safe; in memory under moka's per-key
+//!   compute lock). Each time the state holds is replaced only by a later one of its kind, so
+//!   an invalidation stamped earlier than one already recorded (another process's, delayed on
+//!   its way or stamped by a clock behind) never undoes it: an entry created between the two
+//!   stays hidden (`tests/tags.rs`, `an_earlier_invalidation_landing_later_undoes_nothing`). A
+//!   soft invalidation keeps the hard time (entries created before the hard time stay gone, not
+//!   stale); a soft time the hard one covers is dropped, since every entry it made stale is
+//!   gone. Concurrent hard and soft invalidations are all kept (`tests/tags.rs`, `races`). The
+//!   trait's default, for a user repository, is a read then a write, not atomic (documented
+//!   there). (Until this layout's last change, a hard invalidation was a blind `SET`, one
+//!   `set_many` for several tags: one round trip fewer for many tags at once, but the last write
+//!   to land won, even an earlier one.) Rejected: a blind encoding (hard = `SET`, soft =
+//!   `APPEND`) needs a new repository operation all the same, and a bound on the growth of a tag
+//!   soft-invalidated often, which needs a read-modify-write again.
 //! - **Tagged entry**: the value's JSON inside an envelope holding its tags and its creation time
 //!   (`envelope.rs`). The creation time is taken *before* the loader runs, so an invalidation
 //!   that lands while the value is computed hides it (FusionCache #535/#628). Untagged entries
@@ -157,11 +156,26 @@ impl LoadedTags {
     }
 }
 
-/// Which invalidation is written into a tag's state.
+/// Which invalidation of a tag a repository records in the tag's state
+/// ([`CacheRepository::mark_tag`](crate::CacheRepository::mark_tag)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+#[non_exhaustive]
+pub enum TagInvalidation {
+    /// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag): the tag's entries created at or
+    /// before it are misses.
     Hard,
+    /// [`Cache::soft_invalidate_tag`](crate::Cache::soft_invalidate_tag): they are stale.
     Soft,
+}
+
+impl TagInvalidation {
+    /// The name the Redis script takes (`commands::MARK_TAG_SCRIPT`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TagInvalidation::Hard => "hard",
+            TagInvalidation::Soft => "soft",
+        }
+    }
 }
 
 /// The state keys of some tags, in order (`{prefix}:__impcache_tag:{tag}`: no version, see the
@@ -203,34 +217,54 @@ impl StateKeys {
 /// The separator of the hard and soft times in a tag's state (`{hard};{soft}`).
 const SOFT_SEPARATOR: u8 = b';';
 
-/// A tag's state after a soft invalidation at `at` (decimal µs) on top of `old`: the hard time
-/// of `old` kept, the soft time replaced. What [`CacheRepository::mark_tag_soft`] writes; the
-/// Redis script (`commands::MARK_TAG_SOFT_SCRIPT`) does the same in Lua.
+/// A tag's state after an invalidation of `kind` at `at` (decimal µs) on top of `old`: each
+/// time the later of the one `old` holds and, for its kind, `at`, so an invalidation stamped
+/// earlier than one already recorded (another process's, delayed on its way) never replaces it;
+/// the soft time is dropped once the hard time covers it (every entry it made stale is gone).
+/// What [`CacheRepository::mark_tag`] writes; the Redis script (`commands::MARK_TAG_SCRIPT`)
+/// does the same in Lua.
 ///
-/// [`CacheRepository::mark_tag_soft`]: crate::CacheRepository::mark_tag_soft
-pub(crate) fn with_soft(old: Option<&[u8]>, at: &[u8]) -> Bytes {
-    let hard = old
-        .unwrap_or_default()
-        .split(|&byte| byte == SOFT_SEPARATOR)
-        .next()
-        .unwrap_or_default();
-    let mut state = Vec::with_capacity(hard.len() + 1 + at.len());
+/// [`CacheRepository::mark_tag`]: crate::CacheRepository::mark_tag
+pub(crate) fn marked(old: Option<&[u8]>, kind: TagInvalidation, at: &[u8]) -> Bytes {
+    let old = old.unwrap_or_default();
+    let (mut hard, mut soft) = split_state(old);
+    let later = |time: &[u8], than: &[u8]| match (decimal(time), decimal(than)) {
+        (Some(time), Some(than)) => time > than,
+        (time, _) => time.is_some(),
+    };
+    match kind {
+        TagInvalidation::Hard if later(at, hard) => hard = at,
+        TagInvalidation::Soft if later(at, soft) => soft = at,
+        _ => {}
+    }
+    let keeps_soft = decimal(soft).is_some() && later(soft, hard);
+    let mut state = Vec::with_capacity(hard.len() + 1 + soft.len());
     state.extend_from_slice(hard);
-    state.push(SOFT_SEPARATOR);
-    state.extend_from_slice(at);
+    if keeps_soft {
+        state.push(SOFT_SEPARATOR);
+        state.extend_from_slice(soft);
+    }
     Bytes::from(state)
+}
+
+/// The hard and soft parts of a tag's state, as written (`{hard}`, `{hard};{soft}`, `;{soft}`).
+fn split_state(state: &[u8]) -> (&[u8], &[u8]) {
+    let mut parts = state.splitn(2, |&byte| byte == SOFT_SEPARATOR);
+    let hard = parts.next().unwrap_or_default();
+    (hard, parts.next().unwrap_or_default())
+}
+
+/// A time in a tag's state (decimal µs), if it reads as one.
+fn decimal(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
 }
 
 /// The hard and soft times in a tag's state (`None` where absent or unreadable).
 fn parse_state(state: &[u8]) -> (Option<u64>, Option<u64>) {
-    let time = |bytes: &[u8]| {
-        std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok())
-    };
-    let mut parts = state.splitn(2, |&byte| byte == SOFT_SEPARATOR);
-    let hard = parts.next().and_then(time);
-    (hard, parts.next().and_then(time))
+    let (hard, soft) = split_state(state);
+    (decimal(hard), decimal(soft))
 }
 
 /// Now, in µs since the Unix epoch (0 if the clock is before it).
@@ -309,7 +343,8 @@ mod tests {
     }
 
     fn soft(old: Option<Bytes>, micros: u64) -> Option<Bytes> {
-        Some(with_soft(old.as_deref(), micros.to_string().as_bytes()))
+        let at = micros.to_string();
+        Some(marked(old.as_deref(), TagInvalidation::Soft, at.as_bytes()))
     }
 
     #[test]
@@ -375,12 +410,35 @@ mod tests {
         assert_eq!(verdict(10, &[junk], none), Verdict::Fresh);
     }
 
+    /// The Redis script (`commands::MARK_TAG_SCRIPT`) is held to the same table by
+    /// `tests/tags.rs`, `every_repository_keeps_the_later_invalidation`.
     #[test]
-    fn a_soft_invalidation_keeps_the_hard_time_and_replaces_the_soft_one() {
-        assert_eq!(with_soft(None, b"5"), ";5");
-        assert_eq!(with_soft(Some(b"3"), b"5"), "3;5");
-        assert_eq!(with_soft(Some(b"3;4"), b"5"), "3;5");
-        assert_eq!(with_soft(Some(b";4"), b"5"), ";5");
+    fn each_invalidation_keeps_the_later_time_of_its_kind() {
+        use TagInvalidation::{Hard, Soft};
+        let cases: [(Option<&str>, TagInvalidation, &str, &str); 14] = [
+            (None, Soft, "5", ";5"),
+            (Some("3"), Soft, "5", "3;5"),
+            (Some("3;4"), Soft, "5", "3;5"),
+            (Some(";4"), Soft, "5", ";5"),
+            // An earlier soft time landing later is not kept.
+            (Some("3;6"), Soft, "5", "3;6"),
+            // A soft time the hard one covers is dropped.
+            (Some("7"), Soft, "5", "7"),
+            (None, Hard, "5", "5"),
+            (Some("3"), Hard, "5", "5"),
+            // An earlier hard time landing later is not kept.
+            (Some("6"), Hard, "5", "6"),
+            (Some("6;8"), Hard, "5", "6;8"),
+            (Some("3;4"), Hard, "5", "5"),
+            (Some("3;9"), Hard, "5", "5;9"),
+            (Some(";9"), Hard, "10", "10"),
+            // Unreadable state is replaced.
+            (Some("x;y"), Hard, "5", "5"),
+        ];
+        for (old, kind, at, state) in cases {
+            let new = marked(old.map(str::as_bytes), kind, at.as_bytes());
+            assert_eq!(new, state, "{old:?} {kind:?} {at}");
+        }
         assert_eq!(parse_state(b"3;5"), (Some(3), Some(5)));
         assert_eq!(parse_state(b";5"), (None, Some(5)));
         assert_eq!(parse_state(b"3"), (Some(3), None));

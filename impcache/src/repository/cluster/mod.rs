@@ -30,13 +30,13 @@ use self::node::{is_redirection, Node};
 use self::topology::{key_slot, parse_primaries, SlotMap};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
 use super::commands::{
-    add_member_command, check_value_size, delete_if_equal_command, key_command,
-    mark_tag_soft_command, set_command,
+    add_member_command, check_value_size, delete_if_equal_command, key_command, mark_tag_command,
+    set_command,
 };
 use super::dsn;
 use super::failure::classify;
 use super::settings::{shared_setters, Settings};
-use super::{BoxFuture, CacheRepository, WithTtl};
+use super::{BoxFuture, CacheRepository, TagInvalidation, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::progress::DeleteProgress;
@@ -401,11 +401,16 @@ impl CacheRepository for RedisClusterCacheRepository {
         })
     }
 
-    /// The soft-invalidation script (`EVAL`), routed by the key: one key, one slot.
-    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+    /// The tag-invalidation script (`EVAL`), routed by the key: one key, one slot.
+    fn mark_tag<'a>(
+        &'a self,
+        key: &'a str,
+        kind: TagInvalidation,
+        at: Bytes,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let _: u64 = self
-                .keyed("set", key, mark_tag_soft_command(key, &at))
+                .keyed("set", key, mark_tag_command(key, kind, &at))
                 .await?;
             Ok(())
         })

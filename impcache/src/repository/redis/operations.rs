@@ -14,10 +14,10 @@ use crate::progress::{DeleteProgress, Sweep};
 use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, keys_command,
-    mark_tag_soft_command, scan_command, set_command,
+    mark_tag_command, scan_command, set_command,
 };
 use crate::repository::failure::{Failed, Failure};
-use crate::repository::{BoxFuture, CacheRepository, TaggedRead, WithTtl};
+use crate::repository::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
 
 impl RedisCacheRepository {
     /// Sends one command or pipeline under the call policy ([`call::call`]): the deadline and
@@ -281,9 +281,14 @@ impl RedisCacheRepository {
         Ok(removed > 0)
     }
 
-    /// A tag's soft invalidation ([`CacheRepository::mark_tag_soft`]): one `EVAL`.
-    pub(crate) async fn mark_tag_soft_direct(&self, key: &str, at: &[u8]) -> Result<(), Failed> {
-        let cmd = mark_tag_soft_command(key, at);
+    /// A tag's invalidation ([`CacheRepository::mark_tag`]): one `EVAL`.
+    pub(crate) async fn mark_tag_direct(
+        &self,
+        key: &str,
+        kind: TagInvalidation,
+        at: &[u8],
+    ) -> Result<(), Failed> {
+        let cmd = mark_tag_command(key, kind, at);
         let _: u64 = self
             .query("set", &|| shown(key), Request::Cmd(&cmd))
             .await?;
@@ -455,9 +460,14 @@ impl CacheRepository for RedisCacheRepository {
         })
     }
 
-    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+    fn mark_tag<'a>(
+        &'a self,
+        key: &'a str,
+        kind: TagInvalidation,
+        at: Bytes,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.mark_tag_soft_direct(key, &at)
+            self.mark_tag_direct(key, kind, &at)
                 .await
                 .map_err(Failed::into_error)
         })

@@ -24,7 +24,7 @@ use super::dsn;
 use super::failure::Failed;
 use super::redis::RedisCacheRepository;
 use super::settings::{shared_setters, Settings};
-use super::{BoxFuture, CacheRepository, WithTtl};
+use super::{BoxFuture, CacheRepository, TagInvalidation, WithTtl};
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
 use crate::progress::{DeleteProgress, Sweep};
@@ -348,11 +348,16 @@ impl CacheRepository for RedisSentinelCacheRepository {
         })
     }
 
-    fn mark_tag_soft<'a>(&'a self, key: &'a str, at: Bytes) -> BoxFuture<'a, Result<()>> {
+    fn mark_tag<'a>(
+        &'a self,
+        key: &'a str,
+        kind: TagInvalidation,
+        at: Bytes,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.run("set", &|| shown(key), true, move |r| {
                 let at = at.clone();
-                async move { r.mark_tag_soft_direct(key, &at).await }
+                async move { r.mark_tag_direct(key, kind, &at).await }
             })
             .await
         })
