@@ -166,6 +166,12 @@ impl Config {
         }
     }
 
+    /// Whether a tag header field read is case-insensitive (`Cache-Tag`): purges then write the
+    /// lower-case spelling of a tag too (`tags::spellings`).
+    pub(crate) fn case_insensitive_tags(&self) -> bool {
+        self.tag_headers.iter().any(crate::tags::case_insensitive)
+    }
+
     /// The layer's TTL and cap, as durations (`None`: no limit).
     pub(crate) fn ttls(&self) -> (Option<Duration>, Option<Duration>) {
         (

@@ -305,7 +305,9 @@ impl CacheLayer {
     /// `Surrogate-Key` and `Cache-Tag`). A stored response is hidden by
     /// [`purge_tag`](Self::purge_tag) (or [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag),
     /// from any process sharing the cache) of any of its tags. The fields are removed from the
-    /// responses unless [`keep_tag_headers`](Self::keep_tag_headers).
+    /// responses unless [`keep_tag_headers`](Self::keep_tag_headers). `Cache-Tag` tags are
+    /// case-insensitive (Cloudflare's rule): stored as given and in lower case, and purged by
+    /// [`purge_tag`](Self::purge_tag) in any case; those of other fields keep their case.
     pub fn tag_headers(self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
         let names: Vec<http::HeaderName> = names.into_iter().collect();
         self.with(|c| c.tag_headers = names)
@@ -369,17 +371,21 @@ impl CacheLayer {
     /// tag state as [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag)), in every process
     /// sharing the cache: one write, never a scan. Responses whose handler call started before
     /// it are misses from then on.
+    ///
+    /// Tags from a `Cache-Tag` field are case-insensitive, as on Cloudflare: `purge_tag("Team:7")`
+    /// reaches a response tagged `Cache-Tag: team:7` or `TEAM:7` (the purge also writes the
+    /// lower-case spelling; a `Surrogate-Key` tag keeps its case).
     pub async fn purge_tag(&self, tag: &str) -> impcache::Result<()> {
-        self.config.cache.invalidate_tag(tag).await
+        self.purge_tags([tag]).await
     }
 
-    /// [`purge_tag`](Self::purge_tag) of each of `tags`, in one round trip (on Cluster one per
-    /// node).
+    /// [`purge_tag`](Self::purge_tag) of each of `tags` (one write each).
     pub async fn purge_tags<I>(&self, tags: I) -> impcache::Result<()>
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
+        let tags = crate::tags::spellings(tags, self.config.case_insensitive_tags());
         self.config.cache.invalidate_tags(tags).await
     }
 
@@ -388,8 +394,9 @@ impl CacheLayer {
     /// entries): within the layer's (or the response's) [stale-while-revalidate
     /// window](Self::stale_while_revalidate), counted from the purge, it is served at once while
     /// one background handler call per URL refreshes it; without a window it is a miss.
+    /// Case as in [`purge_tag`](Self::purge_tag).
     pub async fn soft_purge_tag(&self, tag: &str) -> impcache::Result<()> {
-        self.config.cache.soft_invalidate_tag(tag).await
+        self.soft_purge_tags([tag]).await
     }
 
     /// [`soft_purge_tag`](Self::soft_purge_tag) of each of `tags`.
@@ -398,6 +405,7 @@ impl CacheLayer {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
+        let tags = crate::tags::spellings(tags, self.config.case_insensitive_tags());
         self.config.cache.soft_invalidate_tags(tags).await
     }
 

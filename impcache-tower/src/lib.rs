@@ -76,7 +76,8 @@
 //! A response's `Surrogate-Key` / `Cache-Tag` fields ([`CacheLayer::tag_headers`], removed before
 //! the client unless [`CacheLayer::keep_tag_headers`]) and [`CacheLayer::tags_from`] give its
 //! tags; [`CacheLayer::purge_tag`] (or [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag)
-//! anywhere) hides its responses, [`CacheLayer::soft_purge_tag`] makes them stale. A tagged hit
+//! anywhere) hides its responses, [`CacheLayer::soft_purge_tag`] makes them stale (`Cache-Tag`
+//! tags case-insensitively, as on Cloudflare; `Surrogate-Key` tags as given). A tagged hit
 //! reads its tags' state in a second round trip; an untagged hit is unchanged.
 //! [`CacheLayer::lock`] makes one handler call per URL across processes with impcache's
 //! [`Lock`](impcache::Lock).

@@ -5,7 +5,7 @@
 use http::HeaderMap;
 
 use crate::config::Config;
-use crate::tags::{Tagged, TAGS_FIELD};
+use crate::tags::{case_insensitive, Tagged, TAGS_FIELD};
 
 /// The tags of a response: those of the request (`from_request`), then those of the layer's tag
 /// header fields, which are removed from `headers` unless the layer keeps them; those the cache
@@ -25,7 +25,16 @@ pub(crate) fn collect(
                 continue;
             };
             let split = value.split(|c: char| c == ',' || c.is_ascii_whitespace());
-            tags.extend(split.filter(|tag| !tag.is_empty()).map(str::to_owned));
+            for tag in split.filter(|tag| !tag.is_empty()) {
+                tags.push(tag.to_owned());
+                // Also in lower case, which a purge of any case reaches (`tags::spellings`).
+                if case_insensitive(name) {
+                    let lower = tag.to_lowercase();
+                    if lower != tag {
+                        tags.push(lower);
+                    }
+                }
+            }
         }
         if !config.keep_tag_headers {
             headers.remove(name);

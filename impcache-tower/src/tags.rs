@@ -40,6 +40,41 @@ pub const DEFAULT_TAG_HEADERS: [HeaderName; 2] = [
     HeaderName::from_static("cache-tag"),
 ];
 
+/// The tag header fields whose tags are case-insensitive: `Cache-Tag` (Cloudflare, and CloudFront's
+/// usual name), where `Tag1` and `tag1` are one tag. `Surrogate-Key` (Fastly) and the others keep
+/// their case.
+const CASE_INSENSITIVE_TAG_HEADER: HeaderName = HeaderName::from_static("cache-tag");
+
+/// Whether the tags of the header field `name` are case-insensitive.
+pub(crate) fn case_insensitive(name: &HeaderName) -> bool {
+    *name == CASE_INSENSITIVE_TAG_HEADER
+}
+
+/// The spellings of tags a purge reaches: each tag, and its lower case where a case-insensitive
+/// tag header field is read (`any_case_insensitive`) and it differs. A response's
+/// case-insensitive tags are stored as given and in lower case (`tagging::collect`), so a purge
+/// of any case reaches them (and [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag) of
+/// the spelling the handler gave). A case-sensitive tag is then also purged by another case of
+/// it that has no lower-case letters in other places: an extra miss, never a stale hit.
+pub(crate) fn spellings<I>(tags: I, any_case_insensitive: bool) -> Vec<String>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let mut spellings = Vec::new();
+    for tag in tags {
+        let tag = tag.as_ref();
+        spellings.push(tag.to_owned());
+        if any_case_insensitive {
+            let lower = tag.to_lowercase();
+            if lower != tag {
+                spellings.push(lower);
+            }
+        }
+    }
+    spellings
+}
+
 /// What a tag is percent-encoded against in the stored field: the separators and `%`.
 const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',');
 

@@ -168,6 +168,85 @@ async fn tags_from_the_request_memory() {
     tags_from_the_request(memory_cache()).await;
 }
 
+/// `Cache-Tag` tags are case-insensitive, as on Cloudflare (and CloudFront): a purge of any
+/// case reaches them, soft or hard. `Surrogate-Key` tags keep their case, as on Fastly. The
+/// spelling the handler gave still works from `Cache::invalidate_tag`.
+async fn cache_tag_is_case_insensitive(cache: Cache) {
+    let layer = CacheLayer::new(cache).stale_while_revalidate(Duration::from_secs(60));
+    let (svc, _) = app(layer.clone(), |n, _req| async move {
+        Response::builder()
+            .header("surrogate-key", "User:1")
+            .header("cache-tag", "Team:7")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    // A miss, its response's store awaited (the older entry is still there: the key alone does
+    // not say), then a fresh hit: one handler call per miss, none left in flight.
+    let miss_then_hit = |why: &'static str| {
+        let (layer, svc) = (layer.clone(), svc.clone());
+        async move {
+            let miss = send(&svc, get("/a")).await;
+            assert_eq!(miss.outcome(), "MISS", "{why}");
+            let key = format!("{}:v", layer.request_key(&get("/a")));
+            let body = String::from_utf8_lossy(&miss.body).into_owned();
+            for _ in 0..400 {
+                let stored = layer.cache().repository().get(&key).await.unwrap();
+                if stored.is_some_and(|bytes| String::from_utf8_lossy(&bytes).contains(&body)) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let hit = send(&svc, get("/a")).await;
+            let status = hit.header("cache-status").unwrap_or_default().to_owned();
+            assert!(
+                status.starts_with("impcache; hit") && !status.contains("stale"),
+                "{why}: {status}"
+            );
+        }
+    };
+    miss_then_hit("first").await;
+    for purge in ["TEAM:7", "team:7", "Team:7"] {
+        layer.purge_tag(purge).await.unwrap();
+        miss_then_hit(purge).await;
+    }
+    layer.soft_purge_tag("tEAM:7").await.unwrap();
+    let seen = send(&svc, get("/a")).await;
+    let status = seen.header("cache-status").unwrap_or_default().to_owned();
+    assert!(status.contains("fwd=stale"), "{status}");
+    // The background revalidation's response, then stored.
+    let mut seen = send(&svc, get("/a")).await;
+    for _ in 0..200 {
+        if seen
+            .header("cache-status")
+            .is_some_and(|s| !s.contains("stale"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = send(&svc, get("/a")).await;
+    }
+    assert_eq!(seen.outcome(), "HIT");
+    // A `Surrogate-Key` tag: only its own case.
+    layer.purge_tag("user:1").await.unwrap();
+    assert_eq!(send(&svc, get("/a")).await.outcome(), "HIT");
+    layer.purge_tag("User:1").await.unwrap();
+    miss_then_hit("User:1").await;
+    // Through the cache, the handler's spelling.
+    layer.cache().invalidate_tag("Team:7").await.unwrap();
+    assert_eq!(send(&svc, get("/a")).await.outcome(), "MISS");
+}
+
+#[tokio::test]
+async fn cache_tag_is_case_insensitive_memory() {
+    cache_tag_is_case_insensitive(memory_cache()).await;
+}
+
+#[tokio::test]
+async fn cache_tag_is_case_insensitive_on_redis() {
+    let redis = RedisServer::start();
+    cache_tag_is_case_insensitive(redis_cache(&redis)).await;
+}
+
 fn redis_cache(redis: &RedisServer) -> Cache {
     Cache::new(RedisCacheRepository::new(&redis.url()).unwrap())
 }
