@@ -19,6 +19,8 @@ use impcache_tower::CacheLayer;
 use support::*;
 
 const DEADLINE: Duration = Duration::from_millis(100);
+/// The deadline of the tests of healthy paths ([`redis_layer`]).
+const HEALTHY_DEADLINE: Duration = Duration::from_secs(5);
 /// Bound for one request: the deadline, plus slack for a 2-core CI machine.
 const BOUND: Duration = Duration::from_millis(100 + 900);
 
@@ -307,9 +309,16 @@ async fn location_and_content_location_on_the_same_host_are_invalidated() {
     assert_eq!(send(&svc, other_host()).await.outcome(), "HIT");
 }
 
+/// A layer over `redis` for the healthy paths: a deadline no loaded CI machine reaches, so a slow
+/// moment fails no request (those tests count misses and calls, not time).
 fn redis_layer(redis: &RedisServer) -> CacheLayer {
+    redis_layer_with(redis, HEALTHY_DEADLINE)
+}
+
+/// A layer over `redis` whose calls give up after `deadline`.
+fn redis_layer_with(redis: &RedisServer, deadline: Duration) -> CacheLayer {
     let repository = RedisCacheRepository::builder(redis.url())
-        .deadline(DEADLINE)
+        .deadline(deadline)
         .build()
         .unwrap();
     CacheLayer::new(Cache::new(repository)).expire(60)
@@ -320,7 +329,7 @@ fn redis_layer(redis: &RedisServer) -> CacheLayer {
 /// the next request of this process a hit.
 async fn near_layer(redis: &RedisServer) -> CacheLayer {
     let repository = RedisCacheRepository::builder(redis.url())
-        .deadline(DEADLINE)
+        .deadline(HEALTHY_DEADLINE)
         .build()
         .unwrap();
     let cache = Cache::builder(repository)
@@ -378,7 +387,7 @@ async fn a_successful_unsafe_request_invalidates_its_url_through_a_near_cache() 
 async fn a_killed_redis_does_not_fail_or_hold_up_an_unsafe_request() {
     let captured = captured_logs();
     let mut redis = RedisServer::start();
-    let layer = redis_layer(&redis);
+    let layer = redis_layer_with(&redis, DEADLINE);
     let (svc, calls) = service(layer.clone());
     store_all(&svc, &["/items"]).await;
     let before = calls.get();
@@ -416,7 +425,7 @@ async fn a_killed_redis_does_not_fail_or_hold_up_an_unsafe_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_delays_an_unsafe_request_by_at_most_one_deadline() {
     let redis = RedisServer::start();
-    let layer = redis_layer(&redis);
+    let layer = redis_layer_with(&redis, DEADLINE);
     let (svc, calls) = service(layer.clone());
     // Connected first, so the freeze hits a live connection (the slow case, not the refused one).
     store_all(&svc, &["/items"]).await;
