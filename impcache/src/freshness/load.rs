@@ -185,7 +185,11 @@ where
             (job, stale, loader, Reread::Never)
         }
     };
-    load(job, ticket, stale, loader, reread).await
+    // Boxed: the load's future (the loader's, the store's, the lock's) is several times the
+    // read's, and inline it made every hit's future that large (7.7 KB against 2.4 KB in a
+    // debug build), paid in the `Box::pin` of `GetOrSet::into_future` and its copy: 2 % of a
+    // Redis hit's instructions, 7–10 % of a near-cached one's (BENCHMARKS.md, Run L).
+    Box::pin(load(job, ticket, stale, loader, reread)).await
 }
 
 /// Whether a caller that becomes a flight's leader reads the key again first.
