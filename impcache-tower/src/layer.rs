@@ -379,7 +379,8 @@ impl CacheLayer {
         self.purge_tags([tag]).await
     }
 
-    /// [`purge_tag`](Self::purge_tag) of each of `tags` (one write each).
+    /// [`purge_tag`](Self::purge_tag) of each of `tags`
+    /// ([`Cache::invalidate_tags`](impcache::Cache::invalidate_tags)).
     pub async fn purge_tags<I>(&self, tags: I) -> impcache::Result<()>
     where
         I: IntoIterator,

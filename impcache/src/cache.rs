@@ -840,7 +840,8 @@ impl Cache {
             .await
     }
 
-    /// [`invalidate_tag`](Cache::invalidate_tag) of each of `tags` (one `EVAL` each, in turn).
+    /// [`invalidate_tag`](Cache::invalidate_tag) of each of `tags`: one `EVAL` each, in one round
+    /// trip on a single node (in turn on Sentinel and Cluster).
     pub async fn invalidate_tags<I>(&self, tags: I) -> Result<()>
     where
         I: IntoIterator,
@@ -860,7 +861,8 @@ impl Cache {
             .await
     }
 
-    /// [`soft_invalidate_tag`](Cache::soft_invalidate_tag) of each of `tags` (one `EVAL` each).
+    /// [`soft_invalidate_tag`](Cache::soft_invalidate_tag) of each of `tags`, as
+    /// [`invalidate_tags`](Cache::invalidate_tags).
     pub async fn soft_invalidate_tags<I>(&self, tags: I) -> Result<()>
     where
         I: IntoIterator,
@@ -870,8 +872,8 @@ impl Cache {
     }
 
     /// Records an invalidation of `kind` now in the state key of each of `tags` (one `EVAL`
-    /// each on Redis): each time a state holds replaced only by a later one, atomically on the
-    /// built-in repositories (`crate::tags`'s module doc).
+    /// each on Redis, pipelined on a single node): each time a state holds replaced only by a
+    /// later one, atomically on the built-in repositories (`crate::tags`'s module doc).
     async fn mark_tags(&self, tags: Tags, kind: TagInvalidation) -> Result<()> {
         observed!(self, Operation::SetMany, None, async {
             for tag in tags.as_slice() {
@@ -880,9 +882,10 @@ impl Cache {
             let now = Bytes::from(tags::stamp_micros().to_string());
             let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
             let keys = keys.keys();
-            for key in &keys {
-                self.shared.backend.mark_tag(key, kind, now.clone()).await?;
-            }
+            self.shared
+                .backend
+                .mark_tags(&keys, kind, now.clone())
+                .await?;
             Ok(((), Tally::written(now.len() * keys.len())))
         })
     }

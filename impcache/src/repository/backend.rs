@@ -340,23 +340,38 @@ impl Backend {
         }
     }
 
-    /// A tag's invalidation of `kind` at `at` in its state key `key` (each time the later of
-    /// the recorded one and `at`: `CacheRepository::mark_tag`).
-    pub(crate) async fn mark_tag(&self, key: &str, kind: TagInvalidation, at: Bytes) -> Result<()> {
+    /// Tags' invalidations of `kind` at `at` in their state keys `keys` (each time the later of
+    /// the recorded one and `at`: `CacheRepository::mark_tag`): on single-node Redis in one
+    /// round trip, through a user repository (Sentinel, Cluster) one `mark_tag` after another.
+    pub(crate) async fn mark_tags(
+        &self,
+        keys: &[&str],
+        kind: TagInvalidation,
+        at: Bytes,
+    ) -> Result<()> {
         match self {
             Backend::Memory(memory) => {
-                memory.mark_tag_now(key, kind, &at);
+                for key in keys {
+                    memory.mark_tag_now(key, kind, &at);
+                }
                 Ok(())
             }
             Backend::Redis(redis) => redis
-                .mark_tag_direct(key, kind, &at)
+                .mark_tags_direct(keys, kind, &at)
                 .await
                 .map_err(Failed::into_error),
-            Backend::Custom(repository) => repository.mark_tag(key, kind, at).await,
+            Backend::Custom(repository) => {
+                for key in keys {
+                    repository.mark_tag(key, kind, at.clone()).await?;
+                }
+                Ok(())
+            }
             Backend::Near(near) => {
                 near.track();
-                let write = near.store.writing(vec![key.as_bytes()]);
-                let result = Box::pin(near.remote.mark_tag(key, kind, at)).await;
+                let write = near
+                    .store
+                    .writing(keys.iter().map(|key| key.as_bytes()).collect());
+                let result = Box::pin(near.remote.mark_tags(keys, kind, at)).await;
                 // Whether the script changed the state is not known: no echo is expected.
                 write.written(false);
                 result
@@ -657,7 +672,9 @@ mod tests {
                 (Soft, b"8"),
             ];
             for (kind, at) in marks {
-                backend.mark_tag("s", kind, Bytes::from_static(at)).await?;
+                backend
+                    .mark_tags(&["s"], kind, Bytes::from_static(at))
+                    .await?;
             }
             let states = backend.get_many(&["s"]).await?;
             assert_eq!(states, [Some(Bytes::from_static(b"7;9"))], "{backend:?}");

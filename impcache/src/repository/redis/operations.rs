@@ -281,18 +281,20 @@ impl RedisCacheRepository {
         Ok(removed > 0)
     }
 
-    /// A tag's invalidation ([`CacheRepository::mark_tag`]): one `EVAL`.
-    pub(crate) async fn mark_tag_direct(
+    /// Tags' invalidations ([`CacheRepository::mark_tag`] of each of `keys`): one `EVAL` each,
+    /// pipelined (one round trip).
+    pub(crate) async fn mark_tags_direct(
         &self,
-        key: &str,
+        keys: &[&str],
         kind: TagInvalidation,
         at: &[u8],
     ) -> Result<(), Failed> {
-        let cmd = mark_tag_command(key, kind, at);
-        let _: u64 = self
-            .query("set", &|| shown(key), Request::Cmd(&cmd))
-            .await?;
-        Ok(())
+        let mut pipe = redis::Pipeline::with_capacity(keys.len());
+        for key in keys {
+            pipe.add_command(mark_tag_command(key, kind, at));
+        }
+        self.query("set", &|| shown_many(keys), Request::Pipe(&pipe))
+            .await
     }
 
     /// A member added to a list ([`CacheRepository::add_member`]): one `EVAL`.
@@ -467,7 +469,7 @@ impl CacheRepository for RedisCacheRepository {
         at: Bytes,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.mark_tag_direct(key, kind, &at)
+            self.mark_tags_direct(&[key], kind, &at)
                 .await
                 .map_err(Failed::into_error)
         })

@@ -357,7 +357,7 @@ impl CacheRepository for RedisSentinelCacheRepository {
         Box::pin(async move {
             self.run("set", &|| shown(key), true, move |r| {
                 let at = at.clone();
-                async move { r.mark_tag_direct(key, kind, &at).await }
+                async move { r.mark_tags_direct(&[key], kind, &at).await }
             })
             .await
         })
