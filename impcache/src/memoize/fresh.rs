@@ -233,7 +233,7 @@ where
         return body().await;
     }
     let tags = match tags {
-        Ok(tags) => Tags::new(tags),
+        Ok(tags) => Tags::from_owned(tags),
         Err(error) => {
             let error = cache.logged_error(&error);
             tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: a tag cannot be built; running uncached");

@@ -82,9 +82,11 @@ use bytes::Bytes;
 /// The reserved key part of tag state keys.
 pub(crate) const TAG_KEY_PART: &str = "__impcache_tag:";
 
-/// The tags of one call (`get_or_set(..).tags(..)`, `#[cached(tags = ..)]`): none, or a shared list.
+/// The tags of one call (`get_or_set(..).tags(..)`, `#[cached(tags = ..)]`). A plain list, not
+/// a shared one: a hit builds it and drops it, and only a miss (its job) or a near cache's
+/// verdict copies it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Tags(Option<Arc<[String]>>);
+pub(crate) struct Tags(Vec<String>);
 
 impl Tags {
     /// The tags given, in order, without duplicates.
@@ -93,26 +95,37 @@ impl Tags {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let mut list: Vec<String> = Vec::new();
+        let tags = tags.into_iter();
+        let mut list: Vec<String> = Vec::with_capacity(tags.size_hint().0);
         for tag in tags {
             let tag = tag.as_ref();
             if !list.iter().any(|known| known == tag) {
                 list.push(tag.to_owned());
             }
         }
-        if list.is_empty() {
-            Tags(None)
-        } else {
-            Tags(Some(list.into()))
+        Tags(list)
+    }
+
+    /// [`new`](Tags::new) of tags already owned (`#[cached]`'s, built from its templates), kept
+    /// without copying them.
+    pub(crate) fn from_owned(mut tags: Vec<String>) -> Tags {
+        let mut kept = 0;
+        for i in 0..tags.len() {
+            if !tags[..kept].contains(&tags[i]) {
+                tags.swap(kept, i);
+                kept += 1;
+            }
         }
+        tags.truncate(kept);
+        Tags(tags)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.0.is_empty()
     }
 
     pub(crate) fn as_slice(&self) -> &[String] {
-        self.0.as_deref().unwrap_or_default()
+        &self.0
     }
 
     /// These tags, then those of `more` not among them.
@@ -448,6 +461,8 @@ mod tests {
     fn tag_keys_have_no_version_and_are_deduplicated() {
         let tags = Tags::new(["a", "b", "a"]);
         assert_eq!(tags.as_slice(), ["a", "b"]);
+        let owned = ["b", "a", "b", "c", "a"].map(str::to_owned);
+        assert_eq!(Tags::from_owned(owned.to_vec()).as_slice(), ["b", "a", "c"]);
         let keys = StateKeys::new("p", tags.as_slice());
         assert_eq!(keys.keys(), ["p:__impcache_tag:a", "p:__impcache_tag:b"]);
         assert!(Tags::new(Vec::<String>::new()).is_empty());
