@@ -349,6 +349,10 @@ impl Backend {
         kind: TagInvalidation,
         at: Bytes,
     ) -> Result<()> {
+        // Nothing to send (redis-rs refuses an empty pipeline).
+        if keys.is_empty() {
+            return Ok(());
+        }
         match self {
             Backend::Memory(memory) => {
                 for key in keys {
