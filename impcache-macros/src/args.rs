@@ -10,7 +10,7 @@ use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
 use crate::errors::Errors;
 
 /// The valid options, in the order the error message lists them.
-const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `hard_timeout`, `early_refresh`, `fail_safe_throttle`, `lock`, `tags`, `invalidate_all`";
+const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `hard_timeout`, `early_refresh`, `fail_safe_throttle`, `lock`, `tags`, `tags_from`, `invalidate_all`";
 
 /// The freshness options (issue 15), each taking seconds or a `Duration`: the name of the
 /// `impcache::Freshness` builder method each one calls.
@@ -54,6 +54,9 @@ pub(crate) struct Args {
     pub(crate) lock_given: bool,
     /// Tags (issue 16): `tags = ["user:{id}", ..]`, the option's span and its templates.
     pub(crate) tags: Option<(Span, Vec<LitStr>)>,
+    /// `tags_from = org_tags` (issue 16): tags chosen from the value once it is there, by a
+    /// function or closure over `&Value`.
+    pub(crate) tags_from: Option<Expr>,
     /// `invalidate_all`: tag every entry with the function's tag and generate
     /// `{name}_invalidate_all` (implied by `tags`).
     pub(crate) invalidate_all: Option<Span>,
@@ -265,6 +268,11 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                         "tags",
                         errors,
                     );
+                }
+            }
+            "tags_from" => {
+                if let Some(expr) = value(meta, "tags_from", "org_tags", errors) {
+                    set(&mut args.tags_from, expr.clone(), path, "tags_from", errors);
                 }
             }
             "invalidate_all" => match meta {

@@ -365,6 +365,15 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         } else {
             quote!(::core::option::Option::None)
         };
+        // `tags_from = f` (issue 16): `f` over `&{stored type}`, named so that a closure's argument
+        // type is inferred; a wrong one is reported on `f`.
+        let tags_from = match &plan.tags_from {
+            Some(f) => {
+                let value_ty = &plan.value_ty;
+                quote_spanned!(f.span()=> ::impcache::__private::tags_from::<#value_ty, _, _>(#f))
+            }
+            None => quote!(::impcache::__private::NoTagsFrom),
+        };
         quote! {
             ::impcache::__private::memoize_fresh(
                 &__IMPCACHE_FUNCTION,
@@ -374,6 +383,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
                 #expire,
                 ::impcache::Freshness::new() #(#options)* #(#lock)*,
                 __impcache_tags,
+                #tags_from,
                 #timed_out,
                 #policy,
                 #codec_path #codec_args,

@@ -62,10 +62,12 @@ use proc_macro::TokenStream;
 /// | `fail_safe_throttle = 30` | freshness: for that long after the body failed, the stale value (within `stale_if_error` or `stale_while_revalidate`) answers without running the body |
 /// | `lock` / `lock = 10` / `lock = Duration::from_secs(10)` / `lock = LOCK` (an `impcache::Lock`) | one body run across processes: a lock (`SET NX PX` with a token) taken before running the body, the other processes waiting for its value; `lock = 10` is a 10 s lifetime (waits up to twice that), `lock` alone the defaults |
 /// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`: `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
+/// | `tags_from = org_tags` / `tags_from = \|user\| [format!("org:{}", user.org)]` | tags chosen from the cached value once the body has answered (a function or closure over `&Value`, the cached part of the return value, returning a list of strings), stored with the `tags` ones: for a tag the arguments do not give |
 /// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep; the tag comes from `name` or the `key` template when given (so it survives moving the function), else from the module path |
 ///
-/// With any freshness option, `lock` or `tags`, the body runs in a spawned task: its future must be
-/// `Send + 'static` (owned arguments). The README's freshness, tags and lock sections say more.
+/// With any freshness option, `lock`, `tags` or `tags_from`, the body runs in a spawned task: its
+/// future must be `Send + 'static` (owned arguments). The README's freshness, tags and lock
+/// sections say more.
 ///
 /// # Key layout
 /// The full key is the cache's `{key_prefix}:{version}:{key}`, where `{key}` is:

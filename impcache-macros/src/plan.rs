@@ -102,6 +102,9 @@ pub(crate) struct Plan {
     /// entries are tagged (`tags` or `invalidate_all`): they then carry the function's tag too,
     /// and `{name}_invalidate_all` is generated.
     pub(crate) tags: Option<Vec<Vec<Part>>>,
+    /// `tags_from`: the function or closure choosing tags from the value (its entries are then
+    /// tagged: `tags` is `Some`).
+    pub(crate) tags_from: Option<Expr>,
     /// Indices into `args` of `{name}_invalidate_all`'s arguments: those the `cache` expression
     /// names.
     pub(crate) invalidate_all_args: Vec<usize>,
@@ -118,6 +121,7 @@ impl Plan {
         let (key, key_args) = key(&args, has_receiver, &plan_args, errors);
         let (ret, value_ty, policy) = returns(&args, &func, errors);
         let tags = tags(&args, &plan_args, errors);
+        let tags_from = args.tags_from.clone();
 
         // A method (a receiver or a mention of `Self`) checks that it is not in a trait impl,
         // except where the path would need type arguments (type or const parameters,
@@ -180,6 +184,7 @@ impl Plan {
             invalidate_args,
             invalidate_generics,
             tags,
+            tags_from,
             invalidate_all_args,
             invalidate_all_generics,
         })
@@ -342,7 +347,7 @@ fn key(
 /// The tag templates, their placeholders resolved to arguments as `key`'s are; `None` when the
 /// function's entries are not tagged.
 fn tags(args: &Args, plan_args: &[Arg], errors: &mut Errors) -> Option<Vec<Vec<Part>>> {
-    if args.tags.is_none() && args.invalidate_all.is_none() {
+    if args.tags.is_none() && args.invalidate_all.is_none() && args.tags_from.is_none() {
         return None;
     }
     let find = |name: &str| {

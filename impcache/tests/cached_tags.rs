@@ -27,6 +27,37 @@ async fn orders(id: u64) -> Vec<u64> {
     vec![id, id + 1]
 }
 
+static MEMBER_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Member {
+    id: u64,
+    org: String,
+}
+
+fn member_tags(member: &Member) -> Vec<String> {
+    vec![format!("org:{}", member.org)]
+}
+
+/// The organisation is known only once the body has run (issue 16: tags chosen from the value).
+#[cached(cache = CACHE, expire = 60, tags = ["member:{id}"], tags_from = member_tags)]
+async fn member(id: u64) -> Option<Member> {
+    MEMBER_RUNS.fetch_add(1, SeqCst);
+    (id != 0).then(|| Member {
+        id,
+        org: if id.is_multiple_of(2) { "even" } else { "odd" }.to_owned(),
+    })
+}
+
+static TEAM_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A closure, its argument's type inferred; the tags any list of strings.
+#[cached(cache = CACHE, expire = 60, tags_from = |team| [format!("lead:{}", team.1)])]
+async fn team(id: u64) -> (u64, String) {
+    TEAM_RUNS.fetch_add(1, SeqCst);
+    (id, format!("lead{}", id % 2))
+}
+
 #[cached(cache = CACHE, expire = 60)]
 async fn plain(id: u64) -> u64 {
     PLAIN_RUNS.fetch_add(1, SeqCst);
@@ -283,4 +314,48 @@ async fn invalidate_all_of_a_key_template_survives_a_move() {
     assert_eq!(CACHE.get::<u64>("account:7").await.unwrap(), None);
     assert_eq!(after_the_move::account(7).await, 70);
     assert_eq!(after_the_move::RUNS.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn tags_chosen_from_the_value_hide_its_entries() {
+    let one = member(1).await;
+    assert_eq!(one.as_ref().map(|m| m.org.as_str()), Some("odd"));
+    member(2).await;
+    stored("cached_tags::member:1").await;
+    stored("cached_tags::member:2").await;
+    member(1).await;
+    assert_eq!(MEMBER_RUNS.load(SeqCst), 2);
+    // The tag chosen from the value hides member 1 (odd), not member 2 (even).
+    CACHE.invalidate_tag("org:odd").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(member(1).await, one);
+    member(2).await;
+    assert_eq!(MEMBER_RUNS.load(SeqCst), 3);
+    // The template tags still count, and `None` (not cached) chooses nothing.
+    stored("cached_tags::member:1").await;
+    CACHE.invalidate_tag("member:2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    member(2).await;
+    assert_eq!(MEMBER_RUNS.load(SeqCst), 4);
+    assert_eq!(member(0).await, None);
+
+    // A closure: the lead's tag hides the teams it leads, whatever their ids.
+    team(1).await;
+    team(3).await;
+    team(2).await;
+    for id in [1, 2, 3] {
+        stored(&format!("cached_tags::team:{id}")).await;
+    }
+    assert_eq!(TEAM_RUNS.load(SeqCst), 3);
+    CACHE.invalidate_tag("lead:lead1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for id in [1, 2, 3] {
+        team(id).await;
+    }
+    assert_eq!(TEAM_RUNS.load(SeqCst), 5);
+    // `tags_from` alone tags the function's entries: `team_invalidate_all` is a tag invalidation.
+    team_invalidate_all().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    team(2).await;
+    assert_eq!(TEAM_RUNS.load(SeqCst), 6);
 }

@@ -25,7 +25,7 @@ use crate::expire::Expire;
 use crate::freshness::{load_with, Freshness, LoadError, Lock};
 use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome};
-use crate::tags::Tags;
+use crate::tags::{LoadedTags, Tags};
 use crate::Cache;
 
 /// A freshness option's value: whole seconds (any integer) or a [`Duration`].
@@ -64,6 +64,68 @@ pub fn tag_list<const N: usize>(
     }
     list.push(function.to_owned());
     Ok(list)
+}
+
+/// Tags chosen from a `#[cached(tags_from = ..)]` function's value once it is there (issue 16, as
+/// `get_or_set(..).tags_from(..)`): [`NoTagsFrom`] without the option, else [`tags_from`]'s.
+pub trait TagsFrom<V>: Send + 'static {
+    /// The tags of `value`.
+    fn tags_of(&self, value: &V) -> Vec<String>;
+    /// Whether the option was given.
+    fn given(&self) -> bool;
+}
+
+/// No `tags_from` option.
+#[derive(Debug)]
+pub struct NoTagsFrom;
+
+impl<V> TagsFrom<V> for NoTagsFrom {
+    fn tags_of(&self, _: &V) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn given(&self) -> bool {
+        false
+    }
+}
+
+/// A `tags_from` option's function or closure over `&V` ([`tags_from`]). The `Fn` bound is
+/// checked by [`tags_from`] alone (`call` is its monomorphic caller), so that a wrong function is
+/// reported once, on the option; `V` is part of the type, so that it does not change what the
+/// function's stored type is inferred to be.
+pub struct TagsFromValue<V, F> {
+    tags_of: F,
+    call: fn(&F, &V) -> Vec<String>,
+}
+
+impl<V, F> fmt::Debug for TagsFromValue<V, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TagsFromValue").finish_non_exhaustive()
+    }
+}
+
+impl<V: 'static, F: Send + 'static> TagsFrom<V> for TagsFromValue<V, F> {
+    fn tags_of(&self, value: &V) -> Vec<String> {
+        (self.call)(&self.tags_of, value)
+    }
+
+    fn given(&self) -> bool {
+        true
+    }
+}
+
+/// `tags_from = f`: `f` over a reference to the stored value (`V`, the type the macro names, so
+/// that a closure's argument type is inferred), returning any list of strings.
+pub fn tags_from<V, F, I>(f: F) -> TagsFromValue<V, F>
+where
+    F: Fn(&V) -> I + Send + 'static,
+    I: IntoIterator,
+    I::Item: Into<String>,
+{
+    TagsFromValue {
+        tags_of: f,
+        call: |f, value| f(value).into_iter().map(Into::into).collect(),
+    }
 }
 
 /// Tags (issue 16): the `{name}_invalidate_all` companion: invalidates the function's tag.
@@ -192,6 +254,7 @@ pub async fn memoize_fresh<P, R, F, Fut>(
     expire: Expire,
     freshness: Freshness,
     tags: crate::Result<Vec<String>>,
+    tags_from: impl TagsFrom<P::Value>,
     timed_out: Option<fn(Error) -> R>,
     _policy: P,
     _codec: Codec<P::Value>,
@@ -242,18 +305,26 @@ where
         }
     };
     let ran = Arc::new(AtomicBool::new(false));
+    // `tags_from`: the value's tags, recorded once the body has answered.
+    let chosen = tags_from.given().then(LoadedTags::default);
     let loader = {
         let ran = Arc::clone(&ran);
+        let chosen = chosen.clone();
         move || async move {
             ran.store(true, Ordering::Relaxed);
             let ret = body().await;
             match P::value(&ret) {
-                Some(_) => Ok(Stored::<P, R>(ret, PhantomData)),
+                Some(value) => {
+                    if let Some(chosen) = &chosen {
+                        chosen.add(tags_from.tags_of(value));
+                    }
+                    Ok(Stored::<P, R>(ret, PhantomData))
+                }
                 None => Err(Failed::Returned(ret)),
             }
         }
     };
-    let loaded = load_with(cache, &key, expire, freshness, (tags, None), loader).await;
+    let loaded = load_with(cache, &key, expire, freshness, (tags, chosen), loader).await;
     function.call(if ran.load(Ordering::Relaxed) {
         CallOutcome::Miss
     } else {

@@ -25,4 +25,9 @@ async fn with_a_value(id: u64) -> u64 {
     id
 }
 
+#[cached(expire = 60, tags_from)]
+async fn tags_from_without_a_function(id: u64) -> u64 {
+    id
+}
+
 fn main() {}

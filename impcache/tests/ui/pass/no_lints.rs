@@ -25,6 +25,19 @@ async fn v(id: u64) -> u64 { id + 1 }
 #[cached(expire = 60)]
 async fn unit(id: u64) { let _ = id; }
 
+// Tags from the arguments and from the value (a function, a closure), with a freshness option:
+// the `get_or_set` runtime.
+fn owner_tags(owner: &Owner) -> Vec<String> { vec![format!("owner:{}", owner.0)] }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Owner(u64);
+
+#[cached(expire = 60, stale_while_revalidate = 30, tags = ["id:{id}"], tags_from = owner_tags)]
+async fn tagged(id: u64) -> Option<Owner> { Some(Owner(id)) }
+
+#[cached(expire = 60, tags_from = |v| [v.to_string()])]
+async fn tagged_closure(id: u64) -> u64 { id }
+
 // Aliases, classified by the type system.
 #[cached(expire = 60)]
 async fn alias_r(id: u64) -> AppResult<u64> { if id == 0 { Err(AppError) } else { Ok(id) } }
@@ -99,5 +112,7 @@ fn main() {
         assert_eq!(repo.by_name("abc").await, 3);
         assert_eq!(repo.generic(11u8).await, Some(11));
         assert_eq!(Repo::assoc(12).await, 12);
+        assert_eq!(tagged(13).await.map(|owner| owner.0), Some(13));
+        assert_eq!(tagged_closure(14).await, 14);
     });
 }
