@@ -72,6 +72,26 @@ struct Entry {
     /// For a tagged entry (an envelope), its last verdict "fresh" ([`VerdictSlot::keep`]); shared by
     /// the clones moka hands out. `None` for other entries.
     verified: Option<Arc<ArcSwapOption<Verified>>>,
+    /// The read it was kept from: served only while no invalidation of its slot (nor a flush)
+    /// came after that read's ticket ([`Store::vouches`]).
+    read: Read,
+}
+
+/// The ticket number of the read an entry was kept from, and its key's slot.
+#[derive(Clone, Copy)]
+struct Read {
+    number: u64,
+    slot: u16,
+}
+
+impl Read {
+    fn of(ticket: Ticket, key: &str) -> Read {
+        Read {
+            number: ticket.number,
+            // `SLOTS` (4096) fits.
+            slot: u16::try_from(slot_of(key)).unwrap_or(0),
+        }
+    }
 }
 
 /// A tagged entry judged fresh: against which call's tags, from states read after which tag
@@ -358,12 +378,14 @@ impl Store {
         })
     }
 
-    /// The entry at `key` while its local lifetime runs at `now`. One whose lifetime ended is
-    /// removed: it would otherwise keep its weight and, read again and again, its place in the
+    /// The entry at `key` while its local lifetime runs at `now` and the store vouches for it.
+    /// One whose lifetime ended (or that raced an invalidation) is removed: it would otherwise keep its weight and, read again and again, its place in the
     /// LRU order until Redis's invalidation of the expired key or `max_ttl` removed it.
     fn live_entry(&self, key: &str, now: Instant) -> Option<Entry> {
         let entry = self.entries.get(key)?;
-        if entry.alive(now) {
+        // Vouched for: a reply kept after an invalidation it raced with (`insert`) is not served
+        // in the moment before it is removed.
+        if entry.alive(now) && self.vouches(entry.read) {
             return Some(entry);
         }
         // Racing a new insert of `key`, this removes a live entry: a miss, never a stale read.
@@ -456,11 +478,16 @@ impl Store {
         active
     }
 
-    /// Whether nothing invalidated `key` (nor flushed everything) since `ticket`.
-    fn still_valid(&self, ticket: Ticket, slot: usize) -> bool {
-        self.active()
-            && self.flushed.load(Ordering::SeqCst) <= ticket.number
-            && self.slots[slot].load(Ordering::SeqCst) <= ticket.number
+    /// Whether the near cache is active and [`vouches`](Store::vouches) for `read`.
+    fn still_valid(&self, read: Read) -> bool {
+        self.active() && self.vouches(read)
+    }
+
+    /// Whether nothing invalidated the key of `read` (its slot), nor flushed everything, since
+    /// its ticket.
+    fn vouches(&self, read: Read) -> bool {
+        self.flushed.load(Ordering::SeqCst) <= read.number
+            && self.slots[usize::from(read.slot)].load(Ordering::SeqCst) <= read.number
     }
 
     /// Settles a read sent with `ticket`: waits for the barrier, then keeps the reply (if any) if
@@ -601,8 +628,9 @@ impl Store {
             redis_expires: found.ttl.map(|redis_ttl| ticket.sent + redis_ttl),
             absent: false,
             verified: envelope::is_envelope(&found.value).then(Default::default),
+            read: Read::of(ticket, key),
         };
-        self.insert(ticket, key, entry);
+        self.insert(entry, key);
     }
 
     /// Keeps a tag state read with `ticket` (its barrier passed): its value, or its absence.
@@ -619,15 +647,18 @@ impl Store {
             redis_expires: None,
             absent: state.is_none(),
             verified: None,
+            read: Read::of(ticket, key),
         };
-        self.insert(ticket, key, entry);
+        self.insert(entry, key);
     }
 
-    /// Inserts `entry` at `key` unless an invalidation of its slot (or a flush) came after
-    /// `ticket`, checked before and after the insert.
-    fn insert(&self, ticket: Ticket, key: &str, entry: Entry) {
-        let slot = slot_of(key);
-        if !self.still_valid(ticket, slot) {
+    /// Inserts `entry` at `key` unless an invalidation of its slot (or a flush) came after the
+    /// ticket of the read it was kept from, checked before and after the insert. Between the
+    /// two, a reply read before an invalidation may replace a newer entry kept since; lookups
+    /// do not serve it ([`Store::vouches`]), and the second check removes it.
+    fn insert(&self, entry: Entry, key: &str) {
+        let read = entry.read;
+        if !self.still_valid(read) {
             return;
         }
         let fail_safe = self.fail_safe.as_ref().filter(|_| !entry.absent);
@@ -636,7 +667,7 @@ impl Store {
         }
         self.entries.insert(key.to_owned(), entry);
         // An invalidation between the check and the insert found nothing to remove.
-        if !self.still_valid(ticket, slot) {
+        if !self.still_valid(read) {
             self.entries.invalidate(key);
             if let Some(fail_safe) = fail_safe {
                 fail_safe.invalidate(key);
@@ -932,6 +963,35 @@ mod tests {
         // ... and a `nil` reply that raced with it is not kept.
         store.keep_state(ticket, "p:1:__impcache_tag:hard:a", None);
         assert_eq!(store.get_state("p:1:__impcache_tag:hard:a"), None);
+        Ok(())
+    }
+
+    /// Two reads of a key, one sent before another client's write and one after its
+    /// invalidation: the older reply passed its first check before the invalidation and lands
+    /// after the newer one was kept (the window between `insert`'s two checks, seen as a reader
+    /// going back in `tests/near_cache.rs`, `readers_never_go_back_while_another_client_writes`).
+    /// It is never served, and the next lookup removes it.
+    #[test]
+    fn a_reply_that_raced_an_invalidation_is_never_served() -> Result<(), &'static str> {
+        let store = active();
+        let older = store.ticket().ok_or(NO_TICKET)?;
+        store.invalidate(b"k");
+        let newer = store.ticket().ok_or(NO_TICKET)?;
+        store.keep(newer, "k", &found(b"new"));
+        assert_eq!(store.get("k"), Some(Bytes::from_static(b"new")));
+        // The older reply's insert, past its first check.
+        let stale = Entry {
+            value: Bytes::from_static(b"old"),
+            until: Instant::now() + Duration::from_secs(60),
+            redis_expires: None,
+            absent: false,
+            verified: None,
+            read: Read::of(older, "k"),
+        };
+        store.entries.insert("k".to_owned(), stale);
+        assert_eq!(store.get("k"), None);
+        store.entries.run_pending_tasks();
+        assert_eq!(store.entries.entry_count(), 0, "removed by the lookup");
         Ok(())
     }
 

@@ -5,8 +5,9 @@
 /// deque node) and the near entry's own fields. Measured with `near-memory` at 1 M entries
 /// (BENCHMARKS.md, issue 14, "Memory per entry"): 365 B; 381 B once the entry held its kept tag
 /// verdict's cell (`store.rs`, `Entry::verified`); 365 B again since moka's per-entry expiry gave
-/// way to the entry's own deadline (BENCHMARKS.md, "Run I"). Counted in the weight so that
-/// `max_capacity_bytes` bounds the memory, not only the payload.
+/// way to the entry's own deadline (BENCHMARKS.md, "Run I"); 381 B once the entry held the
+/// ticket and slot of the read it was kept from (`Entry::read`, BENCHMARKS.md, "Run L"). Counted
+/// in the weight so that `max_capacity_bytes` bounds the memory, not only the payload.
 const ENTRY_OVERHEAD_BYTES: usize = 384;
 
 /// What a tagged entry's kept verdict costs besides: its cell (an `Arc` of an `ArcSwapOption`,
