@@ -379,8 +379,9 @@ impl Store {
     }
 
     /// The entry at `key` while its local lifetime runs at `now` and the store vouches for it.
-    /// One whose lifetime ended (or that raced an invalidation) is removed: it would otherwise keep its weight and, read again and again, its place in the
-    /// LRU order until Redis's invalidation of the expired key or `max_ttl` removed it.
+    /// One whose lifetime ended (or that raced an invalidation) is removed: it would otherwise
+    /// keep its weight and, read again and again, its place in the LRU order until Redis's
+    /// invalidation of the expired key or `max_ttl` removed it.
     fn live_entry(&self, key: &str, now: Instant) -> Option<Entry> {
         let entry = self.entries.get(key)?;
         // Vouched for: a reply kept after an invalidation it raced with (`insert`) is not served
