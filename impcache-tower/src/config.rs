@@ -195,7 +195,6 @@ impl Config {
         impcache::__private::logged_error(&self.cache, error)
     }
 
-    /// The host part of a key: `host`, or `None` when keys leave the host out.
     /// A failed handler call of `url` (its key): throttled, with a fail-safe throttle.
     pub(crate) fn handler_failed(&self, url: &str) {
         if let Some(throttle) = self.fail_safe_throttle {
@@ -210,6 +209,7 @@ impl Config {
             && impcache::__private::fail_safe::throttled(&self.cache, url)
     }
 
+    /// The host part of a key: `host`, or `None` when keys leave the host out.
     pub(crate) fn host<'a>(&self, host: Option<&'a str>) -> Option<&'a str> {
         if self.key_by_host {
             host

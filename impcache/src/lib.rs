@@ -181,16 +181,7 @@ pub mod __private {
     /// The fail-safe throttle for `impcache-tower`'s `CacheLayer::fail_safe_throttle`: the same
     /// table of recently failed keys as [`Freshness::fail_safe_throttle`](crate::Freshness::fail_safe_throttle)'s.
     pub mod fail_safe {
-        /// The handler of `key` (under the cache's prefix and version) failed: `throttled` says
-        /// so for `throttle` from now.
-        pub fn throttle(cache: &crate::Cache, key: &str, throttle: std::time::Duration) {
-            crate::freshness::throttle_private::start(cache, key, throttle);
-        }
-
-        /// Whether the handler of `key` failed less than its throttle ago.
-        pub fn throttled(cache: &crate::Cache, key: &str) -> bool {
-            crate::freshness::throttle_private::holds(cache, key)
-        }
+        pub use crate::freshness::throttle_private::{throttle, throttled};
     }
 
     /// Tag state for `impcache-tower`'s tagged responses (issue 16): the same state keys as

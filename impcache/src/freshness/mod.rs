@@ -99,18 +99,20 @@ pub(crate) mod lock_private {
         }
     }
 }
+
 /// The fail-safe throttle for the HTTP layer (`__private::fail_safe`): the same table of
-/// recently failed keys as `get_or_set`'s.
+/// recently failed keys as `get_or_set`'s, keyed as its flights are.
 pub(crate) mod throttle_private {
     use std::time::Duration;
 
-    /// The loader (handler) of `key` in `cache` failed: throttle it for `throttle`.
-    pub(crate) fn start(cache: &crate::Cache, key: &str, throttle: Duration) {
+    /// The handler of `key` (under the cache's prefix and version) failed: [`throttled`] says
+    /// so for `throttle` from now.
+    pub fn throttle(cache: &crate::Cache, key: &str, throttle: Duration) {
         super::throttle::start(super::job::flight_key(cache, key), throttle);
     }
 
-    /// Whether the loader (handler) of `key` in `cache` failed less than its throttle ago.
-    pub(crate) fn holds(cache: &crate::Cache, key: &str) -> bool {
+    /// Whether the handler of `key` failed less than its throttle ago.
+    pub fn throttled(cache: &crate::Cache, key: &str) -> bool {
         super::throttle::holds(&super::job::flight_key(cache, key))
     }
 }
