@@ -2,6 +2,8 @@
 //!
 //! 1. **Hit cost**: `get_or_set` with a `Freshness` policy (a `GET` + `PTTL` pipeline) against a
 //!    plain `Cache::get` hit, closed loop, alternating rounds; the ratio of throughputs.
+//!    The same through a near cache (issue 14), where both hits are local: the policy judges
+//!    the age from the Redis TTL the near cache keeps with the value.
 //!    The same two reads written by hand on the redis crate's defaults (`GET` against `GET` +
 //!    `PTTL` pipelined, one `MultiplexedConnection`): the ceiling of that ratio for any library
 //!    whose hit reads `PTTL`.
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use impcache::{Cache, Freshness, RedisCacheRepository};
+use impcache::{Cache, Freshness, NearCache, RedisCacheRepository};
 use impcache_benches::{
     keyed_rate, multiplexed_connection, raw_get_rate, store_raw_smalls, OnRedis, Small,
 };
@@ -36,13 +38,19 @@ fn main() {
     } = OnRedis::start().unwrap();
     runtime.block_on(async {
         let cache = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
-        hit_cost(&cache, round).await;
+        hit_cost(&cache, "", round).await;
+        let near = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
+            .near_cache(NearCache::new())
+            .build();
+        impcache_benches::wait_near_active(&near).await;
+        hit_cost(&near, "near cache, ", round).await;
         hand_written(&server.url(), round).await;
         tail_latency(&cache, round * 5).await;
     });
 }
 
-async fn hit_cost(cache: &Cache, round: Duration) {
+/// `label` names the cache's configuration in the output lines.
+async fn hit_cost(cache: &Cache, label: &str, round: Duration) {
     let policy = Freshness::new()
         .stale_while_revalidate(Duration::from_secs(60))
         .stale_if_error(Duration::from_secs(600));
@@ -103,7 +111,7 @@ async fn hit_cost(cache: &Cache, round: Duration) {
         let (p, f) = (median(&mut plain), median(&mut fresh));
         let b = median(&mut bare);
         println!(
-            "hit, {tasks:>2} tasks: get {p:>9.0}/s  get_or_set (no policy) {b:>9.0}/s ratio {:.3}  get_or_set+freshness {f:>9.0}/s  ratio {:.3}",
+            "hit, {label}{tasks:>2} tasks: get {p:>9.0}/s  get_or_set (no policy) {b:>9.0}/s ratio {:.3}  get_or_set+freshness {f:>9.0}/s  ratio {:.3}",
             b / p,
             f / p
         );

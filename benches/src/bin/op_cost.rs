@@ -41,6 +41,7 @@ const OPERATIONS: &[&str] = &[
     "fresh-hit",
     "tagged-hit",
     "near-get-or-set-hit",
+    "near-fresh-hit",
     "near-tagged-hit",
     "near-get-tagged",
     "http-cached",
@@ -177,6 +178,7 @@ fn main() {
         }
         if operation == "near-get"
             || operation == "near-get-or-set-hit"
+            || operation == "near-fresh-hit"
             || operation == "near-tagged-hit"
             || operation == "near-get-tagged"
         {
@@ -341,6 +343,18 @@ async fn run(
                 .get_or_set(&format!("small:{id}"), TTL, move || async move {
                     Small::new(id)
                 })
+                .await
+                .unwrap();
+            black_box(v);
+        }
+        "near-fresh-hit" => {
+            let near = NEAR.get().unwrap();
+            let policy = impcache::Freshness::new().stale_while_revalidate(Duration::from_secs(60));
+            let v: Small = near
+                .get_or_set(&format!("small:{id}"), TTL, move || async move {
+                    Small::new(id)
+                })
+                .freshness(policy)
                 .await
                 .unwrap();
             black_box(v);

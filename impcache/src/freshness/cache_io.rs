@@ -210,9 +210,14 @@ impl Cache {
                     .await?
                     .map(|value| WithTtl::new(value, None))
             };
-            let found = self
-                .judge(found, Vec::new(), &Tags::default(), policy, None)
-                .await?;
+            // Only a tagged entry needs judging: a plain one skips the (async) judge.
+            let found = match found {
+                Some(found) if envelope::is_envelope(&found.value) => {
+                    self.judge(Some(found), Vec::new(), &Tags::default(), policy, None)
+                        .await?
+                }
+                found => found,
+            };
             let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
             Ok((found, tally))
         })
