@@ -640,6 +640,7 @@ async fn get_many_keeps_what_it_reads() {
 /// `get_many` through `cache` (Sentinel or Cluster here; single node above) keeps what it reads:
 /// a second one is served locally, an own write is read back, and a local entry ends with its
 /// key's Redis TTL.
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
 async fn get_many_keeps_its_replies(cache: &Cache) {
     for key in ["gm-a", "gm-b", "gm-c"] {
         cache.set(key, &1, 600).await.unwrap();
