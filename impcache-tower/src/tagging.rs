@@ -5,7 +5,7 @@
 use http::HeaderMap;
 
 use crate::config::Config;
-use crate::tags::{case_insensitive, Tagged, TAGS_FIELD};
+use crate::tags::{case_insensitive, push_spellings, Tagged, TAGS_FIELD};
 
 /// The tags of a response: those of the request (`from_request`), then those of the layer's tag
 /// header fields, which are removed from `headers` unless the layer keeps them; those the cache
@@ -25,15 +25,9 @@ pub(crate) fn collect(
                 continue;
             };
             let split = value.split(|c: char| c == ',' || c.is_ascii_whitespace());
+            // A case-insensitive tag also in lower case, which a purge of any case reaches.
             for tag in split.filter(|tag| !tag.is_empty()) {
-                tags.push(tag.to_owned());
-                // Also in lower case, which a purge of any case reaches (`tags::spellings`).
-                if case_insensitive(name) {
-                    let lower = tag.to_lowercase();
-                    if lower != tag {
-                        tags.push(lower);
-                    }
-                }
+                push_spellings(&mut tags, tag, case_insensitive(name));
             }
         }
         if !config.keep_tag_headers {

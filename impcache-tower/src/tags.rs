@@ -51,11 +51,12 @@ pub(crate) fn case_insensitive(name: &HeaderName) -> bool {
 }
 
 /// The spellings of tags a purge reaches: each tag, and its lower case where a case-insensitive
-/// tag header field is read (`any_case_insensitive`) and it differs. A response's
-/// case-insensitive tags are stored as given and in lower case (`tagging::collect`), so a purge
-/// of any case reaches them (and [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag) of
-/// the spelling the handler gave). A case-sensitive tag is then also purged by another case of
-/// it that has no lower-case letters in other places: an extra miss, never a stale hit.
+/// tag header field is read (`any_case_insensitive`). A response's case-insensitive tags are
+/// stored the same way ([`push_spellings`], from `tagging::collect`), so a purge of any case
+/// reaches them (and [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag) of the spelling
+/// the handler gave). The cost: a case-sensitive tag written in lower case (`Surrogate-Key:
+/// user:1`) is also purged by a purge of another case of it (`User:1`): an extra miss, never a
+/// stale hit.
 pub(crate) fn spellings<I>(tags: I, any_case_insensitive: bool) -> Vec<String>
 where
     I: IntoIterator,
@@ -63,16 +64,20 @@ where
 {
     let mut spellings = Vec::new();
     for tag in tags {
-        let tag = tag.as_ref();
-        spellings.push(tag.to_owned());
-        if any_case_insensitive {
-            let lower = tag.to_lowercase();
-            if lower != tag {
-                spellings.push(lower);
-            }
-        }
+        push_spellings(&mut spellings, tag.as_ref(), any_case_insensitive);
     }
     spellings
+}
+
+/// Pushes `tag`, then, when `case_insensitive`, its lower case if that differs.
+pub(crate) fn push_spellings(out: &mut Vec<String>, tag: &str, case_insensitive: bool) {
+    out.push(tag.to_owned());
+    if case_insensitive {
+        let lower = tag.to_lowercase();
+        if lower != tag {
+            out.push(lower);
+        }
+    }
 }
 
 /// What a tag is percent-encoded against in the stored field: the separators and `%`.

@@ -105,7 +105,7 @@ pub(crate) const MARK_TAG_SCRIPT: &str = "local old = redis.call('GET', KEYS[1])
        return x ~= nil and (y == nil or x > y) end \
      if ARGV[1] == 'hard' then if later(ARGV[2], hard) then hard = ARGV[2] end \
      elseif later(ARGV[2], soft) then soft = ARGV[2] end \
-     if tonumber(soft) ~= nil and later(soft, hard) then hard = hard .. ';' .. soft end \
+     if later(soft, hard) then hard = hard .. ';' .. soft end \
      redis.call('SET', KEYS[1], hard) return 1";
 
 /// `EVAL` of [`ADD_MEMBER_SCRIPT`](crate::members::ADD_MEMBER_SCRIPT): `member` added to the

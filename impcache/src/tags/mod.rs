@@ -250,7 +250,8 @@ pub(crate) fn marked(old: Option<&[u8]>, kind: TagInvalidation, at: &[u8]) -> By
         TagInvalidation::Soft if later(at, soft) => soft = at,
         _ => {}
     }
-    let keeps_soft = decimal(soft).is_some() && later(soft, hard);
+    // `later` is false for a soft part that is not a time (none yet, or unreadable).
+    let keeps_soft = later(soft, hard);
     let mut state = Vec::with_capacity(hard.len() + 1 + soft.len());
     state.extend_from_slice(hard);
     if keeps_soft {
