@@ -841,7 +841,7 @@ impl Cache {
     }
 
     /// [`invalidate_tag`](Cache::invalidate_tag) of each of `tags`: one `EVAL` each, in one round
-    /// trip on a single node (in turn on Sentinel and Cluster).
+    /// trip on a single node (on Sentinel and Cluster all sent at once, one wait).
     pub async fn invalidate_tags<I>(&self, tags: I) -> Result<()>
     where
         I: IntoIterator,

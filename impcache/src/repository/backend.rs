@@ -342,7 +342,8 @@ impl Backend {
 
     /// Tags' invalidations of `kind` at `at` in their state keys `keys` (each time the later of
     /// the recorded one and `at`: `CacheRepository::mark_tag`): on single-node Redis in one
-    /// round trip, through a user repository (Sentinel, Cluster) one `mark_tag` after another.
+    /// round trip, through a user repository (Sentinel, Cluster) one `mark_tag` per key, all at
+    /// once (`mark_all_at_once`).
     pub(crate) async fn mark_tags(
         &self,
         keys: &[&str],
@@ -364,12 +365,7 @@ impl Backend {
                 .mark_tags_direct(keys, kind, &at)
                 .await
                 .map_err(Failed::into_error),
-            Backend::Custom(repository) => {
-                for key in keys {
-                    repository.mark_tag(key, kind, at.clone()).await?;
-                }
-                Ok(())
-            }
+            Backend::Custom(repository) => mark_all_at_once(repository, keys, kind, at).await,
             Backend::Near(near) => {
                 near.track();
                 let write = near
@@ -562,14 +558,50 @@ impl<'a> LocalStates<'a> {
     }
 }
 
+/// [`Backend::mark_tags`] through a user repository: one `mark_tag` per key, all sent at once,
+/// so an invalidation of several tags waits for one round trip rather than one per tag (on
+/// Cluster the keys live on several nodes; on Sentinel the connection pipelines them). Every
+/// mark is sent even when one fails; the first error is returned.
+async fn mark_all_at_once(
+    repository: &Arc<dyn CacheRepository>,
+    keys: &[&str],
+    kind: TagInvalidation,
+    at: Bytes,
+) -> Result<()> {
+    let marks = keys
+        .iter()
+        .map(|key| repository.mark_tag(key, kind, at.clone()));
+    futures_util::future::join_all(marks)
+        .await
+        .into_iter()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::BoxFuture;
 
-    /// A user repository: here, one that delegates to the memory repository.
+    /// A user repository: here, one that delegates to the memory repository. With a barrier, a
+    /// read waits at it first: `n` reads in flight at once pass it, reads made one after another
+    /// never do.
     #[derive(Debug)]
-    struct Wrapped(MemoryCacheRepository);
+    struct Wrapped(MemoryCacheRepository, Option<tokio::sync::Barrier>);
+
+    impl Wrapped {
+        fn new() -> Wrapped {
+            Wrapped(MemoryCacheRepository::new(), None)
+        }
+
+        fn gathering(n: usize) -> Wrapped {
+            Wrapped(
+                MemoryCacheRepository::new(),
+                Some(tokio::sync::Barrier::new(n)),
+            )
+        }
+    }
 
     impl CacheRepository for Wrapped {
         fn set<'a>(
@@ -596,7 +628,12 @@ mod tests {
             self.0.set_many(entries, expiry)
         }
         fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
-            self.0.get(key)
+            Box::pin(async move {
+                if let Some(barrier) = &self.1 {
+                    barrier.wait().await;
+                }
+                self.0.get(key).await
+            })
         }
         fn get_many<'a>(
             &'a self,
@@ -623,7 +660,7 @@ mod tests {
         let redis = RedisCacheRepository::new("redis://127.0.0.1:1/")?;
         let redis: Arc<dyn CacheRepository> = Arc::new(redis);
         assert!(matches!(Backend::of(&redis), Backend::Redis(_)));
-        let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped(MemoryCacheRepository::new()));
+        let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped::new());
         let backend = Backend::of(&custom);
         assert!(
             matches!(&backend, Backend::Custom(repository) if Arc::ptr_eq(repository, &custom)),
@@ -666,7 +703,7 @@ mod tests {
     async fn every_arm_keeps_the_later_invalidation() -> Result<()> {
         use TagInvalidation::{Hard, Soft};
         let memory = MemoryCacheRepository::new();
-        let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped(MemoryCacheRepository::new()));
+        let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped::new());
         for backend in [Backend::Memory(memory), Backend::of(&custom)] {
             let marks: [(TagInvalidation, &'static [u8]); 5] = [
                 (Soft, b"5"),
@@ -683,6 +720,23 @@ mod tests {
             let states = backend.get_many(&["s"]).await?;
             assert_eq!(states, [Some(Bytes::from_static(b"7;9"))], "{backend:?}");
         }
+        Ok(())
+    }
+
+    /// Through a user repository (Sentinel, Cluster), the tags of one invalidation are marked
+    /// all at once: one wait, not one per tag. Here each mark's read (the trait's default
+    /// `mark_tag`) waits until the three are in flight, which marks sent in turn never are.
+    #[tokio::test]
+    async fn a_user_repository_marks_all_the_tags_at_once() -> Result<()> {
+        let custom: Arc<dyn CacheRepository> = Arc::new(Wrapped::gathering(3));
+        let backend = Backend::of(&custom);
+        let keys = ["s1", "s2", "s3"];
+        let marked = backend.mark_tags(&keys, TagInvalidation::Hard, Bytes::from_static(b"7"));
+        let marked = tokio::time::timeout(Duration::from_secs(10), marked).await;
+        assert!(marked.is_ok(), "the marks were sent one after another");
+        marked.ok().transpose()?;
+        let states = custom.get_many(&keys).await?;
+        assert_eq!(states, vec![Some(Bytes::from_static(b"7")); 3]);
         Ok(())
     }
 }
