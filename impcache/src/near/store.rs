@@ -42,6 +42,7 @@ use super::{NearCache, NearCacheStats, NearCacheStatus};
 use crate::freshness::Freshness;
 use crate::key::LocalKeyHasher;
 use crate::observe::hooks::{near_lookups, Tier};
+use crate::observe::StripedCounter;
 use crate::repository::WithTtl;
 use crate::tags::{envelope, Tags, TAG_KEY_PART};
 
@@ -221,9 +222,11 @@ pub(crate) struct Store {
     max_ttl: Duration,
     max_value_bytes: usize,
     pub(super) heartbeat: Duration,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    bypassed: AtomicU64,
+    /// Striped (`observe/striped.rs`), as every local hit counts; `misses` and `bypassed` too,
+    /// since one line of `count_remote` picks either.
+    hits: StripedCounter,
+    misses: StripedCounter,
+    bypassed: StripedCounter,
     invalidations: AtomicU64,
     flushes: AtomicU64,
     /// The fail-safe copies ([`NearCache::fail_safe`]); `None` when off.
@@ -266,9 +269,9 @@ impl Store {
                 .max_value_bytes
                 .min(usize::try_from(config.max_capacity_bytes).unwrap_or(usize::MAX)),
             heartbeat: config.heartbeat,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            bypassed: AtomicU64::new(0),
+            hits: StripedCounter::default(),
+            misses: StripedCounter::default(),
+            bypassed: StripedCounter::default(),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             fail_safe: config
@@ -350,9 +353,9 @@ impl Store {
         // Evictions pending in moka's queues: the size reported is the size kept.
         self.entries.run_pending_tasks();
         NearCacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            bypassed: self.bypassed.load(Ordering::Relaxed),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            bypassed: self.bypassed.get(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             entries: self.entries.entry_count(),
@@ -399,7 +402,7 @@ impl Store {
             return None;
         }
         let entry = self.live_entry(key, now).filter(|entry| !entry.absent)?;
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.add(1);
         near_lookups(Tier::Near, 1);
         Some(entry)
     }
@@ -433,7 +436,7 @@ impl Store {
                 sequence,
             }));
         };
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.add(1);
         near_lookups(Tier::Near, 1);
         let ttl = entry
             .redis_expires
@@ -449,7 +452,7 @@ impl Store {
             return None;
         }
         let entry = self.live_entry(key, Instant::now())?;
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.add(1);
         near_lookups(Tier::Near, 1);
         Some((!entry.absent).then_some(entry.value))
     }
@@ -474,7 +477,7 @@ impl Store {
     pub(crate) fn count_remote(&self, count: usize) -> bool {
         let active = self.active();
         let counter = if active { &self.misses } else { &self.bypassed };
-        counter.fetch_add(count as u64, Ordering::Relaxed);
+        counter.add(count as u64);
         near_lookups(Tier::Remote, count as u64);
         active
     }

@@ -11,6 +11,7 @@ pub(crate) mod metrics;
 pub(crate) mod span;
 pub(crate) mod stale;
 mod stats;
+mod striped;
 
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use tracing::Span;
 use self::metrics::{Operation, Outcome, Tally};
 pub use self::stats::CacheStats;
 pub(crate) use self::stats::Counters;
+pub(crate) use self::striped::StripedCounter;
 use crate::error::Error;
 
 /// One operation being observed: its span and, when a metrics recorder is installed, its start.

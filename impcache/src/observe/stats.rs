@@ -1,9 +1,8 @@
 //! [`CacheStats`]: counters kept by every [`Cache`](crate::Cache), for users without a metrics
 //! recorder.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::metrics::Tally;
+use super::StripedCounter;
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
 ///
@@ -49,14 +48,14 @@ impl CacheStats {
     }
 }
 
-/// The live counters behind [`CacheStats`]: relaxed atomics, as a snapshot needs no ordering with
-/// the operations themselves.
+/// The live counters behind [`CacheStats`]: relaxed additions, as a snapshot needs no ordering
+/// with the operations themselves; striped, as every hit counts (`striped.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    errors: AtomicU64,
-    stale: AtomicU64,
+    hits: StripedCounter,
+    misses: StripedCounter,
+    errors: StripedCounter,
+    stale: StripedCounter,
 }
 
 impl Counters {
@@ -64,31 +63,31 @@ impl Counters {
     #[inline(always)]
     pub(crate) fn succeeded(&self, tally: &Tally) {
         if tally.hits > 0 {
-            self.hits.fetch_add(tally.hits, Ordering::Relaxed);
+            self.hits.add(tally.hits);
         }
         if tally.misses > 0 {
-            self.misses.fetch_add(tally.misses, Ordering::Relaxed);
+            self.misses.add(tally.misses);
         }
     }
 
     /// Counts a failed operation.
     #[inline(always)]
     pub(crate) fn failed(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors.add(1);
     }
 
     /// Counts a value served past its expiry.
     pub(crate) fn served_stale(&self) {
-        self.stale.fetch_add(1, Ordering::Relaxed);
+        self.stale.add(1);
     }
 
     /// The counters now.
     pub(crate) fn snapshot(&self) -> CacheStats {
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            stale: self.stale.load(Ordering::Relaxed),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            errors: self.errors.get(),
+            stale: self.stale.get(),
         }
     }
 }
