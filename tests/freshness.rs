@@ -586,9 +586,19 @@ async fn policy_settings_on_the_call() {
         .stale_if_error(MINUTE)
         .soft_timeout(HANG)
         .early_refresh(MS)
+        .fail_safe_throttle(MINUTE)
         .lock(impcache::Lock::new())
         .await;
     assert_eq!(got, Ok("old".to_owned()));
+    // The throttle set on the call holds: the next call answers stale without a loader run.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let got = cache
+        .try_get_or_set("j", 100 * MS, failing_loader(&runs))
+        .stale_if_error(MINUTE)
+        .fail_safe_throttle(MINUTE)
+        .await;
+    assert_eq!(got.unwrap(), "old");
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "throttled: no loader run");
 }
 
 /// A loader that answers within the soft timeout, a stale value at hand: its answer is the call's

@@ -2,7 +2,7 @@
 //! `DELETE` (any method but `GET`, `HEAD`, `OPTIONS`, `TRACE`) removes the stored responses of its
 //! URL, and of the same-host URLs its response's `Location` and `Content-Location` name.
 //!
-//! The URLs' records are read (one round trip) and every one found is removed with one `DEL`
+//! The URLs' records are read (one round trip) and every one found is removed with one `UNLINK`
 //! (a second): a record holds its URL's entry, or the Vary marker through which its variants are
 //! found, so the next request for the URL is a miss. These two round trips run before the response
 //! goes back, so the client that sent the request reads its own write, in a task of its own (a

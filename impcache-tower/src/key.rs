@@ -164,6 +164,12 @@ pub(crate) fn url_key(
     UrlKeys::new(namespace, host, path, query, method).into_url()
 }
 
+/// `{namespace}:{host segment}:`, the start of every key of one host's URLs in `namespace`
+/// ([`UrlKeys::through_host`] of each): what a declared prefix's tag is scoped to.
+pub(crate) fn through_host(namespace: &str, host_segment: &str) -> String {
+    [namespace, ":", host_segment, ":"].concat()
+}
+
 /// The start of the key of a namespace's list of hosts.
 const HOSTS_PREFIX: &str = "__impcache_hosts:";
 

@@ -591,8 +591,7 @@ impl CacheLayer {
             }
         };
         let tag = |segment: &String| {
-            let through_host = [&config.namespace, ":", segment, ":"].concat();
-            prefixes::tag(&through_host, prefix)
+            prefixes::tag(&key::through_host(&config.namespace, segment), prefix)
         };
         Ok(Some(segments.iter().map(tag).collect()))
     }

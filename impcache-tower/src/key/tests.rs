@@ -268,6 +268,11 @@ fn url_keys_share_one_buffer_and_match_the_separate_builders() {
         assert_eq!(keys.url(), url);
         assert_eq!(keys.record(), record_key(&url));
         assert_eq!(keys.record(), format!("{url}:v"));
+        // The start a declared prefix's tag is scoped to, from the namespace and host segment.
+        assert_eq!(
+            keys.through_host(),
+            through_host("http", keys.host_segment())
+        );
     }
 }
 

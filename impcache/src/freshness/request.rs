@@ -74,6 +74,12 @@ macro_rules! policy_settings {
             self
         }
 
+        /// Sets the policy's [`fail_safe_throttle`](Freshness::fail_safe_throttle).
+        pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+            self.$($policy).+ = self.$($policy).+.fail_safe_throttle(throttle);
+            self
+        }
+
         /// Sets the policy's [`lock`](Freshness::lock).
         pub fn lock(mut self, lock: Lock) -> Self {
             self.$($policy).+ = self.$($policy).+.lock(lock);

@@ -203,7 +203,7 @@ impl BreakerState {
 }
 
 /// Counts a breaker's change of state and sets [`BREAKER_STATE`] to `to`. `breaker` are the labels
-/// naming the breaker (`repository`, and `node` for a cluster node's), so that several breakers
+/// naming the breaker (`repository` and `target`: the server, or a cluster node), so that several breakers
 /// do not write over each other's gauge.
 pub fn breaker_transition(breaker: &[Label], from: BreakerState, to: BreakerState) {
     let key = |name: &'static str, extra: &[(&'static str, &'static str)]| {
@@ -266,7 +266,7 @@ pub(super) const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
     (
         NEAR_LOOKUPS_TOTAL,
         Some(Unit::Count),
-        "Keys looked up through a near cache, by the tier that answered (near, remote).",
+        "Keys looked up through a near cache, by the tier that answered (near, remote, stale).",
     ),
 ];
 
