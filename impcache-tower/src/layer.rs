@@ -559,10 +559,47 @@ impl CacheLayer {
         path_prefix: &str,
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
+        self.purge_prefix_by(Purge::Hard, host, path_prefix, on_progress)
+            .await
+    }
+
+    /// Marks every stored response whose path starts with `path_prefix` stale, on `host` or on
+    /// any host: Fastly's soft purge, for a path prefix, as [`soft_purge_tag`](Self::soft_purge_tag)
+    /// is for a tag. Within the layer's (or the response's) [stale-while-revalidate
+    /// window](Self::stale_while_revalidate), counted from the purge, a response is served at
+    /// once while one background handler call per URL refreshes it; without a window it is a
+    /// miss. Returns 0: nothing is removed.
+    ///
+    /// Only a prefix declared with [`tag_prefixes`](Self::tag_prefixes) can be marked stale (its
+    /// responses carry its tag). Any other prefix, and a declared one whose hosts are not known
+    /// (see [`purge_prefix`](Self::purge_prefix)), is purged as `purge_prefix` purges it, by a
+    /// sweep that removes its responses and counts them: the stronger purge, never an old
+    /// response served as fresh.
+    pub async fn soft_purge_prefix(
+        &self,
+        host: Option<&str>,
+        path_prefix: &str,
+    ) -> impcache::Result<u64> {
+        self.purge_prefix_by(Purge::Soft, host, path_prefix, |_| {})
+            .await
+    }
+
+    /// [`purge_prefix`](Self::purge_prefix) or, `Purge::Soft`,
+    /// [`soft_purge_prefix`](Self::soft_purge_prefix).
+    async fn purge_prefix_by(
+        &self,
+        purge: Purge,
+        host: Option<&str>,
+        path_prefix: &str,
+        on_progress: impl FnMut(DeleteProgress) + Send,
+    ) -> impcache::Result<u64> {
         let config = &self.config;
         if let Some(prefix) = config.tag_prefixes.declared(path_prefix) {
             if let Some(tags) = self.prefix_tags(host, prefix).await? {
-                config.cache.invalidate_tags(&tags).await?;
+                match purge {
+                    Purge::Hard => config.cache.invalidate_tags(&tags).await?,
+                    Purge::Soft => config.cache.soft_invalidate_tags(&tags).await?,
+                }
                 return Ok(0);
             }
         }
@@ -632,4 +669,11 @@ impl CacheLayer {
             .delete_pattern_with_progress(&pattern, on_progress)
             .await
     }
+}
+
+/// How a purge by tag treats what it reaches: hidden (a miss) or marked stale.
+#[derive(Clone, Copy, Debug)]
+enum Purge {
+    Hard,
+    Soft,
 }

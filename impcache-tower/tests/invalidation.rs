@@ -898,6 +898,70 @@ async fn purge_prefix_of_a_declared_prefix_by_tag_through_a_near_cache() {
     purge_prefix_of_a_declared_prefix_by_tag(near_layer(&redis).await).await;
 }
 
+/// `soft_purge_prefix` of a declared prefix marks its responses stale rather than hiding them:
+/// within the stale-while-revalidate window one is served at once (`fwd=stale`) while one
+/// background handler call refreshes it, then the new response is a hit; other paths stay fresh.
+/// A prefix not declared cannot be marked: it is swept, and counted, as `purge_prefix` sweeps it.
+async fn soft_purge_prefix_marks_a_declared_prefix_stale(layer: CacheLayer) {
+    let layer = layer
+        .tag_prefixes(["/plain/users/"])
+        .stale_while_revalidate(Duration::from_secs(60));
+    let (svc, calls) = service(layer.clone());
+    let host = Some("a.example");
+    stored_on(&layer, &svc, host, "/plain/users/1").await;
+    stored_on(&layer, &svc, host, "/plain/other/1").await;
+    assert_eq!(calls.get(), 2);
+
+    let purged = layer
+        .soft_purge_prefix(None, "/plain/users/")
+        .await
+        .unwrap();
+    assert_eq!(purged, 0, "nothing removed");
+    let seen = send(&svc, on_host(host, "/plain/users/1")).await;
+    assert_eq!(seen.body, "call 1", "the stale response, at once");
+    let status = seen.header("cache-status").unwrap();
+    assert!(status.starts_with("impcache; hit; fwd=stale"), "{status}");
+    let mut seen = send(&svc, on_host(host, "/plain/users/1")).await;
+    for _ in 0..400 {
+        if seen.body == "call 3" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        seen = send(&svc, on_host(host, "/plain/users/1")).await;
+    }
+    assert_eq!((seen.outcome(), &seen.body[..]), ("HIT", &b"call 3"[..]));
+    assert_eq!(calls.get(), 3, "one background handler call");
+    let other = send(&svc, on_host(host, "/plain/other/1")).await;
+    let status = other.header("cache-status").unwrap();
+    assert!(status.starts_with("impcache; hit; ttl="), "{status}");
+
+    // Not declared: the sweep.
+    let swept = layer
+        .soft_purge_prefix(None, "/plain/other/")
+        .await
+        .unwrap();
+    assert_eq!(swept, 1);
+    let other = send(&svc, on_host(host, "/plain/other/1")).await;
+    assert_eq!(other.outcome(), "MISS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purge_prefix_marks_a_declared_prefix_stale_in_memory() {
+    soft_purge_prefix_marks_a_declared_prefix_stale(CacheLayer::new(memory_cache())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purge_prefix_marks_a_declared_prefix_stale_on_redis() {
+    let redis = RedisServer::start();
+    soft_purge_prefix_marks_a_declared_prefix_stale(redis_layer(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purge_prefix_marks_a_declared_prefix_stale_through_a_near_cache() {
+    let redis = RedisServer::start();
+    soft_purge_prefix_marks_a_declared_prefix_stale(near_layer(&redis).await).await;
+}
+
 /// An entry stored before its prefix was declared carries no prefix tag, so no purge by tag can
 /// reach it: a layer declaring the prefix treats it as a miss and stores the response again, with
 /// the tag. A prefix not declared (or with the hosts unknown) is swept and counted as before.
