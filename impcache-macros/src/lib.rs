@@ -16,8 +16,9 @@ mod tokens;
 use proc_macro::TokenStream;
 
 /// Memoizes an `async fn` in an impcache [`Cache`]: a hit costs one `GET` and one JSON decode; a
-/// miss runs the body once per key per process, answers, and stores its value with `SET NX` and an
-/// expiry in the background.
+/// miss runs the body once per key per process, answers, and stores its value with an expiry in
+/// the background (`SET NX`; a plain `SET` with a freshness option, `lock`, `tags` or `tags_from`,
+/// or over a stored value that no longer decodes).
 ///
 /// ```
 /// use impcache::{cached, Cache, MemoryCacheRepository};

@@ -42,7 +42,7 @@ struct Origin {
     base: String,
 }
 
-/// Forwards `request` to the origin, unchanged but for its URI (and the hop-by-hop fields). The
+/// Forwards `request` to the origin, unchanged but for its URI and its `Connection` field. The
 /// error: the origin did not answer.
 async fn forward(origin: Origin, mut request: Request) -> Result<Response, OriginError> {
     let path_and_query = request

@@ -41,7 +41,7 @@ pub const DEFAULT_NAMESPACE: &str = "http";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StatusHeader {
-    /// `x-cache: HIT`, `MISS` or `BYPASS`.
+    /// `x-cache: HIT`, `MISS`, `BYPASS`, `STALE` or `REVALIDATED`.
     XCache,
     /// RFC 9211 `Cache-Status: impcache; hit; ttl=42` (or `fwd=uri-miss; stored`, `fwd=bypass`, …):
     /// the default.

@@ -92,7 +92,7 @@ impl CacheLayer {
 
     /// Which cache status headers responses carry (default [`StatusHeader::CacheStatus`], the
     /// standard one; [`StatusHeader::XCache`] or [`StatusHeader::Both`] add `x-cache: HIT`/`MISS`/
-    /// `BYPASS`, which some dashboards and scripts look for). Every header costs each response
+    /// `BYPASS`/`STALE`/`REVALIDATED`, which some dashboards and scripts look for). Every header costs each response
     /// its encoding and each client its parsing.
     pub fn status_header(self, status_header: StatusHeader) -> Self {
         self.with(|c| c.status_header = status_header)
@@ -133,7 +133,7 @@ impl CacheLayer {
     /// URL). An error status removes nothing.
     ///
     /// The removal of the URLs' records (two round trips: they are read, then removed with one
-    /// `DEL`) finishes before the response is sent, so the client that made the change reads it
+    /// `UNLINK`) finishes before the response is sent, so the client that made the change reads it
     /// back on its next request (a GET whose handler call started before the change may still
     /// store the older response it got). With the cache down or slow it adds at most one
     /// repository deadline and fails open: the failure is logged (`tracing` warning) and the

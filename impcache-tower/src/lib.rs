@@ -39,7 +39,7 @@
 //! | **Hits** | the stored status and headers, `Content-Length`, `Age` and `Cache-Status: impcache; hit; ttl=N` (RFC 9211; [`status_header`](CacheLayer::status_header) adds `x-cache: HIT`); a matching `If-None-Match` gets 304 for a stored 2xx (an `ETag` is computed when the response has none) |
 //! | **Unsafe methods** | a 2xx/3xx response to `POST`, `PUT`, `PATCH`, `DELETE` (any method but `GET`, `HEAD`, `OPTIONS`, `TRACE` that is not in [`methods`](CacheLayer::methods)) removes the stored responses of its URL, and of the same-host URLs in its `Location` and `Content-Location`, before it is sent (RFC 9111 §4.4; the client reads its own write); an error status removes nothing; with the cache down or slow it adds at most one repository deadline and fails open (logged). Two round trips whatever the keyspace: the URLs' records are read and removed, and their `Vary` variants, stored under the records' generation, are unreachable from then on (they expire with their TTL); only a record of an earlier version's format still has its variants swept (`SCAN`), the response waiting for it 500 ms at most. Off with [`invalidate_on_unsafe_methods(false)`](CacheLayer::invalidate_on_unsafe_methods) |
 //! | **Concurrent misses** | one handler call per key per process, also across the background store: a delivered response is a hit for the next request (read your own writes, with [`coalesce`](CacheLayer::coalesce) on). Waiters get the stored response (a streamed one once complete), never an uncacheable one, nor a tagged one purged after its handler call started; when a stale response stood in for the leader's failed handler, each waiter answers with its own stale response; a leader whose client disconnects or whose handler panics hands over to one new leader |
-//! | **Stale** | served past its freshness only within a stale window: [`stale_while_revalidate`](CacheLayer::stale_while_revalidate) (served at once, one background handler call per URL refreshes it) and [`stale_if_error`](CacheLayer::stale_if_error) (answers for a handler error, a status of [`stale_if_error_statuses`](CacheLayer::stale_if_error_statuses), or a [`handler_timeout`](CacheLayer::handler_timeout) / [`hard_timeout`](CacheLayer::hard_timeout); past a [`soft_timeout`](CacheLayer::soft_timeout) it answers while the call goes on), or the response's own `stale-while-revalidate` / `stale-if-error` (RFC 5861), which win; `must-revalidate`, `proxy-revalidate`, `no-cache` forbid it. `Cache-Status: impcache; hit; fwd=stale; ttl=-N; detail=…`, `x-cache: STALE` |
+//! | **Stale** | served past its freshness only within a stale window: [`stale_while_revalidate`](CacheLayer::stale_while_revalidate) (served at once, one background handler call per URL refreshes it) and [`stale_if_error`](CacheLayer::stale_if_error) (answers for a handler error, a status of [`stale_if_error_statuses`](CacheLayer::stale_if_error_statuses), or a [`handler_timeout`](CacheLayer::handler_timeout) / [`hard_timeout`](CacheLayer::hard_timeout); past a [`soft_timeout`](CacheLayer::soft_timeout) it answers while the call goes on), or the response's own `stale-while-revalidate` / `stale-if-error` (RFC 5861), which win; `must-revalidate`, `proxy-revalidate`, `no-cache` (and, with `follow_origin`, `s-maxage`) forbid it. `Cache-Status: impcache; hit; fwd=stale; ttl=-N; detail=…`, `x-cache: STALE` |
 //! | **Cache down or slow** | the handler answers; the lookup waits no longer than the repository's deadline, and stores happen in the background |
 //!
 //! ## Following the origin
@@ -51,7 +51,8 @@
 //! and a [targeted field](CacheLayer::targeted_cache_control) first), upstream `Age`/`Date` count
 //! in the hits' `Age`, any status but 1xx/206/304 is stored when explicitly fresh, and a stale
 //! entry with a validator is revalidated with `If-None-Match`/`If-Modified-Since` (a `304`
-//! refreshes it). The safety rules, the key, HEAD, streaming and invalidation stay as above. It
+//! refreshes it). No `ETag` is computed: hits carry the origin's validators only. The safety rules,
+//! the key, HEAD, streaming and invalidation stay as above. It
 //! passes 155 of the 160 required tests of the public HTTP cache test suite (cache-tests.fyi)
 //! with `stale_if_error` as in the example proxy (151 without); see `CONFORMANCE.md` in the
 //! repository.
@@ -65,7 +66,8 @@
 //! [`CacheLayer::purge_prefix`] removes every URL under a path prefix, [`CacheLayer::purge_all`]
 //! everything; the sweeps use [`Cache::delete_pattern`](impcache::Cache::delete_pattern) with the
 //! patterns of [`key`]. A prefix declared with [`CacheLayer::tag_prefixes`] is purged without a
-//! sweep: its responses carry the prefix's tag, and the purge invalidates it.
+//! sweep: its responses carry the prefix's tag, and the purge invalidates it
+//! ([`CacheLayer::soft_purge_prefix`] marks them stale instead).
 //! Each has a `_with_progress` twin ([`CacheLayer::purge_prefix_with_progress`], ...) calling
 //! back after each batch of the sweep, and a purge that fails midway says how many keys it had
 //! removed ([`Error::removed_before_failure`](impcache::Error::removed_before_failure)).
@@ -78,7 +80,8 @@
 //! tags; [`CacheLayer::purge_tag`] (or [`Cache::invalidate_tag`](impcache::Cache::invalidate_tag)
 //! anywhere) hides its responses, [`CacheLayer::soft_purge_tag`] makes them stale (`Cache-Tag`
 //! tags case-insensitively, as on Cloudflare; `Surrogate-Key` tags as given). A tagged hit
-//! reads its tags' state in a second round trip; an untagged hit is unchanged.
+//! reads its tags' state with its entry, in one round trip once the layer knows the URL's tags
+//! (a second one the first time); an untagged hit is unchanged.
 //! [`CacheLayer::lock`] makes one handler call per URL across processes with impcache's
 //! [`Lock`](impcache::Lock).
 //!

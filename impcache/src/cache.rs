@@ -323,8 +323,8 @@ impl Cache {
     }
 
     /// The hits, misses, errors and stale answers counted so far by this cache, its clones and
-    /// its [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: four atomic
-    /// loads.
+    /// its [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: four striped counters
+    /// summed (32 relaxed atomic loads).
     pub fn stats(&self) -> CacheStats {
         self.shared.counters.snapshot()
     }
@@ -570,7 +570,8 @@ impl Cache {
         })
     }
 
-    /// The values at `keys`, in the same order, `None` where nothing is stored; one round trip.
+    /// The values at `keys`, in the same order, `None` where nothing is stored; one round trip
+    /// (a second one reads the tag states of the tagged entries found, if any).
     pub async fn get_many<V>(
         &self,
         keys: impl IntoIterator<Item = impl AsRef<str>>,

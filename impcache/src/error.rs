@@ -163,7 +163,7 @@ pub enum Error {
     },
     /// The loader of [`Cache::get_or_set`](crate::Cache::get_or_set) (or `try_get_or_set`) gave
     /// no value and no stale value could be served: it passed its
-    /// [`hard_timeout`](crate::Freshness::hard_timeout), or panicked.
+    /// [`hard_timeout`](crate::Freshness::hard_timeout), panicked, or its runtime shut down.
     #[error("the loader of `{key}` gave no value: {reason}")]
     Loader {
         /// The key.

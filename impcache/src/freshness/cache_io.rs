@@ -31,8 +31,10 @@ impl Cache {
     /// (stale-while-revalidate, stale-if-error, timeouts, early refresh) with
     /// [`.freshness(..)`](crate::GetOrSet::freshness) before awaiting.
     ///
-    /// Errors: an invalid `expire` ([`Error::InvalidExpire`](crate::Error::InvalidExpire)), and, with a hard timeout, a loader
-    /// that gave no value with no stale value to serve ([`Error::Loader`](crate::Error::Loader)).
+    /// Errors: an invalid `expire` or lock lifetime
+    /// ([`Error::InvalidExpire`](crate::Error::InvalidExpire)), and a loader that gave no value
+    /// (it passed its hard timeout, panicked, or its runtime shut down) with no stale value to
+    /// serve ([`Error::Loader`](crate::Error::Loader)).
     ///
     /// ```
     /// # use impcache::{Cache, MemoryCacheRepository};
@@ -60,7 +62,8 @@ impl Cache {
     /// [`get_or_set`](Cache::get_or_set) with a fallible loader: its `Err` is returned (or,
     /// within a [`stale_if_error`](crate::Freshness::stale_if_error) window, the stale value
     /// instead) and never stored nor shared with the waiters. `E: From<impcache::Error>` carries
-    /// the invalid-expire and loader-timeout errors.
+    /// the errors of [`get_or_set`](Cache::get_or_set) (invalid expire, a loader that gave no
+    /// value).
     pub fn try_get_or_set<'a, F>(
         &'a self,
         key: &'a str,

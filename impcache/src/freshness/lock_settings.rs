@@ -26,9 +26,10 @@ use crate::expire::Expiry;
 ///   `SET NX` (which takes over a released or expired lock). A fresh value ends the wait and is
 ///   shared with the process's own waiters; the loader does not run here.
 /// - **Bounds**: past [`Lock::wait`] the process stops waiting and runs the loader itself,
-///   without the lock (fail open). A cache error while taking, re-reading or polling does the
-///   same at once, and a call whose first read failed does not try the lock at all: a Redis
-///   outage costs at most one deadline, as without the lock.
+///   without the lock (fail open). A cache error while taking or polling does the same at once
+///   (one while re-reading the value after taking the lock runs the loader under the lock, as
+///   if nothing were there), and a call whose first read failed does not try the lock at all: a
+///   Redis outage costs at most one deadline, as without the lock.
 /// - **Background reloads** (stale-while-revalidate, early refresh) try the lock once and do
 ///   not wait: when it is taken, another process is reloading and this one serves its stale value.
 ///
@@ -65,8 +66,8 @@ impl Default for Lock {
 }
 
 impl Lock {
-    /// A lifetime of 10 s (longer under a [`hard_timeout`](crate::Freshness::hard_timeout) of
-    /// 10 s or more: see [`lifetime`](Self::lifetime)), and a wait of twice the lifetime.
+    /// A lifetime of 10 s (the [`hard_timeout`](crate::Freshness::hard_timeout) plus 5 s when
+    /// that is longer: see [`lifetime`](Self::lifetime)), and a wait of twice the lifetime.
     pub const fn new() -> Self {
         Lock {
             lifetime: None,

@@ -84,8 +84,9 @@ impl Freshness {
 
     /// Up to `window` after the expiry, a read answers with the stale value at once, and the
     /// first such read starts one reload in the background (a spawned task holding the key's
-    /// single-flight, bounded by [`hard_timeout`](Freshness::hard_timeout)). Past the window the
-    /// entry is gone and the next read is a miss.
+    /// single-flight, bounded by [`hard_timeout`](Freshness::hard_timeout)). Past the window a read
+    /// loads, as on a miss (the entry itself may still be kept for a longer
+    /// [`stale_if_error`](Freshness::stale_if_error) window, to answer a failing loader).
     pub const fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.stale_while_revalidate = Some(window);
         self

@@ -153,7 +153,8 @@ impl NearCache {
     /// one use only: a [`get_or_set`](crate::Cache::get_or_set) /
     /// [`try_get_or_set`](crate::Cache::try_get_or_set) with a
     /// [`stale_if_error`](crate::Freshness::stale_if_error) window whose Redis read **failed**
-    /// (an error, the breaker open, the deadline) and whose loader then failed or timed out too.
+    /// (an error, the breaker open, the deadline) and whose loader then failed or timed out too
+    /// (its hard timeout, or its soft timeout while it keeps running).
     /// The copy answers if its age past the earlier of its expiry and the end of its vouching
     /// is within that window. Off by default: meanwhile the copy may no longer be what Redis
     /// holds (coherence is lost, bounded by the window). Never served by `get`, nor when Redis
