@@ -57,7 +57,7 @@ pub(crate) fn directives(headers: &HeaderMap, targeted: Option<&HeaderName>) -> 
 }
 
 /// An HTTP-date field in seconds since the Unix epoch; `None` when absent or invalid.
-fn date_secs(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+pub(crate) fn date_secs(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
     let value = headers.get(name)?.to_str().ok()?;
     let time = httpdate::parse_http_date(value.trim()).ok()?;
     time.duration_since(std::time::UNIX_EPOCH)

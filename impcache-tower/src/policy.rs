@@ -428,6 +428,25 @@ pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag)
 }
 
+/// Whether a stored response whose fields are `stored` was not modified since the request's
+/// `If-Modified-Since` (RFC 9110 §13.1.3): its `Last-Modified` is no later than that date. False
+/// when either is missing or not a valid HTTP-date, or the request has more than one
+/// `If-Modified-Since` line (which §13.1.3 says to ignore). Asked only of a request without
+/// `If-None-Match`, which takes precedence (§13.2.2).
+pub(crate) fn not_modified_since(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if request
+        .get_all(header::IF_MODIFIED_SINCE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return false;
+    }
+    let since = crate::freshness::date_secs(request, &header::IF_MODIFIED_SINCE);
+    let modified = crate::freshness::date_secs(stored, &header::LAST_MODIFIED);
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -641,5 +660,32 @@ mod tests {
             "\"b\""
         ));
         assert!(!if_none_match(&HeaderMap::new(), "\"b\""));
+    }
+
+    #[test]
+    fn not_modified_since_compares_last_modified_with_the_requests_date() {
+        const MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let stored = headers(&[("last-modified", MODIFIED)]);
+        let since = |date: &'static str| headers(&[("if-modified-since", date)]);
+        // The same date, or a later one: not modified.
+        assert!(not_modified_since(&since(MODIFIED), &stored));
+        assert!(not_modified_since(
+            &since("Wed, 21 Oct 2015 07:28:01 GMT"),
+            &stored
+        ));
+        // An earlier one: modified since.
+        assert!(!not_modified_since(
+            &since("Wed, 21 Oct 2015 07:27:59 GMT"),
+            &stored
+        ));
+        // Not a valid HTTP-date, no Last-Modified, two field lines: ignored (modified).
+        assert!(!not_modified_since(&since("yesterday"), &stored));
+        assert!(!not_modified_since(&since(MODIFIED), &HeaderMap::new()));
+        let twice = headers(&[
+            ("if-modified-since", MODIFIED),
+            ("if-modified-since", MODIFIED),
+        ]);
+        assert!(!not_modified_since(&twice, &stored));
+        assert!(!not_modified_since(&HeaderMap::new(), &stored));
     }
 }

@@ -188,16 +188,21 @@ fn serve_as(
 ) -> Response<Bytes> {
     let age = entry.age_secs(now_ms);
     let ttl_left = entry.ttl_left(age);
-    // The stored ETag is read only for a conditional request (most requests are not), and only
-    // for a 2xx: a server ignores preconditions when its answer would be another status (RFC
-    // 9110 §13.2.1), so a stored 404 or redirect is sent as it is, never as a 304.
-    let matched = request_headers.contains_key(header::IF_NONE_MATCH)
-        && entry.status.is_success()
-        && entry
-            .headers
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|etag| policy::if_none_match(request_headers, etag));
+    // The stored validators are read only for a conditional request (most requests are not),
+    // and only for a 2xx: a server ignores preconditions when its answer would be another status
+    // (RFC 9110 §13.2.1), so a stored 404 or redirect is sent as it is, never as a 304.
+    // `If-None-Match` takes precedence over `If-Modified-Since` (§13.2.2).
+    let matched = entry.status.is_success()
+        && if request_headers.contains_key(header::IF_NONE_MATCH) {
+            entry
+                .headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|etag| policy::if_none_match(request_headers, etag))
+        } else {
+            request_headers.contains_key(header::IF_MODIFIED_SINCE)
+                && policy::not_modified_since(request_headers, &entry.headers)
+        };
     let mut response = if matched {
         not_modified(&entry.headers)
     } else {

@@ -710,6 +710,67 @@ async fn if_none_match_is_answered_with_304_from_the_cache() {
     assert_eq!(calls.get(), 1);
 }
 
+/// RFC 9110 §13.1.3: a client's `If-Modified-Since` no earlier than the stored response's
+/// `Last-Modified` is answered with a 304 from the cache; an earlier date gets the stored
+/// response; `If-None-Match`, when present, decides alone (§13.2.2); a stored 404 is sent as it is.
+#[tokio::test]
+async fn if_modified_since_is_answered_with_304_from_the_cache() {
+    const MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let (svc, calls) = app(
+        layer().statuses([StatusCode::OK, StatusCode::NOT_FOUND]),
+        |_, req: Request<Body>| async move {
+            let status = if req.uri().path() == "/missing" {
+                404
+            } else {
+                200
+            };
+            Response::builder()
+                .status(status)
+                .header("etag", "\"v1\"")
+                .header("last-modified", MODIFIED)
+                .body(Body::from("content"))
+                .unwrap()
+        },
+    );
+    send(&svc, get("/doc")).await;
+    send(&svc, get("/missing")).await;
+    for since in [MODIFIED, "Thu, 22 Oct 2015 00:00:00 GMT"] {
+        let seen = send(
+            &svc,
+            request("GET", "/doc", &[("if-modified-since", since)]),
+        )
+        .await;
+        assert_eq!(seen.status, StatusCode::NOT_MODIFIED, "{since}");
+        assert!(seen.body.is_empty());
+        assert_eq!(seen.header("last-modified"), Some(MODIFIED));
+        assert_eq!(seen.outcome(), "HIT");
+    }
+    let earlier = "Tue, 20 Oct 2015 00:00:00 GMT";
+    let changed = send(
+        &svc,
+        request("GET", "/doc", &[("if-modified-since", earlier)]),
+    )
+    .await;
+    assert_eq!(
+        (changed.status, changed.body.as_ref()),
+        (StatusCode::OK, &b"content"[..])
+    );
+    // `If-None-Match` that does not match wins over a matching `If-Modified-Since`.
+    let both = request(
+        "GET",
+        "/doc",
+        &[("if-none-match", "\"v0\""), ("if-modified-since", MODIFIED)],
+    );
+    assert_eq!(send(&svc, both).await.status, StatusCode::OK);
+    let missing = send(
+        &svc,
+        request("GET", "/missing", &[("if-modified-since", MODIFIED)]),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(calls.get(), 2);
+}
+
 /// RFC 9110 §13.2.1: preconditions are ignored when the answer would not be a 2xx, so a stored
 /// 404 (or redirect) is sent as it is to a conditional request, never as an empty 304.
 #[tokio::test]
