@@ -56,15 +56,6 @@ pub(crate) fn directives(headers: &HeaderMap, targeted: Option<&HeaderName>) -> 
         .unwrap_or_else(|| CacheControl::parse(headers))
 }
 
-/// An HTTP-date field in seconds since the Unix epoch; `None` when absent or invalid.
-pub(crate) fn date_secs(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
-    let value = headers.get(name)?.to_str().ok()?;
-    let time = httpdate::parse_http_date(value.trim()).ok()?;
-    time.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs())
-}
-
 /// The `Age` field (§5.1): the first member of the first field line, when it is a non-negative
 /// integer; `None` when absent or invalid (an invalid `Age` is ignored, as §5.1 asks). Values past
 /// 2^31 count as 2^31.
@@ -161,11 +152,11 @@ pub(crate) fn storable(
         return Err(NotStored::VaryStar);
     }
     let response_secs = response_ms / 1000;
-    let date = date_secs(headers, &header::DATE);
+    let date = policy::date_secs(headers, &header::DATE);
     let explicit = cc.s_maxage.or(cc.max_age).or_else(|| {
         headers.contains_key(header::EXPIRES).then(|| {
             // An invalid `Expires` (`0`, a bad date) means "already expired" (§5.3).
-            date_secs(headers, &header::EXPIRES).map_or(0, |expires| {
+            policy::date_secs(headers, &header::EXPIRES).map_or(0, |expires| {
                 expires.saturating_sub(date.unwrap_or(response_secs))
             })
         })
@@ -174,7 +165,7 @@ pub(crate) fn storable(
     let lifetime = match explicit {
         Some(lifetime) => lifetime,
         None if !heuristic_allowed => return Err(NotStored::Status),
-        None => date_secs(headers, &header::LAST_MODIFIED).map_or(0, |modified| {
+        None => policy::date_secs(headers, &header::LAST_MODIFIED).map_or(0, |modified| {
             date.unwrap_or(response_secs).saturating_sub(modified) / HEURISTIC_DIVISOR
         }),
     };

@@ -428,6 +428,15 @@ pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag)
 }
 
+/// An HTTP-date field in seconds since the Unix epoch; `None` when absent or invalid.
+pub(crate) fn date_secs(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+    let value = headers.get(name)?.to_str().ok()?;
+    let time = httpdate::parse_http_date(value.trim()).ok()?;
+    time.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
 /// Whether a stored response whose fields are `stored` was not modified since the request's
 /// `If-Modified-Since` (RFC 9110 §13.1.3): its `Last-Modified` is no later than that date. False
 /// when either is missing or not a valid HTTP-date, or the request has more than one
@@ -442,8 +451,8 @@ pub(crate) fn not_modified_since(request: &HeaderMap, stored: &HeaderMap) -> boo
     {
         return false;
     }
-    let since = crate::freshness::date_secs(request, &header::IF_MODIFIED_SINCE);
-    let modified = crate::freshness::date_secs(stored, &header::LAST_MODIFIED);
+    let since = date_secs(request, &header::IF_MODIFIED_SINCE);
+    let modified = date_secs(stored, &header::LAST_MODIFIED);
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
