@@ -92,8 +92,8 @@ impl CacheLayer {
 
     /// Which cache status headers responses carry (default [`StatusHeader::CacheStatus`], the
     /// standard one; [`StatusHeader::XCache`] or [`StatusHeader::Both`] add `x-cache: HIT`/`MISS`/
-    /// `BYPASS`/`STALE`/`REVALIDATED`, which some dashboards and scripts look for). Every header costs each response
-    /// its encoding and each client its parsing.
+    /// `BYPASS`/`STALE`/`REVALIDATED`, which some dashboards and scripts look for). Every header
+    /// costs each response its encoding and each client its parsing.
     pub fn status_header(self, status_header: StatusHeader) -> Self {
         self.with(|c| c.status_header = status_header)
     }
@@ -564,11 +564,11 @@ impl CacheLayer {
     }
 
     /// Marks every stored response whose path starts with `path_prefix` stale, on `host` or on
-    /// any host: Fastly's soft purge, for a path prefix, as [`soft_purge_tag`](Self::soft_purge_tag)
-    /// is for a tag. Within the layer's (or the response's) [stale-while-revalidate
-    /// window](Self::stale_while_revalidate), counted from the purge, a response is served at
-    /// once while one background handler call per URL refreshes it; without a window it is a
-    /// miss. Returns 0: nothing is removed.
+    /// any host: Fastly's soft purge, for a path prefix, as
+    /// [`soft_purge_tag`](Self::soft_purge_tag) is for a tag. Within the layer's (or the
+    /// response's) [stale-while-revalidate window](Self::stale_while_revalidate), counted from
+    /// the purge, a response is served at once while one background handler call per URL
+    /// refreshes it; without a window it is a miss. Returns 0: nothing is removed.
     ///
     /// Only a prefix declared with [`tag_prefixes`](Self::tag_prefixes) can be marked stale (its
     /// responses carry its tag). Any other prefix, and a declared one whose hosts are not known

@@ -200,8 +200,7 @@ fn serve_as(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|etag| policy::if_none_match(request_headers, etag))
         } else {
-            request_headers.contains_key(header::IF_MODIFIED_SINCE)
-                && policy::not_modified_since(request_headers, &entry.headers)
+            policy::not_modified_since(request_headers, &entry.headers)
         };
     let mut response = if matched {
         not_modified(&entry.headers)

@@ -323,8 +323,8 @@ impl Cache {
     }
 
     /// The hits, misses, errors and stale answers counted so far by this cache, its clones and
-    /// its [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: four striped counters
-    /// summed (32 relaxed atomic loads).
+    /// its [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: four striped
+    /// counters summed (32 relaxed atomic loads).
     pub fn stats(&self) -> CacheStats {
         self.shared.counters.snapshot()
     }

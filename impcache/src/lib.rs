@@ -47,7 +47,8 @@
 //!
 //! Entries written with [`Cache::set_tagged`] or [`get_or_set(..).tags(..)`](GetOrSet::tags)
 //! carry tags; [`Cache::invalidate_tag`] hides every entry of a tag with one write to the
-//! tag's key (on Redis an `EVAL` that keeps the later time), without a keyspace scan (on Cluster too), and [`Cache::soft_invalidate_tag`] makes them stale (served
+//! tag's key (on Redis an `EVAL` that keeps the later time), without a keyspace scan (on
+//! Cluster too), and [`Cache::soft_invalidate_tag`] makes them stale (served
 //! under a [`Freshness`] stale window while they reload). An entry whose loader started before an
 //! invalidation is never served after it. Tagged entries are stored in a JSON envelope (the
 //! Python library reads it as a dict holding the value); untagged ones keep the Python bytes.

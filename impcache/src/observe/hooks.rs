@@ -203,8 +203,8 @@ impl BreakerState {
 }
 
 /// Counts a breaker's change of state and sets [`BREAKER_STATE`] to `to`. `breaker` are the labels
-/// naming the breaker (`repository` and `target`: the server, or a cluster node), so that several breakers
-/// do not write over each other's gauge.
+/// naming the breaker (`repository` and `target`: the server, or a cluster node), so that
+/// several breakers do not write over each other's gauge.
 pub fn breaker_transition(breaker: &[Label], from: BreakerState, to: BreakerState) {
     let key = |name: &'static str, extra: &[(&'static str, &'static str)]| {
         let extra = extra
