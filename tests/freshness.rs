@@ -57,7 +57,47 @@ per_store!(
     early_refresh_reloads_a_fresh_value_in_the_background,
     the_fail_safe_throttle_answers_stale_without_the_loader,
     a_failed_background_reload_throttles_the_next_ones,
+    a_window_of_duration_max_keeps_the_value_as_long_as_there_is,
 );
+
+/// `stale_if_error(Duration::MAX)` / `stale_while_revalidate(Duration::MAX)` ("serve stale for
+/// as long as there is", FusionCache's fail-safe with no limit): the window is the longest kept
+/// (50 years) and the call works; an `expire` that leaves no room for the window is refused
+/// before the loader runs, with an error that names the key and the window.
+async fn a_window_of_duration_max_keeps_the_value_as_long_as_there_is(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    let forever = Freshness::new()
+        .stale_if_error(Duration::MAX)
+        .stale_while_revalidate(Duration::MAX);
+    let value: String = cache
+        .get_or_set("k", 60, counted(&runs, &open, "v"))
+        .freshness(forever)
+        .await
+        .unwrap();
+    assert_eq!(value, "v");
+    until_stored(cache, "k", "v").await;
+    let found = cache.get_raw_with_ttl("k").await.unwrap().unwrap();
+    let ttl = found.ttl.unwrap();
+    assert!(ttl > forever.stale_window(), "{ttl:?}");
+    assert_eq!(
+        forever.state(Some(ttl)),
+        State::Fresh {
+            left: Some(ttl - forever.stale_window())
+        }
+    );
+    let error = cache
+        .get_or_set("k2", impcache::MAX_EXPIRE, counted(&runs, &open, "v"))
+        .freshness(forever)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::InvalidExpire { key, reason } if key == "k2" && reason.contains("stale window")),
+        "{error}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
 
 /// Waits (at most [`HANG`]) until `key` holds `value`.
 async fn until_stored(cache: &Cache, key: &str, value: &str) {

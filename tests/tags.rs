@@ -64,6 +64,7 @@ per_store!(
     a_failed_loader_chooses_no_tags_and_stores_nothing,
     an_earlier_invalidation_landing_later_undoes_nothing,
     every_repository_keeps_the_later_invalidation,
+    a_version_spelled_like_tag_state_is_refused,
 );
 
 /// The races of invalidations, on a runtime with worker threads: the memory repository's
@@ -569,6 +570,81 @@ async fn with_redis_down_a_tagged_get_or_set_runs_its_loader() {
     assert_eq!(value, "v");
     let error = cache.invalidate_tag("t").await.unwrap_err();
     assert!(error.is_backend_failure(), "{error}");
+}
+
+/// One loader run per key per process holds with Redis down too, for tagged calls as for
+/// untagged ones: 10 concurrent callers of one key, Redis killed while the leader's loader runs
+/// (the waiters' reads went through, and their check of the tags' state fails) or down from the
+/// start (their reads failed). The waiters take the leader's value: no process can see an
+/// invalidation while Redis is down, and a run per waiter would fall on the loader's source
+/// exactly then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_tagged_callers_share_one_loader_run() {
+    for killed_during_the_load in [true, false] {
+        let mut server = RedisServer::start();
+        let repository = RedisCacheRepository::builder(server.url())
+            .deadline(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let cache = Cache::new(repository);
+        if !killed_during_the_load {
+            server.kill();
+        }
+        let runs = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Semaphore::new(0));
+        let callers: Vec<_> = (0..10)
+            .map(|_| {
+                let (cache, loader) = (cache.clone(), counted(&runs, &gate, "v"));
+                tokio::spawn(async move { cache.get_or_set("k", 60, loader).tags(["t"]).await })
+            })
+            .collect();
+        // Every caller has read (or failed to) and waits for the leader's loader.
+        tokio::time::timeout(HANG, async {
+            while runs.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(MS).await;
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if killed_during_the_load {
+            server.kill();
+        }
+        gate.add_permits(100);
+        for caller in callers {
+            let value = tokio::time::timeout(HANG, caller).await.unwrap().unwrap();
+            assert_eq!(value.unwrap(), "v");
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "killed during the load: {killed_during_the_load}"
+        );
+    }
+}
+
+/// A version whose keys would be tag state keys (`{prefix}:__impcache_tag:{tag}`) is refused by
+/// every operation, so that no write replaces a tag's state (and brings back what it hid).
+async fn a_version_spelled_like_tag_state_is_refused(b: Backend) {
+    let cache = &b.cache;
+    cache.set_tagged("k", &"hidden", 60, ["t"]).await.unwrap();
+    cache.invalidate_tag("t").await.unwrap();
+    for version in ["__impcache_tag", "__impcache_tag:x"] {
+        let odd = cache.with_version(version);
+        let error = odd.set("t", &"user data", 60).await.unwrap_err();
+        assert!(
+            matches!(&error, impcache::Error::InvalidKey { key, .. } if key == "t"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("reserved"), "{error}");
+        assert!(odd.get::<String>("t").await.is_err());
+        assert!(odd.delete_pattern("*").await.is_err());
+    }
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+    // Only those: a version that merely starts alike is an ordinary one.
+    let ordinary = cache.with_version("__impcache_tags");
+    ordinary.set("t", &"user data", 60).await.unwrap();
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
 }
 
 // --- Tags chosen from the loaded value (`tags_from`, HybridCache #6897). ---

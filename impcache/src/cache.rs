@@ -367,10 +367,22 @@ impl Cache {
     /// The full Redis glob for a `delete_pattern` pattern: prefix and version escaped, the
     /// pattern as given (checked for unclosed `[`).
     pub fn make_pattern(&self, pattern: &str) -> Result<String> {
+        if self.version.is_reserved() {
+            return Err(Error::InvalidPattern {
+                pattern: shown(pattern),
+                reason: self.reserved_version(),
+            });
+        }
         full_pattern(&self.shared.key_prefix, self.version.as_str(), pattern)
     }
 
     pub(crate) fn check_key(&self, key: &str) -> Result<()> {
+        if self.version.is_reserved() {
+            return Err(Error::InvalidKey {
+                key: shown(key),
+                reason: self.reserved_version(),
+            });
+        }
         if key.len() > self.shared.max_key_bytes {
             return Err(Error::InvalidKey {
                 key: shown(key),
@@ -382,6 +394,15 @@ impl Cache {
             });
         }
         Ok(())
+    }
+
+    /// Why a reserved version ([`Version::is_reserved`]) is refused.
+    #[cold]
+    fn reserved_version(&self) -> String {
+        format!(
+            "the version `{}` is reserved: `{}:__impcache_tag:{{tag}}` keys hold tags' state",
+            self.version, self.shared.key_prefix
+        )
     }
 
     /// Checks a tag as every operation taking tags does: not empty, and no longer than a key

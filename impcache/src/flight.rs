@@ -146,6 +146,13 @@ impl<V> fmt::Debug for Waiter<V> {
     }
 }
 
+/// Another handle on the same flight (its value need not be `Clone`).
+impl<V> Clone for Waiter<V> {
+    fn clone(&self) -> Self {
+        Waiter(self.0.clone())
+    }
+}
+
 /// What a waiter learned.
 #[derive(Debug)]
 pub enum Wait<V> {
@@ -260,6 +267,18 @@ impl<V: Clone> Waiter<V> {
         tokio::time::timeout(timeout, self.wait_unbounded())
             .await
             .unwrap_or(Wait::TimedOut)
+    }
+
+    /// Waits until the flight has ended (its leader's guard dropped: a store in the background
+    /// done), at most `timeout`; at once when it has already.
+    pub async fn ended(mut self, timeout: Duration) {
+        // Nothing is sent after the answer: `changed` fails once the guard's sender is dropped.
+        let closed = async { while self.0.changed().await.is_ok() {} };
+        // Unbounded outside a tokio runtime, which has no timer (the guard still ends it).
+        if tokio::runtime::Handle::try_current().is_err() {
+            return closed.await;
+        }
+        drop(tokio::time::timeout(timeout, closed).await);
     }
 
     /// The leader's answer, however long it takes (the leader's guard ends it).

@@ -30,6 +30,16 @@ impl Version {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this version's keys would be tag state keys (`{prefix}:__impcache_tag:{tag}`,
+    /// which have no version): `__impcache_tag`, or `__impcache_tag:` and more. Operations
+    /// refuse it, so that a write cannot replace a tag's state.
+    pub(crate) fn is_reserved(&self) -> bool {
+        let tag_space = crate::tags::TAG_KEY_PART.trim_end_matches(':');
+        self.0
+            .strip_prefix(tag_space)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+    }
 }
 
 impl Default for Version {

@@ -88,7 +88,12 @@ impl Shared {
     /// (`invalidate_tag` from any process): its tags' state is read again, and it is taken only
     /// if none was invalidated since. A waiter that asked before it was computed takes it, as
     /// the leader's own caller does.
-    async fn holds_for(&self, cache: &Cache, joined: u64) -> bool {
+    ///
+    /// With the state unreadable (the waiter's own read failed, `reread` is `Never`, or this
+    /// one does) the value is taken: no process can see an invalidation while the cache fails,
+    /// and a load per waiter would fall on the loader's source exactly then (one loader run per
+    /// key, fail open). Not reading it after a failed read keeps the call within one deadline.
+    async fn holds_for(&self, job: &Job, joined: u64, reread: Reread) -> bool {
         let Some((since, tags)) = &self.holds_since else {
             return true;
         };
@@ -98,10 +103,18 @@ impl Shared {
         if self.tags_unknown {
             return false;
         }
-        matches!(
-            cache.tag_verdict(tags.as_slice(), *since).await,
-            Ok(tags::Verdict::Fresh)
-        )
+        if reread == Reread::Never {
+            return true;
+        }
+        let cache = &job.cache;
+        match cache.tag_verdict(tags.as_slice(), *since).await {
+            Ok(verdict) => verdict == tags::Verdict::Fresh,
+            Err(error) => {
+                let (key, error) = (cache.logged_key(&job.key), cache.logged_error(&error));
+                tracing::debug!(target: TARGET, key, %error, "tag state unreadable; taking the shared value");
+                true
+            }
+        }
     }
 }
 
@@ -317,7 +330,7 @@ where
                         }
                     }
                     Wait::Published(shared) => {
-                        if shared.holds_for(&job.cache, joined).await {
+                        if shared.holds_for(&job, joined, reread).await {
                             if let Some(value) = decode(&job, &shared.json) {
                                 return Ok(value);
                             }

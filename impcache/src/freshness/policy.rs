@@ -7,8 +7,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::lock_settings::Lock;
-use crate::error::Result;
-use crate::expire::{Expire, Expiry};
+use crate::error::{Error, Result};
+use crate::expire::{Expire, Expiry, MAX_EXPIRE};
+
+/// The longest stale window kept (see [`Freshness::stale_window`]).
+const LONGEST_STALE_WINDOW: Duration = Duration::from_secs(MAX_EXPIRE.as_secs() / 2);
 
 /// A freshness policy: what [`Cache::get_or_set`](crate::Cache::get_or_set) (through
 /// [`GetOrSet::freshness`](crate::GetOrSet::freshness)) and `#[cached(...)]` do around an entry's
@@ -184,11 +187,13 @@ impl Freshness {
     }
 
     /// How long an entry is kept after its expiry: the longer of the two stale windows (zero
-    /// when neither is set).
+    /// when neither is set), at most half of [`MAX_EXPIRE`] (50 years: a window of
+    /// `Duration::MAX` is that long), so that every `expire` up to the other half takes any
+    /// window.
     pub fn stale_window(&self) -> Duration {
         let swr = self.stale_while_revalidate.unwrap_or_default();
         let sie = self.stale_if_error.unwrap_or_default();
-        swr.max(sie)
+        swr.max(sie).min(LONGEST_STALE_WINDOW)
     }
 
     /// Whether a read needs the entry's remaining TTL (`GET` + `PTTL`) rather than a `GET`.
@@ -205,6 +210,13 @@ impl Freshness {
         let expiry = expire.resolve(key)?;
         let window = self.stale_window();
         match expiry.as_duration() {
+            Some(fresh) if fresh.saturating_add(window) > MAX_EXPIRE => Err(Error::InvalidExpire {
+                key: key.to_owned(),
+                reason: format!(
+                    "{fresh:?} plus the stale window of {window:?} is longer than the maximum \
+                     of {MAX_EXPIRE:?} (a window is at most {LONGEST_STALE_WINDOW:?})"
+                ),
+            }),
             Some(fresh) if !window.is_zero() => {
                 Expire::from_duration(fresh.saturating_add(window)).resolve(key)
             }
@@ -314,6 +326,34 @@ mod tests {
         assert_eq!(policy.stored_expiry(Expire::NEVER, "k")?, Expiry::Never);
         assert!(policy.stored_expiry(Expire::seconds(0), "k").is_err());
         assert!(policy.needs_ttl() && !Freshness::new().needs_ttl());
+        Ok(())
+    }
+
+    #[test]
+    fn a_window_of_duration_max_is_the_longest_kept() -> Result<()> {
+        let forever = Freshness::new().stale_if_error(Duration::MAX);
+        assert_eq!(forever.stale_window(), LONGEST_STALE_WINDOW);
+        assert_eq!(
+            forever.stored_expiry(Expire::seconds(60), "k")?,
+            Expiry::Seconds(LONGEST_STALE_WINDOW.as_secs() + 60)
+        );
+        // Fresh for a minute, then stale for the rest of the key's life.
+        let stored = LONGEST_STALE_WINDOW + 60 * S;
+        assert_eq!(
+            forever.state(Some(stored)),
+            State::Fresh { left: Some(60 * S) }
+        );
+        assert_eq!(
+            forever.state(Some(LONGEST_STALE_WINDOW - S)),
+            State::Stale { past: S }
+        );
+        // Past the longest expiry in all: refused, the window named.
+        let error = forever
+            .stored_expiry(Expire::from_duration(MAX_EXPIRE), "k")
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("stale window"), "{error}");
         Ok(())
     }
 
