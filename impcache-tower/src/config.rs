@@ -102,6 +102,8 @@ pub(crate) struct Config {
     /// The in-flight handler calls, shared by every clone of the layer (also by one whose rules
     /// were changed after cloning). Inside the config so that a request clones one `Arc`.
     pub(crate) flights: Arc<Flights>,
+    /// This process's stores in progress, which purges wait for (shared like `flights`).
+    pub(crate) landing: Arc<crate::landing::Landing>,
     /// Tags (issue 16): the response header fields read as tags.
     pub(crate) tag_headers: Vec<HeaderName>,
     /// Whether the tag header fields reach the client.
@@ -149,6 +151,7 @@ impl Config {
             early_refresh: Duration::ZERO,
             fail_safe_throttle: None,
             flights: Arc::new(Flights::default()),
+            landing: Arc::default(),
             tag_headers: crate::tags::DEFAULT_TAG_HEADERS.to_vec(),
             keep_tag_headers: false,
             tags_from: None,

@@ -153,14 +153,10 @@ pub(crate) fn storable(
     }
     let response_secs = response_ms / 1000;
     let date = policy::date_secs(headers, &header::DATE);
-    let explicit = cc.s_maxage.or(cc.max_age).or_else(|| {
-        headers.contains_key(header::EXPIRES).then(|| {
-            // An invalid `Expires` (`0`, a bad date) means "already expired" (§5.3).
-            policy::date_secs(headers, &header::EXPIRES).map_or(0, |expires| {
-                expires.saturating_sub(date.unwrap_or(response_secs))
-            })
-        })
-    });
+    let explicit = cc
+        .s_maxage
+        .or(cc.max_age)
+        .or_else(|| policy::expires_lifetime(headers, response_secs));
     let heuristic_allowed = cc.public || heuristically_cacheable(status);
     let lifetime = match explicit {
         Some(lifetime) => lifetime,

@@ -18,12 +18,15 @@
 //! `delete_pattern` sweep (on Redis, a `SCAN` of the whole keyspace): the response waits for it
 //! [`SWEEP_WAIT`] at most, then it goes on in the background.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderMap};
 use http::{Method, Request, StatusCode};
 use impcache::Cache;
 
 use crate::config::Config;
 use crate::key;
+use crate::landing::Landing;
 use crate::store::has_variants;
 
 /// How long a response waits for the sweep of its URLs' variants before it goes out and the
@@ -141,6 +144,8 @@ fn join_path_and_query(path: &str, query: Option<&str>) -> String {
 /// What one invalidation removes, owned so that it can run in a task of its own.
 pub(crate) struct Targets {
     cache: Cache,
+    /// This process's stores in progress, waited for first (see [`crate::landing`]).
+    landing: Arc<Landing>,
     namespace: String,
     /// The host parts of the keys (`None`: no host, or keys leave the host out): one, or for a
     /// purge on any host those the namespace's list of hosts names.
@@ -171,6 +176,7 @@ impl Targets {
     ) -> Self {
         Targets {
             cache: config.cache.clone(),
+            landing: Arc::clone(&config.landing),
             namespace: config.namespace.clone(),
             hosts,
             any_host,
@@ -182,12 +188,13 @@ impl Targets {
     /// Reads the URLs' records (one round trip) and removes the ones found with one `DEL` (a
     /// second): their variants are then unreachable (see [`crate::store`]). Returns the number
     /// of records removed, and the indexes in `urls` of the URLs whose record was of an earlier
-    /// format, whose variants only a sweep removes.
+    /// format, whose variants only a sweep removes. Waits first for this process's stores of
+    /// these URLs in progress ([`crate::landing`]).
     pub(crate) async fn remove_records(
         &self,
     ) -> Result<(u64, Vec<usize>), (impcache::Error, &'static str)> {
-        // (index in `urls`, record key) for every URL, host and stored method.
-        let mut records =
+        // (index in `urls`, URL key) for every URL, host and stored method.
+        let mut url_keys =
             Vec::with_capacity(self.urls.len() * self.hosts.len() * self.methods.len());
         for (i, url) in self.urls.iter().enumerate() {
             let (path, query) = key::split_path_and_query(url);
@@ -195,10 +202,17 @@ impl Targets {
                 for method in &self.methods {
                     let url_key =
                         key::url_key(&self.namespace, host.as_deref(), path, query, method);
-                    records.push((i, key::record_key(&url_key)));
+                    url_keys.push((i, url_key));
                 }
             }
         }
+        self.landing
+            .landed(|of| url_keys.iter().any(|(_, url_key)| url_key == of))
+            .await;
+        let records: Vec<(usize, String)> = url_keys
+            .iter()
+            .map(|(i, url_key)| (*i, key::record_key(url_key)))
+            .collect();
         // Read from the repository itself: the records' bytes as Redis holds them (the read
         // keeps nothing in a near cache).
         let full: Vec<String> = records

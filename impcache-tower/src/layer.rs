@@ -457,6 +457,14 @@ impl CacheLayer {
     ///
     /// The query is matched after sorting its parameters by name, as keys are.
     ///
+    /// **Stores in progress**: a response goes out before its store has landed. This purge, as
+    /// every purge that removes records or sweeps ([`purge_prefix`](Self::purge_prefix),
+    /// [`purge_all`](Self::purge_all), an unsafe method's invalidation), first waits for this
+    /// process's stores in progress of what it removes, 500 ms at most, so that a response a
+    /// client already has is not stored again after the purge. A handler call still running
+    /// when the purge began, or another process's store, may store after it (as in nginx and
+    /// Varnish); a tag purge ([`purge_tag`](Self::purge_tag)) reaches those too.
+    ///
     /// **Without a scan**: the URL's records (one per stored method) are read and removed, two
     /// round trips whatever the size of the keyspace; its variants, stored under the records'
     /// generation, are unreachable from then on and expire with their TTL (they are not
@@ -511,6 +519,7 @@ impl CacheLayer {
                 // The hosts not known: the sweep.
                 None => {
                     let pattern = self.url_pattern(host, path_and_query);
+                    config.landing.landed(|_| true).await;
                     return config
                         .cache
                         .delete_pattern_with_progress(&pattern, on_progress)
@@ -604,6 +613,7 @@ impl CacheLayer {
             }
         }
         let pattern = self.prefix_pattern(host, path_prefix);
+        config.landing.landed(|_| true).await;
         config
             .cache
             .delete_pattern_with_progress(&pattern, on_progress)
@@ -657,6 +667,7 @@ impl CacheLayer {
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let cache = &self.config.cache;
+        self.config.landing.landed(|_| true).await;
         // The list of hosts first (not counted): a store that begins after it lists its host
         // again before writing its record. (One that listed its host just before it and writes
         // its record after the sweep leaves that record unlisted until the host's next store:

@@ -108,6 +108,7 @@ mod future;
 mod held_lock;
 mod invalidate;
 pub mod key;
+mod landing;
 mod layer;
 mod lock;
 mod metrics;

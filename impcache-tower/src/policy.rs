@@ -311,11 +311,11 @@ pub(crate) fn plan_request(
     RequestPlan::Lookup { refresh, limits }
 }
 
-/// The response-side rules: `Ok(ttl)` when the response may be stored (`None`: no expiry), the
+/// The response-side rules of the default mode, for a response with `status` and `headers`
+/// that arrived at `response_ms`: `Ok(ttl)` when it may be stored (`None`: no expiry), the
 /// reason otherwise. The body size is checked separately, while buffering.
 pub(crate) fn storable(
-    status: StatusCode,
-    headers: &HeaderMap,
+    (status, headers, response_ms): (StatusCode, &HeaderMap, u64),
     statuses: &[StatusCode],
     expire: Option<Duration>,
     max_ttl: Option<Duration>,
@@ -344,8 +344,13 @@ pub(crate) fn storable(
     if vary_names(headers).is_none() {
         return Err(NotStored::VaryStar);
     }
-    // s-maxage is for shared caches (this is one) and wins over max-age.
-    let origin = cc.s_maxage.or(cc.max_age).map(Duration::from_secs);
+    // s-maxage is for shared caches (this is one) and wins over max-age, which wins over
+    // `Expires` (RFC 9111 §4.2.1; nginx reads them the same way).
+    let origin = cc
+        .s_maxage
+        .or(cc.max_age)
+        .or_else(|| expires_lifetime(headers, response_ms / 1000))
+        .map(Duration::from_secs);
     let ttl = [expire, origin, max_ttl].into_iter().flatten().min();
     // A layer's sub-second `expire` is stored (its key lives that long, and the entry records
     // it to the millisecond; `Age` and `Cache-Status` show whole seconds).
@@ -428,6 +433,17 @@ pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag)
 }
 
+/// The freshness lifetime (s) a response's `Expires` gives, when it has one: `Expires` minus
+/// `Date`, else minus `now_secs` (RFC 9111 §4.2.1). An invalid `Expires` (`0`, a bad date) means
+/// "already expired" (§5.3): 0.
+pub(crate) fn expires_lifetime(headers: &HeaderMap, now_secs: u64) -> Option<u64> {
+    headers.contains_key(header::EXPIRES).then(|| {
+        date_secs(headers, &header::EXPIRES).map_or(0, |expires| {
+            expires.saturating_sub(date_secs(headers, &header::DATE).unwrap_or(now_secs))
+        })
+    })
+}
+
 /// An HTTP-date field in seconds since the Unix epoch; `None` when absent or invalid.
 pub(crate) fn date_secs(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
     let value = headers.get(name)?.to_str().ok()?;
@@ -490,7 +506,7 @@ mod tests {
         let s = |n| Some(Duration::from_secs(n));
         let ok = [StatusCode::OK];
         let ttl = |h: &[(&'static str, &'static str)], expire, cap| {
-            storable(StatusCode::OK, &headers(h), &ok, expire, cap)
+            storable((StatusCode::OK, &headers(h), 0), &ok, expire, cap)
         };
         assert_eq!(ttl(&[], s(60), None), Ok(s(60)));
         assert_eq!(
@@ -511,13 +527,29 @@ mod tests {
             ttl(&[("cache-control", "max-age=0")], s(60), None),
             Err(NotStored::ZeroTtl)
         );
+        // Without max-age, `Expires` − `Date` lowers it too (nginx's reading); an `Expires` in
+        // the past, or invalid ("already expired"), stores nothing.
+        let date = "Thu, 01 Jan 2026 00:00:00 GMT";
+        let in_ten = [("date", date), ("expires", "Thu, 01 Jan 2026 00:00:10 GMT")];
+        assert_eq!(ttl(&in_ten, s(60), None), Ok(s(10)));
+        let in_an_hour = [("date", date), ("expires", "Thu, 01 Jan 2026 01:00:00 GMT")];
+        assert_eq!(ttl(&in_an_hour, s(60), None), Ok(s(60)));
+        let with_max_age = [in_ten[0], in_ten[1], ("cache-control", "max-age=30")];
+        assert_eq!(ttl(&with_max_age, s(60), None), Ok(s(30)));
+        for past in ["Thu, 01 Jan 1970 00:00:00 GMT", "0", "soon"] {
+            assert_eq!(
+                ttl(&[("expires", past)], s(60), None),
+                Err(NotStored::ZeroTtl),
+                "{past}"
+            );
+        }
     }
 
     #[test]
     fn unsafe_responses_are_refused() {
         let ok = [StatusCode::OK];
         let check = |status, h: &[(&'static str, &'static str)]| {
-            storable(status, &headers(h), &ok, None, None).err()
+            storable((status, &headers(h), 0), &ok, None, None).err()
         };
         assert_eq!(
             check(StatusCode::UNAUTHORIZED, &[]),

@@ -188,21 +188,7 @@ fn serve_as(
 ) -> Response<Bytes> {
     let age = entry.age_secs(now_ms);
     let ttl_left = entry.ttl_left(age);
-    // The stored validators are read only for a conditional request (most requests are not),
-    // and only for a 2xx: a server ignores preconditions when its answer would be another status
-    // (RFC 9110 §13.2.1), so a stored 404 or redirect is sent as it is, never as a 304.
-    // `If-None-Match` takes precedence over `If-Modified-Since` (§13.2.2).
-    let matched = entry.status.is_success()
-        && if request_headers.contains_key(header::IF_NONE_MATCH) {
-            entry
-                .headers
-                .get(header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|etag| policy::if_none_match(request_headers, etag))
-        } else {
-            policy::not_modified_since(request_headers, &entry.headers)
-        };
-    let mut response = if matched {
+    let mut response = if matches_validators(request_headers, entry.status, &entry.headers) {
         not_modified(&entry.headers)
     } else {
         let body_len = entry.body.len();
@@ -227,9 +213,30 @@ fn serve_as(
     response
 }
 
-/// The 304 of a stored response with `headers`: RFC 9110 §15.4.5, the fields a 200 would have
-/// carried that describe the representation.
-fn not_modified(headers: &HeaderMap) -> Response<Bytes> {
+/// Whether a request's `If-None-Match` (else its `If-Modified-Since`) matches a response with
+/// `status` and `headers`, which is then answered with a 304. The validators are read only for a
+/// conditional request (most requests are not), and only for a 2xx: a server ignores
+/// preconditions when its answer would be another status (RFC 9110 §13.2.1), so a 404 or a
+/// redirect is sent as it is, never as a 304. `If-None-Match` takes precedence (§13.2.2).
+pub(crate) fn matches_validators(
+    request_headers: &HeaderMap,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> bool {
+    status.is_success()
+        && if request_headers.contains_key(header::IF_NONE_MATCH) {
+            headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|etag| policy::if_none_match(request_headers, etag))
+        } else {
+            policy::not_modified_since(request_headers, headers)
+        }
+}
+
+/// The 304 of a response with `headers`: RFC 9110 §15.4.5, the fields a 200 would have carried
+/// that describe the representation.
+pub(crate) fn not_modified(headers: &HeaderMap) -> Response<Bytes> {
     let mut response = Response::new(Bytes::new());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     for name in [

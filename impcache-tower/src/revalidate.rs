@@ -2,6 +2,8 @@
 //! request sent to the handler, and the entry a `304 Not Modified` refreshes (§4.3.4), stored
 //! again and served.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::Response;
@@ -35,6 +37,15 @@ pub(crate) fn make_conditional(stale: &Entry, request_headers: &mut HeaderMap) -
         request_headers.insert(header::IF_MODIFIED_SINCE, modified);
     }
     true
+}
+
+/// Removes the client's `If-None-Match` and `If-Modified-Since` from a miss that may be stored
+/// (nginx and Varnish do the same): the handler's `304` for the client's copy could not be
+/// stored, and while clients revalidate the cache would stay empty. The layer answers them
+/// from the response ([`render::matches_validators`]). Returns whether there were any.
+pub(crate) fn without_validators(request_headers: &mut HeaderMap) -> bool {
+    let some = request_headers.remove(header::IF_NONE_MATCH).is_some();
+    request_headers.remove(header::IF_MODIFIED_SINCE).is_some() || some
 }
 
 /// Removes the client's preconditions and `Range` from a request the layer sends on its own (a
@@ -156,6 +167,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                     })
                 }),
                 guard,
+                landing: Arc::clone(&config.landing),
             };
             let (published, _, storing) = unfinished.finish_published(stale.body);
             if let Some(storing) = storing {

@@ -522,6 +522,9 @@ where
         && stale
             .as_ref()
             .is_some_and(|stale| revalidate::make_conditional(stale, request.headers_mut()));
+    // The client's validators are answered from the response (`headers` keeps them).
+    let conditional =
+        may_store && !revalidating && revalidate::without_validators(request.headers_mut());
     let request_ms = now_ms();
     // The handler's time limit: the handler timeout when a stale entry may answer instead, and
     // the hard timeout for every call.
@@ -614,8 +617,7 @@ where
     } else {
         let (expire, max_ttl) = config.ttls();
         policy::storable(
-            parts.status,
-            &parts.headers,
+            (parts.status, &parts.headers, response_ms),
             &config.statuses,
             expire,
             max_ttl,
@@ -655,7 +657,13 @@ where
                     tracing::debug!(%error, "impcache-tower: stored response not removed");
                 }
             }
-            let mut response = Response::from_parts(parts, ResponseBody::inner(body));
+            let mut response = if conditional
+                && render::matches_validators(&headers, parts.status, &parts.headers)
+            {
+                render::not_modified(&parts.headers).map(ResponseBody::full)
+            } else {
+                Response::from_parts(parts, ResponseBody::inner(body))
+            };
             mark(&mut response, config.status_header, not_stored(reason));
             return Ok(response);
         }
@@ -692,8 +700,9 @@ where
         tags: tagged,
         lock: locked,
         guard,
+        landing: Arc::clone(&config.landing),
     };
-    let (body, stored, detail) = match body::buffer(body, config.max_body_size).await {
+    let (body, stored, detail, complete) = match body::buffer(body, config.max_body_size).await {
         Buffered::Complete(body) => {
             let (etag, storing) = unfinished.finish(body.clone());
             if let Some(etag) = etag {
@@ -702,7 +711,7 @@ where
             if let Some(storing) = storing {
                 storing.await;
             }
-            (ResponseBody::full(body), may_store, detail)
+            (ResponseBody::full(body), may_store, detail, true)
         }
         Buffered::Partial {
             frames,
@@ -711,7 +720,7 @@ where
         } => {
             unfinished.give_up();
             let body = ResponseBody::replay(frames, rest);
-            (body, false, detail.or(Some(reason.detail())))
+            (body, false, detail.or(Some(reason.detail())), false)
         }
         Buffered::Streaming {
             frames,
@@ -722,10 +731,19 @@ where
             let copy = StreamCopy::new(chunks, size, config.max_body_size, unfinished);
             let body = ResponseBody::streaming(frames, rest, copy);
             // Stored when (and if) the body completes.
-            (body, false, detail.or(Some("streamed")))
+            (body, false, detail.or(Some("streamed")), false)
         }
     };
-    let mut response = Response::from_parts(parts, body);
+    // Only a complete body answers with a 304: a 200 answers a conditional request too, and a
+    // body still streaming is stored as the client reads it.
+    let mut response = if complete
+        && conditional
+        && render::matches_validators(&headers, parts.status, &parts.headers)
+    {
+        render::not_modified(&parts.headers).map(ResponseBody::full)
+    } else {
+        Response::from_parts(parts, body)
+    };
     mark(
         &mut response,
         config.status_header,
@@ -989,6 +1007,8 @@ async fn coalesce(
     look_again: bool,
 ) -> Coalesced {
     let url = keys.url();
+    // Whether this request already waited for a flight of another variant to end.
+    let mut waited_for_another_variant = false;
     loop {
         match config.flights.join(url, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
@@ -1007,6 +1027,7 @@ async fn coalesce(
             }
             Join::Waiter(waiter) => {
                 let joined = crate::tagging::stamp_micros();
+                let flight = waiter.clone();
                 match waiter.wait(config.lock_timeout).await {
                     Wait::Published(Shared::StoodIn(why)) => return Coalesced::StoodIn(why),
                     Wait::Published(Shared::Stored(published)) => {
@@ -1019,11 +1040,30 @@ async fn coalesce(
                         // (Origin mode: a response already stale, `no-cache` say, is not shared.)
                         if variant == published.variant_key
                             && usable(config, &published.entry)
-                            && crate::store::holds_for(config, &published.entry, joined).await
+                            && crate::store::holds_for(config, &published.entry, joined, look_again)
+                                .await
                         {
                             return Coalesced::Hit(published.entry.clone());
                         }
-                        return Coalesced::Alone;
+                        if variant == published.variant_key
+                            || !look_again
+                            || waited_for_another_variant
+                        {
+                            return Coalesced::Alone;
+                        }
+                        // Another variant's response: once its store has landed (its flight
+                        // ends), look again, then join again, leading this variant's flight
+                        // if it is still missing, so that the next request for this variant
+                        // waits for it rather than call the handler too. Once per request.
+                        waited_for_another_variant = true;
+                        flight.ended(config.lock_timeout).await;
+                        ticket = config.flights.ticket();
+                        match lookup(config, keys, headers).await {
+                            Lookup::Hit(entry, _) if usable(config, &entry) => {
+                                return Coalesced::Hit(entry)
+                            }
+                            _ => continue,
+                        }
                     }
                     Wait::NotShared | Wait::TimedOut => return Coalesced::Alone,
                     Wait::Abandoned => {

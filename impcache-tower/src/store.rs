@@ -32,6 +32,7 @@ use crate::entry::Freshness;
 use crate::entry::{encode_marker, new_generation, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Published, Shared};
 use crate::key;
+use crate::landing::{InProgress, Landing};
 use crate::render::strong_etag;
 
 /// The record a lookup found for a URL whose entries are variants: its Vary header names and the
@@ -294,16 +295,22 @@ async fn write(cache: &Cache, record: &str, published: &Published) -> impcache::
 fn store_in_background(
     (cache, keys, list_host): (Cache, key::UrlKeys, bool),
     published: Arc<Published>,
-    guard: Option<FlightGuard>,
-    lock: Option<crate::held_lock::HeldLock>,
+    (guard, lock, in_progress): (
+        Option<FlightGuard>,
+        Option<crate::held_lock::HeldLock>,
+        InProgress,
+    ),
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
         if let Err(error) = store(&cache, &keys, list_host, &published).await {
             let error = impcache::__private::logged_error(&cache, &error);
             tracing::debug!(%error, "impcache-tower: response not stored");
         }
+        // The flight ends once the store has landed, and only then may a purge waiting for it
+        // go on (its requests from then on read the cache).
         drop(guard);
         drop(lock);
+        drop(in_progress);
     };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
@@ -343,6 +350,8 @@ pub(crate) struct Unfinished {
     /// The URL's cross-process lock, released once the response is stored (or not).
     pub(crate) lock: Option<crate::held_lock::HeldLock>,
     pub(crate) guard: Option<FlightGuard>,
+    /// Where the store is recorded in progress until it lands (purges wait for it).
+    pub(crate) landing: Arc<Landing>,
 }
 
 impl Unfinished {
@@ -393,9 +402,11 @@ impl Unfinished {
             guard.publish(Shared::Stored(Arc::clone(&published)));
         }
         let storing = if self.may_store {
-            let (guard, lock) = (self.guard, self.lock);
+            // Recorded before the response goes out: a purge from then on waits for it.
+            let in_progress = self.landing.begin(self.keys.url());
+            let held = (self.guard, self.lock, in_progress);
             let to = (self.cache, self.keys, self.list_host);
-            store_in_background(to, Arc::clone(&published), guard, lock)
+            store_in_background(to, Arc::clone(&published), held)
         } else {
             None
         };
@@ -416,18 +427,29 @@ impl Unfinished {
 /// asked may have been invalidated in between (`purge_tag` / `invalidate_tag` from any process),
 /// so its tags' state is read again (one round trip, waiters of tagged responses only) and it is
 /// taken only when none was invalidated since, hard or soft. As the core's `get_or_set` waiters;
-/// and as they, with the state unreadable, the waiter calls the handler itself.
-pub(crate) async fn holds_for(config: &Config, entry: &Entry, joined: u64) -> bool {
+/// and as they, with the state unreadable (the waiter's own lookup failed against the backend,
+/// `look_again` is false, or this read fails) the entry is taken: no process can see a purge
+/// while the cache fails, and a handler call per waiter would fall on the origin exactly then.
+pub(crate) async fn holds_for(
+    config: &Config,
+    entry: &Entry,
+    joined: u64,
+    look_again: bool,
+) -> bool {
     let Some(tagged) = entry.tags.as_ref() else {
         return true;
     };
-    if tagged.created > joined {
+    if tagged.created > joined || !look_again {
         return true;
     }
-    matches!(
-        state::verdict(&config.cache, &tagged.tags, tagged.created).await,
-        Ok(Verdict::Fresh)
-    )
+    match state::verdict(&config.cache, &tagged.tags, tagged.created).await {
+        Ok(verdict) => verdict == Verdict::Fresh,
+        Err(error) => {
+            let logged = config.logged_error(&error);
+            tracing::debug!(error = %logged, "impcache-tower: tag state unreadable, taking the shared response");
+            true
+        }
+    }
 }
 
 /// A tagged hit judged against its tags' state: served, stale (soft purge), or a miss (hard

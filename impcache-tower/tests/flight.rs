@@ -64,6 +64,54 @@ async fn a_delivered_response_is_a_hit_for_the_next_request_with_redis() {
     );
 }
 
+/// The same for each `Vary` variant of a URL: a request for a second variant, sent while the
+/// first variant's store is still under way (the URL's flight is the first variant's), waits for
+/// that store to land and leads its own variant's flight, so that the next request for it is a
+/// hit too. Memory on a one-thread runtime (where a background store runs only once the test
+/// awaits something pending), and Redis.
+async fn every_variant_is_a_hit_for_the_next_request(layer: CacheLayer, urls: usize) {
+    let (svc, calls) = app(layer, |n, _req| async move {
+        Response::builder()
+            .header("vary", "accept-encoding")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let mut misses = Vec::new();
+    for i in 0..urls {
+        let uri = format!("/variants/{i}");
+        for encoding in ["gzip", "br", "identity"] {
+            let request = || request("GET", &uri, &[("accept-encoding", encoding)]);
+            let first = send(&svc, request()).await;
+            let second = send(&svc, request()).await;
+            if first.outcome() != "MISS" || second.outcome() != "HIT" || second.body != first.body {
+                misses.push((
+                    i,
+                    encoding,
+                    second.header("cache-status").map(str::to_owned),
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        (calls.get(), misses.len()),
+        (3 * urls, 0),
+        "one handler call per variant; second requests not served from the first: {misses:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_variant_is_a_hit_for_the_next_request_in_memory() {
+    every_variant_is_a_hit_for_the_next_request(layer(), 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_variant_is_a_hit_for_the_next_request_with_redis() {
+    let redis = RedisServer::start();
+    let repository = RedisCacheRepository::builder(redis.url()).build().unwrap();
+    let layer = CacheLayer::new(Cache::new(repository)).expire(60);
+    every_variant_is_a_hit_for_the_next_request(layer, 100).await;
+}
+
 /// A memory repository whose next `get` reads its answer, then holds it until the test lets it
 /// go: a lookup that overtakes a store.
 #[derive(Debug)]

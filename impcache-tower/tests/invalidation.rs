@@ -1004,3 +1004,51 @@ async fn entries_stored_before_a_prefix_was_declared_are_misses() {
     cache.delete("__impcache_hosts:http").await.unwrap();
     assert_eq!(layer.purge_prefix(None, "/plain/users/").await.unwrap(), 1);
 }
+
+/// A purge issued once the client has its response: the response's store may still be under
+/// way (it runs in the background), and the purge must not let it land after it (a purged
+/// response served until it expires). Each purge waits for this process's stores of what it
+/// removes (`landing.rs`). Every kind of purge, and an unsafe method, right after the GET whose
+/// response it removes; the next GET of the URL is a miss. `purge_tag` is stamped with its
+/// handler call's start and needs no wait (`tags.rs`).
+async fn a_purge_right_after_a_delivered_response_is_not_lost(layer: CacheLayer) {
+    let (svc, calls) = service(layer.clone());
+    for round in 0..10 {
+        for purge in ["url", "url on any host", "prefix", "all", "POST"] {
+            let uri = format!("/plain/{round}/{}", purge.replace(' ', "-"));
+            let before = calls.get();
+            assert_eq!(send(&svc, get(&uri)).await.outcome(), "MISS", "{uri}");
+            match purge {
+                "url" => drop(layer.purge_url(Some("example.com"), &uri).await.unwrap()),
+                "url on any host" => drop(layer.purge_url(None, &uri).await.unwrap()),
+                "prefix" => drop(layer.purge_prefix(None, "/plain/").await.unwrap()),
+                "all" => drop(layer.purge_all().await.unwrap()),
+                _ => {
+                    let post = send(&svc, request("POST", &uri, &[])).await;
+                    assert_eq!(post.status, StatusCode::OK);
+                }
+            }
+            let after = send(&svc, get(&uri)).await;
+            assert_eq!(
+                after.outcome(),
+                "MISS",
+                "{uri}: served after the purge ({purge}), {:?}",
+                after.header("cache-status")
+            );
+            // The GET, the POST when there was one, and the GET after the purge.
+            let posted = usize::from(purge == "POST");
+            assert_eq!(calls.get(), before + 2 + posted, "{uri}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_purge_right_after_a_delivered_response_is_not_lost_in_memory() {
+    a_purge_right_after_a_delivered_response_is_not_lost(CacheLayer::new(memory_cache())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_right_after_a_delivered_response_is_not_lost_on_redis() {
+    let redis = RedisServer::start();
+    a_purge_right_after_a_delivered_response_is_not_lost(redis_layer(&redis)).await;
+}

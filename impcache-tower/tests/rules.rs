@@ -1403,3 +1403,112 @@ fn the_inner_error_type_is_kept() {
     fn assert_error<S: tower::Service<Request<Body>, Error = MyError>>(_: &S) {}
     assert_error(&wrapped);
 }
+
+/// A conditional request that misses: the handler is asked for the whole response without the
+/// client's `If-None-Match` / `If-Modified-Since` (as nginx and Varnish ask their upstream), the
+/// response is stored, and the client's condition is answered from it: a 304 when it matches.
+/// A handler that honours validators (tower-http's `ServeDir`, say) would otherwise answer every
+/// revalidating client with a 304, which is never stored, and the cache would stay empty.
+#[tokio::test]
+async fn a_conditional_miss_is_stored_whole_and_answered_with_304() {
+    const MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let layer = layer();
+    let (svc, calls) = app(layer.clone(), |n, req: Request<Body>| async move {
+        let conditional = ["if-none-match", "if-modified-since"]
+            .iter()
+            .any(|name| req.headers().contains_key(*name));
+        let status = if conditional { 304 } else { 200 };
+        Response::builder()
+            .status(status)
+            .header("etag", "\"v1\"")
+            .header("last-modified", MODIFIED)
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let cases: [(&str, (&str, &str), StatusCode); 4] = [
+        (
+            "/etag",
+            ("if-none-match", "\"v1\""),
+            StatusCode::NOT_MODIFIED,
+        ),
+        (
+            "/date",
+            ("if-modified-since", MODIFIED),
+            StatusCode::NOT_MODIFIED,
+        ),
+        ("/other", ("if-none-match", "\"v0\""), StatusCode::OK),
+        (
+            "/older",
+            ("if-modified-since", "Tue, 20 Oct 2015 00:00:00 GMT"),
+            StatusCode::OK,
+        ),
+    ];
+    for (uri, condition, status) in cases {
+        let before = calls.get();
+        let seen = send(&svc, request("GET", uri, &[condition])).await;
+        assert_eq!(seen.status, status, "{uri}");
+        assert_eq!(seen.outcome(), "MISS", "{uri}");
+        assert_eq!(seen.header("etag"), Some("\"v1\""), "{uri}");
+        if status == StatusCode::NOT_MODIFIED {
+            assert!(seen.body.is_empty(), "{uri}");
+        } else {
+            assert_eq!(seen.body, format!("call {}", before + 1), "{uri}");
+        }
+        // The whole response was stored: the next client without a validator gets it.
+        wait_stored(&layer, uri).await;
+        let plain = send(&svc, get(uri)).await;
+        assert_eq!(
+            (plain.status, plain.outcome(), calls.get()),
+            (StatusCode::OK, "HIT", before + 1),
+            "{uri}"
+        );
+        assert_eq!(plain.body, format!("call {}", before + 1), "{uri}");
+    }
+}
+
+/// In the default mode, a response's `Expires` lowers the TTL as `max-age` does when it has no
+/// `max-age` (RFC 9111 §4.2.1, and nginx): one in the past, or an invalid one ("already
+/// expired", §5.3, `Expires: 0` included), stores nothing.
+#[tokio::test]
+async fn expires_lowers_the_ttl_and_an_expired_response_is_not_stored() {
+    for expires in ["Thu, 01 Jan 1970 00:00:00 GMT", "0"] {
+        let (svc, calls) = app(layer(), move |n, _| async move {
+            Response::builder()
+                .header("expires", expires)
+                .body(Body::from(format!("call {n}")))
+                .unwrap()
+        });
+        let first = send(&svc, get("/e")).await;
+        assert_eq!(
+            first.header("cache-status"),
+            Some("impcache; fwd=uri-miss; detail=zero-ttl"),
+            "Expires: {expires}"
+        );
+        assert_eq!(send(&svc, get("/e")).await.outcome(), "MISS");
+        assert_eq!(calls.get(), 2, "Expires: {expires}");
+    }
+    // A date ahead: stored, for what is left of it (under the layer's 60 s).
+    let (svc, _) = app(layer(), |n, _| async move {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let expires =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        Response::builder()
+            .header("date", date)
+            .header("expires", expires)
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    send(&svc, get("/later")).await;
+    let hit = loop {
+        let seen = send(&svc, get("/later")).await;
+        if seen.outcome() == "HIT" {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let status = hit.header("cache-status").unwrap_or_default();
+    assert!(
+        ["ttl=29", "ttl=30"].iter().any(|ttl| status.ends_with(ttl)),
+        "{status}"
+    );
+}

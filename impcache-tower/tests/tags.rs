@@ -408,3 +408,65 @@ async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
     );
     assert_eq!(calls.get(), 2);
 }
+
+/// One handler call per URL per process holds for tagged responses with Redis down too: 10
+/// concurrent requests of one URL, Redis killed while the leader's handler runs (the waiters'
+/// lookups went through, and their check of the tags' state fails) or down from the start (their
+/// lookups failed). The waiters take the leader's response: no process can see a purge while
+/// Redis is down, and a call per waiter would fall on the origin exactly then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_tagged_requests_share_one_handler_call() {
+    for killed_during_the_call in [true, false] {
+        let mut redis = RedisServer::start();
+        let repository = RedisCacheRepository::builder(redis.url())
+            .deadline(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let layer = CacheLayer::new(Cache::new(repository));
+        if !killed_during_the_call {
+            redis.kill();
+        }
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = Arc::clone(&gate);
+        let (svc, calls) = app(layer, move |n, _req| {
+            let gate = Arc::clone(&g);
+            async move {
+                let _pass = gate.acquire().await.unwrap();
+                Response::builder()
+                    .header("surrogate-key", "user:1")
+                    .body(Body::from(format!("call {n}")))
+                    .unwrap()
+            }
+        });
+        let requests: Vec<_> = (0..10)
+            .map(|_| {
+                let svc = svc.clone();
+                tokio::spawn(async move { send(&svc, get("/down")).await })
+            })
+            .collect();
+        // Every request has looked up (or failed to) and waits for the leader's call.
+        while calls.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if killed_during_the_call {
+            redis.kill();
+        }
+        gate.add_permits(100);
+        for request in requests {
+            let seen = tokio::time::timeout(Duration::from_secs(10), request)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                seen.body, "call 1",
+                "killed during the call: {killed_during_the_call}"
+            );
+        }
+        assert_eq!(
+            calls.get(),
+            1,
+            "killed during the call: {killed_during_the_call}"
+        );
+    }
+}
