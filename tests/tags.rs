@@ -551,16 +551,21 @@ async fn get_many_reads_the_tags_of_all_its_entries_at_once() {
     assert_eq!(server.command_calls(&["get", "mget"]) - before, 1);
 }
 
-/// Fail open: with Redis down, a tagged `get_or_set` runs its loader and answers; an
-/// invalidation reports the outage (it is a write the caller must know failed).
-#[tokio::test]
-async fn with_redis_down_a_tagged_get_or_set_runs_its_loader() {
-    let mut server = RedisServer::start();
+/// A Redis of its own (to kill) and a `Cache` over it whose calls give up after 200 ms.
+fn redis_with_a_short_deadline() -> (RedisServer, Cache) {
+    let server = RedisServer::start();
     let repository = RedisCacheRepository::builder(server.url())
         .deadline(Duration::from_millis(200))
         .build()
         .unwrap();
-    let cache = Cache::new(repository);
+    (server, Cache::new(repository))
+}
+
+/// Fail open: with Redis down, a tagged `get_or_set` runs its loader and answers; an
+/// invalidation reports the outage (it is a write the caller must know failed).
+#[tokio::test]
+async fn with_redis_down_a_tagged_get_or_set_runs_its_loader() {
+    let (mut server, cache) = redis_with_a_short_deadline();
     server.kill();
     let value: String = cache
         .get_or_set("k", 60, || async { "v".to_owned() })
@@ -581,12 +586,7 @@ async fn with_redis_down_a_tagged_get_or_set_runs_its_loader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_tagged_callers_share_one_loader_run() {
     for killed_during_the_load in [true, false] {
-        let mut server = RedisServer::start();
-        let repository = RedisCacheRepository::builder(server.url())
-            .deadline(Duration::from_millis(200))
-            .build()
-            .unwrap();
-        let cache = Cache::new(repository);
+        let (mut server, cache) = redis_with_a_short_deadline();
         if !killed_during_the_load {
             server.kill();
         }
