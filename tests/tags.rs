@@ -65,6 +65,7 @@ per_store!(
     an_earlier_invalidation_landing_later_undoes_nothing,
     every_repository_keeps_the_later_invalidation,
     a_version_spelled_like_tag_state_is_refused,
+    a_plain_entry_read_with_tags_is_covered_by_their_invalidations,
 );
 
 /// The races of invalidations, on a runtime with worker threads: the memory repository's
@@ -396,6 +397,44 @@ async fn a_plain_get_or_set_checks_the_tags_of_what_it_finds(b: Backend) {
         .await
         .unwrap();
     assert_eq!((value.as_str(), runs.load(Ordering::SeqCst)), ("v2", 1));
+}
+
+/// A plain entry (stored before the function had tags, by a plain `set`, by the Python library)
+/// read by a call that names tags has no creation time: any invalidation of those tags covers
+/// it, hard (a miss: the loader stores a tagged entry) or soft (stale, served within the window
+/// while one reload runs); without an invalidation of them it is served as it is.
+async fn a_plain_entry_read_with_tags_is_covered_by_their_invalidations(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    let read = |key: &'static str, tag: &'static str, value: &'static str| {
+        cache
+            .get_or_set(key, 60, counted(&runs, &open, value))
+            .tags([tag])
+            .stale_while_revalidate(MINUTE)
+    };
+    // Longer than the window: fresh as far as the TTL goes.
+    cache.set("hard", &"old", 3600).await.unwrap();
+    cache.set("soft", &"old", 3600).await.unwrap();
+    assert_eq!(read("hard", "t", "unused").await.unwrap(), "old");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+
+    b.other.invalidate_tag("t").await.unwrap();
+    assert_eq!(read("hard", "t", "new").await.unwrap(), "new");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    stored(cache, "hard", "\"new\"").await;
+    assert_eq!(read("hard", "t", "unused").await.unwrap(), "new");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    b.other.soft_invalidate_tag("u").await.unwrap();
+    assert_eq!(
+        read("soft", "u", "newer").await.unwrap(),
+        "old",
+        "stale, reloading"
+    );
+    stored(cache, "soft", "\"newer\"").await;
+    assert_eq!(read("soft", "u", "unused").await.unwrap(), "newer");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
 /// A tag's hard and soft times share one key, and a soft invalidation rewrites it keeping the

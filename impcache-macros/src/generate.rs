@@ -77,7 +77,8 @@ fn key_block(plan: &Plan) -> TokenStream {
 }
 
 /// Tags (issue 16): the statement that builds the call's tags into `__impcache_tags` (each
-/// template as `key`'s, then the function's own tag), or `Ok(vec![])` for an untagged function.
+/// template as `key`'s but never quoted for what follows a placeholder, `KeyBuilder::push_tag`;
+/// then the function's own tag), or `Ok(vec![])` for an untagged function.
 fn tags_block(plan: &Plan) -> TokenStream {
     let Some(tags) = &plan.tags else {
         if plan.freshness.is_empty() && plan.lock.is_none() {
@@ -96,7 +97,7 @@ fn tags_block(plan: &Plan) -> TokenStream {
                 let (_, last) = first_last(arg.ty.to_token_stream());
                 let name = Ident::new(&arg.name.to_string(), last);
                 let label = LitStr::new(&arg.name.to_string(), arg.name.span());
-                quote_spanned!(last=> __impcache_k.push_template(#label, &#name);)
+                quote_spanned!(last=> __impcache_k.push_tag(#label, &#name);)
             }
         });
         quote! {{
@@ -199,13 +200,19 @@ fn trait_impl_check(uncached: &Ident) -> TokenStream {
     }
 }
 
-/// Whether the `cache` expression starts from an argument (not `self`) that the body mentions,
-/// and so moves into the body's closure.
+/// Whether the `cache` expression starts from an argument, or a receiver other than `&self`,
+/// that the body mentions, and so moves into the body's closure.
 fn borrows_moved_argument(plan: &Plan, expr: &syn::Expr, body: &[syn::Stmt]) -> bool {
     let Some(root) = root_ident(expr) else {
         return false;
     };
-    plan.args.iter().any(|arg| arg.name == *root)
+    // `self` moves too unless it is a shared reference (`&self`, which is `Copy`): `&mut self`,
+    // `self: Arc<Self>`.
+    let moved_receiver = root == "self"
+        && plan.func.sig.receiver().is_some_and(
+            |receiver| !matches!(&*receiver.ty, syn::Type::Reference(r) if r.mutability.is_none()),
+        );
+    (moved_receiver || plan.args.iter().any(|arg| arg.name == *root))
         && body
             .iter()
             .any(|stmt| mentions(stmt.to_token_stream(), root))

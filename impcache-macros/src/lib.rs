@@ -62,7 +62,7 @@ use proc_macro::TokenStream;
 /// | `early_refresh = 2` | freshness: reload a fresh value in the background with a probability growing as its expiry nears (XFetch; about the body's duration) |
 /// | `fail_safe_throttle = 30` | freshness: for that long after the body failed, the stale value (within `stale_if_error` or `stale_while_revalidate`) answers without running the body |
 /// | `lock` / `lock = 10` / `lock = Duration::from_secs(10)` / `lock = LOCK` (an `impcache::Lock`) | one body run across processes: a lock (`SET NX PX` with a token) taken before running the body, the other processes waiting for its value; `lock = 10` is a 10 s lifetime (waits up to twice that), `lock` alone the defaults |
-/// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`: `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
+/// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key` (but written as `format!` would, never quoted for the text that follows): `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
 /// | `tags_from = org_tags` / `tags_from = \|user\| [format!("org:{}", user.org)]` | tags chosen from the cached value once the body has answered (a function or closure over `&Value`, the cached part of the return value, returning a list of strings), stored with the `tags` ones: for a tag the arguments do not give |
 /// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep; the tag comes from `name` or the `key` template when given (so it survives moving the function), else from the module path |
 ///

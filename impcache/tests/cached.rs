@@ -497,3 +497,42 @@ async fn the_cache_can_live_in_an_argument_the_body_uses() {
     assert_eq!(state.calls.load(SeqCst), 1);
     assert_eq!(owned_cache(fresh(), 2).await, 6);
 }
+
+/// A service whose cache is one of its fields, read through `&mut self` and `self: Arc<Self>`
+/// methods (`cache = self.cache`): the receiver moves into the body, so the macro takes its own
+/// handle on the cache (a `&self` receiver, `Copy`, needs none).
+struct Counter {
+    cache: Cache,
+    calls: usize,
+    shared_calls: AtomicUsize,
+}
+
+impl Counter {
+    #[cached(cache = self.cache, expire = 60)]
+    async fn bump(&mut self, id: u64) -> u64 {
+        self.calls += 1;
+        id + 1
+    }
+
+    #[cached(cache = self.cache, expire = 60, stale_if_error = 60)]
+    async fn shared(self: std::sync::Arc<Self>, id: u64) -> u64 {
+        self.shared_calls.fetch_add(1, SeqCst);
+        id + 2
+    }
+}
+
+#[tokio::test]
+async fn a_cache_in_a_field_of_a_moved_receiver() {
+    let mut counter = Counter {
+        cache: Cache::new(MemoryCacheRepository::new()),
+        calls: 0,
+        shared_calls: AtomicUsize::new(0),
+    };
+    assert_eq!(counter.bump(1).await, 2);
+    assert_eq!(counter.bump(1).await, 2);
+    assert_eq!(counter.calls, 1);
+    let counter = std::sync::Arc::new(counter);
+    assert_eq!(counter.clone().shared(1).await, 3);
+    assert_eq!(counter.clone().shared(1).await, 3);
+    assert_eq!(counter.shared_calls.load(SeqCst), 1);
+}

@@ -359,3 +359,57 @@ async fn tags_chosen_from_the_value_hide_its_entries() {
     team(2).await;
     assert_eq!(TEAM_RUNS.load(SeqCst), 6);
 }
+
+static POSTS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, tags = ["user:{email}:posts", "{a}{b}"])]
+async fn posts(email: String, a: String, b: String) -> String {
+    POSTS_RUNS.fetch_add(1, SeqCst);
+    format!("{email}/{a}{b}")
+}
+
+/// A tag template writes a string as `format!` does, whatever it holds: the user's own
+/// `format!` of the template invalidates it (a `key` template would quote `a:b@x` before `:`,
+/// and `x` before another placeholder).
+#[tokio::test]
+async fn tag_templates_are_written_as_format_writes_them() {
+    let call = || posts("a:b@x".to_owned(), "x".to_owned(), "\"y".to_owned());
+    assert_eq!(call().await, "a:b@x/x\"y");
+    assert_eq!(call().await, "a:b@x/x\"y");
+    assert_eq!(POSTS_RUNS.load(SeqCst), 1);
+    let email = "a:b@x";
+    CACHE
+        .invalidate_tag(&format!("user:{email}:posts"))
+        .await
+        .unwrap();
+    assert_eq!(call().await, "a:b@x/x\"y");
+    assert_eq!(POSTS_RUNS.load(SeqCst), 2);
+    let (a, b) = ("x", "\"y");
+    CACHE.invalidate_tag(&format!("{a}{b}")).await.unwrap();
+    assert_eq!(call().await, "a:b@x/x\"y");
+    assert_eq!(POSTS_RUNS.load(SeqCst), 3);
+}
+
+static GAINED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, name = "gained", tags = ["gained:{id}"], invalidate_all)]
+async fn gained(id: u64) -> u64 {
+    GAINED_RUNS.fetch_add(1, SeqCst);
+    id + 1000
+}
+
+/// A function that gains tags: an entry stored before (untagged, the bytes of the same key)
+/// has no creation time, so an invalidation of one of its call's tags, or `_invalidate_all`
+/// (the function's tag), hides it.
+#[tokio::test]
+async fn a_function_that_gains_tags_hides_its_older_entries_once_invalidated() {
+    CACHE.set("gained:1", &1u64, 60).await.unwrap();
+    CACHE.set("gained:2", &2u64, 60).await.unwrap();
+    assert_eq!(gained(1).await, 1, "no invalidation yet: the older entry");
+    CACHE.invalidate_tag("gained:1").await.unwrap();
+    assert_eq!(gained(1).await, 1001);
+    assert_eq!(gained(2).await, 2);
+    gained_invalidate_all().await.unwrap();
+    assert_eq!(gained(2).await, 1002);
+    assert_eq!(GAINED_RUNS.load(SeqCst), 2);
+}

@@ -230,6 +230,11 @@ impl Cache {
     /// order; the state of the entry's other tags is read here). With a near cache's `slot` (the
     /// local entry looked up before the states were read), a verdict "fresh" is kept on it for
     /// the next read with the same tags.
+    ///
+    /// A plain entry read by a call that names tags (stored before its function had tags, by a
+    /// plain `set`, by the Python library) has no creation time: any invalidation of the call's
+    /// tags covers it, as it would an entry created at time 0, so that a function which gains
+    /// tags never serves an entry of before an invalidation of them.
     async fn judge(
         &self,
         found: Option<WithTtl>,
@@ -241,23 +246,30 @@ impl Cache {
         let Some(found) = found else {
             return Ok(None);
         };
-        if !envelope::is_envelope(&found.value) {
+        let (created, value) = if envelope::is_envelope(&found.value) {
+            let Some(opened) = envelope::open(&found.value) else {
+                return Ok(Some(found));
+            };
+            let others: Vec<&str> = opened
+                .tags
+                .iter()
+                .map(|tag| tag.as_ref())
+                .filter(|tag| !read.as_slice().iter().any(|known| known == tag))
+                .collect();
+            states.extend(self.tag_states(&others).await?);
+            (Some(opened.created), opened.value)
+        } else if read.is_empty() {
             return Ok(Some(found));
-        }
-        let Some(opened) = envelope::open(&found.value) else {
-            return Ok(Some(found));
+        } else {
+            (None, found.value.clone())
         };
-        let others: Vec<&str> = opened
-            .tags
-            .iter()
-            .map(|tag| tag.as_ref())
-            .filter(|tag| !read.as_slice().iter().any(|known| known == tag))
-            .collect();
-        states.extend(self.tag_states(&others).await?);
-        let ttl = match tags::verdict(opened.created, &states, self.shared.tag_clock_skew) {
+        let verdict = tags::verdict(created.unwrap_or(0), &states, self.shared.tag_clock_skew);
+        let ttl = match verdict {
             Verdict::Fresh => {
-                if let Some(slot) = slot {
-                    slot.keep(&found.value, read, opened.value.clone());
+                // (A plain entry is judged on every read: it has no envelope to keep a verdict
+                // for.)
+                if let Some(slot) = slot.filter(|_| created.is_some()) {
+                    slot.keep(&found.value, read, value.clone());
                 }
                 found.ttl
             }
@@ -272,6 +284,6 @@ impl Cache {
                 Some(found.ttl.map_or(left, |ttl| ttl.min(left)))
             }
         };
-        Ok(Some(WithTtl::new(opened.value, ttl)))
+        Ok(Some(WithTtl::new(value, ttl)))
     }
 }

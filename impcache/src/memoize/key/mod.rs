@@ -111,6 +111,16 @@ impl KeyBuilder {
         }
     }
 
+    /// Appends `value` for a `tags = [..]` template: as [`push_template`](Self::push_template)
+    /// writes it (a string without quotes), but never quoted for what follows it. A tag that two
+    /// calls share only invalidates more, while a quoted one would be missed by an
+    /// `invalidate_tag(&format!(..))` of the same template (`user:{email}:posts` with
+    /// `email = "a:b@x"` is `user:a:b@x:posts`, as `format!` writes it).
+    pub fn push_tag<T: KeyArg + ?Sized>(&mut self, name: &'static str, value: &T) {
+        self.push_template(name, value);
+        self.placeholder = None;
+    }
+
     /// Ends the placeholder whose text starts at `start`, now that what follows it is
     /// known: the first character of the next literal, or `None` for another placeholder.
     /// A JSON array or object ends at its closing bracket whatever follows: it stays as is.
