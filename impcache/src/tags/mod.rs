@@ -47,7 +47,9 @@
 //!   round trip (single node: one `MGET` of the entry and the tag keys, or with a stale window
 //!   `GET` + `PTTL` + `MGET` pipelined; Cluster, where tag keys live
 //!   on other slots: concurrent requests, one wait). A plain [`get`](crate::Cache::get) finds the
-//!   tags in the envelope and reads their state in a second round trip.
+//!   tags in the envelope and reads their state in a second round trip. A plain entry (no
+//!   envelope: stored before its function had tags, by `set`, by the Python library) read by a
+//!   call that names tags counts as created at time 0: any invalidation of those tags covers it.
 //! - **Near cache** (issue 14): tag state keys live under the tracked prefix, so they are kept
 //!   locally like any key, their absence included (`near/store.rs`), and invalidated by Redis when
 //!   a tag is invalidated (or its key created) anywhere. A tagged read whose entry and states are
