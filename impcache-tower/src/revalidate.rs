@@ -42,7 +42,8 @@ pub(crate) fn make_conditional(stale: &Entry, request_headers: &mut HeaderMap) -
 /// Removes the client's `If-None-Match` and `If-Modified-Since` from a miss that may be stored
 /// (nginx and Varnish do the same): the handler's `304` for the client's copy could not be
 /// stored, and while clients revalidate the cache would stay empty. The layer answers them
-/// from the response ([`render::matches_validators`]). Returns whether there were any.
+/// from the response once it is stored ([`render::matches_validators`]); a response it does
+/// not store goes to the client whole. Returns whether there were any.
 pub(crate) fn without_validators(request_headers: &mut HeaderMap) -> bool {
     let some = request_headers.remove(header::IF_NONE_MATCH).is_some();
     request_headers.remove(header::IF_MODIFIED_SINCE).is_some() || some

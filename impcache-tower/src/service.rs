@@ -657,13 +657,9 @@ where
                     tracing::debug!(%error, "impcache-tower: stored response not removed");
                 }
             }
-            let mut response = if conditional
-                && render::matches_validators(&headers, parts.status, &parts.headers)
-            {
-                render::not_modified(&parts.headers).map(ResponseBody::full)
-            } else {
-                Response::from_parts(parts, ResponseBody::inner(body))
-            };
+            // Sent whole even to a conditional request: a 200 answers one too, and a 304 built
+            // here would drop what only the handler's answer carries (a `Set-Cookie`, say).
+            let mut response = Response::from_parts(parts, ResponseBody::inner(body));
             mark(&mut response, config.status_header, not_stored(reason));
             return Ok(response);
         }

@@ -1466,6 +1466,30 @@ async fn a_conditional_miss_is_stored_whole_and_answered_with_304() {
     }
 }
 
+/// A conditional miss whose response is not stored (`Set-Cookie`) goes to the client whole,
+/// with what only the handler's answer carries: a 304 built by the layer would drop the cookie.
+#[tokio::test]
+async fn a_conditional_miss_that_is_not_stored_is_sent_whole() {
+    let (svc, calls) = app(layer(), |n, req: Request<Body>| async move {
+        assert!(!req.headers().contains_key("if-none-match"));
+        Response::builder()
+            .header("etag", "\"v1\"")
+            .header("set-cookie", "session=abc")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    for _ in 0..2 {
+        let seen = send(&svc, request("GET", "/c", &[("if-none-match", "\"v1\"")])).await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(seen.header("set-cookie"), Some("session=abc"));
+        assert_eq!(
+            seen.header("cache-status"),
+            Some("impcache; fwd=uri-miss; detail=set-cookie")
+        );
+    }
+    assert_eq!(calls.get(), 2);
+}
+
 /// In the default mode, a response's `Expires` lowers the TTL as `max-age` does when it has no
 /// `max-age` (RFC 9111 §4.2.1, and nginx): one in the past, or an invalid one ("already
 /// expired", §5.3, `Expires: 0` included), stores nothing.
