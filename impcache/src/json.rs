@@ -170,6 +170,26 @@ pub(crate) fn encode<V: Serialize + ?Sized>(key: &str, value: &V) -> Result<Byte
     with_encoded(key, value, Bytes::copy_from_slice)
 }
 
+/// Whether `value` is written as JSON `null`. Writing stops past the fourth byte, so a large
+/// value costs its first bytes only (`#[cached(cache_none)]` asks it of each value it stores).
+pub(crate) fn writes_null<V: Serialize + ?Sized>(value: &V) -> bool {
+    /// The first four bytes written; an error past them ends the writing.
+    struct FirstBytes(arrayvec::ArrayVec<u8, 4>);
+    impl io::Write for FirstBytes {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.0
+                .try_extend_from_slice(data)
+                .map_err(|_| io::Error::other("longer than `null`"))?;
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut first = FirstBytes(arrayvec::ArrayVec::new());
+    serde_json::to_writer(&mut first, value).is_ok() && first.0.as_slice() == b"null"
+}
+
 /// Encodes `value` into this thread's buffer and hands the JSON to `keep`.
 fn with_encoded<V: Serialize + ?Sized>(
     key: &str,

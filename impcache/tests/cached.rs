@@ -536,3 +536,39 @@ async fn a_cache_in_a_field_of_a_moved_receiver() {
     assert_eq!(counter.clone().shared(1).await, 3);
     assert_eq!(counter.shared_calls.load(SeqCst), 1);
 }
+
+static NESTED_RUNS: AtomicUsize = AtomicUsize::new(0);
+static NESTED_CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::new(MemoryCacheRepository::new()));
+
+#[cached(cache = NESTED_CACHE, expire = 60, cache_none = true)]
+async fn nested(id: u32) -> Option<Option<u32>> {
+    NESTED_RUNS.fetch_add(1, SeqCst);
+    match id {
+        0 => None,
+        1 => Some(None),
+        n => Some(Some(n)),
+    }
+}
+
+#[cached(cache = NESTED_CACHE, expire = 60, cache_none = true, stale_if_error = 60)]
+async fn unit(id: u32) -> Option<()> {
+    NESTED_RUNS.fetch_add(1, SeqCst);
+    (id > 0).then_some(())
+}
+
+/// `cache_none` stores `None` as `null`: a `Some` whose value JSON also writes as `null`
+/// (`Some(None)`, `Some(())`) would read back as `None`, so it is returned and not stored, on
+/// the plain path and with a freshness option; every other value is cached.
+#[tokio::test]
+async fn cache_none_never_turns_a_some_into_none() {
+    for _ in 0..2 {
+        assert_eq!(nested(0).await, None);
+        assert_eq!(nested(1).await, Some(None));
+        assert_eq!(nested(2).await, Some(Some(2)));
+        assert_eq!(unit(0).await, None);
+        assert_eq!(unit(1).await, Some(()));
+    }
+    // `None` and `Some(Some(2))` ran once each (cached), `Some(None)` twice; `unit`'s `None`
+    // once, its `Some(())` twice.
+    assert_eq!(NESTED_RUNS.load(SeqCst), 1 + 2 + 1 + 1 + 2);
+}

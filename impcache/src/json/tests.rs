@@ -158,3 +158,15 @@ fn non_finite_floats_are_refused_wherever_they_are() {
         assert!(err.to_string().contains("k1"), "{err}");
     }
 }
+
+#[test]
+fn writes_null_reads_only_the_first_bytes() {
+    assert!(writes_null(&()));
+    assert!(writes_null(&None::<u8>));
+    assert!(writes_null(&Some(None::<u8>)));
+    assert!(!writes_null(&Some(Some(1u8))));
+    assert!(!writes_null("null"));
+    assert!(!writes_null(&0u8));
+    // A large value: writing stops past four bytes.
+    assert!(!writes_null(&vec![0u64; 100_000]));
+}

@@ -227,7 +227,14 @@ where
         return ret;
     };
     let bytes = match codec.encode(key, value) {
-        Ok(bytes) => bytes,
+        Ok(bytes) if !P::reads_back_otherwise(&ret, || &bytes[..] == b"null") => bytes,
+        // A `Some` that `cache_none` would store as `None` (`null`): not stored.
+        Ok(_) => {
+            if let Some(leader) = leader {
+                leader.not_shared();
+            }
+            return ret;
+        }
         Err(error) => {
             report(cache, "encode", key, &error);
             if let Some(leader) = leader {

@@ -23,6 +23,7 @@ use super::returns::Policy;
 use crate::error::Error;
 use crate::expire::Expire;
 use crate::freshness::{load_with, Freshness, LoadError, Lock};
+use crate::json;
 use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::tags::{LoadedTags, Tags};
@@ -314,13 +315,14 @@ where
             ran.store(true, Ordering::Relaxed);
             let ret = body().await;
             match P::value(&ret) {
-                Some(value) => {
+                // (Not a `Some` that `cache_none` would store as `None`, `null`.)
+                Some(value) if !P::reads_back_otherwise(&ret, || json::writes_null(value)) => {
                     if let Some(chosen) = &chosen {
                         chosen.add(tags_from.tags_of(value));
                     }
                     Ok(Stored::<P, R>(ret, PhantomData))
                 }
-                None => Err(Failed::Returned(ret)),
+                _ => Err(Failed::Returned(ret)),
             }
         }
     };

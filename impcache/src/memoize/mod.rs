@@ -53,7 +53,7 @@ pub(crate) mod __private {
     pub use super::key::{KeyArg, KeyBuilder};
     pub use super::returns::{
         Mismatch, Never, OkOnly, OptionReturn, Plain, Policy, ResultReturn, Returns,
-        ReturnsMismatch, ReturnsOption, ReturnsResult, ReturnsValue, SomeOnly, TimedOut,
+        ReturnsMismatch, ReturnsOption, ReturnsResult, ReturnsValue, SomeOnly, TimedOut, WithNone,
     };
     pub use crate::observe::hooks::CachedFunction;
 }

@@ -15,6 +15,13 @@ pub trait Policy<R> {
     fn value(ret: &R) -> Option<&Self::Value>;
     /// The return value for a stored value.
     fn wrap(value: Self::Value) -> R;
+    /// Whether `ret`, whose stored form is JSON `null` when `stored_as_null` says so, would read
+    /// back as another value (and so is not stored): only [`WithNone`]'s `Some` can.
+    #[inline]
+    fn reads_back_otherwise(ret: &R, stored_as_null: impl FnOnce() -> bool) -> bool {
+        let _ = (ret, stored_as_null);
+        false
+    }
 }
 
 /// Caches every return value as is (a type that is neither a `Result` nor an `Option`, and
@@ -27,6 +34,11 @@ pub struct OkOnly;
 /// Caches `Some(T)` of an `Option<T>` (or an alias of one), storing `T`.
 #[derive(Debug, Clone, Copy)]
 pub struct SomeOnly;
+/// Caches an `Option<T>` whole, `None` included (`cache_none = true`): `Some(T)` stored as `T`,
+/// `None` as `null`. A `Some` whose `T` is itself written `null` (`Some(None)` of an
+/// `Option<Option<U>>`, `Some(())`) would read back as `None`: it is not stored.
+#[derive(Debug, Clone, Copy)]
+pub struct WithNone;
 
 impl<R> Policy<R> for Plain {
     type Value = R;
@@ -61,6 +73,22 @@ impl<R: OptionReturn> Policy<R> for SomeOnly {
     #[inline]
     fn wrap(value: R::Some) -> R {
         R::from_some(value)
+    }
+}
+
+impl<R: OptionReturn> Policy<R> for WithNone {
+    type Value = R;
+    #[inline]
+    fn value(ret: &R) -> Option<&R> {
+        Some(ret)
+    }
+    #[inline]
+    fn wrap(value: R) -> R {
+        value
+    }
+    #[inline]
+    fn reads_back_otherwise(ret: &R, stored_as_null: impl FnOnce() -> bool) -> bool {
+        ret.some_ref().is_some() && stored_as_null()
     }
 }
 
@@ -219,8 +247,8 @@ pub trait ReturnsOption {
     }
     /// `cache_none = true`: the whole `Option`, `None` included.
     #[inline(always)]
-    fn option_with_none_policy(&self) -> Plain {
-        Plain
+    fn option_with_none_policy(&self) -> WithNone {
+        WithNone
     }
 }
 impl<T> ReturnsOption for Returns<Option<T>> {}
