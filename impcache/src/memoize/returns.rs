@@ -36,7 +36,9 @@ pub struct OkOnly;
 pub struct SomeOnly;
 /// Caches an `Option<T>` whole, `None` included (`cache_none = true`): `Some(T)` stored as `T`,
 /// `None` as `null`. A `Some` whose `T` is itself written `null` (`Some(None)` of an
-/// `Option<Option<U>>`, `Some(())`) would read back as `None`: it is not stored.
+/// `Option<Option<U>>`, `Some(())`) would read back as `None`: it is not stored (and, with a
+/// freshness option, counts as a value not cached: within `stale_if_error` a stale value
+/// answers for it, as for a `None` without `cache_none`).
 #[derive(Debug, Clone, Copy)]
 pub struct WithNone;
 
