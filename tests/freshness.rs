@@ -662,13 +662,15 @@ async fn a_loader_faster_than_the_soft_timeout_answers() {
 }
 
 /// A memory repository with scripted reads and writes: reads fail after `READ_DEADLINE` (as a
-/// Redis past its deadline does) when `reads_fail`, and are counted; writes land after
-/// `WRITE_DELAY`, or once `write_gate` lets them.
+/// Redis past its deadline does) when `reads_fail`, and are counted; reads of the key `k` wait
+/// for a permit of `read_gate` once a test has set it; writes land after `WRITE_DELAY`, or once
+/// `write_gate` lets them.
 #[derive(Debug)]
 struct Scripted {
     inner: MemoryCacheRepository,
     reads_fail: bool,
     reads: AtomicUsize,
+    read_gate: std::sync::Mutex<Option<Arc<Semaphore>>>,
     write_gate: Option<Semaphore>,
 }
 
@@ -681,6 +683,7 @@ impl Scripted {
             inner: MemoryCacheRepository::new(),
             reads_fail,
             reads: AtomicUsize::new(0),
+            read_gate: std::sync::Mutex::new(None),
             write_gate,
         })
     }
@@ -692,6 +695,10 @@ impl Scripted {
 
     async fn read(&self, key: &str) -> impcache::Result<()> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        let gate = self.read_gate.lock().unwrap().clone();
+        if let Some(gate) = gate.filter(|_| key.ends_with(":k")) {
+            gate.acquire().await.unwrap().forget();
+        }
         if !self.reads_fail {
             return Ok(());
         }
@@ -792,6 +799,49 @@ async fn a_failed_read_is_not_read_again_when_a_flight_ended_meanwhile() {
         assert_eq!(got, "loaded");
         assert_eq!(repository.reads.load(Ordering::SeqCst), call, "call {call}");
     }
+}
+
+/// A stale read during which flights of other keys ended still starts its background reload.
+/// (Flights share groups by hash: one of them ending makes the reload look again first, as it
+/// may be this key's flight, whose store the read overtook; it is not a reason to give up.)
+#[tokio::test]
+async fn flights_of_other_keys_ending_during_a_stale_read_do_not_cancel_its_reload() {
+    let repository = Scripted::new(false, None);
+    let cache = repository.cache();
+    let policy = Freshness::new().stale_while_revalidate(MINUTE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let gate = Arc::new(Semaphore::new(0));
+    *repository.read_gate.lock().unwrap() = Some(Arc::clone(&gate));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let reads = repository.reads.load(Ordering::SeqCst);
+    let reader = tokio::spawn({
+        let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+        async move {
+            let get = cache.get_or_set("k", 60, move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                "new".to_owned()
+            });
+            get.freshness(policy).await.unwrap()
+        }
+    });
+    while repository.reads.load(Ordering::SeqCst) == reads {
+        tokio::time::sleep(MS).await;
+    }
+    // 500 keys load and store while the read of `k` is held: about 8 flights end in each of
+    // the table's 64 groups, `k`'s among them.
+    for n in 0..500 {
+        let key = format!("other{n}");
+        let got: String = cache
+            .get_or_set(&key, 60, || async { "v".to_owned() })
+            .await
+            .unwrap();
+        assert_eq!(got, "v");
+    }
+    tokio::time::sleep(WRITE_DELAY + 100 * MS).await;
+    gate.add_permits(100);
+    assert_eq!(reader.await.unwrap(), "old");
+    until_runs(&runs, 1).await;
+    until_stored(&cache, "k", "new").await;
 }
 
 /// The leader of `k`'s flight, read and loading (returned once its loader runs, so that a

@@ -930,14 +930,8 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    // Under way already (this request's waiter is dropped at once), or one ended since this
-    // request's ticket: its lookup may have overtaken that revalidation's store, so the next
-    // request sees the new entry (or starts the next revalidation).
-    let Join::Leader(Leader {
-        guard,
-        recheck: false,
-    }) = shared.flights.join(keys.url(), ticket)
-    else {
+    // Under way already: this request's waiter is dropped at once.
+    let Join::Leader(Leader { guard, recheck }) = shared.flights.join(keys.url(), ticket) else {
         return;
     };
     let config = Arc::clone(shared);
@@ -948,6 +942,21 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
         ..Miss::of_stale(inner, request, keys, ticket, (entry, seen))
     };
     runtime.spawn(async move {
+        // A flight of the URL's group ended since this request's ticket: this URL's (whose
+        // store the lookup may have overtaken) or, as likely, another URL's sharing the group.
+        // Look again; a fresh entry ends the revalidation (dropping the guard sends any waiter
+        // to look again too).
+        if recheck {
+            let found = lookup(&config, &miss.keys, miss.request.headers()).await;
+            if let Lookup::Hit(entry, _) = found {
+                let now = now_ms();
+                if matches!(stale::judge(&config, &entry, now), Judged::Fresh)
+                    && !stale::refreshes_early(&config, &entry, now)
+                {
+                    return;
+                }
+            }
+        }
         let refresh = async {
             match forward(&config, miss).await {
                 // Read to its end: a streamed body is stored once complete.

@@ -222,6 +222,53 @@ async fn a_lookup_overtaken_by_a_whole_flight_does_not_call_the_handler_again() 
     assert_eq!(calls.get(), 1);
 }
 
+/// A stale-while-revalidate hit during whose lookup flights of other URLs ended still
+/// revalidates in the background. (Flights share groups by hash: one of them ending makes the
+/// revalidation look again first, as it may be this URL's flight, whose store the lookup
+/// overtook; it is not a reason to give up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flights_of_other_urls_ending_during_a_stale_lookup_do_not_cancel_its_revalidation() {
+    let repository = std::sync::Arc::new(HeldRead {
+        inner: MemoryCacheRepository::new(),
+        gate: std::sync::Mutex::new(None),
+        down: None,
+    });
+    let layer = CacheLayer::new(Cache::builder_shared(repository.clone()).build())
+        .expire(Duration::from_millis(300))
+        .stale_while_revalidate(Duration::from_secs(60));
+    let (svc, calls) = counting(layer.clone());
+    assert_eq!(send(&svc, get("/swr")).await.body, "call 1");
+    wait_stored(&layer, "/swr").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (reading, read) = tokio::sync::oneshot::channel();
+    let (open, opened) = watch::channel(false);
+    *repository.gate.lock().unwrap() = Some((reading, opened));
+    let stale = tokio::spawn(send(&svc, get("/swr")));
+    read.await.unwrap();
+    // 500 URLs are called and stored while the stale lookup is held: about 8 flights end in
+    // each of the table's 64 groups, `/swr`'s among them.
+    for n in 0..500 {
+        let uri = format!("/other/{n}");
+        assert_eq!(send(&svc, get(&uri)).await.outcome(), "MISS");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    open.send_replace(true);
+    let stale = tokio::time::timeout(PATIENCE, stale)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stale.body, "call 1");
+    // The revalidation: call 502.
+    wait_calls(&calls, 502).await;
+    for _ in 0..2000 {
+        if send(&svc, get("/swr")).await.body == "call 502" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the revalidated response never answered");
+}
+
 /// Fail open costs one lookup: a request whose lookup failed against the backend while its
 /// URL's flight ended calls the handler without looking the cache up again (that second lookup
 /// cost a second deadline when Redis was frozen).

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -298,17 +299,9 @@ where
             Join::Leader(Leader { guard, recheck }) => {
                 if recheck && reread == Reread::IfAFlightEnded {
                     // A flight of this key ended since our read: its value may be stored now.
-                    let since = tags::stamp_micros();
-                    let read = job
-                        .cache
-                        .read_for_load_tagged(&job.key, &job.policy, &job.tags);
-                    if let Ok(Some(found)) = read.await {
-                        if let State::Fresh { .. } = job.policy.state(found.ttl) {
-                            if let Some(value) = decode(&job, &found.value) {
-                                guard.publish(Shared::read(found.value, since, &job));
-                                return Ok(value);
-                            }
-                        }
+                    if let Some((value, shared, _)) = second_look(&job).await {
+                        guard.publish(shared);
+                        return Ok(value);
                     }
                 }
                 return lead(job, stale, loader, guard).await;
@@ -355,6 +348,22 @@ where
             }
         }
     }
+}
+
+/// A leader's second look at its key (told to [`recheck`](Leader::recheck): a flight of the
+/// key's group ended since its read, and may have stored a value): the value when it is fresh
+/// now, with what the flight's waiters are handed and its time left.
+async fn second_look<V: DeserializeOwned>(job: &Job) -> Option<(V, Shared, Option<Duration>)> {
+    let since = tags::stamp_micros();
+    let read = job
+        .cache
+        .read_for_load_tagged(&job.key, &job.policy, &job.tags);
+    let found = read.await.ok()??;
+    let State::Fresh { left } = job.policy.state(found.ttl) else {
+        return None;
+    };
+    let value = decode(job, &found.value)?;
+    Some((value, Shared::read(found.value, since, job), left))
 }
 
 /// The leader's load: the loader runs in a spawned task (which holds the flight, publishes,
@@ -647,11 +656,13 @@ fn loader_error(key: &str, reason: &str) -> Error {
 // Background reloads (stale-while-revalidate, early refresh): a spawned task holding the key's
 // flight, so one reload per key per process; bounded by the hard timeout, its store by the
 // repository's deadline. Here, beside `run`, as the other half of one load protocol.
-/// Starts a background reload of `job`'s key unless one is under way or one ended since the
-/// caller's `ticket` (taken before its read, which may have overtaken that reload's store: the
-/// next read sees the new value, or starts the next reload); `loader` is then dropped unrun.
-/// Outside a tokio runtime nothing is started: the stale value is served, and a caller past the
-/// stale-while-revalidate window loads.
+/// Starts a background reload of `job`'s key unless one is under way (`loader` is then dropped
+/// unrun). When a flight of the key's group ended since the caller's `ticket` (taken before its
+/// read, which may have overtaken that flight's store), the reload first looks again, and ends
+/// there if the value is fresh now (and not due for an early refresh). That flight is as likely
+/// another key's, sharing the group: giving up on it would leave a busy process's stale keys
+/// unreloaded. Outside a tokio runtime nothing is started: the stale value is served, and a
+/// caller past the stale-while-revalidate window loads.
 fn spawn_refresh<V, E, F, Fut>(job: Job, ticket: Ticket, loader: F)
 where
     V: Serialize + DeserializeOwned + Send + 'static,
@@ -666,14 +677,19 @@ where
     match FLIGHTS.join(&job.flight(), ticket) {
         // A load of this key is under way: its value will be stored.
         Join::Waiter(_) => {}
-        // One ended since the read: it stored what this reload would.
-        Join::Leader(Leader { recheck: true, .. }) => {}
-        Join::Leader(Leader {
-            guard,
-            recheck: false,
-        }) => {
-            tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), "reloading in the background");
-            runtime.spawn(run::<V, E, F, Fut>(job, None, loader, Some(guard), None));
+        Join::Leader(Leader { guard, recheck }) => {
+            runtime.spawn(async move {
+                if recheck {
+                    if let Some((_, shared, left)) = second_look::<V>(&job).await {
+                        if !job.policy.refresh_early(left) {
+                            guard.publish(shared);
+                            return;
+                        }
+                    }
+                }
+                tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), "reloading in the background");
+                run::<V, E, F, Fut>(job, None, loader, Some(guard), None).await;
+            });
         }
     }
 }
