@@ -1025,6 +1025,28 @@ async fn the_fail_safe_throttle_answers_stale_without_the_loader(backend: Backen
     assert_eq!(loaded, "new");
 }
 
+/// A throttle belongs to its repository: caches built one after another, each dropped before
+/// the next (whose repository may be allocated where the last one was: flight keys name
+/// repositories by address), inherit none of the throttles of those before them.
+#[tokio::test]
+async fn a_new_repository_at_a_freed_address_inherits_no_throttle() {
+    let policy = Freshness::new()
+        .stale_if_error(MINUTE)
+        .fail_safe_throttle(THROTTLE);
+    let runs = Arc::new(AtomicUsize::new(0));
+    for cache in 1..=10 {
+        let built = Cache::new(MemoryCacheRepository::new());
+        stale_entry(&built, "k", "old", 100 * MS, policy).await;
+        let served = built.try_get_or_set("k", 60, failing_loader(&runs));
+        assert_eq!(served.freshness(policy).await.unwrap(), "old");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            cache,
+            "cache {cache}'s loader ran"
+        );
+    }
+}
+
 /// Waits (at most [`HANG`]) until `runs` counts `n` loader runs.
 async fn until_runs(runs: &AtomicUsize, n: usize) {
     tokio::time::timeout(HANG, async {

@@ -25,7 +25,7 @@ use crate::repository::WithTtl;
 use crate::tags::{self, envelope, LoadedTags, Tags};
 use crate::Cache;
 
-use super::job::{self, report, FlightKey, Job, TARGET};
+use super::job::{report, FlightKey, Job, TARGET};
 use super::throttle;
 
 /// The loads in flight in this process, publishing the value.
@@ -275,7 +275,7 @@ where
 /// Whether `key`'s loader failed within the policy's fail-safe throttle (checked only for a
 /// stale value that may answer).
 fn throttled(cache: &Cache, key: &str, policy: &Freshness) -> bool {
-    policy.fail_safe_throttle_duration().is_some() && throttle::holds(&job::flight_key(cache, key))
+    policy.fail_safe_throttle_duration().is_some() && throttle::holds(cache, key)
 }
 
 /// A load through the key's flight: lead it, or wait for its leader.
@@ -576,7 +576,7 @@ pub(super) async fn run<V, E, F, Fut>(
         },
         Err(error) => {
             if let Some(throttle) = job.policy.fail_safe_throttle_duration() {
-                throttle::start(job.flight(), throttle);
+                throttle::start(&job.cache, &job.key, throttle);
             }
             let serving_stale = stale.is_some();
             match (failure, job.cache.records_keys()) {

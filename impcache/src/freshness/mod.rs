@@ -108,12 +108,12 @@ pub(crate) mod throttle_private {
     /// The handler of `key` (under the cache's prefix and version) failed: [`throttled`] says
     /// so for `throttle` from now.
     pub fn throttle(cache: &crate::Cache, key: &str, throttle: Duration) {
-        super::throttle::start(super::job::flight_key(cache, key), throttle);
+        super::throttle::start(cache, key, throttle);
     }
 
     /// Whether the handler of `key` failed less than its throttle ago.
     pub fn throttled(cache: &crate::Cache, key: &str) -> bool {
-        super::throttle::holds(&super::job::flight_key(cache, key))
+        super::throttle::holds(cache, key)
     }
 }
 pub use policy::{Freshness, State};

@@ -3,18 +3,28 @@
 //! process, and until when their stale value answers without a loader run. Per process, like
 //! the single-flight it sits beside: another process learns of a failure by failing itself.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::job::FlightKey;
+use super::job::{flight_key, FlightKey};
+use crate::{Cache, CacheRepository};
 
 /// How many keys the table holds at most (the least used go first): a failing key costs an
 /// entry of about its key's length, so the table stays within a few MiB.
 const MAX_KEYS: u64 = 10_000;
 
-/// Until when each throttled key's stale value answers (an entry is dropped past that time,
-/// by moka's per-entry expiry).
-static THROTTLED: LazyLock<moka::sync::Cache<FlightKey, Instant>> = LazyLock::new(|| {
+/// A throttled key's entry: until when its stale value answers, and the repository it was
+/// throttled on. A flight key names its repository by address, and a new repository (a `Cache`
+/// rebuilt) must not inherit a dropped one's throttles: the `Weak` keeps the dropped one's
+/// allocation, so its address is not reused while the entry lives, and says it is gone.
+#[derive(Clone)]
+struct Throttled {
+    until: Instant,
+    repository: Weak<dyn CacheRepository>,
+}
+
+/// The throttled keys (an entry is dropped past its `until`, by moka's per-entry expiry).
+static THROTTLED: LazyLock<moka::sync::Cache<FlightKey, Throttled>> = LazyLock::new(|| {
     moka::sync::Cache::builder()
         .max_capacity(MAX_KEYS)
         .expire_after(Until)
@@ -24,24 +34,24 @@ static THROTTLED: LazyLock<moka::sync::Cache<FlightKey, Instant>> = LazyLock::ne
 /// Expires each entry at its own `Instant`.
 struct Until;
 
-impl moka::Expiry<FlightKey, Instant> for Until {
+impl moka::Expiry<FlightKey, Throttled> for Until {
     fn expire_after_create(
         &self,
         _key: &FlightKey,
-        until: &Instant,
+        entry: &Throttled,
         created_at: Instant,
     ) -> Option<Duration> {
-        Some(until.saturating_duration_since(created_at))
+        Some(entry.until.saturating_duration_since(created_at))
     }
 
     fn expire_after_update(
         &self,
         _key: &FlightKey,
-        until: &Instant,
+        entry: &Throttled,
         updated_at: Instant,
         _left: Option<Duration>,
     ) -> Option<Duration> {
-        Some(until.saturating_duration_since(updated_at))
+        Some(entry.until.saturating_duration_since(updated_at))
     }
 }
 
@@ -49,17 +59,17 @@ impl moka::Expiry<FlightKey, Instant> for Until {
 /// `Instant`); past it the key loads again, as it would once its stale window ended anyway.
 const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The loader of `key` failed: its stale value answers for `throttle` from now.
-pub(super) fn start(key: FlightKey, throttle: Duration) {
-    let now = Instant::now();
-    if let Some(until) = now.checked_add(throttle.min(LONGEST)) {
-        THROTTLED.insert(key, until);
+/// The loader of `key` in `cache` failed: its stale value answers for `throttle` from now.
+pub(super) fn start(cache: &Cache, key: &str, throttle: Duration) {
+    if let Some(until) = Instant::now().checked_add(throttle.min(LONGEST)) {
+        let repository = Arc::downgrade(cache.repository());
+        THROTTLED.insert(flight_key(cache, key), Throttled { until, repository });
     }
 }
 
-/// Whether `key`'s loader failed less than its throttle ago.
-pub(super) fn holds(key: &FlightKey) -> bool {
+/// Whether the loader of `key` in `cache` failed less than its throttle ago.
+pub(super) fn holds(cache: &Cache, key: &str) -> bool {
     THROTTLED
-        .get(key)
-        .is_some_and(|until| until > Instant::now())
+        .get(&flight_key(cache, key))
+        .is_some_and(|entry| entry.until > Instant::now() && entry.repository.strong_count() > 0)
 }
