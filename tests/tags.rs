@@ -65,6 +65,7 @@ per_store!(
     an_earlier_invalidation_landing_later_undoes_nothing,
     every_repository_keeps_the_later_invalidation,
     a_version_spelled_like_tag_state_is_refused,
+    a_value_spelled_like_a_tagged_entry_is_refused,
     a_plain_entry_read_with_tags_is_covered_by_their_invalidations,
 );
 
@@ -684,6 +685,51 @@ async fn a_version_spelled_like_tag_state_is_refused(b: Backend) {
     let ordinary = cache.with_version("__impcache_tags");
     ordinary.set("t", &"user data", 60).await.unwrap();
     assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+}
+
+/// A plain value whose JSON starts as a tagged entry's envelope would read back as another
+/// value (its `value` field), or as nothing once a tag it names is invalidated: every write of
+/// one is refused, naming the key, and nothing is stored. A value merely holding the field
+/// further in is ordinary.
+async fn a_value_spelled_like_a_tagged_entry_is_refused(b: Backend) {
+    let cache = &b.cache;
+    let lookalike =
+        serde_json::json!({"__impcache_tagged__": {"created": 0, "tags": ["t"]}, "value": 5});
+    let refused = |error: impcache::Error| {
+        assert!(
+            matches!(&error, impcache::Error::Encode { key, .. } if key.ends_with('k')),
+            "{error}"
+        );
+        assert!(error.to_string().contains("__impcache_tagged__"), "{error}");
+    };
+    refused(cache.set("k", &lookalike, 60).await.unwrap_err());
+    refused(cache.set_nx("k", &lookalike, 60).await.unwrap_err());
+    refused(cache.set_many([("k", &lookalike)], 60).await.unwrap_err());
+    refused(
+        cache
+            .set_tagged("k", &lookalike, 60, ["u"])
+            .await
+            .unwrap_err(),
+    );
+    let raw = bytes::Bytes::from(lookalike.to_string());
+    refused(cache.set_raw("k", raw.clone(), 60).await.unwrap_err());
+    refused(cache.set_nx_raw("k", raw, 60).await.unwrap_err());
+    assert_eq!(cache.get_raw("k").await.unwrap(), None);
+    // `get_or_set` answers with its loader's value, and stores nothing.
+    let got: serde_json::Value = cache
+        .get_or_set("k", 60, move || async move { lookalike })
+        .await
+        .unwrap();
+    assert_eq!(got["value"], 5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cache.get_raw("k").await.unwrap(), None);
+    let ordinary =
+        serde_json::json!({"Id": 1, "__impcache_tagged__": {"created": 0, "tags": ["t"]}});
+    cache.set("k", &ordinary, 60).await.unwrap();
+    assert_eq!(
+        cache.get::<serde_json::Value>("k").await.unwrap(),
+        Some(ordinary)
+    );
 }
 
 // --- Tags chosen from the loaded value (`tags_from`, HybridCache #6897). ---

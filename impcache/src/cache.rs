@@ -746,10 +746,13 @@ impl Cache {
     }
 
     /// Stores raw bytes at `key`, without JSON encoding. Such entries are not readable by
-    /// [`get`](Cache::get) nor by the Python library.
+    /// [`get`](Cache::get) nor by the Python library. Bytes starting as a tagged entry's
+    /// envelope does (`{"__impcache_tagged__":`) are refused ([`Error::Encode`]): they would
+    /// read back as another value.
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
         observed!(self, Operation::Set, Some(key), async {
             self.check_key(key)?;
+            envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.into().resolve(key)?;
             let tally = Tally::written(value.len());
             let key = self.key_parts(key);
@@ -767,6 +770,7 @@ impl Cache {
     ) -> Result<bool> {
         observed!(self, Operation::SetNx, Some(key), async {
             self.check_key(key)?;
+            envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.into().resolve(key)?;
             let tally = Tally::written(value.len());
             let key = self.key_parts(key);

@@ -18,6 +18,7 @@ use serde::ser::{self, Serialize};
 use serde_json::ser::{CompactFormatter, Formatter};
 
 use crate::error::{shown, Error, Result};
+use crate::tags::envelope;
 
 /// The deepest nesting of arrays and objects a value may have, written or read: what orjson (the
 /// Python library's encoder) writes at most. Deeper values are refused with [`Error::Encode`] by
@@ -218,6 +219,7 @@ fn with_encoded<V: Serialize + ?Sized>(
     if wrote_null {
         check_finite(key, value)?;
     }
+    envelope::refuse_lookalike(key, &bytes)?;
     Ok(bytes)
 }
 

@@ -8,7 +8,8 @@
 //! The marker comes first and is written byte for byte as above, so a read tells an envelope
 //! from a plain value with one prefix comparison (an untagged hit pays nothing else). A plain
 //! value that is a JSON object whose first field is `__impcache_tagged__` would be taken for an
-//! envelope: that field name is reserved.
+//! envelope: that field name is reserved, and writes of such a value are refused
+//! ([`refuse_lookalike`]).
 
 use std::borrow::Cow;
 
@@ -16,12 +17,29 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::error::{shown, Error, Result};
+
 /// What every envelope starts with.
 const MARKER: &[u8] = b"{\"__impcache_tagged__\":";
 
 /// Whether `bytes` are an envelope (else a plain value, stored byte for byte as Python does).
 pub(crate) fn is_envelope(bytes: &[u8]) -> bool {
     bytes.starts_with(MARKER)
+}
+
+/// Fails when `bytes`, a plain value to be stored at `key`, would be read back as an envelope
+/// (a JSON object whose first field is `__impcache_tagged__`): another value would be read back
+/// (its `value` field), or none once a tag in it is invalidated.
+pub(crate) fn refuse_lookalike(key: &str, bytes: &[u8]) -> Result<()> {
+    if is_envelope(bytes) {
+        return Err(Error::Encode {
+            key: shown(key),
+            reason: "a JSON object whose first field is `__impcache_tagged__` is not stored: \
+                     that field name marks tagged entries"
+                .to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The envelope of `value` (its JSON), tagged `tags`, created at `created` (µs since the epoch).
