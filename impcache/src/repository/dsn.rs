@@ -109,7 +109,14 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
     let mut query_db = None;
     for (name, value) in url.query_pairs() {
         if name == "db" {
-            query_db = Some(check_db(dsn, &value)?);
+            let db = check_db(dsn, &value)?;
+            // redis-py takes the first, the `redis` crate (for sockets) the last: refused.
+            if let Some(first) = query_db.filter(|&first| first != db) {
+                return Err(invalid(format!(
+                    "two databases: `db={first}` and `db={db}` in the query"
+                )));
+            }
+            query_db = Some(db);
         }
     }
     let mut info = connection_info(dsn)?;
@@ -260,6 +267,16 @@ mod tests {
         assert_eq!(db("unix:///tmp/r.sock?db=5").ok(), Some(5));
         let err = server("redis://h:1/2?db=3").unwrap_err().to_string();
         assert!(err.contains("two databases"), "{err}");
+        for twice in ["redis://h:1/?db=3&db=4", "unix:///tmp/r.sock?db=3&db=4"] {
+            let err = server(twice).map(|_| ()).map_err(|e| e.to_string());
+            assert_eq!(
+                err,
+                Err(format!(
+                    "invalid DSN `{twice}`: two databases: `db=3` and `db=4` in the query"
+                ))
+            );
+        }
+        assert_eq!(db("redis://h:1/?db=3&db=3").ok(), Some(3));
     }
 
     #[cfg(feature = "sentinel")]
