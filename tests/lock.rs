@@ -33,6 +33,8 @@ per_store!(
     a_killed_owner_is_taken_over_once_with_the_default_wait,
     a_failing_owner_lets_the_next_process_load,
     a_stale_key_is_reloaded_in_the_background_by_one_process,
+    a_value_of_an_older_type_is_reloaded_once_across_processes,
+    an_early_refresh_under_the_lock_reloads,
 );
 
 /// `CALLERS` concurrent `get_or_set` calls of `key` on `cache`, each with `loader()`.
@@ -315,6 +317,138 @@ async fn with_redis_down_every_process_fails_open() {
     assert_eq!(all.len(), PROCESSES * CALLERS);
     assert!(all.iter().all(|got| got == "loaded"));
     assert!(runs.load(Ordering::SeqCst) >= 1);
+}
+
+/// A stored value of another type (an older one, after a deploy): every process finds it
+/// undecodable and reloads; under the lock, once in all (the owner's second read and the
+/// others' polls do not take it for another process's value).
+async fn a_value_of_an_older_type_is_reloaded_once_across_processes(store: Store) {
+    let processes = store.processes(PROCESSES);
+    processes[0].set("k", &"an older type", 60).await.unwrap();
+    let policy = Freshness::new().lock(Lock::new().wait(HANG));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let mut handles = Vec::new();
+    for cache in &processes {
+        for _ in 0..10 {
+            let (cache, runs, gate) = (cache.clone(), runs.clone(), gate.clone());
+            handles.push(tokio::spawn(async move {
+                let load = cache.get_or_set("k", 60, move || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    drop(gate.acquire().await.unwrap());
+                    42_u64
+                });
+                load.freshness(policy).await.unwrap()
+            }));
+        }
+    }
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The other processes poll meanwhile (a stampede would start its loaders here).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.add_permits(1000);
+    for handle in handles {
+        assert_eq!(
+            tokio::time::timeout(HANG, handle).await.unwrap().unwrap(),
+            42
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// An early refresh under the lock reloads: its second read finds the value it replaces, still
+/// fresh, and must not take it for another process's refresh.
+async fn an_early_refresh_under_the_lock_reloads(store: Store) {
+    let cache = store.cache();
+    let policy = Freshness::new()
+        // A gap far above the time left: XFetch's coin says "reload" almost surely.
+        .early_refresh(Duration::from_secs(3600))
+        .lock(Lock::new());
+    let first: String = cache
+        .get_or_set("k", 60, || async { "old".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(first, "old");
+    released(&cache).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let refreshed = tokio::time::timeout(HANG, async {
+        loop {
+            let runs = runs.clone();
+            let served: String = cache
+                .get_or_set("k", 60, move || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    "new".to_owned()
+                })
+                .freshness(policy)
+                .await
+                .unwrap();
+            if served == "new" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    refreshed
+        .await
+        .expect("the early refresh stores the new value");
+    assert!(runs.load(Ordering::SeqCst) >= 1);
+}
+
+/// A lock lifetime past the longest expiry (`Duration::MAX`: Redis refuses `PX` that large, so
+/// every call would have run without the lock) is refused before anything runs.
+#[tokio::test]
+async fn a_lock_lifetime_past_the_longest_expiry_is_refused() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new().lock(Lock::new().lifetime(Duration::MAX));
+    let got: Result<String, Error> = cache
+        .get_or_set("k", 60, || async { unreachable!("not run") })
+        .freshness(policy)
+        .await;
+    match got {
+        Err(Error::InvalidExpire { key, reason }) => {
+            assert!(
+                key.ends_with('k') && reason.contains("longest expiry"),
+                "{key}: {reason}"
+            )
+        }
+        other => panic!("expected InvalidExpire, got {other:?}"),
+    }
+    let year = Freshness::new().lock(Lock::new().lifetime(Duration::from_secs(365 * 86_400)));
+    let got: String = cache
+        .get_or_set("k", 60, || async { "loaded".to_owned() })
+        .freshness(year)
+        .await
+        .unwrap();
+    assert_eq!(got, "loaded");
+}
+
+/// Keys starting `__lock:` hold locks: a write there (which would stall every locked load of
+/// the key for its wait) is refused, naming the key; reading or deleting a stuck lock is not.
+#[tokio::test]
+async fn keys_reserved_for_locks_are_not_written() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let refused = |error: Error| {
+        assert!(
+            matches!(&error, Error::InvalidKey { key, reason } if key.ends_with("__lock:k") && reason.contains("reserved")),
+            "{error}"
+        )
+    };
+    refused(cache.set("__lock:k", &"user data", 60).await.unwrap_err());
+    refused(cache.set_nx("__lock:k", &1, 60).await.unwrap_err());
+    refused(cache.set_many([("__lock:k", 1)], 60).await.unwrap_err());
+    refused(cache.set_raw("__lock:k", "x".into(), 60).await.unwrap_err());
+    let loaded: Result<String, Error> = cache
+        .get_or_set("__lock:k", 60, || async { "v".to_owned() })
+        .await;
+    assert_eq!(
+        loaded.unwrap(),
+        "v",
+        "the loader answers (fail open), nothing stored"
+    );
+    assert_eq!(cache.get_raw("__lock:k").await.unwrap(), None);
+    assert_eq!(cache.delete("__lock:k").await.unwrap(), 0);
 }
 
 /// A lock that would expire before the loader's hard timeout is refused before anything runs.

@@ -13,22 +13,35 @@ use crate::held_lock::HeldLock;
 use crate::key::UrlKeys;
 use crate::store::{lookup, Lookup};
 
-/// What the lock came to for a miss.
+/// What the lock came to for a handler call.
 pub(crate) enum Locked {
     /// This process calls the handler, holding the lock (`None`: without it, failing open).
     Call(Option<HeldLock>),
     /// Another process stored the response meanwhile.
     Stored(Entry),
+    /// A background revalidation: another process holds the lock, and revalidates.
+    Busy,
 }
 
 /// Takes the URL's lock, or waits for another process's response (see the module docs).
-pub(crate) async fn take(config: &Config, keys: &UrlKeys, headers: &http::HeaderMap) -> Locked {
+/// `revalidates`: the stored entry a background revalidation (or early refresh) replaces; such a
+/// call does not wait ([`Locked::Busy`]), and only a response stored after that entry (another
+/// process's) ends it, not that entry, which may still be fresh.
+pub(crate) async fn take(
+    config: &Config,
+    keys: &UrlKeys,
+    headers: &http::HeaderMap,
+    revalidates: Option<&Entry>,
+) -> Locked {
     let Some(options) = config.lock else {
         return Locked::Call(None);
     };
+    let newer = |entry: &Entry| revalidates.is_none_or(|old| entry.stored_at_ms > old.stored_at_ms);
     let poll = || async {
         Ok(match lookup(config, keys, headers).await {
-            Lookup::Hit(entry, _) if crate::stale::usable(config, &entry) => Some(Some(entry)),
+            Lookup::Hit(entry, _) if crate::stale::usable(config, &entry) && newer(&entry) => {
+                Some(Some(entry))
+            }
             // The cache failed: stop waiting, call the handler.
             Lookup::Failed { .. } => Some(None),
             _ => None,
@@ -39,6 +52,7 @@ pub(crate) async fn take(config: &Config, keys: &UrlKeys, headers: &http::Header
         keys.record(),
         options,
         config.hard_timeout,
+        revalidates.is_none(),
         poll,
     )
     .await
@@ -49,6 +63,7 @@ pub(crate) async fn take(config: &Config, keys: &UrlKeys, headers: &http::Header
             held,
         ))),
         Turn::Loaded(Some(entry)) => Locked::Stored(entry),
+        Turn::Busy => Locked::Busy,
         _ => Locked::Call(None),
     }
 }

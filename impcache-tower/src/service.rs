@@ -20,9 +20,11 @@ use crate::entry::{now_ms, Entry};
 use crate::flight::{FlightGuard, Join, Leader, Shared, Ticket, Wait};
 use crate::freshness;
 use crate::future::ResponseFuture;
+use crate::held_lock::HeldLock;
 use crate::invalidate;
 use crate::key;
 use crate::layer::CacheLayer;
+use crate::lock::Locked;
 use crate::metrics::Counted;
 use crate::policy::{self, Limits, NotStored, RequestPlan, Why};
 use crate::render::{self, mark, Outcome};
@@ -302,6 +304,7 @@ where
             fallback,
             counted,
             lead: None,
+            lock: None,
             seen,
         };
         Box::pin(forward(config, miss)).await
@@ -372,6 +375,9 @@ struct Miss<S, ReqBody> {
     counted: Option<Counted>,
     /// The URL's flight, already led (a background revalidation): no coalescing.
     lead: Option<FlightGuard>,
+    /// The URL's cross-process lock, taken by a background revalidation (`lead`) before the
+    /// call: not taken again.
+    lock: Option<HeldLock>,
     /// The record the lookup found, whose generation a new variant is stored under.
     seen: Option<Seen>,
 }
@@ -400,6 +406,7 @@ impl<S, ReqBody> Miss<S, ReqBody> {
             fallback: None,
             counted: None,
             lead: None,
+            lock: None,
             seen,
         }
     }
@@ -429,8 +436,10 @@ where
         fallback,
         counted,
         lead,
+        lock,
         seen,
     } = miss;
+    let revalidation = lead.is_some();
     let count = |outcome| {
         if let Some(counted) = &counted {
             counted.count(outcome);
@@ -487,14 +496,20 @@ where
         None
     };
 
-    // 2b. The cross-process lock (`CacheLayer::lock`): for a miss this process leads.
-    let locked = if stale.is_none() && may_store && !refresh {
-        match crate::lock::take(config, &keys, &headers).await {
-            crate::lock::Locked::Stored(entry) => {
+    // 2b. The cross-process lock (`CacheLayer::lock`): for a call this process leads, with a
+    //     stale entry at hand too (as `get_or_set`'s); a background revalidation took it before
+    //     the call.
+    let locked = if revalidation {
+        lock
+    } else if may_store && !refresh {
+        match crate::lock::take(config, &keys, &headers, None).await {
+            Locked::Stored(entry) => {
                 count(LayerOutcome::Hit);
                 return Ok(hit(entry, &headers, false, config, now_ms()));
             }
-            crate::lock::Locked::Call(held) => held,
+            Locked::Call(held) => held,
+            // Only a revalidation is told so.
+            Locked::Busy => None,
         }
     } else {
         None
@@ -957,6 +972,15 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
                 }
             }
         }
+        // Across processes (`CacheLayer::lock`): tried once; another process holding it
+        // revalidates, or has.
+        let headers = miss.request.headers();
+        let lock = match crate::lock::take(&config, &miss.keys, headers, miss.stale.as_ref()).await
+        {
+            Locked::Call(lock) => lock,
+            Locked::Stored(_) | Locked::Busy => return,
+        };
+        let miss = Miss { lock, ..miss };
         let refresh = async {
             match forward(&config, miss).await {
                 // Read to its end: a streamed body is stored once complete.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use bytes::Bytes;
 use http::{Response, StatusCode};
 use impcache::{Cache, Lock, RedisCacheRepository};
 use impcache_tests::RedisServer;
@@ -112,4 +113,77 @@ async fn an_unset_lock_lifetime_outlasts_the_hard_timeout() {
     let ttl: i64 = redis.cmd(&["PTTL", &lock_key]);
     assert!(ttl > 30_000 && ttl <= 35_000, "{lock_key}: {ttl} ms");
     assert_eq!(request.await.unwrap().body, "slow");
+}
+
+/// `n` concurrent requests for `uri`, sent to the services in turn; their answers.
+async fn burst(services: &[&Svc], uri: &str, n: usize) -> Vec<Seen> {
+    let requests: Vec<_> = (0..n)
+        .map(|i| tokio::spawn(send(services[i % services.len()], get(uri))))
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    answers
+}
+
+/// An expired response kept for `stale_if_error` is refreshed once across processes: the
+/// lock is taken with a stale response at hand too (as `get_or_set` takes it with a stale value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_response_kept_for_stale_if_error_is_refreshed_once_across_processes() {
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let make = || {
+        locked_layer(&redis)
+            .expire(Duration::from_secs(1))
+            .stale_if_error(Duration::from_secs(60))
+    };
+    let (first, second) = (slow(make(), calls.clone()), slow(make(), calls.clone()));
+    assert_eq!(send(&first, get("/r")).await.body, "call 1");
+    wait_stored(&make(), "/r").await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let answers = burst(&[&first, &second], "/r", 10).await;
+    let bodies: Vec<_> = answers.iter().map(|seen| seen.body.clone()).collect();
+    assert!(bodies.iter().all(|body| body == "call 2"), "{bodies:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh across both");
+}
+
+/// Stale-while-revalidate: a stale hit in each process starts a background revalidation, which
+/// tries the lock once and leaves the URL to the process holding it (as `get_or_set`'s
+/// background reloads do): one handler call across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_revalidation_runs_once_across_processes() {
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let make = || {
+        locked_layer(&redis)
+            .expire(Duration::from_secs(1))
+            .stale_while_revalidate(Duration::from_secs(60))
+    };
+    let (first, second) = (slow(make(), calls.clone()), slow(make(), calls.clone()));
+    assert_eq!(send(&first, get("/r")).await.body, "call 1");
+    wait_stored(&make(), "/r").await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let answers = burst(&[&first, &second], "/r", 6).await;
+    assert!(
+        answers.iter().all(|seen| seen.body == "call 1"),
+        "stale answers"
+    );
+    // The revalidation (300 ms) stores "call 2"; wait for it in both processes.
+    for service in [&first, &second] {
+        let mut body = Bytes::new();
+        for _ in 0..200 {
+            body = send(service, get("/r")).await.body;
+            if body == "call 2" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(body, "call 2");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one revalidation across both"
+    );
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::error::{shown, Error, Result};
 use crate::expire::Expire;
 use crate::json;
-use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version};
+use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version, LOCK_KEY_PART};
 use crate::near::{NearCache, NearCacheStats, NearCacheStatus, Store as NearStore};
 use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::observe::metrics::{Operation, Tally};
@@ -396,6 +396,22 @@ impl Cache {
         Ok(())
     }
 
+    /// [`check_key`](Self::check_key) for a write: keys starting `__lock:` hold the
+    /// cross-process locks of loads, and a value written there would stand in a lock's place
+    /// (reading or deleting one is allowed: a stuck lock can be looked at and removed).
+    pub(crate) fn check_written_key(&self, key: &str) -> Result<()> {
+        self.check_key(key)?;
+        if key.starts_with(LOCK_KEY_PART) {
+            return Err(Error::InvalidKey {
+                key: shown(key),
+                reason: format!(
+                    "keys starting `{LOCK_KEY_PART}` are reserved for the cross-process locks of loads: not written"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Why a reserved version ([`Version::is_reserved`]) is refused.
     #[cold]
     fn reserved_version(&self) -> String {
@@ -483,7 +499,7 @@ impl Cache {
         expire: impl Into<Expire>,
     ) -> Result<()> {
         observed!(self, Operation::Set, Some(key), async {
-            self.check_key(key)?;
+            self.check_written_key(key)?;
             let expiry = expire.into().resolve(key)?;
             let bytes = json::encode(key, value)?;
             let tally = Tally::written(bytes.len());
@@ -502,7 +518,7 @@ impl Cache {
         expire: impl Into<Expire>,
     ) -> Result<bool> {
         observed!(self, Operation::SetNx, Some(key), async {
-            self.check_key(key)?;
+            self.check_written_key(key)?;
             let expiry = expire.into().resolve(key)?;
             let bytes = json::encode(key, value)?;
             let tally = Tally::written(bytes.len());
@@ -557,7 +573,7 @@ impl Cache {
         for entry in entries {
             let (key, value) = entry.borrow();
             let key = key.as_ref();
-            self.check_key(key)?;
+            self.check_written_key(key)?;
             if expiry.is_none() {
                 expiry = Some(expire.resolve(key)?);
             }
@@ -751,7 +767,7 @@ impl Cache {
     /// read back as another value.
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
         observed!(self, Operation::Set, Some(key), async {
-            self.check_key(key)?;
+            self.check_written_key(key)?;
             envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.into().resolve(key)?;
             let tally = Tally::written(value.len());
@@ -769,7 +785,7 @@ impl Cache {
         expire: impl Into<Expire>,
     ) -> Result<bool> {
         observed!(self, Operation::SetNx, Some(key), async {
-            self.check_key(key)?;
+            self.check_written_key(key)?;
             envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.into().resolve(key)?;
             let tally = Tally::written(value.len());
@@ -838,7 +854,7 @@ impl Cache {
         let tags = Tags::new(tags);
         let created = tags::stamp_micros();
         observed!(self, Operation::Set, Some(key), async {
-            self.check_key(key)?;
+            self.check_written_key(key)?;
             for tag in tags.as_slice() {
                 self.check_tag(tag)?;
             }

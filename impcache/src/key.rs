@@ -25,6 +25,10 @@ pub(crate) type LocalKeyHasher = foldhash::quality::RandomState;
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Version(Arc<str>);
 
+/// What the caller's part of every lock key (`freshness::lock`) starts with: user keys starting
+/// so are refused (`Cache::check_key`), so that no value stands in a lock's place.
+pub(crate) const LOCK_KEY_PART: &str = "__lock:";
+
 impl Version {
     /// The version as it appears in keys.
     pub fn as_str(&self) -> &str {

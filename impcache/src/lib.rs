@@ -236,21 +236,23 @@ pub mod __private {
         pub use crate::freshness::lock_private::{Held, Turn};
 
         /// Takes the lock of `key` (the caller's part; at `__lock:{key}`), waiting (up to the
-        /// lock's wait) while another process holds it: `poll` reads what that process stores
-        /// (`Some` ends the wait). A lifetime not set outlasts `hard_timeout`, the bound of the
-        /// work the lock covers. See [`Lock`](crate::Lock)'s protocol.
+        /// lock's wait, when `wait`; else [`Turn::Busy`] at once) while another process holds
+        /// it: `poll` reads what that process stores (`Some` ends the wait). A lifetime not set
+        /// outlasts `hard_timeout`, the bound of the work the lock covers. See
+        /// [`Lock`](crate::Lock)'s protocol.
         pub async fn take<T, F, Fut>(
             cache: &crate::Cache,
             key: &str,
             lock: crate::Lock,
             hard_timeout: Option<std::time::Duration>,
+            wait: bool,
             poll: F,
         ) -> Turn<T>
         where
             F: FnMut() -> Fut,
             Fut: std::future::Future<Output = crate::Result<Option<T>>>,
         {
-            crate::freshness::lock_private::take(cache, key, lock, hard_timeout, poll).await
+            crate::freshness::lock_private::take(cache, key, lock, hard_timeout, wait, poll).await
         }
     }
 

@@ -82,7 +82,7 @@ impl Cache {
 
     /// Checks a key (and the call's tags) as every operation does.
     pub(crate) fn check_key_for_load(&self, key: &str, tags: &Tags) -> Result<()> {
-        self.check_key(key)?;
+        self.check_written_key(key)?;
         // A tag is checked as `set_tagged` and `invalidate_tag` check it: an entry is never
         // stored with a tag that cannot be invalidated.
         tags.as_slice()

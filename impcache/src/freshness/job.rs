@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+
 use super::lock_settings::Lock;
 use super::policy::Freshness;
-use crate::error::Error;
+use crate::error::{shown, Error};
 use crate::expire::Expiry;
+use crate::json;
 use crate::tags::{LoadedTags, Tags};
 use crate::Cache;
 
@@ -33,6 +36,10 @@ pub(super) struct Job {
     pub(super) loaded_tags: Option<LoadedTags>,
     /// Whether the stale value at hand is the near cache's fail-safe copy (the read failed).
     pub(super) fail_safe: bool,
+    /// An early refresh: when the fresh value it replaces expires. The lock's second read ends
+    /// such a refresh only for a value expiring later (another process's refresh), not for the
+    /// value it replaces, which is fresh too.
+    pub(super) replaces: Option<tokio::time::Instant>,
 }
 
 impl Job {
@@ -89,5 +96,22 @@ pub(super) fn report(cache: &Cache, operation: &'static str, key: &str, error: &
         tracing::debug!(target: TARGET, operation, key, %error, "cache unavailable; loading regardless");
     } else {
         tracing::warn!(target: TARGET, operation, key, %error, "cache operation failed; loading regardless");
+    }
+}
+
+/// The stored JSON as a `V`; `None` (logged) when it is not one.
+pub(super) fn decode<V: DeserializeOwned>(job: &Job, bytes: &[u8]) -> Option<V> {
+    decode_at(&job.cache, &job.key, bytes)
+}
+
+/// The JSON stored at `key` as a `V`; `None` (logged) when it is not one.
+pub(super) fn decode_at<V: DeserializeOwned>(cache: &Cache, key: &str, bytes: &[u8]) -> Option<V> {
+    match json::decode(|| shown(&cache.make_key(key)), bytes) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            let error = cache.logged_error(&error);
+            tracing::warn!(target: TARGET, %error, "the stored value does not decode as the requested type; loading and replacing it");
+            None
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::repository::WithTtl;
 use crate::tags::{self, envelope, LoadedTags, Tags};
 use crate::Cache;
 
-use super::job::{report, FlightKey, Job, TARGET};
+use super::job::{decode, decode_at, report, FlightKey, Job, TARGET};
 use super::throttle;
 
 /// The loads in flight in this process, publishing the value.
@@ -172,6 +172,7 @@ where
         tags: tags.clone(),
         loaded_tags: loaded_tags.clone(),
         fail_safe: false,
+        replaces: None,
     };
     let (job, stale, loader, reread) = match cache.read_for_load_tagged(key, &policy, &tags).await {
         Ok(Some(found)) => match serve(cache, key, &policy, &job, ticket, found, loader) {
@@ -248,7 +249,8 @@ where
     match policy.state(found.ttl) {
         State::Fresh { left } => {
             if policy.refresh_early(left) {
-                spawn_refresh(job(), ticket, loader);
+                let replaces = left.map(|left| tokio::time::Instant::now() + left);
+                spawn_refresh(Job { replaces, ..job() }, ticket, loader);
             }
             Served::Value(value)
         }
@@ -520,18 +522,15 @@ pub(super) async fn run<V, E, F, Fut>(
                 // A background reload: another process reloads (the flight is abandoned, and
                 // any caller of this process waiting on it joins again).
                 Turn::Busy => return,
-                Turn::Loaded(bytes) => match decode::<V>(&job, &bytes) {
-                    Some(value) => {
-                        if let Some(answer) = answer {
-                            let _ = answer.send(Ok(value));
-                        }
-                        if let Some(guard) = guard {
-                            guard.publish(Shared::read(bytes, created, &job));
-                        }
-                        return;
+                Turn::Loaded((value, bytes)) => {
+                    if let Some(answer) = answer {
+                        let _ = answer.send(Ok(value));
                     }
-                    None => None,
-                },
+                    if let Some(guard) = guard {
+                        guard.publish(Shared::read(bytes, created, &job));
+                    }
+                    return;
+                }
             }
         }
         _ => None,
@@ -627,22 +626,6 @@ async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags) {
     };
     if let Err(error) = job.cache.set_for_load(&job.key, bytes, job.expiry).await {
         report(&job.cache, "set", &job.key, &error);
-    }
-}
-
-/// The stored JSON as a `V`; `None` (logged) when it is not one.
-fn decode<V: DeserializeOwned>(job: &Job, bytes: &[u8]) -> Option<V> {
-    decode_at(&job.cache, &job.key, bytes)
-}
-
-fn decode_at<V: DeserializeOwned>(cache: &Cache, key: &str, bytes: &[u8]) -> Option<V> {
-    match json::decode(|| shown(&cache.make_key(key)), bytes) {
-        Ok(value) => Some(value),
-        Err(error) => {
-            let error = cache.logged_error(&error);
-            tracing::warn!(target: TARGET, %error, "the stored value does not decode as the requested type; loading and replacing it");
-            None
-        }
     }
 }
 

@@ -10,14 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::job::{report, Job, TARGET};
+use super::job::{decode_at, report, Job, TARGET};
 use super::lock_settings::Lock;
 use super::policy::State;
 use crate::cache::{observed, Cache};
 use crate::error::{Error, Result};
 use crate::expire::Expiry;
+use crate::key::LOCK_KEY_PART;
 use crate::observe::lock::{lock_outcome, LockOutcome};
 use crate::observe::metrics::{Operation, Tally};
 
@@ -63,7 +65,12 @@ impl Held {
 
 /// Takes the lock of `job`'s key, waiting for another process's value while it is held
 /// (`wait`), or giving up at once (a background reload, `!wait`).
-pub(super) async fn take(job: &Job, lock: Lock, lifetime: Expiry, wait: bool) -> Turn {
+pub(super) async fn take<V: DeserializeOwned>(
+    job: &Job,
+    lock: Lock,
+    lifetime: Expiry,
+    wait: bool,
+) -> Turn<(V, Bytes)> {
     take_polling(&job.cache, &job.key, lock, lifetime, wait, || fresh(job)).await
 }
 
@@ -162,17 +169,32 @@ async fn owned<T>(
     outcome(taken, Turn::Owner(held))
 }
 
-/// The value at `job`'s key if it is there and fresh.
-async fn fresh(job: &Job) -> Result<Option<Bytes>> {
+/// The value at `job`'s key (decoded, and its bytes) if it is there, fresh, of the caller's
+/// type (a value of an older type is reloaded under the lock, not served), and, for an early
+/// refresh, not the value it replaces.
+async fn fresh<V: DeserializeOwned>(job: &Job) -> Result<Option<(V, Bytes)>> {
     // The tagged read when the call has tags: an envelope is opened and its tags are checked.
     let found = job
         .cache
         .read_for_load_tagged(&job.key, &job.policy, &job.tags)
         .await?;
-    Ok(found
-        .filter(|found| matches!(job.policy.state(found.ttl), State::Fresh { .. }))
-        .map(|found| found.value))
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    let State::Fresh { left } = job.policy.state(found.ttl) else {
+        return Ok(None);
+    };
+    if let (Some(replaced), Some(left)) = (job.replaces, left) {
+        if Instant::now() + left <= replaced + SAME_EXPIRY {
+            return Ok(None);
+        }
+    }
+    Ok(decode_at::<V>(&job.cache, &job.key, &found.value).map(|value| (value, found.value)))
 }
+
+/// How much later than the value an early refresh replaces another value must expire to be
+/// another process's refresh: two reads of one key's expiry differ by their round trips.
+const SAME_EXPIRY: Duration = Duration::from_millis(50);
 
 fn failed<T>(cache: &Cache, key: &str, operation: &'static str, error: &Error) -> Turn<T> {
     report(cache, operation, key, error);
@@ -234,10 +256,9 @@ impl Cache {
     }
 }
 
-/// The caller's part of the lock key of `key`: `__lock:{key}` (keys starting `__lock:` are
-/// reserved).
+/// The caller's part of the lock key of `key`: `__lock:{key}`.
 pub(crate) fn lock_key(key: &str) -> String {
-    format!("__lock:{key}")
+    format!("{LOCK_KEY_PART}{key}")
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::error::{shown, Error, Result};
-use crate::expire::Expiry;
+use crate::expire::{Expiry, MAX_EXPIRE};
 
 /// A cross-process lock around a `get_or_set` loader: with it, among all the processes sharing a
 /// Redis, one runs the loader of a missing key and the others wait for its value. Set it with
@@ -137,6 +137,11 @@ impl Lock {
         if millis == 0 {
             return Err(invalid(format!(
                 "the lock's lifetime ({lifetime:?}) must be at least 1 ms"
+            )));
+        }
+        if lifetime > MAX_EXPIRE {
+            return Err(invalid(format!(
+                "the lock's lifetime ({lifetime:?}) is longer than the longest expiry ({MAX_EXPIRE:?})"
             )));
         }
         if let Some(hard) = hard_timeout {

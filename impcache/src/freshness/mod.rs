@@ -76,12 +76,14 @@ pub(crate) mod lock_private {
     use super::lock_settings::Lock;
 
     /// [`take_polling`] with the lock's own lifetime (raised above `hard_timeout` when not set,
-    /// as `get_or_set`'s), waiting.
+    /// as `get_or_set`'s), waiting for another process's value when `wait` (else
+    /// [`Turn::Busy`]: a background revalidation).
     pub(crate) async fn take<T, F, Fut>(
         cache: &crate::Cache,
         key: &str,
         lock: Lock,
         hard_timeout: Option<std::time::Duration>,
+        wait: bool,
         poll: F,
     ) -> Turn<T>
     where
@@ -90,7 +92,7 @@ pub(crate) mod lock_private {
     {
         let lock = lock.resolved(hard_timeout);
         match lock.checked(hard_timeout, key) {
-            Ok(lifetime) => take_polling(cache, key, lock, lifetime, true, poll).await,
+            Ok(lifetime) => take_polling(cache, key, lock, lifetime, wait, poll).await,
             Err(error) => {
                 let error = cache.logged_error(&error);
                 tracing::warn!(%error, "the lock's lifetime is invalid: running without it");
