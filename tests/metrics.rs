@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use impcache::{Cache, CacheRepository, CacheStats, MemoryCacheRepository, RedisCacheRepository};
 use impcache_tests::logs::Logs;
@@ -330,6 +331,76 @@ fn cached_calls_count_by_function_and_outcome_and_their_hits_once() {
                 &[("function", "metrics::square"), ("outcome", "miss")]
             ),
             2
+        );
+    });
+}
+
+/// `square` with a freshness option (its calls go through `get_or_set`).
+#[impcache::cached(cache = cache, expire = Duration::from_millis(300), stale_while_revalidate = 60, skip(cache))]
+async fn fresh_square(cache: &Cache, n: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    n * n
+}
+
+/// The same counts for a function with a freshness option: a caller that waited for another
+/// caller's run is a `miss` and a single-flight wait (it was counted a `hit`), an outage is a
+/// `bypass` (it was a `miss`), and a stale answer is a `hit` whatever the background reload's
+/// timing (on a multi-thread runtime it was `hit` or `miss` at random).
+#[test]
+fn cached_calls_with_a_freshness_option_count_as_the_plain_ones() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let calls = |recorded: &Recorded, outcome| {
+        recorded.counter(
+            "impcache_cached_calls_total",
+            &[("function", "metrics::fresh_square"), ("outcome", outcome)],
+        )
+    };
+    // The recorder is this thread's: on a one-thread runtime, spawned callers count here.
+    current_thread_runtime().block_on(async {
+        let callers: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { fresh_square(&cache, 5).await })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), 25);
+        }
+        let recorded = Recorded::take(&snapshotter);
+        let function = [("function", "metrics::fresh_square")];
+        assert_eq!((calls(&recorded, "hit"), calls(&recorded, "miss")), (0, 20));
+        assert_eq!(
+            recorded.counter("impcache_single_flight_waits_total", &function),
+            19
+        );
+    });
+    // Stale answers (each starting or finding a background reload, which runs on a worker
+    // thread): hits, every one. The calls are made on this thread.
+    impcache_tests::multi_thread_runtime().block_on(async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for _ in 0..30 {
+            assert_eq!(fresh_square(&cache, 5).await, 25);
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        let recorded = Recorded::take(&snapshotter);
+        assert_eq!((calls(&recorded, "hit"), calls(&recorded, "miss")), (30, 0));
+        // The cache down: bypasses.
+        let port = impcache_tests::free_port();
+        let repository = RedisCacheRepository::builder(format!("redis://127.0.0.1:{port}/0"))
+            .deadline(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let down = Cache::new(repository);
+        for n in 0..3 {
+            assert_eq!(fresh_square(&down, n).await, n * n);
+        }
+        let recorded = Recorded::take(&snapshotter);
+        assert_eq!(
+            (calls(&recorded, "miss"), calls(&recorded, "bypass")),
+            (0, 3)
         );
     });
 }

@@ -276,17 +276,15 @@ where
             counted.count(LayerOutcome::Miss);
             return Ok(gateway_timeout(config, fwd, "only-if-cached"));
         }
-        // Counted once the handler has answered when a stale entry may stand in for it.
+        // A failed lookup is an `error` whatever follows; otherwise counted by `forward`, once
+        // the request is answered from a flight's leader or another process (`hit`) or goes to
+        // the handler (`miss`; when a stale entry may stand in for it, once it has answered).
         let counted = match (fallback, detail) {
-            (Some(_), _) => Some(counted),
             (None, Some(_)) => {
                 counted.count(LayerOutcome::Error);
                 None
             }
-            (None, None) => {
-                counted.count(LayerOutcome::Miss);
-                None
-            }
+            _ => Some(counted),
         };
         // Built after the lookup, not before: the request and the inner service moved into it
         // across the lookup's await would take a second slot in this future (600 bytes more).
@@ -541,6 +539,12 @@ where
     let conditional =
         may_store && !revalidating && revalidate::without_validators(request.headers_mut());
     let request_ms = now_ms();
+    // Counted before the call (a request whose client goes away meanwhile counts too), unless a
+    // stale entry may stand in for it: then once the handler has answered.
+    let count_after_call = stand_in.is_some();
+    if !count_after_call {
+        count(LayerOutcome::Miss);
+    }
     // The handler's time limit: the handler timeout when a stale entry may answer instead, and
     // the hard timeout for every call.
     let limit = match stand_in {
@@ -559,7 +563,6 @@ where
                     count(LayerOutcome::Stale);
                     return Ok(stood_in(config, guard, url, entry, &headers, past, why));
                 }
-                count(LayerOutcome::Miss);
                 if let Some(guard) = guard {
                     guard.not_shared();
                 }
@@ -583,7 +586,9 @@ where
             return Ok(stood_in(config, guard, url, entry, &headers, past, why));
         }
     }
-    count(LayerOutcome::Miss);
+    if count_after_call {
+        count(LayerOutcome::Miss);
+    }
     let response = match called {
         Ok(response) => response,
         Err(error) => {

@@ -70,3 +70,31 @@ fn a_failed_lookup_is_counted_as_an_error_and_the_handler_answers() {
     });
     assert_eq!(counts, [count("error", ROUTE, 2)]);
 }
+
+/// 10 concurrent requests for a new URL: one handler call, 9 requests answered by the
+/// leader's response, whose `Cache-Status` says `hit`: counted so (they were all `miss`).
+#[test]
+fn coalesced_requests_are_counted_as_hits() {
+    let counts = requests_total(|| async {
+        let app: Router = Router::new()
+            .route(
+                "/users/{id}",
+                get(|Path(id): Path<u64>| async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    format!("user {id}")
+                }),
+            )
+            .layer(CacheLayer::new(Cache::new(MemoryCacheRepository::new())).expire(60));
+        let requests: Vec<_> = (0..10)
+            .map(|_| {
+                let request = Request::get("/users/7").body(Body::empty()).unwrap();
+                tokio::spawn(app.clone().oneshot(request))
+            })
+            .collect();
+        for request in requests {
+            let response = request.await.unwrap().unwrap();
+            assert!(response.status().is_success());
+        }
+    });
+    assert_eq!(counts, [count("hit", ROUTE, 9), count("miss", ROUTE, 1)]);
+}

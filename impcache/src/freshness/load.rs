@@ -25,6 +25,7 @@ use crate::repository::WithTtl;
 use crate::tags::{self, envelope, LoadedTags, Tags};
 use crate::Cache;
 
+use super::answer::{self, Answer};
 use super::job::{decode, decode_at, report, FlightKey, Job, TARGET};
 use super::throttle;
 
@@ -159,6 +160,7 @@ where
     let LoadSettings { expiry, lock } = policy.load_settings(expire, key).map_err(E::from_cache)?;
     if let Err(error) = cache.check_key_for_load(key, &tags) {
         report(cache, "get", key, &error);
+        answer::record(Answer::Bypass);
         return loader().await;
     }
     let ticket = FLIGHTS.ticket();
@@ -182,6 +184,7 @@ where
         Ok(None) => (job(), None, loader, Reread::IfAFlightEnded),
         Err(error) => {
             report(cache, "get", key, &error);
+            answer::record(Answer::Bypass);
             // The near cache's fail-safe copy (off by default), for the loader's failure only.
             // Not with tags: their state cannot be read while Redis fails.
             let stale = if tags.is_empty() {
@@ -306,9 +309,11 @@ where
                         return Ok(value);
                     }
                 }
+                answer::record(Answer::Ran);
                 return lead(job, stale, loader, guard).await;
             }
             Join::Waiter(waiter) => {
+                answer::record(Answer::Waited(tokio::time::Instant::now()));
                 let joined = tags::stamp_micros();
                 let waited = match (&stale, job.policy.soft_timeout_duration()) {
                     (Some(_), Some(soft)) => waiter.wait(soft).await,

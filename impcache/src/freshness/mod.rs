@@ -52,11 +52,13 @@
 //! - `request.rs`: [`GetOrSet`] / [`TryGetOrSet`], what `get_or_set` returns.
 //! - `load.rs`: one call: read, classify, load through the flight.
 //! - `throttle.rs`: the fail-safe throttle's table of recently failed keys.
+//! - `answer.rs`: how a call was answered, for `#[cached]`'s counts.
 //! - `lock.rs`: [`Lock`], one loader run across processes (its protocol is in its docs), and
 //!   the lock key's reads and writes.
 //! - `cache_io.rs`: the [`Cache`](crate::Cache) methods of the protocol: `get_or_set`,
 //!   `try_get_or_set`, `get_raw_with_ttl`, and the reads and writes `load.rs` goes through.
 
+pub(crate) mod answer;
 mod cache_io;
 mod job;
 mod load;

@@ -10,8 +10,6 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -22,6 +20,7 @@ use super::codec::Codec;
 use super::returns::Policy;
 use crate::error::Error;
 use crate::expire::Expire;
+use crate::freshness::answer::{self, Answer};
 use crate::freshness::{load_with, Freshness, LoadError, Lock};
 use crate::json;
 use crate::key::Version;
@@ -305,14 +304,11 @@ where
             return body().await;
         }
     };
-    let ran = Arc::new(AtomicBool::new(false));
     // `tags_from`: the value's tags, recorded once the body has answered.
     let chosen = tags_from.given().then(LoadedTags::default);
     let loader = {
-        let ran = Arc::clone(&ran);
         let chosen = chosen.clone();
         move || async move {
-            ran.store(true, Ordering::Relaxed);
             let ret = body().await;
             match P::value(&ret) {
                 // (Not a `Some` that `cache_none` would store as `None`, `null`.)
@@ -326,11 +322,18 @@ where
             }
         }
     };
-    let loaded = load_with(cache, &key, expire, freshness, (tags, chosen), loader).await;
-    function.call(if ran.load(Ordering::Relaxed) {
-        CallOutcome::Miss
-    } else {
-        CallOutcome::Hit
+    let load = load_with(cache, &key, expire, freshness, (tags, chosen), loader);
+    let (loaded, answer) = answer::scope(load).await;
+    // Counted as the plain path counts: a caller that waited for another caller's run is a
+    // miss, and a wait.
+    function.call(match answer {
+        Answer::Hit => CallOutcome::Hit,
+        Answer::Ran => CallOutcome::Miss,
+        Answer::Waited(since) => {
+            function.single_flight_wait(since.elapsed());
+            CallOutcome::Miss
+        }
+        Answer::Bypass => CallOutcome::Bypass,
     });
     match loaded {
         Ok(Stored(ret, _)) | Err(Failed::Returned(ret)) => ret,

@@ -46,7 +46,7 @@ pub(crate) fn stale_served(reason: StaleReason) {
 pub(super) const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[(
     STALE_SERVED_TOTAL,
     Some(Unit::Count),
-    "Values served past their expiry by get_or_set and #[cached] with a freshness policy, by reason (revalidating, error, soft_timeout).",
+    "Values served past their expiry by get_or_set and #[cached] with a freshness policy, by reason (revalidating, error, soft_timeout, fail_safe_throttle).",
 )];
 
 #[cfg(test)]

@@ -35,7 +35,8 @@ pub struct CacheStats {
     pub errors: u64,
     /// Values served past their expiry by [`get_or_set`](crate::Cache::get_or_set) and
     /// `#[cached]` under a [`Freshness`](crate::Freshness) policy (stale-while-revalidate,
-    /// stale-if-error, soft timeout; the `impcache_stale_served_total` metric has the reasons).
+    /// stale-if-error, soft timeout, fail-safe throttle; the `impcache_stale_served_total` metric
+    /// has the reasons).
     /// Such a read counts as a hit too.
     pub stale: u64,
 }
