@@ -1047,6 +1047,104 @@ async fn a_new_repository_at_a_freed_address_inherits_no_throttle() {
     }
 }
 
+/// A loader closure that panics before it returns its future is a panicking loader like any
+/// other: its caller gets `Error::Loader` "panicked" (it got "cancelled (its runtime shut
+/// down)"), its waiters are answered, the fail-safe throttle starts, and the key loads next time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_panicking_before_its_future_is_a_panic() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new()
+        .stale_if_error(MINUTE)
+        .fail_safe_throttle(THROTTLE);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let call = |cache: Cache, runs: Arc<AtomicUsize>| async move {
+        let load = cache.try_get_or_set("k", 60, move || {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("before its future (on purpose)");
+            }
+            async { Ok::<_, Error>("loaded".to_owned()) }
+        });
+        load.freshness(policy).await
+    };
+    let callers: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(call(cache.clone(), Arc::clone(&runs))))
+        .collect();
+    let mut errors = Vec::new();
+    for caller in callers {
+        let answered = tokio::time::timeout(HANG, caller).await.unwrap().unwrap();
+        if let Err(error) = answered {
+            errors.push(error.to_string());
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("panicked"), "{errors:?}");
+    // A stale value and the throttle: the stale value answers without the loader.
+    stale_entry(&cache, "s", "old", 100 * MS, policy).await;
+    let load = cache.try_get_or_set("s", 60, || -> std::future::Ready<Result<String, Error>> {
+        panic!("before its future (on purpose)")
+    });
+    assert_eq!(load.freshness(policy).await.unwrap(), "old");
+    let throttled = cache.try_get_or_set("s", 60, || async { Ok::<_, Error>("new".to_owned()) });
+    assert_eq!(throttled.freshness(policy).await.unwrap(), "old");
+}
+
+/// A value whose `Serialize` panics answers its caller and is not stored: an encoding error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_whose_serialize_panics_answers_unstored() {
+    #[derive(Debug, serde::Deserialize)]
+    struct Unwritable(u32);
+    impl serde::Serialize for Unwritable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("Serialize panics (on purpose)")
+        }
+    }
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+            tokio::spawn(async move {
+                let load = cache.get_or_set("k", 60, move || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(20 * MS).await;
+                    Unwritable(7)
+                });
+                load.freshness(Freshness::new()).await
+            })
+        })
+        .collect();
+    for caller in callers {
+        let answered = tokio::time::timeout(HANG, caller).await.unwrap().unwrap();
+        assert_eq!(answered.unwrap().0, 7);
+    }
+    assert_eq!(cache.get_raw("k").await.unwrap(), None);
+}
+
+/// A waiter is bounded by the hard timeout even when its leader's task cannot run: the leader
+/// is on a one-thread runtime that is kept but no longer driven (its caller gave up with its
+/// own timeout), and the waiter on another runtime used to wait for it forever.
+#[test]
+fn a_waiter_is_bounded_by_the_hard_timeout_when_its_leaders_runtime_is_idle() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new().hard_timeout(Duration::from_millis(300));
+    let idle = impcache_tests::current_thread_runtime();
+    let gave_up = idle.block_on(async {
+        let load = cache.get_or_set("k", 60, || async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            "from the idle runtime".to_owned()
+        });
+        tokio::time::timeout(20 * MS, load.freshness(policy).into_future()).await
+    });
+    assert!(gave_up.is_err());
+    let answered = impcache_tests::multi_thread_runtime().block_on(async {
+        let load = cache.get_or_set("k", 60, || async { "here".to_owned() });
+        tokio::time::timeout(HANG, load.freshness(policy).into_future()).await
+    });
+    drop(idle);
+    // Answered (by the hard timeout's error: no time is left to load), not left waiting.
+    assert!(answered.is_ok(), "still waiting after {HANG:?}");
+}
+
 /// Waits (at most [`HANG`]) until `runs` counts `n` loader runs.
 async fn until_runs(runs: &AtomicUsize, n: usize) {
     tokio::time::timeout(HANG, async {

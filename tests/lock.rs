@@ -451,6 +451,22 @@ async fn keys_reserved_for_locks_are_not_written() {
     assert_eq!(cache.delete("__lock:k").await.unwrap(), 0);
 }
 
+/// A loader closure that panics before it returns its future releases the lock at once, as
+/// any failing loader does (it was left held for its lifetime, and the next process waited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_panicking_before_its_future_releases_the_lock() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new().lock(Lock::new().lifetime(Duration::from_secs(60)));
+    let got = cache
+        .try_get_or_set("k", 60, || -> std::future::Ready<Result<String, Error>> {
+            panic!("before its future (on purpose)")
+        })
+        .freshness(policy)
+        .await;
+    assert!(got.unwrap_err().to_string().contains("panicked"));
+    released(&cache).await;
+}
+
 /// A lock that would expire before the loader's hard timeout is refused before anything runs.
 #[tokio::test]
 async fn the_lock_must_outlive_the_hard_timeout() {

@@ -315,9 +315,13 @@ where
             Join::Waiter(waiter) => {
                 answer::record(Answer::Waited(tokio::time::Instant::now()));
                 let joined = tags::stamp_micros();
-                let waited = match (&stale, job.policy.soft_timeout_duration()) {
-                    (Some(_), Some(soft)) => waiter.wait(soft).await,
-                    _ => waiter.wait_unbounded().await,
+                let soft = stale.as_ref().and(job.policy.soft_timeout_duration());
+                let waited = match (soft, job.policy.hard_timeout_duration()) {
+                    (Some(soft), _) => waiter.wait(soft).await,
+                    // The leader's own hard timeout ends its flight first, unless its task is
+                    // not run (its runtime is no longer driven): then this one.
+                    (None, Some(hard)) => waiter.wait(hard).await,
+                    (None, None) => waiter.wait_unbounded().await,
                 };
                 match waited {
                     // The leader's stale answer: served (and counted) by a waiter whose own read
@@ -337,7 +341,7 @@ where
                         }
                     }
                     // The soft timeout passed with a stale value at hand.
-                    Wait::TimedOut => {
+                    Wait::TimedOut if soft.is_some() => {
                         let value = stale.as_ref().and_then(|s| decode(&job, s));
                         if let Some(value) = value.filter(|_| stale_allowed(&job)) {
                             job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
@@ -345,7 +349,8 @@ where
                         }
                     }
                     Wait::Abandoned => continue,
-                    Wait::NotShared => {}
+                    // (Past the hard timeout: left to `alone`, which has no time left to load.)
+                    Wait::NotShared | Wait::TimedOut => {}
                 }
                 // The leader had nothing to share (its loader failed), or nothing that holds for
                 // this caller (invalidated since): load on our own, unshared, within what is left
@@ -542,7 +547,9 @@ pub(super) async fn run<V, E, F, Fut>(
     };
     // A panic is caught here and becomes the loader's error: the flight is answered (the stale
     // value or nothing to share) rather than abandoned.
-    let mut loading = Box::pin(loader());
+    // The loader is called in the first poll, inside the `catch_unwind`: one that panics before
+    // returning its future is caught too.
+    let mut loading = Box::pin(async move { loader().await });
     let loading = std::future::poll_fn(move |cx| {
         match std::panic::catch_unwind(AssertUnwindSafe(|| loading.as_mut().poll(cx))) {
             Ok(Poll::Ready(loaded)) => Poll::Ready(Ok(loaded)),
@@ -571,13 +578,18 @@ pub(super) async fn run<V, E, F, Fut>(
         Err(E::from_panic(&job.key, payload))
     });
     let encoded = match &loaded {
-        Ok(value) => match json::encode(&job.key, value) {
-            Ok(bytes) => Some(bytes),
-            Err(error) => {
-                report(&job.cache, "encode", &job.key, &error);
-                None
+        // (A `Serialize` that panics is an encoding error: the value answers, unstored.)
+        Ok(value) => {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| json::encode(&job.key, value)))
+                .unwrap_or_else(|_| Err(serialize_panicked(&job.key)))
+            {
+                Ok(bytes) => Some(bytes),
+                Err(error) => {
+                    report(&job.cache, "encode", &job.key, &error);
+                    None
+                }
             }
-        },
+        }
         Err(error) => {
             if let Some(throttle) = job.policy.fail_safe_throttle_duration() {
                 throttle::start(&job.cache, &job.key, throttle);
@@ -631,6 +643,13 @@ async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags) {
     };
     if let Err(error) = job.cache.set_for_load(&job.key, bytes, job.expiry).await {
         report(&job.cache, "set", &job.key, &error);
+    }
+}
+
+fn serialize_panicked(key: &str) -> Error {
+    Error::Encode {
+        key: shown(key),
+        reason: "the value's `Serialize` panicked".to_owned(),
     }
 }
 
