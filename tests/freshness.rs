@@ -58,7 +58,50 @@ per_store!(
     the_fail_safe_throttle_answers_stale_without_the_loader,
     a_failed_background_reload_throttles_the_next_ones,
     a_window_of_duration_max_keeps_the_value_as_long_as_there_is,
+    a_write_right_after_get_or_set_is_not_undone_by_its_store,
 );
+
+/// The same on a multi-thread runtime, where the caller resumes on another worker while the
+/// load's task goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_right_after_get_or_set_is_not_undone_by_its_store_multi_thread() {
+    for store in [Store::memory(), Store::redis(HANG)] {
+        a_write_right_after_get_or_set_is_not_undone_by_its_store(Backend::on(store)).await;
+    }
+}
+
+/// `get_or_set` answers before its store lands; a `set` or `delete` of the key made right after
+/// (by the same caller) must not be undone by that store landing later: the store is sent
+/// before the caller is answered, so this process's next command queues behind it. 50 rounds.
+async fn a_write_right_after_get_or_set_is_not_undone_by_its_store(b: Backend) {
+    let cache = &b.cache;
+    let policy = Freshness::new().stale_if_error(MINUTE);
+    let mut undone = Vec::new();
+    for round in 0..50 {
+        let (set, deleted) = (format!("set{round}"), format!("deleted{round}"));
+        for key in [&set, &deleted] {
+            let loaded: String = cache
+                .get_or_set(key, 60, || async { "loaded".to_owned() })
+                .freshness(policy)
+                .await
+                .unwrap();
+            assert_eq!(loaded, "loaded");
+        }
+        cache.set(&set, &"mine", 60).await.unwrap();
+        cache.delete(&deleted).await.unwrap();
+        tokio::time::sleep(5 * MS).await;
+        if cache.get::<String>(&set).await.unwrap().as_deref() != Some("mine") {
+            undone.push(set);
+        }
+        if cache.get::<String>(&deleted).await.unwrap().is_some() {
+            undone.push(deleted);
+        }
+    }
+    assert!(
+        undone.is_empty(),
+        "writes undone by an earlier store: {undone:?}"
+    );
+}
 
 /// `stale_if_error(Duration::MAX)` / `stale_while_revalidate(Duration::MAX)` ("serve stale for
 /// as long as there is", FusionCache's fail-safe with no limit): the window is the longest kept

@@ -608,17 +608,29 @@ pub(super) async fn run<V, E, F, Fut>(
             None
         }
     };
+    let tags = job.value_tags();
+    // The store is sent before the caller is answered: polled once here, its command is queued
+    // ahead of any later command of this process (an in-memory write completes), so a `set` or
+    // `delete` the caller makes next is not undone by this store landing after it.
+    let mut storing = encoded.map(|bytes| {
+        if let Some(guard) = &guard {
+            guard.publish(Shared::new(bytes.clone(), created, &tags));
+        }
+        Box::pin(store(&job, bytes, created, &tags))
+    });
+    let stored = match &mut storing {
+        Some(storing) => std::future::poll_fn(|cx| Poll::Ready(storing.as_mut().poll(cx))).await,
+        None => Poll::Ready(()),
+    };
     if let Some(answer) = answer {
         // The caller may be gone (dropped, or answered by its soft timeout): the store goes on.
         let _ = answer.send(loaded);
     }
-    match (encoded, guard) {
-        (Some(bytes), guard) => {
-            let tags = job.value_tags();
-            if let Some(guard) = &guard {
-                guard.publish(Shared::new(bytes.clone(), created, &tags));
+    match (storing, guard) {
+        (Some(storing), guard) => {
+            if stored.is_pending() {
+                storing.await;
             }
-            store(&job, bytes, created, &tags).await;
             drop(guard);
         }
         (None, Some(guard)) => match stale {
