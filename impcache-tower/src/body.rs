@@ -48,11 +48,21 @@ pin_project! {
 /// or its size hint.
 pub(crate) fn exceeds<B: Body>(headers: &HeaderMap, body: &B, limit: usize) -> bool {
     let limit = limit as u64;
-    let content_length = headers
+    declared_length(headers).is_some_and(|len| len > limit) || body.size_hint().lower() > limit
+}
+
+/// The body length a response's `Content-Length` declares.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    content_length.is_some_and(|len| len > limit) || body.size_hint().lower() > limit
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Whether a body of `size` bytes is not the length its response declared: an incomplete (or
+/// overlong) response, never stored (RFC 9111 §3.3), and sent as the handler sent it.
+fn not_as_declared(declared: Option<u64>, size: usize) -> bool {
+    declared.is_some_and(|declared| declared != size as u64)
 }
 
 /// A body read up to the size limit, as far as it is there without waiting.
@@ -74,8 +84,9 @@ pub(crate) enum Buffered<B> {
 }
 
 /// Reads the frames of `body` that are ready now, up to `limit` bytes: a body that is all there
-/// (the usual handler response) is complete, one still being produced is streamed.
-pub(crate) async fn buffer<B>(body: B, limit: usize) -> Buffered<B>
+/// (the usual handler response) is complete, one still being produced is streamed. `declared`:
+/// the length its `Content-Length` declares (a body of another length is not stored).
+pub(crate) async fn buffer<B>(body: B, limit: usize, declared: Option<u64>) -> Buffered<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -135,6 +146,13 @@ where
             reason: NotStored::Trailers,
         };
     }
+    if not_as_declared(declared, size) {
+        return Buffered::Partial {
+            frames,
+            rest: None,
+            reason: NotStored::LengthMismatch,
+        };
+    }
     Buffered::Complete(concat(chunks, size))
 }
 
@@ -146,21 +164,26 @@ pub(crate) struct StreamCopy {
     chunks: Vec<Bytes>,
     size: usize,
     limit: usize,
+    /// The length the response's `Content-Length` declares: a body of another length is not
+    /// stored.
+    declared: Option<u64>,
     unfinished: Unfinished,
 }
 
 impl StreamCopy {
-    /// A copy holding `chunks` (the data read so far, `size` bytes, within `limit`).
+    /// A copy holding `chunks` (the data read so far, `size` bytes, within `limit`) of a body
+    /// declared `declared` bytes long.
     pub(crate) fn new(
-        chunks: Vec<Bytes>,
-        size: usize,
+        (chunks, size): (Vec<Bytes>, usize),
         limit: usize,
+        declared: Option<u64>,
         unfinished: Unfinished,
     ) -> Self {
         StreamCopy {
             chunks,
             size,
             limit,
+            declared,
             unfinished,
         }
     }
@@ -196,6 +219,10 @@ impl StreamCopy {
             None => {}
         }
         if ended {
+            if not_as_declared(self.declared, self.size) {
+                self.unfinished.give_up();
+                return None;
+            }
             let (_, storing) = self.unfinished.finish(concat(self.chunks, self.size));
             if storing.is_some() {
                 // Its waiters got it; nothing outside a tokio runtime can run the store.

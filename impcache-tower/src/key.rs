@@ -145,12 +145,16 @@ pub(crate) fn split_path_and_query(path_and_query: &str) -> (&str, Option<&str>)
     }
 }
 
-/// The host a request names: the `Host` header, else the URI's authority.
+/// The host a request names: the URI's authority (an absolute-form request target, or HTTP/2's
+/// `:authority`), else the `Host` header. The target wins over a `Host` that disagrees with it,
+/// as the handler sees it (RFC 9112 §3.2.2): a response is never stored under another host than
+/// the one it was made for.
 pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()))
+    uri.authority().map(|a| a.as_str()).or_else(|| {
+        headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// The URL part of a key (without the cache's prefix and version): everything but the variant.

@@ -157,6 +157,8 @@ pub(crate) enum NotStored {
     TooLarge,
     Trailers,
     BodyError,
+    /// The body is not the length its `Content-Length` declares.
+    LengthMismatch,
     Head,
 }
 
@@ -174,6 +176,7 @@ impl NotStored {
             NotStored::TooLarge => "too-large",
             NotStored::Trailers => "trailers",
             NotStored::BodyError => "body-error",
+            NotStored::LengthMismatch => "length-mismatch",
             NotStored::Head => "head",
         }
     }
@@ -290,10 +293,15 @@ pub(crate) fn plan_request(
         if cc.no_store {
             return RequestPlan::Bypass(Bypass::RequestNoStore);
         }
-        let pragma_no_cache = headers.get_all(header::PRAGMA).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
-        });
+        // `Pragma: no-cache` counts only without `Cache-Control` (RFC 9111 §5.4), as a
+        // directive of its own (not `no-cache-please`).
+        let pragma_no_cache = !headers.contains_key(header::CACHE_CONTROL)
+            && headers.get_all(header::PRAGMA).iter().any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',')
+                        .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"))
+                })
+            });
         refresh = cc.no_cache || cc.max_age == Some(0) || pragma_no_cache;
         limits = Limits {
             max_age: cc.max_age,
@@ -349,7 +357,7 @@ pub(crate) fn storable(
     let origin = cc
         .s_maxage
         .or(cc.max_age)
-        .or_else(|| expires_lifetime(headers, response_ms / 1000))
+        .or_else(|| expires_left(headers, response_ms / 1000))
         .map(Duration::from_secs);
     let ttl = [expire, origin, max_ttl].into_iter().flatten().min();
     // A layer's sub-second `expire` is stored (its key lives that long, and the entry records
@@ -442,6 +450,16 @@ pub(crate) fn expires_lifetime(headers: &HeaderMap, now_secs: u64) -> Option<u64
             expires.saturating_sub(date_secs(headers, &header::DATE).unwrap_or(now_secs))
         })
     })
+}
+
+/// The time (s) a response's `Expires` leaves it, when it has one (the default mode's TTL,
+/// which takes no age off `max-age`): `Expires` minus the later of `Date` and `now_secs`, as
+/// nginx reads it; a `Date` older than now (a response that waited in another cache) does not
+/// lengthen it, one ahead of now (a skewed clock) does not either. 0 for an invalid `Expires`.
+pub(crate) fn expires_left(headers: &HeaderMap, now_secs: u64) -> Option<u64> {
+    let lifetime = expires_lifetime(headers, now_secs)?;
+    let date = date_secs(headers, &header::DATE).unwrap_or(now_secs);
+    Some(lifetime.saturating_sub(now_secs.saturating_sub(date)))
 }
 
 /// An HTTP-date field in seconds since the Unix epoch; `None` when absent or invalid.
@@ -639,6 +657,19 @@ mod tests {
                 limits: Limits::default()
             }
         );
+        // Ignored beside `Cache-Control` (RFC 9111 §5.4), and only as its own directive.
+        for headers in [
+            &[("pragma", "no-cache"), ("cache-control", "max-stale")][..],
+            &[("pragma", "no-cache-please")][..],
+        ] {
+            assert_eq!(
+                plan(Method::GET, headers, false, true),
+                RequestPlan::Lookup {
+                    refresh: false,
+                    limits: Limits::default()
+                }
+            );
+        }
         assert_eq!(
             plan(Method::GET, &[("cache-control", "no-store")], false, true),
             RequestPlan::Bypass(Bypass::RequestNoStore)

@@ -198,7 +198,9 @@ fn serve_as(
         *response.headers_mut() = entry.headers;
         // Stored with the entry (see `Unfinished::finish`); entries stored by earlier versions
         // lack it.
-        if !response.headers().contains_key(header::CONTENT_LENGTH) {
+        if !response.headers().contains_key(header::CONTENT_LENGTH)
+            && !matches!(response.status().as_u16(), 100..=199 | 204 | 304)
+        {
             response
                 .headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));

@@ -718,7 +718,9 @@ where
         guard,
         landing: Arc::clone(&config.landing),
     };
-    let (body, stored, detail, complete) = match body::buffer(body, config.max_body_size).await {
+    let declared = body::declared_length(&parts.headers);
+    let buffered = body::buffer(body, config.max_body_size, declared).await;
+    let (body, stored, detail, complete) = match buffered {
         Buffered::Complete(body) => {
             let (etag, storing) = unfinished.finish(body.clone());
             if let Some(etag) = etag {
@@ -744,7 +746,7 @@ where
             size,
             rest,
         } => {
-            let copy = StreamCopy::new(chunks, size, config.max_body_size, unfinished);
+            let copy = StreamCopy::new((chunks, size), config.max_body_size, declared, unfinished);
             let body = ResponseBody::streaming(frames, rest, copy);
             // Stored when (and if) the body completes.
             (body, false, detail.or(Some("streamed")), false)

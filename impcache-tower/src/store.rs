@@ -376,10 +376,17 @@ impl Unfinished {
         Option<impl Future<Output = ()> + Send>,
     ) {
         let mut headers = self.headers;
-        // The length of the body as stored (a hit then serves it without formatting it).
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let etag =
-            (self.compute_etag && !headers.contains_key(header::ETAG)).then(|| strong_etag(&body));
+        // The length of the body as stored (a hit then serves it without formatting it); none
+        // for a status without content (RFC 9110 §8.6: a 204 has no `Content-Length`), nor an
+        // ETag for its absent body.
+        let content = !matches!(self.status.as_u16(), 100..=199 | 204 | 304);
+        if content {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        } else {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let etag = (content && self.compute_etag && !headers.contains_key(header::ETAG))
+            .then(|| strong_etag(&body));
         if let Some(etag) = &etag {
             headers.insert(header::ETAG, etag.clone());
         }

@@ -1536,3 +1536,149 @@ async fn expires_lowers_the_ttl_and_an_expired_response_is_not_stored() {
         "{status}"
     );
 }
+
+/// A body whose chunks come one per `pause` (the streamed path: not all there at once).
+struct Slow {
+    chunks: std::collections::VecDeque<Bytes>,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Slow {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let pause = self
+            .pause
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+        std::task::ready!(std::future::Future::poll(pause.as_mut(), cx));
+        self.pause = None;
+        std::task::Poll::Ready(
+            self.chunks
+                .pop_front()
+                .map(|c| Ok(http_body::Frame::data(c))),
+        )
+    }
+}
+
+/// A body shorter or longer than its `Content-Length` (a file that shrank, an upstream that
+/// closed early) is not stored (RFC 9111 §3.3; nginx and Varnish never cache it), whether it was
+/// all there or streamed; the client gets what the handler sent, with its header. It was stored
+/// with the length rewritten, and served to everyone as a complete response.
+#[tokio::test]
+async fn a_body_not_of_its_declared_length_is_not_stored() {
+    for (declared, streamed) in [("10", false), ("2", false), ("20", true)] {
+        let (svc, calls) = app(layer(), move |_, _| async move {
+            let body = if streamed {
+                let chunks = ["one ", "two"].map(Bytes::from).into_iter().collect();
+                Body::new(Slow {
+                    chunks,
+                    pause: None,
+                })
+            } else {
+                Body::from("abcdef")
+            };
+            Response::builder()
+                .header("content-length", declared)
+                .body(body)
+                .unwrap()
+        });
+        let first = send(&svc, get("/cl")).await;
+        assert_eq!(first.header("content-length"), Some(declared));
+        if !streamed {
+            assert_eq!(
+                first.header("cache-status"),
+                Some("impcache; fwd=uri-miss; detail=length-mismatch")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = send(&svc, get("/cl")).await;
+        assert_eq!(
+            (second.outcome(), calls.get()),
+            ("MISS", 2),
+            "Content-Length: {declared}"
+        );
+    }
+}
+
+/// The default mode's TTL from `Expires` is what is left of it now: an `Expires` already past
+/// stores nothing even when the response's `Date` is older still (a response that waited in
+/// another cache, or a skewed clock), and one 5 s ahead is kept 5 s, not `Expires - Date`.
+#[tokio::test]
+async fn expires_counts_from_now_whatever_the_date() {
+    let at = |offset: i64| {
+        let now = std::time::SystemTime::now();
+        let offset_abs = Duration::from_secs(offset.unsigned_abs());
+        httpdate::fmt_http_date(if offset < 0 {
+            now - offset_abs
+        } else {
+            now + offset_abs
+        })
+    };
+    for (expires, stored) in [(-10, false), (5, true)] {
+        let (date, expires) = (at(-3600), at(expires));
+        let (svc, calls) = app(layer(), move |n, _| {
+            let (date, expires) = (date.clone(), expires.clone());
+            async move {
+                Response::builder()
+                    .header("date", date)
+                    .header("expires", expires)
+                    .body(Body::from(format!("call {n}")))
+                    .unwrap()
+            }
+        });
+        send(&svc, get("/e")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = send(&svc, get("/e")).await;
+        if stored {
+            let status = second.header("cache-status").unwrap_or_default();
+            assert!(
+                ["ttl=4", "ttl=5"].iter().any(|ttl| status.ends_with(ttl)),
+                "{status}"
+            );
+        } else {
+            assert_eq!((second.outcome(), calls.get()), ("MISS", 2));
+        }
+    }
+}
+
+/// An absolute-form request target names the host, over a `Host` field that disagrees (RFC 9112
+/// §3.2.2, and what the handler sees in `uri()`): the response is stored under the target's
+/// host, never served for the `Host` field's (cache poisoning: it was).
+#[tokio::test]
+async fn the_request_target_names_the_host_over_the_host_field() {
+    let (svc, calls) = app(layer(), |n, request| async move {
+        let host = request.uri().authority().map(|a| a.to_string());
+        Response::new(Body::from(format!("{host:?} call {n}")))
+    });
+    let absolute = || request("GET", "http://evil.test/abs", &[("host", "example.com")]);
+    let first = send(&svc, absolute()).await;
+    assert_eq!(first.body, "Some(\"evil.test\") call 1");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let origin_form = send(&svc, request("GET", "/abs", &[("host", "example.com")])).await;
+    assert_eq!(origin_form.body, "None call 2");
+    assert_eq!(send(&svc, absolute()).await.outcome(), "HIT");
+    assert_eq!(calls.get(), 2);
+}
+
+/// A stored 204 is served without `Content-Length` (RFC 9110 §8.6) or a computed ETag.
+#[tokio::test]
+async fn a_stored_204_has_no_content_length() {
+    let layer = layer().statuses([StatusCode::OK, StatusCode::NO_CONTENT]);
+    let (svc, calls) = app(layer, |_, _| async {
+        Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Body::empty())
+            .unwrap()
+    });
+    send(&svc, get("/nc")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let hit = send(&svc, get("/nc")).await;
+    assert_eq!((hit.outcome(), calls.get()), ("HIT", 1));
+    assert_eq!(hit.status, StatusCode::NO_CONTENT);
+    assert_eq!(hit.header("content-length"), None);
+    assert_eq!(hit.header("etag"), None);
+}
