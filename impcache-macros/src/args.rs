@@ -105,9 +105,13 @@ fn lit_str(expr: &Expr, option: &str, errors: &mut Errors) -> Option<LitStr> {
 /// Whether `expr` is a literal zero or negative number, or an obviously zero `Duration`.
 fn is_obviously_not_positive(expr: &Expr) -> bool {
     match expr {
+        // (A negative literal as an attribute's last value is one `Lit::Int`, `-5`.)
         Expr::Lit(ExprLit {
             lit: Lit::Int(i), ..
-        }) => i.base10_digits().bytes().all(|b| b == b'0'),
+        }) => {
+            let digits = i.base10_digits();
+            digits.starts_with('-') || digits.bytes().all(|b| b == b'0')
+        }
         Expr::Unary(u) => matches!(u.op, syn::UnOp::Neg(_)),
         Expr::Paren(p) => is_obviously_not_positive(&p.expr),
         Expr::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "ZERO"),
@@ -170,6 +174,12 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                 if let Some(s) = value(meta, "key", "\"user:{id}\"", errors)
                     .and_then(|e| lit_str(e, "key", errors))
                 {
+                    if s.value().is_empty() {
+                        errors.push(syn::Error::new_spanned(
+                            &s,
+                            "`key` cannot be empty: every call (of every function with it) would share one entry",
+                        ));
+                    }
                     set(&mut args.key, s, path, "key", errors);
                 }
             }

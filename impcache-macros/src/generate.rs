@@ -3,6 +3,7 @@
 
 use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, Ident, ItemFn, LitStr};
 
@@ -10,24 +11,41 @@ use crate::plan::{Arg, Key, Part, Plan, Policy, Prefix};
 use crate::tokens::first_last;
 
 /// Attributes that also apply to the companions.
-fn shared_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
+fn shared_attrs(attrs: &[Attribute]) -> Vec<TokenStream> {
     attrs
         .iter()
         .filter(|a| {
-            [
-                "cfg",
-                "cfg_attr",
-                "allow",
-                "warn",
-                "deny",
-                "forbid",
-                "expect",
-                "deprecated",
-            ]
-            .iter()
-            .any(|name| a.path().is_ident(name))
+            let doc_hidden = a.path().is_ident("doc")
+                && matches!(&a.meta, syn::Meta::List(list) if list.tokens.to_string() == "hidden");
+            doc_hidden
+                || [
+                    "cfg",
+                    "cfg_attr",
+                    "allow",
+                    "warn",
+                    "deny",
+                    "forbid",
+                    "expect",
+                    "deprecated",
+                ]
+                .iter()
+                .any(|name| a.path().is_ident(name))
         })
+        .map(expect_as_allow)
         .collect()
+}
+
+/// `attr`, an `#[expect(..)]` made an `#[allow(..)]`: a lint the user expects on the function
+/// may fire in the body's companion and not in the wrapper, or the other way round, and an
+/// unfulfilled expectation is itself reported.
+fn expect_as_allow(attr: &Attribute) -> TokenStream {
+    match &attr.meta {
+        syn::Meta::List(list) if attr.path().is_ident("expect") => {
+            let lints = &list.tokens;
+            quote!(#[allow(#lints)])
+        }
+        _ => quote!(#attr),
+    }
 }
 
 /// The statement that builds the key into `__impcache_key`, in one buffer.
@@ -37,9 +55,10 @@ fn key_block(plan: &Plan) -> TokenStream {
         // `&name` spans from the argument's name to the end of its type, so that an argument
         // that is not `Serialize` is reported on `name: Type`.
         let (_, last) = first_last(arg.ty.to_token_stream());
-        let name = Ident::new(&arg.name.to_string(), last);
+        let mut name = arg.name.clone();
+        name.set_span(last);
         let amp = quote_spanned!(arg.name.span()=> &);
-        let label = LitStr::new(&arg.name.to_string(), arg.name.span());
+        let label = LitStr::new(&arg.name.unraw().to_string(), arg.name.span());
         (quote!(#amp #name), label, last)
     };
     let mut key_parts = Vec::new();
@@ -95,8 +114,9 @@ fn tags_block(plan: &Plan) -> TokenStream {
             Part::Arg(i) => {
                 let arg = &plan.args[*i];
                 let (_, last) = first_last(arg.ty.to_token_stream());
-                let name = Ident::new(&arg.name.to_string(), last);
-                let label = LitStr::new(&arg.name.to_string(), arg.name.span());
+                let mut name = arg.name.clone();
+                name.set_span(last);
+                let label = LitStr::new(&arg.name.unraw().to_string(), arg.name.span());
                 quote_spanned!(last=> __impcache_k.push_tag(#label, &#name);)
             }
         });
@@ -149,10 +169,19 @@ fn function_tag(plan: &Plan) -> TokenStream {
             }
         }
         _ => {
-            let fn_name = plan.func.sig.ident.to_string();
-            quote!(::core::concat!("__impcache_fn:", ::core::module_path!(), "::", #fn_name))
+            let suffix = format!("::{}", plan.func.sig.ident);
+            let container = fn_container();
+            quote!(&::std::format!("__impcache_fn:{}{}", #container, #suffix))
         }
     }
+}
+
+/// What holds the function, at run time (see `impcache::__private::fn_container`): its module,
+/// or for an associated function its type, or for a nested one the enclosing function.
+fn fn_container() -> TokenStream {
+    quote!(::impcache::__private::fn_container(
+        ::core::any::type_name_of_val(&|| ())
+    ))
 }
 
 /// The policy argument of `memoize`.
@@ -258,6 +287,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let abi = &sig.abi;
     let output = &sig.output;
     let shared = shared_attrs(attrs);
+    let wrapper_attrs: Vec<TokenStream> = attrs.iter().map(expect_as_allow).collect();
     let key_block = key_block(plan);
 
     let (cache_binding, cache_opt) = match &plan.cache {
@@ -429,10 +459,10 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let invalidate_all = invalidate_all(plan, receiver);
 
     quote! {
-        #(#attrs)*
+        #(#wrapper_attrs)*
         #[doc = ""]
         #[doc = #wrapper_doc]
-        #vis #unsafety async #abi fn #ident #generics (#receiver_comma #(#wrapper_inputs),*) #output #where_clause {
+        #vis async #unsafety #abi fn #ident #generics (#receiver_comma #(#wrapper_inputs),*) #output #where_clause {
             #trait_impl_check
             #key_block
             #tags_block
@@ -450,12 +480,20 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         }
 
         #[doc = #uncached_doc]
-        #[allow(dead_code, unused)]
+        // The user's body and signature, as written: what the user cannot change (an `async`
+        // the macro requires, `# Errors` written on the function) is not the companion's to lint.
+        #[allow(
+            dead_code,
+            unused,
+            clippy::unused_async,
+            clippy::missing_errors_doc,
+            clippy::missing_panics_doc
+        )]
         #(#shared)*
         #vis #uncached_sig #block
 
         #[doc = #invalidate_doc]
-        #[allow(dead_code)]
+        #[allow(dead_code, clippy::missing_errors_doc)]
         #(#shared)*
         #vis async fn #invalidate #inv_generics (#inv_receiver #(#invalidate_inputs),*) -> ::impcache::Result<bool> #inv_where {
             #key_block
@@ -534,7 +572,7 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
     };
     quote! {
         #[doc = #doc]
-        #[allow(dead_code)]
+        #[allow(dead_code, clippy::missing_errors_doc)]
         #(#shared)*
         #vis async fn #name #generics (#receiver #(#inputs),*) -> ::impcache::Result<()> #where_clause {
             #cache_binding
@@ -544,9 +582,10 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
     }
 }
 
-/// The part of a default key before its arguments (`{name}`, `{module}::{fn}`, or for a method
-/// `{type}::{fn}`), as `&str` expressions to join: a method's type name is known at run time
-/// only, and the key is built by appending them, with no allocation of its own.
+/// The part of a default key before its arguments (`{name}`, `{module}::{fn}`, for a method or
+/// an associated function `{type}::{fn}`, for a nested function `{enclosing fn}::{fn}`), as
+/// `&str` expressions to join: what holds the function is known at run time only, and the key
+/// is built by appending them, with no allocation of its own.
 fn default_key_base(plan: &Plan, prefix: &Prefix) -> Vec<TokenStream> {
     let fn_name = plan.func.sig.ident.to_string();
     match prefix {
@@ -555,8 +594,9 @@ fn default_key_base(plan: &Plan, prefix: &Prefix) -> Vec<TokenStream> {
             let suffix = format!("::{fn_name}");
             vec![quote!(::core::any::type_name::<Self>()), quote!(#suffix)]
         }
-        Prefix::Function => vec![quote!(
-            ::core::concat!(::core::module_path!(), "::", #fn_name)
-        )],
+        Prefix::Function => {
+            let suffix = format!("::{fn_name}");
+            vec![fn_container(), quote!(#suffix)]
+        }
     }
 }

@@ -73,10 +73,11 @@ use proc_macro::TokenStream;
 /// # Key layout
 /// The full key is the cache's `{key_prefix}:{version}:{key}`, where `{key}` is:
 /// - default: `{module_path}::{fn_name}:{arg1}:{arg2}...`, each argument as compact JSON
-///   (`myapp::users::get_user:42:"alice"`), `self` and `_` excluded. For methods with a `self`
-///   receiver the first part is `{type_name::<Self>()}::{fn_name}`
-///   (`myapp::users::UserRepo::get_user:42`), so two types' methods of the same name never share
-///   entries. `name = "..."` replaces this first part.
+///   (`myapp::users::get_user:42:"alice"`), `self` and `_` excluded. For methods and
+///   associated functions the first part is `{type_name::<Self>()}::{fn_name}`
+///   (`myapp::users::UserRepo::get_user:42`), so two types' functions of the same name never
+///   share entries; for a function nested in another, `{enclosing fn path}::{fn_name}`.
+///   `name = "..."` replaces this first part.
 /// - with `key = "user:{id}"`: the template with each `{arg}` as compact JSON, except that strings
 ///   are written without quotes (`user:42`, `user:alice`).
 ///

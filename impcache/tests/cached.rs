@@ -572,3 +572,70 @@ async fn cache_none_never_turns_a_some_into_none() {
     // once, its `Some(())` twice.
     assert_eq!(NESTED_RUNS.load(SeqCst), 1 + 2 + 1 + 1 + 2);
 }
+
+static TITLES: LazyLock<Cache> = LazyLock::new(fresh);
+
+struct Author;
+struct Post;
+
+impl Author {
+    #[cached(cache = TITLES, expire = 60)]
+    async fn title(id: u64) -> String {
+        format!("author {id}")
+    }
+}
+
+impl Post {
+    #[cached(cache = TITLES, expire = 60)]
+    async fn title(id: u64) -> String {
+        format!("post {id}")
+    }
+}
+
+/// Two functions of one name nested in two others.
+async fn nested_in_first(id: u64) -> u64 {
+    #[cached(cache = TITLES, expire = 60)]
+    async fn helper(id: u64) -> u64 {
+        id
+    }
+    helper(id).await
+}
+
+async fn nested_in_second(id: u64) -> u64 {
+    #[cached(cache = TITLES, expire = 60)]
+    async fn helper(id: u64) -> u64 {
+        id + 100
+    }
+    helper(id).await
+}
+
+/// Associated functions (no receiver) of two types, and nested functions of one name, have
+/// keys of their own (`{type}::{fn}` as methods, `{enclosing fn}::{fn}`): they shared one
+/// entry, and `Post::title(1)` answered "author 1". A free function's key is unchanged.
+#[tokio::test]
+async fn associated_and_nested_functions_of_one_name_do_not_share_entries() {
+    assert_eq!(Author::title(1).await, "author 1");
+    assert_eq!(Post::title(1).await, "post 1");
+    assert_eq!(Author::title(1).await, "author 1");
+    assert_eq!(nested_in_first(1).await, 1);
+    assert_eq!(nested_in_second(1).await, 101);
+    for key in [
+        "cached::Author::title:1",
+        "cached::Post::title:1",
+        "cached::nested_in_first::helper:1",
+        "cached::nested_in_second::helper:1",
+    ] {
+        assert!(TITLES.get_raw(key).await.unwrap().is_some(), "{key}");
+    }
+    Author::title_invalidate_all().await.unwrap();
+    assert!(TITLES
+        .get_raw("cached::Author::title:1")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(TITLES
+        .get_raw("cached::Post::title:1")
+        .await
+        .unwrap()
+        .is_some());
+}

@@ -20,6 +20,39 @@ use arg::write_arg;
 pub trait KeyArg: Serialize {}
 impl<T: Serialize + ?Sized> KeyArg for T {}
 
+/// What a `#[cached]` function's default key starts with, read from `marker`, the type name of
+/// a closure written in the function's expansion (`type_name_of_val(&|| ())`: the path of the
+/// function it is in, then `::{{closure}}` for it and each async block around it): the path of
+/// what holds the function. A free function's module (the key is `{module_path}::{fn}`, as
+/// always); an associated function's type (`{type}::{fn}`, as a method's, so that two types'
+/// functions of one name do not share entries); an enclosing function's path for a nested
+/// one. The function's own segment is the last one outside angle brackets (a generic
+/// function's is `name<T>`, whose arguments may hold `::`). Written by hand: no crate reads
+/// Rust paths, and it runs on every call (a few dozen bytes scanned, no allocation).
+pub fn fn_container(marker: &'static str) -> &'static str {
+    let path = without_closures(marker);
+    let bytes = path.as_bytes();
+    let mut depth = 0usize;
+    for i in (1..bytes.len()).rev() {
+        match bytes[i] {
+            b'>' => depth += 1,
+            b'<' => depth = depth.saturating_sub(1),
+            // A function nested in an async one is under its body's `{{closure}}`.
+            b':' if depth == 0 && bytes[i - 1] == b':' => return without_closures(&path[..i - 1]),
+            _ => {}
+        }
+    }
+    path
+}
+
+/// `path` without its trailing `::{{closure}}` segments.
+fn without_closures(mut path: &'static str) -> &'static str {
+    while let Some(outer) = path.strip_suffix("::{{closure}}") {
+        path = outer;
+    }
+    path
+}
+
 /// Builds a key into one `String`: literal parts and arguments as compact JSON, written so
 /// that distinct argument values give distinct keys (see `key/arg.rs` and the
 /// README's key layout).
@@ -163,6 +196,28 @@ impl KeyBuilder {
 // tests); none of it is compiled into the library.
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_container_of_a_function_is_read_from_its_closures_type_name() {
+        for (marker, container) in [
+            ("app::users::get::{{closure}}", "app::users"),
+            ("app::users::get::{{closure}}::{{closure}}", "app::users"),
+            ("app::User::title::{{closure}}::{{closure}}", "app::User"),
+            (
+                "app::G<alloc::string::String>::get::{{closure}}",
+                "app::G<alloc::string::String>",
+            ),
+            ("app::generic<alloc::vec::Vec<u8>>::{{closure}}", "app"),
+            ("app::handler::helper::{{closure}}", "app::handler"),
+            (
+                "app::handler::{{closure}}::helper::{{closure}}",
+                "app::handler",
+            ),
+            ("get", "get"),
+        ] {
+            assert_eq!(super::fn_container(marker), container, "{marker}");
+        }
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

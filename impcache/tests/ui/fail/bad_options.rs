@@ -27,4 +27,21 @@ async fn key_unclosed(id: u64) -> u64 {
     id
 }
 
+// A negative number, as the last option (one literal token, `-5`) or not.
+#[cached(version = 2, expire = -5)]
+async fn negative_last(id: u64) -> u64 {
+    id
+}
+
+#[cached(expire = -5, version = 2)]
+async fn negative_first(id: u64) -> u64 {
+    id
+}
+
+// Every call of every function with it would share one entry.
+#[cached(expire = 60, key = "")]
+async fn empty_key(id: u64) -> u64 {
+    id
+}
+
 fn main() {}

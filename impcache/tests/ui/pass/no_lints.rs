@@ -88,6 +88,23 @@ impl HasOut for Repo {
     type Out = usize;
 }
 
+// A raw identifier as an argument (the key's label is `type`).
+#[cached(expire = 60)]
+async fn raw(r#type: u64) -> u64 { r#type }
+
+// An expectation on the function holds whichever of the generated items the lint fires in (or
+// none): it is not reported unfulfilled.
+#[expect(unused_variables)]
+#[cached(expire = 60, skip(db))]
+async fn expecting(id: u64, db: u8) -> u64 { id }
+
+/// An `unsafe` function (the expansion's keywords in Rust's order).
+///
+/// # Safety
+/// None needed: it only shows the expansion compiles.
+#[cached(expire = 60)]
+async unsafe fn not_really_unsafe(id: u64) -> u64 { id }
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -114,5 +131,9 @@ fn main() {
         assert_eq!(Repo::assoc(12).await, 12);
         assert_eq!(tagged(13).await.map(|owner| owner.0), Some(13));
         assert_eq!(tagged_closure(14).await, 14);
+        assert_eq!(raw(15).await, 15);
+        assert_eq!(expecting(16, 0).await, 16);
+        // SAFETY: nothing unsafe happens in it.
+        assert_eq!(unsafe { not_really_unsafe(17) }.await, 17);
     });
 }
