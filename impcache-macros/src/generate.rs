@@ -177,11 +177,14 @@ fn function_tag(plan: &Plan) -> TokenStream {
 }
 
 /// What holds the function, at run time (see `impcache::__private::fn_container`): its module,
-/// or for an associated function its type, or for a nested one the enclosing function.
+/// or for an associated function its type, or for a nested one the enclosing function; read once
+/// per call site.
 fn fn_container() -> TokenStream {
-    quote!(::impcache::__private::fn_container(
-        ::core::any::type_name_of_val(&|| ())
-    ))
+    quote!({
+        static __IMPCACHE_CONTAINER: ::impcache::__private::FnContainer =
+            ::impcache::__private::FnContainer::new();
+        __IMPCACHE_CONTAINER.of(::core::any::type_name_of_val(&|| ()))
+    })
 }
 
 /// The policy argument of `memoize`.

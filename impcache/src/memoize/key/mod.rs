@@ -45,6 +45,32 @@ pub fn fn_container(marker: &'static str) -> &'static str {
     path
 }
 
+/// [`fn_container`] of one function, computed once: the expansion keeps one in a `static` per
+/// call site. A `static` is shared by a generic function's instances, whose markers differ (an
+/// associated function of `G<u8>` and of `G<u16>`): the first instance's marker is remembered
+/// with its container, and another's is computed on each call.
+#[derive(Debug)]
+pub struct FnContainer(std::sync::OnceLock<(&'static str, &'static str)>);
+
+impl FnContainer {
+    /// An empty one.
+    #[allow(clippy::new_without_default)] // a `const fn`, for a `static`
+    pub const fn new() -> Self {
+        FnContainer(std::sync::OnceLock::new())
+    }
+
+    /// [`fn_container`] of `marker`.
+    pub fn of(&self, marker: &'static str) -> &'static str {
+        let (first, container) = *self.0.get_or_init(|| (marker, fn_container(marker)));
+        // One instance's marker is one constant: compared by address (and length), not text.
+        if std::ptr::eq(first, marker) {
+            container
+        } else {
+            fn_container(marker)
+        }
+    }
+}
+
 /// `path` without its trailing `::{{closure}}` segments.
 fn without_closures(mut path: &'static str) -> &'static str {
     while let Some(outer) = path.strip_suffix("::{{closure}}") {
