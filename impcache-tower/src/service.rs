@@ -445,6 +445,13 @@ where
     };
     let url = keys.url();
     if head {
+        // A GET of the URL whose response is being stored (or still called for): its entry
+        // answers, as it would a GET (read your own writes). A HEAD never leads a flight.
+        let look_again = may_store.then_some(ticket);
+        if let Some(entry) = head_from_flight(config, &keys, request.headers(), look_again).await {
+            count(LayerOutcome::Hit);
+            return Ok(hit(entry, request.headers(), true, config, now_ms()));
+        }
         count(LayerOutcome::Miss);
         // Never stored: a HEAD response has no body to serve GETs with.
         let mut response = inner.call(request).await?.map(ResponseBody::inner);
@@ -1017,6 +1024,44 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
             tracing::debug!(url, "impcache-tower: revalidation timed out");
         }
     });
+}
+
+/// The entry a `HEAD` request that missed may be answered with: the stored response of the
+/// URL's flight in progress (a `GET` whose store is under way, or whose handler is still called,
+/// within the lock timeout), of this request's variant, usable, and not invalidated by a tag
+/// since; or, when a flight of the URL's group ended since the request's ticket (its lookup
+/// may have overtaken that store), what a second lookup finds (`look_again`: none after a
+/// lookup that failed against the backend, which would cost a second deadline). `None`
+/// otherwise: the request goes to the handler, as a `HEAD`.
+async fn head_from_flight(
+    config: &Config,
+    keys: &key::UrlKeys,
+    headers: &HeaderMap,
+    look_again: Option<Ticket>,
+) -> Option<Entry> {
+    if !config.coalesce {
+        return None;
+    }
+    let Some(waiter) = config.flights.current(keys.url()) else {
+        let ticket = look_again?;
+        if !config.flights.ended_since(keys.url(), ticket) {
+            return None;
+        }
+        return match lookup(config, keys, headers).await {
+            Lookup::Hit(entry, _) if usable(config, &entry) => Some(entry),
+            _ => None,
+        };
+    };
+    let joined = crate::tagging::stamp_micros();
+    let Wait::Published(Shared::Stored(published)) = waiter.wait(config.lock_timeout).await else {
+        return None;
+    };
+    let url = keys.url();
+    let variant = key::variant_key(url, &published.vary, headers, config.allow_authenticated);
+    let holds = variant == published.variant_key
+        && usable(config, &published.entry)
+        && crate::store::holds_for(config, &published.entry, joined, true).await;
+    holds.then(|| published.entry.clone())
 }
 
 /// Where a request that missed stands in its URL's flight.

@@ -112,6 +112,42 @@ async fn every_variant_is_a_hit_for_the_next_request_with_redis() {
     every_variant_is_a_hit_for_the_next_request(layer, 100).await;
 }
 
+/// A `HEAD` sent right after a `GET` was delivered is a hit too (the entry of the `GET`'s flight,
+/// whose store may still be under way), without a body; it called the handler. A `HEAD` never
+/// leads a flight: with none in progress it goes to the handler, as a `HEAD`.
+async fn a_head_right_after_a_delivered_get_is_a_hit(layer: CacheLayer, urls: usize) {
+    let (svc, calls) = counting(layer);
+    let mut misses = Vec::new();
+    for i in 0..urls {
+        let uri = format!("/head/{i}");
+        let first = send(&svc, get(&uri)).await;
+        let head = send(&svc, request("HEAD", &uri, &[])).await;
+        if head.outcome() != "HIT" || !head.body.is_empty() {
+            misses.push((i, head.header("cache-status").map(str::to_owned)));
+        }
+        assert_eq!(
+            head.header("content-length").map(str::to_owned),
+            Some(first.body.len().to_string()),
+            "{:?}",
+            head.headers
+        );
+    }
+    assert_eq!((calls.get(), misses.len()), (urls, 0), "{misses:?}");
+}
+
+#[tokio::test]
+async fn a_head_right_after_a_delivered_get_is_a_hit_in_memory() {
+    a_head_right_after_a_delivered_get_is_a_hit(layer(), 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_right_after_a_delivered_get_is_a_hit_with_redis() {
+    let redis = RedisServer::start();
+    let repository = RedisCacheRepository::builder(redis.url()).build().unwrap();
+    let layer = CacheLayer::new(Cache::new(repository)).expire(60);
+    a_head_right_after_a_delivered_get_is_a_hit(layer, 50).await;
+}
+
 /// A memory repository whose next `get` reads its answer, then holds it until the test lets it
 /// go: a lookup that overtakes a store.
 #[derive(Debug)]

@@ -99,6 +99,16 @@ impl<K, V> fmt::Debug for Flights<K, V> {
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u32);
 
+impl Ticket {
+    /// Whether `end` (a group's last flight end) is after this ticket. In wrapping order: an end
+    /// less than 2^31 ends after the ticket is after it (a lookup that took longer than 2^31
+    /// flights is not a case to serve).
+    fn is_before(self, end: u32) -> bool {
+        let since_ticket = end.wrapping_sub(self.0);
+        since_ticket != 0 && since_ticket < 1 << 31
+    }
+}
+
 /// A caller's place in a flight.
 #[derive(Debug)]
 pub enum Join<K: Hash + Eq, V> {
@@ -204,10 +214,7 @@ impl<K: Hash + Eq, V> Flights<K, V> {
             return Join::Waiter(Waiter(rx.clone()));
         }
         // Under the lock, which every flight's end takes: none ends unseen between the two.
-        // In wrapping order: an end less than 2^31 ends after the ticket is after it (a lookup
-        // that took longer than 2^31 flights is not a case to serve).
-        let since_ticket = table.last_end[self.shard(key)].wrapping_sub(ticket.0);
-        let recheck = since_ticket != 0 && since_ticket < 1 << 31;
+        let recheck = ticket.is_before(table.last_end[self.shard(key)]);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(Slot::Pending);
         table.flights.insert(key.to_owned(), (id, rx));
@@ -220,6 +227,29 @@ impl<K: Hash + Eq, V> Flights<K, V> {
             },
             recheck,
         })
+    }
+}
+
+impl<K: Hash + Eq, V> Flights<K, V> {
+    /// The flight of `key` in progress, as a [`Waiter`], without starting one when there is
+    /// none: for a caller that may take a leader's answer but never computes for others (the
+    /// HTTP layer's `HEAD` requests).
+    pub fn current<Q>(&self, key: &Q) -> Option<Waiter<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let table = self.lock();
+        table.flights.get(key).map(|(_, rx)| Waiter(rx.clone()))
+    }
+
+    /// Whether a flight of `key`'s group ended after `ticket` was taken: the caller's lookup
+    /// may have overtaken its store (see [`Ticket`]), as [`Leader::recheck`] says to a leader.
+    pub fn ended_since<Q>(&self, key: &Q, ticket: Ticket) -> bool
+    where
+        Q: Hash + ?Sized,
+    {
+        ticket.is_before(self.lock().last_end[self.shard(key)])
     }
 }
 
