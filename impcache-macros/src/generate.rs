@@ -176,7 +176,7 @@ fn function_tag(plan: &Plan) -> TokenStream {
     }
 }
 
-/// What holds the function, at run time (see `impcache::__private::fn_container`): its module,
+/// What holds the function, at run time (see `impcache::__private::FnContainer`): its module,
 /// or for an associated function its type, or for a nested one the enclosing function; read once
 /// per call site.
 fn fn_container() -> TokenStream {

@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 use crate::body::{self, BoxError, Buffered, ResponseBody, StreamCopy};
 use crate::config::{Config, CACHE_STATUS, X_CACHE};
 use crate::entry::{now_ms, Entry};
-use crate::flight::{FlightGuard, Join, Leader, Shared, Ticket, Wait};
+use crate::flight::{FlightGuard, Join, Leader, Published, Shared, Ticket, Wait};
 use crate::freshness;
 use crate::future::ResponseFuture;
 use crate::held_lock::HeldLock;
@@ -1056,12 +1056,31 @@ async fn head_from_flight(
     let Wait::Published(Shared::Stored(published)) = waiter.wait(config.lock_timeout).await else {
         return None;
     };
-    let url = keys.url();
-    let variant = key::variant_key(url, &published.vary, headers, config.allow_authenticated);
-    let holds = variant == published.variant_key
+    let answers = published_answers(config, keys.url(), headers, &published, joined, true);
+    answers.await.then(|| published.entry.clone())
+}
+
+/// Whether a flight leader's stored response answers a request (`headers`) that joined the
+/// flight at `joined`: it is the request's variant, usable (origin mode: a response already
+/// stale, `no-cache` say, is not), and not hidden by a tag invalidated since (`look_again`:
+/// whether that check may read the backend).
+async fn published_answers(
+    config: &Config,
+    url: &str,
+    headers: &HeaderMap,
+    published: &Published,
+    joined: u64,
+    look_again: bool,
+) -> bool {
+    same_variant(config, url, headers, published)
         && usable(config, &published.entry)
-        && crate::store::holds_for(config, &published.entry, joined, true).await;
-    holds.then(|| published.entry.clone())
+        && crate::store::holds_for(config, &published.entry, joined, look_again).await
+}
+
+/// Whether a published response is the variant a request (`headers`) asks for.
+fn same_variant(config: &Config, url: &str, headers: &HeaderMap, published: &Published) -> bool {
+    let variant = key::variant_key(url, &published.vary, headers, config.allow_authenticated);
+    variant == published.variant_key
 }
 
 /// Where a request that missed stands in its URL's flight.
@@ -1112,21 +1131,12 @@ async fn coalesce(
                 match waiter.wait(config.lock_timeout).await {
                     Wait::Published(Shared::StoodIn(why)) => return Coalesced::StoodIn(why),
                     Wait::Published(Shared::Stored(published)) => {
-                        let variant = key::variant_key(
-                            url,
-                            &published.vary,
-                            headers,
-                            config.allow_authenticated,
-                        );
-                        // (Origin mode: a response already stale, `no-cache` say, is not shared.)
-                        if variant == published.variant_key
-                            && usable(config, &published.entry)
-                            && crate::store::holds_for(config, &published.entry, joined, look_again)
-                                .await
-                        {
+                        let answers =
+                            published_answers(config, url, headers, &published, joined, look_again);
+                        if answers.await {
                             return Coalesced::Hit(published.entry.clone());
                         }
-                        if variant == published.variant_key
+                        if same_variant(config, url, headers, &published)
                             || !look_again
                             || waited_for_another_variant
                         {

@@ -50,7 +50,7 @@ pub(crate) mod __private {
         duration, invalidate_all, lock, memoize_fresh, tag_list, tags_from, IntoDuration, IntoLock,
         NoTagsFrom, TagsFrom, TagsFromValue,
     };
-    pub use super::key::{fn_container, FnContainer, KeyArg, KeyBuilder};
+    pub use super::key::{FnContainer, KeyArg, KeyBuilder};
     pub use super::returns::{
         Mismatch, Never, OkOnly, OptionReturn, Plain, Policy, ResultReturn, Returns,
         ReturnsMismatch, ReturnsOption, ReturnsResult, ReturnsValue, SomeOnly, TimedOut, WithNone,

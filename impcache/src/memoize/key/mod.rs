@@ -29,7 +29,7 @@ impl<T: Serialize + ?Sized> KeyArg for T {}
 /// one. The function's own segment is the last one outside angle brackets (a generic
 /// function's is `name<T>`, whose arguments may hold `::`). Written by hand: no crate reads
 /// Rust paths, and it runs on every call (a few dozen bytes scanned, no allocation).
-pub fn fn_container(marker: &'static str) -> &'static str {
+fn fn_container(marker: &'static str) -> &'static str {
     let path = without_closures(marker);
     let bytes = path.as_bytes();
     let mut depth = 0usize;
