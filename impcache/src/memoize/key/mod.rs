@@ -45,7 +45,7 @@ fn fn_container(marker: &'static str) -> &'static str {
     path
 }
 
-/// [`fn_container`] of one function, computed once: the expansion keeps one in a `static` per
+/// `fn_container` of one function, computed once: the expansion keeps one in a `static` per
 /// call site. A `static` is shared by a generic function's instances, whose markers differ (an
 /// associated function of `G<u8>` and of `G<u16>`): the first instance's marker is remembered
 /// with its container, and another's is computed on each call.
@@ -59,7 +59,7 @@ impl FnContainer {
         FnContainer(std::sync::OnceLock::new())
     }
 
-    /// [`fn_container`] of `marker`.
+    /// `fn_container` of `marker`.
     pub fn of(&self, marker: &'static str) -> &'static str {
         let (first, container) = *self.0.get_or_init(|| (marker, fn_container(marker)));
         // One instance's marker is one constant: compared by address (and length), not text.
