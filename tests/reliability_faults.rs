@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use impcache::{Cache, CircuitBreakerConfig, Error, RedisCacheRepository};
+use impcache::{Cache, CircuitBreakerConfig, Error, NearCache, RedisCacheRepository};
 use impcache_tests::{FaultProxy, RedisServer};
 
 /// The per-operation deadline used throughout.
@@ -580,4 +580,76 @@ async fn an_early_client_error_names_its_cause_and_the_time_waited() {
     assert!(message.contains("gave up after"), "{message}");
     assert!(message.contains("connect timeout 100ms"), "{message}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+/// A near-cached cache (heartbeat 2 s) over `url`, active, with the usual deadline.
+async fn active_near_cache(url: &str) -> Cache {
+    let cache = Cache::builder(repository(url))
+        .key_prefix("rel")
+        .near_cache(NearCache::new().heartbeat(Duration::from_secs(2)))
+        .build();
+    let started = Instant::now();
+    while !cache.is_near_cache_active() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never active");
+        let _ = cache.get::<i32>("warm-up").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cache
+}
+
+/// A read through the near cache waits no longer than one without it: its barrier (two `PING`s
+/// on the tracking connection, each bounded by the heartbeat) gets what is left of the read's
+/// deadline. Before, a miss on a link slow but within the deadline took the `GET` plus two
+/// more round trips (~300 ms here against a 150 ms deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_cache_miss_on_a_slow_link_stays_within_the_deadline() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let cache = active_near_cache(&proxy.url()).await;
+    // 50 ms each way: the `GET` answers in ~100 ms, within the deadline; the barrier's two
+    // `PING`s would take ~200 ms more.
+    proxy.set_latency(Duration::from_millis(50));
+    for i in 0..5 {
+        let (result, elapsed) = timed(cache.get::<i32>(&format!("miss-{i}"))).await;
+        assert!(
+            elapsed <= DEADLINE + Duration::from_millis(40),
+            "a near-cached miss took {elapsed:?} (deadline {DEADLINE:?}): {result:?}"
+        );
+    }
+}
+
+/// Readers looping through a near cache while the server freezes: each read ends within the
+/// deadline plus slack, though the barrier's `PING`s may each wait a heartbeat (2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_reads_across_a_freeze_stay_within_the_deadline() {
+    let server = RedisServer::start();
+    let cache = active_near_cache(&server.url()).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..8)
+        .map(|reader| {
+            let (cache, stop) = (cache.clone(), std::sync::Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    i += 1;
+                    let (_, elapsed) = timed(cache.get::<i32>(&format!("miss-{reader}-{i}"))).await;
+                    worst = worst.max(elapsed);
+                }
+                worst
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.freeze();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.thaw();
+    for reader in readers {
+        let worst = reader.await.unwrap();
+        assert!(
+            worst <= DEADLINE + SLACK,
+            "a near-cached read took {worst:?} (deadline {DEADLINE:?})"
+        );
+    }
 }

@@ -233,7 +233,59 @@ fn check_finite<V: Serialize + ?Sized>(key: &str, value: &V) -> Result<()> {
 
 /// Decodes the JSON at `key`.
 pub(crate) fn decode<V: DeserializeOwned>(key: impl FnOnce() -> String, bytes: &[u8]) -> Result<V> {
-    from_slice(bytes).map_err(|source| Error::Decode { key: key(), source })
+    from_slice(bytes).map_err(|source| decode_error(key(), source))
+}
+
+/// The longest a quoted part of a decode error's message is shown: serde_json quotes the value
+/// it refused (`invalid type: string "…", expected u64`), which may be megabytes of someone's
+/// data (an error message, a log line).
+const SHOWN_QUOTED_CHARS: usize = 64;
+
+/// [`Error::Decode`] of `source` at `key`, each quoted part of its message cut to
+/// [`SHOWN_QUOTED_CHARS`]. A message cut is rebuilt as a custom error, which keeps the
+/// location as text (`at line 1 column 9`) and the category (a data error) but not as numbers.
+#[cold]
+pub(crate) fn decode_error(key: String, source: serde_json::Error) -> Error {
+    let message = source.to_string();
+    let cut = cut_quoted(&message, SHOWN_QUOTED_CHARS);
+    let source = if cut.len() < message.len() {
+        serde_json::Error::custom(cut)
+    } else {
+        source
+    };
+    Error::Decode { key, source }
+}
+
+/// `message` with what each `"…"` (escaped as `{:?}` writes it) or `` `…` `` quotes cut to
+/// `keep` characters, marked with `…`: serde's messages quote the values and names they refuse.
+pub(crate) fn cut_quoted(message: &str, keep: usize) -> String {
+    let mut cut = String::with_capacity(message.len().min(4 * 1024));
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        cut.push(c);
+        if c != '"' && c != '`' {
+            continue;
+        }
+        let (mut shown, mut escaped, mut closed) = (0, false, false);
+        for inner in chars.by_ref() {
+            closed = inner == c && !escaped;
+            if closed {
+                break;
+            }
+            escaped = c == '"' && inner == '\\' && !escaped;
+            shown += 1;
+            if shown <= keep {
+                cut.push(inner);
+            }
+        }
+        if shown > keep {
+            cut.push('…');
+        }
+        if closed {
+            cut.push(c);
+        }
+    }
+    cut
 }
 
 /// `serde_json::from_slice`, for values nested up to [`MAX_DEPTH`] levels.

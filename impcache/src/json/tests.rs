@@ -170,3 +170,47 @@ fn writes_null_reads_only_the_first_bytes() {
     // A large value: writing stops past four bytes.
     assert!(!writes_null(&vec![0u64; 100_000]));
 }
+
+#[test]
+fn decode_errors_show_a_bounded_part_of_the_value() {
+    let stored = serde_json::to_vec(&format!("alice@example.com {}", "x".repeat(100_000))).unwrap();
+    let error = decode::<u64>(|| "profile".to_owned(), &stored).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.len() < 300,
+        "{} bytes: {message:.200}",
+        message.len()
+    );
+    assert!(message.contains("profile"), "{message}");
+    assert!(message.contains("expected u64"), "{message}");
+    assert!(message.contains("at line 1 column"), "{message}");
+    assert!(
+        matches!(&error, Error::Decode { source, .. } if source.is_data()),
+        "{error:?}"
+    );
+    // A short message is left as serde_json wrote it (its line and column as numbers).
+    let error = decode::<u64>(|| "k".to_owned(), br#""ab""#).unwrap_err();
+    assert!(
+        matches!(&error, Error::Decode { source, .. } if source.line() == 1),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn quoted_parts_are_cut() {
+    assert_eq!(
+        cut_quoted(r#"string "abcdef", expected u64"#, 3),
+        r#"string "abc…", expected u64"#
+    );
+    assert_eq!(
+        cut_quoted(r#"string "a\"bc\\", expected"#, 0),
+        r#"string "…", expected"#
+    );
+    assert_eq!(cut_quoted(r#"string "a\"b""#, 10), r#"string "a\"b""#);
+    assert_eq!(
+        cut_quoted("unknown field `secret`, expected `a`", 0),
+        "unknown field `…`, expected `…`"
+    );
+    assert_eq!(cut_quoted("unclosed \"abc", 1), "unclosed \"a…");
+    assert_eq!(cut_quoted("no quotes", 0), "no quotes");
+}

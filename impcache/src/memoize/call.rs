@@ -302,10 +302,7 @@ async fn store(
 #[inline]
 fn decode<V>(codec: Codec<V>, cache: &Cache, key: &str, bytes: &[u8]) -> Result<V, ()> {
     codec.decode(bytes).map_err(|source| {
-        let error = Error::Decode {
-            key: shown(&cache.make_key(key)),
-            source,
-        };
+        let error = crate::json::decode_error(shown(&cache.make_key(key)), source);
         let error = cache.logged_error(&error);
         tracing::warn!(target: TARGET, %error, "#[cached]: the stored value does not decode as the return type; recomputing and replacing it");
     })

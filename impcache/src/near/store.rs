@@ -220,6 +220,8 @@ pub(crate) struct Store {
     /// One `warn!` for an unsupported repository or server.
     warned: Mutex<bool>,
     max_ttl: Duration,
+    /// The repository's deadline for one call: bounds a read's barrier ([`Store::passed`]).
+    read_deadline: Duration,
     max_value_bytes: usize,
     pub(super) heartbeat: Duration,
     /// Striped (`observe/striped.rs`), as every local hit counts; `misses` and `bypassed` too,
@@ -237,7 +239,7 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn new(config: &NearCache) -> Store {
+    pub(crate) fn new(config: &NearCache, read_deadline: Duration) -> Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_capacity_bytes)
             .weigher(|key: &String, entry: &Entry| {
@@ -264,6 +266,7 @@ impl Store {
             handshake: tokio::sync::Notify::new(),
             warned: Mutex::new(false),
             max_ttl: config.max_ttl,
+            read_deadline,
             // moka weighs entries with a u32.
             max_value_bytes: config
                 .max_value_bytes
@@ -504,7 +507,8 @@ impl Store {
     /// sent before it. Without it, a reply read before a write could be kept after the write's
     /// invalidation was sent; and a reader that just read a new value from Redis could next be
     /// served an older local value whose invalidation had not arrived yet. The barrier is passed
-    /// before the reply is returned, whether it is kept or not.
+    /// before the reply is returned, whether it is kept or not, within what is left of the
+    /// read's deadline (see [`passed`](Store::passed)).
     pub(crate) async fn settle(&self, ticket: Option<Ticket>, key: &str, found: Option<&WithTtl>) {
         let Some(ticket) = self.passed(ticket).await else {
             return;
@@ -515,10 +519,27 @@ impl Store {
     }
 
     /// `ticket` once the barrier is passed; `None` when the read took no ticket or the barrier
-    /// could not be passed (nothing of the read is kept then).
+    /// could not be passed. The barrier is given what is left of the read's deadline, counted
+    /// from the ticket: a read through the near cache waits no longer than one without it (its
+    /// `PING`s alone are bounded by the heartbeat, which may be longer).
+    ///
+    /// A barrier not passed keeps nothing of the read and drops every local entry: the store
+    /// can no longer vouch that the invalidations sent before this reply were applied, so an
+    /// older local copy of the value this reader returns could otherwise be served next. The
+    /// tracker notices a lost connection on its own; this covers the moment before.
     async fn passed(&self, ticket: Option<Ticket>) -> Option<Ticket> {
         let ticket = ticket?;
-        self.barrier().await.then_some(ticket)
+        let left = ticket
+            .sent
+            .checked_add(self.read_deadline)
+            .map_or(Duration::MAX, |until| {
+                until.saturating_duration_since(Instant::now())
+            });
+        if matches!(tokio::time::timeout(left, self.barrier()).await, Ok(true)) {
+            return Some(ticket);
+        }
+        self.drop_live();
+        None
     }
 
     /// [`settle`](Store::settle) for a tagged read sent with `ticket`: the entry's reply (when
@@ -561,10 +582,8 @@ impl Store {
     }
 
     /// [`settle`](Store::settle) for replies that are not kept (an `MGET`): the barrier only.
-    pub(crate) async fn settle_many(&self, active: bool) {
-        if active {
-            let _ = self.barrier().await;
-        }
+    pub(crate) async fn settle_many(&self, ticket: Option<Ticket>) {
+        let _ = self.passed(ticket).await;
     }
 
     /// Two `PING`s answered in turn on every tracking connection (each within a heartbeat), in
@@ -884,7 +903,7 @@ mod tests {
     }
 
     fn active() -> Store {
-        let store = Store::new(&NearCache::new());
+        let store = Store::new(&NearCache::new(), Duration::MAX);
         store.activate(1, Vec::new());
         store
     }
@@ -905,7 +924,7 @@ mod tests {
 
     #[test]
     fn no_echo_is_expected_unless_tracking_is_on() {
-        let store = Store::new(&NearCache::new());
+        let store = Store::new(&NearCache::new(), Duration::MAX);
         store.writing(vec![b"k"]).written(true);
         store.unsupported("test");
         store.writing(vec![b"j"]).written(true);
@@ -1001,7 +1020,7 @@ mod tests {
 
     #[test]
     fn lifetimes_are_capped_and_large_values_skipped() -> Result<(), &'static str> {
-        let store = Store::new(&NearCache::new().max_value_bytes(4));
+        let store = Store::new(&NearCache::new().max_value_bytes(4), Duration::MAX);
         store.activate(1, Vec::new());
         store.keep(store.ticket().ok_or(NO_TICKET)?, "big", &found(b"12345"));
         assert_eq!(store.get("big"), None);

@@ -70,6 +70,18 @@ impl Target {
         None
     }
 
+    /// The deadline of one call to the repository tracked: a read through the near cache,
+    /// barrier included, waits no longer (`Store::settle`).
+    pub(crate) fn deadline(&self) -> Duration {
+        match self {
+            Target::Single(repository) => repository.deadline(),
+            #[cfg(feature = "sentinel")]
+            Target::Sentinel(repository) => repository.deadline(),
+            #[cfg(feature = "cluster")]
+            Target::Cluster(repository) => repository.deadline(),
+        }
+    }
+
     /// The servers to track now, and what identifies them (their addresses; on Cluster also
     /// the slot map's identity): a change of it flushes.
     async fn servers(&self) -> Result<(Vec<ConnectionInfo>, Vec<String>), Failure> {

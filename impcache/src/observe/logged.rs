@@ -9,6 +9,7 @@ use std::fmt;
 use super::metrics::error_kind;
 use crate::cache::Cache;
 use crate::error::Error;
+use crate::json::cut_quoted;
 
 /// An error in a log event: its message when keys are recorded, else its kind and its cause
 /// (a backend's message names no key).
@@ -32,6 +33,10 @@ impl fmt::Display for LoggedError<'_> {
             return write!(f, "{source} ({removed} keys removed before the failure)");
         }
         f.write_str(error_kind(self.error))?;
+        if let Error::Decode { source, .. } = self.error {
+            // What serde_json quotes is the stored value: data, as keys are.
+            return write!(f, ": {}", cut_quoted(&source.to_string(), 0));
+        }
         match self.error.source() {
             Some(source) => write!(f, ": {source}"),
             None => Ok(()),
@@ -85,5 +90,20 @@ mod tests {
         }
         .to_string();
         assert!(shown.contains("alice@example.com"), "{shown}");
+    }
+
+    #[test]
+    fn without_keys_a_decode_error_shows_no_stored_value() {
+        let error =
+            crate::json::decode::<u64>(|| "cache:1:profile".to_owned(), br#""alice""#).unwrap_err();
+        let logged = |record_keys| LoggedError {
+            error: &error,
+            record_keys,
+        };
+        assert_eq!(
+            logged(false).to_string(),
+            r#"decode: invalid type: string "…", expected u64 at line 1 column 7"#
+        );
+        assert!(logged(true).to_string().contains("alice"), "{error}");
     }
 }

@@ -6,6 +6,7 @@
 //! Cluster, or one written by a user) goes through the [`CacheRepository`] trait.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -57,28 +58,25 @@ impl Backend {
     /// `self` behind a near cache, when the repository can track keys; the store either way (its
     /// status says `Unsupported` when it cannot).
     pub(crate) fn with_near(self, config: &NearCache, prefix: &str) -> (Backend, Arc<Store>) {
-        let store = Arc::new(Store::new(config));
         let target = match &self {
-            Backend::Redis(redis) => Some(Target::Single(redis.clone())),
-            Backend::Memory(_) => {
-                store.unsupported("the memory repository is in process already");
-                None
-            }
+            Backend::Redis(redis) => Ok(Target::Single(redis.clone())),
+            Backend::Memory(_) => Err("the memory repository is in process already"),
             Backend::Custom(repository) => {
-                let target = Target::of(repository.as_any());
-                if target.is_none() {
-                    store.unsupported("a custom repository cannot track keys");
-                }
-                target
+                Target::of(repository.as_any()).ok_or("a custom repository cannot track keys")
             }
-            Backend::Near(_) => None,
+            Backend::Near(_) => Err("a near cache is in front already"),
         };
         match target {
-            Some(target) => {
+            Ok(target) => {
+                let store = Arc::new(Store::new(config, target.deadline()));
                 let near = Near::new(self, Arc::clone(&store), target, prefix);
                 (Backend::Near(Box::new(near)), store)
             }
-            None => (self, store),
+            Err(why) => {
+                let store = Arc::new(Store::new(config, Duration::MAX));
+                store.unsupported(why);
+                (self, store)
+            }
         }
     }
 
@@ -450,9 +448,9 @@ impl Backend {
                     // A repository that reads no TTLs: its replies are not kept.
                     None => {
                         let remote = &near.remote;
-                        let active = near.store.count_remote(missing.len());
+                        let ticket = near.store.ticket_for(missing.len());
                         let fetched = Box::pin(remote.get_many(&missing)).await?;
-                        near.store.settle_many(active).await;
+                        near.store.settle_many(ticket).await;
                         fetched
                     }
                 };

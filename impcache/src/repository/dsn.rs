@@ -4,29 +4,45 @@
 
 use crate::error::{Error, Result};
 
-/// The DSN with any password replaced by `***`: the one between `user:` and the `@` of the
-/// authority (found as the last `@` before the query, since a password may hold an unencoded
-/// `/`), and a `password=` / `pass=` query parameter (how the `redis` crate takes a socket's).
-/// Works on strings that are not valid URLs too, since those are the ones that end up in errors.
+/// The DSN with any password replaced by `***`: the userinfo before the *last* `@` of the
+/// address (a password may hold unencoded `/`, `?`, `#` and `@`), and a `password=` / `pass=`
+/// query parameter (how the `redis` crate takes a socket's). Works on strings that are not
+/// valid URLs too, since those are the ones that end up in errors: a mistyped separator
+/// (`redis//`, `redis:/`, `redis:///`, none at all) still has its userinfo hidden. Where the
+/// address is ambiguous it hides too much, never too little.
 pub(crate) fn redact(dsn: &str) -> String {
-    let Some(scheme_end) = dsn.find("://") else {
-        return dsn.to_owned();
+    // The scheme's letters, then whatever separator follows them (`://` when well formed).
+    let scheme_end = dsn
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
+        .unwrap_or(dsn.len());
+    let separator_end = dsn[scheme_end..]
+        .find(|c: char| !matches!(c, ':' | '/' | '\\'))
+        .map_or(dsn.len(), |at| scheme_end + at);
+    // Letters followed by no separator are no scheme (`pw@host`).
+    let (scheme_end, separator_end) = if separator_end == scheme_end {
+        (0, 0)
+    } else {
+        (scheme_end, separator_end)
     };
-    let (scheme, rest) = (&dsn[..scheme_end], &dsn[scheme_end + 3..]);
-    let (head, query) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
-    let head = match head.rfind('@') {
-        // A socket path (`unix:///tmp/a@b.sock`) has no userinfo.
-        Some(at) if !head.starts_with('/') => {
-            let (userinfo, host_and_path) = (&head[..at], &head[at + 1..]);
-            match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{user}:***@{host_and_path}"),
-                // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
-                None => format!("***@{host_and_path}"),
-            }
-        }
-        _ => head.to_owned(),
+    let (scheme, prefix, rest) = (
+        &dsn[..scheme_end],
+        &dsn[..separator_end],
+        &dsn[separator_end..],
+    );
+    // A socket path (`unix:///tmp/a@b.sock`) has no userinfo.
+    let socket = matches!(scheme, "unix" | "redis+unix");
+    let (userinfo, address) = match rest.rfind('@') {
+        Some(at) if !socket => (Some(&rest[..at]), &rest[at + 1..]),
+        _ => (None, rest),
     };
-    format!("{scheme}://{head}{}", redact_query(query))
+    let userinfo = match userinfo.map(|userinfo| userinfo.split_once(':')) {
+        None => String::new(),
+        Some(Some((user, _password))) => format!("{user}:***@"),
+        // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
+        Some(None) => "***@".to_owned(),
+    };
+    let (address, query) = address.split_at(address.find('?').unwrap_or(address.len()));
+    format!("{prefix}{userinfo}{address}{}", redact_query(query))
 }
 
 /// `query` (from its `?`, with any fragment) with the values of `password` and `pass` replaced.
@@ -255,6 +271,33 @@ mod tests {
             scrub("bad pw and pw2", &["redis://:pw2@h:1", "redis://u:pw@h:2"]),
             "bad *** and ***"
         );
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_or_a_mistyped_separator_never_show() {
+        for (dsn, shown) in [
+            ("redis://:pw#x@h:1/0", "redis://:***@h:1/0"),
+            ("redis://u:pw?x@h:1/0", "redis://u:***@h:1/0"),
+            ("redis://:p@ss?word@h:1/0", "redis://:***@h:1/0"),
+            ("redis://x#pw@h:1", "redis://***@h:1"),
+            ("redis//:pw@h:1/0", "redis//:***@h:1/0"),
+            ("redis:/:pw@h:1/0", "redis:/:***@h:1/0"),
+            ("redis:///:pw@h:1/0", "redis:///:***@h:1/0"),
+            ("redis:\\\\:pw@h:1", "redis:\\\\:***@h:1"),
+            ("//:pw@h:1", "//:***@h:1"),
+            (":pw@h:1", ":***@h:1"),
+            ("pw@h:1", "***@h:1"),
+            (
+                "redis://h:1/0?password=pw&db=1",
+                "redis://h:1/0?password=***&db=1",
+            ),
+        ] {
+            assert_eq!(redact(dsn), shown, "{dsn}");
+            if let Err(error) = server(dsn) {
+                let message = format!("{error} {error:?}");
+                assert!(!message.contains("pw"), "{message}");
+            }
+        }
     }
 
     #[test]
