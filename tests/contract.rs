@@ -660,17 +660,28 @@ async fn floats_read_back_exactly(b: Backend) {
     }
     let keys: Vec<String> = (0..floats.len()).map(|i| format!("float:{i}")).collect();
     cache
-        .set_many(keys.iter().map(String::as_str).zip(floats.iter().copied()), 100)
+        .set_many(
+            keys.iter().map(String::as_str).zip(floats.iter().copied()),
+            100,
+        )
         .await
         .unwrap();
     let read: Vec<Option<f64>> = cache.get_many(&keys).await.unwrap();
     for ((key, written), read) in keys.iter().zip(&floats).zip(read) {
         let read = read.unwrap();
-        assert_eq!(read.to_bits(), written.to_bits(), "{key}: wrote {written:?}, read {read:?}");
+        assert_eq!(
+            read.to_bits(),
+            written.to_bits(),
+            "{key}: wrote {written:?}, read {read:?}"
+        );
     }
     // Written by orjson (Python): the same bytes, read with `get`.
     cache
-        .set_raw("orjson", bytes::Bytes::from_static(b"123456789.12345679"), 100)
+        .set_raw(
+            "orjson",
+            bytes::Bytes::from_static(b"123456789.12345679"),
+            100,
+        )
         .await
         .unwrap();
     let read: f64 = cache.get("orjson").await.unwrap().unwrap();

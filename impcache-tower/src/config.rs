@@ -7,10 +7,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Method, StatusCode};
+use http::{HeaderName, Method, Request, StatusCode};
 use impcache::{Cache, Expire};
 
 use crate::flight::Flights;
+use crate::key;
 
 /// The default largest body stored: 1 MiB. Larger responses stream through, unstored.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
@@ -210,6 +211,24 @@ impl Config {
     pub(crate) fn throttled(&self, url: &str) -> bool {
         self.fail_safe_throttle.is_some()
             && impcache::__private::fail_safe::throttled(&self.cache, url)
+    }
+
+    /// The keys of `request`'s URL (see [`key::request_uri`]); a HEAD request names the GET keys,
+    /// whose entry answers it.
+    pub(crate) fn request_keys<B>(&self, request: &Request<B>) -> key::UrlKeys {
+        let method = if request.method() == Method::HEAD {
+            &Method::GET
+        } else {
+            request.method()
+        };
+        let uri = key::request_uri(request);
+        key::UrlKeys::new(
+            &self.namespace,
+            self.host(key::request_host(uri, request.headers())),
+            uri.path(),
+            uri.query(),
+            method,
+        )
     }
 
     /// The host part of a key: `host`, or `None` when keys leave the host out.

@@ -67,7 +67,7 @@ impl Pending {
         {
             return None;
         }
-        let uri = request.uri();
+        let uri = key::request_uri(request);
         Some(Pending {
             host: key::request_host(uri, request.headers()).map(str::to_owned),
             path_and_query: join_path_and_query(uri.path(), uri.query()),

@@ -145,6 +145,20 @@ pub(crate) fn split_path_and_query(path_and_query: &str) -> (&str, Option<&str>)
     }
 }
 
+/// The URI a request's keys are made of, which every key of a request is derived from (lookup,
+/// store, invalidation, [`CacheLayer::request_key`](crate::CacheLayer::request_key)): the URI the
+/// client sent. With the `axum` feature that is the request's `axum::extract::OriginalUri` when it
+/// has one: a router `nest`ed under a prefix hands its layers a URI without the prefix (`/x` for
+/// `/a/x`), so that two nested routers with a route of the same path would otherwise share their
+/// keys, and a purge of the URL the client sent would miss. Without it, the request's URI.
+pub(crate) fn request_uri<B>(request: &http::Request<B>) -> &http::Uri {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(uri)) = request.extensions().get() {
+        return uri;
+    }
+    request.uri()
+}
+
 /// The host a request names: the URI's authority (an absolute-form request target, or HTTP/2's
 /// `:authority`), else the `Host` header. The target wins over a `Host` that disagrees with it,
 /// as the handler sees it (RFC 9112 §3.2.2): a response is never stored under another host than

@@ -418,21 +418,13 @@ impl CacheLayer {
     /// The full key (with the cache's prefix and version) under which `request`'s URL is stored:
     /// its record is `{key}:v` (the entry when the response had no `Vary`, else the learned Vary
     /// header names) and each `Vary` (or credential) variant is `{key}:v:{hash}`; see [`key`].
-    /// HEAD requests name the GET key.
+    /// HEAD requests name the GET key. With the `axum` feature, a request that went through a
+    /// router `nest`ed under a prefix names the URL the client sent (its `OriginalUri`), as the
+    /// layer's own keys do.
     pub fn request_key<B>(&self, request: &Request<B>) -> String {
-        let method = if request.method() == Method::HEAD {
-            &Method::GET
-        } else {
-            request.method()
-        };
-        let host = key::request_host(request.uri(), request.headers());
-        self.config.cache.make_key(&key::url_key(
-            &self.config.namespace,
-            self.config.host(host),
-            request.uri().path(),
-            request.uri().query(),
-            method,
-        ))
+        self.config
+            .cache
+            .make_key(self.config.request_keys(request).url())
     }
 
     /// The `delete_pattern` pattern of one URL (all methods and `Vary` variants); see

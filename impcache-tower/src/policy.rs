@@ -218,8 +218,8 @@ impl Why {
 pub(crate) enum RequestPlan {
     /// Straight to the handler; nothing read or stored.
     Bypass(Bypass),
-    /// A HEAD request: answered from the GET entry, never stored.
-    Head,
+    /// A HEAD request: answered from the GET entry, never stored. `limits`: as for a lookup.
+    Head { limits: Limits },
     /// Looked up, and stored on a miss. `refresh`: skip the lookup (the client's `no-cache`, when
     /// request directives are honoured) but store the fresh response; `limits`: the client's
     /// other directives, when honoured.
@@ -313,7 +313,7 @@ pub(crate) fn plan_request(
         return if refresh {
             RequestPlan::Bypass(Bypass::RequestNoStore)
         } else {
-            RequestPlan::Head
+            RequestPlan::Head { limits }
         };
     }
     RequestPlan::Lookup { refresh, limits }
@@ -620,7 +620,12 @@ mod tests {
                 limits: Limits::default()
             }
         );
-        assert_eq!(plan(Method::HEAD, &[], false, false), RequestPlan::Head);
+        assert_eq!(
+            plan(Method::HEAD, &[], false, false),
+            RequestPlan::Head {
+                limits: Limits::default()
+            }
+        );
         assert_eq!(
             plan(Method::POST, &[], false, false),
             RequestPlan::Bypass(Bypass::Method)
@@ -686,6 +691,10 @@ mod tests {
                 refresh: false,
                 limits
             }
+        );
+        assert_eq!(
+            plan(Method::HEAD, &directives, false, true),
+            RequestPlan::Head { limits }
         );
         assert_eq!(
             plan(Method::GET, &directives, false, false),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use impcache::__private::metrics::LayerOutcome;
 use impcache::Cache;
@@ -26,7 +26,7 @@ use crate::key;
 use crate::layer::CacheLayer;
 use crate::lock::Locked;
 use crate::metrics::Counted;
-use crate::policy::{self, Limits, NotStored, RequestPlan, Why};
+use crate::policy::{self, NotStored, RequestPlan, Why};
 use crate::render::{self, mark, Outcome};
 use crate::revalidate;
 use crate::stale::{self, usable, Judged};
@@ -169,28 +169,21 @@ where
             config.honor_request_cache_control,
         );
         let counted = Counted::of(&request);
-        let (refresh, limits) = match plan {
+        // A HEAD request is never a refresh: a client's `no-cache` bypasses it (see the plan).
+        let (head, refresh, limits) = match plan {
             RequestPlan::Bypass(reason) => {
                 counted.count(LayerOutcome::Bypass);
                 return Box::pin(bypass(config, inner, request, reason)).await;
             }
-            RequestPlan::Head => (true, Limits::default()),
-            RequestPlan::Lookup { refresh, limits } => (refresh, limits),
+            RequestPlan::Head { limits } => (true, false, limits),
+            RequestPlan::Lookup { refresh, limits } => (false, refresh, limits),
         };
-        let head = plan == RequestPlan::Head;
-        let method = if head { &Method::GET } else { request.method() };
-        let keys = key::UrlKeys::new(
-            &config.namespace,
-            config.host(key::request_host(request.uri(), request.headers())),
-            request.uri().path(),
-            request.uri().query(),
-            method,
-        );
+        let keys = config.request_keys(&request);
 
         // Taken before the lookup: see `flight` (read your own writes).
         let ticket = config.flights.ticket();
         // 1. Lookup (skipped on a honoured client refresh). Failures fall through to the handler.
-        let (fwd, may_store, detail, stale, fallback, seen) = if head || !refresh {
+        let (fwd, may_store, detail, stale, fallback, seen) = if !refresh {
             match lookup(config, &keys, request.headers()).await {
                 Lookup::Hit(entry, seen) => {
                     // One clock read: judged fresh at `now`, served with its age at `now`.
@@ -354,7 +347,7 @@ struct Miss<S, ReqBody> {
     keys: key::UrlKeys,
     /// Taken before the lookup: see [`crate::flight`] (read your own writes).
     ticket: Ticket,
-    /// A HEAD request: answered by the handler, never stored.
+    /// A HEAD request: never leads a flight nor takes the lock; its response is never stored.
     head: bool,
     /// The client asked for a fresh response (honoured `no-cache`): not coalesced.
     refresh: bool,
@@ -444,30 +437,6 @@ where
         }
     };
     let url = keys.url();
-    if head {
-        // A GET of the URL whose response is being stored (or still called for): its entry
-        // answers, as it would a GET (read your own writes). A HEAD never leads a flight.
-        let look_again = may_store.then_some(ticket);
-        if let Some(entry) = head_from_flight(config, &keys, request.headers(), look_again).await {
-            count(LayerOutcome::Hit);
-            return Ok(hit(entry, request.headers(), true, config, now_ms()));
-        }
-        count(LayerOutcome::Miss);
-        // Never stored: a HEAD response has no body to serve GETs with.
-        let mut response = inner.call(request).await?.map(ResponseBody::inner);
-        tagging::strip(config, response.headers_mut());
-        let detail = detail.or(Some(NotStored::Head.detail()));
-        mark(
-            &mut response,
-            config.status_header,
-            Outcome::Miss {
-                fwd,
-                stored: false,
-                detail,
-            },
-        );
-        return Ok(response);
-    }
     // The request goes to the handler: its headers are kept for the variant key.
     let headers = request.headers().clone();
     // Stale-if-error: the stale entry answers for a handler that failed, timed out or answered
@@ -476,22 +445,28 @@ where
     let stand_in = fallback.zip(stale.as_ref());
 
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
-    //    which asked for a new response).
+    //    which asked for a new response). A HEAD never leads a flight (its response has no body
+    //    to share): it takes the answer of a GET's flight under way, or calls for itself.
     let guard = if lead.is_some() {
         lead
     } else if config.coalesce && !refresh {
-        match coalesce(config, &keys, &headers, ticket, may_store).await {
+        let coalesced = if head {
+            head_from_flight(config, &keys, &headers, may_store.then_some(ticket)).await
+        } else {
+            coalesce(config, &keys, &headers, ticket, may_store).await
+        };
+        match coalesced {
             Coalesced::Hit(entry) => {
                 count(LayerOutcome::Hit);
-                return Ok(hit(entry, &headers, false, config, now_ms()));
+                return Ok(hit(entry, &headers, head, config, now_ms()));
             }
             Coalesced::Lead(guard) => Some(guard),
             // The leader's handler failed and a stale entry stood in: so does this request's,
             // without a second call of a failing handler.
             Coalesced::StoodIn(why) => match stand_in {
-                Some((past, entry)) => {
+                Some(stand_in) => {
                     count(LayerOutcome::Stale);
-                    return Ok(stood_in(config, None, url, entry, &headers, past, why));
+                    return Ok(stood_in(config, None, url, stand_in, &headers, head, why));
                 }
                 None => None,
             },
@@ -506,7 +481,7 @@ where
     //     the call.
     let locked = if revalidation {
         lock
-    } else if may_store && !refresh {
+    } else if may_store && !refresh && !head {
         match crate::lock::take(config, &keys, &headers, None).await {
             Locked::Stored(entry) => {
                 count(LayerOutcome::Hit);
@@ -521,30 +496,37 @@ where
     };
 
     // Tags (issue 16): the request's, and the time the handler call starts (an invalidation of
-    // one of its tags from then on hides the response).
+    // one of its tags from then on hides the response). None for a HEAD, never stored.
     let created = tagging::stamp_micros();
     let mut request_tags = match &config.tags_from {
-        Some(tags_from) => {
+        Some(tags_from) if !head => {
             let (parts, body) = request.into_parts();
             let request_tags = (tags_from.0)(&parts);
             request = Request::from_parts(parts, body);
             request_tags
         }
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     // With the tags of the declared path prefixes it is under (`CacheLayer::tag_prefixes`).
-    request_tags.extend(config.tag_prefixes.tags_of(&keys));
+    if !head {
+        request_tags.extend(config.tag_prefixes.tags_of(&keys));
+    }
 
     // 3. The handler (an error is not shared: the waiters call the handler themselves, unless a
     //    stale entry stood in for it); a stale entry with a validator makes the call a
-    //    validation request.
+    //    validation request (not a HEAD's: its answer refreshes the entry, which a HEAD does not
+    //    store).
     let revalidating = config.follow_origin
+        && !head
         && stale
             .as_ref()
             .is_some_and(|stale| revalidate::make_conditional(stale, request.headers_mut()));
-    // The client's validators are answered from the response (`headers` keeps them).
-    let conditional =
-        may_store && !revalidating && revalidate::without_validators(request.headers_mut());
+    // The client's validators are answered from the response (`headers` keeps them); a HEAD's,
+    // whose response is not stored, by the handler.
+    let conditional = may_store
+        && !head
+        && !revalidating
+        && revalidate::without_validators(request.headers_mut());
     let request_ms = now_ms();
     // Counted before the call (a request whose client goes away meanwhile counts too), unless a
     // stale entry may stand in for it: then once the handler has answered.
@@ -566,9 +548,9 @@ where
             Ok(called) => called,
             Err(_) => {
                 let why = Why::HandlerTimeout;
-                if let Some((past, entry)) = stand_in {
+                if let Some(stand_in) = stand_in {
                     count(LayerOutcome::Stale);
-                    return Ok(stood_in(config, guard, url, entry, &headers, past, why));
+                    return Ok(stood_in(config, guard, url, stand_in, &headers, head, why));
                 }
                 if let Some(guard) = guard {
                     guard.not_shared();
@@ -590,7 +572,8 @@ where
         };
         if let Some(why) = failed {
             count(LayerOutcome::Stale);
-            return Ok(stood_in(config, guard, url, entry, &headers, past, why));
+            let stand_in = (past, entry);
+            return Ok(stood_in(config, guard, url, stand_in, &headers, head, why));
         }
     }
     if count_after_call {
@@ -605,6 +588,19 @@ where
             return Err(error);
         }
     };
+    if head {
+        // Never stored: a HEAD response has no body to serve GETs with.
+        let mut response = response.map(ResponseBody::inner);
+        tagging::strip(config, response.headers_mut());
+        let detail = detail.or(Some(NotStored::Head.detail()));
+        let outcome = Outcome::Miss {
+            fwd,
+            stored: false,
+            detail,
+        };
+        mark(&mut response, config.status_header, outcome);
+        return Ok(response);
+    }
     let response_ms = now_ms();
     let (mut parts, body) = response.into_parts();
     let tagged = tagging::collect(config, request_tags, &mut parts.headers, created);
@@ -781,16 +777,16 @@ where
     Ok(response)
 }
 
-/// A stale entry answering for a failed handler (stale-if-error): logged, and the flight's
-/// waiters told, so that each answers with its own stale entry (its variant's) instead of
-/// calling the failing handler again.
+/// A stale entry, `past` its freshness, answering for a failed handler (stale-if-error): logged,
+/// and the flight's waiters told, so that each answers with its own stale entry (its variant's)
+/// instead of calling the failing handler again. Without a body for a HEAD request.
 fn stood_in<B>(
     config: &Config,
     guard: Option<FlightGuard>,
     url: &str,
-    entry: &Entry,
+    (past, entry): (Duration, &Entry),
     headers: &HeaderMap,
-    past: Duration,
+    head: bool,
     why: Why,
 ) -> Response<ResponseBody<B>> {
     if let Some(guard) = guard {
@@ -804,7 +800,7 @@ fn stood_in<B>(
         stale_secs = past.as_secs(),
         "serving a stale response: the handler failed"
     );
-    let mut response = stale_hit(entry.clone(), headers, false, config, past, why);
+    let mut response = stale_hit(entry.clone(), headers, head, config, past, why);
     response.extensions_mut().insert(StoodIn);
     response
 }
@@ -1026,38 +1022,47 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     });
 }
 
-/// The entry a `HEAD` request that missed may be answered with: the stored response of the
-/// URL's flight in progress (a `GET` whose store is under way, or whose handler is still called,
-/// within the lock timeout), of this request's variant, usable, and not invalidated by a tag
-/// since; or, when a flight of the URL's group ended since the request's ticket (its lookup
-/// may have overtaken that store), what a second lookup finds (`look_again`: none after a
-/// lookup that failed against the backend, which would cost a second deadline). `None`
-/// otherwise: the request goes to the handler, as a `HEAD`.
+/// Where a `HEAD` request that missed stands in its URL's flight, which it never leads (its
+/// response has no body to share): [`Coalesced::Hit`] with the stored response of the flight in
+/// progress (a `GET` whose store is under way, or whose handler is still called, within the lock
+/// timeout), of this request's variant, usable, and not invalidated by a tag since; or, when a
+/// flight of the URL's group ended since the request's ticket (its lookup may have overtaken
+/// that store), with what a second lookup finds (`look_again`: none after a lookup that failed
+/// against the backend, which would cost a second deadline). [`Coalesced::StoodIn`] when a
+/// stale entry stood in for the leader's failed handler; [`Coalesced::Alone`] otherwise: the
+/// request goes to the handler, as a `HEAD`.
 async fn head_from_flight(
     config: &Config,
     keys: &key::UrlKeys,
     headers: &HeaderMap,
     look_again: Option<Ticket>,
-) -> Option<Entry> {
-    if !config.coalesce {
-        return None;
-    }
+) -> Coalesced {
     let Some(waiter) = config.flights.current(keys.url()) else {
-        let ticket = look_again?;
+        let Some(ticket) = look_again else {
+            return Coalesced::Alone;
+        };
         if !config.flights.ended_since(keys.url(), ticket) {
-            return None;
+            return Coalesced::Alone;
         }
         return match lookup(config, keys, headers).await {
-            Lookup::Hit(entry, _) if usable(config, &entry) => Some(entry),
-            _ => None,
+            Lookup::Hit(entry, _) if usable(config, &entry) => Coalesced::Hit(entry),
+            _ => Coalesced::Alone,
         };
     };
     let joined = crate::tagging::stamp_micros();
-    let Wait::Published(Shared::Stored(published)) = waiter.wait(config.lock_timeout).await else {
-        return None;
-    };
-    let answers = published_answers(config, keys.url(), headers, &published, joined, true);
-    answers.await.then(|| published.entry.clone())
+    match waiter.wait(config.lock_timeout).await {
+        Wait::Published(Shared::StoodIn(why)) => Coalesced::StoodIn(why),
+        Wait::Published(Shared::Stored(published)) => {
+            let answers = published_answers(config, keys.url(), headers, &published, joined, true);
+            if answers.await {
+                Coalesced::Hit(published.entry.clone())
+            } else {
+                Coalesced::Alone
+            }
+        }
+        // Not shareable, late, or abandoned: this request calls for itself.
+        _ => Coalesced::Alone,
+    }
 }
 
 /// Whether a flight leader's stored response answers a request (`headers`) that joined the

@@ -248,3 +248,87 @@ async fn end_to_end_over_tcp_with_redis() {
     assert!(redis.keys().is_empty(), "{:?}", redis.keys());
     server.abort();
 }
+
+/// A GET through `app`, with a host: (body, `Cache-Status`).
+#[cfg(feature = "axum")]
+async fn nested_get(app: &Router, method: &str, uri: &str) -> (Bytes, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "example.com")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let cache_status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (body, cache_status)
+}
+
+/// A router `nest`ed under a prefix hands its layers the path without the prefix: with the `axum`
+/// feature the keys are made of the URL the client sent, so one layer on two nested routers with
+/// the same route keeps `/a/x` and `/b/x` apart.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn nested_routers_sharing_a_layer_keep_their_urls_apart() {
+    let layer = CacheLayer::new(memory_cache());
+    let nested = |body: &'static str| {
+        Router::new()
+            .route("/x", get(move || async move { body }))
+            .layer(layer.clone())
+    };
+    let app: Router = Router::new()
+        .nest("/a", nested("from a"))
+        .nest("/b", nested("from b"));
+    // Until `/a/x` is a hit: its response is stored (in the background).
+    for _ in 0..400 {
+        let (body, cache_status) = nested_get(&app, "GET", "/a/x").await;
+        assert_eq!(body, "from a");
+        if cache_status.starts_with("impcache; hit") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (body, cache_status) = nested_get(&app, "GET", "/b/x").await;
+    assert_eq!(body, "from b", "{cache_status}");
+}
+
+/// Inside a nested router, the URL the client sent is the one stored: `request_key` names its
+/// key, `purge_url` removes it, and an unsafe request to it invalidates it.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_nested_url_is_keyed_purged_and_invalidated_as_the_client_sent_it() {
+    let layer = CacheLayer::new(memory_cache());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let handler = move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { format!("call {n}") }
+    };
+    let api = Router::new()
+        .route("/x", get(handler).post(|| async { "posted" }))
+        .layer(layer.clone());
+    let app: Router = Router::new().nest("/api", api);
+    let stored = || async {
+        let request = Request::get("/api/x").header("host", "example.com");
+        let key = format!("{}:v", layer.request_key(&request.body(()).unwrap()));
+        support::wait_value(layer.cache(), &key, |value| value.is_some()).await;
+    };
+    assert_eq!(nested_get(&app, "GET", "/api/x").await.0, "call 1");
+    stored().await;
+    let (body, cache_status) = nested_get(&app, "GET", "/api/x").await;
+    assert_eq!(
+        (body.as_ref(), cache_status.as_str()),
+        (&b"call 1"[..], "impcache; hit; ttl=60")
+    );
+    layer
+        .purge_url(Some("example.com"), "/api/x")
+        .await
+        .unwrap();
+    assert_eq!(nested_get(&app, "GET", "/api/x").await.0, "call 2");
+    stored().await;
+    nested_get(&app, "POST", "/api/x").await;
+    assert_eq!(nested_get(&app, "GET", "/api/x").await.0, "call 3");
+}

@@ -376,6 +376,51 @@ async fn honoured_request_directives_limit_what_a_stored_response_answers() {
     assert_eq!((absent.status, calls.get()), (StatusCode::OK, 1));
 }
 
+/// The same honoured request directives bound what answers a HEAD request as a GET's: a stored
+/// response older than `max-age=N`, or fresh for less than `min-fresh=N` more seconds, is
+/// turned away (the handler answers the HEAD), and `only-if-cached` answers `504` without
+/// calling the handler. In the origin mode, so that the response's `Age` makes it old at once.
+#[tokio::test]
+async fn a_head_request_honours_max_age_min_fresh_and_only_if_cached() {
+    let layer = layer()
+        .follow_origin(true)
+        .honor_request_cache_control(true);
+    let (svc, calls) = app(layer.clone(), |n, _| async move {
+        Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("age", "100")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let head = |directives: &'static str| request("HEAD", "/doc", &[("cache-control", directives)]);
+    let absent = send(&svc, head("only-if-cached")).await;
+    assert_eq!(
+        (absent.status, absent.header("cache-status"), calls.get()),
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            Some("impcache; fwd=uri-miss; detail=only-if-cached"),
+            0
+        )
+    );
+    send(&svc, get("/doc")).await;
+    wait_stored(&layer, "/doc").await;
+    // About 100 s old, fresh for about 500 s more.
+    let hit = send(&svc, head("max-age=200, min-fresh=400, only-if-cached")).await;
+    assert_eq!(
+        (hit.status, hit.outcome(), calls.get()),
+        (StatusCode::OK, "HIT", 1)
+    );
+    for directives in ["max-age=10", "min-fresh=550"] {
+        let turned_away = send(&svc, head(directives)).await;
+        assert_eq!(
+            turned_away.header("cache-status"),
+            Some("impcache; fwd=request; detail=head"),
+            "{directives}"
+        );
+    }
+    assert_eq!(calls.get(), 3);
+}
+
 /// axum-response-cache: a body over the limit became `500 File too big`.
 #[tokio::test]
 async fn defect_oversized_body_turns_into_a_500() {

@@ -560,6 +560,65 @@ async fn hard_timeout_gives_up_on_the_handler() {
     );
 }
 
+/// The hard timeout bounds a HEAD request's handler call too: with nothing stored, the layer
+/// answers `504` once it is over, as it does a GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_timeout_gives_up_on_the_handler_of_a_head_request() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache()).hard_timeout(Duration::from_millis(300));
+    let service = layer.layer(origin.service());
+    origin.set(Answer::Slow);
+    let started = std::time::Instant::now();
+    let response = service
+        .oneshot(request("HEAD", "/hard-head", &[]))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4), "given up");
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        response.headers()["cache-status"],
+        "impcache; fwd=uri-miss; detail=handler-timeout"
+    );
+}
+
+/// Within a stale-if-error window a HEAD request is answered as a GET is: the stale response
+/// (without its body) stands in for a handler that fails, answers with a stale-if-error status
+/// or exceeds the handler timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_gets_the_stale_response_when_the_handler_fails() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache())
+        .stale_if_error(Duration::from_secs(60))
+        .handler_timeout(Duration::from_millis(300));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/head-if-error").await.unwrap();
+    wait_stored(&layer, "/head-if-error").await;
+    past_freshness().await;
+    for (answer, why) in [
+        (Answer::Status(503), "handler-status"),
+        (Answer::Error, "handler-error"),
+        (Answer::Slow, "handler-timeout"),
+    ] {
+        origin.set(answer);
+        let head = request("HEAD", "/head-if-error", &[]);
+        let response = service.clone().oneshot(head).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let x_cache = parts.headers["x-cache"].to_str().unwrap();
+        assert_eq!(
+            (parts.status, x_cache),
+            (StatusCode::OK, "STALE"),
+            "{answer:?}"
+        );
+        let cache_status = parts.headers["cache-status"].to_str().unwrap();
+        assert!(
+            cache_status.ends_with(&format!("; detail={why}")),
+            "{cache_status}"
+        );
+        assert_eq!(parts.headers["content-length"], "6");
+        assert!(body.collect().await.unwrap().to_bytes().is_empty());
+    }
+}
+
 /// Early refresh (issue 15): hits of a hot URL are served fresh as usual, and one of them starts
 /// a background refresh before the entry expires; without it the handler is not called again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
