@@ -8,7 +8,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, Ident, ItemFn, LitStr};
 
 use crate::plan::{Arg, Key, Part, Plan, Policy, Prefix};
-use crate::tokens::first_last;
+use crate::tokens::{first_last, mentions};
 
 /// Attributes that also apply to the companions.
 fn shared_attrs(attrs: &[Attribute]) -> Vec<TokenStream> {
@@ -100,7 +100,7 @@ fn key_block(plan: &Plan) -> TokenStream {
 /// then the function's own tag), or `Ok(vec![])` for an untagged function.
 fn tags_block(plan: &Plan) -> TokenStream {
     let Some(tags) = &plan.tags else {
-        if plan.freshness.is_empty() && plan.lock.is_none() {
+        if plan.spawned_by.is_none() {
             // The plain runtime (`memoize`) takes no tags.
             return TokenStream::new();
         }
@@ -247,7 +247,7 @@ fn borrows_moved_argument(plan: &Plan, expr: &syn::Expr, body: &[syn::Stmt]) -> 
     (moved_receiver || plan.args.iter().any(|arg| arg.name == *root))
         && body
             .iter()
-            .any(|stmt| mentions(stmt.to_token_stream(), root))
+            .any(|stmt| mentions(stmt.to_token_stream(), &root.to_string()))
 }
 
 /// The variable an expression such as `state.cache`, `(*state).cache` or `state.cache()` starts
@@ -262,15 +262,6 @@ fn root_ident(expr: &syn::Expr) -> Option<&Ident> {
         syn::Expr::Unary(unary) => root_ident(&unary.expr),
         _ => None,
     }
-}
-
-/// Whether `tokens` contain the identifier `ident` (in any group).
-fn mentions(tokens: TokenStream, ident: &Ident) -> bool {
-    tokens.into_iter().any(|token| match token {
-        proc_macro2::TokenTree::Ident(found) => found == *ident,
-        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), ident),
-        _ => false,
-    })
 }
 
 /// The wrapper, then `{name}_uncached` and `{name}_invalidate`.
@@ -364,7 +355,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let body = &block.stmts;
 
     let tags_block = tags_block(plan);
-    let call = if plan.freshness.is_empty() && plan.lock.is_none() && plan.tags.is_none() {
+    let call = if plan.spawned_by.is_none() {
         quote! {
             ::impcache::__private::memoize(
                 &__IMPCACHE_FUNCTION,
@@ -379,7 +370,8 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             .await
         }
     } else {
-        // Freshness options: the `get_or_set` machinery, which needs a `Send + 'static` body.
+        // Freshness options, `lock` or tags: the `get_or_set` machinery, which needs a
+        // `Send + 'static` body (the plan has refused the arguments it would borrow).
         let options = plan.freshness.iter().map(|(name, value)| {
             quote_spanned!(value.span()=> .#name(::impcache::__private::duration(#value)))
         });

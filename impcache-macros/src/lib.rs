@@ -62,13 +62,23 @@ use proc_macro::TokenStream;
 /// | `early_refresh = 2` | freshness: reload a fresh value in the background with a probability growing as its expiry nears (XFetch; about the body's duration) |
 /// | `fail_safe_throttle = 30` | freshness: for that long after the body failed, the stale value (within `stale_if_error` or `stale_while_revalidate`) answers without running the body |
 /// | `lock` / `lock = 10` / `lock = Duration::from_secs(10)` / `lock = LOCK` (an `impcache::Lock`) | one body run across processes: a lock (`SET NX PX` with a token) taken before running the body, the other processes waiting for its value; `lock = 10` is a 10 s lifetime (waits up to twice that), `lock` alone the defaults |
-/// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key` (but written as `format!` would, never quoted for the text that follows): `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
+/// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`, never quoted for the text that follows: strings without quotes, integers and bools as `format!` writes them, other values (floats, structs, enums, `Option`s…) as their compact JSON, as in the key (`1.0f64` is `1.0`, not `format!`'s `1`); `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
 /// | `tags_from = org_tags` / `tags_from = \|user\| [format!("org:{}", user.org)]` | tags chosen from the cached value once the body has answered (a function or closure over `&Value`, the cached part of the return value, returning a list of strings), stored with the `tags` ones: for a tag the arguments do not give |
 /// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep; the tag comes from `name` or the `key` template when given (so it survives moving the function), else from the module path |
 ///
-/// With any freshness option, `lock`, `tags` or `tags_from`, the body runs in a spawned task: its
-/// future must be `Send + 'static` (owned arguments). The README's freshness, tags and lock
-/// sections say more.
+/// With any freshness option, `lock`, `tags`, `tags_from` or `invalidate_all`, the body runs in a
+/// spawned task: its future must be `Send + 'static`.
+/// - `'static`: the arguments the body uses must be owned (`String`, not `&str`), and a method
+///   whose body uses `self` takes `self: Arc<Self>` rather than `&self`; a compile error on the
+///   borrowed type says so. (A borrowed argument the body does not use, a key argument only, is
+///   fine.)
+/// - `Send`: the body cannot hold a value that is not `Send` (an `Rc`, a `RefCell`'s borrow, a
+///   `std::sync::MutexGuard`) across an `.await`; rustc reports "future cannot be sent between
+///   threads safely … required by a bound in `impcache::__private::memoize_fresh`", naming the
+///   value. Drop it before the `.await`, or use its `Send` counterpart (`Arc`,
+///   `tokio::sync::Mutex`).
+///
+/// The README's freshness, tags and lock sections say more.
 ///
 /// # Key layout
 /// The full key is the cache's `{key_prefix}:{version}:{key}`, where `{key}` is:
@@ -101,7 +111,8 @@ use proc_macro::TokenStream;
 ///
 /// `returns = "..."` overrides this. Stored types must be `Serialize + DeserializeOwned` and own
 /// their data (a borrowed return type such as `&str` is a compile error: return `String`); key
-/// arguments must be `Serialize` (`&str`, `&T` work).
+/// arguments must be `Serialize` (`&str`, `&T` work; with an option that spawns the body, see
+/// above, only if the body does not use them).
 ///
 /// # Behaviour
 /// - **One execution per key per process**: concurrent callers with the same key wait for the

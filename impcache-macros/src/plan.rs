@@ -13,7 +13,9 @@ use syn::{
 use crate::args::{Args, Returns};
 use crate::errors::Errors;
 use crate::template::{self, Segment};
-use crate::tokens::{borrow_in, contains_impl_trait, first_type_arg, last_ident, mentioned};
+use crate::tokens::{
+    borrow_in, contains_impl_trait, first_type_arg, last_ident, mentioned, mentions, StaticRef,
+};
 
 /// One typed argument of the function.
 pub(crate) struct Arg {
@@ -86,6 +88,11 @@ pub(crate) struct Plan {
     pub(crate) freshness: Vec<(Ident, Expr)>,
     /// `lock = ...` (issue 16): `true` or the lock's lifetime; `None` without one.
     pub(crate) lock: Option<Expr>,
+    /// The option that runs the body in a spawned task (the `get_or_set` machinery,
+    /// `memoize_fresh`), named in errors: the first freshness option, else `lock`, `tags`,
+    /// `tags_from` or `invalidate_all`. `None`: the plain runtime (`memoize`), where the body
+    /// may borrow.
+    pub(crate) spawned_by: Option<String>,
     /// The return type (`()` when none is written).
     pub(crate) ret: Type,
     /// The stored type as spelled (`T` of `Result<T, E>`): where a missing serde impl is reported.
@@ -122,6 +129,10 @@ impl Plan {
         let (ret, value_ty, policy) = returns(&args, &func, errors);
         let tags = tags(&args, &plan_args, errors);
         let tags_from = args.tags_from.clone();
+        let spawned_by = spawned_by(&args);
+        if let Some(option) = &spawned_by {
+            check_owned(option, &func, &plan_args, errors);
+        }
 
         // A method (a receiver or a mention of `Self`) checks that it is not in a trait impl,
         // except where the path would need type arguments (type or const parameters,
@@ -177,6 +188,7 @@ impl Plan {
             cache,
             freshness,
             lock,
+            spawned_by,
             ret,
             value_ty,
             policy,
@@ -258,6 +270,62 @@ fn arguments(func: &ItemFn, errors: &mut Errors) -> (bool, Vec<Arg>) {
         }
     }
     (has_receiver, args)
+}
+
+/// The option that runs the body in a spawned task (see [`Plan::spawned_by`]), if any.
+fn spawned_by(args: &Args) -> Option<String> {
+    let first_given = [
+        ("lock", args.lock.is_some()),
+        ("tags", args.tags.is_some()),
+        ("tags_from", args.tags_from.is_some()),
+        ("invalidate_all", args.invalidate_all.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(option, given)| given.then(|| option.to_owned()));
+    args.freshness
+        .first()
+        .map(|(option, _)| option.to_string())
+        .or(first_given)
+}
+
+/// With `option`, the body runs in a spawned task, which cannot borrow (its future must be
+/// `'static`): rustc's own error, "borrowed data escapes outside of function", points at the
+/// whole attribute. Each borrowed argument the body uses (and `&self`, when the body uses
+/// `self`) is reported on its type instead, saying what to take. One the body does not use
+/// stays out of the task (the closure does not capture it): it may still be a key argument.
+fn check_owned(option: &str, func: &ItemFn, plan_args: &[Arg], errors: &mut Errors) {
+    let body = func.block.to_token_stream();
+    let spawned = format!("with `{option}` the body runs in a spawned task, which cannot borrow");
+    if let Some(receiver) = func.sig.receiver() {
+        if borrow_in(&receiver.ty, StaticRef::Owned).is_some() && mentions(body.clone(), "self") {
+            errors.push(syn::Error::new_spanned(
+                receiver,
+                format!("{spawned} `self`: take `self: Arc<Self>` (or `&'static self`), or make the cached function a free function over owned arguments and call it from the method"),
+            ));
+        }
+    }
+    for arg in plan_args {
+        // A pattern is restored inside the task, so its argument always moves there.
+        let used = arg.pattern.is_some() || mentions(body.clone(), &arg.name.to_string());
+        if used && borrow_in(&arg.ty, StaticRef::Owned).is_some() {
+            errors.push(syn::Error::new_spanned(
+                &arg.ty,
+                format!("{spawned}: take an owned type ({})", owned_instead(&arg.ty)),
+            ));
+        }
+    }
+}
+
+/// What to take instead of the borrowed type `ty`, for [`check_owned`]'s error.
+fn owned_instead(ty: &Type) -> &'static str {
+    let Type::Reference(r) = ty else {
+        return "no references nor lifetimes other than `'static`";
+    };
+    match &*r.elem {
+        Type::Path(p) if p.path.is_ident("str") => "`String` instead of `&str`",
+        Type::Slice(_) => "`Vec<T>` instead of `&[T]`",
+        _ => "`T` instead of `&T`, or an `Arc<T>` to share it",
+    }
 }
 
 /// The key layout and the key arguments, from `key`, `skip` and `name`.
@@ -395,7 +463,7 @@ fn returns(args: &Args, func: &ItemFn, errors: &mut Errors) -> (Type, Type, Poli
             "`#[cached]` cannot store an `impl Trait` return type: name the type",
         ));
     }
-    if let Some(span) = borrow_in(&ret) {
+    if let Some(span) = borrow_in(&ret, StaticRef::Borrow) {
         errors.push(syn::Error::new(
             span,
             "`#[cached]` cannot return a borrowed value: a cached value is decoded from the cache and owns its data; return an owned type (`String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`, no lifetime parameters)",

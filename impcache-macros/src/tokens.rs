@@ -1,11 +1,13 @@
-//! Reading types and token streams: the names they mention, borrows, `impl Trait`, the type
-//! argument of `Result<T, E>`, and the spans of their first and last tokens.
+//! Reading types and token streams: the names they mention (and whether they use a variable),
+//! borrows, `impl Trait`, the type argument of `Result<T, E>`, and the spans of their first and
+//! last tokens.
 
 use std::collections::HashSet;
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
-use syn::{GenericArgument, PathArguments, Type};
+use syn::punctuated::Punctuated;
+use syn::{GenericArgument, Lifetime, Path, PathArguments, Token, Type, TypeParamBound};
 
 /// The first type argument of a path type's last segment (`T` in `io::Result<T>`).
 pub(crate) fn first_type_arg(ty: &Type) -> Option<&Type> {
@@ -27,29 +29,63 @@ pub(crate) fn last_ident(ty: &Type) -> Option<String> {
     }
 }
 
-/// The span of the first borrow in a type: a reference, or a lifetime other than `'static`.
-pub(crate) fn borrow_in(ty: &Type) -> Option<Span> {
-    fn walk(tokens: TokenStream) -> Option<Span> {
-        let mut iter = tokens.into_iter().peekable();
-        while let Some(t) = iter.next() {
-            match t {
-                TokenTree::Punct(p) if p.as_char() == '&' => return Some(p.span()),
-                TokenTree::Punct(p) if p.as_char() == '\'' => {
-                    if matches!(iter.peek(), Some(TokenTree::Ident(i)) if i != "static") {
-                        return Some(p.span());
-                    }
-                }
-                TokenTree::Group(g) => {
-                    if let Some(span) = walk(g.stream()) {
-                        return Some(span);
-                    }
-                }
-                _ => {}
+/// What a `&'static` reference is to [`borrow_in`].
+#[derive(Clone, Copy)]
+pub(crate) enum StaticRef {
+    /// A borrow: a cached value is decoded from the cache and must own its data.
+    Borrow,
+    /// Not a borrow: it outlives any task it is moved into.
+    Owned,
+}
+
+/// The span of the first borrow in a type: a reference (see [`StaticRef`] for `&'static`), or a
+/// lifetime other than `'static`. The references of a function type's arguments (`fn(&str)`,
+/// `Fn(&str) -> u64`) are not borrows: the type holds none.
+pub(crate) fn borrow_in(ty: &Type, static_ref: StaticRef) -> Option<Span> {
+    let lifetime = |l: &Lifetime| (l.ident != "static").then(|| l.span());
+    let path = |path: &Path| {
+        path.segments
+            .iter()
+            .find_map(|segment| match &segment.arguments {
+                PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
+                    GenericArgument::Lifetime(l) => lifetime(l),
+                    GenericArgument::Type(t) => borrow_in(t, static_ref),
+                    GenericArgument::AssocType(assoc) => borrow_in(&assoc.ty, static_ref),
+                    _ => None,
+                }),
+                PathArguments::Parenthesized(_) | PathArguments::None => None,
+            })
+    };
+    let bounds = |bounds: &Punctuated<TypeParamBound, Token![+]>| {
+        bounds.iter().find_map(|bound| match bound {
+            TypeParamBound::Lifetime(l) => lifetime(l),
+            // `for<'a> Trait<'a>`: its lifetimes are its own.
+            TypeParamBound::Trait(t) if t.lifetimes.is_none() => path(&t.path),
+            _ => None,
+        })
+    };
+    match ty {
+        Type::Reference(r) => {
+            let is_static = r.lifetime.as_ref().is_some_and(|l| l.ident == "static");
+            match static_ref {
+                StaticRef::Owned if is_static => borrow_in(&r.elem, static_ref),
+                _ => Some(r.and_token.span),
             }
         }
-        None
+        Type::Path(p) => p
+            .qself
+            .as_ref()
+            .and_then(|q| borrow_in(&q.ty, static_ref))
+            .or_else(|| path(&p.path)),
+        Type::Array(a) => borrow_in(&a.elem, static_ref),
+        Type::Slice(s) => borrow_in(&s.elem, static_ref),
+        Type::Paren(p) => borrow_in(&p.elem, static_ref),
+        Type::Group(g) => borrow_in(&g.elem, static_ref),
+        Type::Tuple(t) => t.elems.iter().find_map(|t| borrow_in(t, static_ref)),
+        Type::TraitObject(t) => bounds(&t.bounds),
+        Type::ImplTrait(t) => bounds(&t.bounds),
+        _ => None,
     }
-    walk(ty.to_token_stream())
 }
 
 /// Whether `impl` appears anywhere in the type (`impl Trait`, also nested).
@@ -90,4 +126,24 @@ pub(crate) fn mentioned(tokens: TokenStream, out: &mut HashSet<String>) {
             TokenTree::Literal(_) => after_quote = false,
         }
     }
+}
+
+/// Whether `tokens` use the variable `name`: as an identifier (in any group), or as a format
+/// string's inline argument (`"{name}"`, `"{name:?}"`), which a closure captures too. An
+/// escaped `"{{name}}"` counts as well (rare: telling it apart would take parsing the format
+/// string).
+pub(crate) fn mentions(tokens: TokenStream, name: &str) -> bool {
+    tokens.into_iter().any(|token| match token {
+        TokenTree::Ident(found) => found == name,
+        TokenTree::Group(group) => mentions(group.stream(), name),
+        TokenTree::Literal(literal) => {
+            let text = literal.to_string();
+            text.match_indices('{').any(|(i, _)| {
+                text[i + 1..]
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['}', ':']))
+            })
+        }
+        TokenTree::Punct(_) => false,
+    })
 }

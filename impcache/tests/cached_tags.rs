@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use impcache::{cached, Cache, MemoryCacheRepository};
@@ -388,6 +388,85 @@ async fn tag_templates_are_written_as_format_writes_them() {
     CACHE.invalidate_tag(&format!("{a}{b}")).await.unwrap();
     assert_eq!(call().await, "a:b@x/x\"y");
     assert_eq!(POSTS_RUNS.load(SeqCst), 3);
+}
+
+static PRICED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(serde::Serialize)]
+struct Sku {
+    shop: u32,
+    code: String,
+}
+
+#[cached(
+    cache = CACHE,
+    expire = 60,
+    tags = ["price:{price}", "sku:{sku}", "stocked:{stocked}", "delta:{delta}"]
+)]
+async fn priced(price: f64, sku: Sku, stocked: bool, delta: i32) -> f64 {
+    PRICED_RUNS.fetch_add(1, SeqCst);
+    price + f64::from(delta)
+}
+
+/// A tag template writes integers and bools as `format!` does, and other values as their
+/// compact JSON, as the key does: a float keeps its `.0` (`format!` writes `1.0f64` as `1`),
+/// a struct is its JSON object. (So a tag matches across processes and languages.)
+#[tokio::test]
+async fn tag_templates_write_integers_and_bools_as_format_does_and_other_values_as_json() {
+    let call = || {
+        let sku = Sku {
+            shop: 7,
+            code: "a".to_owned(),
+        };
+        priced(1.0, sku, true, -3)
+    };
+    assert_eq!(call().await, -2.0);
+    CACHE.invalidate_tag("price:1").await.unwrap();
+    assert_eq!(call().await, -2.0);
+    assert_eq!(
+        PRICED_RUNS.load(SeqCst),
+        1,
+        "`price:1` is not the float's tag"
+    );
+    for tag in [
+        "price:1.0".to_owned(),
+        r#"sku:{"shop":7,"code":"a"}"#.to_owned(),
+        format!("stocked:{}", true),
+        format!("delta:{}", -3),
+    ] {
+        let runs = PRICED_RUNS.load(SeqCst);
+        CACHE.invalidate_tag(&tag).await.unwrap();
+        assert_eq!(call().await, -2.0);
+        assert_eq!(PRICED_RUNS.load(SeqCst), runs + 1, "{tag} invalidates");
+    }
+}
+
+static SHELF_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+struct Shelf {
+    base: u64,
+}
+
+impl Shelf {
+    #[cached(cache = CACHE, expire = 60, tags = ["shelf:{id}"])]
+    async fn item(self: Arc<Self>, id: u64) -> u64 {
+        SHELF_RUNS.fetch_add(1, SeqCst);
+        self.base + id
+    }
+}
+
+/// A method whose tagged body uses `self` cannot borrow it (the body runs in a spawned task: a
+/// compile error on `&self` says so); with `self: Arc<Self>`, as that error suggests, the `Arc`
+/// moves into the body.
+#[tokio::test]
+async fn a_method_whose_tagged_body_uses_self_takes_an_arc_of_self() {
+    let shelf = Arc::new(Shelf { base: 100 });
+    assert_eq!(Arc::clone(&shelf).item(1).await, 101);
+    assert_eq!(Arc::clone(&shelf).item(1).await, 101);
+    assert_eq!(SHELF_RUNS.load(SeqCst), 1);
+    shelf.item_invalidate(1).await.unwrap();
+    assert_eq!(Arc::clone(&shelf).item(1).await, 101);
+    assert_eq!(SHELF_RUNS.load(SeqCst), 2);
 }
 
 static GAINED_RUNS: AtomicUsize = AtomicUsize::new(0);

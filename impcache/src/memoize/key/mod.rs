@@ -11,11 +11,12 @@ use crate::error::{shown, Error};
 
 use arg::write_arg;
 
-/// A value that can be part of a cache key.
+/// A value that can be written into a cache key or a tag template: the one bound of
+/// `push_json`, `push_template` and `push_tag`, so its message names both uses.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be part of a cache key: it does not implement `serde::Serialize`",
-    label = "this argument is part of the cache key",
-    note = "leave it out of the key with `#[cached(skip(...))]`, or choose the key arguments with `key = \"...\"`"
+    message = "`{Self}` cannot be written into a cache key or a tag template: it must implement `serde::Serialize`",
+    label = "this argument is written into the cache key or a `tags` template",
+    note = "leave it out of the key with `skip(...)` (or choose the key arguments with `key = \"...\"`) and out of `tags` templates"
 )]
 pub trait KeyArg: Serialize {}
 impl<T: Serialize + ?Sized> KeyArg for T {}

@@ -23,4 +23,19 @@ async fn ok_not_serialize(id: u64) -> Result<Row, NotSerde> {
     Ok(Row)
 }
 
+// Left out of the key, but written into a tag: the message names tag templates too.
+struct NoSer;
+
+impl std::fmt::Display for NoSer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no-ser")
+    }
+}
+
+#[cached(expire = 60, skip(n), tags = ["n:{n}"])]
+async fn tag_not_serialize(n: NoSer, x: u64) -> u64 {
+    let _ = n;
+    x
+}
+
 fn main() {}
