@@ -36,7 +36,7 @@
 //! | | |
 //! |---|---|
 //! | **Stored** | GET responses with status 200 ([`methods`](CacheLayer::methods), [`statuses`](CacheLayer::statuses)), bodies up to 1 MiB ([`max_body_size`](CacheLayer::max_body_size)) |
-//! | **HEAD** | answered from the GET entry without a body; a HEAD response is never stored. Otherwise it is answered as a GET is, without a body: the client's honoured directives, the handler timeouts and a stale response standing in for a failed handler apply to it alike |
+//! | **HEAD** | answered from the GET entry without a body; a HEAD response is never stored. Otherwise it is answered as a GET is, without a body: the client's honoured directives, the handler timeouts and a stale response standing in for a failed handler apply to it alike, and a HEAD served stale (or refreshed early) revalidates the URL in the background with a GET, as nginx's `proxy_cache_convert_head` |
 //! | **Never stored** | `Set-Cookie`; `Cache-Control: no-store`, `private`, `no-cache`; `Vary: *`; 206 or `Content-Range`; larger bodies (streamed through, never copied past the limit); trailers; a body that fails or whose client disconnects before its end |
 //! | **Streaming** | a body still arriving when the handler returns streams to the client chunk by chunk while a copy is kept, stored once complete (`Cache-Status: impcache; fwd=uri-miss; detail=streamed`; its computed `ETag` is on the stored entry); a body that is all there is stored before the response leaves |
 //! | **Bypassed** | requests with `Authorization` or `Cookie` (unless [`allow_authenticated`](CacheLayer::allow_authenticated), which then keys by them), `Range` requests, methods not stored |

@@ -195,9 +195,9 @@ where
                         }
                         Judged::Fresh => {
                             counted.count(LayerOutcome::Hit);
-                            if !head && stale::refreshes_early(config, &entry, now) {
+                            if stale::refreshes_early(config, &entry, now) {
                                 let response =
-                                    hit(entry.clone(), request.headers(), false, config, now);
+                                    hit(entry.clone(), request.headers(), head, config, now);
                                 let found = (entry, seen);
                                 revalidate_in_background(
                                     &shared, inner, request, keys, ticket, found,
@@ -232,12 +232,8 @@ where
                                 past,
                                 Why::Revalidating,
                             );
-                            if !head {
-                                let found = (entry, seen);
-                                revalidate_in_background(
-                                    &shared, inner, request, keys, ticket, found,
-                                );
-                            }
+                            let found = (entry, seen);
+                            revalidate_in_background(&shared, inner, request, keys, ticket, found);
                             return Ok(response);
                         }
                         // Stale: the handler answers, the entry stands in if it fails (and, with
@@ -961,6 +957,9 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     };
     let config = Arc::clone(shared);
     let url = keys.url().to_owned();
+    // A HEAD served from the entry revalidates it with the GET whose response it stores, as
+    // nginx's `proxy_cache_convert_head` does.
+    *request.method_mut() = http::Method::GET;
     revalidate::unconditional(request.headers_mut());
     let miss = Miss {
         lead: Some(guard),

@@ -619,6 +619,52 @@ async fn a_head_request_gets_the_stale_response_when_the_handler_fails() {
     }
 }
 
+/// Stale-while-revalidate for a HEAD: answered with the stale entry without a body, and the URL
+/// revalidated in the background with a GET (whose response is stored; nginx's
+/// `proxy_cache_convert_head`). It used to be answered without any revalidation.
+#[tokio::test]
+async fn a_head_request_in_the_stale_window_revalidates_with_a_get() {
+    let methods = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let origin = {
+        let methods = Arc::clone(&methods);
+        tower::service_fn(move |request: Request<Body>| {
+            let mut methods = methods.lock().unwrap();
+            methods.push(request.method().clone());
+            let body = format!("call {}", methods.len());
+            async move { Ok::<_, std::io::Error>(Response::new(Body::from(body))) }
+        })
+    };
+    let layer = layer(memory_cache()).stale_while_revalidate(Duration::from_secs(60));
+    let service = layer.clone().layer(origin);
+    call(&service, "/head-swr").await.unwrap();
+    wait_stored(&layer, "/head-swr").await;
+    past_freshness().await;
+    let response = service
+        .clone()
+        .oneshot(request("HEAD", "/head-swr", &[]))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cache"], "STALE");
+    assert!(response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .is_empty());
+    for _ in 0..200 {
+        if methods.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        *methods.lock().unwrap(),
+        [http::Method::GET, http::Method::GET]
+    );
+    wait_hit(&service, "/head-swr", "call 2").await;
+}
+
 /// Early refresh (issue 15): hits of a hot URL are served fresh as usual, and one of them starts
 /// a background refresh before the entry expires; without it the handler is not called again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
