@@ -57,6 +57,8 @@ per_store!(
     early_refresh_reloads_a_fresh_value_in_the_background,
     the_fail_safe_throttle_answers_stale_without_the_loader,
     a_failed_background_reload_throttles_the_next_ones,
+    a_failed_early_refresh_throttles_the_next_ones,
+    a_successful_load_ends_the_throttle,
     a_window_of_duration_max_keeps_the_value_as_long_as_there_is,
     a_write_right_after_get_or_set_is_not_undone_by_its_store,
 );
@@ -1230,4 +1232,62 @@ async fn a_failed_background_reload_throttles_the_next_ones(backend: Backend) {
     let served = cache.try_get_or_set("k", 60, failing_loader(&runs));
     assert_eq!(served.freshness(policy).await.unwrap(), "old");
     until_runs(&runs, 2).await;
+}
+
+/// An early refresh is a background reload: one that failed throttles the next ones, as a stale
+/// read's does (every fresh read started one: 80 failing loader runs in 100 reads).
+async fn a_failed_early_refresh_throttles_the_next_ones(backend: Backend) {
+    let cache = backend.cache;
+    // A gap far longer than the value's life: every fresh read is due for an early refresh.
+    let policy = Freshness::new()
+        .stale_if_error(MINUTE)
+        .early_refresh(MINUTE)
+        .fail_safe_throttle(THROTTLE);
+    let _: String = cache
+        .get_or_set("k", 10, || async { "old".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let served = cache.try_get_or_set("k", 10, failing_loader(&runs));
+    assert_eq!(served.freshness(policy).await.unwrap(), "old");
+    until_runs(&runs, 1).await;
+    tokio::time::sleep(100 * MS).await;
+    for _ in 0..20 {
+        let served = cache.try_get_or_set("k", 10, failing_loader(&runs));
+        assert_eq!(served.freshness(policy).await.unwrap(), "old");
+        tokio::time::sleep(2 * MS).await;
+    }
+    tokio::time::sleep(100 * MS).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "no early refresh while throttled"
+    );
+}
+
+/// A load that succeeds ends the key's throttle (as in FusionCache, where the factory's value
+/// replaces the throttled entry): once that value is stale, it is reloaded, not served as
+/// throttled for what is left of the throttle.
+async fn a_successful_load_ends_the_throttle(backend: Backend) {
+    let cache = backend.cache;
+    let policy = Freshness::new()
+        .stale_if_error(MINUTE)
+        .fail_safe_throttle(MINUTE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let served = cache.try_get_or_set("k", 60, failing_loader(&runs));
+    assert_eq!(served.freshness(policy).await.unwrap(), "old", "throttled");
+    // A miss loads, and succeeds.
+    cache.delete("k").await.unwrap();
+    stale_entry(&cache, "k", "new", 100 * MS, policy).await;
+    let reloaded: String = cache
+        .get_or_set("k", 60, || async { "newer".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(
+        reloaded, "newer",
+        "the stale value is reloaded, not throttled"
+    );
 }

@@ -206,6 +206,13 @@ impl Config {
         }
     }
 
+    /// A handler call of `url` answered without a server error: its throttle, if any, ends.
+    pub(crate) fn handler_succeeded(&self, url: &str) {
+        if self.fail_safe_throttle.is_some() {
+            impcache::__private::fail_safe::unthrottle(&self.cache, url);
+        }
+    }
+
     /// Whether `url`'s stale response answers without a handler call (a call failed less
     /// than the fail-safe throttle ago).
     pub(crate) fn throttled(&self, url: &str) -> bool {

@@ -284,7 +284,8 @@ impl CacheLayer {
     /// within the [stale-while-revalidate](Self::stale_while_revalidate) or
     /// [stale-if-error](Self::stale_if_error) window (the layer's or the response's) without a
     /// handler call (`Cache-Status: ..; detail=fail-safe-throttle`), so a failing origin is not
-    /// called at the rate of the requests. Per process, as
+    /// called at the rate of the requests; nor is an [early refresh](Self::early_refresh)
+    /// started, and a handler call answering without a server error ends it. Per process, as
     /// [`Freshness::fail_safe_throttle`](impcache::Freshness::fail_safe_throttle) (the same
     /// table); a miss always calls the handler.
     pub fn fail_safe_throttle(self, throttle: Duration) -> Self {

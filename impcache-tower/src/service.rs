@@ -195,7 +195,10 @@ where
                         }
                         Judged::Fresh => {
                             counted.count(LayerOutcome::Hit);
-                            if stale::refreshes_early(config, &entry, now) {
+                            // An early refresh is a background call: not while throttled.
+                            if stale::refreshes_early(config, &entry, now)
+                                && !config.throttled(keys.url())
+                            {
                                 let response =
                                     hit(entry.clone(), request.headers(), head, config, now);
                                 let found = (entry, seen);
@@ -584,6 +587,9 @@ where
             return Err(error);
         }
     };
+    if !response.status().is_server_error() {
+        config.handler_succeeded(url);
+    }
     if head {
         // Never stored: a HEAD response has no body to serve GETs with.
         let mut response = response.map(ResponseBody::inner);

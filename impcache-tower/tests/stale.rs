@@ -665,6 +665,37 @@ async fn a_head_request_in_the_stale_window_revalidates_with_a_get() {
     wait_hit(&service, "/head-swr", "call 2").await;
 }
 
+/// An early refresh is a background handler call: one that failed throttles the next ones, as
+/// a failed revalidation does (every fresh hit started one: 90 calls of a failing handler in 100
+/// hits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_early_refresh_throttles_the_next_ones() {
+    let origin = Origin::new("");
+    // A gap far longer than the lifetime: every fresh hit is due for an early refresh.
+    let layer = layer(memory_cache())
+        .expire(10)
+        .stale_if_error(Duration::from_secs(60))
+        .early_refresh(Duration::from_secs(60))
+        .fail_safe_throttle(THROTTLE);
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/early-throttled").await.unwrap();
+    wait_stored(&layer, "/early-throttled").await;
+    origin.set(Answer::Status(503));
+    call(&service, "/early-throttled").await.unwrap();
+    until_calls(&origin, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        let (status, x_cache, _, body) = call(&service, "/early-throttled").await.unwrap();
+        assert_eq!(
+            (status, x_cache.as_str(), body.as_ref()),
+            (StatusCode::OK, "HIT", &b"call 1"[..])
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.calls(), 2, "no early refresh while throttled");
+}
+
 /// Early refresh (issue 15): hits of a hot URL are served fresh as usual, and one of them starts
 /// a background refresh before the entry expires; without it the handler is not called again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,7 +182,7 @@ pub mod __private {
     /// The fail-safe throttle for `impcache-tower`'s `CacheLayer::fail_safe_throttle`: the same
     /// table of recently failed keys as [`Freshness::fail_safe_throttle`](crate::Freshness::fail_safe_throttle)'s.
     pub mod fail_safe {
-        pub use crate::freshness::throttle_private::{throttle, throttled};
+        pub use crate::freshness::throttle_private::{throttle, throttled, unthrottle};
     }
 
     /// Tag state for `impcache-tower`'s tagged responses (issue 16): the same state keys as

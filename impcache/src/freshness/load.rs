@@ -251,7 +251,8 @@ where
     };
     match policy.state(found.ttl) {
         State::Fresh { left } => {
-            if policy.refresh_early(left) {
+            // An early refresh is a background reload: not while the key's loader is throttled.
+            if policy.refresh_early(left) && !throttled(cache, key, policy) {
                 let replaces = left.map(|left| tokio::time::Instant::now() + left);
                 spawn_refresh(Job { replaces, ..job() }, ticket, loader);
             }
@@ -278,7 +279,7 @@ where
 }
 
 /// Whether `key`'s loader failed within the policy's fail-safe throttle (checked only for a
-/// stale value that may answer).
+/// value that may answer: a stale one, or a fresh one due for an early refresh).
 fn throttled(cache: &Cache, key: &str, policy: &Freshness) -> bool {
     policy.fail_safe_throttle_duration().is_some() && throttle::holds(cache, key)
 }
@@ -580,6 +581,9 @@ pub(super) async fn run<V, E, F, Fut>(
     let encoded = match &loaded {
         // (A `Serialize` that panics is an encoding error: the value answers, unstored.)
         Ok(value) => {
+            if job.policy.fail_safe_throttle_duration().is_some() {
+                throttle::end(&job.cache, &job.key);
+            }
             match std::panic::catch_unwind(AssertUnwindSafe(|| json::encode(&job.key, value)))
                 .unwrap_or_else(|_| Err(serialize_panicked(&job.key)))
             {

@@ -115,6 +115,11 @@ pub(crate) mod throttle_private {
         super::throttle::start(cache, key, throttle);
     }
 
+    /// The handler of `key` succeeded: its throttle, if any, ends.
+    pub fn unthrottle(cache: &crate::Cache, key: &str) {
+        super::throttle::end(cache, key);
+    }
+
     /// Whether the handler of `key` failed less than its throttle ago.
     pub fn throttled(cache: &crate::Cache, key: &str) -> bool {
         super::throttle::holds(cache, key)

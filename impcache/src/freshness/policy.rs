@@ -134,9 +134,10 @@ impl Freshness {
     /// timeout, a panic; in the foreground or in a background reload), for `throttle` the key's
     /// stale value answers at once, within [`stale_if_error`](Freshness::stale_if_error) or
     /// [`stale_while_revalidate`](Freshness::stale_while_revalidate), and no loader runs nor
-    /// background reload starts: a failing origin is not called again at the rate of the
-    /// requests. Per process; past `throttle` (at most a year) the next call loads again. A miss
-    /// (no stale value) always loads. Off by default.
+    /// background reload starts (an [early refresh](Freshness::early_refresh) neither): a
+    /// failing origin is not called again at the rate of the requests. Per process; past
+    /// `throttle` (at most a year) the next call loads again, and a load that succeeds (a miss
+    /// always loads) ends it at once, as in FusionCache. Off by default.
     pub const fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.fail_safe_throttle = Some(throttle);
         self

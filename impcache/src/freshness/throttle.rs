@@ -67,6 +67,12 @@ pub(super) fn start(cache: &Cache, key: &str, throttle: Duration) {
     }
 }
 
+/// The loader of `key` in `cache` succeeded: its throttle, if any, ends (as FusionCache's,
+/// which a successful factory replaces), so the value it loaded is reloaded once stale.
+pub(super) fn end(cache: &Cache, key: &str) {
+    THROTTLED.invalidate(&flight_key(cache, key));
+}
+
 /// Whether the loader of `key` in `cache` failed less than its throttle ago.
 pub(super) fn holds(cache: &Cache, key: &str) -> bool {
     THROTTLED
