@@ -355,12 +355,15 @@ impl CacheLayer {
         self.with(|c| c.tag_prefixes = prefixes)
     }
 
-    /// One handler call per URL across the processes sharing the cache (issue 16), with
+    /// One handler call per response across the processes sharing the cache (issue 16), with
     /// impcache's cross-process [`Lock`](impcache::Lock) (default: none; within one process,
     /// [`coalesce`](Self::coalesce) already makes one call). A miss's leader takes the lock of
-    /// the URL (`SET NX` of `__lock:{record key}`) before calling the handler and releases it once
-    /// the response is stored; the other processes poll the URL's response (5 ms, doubling, at
-    /// most 50 ms) and serve it when it appears. Fail open: past the lock's
+    /// the response (`SET NX` of `__lock:{key}`: its `Vary` or credential variant's key when the
+    /// URL's record names its variants, else the record's) before calling the handler and
+    /// releases it once the response is stored; the other processes poll the response (5 ms,
+    /// doubling, at most 50 ms) and serve it when it appears. Misses of different variants do not
+    /// wait for each other; of a URL not stored yet, they wait for the first response, which
+    /// names the variants, then for their own variant's lock. Fail open: past the lock's
     /// [`wait`](impcache::Lock::wait), or when the cache fails, they call the handler; a lookup
     /// that failed does not try the lock. A miss costs three round trips more (the `SET NX`, a
     /// second lookup, the release); hits cost nothing more.

@@ -88,8 +88,8 @@
 //! tags case-insensitively, as on Cloudflare; `Surrogate-Key` tags as given). A tagged hit
 //! reads its tags' state with its entry, in one round trip once the layer knows the URL's tags
 //! (a second one the first time); an untagged hit is unchanged.
-//! [`CacheLayer::lock`] makes one handler call per URL across processes with impcache's
-//! [`Lock`](impcache::Lock).
+//! [`CacheLayer::lock`] makes one handler call per response (per `Vary` variant) across
+//! processes with impcache's [`Lock`](impcache::Lock).
 //!
 //! ## Metrics
 //!

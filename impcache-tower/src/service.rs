@@ -481,7 +481,7 @@ where
     let locked = if revalidation {
         lock
     } else if may_store && !refresh && !head {
-        match crate::lock::take(config, &keys, &headers, None).await {
+        match crate::lock::take(config, &keys, &headers, seen.as_ref(), None).await {
             Locked::Stored(entry) => {
                 count(LayerOutcome::Hit);
                 return Ok(hit(entry, &headers, false, config, now_ms()));
@@ -990,8 +990,8 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
         // Across processes (`CacheLayer::lock`): tried once; another process holding it
         // revalidates, or has.
         let headers = miss.request.headers();
-        let lock = match crate::lock::take(&config, &miss.keys, headers, miss.stale.as_ref()).await
-        {
+        let (seen, stale) = (miss.seen.as_ref(), miss.stale.as_ref());
+        let lock = match crate::lock::take(&config, &miss.keys, headers, seen, stale).await {
             Locked::Call(lock) => lock,
             Locked::Stored(_) | Locked::Busy => return,
         };

@@ -187,3 +187,78 @@ async fn a_background_revalidation_runs_once_across_processes() {
         "one revalidation across both"
     );
 }
+
+/// Handler calls under way at once, across the processes of a test, and the most there were.
+#[derive(Clone, Default)]
+struct UnderWay {
+    now: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+}
+
+/// A handler answering with the request's `Accept-Language` (`Vary: Accept-Language`); each call
+/// waits (at most a second) until `meet` calls are `under_way` at once.
+fn meeting(layer: CacheLayer, meet: usize, under_way: UnderWay) -> Svc {
+    app(layer, move |_, request| {
+        let under_way = under_way.clone();
+        let language = request.headers()["accept-language"].clone();
+        async move {
+            let now = under_way.now.fetch_add(1, Ordering::SeqCst) + 1;
+            under_way.most.fetch_max(now, Ordering::SeqCst);
+            for _ in 0..100 {
+                if under_way.now.load(Ordering::SeqCst) >= meet {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            under_way.now.fetch_sub(1, Ordering::SeqCst);
+            Response::builder()
+                .header("vary", "accept-language")
+                .body(Body::from(language.to_str().unwrap().to_owned()))
+                .unwrap()
+        }
+    })
+    .0
+}
+
+fn get_in(svc: &Svc, language: &str) -> impl std::future::Future<Output = Seen> + Send + 'static {
+    send(
+        svc,
+        request("GET", "/page", &[("accept-language", language)]),
+    )
+}
+
+/// The lock is the response's: misses of different `Vary` variants of a URL in different
+/// processes call the handler side by side (they queued behind one another on the URL's lock,
+/// each waiting for every call ahead of it: 20 variants of a 100 ms handler took 2.1 s, 0.3 s
+/// without the lock). Of a URL not stored yet, the variants wait once, for the first response,
+/// which names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_of_different_variants_do_not_wait_for_each_other() {
+    let redis = RedisServer::start();
+    let under_way = UnderWay::default();
+    let processes = |meet: usize| -> Vec<Svc> {
+        (0..4)
+            .map(|_| meeting(locked_layer(&redis), meet, under_way.clone()))
+            .collect()
+    };
+    let send_all = |processes: &[Svc], languages: [&'static str; 4]| {
+        let requests: Vec<_> = processes
+            .iter()
+            .zip(languages)
+            .map(|(svc, language)| (tokio::spawn(get_in(svc, language)), language))
+            .collect();
+        async move {
+            for (request, language) in requests {
+                assert_eq!(request.await.unwrap().body, language);
+            }
+        }
+    };
+    // A URL not stored yet: one call first (alone), then the other three side by side.
+    send_all(&processes(3), ["l0", "l1", "l2", "l3"]).await;
+    let most = || under_way.most.load(Ordering::SeqCst);
+    assert_eq!(most(), 3, "the other variants side by side");
+    // A URL whose variants are known: four new ones side by side from the start.
+    under_way.most.store(0, Ordering::SeqCst);
+    send_all(&processes(4), ["m0", "m1", "m2", "m3"]).await;
+    assert_eq!(most(), 4);
+}
