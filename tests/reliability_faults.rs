@@ -609,6 +609,7 @@ async fn a_near_cache_miss_on_a_slow_link_stays_within_the_deadline() {
     // 50 ms each way: the `GET` answers in ~100 ms, within the deadline; the barrier's two
     // `PING`s would take ~200 ms more.
     proxy.set_latency(Duration::from_millis(50));
+    let flushes = cache.near_cache_stats().flushes;
     for i in 0..5 {
         let (result, elapsed) = timed(cache.get::<i32>(&format!("miss-{i}"))).await;
         assert!(
@@ -616,6 +617,9 @@ async fn a_near_cache_miss_on_a_slow_link_stays_within_the_deadline() {
             "a near-cached miss took {elapsed:?} (deadline {DEADLINE:?}): {result:?}"
         );
     }
+    // Each barrier not passed in time dropped the local entries: counted, so that a near cache
+    // a link is too slow for shows.
+    assert!(cache.near_cache_stats().flushes > flushes);
 }
 
 /// Readers looping through a near cache while the server freezes: each read ends within the

@@ -10,8 +10,9 @@
 //! Rounds are numbered; a read that asks while round `n` runs needs round `n + 1` or later. A
 //! round's outcome is published on a `watch` channel; a reader that sees a later round than its
 //! own took the later one's outcome, which began after it asked too. A round whose driver is
-//! dropped mid-way ends as failed (the replies it vouched for are not kept), so no reader waits
-//! on a round nobody drives.
+//! dropped mid-way (its read's deadline ran out, or its caller went away) ends abandoned, so no
+//! reader waits on a round nobody drives: the readers waiting for it begin another one rather
+//! than take the abandoned one's failure for theirs.
 
 use std::future::Future;
 use std::sync::{Mutex, PoisonError};
@@ -32,6 +33,8 @@ pub(super) struct Barrier {
 struct Ended {
     round: u64,
     passed: bool,
+    /// Its driver was dropped mid-round: no outcome.
+    abandoned: bool,
 }
 
 /// What a reader does next.
@@ -68,9 +71,9 @@ impl Barrier {
                     let mut driving = Driving {
                         barrier: self,
                         round: number,
-                        passed: false,
+                        passed: None,
                     };
-                    driving.passed = round().await;
+                    driving.passed = Some(round().await);
                 }
                 Step::Wait(mut ended) => {
                     if !matches!(
@@ -87,7 +90,7 @@ impl Barrier {
     fn next_step(&self, needed: u64) -> Step {
         let mut begun = self.lock();
         let ended = *self.ended.borrow();
-        if ended.round >= needed {
+        if ended.round >= needed && !ended.abandoned {
             return Step::Done(ended.passed);
         }
         if ended.round < *begun {
@@ -104,12 +107,13 @@ impl Barrier {
     }
 }
 
-/// The round a caller drives, ended with its outcome when dropped: `false` unless the caller got
-/// as far as setting it (a caller dropped mid-round fails the round, and no one waits on it).
+/// The round a caller drives, ended with its outcome when dropped: abandoned unless the caller
+/// got as far as setting it (a caller dropped mid-round leaves no one waiting on it).
 struct Driving<'a> {
     barrier: &'a Barrier,
     round: u64,
-    passed: bool,
+    /// `None` until the round has run.
+    passed: Option<bool>,
 }
 
 impl Drop for Driving<'_> {
@@ -118,7 +122,8 @@ impl Drop for Driving<'_> {
         let _begun = self.barrier.lock();
         self.barrier.ended.send_replace(Ended {
             round: self.round,
-            passed: self.passed,
+            passed: self.passed.unwrap_or(false),
+            abandoned: self.passed.is_none(),
         });
     }
 }
@@ -177,7 +182,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         driver.abort();
-        // The drop ended round 1 (as failed): the waiter drives round 2 well within its
+        // The drop ended round 1 (abandoned): the waiter drives round 2 well within its
         // patience, and gets that round's outcome.
         let waited = tokio::time::timeout(PATIENCE / 2, waiter).await;
         assert!(
@@ -186,5 +191,48 @@ mod tests {
         );
         // A failing round's outcome is its callers': the next caller drives round 3.
         assert!(!barrier.pass(PATIENCE, || async { false }).await);
+    }
+
+    #[tokio::test]
+    async fn the_waiters_of_an_abandoned_round_begin_another() {
+        // Round 1 runs; two callers ask meanwhile and need round 2, each with a round that takes
+        // 200 ms. One gives up after 50 ms (its deadline); when it drives round 2, it abandons
+        // it. Which one drives is the scheduler's choice: ten times over, the patient caller
+        // never takes an abandoned round's failure for its own.
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            true
+        };
+        for _ in 0..10 {
+            let barrier = Arc::new(Barrier::new());
+            let first = {
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    let quick = || async {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        true
+                    };
+                    barrier.pass(PATIENCE, quick).await
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let impatient = {
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    let pass = barrier.pass(PATIENCE, slow);
+                    tokio::time::timeout(Duration::from_millis(50), pass).await
+                })
+            };
+            let patient = {
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move { barrier.pass(PATIENCE, slow).await })
+            };
+            assert!(matches!(first.await, Ok(true)));
+            assert!(
+                matches!(impatient.await, Ok(Err(_))),
+                "its deadline ran out"
+            );
+            assert!(matches!(patient.await, Ok(true)));
+        }
     }
 }

@@ -232,7 +232,9 @@ pub struct NearCacheStats {
     /// echo Redis sends of an own write is not counted again).
     pub invalidations: u64,
     /// Times everything local was dropped: the tracking connection lost (once per loss, a
-    /// failover included), a new Cluster slot map, `FLUSHDB` / `FLUSHALL`, `delete_pattern`.
+    /// failover included), a new Cluster slot map, `FLUSHDB` / `FLUSHALL`, `delete_pattern`, a
+    /// read's barrier not passed within its deadline (a link too slow for the near cache shows
+    /// here: it keeps nothing while its status stays `Active`).
     pub flushes: u64,
     /// Entries held now (approximate: moka's count). One whose local lifetime ended is no longer
     /// served but counts until Redis's invalidation of the expired key, a new read of it, or

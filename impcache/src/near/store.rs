@@ -538,6 +538,9 @@ impl Store {
         if matches!(tokio::time::timeout(left, self.barrier()).await, Ok(true)) {
             return Some(ticket);
         }
+        // A flush, counted (`NearCacheStats::flushes`): a link too slow for the barrier within
+        // the deadline shows as flushes, not as a near cache that silently keeps nothing.
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.drop_live();
         None
     }

@@ -4,13 +4,16 @@
 
 use crate::error::{Error, Result};
 
-/// The DSN with any password replaced by `***`: the userinfo before the *last* `@` of the
-/// address (a password may hold unencoded `/`, `?`, `#` and `@`), and a `password=` / `pass=`
-/// query parameter (how the `redis` crate takes a socket's). Works on strings that are not
-/// valid URLs too, since those are the ones that end up in errors: a mistyped separator
-/// (`redis//`, `redis:/`, `redis:///`, none at all) still has its userinfo hidden. Where the
-/// address is ambiguous it hides too much, never too little.
+/// The DSN with any password replaced by `***`: each `password=` / `pass=` query parameter's
+/// value (how the `redis` crate takes a socket's), then the userinfo before the *last* `@` (a
+/// password may hold unencoded `/`, `?`, `#` and `@`; a socket path's `@` after its first `/`
+/// is no userinfo's). Works on strings that are not valid URLs too, since those are the ones
+/// that end up in errors: a mistyped separator (`redis//`, `redis:/`, `redis:///`, none at all)
+/// still has its userinfo hidden. Where the address is ambiguous (an `@` in a query value or a
+/// fragment) it hides too much, never too little.
 pub(crate) fn redact(dsn: &str) -> String {
+    // First, so that an `@` in a hidden value is not taken for the userinfo's.
+    let dsn = hide_query_passwords(dsn);
     // The scheme's letters, then whatever separator follows them (`://` when well formed).
     let scheme_end = dsn
         .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
@@ -29,36 +32,42 @@ pub(crate) fn redact(dsn: &str) -> String {
         &dsn[..separator_end],
         &dsn[separator_end..],
     );
-    // A socket path (`unix:///tmp/a@b.sock`) has no userinfo.
-    let socket = matches!(scheme, "unix" | "redis+unix");
-    let (userinfo, address) = match rest.rfind('@') {
-        Some(at) if !socket => (Some(&rest[..at]), &rest[at + 1..]),
-        _ => (None, rest),
+    let userinfo_end = match scheme {
+        "unix" | "redis+unix" => rest[..rest.find('/').unwrap_or(rest.len())].rfind('@'),
+        _ => rest.rfind('@'),
     };
-    let userinfo = match userinfo.map(|userinfo| userinfo.split_once(':')) {
-        None => String::new(),
-        Some(Some((user, _password))) => format!("{user}:***@"),
+    let Some(at) = userinfo_end else {
+        return dsn;
+    };
+    let (userinfo, address) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{prefix}{user}:***@{address}"),
         // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
-        Some(None) => "***@".to_owned(),
-    };
-    let (address, query) = address.split_at(address.find('?').unwrap_or(address.len()));
-    format!("{prefix}{userinfo}{address}{}", redact_query(query))
+        None => format!("{prefix}***@{address}"),
+    }
 }
 
-/// `query` (from its `?`, with any fragment) with the values of `password` and `pass` replaced.
-fn redact_query(query: &str) -> String {
-    let Some(params) = query.strip_prefix('?') else {
-        return query.to_owned();
-    };
-    let (params, fragment) = params.split_at(params.find('#').unwrap_or(params.len()));
-    let params: Vec<String> = params
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((name, _)) if matches!(name, "password" | "pass") => format!("{name}=***"),
-            _ => param.to_owned(),
-        })
-        .collect();
-    format!("?{}{fragment}", params.join("&"))
+/// `dsn` with the value of each `password=` / `pass=` query parameter (up to the next `&` or
+/// `#`) replaced by `***`.
+fn hide_query_passwords(dsn: &str) -> String {
+    let mut hidden = String::with_capacity(dsn.len());
+    let mut rest = dsn;
+    while let Some(at) = rest.find(['?', '&']) {
+        let (before, param) = rest.split_at(at + 1);
+        hidden.push_str(before);
+        rest = param;
+        let Some(value) = ["password=", "pass="]
+            .iter()
+            .find_map(|name| param.strip_prefix(name))
+        else {
+            continue;
+        };
+        hidden.push_str(&param[..param.len() - value.len()]);
+        hidden.push_str("***");
+        rest = &value[value.find(['&', '#']).unwrap_or(value.len())..];
+    }
+    hidden.push_str(rest);
+    hidden
 }
 
 /// Each DSN redacted, joined with `, `: how a list of addresses appears in an error.
