@@ -220,19 +220,19 @@ impl Config {
             && impcache::__private::fail_safe::throttled(&self.cache, url)
     }
 
-    /// The keys of `request`'s URL (see [`key::request_uri`]); a HEAD request names the GET keys,
-    /// whose entry answers it.
+    /// The keys of `request`'s URL (its path as [`key::request_path`] gives it); a HEAD request
+    /// names the GET keys, whose entry answers it.
     pub(crate) fn request_keys<B>(&self, request: &Request<B>) -> key::UrlKeys {
         let method = if request.method() == Method::HEAD {
             &Method::GET
         } else {
             request.method()
         };
-        let uri = key::request_uri(request);
+        let uri = request.uri();
         key::UrlKeys::new(
             &self.namespace,
             self.host(key::request_host(uri, request.headers())),
-            uri.path(),
+            key::request_path(request),
             uri.query(),
             method,
         )

@@ -67,10 +67,10 @@ impl Pending {
         {
             return None;
         }
-        let uri = key::request_uri(request);
+        let uri = request.uri();
         Some(Pending {
             host: key::request_host(uri, request.headers()).map(str::to_owned),
-            path_and_query: join_path_and_query(uri.path(), uri.query()),
+            path_and_query: join_path_and_query(key::request_path(request), uri.query()),
         })
     }
 

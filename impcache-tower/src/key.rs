@@ -145,18 +145,28 @@ pub(crate) fn split_path_and_query(path_and_query: &str) -> (&str, Option<&str>)
     }
 }
 
-/// The URI a request's keys are made of, which every key of a request is derived from (lookup,
-/// store, invalidation, [`CacheLayer::request_key`](crate::CacheLayer::request_key)): the URI the
-/// client sent. With the `axum` feature that is the request's `axum::extract::OriginalUri` when it
-/// has one: a router `nest`ed under a prefix hands its layers a URI without the prefix (`/x` for
-/// `/a/x`), so that two nested routers with a route of the same path would otherwise share their
-/// keys, and a purge of the URL the client sent would miss. Without it, the request's URI.
-pub(crate) fn request_uri<B>(request: &http::Request<B>) -> &http::Uri {
+/// The path a request's keys are made of (lookup, store, invalidation,
+/// [`CacheLayer::request_key`](crate::CacheLayer::request_key)): the path the client sent. A
+/// router `nest`ed under a prefix hands its layers the path without the prefix (`/x` for
+/// `/a/x`), so that two nested routers with a route of the same path would share their keys,
+/// and a purge of the URL the client sent would miss. With the `axum` feature, the prefix is put
+/// back from the request's `axum::extract::OriginalUri`: when the path the layer sees is what
+/// is left of the original one once a prefix is stripped. Any other change of the path (a
+/// middleware rewriting it) is kept, as the query always is: the handler answers what it is
+/// given. Without the feature, the path the layer sees.
+pub(crate) fn request_path<B>(request: &http::Request<B>) -> &str {
+    let path = request.uri().path();
     #[cfg(feature = "axum")]
-    if let Some(axum::extract::OriginalUri(uri)) = request.extensions().get() {
-        return uri;
+    if let Some(axum::extract::OriginalUri(original)) = request.extensions().get() {
+        let original = original.path();
+        let stripped = original
+            .strip_suffix(path)
+            .or_else(|| (path == "/").then_some(original));
+        if stripped.is_some_and(|prefix| !prefix.is_empty() && prefix.starts_with('/')) {
+            return original;
+        }
     }
-    request.uri()
+    path
 }
 
 /// The host a request names: the URI's authority (an absolute-form request target, or HTTP/2's

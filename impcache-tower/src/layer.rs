@@ -423,8 +423,8 @@ impl CacheLayer {
     /// its record is `{key}:v` (the entry when the response had no `Vary`, else the learned Vary
     /// header names) and each `Vary` (or credential) variant is `{key}:v:{hash}`; see [`key`].
     /// HEAD requests name the GET key. With the `axum` feature, a request that went through a
-    /// router `nest`ed under a prefix names the URL the client sent (its `OriginalUri`), as the
-    /// layer's own keys do.
+    /// router `nest`ed under a prefix names the path the client sent (the prefix put back from
+    /// its `OriginalUri`), as the layer's own keys do.
     pub fn request_key<B>(&self, request: &Request<B>) -> String {
         self.config
             .cache

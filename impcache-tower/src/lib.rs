@@ -25,9 +25,10 @@
 //! is kept (`Infallible` stays `Infallible`).
 //!
 //! Inside a router `nest`ed under a prefix, axum hands the layer the path without the prefix
-//! (`/x` for `/api/x`). With the `axum` feature the layer keys by the URL the client sent
-//! (`axum::extract::OriginalUri`), and so do invalidations, [`CacheLayer::request_key`] and the
-//! URLs given to purges. Without it, apply the layer outside the `nest` (on the outer router):
+//! (`/x` for `/api/x`). With the `axum` feature the layer puts the prefix back from the
+//! request's `axum::extract::OriginalUri`, so it keys by the path the client sent, and so do
+//! invalidations, [`CacheLayer::request_key`] and the URLs given to purges (a path or query
+//! that a middleware rewrote is keyed as the handler sees it). Without it, apply the layer outside the `nest` (on the outer router):
 //! inside, the keys name the stripped path, so that two nested routers sharing a layer and a
 //! route path would share their entries, and a purge of the URL the client sent would miss.
 //!
@@ -36,7 +37,7 @@
 //! | | |
 //! |---|---|
 //! | **Stored** | GET responses with status 200 ([`methods`](CacheLayer::methods), [`statuses`](CacheLayer::statuses)), bodies up to 1 MiB ([`max_body_size`](CacheLayer::max_body_size)) |
-//! | **HEAD** | answered from the GET entry without a body; a HEAD response is never stored. Otherwise it is answered as a GET is, without a body: the client's honoured directives, the handler timeouts and a stale response standing in for a failed handler apply to it alike, and a HEAD served stale (or refreshed early) revalidates the URL in the background with a GET, as nginx's `proxy_cache_convert_head` |
+//! | **HEAD** | answered from the GET entry without a body; a HEAD response is never stored. Otherwise it is answered as a GET is, without a body: the client's honoured directives, `handler_timeout` and `hard_timeout` and a stale response standing in for a failed handler apply to it alike (not `soft_timeout`: a HEAD waits for its handler call), and a HEAD served stale (or refreshed early) revalidates the URL in the background with a GET, as nginx's `proxy_cache_convert_head` |
 //! | **Never stored** | `Set-Cookie`; `Cache-Control: no-store`, `private`, `no-cache`; `Vary: *`; 206 or `Content-Range`; larger bodies (streamed through, never copied past the limit); trailers; a body that fails or whose client disconnects before its end |
 //! | **Streaming** | a body still arriving when the handler returns streams to the client chunk by chunk while a copy is kept, stored once complete (`Cache-Status: impcache; fwd=uri-miss; detail=streamed`; its computed `ETag` is on the stored entry); a body that is all there is stored before the response leaves |
 //! | **Bypassed** | requests with `Authorization` or `Cookie` (unless [`allow_authenticated`](CacheLayer::allow_authenticated), which then keys by them), `Range` requests, methods not stored |

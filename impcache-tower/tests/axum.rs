@@ -295,6 +295,60 @@ async fn nested_routers_sharing_a_layer_keep_their_urls_apart() {
     assert_eq!(body, "from b", "{cache_status}");
 }
 
+/// Only a stripped prefix is put back from the `OriginalUri`: a middleware inside the router
+/// that rewrites the URL (here its query, from a header) changes what the handler answers, and
+/// so the key. Keyed by the `OriginalUri` whole, the request without the header was served the
+/// rewritten request's response.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_url_rewritten_inside_the_router_is_keyed_as_the_handler_sees_it() {
+    let layer = CacheLayer::new(memory_cache());
+    let greet = |axum::extract::RawQuery(query): axum::extract::RawQuery| async move {
+        format!("query={}", query.unwrap_or_default())
+    };
+    let language_to_query = |mut request: Request<Body>| async move {
+        if let Some(language) = request.headers().get("x-lang").cloned() {
+            let rewritten = format!(
+                "{}?lang={}",
+                request.uri().path(),
+                language.to_str().unwrap()
+            );
+            *request.uri_mut() = rewritten.parse().unwrap();
+        }
+        request
+    };
+    let app: Router = Router::new().nest(
+        "/api",
+        Router::new()
+            .route("/greet", get(greet))
+            .layer(layer.clone())
+            .layer(axum::middleware::map_request(language_to_query)),
+    );
+    let french = || {
+        Request::get("/api/greet")
+            .header("host", "example.com")
+            .header("x-lang", "fr")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // Until the rewritten request is a hit: its response is stored (in the background).
+    for _ in 0..400 {
+        let response = app.clone().oneshot(french()).await.unwrap();
+        let hit = response.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .starts_with("impcache; hit");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "query=lang=fr");
+        if hit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (body, cache_status) = nested_get(&app, "GET", "/api/greet").await;
+    assert_eq!(body, "query=", "{cache_status}");
+}
+
 /// Inside a nested router, the URL the client sent is the one stored: `request_key` names its
 /// key, `purge_url` removes it, and an unsafe request to it invalidates it.
 #[cfg(feature = "axum")]
