@@ -131,10 +131,16 @@ pub(crate) fn mentioned(tokens: TokenStream, out: &mut HashSet<String>) {
 /// Whether `tokens` use the variable `name`: as an identifier (in any group), or as a format
 /// string's inline argument (`"{name}"`, `"{name:?}"`), which a closure captures too. An
 /// escaped `"{{name}}"` counts as well (rare: telling it apart would take parsing the format
-/// string).
+/// string). An identifier that is a field or method (`user.name`, `x.name()`), a struct
+/// literal's field or a binding's type (`name: ..`) or a path's first segment (`name::..`) is
+/// not the variable; a `let name` that shadows it still counts (rare: telling it apart would
+/// take resolving scopes).
 pub(crate) fn mentions(tokens: TokenStream, name: &str) -> bool {
-    tokens.into_iter().any(|token| match token {
-        TokenTree::Ident(found) => found == name,
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    tokens.iter().enumerate().any(|(i, token)| match token {
+        TokenTree::Ident(found) => {
+            found == name && !is_member(&tokens[..i]) && !is_punct(tokens.get(i + 1), ':')
+        }
         TokenTree::Group(group) => mentions(group.stream(), name),
         TokenTree::Literal(literal) => {
             let text = literal.to_string();
@@ -146,4 +152,18 @@ pub(crate) fn mentions(tokens: TokenStream, name: &str) -> bool {
         }
         TokenTree::Punct(_) => false,
     })
+}
+
+/// Whether the identifier after `before` follows a single `.`: a field or a method, not a
+/// variable (after the `..` of a range it is a variable).
+fn is_member(before: &[TokenTree]) -> bool {
+    match before {
+        [.., previous, dot] => is_punct(Some(dot), '.') && !is_punct(Some(previous), '.'),
+        [dot] => is_punct(Some(dot), '.'),
+        [] => false,
+    }
+}
+
+fn is_punct(token: Option<&TokenTree>, c: char) -> bool {
+    matches!(token, Some(TokenTree::Punct(punct)) if punct.as_char() == c)
 }

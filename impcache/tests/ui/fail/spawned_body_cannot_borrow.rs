@@ -72,4 +72,23 @@ async fn function_argument(parse: fn(&str) -> u64, id: u64) -> u64 {
     parse("1") + id
 }
 
+// A field, a method or a struct literal's field named like a borrowed key argument is not that
+// argument: the body does not use it.
+struct User {
+    name: String,
+}
+
+fn lookup() -> User {
+    User {
+        name: "ann".to_owned(),
+    }
+}
+
+#[cached(expire = 60, lock)]
+async fn field_named_like_an_argument(name: &str) -> String {
+    let user = lookup();
+    let copy = User { name: user.name.clone() };
+    copy.name.trim().to_owned()
+}
+
 fn main() {}
