@@ -247,8 +247,8 @@ const SHOWN_QUOTED_CHARS: usize = 64;
 #[cold]
 pub(crate) fn decode_error(key: String, source: serde_json::Error) -> Error {
     let message = source.to_string();
-    let cut = cut_quoted(&message, SHOWN_QUOTED_CHARS);
-    let source = if cut.len() < message.len() {
+    let cut = cut_quoted(&message, SHOWN_QUOTED_CHARS, true);
+    let source = if cut != message {
         serde_json::Error::custom(cut)
     } else {
         source
@@ -256,14 +256,15 @@ pub(crate) fn decode_error(key: String, source: serde_json::Error) -> Error {
     Error::Decode { key, source }
 }
 
-/// `message` with what each `"…"` (escaped as `{:?}` writes it) or `` `…` `` quotes cut to
-/// `keep` characters, marked with `…`: serde's messages quote the values and names they refuse.
-pub(crate) fn cut_quoted(message: &str, keep: usize) -> String {
+/// `message` with what each `"…"` (a value, escaped as `{:?}` writes it) and, with `names`,
+/// each `` `…` `` (a field or variant name) quotes cut to `keep` characters, marked with `…`:
+/// serde's messages quote the values and names they refuse.
+pub(crate) fn cut_quoted(message: &str, keep: usize, names: bool) -> String {
     let mut cut = String::with_capacity(message.len().min(4 * 1024));
     let mut chars = message.chars();
     while let Some(c) = chars.next() {
         cut.push(c);
-        if c != '"' && c != '`' {
+        if c != '"' && !(names && c == '`') {
             continue;
         }
         let (mut shown, mut escaped, mut closed) = (0, false, false);

@@ -199,18 +199,31 @@ fn decode_errors_show_a_bounded_part_of_the_value() {
 #[test]
 fn quoted_parts_are_cut() {
     assert_eq!(
-        cut_quoted(r#"string "abcdef", expected u64"#, 3),
+        cut_quoted(r#"string "abcdef", expected u64"#, 3, true),
         r#"string "abc…", expected u64"#
     );
     assert_eq!(
-        cut_quoted(r#"string "a\"bc\\", expected"#, 0),
+        cut_quoted(r#"string "a\"bc\\", expected"#, 0, true),
         r#"string "…", expected"#
     );
-    assert_eq!(cut_quoted(r#"string "a\"b""#, 10), r#"string "a\"b""#);
+    assert_eq!(cut_quoted(r#"string "a\"b""#, 10, true), r#"string "a\"b""#);
     assert_eq!(
-        cut_quoted("unknown field `secret`, expected `a`", 0),
+        cut_quoted("unknown field `secret`, expected `a`", 0, true),
         "unknown field `…`, expected `…`"
     );
-    assert_eq!(cut_quoted("unclosed \"abc", 1), "unclosed \"a…");
-    assert_eq!(cut_quoted("no quotes", 0), "no quotes");
+    assert_eq!(cut_quoted("unclosed \"abc", 1, true), "unclosed \"a…");
+    assert_eq!(cut_quoted("no quotes", 0, true), "no quotes");
+    assert_eq!(
+        cut_quoted("missing field `name`", 0, false),
+        "missing field `name`"
+    );
+    // One character over the limit is cut too, though `…` makes the message no shorter.
+    let value = serde_json::to_vec(&"x".repeat(SHOWN_QUOTED_CHARS + 1)).unwrap();
+    let error = decode::<u64>(|| "k".to_owned(), &value).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("{}…", "x".repeat(SHOWN_QUOTED_CHARS))),
+        "{error}"
+    );
 }

@@ -34,8 +34,9 @@ impl fmt::Display for LoggedError<'_> {
         }
         f.write_str(error_kind(self.error))?;
         if let Error::Decode { source, .. } = self.error {
-            // What serde_json quotes is the stored value: data, as keys are.
-            return write!(f, ": {}", cut_quoted(&source.to_string(), 0));
+            // The values serde_json quotes are stored data, as keys are; the field and variant
+            // names (in backticks) are the type's, and say what changed.
+            return write!(f, ": {}", cut_quoted(&source.to_string(), 0, false));
         }
         match self.error.source() {
             Some(source) => write!(f, ": {source}"),
@@ -105,5 +106,19 @@ mod tests {
             r#"decode: invalid type: string "…", expected u64 at line 1 column 7"#
         );
         assert!(logged(true).to_string().contains("alice"), "{error}");
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)] // only decoded
+        struct Profile {
+            name: String,
+        }
+        let error = crate::json::decode::<Profile>(|| "k".to_owned(), b"{}").unwrap_err();
+        let logged = LoggedError {
+            error: &error,
+            record_keys: false,
+        };
+        assert_eq!(
+            logged.to_string(),
+            "decode: missing field `name` at line 1 column 2"
+        );
     }
 }
