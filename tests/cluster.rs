@@ -992,3 +992,42 @@ async fn an_early_client_error_names_its_cause_and_the_time_waited() {
         assert!(elapsed < deadline, "{operation}: {elapsed:?}");
     }
 }
+
+/// A key being migrated between two healthy primaries (answered with `ASK`, so routed through the
+/// cluster client) is served while a third, unrelated primary is frozen. The client's connection
+/// (its topology discovery, about 500 ms with a node frozen) was made inside each call's deadline
+/// (500 ms): cut short every time, it never ended, and 0 of 20 calls in 6 s succeeded. It is now
+/// made in a task of its own: a first call may time out, a later one finds it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_key_is_served_while_an_unrelated_primary_is_frozen() {
+    let cluster = RedisCluster::start(3, 0);
+    let cache = Cache::builder(repository(&cluster, Duration::from_millis(500)))
+        .key_prefix("{ask}")
+        .build();
+    cache.set("k", &1, 100).await.unwrap();
+    let slot = cluster.slot_of("{ask}");
+    let from = cluster.primary_for("{ask}");
+    let others: Vec<u16> = cluster
+        .primaries()
+        .into_iter()
+        .filter(|port| *port != from)
+        .collect();
+    let (to, unrelated) = (others[0], others[1]);
+    cluster.begin_migration(slot, from, to);
+    assert_eq!(cluster.migrate_keys(slot, from, to, 10), 1);
+    let _frozen = cluster.freeze_node(unrelated);
+    let started = Instant::now();
+    loop {
+        match cache.get::<i32>("k").await {
+            Ok(found) => {
+                assert_eq!(found, Some(1));
+                break;
+            }
+            Err(error) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never served: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -4,13 +4,13 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use redis::cluster_async::ClusterConnection;
 use redis::RedisError;
 
-use super::RedisClusterCacheRepository;
+use super::{Inner, RedisClusterCacheRepository};
 use crate::error::Result;
 use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
 use crate::repository::failure::{Failed, Failure};
@@ -21,14 +21,17 @@ const RESET_AFTER_FAILURES: u32 = 3;
 
 impl RedisClusterCacheRepository {
     pub(super) fn current(&self) -> Option<(u64, ClusterConnection, Option<tokio::runtime::Id>)> {
-        self.inner
-            .connection
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        current(&self.inner)
     }
 
     /// The cluster connection, made (topology discovered) on first use and after a reset.
+    ///
+    /// Made in a task of its own, which a caller's deadline does not cut short: discovery asks
+    /// every configured node, and with one frozen it takes the `redis` crate's own timeouts
+    /// (about 500 ms), as long as the default deadline. Cut short each time, it never ended,
+    /// and every key routed through the client (a redirected one) failed while a node it does
+    /// not live on was frozen. Now the first call may time out, and a later one finds the
+    /// connection made.
     pub(super) async fn connection(&self) -> redis::RedisResult<Opened<ClusterConnection>> {
         let opened = |(generation, handle, runtime)| Opened {
             generation,
@@ -38,20 +41,15 @@ impl RedisClusterCacheRepository {
         if let Some(current) = self.current() {
             return Ok(opened(current));
         }
-        let _connecting = self.inner.connecting.lock().await;
-        if let Some(current) = self.current() {
-            return Ok(opened(current));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return connect(Arc::clone(&self.inner)).await.map(opened);
+        };
+        let connecting = runtime.spawn(connect(Arc::clone(&self.inner)));
+        match connecting.await {
+            Ok(connected) => connected.map(opened),
+            // The task panicked or its runtime shut down: no connection.
+            Err(error) => Err(RedisError::from(std::io::Error::other(error.to_string()))),
         }
-        let connection = self.inner.client.get_async_connection().await?;
-        // From 1: the call policy reads 0 as "no connection".
-        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let current = (generation, connection, current_runtime());
-        *self
-            .inner
-            .connection
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
-        Ok(opened(current))
     }
 
     /// Drops the cluster connection `generation` if it is still the current one; `true` if it
@@ -108,6 +106,35 @@ impl RedisClusterCacheRepository {
             .await
             .map_err(Failed::into_error)
     }
+}
+
+/// The current cluster connection of `inner`, if any.
+fn current(inner: &Inner) -> Option<(u64, ClusterConnection, Option<tokio::runtime::Id>)> {
+    inner
+        .connection
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// Makes the cluster connection of `inner` unless another connect made it meanwhile (one
+/// connect at a time), and keeps it as the current one.
+async fn connect(
+    inner: Arc<Inner>,
+) -> redis::RedisResult<(u64, ClusterConnection, Option<tokio::runtime::Id>)> {
+    let _connecting = inner.connecting.lock().await;
+    if let Some(current) = current(&inner) {
+        return Ok(current);
+    }
+    let connection = inner.client.get_async_connection().await?;
+    // From 1: the call policy reads 0 as "no connection".
+    let generation = inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
+    let current = (generation, connection, current_runtime());
+    *inner
+        .connection
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
+    Ok(current)
 }
 
 /// The cluster client's hooks of the call policy: an outage counts towards replacing the cluster
