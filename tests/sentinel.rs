@@ -503,3 +503,35 @@ fn a_finished_runtime_leaves_nothing_that_fails_a_call() {
         .expect("a get from a fifth runtime");
     assert_eq!(got, Some(2));
 }
+
+/// A first Sentinel that accepts connections and never answers (a powered-off host, dropped
+/// packets) does not keep the healthy second one's answer from the calls. The `redis` crate takes
+/// the Sentinels' answers in order, so a lookup waits out the silent one's timeout (about a
+/// second): cut short by each call's deadline (500 ms by default), it never ended, and no call
+/// reached the primary (12 timeouts, then the breaker open, for 10 s). It now runs in a task of
+/// its own: a first call may time out, a later one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_first_sentinel_does_not_keep_the_second_ones_answer_from_the_calls() {
+    let group = SentinelGroup::start();
+    let silent = impcache_tests::FaultProxy::start(impcache_tests::free_port()).await;
+    silent.blackhole();
+    let repository = RedisSentinelCacheRepository::builder(
+        [
+            format!("redis://127.0.0.1:{}", silent.port()),
+            group.sentinel_url(),
+        ],
+        SENTINEL_SERVICE,
+    )
+    .build()
+    .unwrap();
+    let cache = Cache::new(repository);
+    let started = Instant::now();
+    while let Err(error) = cache.set("k", &1, 100).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never served through the second Sentinel: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
+}

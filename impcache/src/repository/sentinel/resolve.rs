@@ -49,11 +49,28 @@ impl RedisSentinelCacheRepository {
     /// The primary to use: the current one, or the Sentinels' answer when there is none or an
     /// error made it stale. One lookup at a time; callers waiting meanwhile take its answer. When
     /// no Sentinel answers, the last known primary is used again.
+    ///
+    /// The lookup runs in a task of its own, which a caller's deadline does not cut short: the
+    /// `redis` crate asks the Sentinels at once but takes their answers in the configured order,
+    /// so one that accepts connections and never answers holds the others' answers for its
+    /// connection's timeout (about a second), longer than the default deadline. Cut short each
+    /// time, the lookup never ended and no call reached the primary. Now a first call may time
+    /// out, and a later one finds the primary.
     pub(super) async fn primary(&self) -> redis::RedisResult<Primary> {
         if let Some(primary) = self.fresh() {
             return Ok(primary);
         }
-        self.lookup(true).await
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.lookup(true).await;
+        };
+        let this = self.clone();
+        match runtime.spawn(async move { this.lookup(true).await }).await {
+            Ok(found) => found,
+            // The task panicked or its runtime shut down: no primary.
+            Err(error) => Err(redis::RedisError::from(std::io::Error::other(
+                error.to_string(),
+            ))),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -81,8 +98,9 @@ impl RedisSentinelCacheRepository {
             return;
         }
         let this = self.clone();
+        // Not cut short by the deadline either (see `primary`): it runs in the background.
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(this.inner.deadline, this.lookup(false)).await;
+            let _ = this.lookup(false).await;
         });
     }
 
