@@ -226,6 +226,44 @@ where
     }
 }
 
+/// The longest a connection or a Sentinel lookup runs in the background
+/// ([`open_in_background`]): well past the `redis` crate's own timeouts (about a second), so
+/// that it ends on its own, yet it cannot hold its lock forever.
+#[cfg(any(feature = "cluster", feature = "sentinel"))]
+pub(crate) const BACKGROUND_OPEN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs `open` (making the cluster client's connection, finding the Sentinels' primary) in a task
+/// of its own, which the caller's deadline does not cut short: when it takes longer than one
+/// call's deadline (a frozen node or Sentinel costs the `redis` crate's own timeouts, about as
+/// long as the default deadline), a call cut short each time would start it again from scratch
+/// and it would never end. The caller may time out; the task goes on, bounded by
+/// [`BACKGROUND_OPEN_LIMIT`], and a later call finds what it made. Without a runtime, in place.
+#[cfg(any(feature = "cluster", feature = "sentinel"))]
+pub(crate) async fn open_in_background<T, Fut>(open: Fut) -> redis::RedisResult<T>
+where
+    T: Send + 'static,
+    Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
+{
+    let bounded = async move {
+        tokio::time::timeout(BACKGROUND_OPEN_LIMIT, open)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no connection within the background limit",
+                )))
+            })
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return bounded.await;
+    };
+    match runtime.spawn(bounded).await {
+        Ok(opened) => opened,
+        // The task panicked or its runtime shut down: nothing opened.
+        Err(error) => Err(RedisError::from(std::io::Error::other(error.to_string()))),
+    }
+}
+
 /// The tokio runtime this code runs on, if any.
 pub(crate) fn current_runtime() -> Option<tokio::runtime::Id> {
     tokio::runtime::Handle::try_current()

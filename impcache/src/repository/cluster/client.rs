@@ -24,14 +24,11 @@ impl RedisClusterCacheRepository {
         current(&self.inner)
     }
 
-    /// The cluster connection, made (topology discovered) on first use and after a reset.
-    ///
-    /// Made in a task of its own, which a caller's deadline does not cut short: discovery asks
-    /// every configured node, and with one frozen it takes the `redis` crate's own timeouts
-    /// (about 500 ms), as long as the default deadline. Cut short each time, it never ended,
-    /// and every key routed through the client (a redirected one) failed while a node it does
-    /// not live on was frozen. Now the first call may time out, and a later one finds the
-    /// connection made.
+    /// The cluster connection, made (topology discovered) on first use and after a reset, in a
+    /// task of its own ([`call::open_in_background`]): discovery asks every configured node, and
+    /// with one frozen it takes about 500 ms, as long as the default deadline. Cut short by each
+    /// call, it never ended, and every key routed through the client (a redirected one) failed
+    /// while a node it does not live on was frozen.
     pub(super) async fn connection(&self) -> redis::RedisResult<Opened<ClusterConnection>> {
         let opened = |(generation, handle, runtime)| Opened {
             generation,
@@ -41,15 +38,9 @@ impl RedisClusterCacheRepository {
         if let Some(current) = self.current() {
             return Ok(opened(current));
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return connect(Arc::clone(&self.inner)).await.map(opened);
-        };
-        let connecting = runtime.spawn(connect(Arc::clone(&self.inner)));
-        match connecting.await {
-            Ok(connected) => connected.map(opened),
-            // The task panicked or its runtime shut down: no connection.
-            Err(error) => Err(RedisError::from(std::io::Error::other(error.to_string()))),
-        }
+        call::open_in_background(connect(Arc::clone(&self.inner)))
+            .await
+            .map(opened)
     }
 
     /// Drops the cluster connection `generation` if it is still the current one; `true` if it

@@ -7,7 +7,7 @@ use std::sync::PoisonError;
 use std::time::Instant;
 
 use super::{Primary, RedisSentinelCacheRepository, State};
-use crate::repository::call::{Attempt, Call, Limits, Opened, Target};
+use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::failure::{Failed, Failure, Waited};
 use crate::repository::redis::RedisCacheRepository;
 
@@ -50,27 +50,17 @@ impl RedisSentinelCacheRepository {
     /// error made it stale. One lookup at a time; callers waiting meanwhile take its answer. When
     /// no Sentinel answers, the last known primary is used again.
     ///
-    /// The lookup runs in a task of its own, which a caller's deadline does not cut short: the
-    /// `redis` crate asks the Sentinels at once but takes their answers in the configured order,
-    /// so one that accepts connections and never answers holds the others' answers for its
-    /// connection's timeout (about a second), longer than the default deadline. Cut short each
-    /// time, the lookup never ended and no call reached the primary. Now a first call may time
-    /// out, and a later one finds the primary.
+    /// The lookup runs in a task of its own ([`call::open_in_background`]): the `redis` crate
+    /// asks the Sentinels at once but takes their answers in the configured order, so one that
+    /// accepts connections and never answers holds the others' answers for about a second,
+    /// longer than the default deadline. Cut short by each call, the lookup never ended and no
+    /// call reached the primary.
     pub(super) async fn primary(&self) -> redis::RedisResult<Primary> {
         if let Some(primary) = self.fresh() {
             return Ok(primary);
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.lookup(true).await;
-        };
         let this = self.clone();
-        match runtime.spawn(async move { this.lookup(true).await }).await {
-            Ok(found) => found,
-            // The task panicked or its runtime shut down: no primary.
-            Err(error) => Err(redis::RedisError::from(std::io::Error::other(
-                error.to_string(),
-            ))),
-        }
+        call::open_in_background(async move { this.lookup(true).await }).await
     }
 
     fn now_ms(&self) -> u64 {
@@ -98,9 +88,9 @@ impl RedisSentinelCacheRepository {
             return;
         }
         let this = self.clone();
-        // Not cut short by the deadline either (see `primary`): it runs in the background.
+        // Not cut short by the deadline either (see `primary`), but bounded.
         tokio::spawn(async move {
-            let _ = this.lookup(false).await;
+            let _ = tokio::time::timeout(call::BACKGROUND_OPEN_LIMIT, this.lookup(false)).await;
         });
     }
 
