@@ -242,8 +242,8 @@ pub(crate) fn decode<V: DeserializeOwned>(key: impl FnOnce() -> String, bytes: &
 const SHOWN_QUOTED_CHARS: usize = 64;
 
 /// [`Error::Decode`] of `source` at `key`, each quoted part of its message cut to
-/// [`SHOWN_QUOTED_CHARS`]. A message cut is rebuilt as a custom error, which keeps the
-/// location as text (`at line 1 column 9`) and the category (a data error) but not as numbers.
+/// [`SHOWN_QUOTED_CHARS`]. A message cut is rebuilt as a custom error: a data error, whose line
+/// and column serde_json reads back from the message's `at line 1 column 9`.
 #[cold]
 pub(crate) fn decode_error(key: String, source: serde_json::Error) -> Error {
     let message = source.to_string();

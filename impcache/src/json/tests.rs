@@ -186,7 +186,8 @@ fn decode_errors_show_a_bounded_part_of_the_value() {
     assert!(message.contains("expected u64"), "{message}");
     assert!(message.contains("at line 1 column"), "{message}");
     assert!(
-        matches!(&error, Error::Decode { source, .. } if source.is_data()),
+        matches!(&error, Error::Decode { source, .. }
+            if source.is_data() && source.line() == 1 && source.column() > 100_000),
         "{error:?}"
     );
     // A short message is left as serde_json wrote it (its line and column as numbers).

@@ -477,7 +477,7 @@ impl Store {
 
     /// Counts `count` keys read from the remote without keeping their replies; whether the
     /// near cache is active (then the read is settled with [`Store::settle_many`]).
-    pub(crate) fn count_remote(&self, count: usize) -> bool {
+    fn count_remote(&self, count: usize) -> bool {
         let active = self.active();
         let counter = if active { &self.misses } else { &self.bypassed };
         counter.add(count as u64);
@@ -539,9 +539,12 @@ impl Store {
             return Some(ticket);
         }
         // A flush, counted (`NearCacheStats::flushes`): a link too slow for the barrier within
-        // the deadline shows as flushes, not as a near cache that silently keeps nothing.
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        self.drop_live();
+        // the deadline shows as flushes, not as a near cache that silently keeps nothing. Not
+        // when tracking was lost meanwhile: that loss dropped everything, and counted once.
+        if self.active() {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            self.drop_live();
+        }
         None
     }
 
