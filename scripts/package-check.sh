@@ -49,6 +49,8 @@ mkdir "$work/packages"
   echo ']'
   echo '[patch.crates-io]'
   for crate in "${crates[@]}"; do echo "$crate = { path = \"$crate-$version\" }"; done
+  # The root workspace's debug profile, so these builds share its dependencies and stay small.
+  sed -n '/^\[profile\.dev\]/,/^\[profile\.bench\]/p' Cargo.toml | grep -v '^\[profile\.bench\]'
 } >"$work/packages/Cargo.toml"
 for crate in "${crates[@]}"; do
   tar -xzf "target/package/$crate-$version.crate" -C "$work/packages"
@@ -92,7 +94,8 @@ fn main() {
 }
 RUST
 # The workspace's versions again (a user gets the newest), and the same target directory: the
-# check stays deterministic and reuses step 2's builds.
+# check stays deterministic and reuses step 2's builds (built without debug information, as the
+# workspace's profile builds dependencies).
 cp Cargo.lock "$work/install/app/"
-CARGO_TARGET_DIR="$root/target" cargo build --manifest-path "$work/install/app/Cargo.toml"
+CARGO_PROFILE_DEV_DEBUG=false CARGO_TARGET_DIR="$root/target" cargo build --manifest-path "$work/install/app/Cargo.toml"
 echo "package check: ok"
