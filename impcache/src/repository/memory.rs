@@ -18,8 +18,11 @@ use crate::progress::{DeleteProgress, Report};
 /// Default capacity: 256 MiB of keys and values.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Bytes counted for each entry on top of its key and value (moka's own bookkeeping).
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Bytes counted for each entry on top of its key and value: moka's own bookkeeping with a
+/// per-entry expiry, measured at 372 heap bytes per entry over 1 M entries (BENCHMARKS.md,
+/// "Memory per entry", the row of this shape), so that the bound holds for the heap. The near
+/// cache counts the same (`near/weight.rs`).
+const ENTRY_OVERHEAD_BYTES: usize = 384;
 
 /// An in-process repository: the default for tests, single-instance services and local
 /// development, with the same semantics as the Redis repository.
@@ -154,13 +157,17 @@ impl MemoryCacheRepository {
         }
     }
 
-    /// The number of live entries (approximate while writes are in flight).
+    /// The number of entries kept (approximate while writes are in flight). Entries that expired
+    /// within about the last second may still count: moka's housekeeping removes them on a
+    /// timer wheel of about one second, run by the repository's calls (they are never returned).
     pub fn entry_count(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.entry_count()
     }
 
-    /// Bytes used by keys, values and per-entry overhead (approximate while writes are in flight).
+    /// Bytes used by keys, values and per-entry overhead (approximate while writes are in flight;
+    /// entries that expired within about the last second may still count, as for
+    /// [`entry_count`](Self::entry_count)).
     pub fn weighted_size(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.weighted_size()
@@ -324,8 +331,8 @@ impl Default for MemoryCacheRepository {
 impl fmt::Debug for MemoryCacheRepository {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryCacheRepository")
-            .field("entry_count", &self.entries.entry_count())
-            .field("weighted_size", &self.entries.weighted_size())
+            .field("entry_count", &self.entry_count())
+            .field("weighted_size", &self.weighted_size())
             .field("max_capacity_bytes", &self.entries.policy().max_capacity())
             .finish()
     }
@@ -339,8 +346,8 @@ pub struct MemoryCacheRepositoryBuilder {
 }
 
 impl MemoryCacheRepositoryBuilder {
-    /// The most bytes (keys + values + 64 bytes per entry) kept before evicting; a single entry
-    /// larger than this is refused with [`Error::ValueTooLarge`].
+    /// The most bytes (keys + values + 384 bytes per entry, moka's bookkeeping) kept before
+    /// evicting; a single entry larger than this is refused with [`Error::ValueTooLarge`].
     pub fn max_capacity_bytes(mut self, bytes: u64) -> Self {
         self.max_capacity_bytes = bytes;
         self
@@ -390,7 +397,14 @@ impl CacheRepository for MemoryCacheRepository {
         entries: &'a [(&'a str, Bytes)],
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
-        let result = self.set_many_now(entries, expiry);
+        // Called through the trait, the values of one call may share one buffer (see the trait's
+        // docs): each is copied, so that a kept value does not hold the whole buffer. (`Cache`
+        // calls `set_many_now` directly with values of their own.)
+        let copies: Vec<(&str, Bytes)> = entries
+            .iter()
+            .map(|(key, value)| (*key, Bytes::copy_from_slice(value)))
+            .collect();
+        let result = self.set_many_now(&copies, expiry);
         Box::pin(async move { result })
     }
 
@@ -504,6 +518,46 @@ mod tests {
         let used = repository.weighted_size();
         assert!(used <= CAPACITY, "{used} bytes used");
         assert!(used > CAPACITY * 9 / 10, "{used} bytes used: not full");
+        Ok(())
+    }
+
+    /// Values given through the trait's `set_many` may share one buffer (as `Cache` packs them
+    /// for other repositories): each is kept as a copy, so that a small value does not hold a
+    /// whole buffer alive while weighing only its own bytes.
+    #[test]
+    fn values_set_through_the_trait_are_kept_as_copies() -> Result<()> {
+        use futures_util::FutureExt;
+
+        let repository = MemoryCacheRepository::new();
+        let buffer = Bytes::from_static(b"12");
+        let entries = [("a", buffer.slice(0..1)), ("b", buffer.slice(1..2))];
+        let written = CacheRepository::set_many(&repository, &entries, Expiry::Never).now_or_never();
+        assert!(matches!(written, Some(Ok(()))), "{written:?}");
+        let buffer_bytes = buffer.as_ptr_range();
+        for key in ["a", "b"] {
+            let kept = repository.get_now(key).unwrap_or_default();
+            assert_eq!(kept.len(), 1, "{key}");
+            assert!(
+                !buffer_bytes.contains(&kept.as_ptr()),
+                "{key} is kept in the caller's buffer"
+            );
+        }
+        Ok(())
+    }
+
+    /// An entry weighs its key, its value and the measured bookkeeping; `Debug` shows the
+    /// counts as the accessors do (after moka's pending work).
+    #[test]
+    fn weight_and_debug_count_what_was_written() -> Result<()> {
+        let repository = MemoryCacheRepository::new();
+        repository.set_now("key".to_owned(), Bytes::from_static(b"value"), Expiry::Never)?;
+        repository.set_now("other".to_owned(), Bytes::from_static(b"1"), Expiry::Never)?;
+        let shown = format!("{repository:?}");
+        assert!(shown.contains("entry_count: 2"), "{shown}");
+        assert_eq!(
+            repository.weighted_size(),
+            (3 + 5 + ENTRY_OVERHEAD_BYTES + 5 + 1 + ENTRY_OVERHEAD_BYTES) as u64
+        );
         Ok(())
     }
 }
