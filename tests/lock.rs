@@ -4,8 +4,9 @@
 //! store, or (feature `cluster`) the shared Redis Cluster. `per_store!` instantiates each
 //! `async fn(Store)` once per store.
 //!
-//! No timing assertions: the loader is held at a gate while the others wait, and a killed owner
-//! is a tokio runtime shut down with its task mid-load.
+//! No timing assertions but one generous bound far below a lock's lifetime (a lost release is
+//! retried): the loader is held at a gate while the others wait, and a killed owner is a tokio
+//! runtime shut down with its task mid-load.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -465,6 +466,79 @@ async fn a_loader_panicking_before_its_future_releases_the_lock() {
         .await;
     assert!(got.unwrap_err().to_string().contains("panicked"));
     released(&cache).await;
+}
+
+/// The owner's connection is reset between its failed load and its release (a network blip,
+/// the connection reconnecting right after): the release (a compare-and-delete, safe to repeat)
+/// fails, and is retried in the background until it lands, so another process takes the lock
+/// at once rather than waiting for its whole lifetime (8 s; the bound, 3 s, is generous).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_lost_to_a_connection_reset_is_retried() {
+    let server = impcache_tests::RedisServer::start();
+    let proxy = impcache_tests::FaultProxy::start(server.port()).await;
+    let cache_on = |url: String| {
+        let repository = RedisCacheRepository::builder(url)
+            .deadline(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        Cache::new(repository)
+    };
+    let (owner, other) = (cache_on(proxy.url()), cache_on(server.url()));
+    let lifetime = Duration::from_secs(8);
+    let policy = Freshness::new()
+        .hard_timeout(Duration::from_secs(1))
+        .lock(Lock::new().lifetime(lifetime));
+    let gate = Arc::new(Semaphore::new(0));
+    let failing = tokio::spawn({
+        let (owner, gate) = (owner.clone(), gate.clone());
+        async move {
+            let loader = || async move {
+                drop(gate.acquire().await.unwrap());
+                Err(Error::Loader {
+                    key: "k".into(),
+                    reason: "the origin is down".into(),
+                })
+            };
+            let failed: Result<String, Error> = owner
+                .try_get_or_set("k", 60, loader)
+                .freshness(policy)
+                .await;
+            failed
+        }
+    });
+    tokio::time::timeout(HANG, async {
+        while other.get_raw("__lock:k").await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the owner takes the lock");
+    // The owner's connection is reset while its loader runs; its release is the next command.
+    proxy.reset_all();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(1);
+    assert!(tokio::time::timeout(HANG, failing)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_err());
+    let started = std::time::Instant::now();
+    let got: String = tokio::time::timeout(
+        HANG,
+        other
+            .get_or_set("k", 60, || async { "other".to_owned() })
+            .freshness(policy)
+            .into_future(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(got, "other");
+    assert!(
+        waited < Duration::from_secs(3),
+        "waited {waited:?} for a lock released by no one (lifetime {lifetime:?})"
+    );
 }
 
 /// A lock that would expire before the loader's hard timeout is refused before anything runs.

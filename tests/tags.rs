@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use impcache::{Cache, Freshness, RedisCacheRepository, TagInvalidation};
+use impcache::{Cache, Freshness, NearCache, RedisCacheRepository, TagInvalidation};
 use impcache_tests::loader::counted;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
@@ -617,12 +617,109 @@ async fn with_redis_down_a_tagged_get_or_set_runs_its_loader() {
     assert!(error.is_backend_failure(), "{error}");
 }
 
+/// Redis down, an invalidation's error is told as the method the caller called, of the tag it
+/// named: not as a write of the tag's internal state key.
+#[tokio::test]
+async fn with_redis_down_an_invalidation_error_names_the_method_and_the_tag() {
+    let (mut server, cache) = redis_with_a_short_deadline();
+    server.kill();
+    let errors = [
+        ("invalidate_tag", cache.invalidate_tag("user:42").await),
+        (
+            "soft_invalidate_tag",
+            cache.soft_invalidate_tag("user:42").await,
+        ),
+        (
+            "invalidate_tags",
+            cache.invalidate_tags(["user:42", "org:3"]).await,
+        ),
+        (
+            "soft_invalidate_tags",
+            cache.soft_invalidate_tags(["user:42", "org:3"]).await,
+        ),
+    ];
+    for (operation, result) in errors {
+        let error = result.unwrap_err();
+        let message = error.to_string();
+        assert!(error.is_backend_failure(), "{message}");
+        assert!(
+            message.contains(&format!("{operation} of `user:42")),
+            "{message}"
+        );
+        assert!(error.subject().starts_with("user:42"), "{message}");
+        assert!(!message.contains("__impcache_tag"), "{message}");
+    }
+}
+
+/// A caller that joins a tagged load after its own process invalidated the tag, Redis then
+/// down: it cannot read the tags' state, but the invalidation was this `Cache`'s own (a clone's),
+/// so it is not handed the value computed before it; it loads its own (fail open). With and
+/// without a near cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_caller_after_an_own_invalidation_does_not_share_the_older_computation() {
+    for near in [false, true] {
+        let mut server = RedisServer::start();
+        let repository = RedisCacheRepository::builder(server.url())
+            .deadline(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let cache = if near {
+            Cache::builder(repository)
+                .near_cache(NearCache::new().heartbeat(Duration::from_millis(100)))
+                .build()
+        } else {
+            Cache::new(repository)
+        };
+        if near {
+            let _ = cache.get::<String>("warm-up").await;
+            tokio::time::timeout(HANG, async {
+                while !cache.is_near_cache_active() {
+                    tokio::time::sleep(MS).await;
+                }
+            })
+            .await
+            .unwrap();
+        }
+        let runs = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Semaphore::new(0));
+        let first = tokio::spawn({
+            let (cache, loader) = (cache.clone(), counted(&runs, &gate, "old"));
+            async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
+        });
+        tokio::time::timeout(HANG, async {
+            while runs.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(MS).await;
+            }
+        })
+        .await
+        .unwrap();
+        cache.invalidate_tag("t").await.unwrap();
+        server.kill();
+        let second = tokio::spawn({
+            let (cache, loader) = (cache.clone(), counted(&runs, &gate, "new"));
+            async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
+        });
+        // The second caller's read has failed, and it waits on the first one's flight.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "near cache: {near}");
+        gate.add_permits(100);
+        let first = tokio::time::timeout(HANG, first).await.unwrap().unwrap();
+        let second = tokio::time::timeout(HANG, second).await.unwrap().unwrap();
+        assert_eq!(
+            (first.as_str(), second.as_str()),
+            ("old", "new"),
+            "near cache: {near}"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "near cache: {near}");
+    }
+}
+
 /// One loader run per key per process holds with Redis down too, for tagged calls as for
 /// untagged ones: 10 concurrent callers of one key, Redis killed while the leader's loader runs
 /// (the waiters' reads went through, and their check of the tags' state fails) or down from the
-/// start (their reads failed). The waiters take the leader's value: no process can see an
-/// invalidation while Redis is down, and a run per waiter would fall on the loader's source
-/// exactly then.
+/// start (their reads failed). The waiters take the leader's value: no other process's
+/// invalidation can be seen while Redis is down, this one sent none, and a run per waiter would
+/// fall on the loader's source exactly then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_tagged_callers_share_one_loader_run() {
     for killed_during_the_load in [true, false] {

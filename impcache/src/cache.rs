@@ -154,6 +154,9 @@ pub(crate) struct Shared {
     pub(crate) near: Option<Arc<NearStore>>,
     /// Tags (issue 16): the clock-skew allowance of tag invalidations.
     pub(crate) tag_clock_skew: Duration,
+    /// Tags: the latest invalidation this cache sent, for the waiters of a tagged load that
+    /// cannot read the tags' state (`freshness/load.rs`, `Shared::holds_for`).
+    pub(crate) invalidations_sent: tags::SentInvalidations,
 }
 
 impl fmt::Debug for Cache {
@@ -258,6 +261,7 @@ impl CacheBuilder {
                 record_keys: self.record_keys,
                 counters: Counters::default(),
                 tag_clock_skew: self.tag_clock_skew,
+                invalidations_sent: tags::SentInvalidations::default(),
             }),
             version: self.version,
         }
@@ -878,7 +882,7 @@ impl Cache {
     /// process's invalidation, stamped later, landed first), never a scan; counted as a
     /// `set_many`.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
-        self.mark_tags(Tags::new([tag]), TagInvalidation::Hard)
+        self.mark_tags(Tags::new([tag]), TagInvalidation::Hard, "invalidate_tag")
             .await
     }
 
@@ -889,7 +893,8 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        self.mark_tags(Tags::new(tags), TagInvalidation::Hard).await
+        self.mark_tags(Tags::new(tags), TagInvalidation::Hard, "invalidate_tags")
+            .await
     }
 
     /// Marks every entry tagged `tag` stale (Fastly's soft purge): a
@@ -899,8 +904,12 @@ impl Cache {
     /// stay hidden: on Redis one `EVAL` of a script rewriting the tag's key keeping its hard
     /// invalidation time (and the later soft time), never a scan; counted as a `set_many`.
     pub async fn soft_invalidate_tag(&self, tag: &str) -> Result<()> {
-        self.mark_tags(Tags::new([tag]), TagInvalidation::Soft)
-            .await
+        self.mark_tags(
+            Tags::new([tag]),
+            TagInvalidation::Soft,
+            "soft_invalidate_tag",
+        )
+        .await
     }
 
     /// [`soft_invalidate_tag`](Cache::soft_invalidate_tag) of each of `tags`, as
@@ -910,24 +919,44 @@ impl Cache {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        self.mark_tags(Tags::new(tags), TagInvalidation::Soft).await
+        self.mark_tags(
+            Tags::new(tags),
+            TagInvalidation::Soft,
+            "soft_invalidate_tags",
+        )
+        .await
     }
 
     /// Records an invalidation of `kind` now in the state key of each of `tags` (one `EVAL`
     /// each on Redis, pipelined on a single node): each time a state holds replaced only by a
-    /// later one, atomically on the built-in repositories (`crate::tags`'s module doc).
-    async fn mark_tags(&self, tags: Tags, kind: TagInvalidation) -> Result<()> {
+    /// later one, atomically on the built-in repositories (`crate::tags`'s module doc). A
+    /// backend failure is told as `operation` (the public method's name) of the failing tag,
+    /// not as a write of its state key.
+    async fn mark_tags(
+        &self,
+        tags: Tags,
+        kind: TagInvalidation,
+        operation: &'static str,
+    ) -> Result<()> {
         observed!(self, Operation::SetMany, None, async {
             for tag in tags.as_slice() {
                 self.check_tag(tag)?;
             }
-            let now = Bytes::from(tags::stamp_micros().to_string());
+            let stamp = tags::stamp_micros();
+            // Before it is sent: it may land even if the call reports an error.
+            self.shared.invalidations_sent.record(stamp);
+            let now = Bytes::from(stamp.to_string());
             let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
             let keys = keys.keys();
             self.shared
                 .backend
                 .mark_tags(&keys, kind, now.clone())
-                .await?;
+                .await
+                .map_err(|error| {
+                    error.relabeled(operation, |key| {
+                        tags::failed_tags(self.key_prefix(), tags.as_slice(), key)
+                    })
+                })?;
             Ok(((), Tally::written(now.len() * keys.len())))
         })
     }

@@ -221,6 +221,41 @@ impl Error {
         }
     }
 
+    /// The same failure told as `operation` of the subject `subject` makes of the one it names:
+    /// for a caller's operation the backend ran as another (a tag's invalidation, run as a
+    /// write of its state key). Errors without an operation are returned as they are.
+    pub(crate) fn relabeled(
+        self,
+        operation: &'static str,
+        subject: impl FnOnce(&str) -> String,
+    ) -> Error {
+        match self {
+            Self::Unavailable { key, source, .. } => Self::Unavailable {
+                operation,
+                key: subject(&key),
+                source,
+            },
+            Self::Timeout { key, deadline, .. } => Self::Timeout {
+                operation,
+                key: subject(&key),
+                deadline,
+            },
+            Self::CircuitOpen { key, .. } => Self::CircuitOpen {
+                operation,
+                key: subject(&key),
+            },
+            Self::Server {
+                key, code, message, ..
+            } => Self::Server {
+                operation,
+                key: subject(&key),
+                code,
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// How many keys a `delete_pattern` sweep removed before it failed: `Some` for
     /// [`Interrupted`](Error::Interrupted), `None` for every other error (a `delete_pattern`
     /// that fails with another error removed nothing).

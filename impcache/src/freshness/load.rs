@@ -92,9 +92,11 @@ impl Shared {
     /// the leader's own caller does.
     ///
     /// With the state unreadable (the waiter's own read failed, `reread` is `Never`, or this
-    /// one does) the value is taken: no process can see an invalidation while the cache fails,
-    /// and a load per waiter would fall on the loader's source exactly then (one loader run per
-    /// key, fail open). Not reading it after a failed read keeps the call within one deadline.
+    /// one does) the value is taken unless this cache itself sent an invalidation (of any tag)
+    /// at or after the value's time: that one it knows of without reading anything (then it
+    /// loads on its own, fail open). Another process's it cannot see while the cache fails,
+    /// and a load per waiter would fall on the loader's source exactly then (one loader run
+    /// per key). Not reading it after a failed read keeps the call within one deadline.
     async fn holds_for(&self, job: &Job, joined: u64, reread: Reread) -> bool {
         let Some((since, tags)) = &self.holds_since else {
             return true;
@@ -105,16 +107,18 @@ impl Shared {
         if self.tags_unknown {
             return false;
         }
-        if reread == Reread::Never {
-            return true;
-        }
         let cache = &job.cache;
+        let unseen = || !cache.shared.invalidations_sent.any_since(*since);
+        if reread == Reread::Never {
+            return unseen();
+        }
         match cache.tag_verdict(tags.as_slice(), *since).await {
             Ok(verdict) => verdict == tags::Verdict::Fresh,
             Err(error) => {
                 let (key, error) = (cache.logged_key(&job.key), cache.logged_error(&error));
-                tracing::debug!(target: TARGET, key, %error, "tag state unreadable; taking the shared value");
-                true
+                let taken = unseen();
+                tracing::debug!(target: TARGET, key, %error, taken, "tag state unreadable; the shared value is taken unless this cache invalidated a tag since");
+                taken
             }
         }
     }

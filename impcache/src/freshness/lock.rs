@@ -27,6 +27,10 @@ use crate::observe::metrics::{Operation, Tally};
 const FIRST_POLL: Duration = Duration::from_millis(5);
 /// The longest pause between two polls.
 const LAST_POLL: Duration = Duration::from_millis(50);
+/// The first pause before a failed release is tried again.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// The longest pause between two tries of a failed release.
+const LAST_RETRY: Duration = Duration::from_secs(1);
 
 /// What taking the lock came to (`T`: what the poll found, the value's bytes for `get_or_set`).
 #[derive(Debug)]
@@ -46,20 +50,59 @@ pub enum Turn<T = Bytes> {
 #[derive(Debug)]
 pub struct Held {
     token: Bytes,
+    /// When the lock has expired by itself: its lifetime, counted from when it was taken.
+    expires: Instant,
 }
 
 impl Held {
     /// Releases the lock of `key` on `cache` if this process still holds it
-    /// (compare-and-delete); a failure is logged, and the lock expires by itself.
+    /// (compare-and-delete). A release that fails (a connection reset, say) is logged and
+    /// retried in the background (on the current tokio runtime; the caller does not wait), with
+    /// a backoff, until it lands or the lock has expired by itself.
     pub async fn release(self, cache: &Cache, key: &str) {
-        match cache.release_lock(key, self.token).await {
+        match cache.release_lock(key, self.token.clone()).await {
             Ok(true) => {}
             Ok(false) => {
                 let key = cache.logged_key(key);
                 tracing::warn!(target: TARGET, key, "the lock had expired before its release: its lifetime is shorter than the load and store took");
             }
-            Err(error) => report(cache, "release_lock", key, &error),
+            Err(error) => {
+                report(cache, "release_lock", key, &error);
+                // Outside a tokio runtime the lock expires by itself.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (cache, key) = (cache.clone(), key.to_owned());
+                    runtime.spawn(async move { self.retry_release(&cache, &key).await });
+                }
+            }
         }
+    }
+
+    /// Tries the release of `key` again (the compare-and-delete is safe to repeat: only this
+    /// process's token is deleted), pausing 50 ms, then twice as long each time up to 1 s,
+    /// until it lands, finds the lock gone, or the lock has expired by itself.
+    async fn retry_release(self, cache: &Cache, key: &str) {
+        let mut pause = FIRST_RETRY;
+        while Instant::now() + pause < self.expires {
+            tokio::time::sleep(pause).await;
+            let released = cache.release_lock(key, self.token.clone()).await;
+            let logged = cache.logged_key(key);
+            match released {
+                Ok(true) => {
+                    tracing::debug!(target: TARGET, key = logged, "released the lock on a retry");
+                    return;
+                }
+                Ok(false) => {
+                    tracing::debug!(target: TARGET, key = logged, "the lock was gone when its release was retried");
+                    return;
+                }
+                Err(error) => {
+                    let error = cache.logged_error(&error);
+                    tracing::debug!(target: TARGET, key = logged, %error, ?pause, "the lock's release failed again; retrying");
+                }
+            }
+            pause = (pause * 2).min(LAST_RETRY);
+        }
+        tracing::debug!(target: TARGET, key = cache.logged_key(key), "the lock expires by itself before the release's next retry: giving it up");
     }
 }
 
@@ -97,7 +140,7 @@ where
     let mut waited = false;
     loop {
         match cache.acquire_lock(key, token.clone(), lifetime).await {
-            Ok(true) => return owned(cache, key, token, waited, poll()).await,
+            Ok(true) => return owned(cache, key, token, lifetime, waited, poll()).await,
             Ok(false) if !wait => return outcome(LockOutcome::Busy, Turn::Busy),
             Ok(false) => {}
             Err(error) => return failed(cache, key, "acquire_lock", &error),
@@ -140,16 +183,24 @@ async fn until_changed(key: Option<&str>, pause: Duration, watch: Option<&crate:
     }
 }
 
-/// The lock was taken: one more read (`read`), since another process may have stored the value
-/// (and released its lock) since this process's read.
+/// The lock was taken (with `token`, for `lifetime`): one more read (`read`), since another
+/// process may have stored the value (and released its lock) since this process's read.
 async fn owned<T>(
     cache: &Cache,
     key: &str,
     token: Bytes,
+    lifetime: Expiry,
     waited: bool,
     read: impl Future<Output = Result<Option<T>>>,
 ) -> Turn<T> {
-    let held = Held { token };
+    // Counted from the answer to the `SET NX`: the lock has expired by then for sure.
+    let lifetime = lifetime
+        .as_duration()
+        .map_or(crate::expire::MAX_EXPIRE, crate::expire::capped);
+    let held = Held {
+        token,
+        expires: Instant::now() + lifetime,
+    };
     match read.await {
         Ok(None) => {}
         Ok(Some(value)) => {

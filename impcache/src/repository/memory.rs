@@ -531,7 +531,8 @@ mod tests {
         let repository = MemoryCacheRepository::new();
         let buffer = Bytes::from_static(b"12");
         let entries = [("a", buffer.slice(0..1)), ("b", buffer.slice(1..2))];
-        let written = CacheRepository::set_many(&repository, &entries, Expiry::Never).now_or_never();
+        let written =
+            CacheRepository::set_many(&repository, &entries, Expiry::Never).now_or_never();
         assert!(matches!(written, Some(Ok(()))), "{written:?}");
         let buffer_bytes = buffer.as_ptr_range();
         for key in ["a", "b"] {
@@ -550,7 +551,11 @@ mod tests {
     #[test]
     fn weight_and_debug_count_what_was_written() -> Result<()> {
         let repository = MemoryCacheRepository::new();
-        repository.set_now("key".to_owned(), Bytes::from_static(b"value"), Expiry::Never)?;
+        repository.set_now(
+            "key".to_owned(),
+            Bytes::from_static(b"value"),
+            Expiry::Never,
+        )?;
         repository.set_now("other".to_owned(), Bytes::from_static(b"1"), Expiry::Never)?;
         let shown = format!("{repository:?}");
         assert!(shown.contains("entry_count: 2"), "{shown}");

@@ -81,6 +81,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::error::{shown, shown_many};
+
 /// The reserved key part of tag state keys.
 pub(crate) const TAG_KEY_PART: &str = "__impcache_tag:";
 
@@ -226,6 +228,45 @@ impl StateKeys {
                 key
             })
             .collect()
+    }
+}
+
+/// The tag an invalidation's error is about, for its message: `subject`, the state key the
+/// repository's error names (as [`shown`] or [`shown_many`] show it: `{prefix}:__impcache_tag:a`,
+/// `… and 2 more`), with that key replaced by its tag of `tags`; all of `tags` when it names
+/// none of their keys (a user repository's own error).
+pub(crate) fn failed_tags(prefix: &str, tags: &[String], subject: &str) -> String {
+    let keys = StateKeys::new(prefix, tags);
+    for (tag, key) in tags.iter().zip(keys.keys()) {
+        let Some(rest) = subject.strip_prefix(shown(key).as_str()) else {
+            continue;
+        };
+        // Not the key of a longer tag that begins with this one.
+        if rest.is_empty() || rest.starts_with(" and ") {
+            return format!("{}{rest}", shown(tag));
+        }
+    }
+    shown_many(tags)
+}
+
+/// The time (a tag stamp, [`stamp_micros`]) of the latest tag invalidation, hard or soft, a
+/// [`Cache`](crate::Cache) sent, shared by its clones and `with_version` copies. A waiter on a
+/// tagged load that cannot read the tags' state (the cache failing) knows of these all the same
+/// (`freshness/load.rs`, `Shared::holds_for`). One time for all tags is bounded; its cost, a
+/// waiter turned away by an invalidation of another tag, is one load of its own.
+#[derive(Debug, Default)]
+pub(crate) struct SentInvalidations(AtomicU64);
+
+impl SentInvalidations {
+    /// Records an invalidation stamped `at`, before it is sent: it may land even when the call
+    /// reports an error.
+    pub(crate) fn record(&self, at: u64) {
+        self.0.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// Whether an invalidation stamped at or after `since` was sent (or is being sent).
+    pub(crate) fn any_since(&self, since: u64) -> bool {
+        self.0.load(Ordering::Relaxed) >= since
     }
 }
 
@@ -458,6 +499,33 @@ mod tests {
         assert_eq!(parse_state(b"3;5"), (Some(3), Some(5)));
         assert_eq!(parse_state(b";5"), (None, Some(5)));
         assert_eq!(parse_state(b"3"), (Some(3), None));
+    }
+
+    #[test]
+    fn an_invalidation_error_names_the_tag_not_its_state_key() {
+        let tags = ["user:4".to_owned(), "user:42".to_owned()];
+        let failed = |subject: &str| failed_tags("p", &tags, subject);
+        assert_eq!(failed("p:__impcache_tag:user:42"), "user:42");
+        assert_eq!(failed("p:__impcache_tag:user:4"), "user:4");
+        assert_eq!(
+            failed("p:__impcache_tag:user:4 and 1 more"),
+            "user:4 and 1 more"
+        );
+        // A subject naming none of the state keys: all the tags.
+        assert_eq!(failed("somewhere else"), "user:4 and 1 more");
+        let long = ["t".repeat(300)];
+        let key = StateKeys::new("p", &long).keys().concat();
+        assert_eq!(failed_tags("p", &long, &shown(&key)), shown(&long[0]));
+    }
+
+    #[test]
+    fn sent_invalidations_keep_the_latest() {
+        let sent = SentInvalidations::default();
+        assert!(!sent.any_since(1));
+        sent.record(10);
+        sent.record(5);
+        assert!(sent.any_since(10));
+        assert!(!sent.any_since(11));
     }
 
     #[test]
