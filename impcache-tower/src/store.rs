@@ -435,8 +435,11 @@ impl Unfinished {
 /// so its tags' state is read again (one round trip, waiters of tagged responses only) and it is
 /// taken only when none was invalidated since, hard or soft. As the core's `get_or_set` waiters;
 /// and as they, with the state unreadable (the waiter's own lookup failed against the backend,
-/// `look_again` is false, or this read fails) the entry is taken: no process can see a purge
-/// while the cache fails, and a handler call per waiter would fall on the origin exactly then.
+/// `look_again` is false, or this read fails) the entry is taken unless this layer's `Cache`
+/// itself sent an invalidation (of any tag: `purge_tag`, `soft_purge_tag`, `invalidate_tag`, ..)
+/// at or after the entry's creation: that one it knows of without reading anything (then the
+/// waiter calls the handler itself, fail open). Another process's it cannot see while the cache
+/// fails, and a handler call per waiter would fall on the origin exactly then.
 pub(crate) async fn holds_for(
     config: &Config,
     entry: &Entry,
@@ -446,15 +449,22 @@ pub(crate) async fn holds_for(
     let Some(tagged) = entry.tags.as_ref() else {
         return true;
     };
-    if tagged.created > joined || !look_again {
+    // Asked before the handler call started: taken, as the leader's own request takes it.
+    if tagged.created > joined {
         return true;
+    }
+    // This process's own invalidations since the call started, known without a read.
+    let unseen = || !state::invalidated_here_since(&config.cache, tagged.created);
+    if !look_again {
+        return unseen();
     }
     match state::verdict(&config.cache, &tagged.tags, tagged.created).await {
         Ok(verdict) => verdict == Verdict::Fresh,
         Err(error) => {
             let logged = config.logged_error(&error);
-            tracing::debug!(error = %logged, "impcache-tower: tag state unreadable, taking the shared response");
-            true
+            let taken = unseen();
+            tracing::debug!(error = %logged, taken, "impcache-tower: tag state unreadable, taking the shared response unless this cache invalidated a tag since");
+            taken
         }
     }
 }

@@ -412,8 +412,9 @@ async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
 /// One handler call per URL per process holds for tagged responses with Redis down too: 10
 /// concurrent requests of one URL, Redis killed while the leader's handler runs (the waiters'
 /// lookups went through, and their check of the tags' state fails) or down from the start (their
-/// lookups failed). The waiters take the leader's response: no process can see a purge while
-/// Redis is down, and a call per waiter would fall on the origin exactly then.
+/// lookups failed). The waiters take the leader's response: no process can see another's purge
+/// while Redis is down (this one purged nothing), and a call per waiter would fall on the origin
+/// exactly then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_tagged_requests_share_one_handler_call() {
     for killed_during_the_call in [true, false] {
@@ -468,5 +469,71 @@ async fn with_redis_down_tagged_requests_share_one_handler_call() {
             1,
             "killed during the call: {killed_during_the_call}"
         );
+    }
+}
+
+/// A request that joins a tagged handler call after its own process's `purge_tag`, Redis then
+/// killed, is not handed the response computed before the purge: its process knows of its own
+/// purge without reading the tags' state, and it calls the handler itself. Whether Redis was
+/// killed before the request (its lookup fails, and it joins the call all the same, without
+/// reading the state again) or after it joined (its read of the tags' state fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_request_after_an_own_purge_does_not_share_the_older_response() {
+    for killed_before_the_request in [true, false] {
+        let mut redis = RedisServer::start();
+        let repository = RedisCacheRepository::builder(redis.url())
+            .deadline(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let layer = CacheLayer::new(Cache::new(repository));
+        // The first call waits for the gate; the later ones answer at once.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = Arc::clone(&gate);
+        let (svc, calls) = app(layer.clone(), move |n, _req| {
+            let gate = Arc::clone(&g);
+            async move {
+                if n == 1 {
+                    let _pass = gate.acquire().await.unwrap();
+                }
+                Response::builder()
+                    .header("surrogate-key", "user:1")
+                    .body(Body::from(format!("call {n}")))
+                    .unwrap()
+            }
+        });
+        let leader = tokio::spawn({
+            let svc = svc.clone();
+            async move { send(&svc, get("/own")).await }
+        });
+        // The leader's handler call is under way: purge its tag (Redis up), then ask.
+        while calls.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        layer.purge_tag("user:1").await.unwrap();
+        if killed_before_the_request {
+            redis.kill();
+        }
+        let joiner = tokio::spawn({
+            let svc = svc.clone();
+            async move { send(&svc, get("/own")).await }
+        });
+        // The request has looked up (or failed to, within its deadline) and joined the call.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !killed_before_the_request {
+            redis.kill();
+        }
+        gate.add_permits(1);
+        let joiner = tokio::time::timeout(Duration::from_secs(10), joiner)
+            .await
+            .unwrap()
+            .unwrap();
+        let leader = leader.await.unwrap();
+        let case = format!("killed before the request: {killed_before_the_request}");
+        assert_eq!(leader.body, "call 1", "{case}");
+        assert_eq!(
+            joiner.body, "call 2",
+            "not the response computed before the purge; {case}"
+        );
+        assert_eq!(calls.get(), 2, "{case}");
     }
 }

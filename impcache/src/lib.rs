@@ -228,6 +228,14 @@ pub mod __private {
         ) -> Option<Verdict> {
             cache.tag_verdict_from(tags, created, known, states)
         }
+
+        /// Whether `cache` (or one of its clones or `with_version` copies) sent a tag
+        /// invalidation, hard or soft, of any tag, stamped at or after `created` (a
+        /// [`stamp_micros`]): what a waiter that cannot read the tags' state (the cache failing)
+        /// knows all the same, as `get_or_set`'s waiters do.
+        pub fn invalidated_here_since(cache: &crate::Cache, created: u64) -> bool {
+            cache.shared.invalidations_sent.any_since(created)
+        }
     }
 
     /// The cross-process [`Lock`](crate::Lock) for `impcache-tower`'s `CacheLayer::lock`: the same
