@@ -943,8 +943,11 @@ impl Cache {
                 self.check_tag(tag)?;
             }
             let stamp = tags::stamp_micros();
-            // Before it is sent: it may land even if the call reports an error.
-            self.shared.invalidations_sent.record(stamp);
+            // Before it is sent: it may land even if the call reports an error (no tags: nothing
+            // is sent).
+            if !tags.as_slice().is_empty() {
+                self.shared.invalidations_sent.record(stamp);
+            }
             let now = Bytes::from(stamp.to_string());
             let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
             let keys = keys.keys();

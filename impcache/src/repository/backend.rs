@@ -316,10 +316,7 @@ impl Backend {
     ) -> Result<()> {
         let full = key.stack();
         match self {
-            Backend::Memory(memory) => {
-                memory.add_member_now(full.as_str(), member, expiry);
-                Ok(())
-            }
+            Backend::Memory(memory) => memory.add_member_now(full.as_str(), member, expiry),
             Backend::Redis(redis) => redis
                 .add_member_direct(full.as_str(), member, expiry)
                 .await
@@ -353,12 +350,9 @@ impl Backend {
             return Ok(());
         }
         match self {
-            Backend::Memory(memory) => {
-                for key in keys {
-                    memory.mark_tag_now(key, kind, &at);
-                }
-                Ok(())
-            }
+            Backend::Memory(memory) => keys
+                .iter()
+                .try_for_each(|key| memory.mark_tag_now(key, kind, &at)),
             Backend::Redis(redis) => redis
                 .mark_tags_direct(keys, kind, &at)
                 .await

@@ -174,6 +174,17 @@ impl MemoryCacheRepository {
     }
 
     fn entry(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<Entry> {
+        self.check_fits(key, &value)?;
+        Ok(Entry {
+            value,
+            ttl: expiry.as_duration(),
+            written: WrittenAt::default(),
+        })
+    }
+
+    /// Whether an entry of `key` and `value` fits the capacity bound: moka would evict a
+    /// heavier one at once, so a write that returned `Ok` would be gone.
+    fn check_fits(&self, key: &str, value: &[u8]) -> Result<()> {
         let size = key.len() + value.len() + ENTRY_OVERHEAD_BYTES;
         if size > self.max_value_bytes {
             return Err(Error::ValueTooLarge {
@@ -184,11 +195,7 @@ impl MemoryCacheRepository {
                     .saturating_sub(key.len() + ENTRY_OVERHEAD_BYTES),
             });
         }
-        Ok(Entry {
-            value,
-            ttl: expiry.as_duration(),
-            written: WrittenAt::default(),
-        })
+        Ok(())
     }
 
     // The operations themselves, synchronous: `Cache` calls them directly (no boxed future, the
@@ -259,20 +266,29 @@ impl MemoryCacheRepository {
 
     /// A tag's invalidation ([`CacheRepository::mark_tag`]), atomic under the entry's lock. No
     /// expiry, as every tag state.
-    pub(crate) fn mark_tag_now(&self, key: &str, kind: TagInvalidation, at: &[u8]) {
+    pub(crate) fn mark_tag_now(&self, key: &str, kind: TagInvalidation, at: &[u8]) -> Result<()> {
+        let mut refused = Ok(());
         self.entries.entry_by_ref(key).and_compute_with(|found| {
             let old = found.as_ref().map(|entry| &entry.value().value[..]);
+            let value = crate::tags::marked(old, kind, at);
+            // An invalidation that cannot be kept is an error, not an `Ok` that is lost.
+            if let Err(error) = self.check_fits(key, &value) {
+                refused = Err(error);
+                return moka::ops::compute::Op::Nop;
+            }
             moka::ops::compute::Op::Put(Entry {
-                value: crate::tags::marked(old, kind, at),
+                value,
                 ttl: None,
                 written: WrittenAt::default(),
             })
         });
+        refused
     }
 
     /// A member added to the list at `key` ([`CacheRepository::add_member`]), atomic under the
     /// entry's lock.
-    pub(crate) fn add_member_now(&self, key: &str, member: &str, expiry: Expiry) {
+    pub(crate) fn add_member_now(&self, key: &str, member: &str, expiry: Expiry) -> Result<()> {
+        let mut refused = Ok(());
         self.entries.entry_by_ref(key).and_compute_with(|found| {
             let old = found.map(|entry| {
                 let entry = entry.into_value();
@@ -287,6 +303,10 @@ impl MemoryCacheRepository {
                     return moka::ops::compute::Op::Nop;
                 }
             }
+            if let Err(error) = self.check_fits(key, &list) {
+                refused = Err(error);
+                return moka::ops::compute::Op::Nop;
+            }
             let expiry = crate::members::longer(old.map(|(_, left)| left), expiry);
             moka::ops::compute::Op::Put(Entry {
                 value: list,
@@ -294,6 +314,7 @@ impl MemoryCacheRepository {
                 written: WrittenAt::default(),
             })
         });
+        refused
     }
 
     pub(crate) fn delete_many_now(&self, keys: &[&str]) -> u64 {
@@ -458,8 +479,8 @@ impl CacheRepository for MemoryCacheRepository {
         member: &'a str,
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<()>> {
-        self.add_member_now(key, member, expiry);
-        Box::pin(std::future::ready(Ok(())))
+        let result = self.add_member_now(key, member, expiry);
+        Box::pin(std::future::ready(result))
     }
 
     fn mark_tag<'a>(
@@ -468,8 +489,8 @@ impl CacheRepository for MemoryCacheRepository {
         kind: TagInvalidation,
         at: Bytes,
     ) -> BoxFuture<'a, Result<()>> {
-        self.mark_tag_now(key, kind, &at);
-        Box::pin(std::future::ready(Ok(())))
+        let result = self.mark_tag_now(key, kind, &at);
+        Box::pin(std::future::ready(result))
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -543,6 +564,32 @@ mod tests {
                 "{key} is kept in the caller's buffer"
             );
         }
+        Ok(())
+    }
+
+    /// A tag's invalidation (or a member list) that cannot fit the capacity bound is refused:
+    /// moka would evict it at once, and the invalidation would be lost behind an `Ok`.
+    #[test]
+    fn state_writes_heavier_than_the_bound_are_refused() -> Result<()> {
+        let repository = MemoryCacheRepository::builder()
+            .max_capacity_bytes(400)
+            .build();
+        let marked = repository.mark_tag_now("p:__impcache_tag:t", TagInvalidation::Hard, b"17");
+        assert!(
+            matches!(marked, Err(Error::ValueTooLarge { .. })),
+            "{marked:?}"
+        );
+        let added = repository.add_member_now("p:members", &"m".repeat(64), Expiry::Never);
+        assert!(
+            matches!(added, Err(Error::ValueTooLarge { .. })),
+            "{added:?}"
+        );
+        let roomy = MemoryCacheRepository::new();
+        roomy.mark_tag_now("p:__impcache_tag:t", TagInvalidation::Hard, b"17")?;
+        assert_eq!(
+            roomy.get_now("p:__impcache_tag:t"),
+            Some(Bytes::from_static(b"17"))
+        );
         Ok(())
     }
 
