@@ -163,11 +163,10 @@ impl Config {
     }
 
     fn resolve(expire: Expire) -> Option<Duration> {
-        match expire.resolve("impcache-tower expire") {
-            Ok(expiry) => expiry.as_duration(),
-            // Zero or negative: checked by `policy::storable`, which stores nothing then.
-            Err(_) => Some(Duration::ZERO),
-        }
+        // Zero or negative: zero, which `policy::storable` stores nothing for; longer than
+        // `MAX_EXPIRE` (`Duration::MAX` meaning "no limit"): `MAX_EXPIRE`, as `NearCache::max_ttl`
+        // and the stale windows cap it.
+        (expire != Expire::NEVER).then(|| impcache::__private::expire_bound(expire))
     }
 
     /// Whether a tag header field read is case-insensitive (`Cache-Tag`): purges then write the

@@ -39,7 +39,9 @@ impl CacheLayer {
     /// How long entries live (integers are seconds; default 60). A response's `s-maxage`, else
     /// `max-age`, shortens it; it never lengthens it. [`Expire::NEVER`] stores without expiry
     /// (then only the response's directives and [`max_ttl`](Self::max_ttl) bound it). Zero or a
-    /// negative number stores nothing. Not used in the [origin-freshness mode](Self::follow_origin).
+    /// negative number stores nothing; one longer than [`MAX_EXPIRE`](impcache::MAX_EXPIRE)
+    /// (`Duration::MAX`) is `MAX_EXPIRE`, as for [`max_ttl`](Self::max_ttl). Not used in the
+    /// [origin-freshness mode](Self::follow_origin).
     pub fn expire(self, expire: impl Into<Expire>) -> Self {
         let expire = expire.into();
         self.with(|c| c.expire = expire)
@@ -366,7 +368,10 @@ impl CacheLayer {
     /// names the variants, then for their own variant's lock. Fail open: past the lock's
     /// [`wait`](impcache::Lock::wait), or when the cache fails, they call the handler; a lookup
     /// that failed does not try the lock. A miss costs three round trips more (the `SET NX`, a
-    /// second lookup, the release); hits cost nothing more.
+    /// second lookup, the release); hits cost nothing more. A lifetime not above
+    /// [`hard_timeout`](Self::hard_timeout), which `get_or_set` refuses, is raised as if it were
+    /// not set (the hard timeout plus 5 s), with one warning: a layer has no call to refuse it
+    /// with, and without the lock every process would call the handler.
     pub fn lock(self, lock: impcache::Lock) -> Self {
         self.with(|c| c.lock = Some(lock))
     }

@@ -1727,3 +1727,98 @@ async fn a_stored_204_has_no_content_length() {
     assert_eq!(hit.header("content-length"), None);
     assert_eq!(hit.header("etag"), None);
 }
+
+/// Settings past the longest expiry, or a lock lifetime too short for the hard timeout: the
+/// layer has no call to refuse them with, so each is brought within range rather than turning
+/// caching or the lock off (which it did: `expire(Duration::MAX)` stored nothing and blamed a
+/// zero TTL; an invalid lock lifetime ran every process's handler).
+mod out_of_range_settings {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use impcache::{Cache, CacheRepository, Lock, MemoryCacheRepository};
+    use impcache_tower::CacheLayer;
+    use tower::{Layer, ServiceExt};
+
+    /// One GET of `/x` through `layer`, the handler counting its calls and taking `delay`.
+    async fn get(layer: &CacheLayer, calls: &Arc<AtomicUsize>, delay: Duration) {
+        let calls = calls.clone();
+        let service = layer.layer(tower::service_fn(move |_: Request<Full<Bytes>>| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"ok",
+                ))))
+            }
+        }));
+        let request = Request::builder()
+            .uri("http://example.com/x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        service.oneshot(request).await.unwrap();
+    }
+
+    async fn handler_calls_of_two_requests(layer: CacheLayer) -> usize {
+        let calls = Arc::new(AtomicUsize::new(0));
+        get(&layer, &calls, Duration::ZERO).await;
+        get(&layer, &calls, Duration::ZERO).await;
+        calls.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn an_expire_or_max_ttl_past_the_longest_expiry_is_capped() {
+        let layer = || CacheLayer::new(Cache::new(MemoryCacheRepository::new()));
+        assert_eq!(
+            handler_calls_of_two_requests(layer().expire(Duration::MAX)).await,
+            1
+        );
+        assert_eq!(
+            handler_calls_of_two_requests(layer().expire(u64::MAX)).await,
+            1
+        );
+        assert_eq!(
+            handler_calls_of_two_requests(layer().max_ttl(Duration::MAX)).await,
+            1
+        );
+    }
+
+    /// Two processes (two caches over one repository), both missing `/x` at once.
+    async fn handler_calls_across_two_processes(
+        configure: impl Fn(CacheLayer) -> CacheLayer,
+    ) -> usize {
+        let repository: Arc<dyn CacheRepository> = Arc::new(MemoryCacheRepository::new());
+        let process = || {
+            configure(CacheLayer::new(
+                Cache::builder_shared(repository.clone()).build(),
+            ))
+        };
+        let (a, b) = (process(), process());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let slow = Duration::from_millis(300);
+        tokio::join!(get(&a, &calls, slow), get(&b, &calls, slow));
+        calls.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_lock_lifetime_too_short_for_the_hard_timeout_still_locks() {
+        let second = Duration::from_secs(1);
+        let short = handler_calls_across_two_processes(|layer| {
+            layer
+                .lock(Lock::new().lifetime(second))
+                .hard_timeout(2 * second)
+        })
+        .await;
+        assert_eq!(short, 1, "the lock was dropped");
+        let endless = handler_calls_across_two_processes(|layer| {
+            layer.lock(Lock::new()).hard_timeout(Duration::MAX)
+        })
+        .await;
+        assert_eq!(endless, 1, "the lock was dropped");
+    }
+}

@@ -146,6 +146,13 @@ pub mod __private {
         cache.logged_error(error)
     }
 
+    /// `expire` as a bound on a lifetime (`CacheLayer::expire` and `max_ttl`): no expiry and
+    /// what is longer than [`MAX_EXPIRE`](crate::MAX_EXPIRE) are `MAX_EXPIRE`, zero and
+    /// negative numbers are zero.
+    pub fn expire_bound(expire: crate::Expire) -> std::time::Duration {
+        expire.as_bound()
+    }
+
     /// Member lists (`impcache-tower`'s list of the hosts that stored responses in a
     /// namespace): a key holding a short list of distinct names that only grows, read in one
     /// round trip.

@@ -357,6 +357,27 @@ mod tests {
         Ok(())
     }
 
+    /// A hard timeout of `Duration::MAX` ("no limit") counts as none: the default lifetime is
+    /// kept, where "hard timeout plus 5 s" was past the longest expiry and refused.
+    #[test]
+    fn an_unbounded_hard_timeout_keeps_the_default_lifetime() -> Result<()> {
+        let endless = Some(Duration::MAX);
+        let resolved = Lock::new().resolved(endless);
+        assert_eq!(resolved, Lock::new());
+        assert_eq!(
+            resolved.checked(endless, "k")?,
+            Expiry::Milliseconds(10_000)
+        );
+        let short = Lock::new().lifetime(Duration::from_secs(1));
+        assert_eq!(
+            short
+                .without_lifetime()
+                .resolved(Some(Duration::from_secs(30))),
+            Lock::new().resolved(Some(Duration::from_secs(30)))
+        );
+        Ok(())
+    }
+
     #[test]
     fn tokens_differ() {
         let tokens: std::collections::HashSet<_> = (0..1000).map(|_| token()).collect();

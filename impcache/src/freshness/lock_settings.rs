@@ -97,6 +97,14 @@ impl Lock {
         self
     }
 
+    /// The lock without a lifetime of its own: the default, raised above the hard timeout.
+    pub(crate) const fn without_lifetime(self) -> Lock {
+        Lock {
+            lifetime: None,
+            ..self
+        }
+    }
+
     /// The lock's lifetime (without a hard timeout to outlast: see [`lifetime`](Self::lifetime)).
     pub const fn lifetime_duration(&self) -> Duration {
         match self.lifetime {
@@ -115,9 +123,10 @@ impl Lock {
 
     /// The lock with its lifetime (when not set) raised above the loader's hard timeout: the hard
     /// timeout plus [`STORE_MARGIN`], when that is longer than [`DEFAULT_LIFETIME`]. A wait that
-    /// is not set follows.
+    /// is not set follows. A hard timeout of [`MAX_EXPIRE`] or more ("no limit",
+    /// `Duration::MAX`) counts as none, as no lock could outlast it.
     pub(crate) fn resolved(self, hard_timeout: Option<Duration>) -> Lock {
-        match (self.lifetime, hard_timeout) {
+        match (self.lifetime, bounded(hard_timeout)) {
             (None, Some(hard)) if hard.saturating_add(STORE_MARGIN) > DEFAULT_LIFETIME => Lock {
                 lifetime: Some(hard.saturating_add(STORE_MARGIN)),
                 ..self
@@ -128,6 +137,7 @@ impl Lock {
 
     /// The lifetime checked against the loader's hard timeout, as the lock key's expiry.
     pub(crate) fn checked(&self, hard_timeout: Option<Duration>, key: &str) -> Result<Expiry> {
+        let hard_timeout = bounded(hard_timeout);
         let invalid = |reason: String| Error::InvalidExpire {
             key: shown(key),
             reason,
@@ -153,4 +163,9 @@ impl Lock {
         }
         Ok(Expiry::Milliseconds(millis))
     }
+}
+
+/// A loader's hard timeout as the lock sees it: one of [`MAX_EXPIRE`] or more is none.
+fn bounded(hard_timeout: Option<Duration>) -> Option<Duration> {
+    hard_timeout.filter(|hard| *hard < MAX_EXPIRE)
 }

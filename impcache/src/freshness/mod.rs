@@ -73,13 +73,18 @@ pub use lock_settings::Lock;
 
 /// The lock's protocol for the HTTP layer (`__private::lock`).
 pub(crate) mod lock_private {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::lock::take_polling;
     pub use super::lock::{Held, Turn};
     use super::lock_settings::Lock;
 
     /// [`take_polling`] with the lock's own lifetime (raised above `hard_timeout` when not set,
     /// as `get_or_set`'s), waiting for another process's value when `wait` (else
-    /// [`Turn::Busy`]: a background revalidation).
+    /// [`Turn::Busy`]: a background revalidation). A lifetime set too short for
+    /// `hard_timeout`, which `get_or_set` refuses, is raised as if not set, with one warning in
+    /// the process: a layer has no call to refuse it with, and running without the lock would
+    /// call the handler in every process.
     pub(crate) async fn take<T, F, Fut>(
         cache: &crate::Cache,
         key: &str,
@@ -92,14 +97,21 @@ pub(crate) mod lock_private {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = crate::Result<Option<T>>>,
     {
-        let lock = lock.resolved(hard_timeout);
-        match lock.checked(hard_timeout, key) {
-            Ok(lifetime) => take_polling(cache, key, lock, lifetime, wait, poll).await,
-            Err(error) => {
-                let error = cache.logged_error(&error);
-                tracing::warn!(%error, "the lock's lifetime is invalid: running without it");
-                Turn::Open
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let mut lock = lock.resolved(hard_timeout);
+        let mut checked = lock.checked(hard_timeout, key);
+        if let Err(error) = &checked {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                let error = cache.logged_error(error);
+                tracing::warn!(%error, "the lock's lifetime is invalid: using the default lifetime for the hard timeout instead (warned once)");
             }
+            lock = lock.without_lifetime().resolved(hard_timeout);
+            checked = lock.checked(hard_timeout, key);
+        }
+        match checked {
+            Ok(lifetime) => take_polling(cache, key, lock, lifetime, wait, poll).await,
+            // The default lifetime is always valid; kept open rather than assumed.
+            Err(_) => Turn::Open,
         }
     }
 }

@@ -141,7 +141,9 @@ impl CircuitBreaker {
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
         if *admission == Admission::Probe || failures >= config.failure_threshold {
-            let until = self.now_ms() + config.cool_down.as_millis() as u64;
+            // `Duration::MAX` ("stay open") would overflow: capped at 100 years.
+            let cool_down = crate::expire::capped(config.cool_down).as_millis() as u64;
+            let until = self.now_ms().saturating_add(cool_down);
             let was_open = self.open_until_ms.swap(until, Ordering::AcqRel) != 0;
             if self.probe_in_flight.swap(false, Ordering::AcqRel) {
                 self.transition(BreakerState::HalfOpen, BreakerState::Open);
@@ -223,6 +225,21 @@ mod tests {
         assert_eq!(breaker.admit(), Admission::Probe);
         breaker.record_success();
         assert_eq!(breaker.admit(), Admission::Allowed);
+    }
+
+    /// A cool-down of `Duration::MAX` ("stay open") keeps the breaker open; it overflowed the
+    /// open-until time (a panic in a debug build, a wrapped time in a release one).
+    #[test]
+    fn an_endless_cool_down_stays_open() {
+        let breaker = CircuitBreaker::new(
+            Some(CircuitBreakerConfig::new(1, Duration::MAX)),
+            "redis",
+            "redis://127.0.0.1:6379/0".to_owned(),
+        );
+        let a = breaker.admit();
+        breaker.record_failure(&a);
+        assert!(breaker.is_open());
+        assert_eq!(breaker.admit(), Admission::Rejected);
     }
 
     #[test]
