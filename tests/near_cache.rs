@@ -443,6 +443,132 @@ async fn an_acl_forbidding_client_runs_without_it() {
     runs_without_it(&server, &cache).await;
 }
 
+/// An ACL that allows `CLIENT TRACKING` but not `PING` (the heartbeat's and the barrier's): the
+/// near cache is unsupported for good and says so, rather than flushing and reconnecting at every
+/// heartbeat while it reports itself active (54 flushes in 2 s before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_forbidding_ping_runs_without_it() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">pw",
+        "~*",
+        "resetchannels",
+        "+@read",
+        "+@write",
+        "+@scripting",
+        "+@connection",
+        "-ping",
+    ]);
+    let url = format!("redis://app:pw@127.0.0.1:{}/0", server.port());
+    let repository = RedisCacheRepository::builder(url)
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository).near_cache(near()).build();
+    cache.set("k", &1, 60).await.unwrap();
+    runs_without_it(&server, &cache).await;
+    assert_eq!(cache.near_cache_stats().flushes, 0);
+}
+
+/// Everything this test binary logs at `INFO` and above (a global subscriber: the tracking task
+/// runs on the runtime's worker threads).
+fn global_logs() -> &'static impcache_tests::logs::Logs {
+    static LOGS: std::sync::OnceLock<impcache_tests::logs::Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = impcache_tests::logs::Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+}
+
+/// Logins refused by the server since its `ACL LOG` was last reset (Redis 7.0 has no
+/// `acl_access_denied_auth` in `INFO stats`; the log counts repeated refusals in one entry).
+fn refused_logins(server: &RedisServer) -> i64 {
+    let entries: Vec<std::collections::HashMap<String, redis::Value>> =
+        server.cmd(&["ACL", "LOG", "128"]);
+    entries
+        .iter()
+        .filter(|entry| {
+            matches!(entry.get("reason"), Some(redis::Value::BulkString(reason)) if reason == b"auth")
+        })
+        .map(|entry| match entry.get("count") {
+            Some(redis::Value::Int(count)) => *count,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// The user's password changes on the server and only the tracking connection is lost: the data
+/// connection (logged in already) keeps working, the tracking connection cannot log in again. Its
+/// attempts back off (28 refused logins in 3 s before, one every ~100 ms) and the failure is
+/// logged (`warn!`, naming `WRONGPASS`, without the password); reads stay correct meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracking_connection_that_cannot_log_in_backs_off_and_says_so() {
+    let logs = global_logs();
+    let server = RedisServer::start();
+    let _: () = server.cmd(&[
+        "ACL",
+        "SETUSER",
+        "rotated",
+        "on",
+        ">old-secret-7f",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let url = format!(
+        "redis://rotated:old-secret-7f@127.0.0.1:{}/0",
+        server.port()
+    );
+    let repository = RedisCacheRepository::builder(url)
+        .deadline(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository).near_cache(near()).build();
+    wait_active(&cache).await;
+    cache.set("k", &1, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+
+    let _: () = server.cmd(&["ACL", "SETUSER", "rotated", "resetpass", ">new-secret-9c"]);
+    let id = tracking_client_id(&server).expect("a RESP3 tracking connection");
+    let _: () = server.cmd(&["ACL", "LOG", "RESET"]);
+    let _: () = server.cmd(&["CLIENT", "KILL", "ID", &id]);
+    let mut other = other_client(&server).await;
+    let key = cache.make_key("k");
+    let start = Instant::now();
+    let mut value = 1;
+    while start.elapsed() < Duration::from_secs(3) {
+        value += 1;
+        let _: () = other.set(&key, value).await.unwrap();
+        assert_eq!(cache.get::<i64>("k").await.unwrap(), Some(value));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused_logins(&server);
+    assert_eq!(cache.near_cache_status(), NearCacheStatus::Connecting);
+    assert!(
+        (1..=12).contains(&refused),
+        "{refused} refused logins of the tracking connection in 3 s"
+    );
+    let text = logs.text();
+    assert!(
+        text.lines().any(|line| line.contains("WARN")
+            && line.contains("tracking connection")
+            && line.contains("WRONGPASS")),
+        "no warning names the refused login: {text}"
+    );
+    assert!(!text.contains("old-secret-7f") && !text.contains("new-secret-9c"));
+}
+
 #[derive(Debug)]
 struct Custom(MemoryCacheRepository);
 

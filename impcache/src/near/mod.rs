@@ -83,9 +83,13 @@ pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
 /// - A lost or replaced tracking connection, a Sentinel failover or a new Cluster slot map
 ///   flushes everything; until the tracking connection is back and subscribed, nothing is served
 ///   locally ([`NearCacheStatus::Connecting`]).
-/// - A server that refuses `CLIENT TRACKING` (`CLIENT` renamed or forbidden by an ACL, a server
-///   without RESP3, a managed service) turns the near cache off for good
-///   ([`NearCacheStatus::Unsupported`], one `warn!`).
+/// - A server that refuses `CLIENT TRACKING` or the tracking connection's `PING`s (`CLIENT`
+///   renamed, `CLIENT` or `PING` forbidden by an ACL: `NOPERM`, a server without RESP3, a managed
+///   service) turns the near cache off for good ([`NearCacheStatus::Unsupported`], one `warn!`).
+/// - A tracking connection that cannot connect (the server unreachable or full, a login refused
+///   after a password change) is tried again, the pause doubling from the heartbeat (at most
+///   200 ms) up to 5 s; the fifth failure in a row is logged (one `warn!` naming its cause), as
+///   is its return (`info!`). Meanwhile the status stays [`NearCacheStatus::Connecting`].
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct NearCache {

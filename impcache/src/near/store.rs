@@ -624,8 +624,13 @@ impl Store {
                 let mut connection = connection.clone();
                 let command = redis::cmd("PING");
                 let ping = command.query_async::<()>(&mut connection);
-                if !matches!(tokio::time::timeout(self.heartbeat, ping).await, Ok(Ok(()))) {
-                    return false;
+                match tokio::time::timeout(self.heartbeat, ping).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        super::tracker::refused_ping(self, &error);
+                        return false;
+                    }
+                    Err(_) => return false,
                 }
             }
         }

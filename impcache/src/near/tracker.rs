@@ -5,6 +5,12 @@
 //!
 //! The task ends with the store (it holds it weakly) or with the runtime that spawned it; a later
 //! operation in a runtime starts it again.
+//!
+//! A server refusing what tracking needs (`CLIENT TRACKING`, the `PING`s) turns the near cache
+//! off for good ([`Store::unsupported`], one `warn!`). Any other failure to connect (unreachable,
+//! a full client table, a login refused after a password change) is tried again, the pause
+//! doubling with each failure in a row ([`Failures`]); the fifth in a row is logged once, and so
+//! is the connection's return.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -28,30 +34,90 @@ pub(crate) enum Target {
     Cluster(crate::RedisClusterCacheRepository),
 }
 
+/// The pause before reconnecting after a lost connection or a first failure: the heartbeat, at
+/// most this.
+const FIRST_PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause between two attempts to connect, however many failed in a row.
+const LONGEST_PAUSE: Duration = Duration::from_secs(5);
+/// The failures in a row after which they are logged (once, `warn!`).
+const WARN_AFTER: u32 = 5;
+
 /// Why subscribing failed.
 enum Failure {
     /// The server refuses tracking (`CLIENT` renamed, `ERR` on `TRACKING`, no RESP3, an ACL
-    /// forbidding it): for good.
+    /// forbidding `CLIENT` or `PING`): for good.
     Refused(String),
-    /// Unreachable, timed out, reset: try again.
-    Transient,
+    /// Unreachable, timed out, reset, a full client table, a login refused (`WRONGPASS`,
+    /// `NOAUTH`: a password can be fixed on the server): try again. Why, for the log.
+    Transient(String),
 }
 
 impl From<redis::RedisError> for Failure {
     fn from(error: redis::RedisError) -> Failure {
-        // The server refusing the commands themselves: `ERR` (an unknown or renamed command or
-        // subcommand), `NOPROTO` (no RESP3), `NOPERM` (an ACL forbids them), or a server without
-        // `HELLO` at all (the `redis` crate's `RESP3NotSupported`). Anything else (I/O, a
-        // timeout, `LOADING`, `MASTERDOWN`, a full client table, ...) may pass.
-        let full = error
-            .detail()
-            .is_some_and(|detail| detail.starts_with("max number of clients"));
-        let refused = matches!(error.code(), Some("ERR" | "NOPROTO" | "NOPERM")) && !full;
-        if refused || error.kind() == redis::ErrorKind::RESP3NotSupported {
-            Failure::Refused(error.to_string())
-        } else {
-            Failure::Transient
+        match refusal(&error) {
+            Some(why) => Failure::Refused(why),
+            None => Failure::Transient(error.to_string()),
         }
+    }
+}
+
+/// Why `error` means the server refuses for good a command tracking needs (`CLIENT TRACKING`,
+/// `PING`): `ERR` (an unknown or renamed command or subcommand), `NOPROTO` (no RESP3), `NOPERM`
+/// (an ACL forbids it), or a server without `HELLO` at all (the `redis` crate's
+/// `RESP3NotSupported`). `None` for anything else (I/O, a timeout, `LOADING`, `MASTERDOWN`, a
+/// full client table, a refused login, ...), which may pass.
+pub(super) fn refusal(error: &redis::RedisError) -> Option<String> {
+    let full = error
+        .detail()
+        .is_some_and(|detail| detail.starts_with("max number of clients"));
+    let refused = matches!(error.code(), Some("ERR" | "NOPROTO" | "NOPERM")) && !full;
+    (refused || error.kind() == redis::ErrorKind::RESP3NotSupported).then(|| error.to_string())
+}
+
+/// The failures in a row to connect the tracking connection(s): the pause before the next
+/// attempt doubles with each (from the heartbeat, at most [`FIRST_PAUSE`], up to
+/// [`LONGEST_PAUSE`]); the [`WARN_AFTER`]th is logged once (`warn!`, with its cause), and the
+/// connection's return after it (`info!`).
+#[derive(Debug, Default)]
+struct Failures {
+    in_a_row: u32,
+    warned: bool,
+}
+
+impl Failures {
+    /// An attempt failed, because of `why`.
+    fn failed(&mut self, why: &str) {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        if self.in_a_row == WARN_AFTER {
+            self.warned = true;
+            tracing::warn!(
+                target: "impcache",
+                attempts = self.in_a_row,
+                cause = why,
+                "near cache tracking connection keeps failing: nothing is served locally until it is back"
+            );
+        }
+    }
+
+    /// An attempt succeeded: the count starts again.
+    fn succeeded(&mut self) {
+        if self.warned {
+            tracing::info!(
+                target: "impcache",
+                failed_attempts = self.in_a_row,
+                "near cache tracking connection back"
+            );
+        }
+        *self = Failures::default();
+    }
+
+    /// The pause before the next attempt.
+    fn pause(&self, heartbeat: Duration) -> Duration {
+        let doublings = self.in_a_row.saturating_sub(1).min(16);
+        heartbeat
+            .min(FIRST_PAUSE)
+            .saturating_mul(1 << doublings)
+            .min(LONGEST_PAUSE)
     }
 }
 
@@ -96,10 +162,9 @@ impl Target {
             }
             #[cfg(feature = "sentinel")]
             Target::Sentinel(repository) => {
-                let primary = repository
-                    .current_primary()
-                    .await
-                    .ok_or(Failure::Transient)?;
+                let primary = repository.current_primary().await.ok_or_else(|| {
+                    Failure::Transient("no primary known to the Sentinels".to_owned())
+                })?;
                 let identity = addresses(std::slice::from_ref(&primary));
                 Ok((vec![primary], identity))
             }
@@ -109,7 +174,7 @@ impl Target {
                     .current_primaries()
                     .await
                     .filter(|(primaries, _)| !primaries.is_empty())
-                    .ok_or(Failure::Transient)?;
+                    .ok_or_else(|| Failure::Transient("no Cluster slot map known".to_owned()))?;
                 let mut identity = addresses(&primaries);
                 identity.push(format!("slot map {map:x}"));
                 Ok((primaries, identity))
@@ -159,13 +224,20 @@ impl Drop for Running {
 async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
     let _running = Running(store.clone());
     let mut session = 0;
+    let mut failures = Failures::default();
     loop {
-        let Some(heartbeat) = store.upgrade().map(|store| store.heartbeat) else {
+        // Gone, or turned off for good (a `PING` refused while it was active).
+        let Some(heartbeat) = store
+            .upgrade()
+            .filter(|store| !store.is_unsupported())
+            .map(|store| store.heartbeat)
+        else {
             return;
         };
         session += 1;
         match subscribe(&store, &target, &prefix, session, heartbeat).await {
             Ok((connections, servers)) => {
+                failures.succeeded();
                 let Some(strong) = store.upgrade() else {
                     return;
                 };
@@ -181,17 +253,19 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
             }
             Err(Failure::Refused(why)) => {
                 if let Some(store) = store.upgrade() {
-                    store.unsupported(&format!("CLIENT TRACKING refused: {why}"));
+                    store.unsupported(&format!("tracking refused: {why}"));
                 }
                 return;
             }
-            Err(Failure::Transient) => {
+            Err(Failure::Transient(why)) => {
+                tracing::debug!(target: "impcache", cause = why, "near cache tracking connection failed");
                 if let Some(store) = store.upgrade() {
                     store.handshake_ended();
                 }
+                failures.failed(&why);
             }
         }
-        tokio::time::sleep(heartbeat.min(Duration::from_millis(200))).await;
+        tokio::time::sleep(failures.pause(heartbeat)).await;
     }
 }
 
@@ -244,6 +318,11 @@ async fn connect(
         .arg(format!("{prefix}:"))
         .query_async::<()>(&mut connection)
         .await?;
+    // The heartbeat and the reads' barrier need `PING`: an ACL forbidding it (`NOPERM`) is a
+    // refusal, found here rather than by a flush at every heartbeat.
+    redis::cmd("PING")
+        .query_async::<()>(&mut connection)
+        .await?;
     Ok(connection)
 }
 
@@ -266,6 +345,15 @@ fn on_push(store: &Store, session: u64, push: PushInfo) {
     }
 }
 
+/// A `PING` on a tracking connection (the heartbeat's, or a read's barrier) failed with `error`:
+/// if the server refuses it for good (an ACL changed to forbid it), the near cache is turned off
+/// ([`Store::unsupported`]); the tracking task then ends.
+pub(super) fn refused_ping(store: &Store, error: &redis::RedisError) {
+    if let Some(why) = refusal(error) {
+        store.unsupported(&format!("PING refused on the tracking connection: {why}"));
+    }
+}
+
 /// Returns when a connection stops answering, the store stops being active (a `Disconnection`
 /// push), or the servers changed (failover, new slot map).
 async fn watch(
@@ -284,8 +372,15 @@ async fn watch(
         for connection in &mut connections {
             let command = redis::cmd("PING");
             let ping = command.query_async::<()>(connection);
-            if !matches!(tokio::time::timeout(heartbeat, ping).await, Ok(Ok(()))) {
-                return;
+            match tokio::time::timeout(heartbeat, ping).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    if let Some(store) = store.upgrade() {
+                        refused_ping(&store, &error);
+                    }
+                    return;
+                }
+                Err(_) => return,
             }
         }
         if target.moves() {
