@@ -5,7 +5,7 @@ use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, FnArg, Ident, ItemFn, LitStr};
+use syn::{Attribute, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr};
 
 use crate::plan::{Arg, Key, Part, Plan, Policy, Prefix};
 use crate::tokens::{first_last, mentions};
@@ -323,8 +323,19 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         None => (quote!(), quote!(::core::option::Option::None)),
     };
 
-    let expire = &plan.expire;
-    let expire = quote_spanned!(expire.span()=> <::impcache::Expire as ::core::convert::From<_>>::from(#expire));
+    let expire = match &plan.expire {
+        // Unsuffixed seconds are a `u64`: through `From<_>` the literal would be an `i32`, and
+        // `expire = 3_000_000_000` (about 95 years) out of its range.
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(seconds),
+            ..
+        }) if seconds.suffix().is_empty() => {
+            quote_spanned!(seconds.span()=> ::impcache::Expire::seconds(#seconds))
+        }
+        expire => {
+            quote_spanned!(expire.span()=> <::impcache::Expire as ::core::convert::From<_>>::from(#expire))
+        }
+    };
     let policy = policy(plan);
     // `codec()` is the one place that requires `Serialize + DeserializeOwned` of the stored type;
     // the call spans the type (`T` of `Result<T, E>`), so that is where a missing impl is reported.

@@ -9,6 +9,7 @@ mod errors;
 mod expand;
 mod generate;
 mod generics;
+mod limits;
 mod plan;
 mod template;
 mod tokens;
@@ -65,6 +66,16 @@ use proc_macro::TokenStream;
 /// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`, never quoted for the text that follows: strings without quotes, integers and bools as `format!` writes them, other values (floats, structs, enums, `Option`s…) as their compact JSON, as in the key (`1.0f64` is `1.0`, not `format!`'s `1`); `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
 /// | `tags_from = org_tags` / `tags_from = \|user\| [format!("org:{}", user.org)]` | tags chosen from the cached value once the body has answered (a function or closure over `&Value`, the cached part of the return value, returning a list of strings), stored with the `tags` ones: for a tag the arguments do not give |
 /// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep; the tag comes from `name` or the `key` template when given (so it survives moving the function), else from the module path |
+///
+/// Durations are checked at compile time when they are literals (an integer, a path ending in
+/// `ZERO` such as `Duration::ZERO`, or `from_secs`, `from_millis`, `from_micros`, `from_nanos`
+/// or `Expire::seconds` of an integer), the runtime refusing them on every call and running the
+/// body uncached: a zero or negative `expire`, freshness option or `lock`; an `expire` over 100
+/// years (`impcache::MAX_EXPIRE`), or over it once the longer of `stale_while_revalidate` and
+/// `stale_if_error` is added (a window over 50 years counts as 50); a `lock` lifetime over 100
+/// years, or not longer than `hard_timeout` (unless that is 100 years or more: no limit). Other
+/// values (a `const`, a computed `Duration`, a `lock` lifetime under 1 ms) are checked at run
+/// time, where an invalid one logs a `tracing` warning and the call runs the body uncached.
 ///
 /// With any freshness option, `lock`, `tags`, `tags_from` or `invalidate_all`, the body runs in a
 /// spawned task: its future must be `Send + 'static`.

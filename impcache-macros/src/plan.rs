@@ -12,6 +12,7 @@ use syn::{
 
 use crate::args::{Args, Returns};
 use crate::errors::Errors;
+use crate::limits;
 use crate::template::{self, Segment};
 use crate::tokens::{
     borrow_in, contains_impl_trait, first_type_arg, last_ident, mentioned, mentions, StaticRef,
@@ -124,6 +125,7 @@ impl Plan {
     /// meaningful when no error was pushed.
     pub(crate) fn new(args: Args, func: ItemFn, errors: &mut Errors) -> Option<Plan> {
         check_fn(&args, &func, errors);
+        limits::check(&args, errors);
         let (has_receiver, plan_args) = arguments(&func, errors);
         let (key, key_args) = key(&args, has_receiver, &plan_args, errors);
         let (ret, value_ty, policy) = returns(&args, &func, errors);
