@@ -5,7 +5,7 @@ use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr};
+use syn::{Attribute, BinOp, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr};
 
 use crate::plan::{Arg, Key, Part, Plan, Policy, Prefix};
 use crate::tokens::{first_last, mentions};
@@ -212,6 +212,37 @@ fn policy(plan: &Plan) -> TokenStream {
     }
 }
 
+/// Whether `value` is integer arithmetic on literals without a suffix (`3_000_000_000`,
+/// `60 * 60 * 24 * 365 * 80`): through a generic conversion (`From<_>`, `IntoDuration`) it would
+/// be an `i32`, which overflows past 68 years (rustc refuses such a literal; a product panics in
+/// a debug build and wraps in a release one). Such seconds are given a `u64` instead.
+fn unsuffixed_seconds(value: &Expr) -> bool {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => int.suffix().is_empty(),
+        Expr::Paren(inner) => unsuffixed_seconds(&inner.expr),
+        Expr::Group(inner) => unsuffixed_seconds(&inner.expr),
+        Expr::Binary(binary) => {
+            matches!(
+                binary.op,
+                BinOp::Add(_) | BinOp::Sub(_) | BinOp::Mul(_) | BinOp::Div(_) | BinOp::Rem(_)
+            ) && unsuffixed_seconds(&binary.left)
+                && unsuffixed_seconds(&binary.right)
+        }
+        _ => false,
+    }
+}
+
+/// A duration option's value, its [`unsuffixed_seconds`] typed as a `u64`.
+fn typed_seconds(value: &Expr) -> TokenStream {
+    if unsuffixed_seconds(value) {
+        quote_spanned!(value.span()=> ::impcache::__private::seconds(#value))
+    } else {
+        value.to_token_stream()
+    }
+}
+
 /// In a trait impl the companions are not members of the trait (E0407, which says nothing of
 /// `#[cached]`). A method checks that its `{name}_uncached` companion is inherent: if it is not,
 /// `Self::{name}_uncached` falls back to a local trait whose bound fails with a message that says
@@ -323,18 +354,11 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         None => (quote!(), quote!(::core::option::Option::None)),
     };
 
-    let expire = match &plan.expire {
-        // Unsuffixed seconds are a `u64`: through `From<_>` the literal would be an `i32`, and
-        // `expire = 3_000_000_000` (about 95 years) out of its range.
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(seconds),
-            ..
-        }) if seconds.suffix().is_empty() => {
-            quote_spanned!(seconds.span()=> ::impcache::Expire::seconds(#seconds))
-        }
-        expire => {
-            quote_spanned!(expire.span()=> <::impcache::Expire as ::core::convert::From<_>>::from(#expire))
-        }
+    let expire = &plan.expire;
+    let expire = if unsuffixed_seconds(expire) {
+        quote_spanned!(expire.span()=> ::impcache::Expire::seconds(#expire))
+    } else {
+        quote_spanned!(expire.span()=> <::impcache::Expire as ::core::convert::From<_>>::from(#expire))
     };
     let policy = policy(plan);
     // `codec()` is the one place that requires `Serialize + DeserializeOwned` of the stored type;
@@ -384,13 +408,14 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         // Freshness options, `lock` or tags: the `get_or_set` machinery, which needs a
         // `Send + 'static` body (the plan has refused the arguments it would borrow).
         let options = plan.freshness.iter().map(|(name, value)| {
+            let value = typed_seconds(value);
             quote_spanned!(value.span()=> .#name(::impcache::__private::duration(#value)))
         });
         // `lock = ...` (issue 16): a lock of that lifetime, or the default one.
-        let lock = plan
-            .lock
-            .iter()
-            .map(|value| quote_spanned!(value.span()=> .lock(::impcache::__private::lock(#value))));
+        let lock = plan.lock.iter().map(|value| {
+            let value = typed_seconds(value);
+            quote_spanned!(value.span()=> .lock(::impcache::__private::lock(#value)))
+        });
         // `hard_timeout = ...`: what a given-up body returns (`None`, `Err(..)`); a return type
         // with no such value is reported on the return type. A typed binding, not an `as` cast
         // (which `trivial_casts` would flag in the user's crate).

@@ -639,3 +639,21 @@ async fn associated_and_nested_functions_of_one_name_do_not_share_entries() {
         .unwrap()
         .is_some());
 }
+
+static DECADES: AtomicUsize = AtomicUsize::new(0);
+
+/// 80 years written as a product of plain numbers: the macro types it as a `u64` (as an `i32`,
+/// the product overflowed: a panic on every call in a debug build).
+#[cached(cache = cache, expire = 60 * 60 * 24 * 365 * 80, skip(cache))]
+async fn for_decades(cache: &Cache, x: u64) -> u64 {
+    DECADES.fetch_add(1, SeqCst);
+    x
+}
+
+#[tokio::test]
+async fn seconds_written_as_a_product_of_plain_numbers_are_a_u64() {
+    let cache = &fresh();
+    assert_eq!(for_decades(cache, 7).await, 7);
+    assert_eq!(for_decades(cache, 7).await, 7);
+    assert_eq!(DECADES.load(SeqCst), 1);
+}

@@ -148,6 +148,13 @@ pub async fn invalidate_all(
     }
 }
 
+/// A number of seconds written without a suffix (`3_000_000_000`, `60 * 60 * 24 * 365 * 80`),
+/// typed as a `u64` by this parameter: through a generic conversion it would be an `i32`, which
+/// overflows past 68 years.
+pub const fn seconds(seconds: u64) -> u64 {
+    seconds
+}
+
 /// A freshness option's value as a [`Duration`].
 pub fn duration(value: impl IntoDuration) -> Duration {
     value.into_duration()

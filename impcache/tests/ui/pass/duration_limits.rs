@@ -12,9 +12,19 @@ const LOCK: u64 = 1;
 #[cached(expire = 3_153_600_000u64)]
 async fn longest(id: u64) -> u64 { id }
 
-// About 95 years without a suffix: seconds as a `u64`, not an `i32` out of range.
+// About 95 years without a suffix, as a literal or a product, for `expire` and the other
+// durations: seconds as a `u64`, not an `i32` out of range.
 #[cached(expire = 3_000_000_000)]
 async fn unsuffixed_long(id: u64) -> u64 { id }
+
+#[cached(expire = 60 * 60 * 24 * 365 * 80)]
+async fn unsuffixed_product(id: u64) -> u64 { id }
+
+#[cached(expire = 60, stale_while_revalidate = 3_000_000_000)]
+async fn unsuffixed_window(id: u64) -> u64 { id }
+
+#[cached(expire = 60, lock = 3_153_600_000, hard_timeout = 3_000_000_000)]
+async fn unsuffixed_lock(id: u64) -> Option<u64> { Some(id) }
 
 // A lock just longer than the hard timeout, in seconds or as `Duration`s.
 #[cached(expire = 60, lock = 3, hard_timeout = 2)]
