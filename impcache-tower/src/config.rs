@@ -169,6 +169,20 @@ impl Config {
         (expire != Expire::NEVER).then(|| impcache::__private::expire_bound(expire))
     }
 
+    /// Warns (once per application of the layer: it has no call to refuse them with) of a lock
+    /// whose lifetime `get_or_set` would refuse under the hard timeout; the lock then runs with
+    /// its default lifetime for that hard timeout.
+    pub(crate) fn warn_of_an_invalid_lock(&self) {
+        let Some(lock) = self.lock else { return };
+        if let Some(reason) = impcache::__private::lock::invalid(lock, self.hard_timeout) {
+            tracing::warn!(
+                namespace = %self.namespace,
+                %reason,
+                "impcache-tower: CacheLayer::lock's lifetime is refused; the default lifetime for the hard timeout is used instead"
+            );
+        }
+    }
+
     /// Whether a tag header field read is case-insensitive (`Cache-Tag`): purges then write the
     /// lower-case spelling of a tag too (`tags::spellings`).
     pub(crate) fn case_insensitive_tags(&self) -> bool {

@@ -370,8 +370,8 @@ impl CacheLayer {
     /// that failed does not try the lock. A miss costs three round trips more (the `SET NX`, a
     /// second lookup, the release); hits cost nothing more. A lifetime not above
     /// [`hard_timeout`](Self::hard_timeout), which `get_or_set` refuses, is raised as if it were
-    /// not set (the hard timeout plus 5 s), with one warning: a layer has no call to refuse it
-    /// with, and without the lock every process would call the handler.
+    /// not set (the hard timeout plus 5 s), with a warning when the layer is applied: a layer
+    /// has no call to refuse it with, and without the lock every process would call the handler.
     pub fn lock(self, lock: impcache::Lock) -> Self {
         self.with(|c| c.lock = Some(lock))
     }

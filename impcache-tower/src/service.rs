@@ -76,6 +76,7 @@ impl<S> Layer<S> for CacheLayer {
     type Service = CacheService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.config.warn_of_an_invalid_lock();
         CacheService::new(inner, self.clone())
     }
 }

@@ -1805,6 +1805,45 @@ mod out_of_range_settings {
         calls.load(Ordering::SeqCst)
     }
 
+    /// Each layer whose lock lifetime `get_or_set` would refuse says so when it is applied,
+    /// with the values (one process-wide warning named neither).
+    #[test]
+    fn each_layer_with_a_refused_lock_lifetime_warns_when_applied() {
+        #[derive(Clone, Default)]
+        struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let second = Duration::from_secs(1);
+        tracing::subscriber::with_default(subscriber, || {
+            for (lifetime, hard_timeout) in [(1, 2), (3, 10), (5, 2)] {
+                let layer = CacheLayer::new(Cache::new(MemoryCacheRepository::new()))
+                    .lock(Lock::new().lifetime(lifetime * second))
+                    .hard_timeout(hard_timeout * second);
+                let _service = layer.layer(tower::service_fn(|_: Request<Full<Bytes>>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+                }));
+            }
+        });
+        let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let warnings: Vec<_> = logs.lines().filter(|line| line.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 2, "{logs}");
+        assert!(warnings[0].contains("lifetime (1s)"), "{logs}");
+        assert!(warnings[1].contains("lifetime (3s)"), "{logs}");
+    }
+
     #[tokio::test]
     async fn a_lock_lifetime_too_short_for_the_hard_timeout_still_locks() {
         let second = Duration::from_secs(1);

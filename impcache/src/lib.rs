@@ -269,6 +269,15 @@ pub mod __private {
         {
             crate::freshness::lock_private::take(cache, key, lock, hard_timeout, wait, poll).await
         }
+
+        /// Why `get_or_set` would refuse `lock` under `hard_timeout`, or `None`: [`take`] raises
+        /// such a lifetime as if it were not set, and `CacheLayer` warns of it when applied.
+        pub fn invalid(
+            lock: crate::Lock,
+            hard_timeout: Option<std::time::Duration>,
+        ) -> Option<String> {
+            crate::freshness::lock_private::invalid(lock, hard_timeout)
+        }
     }
 
     /// Metrics recorded by the `#[cached]` expansion, the HTTP layer and the circuit breaker.

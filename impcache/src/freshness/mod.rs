@@ -73,7 +73,7 @@ pub use lock_settings::Lock;
 
 /// The lock's protocol for the HTTP layer (`__private::lock`).
 pub(crate) mod lock_private {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     use super::lock::take_polling;
     pub use super::lock::{Held, Turn};
@@ -81,10 +81,10 @@ pub(crate) mod lock_private {
 
     /// [`take_polling`] with the lock's own lifetime (raised above `hard_timeout` when not set,
     /// as `get_or_set`'s), waiting for another process's value when `wait` (else
-    /// [`Turn::Busy`]: a background revalidation). A lifetime set too short for
-    /// `hard_timeout`, which `get_or_set` refuses, is raised as if not set, with one warning in
-    /// the process: a layer has no call to refuse it with, and running without the lock would
-    /// call the handler in every process.
+    /// [`Turn::Busy`]: a background revalidation). A lifetime that `get_or_set` would refuse
+    /// ([`invalid`]) is raised as if not set: a layer has no call to refuse it with (it warns
+    /// when it is applied), and running without the lock would call the handler in every
+    /// process.
     pub(crate) async fn take<T, F, Fut>(
         cache: &crate::Cache,
         key: &str,
@@ -97,14 +97,9 @@ pub(crate) mod lock_private {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = crate::Result<Option<T>>>,
     {
-        static WARNED: AtomicBool = AtomicBool::new(false);
         let mut lock = lock.resolved(hard_timeout);
         let mut checked = lock.checked(hard_timeout, key);
-        if let Err(error) = &checked {
-            if !WARNED.swap(true, Ordering::Relaxed) {
-                let error = cache.logged_error(error);
-                tracing::warn!(%error, "the lock's lifetime is invalid: using the default lifetime for the hard timeout instead (warned once)");
-            }
+        if checked.is_err() {
             lock = lock.without_lifetime().resolved(hard_timeout);
             checked = lock.checked(hard_timeout, key);
         }
@@ -112,6 +107,16 @@ pub(crate) mod lock_private {
             Ok(lifetime) => take_polling(cache, key, lock, lifetime, wait, poll).await,
             // The default lifetime is always valid; kept open rather than assumed.
             Err(_) => Turn::Open,
+        }
+    }
+
+    /// Why `get_or_set` would refuse `lock` under `hard_timeout` (its lifetime not longer than
+    /// the hard timeout, say), or `None`; [`take`] raises such a lifetime as if it were not set.
+    pub(crate) fn invalid(lock: Lock, hard_timeout: Option<Duration>) -> Option<String> {
+        match lock.resolved(hard_timeout).checked(hard_timeout, "") {
+            Err(crate::Error::InvalidExpire { reason, .. }) => Some(reason),
+            Err(error) => Some(error.to_string()),
+            Ok(_) => None,
         }
     }
 }
