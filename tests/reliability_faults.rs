@@ -463,6 +463,8 @@ async fn out_of_memory_fails_writes_clearly_and_reads_keep_working() {
     match &error {
         Error::Server { code, message, .. } => {
             assert_eq!(code.as_deref(), Some("OOM"), "{message}");
+            // As Redis writes it, not the client's `"OOM": ...`.
+            assert!(message.starts_with("OOM command not allowed"), "{message}");
         }
         other => panic!("expected Error::Server, got {other:?}"),
     }

@@ -23,6 +23,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///   origin on these.
 ///
 /// [`Decode`](Error::Decode) is neither: the server answered, but what it holds is not the requested type.
+/// Nor is [`Loader`](Error::Loader): the cache answered, but the caller's loader gave no value.
 ///
 /// A `delete_pattern` sweep that fails after removing keys returns
 /// [`Interrupted`](Error::Interrupted), which wraps the failure and says how many keys were
@@ -112,10 +113,8 @@ pub enum Error {
         source: BoxError,
     },
     /// The operation did not finish within the repository's deadline. A write that timed out may
-    /// still be applied by the server later.
-    #[error(
-        "{operation} of `{key}` timed out after {deadline:?} (a write may still be applied later)"
-    )]
+    /// still be applied by the server later (the message says so for writes).
+    #[error("{operation} of `{key}` timed out after {deadline:?}{}", write_caveat(.operation))]
     Timeout {
         /// The operation (`get`, `set`, ...).
         operation: &'static str,
@@ -314,5 +313,38 @@ pub(crate) fn shown_many<K: AsRef<str>>(keys: &[K]) -> String {
         [] => String::new(),
         [one] => shown(one.as_ref()),
         [first, rest @ ..] => format!("{} and {} more", shown(first.as_ref()), rest.len()),
+    }
+}
+
+/// What a [`Timeout`](Error::Timeout) of `operation` adds: a write may still land, a read cannot.
+fn write_caveat(operation: &str) -> &'static str {
+    if operation.starts_with("get") {
+        ""
+    } else {
+        " (a write may still be applied later)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a write that timed out may still land: a read's message does not say so.
+    #[test]
+    fn a_read_that_timed_out_says_nothing_of_writes() {
+        let timeout = |operation| Error::Timeout {
+            operation,
+            key: "k".to_owned(),
+            deadline: Duration::from_millis(5),
+        };
+        assert_eq!(timeout("get").to_string(), "get of `k` timed out after 5ms");
+        assert_eq!(
+            timeout("get_many").to_string(),
+            "get_many of `k` timed out after 5ms"
+        );
+        assert_eq!(
+            timeout("set").to_string(),
+            "set of `k` timed out after 5ms (a write may still be applied later)"
+        );
     }
 }

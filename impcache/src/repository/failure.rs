@@ -158,7 +158,7 @@ impl Failed {
                 operation,
                 key,
                 code: e.code().map(str::to_owned),
-                message: e.to_string(),
+                message: server_message(&e),
             },
         };
         Failed { kind, error }
@@ -232,4 +232,13 @@ struct GaveUpEarly {
     connect_timeout: Option<Duration>,
     #[source]
     source: RedisError,
+}
+
+/// A server's error reply as Redis writes it (`OOM command not allowed when ...`): the `redis`
+/// crate's own text quotes the code (`"OOM": command not ...`).
+fn server_message(error: &redis::RedisError) -> String {
+    match (error.code(), error.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => error.to_string(),
+    }
 }
