@@ -102,31 +102,17 @@ fn lit_str(expr: &Expr, option: &str, errors: &mut Errors) -> Option<LitStr> {
     }
 }
 
-/// Whether `expr` is a literal zero or negative number, or an obviously zero `Duration`.
+/// Whether `expr` is a literal negative number, or a duration known to be zero (the literal
+/// forms [`limits::known`](crate::limits::known) reads).
 fn is_obviously_not_positive(expr: &Expr) -> bool {
     match expr {
         // (A negative literal as an attribute's last value is one `Lit::Int`, `-5`.)
         Expr::Lit(ExprLit {
             lit: Lit::Int(i), ..
-        }) => {
-            let digits = i.base10_digits();
-            digits.starts_with('-') || digits.bytes().all(|b| b == b'0')
-        }
+        }) if i.base10_digits().starts_with('-') => true,
         Expr::Unary(u) => matches!(u.op, syn::UnOp::Neg(_)),
         Expr::Paren(p) => is_obviously_not_positive(&p.expr),
-        Expr::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "ZERO"),
-        Expr::Call(call) => {
-            let ctor = match &*call.func {
-                Expr::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()),
-                _ => None,
-            };
-            matches!(
-                ctor.as_deref(),
-                Some("from_secs" | "from_millis" | "from_micros" | "from_nanos" | "seconds")
-            ) && call.args.len() == 1
-                && call.args.first().is_some_and(is_obviously_not_positive)
-        }
-        _ => false,
+        _ => crate::limits::known(expr).is_some_and(|duration| duration.is_zero()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The runtime's bounds on durations, checked at compile time where the values are known: an
 //! option the runtime would refuse on every call (and so run the body uncached on every call) is
 //! a compile error instead. A value is known when it is one of the literal forms the zero checks
-//! of [`crate::args`] read: an integer literal (seconds), a path ending in `ZERO`, or
+//! of [`crate::args`] read (through [`known`]): an integer literal (seconds), a path ending in `ZERO`, or
 //! `from_secs`, `seconds`, `from_millis`, `from_micros` or `from_nanos` of an integer literal.
 //! Anything else (a `const`, a computed value, `Duration::MAX`) is left to the runtime.
 
@@ -27,7 +27,7 @@ const STALE_WINDOWS: [&str; 2] = ["stale_while_revalidate", "stale_if_error"];
 const MAX_TEXT: &str = "100 years (3153600000s)";
 
 /// The value of a duration option, when it is known at compile time (see the module docs).
-fn known(expr: &Expr) -> Option<Duration> {
+pub(crate) fn known(expr: &Expr) -> Option<Duration> {
     match expr {
         Expr::Lit(_) => integer(expr).map(Duration::from_secs),
         Expr::Paren(p) => known(&p.expr),

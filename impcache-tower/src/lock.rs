@@ -53,16 +53,16 @@ pub(crate) async fn take(
     seen: Option<&Seen>,
     revalidates: Option<&Entry>,
 ) -> Locked {
-    if config.lock.is_none() {
+    let Some(options) = config.lock else {
         return Locked::Call(None);
-    }
+    };
     let variant = seen.and_then(|seen| variant_key(config, keys, headers, seen));
     let lock_key = variant.as_deref().unwrap_or(keys.record());
-    match take_key(config, keys, headers, lock_key, revalidates).await {
+    match take_key(config, options, keys, headers, lock_key, revalidates).await {
         Taken::Locked(locked) => locked,
         // Once: a variant's lock does not end with `Variant` (see `take_key`).
         Taken::Variant(variant) => {
-            match take_key(config, keys, headers, &variant, revalidates).await {
+            match take_key(config, options, keys, headers, &variant, revalidates).await {
                 Taken::Locked(locked) => locked,
                 Taken::Variant(_) => Locked::Call(None),
             }
@@ -91,19 +91,17 @@ enum Taken {
     Variant(String),
 }
 
-/// The lock of `lock_key` (the record's or a variant's), polling the request's response while
-/// another process holds it. Only on the record's lock does a poll that finds the URL's variants
-/// named end the wait with [`Taken::Variant`].
+/// The lock of `lock_key` (the record's or a variant's), with the layer's `options`, polling the
+/// request's response while another process holds it. Only on the record's lock does a poll
+/// that finds the URL's variants named end the wait with [`Taken::Variant`].
 async fn take_key(
     config: &Config,
+    options: impcache::Lock,
     keys: &UrlKeys,
     headers: &http::HeaderMap,
     lock_key: &str,
     revalidates: Option<&Entry>,
 ) -> Taken {
-    let Some(options) = config.lock else {
-        return Taken::Locked(Locked::Call(None));
-    };
     let on_record = lock_key == keys.record();
     let newer = |entry: &Entry| revalidates.is_none_or(|old| entry.stored_at_ms > old.stored_at_ms);
     let poll = || async {

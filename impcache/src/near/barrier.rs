@@ -32,9 +32,8 @@ pub(super) struct Barrier {
 #[derive(Clone, Copy, Debug, Default)]
 struct Ended {
     round: u64,
-    passed: bool,
-    /// Its driver was dropped mid-round: no outcome.
-    abandoned: bool,
+    /// Whether it passed; `None` when its driver was dropped mid-round (abandoned).
+    outcome: Option<bool>,
 }
 
 /// What a reader does next.
@@ -90,8 +89,8 @@ impl Barrier {
     fn next_step(&self, needed: u64) -> Step {
         let mut begun = self.lock();
         let ended = *self.ended.borrow();
-        if ended.round >= needed && !ended.abandoned {
-            return Step::Done(ended.passed);
+        if let Some(passed) = ended.outcome.filter(|_| ended.round >= needed) {
+            return Step::Done(passed);
         }
         if ended.round < *begun {
             // Round `begun` runs. Subscribed under the lock: its end cannot slip between.
@@ -122,8 +121,7 @@ impl Drop for Driving<'_> {
         let _begun = self.barrier.lock();
         self.barrier.ended.send_replace(Ended {
             round: self.round,
-            passed: self.passed.unwrap_or(false),
-            abandoned: self.passed.is_none(),
+            outcome: self.passed,
         });
     }
 }
