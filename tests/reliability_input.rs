@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use impcache::{Cache, CacheRepository, Error, MemoryCacheRepository, RedisCacheRepository};
+use impcache::{
+    Cache, CacheRepository, Error, MemoryCacheRepository, RedisCacheRepository,
+    RedisCacheRepositoryBuilder,
+};
 use impcache_tests::RedisServer;
 
 fn redis_cache(server: &RedisServer) -> Cache {
@@ -42,6 +45,7 @@ fn malformed_dsns_are_refused_with_a_reason_and_without_the_password() {
         ("unix://", "socket path"),
         ("redis+unix:///", "socket path"),
         ("redis://user:hunter2@host with space/0", "URL"),
+        ("redis://user:hunter2@127.0.0.1:0/0", "port 0"),
     ];
     for (dsn, expected) in cases {
         let error = RedisCacheRepository::new(dsn).unwrap_err();
@@ -62,6 +66,33 @@ fn malformed_dsns_are_refused_with_a_reason_and_without_the_password() {
         }
         assert!(!error.is_backend_failure());
     }
+}
+
+/// Settings under which nothing could work are refused when the repository is built, naming
+/// the setting, as a bad DSN is: a zero deadline would time out every call.
+#[test]
+fn settings_that_cannot_work_are_refused_at_build() {
+    let dsn = "redis://user:hunter2@127.0.0.1:1/0";
+    let cases: [(_, fn(_) -> _); 3] = [
+        ("deadline", |b: RedisCacheRepositoryBuilder| {
+            b.deadline(Duration::ZERO)
+        }),
+        ("connect timeout", |b| b.connect_timeout(Duration::ZERO)),
+        ("largest value", |b| b.max_value_bytes(0)),
+    ];
+    for (setting, apply) in cases {
+        let error = apply(RedisCacheRepository::builder(dsn)).build().unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, Error::InvalidDsn { .. }), "{error:?}");
+        assert!(message.contains(setting), "`{message}` should name {setting}");
+        assert!(!message.contains("hunter2"), "password shown: {message}");
+    }
+    let fine = RedisCacheRepository::builder(dsn)
+        .deadline(Duration::from_millis(1))
+        .connect_timeout(Duration::from_millis(1))
+        .max_value_bytes(1)
+        .build();
+    assert!(fine.is_ok(), "{fine:?}");
 }
 
 #[test]

@@ -31,7 +31,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The connection string could not be used; nothing was connected.
+    /// The connection string, or a setting of the repository built on it (a zero deadline, for
+    /// instance), could not be used; nothing was connected.
     #[error("invalid DSN `{dsn}`: {reason}")]
     InvalidDsn {
         /// The DSN, with any password replaced by `***`.

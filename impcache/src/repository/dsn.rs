@@ -217,7 +217,13 @@ fn invalid(dsn: &str) -> impl Fn(String) -> Error + '_ {
 
 /// `dsn` as a URL; `expected` says what was expected instead.
 fn parse(dsn: &str, expected: &str) -> Result<url::Url> {
-    url::Url::parse(dsn).map_err(|e| invalid(dsn)(format!("not a URL ({e}); {expected}")))
+    let url =
+        url::Url::parse(dsn).map_err(|e| invalid(dsn)(format!("not a URL ({e}); {expected}")))?;
+    // Port 0 asks the operating system for any free port: no server listens there.
+    if url.port() == Some(0) {
+        return Err(invalid(dsn)(format!("port 0 is not a server's port; {expected}")));
+    }
+    Ok(url)
 }
 
 /// Refuses a TCP address without a host.
@@ -334,11 +340,16 @@ mod tests {
     #[cfg(feature = "sentinel")]
     #[test]
     fn sentinel_addresses_are_checked() -> Result<()> {
-        for bad in ["", "http://h:1", "unix:///tmp/s.sock", "redis://"] {
+        for bad in ["", "http://h:1", "unix:///tmp/s.sock", "redis://", "redis://h:0"] {
             let err = crate::RedisSentinelCacheRepository::new([bad], "mymaster").unwrap_err();
             assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
         }
         assert!(crate::RedisSentinelCacheRepository::new(Vec::<String>::new(), "m").is_err());
+        let zero = crate::RedisSentinelCacheRepository::builder(["redis://h:26379"], "m")
+            .connect_timeout(std::time::Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(zero.to_string().contains("connect timeout"), "{zero}");
         let sentinels: &[&str] = &["redis://h:26379"];
         assert!(crate::RedisSentinelCacheRepository::new(sentinels, "m").is_ok());
         assert!(crate::RedisSentinelCacheRepository::new(["redis://h:26379"], " ").is_err());
@@ -363,6 +374,7 @@ mod tests {
             "unix:///tmp/s.sock",
             "redis://h:1/3",
             "redis://",
+            "redis://h:0",
         ] {
             let err = crate::RedisClusterCacheRepository::new([bad]).unwrap_err();
             assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
@@ -374,5 +386,10 @@ mod tests {
         let err = crate::RedisClusterCacheRepository::new(["redis://:s3cret@h:1/9"]).unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
         assert!(crate::RedisClusterCacheRepository::new(["redis://h:1", "redis://h:2/0"]).is_ok());
+        let zero = crate::RedisClusterCacheRepository::builder(["redis://h:1"])
+            .deadline(std::time::Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(zero.to_string().contains("deadline"), "{zero}");
     }
 }

@@ -32,10 +32,27 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// Why these settings cannot work, if they cannot: a zero deadline or connect timeout would
+    /// fail every operation, a zero size limit refuse every value.
+    pub(crate) fn problem(&self) -> Option<&'static str> {
+        if self.deadline.is_zero() {
+            Some("the deadline is zero: every operation would time out")
+        } else if self.connect_timeout.is_zero() {
+            Some("the connect timeout is zero: no connection could be opened")
+        } else if self.max_value_bytes == 0 {
+            Some("the largest value is 0 bytes: every value would be refused")
+        } else {
+            None
+        }
+    }
+}
+
 /// The builder methods for [`Settings`], for a builder with a `settings` field.
 macro_rules! shared_setters {
     () => {
-        /// Time allowed to open a connection (TCP and handshake). Default 250 ms.
+        /// Time allowed to open a connection (TCP and handshake). Default 250 ms; `build`
+        /// refuses zero ([`Error::InvalidDsn`](crate::Error::InvalidDsn)).
         pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
             self.settings.connect_timeout = timeout;
             self
@@ -43,7 +60,7 @@ macro_rules! shared_setters {
 
         /// The most any operation waits, reconnecting (and, on a cluster, redirections and
         /// retries) included. Default 500 ms. For `delete_pattern` it bounds each round trip
-        /// of the sweep.
+        /// of the sweep. `build` refuses zero ([`Error::InvalidDsn`](crate::Error::InvalidDsn)).
         pub fn deadline(mut self, deadline: std::time::Duration) -> Self {
             self.settings.deadline = $crate::expire::capped(deadline);
             self
@@ -64,7 +81,7 @@ macro_rules! shared_setters {
         }
 
         /// The largest encoded value accepted before sending (default 512 MiB, Redis's own
-        /// limit).
+        /// limit). `build` refuses zero ([`Error::InvalidDsn`](crate::Error::InvalidDsn)).
         pub fn max_value_bytes(mut self, bytes: usize) -> Self {
             self.settings.max_value_bytes = bytes;
             self

@@ -500,6 +500,9 @@ impl RedisSentinelCacheRepositoryBuilder {
             .iter()
             .map(|sentinel| dsn::sentinel(sentinel))
             .collect::<Result<Vec<_>>>()?;
+        if let Some(reason) = self.settings.problem() {
+            return Err(invalid(shown_sentinels.join(", "), reason.to_owned()));
+        }
         let sentinel_infos = infos
             .iter()
             .map(|info| {
