@@ -33,6 +33,7 @@ per_store!(
     a_killed_owner_is_taken_over_after_the_lock_lifetime,
     a_killed_owner_is_taken_over_once_with_the_default_wait,
     a_failing_owner_lets_the_next_process_load,
+    a_failed_load_is_retried_by_one_waiter_at_a_time,
     a_stale_key_is_reloaded_in_the_background_by_one_process,
     a_value_of_an_older_type_is_reloaded_once_across_processes,
     an_early_refresh_under_the_lock_reloads,
@@ -217,6 +218,55 @@ async fn a_failing_owner_lets_the_next_process_load(store: Store) {
     .unwrap()
     .unwrap();
     assert_eq!(got, "second");
+}
+
+/// Under the lock, the callers of a process that waited on a failed load do not all run the
+/// loader at once (unlocked): one of them takes the next turn through the lock, and the others
+/// share its value. Two processes of ten callers: the failure, then one run that answers all.
+async fn a_failed_load_is_retried_by_one_waiter_at_a_time(store: Store) {
+    let processes = store.processes(2);
+    let policy = Freshness::new().lock(Lock::new().wait(HANG));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most_at_once = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for cache in &processes {
+        for _ in 0..10 {
+            let cache = cache.clone();
+            let (runs, running, most) = (runs.clone(), running.clone(), most_at_once.clone());
+            handles.push(tokio::spawn(async move {
+                cache
+                    .try_get_or_set("k", 60, move || async move {
+                        let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        if run == 1 {
+                            Err(Error::Loader {
+                                key: "k".into(),
+                                reason: "the origin is down".into(),
+                            })
+                        } else {
+                            Ok(format!("run {run}"))
+                        }
+                    })
+                    .freshness(policy)
+                    .await
+            }));
+        }
+    }
+    let mut answers = Vec::new();
+    for handle in handles {
+        answers.push(tokio::time::timeout(HANG, handle).await.unwrap().unwrap());
+    }
+    let failed = answers.iter().filter(|answer| answer.is_err()).count();
+    assert_eq!(failed, 1, "only the failed run's own caller fails: {answers:?}");
+    assert!(
+        answers.iter().flatten().all(|value| value == "run 2"),
+        "{answers:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the failure, then one run");
+    assert_eq!(most_at_once.load(Ordering::SeqCst), 1, "never two at once");
 }
 
 /// Stale-while-revalidate under a lock: the first process's background reload holds the lock;

@@ -354,6 +354,7 @@ where
                         }
                     }
                     Wait::Abandoned => continue,
+                    Wait::NotShared if joins_again(&job, waiting_since) => continue,
                     // (Past the hard timeout: left to `alone`, which has no time left to load.)
                     Wait::NotShared | Wait::TimedOut => {}
                 }
@@ -365,6 +366,18 @@ where
             }
         }
     }
+}
+
+/// Whether a waiter whose leader had nothing to share (its loader failed) joins the key's flight
+/// again rather than loading on its own: under a cross-process lock, while the lock's `wait`
+/// lasts. One of the waiters then leads the next attempt, through the lock, and the others wait
+/// for it, as moka's `try_get_with` and FusionCache hand a failed load to one caller at a time: a
+/// failure does not turn every waiter loose on the origin at once, unlocked. Past the `wait`,
+/// each loads on its own, as a process does that waited that long for another's lock.
+fn joins_again(job: &Job, waiting_since: tokio::time::Instant) -> bool {
+    job.lock
+        .as_ref()
+        .is_some_and(|(lock, _)| waiting_since.elapsed() < lock.wait_duration())
 }
 
 /// A leader's second look at its key (told to [`recheck`](Leader::recheck): a flight of the
