@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::Response;
 
-use crate::config::{Config, CACHE_STATUS, X_CACHE};
+use crate::config::{Config, X_CACHE};
 use crate::entry::Entry;
 use crate::flight::FlightGuard;
 use crate::freshness;
@@ -150,7 +150,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 may_store,
                 compute_etag: false,
                 status: stale.status,
-                headers: policy::stored_headers(&updated, &[X_CACHE, CACHE_STATUS]),
+                headers: policy::stored_headers(&updated, &[X_CACHE]),
                 vary,
                 variant_key,
                 ttl: Some(stale::key_ttl(verdict.ttl, &policy)),
@@ -187,7 +187,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 }
             }
             let entry = Entry {
-                headers: policy::stored_headers(&updated, &[X_CACHE, CACHE_STATUS]),
+                headers: policy::stored_headers(&updated, &[X_CACHE]),
                 stored_at_ms: response_ms,
                 ..stale
             };

@@ -15,7 +15,7 @@ use impcache::Cache;
 use tower::{Layer, Service};
 
 use crate::body::{self, BoxError, Buffered, ResponseBody, StreamCopy};
-use crate::config::{Config, CACHE_STATUS, X_CACHE};
+use crate::config::{Config, X_CACHE};
 use crate::entry::{now_ms, Entry};
 use crate::flight::{FlightGuard, Join, Leader, Published, Shared, Ticket, Wait};
 use crate::freshness;
@@ -712,7 +712,7 @@ where
         may_store,
         compute_etag: config.compute_etag && !config.follow_origin,
         status: parts.status,
-        headers: policy::stored_headers(&parts.headers, &[X_CACHE, CACHE_STATUS]),
+        headers: policy::stored_headers(&parts.headers, &[X_CACHE]),
         vary,
         variant_key,
         ttl: ttl.map(|ttl| stale::key_ttl(ttl, &policy)),

@@ -56,6 +56,37 @@ async fn get_is_stored_then_served_with_age_status_and_original_headers() {
     assert!(second.headers.get("x-hop").is_none() && second.headers.get("connection").is_none());
 }
 
+/// RFC 9211 §2: a cache adding its `Cache-Status` member keeps the members of the caches
+/// before it, on hits too (a stored response keeps the header as the origin side sent it), so a
+/// chain of caches can be debugged. Our own member is never stored: a hit shows one of ours.
+#[tokio::test]
+async fn upstream_cache_status_members_are_kept_on_hits() {
+    let (svc, calls) = app(layer(), |_, _| async move {
+        Response::builder()
+            .header("cache-status", "upstream; fwd=uri-miss; stored")
+            .body(Body::from("shared"))
+            .unwrap()
+    });
+    let members = |seen: &Seen| -> Vec<String> {
+        seen.headers
+            .get_all("cache-status")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = send(&svc, get("/chained")).await;
+    assert_eq!(
+        members(&first),
+        ["upstream; fwd=uri-miss; stored", "impcache; fwd=uri-miss; stored"]
+    );
+    let hit = send(&svc, get("/chained")).await;
+    assert_eq!(calls.get(), 1);
+    let hit_members = members(&hit);
+    assert_eq!(hit_members.len(), 2, "{hit_members:?}");
+    assert_eq!(hit_members[0], "upstream; fwd=uri-miss; stored");
+    assert!(hit_members[1].starts_with("impcache; hit; ttl="), "{hit_members:?}");
+}
+
 #[tokio::test]
 async fn stored_entries_outlive_the_process_local_state() {
     // A second layer over the same cache (another process, say) reads what the first stored.
