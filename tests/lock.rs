@@ -238,7 +238,10 @@ async fn a_failed_load_is_retried_by_one_waiter_at_a_time(store: Store) {
                 cache
                     .try_get_or_set("k", 60, move || async move {
                         let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        most.fetch_max(
+                            running.fetch_add(1, Ordering::SeqCst) + 1,
+                            Ordering::SeqCst,
+                        );
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         running.fetch_sub(1, Ordering::SeqCst);
                         if run == 1 {
@@ -260,7 +263,10 @@ async fn a_failed_load_is_retried_by_one_waiter_at_a_time(store: Store) {
         answers.push(tokio::time::timeout(HANG, handle).await.unwrap().unwrap());
     }
     let failed = answers.iter().filter(|answer| answer.is_err()).count();
-    assert_eq!(failed, 1, "only the failed run's own caller fails: {answers:?}");
+    assert_eq!(
+        failed, 1,
+        "only the failed run's own caller fails: {answers:?}"
+    );
     assert!(
         answers.iter().flatten().all(|value| value == "run 2"),
         "{answers:?}"

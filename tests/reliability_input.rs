@@ -81,10 +81,15 @@ fn settings_that_cannot_work_are_refused_at_build() {
         ("largest value", |b| b.max_value_bytes(0)),
     ];
     for (setting, apply) in cases {
-        let error = apply(RedisCacheRepository::builder(dsn)).build().unwrap_err();
+        let error = apply(RedisCacheRepository::builder(dsn))
+            .build()
+            .unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, Error::InvalidDsn { .. }), "{error:?}");
-        assert!(message.contains(setting), "`{message}` should name {setting}");
+        assert!(
+            message.contains(setting),
+            "`{message}` should name {setting}"
+        );
         assert!(!message.contains("hunter2"), "password shown: {message}");
     }
     let fine = RedisCacheRepository::builder(dsn)

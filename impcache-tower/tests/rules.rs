@@ -77,14 +77,20 @@ async fn upstream_cache_status_members_are_kept_on_hits() {
     let first = send(&svc, get("/chained")).await;
     assert_eq!(
         members(&first),
-        ["upstream; fwd=uri-miss; stored", "impcache; fwd=uri-miss; stored"]
+        [
+            "upstream; fwd=uri-miss; stored",
+            "impcache; fwd=uri-miss; stored"
+        ]
     );
     let hit = send(&svc, get("/chained")).await;
     assert_eq!(calls.get(), 1);
     let hit_members = members(&hit);
     assert_eq!(hit_members.len(), 2, "{hit_members:?}");
     assert_eq!(hit_members[0], "upstream; fwd=uri-miss; stored");
-    assert!(hit_members[1].starts_with("impcache; hit; ttl="), "{hit_members:?}");
+    assert!(
+        hit_members[1].starts_with("impcache; hit; ttl="),
+        "{hit_members:?}"
+    );
 }
 
 #[tokio::test]

@@ -221,7 +221,9 @@ fn parse(dsn: &str, expected: &str) -> Result<url::Url> {
         url::Url::parse(dsn).map_err(|e| invalid(dsn)(format!("not a URL ({e}); {expected}")))?;
     // Port 0 asks the operating system for any free port: no server listens there.
     if url.port() == Some(0) {
-        return Err(invalid(dsn)(format!("port 0 is not a server's port; {expected}")));
+        return Err(invalid(dsn)(format!(
+            "port 0 is not a server's port; {expected}"
+        )));
     }
     Ok(url)
 }
@@ -340,7 +342,13 @@ mod tests {
     #[cfg(feature = "sentinel")]
     #[test]
     fn sentinel_addresses_are_checked() -> Result<()> {
-        for bad in ["", "http://h:1", "unix:///tmp/s.sock", "redis://", "redis://h:0"] {
+        for bad in [
+            "",
+            "http://h:1",
+            "unix:///tmp/s.sock",
+            "redis://",
+            "redis://h:0",
+        ] {
             let err = crate::RedisSentinelCacheRepository::new([bad], "mymaster").unwrap_err();
             assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
         }
