@@ -222,7 +222,9 @@ impl CacheLayer {
     /// Up to `window` past its freshness, a stored response answers instead of a handler that
     /// fails: returns an error, a status of [`stale_if_error_statuses`](Self::stale_if_error_statuses),
     /// or takes longer than [`handler_timeout`](Self::handler_timeout) (`Cache-Status: impcache;
-    /// hit; fwd=stale; ttl=-N; detail=handler-error`, a `WARN` with target `impcache_tower`). A
+    /// fwd=stale; ttl=-N; detail=handler-error`, or `fwd=stale; fwd-status=503; ..;
+    /// detail=handler-status`: forwarded, so not a `hit` (RFC 9211); a `WARN` with target
+    /// `impcache_tower`). A
     /// response's own `stale-if-error=N` wins over this; the directives that forbid
     /// [`stale_while_revalidate`](Self::stale_while_revalidate) forbid it too. Default
     /// [`Duration::ZERO`]: the responses' directives only.
@@ -253,7 +255,7 @@ impl CacheLayer {
 
     /// With a stale response at hand that may answer instead (within its
     /// [`stale_if_error`](Self::stale_if_error) window): past `timeout`, the stale response is
-    /// served (`Cache-Status: impcache; hit; fwd=stale; ttl=-N; detail=soft-timeout`) while the
+    /// served (`Cache-Status: impcache; fwd=stale; ttl=-N; detail=soft-timeout`) while the
     /// handler call goes on in the background and its response is stored (default: none). The
     /// handler is then called in a task of its own: the call and its body together are bounded
     /// by the [`lock_timeout`](Self::lock_timeout) (past it the call is dropped, unstored).
@@ -266,7 +268,9 @@ impl CacheLayer {
     /// within its [`stale_if_error`](Self::stale_if_error) window (`detail=handler-timeout`, as
     /// [`handler_timeout`](Self::handler_timeout)), and otherwise the layer answers
     /// `504 Gateway Timeout` (never stored; `Cache-Status: impcache; fwd=…; detail=handler-timeout`),
-    /// as a reverse proxy does (default: no limit). Bypassed requests are not limited.
+    /// as a reverse proxy does (default: no limit). A coalesced request's wait for another
+    /// request's call counts in it: one that waited a whole `timeout` behind a call that timed
+    /// out answers so without calling the handler. Bypassed requests are not limited.
     pub fn hard_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.hard_timeout = Some(timeout))
     }

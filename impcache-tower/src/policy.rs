@@ -189,8 +189,8 @@ pub(crate) enum Why {
     Revalidating,
     /// The handler returned an error.
     HandlerError,
-    /// The handler answered with one of the stale-if-error statuses.
-    HandlerStatus,
+    /// The handler answered with this status, one of the stale-if-error statuses.
+    HandlerStatus(StatusCode),
     /// The handler took longer than the handler timeout (or the hard timeout).
     HandlerTimeout,
     /// The handler took longer than the soft timeout; its call goes on in the background.
@@ -205,10 +205,23 @@ impl Why {
         match self {
             Why::Revalidating => "revalidating",
             Why::HandlerError => "handler-error",
-            Why::HandlerStatus => "handler-status",
+            Why::HandlerStatus(_) => "handler-status",
             Why::HandlerTimeout => "handler-timeout",
             Why::SoftTimeout => "soft-timeout",
             Why::Throttled => "fail-safe-throttle",
+        }
+    }
+}
+
+impl Why {
+    /// Whether the request went to the handler before the stale response answered for it
+    /// (RFC 9211: then not a `hit`, which means "not forwarded").
+    pub(crate) fn forwarded(self) -> bool {
+        match self {
+            Why::Revalidating | Why::Throttled => false,
+            Why::HandlerError | Why::HandlerStatus(_) | Why::HandlerTimeout | Why::SoftTimeout => {
+                true
+            }
         }
     }
 }

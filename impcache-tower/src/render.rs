@@ -23,7 +23,8 @@ pub(crate) enum Outcome {
     /// Served from the cache after the handler answered its validation request with a `304`
     /// (origin-freshness mode); `stored`: the refreshed entry is being stored.
     Revalidated { stored: bool },
-    /// Served from the cache `past` seconds after its freshness, for the reason `why`.
+    /// Served from the cache `past` seconds (rounded up) after its freshness, for the reason
+    /// `why`.
     Stale { past: u64, why: Why },
     /// Answered by the handler after a lookup (or instead of one).
     Miss {
@@ -77,10 +78,20 @@ fn cache_status(outcome: Outcome) -> Option<HeaderValue> {
                 "impcache; fwd=stale; fwd-status=304",
             ))
         }
-        Outcome::Stale { past, why } => format!(
-            "impcache; hit; fwd=stale; ttl=-{past}; detail={}",
-            why.detail()
-        ),
+        // RFC 9211: `hit` only for a request that was not forwarded (a background refresh, a
+        // throttled handler); one whose handler call failed or was slow is `fwd=stale`, with the
+        // status the handler answered (`fwd-status`) when it did.
+        Outcome::Stale { past, why } => {
+            let hit = if why.forwarded() { "" } else { "; hit" };
+            let fwd_status = match why {
+                Why::HandlerStatus(status) => format!("; fwd-status={}", status.as_u16()),
+                _ => String::new(),
+            };
+            format!(
+                "impcache{hit}; fwd=stale{fwd_status}; ttl=-{past}; detail={}",
+                why.detail()
+            )
+        }
         Outcome::Miss {
             fwd,
             stored,
@@ -163,7 +174,7 @@ pub(crate) fn serve_stale(
     why: Why,
 ) -> Response<Bytes> {
     let outcome = Outcome::Stale {
-        past: past.as_secs(),
+        past: whole_seconds_past(past),
         why,
     };
     serve_as(
@@ -174,6 +185,12 @@ pub(crate) fn serve_stale(
         Some(outcome),
         now_ms(),
     )
+}
+
+/// The seconds a response is `past` its freshness, rounded up: one stale by 0.4 s shows
+/// `ttl=-1`, not `ttl=-0` (which reads as fresh).
+fn whole_seconds_past(past: Duration) -> u64 {
+    past.as_secs() + u64::from(past.subsec_nanos() > 0)
 }
 
 /// [`serve`], marked `outcome` (default: a hit).
@@ -283,6 +300,41 @@ mod tests {
         assert_eq!(hit_status(None), "impcache; hit");
         for n in [0u64, 9, 10, 999, 1000, 12_345, u64::MAX] {
             assert_eq!(with_number("", n), n.to_string().as_str(), "{n}");
+        }
+    }
+
+    /// RFC 9211: `hit` only when the request was not forwarded; the handler's status as
+    /// `fwd-status`; the seconds past freshness rounded up.
+    #[test]
+    fn stale_statuses_say_whether_the_request_was_forwarded() {
+        let status = |past: Duration, why: Why| {
+            let past = whole_seconds_past(past);
+            cache_status(Outcome::Stale { past, why })
+                .and_then(|value| value.to_str().map(str::to_owned).ok())
+                .unwrap_or_default()
+        };
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            status(second * 3, Why::Revalidating),
+            "impcache; hit; fwd=stale; ttl=-3; detail=revalidating"
+        );
+        assert_eq!(
+            status(second, Why::Throttled),
+            "impcache; hit; fwd=stale; ttl=-1; detail=fail-safe-throttle"
+        );
+        assert_eq!(
+            status(second * 2, Why::HandlerStatus(StatusCode::BAD_GATEWAY)),
+            "impcache; fwd=stale; fwd-status=502; ttl=-2; detail=handler-status"
+        );
+        for (why, detail) in [
+            (Why::HandlerError, "handler-error"),
+            (Why::HandlerTimeout, "handler-timeout"),
+            (Why::SoftTimeout, "soft-timeout"),
+        ] {
+            assert_eq!(
+                status(Duration::from_millis(400), why),
+                format!("impcache; fwd=stale; ttl=-1; detail={detail}")
+            );
         }
     }
 }

@@ -447,6 +447,9 @@ where
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
     //    which asked for a new response). A HEAD never leads a flight (its response has no body
     //    to share): it takes the answer of a GET's flight under way, or calls for itself.
+    let coalescing_since = tokio::time::Instant::now();
+    // How long this request waited for another request's handler call that it could not use.
+    let mut waited = Duration::ZERO;
     let guard = if lead.is_some() {
         lead
     } else if config.coalesce && !refresh {
@@ -468,9 +471,15 @@ where
                     count(LayerOutcome::Stale);
                     return Ok(stood_in(config, None, url, stand_in, &headers, head, why));
                 }
-                None => None,
+                None => {
+                    waited = coalescing_since.elapsed();
+                    None
+                }
             },
-            Coalesced::Alone => None,
+            Coalesced::Alone => {
+                waited = coalescing_since.elapsed();
+                None
+            }
         }
     } else {
         None
@@ -535,18 +544,21 @@ where
         count(LayerOutcome::Miss);
     }
     // The handler's time limit: the handler timeout when a stale entry may answer instead, and
-    // the hard timeout for every call.
+    // the hard timeout for every call, less what this request already waited for another
+    // request's call (as `get_or_set`'s waiters: the hard timeout bounds the whole wait after the
+    // lookup, not each call; with nothing left, the handler is not called).
+    let hard_timeout = config.hard_timeout.map(|hard| hard.saturating_sub(waited));
     let limit = match stand_in {
-        Some(_) => [config.handler_timeout, config.hard_timeout]
+        Some(_) => [config.handler_timeout, hard_timeout]
             .into_iter()
             .flatten()
             .min(),
-        None => config.hard_timeout,
+        None => hard_timeout,
     };
     let called = match limit {
-        Some(limit) => match tokio::time::timeout(limit, inner.call(request)).await {
-            Ok(called) => called,
-            Err(_) => {
+        Some(limit) => match call_within(limit, || inner.call(request)).await {
+            Some(called) => called,
+            None => {
                 let why = Why::HandlerTimeout;
                 if let Some(stand_in) = stand_in {
                     count(LayerOutcome::Stale);
@@ -566,7 +578,7 @@ where
         let failed = match &called {
             Err(_) => Some(Why::HandlerError),
             Ok(response) if stale::stands_in_for(config, &entry.headers, response.status()) => {
-                Some(Why::HandlerStatus)
+                Some(Why::HandlerStatus(response.status()))
             }
             Ok(_) => None,
         };
@@ -1092,6 +1104,15 @@ async fn published_answers(
 fn same_variant(config: &Config, url: &str, headers: &HeaderMap, published: &Published) -> bool {
     let variant = key::variant_key(url, &published.vary, headers, config.allow_authenticated);
     variant == published.variant_key
+}
+
+/// The output of the call `call` makes if it comes within `limit`; `None` past it, and at once
+/// for a zero `limit` (the handler is then not called: it would have no time to answer).
+async fn call_within<F: Future>(limit: Duration, call: impl FnOnce() -> F) -> Option<F::Output> {
+    if limit.is_zero() {
+        return None;
+    }
+    tokio::time::timeout(limit, call()).await.ok()
 }
 
 /// Where a request that missed stands in its URL's flight.

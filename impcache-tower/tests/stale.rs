@@ -194,10 +194,15 @@ async fn if_error_serves_stale_on_5xx_error_and_timeout(cache: Cache) {
     call(&service, "/sie").await.unwrap();
     wait_stored(&layer, "/sie").await;
     past_freshness().await;
-    for (answer, detail) in [
-        (Answer::Status(503), "handler-status"),
-        (Answer::Error, "handler-error"),
-        (Answer::Slow, "handler-timeout"),
+    // RFC 9211: forwarded, so not a `hit`; `fwd-status` is the status the handler answered.
+    for (answer, fwd, detail) in [
+        (
+            Answer::Status(503),
+            "fwd=stale; fwd-status=503",
+            "handler-status",
+        ),
+        (Answer::Error, "fwd=stale", "handler-error"),
+        (Answer::Slow, "fwd=stale", "handler-timeout"),
     ] {
         origin.set(answer);
         let (status, x_cache, cache_status, body) = call(&service, "/sie").await.unwrap();
@@ -207,7 +212,8 @@ async fn if_error_serves_stale_on_5xx_error_and_timeout(cache: Cache) {
             "{answer:?}"
         );
         assert!(
-            cache_status.starts_with("impcache; hit; fwd=stale; ttl=-")
+            cache_status.starts_with(&format!("impcache; {fwd}; ttl=-"))
+                && !cache_status.starts_with("impcache; fwd=stale; ttl=-0;")
                 && cache_status.ends_with(&format!("; detail={detail}")),
             "{cache_status}"
         );
@@ -390,7 +396,7 @@ async fn soft_timeout_serves_stale_and_the_call_stores(cache: Cache) {
         (StatusCode::OK, "STALE", &b"call 1"[..])
     );
     assert!(
-        cache_status.starts_with("impcache; hit; fwd=stale; ttl=-")
+        cache_status.starts_with("impcache; fwd=stale; ttl=-")
             && cache_status.ends_with("; detail=soft-timeout"),
         "{cache_status}"
     );
@@ -558,6 +564,34 @@ async fn hard_timeout_gives_up_on_the_handler() {
         cache_status.ends_with("; detail=handler-timeout"),
         "{cache_status}"
     );
+}
+
+/// The hard timeout bounds a request's whole wait after its lookup, as `get_or_set`'s: requests
+/// that waited behind a miss whose handler call timed out have no time left for a call of their
+/// own, and answer `504` with it (they each waited one timeout, then made a call of a whole
+/// timeout: twice the bound, and a handler call each). Paused clock: the times are exact.
+#[tokio::test(start_paused = true)]
+async fn waiters_behind_a_timed_out_miss_are_bounded_by_one_hard_timeout() {
+    const HARD: Duration = Duration::from_secs(10);
+    let layer = layer(memory_cache()).hard_timeout(HARD);
+    let (svc, calls) = app(layer, |_, _| std::future::pending::<Response<Body>>());
+    let started = tokio::time::Instant::now();
+    let requests: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(send(&svc, get("/hangs"))))
+        .collect();
+    for request in requests {
+        let seen = request.await.unwrap();
+        assert_eq!(seen.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            seen.header("cache-status")
+                .unwrap()
+                .ends_with("; detail=handler-timeout"),
+            "{:?}",
+            seen.header("cache-status")
+        );
+    }
+    assert_eq!(started.elapsed(), HARD, "one hard timeout in all");
+    assert_eq!(calls.get(), 1, "the waiters had no time left for a call");
 }
 
 /// The hard timeout bounds a HEAD request's handler call too: with nothing stored, the layer
