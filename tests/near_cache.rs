@@ -722,6 +722,39 @@ async fn the_first_read_after_an_own_write_is_kept() {
     assert!(kept >= 195, "kept {kept} of 200");
 }
 
+/// `NearCacheStats::invalidations` counts one per own write of a key, whether Redis's echo of
+/// the write arrives before the write returns (it used to be counted then and again by the
+/// write: 2 per write, every run on loopback) or after; another client's write counts one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_write_counts_one_invalidation() {
+    const WRITES: u64 = 50;
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    for i in 0..WRITES {
+        cache.set(&format!("w{i}"), &i, 60).await.unwrap();
+        wait_local(&cache, &format!("w{i}")).await;
+    }
+    // Whatever echo of those writes is still on its way is not counted (it is expected).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cache.near_cache_stats().invalidations;
+    for i in 0..WRITES {
+        cache.set(&format!("w{i}"), &(i + 1), 60).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let own = cache.near_cache_stats().invalidations - before;
+    assert_eq!(own, WRITES, "one per own write");
+    wait_local(&cache, "w0").await;
+    let before = cache.near_cache_stats().invalidations;
+    let _: () = other_client(&server)
+        .await
+        .set(cache.make_key("w0"), "7")
+        .await
+        .unwrap();
+    wait_value(&cache, "w0", Some(7)).await;
+    assert_eq!(cache.near_cache_stats().invalidations - before, 1);
+}
+
 /// `get_many` through a near cache on a single node keeps what it reads (its `MGET` is pipelined
 /// with the keys' `PTTL`s): the same `get_many` again is served from process memory, sending
 /// nothing; another client's change still reaches it. (Before, its replies were never kept.)

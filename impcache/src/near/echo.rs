@@ -37,6 +37,9 @@ struct Pending {
     spoiled: bool,
     /// The writes returned having changed the key: its next invalidation is their echo.
     expected: bool,
+    /// An invalidation of the key arrived while a write was in flight (maybe its echo, early):
+    /// already counted.
+    arrived: bool,
 }
 
 /// The own writes whose echo may still come, by full key.
@@ -77,12 +80,14 @@ impl Echoes {
     }
 
     /// The own write of `key` returned; `changed`: it succeeded and changed the key (so Redis
-    /// sends an invalidation of it).
-    pub(super) fn returned(&self, key: &[u8], changed: bool) {
+    /// sends an invalidation of it). Whether an invalidation of the key arrived while it was in
+    /// flight (counted then: the write's own drop is not counted again).
+    pub(super) fn returned(&self, key: &[u8], changed: bool) -> bool {
         self.with(|pending| {
             let Some(write) = pending.get_mut(key) else {
-                return;
+                return false;
             };
+            let arrived = write.arrived;
             write.writers = write.writers.saturating_sub(1);
             if !changed {
                 write.spoiled = true;
@@ -94,7 +99,8 @@ impl Echoes {
                     write.expected = true;
                 }
             }
-        });
+            arrived
+        })
     }
 
     /// An invalidation of `key` from Redis: whether it is the echo of an own write that
@@ -110,6 +116,7 @@ impl Echoes {
             }
             Some(write) => {
                 write.spoiled = true;
+                write.arrived = true;
                 false
             }
             None => false,
@@ -140,11 +147,14 @@ mod tests {
         echoes.returned(b"k", true);
         assert!(echoes.arrived(b"k"), "the echo");
         assert!(!echoes.arrived(b"k"), "once");
-        // Seen while the write was in flight: maybe the echo already.
+        // Seen while the write was in flight: maybe the echo already (counted as it arrived).
         echoes.sending(b"k");
         assert!(!echoes.arrived(b"k"));
-        echoes.returned(b"k", true);
+        assert!(echoes.returned(b"k", true), "arrived in flight");
         assert!(!echoes.arrived(b"k"));
+        echoes.sending(b"k");
+        assert!(!echoes.returned(b"k", true), "nothing arrived in flight");
+        assert!(echoes.arrived(b"k"));
         // Nothing changed (a refused `SET NX`), or failed.
         echoes.sending(b"k");
         echoes.returned(b"k", false);

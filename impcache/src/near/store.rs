@@ -730,8 +730,13 @@ impl Store {
     /// dropped locally at once (rule 5), and Redis's echo of the write, if it comes next, drops
     /// no read sent since (see `echo.rs`).
     fn written(&self, key: &[u8], changed: bool) {
-        self.echoes.returned(key, changed);
-        self.invalidate(key);
+        // An invalidation that arrived while the write was in flight was counted then: the
+        // write's own drop is not counted again (one per key, as the stats say).
+        if self.echoes.returned(key, changed) {
+            self.drop_key(key);
+        } else {
+            self.invalidate(key);
+        }
     }
 
     /// An invalidation of `key` from Redis.
@@ -742,11 +747,16 @@ impl Store {
         }
     }
 
-    /// Drops `key`: Redis said it changed, or this cache wrote it.
+    /// Drops `key`, counted: Redis said it changed, or this cache wrote it.
     pub(crate) fn invalidate(&self, key: &[u8]) {
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.drop_key(key);
+    }
+
+    /// Drops `key` (not counted).
+    fn drop_key(&self, key: &[u8]) {
         let number = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         self.slots[slot_of_bytes(key)].fetch_max(number, Ordering::SeqCst);
-        self.invalidations.fetch_add(1, Ordering::Relaxed);
         let key = std::str::from_utf8(key);
         // Before the state is dropped: no verdict made from it is served from then on.
         if key.map_or(true, |key| key.contains(TAG_KEY_PART)) {
