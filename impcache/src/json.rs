@@ -289,6 +289,29 @@ pub(crate) fn cut_quoted(message: &str, keep: usize, names: bool) -> String {
     cut
 }
 
+/// `message` (a serde error's) without the stored data it quotes, for logs that must not show
+/// it: each `"…"` emptied (strings), and each `` `…` `` in the part naming what was refused
+/// (before `, expected` or `, there are no`): serde puts numbers, characters and unknown variant
+/// and field names read from the data there (`invalid value: integer `123`, expected u8`,
+/// `unknown variant `x`, expected `Ok` or `Err``). The names after it are the type's, as those
+/// of `missing field` and `duplicate field`, and are kept: they say what changed.
+pub(crate) fn without_data(message: &str) -> String {
+    let refused_end = [", expected", ", there are no"]
+        .iter()
+        .filter_map(|marker| message.find(marker))
+        .min();
+    match refused_end {
+        Some(end) => {
+            let (refused, rest) = message.split_at(end);
+            cut_quoted(refused, 0, true) + &cut_quoted(rest, 0, false)
+        }
+        None if message.starts_with("missing field") || message.starts_with("duplicate field") => {
+            cut_quoted(message, 0, false)
+        }
+        None => cut_quoted(message, 0, true),
+    }
+}
+
 /// `serde_json::from_slice`, for values nested up to [`MAX_DEPTH`] levels.
 ///
 /// serde_json stops at 127 levels, its guard against a stack overflow. Only when it fails is the

@@ -198,6 +198,49 @@ fn decode_errors_show_a_bounded_part_of_the_value() {
     );
 }
 
+/// What a log shows of a decode error without `record_keys`: none of the stored data, whether
+/// serde quotes it in `"…"` or in backticks (numbers, unknown variant and field names: those
+/// used to show), and the names the type expects.
+#[test]
+fn logged_decode_messages_show_no_stored_data() {
+    let message = |json: &str, shown: fn(&[u8]) -> Option<serde_json::Error>| {
+        shown(json.as_bytes()).map(|error| without_data(&error.to_string()))
+    };
+    let as_u8 = |bytes: &[u8]| serde_json::from_slice::<u8>(bytes).err();
+    let as_result = |bytes: &[u8]| serde_json::from_slice::<Result<u8, u8>>(bytes).err();
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // Only its decoding is tested.
+    struct Named {
+        name: String,
+    }
+    let as_named = |bytes: &[u8]| serde_json::from_slice::<Named>(bytes).err();
+    assert_eq!(
+        message("123456789", as_u8).as_deref(),
+        Some("invalid value: integer `…`, expected u8 at line 1 column 9")
+    );
+    assert_eq!(
+        message(r#""alice@example.com""#, as_u8).as_deref(),
+        Some(r#"invalid type: string "…", expected u8 at line 1 column 19"#)
+    );
+    let variant = message(r#"{"alice@example.com":1}"#, as_result).unwrap_or_default();
+    assert!(
+        variant.starts_with("unknown variant `…`, expected `Ok` or `Err`"),
+        "{variant}"
+    );
+    let field = message(r#"{"name":"a","secret":1}"#, as_named).unwrap_or_default();
+    assert!(
+        field.starts_with("unknown field `…`, expected `name`"),
+        "{field}"
+    );
+    let missing = message("{}", as_named).unwrap_or_default();
+    assert!(missing.starts_with("missing field `name`"), "{missing}");
+    assert_eq!(
+        without_data("unknown field `secret`, there are no fields"),
+        "unknown field `…`, there are no fields"
+    );
+}
+
 #[test]
 fn quoted_parts_are_cut() {
     assert_eq!(

@@ -9,7 +9,7 @@ use std::fmt;
 use super::metrics::error_kind;
 use crate::cache::Cache;
 use crate::error::Error;
-use crate::json::cut_quoted;
+use crate::json::without_data;
 
 /// An error in a log event: its message when keys are recorded, else its kind and its cause
 /// (a backend's message names no key).
@@ -34,9 +34,9 @@ impl fmt::Display for LoggedError<'_> {
         }
         f.write_str(error_kind(self.error))?;
         if let Error::Decode { source, .. } = self.error {
-            // The values serde_json quotes are stored data, as keys are; the field and variant
-            // names (in backticks) are the type's, and say what changed.
-            return write!(f, ": {}", cut_quoted(&source.to_string(), 0, false));
+            // The values serde_json quotes are stored data, as keys are; the names the type
+            // expects are kept, and say what changed.
+            return write!(f, ": {}", without_data(&source.to_string()));
         }
         match self.error.source() {
             Some(source) => write!(f, ": {source}"),
