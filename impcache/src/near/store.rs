@@ -719,6 +719,12 @@ impl Store {
                 self.echoes.sending(key);
             }
         }
+        // Dropped now as well as when the write returns: a caller may be answered once the
+        // write is sent (`get_or_set` answers as soon as its store is), and its next read
+        // must not be the entry the write replaces. (Not counted: the return counts it.)
+        for key in &keys {
+            self.drop_key(key);
+        }
         OwnWrite {
             store: self,
             keys,
