@@ -1,8 +1,9 @@
 //! Parsing `#[cached(...)]` options: one struct, duplicates and unknown options reported
 //! together with every other error.
 
-use proc_macro2::{Span, TokenStream};
-use syn::parse::Parser;
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::parse::{ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
@@ -60,6 +61,9 @@ pub(crate) struct Args {
     /// `invalidate_all`: tag every entry with the function's tag and generate
     /// `{name}_invalidate_all` (implied by `tags`).
     pub(crate) invalidate_all: Option<Span>,
+    /// Whether an option starts with `expire`, even one that did not parse: `expire` is then
+    /// not reported missing on top of its own error.
+    pub(crate) expire_given: bool,
 }
 
 /// Stores `value` in `slot`, or reports a duplicate at `path`.
@@ -116,15 +120,100 @@ fn is_obviously_not_positive(expr: &Expr) -> bool {
     }
 }
 
+/// The options, each parsed on its own: a syntax error in one is reported and the parsing goes
+/// on after the next top-level comma, so that the other options are still read (and checked),
+/// and an `expire` that does not parse is not also reported missing.
+fn options(tokens: TokenStream, args: &mut Args, errors: &mut Errors) -> Vec<Meta> {
+    let mut metas = Vec::new();
+    let parser = |input: ParseStream<'_>| -> syn::Result<()> {
+        while !input.is_empty() {
+            if input
+                .cursor()
+                .ident()
+                .is_some_and(|(ident, _)| ident == "expire")
+            {
+                args.expire_given = true;
+            }
+            match option(input) {
+                Ok(meta) => {
+                    metas.push(meta);
+                    if input.is_empty() {
+                        break;
+                    }
+                    if input.peek(Token![,]) {
+                        input.parse::<Token![,]>()?;
+                    } else {
+                        // A missing comma before the next option (`key = "k" name = "n"`): both
+                        // are read, the second from here.
+                        errors.push(input.error("expected `,` between options"));
+                    }
+                }
+                Err(e) => {
+                    errors.push(e);
+                    // From wherever the failed option stopped (a comma it consumed, as in a
+                    // closure's `|a, b|`, was inside it).
+                    skip_past_comma(input)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = parser.parse2(tokens) {
+        errors.push(e);
+    }
+    metas
+}
+
+/// One option (`name`, `name = value`, `name(...)`), followed by a `,`, the end, or an
+/// identifier (the next option, its comma missing).
+fn option(input: ParseStream<'_>) -> syn::Result<Meta> {
+    // `name = ,` / `name = )`: said on `name =` rather than on what follows (a comma, or the
+    // whole attribute at its end).
+    if let Some((name, rest)) = input.cursor().ident() {
+        if let Some((eq, rest)) = rest.punct() {
+            let value_missing = rest.eof() || rest.punct().is_some_and(|(p, _)| p.as_char() == ',');
+            if eq.as_char() == '=' && value_missing {
+                let mut tokens = TokenStream::new();
+                tokens.extend([TokenTree::Ident(name.clone()), TokenTree::Punct(eq)]);
+                return Err(syn::Error::new_spanned(
+                    tokens,
+                    format!("`{name} =` needs a value"),
+                ));
+            }
+        }
+    }
+    let meta: Meta = input.parse()?;
+    if !(input.is_empty() || input.peek(Token![,]) || input.peek(Ident)) {
+        let message = match &meta {
+            Meta::Path(path) => format!(
+                "expected `=`, `(` or `,` after `{}`",
+                path.to_token_stream()
+            ),
+            _ => "expected `,` between options".to_owned(),
+        };
+        return Err(input.error(message));
+    }
+    Ok(meta)
+}
+
+/// Skips the tokens of an option that did not parse, up to and including the next top-level
+/// comma (commas inside brackets are in their group, skipped with it).
+fn skip_past_comma(input: ParseStream<'_>) -> syn::Result<()> {
+    input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tree, next)) = rest.token_tree() {
+            rest = next;
+            if matches!(&tree, TokenTree::Punct(p) if p.as_char() == ',') {
+                break;
+            }
+        }
+        Ok(((), rest))
+    })
+}
+
 pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
     let mut args = Args::default();
-    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
-        Ok(metas) => metas,
-        Err(e) => {
-            errors.push(e);
-            return args;
-        }
-    };
+    let metas = options(tokens, &mut args, errors);
     for meta in &metas {
         let path = meta.path();
         let Some(option) = path.get_ident().map(Ident::to_string) else {

@@ -220,7 +220,8 @@ fn check_fn(args: &Args, func: &ItemFn, errors: &mut Errors) {
             "the `#[cached]` attribute cannot be used on a `const fn`",
         ));
     }
-    if args.expire.is_none() {
+    // An `expire` that did not parse has its own error.
+    if args.expire.is_none() && !args.expire_given {
         errors.push(syn::Error::new(
             Span::call_site(),
             "missing `expire`: every cached value expires, as in `#[cached(expire = 60)]` (seconds or a `Duration`)",

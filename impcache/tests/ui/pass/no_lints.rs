@@ -1,6 +1,9 @@
 //! The expansion triggers no rustc lint in user code (issue 12 item 9): one-line bodies,
 //! methods, generics, `Result`/`Option` returns and aliases of them, under `deny(warnings)`.
 #![deny(warnings)]
+// Read by clippy only (rustc ignores it; see `underscore_key` below): the trybuild run does not
+// run clippy, but this file under `cargo clippy` must be clean of it.
+#![deny(clippy::used_underscore_binding)]
 
 use impcache::{cached, Cache, MemoryCacheRepository};
 use serde::de::DeserializeOwned;
@@ -92,6 +95,17 @@ impl HasOut for Repo {
 #[cached(expire = 60)]
 async fn raw(r#type: u64) -> u64 { r#type }
 
+// Underscore-prefixed arguments are part of the key and the tags: the macro's reads of them do
+// not trigger pedantic clippy's `used_underscore_binding` (the user's own in the body would).
+#[cached(expire = 60)]
+async fn underscore_key(id: u64, _flag: bool) -> u64 { id }
+
+#[cached(expire = 60, tags = ["flag:{_flag}"])]
+async fn underscore_tag(id: u64, _flag: bool) -> u64 { id }
+
+#[cached(expire = 60, key = "k:{id}:{_flag}")]
+async fn underscore_template(id: u64, _flag: bool) -> u64 { id }
+
 // An expectation on the function holds whichever of the generated items the lint fires in (or
 // none): it is not reported unfulfilled.
 #[expect(unused_variables)]
@@ -133,6 +147,9 @@ fn main() {
         assert_eq!(tagged_closure(14).await, 14);
         assert_eq!(raw(15).await, 15);
         assert_eq!(expecting(16, 0).await, 16);
+        assert_eq!(underscore_key(18, true).await, 18);
+        assert_eq!(underscore_tag(19, true).await, 19);
+        assert_eq!(underscore_template(20, true).await, 20);
         // SAFETY: nothing unsafe happens in it.
         assert_eq!(unsafe { not_really_unsafe(17) }.await, 17);
     });
