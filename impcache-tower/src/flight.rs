@@ -8,6 +8,12 @@
 //! otherwise (they then call the handler themselves). The leader keeps the flight open until its
 //! background store has finished, so requests joining in that window are answered from memory.
 //!
+//! **`Vary` variants.** A flight is keyed by the URL until the URL's `Vary` names are known, then
+//! by the request's variant key: a request whose lookup found them joins its variant's flight; one
+//! handed another variant's response waits for that response's store, looks again, and joins its
+//! variant's flight (`service.rs`, `coalesce`). So each variant has one handler call however many
+//! miss at once.
+//!
 //! **Read your own writes.** A request takes a [`Ticket`] *before* its lookup, and joins the
 //! flight only after the lookup missed: a flight of the URL's group that ended in between (its
 //! store finished, so the lookup may have overtaken the write) makes the new leader look again
@@ -50,6 +56,10 @@ pub(crate) enum Shared {
     /// answered for it (stale-if-error): each waiter answers with its own stale entry the same
     /// way, without calling the handler again; one without a stale entry calls the handler.
     StoodIn(Why),
+    /// The handler's call passed the hard timeout and no stale entry answered for it (the
+    /// leader answered `504`): a waiter answers with its own stale entry if it has one, else
+    /// calls the handler within what is left of its hard timeout (it waited as long).
+    TimedOut,
 }
 
 /// The flights in progress, by URL key, shared by every service a layer makes.

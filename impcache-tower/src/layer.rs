@@ -268,9 +268,9 @@ impl CacheLayer {
     /// within its [`stale_if_error`](Self::stale_if_error) window (`detail=handler-timeout`, as
     /// [`handler_timeout`](Self::handler_timeout)), and otherwise the layer answers
     /// `504 Gateway Timeout` (never stored; `Cache-Status: impcache; fwd=…; detail=handler-timeout`),
-    /// as a reverse proxy does (default: no limit). A coalesced request's wait for another
-    /// request's call counts in it: one that waited a whole `timeout` behind a call that timed
-    /// out answers so without calling the handler. Bypassed requests are not limited.
+    /// as a reverse proxy does (default: no limit). A coalesced request that waited for another
+    /// request's call that timed out has what is left of its own `timeout` (one that waited it
+    /// all answers so without calling the handler again). Bypassed requests are not limited.
     pub fn hard_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.hard_timeout = Some(timeout))
     }

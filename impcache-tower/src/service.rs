@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response};
 use http_body::Body;
 use impcache::__private::metrics::LayerOutcome;
@@ -448,15 +448,18 @@ where
     //    which asked for a new response). A HEAD never leads a flight (its response has no body
     //    to share): it takes the answer of a GET's flight under way, or calls for itself.
     let coalescing_since = tokio::time::Instant::now();
-    // How long this request waited for another request's handler call that it could not use.
+    // How long this request waited for another request's handler call that timed out.
     let mut waited = Duration::ZERO;
     let guard = if lead.is_some() {
         lead
     } else if config.coalesce && !refresh {
+        // The URL's `Vary` names, when the lookup found them (a vary-miss).
+        let vary = seen.as_ref().map_or(&[][..], |seen| &seen.vary[..]);
         let coalesced = if head {
-            head_from_flight(config, &keys, &headers, may_store.then_some(ticket)).await
+            let look_again = may_store.then_some(ticket);
+            head_from_flight(config, &keys, &headers, vary, look_again).await
         } else {
-            coalesce(config, &keys, &headers, ticket, may_store).await
+            coalesce(config, &keys, &headers, vary, ticket, may_store).await
         };
         match coalesced {
             Coalesced::Hit(entry) => {
@@ -464,22 +467,23 @@ where
                 return Ok(hit(entry, &headers, head, config, now_ms()));
             }
             Coalesced::Lead(guard) => Some(guard),
-            // The leader's handler failed and a stale entry stood in: so does this request's,
-            // without a second call of a failing handler.
+            // The leader's handler failed and a stale entry stood in (or its call timed out):
+            // so does this request's, without a second call of a failing handler. Without one, it
+            // calls the handler; after a call that timed out, within what is left of its own hard
+            // timeout (it waited as long: with nothing left, the handler is not called again).
             Coalesced::StoodIn(why) => match stand_in {
                 Some(stand_in) => {
                     count(LayerOutcome::Stale);
                     return Ok(stood_in(config, None, url, stand_in, &headers, head, why));
                 }
                 None => {
-                    waited = coalescing_since.elapsed();
+                    if why == Why::HandlerTimeout {
+                        waited = coalescing_since.elapsed();
+                    }
                     None
                 }
             },
-            Coalesced::Alone => {
-                waited = coalescing_since.elapsed();
-                None
-            }
+            Coalesced::Alone => None,
         }
     } else {
         None
@@ -544,9 +548,8 @@ where
         count(LayerOutcome::Miss);
     }
     // The handler's time limit: the handler timeout when a stale entry may answer instead, and
-    // the hard timeout for every call, less what this request already waited for another
-    // request's call (as `get_or_set`'s waiters: the hard timeout bounds the whole wait after the
-    // lookup, not each call; with nothing left, the handler is not called).
+    // the hard timeout for every call, less what this request waited for another request's call
+    // that timed out (as `get_or_set`'s waiters: one hard timeout in all, not one per call).
     let hard_timeout = config.hard_timeout.map(|hard| hard.saturating_sub(waited));
     let limit = match stand_in {
         Some(_) => [config.handler_timeout, hard_timeout]
@@ -564,8 +567,9 @@ where
                     count(LayerOutcome::Stale);
                     return Ok(stood_in(config, guard, url, stand_in, &headers, head, why));
                 }
+                // The waiters are told: they waited as long (see `Coalesced::StoodIn`).
                 if let Some(guard) = guard {
-                    guard.not_shared();
+                    guard.publish(Shared::TimedOut);
                 }
                 let url = config.logged(url);
                 tracing::warn!(target: "impcache_tower", url, ?limit, "the handler timed out (hard timeout): 504");
@@ -1053,13 +1057,20 @@ async fn head_from_flight(
     config: &Config,
     keys: &key::UrlKeys,
     headers: &HeaderMap,
+    vary: &[HeaderName],
     look_again: Option<Ticket>,
 ) -> Coalesced {
-    let Some(waiter) = config.flights.current(keys.url()) else {
+    // Its variant's flight once the URL's `Vary` names are known (see `coalesce`).
+    let flight = if vary.is_empty() {
+        keys.url().to_owned()
+    } else {
+        variant_flight(config, keys.url(), vary, headers)
+    };
+    let Some(waiter) = config.flights.current(flight.as_str()) else {
         let Some(ticket) = look_again else {
             return Coalesced::Alone;
         };
-        if !config.flights.ended_since(keys.url(), ticket) {
+        if !config.flights.ended_since(flight.as_str(), ticket) {
             return Coalesced::Alone;
         }
         return match lookup(config, keys, headers).await {
@@ -1070,6 +1081,7 @@ async fn head_from_flight(
     let joined = crate::tagging::stamp_micros();
     match waiter.wait(config.lock_timeout).await {
         Wait::Published(Shared::StoodIn(why)) => Coalesced::StoodIn(why),
+        Wait::Published(Shared::TimedOut) => Coalesced::StoodIn(Why::HandlerTimeout),
         Wait::Published(Shared::Stored(published)) => {
             let answers = published_answers(config, keys.url(), headers, &published, joined, true);
             if answers.await {
@@ -1121,36 +1133,62 @@ enum Coalesced {
     Hit(Entry),
     /// This request calls the handler for everyone.
     Lead(FlightGuard),
-    /// The leader's handler failed, and a stale entry answered for it.
+    /// The leader's handler failed, and a stale entry answered for it; or (`HandlerTimeout`)
+    /// its call passed the hard timeout.
     StoodIn(Why),
     /// This request calls the handler for itself: the leader's response is not shareable, is
     /// another variant, or is late.
     Alone,
 }
 
-/// Joins the URL's flight (see [`crate::flight`]): leads it, or waits for its leader's answer.
+/// The flight of a request's `Vary` variant: keyed by its variant key.
+fn variant_flight(config: &Config, url: &str, vary: &[HeaderName], headers: &HeaderMap) -> String {
+    key::variant_key(url, vary, headers, config.allow_authenticated)
+}
+
+/// Joins the request's flight (see [`crate::flight`]): leads it, or waits for its leader's
+/// answer. The flight is its variant's (keyed by its variant key) once the URL's `Vary` names are
+/// known: from its lookup (`vary`, a vary-miss), from a second look, or from another variant's
+/// response (once that one is stored); its URL's until then. So the misses of each variant share
+/// one handler call however many variants miss at once.
 /// `look_again`: whether the cache may be looked up again (not after a lookup that failed
 /// against the backend: a second lookup would cost a second deadline, and fail open means one).
 async fn coalesce(
     config: &Config,
     keys: &key::UrlKeys,
     headers: &HeaderMap,
+    vary: &[HeaderName],
     mut ticket: Ticket,
     look_again: bool,
 ) -> Coalesced {
     let url = keys.url();
-    // Whether this request already waited for a flight of another variant to end.
-    let mut waited_for_another_variant = false;
+    let mut flight = url.to_owned();
+    // Whether this request joined its own variant's flight: a response of another variant
+    // there (its `Vary` changed meanwhile) is not waited past again.
+    let mut own_variant = false;
+    if !vary.is_empty() {
+        flight = variant_flight(config, url, vary, headers);
+        own_variant = true;
+    }
     loop {
-        match config.flights.join(url, ticket) {
+        match config.flights.join(flight.as_str(), ticket) {
             Join::Leader(Leader { guard, recheck }) => {
                 if recheck && look_again {
-                    // A flight of this URL ended during the lookup, which may have overtaken its
+                    // A flight of this key ended during the lookup, which may have overtaken its
                     // store: look again. (On a hit, dropping the guard sends this flight's
                     // waiters to look again too.)
                     match lookup(config, keys, headers).await {
                         Lookup::Hit(entry, _) if usable(config, &entry) => {
                             return Coalesced::Hit(entry)
+                        }
+                        // The URL's `Vary` names are known now (its first variant stored while
+                        // this request looked it up): its variant's flight is this request's
+                        // (this one ends: any waiter joins again).
+                        Lookup::Miss(_, Some(seen)) if !own_variant && !seen.vary.is_empty() => {
+                            drop(guard);
+                            flight = variant_flight(config, url, &seen.vary, headers);
+                            own_variant = true;
+                            continue;
                         }
                         _ => {}
                     }
@@ -1159,9 +1197,12 @@ async fn coalesce(
             }
             Join::Waiter(waiter) => {
                 let joined = crate::tagging::stamp_micros();
-                let flight = waiter.clone();
+                let leaders_flight = waiter.clone();
                 match waiter.wait(config.lock_timeout).await {
                     Wait::Published(Shared::StoodIn(why)) => return Coalesced::StoodIn(why),
+                    Wait::Published(Shared::TimedOut) => {
+                        return Coalesced::StoodIn(Why::HandlerTimeout)
+                    }
                     Wait::Published(Shared::Stored(published)) => {
                         let answers =
                             published_answers(config, url, headers, &published, joined, look_again);
@@ -1170,28 +1211,31 @@ async fn coalesce(
                         }
                         if same_variant(config, url, headers, &published)
                             || !look_again
-                            || waited_for_another_variant
+                            || own_variant
+                            || published.vary.is_empty()
                         {
                             return Coalesced::Alone;
                         }
-                        // Another variant's response: once its store has landed (its flight
-                        // ends), look again, then join again, leading this variant's flight
-                        // if it is still missing, so that the next request for this variant
-                        // waits for it rather than call the handler too. Once per request.
-                        waited_for_another_variant = true;
-                        flight.ended(config.lock_timeout).await;
+                        // Another variant's response: once its store has landed (its flight ends,
+                        // so that this variant is stored under the URL's record), look again, then
+                        // join this variant's flight, leading it if none is under way, so that the
+                        // other requests for this variant wait for its one handler call rather
+                        // than call the handler too.
+                        own_variant = true;
+                        leaders_flight.ended(config.lock_timeout).await;
                         ticket = config.flights.ticket();
-                        match lookup(config, keys, headers).await {
-                            Lookup::Hit(entry, _) if usable(config, &entry) => {
-                                return Coalesced::Hit(entry)
+                        if let Lookup::Hit(entry, _) = lookup(config, keys, headers).await {
+                            if usable(config, &entry) {
+                                return Coalesced::Hit(entry);
                             }
-                            _ => continue,
                         }
+                        flight = variant_flight(config, url, &published.vary, headers);
                     }
                     Wait::NotShared | Wait::TimedOut => return Coalesced::Alone,
                     Wait::Abandoned => {
-                        // The leader went away (cancelled, panicked): look again, then join again;
-                        // the first to join leads, the others wait for it.
+                        // The leader went away (cancelled, panicked, or moved to its variant's
+                        // flight): look again, then join again; the first to join leads, the
+                        // others wait for it.
                         ticket = config.flights.ticket();
                         if !look_again {
                             continue;
@@ -1199,6 +1243,12 @@ async fn coalesce(
                         match lookup(config, keys, headers).await {
                             Lookup::Hit(entry, _) if usable(config, &entry) => {
                                 return Coalesced::Hit(entry)
+                            }
+                            Lookup::Miss(_, Some(seen))
+                                if !own_variant && !seen.vary.is_empty() =>
+                            {
+                                flight = variant_flight(config, url, &seen.vary, headers);
+                                own_variant = true;
                             }
                             _ => {}
                         }

@@ -112,6 +112,71 @@ async fn every_variant_is_a_hit_for_the_next_request_with_redis() {
     every_variant_is_a_hit_for_the_next_request(layer, 100).await;
 }
 
+/// Concurrent misses of many `Vary` variants of one URL: one handler call per variant, on a cold
+/// URL and on one whose `Vary` is known (one variant stored). A request handed another variant's
+/// response joins its own variant's flight; one whose lookup found the `Vary` names joins it when
+/// it is under way. (Past two variants, every request used to call the handler: 32 calls for 5
+/// variants × 10 requests, 22 for 4 new ones.)
+async fn one_call_per_variant_however_many_miss_at_once(layer: CacheLayer) {
+    const ENCODINGS: [&str; 5] = ["gzip", "br", "identity", "deflate", "zstd"];
+    let (svc, calls) = app(layer, |_, req| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let encoding = req.headers()["accept-encoding"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Response::builder()
+            .header("vary", "accept-encoding")
+            .body(Body::from(encoding))
+            .unwrap()
+    });
+    for (uri, encodings) in [("/cold", &ENCODINGS[..]), ("/known", &ENCODINGS[1..])] {
+        if uri == "/known" {
+            let gzip = || request("GET", uri, &[("accept-encoding", "gzip")]);
+            send(&svc, gzip()).await;
+            while send(&svc, gzip()).await.outcome() != "HIT" {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let before = calls.get();
+        let requests: Vec<_> = (0..10)
+            .flat_map(|_| encodings.iter())
+            .map(|&encoding| {
+                let request = request("GET", uri, &[("accept-encoding", encoding)]);
+                (encoding, tokio::spawn(send(&svc, request)))
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for (encoding, answer) in requests {
+            let seen = tokio::time::timeout(PATIENCE, answer)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(seen.body, encoding, "{uri}: its own variant");
+            statuses.push((encoding, seen.header("cache-status").map(str::to_owned)));
+        }
+        statuses.retain(|(_, status)| status.as_deref().is_some_and(|s| !s.contains("hit")));
+        assert_eq!(
+            calls.get() - before,
+            encodings.len(),
+            "{uri}: one call per variant: {statuses:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_per_variant_however_many_miss_at_once_in_memory() {
+    one_call_per_variant_however_many_miss_at_once(layer()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_per_variant_however_many_miss_at_once_with_redis() {
+    let redis = RedisServer::start();
+    let repository = RedisCacheRepository::builder(redis.url()).build().unwrap();
+    let layer = CacheLayer::new(Cache::new(repository)).expire(60);
+    one_call_per_variant_however_many_miss_at_once(layer).await;
+}
+
 /// A `HEAD` sent right after a `GET` was delivered is a hit too (the entry of the `GET`'s flight,
 /// whose store may still be under way), without a body; it called the handler. A `HEAD` never
 /// leads a flight: with none in progress it goes to the handler, as a `HEAD`.

@@ -594,6 +594,35 @@ async fn waiters_behind_a_timed_out_miss_are_bounded_by_one_hard_timeout() {
     assert_eq!(calls.get(), 1, "the waiters had no time left for a call");
 }
 
+/// Requests that waited behind a call that succeeded with a response it does not share
+/// (`no-store`) keep their whole hard timeout for their own call: only a wait behind a call that
+/// timed out counts in it. (For a while each such waiter got what was left, and answered `504`
+/// for a healthy handler.) Paused clock.
+#[tokio::test(start_paused = true)]
+async fn waiters_behind_an_unshared_success_keep_their_whole_hard_timeout() {
+    let layer = layer(memory_cache()).hard_timeout(Duration::from_secs(1));
+    let (svc, calls) = app(layer, |_, _| async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        Response::builder()
+            .header("cache-control", "no-store")
+            .body(Body::from("fresh"))
+            .unwrap()
+    });
+    let requests: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(send(&svc, get("/private"))))
+        .collect();
+    for request in requests {
+        let seen = request.await.unwrap();
+        assert_eq!(
+            (seen.status, seen.body.as_ref()),
+            (StatusCode::OK, &b"fresh"[..]),
+            "{:?}",
+            seen.header("cache-status")
+        );
+    }
+    assert_eq!(calls.get(), 5, "each waiter called the handler itself");
+}
+
 /// The hard timeout bounds a HEAD request's handler call too: with nothing stored, the layer
 /// answers `504` once it is over, as it does a GET.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
