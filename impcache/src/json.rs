@@ -290,20 +290,28 @@ pub(crate) fn cut_quoted(message: &str, keep: usize, names: bool) -> String {
 }
 
 /// `message` (a serde error's) without the stored data it quotes, for logs that must not show
-/// it: each `"…"` emptied (strings), and each `` `…` `` in the part naming what was refused
-/// (before `, expected` or `, there are no`): serde puts numbers, characters and unknown variant
-/// and field names read from the data there (`invalid value: integer `123`, expected u8`,
-/// `unknown variant `x`, expected `Ok` or `Err``). The names after it are the type's, as those
-/// of `missing field` and `duplicate field`, and are kept: they say what changed.
+/// it. serde names what it refused first, quoted (`invalid type: string "…"`, `invalid value:
+/// integer `123``, `unknown variant `x``; the data unescaped in backticks, so it may hold quotes
+/// of its own), then what the type expected (`, expected `Ok` or `Err``, `, there are no
+/// fields`): everything from the first quote of the refused part is cut, up to the last such
+/// `, expected` (the data may hold one too). The names after it are the type's, as are those of
+/// `missing field` and `duplicate field`, and are kept: they say what changed.
 pub(crate) fn without_data(message: &str) -> String {
-    let refused_end = [", expected", ", there are no"]
+    let expected = [", expected", ", there are no"]
         .iter()
-        .filter_map(|marker| message.find(marker))
-        .min();
-    match refused_end {
+        .filter_map(|marker| message.rfind(marker))
+        .max();
+    match expected {
         Some(end) => {
             let (refused, rest) = message.split_at(end);
-            cut_quoted(refused, 0, true) + &cut_quoted(rest, 0, false)
+            let refused = match refused.find(['"', '`']) {
+                Some(quote) => {
+                    let mark = &refused[quote..=quote];
+                    format!("{}{mark}…{mark}", &refused[..quote])
+                }
+                None => refused.to_owned(),
+            };
+            refused + &cut_quoted(rest, 0, false)
         }
         None if message.starts_with("missing field") || message.starts_with("duplicate field") => {
             cut_quoted(message, 0, false)

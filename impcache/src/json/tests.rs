@@ -239,6 +239,19 @@ fn logged_decode_messages_show_no_stored_data() {
         without_data("unknown field `secret`, there are no fields"),
         "unknown field `…`, there are no fields"
     );
+    // Data that holds quotes, or `, expected` itself: cut up to the type's `, expected`.
+    let tricky = message(r#"{"a`, expected `hunter2":1}"#, as_result).unwrap_or_default();
+    assert!(
+        tricky.starts_with("unknown variant `…`, expected `Ok` or `Err`")
+            && !tricky.contains("hunter2"),
+        "{tricky}"
+    );
+    let tricky = message(r#""x, expected `hunter2`""#, as_u8).unwrap_or_default();
+    assert!(
+        tricky.starts_with(r#"invalid type: string "…", expected u8"#)
+            && !tricky.contains("hunter2"),
+        "{tricky}"
+    );
 }
 
 #[test]
