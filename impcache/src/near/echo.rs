@@ -87,7 +87,8 @@ impl Echoes {
             let Some(write) = pending.get_mut(key) else {
                 return false;
             };
-            let arrived = write.arrived;
+            // Taken: one invalidation that arrived stands for one write's drop.
+            let arrived = std::mem::take(&mut write.arrived);
             write.writers = write.writers.saturating_sub(1);
             if !changed {
                 write.spoiled = true;

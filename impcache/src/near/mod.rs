@@ -233,7 +233,8 @@ pub struct NearCacheStats {
     /// Keys read from Redis without looking locally (the near cache was not active).
     pub bypassed: u64,
     /// Invalidations received from Redis or made by this cache's own writes (one per key; the
-    /// echo Redis sends of an own write is not counted again).
+    /// echo Redis sends of an own write is not counted again). Approximate while writes of one
+    /// key overlap: Redis may send one invalidation for several of them.
     pub invalidations: u64,
     /// Times everything local was dropped: the tracking connection lost (once per loss, a
     /// failover included), a new Cluster slot map, `FLUSHDB` / `FLUSHALL`, `delete_pattern`, a
