@@ -107,7 +107,7 @@ fn lit_str(expr: &Expr, option: &str, errors: &mut Errors) -> Option<LitStr> {
 }
 
 /// Whether `expr` is a literal negative number, or a duration known to be zero (the literal
-/// forms [`limits::known`](crate::limits::known) reads).
+/// forms [`durations::known`](crate::durations::known) reads).
 fn is_obviously_not_positive(expr: &Expr) -> bool {
     match expr {
         // (A negative literal as an attribute's last value is one `Lit::Int`, `-5`.)
@@ -116,7 +116,7 @@ fn is_obviously_not_positive(expr: &Expr) -> bool {
         }) if i.base10_digits().starts_with('-') => true,
         Expr::Unary(u) => matches!(u.op, syn::UnOp::Neg(_)),
         Expr::Paren(p) => is_obviously_not_positive(&p.expr),
-        _ => crate::limits::known(expr).is_some_and(|duration| duration.is_zero()),
+        _ => crate::durations::known(expr).is_some_and(|duration| duration.is_zero()),
     }
 }
 

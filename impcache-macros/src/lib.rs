@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod durations;
 mod errors;
 mod expand;
 mod generate;

@@ -1,15 +1,15 @@
 //! The runtime's bounds on durations, checked at compile time where the values are known: an
 //! option the runtime would refuse on every call (and so run the body uncached on every call) is
-//! a compile error instead. A value is known when it is one of the literal forms the zero checks
-//! of [`crate::args`] read (through [`known`]): an integer literal (seconds), a path ending in `ZERO`, or
-//! `from_secs`, `seconds`, `from_millis`, `from_micros` or `from_nanos` of an integer literal.
-//! Anything else (a `const`, a computed value, `Duration::MAX`) is left to the runtime.
+//! a compile error instead. A value is known when it is one of the literal forms
+//! [`crate::durations::known`] reads (as the zero checks of [`crate::args`] do); anything else (a
+//! `const`, a computed value, `Duration::MAX`) is left to the runtime.
 
 use std::time::Duration;
 
-use syn::{Expr, ExprLit, Lit};
+use syn::Expr;
 
 use crate::args::Args;
+use crate::durations::known;
 use crate::errors::Errors;
 
 /// `impcache::MAX_EXPIRE`, which this crate cannot name: the longest expiry and the longest lock
@@ -25,46 +25,6 @@ const STALE_WINDOWS: [&str; 2] = ["stale_while_revalidate", "stale_if_error"];
 
 /// `MAX_EXPIRE` as the messages write it.
 const MAX_TEXT: &str = "100 years (3153600000s)";
-
-/// The value of a duration option, when it is known at compile time (see the module docs).
-pub(crate) fn known(expr: &Expr) -> Option<Duration> {
-    match expr {
-        Expr::Lit(_) => integer(expr).map(Duration::from_secs),
-        Expr::Paren(p) => known(&p.expr),
-        Expr::Path(p) => p
-            .path
-            .segments
-            .last()
-            .filter(|s| s.ident == "ZERO")
-            .map(|_| Duration::ZERO),
-        Expr::Call(call) if call.args.len() == 1 => {
-            let Expr::Path(func) = &*call.func else {
-                return None;
-            };
-            let ctor = func.path.segments.last()?.ident.to_string();
-            let count = integer(call.args.first()?)?;
-            match ctor.as_str() {
-                "from_secs" | "seconds" => Some(Duration::from_secs(count)),
-                "from_millis" => Some(Duration::from_millis(count)),
-                "from_micros" => Some(Duration::from_micros(count)),
-                "from_nanos" => Some(Duration::from_nanos(count)),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-/// The value of a non-negative integer literal (any suffix), possibly in parentheses.
-fn integer(expr: &Expr) -> Option<u64> {
-    match expr {
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(i), ..
-        }) => i.base10_digits().parse().ok(),
-        Expr::Paren(p) => integer(&p.expr),
-        _ => None,
-    }
-}
 
 /// The value of the freshness option `name`, when it is given and known.
 fn freshness<'a>(args: &'a Args, name: &str) -> Option<(&'a Expr, Duration)> {
