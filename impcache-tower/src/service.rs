@@ -1212,7 +1212,6 @@ async fn coalesce(
                         if same_variant(config, url, headers, &published)
                             || !look_again
                             || own_variant
-                            || published.vary.is_empty()
                         {
                             return Coalesced::Alone;
                         }

@@ -177,6 +177,34 @@ async fn one_call_per_variant_however_many_miss_at_once_with_redis() {
     one_call_per_variant_however_many_miss_at_once(layer).await;
 }
 
+/// The same for credential variants (`allow_authenticated`, a response without `Vary`): one
+/// handler call per user, each user answered with their own response. (41 calls for 5 users × 10
+/// requests before: a waiter handed another user's response called the handler itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_per_credential_variant() {
+    let (svc, calls) = app(layer().allow_authenticated(true), |_, req| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let user = req.headers()["authorization"].to_str().unwrap().to_owned();
+        Response::new(Body::from(user))
+    });
+    let requests: Vec<_> = (0..10)
+        .flat_map(|_| 0..5)
+        .map(|user| {
+            let user = format!("Bearer u{user}");
+            let request = request("GET", "/me", &[("authorization", &user)]);
+            (user, tokio::spawn(send(&svc, request)))
+        })
+        .collect();
+    for (user, answer) in requests {
+        let seen = tokio::time::timeout(PATIENCE, answer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.body, user, "the user's own response");
+    }
+    assert_eq!(calls.get(), 5, "one call per user");
+}
+
 /// A `HEAD` sent right after a `GET` was delivered is a hit too (the entry of the `GET`'s flight,
 /// whose store may still be under way), without a body; it called the handler. A `HEAD` never
 /// leads a flight: with none in progress it goes to the handler, as a `HEAD`.
