@@ -378,6 +378,37 @@ async fn concurrent_callers_of_a_failing_loader_all_get_the_stale_value(backend:
     );
 }
 
+/// Callers that waited a whole hard timeout behind a leader whose loader hit it have nothing
+/// left: their loaders are not started (each was polled once and dropped at once: 50 loader runs
+/// for 50 callers, where the loader is a query to a struggling database). Paused clock.
+#[tokio::test(start_paused = true)]
+async fn waiters_with_no_time_left_do_not_start_their_loader() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let hard = Duration::from_secs(2);
+    let policy = Freshness::new().hard_timeout(hard);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let started = tokio::time::Instant::now();
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+            tokio::spawn(async move {
+                cache
+                    .try_get_or_set("k", 60, move || {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<Result<String, Error>>()
+                    })
+                    .freshness(policy)
+                    .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert!(matches!(caller.await.unwrap(), Err(Error::Loader { .. })));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the leader's loader only");
+    assert_eq!(started.elapsed(), hard, "one hard timeout in all");
+}
+
 /// A caller that waited on a leader whose loader hit the hard timeout loads on its own within
 /// what is left of its hard timeout: it waits about one hard timeout in all, not two. On tokio's
 /// paused clock (virtual time, nothing measured on a real clock).

@@ -579,9 +579,17 @@ pub(super) async fn run<V, E, F, Fut>(
     let mut failure = None;
     let caught = match job.policy.hard_timeout_duration() {
         Some(hard) if tokio::runtime::Handle::try_current().is_ok() => {
-            match tokio::time::timeout(hard, loading).await {
-                Ok(caught) => caught,
-                Err(_) => {
+            // With nothing left (a caller that waited its whole hard timeout for another
+            // caller's load, which timed out), the loader is not started: polled once, it would
+            // start its work only to be dropped, once per waiting caller.
+            let within = if hard.is_zero() {
+                None
+            } else {
+                tokio::time::timeout(hard, loading).await.ok()
+            };
+            match within {
+                Some(caught) => caught,
+                None => {
                     let reason = format!("timed out after {hard:?} (hard timeout)");
                     let error = E::from_cache(loader_error(&job.key, &reason));
                     failure = Some(reason);
