@@ -425,14 +425,11 @@ async fn a_server_refusing_tracking_runs_without_it() {
     runs_without_it(&server, &cache).await;
 }
 
-/// An ACL that forbids `CLIENT` answers `NOPERM`: the near cache is unsupported for good (not
-/// reconnecting forever), and the cache works without it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_acl_forbidding_client_runs_without_it() {
-    let server = RedisServer::start();
-    let _: () = server.cmd(&[
-        "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-client",
-    ]);
+/// A near-cached `Cache` logged in as the user `app` (password `pw`), given the ACL `rules`,
+/// with `k` set.
+async fn as_acl_user(server: &RedisServer, rules: &[&str]) -> Cache {
+    let setuser = ["ACL", "SETUSER", "app", "on", ">pw"];
+    let _: () = server.cmd(&[&setuser[..], rules].concat());
     let url = format!("redis://app:pw@127.0.0.1:{}/0", server.port());
     let repository = RedisCacheRepository::builder(url)
         .deadline(Duration::from_secs(2))
@@ -440,6 +437,15 @@ async fn an_acl_forbidding_client_runs_without_it() {
         .unwrap();
     let cache = Cache::builder(repository).near_cache(near()).build();
     cache.set("k", &1, 60).await.unwrap();
+    cache
+}
+
+/// An ACL that forbids `CLIENT` answers `NOPERM`: the near cache is unsupported for good (not
+/// reconnecting forever), and the cache works without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_forbidding_client_runs_without_it() {
+    let server = RedisServer::start();
+    let cache = as_acl_user(&server, &["~*", "&*", "+@all", "-client"]).await;
     runs_without_it(&server, &cache).await;
 }
 
@@ -449,12 +455,7 @@ async fn an_acl_forbidding_client_runs_without_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_forbidding_ping_runs_without_it() {
     let server = RedisServer::start();
-    let _: () = server.cmd(&[
-        "ACL",
-        "SETUSER",
-        "app",
-        "on",
-        ">pw",
+    let rules = [
         "~*",
         "resetchannels",
         "+@read",
@@ -462,14 +463,8 @@ async fn an_acl_forbidding_ping_runs_without_it() {
         "+@scripting",
         "+@connection",
         "-ping",
-    ]);
-    let url = format!("redis://app:pw@127.0.0.1:{}/0", server.port());
-    let repository = RedisCacheRepository::builder(url)
-        .deadline(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let cache = Cache::builder(repository).near_cache(near()).build();
-    cache.set("k", &1, 60).await.unwrap();
+    ];
+    let cache = as_acl_user(&server, &rules).await;
     runs_without_it(&server, &cache).await;
     assert_eq!(cache.near_cache_stats().flushes, 0);
 }

@@ -1060,12 +1060,7 @@ async fn head_from_flight(
     vary: &[HeaderName],
     look_again: Option<Ticket>,
 ) -> Coalesced {
-    // Its variant's flight once the URL's `Vary` names are known (see `coalesce`).
-    let flight = if vary.is_empty() {
-        keys.url().to_owned()
-    } else {
-        variant_flight(config, keys.url(), vary, headers)
-    };
+    let flight = first_flight(config, keys.url(), vary, headers);
     let Some(waiter) = config.flights.current(flight.as_str()) else {
         let Some(ticket) = look_again else {
             return Coalesced::Alone;
@@ -1146,6 +1141,16 @@ fn variant_flight(config: &Config, url: &str, vary: &[HeaderName], headers: &Hea
     key::variant_key(url, vary, headers, config.allow_authenticated)
 }
 
+/// The flight a request joins first: its variant's when its lookup found the URL's `Vary` names
+/// (`vary`, a vary-miss), else its URL's.
+fn first_flight(config: &Config, url: &str, vary: &[HeaderName], headers: &HeaderMap) -> String {
+    if vary.is_empty() {
+        url.to_owned()
+    } else {
+        variant_flight(config, url, vary, headers)
+    }
+}
+
 /// Joins the request's flight (see [`crate::flight`]): leads it, or waits for its leader's
 /// answer. The flight is its variant's (keyed by its variant key) once the URL's `Vary` names are
 /// known: from its lookup (`vary`, a vary-miss), from a second look, or from another variant's
@@ -1162,14 +1167,9 @@ async fn coalesce(
     look_again: bool,
 ) -> Coalesced {
     let url = keys.url();
-    let mut flight = url.to_owned();
-    // Whether this request joined its own variant's flight: a response of another variant
-    // there (its `Vary` changed meanwhile) is not waited past again.
-    let mut own_variant = false;
-    if !vary.is_empty() {
-        flight = variant_flight(config, url, vary, headers);
-        own_variant = true;
-    }
+    // On its own variant's flight once `flight != url` (a variant key extends the URL key):
+    // a response of another variant there (its `Vary` changed meanwhile) is not waited past.
+    let mut flight = first_flight(config, url, vary, headers);
     loop {
         match config.flights.join(flight.as_str(), ticket) {
             Join::Leader(Leader { guard, recheck }) => {
@@ -1184,10 +1184,9 @@ async fn coalesce(
                         // The URL's `Vary` names are known now (its first variant stored while
                         // this request looked it up): its variant's flight is this request's
                         // (this one ends: any waiter joins again).
-                        Lookup::Miss(_, Some(seen)) if !own_variant && !seen.vary.is_empty() => {
+                        Lookup::Miss(_, Some(seen)) if flight == url && !seen.vary.is_empty() => {
                             drop(guard);
                             flight = variant_flight(config, url, &seen.vary, headers);
-                            own_variant = true;
                             continue;
                         }
                         _ => {}
@@ -1211,7 +1210,7 @@ async fn coalesce(
                         }
                         if same_variant(config, url, headers, &published)
                             || !look_again
-                            || own_variant
+                            || flight != url
                         {
                             return Coalesced::Alone;
                         }
@@ -1220,7 +1219,6 @@ async fn coalesce(
                         // join this variant's flight, leading it if none is under way, so that the
                         // other requests for this variant wait for its one handler call rather
                         // than call the handler too.
-                        own_variant = true;
                         leaders_flight.ended(config.lock_timeout).await;
                         ticket = config.flights.ticket();
                         if let Lookup::Hit(entry, _) = lookup(config, keys, headers).await {
@@ -1244,10 +1242,9 @@ async fn coalesce(
                                 return Coalesced::Hit(entry)
                             }
                             Lookup::Miss(_, Some(seen))
-                                if !own_variant && !seen.vary.is_empty() =>
+                                if flight == url && !seen.vary.is_empty() =>
                             {
                                 flight = variant_flight(config, url, &seen.vary, headers);
-                                own_variant = true;
                             }
                             _ => {}
                         }

@@ -622,15 +622,8 @@ impl Store {
         for connection in connections.iter() {
             for _ in 0..2 {
                 let mut connection = connection.clone();
-                let command = redis::cmd("PING");
-                let ping = command.query_async::<()>(&mut connection);
-                match tokio::time::timeout(self.heartbeat, ping).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        super::tracker::refused_ping(self, &error);
-                        return false;
-                    }
-                    Err(_) => return false,
+                if !super::tracker::pinged(self, &mut connection, self.heartbeat).await {
+                    return false;
                 }
             }
         }

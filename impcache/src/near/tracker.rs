@@ -345,12 +345,24 @@ fn on_push(store: &Store, session: u64, push: PushInfo) {
     }
 }
 
-/// A `PING` on a tracking connection (the heartbeat's, or a read's barrier) failed with `error`:
-/// if the server refuses it for good (an ACL changed to forbid it), the near cache is turned off
-/// ([`Store::unsupported`]); the tracking task then ends.
-pub(super) fn refused_ping(store: &Store, error: &redis::RedisError) {
-    if let Some(why) = refusal(error) {
-        store.unsupported(&format!("PING refused on the tracking connection: {why}"));
+/// A `PING` on a tracking connection (the heartbeat's, or a read's barrier): whether it was
+/// answered within `within`. One the server refuses for good (an ACL changed to forbid it) turns
+/// the near cache off ([`Store::unsupported`]); the tracking task then ends.
+pub(super) async fn pinged(
+    store: &Store,
+    connection: &mut MultiplexedConnection,
+    within: Duration,
+) -> bool {
+    let command = redis::cmd("PING");
+    match tokio::time::timeout(within, command.query_async::<()>(connection)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            if let Some(why) = refusal(&error) {
+                store.unsupported(&format!("PING refused on the tracking connection: {why}"));
+            }
+            false
+        }
+        Err(_) => false,
     }
 }
 
@@ -365,24 +377,19 @@ async fn watch(
 ) {
     loop {
         tokio::time::sleep(heartbeat).await;
-        match store.upgrade() {
-            Some(store) if store.status() == super::NearCacheStatus::Active => {}
-            _ => return,
-        }
+        // Held only through this round of `PING`s (each within a heartbeat).
+        let Some(strong) = store
+            .upgrade()
+            .filter(|store| store.status() == super::NearCacheStatus::Active)
+        else {
+            return;
+        };
         for connection in &mut connections {
-            let command = redis::cmd("PING");
-            let ping = command.query_async::<()>(connection);
-            match tokio::time::timeout(heartbeat, ping).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    if let Some(store) = store.upgrade() {
-                        refused_ping(&store, &error);
-                    }
-                    return;
-                }
-                Err(_) => return,
+            if !pinged(&strong, connection, heartbeat).await {
+                return;
             }
         }
+        drop(strong);
         if target.moves() {
             if let Ok((_, now)) = target.servers().await {
                 if now != servers {

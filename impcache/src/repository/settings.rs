@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::breaker::CircuitBreakerConfig;
+use crate::error::{Error, Result};
 
 /// Default time allowed to open a TCP connection (and handshake) to Redis.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -33,18 +34,23 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Why these settings cannot work, if they cannot: a zero deadline or connect timeout would
+    /// Refuses settings under which nothing could work, as [`Error::InvalidDsn`] of the
+    /// repository's DSN(s) (`shown`, passwords hidden): a zero deadline or connect timeout would
     /// fail every operation, a zero size limit refuse every value.
-    pub(crate) fn problem(&self) -> Option<&'static str> {
-        if self.deadline.is_zero() {
-            Some("the deadline is zero: every operation would time out")
+    pub(crate) fn check(&self, shown: impl FnOnce() -> String) -> Result<()> {
+        let problem = if self.deadline.is_zero() {
+            "the deadline is zero: every operation would time out"
         } else if self.connect_timeout.is_zero() {
-            Some("the connect timeout is zero: no connection could be opened")
+            "the connect timeout is zero: no connection could be opened"
         } else if self.max_value_bytes == 0 {
-            Some("the largest value is 0 bytes: every value would be refused")
+            "the largest value is 0 bytes: every value would be refused"
         } else {
-            None
-        }
+            return Ok(());
+        };
+        Err(Error::InvalidDsn {
+            dsn: shown(),
+            reason: problem.to_owned(),
+        })
     }
 }
 

@@ -460,12 +460,7 @@ impl RedisClusterCacheRepositoryBuilder {
         for node in &self.nodes {
             infos.push(dsn::cluster_node(node)?);
         }
-        if let Some(reason) = self.settings.problem() {
-            return Err(Error::InvalidDsn {
-                dsn: dsn::redact_all(&self.nodes),
-                reason: reason.to_owned(),
-            });
-        }
+        self.settings.check(|| dsn::redact_all(&self.nodes))?;
         // The operating system's TCP defaults, as for a single node (BENCHMARKS.md case 1b).
         let tcp = redis::io::tcp::TcpSettings::default();
         let seed = infos[0].clone().set_tcp_settings(tcp.clone());

@@ -301,15 +301,10 @@ impl RedisCacheRepositoryBuilder {
             Source::Dsn(dsn) => dsn::server(dsn)?,
             Source::Client(client) => (**client).clone(),
         };
-        if let Some(reason) = self.settings.problem() {
-            return Err(crate::Error::InvalidDsn {
-                dsn: match &self.source {
-                    Source::Dsn(dsn) => dsn::redact(dsn),
-                    Source::Client(client) => dsn::describe_client(client),
-                },
-                reason: reason.to_owned(),
-            });
-        }
+        self.settings.check(|| match &self.source {
+            Source::Dsn(dsn) => dsn::redact(dsn),
+            Source::Client(client) => dsn::describe_client(client),
+        })?;
         #[cfg(feature = "tls")]
         let client = self.with_tls_certificates(client)?;
         Ok(self.finish(client))

@@ -500,9 +500,7 @@ impl RedisSentinelCacheRepositoryBuilder {
             .iter()
             .map(|sentinel| dsn::sentinel(sentinel))
             .collect::<Result<Vec<_>>>()?;
-        if let Some(reason) = self.settings.problem() {
-            return Err(invalid(shown_sentinels.join(", "), reason.to_owned()));
-        }
+        self.settings.check(|| shown_sentinels.join(", "))?;
         let sentinel_infos = infos
             .iter()
             .map(|info| {
