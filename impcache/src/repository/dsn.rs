@@ -18,9 +18,13 @@ pub(crate) fn redact(dsn: &str) -> String {
     let scheme_end = dsn
         .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
         .unwrap_or(dsn.len());
-    let separator_end = dsn[scheme_end..]
-        .find(|c: char| !matches!(c, ':' | '/' | '\\'))
+    // Colons, then slashes: a colon after a slash starts the userinfo (`redis://:pw@host`).
+    let colons_end = dsn[scheme_end..]
+        .find(|c: char| c != ':')
         .map_or(dsn.len(), |at| scheme_end + at);
+    let separator_end = dsn[colons_end..]
+        .find(|c: char| !matches!(c, '/' | '\\'))
+        .map_or(dsn.len(), |at| colons_end + at);
     // Letters followed by no separator are no scheme (`pw@host`).
     let (scheme_end, separator_end) = if separator_end == scheme_end {
         (0, 0)
@@ -297,6 +301,9 @@ mod tests {
             ("redis://u:pw?x@h:1/0", "redis://u:***@h:1/0"),
             ("redis://:p@ss?word@h:1/0", "redis://:***@h:1/0"),
             ("redis://x#pw@h:1", "redis://***@h:1"),
+            // An unencoded `:` in a password without a user (redis-py takes all of `pw:pw2`).
+            ("redis://:pw:pw2@h:1/0", "redis://:***@h:1/0"),
+            ("redis://u:pw:pw2@h:1/0", "redis://u:***@h:1/0"),
             ("redis//:pw@h:1/0", "redis//:***@h:1/0"),
             ("redis:/:pw@h:1/0", "redis:/:***@h:1/0"),
             ("redis:///:pw@h:1/0", "redis:///:***@h:1/0"),
