@@ -54,6 +54,7 @@ per_store!(
     the_hard_timeout_gives_up_with_or_without_a_stale_value,
     past_the_stale_window_is_a_miss,
     a_panicking_or_dropped_leader_strands_no_one,
+    waiters_behind_a_panicking_loader_elect_one_new_leader,
     early_refresh_reloads_a_fresh_value_in_the_background,
     the_fail_safe_throttle_answers_stale_without_the_loader,
     a_failed_background_reload_throttles_the_next_ones,
@@ -572,6 +573,40 @@ async fn a_panicking_or_dropped_leader_strands_no_one(backend: Backend) {
     .unwrap()
     .unwrap();
     assert_eq!(loaded, "fine");
+}
+
+/// Waiters behind a loader that panics join the key's flight again: one of them leads the next
+/// run and the others get its value, as a panicking `#[cached]` body's waiters do; they do not
+/// each load at once (10 runs for 10 callers before).
+async fn waiters_behind_a_panicking_loader_elect_one_new_leader(backend: Backend) {
+    let cache = backend.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+            tokio::spawn(async move {
+                cache
+                    .get_or_set("k", 60, move || async move {
+                        let run = runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(100 * MS).await;
+                        if run == 0 {
+                            panic!("the first run panics (on purpose)");
+                        }
+                        "v".to_owned()
+                    })
+                    .stale_if_error(MINUTE)
+                    .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for caller in callers {
+        answers.push(tokio::time::timeout(HANG, caller).await.unwrap().unwrap());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let panicked = answers.iter().filter(|answer| answer.is_err()).count();
+    assert_eq!(panicked, 1, "{answers:?}");
+    assert!(answers.iter().flatten().all(|value| value == "v"));
 }
 
 async fn early_refresh_reloads_a_fresh_value_in_the_background(backend: Backend) {

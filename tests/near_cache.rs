@@ -829,6 +829,39 @@ async fn get_many_keeps_what_it_reads() {
     assert_eq!(gone, [None]);
 }
 
+/// A key listed twice in one `get_many` gets one value, while another client writes it: each
+/// key is looked up locally once (an invalidation landing between two lookups gave its places
+/// an old and a new value, about once in 2,000 calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_gives_a_key_listed_twice_one_value() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    // Keys served locally between the two places of `a`: a wider window for an invalidation.
+    let mut keys = vec!["a".to_owned()];
+    for n in 0..100 {
+        let key = format!("b{n}");
+        cache.set(&key, &n, 600).await.unwrap();
+        keys.push(key);
+    }
+    keys.push("a".to_owned());
+    let key = cache.make_key("a");
+    let mut other = other_client(&server).await;
+    let writer = tokio::spawn(async move {
+        for n in 0..1_000_i64 {
+            let _: () = other.set(&key, n).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let mut calls = 0;
+    while !writer.is_finished() {
+        let values: Vec<Option<i64>> = cache.get_many(&keys).await.unwrap();
+        assert_eq!(values[0], values[101], "after {calls} calls");
+        calls += 1;
+    }
+    writer.await.unwrap();
+}
+
 /// `get_many` through `cache` (Sentinel or Cluster here; single node above) keeps what it reads:
 /// a second one is served locally, an own write is read back, and a local entry ends with its
 /// key's Redis TTL.
@@ -1378,6 +1411,54 @@ async fn fail_safe_keeps_an_entry_whose_local_lifetime_ended() {
     assert_eq!(failing_load(&cache, policy).await.unwrap(), 1);
     let narrow = impcache::Freshness::new().stale_if_error(Duration::from_millis(1));
     assert!(failing_load(&cache, narrow).await.is_err());
+}
+
+/// Kills `server` and waits until `cache`'s near cache has stopped serving.
+async fn outage(server: &mut RedisServer, cache: &Cache) {
+    server.kill();
+    eventually("the near cache stops serving", || async {
+        cache.near_cache_status() == NearCacheStatus::Connecting
+    })
+    .await;
+}
+
+/// A copy never answers with a value older than one the reader has read since: a reply of the
+/// key from Redis that is not kept locally (too large, or absent) drops the copy, so the next
+/// outage finds none. It answered with the value from before the first outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_never_answers_older_than_a_read_since() {
+    let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(3600));
+    let mut server = RedisServer::start();
+    let cache = near_cache(&server, near().max_value_bytes(64).fail_safe(true));
+    outage_after_a_local_entry(&mut server, &cache, policy).await;
+    // Back with a value too large to keep locally: read, not kept.
+    server.restart();
+    let large = format!("\"{}\"", "x".repeat(200));
+    let _: () = server.cmd(&["SET", &cache.make_key("k"), &large]);
+    eventually("the large value is read", || async {
+        let read = cache.get::<serde_json::Value>("k").await;
+        matches!(read, Ok(Some(serde_json::Value::String(s))) if s.len() == 200)
+    })
+    .await;
+    outage(&mut server, &cache).await;
+    let failed: Result<serde_json::Value, impcache::Error> = cache
+        .try_get_or_set("k", 60, || async { Err(boom()) })
+        .freshness(policy)
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+
+    // Back empty, after a copy of 1 was kept again: the reader reads that nothing is there.
+    server.restart();
+    wait_active(&cache).await;
+    outage_after_a_local_entry(&mut server, &cache, policy).await;
+    server.restart();
+    eventually("the key is read as absent", || async {
+        cache.get::<i64>("k").await.ok() == Some(None)
+    })
+    .await;
+    outage(&mut server, &cache).await;
+    assert!(failing_load(&cache, policy).await.is_err());
+    assert_eq!(cache.near_cache_stats().fail_safe_served, 0);
 }
 
 // --- Tags (issue 16): tag state tracked like any key. ---

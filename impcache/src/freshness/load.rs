@@ -563,8 +563,9 @@ pub(super) async fn run<V, E, F, Fut>(
         }
         _ => None,
     };
-    // A panic is caught here and becomes the loader's error: the flight is answered (the stale
-    // value or nothing to share) rather than abandoned.
+    // A panic is caught here and becomes the loader's error: the caller is answered (the stale
+    // value or `Error::Loader`), and so are the waiters when there is a stale value; without
+    // one, the flight is abandoned and they elect a new leader (see the end).
     // The loader is called in the first poll, inside the `catch_unwind`: one that panics before
     // returning its future is caught too.
     let mut loading = Box::pin(async move { loader().await });
@@ -599,6 +600,7 @@ pub(super) async fn run<V, E, F, Fut>(
         }
         _ => loading.await,
     };
+    let panicked = caught.is_err();
     let loaded = caught.unwrap_or_else(|payload| {
         failure = Some("panicked".to_owned());
         Err(E::from_panic(&job.key, payload))
@@ -666,6 +668,10 @@ pub(super) async fn run<V, E, F, Fut>(
             // Waiters may serve the stale value as the leader does; not a fail-safe copy: each
             // waiter judges it by its own window (it loads on its own, unshared).
             Some(stale) if !job.fail_safe => guard.publish(Shared::stale(stale)),
+            // A panic is no answer for anyone: the flight is abandoned, and its waiters join
+            // again, one of them leading the next run (as a panicking `#[cached]` body's
+            // waiters do, and moka's `get_with`'s), rather than each loading at once.
+            _ if panicked => drop(guard),
             _ => guard.not_shared(),
         },
         (None, None) => {}

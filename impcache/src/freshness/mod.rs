@@ -21,7 +21,8 @@
 //! - **Loader failure** (an `Err` of `try_get_or_set`, the hard timeout, a panic): logged
 //!   (`WARN`, target `impcache::freshness`), never stored; the stale value is served when one is
 //!   within `stale_if_error`, and published to the waiters too. Without one, each waiter loads on
-//!   its own: errors are never shared. With a `fail_safe_throttle`, the stale value then answers
+//!   its own: errors are never shared. A panic abandons the flight instead: the waiters join it
+//!   again and one of them leads the next run, as a panicking `#[cached]` body's waiters do. With a `fail_safe_throttle`, the stale value then answers
 //!   the key's calls for that long without a loader run.
 //! - **Cache errors** (down, deadline, breaker open, a key too long): logged, and the loader runs
 //!   and answers; they never fail the call. The read costs at most one deadline, and the store

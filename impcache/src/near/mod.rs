@@ -167,7 +167,9 @@ impl NearCache {
     /// A switch, not a duration: the call's `stale_if_error` window is the bound. The copies
     /// share the live entries' values and are bounded by the same byte count (separately);
     /// each lives at most until its key's Redis expiry. A change seen by Redis, this cache's own
-    /// write or delete, `FLUSHDB` and `delete_pattern` drop them.
+    /// write or delete, `FLUSHDB` and `delete_pattern` drop them, and so does a read of the key
+    /// from Redis whose reply is not kept locally (absent, too large, read while reconnecting):
+    /// a copy never answers with a value older than one this process has read since.
     pub fn fail_safe(mut self, on: bool) -> Self {
         self.fail_safe = on;
         self

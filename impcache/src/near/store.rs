@@ -511,10 +511,23 @@ impl Store {
     /// read's deadline (see [`passed`](Store::passed)).
     pub(crate) async fn settle(&self, ticket: Option<Ticket>, key: &str, found: Option<&WithTtl>) {
         let Some(ticket) = self.passed(ticket).await else {
+            self.not_kept(key);
             return;
         };
-        if let Some(found) = found {
-            self.keep(ticket, key, found);
+        match found {
+            Some(found) => self.keep(ticket, key, found),
+            None => self.not_kept(key),
+        }
+    }
+
+    /// A reply of `key` read from Redis that is not kept locally (absent, too large, read while
+    /// the near cache was not active, or not vouched for) drops the key's fail-safe copy: the
+    /// copy is older than what the reader has now seen, and must not answer after it (a reader
+    /// never goes back to an older value). Dropped, not replaced: a reply not vouched for may
+    /// itself be older than a copy kept meanwhile.
+    pub(crate) fn not_kept(&self, key: &str) {
+        if let Some(fail_safe) = &self.fail_safe {
+            fail_safe.invalidate(key);
         }
     }
 
@@ -559,10 +572,15 @@ impl Store {
         states: &[Option<Bytes>],
     ) {
         let Some(ticket) = self.passed(ticket).await else {
+            if let Some((key, _)) = entry {
+                self.not_kept(key);
+            }
             return;
         };
-        if let Some((key, Some(found))) = entry {
-            self.keep(ticket, key, found);
+        match entry {
+            Some((key, Some(found))) => self.keep(ticket, key, found),
+            Some((key, None)) => self.not_kept(key),
+            None => {}
         }
         for (key, state) in state_keys.iter().zip(states) {
             self.keep_state(ticket, key, state.as_ref());
@@ -578,18 +596,22 @@ impl Store {
         found: &[Option<WithTtl>],
     ) {
         let Some(ticket) = self.passed(ticket).await else {
+            keys.iter().for_each(|key| self.not_kept(key));
             return;
         };
         for (key, found) in keys.iter().zip(found) {
-            if let Some(found) = found {
-                self.keep(ticket, key, found);
+            match found {
+                Some(found) => self.keep(ticket, key, found),
+                None => self.not_kept(key),
             }
         }
     }
 
-    /// [`settle`](Store::settle) for replies that are not kept (an `MGET`): the barrier only.
-    pub(crate) async fn settle_many(&self, ticket: Option<Ticket>) {
+    /// [`settle`](Store::settle) for replies that are not kept (an `MGET` of `keys`): the
+    /// barrier, and their fail-safe copies dropped.
+    pub(crate) async fn settle_many(&self, ticket: Option<Ticket>, keys: &[&str]) {
         let _ = self.passed(ticket).await;
+        keys.iter().for_each(|key| self.not_kept(key));
     }
 
     /// Two `PING`s answered in turn on every tracking connection (each within a heartbeat), in
@@ -633,6 +655,7 @@ impl Store {
     /// Keeps the reply of a read sent with `ticket` (its barrier passed).
     fn keep(&self, ticket: Ticket, key: &str, found: &WithTtl) {
         if found.value.len() > self.max_value_bytes {
+            self.not_kept(key);
             return;
         }
         let now = Instant::now();
@@ -646,6 +669,7 @@ impl Store {
                 .min(redis_ttl.saturating_sub(round_trip + PTTL_MARGIN)),
         };
         if ttl.is_zero() {
+            self.not_kept(key);
             return;
         }
         let entry = Entry {
@@ -686,6 +710,7 @@ impl Store {
     fn insert(&self, entry: Entry, key: &str) {
         let read = entry.read;
         if !self.still_valid(read) {
+            self.not_kept(key);
             return;
         }
         let fail_safe = self.fail_safe.as_ref().filter(|_| !entry.absent);

@@ -5,6 +5,7 @@
 //! boxed future, and for the memory repository no future at all); any other repository (Sentinel,
 //! Cluster, or one written by a user) goes through the [`CacheRepository`] trait.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,7 +168,9 @@ impl Backend {
                 }
                 near.ready().await;
                 let Some(ticket) = near.store.ticket() else {
-                    return Box::pin(near.remote.get(key)).await;
+                    let found = Box::pin(near.remote.get(key)).await?;
+                    near.store.not_kept(full.as_str());
+                    return Ok(found);
                 };
                 // The `PTTL` in the same pipeline: the local entry never outlives the key.
                 let found = Box::pin(near.remote.get_with_ttl(key)).await?;
@@ -401,16 +404,26 @@ impl Backend {
             Backend::Near(near) => {
                 // Local keys served, one `MGET` for the rest.
                 near.store.catch_up().await;
-                let mut values: Vec<Option<Bytes>> =
-                    keys.iter().map(|key| near.store.get(key)).collect();
-                let missing: Vec<&str> = keys
-                    .iter()
-                    .zip(&values)
-                    .filter(|(_, value)| value.is_none())
-                    .map(|(key, _)| *key)
-                    .collect();
+                // Each key looked up once, so that a key listed twice gets one value: an
+                // invalidation landing between two lookups would give its places two.
+                let mut local: HashMap<&str, Option<Bytes>> = HashMap::with_capacity(keys.len());
+                let mut missing: Vec<&str> = Vec::new();
+                for key in keys {
+                    local.entry(*key).or_insert_with(|| {
+                        let value = near.store.get(key);
+                        if value.is_none() {
+                            missing.push(key);
+                        }
+                        value
+                    });
+                }
+                let in_order = |local: &HashMap<&str, Option<Bytes>>| {
+                    keys.iter()
+                        .map(|key| local.get(key).cloned().flatten())
+                        .collect()
+                };
                 if missing.is_empty() {
-                    return Ok(values);
+                    return Ok(in_order(&local));
                 }
                 near.ready().await;
                 // Active: the values with their TTLs, so that the replies are kept as any
@@ -444,15 +457,12 @@ impl Backend {
                         let remote = &near.remote;
                         let ticket = near.store.ticket_for(missing.len());
                         let fetched = Box::pin(remote.get_many(&missing)).await?;
-                        near.store.settle_many(ticket).await;
+                        near.store.settle_many(ticket, &missing).await;
                         fetched
                     }
                 };
-                let mut fetched = fetched.into_iter();
-                for value in values.iter_mut().filter(|value| value.is_none()) {
-                    *value = fetched.next().flatten();
-                }
-                Ok(values)
+                local.extend(missing.iter().copied().zip(fetched));
+                Ok(in_order(&local))
             }
         }
     }
