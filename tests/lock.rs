@@ -32,6 +32,8 @@ per_store!(
     four_processes_of_fifty_callers_run_the_loader_once,
     a_killed_owner_is_taken_over_after_the_lock_lifetime,
     a_killed_owner_is_taken_over_once_with_the_default_wait,
+    a_killed_owner_is_taken_over_for_callers_with_a_shorter_hard_timeout,
+    a_tag_invalidated_during_the_wait_hides_only_the_older_value,
     a_failing_owner_lets_the_next_process_load,
     a_failed_load_is_retried_by_one_waiter_at_a_time,
     a_stale_key_is_reloaded_in_the_background_by_one_process,
@@ -128,7 +130,20 @@ async fn four_processes_of_fifty_callers_run_the_loader_once(store: Store) {
 /// stays until its lifetime ends; then one of the other processes takes over and loads.
 async fn a_killed_owner_is_taken_over_after_the_lock_lifetime(store: Store) {
     let lifetime = Duration::from_secs(1);
-    killed_owner(store, Lock::new().lifetime(lifetime).wait(HANG)).await;
+    let policy = Freshness::new().lock(Lock::new().lifetime(lifetime).wait(HANG));
+    killed_owner(store, policy).await;
+}
+
+/// The same with a hard timeout shorter than what is left of the dead owner's lock: each
+/// process's waiting callers wait for their leader, which waits for the lock (the lock's `wait`
+/// comes on top of the hard timeout), and get the value it loads. They gave up at their hard
+/// timeout before, without a loader run ("timed out after 0ns").
+async fn a_killed_owner_is_taken_over_for_callers_with_a_shorter_hard_timeout(store: Store) {
+    let lock = Lock::new().lifetime(Duration::from_millis(1500)).wait(HANG);
+    let policy = Freshness::new()
+        .lock(lock)
+        .hard_timeout(Duration::from_secs(1));
+    killed_owner(store, policy).await;
 }
 
 /// The same with the lock's default wait (twice its lifetime): the waiters that started as the
@@ -138,11 +153,10 @@ async fn a_killed_owner_is_taken_over_after_the_lock_lifetime(store: Store) {
 async fn a_killed_owner_is_taken_over_once_with_the_default_wait(store: Store) {
     let lock = Lock::new().lifetime(Duration::from_secs(1));
     assert_eq!(lock.wait_duration(), Duration::from_secs(2));
-    killed_owner(store, lock).await;
+    killed_owner(store, Freshness::new().lock(lock)).await;
 }
 
-async fn killed_owner(store: Store, lock: Lock) {
-    let policy = Freshness::new().lock(lock);
+async fn killed_owner(store: Store, policy: Freshness) {
     // The owner, in a runtime of its own.
     let owner_runtime = impcache_tests::multi_thread_runtime();
     let owner = store.cache();
@@ -188,6 +202,52 @@ async fn killed_owner(store: Store, lock: Lock) {
     let all = answers(handles).await;
     assert!(all.iter().all(|got| got == "taken over"), "{all:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one process took over");
+}
+
+/// A tag invalidated while one process loads under the lock and another waits for it: the
+/// first value (its loader started before the invalidation) is hidden; the waiting process takes
+/// the lock and loads once for all its callers, and its value (loaded after the invalidation)
+/// is a hit for everyone. Its creation time was taken before its wait for the lock, so it was
+/// hidden too, and each of its callers loaded on its own: 10 runs for 10 callers.
+async fn a_tag_invalidated_during_the_wait_hides_only_the_older_value(store: Store) {
+    let processes = store.processes(3);
+    let policy = Freshness::new().lock(Lock::new().wait(HANG));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let loader = |cache: &Cache| {
+        let (cache, runs, gate) = (cache.clone(), Arc::clone(&runs), Arc::clone(&gate));
+        tokio::spawn(async move {
+            cache
+                .get_or_set("k", 60, move || async move {
+                    let run = runs.fetch_add(1, Ordering::SeqCst);
+                    if run == 0 {
+                        let _permit = gate.acquire().await.unwrap();
+                    }
+                    format!("run {run}")
+                })
+                .tags(["t"])
+                .freshness(policy)
+                .await
+                .unwrap()
+        })
+    };
+    let owner = loader(&processes[0]);
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waiting: Vec<_> = (0..10).map(|_| loader(&processes[1])).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    processes[2].invalidate_tag("t").await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(owner.await.unwrap(), "run 0");
+    let answers = answers(waiting).await;
+    assert!(answers.iter().all(|got| got == "run 1"), "{answers:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // Stored after the invalidation: a hit in every process.
+    for cache in &processes {
+        assert_eq!(loader(cache).await.unwrap(), "run 1");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
 /// An owner whose loader fails releases its lock at once: errors are never shared, the next

@@ -324,8 +324,9 @@ where
                 let waited = match (soft, job.policy.hard_timeout_duration()) {
                     (Some(soft), _) => waiter.wait(soft).await,
                     // The leader's own hard timeout ends its flight first, unless its task is
-                    // not run (its runtime is no longer driven): then this one.
-                    (None, Some(hard)) => waiter.wait(hard).await,
+                    // not run (its runtime is no longer driven): then this one. Under a lock,
+                    // the leader may first wait up to the lock's `wait` for another process.
+                    (None, Some(hard)) => waiter.wait(hard.saturating_add(lock_wait(&job))).await,
                     (None, None) => waiter.wait_unbounded().await,
                 };
                 match waited {
@@ -339,10 +340,14 @@ where
                         }
                     }
                     Wait::Published(shared) => {
-                        if shared.holds_for(&job, joined, reread).await {
-                            if let Some(value) = decode(&job, &shared.json) {
-                                return Ok(value);
+                        if !shared.holds_for(&job, joined, reread).await {
+                            // Invalidated since this caller joined: under a lock, the next turn
+                            // (one caller loads through the lock for the others).
+                            if joins_again(&job, waiting_since) {
+                                continue;
                             }
+                        } else if let Some(value) = decode(&job, &shared.json) {
+                            return Ok(value);
                         }
                     }
                     // The soft timeout passed with a stale value at hand.
@@ -360,8 +365,9 @@ where
                 }
                 // The leader had nothing to share (its loader failed), or nothing that holds for
                 // this caller (invalidated since): load on our own, unshared, within what is left
-                // of the hard timeout.
-                let job = job.having_spent(waiting_since.elapsed());
+                // of the hard timeout (the lock's `wait` comes on top of it).
+                let spent = waiting_since.elapsed().saturating_sub(lock_wait(&job));
+                let job = job.having_spent(spent);
                 return alone(job, stale, loader).await;
             }
         }
@@ -375,9 +381,15 @@ where
 /// failure does not turn every waiter loose on the origin at once, unlocked. Past the `wait`,
 /// each loads on its own, as a process does that waited that long for another's lock.
 fn joins_again(job: &Job, waiting_since: tokio::time::Instant) -> bool {
+    waiting_since.elapsed() < lock_wait(job)
+}
+
+/// The lock's `wait` (zero without a lock): how long a leader may wait for another process's
+/// value before its loader runs, on top of its hard timeout.
+fn lock_wait(job: &Job) -> Duration {
     job.lock
         .as_ref()
-        .is_some_and(|(lock, _)| waiting_since.elapsed() < lock.wait_duration())
+        .map_or(Duration::ZERO, |(lock, _)| lock.wait_duration())
 }
 
 /// A leader's second look at its key (told to [`recheck`](Leader::recheck): a flight of the
@@ -535,15 +547,14 @@ pub(super) async fn run<V, E, F, Fut>(
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    // Tags: the entry's creation time is taken before its loader runs, so that an invalidation
-    // landing during the computation hides it.
-    let created = tags::stamp_micros();
     // Across processes (a flight's leader only, with a lock): take the lock, or serve the value
     // another process stored while this one waited. Outside a tokio runtime (no timers to wait
     // with) the loader runs without it.
     let timers = tokio::runtime::Handle::try_current().is_ok();
     let held = match (job.lock, &guard) {
         (Some((lock, lifetime)), Some(_)) if timers => {
+            // (Before another process's value is read: what its waiters' checks count from.)
+            let since = tags::stamp_micros();
             match lock::take(&job, lock, lifetime, answer.is_some()).await {
                 Turn::Owner(held) => Some(held),
                 Turn::Open => None,
@@ -555,7 +566,7 @@ pub(super) async fn run<V, E, F, Fut>(
                         let _ = answer.send(Ok(value));
                     }
                     if let Some(guard) = guard {
-                        guard.publish(Shared::read(bytes, created, &job));
+                        guard.publish(Shared::read(bytes, since, &job));
                     }
                     return;
                 }
@@ -563,6 +574,10 @@ pub(super) async fn run<V, E, F, Fut>(
         }
         _ => None,
     };
+    // Tags: the entry's creation time is taken before its loader runs, so that an invalidation
+    // landing during the computation hides it; after the wait for the lock, which is no part of
+    // the computation (an invalidation during the wait would hide the value loaded after it).
+    let created = tags::stamp_micros();
     // A panic is caught here and becomes the loader's error: the caller is answered (the stale
     // value or `Error::Loader`), and so are the waiters when there is a stale value; without
     // one, the flight is abandoned and they elect a new leader (see the end).
@@ -591,7 +606,12 @@ pub(super) async fn run<V, E, F, Fut>(
             match within {
                 Some(caught) => caught,
                 None => {
-                    let reason = format!("timed out after {hard:?} (hard timeout)");
+                    let reason = if hard.is_zero() {
+                        "not run: its hard timeout was spent waiting for another caller's load"
+                            .to_owned()
+                    } else {
+                        format!("timed out after {hard:?} (hard timeout)")
+                    };
                     let error = E::from_cache(loader_error(&job.key, &reason));
                     failure = Some(reason);
                     Ok(Err(error))
