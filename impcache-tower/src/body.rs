@@ -223,7 +223,7 @@ impl StreamCopy {
                 self.unfinished.give_up();
                 return None;
             }
-            let (_, storing) = self.unfinished.finish(concat(self.chunks, self.size));
+            let (_, _, storing) = self.unfinished.finish(concat(self.chunks, self.size));
             if storing.is_some() {
                 // Its waiters got it; nothing outside a tokio runtime can run the store.
                 tracing::debug!("impcache-tower: no tokio runtime, streamed response not stored");

@@ -20,6 +20,12 @@
 //! ([`Leader::recheck`]) before calling the handler. Taking a ticket is one atomic load: hits
 //! pay next to nothing for it.
 //!
+//! **Purges.** A purge of a URL (an unsafe method's invalidation, `purge_url`, a sweep) detaches
+//! its flights, every variant's ([`impcache::flight::Flights::detach`], from
+//! [`crate::landing`]): the requests that joined them before the purge still get their leaders'
+//! answers, which are not stored; a request that arrives after it leads a new flight, whose
+//! handler call reads the data as the purge left it.
+//!
 //! **A leader that goes away** (its client disconnected, it panicked, the body was dropped
 //! mid-way) publishes nothing: its waiters look in the cache again and the first of them to
 //! join leads the next flight, the others wait for it (as `#[cached]` does).

@@ -10,6 +10,13 @@
 //! anyway; with the cache down or slow it costs at most one repository deadline (the first failed
 //! round trip ends it).
 //!
+//! Before them, in this process ([`crate::landing`]): the handler calls of these URLs still
+//! running (they may have read the data before the change) will not store their responses, their
+//! flights (every variant's) are detached, so a request that arrives after the change makes a
+//! handler call of its own rather than take a response made before it, and their stores in
+//! progress are waited for. What remains: a handler call in another process that started before
+//! the change may still store its older response, served there and here until it expires.
+//!
 //! Removing a URL's records is enough: its variants (Vary variants, credentialed variants) are
 //! stored under the generation of the record that names them, and a new record has a new one, so
 //! they are unreachable at once (see [`crate::store`]) and expire with their TTL. Only a record
@@ -25,6 +32,7 @@ use http::{Method, Request, StatusCode};
 use impcache::Cache;
 
 use crate::config::Config;
+use crate::flight::Flights;
 use crate::key;
 use crate::landing::Landing;
 use crate::store::has_variants;
@@ -144,8 +152,11 @@ fn join_path_and_query(path: &str, query: Option<&str>) -> String {
 /// What one invalidation removes, owned so that it can run in a task of its own.
 pub(crate) struct Targets {
     cache: Cache,
-    /// This process's stores in progress, waited for first (see [`crate::landing`]).
+    /// This process's handler calls and stores in progress, marked and waited for first (see
+    /// [`crate::landing`]).
     landing: Arc<Landing>,
+    /// This process's flights, the URLs' detached first.
+    flights: Arc<Flights>,
     namespace: String,
     /// The host parts of the keys (`None`: no host, or keys leave the host out): one, or for a
     /// purge on any host those the namespace's list of hosts names.
@@ -177,6 +188,7 @@ impl Targets {
         Targets {
             cache: config.cache.clone(),
             landing: Arc::clone(&config.landing),
+            flights: Arc::clone(&config.flights),
             namespace: config.namespace.clone(),
             hosts,
             any_host,
@@ -188,8 +200,9 @@ impl Targets {
     /// Reads the URLs' records (one round trip) and removes the ones found with one `DEL` (a
     /// second): their variants are then unreachable (see [`crate::store`]). Returns the number
     /// of records removed, and the indexes in `urls` of the URLs whose record was of an earlier
-    /// format, whose variants only a sweep removes. Waits first for this process's stores of
-    /// these URLs in progress ([`crate::landing`]).
+    /// format, whose variants only a sweep removes. First, in this process ([`crate::landing`]):
+    /// the handler calls of these URLs still running will not store their responses, their
+    /// flights are detached, and their stores in progress are waited for.
     pub(crate) async fn remove_records(
         &self,
     ) -> Result<(u64, Vec<usize>), (impcache::Error, &'static str)> {
@@ -206,9 +219,12 @@ impl Targets {
                 }
             }
         }
-        self.landing
-            .landed(|of| url_keys.iter().any(|(_, url_key)| url_key == of))
-            .await;
+        let reaches = |of: &str| {
+            url_keys
+                .iter()
+                .any(|(_, url_key)| key::is_of_url(of, url_key))
+        };
+        self.landing.purging(&self.flights, reaches).await;
         let records: Vec<(usize, String)> = url_keys
             .iter()
             .map(|(i, url_key)| (*i, key::record_key(url_key)))

@@ -234,6 +234,13 @@ pub(crate) fn record_key(url_key: &str) -> String {
     key
 }
 
+/// Whether `key` is one of `url_key`'s: the URL key itself, its record, or one of its variants
+/// (a flight is keyed by the URL key or by a variant key, `service.rs`).
+pub(crate) fn is_of_url(key: &str, url_key: &str) -> bool {
+    key.strip_prefix(url_key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(RECORD_SUFFIX))
+}
+
 /// The URL key and the record key of one request, built in one buffer (the record key is the
 /// URL key plus `:v`).
 #[derive(Debug, Clone)]

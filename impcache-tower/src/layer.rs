@@ -136,8 +136,12 @@ impl CacheLayer {
     ///
     /// The removal of the URLs' records (two round trips: they are read, then removed with one
     /// `UNLINK`) finishes before the response is sent, so the client that made the change reads it
-    /// back on its next request (a GET whose handler call started before the change may still
-    /// store the older response it got). With the cache down or slow it adds at most one
+    /// back on its next request. A GET of these URLs whose handler call started before the change
+    /// in this process (the layer and its clones) is left to answer the requests that joined it
+    /// before the change, and only them: a request that arrives after the change makes a handler
+    /// call of its own, and the older response is not stored. What remains: a handler call in
+    /// another process that started before the change may still store its older response there,
+    /// served until it expires. With the cache down or slow the removal adds at most one
     /// repository deadline and fails open: the failure is logged (`tracing` warning) and the
     /// response goes out.
     ///
@@ -462,13 +466,17 @@ impl CacheLayer {
     ///
     /// The query is matched after sorting its parameters by name, as keys are.
     ///
-    /// **Stores in progress**: a response goes out before its store has landed. This purge, as
-    /// every purge that removes records or sweeps ([`purge_prefix`](Self::purge_prefix),
-    /// [`purge_all`](Self::purge_all), an unsafe method's invalidation), first waits for this
-    /// process's stores in progress of what it removes, 500 ms at most, so that a response a
-    /// client already has is not stored again after the purge. A handler call still running
-    /// when the purge began, or another process's store, may store after it (as in nginx and
-    /// Varnish); a tag purge ([`purge_tag`](Self::purge_tag)) reaches those too.
+    /// **Handler calls and stores in progress**: a response goes out before its store has
+    /// landed. This purge, as every purge that removes records or sweeps
+    /// ([`purge_prefix`](Self::purge_prefix), [`purge_all`](Self::purge_all), an unsafe method's
+    /// invalidation), first waits for this process's stores in progress of what it removes,
+    /// 500 ms at most, so that a response a client already has is not stored again after the
+    /// purge. A handler call of what it removes still running in this process (the layer and its
+    /// clones) when the purge begins does not store its response, which answers only the
+    /// requests that joined it before the purge: a request that arrives after the purge makes a
+    /// handler call of its own. Another process's handler call or store may still store after
+    /// the purge (as in nginx and Varnish); a tag purge ([`purge_tag`](Self::purge_tag)) reaches
+    /// those too.
     ///
     /// **Without a scan**: the URL's records (one per stored method) are read and removed, two
     /// round trips whatever the size of the keyspace; its variants, stored under the records'
@@ -524,7 +532,7 @@ impl CacheLayer {
                 // The hosts not known: the sweep.
                 None => {
                     let pattern = self.url_pattern(host, path_and_query);
-                    config.landing.landed(|_| true).await;
+                    self.purging(&pattern).await;
                     return config
                         .cache
                         .delete_pattern_with_progress(&pattern, on_progress)
@@ -618,7 +626,7 @@ impl CacheLayer {
             }
         }
         let pattern = self.prefix_pattern(host, path_prefix);
-        config.landing.landed(|_| true).await;
+        self.purging(&pattern).await;
         config
             .cache
             .delete_pattern_with_progress(&pattern, on_progress)
@@ -660,6 +668,15 @@ impl CacheLayer {
         })
     }
 
+    /// What a sweep of `pattern` does first in this process (see [`crate::landing`]): the
+    /// handler calls of the URLs it matches still running will not store their responses,
+    /// their flights are detached, and their stores in progress are waited for.
+    async fn purging(&self, pattern: &str) {
+        let reaches = |key: &str| impcache::glob_match(pattern.as_bytes(), key.as_bytes());
+        let config = &self.config;
+        config.landing.purging(&config.flights, reaches).await;
+    }
+
     /// Removes every response this layer's namespace holds in the cache.
     pub async fn purge_all(&self) -> impcache::Result<u64> {
         self.purge_all_with_progress(|_| {}).await
@@ -672,7 +689,8 @@ impl CacheLayer {
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let cache = &self.config.cache;
-        self.config.landing.landed(|_| true).await;
+        let pattern = format!("{}:*", impcache::escape_pattern(&self.config.namespace));
+        self.purging(&pattern).await;
         // The list of hosts first (not counted): a store that begins after it lists its host
         // again before writing its record. (One that listed its host just before it and writes
         // its record after the sweep leaves that record unlisted until the host's next store:
@@ -680,7 +698,6 @@ impl CacheLayer {
         cache
             .delete(&key::hosts_key(&self.config.namespace))
             .await?;
-        let pattern = format!("{}:*", impcache::escape_pattern(&self.config.namespace));
         cache
             .delete_pattern_with_progress(&pattern, on_progress)
             .await

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
 /// One parsed `Cache-Control` header (all its fields), only the directives this layer reads.
@@ -436,22 +436,117 @@ pub(crate) fn stored_headers(headers: &HeaderMap, status_names: &[HeaderName]) -
     out
 }
 
-/// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
-pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    fn opaque(tag: &str) -> &str {
-        let tag = tag.trim();
-        tag.strip_prefix("W/").unwrap_or(tag)
+/// An entity-tag (RFC 9110 §8.8.3): weak (`W/`) or strong, and its opaque tag, the characters
+/// between its double quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntityTag<'a> {
+    pub(crate) weak: bool,
+    pub(crate) opaque: &'a [u8],
+}
+
+impl<'a> EntityTag<'a> {
+    /// The entity-tag of an `ETag` field value (whitespace around it is fine); `None` when the
+    /// value is not one entity-tag (unquoted, unterminated, a character outside `etagc`, text
+    /// after it).
+    pub(crate) fn parse(value: &'a [u8]) -> Option<Self> {
+        match EntityTag::prefix(trim_ows(value))? {
+            (tag, []) => Some(tag),
+            _ => None,
+        }
     }
-    let candidates = headers.get_all(header::IF_NONE_MATCH);
-    if candidates.iter().next().is_none() {
-        return false;
+
+    /// The entity-tag `input` starts with, and what follows it: `W/` (case-sensitive) or
+    /// nothing, then a double-quoted opaque tag of `etagc` (`!`, `#` to `~`, obs-text: commas
+    /// included, no space and no other quote).
+    fn prefix(input: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let (weak, rest) = match input.strip_prefix(b"W/") {
+            Some(rest) => (true, rest),
+            None => (false, input),
+        };
+        let quoted = rest.strip_prefix(b"\"")?;
+        let end = quoted.iter().position(|&b| b == b'"')?;
+        let (opaque, rest) = quoted.split_at(end);
+        let etagc = |b: u8| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80;
+        if !opaque.iter().all(|&b| etagc(b)) {
+            return None;
+        }
+        Some((EntityTag { weak, opaque }, rest.get(1..)?))
     }
-    let etag = opaque(etag);
-    candidates
+
+    /// Weak comparison (RFC 9110 §8.8.3.2): the same opaque tag, either of them weak or not.
+    pub(crate) fn weak_eq(&self, other: &EntityTag<'_>) -> bool {
+        self.opaque == other.opaque
+    }
+
+    /// Strong comparison: both strong, with the same opaque tag.
+    pub(crate) fn strong_eq(&self, other: &EntityTag<'_>) -> bool {
+        !self.weak && !other.weak && self.opaque == other.opaque
+    }
+}
+
+/// Optional whitespace (RFC 9110 §5.6.3): spaces and horizontal tabs.
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// `value` without optional whitespace at its start.
+fn trim_start_ows(value: &[u8]) -> &[u8] {
+    let start = value
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag)
+        .position(|&b| !is_ows(b))
+        .unwrap_or(value.len());
+    value.get(start..).unwrap_or_default()
+}
+
+/// `value` without optional whitespace at either end.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let value = trim_start_ows(value);
+    let end = value.iter().rposition(|&b| !is_ows(b)).map_or(0, |i| i + 1);
+    value.get(..end).unwrap_or_default()
+}
+
+/// Whether the request's `If-None-Match` matches a response whose `ETag` is `etag` (weak
+/// comparison, RFC 9110 §13.1.2). The field, all its lines, is `*` alone or a list of
+/// entity-tags (§5.6.1: empty members and whitespace around members are fine; a comma inside
+/// the quotes belongs to the tag, `"a,b"`). A field that is neither (an unquoted or
+/// unterminated tag, text after a tag, `*` among tags) matches nothing, whatever its other
+/// members: the request is then answered in full. So does an `etag` that is not an entity-tag.
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let Some(etag) = EntityTag::parse(etag.as_bytes()) else {
+        return false;
+    };
+    let (mut members, mut star, mut matched) = (0usize, false, false);
+    for line in headers.get_all(header::IF_NONE_MATCH) {
+        let mut rest = line.as_bytes();
+        loop {
+            // Empty members and the whitespace before a member.
+            let start = rest.iter().position(|&b| b != b',' && !is_ows(b));
+            let Some(member) = start.and_then(|start| rest.get(start..)) else {
+                break;
+            };
+            let after = if let Some(after) = member.strip_prefix(b"*") {
+                star = true;
+                after
+            } else {
+                let Some((tag, after)) = EntityTag::prefix(member) else {
+                    return false;
+                };
+                matched |= tag.weak_eq(&etag);
+                after
+            };
+            members += 1;
+            // A member ends at a comma (or the end of the line).
+            rest = trim_start_ows(after);
+            if !rest.is_empty() && !rest.starts_with(b",") {
+                return false;
+            }
+        }
+    }
+    if star {
+        members == 1
+    } else {
+        matched
+    }
 }
 
 /// The freshness lifetime (s) a response's `Expires` gives, when it has one: `Expires` minus
@@ -742,16 +837,133 @@ mod tests {
 
     #[test]
     fn if_none_match_uses_weak_comparison() {
-        assert!(if_none_match(
-            &headers(&[("if-none-match", "\"a\", W/\"b\"")]),
-            "\"b\""
-        ));
-        assert!(if_none_match(&headers(&[("if-none-match", "*")]), "\"b\""));
+        let matches = |field: &'static str, etag: &'static str| {
+            if_none_match(
+                &headers(&[("if-none-match", field)]),
+                &HeaderValue::from_static(etag),
+            )
+        };
+        assert!(matches("\"a\", W/\"b\"", "\"b\""));
+        assert!(matches("\"b\"", "W/\"b\""));
+        assert!(matches("*", "\"b\""));
+        assert!(!matches("\"c\"", "\"b\""));
         assert!(!if_none_match(
-            &headers(&[("if-none-match", "\"c\"")]),
-            "\"b\""
+            &HeaderMap::new(),
+            &HeaderValue::from_static("\"b\"")
         ));
-        assert!(!if_none_match(&HeaderMap::new(), "\"b\""));
+    }
+
+    /// RFC 9110 §8.8.3: `etagc` includes the comma, so a list is split between quoted tags,
+    /// never inside one.
+    #[test]
+    fn if_none_match_reads_a_comma_inside_quotes_as_part_of_the_tag() {
+        let matches = |field: &'static str, etag: &'static str| {
+            if_none_match(
+                &headers(&[("if-none-match", field)]),
+                &HeaderValue::from_static(etag),
+            )
+        };
+        assert!(matches("\"a,b\"", "\"a,b\""));
+        assert!(matches("W/\"a,b\"", "\"a,b\""));
+        assert!(matches("\"x\", \"a,b\"", "W/\"a,b\""));
+        assert!(!matches("\"a\"", "\"a,b\""));
+        assert!(!matches("\"b\"", "\"a,b\""));
+        assert!(!matches("\"a,b\"", "\"a\""));
+        assert!(!matches("\"a\", \"b\"", "\"a,b\""));
+    }
+
+    /// Empty members, spaces and tabs around members, several lines: read as one list.
+    #[test]
+    fn if_none_match_tolerates_odd_whitespace_and_empty_members() {
+        let matches = |field: &'static str| {
+            if_none_match(
+                &headers(&[("if-none-match", field)]),
+                &HeaderValue::from_static("\"b\""),
+            )
+        };
+        for field in [
+            "  \"b\"  ",
+            "\t\"a\"\t,\tW/\"b\"\t",
+            ",,\"a\" ,, \"b\",",
+            "\"a\",\"b\"",
+            " * ",
+        ] {
+            assert!(matches(field), "{field:?}");
+        }
+        let two_lines = headers(&[("if-none-match", "\"a\""), ("if-none-match", " \"b\" ")]);
+        assert!(if_none_match(
+            &two_lines,
+            &HeaderValue::from_static("\"b\"")
+        ));
+        for field in ["", " ", ",", " , ,"] {
+            assert!(!matches(field), "{field:?}");
+        }
+    }
+
+    /// A field that is not a list of entity-tags matches nothing, not even through a well-formed
+    /// member; nor does a stored `ETag` that is not an entity-tag.
+    #[test]
+    fn a_malformed_if_none_match_or_etag_matches_nothing() {
+        let matches = |field: &'static str, etag: &'static str| {
+            if_none_match(
+                &headers(&[("if-none-match", field)]),
+                &HeaderValue::from_static(etag),
+            )
+        };
+        for field in [
+            "b",
+            "\"b",
+            "b\"",
+            "\"b\"x",
+            "\"b\" \"c\"",
+            "\"b\", c",
+            "c, \"b\"",
+            "\"b\", \"c",
+            "w/\"b\"",
+            "W/ \"b\"",
+            "\"b c\"",
+            "\"b\", *",
+            "*, \"b\"",
+            "*, *",
+            "**",
+        ] {
+            assert!(!matches(field, "\"b\""), "{field:?}");
+        }
+        assert!(!matches("b", "b"));
+        assert!(!matches("*", "b"));
+        assert!(!matches("\"b\"", "\"b"));
+        let star_and_tag = headers(&[("if-none-match", "*"), ("if-none-match", "\"b\"")]);
+        assert!(!if_none_match(
+            &star_and_tag,
+            &HeaderValue::from_static("\"b\"")
+        ));
+    }
+
+    #[test]
+    fn entity_tags_compare_weakly_and_strongly() -> Result<(), &'static str> {
+        let tag = |value: &'static str| EntityTag::parse(value.as_bytes());
+        let strong = tag("\"a,b\"").ok_or("a strong tag not parsed")?;
+        let weak = tag(" W/\"a,b\"\t").ok_or("a weak tag not parsed")?;
+        assert_eq!(
+            strong,
+            EntityTag {
+                weak: false,
+                opaque: b"a,b"
+            }
+        );
+        assert!(weak.weak && strong.weak_eq(&weak) && weak.weak_eq(&strong));
+        assert!(strong.strong_eq(&strong) && !strong.strong_eq(&weak) && !weak.strong_eq(&weak));
+        assert_eq!(
+            tag("\"\""),
+            Some(EntityTag {
+                weak: false,
+                opaque: b""
+            })
+        );
+        for malformed in ["a", "\"a", "\"a\"b", "\"a\" \"b\"", "W/a", "\"a\"\"", ""] {
+            assert_eq!(tag(malformed), None, "{malformed:?}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -187,10 +187,11 @@ pub(crate) fn serve_stale(
     )
 }
 
-/// The seconds a response is `past` its freshness, rounded up: one stale by 0.4 s shows
-/// `ttl=-1`, not `ttl=-0` (which reads as fresh).
+/// The seconds a response is `past` its freshness, rounded up, and at least one: one stale by
+/// 0.4 s shows `ttl=-1`, and so does one stale by nothing yet (soft-purged, or judged at the very
+/// millisecond its freshness ended), never `ttl=-0` (which reads as fresh).
 fn whole_seconds_past(past: Duration) -> u64 {
-    past.as_secs() + u64::from(past.subsec_nanos() > 0)
+    (past.as_secs() + u64::from(past.subsec_nanos() > 0)).max(1)
 }
 
 /// [`serve`], marked `outcome` (default: a hit).
@@ -246,7 +247,6 @@ pub(crate) fn matches_validators(
         && if request_headers.contains_key(header::IF_NONE_MATCH) {
             headers
                 .get(header::ETAG)
-                .and_then(|v| v.to_str().ok())
                 .is_some_and(|etag| policy::if_none_match(request_headers, etag))
         } else {
             policy::not_modified_since(request_headers, headers)
@@ -335,6 +335,43 @@ mod tests {
                 status(Duration::from_millis(400), why),
                 format!("impcache; fwd=stale; ttl=-1; detail={detail}")
             );
+        }
+    }
+
+    /// A response stale by nothing yet (served the millisecond it was soft-purged, or its
+    /// freshness ended) is still stale: `ttl=-1`, never `ttl=-0`, whatever the reason.
+    #[test]
+    fn a_response_stale_by_nothing_yet_shows_ttl_minus_one() {
+        for why in [
+            Why::Revalidating,
+            Why::Throttled,
+            Why::HandlerError,
+            Why::HandlerStatus(StatusCode::BAD_GATEWAY),
+            Why::HandlerTimeout,
+            Why::SoftTimeout,
+        ] {
+            let response = serve_stale(
+                Entry {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                    body: Bytes::from_static(b"body"),
+                    stored_at_ms: now_ms(),
+                    ttl: None,
+                    origin: None,
+                    tags: None,
+                },
+                &HeaderMap::new(),
+                false,
+                StatusHeader::CacheStatus,
+                Duration::ZERO,
+                why,
+            );
+            let status = response
+                .headers()
+                .get(CACHE_STATUS)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            assert!(status.contains("; ttl=-1; "), "{status}");
         }
     }
 }

@@ -508,6 +508,10 @@ where
         None
     };
 
+    // Recorded in progress before the handler is called (see `landing`): a purge of the URL
+    // from then on refuses to store its response, which may predate the purge. None for a HEAD,
+    // never stored, and when nothing is stored (the cache failing).
+    let call = (may_store && !head).then(|| config.landing.call(url));
     // Tags (issue 16): the request's, and the time the handler call starts (an invalidation of
     // one of its tags from then on hides the response). None for a HEAD, never stored.
     let created = tagging::stamp_micros();
@@ -632,7 +636,7 @@ where
                 not_modified: &parts.headers,
                 request_ms,
                 response_ms,
-                may_store,
+                call,
                 guard,
             };
             return Ok(revalidate::refreshed(config, refresh)
@@ -694,10 +698,7 @@ where
             {
                 let vary = policy::vary_names(&parts.headers).unwrap_or_default();
                 let variant = key::variant_key(url, &vary, &headers, config.allow_authenticated);
-                if let Err(error) = config.cache.delete(&variant).await {
-                    let error = config.logged_error(&error);
-                    tracing::debug!(%error, "impcache-tower: stored response not removed");
-                }
+                revalidate::remove(config, &variant).await;
             }
             // Sent whole even to a conditional request: a 200 answers one too, and a 304 built
             // here would drop what only the handler's answer carries (a `Set-Cookie`, say).
@@ -725,7 +726,7 @@ where
         cache: config.cache.clone(),
         keys,
         list_host: config.key_by_host,
-        may_store,
+        call,
         compute_etag: config.compute_etag && !config.follow_origin,
         status: parts.status,
         headers: policy::stored_headers(&parts.headers, &[X_CACHE]),
@@ -738,20 +739,19 @@ where
         tags: tagged,
         lock: locked,
         guard,
-        landing: Arc::clone(&config.landing),
     };
     let declared = body::declared_length(&parts.headers);
     let buffered = body::buffer(body, config.max_body_size, declared).await;
     let (body, stored, detail, complete) = match buffered {
         Buffered::Complete(body) => {
-            let (etag, storing) = unfinished.finish(body.clone());
+            let (etag, stored, storing) = unfinished.finish(body.clone());
             if let Some(etag) = etag {
                 parts.headers.insert(header::ETAG, etag);
             }
             if let Some(storing) = storing {
                 storing.await;
             }
-            (ResponseBody::full(body), may_store, detail, true)
+            (ResponseBody::full(body), stored, detail, true)
         }
         Buffered::Partial {
             frames,

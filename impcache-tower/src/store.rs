@@ -32,7 +32,7 @@ use crate::entry::Freshness;
 use crate::entry::{encode_marker, new_generation, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Published, Shared};
 use crate::key;
-use crate::landing::{InProgress, Landing};
+use crate::landing::InProgress;
 use crate::render::strong_etag;
 
 /// The record a lookup found for a URL whose entries are variants: its Vary header names and the
@@ -330,7 +330,10 @@ pub(crate) struct Unfinished {
     /// Whether keys are by host: the host is then listed in the namespace's list of hosts
     /// before the store (`purge_url` on any host reads the list).
     pub(crate) list_host: bool,
-    pub(crate) may_store: bool,
+    /// The handler call, recorded in progress before it started ([`crate::landing`]); `None`
+    /// when its response is not stored (the cache failing). A purge of its URL during the call
+    /// refuses the store.
+    pub(crate) call: Option<InProgress>,
     pub(crate) compute_etag: bool,
     pub(crate) status: StatusCode,
     /// The headers to store (without the body's length and computed ETag).
@@ -350,20 +353,23 @@ pub(crate) struct Unfinished {
     /// The URL's cross-process lock, released once the response is stored (or not).
     pub(crate) lock: Option<crate::held_lock::HeldLock>,
     pub(crate) guard: Option<FlightGuard>,
-    /// Where the store is recorded in progress until it lands (purges wait for it).
-    pub(crate) landing: Arc<Landing>,
 }
 
 impl Unfinished {
     /// Publishes the response with its complete `body` to the waiters and stores it in the
-    /// background. Returns the ETag it computed, if any, and the store when there is no tokio
-    /// runtime to run it on.
+    /// background, unless a purge of its URL began during the handler call (then it only answers
+    /// the requests that joined its flight before the purge). Returns the ETag it computed, if
+    /// any, whether it is stored, and the store when there is no tokio runtime to run it on.
     pub(crate) fn finish(
         self,
         body: Bytes,
-    ) -> (Option<HeaderValue>, Option<impl Future<Output = ()> + Send>) {
-        let (_, etag, storing) = self.finish_published(body);
-        (etag, storing)
+    ) -> (
+        Option<HeaderValue>,
+        bool,
+        Option<impl Future<Output = ()> + Send>,
+    ) {
+        let (_, etag, stored, storing) = self.finish_published(body);
+        (etag, stored, storing)
     }
 
     /// [`finish`](Self::finish), also returning the entry as published.
@@ -373,6 +379,7 @@ impl Unfinished {
     ) -> (
         Arc<Published>,
         Option<HeaderValue>,
+        bool,
         Option<impl Future<Output = ()> + Send>,
     ) {
         let mut headers = self.headers;
@@ -408,16 +415,24 @@ impl Unfinished {
         if let Some(guard) = &self.guard {
             guard.publish(Shared::Stored(Arc::clone(&published)));
         }
-        let storing = if self.may_store {
-            // Recorded before the response goes out: a purge from then on waits for it.
-            let in_progress = self.landing.begin(self.keys.url());
-            let held = (self.guard, self.lock, in_progress);
-            let to = (self.cache, self.keys, self.list_host);
-            store_in_background(to, Arc::clone(&published), held)
-        } else {
-            None
+        // A store in progress from here, before the response goes out: a purge from then on
+        // waits for it. Refused when a purge of the URL began during the handler call: the
+        // response may be older than the purge.
+        let Some(mut call) = self.call else {
+            return (published, etag, false, None);
         };
-        (published, etag, storing)
+        if !call.store() {
+            let url = self.cache.records_keys().then(|| self.keys.url());
+            tracing::debug!(
+                url,
+                "impcache-tower: not stored, its URL was purged during the handler call"
+            );
+            return (published, etag, false, None);
+        }
+        let held = (self.guard, self.lock, call);
+        let to = (self.cache, self.keys, self.list_host);
+        let storing = store_in_background(to, Arc::clone(&published), held);
+        (published, etag, true, storing)
     }
 
     /// The body turned out not storable (too large, trailers, an error): the waiters call the

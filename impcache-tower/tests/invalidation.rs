@@ -1,12 +1,15 @@
 //! Issue 12 item 5: a successful unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`, …) removes the
 //! stored responses of its URL and of the same-host URLs in `Location` / `Content-Location`
 //! (RFC 9111 §4.4), before its response is sent; an error status removes nothing; the option
-//! turns it off; with Redis killed or frozen the response is delayed by at most one deadline.
+//! turns it off; with Redis killed or frozen the response is delayed by at most one deadline; a
+//! GET whose handler call began before the write (or a purge) neither answers a request sent
+//! after it nor is stored.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,7 @@ use impcache::{Cache, NearCache, RedisCacheRepository};
 use impcache_tests::RedisServer;
 use impcache_tower::CacheLayer;
 use support::*;
+use tokio::sync::Notify;
 
 const DEADLINE: Duration = Duration::from_millis(100);
 /// The deadline of the tests of healthy paths ([`redis_layer`]).
@@ -1051,4 +1055,158 @@ async fn a_purge_right_after_a_delivered_response_is_not_lost_in_memory() {
 async fn a_purge_right_after_a_delivered_response_is_not_lost_on_redis() {
     let redis = RedisServer::start();
     a_purge_right_after_a_delivered_response_is_not_lost(redis_layer(&redis)).await;
+}
+
+/// A document with a version: a GET reads it, then (with `x-delay: {ms}`, once it has told
+/// `started`) takes that long to answer `version {n}`, varying on `Accept` except under `/plain`;
+/// any other method writes a new version. Returns the service, its calls, the version and
+/// `started`.
+fn versioned(layer: CacheLayer) -> (Svc, Calls, Arc<AtomicUsize>, Arc<Notify>) {
+    let version = Arc::new(AtomicUsize::new(1));
+    let started = Arc::new(Notify::new());
+    let (v, s) = (version.clone(), started.clone());
+    let (svc, calls) = app(layer, move |_, req: Request<Body>| {
+        let (version, started) = (v.clone(), s.clone());
+        async move {
+            if req.method() != Method::GET {
+                version.fetch_add(1, Ordering::SeqCst);
+                return Response::new(Body::from("written"));
+            }
+            let seen = version.load(Ordering::SeqCst);
+            let delay = req.headers().get("x-delay");
+            if let Some(delay) = delay.map(|d| d.to_str().unwrap().parse().unwrap()) {
+                started.notify_one();
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let mut response = Response::builder();
+            if !is_plain(req.uri().path()) {
+                response = response.header("vary", "accept");
+            }
+            response
+                .body(Body::from(format!("version {seen}")))
+                .unwrap()
+        }
+    });
+    (svc, calls, version, started)
+}
+
+/// `request` whose handler takes `ms` (see [`versioned`]).
+fn delayed(mut request: Request<Body>, ms: u64) -> Request<Body> {
+    let delay = http::HeaderValue::from(ms);
+    request.headers_mut().insert("x-delay", delay);
+    request
+}
+
+/// RFC 9111 §4.4 against a read already under way: a GET whose handler read the document before
+/// a write is still running when the write's response goes out (an unsafe method's, or a purge's
+/// after the data changed). The next GET does not join that GET's flight (its own handler call
+/// reads the new version), and the older response, still the answer of the GET that asked before
+/// the write, is never stored: the GETs after are hits of the new version. Every purge that
+/// removes records or sweeps, and an unsafe method.
+async fn a_read_begun_before_a_write_is_neither_joined_nor_stored_after_it(layer: CacheLayer) {
+    let (svc, calls, version, started) = versioned(layer.clone());
+    let writes = ["POST", "url", "url on any host", "prefix", "all"];
+    for (round, write) in writes.into_iter().enumerate() {
+        let uri = format!("/plain/{round}");
+        let (old, before) = (version.load(Ordering::SeqCst), calls.get());
+        let slow = tokio::spawn(send(&svc, delayed(get(&uri), 300)));
+        started.notified().await;
+        if write == "POST" {
+            let post = send(&svc, request("POST", &uri, &[])).await;
+            assert_eq!(post.status, StatusCode::OK);
+        } else {
+            version.fetch_add(1, Ordering::SeqCst);
+            let purged = match write {
+                "url" => layer.purge_url(Some("example.com"), &uri).await,
+                "url on any host" => layer.purge_url(None, &uri).await,
+                "prefix" => layer.purge_prefix(None, "/plain/").await,
+                _ => layer.purge_all().await,
+            };
+            purged.unwrap();
+        }
+        let new = format!("version {}", old + 1);
+        let mine = send(&svc, get(&uri)).await;
+        assert_eq!(
+            mine.body, new,
+            "{write}: the read after the write joined the read before it"
+        );
+        let slow = slow.await.unwrap();
+        assert_eq!(slow.body, format!("version {old}"), "{write}");
+        let status = slow.header("cache-status").unwrap();
+        assert!(!status.contains("stored"), "{write}: {status}");
+        let later = send(&svc, get(&uri)).await;
+        assert_eq!(
+            (later.outcome(), later.body),
+            ("HIT", new.into()),
+            "{write}"
+        );
+        // The slow GET, the POST when there was one, the GET after the write.
+        let posted = usize::from(write == "POST");
+        assert_eq!(calls.get(), before + 2 + posted, "{write}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_begun_before_a_write_is_neither_joined_nor_stored_after_it_in_memory() {
+    let layer = CacheLayer::new(memory_cache());
+    a_read_begun_before_a_write_is_neither_joined_nor_stored_after_it(layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_begun_before_a_write_is_neither_joined_nor_stored_after_it_on_redis() {
+    let redis = RedisServer::start();
+    let layer = redis_layer(&redis);
+    a_read_begun_before_a_write_is_neither_joined_nor_stored_after_it(layer.clone()).await;
+    // Another process (a layer of its own over the same Redis) reads the new version too: of
+    // the last round's URL (the earlier rounds' were purged since), five writes later.
+    let (other, calls) = counting(CacheLayer::new(layer.cache().clone()));
+    let read = send(&other, get("/plain/4")).await;
+    assert_eq!((read.outcome(), read.body), ("HIT", "version 6".into()));
+    assert_eq!(calls.get(), 0);
+}
+
+/// The same race on a `Vary` variant's flight: a json GET begun before the write runs on its
+/// variant's flight. After the write, an html GET leads the URL's flight and a json GET waits
+/// for it, then, handed the html variant, joins its own variant's flight: not the one begun
+/// before the write (its own handler call). The json response of before the write is stored
+/// nowhere reachable: the GETs after are hits of the new version.
+async fn a_variant_read_begun_before_a_write_is_not_joined_after_it(layer: CacheLayer) {
+    let (svc, calls, _, started) = versioned(layer);
+    let uri = "/items/doc";
+    // The URL's `Vary` names are known (its html variant stored): a json miss is its variant's
+    // flight.
+    assert_eq!(send(&svc, html(uri)).await.body, "version 1");
+    wait_variant(&svc, uri, "text/html").await;
+    let slow = tokio::spawn(send(&svc, delayed(json(uri), 300)));
+    started.notified().await;
+    let post = send(&svc, request("POST", uri, &[])).await;
+    assert_eq!(post.status, StatusCode::OK);
+    let html_after = tokio::spawn(send(&svc, delayed(html(uri), 100)));
+    started.notified().await;
+    let json_after = send(&svc, json(uri)).await;
+    assert_eq!(
+        json_after.body, "version 2",
+        "the json read after the write joined the one before it"
+    );
+    assert_eq!(html_after.await.unwrap().body, "version 2");
+    assert_eq!(slow.await.unwrap().body, "version 1");
+    // The html GETs, the json GETs, the POST.
+    assert_eq!(calls.get(), 5);
+    for read in [json(uri), html(uri)] {
+        let seen = send(&svc, read).await;
+        assert_eq!((seen.outcome(), seen.body), ("HIT", "version 2".into()));
+    }
+    assert_eq!(calls.get(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_read_begun_before_a_write_is_not_joined_after_it_in_memory() {
+    a_variant_read_begun_before_a_write_is_not_joined_after_it(CacheLayer::new(memory_cache()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_read_begun_before_a_write_is_not_joined_after_it_on_redis() {
+    let redis = RedisServer::start();
+    a_variant_read_begun_before_a_write_is_not_joined_after_it(redis_layer(&redis)).await;
 }

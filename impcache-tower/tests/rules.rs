@@ -792,6 +792,39 @@ async fn if_none_match_is_answered_with_304_from_the_cache() {
     assert_eq!(calls.get(), 1);
 }
 
+/// RFC 9110 §8.8.3: an entity-tag may hold a comma (`"a,b"`), so `If-None-Match` is read as a
+/// list of quoted tags, split between them, not at every comma; odd whitespace and empty members
+/// are fine, and a field that is not such a list matches nothing (the response is sent whole).
+#[tokio::test]
+async fn if_none_match_reads_an_etag_holding_a_comma_whole() {
+    let (svc, calls) = app(layer(), |_, _| async {
+        Response::builder()
+            .header("etag", "\"a,b\"")
+            .header("cache-control", "max-age=60")
+            .body(Body::from("content"))
+            .unwrap()
+    });
+    send(&svc, get("/comma")).await;
+    for (field, expected) in [
+        ("\"a,b\"", StatusCode::NOT_MODIFIED),
+        ("W/\"a,b\"", StatusCode::NOT_MODIFIED),
+        (" \"x\" ,\t\"a,b\"\t", StatusCode::NOT_MODIFIED),
+        (",\"a,b\",", StatusCode::NOT_MODIFIED),
+        ("\"a\"", StatusCode::OK),
+        ("\"b\"", StatusCode::OK),
+        ("\"a\", \"b\"", StatusCode::OK),
+        ("a,b", StatusCode::OK),
+        ("\"a,b", StatusCode::OK),
+        ("\"a,b\" x", StatusCode::OK),
+        ("\"a,b\", *", StatusCode::OK),
+    ] {
+        let seen = send(&svc, request("GET", "/comma", &[("if-none-match", field)])).await;
+        assert_eq!(seen.status, expected, "If-None-Match: {field}");
+        assert_eq!(seen.outcome(), "HIT", "If-None-Match: {field}");
+    }
+    assert_eq!(calls.get(), 1);
+}
+
 /// RFC 9110 §13.1.3: a client's `If-Modified-Since` no earlier than the stored response's
 /// `Last-Modified` is answered with a 304 from the cache; an earlier date gets the stored
 /// response; `If-None-Match`, when present, decides alone (§13.2.2); a stored 404 is sent as it is.

@@ -28,6 +28,10 @@
 //!   fresh ticket instead (`impcache-tower`). Taking a ticket is one atomic load.
 //! - Waiting can be bounded ([`Waiter::wait`]: [`Wait::TimedOut`]) or not
 //!   ([`Waiter::wait_unbounded`]).
+//! - **Detaching** ([`Flights::detach`], for a purge). The flights of the keys a purge reaches
+//!   leave the table at once: a caller that joins from then on starts a new flight (its own
+//!   computation, begun after the purge), while the detached flights' waiters, who joined before
+//!   it, still get their leader's answer. A detached flight's end counts as any flight's.
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
@@ -253,6 +257,18 @@ impl<K: Hash + Eq, V> Flights<K, V> {
     }
 }
 
+impl<K: Hash + Eq, V> Flights<K, V> {
+    /// Takes the flights whose key `reaches` accepts out of the table (see the protocol: a purge
+    /// of those keys): a caller joining from now on leads a new flight, while their waiters still
+    /// get their leaders' answers. Returns how many were detached.
+    pub fn detach(&self, reaches: impl Fn(&K) -> bool) -> usize {
+        let mut table = self.lock();
+        let before = table.flights.len();
+        table.flights.retain(|key, _| !reaches(key));
+        before - table.flights.len()
+    }
+}
+
 impl<K: Hash + Eq, V> FlightGuard<K, V> {
     /// Hands `value` to the waiters (and to callers joining until the guard is dropped).
     pub fn publish(&self, value: V) {
@@ -269,20 +285,22 @@ impl<K: Hash + Eq, V> Drop for FlightGuard<K, V> {
     fn drop(&mut self) {
         let flights = &*self.flights;
         let mut table = flights.lock();
+        // Still in the table unless detached (then a later flight of the key may be there).
         if table
             .flights
             .get(&self.key)
             .is_some_and(|(id, _)| *id == self.id)
         {
             table.flights.remove(&self.key);
-            // Release: what the leader did before dropping its guard (its store) happens before
-            // the lookup of a caller whose ticket counts this end.
-            let ended = flights
-                .ended
-                .fetch_add(1, Ordering::Release)
-                .wrapping_add(1);
-            table.last_end[flights.shard(&self.key)] = ended;
         }
+        // A detached flight's end counts too: its store may have landed just now. Release: what
+        // the leader did before dropping its guard (its store) happens before the lookup of a
+        // caller whose ticket counts this end.
+        let ended = flights
+            .ended
+            .fetch_add(1, Ordering::Release)
+            .wrapping_add(1);
+        table.last_end[flights.shard(&self.key)] = ended;
         // Waiters still pending see the channel close: `Wait::Abandoned`.
     }
 }
@@ -559,6 +577,30 @@ mod tests {
         // One that took it after: its lookup came after the store.
         let after = flights.ticket();
         assert!(!leader(flights.join("k", after), "later")?.recheck);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_detached_flight_answers_its_waiters_while_a_new_caller_leads_another() -> Checked {
+        let flights = flights();
+        let ticket = flights.ticket();
+        let old = leader(flights.join("k:a", ticket), "old leader")?;
+        let _other = leader(flights.join("other", ticket), "other key")?;
+        let before = waiter(flights.join("k:a", ticket), "joined before")?;
+        assert_eq!(flights.detach(|key| key.starts_with("k:")), 1);
+        assert_eq!(flights.in_flight(), 1, "the other key's flight stays");
+        // Joining after the detach: a new flight, not the old one's answer.
+        let new = leader(flights.join("k:a", ticket), "after the detach")?;
+        let after = waiter(flights.join("k:a", ticket), "joined after")?;
+        old.guard.publish(1);
+        new.guard.publish(2);
+        assert!(matches!(before.wait_unbounded().await, Wait::Published(1)));
+        assert!(matches!(after.wait_unbounded().await, Wait::Published(2)));
+        // The old guard's end leaves the new flight in the table, and counts.
+        let ended = flights.ended.load(Ordering::Relaxed);
+        drop(old.guard);
+        assert_eq!(flights.in_flight(), 2);
+        assert_eq!(flights.ended.load(Ordering::Relaxed), ended.wrapping_add(1));
         Ok(())
     }
 
