@@ -380,6 +380,13 @@ impl CacheLayer {
     /// [`hard_timeout`](Self::hard_timeout), which `get_or_set` refuses, is raised as if it were
     /// not set (the hard timeout plus 5 s), with a warning when the layer is applied: a layer
     /// has no call to refuse it with, and without the lock every process would call the handler.
+    ///
+    /// A response that is not stored (`no-store`, `private`, a status the layer does not store,
+    /// a handler error) leaves nothing for the other processes to find: their leaders take the
+    /// lock in turn, so a burst of misses of such a URL in N processes makes N handler calls one
+    /// after another, each process waiting for the one before (at most the lock's `wait`), as
+    /// nginx's `proxy_cache_lock` serializes them (Varnish's hit-for-miss does not). Put the
+    /// lock on a layer over the routes whose responses are stored, not over routes never stored.
     pub fn lock(self, lock: impcache::Lock) -> Self {
         self.with(|c| c.lock = Some(lock))
     }
