@@ -456,6 +456,45 @@ async fn a_waiter_waits_at_most_one_hard_timeout_in_all() {
     assert!(waited < hard + hard / 10, "waited {waited:?}");
 }
 
+/// Waiters behind loaders that always panic elect one new leader after another, each within
+/// what is left of its own hard timeout: every caller answers within one hard timeout in all.
+/// (A new leader had a whole hard timeout of its own: 10 callers behind a loader panicking
+/// after 3 s of a 5 s timeout answered one after another, the last after 30 s.) Paused clock.
+#[tokio::test(start_paused = true)]
+async fn waiters_behind_panicking_loaders_stay_within_one_hard_timeout() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let hard = Duration::from_secs(5);
+    let policy = Freshness::new().hard_timeout(hard);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let started = tokio::time::Instant::now();
+    let callers: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+            tokio::spawn(async move {
+                let answer = cache
+                    .get_or_set("k", 60, move || async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        if true {
+                            panic!("the loader always panics (on purpose)");
+                        }
+                        "never".to_owned()
+                    })
+                    .freshness(policy)
+                    .await;
+                (answer, tokio::time::Instant::now())
+            })
+        })
+        .collect();
+    for caller in callers {
+        let (answer, answered_at) = caller.await.unwrap();
+        assert!(matches!(answer, Err(Error::Loader { .. })), "{answer:?}");
+        let waited = answered_at - started;
+        assert!(waited < hard + hard / 10, "waited {waited:?}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
 async fn the_soft_timeout_answers_stale_and_the_loader_still_stores(backend: Backend) {
     let cache = backend.cache;
     let policy = Freshness::new()

@@ -1461,6 +1461,67 @@ async fn fail_safe_never_answers_older_than_a_read_since() {
     assert_eq!(cache.near_cache_stats().fail_safe_served, 0);
 }
 
+/// A caller of a locked, tagged load whose leader's value was invalidated after the caller
+/// joined takes the next turn once that flight has ended: while the leader still stores (Redis
+/// frozen), joining again handed it the same value back at once, checked locally by the near
+/// cache, in a busy loop (102,016 local lookups in one second, half a core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_behind_an_invalidated_value_does_not_spin_while_it_is_stored() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository).near_cache(near()).build();
+    let other = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
+    wait_active(&cache).await;
+    let policy = impcache::Freshness::new().lock(impcache::Lock::new().wait(SOON));
+    let runs = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let call = || {
+        let (cache, runs, gate) = (cache.clone(), Arc::clone(&runs), Arc::clone(&gate));
+        tokio::spawn(async move {
+            cache
+                .get_or_set("k", 60, move || async move {
+                    let run = runs.fetch_add(1, Ordering::SeqCst);
+                    if run == 0 {
+                        gate.acquire().await.unwrap().forget();
+                    }
+                    format!("run {run}")
+                })
+                .tags(["t"])
+                .freshness(policy)
+                .await
+                .unwrap()
+        })
+    };
+    let leader = call();
+    eventually("the leader loads", || async { runs.load(Ordering::SeqCst) == 1 }).await;
+    let waiter = call();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    other.invalidate_tag("t").await.unwrap();
+    // The tag's new state, read and kept locally.
+    eventually("the invalidation is kept locally", || async {
+        let read: String = cache
+            .get_or_set("other", 60, || async { "o".to_owned() })
+            .tags(["t"])
+            .await
+            .unwrap();
+        read == "o" && cache.near_cache_stats().hits > 0
+    })
+    .await;
+    server.freeze();
+    let hits = cache.near_cache_stats().hits;
+    gate.add_permits(1);
+    assert_eq!(leader.await.unwrap(), "run 0");
+    // The leader's store waits for the frozen server meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let looked_up = cache.near_cache_stats().hits - hits;
+    server.thaw();
+    assert_eq!(waiter.await.unwrap(), "run 1");
+    assert!(looked_up < 100, "{looked_up} local lookups while the value was stored");
+}
+
 // --- Tags (issue 16): tag state tracked like any key. ---
 
 /// Calls of the data commands a read could send (`GET`, `MGET`, `PTTL`) on `server` so far (the

@@ -43,11 +43,19 @@ pub(super) struct Job {
 }
 
 impl Job {
-    /// This job with `spent` taken off its hard timeout: a waiter that loads on its own after
-    /// its leader failed has waited already, and waits at most about one hard timeout in all.
+    /// This job with `spent` taken off its allowance: first off the lock's `wait` (the time a
+    /// caller may wait for other processes' values), then off its hard timeout. A caller that
+    /// waited for another caller's load, and then loads on its own or leads the next turn, waits
+    /// at most about one allowance in all.
     pub(super) fn having_spent(mut self, spent: std::time::Duration) -> Job {
+        let mut over = spent;
+        if let Some((lock, _)) = &mut self.lock {
+            let wait = lock.wait_duration();
+            *lock = lock.wait(wait.saturating_sub(spent));
+            over = spent.saturating_sub(wait);
+        }
         if let Some(hard) = self.policy.hard_timeout_duration() {
-            self.policy = self.policy.hard_timeout(hard.saturating_sub(spent));
+            self.policy = self.policy.hard_timeout(hard.saturating_sub(over));
         }
         self
     }

@@ -305,28 +305,32 @@ where
     let flight = job.flight();
     let waiting_since = tokio::time::Instant::now();
     loop {
+        // What is left of the call's allowance after its waits so far: a caller that joins
+        // again (its leader panicked, or failed under a lock), and then waits or leads, stays
+        // within one allowance in all.
+        let left = job.clone().having_spent(waiting_since.elapsed());
         match FLIGHTS.join(&flight, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
                 if recheck && reread == Reread::IfAFlightEnded {
                     // A flight of this key ended since our read: its value may be stored now.
-                    if let Some((value, shared, _)) = second_look(&job).await {
+                    if let Some((value, shared, _)) = second_look(&left).await {
                         guard.publish(shared);
                         return Ok(value);
                     }
                 }
                 answer::record(Answer::Ran);
-                return lead(job, stale, loader, guard).await;
+                return lead(left, stale, loader, guard).await;
             }
             Join::Waiter(waiter) => {
                 answer::record(Answer::Waited(tokio::time::Instant::now()));
                 let joined = tags::stamp_micros();
                 let soft = stale.as_ref().and(job.policy.soft_timeout_duration());
-                let waited = match (soft, job.policy.hard_timeout_duration()) {
+                let waited = match (soft, left.policy.hard_timeout_duration()) {
                     (Some(soft), _) => waiter.wait(soft).await,
                     // The leader's own hard timeout ends its flight first, unless its task is
                     // not run (its runtime is no longer driven): then this one. Under a lock,
                     // the leader may first wait up to the lock's `wait` for another process.
-                    (None, Some(hard)) => waiter.wait(hard.saturating_add(lock_wait(&job))).await,
+                    (None, Some(hard)) => waiter.wait(hard.saturating_add(lock_wait(&left))).await,
                     (None, None) => waiter.wait_unbounded().await,
                 };
                 match waited {
@@ -342,8 +346,13 @@ where
                     Wait::Published(shared) => {
                         if !shared.holds_for(&job, joined, reread).await {
                             // Invalidated since this caller joined: under a lock, the next turn
-                            // (one caller loads through the lock for the others).
+                            // (one caller loads through the lock for the others), once the flight
+                            // that published it has ended (joined while it still stores, it would
+                            // hand the same value back at once, again and again).
                             if joins_again(&job, waiting_since) {
+                                if let Some(storing) = FLIGHTS.current(&flight) {
+                                    storing.ended(lock_wait(&left)).await;
+                                }
                                 continue;
                             }
                         } else if let Some(value) = decode(&job, &shared.json) {
@@ -365,9 +374,8 @@ where
                 }
                 // The leader had nothing to share (its loader failed), or nothing that holds for
                 // this caller (invalidated since): load on our own, unshared, within what is left
-                // of the hard timeout (the lock's `wait` comes on top of it).
-                let spent = waiting_since.elapsed().saturating_sub(lock_wait(&job));
-                let job = job.having_spent(spent);
+                // of the allowance.
+                let job = job.having_spent(waiting_since.elapsed());
                 return alone(job, stale, loader).await;
             }
         }
