@@ -1496,7 +1496,10 @@ async fn a_caller_behind_an_invalidated_value_does_not_spin_while_it_is_stored()
         })
     };
     let leader = call();
-    eventually("the leader loads", || async { runs.load(Ordering::SeqCst) == 1 }).await;
+    eventually("the leader loads", || async {
+        runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let waiter = call();
     tokio::time::sleep(Duration::from_millis(50)).await;
     other.invalidate_tag("t").await.unwrap();
@@ -1519,7 +1522,10 @@ async fn a_caller_behind_an_invalidated_value_does_not_spin_while_it_is_stored()
     let looked_up = cache.near_cache_stats().hits - hits;
     server.thaw();
     assert_eq!(waiter.await.unwrap(), "run 1");
-    assert!(looked_up < 100, "{looked_up} local lookups while the value was stored");
+    assert!(
+        looked_up < 100,
+        "{looked_up} local lookups while the value was stored"
+    );
 }
 
 // --- Tags (issue 16): tag state tracked like any key. ---

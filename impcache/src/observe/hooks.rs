@@ -223,9 +223,21 @@ pub fn breaker_transition(breaker: &[Label], from: BreakerState, to: BreakerStat
         recorder
             .register_counter(&transition, &METADATA)
             .increment(1);
-        for state in BreakerState::ALL {
-            let value = if state == to { 1.0 } else { 0.0 };
-            let gauge = key(BREAKER_STATE, &[("state", state.name())]);
+    });
+    breaker_state(breaker, to);
+}
+
+/// Sets the state gauge of a breaker (labels `breaker`): 1 for `state`, 0 for the others. Also
+/// when it is made (closed), so that a healthy repository's series exists before any change.
+pub fn breaker_state(breaker: &[Label], state: BreakerState) {
+    metrics::with_recorder(|recorder| {
+        for each in BreakerState::ALL {
+            let value = if each == state { 1.0 } else { 0.0 };
+            let labels = breaker
+                .iter()
+                .cloned()
+                .chain([Label::from_static_parts("state", each.name())]);
+            let gauge = Key::from_parts(BREAKER_STATE, labels.collect::<Vec<_>>());
             recorder.register_gauge(&gauge, &METADATA).set(value);
         }
     });

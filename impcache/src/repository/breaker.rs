@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use metrics::Label;
 
-use crate::observe::hooks::{breaker_transition, BreakerState};
+use crate::observe::hooks::{breaker_state, breaker_transition, BreakerState};
 
 /// Circuit-breaker settings of a [`RedisCacheRepository`](crate::RedisCacheRepository).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +72,9 @@ impl CircuitBreaker {
             Label::from_static_parts("repository", repository),
             Label::new("target", target),
         ];
+        if config.is_some() {
+            breaker_state(&labels, BreakerState::Closed);
+        }
         Self {
             config,
             labels,
@@ -145,8 +148,13 @@ impl CircuitBreaker {
             let cool_down = crate::expire::capped(config.cool_down).as_millis() as u64;
             let until = self.now_ms().saturating_add(cool_down);
             let was_open = self.open_until_ms.swap(until, Ordering::AcqRel) != 0;
-            if self.probe_in_flight.swap(false, Ordering::AcqRel) {
-                self.transition(BreakerState::HalfOpen, BreakerState::Open);
+            // Only the probe's own failure ends its probe: an operation admitted while the
+            // breaker was closed may fail late, while a probe is out; it must not free the slot
+            // for a second probe.
+            if *admission == Admission::Probe {
+                if self.probe_in_flight.swap(false, Ordering::AcqRel) {
+                    self.transition(BreakerState::HalfOpen, BreakerState::Open);
+                }
             } else if !was_open {
                 self.transition(BreakerState::Closed, BreakerState::Open);
             }
@@ -304,6 +312,66 @@ mod tests {
         );
     }
 
+    /// An operation admitted while the breaker was closed that fails once the cool-down is over,
+    /// while the probe is out, leaves the probe's slot taken: the next operation fails fast
+    /// rather than go as a second probe, and no probe's end is recorded. (It freed the slot.)
+    #[test]
+    fn a_late_failure_does_not_let_a_second_probe_through() {
+        let breaker = CircuitBreaker::new(
+            Some(CircuitBreakerConfig::new(1, Duration::from_millis(10))),
+            "redis",
+            "h:1".to_owned(),
+        );
+        let early = breaker.admit();
+        let late = breaker.admit();
+        assert_eq!((&early, &late), (&Admission::Allowed, &Admission::Allowed));
+        breaker.record_failure(&early); // closed -> open
+        std::thread::sleep(Duration::from_millis(20));
+        let probe = breaker.admit();
+        assert_eq!(probe, Admission::Probe);
+        breaker.record_failure(&late); // admitted while closed, failing now
+        assert_eq!(breaker.admit(), Admission::Rejected);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            breaker.admit(),
+            Admission::Rejected,
+            "the probe is still out"
+        );
+        breaker.record_success();
+        assert_eq!(breaker.admit(), Admission::Allowed);
+    }
+
+    /// The state gauge exists from the start: a new breaker is closed.
+    #[test]
+    fn a_new_breaker_shows_closed() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let config = Some(CircuitBreakerConfig::default());
+            CircuitBreaker::new(config, "redis", "h:1".to_owned())
+        });
+        let mut states: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Gauge(v) => {
+                    let state = key.key().labels().nth(2).map(|l| l.value().to_owned());
+                    Some((state, v.into_inner()))
+                }
+                _ => None,
+            })
+            .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        let s = |state: &str, v| (Some(state.to_owned()), v);
+        assert_eq!(
+            states,
+            [s("closed", 1.0), s("half_open", 0.0), s("open", 0.0)]
+        );
+    }
+
     #[test]
     fn two_breakers_of_one_kind_keep_apart_in_the_metrics() {
         use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -331,10 +399,14 @@ mod tests {
                 }
             }
         }
+        open.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             open,
-            [(Some("redis://10.0.0.1:6379/0".to_owned()), 1.0)],
-            "the second server's breaker never changed state, so it has no gauge"
+            [
+                (Some("redis://10.0.0.1:6379/0".to_owned()), 1.0),
+                (Some("redis://10.0.0.2:6379/0".to_owned()), 0.0)
+            ],
+            "the second server's breaker stays closed"
         );
     }
 
