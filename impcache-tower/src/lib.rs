@@ -59,7 +59,8 @@
 //! and a [targeted field](CacheLayer::targeted_cache_control) first), upstream `Age`/`Date` count
 //! in the hits' `Age`, any status but 1xx/206/304 is stored when explicitly fresh, and a stale
 //! entry with a validator is revalidated with `If-None-Match`/`If-Modified-Since` (a `304`
-//! refreshes it, unless it names another `ETag`: RFC 9111 §4.3.4, see `CONFORMANCE.md`). No `ETag` is computed: hits carry the origin's validators only. The safety
+//! refreshes it, as nginx's does, even one naming another `ETag`: see `CONFORMANCE.md`). No
+//! `ETag` is computed: hits carry the origin's validators only. The safety
 //! rules, the key, HEAD, streaming and invalidation stay as above. It passes 155 of the 160
 //! required tests of the public HTTP cache test suite (cache-tests.fyi) with `stale_if_error`
 //! as in the example proxy (151 without); see `CONFORMANCE.md` in the repository.

@@ -477,11 +477,6 @@ impl<'a> EntityTag<'a> {
     pub(crate) fn weak_eq(&self, other: &EntityTag<'_>) -> bool {
         self.opaque == other.opaque
     }
-
-    /// Strong comparison: both strong, with the same opaque tag.
-    pub(crate) fn strong_eq(&self, other: &EntityTag<'_>) -> bool {
-        !self.weak && !other.weak && self.opaque == other.opaque
-    }
 }
 
 /// Optional whitespace (RFC 9110 §5.6.3): spaces and horizontal tabs.
@@ -952,7 +947,6 @@ mod tests {
             }
         );
         assert!(weak.weak && strong.weak_eq(&weak) && weak.weak_eq(&strong));
-        assert!(strong.strong_eq(&strong) && !strong.strong_eq(&weak) && !weak.strong_eq(&weak));
         assert_eq!(
             tag("\"\""),
             Some(EntityTag {

@@ -11,7 +11,7 @@ use crate::entry::Entry;
 use crate::flight::FlightGuard;
 use crate::freshness;
 use crate::key;
-use crate::policy::{self, EntityTag, NotStored};
+use crate::policy::{self, NotStored};
 use crate::render;
 use crate::stale;
 use crate::store::Unfinished;
@@ -73,32 +73,7 @@ fn kept_from_stored(name: &HeaderName) -> bool {
         || name.as_str() == "content-md5"
 }
 
-/// Whether a `304` with `not_modified` headers, the answer to the validation request of `stale`,
-/// selects `stale` for update (RFC 9111 §4.3.4). The `304` names the representation it validates
-/// by its `ETag`: a strong one selects only a stored response with the same strong `ETag` (strong
-/// comparison, RFC 9110 §8.8.3.2), a weak one a stored response whose `ETag` matches it by weak
-/// comparison; an `ETag` that is not an entity-tag, only the same bytes. A `304` without an
-/// `ETag` selects `stale`: it answers the validators of `stale` alone (the client's were
-/// replaced); its `Last-Modified` is not compared. Otherwise the `304` is of another
-/// representation than the stored one: see [`not_selected`].
-pub(crate) fn selects(stale: &Entry, not_modified: &HeaderMap) -> bool {
-    let Some(new) = not_modified.get(header::ETAG) else {
-        return true;
-    };
-    let Some(stored) = stale.headers.get(header::ETAG) else {
-        return false;
-    };
-    match (
-        EntityTag::parse(new.as_bytes()),
-        EntityTag::parse(stored.as_bytes()),
-    ) {
-        (Some(new), Some(stored)) if new.weak => new.weak_eq(&stored),
-        (Some(new), Some(stored)) => new.strong_eq(&stored),
-        _ => new == stored,
-    }
-}
-
-/// The stored headers of `stale` updated with those of a `304` that [`selects`] it (§3.2): every
+/// The stored headers of `stale` updated with those of a `304` (§3.2): every
 /// field the `304` carries replaces the stored one, but those [`kept_from_stored`]. The result
 /// still holds the `304`'s `Age` and `Set-Cookie` (for the freshness and for this response); they
 /// are dropped when it is stored.
@@ -134,12 +109,10 @@ pub(crate) struct Refresh<'a> {
 
 /// The stored response refreshed by a `304` (RFC 9111 §4.3.4): its headers updated, its lifetime
 /// recomputed, stored again with its body (and handed to the waiters), and served. A `304` that
-/// makes it unstorable (`no-store`) removes it; its body is served this once. A `304` that does
-/// not select it (another `ETag`, see [`selects`]) refreshes nothing: [`not_selected`].
+/// makes it unstorable (`no-store`) removes it; its body is served this once. A `304` naming
+/// another `ETag` than the stored one refreshes it all the same, as nginx and Varnish do
+/// (CONFORMANCE.md).
 pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response<Bytes> {
-    if !selects(&refresh.stale, refresh.not_modified) {
-        return not_selected(config, refresh).await;
-    }
     let Refresh {
         keys,
         headers,
@@ -226,61 +199,6 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
     response
 }
 
-/// The answer when the handler's `304` does not select the stale entry ([`selects`]): it names
-/// another representation (the origin's current one, say `"v2"` where `"v1"` is stored). RFC 9111
-/// §4.3.4: the stored response must not be updated from it, so neither is it refreshed nor served
-/// (its body is not the representation the `304` describes). It is removed instead (when the
-/// layer may store): outdated, it would only be revalidated with the same validators again; the
-/// next request is a plain miss, sent without validators, whose whole response is stored. The
-/// waiters call the handler themselves.
-///
-/// This request: a client whose own `If-None-Match` (else `If-Modified-Since`) matches the `304`
-/// gets it (the `304` is then the right answer for the copy it holds); any other gets
-/// `502 Bad Gateway`, as for an invalid answer of the origin (it said "not modified" to
-/// validators that are not its current representation's; the stored response is stale, and
-/// the `304` did not validate it, so serving it is not allowed either). The handler is not
-/// called a second time without the validators: the request, body included, went with the
-/// first call, and the layer cannot rebuild a request body of any type.
-async fn not_selected(config: &Config, refresh: Refresh<'_>) -> Response<Bytes> {
-    let Refresh {
-        keys,
-        headers,
-        stale,
-        not_modified,
-        call,
-        guard,
-        ..
-    } = refresh;
-    if call.is_some() {
-        let vary = policy::vary_names(&stale.headers).unwrap_or_default();
-        let variant_key = key::variant_key(keys.url(), &vary, headers, config.allow_authenticated);
-        remove(config, &variant_key).await;
-    }
-    if let Some(guard) = guard {
-        guard.not_shared();
-    }
-    let url = config.logged(keys.url());
-    tracing::warn!(
-        target: "impcache_tower",
-        url,
-        "the handler's 304 names another ETag than the stored response's: not refreshed, removed"
-    );
-    let mut response = Response::new(Bytes::new());
-    if render::matches_validators(headers, stale.status, not_modified) {
-        *response.status_mut() = http::StatusCode::NOT_MODIFIED;
-        *response.headers_mut() = not_modified.clone();
-    } else {
-        *response.status_mut() = http::StatusCode::BAD_GATEWAY;
-    }
-    let outcome = render::Outcome::Miss {
-        fwd: "stale",
-        stored: false,
-        detail: Some("validator-mismatch"),
-    };
-    render::mark(&mut response, config.status_header, outcome);
-    response
-}
-
 /// Removes the response stored under `variant_key` (a failure is logged, at debug level: the
 /// response expires with its key).
 pub(crate) async fn remove(config: &Config, variant_key: &str) {
@@ -330,46 +248,6 @@ mod tests {
         let mut request = HeaderMap::new();
         assert!(!make_conditional(&entry(&[]), &mut request));
         assert!(request.is_empty());
-    }
-
-    /// RFC 9111 §4.3.4: a strong `ETag` selects only the same strong one, a weak one any that
-    /// matches it weakly; a `304` without an `ETag` selects the entry it answers.
-    #[test]
-    fn a_304_selects_the_stored_response_by_its_etag() {
-        let not_modified = |etag: Option<&'static str>| {
-            let mut headers = HeaderMap::new();
-            if let Some(etag) = etag {
-                headers.insert(header::ETAG, HeaderValue::from_static(etag));
-            }
-            headers
-        };
-        for (stored, new, selected) in [
-            (Some("\"v1\""), Some("\"v1\""), true),
-            (Some("\"v1\""), Some(" \"v1\" "), true),
-            (Some("\"v1\""), Some("W/\"v1\""), true),
-            (Some("W/\"v1\""), Some("W/\"v1\""), true),
-            (Some("\"a,b\""), Some("\"a,b\""), true),
-            (Some("\"v1\""), None, true),
-            (None, None, true),
-            (Some("\"v1\""), Some("\"v2\""), false),
-            (Some("\"v1\""), Some("W/\"v2\""), false),
-            (Some("W/\"v1\""), Some("\"v1\""), false),
-            (None, Some("\"v1\""), false),
-            // Not entity-tags: the same bytes only.
-            (Some("v1"), Some("v1"), true),
-            (Some("v1"), Some("v2"), false),
-            (Some("\"v1\""), Some("v1"), false),
-        ] {
-            let stale = match stored {
-                Some(etag) => entry(&[("etag", etag)]),
-                None => entry(&[]),
-            };
-            assert_eq!(
-                selects(&stale, &not_modified(new)),
-                selected,
-                "{stored:?} then {new:?}"
-            );
-        }
     }
 
     #[test]
