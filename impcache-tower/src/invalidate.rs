@@ -175,7 +175,11 @@ impl Targets {
         Targets::new(config, (vec![host], false), urls)
     }
 
-    /// The targets of a purge of `urls` on any host: on each of `hosts` (as keys name them).
+    /// The targets of a purge of `urls` on any host: on each of `hosts` (as keys name them), the
+    /// namespace's list of hosts. Their records only: the purge's in-process part reaches every
+    /// host, listed or not, and comes before the list is read (see
+    /// [`CacheLayer::purge_url`](crate::CacheLayer::purge_url)), not through
+    /// [`purging`](Self::purging), which reaches these hosts only.
     pub(crate) fn on_hosts(config: &Config, hosts: Vec<Option<String>>, urls: Vec<String>) -> Self {
         Targets::new(config, (hosts, true), urls)
     }
@@ -197,16 +201,8 @@ impl Targets {
         }
     }
 
-    /// Reads the URLs' records (one round trip) and removes the ones found with one `DEL` (a
-    /// second): their variants are then unreachable (see [`crate::store`]). Returns the number
-    /// of records removed, and the indexes in `urls` of the URLs whose record was of an earlier
-    /// format, whose variants only a sweep removes. First, in this process ([`crate::landing`]):
-    /// the handler calls of these URLs still running will not store their responses, their
-    /// flights are detached, and their stores in progress are waited for.
-    pub(crate) async fn remove_records(
-        &self,
-    ) -> Result<(u64, Vec<usize>), (impcache::Error, &'static str)> {
-        // (index in `urls`, URL key) for every URL, host and stored method.
+    /// (index in `urls`, URL key) for every URL, host and stored method.
+    fn url_keys(&self) -> Vec<(usize, String)> {
         let mut url_keys =
             Vec::with_capacity(self.urls.len() * self.hosts.len() * self.methods.len());
         for (i, url) in self.urls.iter().enumerate() {
@@ -219,12 +215,33 @@ impl Targets {
                 }
             }
         }
+        url_keys
+    }
+
+    /// What an invalidation on one host does first, in this process ([`crate::landing`]): the
+    /// handler calls of these URLs still running will not store their responses, their flights
+    /// are detached, and their stores in progress are waited for. (A purge on any host does it
+    /// by the URLs' patterns, on every host whatever the list of hosts says, before it reads
+    /// that list: [`CacheLayer::purge_url`](crate::CacheLayer::purge_url).)
+    pub(crate) async fn purging(&self) {
+        let url_keys = self.url_keys();
         let reaches = |of: &str| {
             url_keys
                 .iter()
                 .any(|(_, url_key)| key::is_of_url(of, url_key))
         };
         self.landing.purging(&self.flights, reaches).await;
+    }
+
+    /// Reads the URLs' records (one round trip) and removes the ones found with one `DEL` (a
+    /// second): their variants are then unreachable (see [`crate::store`]). Returns the number
+    /// of records removed, and the indexes in `urls` of the URLs whose record was of an earlier
+    /// format, whose variants only a sweep removes. Comes after the purge's in-process part
+    /// ([`purging`](Self::purging)).
+    pub(crate) async fn remove_records(
+        &self,
+    ) -> Result<(u64, Vec<usize>), (impcache::Error, &'static str)> {
+        let url_keys = self.url_keys();
         let records: Vec<(usize, String)> = url_keys
             .iter()
             .map(|(i, url_key)| (*i, key::record_key(url_key)))
@@ -263,10 +280,11 @@ impl Targets {
         Ok((removed, sweep))
     }
 
-    /// Removes the records, then sweeps the variants of the URLs whose record was of an earlier
-    /// format in a task of its own; stops at the first failure (with the cache down, the next
-    /// step would only wait its own deadline too), which is logged.
+    /// Purges in this process, removes the records, then sweeps the variants of the URLs whose
+    /// record was of an earlier format in a task of its own; stops at the first failure (with
+    /// the cache down, the next step would only wait its own deadline too), which is logged.
     async fn invalidate(self) {
+        self.purging().await;
         let sweep = match self.remove_records().await {
             Ok((_, sweep)) => sweep,
             Err((error, step)) => return self.failed(&error, step),

@@ -3,8 +3,10 @@
 //!
 //! A handler call whose response may be stored is recorded before it starts ([`Landing::call`])
 //! until its store has landed, or until it ends without one. Every purge that removes records or
-//! sweeps keys (`purge_url`, `purge_prefix`'s sweep, `purge_all`, an unsafe method's
-//! invalidation) first does, for what it removes ([`Landing::purging`]):
+//! sweeps keys (`purge_url`, `purge_prefix`, by sweep or by a declared prefix's tag, `purge_all`,
+//! an unsafe method's invalidation) first does, for what it removes ([`Landing::purging`]; a
+//! purge on any host, by the path on every host, whatever the namespace's list of hosts names,
+//! and before that list is read):
 //!
 //! - **Calls still running** are marked: their responses are not stored
 //!   ([`InProgress::store`] refuses), as the data they read may predate the purge. They still

@@ -475,15 +475,18 @@ impl CacheLayer {
     ///
     /// **Handler calls and stores in progress**: a response goes out before its store has
     /// landed. This purge, as every purge that removes records or sweeps
-    /// ([`purge_prefix`](Self::purge_prefix), [`purge_all`](Self::purge_all), an unsafe method's
-    /// invalidation), first waits for this process's stores in progress of what it removes,
-    /// 500 ms at most, so that a response a client already has is not stored again after the
-    /// purge. A handler call of what it removes still running in this process (the layer and its
-    /// clones) when the purge begins does not store its response, which answers only the
-    /// requests that joined it before the purge: a request that arrives after the purge makes a
-    /// handler call of its own. Another process's handler call or store may still store after
-    /// the purge (as in nginx and Varnish); a tag purge ([`purge_tag`](Self::purge_tag)) reaches
-    /// those too.
+    /// ([`purge_prefix`](Self::purge_prefix), also of a declared prefix,
+    /// [`purge_all`](Self::purge_all), an unsafe method's invalidation), first waits for this
+    /// process's stores in progress of what it removes, 500 ms at most, so that a response a
+    /// client already has is not stored again after the purge. A handler call of what it removes
+    /// still running in this process (the layer and its clones) when the purge begins does not
+    /// store its response, which answers only the requests that joined it before the purge: a
+    /// request that arrives after the purge makes a handler call of its own. With `host` `None`,
+    /// this part reaches the URL on every host, whatever the list of hosts below says (a host is
+    /// listed at its first store, once its handler call has returned), and comes before the
+    /// list is read. Another process's handler call or store may still store after the purge
+    /// (as in nginx and Varnish); a tag purge ([`purge_tag`](Self::purge_tag)) reaches those
+    /// too.
     ///
     /// **Without a scan**: the URL's records (one per stored method) are read and removed, two
     /// round trips whatever the size of the keyspace; its variants, stored under the records'
@@ -531,6 +534,11 @@ impl CacheLayer {
         let config = &self.config;
         let urls = vec![path_and_query.to_owned()];
         let targets = if host.is_none() && config.key_by_host {
+            // In this process, on every host, whatever the list of hosts says (a host is listed
+            // at its first store, after its handler call), and before the list is read (a store
+            // in progress that is waited for has listed its host by then).
+            let pattern = self.url_pattern(None, path_and_query);
+            self.purging(&pattern).await;
             match self.listed_hosts().await? {
                 Some(hosts) => {
                     let hosts = hosts.iter().map(|h| key::host_of_segment(h)).collect();
@@ -538,8 +546,6 @@ impl CacheLayer {
                 }
                 // The hosts not known: the sweep.
                 None => {
-                    let pattern = self.url_pattern(host, path_and_query);
-                    self.purging(&pattern).await;
                     return config
                         .cache
                         .delete_pattern_with_progress(&pattern, on_progress)
@@ -547,7 +553,9 @@ impl CacheLayer {
                 }
             }
         } else {
-            Targets::purge(config, host, urls)
+            let targets = Targets::purge(config, host, urls);
+            targets.purging().await;
+            targets
         };
         let (mut removed, sweep) = targets.remove_records().await.map_err(|(error, _)| error)?;
         for pattern in sweep.into_iter().filter_map(|i| targets.pattern(i)) {
@@ -571,6 +579,12 @@ impl CacheLayer {
     /// process sharing the cache, and are not removed but expire with their TTL: such a purge
     /// counts 0. Like [`purge_tag`](Self::purge_tag), a response whose handler call started
     /// before the purge is a miss from then on.
+    ///
+    /// Handler calls and stores in progress in this process are treated first, as by
+    /// [`purge_url`](Self::purge_url), by tag or by sweep: a call of a URL under the prefix still
+    /// running (on `host`, or on any host, listed or not) stores nothing, a request after the
+    /// purge does not join its flight, and the stores in progress are waited for (500 ms at
+    /// most) before the list of hosts is read.
     pub async fn purge_prefix(
         &self,
         host: Option<&str>,
@@ -604,6 +618,12 @@ impl CacheLayer {
     /// (see [`purge_prefix`](Self::purge_prefix)), is purged as `purge_prefix` purges it, by a
     /// sweep that removes its responses and counts them: the stronger purge, never an old
     /// response served as fresh.
+    ///
+    /// Handler calls in progress in this process are treated as by
+    /// [`purge_prefix`](Self::purge_prefix): a response not stored yet cannot be marked stale, so
+    /// a call of a URL under the prefix still running stores nothing (on a host not listed yet,
+    /// its response would be stored fresh), and a request after the purge makes a handler call
+    /// of its own rather than join its flight.
     pub async fn soft_purge_prefix(
         &self,
         host: Option<&str>,
@@ -623,6 +643,12 @@ impl CacheLayer {
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let config = &self.config;
+        let pattern = self.prefix_pattern(host, path_prefix);
+        // In this process first, by tag or by sweep: a tag write does not reach the handler calls
+        // of hosts not listed yet (a host is listed at its first store, after its handler call),
+        // nor the flights of calls that started before it. And before the list of hosts is
+        // read: a store in progress that is waited for has listed its host by then.
+        self.purging(&pattern).await;
         if let Some(prefix) = config.tag_prefixes.declared(path_prefix) {
             if let Some(tags) = self.prefix_tags(host, prefix).await? {
                 match purge {
@@ -632,8 +658,6 @@ impl CacheLayer {
                 return Ok(0);
             }
         }
-        let pattern = self.prefix_pattern(host, path_prefix);
-        self.purging(&pattern).await;
         config
             .cache
             .delete_pattern_with_progress(&pattern, on_progress)
@@ -675,9 +699,10 @@ impl CacheLayer {
         })
     }
 
-    /// What a sweep of `pattern` does first in this process (see [`crate::landing`]): the
-    /// handler calls of the URLs it matches still running will not store their responses,
-    /// their flights are detached, and their stores in progress are waited for.
+    /// What a purge of the keys `pattern` matches (a sweep, a purge on any host, a purge by a
+    /// prefix's tag) does first in this process (see [`crate::landing`]): the handler calls of
+    /// the URLs it matches still running will not store their responses, their flights are
+    /// detached, and their stores in progress are waited for.
     async fn purging(&self, pattern: &str) {
         let reaches = |key: &str| impcache::glob_match(pattern.as_bytes(), key.as_bytes());
         let config = &self.config;

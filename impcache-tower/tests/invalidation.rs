@@ -1003,10 +1003,13 @@ async fn entries_stored_before_a_prefix_was_declared_are_misses() {
         send(&svc, on_host(host, "/plain/other/1")).await.outcome(),
         "MISS"
     );
-    // Declared, but the hosts unknown (their list gone): the sweep.
-    hit_again(&svc, host, "/plain/users/1").await;
+    // Declared, but the hosts unknown (their list gone): the sweep. The list removed once the
+    // stores in progress have landed (each lists its host before it writes its record, and a
+    // purge waits for them before it reads the list): those of `/plain/users/1` and
+    // `/plain/other/1` began before that of `/plain/users/2`, whose record is written last.
+    stored_on(&layer, &svc, host, "/plain/users/2").await;
     cache.delete("__impcache_hosts:http").await.unwrap();
-    assert_eq!(layer.purge_prefix(None, "/plain/users/").await.unwrap(), 1);
+    assert_eq!(layer.purge_prefix(None, "/plain/users/").await.unwrap(), 2);
 }
 
 /// A purge issued once the client has its response: the response's store may still be under
@@ -1209,4 +1212,118 @@ async fn a_variant_read_begun_before_a_write_is_not_joined_after_it_in_memory() 
 async fn a_variant_read_begun_before_a_write_is_not_joined_after_it_on_redis() {
     let redis = RedisServer::start();
     a_variant_read_begun_before_a_write_is_not_joined_after_it(redis_layer(&redis)).await;
+}
+
+/// Whether the namespace's list of hosts exists and names `host` (as its key segment).
+async fn listed(layer: &CacheLayer, host: &str) -> bool {
+    let list = impcache::__private::members::read(layer.cache(), "__impcache_hosts:http");
+    match list.await.unwrap() {
+        Members::Listed(hosts) => hosts.iter().any(|listed| listed == host),
+        other => panic!("no list of hosts: {other:?}"),
+    }
+}
+
+/// A purge on any host reaches, in this process, the handler call of a URL on a host that is not
+/// in the namespace's list of hosts yet (a host is listed at its first store, once its handler
+/// call has returned), while another host is listed: the first GET of each round, on a host of
+/// its own, begun before `purge_url(None, ..)` or before `purge_prefix` of a prefix declared with
+/// `tag_prefixes` (a tag write, on any host or on that host). The GET after the purge does not
+/// join it (its own handler call reads the new version), and its older response is not stored:
+/// the GET after that is a hit of the new version.
+async fn a_purge_on_any_host_reaches_a_read_on_a_host_not_listed_yet(layer: CacheLayer) {
+    let layer = layer.tag_prefixes(["/plain/declared/"]);
+    let (svc, calls, version, started) = versioned(layer.clone());
+    stored_on(&layer, &svc, Some("a.example"), "/plain/declared/a").await;
+    let purges = ["url", "declared prefix", "declared prefix on the host"];
+    for (round, purge) in purges.into_iter().enumerate() {
+        let uri = format!("/plain/declared/{round}");
+        let host = format!("b{round}.example");
+        let read = || on_host(Some(&host), &uri);
+        let (old, before) = (version.load(Ordering::SeqCst), calls.get());
+        let slow = tokio::spawn(send(&svc, delayed(read(), 300)));
+        started.notified().await;
+        assert!(listed(&layer, "a.example").await && !listed(&layer, &host).await);
+        version.fetch_add(1, Ordering::SeqCst);
+        let purged = match purge {
+            "url" => layer.purge_url(None, &uri).await,
+            "declared prefix" => layer.purge_prefix(None, "/plain/declared/").await,
+            _ => layer.purge_prefix(Some(&host), "/plain/declared/").await,
+        };
+        purged.unwrap();
+        let new = format!("version {}", old + 1);
+        let mine = send(&svc, read()).await;
+        assert_eq!(
+            mine.body, new,
+            "{purge}: the read after the purge joined the read before it"
+        );
+        let slow = slow.await.unwrap();
+        assert_eq!(slow.body, format!("version {old}"), "{purge}");
+        let status = slow.header("cache-status").unwrap();
+        assert!(!status.contains("stored"), "{purge}: {status}");
+        let later = send(&svc, read()).await;
+        assert_eq!(
+            (later.outcome(), later.body),
+            ("HIT", new.into()),
+            "{purge}"
+        );
+        // The slow GET and the GET after the purge.
+        assert_eq!(calls.get(), before + 2, "{purge}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_any_host_reaches_a_read_on_a_host_not_listed_yet_in_memory() {
+    let layer = CacheLayer::new(memory_cache());
+    a_purge_on_any_host_reaches_a_read_on_a_host_not_listed_yet(layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_any_host_reaches_a_read_on_a_host_not_listed_yet_on_redis() {
+    let redis = RedisServer::start();
+    let layer = redis_layer(&redis);
+    a_purge_on_any_host_reaches_a_read_on_a_host_not_listed_yet(layer).await;
+}
+
+/// A purge on any host right after the first response on a host not listed yet was delivered:
+/// its store, still under way, lists the host before it writes the record, so the purge waits
+/// for it before it reads the list of hosts, and removes (or, for a declared prefix, hides) that
+/// host's record too: the next GET is a miss.
+async fn a_purge_on_any_host_right_after_a_first_response_on_a_host_is_not_lost(layer: CacheLayer) {
+    let layer = layer.tag_prefixes(["/plain/declared/"]);
+    let (svc, calls) = service(layer.clone());
+    stored_on(&layer, &svc, Some("a.example"), "/plain/declared/a").await;
+    for round in 0..10 {
+        for purge in ["url", "declared prefix"] {
+            let uri = format!("/plain/declared/{round}/{}", purge.replace(' ', "-"));
+            let host = format!("b{round}-{}.example", purge.replace(' ', "-"));
+            let before = calls.get();
+            let first = send(&svc, on_host(Some(&host), &uri)).await;
+            assert_eq!(first.outcome(), "MISS", "{uri} on {host}");
+            match purge {
+                "url" => drop(layer.purge_url(None, &uri).await.unwrap()),
+                _ => drop(layer.purge_prefix(None, "/plain/declared/").await.unwrap()),
+            }
+            let after = send(&svc, on_host(Some(&host), &uri)).await;
+            assert_eq!(
+                after.outcome(),
+                "MISS",
+                "{uri} on {host}: served after the purge ({purge}), {:?}",
+                after.header("cache-status")
+            );
+            assert_eq!(calls.get(), before + 2, "{uri} on {host}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_purge_on_any_host_right_after_a_first_response_on_a_host_is_not_lost_in_memory() {
+    let layer = CacheLayer::new(memory_cache());
+    a_purge_on_any_host_right_after_a_first_response_on_a_host_is_not_lost(layer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_any_host_right_after_a_first_response_on_a_host_is_not_lost_on_redis() {
+    let redis = RedisServer::start();
+    let layer = redis_layer(&redis);
+    a_purge_on_any_host_right_after_a_first_response_on_a_host_is_not_lost(layer).await;
 }
