@@ -1208,10 +1208,22 @@ async fn coalesce(
                         if answers.await {
                             return Coalesced::Hit(published.entry.clone());
                         }
-                        if same_variant(config, url, headers, &published)
-                            || !look_again
-                            || flight != url
-                        {
+                        let variant = same_variant(config, url, headers, &published);
+                        if variant && look_again && usable(config, &published.entry) {
+                            // Its variant, but purged (by a tag) since this request joined:
+                            // once the flight has ended, the next call, shared as any (one
+                            // request leads it, the others wait), rather than a call per
+                            // request (11 calls for 11 requests behind one purge).
+                            leaders_flight.ended(config.lock_timeout).await;
+                            ticket = config.flights.ticket();
+                            if let Lookup::Hit(entry, _) = lookup(config, keys, headers).await {
+                                if usable(config, &entry) {
+                                    return Coalesced::Hit(entry);
+                                }
+                            }
+                            continue;
+                        }
+                        if variant || !look_again || flight != url {
                             return Coalesced::Alone;
                         }
                         // Another variant's response: once its store has landed (its flight ends,

@@ -409,6 +409,48 @@ async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
     assert_eq!(calls.get(), 2);
 }
 
+/// Requests behind a handler call whose response was purged (by its tag) while it ran, whether
+/// they joined before the purge or after it, share the next handler call: one of them leads it
+/// once the purged call's flight has ended, the others wait for it. Each called the handler on
+/// its own before (11 calls for 11 requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_behind_a_purged_response_share_the_next_call() {
+    let layer = CacheLayer::new(memory_cache());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let answer = Arc::new(tokio::sync::Notify::new());
+    let (s, a) = (Arc::clone(&started), Arc::clone(&answer));
+    let (svc, calls) = app(layer.clone(), move |n, _req| {
+        let (started, answer) = (Arc::clone(&s), Arc::clone(&a));
+        async move {
+            if n == 1 {
+                started.notify_one();
+                answer.notified().await;
+            }
+            Response::builder()
+                .header("surrogate-key", "doc")
+                .body(Body::from(format!("call {n}")))
+                .unwrap()
+        }
+    });
+    let spawn = || {
+        let svc = svc.clone();
+        tokio::spawn(async move { send(&svc, get("/doc")).await })
+    };
+    let leader = spawn();
+    started.notified().await;
+    let before: Vec<_> = (0..5).map(|_| spawn()).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    layer.purge_tag("doc").await.unwrap();
+    let after: Vec<_> = (0..5).map(|_| spawn()).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    answer.notify_one();
+    assert_eq!(leader.await.unwrap().body, "call 1");
+    for request in before.into_iter().chain(after) {
+        assert_eq!(request.await.unwrap().body, "call 2");
+    }
+    assert_eq!(calls.get(), 2);
+}
+
 /// One handler call per URL per process holds for tagged responses with Redis down too: 10
 /// concurrent requests of one URL, Redis killed while the leader's handler runs (the waiters'
 /// lookups went through, and their check of the tags' state fails) or down from the start (their
