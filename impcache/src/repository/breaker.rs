@@ -151,10 +151,10 @@ impl CircuitBreaker {
             // Only the probe's own failure ends its probe: an operation admitted while the
             // breaker was closed may fail late, while a probe is out; it must not free the slot
             // for a second probe.
-            if *admission == Admission::Probe {
-                if self.probe_in_flight.swap(false, Ordering::AcqRel) {
-                    self.transition(BreakerState::HalfOpen, BreakerState::Open);
-                }
+            let probe_ended = *admission == Admission::Probe
+                && self.probe_in_flight.swap(false, Ordering::AcqRel);
+            if probe_ended {
+                self.transition(BreakerState::HalfOpen, BreakerState::Open);
             } else if !was_open {
                 self.transition(BreakerState::Closed, BreakerState::Open);
             }
@@ -339,6 +339,48 @@ mod tests {
         );
         breaker.record_success();
         assert_eq!(breaker.admit(), Admission::Allowed);
+    }
+
+    /// A probe that fails after a late success closed the breaker (freeing the probe's slot)
+    /// reopens it, and says so: `closed`→`open` (nothing was recorded, and the gauge said closed
+    /// while calls failed fast).
+    #[test]
+    fn a_probe_failing_after_a_late_success_records_the_reopening() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let breaker = CircuitBreaker::new(
+                Some(CircuitBreakerConfig::new(1, Duration::from_millis(10))),
+                "redis",
+                "h:1".to_owned(),
+            );
+            let first = breaker.admit();
+            let _late = breaker.admit();
+            breaker.record_failure(&first); // closed -> open
+            std::thread::sleep(Duration::from_millis(20));
+            let probe = breaker.admit(); // open -> half_open
+            breaker.record_success(); // the late one succeeds: half_open -> closed
+            breaker.record_failure(&probe); // closed -> open
+            assert!(breaker.is_open());
+        });
+        let open = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| {
+                let state = key.key().labels().nth(2).map(|l| l.value().to_owned());
+                match (key.key().name(), value) {
+                    ("impcache_circuit_breaker_state", DebugValue::Gauge(v))
+                        if state.as_deref() == Some("open") =>
+                    {
+                        Some(v.into_inner())
+                    }
+                    _ => None,
+                }
+            });
+        assert_eq!(open, Some(1.0));
     }
 
     /// The state gauge exists from the start: a new breaker is closed.
