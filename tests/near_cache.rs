@@ -1143,6 +1143,66 @@ async fn sentinel_failover_moves_tracking_to_the_new_primary() {
     wait_value(&cache, "k", Some(4)).await;
 }
 
+/// Cluster: a node added after the near cache subscribed, and a slot resharded to it; the key
+/// read during the migration (from the new node, by `ASK`) and kept. Once the migration is over,
+/// a write on the new owner reaches the reader within a heartbeat: the near cache asks the
+/// Cluster for its slot map on each heartbeat. It read the map in use, which nothing updated
+/// while reads were local: the old value was served until `max_ttl`. (During the migration, a
+/// write made on the new node through `ASK` is not seen until it ends: RELIABILITY.md.)
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_slot_resharded_to_a_new_node_is_tracked() {
+    use impcache::RedisClusterCacheRepository;
+    use impcache_tests::cluster::RedisCluster;
+
+    let cluster = RedisCluster::start(3, 0);
+    let repository = RedisClusterCacheRepository::builder(cluster.urls())
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository)
+        .key_prefix("reshard")
+        .near_cache(near().max_ttl(Duration::from_secs(600)))
+        .build();
+    wait_active(&cache).await;
+    // A new, empty node joins the cluster.
+    let config_file = format!("nodes-reshard-{}.conf", std::process::id());
+    let extra = RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        &config_file,
+        "--cluster-node-timeout",
+        "1000",
+    ]);
+    let seed = cluster.primaries()[0];
+    let port = extra.port().to_string();
+    let _: () = cluster.cmd(seed, &["CLUSTER", "MEET", "127.0.0.1", &port]);
+    let id: String = extra.cmd(&["CLUSTER", "MYID"]);
+    eventually("the new node joins", || async {
+        let known = cluster.primaries().iter().all(|primary| {
+            cluster
+                .cmd::<String>(*primary, &["CLUSTER", "NODES"])
+                .contains(&id)
+        });
+        let info: String = extra.cmd(&["CLUSTER", "INFO"]);
+        known && info.contains("cluster_state:ok")
+    })
+    .await;
+    cache.set("k", &1, 600).await.unwrap();
+    wait_local(&cache, "k").await;
+    let full = cache.make_key("k");
+    let (from, slot) = (cluster.primary_for(&full), cluster.slot_of(&full));
+    cluster.begin_migration(slot, from, extra.port());
+    cluster.migrate_keys(slot, from, extra.port(), 100);
+    // Read again, from the new node (an `ASK` redirection), and kept locally.
+    wait_local(&cache, "k").await;
+    cluster.finish_migration(slot, from, extra.port());
+    // Another client writes on the new owner.
+    let _: () = extra.cmd(&["SET", &full, "3"]);
+    wait_value(&cache, "k", Some(3)).await;
+}
+
 /// Cluster: a write on each primary reaches the reader; a primary's failover flushes and the
 /// promoted replica is tracked.
 #[cfg(feature = "cluster")]

@@ -520,11 +520,19 @@ impl RedisClusterCacheRepositoryBuilder {
 // --- Near cache (issue 14). ---
 
 impl RedisClusterCacheRepository {
-    /// The connection settings of every primary of the slot map in use (learned when none is
-    /// known), and the map's fingerprint: where a near cache's tracking connections go; a map
-    /// that says something else flushes the near cache.
+    /// The connection settings of every primary of the slot map as the Cluster tells it now,
+    /// and the map's fingerprint: where a near cache's tracking connections go; a map that says
+    /// something else flushes the near cache. Asked afresh (`CLUSTER SLOTS`, on each of the near
+    /// cache's heartbeats), not read from the map in use: a slot moved to a node this repository
+    /// was never redirected to (a node added, then resharded to) changes nothing in that map
+    /// while reads are served locally, and the new owner's writes, which no tracking connection
+    /// sees, went unnoticed until the local entries' lifetime ended.
     pub(crate) async fn current_primaries(&self) -> Option<(Vec<redis::ConnectionInfo>, u64)> {
-        let map = tokio::time::timeout(self.inner.deadline, self.slot_map())
+        let learned = async {
+            let _learning = self.inner.learning.lock().await;
+            self.learn_slot_map().await
+        };
+        let map = tokio::time::timeout(self.inner.deadline, learned)
             .await
             .ok()?
             .ok()?;
