@@ -1143,6 +1143,70 @@ async fn sentinel_failover_moves_tracking_to_the_new_primary() {
     wait_value(&cache, "k", Some(4)).await;
 }
 
+/// Sentinel: the moment the repository switches to the promoted replica (`SENTINEL FAILOVER`),
+/// nothing is served locally any more, however long the heartbeat. The near cache compared the
+/// primary only at its heartbeat, and its tracking connection stayed on the old primary (still
+/// writable for a while, and told nothing of writes on the new one): for up to a heartbeat after
+/// the repository switched, local hits served a value another client had already changed on the
+/// new primary (found by a probe: 1.8 s with a 2 s heartbeat). Heartbeat 5 s here: every read
+/// after the switch must be the new value, and tracking comes back on the new primary.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_switch_stops_local_hits_at_once() {
+    use impcache::RedisSentinelCacheRepository;
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+
+    let group = SentinelGroup::start();
+    let second = group.replica.port();
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(Duration::from_millis(500))
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository.clone())
+        .key_prefix("sw")
+        .near_cache(NearCache::new().heartbeat(Duration::from_secs(5)))
+        .build();
+    wait_active(&cache).await;
+    let key = cache.make_key("k");
+    cache.set("k", &1, 600).await.unwrap();
+    wait_local(&cache, "k").await;
+    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+
+    let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+    let promoted = format!(":{second}");
+    eventually(
+        "the repository switches to the promoted replica",
+        || async {
+            repository
+                .primary_address()
+                .is_some_and(|address| address.ends_with(&promoted))
+        },
+    )
+    .await;
+    // Another client writes on the new primary, which the old one's tracking never reports.
+    let _: () = group.replica.cmd(&["SET", &key, "2"]);
+    let mut stale = 0;
+    for _ in 0..50 {
+        if cache.get::<i64>("k").await.unwrap() == Some(1) {
+            stale += 1;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "reads of the old local value after the switch, of 50"
+    );
+    // Tracked again, on the new primary: a change there reaches a locally held value.
+    eventually("tracking is back", || async {
+        let _ = cache.get::<i64>("k").await;
+        cache.is_near_cache_active()
+    })
+    .await;
+    wait_local(&cache, "k").await;
+    let _: () = group.replica.cmd(&["SET", &key, "3"]);
+    wait_value(&cache, "k", Some(3)).await;
+}
+
 /// Cluster: a node added after the near cache subscribed, and a slot resharded to it; the key
 /// read during the migration (from the new node, by `ASK`) and kept. Once the migration is over,
 /// a write on the new owner reaches the reader within a heartbeat: the near cache asks the

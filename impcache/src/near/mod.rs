@@ -277,6 +277,7 @@ impl<R: fmt::Debug> fmt::Debug for Near<R> {
 impl<R> Near<R> {
     /// `remote` behind a near cache whose tracking connections go to `target`.
     pub(crate) fn new(remote: R, store: Arc<Store>, target: Target, prefix: &str) -> Near<R> {
+        target.follow_switches(&store);
         let near = Near {
             remote,
             store,

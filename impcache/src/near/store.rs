@@ -236,6 +236,9 @@ pub(crate) struct Store {
     fail_safe_served: AtomicU64,
     /// The keys a process waits on to change (the cross-process lock's waiters).
     watches: Arc<Watches>,
+    /// Wakes the tracker when the repository switched to another primary
+    /// ([`Store::primary_switched`]): it subscribes again at once, on the new primary.
+    pub(super) switched: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -282,6 +285,7 @@ impl Store {
                 .then(|| FailSafe::new(config.max_capacity_bytes)),
             fail_safe_served: AtomicU64::new(0),
             watches: Arc::default(),
+            switched: Arc::default(),
         }
     }
 
@@ -912,6 +916,22 @@ impl Store {
 
     pub(super) fn is_unsupported(&self) -> bool {
         self.state.load(Ordering::SeqCst) == UNSUPPORTED
+    }
+}
+
+/// A Sentinel repository's switch to another primary (a failover): the tracking connection is on
+/// the old one, which sends no invalidation for writes made on the new one.
+#[cfg(feature = "sentinel")]
+impl crate::repository::sentinel::PrimarySwitch for Store {
+    /// As for a lost connection, nothing is served locally from now on and everything is
+    /// dropped (counted as a flush); the tracker is woken to subscribe again, on the new
+    /// primary. Called by the repository as it switches, before any operation can use the new
+    /// primary.
+    fn primary_switched(&self) {
+        self.disconnect();
+        // A permit if the tracker is not waiting (it is subscribing, and may have asked for the
+        // old primary): it subscribes again once it has.
+        self.switched.notify_one();
     }
 }
 

@@ -182,6 +182,19 @@ impl Target {
         }
     }
 
+    /// Has the repository tell `store` of each switch to another primary as it makes it
+    /// (Sentinel): the store stops serving locally at once and wakes the tracker, which
+    /// subscribes again on the new primary. Without it the tracker noticed the new primary at
+    /// its next heartbeat, and until then local hits served values already changed on the new
+    /// primary by other clients (the old one, still writable, sends no invalidation for them).
+    pub(crate) fn follow_switches(&self, _store: &Arc<Store>) {
+        #[cfg(feature = "sentinel")]
+        if let Target::Sentinel(repository) = self {
+            let listener: Weak<Store> = Arc::downgrade(_store);
+            repository.on_primary_switch(listener);
+        }
+    }
+
     /// Whether the servers can change under the repository (a failover, a new slot map).
     fn moves(&self) -> bool {
         !matches!(self, Target::Single(_))
@@ -223,6 +236,9 @@ impl Drop for Running {
 
 async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
     let _running = Running(store.clone());
+    let Some(switched) = store.upgrade().map(|store| Arc::clone(&store.switched)) else {
+        return;
+    };
     let mut session = 0;
     let mut failures = Failures::default();
     loop {
@@ -244,12 +260,18 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
                 strong.activate(session, connections.clone());
                 drop(strong);
                 tracing::debug!(target: "impcache", servers = ?servers, "near cache active");
-                watch(&store, &target, connections, &servers, heartbeat).await;
+                let ended = watch(&store, &target, connections, &servers, heartbeat, &switched);
+                let ended = ended.await;
                 let Some(strong) = store.upgrade() else {
                     return;
                 };
                 strong.lost(session);
                 tracing::debug!(target: "impcache", "near cache tracking lost; flushed");
+                // Subscribed again at once, on the new primary: nothing is served locally
+                // until then.
+                if ended == Ended::Switched {
+                    continue;
+                }
             }
             Err(Failure::Refused(why)) => {
                 if let Some(store) = store.upgrade() {
@@ -366,34 +388,52 @@ pub(super) async fn pinged(
     }
 }
 
+/// Why [`watch`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// At a heartbeat: a connection stopped answering, the store stopped being active, or the
+    /// servers changed.
+    AtHeartbeat,
+    /// The repository switched to another primary (it told the store, which stopped serving
+    /// locally then).
+    Switched,
+}
+
 /// Returns when a connection stops answering, the store stops being active (a `Disconnection`
-/// push), or the servers changed (failover, new slot map).
+/// push), or the servers changed: at once when the repository tells of its switch to another
+/// primary (`switched`, see [`Target::follow_switches`]), else at the heartbeat's check (a
+/// failover, a new slot map).
 async fn watch(
     store: &Weak<Store>,
     target: &Target,
     mut connections: Vec<MultiplexedConnection>,
     servers: &[String],
     heartbeat: Duration,
-) {
+    switched: &tokio::sync::Notify,
+) -> Ended {
     loop {
-        tokio::time::sleep(heartbeat).await;
+        tokio::select! {
+            biased;
+            () = switched.notified() => return Ended::Switched,
+            () = tokio::time::sleep(heartbeat) => {}
+        }
         // Held only through this round of `PING`s (each within a heartbeat).
         let Some(strong) = store
             .upgrade()
             .filter(|store| store.status() == super::NearCacheStatus::Active)
         else {
-            return;
+            return Ended::AtHeartbeat;
         };
         for connection in &mut connections {
             if !pinged(&strong, connection, heartbeat).await {
-                return;
+                return Ended::AtHeartbeat;
             }
         }
         drop(strong);
         if target.moves() {
             if let Ok((_, now)) = target.servers().await {
                 if now != servers {
-                    return;
+                    return Ended::AtHeartbeat;
                 }
             }
         }

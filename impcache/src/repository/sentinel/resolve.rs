@@ -189,7 +189,12 @@ impl RedisSentinelCacheRepository {
             address,
             repository,
         };
-        state.primary = Some(primary.clone());
+        let switched = state.primary.replace(primary.clone()).is_some();
+        // Before any operation can use the new primary (the caller holds the state's lock): a
+        // near cache stops serving what the old primary's tracking connection vouched for.
+        if switched {
+            self.switched();
+        }
         Ok(primary)
     }
 }
