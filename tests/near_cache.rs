@@ -1207,6 +1207,55 @@ async fn a_sentinel_switch_stops_local_hits_at_once() {
     wait_value(&cache, "k", Some(3)).await;
 }
 
+/// Sentinel: a killed primary, the replica promoted. The switch is one flush and one
+/// subscription on the new primary, and tracking follows as the repository switches: the
+/// tracker woke from its backoff (it waited out up to 5 s of it), and the notice of the switch,
+/// left while it was not watching, made it flush and subscribe a second time.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sentinel_primary_is_one_flush_and_one_subscription() {
+    use impcache::RedisSentinelCacheRepository;
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+
+    let mut group = SentinelGroup::start();
+    let promoted = format!(":{}", group.replica.port());
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(Duration::from_millis(500))
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository.clone())
+        .key_prefix("killed")
+        .near_cache(near())
+        .build();
+    wait_active(&cache).await;
+    cache.set("k", &1, 600).await.unwrap();
+    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    let flushes = cache.near_cache_stats().flushes;
+    let subscriptions = || group.replica.command_calls(&["client|tracking"]);
+    let subscribed = subscriptions();
+    group.primary.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = cache.get::<i64>("k").await;
+        let switched = repository
+            .primary_address()
+            .is_some_and(|address| address.ends_with(&promoted));
+        if switched && cache.is_near_cache_active() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never switched and tracked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A few heartbeats more.
+    for _ in 0..50 {
+        let _ = cache.get::<i64>("k").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache.near_cache_stats().flushes - flushes, 1);
+    assert_eq!(subscriptions() - subscribed, 1);
+}
+
 /// Cluster: a node added after the near cache subscribed, and a slot resharded to it; the key
 /// read during the migration (from the new node, by `ASK`) and kept. Once the migration is over,
 /// a write on the new owner reaches the reader within a heartbeat: the near cache asks the

@@ -860,6 +860,15 @@ impl Store {
     /// vouched for. Counted as a flush once per loss (it may be noticed twice: the connection's
     /// end and its driver's disconnection notice).
     pub(super) fn disconnect(&self) {
+        self.stop_serving();
+        if let Some(fail_safe) = &self.fail_safe {
+            fail_safe.lost();
+        }
+    }
+
+    /// Stops serving locally and drops the live entries: a few atomic stores (moka's
+    /// `invalidate_all` marks a time), whatever the number of entries.
+    fn stop_serving(&self) {
         self.tracking_connections.store(None);
         let was_active = self
             .state
@@ -869,9 +878,6 @@ impl Store {
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
         self.drop_live();
-        if let Some(fail_safe) = &self.fail_safe {
-            fail_safe.lost();
-        }
     }
 
     /// The fail-safe copy of `key` (a full key) within `policy`'s `stale_if_error` window, for
@@ -928,7 +934,10 @@ impl crate::repository::sentinel::PrimarySwitch for Store {
     /// primary. Called by the repository as it switches, before any operation can use the new
     /// primary.
     fn primary_switched(&self) {
-        self.disconnect();
+        // Not `disconnect`: the repository's state is locked meanwhile, and marking the
+        // fail-safe copies walks them all (1.6 s for 200,000 copies, every operation on the
+        // repository waiting). The tracker does it, woken below (`lost`), in its own task.
+        self.stop_serving();
         // A permit if the tracker is not waiting (it is subscribing, and may have asked for the
         // old primary): it subscribes again once it has.
         self.switched.notify_one();

@@ -287,7 +287,12 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
                 failures.failed(&why);
             }
         }
-        tokio::time::sleep(failures.pause(heartbeat)).await;
+        // A switch of primary ends the pause: the new one is tracked at once (the pause after
+        // failures to reach the dead primary grows to 5 s).
+        tokio::select! {
+            () = switched.notified() => {}
+            () = tokio::time::sleep(failures.pause(heartbeat)) => {}
+        }
     }
 }
 
@@ -414,7 +419,14 @@ async fn watch(
     loop {
         tokio::select! {
             biased;
-            () = switched.notified() => return Ended::Switched,
+            () = switched.notified() => {
+                // Unless the tracker subscribed to the new primary already (the switch came
+                // while it was not watching, and left its notice): no second flush for it.
+                match target.servers().await {
+                    Ok((_, now)) if now == servers => continue,
+                    _ => return Ended::Switched,
+                }
+            }
             () = tokio::time::sleep(heartbeat) => {}
         }
         // Held only through this round of `PING`s (each within a heartbeat).
