@@ -608,19 +608,27 @@ async fn a_near_cache_miss_on_a_slow_link_stays_within_the_deadline() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).await;
     let cache = active_near_cache(&proxy.url()).await;
-    // 50 ms each way: the `GET` answers in ~100 ms, within the deadline; the barrier's two
-    // `PING`s would take ~200 ms more.
-    proxy.set_latency(Duration::from_millis(50));
+    // 40 ms each way: the `GET` answers in ~80 ms, within the deadline (a loaded machine has
+    // 70 ms of room); the barrier's two `PING`s would take ~160 ms more (240 ms in all, past the
+    // bound below), never within the 70 ms left.
+    proxy.set_latency(Duration::from_millis(40));
     let flushes = cache.near_cache_stats().flushes;
-    for i in 0..5 {
+    let mut answered = 0;
+    for i in 0..20 {
         let (result, elapsed) = timed(cache.get::<i32>(&format!("miss-{i}"))).await;
         assert!(
             elapsed <= DEADLINE + Duration::from_millis(40),
             "a near-cached miss took {elapsed:?} (deadline {DEADLINE:?}): {result:?}"
         );
+        answered += usize::from(result.is_ok());
+        if answered == 5 {
+            break;
+        }
     }
-    // Each barrier not passed in time dropped the local entries: counted, so that a near cache
-    // a link is too slow for shows.
+    // Each barrier not passed in time (after a `GET` that answered: on a loaded machine the
+    // `GET` itself may pass the deadline, and then no barrier runs) dropped the local entries:
+    // counted, so that a near cache a link is too slow for shows.
+    assert!(answered > 0, "no read answered within the deadline");
     assert!(cache.near_cache_stats().flushes > flushes);
 }
 
