@@ -1093,24 +1093,37 @@ fn python() -> Option<std::path::PathBuf> {
 
 /// Sentinel: invalidations from the primary reach the reader, and a failover flushes and moves
 /// the tracking connection to the promoted primary.
+/// A near-cached cache over `group`'s Sentinel repository (deadline 500 ms), active, with its
+/// repository.
+#[cfg(feature = "sentinel")]
+async fn sentinel_near_cache(
+    group: &impcache_tests::cluster::SentinelGroup,
+    prefix: &str,
+    near: NearCache,
+) -> (impcache::RedisSentinelCacheRepository, Cache) {
+    let repository = impcache::RedisSentinelCacheRepository::builder(
+        [group.sentinel_url()],
+        impcache_tests::cluster::SENTINEL_SERVICE,
+    )
+    .deadline(Duration::from_millis(500))
+    .build()
+    .unwrap();
+    let cache = Cache::builder(repository.clone())
+        .key_prefix(prefix)
+        .near_cache(near)
+        .build();
+    wait_active(&cache).await;
+    (repository, cache)
+}
+
 #[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_moves_tracking_to_the_new_primary() {
-    use impcache::RedisSentinelCacheRepository;
     use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
 
     let group = SentinelGroup::start();
     let second = group.replica.port();
-    let repository =
-        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
-            .deadline(Duration::from_millis(500))
-            .build()
-            .unwrap();
-    let cache = Cache::builder(repository)
-        .key_prefix("ns")
-        .near_cache(near())
-        .build();
-    wait_active(&cache).await;
+    let (_, cache) = sentinel_near_cache(&group, "ns", near()).await;
     get_many_keeps_its_replies(&cache).await;
     let key = cache.make_key("k");
     cache.set("k", &1, 600).await.unwrap();
@@ -1153,21 +1166,16 @@ async fn sentinel_failover_moves_tracking_to_the_new_primary() {
 #[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_switch_stops_local_hits_at_once() {
-    use impcache::RedisSentinelCacheRepository;
     use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
 
     let group = SentinelGroup::start();
     let second = group.replica.port();
-    let repository =
-        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
-            .deadline(Duration::from_millis(500))
-            .build()
-            .unwrap();
-    let cache = Cache::builder(repository.clone())
-        .key_prefix("sw")
-        .near_cache(NearCache::new().heartbeat(Duration::from_secs(5)))
-        .build();
-    wait_active(&cache).await;
+    let (repository, cache) = sentinel_near_cache(
+        &group,
+        "sw",
+        NearCache::new().heartbeat(Duration::from_secs(5)),
+    )
+    .await;
     let key = cache.make_key("k");
     cache.set("k", &1, 600).await.unwrap();
     wait_local(&cache, "k").await;
@@ -1214,21 +1222,11 @@ async fn a_sentinel_switch_stops_local_hits_at_once() {
 #[cfg(feature = "sentinel")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_sentinel_primary_is_one_flush_and_one_subscription() {
-    use impcache::RedisSentinelCacheRepository;
-    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+    use impcache_tests::cluster::SentinelGroup;
 
     let mut group = SentinelGroup::start();
     let promoted = format!(":{}", group.replica.port());
-    let repository =
-        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
-            .deadline(Duration::from_millis(500))
-            .build()
-            .unwrap();
-    let cache = Cache::builder(repository.clone())
-        .key_prefix("killed")
-        .near_cache(near())
-        .build();
-    wait_active(&cache).await;
+    let (repository, cache) = sentinel_near_cache(&group, "killed", near()).await;
     cache.set("k", &1, 600).await.unwrap();
     let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
     let flushes = cache.near_cache_stats().flushes;

@@ -362,14 +362,18 @@ async fn a_response_with_other_tags_than_learned_is_judged_by_its_own() {
     assert_eq!((calls_one.get(), calls_two.get()), (2, 1));
 }
 
-/// The invalidate-during-compute race through coalescing: a request that joins a flight after a
-/// `purge_tag` of the response being computed (its handler call started before the purge) is not
-/// handed that response; it calls the handler itself. A request that joined before the response
-/// started may take it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
-    let layer = CacheLayer::new(memory_cache());
-    // The first call signals that it started, then waits until the test lets it answer.
+/// A service answering `call {n}` tagged `Surrogate-Key: {tag}`, whose first handler call
+/// signals `started` (the third value), then waits until the test lets it answer (`answer`, the
+/// fourth).
+fn held_first_call(
+    layer: &CacheLayer,
+    tag: &'static str,
+) -> (
+    Svc,
+    Calls,
+    Arc<tokio::sync::Notify>,
+    Arc<tokio::sync::Notify>,
+) {
     let started = Arc::new(tokio::sync::Notify::new());
     let answer = Arc::new(tokio::sync::Notify::new());
     let (s, a) = (Arc::clone(&started), Arc::clone(&answer));
@@ -381,11 +385,21 @@ async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
                 answer.notified().await;
             }
             Response::builder()
-                .header("surrogate-key", "user:1")
+                .header("surrogate-key", tag)
                 .body(Body::from(format!("call {n}")))
                 .unwrap()
         }
     });
+    (svc, calls, started, answer)
+}
+
+/// The invalidate-during-compute race through coalescing: a request that joins a flight after a
+/// `purge_tag` of the response being computed (its handler call started before the purge) is not
+/// handed that response; it leads the next call once that flight has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
+    let layer = CacheLayer::new(memory_cache());
+    let (svc, calls, started, answer) = held_first_call(&layer, "user:1");
     let leader = tokio::spawn({
         let svc = svc.clone();
         async move { send(&svc, get("/race")).await }
@@ -416,22 +430,7 @@ async fn a_waiter_joining_after_a_purge_is_not_handed_the_purged_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_behind_a_purged_response_share_the_next_call() {
     let layer = CacheLayer::new(memory_cache());
-    let started = Arc::new(tokio::sync::Notify::new());
-    let answer = Arc::new(tokio::sync::Notify::new());
-    let (s, a) = (Arc::clone(&started), Arc::clone(&answer));
-    let (svc, calls) = app(layer.clone(), move |n, _req| {
-        let (started, answer) = (Arc::clone(&s), Arc::clone(&a));
-        async move {
-            if n == 1 {
-                started.notify_one();
-                answer.notified().await;
-            }
-            Response::builder()
-                .header("surrogate-key", "doc")
-                .body(Body::from(format!("call {n}")))
-                .unwrap()
-        }
-    });
+    let (svc, calls, started, answer) = held_first_call(&layer, "doc");
     let spawn = || {
         let svc = svc.clone();
         tokio::spawn(async move { send(&svc, get("/doc")).await })

@@ -304,33 +304,37 @@ where
 {
     let flight = job.flight();
     let waiting_since = tokio::time::Instant::now();
+    // A caller that joins again (its leader panicked, or failed under a lock), and then waits or
+    // leads, has what is left of its allowance: it stays within one allowance in all.
     loop {
-        // What is left of the call's allowance after its waits so far: a caller that joins
-        // again (its leader panicked, or failed under a lock), and then waits or leads, stays
-        // within one allowance in all.
-        let left = job.clone().having_spent(waiting_since.elapsed());
         match FLIGHTS.join(&flight, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
+                let job = job.having_spent(waiting_since.elapsed());
                 if recheck && reread == Reread::IfAFlightEnded {
                     // A flight of this key ended since our read: its value may be stored now.
-                    if let Some((value, shared, _)) = second_look(&left).await {
+                    if let Some((value, shared, _)) = second_look(&job).await {
                         guard.publish(shared);
                         return Ok(value);
                     }
                 }
                 answer::record(Answer::Ran);
-                return lead(left, stale, loader, guard).await;
+                return lead(job, stale, loader, guard).await;
             }
             Join::Waiter(waiter) => {
                 answer::record(Answer::Waited(tokio::time::Instant::now()));
                 let joined = tags::stamp_micros();
                 let soft = stale.as_ref().and(job.policy.soft_timeout_duration());
-                let waited = match (soft, left.policy.hard_timeout_duration()) {
+                let waited = match (soft, job.policy.hard_timeout_duration()) {
                     (Some(soft), _) => waiter.wait(soft).await,
                     // The leader's own hard timeout ends its flight first, unless its task is
                     // not run (its runtime is no longer driven): then this one. Under a lock,
                     // the leader may first wait up to the lock's `wait` for another process.
-                    (None, Some(hard)) => waiter.wait(hard.saturating_add(lock_wait(&left))).await,
+                    (None, Some(hard)) => {
+                        let allowance = hard.saturating_add(lock_wait(&job));
+                        waiter
+                            .wait(allowance.saturating_sub(waiting_since.elapsed()))
+                            .await
+                    }
                     (None, None) => waiter.wait_unbounded().await,
                 };
                 match waited {
@@ -351,7 +355,9 @@ where
                             // hand the same value back at once, again and again).
                             if joins_again(&job, waiting_since) {
                                 if let Some(storing) = FLIGHTS.current(&flight) {
-                                    storing.ended(lock_wait(&left)).await;
+                                    let wait_left =
+                                        lock_wait(&job).saturating_sub(waiting_since.elapsed());
+                                    storing.ended(wait_left).await;
                                 }
                                 continue;
                             }

@@ -6,7 +6,7 @@
 //! `stale_if_error` window (see `freshness/load.rs`). Plain reads never see it.
 //!
 //! A copy is dropped when Redis says its key changed, when this cache writes or deletes the key,
-//! when a read of the key from Redis is not kept locally (`Store::not_kept`: the reply is newer
+//! when a read of the key from Redis is not kept locally (`Store::replied`: the reply is newer
 //! than the copy, which must not answer after it),
 //! on `FLUSHDB`/`delete_pattern`, at the key's Redis expiry (past it no window can serve it), and
 //! beyond the byte bound (least recently used first). The values are the live entries' `Bytes`:

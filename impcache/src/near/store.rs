@@ -514,22 +514,22 @@ impl Store {
     /// before the reply is returned, whether it is kept or not, within what is left of the
     /// read's deadline (see [`passed`](Store::passed)).
     pub(crate) async fn settle(&self, ticket: Option<Ticket>, key: &str, found: Option<&WithTtl>) {
+        self.replied(key);
         let Some(ticket) = self.passed(ticket).await else {
-            self.not_kept(key);
             return;
         };
-        match found {
-            Some(found) => self.keep(ticket, key, found),
-            None => self.not_kept(key),
+        if let Some(found) = found {
+            self.keep(ticket, key, found);
         }
     }
 
-    /// A reply of `key` read from Redis that is not kept locally (absent, too large, read while
-    /// the near cache was not active, or not vouched for) drops the key's fail-safe copy: the
-    /// copy is older than what the reader has now seen, and must not answer after it (a reader
-    /// never goes back to an older value). Dropped, not replaced: a reply not vouched for may
-    /// itself be older than a copy kept meanwhile.
-    pub(crate) fn not_kept(&self, key: &str) {
+    /// A reply of `key` was read from Redis: its fail-safe copy is dropped, and made again only
+    /// if the reply is kept (`insert`). The copy is older than what the reader has now seen, and
+    /// must not answer after it (a reader never goes back to an older value), when the reply is
+    /// not kept (absent, too large, read while the near cache was not active, not vouched for);
+    /// nor replaced then by it: a reply not vouched for may itself be older than a copy kept
+    /// meanwhile.
+    pub(crate) fn replied(&self, key: &str) {
         if let Some(fail_safe) = &self.fail_safe {
             fail_safe.invalidate(key);
         }
@@ -575,16 +575,14 @@ impl Store {
         state_keys: &[&str],
         states: &[Option<Bytes>],
     ) {
+        if let Some((key, _)) = entry {
+            self.replied(key);
+        }
         let Some(ticket) = self.passed(ticket).await else {
-            if let Some((key, _)) = entry {
-                self.not_kept(key);
-            }
             return;
         };
-        match entry {
-            Some((key, Some(found))) => self.keep(ticket, key, found),
-            Some((key, None)) => self.not_kept(key),
-            None => {}
+        if let Some((key, Some(found))) = entry {
+            self.keep(ticket, key, found);
         }
         for (key, state) in state_keys.iter().zip(states) {
             self.keep_state(ticket, key, state.as_ref());
@@ -599,14 +597,13 @@ impl Store {
         keys: &[&str],
         found: &[Option<WithTtl>],
     ) {
+        keys.iter().for_each(|key| self.replied(key));
         let Some(ticket) = self.passed(ticket).await else {
-            keys.iter().for_each(|key| self.not_kept(key));
             return;
         };
         for (key, found) in keys.iter().zip(found) {
-            match found {
-                Some(found) => self.keep(ticket, key, found),
-                None => self.not_kept(key),
+            if let Some(found) = found {
+                self.keep(ticket, key, found);
             }
         }
     }
@@ -614,8 +611,8 @@ impl Store {
     /// [`settle`](Store::settle) for replies that are not kept (an `MGET` of `keys`): the
     /// barrier, and their fail-safe copies dropped.
     pub(crate) async fn settle_many(&self, ticket: Option<Ticket>, keys: &[&str]) {
+        keys.iter().for_each(|key| self.replied(key));
         let _ = self.passed(ticket).await;
-        keys.iter().for_each(|key| self.not_kept(key));
     }
 
     /// Two `PING`s answered in turn on every tracking connection (each within a heartbeat), in
@@ -659,7 +656,6 @@ impl Store {
     /// Keeps the reply of a read sent with `ticket` (its barrier passed).
     fn keep(&self, ticket: Ticket, key: &str, found: &WithTtl) {
         if found.value.len() > self.max_value_bytes {
-            self.not_kept(key);
             return;
         }
         let now = Instant::now();
@@ -673,7 +669,6 @@ impl Store {
                 .min(redis_ttl.saturating_sub(round_trip + PTTL_MARGIN)),
         };
         if ttl.is_zero() {
-            self.not_kept(key);
             return;
         }
         let entry = Entry {
@@ -714,7 +709,6 @@ impl Store {
     fn insert(&self, entry: Entry, key: &str) {
         let read = entry.read;
         if !self.still_valid(read) {
-            self.not_kept(key);
             return;
         }
         let fail_safe = self.fail_safe.as_ref().filter(|_| !entry.absent);

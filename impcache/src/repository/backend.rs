@@ -169,7 +169,7 @@ impl Backend {
                 near.ready().await;
                 let Some(ticket) = near.store.ticket() else {
                     let found = Box::pin(near.remote.get(key)).await?;
-                    near.store.not_kept(full.as_str());
+                    near.store.replied(full.as_str());
                     return Ok(found);
                 };
                 // The `PTTL` in the same pipeline: the local entry never outlives the key.
