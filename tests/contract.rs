@@ -725,6 +725,15 @@ async fn unclosed_bracket_pattern_is_refused(b: Backend) {
         assert!(err.to_string().contains(pattern), "{err}");
     }
     assert_eq!(cache.delete_pattern(r"\[").await.unwrap(), 1);
+    // A range's end is taken whole, as Redis's matcher takes it: `[a-]` never closes, and
+    // `[a-\]` is the closed set of `\` to `a`.
+    let err = cache.delete_pattern("h[a-]llo").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidPattern { .. }), "{err}");
+    for key in [r"\x", "_x", "ax", "bx"] {
+        cache.set(key, &1, 100).await.unwrap();
+    }
+    assert_eq!(cache.delete_pattern(r"[a-\]x").await.unwrap(), 3);
+    assert_eq!(cache.get::<i32>("bx").await.unwrap(), Some(1));
 }
 
 async fn too_long_key_is_refused(b: Backend) {

@@ -234,7 +234,9 @@ pub(crate) fn full_pattern(prefix: &str, version: &str, pattern: &str) -> Result
 }
 
 /// Rejects patterns that Redis would accept but read in a surprising way: an unclosed `[`
-/// (Redis then matches it against the rest of the pattern as a set).
+/// (Redis then matches it against the rest of the pattern as a set). A set is scanned as
+/// Redis's matcher scans it (`glob.rs`): an escape first, then `]`, then a range, whose end is
+/// taken whole, `]` and `\` included: `[a-]` does not close, `[a-\]` does.
 pub(crate) fn check_pattern(pattern: &str) -> Result<()> {
     let bytes = pattern.as_bytes();
     let mut i = 0;
@@ -247,19 +249,29 @@ pub(crate) fn check_pattern(pattern: &str) -> Result<()> {
                 if bytes.get(i) == Some(&b'^') {
                     i += 1;
                 }
+                let mut range_to_bracket = false;
                 loop {
-                    match bytes.get(i) {
-                        None => {
+                    match &bytes[i.min(bytes.len())..] {
+                        [] => {
+                            let hint = if range_to_bracket {
+                                "; `-]` in a set is a range ending at `]`: write `\\-` for a literal `-`"
+                            } else {
+                                ""
+                            };
                             return Err(Error::InvalidPattern {
                                 pattern: crate::error::shown(pattern),
                                 reason: format!(
-                                    "the `[` at byte {open} is never closed with `]` (escape it as `\\[` to match a literal `[`)"
+                                    "the `[` at byte {open} is never closed with `]` (escape it as `\\[` to match a literal `[`{hint})"
                                 ),
-                            })
+                            });
                         }
-                        Some(b'\\') => i += 2,
-                        Some(b']') => break,
-                        Some(_) => i += 1,
+                        [b'\\', _, ..] => i += 2,
+                        [b']', ..] => break,
+                        [_, b'-', end, ..] => {
+                            range_to_bracket |= *end == b']';
+                            i += 3;
+                        }
+                        _ => i += 1,
                     }
                 }
                 i += 1;
@@ -320,7 +332,8 @@ mod tests {
 
     #[test]
     fn unclosed_brackets_are_rejected() {
-        for bad in ["[", "h[ae", "x[^", r"[\]", "ok[a]then["] {
+        // `[a-]`: the range `a-]` takes the `]`, as Redis reads it, and the set runs on.
+        for bad in ["[", "h[ae", "x[^", r"[\]", "ok[a]then[", "h[a-]llo", "[a-]"] {
             assert!(check_pattern(bad).is_err(), "{bad}");
         }
         for good in [
@@ -332,8 +345,17 @@ mod tests {
             "[]]",
             "a]",
             r"trailing\",
+            // A range ending at `\`, closed by the `]` after it; `-` first or last is literal.
+            r"[a-\]x",
+            "[-a]",
+            "[a-]]",
+            r"[a\-]",
         ] {
             assert!(check_pattern(good).is_ok(), "{good}");
         }
+        let Err(error) = check_pattern("h[a-]llo") else {
+            panic!("`h[a-]llo` is unclosed");
+        };
+        assert!(error.to_string().contains("range ending at `]`"), "{error}");
     }
 }

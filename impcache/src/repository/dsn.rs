@@ -118,7 +118,8 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
     match url.scheme() {
         "redis" | "rediss" | "valkey" | "valkeys" => {
             require_host(dsn, &url)?;
-            let db = url.path().trim_start_matches('/');
+            // Slashes on both sides, as the `redis` crate and redis-py read it: `/0/` is 0.
+            let db = url.path().trim_matches('/');
             if !db.is_empty() {
                 path_db = Some(check_db(dsn, db)?);
             }
@@ -202,7 +203,7 @@ pub(crate) fn cluster_node(dsn: &str) -> Result<redis::ConnectionInfo> {
         }
     }
     require_host(dsn, &url)?;
-    let db = url.path().trim_start_matches('/');
+    let db = url.path().trim_matches('/');
     if !db.is_empty() && db != "0" {
         return Err(invalid(format!(
             "a cluster has only database 0, not `{db}`"
@@ -331,6 +332,9 @@ mod tests {
         assert_eq!(db("redis://h:1/?db=3").ok(), Some(3));
         assert_eq!(db("redis://h:1/3?db=3").ok(), Some(3));
         assert_eq!(db("redis://h:1/4").ok(), Some(4));
+        // A trailing slash, as redis-py and the `redis` crate read it.
+        assert_eq!(db("redis://h:1/4/").ok(), Some(4));
+        assert_eq!(db("redis://h:1/0/").ok(), Some(0));
         assert_eq!(db("unix:///tmp/r.sock?db=5").ok(), Some(5));
         let err = server("redis://h:1/2?db=3").unwrap_err().to_string();
         assert!(err.contains("two databases"), "{err}");

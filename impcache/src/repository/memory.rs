@@ -334,7 +334,7 @@ impl MemoryCacheRepository {
         for batch in matching.chunks(SCAN_BATCH) {
             let removed = batch
                 .iter()
-                .filter(|key| self.entries.remove(key.as_str()).is_some())
+                .filter(|key| self.remove_live(key))
                 .count();
             progress.add_batch(batch.len() as u64, removed as u64);
             report(progress);
@@ -590,6 +590,29 @@ mod tests {
             roomy.get_now("p:__impcache_tag:t"),
             Some(Bytes::from_static(b"17"))
         );
+        Ok(())
+    }
+
+    /// A sweep counts only entries alive when it removes them, as Redis does: one that expired
+    /// after the sweep listed it (moka keeps it until its housekeeping) is not "removed".
+    #[test]
+    fn a_sweep_does_not_count_an_entry_that_expired_meanwhile() -> Result<()> {
+        let repository = MemoryCacheRepository::new();
+        // One batch and one more entry (which, the order being moka's, is not known), all
+        // expiring while the first batch is reported.
+        for i in 0..=SCAN_BATCH {
+            let expiry = Expiry::Milliseconds(200);
+            repository.set_now(format!("k{i}"), Bytes::from_static(b"1"), expiry)?;
+        }
+        let mut reports = 0;
+        let removed = repository.delete_pattern_now("*", &mut |_| {
+            reports += 1;
+            if reports == 1 {
+                std::thread::sleep(std::time::Duration::from_millis(400));
+            }
+        });
+        assert_eq!(reports, 2, "two batches");
+        assert_eq!(removed, SCAN_BATCH as u64);
         Ok(())
     }
 
