@@ -332,10 +332,7 @@ impl MemoryCacheRepository {
             .collect();
         let mut progress = DeleteProgress::default();
         for batch in matching.chunks(SCAN_BATCH) {
-            let removed = batch
-                .iter()
-                .filter(|key| self.remove_live(key))
-                .count();
+            let removed = batch.iter().filter(|key| self.remove_live(key)).count();
             progress.add_batch(batch.len() as u64, removed as u64);
             report(progress);
         }
