@@ -157,9 +157,10 @@ where
 }
 
 /// The copy of a streamed body kept for the cache, up to the size limit. Completed, it is
-/// stored; given up (too large, trailers, a body error), the flight's waiters call the handler
-/// themselves; dropped unfinished (the client went away mid-body), nothing is stored and the
-/// flight is abandoned (its waiters elect a new leader).
+/// stored; given up (too large, trailers, another length than declared), the flight's waiters
+/// call the handler themselves; failed (a body error) or dropped unfinished (the client went away
+/// mid-body), nothing is stored and the flight is abandoned (its waiters elect a new leader, see
+/// [`Unfinished::give_up`]).
 pub(crate) struct StreamCopy {
     chunks: Vec<Bytes>,
     size: usize,
@@ -201,26 +202,26 @@ impl StreamCopy {
                     self.size = self.size.saturating_add(data.len());
                     if self.size > self.limit {
                         // Too large: the rest streams through, unstored, and is not held.
-                        self.unfinished.give_up();
+                        self.unfinished.give_up(NotStored::TooLarge);
                         return None;
                     }
                     self.chunks.push(data.clone());
                 }
                 // Trailers: never stored.
                 None => {
-                    self.unfinished.give_up();
+                    self.unfinished.give_up(NotStored::Trailers);
                     return None;
                 }
             },
             Some(Err(_)) => {
-                self.unfinished.give_up();
+                self.unfinished.give_up(NotStored::BodyError);
                 return None;
             }
             None => {}
         }
         if ended {
             if not_as_declared(self.declared, self.size) {
-                self.unfinished.give_up();
+                self.unfinished.give_up(NotStored::LengthMismatch);
                 return None;
             }
             let (_, _, storing) = self.unfinished.finish(concat(self.chunks, self.size));

@@ -27,8 +27,9 @@
 //! handler call reads the data as the purge left it.
 //!
 //! **A leader that goes away** (its client disconnected, it panicked, the body was dropped
-//! mid-way) publishes nothing: its waiters look in the cache again and the first of them to
-//! join leads the next flight, the others wait for it (as `#[cached]` does).
+//! mid-way) or whose response body fails mid-way (an upstream error: `Unfinished::give_up`)
+//! publishes nothing: its waiters look in the cache again and the first of them to join leads
+//! the next flight, the others wait for it (as `#[cached]` does).
 
 use std::sync::Arc;
 

@@ -22,6 +22,9 @@
 //!   order), in hex. Names and values are compared as written (not percent-decoded).
 //! - `vary-hash` is the SHA-256 (128 bits, hex) of the request's values of the headers that the
 //!   response's `Vary` names (and of `Authorization`/`Cookie` when authenticated requests are cached).
+//! - The request's content is in no key: a request of a stored method other than GET that carries
+//!   content is neither looked up nor stored (see
+//!   [`CacheLayer::methods`](crate::CacheLayer::methods)).
 //!
 //! Purging one URL removes all its methods and variants with one pattern,
 //! [`url_pattern`] (`{namespace}:{host}:{path}:{query}:*`), and a whole subtree with

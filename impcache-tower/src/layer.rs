@@ -55,6 +55,14 @@ impl CacheLayer {
 
     /// The request methods whose responses are stored (default: GET). HEAD is never stored; it is
     /// answered from the GET entry when GET is listed.
+    ///
+    /// The key holds the method, never the request's content: a request of a listed method other
+    /// than GET that carries content (a `Content-Length` other than 0 or a `Transfer-Encoding`; an
+    /// HTTP/2 request may carry content with neither, and is then not seen), such as a `QUERY` or `POST` with a body, is neither
+    /// answered from the cache nor stored. It goes to the handler (`Cache-Status: impcache;
+    /// fwd=bypass; detail=request-content`, counted as a `bypass`), and is otherwise treated as
+    /// the read it is declared to be (it invalidates nothing). The same method without content
+    /// (`QUERY /search?q=a`) is cached as a GET is.
     pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
         let methods: Vec<Method> = methods.into_iter().filter(|m| m != Method::HEAD).collect();
         self.with(|c| c.methods = methods)
@@ -86,8 +94,20 @@ impl CacheLayer {
     /// the lookup and store the fresh response; `max-age=N` and `min-fresh=N` send a stored
     /// response older than `N` seconds, or fresh for less than `N` more, to the handler
     /// (`fwd=request`), storing its answer; `only-if-cached` answers `504 Gateway Timeout`
-    /// (`detail=only-if-cached`) whenever the handler would be called. `max-stale` is not read
-    /// (stale responses are served only within the layer's or the response's stale windows).
+    /// (`detail=only-if-cached`) whenever the handler would be called.
+    ///
+    /// A request with `max-age` or `min-fresh` asks for a fresh response (RFC 9111 §5.2.1.1,
+    /// §5.2.1.3): it is not served stale from a [stale-while-revalidate
+    /// window](Self::stale_while_revalidate) either, but sent to the handler (`fwd=request`; in
+    /// the [origin mode](Self::follow_origin) with the stored validators, a `304` then refreshing
+    /// the entry), unless it also says `max-stale`. `max-stale=N` takes a stale response at most
+    /// `N` seconds past its freshness (`min-fresh` counting against it, `max-age` still bounding
+    /// its age), `max-stale` alone any; a `max-stale=N` also bounds what a request without
+    /// `max-age` or `min-fresh` takes from the window. It never widens a window: stale responses
+    /// are served only within the layer's or the response's stale windows. A
+    /// [stale-if-error](Self::stale_if_error) response still answers for a failed (or, past the
+    /// [`soft_timeout`](Self::soft_timeout), slow) handler, whatever the request asked: the
+    /// stale response is then the answer there is (RFC 5861 §4).
     pub fn honor_request_cache_control(self, honor: bool) -> Self {
         self.with(|c| c.honor_request_cache_control = honor)
     }
@@ -216,9 +236,11 @@ impl CacheLayer {
     /// impcache; hit; fwd=stale; ttl=-N; detail=revalidating`) while one background handler call
     /// per URL refreshes it (RFC 5861). A response's own `stale-while-revalidate=N` wins over
     /// this; `must-revalidate`, `proxy-revalidate`, `no-cache` (and `s-maxage` in the
-    /// [origin-freshness mode](Self::follow_origin)) forbid it. Default [`Duration::ZERO`]: only
-    /// responses that say `stale-while-revalidate` are served stale. Entries are stored for their
-    /// freshness plus the longer of the two stale windows.
+    /// [origin-freshness mode](Self::follow_origin)) forbid it. A request whose honoured
+    /// `max-age` or `min-fresh` asks for a fresh response is not served from it (see
+    /// [`honor_request_cache_control`](Self::honor_request_cache_control)). Default
+    /// [`Duration::ZERO`]: only responses that say `stale-while-revalidate` are served stale.
+    /// Entries are stored for their freshness plus the longer of the two stale windows.
     pub fn stale_while_revalidate(self, window: Duration) -> Self {
         self.with(|c| c.stale_while_revalidate = window)
     }

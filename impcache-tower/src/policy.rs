@@ -23,6 +23,8 @@ pub(crate) struct CacheControl {
     pub(crate) stale_if_error: Option<u64>,
     /// A request's `min-fresh=N`, seconds.
     pub(crate) min_fresh: Option<u64>,
+    /// A request's `max-stale[=N]`, seconds: `u64::MAX` without an argument (any staleness).
+    pub(crate) max_stale: Option<u64>,
     /// A request's `only-if-cached`.
     pub(crate) only_if_cached: bool,
 }
@@ -91,6 +93,9 @@ impl CacheControl {
                     }
                     "stale-if-error" => cc.stale_if_error = least(cc.stale_if_error),
                     "min-fresh" => cc.min_fresh = least(cc.min_fresh),
+                    // Without an argument: stale by any amount (RFC 9111 §5.2.1.2).
+                    "max-stale" if arg.is_none() => cc.max_stale = cc.max_stale.or(Some(u64::MAX)),
+                    "max-stale" => cc.max_stale = least(cc.max_stale),
                     "only-if-cached" => cc.only_if_cached = true,
                     _ => {}
                 }
@@ -130,6 +135,8 @@ pub(crate) enum Bypass {
     Credentials,
     Range,
     RequestNoStore,
+    /// A stored method other than GET whose request carries content: the key cannot hold it.
+    RequestContent,
 }
 
 impl Bypass {
@@ -139,6 +146,7 @@ impl Bypass {
             Bypass::Credentials => "credentials",
             Bypass::Range => "range",
             Bypass::RequestNoStore => "request-no-store",
+            Bypass::RequestContent => "request-content",
         }
     }
 }
@@ -247,6 +255,11 @@ pub(crate) struct Limits {
     pub(crate) max_age: Option<u64>,
     /// `min-fresh=N`: fresh for at least `N` more seconds.
     pub(crate) min_fresh: Option<u64>,
+    /// `max-stale[=N]`: a stale response is taken too, up to `N` seconds past its freshness
+    /// (`u64::MAX`: any). It never widens a stale window: it keeps the stale-while-revalidate
+    /// window open to a request that sets `max-age` or `min-fresh` (see
+    /// [`accept_stale`](Self::accept_stale)), and bounds it.
+    pub(crate) max_stale: Option<u64>,
     /// `only-if-cached`: a stored response or `504`, never the handler.
     pub(crate) only_if_cached: bool,
 }
@@ -264,18 +277,54 @@ impl Limits {
 
     /// Whether a fresh stored response of age `age` with `ttl_left` seconds of freshness
     /// (`None`: no expiry), as [`Entry::ttl_left`](crate::entry::Entry::ttl_left) gives them,
-    /// may answer.
+    /// may answer. `max-stale=N` lowers what `min-fresh` asks by `N` (as squid reads the two
+    /// together, and as [`accept_stale`](Self::accept_stale) does past the freshness).
     pub(crate) fn accept(&self, age: u64, ttl_left: Option<u64>) -> bool {
         let young = self.max_age.is_none_or(|max_age| age <= max_age);
         let fresh = match (self.min_fresh, ttl_left) {
-            (Some(min_fresh), Some(left)) => left >= min_fresh,
+            (Some(min_fresh), Some(left)) => {
+                left.saturating_add(self.max_stale.unwrap_or(0)) >= min_fresh
+            }
             _ => true,
         };
         young && fresh
     }
+
+    /// Whether the stored `entry`, `past` its freshness at `now_ms`, may answer from its
+    /// stale-while-revalidate window. A request that sets none of `max-age`, `min-fresh`,
+    /// `max-stale` takes it (the window is the server's or the origin's permission). One that sets
+    /// `max-age` or `min-fresh` asks for a fresh response (RFC 9111 §5.2.1.1, §5.2.1.3) unless it
+    /// also sets `max-stale`; `max-stale=N` takes a response at most `N` seconds past its
+    /// freshness, `min-fresh` counting against it, and `max-age` still bounds its age.
+    pub(crate) fn accept_stale(
+        &self,
+        entry: &crate::entry::Entry,
+        now_ms: u64,
+        past: Duration,
+    ) -> bool {
+        let Some(max_stale) = self.max_stale else {
+            return self.max_age.is_none() && self.min_fresh.is_none();
+        };
+        let young = self
+            .max_age
+            .is_none_or(|max_age| entry.age_secs(now_ms) <= max_age);
+        let asked = past.saturating_add(Duration::from_secs(self.min_fresh.unwrap_or(0)));
+        young && asked <= Duration::from_secs(max_stale)
+    }
 }
 
-/// The request-side rules.
+/// Whether a request carries content: a `Content-Length` other than 0 or a `Transfer-Encoding`.
+/// The body itself is not asked (its size hint): that would bind the layer to request bodies
+/// that are [`http_body::Body`]s, and `Request<()>` services would no longer fit. An HTTP/1
+/// request with content always has one of the two fields; an HTTP/2 one may have neither.
+fn carries_content(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|_| crate::body::declared_length(headers) != Some(0));
+    length || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// The request-side rules, for a request with `method` and `headers`.
 pub(crate) fn plan_request(
     method: &Method,
     headers: &HeaderMap,
@@ -286,6 +335,12 @@ pub(crate) fn plan_request(
     let head = method == Method::HEAD && methods.contains(&Method::GET);
     if !head && !methods.contains(method) {
         return RequestPlan::Bypass(Bypass::Method);
+    }
+    // A stored method with request content (`QUERY`, `POST`): its response depends on the
+    // content, which the key cannot hold (reading it would mean buffering a body the handler
+    // reads). GET content has no meaning (RFC 9110 §9.3.1), and HEAD is answered as a GET.
+    if !head && method != Method::GET && carries_content(headers) {
+        return RequestPlan::Bypass(Bypass::RequestContent);
     }
     // One pass over the names: cheaper than three lookups for the few fields a request has.
     let (mut credentials, mut range) = (false, false);
@@ -319,6 +374,7 @@ pub(crate) fn plan_request(
         limits = Limits {
             max_age: cc.max_age,
             min_fresh: cc.min_fresh,
+            max_stale: cc.max_stale,
             only_if_cached: cc.only_if_cached,
         };
     }
@@ -770,12 +826,10 @@ mod tests {
             &[("pragma", "no-cache"), ("cache-control", "max-stale")][..],
             &[("pragma", "no-cache-please")][..],
         ] {
-            assert_eq!(
-                plan(Method::GET, headers, false, true),
-                RequestPlan::Lookup {
-                    refresh: false,
-                    limits: Limits::default()
-                }
+            let planned = plan(Method::GET, headers, false, true);
+            assert!(
+                matches!(planned, RequestPlan::Lookup { refresh: false, .. }),
+                "{headers:?}: {planned:?}"
             );
         }
         assert_eq!(
@@ -785,6 +839,7 @@ mod tests {
         let limits = Limits {
             max_age: Some(5),
             min_fresh: Some(10),
+            max_stale: None,
             only_if_cached: true,
         };
         let directives = [("cache-control", "max-age=5, min-fresh=10, only-if-cached")];
@@ -810,6 +865,59 @@ mod tests {
         assert!(!limits.accept(6, Some(10)));
         assert!(!limits.accept(5, Some(9)));
         assert!(limits.accept(0, None));
+    }
+
+    /// `max-stale` without an argument is any staleness; with one, the smallest counts.
+    #[test]
+    fn max_stale_parses_with_and_without_an_argument() {
+        let max_stale = |value: &'static str| {
+            CacheControl::parse(&headers(&[("cache-control", value)])).max_stale
+        };
+        assert_eq!(max_stale("max-age=5"), None);
+        assert_eq!(max_stale("max-stale"), Some(u64::MAX));
+        assert_eq!(max_stale("MAX-STALE=30"), Some(30));
+        assert_eq!(max_stale("max-stale, max-stale=30"), Some(30));
+        assert_eq!(max_stale("max-stale=30, max-stale"), Some(30));
+        assert_eq!(max_stale("max-stale=abc"), Some(0));
+        let limits = Limits {
+            min_fresh: Some(10),
+            max_stale: Some(4),
+            ..Limits::default()
+        };
+        // `max-stale` lowers what `min-fresh` asks of a fresh response.
+        assert!(limits.accept(0, Some(6)));
+        assert!(!limits.accept(0, Some(5)));
+    }
+
+    /// A stored method other than GET is not looked up when its request carries content (the key
+    /// cannot hold it); without content, or for GET and HEAD, it is.
+    #[test]
+    fn a_stored_method_with_request_content_bypasses() {
+        let query = Method::from_bytes(b"QUERY").unwrap();
+        let methods = [Method::GET, query.clone(), Method::POST];
+        let lookup = RequestPlan::Lookup {
+            refresh: false,
+            limits: Limits::default(),
+        };
+        let content = RequestPlan::Bypass(Bypass::RequestContent);
+        let plan = |method: &Method, h: &[(&'static str, &'static str)]| {
+            plan_request(method, &headers(h), &methods, false, false)
+        };
+        for method in [&query, &Method::POST] {
+            assert_eq!(plan(method, &[]), lookup, "{method}");
+            assert_eq!(plan(method, &[("content-length", "0")]), lookup);
+            assert_eq!(plan(method, &[("content-length", "5")]), content);
+            assert_eq!(plan(method, &[("content-length", "x")]), content);
+            assert_eq!(plan(method, &[("transfer-encoding", "chunked")]), content);
+        }
+        assert_eq!(plan(&Method::GET, &[("content-length", "5")]), lookup);
+        let head = RequestPlan::Head {
+            limits: Limits::default(),
+        };
+        assert_eq!(plan(&Method::HEAD, &[("content-length", "5")]), head);
+        // A method not stored is bypassed as such.
+        let put = plan(&Method::PUT, &[("content-length", "5")]);
+        assert_eq!(put, RequestPlan::Bypass(Bypass::Method));
     }
 
     #[test]

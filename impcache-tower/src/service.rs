@@ -189,7 +189,19 @@ where
                 Lookup::Hit(entry, seen) => {
                     // One clock read: judged fresh at `now`, served with its age at `now`.
                     let now = now_ms();
-                    match stale::judge(config, &entry, now) {
+                    // A client asking for a fresher response (honoured `max-age`, `min-fresh`)
+                    // is not served stale from a stale-while-revalidate window: the handler
+                    // answers (`fwd=request`), as past that window.
+                    let (judged, fwd) = match stale::judge(config, &entry, now) {
+                        Judged::WhileRevalidating { past }
+                            if !limits.accept_stale(&entry, now, past) =>
+                        {
+                            let judged = stale::not_while_revalidating(config, &entry, past);
+                            (judged, "request")
+                        }
+                        judged => (judged, "stale"),
+                    };
+                    match judged {
                         // Fresh, but older (or closer to its expiry) than the client accepts.
                         Judged::Fresh if !limits.accept_entry(&entry, now) => {
                             ("request", true, None, None, None, seen)
@@ -246,13 +258,14 @@ where
                             Some(soft) if !head && !limits.only_if_cached => {
                                 let found = (entry, seen);
                                 let call = (inner, request, keys, ticket);
-                                let within = within_soft_timeout(&shared, call, found, past, soft);
+                                let within =
+                                    within_soft_timeout(&shared, call, found, (past, fwd), soft);
                                 return Box::pin(within).await.counted(&counted);
                             }
-                            _ => ("stale", true, None, Some(entry), Some(past), seen),
+                            _ => (fwd, true, None, Some(entry), Some(past), seen),
                         },
                         // Origin mode: a stale entry, revalidated when it has a validator.
-                        Judged::Expired => ("stale", true, None, Some(entry), None, seen),
+                        Judged::Expired => (fwd, true, None, Some(entry), None, seen),
                     }
                 }
                 Lookup::Miss(fwd, seen) => (fwd, true, None, None, None, seen),
@@ -351,7 +364,8 @@ struct Miss<S, ReqBody> {
     head: bool,
     /// The client asked for a fresh response (honoured `no-cache`): not coalesced.
     refresh: bool,
-    /// The `fwd` of the response's `Cache-Status`: `request`, `uri-miss` or `vary-miss`.
+    /// The `fwd` of the response's `Cache-Status`: `request`, `stale`, `uri-miss` or
+    /// `vary-miss`.
     fwd: &'static str,
     /// `false` when the cache is down or slow: nothing is stored then.
     may_store: bool,
@@ -758,7 +772,7 @@ where
             rest,
             reason,
         } => {
-            unfinished.give_up();
+            unfinished.give_up(reason);
             let body = ResponseBody::replay(frames, rest);
             (body, false, detail.or(Some(reason.detail())), false)
         }
@@ -865,12 +879,13 @@ impl<B, E> WithinSoft<B, E> {
 /// through [`forward`] in a task of its own (its response stored, the stale entry standing in if
 /// it fails or exceeds the handler timeout); the request waits for it at most `soft`, then the
 /// stale entry answers and the call goes on, its response read to its end (and so stored) within
-/// the lock timeout. Without a tokio runtime the request waits for the handler.
+/// the lock timeout. Without a tokio runtime the request waits for the handler. `past`: how long
+/// the entry is past its freshness; `fwd`: the `Cache-Status` `fwd` of the handler's answer.
 async fn within_soft_timeout<S, ReqBody, ResBody>(
     shared: &Arc<Config>,
     (inner, request, keys, ticket): (S, Request<ReqBody>, key::UrlKeys, Ticket),
     (entry, seen): (Entry, Option<Seen>),
-    past: Duration,
+    (past, fwd): (Duration, &'static str),
     soft: Duration,
 ) -> WithinSoft<ResBody, S::Error>
 where
@@ -885,6 +900,7 @@ where
     let url = keys.url().to_owned();
     let miss = Miss {
         fallback: Some(past),
+        fwd,
         ..Miss::of_stale(inner, request, keys, ticket, (entry.clone(), seen))
     };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -119,10 +119,33 @@ pub(crate) fn judge(config: &Config, entry: &Entry, now_ms: u64) -> Judged {
     };
     if policy.serves_while_revalidating(past) {
         Judged::WhileRevalidating { past }
-    } else if policy.serves_if_error(past) {
+    } else {
+        if_error(&policy, past)
+    }
+}
+
+/// Where a stored response with the stale `policy`, `past` its freshness, stands when it is not
+/// served while revalidating: [`Judged::IfError`] within its stale-if-error window, else
+/// [`Judged::Expired`].
+fn if_error(policy: &Freshness, past: Duration) -> Judged {
+    if policy.serves_if_error(past) {
         Judged::IfError { past }
     } else {
         Judged::Expired
+    }
+}
+
+/// Where `entry`, `past` its freshness within its stale-while-revalidate window, stands for a
+/// request that does not take a stale response from that window (an honoured `max-age` or
+/// `min-fresh` without a `max-stale` that covers it, see
+/// [`Limits::accept_stale`](crate::policy::Limits::accept_stale)): as past that window. The
+/// handler answers, and within the entry's stale-if-error window the entry still answers for a
+/// failed handler: stale-if-error is about the origin failing (RFC 5861 §4), and the stale
+/// response is then the answer there is, whatever the request asked.
+pub(crate) fn not_while_revalidating(config: &Config, entry: &Entry, past: Duration) -> Judged {
+    match policy(config, &entry.headers) {
+        Some(policy) => if_error(&policy, past),
+        None => Judged::Expired,
     }
 }
 

@@ -33,6 +33,7 @@ use crate::entry::{encode_marker, new_generation, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Published, Shared};
 use crate::key;
 use crate::landing::InProgress;
+use crate::policy::NotStored;
 use crate::render::strong_etag;
 
 /// The record a lookup found for a URL whose entries are variants: its Vary header names and the
@@ -322,8 +323,9 @@ fn store_in_background(
 }
 
 /// A cacheable response whose body is not complete yet: everything needed to publish and store
-/// it. Dropped unfinished (the request or its body was dropped mid-way), it abandons the flight:
-/// the waiters look again and elect a new leader.
+/// it. Dropped unfinished (the request or its body was dropped mid-way), or given up on a body
+/// error ([`give_up`](Self::give_up)), it abandons the flight: the waiters look again and elect a
+/// new leader.
 pub(crate) struct Unfinished {
     pub(crate) cache: Cache,
     pub(crate) keys: key::UrlKeys,
@@ -435,10 +437,15 @@ impl Unfinished {
         (published, etag, true, storing)
     }
 
-    /// The body turned out not storable (too large, trailers, an error): the waiters call the
-    /// handler themselves.
-    pub(crate) fn give_up(self) {
-        if let Some(guard) = self.guard {
+    /// The body turned out not storable, for `reason`. A body error (the upstream failed
+    /// mid-body, `NotStored::BodyError`) abandons the flight, as a leader whose client went away
+    /// does: its waiters look again and elect one new leader, rather than each call the handler
+    /// at once. Any other reason (too large, trailers, not the declared length) is the response's
+    /// own: it is not shared, and the waiters call the handler themselves.
+    pub(crate) fn give_up(self, reason: NotStored) {
+        if reason == NotStored::BodyError {
+            drop(self);
+        } else if let Some(guard) = self.guard {
             guard.not_shared();
         }
     }

@@ -769,3 +769,102 @@ async fn waiters_of_a_body_dropped_mid_way_elect_one_new_leader() {
     assert_eq!(outcomes, ["HIT", "HIT", "HIT", "MISS"]);
     assert_eq!(calls.get(), 2);
 }
+
+/// Requests waiting for a streamed body that fails mid-way (the upstream's error after a chunk)
+/// elect one new leader, as for a body dropped mid-way: the leader's client gets the error,
+/// nothing is stored, and the waiters share one handler call (found by a probe: each waiter
+/// called the handler at once, 20 requests made 20 calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_a_streamed_body_that_fails_mid_way_elect_one_new_leader() {
+    let (svc, calls, mut feeds) = streaming(layer());
+    let response = head_of(&svc, "/broken").await;
+    let feed = feeds.recv().await.unwrap();
+    let mut body = response.into_body();
+    feed.send(Ok(Bytes::from("one "))).await.unwrap();
+    assert_eq!(next_chunk(&mut body).await, "one ");
+    let waiters: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(send(&svc, get("/broken"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    feed.send(Err(std::io::Error::other("upstream reset")))
+        .await
+        .unwrap();
+    let failed = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("the error reaches the client")
+        .expect("an error, not the end");
+    assert!(failed.is_err(), "the leader's client gets the error");
+    let feed = tokio::time::timeout(PATIENCE, feeds.recv())
+        .await
+        .expect("a new leader calls the handler")
+        .unwrap();
+    // A stampede would show here: give the other waiters time to call the handler too.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(calls.get(), 2, "one new leader, not one call per waiter");
+    feed.send(Ok(Bytes::from("fresh"))).await.unwrap();
+    drop(feed);
+    let mut outcomes = Vec::new();
+    for waiter in waiters {
+        let seen = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.body, "fresh");
+        outcomes.push(seen.outcome());
+    }
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["HIT", "HIT", "HIT", "MISS"]);
+    assert_eq!(calls.get(), 2);
+}
+
+/// The same for a body that fails before the response leaves (its chunk and its error both
+/// ready when the layer reads it): the leader's client gets the chunk and the error, its 8
+/// waiters one new leader's response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_a_body_that_fails_at_once_elect_one_new_leader() {
+    let (open, opened) = watch::channel(false);
+    let (svc, calls) = app(layer(), move |n, _| {
+        let mut opened = opened.clone();
+        async move {
+            opened.wait_for(|open| *open).await.unwrap();
+            if n > 1 {
+                return Response::new(Body::from(format!("call {n}")));
+            }
+            let (feed, chunks) = mpsc::channel(2);
+            feed.try_send(Ok(Bytes::from("part"))).unwrap();
+            feed.try_send(Err(std::io::Error::other("upstream reset")))
+                .unwrap();
+            Response::new(Body::new(ChannelBody(chunks)))
+        }
+    });
+    let leader = tokio::spawn(svc.clone().oneshot(get("/fails-at-once")));
+    wait_calls(&calls, 1).await;
+    let waiters: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(send(&svc, get("/fails-at-once"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    open.send_replace(true);
+    let response = tokio::time::timeout(PATIENCE, leader)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        response.headers()["cache-status"],
+        "impcache; fwd=uri-miss; detail=body-error"
+    );
+    let mut body = response.into_body();
+    assert_eq!(next_chunk(&mut body).await, "part");
+    assert!(
+        body.frame().await.unwrap().is_err(),
+        "the client sees the error"
+    );
+    for waiter in waiters {
+        let seen = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .expect("every waiter is answered")
+            .unwrap();
+        assert_eq!(seen.body, "call 2");
+    }
+    assert_eq!(calls.get(), 2, "one new leader, not one call per waiter");
+}

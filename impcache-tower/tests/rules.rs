@@ -308,6 +308,55 @@ async fn methods_are_configurable() {
     assert_eq!(calls.get(), 2);
 }
 
+/// A stored method whose request carries content (`QUERY`, `POST`) is neither answered from the
+/// cache nor stored: the key cannot hold the content, so one client's results must never answer
+/// another's query (found by a probe: `bob` got `alice`'s). Its requests without content are
+/// cached as before, and one with content leaves their entry alone (a read: nothing invalidated).
+#[tokio::test]
+async fn a_stored_method_with_request_content_goes_to_the_handler() {
+    for method in ["QUERY", "POST"] {
+        let stored = http::Method::from_bytes(method.as_bytes()).unwrap();
+        let (svc, calls) = app(
+            layer().methods([http::Method::GET, stored]),
+            |_, req| async move {
+                let content = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let content = String::from_utf8_lossy(&content).into_owned();
+                Response::new(Body::from(format!("results for {content:?}")))
+            },
+        );
+        let with_content = |content: &'static str| {
+            Request::builder()
+                .method(method)
+                .uri("/search")
+                .header("host", "example.com")
+                // As a client over HTTP/1 sends it: the layer reads the fields, not the body.
+                .header("content-length", content.len())
+                .body(Body::from(content))
+                .unwrap()
+        };
+        send(&svc, request(method, "/search", &[])).await;
+        for content in ["alice", "bob"] {
+            let seen = send(&svc, with_content(content)).await;
+            assert_eq!(seen.body, format!("results for {content:?}"), "{method}");
+            assert_eq!(
+                seen.header("cache-status"),
+                Some("impcache; fwd=bypass; detail=request-content"),
+                "{method}"
+            );
+        }
+        let plain = send(&svc, request(method, "/search", &[])).await;
+        assert_eq!(
+            (plain.outcome(), plain.body.as_ref()),
+            ("HIT", &b"results for \"\""[..]),
+            "{method}"
+        );
+        assert_eq!(calls.get(), 3, "{method}");
+    }
+}
+
 /// http-cache-tower-server, tower-http-cache: a client's `Cache-Control: no-cache` (a browser
 /// hard refresh) forced origin calls.
 #[tokio::test]

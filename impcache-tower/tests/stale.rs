@@ -114,9 +114,22 @@ where
         + Clone,
     S::Error: std::fmt::Display,
 {
+    send_request(service, get(uri)).await
+}
+
+/// What a client sees of `request`, as [`call`] says.
+async fn send_request<S>(
+    service: &S,
+    request: Request<Body>,
+) -> Result<(StatusCode, String, String, Bytes), String>
+where
+    S: tower::Service<Request<Body>, Response = Response<impcache_tower::ResponseBody<Body>>>
+        + Clone,
+    S::Error: std::fmt::Display,
+{
     let response = service
         .clone()
-        .oneshot(get(uri))
+        .oneshot(request)
         .await
         .map_err(|e| e.to_string())?;
     let (parts, body) = response.into_parts();
@@ -897,6 +910,126 @@ async fn origin_mode_directives() {
         } else {
             assert_ne!(seen.header("x-cache"), Some("STALE"), "{cache_control}");
             assert_eq!(calls.get(), 2);
+        }
+    }
+}
+
+/// A honoured request `max-age=N` or `min-fresh=N` without `max-stale` asks for a fresh
+/// response (RFC 9111 §5.2.1.1, §5.2.1.3): it is not served stale from a stale-while-revalidate
+/// window; the handler answers (`fwd=request`) and its response is stored (found by a probe:
+/// `min-fresh=1` got `hit; fwd=stale; detail=revalidating`). Within the stale-if-error window the
+/// stale response still answers for a failing handler, and `max-stale` keeps the window open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_asking_for_a_fresh_response_is_not_served_stale_while_revalidating() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache())
+        .stale_while_revalidate(Duration::from_secs(60))
+        .stale_if_error(Duration::from_secs(60))
+        .honor_request_cache_control(true);
+    let service = layer.clone().layer(origin.service());
+    let asking =
+        |cache_control: &'static str| request("GET", "/fresh", &[("cache-control", cache_control)]);
+    call(&service, "/fresh").await.unwrap();
+    wait_stored(&layer, "/fresh").await;
+    past_freshness().await;
+
+    let (status, x_cache, cache_status, body) =
+        send_request(&service, asking("min-fresh=1")).await.unwrap();
+    assert_eq!(
+        (
+            status,
+            x_cache.as_str(),
+            cache_status.as_str(),
+            body.as_ref()
+        ),
+        (
+            StatusCode::OK,
+            "MISS",
+            "impcache; fwd=request; stored",
+            &b"call 2"[..]
+        )
+    );
+    wait_hit(&service, "/fresh", "call 2").await;
+    past_freshness().await;
+
+    // `max-age`, whatever its value: the handler is called; it fails, and the stale response
+    // answers for it (stale-if-error).
+    origin.set(Answer::Error);
+    let (status, x_cache, cache_status, body) = send_request(&service, asking("max-age=3600"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, x_cache.as_str(), body.as_ref()),
+        (StatusCode::OK, "STALE", &b"call 2"[..])
+    );
+    assert!(
+        cache_status.starts_with("impcache; fwd=stale; ttl=-")
+            && cache_status.ends_with("; detail=handler-error"),
+        "{cache_status}"
+    );
+    assert_eq!(origin.calls(), 3, "the handler was called");
+
+    // With `max-stale`, the stale-while-revalidate window is open to it again.
+    origin.set(Answer::Ok);
+    let (_, x_cache, cache_status, body) =
+        send_request(&service, asking("max-age=3600, max-stale"))
+            .await
+            .unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 2"[..]));
+    assert!(
+        cache_status.ends_with("; detail=revalidating"),
+        "{cache_status}"
+    );
+}
+
+/// The same in the origin mode, with a response's own `stale-while-revalidate` (stale on arrival:
+/// 10 s past its freshness), and `max-stale` bounding what it accepts (`min-fresh` counting
+/// against it, `max-age` still bounding the age).
+#[tokio::test]
+async fn origin_mode_request_directives_and_a_responses_stale_while_revalidate() {
+    for (cache_control, stale) in [
+        ("", true),
+        ("min-fresh=1", false),
+        ("max-age=3600", false),
+        ("max-stale", true),
+        ("max-stale=5", false),
+        ("max-stale=30, min-fresh=5", true),
+        ("max-stale=12, min-fresh=5", false),
+        ("max-age=15, max-stale", false),
+    ] {
+        let layer = CacheLayer::new(memory_cache())
+            .follow_origin(true)
+            .honor_request_cache_control(true)
+            .status_header(StatusHeader::Both);
+        let (svc, _) = app(layer.clone(), move |n, _| async move {
+            Response::builder()
+                .header("cache-control", "max-age=10, stale-while-revalidate=60")
+                .header("age", "20")
+                .header("etag", "\"v\"")
+                .body(Body::from(format!("call {n}")))
+                .unwrap()
+        });
+        send(&svc, get("/o")).await;
+        wait_stored(&layer, "/o").await;
+        let headers: &[(&str, &str)] = if cache_control.is_empty() {
+            &[]
+        } else {
+            &[("cache-control", cache_control)]
+        };
+        let seen = send(&svc, request("GET", "/o", headers)).await;
+        let cache_status = seen.header("cache-status").unwrap_or_default();
+        if stale {
+            assert_eq!(
+                (seen.header("x-cache"), seen.body.as_ref()),
+                (Some("STALE"), &b"call 1"[..]),
+                "{cache_control}: {cache_status}"
+            );
+        } else {
+            assert_eq!(seen.body, "call 2", "{cache_control}: {cache_status}");
+            assert!(
+                cache_status.starts_with("impcache; fwd=request"),
+                "{cache_control}: {cache_status}"
+            );
         }
     }
 }
