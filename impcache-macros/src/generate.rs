@@ -95,8 +95,15 @@ fn key_block(plan: &Plan) -> TokenStream {
             }
             for &i in &plan.key_args {
                 let (arg, label, span) = key_arg_expr(i);
-                key_parts.push(quote!(__impcache_k.push_str(":");));
-                key_parts.push(quote_spanned!(span=> __impcache_k.push_json(#label, #arg);));
+                let push_json = quote_spanned!(span=> __impcache_k.push_json(#label, #arg););
+                let cfg = plan.args[i].cfg_attrs();
+                key_parts.push(quote! {
+                    #(#cfg)*
+                    {
+                        __impcache_k.push_str(":");
+                        #push_json
+                    }
+                });
             }
         }
     }
@@ -403,11 +410,24 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let restore = plan.args.iter().filter_map(|a| {
         a.pattern.as_ref().map(|pat| {
             let name = &a.name;
-            quote!(let #pat = #name;)
+            let cfg = a.cfg_attrs();
+            quote!(#(#cfg)* let #pat = #name;)
         })
     });
     let receiver_comma = receiver.map(|r| quote!(#r,));
     let body = &block.stmts;
+    // An async block has no declared output type: it is inferred from the body, where a coercion
+    // to the function's return type (`Err(Box::new(e))` for a `Box<dyn Error>`, in a `return`
+    // or the tail) then fails. An unreachable `return` of the return type first fixes it, as
+    // async-trait does: each `return` and the tail are then checked against it, and a mismatch is
+    // reported on the expression, its note ("return type inferred to be ... here") on the type.
+    let (ret_first, _) = first_last(ret.to_token_stream());
+    let return_type = quote_spanned! {ret_first=>
+        if let ::core::option::Option::Some(__impcache_ret) = ::core::option::Option::None::<#ret> {
+            #[allow(unreachable_code)]
+            return __impcache_ret;
+        }
+    };
 
     let tags_block = tags_block(plan);
     let call = if plan.spawned_by.is_none() {
@@ -528,10 +548,11 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             #version_static
             // The body's statements, not its block: `{ { expr } }` would make rustc's
             // `unused_braces` lint fire on the user's braces.
-            let __impcache_body = ::impcache::__private::body::<#ret, _, _>(move || async move {
+            let __impcache_body = move || async move {
+                #return_type
                 #(#restore)*
                 #(#body)*
-            });
+            };
             static __IMPCACHE_FUNCTION: ::impcache::__private::CachedFunction =
                 ::impcache::__private::CachedFunction::new(::core::concat!(::core::module_path!(), "::", #fn_name));
             #call

@@ -51,8 +51,8 @@ use proc_macro::TokenStream;
 /// |---|---|
 /// | `expire = 100` / `expire = Duration::from_millis(1500)` | **required**: the lifetime of an entry (seconds, or anything `Into<Expire>`) |
 /// | `cache = APP_CACHE` | the cache: any expression giving a `Cache`, `&Cache`, or something that derefs to one (`LazyLock<Cache>`, `Arc<Cache>`, `self.cache`); default: the one installed with `impcache::set_default_cache` (without one, the function runs uncached and a `tracing` warning is emitted once) |
-/// | `version = 2` | a constant key version (integer or string) replacing the cache's own |
-/// | `key = "user:{id}"` | the whole key part, a template over argument names; only the named arguments are part of the key |
+/// | `version = 2` | a constant key version (integer or string) replacing the cache's own; not `"__impcache_tag"` (alone or followed by `:`), the tags' state keys (a compile error when it is a literal) |
+/// | `key = "user:{id}"` | the whole key part, a template over argument names; only the named arguments are part of the key; not starting with `__lock:`, the locks' keys, which the cache refuses to store: a compile error (as a `name` that makes every key start so) |
 /// | `skip(db, client)` | arguments left out of the default key |
 /// | `name = "users::get"` | replaces the `{module_path}::{fn_name}` part of the default key |
 /// | `cache_none = true` | with `Option<T>` (or an alias of it): cache `None` as well |
@@ -60,7 +60,7 @@ use proc_macro::TokenStream;
 /// | `stale_while_revalidate = 60` | freshness (seconds or a `Duration`): up to that long past `expire`, answer with the stale value and reload once in the background |
 /// | `stale_if_error = 3600` | freshness: up to that long past `expire`, a body that fails (an `Err`, an uncached `None`, a panic) is answered with the stale value |
 /// | `soft_timeout = Duration::from_millis(100)` | freshness: with a stale value at hand, answer with it after that long; the body finishes and stores in the background |
-/// | `hard_timeout = Duration::from_secs(2)` | freshness: give up on the body after that long; the stale value answers within `stale_if_error`, else the call returns `None` (an `Option`) or `Err(impcache::Error::Loader { .. }.into())` (a `Result` whose error converts from `impcache::Error`; other return types do not compile) |
+/// | `hard_timeout = Duration::from_secs(2)` | freshness: give up on the body after that long; the stale value answers within `stale_if_error`, else the call returns `None` (an `Option`) or `Err(impcache::Error::Loader { .. }.into())` (a `Result` whose error converts from `impcache::Error`; other return types do not compile), and so do the callers waiting for that run, without running the body |
 /// | `early_refresh = 2` | freshness: reload a fresh value in the background with a probability growing as its expiry nears (XFetch; about the body's duration) |
 /// | `fail_safe_throttle = 30` | freshness: for that long after the body failed, the stale value (within `stale_if_error` or `stale_while_revalidate`) answers without running the body |
 /// | `lock` / `lock = 10` / `lock = Duration::from_secs(10)` / `lock = LOCK` (an `impcache::Lock`) | one body run across processes: a lock (`SET NX PX` with a token) taken before running the body, the other processes waiting for its value; `lock = 10` is a 10 s lifetime (waits up to twice that), `lock` alone the defaults |
@@ -89,16 +89,22 @@ use proc_macro::TokenStream;
 ///   threads safely … required by a bound in `impcache::__private::memoize_fresh`", naming the
 ///   value. Drop it before the `.await`, or use its `Send` counterpart (`Arc`,
 ///   `tokio::sync::Mutex`).
+/// - The task carries the caller's `tracing` span: the body's events belong to it, as when the
+///   body runs in place. Not the caller's task-locals (`tokio::task_local!`), which no spawned
+///   task sees: a body that reads one its caller set (`REQUEST_ID.scope(id, get_user(1))`) finds
+///   none there (`try_with` fails, `with` panics). Pass such a value as an argument (in
+///   `skip(..)` if it is not part of the key).
 ///
 /// The README's freshness, tags and lock sections say more.
 ///
 /// # Key layout
 /// The full key is the cache's `{key_prefix}:{version}:{key}`, where `{key}` is:
 /// - default: `{module_path}::{fn_name}:{arg1}:{arg2}...`, each argument as compact JSON
-///   (`myapp::users::get_user:42:"alice"`), `self` and `_` excluded. For methods and
-///   associated functions the first part is `{type_name::<Self>()}::{fn_name}`
-///   (`myapp::users::UserRepo::get_user:42`), so two types' functions of the same name never
-///   share entries; for a function nested in another, `{enclosing fn path}::{fn_name}`.
+///   (`myapp::users::get_user:42:"alice"`), `self`, `_` and an argument that `#[cfg]` removes
+///   excluded. For methods and associated functions the first part is
+///   `{type_name::<Self>()}::{fn_name}` (`myapp::users::UserRepo::get_user:42`), so two types'
+///   functions of the same name never share entries; for a function nested in another,
+///   `{enclosing fn path}::{fn_name}`.
 ///   `name = "..."` replaces this first part.
 /// - with `key = "user:{id}"`: the template with each `{arg}` as compact JSON, except that strings
 ///   are written without quotes (`user:42`, `user:alice`).
@@ -131,6 +137,11 @@ use proc_macro::TokenStream;
 ///   first one and decode its JSON (values need not be `Clone`). If it returns a value that is not
 ///   cached (`Err`, `None`), each waiter runs its own body; if it panics or is cancelled, the
 ///   waiters elect a new leader. Nothing is poisoned.
+/// - **Not reentrant on one key**: a body that awaits a call with its own key (the same cached
+///   function and key arguments, directly or through other functions) waits for its own run,
+///   which never ends: the call never returns (with `hard_timeout`, until it gives up), as
+///   moka's `get_with` documents for a recursive call of one key. Calls with other keys, a
+///   recursion over smaller arguments, are fine.
 /// - **Fail open**: when the cache fails (server down, deadline passed, breaker open), the body
 ///   runs and its value is returned; a stored value that no longer decodes (the type changed) is
 ///   recomputed and overwritten. Errors go to `tracing`, never to the caller.

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, ToTokens};
 use syn::{
-    Attribute, Expr, FnArg, GenericParam, Generics, Ident, ItemFn, LitStr, Pat, ReturnType, Type,
+    Attribute, Expr, ExprLit, FnArg, GenericParam, Generics, Ident, ItemFn, Lit, LitStr, Pat,
+    ReturnType, Type,
 };
 
 use crate::args::{Args, Returns};
@@ -30,6 +31,17 @@ pub(crate) struct Arg {
     pub(crate) attrs: Vec<Attribute>,
     /// `_`: never part of the default key.
     wild: bool,
+}
+
+impl Arg {
+    /// The argument's `#[cfg(..)]` and `#[cfg_attr(..)]` attributes: what the expansion writes
+    /// for the argument (its part of the default key, its pattern restored in the body) is under
+    /// them too, so that it goes when the argument does.
+    pub(crate) fn cfg_attrs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs
+            .iter()
+            .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"))
+    }
 }
 
 /// How the key is written.
@@ -128,6 +140,7 @@ impl Plan {
         limits::check(&args, errors);
         let (has_receiver, plan_args) = arguments(&func, errors);
         let (key, key_args) = key(&args, has_receiver, &plan_args, errors);
+        check_reserved(&args, &key_args, errors);
         let (ret, value_ty, policy) = returns(&args, &func, errors);
         let tags = tags(&args, &plan_args, errors);
         let tags_from = args.tags_from.clone();
@@ -413,6 +426,62 @@ fn key(
         }
     }
     (Key::Template(parts), key_args)
+}
+
+/// What the runtime refuses a written key to start with: the cross-process locks' keys
+/// (impcache's `key::LOCK_KEY_PART`; the two must stay equal).
+const LOCK_KEY_PART: &str = "__lock:";
+
+/// The version the runtime refuses, alone or followed by `:`: its keys would be the tags' state
+/// keys (impcache's `Version::is_reserved`; the two must stay equal).
+const TAG_SPACE: &str = "__impcache_tag";
+
+/// A key or a version that the runtime refuses on every call (the function would then run
+/// uncached, with a warning each time), reported on the option instead: a `key` template or a
+/// `name` that makes every key start with `__lock:`, a `version` string that is `__impcache_tag`
+/// or starts with `__impcache_tag:`. (A key that only some argument values make reserved is
+/// refused at run time.)
+fn check_reserved(args: &Args, key_args: &[usize], errors: &mut Errors) {
+    let reserved_key = |option: &str, lit: &LitStr| {
+        syn::Error::new_spanned(
+            lit,
+            format!("with this `{option}`, every key starts with `{LOCK_KEY_PART}`, which is reserved for the cross-process locks of loads: the cache refuses to store such a key, and the function would never be cached"),
+        )
+    };
+    match (&args.key, &args.name) {
+        (Some(template), _) => {
+            if template.value().starts_with(LOCK_KEY_PART) {
+                errors.push(reserved_key("key", template));
+            }
+        }
+        (None, Some(name)) => {
+            // The default key is `{name}`, or `{name}:{arguments}` with key arguments.
+            let mut start = name.value();
+            if !key_args.is_empty() {
+                start.push(':');
+            }
+            if start.starts_with(LOCK_KEY_PART) {
+                errors.push(reserved_key("name", name));
+            }
+        }
+        (None, None) => {}
+    }
+    if let Some(Expr::Lit(ExprLit {
+        lit: Lit::Str(version),
+        ..
+    })) = &args.version
+    {
+        let reserved = version
+            .value()
+            .strip_prefix(TAG_SPACE)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'));
+        if reserved {
+            errors.push(syn::Error::new_spanned(
+                version,
+                format!("the version `{TAG_SPACE}` (alone or followed by `:`) is reserved: the cache's `{{prefix}}:{TAG_SPACE}:{{tag}}` keys hold tags' state, and it refuses every operation with this version"),
+            ));
+        }
+    }
 }
 
 /// The tag templates, their placeholders resolved to arguments as `key`'s are; `None` when the

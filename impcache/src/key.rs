@@ -26,7 +26,9 @@ pub(crate) type LocalKeyHasher = foldhash::quality::RandomState;
 pub struct Version(Arc<str>);
 
 /// What the caller's part of every lock key (`freshness::lock`) starts with: user keys starting
-/// so are refused (`Cache::check_key`), so that no value stands in a lock's place.
+/// so are refused (`Cache::check_written_key`), so that no value stands in a lock's place. The
+/// `#[cached]` macro refuses a `key` or `name` that makes every key start so (its own copy,
+/// `impcache-macros/src/plan.rs`: keep the two equal).
 pub(crate) const LOCK_KEY_PART: &str = "__lock:";
 
 impl Version {
@@ -37,7 +39,8 @@ impl Version {
 
     /// Whether this version's keys would be tag state keys (`{prefix}:__impcache_tag:{tag}`,
     /// which have no version): `__impcache_tag`, or `__impcache_tag:` and more. Operations
-    /// refuse it, so that a write cannot replace a tag's state.
+    /// refuse it, so that a write cannot replace a tag's state. (The `#[cached]` macro refuses
+    /// such a `version` string with its own copy of this rule, `impcache-macros/src/plan.rs`.)
     pub(crate) fn is_reserved(&self) -> bool {
         let tag_space = crate::tags::TAG_KEY_PART.trim_end_matches(':');
         self.0

@@ -212,3 +212,55 @@ async fn the_fail_safe_throttle_answers_stale_without_running_the_body() {
         "one failed run, then throttled"
     );
 }
+
+static HANGING_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, hard_timeout = Duration::from_millis(200))]
+async fn hangs(id: u32) -> Option<u32> {
+    HANGING_RUNS.fetch_add(1, SeqCst);
+    std::future::pending::<()>().await;
+    Some(id)
+}
+
+/// The callers waiting for a body given up at its `hard_timeout` get the "timed out" return
+/// value at once, without running their bodies (each ran its own for what was left of its hard
+/// timeout: callers that joined 100 ms into a 200 ms timeout, another 100 ms each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiters_of_a_body_given_up_get_timed_out_without_running_theirs() {
+    let leader = tokio::spawn(hangs(5));
+    while HANGING_RUNS.load(SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiters: Vec<_> = (0..9).map(|_| tokio::spawn(hangs(5))).collect();
+    for caller in std::iter::once(leader).chain(waiters) {
+        let answer = tokio::time::timeout(HANG, caller).await.unwrap().unwrap();
+        assert_eq!(answer, None);
+    }
+    assert_eq!(HANGING_RUNS.load(SeqCst), 1);
+}
+
+static ERR_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, stale_if_error = 60)]
+async fn always_err(id: u32) -> Result<u32, String> {
+    let run = ERR_RUNS.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Err(format!("{id}: run {run} failed"))
+}
+
+/// With freshness options as without, a body's `Err` (a value that is not cached) is never
+/// shared: with no stale value at hand, each waiter runs its own body and gets its own `Err`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiters_of_a_body_returning_err_each_run_their_own() {
+    let callers: Vec<_> = (0..10).map(|_| tokio::spawn(always_err(6))).collect();
+    let mut errors = Vec::new();
+    for caller in callers {
+        let answer = tokio::time::timeout(HANG, caller).await.unwrap().unwrap();
+        errors.push(answer.unwrap_err());
+    }
+    errors.sort();
+    errors.dedup();
+    assert_eq!(errors.len(), 10, "each its own `Err`: {errors:?}");
+    assert_eq!(ERR_RUNS.load(SeqCst), 10);
+}

@@ -1,5 +1,6 @@
 //! One call of a `#[cached]` function: [`memoize`] (hit, single-flight miss, background store,
-//! fail open) and [`invalidate`], plus the small items the expansion wraps the body in.
+//! fail open) and [`invalidate`], plus the trait that a `#[cached]` method in a trait impl fails
+//! on ([`NotInTraitImpl`]).
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -17,12 +18,6 @@ use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::observe::metrics::recorder_installed;
 use crate::Cache;
-
-/// Names the output type of a body, so that `?` in it infers.
-#[inline(always)]
-pub fn body<R, F: FnOnce() -> Fut, Fut: Future<Output = R>>(body: F) -> F {
-    body
-}
 
 /// Fails to hold for every type: what a `#[cached]` method in a trait impl resolves its
 /// companions to (the expansion names `Self::{name}_uncached`, which only an inherent impl

@@ -1,0 +1,152 @@
+//! A function that compiles without `#[cached]` compiles with it, and the expansion adds no lint
+//! (rustc's or clippy's, pedantic included): bodies that rely on the return type for a coercion
+//! (a boxed error or slice, in a `return` or in the tail), on the plain path and on the paths
+//! that spawn the body (a freshness option, tags); arguments under `#[cfg]` or `#[cfg_attr]`.
+#![deny(warnings, clippy::all, clippy::pedantic)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use impcache::{cached, Cache, MemoryCacheRepository};
+use serde::{Deserialize, Serialize};
+
+static CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::new(MemoryCacheRepository::new()));
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+// ---------------------------------------------------------------- coercions to the return type
+
+#[cached(cache = CACHE, expire = 60)]
+async fn early_return(id: u64) -> Result<u64, BoxError> {
+    if id == 0 {
+        return Err(Box::new(std::io::Error::other("zero")));
+    }
+    Ok(id)
+}
+
+#[cached(cache = CACHE, expire = 60)]
+async fn tail(id: u64) -> Result<u64, BoxError> {
+    if id == 0 {
+        Err(Box::new(std::io::Error::other("zero")))
+    } else {
+        Ok(id)
+    }
+}
+
+#[cached(cache = CACHE, expire = 60)]
+async fn slice(id: u8) -> Box<[u8]> {
+    Box::new([id, id])
+}
+
+#[cached(cache = CACHE, expire = 60, stale_if_error = 60)]
+async fn fresh_early_return(id: u64) -> Result<u64, BoxError> {
+    if id == 0 {
+        return Err(Box::new(std::io::Error::other("zero")));
+    }
+    Ok(id)
+}
+
+#[cached(cache = CACHE, expire = 60, tags = ["id:{id}"])]
+async fn tagged_tail(id: u64) -> Result<u64, BoxError> {
+    if id == 0 {
+        Err(Box::new(std::io::Error::other("zero")))
+    } else {
+        Ok(id)
+    }
+}
+
+#[cached(cache = CACHE, expire = 60, tags = ["id:{id}"])]
+async fn tagged_slice(id: u8) -> Box<[u8]> {
+    Box::new([id, id])
+}
+
+#[derive(Serialize, Deserialize)]
+struct Item(u64);
+
+impl Item {
+    /// `Self` in the return type, on the plain path and on a spawned one.
+    #[cached(cache = CACHE, expire = 60)]
+    async fn load(id: u64) -> Result<Self, BoxError> {
+        if id == 0 {
+            return Err(Box::new(std::io::Error::other("zero")));
+        }
+        Ok(Item(id))
+    }
+
+    #[cached(cache = CACHE, expire = 60, stale_if_error = 60)]
+    async fn fresh_load(id: u64) -> Result<Self, BoxError> {
+        if id == 0 {
+            Err(Box::new(std::io::Error::other("zero")))
+        } else {
+            Ok(Item(id))
+        }
+    }
+}
+
+/// A generic parameter in the return type.
+#[cached(cache = CACHE, expire = 60)]
+async fn generic<T>(value: T) -> Result<T, BoxError>
+where
+    T: Serialize + serde::de::DeserializeOwned + Send + PartialEq + Default,
+{
+    if value == T::default() {
+        return Err(Box::new(std::io::Error::other("default")));
+    }
+    Ok(value)
+}
+
+#[tokio::test]
+async fn bodies_that_coerce_to_the_return_type_compile_and_run() {
+    assert_eq!(early_return(0).await.unwrap_err().to_string(), "zero");
+    assert_eq!(early_return(1).await.unwrap(), 1);
+    assert_eq!(tail(0).await.unwrap_err().to_string(), "zero");
+    assert_eq!(tail(2).await.unwrap(), 2);
+    assert_eq!(&*slice(3).await, &[3, 3]);
+    assert_eq!(fresh_early_return(0).await.unwrap_err().to_string(), "zero");
+    assert_eq!(fresh_early_return(4).await.unwrap(), 4);
+    assert_eq!(tagged_tail(0).await.unwrap_err().to_string(), "zero");
+    assert_eq!(tagged_tail(5).await.unwrap(), 5);
+    assert_eq!(&*tagged_slice(6).await, &[6, 6]);
+    assert!(Item::load(0).await.is_err());
+    assert_eq!(Item::load(7).await.unwrap().0, 7);
+    assert!(Item::fresh_load(0).await.is_err());
+    assert_eq!(Item::fresh_load(8).await.unwrap().0, 8);
+    assert!(generic(0u32).await.is_err());
+    assert_eq!(generic(9u32).await.unwrap(), 9);
+}
+
+// ---------------------------------------------------------------- arguments under `#[cfg]`
+
+#[cached(cache = CACHE, expire = 60)]
+async fn cfg_arg(
+    #[cfg(any())] never: u8,
+    #[cfg(test)] always: u64,
+    #[cfg_attr(test, cfg(any()))] gone: u8,
+    #[cfg(any())] (a, b): (u8, u8),
+    id: u64,
+) -> u64 {
+    always + id
+}
+
+#[cached(cache = CACHE, expire = 60, tags = ["id:{id}"], stale_while_revalidate = 10)]
+async fn cfg_arg_spawned(#[cfg(any())] never: u8, id: u64) -> u64 {
+    id
+}
+
+#[tokio::test]
+async fn arguments_removed_by_cfg_are_not_in_the_key() {
+    assert_eq!(cfg_arg(1, 2).await, 3);
+    assert_eq!(cfg_arg_spawned(4).await, 4);
+    // The stores run in the background.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for key in [
+        "cached_as_written::cfg_arg:1:2",
+        "cached_as_written::cfg_arg_spawned:4",
+    ] {
+        assert!(CACHE.get_raw(key).await.unwrap().is_some(), "{key}");
+    }
+    assert!(cfg_arg_invalidate(1, 2).await.unwrap());
+    assert!(cfg_arg_spawned_invalidate(4).await.unwrap());
+    cfg_arg_spawned_invalidate_all().await.unwrap();
+}
