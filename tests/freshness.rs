@@ -50,6 +50,7 @@ per_store!(
     stale_readers_are_answered_at_once_by_one_background_reload,
     a_failing_loader_serves_the_stale_value_and_is_logged,
     concurrent_callers_of_a_failing_loader_all_get_the_stale_value,
+    waiters_behind_a_failing_loader_get_its_error_without_loading,
     the_soft_timeout_answers_stale_and_the_loader_still_stores,
     the_hard_timeout_gives_up_with_or_without_a_stale_value,
     past_the_stale_window_is_a_miss,
@@ -379,6 +380,52 @@ async fn concurrent_callers_of_a_failing_loader_all_get_the_stale_value(backend:
     );
 }
 
+/// Concurrent callers of a key whose loader fails, with no stale value at hand: the loader runs
+/// once. Its caller gets its error; the others, without running theirs, an `Error::Loader`
+/// naming the key and the leader's error (moka's `try_get_with`). Each waiter used to run its own
+/// loader, nearly all at once (20 callers: 20 runs, 19 at once). A caller arriving after the
+/// flight ended loads again: errors are never stored.
+async fn waiters_behind_a_failing_loader_get_its_error_without_loading(backend: Backend) {
+    let cache = backend.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let failing = |runs: &Arc<AtomicUsize>| {
+        let runs = Arc::clone(runs);
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(200 * MS).await;
+            Err::<String, String>("the origin is down".to_owned())
+        }
+    };
+    let callers: Vec<_> = (0..20)
+        .map(|_| {
+            let (cache, loader) = (cache.clone(), failing(&runs));
+            tokio::spawn(async move { cache.try_get_or_set("k", 60, loader).await })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for caller in callers {
+        let answer = tokio::time::timeout(HANG, caller).await.unwrap().unwrap();
+        errors.push(answer.unwrap_err());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "{errors:?}");
+    let shared = "the loader of `k` gave no value: not run: another caller's load of the key \
+                  failed: the origin is down";
+    assert_eq!(
+        errors.iter().filter(|e| *e == "the origin is down").count(),
+        1,
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors.iter().filter(|e| *e == shared).count(),
+        19,
+        "{errors:?}"
+    );
+    let again = cache.try_get_or_set("k", 60, failing(&runs)).await;
+    assert_eq!(again.unwrap_err(), "the origin is down");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "a later caller loads again");
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+}
+
 /// Callers that waited a whole hard timeout behind a leader whose loader hit it have nothing
 /// left: their loaders are not started (each was polled once and dropped at once: 50 loader runs
 /// for 50 callers, where the loader is a query to a struggling database). Paused clock.
@@ -486,13 +533,185 @@ async fn waiters_behind_panicking_loaders_stay_within_one_hard_timeout() {
             })
         })
         .collect();
+    let mut reasons = Vec::new();
     for caller in callers {
         let (answer, answered_at) = caller.await.unwrap();
-        assert!(matches!(answer, Err(Error::Loader { .. })), "{answer:?}");
+        match answer {
+            Err(Error::Loader { reason, .. }) => reasons.push(reason),
+            other => panic!("{other:?}"),
+        }
         let waited = answered_at - started;
         assert!(waited < hard + hard / 10, "waited {waited:?}");
     }
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // The new leader's error names the hard timeout as set, and the part of it spent waiting
+    // (it named what was left: "timed out after 2s").
+    let led = "timed out after 5s (hard timeout), 3s of it spent waiting for another caller's load";
+    assert_eq!(
+        reasons.iter().filter(|r| *r == led).count(),
+        1,
+        "{reasons:?}"
+    );
+}
+
+/// Waiters behind a loader that panics, with a stale value within `stale_if_error` at hand,
+/// answer with it as the panicking caller does: no new leader, one loader run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_behind_a_panicking_loader_answer_with_the_stale_value() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new().stale_if_error(MINUTE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..10)
+        .map(|_| {
+            let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+            tokio::spawn(async move {
+                cache
+                    .get_or_set("k", 60, move || async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(100 * MS).await;
+                        if true {
+                            panic!("the loader panics (on purpose)");
+                        }
+                        "never".to_owned()
+                    })
+                    .freshness(policy)
+                    .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        let answer = tokio::time::timeout(HANG, caller).await.unwrap().unwrap();
+        assert_eq!(answer.unwrap(), "old");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// The hard timeout's error names the timeout as set: "timed out after 300ms (hard timeout)"
+/// (it named what was left of it after the few microseconds the caller took to join its flight:
+/// "timed out after 299.982604ms").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hard_timeout_error_names_the_timeout_set() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    for n in 0..5 {
+        let key = format!("k{n}");
+        let error = cache
+            .get_or_set(&key, 60, std::future::pending::<String>)
+            .hard_timeout(300 * MS)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::Loader { key: k, reason } if *k == key && reason == "timed out after 300ms (hard timeout)"),
+            "{error:?}"
+        );
+    }
+}
+
+/// A hard timeout of zero gives the loader no time: it is not started, and the error says so
+/// (it said "its hard timeout was spent waiting for another caller's load", with no other
+/// caller); a stale value within `stale_if_error` answers instead, as for any hard timeout.
+#[tokio::test]
+async fn a_zero_hard_timeout_runs_no_loader() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let loader = |runs: &Arc<AtomicUsize>| {
+        let runs = Arc::clone(runs);
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            "new".to_owned()
+        }
+    };
+    let error = cache
+        .get_or_set("k", 60, loader(&runs))
+        .hard_timeout(Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Loader { key, reason } if key == "k" && reason == "not run: the hard timeout is zero"),
+        "{error:?}"
+    );
+    let policy = Freshness::new().stale_if_error(MINUTE);
+    stale_entry(&cache, "s", "old", 100 * MS, policy).await;
+    let got: String = cache
+        .get_or_set("s", 60, loader(&runs))
+        .freshness(policy.hard_timeout(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(got, "old");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// The fail-safe throttle follows tokio's clock, as the loader's timeouts do: on a paused
+/// clock, `tokio::time::advance` past it ends it (it followed the real clock, and never ended).
+/// The memory repository's TTLs follow the real clock: the value is made stale by a real sleep.
+#[tokio::test(start_paused = true)]
+async fn the_fail_safe_throttle_follows_tokios_clock() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new()
+        .stale_if_error(MINUTE)
+        .fail_safe_throttle(Duration::from_secs(10));
+    let _: String = cache
+        .get_or_set("k", 100 * MS, || async { "old".to_owned() })
+        .freshness(policy)
+        .await
+        .unwrap();
+    std::thread::sleep(200 * MS);
+    let runs = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        let got = cache
+            .try_get_or_set("k", 60, failing_loader(&runs))
+            .freshness(policy)
+            .await;
+        assert_eq!(got.unwrap(), "old");
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "throttled after the failure"
+    );
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let got = cache
+        .try_get_or_set("k", 60, failing_loader(&runs))
+        .freshness(policy)
+        .await;
+    assert_eq!(got.unwrap(), "old");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "still throttled");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let got = cache
+        .try_get_or_set("k", 60, failing_loader(&runs))
+        .freshness(policy)
+        .await;
+    assert_eq!(got.unwrap(), "old");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the throttle has passed");
+}
+
+/// The store is sent before the caller is answered, except when the caller is answered before
+/// the loader is done (a soft timeout's stale answer, a stale-while-revalidate answer): then a
+/// write of the key the caller makes next is overwritten by the store, landing later (as the
+/// README says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_an_answer_given_before_the_loader_is_done_is_overwritten() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policies = [
+        Freshness::new()
+            .stale_if_error(MINUTE)
+            .soft_timeout(20 * MS),
+        Freshness::new().stale_while_revalidate(MINUTE),
+    ];
+    for (key, policy) in ["soft", "swr"].into_iter().zip(policies) {
+        stale_entry(&cache, key, "old", 100 * MS, policy).await;
+        let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
+        let got: String = cache
+            .get_or_set(key, 60, counted(&runs, &gate, "loaded"))
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(got, "old");
+        until_runs(&runs, 1).await;
+        cache.set(key, &"mine", 60).await.unwrap();
+        gate.add_permits(1);
+        until_stored(&cache, key, "loaded").await;
+    }
 }
 
 async fn the_soft_timeout_answers_stale_and_the_loader_still_stores(backend: Backend) {
@@ -814,7 +1033,8 @@ async fn a_loader_faster_than_the_soft_timeout_answers() {
 /// A memory repository with scripted reads and writes: reads fail after `READ_DEADLINE` (as a
 /// Redis past its deadline does) when `reads_fail`, and are counted; reads of the key `k` wait
 /// for a permit of `read_gate` once a test has set it; writes land after `WRITE_DELAY`, or once
-/// `write_gate` lets them.
+/// `write_gate` lets them, and are counted. Tag invalidations go straight to the memory
+/// repository.
 #[derive(Debug)]
 struct Scripted {
     inner: MemoryCacheRepository,
@@ -822,6 +1042,8 @@ struct Scripted {
     reads: AtomicUsize,
     read_gate: std::sync::Mutex<Option<Arc<Semaphore>>>,
     write_gate: Option<Semaphore>,
+    /// Values written (`set`, once landed).
+    writes: AtomicUsize,
 }
 
 const READ_DEADLINE: Duration = Duration::from_millis(100);
@@ -835,6 +1057,7 @@ impl Scripted {
             reads: AtomicUsize::new(0),
             read_gate: std::sync::Mutex::new(None),
             write_gate,
+            writes: AtomicUsize::new(0),
         })
     }
 
@@ -873,7 +1096,9 @@ impl CacheRepository for Scripted {
                 Some(gate) => drop(gate.acquire().await),
                 None => tokio::time::sleep(WRITE_DELAY).await,
             }
-            self.inner.set(key, value, expiry).await
+            self.inner.set(key, value, expiry).await?;
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
         })
     }
     fn set_nx<'a>(
@@ -929,6 +1154,15 @@ impl CacheRepository for Scripted {
         pattern: &'a str,
     ) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
         self.inner.delete_pattern(pattern)
+    }
+    // (A tag's invalidation is neither gated nor delayed, nor counted as a read.)
+    fn mark_tag<'a>(
+        &'a self,
+        key: &'a str,
+        kind: impcache::TagInvalidation,
+        at: bytes::Bytes,
+    ) -> impcache::BoxFuture<'a, impcache::Result<()>> {
+        self.inner.mark_tag(key, kind, at)
     }
 }
 
@@ -995,9 +1229,9 @@ async fn flights_of_other_keys_ending_during_a_stale_read_do_not_cancel_its_relo
 }
 
 /// The leader of `k`'s flight, read and loading (returned once its loader runs, so that a
-/// caller started next is its waiter, not the flight's leader): its loader fails once `release`
-/// lets it.
-async fn failing_leader(
+/// caller started next is its waiter, not the flight's leader), with the tag `t`: its loader
+/// answers 1 once `release` lets it.
+async fn tagged_leader(
     repository: &Scripted,
     cache: &Cache,
 ) -> (tokio::task::JoinHandle<Result<u32, Error>>, Arc<Semaphore>) {
@@ -1009,11 +1243,9 @@ async fn failing_leader(
                 .try_get_or_set("k", 60, || async move {
                     running.add_permits(1);
                     drop(release.acquire().await);
-                    Err::<u32, _>(Error::Loader {
-                        key: "k".to_owned(),
-                        reason: "the origin failed".to_owned(),
-                    })
+                    Ok::<u32, Error>(1)
                 })
+                .tags(["t"])
                 .await
         }
     });
@@ -1022,10 +1254,12 @@ async fn failing_leader(
     (leader, release)
 }
 
-/// Lets the `failing_leader` fail once a second caller has read (a miss) and joined its flight,
-/// and checks that it failed.
-async fn fail_once_the_waiter_joined(
+/// Once a second caller has read (a miss) and joined the `tagged_leader`'s flight, invalidates
+/// the tag `t` (the leader's value, computed before, does not hold for that waiter: it loads on
+/// its own), then lets the leader answer.
+async fn invalidate_once_the_waiter_joined(
     repository: &Scripted,
+    cache: &Cache,
     leader: tokio::task::JoinHandle<Result<u32, Error>>,
     release: Arc<Semaphore>,
 ) {
@@ -1034,34 +1268,41 @@ async fn fail_once_the_waiter_joined(
     }
     // The waiter has read and joins the leader's flight.
     tokio::time::sleep(50 * MS).await;
+    cache.invalidate_tag("t").await.unwrap();
     release.add_permits(1);
-    assert!(tokio::time::timeout(HANG, leader)
-        .await
-        .unwrap()
-        .unwrap()
-        .is_err());
+    let led = tokio::time::timeout(HANG, leader).await.unwrap().unwrap();
+    assert_eq!(led.unwrap(), 1);
 }
 
-/// A waiter whose leader failed loads on its own, and is answered as soon as its loader is
-/// done: its store, held here until the end, does not delay the answer.
+/// A waiter loading on its own (the leader's value was invalidated since it joined) is
+/// answered as soon as its loader is done: its store, held here until the end, does not delay
+/// the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
     let repository = Scripted::new(false, Some(Semaphore::new(0)));
     let cache = repository.cache();
-    let (leader, release) = failing_leader(&repository, &cache).await;
+    let (leader, release) = tagged_leader(&repository, &cache).await;
     let waiter = tokio::spawn({
         let cache = cache.clone();
         async move { cache.try_get_or_set("k", 60, || async { Ok(7) }).await }
     });
-    fail_once_the_waiter_joined(&repository, leader, release).await;
+    invalidate_once_the_waiter_joined(&repository, &cache, leader, release).await;
     let answered: Result<u32, Error> = tokio::time::timeout(HANG, waiter)
         .await
         .expect("the waiter's answer waited for its store")
         .unwrap();
     assert_eq!(answered.unwrap(), 7);
-    if let Some(gate) = &repository.write_gate {
-        gate.add_permits(1);
-    }
+    // The leader's store first (queued first), then the waiter's.
+    let gate = repository.write_gate.as_ref().unwrap();
+    gate.add_permits(1);
+    tokio::time::timeout(HANG, async {
+        while repository.writes.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(MS).await;
+        }
+    })
+    .await
+    .expect("the leader's value was never stored");
+    gate.add_permits(1);
     tokio::time::timeout(HANG, async {
         while cache.get::<u32>("k").await.unwrap() != Some(7) {
             tokio::time::sleep(10 * MS).await;
@@ -1071,13 +1312,13 @@ async fn a_waiter_loading_on_its_own_is_answered_before_its_store() {
     .expect("the waiter's value was never stored");
 }
 
-/// A waiter loading on its own (its leader failed) and dropped before its answer stops its
-/// loader: no flight holds that load for anyone else.
+/// A waiter loading on its own (the leader's value was invalidated since it joined) and
+/// dropped before its answer stops its loader: no flight holds that load for anyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_waiter_loading_on_its_own_stops_its_loader() {
     let repository = Scripted::new(false, None);
     let cache = repository.cache();
-    let (leader, release) = failing_leader(&repository, &cache).await;
+    let (leader, release) = tagged_leader(&repository, &cache).await;
     let (started, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
     let finished = Arc::new(AtomicUsize::new(0));
     let waiter = tokio::spawn({
@@ -1098,7 +1339,7 @@ async fn a_dropped_waiter_loading_on_its_own_stops_its_loader() {
                 .await
         }
     });
-    fail_once_the_waiter_joined(&repository, leader, release).await;
+    invalidate_once_the_waiter_joined(&repository, &cache, leader, release).await;
     drop(tokio::time::timeout(HANG, started.acquire()).await.unwrap());
     waiter.abort();
     assert!(waiter.await.unwrap_err().is_cancelled());

@@ -440,6 +440,89 @@ fn cached_hits_and_misses_are_trace_events_of_target_impcache_cached() {
 }
 
 #[impcache::cached(cache = cache, expire = 60, skip(cache))]
+async fn plain_logged(cache: &Cache, id: u64) -> u64 {
+    tracing::info!("plain body ran for {id}");
+    id
+}
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache), tags = ["id:{id}"])]
+async fn tagged_logged(cache: &Cache, id: u64) -> u64 {
+    tracing::info!("tagged body ran for {id}");
+    id
+}
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache), stale_if_error = 60)]
+async fn fresh_logged(cache: &Cache, id: u64) -> u64 {
+    tracing::info!("fresh body ran for {id}");
+    id
+}
+
+#[impcache::cached(cache = cache, expire = Duration::from_millis(100), skip(cache), stale_while_revalidate = 60)]
+async fn revalidated_logged(cache: &Cache, id: u64) -> u64 {
+    tracing::info!("revalidated body ran for {id}");
+    id
+}
+
+/// A `#[cached]` body's events belong to its caller's span (`#[instrument]`, a request's span),
+/// whether the body runs in place (the plain path) or in a spawned task (`tags`, a freshness
+/// option; a background reload, in the span of the call that started it). Spawned bodies logged
+/// outside any span.
+#[test]
+fn a_cached_body_logs_in_its_callers_span() {
+    use tracing::Instrument;
+
+    let logs = logged(tracing::Level::INFO, async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        let request = |rid: u64| tracing::info_span!("request", rid);
+        plain_logged(&cache, 1).instrument(request(1)).await;
+        tagged_logged(&cache, 2).instrument(request(2)).await;
+        fresh_logged(&cache, 3).instrument(request(3)).await;
+        revalidated_logged(&cache, 4).instrument(request(4)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Stale: answered at once, the body reloading in the background.
+        let stale = revalidated_logged(&cache, 4).instrument(request(5)).await;
+        assert_eq!(stale, 4);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    let lines =
+        |needle: &str| -> Vec<&str> { logs.lines().filter(|line| line.contains(needle)).collect() };
+    for (body, rid) in [("plain", 1), ("tagged", 2), ("fresh", 3)] {
+        let ran = lines(&format!("{body} body ran for {rid}"));
+        assert_eq!(ran.len(), 1, "{logs}");
+        assert!(ran[0].contains(&format!("request{{rid={rid}}}")), "{logs}");
+    }
+    let revalidated = lines("revalidated body ran for 4");
+    assert_eq!(revalidated.len(), 2, "{logs}");
+    assert!(revalidated[0].contains("request{rid=4}"), "{logs}");
+    assert!(revalidated[1].contains("request{rid=5}"), "{logs}");
+}
+
+/// A `get_or_set` loader's events belong to its caller's span too: the leader's load runs in a
+/// spawned task, which carries the span current at the call.
+#[test]
+fn a_get_or_set_loader_logs_in_its_callers_span() {
+    use std::future::IntoFuture;
+    use tracing::Instrument;
+
+    let logs = logged(tracing::Level::INFO, async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        let loaded: u64 = cache
+            .get_or_set("k", 60, || async {
+                tracing::info!("loader ran");
+                1
+            })
+            .into_future()
+            .instrument(tracing::info_span!("request", rid = 7))
+            .await
+            .unwrap();
+        assert_eq!(loaded, 1);
+    });
+    let ran: Vec<&str> = logs.lines().filter(|l| l.contains("loader ran")).collect();
+    assert_eq!(ran.len(), 1, "{logs}");
+    assert!(ran[0].contains("request{rid=7}"), "{logs}");
+}
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache))]
 async fn profile(cache: &Cache, email: String) -> String {
     format!("profile of {email}")
 }

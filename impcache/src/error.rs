@@ -163,12 +163,15 @@ pub enum Error {
     },
     /// The loader of [`Cache::get_or_set`](crate::Cache::get_or_set) (or `try_get_or_set`) gave
     /// no value and no stale value could be served: it passed its
-    /// [`hard_timeout`](crate::Freshness::hard_timeout), panicked, or its runtime shut down.
+    /// [`hard_timeout`](crate::Freshness::hard_timeout) (or was not run, the hard timeout being
+    /// zero), panicked, or its runtime shut down; or the call waited for another caller's load
+    /// of the key, which failed (its loader was then not run).
     #[error("the loader of `{key}` gave no value: {reason}")]
     Loader {
         /// The key.
         key: String,
-        /// What happened (`timed out after 2s (hard timeout)`, `panicked`).
+        /// What happened (`timed out after 2s (hard timeout)`, `panicked`, `not run: another
+        /// caller's load of the key failed: {its error}`).
         reason: String,
     },
 }

@@ -24,8 +24,10 @@ impl Cache {
     /// `expire` and returned.
     ///
     /// `loader` runs once per key per process however many callers miss together (the others
-    /// wait for it and decode its value), in a spawned task: a caller that is dropped cancels
-    /// nothing, and a loader that panics leaves nothing stuck. Cache errors never fail the call:
+    /// wait for it and decode its value; when it fails, they do not run theirs: see
+    /// [`try_get_or_set`](Cache::try_get_or_set)), in a spawned task: a caller that is dropped
+    /// cancels nothing, and a loader that panics leaves nothing stuck (its waiters elect one new
+    /// leader). Cache errors never fail the call:
     /// with the cache down, `loader` runs and answers (see the
     /// [freshness module docs](crate::freshness)). Set a [`Freshness`](crate::Freshness) policy
     /// (stale-while-revalidate, stale-if-error, timeouts, early refresh) with
@@ -33,8 +35,9 @@ impl Cache {
     ///
     /// Errors: an invalid `expire` or lock lifetime
     /// ([`Error::InvalidExpire`](crate::Error::InvalidExpire)), and a loader that gave no value
-    /// (it passed its hard timeout, panicked, or its runtime shut down) with no stale value to
-    /// serve ([`Error::Loader`](crate::Error::Loader)).
+    /// (it passed its hard timeout, or was not run under a zero one, panicked, or its runtime
+    /// shut down), or the load of another caller this one waited for that gave none, with no
+    /// stale value to serve ([`Error::Loader`](crate::Error::Loader)).
     ///
     /// ```
     /// # use impcache::{Cache, MemoryCacheRepository};
@@ -61,9 +64,14 @@ impl Cache {
 
     /// [`get_or_set`](Cache::get_or_set) with a fallible loader: its `Err` is returned (or,
     /// within a [`stale_if_error`](crate::Freshness::stale_if_error) window, the stale value
-    /// instead) and never stored nor shared with the waiters. `E: From<impcache::Error>` carries
-    /// the errors of [`get_or_set`](Cache::get_or_set) (invalid expire, a loader that gave no
-    /// value).
+    /// instead) and never stored. The callers that waited for it do not run their loaders (as
+    /// moka's `try_get_with`): each gets the stale value its own read found within its window,
+    /// else [`Error::Loader`](crate::Error::Loader) naming the key, whose reason says another
+    /// caller's load of the key failed and gives that error's text
+    /// (`not run: another caller's load of the key failed: {error}`). A caller arriving once
+    /// that load has ended runs its loader again. `E: From<impcache::Error>` carries the errors
+    /// of [`get_or_set`](Cache::get_or_set) (invalid expire, a loader that gave no value,
+    /// another caller's failed load).
     pub fn try_get_or_set<'a, F>(
         &'a self,
         key: &'a str,

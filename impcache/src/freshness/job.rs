@@ -40,13 +40,17 @@ pub(super) struct Job {
     /// such a refresh only for a value expiring later (another process's refresh), not for the
     /// value it replaces, which is fresh too.
     pub(super) replaces: Option<tokio::time::Instant>,
+    /// What its caller spent of the hard timeout waiting for another caller's load
+    /// ([`having_spent`](Job::having_spent)): its loader has the rest.
+    pub(super) waited: std::time::Duration,
 }
 
 impl Job {
-    /// This job with `spent` taken off its allowance: first off the lock's `wait` (the time a
-    /// caller may wait for other processes' values), then off its hard timeout. A caller that
-    /// waited for another caller's load, and then loads on its own or leads the next turn, waits
-    /// at most about one allowance in all.
+    /// This job with `spent` (waiting for another caller's load) taken off its allowance: first
+    /// off the lock's `wait` (the time a caller may wait for other processes' values), then off
+    /// its hard timeout ([`waited`](Job::waited); the policy keeps the hard timeout as set, which
+    /// errors name). A caller that waited for another caller's load, and then loads on its own
+    /// or leads the next turn, waits at most about one allowance in all.
     pub(super) fn having_spent(mut self, spent: std::time::Duration) -> Job {
         let mut over = spent;
         if let Some((lock, _)) = &mut self.lock {
@@ -54,9 +58,7 @@ impl Job {
             *lock = lock.wait(wait.saturating_sub(spent));
             over = spent.saturating_sub(wait);
         }
-        if let Some(hard) = self.policy.hard_timeout_duration() {
-            self.policy = self.policy.hard_timeout(hard.saturating_sub(over));
-        }
+        self.waited = over;
         self
     }
 

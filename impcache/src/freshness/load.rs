@@ -14,6 +14,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::lock::{self, Turn};
 use super::policy::{Freshness, LoadSettings, State};
@@ -35,30 +37,41 @@ pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> = LazyLock:
 /// A leader's handle on its flight.
 pub(super) type Guard = FlightGuard<FlightKey, Shared>;
 
-/// What a flight's leader hands its waiters: the value's JSON and, when the leader's call has
-/// tags, the time (a tag stamp) from which the value holds against their invalidations (taken
-/// before its loader ran, or before the read that found it).
+/// What a flight's leader hands its waiters: a value, or the failure of its loader.
 #[derive(Clone, Debug)]
-pub(super) struct Shared {
+pub(super) enum Shared {
+    /// A value, loaded or read from the cache.
+    Value(Value),
+    /// The leader's loader failed (an `Err`, the hard timeout; a panic only with a stale value
+    /// at hand, else it abandons the flight). A waiter whose own read found a stale value within
+    /// its `stale_if_error` window answers with it; the others get an error naming this failure
+    /// (the text here), without running their loaders (moka's `try_get_with`), unless it is not
+    /// for sharing (`None`: a panic, or a `#[cached]` body's `Err` or `None`, see
+    /// [`LoadError::shared`]): then each runs its own.
+    Failed(Option<Arc<str>>),
+}
+
+/// A value a flight's leader hands its waiters: its JSON and, when the leader's call has tags,
+/// the time (a tag stamp) from which the value holds against their invalidations (taken before
+/// its loader ran, or before the read that found it).
+#[derive(Clone, Debug)]
+pub(super) struct Value {
     json: Bytes,
     holds_since: Option<(u64, Tags)>,
     /// Read from the cache for a call whose loader chooses tags (`tags_from`): the entry may
     /// carry tags the call does not know, whose state a waiter could not check.
     tags_unknown: bool,
-    /// The stale value the leader answered with, its loader having failed.
-    stale: bool,
 }
 
 impl Shared {
     /// A value that holds since `since` for a call with `tags`.
     fn new(json: Bytes, since: u64, tags: &Tags) -> Shared {
         let holds_since = (!tags.is_empty()).then(|| (since, tags.clone()));
-        Shared {
+        Shared::Value(Value {
             json,
             holds_since,
             tags_unknown: false,
-            stale: false,
-        }
+        })
     }
 
     /// A value the leader read from the cache at `since` for `job` (rather than loaded): as
@@ -66,25 +79,17 @@ impl Shared {
     /// than the call's, so a waiter that joined after the read does not take it (it reads the
     /// entry itself, and judges all its tags).
     fn read(json: Bytes, since: u64, job: &Job) -> Shared {
-        let mut shared = Shared::new(json, since, &job.tags);
-        if job.loaded_tags.is_some() {
-            shared.holds_since = Some((since, job.tags.clone()));
-            shared.tags_unknown = true;
-        }
-        shared
-    }
-
-    /// The stale value the leader answered with: for the waiters that may serve a stale value
-    /// themselves (their own read found one within their window).
-    fn stale(json: Bytes) -> Shared {
-        Shared {
+        let holds_since =
+            (!job.tags.is_empty() || job.loaded_tags.is_some()).then(|| (since, job.tags.clone()));
+        Shared::Value(Value {
             json,
-            holds_since: None,
-            tags_unknown: false,
-            stale: true,
-        }
+            holds_since,
+            tags_unknown: job.loaded_tags.is_some(),
+        })
     }
+}
 
+impl Value {
     /// Whether a waiter that joined the flight at `joined` may take the value. A tagged value
     /// computed (or read) before the waiter asked may have been invalidated in between
     /// (`invalidate_tag` from any process): its tags' state is read again, and it is taken only
@@ -125,15 +130,21 @@ impl Shared {
 }
 
 /// What the machinery needs of a loader's error type: to carry the cache's own errors (an
-/// invalid expire, the hard timeout) and a panic of the loader.
+/// invalid expire, the hard timeout, another caller's failed load) and a panic of the loader.
 pub(crate) trait LoadError: Display + Send + 'static + Sized {
     /// A cache error.
     fn from_cache(error: Error) -> Self;
     /// The loader of `key` panicked with `payload`.
     fn from_panic(key: &str, payload: Box<dyn Any + Send>) -> Self;
+    /// Whether the waiters of a flight whose leader failed with this error get an error naming
+    /// it ([`Error::Loader`], through [`from_cache`](LoadError::from_cache)) rather than run
+    /// their own loaders.
+    fn shared(&self) -> bool;
 }
 
-/// Any `E: From<impcache::Error>`: a panic becomes [`Error::Loader`] (its payload is dropped).
+/// Any `E: From<impcache::Error>`: a panic becomes [`Error::Loader`] (its payload is dropped),
+/// and every failure is shared with the flight's waiters, as moka's `try_get_with` shares its
+/// loader's `Err`.
 impl<E: From<Error> + Display + Send + 'static> LoadError for E {
     fn from_cache(error: Error) -> Self {
         E::from(error)
@@ -141,6 +152,10 @@ impl<E: From<Error> + Display + Send + 'static> LoadError for E {
 
     fn from_panic(key: &str, _payload: Box<dyn Any + Send>) -> Self {
         E::from(loader_error(key, "panicked"))
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 
@@ -179,6 +194,7 @@ where
         loaded_tags: loaded_tags.clone(),
         fail_safe: false,
         replaces: None,
+        waited: Duration::ZERO,
     };
     let (job, stale, loader, reread) = match cache.read_for_load_tagged(key, &policy, &tags).await {
         Ok(Some(found)) => match serve(cache, key, &policy, &job, ticket, found, loader) {
@@ -257,7 +273,7 @@ where
         State::Fresh { left } => {
             // An early refresh is a background reload: not while the key's loader is throttled.
             if policy.refresh_early(left) && !throttled(cache, key, policy) {
-                let replaces = left.map(|left| tokio::time::Instant::now() + left);
+                let replaces = left.map(|left| Instant::now() + left);
                 spawn_refresh(Job { replaces, ..job() }, ticket, loader);
             }
             Served::Value(value)
@@ -303,13 +319,16 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     let flight = job.flight();
-    let waiting_since = tokio::time::Instant::now();
-    // A caller that joins again (its leader panicked, or failed under a lock), and then waits or
-    // leads, has what is left of its allowance: it stays within one allowance in all.
+    // Since this caller first joined another caller's flight: a caller that joins again (its
+    // leader panicked, or its value was invalidated since under a lock), and then waits, leads
+    // or loads on its own, has what is left of its allowance: it stays within one allowance in
+    // all. A caller that leads at once has all of it.
+    let mut waiting_since = None;
     loop {
         match FLIGHTS.join(&flight, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
-                let job = job.having_spent(waiting_since.elapsed());
+                let spent = waiting_since.map_or(Duration::ZERO, |since: Instant| since.elapsed());
+                let job = job.having_spent(spent);
                 if recheck && reread == Reread::IfAFlightEnded {
                     // A flight of this key ended since our read: its value may be stored now.
                     if let Some((value, shared, _)) = second_look(&job).await {
@@ -321,7 +340,8 @@ where
                 return lead(job, stale, loader, guard).await;
             }
             Join::Waiter(waiter) => {
-                answer::record(Answer::Waited(tokio::time::Instant::now()));
+                let waiting_since = *waiting_since.get_or_insert_with(Instant::now);
+                answer::record(Answer::Waited(Instant::now()));
                 let joined = tags::stamp_micros();
                 let soft = stale.as_ref().and(job.policy.soft_timeout_duration());
                 let waited = match (soft, job.policy.hard_timeout_duration()) {
@@ -338,16 +358,26 @@ where
                     (None, None) => waiter.wait_unbounded().await,
                 };
                 match waited {
-                    // The leader's stale answer: served (and counted) by a waiter whose own read
-                    // found the stale value within its window, else it loads on its own.
-                    Wait::Published(shared) if shared.stale => {
-                        let value = stale.as_ref().and_then(|_| decode(&job, &shared.json));
-                        if let Some(value) = value.filter(|_| stale_allowed(&job)) {
-                            job.cache.served_stale(&job.key, StaleReason::Error);
+                    // The leader's loader failed: this caller's loader does not run (one loader
+                    // run per key per process, failing or not). Answered with the stale value its
+                    // own read found within its window, else with an error naming the leader's.
+                    Wait::Published(Shared::Failed(shared)) => {
+                        if let Some(value) = serve_stale(&job, stale.as_ref(), StaleReason::Error) {
                             return Ok(value);
                         }
+                        match shared {
+                            Some(failure) => {
+                                let reason = format!(
+                                    "not run: another caller's load of the key failed: {failure}"
+                                );
+                                return Err(E::from_cache(loader_error(&job.key, &reason)));
+                            }
+                            // Not for sharing (a `#[cached]` body's `Err`): as `NotShared`.
+                            None if joins_again(&job, waiting_since) => continue,
+                            None => {}
+                        }
                     }
-                    Wait::Published(shared) => {
+                    Wait::Published(Shared::Value(shared)) => {
                         if !shared.holds_for(&job, joined, reread).await {
                             // Invalidated since this caller joined: under a lock, the next turn
                             // (one caller loads through the lock for the others), once the flight
@@ -367,9 +397,9 @@ where
                     }
                     // The soft timeout passed with a stale value at hand.
                     Wait::TimedOut if soft.is_some() => {
-                        let value = stale.as_ref().and_then(|s| decode(&job, s));
-                        if let Some(value) = value.filter(|_| stale_allowed(&job)) {
-                            job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
+                        if let Some(value) =
+                            serve_stale(&job, stale.as_ref(), StaleReason::SoftTimeout)
+                        {
                             return Ok(value);
                         }
                     }
@@ -378,9 +408,10 @@ where
                     // (Past the hard timeout: left to `alone`, which has no time left to load.)
                     Wait::NotShared | Wait::TimedOut => {}
                 }
-                // The leader had nothing to share (its loader failed), or nothing that holds for
-                // this caller (invalidated since): load on our own, unshared, within what is left
-                // of the allowance.
+                // The leader had nothing to share (its value could not be encoded, or its
+                // `#[cached]` body returned a value that is not cached), or nothing that holds
+                // for this caller (invalidated since): load on our own, unshared, within what is
+                // left of the allowance.
                 let job = job.having_spent(waiting_since.elapsed());
                 return alone(job, stale, loader).await;
             }
@@ -388,13 +419,13 @@ where
     }
 }
 
-/// Whether a waiter whose leader had nothing to share (its loader failed) joins the key's flight
-/// again rather than loading on its own: under a cross-process lock, while the lock's `wait`
-/// lasts. One of the waiters then leads the next attempt, through the lock, and the others wait
-/// for it, as moka's `try_get_with` and FusionCache hand a failed load to one caller at a time: a
-/// failure does not turn every waiter loose on the origin at once, unlocked. Past the `wait`,
-/// each loads on its own, as a process does that waited that long for another's lock.
-fn joins_again(job: &Job, waiting_since: tokio::time::Instant) -> bool {
+/// Whether a waiter whose leader had nothing for it joins the key's flight again rather than
+/// loading on its own: under a cross-process lock, while the lock's `wait` lasts. One of the
+/// waiters then leads the next attempt, through the lock, and the others wait for it: a value
+/// invalidated since they joined (or one not shared) does not turn every waiter loose on the
+/// origin at once, unlocked. Past the `wait`, each loads on its own, as a process does that
+/// waited that long for another's lock.
+fn joins_again(job: &Job, waiting_since: Instant) -> bool {
     waiting_since.elapsed() < lock_wait(job)
 }
 
@@ -439,7 +470,7 @@ where
         task.await;
         return answer(&job, stale.as_ref(), rx.await);
     };
-    runtime.spawn(task);
+    runtime.spawn(task.in_current_span());
     let mut rx = rx;
     // An answer within the soft timeout is the answer: the receiver, once complete, must not be
     // awaited again (it panics: "called after complete").
@@ -447,9 +478,8 @@ where
         (Some(stale), Some(soft)) => match tokio::time::timeout(soft, &mut rx).await {
             Ok(answered) => answered,
             Err(_) => {
-                if let Some(value) = decode(&job, stale).filter(|_| stale_allowed(&job)) {
+                if let Some(value) = serve_stale(&job, Some(stale), StaleReason::SoftTimeout) {
                     tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
-                    job.cache.served_stale(&job.key, StaleReason::SoftTimeout);
                     return Ok(value);
                 }
                 rx.await
@@ -480,13 +510,22 @@ where
             "was cancelled (its runtime shut down)",
         )),
     };
-    match stale.and_then(|stale| decode(job, stale)) {
-        Some(value) if stale_allowed(job) => {
-            job.cache.served_stale(&job.key, StaleReason::Error);
-            Ok(value)
-        }
-        _ => Err(failed),
+    serve_stale(job, stale, StaleReason::Error).ok_or(failed)
+}
+
+/// The stale value at hand as the caller's answer, counted as served for `reason`, when there
+/// is one, it decodes, and it may answer now ([`stale_allowed`]).
+fn serve_stale<V: DeserializeOwned>(
+    job: &Job,
+    stale: Option<&Bytes>,
+    reason: StaleReason,
+) -> Option<V> {
+    let value = decode(job, stale?)?;
+    if !stale_allowed(job) {
+        return None;
     }
+    job.cache.served_stale(&job.key, reason);
+    Some(value)
 }
 
 /// Whether the stale value at hand may answer the caller now. The near cache's fail-safe copy
@@ -518,7 +557,11 @@ where
     // ran in place: no flight holds this load for anyone else.
     let mut abort = None;
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => abort = Some(AbortOnDrop(runtime.spawn(task).abort_handle())),
+        Ok(runtime) => {
+            abort = Some(AbortOnDrop(
+                runtime.spawn(task.in_current_span()).abort_handle(),
+            ));
+        }
         Err(_) => task.await,
     }
     let answered = rx.await;
@@ -594,7 +637,7 @@ pub(super) async fn run<V, E, F, Fut>(
     let created = tags::stamp_micros();
     // A panic is caught here and becomes the loader's error: the caller is answered (the stale
     // value or `Error::Loader`), and so are the waiters when there is a stale value; without
-    // one, the flight is abandoned and they elect a new leader (see the end).
+    // one, the flight is abandoned and they elect a new leader (see below).
     // The loader is called in the first poll, inside the `catch_unwind`: one that panics before
     // returning its future is caught too.
     let mut loading = Box::pin(async move { loader().await });
@@ -609,23 +652,19 @@ pub(super) async fn run<V, E, F, Fut>(
     let mut failure = None;
     let caught = match job.policy.hard_timeout_duration() {
         Some(hard) if tokio::runtime::Handle::try_current().is_ok() => {
-            // With nothing left (a caller that waited its whole hard timeout for another
-            // caller's load, which timed out), the loader is not started: polled once, it would
-            // start its work only to be dropped, once per waiting caller.
-            let within = if hard.is_zero() {
+            // With nothing left (a zero hard timeout, or a caller that waited its whole hard
+            // timeout for another caller's load), the loader is not started: polled once, it
+            // would start its work only to be dropped.
+            let left = hard.saturating_sub(job.waited);
+            let within = if left.is_zero() {
                 None
             } else {
-                tokio::time::timeout(hard, loading).await.ok()
+                tokio::time::timeout(left, loading).await.ok()
             };
             match within {
                 Some(caught) => caught,
                 None => {
-                    let reason = if hard.is_zero() {
-                        "not run: its hard timeout was spent waiting for another caller's load"
-                            .to_owned()
-                    } else {
-                        format!("timed out after {hard:?} (hard timeout)")
-                    };
+                    let reason = timed_out(hard, job.waited);
                     let error = E::from_cache(loader_error(&job.key, &reason));
                     failure = Some(reason);
                     Ok(Err(error))
@@ -635,6 +674,8 @@ pub(super) async fn run<V, E, F, Fut>(
         _ => loading.await,
     };
     let panicked = caught.is_err();
+    // A failure the waiters are handed (set below), or `None`.
+    let mut shared_failure = None;
     let loaded = caught.unwrap_or_else(|payload| {
         failure = Some("panicked".to_owned());
         Err(E::from_panic(&job.key, payload))
@@ -660,6 +701,22 @@ pub(super) async fn run<V, E, F, Fut>(
                 throttle::start(&job.cache, &job.key, throttle);
             }
             let serving_stale = stale.is_some();
+            // What the waiters are handed (see `Shared::Failed`): the failure, told them when it
+            // is for sharing (the crate's own reason, which does not repeat the key, else the
+            // loader's error). A panic abandons the flight instead, and the waiters elect a new
+            // leader, unless a stale value was at hand: then they answer with theirs (and one
+            // without loads its own).
+            shared_failure = if !panicked {
+                let told = error.shared().then(|| match &failure {
+                    Some(reason) => Arc::from(reason.as_str()),
+                    None => Arc::from(error.to_string()),
+                });
+                Some(Shared::Failed(told))
+            } else if stale.is_some() {
+                Some(Shared::Failed(None))
+            } else {
+                None
+            };
             match (failure, job.cache.records_keys()) {
                 // The crate's own error names the key: its reason alone.
                 (Some(reason), false) => {
@@ -676,7 +733,9 @@ pub(super) async fn run<V, E, F, Fut>(
     let tags = job.value_tags();
     // The store is sent before the caller is answered: polled once here, its command is queued
     // ahead of any later command of this process (an in-memory write completes), so a `set` or
-    // `delete` the caller makes next is not undone by this store landing after it.
+    // `delete` the caller makes next is not undone by this store landing after it. (Not so when the
+    // caller was answered before the loader was done, by a soft timeout's stale value, or when
+    // this is a background reload: a write of the key made meanwhile is overwritten.)
     let mut storing = encoded.map(|bytes| {
         if let Some(guard) = &guard {
             guard.publish(Shared::new(bytes.clone(), created, &tags));
@@ -698,15 +757,17 @@ pub(super) async fn run<V, E, F, Fut>(
             }
             drop(guard);
         }
-        (None, Some(guard)) => match stale {
-            // Waiters may serve the stale value as the leader does; not a fail-safe copy: each
-            // waiter judges it by its own window (it loads on its own, unshared).
-            Some(stale) if !job.fail_safe => guard.publish(Shared::stale(stale)),
-            // A panic is no answer for anyone: the flight is abandoned, and its waiters join
-            // again, one of them leading the next run (as a panicking `#[cached]` body's
-            // waiters do, and moka's `get_with`'s), rather than each loading at once.
-            _ if panicked => drop(guard),
-            _ => guard.not_shared(),
+        (None, Some(guard)) => match shared_failure {
+            // The loader failed: its waiters do not run theirs (see `Shared::Failed`).
+            Some(failed) => guard.publish(failed),
+            // A panic with no stale value at hand is no answer for anyone: the flight is
+            // abandoned, and its waiters join again, one of them leading the next run (as a
+            // panicking `#[cached]` body's waiters do, and moka's `get_with`'s), rather than
+            // each loading at once.
+            None if panicked => drop(guard),
+            // A value that could not be encoded (the caller has it, unstored): each waiter
+            // loads its own.
+            None => guard.not_shared(),
         },
         (None, None) => {}
     }
@@ -731,6 +792,23 @@ fn serialize_panicked(key: &str) -> Error {
     Error::Encode {
         key: shown(key),
         reason: "the value's `Serialize` panicked".to_owned(),
+    }
+}
+
+/// Why a loader given the hard timeout `hard` gave no value, its caller having spent `waited`
+/// of it waiting for another caller's load.
+fn timed_out(hard: Duration, waited: Duration) -> String {
+    if hard.is_zero() {
+        "not run: the hard timeout is zero".to_owned()
+    } else if waited >= hard {
+        format!("not run: its hard timeout of {hard:?} was spent waiting for another caller's load")
+    } else if waited.is_zero() {
+        format!("timed out after {hard:?} (hard timeout)")
+    } else {
+        format!(
+            "timed out after {hard:?} (hard timeout), {waited:?} of it spent waiting for another \
+             caller's load"
+        )
     }
 }
 
@@ -777,7 +855,7 @@ where
                 }
                 tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), "reloading in the background");
                 run::<V, E, F, Fut>(job, None, loader, Some(guard), None).await;
-            });
+            }.in_current_span());
         }
     }
 }

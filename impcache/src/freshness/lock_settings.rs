@@ -19,7 +19,8 @@ use crate::expire::{Expiry, MAX_EXPIRE};
 ///   `SET NX`), then runs the loader, stores the value, and only then releases the lock.
 /// - **Release**: by the owner only, compare-and-delete (on Redis, one `EVAL` on one key, so it
 ///   works on Cluster), after the store, whether the loader succeeded or failed (errors are never
-///   shared: the next process takes the lock and runs its own loader). A crashed owner releases
+///   shared across processes: the next process takes the lock and runs its own loader; the
+///   owner's own waiting callers get its error, as without a lock). A crashed owner releases
 ///   nothing: its lock expires after its lifetime, which must exceed the loader's hard timeout.
 /// - **Wait**: a process that finds the lock taken polls the value key with a backoff (5 ms,
 ///   doubling, at most 50 ms), each poll one read and, while nothing fresh is there, one more

@@ -14,16 +14,28 @@
 //! - **Miss** (or stale past that window): the loader runs once per key per process, through the
 //!   single-flight of [`crate::flight`]. The leader's loader runs in a spawned task that answers
 //!   the leader, publishes the value's JSON to the waiters, stores it (`SET`, in the background
-//!   of the caller) and only then ends the flight. A dropped caller therefore cancels nothing and
-//!   strands no one. A panicking loader is caught in its task and treated as a failure (below):
-//!   the flight is answered, nothing stays stuck, and the panicking caller gets the stale value
-//!   or [`Error::Loader`](crate::Error::Loader) (`#[cached]` resumes the panic instead).
+//!   of the caller; the command is sent before the caller is answered, so a write of the key the
+//!   caller makes next lands after it, except when the caller was answered before the loader was
+//!   done: a soft timeout's or stale-while-revalidate's stale answer, an early refresh) and only
+//!   then ends the flight. The task runs in the caller's `tracing` span (that of the call that
+//!   started it, for a background reload), as the loader would in place; a task-local cannot
+//!   follow it. A dropped caller therefore cancels nothing and strands no one. A
+//!   panicking loader is caught in its task and treated as a failure (below): the flight is
+//!   answered, nothing stays stuck, and the panicking caller gets the stale value or
+//!   [`Error::Loader`](crate::Error::Loader) (`#[cached]` resumes the panic instead).
 //! - **Loader failure** (an `Err` of `try_get_or_set`, the hard timeout, a panic): logged
-//!   (`WARN`, target `impcache::freshness`), never stored; the stale value is served when one is
-//!   within `stale_if_error`, and published to the waiters too. Without one, each waiter loads on
-//!   its own: errors are never shared. A panic abandons the flight instead: the waiters join it
-//!   again and one of them leads the next run, as a panicking `#[cached]` body's waiters do. With a `fail_safe_throttle`, the stale value then answers
-//!   the key's calls for that long without a loader run.
+//!   (`WARN`, target `impcache::freshness`), never stored; the caller gets the stale value when
+//!   its read found one within `stale_if_error`, else the error. The waiters do not run their
+//!   loaders (as moka's `try_get_with`): each answers with the stale value its own read found
+//!   within its window, else gets [`Error::Loader`](crate::Error::Loader) naming the key, whose
+//!   reason says another caller's load of the key failed and gives that load's error. Errors are
+//!   never stored: a caller arriving once the flight has ended loads again. A panic abandons the
+//!   flight instead: the waiters join it again and one of them leads the next run, as a
+//!   panicking `#[cached]` body's waiters do. (`#[cached]`: a body's `Err` or `None` is the
+//!   caller's own, so each waiter with no stale value runs its own body, as without freshness
+//!   options; a body given up at its hard timeout is shared, its waiters get the "timed out"
+//!   return value.) With a `fail_safe_throttle`, the stale value then answers the key's calls
+//!   for that long without a loader run (timed on tokio's clock, as the loader's timeouts are).
 //! - **Cache errors** (down, deadline, breaker open, a key too long): logged, and the loader runs
 //!   and answers; they never fail the call. The read costs at most one deadline, and the store
 //!   happens after the caller is answered.

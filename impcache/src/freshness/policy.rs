@@ -113,8 +113,12 @@ impl Freshness {
     }
 
     /// The loader is given up after `timeout` (its future dropped): the caller gets the stale
-    /// value when one is at hand, else [`Error::Loader`](crate::Error::Loader). Also bounds
-    /// background reloads.
+    /// value when one is at hand, else [`Error::Loader`](crate::Error::Loader)
+    /// (`timed out after 2s (hard timeout)`); the callers waiting for it get the same (their
+    /// stale value, else an `Error::Loader` naming that failure), without running their
+    /// loaders. Also bounds background reloads. Taken literally, as a zero
+    /// [`soft_timeout`](Freshness::soft_timeout) is: a zero `timeout` gives the loader no time,
+    /// so it is never started (`not run: the hard timeout is zero`). Timed on tokio's clock.
     pub const fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = Some(timeout);
         self
@@ -137,7 +141,8 @@ impl Freshness {
     /// background reload starts (an [early refresh](Freshness::early_refresh) neither): a
     /// failing origin is not called again at the rate of the requests. Per process; past
     /// `throttle` (at most a year) the next call loads again, and a load that succeeds (a miss
-    /// always loads) ends it at once, as in FusionCache. Off by default.
+    /// always loads) ends it at once, as in FusionCache. Timed on tokio's clock, as the
+    /// loader's timeouts are (`tokio::time::advance` ends it on a paused clock). Off by default.
     pub const fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.fail_safe_throttle = Some(throttle);
         self

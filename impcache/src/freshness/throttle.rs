@@ -2,15 +2,19 @@
 //! FusionCache's `FailSafeThrottleDuration`): the keys whose loader failed recently in this
 //! process, and until when their stale value answers without a loader run. Per process, like
 //! the single-flight it sits beside: another process learns of a failure by failing itself.
+//! Timed on tokio's clock, as the loader's timeouts are: on a paused test clock,
+//! `tokio::time::advance` ends a throttle.
 
 use std::sync::{Arc, LazyLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::job::{flight_key, FlightKey};
 use crate::{Cache, CacheRepository};
 
-/// How many keys the table holds at most (the least used go first): a failing key costs an
-/// entry of about its key's length, so the table stays within a few MiB.
+/// How many keys the table holds at most (the least recently used go first): a failing key costs
+/// an entry of about its key's length, so the table stays within a few MiB.
 const MAX_KEYS: u64 = 10_000;
 
 /// A throttled key's entry: until when its stale value answers, and the repository it was
@@ -23,37 +27,16 @@ struct Throttled {
     repository: Weak<dyn CacheRepository>,
 }
 
-/// The throttled keys (an entry is dropped past its `until`, by moka's per-entry expiry).
+/// The throttled keys. An entry past its `until` answers no more and stays until the key fails
+/// again, succeeds, or is evicted: moka's own expiry would follow the real clock, not tokio's.
+/// Least recently used first, so that a newly failed key always gets its entry (moka's default
+/// admission may refuse a new key, seen once, when the table is full).
 static THROTTLED: LazyLock<moka::sync::Cache<FlightKey, Throttled>> = LazyLock::new(|| {
     moka::sync::Cache::builder()
         .max_capacity(MAX_KEYS)
-        .expire_after(Until)
+        .eviction_policy(moka::policy::EvictionPolicy::lru())
         .build()
 });
-
-/// Expires each entry at its own `Instant`.
-struct Until;
-
-impl moka::Expiry<FlightKey, Throttled> for Until {
-    fn expire_after_create(
-        &self,
-        _key: &FlightKey,
-        entry: &Throttled,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(entry.until.saturating_duration_since(created_at))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &FlightKey,
-        entry: &Throttled,
-        updated_at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.until.saturating_duration_since(updated_at))
-    }
-}
 
 /// The longest throttle kept: a year (a longer one, `Duration::MAX` say, would overflow an
 /// `Instant`); past it the key loads again, as it would once its stale window ended anyway.

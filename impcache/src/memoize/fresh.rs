@@ -5,6 +5,14 @@
 //!
 //! Such a function's body runs in a spawned task (a background reload, a soft timeout), so its
 //! future must be `Send + 'static`: arguments are owned (no `&self`, no `&str`).
+//!
+//! The callers waiting for another caller's run of the body, when it fails: with a stale value
+//! within `stale_if_error` from their own read, they answer with it. Without one, a body that
+//! returned a value that is not cached (`Err`, `None`) leaves each of them to run its own body,
+//! as on the plain path (its error is the caller's own type: never shared); a body given up at
+//! its `hard_timeout` is shared: they get the return type's "timed out" value (`None`, or
+//! `Err(Error::Loader { .. }.into())`, its reason naming the leader's timeout) without running
+//! theirs; a body that panicked hands over to one new leader.
 
 use std::any::Any;
 use std::fmt;
@@ -245,6 +253,14 @@ impl<R: Send + 'static> LoadError for Failed<R> {
     fn from_panic(_key: &str, payload: Box<dyn Any + Send>) -> Self {
         Failed::Panicked(payload)
     }
+
+    /// A return value that is not cached is the caller's own to see (its type is the
+    /// function's, not one an error could be made of): each waiter runs its own body, as on the
+    /// plain path. The cache's own failure (the hard timeout) is shared: the waiters get the
+    /// return type's "timed out" without running their bodies.
+    fn shared(&self) -> bool {
+        !matches!(self, Failed::Returned(_))
+    }
 }
 
 /// Runs one call of a `#[cached(...)]` function with freshness options or tags. As
@@ -315,17 +331,19 @@ where
     let chosen = tags_from.given().then(LoadedTags::default);
     let loader = {
         let chosen = chosen.clone();
-        move || async move {
-            let ret = body().await;
-            match P::value(&ret) {
-                // (Not a `Some` that `cache_none` would store as `None`, `null`.)
-                Some(value) if !P::reads_back_otherwise(&ret, || json::writes_null(value)) => {
-                    if let Some(chosen) = &chosen {
-                        chosen.add(tags_from.tags_of(value));
+        move || {
+            async move {
+                let ret = body().await;
+                match P::value(&ret) {
+                    // (Not a `Some` that `cache_none` would store as `None`, `null`.)
+                    Some(value) if !P::reads_back_otherwise(&ret, || json::writes_null(value)) => {
+                        if let Some(chosen) = &chosen {
+                            chosen.add(tags_from.tags_of(value));
+                        }
+                        Ok(Stored::<P, R>(ret, PhantomData))
                     }
-                    Ok(Stored::<P, R>(ret, PhantomData))
+                    _ => Err(Failed::Returned(ret)),
                 }
-                _ => Err(Failed::Returned(ret)),
             }
         }
     };
