@@ -7,11 +7,11 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::policy::NotStored;
+use crate::policy::{declared_length, NotStored};
 use crate::store::Unfinished;
 
 /// The error of a [`ResponseBody`]: the inner body's error, boxed.
@@ -49,14 +49,6 @@ pin_project! {
 pub(crate) fn exceeds<B: Body>(headers: &HeaderMap, body: &B, limit: usize) -> bool {
     let limit = limit as u64;
     declared_length(headers).is_some_and(|len| len > limit) || body.size_hint().lower() > limit
-}
-
-/// The body length a response's `Content-Length` declares.
-pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// Whether a body of `size` bytes is not the length its response declared: an incomplete (or

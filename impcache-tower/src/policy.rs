@@ -313,6 +313,14 @@ impl Limits {
     }
 }
 
+/// The body length a message's `Content-Length` declares.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// Whether a request carries content: a `Content-Length` other than 0 or a `Transfer-Encoding`.
 /// The body itself is not asked (its size hint): that would bind the layer to request bodies
 /// that are [`http_body::Body`]s, and `Request<()>` services would no longer fit. An HTTP/1
@@ -320,7 +328,7 @@ impl Limits {
 fn carries_content(headers: &HeaderMap) -> bool {
     let length = headers
         .get(header::CONTENT_LENGTH)
-        .is_some_and(|_| crate::body::declared_length(headers) != Some(0));
+        .is_some_and(|_| declared_length(headers) != Some(0));
     length || headers.contains_key(header::TRANSFER_ENCODING)
 }
 

@@ -754,7 +754,7 @@ where
         lock: locked,
         guard,
     };
-    let declared = body::declared_length(&parts.headers);
+    let declared = policy::declared_length(&parts.headers);
     let buffered = body::buffer(body, config.max_body_size, declared).await;
     let (body, stored, detail, complete) = match buffered {
         Buffered::Complete(body) => {
