@@ -421,9 +421,16 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     // or the tail) then fails. An unreachable `return` of the return type first fixes it, as
     // async-trait does: each `return` and the tail are then checked against it, and a mismatch is
     // reported on the expression, its note ("return type inferred to be ... here") on the type.
+    // The type is named outside the body (`__impcache_returns`), where the signature is: an item
+    // the body declares (`type Out = ..;`, a `use`) would otherwise change what it names.
     let (ret_first, _) = first_last(ret.to_token_stream());
+    let returns = quote_spanned! {ret_first=>
+        let __impcache_returns = ::core::marker::PhantomData::<fn() -> #ret>;
+    };
     let return_type = quote_spanned! {ret_first=>
-        if let ::core::option::Option::Some(__impcache_ret) = ::core::option::Option::None::<#ret> {
+        if let ::core::option::Option::Some(__impcache_ret) =
+            ::impcache::__private::no_value(__impcache_returns)
+        {
             #[allow(unreachable_code)]
             return __impcache_ret;
         }
@@ -546,6 +553,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             #tags_block
             #cache_binding
             #version_static
+            #returns
             // The body's statements, not its block: `{ { expr } }` would make rustc's
             // `unused_braces` lint fire on the user's braces.
             let __impcache_body = move || async move {

@@ -96,6 +96,47 @@ where
     Ok(value)
 }
 
+type Out = u32;
+
+mod errors {
+    #[derive(Debug)]
+    pub(crate) struct Error;
+}
+
+/// The body declares an item of the return type's name: the return type still means the
+/// signature's (found by a probe: the expansion named it inside the body).
+#[cached(cache = CACHE, expire = 60)]
+async fn local_alias(id: u32) -> Out {
+    #[allow(dead_code)]
+    type Out = String;
+    id
+}
+
+#[cached(cache = CACHE, expire = 60, stale_if_error = 60)]
+async fn use_shadows(input: String) -> Result<u64, errors::Error> {
+    #[allow(unused_imports)]
+    use std::io as errors;
+    input.parse().map_err(|_| crate::errors::Error)
+}
+
+/// A body that never returns: the expansion adds no `unreachable_code`.
+#[cached(cache = CACHE, expire = 60)]
+#[allow(clippy::unused_async)]
+async fn diverging(id: u64) -> u64 {
+    panic!("diverging {id}")
+}
+
+#[tokio::test]
+async fn items_in_the_body_do_not_change_the_return_type() {
+    assert_eq!(local_alias(1).await, 1);
+    assert_eq!(use_shadows("2".to_owned()).await.unwrap(), 2);
+    assert!(use_shadows("x".to_owned()).await.is_err());
+    assert!(
+        tokio::spawn(diverging(3)).await.is_err(),
+        "the panic reaches the caller"
+    );
+}
+
 #[tokio::test]
 async fn bodies_that_coerce_to_the_return_type_compile_and_run() {
     assert_eq!(early_return(0).await.unwrap_err().to_string(), "zero");

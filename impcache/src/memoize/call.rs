@@ -19,6 +19,16 @@ use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::observe::metrics::recorder_installed;
 use crate::Cache;
 
+/// Never a value: the expansion's unreachable `return` of it gives the async block holding a
+/// `#[cached]` body the function's return type `R`, so that the body's `return`s and tail
+/// coerce to it (`Err(Box::new(e))` in a `Result<_, Box<dyn Error>>`) as they would in the
+/// function. `R` comes from a marker made beside the signature, outside the body, whose items
+/// could otherwise shadow a name in it.
+#[inline(always)]
+pub fn no_value<R>(_returns: std::marker::PhantomData<fn() -> R>) -> Option<R> {
+    None
+}
+
 /// Fails to hold for every type: what a `#[cached]` method in a trait impl resolves its
 /// companions to (the expansion names `Self::{name}_uncached`, which only an inherent impl
 /// or a free function defines), so that the error says what to do.

@@ -43,7 +43,7 @@ pub use default_cache::{default_cache, set_default_cache, SetDefaultCacheError};
 /// Internals the `#[cached]` expansion names. /!\ Not a stable API: may change in any release. /!\
 #[doc(hidden)]
 pub(crate) mod __private {
-    pub use super::call::{invalidate, invalidate_all_keys, memoize, NotInTraitImpl};
+    pub use super::call::{invalidate, invalidate_all_keys, memoize, no_value, NotInTraitImpl};
     pub use super::codec::{codec, CacheValue, Codec};
     pub use super::default_cache::default_cache_or_warn as default_cache;
     pub use super::fresh::{
