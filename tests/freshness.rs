@@ -685,6 +685,37 @@ async fn the_fail_safe_throttle_follows_tokios_clock() {
     assert_eq!(runs.load(Ordering::SeqCst), 2, "the throttle has passed");
 }
 
+/// A failed miss starts no throttle: a throttle is the time a stale value stands in for a failed
+/// loader (FusionCache sets it on the stale entry), and a miss had none. A failed miss's entry
+/// took a place in the throttle's table (10,000 keys, least recently used out: a probe saw
+/// 12,000 failed misses evict a hot stale key's throttle), and throttled a value stored after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_miss_starts_no_throttle() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new()
+        .stale_if_error(MINUTE)
+        .fail_safe_throttle(MINUTE);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let missed = cache
+        .try_get_or_set("k", 60, failing_loader(&runs))
+        .freshness(policy)
+        .await;
+    assert!(missed.is_err());
+    // Stored by another caller, fresh for 100 ms, then within `stale_if_error`.
+    cache.set("k", &"old", MINUTE + 100 * MS).await.unwrap();
+    tokio::time::sleep(200 * MS).await;
+    let got = cache
+        .try_get_or_set("k", 60, failing_loader(&runs))
+        .freshness(policy)
+        .await;
+    assert_eq!(got.unwrap(), "old");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the stale read ran its loader"
+    );
+}
+
 /// The store is sent before the caller is answered, except when the caller is answered before
 /// the loader is done (a soft timeout's stale answer, a stale-while-revalidate answer): then a
 /// write of the key the caller makes next is overwritten by the store, landing later (as the

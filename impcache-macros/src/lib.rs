@@ -89,8 +89,8 @@ use proc_macro::TokenStream;
 ///   threads safely … required by a bound in `impcache::__private::memoize_fresh`", naming the
 ///   value. Drop it before the `.await`, or use its `Send` counterpart (`Arc`,
 ///   `tokio::sync::Mutex`).
-/// - The task carries the caller's `tracing` span: the body's events belong to it, as when the
-///   body runs in place. Not the caller's task-locals (`tokio::task_local!`), which no spawned
+/// - The body runs in the caller's `tracing` span: its events belong to it, as when the body
+///   runs in place (a background reload's, which no caller waits for, in no caller's span). Not the caller's task-locals (`tokio::task_local!`), which no spawned
 ///   task sees: a body that reads one its caller set (`REQUEST_ID.scope(id, get_user(1))`) finds
 ///   none there (`try_with` fails, `with` panics). Pass such a value as an argument (in
 ///   `skip(..)` if it is not part of the key).

@@ -453,6 +453,18 @@ async fn second_look<V: DeserializeOwned>(job: &Job) -> Option<(V, Shared, Optio
     Some((value, Shared::read(found.value, since, job), left))
 }
 
+/// `loader`, run in the caller's `tracing` span although its task is spawned, as it would be in
+/// place. The loader alone: the span then closes once the caller and its loader are done, not
+/// when the store after them is (an exporter timing a request by its span would count it).
+/// A background reload has no caller waiting for it, and runs in no caller's span.
+fn in_callers_span<F, Fut>(loader: F) -> impl FnOnce() -> tracing::instrument::Instrumented<Fut>
+where
+    F: FnOnce() -> Fut,
+{
+    let span = tracing::Span::current();
+    move || loader().instrument(span)
+}
+
 /// The leader's load: the loader runs in a spawned task (which holds the flight, publishes,
 /// stores, and then ends the flight); the caller waits for its answer, at most the soft timeout
 /// when a stale value is at hand.
@@ -464,13 +476,19 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    let task = run(job.clone(), stale.clone(), loader, Some(guard), Some(tx));
+    let task = run(
+        job.clone(),
+        stale.clone(),
+        in_callers_span(loader),
+        Some(guard),
+        Some(tx),
+    );
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // No runtime to spawn on (nor timers): in place.
         task.await;
         return answer(&job, stale.as_ref(), rx.await);
     };
-    runtime.spawn(task.in_current_span());
+    runtime.spawn(task);
     let mut rx = rx;
     // An answer within the soft timeout is the answer: the receiver, once complete, must not be
     // awaited again (it panics: "called after complete").
@@ -551,16 +569,20 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    let task = run(job.clone(), stale.clone(), loader, None, Some(tx));
+    let task = run(
+        job.clone(),
+        stale.clone(),
+        in_callers_span(loader),
+        None,
+        Some(tx),
+    );
     // The answer comes as soon as the loader has one; the store goes on in the task (stores
     // never delay an answer). A caller dropped before its answer stops its loader, as when it
     // ran in place: no flight holds this load for anyone else.
     let mut abort = None;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            abort = Some(AbortOnDrop(
-                runtime.spawn(task.in_current_span()).abort_handle(),
-            ));
+            abort = Some(AbortOnDrop(runtime.spawn(task).abort_handle()));
         }
         Err(_) => task.await,
     }
@@ -607,6 +629,11 @@ pub(super) async fn run<V, E, F, Fut>(
     // Across processes (a flight's leader only, with a lock): take the lock, or serve the value
     // another process stored while this one waited. Outside a tokio runtime (no timers to wait
     // with) the loader runs without it.
+    // A throttle is the time a value stands in for a failed loader (a stale one, or the one a
+    // background reload would replace), as FusionCache's is set on the stale entry: a failed
+    // miss had none, and starts none (nor takes a place in its table, 10,000 keys, from a key
+    // whose throttle answers).
+    let throttles = stale.is_some() || answer.is_none();
     let timers = tokio::runtime::Handle::try_current().is_ok();
     let held = match (job.lock, &guard) {
         (Some((lock, lifetime)), Some(_)) if timers => {
@@ -697,7 +724,8 @@ pub(super) async fn run<V, E, F, Fut>(
             }
         }
         Err(error) => {
-            if let Some(throttle) = job.policy.fail_safe_throttle_duration() {
+            let throttle = job.policy.fail_safe_throttle_duration();
+            if let Some(throttle) = throttle.filter(|_| throttles) {
                 throttle::start(&job.cache, &job.key, throttle);
             }
             let serving_stale = stale.is_some();
@@ -855,7 +883,7 @@ where
                 }
                 tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), "reloading in the background");
                 run::<V, E, F, Fut>(job, None, loader, Some(guard), None).await;
-            }.in_current_span());
+            });
         }
     }
 }

@@ -17,9 +17,9 @@
 //!   of the caller; the command is sent before the caller is answered, so a write of the key the
 //!   caller makes next lands after it, except when the caller was answered before the loader was
 //!   done: a soft timeout's or stale-while-revalidate's stale answer, an early refresh) and only
-//!   then ends the flight. The task runs in the caller's `tracing` span (that of the call that
-//!   started it, for a background reload), as the loader would in place; a task-local cannot
-//!   follow it. A dropped caller therefore cancels nothing and strands no one. A
+//!   then ends the flight. The loader runs in the caller's `tracing` span, as it would in
+//!   place (the loader only: the span closes once the caller and its loader are done, not the
+//!   store; a background reload runs in no caller's span); a task-local cannot follow it. A dropped caller therefore cancels nothing and strands no one. A
 //!   panicking loader is caught in its task and treated as a failure (below): the flight is
 //!   answered, nothing stays stuck, and the panicking caller gets the stale value or
 //!   [`Error::Loader`](crate::Error::Loader) (`#[cached]` resumes the panic instead).
