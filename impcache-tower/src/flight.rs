@@ -2,7 +2,8 @@
 //! `impcache`'s single-flight primitive ([`impcache::flight`], whose docs give the protocol).
 //!
 //! The first request to miss a URL becomes the *leader* and calls the handler; later ones wait
-//! (bounded by the lock timeout) for what the leader publishes: the entry when the response is
+//! (bounded by the lock timeout, one per request however many leaders it waits for: `Waiting`
+//! in `service.rs`) for what the leader publishes: the entry when the response is
 //! stored; that a stale entry stood in for a failed handler (each waiter then serves its own stale
 //! entry: a failing origin is called once per flight, not once per request); "not shareable"
 //! otherwise (they then call the handler themselves). The leader keeps the flight open until its
@@ -29,7 +30,10 @@
 //! **A leader that goes away** (its client disconnected, it panicked, the body was dropped
 //! mid-way) or whose response body fails mid-way (an upstream error: `Unfinished::give_up`)
 //! publishes nothing: its waiters look in the cache again and the first of them to join leads
-//! the next flight, the others wait for it (as `#[cached]` does).
+//! the next flight, the others wait for it (as `#[cached]` does), within what is left of their
+//! lock timeout, counted from their first wait (with nothing left, they call the handler
+//! themselves): an upstream whose bodies always fail does not line them up one call after
+//! another. What they waited also counts in their hard timeout.
 
 use std::sync::Arc;
 

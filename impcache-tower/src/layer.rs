@@ -134,8 +134,15 @@ impl CacheLayer {
         self.with(|c| c.coalesce = coalesce)
     }
 
-    /// How long a coalesced request waits for the first one's handler call (and its body, when
-    /// it streams) before calling the handler itself (default 10 s).
+    /// How long a coalesced request waits for another request's handler call (and its body, when
+    /// it streams) before calling the handler itself (default 10 s). Counted once per request,
+    /// from when it starts waiting (right after its lookup), however many leaders it waits for,
+    /// as nginx's `proxy_cache_lock_timeout`: a leader that goes away (its client disconnects,
+    /// its handler panics, its response body fails mid-way) hands its flight over to one of its
+    /// waiters, and the others wait for that one only what is left of their own timeout; with
+    /// nothing left, a request calls the handler itself. So even an upstream whose bodies always
+    /// fail keeps no request waiting past this timeout: each is answered within it and one
+    /// handler call.
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.lock_timeout = timeout)
     }
@@ -295,8 +302,11 @@ impl CacheLayer {
     /// [`handler_timeout`](Self::handler_timeout)), and otherwise the layer answers
     /// `504 Gateway Timeout` (never stored; `Cache-Status: impcache; fwd=…; detail=handler-timeout`),
     /// as a reverse proxy does (default: no limit). A coalesced request that waited for another
-    /// request's call that timed out has what is left of its own `timeout` (one that waited it
-    /// all answers so without calling the handler again). Bypassed requests are not limited.
+    /// request's call that timed out, or for leaders that went away (handing their flight over,
+    /// see [`lock_timeout`](Self::lock_timeout)), has what is left of its own `timeout`, counted
+    /// from when it started waiting, across hand-overs (one that waited it all answers so
+    /// without calling the handler again); one whose leader's response was not shareable has
+    /// all of it. Bypassed requests are not limited.
     pub fn hard_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.hard_timeout = Some(timeout))
     }

@@ -461,9 +461,8 @@ where
     // 2. Coalescing: one handler call per URL in this process (not for a client's refresh,
     //    which asked for a new response). A HEAD never leads a flight (its response has no body
     //    to share): it takes the answer of a GET's flight under way, or calls for itself.
-    let coalescing_since = tokio::time::Instant::now();
-    // How long this request waited for another request's handler call that timed out.
-    let mut waited = Duration::ZERO;
+    // Its waits for other requests' calls: one lock timeout in all, across hand-overs.
+    let mut waiting = Waiting::new(config.lock_timeout);
     let guard = if lead.is_some() {
         lead
     } else if config.coalesce && !refresh {
@@ -471,9 +470,18 @@ where
         let vary = seen.as_ref().map_or(&[][..], |seen| &seen.vary[..]);
         let coalesced = if head {
             let look_again = may_store.then_some(ticket);
-            head_from_flight(config, &keys, &headers, vary, look_again).await
+            head_from_flight(config, &keys, &headers, vary, look_again, &mut waiting).await
         } else {
-            coalesce(config, &keys, &headers, vary, ticket, may_store).await
+            coalesce(
+                config,
+                &keys,
+                &headers,
+                vary,
+                ticket,
+                may_store,
+                &mut waiting,
+            )
+            .await
         };
         match coalesced {
             Coalesced::Hit(entry) => {
@@ -490,12 +498,7 @@ where
                     count(LayerOutcome::Stale);
                     return Ok(stood_in(config, None, url, stand_in, &headers, head, why));
                 }
-                None => {
-                    if why == Why::HandlerTimeout {
-                        waited = coalescing_since.elapsed();
-                    }
-                    None
-                }
+                None => None,
             },
             Coalesced::Alone => None,
         }
@@ -566,9 +569,10 @@ where
         count(LayerOutcome::Miss);
     }
     // The handler's time limit: the handler timeout when a stale entry may answer instead, and
-    // the hard timeout for every call, less what this request waited for another request's call
-    // that timed out (as `get_or_set`'s waiters: one hard timeout in all, not one per call).
-    let hard_timeout = config.hard_timeout.map(|hard| hard.saturating_sub(waited));
+    // the hard timeout for every call, less what this request waited for other requests' calls
+    // that timed out or whose leaders went away (as `get_or_set`'s waiters: one hard timeout in
+    // all, not one per call; see `Waiting`).
+    let hard_timeout = config.hard_timeout.map(|hard| waiting.hard_left(hard));
     let limit = match stand_in {
         Some(_) => [config.handler_timeout, hard_timeout]
             .into_iter()
@@ -1075,6 +1079,7 @@ async fn head_from_flight(
     headers: &HeaderMap,
     vary: &[HeaderName],
     look_again: Option<Ticket>,
+    waiting: &mut Waiting,
 ) -> Coalesced {
     let flight = first_flight(config, keys.url(), vary, headers);
     let Some(waiter) = config.flights.current(flight.as_str()) else {
@@ -1090,9 +1095,12 @@ async fn head_from_flight(
         };
     };
     let joined = crate::tagging::stamp_micros();
-    match waiter.wait(config.lock_timeout).await {
+    match waiter.wait(waiting.left()).await {
         Wait::Published(Shared::StoodIn(why)) => Coalesced::StoodIn(why),
-        Wait::Published(Shared::TimedOut) => Coalesced::StoodIn(Why::HandlerTimeout),
+        Wait::Published(Shared::TimedOut) => {
+            waiting.leader_failed();
+            Coalesced::StoodIn(Why::HandlerTimeout)
+        }
         Wait::Published(Shared::Stored(published)) => {
             let answers = published_answers(config, keys.url(), headers, &published, joined, true);
             if answers.await {
@@ -1101,8 +1109,12 @@ async fn head_from_flight(
                 Coalesced::Alone
             }
         }
-        // Not shareable, late, or abandoned: this request calls for itself.
-        _ => Coalesced::Alone,
+        Wait::Abandoned => {
+            waiting.leader_failed();
+            Coalesced::Alone
+        }
+        // Not shareable, or late: this request calls for itself.
+        Wait::NotShared | Wait::TimedOut => Coalesced::Alone,
     }
 }
 
@@ -1136,6 +1148,49 @@ async fn call_within<F: Future>(limit: Duration, call: impl FnOnce() -> F) -> Op
         return None;
     }
     tokio::time::timeout(limit, call()).await.ok()
+}
+
+/// A request's waits for other requests' handler calls, counted from when it starts coalescing
+/// (right after its lookup), however many leaders it waits for in turn: a leader that goes away
+/// (its client disconnected, its handler panicked, its response body failed mid-way) hands its
+/// flight to one of its waiters, and the others wait for that one. So the
+/// [`lock_timeout`](CacheLayer::lock_timeout) bounds all of a request's waits together, as
+/// nginx sets `proxy_cache_lock_timeout` once per request, not once per lock holder (a body that
+/// always fails would otherwise make each request wait for every one before it, one call after
+/// another); and the time it waited for leaders that went away or whose call timed out counts in
+/// its own [`hard_timeout`](CacheLayer::hard_timeout).
+struct Waiting {
+    since: tokio::time::Instant,
+    lock_timeout: Duration,
+    /// From `since` to the end of its last wait for a leader that went away or timed out.
+    spent: Duration,
+}
+
+impl Waiting {
+    fn new(lock_timeout: Duration) -> Self {
+        Waiting {
+            since: tokio::time::Instant::now(),
+            lock_timeout,
+            spent: Duration::ZERO,
+        }
+    }
+
+    /// What is left of the lock timeout, the bound of the request's next wait: zero once it has
+    /// passed (a leader's answer already there is still taken, without waiting).
+    fn left(&self) -> Duration {
+        self.lock_timeout.saturating_sub(self.since.elapsed())
+    }
+
+    /// The leader it waited for went away (or moved to its variant's flight, after a lookup) or
+    /// its call timed out: the time waited so far counts in its hard timeout.
+    fn leader_failed(&mut self) {
+        self.spent = self.since.elapsed();
+    }
+
+    /// What is left of `hard` (the hard timeout) for the request's own handler call.
+    fn hard_left(&self, hard: Duration) -> Duration {
+        hard.saturating_sub(self.spent)
+    }
 }
 
 /// Where a request that missed stands in its URL's flight.
@@ -1174,6 +1229,9 @@ fn first_flight(config: &Config, url: &str, vary: &[HeaderName], headers: &Heade
 /// one handler call however many variants miss at once.
 /// `look_again`: whether the cache may be looked up again (not after a lookup that failed
 /// against the backend: a second lookup would cost a second deadline, and fail open means one).
+/// Every wait, for each leader in turn, takes what is left of the request's lock timeout
+/// (`waiting`): with nothing left, a request that joins a flight again calls the handler
+/// itself, unless it leads it or its leader has answered already.
 async fn coalesce(
     config: &Config,
     keys: &key::UrlKeys,
@@ -1181,6 +1239,7 @@ async fn coalesce(
     vary: &[HeaderName],
     mut ticket: Ticket,
     look_again: bool,
+    waiting: &mut Waiting,
 ) -> Coalesced {
     let url = keys.url();
     // On its own variant's flight once `flight != url` (a variant key extends the URL key):
@@ -1213,10 +1272,11 @@ async fn coalesce(
             Join::Waiter(waiter) => {
                 let joined = crate::tagging::stamp_micros();
                 let leaders_flight = waiter.clone();
-                match waiter.wait(config.lock_timeout).await {
+                match waiter.wait(waiting.left()).await {
                     Wait::Published(Shared::StoodIn(why)) => return Coalesced::StoodIn(why),
                     Wait::Published(Shared::TimedOut) => {
-                        return Coalesced::StoodIn(Why::HandlerTimeout)
+                        waiting.leader_failed();
+                        return Coalesced::StoodIn(Why::HandlerTimeout);
                     }
                     Wait::Published(Shared::Stored(published)) => {
                         let answers =
@@ -1230,7 +1290,7 @@ async fn coalesce(
                             // once the flight has ended, the next call, shared as any (one
                             // request leads it, the others wait), rather than a call per
                             // request (11 calls for 11 requests behind one purge).
-                            leaders_flight.ended(config.lock_timeout).await;
+                            leaders_flight.ended(waiting.left()).await;
                             ticket = config.flights.ticket();
                             if let Lookup::Hit(entry, _) = lookup(config, keys, headers).await {
                                 if usable(config, &entry) {
@@ -1247,7 +1307,7 @@ async fn coalesce(
                         // join this variant's flight, leading it if none is under way, so that the
                         // other requests for this variant wait for its one handler call rather
                         // than call the handler too.
-                        leaders_flight.ended(config.lock_timeout).await;
+                        leaders_flight.ended(waiting.left()).await;
                         ticket = config.flights.ticket();
                         if let Lookup::Hit(entry, _) = lookup(config, keys, headers).await {
                             if usable(config, &entry) {
@@ -1258,9 +1318,11 @@ async fn coalesce(
                     }
                     Wait::NotShared | Wait::TimedOut => return Coalesced::Alone,
                     Wait::Abandoned => {
-                        // The leader went away (cancelled, panicked, or moved to its variant's
-                        // flight): look again, then join again; the first to join leads, the
-                        // others wait for it.
+                        // The leader went away (cancelled, panicked, its body failed mid-way, or
+                        // moved to its variant's flight): look again, then join again; the first
+                        // to join leads, the others wait for it, within what is left of their
+                        // lock timeout (and of their hard timeout, for their own call).
+                        waiting.leader_failed();
                         ticket = config.flights.ticket();
                         if !look_again {
                             continue;

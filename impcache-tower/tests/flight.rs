@@ -868,3 +868,112 @@ async fn waiters_of_a_body_that_fails_at_once_elect_one_new_leader() {
     }
     assert_eq!(calls.get(), 2, "one new leader, not one call per waiter");
 }
+
+/// A request waits for other requests' calls one lock timeout in all, however many leaders it
+/// waits for in turn: with an upstream whose body always fails mid-way, each leader hands over to
+/// one waiter, and the requests waited for each other one call after another, the wait starting
+/// again at every hand-over (15 requests, a body failing 300 ms in: the last answered after
+/// 4.5 s, 15 calls in a row; with 5 s calls and the default 10 s lock timeout, 100 s for 20).
+/// Now a request that joins again waits only what is left of its lock timeout, then calls the
+/// handler itself: every request is answered within about the lock timeout and one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_behind_bodies_that_always_fail_wait_one_lock_timeout_in_all() {
+    const LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+    const FAILS_AFTER: Duration = Duration::from_millis(300);
+    let layer = layer().lock_timeout(LOCK_TIMEOUT);
+    let (svc, calls) = app(layer.clone(), |n, _| async move {
+        let (feed, chunks) = mpsc::channel(2);
+        feed.try_send(Ok(Bytes::from(format!("part of call {n}"))))
+            .unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(FAILS_AFTER).await;
+            let _ = feed
+                .send(Err(std::io::Error::other("upstream reset")))
+                .await;
+        });
+        Response::new(Body::new(ChannelBody(chunks)))
+    });
+    /// Sends `get(uri)` and reads its body to its end: how long after `started` it ended, and
+    /// whether in an error.
+    async fn answered(svc: Svc, started: std::time::Instant) -> (Duration, bool) {
+        let response = svc.oneshot(get("/always-fails")).await.unwrap();
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return (started.elapsed(), true);
+            }
+        }
+        (started.elapsed(), false)
+    }
+    let started = std::time::Instant::now();
+    let first = tokio::spawn(answered(svc.clone(), started));
+    wait_calls(&calls, 1).await;
+    let others: Vec<_> = (0..14)
+        .map(|_| tokio::spawn(answered(svc.clone(), started)))
+        .collect();
+    let mut last = Duration::ZERO;
+    for request in std::iter::once(first).chain(others) {
+        let (ended, failed) = tokio::time::timeout(PATIENCE, request)
+            .await
+            .expect("every request is answered")
+            .unwrap();
+        assert!(failed, "every body is the failing upstream's");
+        last = last.max(ended);
+    }
+    // About 1.3 s (the lock timeout, then one call); 4.5 s before. A wide margin all the same.
+    assert!(
+        last < Duration::from_millis(2500),
+        "the last request ended after {last:?}: the waits restarted at each hand-over ({} calls)",
+        calls.get()
+    );
+    assert!(!stored(&layer, "/always-fails").await, "nothing stored");
+}
+
+/// The same for the hard timeout: a request that waited for leaders that went away has what is
+/// left of its own for its call, as one behind a call that timed out has. 9 requests, a handler
+/// taking 300 ms whose body then fails, a 1 s hard timeout: the fourth leader has 100 ms left,
+/// its call is given up (`504`), and the requests behind it have nothing left: `504` too,
+/// without calling the handler (before, each new leader had a whole hard timeout, and the last
+/// request ended after 2.7 s, 9 calls in a row). Paused clock: no timing is left to chance.
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_request_has_what_is_left_of_its_hard_timeout() {
+    const HARD: Duration = Duration::from_secs(1);
+    let layer = layer().hard_timeout(HARD);
+    let (svc, calls) = app(layer, |n, _| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (feed, chunks) = mpsc::channel(2);
+        feed.try_send(Ok(Bytes::from(format!("part of call {n}"))))
+            .unwrap();
+        feed.try_send(Err(std::io::Error::other("upstream reset")))
+            .unwrap();
+        Response::new(Body::new(ChannelBody(chunks)))
+    });
+    let started = tokio::time::Instant::now();
+    let requests: Vec<_> = (0..9)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/hard-handover"))))
+        .collect();
+    let mut timed_out = 0;
+    for request in requests {
+        let response = request.await.unwrap().unwrap();
+        if response.status() == http::StatusCode::GATEWAY_TIMEOUT {
+            timed_out += 1;
+            let cache_status = &response.headers()["cache-status"];
+            assert!(
+                cache_status
+                    .to_str()
+                    .unwrap()
+                    .ends_with("; detail=handler-timeout"),
+                "{cache_status:?}"
+            );
+        }
+    }
+    // 1 s; 2.7 s before.
+    assert!(
+        started.elapsed() < HARD + Duration::from_millis(500),
+        "answered after {:?}, with a hard timeout of {HARD:?} ({} calls)",
+        started.elapsed(),
+        calls.get()
+    );
+    assert!(timed_out > 0, "the last requests had no time left");
+    assert!(calls.get() < 9, "{} calls: one per request", calls.get());
+}
