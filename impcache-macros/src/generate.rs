@@ -7,11 +7,11 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Attribute, BinOp, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr};
 
-use crate::plan::{Arg, Key, Part, Plan, Policy, Prefix};
+use crate::plan::{expect_as_allow, Arg, Key, Part, Plan, Policy, Prefix};
 use crate::tokens::{first_last, mentions};
 
 /// Attributes that also apply to the companions.
-fn shared_attrs(attrs: &[Attribute]) -> Vec<TokenStream> {
+fn shared_attrs(attrs: &[Attribute]) -> Vec<Attribute> {
     attrs
         .iter()
         .filter(|a| {
@@ -47,19 +47,6 @@ fn has_docs(attrs: &[Attribute]) -> bool {
     attrs
         .iter()
         .any(|a| a.path().is_ident("doc") && matches!(a.meta, syn::Meta::NameValue(_)))
-}
-
-/// `attr`, an `#[expect(..)]` made an `#[allow(..)]`: a lint the user expects on the function
-/// may fire in the body's companion and not in the wrapper, or the other way round, and an
-/// unfulfilled expectation is itself reported.
-fn expect_as_allow(attr: &Attribute) -> TokenStream {
-    match &attr.meta {
-        syn::Meta::List(list) if attr.path().is_ident("expect") => {
-            let lints = &list.tokens;
-            quote!(#[allow(#lints)])
-        }
-        _ => quote!(#attr),
-    }
 }
 
 /// The statement that builds the key into `__impcache_key`, in one buffer.
@@ -339,7 +326,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let output = &sig.output;
     let shared = shared_attrs(attrs);
     let must_use = must_use_attrs(attrs);
-    let wrapper_attrs: Vec<TokenStream> = attrs.iter().map(expect_as_allow).collect();
+    let wrapper_attrs: Vec<Attribute> = attrs.iter().map(expect_as_allow).collect();
     let key_block = key_block(plan);
 
     let (cache_binding, cache_opt) = match &plan.cache {
@@ -532,6 +519,11 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
 
     let mut uncached_sig = sig.clone();
     uncached_sig.ident = uncached;
+    for input in &mut uncached_sig.inputs {
+        if let FnArg::Typed(pt) = input {
+            pt.attrs = pt.attrs.iter().map(expect_as_allow).collect();
+        }
+    }
 
     let invalidate_inputs = plan.invalidate_args.iter().map(|&i| {
         let Arg {

@@ -158,7 +158,10 @@ use proc_macro::TokenStream;
 ///   function with a `key` template.
 ///
 /// Works on free functions, methods (`&self`) and generic functions, keeping visibility,
-/// attributes, docs, generics and where clauses. Not in a trait impl (`impl Trait for T`): the
+/// attributes, docs, generics and where clauses. The function and its arguments are written
+/// several times over (the wrapper, the companions), and a lint may fire in one copy only: an
+/// `#[expect(..)]` on the function or an argument, also under `#[cfg_attr]`, becomes an
+/// `#[allow(..)]` of the same lints on every copy. Not in a trait impl (`impl Trait for T`): the
 /// companions are not members of the trait. A method there gets a compile error saying so; put
 /// the cached function in an inherent impl or make it a free function, and call it from the
 /// trait impl's method. Generic functions whose instantiations share a key share entries: a value of another

@@ -6,9 +6,11 @@ use std::collections::HashSet;
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, ToTokens};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
 use syn::{
-    Attribute, Expr, ExprLit, FnArg, GenericParam, Generics, Ident, ItemFn, Lit, LitStr, Pat,
-    ReturnType, Type,
+    Attribute, Expr, ExprLit, FnArg, GenericParam, Generics, Ident, ItemFn, Lit, LitStr, Meta, Pat,
+    ReturnType, Token, Type,
 };
 
 use crate::args::{Args, Returns};
@@ -28,6 +30,10 @@ pub(crate) struct Arg {
     /// `mut` on a plain name.
     pub(crate) mutability: Option<syn::token::Mut>,
     pub(crate) ty: Type,
+    /// The user's attributes, an `#[expect(..)]` made an `#[allow(..)]` ([`expect_as_allow`]):
+    /// they are copied onto the wrapper's argument, the companions' and the statements the
+    /// expansion writes for it (its part of the key), where an expectation would hold in one at
+    /// most (found by a probe: `#[expect(unused_variables)]` on an argument the key reads).
     pub(crate) attrs: Vec<Attribute>,
     /// `_`: never part of the default key.
     wild: bool,
@@ -42,6 +48,48 @@ impl Arg {
             .iter()
             .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"))
     }
+}
+
+/// `attr`, an `#[expect(..)]` made an `#[allow(..)]` of the same lints (its `reason` too), also
+/// under `#[cfg_attr(..)]`, nested or not: the expansion writes the function (and its arguments)
+/// several times over, the wrapper and the companions, and a lint the user expects may fire in
+/// one and not in the others, where the unfulfilled expectation would itself be reported.
+pub(crate) fn expect_as_allow(attr: &Attribute) -> Attribute {
+    Attribute {
+        meta: meta_expect_as_allow(&attr.meta),
+        ..attr.clone()
+    }
+}
+
+/// [`expect_as_allow`] on an attribute's content.
+fn meta_expect_as_allow(meta: &Meta) -> Meta {
+    let Meta::List(list) = meta else {
+        return meta.clone();
+    };
+    let mut list = list.clone();
+    if list.path.is_ident("expect") {
+        list.path = Ident::new("allow", list.path.span()).into();
+    } else if list.path.is_ident("cfg_attr") {
+        // `cfg_attr(predicate, attr, ..)`: the predicate as it is, each attribute rewritten. One
+        // that does not parse is left as written, for rustc to report.
+        let Ok(parts) = list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)
+        else {
+            return meta.clone();
+        };
+        let parts: Punctuated<Meta, Token![,]> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                if i == 0 {
+                    part.clone()
+                } else {
+                    meta_expect_as_allow(part)
+                }
+            })
+            .collect();
+        list.tokens = parts.into_token_stream();
+    }
+    Meta::List(list)
 }
 
 /// How the key is written.
@@ -279,7 +327,7 @@ fn arguments(func: &ItemFn, errors: &mut Errors) -> (bool, Vec<Arg>) {
                     pattern,
                     mutability,
                     ty: (*pt.ty).clone(),
-                    attrs: pt.attrs.clone(),
+                    attrs: pt.attrs.iter().map(expect_as_allow).collect(),
                     wild,
                 });
             }

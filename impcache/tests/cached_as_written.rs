@@ -1,7 +1,8 @@
 //! A function that compiles without `#[cached]` compiles with it, and the expansion adds no lint
 //! (rustc's or clippy's, pedantic included): bodies that rely on the return type for a coercion
 //! (a boxed error or slice, in a `return` or in the tail), on the plain path and on the paths
-//! that spawn the body (a freshness option, tags); arguments under `#[cfg]` or `#[cfg_attr]`.
+//! that spawn the body (a freshness option, tags); arguments under `#[cfg]` or `#[cfg_attr]`;
+//! `#[expect(..)]` on an argument or the function, also under `#[cfg_attr]`.
 #![deny(warnings, clippy::all, clippy::pedantic)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -190,4 +191,64 @@ async fn arguments_removed_by_cfg_are_not_in_the_key() {
     assert!(cfg_arg_invalidate(1, 2).await.unwrap());
     assert!(cfg_arg_spawned_invalidate(4).await.unwrap());
     cfg_arg_spawned_invalidate_all().await.unwrap();
+}
+
+// ---------------------------------------------------------------- `#[expect]` on an argument
+
+// Without `#[cached]`, `unused` is an unused variable and each expectation is fulfilled. The
+// expansion copies the argument into the wrapper, where the key reads it, and the companions:
+// an expectation fulfilled in at most one of them was reported unfulfilled (found by a probe).
+
+#[cached(cache = CACHE, expire = 60)]
+async fn expect_on_arg(#[expect(unused_variables)] unused: u32, id: u64) -> u64 {
+    id
+}
+
+#[cached(cache = CACHE, expire = 60)]
+async fn expect_on_arg_with_reason(
+    #[expect(unused_variables, reason = "part of the key only")] unused: u32,
+    id: u64,
+) -> u64 {
+    id
+}
+
+#[cached(cache = CACHE, expire = 60)]
+async fn expect_on_arg_in_cfg_attr(
+    #[cfg_attr(all(), expect(unused_variables))] unused: u32,
+    id: u64,
+) -> u64 {
+    id
+}
+
+#[cached(cache = CACHE, expire = 60, skip(unused), tags = ["id:{id}"])]
+async fn expect_on_skipped_arg(
+    #[cfg_attr(all(), cfg_attr(all(), expect(unused_variables)))] unused: u32,
+    id: u64,
+) -> u64 {
+    id
+}
+
+/// The same under `#[cfg_attr]` on the function.
+#[cached(cache = CACHE, expire = 60)]
+#[cfg_attr(all(), expect(unused_variables))]
+async fn expect_in_cfg_attr_on_fn(unused: u32, id: u64) -> u64 {
+    id
+}
+
+#[tokio::test]
+async fn an_expectation_on_an_argument_holds_for_the_generated_items() {
+    assert_eq!(expect_on_arg(1, 2).await, 2);
+    assert_eq!(expect_on_arg_with_reason(1, 3).await, 3);
+    assert_eq!(expect_on_arg_in_cfg_attr(1, 4).await, 4);
+    assert_eq!(expect_on_skipped_arg(1, 5).await, 5);
+    assert_eq!(expect_in_cfg_attr_on_fn(1, 6).await, 6);
+    assert!(CACHE
+        .get_raw("cached_as_written::expect_on_arg:1:2")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(expect_on_arg_invalidate(1, 2).await.unwrap());
+    assert!(expect_on_arg_with_reason_invalidate(1, 3).await.unwrap());
+    assert!(expect_on_arg_in_cfg_attr_invalidate(1, 4).await.unwrap());
+    expect_on_skipped_arg_invalidate_all().await.unwrap();
 }
