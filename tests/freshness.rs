@@ -56,6 +56,7 @@ per_store!(
     past_the_stale_window_is_a_miss,
     a_panicking_or_dropped_leader_strands_no_one,
     waiters_behind_a_panicking_loader_elect_one_new_leader,
+    waiters_without_a_stale_value_behind_a_panicking_leader_with_one_elect_one_new_leader,
     early_refresh_reloads_a_fresh_value_in_the_background,
     the_fail_safe_throttle_answers_stale_without_the_loader,
     a_failed_background_reload_throttles_the_next_ones,
@@ -896,6 +897,68 @@ async fn waiters_behind_a_panicking_loader_elect_one_new_leader(backend: Backend
     let panicked = answers.iter().filter(|answer| answer.is_err()).count();
     assert_eq!(panicked, 1, "{answers:?}");
     assert!(answers.iter().flatten().all(|value| value == "v"));
+}
+
+/// Behind a loader that panics with a stale value at hand, the waiters whose own read found the
+/// stale value answer with it, and those whose read found none (the key was deleted after the
+/// leader's and their reads) join the key's flight again: one of them leads the next run and the
+/// others get its value, as behind a panicking loader with no stale value. (They each ran their
+/// own loader at once: 8 runs for 8 such waiters; found by a probe.)
+async fn waiters_without_a_stale_value_behind_a_panicking_leader_with_one_elect_one_new_leader(
+    backend: Backend,
+) {
+    let cache = backend.cache;
+    let policy = Freshness::new().stale_if_error(MINUTE);
+    stale_entry(&cache, "k", "old", 100 * MS, policy).await;
+    let (started, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let leader = tokio::spawn({
+        let (cache, started, gate) = (cache.clone(), Arc::clone(&started), Arc::clone(&gate));
+        async move {
+            cache
+                .get_or_set("k", 60, move || async move {
+                    started.add_permits(1);
+                    drop(gate.acquire().await);
+                    if true {
+                        panic!("the leader's loader panics (on purpose)");
+                    }
+                    "never".to_owned()
+                })
+                .freshness(policy)
+                .await
+        }
+    });
+    drop(tokio::time::timeout(HANG, started.acquire()).await.unwrap());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Semaphore::new(1000));
+    let waiters = |count: usize| -> Vec<_> {
+        (0..count)
+            .map(|_| {
+                let (cache, loader) = (cache.clone(), counted(&runs, &open, "new"));
+                tokio::spawn(
+                    async move { cache.get_or_set("k", 60, loader).freshness(policy).await },
+                )
+            })
+            .collect()
+    };
+    // Waiters that read the stale value, then (the key deleted) waiters that read nothing; each
+    // joins the leader's flight while its loader is held.
+    let with_stale = waiters(3);
+    tokio::time::sleep(50 * MS).await;
+    cache.delete("k").await.unwrap();
+    let without = waiters(8);
+    tokio::time::sleep(50 * MS).await;
+    gate.add_permits(1);
+    let answer = |task: tokio::task::JoinHandle<Result<String, Error>>| async move {
+        tokio::time::timeout(HANG, task).await.unwrap().unwrap()
+    };
+    assert_eq!(answer(leader).await.unwrap(), "old");
+    for waiter in with_stale {
+        assert_eq!(answer(waiter).await.unwrap(), "old");
+    }
+    for waiter in without {
+        assert_eq!(answer(waiter).await.unwrap(), "new");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one new leader");
 }
 
 async fn early_refresh_reloads_a_fresh_value_in_the_background(backend: Backend) {

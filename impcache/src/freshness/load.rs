@@ -42,13 +42,17 @@ pub(super) type Guard = FlightGuard<FlightKey, Shared>;
 pub(super) enum Shared {
     /// A value, loaded or read from the cache.
     Value(Value),
-    /// The leader's loader failed (an `Err`, the hard timeout; a panic only with a stale value
-    /// at hand, else it abandons the flight). A waiter whose own read found a stale value within
-    /// its `stale_if_error` window answers with it; the others get an error naming this failure
-    /// (the text here), without running their loaders (moka's `try_get_with`), unless it is not
-    /// for sharing (`None`: a panic, or a `#[cached]` body's `Err` or `None`, see
-    /// [`LoadError::shared`]): then each runs its own.
+    /// The leader's loader failed (an `Err`, the hard timeout). A waiter whose own read found a
+    /// stale value within its `stale_if_error` window answers with it; the others get an error
+    /// naming this failure (the text here), without running their loaders (moka's
+    /// `try_get_with`), unless it is not for sharing (`None`: a `#[cached]` body's `Err` or
+    /// `None`, see [`LoadError::shared`]): then each runs its own.
     Failed(Option<Arc<str>>),
+    /// The leader's loader panicked with a stale value at hand (without one it abandons the
+    /// flight). A waiter whose own read found a stale value within its `stale_if_error` window
+    /// answers with it; the others join the key's flight again once this one has ended, as
+    /// behind an abandoned flight: one of them leads the next run, the others wait for it.
+    Panicked,
 }
 
 /// A value a flight's leader hands its waiters: its JSON and, when the leader's call has tags,
@@ -344,6 +348,8 @@ where
                 answer::record(Answer::Waited(Instant::now()));
                 let joined = tags::stamp_micros();
                 let soft = stale.as_ref().and(job.policy.soft_timeout_duration());
+                // (To wait for this flight's end when its leader panicked: see below.)
+                let this_flight = waiter.clone();
                 let waited = match (soft, job.policy.hard_timeout_duration()) {
                     (Some(soft), _) => waiter.wait(soft).await,
                     // The leader's own hard timeout ends its flight first, unless its task is
@@ -376,6 +382,19 @@ where
                             None if joins_again(&job, waiting_since) => continue,
                             None => {}
                         }
+                    }
+                    // The leader's loader panicked, with a stale value at hand: answered with
+                    // the stale value this caller's own read found within its window, else as
+                    // behind an abandoned flight (`Wait::Abandoned`: one new leader, within what
+                    // is left of the allowance), once this flight has ended (joined before, it
+                    // would hand the same answer back at once). Not bounded: the leader's task
+                    // ends it right after publishing this, in the same poll.
+                    Wait::Published(Shared::Panicked) => {
+                        if let Some(value) = serve_stale(&job, stale.as_ref(), StaleReason::Error) {
+                            return Ok(value);
+                        }
+                        this_flight.ended(Duration::MAX).await;
+                        continue;
                     }
                     Wait::Published(Shared::Value(shared)) => {
                         if !shared.holds_for(&job, joined, reread).await {
@@ -663,8 +682,9 @@ pub(super) async fn run<V, E, F, Fut>(
     // the computation (an invalidation during the wait would hide the value loaded after it).
     let created = tags::stamp_micros();
     // A panic is caught here and becomes the loader's error: the caller is answered (the stale
-    // value or `Error::Loader`), and so are the waiters when there is a stale value; without
-    // one, the flight is abandoned and they elect a new leader (see below).
+    // value or `Error::Loader`). With a stale value at hand, the waiters with one of their own
+    // answer with it, the others elect a new leader (`Shared::Panicked`); without one, the
+    // flight is abandoned and they all elect a new leader (see below).
     // The loader is called in the first poll, inside the `catch_unwind`: one that panics before
     // returning its future is caught too.
     let mut loading = Box::pin(async move { loader().await });
@@ -732,8 +752,8 @@ pub(super) async fn run<V, E, F, Fut>(
             // What the waiters are handed (see `Shared::Failed`): the failure, told them when it
             // is for sharing (the crate's own reason, which does not repeat the key, else the
             // loader's error). A panic abandons the flight instead, and the waiters elect a new
-            // leader, unless a stale value was at hand: then they answer with theirs (and one
-            // without loads its own).
+            // leader, unless a stale value was at hand: then they answer with theirs, and those
+            // without one elect a new leader (see `Shared::Panicked`).
             shared_failure = if !panicked {
                 let told = error.shared().then(|| match &failure {
                     Some(reason) => Arc::from(reason.as_str()),
@@ -741,7 +761,7 @@ pub(super) async fn run<V, E, F, Fut>(
                 });
                 Some(Shared::Failed(told))
             } else if stale.is_some() {
-                Some(Shared::Failed(None))
+                Some(Shared::Panicked)
             } else {
                 None
             };
@@ -786,7 +806,7 @@ pub(super) async fn run<V, E, F, Fut>(
             drop(guard);
         }
         (None, Some(guard)) => match shared_failure {
-            // The loader failed: its waiters do not run theirs (see `Shared::Failed`).
+            // The loader failed: its waiters are told (see `Shared::Failed`, `Shared::Panicked`).
             Some(failed) => guard.publish(failed),
             // A panic with no stale value at hand is no answer for anyone: the flight is
             // abandoned, and its waiters join again, one of them leading the next run (as a
