@@ -93,8 +93,10 @@ impl CacheLayer {
     /// §5.2.1), `no-store` bypasses the cache; `no-cache`, `max-age=0` or `Pragma: no-cache` skip
     /// the lookup and store the fresh response; `max-age=N` and `min-fresh=N` send a stored
     /// response older than `N` seconds, or fresh for less than `N` more, to the handler
-    /// (`fwd=request`), storing its answer; `only-if-cached` answers `504 Gateway Timeout`
-    /// (`detail=only-if-cached`) whenever the handler would be called.
+    /// (`fwd=request`), storing its answer, whether the lookup found it or another request's
+    /// handler call (a coalesced flight, another process holding the [`lock`](Self::lock))
+    /// hands it over; `only-if-cached` answers `504 Gateway Timeout` (`detail=only-if-cached`)
+    /// whenever the handler would be called.
     ///
     /// A request with `max-age` or `min-fresh` asks for a fresh response (RFC 9111 §5.2.1.1,
     /// §5.2.1.3): it is not served stale from a [stale-while-revalidate

@@ -12,18 +12,25 @@
 //! record's lock, and once the first response names them, a waiter whose variant it is not
 //! moves to its own variant's lock (one wait for another variant's call, not one per variant).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use impcache::__private::lock::{self, Turn};
 
 use crate::config::Config;
 use crate::entry::Entry;
 use crate::held_lock::HeldLock;
 use crate::key::{self, UrlKeys};
+use crate::policy::Limits;
+use crate::stale::{handed, Handed};
 use crate::store::{lookup, Lookup, Seen};
 
 /// What the lock came to for a handler call.
 pub(crate) enum Locked {
     /// This process calls the handler, holding the lock (`None`: without it, failing open).
     Call(Option<HeldLock>),
+    /// As [`Locked::Call`], after a read found a stored response the request's limits refuse
+    /// (see [`handed`]): the call is `fwd=request`.
+    Refused(Option<HeldLock>),
     /// Another process stored the response meanwhile.
     Stored(Entry),
     /// A background revalidation: another process holds the lock, and revalidates.
@@ -42,14 +49,17 @@ enum Polled {
 }
 
 /// Takes the lock of the request's response, or waits for another process's response (see the
-/// module docs). `seen`: the URL's record as the lookup found it (the variants it names).
+/// module docs): one its honoured `Cache-Control` takes (`limits`, see [`handed`]); a response
+/// they refuse ends no wait ([`Locked::Refused`]: the request calls the handler once it holds the
+/// lock, or past the wait). `headers`: the request's. `seen`: the URL's record as the lookup
+/// found it (the variants it names).
 /// `revalidates`: the stored entry a background revalidation (or early refresh) replaces; such a
 /// call does not wait ([`Locked::Busy`]), and only a response stored after that entry (another
 /// process's) ends it, not that entry, which may still be fresh.
 pub(crate) async fn take(
     config: &Config,
     keys: &UrlKeys,
-    headers: &http::HeaderMap,
+    (headers, limits): (&http::HeaderMap, &Limits),
     seen: Option<&Seen>,
     revalidates: Option<&Entry>,
 ) -> Locked {
@@ -58,11 +68,12 @@ pub(crate) async fn take(
     };
     let variant = seen.and_then(|seen| variant_key(config, keys, headers, seen));
     let lock_key = variant.as_deref().unwrap_or(keys.record());
-    match take_key(config, options, keys, headers, lock_key, revalidates).await {
+    let asks = (headers, limits);
+    match take_key(config, options, keys, asks, lock_key, revalidates).await {
         Taken::Locked(locked) => locked,
         // Once: a variant's lock does not end with `Variant` (see `take_key`).
         Taken::Variant(variant) => {
-            match take_key(config, options, keys, headers, &variant, revalidates).await {
+            match take_key(config, options, keys, asks, &variant, revalidates).await {
                 Taken::Locked(locked) => locked,
                 Taken::Variant(_) => Locked::Call(None),
             }
@@ -98,17 +109,24 @@ async fn take_key(
     config: &Config,
     options: impcache::Lock,
     keys: &UrlKeys,
-    headers: &http::HeaderMap,
+    (headers, limits): (&http::HeaderMap, &Limits),
     lock_key: &str,
     revalidates: Option<&Entry>,
 ) -> Taken {
     let on_record = lock_key == keys.record();
     let newer = |entry: &Entry| revalidates.is_none_or(|old| entry.stored_at_ms > old.stored_at_ms);
+    // Set by a poll that finds a response the request's limits refuse.
+    let refused = AtomicBool::new(false);
     let poll = || async {
         Ok(match lookup(config, keys, headers).await {
-            Lookup::Hit(entry, _) if crate::stale::usable(config, &entry) && newer(&entry) => {
-                Some(Polled::Stored(entry))
-            }
+            Lookup::Hit(entry, _) if newer(&entry) => match handed(config, &entry, limits) {
+                Handed::Answers => Some(Polled::Stored(entry)),
+                Handed::Refused => {
+                    refused.store(true, Ordering::Relaxed);
+                    None
+                }
+                Handed::Unusable => None,
+            },
             Lookup::Failed { .. } => Some(Polled::Failed),
             Lookup::Miss(_, Some(seen)) if on_record => {
                 variant_key(config, keys, headers, &seen).map(Polled::Variant)
@@ -125,8 +143,15 @@ async fn take_key(
         poll,
     )
     .await;
+    let call = |held| {
+        if refused.load(Ordering::Relaxed) {
+            Locked::Refused(held)
+        } else {
+            Locked::Call(held)
+        }
+    };
     Taken::Locked(match turn {
-        Turn::Owner(held) => Locked::Call(Some(HeldLock::new(
+        Turn::Owner(held) => call(Some(HeldLock::new(
             config.cache.clone(),
             lock_key.to_owned(),
             held,
@@ -134,6 +159,6 @@ async fn take_key(
         Turn::Loaded(Polled::Stored(entry)) => Locked::Stored(entry),
         Turn::Loaded(Polled::Variant(variant)) => return Taken::Variant(variant),
         Turn::Busy => Locked::Busy,
-        _ => Locked::Call(None),
+        _ => call(None),
     })
 }

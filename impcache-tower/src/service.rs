@@ -26,10 +26,10 @@ use crate::key;
 use crate::layer::CacheLayer;
 use crate::lock::Locked;
 use crate::metrics::Counted;
-use crate::policy::{self, NotStored, RequestPlan, Why};
+use crate::policy::{self, Limits, NotStored, RequestPlan, Why};
 use crate::render::{self, mark, Outcome};
 use crate::revalidate;
-use crate::stale::{self, usable, Judged};
+use crate::stale::{self, Handed, Judged};
 use crate::store::{lookup, Lookup, Seen, Unfinished};
 use crate::tagging;
 use http_body_util::BodyExt;
@@ -257,7 +257,7 @@ where
                         Judged::IfError { past } => match config.soft_timeout {
                             Some(soft) if !head && !limits.only_if_cached => {
                                 let found = (entry, seen);
-                                let call = (inner, request, keys, ticket);
+                                let call = (inner, request, keys, ticket, limits);
                                 let within =
                                     within_soft_timeout(&shared, call, found, (past, fwd), soft);
                                 return Box::pin(within).await.counted(&counted);
@@ -301,6 +301,7 @@ where
             ticket,
             head,
             refresh,
+            limits,
             fwd,
             may_store,
             detail,
@@ -364,6 +365,9 @@ struct Miss<S, ReqBody> {
     head: bool,
     /// The client asked for a fresh response (honoured `no-cache`): not coalesced.
     refresh: bool,
+    /// What the client's honoured directives ask of a stored response: binds one handed to it
+    /// by a flight or the cross-process lock as it bound the lookup's (see [`stale::handed`]).
+    limits: Limits,
     /// The `fwd` of the response's `Cache-Status`: `request`, `stale`, `uri-miss` or
     /// `vary-miss`.
     fwd: &'static str,
@@ -404,6 +408,7 @@ impl<S, ReqBody> Miss<S, ReqBody> {
             ticket,
             head: false,
             refresh: false,
+            limits: Limits::default(),
             fwd: "stale",
             may_store: true,
             detail: None,
@@ -434,6 +439,7 @@ where
         ticket,
         head,
         refresh,
+        limits,
         fwd,
         may_store,
         detail,
@@ -462,7 +468,7 @@ where
     //    which asked for a new response). A HEAD never leads a flight (its response has no body
     //    to share): it takes the answer of a GET's flight under way, or calls for itself.
     // Its waits for other requests' calls: one lock timeout in all, across hand-overs.
-    let mut waiting = Waiting::new(config.lock_timeout);
+    let mut waiting = Waiting::new(config.lock_timeout, limits);
     let guard = if lead.is_some() {
         lead
     } else if config.coalesce && !refresh {
@@ -505,24 +511,29 @@ where
     } else {
         None
     };
+    // A fresh response handed over there, which the request's limits refused: its own call is
+    // `fwd=request`, as after its lookup's entry was refused.
+    let fwd = if waiting.refused { "request" } else { fwd };
 
     // 2b. The cross-process lock (`CacheLayer::lock`): for a call this process leads, with a
     //     stale entry at hand too (as `get_or_set`'s); a background revalidation took it before
     //     the call.
-    let locked = if revalidation {
-        lock
+    let (locked, fwd) = if revalidation {
+        (lock, fwd)
     } else if may_store && !refresh && !head {
-        match crate::lock::take(config, &keys, &headers, seen.as_ref(), None).await {
+        match crate::lock::take(config, &keys, (&headers, &limits), seen.as_ref(), None).await {
             Locked::Stored(entry) => {
                 count(LayerOutcome::Hit);
                 return Ok(hit(entry, &headers, false, config, now_ms()));
             }
-            Locked::Call(held) => held,
+            Locked::Call(held) => (held, fwd),
+            // A stored response the request's limits refuse: as after its lookup's.
+            Locked::Refused(held) => (held, "request"),
             // Only a revalidation is told so.
-            Locked::Busy => None,
+            Locked::Busy => (None, fwd),
         }
     } else {
-        None
+        (None, fwd)
     };
 
     // Recorded in progress before the handler is called (see `landing`): a purge of the URL
@@ -884,10 +895,11 @@ impl<B, E> WithinSoft<B, E> {
 /// it fails or exceeds the handler timeout); the request waits for it at most `soft`, then the
 /// stale entry answers and the call goes on, its response read to its end (and so stored) within
 /// the lock timeout. Without a tokio runtime the request waits for the handler. `past`: how long
-/// the entry is past its freshness; `fwd`: the `Cache-Status` `fwd` of the handler's answer.
+/// the entry is past its freshness; `fwd`: the `Cache-Status` `fwd` of the handler's answer;
+/// `limits`: the request's, which bind a response a flight hands it (see [`Waiting::takes`]).
 async fn within_soft_timeout<S, ReqBody, ResBody>(
     shared: &Arc<Config>,
-    (inner, request, keys, ticket): (S, Request<ReqBody>, key::UrlKeys, Ticket),
+    (inner, request, keys, ticket, limits): (S, Request<ReqBody>, key::UrlKeys, Ticket, Limits),
     (entry, seen): (Entry, Option<Seen>),
     (past, fwd): (Duration, &'static str),
     soft: Duration,
@@ -905,6 +917,7 @@ where
     let miss = Miss {
         fallback: Some(past),
         fwd,
+        limits,
         ..Miss::of_stale(inner, request, keys, ticket, (entry.clone(), seen))
     };
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -1028,8 +1041,10 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
         // revalidates, or has.
         let headers = miss.request.headers();
         let (seen, stale) = (miss.seen.as_ref(), miss.stale.as_ref());
-        let lock = match crate::lock::take(&config, &miss.keys, headers, seen, stale).await {
-            Locked::Call(lock) => lock,
+        // Nobody's limits: no stored response is handed to a client here.
+        let asks = (headers, &Limits::default());
+        let lock = match crate::lock::take(&config, &miss.keys, asks, seen, stale).await {
+            Locked::Call(lock) | Locked::Refused(lock) => lock,
             Locked::Stored(_) | Locked::Busy => return,
         };
         let miss = Miss { lock, ..miss };
@@ -1067,7 +1082,8 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
 /// Where a `HEAD` request that missed stands in its URL's flight, which it never leads (its
 /// response has no body to share): [`Coalesced::Hit`] with the stored response of the flight in
 /// progress (a `GET` whose store is under way, or whose handler is still called, within the lock
-/// timeout), of this request's variant, usable, and not invalidated by a tag since; or, when a
+/// timeout), of this request's variant, usable and within the request's limits (see
+/// [`Waiting::takes`]), and not invalidated by a tag since; or, when a
 /// flight of the URL's group ended since the request's ticket (its lookup may have overtaken
 /// that store), with what a second lookup finds (`look_again`: none after a lookup that failed
 /// against the backend, which would cost a second deadline). [`Coalesced::StoodIn`] when a
@@ -1090,7 +1106,7 @@ async fn head_from_flight(
             return Coalesced::Alone;
         }
         return match lookup(config, keys, headers).await {
-            Lookup::Hit(entry, _) if usable(config, &entry) => Coalesced::Hit(entry),
+            Lookup::Hit(entry, _) if waiting.takes(config, &entry) => Coalesced::Hit(entry),
             _ => Coalesced::Alone,
         };
     };
@@ -1102,7 +1118,9 @@ async fn head_from_flight(
             Coalesced::StoodIn(Why::HandlerTimeout)
         }
         Wait::Published(Shared::Stored(published)) => {
-            let answers = published_answers(config, keys.url(), headers, &published, joined, true);
+            let url = keys.url();
+            let answers =
+                published_answers(config, url, headers, &published, joined, waiting, true);
             if answers.await {
                 Coalesced::Hit(published.entry.clone())
             } else {
@@ -1119,19 +1137,21 @@ async fn head_from_flight(
 }
 
 /// Whether a flight leader's stored response answers a request (`headers`) that joined the
-/// flight at `joined`: it is the request's variant, usable (origin mode: a response already
-/// stale, `no-cache` say, is not), and not hidden by a tag invalidated since (`look_again`:
-/// whether that check may read the backend).
+/// flight at `joined` (`waiting`: its limits): it is the request's variant, usable and within
+/// the request's limits ([`Waiting::takes`]; origin mode: a response already stale, `no-cache`
+/// say, is not), and not hidden by a tag invalidated since (`look_again`: whether that check may
+/// read the backend).
 async fn published_answers(
     config: &Config,
     url: &str,
     headers: &HeaderMap,
     published: &Published,
     joined: u64,
+    waiting: &mut Waiting,
     look_again: bool,
 ) -> bool {
     same_variant(config, url, headers, published)
-        && usable(config, &published.entry)
+        && waiting.takes(config, &published.entry)
         && crate::store::holds_for(config, &published.entry, joined, look_again).await
 }
 
@@ -1164,14 +1184,35 @@ struct Waiting {
     lock_timeout: Duration,
     /// From `since` to the end of its last wait for a leader that went away or timed out.
     spent: Duration,
+    /// What the request's honoured `Cache-Control` asks of a stored response handed to it (a
+    /// leader's, or a second look's): see [`Waiting::takes`].
+    limits: Limits,
+    /// A fresh response handed to it was refused by those limits: its own call is then
+    /// `fwd=request`, as after a lookup's entry refused.
+    refused: bool,
 }
 
 impl Waiting {
-    fn new(lock_timeout: Duration) -> Self {
+    fn new(lock_timeout: Duration, limits: Limits) -> Self {
         Waiting {
             since: tokio::time::Instant::now(),
             lock_timeout,
             spent: Duration::ZERO,
+            limits,
+            refused: false,
+        }
+    }
+
+    /// Whether a stored response handed to the request (`entry`) answers it (see
+    /// [`stale::handed`]); one its limits refuse is remembered.
+    fn takes(&mut self, config: &Config, entry: &Entry) -> bool {
+        match stale::handed(config, entry, &self.limits) {
+            Handed::Answers => true,
+            Handed::Refused => {
+                self.refused = true;
+                false
+            }
+            Handed::Unusable => false,
         }
     }
 
@@ -1253,7 +1294,7 @@ async fn coalesce(
                     // store: look again. (On a hit, dropping the guard sends this flight's
                     // waiters to look again too.)
                     match lookup(config, keys, headers).await {
-                        Lookup::Hit(entry, _) if usable(config, &entry) => {
+                        Lookup::Hit(entry, _) if waiting.takes(config, &entry) => {
                             return Coalesced::Hit(entry)
                         }
                         // The URL's `Vary` names are known now (its first variant stored while
@@ -1279,13 +1320,14 @@ async fn coalesce(
                         return Coalesced::StoodIn(Why::HandlerTimeout);
                     }
                     Wait::Published(Shared::Stored(published)) => {
-                        let answers =
-                            published_answers(config, url, headers, &published, joined, look_again);
+                        let answers = published_answers(
+                            config, url, headers, &published, joined, waiting, look_again,
+                        );
                         if answers.await {
                             return Coalesced::Hit(published.entry.clone());
                         }
                         let variant = same_variant(config, url, headers, &published);
-                        if variant && look_again && usable(config, &published.entry) {
+                        if variant && look_again && waiting.takes(config, &published.entry) {
                             // Its variant, but purged (by a tag) since this request joined:
                             // once the flight has ended, the next call, shared as any (one
                             // request leads it, the others wait), rather than a call per
@@ -1293,7 +1335,7 @@ async fn coalesce(
                             leaders_flight.ended(waiting.left()).await;
                             ticket = config.flights.ticket();
                             if let Lookup::Hit(entry, _) = lookup(config, keys, headers).await {
-                                if usable(config, &entry) {
+                                if waiting.takes(config, &entry) {
                                     return Coalesced::Hit(entry);
                                 }
                             }
@@ -1310,7 +1352,7 @@ async fn coalesce(
                         leaders_flight.ended(waiting.left()).await;
                         ticket = config.flights.ticket();
                         if let Lookup::Hit(entry, _) = lookup(config, keys, headers).await {
-                            if usable(config, &entry) {
+                            if waiting.takes(config, &entry) {
                                 return Coalesced::Hit(entry);
                             }
                         }
@@ -1328,7 +1370,7 @@ async fn coalesce(
                             continue;
                         }
                         match lookup(config, keys, headers).await {
-                            Lookup::Hit(entry, _) if usable(config, &entry) => {
+                            Lookup::Hit(entry, _) if waiting.takes(config, &entry) => {
                                 return Coalesced::Hit(entry)
                             }
                             Lookup::Miss(_, Some(seen))

@@ -20,7 +20,7 @@ use impcache::Freshness;
 use crate::config::{Config, DEFAULT_STALE_IF_ERROR_STATUSES};
 use crate::entry::Entry;
 use crate::freshness;
-use crate::policy::CacheControl;
+use crate::policy::{CacheControl, Limits};
 
 /// Where a stored entry stands at a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,10 +158,33 @@ pub(crate) fn refreshes_early(config: &Config, entry: &Entry, now_ms: u64) -> bo
             .refresh_early(entry.fresh_left(now_ms))
 }
 
-/// Whether a stored entry may be served as it is (see [`judge`]).
-#[inline]
-pub(crate) fn usable(config: &Config, entry: &Entry) -> bool {
-    judge(config, entry, crate::entry::now_ms()) == Judged::Fresh
+/// How a stored entry stands with a request it is handed to, as it is: see [`handed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handed {
+    /// Fresh, and within the request's limits: it answers.
+    Answers,
+    /// Fresh, but the request's honoured `Cache-Control` refuses it (`fwd=request`).
+    Refused,
+    /// Not to be served as it is (stale, soft-purged, see [`judge`]).
+    Unusable,
+}
+
+/// How `entry` stands with a request whose honoured `Cache-Control` sets `limits`: it answers
+/// when fresh (see [`judge`]) and within those limits
+/// ([`Limits::accept_entry`](crate::policy::Limits::accept_entry): not older than its `max-age`,
+/// fresh for its `min-fresh`). The check of every stored response handed to a request other
+/// than its lookup's entry (which may also be served stale, see `service.rs`): a flight's
+/// published response, a second look, the cross-process lock's read. A response it does not
+/// answer with is not served: the request calls the handler itself.
+pub(crate) fn handed(config: &Config, entry: &Entry, limits: &Limits) -> Handed {
+    let now = crate::entry::now_ms();
+    if judge(config, entry, now) != Judged::Fresh {
+        Handed::Unusable
+    } else if limits.accept_entry(entry, now) {
+        Handed::Answers
+    } else {
+        Handed::Refused
+    }
 }
 
 #[cfg(test)]

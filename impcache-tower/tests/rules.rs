@@ -462,6 +462,40 @@ async fn honoured_request_directives_limit_what_a_stored_response_answers() {
     assert_eq!((absent.status, calls.get()), (StatusCode::OK, 1));
 }
 
+/// The request's limits bind every stored response handed to it, not only its lookup's: the
+/// response a flight publishes (its store lands while the next request looks up), the second
+/// look of a new leader, and what the cross-process lock's read finds. Back-to-back
+/// `min-fresh=100` requests on a 60 s entry each go to the handler (`fwd=request`), as a lookup
+/// hit would (they were `hit; ttl=60`); a GET without the directive is then a hit.
+#[tokio::test]
+async fn request_limits_bind_a_response_handed_over_by_a_flight_or_the_lock() {
+    let lock = impcache::Lock::new().wait(Duration::from_secs(5));
+    for (name, layer) in [
+        ("flight", layer()),
+        ("lock", layer().lock(lock)),
+        ("uncoalesced", layer().coalesce(false).lock(lock)),
+    ] {
+        let layer = layer
+            .honor_request_cache_control(true)
+            .status_header(StatusHeader::Both);
+        let (svc, calls) = counting(layer.clone());
+        let min_fresh = || request("GET", "/mf", &[("cache-control", "min-fresh=100")]);
+        for n in 1..=5 {
+            let seen = send(&svc, min_fresh()).await;
+            let status = seen.header("cache-status").unwrap_or_default().to_owned();
+            assert_eq!(seen.outcome(), "MISS", "{name} #{n}: {status}");
+            assert_eq!(seen.body, format!("call {n}"), "{name} #{n}: {status}");
+            if n > 1 {
+                assert!(status.contains("fwd=request"), "{name} #{n}: {status}");
+            }
+        }
+        assert_eq!(calls.get(), 5, "{name}");
+        wait_stored(&layer, "/mf").await;
+        let plain = send(&svc, get("/mf")).await;
+        assert_eq!((plain.outcome(), calls.get()), ("HIT", 5), "{name}");
+    }
+}
+
 /// The same honoured request directives bound what answers a HEAD request as a GET's: a stored
 /// response older than `max-age=N`, or fresh for less than `min-fresh=N` more seconds, is
 /// turned away (the handler answers the HEAD), and `only-if-cached` answers `504` without
