@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use impcache::{Cache, MemoryCacheRepository, RedisCacheRepository};
+use impcache::{Cache, Error, MemoryCacheRepository, RedisCacheRepository};
 use impcache_tests::RedisServer;
 
 fn cache(server: &RedisServer) -> Cache {
@@ -158,13 +158,11 @@ async fn glob_semantics_are_identical_in_both_repositories() {
         "a[\\]]c",
         "a[]]c",
         "h[^]]llo",
-        "h[a-]llo",
         "h[-a]llo",
         "[\\\\]",
         "\\\\",
         "\\",
         "a\\",
-        "[a-]",
         "[]",
         "**",
         "*?*",
@@ -175,6 +173,14 @@ async fn glob_semantics_are_identical_in_both_repositories() {
         "[é]",
         "a[\\-]c",
     ];
+    // A range takes its end whole, `]` included (Redis's matcher): these sets never close, and
+    // both repositories refuse them rather than read them that way.
+    for unclosed in ["h[a-]llo", "[a-]"] {
+        for cache in [&redis, &memory] {
+            let refused = cache.delete_pattern(unclosed).await.unwrap_err();
+            assert!(matches!(refused, Error::InvalidPattern { .. }), "{refused}");
+        }
+    }
     for pattern in patterns {
         for cache in [&redis, &memory] {
             cache.delete_pattern("*").await.unwrap();
