@@ -95,7 +95,8 @@ impl CacheLayer {
     /// response older than `N` seconds, or fresh for less than `N` more, to the handler
     /// (`fwd=request`), storing its answer, whether the lookup found it or another request's
     /// handler call (a coalesced flight, another process holding the [`lock`](Self::lock))
-    /// hands it over; `only-if-cached` answers `504 Gateway Timeout` (`detail=only-if-cached`)
+    /// hands it over (such a request calls the handler at once, without waiting for the lock's
+    /// holder: its answer would be refused as well); `only-if-cached` answers `504 Gateway Timeout` (`detail=only-if-cached`)
     /// whenever the handler would be called.
     ///
     /// A request with `max-age` or `min-fresh` asks for a fresh response (RFC 9111 §5.2.1.1,
@@ -137,9 +138,10 @@ impl CacheLayer {
     }
 
     /// How long a coalesced request waits for another request's handler call (and its body, when
-    /// it streams) before calling the handler itself (default 10 s). Counted once per request,
-    /// from when it starts waiting (right after its lookup), however many leaders it waits for,
-    /// as nginx's `proxy_cache_lock_timeout`: a leader that goes away (its client disconnects,
+    /// it streams) before calling the handler itself (default 10 s). Counted once per request and
+    /// key, from when it starts waiting (right after its lookup), however many leaders it waits
+    /// for, as nginx's `proxy_cache_lock_timeout` (a request that learns the URL's `Vary` names
+    /// and moves to its own variant's flight, another key, has that flight's timeout whole): a leader that goes away (its client disconnects,
     /// its handler panics, its response body fails mid-way) hands its flight over to one of its
     /// waiters, and the others wait for that one only what is left of their own timeout; with
     /// nothing left, a request calls the handler itself. So even an upstream whose bodies always

@@ -12,8 +12,6 @@
 //! record's lock, and once the first response names them, a waiter whose variant it is not
 //! moves to its own variant's lock (one wait for another variant's call, not one per variant).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use impcache::__private::lock::{self, Turn};
 
 use crate::config::Config;
@@ -29,7 +27,7 @@ pub(crate) enum Locked {
     /// This process calls the handler, holding the lock (`None`: without it, failing open).
     Call(Option<HeldLock>),
     /// As [`Locked::Call`], after a read found a stored response the request's limits refuse
-    /// (see [`handed`]): the call is `fwd=request`.
+    /// (see [`handed`]): the call is `fwd=request`, made without the lock.
     Refused(Option<HeldLock>),
     /// Another process stored the response meanwhile.
     Stored(Entry),
@@ -46,12 +44,16 @@ enum Polled {
     /// The URL's record names its variants now, and this request's is another one than the
     /// lock's holder stored: its own variant's lock (this key) is the one to wait on.
     Variant(String),
+    /// A stored response the request's limits refuse: it calls the handler itself, at once, as
+    /// it would without the lock (waiting for the lock's holder lined such requests up, one
+    /// call after another).
+    Refused,
 }
 
 /// Takes the lock of the request's response, or waits for another process's response (see the
 /// module docs): one its honoured `Cache-Control` takes (`limits`, see [`handed`]); a response
-/// they refuse ends no wait ([`Locked::Refused`]: the request calls the handler once it holds the
-/// lock, or past the wait). `headers`: the request's. `seen`: the URL's record as the lookup
+/// they refuse ends the wait ([`Locked::Refused`]: the request calls the handler at once, without
+/// the lock, as it would without one). `headers`: the request's. `seen`: the URL's record as the lookup
 /// found it (the variants it names).
 /// `revalidates`: the stored entry a background revalidation (or early refresh) replaces; such a
 /// call does not wait ([`Locked::Busy`]), and only a response stored after that entry (another
@@ -115,16 +117,11 @@ async fn take_key(
 ) -> Taken {
     let on_record = lock_key == keys.record();
     let newer = |entry: &Entry| revalidates.is_none_or(|old| entry.stored_at_ms > old.stored_at_ms);
-    // Set by a poll that finds a response the request's limits refuse.
-    let refused = AtomicBool::new(false);
     let poll = || async {
         Ok(match lookup(config, keys, headers).await {
             Lookup::Hit(entry, _) if newer(&entry) => match handed(config, &entry, limits) {
                 Handed::Answers => Some(Polled::Stored(entry)),
-                Handed::Refused => {
-                    refused.store(true, Ordering::Relaxed);
-                    None
-                }
+                Handed::Refused => Some(Polled::Refused),
                 Handed::Unusable => None,
             },
             Lookup::Failed { .. } => Some(Polled::Failed),
@@ -143,22 +140,16 @@ async fn take_key(
         poll,
     )
     .await;
-    let call = |held| {
-        if refused.load(Ordering::Relaxed) {
-            Locked::Refused(held)
-        } else {
-            Locked::Call(held)
-        }
-    };
     Taken::Locked(match turn {
-        Turn::Owner(held) => call(Some(HeldLock::new(
+        Turn::Owner(held) => Locked::Call(Some(HeldLock::new(
             config.cache.clone(),
             lock_key.to_owned(),
             held,
         ))),
         Turn::Loaded(Polled::Stored(entry)) => Locked::Stored(entry),
         Turn::Loaded(Polled::Variant(variant)) => return Taken::Variant(variant),
+        Turn::Loaded(Polled::Refused) => Locked::Refused(None),
         Turn::Busy => Locked::Busy,
-        _ => call(None),
+        _ => Locked::Call(None),
     })
 }

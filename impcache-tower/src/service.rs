@@ -1181,6 +1181,10 @@ async fn call_within<F: Future>(limit: Duration, call: impl FnOnce() -> F) -> Op
 /// its own [`hard_timeout`](CacheLayer::hard_timeout).
 struct Waiting {
     since: tokio::time::Instant,
+    /// Since when it waits on the flight it is on: the URL's, then its `Vary` variant's, a key
+    /// of its own with a lock timeout of its own (as nginx's lock is per cache key), so that a
+    /// wait for another variant's call does not use up the wait for its own variant's.
+    lock_since: tokio::time::Instant,
     lock_timeout: Duration,
     /// From `since` to the end of its last wait for a leader that went away or timed out.
     spent: Duration,
@@ -1194,8 +1198,10 @@ struct Waiting {
 
 impl Waiting {
     fn new(lock_timeout: Duration, limits: Limits) -> Self {
+        let now = tokio::time::Instant::now();
         Waiting {
-            since: tokio::time::Instant::now(),
+            since: now,
+            lock_since: now,
             lock_timeout,
             spent: Duration::ZERO,
             limits,
@@ -1219,7 +1225,12 @@ impl Waiting {
     /// What is left of the lock timeout, the bound of the request's next wait: zero once it has
     /// passed (a leader's answer already there is still taken, without waiting).
     fn left(&self) -> Duration {
-        self.lock_timeout.saturating_sub(self.since.elapsed())
+        self.lock_timeout.saturating_sub(self.lock_since.elapsed())
+    }
+
+    /// It moves to its `Vary` variant's flight: its lock timeout starts anew there.
+    fn on_variant_flight(&mut self) {
+        self.lock_since = tokio::time::Instant::now();
     }
 
     /// The leader it waited for went away (or moved to its variant's flight, after a lookup) or
@@ -1303,6 +1314,7 @@ async fn coalesce(
                         Lookup::Miss(_, Some(seen)) if flight == url && !seen.vary.is_empty() => {
                             drop(guard);
                             flight = variant_flight(config, url, &seen.vary, headers);
+                            waiting.on_variant_flight();
                             continue;
                         }
                         _ => {}
@@ -1357,6 +1369,7 @@ async fn coalesce(
                             }
                         }
                         flight = variant_flight(config, url, &published.vary, headers);
+                        waiting.on_variant_flight();
                     }
                     Wait::NotShared | Wait::TimedOut => return Coalesced::Alone,
                     Wait::Abandoned => {
@@ -1377,6 +1390,7 @@ async fn coalesce(
                                 if flight == url && !seen.vary.is_empty() =>
                             {
                                 flight = variant_flight(config, url, &seen.vary, headers);
+                                waiting.on_variant_flight();
                             }
                             _ => {}
                         }

@@ -164,6 +164,36 @@ async fn one_call_per_variant_however_many_miss_at_once(layer: CacheLayer) {
     }
 }
 
+/// A request that waited for another variant's call has its own variant's wait whole: the lock
+/// timeout is per flight, as nginx's lock is per cache key. Counted across both (found by a
+/// probe), 3 variants × 6 requests with 600 ms calls and a 1 s `lock_timeout` made 13 calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_another_variant_leaves_the_lock_timeout_of_its_own_whole() {
+    let layer = layer().lock_timeout(Duration::from_secs(1));
+    let (svc, calls) = app(layer, |n, _| async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Response::builder()
+            .header("vary", "accept-language")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let languages = ["en", "fr", "de"];
+    let answers: Vec<_> = (0..18)
+        .map(|i| {
+            let request = request("GET", "/v", &[("accept-language", languages[i % 3])]);
+            tokio::spawn(send(&svc, request))
+        })
+        .collect();
+    for answer in answers {
+        let seen = tokio::time::timeout(PATIENCE, answer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.status, 200);
+    }
+    assert_eq!(calls.get(), 3, "one call per variant");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_per_variant_however_many_miss_at_once_in_memory() {
     one_call_per_variant_however_many_miss_at_once(layer()).await;

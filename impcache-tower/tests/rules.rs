@@ -357,6 +357,55 @@ async fn a_stored_method_with_request_content_goes_to_the_handler() {
     }
 }
 
+/// Requests whose own `Cache-Control` refuses the stored response call the handler at once with
+/// the cross-process lock as without it, rather than wait for the lock's holder one after another
+/// (found by a probe: 6 `min-fresh=100` requests on a 60 s entry made 6 calls one at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refusing_the_stored_response_do_not_line_up_on_the_lock() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let layer = layer()
+        .honor_request_cache_control(true)
+        .lock(impcache::Lock::default());
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (svc, calls) = {
+        let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+        app(layer, move |n, _| {
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Response::new(Body::from(format!("call {n}")))
+            }
+        })
+    };
+    send(&svc, get("/r")).await;
+    let answers: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(send(
+                &svc,
+                request("GET", "/r", &[("cache-control", "min-fresh=100")]),
+            ))
+        })
+        .collect();
+    for answer in answers {
+        let seen = answer.await.unwrap();
+        assert_eq!(
+            seen.header("cache-status")
+                .map(|s| s.contains("fwd=request")),
+            Some(true)
+        );
+    }
+    assert_eq!(calls.get(), 7);
+    assert!(
+        most.load(Ordering::SeqCst) >= 2,
+        "the refused requests called the handler one at a time"
+    );
+}
+
 /// http-cache-tower-server, tower-http-cache: a client's `Cache-Control: no-cache` (a browser
 /// hard refresh) forced origin calls.
 #[tokio::test]
