@@ -1171,7 +1171,8 @@ async fn call_within<F: Future>(limit: Duration, call: impl FnOnce() -> F) -> Op
 }
 
 /// A request's waits for other requests' handler calls, counted from when it starts coalescing
-/// (right after its lookup), however many leaders it waits for in turn: a leader that goes away
+/// (right after its lookup; on its `Vary` variant's flight, from when it moves there), however
+/// many leaders it waits for in turn on one key: a leader that goes away
 /// (its client disconnected, its handler panicked, its response body failed mid-way) hands its
 /// flight to one of its waiters, and the others wait for that one. So the
 /// [`lock_timeout`](CacheLayer::lock_timeout) bounds all of a request's waits together, as
