@@ -206,8 +206,9 @@ impl CacheLayer {
     ///   are never served stale.
     /// - **Revalidation**: a stale entry with an `ETag` or `Last-Modified` is kept for
     ///   [`keep_stale_for`](Self::keep_stale_for), and revalidated by calling the handler with
-    ///   `If-None-Match`/`If-Modified-Since`; a 304 refreshes its headers and lifetime and the
-    ///   stored body is served; any other response replaces it.
+    ///   `If-None-Match`/`If-Modified-Since`; a 304 refreshes its headers, tags (see
+    ///   [`tag_headers`](Self::tag_headers)) and lifetime and the stored body is served; any
+    ///   other response replaces it.
     /// - **Stale responses** only where RFC 9111 §4.2.4 allows them: within the response's own
     ///   `stale-while-revalidate` / `stale-if-error` window, else the layer's
     ///   ([`stale_while_revalidate`](Self::stale_while_revalidate),
@@ -354,7 +355,12 @@ impl CacheLayer {
     /// from any process sharing the cache) of any of its tags. The fields are removed from the
     /// responses unless [`keep_tag_headers`](Self::keep_tag_headers). `Cache-Tag` tags are
     /// case-insensitive (Cloudflare's rule): stored as given and in lower case, and purged by
-    /// [`purge_tag`](Self::purge_tag) in any case; those of other fields keep their case.
+    /// [`purge_tag`](Self::purge_tag) in any case; those of other fields keep their case. A tag
+    /// that is not UTF-8 (or too long for the cache) is left out, with a warning; the other tags
+    /// of its field stay. In the [origin mode](Self::follow_origin), a `304` that refreshes a
+    /// stored response replaces its tags with those of its own tag fields when it carries any,
+    /// and keeps them otherwise (a `304` updates the fields it carries, RFC 9111 §4.3.4); the
+    /// [`tags_from`](Self::tags_from) tags of the validation request are added either way.
     pub fn tag_headers(self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
         let names: Vec<http::HeaderName> = names.into_iter().collect();
         self.with(|c| c.tag_headers = names)

@@ -99,8 +99,14 @@ pub(crate) struct Refresh<'a> {
     pub(crate) headers: &'a HeaderMap,
     pub(crate) stale: Entry,
     pub(crate) not_modified: &'a HeaderMap,
+    /// When the validation request went to the handler, and when its answer came (ms since the
+    /// epoch): for the refreshed lifetime and `Age` only, never for its tags.
     pub(crate) request_ms: u64,
     pub(crate) response_ms: u64,
+    /// The refreshed entry's tags (`tagging::collect` with the stale entry's): created when the
+    /// validation's handler call started, on impcache's tag clock (µs, later than every
+    /// invalidation made before it in this process), as every stored response's.
+    pub(crate) tags: Option<Box<crate::tags::Tagged>>,
     /// The validation's handler call, recorded in progress ([`crate::landing`]); `None` when
     /// nothing is stored (the cache failing).
     pub(crate) call: Option<crate::landing::InProgress>,
@@ -120,6 +126,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
         not_modified,
         request_ms,
         response_ms,
+        tags,
         call,
         guard,
     } = refresh;
@@ -144,6 +151,10 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
     let (entry, stored) = match verdict {
         Ok(verdict) => {
             let policy = stale::policy(config, &updated).unwrap_or_default();
+            // As a `200` stored: the URL's next hit reads these tags' state with its record.
+            if let Some(tags) = &tags {
+                config.learned_tags.learn(keys.record(), &tags.tags);
+            }
             let unfinished = Unfinished {
                 cache: config.cache.clone(),
                 keys,
@@ -160,14 +171,8 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 // A new generation: the variants of its URL stored before are misses again.
                 generation: None,
                 lock: None,
-                // Its tags, as of this validation.
-                tags: stale.tags.clone().map(|tags| {
-                    Box::new(crate::tags::Tagged {
-                        created: request_ms.saturating_mul(1000),
-                        soft_since: None,
-                        ..*tags
-                    })
-                }),
+                // Its tags, as of this validation (not soft-purged: `soft_since` is `None`).
+                tags,
                 guard,
             };
             let (published, _, stored, storing) = unfinished.finish_published(stale.body);

@@ -655,9 +655,21 @@ where
     }
     let response_ms = now_ms();
     let (mut parts, body) = response.into_parts();
-    let tagged = tagging::collect(config, request_tags, &mut parts.headers, created);
+    // A `304` answering the validation refreshes the stale entry, its tags included.
+    let refreshes = revalidating && parts.status == http::StatusCode::NOT_MODIFIED;
+    let refreshed_tags = stale
+        .as_ref()
+        .filter(|_| refreshes)
+        .and_then(|stale| stale.tags.as_deref());
+    let tagged = tagging::collect(
+        config,
+        request_tags,
+        &mut parts.headers,
+        created,
+        refreshed_tags,
+    );
     if let Some(stale) = stale.filter(|_| revalidating) {
-        if parts.status == http::StatusCode::NOT_MODIFIED {
+        if refreshes {
             let refresh = revalidate::Refresh {
                 keys,
                 headers: &headers,
@@ -665,6 +677,7 @@ where
                 not_modified: &parts.headers,
                 request_ms,
                 response_ms,
+                tags: tagged,
                 call,
                 guard,
             };

@@ -9,30 +9,49 @@ use crate::tags::{case_insensitive, push_spellings, Tagged, TAGS_FIELD};
 
 /// The tags of a response: those of the request (`from_request`), then those of the layer's tag
 /// header fields, which are removed from `headers` unless the layer keeps them; those the cache
-/// refuses (empty, too long) left out. `None` without any.
+/// refuses (empty, too long) and those that are not UTF-8 left out. `None` without any.
+///
+/// A field value is split on spaces and commas (its bytes: `,` and ASCII whitespace are never
+/// part of a multi-byte UTF-8 character), and each token is a tag when it is UTF-8 (`café`
+/// counts, not only visible ASCII); a token that is not is left out with a warning, and the
+/// other tags of its field stay.
+///
+/// `refreshed`: the tags of the stored entry a `304` refreshes (RFC 9111 §4.3.4), kept when the
+/// `304` carries none of the tag header fields. A `304` updates the stored fields it carries and
+/// leaves the others, so its tag fields (even an empty one) replace the stored tags, and a `304`
+/// without them removes none. Either way the request's tags are added, as on a `200`.
 pub(crate) fn collect(
     config: &Config,
     from_request: Vec<String>,
     headers: &mut HeaderMap,
     created: u64,
+    refreshed: Option<&Tagged>,
 ) -> Option<Box<Tagged>> {
     let mut tags = from_request;
+    let mut carried = false;
     for name in &config.tag_headers {
         for value in headers.get_all(name) {
-            // UTF-8, not only visible ASCII (`to_str`): a tag such as `café` counts.
-            let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
-                tracing::debug!(header = %name, "impcache-tower: a tag header value that is not UTF-8 is ignored");
-                continue;
-            };
-            let split = value.split(|c: char| c == ',' || c.is_ascii_whitespace());
-            // A case-insensitive tag also in lower case, which a purge of any case reaches.
-            for tag in split.filter(|tag| !tag.is_empty()) {
+            carried = true;
+            let split = value
+                .as_bytes()
+                .split(|b| *b == b',' || b.is_ascii_whitespace());
+            for token in split.filter(|token| !token.is_empty()) {
+                let Ok(tag) = std::str::from_utf8(token) else {
+                    let tag = String::from_utf8_lossy(token);
+                    let tag = config.cache.records_keys().then_some(&*tag);
+                    tracing::warn!(header = %name, tag, "impcache-tower: a response's tag that is not UTF-8 is left out");
+                    continue;
+                };
+                // A case-insensitive tag also in lower case, which a purge of any case reaches.
                 push_spellings(&mut tags, tag, case_insensitive(name));
             }
         }
         if !config.keep_tag_headers {
             headers.remove(name);
         }
+    }
+    if let Some(stored) = refreshed.filter(|_| !carried) {
+        tags.extend(stored.tags.iter().cloned());
     }
     // Never taken from a handler: the layer's own field.
     headers.remove(TAGS_FIELD);
@@ -112,19 +131,58 @@ mod tests {
         headers.insert("surrogate-key", HeaderValue::from_static("a  b"));
         headers.insert("cache-tag", HeaderValue::from_static("b, c"));
         headers.insert(TAGS_FIELD, HeaderValue::from_static("1 forged"));
-        let tagged = collect(&config, vec!["r".to_owned()], &mut headers, 7).ok_or("no tags")?;
+        let tagged =
+            collect(&config, vec!["r".to_owned()], &mut headers, 7, None).ok_or("no tags")?;
         assert_eq!(tagged.tags, ["r", "a", "b", "c"]);
         assert!(headers.is_empty());
-        assert!(collect(&config, Vec::new(), &mut HeaderMap::new(), 7).is_none());
-        // UTF-8 tags are read (and stored percent-encoded); a value that is not UTF-8 is not.
+        assert!(collect(&config, Vec::new(), &mut HeaderMap::new(), 7, None).is_none());
+        // UTF-8 tags are read (and stored percent-encoded); a token that is not UTF-8 is left
+        // out, and only it: the other tags of its value stay.
         let mut headers = HeaderMap::new();
         let utf8 = HeaderValue::from_bytes("café thé".as_bytes())?;
         headers.insert("surrogate-key", utf8);
-        headers.insert("cache-tag", HeaderValue::from_bytes(b"\xff\xfe")?);
-        let tagged = collect(&config, Vec::new(), &mut headers, 7).ok_or("no tags")?;
-        assert_eq!(tagged.tags, ["café", "thé"]);
+        headers.insert(
+            "cache-tag",
+            HeaderValue::from_bytes(b"ok1,\xff\xfe ok2\xff,ok3")?,
+        );
+        let tagged = collect(&config, Vec::new(), &mut headers, 7, None).ok_or("no tags")?;
+        assert_eq!(tagged.tags, ["café", "thé", "ok1", "ok3"]);
         let decoded = Tagged::decode(&tagged.encode()).ok_or("no tags decoded")?;
         assert_eq!(decoded.tags, tagged.tags);
+        Ok(())
+    }
+
+    #[test]
+    fn a_304_replaces_the_stored_tags_with_those_it_carries(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let config = Config::new(impcache::Cache::new(impcache::MemoryCacheRepository::new()));
+        let stored = Tagged {
+            created: 1,
+            tags: vec!["old".to_owned(), "r".to_owned()],
+            soft_since: Some(2),
+        };
+        // Tag fields on the `304`: they and the request's tags replace the stored tags.
+        let mut headers = HeaderMap::new();
+        headers.insert("surrogate-key", HeaderValue::from_static("new"));
+        let request = vec!["r".to_owned()];
+        let tagged = collect(&config, request, &mut headers, 7, Some(&stored)).ok_or("no tags")?;
+        assert_eq!(tagged.tags, ["r", "new"]);
+        assert_eq!((tagged.created, tagged.soft_since), (7, None));
+        // An empty one too: only the request's are left.
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-tag", HeaderValue::from_static(""));
+        let request = vec!["r2".to_owned()];
+        let tagged = collect(&config, request, &mut headers, 7, Some(&stored)).ok_or("no tags")?;
+        assert_eq!(tagged.tags, ["r2"]);
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-tag", HeaderValue::from_static(""));
+        assert!(collect(&config, Vec::new(), &mut headers, 7, Some(&stored)).is_none());
+        // None: the stored tags are kept, with the request's.
+        let request = vec!["r2".to_owned(), "r".to_owned()];
+        let tagged =
+            collect(&config, request, &mut HeaderMap::new(), 7, Some(&stored)).ok_or("no tags")?;
+        assert_eq!(tagged.tags, ["r2", "r", "old"]);
+        assert_eq!((tagged.created, tagged.soft_since), (7, None));
         Ok(())
     }
 }

@@ -578,3 +578,137 @@ async fn with_redis_down_a_request_after_an_own_purge_does_not_share_the_older_r
         assert_eq!(calls.get(), 2, "{case}");
     }
 }
+
+/// The origin mode's handler: `200 call {n}` with `ETag: "v1"`, `max-age=0` (stored stale, and
+/// revalidated by the next request) and `Surrogate-Key: old`; a validation request is answered
+/// `304` with `max-age=600` and `refreshed_tags` as its `Surrogate-Key`, if any.
+fn revalidated(layer: CacheLayer, refreshed_tags: Option<&'static str>) -> (Svc, Calls) {
+    app(layer, move |n, req| async move {
+        let builder = Response::builder().header("etag", "\"v1\"");
+        if req.headers().contains_key("if-none-match") {
+            let mut builder = builder.status(304).header("cache-control", "max-age=600");
+            if let Some(tags) = refreshed_tags {
+                builder = builder.header("surrogate-key", tags);
+            }
+            return builder.body(Body::empty()).unwrap();
+        }
+        builder
+            .header("cache-control", "max-age=0")
+            .header("surrogate-key", "old")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    })
+}
+
+/// RFC 9111 §4.3.4: a `304` updates the stored fields it carries, the tag fields too. Its tags
+/// replace the stored ones; a `304` without tag fields keeps them. The validation request's own
+/// tags (`tags_from`) are added either way, as to a `200`.
+#[tokio::test]
+async fn a_304_updates_the_tags_of_the_response_it_refreshes() {
+    // The 304's tags; the tags of the refreshed response; the others.
+    let cases = [
+        (Some("new"), &["new", "second"][..], &["old", "first"][..]),
+        (None, &["old", "first", "second"][..], &[][..]),
+    ];
+    for (refreshed_tags, tags, not_tags) in cases {
+        for (purge, purged) in tags
+            .iter()
+            .map(|t| (t, true))
+            .chain(not_tags.iter().map(|t| (t, false)))
+        {
+            let layer = CacheLayer::new(memory_cache())
+                .follow_origin(true)
+                .tags_from(|request| {
+                    let tag = request.headers.get("x-tag").map(|v| v.to_str().unwrap());
+                    tag.into_iter().map(str::to_owned).collect()
+                });
+            let (svc, calls) = revalidated(layer.clone(), refreshed_tags);
+            let tagged = |tag| request("GET", "/r", &[("x-tag", tag)]);
+            send(&svc, tagged("first")).await;
+            wait_stored(&layer, "/r").await;
+            let seen = send(&svc, tagged("second")).await;
+            assert_eq!(
+                seen.header("cache-status"),
+                Some("impcache; fwd=stale; fwd-status=304; stored")
+            );
+            assert_eq!(seen.body, "call 1");
+            assert_eq!(send(&svc, get("/r")).await.outcome(), "HIT");
+            layer.purge_tag(purge).await.unwrap();
+            let seen = send(&svc, get("/r")).await;
+            let case = format!("304 tags {refreshed_tags:?}, purge of {purge}");
+            let expected = if purged { "MISS" } else { "HIT" };
+            assert_eq!(seen.outcome(), expected, "{case}: {:?}", seen.headers);
+            assert_eq!(calls.get(), 2 + usize::from(purged), "{case}");
+        }
+    }
+}
+
+/// Origin mode: a `304` answering the background revalidation of a soft-purged response
+/// refreshes it for good, also when that revalidation starts in the millisecond of the purge
+/// (its creation time is taken on impcache's µs tag clock, as every store's, not from the
+/// request's time in ms). Each round: a soft purge at the start of a millisecond, the stale
+/// response served at once with one background handler call, then a fresh hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_refresh_started_in_the_soft_purges_millisecond_is_fresh() {
+    let layer = CacheLayer::new(memory_cache())
+        .follow_origin(true)
+        .stale_while_revalidate(Duration::from_secs(60));
+    let (svc, calls) = app(layer.clone(), |n, req| async move {
+        let builder = Response::builder()
+            .header("etag", "\"v1\"")
+            .header("cache-control", "max-age=600")
+            .header("surrogate-key", "o");
+        if req.headers().contains_key("if-none-match") {
+            return builder.status(304).body(Body::empty()).unwrap();
+        }
+        builder.body(Body::from(format!("call {n}"))).unwrap()
+    });
+    stored(&svc, &layer, "/o").await;
+    let micros = || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.unwrap().as_micros()
+    };
+    for round in 1..=10 {
+        while micros() % 1000 > 50 {
+            std::hint::spin_loop();
+        }
+        layer.soft_purge_tag("o").await.unwrap();
+        let seen = send(&svc, get("/o")).await;
+        let status = seen.header("cache-status").unwrap();
+        assert!(status.contains("fwd=stale"), "round {round}: {status}");
+        for _ in 0..200 {
+            if calls.get() > round {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The refreshed response stored.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = send(&svc, get("/o")).await;
+        let status = next.header("cache-status").unwrap();
+        assert_eq!(status, "impcache; hit; ttl=600", "round {round}");
+        assert_eq!(next.body, "call 1");
+        assert_eq!(calls.get(), 1 + round, "round {round}: one revalidation");
+    }
+}
+
+/// A tag field value with a byte that is not UTF-8: only the token holding it is left out; the
+/// other tags of the value (and of the other fields) still purge the response.
+#[tokio::test]
+async fn a_tag_that_is_not_utf8_leaves_the_other_tags_of_its_field() {
+    for purge in ["good1", "good2", "good3"] {
+        let layer = CacheLayer::new(memory_cache());
+        let (svc, calls) = app(layer.clone(), |n, _req| async move {
+            let surrogate_key = http::HeaderValue::from_bytes(b"good1 bad\xff,good2").unwrap();
+            Response::builder()
+                .header("surrogate-key", surrogate_key)
+                .header("cache-tag", "good3")
+                .body(Body::from(format!("call {n}")))
+                .unwrap()
+        });
+        stored(&svc, &layer, "/i").await;
+        layer.purge_tag(purge).await.unwrap();
+        assert_eq!(send(&svc, get("/i")).await.outcome(), "MISS", "{purge}");
+        assert_eq!(calls.get(), 2, "{purge}");
+    }
+}
