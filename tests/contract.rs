@@ -182,6 +182,8 @@ contract!(
     values_nested_deeper_are_refused_both_ways,
     integers_beyond_64_bits_are_refused,
     delete_if_equal_removes_only_a_match,
+    set_if_equal_replaces_only_a_match,
+    set_nx_claims_a_key_whose_tagged_entry_is_hidden,
     member_lists_keep_each_member_once_for_the_longest_lifetime,
     floats_read_back_exactly,
 );
@@ -852,6 +854,81 @@ async fn delete_if_equal_removes_only_a_match(b: Backend) {
         .unwrap());
     assert_eq!(b.repository.get(&key).await.unwrap(), None);
     assert!(!b.repository.delete_if_equal(&key, token).await.unwrap());
+}
+
+// --- Tags (issue 16): `set_nx` over a tagged entry its tags hide. ---
+
+/// `set_if_equal` (`set_nx`'s compare-and-set over a hidden tagged entry) stores only while the
+/// key holds exactly the given bytes, and the value stored gets the expiry given (none
+/// included), not the old one's.
+async fn set_if_equal_replaces_only_a_match(b: Backend) {
+    use bytes::Bytes;
+    use impcache::Expiry;
+    let cache = b.cache();
+    let (short, never) = (cache.make_key("short"), cache.make_key("never"));
+    let old = Bytes::from_static(b"old");
+    let new = Bytes::from_static(b"new");
+    let replace = |key: &str, expected: &Bytes, expiry| {
+        let key = key.to_owned();
+        let (expected, new) = (expected.clone(), new.clone());
+        let repository = b.repository.clone();
+        async move {
+            repository
+                .set_if_equal(&key, expected, new, expiry)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        !replace(&short, &old, Expiry::Never).await,
+        "nothing stored"
+    );
+    assert_eq!(b.repository.get(&short).await.unwrap(), None);
+    b.repository
+        .set(&short, old.clone(), Expiry::Seconds(100))
+        .await
+        .unwrap();
+    b.repository
+        .set(&never, old.clone(), Expiry::Milliseconds(300))
+        .await
+        .unwrap();
+    let other = Bytes::from_static(b"other");
+    assert!(!replace(&short, &other, Expiry::Never).await);
+    assert_eq!(b.repository.get(&short).await.unwrap(), Some(old.clone()));
+    assert!(replace(&short, &old, Expiry::Milliseconds(300)).await);
+    assert!(replace(&never, &old, Expiry::Never).await);
+    assert_eq!(b.repository.get(&short).await.unwrap(), Some(new.clone()));
+    assert!(
+        !replace(&short, &old, Expiry::Never).await,
+        "no longer a match"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        b.repository.get(&short).await.unwrap(),
+        None,
+        "the new expiry"
+    );
+    assert_eq!(
+        b.repository.get(&never).await.unwrap(),
+        Some(new),
+        "no expiry"
+    );
+}
+
+/// Through every repository, `set_nx` stores over a tagged entry that an invalidation hid (it
+/// reads as a miss), and not over one that reads as a hit.
+async fn set_nx_claims_a_key_whose_tagged_entry_is_hidden(b: Backend) {
+    let (cache, other) = (b.cache(), b.cache());
+    cache.set_tagged("hidden", &1, 100, ["t"]).await.unwrap();
+    cache.set_tagged("shown", &1, 100, ["u"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    other.invalidate_tag("t").await.unwrap();
+    assert_eq!(cache.get::<i32>("hidden").await.unwrap(), None);
+    assert!(cache.set_nx("hidden", &2, 100).await.unwrap());
+    assert_eq!(other.get::<i32>("hidden").await.unwrap(), Some(2));
+    assert!(!other.set_nx("hidden", &3, 100).await.unwrap());
+    assert!(!cache.set_nx("shown", &2, 100).await.unwrap());
+    assert_eq!(other.get::<i32>("shown").await.unwrap(), Some(1));
 }
 
 // --- Member lists (issue 16): `impcache-tower`'s list of the hosts that stored a URL. ---

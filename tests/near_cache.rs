@@ -1790,6 +1790,40 @@ async fn tagged_hits_are_local_and_tag_invalidations_reach_them() {
     .await;
 }
 
+/// A near-cached tagged entry that another process's invalidation hid counts as absent for
+/// `set_nx` (as `get` sees it), and the value `set_nx` stores is read back at once, here and in
+/// the other process; a hidden entry kept by the other cache is claimed as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_nx_over_a_near_cached_hidden_entry_is_read_back_at_once() {
+    let server = RedisServer::start();
+    let a = near_cache(&server, near());
+    let b = near_cache(&server, near());
+    wait_active(&a).await;
+    wait_active(&b).await;
+    for key in ["k1", "k2"] {
+        a.set_tagged(key, &1, 60, ["t"]).await.unwrap();
+        wait_local(&a, key).await;
+        wait_local(&b, key).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    b.invalidate_tag("t").await.unwrap();
+    eventually("the invalidation reaches the other cache", || async {
+        a.get::<i64>("k1").await.unwrap().is_none()
+    })
+    .await;
+
+    assert!(a.set_nx("k1", &2, 60).await.unwrap());
+    assert_eq!(a.get::<i64>("k1").await.unwrap(), Some(2), "own write");
+    assert!(b.set_nx("k2", &2, 60).await.unwrap());
+    assert_eq!(b.get::<i64>("k2").await.unwrap(), Some(2), "own write");
+    eventually("each process sees the other's value", || async {
+        b.get::<i64>("k1").await.unwrap() == Some(2) && a.get::<i64>("k2").await.unwrap() == Some(2)
+    })
+    .await;
+    assert!(!b.set_nx("k1", &3, 60).await.unwrap());
+    assert!(!a.set_nx("k2", &3, 60).await.unwrap());
+}
+
 /// A near-cached tagged entry judged fresh keeps its verdict for the next read with the same
 /// tags only while no tag state changes: a read naming another tag judges it again (and finds
 /// that tag invalidated), and an invalidation of any tag anywhere makes the next read judge

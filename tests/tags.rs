@@ -67,6 +67,7 @@ per_store!(
     a_version_spelled_like_tag_state_is_refused,
     a_value_spelled_like_a_tagged_entry_is_refused,
     a_plain_entry_read_with_tags_is_covered_by_their_invalidations,
+    set_nx_claims_an_entry_its_tags_hide,
 );
 
 /// The races of invalidations, on a runtime with worker threads: the memory repository's
@@ -80,6 +81,7 @@ mod races {
         prefix: "tags_races",
         deadline: HANG;
         concurrent_hard_and_soft_invalidations_never_lose_the_hard_one,
+        concurrent_set_nx_over_a_hidden_entry_stores_once,
     );
 }
 
@@ -436,6 +438,78 @@ async fn a_plain_entry_read_with_tags_is_covered_by_their_invalidations(b: Backe
     stored(cache, "soft", "\"newer\"").await;
     assert_eq!(read("soft", "u", "unused").await.unwrap(), "newer");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// A tagged entry that reads as a miss (a tag invalidated, hard or soft, in this process or
+/// another) counts as nothing stored for `set_nx` and `set_nx_raw`, as `get` sees it: they
+/// store, and the value is read back at once in both processes. A tagged entry no invalidation
+/// covers, and the value `set_nx` stored, are kept.
+async fn set_nx_claims_an_entry_its_tags_hide(b: Backend) {
+    let cache = &b.cache;
+    cache.set_tagged("hard", &1, 60, ["t"]).await.unwrap();
+    cache.set_tagged("soft", &1, 60, ["s"]).await.unwrap();
+    cache.set_tagged("raw", &1, 60, ["t"]).await.unwrap();
+    cache.set_tagged("kept", &1, 60, ["u"]).await.unwrap();
+    tokio::time::sleep(MS).await;
+    b.other.invalidate_tag("t").await.unwrap();
+    b.other.soft_invalidate_tag("s").await.unwrap();
+    for key in ["hard", "soft", "raw"] {
+        assert_eq!(cache.get::<i32>(key).await.unwrap(), None, "{key}");
+    }
+
+    assert!(
+        cache.set_nx("hard", &2, 60).await.unwrap(),
+        "over a hard invalidation"
+    );
+    assert!(
+        cache.set_nx("soft", &2, 60).await.unwrap(),
+        "over a soft invalidation"
+    );
+    let bytes = Bytes::from_static(b"raw bytes");
+    assert!(cache.set_nx_raw("raw", bytes.clone(), 60).await.unwrap());
+    for key in ["hard", "soft"] {
+        assert_eq!(cache.get::<i32>(key).await.unwrap(), Some(2), "{key}");
+        assert_eq!(b.other.get::<i32>(key).await.unwrap(), Some(2), "{key}");
+        // Now a plain value: the key is taken.
+        assert!(!b.other.set_nx(key, &3, 60).await.unwrap(), "{key}");
+        assert_eq!(cache.get::<i32>(key).await.unwrap(), Some(2), "{key}");
+    }
+    assert_eq!(b.other.get_raw("raw").await.unwrap(), Some(bytes));
+
+    // A tagged entry that reads as a hit is something stored.
+    assert!(!cache.set_nx("kept", &2, 60).await.unwrap());
+    assert!(!cache
+        .set_nx_raw("kept", Bytes::from_static(b"2"), 60)
+        .await
+        .unwrap());
+    assert_eq!(b.other.get::<i32>("kept").await.unwrap(), Some(1));
+}
+
+/// Callers of `set_nx` racing over one hidden tagged entry, from two processes: exactly one
+/// stores, and its value is the one read.
+async fn concurrent_set_nx_over_a_hidden_entry_stores_once(b: Backend) {
+    for round in 0..20 {
+        let (key, tag) = (format!("k{round}"), format!("t{round}"));
+        b.cache.set_tagged(&key, &-1, 60, [&tag]).await.unwrap();
+        tokio::time::sleep(MS).await;
+        b.other.invalidate_tag(&tag).await.unwrap();
+        let callers: Vec<_> = (0..8)
+            .map(|caller| {
+                let cache = if caller % 2 == 0 { &b.cache } else { &b.other }.clone();
+                let key = key.clone();
+                tokio::spawn(async move { cache.set_nx(&key, &caller, 60).await })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for (caller, stored) in callers.into_iter().enumerate() {
+            if stored.await.unwrap().unwrap() {
+                winners.push(caller);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?} stored");
+        let read = b.other.get::<usize>(&key).await.unwrap();
+        assert_eq!(read, Some(winners[0]), "round {round}");
+    }
 }
 
 /// A tag's hard and soft times share one key, and a soft invalidation rewrites it keeping the

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{shown, Error, Result};
-use crate::expire::Expire;
+use crate::expire::{Expire, Expiry};
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version, LOCK_KEY_PART};
 use crate::near::{NearCache, NearCacheStats, NearCacheStatus, Store as NearStore};
@@ -80,6 +80,11 @@ macro_rules! observed {
 }
 /// For the load protocol's reads and writes in `crate::freshness`.
 pub(crate) use observed;
+
+/// How many times [`Cache::set_nx`] looks again at a key whose hidden tagged entry changed
+/// under it (another writer's value, or another hidden entry, landed first) before it answers
+/// `false`.
+const CLAIM_ROUNDS: usize = 4;
 
 /// The default key prefix, as in the Python library.
 pub const DEFAULT_KEY_PREFIX: &str = "cache";
@@ -515,6 +520,26 @@ impl Cache {
 
     /// Stores `value` at `key` only if nothing is stored there; `true` when it was stored.
     /// Atomic: of many concurrent callers, exactly one gets `true`.
+    ///
+    /// A tagged entry that reads as a miss (one of its tags was invalidated, hard or soft: see
+    /// [`invalidate_tag`](Cache::invalidate_tag)) counts as nothing stored, as [`get`](Cache::get)
+    /// sees it: `set_nx` replaces it and returns `true`. A free key costs one `SET NX`; a taken
+    /// one is then read (one more round trip), a tagged entry's tags' state too (one more), and
+    /// a hidden entry is replaced by a compare-and-set on exactly the bytes read, never a value
+    /// another writer stored meanwhile.
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+    /// let cache = Cache::new(MemoryCacheRepository::new());
+    /// assert!(cache.set_nx("key", &1, 100).await?);
+    /// assert!(!cache.set_nx("key", &2, 100).await?);
+    /// cache.set_tagged("tagged", &1, 100, ["t"]).await?;
+    /// cache.invalidate_tag("t").await?;
+    /// assert!(cache.set_nx("tagged", &2, 100).await?); // the hidden entry counts as absent
+    /// assert_eq!(cache.get::<i32>("tagged").await?, Some(2));
+    /// # Ok(()) }
+    /// ```
     pub async fn set_nx<V: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -526,8 +551,7 @@ impl Cache {
             let expiry = expire.into().resolve(key)?;
             let bytes = json::encode(key, value)?;
             let tally = Tally::written(bytes.len());
-            let key = self.key_parts(key);
-            let stored = self.shared.backend.set_nx(key, bytes, expiry).await?;
+            let stored = self.claim(key, bytes, expiry).await?;
             Ok((stored, tally))
         })
     }
@@ -781,7 +805,8 @@ impl Cache {
         })
     }
 
-    /// [`set_nx`](Cache::set_nx) for raw bytes.
+    /// [`set_nx`](Cache::set_nx) for raw bytes (a tagged entry its tags hide counts as absent
+    /// here too).
     pub async fn set_nx_raw(
         &self,
         key: &str,
@@ -793,8 +818,7 @@ impl Cache {
             envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.into().resolve(key)?;
             let tally = Tally::written(value.len());
-            let key = self.key_parts(key);
-            let stored = self.shared.backend.set_nx(key, value, expiry).await?;
+            let stored = self.claim(key, value, expiry).await?;
             Ok((stored, tally))
         })
     }
@@ -962,6 +986,45 @@ impl Cache {
                 })?;
             Ok(((), Tally::written(now.len() * keys.len())))
         })
+    }
+
+    /// [`set_nx`](Cache::set_nx)'s work: stores `value` at `key` if nothing is stored there, or
+    /// if what is stored reads as a miss because its tags hide it (as [`get`](Cache::get) judges
+    /// it: `open_tagged`); `true` when stored.
+    ///
+    /// `SET NX` first. Only when the key is taken are its bytes read; a tagged entry its tags
+    /// hide is then replaced by a compare-and-set on exactly those bytes
+    /// (`Backend::set_if_equal`), so a value another writer stored meanwhile is never
+    /// overwritten. An entry judged hidden stays hidden until the compare-and-set lands: its
+    /// creation time is in its bytes, and a tag's state only moves later (`crate::tags`). When
+    /// the key changed under it (another writer, an expiry), it looks again, up to
+    /// [`CLAIM_ROUNDS`] times, then answers `false`.
+    async fn claim(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<bool> {
+        let parts = self.key_parts(key);
+        let backend = &self.shared.backend;
+        if backend.set_nx(parts, value.clone(), expiry).await? {
+            return Ok(true);
+        }
+        for _ in 0..CLAIM_ROUNDS {
+            let stored = match backend.get(parts).await? {
+                // Gone since the `SET NX` (expired, deleted): free again.
+                None => backend.set_nx(parts, value.clone(), expiry).await?,
+                Some(found) => {
+                    let hidden = envelope::is_envelope(&found)
+                        && self.open_tagged(key, &found, Some(parts)).await?.is_none();
+                    if !hidden {
+                        return Ok(false);
+                    }
+                    backend
+                        .set_if_equal(parts, found, value.clone(), expiry)
+                        .await?
+                }
+            };
+            if stored {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Where an entry created at `created` (µs since the epoch) and tagged `tags` stands against

@@ -686,6 +686,22 @@ impl CacheRepository for NamespacedRepository {
         })
     }
 
+    /// Forwarded (not the trait's default read-then-write): the inner repository's own
+    /// compare-and-set, a script on Cluster, is the one under test.
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.inner
+                .set_if_equal(&self.key(key), expected, value, expiry)
+                .await
+        })
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
         Box::pin(async move { self.inner.get(&self.key(key)).await })
     }

@@ -236,6 +236,40 @@ impl Backend {
 
     // --- Tags (issue 16). ---
 
+    /// Stores `value` at `key` only if it holds `expected` (`set_nx` over an entry its tags
+    /// hide).
+    pub(crate) async fn set_if_equal(
+        &self,
+        key: KeyParts<'_>,
+        expected: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<bool> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => {
+                memory.set_if_equal_now(full.as_str(), &expected, value, expiry)
+            }
+            Backend::Redis(redis) => redis
+                .set_if_equal_direct(full.as_str(), &expected, value, expiry)
+                .await
+                .map_err(Failed::into_error),
+            Backend::Custom(repository) => {
+                repository
+                    .set_if_equal(full.as_str(), expected, value, expiry)
+                    .await
+            }
+            // A write: the local copy goes at once, as for every write of this `Cache`.
+            Backend::Near(near) => {
+                near.track();
+                let write = near.store.writing(vec![full.as_str().as_bytes()]);
+                let result = Box::pin(near.remote.set_if_equal(key, expected, value, expiry)).await;
+                write.written(matches!(result, Ok(true)));
+                result
+            }
+        }
+    }
+
     /// Before a local lookup made outside this dispatch point ([`verified`](Self::verified)):
     /// see `Store::catch_up`.
     pub(crate) async fn catch_up(&self) {

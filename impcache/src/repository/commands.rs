@@ -92,6 +92,41 @@ pub(crate) fn delete_if_equal_command(key: &str, expected: &[u8]) -> redis::Cmd 
     cmd
 }
 
+// --- Tags (issue 16): `set_nx` over an entry its tags hide. ---
+
+/// The compare-and-set script of `set_nx` over a hidden tagged entry: `SET` (with `PX ARGV[3]`,
+/// none when `0`) only if the key still holds exactly `ARGV[1]` (`1` when stored, else `0`).
+pub(crate) const SET_IF_EQUAL_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
+     if ARGV[3] == '0' then redis.call('SET', KEYS[1], ARGV[2]) \
+     else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end return 1";
+
+/// `EVAL` of [`SET_IF_EQUAL_SCRIPT`] on `key`: `value` for `expiry` in place of `expected`.
+pub(crate) fn set_if_equal_command(
+    key: &str,
+    expected: &[u8],
+    value: &[u8],
+    expiry: Expiry,
+) -> redis::Cmd {
+    let size = SET_IF_EQUAL_SCRIPT.len() + key.len() + expected.len() + value.len() + 32;
+    let mut cmd = redis::Cmd::with_capacity(7, size);
+    cmd.arg("EVAL")
+        .arg(SET_IF_EQUAL_SCRIPT)
+        .arg(1)
+        .arg(key)
+        .arg(expected)
+        .arg(value)
+        .arg(expiry_millis(expiry));
+    cmd
+}
+
+/// `expiry` in milliseconds for a script's `PX`, `0` for none.
+fn expiry_millis(expiry: Expiry) -> u64 {
+    expiry
+        .as_duration()
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 // --- Tags (issue 16). ---
 
 /// An invalidation of a tag (`crate::tags::marked`, in Lua): `ARGV[1]` (`hard` or `soft`) at
@@ -112,9 +147,7 @@ pub(crate) const MARK_TAG_SCRIPT: &str = "local old = redis.call('GET', KEYS[1])
 /// list at `key`, which then lives at least `expiry`.
 pub(crate) fn add_member_command(key: &str, member: &str, expiry: Expiry) -> redis::Cmd {
     let script = crate::members::ADD_MEMBER_SCRIPT;
-    let millis = expiry
-        .as_duration()
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let millis = expiry_millis(expiry);
     let mut cmd = redis::Cmd::with_capacity(7, script.len() + key.len() + member.len() + 32);
     cmd.arg("EVAL")
         .arg(script)

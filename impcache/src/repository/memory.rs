@@ -32,7 +32,8 @@ const ENTRY_OVERHEAD_BYTES: usize = 384;
 ///   evicted (moka's LRU policy), as Redis does under `allkeys-lru`: a write is always kept, and
 ///   recent writes and reads survive. (moka's default, TinyLFU, may refuse a new key that is not
 ///   yet popular: a `set` that returned `Ok` would be gone at once.)
-/// - `set_nx` is atomic per key;
+/// - `set_nx` is atomic per key, and so is the compare-and-set that replaces a tagged entry its
+///   tags hide ([`CacheRepository::set_if_equal`]);
 /// - `delete_pattern` uses exactly Redis's glob rules (a port of Redis's matcher).
 ///
 /// Clones share the same entries.
@@ -249,6 +250,30 @@ impl MemoryCacheRepository {
     /// Compare-and-delete, atomic under the entry's lock.
     pub(crate) fn delete_if_equal_now(&self, key: &str, expected: &[u8]) -> bool {
         self.remove_if(key, |entry| entry.value == expected)
+    }
+
+    /// Compare-and-set ([`CacheRepository::set_if_equal`]), atomic under the entry's lock.
+    pub(crate) fn set_if_equal_now(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<bool> {
+        let entry = self.entry(key, value, expiry)?;
+        let stored = self
+            .entries
+            .entry_by_ref(key)
+            .and_compute_with(|found| match found {
+                Some(found) if found.value().value == expected => {
+                    moka::ops::compute::Op::Put(entry)
+                }
+                _ => moka::ops::compute::Op::Nop,
+            });
+        Ok(matches!(
+            stored,
+            moka::ops::compute::CompResult::ReplacedWith(_)
+        ))
     }
 
     /// Removes the live entry at `key` if `remove` says so, under the entry's lock; whether it
@@ -468,6 +493,17 @@ impl CacheRepository for MemoryCacheRepository {
     fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
         let removed = self.delete_if_equal_now(key, &expected);
         Box::pin(async move { Ok(removed) })
+    }
+
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let result = self.set_if_equal_now(key, &expected, value, expiry);
+        Box::pin(std::future::ready(result))
     }
 
     fn add_member<'a>(

@@ -174,6 +174,34 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
+    /// Stores `value` at `key` with `expiry` only if the key holds exactly `expected`; `true`
+    /// when it was stored. This is how [`Cache::set_nx`](crate::Cache::set_nx) claims a key
+    /// whose tagged entry reads as a miss (a tag invalidated it): it replaces that entry and
+    /// never a value another writer stored meanwhile. On Redis one `EVAL` of a compare-and-set
+    /// script, atomic and on one key (so it works on Cluster); in memory atomic under the entry's
+    /// lock.
+    ///
+    /// The default reads, compares and writes in two calls: not atomic (a value another process
+    /// stores between the two is overwritten). A repository shared between processes should
+    /// override it.
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            match self.get(key).await? {
+                Some(found) if found == expected => {
+                    self.set(key, value, expiry).await?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+
     /// Records an invalidation of a tag, of `kind`, at `at` (µs since the epoch, decimal), in its
     /// state key `key` (`{hard}`, `{hard};{soft}` or `;{soft}`, with no expiry): each time the
     /// key holds is replaced only by a later one of its kind, and the soft time is dropped once

@@ -50,6 +50,14 @@
 //!   tags in the envelope and reads their state in a second round trip. A plain entry (no
 //!   envelope: stored before its function had tags, by `set`, by the Python library) read by a
 //!   call that names tags counts as created at time 0: any invalidation of those tags covers it.
+//! - **`set_nx`**: an entry a plain [`get`](crate::Cache::get) reads as a miss (hard- or
+//!   soft-invalidated) counts as absent. When `SET NX` finds the key taken, the cache reads the
+//!   entry and, if tagged, its tags' state (the same judgement as `get`), and replaces a hidden
+//!   entry with a compare-and-set on exactly the bytes read
+//!   ([`CacheRepository::set_if_equal`](crate::CacheRepository::set_if_equal): one `EVAL` on one
+//!   key on Redis and Cluster), so another writer's value is never overwritten (`Cache::claim`).
+//!   Safe because hiding only grows: the entry's creation time is in its bytes, and a tag's state
+//!   only moves later (short of its key being removed or evicted).
 //! - **Near cache** (issue 14): tag state keys live under the tracked prefix, so they are kept
 //!   locally like any key, their absence included (`near/store.rs`), and invalidated by Redis when
 //!   a tag is invalidated (or its key created) anywhere. A tagged read whose entry and states are

@@ -31,7 +31,7 @@ use self::topology::{key_slot, parse_primaries, SlotMap};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
 use super::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, mark_tag_command,
-    set_command,
+    set_command, set_if_equal_command,
 };
 use super::dsn;
 use super::failure::classify;
@@ -383,6 +383,22 @@ impl CacheRepository for RedisClusterCacheRepository {
             let cmd = delete_if_equal_command(key, &expected);
             let removed: u64 = self.keyed("delete", key, cmd).await?;
             Ok(removed > 0)
+        })
+    }
+
+    /// The compare-and-set script (`EVAL`), routed by the key: one key, one slot.
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.check_size(key, &value)?;
+            let cmd = set_if_equal_command(key, &expected, &value, expiry);
+            let stored: u64 = self.keyed("set_nx", key, cmd).await?;
+            Ok(stored > 0)
         })
     }
 

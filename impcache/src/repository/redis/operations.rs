@@ -14,7 +14,7 @@ use crate::progress::{DeleteProgress, Sweep};
 use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, keys_command,
-    mark_tag_command, scan_command, set_command,
+    mark_tag_command, scan_command, set_command, set_if_equal_command,
 };
 use crate::repository::failure::{Failed, Failure};
 use crate::repository::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
@@ -281,6 +281,22 @@ impl RedisCacheRepository {
         Ok(removed > 0)
     }
 
+    /// Compare-and-set ([`CacheRepository::set_if_equal`]): one `EVAL`.
+    pub(crate) async fn set_if_equal_direct(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<bool, Failed> {
+        self.check_size(key, &value)?;
+        let cmd = set_if_equal_command(key, expected, &value, expiry);
+        let stored: u64 = self
+            .query("set_nx", &|| shown(key), Request::Cmd(&cmd))
+            .await?;
+        Ok(stored > 0)
+    }
+
     /// Tags' invalidations ([`CacheRepository::mark_tag`] of each of `keys`): one `EVAL` each,
     /// pipelined (one round trip).
     pub(crate) async fn mark_tags_direct(
@@ -457,6 +473,20 @@ impl CacheRepository for RedisCacheRepository {
     fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.delete_if_equal_direct(key, &expected)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.set_if_equal_direct(key, &expected, value, expiry)
                 .await
                 .map_err(Failed::into_error)
         })

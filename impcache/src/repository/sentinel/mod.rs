@@ -347,6 +347,22 @@ impl CacheRepository for RedisSentinelCacheRepository {
         })
     }
 
+    fn set_if_equal<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Bytes,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            self.run("set_nx", &|| shown(key), true, move |r| {
+                let (expected, value) = (expected.clone(), value.clone());
+                async move { r.set_if_equal_direct(key, &expected, value, expiry).await }
+            })
+            .await
+        })
+    }
+
     fn add_member<'a>(
         &'a self,
         key: &'a str,
