@@ -7,6 +7,7 @@
 //! a current-thread runtime on that thread, so tests running in parallel do not see each other.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -669,4 +670,295 @@ fn the_tier_is_never_recorded_on_a_users_span() {
     let logs = logs.text();
     assert!(logs.contains("request: metrics: close"), "{logs}");
     assert!(!logs.contains("tier"), "{logs}");
+}
+
+/// Issue 17 (a probe's find): an operation its caller gives up on (a timeout around the call, a
+/// frozen Redis) is counted, once, as `cancelled`: in `impcache_operations_total` and the stats,
+/// with its duration, and its span ends with that outcome. Not an error, nor a lookup. Before,
+/// it left no trace: the observation was only counted when the operation's future completed.
+#[test]
+fn an_operation_its_caller_cancels_counts_as_cancelled() {
+    let server = RedisServer::start();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let span = r#"cache_operation{operation="get" outcome="cancelled" tier="remote"}"#;
+    let logs = logged_with_all(&[span], || async {
+        let repository = RedisCacheRepository::builder(server.url())
+            .deadline(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let cache = Cache::new(repository);
+        cache.set("a", &1, 60).await.unwrap();
+        Recorded::take(&snapshotter);
+        server.freeze();
+        for _ in 0..3 {
+            let read = tokio::time::timeout(Duration::from_millis(100), cache.get::<i64>("a"));
+            assert!(read.await.is_err(), "the caller's timeout ends the call");
+        }
+        server.thaw();
+        let recorded = Recorded::take(&snapshotter);
+        assert_eq!(recorded.ops("get", "cancelled"), 3);
+        assert_eq!(recorded.timings("get"), 3, "the slow tail shows");
+        assert_eq!(recorded.ops("get", "error"), 0);
+        let lookups = |outcome| recorded.counter("impcache_lookups_total", &[("outcome", outcome)]);
+        assert_eq!((lookups("hit"), lookups("miss")), (0, 0));
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.errors, stats.cancelled),
+            (0, 0, 0, 3),
+            "{stats:?}"
+        );
+        // Thawed, the next call completes and counts as usual.
+        assert_eq!(cache.get::<i64>("a").await.unwrap(), Some(1));
+        assert_eq!(Recorded::take(&snapshotter).ops("get", "hit"), 1);
+    });
+    assert!(logs.contains(span), "{logs}");
+}
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache), stale_if_error = 60)]
+async fn fresh_target(cache: &Cache, id: u64) -> u64 {
+    id
+}
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache), tags = ["target:{id}"])]
+async fn tagged_target(cache: &Cache, id: u64) -> u64 {
+    id
+}
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache), lock = impcache::Lock::new().wait(Duration::from_millis(100)))]
+async fn locked_target(cache: &Cache, id: u64) -> u64 {
+    id
+}
+
+#[impcache::cached(cache = cache, expire = 60, key = "swr:{id}", stale_while_revalidate = 60)]
+async fn revalidated_target(cache: &Cache, id: u64) -> u64 {
+    id
+}
+
+/// Issue 17 (a probe's find): every warning emitted on behalf of a `#[cached]` call has target
+/// `impcache::cached`, whichever runtime path serves it: a cache failure of a function with a
+/// freshness option or tags, another process's lock waited for past its wait, a stored value
+/// that no longer decodes. `get_or_set` called directly keeps `impcache::freshness`, and names
+/// the check that refused a tag (`operation="tags"`, not `get`). Before, the freshness path's
+/// warnings all had target `impcache::freshness`.
+#[test]
+fn every_warning_of_a_cached_call_has_target_impcache_cached() {
+    let expected = [
+        "WARN impcache::cached: cache operation failed",
+        "WARN impcache::cached: waited for another process's value past the lock's wait",
+        "WARN impcache::cached: the stored value does not decode",
+        r#"operation="tags" error=invalid_tag"#,
+    ];
+    let logs = logged_with_all(&expected, || async {
+        // Nothing listens on port 1: every operation fails at once (and keeps failing so: no
+        // breaker, whose opening is a warning of its own).
+        let down = RedisCacheRepository::builder("redis://127.0.0.1:1/0")
+            .without_circuit_breaker()
+            .build()
+            .unwrap();
+        let down = Cache::new(down);
+        assert_eq!(fresh_target(&down, 1).await, 1);
+        assert_eq!(tagged_target(&down, 2).await, 2);
+        let cache = Cache::builder(MemoryCacheRepository::new())
+            .max_key_bytes(40)
+            .build();
+        // Another process holds the lock of `locked_target(3)`: waited for past its wait.
+        let lock = cache.make_key("__lock:metrics::locked_target:3");
+        let held = cache.repository().set_nx(
+            &lock,
+            "another process".into(),
+            impcache::Expiry::Seconds(60),
+        );
+        assert!(held.await.unwrap());
+        assert_eq!(locked_target(&cache, 3).await, 3);
+        // A stored value of another type.
+        cache.set("swr:4", &"text", 60).await.unwrap();
+        assert_eq!(revalidated_target(&cache, 4).await, 4);
+        tracing::warn!(target: "marker", "---- get_or_set");
+        let loaded: u64 = down.get_or_set("k", 60, || async { 5 }).await.unwrap();
+        assert_eq!(loaded, 5);
+        let tag = "t".repeat(50);
+        let loaded: u64 = cache
+            .get_or_set("k", 60, || async { 6 })
+            .tags([tag])
+            .await
+            .unwrap();
+        assert_eq!(loaded, 6);
+    });
+    let (cached, direct) = logs.split_once("---- get_or_set").unwrap();
+    let warned = |l: &&str| l.contains(" WARN ") && !l.contains(" WARN marker:");
+    let warnings: Vec<&str> = cached.lines().filter(warned).collect();
+    for expected in [
+        "cache operation failed",
+        "past the lock's wait",
+        "does not decode",
+    ] {
+        assert!(
+            warnings.iter().any(|line| line.contains(expected)),
+            "{expected}:\n{logs}"
+        );
+    }
+    for line in &warnings {
+        assert!(line.contains(" WARN impcache::cached: "), "{line}\n{logs}");
+    }
+    let warnings: Vec<&str> = direct.lines().filter(warned).collect();
+    assert_eq!(warnings.len(), 2, "{logs}");
+    for line in &warnings {
+        assert!(line.contains(" WARN impcache::freshness: "), "{line}");
+    }
+    assert!(
+        warnings[1].contains(r#"operation="tags" error=invalid_tag"#),
+        "{}",
+        warnings[1]
+    );
+}
+
+/// Issue 17 (a probe's find): the polls of a process waiting for another process's value under
+/// a `Lock` (and the read after taking it) are `get` operations but no lookups: the waiting
+/// call counts one miss, its own read, not one per poll (about ten for a wait of 300 ms, which
+/// skewed the hit ratio).
+#[test]
+fn a_lock_waits_polls_are_not_lookups() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let store = MemoryCacheRepository::new();
+        // Two "processes": caches of their own (their own single-flight) over one store.
+        let process = || Cache::builder_shared(Arc::new(store.clone())).build();
+        let (a, b) = (process(), process());
+        let policy = impcache::Freshness::new().lock(impcache::Lock::new());
+        let load_a = a
+            .get_or_set("report", 60, || async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                1
+            })
+            .freshness(policy);
+        let load_b = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            b.get_or_set("report", 60, || async { 2 })
+                .freshness(policy)
+                .await
+        };
+        let (from_a, from_b): (impcache::Result<i64>, impcache::Result<i64>) =
+            tokio::join!(load_a.into_future(), load_b);
+        assert_eq!((from_a.unwrap(), from_b.unwrap()), (1, 1));
+        let recorded = Recorded::take(&snapshotter);
+        let outcome = |o| recorded.counter("impcache_lock_outcomes_total", &[("outcome", o)]);
+        assert_eq!((outcome("acquired"), outcome("waited")), (1, 1));
+        let lookups = |o| recorded.counter("impcache_lookups_total", &[("outcome", o)]);
+        assert_eq!((lookups("hit"), lookups("miss")), (0, 2));
+        // The polls are operations all the same: the two calls' reads and more.
+        let gets = recorded.ops("get", "miss") + recorded.ops("get", "hit");
+        assert!(gets > 4, "{gets} gets");
+        for process in [&a, &b] {
+            let stats = process.stats();
+            assert_eq!((stats.hits, stats.misses), (0, 1), "{stats:?}");
+        }
+    });
+}
+
+/// Issue 17 (a probe's find): the byte counters count the same thing both ways, a value's bytes
+/// (its JSON), without a tagged entry's envelope: `set_tagged` counted the 77-byte envelope as
+/// written and a read of the same entry 1 byte read.
+#[test]
+fn a_tagged_entry_counts_its_value_bytes_both_ways() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        let bytes = |recorded: &Recorded| {
+            (
+                recorded.counter("impcache_bytes_written_total", &[]),
+                recorded.counter("impcache_bytes_read_total", &[]),
+            )
+        };
+        cache.set_tagged("t", &12, 60, ["tag"]).await.unwrap();
+        assert_eq!(cache.get::<i64>("t").await.unwrap(), Some(12));
+        assert_eq!(bytes(&Recorded::take(&snapshotter)), (2, 2));
+        // A value `get_or_set` loads with tags: the same.
+        let loaded: i64 = cache
+            .get_or_set("g", 60, || async { 345 })
+            .tags(["tag"])
+            .await
+            .unwrap();
+        assert_eq!(loaded, 345);
+        tokio::task::yield_now().await;
+        assert_eq!(cache.get::<i64>("g").await.unwrap(), Some(345));
+        assert_eq!(bytes(&Recorded::take(&snapshotter)), (3, 3));
+    });
+}
+
+/// Issue 17: a near cache's fail-safe copy, standing in for a failed loader while Redis fails,
+/// counts as what happened, as documented: the read failed (a `get` error, no hit nor miss),
+/// and the copy served is a stale answer (`impcache_stale_served_total{reason="error"}`,
+/// `stats().stale`) from the `stale` tier.
+#[test]
+fn a_fail_safe_copy_counts_as_a_failed_read_and_a_stale_answer() {
+    let mut server = RedisServer::start();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let repository = RedisCacheRepository::builder(server.url())
+            .deadline(Duration::from_millis(300))
+            .connect_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let near = impcache::NearCache::new()
+            .fail_safe(true)
+            .heartbeat(Duration::from_millis(100));
+        let cache = Cache::builder(repository).near_cache(near).build();
+        let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(60));
+        let expire = Duration::from_millis(200);
+        let loaded: String = cache
+            .get_or_set("k", expire, || async { "v1".to_owned() })
+            .freshness(policy)
+            .await
+            .unwrap();
+        assert_eq!(loaded, "v1");
+        // Until the value is served from process memory (the copy is kept from then on).
+        for _ in 0..400 {
+            let hits = cache.near_cache_stats().hits;
+            cache.get::<String>("k").await.unwrap();
+            if cache.near_cache_stats().hits > hits {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Recorded::take(&snapshotter);
+        let before = cache.stats();
+        let served = cache
+            .try_get_or_set("k", expire, || async {
+                Err::<String, _>(std::io::Error::other("database down"))
+            })
+            .freshness(policy)
+            .await;
+        assert_eq!(served.unwrap(), "v1");
+        let recorded = Recorded::take(&snapshotter);
+        let after = cache.stats();
+        assert_eq!(recorded.ops("get", "error"), 1);
+        let lookups = |o| recorded.counter("impcache_lookups_total", &[("outcome", o)]);
+        assert_eq!((lookups("hit"), lookups("miss")), (0, 0));
+        assert_eq!(
+            recorded.counter("impcache_stale_served_total", &[("reason", "error")]),
+            1
+        );
+        assert_eq!(
+            recorded.counter("impcache_near_cache_lookups_total", &[("tier", "stale")]),
+            1
+        );
+        assert_eq!(
+            (
+                after.hits - before.hits,
+                after.errors - before.errors,
+                after.stale - before.stale
+            ),
+            (0, 1, 1)
+        );
+    });
 }

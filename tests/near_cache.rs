@@ -1397,6 +1397,232 @@ async fn cluster_writes_on_each_primary_and_a_failover() {
     wait_value(&cache, &key, Some(4)).await;
 }
 
+/// A near-cached cache over `cluster` (deadline 500 ms), active.
+#[cfg(feature = "cluster")]
+async fn cluster_near_cache(
+    cluster: &impcache_tests::cluster::RedisCluster,
+    prefix: &str,
+    near: NearCache,
+) -> Cache {
+    let repository = impcache::RedisClusterCacheRepository::builder(cluster.urls())
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository)
+        .key_prefix(prefix)
+        .near_cache(near)
+        .build();
+    wait_active(&cache).await;
+    cache
+}
+
+/// One key per primary of `cluster`, with its primary, each stored (1) and served locally.
+#[cfg(feature = "cluster")]
+async fn local_key_per_primary(
+    cluster: &impcache_tests::cluster::RedisCluster,
+    cache: &Cache,
+) -> Vec<(String, u16)> {
+    let mut keys: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let key = format!("k{i}");
+        let primary = cluster.primary_for(&cache.make_key(&key));
+        if keys.iter().all(|(_, port)| *port != primary) {
+            keys.push((key, primary));
+        }
+        if keys.len() == cluster.primaries().len() {
+            break;
+        }
+    }
+    for (key, _) in &keys {
+        cache.set(key, &1, 600).await.unwrap();
+        wait_local(cache, key).await;
+    }
+    keys
+}
+
+/// Cluster: a frozen primary (SIGSTOP) is replaced by its replica, and another client writes on
+/// the promoted replica while a reader loops over local hits; heartbeat 4 s. The heartbeat
+/// `PING`ed every tracking connection first, waiting up to a heartbeat for each, and asked for
+/// the slot map only after: the frozen primary's unanswered `PING` held up the map's check by a
+/// whole heartbeat, so the old value was served until two heartbeats after the freeze (7.2–7.7 s
+/// after the write with a 5 s heartbeat, found by a probe). Now the `PING`s and the map's check
+/// go out at once: the first heartbeat after the promotion flushes. The primary is frozen right
+/// after a heartbeat reached it (its `PING` counted on it), so that the next is a whole heartbeat
+/// away: the old value was read until about 8 s after the freeze, now until about 4 s, and the
+/// test allows 6 s.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_frozen_primarys_replacement_flushes_within_a_heartbeat() {
+    use impcache_tests::cluster::{RedisCluster, SentinelGroup};
+
+    const HEARTBEAT: Duration = Duration::from_secs(4);
+    let cluster = RedisCluster::start(3, 1);
+    let near = NearCache::new().heartbeat(HEARTBEAT);
+    let cache = cluster_near_cache(&cluster, "frozen", near).await;
+    let (key, victim) = local_key_per_primary(&cluster, &cache).await.remove(0);
+    let full = cache.make_key(&key);
+    let replicated: i64 = cluster.cmd(victim, &["WAIT", "1", "2000"]);
+    assert_eq!(replicated, 1);
+    let heir = cluster.replica_of(victim).expect("a replica");
+    let pings = || {
+        let stats: String = cluster.cmd(victim, &["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_ping:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = pings();
+    let deadline = Instant::now() + SOON;
+    while pings() == before {
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat reached the primary"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let frozen_at = Instant::now();
+    let frozen = cluster.freeze_node(victim);
+    eventually("the replica is promoted", || async {
+        SentinelGroup::role(heir) == "master"
+    })
+    .await;
+    let _: () = cluster.cmd(heir, &["SET", &full, "2"]);
+    let mut last_old = None;
+    loop {
+        match cache.get::<i64>(&key).await {
+            Ok(Some(1)) => last_old = Some(frozen_at.elapsed()),
+            Ok(Some(2)) => break,
+            Ok(other) => panic!("read {other:?}"),
+            // Routed to the frozen primary until the repository learns the new map.
+            Err(_) => {}
+        }
+        assert!(
+            frozen_at.elapsed() < 3 * SOON,
+            "the new value was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("the old value was last read {last_old:?} after the freeze");
+    assert!(
+        last_old.is_none_or(|at| at < HEARTBEAT * 3 / 2),
+        "the old value was read {last_old:?} after the freeze (heartbeat {HEARTBEAT:?})"
+    );
+    // Tracked on the promoted replica: a change there reaches a locally held value.
+    eventually("tracking is back", || async {
+        let _ = cache.get::<i64>(&key).await;
+        cache.is_near_cache_active()
+    })
+    .await;
+    wait_local(&cache, &key).await;
+    let _: () = cluster.cmd(heir, &["SET", &full, "3"]);
+    wait_value(&cache, &key, Some(3)).await;
+    drop(frozen);
+}
+
+/// Cluster (`cluster-require-full-coverage no`, no replicas): a dead primary takes only its own
+/// keys out of the near cache. Tracking had to reach every primary of the slot map: with one
+/// dead, the near cache stayed `Connecting` for good and every read of every key went to Redis
+/// (0 local hits in 5 s of reads of the live primaries' keys, found by a probe). Now the status
+/// is `Partial`, the live primaries' keys are served locally and stay coherent, and the dead
+/// one's are never served locally (nothing vouches for them): they bypass the near cache.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_dead_primary_takes_only_its_own_keys_out_of_the_near_cache() {
+    use impcache_tests::cluster::RedisCluster;
+
+    let cluster = RedisCluster::start(3, 0);
+    let cache = cluster_near_cache(&cluster, "dead", near()).await;
+    let keys = local_key_per_primary(&cluster, &cache).await;
+    let (dead, victim) = keys[0].clone();
+    cluster.kill_node(victim);
+    eventually("the dead primary's keys leave the near cache", || async {
+        cache.near_cache_status() == NearCacheStatus::Partial
+    })
+    .await;
+    assert!(!cache.is_near_cache_active(), "not every key is served");
+    let hits = cache.near_cache_stats().hits;
+    for _ in 0..100 {
+        for (key, _) in &keys[1..] {
+            assert_eq!(cache.get::<i64>(key).await.unwrap(), Some(1));
+        }
+    }
+    assert_eq!(
+        cache.near_cache_stats().hits - hits,
+        200,
+        "reads of the live primaries' keys were not all local"
+    );
+    // Still tracked: another client's change reaches the reader.
+    let (key, primary) = &keys[1];
+    let _: () = cluster.cmd(*primary, &["SET", &cache.make_key(key), "2"]);
+    wait_value(&cache, key, Some(2)).await;
+    wait_local(&cache, key).await;
+    // The dead primary's key: never the local value, read from Redis (which fails).
+    let stats = cache.near_cache_stats();
+    for _ in 0..10 {
+        let read = cache.get::<i64>(&dead).await;
+        assert!(read.is_err(), "{read:?}");
+    }
+    let now = cache.near_cache_stats();
+    assert_eq!(now.hits, stats.hits);
+    assert_eq!(now.bypassed - stats.bypassed, 10);
+    assert_eq!(cache.near_cache_status(), NearCacheStatus::Partial);
+}
+
+/// Cluster: one primary's tracking connection killed (`CLIENT KILL`), the primary alive. Only
+/// that primary's keys leave the near cache (the others' are still served locally); a change
+/// made there meanwhile, whose invalidation is lost, is read once the connection is back
+/// (subscribed again at the next heartbeat): what was kept of its keys before counts as flushed.
+/// Tracking used to be all or nothing: the loss flushed every primary's keys.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_primarys_lost_tracking_connection_rejoins_flushed() {
+    use impcache_tests::cluster::RedisCluster;
+
+    let cluster = RedisCluster::start(3, 0);
+    let near = NearCache::new().heartbeat(Duration::from_secs(2));
+    let cache = cluster_near_cache(&cluster, "rejoin", near).await;
+    let keys = local_key_per_primary(&cluster, &cache).await;
+    let (key, victim) = keys[0].clone();
+    let full = cache.make_key(&key);
+    let tracking = || {
+        let list: String = cluster.cmd(victim, &["CLIENT", "LIST"]);
+        list.lines()
+            .find(|line| line.contains("resp=3"))
+            .and_then(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
+            .map(str::to_owned)
+    };
+    let id = tracking().expect("a RESP3 tracking connection");
+    let flushes = cache.near_cache_stats().flushes;
+    let _: () = cluster.cmd(victim, &["CLIENT", "KILL", "ID", &id]);
+    eventually("the primary's keys leave the near cache", || async {
+        cache.near_cache_status() == NearCacheStatus::Partial
+    })
+    .await;
+    // Changed while nothing tracks it: its invalidation is lost.
+    let _: () = cluster.cmd(victim, &["SET", &full, "2"]);
+    let hits = cache.near_cache_stats().hits;
+    for (other, _) in &keys[1..] {
+        assert_eq!(cache.get::<i64>(other).await.unwrap(), Some(1));
+    }
+    assert_eq!(
+        cache.near_cache_stats().hits - hits,
+        2,
+        "the others' keys are local"
+    );
+    // Subscribed again at a heartbeat; the key was not read meanwhile.
+    eventually("tracking is back", || async {
+        cache.is_near_cache_active()
+    })
+    .await;
+    assert_eq!(cache.get::<i64>(&key).await.unwrap(), Some(2));
+    assert_ne!(tracking().as_deref(), Some(id.as_str()));
+    assert_eq!(cache.near_cache_stats().flushes, flushes + 1);
+    wait_local(&cache, &key).await;
+    let _: () = cluster.cmd(victim, &["SET", &full, "3"]);
+    wait_value(&cache, &key, Some(3)).await;
+}
+
 /// Lookups are counted by tier (`impcache_near_cache_lookups_total{tier}`).
 #[test]
 fn lookups_are_counted_by_tier() {

@@ -357,10 +357,18 @@ impl CacheLayer {
     /// case-insensitive (Cloudflare's rule): stored as given and in lower case, and purged by
     /// [`purge_tag`](Self::purge_tag) in any case; those of other fields keep their case. A tag
     /// that is not UTF-8 (or too long for the cache) is left out, with a warning; the other tags
-    /// of its field stay. In the [origin mode](Self::follow_origin), a `304` that refreshes a
-    /// stored response replaces its tags with those of its own tag fields when it carries any,
-    /// and keeps them otherwise (a `304` updates the fields it carries, RFC 9111 §4.3.4); the
-    /// [`tags_from`](Self::tags_from) tags of the validation request are added either way.
+    /// of its field stay.
+    ///
+    /// A stored response keeps its tag fields (they are removed only from what the client is
+    /// sent), and in the [origin mode](Self::follow_origin) a `304` that refreshes it updates
+    /// them as any other field (RFC 9111 §4.3.4): each tag field the `304` carries replaces the
+    /// stored field of its name, the others stay. Its tags are then those of its updated fields,
+    /// with the [`tags_from`](Self::tags_from) tags of the validation request, as a `200`'s: a
+    /// `304` carrying `Surrogate-Key` only replaces the `Surrogate-Key` tags, and keeps the
+    /// `Cache-Tag` ones; one carrying an empty field, or one with no valid tag in it (only tokens
+    /// that are not UTF-8), leaves that field no tags. A response that stores none of the tag
+    /// fields (stored by an earlier version, which removed them, or tagged by `tags_from` only)
+    /// keeps its tags too.
     pub fn tag_headers(self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
         let names: Vec<http::HeaderName> = names.into_iter().collect();
         self.with(|c| c.tag_headers = names)
@@ -601,10 +609,14 @@ impl CacheLayer {
         };
         let (mut removed, sweep) = targets.remove_records().await.map_err(|(error, _)| error)?;
         for pattern in sweep.into_iter().filter_map(|i| targets.pattern(i)) {
-            removed += config
+            let swept = config
                 .cache
                 .delete_pattern_with_progress(&pattern, &mut on_progress)
-                .await?;
+                .await;
+            // A failure counts what the purge removed before it: the records, the earlier
+            // sweeps, and what this sweep removed.
+            removed +=
+                swept.map_err(|error| impcache::__private::removed_before(error, removed))?;
         }
         Ok(removed)
     }

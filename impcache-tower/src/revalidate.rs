@@ -14,7 +14,8 @@ use crate::key;
 use crate::policy::{self, NotStored};
 use crate::render;
 use crate::stale;
-use crate::store::Unfinished;
+use crate::store::{self, Seen, Unfinished};
+use crate::tagging;
 
 /// Makes `request_headers` a validation request for `stale`: its `ETag` as `If-None-Match`, its
 /// `Last-Modified` as `If-Modified-Since`, in place of the client's own (whose answer would not
@@ -103,17 +104,23 @@ pub(crate) struct Refresh<'a> {
     /// epoch): for the refreshed lifetime and `Age` only, never for its tags.
     pub(crate) request_ms: u64,
     pub(crate) response_ms: u64,
-    /// The refreshed entry's tags (`tagging::collect` with the stale entry's): created when the
-    /// validation's handler call started, on impcache's tag clock (µs, later than every
-    /// invalidation made before it in this process), as every stored response's.
-    pub(crate) tags: Option<Box<crate::tags::Tagged>>,
+    /// The validation request's tags (`tags_from`, declared prefixes), and when its handler
+    /// call started, on impcache's tag clock (µs, later than every invalidation made before it
+    /// in this process), as every stored response's: the refreshed entry's tags, with those of
+    /// its updated tag fields ([`tagging::refreshed`]).
+    pub(crate) request_tags: Vec<String>,
+    pub(crate) created: u64,
+    /// The record the lookup found `stale` through, when it is a variant: the refreshed variant
+    /// is stored under its generation ([`store::generation`]).
+    pub(crate) seen: Option<Seen>,
     /// The validation's handler call, recorded in progress ([`crate::landing`]); `None` when
     /// nothing is stored (the cache failing).
     pub(crate) call: Option<crate::landing::InProgress>,
     pub(crate) guard: Option<FlightGuard>,
 }
 
-/// The stored response refreshed by a `304` (RFC 9111 §4.3.4): its headers updated, its lifetime
+/// The stored response refreshed by a `304` (RFC 9111 §4.3.4): its headers updated (its tag
+/// fields too, and its tags collected again from them: [`tagging::refreshed`]), its lifetime
 /// recomputed, stored again with its body (and handed to the waiters), and served. A `304` that
 /// makes it unstorable (`no-store`) removes it; its body is served this once. A `304` naming
 /// another `ETag` than the stored one refreshes it all the same, as nginx and Varnish do
@@ -126,7 +133,9 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
         not_modified,
         request_ms,
         response_ms,
-        tags,
+        request_tags,
+        created,
+        seen,
         call,
         guard,
     } = refresh;
@@ -151,10 +160,15 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
     let (entry, stored) = match verdict {
         Ok(verdict) => {
             let policy = stale::policy(config, &updated).unwrap_or_default();
+            let tags = tagging::refreshed(config, request_tags, &stale, &updated, created);
             // As a `200` stored: the URL's next hit reads these tags' state with its record.
             if let Some(tags) = &tags {
                 config.learned_tags.learn(keys.record(), &tags.tags);
             }
+            // Under the generation of the record the stale variant was found through (its Vary
+            // names unchanged): the variant alone is rewritten, and a reader that finds the
+            // record finds it.
+            let generation = store::generation(seen.as_ref(), &vary);
             let unfinished = Unfinished {
                 cache: config.cache.clone(),
                 keys,
@@ -168,10 +182,9 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 ttl: Some(stale::key_ttl(verdict.ttl, &policy)),
                 origin: Some((verdict.freshness, response_ms)),
                 stale: policy,
-                // A new generation: the variants of its URL stored before are misses again.
-                generation: None,
+                generation,
                 lock: None,
-                // Its tags, as of this validation (not soft-purged: `soft_since` is `None`).
+                // As of this validation (not soft-purged: `soft_since` is `None`).
                 tags,
                 guard,
             };
@@ -201,6 +214,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
         // For this client only: never stored, never handed to the waiters.
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
+    tagging::strip(config, response.headers_mut());
     response
 }
 

@@ -32,6 +32,7 @@ use crate::revalidate;
 use crate::stale::{self, Handed, Judged};
 use crate::store::{lookup, Lookup, Seen, Unfinished};
 use crate::tagging;
+use crate::tags::TAGS_FIELD;
 use http_body_util::BodyExt;
 
 /// The service [`CacheLayer`] wraps around a handler (or any
@@ -116,15 +117,16 @@ fn stale_hit<B>(
     past: Duration,
     why: Why,
 ) -> Response<ResponseBody<B>> {
-    render::serve_stale(
+    let mut response = render::serve_stale(
         entry,
         request_headers,
         head,
         config.status_header,
         past,
         why,
-    )
-    .map(ResponseBody::full)
+    );
+    tagging::strip(config, response.headers_mut());
+    response.map(ResponseBody::full)
 }
 
 /// A stored response, as sent at `now_ms` (see [`render::serve`]).
@@ -135,8 +137,10 @@ fn hit<B>(
     config: &Config,
     now_ms: u64,
 ) -> Response<ResponseBody<B>> {
-    render::serve(entry, request_headers, head, config.status_header, now_ms)
-        .map(ResponseBody::full)
+    let mut response = render::serve(entry, request_headers, head, config.status_header, now_ms);
+    // Stored with the response (a `304` may update them), served only when kept.
+    tagging::strip(config, response.headers_mut());
+    response.map(ResponseBody::full)
 }
 
 /// A request through the layer: the lookup, and a hit served from it. Everything that calls the
@@ -655,21 +659,11 @@ where
     }
     let response_ms = now_ms();
     let (mut parts, body) = response.into_parts();
-    // A `304` answering the validation refreshes the stale entry, its tags included.
-    let refreshes = revalidating && parts.status == http::StatusCode::NOT_MODIFIED;
-    let refreshed_tags = stale
-        .as_ref()
-        .filter(|_| refreshes)
-        .and_then(|stale| stale.tags.as_deref());
-    let tagged = tagging::collect(
-        config,
-        request_tags,
-        &mut parts.headers,
-        created,
-        refreshed_tags,
-    );
+    // Never taken from a handler: the layer's own field (an entry's tags).
+    parts.headers.remove(TAGS_FIELD);
     if let Some(stale) = stale.filter(|_| revalidating) {
-        if refreshes {
+        // A `304` answering the validation refreshes the stale entry, its tags included.
+        if parts.status == http::StatusCode::NOT_MODIFIED {
             let refresh = revalidate::Refresh {
                 keys,
                 headers: &headers,
@@ -677,7 +671,9 @@ where
                 not_modified: &parts.headers,
                 request_ms,
                 response_ms,
-                tags: tagged,
+                request_tags,
+                created,
+                seen,
                 call,
                 guard,
             };
@@ -693,6 +689,9 @@ where
             tracing::debug!(status = %parts.status, "impcache-tower: revalidation failed");
         }
     }
+    // Its tag fields stay in its headers: stored with it (a `304` may update them), and removed
+    // before the client unless kept.
+    let tagged = tagging::collect(config, request_tags, &parts.headers, created);
     let verdict = if config.follow_origin {
         freshness::storable(
             config,
@@ -744,6 +743,7 @@ where
             }
             // Sent whole even to a conditional request: a 200 answers one too, and a 304 built
             // here would drop what only the handler's answer carries (a `Set-Cookie`, say).
+            tagging::strip(config, &mut parts.headers);
             let mut response = Response::from_parts(parts, ResponseBody::inner(body));
             mark(&mut response, config.status_header, not_stored(reason));
             return Ok(response);
@@ -756,9 +756,7 @@ where
     //    streams through unstored.
     let vary = policy::vary_names(&parts.headers).unwrap_or_default();
     let variant_key = key::variant_key(url, &vary, &headers, config.allow_authenticated);
-    let generation = seen
-        .filter(|seen| seen.vary == vary)
-        .map(|seen| seen.generation);
+    let generation = crate::store::generation(seen.as_ref(), &vary);
     let policy = stale::policy(config, &parts.headers).unwrap_or_default();
     // The URL's next hit reads these tags' state with its record (`tags.rs`, `LearnedTags`).
     if let Some(tagged) = &tagged {
@@ -816,6 +814,8 @@ where
             (body, false, detail.or(Some("streamed")), false)
         }
     };
+    // Stored with its tag fields (above), sent without them unless kept.
+    tagging::strip(config, &mut parts.headers);
     // Only a complete body answers with a 304: a 200 answers a conditional request too, and a
     // body still streaming is stored as the client reads it.
     let mut response = if complete

@@ -11,10 +11,11 @@
 //! **Generations.** A record carries a generation (random), and a variant is served only under a
 //! record of its own generation: removing a URL's records (a purge, an unsafe method) makes all
 //! its variants unreachable at once, without finding their keys (they expire with their TTL). A
-//! new variant is written under the generation of the record its lookup found ([`Seen`]), and
-//! then the record is left alone; a variant whose lookup found no record (or another Vary) gets a
-//! new generation and writes the record. So a store that races a purge never makes the purged
-//! variants reachable again: it could only write a record of a new generation.
+//! new variant (or one a `304` refreshes) is written under the generation of the record its
+//! lookup found ([`Seen`], [`generation`]), and then the record is left alone; a variant whose
+//! lookup found no record (or another Vary) gets a new generation and writes the record. So a
+//! store that races a purge never makes the purged variants reachable again: it could only write
+//! a record of a new generation.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +43,16 @@ use crate::render::strong_etag;
 pub(crate) struct Seen {
     pub(crate) vary: Vec<HeaderName>,
     pub(crate) generation: u64,
+}
+
+/// The generation a response whose Vary header names are `vary` is stored under, when its
+/// lookup found the record `seen`: that record's, when it names the same Vary header names (the
+/// variant alone is written, under the record as read; so is a `304`'s refresh of the variant
+/// found through it); else `None`, a new generation, whose record the store writes after the
+/// variant ([`write()`]).
+pub(crate) fn generation(seen: Option<&Seen>, vary: &[HeaderName]) -> Option<u64> {
+    seen.filter(|seen| seen.vary == vary)
+        .map(|seen| seen.generation)
 }
 
 /// The result of a lookup.

@@ -6,9 +6,12 @@
 //! one call purges memoized values and HTTP responses alike).
 //!
 //! **Where the tags live.** In the entry, as a pseudo header field (`impcache-tags: {created µs}
-//! {tag} {tag} ...`, each tag percent-encoded) that a decoded entry moves out of its headers. A
-//! hit learns its tags only once it has read the entry: an untagged entry is served after that
-//! one read (nothing else to pay), a tagged one reads its tags' state in a second round trip.
+//! {tag} {tag} ...`, each tag percent-encoded) that a decoded entry moves out of its headers. (The
+//! tag header fields are stored with the response as they came: a `304` updates them, and the
+//! tags are collected again from them, `tagging::refreshed`; they are removed from what a client
+//! is sent unless the layer keeps them.) A hit learns its tags only once it has read the entry:
+//! an untagged entry is served after that one read (nothing else to pay), a tagged one reads its
+//! tags' state in a second round trip.
 //! The other choice, the tag keys kept in the URL's record and read with it, would cost every
 //! lookup of a varying URL a record rewrite and still a second read for the variant: the second
 //! read is paid by tagged hits only.

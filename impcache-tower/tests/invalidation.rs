@@ -1327,3 +1327,133 @@ async fn a_purge_on_any_host_right_after_a_first_response_on_a_host_is_not_lost_
     let layer = redis_layer(&redis);
     a_purge_on_any_host_right_after_a_first_response_on_a_host_is_not_lost(layer).await;
 }
+
+/// A memory repository whose sweeps fail after removing what they matched, as a sweep cut off
+/// by an outage does: [`impcache::Error::Interrupted`] with the count.
+#[derive(Debug)]
+struct FailingSweeps(impcache::MemoryCacheRepository);
+
+impl impcache::CacheRepository for FailingSweeps {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<()>> {
+        self.0.set(key, value, expiry)
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<bool>> {
+        self.0.set_nx(key, value, expiry)
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, bytes::Bytes)],
+        expiry: impcache::Expiry,
+    ) -> impcache::BoxFuture<'a, impcache::Result<()>> {
+        self.0.set_many(entries, expiry)
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impcache::BoxFuture<'a, impcache::Result<Option<bytes::Bytes>>> {
+        self.0.get(key)
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> impcache::BoxFuture<'a, impcache::Result<Vec<Option<bytes::Bytes>>>> {
+        self.0.get_many(keys)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        self.0.delete(key)
+    }
+
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        self.0.delete_many(keys)
+    }
+
+    fn delete_pattern<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> impcache::BoxFuture<'a, impcache::Result<u64>> {
+        Box::pin(async move {
+            let removed = self.0.delete_pattern(pattern).await?;
+            Err(impcache::Error::Interrupted {
+                removed,
+                source: Box::new(impcache::Error::Unavailable {
+                    operation: "delete_pattern",
+                    key: pattern.to_owned(),
+                    source: "connection reset".into(),
+                }),
+            })
+        })
+    }
+}
+
+/// Issue 17 (found reviewing a probe's find): a `purge_url` whose sweep (of a record of an
+/// earlier format's variants) fails after the URL's record was removed returns
+/// [`impcache::Error::Interrupted`] counting everything the purge removed: the record and what
+/// the sweep removed before failing. Before, the record's count was dropped with the `?`.
+#[tokio::test]
+async fn a_purge_url_whose_sweep_fails_counts_what_it_removed_before() {
+    let cache = Cache::new(FailingSweeps(impcache::MemoryCacheRepository::new()));
+    let layer = CacheLayer::new(cache.clone()).expire(60);
+    // A record of an earlier format (its variants carry no generation: swept) and two variants.
+    let url_key = layer.request_key(&request("GET", "/old", &[]));
+    let url_key = url_key.strip_prefix(&cache.make_key("")).unwrap();
+    for suffix in [":v", ":v:1", ":v:2"] {
+        let key = format!("{url_key}{suffix}");
+        cache
+            .set_raw(&key, bytes::Bytes::from_static(b"earlier format"), 60)
+            .await
+            .unwrap();
+    }
+    let error = layer
+        .purge_url(Some("example.com"), "/old")
+        .await
+        .unwrap_err();
+    assert!(error.is_backend_failure(), "{error}");
+    assert_eq!(error.removed_before_failure(), Some(3), "{error}");
+}
+
+/// The records of a purge are read through the cache, which refuses keys past its limit: a URL
+/// too long for the cache (nothing of it can be stored) is left out of the read, not an error
+/// that would keep the other URLs' records from being removed.
+#[tokio::test]
+async fn a_url_too_long_for_the_cache_is_purged_as_nothing() {
+    let cache = Cache::builder(impcache::MemoryCacheRepository::new())
+        .max_key_bytes(200)
+        .build();
+    let layer = CacheLayer::new(cache).expire(60);
+    let (svc, _) = service(layer.clone());
+    store_all(&svc, &["/items/1"]).await;
+    let long = format!("/items/{}", "x".repeat(300));
+    assert_eq!(
+        layer.purge_url(Some("example.com"), &long).await.unwrap(),
+        0
+    );
+    // A write to it invalidates what its `Location` names, a URL the cache holds.
+    let seen = send(&svc, request("POST", &long, &[("x-location", "/items/1")])).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    // Removed by the write's invalidation: nothing left to purge.
+    assert_eq!(
+        layer
+            .purge_url(Some("example.com"), "/items/1")
+            .await
+            .unwrap(),
+        0
+    );
+}

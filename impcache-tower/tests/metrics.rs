@@ -98,3 +98,57 @@ fn coalesced_requests_are_counted_as_hits() {
     });
     assert_eq!(counts, [count("hit", ROUTE, 9), count("miss", ROUTE, 1)]);
 }
+
+/// Issue 17 (a probe's find): `purge_url` reads the URL's records through the cache, counted as
+/// a `get_many` as any other read (it read them from the repository directly, uncounted), and
+/// removes them with a `delete_many`.
+#[test]
+fn purge_url_counts_its_reads_and_removals() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let layer = CacheLayer::new(Cache::new(MemoryCacheRepository::new())).expire(60);
+        let app: Router = Router::new()
+            .route("/users/{id}", get(show_user))
+            .layer(layer.clone());
+        let request = Request::get("http://example.com/users/1")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert!(response.status().is_success());
+        // Until the background store lands.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        snapshotter.snapshot();
+        let removed = layer.purge_url(Some("example.com"), "/users/1").await;
+        assert_eq!(removed.unwrap(), 1);
+        let operations: Vec<(String, u64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == "impcache_operations_total")
+            .filter_map(|(key, _, _, value)| {
+                let labels: Vec<String> =
+                    key.key().labels().map(|l| l.value().to_owned()).collect();
+                match value {
+                    metrics_util::debugging::DebugValue::Counter(n) => Some((labels.join(" "), n)),
+                    _ => None,
+                }
+            })
+            .collect();
+        assert!(
+            operations.contains(&("get_many ok".to_owned(), 1)),
+            "{operations:?}"
+        );
+        assert!(
+            operations.contains(&("delete_many ok".to_owned(), 1)),
+            "{operations:?}"
+        );
+    });
+}

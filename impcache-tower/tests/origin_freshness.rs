@@ -5,10 +5,15 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
+
 use axum::body::Body;
+use bytes::Bytes;
 use http::{HeaderName, Request, Response, StatusCode};
+use impcache::{BoxFuture, Cache, CacheRepository, Expiry};
 use impcache_tower::CacheLayer;
 use support::*;
+use tokio::sync::{mpsc, oneshot};
 
 fn origin() -> CacheLayer {
     CacheLayer::new(memory_cache()).follow_origin(true)
@@ -994,4 +999,149 @@ async fn a_streamed_body_is_stored_once_complete_in_the_origin_mode() {
         "no ETag is computed in the origin mode"
     );
     assert_eq!(calls.get(), 1);
+}
+
+/// A memory repository (its clones share it) that, once armed with a key prefix, stops after
+/// each write of a key under it (`set`, `set_nx`) until the test has looked: each such key is sent
+/// on the armed channel with a sender the write waits for.
+#[derive(Debug, Clone, Default)]
+struct Pausing {
+    inner: impcache::MemoryCacheRepository,
+    armed: Arc<Mutex<Option<Armed>>>,
+}
+
+type Armed = (String, mpsc::UnboundedSender<(String, oneshot::Sender<()>)>);
+
+impl Pausing {
+    async fn after_write(&self, key: &str) {
+        let armed = self.armed.lock().unwrap().clone();
+        let Some((_, written)) = armed.filter(|(prefix, _)| key.starts_with(prefix)) else {
+            return;
+        };
+        let (go_on, wait) = oneshot::channel();
+        if written.send((key.to_owned(), go_on)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+impl CacheRepository for Pausing {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
+        Box::pin(async move {
+            let set = self.inner.set(key, value, expiry).await;
+            self.after_write(key).await;
+            set
+        })
+    }
+
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<bool>> {
+        Box::pin(async move {
+            let set = self.inner.set_nx(key, value, expiry).await;
+            self.after_write(key).await;
+            set
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        expiry: Expiry,
+    ) -> BoxFuture<'a, impcache::Result<()>> {
+        self.inner.set_many(entries, expiry)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<Option<Bytes>>> {
+        self.inner.get(key)
+    }
+
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, impcache::Result<Vec<Option<Bytes>>>> {
+        self.inner.get_many(keys)
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete(key)
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_many(keys)
+    }
+
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, impcache::Result<u64>> {
+        self.inner.delete_pattern(pattern)
+    }
+}
+
+/// A `304` refreshing a `Vary` variant stores it under the generation of the record it was found
+/// through: another process that finds the record finds the refreshed variant, at every step of
+/// the store (store.rs: "a reader that finds the record finds the variant"). Process B looks
+/// after each write of A's refresh. Before, the refresh wrote the variant under a new
+/// generation, tried the record (`SET NX`), read it and wrote the variant again under its
+/// generation: B found the record with the other generation's variant in between, a vary-miss
+/// (its handler called, its response stored over the refreshed one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_finds_a_variant_at_every_step_of_its_304_refresh() {
+    let repository = Pausing::default();
+    let a = CacheLayer::new(Cache::new(repository.clone())).follow_origin(true);
+    let b = CacheLayer::new(Cache::new(repository.inner.clone())).follow_origin(true);
+    let handler = |n: usize, req: Request<Body>| async move {
+        let lang = req.headers()["accept-language"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let builder = Response::builder()
+            .header("etag", format!("\"{lang}\""))
+            .header("vary", "accept-language");
+        if req.headers().contains_key("if-none-match") {
+            let builder = builder.status(304).header("cache-control", "max-age=600");
+            return builder.body(Body::empty()).unwrap();
+        }
+        let builder = builder.header("cache-control", "max-age=0");
+        builder
+            .body(Body::from(format!("call {n} {lang}")))
+            .unwrap()
+    };
+    let (svc_a, calls_a) = app(a.clone(), handler);
+    let (svc_b, calls_b) = app(b, handler);
+    let en = || request("GET", "/v", &[("accept-language", "en")]);
+    // Stored by A, stale at once (`max-age=0`, with a validator).
+    assert_eq!(send(&svc_a, en()).await.outcome(), "MISS");
+    wait_stored(&a, "/v").await;
+    let (written, mut writes) = mpsc::unbounded_channel();
+    *repository.armed.lock().unwrap() = Some((a.request_key(&get("/v")), written));
+    // A revalidates: `304`, the variant stored again in the background.
+    let refreshed = send(&svc_a, en()).await;
+    let status = refreshed.header("cache-status").unwrap().to_owned();
+    assert!(status.contains("fwd-status=304"), "{status}");
+    // Each write of the store, until none has come for 300 ms (the first one awaited longer).
+    let mut seen_by_b = Vec::new();
+    let mut wait = std::time::Duration::from_secs(10);
+    while let Ok(Some((key, go_on))) = tokio::time::timeout(wait, writes.recv()).await {
+        wait = std::time::Duration::from_millis(300);
+        let seen = send(&svc_b, en()).await;
+        let status = seen.header("cache-status").unwrap_or_default().to_owned();
+        seen_by_b.push((key, status, seen.body));
+        go_on.send(()).unwrap();
+    }
+    assert!(!seen_by_b.is_empty(), "the refresh stored nothing");
+    for (key, status, body) in &seen_by_b {
+        assert_eq!(
+            (status.as_str(), body.as_ref()),
+            ("impcache; hit; ttl=600", &b"call 1 en"[..]),
+            "after the write of {key}; all: {seen_by_b:?}"
+        );
+    }
+    assert_eq!((calls_a.get(), calls_b.get()), (2, 0));
 }

@@ -600,15 +600,16 @@ fn revalidated(layer: CacheLayer, refreshed_tags: Option<&'static str>) -> (Svc,
     })
 }
 
-/// RFC 9111 §4.3.4: a `304` updates the stored fields it carries, the tag fields too. Its tags
-/// replace the stored ones; a `304` without tag fields keeps them. The validation request's own
-/// tags (`tags_from`) are added either way, as to a `200`.
+/// RFC 9111 §4.3.4: a `304` updates the stored fields it carries, the tag fields too, and the
+/// refreshed response's tags are those of its updated fields: the `304`'s tag field replaces the
+/// stored one's tags, and without one they stay. With the validation request's own tags
+/// (`tags_from`), as a `200`'s: they take the place of those of the request that stored it.
 #[tokio::test]
 async fn a_304_updates_the_tags_of_the_response_it_refreshes() {
     // The 304's tags; the tags of the refreshed response; the others.
     let cases = [
         (Some("new"), &["new", "second"][..], &["old", "first"][..]),
-        (None, &["old", "first", "second"][..], &[][..]),
+        (None, &["old", "second"][..], &["first"][..]),
     ];
     for (refreshed_tags, tags, not_tags) in cases {
         for (purge, purged) in tags
@@ -639,6 +640,99 @@ async fn a_304_updates_the_tags_of_the_response_it_refreshes() {
             let expected = if purged { "MISS" } else { "HIT" };
             assert_eq!(seen.outcome(), expected, "{case}: {:?}", seen.headers);
             assert_eq!(calls.get(), 2 + usize::from(purged), "{case}");
+        }
+    }
+}
+
+/// The origin mode's handler: `200 call {n}` with `ETag: "v1"`, `max-age=0`, `Surrogate-Key: sk`
+/// and `Cache-Tag: ct`; a validation request is answered `304` with `max-age=600` and
+/// `surrogate_key` as its only tag field. Both forge the layer's own field, `impcache-tags`.
+fn revalidated_with_two_fields(
+    layer: CacheLayer,
+    surrogate_key: http::HeaderValue,
+) -> (Svc, Calls) {
+    app(layer, move |n, req| {
+        let surrogate_key = surrogate_key.clone();
+        async move {
+            let builder = Response::builder().header("etag", "\"v1\"");
+            if req.headers().contains_key("if-none-match") {
+                return builder
+                    .status(304)
+                    .header("cache-control", "max-age=600")
+                    .header("surrogate-key", surrogate_key)
+                    .header("impcache-tags", "1 forged")
+                    .body(Body::empty())
+                    .unwrap();
+            }
+            builder
+                .header("cache-control", "max-age=0")
+                .header("surrogate-key", "sk")
+                .header("cache-tag", "ct")
+                .header("impcache-tags", "1 forged")
+                .body(Body::from(format!("call {n}")))
+                .unwrap()
+        }
+    })
+}
+
+/// A `304` that carries one of the tag fields replaces that field's tags only (RFC 9111 §4.3.4:
+/// the stored fields it does not carry stay, and so do their tags): the stored response keeps its
+/// tag fields (removed before the client unless kept), and its tags are collected again from
+/// them once updated. A field carried with nothing valid in it (a token that is not UTF-8)
+/// replaces its tags with none. A handler's `impcache-tags` field is never taken for the entry's
+/// tags, nor served. Before, any tag field on the `304` replaced all the stored tags:
+/// `Cache-Tag: ct`, not on the `304`, no longer purged the response (and was still served with
+/// `keep_tag_headers(true)`).
+#[tokio::test]
+async fn a_304_carrying_one_tag_field_keeps_the_other_fields_tags() {
+    let invalid = http::HeaderValue::from_bytes(b"\xff\xfe").unwrap();
+    // The 304's `Surrogate-Key`, and the one served once refreshed (when kept); the tags that
+    // purge the refreshed response; the others.
+    let cases = [
+        (
+            http::HeaderValue::from_static("sk2"),
+            Some("sk2"),
+            &["ct", "sk2"][..],
+            &["sk", "forged"][..],
+        ),
+        (invalid, None, &["ct"][..], &["sk", "forged"][..]),
+    ];
+    for (surrogate_key, shown, tags, not_tags) in cases {
+        for keep in [false, true] {
+            let purges = tags.iter().map(|t| (t, true));
+            for (purge, purged) in purges.chain(not_tags.iter().map(|t| (t, false))) {
+                let case = format!("304 {surrogate_key:?}, keep {keep}, purge of {purge}");
+                let layer = CacheLayer::new(memory_cache())
+                    .follow_origin(true)
+                    .keep_tag_headers(keep);
+                let (svc, calls) =
+                    revalidated_with_two_fields(layer.clone(), surrogate_key.clone());
+                assert_eq!(send(&svc, get("/t")).await.outcome(), "MISS");
+                wait_stored(&layer, "/t").await;
+                let refreshed = send(&svc, get("/t")).await;
+                assert_eq!(
+                    refreshed.header("cache-status"),
+                    Some("impcache; fwd=stale; fwd-status=304; stored"),
+                    "{case}"
+                );
+                let hit = send(&svc, get("/t")).await;
+                assert_eq!(hit.outcome(), "HIT", "{case}");
+                for seen in [&refreshed, &hit] {
+                    let fields = (seen.header("surrogate-key"), seen.header("cache-tag"));
+                    let expected = if keep {
+                        (shown, Some("ct"))
+                    } else {
+                        (None, None)
+                    };
+                    assert_eq!(fields, expected, "{case}");
+                    assert_eq!(seen.header("impcache-tags"), None, "{case}");
+                }
+                layer.purge_tag(purge).await.unwrap();
+                let seen = send(&svc, get("/t")).await;
+                let expected = if purged { "MISS" } else { "HIT" };
+                assert_eq!(seen.outcome(), expected, "{case}");
+                assert_eq!(calls.get(), 2 + usize::from(purged), "{case}");
+            }
         }
     }
 }

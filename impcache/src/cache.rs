@@ -26,7 +26,9 @@ use crate::repository::CacheRepository;
 use crate::tags::{self, envelope, StateKeys, TagInvalidation, Tags, Verdict};
 
 /// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
-/// operation's span, then counted in the stats and the metrics; evaluates to `Result<T>`.
+/// operation's span, then counted in the stats and the metrics; evaluates to `Result<T>`. A
+/// caller that drops the operation's future before it ends (a timeout around the call) has it
+/// counted as cancelled, by the observation's drop guard.
 ///
 /// A macro rather than an `async fn` taking the future: an `async fn` argument is copied into
 /// the callee's state, a memcpy of the whole operation's future on every call (+200 instructions
@@ -47,13 +49,7 @@ macro_rules! observed {
         // cache's heartbeat and invalidations, the Redis connection's driver). Before the
         // operation, so a caller cancelled at this point has changed nothing.
         ::tokio::task::coop::consume_budget().await;
-        let observation =
-            $crate::observe::Observation::start(
-                $operation,
-                $key,
-                $cache.shared.record_keys,
-                $cache.shared.near.is_some(),
-            );
+        let observation = $crate::observe::Observation::start(&$cache.shared, $operation, $key);
         // `$body` twice: awaited in place when no subscriber wants the span (moving the future
         // into `Instrumented` is a memcpy of it), instrumented otherwise.
         let result: $crate::Result<(_, $crate::observe::metrics::Tally)> =
@@ -66,13 +62,11 @@ macro_rules! observed {
         match result {
             Ok((value, tally)) => {
                 let value = ($map)(value);
-                observation.finish(&$cache.shared.counters, Ok(&tally), |recorder| {
-                    ($also)(&value, recorder)
-                });
+                observation.finish(Ok(&tally), |recorder| ($also)(&value, recorder));
                 Ok(value)
             }
             Err(error) => {
-                observation.finish(&$cache.shared.counters, Err(&error), |_| {});
+                observation.finish(Err(&error), |_| {});
                 Err(error)
             }
         }
@@ -331,9 +325,9 @@ impl Cache {
         &self.shared.repository
     }
 
-    /// The hits, misses, errors and stale answers counted so far by this cache, its clones and
-    /// its [`with_version`](Cache::with_version) copies (see [`CacheStats`]). Cheap: four striped
-    /// counters summed (32 relaxed atomic loads).
+    /// The hits, misses, errors, stale answers and cancelled operations counted so far by this
+    /// cache, its clones and its [`with_version`](Cache::with_version) copies (see
+    /// [`CacheStats`]). Cheap: five striped counters summed (40 relaxed atomic loads).
     pub fn stats(&self) -> CacheStats {
         self.shared.counters.snapshot()
     }
@@ -347,7 +341,11 @@ impl Cache {
         tracing::debug!(target: "impcache", key, reason = reason.name(), "served a stale value");
     }
 
-    /// Whether reads are served from the near cache now ([`NearCacheStatus::Active`]).
+    /// Whether reads of every key are served from the near cache now
+    /// ([`NearCacheStatus::Active`]). `false` while it is [`NearCacheStatus::Partial`] (on
+    /// Cluster, some primary has no tracking connection: its keys go to Redis, the others' are
+    /// still served locally), as when it is connecting: ask
+    /// [`near_cache_status`](Cache::near_cache_status) to tell the two apart.
     pub fn is_near_cache_active(&self) -> bool {
         self.near_cache_status() == NearCacheStatus::Active
     }
@@ -645,31 +643,68 @@ impl Cache {
         V: DeserializeOwned,
     {
         observed!(self, Operation::GetMany, None, async {
-            let batch = self.checked_keys(keys)?;
-            let full = batch.keys();
-            if full.is_empty() {
-                return Ok((Vec::new(), Tally::NONE));
-            }
-            let mut values = self.shared.backend.get_many(&full).await?;
-            self.open_tagged_many(&full, &mut values).await?;
-            let mut tally = Tally::NONE;
-            let decoded = values
-                .into_iter()
-                .zip(&full)
-                .map(|(value, key)| match value {
-                    None => {
-                        tally.misses += 1;
-                        Ok(None)
-                    }
-                    Some(bytes) => {
-                        tally.hits += 1;
-                        tally.bytes_read += bytes.len() as u64;
-                        json::decode(|| shown(key), &bytes).map(Some)
-                    }
-                })
-                .collect::<Result<_>>()?;
-            Ok((decoded, tally))
+            self.read_many(keys, |key, bytes| json::decode(|| shown(key), &bytes))
+                .await
         })
+    }
+
+    /// The raw bytes at `keys`, without JSON decoding, in the same order, `None` where nothing
+    /// is stored: [`get_many`](Cache::get_many) for values written with
+    /// [`set_raw`](Cache::set_raw), as [`get_raw`](Cache::get_raw) is for one key. Counted as a
+    /// `get_many`.
+    ///
+    /// ```
+    /// # use impcache::{Cache, MemoryCacheRepository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> impcache::Result<()> {
+    /// use bytes::Bytes;
+    ///
+    /// let cache = Cache::new(MemoryCacheRepository::new());
+    /// cache.set_raw("a", Bytes::from_static(b"raw"), 60).await?;
+    /// let values = cache.get_many_raw(["a", "b"]).await?;
+    /// assert_eq!(values, [Some(Bytes::from_static(b"raw")), None]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many_raw(
+        &self,
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Vec<Option<Bytes>>> {
+        observed!(self, Operation::GetMany, None, async {
+            self.read_many(keys, |_, bytes| Ok(bytes)).await
+        })
+    }
+
+    /// The work of [`get_many`](Cache::get_many) and [`get_many_raw`](Cache::get_many_raw): the
+    /// bytes at `keys` (each checked), tagged entries opened, each found value turned by `each`
+    /// (given its full key, for errors), and the lookups' tally.
+    async fn read_many<T>(
+        &self,
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
+        mut each: impl FnMut(&str, Bytes) -> Result<T>,
+    ) -> Result<(Vec<Option<T>>, Tally)> {
+        let batch = self.checked_keys(keys)?;
+        let full = batch.keys();
+        if full.is_empty() {
+            return Ok((Vec::new(), Tally::NONE));
+        }
+        let mut values = self.shared.backend.get_many(&full).await?;
+        self.open_tagged_many(&full, &mut values).await?;
+        let mut tally = Tally::NONE;
+        let found = values
+            .into_iter()
+            .zip(&full)
+            .map(|(value, key)| match value {
+                None => {
+                    tally.misses += 1;
+                    Ok(None)
+                }
+                Some(bytes) => {
+                    tally.hits += 1;
+                    tally.bytes_read += bytes.len() as u64;
+                    each(key, bytes).map(Some)
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok((found, tally))
     }
 
     /// Removes `key`; the number of keys removed (0 or 1).
@@ -888,10 +923,11 @@ impl Cache {
             }
             let expiry = expire.into().resolve(key)?;
             let mut bytes = json::encode(key, value)?;
+            // The value's bytes, as its reads count them: not the envelope around them.
+            let tally = Tally::written(bytes.len());
             if !tags.is_empty() {
                 bytes = envelope::wrap(&bytes, tags.as_slice(), created);
             }
-            let tally = Tally::written(bytes.len());
             self.shared
                 .backend
                 .set(self.key_parts(key), bytes, expiry)

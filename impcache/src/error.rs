@@ -280,6 +280,24 @@ impl Error {
             _ => None,
         }
     }
+
+    /// This failure of a purge that removed `earlier` keys before the step that failed (for
+    /// `impcache-tower`'s purges of several steps, through `__private`): [`Interrupted`](Error::Interrupted)
+    /// with the total (this error's own count of an interrupted sweep added), or this error as
+    /// it is when nothing was removed.
+    pub(crate) fn after_removing(self, earlier: u64) -> Error {
+        match self {
+            Self::Interrupted { removed, source } => Self::Interrupted {
+                removed: removed.saturating_add(earlier),
+                source,
+            },
+            error if earlier == 0 => error,
+            error => Self::Interrupted {
+                removed: earlier,
+                source: Box::new(error),
+            },
+        }
+    }
 }
 
 /// For a fallible loader whose error is a message

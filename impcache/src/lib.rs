@@ -146,6 +146,19 @@ pub mod __private {
         cache.logged_error(error)
     }
 
+    /// `error`, the failure of a purge's step after earlier steps removed `earlier` keys:
+    /// [`Error::Interrupted`](crate::Error::Interrupted) with the total removed (a failed
+    /// sweep's own count added), so that a purge of several steps loses no count.
+    pub fn removed_before(error: crate::Error, earlier: u64) -> crate::Error {
+        error.after_removing(earlier)
+    }
+
+    /// Whether `cache` accepts `key` (the caller's part) for its operations (its length, the
+    /// cache's version): a key it refuses holds nothing it stored.
+    pub fn accepts_key(cache: &crate::Cache, key: &str) -> bool {
+        cache.check_key(key).is_ok()
+    }
+
     /// `expire` as a bound on a lifetime (`CacheLayer::expire` and `max_ttl`): no expiry and
     /// what is longer than [`MAX_EXPIRE`](crate::MAX_EXPIRE) are `MAX_EXPIRE`, zero and
     /// negative numbers are zero.
@@ -179,9 +192,10 @@ pub mod __private {
             cache.set_raw(key, full, crate::Expire::NEVER).await
         }
 
-        /// The members listed at `key`, read from the repository itself.
+        /// The members listed at `key`, read as [`Cache::get_raw`](crate::Cache::get_raw)
+        /// reads (and counted as a `get`).
         pub async fn read(cache: &crate::Cache, key: &str) -> crate::Result<Members> {
-            let found = cache.repository().get(&cache.make_key(key)).await?;
+            let found = cache.get_raw(key).await?;
             Ok(Members::read(found.as_deref()))
         }
     }

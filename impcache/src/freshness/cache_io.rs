@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::policy::Freshness;
 use super::request::{GetOrSet, TryGetOrSet};
 use crate::cache::{observed, Cache};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::expire::{Expire, Expiry};
 use crate::near::VerdictSlot;
 use crate::observe::metrics::{Operation, Tally};
@@ -88,14 +88,22 @@ impl Cache {
         self.read_for_load(key, true).await
     }
 
-    /// Checks a key (and the call's tags) as every operation does.
-    pub(crate) fn check_key_for_load(&self, key: &str, tags: &Tags) -> Result<()> {
-        self.check_written_key(key)?;
+    /// Checks a key (and the call's tags) as every operation does; a refusal comes with what
+    /// refused it, for the log: `get` (the key: the call's read refuses it) or `tags` (one of
+    /// the call's tags).
+    pub(crate) fn check_key_for_load(
+        &self,
+        key: &str,
+        tags: &Tags,
+    ) -> std::result::Result<(), (&'static str, Error)> {
+        self.check_written_key(key)
+            .map_err(|error| ("get", error))?;
         // A tag is checked as `set_tagged` and `invalidate_tag` check it: an entry is never
         // stored with a tag that cannot be invalidated.
         tags.as_slice()
             .iter()
             .try_for_each(|tag| self.check_tag(tag))
+            .map_err(|error| ("tags", error))
     }
 
     /// The value at `key` with its remaining TTL when `with_ttl` (else a `GET`, TTL unknown),
@@ -127,13 +135,26 @@ impl Cache {
         })
     }
 
-    /// Stores a loaded value's JSON with an expiry already resolved, counted as a `set`.
-    pub(crate) async fn set_for_load(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<()> {
+    /// Stores a loaded value's JSON with an expiry already resolved, in an envelope with its
+    /// `tags` and creation time `created` when it has tags; counted as a `set` of the value's
+    /// bytes (as [`set_tagged`](Cache::set_tagged) counts them, without the envelope).
+    pub(crate) async fn set_for_load(
+        &self,
+        key: &str,
+        value: Bytes,
+        tags: &Tags,
+        created: u64,
+        expiry: Expiry,
+    ) -> Result<()> {
         observed!(self, Operation::Set, Some(key), async {
             let tally = Tally::written(value.len());
+            let stored = match tags.as_slice() {
+                [] => value,
+                tags => envelope::wrap(&value, tags, created),
+            };
             self.shared
                 .backend
-                .set(self.key_parts(key), value, expiry)
+                .set(self.key_parts(key), stored, expiry)
                 .await?;
             Ok(((), tally))
         })

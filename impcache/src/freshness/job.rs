@@ -14,8 +14,36 @@ use crate::json;
 use crate::tags::{LoadedTags, Tags};
 use crate::Cache;
 
-/// The `tracing` target of this module's events.
+/// The `tracing` target of the events of a `get_or_set` call's load.
 pub(crate) const TARGET: &str = "impcache::freshness";
+
+/// Whom a load is for, which names the `tracing` target of its events ([`load_event!`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// [`Cache::get_or_set`] and `try_get_or_set` (and the HTTP layer's lock): target
+    /// `impcache::freshness`.
+    GetOrSet,
+    /// A `#[cached]` function with freshness options, tags or a lock: target `impcache::cached`,
+    /// as every other event of the macro's runtime, whichever path serves the call.
+    Cached,
+}
+
+/// A `tracing` event of a load for `$origin` ([`Origin`]): `load_event!(origin, warn, key, "..")`
+/// is `tracing::warn!` with the origin's target. A target is fixed at each call site: this picks
+/// one call site per origin.
+macro_rules! load_event {
+    ($origin:expr, $level:ident, $($event:tt)+) => {
+        match $origin {
+            $crate::freshness::job::Origin::GetOrSet => {
+                ::tracing::$level!(target: $crate::freshness::job::TARGET, $($event)+)
+            }
+            $crate::freshness::job::Origin::Cached => {
+                ::tracing::$level!(target: $crate::memoize::TARGET, $($event)+)
+            }
+        }
+    };
+}
+pub(super) use load_event;
 
 /// The key of a load: the repository's address and the full key (two caches never share one).
 pub(super) type FlightKey = (usize, String);
@@ -43,6 +71,8 @@ pub(super) struct Job {
     /// What its caller spent of the hard timeout waiting for another caller's load
     /// ([`having_spent`](Job::having_spent)): its loader has the rest.
     pub(super) waited: std::time::Duration,
+    /// Whom the load is for: the target of its events.
+    pub(super) origin: Origin,
 }
 
 impl Job {
@@ -77,7 +107,7 @@ impl Job {
                 Err(error) => {
                     let key = self.cache.logged_key(&self.key);
                     let error = self.cache.logged_error(&error);
-                    tracing::warn!(target: TARGET, key, %error, "a tag chosen by the loader is left out");
+                    load_event!(self.origin, warn, key, %error, "a tag chosen by the loader is left out");
                     false
                 }
             })
@@ -98,29 +128,41 @@ pub(super) fn flight_key(cache: &Cache, key: &str) -> FlightKey {
     )
 }
 
-/// Logs a cache operation of a load that failed: the load goes on without the cache.
-pub(super) fn report(cache: &Cache, operation: &'static str, key: &str, error: &Error) {
+/// Logs a cache operation of a load for `origin` that failed: the load goes on without the
+/// cache.
+pub(super) fn report(
+    origin: Origin,
+    cache: &Cache,
+    operation: &'static str,
+    key: &str,
+    error: &Error,
+) {
     let open = matches!(error, Error::CircuitOpen { .. });
     let (key, error) = (cache.logged_key(key), cache.logged_error(error));
     if open {
-        tracing::debug!(target: TARGET, operation, key, %error, "cache unavailable; loading regardless");
+        load_event!(origin, debug, operation, key, %error, "cache unavailable; loading regardless");
     } else {
-        tracing::warn!(target: TARGET, operation, key, %error, "cache operation failed; loading regardless");
+        load_event!(origin, warn, operation, key, %error, "cache operation failed; loading regardless");
     }
 }
 
 /// The stored JSON as a `V`; `None` (logged) when it is not one.
 pub(super) fn decode<V: DeserializeOwned>(job: &Job, bytes: &[u8]) -> Option<V> {
-    decode_at(&job.cache, &job.key, bytes)
+    decode_at(job.origin, &job.cache, &job.key, bytes)
 }
 
-/// The JSON stored at `key` as a `V`; `None` (logged) when it is not one.
-pub(super) fn decode_at<V: DeserializeOwned>(cache: &Cache, key: &str, bytes: &[u8]) -> Option<V> {
+/// The JSON stored at `key` as a `V`; `None` (logged, for `origin`) when it is not one.
+pub(super) fn decode_at<V: DeserializeOwned>(
+    origin: Origin,
+    cache: &Cache,
+    key: &str,
+    bytes: &[u8],
+) -> Option<V> {
     match json::decode(|| shown(&cache.make_key(key)), bytes) {
         Ok(value) => Some(value),
         Err(error) => {
             let error = cache.logged_error(&error);
-            tracing::warn!(target: TARGET, %error, "the stored value does not decode as the requested type; loading and replacing it");
+            load_event!(origin, warn, %error, "the stored value does not decode as the requested type; loading and replacing it");
             None
         }
     }

@@ -28,7 +28,7 @@ use crate::tags::{self, envelope, LoadedTags, Tags};
 use crate::Cache;
 
 use super::answer::{self, Answer};
-use super::job::{decode, decode_at, report, FlightKey, Job, TARGET};
+use super::job::{decode, decode_at, load_event, report, FlightKey, Job, Origin};
 use super::throttle;
 
 /// The loads in flight in this process, publishing the value.
@@ -126,7 +126,7 @@ impl Value {
             Err(error) => {
                 let (key, error) = (cache.logged_key(&job.key), cache.logged_error(&error));
                 let taken = unseen();
-                tracing::debug!(target: TARGET, key, %error, taken, "tag state unreadable; the shared value is taken unless this cache invalidated a tag since");
+                load_event!(job.origin, debug, key, %error, taken, "tag state unreadable; the shared value is taken unless this cache invalidated a tag since");
                 taken
             }
         }
@@ -163,13 +163,16 @@ impl<E: From<Error> + Display + Send + 'static> LoadError for E {
     }
 }
 
-/// One call of [`Cache::get_or_set`] / [`Cache::try_get_or_set`].
+/// One call of [`Cache::get_or_set`] / [`Cache::try_get_or_set`], or of a `#[cached]` function
+/// with freshness options, tags or a lock (`origin`: whom it is for, which names the target of
+/// its events).
 pub(crate) async fn get_or_set<V, E, F, Fut>(
     cache: &Cache,
     key: &str,
     expire: crate::Expire,
     policy: Freshness,
     (tags, loaded_tags): (Tags, Option<LoadedTags>),
+    origin: Origin,
     loader: F,
 ) -> Result<V, E>
 where
@@ -181,8 +184,8 @@ where
     // Bad input is the caller's: an invalid expire is an error (nothing is loaded), a key or a
     // tag the cache refuses (too long) runs the loader uncached, as any other cache error does.
     let LoadSettings { expiry, lock } = policy.load_settings(expire, key).map_err(E::from_cache)?;
-    if let Err(error) = cache.check_key_for_load(key, &tags) {
-        report(cache, "get", key, &error);
+    if let Err((operation, error)) = cache.check_key_for_load(key, &tags) {
+        report(origin, cache, operation, key, &error);
         answer::record(Answer::Bypass);
         return loader().await;
     }
@@ -199,15 +202,16 @@ where
         fail_safe: false,
         replaces: None,
         waited: Duration::ZERO,
+        origin,
     };
     let (job, stale, loader, reread) = match cache.read_for_load_tagged(key, &policy, &tags).await {
-        Ok(Some(found)) => match serve(cache, key, &policy, &job, ticket, found, loader) {
+        Ok(Some(found)) => match serve(cache, key, origin, &policy, &job, ticket, found, loader) {
             Served::Value(value) => return Ok(value),
             Served::Load { stale, loader } => (job(), stale, loader, Reread::IfAFlightEnded),
         },
         Ok(None) => (job(), None, loader, Reread::IfAFlightEnded),
         Err(error) => {
-            report(cache, "get", key, &error);
+            report(origin, cache, "get", key, &error);
             answer::record(Answer::Bypass);
             // The near cache's fail-safe copy (off by default), for the loader's failure only.
             // Not with tags: their state cannot be read while Redis fails.
@@ -251,9 +255,13 @@ enum Served<V, F> {
     Load { stale: Option<Bytes>, loader: F },
 }
 
+/// What to do with the value a call's read `found`: answer with it (fresh, or stale within a
+/// window that allows it), or load.
+#[allow(clippy::too_many_arguments)]
 fn serve<V, E, F, Fut>(
     cache: &Cache,
     key: &str,
+    origin: Origin,
     policy: &Freshness,
     job: &dyn Fn() -> Job,
     ticket: Ticket,
@@ -266,7 +274,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    let Some(value) = decode_at::<V>(cache, key, &found.value) else {
+    let Some(value) = decode_at::<V>(origin, cache, key, &found.value) else {
         // Not this type (any more): load and overwrite.
         return Served::Load {
             stale: None,
@@ -516,7 +524,7 @@ where
             Ok(answered) => answered,
             Err(_) => {
                 if let Some(value) = serve_stale(&job, Some(stale), StaleReason::SoftTimeout) {
-                    tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
+                    load_event!(job.origin, debug, key = job.cache.logged_key(&job.key), ?soft, "soft timeout: answering with the stale value; the loader goes on in the background");
                     return Ok(value);
                 }
                 rx.await
@@ -738,7 +746,7 @@ pub(super) async fn run<V, E, F, Fut>(
             {
                 Ok(bytes) => Some(bytes),
                 Err(error) => {
-                    report(&job.cache, "encode", &job.key, &error);
+                    report(job.origin, &job.cache, "encode", &job.key, &error);
                     None
                 }
             }
@@ -768,11 +776,17 @@ pub(super) async fn run<V, E, F, Fut>(
             match (failure, job.cache.records_keys()) {
                 // The crate's own error names the key: its reason alone.
                 (Some(reason), false) => {
-                    tracing::warn!(target: TARGET, reason, serving_stale, "the loader failed; nothing is stored");
+                    load_event!(
+                        job.origin,
+                        warn,
+                        reason,
+                        serving_stale,
+                        "the loader failed; nothing is stored"
+                    );
                 }
                 _ => {
                     let key = job.cache.logged_key(&job.key);
-                    tracing::warn!(target: TARGET, key, %error, serving_stale, "the loader failed; nothing is stored");
+                    load_event!(job.origin, warn, key, %error, serving_stale, "the loader failed; nothing is stored");
                 }
             }
             None
@@ -827,12 +841,11 @@ pub(super) async fn run<V, E, F, Fut>(
 /// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry), in an
 /// envelope with its `tags` and creation time when it has tags.
 async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags) {
-    let bytes = match tags.as_slice() {
-        [] => bytes,
-        tags => envelope::wrap(&bytes, tags, created),
-    };
-    if let Err(error) = job.cache.set_for_load(&job.key, bytes, job.expiry).await {
-        report(&job.cache, "set", &job.key, &error);
+    let stored = job
+        .cache
+        .set_for_load(&job.key, bytes, tags, created, job.expiry);
+    if let Err(error) = stored.await {
+        report(job.origin, &job.cache, "set", &job.key, &error);
     }
 }
 
@@ -885,7 +898,12 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), "no tokio runtime: no background reload");
+        load_event!(
+            job.origin,
+            debug,
+            key = job.cache.logged_key(&job.key),
+            "no tokio runtime: no background reload"
+        );
         return;
     };
     match FLIGHTS.join(&job.flight(), ticket) {
@@ -901,7 +919,12 @@ where
                         }
                     }
                 }
-                tracing::debug!(target: TARGET, key = job.cache.logged_key(&job.key), "reloading in the background");
+                load_event!(
+                    job.origin,
+                    debug,
+                    key = job.cache.logged_key(&job.key),
+                    "reloading in the background"
+                );
                 run::<V, E, F, Fut>(job, None, loader, Some(guard), None).await;
             });
         }

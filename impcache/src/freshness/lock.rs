@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::job::{decode_at, report, Job, TARGET};
+use super::job::{decode_at, load_event, report, Job, Origin};
 use super::lock_settings::Lock;
 use super::policy::State;
 use crate::cache::{observed, Cache};
@@ -22,6 +22,7 @@ use crate::expire::Expiry;
 use crate::key::LOCK_KEY_PART;
 use crate::observe::lock::{lock_outcome, LockOutcome};
 use crate::observe::metrics::{Operation, Tally};
+use crate::observe::polling::polled;
 
 /// The first pause between two polls of a waiting process.
 const FIRST_POLL: Duration = Duration::from_millis(5);
@@ -52,6 +53,8 @@ pub struct Held {
     token: Bytes,
     /// When the lock has expired by itself: its lifetime, counted from when it was taken.
     expires: Instant,
+    /// Whom it was taken for: the target of the release's events.
+    origin: Origin,
 }
 
 impl Held {
@@ -64,10 +67,10 @@ impl Held {
             Ok(true) => {}
             Ok(false) => {
                 let key = cache.logged_key(key);
-                tracing::warn!(target: TARGET, key, "the lock had expired before its release: its lifetime is shorter than the load and store took");
+                load_event!(self.origin, warn, key, "the lock had expired before its release: its lifetime is shorter than the load and store took");
             }
             Err(error) => {
-                report(cache, "release_lock", key, &error);
+                report(self.origin, cache, "release_lock", key, &error);
                 // Outside a tokio runtime the lock expires by itself.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let (cache, key) = (cache.clone(), key.to_owned());
@@ -88,21 +91,36 @@ impl Held {
             let logged = cache.logged_key(key);
             match released {
                 Ok(true) => {
-                    tracing::debug!(target: TARGET, key = logged, "released the lock on a retry");
+                    load_event!(
+                        self.origin,
+                        debug,
+                        key = logged,
+                        "released the lock on a retry"
+                    );
                     return;
                 }
                 Ok(false) => {
-                    tracing::debug!(target: TARGET, key = logged, "the lock was gone when its release was retried");
+                    load_event!(
+                        self.origin,
+                        debug,
+                        key = logged,
+                        "the lock was gone when its release was retried"
+                    );
                     return;
                 }
                 Err(error) => {
                     let error = cache.logged_error(&error);
-                    tracing::debug!(target: TARGET, key = logged, %error, ?pause, "the lock's release failed again; retrying");
+                    load_event!(self.origin, debug, key = logged, %error, ?pause, "the lock's release failed again; retrying");
                 }
             }
             pause = (pause * 2).min(LAST_RETRY);
         }
-        tracing::debug!(target: TARGET, key = cache.logged_key(key), "the lock expires by itself before the release's next retry: giving it up");
+        load_event!(
+            self.origin,
+            debug,
+            key = cache.logged_key(key),
+            "the lock expires by itself before the release's next retry: giving it up"
+        );
     }
 }
 
@@ -114,15 +132,19 @@ pub(super) async fn take<V: DeserializeOwned>(
     lifetime: Expiry,
     wait: bool,
 ) -> Turn<(V, Bytes)> {
-    take_polling(&job.cache, &job.key, lock, lifetime, wait, || fresh(job)).await
+    let poll = || fresh(job);
+    take_polling(&job.cache, &job.key, job.origin, lock, lifetime, wait, poll).await
 }
 
 /// The protocol of [`Lock`] on the lock of `key` (caller's part), `poll` reading what another
 /// process stores (`Some`: it is there, the wait ends). `get_or_set` polls the value key; the
-/// HTTP layer polls a URL's response (through `__private::lock`).
+/// HTTP layer polls a URL's response (through `__private::lock`). The reads of `poll` are no
+/// lookups of the caller's (`observe/polling.rs`): they count as operations, not as hits or
+/// misses. `origin`: whom the lock is taken for, the target of its events.
 pub(crate) async fn take_polling<T, F, Fut>(
     cache: &Cache,
     key: &str,
+    origin: Origin,
     lock: Lock,
     lifetime: Expiry,
     wait: bool,
@@ -140,19 +162,23 @@ where
     let mut waited = false;
     loop {
         match cache.acquire_lock(key, token.clone(), lifetime).await {
-            Ok(true) => return owned(cache, key, token, lifetime, waited, poll()).await,
+            Ok(true) => {
+                let read = polled(poll());
+                return owned(cache, key, token, origin, lifetime, waited, read).await;
+            }
             Ok(false) if !wait => return outcome(LockOutcome::Busy, Turn::Busy),
             Ok(false) => {}
-            Err(error) => return failed(cache, key, "acquire_lock", &error),
+            Err(error) => return failed(origin, cache, key, "acquire_lock", &error),
         }
         // Waiting for the value.
         let now = Instant::now();
         if now >= deadline {
             let key = cache.logged_key(key);
-            tracing::warn!(target: TARGET, key, wait = ?lock.wait_duration(), "waited for another process's value past the lock's wait: loading here, without the lock");
+            load_event!(origin, warn, key, wait = ?lock.wait_duration(), "waited for another process's value past the lock's wait: loading here, without the lock");
             return outcome(LockOutcome::TimedOut, Turn::Open);
         }
         until_changed(
+            origin,
             cache.logged_key(key),
             pause.min(deadline - now),
             watch.as_ref(),
@@ -160,10 +186,10 @@ where
         .await;
         pause = (pause * 2).min(LAST_POLL);
         waited = true;
-        match poll().await {
+        match polled(poll()).await {
             Ok(Some(value)) => return outcome(LockOutcome::Waited, Turn::Loaded(value)),
             Ok(None) => {}
-            Err(error) => return failed(cache, key, "get", &error),
+            Err(error) => return failed(origin, cache, key, "get", &error),
         }
     }
 }
@@ -172,23 +198,30 @@ where
 /// (`watch`), which tracks the value key, another process's store ends it at once, by the key's
 /// invalidation (rueidisaside's waiters are woken that way); the poll that follows reads the
 /// new value.
-async fn until_changed(key: Option<&str>, pause: Duration, watch: Option<&crate::near::Watch>) {
+async fn until_changed(
+    origin: Origin,
+    key: Option<&str>,
+    pause: Duration,
+    watch: Option<&crate::near::Watch>,
+) {
     match watch {
         Some(watch) => {
             if watch.changed_within(pause).await {
-                tracing::debug!(target: TARGET, key, "the value key changed: polling at once");
+                load_event!(origin, debug, key, "the value key changed: polling at once");
             }
         }
         None => tokio::time::sleep(pause).await,
     }
 }
 
-/// The lock was taken (with `token`, for `lifetime`): one more read (`read`), since another
-/// process may have stored the value (and released its lock) since this process's read.
+/// The lock was taken (with `token`, for `origin`, for `lifetime`): one more read (`read`),
+/// since another process may have stored the value (and released its lock) since this
+/// process's read.
 async fn owned<T>(
     cache: &Cache,
     key: &str,
     token: Bytes,
+    origin: Origin,
     lifetime: Expiry,
     waited: bool,
     read: impl Future<Output = Result<Option<T>>>,
@@ -200,6 +233,7 @@ async fn owned<T>(
     let held = Held {
         token,
         expires: Instant::now() + lifetime,
+        origin,
     };
     match read.await {
         Ok(None) => {}
@@ -208,11 +242,11 @@ async fn owned<T>(
             return outcome(LockOutcome::Waited, Turn::Loaded(value));
         }
         // The loader runs; the lock is released after it as usual.
-        Err(error) => report(cache, "get", key, &error),
+        Err(error) => report(origin, cache, "get", key, &error),
     }
     let taken = if waited {
         let key = cache.logged_key(key);
-        tracing::debug!(target: TARGET, key, "took the lock over after waiting");
+        load_event!(origin, debug, key, "took the lock over after waiting");
         LockOutcome::TookOver
     } else {
         LockOutcome::Acquired
@@ -240,15 +274,24 @@ async fn fresh<V: DeserializeOwned>(job: &Job) -> Result<Option<(V, Bytes)>> {
             return Ok(None);
         }
     }
-    Ok(decode_at::<V>(&job.cache, &job.key, &found.value).map(|value| (value, found.value)))
+    Ok(
+        decode_at::<V>(job.origin, &job.cache, &job.key, &found.value)
+            .map(|value| (value, found.value)),
+    )
 }
 
 /// How much later than the value an early refresh replaces another value must expire to be
 /// another process's refresh: two reads of one key's expiry differ by their round trips.
 const SAME_EXPIRY: Duration = Duration::from_millis(50);
 
-fn failed<T>(cache: &Cache, key: &str, operation: &'static str, error: &Error) -> Turn<T> {
-    report(cache, operation, key, error);
+fn failed<T>(
+    origin: Origin,
+    cache: &Cache,
+    key: &str,
+    operation: &'static str,
+    error: &Error,
+) -> Turn<T> {
+    report(origin, cache, operation, key, error);
     outcome(LockOutcome::FailedOpen, Turn::Open)
 }
 

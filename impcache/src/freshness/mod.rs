@@ -24,7 +24,8 @@
 //!   answered, nothing stays stuck, and the panicking caller gets the stale value or
 //!   [`Error::Loader`](crate::Error::Loader) (`#[cached]` resumes the panic instead).
 //! - **Loader failure** (an `Err` of `try_get_or_set`, the hard timeout, a panic): logged
-//!   (`WARN`, target `impcache::freshness`), never stored; the caller gets the stale value when
+//!   (`WARN`, target `impcache::freshness`; `impcache::cached` when the call is a `#[cached]`
+//!   function's, as every event of its load: `job.rs`, `load_event!`), never stored; the caller gets the stale value when
 //!   its read found one within `stale_if_error`, else the error. The waiters do not run their
 //!   loaders (as moka's `try_get_with`): each answers with the stale value its own read found
 //!   within its window, else gets [`Error::Loader`](crate::Error::Loader) naming the key, whose
@@ -73,7 +74,7 @@
 
 pub(crate) mod answer;
 mod cache_io;
-mod job;
+pub(crate) mod job;
 mod load;
 mod lock;
 mod lock_settings;
@@ -81,6 +82,7 @@ mod policy;
 mod request;
 mod throttle;
 
+pub(crate) use job::Origin;
 pub(crate) use load::{get_or_set as load_with, LoadError};
 pub use lock_settings::Lock;
 
@@ -116,8 +118,10 @@ pub(crate) mod lock_private {
             lock = lock.without_lifetime().resolved(hard_timeout);
             checked = lock.checked(hard_timeout, key);
         }
+        // Its events under `get_or_set`'s target, as before a `#[cached]` origin existed.
+        let origin = super::job::Origin::GetOrSet;
         match checked {
-            Ok(lifetime) => take_polling(cache, key, lock, lifetime, wait, poll).await,
+            Ok(lifetime) => take_polling(cache, key, origin, lock, lifetime, wait, poll).await,
             // The default lifetime is always valid; kept open rather than assumed.
             Err(_) => Turn::Open,
         }

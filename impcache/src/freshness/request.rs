@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::job::Origin;
 use super::load;
 use super::lock_settings::Lock;
 use super::policy::Freshness;
@@ -261,6 +262,7 @@ where
             self.expire,
             self.policy,
             (self.tags, self.loaded_tags),
+            Origin::GetOrSet,
             move || async move { Ok::<V, Error>(loader().await) },
         ))
     }
@@ -287,7 +289,15 @@ where
             loader,
         } = self.inner;
         let tags = (tags, loaded_tags);
-        Box::pin(load::get_or_set(cache, key, expire, policy, tags, loader))
+        Box::pin(load::get_or_set(
+            cache,
+            key,
+            expire,
+            policy,
+            tags,
+            Origin::GetOrSet,
+            loader,
+        ))
     }
 }
 

@@ -29,7 +29,7 @@ use super::returns::Policy;
 use crate::error::Error;
 use crate::expire::Expire;
 use crate::freshness::answer::{self, Answer};
-use crate::freshness::{load_with, Freshness, LoadError, Lock};
+use crate::freshness::{load_with, Freshness, LoadError, Lock, Origin};
 use crate::json;
 use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome};
@@ -347,7 +347,15 @@ where
             }
         }
     };
-    let load = load_with(cache, &key, expire, freshness, (tags, chosen), loader);
+    let load = load_with(
+        cache,
+        &key,
+        expire,
+        freshness,
+        (tags, chosen),
+        Origin::Cached,
+        loader,
+    );
     let (loaded, answer) = answer::scope(load).await;
     // Counted as the plain path counts: a caller that waited for another caller's run is a
     // miss, and a wait.

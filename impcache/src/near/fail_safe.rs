@@ -80,11 +80,12 @@ impl FailSafe {
         self.copies.insert(key.to_owned(), copy);
     }
 
-    /// The tracking connection is lost: no copy is vouched for past now.
-    pub(super) fn lost(&self) {
+    /// A tracking connection is lost: no copy of a key for which `which` holds (all of them
+    /// off Cluster; on Cluster, those of the lost primary's slots) is vouched for past now.
+    pub(super) fn lost(&self, which: impl Fn(&str) -> bool) {
         let now = Instant::now();
         for (key, copy) in &self.copies {
-            if copy.vouched_until > now {
+            if copy.vouched_until > now && which(&key) {
                 let copy = Copy {
                     vouched_until: now,
                     ..copy
@@ -135,9 +136,13 @@ mod tests {
         fail_safe.keep("k", &value, Instant::now() + 3600 * S, None);
         assert_eq!(fail_safe.get("k", &policy), Some(value.clone()));
         assert_eq!(fail_safe.get("k", &Freshness::new()), None);
-        fail_safe.lost();
-        assert_eq!(fail_safe.get("k", &policy), Some(value));
+        // A loss of other keys' connection (a Cluster primary's) leaves it vouched for.
         let zero = Freshness::new().stale_if_error(Duration::ZERO);
+        fail_safe.lost(|key| key != "k");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(fail_safe.get("k", &zero), Some(value.clone()));
+        fail_safe.lost(|_| true);
+        assert_eq!(fail_safe.get("k", &policy), Some(value));
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(fail_safe.get("k", &zero), None);
         fail_safe.invalidate("k");

@@ -6,6 +6,8 @@
 //!   an invalidation log per slot).
 //! - `tracker.rs`: the dedicated RESP3 tracking connection(s) that feed the store its
 //!   invalidations and tell it when it can no longer vouch for its entries.
+//! - `coverage.rs`: which keys those connections vouch for (on Cluster, each primary's its own
+//!   slots).
 //! - `barrier.rs`: the rounds of `PING`s on those connections that a read waits for before its
 //!   reply is kept, shared by concurrent reads.
 //! - `echo.rs`: Redis's invalidations of this cache's own writes, which must not drop the reads
@@ -14,6 +16,7 @@
 //! The one dispatch point (`repository/backend.rs`) reads through it: its `Near` arm.
 
 mod barrier;
+mod coverage;
 mod echo;
 mod fail_safe;
 mod store;
@@ -82,7 +85,17 @@ pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
 ///   the same tags until any tag state changes or everything is flushed.
 /// - A lost or replaced tracking connection, a Sentinel failover or a new Cluster slot map
 ///   flushes everything; until the tracking connection is back and subscribed, nothing is served
-///   locally ([`NearCacheStatus::Connecting`]).
+///   locally ([`NearCacheStatus::Connecting`]). A failover or a new slot map flushes as soon as
+///   the repository switches to it (a Sentinel announcement, a slot map it learned that says
+///   something else, a `MOVED`), and on Cluster the heartbeat asks for the slot map afresh, at
+///   the same time as its `PING`s: a replica promoted in place of a frozen primary flushes at
+///   the first heartbeat after the promotion, whatever the `PING` of the frozen one waits for.
+/// - On Cluster each primary's tracking connection vouches for its own slots only: a primary
+///   without one (dead, unreachable, its `PING` unanswered) takes only its own keys out of the
+///   near cache ([`NearCacheStatus::Partial`]), as it fails only its own keys in the repository.
+///   Its keys are then read from Redis and never kept; its tracking is tried again at every
+///   heartbeat, and when it is back everything local of its slots counts as flushed (the server
+///   forgot what it tracked) and its keys join again.
 /// - A server that refuses `CLIENT TRACKING` or the tracking connection's `PING`s (`CLIENT`
 ///   renamed, `CLIENT` or `PING` forbidden by an ACL: `NOPERM`, a server without RESP3, a managed
 ///   service) turns the near cache off for good ([`NearCacheStatus::Unsupported`], one `warn!`).
@@ -145,8 +158,10 @@ impl NearCache {
     }
 
     /// How often the tracking connection is checked with a `PING` (at least 10 ms); a `PING`
-    /// unanswered within this interval counts as a lost connection (everything local is
-    /// flushed).
+    /// unanswered within this interval, or within the repository's deadline if that is shorter,
+    /// counts as a lost connection (everything it vouched for is flushed). On Cluster the same
+    /// heartbeat also asks for the slot map, at the same time as the `PING`s (a new one flushes),
+    /// and tries again to connect the tracking connections of primaries that have none.
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
         self.heartbeat = crate::expire::capped(heartbeat).max(Duration::from_millis(10));
         self
@@ -222,6 +237,14 @@ pub enum NearCacheStatus {
     Connecting,
     /// Reads are served locally when they can be.
     Active,
+    /// Cluster only: the tracking connections of some primaries are subscribed, not all (a
+    /// primary dead, unreachable, or not answering its heartbeat `PING`). The keys of the
+    /// primaries tracked are served locally as when [`Active`](NearCacheStatus::Active); those
+    /// of the others go to Redis and are not kept (nothing vouches for them), and their tracking
+    /// is tried again at every heartbeat. A tagged entry's verdict is not kept meanwhile (its
+    /// tags' states are judged on every read). [`Cache::is_near_cache_active`](crate::Cache::is_near_cache_active)
+    /// is `false` in this state: it answers whether every key can be served locally.
+    Partial,
 }
 
 /// A near cache's counters ([`Cache::near_cache_stats`](crate::Cache::near_cache_stats)).
@@ -232,7 +255,8 @@ pub struct NearCacheStats {
     pub hits: u64,
     /// Keys looked up locally and read from Redis (found there or not).
     pub misses: u64,
-    /// Keys read from Redis without looking locally (the near cache was not active).
+    /// Keys read from Redis without keeping their replies: the near cache was not active, or (on
+    /// Cluster, [`NearCacheStatus::Partial`]) the key's primary had no tracking connection.
     pub bypassed: u64,
     /// Invalidations received from Redis or made by this cache's own writes (one per key; the
     /// echo Redis sends of an own write is not counted again). Approximate while writes of one
@@ -241,7 +265,8 @@ pub struct NearCacheStats {
     /// Times everything local was dropped: the tracking connection lost (once per loss, a
     /// failover included), a new Cluster slot map, `FLUSHDB` / `FLUSHALL`, `delete_pattern`, a
     /// read's barrier not passed within its deadline (a link too slow for the near cache shows
-    /// here: it keeps nothing while its status stays `Active`).
+    /// here: it keeps nothing while its status stays `Active`); and on Cluster, times everything
+    /// of one primary's slots was dropped (its tracking connection lost while others stay).
     pub flushes: u64,
     /// Entries held now (approximate: moka's count). One whose local lifetime ended is no longer
     /// served but counts until Redis's invalidation of the expired key, a new read of it, or

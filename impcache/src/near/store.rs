@@ -26,7 +26,7 @@
 //! lost tracking connection, moves it, and the entry is judged again from its tags' states.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -34,6 +34,7 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 
 use super::barrier::Barrier;
+use super::coverage::{Servers, Shards, UNVOUCHED};
 use super::echo::Echoes;
 use super::fail_safe::FailSafe;
 use super::watch::{Watch, Watches};
@@ -78,21 +79,13 @@ struct Entry {
     read: Read,
 }
 
-/// The ticket number of the read an entry was kept from, and its key's slot.
+/// The ticket number of the read an entry was kept from, its key's slot, and on Cluster its
+/// key's Cluster slot (`coverage.rs`).
 #[derive(Clone, Copy)]
 struct Read {
     number: u64,
     slot: u16,
-}
-
-impl Read {
-    fn of(ticket: Ticket, key: &str) -> Read {
-        Read {
-            number: ticket.number,
-            // `SLOTS` (4096) fits.
-            slot: u16::try_from(slot_of(key)).unwrap_or(0),
-        }
-    }
+    shard: u16,
 }
 
 /// A tagged entry judged fresh: against which call's tags, from states read after which tag
@@ -198,9 +191,17 @@ pub(crate) struct Store {
     /// entry holds while it stands still ([`Store::verified`]).
     tag_sequence: AtomicU64,
     state: AtomicU8,
+    /// Whether every server of the tracking session is subscribed (else, on Cluster, the status
+    /// is [`NearCacheStatus::Partial`] while the store is active).
+    complete: AtomicBool,
+    /// On Cluster, which slots the tracking connections vouch for (`coverage.rs`); `None`
+    /// elsewhere (the one tracking connection vouches for every key).
+    shards: Option<Shards>,
+    /// The tracking session's servers and their connections (`coverage.rs`).
+    servers: Mutex<Servers>,
     /// Whether a tracker task runs for this store.
     pub(super) tracking: AtomicBool,
-    /// The tracking connection whose loss flushes the store (see [`Store::lost`]).
+    /// The tracking session whose loss flushes the store (see [`Store::lost`]).
     connection: AtomicU64,
     /// The subscribed tracking connections, for [`Store::barrier`]; `None` unless active.
     tracking_connections: ArcSwapOption<Vec<MultiplexedConnection>>,
@@ -236,13 +237,20 @@ pub(crate) struct Store {
     fail_safe_served: AtomicU64,
     /// The keys a process waits on to change (the cross-process lock's waiters).
     watches: Arc<Watches>,
-    /// Wakes the tracker when the repository switched to another primary
-    /// ([`Store::primary_switched`]): it subscribes again at once, on the new primary.
+    /// Wakes the tracker when the repository switched to other servers (a Sentinel failover, a
+    /// new Cluster slot map; see `impl SwitchListener for Store`): it subscribes again at once,
+    /// on the new servers.
     pub(super) switched: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
-    pub(crate) fn new(config: &NearCache, read_deadline: Duration) -> Store {
+    /// A store for `config`, whose reads' barrier waits at most `read_deadline`; `slot_of`: on
+    /// Cluster, a key's slot (each primary's tracking connection vouches for its own slots).
+    pub(crate) fn new(
+        config: &NearCache,
+        read_deadline: Duration,
+        slot_of: Option<fn(&[u8]) -> u16>,
+    ) -> Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_capacity_bytes)
             .weigher(|key: &String, entry: &Entry| {
@@ -258,6 +266,9 @@ impl Store {
             flushed: AtomicU64::new(0),
             tag_sequence: AtomicU64::new(0),
             state: AtomicU8::new(CONNECTING),
+            complete: AtomicBool::new(false),
+            shards: slot_of.map(Shards::new),
+            servers: Mutex::default(),
             tracking: AtomicBool::new(false),
             connection: AtomicU64::new(0),
             tracking_connections: ArcSwapOption::empty(),
@@ -291,13 +302,16 @@ impl Store {
 
     pub(crate) fn status(&self) -> NearCacheStatus {
         match self.state.load(Ordering::Acquire) {
-            ACTIVE => NearCacheStatus::Active,
+            ACTIVE if self.complete.load(Ordering::Acquire) => NearCacheStatus::Active,
+            ACTIVE => NearCacheStatus::Partial,
             UNSUPPORTED => NearCacheStatus::Unsupported,
             _ => NearCacheStatus::Connecting,
         }
     }
 
-    /// Whether reads are kept (and served) now.
+    /// Whether reads are kept (and served) now, of every key ([`NearCacheStatus::Active`]) or,
+    /// on Cluster, of the keys whose primary's tracking connection is up
+    /// ([`NearCacheStatus::Partial`]).
     pub(crate) fn active(&self) -> bool {
         self.state.load(Ordering::SeqCst) == ACTIVE
     }
@@ -425,7 +439,10 @@ impl Store {
         tags: &Tags,
         with_ttl: bool,
     ) -> Result<WithTtl, Option<VerdictSlot>> {
-        if !self.active() {
+        // Not while a Cluster primary has no tracking connection: a tag state of its slots may
+        // change unseen, and a verdict holds only while no tag state changes. (Its loss and its
+        // return move the tag sequence: a verdict made before either is not served after.)
+        if !self.active() || !self.complete.load(Ordering::SeqCst) {
             return Err(None);
         }
         let now = Instant::now();
@@ -466,27 +483,50 @@ impl Store {
 
     /// [`ticket`](Store::ticket) for one read of `count` keys.
     pub(crate) fn ticket_for(&self, count: usize) -> Option<Ticket> {
-        let active = self.count_remote(count);
+        let active = self.active();
+        self.count_remote(count, active);
         active.then(|| Ticket {
             number: self.sequence.load(Ordering::SeqCst),
             sent: Instant::now(),
         })
     }
 
-    /// A ticket for a read about to be sent; `None` when the near cache is not active (the reply
-    /// will not be kept).
-    pub(crate) fn ticket(&self) -> Option<Ticket> {
+    /// A ticket for a read of `key` about to be sent; `None` when the near cache is not active,
+    /// or, on Cluster, no tracking connection vouches for `key` now (its primary's is down): the
+    /// reply will not be kept, and the read is counted as bypassing the near cache.
+    pub(crate) fn ticket(&self, key: &str) -> Option<Ticket> {
+        if self.active() && !self.covers(key.as_bytes()) {
+            self.count_remote(1, false);
+            return None;
+        }
         self.ticket_for(1)
     }
 
-    /// Counts `count` keys read from the remote without keeping their replies; whether the
-    /// near cache is active (then the read is settled with [`Store::settle_many`]).
-    fn count_remote(&self, count: usize) -> bool {
-        let active = self.active();
-        let counter = if active { &self.misses } else { &self.bypassed };
+    /// Counts `count` keys read from the remote, as misses if `kept` (their replies may be kept)
+    /// else as bypassing the near cache.
+    fn count_remote(&self, count: usize, kept: bool) {
+        let counter = if kept { &self.misses } else { &self.bypassed };
         counter.add(count as u64);
         near_lookups(Tier::Remote, count as u64);
-        active
+    }
+
+    /// Whether a tracking connection vouches for `key` (a full key) now: on Cluster, whether its
+    /// slot's primary has one; elsewhere always (the store may still not be active).
+    fn covers(&self, key: &[u8]) -> bool {
+        self.shards.as_ref().is_none_or(|shards| shards.covers(key))
+    }
+
+    /// The read of `key` made with `ticket`, as its entry records it.
+    fn read_of(&self, ticket: Ticket, key: &str) -> Read {
+        Read {
+            number: ticket.number,
+            // `SLOTS` (4096) fits.
+            slot: u16::try_from(slot_of(key)).unwrap_or(0),
+            shard: self
+                .shards
+                .as_ref()
+                .map_or(0, |shards| shards.shard(key.as_bytes())),
+        }
     }
 
     /// Whether the near cache is active and [`vouches`](Store::vouches) for `read`.
@@ -495,10 +535,15 @@ impl Store {
     }
 
     /// Whether nothing invalidated the key of `read` (its slot), nor flushed everything, since
-    /// its ticket.
+    /// its ticket, and, on Cluster, its primary's tracking connection vouches for it: up since
+    /// before its ticket.
     fn vouches(&self, read: Read) -> bool {
         self.flushed.load(Ordering::SeqCst) <= read.number
             && self.slots[usize::from(read.slot)].load(Ordering::SeqCst) <= read.number
+            && self
+                .shards
+                .as_ref()
+                .is_none_or(|shards| shards.vouches(read.shard, read.number))
     }
 
     /// Settles a read sent with `ticket`: waits for the barrier, then keeps the reply (if any) if
@@ -678,7 +723,7 @@ impl Store {
             redis_expires: found.ttl.map(|redis_ttl| ticket.sent + redis_ttl),
             absent: false,
             verified: envelope::is_envelope(&found.value).then(Default::default),
-            read: Read::of(ticket, key),
+            read: self.read_of(ticket, key),
         };
         self.insert(entry, key);
     }
@@ -697,7 +742,7 @@ impl Store {
             redis_expires: None,
             absent: state.is_none(),
             verified: None,
-            read: Read::of(ticket, key),
+            read: self.read_of(ticket, key),
         };
         self.insert(entry, key);
     }
@@ -728,10 +773,11 @@ impl Store {
     /// An own write of `keys` (full keys) is about to be sent (see `echo.rs`): call
     /// [`OwnWrite::written`] when it returns.
     pub(crate) fn writing<'a>(&'a self, keys: Vec<&'a [u8]>) -> OwnWrite<'a> {
-        // Echoes come only while tracking is on (turning it on or off clears them): none is
-        // registered otherwise, so that nothing waits for one that never comes.
+        // Echoes come only while tracking is on (turning it on or off clears them), and on
+        // Cluster from the key's primary's tracking connection: none is registered otherwise,
+        // so that nothing waits for one that never comes.
         if self.active() {
-            for key in &keys {
+            for key in keys.iter().filter(|key| self.covers(key)) {
                 self.echoes.sending(key);
             }
         }
@@ -829,23 +875,128 @@ impl Store {
         self.watches.all_changed();
     }
 
-    /// The tracking connection `connection` is established and subscribed: everything from
-    /// before is dropped (not counted as a flush: the loss that came before was), then reads
-    /// are served locally.
-    pub(super) fn activate(&self, connection: u64, connections: Vec<MultiplexedConnection>) {
-        self.connection.store(connection, Ordering::SeqCst);
-        self.tracking_connections.store(Some(Arc::new(connections)));
+    fn servers(&self) -> MutexGuard<'_, Servers> {
+        // A list of servers and connections: a panic while it was held leaves it usable.
+        self.servers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Begins tracking session `session` over the servers serving `slots` (one list per server;
+    /// an empty one off Cluster, where the one server vouches for every key), none subscribed
+    /// yet: nothing is served locally until one is ([`Store::attach`]), and everything from
+    /// before is dropped (not counted as a flush: the loss that ended the last session was). A
+    /// switch of the repository to other servers ends it (`SwitchListener::switched`): the
+    /// servers it has not subscribed yet are not attached.
+    pub(super) fn begin(&self, session: u64, slots: Vec<Vec<u16>>) {
+        let mut servers = self.servers();
+        *servers = Servers::new(session, slots);
+        self.connection.store(session, Ordering::SeqCst);
+        self.tracking_connections.store(None);
+        self.complete.store(false, Ordering::SeqCst);
+        let _ = self
+            .state
+            .compare_exchange(ACTIVE, CONNECTING, Ordering::SeqCst, Ordering::SeqCst);
+        if let Some(shards) = &self.shards {
+            shards.unvouch_all();
+        }
         self.drop_live();
+    }
+
+    /// Server `index` of session `session` is subscribed on `connection`: its keys are served
+    /// locally from now on (the store is active once one server is), everything local of them
+    /// from before dropped (the server forgot what it tracked). `false` when it was up already or
+    /// the session ended (a switch, the loss of every server).
+    pub(super) fn attach(
+        &self,
+        session: u64,
+        index: usize,
+        connection: MultiplexedConnection,
+    ) -> bool {
+        self.attach_server(session, index, Some(connection))
+    }
+
+    /// [`attach`](Store::attach); `connection` is `None` only in unit tests.
+    fn attach_server(
+        &self,
+        session: u64,
+        index: usize,
+        connection: Option<MultiplexedConnection>,
+    ) -> bool {
+        let mut servers = self.servers();
+        if self.is_unsupported() {
+            return false;
+        }
+        let Some(slots) = servers
+            .attach(session, index, connection)
+            .map(<[u16]>::to_vec)
+        else {
+            return false;
+        };
+        // The reads' barrier `PING`s it before any read whose reply it vouches for is kept: a
+        // ticket at or past the mark below is taken after this.
+        self.tracking_connections
+            .store(Some(Arc::new(servers.live())));
+        match &self.shards {
+            // Replies in flight of its slots were read with older tickets; a verdict on a
+            // tagged entry judged meanwhile may rest on a state of its slots read while nothing
+            // reported its changes.
+            Some(shards) => {
+                let mark = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+                shards.mark(&slots, mark);
+                self.tag_sequence.fetch_add(1, Ordering::SeqCst);
+            }
+            None => self.drop_live(),
+        }
+        self.complete.store(servers.all_up(), Ordering::SeqCst);
         let _ = self
             .state
             .compare_exchange(CONNECTING, ACTIVE, Ordering::SeqCst, Ordering::SeqCst);
+        drop(servers);
         self.handshake_ended();
+        true
     }
 
-    /// The tracking connection `connection` is gone (if it is still the current one): nothing is
-    /// served locally until another one is subscribed.
-    pub(super) fn lost(&self, connection: u64) {
-        if self.connection.load(Ordering::SeqCst) == connection {
+    /// Server `index` of session `session` lost its tracking connection (its end read, its
+    /// heartbeat `PING` unanswered): nothing of its keys is served locally from now on, or
+    /// nothing at all when no other server is up ([`Store::disconnect`]). Counted as a flush.
+    /// `false` when it was down already or the session ended.
+    pub(super) fn detach(&self, session: u64, index: usize) -> bool {
+        let mut servers = self.servers();
+        let Some(slots) = servers.detach(session, index).map(<[u16]>::to_vec) else {
+            return false;
+        };
+        let Some(shards) = self.shards.as_ref().filter(|_| servers.any_up()) else {
+            drop(servers);
+            self.disconnect();
+            return true;
+        };
+        shards.mark(&slots, UNVOUCHED);
+        self.tracking_connections
+            .store(Some(Arc::new(servers.live())));
+        self.complete.store(false, Ordering::SeqCst);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        // What a flush drops besides its entries: the echoes expected (none comes from a lost
+        // connection), the verdicts on tagged entries (judged from tag states that may be of
+        // its slots), and the waits on keys (woken to read again).
+        self.echoes.clear();
+        self.tag_sequence.fetch_add(1, Ordering::SeqCst);
+        drop(servers);
+        self.watches.all_changed();
+        if let Some(fail_safe) = &self.fail_safe {
+            fail_safe.lost(|key| !shards.covers(key.as_bytes()));
+        }
+        true
+    }
+
+    /// The tracking connection of each server of session `session` (`None` where it is down);
+    /// none once the session ended.
+    pub(super) fn connections(&self, session: u64) -> Vec<Option<MultiplexedConnection>> {
+        self.servers().connections(session)
+    }
+
+    /// The tracking session `session` is over (if it is still the current one): nothing is
+    /// served locally until another one subscribes a server.
+    pub(super) fn lost(&self, session: u64) {
+        if self.connection.load(Ordering::SeqCst) == session {
             self.disconnect();
         }
     }
@@ -856,13 +1007,14 @@ impl Store {
     pub(super) fn disconnect(&self) {
         self.stop_serving();
         if let Some(fail_safe) = &self.fail_safe {
-            fail_safe.lost();
+            fail_safe.lost(|_| true);
         }
     }
 
-    /// Stops serving locally and drops the live entries: a few atomic stores (moka's
-    /// `invalidate_all` marks a time), whatever the number of entries.
+    /// Stops serving locally, ends the tracking session and drops the live entries: a few
+    /// atomic stores (moka's `invalidate_all` marks a time), whatever the number of entries.
     fn stop_serving(&self) {
+        self.servers().end();
         self.tracking_connections.store(None);
         let was_active = self
             .state
@@ -895,6 +1047,10 @@ impl Store {
     /// For good: the repository or server cannot track keys. Logged once.
     pub(crate) fn unsupported(&self, why: &str) {
         self.state.store(UNSUPPORTED, Ordering::SeqCst);
+        // The tracking connections are closed (on Cluster, those of the primaries that did
+        // not refuse).
+        self.servers().end();
+        self.tracking_connections.store(None);
         self.drop_all();
         {
             let mut warned = self
@@ -919,21 +1075,22 @@ impl Store {
     }
 }
 
-/// A Sentinel repository's switch to another primary (a failover): the tracking connection is on
-/// the old one, which sends no invalidation for writes made on the new one.
-#[cfg(feature = "sentinel")]
-impl crate::repository::sentinel::PrimarySwitch for Store {
+/// A repository's switch to other servers: a Sentinel failover, a new Cluster slot map (a
+/// replica promoted, a slot moved, a `MOVED`). The tracking connections are on the old servers,
+/// which send no invalidation for writes made on the new ones.
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
+impl crate::repository::switches::SwitchListener for Store {
     /// As for a lost connection, nothing is served locally from now on and everything is
     /// dropped (counted as a flush); the tracker is woken to subscribe again, on the new
-    /// primary. Called by the repository as it switches, before any operation can use the new
-    /// primary.
-    fn primary_switched(&self) {
-        // Not `disconnect`: the repository's state is locked meanwhile, and marking the
+    /// servers. Called by the repository as it switches, before any operation can use the new
+    /// servers.
+    fn switched(&self) {
+        // Not `disconnect`: the repository's state may be locked meanwhile, and marking the
         // fail-safe copies walks them all (1.6 s for 200,000 copies, every operation on the
         // repository waiting). The tracker does it, woken below (`lost`), in its own task.
         self.stop_serving();
-        // A permit if the tracker is not waiting (it is subscribing, and may have asked for the
-        // old primary): it subscribes again once it has.
+        // A permit if the tracker is not waiting (it is subscribing): it subscribes again once
+        // it has.
         self.switched.notify_one();
     }
 }
@@ -970,9 +1127,15 @@ mod tests {
         WithTtl::new(Bytes::from_static(value), Some(Duration::from_secs(60)))
     }
 
+    /// `store` active: one server (which vouches for every key), subscribed.
+    fn activate(store: &Store) {
+        store.begin(1, vec![Vec::new()]);
+        assert!(store.attach_server(1, 0, None));
+    }
+
     fn active() -> Store {
-        let store = Store::new(&NearCache::new(), Duration::MAX);
-        store.activate(1, Vec::new());
+        let store = Store::new(&NearCache::new(), Duration::MAX, None);
+        activate(&store);
         store
     }
 
@@ -992,7 +1155,7 @@ mod tests {
 
     #[test]
     fn no_echo_is_expected_unless_tracking_is_on() {
-        let store = Store::new(&NearCache::new(), Duration::MAX);
+        let store = Store::new(&NearCache::new(), Duration::MAX, None);
         store.writing(vec![b"k"]).written(true);
         store.unsupported("test");
         store.writing(vec![b"j"]).written(true);
@@ -1005,11 +1168,11 @@ mod tests {
     #[test]
     fn a_reply_that_raced_with_an_invalidation_is_not_kept() -> Result<(), &'static str> {
         let store = active();
-        let ticket = store.ticket().ok_or(NO_TICKET)?;
+        let ticket = store.ticket("k").ok_or(NO_TICKET)?;
         store.invalidate(b"p:1:k");
         store.keep(ticket, "p:1:k", &found(b"old"));
         assert_eq!(store.get("p:1:k"), None);
-        let ticket = store.ticket().ok_or(NO_TICKET)?;
+        let ticket = store.ticket("k").ok_or(NO_TICKET)?;
         store.keep(ticket, "p:1:k", &found(b"new"));
         assert_eq!(store.get("p:1:k").as_deref(), Some(&b"new"[..]));
         Ok(())
@@ -1019,11 +1182,11 @@ mod tests {
     fn a_flush_drops_replies_in_flight_and_nothing_is_served_while_connecting(
     ) -> Result<(), &'static str> {
         let store = active();
-        let ticket = store.ticket().ok_or(NO_TICKET)?;
+        let ticket = store.ticket("k").ok_or(NO_TICKET)?;
         store.flush();
         store.keep(ticket, "k", &found(b"v"));
         assert_eq!(store.get("k"), None);
-        let ticket = store.ticket().ok_or(NO_TICKET)?;
+        let ticket = store.ticket("k").ok_or(NO_TICKET)?;
         store.keep(ticket, "k", &found(b"v"));
         assert!(store.get("k").is_some());
         store.lost(2); // not the current connection
@@ -1031,7 +1194,66 @@ mod tests {
         store.lost(1);
         assert_eq!(store.status(), NearCacheStatus::Connecting);
         assert_eq!(store.get("k"), None);
-        assert!(store.ticket().is_none());
+        assert!(store.ticket("k").is_none());
+        Ok(())
+    }
+
+    /// On Cluster each primary's tracking connection vouches for its own slots: with one of two
+    /// primaries subscribed (status `Partial`), the other's keys are neither kept nor served,
+    /// the first's are; when a primary's connection is lost its entries stop being served at
+    /// once (the other's stay), and when it is back they count as flushed.
+    #[test]
+    fn each_cluster_primary_vouches_for_its_own_slots_only() -> Result<(), &'static str> {
+        // The "slot" of a key: its first byte ('a' on primary 0, 'b' on primary 1).
+        let store = Store::new(
+            &NearCache::new(),
+            Duration::MAX,
+            Some(|key| key.first().map_or(0, |byte| (*byte).into())),
+        );
+        store.begin(1, vec![vec![u16::from(b'a')], vec![u16::from(b'b')]]);
+        assert!(store.attach_server(1, 0, None));
+        assert_eq!(store.status(), NearCacheStatus::Partial);
+        store.keep(store.ticket("a1").ok_or(NO_TICKET)?, "a1", &found(b"1"));
+        assert_eq!(store.get("a1").as_deref(), Some(&b"1"[..]));
+        // Nothing vouches for primary 1's keys: its read bypasses, a reply is not kept.
+        assert!(store.ticket("b1").is_none());
+        store.keep(store.ticket_for(1).ok_or(NO_TICKET)?, "b1", &found(b"1"));
+        assert_eq!(store.get("b1"), None);
+        // No verdict on a tagged entry while a primary is not tracked.
+        assert!(matches!(
+            store.verified("a1", &Tags::default(), false),
+            Err(None)
+        ));
+
+        let before = store.ticket_for(1).ok_or(NO_TICKET)?;
+        assert!(store.attach_server(1, 1, None));
+        assert_eq!(store.status(), NearCacheStatus::Active);
+        // A reply read before primary 1 was subscribed is not kept; one read after is.
+        store.keep(before, "b1", &found(b"1"));
+        assert_eq!(store.get("b1"), None);
+        store.keep(store.ticket("b1").ok_or(NO_TICKET)?, "b1", &found(b"2"));
+        assert_eq!(store.get("b1").as_deref(), Some(&b"2"[..]));
+
+        let flushes = store.stats().flushes;
+        let in_flight = store.ticket("a2").ok_or(NO_TICKET)?;
+        assert!(store.detach(1, 0));
+        assert!(!store.detach(1, 0), "lost once");
+        assert_eq!(store.status(), NearCacheStatus::Partial);
+        assert_eq!(store.stats().flushes, flushes + 1);
+        assert_eq!(store.get("a1"), None);
+        assert_eq!(store.get("b1").as_deref(), Some(&b"2"[..]));
+        store.keep(in_flight, "a2", &found(b"1"));
+        assert_eq!(store.get("a2"), None);
+        // Back: what was kept of its slots before counts as flushed.
+        assert!(store.attach_server(1, 0, None));
+        assert_eq!(store.get("a1"), None);
+        store.keep(store.ticket("a1").ok_or(NO_TICKET)?, "a1", &found(b"3"));
+        assert_eq!(store.get("a1").as_deref(), Some(&b"3"[..]));
+        // The last one lost: nothing is served.
+        assert!(store.detach(1, 0) && store.detach(1, 1));
+        assert_eq!(store.status(), NearCacheStatus::Connecting);
+        assert_eq!(store.get("b1"), None);
+        assert!(!store.attach_server(1, 0, None), "the session ended");
         Ok(())
     }
 
@@ -1065,9 +1287,9 @@ mod tests {
     #[test]
     fn a_reply_that_raced_an_invalidation_is_never_served() -> Result<(), &'static str> {
         let store = active();
-        let older = store.ticket().ok_or(NO_TICKET)?;
+        let older = store.ticket("k").ok_or(NO_TICKET)?;
         store.invalidate(b"k");
-        let newer = store.ticket().ok_or(NO_TICKET)?;
+        let newer = store.ticket("k").ok_or(NO_TICKET)?;
         store.keep(newer, "k", &found(b"new"));
         assert_eq!(store.get("k"), Some(Bytes::from_static(b"new")));
         // The older reply's insert, past its first check.
@@ -1077,7 +1299,7 @@ mod tests {
             redis_expires: None,
             absent: false,
             verified: None,
-            read: Read::of(older, "k"),
+            read: store.read_of(older, "k"),
         };
         store.entries.insert("k".to_owned(), stale);
         assert_eq!(store.get("k"), None);
@@ -1088,12 +1310,16 @@ mod tests {
 
     #[test]
     fn lifetimes_are_capped_and_large_values_skipped() -> Result<(), &'static str> {
-        let store = Store::new(&NearCache::new().max_value_bytes(4), Duration::MAX);
-        store.activate(1, Vec::new());
-        store.keep(store.ticket().ok_or(NO_TICKET)?, "big", &found(b"12345"));
+        let store = Store::new(&NearCache::new().max_value_bytes(4), Duration::MAX, None);
+        activate(&store);
+        store.keep(
+            store.ticket("big").ok_or(NO_TICKET)?,
+            "big",
+            &found(b"12345"),
+        );
         assert_eq!(store.get("big"), None);
         let expired = WithTtl::new(Bytes::from_static(b"1"), Some(Duration::ZERO));
-        store.keep(store.ticket().ok_or(NO_TICKET)?, "gone", &expired);
+        store.keep(store.ticket("gone").ok_or(NO_TICKET)?, "gone", &expired);
         assert_eq!(store.get("gone"), None);
         Ok(())
     }
@@ -1103,8 +1329,8 @@ mod tests {
         let store = active();
         // 2 ms of margin and the round trip come off the Redis TTL: about 1 s locally.
         let short = WithTtl::new(Bytes::from_static(b"1"), Some(Duration::from_millis(1002)));
-        store.keep(store.ticket().ok_or(NO_TICKET)?, "k", &short);
-        store.keep_state(store.ticket().ok_or(NO_TICKET)?, "t", None);
+        store.keep(store.ticket("k").ok_or(NO_TICKET)?, "k", &short);
+        store.keep_state(store.ticket("t").ok_or(NO_TICKET)?, "t", None);
         assert!(store.get("k").is_some());
         std::thread::sleep(Duration::from_millis(1010));
         assert_eq!(store.get("k"), None);

@@ -3,6 +3,15 @@
 //! `PING` every heartbeat. Invalidations pushed on it reach the [`Store`] from the connection's
 //! own reader (no channel, no task in between).
 //!
+//! A tracking session is one set of servers, as the repository names them (`CLUSTER SLOTS` on
+//! Cluster). Each server's connection is handed to the store as it is subscribed, and taken back
+//! when it is lost (its end read, its heartbeat `PING` unanswered): on Cluster each vouches for
+//! its primary's slots only (`coverage.rs`), so one primary without a connection takes only its
+//! own keys out of the near cache, and the heartbeat tries it again. The session ends when no
+//! server is left, or when the servers change (a switch the repository tells of as it makes it,
+//! or one the heartbeat finds); the next one begins at once after a change, after a pause after
+//! a loss.
+//!
 //! The task ends with the store (it holds it weakly) or with the runtime that spawned it; a later
 //! operation in a runtime starts it again.
 //!
@@ -10,7 +19,8 @@
 //! off for good ([`Store::unsupported`], one `warn!`). Any other failure to connect (unreachable,
 //! a full client table, a login refused after a password change) is tried again, the pause
 //! doubling with each failure in a row ([`Failures`]); the fifth in a row is logged once, and so
-//! is the connection's return.
+//! is the connection's return. On Cluster, a primary left without a connection while others have
+//! theirs is logged once (`warn!`), and so is its return (`info!`).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -121,6 +131,22 @@ impl Failures {
     }
 }
 
+/// A server to track: its connection settings and, on Cluster, the slots it serves (its tracking
+/// connection vouches for their keys only; elsewhere, for every key).
+#[derive(Debug)]
+struct Server {
+    info: ConnectionInfo,
+    slots: Vec<u16>,
+}
+
+/// The servers the repository names now, and what identifies them (their addresses; on
+/// Cluster also the slot map's fingerprint): a change of it flushes.
+#[derive(Debug)]
+struct Named {
+    servers: Vec<Server>,
+    identity: Vec<String>,
+}
+
 impl Target {
     /// The target of a Sentinel or Cluster repository (seen through its `as_any`).
     pub(crate) fn of(repository: Option<&dyn std::any::Any>) -> Option<Target> {
@@ -137,7 +163,8 @@ impl Target {
     }
 
     /// The deadline of one call to the repository tracked: a read through the near cache,
-    /// barrier included, waits no longer (`Store::settle`).
+    /// barrier included, waits no longer (`Store::settle`), and a heartbeat `PING` unanswered
+    /// within it (if shorter than the heartbeat) counts as a lost connection.
     pub(crate) fn deadline(&self) -> Duration {
         match self {
             Target::Single(repository) => repository.deadline(),
@@ -148,25 +175,37 @@ impl Target {
         }
     }
 
-    /// The servers to track now, and what identifies them (their addresses; on Cluster also
-    /// the slot map's identity): a change of it flushes.
-    async fn servers(&self) -> Result<(Vec<ConnectionInfo>, Vec<String>), Failure> {
-        let addresses = |servers: &[ConnectionInfo]| -> Vec<String> {
-            servers.iter().map(|info| info.addr().to_string()).collect()
+    /// On Cluster, a key's slot: each primary's tracking connection vouches for the keys of its
+    /// own slots (`coverage.rs`). `None` elsewhere.
+    pub(crate) fn slot_of(&self) -> Option<fn(&[u8]) -> u16> {
+        match self {
+            #[cfg(feature = "cluster")]
+            Target::Cluster(_) => Some(crate::RedisClusterCacheRepository::slot_of),
+            _ => None,
+        }
+    }
+
+    /// The servers to track now.
+    async fn servers(&self) -> Result<Named, Failure> {
+        let whole = |info: ConnectionInfo| Server {
+            info,
+            slots: Vec::new(),
+        };
+        let named = |servers: Vec<Server>| {
+            let identity = servers
+                .iter()
+                .map(|server| server.info.addr().to_string())
+                .collect();
+            Named { servers, identity }
         };
         match self {
-            Target::Single(repository) => {
-                let info = repository.connection_info();
-                let identity = addresses(std::slice::from_ref(&info));
-                Ok((vec![info], identity))
-            }
+            Target::Single(repository) => Ok(named(vec![whole(repository.connection_info())])),
             #[cfg(feature = "sentinel")]
             Target::Sentinel(repository) => {
                 let primary = repository.current_primary().await.ok_or_else(|| {
                     Failure::Transient("no primary known to the Sentinels".to_owned())
                 })?;
-                let identity = addresses(std::slice::from_ref(&primary));
-                Ok((vec![primary], identity))
+                Ok(named(vec![whole(primary)]))
             }
             #[cfg(feature = "cluster")]
             Target::Cluster(repository) => {
@@ -175,23 +214,35 @@ impl Target {
                     .await
                     .filter(|(primaries, _)| !primaries.is_empty())
                     .ok_or_else(|| Failure::Transient("no Cluster slot map known".to_owned()))?;
-                let mut identity = addresses(&primaries);
-                identity.push(format!("slot map {map:x}"));
-                Ok((primaries, identity))
+                let servers = primaries
+                    .into_iter()
+                    .map(|(info, slots)| Server { info, slots })
+                    .collect();
+                let mut named = named(servers);
+                named.identity.push(format!("slot map {map:x}"));
+                Ok(named)
             }
         }
     }
 
-    /// Has the repository tell `store` of each switch to another primary as it makes it
-    /// (Sentinel): the store stops serving locally at once and wakes the tracker, which
-    /// subscribes again on the new primary. Without it the tracker noticed the new primary at
-    /// its next heartbeat, and until then local hits served values already changed on the new
-    /// primary by other clients (the old one, still writable, sends no invalidation for them).
+    /// Has the repository tell `store` of each switch to other servers as it makes it (a
+    /// Sentinel failover; on Cluster, a slot map learned that says something else, or a
+    /// `MOVED`): the store stops serving locally at once and wakes the tracker, which subscribes
+    /// again on the new servers. Without it the tracker noticed the new servers at its next
+    /// heartbeat, and until then local hits served values already changed on them by other
+    /// clients (the old servers send no invalidation for them).
     pub(crate) fn follow_switches(&self, _store: &Arc<Store>) {
-        #[cfg(feature = "sentinel")]
-        if let Target::Sentinel(repository) = self {
+        #[cfg(any(feature = "sentinel", feature = "cluster"))]
+        let listener = || -> Weak<dyn crate::repository::switches::SwitchListener> {
             let listener: Weak<Store> = Arc::downgrade(_store);
-            repository.on_primary_switch(listener);
+            listener
+        };
+        match self {
+            #[cfg(feature = "sentinel")]
+            Target::Sentinel(repository) => repository.on_switch(listener()),
+            #[cfg(feature = "cluster")]
+            Target::Cluster(repository) => repository.on_switch(listener()),
+            Target::Single(_) => {}
         }
     }
 
@@ -252,27 +303,25 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
         };
         session += 1;
         match subscribe(&store, &target, &prefix, session, heartbeat).await {
-            Ok((connections, servers)) => {
+            Ok(Some(named)) => {
                 failures.succeeded();
-                let Some(strong) = store.upgrade() else {
-                    return;
-                };
-                strong.activate(session, connections.clone());
-                drop(strong);
-                tracing::debug!(target: "impcache", servers = ?servers, "near cache active");
-                let ended = watch(&store, &target, connections, &servers, heartbeat, &switched);
+                tracing::debug!(target: "impcache", servers = ?named.identity, "near cache active");
+                let ended = watch(&store, &target, &prefix, session, &named, heartbeat);
                 let ended = ended.await;
                 let Some(strong) = store.upgrade() else {
                     return;
                 };
                 strong.lost(session);
                 tracing::debug!(target: "impcache", "near cache tracking lost; flushed");
-                // Subscribed again at once, on the new primary: nothing is served locally
+                // Subscribed again at once, on the new servers: nothing is served locally
                 // until then.
                 if ended == Ended::Switched {
                     continue;
                 }
             }
+            // The session ended while it subscribed (a switch, whose notice ends the pause
+            // below at once; or the loss of what it had subscribed).
+            Ok(None) => {}
             Err(Failure::Refused(why)) => {
                 if let Some(store) = store.upgrade() {
                     store.unsupported(&format!("tracking refused: {why}"));
@@ -287,8 +336,8 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
                 failures.failed(&why);
             }
         }
-        // A switch of primary ends the pause: the new one is tracked at once (the pause after
-        // failures to reach the dead primary grows to 5 s).
+        // A switch of servers ends the pause: the new ones are tracked at once (the pause after
+        // failures to reach a dead primary grows to 5 s).
         tokio::select! {
             () = switched.notified() => {}
             () = tokio::time::sleep(failures.pause(heartbeat)) => {}
@@ -296,20 +345,87 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
     }
 }
 
-/// Connects and subscribes one tracking connection per server.
+/// Begins tracking session `session` on the servers the repository names now, and connects
+/// and subscribes their tracking connections, all at once (each within `timeout`): the store
+/// serves the keys of each from the moment it is subscribed. `None` when the session ended
+/// meanwhile (a switch to other servers); a failure when no server could be subscribed, or one
+/// refuses tracking. On Cluster, primaries that could not be subscribed while others were are
+/// left to the heartbeat, which tries them again ([`watch`]).
 async fn subscribe(
     store: &Weak<Store>,
     target: &Target,
-    prefix: &str,
+    prefix: &Arc<str>,
     session: u64,
     timeout: Duration,
-) -> Result<(Vec<MultiplexedConnection>, Vec<String>), Failure> {
-    let (servers, identity) = target.servers().await?;
-    let mut connections = Vec::with_capacity(servers.len());
-    for server in servers {
-        connections.push(connect(server, store.clone(), prefix, session, timeout).await?);
+) -> Result<Option<Named>, Failure> {
+    let named = target.servers().await?;
+    let Some(strong) = store.upgrade() else {
+        return Ok(None);
+    };
+    let slots = named.servers.iter().map(|server| server.slots.clone());
+    strong.begin(session, slots.collect());
+    drop(strong);
+    let attached = named.servers.iter().enumerate().map(|(index, server)| {
+        let store = store.clone();
+        let info = server.info.clone();
+        attach(store, info, Arc::clone(prefix), session, index, timeout)
+    });
+    let attached = futures_util::future::join_all(attached).await;
+    let mut failure = None;
+    for (server, outcome) in named.servers.iter().zip(attached) {
+        match outcome {
+            Ok(_) => {}
+            Err(Failure::Refused(why)) => return Err(Failure::Refused(why)),
+            Err(Failure::Transient(why)) => {
+                tracing::debug!(target: "impcache", server = %server.info.addr(), cause = why, "near cache tracking connection failed");
+                failure.get_or_insert(why);
+            }
+        }
     }
-    Ok((connections, identity))
+    let Some(strong) = store.upgrade() else {
+        return Ok(None);
+    };
+    let connections = strong.connections(session);
+    if connections.is_empty() {
+        return Ok(None);
+    }
+    if !strong.active() {
+        return Err(Failure::Transient(failure.unwrap_or_default()));
+    }
+    for (server, connection) in named.servers.iter().zip(&connections) {
+        if connection.is_none() {
+            untracked(server);
+        }
+    }
+    Ok(Some(named))
+}
+
+/// Connects and subscribes the tracking connection of server `index` of session `session` and
+/// hands it to the store, which serves the server's keys from then on: whether it took it (not
+/// when the session ended meanwhile, or the server was up already).
+async fn attach(
+    store: Weak<Store>,
+    server: ConnectionInfo,
+    prefix: Arc<str>,
+    session: u64,
+    index: usize,
+    timeout: Duration,
+) -> Result<bool, Failure> {
+    let pushed = store.clone();
+    let connection = connect(server, pushed, &prefix, session, index, timeout).await?;
+    Ok(store
+        .upgrade()
+        .is_some_and(|store| store.attach(session, index, connection)))
+}
+
+/// Logged when a server is left without a tracking connection while others have theirs (a
+/// Cluster primary dead, unreachable or silent).
+fn untracked(server: &Server) {
+    tracing::warn!(
+        target: "impcache",
+        server = %server.info.addr(),
+        "near cache: no tracking connection to this Cluster primary; its keys are read from Redis until it is back (tried at every heartbeat)"
+    );
 }
 
 async fn connect(
@@ -317,6 +433,7 @@ async fn connect(
     store: Weak<Store>,
     prefix: &str,
     session: u64,
+    index: usize,
     timeout: Duration,
 ) -> Result<MultiplexedConnection, Failure> {
     let settings = server
@@ -326,7 +443,7 @@ async fn connect(
     let client = redis::Client::open(server.set_redis_settings(settings))?;
     let pushed = move |push: PushInfo| -> Result<(), ()> {
         if let Some(store) = store.upgrade() {
-            on_push(&store, session, push);
+            on_push(&store, session, index, push);
         }
         Ok(())
     };
@@ -353,8 +470,9 @@ async fn connect(
     Ok(connection)
 }
 
-/// An invalidation (keys, or null: everything) or the connection's end.
-fn on_push(store: &Store, session: u64, push: PushInfo) {
+/// An invalidation (keys, or null: everything), or the end of the tracking connection of server
+/// `index` of session `session`.
+fn on_push(store: &Store, session: u64, index: usize, push: PushInfo) {
     match push.kind {
         PushKind::Invalidate => match push.data.first() {
             Some(Value::Array(keys)) => {
@@ -367,7 +485,9 @@ fn on_push(store: &Store, session: u64, push: PushInfo) {
             // `FLUSHDB`, `FLUSHALL`, or the server's table overflowing.
             _ => store.flush(),
         },
-        PushKind::Disconnection => store.lost(session),
+        PushKind::Disconnection => {
+            store.detach(session, index);
+        }
         _ => {}
     }
 }
@@ -396,58 +516,126 @@ pub(super) async fn pinged(
 /// Why [`watch`] returned.
 #[derive(Debug, PartialEq, Eq)]
 enum Ended {
-    /// At a heartbeat: a connection stopped answering, the store stopped being active, or the
-    /// servers changed.
+    /// At a heartbeat: no server's tracking connection is left, or the store stopped being
+    /// active.
     AtHeartbeat,
-    /// The repository switched to another primary (it told the store, which stopped serving
-    /// locally then).
+    /// The servers changed: the repository switched to others (it told the store, which
+    /// stopped serving locally then), or the heartbeat found them changed (a failover, a new
+    /// slot map).
     Switched,
 }
 
-/// Returns when a connection stops answering, the store stops being active (a `Disconnection`
-/// push), or the servers changed: at once when the repository tells of its switch to another
-/// primary (`switched`, see [`Target::follow_switches`]), else at the heartbeat's check (a
-/// failover, a new slot map).
+/// Watches session `session` on `named`'s servers until its servers change or none is left:
+/// at once when the repository tells of its switch to other servers (the `switched` notice, see
+/// [`Target::follow_switches`]), else at a heartbeat. Each heartbeat, all at once: a `PING` on
+/// each server's tracking connection (one unanswered within the heartbeat, or the repository's
+/// deadline if shorter, takes that server's keys out of the near cache at once: `Store::detach`),
+/// a new connection tried for each server that has none (on Cluster, while others have theirs),
+/// and the servers asked afresh (on Cluster, the slot map). The `PING`s do not hold up the
+/// question: a frozen primary's unanswered `PING` delayed the slot map's check by a whole
+/// heartbeat, while its promoted replica took writes the near cache did not see.
 async fn watch(
     store: &Weak<Store>,
     target: &Target,
-    mut connections: Vec<MultiplexedConnection>,
-    servers: &[String],
+    prefix: &Arc<str>,
+    session: u64,
+    named: &Named,
     heartbeat: Duration,
-    switched: &tokio::sync::Notify,
 ) -> Ended {
+    let within = heartbeat.min(target.deadline());
+    let Some(switched) = store.upgrade().map(|store| Arc::clone(&store.switched)) else {
+        return Ended::AtHeartbeat;
+    };
     loop {
         tokio::select! {
             biased;
             () = switched.notified() => {
-                // Unless the tracker subscribed to the new primary already (the switch came
-                // while it was not watching, and left its notice): no second flush for it.
+                // Unless the store still serves the servers the tracker subscribed to (a notice
+                // left while it subscribed, of the switch it subscribed after): no second flush.
+                let serving = store.upgrade().is_some_and(|store| store.active());
                 match target.servers().await {
-                    Ok((_, now)) if now == servers => continue,
+                    Ok(now) if serving && now.identity == named.identity => continue,
                     _ => return Ended::Switched,
                 }
             }
             () = tokio::time::sleep(heartbeat) => {}
         }
-        // Held only through this round of `PING`s (each within a heartbeat).
-        let Some(strong) = store
-            .upgrade()
-            .filter(|store| store.status() == super::NearCacheStatus::Active)
-        else {
+        // Held only through this heartbeat's checks (each within a heartbeat).
+        let Some(strong) = store.upgrade().filter(|store| store.active()) else {
             return Ended::AtHeartbeat;
         };
-        for connection in &mut connections {
-            if !pinged(&strong, connection, heartbeat).await {
-                return Ended::AtHeartbeat;
+        let connections = strong.connections(session);
+        let mut pings = Vec::new();
+        for ((index, server), connection) in named.servers.iter().enumerate().zip(connections) {
+            match connection {
+                Some(connection) => {
+                    pings.push(check(&strong, session, index, server, connection, within))
+                }
+                None => retry(store, server, prefix, session, index, heartbeat),
             }
         }
-        drop(strong);
-        if target.moves() {
-            if let Ok((_, now)) = target.servers().await {
-                if now != servers {
-                    return Ended::AtHeartbeat;
-                }
-            }
+        let changed = async {
+            target.moves()
+                && matches!(target.servers().await, Ok(now) if now.identity != named.identity)
+        };
+        let pings = futures_util::future::join_all(pings);
+        let (_, changed) = futures_util::future::join(pings, changed).await;
+        if changed {
+            return Ended::Switched;
+        }
+        if !strong.active() {
+            return Ended::AtHeartbeat;
         }
     }
+}
+
+/// A heartbeat's `PING` on the tracking connection of server `index`: unanswered within
+/// `within`, the server's keys stop being served locally ([`Store::detach`]).
+async fn check(
+    store: &Store,
+    session: u64,
+    index: usize,
+    server: &Server,
+    mut connection: MultiplexedConnection,
+    within: Duration,
+) {
+    if !pinged(store, &mut connection, within).await
+        && store.detach(session, index)
+        && store.active()
+    {
+        untracked(server);
+    }
+}
+
+/// Tries again, in the background, to connect and subscribe the tracking connection of server
+/// `index` (within `timeout`, the heartbeat, so one attempt ends before the next heartbeat's
+/// starts): once it is, the server's keys join the near cache again.
+fn retry(
+    store: &Weak<Store>,
+    server: &Server,
+    prefix: &Arc<str>,
+    session: u64,
+    index: usize,
+    timeout: Duration,
+) {
+    let (store, info, prefix) = (store.clone(), server.info.clone(), Arc::clone(prefix));
+    let address = info.addr().to_string();
+    tokio::spawn(async move {
+        match attach(store.clone(), info, prefix, session, index, timeout).await {
+            Ok(true) => tracing::info!(
+                target: "impcache",
+                server = address,
+                "near cache tracking connection back: this Cluster primary's keys are served locally again"
+            ),
+            Ok(false) => {}
+            Err(Failure::Refused(why)) => {
+                if let Some(store) = store.upgrade() {
+                    store.unsupported(&format!("tracking refused: {why}"));
+                }
+            }
+            Err(Failure::Transient(why)) => {
+                tracing::debug!(target: "impcache", server = address, cause = why, "near cache tracking connection failed");
+            }
+        }
+    });
 }

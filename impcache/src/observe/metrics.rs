@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use metrics::{Key, Label, Recorder, Unit};
 
-use super::METADATA;
+use super::{Ended, METADATA};
 
 use crate::error::Error;
 
@@ -87,6 +87,9 @@ pub(crate) enum Outcome {
     Ok,
     /// The operation returned an error (its kind is in [`ERRORS_TOTAL`]).
     Error,
+    /// The operation's future was dropped before it ended: its caller gave up on it (a timeout
+    /// around the call, a dropped request), or it panicked. Not an error of the cache's.
+    Cancelled,
 }
 
 impl Outcome {
@@ -97,6 +100,7 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::Ok => "ok",
             Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -143,6 +147,22 @@ impl Tally {
         Tally {
             bytes_written: len as u64,
             ..Tally::NONE
+        }
+    }
+
+    /// Whether it looked keys up (found or not).
+    #[inline(always)]
+    pub(crate) fn looked_up(&self) -> bool {
+        self.hits | self.misses != 0
+    }
+
+    /// The same, its keys not counted as lookups: a read of the lock's protocol
+    /// (`polling.rs`).
+    pub(crate) fn not_lookups(&self) -> Tally {
+        Tally {
+            hits: 0,
+            misses: 0,
+            ..*self
         }
     }
 
@@ -208,18 +228,20 @@ const fn per_operation_keys<const N: usize>(
     ]
 }
 
-static OPERATION_LABELS: [[[Label; 2]; 8]; 4] = [
+static OPERATION_LABELS: [[[Label; 2]; 8]; 5] = [
     per_operation!("outcome" => "hit"),
     per_operation!("outcome" => "miss"),
     per_operation!("outcome" => "ok"),
     per_operation!("outcome" => "error"),
+    per_operation!("outcome" => "cancelled"),
 ];
 /// [`OPERATIONS_TOTAL`] by outcome ([`Outcome`] order), then operation.
-static OPERATION_KEYS: [[Key; 8]; 4] = [
+static OPERATION_KEYS: [[Key; 8]; 5] = [
     per_operation_keys(OPERATIONS_TOTAL, &OPERATION_LABELS[0]),
     per_operation_keys(OPERATIONS_TOTAL, &OPERATION_LABELS[1]),
     per_operation_keys(OPERATIONS_TOTAL, &OPERATION_LABELS[2]),
     per_operation_keys(OPERATIONS_TOTAL, &OPERATION_LABELS[3]),
+    per_operation_keys(OPERATIONS_TOTAL, &OPERATION_LABELS[4]),
 ];
 
 static DURATION_LABELS: [[Label; 1]; 8] = per_operation!();
@@ -245,19 +267,17 @@ pub fn recorder_installed() -> bool {
     metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
 }
 
-/// Records one finished operation: its count by outcome, its duration, and on success what it
-/// read and wrote, then whatever `also` records. One call into the recorder for all of them.
+/// Records one ended operation: its count by `outcome`, its duration, on success what it read
+/// and wrote, on failure its error's kind, then whatever `also` records. One call into the
+/// recorder for all of them.
 pub(crate) fn record(
     operation: Operation,
-    result: Result<&Tally, &Error>,
+    outcome: Outcome,
+    ended: Ended<'_>,
     elapsed: Duration,
     also: impl FnOnce(&dyn Recorder),
 ) {
     metrics::with_recorder(|recorder| {
-        let outcome = match result {
-            Ok(tally) => tally.outcome(operation),
-            Err(_) => Outcome::Error,
-        };
         let index = operation as usize;
         recorder
             .register_counter(&OPERATION_KEYS[outcome as usize][index], &METADATA)
@@ -265,9 +285,10 @@ pub(crate) fn record(
         recorder
             .register_histogram(&DURATION_KEYS[index], &METADATA)
             .record(elapsed);
-        match result {
-            Ok(tally) => record_tally(recorder, tally),
-            Err(error) => record_error(recorder, operation, error),
+        match ended {
+            Ended::Done(tally) => record_tally(recorder, tally),
+            Ended::Failed(error) => record_error(recorder, operation, error),
+            Ended::Cancelled => {}
         }
         also(recorder);
     });
@@ -305,7 +326,7 @@ pub(super) const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[
     (
         OPERATIONS_TOTAL,
         Some(Unit::Count),
-        "Cache operations, by operation and outcome (hit, miss, ok, error).",
+        "Cache operations, by operation and outcome (hit, miss, ok, error, cancelled).",
     ),
     (
         LOOKUPS_TOTAL,
@@ -346,7 +367,13 @@ mod tests {
                 DURATION_KEYS[index].labels().next().map(Label::value),
                 Some(operation.name())
             );
-            for outcome in [Outcome::Hit, Outcome::Miss, Outcome::Ok, Outcome::Error] {
+            for outcome in [
+                Outcome::Hit,
+                Outcome::Miss,
+                Outcome::Ok,
+                Outcome::Error,
+                Outcome::Cancelled,
+            ] {
                 let key = &OPERATION_KEYS[outcome as usize][index];
                 let labels: Vec<_> = key.labels().map(|l| (l.key(), l.value())).collect();
                 assert_eq!(

@@ -2,12 +2,14 @@
 //! [`Cache::stats`](crate::Cache::stats), and a `tracing` span per operation.
 //!
 //! Every operation of a [`Cache`](crate::Cache) goes through [`Observation`]: started before the
-//! operation's body, finished with its result. The table of metrics is in `OBSERVABILITY.md`.
+//! operation's body, finished with its result, or counted as cancelled when dropped unfinished.
+//! The table of metrics is in `OBSERVABILITY.md`.
 
 pub(crate) mod hooks;
 pub(crate) mod lock;
 mod logged;
 pub(crate) mod metrics;
+pub(crate) mod polling;
 pub(crate) mod span;
 pub(crate) mod stale;
 mod stats;
@@ -21,37 +23,60 @@ use self::metrics::{Operation, Outcome, Tally};
 pub use self::stats::CacheStats;
 pub(crate) use self::stats::Counters;
 pub(crate) use self::striped::StripedCounter;
+use crate::cache::Shared;
 use crate::error::Error;
 
 /// One operation being observed: its span and, when a metrics recorder is installed, its start.
-#[derive(Debug)]
-pub(crate) struct Observation {
+///
+/// Also the operation's drop guard: an operation whose future is dropped before it ends (the
+/// caller's timeout around the call, a dropped request; a panic inside it) is counted when the
+/// observation is dropped unfinished, with the outcome `cancelled` (stats, span, metrics, its
+/// duration included). The cache did not fail, so it is no error.
+pub(crate) struct Observation<'a> {
     operation: Operation,
     /// `None` without a recorder: the metrics are skipped, the clock is not read.
     started: Option<Instant>,
     span: Span,
-    record_keys: bool,
-    /// Whether the cache has a near cache (which records the span's tier itself).
-    near: bool,
+    /// The cache's counters and settings (`record_keys`, whether it has a near cache).
+    shared: &'a Shared,
+    /// Whether [`finish`](Observation::finish) counted it: else dropping it counts it as
+    /// cancelled.
+    finished: bool,
 }
 
-impl Observation {
-    /// Starts observing `operation` on `key` (recorded on the span only when `record_keys`; `None`
-    /// for batches); `near`: whether the cache has a near cache (which then records the span's
-    /// tier).
+/// How an operation ended, for the counters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ended<'a> {
+    /// It succeeded, having done this.
+    Done(&'a Tally),
+    /// It returned this error.
+    Failed(&'a Error),
+    /// Its future was dropped before it ended.
+    Cancelled,
+}
+
+impl Ended<'_> {
+    /// The outcome label of `operation` ending so.
+    fn outcome(self, operation: Operation) -> Outcome {
+        match self {
+            Ended::Done(tally) => tally.outcome(operation),
+            Ended::Failed(_) => Outcome::Error,
+            Ended::Cancelled => Outcome::Cancelled,
+        }
+    }
+}
+
+impl<'a> Observation<'a> {
+    /// Starts observing `operation` of the cache whose shared part is `shared` on `key`
+    /// (recorded on the span only when the cache records keys; `None` for batches).
     #[inline(always)]
-    pub(crate) fn start(
-        operation: Operation,
-        key: Option<&str>,
-        record_keys: bool,
-        near: bool,
-    ) -> Self {
+    pub(crate) fn start(shared: &'a Shared, operation: Operation, key: Option<&str>) -> Self {
         Observation {
             operation,
-            span: span::operation_span(operation, key, record_keys),
+            span: span::operation_span(operation, key, shared.record_keys),
             started: metrics::recorder_installed().then(Instant::now),
-            record_keys,
-            near,
+            shared,
+            finished: false,
         }
     }
 
@@ -66,31 +91,62 @@ impl Observation {
     /// is installed.
     #[inline(always)]
     pub(crate) fn finish(
-        self,
-        counters: &Counters,
+        mut self,
         result: Result<&Tally, &Error>,
         also: impl FnOnce(&dyn ::metrics::Recorder),
     ) {
-        let outcome = match result {
-            Ok(tally) => {
-                counters.succeeded(tally);
-                tally.outcome(self.operation)
+        self.finished = true;
+        let ended = match result {
+            Ok(tally) => Ended::Done(tally),
+            Err(error) => Ended::Failed(error),
+        };
+        self.count(ended, also);
+    }
+
+    /// Counts how the operation ended: stats, span, metrics.
+    #[inline(always)]
+    fn count(&self, ended: Ended<'_>, also: impl FnOnce(&dyn ::metrics::Recorder)) {
+        let outcome = ended.outcome(self.operation);
+        // A read of the cross-process lock's protocol is no lookup of the caller's
+        // (`polling.rs`): an operation as any other, not a hit or a miss.
+        let polled;
+        let ended = match ended {
+            Ended::Done(tally) if tally.looked_up() && polling::active() => {
+                polled = tally.not_lookups();
+                Ended::Done(&polled)
             }
-            Err(_) => {
-                counters.failed();
-                Outcome::Error
-            }
+            ended => ended,
+        };
+        self.shared.counters.count(ended);
+        let error = match ended {
+            Ended::Failed(error) => Some(error),
+            _ => None,
         };
         span::finish(
             &self.span,
             self.operation,
             outcome,
-            result.err(),
-            self.record_keys,
-            self.near,
+            error,
+            self.shared.record_keys,
+            self.shared.near.is_some(),
         );
         if let Some(started) = self.started {
-            metrics::record(self.operation, result, started.elapsed(), also);
+            metrics::record(self.operation, outcome, ended, started.elapsed(), also);
+        }
+    }
+
+    /// The operation's future was dropped before it ended.
+    #[cold]
+    fn cancelled(&self) {
+        self.count(Ended::Cancelled, |_| {});
+    }
+}
+
+impl Drop for Observation<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cancelled();
         }
     }
 }

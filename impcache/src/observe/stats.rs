@@ -1,8 +1,7 @@
 //! [`CacheStats`]: counters kept by every [`Cache`](crate::Cache), for users without a metrics
 //! recorder.
 
-use super::metrics::Tally;
-use super::StripedCounter;
+use super::{Ended, StripedCounter};
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
 ///
@@ -37,8 +36,14 @@ pub struct CacheStats {
     /// `#[cached]` under a [`Freshness`](crate::Freshness) policy (stale-while-revalidate,
     /// stale-if-error, soft timeout, fail-safe throttle; the `impcache_stale_served_total` metric
     /// has the reasons).
-    /// Such a read counts as a hit too.
+    /// Such a read counts as a hit too, except a near cache's fail-safe copy: it stands in for a
+    /// read that failed (counted in `errors`).
     pub stale: u64,
+    /// Operations whose future was dropped before they ended: the caller gave up on them (a
+    /// timeout around the call, a dropped request), or they panicked. Not errors, nor lookups
+    /// (a cancelled `get` is no hit and no miss); the `cancelled` outcome of the
+    /// `impcache_operations_total` metric.
+    pub cancelled: u64,
 }
 
 impl CacheStats {
@@ -57,24 +62,25 @@ pub(crate) struct Counters {
     misses: StripedCounter,
     errors: StripedCounter,
     stale: StripedCounter,
+    cancelled: StripedCounter,
 }
 
 impl Counters {
-    /// Counts a successful operation.
+    /// Counts an ended operation.
     #[inline(always)]
-    pub(crate) fn succeeded(&self, tally: &Tally) {
-        if tally.hits > 0 {
-            self.hits.add(tally.hits);
+    pub(crate) fn count(&self, ended: Ended<'_>) {
+        match ended {
+            Ended::Done(tally) => {
+                if tally.hits > 0 {
+                    self.hits.add(tally.hits);
+                }
+                if tally.misses > 0 {
+                    self.misses.add(tally.misses);
+                }
+            }
+            Ended::Failed(_) => self.errors.add(1),
+            Ended::Cancelled => self.cancelled.add(1),
         }
-        if tally.misses > 0 {
-            self.misses.add(tally.misses);
-        }
-    }
-
-    /// Counts a failed operation.
-    #[inline(always)]
-    pub(crate) fn failed(&self) {
-        self.errors.add(1);
     }
 
     /// Counts a value served past its expiry.
@@ -89,6 +95,7 @@ impl Counters {
             misses: self.misses.get(),
             errors: self.errors.get(),
             stale: self.stale.get(),
+            cancelled: self.cancelled.get(),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! counters were striped (BENCHMARKS.md, "Run N": 2.11–2.19 M/s before, 2.31–2.40 after).
 //! Java's `LongAdder`, which Caffeine's statistics use, answers this with stripes: each thread
 //! adds to a stripe of its own, on its own cache line, and a read sums the stripes. Each counter
-//! weighs 1 KiB (4 KiB for a `Cache`'s stats, 3 KiB more for its near cache's). Written here
+//! weighs 1 KiB (5 KiB for a `Cache`'s stats, 3 KiB more for its near cache's). Written here
 //! rather than taken from a crate: it is an array and a thread-local index; `crossbeam-utils`
 //! (built for moka already) has only the padding.
 

@@ -69,12 +69,12 @@ impl Backend {
         };
         match target {
             Ok(target) => {
-                let store = Arc::new(Store::new(config, target.deadline()));
+                let store = Arc::new(Store::new(config, target.deadline(), target.slot_of()));
                 let near = Near::new(self, Arc::clone(&store), target, prefix);
                 (Backend::Near(Box::new(near)), store)
             }
             Err(why) => {
-                let store = Arc::new(Store::new(config, Duration::MAX));
+                let store = Arc::new(Store::new(config, Duration::MAX, None));
                 store.unsupported(why);
                 (self, store)
             }
@@ -167,7 +167,7 @@ impl Backend {
                     return Ok(Some(value));
                 }
                 near.ready().await;
-                let Some(ticket) = near.store.ticket() else {
+                let Some(ticket) = near.store.ticket(full.as_str()) else {
                     let found = Box::pin(near.remote.get(key)).await?;
                     near.store.replied(full.as_str());
                     return Ok(found);
@@ -200,7 +200,7 @@ impl Backend {
                     return Ok(Some(found));
                 }
                 near.ready().await;
-                let ticket = near.store.ticket();
+                let ticket = near.store.ticket(full.as_str());
                 let found = Box::pin(near.remote.get_with_ttl(key)).await?;
                 near.store
                     .settle(ticket, full.as_str(), found.as_ref())

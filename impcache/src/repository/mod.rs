@@ -40,6 +40,8 @@ pub mod redis;
 #[cfg(feature = "sentinel")]
 pub mod sentinel;
 pub(crate) mod settings;
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
+pub(crate) mod switches;
 
 /// A boxed, `Send` future: what [`CacheRepository`] methods return, so that the trait stays
 /// object-safe (`Arc<dyn CacheRepository>`).

@@ -17,7 +17,7 @@ mod topology;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,7 +27,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 
 use self::node::{is_redirection, Node};
-use self::topology::{key_slot, parse_primaries, SlotMap};
+use self::topology::{key_slot, parse_primaries, SlotMap, SLOTS};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
 use super::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, mark_tag_command,
@@ -36,6 +36,7 @@ use super::commands::{
 use super::dsn;
 use super::failure::classify;
 use super::settings::{shared_setters, Settings};
+use super::switches::{SwitchListener, SwitchListeners};
 use super::{BoxFuture, CacheRepository, TagInvalidation, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
@@ -114,6 +115,11 @@ struct Inner {
     slot_map: RwLock<Option<Arc<SlotMap>>>,
     /// Held while an operation learns the slot map, so that the others wait for that one.
     learning: tokio::sync::Mutex<()>,
+    /// The [`SlotMap::fingerprint`] of the last map learned (0: none yet): a map learned that
+    /// says something else tells `switch_listeners`.
+    fingerprint: AtomicU64,
+    /// Told of each new slot map (near caches): see [`SwitchListener`].
+    switch_listeners: SwitchListeners,
     /// The first configured node's settings (credentials, TLS, protocol): the template of the
     /// direct connections to the primaries.
     seed: redis::ConnectionInfo,
@@ -511,6 +517,8 @@ impl RedisClusterCacheRepositoryBuilder {
                 connecting: tokio::sync::Mutex::new(()),
                 slot_map: RwLock::new(None),
                 learning: tokio::sync::Mutex::new(()),
+                fingerprint: AtomicU64::new(0),
+                switch_listeners: SwitchListeners::default(),
                 seed,
                 seeds,
                 nodes: RwLock::new(HashMap::new()),
@@ -536,14 +544,17 @@ impl RedisClusterCacheRepositoryBuilder {
 // --- Near cache (issue 14). ---
 
 impl RedisClusterCacheRepository {
-    /// The connection settings of every primary of the slot map as the Cluster tells it now,
-    /// and the map's fingerprint: where a near cache's tracking connections go; a map that says
-    /// something else flushes the near cache. Asked afresh (`CLUSTER SLOTS`, on each of the near
-    /// cache's heartbeats), not read from the map in use: a slot moved to a node this repository
-    /// was never redirected to (a node added, then resharded to) changes nothing in that map
-    /// while reads are served locally, and the new owner's writes, which no tracking connection
-    /// sees, went unnoticed until the local entries' lifetime ended.
-    pub(crate) async fn current_primaries(&self) -> Option<(Vec<redis::ConnectionInfo>, u64)> {
+    /// Every primary of the slot map as the Cluster tells it now, each with its connection
+    /// settings and the slots it serves, and the map's fingerprint: where a near cache's tracking
+    /// connections go, and which keys each vouches for; a map that says something else flushes
+    /// the near cache. Asked afresh (`CLUSTER SLOTS`, on each of the near cache's heartbeats),
+    /// not read from the map in use: a slot moved to a node this repository was never redirected
+    /// to (a node added, then resharded to) changes nothing in that map while reads are served
+    /// locally, and the new owner's writes, which no tracking connection sees, went unnoticed
+    /// until the local entries' lifetime ended.
+    pub(crate) async fn current_primaries(
+        &self,
+    ) -> Option<(Vec<(redis::ConnectionInfo, Vec<u16>)>, u64)> {
         let learned = async {
             let _learning = self.inner.learning.lock().await;
             self.learn_slot_map().await
@@ -552,11 +563,28 @@ impl RedisClusterCacheRepository {
             .await
             .ok()?
             .ok()?;
-        let primaries = map
+        let mut primaries: Vec<_> = map
             .nodes
             .iter()
-            .map(|(host, port)| self.node_info(host.clone(), *port))
+            .map(|(host, port)| (self.node_info(host.clone(), *port), Vec::new()))
             .collect();
+        for slot in 0..SLOTS {
+            if let Some((_, slots)) = map.owner(slot).and_then(|owner| primaries.get_mut(owner)) {
+                slots.push(slot);
+            }
+        }
         Some((primaries, map.fingerprint()))
+    }
+
+    /// Tells `listener` of every new slot map from now on, while it lives ([`SwitchListener`]):
+    /// one learned that says something else than the one before (a replica promoted, a slot
+    /// moved), or a `MOVED` reply that shows the map in use is stale.
+    pub(crate) fn on_switch(&self, listener: Weak<dyn SwitchListener>) {
+        self.inner.switch_listeners.add(listener);
+    }
+
+    /// The Cluster slot of `key` (CRC16 of its hash tag, modulo 16384), as Redis computes it.
+    pub(crate) fn slot_of(key: &[u8]) -> u16 {
+        key_slot(key)
     }
 }

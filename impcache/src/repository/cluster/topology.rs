@@ -38,7 +38,9 @@ impl RedisClusterCacheRepository {
 
     /// Learns the slot map: `CLUSTER SLOTS` sent to every known node and configured address at
     /// once, over the direct connections; the first answer wins (a frozen or dead node costs
-    /// nothing while another answers).
+    /// nothing while another answers). A map that says something else than the last one learned
+    /// tells the near caches (`switch_listeners`), whoever learned it: an operation that failed
+    /// on a node, the background refresh, a near cache's heartbeat.
     pub(super) async fn learn_slot_map(&self) -> redis::RedisResult<Arc<SlotMap>> {
         let mut candidates: Vec<(String, u16)> = self.inner.seeds.clone();
         candidates.extend(
@@ -98,6 +100,12 @@ impl RedisClusterCacheRepository {
                 .slot_map
                 .write()
                 .unwrap_or_else(PoisonError::into_inner) = Some(map.clone());
+            // Not 0, which stands for "none yet".
+            let fingerprint = map.fingerprint().max(1);
+            let before = self.inner.fingerprint.swap(fingerprint, Ordering::AcqRel);
+            if before != 0 && before != fingerprint {
+                self.inner.switch_listeners.switched();
+            }
             return Ok(map);
         }
         Err(last_error.unwrap_or_else(|| {
@@ -140,16 +148,25 @@ impl RedisClusterCacheRepository {
         });
     }
 
-    /// Drops `stale` (unless a newer map replaced it already): the next multi-key operation
-    /// learns the map again.
+    /// Drops `stale` (unless a newer map replaced it already), after a `MOVED`: the next
+    /// operation learns the map again. A near cache is told at once (before the redirected
+    /// command is sent again): the slot's new owner may be a node none of its tracking
+    /// connections is on.
     pub(super) fn forget_slot_map(&self, stale: &Arc<SlotMap>) {
-        let mut map = self
-            .inner
-            .slot_map
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if map.as_ref().is_some_and(|m| Arc::ptr_eq(m, stale)) {
-            *map = None;
+        let forgotten = {
+            let mut map = self
+                .inner
+                .slot_map
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let current = map.as_ref().is_some_and(|m| Arc::ptr_eq(m, stale));
+            if current {
+                *map = None;
+            }
+            current
+        };
+        if forgotten {
+            self.inner.switch_listeners.switched();
         }
     }
 }
@@ -240,7 +257,7 @@ impl SlotMap {
 }
 
 /// The number of hash slots of a Redis Cluster.
-const SLOTS: u16 = 16384;
+pub(super) const SLOTS: u16 = 16384;
 /// A slot no known primary serves, in [`SlotMap::owners`].
 const NO_OWNER: u16 = u16::MAX;
 

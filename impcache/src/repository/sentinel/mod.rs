@@ -24,6 +24,7 @@ use super::dsn;
 use super::failure::Failed;
 use super::redis::RedisCacheRepository;
 use super::settings::{shared_setters, Settings};
+use super::switches::{SwitchListener, SwitchListeners};
 use super::{BoxFuture, CacheRepository, TagInvalidation, WithTtl};
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
@@ -90,19 +91,8 @@ struct Inner {
     watching: Arc<AtomicBool>,
     /// Stops that task when the repository is dropped.
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
-    /// Told of each switch to another primary (near caches): see [`PrimarySwitch`].
-    switch_listeners: Mutex<Vec<Weak<dyn PrimarySwitch>>>,
-}
-
-/// Told when a [`RedisSentinelCacheRepository`] switches to another primary, as the switch is
-/// made: a near cache, whose tracking connection is on the old primary (which stays writable for
-/// a while after a forced failover, and sends no invalidation for writes made on the new one).
-///
-/// Called with the repository's state locked, before any operation can use the new primary:
-/// it must not call the repository, and should return quickly.
-pub(crate) trait PrimarySwitch: Send + Sync {
-    /// The repository switched to another primary.
-    fn primary_switched(&self);
+    /// Told of each switch to another primary (near caches): see [`SwitchListener`].
+    switch_listeners: SwitchListeners,
 }
 
 impl Drop for Inner {
@@ -575,7 +565,7 @@ impl RedisSentinelCacheRepositoryBuilder {
                 follow_announcements: self.follow_announcements,
                 watching: Arc::new(AtomicBool::new(false)),
                 watcher: Mutex::new(None),
-                switch_listeners: Mutex::new(Vec::new()),
+                switch_listeners: SwitchListeners::default(),
             }),
         })
     }
@@ -592,30 +582,14 @@ impl RedisSentinelCacheRepository {
     }
 
     /// Tells `listener` of every switch to another primary from now on, while it lives
-    /// ([`PrimarySwitch`]); listeners that are gone are forgotten.
-    pub(crate) fn on_primary_switch(&self, listener: Weak<dyn PrimarySwitch>) {
-        let mut listeners = self.switch_listeners();
-        listeners.retain(|listener| listener.strong_count() > 0);
-        listeners.push(listener);
+    /// ([`SwitchListener`]).
+    pub(crate) fn on_switch(&self, listener: Weak<dyn SwitchListener>) {
+        self.inner.switch_listeners.add(listener);
     }
 
     /// Tells the listeners that the repository switched to another primary (its state locked by
-    /// the caller); listeners that are gone are forgotten.
+    /// the caller).
     fn switched(&self) {
-        self.switch_listeners()
-            .retain(|listener| match listener.upgrade() {
-                Some(listener) => {
-                    listener.primary_switched();
-                    true
-                }
-                None => false,
-            });
-    }
-
-    fn switch_listeners(&self) -> std::sync::MutexGuard<'_, Vec<Weak<dyn PrimarySwitch>>> {
-        self.inner
-            .switch_listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.switch_listeners.switched();
     }
 }
