@@ -49,7 +49,13 @@ macro_rules! observed {
         // cache's heartbeat and invalidations, the Redis connection's driver). Before the
         // operation, so a caller cancelled at this point has changed nothing.
         ::tokio::task::coop::consume_budget().await;
-        let observation = $crate::observe::Observation::start(&$cache.shared, $operation, $key);
+        let observation = $crate::observe::Observation::start(
+            &$cache.shared.counters,
+            $cache.shared.record_keys,
+            $cache.shared.near.is_some(),
+            $operation,
+            $key,
+        );
         // `$body` twice: awaited in place when no subscriber wants the span (moving the future
         // into `Instrumented` is a memcpy of it), instrumented otherwise.
         let result: $crate::Result<(_, $crate::observe::metrics::Tally)> =

@@ -23,7 +23,6 @@ use self::metrics::{Operation, Outcome, Tally};
 pub use self::stats::CacheStats;
 pub(crate) use self::stats::Counters;
 pub(crate) use self::striped::StripedCounter;
-use crate::cache::Shared;
 use crate::error::Error;
 
 /// One operation being observed: its span and, when a metrics recorder is installed, its start.
@@ -37,8 +36,12 @@ pub(crate) struct Observation<'a> {
     /// `None` without a recorder: the metrics are skipped, the clock is not read.
     started: Option<Instant>,
     span: Span,
-    /// The cache's counters and settings (`record_keys`, whether it has a near cache).
-    shared: &'a Shared,
+    /// The counters of the cache's [`stats`](crate::Cache::stats).
+    counters: &'a Counters,
+    /// Whether the span records the key.
+    record_keys: bool,
+    /// Whether the cache has a near cache (the span's `tier`).
+    near: bool,
     /// Whether [`finish`](Observation::finish) counted it: else dropping it counts it as
     /// cancelled.
     finished: bool,
@@ -67,15 +70,23 @@ impl Ended<'_> {
 }
 
 impl<'a> Observation<'a> {
-    /// Starts observing `operation` of the cache whose shared part is `shared` on `key`
-    /// (recorded on the span only when the cache records keys; `None` for batches).
+    /// Starts observing `operation` on `key` (recorded on the span only with `record_keys`;
+    /// `None` for batches), counted in `counters`; `near`: the cache has a near cache.
     #[inline(always)]
-    pub(crate) fn start(shared: &'a Shared, operation: Operation, key: Option<&str>) -> Self {
+    pub(crate) fn start(
+        counters: &'a Counters,
+        record_keys: bool,
+        near: bool,
+        operation: Operation,
+        key: Option<&str>,
+    ) -> Self {
         Observation {
             operation,
-            span: span::operation_span(operation, key, shared.record_keys),
+            span: span::operation_span(operation, key, record_keys),
             started: metrics::recorder_installed().then(Instant::now),
-            shared,
+            counters,
+            record_keys,
+            near,
             finished: false,
         }
     }
@@ -117,7 +128,7 @@ impl<'a> Observation<'a> {
             }
             ended => ended,
         };
-        self.shared.counters.count(ended);
+        self.counters.count(ended);
         let error = match ended {
             Ended::Failed(error) => Some(error),
             _ => None,
@@ -127,8 +138,8 @@ impl<'a> Observation<'a> {
             self.operation,
             outcome,
             error,
-            self.shared.record_keys,
-            self.shared.near.is_some(),
+            self.record_keys,
+            self.near,
         );
         if let Some(started) = self.started {
             metrics::record(self.operation, outcome, ended, started.elapsed(), also);
