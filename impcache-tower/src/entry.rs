@@ -5,7 +5,7 @@
 //! An entry:
 //!
 //! ```text
-//! "IHC" 0x05                      magic and format version
+//! "IHC" 0x06                      magic and format version
 //! u64 LE                          generation: a variant is served only under a record of the
 //!                                   same generation (see `crate::store`; 0 in the `0x03` format)
 //! u64 LE                          stored at, milliseconds since the Unix epoch
@@ -42,7 +42,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-const MAGIC: &[u8; 4] = b"IHC\x05";
+/// `0x06`: the layout of `0x05`, whose header fields may hold the response's tag fields
+/// (`Surrogate-Key`, `Cache-Tag`), removed only from what a client is sent. A new format so
+/// that a process of an earlier version, which serves a stored entry's fields as they are,
+/// reads these entries as misses instead of sending their private tags to its clients.
+const MAGIC: &[u8; 4] = b"IHC\x06";
+/// `0x05`: TTL in milliseconds; stored tag fields never (they were removed before storing).
+const MAGIC_V5: &[u8; 4] = b"IHC\x05";
 const MAGIC_V4: &[u8; 4] = b"IHC\x04";
 const MAGIC_V3: &[u8; 4] = b"IHC\x03";
 const MARKER_MAGIC: &[u8; 4] = b"IHV\x03";
@@ -87,7 +93,12 @@ impl Record {
     /// body and header values share `bytes` (no copy).
     pub(crate) fn decode(bytes: &Bytes) -> Option<Record> {
         match bytes.get(..MAGIC.len())? {
-            magic if magic == MAGIC || magic == MAGIC_V4 || magic == MAGIC_V3 => {
+            magic
+                if magic == MAGIC
+                    || magic == MAGIC_V5
+                    || magic == MAGIC_V4
+                    || magic == MAGIC_V3 =>
+            {
                 Entry::decode(bytes).map(|(entry, vary, generation)| Record::Entry {
                     entry,
                     vary,
@@ -305,14 +316,16 @@ impl Entry {
         let mut r = Reader { bytes };
         let magic = r.take(MAGIC.len())?;
         let generation = match magic {
-            m if m == MAGIC || m == MAGIC_V4 => u64::from_le_bytes(r.take(8)?.try_into().ok()?),
+            m if m == MAGIC || m == MAGIC_V5 || m == MAGIC_V4 => {
+                u64::from_le_bytes(r.take(8)?.try_into().ok()?)
+            }
             m if m == MAGIC_V3 => 0,
             _ => return None,
         };
         let stored_at_ms = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let ttl = match r.varint()? {
             0 => None,
-            ms if magic == MAGIC => Some(Duration::from_millis(ms)),
+            ms if magic == MAGIC || magic == MAGIC_V5 => Some(Duration::from_millis(ms)),
             // `0x04` and `0x03`: seconds.
             secs => Some(Duration::from_secs(secs)),
         };
@@ -559,12 +572,19 @@ mod tests {
         }
     }
 
-    /// The `0x04` format (TTL in seconds) reads as it did; the formats before generations read
-    /// as generation 0.
+    /// The `0x05` format (the layout of this one) and the `0x04` format (TTL in seconds) read as
+    /// they did; the formats before generations read as generation 0.
     #[test]
     fn the_earlier_formats_still_read() {
         let e = entry(binary(10));
         assert_eq!(e.ttl, Some(Duration::from_secs(60)));
+        let mut v5 = e.encode(&[], 9).to_vec();
+        assert_eq!(&v5[..4], b"IHC\x06");
+        v5[3] = 5;
+        assert_eq!(
+            Entry::decode(&Bytes::from(v5)),
+            Some((e.clone(), Vec::new(), 9))
+        );
         // The TTL varint follows the magic, the generation and the storage time.
         let mut v4 = e.encode(&[], 9).to_vec();
         let ttl_ms = varint_size(60_000);

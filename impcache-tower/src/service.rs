@@ -647,6 +647,7 @@ where
     if head {
         // Never stored: a HEAD response has no body to serve GETs with.
         let mut response = response.map(ResponseBody::inner);
+        response.headers_mut().remove(TAGS_FIELD);
         tagging::strip(config, response.headers_mut());
         let detail = detail.or(Some(NotStored::Head.detail()));
         let outcome = Outcome::Miss {

@@ -1354,7 +1354,7 @@ async fn records_in_an_old_or_foreign_format_are_misses_and_get_overwritten() {
         );
         let record = format!("{key}:v");
         wait_value(&cache, &record, |v| {
-            v.is_some_and(|v| v.starts_with(b"IHC\x05"))
+            v.is_some_and(|v| v.starts_with(b"IHC\x06"))
         })
         .await;
         let second = send(&svc, get(uri)).await;
@@ -1401,7 +1401,7 @@ async fn unreadable_variants_are_misses_and_get_overwritten() {
         (&b"call 2"[..], Some("impcache; fwd=vary-miss; stored"))
     );
     wait_value(layer.cache(), &variant, |v| {
-        v.is_some_and(|v| v.starts_with(b"IHC\x05"))
+        v.is_some_and(|v| v.starts_with(b"IHC\x06"))
     })
     .await;
     let hit = send(&svc, html()).await;

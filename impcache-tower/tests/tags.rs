@@ -806,3 +806,21 @@ async fn a_tag_that_is_not_utf8_leaves_the_other_tags_of_its_field() {
         assert_eq!(calls.get(), 2, "{purge}");
     }
 }
+
+/// A HEAD that misses goes to the handler and is never stored; its answer loses the tag fields
+/// and the layer's own `impcache-tags` field as a GET's does (found by a probe: the HEAD path
+/// returned before the forged field was removed).
+#[tokio::test]
+async fn a_head_miss_serves_no_tag_field() {
+    let layer = CacheLayer::new(memory_cache());
+    let (svc, _) = app(layer, |_, _req| async move {
+        Response::builder()
+            .header("surrogate-key", "user:1")
+            .header("impcache-tags", "1 forged")
+            .body(Body::from("x"))
+            .unwrap()
+    });
+    let head = send(&svc, request("HEAD", "/h", &[])).await;
+    assert_eq!(head.header("surrogate-key"), None);
+    assert_eq!(head.header("impcache-tags"), None);
+}
