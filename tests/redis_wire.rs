@@ -4,10 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use impcache::{Cache, Error, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::logs::Logs;
 use impcache_tests::RedisServer;
 
 fn cache(server: &RedisServer) -> Cache {
@@ -243,4 +245,214 @@ async fn database_number_password_and_unix_socket_dsns_work() {
     let _: () = unix.cmd(&["SELECT", "2"]);
     drop(unix);
     let _ = std::fs::remove_file(socket);
+}
+
+// --- `set_nx`: the bytes of a taken key with the refused write (`SET .. NX GET`). ---
+
+/// `set_nx` sends one command whether the key is free or holds a plain value: the bytes of a
+/// taken key come back with the refused write (`SET .. NX GET`; it was a `SET NX` then a `GET`,
+/// two round trips on every refused call). Only a tagged entry costs more: its tags' state
+/// (one `MGET`: two round trips), and for an entry they hide the compare-and-set (`EVAL`) that
+/// replaces it (three).
+#[tokio::test]
+async fn set_nx_is_one_command_unless_it_finds_a_tagged_entry() {
+    let server = RedisServer::start();
+    let cache = cache(&server);
+    cache.set("plain", &0, 100).await.unwrap();
+    cache.set_tagged("shown", &0, 100, ["u"]).await.unwrap();
+    cache.set_tagged("hidden", &0, 100, ["t"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    cache.invalidate_tag("t").await.unwrap();
+    let sent = |calls: &[(&str, u64)]| -> BTreeMap<String, u64> {
+        calls
+            .iter()
+            .map(|(name, calls)| ((*name).to_owned(), *calls))
+            .collect()
+    };
+    let cases = [
+        ("free", true, sent(&[("set", 1)])),
+        ("plain", false, sent(&[("set", 1)])),
+        ("shown", false, sent(&[("mget", 1), ("set", 1)])),
+        // The script's own `GET` and `SET` are counted too: three round trips.
+        (
+            "hidden",
+            true,
+            sent(&[("eval", 1), ("get", 1), ("mget", 1), ("set", 2)]),
+        ),
+    ];
+    for (key, stored, sent) in cases {
+        reset_stats(&server);
+        assert_eq!(cache.set_nx(key, &1, 100).await.unwrap(), stored, "{key}");
+        assert_eq!(command_calls(&server), sent, "{key}");
+    }
+    for (key, value) in [("free", 1), ("plain", 0), ("shown", 0), ("hidden", 1)] {
+        assert_eq!(cache.get::<i32>(key).await.unwrap(), Some(value), "{key}");
+    }
+    let ttl: i64 = server.cmd(&["TTL", "cache:1:free"]);
+    assert!((95..=100).contains(&ttl), "{ttl}");
+}
+
+/// A server that answers `SET .. NX GET` as Redis before 7.0 does (`ERR syntax error`: 6.2
+/// refuses `NX` with `GET`, older servers know no `GET` option), and `SET`, `SET .. NX` and
+/// `GET` as Redis does (expiries ignored); `+OK` to anything else (the client's `CLIENT
+/// SETINFO`). It records each command it gets, and leaves `GET`s unanswered once told to.
+struct OldServer {
+    port: u16,
+    state: Arc<Mutex<OldState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct OldState {
+    /// Each command received, its arguments upper-cased.
+    commands: Vec<Vec<String>>,
+    store: HashMap<Vec<u8>, Vec<u8>>,
+    /// `GET`s are left unanswered (the replies of any command after one would be misread: only
+    /// for a test's last step).
+    silent_gets: bool,
+}
+
+impl OldServer {
+    async fn start() -> OldServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(OldState::default()));
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_old(stream, Arc::clone(&shared)));
+            }
+        });
+        OldServer { port, state, task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The commands named `name` received so far, each as its arguments after the key (and
+    /// the value, for `SET`), upper-cased.
+    fn sent(&self, name: &str) -> Vec<Vec<String>> {
+        let skip = if name == "SET" { 3 } else { 2 };
+        let state = self.state.lock().unwrap();
+        state
+            .commands
+            .iter()
+            .filter(|command| command[0] == name)
+            .map(|command| command.iter().skip(skip).cloned().collect())
+            .collect()
+    }
+
+    fn silence_gets(&self) {
+        self.state.lock().unwrap().silent_gets = true;
+    }
+}
+
+impl Drop for OldServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_old(stream: tokio::net::TcpStream, state: Arc<Mutex<OldState>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let (read, mut write) = stream.into_split();
+    let mut read = tokio::io::BufReader::new(read);
+    // One command: `*n`, then n times `$len` and the argument.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let Ok(1..) = read.read_line(&mut line).await else {
+            return;
+        };
+        let n: usize = line.trim_end().trim_start_matches('*').parse().unwrap();
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            line.clear();
+            read.read_line(&mut line).await.unwrap();
+            let len: usize = line.trim_end().trim_start_matches('$').parse().unwrap();
+            let mut arg = vec![0; len + 2];
+            read.read_exact(&mut arg).await.unwrap();
+            arg.truncate(len);
+            args.push(arg);
+        }
+        let upper: Vec<String> = args
+            .iter()
+            .map(|arg| String::from_utf8_lossy(arg).to_uppercase())
+            .collect();
+        let reply = {
+            let mut state = state.lock().unwrap();
+            let option = |name: &str| upper.iter().skip(3).any(|arg| arg == name);
+            let reply = match upper[0].as_str() {
+                "SET" if option("NX") && option("GET") => b"-ERR syntax error\r\n".to_vec(),
+                "SET" if option("NX") && state.store.contains_key(&args[1]) => b"$-1\r\n".to_vec(),
+                "SET" => {
+                    state.store.insert(args[1].clone(), args[2].clone());
+                    b"+OK\r\n".to_vec()
+                }
+                "GET" if state.silent_gets => Vec::new(),
+                "GET" => match state.store.get(&args[1]) {
+                    Some(value) => {
+                        let mut reply = format!("${}\r\n", value.len()).into_bytes();
+                        reply.extend_from_slice(value);
+                        reply.extend_from_slice(b"\r\n");
+                        reply
+                    }
+                    None => b"$-1\r\n".to_vec(),
+                },
+                _ => b"+OK\r\n".to_vec(),
+            };
+            state.commands.push(upper);
+            reply
+        };
+        if write.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// On a server that refuses `SET .. NX GET` (before Redis 7.0), `set_nx` answers as on any
+/// other: the repository falls back to `SET .. NX` then, for a taken key, a `GET`, remembers the
+/// refusal (sent once, not once per call) and logs it once, at `INFO`. A failure of that `GET`
+/// is told as the `set_nx`'s, of its key.
+#[tokio::test]
+async fn before_redis_7_set_nx_falls_back_to_a_get_after_one_refusal() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let server = OldServer::start().await;
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository);
+
+    assert!(cache.set_nx("a", &1, 100).await.unwrap(), "a free key");
+    assert!(!cache.set_nx("a", &2, 100).await.unwrap(), "a taken key");
+    assert!(!cache.set_nx_raw("a", "3".into(), 100).await.unwrap());
+    assert!(cache.set_nx("b", &2, 100).await.unwrap());
+    assert_eq!(cache.get::<i32>("a").await.unwrap(), Some(1));
+
+    let nx = || vec!["EX".to_owned(), "100".to_owned(), "NX".to_owned()];
+    let mut nx_get = nx();
+    nx_get.push("GET".to_owned());
+    assert_eq!(server.sent("SET"), [nx_get, nx(), nx(), nx(), nx()]);
+    // Two `set_nx` over the taken key, and the `get`.
+    assert_eq!(server.sent("GET").len(), 3);
+    let text = logs.text();
+    assert_eq!(text.matches("refuses `SET .. NX GET`").count(), 1, "{text}");
+
+    server.silence_gets();
+    let error = cache.set_nx("a", &4, 100).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("set_nx of `cache:1:a` timed out"),
+        "{error}"
+    );
 }

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use impcache::{Cache, Freshness, NearCache, RedisCacheRepository, TagInvalidation};
+use impcache::{
+    BoxFuture, Cache, CacheRepository, Expiry, Freshness, NearCache, RedisCacheRepository, Result,
+    SetNxOrGet, TagInvalidation,
+};
 use impcache_tests::loader::counted;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
@@ -512,6 +515,91 @@ async fn concurrent_set_nx_over_a_hidden_entry_stores_once(b: Backend) {
     }
 }
 
+/// A user repository over the memory repository whose reads and `set`s take a few
+/// milliseconds (a remote store), with the trait's defaults for everything else:
+/// `set_nx_or_get` (a `set_nx`, then a `get`) and `set_if_equal`.
+#[derive(Debug, Default)]
+struct SlowReads(impcache::MemoryCacheRepository);
+
+impl CacheRepository for SlowReads {
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.0.set(key, value, expiry).await
+        })
+    }
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.0.set_nx(key, value, expiry)
+    }
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.0.set_many(entries, expiry)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.0.get(key).await
+        })
+    }
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.0.get_many(keys).await
+        })
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+        self.0.delete(key)
+    }
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+        self.0.delete_many(keys)
+    }
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
+        self.0.delete_pattern(pattern)
+    }
+}
+
+/// `set_nx` over a hidden tagged entry of a user repository that keeps the trait's default
+/// `set_if_equal` answers `false` to each of 8 racing callers and stores nothing, as over any
+/// taken key: the default refuses, a read then a write not being atomic (each caller stored
+/// and was told it claimed the key, found by a probe). (A repository with an atomic
+/// compare-and-set lets exactly one claim it: `concurrent_set_nx_over_a_hidden_entry_stores_once`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_own_compare_and_set_a_user_repository_claims_no_hidden_entry() {
+    let cache = Cache::new(SlowReads::default());
+    cache.set_tagged("k", &-1, 60, ["t"]).await.unwrap();
+    tokio::time::sleep(MS).await;
+    cache.invalidate_tag("t").await.unwrap();
+    let callers: Vec<_> = (0..8)
+        .map(|caller| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.set_nx("k", &caller, 60).await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for (caller, stored) in callers.into_iter().enumerate() {
+        if stored.await.unwrap().unwrap() {
+            winners.push(caller);
+        }
+    }
+    assert_eq!(
+        winners,
+        Vec::<usize>::new(),
+        "stored without a compare-and-set"
+    );
+    assert_eq!(cache.get::<usize>("k").await.unwrap(), None, "still hidden");
+    // A free key is claimed as ever.
+    assert!(cache.set_nx("free", &1, 60).await.unwrap());
+    assert!(!cache.set_nx("free", &2, 60).await.unwrap());
+}
+
 /// A tag's hard and soft times share one key, and a soft invalidation rewrites it keeping the
 /// hard time: hard and soft invalidations racing from two processes (two connections) never
 /// lose the hard one, so the entry created before them all is a miss even with a stale window.
@@ -723,6 +811,152 @@ async fn with_redis_down_an_invalidation_error_names_the_method_and_the_tag() {
         assert!(error.subject().starts_with("user:42"), "{message}");
         assert!(!message.contains("__impcache_tag"), "{message}");
     }
+}
+
+/// A user repository over a real Redis that, when armed, freezes the server (SIGSTOP) at a
+/// chosen `get_many`: the read of a tagged entry's tags' state, which then times out. The rest
+/// is forwarded (`set_nx_or_get` too), `get_with_tags` left to the trait's default, which reads
+/// the entry and the states apart, as on Cluster.
+#[derive(Debug)]
+struct FreezingRepository {
+    inner: RedisCacheRepository,
+    server: Arc<RedisServer>,
+    /// `get_many` calls to let through before the one that freezes the server; `None`: unarmed.
+    freeze_after: std::sync::Mutex<Option<usize>>,
+}
+
+impl FreezingRepository {
+    fn freeze_at_get_many(&self, let_through: usize) {
+        *self.freeze_after.lock().unwrap() = Some(let_through);
+    }
+}
+
+impl CacheRepository for FreezingRepository {
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, expiry: Expiry) -> BoxFuture<'a, Result<()>> {
+        self.inner.set(key, value, expiry)
+    }
+    fn set_nx<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.inner.set_nx(key, value, expiry)
+    }
+    fn set_nx_or_get<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<SetNxOrGet>> {
+        self.inner.set_nx_or_get(key, value, expiry)
+    }
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.inner.set_many(entries, expiry)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        self.inner.get(key)
+    }
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>> {
+        let freeze = {
+            let mut armed = self.freeze_after.lock().unwrap();
+            match *armed {
+                Some(0) => armed.take().is_some(),
+                Some(n) => {
+                    *armed = Some(n - 1);
+                    false
+                }
+                None => false,
+            }
+        };
+        if freeze {
+            self.server.freeze();
+        }
+        self.inner.get_many(keys)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+        self.inner.delete(key)
+    }
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
+        self.inner.delete_many(keys)
+    }
+    fn delete_pattern<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64>> {
+        self.inner.delete_pattern(pattern)
+    }
+}
+
+/// Redis frozen while the tags' state of a tagged entry is read for `set_nx`, `get`, `get_many`
+/// or a tagged `get_or_set`: the error names the operation called and the entry's key, not a
+/// `get_many` of a tag's state key (as an invalidation's names the method and the tag).
+#[tokio::test]
+async fn a_failed_read_of_tag_states_names_the_operation_and_the_entry() {
+    let server = Arc::new(RedisServer::start());
+    let inner = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(200))
+        .without_circuit_breaker()
+        .build()
+        .unwrap();
+    let repository = Arc::new(FreezingRepository {
+        inner,
+        server: Arc::clone(&server),
+        freeze_after: std::sync::Mutex::new(None),
+    });
+    let cache = Cache::builder_shared(repository.clone())
+        .record_keys(true)
+        .build();
+    cache.set_tagged("a", &1, 60, ["t"]).await.unwrap();
+    cache.set_tagged("b", &2, 60, ["u"]).await.unwrap();
+    cache.set("plain", &0, 60).await.unwrap();
+    let named = |error: impcache::Error, expected: &str| {
+        let message = error.to_string();
+        assert!(error.is_backend_failure(), "{message}");
+        assert!(message.starts_with(expected), "{expected}: {message}");
+        assert!(!message.contains("__impcache_tag"), "{message}");
+    };
+
+    repository.freeze_at_get_many(0);
+    let error = cache.set_nx("a", &3, 60).await.unwrap_err();
+    server.thaw();
+    named(error, "set_nx of `cache:1:a` timed out");
+
+    repository.freeze_at_get_many(0);
+    let error = cache.get::<i32>("a").await.unwrap_err();
+    server.thaw();
+    named(error, "get of `cache:1:a` timed out");
+
+    // The entries' `MGET` goes through; the states' read of the two tagged ones freezes.
+    repository.freeze_at_get_many(1);
+    let error = cache
+        .get_many::<i32>(["plain", "a", "b"])
+        .await
+        .unwrap_err();
+    server.thaw();
+    named(error, "get_many of `cache:1:a and 1 more` timed out");
+
+    // A tagged `get_or_set` fails open (its loader answers) and logs the failed read.
+    let logs = impcache_tests::logs::Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let logging = tracing::subscriber::set_default(subscriber);
+    repository.freeze_at_get_many(0);
+    let value: i32 = cache
+        .get_or_set("a", 60, || async { 9 })
+        .tags(["t"])
+        .await
+        .unwrap();
+    server.thaw();
+    drop(logging);
+    assert_eq!(value, 9);
+    let text = logs.text();
+    assert!(text.contains("get of `cache:1:a` timed out"), "{text}");
+    assert!(!text.contains("__impcache_tag"), "{text}");
 }
 
 /// A caller that joins a tagged load after its own process invalidated the tag, Redis then

@@ -11,7 +11,7 @@ use metrics::Recorder;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{shown, Error, Result};
+use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::{Expire, Expiry};
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version, LOCK_KEY_PART};
@@ -22,7 +22,7 @@ use crate::observe::stale::{stale_served, StaleReason};
 use crate::observe::{CacheStats, Counters};
 use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
-use crate::repository::CacheRepository;
+use crate::repository::{CacheRepository, SetNxOrGet};
 use crate::tags::{self, envelope, StateKeys, TagInvalidation, Tags, Verdict};
 
 /// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
@@ -489,7 +489,9 @@ impl Cache {
         let parts = self.key_parts(key);
         let mut found = self.shared.backend.get(parts).await?;
         if let Some(bytes) = found.take_if(|bytes| envelope::is_envelope(bytes)) {
-            found = self.open_tagged(key, &bytes, Some(parts)).await?;
+            found = self
+                .open_tagged(key, &bytes, Some(parts), Operation::Get)
+                .await?;
         }
         let tally = Tally::read(found.as_ref().map(Bytes::len));
         Ok((found, tally))
@@ -527,10 +529,13 @@ impl Cache {
     ///
     /// A tagged entry that reads as a miss (one of its tags was invalidated, hard or soft: see
     /// [`invalidate_tag`](Cache::invalidate_tag)) counts as nothing stored, as [`get`](Cache::get)
-    /// sees it: `set_nx` replaces it and returns `true`. A free key costs one `SET NX`; a taken
-    /// one is then read (one more round trip), a tagged entry's tags' state too (one more), and
-    /// a hidden entry is replaced by a compare-and-set on exactly the bytes read, never a value
-    /// another writer stored meanwhile.
+    /// sees it: `set_nx` replaces it and returns `true`. One round trip whether the key is free
+    /// or taken (`SET .. NX GET`: a taken key's bytes come back with the refused write; a server
+    /// before Redis 7.0 refuses `NX` with `GET` and gets a `GET` after the `SET NX`); a tagged
+    /// entry found costs one more (its tags' state), and a hidden one is replaced by a
+    /// compare-and-set on exactly the bytes read (a third), never a value another writer stored
+    /// meanwhile. A repository without an atomic compare-and-set
+    /// ([`CacheRepository::set_if_equal`]'s default) claims no hidden entry: `false`.
     ///
     /// ```
     /// # use impcache::{Cache, MemoryCacheRepository};
@@ -1034,37 +1039,45 @@ impl Cache {
     /// if what is stored reads as a miss because its tags hide it (as [`get`](Cache::get) judges
     /// it: `open_tagged`); `true` when stored.
     ///
-    /// `SET NX` first. Only when the key is taken are its bytes read; a tagged entry its tags
-    /// hide is then replaced by a compare-and-set on exactly those bytes
-    /// (`Backend::set_if_equal`), so a value another writer stored meanwhile is never
-    /// overwritten. An entry judged hidden stays hidden until the compare-and-set lands: its
-    /// creation time is in its bytes, and a tag's state only moves later (`crate::tags`). When
-    /// the key changed under it (another writer, an expiry), it looks again, up to
-    /// [`CLAIM_ROUNDS`] times, then answers `false`.
+    /// `SET NX` and, when the key is taken, its bytes, in one round trip
+    /// (`Backend::set_nx_or_get`: `SET .. NX GET` on Redis 7.0+). Only a tagged entry needs more:
+    /// its tags' state (one round trip), and one its tags hide is replaced by a compare-and-set
+    /// on exactly those bytes (`Backend::set_if_equal`), so a value another writer stored
+    /// meanwhile is never overwritten. An entry judged hidden stays hidden until the
+    /// compare-and-set lands: its creation time is in its bytes, and a tag's state only moves
+    /// later (`crate::tags`). When the key changed under it (another writer, an expiry), it
+    /// looks again, up to [`CLAIM_ROUNDS`] times, then answers `false`; it answers `false` at
+    /// once when the compare-and-set refused bytes the key still holds (a repository without
+    /// one: the trait's default refuses).
     async fn claim(&self, key: &str, value: Bytes, expiry: Expiry) -> Result<bool> {
         let parts = self.key_parts(key);
         let backend = &self.shared.backend;
-        if backend.set_nx(parts, value.clone(), expiry).await? {
-            return Ok(true);
-        }
+        let mut refused: Option<Bytes> = None;
         for _ in 0..CLAIM_ROUNDS {
-            let stored = match backend.get(parts).await? {
-                // Gone since the `SET NX` (expired, deleted): free again.
-                None => backend.set_nx(parts, value.clone(), expiry).await?,
-                Some(found) => {
-                    let hidden = envelope::is_envelope(&found)
-                        && self.open_tagged(key, &found, Some(parts)).await?.is_none();
-                    if !hidden {
-                        return Ok(false);
-                    }
-                    backend
-                        .set_if_equal(parts, found, value.clone(), expiry)
-                        .await?
-                }
+            let found = match backend.set_nx_or_get(parts, value.clone(), expiry).await? {
+                SetNxOrGet::Stored => return Ok(true),
+                SetNxOrGet::Taken(Some(found)) => found,
+                // Gone between a repository's two calls (expired, deleted): free again.
+                SetNxOrGet::Taken(None) => continue,
             };
-            if stored {
+            if refused.as_ref() == Some(&found) {
+                return Ok(false);
+            }
+            let hidden = envelope::is_envelope(&found)
+                && self
+                    .open_tagged(key, &found, Some(parts), Operation::SetNx)
+                    .await?
+                    .is_none();
+            if !hidden {
+                return Ok(false);
+            }
+            if backend
+                .set_if_equal(parts, found.clone(), value.clone(), expiry)
+                .await?
+            {
                 return Ok(true);
             }
+            refused = Some(found);
         }
         Ok(false)
     }
@@ -1095,7 +1108,8 @@ impl Cache {
                 .shared
                 .backend
                 .get_with_tags(self.key_parts(key), &keys.keys(), false)
-                .await?;
+                .await
+                .map_err(self.read_failed_for(Operation::Get, key))?;
             let found = found.map(|found| found.value);
             let tally = Tally::read(found.as_ref().map(Bytes::len));
             Ok(((found, states), tally))
@@ -1134,6 +1148,20 @@ impl Cache {
         self.shared.backend.get_tag_states(&keys.keys()).await
     }
 
+    /// Tells a failure of a read made for `operation` of `key` as that operation's of the key
+    /// (its full key, as the repositories name keys), through [`Error::relabeled`] as
+    /// `mark_tags` tells an invalidation's as the method's of its tag: a tagged entry's second
+    /// read, its tags' state, fails as a `get_many` of the tags' state keys, which are not what
+    /// the caller asked for (on Cluster and through a near cache the entry and the states are
+    /// read apart, so a tagged `get_or_set`'s one read can fail that way too).
+    pub(crate) fn read_failed_for<'a>(
+        &'a self,
+        operation: Operation,
+        key: &'a str,
+    ) -> impl FnOnce(Error) -> Error + 'a {
+        move |error| error.relabeled(operation.name(), |_| shown(&self.make_key(key)))
+    }
+
     /// [`open_tagged`](Cache::open_tagged) for the `values` read at `keys`: each envelope becomes
     /// its value, or `None` when one of its tags invalidated it; the state of all their tags is
     /// read in one more round trip (none without a tagged entry).
@@ -1163,7 +1191,14 @@ impl Cache {
                 all.len() - 1
             });
         }
-        let states = self.tag_states(&all).await?;
+        let states = self.tag_states(&all).await.map_err(|error| {
+            let owners: Vec<&str> = tagged
+                .iter()
+                .filter_map(|(i, _)| keys.get(*i))
+                .copied()
+                .collect();
+            error.relabeled(Operation::GetMany.name(), |_| shown_many(&owners))
+        })?;
         let mut verdicts = Vec::with_capacity(tagged.len());
         for (i, opened) in &tagged {
             let own: Vec<Option<Bytes>> = opened
@@ -1190,14 +1225,16 @@ impl Cache {
 
     /// The value of the envelope `bytes` stored at `key` when none of its tags invalidated it
     /// (a soft invalidation counts: no stale window here); a second round trip, for the tags'
-    /// state. Bytes that are no well-formed envelope are returned as they are. With `parts`
-    /// (`key`'s) and a near cache, a verdict kept on the local entry answers, and a new verdict
-    /// "fresh" is kept (`near/store.rs`, "Verified tagged entries").
+    /// state, whose failure is told as `operation`'s of `key`. Bytes that are no well-formed
+    /// envelope are returned as they are. With `parts` (`key`'s) and a near cache, a verdict
+    /// kept on the local entry answers, and a new verdict "fresh" is kept (`near/store.rs`,
+    /// "Verified tagged entries").
     pub(crate) async fn open_tagged(
         &self,
         key: &str,
         bytes: &Bytes,
         parts: Option<KeyParts<'_>>,
+        operation: Operation,
     ) -> Result<Option<Bytes>> {
         let call_tags = Tags::default();
         let slot = match parts.map(|parts| self.shared.backend.verified(parts, &call_tags, false)) {
@@ -1210,7 +1247,10 @@ impl Cache {
             tracing::debug!(target: "impcache", key, "a value starting like a tagged envelope is not one");
             return Ok(Some(bytes.clone()));
         };
-        let states = self.tag_states(&opened.tags).await?;
+        let states = self
+            .tag_states(&opened.tags)
+            .await
+            .map_err(self.read_failed_for(operation, key))?;
         let verdict = tags::verdict(opened.created, &states, self.shared.tag_clock_skew);
         if verdict != Verdict::Fresh {
             return Ok(None);

@@ -126,7 +126,9 @@ pub use repository::memory::{MemoryCacheRepository, MemoryCacheRepositoryBuilder
 pub use repository::redis::{RedisCacheRepository, RedisCacheRepositoryBuilder};
 #[cfg(feature = "sentinel")]
 pub use repository::sentinel::{RedisSentinelCacheRepository, RedisSentinelCacheRepositoryBuilder};
-pub use repository::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
+pub use repository::{
+    BoxFuture, CacheRepository, SetNxOrGet, TagInvalidation, TaggedRead, WithTtl,
+};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

@@ -15,7 +15,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use impcache::{escape_pattern, BoxFuture, CacheRepository, DeleteProgress, Expiry, Result};
+use impcache::{
+    escape_pattern, BoxFuture, CacheRepository, DeleteProgress, Expiry, Result, SetNxOrGet,
+};
 
 use crate::{free_port, redis_server_bin, RedisServer};
 
@@ -686,7 +688,22 @@ impl CacheRepository for NamespacedRepository {
         })
     }
 
-    /// Forwarded (not the trait's default read-then-write): the inner repository's own
+    /// Forwarded (not the trait's default `set_nx` then `get`): the inner repository's own
+    /// `SET .. NX GET` is the one under test.
+    fn set_nx_or_get<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<SetNxOrGet>> {
+        Box::pin(async move {
+            self.inner
+                .set_nx_or_get(&self.key(key), value, expiry)
+                .await
+        })
+    }
+
+    /// Forwarded (not the trait's default, which refuses): the inner repository's own
     /// compare-and-set, a script on Cluster, is the one under test.
     fn set_if_equal<'a>(
         &'a self,

@@ -125,7 +125,7 @@ impl Cache {
             };
             let found = match found {
                 Some(found) if envelope::is_envelope(&found.value) => self
-                    .open_tagged(key, &found.value, Some(self.key_parts(key)))
+                    .open_tagged(key, &found.value, Some(self.key_parts(key)), Operation::Get)
                     .await?
                     .map(|value| WithTtl { value, ..found }),
                 found => found,
@@ -220,8 +220,9 @@ impl Cache {
             let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
             let (found, states) = backend
                 .get_with_tags(parts, &keys.keys(), policy.needs_ttl())
-                .await?;
-            let found = self.judge(found, states, tags, policy, slot).await?;
+                .await
+                .map_err(self.read_failed_for(Operation::Get, key))?;
+            let found = self.judge(key, found, states, tags, policy, slot).await?;
             let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
             Ok((found, tally))
         })
@@ -245,7 +246,7 @@ impl Cache {
             // Only a tagged entry needs judging: a plain one skips the (async) judge.
             let found = match found {
                 Some(found) if envelope::is_envelope(&found.value) => {
-                    self.judge(Some(found), Vec::new(), &Tags::default(), policy, None)
+                    self.judge(key, Some(found), Vec::new(), &Tags::default(), policy, None)
                         .await?
                 }
                 found => found,
@@ -255,10 +256,10 @@ impl Cache {
         })
     }
 
-    /// What a `get_or_set` read found, judged against the tags' `states` (those of `read`, in
-    /// order; the state of the entry's other tags is read here). With a near cache's `slot` (the
-    /// local entry looked up before the states were read), a verdict "fresh" is kept on it for
-    /// the next read with the same tags.
+    /// What a `get_or_set` read of `key` found, judged against the tags' `states` (those of
+    /// `read`, in order; the state of the entry's other tags is read here, a failure told as
+    /// the `get`'s of `key`). With a near cache's `slot` (the local entry looked up before the
+    /// states were read), a verdict "fresh" is kept on it for the next read with the same tags.
     ///
     /// A plain entry read by a call that names tags (stored before its function had tags, by a
     /// plain `set`, by the Python library) has no creation time: any invalidation of the call's
@@ -266,6 +267,7 @@ impl Cache {
     /// tags never serves an entry of before an invalidation of them.
     async fn judge(
         &self,
+        key: &str,
         found: Option<WithTtl>,
         mut states: Vec<Option<Bytes>>,
         read: &Tags,
@@ -285,7 +287,11 @@ impl Cache {
                 .map(|tag| tag.as_ref())
                 .filter(|tag| !read.as_slice().iter().any(|known| known == tag))
                 .collect();
-            states.extend(self.tag_states(&others).await?);
+            let others = self
+                .tag_states(&others)
+                .await
+                .map_err(self.read_failed_for(Operation::Get, key))?;
+            states.extend(others);
             (Some(opened.created), opened.value)
         } else if read.is_empty() {
             return Ok(Some(found));

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::failure::Failed;
 use super::memory::MemoryCacheRepository;
 use super::redis::RedisCacheRepository;
-use super::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
+use super::{BoxFuture, CacheRepository, SetNxOrGet, TagInvalidation, TaggedRead, WithTtl};
 use crate::error::Result;
 use crate::expire::Expiry;
 use crate::key::KeyParts;
@@ -235,6 +235,35 @@ impl Backend {
     }
 
     // --- Tags (issue 16). ---
+
+    /// Stores `value` at `key` only if it holds nothing, else the bytes it holds (`set_nx`,
+    /// which judges a taken key's entry: `CacheRepository::set_nx_or_get`).
+    pub(crate) async fn set_nx_or_get(
+        &self,
+        key: KeyParts<'_>,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<SetNxOrGet> {
+        let full = key.stack();
+        match self {
+            Backend::Memory(memory) => memory.set_nx_or_get_now(full.as_str(), value, expiry),
+            Backend::Redis(redis) => redis
+                .set_nx_or_get_direct(full.as_str(), value, expiry)
+                .await
+                .map_err(Failed::into_error),
+            Backend::Custom(repository) => {
+                repository.set_nx_or_get(full.as_str(), value, expiry).await
+            }
+            // A write: the local copy goes at once, as for every write of this `Cache`.
+            Backend::Near(near) => {
+                near.track();
+                let write = near.store.writing(vec![full.as_str().as_bytes()]);
+                let result = Box::pin(near.remote.set_nx_or_get(key, value, expiry)).await;
+                write.written(matches!(result, Ok(SetNxOrGet::Stored)));
+                result
+            }
+        }
+    }
 
     /// Stores `value` at `key` only if it holds `expected` (`set_nx` over an entry its tags
     /// hide).

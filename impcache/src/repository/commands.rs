@@ -1,5 +1,7 @@
 //! What the Redis-backed repositories send: shared by the single-node and Cluster repositories.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::error::{shown, Error};
 use crate::expire::Expiry;
 use crate::tags::TagInvalidation;
@@ -26,8 +28,9 @@ pub(crate) fn set_command(
     expiry: Expiry,
     only_if_absent: bool,
 ) -> redis::Cmd {
-    // Sized up front: no buffer grows while the arguments are written.
-    let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
+    // Sized up front: no buffer grows while the arguments are written (one argument more for
+    // `set_nx_get_command`'s `GET`).
+    let mut cmd = redis::Cmd::with_capacity(7, key.len() + value.len() + 32);
     cmd.arg("SET").arg(key).arg(value);
     match expiry {
         Expiry::Seconds(s) => {
@@ -120,6 +123,50 @@ pub(crate) fn set_if_equal_command(
     cmd
 }
 
+/// `SET key value [EX s | PX ms] NX GET` (Redis 7.0+): stores only if the key holds nothing,
+/// and answers the bytes it held (`nil` when it stored):
+/// [`CacheRepository::set_nx_or_get`](crate::CacheRepository::set_nx_or_get) in one command.
+pub(crate) fn set_nx_get_command(key: &str, value: &[u8], expiry: Expiry) -> redis::Cmd {
+    let mut cmd = set_command(key, value, expiry, true);
+    cmd.arg("GET");
+    cmd
+}
+
+/// Whether a server takes [`set_nx_get_command`]: assumed until it refuses it, then
+/// remembered, so that each later `set_nx_or_get` of the repository sends the two calls of the
+/// trait's default at once (`repository::set_nx_then_get`).
+#[derive(Debug, Default)]
+pub(crate) struct NxGet {
+    refused: AtomicBool,
+}
+
+impl NxGet {
+    /// Whether the server refused `NX` with `GET` before.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether `error`, the reply to [`set_nx_get_command`], is the server's refusal of `NX`
+    /// with `GET`: `ERR syntax error`, what Redis before 7.0 answers (6.2 refuses the two
+    /// options together, older servers know no `GET` option of `SET`). Remembered; the first
+    /// refusal is logged (`INFO`), naming `server`.
+    pub(crate) fn refuses(&self, error: &Error, server: &str) -> bool {
+        let refusal = matches!(
+            error,
+            Error::Server { code: Some(code), message, .. }
+                if code == "ERR" && message.contains("syntax error")
+        );
+        if refusal && !self.refused.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                target: "impcache",
+                server,
+                "the server refuses `SET .. NX GET` (Redis before 7.0): `set_nx` over a taken key reads it with a `GET` from now on, one more round trip"
+            );
+        }
+        refusal
+    }
+}
+
 /// `expiry` in milliseconds for a script's `PX`, `0` for none.
 fn expiry_millis(expiry: Expiry) -> u64 {
     expiry
@@ -169,4 +216,67 @@ pub(crate) fn mark_tag_command(key: &str, kind: TagInvalidation, at: &[u8]) -> r
         .arg(kind.as_str())
         .arg(at);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::failure::{Failed, Waited};
+
+    /// The error a reply of the server becomes, as the repositories report it.
+    fn reported(reply: &[u8]) -> Option<Error> {
+        let value = redis::parse_redis_value(reply).ok()?;
+        let e = value.extract_error().err()?;
+        let waited = Waited {
+            waited: std::time::Duration::ZERO,
+            deadline: std::time::Duration::from_secs(1),
+            connect_timeout: None,
+        };
+        Some(Failed::classify(e, "set_nx", "k".to_owned(), waited).error)
+    }
+
+    /// A server before 7.0 answers `SET .. NX GET` with `ERR syntax error`: that reply, and no
+    /// other, makes the repository fall back to `SET NX` then `GET`, and it is remembered.
+    #[test]
+    fn only_a_syntax_error_is_a_refusal_of_nx_with_get() -> Result<(), String> {
+        let support = NxGet::default();
+        assert!(!support.refused());
+        let others: [&[u8]; 4] = [
+            b"-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            b"-ERR invalid expire time in 'set' command\r\n",
+            b"-READONLY You can't write against a read only replica.\r\n",
+        ];
+        for reply in others {
+            let error = reported(reply).ok_or("no error")?;
+            assert!(!support.refuses(&error, "server"), "{error}");
+        }
+        let timeout = Error::Timeout {
+            operation: "set_nx",
+            key: "k".to_owned(),
+            deadline: std::time::Duration::from_secs(1),
+        };
+        assert!(!support.refuses(&timeout, "server"));
+        assert!(!support.refused());
+        let refusal = reported(b"-ERR syntax error\r\n").ok_or("no error")?;
+        assert!(support.refuses(&refusal, "server"), "{refusal}");
+        assert!(support.refused());
+        // Said again (a call already under way when the first came back): still a refusal.
+        assert!(support.refuses(&refusal, "server"));
+        Ok(())
+    }
+
+    #[test]
+    fn set_nx_get_is_set_nx_with_get_last() {
+        let cmd = set_nx_get_command("k", b"v", Expiry::Milliseconds(1500));
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<&[u8]> = vec![b"SET", b"k", b"v", b"PX", b"1500", b"NX", b"GET"];
+        assert_eq!(args, expected);
+    }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::commands::SCAN_BATCH;
-use super::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
+use super::{BoxFuture, CacheRepository, SetNxOrGet, TagInvalidation, TaggedRead, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::glob::glob_match;
@@ -32,8 +32,9 @@ const ENTRY_OVERHEAD_BYTES: usize = 384;
 ///   evicted (moka's LRU policy), as Redis does under `allkeys-lru`: a write is always kept, and
 ///   recent writes and reads survive. (moka's default, TinyLFU, may refuse a new key that is not
 ///   yet popular: a `set` that returned `Ok` would be gone at once.)
-/// - `set_nx` is atomic per key, and so is the compare-and-set that replaces a tagged entry its
-///   tags hide ([`CacheRepository::set_if_equal`]);
+/// - `set_nx` is atomic per key, and so are `set_nx_or_get` (the bytes of a taken key read with
+///   the refused write: [`CacheRepository::set_nx_or_get`]) and the compare-and-set that replaces
+///   a tagged entry its tags hide ([`CacheRepository::set_if_equal`]);
 /// - `delete_pattern` uses exactly Redis's glob rules (a port of Redis's matcher).
 ///
 /// Clones share the same entries.
@@ -219,6 +220,23 @@ impl MemoryCacheRepository {
             .entry_by_ref(key)
             .or_insert_with(|| entry)
             .is_fresh())
+    }
+
+    /// [`CacheRepository::set_nx_or_get`], atomic under the entry's lock: the value stored, or
+    /// the live entry's bytes.
+    pub(crate) fn set_nx_or_get_now(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<SetNxOrGet> {
+        let entry = self.entry(key, value, expiry)?;
+        let found = self.entries.entry_by_ref(key).or_insert_with(|| entry);
+        Ok(if found.is_fresh() {
+            SetNxOrGet::Stored
+        } else {
+            SetNxOrGet::Taken(Some(found.into_value().value))
+        })
     }
 
     pub(crate) fn set_many_now(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
@@ -493,6 +511,16 @@ impl CacheRepository for MemoryCacheRepository {
     fn delete_if_equal<'a>(&'a self, key: &'a str, expected: Bytes) -> BoxFuture<'a, Result<bool>> {
         let removed = self.delete_if_equal_now(key, &expected);
         Box::pin(async move { Ok(removed) })
+    }
+
+    fn set_nx_or_get<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<SetNxOrGet>> {
+        let result = self.set_nx_or_get_now(key, value, expiry);
+        Box::pin(std::future::ready(result))
     }
 
     fn set_if_equal<'a>(

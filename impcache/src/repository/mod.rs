@@ -176,6 +176,30 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         })
     }
 
+    /// Stores `value` at `key` with `expiry` only if the key holds nothing, as
+    /// [`set_nx`](CacheRepository::set_nx) does; when the key is taken, nothing is stored and
+    /// the bytes it holds come back ([`SetNxOrGet::Taken`]). This is how
+    /// [`Cache::set_nx`](crate::Cache::set_nx) learns, with the write itself, whether a key it
+    /// could not claim holds a tagged entry its tags hide (which counts as nothing stored). On
+    /// Redis 7.0 and later one `SET key value NX GET` (with `EX`/`PX`), atomic and on one key
+    /// (so on Cluster too); in memory atomic under the entry's lock. A server that refuses `NX`
+    /// with `GET` (`ERR syntax error`: Redis before 7.0) gets the two calls of the default
+    /// instead, from then on: the repository remembers it (and logs it once, at `INFO`).
+    ///
+    /// The default calls [`set_nx`](CacheRepository::set_nx), then, when the key was taken,
+    /// [`get`](CacheRepository::get): two calls, between which the key may change (the bytes
+    /// read are then those of a later write, or `Taken(None)` when the key was gone);
+    /// a failure of the `get` is reported as one of the `set_nx`. Locks do not use this: they
+    /// take their key with a plain [`set_nx`](CacheRepository::set_nx).
+    fn set_nx_or_get<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<SetNxOrGet>> {
+        Box::pin(set_nx_then_get(self, key, value, expiry))
+    }
+
     /// Stores `value` at `key` with `expiry` only if the key holds exactly `expected`; `true`
     /// when it was stored. This is how [`Cache::set_nx`](crate::Cache::set_nx) claims a key
     /// whose tagged entry reads as a miss (a tag invalidated it): it replaces that entry and
@@ -183,9 +207,12 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     /// script, atomic and on one key (so it works on Cluster); in memory atomic under the entry's
     /// lock.
     ///
-    /// The default reads, compares and writes in two calls: not atomic (a value another process
-    /// stores between the two is overwritten). A repository shared between processes should
-    /// override it.
+    /// The default refuses (`Ok(false)`, nothing sent): a read then a write would not be atomic,
+    /// and every one of several callers racing over one hidden entry would store and be told it
+    /// claimed the key. So [`set_nx`](crate::Cache::set_nx) over a hidden entry of a repository
+    /// that keeps this default returns `false`, as over any taken key, until the entry expires
+    /// or is deleted. Override it with an atomic compare-and-set to let `set_nx` claim hidden
+    /// entries.
     fn set_if_equal<'a>(
         &'a self,
         key: &'a str,
@@ -193,15 +220,8 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
         value: Bytes,
         expiry: Expiry,
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            match self.get(key).await? {
-                Some(found) if found == expected => {
-                    self.set(key, value, expiry).await?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
-        })
+        let _ = (key, expected, value, expiry);
+        Box::pin(std::future::ready(Ok(false)))
     }
 
     /// Records an invalidation of a tag, of `kind`, at `at` (µs since the epoch, decimal), in its
@@ -274,6 +294,40 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
+}
+
+// --- Tags (issue 16): `set_nx` over a tagged entry its tags hide. ---
+
+/// What [`CacheRepository::set_nx_or_get`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SetNxOrGet {
+    /// The key held nothing: the value is stored.
+    Stored,
+    /// The key was taken: nothing is stored. The bytes it held, read by the same command on
+    /// Redis 7.0+ and in memory; read by a second call otherwise, which finds `None` when the
+    /// key was removed (or expired) in between.
+    Taken(Option<Bytes>),
+}
+
+/// [`CacheRepository::set_nx_or_get`] in two calls: `set_nx`, then, when the key was taken, a
+/// `get`, whose failure is told as the `set_nx`'s (the caller's operation, on the same key).
+/// The trait's default, and what a Redis repository falls back to on a server that refuses
+/// `NX` with `GET`.
+pub(crate) async fn set_nx_then_get<R: CacheRepository + ?Sized>(
+    repository: &R,
+    key: &str,
+    value: Bytes,
+    expiry: Expiry,
+) -> Result<SetNxOrGet> {
+    if repository.set_nx(key, value, expiry).await? {
+        return Ok(SetNxOrGet::Stored);
+    }
+    let found = repository
+        .get(key)
+        .await
+        .map_err(|error| error.relabeled("set_nx", str::to_owned))?;
+    Ok(SetNxOrGet::Taken(found))
 }
 
 // --- Freshness (issue 15). ---

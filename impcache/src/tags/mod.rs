@@ -51,13 +51,18 @@
 //!   envelope: stored before its function had tags, by `set`, by the Python library) read by a
 //!   call that names tags counts as created at time 0: any invalidation of those tags covers it.
 //! - **`set_nx`**: an entry a plain [`get`](crate::Cache::get) reads as a miss (hard- or
-//!   soft-invalidated) counts as absent. When `SET NX` finds the key taken, the cache reads the
-//!   entry and, if tagged, its tags' state (the same judgement as `get`), and replaces a hidden
-//!   entry with a compare-and-set on exactly the bytes read
+//!   soft-invalidated) counts as absent. A key found taken comes back with its bytes in the same
+//!   round trip ([`CacheRepository::set_nx_or_get`](crate::CacheRepository::set_nx_or_get):
+//!   `SET .. NX GET`); a tagged entry's tags' state is then read (the same judgement as `get`),
+//!   and a hidden entry replaced with a compare-and-set on exactly the bytes read
 //!   ([`CacheRepository::set_if_equal`](crate::CacheRepository::set_if_equal): one `EVAL` on one
-//!   key on Redis and Cluster), so another writer's value is never overwritten (`Cache::claim`).
-//!   Safe because hiding only grows: the entry's creation time is in its bytes, and a tag's state
-//!   only moves later (short of its key being removed or evicted).
+//!   key on Redis and Cluster; the trait's default refuses), so another writer's value is never
+//!   overwritten (`Cache::claim`). Safe because hiding only grows: the entry's creation time is
+//!   in its bytes, and a tag's state only moves later (short of its key being removed or
+//!   evicted).
+//! - **Errors**: a failed read of the tags' state is told as the operation that read them, of
+//!   the entry's key (`Cache::read_failed_for`), and an invalidation's failure as the method's,
+//!   of the tag (`failed_tags`): never as a `get_many` or write of a tag's state key.
 //! - **Near cache** (issue 14): tag state keys live under the tracked prefix, so they are kept
 //!   locally like any key, their absence included (`near/store.rs`), and invalidated by Redis when
 //!   a tag is invalidated (or its key created) anywhere. A tagged read whose entry and states are

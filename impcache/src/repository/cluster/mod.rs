@@ -31,13 +31,13 @@ use self::topology::{key_slot, parse_primaries, SlotMap, SLOTS};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
 use super::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, mark_tag_command,
-    set_command, set_if_equal_command,
+    set_command, set_if_equal_command, set_nx_get_command, NxGet,
 };
 use super::dsn;
 use super::failure::classify;
 use super::settings::{shared_setters, Settings};
 use super::switches::{SwitchListener, SwitchListeners};
-use super::{BoxFuture, CacheRepository, TagInvalidation, WithTtl};
+use super::{set_nx_then_get, BoxFuture, CacheRepository, SetNxOrGet, TagInvalidation, WithTtl};
 use crate::error::{shown, Error, Result};
 use crate::expire::Expiry;
 use crate::progress::DeleteProgress;
@@ -142,6 +142,8 @@ struct Inner {
     /// The breaker of the requests that go through the cluster client's own routing (keys of a
     /// slot the map does not know or that moved, and [`RedisClusterCacheRepository::primaries`]).
     client_breaker: CircuitBreaker,
+    /// Whether the servers take `SET .. NX GET` (`set_nx_or_get`): learned from their reply.
+    nx_get: NxGet,
     /// The node addresses with passwords replaced: the only form that is ever printed.
     shown_nodes: Vec<String>,
 }
@@ -335,6 +337,30 @@ impl CacheRepository for RedisClusterCacheRepository {
             let cmd = set_command(key, &value, expiry, true);
             let reply: redis::Value = self.keyed("set_nx", key, cmd).await?;
             Ok(!matches!(reply, redis::Value::Nil))
+        })
+    }
+
+    /// One `SET .. NX GET`, routed by the key (one key, one slot); on servers that refuse it
+    /// (before Redis 7.0: remembered, see `NxGet`), the trait's two calls.
+    fn set_nx_or_get<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<SetNxOrGet>> {
+        Box::pin(async move {
+            self.check_size(key, &value)?;
+            let nx_get = &self.inner.nx_get;
+            if !nx_get.refused() {
+                let cmd = set_nx_get_command(key, &value, expiry);
+                match self.keyed::<Option<Bytes>>("set_nx", key, cmd).await {
+                    Ok(None) => return Ok(SetNxOrGet::Stored),
+                    Ok(found) => return Ok(SetNxOrGet::Taken(found)),
+                    Err(error) if nx_get.refuses(&error, &self.inner.shown_nodes.join(",")) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            set_nx_then_get(self, key, value, expiry).await
         })
     }
 
@@ -535,6 +561,7 @@ impl RedisClusterCacheRepositoryBuilder {
                     "cluster",
                     shown_nodes.join(","),
                 ),
+                nx_get: NxGet::default(),
                 shown_nodes,
             }),
         })

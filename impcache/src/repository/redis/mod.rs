@@ -17,6 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::breaker::CircuitBreaker;
 use super::call::{current_runtime, Opened};
+use super::commands::NxGet;
 use super::dsn;
 use super::settings::{shared_setters, Settings};
 pub use super::settings::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES};
@@ -77,6 +78,8 @@ struct Inner {
     connect_timeout: Duration,
     max_value_bytes: usize,
     breaker: CircuitBreaker,
+    /// Whether the server takes `SET .. NX GET` (`set_nx_or_get`): learned from its reply.
+    nx_get: NxGet,
     /// The DSN with its password replaced: the only form that is ever printed.
     shown_dsn: String,
 }
@@ -372,6 +375,7 @@ impl RedisCacheRepositoryBuilder {
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
                 breaker: CircuitBreaker::new(self.settings.breaker, "redis", shown_dsn.clone()),
+                nx_get: NxGet::default(),
                 shown_dsn,
             }),
         }

@@ -14,10 +14,12 @@ use crate::progress::{DeleteProgress, Sweep};
 use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, keys_command,
-    mark_tag_command, scan_command, set_command, set_if_equal_command,
+    mark_tag_command, scan_command, set_command, set_if_equal_command, set_nx_get_command,
 };
 use crate::repository::failure::{Failed, Failure};
-use crate::repository::{BoxFuture, CacheRepository, TagInvalidation, TaggedRead, WithTtl};
+use crate::repository::{
+    BoxFuture, CacheRepository, SetNxOrGet, TagInvalidation, TaggedRead, WithTtl,
+};
 
 impl RedisCacheRepository {
     /// Sends one command or pipeline under the call policy ([`call::call`]): the deadline and
@@ -142,6 +144,37 @@ impl RedisCacheRepository {
             .query("set_nx", &|| shown(key), Request::Cmd(&cmd))
             .await?;
         Ok(!matches!(reply, redis::Value::Nil))
+    }
+
+    /// [`CacheRepository::set_nx_or_get`]: one `SET .. NX GET`; on a server that refuses it
+    /// (before Redis 7.0: remembered, see `NxGet`), `SET .. NX` then, when the key was taken, a
+    /// `GET`, both named `set_nx`.
+    pub(crate) async fn set_nx_or_get_direct(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> Result<SetNxOrGet, Failed> {
+        self.check_size(key, &value)?;
+        let subject = || shown(key);
+        let nx_get = &self.inner.nx_get;
+        if !nx_get.refused() {
+            let cmd = set_nx_get_command(key, &value, expiry);
+            match self.query("set_nx", &subject, Request::Cmd(&cmd)).await {
+                Ok(None) => return Ok(SetNxOrGet::Stored),
+                Ok(found) => return Ok(SetNxOrGet::Taken(found)),
+                Err(failed) if nx_get.refuses(&failed.error, &self.inner.shown_dsn) => {}
+                Err(failed) => return Err(failed),
+            }
+        }
+        // The trait's two calls (`repository::set_nx_then_get`), here as direct calls: a
+        // Sentinel repository reads their failures' kinds (a `READONLY` primary).
+        if self.set_nx_direct(key, value, expiry).await? {
+            return Ok(SetNxOrGet::Stored);
+        }
+        let cmd = key_command("GET", key);
+        let found = self.query("set_nx", &subject, Request::Read(&cmd)).await?;
+        Ok(SetNxOrGet::Taken(found))
     }
 
     pub(crate) async fn set_many_direct(
@@ -405,6 +438,19 @@ impl CacheRepository for RedisCacheRepository {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             self.set_nx_direct(key, value, expiry)
+                .await
+                .map_err(Failed::into_error)
+        })
+    }
+
+    fn set_nx_or_get<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<SetNxOrGet>> {
+        Box::pin(async move {
+            self.set_nx_or_get_direct(key, value, expiry)
                 .await
                 .map_err(Failed::into_error)
         })

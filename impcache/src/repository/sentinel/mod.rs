@@ -25,7 +25,7 @@ use super::failure::Failed;
 use super::redis::RedisCacheRepository;
 use super::settings::{shared_setters, Settings};
 use super::switches::{SwitchListener, SwitchListeners};
-use super::{BoxFuture, CacheRepository, TagInvalidation, WithTtl};
+use super::{BoxFuture, CacheRepository, SetNxOrGet, TagInvalidation, WithTtl};
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::Expiry;
 use crate::progress::{DeleteProgress, Sweep};
@@ -287,6 +287,23 @@ impl CacheRepository for RedisSentinelCacheRepository {
             self.run("set_nx", &|| shown(key), true, move |r| {
                 let value = value.clone();
                 async move { r.set_nx_direct(key, value, expiry).await }
+            })
+            .await
+        })
+    }
+
+    /// As [`RedisCacheRepository`]'s, on the primary (whose repository remembers a refusal of
+    /// `SET .. NX GET`; a new primary is asked again).
+    fn set_nx_or_get<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expiry: Expiry,
+    ) -> BoxFuture<'a, Result<SetNxOrGet>> {
+        Box::pin(async move {
+            self.run("set_nx", &|| shown(key), true, move |r| {
+                let value = value.clone();
+                async move { r.set_nx_or_get_direct(key, value, expiry).await }
             })
             .await
         })
