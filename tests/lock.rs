@@ -668,6 +668,61 @@ async fn a_release_lost_to_a_connection_reset_is_retried() {
     );
 }
 
+/// The owner's `SET NX` lands but its answer comes back after the deadline (writes paused
+/// for 500 ms by `CLIENT PAUSE WRITE`, the deadline 300 ms; the owner's read goes through): the
+/// owner fails open and loads without the lock, and the lock it took unknowingly is released
+/// in the background, so another process takes the lock at once rather than waiting for its
+/// whole lifetime (8 s; the bound, 3 s, is generous). (It was left held: a connection reset
+/// racing the answer made `a_release_lost_to_a_connection_reset_is_retried` wait 7.95 s, in 1 of
+/// 20 runs of this file on a busy machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_with_its_answer_lost_is_released() {
+    let server = impcache_tests::RedisServer::start();
+    let cache = || {
+        let repository = RedisCacheRepository::builder(server.url())
+            .deadline(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        Cache::new(repository)
+    };
+    let (owner, other) = (cache(), cache());
+    let lifetime = Duration::from_secs(8);
+    let policy = Freshness::new()
+        .hard_timeout(Duration::from_secs(1))
+        .lock(Lock::new().lifetime(lifetime));
+    let _: () = server.cmd(&["CLIENT", "PAUSE", "500", "WRITE"]);
+    let failed: Result<String, Error> = owner
+        .try_get_or_set("k", 60, || async {
+            Err(Error::Loader {
+                key: "k".into(),
+                reason: "the origin is down".into(),
+            })
+        })
+        .freshness(policy)
+        .await;
+    assert!(failed.is_err());
+    // The pause is over: the owner's `SET NX` has run.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(server.command_calls(&["set"]), 1, "the owner's SET NX");
+    let started = std::time::Instant::now();
+    let got: String = tokio::time::timeout(
+        HANG,
+        other
+            .get_or_set("k", 60, || async { "other".to_owned() })
+            .freshness(policy)
+            .into_future(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(got, "other");
+    assert!(
+        waited < Duration::from_secs(3),
+        "waited {waited:?} for a lock its owner never knew it held (lifetime {lifetime:?})"
+    );
+}
+
 /// A lock that would expire before the loader's hard timeout is refused before anything runs.
 #[tokio::test]
 async fn the_lock_must_outlive_the_hard_timeout() {

@@ -58,6 +58,19 @@ pub struct Held {
 }
 
 impl Held {
+    /// The lock taken with `token` for `lifetime` (counted from now: the answer to its `SET NX`,
+    /// by when it has expired for sure), for `origin`.
+    fn new(token: Bytes, lifetime: Expiry, origin: Origin) -> Held {
+        let lifetime = lifetime
+            .as_duration()
+            .map_or(crate::expire::MAX_EXPIRE, crate::expire::capped);
+        Held {
+            token,
+            expires: Instant::now() + lifetime,
+            origin,
+        }
+    }
+
     /// Releases the lock of `key` on `cache` if this process still holds it
     /// (compare-and-delete). A release that fails (a connection reset, say) is logged and
     /// retried in the background (on the current tokio runtime; the caller does not wait), with
@@ -71,12 +84,17 @@ impl Held {
             }
             Err(error) => {
                 report(self.origin, cache, "release_lock", key, &error);
-                // Outside a tokio runtime the lock expires by itself.
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let (cache, key) = (cache.clone(), key.to_owned());
-                    runtime.spawn(async move { self.retry_release(&cache, &key).await });
-                }
+                self.release_later(cache, key);
             }
+        }
+    }
+
+    /// Releases the lock of `key` in the background ([`retry_release`](Self::retry_release)),
+    /// on the current tokio runtime; outside one the lock expires by itself.
+    fn release_later(self, cache: &Cache, key: &str) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (cache, key) = (cache.clone(), key.to_owned());
+            runtime.spawn(async move { self.retry_release(&cache, &key).await });
         }
     }
 
@@ -168,7 +186,17 @@ where
             }
             Ok(false) if !wait => return outcome(LockOutcome::Busy, Turn::Busy),
             Ok(false) => {}
-            Err(error) => return failed(origin, cache, key, "acquire_lock", &error),
+            Err(error) => {
+                if may_have_landed(&error) {
+                    // The `SET NX` may have taken the lock with its answer lost (the connection
+                    // reset, or the deadline passed, after it was sent): the loader runs here
+                    // without the lock, and a lock it may hold unknowingly is released in the
+                    // background (only this token is deleted), or other processes would wait
+                    // out its whole lifetime for a value no one is loading.
+                    Held::new(token, lifetime, origin).release_later(cache, key);
+                }
+                return failed(origin, cache, key, "acquire_lock", &error);
+            }
         }
         // Waiting for the value.
         let now = Instant::now();
@@ -226,15 +254,7 @@ async fn owned<T>(
     waited: bool,
     read: impl Future<Output = Result<Option<T>>>,
 ) -> Turn<T> {
-    // Counted from the answer to the `SET NX`: the lock has expired by then for sure.
-    let lifetime = lifetime
-        .as_duration()
-        .map_or(crate::expire::MAX_EXPIRE, crate::expire::capped);
-    let held = Held {
-        token,
-        expires: Instant::now() + lifetime,
-        origin,
-    };
+    let held = Held::new(token, lifetime, origin);
     match read.await {
         Ok(None) => {}
         Ok(Some(value)) => {
@@ -293,6 +313,13 @@ fn failed<T>(
 ) -> Turn<T> {
     report(origin, cache, operation, key, error);
     outcome(LockOutcome::FailedOpen, Turn::Open)
+}
+
+/// `true` when a write that failed with `error` may still have been applied: it timed out, or
+/// its connection failed, possibly after it was sent (not when the breaker kept it from being
+/// sent, nor when the server refused it).
+fn may_have_landed(error: &Error) -> bool {
+    matches!(error, Error::Unavailable { .. } | Error::Timeout { .. })
 }
 
 fn outcome<T>(outcome: LockOutcome, turn: Turn<T>) -> Turn<T> {

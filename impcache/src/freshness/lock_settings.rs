@@ -30,7 +30,9 @@ use crate::expire::{Expiry, MAX_EXPIRE};
 ///   without the lock (fail open). A cache error while taking or polling does the same at once
 ///   (one while re-reading the value after taking the lock runs the loader under the lock, as
 ///   if nothing were there), and a call whose first read failed does not try the lock at all: a
-///   Redis outage costs at most one deadline, as without the lock.
+///   Redis outage costs at most one deadline, as without the lock. A `SET NX` that timed out or
+///   lost its connection may still have taken the lock: it is released in the background (its
+///   token only), so that no other process waits out its lifetime.
 /// - **Background reloads** (stale-while-revalidate, early refresh) try the lock once and do
 ///   not wait: when it is taken, another process is reloading and this one serves its stale value.
 ///
