@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use impcache::{cached, Cache, CacheRepository, MemoryCacheRepository};
+use impcache::{cached, Cache, CacheRepository, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::RedisServer;
 use tokio::sync::Semaphore;
 
 mod block_on;
@@ -111,4 +112,86 @@ async fn a_lock_shorter_than_a_millisecond_runs_the_body_uncached() {
             .unwrap(),
         None
     );
+}
+
+/// A body that fails after 100 ms: an `Err`, which is never cached nor shared.
+#[cached(cache = process, expire = 60, skip(process, runs), lock = 5)]
+async fn failing_locked(process: Cache, runs: Arc<AtomicUsize>, id: u32) -> Result<u32, String> {
+    runs.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Err(format!("no {id}"))
+}
+
+/// A body that finds nothing after 100 ms: a `None`, not cached without `cache_none`.
+#[cached(cache = process, expire = 60, skip(process, runs), lock = 5)]
+async fn nothing_locked(process: Cache, runs: Arc<AtomicUsize>, id: u32) -> Option<u32> {
+    runs.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    None
+}
+
+/// 20 concurrent callers of one key whose body returns a value that is not cached (`Err`,
+/// `None`) after 100 ms, under a lock: the leader's value is not shared, so each waiter runs its
+/// own body at once, without the lock, as without one. (They took turns through the lock, one run
+/// after another: 2.1 s for 20 callers, found by a probe.) `call` is one caller's call, checked
+/// by `answered`.
+async fn all_answer_at_once<Fut, R>(call: impl Fn(Arc<AtomicUsize>) -> Fut, answered: impl Fn(R))
+where
+    Fut: std::future::Future<Output = R> + Send + 'static,
+    R: Send + 'static,
+{
+    const CALLERS: usize = 20;
+    // 20 × 100 ms would be 2 s one after another; at once, about two runs' time.
+    const BOUND: Duration = Duration::from_secs(1);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| tokio::spawn(call(runs.clone())))
+        .collect();
+    for caller in callers {
+        answered(tokio::time::timeout(HANG, caller).await.unwrap().unwrap());
+    }
+    let (took, ran) = (started.elapsed(), runs.load(SeqCst));
+    assert!(took < BOUND, "{ran} runs took {took:?}");
+    assert!((1..=CALLERS).contains(&ran), "{ran} runs");
+}
+
+async fn failing_callers_answer_at_once(process: Cache) {
+    all_answer_at_once(
+        |runs| failing_locked(process.clone(), runs, 1),
+        |got| assert_eq!(got, Err("no 1".to_owned())),
+    )
+    .await;
+}
+
+async fn callers_finding_nothing_answer_at_once(process: Cache) {
+    all_answer_at_once(
+        |runs| nothing_locked(process.clone(), runs, 1),
+        |got| assert_eq!(got, None),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_of_an_err_run_their_bodies_at_once_in_memory() {
+    failing_callers_answer_at_once(Cache::new(MemoryCacheRepository::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_of_a_none_run_their_bodies_at_once_in_memory() {
+    callers_finding_nothing_answer_at_once(Cache::new(MemoryCacheRepository::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_of_an_err_run_their_bodies_at_once_on_redis() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::new(&server.url()).unwrap();
+    failing_callers_answer_at_once(Cache::new(repository)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiters_of_a_none_run_their_bodies_at_once_on_redis() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::new(&server.url()).unwrap();
+    callers_finding_nothing_answer_at_once(Cache::new(repository)).await;
 }

@@ -379,16 +379,13 @@ where
                         if let Some(value) = serve_stale(&job, stale.as_ref(), StaleReason::Error) {
                             return Ok(value);
                         }
-                        match shared {
-                            Some(failure) => {
-                                let reason = format!(
-                                    "not run: another caller's load of the key failed: {failure}"
-                                );
-                                return Err(E::from_cache(loader_error(&job.key, &reason)));
-                            }
-                            // Not for sharing (a `#[cached]` body's `Err`): as `NotShared`.
-                            None if joins_again(&job, waiting_since) => continue,
-                            None => {}
+                        // (`None`, not for sharing, a `#[cached]` body's `Err` or `None`: as
+                        // `NotShared`.)
+                        if let Some(failure) = shared {
+                            let reason = format!(
+                                "not run: another caller's load of the key failed: {failure}"
+                            );
+                            return Err(E::from_cache(loader_error(&job.key, &reason)));
                         }
                     }
                     // The leader's loader panicked, with a stale value at hand: answered with
@@ -431,14 +428,16 @@ where
                         }
                     }
                     Wait::Abandoned => continue,
-                    Wait::NotShared if joins_again(&job, waiting_since) => continue,
                     // (Past the hard timeout: left to `alone`, which has no time left to load.)
                     Wait::NotShared | Wait::TimedOut => {}
                 }
-                // The leader had nothing to share (its value could not be encoded, or its
-                // `#[cached]` body returned a value that is not cached), or nothing that holds
-                // for this caller (invalidated since): load on our own, unshared, within what is
-                // left of the allowance.
+                // The leader's loader ran and had nothing to share (its value could not be
+                // encoded, or its `#[cached]` body returned a value that is not cached), or
+                // nothing that holds for this caller (invalidated since, past the lock's `wait`):
+                // load on our own, unshared, within what is left of the allowance. Not through
+                // the lock, even under one: the leader's run was this process's turn, and its
+                // waiters then run their own loaders at once, as without a lock (taking turns
+                // through the lock, the last of N callers would wait N loader runs).
                 let job = job.having_spent(waiting_since.elapsed());
                 return alone(job, stale, loader).await;
             }
@@ -446,12 +445,13 @@ where
     }
 }
 
-/// Whether a waiter whose leader had nothing for it joins the key's flight again rather than
-/// loading on its own: under a cross-process lock, while the lock's `wait` lasts. One of the
-/// waiters then leads the next attempt, through the lock, and the others wait for it: a value
-/// invalidated since they joined (or one not shared) does not turn every waiter loose on the
-/// origin at once, unlocked. Past the `wait`, each loads on its own, as a process does that
-/// waited that long for another's lock.
+/// Whether a waiter whose leader's value was invalidated since it joined joins the key's flight
+/// again rather than loading on its own: under a cross-process lock, while the lock's `wait`
+/// lasts. One of the waiters then leads the next attempt, through the lock, and the others wait
+/// for it: a value invalidated since they joined does not turn every waiter loose on the origin
+/// at once, unlocked. Past the `wait`, each loads on its own, as a process does that waited that
+/// long for another's lock. (A leader with nothing to share sends its waiters to their own
+/// loaders at once: see [`load`].)
 fn joins_again(job: &Job, waiting_since: Instant) -> bool {
     waiting_since.elapsed() < lock_wait(job)
 }

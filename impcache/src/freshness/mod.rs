@@ -33,8 +33,8 @@
 //!   never stored: a caller arriving once the flight has ended loads again. A panic abandons the
 //!   flight instead: the waiters join it again and one of them leads the next run, as a
 //!   panicking `#[cached]` body's waiters do. (`#[cached]`: a body's `Err` or `None` is the
-//!   caller's own, so each waiter with no stale value runs its own body, as without freshness
-//!   options; a body given up at its hard timeout is shared, its waiters get the "timed out"
+//!   caller's own, so each waiter with no stale value runs its own body at once, as without
+//!   freshness options, and under a `lock` without taking it; a body given up at its hard timeout is shared, its waiters get the "timed out"
 //!   return value.) With a `fail_safe_throttle`, the stale value then answers the key's calls
 //!   for that long without a loader run (timed on tokio's clock, as the loader's timeouts are).
 //! - **Cache errors** (down, deadline, breaker open, a key too long): logged, and the loader runs

@@ -9,7 +9,8 @@
 //! The callers waiting for another caller's run of the body, when it fails: with a stale value
 //! within `stale_if_error` from their own read, they answer with it. Without one, a body that
 //! returned a value that is not cached (`Err`, `None`) leaves each of them to run its own body,
-//! as on the plain path (its error is the caller's own type: never shared); a body given up at
+//! at once, as on the plain path (its error is the caller's own type: never shared), and under a
+//! `lock` without taking it (the leader's run was this process's turn); a body given up at
 //! its `hard_timeout` is shared: they get the return type's "timed out" value (`None`, or
 //! `Err(Error::Loader { .. }.into())`, its reason naming the leader's timeout) without running
 //! theirs; a body that panicked hands over to one new leader.

@@ -78,7 +78,12 @@ pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
 ///   slot arrived since (a reply that raced with a change is never kept).
 /// - A local entry lives at most `min(max_ttl, PTTL − round trip)`: the `PTTL` is read in the
 ///   same pipeline as the `GET`.
-/// - This cache's own writes and deletes remove the local entry at once.
+/// - This cache's own writes and deletes remove the local entry at once. A read of a key while
+///   such a write of it is in flight (`get_or_set` and `#[cached]` answer once their store is
+///   sent) waits for the write to return, at most 5 ms (a tenth of the repository's deadline
+///   when that is shorter), before it is sent: its reply is then kept, as the first read after
+///   a `set` is. What a write stores is not kept without that read: Redis announces another
+///   client's write run in the same event-loop turn with the same invalidation as this one's.
 /// - Tags (issue 16): a tag's state, or its absence, is kept like any key, so a tagged hit can
 ///   be served without a round trip, and a tag invalidated anywhere reaches every process with
 ///   Redis's invalidation. A tagged entry judged fresh keeps that verdict for the next read with

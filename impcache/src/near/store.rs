@@ -47,6 +47,11 @@ use crate::observe::StripedCounter;
 use crate::repository::WithTtl;
 use crate::tags::{envelope, Tags, TAG_KEY_PART};
 
+/// The longest a read waits for an own write of its key still in flight
+/// ([`Store::after_own_write`]): a write on a healthy connection returns well within it (a
+/// round trip); past it the read goes out at once and is not kept, as before the wait.
+const OWN_WRITE_WAIT: Duration = Duration::from_millis(5);
+
 /// The longest a read of a new cache waits for its first tracking handshake (a connection,
 /// `HELLO 3` and `CLIENT TRACKING`: about 1 ms on loopback) before it goes on without the near
 /// cache ([`Store::first_handshake`]).
@@ -791,6 +796,33 @@ impl Store {
             store: self,
             keys,
             returned: false,
+        }
+    }
+
+    /// Before a read of `key` (a full key) is sent: while an own write of the key is in flight
+    /// (`get_or_set` and `#[cached]` answer once their store is sent), waits for it to return,
+    /// at most [`OWN_WRITE_WAIT`] (or a tenth of the repository's deadline when that is
+    /// shorter: an outage still costs a read no more than its deadline and slack). The read
+    /// then takes its ticket after the write's return and is sent after it: its reply is kept,
+    /// the write's echo dropping nothing (`echo.rs`). Sent while the write was in flight, it was
+    /// dropped by the write's return: the first read after a load was never kept, and with
+    /// fail-safe on no copy was made.
+    pub(crate) async fn after_own_write(&self, key: &str) {
+        let key_bytes = key.as_bytes();
+        if !self.echoes.in_flight(key_bytes) {
+            return;
+        }
+        let until = Instant::now().checked_add(OWN_WRITE_WAIT.min(self.read_deadline / 10));
+        // Watched before the write is looked at again: its return wakes the watch (`written`
+        // drops the key), also when it comes between the two.
+        let watch = self.watch(key);
+        while self.echoes.in_flight(key_bytes) {
+            let left = until.map_or(Duration::MAX, |until| {
+                until.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() || !watch.changed_within(left).await {
+                return;
+            }
         }
     }
 

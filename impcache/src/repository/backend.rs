@@ -167,6 +167,7 @@ impl Backend {
                     return Ok(Some(value));
                 }
                 near.ready().await;
+                near.store.after_own_write(full.as_str()).await;
                 let Some(ticket) = near.store.ticket(full.as_str()) else {
                     let found = Box::pin(near.remote.get(key)).await?;
                     near.store.replied(full.as_str());
@@ -200,6 +201,7 @@ impl Backend {
                     return Ok(Some(found));
                 }
                 near.ready().await;
+                near.store.after_own_write(full.as_str()).await;
                 let ticket = near.store.ticket(full.as_str());
                 let found = Box::pin(near.remote.get_with_ttl(key)).await?;
                 near.store
@@ -359,8 +361,9 @@ impl Backend {
                     let states = self.get_tag_states(tag_keys).await?;
                     return Ok((Some(strip(found)), states));
                 }
-                let states = LocalStates::of(&near.store, tag_keys);
                 near.ready().await;
+                near.store.after_own_write(full.as_str()).await;
+                let states = LocalStates::of(&near.store, tag_keys);
                 let ticket = near.store.ticket_for(1 + states.missing.len());
                 let (found, fetched) =
                     Box::pin(near.remote.get_with_tags(key, &states.missing, true)).await?;
