@@ -148,8 +148,9 @@ fn tags_block(plan: &Plan) -> TokenStream {
 /// The function's own tag (what `{name}_invalidate_all` invalidates): from `name = "..."` when
 /// given, so that it survives moving the function; from a `key = "..."` template, for the same
 /// reason (the template makes its keys: two functions with one template share their entries);
-/// for a method with the default key, its type and name, as its keys (two types' methods of one
-/// name in one module are two functions); else its module path and name.
+/// else the default key's first part (see [`default_key_base`]): for a method its type (or
+/// `<{type} as {trait}>`) and name, as its keys (two types' methods of one name in one module
+/// are two functions), for a free function its module path and name.
 fn function_tag(plan: &Plan) -> TokenStream {
     match &plan.key {
         Key::Template(parts) => {
@@ -171,20 +172,9 @@ fn function_tag(plan: &Plan) -> TokenStream {
         Key::Default(Prefix::Name(name)) => {
             quote!(::core::concat!("__impcache_fn:", #name))
         }
-        Key::Default(Prefix::Method) => {
-            let suffix = format!("::{}", plan.func.sig.ident);
-            quote! {
-                &::std::format!(
-                    "__impcache_fn:{}{}",
-                    ::core::any::type_name::<Self>(),
-                    #suffix
-                )
-            }
-        }
-        _ => {
-            let suffix = format!("::{}", plan.func.sig.ident);
-            let container = fn_container();
-            quote!(&::std::format!("__impcache_fn:{}{}", #container, #suffix))
+        Key::Default(prefix) => {
+            let base = default_key_base(plan, prefix);
+            quote!(&["__impcache_fn:", #(#base),*].concat())
         }
     }
 }
@@ -197,6 +187,20 @@ fn fn_container() -> TokenStream {
         static __IMPCACHE_CONTAINER: ::impcache::__private::FnContainer =
             ::impcache::__private::FnContainer::new();
         __IMPCACHE_CONTAINER.of(::core::any::type_name_of_val(&|| ()))
+    })
+}
+
+/// What a method's default key starts with, at run time (see
+/// `impcache::__private::FnContainer::of_method`): its type, or for a trait's default method
+/// `<{type} as {trait}>`.
+fn method_owner() -> TokenStream {
+    quote!({
+        static __IMPCACHE_CONTAINER: ::impcache::__private::FnContainer =
+            ::impcache::__private::FnContainer::new();
+        __IMPCACHE_CONTAINER.of_method(
+            ::core::any::type_name_of_val(&|| ()),
+            ::core::any::type_name::<Self>(),
+        )
     })
 }
 
@@ -664,7 +668,8 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
 }
 
 /// The part of a default key before its arguments (`{name}`, `{module}::{fn}`, for a method or
-/// an associated function `{type}::{fn}`, for a nested function `{enclosing fn}::{fn}`), as
+/// an associated function `{type}::{fn}`, for a trait's default one `<{type} as {trait}>::{fn}`,
+/// for a nested function `{enclosing fn}::{fn}`), as
 /// `&str` expressions to join: what holds the function is known at run time only, and the key
 /// is built by appending them, with no allocation of its own.
 fn default_key_base(plan: &Plan, prefix: &Prefix) -> Vec<TokenStream> {
@@ -673,7 +678,7 @@ fn default_key_base(plan: &Plan, prefix: &Prefix) -> Vec<TokenStream> {
         Prefix::Name(name) => vec![quote!(#name)],
         Prefix::Method => {
             let suffix = format!("::{fn_name}");
-            vec![quote!(::core::any::type_name::<Self>()), quote!(#suffix)]
+            vec![method_owner(), quote!(#suffix)]
         }
         Prefix::Function => {
             let suffix = format!("::{fn_name}");

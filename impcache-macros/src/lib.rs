@@ -64,9 +64,9 @@ use proc_macro::TokenStream;
 /// | `early_refresh = 2` | freshness: reload a fresh value in the background with a probability growing as its expiry nears (XFetch; about the body's duration) |
 /// | `fail_safe_throttle = 30` | freshness: for that long after the body failed, the stale value (within `stale_if_error` or `stale_while_revalidate`) answers without running the body |
 /// | `lock` / `lock = 10` / `lock = Duration::from_secs(10)` / `lock = LOCK` (an `impcache::Lock`) | one body run across processes: a lock (`SET NX PX` with a token) taken before running the body, the other processes waiting for its value; `lock = 10` is a 10 s lifetime (waits up to twice that), `lock` alone the defaults |
-/// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`, never quoted for the text that follows: strings without quotes, integers and bools as `format!` writes them, other values (floats, structs, enums, `Option`s…) as their compact JSON, as in the key (`1.0f64` is `1.0`, not `format!`'s `1`); `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
-/// | `tags_from = org_tags` / `tags_from = \|user\| [format!("org:{}", user.org)]` | tags chosen from the cached value once the body has answered (a function or closure over `&Value`, the cached part of the return value, returning a list of strings), stored with the `tags` ones: for a tag the arguments do not give |
-/// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep; the tag comes from `name` or the `key` template when given (so it survives moving the function), else from the module path |
+/// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`, never quoted for the text that follows: each value as its compact JSON, as in the key, except that a value whose JSON is a string is written as that string, without quotes, as `format!` writes a string (a `String`, a `char`, a unit enum variant: `Kind::Admin` is `Admin`, a `Some` of one: `Some("op")` is `op`); so integers and bools read as `format!` writes them, a float keeps its `.0` (`1.0f64` is `1.0`, not `format!`'s `1`), `None` is `null`, a struct or an enum variant with data is its JSON object (`Kind::Guest(1)` is `{"Guest":1}`); `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
+/// | `tags_from = org_tags` / `tags_from = \|user\| [format!("org:{}", user.org)]` | tags chosen from the cached value once the body has answered (a function or closure over `&Value`, the cached part of the return value: `T` of `Result<T, E>` or `Option<T>`, but the whole `Option<T>` with `cache_none = true` (`fn tags(v: &Option<User>)`, called with `None` too) and the whole value with `returns = "value"`; returning a list of strings), stored with the `tags` ones: for a tag the arguments do not give |
+/// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep; the tag comes from `name` or the `key` template when given (so it survives moving the function), else from the default key's first part (module path, a method's type or trait, see the key layout) |
 ///
 /// Durations are checked at compile time when they are literals (an integer, a path ending in
 /// `ZERO` such as `Duration::ZERO`, or `from_secs`, `from_millis`, `from_micros`, `from_nanos`
@@ -103,11 +103,17 @@ use proc_macro::TokenStream;
 ///   (`myapp::users::get_user:42:"alice"`), `self`, `_` and an argument that `#[cfg]` removes
 ///   excluded. For methods and associated functions the first part is
 ///   `{type_name::<Self>()}::{fn_name}` (`myapp::users::UserRepo::get_user:42`), so two types'
-///   functions of the same name never share entries; for a function nested in another,
-///   `{enclosing fn path}::{fn_name}`.
-///   `name = "..."` replaces this first part.
-/// - with `key = "user:{id}"`: the template with each `{arg}` as compact JSON, except that strings
-///   are written without quotes (`user:42`, `user:alice`).
+///   functions of the same name never share entries; for a trait's default method,
+///   `<{type} as {trait path}>::{fn_name}` (`<myapp::Db as myapp::Users>::load:42`), so two
+///   traits' methods of one name, implemented by one type, do not either; for a function nested
+///   in another, `{enclosing fn path}::{fn_name}`.
+///   `name = "..."` replaces this first part. Functions whose paths Rust writes alike share their
+///   default keys, and so their entries: two functions of one name nested in two blocks of one
+///   function (both `{enclosing fn path}::{fn_name}`), or in two `const _: () = { .. }` blocks of
+///   one module (both `{module_path}::_::{fn_name}`). Give each its own `name = "..."`.
+/// - with `key = "user:{id}"`: the template with each `{arg}` as compact JSON, except that a
+///   value whose JSON is a string is written without quotes: a `String` or `&str`, a `char`, a
+///   unit enum variant, a `Some` of one (`user:42`, `user:alice`, `role:Admin`).
 ///
 /// Distinct argument values get distinct keys: `Some(None)` is `Some(null)` (`None` is `null`),
 /// NaN and ±∞ are `NaN`, `Infinity`, `-Infinity`, and a template placeholder whose value could
@@ -163,9 +169,11 @@ use proc_macro::TokenStream;
 /// several times over (the wrapper, the companions), and a lint may fire in one copy only: an
 /// `#[expect(..)]` on the function or an argument, also under `#[cfg_attr]`, becomes an
 /// `#[allow(..)]` of the same lints on every copy. Not in a trait impl (`impl Trait for T`): the
-/// companions are not members of the trait. A method there gets a compile error saying so; put
-/// the cached function in an inherent impl or make it a free function, and call it from the
-/// trait impl's method. Generic functions whose instantiations share a key share entries: a value of another
+/// companions are not members of the trait. A method there (or a function whose signature
+/// names `Self`) gets a compile error saying so; an associated function without either only
+/// gets rustc's "method `name_uncached` is not a member of trait" (E0407): the macro sees the
+/// function, not the impl around it. Put the cached function in an inherent impl or make it a
+/// free function, and call it from the trait impl's method. A trait's default method is fine. Generic functions whose instantiations share a key share entries: a value of another
 /// type fails to decode and is recomputed, so give them distinguishing key arguments or `name`s.
 /// The body is compiled twice (the function and `name_uncached`).
 ///

@@ -657,3 +657,86 @@ async fn seconds_written_as_a_product_of_plain_numbers_are_a_u64() {
     assert_eq!(for_decades(cache, 7).await, 7);
     assert_eq!(DECADES.load(SeqCst), 1);
 }
+
+static SHELVES: LazyLock<Cache> = LazyLock::new(fresh);
+static SHELF_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+struct Library;
+
+trait Books {
+    #[cached(cache = SHELVES, expire = 60)]
+    async fn load(&self, id: u64) -> String {
+        format!("book {id}")
+    }
+}
+
+trait Films {
+    #[cached(cache = SHELVES, expire = 60)]
+    async fn load(&self, id: u64) -> String {
+        format!("film {id}")
+    }
+}
+
+trait Shelf<T> {
+    #[cached(cache = SHELVES, expire = 60, invalidate_all)]
+    async fn load(&self, id: u64) -> String {
+        SHELF_RUNS.fetch_add(1, SeqCst);
+        format!("shelf {} {id}", std::any::type_name::<T>())
+    }
+}
+
+impl Library {
+    #[cached(cache = SHELVES, expire = 60)]
+    async fn load(&self, id: u64) -> String {
+        format!("library {id}")
+    }
+}
+
+impl Books for Library {}
+impl Films for Library {}
+impl Shelf<u8> for Library {}
+impl Shelf<u16> for Library {}
+
+async fn stored(key: &str) -> bool {
+    SHELVES.get_raw(key).await.unwrap().is_some()
+}
+
+/// Two traits' default methods of one name, implemented by one type, keyed both as
+/// `{type}::load`: `Films::load` answered with `Books::load`'s value, and either's
+/// `_invalidate_all` swept the other's entries. A trait's default method is now keyed as
+/// `<{type} as {trait}>::{fn}`; an inherent method keeps `{type}::{fn}`.
+#[tokio::test]
+async fn two_traits_default_methods_of_one_name_do_not_share_entries() {
+    for _ in 0..2 {
+        assert_eq!(Books::load(&Library, 1).await, "book 1");
+        assert_eq!(Films::load(&Library, 1).await, "film 1");
+        assert_eq!(Library.load(1).await, "library 1");
+        assert_eq!(Shelf::<u8>::load(&Library, 1).await, "shelf u8 1");
+        assert_eq!(Shelf::<u16>::load(&Library, 1).await, "shelf u16 1");
+    }
+    assert_eq!(SHELF_RUNS.load(SeqCst), 2);
+    let books = "<cached::Library as cached::Books>::load:1";
+    let films = "<cached::Library as cached::Films>::load:1";
+    let inherent = "cached::Library::load:1";
+    for key in [books, films, inherent] {
+        assert!(stored(key).await, "{key}");
+    }
+    assert!(stored("<cached::Library as cached::Shelf<u8>>::load:1").await);
+
+    // Each companion uses its own trait's keys.
+    assert!(Books::load_invalidate(&Library, 1).await.unwrap());
+    assert!(!stored(books).await);
+    assert!(stored(films).await && stored(inherent).await);
+    assert_eq!(Books::load(&Library, 1).await, "book 1");
+    Films::load_invalidate_all(&Library).await.unwrap();
+    assert!(!stored(films).await);
+    assert!(stored(books).await && stored(inherent).await);
+    Books::load_invalidate_all(&Library).await.unwrap();
+    assert!(!stored(books).await && stored(inherent).await);
+    // A tagged one: the function's tag is its trait's too.
+    Shelf::<u8>::load_invalidate_all(&Library).await.unwrap();
+    assert_eq!(Shelf::<u16>::load(&Library, 1).await, "shelf u16 1");
+    assert_eq!(SHELF_RUNS.load(SeqCst), 2);
+    assert_eq!(Shelf::<u8>::load(&Library, 1).await, "shelf u8 1");
+    assert_eq!(SHELF_RUNS.load(SeqCst), 3);
+}

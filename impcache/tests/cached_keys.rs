@@ -96,3 +96,26 @@ async fn nested_values_in_maps_are_told_apart() {
         assert_eq!(by_map(&cache, BTreeMap::from([(1, Some(None))])).await, 1);
     }
 }
+
+#[derive(serde::Serialize)]
+enum Role {
+    Admin,
+}
+
+#[cached(cache = cache, expire = 60, key = "w:{op}:{role}:{initial}")]
+async fn written(cache: &Cache, op: Option<String>, role: Role, initial: char) -> u8 {
+    let _ = (op, role, initial);
+    1
+}
+
+/// In a `key` template, whatever serializes as a JSON string is written as the string: a
+/// `Some` of a string, a unit enum variant, a `char`.
+#[tokio::test]
+async fn template_values_that_serialize_as_strings_are_written_unquoted() {
+    let cache = fresh();
+    assert_eq!(
+        written(&cache, Some("read".to_owned()), Role::Admin, 'a').await,
+        1
+    );
+    assert!(cache.get_raw("w:read:Admin:a").await.unwrap().is_some());
+}

@@ -492,3 +492,91 @@ async fn a_function_that_gains_tags_hides_its_older_entries_once_invalidated() {
     assert_eq!(gained(2).await, 1002);
     assert_eq!(GAINED_RUNS.load(SeqCst), 2);
 }
+
+static WRITTEN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(serde::Serialize)]
+enum Kind {
+    Admin,
+    Guest(u8),
+}
+
+#[cached(
+    cache = CACHE,
+    expire = 60,
+    tags = ["op:{op}", "kind:{kind}", "guest:{guest}", "initial:{initial}", "none:{none}"]
+)]
+async fn written(
+    op: Option<String>,
+    kind: Kind,
+    guest: Kind,
+    initial: char,
+    none: Option<u8>,
+) -> u64 {
+    WRITTEN_RUNS.fetch_add(1, SeqCst);
+    7
+}
+
+/// Anything whose JSON is a string is written as the string, as `format!` writes one: a
+/// `Some` of a string, a unit enum variant, a `char`; `None` is `null`, and a variant with data
+/// its JSON object.
+#[tokio::test]
+async fn tag_templates_write_whatever_serializes_as_a_string_without_quotes() {
+    let call = || {
+        written(
+            Some("read".to_owned()),
+            Kind::Admin,
+            Kind::Guest(1),
+            'a',
+            None,
+        )
+    };
+    assert_eq!(call().await, 7);
+    for tag in [
+        "op:read",
+        "kind:Admin",
+        r#"guest:{"Guest":1}"#,
+        "initial:a",
+        "none:null",
+    ] {
+        let runs = WRITTEN_RUNS.load(SeqCst);
+        CACHE.invalidate_tag(tag).await.unwrap();
+        assert_eq!(call().await, 7);
+        assert_eq!(WRITTEN_RUNS.load(SeqCst), runs + 1, "{tag} invalidates");
+    }
+}
+
+static MAYBE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// With `cache_none = true` the cached value is the whole `Option`: `tags_from` is given it.
+fn maybe_member_tags(member: &Option<Member>) -> Vec<String> {
+    member
+        .iter()
+        .map(|member| format!("maybe-org:{}", member.org))
+        .collect()
+}
+
+#[cached(cache = CACHE, expire = 60, cache_none = true, tags_from = maybe_member_tags)]
+async fn maybe_member(id: u64) -> Option<Member> {
+    MAYBE_RUNS.fetch_add(1, SeqCst);
+    (id != 0).then(|| Member {
+        id,
+        org: "maybe".to_owned(),
+    })
+}
+
+#[tokio::test]
+async fn with_cache_none_tags_from_takes_the_whole_option() {
+    assert_eq!(maybe_member(0).await, None);
+    assert_eq!(maybe_member(1).await.map(|m| m.id), Some(1));
+    assert_eq!(maybe_member(0).await, None);
+    assert_eq!(MAYBE_RUNS.load(SeqCst), 2, "`None` is cached too");
+    CACHE.invalidate_tag("maybe-org:maybe").await.unwrap();
+    assert_eq!(maybe_member(1).await.map(|m| m.id), Some(1));
+    assert_eq!(maybe_member(0).await, None);
+    assert_eq!(
+        MAYBE_RUNS.load(SeqCst),
+        3,
+        "only the `Some` carried the tag"
+    );
+}

@@ -26,10 +26,11 @@ impl<T: Serialize + ?Sized> KeyArg for T {}
 /// function it is in, then `::{{closure}}` for it and each async block around it): the path of
 /// what holds the function. A free function's module (the key is `{module_path}::{fn}`, as
 /// always); an associated function's type (`{type}::{fn}`, as a method's, so that two types'
-/// functions of one name do not share entries); an enclosing function's path for a nested
-/// one. The function's own segment is the last one outside angle brackets (a generic
-/// function's is `name<T>`, whose arguments may hold `::`). Written by hand: no crate reads
-/// Rust paths, and it runs on every call (a few dozen bytes scanned, no allocation).
+/// functions of one name do not share entries), or for a trait's default one the qualified
+/// path `<{type} as {trait}>`; an enclosing function's path for a nested one. The function's
+/// own segment is the last one outside angle brackets (a generic function's is `name<T>`, whose
+/// arguments may hold `::`). Written by hand: no crate reads Rust paths, and it runs on every
+/// call (a few dozen bytes scanned, no allocation).
 fn fn_container(marker: &'static str) -> &'static str {
     let path = without_closures(marker);
     let bytes = path.as_bytes();
@@ -68,6 +69,21 @@ impl FnContainer {
             container
         } else {
             fn_container(marker)
+        }
+    }
+
+    /// What a method's default key starts with (before `::{fn}`), `marker` read as
+    /// [`of`](Self::of) does. For a trait's default method the container is a qualified path,
+    /// `<{Self type} as {trait path}>`: it is the answer, so that two traits' methods of one
+    /// name, implemented by one type, are two functions. Otherwise `self_type`
+    /// (`type_name::<Self>()`), as always: an inherent method's container is its type's path
+    /// too, but spelled `{module}::<impl {type}>` when the impl is not in the type's module.
+    pub fn of_method(&self, marker: &'static str, self_type: &'static str) -> &'static str {
+        let container = self.of(marker);
+        if container.starts_with('<') {
+            container
+        } else {
+            self_type
         }
     }
 }
@@ -235,6 +251,20 @@ mod tests {
             ),
             ("app::generic<alloc::vec::Vec<u8>>::{{closure}}", "app"),
             ("app::handler::helper::{{closure}}", "app::handler"),
+            // A trait's default method, the trait generic, in an async fn.
+            (
+                "<app::Db as app::Users>::load::{{closure}}::{{closure}}",
+                "<app::Db as app::Users>",
+            ),
+            (
+                "<app::G<u8> as app::Repo<alloc::string::String>>::load::{{closure}}",
+                "<app::G<u8> as app::Repo<alloc::string::String>>",
+            ),
+            // An inherent impl outside its type's module.
+            (
+                "app::db::<impl app::Db>::get::{{closure}}",
+                "app::db::<impl app::Db>",
+            ),
             (
                 "app::handler::{{closure}}::helper::{{closure}}",
                 "app::handler",
@@ -243,6 +273,35 @@ mod tests {
         ] {
             assert_eq!(super::fn_container(marker), container, "{marker}");
         }
+    }
+
+    #[test]
+    fn a_method_is_keyed_by_its_type_or_its_trait() {
+        let inherent = FnContainer::new();
+        let in_other_module = FnContainer::new();
+        let default_method = FnContainer::new();
+        for _ in 0..2 {
+            assert_eq!(
+                inherent.of_method("app::Db::get::{{closure}}", "app::Db"),
+                "app::Db"
+            );
+            assert_eq!(
+                in_other_module.of_method("app::db::<impl app::Db>::get::{{closure}}", "app::Db"),
+                "app::Db"
+            );
+            assert_eq!(
+                default_method.of_method("<app::Db as app::Users>::load::{{closure}}", "app::Db"),
+                "<app::Db as app::Users>"
+            );
+        }
+        // Another implementor of the same default method (one `static` for all).
+        assert_eq!(
+            default_method.of_method(
+                "<app::Cache as app::Users>::load::{{closure}}",
+                "app::Cache"
+            ),
+            "<app::Cache as app::Users>"
+        );
     }
 
     use super::*;
