@@ -184,6 +184,22 @@ pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Op
     })
 }
 
+/// A URL to purge given in absolute form (`http://example.com/a?b=1`, as in an absolute-form
+/// request target, RFC 9112 §3.2.2): its authority, the host that a request with this target is
+/// keyed by ([`request_host`]), and its path and query as that request's keys take them (the
+/// scheme is in no key). `None` for anything else: a path and query as in an origin-form request
+/// line (`/a?b=1`).
+pub(crate) fn absolute_form(target: &str) -> Option<(String, String)> {
+    let uri: http::Uri = target.parse().ok()?;
+    uri.scheme()?;
+    let authority = uri.authority()?.as_str().to_owned();
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{}?{query}", uri.path()),
+        None => uri.path().to_owned(),
+    };
+    Some((authority, path_and_query))
+}
+
 /// The URL part of a key (without the cache's prefix and version): everything but the variant.
 pub(crate) fn url_key(
     namespace: &str,

@@ -201,7 +201,9 @@ impl CacheLayer {
     /// - **Age**: the response's `Age` and `Date` make its initial age (RFC 9111 §4.2.3), which
     ///   counts against its lifetime and is part of the `Age` of every hit.
     /// - **Directives**: `no-store` and `private` responses are not stored (a `no-store` response
-    ///   also removes the stored response it replaces); `no-cache` ones are stored only with a
+    ///   also removes the stored response it replaces, as does any response not stored that
+    ///   answers a stale entry's revalidation, unless it is an error: see
+    ///   [`stale_while_revalidate`](Self::stale_while_revalidate)); `no-cache` ones are stored only with a
     ///   validator, and revalidated on every use; `must-revalidate`/`proxy-revalidate` entries
     ///   are never served stale.
     /// - **Revalidation**: a stale entry with an `ETag` or `Last-Modified` is kept for
@@ -246,8 +248,13 @@ impl CacheLayer {
 
     /// Up to `window` past its freshness, a stored response is served at once (`Cache-Status:
     /// impcache; hit; fwd=stale; ttl=-N; detail=revalidating`) while one background handler call
-    /// per URL refreshes it (RFC 5861). A response's own `stale-while-revalidate=N` wins over
-    /// this; `must-revalidate`, `proxy-revalidate`, `no-cache` (and `s-maxage` in the
+    /// per URL refreshes it (RFC 5861). Its answer replaces the stored response even when it is
+    /// not stored (a 404 or 410 not in [`statuses`](Self::statuses), `no-store`, `private`, a
+    /// body over [`max_body_size`](Self::max_body_size)): the stale response is removed, and the
+    /// next request is a miss the handler answers (RFC 9111 §4.3.3); only an error (a 5xx, a
+    /// status of [`stale_if_error_statuses`](Self::stale_if_error_statuses), a handler error, a
+    /// timeout, a body that fails) leaves it in place. A response's own
+    /// `stale-while-revalidate=N` wins over this; `must-revalidate`, `proxy-revalidate`, `no-cache` (and `s-maxage` in the
     /// [origin-freshness mode](Self::follow_origin)) forbid it. A request whose honoured
     /// `max-age` or `min-fresh` asks for a fresh response is not served from it (see
     /// [`honor_request_cache_control`](Self::honor_request_cache_control)). Default
@@ -262,7 +269,8 @@ impl CacheLayer {
     /// or takes longer than [`handler_timeout`](Self::handler_timeout) (`Cache-Status: impcache;
     /// fwd=stale; ttl=-N; detail=handler-error`, or `fwd=stale; fwd-status=503; ..;
     /// detail=handler-status`: forwarded, so not a `hit` (RFC 9211); a `WARN` with target
-    /// `impcache_tower`). A
+    /// `impcache_tower`). Any other answer replaces the stale response, also one that is not
+    /// stored (a 404, `no-store`, ..): it is removed, and does not answer for a later failure. A
     /// response's own `stale-if-error=N` wins over this; the directives that forbid
     /// [`stale_while_revalidate`](Self::stale_while_revalidate) forbid it too. Default
     /// [`Duration::ZERO`]: the responses' directives only.
@@ -504,6 +512,8 @@ impl CacheLayer {
     /// The `delete_pattern` pattern of one URL (all methods and `Vary` variants); see
     /// [`purge_url`](Self::purge_url).
     pub fn url_pattern(&self, host: Option<&str>, path_and_query: &str) -> String {
+        let absolute = key::absolute_form(path_and_query);
+        let (host, path_and_query) = of_url(host, path_and_query, absolute.as_ref());
         key::url_pattern(
             &self.config.namespace,
             self.config.host(host),
@@ -521,6 +531,12 @@ impl CacheLayer {
     /// as in the request line (`/users/1?tab=a`, percent-encoded as sent), on `host` or on any
     /// host when `None`. Returns the number of keys removed.
     ///
+    /// The URL may also be given in absolute form (`http://example.com/users/1?tab=a`, as
+    /// Fastly-style purge-by-URL tools send it): its authority is then the host, in place of
+    /// `host` (as a request's absolute-form target wins over its `Host` header), so it purges
+    /// what a request `GET http://example.com/users/1?tab=a`, or `GET /users/1?tab=a` with
+    /// `Host: example.com`, is keyed by. The scheme is in no key: `https://` purges the same.
+    ///
     /// The query is matched after sorting its parameters by name, as keys are.
     ///
     /// **Handler calls and stores in progress**: a response goes out before its store has
@@ -536,7 +552,10 @@ impl CacheLayer {
     /// listed at its first store, once its handler call has returned), and comes before the
     /// list is read. Another process's handler call or store may still store after the purge
     /// (as in nginx and Varnish); a tag purge ([`purge_tag`](Self::purge_tag)) reaches those
-    /// too.
+    /// too. So may a store of this process still under way past the 500 ms (the cache slower
+    /// than that): the older response it writes then replaces a newer one stored after the
+    /// purge, so a client may get the newer response, then the older one, until it expires or
+    /// is purged again.
     ///
     /// **Without a scan**: the URL's records (one per stored method) are read and removed, two
     /// round trips whatever the size of the keyspace; its variants, stored under the records'
@@ -582,6 +601,8 @@ impl CacheLayer {
         mut on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let config = &self.config;
+        let absolute = key::absolute_form(path_and_query);
+        let (host, path_and_query) = of_url(host, path_and_query, absolute.as_ref());
         let urls = vec![path_and_query.to_owned()];
         let targets = if host.is_none() && config.key_by_host {
             // In this process, on every host, whatever the list of hosts says (a host is listed
@@ -795,4 +816,18 @@ impl CacheLayer {
 enum Purge {
     Hard,
     Soft,
+}
+
+/// The host and the path and query a purge of one URL names: those of `absolute`, its URL in
+/// absolute form ([`key::absolute_form`]), whose authority takes the place of `host`; else
+/// `host` and `path_and_query` as given.
+fn of_url<'a>(
+    host: Option<&'a str>,
+    path_and_query: &'a str,
+    absolute: Option<&'a (String, String)>,
+) -> (Option<&'a str>, &'a str) {
+    match absolute {
+        Some((authority, path_and_query)) => (Some(authority.as_str()), path_and_query.as_str()),
+        None => (host, path_and_query),
+    }
 }

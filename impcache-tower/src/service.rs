@@ -662,6 +662,12 @@ where
     let (mut parts, body) = response.into_parts();
     // Never taken from a handler: the layer's own field (an entry's tags).
     parts.headers.remove(TAGS_FIELD);
+    // Where the stored response the lookup found (stale, or fresh and refreshed early) is: an
+    // answer that is not stored may replace it (see `replaced`).
+    let found_at = stale.as_ref().map(|_| {
+        let vary = seen.as_ref().map_or(&[][..], |seen| &seen.vary[..]);
+        key::variant_key(url, vary, &headers, config.allow_authenticated)
+    });
     if let Some(stale) = stale.filter(|_| revalidating) {
         // A `304` answering the validation refreshes the stale entry, its tags included.
         if parts.status == http::StatusCode::NOT_MODIFIED {
@@ -727,20 +733,19 @@ where
     let (ttl, origin) = match verdict {
         Ok(ttl) => ttl,
         Err(reason) => {
+            // Removed before the flight ends: a request that looks the URL up once it has ended
+            // does not find the response this one replaces.
+            let named = || {
+                let vary = policy::vary_names(&parts.headers).unwrap_or_default();
+                key::variant_key(url, &vary, &headers, config.allow_authenticated)
+            };
+            let answer = (parts.status, reason);
+            if let Some(replaced) = replaced(config, found_at, (fwd, may_store), answer, named) {
+                revalidate::remove(config, &replaced).await;
+            }
             // Waiters call the handler themselves: an uncacheable response is never shared.
             if let Some(guard) = guard {
                 guard.not_shared();
-            }
-            // A newer `no-store` response removes the stored one it replaces (found stale by the
-            // lookup, or skipped by a client's honoured `no-cache`).
-            if config.follow_origin
-                && reason == NotStored::NoStore
-                && may_store
-                && matches!(fwd, "stale" | "request")
-            {
-                let vary = policy::vary_names(&parts.headers).unwrap_or_default();
-                let variant = key::variant_key(url, &vary, &headers, config.allow_authenticated);
-                revalidate::remove(config, &variant).await;
             }
             // Sent whole even to a conditional request: a 200 answers one too, and a 304 built
             // here would drop what only the handler's answer carries (a `Set-Cookie`, say).
@@ -799,6 +804,12 @@ where
             rest,
             reason,
         } => {
+            // Before the flight ends (see above).
+            let answer = (parts.status, reason);
+            let named = || unfinished.variant_key.clone();
+            if let Some(replaced) = replaced(config, found_at, (fwd, may_store), answer, named) {
+                revalidate::remove(config, &replaced).await;
+            }
             unfinished.give_up(reason);
             let body = ResponseBody::replay(frames, rest);
             (body, false, detail.or(Some(reason.detail())), false)
@@ -837,6 +848,50 @@ where
         },
     );
     Ok(response)
+}
+
+/// The key of the stored response that an answer the layer does not store (`status`, not
+/// stored for `reason`) replaces, to be removed ([`revalidate::remove`]); `None` when it replaces
+/// none, or nothing is stored (`may_store` false: the cache failing):
+///
+/// - The response the lookup found (`found_at`: a stale one, or a fresh one refreshed early),
+///   unless the answer is one a stale response may stand in for ([`answer_keeps_stale`]): a
+///   full response to a revalidation replaces the stored one (RFC 9111 §4.3.3), as a new `404`
+///   replaces a stale object in Varnish. Kept, the stale response would be served for the rest
+///   of its stale-while-revalidate window, each request starting another background call.
+/// - In the origin mode, a `no-store` answer removes the response it replaces: the one found,
+///   or for a client's refresh (`fwd=request`: its lookup skipped, or its fresh entry refused)
+///   the variant the answer names (`named`).
+fn replaced(
+    config: &Config,
+    found_at: Option<String>,
+    (fwd, may_store): (&str, bool),
+    (status, reason): (http::StatusCode, NotStored),
+    named: impl FnOnce() -> String,
+) -> Option<String> {
+    if !may_store {
+        return None;
+    }
+    let no_store = config.follow_origin && reason == NotStored::NoStore;
+    match found_at {
+        Some(found_at) if no_store || !answer_keeps_stale(config, status, reason) => Some(found_at),
+        None if no_store && fwd == "request" => Some(named()),
+        _ => None,
+    }
+}
+
+/// Whether an answer (`status`, not stored for `reason`) leaves the stored response it
+/// revalidates in place: an error, for which a stale response may stand in (RFC 5861: a 5xx, a
+/// [listed status](crate::CacheLayer::stale_if_error_statuses), a body that failed or is not the
+/// length it declares, an incomplete response), or not a full response (a `206`, a `304`).
+fn answer_keeps_stale(config: &Config, status: http::StatusCode, reason: NotStored) -> bool {
+    status.is_server_error()
+        || config.stale_if_error_statuses.contains(&status)
+        || matches!(reason, NotStored::BodyError | NotStored::LengthMismatch)
+        || matches!(
+            status,
+            http::StatusCode::PARTIAL_CONTENT | http::StatusCode::NOT_MODIFIED
+        )
 }
 
 /// A stale entry, `past` its freshness, answering for a failed handler (stale-if-error): logged,

@@ -371,8 +371,9 @@ pub(crate) struct Unfinished {
 impl Unfinished {
     /// Publishes the response with its complete `body` to the waiters and stores it in the
     /// background, unless a purge of its URL began during the handler call (then it only answers
-    /// the requests that joined its flight before the purge). Returns the ETag it computed, if
-    /// any, whether it is stored, and the store when there is no tokio runtime to run it on.
+    /// the requests that joined its flight before the purge) or the cache refuses its keys
+    /// (longer than its limit). Returns the ETag it computed, if any, whether it is stored, and
+    /// the store when there is no tokio runtime to run it on.
     pub(crate) fn finish(
         self,
         body: Bytes,
@@ -434,6 +435,15 @@ impl Unfinished {
         let Some(mut call) = self.call else {
             return (published, etag, false, None);
         };
+        // A key the cache refuses (longer than its limit): the store would fail, so the
+        // response is not claimed stored (`Cache-Status`).
+        let refused = [self.keys.record(), published.variant_key.as_str()]
+            .into_iter()
+            .any(|key| !impcache::__private::accepts_key(&self.cache, key));
+        if refused {
+            tracing::debug!("impcache-tower: not stored, its key is refused by the cache");
+            return (published, etag, false, None);
+        }
         if !call.store() {
             let url = self.cache.records_keys().then(|| self.keys.url());
             tracing::debug!(

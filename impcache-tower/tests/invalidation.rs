@@ -1457,3 +1457,41 @@ async fn a_url_too_long_for_the_cache_is_purged_as_nothing() {
         0
     );
 }
+
+/// `purge_url` given a URL in absolute form (RFC 9112 §3.2.2, as Fastly-style purge-by-URL tools
+/// send it) purges what a request for that URL is keyed by: its authority is the host (the
+/// `Host: example.com` of the requests, and of a request with that absolute-form target), its
+/// path and query the rest; the scheme is in no key. Another host's URL purges nothing here.
+#[tokio::test]
+async fn purge_url_takes_a_url_in_absolute_form() {
+    let layer = CacheLayer::new(memory_cache()).expire(60);
+    let (svc, _) = service(layer.clone());
+    store_all(&svc, &["/plain/abs?b=2&a=1", "/plain/tls", "/plain/kept"]).await;
+    // A request with the absolute-form target is keyed as the same URL on that host.
+    let absolute = Request::get("http://example.com/plain/kept")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&svc, absolute).await.outcome(), "HIT");
+    let purged = layer
+        .purge_url(None, "http://other.example/plain/kept")
+        .await
+        .unwrap();
+    assert_eq!(purged, 0, "another host's URL");
+    let purged = layer
+        .purge_url(None, "http://example.com/plain/abs?a=1&b=2")
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    let purged = layer
+        .purge_url(Some("example.com"), "https://EXAMPLE.com/plain/tls")
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(outcomes(&svc, "/plain/abs?b=2&a=1").await.0, "MISS");
+    assert_eq!(outcomes(&svc, "/plain/tls").await.0, "MISS");
+    assert_eq!(outcomes(&svc, "/plain/kept").await.0, "HIT");
+    assert_eq!(
+        layer.url_pattern(None, "http://example.com/plain/kept"),
+        layer.url_pattern(Some("example.com"), "/plain/kept")
+    );
+}

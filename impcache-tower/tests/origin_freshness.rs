@@ -443,6 +443,72 @@ async fn a_honoured_request_max_age_turns_away_an_older_response() {
     );
 }
 
+/// A background revalidation (the response's own `stale-while-revalidate`) answered with a
+/// `404` without freshness, which is not stored, replaces the stale variant it revalidates all
+/// the same (RFC 9111 §4.3.3): the next request for it is a miss that the handler answers, not
+/// the stale `200` again. The URL's other variants stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstorable_answer_to_a_background_revalidation_replaces_its_variant() {
+    let layer = origin();
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::clone(&gone);
+    // Gone in English only: the French variant's revalidations answer as before.
+    let (svc, _) = app(layer.clone(), move |n, req: Request<Body>| {
+        let gone = answers.load(std::sync::atomic::Ordering::SeqCst)
+            && req.headers()["accept-language"] == "en";
+        async move {
+            if gone {
+                return respond(n, 404, &[]);
+            }
+            let headers = [
+                ("cache-control", "max-age=10, stale-while-revalidate=3600"),
+                ("age", "20"),
+                ("etag", "\"v1\""),
+                ("vary", "accept-language"),
+            ];
+            respond(n, 200, &headers)
+        }
+    });
+    let lang = |lang: &str| request("GET", "/moved", &[("accept-language", lang)]);
+    for language in ["en", "fr"] {
+        send(&svc, lang(language)).await;
+        let mut seen = send(&svc, lang(language)).await;
+        for _ in 0..200 {
+            if seen.outcome() == "HIT" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            seen = send(&svc, lang(language)).await;
+        }
+        assert_eq!(seen.outcome(), "HIT", "{language} not stored");
+    }
+    gone.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stale = send(&svc, lang("en")).await;
+    assert_eq!((stale.status, stale.outcome()), (StatusCode::OK, "HIT"));
+    let mut seen = send(&svc, lang("en")).await;
+    for _ in 0..100 {
+        if seen.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        seen = send(&svc, lang("en")).await;
+    }
+    assert_eq!(
+        (seen.status, seen.outcome()),
+        (StatusCode::NOT_FOUND, "MISS"),
+        "{:?}",
+        seen.header("cache-status")
+    );
+    let again = send(&svc, lang("en")).await;
+    assert_eq!(
+        (again.status, again.outcome()),
+        (StatusCode::NOT_FOUND, "MISS")
+    );
+    // The other variant is still the stale `200` (revalidated in the background in turn).
+    let other = send(&svc, lang("fr")).await;
+    assert_eq!((other.status, other.outcome()), (StatusCode::OK, "HIT"));
+}
+
 #[tokio::test]
 async fn a_no_store_answer_to_a_honoured_client_refresh_removes_the_fresh_entry() {
     let layer = origin().honor_request_cache_control(true);

@@ -2063,3 +2063,35 @@ mod out_of_range_settings {
         assert_eq!(endless, 1, "the lock was dropped");
     }
 }
+
+/// A URL whose key is longer than the cache accepts (its `max_key_bytes`) cannot be stored: its
+/// `Cache-Status` does not say `stored` (only `detail=cache-error`, from the lookup the cache
+/// refused), and every request goes to the handler. A URL within the limit is stored.
+#[tokio::test]
+async fn a_url_too_long_for_the_cache_is_not_claimed_stored() {
+    let cache = Cache::builder(impcache::MemoryCacheRepository::new())
+        .max_key_bytes(200)
+        .build();
+    let layer = CacheLayer::new(cache).expire(60);
+    let (svc, calls) = counting(layer.clone());
+    let long = format!("/items/{}", "x".repeat(300));
+    for n in 1..=2 {
+        let seen = send(&svc, get(&long)).await;
+        let cache_status = seen.header("cache-status").unwrap_or_default();
+        assert_eq!(
+            (seen.status, seen.outcome()),
+            (StatusCode::OK, "MISS"),
+            "{cache_status}"
+        );
+        assert!(
+            !cache_status.contains("stored") && cache_status.contains("detail=cache-error"),
+            "{cache_status}"
+        );
+        assert_eq!(calls.get(), n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let short = send(&svc, get("/items/1")).await;
+    let cache_status = short.header("cache-status").unwrap_or_default();
+    assert!(cache_status.contains("; stored"), "{cache_status}");
+    wait_stored(&layer, "/items/1").await;
+}

@@ -231,15 +231,162 @@ async fn if_error_serves_stale_on_5xx_error_and_timeout(cache: Cache) {
             "{cache_status}"
         );
     }
-    // A status not configured goes through; so does a success, which is stored.
-    origin.set(Answer::Status(404));
-    let (status, x_cache, ..) = call(&service, "/sie").await.unwrap();
-    assert_eq!((status, x_cache.as_str()), (StatusCode::NOT_FOUND, "MISS"));
+    // A success replaces it: stored.
     origin.set(Answer::Ok);
     let (status, x_cache, cache_status, body) = call(&service, "/sie").await.unwrap();
     assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "MISS"));
     assert!(cache_status.contains("fwd=stale; stored"), "{cache_status}");
-    assert_eq!(body, format!("call {}", origin.calls()));
+    let stored = format!("call {}", origin.calls());
+    assert_eq!(body, stored);
+    wait_hit(&service, "/sie", &stored).await;
+    past_freshness().await;
+    // A status not configured goes through, and replaces the stale response too (RFC 9111
+    // §4.3.3), though it is not stored: the next failure finds no stale response to stand in.
+    origin.set(Answer::Status(404));
+    let (status, x_cache, cache_status, _) = call(&service, "/sie").await.unwrap();
+    assert_eq!((status, x_cache.as_str()), (StatusCode::NOT_FOUND, "MISS"));
+    assert!(cache_status.contains("fwd=stale"), "{cache_status}");
+    origin.set(Answer::Status(503));
+    let (status, x_cache, cache_status, _) = call(&service, "/sie").await.unwrap();
+    assert_eq!(
+        (status, x_cache.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "MISS"),
+        "{cache_status}"
+    );
+    assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
+}
+
+/// A body that says nothing of its size: the layer learns it is too large only by reading it.
+struct Unsized(Option<Bytes>);
+
+impl http_body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+/// Stale-while-revalidate: a background call whose answer the layer does not store (a 404, a
+/// 410, `no-store`, `private`, a body over `max_body_size`, known before or after reading it)
+/// replaces the stale response all the same (RFC 9111 §4.3.3; RFC 5861 lets a stale response
+/// stand in for errors only): the next requests are misses answered by the handler, not the
+/// stale `200` with one more background call each.
+async fn an_unstorable_refresh_replaces_the_stale_response(cache: Cache) {
+    let layer = layer(cache)
+        .max_body_size(1000)
+        .stale_while_revalidate(Duration::from_secs(3600));
+    let later = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers_later = Arc::clone(&later);
+    let (service, calls) = app(layer.clone(), move |n, request: Request<Body>| {
+        let later = answers_later.load(Ordering::SeqCst);
+        let path = request.uri().path().to_owned();
+        async move {
+            if !later {
+                return Response::new(Body::from(format!("old {n}")));
+            }
+            let big = Bytes::from(format!("new {n} {}", "x".repeat(5000)));
+            let response = Response::builder();
+            match path.as_str() {
+                "/gone" => response.status(404).body(Body::from(format!("new {n}"))),
+                "/gone-for-good" => response.status(410).body(Body::from(format!("new {n}"))),
+                "/no-store" => response
+                    .header("cache-control", "no-store")
+                    .body(Body::from(format!("new {n}"))),
+                "/private" => response
+                    .header("cache-control", "private")
+                    .body(Body::from(format!("new {n}"))),
+                "/too-large" => response.body(Body::from(big)),
+                _ => response.body(Body::new(Unsized(Some(big)))),
+            }
+            .unwrap()
+        }
+    });
+    let uris = [
+        "/gone",
+        "/gone-for-good",
+        "/no-store",
+        "/private",
+        "/too-large",
+        "/too-large-unsized",
+    ];
+    for uri in uris {
+        send(&service, get(uri)).await;
+        wait_stored(&layer, uri).await;
+    }
+    past_freshness().await;
+    later.store(true, Ordering::SeqCst);
+    for uri in uris {
+        let before = calls.get();
+        let stale = send(&service, get(uri)).await;
+        assert!(stale.body.starts_with(b"old"), "{uri}: not served stale");
+        // The background call's answer removes the record (bounded wait).
+        let record = format!("{}:v", layer.request_key(&get(uri)));
+        for _ in 0..200 {
+            let stored = layer.cache().repository().get(&record).await.unwrap();
+            if stored.is_none() && calls.get() > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let requests = 5;
+        for _ in 0..requests {
+            let seen = send(&service, get(uri)).await;
+            let cache_status = seen.header("cache-status").unwrap_or_default();
+            assert!(
+                seen.body.starts_with(b"new") && cache_status.contains("fwd=uri-miss"),
+                "{uri}: {} {:?} [{cache_status}]",
+                seen.status,
+                String::from_utf8_lossy(&seen.body[..seen.body.len().min(20)]),
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // One background call, then one call per miss: none started in the background.
+        assert_eq!(calls.get() - before, 1 + requests, "{uri}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstorable_refresh_replaces_the_stale_response_on_memory() {
+    an_unstorable_refresh_replaces_the_stale_response(memory_cache()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstorable_refresh_replaces_the_stale_response_on_redis() {
+    let redis = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
+    an_unstorable_refresh_replaces_the_stale_response(cache).await;
+}
+
+/// A background call that fails (a 503, a handler error) leaves the stale response in place, as
+/// before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_keeps_the_stale_response() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache()).stale_while_revalidate(Duration::from_secs(60));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/kept").await.unwrap();
+    wait_stored(&layer, "/kept").await;
+    past_freshness().await;
+    for answer in [Answer::Status(503), Answer::Error] {
+        origin.set(answer);
+        for _ in 0..2 {
+            let before = origin.calls();
+            let (_, x_cache, _, body) = call(&service, "/kept").await.unwrap();
+            assert_eq!(
+                (x_cache.as_str(), body.as_ref()),
+                ("STALE", &b"call 1"[..]),
+                "{answer:?}"
+            );
+            until_calls(&origin, before + 1).await;
+            // The background call (100 ms) has ended.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
 }
 
 /// How long the throttle tests throttle: the requests right after a failure are within it on a
