@@ -141,9 +141,10 @@ use proc_macro::TokenStream;
 /// # Behaviour
 /// - **One execution per key per process**: concurrent callers with the same key wait for the
 ///   first one and decode its JSON (values need not be `Clone`). If it returns a value that is not
-///   cached (`Err`, `None`), each waiter runs its own body, concurrently (with `lock`, without
-///   taking the lock: the leader's run was this process's turn); if it panics or is cancelled,
-///   the waiters elect a new leader. Nothing is poisoned.
+///   cached (`Err`, `None`), each waiter runs its own body, concurrently (with `lock`, one of
+///   them first runs it once more through the lock for the others, and if that fails too they
+///   run theirs without taking it); if it panics or is cancelled, the waiters elect a new
+///   leader. Nothing is poisoned.
 /// - **Not reentrant on one key**: a body that awaits a call with its own key (the same cached
 ///   function and key arguments, directly or through other functions) waits for its own run,
 ///   which never ends: the call never returns (with `hard_timeout`, until it gives up), as

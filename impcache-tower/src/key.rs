@@ -175,9 +175,10 @@ pub(crate) fn request_path<B>(request: &http::Request<B>) -> &str {
 /// The host a request names: the URI's authority (an absolute-form request target, or HTTP/2's
 /// `:authority`), else the `Host` header. The target wins over a `Host` that disagrees with it,
 /// as the handler sees it (RFC 9112 §3.2.2): a response is never stored under another host than
-/// the one it was made for.
+/// the one it was made for. Userinfo in the target's authority (`user:pw@`, which RFC 9110
+/// §4.2.4 deprecates for http URIs) is left out: it names no other host.
 pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    uri.authority().map(|a| a.as_str()).or_else(|| {
+    uri.authority().map(without_userinfo).or_else(|| {
         headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -192,12 +193,20 @@ pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Op
 pub(crate) fn absolute_form(target: &str) -> Option<(String, String)> {
     let uri: http::Uri = target.parse().ok()?;
     uri.scheme()?;
-    let authority = uri.authority()?.as_str().to_owned();
+    let authority = without_userinfo(uri.authority()?).to_owned();
     let path_and_query = match uri.query() {
         Some(query) => format!("{}?{query}", uri.path()),
         None => uri.path().to_owned(),
     };
     Some((authority, path_and_query))
+}
+
+/// `authority` without its userinfo (`user:pw@example.com` → `example.com`).
+fn without_userinfo(authority: &http::uri::Authority) -> &str {
+    let authority = authority.as_str();
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }
 
 /// The URL part of a key (without the cache's prefix and version): everything but the variant.

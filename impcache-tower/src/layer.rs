@@ -253,7 +253,7 @@ impl CacheLayer {
     /// body over [`max_body_size`](Self::max_body_size)): the stale response is removed, and the
     /// next request is a miss the handler answers (RFC 9111 §4.3.3); only an error (a 5xx, a
     /// status of [`stale_if_error_statuses`](Self::stale_if_error_statuses), a handler error, a
-    /// timeout, a body that fails) leaves it in place. A response's own
+    /// timeout, a body that fails) or a `429` (an origin shedding load) leaves it in place. A response's own
     /// `stale-while-revalidate=N` wins over this; `must-revalidate`, `proxy-revalidate`, `no-cache` (and `s-maxage` in the
     /// [origin-freshness mode](Self::follow_origin)) forbid it. A request whose honoured
     /// `max-age` or `min-fresh` asks for a fresh response is not served from it (see
@@ -269,8 +269,9 @@ impl CacheLayer {
     /// or takes longer than [`handler_timeout`](Self::handler_timeout) (`Cache-Status: impcache;
     /// fwd=stale; ttl=-N; detail=handler-error`, or `fwd=stale; fwd-status=503; ..;
     /// detail=handler-status`: forwarded, so not a `hit` (RFC 9211); a `WARN` with target
-    /// `impcache_tower`). Any other answer replaces the stale response, also one that is not
-    /// stored (a 404, `no-store`, ..): it is removed, and does not answer for a later failure. A
+    /// `impcache_tower`). Any other answer but a `429` replaces the stale response, also one
+    /// that is not stored (a 404, `no-store`, ..): it is removed, and does not answer for a
+    /// later failure. A
     /// response's own `stale-if-error=N` wins over this; the directives that forbid
     /// [`stale_while_revalidate`](Self::stale_while_revalidate) forbid it too. Default
     /// [`Duration::ZERO`]: the responses' directives only.

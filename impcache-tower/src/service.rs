@@ -883,14 +883,19 @@ fn replaced(
 /// Whether an answer (`status`, not stored for `reason`) leaves the stored response it
 /// revalidates in place: an error, for which a stale response may stand in (RFC 5861: a 5xx, a
 /// [listed status](crate::CacheLayer::stale_if_error_statuses), a body that failed or is not the
-/// length it declares, an incomplete response), or not a full response (a `206`, a `304`).
+/// length it declares, an incomplete response), an origin shedding load (`429`: it says nothing
+/// of the resource, and removing the stale response would send every request to the origin that
+/// asked for less; nginx serves stale on it with `proxy_cache_use_stale http_429`), or not a
+/// full response (a `206`, a `304`).
 fn answer_keeps_stale(config: &Config, status: http::StatusCode, reason: NotStored) -> bool {
     status.is_server_error()
         || config.stale_if_error_statuses.contains(&status)
         || matches!(reason, NotStored::BodyError | NotStored::LengthMismatch)
         || matches!(
             status,
-            http::StatusCode::PARTIAL_CONTENT | http::StatusCode::NOT_MODIFIED
+            http::StatusCode::TOO_MANY_REQUESTS
+                | http::StatusCode::PARTIAL_CONTENT
+                | http::StatusCode::NOT_MODIFIED
         )
 }
 

@@ -1494,4 +1494,16 @@ async fn purge_url_takes_a_url_in_absolute_form() {
         layer.url_pattern(None, "http://example.com/plain/kept"),
         layer.url_pattern(Some("example.com"), "/plain/kept")
     );
+    // Userinfo names no other host (it made the purge match nothing: found by a probe), nor
+    // does it in a request's target.
+    let purged = layer
+        .purge_url(None, "http://user:pw@example.com/plain/kept")
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(outcomes(&svc, "/plain/kept").await.0, "MISS");
+    let with_userinfo = Request::get("http://user@example.com/plain/kept")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&svc, with_userinfo).await.outcome(), "HIT");
 }

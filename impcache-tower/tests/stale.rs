@@ -363,7 +363,8 @@ async fn an_unstorable_refresh_replaces_the_stale_response_on_redis() {
 }
 
 /// A background call that fails (a 503, a handler error) leaves the stale response in place, as
-/// before.
+/// before, and so does an origin shedding load (a 429: removing the stale response sent every
+/// request to it; found by a probe).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_keeps_the_stale_response() {
     let origin = Origin::new("");
@@ -372,7 +373,7 @@ async fn a_failed_refresh_keeps_the_stale_response() {
     call(&service, "/kept").await.unwrap();
     wait_stored(&layer, "/kept").await;
     past_freshness().await;
-    for answer in [Answer::Status(503), Answer::Error] {
+    for answer in [Answer::Status(503), Answer::Status(429), Answer::Error] {
         origin.set(answer);
         for _ in 0..2 {
             let before = origin.calls();

@@ -694,6 +694,16 @@ impl Library {
 
 impl Books for Library {}
 impl Films for Library {}
+
+trait Catalogue: Send + Sync {}
+impl Catalogue for Library {}
+
+impl dyn Catalogue {
+    #[cached(cache = SHELVES, expire = 60)]
+    async fn load(&self, id: u64) -> String {
+        format!("catalogue {id}")
+    }
+}
 impl Shelf<u8> for Library {}
 impl Shelf<u16> for Library {}
 
@@ -739,4 +749,15 @@ async fn two_traits_default_methods_of_one_name_do_not_share_entries() {
     assert_eq!(SHELF_RUNS.load(SeqCst), 2);
     assert_eq!(Shelf::<u8>::load(&Library, 1).await, "shelf u8 1");
     assert_eq!(SHELF_RUNS.load(SeqCst), 3);
+}
+
+/// An inherent method of a trait object (`impl dyn Catalogue`) keeps `{type}::{fn}`, its
+/// type being `dyn cached::Catalogue`: its marker's container, `<dyn cached::Catalogue>`, starts
+/// with `<` as a trait's default method's does, and was taken for one (the key had changed to
+/// `<dyn cached::Catalogue>::load:1`; found by a probe).
+#[tokio::test]
+async fn an_inherent_method_of_a_trait_object_keeps_its_key() {
+    let catalogue: &dyn Catalogue = &Library;
+    assert_eq!(catalogue.load(3).await, "catalogue 3");
+    assert!(stored("dyn cached::Catalogue::load:3").await);
 }

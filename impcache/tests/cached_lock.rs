@@ -131,17 +131,18 @@ async fn nothing_locked(process: Cache, runs: Arc<AtomicUsize>, id: u32) -> Opti
 }
 
 /// 20 concurrent callers of one key whose body returns a value that is not cached (`Err`,
-/// `None`) after 100 ms, under a lock: the leader's value is not shared, so each waiter runs its
-/// own body at once, without the lock, as without one. (They took turns through the lock, one run
-/// after another: 2.1 s for 20 callers, found by a probe.) `call` is one caller's call, checked
-/// by `answered`.
+/// `None`) after 100 ms, under a lock: the leader's value is not shared, so one waiter runs the
+/// body once more through the lock (see `a_transient_failure_under_a_lock_costs_one_more_run`),
+/// and when that fails too each waiter runs its own at once, without the lock, as without one.
+/// (They took turns through the lock, one run after another: 2.1 s for 20 callers, found by a
+/// probe.) `call` is one caller's call, checked by `answered`.
 async fn all_answer_at_once<Fut, R>(call: impl Fn(Arc<AtomicUsize>) -> Fut, answered: impl Fn(R))
 where
     Fut: std::future::Future<Output = R> + Send + 'static,
     R: Send + 'static,
 {
     const CALLERS: usize = 20;
-    // 20 × 100 ms would be 2 s one after another; at once, about two runs' time.
+    // 20 × 100 ms would be 2 s one after another; at once, about three runs' time.
     const BOUND: Duration = Duration::from_secs(1);
     let runs = Arc::new(AtomicUsize::new(0));
     let started = std::time::Instant::now();
@@ -194,4 +195,45 @@ async fn waiters_of_a_none_run_their_bodies_at_once_on_redis() {
     let server = RedisServer::start();
     let repository = RedisCacheRepository::new(&server.url()).unwrap();
     callers_finding_nothing_answer_at_once(Cache::new(repository)).await;
+}
+
+/// Fails on its first run (a transient origin error), succeeds afterwards; 100 ms each.
+#[cached(cache = process, expire = 60, skip(process, runs), lock = 5)]
+async fn failing_once(process: Cache, runs: Arc<AtomicUsize>, id: u32) -> Result<u32, String> {
+    let run = runs.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if run == 0 {
+        Err("transient".to_owned())
+    } else {
+        Ok(id)
+    }
+}
+
+/// 4 processes × 50 callers of a body whose first run fails: the failing leader's waiters join
+/// again once, one of them runs the body through the lock, and its value is shared: a few runs
+/// in all (2 seen), not one per waiter (51, when each ran its own at once after the failure:
+/// found by a probe over the change that stopped them taking turns through the lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transient_failure_under_a_lock_costs_one_more_run() {
+    let server = RedisServer::start();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..4)
+        .map(|_| Cache::new(RedisCacheRepository::new(&server.url()).unwrap()))
+        .flat_map(|process| (0..50).map(move |_| process.clone()))
+        .map(|process| tokio::spawn(failing_once(process, runs.clone(), 7)))
+        .collect();
+    let mut failed = 0;
+    for caller in callers {
+        if tokio::time::timeout(HANG, caller)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_err()
+        {
+            failed += 1;
+        }
+    }
+    let ran = runs.load(SeqCst);
+    assert!(ran <= 4, "{ran} body runs after one transient failure");
+    assert!(failed < 50, "{failed} callers got the transient error");
 }

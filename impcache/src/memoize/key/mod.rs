@@ -77,15 +77,34 @@ impl FnContainer {
     /// `<{Self type} as {trait path}>`: it is the answer, so that two traits' methods of one
     /// name, implemented by one type, are two functions. Otherwise `self_type`
     /// (`type_name::<Self>()`), as always: an inherent method's container is its type's path
-    /// too, but spelled `{module}::<impl {type}>` when the impl is not in the type's module.
+    /// too, but spelled `{module}::<impl {type}>` when the impl is not in the type's module, and
+    /// `<dyn {trait}>` for an inherent impl on a trait object (not a trait's method: no ` as `).
     pub fn of_method(&self, marker: &'static str, self_type: &'static str) -> &'static str {
         let container = self.of(marker);
-        if container.starts_with('<') {
+        if is_qualified(container) {
             container
         } else {
             self_type
         }
     }
+}
+
+/// Whether `path` is a qualified path, `<{type} as {trait}>`: ` as ` within its outermost angle
+/// brackets, not nested deeper (in a generic argument).
+fn is_qualified(path: &str) -> bool {
+    if !path.starts_with('<') {
+        return false;
+    }
+    let mut depth = 0usize;
+    for (i, byte) in path.bytes().enumerate() {
+        match byte {
+            b'<' => depth += 1,
+            b'>' => depth = depth.saturating_sub(1),
+            b' ' if depth == 1 && path[i..].starts_with(" as ") => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `path` without its trailing `::{{closure}}` segments.
@@ -294,6 +313,26 @@ mod tests {
                 "<app::Db as app::Users>"
             );
         }
+        // An inherent method of a trait object: not qualified (no ` as `), nor is a qualified
+        // path nested in a generic argument.
+        assert_eq!(
+            FnContainer::new().of_method("<dyn app::Local>::on_dyn::{{closure}}", "dyn app::Local"),
+            "dyn app::Local"
+        );
+        assert_eq!(
+            FnContainer::new().of_method(
+                "<dyn app::Local<<u8 as app::Tr>::Out>>::get::{{closure}}",
+                "dyn app::Local<u8>"
+            ),
+            "dyn app::Local<u8>"
+        );
+        assert_eq!(
+            FnContainer::new().of_method(
+                "<app::Db as app::Repo<alloc::string::String>>::load::{{closure}}",
+                "app::Db"
+            ),
+            "<app::Db as app::Repo<alloc::string::String>>"
+        );
         // Another implementor of the same default method (one `static` for all).
         assert_eq!(
             default_method.of_method(
