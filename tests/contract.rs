@@ -181,6 +181,7 @@ contract!(
     values_nested_as_deep_as_orjson_writes_round_trip,
     values_nested_deeper_are_refused_both_ways,
     integers_beyond_64_bits_are_refused,
+    map_keys_are_written_as_strings_or_refused,
     delete_if_equal_removes_only_a_match,
     set_if_equal_replaces_only_a_match,
     set_nx_claims_a_key_whose_tagged_entry_is_hidden,
@@ -828,6 +829,39 @@ async fn integers_beyond_64_bits_are_refused(b: Backend) {
     assert_eq!(cache.get::<u64>("max").await.unwrap(), Some(u64::MAX));
     cache.set("min", &i128::from(i64::MIN), 100).await.unwrap();
     assert_eq!(cache.get::<i64>("min").await.unwrap(), Some(i64::MIN));
+}
+
+/// JSON object keys are strings: a map's integer, `bool` and `char` keys are written as strings
+/// (`{"1":1}`); a key JSON cannot write as one (`()`, a tuple) is `Encode`, nothing stored.
+async fn map_keys_are_written_as_strings_or_refused(b: Backend) {
+    use std::collections::BTreeMap;
+    let cache = b.cache();
+    let value = (
+        BTreeMap::from([(1_u8, 1)]),
+        BTreeMap::from([(true, 'a')]),
+        BTreeMap::from([('c', 2)]),
+    );
+    cache.set("keys", &value, 100).await.unwrap();
+    assert_eq!(
+        cache.get::<serde_json::Value>("keys").await.unwrap(),
+        Some(serde_json::json!([{"1": 1}, {"true": "a"}, {"c": 2}]))
+    );
+    assert_eq!(
+        cache
+            .get::<(BTreeMap<u8, i32>, BTreeMap<bool, char>, BTreeMap<char, i32>)>("keys")
+            .await
+            .unwrap(),
+        Some(value)
+    );
+    for refused in [
+        cache.set("unit", &BTreeMap::from([((), 1)]), 100).await,
+        cache.set("unit", &BTreeMap::from([((1, 2), 1)]), 100).await,
+    ] {
+        let err = refused.unwrap_err();
+        assert!(matches!(err, Error::Encode { .. }), "{err}");
+        assert!(err.to_string().contains("key must be a string"), "{err}");
+    }
+    assert_eq!(cache.get::<serde_json::Value>("unit").await.unwrap(), None);
 }
 
 // --- One loader run across processes (issue 16): the lock's release. ---

@@ -234,6 +234,34 @@ async fn bad_input_is_refused(repository: Arc<dyn CacheRepository>, keys: impl F
         .unwrap_err();
     assert!(matches!(error, Error::Encode { .. }), "{error:?}");
 
+    // A key holding control characters: escaped in messages (as Rust writes them), so that it
+    // cannot forge a log line or a terminal escape; other characters are shown as they are.
+    let hostile = "a`\nWARN forged\r\u{1b}[31m\u{85}é`";
+    let shown = "a`\\nWARN forged\\r\\u{1b}[31m\\u{85}é`";
+    let long = format!("{hostile}{}", "k".repeat(300));
+    for (result, expected) in [
+        (
+            cache.set(hostile, &f64::NAN, 60).await,
+            format!("`{shown}`"),
+        ),
+        (cache.set(hostile, &1, 0).await, format!("{shown}`")),
+        (cache.set(&long, &f64::NAN, 60).await, format!("`{shown}k")),
+    ] {
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains(&expected),
+            "{message:?} should show {expected:?}"
+        );
+        assert!(
+            !message.contains(['\n', '\r', '\u{1b}', '\u{85}']),
+            "{message:?}"
+        );
+    }
+    cache.set(hostile, &"not a number", 60).await.unwrap();
+    let message = cache.get::<i32>(hostile).await.unwrap_err().to_string();
+    assert!(message.contains(&format!("{shown}`")), "{message:?}");
+    cache.delete(hostile).await.unwrap();
+
     // Expiries of zero, negative, or beyond what Redis accepts.
     for expire in [
         impcache::Expire::from(0),

@@ -112,8 +112,145 @@ async fn acl_users_work_and_passwords_never_show() {
     }
     assert!(repository.is_circuit_open());
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    assert!(logs.contains("circuit breaker opened"), "logs: {logs}");
+    // The breaker's warning names the failure that opened it.
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("circuit breaker opened")
+                && line.contains("last_error=cache backend unavailable during get of `cache:1:k`")),
+        "logs: {logs}"
+    );
     assert_no_secret("logs", &logs);
+}
+
+/// A login the server refuses (a wrong password, a disabled or an unknown ACL user, over RESP2
+/// and RESP3) is the server's answer, as `NOAUTH` is: `Error::Server` naming the operation and
+/// the key, not an outage, so the breaker stays closed and every call keeps saying why. The
+/// connection that failed to log in is not kept: a password corrected on the server works at
+/// the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_the_servers_answer_not_an_outage() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(&[
+        "ACL", "SETUSER", "offuser", "off", ">offpw12", "~*", "+@all",
+    ]);
+    let _: () = server.cmd(&["CONFIG", "SET", "requirepass", PASSWORD]);
+    let port = server.port();
+    let dsns = [
+        format!("redis://:{WRONG_PASSWORD}@127.0.0.1:{port}/0"),
+        format!("redis://:{WRONG_PASSWORD}@127.0.0.1:{port}/0?protocol=resp3"),
+        format!("redis://offuser:offpw12@127.0.0.1:{port}/0"),
+        format!("redis://ghost:{WRONG_PASSWORD}@127.0.0.1:{port}/0"),
+    ];
+    for dsn in &dsns {
+        let repository = RedisCacheRepository::new(dsn).unwrap();
+        let cache = Cache::new(repository.clone());
+        // More calls than the breaker's threshold (5).
+        for i in 0..8 {
+            let (error, operation) = if i % 2 == 0 {
+                (cache.get::<i32>("k").await.unwrap_err(), "get")
+            } else {
+                (cache.set("k", &1, 60).await.unwrap_err(), "set")
+            };
+            let message = error.to_string();
+            let Error::Server { code, .. } = &error else {
+                panic!("{dsn}: {error:?}");
+            };
+            assert!(
+                !error.is_outage() && error.is_backend_failure(),
+                "{error:?}"
+            );
+            assert!(
+                message.starts_with(&format!("server refused {operation} of `cache:1:k`: ")),
+                "{message}"
+            );
+            if dsn.ends_with("resp3") {
+                assert_eq!(code.as_deref(), Some("WRONGPASS"), "{message}");
+            } else {
+                assert!(message.contains("authentication failed"), "{message}");
+            }
+            assert_no_secret("error", &format!("{message} {error:?}"));
+        }
+        assert!(!repository.is_circuit_open(), "{dsn}");
+    }
+
+    // The server's password changed to the one the repository has: the next call logs in.
+    let repository = RedisCacheRepository::new(&dsns[0]).unwrap();
+    let cache = Cache::new(repository.clone());
+    assert!(cache.get::<i32>("k").await.is_err());
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(WRONG_PASSWORD)
+        .query(
+            &mut redis::Client::open(format!("redis://:{PASSWORD}@127.0.0.1:{port}/0"))
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        )
+        .unwrap();
+    cache.set("k", &1, 60).await.unwrap();
+    assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
+}
+
+/// A password (and a user name) in the DSN's query, `?password=` / `?username=` as redis-py
+/// reads them (and `?pass=` / `?user=`, as the `redis` crate reads them on a socket), is sent,
+/// on TCP and on a socket: the `redis` crate alone ignores them on TCP (and `password=` on a
+/// socket), and every call failed with `NOAUTH`. Two different passwords are refused at build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_the_query_are_sent() {
+    let socket = std::env::temp_dir().join(format!("impcache-sec-{}.sock", std::process::id()));
+    let socket = socket.to_str().unwrap().to_owned();
+    let server = RedisServer::start_with(&["--unixsocket", &socket]);
+    // The default user's password is `PASSWORD`, alice's `WRONG_PASSWORD`.
+    let _: () = server.cmd(&[
+        "ACL",
+        "SETUSER",
+        "alice",
+        "on",
+        &format!(">{WRONG_PASSWORD}"),
+        "~*",
+        "+@all",
+    ]);
+    let _: () = server.cmd(&["CONFIG", "SET", "requirepass", PASSWORD]);
+    let port = server.port();
+    for dsn in [
+        format!("redis://127.0.0.1:{port}/0?password={PASSWORD}"),
+        format!("redis://127.0.0.1:{port}/0?pass={PASSWORD}"),
+        format!("redis://127.0.0.1:{port}/0?username=alice&password={WRONG_PASSWORD}"),
+        format!("redis://alice@127.0.0.1:{port}/0?password={WRONG_PASSWORD}"),
+        format!("redis://:{PASSWORD}@127.0.0.1:{port}/0?password={PASSWORD}"),
+        format!("unix://{socket}?password={PASSWORD}"),
+        format!("unix://{socket}?pass={PASSWORD}"),
+        format!("unix://{socket}?user=alice&password={WRONG_PASSWORD}"),
+    ] {
+        let repository = RedisCacheRepository::new(&dsn).unwrap();
+        assert_no_secret("repository Debug", &format!("{repository:?}"));
+        let cache = Cache::new(repository);
+        cache
+            .set("k", &1, 60)
+            .await
+            .unwrap_or_else(|e| panic!("{dsn}: {e}"));
+        assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1), "{dsn}");
+    }
+    for dsn in [
+        format!("redis://:{PASSWORD}@127.0.0.1:{port}/0?password={WRONG_PASSWORD}"),
+        format!("redis://127.0.0.1:{port}/0?password={PASSWORD}&pass={WRONG_PASSWORD}"),
+        format!("unix://{socket}?pass={PASSWORD}&pass={WRONG_PASSWORD}"),
+    ] {
+        let error = RedisCacheRepository::new(&dsn).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, Error::InvalidDsn { .. }), "{error:?}");
+        assert!(message.contains("two different passwords"), "{message}");
+        assert_no_secret("DSN error", &format!("{message} {error:?}"));
+    }
+    let error =
+        RedisCacheRepository::new(&format!("redis://alice@127.0.0.1:{port}/0?username=bob"))
+            .unwrap_err();
+    assert!(
+        error.to_string().contains("two different user names"),
+        "{error}"
+    );
+    let _ = std::fs::remove_file(socket);
 }
 
 #[test]
@@ -382,6 +519,27 @@ mod tls {
                 "{error:?}"
             );
         }
+    }
+
+    /// `#insecure` (no certificate verification) needs a feature of the `redis` crate that
+    /// impcache does not enable: refused when the repository is built, not by every call.
+    #[test]
+    fn insecure_tls_is_refused_at_build() {
+        for dsn in [
+            "rediss://127.0.0.1:1/0#insecure",
+            "rediss://:hunter2@localhost:1/0#insecure",
+            "valkeys://127.0.0.1:1#insecure",
+        ] {
+            let error = RedisCacheRepository::new(dsn).unwrap_err();
+            let message = error.to_string();
+            assert!(matches!(error, Error::InvalidDsn { .. }), "{error:?}");
+            assert!(message.contains("`#insecure`"), "{message}");
+            assert!(message.contains("not supported"), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        let error = RedisCacheRepository::new("rediss://127.0.0.1:1/0#other").unwrap_err();
+        assert!(matches!(error, Error::InvalidDsn { .. }), "{error:?}");
+        assert!(RedisCacheRepository::new("rediss://127.0.0.1:1/0").is_ok());
     }
 
     #[test]

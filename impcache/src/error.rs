@@ -11,7 +11,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Everything that can go wrong in a cache operation.
 ///
 /// Every message names the key (or tag, pattern, or DSN) involved and what was wrong with it. Long
-/// keys are shortened in messages; passwords never appear.
+/// keys are shortened in messages, and their control characters escaped (`\n`); passwords never
+/// appear.
 ///
 /// Errors fall into two groups:
 /// - **bad input** ([`InvalidDsn`](Error::InvalidDsn), [`InvalidKey`](Error::InvalidKey),
@@ -73,8 +74,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The value could not be written as JSON (a map with non-string keys, a NaN or infinite float, or
-    /// a failing `Serialize` impl). Nothing was stored.
+    /// The value could not be written as JSON: a map key JSON cannot write as a string (`()`,
+    /// `None`, a tuple, a struct, a sequence; string, integer, `bool`, `char` and finite float
+    /// keys are accepted, and written as strings: `{1: 1}` is stored as `{"1":1}`), a NaN or
+    /// infinite float, an integer beyond 64 bits, a value nested more than 255 levels deep, a
+    /// value whose JSON could be taken for a tagged entry's (`{"__impcache_tagged__":...`), or a
+    /// failing `Serialize` impl. Nothing was stored.
     #[error("cannot store key `{key}`: the value cannot be encoded as JSON: {reason}")]
     Encode {
         /// The key the value was meant for.
@@ -133,14 +138,19 @@ pub enum Error {
         key: String,
     },
     /// The server answered with an error (for example `OOM` when `maxmemory` is reached under
-    /// `noeviction`).
+    /// `noeviction`), or refused the DSN's user name and password when the connection logged in
+    /// (a wrong password, an unknown or disabled ACL user): the message then says
+    /// `authentication failed` (or is the server's `WRONGPASS ...` under RESP3). Not an outage:
+    /// the circuit breaker stays closed.
     #[error("server refused {operation} of `{key}`: {message}")]
     Server {
         /// The operation (`get`, `set`, ...).
         operation: &'static str,
         /// The key or pattern.
         key: String,
-        /// The error code, such as `OOM`, when the server sent one.
+        /// The error code, such as `OOM`, when the server sent one. `None` for a refused login
+        /// over RESP2 (the default): the `redis` crate does not keep the server's reply to `AUTH`
+        /// (`WRONGPASS` under RESP3).
         code: Option<String>,
         /// The server's message.
         message: String,
@@ -321,12 +331,26 @@ impl From<Error> for std::io::Error {
 const SHOWN_KEY_CHARS: usize = 200;
 
 /// A key as it appears in error messages: shortened when long, so a 1 MiB key does not make a
-/// 1 MiB log line.
+/// 1 MiB log line, and with its control characters escaped as Rust writes them (`\n`,
+/// `\u{1b}`), so a key cannot forge log lines or terminal escapes; other characters, unicode
+/// included, are shown as they are.
 pub(crate) fn shown(key: &str) -> String {
-    match key.char_indices().nth(SHOWN_KEY_CHARS) {
-        None => key.to_owned(),
-        Some((cut, _)) => format!("{}… ({} bytes)", &key[..cut], key.len()),
+    let (head, cut) = match key.char_indices().nth(SHOWN_KEY_CHARS) {
+        None => (key, false),
+        Some((cut, _)) => (&key[..cut], true),
+    };
+    let mut shown = String::with_capacity(head.len());
+    for c in head.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_debug());
+        } else {
+            shown.push(c);
+        }
     }
+    if cut {
+        shown.push_str(&format!("… ({} bytes)", key.len()));
+    }
+    shown
 }
 
 /// The keys of a multi-key operation as they appear in error messages.

@@ -136,8 +136,9 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records an outage (unreachable, dropped connection, timeout).
-    pub(crate) fn record_failure(&self, admission: &Admission) {
+    /// Records an outage (unreachable, dropped connection, timeout); `cause`, the error it ended
+    /// in, is named in the warning logged when this opens the breaker.
+    pub(crate) fn record_failure(&self, admission: &Admission, cause: &dyn std::fmt::Display) {
         let Some(config) = self.config else { return };
         let failures = self
             .consecutive_failures
@@ -162,6 +163,7 @@ impl CircuitBreaker {
                 tracing::warn!(
                     failures,
                     cool_down = ?config.cool_down,
+                    last_error = %cause,
                     "impcache: circuit breaker opened: redis calls fail fast until a probe succeeds"
                 );
             }
@@ -212,11 +214,11 @@ mod tests {
         for _ in 0..2 {
             let a = breaker.admit();
             assert_eq!(a, Admission::Allowed);
-            breaker.record_failure(&a);
+            breaker.record_failure(&a, &"refused");
         }
         assert!(!breaker.is_open());
         let a = breaker.admit();
-        breaker.record_failure(&a);
+        breaker.record_failure(&a, &"refused");
         assert!(breaker.is_open());
         assert_eq!(breaker.admit(), Admission::Rejected);
         std::thread::sleep(Duration::from_millis(40));
@@ -227,7 +229,7 @@ mod tests {
             Admission::Rejected,
             "only one probe at a time"
         );
-        breaker.record_failure(&probe);
+        breaker.record_failure(&probe, &"refused");
         assert!(breaker.is_open(), "a failed probe reopens at once");
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(breaker.admit(), Admission::Probe);
@@ -245,7 +247,7 @@ mod tests {
             "redis://127.0.0.1:6379/0".to_owned(),
         );
         let a = breaker.admit();
-        breaker.record_failure(&a);
+        breaker.record_failure(&a, &"refused");
         assert!(breaker.is_open());
         assert_eq!(breaker.admit(), Admission::Rejected);
     }
@@ -263,10 +265,10 @@ mod tests {
                 "10.0.0.1:7000".to_owned(),
             );
             let a = breaker.admit();
-            breaker.record_failure(&a); // closed -> open
+            breaker.record_failure(&a, &"refused"); // closed -> open
             std::thread::sleep(Duration::from_millis(20));
             let probe = breaker.admit(); // open -> half_open
-            breaker.record_failure(&probe); // half_open -> open
+            breaker.record_failure(&probe, &"refused"); // half_open -> open
             std::thread::sleep(Duration::from_millis(20));
             let probe = breaker.admit(); // open -> half_open
             breaker.record_success(); // half_open -> closed
@@ -325,11 +327,11 @@ mod tests {
         let early = breaker.admit();
         let late = breaker.admit();
         assert_eq!((&early, &late), (&Admission::Allowed, &Admission::Allowed));
-        breaker.record_failure(&early); // closed -> open
+        breaker.record_failure(&early, &"refused"); // closed -> open
         std::thread::sleep(Duration::from_millis(20));
         let probe = breaker.admit();
         assert_eq!(probe, Admission::Probe);
-        breaker.record_failure(&late); // admitted while closed, failing now
+        breaker.record_failure(&late, &"refused"); // admitted while closed, failing now
         assert_eq!(breaker.admit(), Admission::Rejected);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(
@@ -358,11 +360,11 @@ mod tests {
             );
             let first = breaker.admit();
             let _late = breaker.admit();
-            breaker.record_failure(&first); // closed -> open
+            breaker.record_failure(&first, &"refused"); // closed -> open
             std::thread::sleep(Duration::from_millis(20));
             let probe = breaker.admit(); // open -> half_open
             breaker.record_success(); // the late one succeeds: half_open -> closed
-            breaker.record_failure(&probe); // closed -> open
+            breaker.record_failure(&probe, &"refused"); // closed -> open
             assert!(breaker.is_open());
         });
         let open = snapshotter
@@ -425,7 +427,7 @@ mod tests {
             let sessions = CircuitBreaker::new(config, "redis", "redis://10.0.0.1:6379/0".into());
             let _pages = CircuitBreaker::new(config, "redis", "redis://10.0.0.2:6379/0".into());
             let a = sessions.admit();
-            sessions.record_failure(&a); // closed -> open, on the first server only
+            sessions.record_failure(&a, &"refused"); // closed -> open, on the first server only
         });
         let mut open = Vec::new();
         for (key, _, _, value) in snapshotter.snapshot().into_vec() {
@@ -457,7 +459,7 @@ mod tests {
         let breaker = CircuitBreaker::new(None, "redis", "redis://127.0.0.1:6379/0".to_owned());
         for _ in 0..100 {
             let a = breaker.admit();
-            breaker.record_failure(&a);
+            breaker.record_failure(&a, &"refused");
         }
         assert_eq!(breaker.admit(), Admission::Allowed);
     }

@@ -217,7 +217,7 @@ where
             let generation = used.load(Ordering::Relaxed);
             target.failed((generation != 0).then_some(generation), failed.kind);
             if target.is_outage(failed.kind) {
-                breaker.record_failure(&admission);
+                breaker.record_failure(&admission, &failed.error);
             } else {
                 breaker.record_success();
             }

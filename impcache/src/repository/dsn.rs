@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 
 /// The DSN with any password replaced by `***`: each `password=` / `pass=` query parameter's
-/// value (how the `redis` crate takes a socket's), then the userinfo before the *last* `@` (a
+/// value (see [`query_credentials`]), then the userinfo before the *last* `@` (a
 /// password may hold unencoded `/`, `?`, `#` and `@`; a socket path's `@` after its first `/`
 /// is no userinfo's). Works on strings that are not valid URLs too, since those are the ones
 /// that end up in errors: a mistyped separator (`redis//`, `redis:/`, `redis:///`, none at all)
@@ -46,7 +46,8 @@ pub(crate) fn redact(dsn: &str) -> String {
     let (userinfo, address) = (&rest[..at], &rest[at + 1..]);
     match userinfo.split_once(':') {
         Some((user, _password)) => format!("{prefix}{user}:***@{address}"),
-        // `redis://secret@host`: redis-rs reads a lone userinfo as the password.
+        // `redis://name@host`: a user name without a password, for the `redis` crate as for
+        // redis-py; hidden all the same, in case it is a password written without its `:`.
         None => format!("{prefix}***@{address}"),
     }
 }
@@ -123,7 +124,7 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
             if !db.is_empty() {
                 path_db = Some(check_db(dsn, db)?);
             }
-            require_tls_feature(dsn, &url)?;
+            check_tls(dsn, &url)?;
         }
         "unix" | "redis+unix" => {
             if url.path().is_empty() || url.path() == "/" {
@@ -149,7 +150,7 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
             query_db = Some(db);
         }
     }
-    let mut info = connection_info(dsn)?;
+    let mut info = connection_info(dsn, &url)?;
     // `redis://host/?db=3`: redis-py (the Python library's client) reads the database from the
     // query as well as from the path; the `redis` crate only for sockets, and would silently use
     // database 0. Applied here, so both languages share one database.
@@ -177,7 +178,8 @@ pub(crate) fn sentinel(dsn: &str) -> Result<redis::ConnectionInfo> {
             "expected redis://host:port (or rediss://) for each Sentinel".to_owned(),
         ));
     }
-    connection_info(dsn)
+    check_tls(dsn, &url)?;
+    connection_info(dsn, &url)
 }
 
 /// Checks the address of one cluster node: `redis://` or `rediss://` (feature `tls`), with a
@@ -190,7 +192,7 @@ pub(crate) fn cluster_node(dsn: &str) -> Result<redis::ConnectionInfo> {
     }
     let url = parse(dsn, "expected redis://host:port for each cluster node")?;
     match url.scheme() {
-        "redis" | "valkey" | "rediss" | "valkeys" => require_tls_feature(dsn, &url)?,
+        "redis" | "valkey" | "rediss" | "valkeys" => check_tls(dsn, &url)?,
         "unix" | "redis+unix" => {
             return Err(invalid(
                 "cluster nodes are reached over TCP; expected redis://host:port".to_owned(),
@@ -209,7 +211,7 @@ pub(crate) fn cluster_node(dsn: &str) -> Result<redis::ConnectionInfo> {
             "a cluster has only database 0, not `{db}`"
         )));
     }
-    connection_info(dsn)
+    connection_info(dsn, &url)
 }
 
 /// The [`Error::InvalidDsn`] for `dsn` (redacted) and a reason.
@@ -241,13 +243,25 @@ fn require_host(dsn: &str, url: &url::Url) -> Result<()> {
     Ok(())
 }
 
-/// Refuses `rediss://` (and `valkeys://`) when this build cannot speak TLS.
-fn require_tls_feature(dsn: &str, url: &url::Url) -> Result<()> {
-    if matches!(url.scheme(), "rediss" | "valkeys") && !cfg!(feature = "tls") {
+/// Refuses `rediss://` (and `valkeys://`) when this build cannot speak TLS, and with
+/// `#insecure`, which asks the `redis` crate not to verify certificates: a feature of its own
+/// that impcache does not enable, so every call would fail.
+fn check_tls(dsn: &str, url: &url::Url) -> Result<()> {
+    if !matches!(url.scheme(), "rediss" | "valkeys") {
+        return Ok(());
+    }
+    if !cfg!(feature = "tls") {
         return Err(invalid(dsn)(format!(
             "`{}://` needs the `tls` feature of impcache",
             url.scheme()
         )));
+    }
+    if url.fragment() == Some("insecure") {
+        return Err(invalid(dsn)(
+            "`#insecure` (TLS without certificate verification) is not supported: certificates \
+             are always verified; trust a private CA with `tls_root_certificate`"
+                .to_owned(),
+        ));
     }
     Ok(())
 }
@@ -261,10 +275,63 @@ fn check_db(dsn: &str, db: &str) -> Result<u16> {
     })
 }
 
-/// The `redis` crate's reading of a checked `dsn`; its errors without the password.
-fn connection_info(dsn: &str) -> Result<redis::ConnectionInfo> {
-    redis::IntoConnectionInfo::into_connection_info(dsn)
-        .map_err(|e| invalid(dsn)(scrub(&e.to_string(), &[dsn])))
+/// The `redis` crate's reading of a checked `dsn` (parsed as `url`), its errors without the
+/// password, with the user name and password of the query applied ([`query_credentials`]).
+fn connection_info(dsn: &str, url: &url::Url) -> Result<redis::ConnectionInfo> {
+    let info = redis::IntoConnectionInfo::into_connection_info(dsn)
+        .map_err(|e| invalid(dsn)(scrub(&e.to_string(), &[dsn])))?;
+    let mut settings = info.redis_settings().clone();
+    // On TCP, the userinfo's; on a socket, the `redis` crate reads the query's `user=` and
+    // `pass=`, read again here with the rest of the query.
+    let socket = matches!(url.scheme(), "unix" | "redis+unix");
+    let userinfo = |value: Option<&str>| value.filter(|_| !socket).map(str::to_owned);
+    let (username, password) = (userinfo(settings.username()), userinfo(settings.password()));
+    if let Some(password) =
+        query_credentials(dsn, url, &["password", "pass"], password, "passwords")?
+    {
+        settings = settings.set_password(password);
+    }
+    if let Some(username) =
+        query_credentials(dsn, url, &["username", "user"], username, "user names")?
+    {
+        settings = settings.set_username(username);
+    }
+    Ok(info.set_redis_settings(settings))
+}
+
+/// The password (or user name) of a DSN, which its query may give as well as its userinfo:
+/// `password=` (`username=`) as redis-py (the Python library's client) reads it, on TCP and on
+/// sockets, and `pass=` (`user=`), as the `redis` crate reads it on sockets only. The `redis`
+/// crate ignores them all on TCP, where the password would silently not be sent. `names` are the
+/// query parameters, `userinfo` the value in the userinfo, `plural` names the value in the error.
+/// Empty values are absent, as for redis-py. Two different values (in the userinfo and the query,
+/// or twice in the query) are refused: redis-py takes the userinfo's, then the query's first,
+/// and a DSN shared with it must not mean two things.
+fn query_credentials(
+    dsn: &str,
+    url: &url::Url,
+    names: &[&str],
+    userinfo: Option<String>,
+    plural: &str,
+) -> Result<Option<String>> {
+    let mut found = userinfo
+        .filter(|value| !value.is_empty())
+        .map(|value| ("the userinfo".to_owned(), value));
+    for (name, value) in url.query_pairs() {
+        if value.is_empty() || !names.contains(&name.as_ref()) {
+            continue;
+        }
+        match &found {
+            Some((first, earlier)) if *earlier != value => {
+                return Err(invalid(dsn)(format!(
+                    "two different {plural}: in {first} and in `{name}=` of the query"
+                )));
+            }
+            Some(_) => {}
+            None => found = Some((format!("`{name}=` of the query"), value.into_owned())),
+        }
+    }
+    Ok(found.map(|(_, value)| value))
 }
 
 #[cfg(test)]

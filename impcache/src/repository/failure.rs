@@ -26,6 +26,12 @@ pub(crate) enum Failure {
     Broken,
     /// The circuit breaker is open: nothing was attempted.
     CircuitOpen,
+    /// The server refused the DSN's credentials when the connection logged in (`AUTH`, or
+    /// `HELLO` with them: `WRONGPASS`, a wrong password or an unknown or disabled ACL user). The
+    /// server answered: no outage; but the connection never got past its login, so it is
+    /// replaced, and the next call logs in again (a password corrected on the server works at
+    /// once).
+    Auth,
     /// The server answered `READONLY`: it is a replica (a demoted primary).
     ReadOnly,
     /// The server answered a protocol error (a value beyond its `proto-max-bulk-len`), after
@@ -39,7 +45,9 @@ pub(crate) enum Failure {
 
 impl Failure {
     /// How `e` failed: timeouts first (one reported before the deadline is the client giving up
-    /// early), then the outages, then the server's replies.
+    /// early), then a refused login (which the `redis` crate counts among the errors after which
+    /// a connection must be replaced, but which is the server's answer), then the outages, then
+    /// the server's other replies.
     pub(crate) fn of(e: &RedisError, waited: Waited) -> Failure {
         let cluster_outage = e.is_cluster_error()
             || matches!(
@@ -52,6 +60,8 @@ impl Failure {
             Failure::GaveUp
         } else if e.is_timeout() {
             Failure::Timeout
+        } else if is_auth_failure(e) {
+            Failure::Auth
         } else if e.is_connection_refusal() {
             Failure::Refused
         } else if e.is_connection_dropped() {
@@ -234,11 +244,23 @@ struct GaveUpEarly {
     source: RedisError,
 }
 
+/// The server refused the login: the `redis` crate's `AuthenticationFailed` (its reading of an
+/// `AUTH` refused, the server's reply dropped), or `WRONGPASS` (a `HELLO` refused, under RESP3).
+fn is_auth_failure(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS")
+}
+
 /// A server's error reply as Redis writes it (`OOM command not allowed when ...`): the `redis`
-/// crate's own text quotes the code (`"OOM": command not ...`).
+/// crate's own text quotes the code (`"OOM": command not ...`). A refused `AUTH`, whose reply the
+/// `redis` crate does not keep (`Password authentication failed - AuthenticationFailed`), is
+/// told in our words.
 fn server_message(error: &redis::RedisError) -> String {
     match (error.code(), error.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ if error.kind() == ErrorKind::AuthenticationFailed => {
+            "authentication failed: the server refused the user name and password of the DSN"
+                .to_owned()
+        }
         _ => error.to_string(),
     }
 }

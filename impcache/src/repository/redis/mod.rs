@@ -43,8 +43,15 @@ const RESET_AFTER_TIMEOUTS: u32 = 3;
 ///   [`Error::CircuitOpen`] for 500 ms, then one probe goes through; see
 ///   [`RedisCacheRepositoryBuilder::circuit_breaker`].
 ///
-/// DSNs: `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (feature `tls`; certificates
-/// are verified), `unix:///path/to/redis.sock[?db=N]` and `redis+unix://...`.
+/// DSNs: `redis://[[user][:password]@]host[:port][/db]`, `rediss://...` (feature `tls`;
+/// certificates are always verified: `#insecure` is refused), `unix:///path/to/redis.sock[?db=N]`
+/// and `redis+unix://...`. As redis-py reads them, the query may give the database (`?db=N`),
+/// the password (`?password=`) and the user name (`?username=`), on TCP and on sockets; a
+/// lone `name@` is a user name.
+///
+/// A login the server refuses (a wrong password, an unknown or disabled ACL user) is
+/// [`Error::Server`], not an outage: the breaker stays closed, every call says why, and a
+/// password corrected on the server works at the next call.
 ///
 /// ```
 /// use std::time::Duration;
@@ -59,6 +66,7 @@ const RESET_AFTER_TIMEOUTS: u32 = 3;
 ///
 /// [`Error::Timeout`]: crate::Error::Timeout
 /// [`Error::CircuitOpen`]: crate::Error::CircuitOpen
+/// [`Error::Server`]: crate::Error::Server
 #[derive(Clone)]
 pub struct RedisCacheRepository {
     inner: Arc<Inner>,

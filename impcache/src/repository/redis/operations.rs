@@ -63,7 +63,7 @@ enum Request<'a> {
 }
 
 /// The single node's hooks of the call policy: a connection that failed (refused, reset, a
-/// protocol error) or timed out [`RESET_AFTER_TIMEOUTS`](super::RESET_AFTER_TIMEOUTS) times in
+/// protocol error, a refused login) or timed out [`RESET_AFTER_TIMEOUTS`](super::RESET_AFTER_TIMEOUTS) times in
 /// a row is dropped, and the next operation opens a fresh one. A request is sent once more, within the same deadline,
 /// when the connection turned out to be dropped and the request is a read (an idle connection
 /// closed by the server, a `CLIENT KILL`), and whatever it is when the connection's driver ended
@@ -107,12 +107,14 @@ impl Target for RedisCacheRepository {
         match failure {
             Failure::Timeout => self.note_timeout(generation),
             // Redis closes the connection after a protocol error (a value beyond its
-            // `proto-max-bulk-len`): don't let the next call find it dead.
+            // `proto-max-bulk-len`): don't let the next call find it dead. A refused login
+            // leaves a connection that never logged in: the next call logs in afresh.
             Failure::GaveUp
             | Failure::Refused
             | Failure::Dropped
             | Failure::Broken
-            | Failure::Protocol => self.reset_connection(generation),
+            | Failure::Protocol
+            | Failure::Auth => self.reset_connection(generation),
             _ => {}
         }
     }
