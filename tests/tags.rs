@@ -58,6 +58,7 @@ per_store!(
     get_or_set_with_tags_loads_once_and_again_after_an_invalidation,
     an_invalidation_during_the_computation_is_not_missed,
     a_caller_after_the_invalidation_does_not_share_the_older_computation,
+    a_caller_after_the_invalidation_does_not_share_the_older_computations_failure,
     a_soft_invalidation_serves_stale_while_one_reload_runs,
     a_soft_invalidation_without_a_stale_window_is_a_miss,
     a_plain_get_or_set_checks_the_tags_of_what_it_finds,
@@ -317,6 +318,50 @@ async fn a_caller_after_the_invalidation_does_not_share_the_older_computation(b:
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     gate.add_permits(1000);
     assert_eq!(first.await.unwrap(), "old");
+    assert_eq!(second.await.unwrap(), "new");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// The same race when the older computation fails: the caller that asked after the
+/// invalidation does not get its failure either ("not run: another caller's load of the key
+/// failed", without running its loader: found by a probe, behind a load that timed out), it
+/// loads its own value; the first caller gets its own loader's error.
+async fn a_caller_after_the_invalidation_does_not_share_the_older_computations_failure(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let first = tokio::spawn({
+        let (cache, runs, gate) = (cache.clone(), runs.clone(), gate.clone());
+        let failing = || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            drop(gate.acquire().await.unwrap());
+            Err(impcache::Error::Loader {
+                key: "k".into(),
+                reason: "the origin is down".into(),
+            })
+        };
+        async move {
+            let got: Result<String> = cache.try_get_or_set("k", 60, failing).tags(["t"]).await;
+            got
+        }
+    });
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(MS).await;
+    }
+    b.other.invalidate_tag("t").await.unwrap();
+    let second = tokio::spawn({
+        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "new"));
+        async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
+    });
+    // The second caller has read a miss and waits on the first one's flight.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    gate.add_permits(1000);
+    let failed = first.await.unwrap().unwrap_err();
+    assert!(
+        failed.to_string().contains("the origin is down"),
+        "{failed}"
+    );
     assert_eq!(second.await.unwrap(), "new");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }

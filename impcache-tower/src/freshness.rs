@@ -125,9 +125,12 @@ pub(crate) fn storable(
     request_ms: u64,
     response_ms: u64,
 ) -> Result<Verdict, NotStored> {
+    // A `429` "MUST NOT be stored by a cache" (RFC 6585 §4), whatever its freshness says: stored
+    // in the origin mode with a `max-age`, it replaced a stale response it should leave in place.
     if status.is_informational()
         || status == StatusCode::NOT_MODIFIED
         || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::TOO_MANY_REQUESTS
     {
         return Err(NotStored::Status);
     }

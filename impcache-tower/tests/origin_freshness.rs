@@ -178,6 +178,24 @@ async fn max_age_parsing_is_robust() {
     }
 }
 
+/// A `429` is never stored (RFC 6585 §4), not even with an explicit lifetime: it was, in the
+/// origin mode, and then served as a hit, and it replaced the stale response a background
+/// revalidation answered with it (found by a probe).
+#[tokio::test]
+async fn a_429_is_never_stored() {
+    let layer = origin();
+    for (uri, cache_control) in [
+        ("/max-age", "max-age=60"),
+        ("/public", "public, max-age=60"),
+        ("/s-maxage", "s-maxage=60"),
+    ] {
+        let (svc, _) = app(layer.clone(), move |n, _| async move {
+            respond(n, 429, &[("cache-control", cache_control)])
+        });
+        assert_eq!(second_outcome(&svc, &layer, uri).await, "MISS", "{uri}");
+    }
+}
+
 #[tokio::test]
 async fn no_store_private_and_set_cookie_are_not_stored() {
     let layer = origin();

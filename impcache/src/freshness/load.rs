@@ -46,8 +46,10 @@ pub(super) enum Shared {
     /// stale value within its `stale_if_error` window answers with it; the others get an error
     /// naming this failure (the text here), without running their loaders (moka's
     /// `try_get_with`), unless it is not for sharing (`None`: a `#[cached]` body's `Err` or
-    /// `None`, see [`LoadError::shared`]): then each runs its own.
-    Failed(Option<Arc<str>>),
+    /// `None`, see [`LoadError::shared`]): then each runs its own. With tags, the failure is a
+    /// waiter's only as a value would be ([`Holds`]): one that asked after a tag's invalidation
+    /// loads its own value rather than get the failure of a load made obsolete by it.
+    Failed(Option<Arc<str>>, Holds),
     /// The leader's loader panicked with a stale value at hand (without one it abandons the
     /// flight). A waiter whose own read found a stale value within its `stale_if_error` window
     /// answers with it; the others join the key's flight again once this one has ended, as
@@ -61,7 +63,15 @@ pub(super) enum Shared {
 #[derive(Clone, Debug)]
 pub(super) struct Value {
     json: Bytes,
-    holds_since: Option<(u64, Tags)>,
+    holds: Holds,
+}
+
+/// When what a flight's leader hands its waiters (a value, a failure) holds from against the
+/// invalidations of its call's tags.
+#[derive(Clone, Debug)]
+pub(super) struct Holds {
+    /// The time (a tag stamp) and the tags; `None` for a call without tags.
+    since: Option<(u64, Tags)>,
     /// Read from the cache for a call whose loader chooses tags (`tags_from`): the entry may
     /// carry tags the call does not know, whose state a waiter could not check.
     tags_unknown: bool,
@@ -70,11 +80,9 @@ pub(super) struct Value {
 impl Shared {
     /// A value that holds since `since` for a call with `tags`.
     fn new(json: Bytes, since: u64, tags: &Tags) -> Shared {
-        let holds_since = (!tags.is_empty()).then(|| (since, tags.clone()));
         Shared::Value(Value {
             json,
-            holds_since,
-            tags_unknown: false,
+            holds: Holds::since(since, tags),
         })
     }
 
@@ -83,18 +91,28 @@ impl Shared {
     /// than the call's, so a waiter that joined after the read does not take it (it reads the
     /// entry itself, and judges all its tags).
     fn read(json: Bytes, since: u64, job: &Job) -> Shared {
-        let holds_since =
+        let since =
             (!job.tags.is_empty() || job.loaded_tags.is_some()).then(|| (since, job.tags.clone()));
         Shared::Value(Value {
             json,
-            holds_since,
-            tags_unknown: job.loaded_tags.is_some(),
+            holds: Holds {
+                since,
+                tags_unknown: job.loaded_tags.is_some(),
+            },
         })
     }
 }
 
-impl Value {
-    /// Whether a waiter that joined the flight at `joined` may take the value. A tagged value
+impl Holds {
+    /// What was computed from `since` (taken before its loader ran) for a call with `tags`.
+    fn since(since: u64, tags: &Tags) -> Holds {
+        Holds {
+            since: (!tags.is_empty()).then(|| (since, tags.clone())),
+            tags_unknown: false,
+        }
+    }
+
+    /// Whether a waiter that joined the flight at `joined` may take the value (or failure). A tagged value
     /// computed (or read) before the waiter asked may have been invalidated in between
     /// (`invalidate_tag` from any process): its tags' state is read again, and it is taken only
     /// if none was invalidated since. A waiter that asked before it was computed takes it, as
@@ -107,7 +125,7 @@ impl Value {
     /// and a load per waiter would fall on the loader's source exactly then (one loader run
     /// per key). Not reading it after a failed read keeps the call within one deadline.
     async fn holds_for(&self, job: &Job, joined: u64, reread: Reread) -> bool {
-        let Some((since, tags)) = &self.holds_since else {
+        let Some((since, tags)) = &self.since else {
             return true;
         };
         if *since > joined {
@@ -377,19 +395,31 @@ where
                     // The leader's loader failed: this caller's loader does not run (one loader
                     // run per key per process, failing or not). Answered with the stale value its
                     // own read found within its window, else with an error naming the leader's.
-                    Wait::Published(Shared::Failed(shared)) => {
-                        if let Some(value) = serve_stale(&job, stale.as_ref(), StaleReason::Error) {
-                            return Ok(value);
-                        }
-                        if let Some(failure) = shared {
-                            let reason = format!(
-                                "not run: another caller's load of the key failed: {failure}"
-                            );
-                            return Err(E::from_cache(loader_error(&job.key, &reason)));
-                        }
-                        // Not for sharing (a `#[cached]` body's `Err` or `None`): as `NotShared`.
-                        if once_more(&job, waiting_since, &mut retried_unshared) {
-                            continue;
+                    // (Not when the load was made obsolete by an invalidation of its tags since
+                    // this caller asked: then as behind a value that no longer holds.)
+                    Wait::Published(Shared::Failed(shared, holds)) => {
+                        if !holds.holds_for(&job, joined, reread).await {
+                            if rejoins_after_invalidation(&job, &flight, waiting_since).await {
+                                continue;
+                            }
+                        } else {
+                            if let Some(value) =
+                                serve_stale(&job, stale.as_ref(), StaleReason::Error)
+                            {
+                                return Ok(value);
+                            }
+                            if let Some(failure) = shared {
+                                let reason = format!(
+                                    "not run: another caller's load of the key failed: {failure}"
+                                );
+                                return Err(E::from_cache(loader_error(&job.key, &reason)));
+                            }
+                            // Not for sharing (a `#[cached]` body's `Err` or `None`): as
+                            // `NotShared`.
+                            if once_more(&job, waiting_since, &mut retried_unshared) {
+                                this_flight.ended(Duration::MAX).await;
+                                continue;
+                            }
                         }
                     }
                     // The leader's loader panicked, with a stale value at hand: answered with
@@ -406,17 +436,8 @@ where
                         continue;
                     }
                     Wait::Published(Shared::Value(shared)) => {
-                        if !shared.holds_for(&job, joined, reread).await {
-                            // Invalidated since this caller joined: under a lock, the next turn
-                            // (one caller loads through the lock for the others), once the flight
-                            // that published it has ended (joined while it still stores, it would
-                            // hand the same value back at once, again and again).
-                            if joins_again(&job, waiting_since) {
-                                if let Some(storing) = FLIGHTS.current(&flight) {
-                                    let wait_left =
-                                        lock_wait(&job).saturating_sub(waiting_since.elapsed());
-                                    storing.ended(wait_left).await;
-                                }
+                        if !shared.holds.holds_for(&job, joined, reread).await {
+                            if rejoins_after_invalidation(&job, &flight, waiting_since).await {
                                 continue;
                             }
                         } else if let Some(value) = decode(&job, &shared.json) {
@@ -433,7 +454,8 @@ where
                     }
                     Wait::Abandoned => continue,
                     Wait::NotShared if once_more(&job, waiting_since, &mut retried_unshared) => {
-                        continue
+                        this_flight.ended(Duration::MAX).await;
+                        continue;
                     }
                     // (Past the hard timeout: left to `alone`, which has no time left to load.)
                     Wait::NotShared | Wait::TimedOut => {}
@@ -450,6 +472,23 @@ where
     }
 }
 
+/// Whether a waiter handed what a tag's invalidation made obsolete since it joined (a value, or
+/// the failure of a load that started before it) joins the key's flight again, under a lock
+/// ([`joins_again`]): the next turn, one caller loading through the lock for the others, once
+/// the flight that published it has ended (joined while it still stores, it would hand the same
+/// answer back at once, again and again). Else it loads on its own.
+async fn rejoins_after_invalidation(job: &Job, flight: &FlightKey, waiting_since: Instant) -> bool {
+    if !joins_again(job, waiting_since) {
+        return false;
+    }
+    if let Some(storing) = FLIGHTS.current(flight) {
+        storing
+            .ended(lock_wait(job).saturating_sub(waiting_since.elapsed()))
+            .await;
+    }
+    true
+}
+
 /// Whether a waiter whose leader's value was invalidated since it joined joins the key's flight
 /// again rather than loading on its own: under a cross-process lock, while the lock's `wait`
 /// lasts. One of the waiters then leads the next attempt, through the lock, and the others wait
@@ -462,7 +501,10 @@ fn joins_again(job: &Job, waiting_since: Instant) -> bool {
 
 /// Whether a waiter whose leader had nothing to share (a `#[cached]` body's `Err` or `None`, a
 /// value that could not be encoded) joins the key's flight again: under a cross-process lock,
-/// once (`retried`). One of the waiters then runs the loader again through the lock and the
+/// once (`retried`), once that flight has ended (not bounded: the leader's task ends it right
+/// after its answer, in the same poll; joined before, it would hand the same answer back at
+/// once, and the waiter, its turn spent, would run its own: 20 callers, up to 20 runs after one
+/// failure). One of the waiters then runs the loader again through the lock and the
 /// others wait for it, so that a failure that passes (the origin back) costs one more run, not
 /// one per waiter (4 processes × 50 callers, a body failing once: 2 runs; 51 when every waiter
 /// ran its own at once). If that run has nothing to share either, each waiter runs its own
@@ -787,7 +829,7 @@ pub(super) async fn run<V, E, F, Fut>(
                     Some(reason) => Arc::from(reason.as_str()),
                     None => Arc::from(error.to_string()),
                 });
-                Some(Shared::Failed(told))
+                Some(Shared::Failed(told, Holds::since(created, &job.tags)))
             } else if stale.is_some() {
                 Some(Shared::Panicked)
             } else {

@@ -52,8 +52,8 @@ pub(crate) fn redact(dsn: &str) -> String {
     }
 }
 
-/// `dsn` with the value of each `password=` / `pass=` query parameter (up to the next `&` or
-/// `#`) replaced by `***`.
+/// `dsn` with the value of each query parameter that may hold a password
+/// ([`is_password_name`]; up to the next `&` or `#`) replaced by `***`.
 fn hide_query_passwords(dsn: &str) -> String {
     let mut hidden = String::with_capacity(dsn.len());
     let mut rest = dsn;
@@ -61,18 +61,28 @@ fn hide_query_passwords(dsn: &str) -> String {
         let (before, param) = rest.split_at(at + 1);
         hidden.push_str(before);
         rest = param;
-        let Some(value) = ["password=", "pass="]
-            .iter()
-            .find_map(|name| param.strip_prefix(name))
-        else {
+        let end = param.find(['&', '#']).unwrap_or(param.len());
+        let Some((name, _value)) = param[..end].split_once('=') else {
             continue;
         };
-        hidden.push_str(&param[..param.len() - value.len()]);
-        hidden.push_str("***");
-        rest = &value[value.find(['&', '#']).unwrap_or(value.len())..];
+        if is_password_name(name) {
+            hidden.push_str(name);
+            hidden.push_str("=***");
+            rest = &param[end..];
+        }
     }
     hidden.push_str(rest);
     hidden
+}
+
+/// Whether a query parameter written `name` (percent-encoded or not, in any case) may hold a
+/// password: what it decodes to starts with `pass` (`password` and `pass`, which are sent;
+/// `passwd`, `Password`, which are not, hidden all the same). Decoded as the credentials are
+/// read ([`query_credentials`]): `pass%77ord` is `password`, and was sent but shown.
+fn is_password_name(name: &str) -> bool {
+    url::form_urlencoded::parse(name.as_bytes())
+        .next()
+        .is_some_and(|(decoded, _)| decoded.to_ascii_lowercase().starts_with("pass"))
 }
 
 /// Each DSN redacted, joined with `, `: how a list of addresses appears in an error.
@@ -354,6 +364,17 @@ mod tests {
             redact("redis+unix:///tmp/a@b.sock?password=s3cret"),
             "redis+unix:///tmp/a@b.sock?password=***"
         );
+        // A name percent-encoded (decoded to `password` and sent, it was shown), or in another
+        // case or spelling (not sent, shown too: found by a probe).
+        assert_eq!(
+            redact("redis://h:1/0?pass%77ord=s3cret&db=1"),
+            "redis://h:1/0?pass%77ord=***&db=1"
+        );
+        assert_eq!(
+            redact("redis://h:1/0?Password=a&PASS=b&passwd=c&db=1"),
+            "redis://h:1/0?Password=***&PASS=***&passwd=***&db=1"
+        );
+        assert_eq!(redact("redis://h:1/0?db=1&x"), "redis://h:1/0?db=1&x");
         let err = server("redis://:ab/cd@h:1/x").unwrap_err().to_string();
         assert!(!err.contains("cd"), "{err}");
         assert_eq!(

@@ -37,6 +37,8 @@ fn fn_container(marker: &'static str) -> &'static str {
     let mut depth = 0usize;
     for i in (1..bytes.len()).rev() {
         match bytes[i] {
+            // (The `>` of a function type's `->` opens nothing.)
+            b'>' if bytes[i - 1] == b'-' => {}
             b'>' => depth += 1,
             b'<' => depth = depth.saturating_sub(1),
             // A function nested in an async one is under its body's `{{closure}}`.
@@ -96,9 +98,12 @@ fn is_qualified(path: &str) -> bool {
         return false;
     }
     let mut depth = 0usize;
-    for (i, byte) in path.bytes().enumerate() {
+    let bytes = path.as_bytes();
+    for (i, &byte) in bytes.iter().enumerate() {
         match byte {
             b'<' => depth += 1,
+            // (The `>` of a function type's `->` closes nothing.)
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
             b'>' => depth = depth.saturating_sub(1),
             b' ' if depth == 1 && path[i..].starts_with(" as ") => return true,
             _ => {}
@@ -269,6 +274,12 @@ mod tests {
                 "app::G<alloc::string::String>",
             ),
             ("app::generic<alloc::vec::Vec<u8>>::{{closure}}", "app"),
+            // A function type's `->` in a generic argument opens no bracket.
+            ("app::generic<fn(u8) -> u8>::{{closure}}", "app"),
+            (
+                "<fn() -> u8 as app::Tr>::load::{{closure}}",
+                "<fn() -> u8 as app::Tr>",
+            ),
             ("app::handler::helper::{{closure}}", "app::handler"),
             // A trait's default method, the trait generic, in an async fn.
             (
@@ -332,6 +343,22 @@ mod tests {
                 "app::Db"
             ),
             "<app::Db as app::Repo<alloc::string::String>>"
+        );
+        // A function type's `->` is no bracket (it ended the qualified path early, and two
+        // traits' methods implemented for `fn(u8) -> u8` shared entries: found by a probe).
+        assert_eq!(
+            FnContainer::new().of_method(
+                "<fn(u8) -> u8 as app::Alpha>::load::{{closure}}",
+                "fn(u8) -> u8"
+            ),
+            "<fn(u8) -> u8 as app::Alpha>"
+        );
+        assert_eq!(
+            FnContainer::new().of_method(
+                "<app::Gen<fn() -> u8> as app::Beta>::load::{{closure}}",
+                "app::Gen<fn() -> u8>"
+            ),
+            "<app::Gen<fn() -> u8> as app::Beta>"
         );
         // Another implementor of the same default method (one `static` for all).
         assert_eq!(
