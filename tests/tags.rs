@@ -59,6 +59,7 @@ per_store!(
     an_invalidation_during_the_computation_is_not_missed,
     a_caller_after_the_invalidation_does_not_share_the_older_computation,
     a_caller_after_the_invalidation_does_not_share_the_older_computations_failure,
+    a_caller_before_the_invalidation_shares_the_computations_failure,
     a_soft_invalidation_serves_stale_while_one_reload_runs,
     a_soft_invalidation_without_a_stale_window_is_a_miss,
     a_plain_get_or_set_checks_the_tags_of_what_it_finds,
@@ -364,6 +365,49 @@ async fn a_caller_after_the_invalidation_does_not_share_the_older_computations_f
     );
     assert_eq!(second.await.unwrap(), "new");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// The other side of the rule: a caller that asked before the invalidation (it waits on the
+/// load when the tag is invalidated) gets the load's failure, as without tags, and does not run
+/// its loader (it did, once failures were checked as values are, against the load's start: a
+/// regression found by a probe, which also made 21 waiters with a stale value at hand run 21
+/// loaders against a failing origin).
+async fn a_caller_before_the_invalidation_shares_the_computations_failure(b: Backend) {
+    let cache = &b.cache;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let call = |value: &'static str| {
+        let (cache, runs, gate) = (cache.clone(), runs.clone(), gate.clone());
+        let loader = move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            drop(gate.acquire().await.unwrap());
+            if value == "old" {
+                Err(impcache::Error::Loader {
+                    key: "k".into(),
+                    reason: "the origin is down".into(),
+                })
+            } else {
+                Ok(value.to_owned())
+            }
+        };
+        async move {
+            let got: Result<String> = cache.try_get_or_set("k", 60, loader).tags(["t"]).await;
+            got
+        }
+    };
+    let first = tokio::spawn(call("old"));
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(MS).await;
+    }
+    let second = tokio::spawn(call("new"));
+    // The second caller has read a miss and waits on the first one's flight.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.other.invalidate_tag("t").await.unwrap();
+    gate.add_permits(1000);
+    assert!(first.await.unwrap().is_err());
+    let shared = second.await.unwrap().unwrap_err().to_string();
+    assert!(shared.contains("not run"), "{shared}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 async fn a_soft_invalidation_serves_stale_while_one_reload_runs(b: Backend) {

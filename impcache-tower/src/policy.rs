@@ -409,8 +409,12 @@ pub(crate) fn storable(
         return Err(NotStored::PartialContent);
     }
     // A 304 answers one client's conditional request and has no body (RFC 9111 §3): stored, it
-    // would be served empty to every client. Never stored, even when listed.
-    if status == StatusCode::NOT_MODIFIED || !statuses.contains(&status) {
+    // would be served empty to every client. A 429 "MUST NOT be stored by a cache" (RFC 6585
+    // §4). Never stored, even when listed.
+    if status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || !statuses.contains(&status)
+    {
         return Err(NotStored::Status);
     }
     if headers.contains_key(header::SET_COOKIE) {

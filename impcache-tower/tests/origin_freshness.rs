@@ -178,8 +178,8 @@ async fn max_age_parsing_is_robust() {
     }
 }
 
-/// A `429` is never stored (RFC 6585 §4), not even with an explicit lifetime: it was, in the
-/// origin mode, and then served as a hit, and it replaced the stale response a background
+/// A `429` is never stored (RFC 6585 §4), not even with an explicit lifetime, nor listed in
+/// `statuses`: it was, in the origin mode and when listed, and then served as a hit, and it replaced the stale response a background
 /// revalidation answered with it (found by a probe).
 #[tokio::test]
 async fn a_429_is_never_stored() {
@@ -194,6 +194,12 @@ async fn a_429_is_never_stored() {
         });
         assert_eq!(second_outcome(&svc, &layer, uri).await, "MISS", "{uri}");
     }
+    // Nor in the default mode, even listed among the statuses stored (it was).
+    let layer = CacheLayer::new(memory_cache())
+        .statuses([StatusCode::OK, StatusCode::TOO_MANY_REQUESTS])
+        .expire(60);
+    let (svc, _) = app(layer.clone(), |n, _| async move { respond(n, 429, &[]) });
+    assert_eq!(second_outcome(&svc, &layer, "/listed").await, "MISS");
 }
 
 #[tokio::test]

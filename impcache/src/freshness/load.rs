@@ -46,9 +46,9 @@ pub(super) enum Shared {
     /// stale value within its `stale_if_error` window answers with it; the others get an error
     /// naming this failure (the text here), without running their loaders (moka's
     /// `try_get_with`), unless it is not for sharing (`None`: a `#[cached]` body's `Err` or
-    /// `None`, see [`LoadError::shared`]): then each runs its own. With tags, the failure is a
-    /// waiter's only as a value would be ([`Holds`]): one that asked after a tag's invalidation
-    /// loads its own value rather than get the failure of a load made obsolete by it.
+    /// `None`, see [`LoadError::shared`]): then each runs its own. With tags, a waiter that
+    /// asked after a hard invalidation that came after the load began loads its own value
+    /// rather than get the failure of a load obsolete for it ([`Holds::failure_holds_for`]).
     Failed(Option<Arc<str>>, Holds),
     /// The leader's loader panicked with a stale value at hand (without one it abandons the
     /// flight). A waiter whose own read found a stale value within its `stale_if_error` window
@@ -112,7 +112,7 @@ impl Holds {
         }
     }
 
-    /// Whether a waiter that joined the flight at `joined` may take the value (or failure). A tagged value
+    /// Whether a waiter that joined the flight at `joined` may take the value. A tagged value
     /// computed (or read) before the waiter asked may have been invalidated in between
     /// (`invalidate_tag` from any process): its tags' state is read again, and it is taken only
     /// if none was invalidated since. A waiter that asked before it was computed takes it, as
@@ -145,6 +145,46 @@ impl Holds {
                 let (key, error) = (cache.logged_key(&job.key), cache.logged_error(&error));
                 let taken = unseen();
                 load_event!(job.origin, debug, key, %error, taken, "tag state unreadable; the shared value is taken unless this cache invalidated a tag since");
+                taken
+            }
+        }
+    }
+
+    /// Whether a waiter that joined the flight at `joined` takes the leader's failure (see
+    /// [`Shared::Failed`]): yes, unless it asked after a hard invalidation of one of the tags
+    /// that came after the load began (between the two: that load was obsolete for it before
+    /// it asked, and it loads its own value). A caller that asked before the invalidation takes
+    /// the failure, as without tags (and its stale value, if it has one: one loader run, not
+    /// one per waiter, while the origin fails); so does one after a soft invalidation, which
+    /// the stale value covers. Only the latest time of each tag is known: an invalidation
+    /// before `joined` followed by another after it counts as after. With the state unreadable,
+    /// only this cache's own invalidations are known ([`holds_for`](Self::holds_for)).
+    async fn failure_holds_for(&self, job: &Job, joined: u64, reread: Reread) -> bool {
+        let Some((since, tags)) = &self.since else {
+            return true;
+        };
+        if *since > joined {
+            return true;
+        }
+        let cache = &job.cache;
+        let sent = &cache.shared.invalidations_sent;
+        let unseen = || !(sent.any_since(*since) && !sent.any_since(joined));
+        if reread == Reread::Never {
+            return unseen();
+        }
+        match cache.tag_states(tags.as_slice()).await {
+            Ok(states) => {
+                let skew = cache.shared.tag_clock_skew;
+                let gone_since_the_load =
+                    tags::verdict(*since, &states, skew) == tags::Verdict::Gone;
+                let untouched_since_joining =
+                    tags::verdict(joined, &states, skew) == tags::Verdict::Fresh;
+                !(gone_since_the_load && untouched_since_joining)
+            }
+            Err(error) => {
+                let (key, error) = (cache.logged_key(&job.key), cache.logged_error(&error));
+                let taken = unseen();
+                load_event!(job.origin, debug, key, %error, taken, "tag state unreadable; the shared failure is taken unless this cache invalidated a tag since the load began and before this caller asked");
                 taken
             }
         }
@@ -398,7 +438,7 @@ where
                     // (Not when the load was made obsolete by an invalidation of its tags since
                     // this caller asked: then as behind a value that no longer holds.)
                     Wait::Published(Shared::Failed(shared, holds)) => {
-                        if !holds.holds_for(&job, joined, reread).await {
+                        if !holds.failure_holds_for(&job, joined, reread).await {
                             if rejoins_after_invalidation(&job, &flight, waiting_since).await {
                                 continue;
                             }

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 /// still has its userinfo hidden. Where the address is ambiguous (an `@` in a query value or a
 /// fragment) it hides too much, never too little.
 pub(crate) fn redact(dsn: &str) -> String {
+    if let Some(redacted) = redact_as_url(dsn) {
+        return redacted;
+    }
     // First, so that an `@` in a hidden value is not taken for the userinfo's.
     let dsn = hide_query_passwords(dsn);
     // The scheme's letters, then whatever separator follows them (`://` when well formed).
@@ -52,6 +55,32 @@ pub(crate) fn redact(dsn: &str) -> String {
     }
 }
 
+/// [`redact`] of a DSN the URL parser reads (as the `redis` crate and redis-py do) with a
+/// userinfo in its authority: the userinfo is the authority's text up to its last `@`, the
+/// authority ending at the first `/`, `?` or `#` after the scheme's `//` (where the parser ends
+/// it), so a password holding `&` or `=` is the userinfo's, not a query's (`&passw0rd=` in a
+/// password was taken for a query parameter, which swallowed the `@host`, and the password's
+/// start was shown: found by a probe). `None` for anything else, left to the text rules, and
+/// when an `@` follows the authority (`redis://:p@ss?word@h`: a password holding a delimiter,
+/// which those rules hide whole).
+fn redact_as_url(dsn: &str) -> Option<String> {
+    url::Url::parse(dsn).ok()?;
+    let start = dsn.find("://")? + "://".len();
+    let end = dsn[start..]
+        .find(['/', '?', '#'])
+        .map_or(dsn.len(), |at| start + at);
+    if dsn[end..].contains('@') {
+        return None;
+    }
+    let at = start + dsn[start..end].rfind('@')?;
+    let shown = match dsn[start..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    let (scheme, rest) = (&dsn[..start], &dsn[at + 1..]);
+    Some(format!("{scheme}{shown}@{}", hide_query_passwords(rest)))
+}
+
 /// `dsn` with the value of each query parameter that may hold a password
 /// ([`is_password_name`]; up to the next `&` or `#`) replaced by `***`.
 fn hide_query_passwords(dsn: &str) -> String {
@@ -80,6 +109,11 @@ fn hide_query_passwords(dsn: &str) -> String {
 /// `passwd`, `Password`, which are not, hidden all the same). Decoded as the credentials are
 /// read ([`query_credentials`]): `pass%77ord` is `password`, and was sent but shown.
 fn is_password_name(name: &str) -> bool {
+    // Without the tabs and line breaks the URL parser removes (`p\tassword` is `password`).
+    let name: String = name
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
     url::form_urlencoded::parse(name.as_bytes())
         .next()
         .is_some_and(|(decoded, _)| decoded.to_ascii_lowercase().starts_with("pass"))
@@ -375,6 +409,19 @@ mod tests {
             "redis://h:1/0?Password=***&PASS=***&passwd=***&db=1"
         );
         assert_eq!(redact("redis://h:1/0?db=1&x"), "redis://h:1/0?db=1&x");
+        // A userinfo password holding what looks like a query parameter; a name with a tab.
+        assert_eq!(
+            redact("redis://alice:Tr0ub&passw0rd=1@127.0.0.1:6379/0"),
+            "redis://alice:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis://alice:a&pass=b@h:1/0?db=1&password=c"),
+            "redis://alice:***@h:1/0?db=1&password=***"
+        );
+        assert_eq!(
+            redact("redis://h:1/0?p\tassword=SECRET"),
+            "redis://h:1/0?p\tassword=***"
+        );
         let err = server("redis://:ab/cd@h:1/x").unwrap_err().to_string();
         assert!(!err.contains("cd"), "{err}");
         assert_eq!(
