@@ -168,7 +168,9 @@ impl Holds {
         }
         let cache = &job.cache;
         let sent = &cache.shared.invalidations_sent;
-        let unseen = || !(sent.any_since(*since) && !sent.any_since(joined));
+        // None sent since the load began, or one sent since this caller asked (the latest
+        // time only is kept).
+        let unseen = || !sent.any_since(*since) || sent.any_since(joined);
         if reread == Reread::Never {
             return unseen();
         }
