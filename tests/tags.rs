@@ -328,42 +328,57 @@ async fn a_caller_after_the_invalidation_does_not_share_the_older_computation(b:
 /// failed", without running its loader: found by a probe, behind a load that timed out), it
 /// loads its own value; the first caller gets its own loader's error.
 async fn a_caller_after_the_invalidation_does_not_share_the_older_computations_failure(b: Backend) {
+    after_a_hard_invalidation_a_caller_loads_its_own(&b, "k", "t", false).await;
+    // A soft invalidation after the caller asked changes nothing (it was taken for a hard one
+    // after the join, and the failure was shared: found by a probe).
+    after_a_hard_invalidation_a_caller_loads_its_own(&b, "k2", "t2", true).await;
+}
+
+async fn after_a_hard_invalidation_a_caller_loads_its_own(
+    b: &Backend,
+    key: &'static str,
+    tag: &'static str,
+    soft_after: bool,
+) {
     let cache = &b.cache;
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     let first = tokio::spawn({
         let (cache, runs, gate) = (cache.clone(), runs.clone(), gate.clone());
-        let failing = || async move {
+        let failing = move || async move {
             runs.fetch_add(1, Ordering::SeqCst);
             drop(gate.acquire().await.unwrap());
             Err(impcache::Error::Loader {
-                key: "k".into(),
+                key: key.into(),
                 reason: "the origin is down".into(),
             })
         };
         async move {
-            let got: Result<String> = cache.try_get_or_set("k", 60, failing).tags(["t"]).await;
+            let got: Result<String> = cache.try_get_or_set(key, 60, failing).tags([tag]).await;
             got
         }
     });
     while runs.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(MS).await;
     }
-    b.other.invalidate_tag("t").await.unwrap();
+    b.other.invalidate_tag(tag).await.unwrap();
     let second = tokio::spawn({
         let (cache, loader) = (cache.clone(), counted(&runs, &gate, "new"));
-        async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
+        async move { cache.get_or_set(key, 60, loader).tags([tag]).await.unwrap() }
     });
     // The second caller has read a miss and waits on the first one's flight.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+    if soft_after {
+        b.other.soft_invalidate_tag(tag).await.unwrap();
+    }
     gate.add_permits(1000);
     let failed = first.await.unwrap().unwrap_err();
     assert!(
         failed.to_string().contains("the origin is down"),
         "{failed}"
     );
-    assert_eq!(second.await.unwrap(), "new");
+    assert_eq!(second.await.unwrap(), "new", "soft after: {soft_after}");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
@@ -1046,6 +1061,65 @@ async fn a_failed_read_of_tag_states_names_the_operation_and_the_entry() {
     let text = logs.text();
     assert!(text.contains("get of `cache:1:a` timed out"), "{text}");
     assert!(!text.contains("__impcache_tag"), "{text}");
+}
+
+/// With Redis down (the tags' state unreadable), a waiter of a failing tagged load that joined
+/// after its own `Cache`'s *soft* invalidation takes the failure, as with the state readable:
+/// only an own hard invalidation between the load's start and the join turns it away (any
+/// invalidation did: 20 waiters ran 21 loaders against a failing origin; found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_failure_is_shared_after_an_own_soft_invalidation() {
+    let mut server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let call = |fails: bool| {
+        let (cache, runs, gate) = (cache.clone(), runs.clone(), gate.clone());
+        let loader = move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            drop(gate.acquire().await.unwrap());
+            if fails {
+                Err(impcache::Error::Loader {
+                    key: "k".into(),
+                    reason: "the origin is down".into(),
+                })
+            } else {
+                Ok("new".to_owned())
+            }
+        };
+        async move {
+            let got: Result<String> = cache.try_get_or_set("k", 60, loader).tags(["t"]).await;
+            got
+        }
+    };
+    let first = tokio::spawn(call(true));
+    tokio::time::timeout(HANG, async {
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(MS).await;
+        }
+    })
+    .await
+    .unwrap();
+    cache.soft_invalidate_tag("t").await.unwrap();
+    server.kill();
+    let waiters: Vec<_> = (0..5).map(|_| tokio::spawn(call(false))).collect();
+    // Their reads have failed, and they wait on the first one's flight.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gate.add_permits(100);
+    assert!(tokio::time::timeout(HANG, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .is_err());
+    for waiter in waiters {
+        let shared = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
+        assert!(shared.unwrap_err().to_string().contains("not run"));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 /// A caller that joins a tagged load after its own process invalidated the tag, Redis then

@@ -1017,7 +1017,7 @@ impl Cache {
             // Before it is sent: it may land even if the call reports an error (no tags: nothing
             // is sent).
             if !tags.as_slice().is_empty() {
-                self.shared.invalidations_sent.record(stamp);
+                self.shared.invalidations_sent.record(kind, stamp);
             }
             let now = Bytes::from(stamp.to_string());
             let keys = StateKeys::new(self.key_prefix(), tags.as_slice());

@@ -156,9 +156,11 @@ impl Holds {
     /// it asked, and it loads its own value). A caller that asked before the invalidation takes
     /// the failure, as without tags (and its stale value, if it has one: one loader run, not
     /// one per waiter, while the origin fails); so does one after a soft invalidation, which
-    /// the stale value covers. Only the latest time of each tag is known: an invalidation
-    /// before `joined` followed by another after it counts as after. With the state unreadable,
-    /// only this cache's own invalidations are known ([`holds_for`](Self::holds_for)).
+    /// the stale value covers. Only the latest hard time of each tag is known: a hard
+    /// invalidation before `joined` followed by another after it counts as after. With the
+    /// state unreadable, only this cache's own hard invalidations are known, by the same rule
+    /// (its soft ones leave the failure shared: 20 waiters ran 21 loaders against a failing
+    /// origin after one, found by a probe).
     async fn failure_holds_for(&self, job: &Job, joined: u64, reread: Reread) -> bool {
         let Some((since, tags)) = &self.since else {
             return true;
@@ -167,26 +169,27 @@ impl Holds {
             return true;
         }
         let cache = &job.cache;
-        let sent = &cache.shared.invalidations_sent;
-        // None sent since the load began, or one sent since this caller asked (the latest
-        // time only is kept).
-        let unseen = || !sent.any_since(*since) || sent.any_since(joined);
+        // The latest hard invalidation this cache sent, not between the load's start and this
+        // caller's join (the latest time only is kept: one after the join hides one before).
+        let unseen = || {
+            let hard = cache.shared.invalidations_sent.latest_hard();
+            !(*since <= hard && hard < joined)
+        };
         if reread == Reread::Never {
             return unseen();
         }
         match cache.tag_states(tags.as_slice()).await {
             Ok(states) => {
                 let skew = cache.shared.tag_clock_skew;
-                let gone_since_the_load =
-                    tags::verdict(*since, &states, skew) == tags::Verdict::Gone;
-                let untouched_since_joining =
-                    tags::verdict(joined, &states, skew) == tags::Verdict::Fresh;
-                !(gone_since_the_load && untouched_since_joining)
+                // A hard invalidation after the load began, and none after the join (a soft one
+                // after it changes nothing: the hard and soft times are kept apart).
+                let gone = |from: u64| tags::verdict(from, &states, skew) == tags::Verdict::Gone;
+                !gone(*since) || gone(joined)
             }
             Err(error) => {
                 let (key, error) = (cache.logged_key(&job.key), cache.logged_error(&error));
                 let taken = unseen();
-                load_event!(job.origin, debug, key, %error, taken, "tag state unreadable; the shared failure is taken unless this cache invalidated a tag since the load began and before this caller asked");
+                load_event!(job.origin, debug, key, %error, taken, "tag state unreadable; the shared failure is taken unless this cache hard-invalidated a tag since the load began and before this caller asked");
                 taken
             }
         }

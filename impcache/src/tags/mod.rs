@@ -266,20 +266,33 @@ pub(crate) fn failed_tags(prefix: &str, tags: &[String], subject: &str) -> Strin
 /// [`Cache`](crate::Cache) sent, shared by its clones and `with_version` copies. A waiter on a
 /// tagged load that cannot read the tags' state (the cache failing) knows of these all the same
 /// (`freshness/load.rs`, `Shared::holds_for`). One time for all tags is bounded; its cost, a
-/// waiter turned away by an invalidation of another tag, is one load of its own.
+/// waiter turned away by an invalidation of another tag, is one load of its own. The latest
+/// hard one apart: only a hard invalidation turns a waiter away from a failed load
+/// (`Holds::failure_holds_for`).
 #[derive(Debug, Default)]
-pub(crate) struct SentInvalidations(AtomicU64);
+pub(crate) struct SentInvalidations {
+    any: AtomicU64,
+    hard: AtomicU64,
+}
 
 impl SentInvalidations {
-    /// Records an invalidation stamped `at`, before it is sent: it may land even when the call
-    /// reports an error.
-    pub(crate) fn record(&self, at: u64) {
-        self.0.fetch_max(at, Ordering::Relaxed);
+    /// Records an invalidation of `kind` stamped `at`, before it is sent: it may land even when
+    /// the call reports an error.
+    pub(crate) fn record(&self, kind: TagInvalidation, at: u64) {
+        self.any.fetch_max(at, Ordering::Relaxed);
+        if kind == TagInvalidation::Hard {
+            self.hard.fetch_max(at, Ordering::Relaxed);
+        }
     }
 
     /// Whether an invalidation stamped at or after `since` was sent (or is being sent).
     pub(crate) fn any_since(&self, since: u64) -> bool {
-        self.0.load(Ordering::Relaxed) >= since
+        self.any.load(Ordering::Relaxed) >= since
+    }
+
+    /// The time of the latest hard invalidation sent (0: none).
+    pub(crate) fn latest_hard(&self) -> u64 {
+        self.hard.load(Ordering::Relaxed)
     }
 }
 
@@ -535,10 +548,14 @@ mod tests {
     fn sent_invalidations_keep_the_latest() {
         let sent = SentInvalidations::default();
         assert!(!sent.any_since(1));
-        sent.record(10);
-        sent.record(5);
+        sent.record(TagInvalidation::Hard, 10);
+        sent.record(TagInvalidation::Hard, 5);
         assert!(sent.any_since(10));
         assert!(!sent.any_since(11));
+        // The latest hard one apart.
+        sent.record(TagInvalidation::Soft, 20);
+        assert!(sent.any_since(20));
+        assert_eq!(sent.latest_hard(), 10);
     }
 
     #[test]
