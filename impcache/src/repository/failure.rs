@@ -79,12 +79,14 @@ impl Failure {
         }
     }
 
-    /// Any failure but a timeout counted as an outage: how a failed Sentinel lookup is reported,
-    /// whatever the error.
+    /// Any failure but a timeout or a refused login counted as an outage: how a failed Sentinel
+    /// lookup is reported, whatever the error. A refused login (to a Sentinel or to the primary
+    /// it names) is the server's answer, as on a single node (it opened the breaker: found by a
+    /// probe).
     #[cfg(feature = "sentinel")]
     pub(crate) fn or_outage(self) -> Failure {
         match self {
-            Failure::Timeout | Failure::GaveUp => self,
+            Failure::Timeout | Failure::GaveUp | Failure::Auth => self,
             _ => Failure::Broken,
         }
     }
@@ -245,9 +247,18 @@ struct GaveUpEarly {
 }
 
 /// The server refused the login: the `redis` crate's `AuthenticationFailed` (its reading of an
-/// `AUTH` refused, the server's reply dropped), or `WRONGPASS` (a `HELLO` refused, under RESP3).
+/// `AUTH` refused, the server's reply dropped), `WRONGPASS` (a `HELLO` refused, under RESP3), or
+/// `NOAUTH` (no password given to a server that wants one). Also inside the Cluster client's
+/// "Failed to create initial connections", an `Io` error that keeps only the text of a node's
+/// error (whose kind's name or code it ends with): a refused login there opened the breaker
+/// (found by a probe). Matched as text there, the one thing the `redis` crate keeps.
 fn is_auth_failure(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS")
+    const REFUSED_LOGIN: [&str; 3] = ["AuthenticationFailed", "WRONGPASS", "NOAUTH"];
+    e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+        || (e.kind() == ErrorKind::Io
+            && e.detail()
+                .is_some_and(|detail| REFUSED_LOGIN.iter().any(|text| detail.contains(text))))
 }
 
 /// A server's error reply as Redis writes it (`OOM command not allowed when ...`): the `redis`
@@ -262,5 +273,63 @@ fn server_message(error: &redis::RedisError) -> String {
                 .to_owned()
         }
         _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(e: RedisError) -> Failure {
+        let waited = Waited {
+            waited: Duration::from_millis(1),
+            deadline: Duration::from_millis(100),
+            connect_timeout: None,
+        };
+        Failure::of(&e, waited)
+    }
+
+    /// A refused login is the server's answer, however the `redis` crate reports it: its own
+    /// kind, a `WRONGPASS` or `NOAUTH` reply, or the text the Cluster client keeps of a node's
+    /// error when no initial connection could be made (that one was an outage: a wrong password
+    /// opened a Cluster repository's breaker, found by a probe).
+    #[test]
+    fn a_refused_login_is_no_outage_however_it_is_reported() {
+        let refused = [
+            RedisError::from((
+                ErrorKind::AuthenticationFailed,
+                "Password authentication failed",
+            )),
+            RedisError::from((
+                ErrorKind::Io,
+                "Failed to create initial connections",
+                "Password authentication failed - AuthenticationFailed".to_owned(),
+            )),
+            RedisError::from((
+                ErrorKind::Io,
+                "Failed to create initial connections",
+                "NOAUTH: Authentication required.".to_owned(),
+            )),
+        ];
+        for e in refused {
+            let failure = of(e);
+            assert_eq!(failure, Failure::Auth);
+            assert!(!failure.is_outage());
+        }
+        let unreachable = RedisError::from((
+            ErrorKind::Io,
+            "Failed to create initial connections",
+            "Connection refused (os error 111)".to_owned(),
+        ));
+        assert!(of(unreachable).is_outage());
+    }
+
+    /// A Sentinel lookup's failures are outages but for a timeout and a refused login (to a
+    /// Sentinel or to the primary it names), as on a single node (it opened the breaker).
+    #[cfg(feature = "sentinel")]
+    #[test]
+    fn a_refused_login_during_a_sentinel_lookup_is_no_outage() {
+        assert_eq!(Failure::Auth.or_outage(), Failure::Auth);
+        assert_eq!(Failure::Reply.or_outage(), Failure::Broken);
     }
 }
