@@ -217,7 +217,7 @@ where
             let generation = used.load(Ordering::Relaxed);
             target.failed((generation != 0).then_some(generation), failed.kind);
             if target.is_outage(failed.kind) {
-                breaker.record_failure(&admission, &failed.error);
+                breaker.record_failure(&admission, &Cause(&failed));
             } else {
                 breaker.record_success();
             }
@@ -269,4 +269,19 @@ pub(crate) fn current_runtime() -> Option<tokio::runtime::Id> {
     tokio::runtime::Handle::try_current()
         .ok()
         .map(|handle| handle.id())
+}
+
+/// What a failure ended in, without the key it was about: the underlying error (`Connection
+/// refused (os error 111)`), else the kind of failure (`Timeout`). The breaker's warning is
+/// logged whatever the cache's `record_keys`, and named the key (`last_error=cache backend
+/// unavailable during set of `cache:1:user:alice@example.com``: CI caught it, 2026-12-06).
+struct Cause<'a>(&'a Failed);
+
+impl std::fmt::Display for Cause<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::error::Error::source(&self.0.error) {
+            Some(source) => std::fmt::Display::fmt(source, f),
+            None => write!(f, "{:?}", self.0.kind),
+        }
+    }
 }
