@@ -48,7 +48,7 @@ pub(super) enum Shared {
     /// `try_get_with`), unless it is not for sharing (`None`: a `#[cached]` body's `Err` or
     /// `None`, see [`LoadError::shared`]): then each runs its own. With tags, a waiter that
     /// asked after a hard invalidation that came after the load began loads its own value
-    /// rather than get the failure of a load obsolete for it ([`Holds::failure_holds_for`]).
+    /// rather than get the failure of a load obsolete for it ([`Holds::holds_for`]).
     Failed(Option<Arc<str>>, Holds),
     /// The leader's loader panicked with a stale value at hand (without one it abandons the
     /// flight). A waiter whose own read found a stale value within its `stale_if_error` window
@@ -112,19 +112,29 @@ impl Holds {
         }
     }
 
-    /// Whether a waiter that joined the flight at `joined` may take the value. A tagged value
-    /// computed (or read) before the waiter asked may have been invalidated in between
-    /// (`invalidate_tag` from any process): its tags' state is read again, and it is taken only
-    /// if none was invalidated since. A waiter that asked before it was computed takes it, as
-    /// the leader's own caller does.
+    /// Whether a waiter that joined the flight at `joined` takes the leader's answer, a value or
+    /// a failure (`judged`):
+    ///
+    /// - A **value** computed (or read) before the waiter asked may have been invalidated in
+    ///   between (`invalidate_tag` from any process): its tags' state is read again, and it is
+    ///   taken only if none was invalidated since. A waiter that asked before it was computed
+    ///   takes it, as the leader's own caller does.
+    /// - A **failure** is taken unless the waiter asked after a hard invalidation of one of the
+    ///   tags that came after the load began (that load was obsolete for it before it asked: it
+    ///   loads its own value). A caller that asked before the invalidation takes it, as without
+    ///   tags (and its stale value, if it has one: one loader run, not one per waiter, while the
+    ///   origin fails); so does one after a soft invalidation, which the stale value covers.
+    ///   Only the latest hard time of each tag is known: a hard invalidation before `joined`
+    ///   followed by another after it counts as after.
     ///
     /// With the state unreadable (the waiter's own read failed, `reread` is `Never`, or this
-    /// one does) the value is taken unless this cache itself sent an invalidation (of any tag)
-    /// at or after the value's time: that one it knows of without reading anything (then it
-    /// loads on its own, fail open). Another process's it cannot see while the cache fails,
-    /// and a load per waiter would fall on the loader's source exactly then (one loader run
-    /// per key). Not reading it after a failed read keeps the call within one deadline.
-    async fn holds_for(&self, job: &Job, joined: u64, reread: Reread) -> bool {
+    /// one does) only this cache's own invalidations are known (by the same rules: any since
+    /// the value's time; a hard one between the load's start and the join for a failure, its
+    /// soft ones leaving it shared: 20 waiters ran 21 loaders against a failing origin after
+    /// one, found by a probe). Another process's it cannot see while the cache fails, and a
+    /// load per waiter would fall on the loader's source exactly then (one loader run per
+    /// key). Not reading it after a failed read keeps the call within one deadline.
+    async fn holds_for(&self, job: &Job, joined: u64, reread: Reread, judged: Judged) -> bool {
         let Some((since, tags)) = &self.since else {
             return true;
         };
@@ -135,65 +145,46 @@ impl Holds {
             return false;
         }
         let cache = &job.cache;
-        let unseen = || !cache.shared.invalidations_sent.any_since(*since);
-        if reread == Reread::Never {
-            return unseen();
-        }
-        match cache.tag_verdict(tags.as_slice(), *since).await {
-            Ok(verdict) => verdict == tags::Verdict::Fresh,
-            Err(error) => {
-                let (key, error) = (cache.logged_key(&job.key), cache.logged_error(&error));
-                let taken = unseen();
-                load_event!(job.origin, debug, key, %error, taken, "tag state unreadable; the shared value is taken unless this cache invalidated a tag since");
-                taken
+        let sent = &cache.shared.invalidations_sent;
+        let unseen = || match judged {
+            Judged::Value => !sent.any_since(*since),
+            // (The latest hard time only is kept: one after the join hides one before.)
+            Judged::Failure => {
+                let hard = sent.latest_hard();
+                !(*since <= hard && hard < joined)
             }
-        }
-    }
-
-    /// Whether a waiter that joined the flight at `joined` takes the leader's failure (see
-    /// [`Shared::Failed`]): yes, unless it asked after a hard invalidation of one of the tags
-    /// that came after the load began (between the two: that load was obsolete for it before
-    /// it asked, and it loads its own value). A caller that asked before the invalidation takes
-    /// the failure, as without tags (and its stale value, if it has one: one loader run, not
-    /// one per waiter, while the origin fails); so does one after a soft invalidation, which
-    /// the stale value covers. Only the latest hard time of each tag is known: a hard
-    /// invalidation before `joined` followed by another after it counts as after. With the
-    /// state unreadable, only this cache's own hard invalidations are known, by the same rule
-    /// (its soft ones leave the failure shared: 20 waiters ran 21 loaders against a failing
-    /// origin after one, found by a probe).
-    async fn failure_holds_for(&self, job: &Job, joined: u64, reread: Reread) -> bool {
-        let Some((since, tags)) = &self.since else {
-            return true;
-        };
-        if *since > joined {
-            return true;
-        }
-        let cache = &job.cache;
-        // The latest hard invalidation this cache sent, not between the load's start and this
-        // caller's join (the latest time only is kept: one after the join hides one before).
-        let unseen = || {
-            let hard = cache.shared.invalidations_sent.latest_hard();
-            !(*since <= hard && hard < joined)
         };
         if reread == Reread::Never {
             return unseen();
         }
         match cache.tag_states(tags.as_slice()).await {
             Ok(states) => {
-                let skew = cache.shared.tag_clock_skew;
-                // A hard invalidation after the load began, and none after the join (a soft one
-                // after it changes nothing: the hard and soft times are kept apart).
-                let gone = |from: u64| tags::verdict(from, &states, skew) == tags::Verdict::Gone;
-                !gone(*since) || gone(joined)
+                let verdict = |from| tags::verdict(from, &states, cache.shared.tag_clock_skew);
+                match judged {
+                    Judged::Value => verdict(*since) == tags::Verdict::Fresh,
+                    // Gone since the load began, and not since the join (a soft invalidation
+                    // after it changes nothing: the hard and soft times are kept apart).
+                    Judged::Failure => {
+                        verdict(*since) != tags::Verdict::Gone
+                            || verdict(joined) == tags::Verdict::Gone
+                    }
+                }
             }
             Err(error) => {
                 let (key, error) = (cache.logged_key(&job.key), cache.logged_error(&error));
                 let taken = unseen();
-                load_event!(job.origin, debug, key, %error, taken, "tag state unreadable; the shared failure is taken unless this cache hard-invalidated a tag since the load began and before this caller asked");
+                load_event!(job.origin, debug, key, %error, taken, ?judged, "tag state unreadable; the shared answer is taken unless this cache's own invalidations say otherwise");
                 taken
             }
         }
     }
+}
+
+/// What a waiter judges by [`Holds::holds_for`]: the leader's value, or its failure.
+#[derive(Clone, Copy, Debug)]
+enum Judged {
+    Value,
+    Failure,
 }
 
 /// What the machinery needs of a loader's error type: to carry the cache's own errors (an
@@ -443,7 +434,7 @@ where
                     // (Not when the load was made obsolete by an invalidation of its tags since
                     // this caller asked: then as behind a value that no longer holds.)
                     Wait::Published(Shared::Failed(shared, holds)) => {
-                        if !holds.failure_holds_for(&job, joined, reread).await {
+                        if !holds.holds_for(&job, joined, reread, Judged::Failure).await {
                             if rejoins_after_invalidation(&job, &flight, waiting_since).await {
                                 continue;
                             }
@@ -481,7 +472,11 @@ where
                         continue;
                     }
                     Wait::Published(Shared::Value(shared)) => {
-                        if !shared.holds.holds_for(&job, joined, reread).await {
+                        if !shared
+                            .holds
+                            .holds_for(&job, joined, reread, Judged::Value)
+                            .await
+                        {
                             if rejoins_after_invalidation(&job, &flight, waiting_since).await {
                                 continue;
                             }
