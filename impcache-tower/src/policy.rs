@@ -568,16 +568,16 @@ fn trim_ows(value: &[u8]) -> &[u8] {
     value.get(..end).unwrap_or_default()
 }
 
-/// Whether the request's `If-None-Match` matches a response whose `ETag` is `etag` (weak
-/// comparison, RFC 9110 §13.1.2). The field, all its lines, is `*` alone or a list of
+/// Whether the request's `If-None-Match` matches a current response whose `ETag` is `etag`,
+/// if it has one (RFC 9110 §13.1.2). The field, all its lines, is `*` alone or a list of
 /// entity-tags (§5.6.1: empty members and whitespace around members are fine; a comma inside
-/// the quotes belongs to the tag, `"a,b"`). A field that is neither (an unquoted or
+/// the quotes belongs to the tag, `"a,b"`). `*` matches any current response, with or without
+/// an `ETag`; a list matches when one of its tags equals `etag` (weak comparison), so never
+/// when `etag` is missing or not an entity-tag. A field that is neither (an unquoted or
 /// unterminated tag, text after a tag, `*` among tags) matches nothing, whatever its other
-/// members: the request is then answered in full. So does an `etag` that is not an entity-tag.
-pub(crate) fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
-    let Some(etag) = EntityTag::parse(etag.as_bytes()) else {
-        return false;
-    };
+/// members: the request is then answered in full.
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: Option<&HeaderValue>) -> bool {
+    let etag = etag.and_then(|etag| EntityTag::parse(etag.as_bytes()));
     let (mut members, mut star, mut matched) = (0usize, false, false);
     for line in headers.get_all(header::IF_NONE_MATCH) {
         let mut rest = line.as_bytes();
@@ -594,7 +594,7 @@ pub(crate) fn if_none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
                 let Some((tag, after)) = EntityTag::prefix(member) else {
                     return false;
                 };
-                matched |= tag.weak_eq(&etag);
+                matched |= etag.as_ref().is_some_and(|etag| tag.weak_eq(etag));
                 after
             };
             members += 1;
@@ -956,7 +956,7 @@ mod tests {
         let matches = |field: &'static str, etag: &'static str| {
             if_none_match(
                 &headers(&[("if-none-match", field)]),
-                &HeaderValue::from_static(etag),
+                Some(&HeaderValue::from_static(etag)),
             )
         };
         assert!(matches("\"a\", W/\"b\"", "\"b\""));
@@ -965,8 +965,21 @@ mod tests {
         assert!(!matches("\"c\"", "\"b\""));
         assert!(!if_none_match(
             &HeaderMap::new(),
-            &HeaderValue::from_static("\"b\"")
+            Some(&HeaderValue::from_static("\"b\""))
         ));
+    }
+
+    /// RFC 9110 §13.1.2: `*` matches any current response, one without an `ETag` too; a list of
+    /// tags never matches a response without one.
+    #[test]
+    fn if_none_match_star_matches_a_response_without_an_etag() {
+        let matches =
+            |field: &'static str| if_none_match(&headers(&[("if-none-match", field)]), None);
+        assert!(matches("*"));
+        assert!(matches(" * "));
+        for field in ["\"b\"", "W/\"b\", \"c\"", "*, \"b\"", "", "b"] {
+            assert!(!matches(field), "{field:?}");
+        }
     }
 
     /// RFC 9110 §8.8.3: `etagc` includes the comma, so a list is split between quoted tags,
@@ -976,7 +989,7 @@ mod tests {
         let matches = |field: &'static str, etag: &'static str| {
             if_none_match(
                 &headers(&[("if-none-match", field)]),
-                &HeaderValue::from_static(etag),
+                Some(&HeaderValue::from_static(etag)),
             )
         };
         assert!(matches("\"a,b\"", "\"a,b\""));
@@ -994,7 +1007,7 @@ mod tests {
         let matches = |field: &'static str| {
             if_none_match(
                 &headers(&[("if-none-match", field)]),
-                &HeaderValue::from_static("\"b\""),
+                Some(&HeaderValue::from_static("\"b\"")),
             )
         };
         for field in [
@@ -1009,7 +1022,7 @@ mod tests {
         let two_lines = headers(&[("if-none-match", "\"a\""), ("if-none-match", " \"b\" ")]);
         assert!(if_none_match(
             &two_lines,
-            &HeaderValue::from_static("\"b\"")
+            Some(&HeaderValue::from_static("\"b\""))
         ));
         for field in ["", " ", ",", " , ,"] {
             assert!(!matches(field), "{field:?}");
@@ -1017,13 +1030,14 @@ mod tests {
     }
 
     /// A field that is not a list of entity-tags matches nothing, not even through a well-formed
-    /// member; nor does a stored `ETag` that is not an entity-tag.
+    /// member; nor does a stored `ETag` that is not an entity-tag, except to `*` (any current
+    /// response).
     #[test]
     fn a_malformed_if_none_match_or_etag_matches_nothing() {
         let matches = |field: &'static str, etag: &'static str| {
             if_none_match(
                 &headers(&[("if-none-match", field)]),
-                &HeaderValue::from_static(etag),
+                Some(&HeaderValue::from_static(etag)),
             )
         };
         for field in [
@@ -1046,12 +1060,12 @@ mod tests {
             assert!(!matches(field, "\"b\""), "{field:?}");
         }
         assert!(!matches("b", "b"));
-        assert!(!matches("*", "b"));
+        assert!(matches("*", "b"));
         assert!(!matches("\"b\"", "\"b"));
         let star_and_tag = headers(&[("if-none-match", "*"), ("if-none-match", "\"b\"")]);
         assert!(!if_none_match(
             &star_and_tag,
-            &HeaderValue::from_static("\"b\"")
+            Some(&HeaderValue::from_static("\"b\""))
         ));
     }
 

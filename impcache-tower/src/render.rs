@@ -237,7 +237,9 @@ fn serve_as(
 /// `status` and `headers`, which is then answered with a 304. The validators are read only for a
 /// conditional request (most requests are not), and only for a 2xx: a server ignores
 /// preconditions when its answer would be another status (RFC 9110 §13.2.1), so a 404 or a
-/// redirect is sent as it is, never as a 304. `If-None-Match` takes precedence (§13.2.2).
+/// redirect is sent as it is, never as a 304. `If-None-Match` takes precedence: when present,
+/// `If-Modified-Since` is ignored (§13.2.2). `If-None-Match: *` matches a stored 2xx whether or
+/// not it has an `ETag` (a current representation exists, §13.1.2).
 pub(crate) fn matches_validators(
     request_headers: &HeaderMap,
     status: StatusCode,
@@ -245,9 +247,7 @@ pub(crate) fn matches_validators(
 ) -> bool {
     status.is_success()
         && if request_headers.contains_key(header::IF_NONE_MATCH) {
-            headers
-                .get(header::ETAG)
-                .is_some_and(|etag| policy::if_none_match(request_headers, etag))
+            policy::if_none_match(request_headers, headers.get(header::ETAG))
         } else {
             policy::not_modified_since(request_headers, headers)
         }

@@ -1018,6 +1018,45 @@ async fn if_modified_since_is_answered_with_304_from_the_cache() {
     assert_eq!(calls.get(), 2);
 }
 
+/// RFC 9110 §13.1.2: `If-None-Match: *` is false when a current representation exists, so a
+/// hit on a stored 2xx gets a 304 even when it has no `ETag` (the origin mode computes none);
+/// a list of tags cannot match it, and then `If-Modified-Since` is ignored (§13.2.2).
+#[tokio::test]
+async fn if_none_match_star_gets_304_from_a_stored_response_without_etag() {
+    const MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let l = CacheLayer::new(memory_cache()).follow_origin(true);
+    let (svc, calls) = app(l.clone(), |_, _| async {
+        Response::builder()
+            .header("cache-control", "max-age=60")
+            .header("last-modified", MODIFIED)
+            .body(Body::from("content"))
+            .unwrap()
+    });
+    send(&svc, get("/doc")).await;
+    wait_stored(&l, "/doc").await;
+    for method in ["GET", "HEAD"] {
+        let seen = send(&svc, request(method, "/doc", &[("if-none-match", "*")])).await;
+        assert_eq!(seen.status, StatusCode::NOT_MODIFIED, "{method}");
+        assert!(seen.body.is_empty(), "{method}");
+        assert_eq!(seen.header("etag"), None, "{method}");
+        assert_eq!(seen.header("last-modified"), Some(MODIFIED), "{method}");
+        assert_eq!(seen.outcome(), "HIT", "{method}");
+    }
+    // A tag cannot match a response without an `ETag`; the matching `If-Modified-Since` is
+    // ignored beside it.
+    let both = request(
+        "GET",
+        "/doc",
+        &[("if-none-match", "\"v1\""), ("if-modified-since", MODIFIED)],
+    );
+    let seen = send(&svc, both).await;
+    assert_eq!(
+        (seen.status, seen.body.as_ref()),
+        (StatusCode::OK, &b"content"[..])
+    );
+    assert_eq!(calls.get(), 1);
+}
+
 /// RFC 9110 §13.2.1: preconditions are ignored when the answer would not be a 2xx, so a stored
 /// 404 (or redirect) is sent as it is to a conditional request, never as an empty 304.
 #[tokio::test]
