@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -336,6 +337,75 @@ fn cached_calls_count_by_function_and_outcome_and_their_hits_once() {
     });
 }
 
+/// A body slow enough for its first caller to give up on it.
+#[impcache::cached(cache = cache, expire = 60, skip(cache))]
+async fn abandoned(cache: &Cache, n: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    n
+}
+
+/// A probe's find: the waiters of a leader dropped by its caller (a `timeout` around it) join
+/// the key's flight again, one leads, the others wait once more. Each is one wait, timed from
+/// its first to its last (it counted a wait per wait: 7 for 4 callers), and one lookup, its own
+/// `GET` (the new leader's second look counted another: 6 misses for 5 calls).
+#[test]
+fn waiters_of_a_cancelled_leader_count_one_wait_and_one_lookup_each() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        let leader = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_millis(30), abandoned(&cache, 9)).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { abandoned(&cache, 9).await })
+            })
+            .collect();
+        assert!(leader.await.unwrap().is_err());
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), 9);
+        }
+        let recorded = Recorded::take(&snapshotter);
+        let function = [("function", "metrics::abandoned")];
+        assert_eq!(
+            recorded.counter("impcache_single_flight_waits_total", &function),
+            4
+        );
+        // One duration per caller, its whole wait: the new leader's 25 ms, the others' 25 ms
+        // and then the new leader's run (100 ms).
+        let Some(DebugValue::Histogram(waits)) =
+            recorded.find("impcache_single_flight_wait_duration_seconds", &function)
+        else {
+            panic!("no wait durations");
+        };
+        let mut waits: Vec<f64> = waits.iter().map(|wait| wait.into_inner()).collect();
+        waits.sort_by(f64::total_cmp);
+        assert_eq!(waits.len(), 4, "{waits:?}");
+        assert!(waits[0] >= 0.02 && waits[0] < 0.1, "{waits:?}");
+        assert!(waits[1..].iter().all(|&wait| wait >= 0.1), "{waits:?}");
+        // The leader's call, dropped, is not counted; the 4 others are misses.
+        assert_eq!(
+            recorded.counter(
+                "impcache_cached_calls_total",
+                &[("function", "metrics::abandoned"), ("outcome", "miss")]
+            ),
+            4
+        );
+        let lookups = |o| recorded.counter("impcache_lookups_total", &[("outcome", o)]);
+        assert_eq!((lookups("hit"), lookups("miss")), (0, 5));
+        assert_eq!((cache.stats().hits, cache.stats().misses), (0, 5));
+        // The second look is a `get` all the same.
+        assert_eq!(recorded.ops("get", "miss"), 6);
+    });
+}
+
 /// `square` with a freshness option (its calls go through `get_or_set`).
 #[impcache::cached(cache = cache, expire = Duration::from_millis(300), stale_while_revalidate = 60, skip(cache))]
 async fn fresh_square(cache: &Cache, n: u64) -> u64 {
@@ -627,6 +697,40 @@ fn a_near_cache_records_the_tier_that_answered() {
     }
 }
 
+/// A probe's find: the span of a `get_many` through a near cache has one `near` per key answered
+/// from process memory and one `remote` for its one read of the others from Redis (3 fields for
+/// 5 keys, 2 local), as OBSERVABILITY.md now says (it said one per key).
+#[test]
+fn a_get_many_through_a_near_cache_records_a_near_per_local_key_and_one_remote() {
+    let server = RedisServer::start();
+    let expected = [
+        r#"cache_operation{operation="get_many" tier="near" tier="near" tier="remote" outcome="ok"}"#,
+    ];
+    let logs = logged_with_all(&expected, || async {
+        let cache = near_cached(&server);
+        cache
+            .set_many([("a", 1), ("b", 2), ("c", 3), ("d", 4)], 60)
+            .await
+            .unwrap();
+        // Until `a` and `b` are answered from process memory.
+        for key in ["a", "b"] {
+            for _ in 0..400 {
+                let hits = cache.near_cache_stats().hits;
+                cache.get::<i64>(key).await.unwrap();
+                if cache.near_cache_stats().hits > hits {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        let values: Vec<Option<i64>> = cache.get_many(["a", "b", "c", "d", "e"]).await.unwrap();
+        assert_eq!(values, [Some(1), Some(2), Some(3), Some(4), None]);
+    });
+    for line in expected {
+        assert!(logs.contains(line), "{logs}");
+    }
+}
+
 /// The near cache records the tier on the operation's span only: with `impcache`'s spans
 /// filtered out (a user at `DEBUG` for their own targets), a user's span around a near hit,
 /// current while the lookup runs, never gets a `tier`.
@@ -856,6 +960,44 @@ fn a_lock_waits_polls_are_not_lookups() {
             let stats = process.stats();
             assert_eq!((stats.hits, stats.misses), (0, 1), "{stats:?}");
         }
+    });
+}
+
+/// A flight leader's second look at its key (a flight of the key ended since its read: here the
+/// waiters of a panicking loader, one of which leads next) is a `get` operation but no lookup:
+/// each caller counts one, its own read.
+#[test]
+fn a_new_leaders_second_look_is_not_a_lookup() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, runs) = (cache.clone(), Arc::clone(&runs));
+                tokio::spawn(async move {
+                    cache
+                        .get_or_set("report", 60, move || async move {
+                            let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            assert!(!first, "the first run fails");
+                            1_u64
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for caller in callers {
+            let _ = caller.await;
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        let recorded = Recorded::take(&snapshotter);
+        let lookups = |o| recorded.counter("impcache_lookups_total", &[("outcome", o)]);
+        assert_eq!((lookups("hit"), lookups("miss")), (0, 4));
+        assert_eq!((cache.stats().hits, cache.stats().misses), (0, 4));
+        assert_eq!(recorded.ops("get", "miss"), 5);
     });
 }
 

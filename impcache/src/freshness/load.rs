@@ -22,6 +22,7 @@ use super::policy::{Freshness, LoadSettings, State};
 use crate::error::{shown, Error};
 use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
 use crate::json;
+use crate::observe::polling::polled;
 use crate::observe::stale::StaleReason;
 use crate::repository::WithTtl;
 use crate::tags::{self, envelope, LoadedTags, Tags};
@@ -574,7 +575,9 @@ async fn second_look<V: DeserializeOwned>(job: &Job) -> Option<(V, Shared, Optio
     let read = job
         .cache
         .read_for_load_tagged(&job.key, &job.policy, &job.tags);
-    let found = read.await.ok()??;
+    // A `get` operation, but not another lookup: the caller's was its first read (and a
+    // background reload's look is no caller's).
+    let found = polled(read).await.ok()??;
     let State::Fresh { left } = job.policy.state(found.ttl) else {
         return None;
     };

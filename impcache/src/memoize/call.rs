@@ -17,6 +17,7 @@ use crate::flight::{FlightGuard, Flights, Join, Leader, Wait};
 use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::observe::metrics::recorder_installed;
+use crate::observe::polling::polled;
 use crate::Cache;
 
 /// Never a value: the expansion's unreachable `return` of it gives the async block holding a
@@ -169,11 +170,18 @@ where
     // that caller run the body once more: a narrow, documented race. The store's command is
     // sent before the leader answers, so a later GET from this process queues behind it.)
     let ticket = FLIGHTS.ticket();
+    // Since this caller first waited for another caller's run (with a recorder installed): one
+    // wait per caller, counted when its waiting ends, however many leaders it waited for (the
+    // waiters of a cancelled one join again).
+    let mut waiting_since = None;
     loop {
         match FLIGHTS.join(&flight, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
+                waited(function, waiting_since);
                 if recheck {
-                    if let Ok(Some(bytes)) = cache.get_raw(&key).await {
+                    // A second read of the key: not another lookup of this caller's (its
+                    // first was its `GET` in `memoize`), as `get_or_set`'s second look.
+                    if let Ok(Some(bytes)) = polled(cache.get_raw(&key)).await {
                         if let Ok(value) = decode(codec, cache, &key, &bytes) {
                             guard.publish(bytes);
                             return (P::wrap(value), CallOutcome::Hit);
@@ -187,26 +195,38 @@ where
                 return (ret, outcome);
             }
             Join::Waiter(waiter) => {
-                let started = recorder_installed().then(Instant::now);
-                let waited = waiter.wait_unbounded().await;
-                if let Some(started) = started {
-                    function.single_flight_wait(started.elapsed());
+                if waiting_since.is_none() {
+                    waiting_since = recorder_installed().then(Instant::now);
                 }
-                let overwrite = match waited {
+                let wait = waiter.wait_unbounded().await;
+                // The leader panicked or was cancelled: join again (the first to join leads).
+                if matches!(wait, Wait::Abandoned) {
+                    continue;
+                }
+                waited(function, waiting_since);
+                let overwrite = match wait {
                     Wait::Published(bytes) => match decode(codec, cache, &key, &bytes) {
                         Ok(value) => return (P::wrap(value), outcome),
                         // Another instantiation of a generic function under the same key.
                         Err(()) => true,
                     },
-                    Wait::NotShared | Wait::TimedOut => overwrite,
-                    // The leader panicked or was cancelled: join again (the first to join leads).
-                    Wait::Abandoned => continue,
+                    // (`Abandoned`: joined again above.)
+                    Wait::NotShared | Wait::TimedOut | Wait::Abandoned => overwrite,
                 };
                 let ret =
                     run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), None).await;
                 return (ret, outcome);
             }
         }
+    }
+}
+
+/// Counts a caller's wait for other callers' runs of its key, from `since` (when it first
+/// waited; `None` when it did not, or no recorder was installed then).
+#[inline]
+fn waited(function: &'static CachedFunction, since: Option<Instant>) {
+    if let Some(since) = since {
+        function.single_flight_wait(since.elapsed());
     }
 }
 

@@ -307,7 +307,7 @@ static NEAR_TIER_LABELS: [[Label; 1]; 3] = [
 ];
 
 /// Counts `count` keys answered by `tier` (nothing without a recorder), and records the tier on
-/// the operation's span.
+/// the operation's span once, whatever `count` (a batch read from Redis is one `remote`).
 #[inline]
 pub(crate) fn near_lookups(tier: Tier, count: u64) {
     let index = match tier {

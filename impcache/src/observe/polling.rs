@@ -6,6 +6,10 @@
 //! whose hit ratio measures the callers' lookups. The lock's own outcome
 //! (`impcache_lock_outcomes_total`) says how each wait ended.
 //!
+//! The same for a flight leader's second look at its key (`#[cached]`'s and `get_or_set`'s, when
+//! a flight of the key ended since its first read, such as a cancelled leader's whose waiter
+//! now leads): the caller's lookup was its first read, and a caller counts one lookup.
+//!
 //! The protocol's reads are the caller's (`get_or_set`'s read of the value key, the HTTP layer's
 //! lookup of a URL's response), made through the cache's public operations: they are marked
 //! by running inside [`polled`], which sets a thread-local flag while it polls them, as
@@ -23,13 +27,15 @@ thread_local! {
     static POLLING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether the operation ending now is a read of the lock's protocol (no lookup).
+/// Whether the operation ending now is a read of the lock's protocol, or a second look (no
+/// lookup).
 #[inline]
 pub(crate) fn active() -> bool {
     POLLING.with(Cell::get)
 }
 
-/// `read`, whose operations are the lock protocol's reads (not counted as lookups).
+/// `read`, whose operations are the lock protocol's reads or a second look (not counted as
+/// lookups).
 pub(crate) async fn polled<F: Future>(read: F) -> F::Output {
     let mut read = pin!(read);
     std::future::poll_fn(|cx| {

@@ -9,9 +9,9 @@ use crate::error::Error;
 /// The span of one operation: `cache_operation` at `DEBUG`, target `impcache`, with the fields
 /// `operation`, `outcome` (recorded when it ends), `tier` (`remote`, the repository, recorded
 /// after the outcome, for every write and for reads without a near cache; with one, a read's
-/// tier is recorded by the near cache for each key it reads: `near` for a key answered from
-/// process memory, `remote` for one read from Redis; see [`record_tier`]) and, when the cache was
-/// built with
+/// tiers are recorded by the near cache: `near` for each key answered from process memory,
+/// `remote` once for each read from Redis, whatever its number of keys (a `get_many`'s `MGET`);
+/// see [`record_tier`]) and, when the cache was built with
 /// [`record_keys(true)`](crate::CacheBuilder::record_keys), `key` (the caller's key, or the
 /// pattern of `delete_pattern`; batches record none).
 ///
