@@ -457,7 +457,8 @@ impl CacheLayer {
     ///
     /// Tags from a `Cache-Tag` field are case-insensitive, as on Cloudflare: `purge_tag("Team:7")`
     /// reaches a response tagged `Cache-Tag: team:7` or `TEAM:7` (the purge also writes the
-    /// lower-case spelling; a `Surrogate-Key` tag keeps its case).
+    /// lower-case spelling; a `Surrogate-Key` tag keeps its case, but one spelled all in lower
+    /// case is reached by that spelling too).
     pub async fn purge_tag(&self, tag: &str) -> impcache::Result<()> {
         self.purge_tags([tag]).await
     }
