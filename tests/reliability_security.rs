@@ -255,6 +255,53 @@ async fn passwords_in_the_query_are_sent() {
     let _ = std::fs::remove_file(socket);
 }
 
+/// A user name without a password (`redis://bob@host`, `?username=bob`, a socket's `?user=bob`)
+/// logs in as that user with the empty password, `AUTH bob ""`, as redis-py does, so a `nopass`
+/// ACL user works. The `redis` crate sends no `AUTH` without a password: the connection ran as
+/// `default`, with its wider permissions (a write outside `bob:*` went through), and under
+/// `requirepass` every call failed with `NOAUTH` (found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_user_name_logs_in_as_that_user() {
+    let socket = std::env::temp_dir().join(format!("impcache-bob-{}.sock", std::process::id()));
+    let socket = socket.to_str().unwrap().to_owned();
+    let server = RedisServer::start_with(&["--unixsocket", &socket]);
+    let _: () = server.cmd(&["ACL", "SETUSER", "bob", "on", "nopass", "~bob:*", "+@all"]);
+    let port = server.port();
+    let dsns = [
+        format!("redis://bob@127.0.0.1:{port}/0"),
+        format!("redis://127.0.0.1:{port}/0?username=bob"),
+        format!("unix://{socket}?user=bob"),
+        format!("unix://{socket}?username=bob"),
+    ];
+    let cache = |dsn: &str, prefix: &str| {
+        Cache::builder(RedisCacheRepository::new(dsn).unwrap())
+            .key_prefix(prefix)
+            .build()
+    };
+    // Without `requirepass`: bob's permissions, not `default`'s.
+    for dsn in &dsns {
+        cache(dsn, "bob")
+            .set("k", &1, 60)
+            .await
+            .unwrap_or_else(|e| panic!("{dsn}: {e}"));
+        match cache(dsn, "other").set("k", &1, 60).await {
+            Err(Error::Server { message, .. }) if message.contains("NOPERM") => {}
+            other => panic!("{dsn}: a write outside bob:* gave {other:?}"),
+        }
+    }
+    // With `requirepass`: bob is logged in, not refused with `NOAUTH`.
+    let _: () = server.cmd(&["CONFIG", "SET", "requirepass", PASSWORD]);
+    for dsn in &dsns {
+        let cache = cache(dsn, "bob");
+        cache
+            .set("k", &2, 60)
+            .await
+            .unwrap_or_else(|e| panic!("{dsn}: {e}"));
+        assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(2), "{dsn}");
+    }
+    let _ = std::fs::remove_file(socket);
+}
+
 #[test]
 fn dsn_errors_never_show_the_password() {
     for dsn in [

@@ -340,7 +340,25 @@ fn connection_info(dsn: &str, url: &url::Url) -> Result<redis::ConnectionInfo> {
     {
         settings = settings.set_username(username);
     }
-    Ok(info.set_redis_settings(settings))
+    Ok(info.set_redis_settings(log_in_as_named_user(settings)))
+}
+
+/// `settings` that log in as their user name, if they have one, also without a password: with
+/// the empty password, `AUTH name ""`, as redis-py does (it authenticates whenever a user name or
+/// a password is given), so a `nopass` ACL user is logged in. The `redis` crate sends `AUTH`
+/// only with a password: `redis://bob@host` and `?username=bob` silently ran as `default`, every
+/// call refused with `NOAUTH` under `requirepass`, and with `default`'s permissions without it
+/// (found by a probe). Every Redis connection impcache opens from a DSN or a user name gets its
+/// settings here: a server's, a Sentinel's and a cluster node's ([`connection_info`]), and a
+/// Sentinel's primary's.
+pub(crate) fn log_in_as_named_user(
+    settings: redis::RedisConnectionInfo,
+) -> redis::RedisConnectionInfo {
+    if settings.username().is_some() && settings.password().is_none() {
+        settings.set_password("")
+    } else {
+        settings
+    }
 }
 
 /// The password (or user name) of a DSN, which its query may give as well as its userinfo:
@@ -483,6 +501,43 @@ mod tests {
             );
         }
         assert_eq!(db("redis://h:1/?db=3&db=3").ok(), Some(3));
+    }
+
+    /// A user name without a password logs in with the empty password (`AUTH name ""`, as
+    /// redis-py), for every kind of address; a password given is kept, and no user name sends
+    /// no `AUTH`.
+    #[test]
+    fn a_lone_user_name_logs_in_with_the_empty_password() -> Result<()> {
+        let login = |info: redis::ConnectionInfo| {
+            let settings = info.redis_settings();
+            (
+                settings.username().map(str::to_owned),
+                settings.password().map(str::to_owned),
+            )
+        };
+        let bob = (Some("bob".to_owned()), Some(String::new()));
+        let server_login = |dsn: &str| server(dsn).map(|c| login(c.get_connection_info().clone()));
+        for dsn in [
+            "redis://bob@h:1/0",
+            "redis://h:1/0?username=bob",
+            "valkey://h:1?user=bob",
+            "unix:///tmp/r.sock?user=bob",
+            "unix:///tmp/r.sock?username=bob",
+        ] {
+            assert_eq!(server_login(dsn)?, bob, "{dsn}");
+        }
+        #[cfg(feature = "tls")]
+        assert_eq!(server_login("rediss://bob@h:1/0")?, bob);
+        assert_eq!(
+            server_login("redis://bob:pw@h:1")?,
+            (Some("bob".to_owned()), Some("pw".to_owned()))
+        );
+        assert_eq!(server_login("redis://h:1/0")?, (None, None));
+        #[cfg(feature = "sentinel")]
+        assert_eq!(login(sentinel("redis://bob@h:26379")?), bob);
+        #[cfg(feature = "cluster")]
+        assert_eq!(login(cluster_node("redis://h:1?username=bob")?), bob);
+        Ok(())
     }
 
     #[cfg(feature = "sentinel")]

@@ -481,7 +481,8 @@ impl RedisSentinelCacheRepositoryBuilder {
         self
     }
 
-    /// The username for the primary (the Sentinels' own credentials go in their URLs).
+    /// The username for the primary (the Sentinels' own credentials go in their URLs); without a
+    /// [password](Self::password) it logs in with the empty one, as redis-py does.
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
@@ -560,6 +561,7 @@ impl RedisSentinelCacheRepositoryBuilder {
         if let Some(password) = &self.password {
             redis_info = redis_info.set_password(password);
         }
+        let redis_info = dsn::log_in_as_named_user(redis_info);
         let node_info =
             SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info.clone());
         let breaker_target = format!("{} via {}", self.service_name, shown_sentinels.join(","));
