@@ -946,6 +946,24 @@ fn connections_left_by_a_finished_runtime_are_replaced_transparently() {
     assert_eq!(got, None);
 }
 
+/// Parallel `#[tokio::test]`s sharing a `static` cache, as on a single node
+/// (`reliability_faults::runtimes_ending_while_others_share_the_cache_fail_no_call`): every call
+/// in flight when a runtime ends is sent once more, on connections of its own runtime (found by
+/// a probe: a second attempt on a connection yet another ending runtime had made failed).
+#[test]
+fn runtimes_ending_while_others_share_the_cache_fail_no_call() {
+    let repository = repository(RedisCluster::shared(), Duration::from_millis(500));
+    let cache = Cache::builder(repository)
+        .key_prefix("parallel-runtimes")
+        .build();
+    let failures = impcache_tests::share_across_ending_runtimes(&cache);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+}
+
 /// An error the client returns before the deadline (here the connect timeout of a node that
 /// accepts connections but never answers the handshake) names its cause and the time waited, not
 /// "timed out after <deadline>" (issue 12, item 15).

@@ -449,6 +449,54 @@ async fn an_acl_forbidding_client_runs_without_it() {
     runs_without_it(&server, &cache).await;
 }
 
+/// A server's error reply (`WRONGTYPE` from a key another client made a hash, `NOPERM` from an
+/// ACL) is the same error through the near cache as on plain Redis, whose pipelines (`GET` +
+/// `PTTL`, `MGET` with the `PTTL`s, `set_many`'s `SET`s) report the first failed command's code
+/// and the server's message, as that command alone does. (The near cache reported
+/// `code: None, message: "Pipeline failure: [(Index 0, error: \"WRONGTYPE\": ...)]"`: found by a
+/// probe.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_the_same_through_the_near_cache() {
+    let server = RedisServer::start();
+    let near = as_acl_user(&server, &["~cache:1:k", "~cache:1:ok*", "&*", "+@all"]).await;
+    wait_active(&near).await;
+    let url = format!("redis://app:pw@127.0.0.1:{}/0", server.port());
+    let plain = Cache::new(
+        RedisCacheRepository::builder(url)
+            .deadline(Duration::from_secs(2))
+            .build()
+            .unwrap(),
+    );
+    let _: i64 = server.cmd(&["HSET", "cache:1:ok-hash", "f", "v"]);
+    let server_error = |r: impcache::Result<_>| match r {
+        Err(e @ impcache::Error::Server { .. }) => format!("{e:?}"),
+        other => panic!("not a server error: {other:?}"),
+    };
+
+    let on_redis = server_error(plain.get::<i64>("ok-hash").await.map(|_| ()));
+    let through_near = server_error(near.get::<i64>("ok-hash").await.map(|_| ()));
+    assert_eq!(on_redis, through_near);
+    assert!(
+        on_redis.contains(r#"code: Some("WRONGTYPE"), message: "WRONGTYPE Operation"#),
+        "{on_redis}"
+    );
+
+    let keys = ["ok-1", "forbidden"];
+    let on_redis = server_error(plain.get_many::<i64>(keys).await.map(|_| ()));
+    let through_near = server_error(near.get_many::<i64>(keys).await.map(|_| ()));
+    assert_eq!(on_redis, through_near);
+    assert!(
+        on_redis.contains(r#"code: Some("NOPERM"), message: "NOPERM "#),
+        "{on_redis}"
+    );
+
+    // `set_many` pipelines its `SET`s on plain Redis too: the error of the `SET` that failed.
+    let one = server_error(plain.set("forbidden", &1, 60).await);
+    let many = server_error(plain.set_many([("ok-1", &1), ("forbidden", &1)], 60).await);
+    let message = |shown: &str| shown.split_once("code:").map(|(_, m)| m.to_owned());
+    assert_eq!(message(&one), message(&many));
+}
+
 /// An ACL that allows `CLIENT TRACKING` but not `PING` (the heartbeat's and the barrier's): the
 /// near cache is unsupported for good and says so, rather than flushing and reconnecting at every
 /// heartbeat while it reports itself active (54 flushes in 2 s before).

@@ -558,6 +558,25 @@ fn a_connection_left_by_a_finished_runtime_is_replaced_transparently() {
     assert_eq!(result.expect("a get from a sixth runtime"), Some(2));
 }
 
+/// Parallel `#[tokio::test]`s sharing a `static` cache: threads, each with its own runtime,
+/// use one cache at once, and each runtime ends while the others' calls are in flight on the
+/// connection it opened (or is opening). Every call answers: one that meets the ended driver
+/// reconnects and runs once more, writes included, within its deadline (found by a probe: 7 runs
+/// in 8 failed a `set` with `broken pipe` or tokio's "context ... is being shutdown", as only
+/// the first call to meet the dead connection was sent again).
+#[test]
+fn runtimes_ending_while_others_share_the_cache_fail_no_call() {
+    let server = RedisServer::start();
+    let (cache, repository) = cache(&server.url());
+    let failures = impcache_tests::share_across_ending_runtimes(&cache);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+    assert!(!repository.is_circuit_open());
+}
+
 /// An error the `redis` client returns before the deadline (here its connect timeout, while the
 /// server does not answer the handshake) names its cause and the time waited, not the deadline
 /// (issue 12, item 15).

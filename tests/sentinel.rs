@@ -504,6 +504,26 @@ fn a_finished_runtime_leaves_nothing_that_fails_a_call() {
     assert_eq!(got, Some(2));
 }
 
+/// Parallel `#[tokio::test]`s sharing a `static` cache, as on a single node
+/// (`reliability_faults::runtimes_ending_while_others_share_the_cache_fail_no_call`): the primary's
+/// repository sends every call in flight when a runtime ends once more.
+#[test]
+fn runtimes_ending_while_others_share_the_cache_fail_no_call() {
+    let group = SentinelGroup::start();
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(Duration::from_millis(500))
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository).build();
+    let failures = impcache_tests::share_across_ending_runtimes(&cache);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+}
+
 /// A first Sentinel that accepts connections and never answers (a powered-off host, dropped
 /// packets) does not keep the healthy second one's answer from the calls. The `redis` crate takes
 /// the Sentinels' answers in order, so a lookup waits out the silent one's timeout (about a

@@ -3,9 +3,12 @@
 //! server is killed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod block_on;
+
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+use block_on::block_on;
 use impcache::{cached, Cache, RedisCacheRepository};
 use impcache_tests::RedisServer;
 use serde::{Deserialize, Serialize};
@@ -281,4 +284,39 @@ async fn a_call_right_after_a_miss_never_runs_the_body_again() {
         assert_eq!(AGAIN.load(SeqCst), id as usize + 1, "key {id}");
     }
     assert_eq!(wait_for_keys(&server, 300).await.len(), 300);
+}
+
+static NO_RUNTIME_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = cache, expire = 60, skip(cache))]
+async fn outside_tokio(cache: &Cache, id: u64) -> u64 {
+    NO_RUNTIME_CALLS.fetch_add(1, SeqCst);
+    id + 5
+}
+
+/// Outside any tokio runtime (a plain executor), a call to a Redis repository is a typed error
+/// naming the operation, the key and the missing runtime, not tokio's panic ("there is no
+/// reactor running", at the deadline's timer: found by a probe), and a `#[cached]` function
+/// over it fails open: its body answers, every time.
+#[test]
+fn outside_a_tokio_runtime_a_redis_call_is_an_error_and_cached_runs_its_body() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let error = block_on(impcache::CacheRepository::get(&repository, "k")).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(&error, impcache::Error::Unavailable { operation: "get", key, .. } if key == "k"),
+        "{error:?}"
+    );
+    assert!(message.contains("tokio runtime"), "{message}");
+    assert!(!repository.is_circuit_open());
+    let cache = Cache::new(repository);
+    assert!(block_on(cache.get::<u64>("k")).is_err());
+    assert_eq!(block_on(outside_tokio(&cache, 1)), 6);
+    assert_eq!(block_on(outside_tokio(&cache, 1)), 6);
+    assert_eq!(NO_RUNTIME_CALLS.load(SeqCst), 2);
+    assert!(server.keys().is_empty(), "{:?}", server.keys());
 }

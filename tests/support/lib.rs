@@ -37,6 +37,47 @@ pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// Parallel `#[tokio::test]`s sharing a `static` cache: 4 rounds of 8 threads, each with its own
+/// runtime (current-thread and multi-thread in turn), each doing its share of `set` + `get` on
+/// `cache` (unequal shares: the runtimes end one after the other, while the others' calls are in
+/// flight on connections the ended ones opened). Returns the calls that failed or read a wrong
+/// value; 1,760 calls in all.
+pub fn share_across_ending_runtimes(cache: &impcache::Cache) -> Vec<String> {
+    let mut failures = Vec::new();
+    for round in 0..4 {
+        let threads: Vec<_> = (0..8usize)
+            .map(|thread| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    let runtime = if thread % 2 == 0 {
+                        current_thread_runtime()
+                    } else {
+                        multi_thread_runtime()
+                    };
+                    let mut failures = Vec::new();
+                    runtime.block_on(async {
+                        for i in 0..10 + 5 * thread {
+                            let key = format!("r{round}:t{thread}:{i}");
+                            if let Err(e) = cache.set(&key, &i, 60).await {
+                                failures.push(format!("set {key}: {e}"));
+                            }
+                            match cache.get::<usize>(&key).await {
+                                Ok(Some(found)) if found == i => {}
+                                other => failures.push(format!("get {key}: {other:?}")),
+                            }
+                        }
+                    });
+                    failures
+                })
+            })
+            .collect();
+        for thread in threads {
+            failures.extend(thread.join().unwrap());
+        }
+    }
+    failures
+}
+
 /// The `redis-server` binary: `$REDIS_SERVER_BIN`, else `redis-server` on the `PATH`.
 pub fn redis_server_bin() -> String {
     std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned())

@@ -68,9 +68,11 @@ pub(crate) struct Attempt<'a> {
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) runtime: Option<tokio::runtime::Id>,
     pub(crate) failure: &'a Failed,
-    /// A dropped connection whose driver ended with the runtime that opened it (a `static`
-    /// cache used from several `#[tokio::test]`s, each with its own runtime): the `redis` crate
-    /// then fails every request at once, before sending anything.
+    /// A dropped connection opened by another runtime than the call's: its driver task ended
+    /// (or is ending) with that runtime (a `static` cache used from several `#[tokio::test]`s,
+    /// each with its own runtime). The `redis` crate then fails every request at once: those
+    /// sent after it ended were not sent at all, but those in flight when it ended may have
+    /// been applied.
     pub(crate) driver_gone: bool,
     /// Whether this was already the second attempt.
     pub(crate) retried: bool,
@@ -104,10 +106,12 @@ pub(crate) trait Target: Sync {
     /// The breaker and limits the calls run under.
     fn limits(&self) -> Limits<'_>;
 
-    /// The connection (or primary) for the next attempt.
+    /// The connection (or primary) for the next attempt; `again` for the second one, which the
+    /// retry hook asked for.
     fn open(
         &self,
         call: &Call<'_>,
+        again: bool,
     ) -> impl Future<Output = Result<Opened<Self::Handle>, Self::Error>> + Send;
 
     /// After each failed attempt: whether to send the request once more (after dropping what
@@ -133,7 +137,8 @@ pub(crate) trait Target: Sync {
 
 /// Runs `request` on `target` under its breaker, giving up at `until` (`None`: the request
 /// bounds each of its own round trips), with one more attempt when the target's retry hook asks
-/// for it.
+/// for it. Outside a tokio runtime, [`Failed::no_runtime`] at once: the deadline's timer and the
+/// connection's driver task need one (tokio's timer panics without), and the breaker is not told.
 pub(crate) async fn call<G, T, F, Fut>(
     target: &G,
     call: Call<'_>,
@@ -145,6 +150,7 @@ where
     F: Fn(G::Handle) -> Fut,
     Fut: Future<Output = Result<T, G::Error>>,
 {
+    require_runtime(call.operation, call.subject)?;
     let Limits {
         breaker,
         deadline,
@@ -178,7 +184,7 @@ where
         let mut retried = false;
         loop {
             let opened = target
-                .open(&call)
+                .open(&call, retried)
                 .await
                 .map_err(|e| e.into_failed(&call, waited()))?;
             used.store(opened.generation, Ordering::Relaxed);
@@ -261,6 +267,19 @@ where
         Ok(opened) => opened,
         // The task panicked or its runtime shut down: nothing opened.
         Err(error) => Err(RedisError::from(std::io::Error::other(error.to_string()))),
+    }
+}
+
+/// Outside a tokio runtime, [`Failed::no_runtime`]: the check at the entry of every call of a
+/// Redis-backed repository ([`call`], and the Cluster's operations, which ask for the slot map
+/// under the deadline first), so that such a call is an error rather than tokio's panic.
+pub(crate) fn require_runtime(
+    operation: &'static str,
+    subject: &(dyn Fn() -> String + Sync),
+) -> Result<(), Failed> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Failed::no_runtime(operation, subject())),
     }
 }
 

@@ -41,13 +41,17 @@ pub(crate) enum Failure {
     Reply,
     /// Refused before anything was sent: bad input (a value too large).
     Invalid,
+    /// Called outside a tokio runtime, where neither the deadline's timer nor a connection's
+    /// driver task can run: nothing was attempted, and the server is not to blame.
+    NoRuntime,
 }
 
 impl Failure {
     /// How `e` failed: timeouts first (one reported before the deadline is the client giving up
     /// early), then a refused login (which the `redis` crate counts among the errors after which
     /// a connection must be replaced, but which is the server's answer), then the outages, then
-    /// the server's other replies.
+    /// the server's other replies. A socket of a tokio runtime that is shutting down (another
+    /// runtime's: this call runs on a live one) is a dropped connection.
     pub(crate) fn of(e: &RedisError, waited: Waited) -> Failure {
         let cluster_outage = e.is_cluster_error()
             || matches!(
@@ -64,7 +68,7 @@ impl Failure {
             Failure::Auth
         } else if e.is_connection_refusal() {
             Failure::Refused
-        } else if e.is_connection_dropped() {
+        } else if e.is_connection_dropped() || is_runtime_shutting_down(e) {
             Failure::Dropped
         } else if cluster_outage || e.is_io_error() || e.is_unrecoverable_error() {
             Failure::Broken
@@ -131,6 +135,7 @@ impl Failed {
         key: String,
         waited: Waited,
     ) -> Failed {
+        let e = first_failed_command(e);
         Failed::of(Failure::of(&e, waited), e, operation, key, waited)
     }
 
@@ -193,6 +198,21 @@ impl Failed {
         Failed {
             kind: Failure::CircuitOpen,
             error: Error::CircuitOpen { operation, key },
+        }
+    }
+
+    /// Called outside a tokio runtime: [`Error::Unavailable`] naming the operation and the key,
+    /// not attempted (tokio's timer would panic there).
+    pub(crate) fn no_runtime(operation: &'static str, key: String) -> Failed {
+        Failed {
+            kind: Failure::NoRuntime,
+            error: Error::Unavailable {
+                operation,
+                key,
+                source: "a Redis-backed cache needs a tokio runtime (for its deadline and its \
+                         connection's driver task), and this call ran outside one"
+                    .into(),
+            },
         }
     }
 
@@ -261,6 +281,37 @@ fn is_auth_failure(e: &RedisError) -> bool {
                 .is_some_and(|detail| REFUSED_LOGIN.iter().any(|text| detail.contains(text))))
 }
 
+/// The error tokio returns for a socket whose runtime is shutting down (`A Tokio 1.x context was
+/// found, but it is being shutdown.`, [`tokio::runtime::is_rt_shutdown_err`]): a connection
+/// made, or being made, on a runtime that ended while another runtime's call waited for it. The
+/// `redis` crate keeps an I/O error in an `Arc` (its source), and does not lend it otherwise.
+fn is_runtime_shutting_down(e: &RedisError) -> bool {
+    type Kept = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<Kept>())
+        .and_then(|kept| kept.downcast_ref::<std::io::Error>())
+        .is_some_and(tokio::runtime::is_rt_shutdown_err)
+}
+
+/// A failed pipeline (`GET` + `PTTL`, `MGET` with the TTLs, `set_many`, the tag reads) as the
+/// error of its first failed command, the error that command alone gets: the `redis` crate
+/// reports the failed commands of a pipeline together, without their code when it does not know
+/// it (`WRONGTYPE`, `BUSY`) and in its own words (`Pipeline failure: [(Index 0, error: ...)]`),
+/// where a single command reports the server's (found by a probe: the near cache, which reads a
+/// value and its TTL in one pipeline, reported errors unlike plain Redis). Any other error
+/// (an aborted transaction's `EXECABORT` included) is kept as it is.
+fn first_failed_command(e: RedisError) -> RedisError {
+    if e.kind() == ErrorKind::Server(ServerErrorKind::ExecAbort) {
+        return e;
+    }
+    match e.clone().into_server_errors() {
+        Some(failed) => failed
+            .first()
+            .map_or(e, |(_, first)| RedisError::from(first.clone())),
+        None => e,
+    }
+}
+
 /// A server's error reply as Redis writes it (`OOM command not allowed when ...`): the `redis`
 /// crate's own text quotes the code (`"OOM": command not ...`). A refused `AUTH`, whose reply the
 /// `redis` crate does not keep (`Password authentication failed - AuthenticationFailed`), is
@@ -322,6 +373,19 @@ mod tests {
             "Connection refused (os error 111)".to_owned(),
         ));
         assert!(of(unreachable).is_outage());
+    }
+
+    /// tokio's error for a socket of a runtime that is shutting down (another runtime's: a call
+    /// only runs on a live one) is a dropped connection, which the call policy replaces and
+    /// sends again; it was `Broken`, and the call failed (found by a probe).
+    #[test]
+    fn a_socket_of_a_runtime_shutting_down_is_a_dropped_connection() {
+        let shutting_down = RedisError::from(std::io::Error::other(
+            "A Tokio 1.x context was found, but it is being shutdown.",
+        ));
+        assert_eq!(of(shutting_down), Failure::Dropped);
+        let other = RedisError::from(std::io::Error::other("something else"));
+        assert_eq!(of(other), Failure::Broken);
     }
 
     /// A Sentinel lookup's failures are outages but for a timeout and a refused login (to a

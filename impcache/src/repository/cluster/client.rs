@@ -29,16 +29,25 @@ impl RedisClusterCacheRepository {
     /// with one frozen it takes about 500 ms, as long as the default deadline. Cut short by each
     /// call, it never ended, and every key routed through the client (a redirected one) failed
     /// while a node it does not live on was frozen.
-    pub(super) async fn connection(&self) -> redis::RedisResult<Opened<ClusterConnection>> {
+    /// With `own_runtime` (a second attempt), a connection of this call's runtime, replacing
+    /// another runtime's (which may have ended, or be ending: parallel tests end about together).
+    pub(super) async fn connection(
+        &self,
+        own_runtime: bool,
+    ) -> redis::RedisResult<Opened<ClusterConnection>> {
         let opened = |(generation, handle, runtime)| Opened {
             generation,
             runtime,
             handle,
         };
-        if let Some(current) = self.current() {
+        let here = own_runtime.then(current_runtime);
+        if let Some(current) = self
+            .current()
+            .filter(|(.., runtime)| usable(here, *runtime))
+        {
             return Ok(opened(current));
         }
-        call::open_in_background(connect(Arc::clone(&self.inner)))
+        call::open_in_background(connect(Arc::clone(&self.inner), here))
             .await
             .map(opened)
     }
@@ -108,13 +117,21 @@ fn current(inner: &Inner) -> Option<(u64, ClusterConnection, Option<tokio::runti
         .clone()
 }
 
+/// Whether a connection opened on `runtime` will do for a call that needs one of runtime
+/// `here` (`None`: any will do).
+fn usable(here: Option<Option<tokio::runtime::Id>>, runtime: Option<tokio::runtime::Id>) -> bool {
+    here.is_none_or(|here| here == runtime)
+}
+
 /// Makes the cluster connection of `inner` unless another connect made it meanwhile (one
-/// connect at a time), and keeps it as the current one.
+/// connect at a time; one of runtime `here` when that is given), and keeps it as the current
+/// one.
 async fn connect(
     inner: Arc<Inner>,
+    here: Option<Option<tokio::runtime::Id>>,
 ) -> redis::RedisResult<(u64, ClusterConnection, Option<tokio::runtime::Id>)> {
     let _connecting = inner.connecting.lock().await;
-    if let Some(current) = current(&inner) {
+    if let Some(current) = current(&inner).filter(|(.., runtime)| usable(here, *runtime)) {
         return Ok(current);
     }
     let connection = inner.client.get_async_connection().await?;
@@ -145,8 +162,13 @@ impl Target for RedisClusterCacheRepository {
         }
     }
 
-    async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<ClusterConnection>> {
-        self.connection().await
+    /// A second attempt runs on a connection of the call's own runtime.
+    async fn open(
+        &self,
+        _call: &Call<'_>,
+        again: bool,
+    ) -> redis::RedisResult<Opened<ClusterConnection>> {
+        self.connection(again).await
     }
 
     fn retry(&self, attempt: &Attempt<'_>, _call: &Call<'_>) -> bool {

@@ -15,8 +15,9 @@ use super::topology::{key_slot, SlotMap};
 use super::{RedisClusterCacheRepository, NODE_EVENTS};
 use crate::error::{shown_many, Error, Result};
 use crate::expire::Expiry;
+use crate::repository::call::require_runtime;
 use crate::repository::commands::set_command;
-use crate::repository::failure::classify;
+use crate::repository::failure::{classify, Failed};
 use crate::repository::WithTtl;
 
 /// The script of [`RedisClusterCacheRepository::get_many_with_ttl_per_node`]: per key
@@ -298,6 +299,7 @@ impl RedisClusterCacheRepository {
         until: Instant,
         command: impl Fn(&[usize]) -> redis::Cmd,
     ) -> Result<PerNode> {
+        require_runtime(operation, &|| shown_many(keys)).map_err(Failed::into_error)?;
         let mut outcome = PerNode {
             replies: Vec::new(),
             fallback: Vec::new(),

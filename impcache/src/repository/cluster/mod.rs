@@ -29,12 +29,13 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use self::node::{is_redirection, Node};
 use self::topology::{key_slot, parse_primaries, SlotMap, SLOTS};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
+use super::call::require_runtime;
 use super::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, mark_tag_command,
     set_command, set_if_equal_command, set_nx_get_command, NxGet,
 };
 use super::dsn;
-use super::failure::classify;
+use super::failure::{classify, Failed};
 use super::settings::{shared_setters, Settings};
 use super::switches::{SwitchListener, SwitchListeners};
 use super::{set_nx_then_get, BoxFuture, CacheRepository, SetNxOrGet, TagInvalidation, WithTtl};
@@ -255,6 +256,7 @@ impl RedisClusterCacheRepository {
         cmd: redis::Cmd,
     ) -> Result<T> {
         let subject = || shown(key);
+        require_runtime(operation, &subject).map_err(Failed::into_error)?;
         let until = Instant::now() + self.inner.deadline;
         let through_client = |cmd: redis::Cmd| async move {
             let cmd = &cmd;

@@ -88,16 +88,22 @@ impl RedisClusterCacheRepository {
     }
 
     /// The direct connection to `node`, made on first use with the settings of the configured
-    /// nodes.
+    /// nodes; with `own_runtime` (a second attempt), one of this call's runtime, replacing
+    /// another runtime's (which may have ended, or be ending: parallel tests end about together).
     pub(super) async fn node_connection(
         &self,
         node: &Node,
+        own_runtime: bool,
     ) -> redis::RedisResult<(MultiplexedConnection, Option<tokio::runtime::Id>)> {
+        let usable = |(_, runtime): &(MultiplexedConnection, Option<tokio::runtime::Id>)| {
+            !own_runtime || *runtime == current_runtime()
+        };
         if let Some(connection) = node
             .connection
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
+            .filter(|connection| usable(connection))
         {
             return Ok(connection.clone());
         }
@@ -108,12 +114,14 @@ impl RedisClusterCacheRepository {
         let connection = redis::Client::open(info)?
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        Ok(node
+        let mut slot = node
             .connection
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert((connection, current_runtime()))
-            .clone())
+            .unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref().filter(|connection| usable(connection)) {
+            Some(made_meanwhile) => Ok(made_meanwhile.clone()),
+            None => Ok(slot.insert((connection, current_runtime())).clone()),
+        }
     }
 
     /// Runs `request` on the direct connection to `node`, outside any breaker (learning the slot
@@ -131,7 +139,7 @@ impl RedisClusterCacheRepository {
     {
         let mut retried = false;
         loop {
-            let (connection, opened_on) = self.node_connection(node).await?;
+            let (connection, opened_on) = self.node_connection(node, retried).await?;
             match request(connection).await {
                 Err(e)
                     if !retried
@@ -227,8 +235,13 @@ impl Target for OnNode<'_> {
         }
     }
 
-    async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<MultiplexedConnection>> {
-        let (handle, runtime) = self.repository.node_connection(self.node).await?;
+    /// A second attempt runs on a connection of the call's own runtime.
+    async fn open(
+        &self,
+        _call: &Call<'_>,
+        again: bool,
+    ) -> redis::RedisResult<Opened<MultiplexedConnection>> {
+        let (handle, runtime) = self.repository.node_connection(self.node, again).await?;
         // A node's connection has no generations: the hooks below act on the node.
         Ok(Opened {
             generation: 1,

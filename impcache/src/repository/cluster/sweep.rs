@@ -11,8 +11,9 @@ use super::node::Node;
 use super::RedisClusterCacheRepository;
 use crate::error::{shown, Error, Result};
 use crate::progress::{Report, Sweep};
+use crate::repository::call::require_runtime;
 use crate::repository::commands::scan_command;
-use crate::repository::failure::classify;
+use crate::repository::failure::{classify, Failed};
 
 impl RedisClusterCacheRepository {
     /// Sweeps every primary of a freshly learned slot map in parallel (`SCAN MATCH` in batches
@@ -28,6 +29,7 @@ impl RedisClusterCacheRepository {
     /// [`Error::Interrupted`] with the total.
     pub(super) async fn sweep_primaries(&self, pattern: &str, report: Report<'_>) -> Result<u64> {
         let subject = || shown(pattern);
+        require_runtime("delete_pattern", &subject).map_err(Failed::into_error)?;
         // A fresh map: the primaries of right now (a replica may just have been promoted).
         let until = Instant::now() + self.inner.deadline;
         let map = match tokio::time::timeout_at(until.into(), self.learn_slot_map()).await {

@@ -1,5 +1,6 @@
-//! The Redis repository: one multiplexed, auto-reconnecting connection (the `redis` crate's
-//! `ConnectionManager`), a deadline on every call and a circuit breaker.
+//! The Redis repository: one multiplexed connection (the `redis` crate's
+//! `MultiplexedConnection`), replaced when it fails, a deadline on every call and a circuit
+//! breaker.
 //!
 //! This file: the repository, its connection and its builder; `operations.rs`: the operations
 //! and the call policy's hooks.
@@ -13,7 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
 
 use super::breaker::CircuitBreaker;
 use super::call::{current_runtime, Opened};
@@ -74,12 +76,14 @@ pub struct RedisCacheRepository {
 
 struct Inner {
     client: redis::Client,
-    manager_config: ConnectionManagerConfig,
+    connection_config: AsyncConnectionConfig,
     /// The current connection; `None` until the first operation and after a connection was
     /// found dead. Read on every call without a lock (`arc-swap`: no atomic write to a line that
     /// both cores share), replaced under `replacing`.
-    manager: ArcSwapOption<Current>,
+    current: ArcSwapOption<Current>,
     replacing: Mutex<()>,
+    /// Held while a connection is made: one at a time, and those who waited take it.
+    connecting: tokio::sync::Mutex<()>,
     generations: AtomicU64,
     consecutive_timeouts: AtomicU32,
     deadline: Duration,
@@ -95,9 +99,9 @@ struct Inner {
 /// A connection and its generation (which tells a dead connection's replacement apart from it).
 struct Current {
     generation: u64,
-    manager: ConnectionManager,
-    /// The tokio runtime that opened the connection, where its driver task runs (`None` outside
-    /// one). When that runtime ends, the driver ends with it: see [`RedisCacheRepository::driver_gone`].
+    connection: MultiplexedConnection,
+    /// The tokio runtime that opened the connection, where its driver task runs. When that
+    /// runtime ends, the driver ends with it: see [`Attempt::driver_gone`](super::call::Attempt).
     runtime: Option<tokio::runtime::Id>,
 }
 
@@ -186,43 +190,57 @@ impl RedisCacheRepository {
         self.inner.breaker.is_open()
     }
 
-    /// The current connection (made lazily: it connects on first use), its generation and the
-    /// runtime that opened it.
-    fn connection(&self) -> redis::RedisResult<Opened<ConnectionManager>> {
-        let opened = |current: &Current| Opened {
-            generation: current.generation,
-            runtime: current.runtime,
-            handle: current.manager.clone(),
+    /// The current connection, its generation and the runtime that opened it; when there is
+    /// none, or when `own_runtime` asks for one of this call's runtime and it is another's, one
+    /// is made, by this call. It is connected before anyone else can use it: its driver task
+    /// then runs on this call's runtime, the one recorded (a lazy connection ran its driver on
+    /// the runtime of whichever call polled it first, which could end while the connection was
+    /// recorded as this one's: found by a probe, a write failed with `broken pipe`). Calls in
+    /// flight on a connection replaced here finish on it.
+    async fn connection(
+        &self,
+        own_runtime: bool,
+    ) -> redis::RedisResult<Opened<MultiplexedConnection>> {
+        let usable = |current: &Option<Arc<Current>>| {
+            current
+                .as_ref()
+                .filter(|current| !own_runtime || current.runtime == current_runtime())
+                .map(|current| Opened {
+                    generation: current.generation,
+                    runtime: current.runtime,
+                    handle: current.connection.clone(),
+                })
         };
-        if let Some(current) = &*self.inner.manager.load() {
-            return Ok(opened(current));
+        if let Some(opened) = usable(&self.inner.current.load()) {
+            return Ok(opened);
         }
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(opened) = usable(&self.inner.current.load()) {
+            return Ok(opened);
+        }
+        let connection = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
+            .await?;
+        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let here = current_runtime();
+        let opened = Opened {
+            generation,
+            runtime: here,
+            handle: connection.clone(),
+        };
         let _replacing = self
             .inner
             .replacing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(current) = &*self.inner.manager.load() {
-            return Ok(opened(current));
-        }
-        let manager = ConnectionManager::new_lazy_with_config(
-            self.inner.client.clone(),
-            self.inner.manager_config.clone(),
-        )?;
-        let current = Current {
-            generation: self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1,
-            manager,
-            runtime: current_runtime(),
-        };
-        let connection = opened(&current);
-        self.inner.manager.store(Some(Arc::new(current)));
-        Ok(connection)
-    }
-
-    /// `true` while connection `generation` is the one in use.
-    fn is_current(&self, generation: u64) -> bool {
-        let current = self.inner.manager.load();
-        current.as_ref().is_some_and(|c| c.generation == generation)
+        self.inner.current.store(Some(Arc::new(Current {
+            generation,
+            connection,
+            runtime: here,
+        })));
+        Ok(opened)
     }
 
     /// Drops connection `generation` (if still current) so that the next operation opens a fresh
@@ -236,9 +254,9 @@ impl RedisCacheRepository {
             .replacing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let current = self.inner.manager.load();
+        let current = self.inner.current.load();
         if current.as_ref().is_some_and(|c| c.generation == generation) {
-            self.inner.manager.store(None);
+            self.inner.current.store(None);
             tracing::debug!(
                 dsn = %self.inner.shown_dsn,
                 "impcache: dropping a dead redis connection; the next operation reconnects"
@@ -268,7 +286,7 @@ impl fmt::Debug for RedisCacheRepository {
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("deadline", &self.inner.deadline)
             .field("circuit_open", &self.inner.breaker.is_open())
-            .field("connected", &self.inner.manager.load().is_some())
+            .field("connected", &self.inner.current.load().is_some())
             .finish()
     }
 }
@@ -361,12 +379,10 @@ impl RedisCacheRepositoryBuilder {
             Source::Dsn(dsn) => dsn::redact(dsn),
             Source::Client(client) => dsn::describe_client(client),
         };
-        // One reconnect attempt per failing call: the circuit breaker, not the connection
-        // manager's backoff, decides how often an unreachable server is tried.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100))
+        // No reconnection of its own: a connection that failed is dropped and the next call
+        // opens a fresh one, so that the circuit breaker decides how often an unreachable server
+        // is tried.
+        let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.connect_timeout))
             // Our own deadline (`tokio::time::timeout` around each call) bounds every response;
             // a second, identical timer inside the connection would only cost time per call.
@@ -374,9 +390,10 @@ impl RedisCacheRepositoryBuilder {
         RedisCacheRepository {
             inner: Arc::new(Inner {
                 client,
-                manager_config,
-                manager: ArcSwapOption::empty(),
+                connection_config,
+                current: ArcSwapOption::empty(),
                 replacing: Mutex::new(()),
+                connecting: tokio::sync::Mutex::new(()),
                 generations: AtomicU64::new(0),
                 consecutive_timeouts: AtomicU32::new(0),
                 deadline: self.settings.deadline,

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
+use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError};
 
 use super::RedisCacheRepository;
@@ -67,9 +67,14 @@ enum Request<'a> {
 /// a row is dropped, and the next operation opens a fresh one. A request is sent once more, within the same deadline,
 /// when the connection turned out to be dropped and the request is a read (an idle connection
 /// closed by the server, a `CLIENT KILL`), and whatever it is when the connection's driver ended
-/// with the runtime that opened it.
+/// (or is ending) with another runtime; a second attempt runs on a connection of the call's
+/// own runtime. A write in flight when the driver ended may have been applied: sent twice, a
+/// `SET`, `set_many` or `UNLINK` leaves what one would (an `UNLINK` may count 0 removed), but a
+/// `set_nx` (or a compare-and-set) answers `false` for its own write: accepted, as the rare
+/// price of not failing every call in flight when a runtime ends (a `#[cached]` store is not
+/// hurt; a lock then looks taken until its lifetime ends).
 impl Target for RedisCacheRepository {
-    type Handle = ConnectionManager;
+    type Handle = MultiplexedConnection;
     type Error = RedisError;
 
     fn limits(&self) -> Limits<'_> {
@@ -80,18 +85,31 @@ impl Target for RedisCacheRepository {
         }
     }
 
-    async fn open(&self, _call: &Call<'_>) -> redis::RedisResult<Opened<ConnectionManager>> {
-        self.connection()
+    /// A second attempt runs on a connection of the call's own runtime: the first one's
+    /// connection may have died with another runtime, and so may its replacement, made by yet
+    /// another runtime meanwhile (parallel tests end about together: found by a probe).
+    async fn open(
+        &self,
+        _call: &Call<'_>,
+        again: bool,
+    ) -> redis::RedisResult<Opened<MultiplexedConnection>> {
+        self.connection(again).await
     }
 
     fn retry(&self, attempt: &Attempt<'_>, call: &Call<'_>) -> bool {
-        let retry = !attempt.retried
-            && ((call.idempotent && attempt.failure.kind == Failure::Dropped)
-                || (attempt.driver_gone && self.is_current(attempt.generation)));
-        if retry {
+        if attempt.retried {
+            false
+        } else if attempt.driver_gone
+            || (call.idempotent && attempt.failure.kind == Failure::Dropped)
+        {
+            // Whether or not another call replaced the connection already: each call in flight
+            // when a runtime ended gets its second attempt (found by a probe: only the first to
+            // fail had one, and the others' writes failed).
             self.reset_connection(attempt.generation);
+            true
+        } else {
+            false
         }
-        retry
     }
 
     fn succeeded(&self) {

@@ -216,7 +216,11 @@ impl Target for RedisSentinelCacheRepository {
         }
     }
 
-    async fn open(&self, call: &Call<'_>) -> Result<Opened<RedisCacheRepository>, Failed> {
+    async fn open(
+        &self,
+        call: &Call<'_>,
+        _again: bool,
+    ) -> Result<Opened<RedisCacheRepository>, Failed> {
         self.ensure_watching();
         self.maybe_recheck();
         let deadline = self.inner.deadline;
