@@ -406,6 +406,141 @@ fn waiters_of_a_cancelled_leader_count_one_wait_and_one_lookup_each() {
     });
 }
 
+tokio::task_local! {
+    /// Which caller runs a body.
+    static CALLER: usize;
+}
+
+/// The callers that ran `relayed`'s body, in order.
+static RELAYED_RUNNERS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache))]
+async fn relayed(cache: &Cache, n: u64) -> u64 {
+    RELAYED_RUNNERS.lock().unwrap().push(CALLER.get());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    n
+}
+
+/// A probe's find: a waiter that becomes the new leader and is then dropped by its caller too
+/// counted a wait (when elected), though a dropped call counts none (4 waits for 3 answers).
+#[test]
+fn a_new_leader_dropped_by_its_caller_counts_no_wait() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        let caller = |id: usize| {
+            let cache = cache.clone();
+            tokio::spawn(CALLER.scope(id, async move { relayed(&cache, 1).await }))
+        };
+        let leader = {
+            let cache = cache.clone();
+            tokio::spawn(CALLER.scope(0, async move {
+                tokio::time::timeout(Duration::from_millis(30), relayed(&cache, 1)).await
+            }))
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut waiters: Vec<_> = (1..5).map(|id| Some(caller(id))).collect();
+        assert!(leader.await.unwrap().is_err());
+        // The next leader's caller drops it 50 ms into its run.
+        let next = loop {
+            if let Some(&id) = RELAYED_RUNNERS.lock().unwrap().get(1) {
+                break id;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let dropped = waiters[next - 1].take().unwrap();
+        dropped.abort();
+        assert!(dropped.await.unwrap_err().is_cancelled());
+        for waiter in waiters.into_iter().flatten() {
+            assert_eq!(waiter.await.unwrap(), 1);
+        }
+        assert_eq!(RELAYED_RUNNERS.lock().unwrap().len(), 3);
+        let recorded = Recorded::take(&snapshotter);
+        let function = [("function", "metrics::relayed")];
+        assert_eq!(
+            recorded.counter("impcache_single_flight_waits_total", &function),
+            3
+        );
+        assert_eq!(
+            recorded.counter(
+                "impcache_cached_calls_total",
+                &[("function", "metrics::relayed"), ("outcome", "miss")]
+            ),
+            3
+        );
+    });
+}
+
+/// How many times `fresh_panicky`'s body ran.
+static FRESH_PANICKY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A function with a freshness option whose first run panics after 50 ms.
+#[impcache::cached(cache = cache, expire = 60, hard_timeout = Duration::from_secs(5), skip(cache))]
+async fn fresh_panicky(cache: &Cache, n: u64) -> Option<u64> {
+    let first = FRESH_PANICKY_RUNS.fetch_add(1, Ordering::SeqCst) == 0;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!first, "the first run panics");
+    Some(n)
+}
+
+/// A probe's find: with a freshness option, the waiters of a panicking leader counted as the
+/// plain path's do not: the new leader's wait was lost (3 waits for 4 waiting callers), each
+/// wait was timed from its last join (50 ms for those that waited for both runs), and the
+/// caller whose body panicked counted a `miss` (5 misses for 4 answers).
+#[test]
+fn waiters_of_a_panicking_leader_with_a_freshness_option_count_one_wait_each() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        let callers: Vec<_> = (0..5)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { fresh_panicky(&cache, 4).await })
+            })
+            .collect();
+        let mut answered = 0;
+        for caller in callers {
+            if let Ok(answer) = caller.await {
+                assert_eq!(answer, Some(4));
+                answered += 1;
+            }
+        }
+        assert_eq!(
+            (answered, FRESH_PANICKY_RUNS.load(Ordering::SeqCst)),
+            (4, 2)
+        );
+        let recorded = Recorded::take(&snapshotter);
+        let function = [("function", "metrics::fresh_panicky")];
+        assert_eq!(
+            recorded.counter("impcache_single_flight_waits_total", &function),
+            4
+        );
+        // The new leader waited for the first run (50 ms), the others for both (100 ms).
+        let Some(DebugValue::Histogram(waits)) =
+            recorded.find("impcache_single_flight_wait_duration_seconds", &function)
+        else {
+            panic!("no wait durations");
+        };
+        let mut waits: Vec<f64> = waits.iter().map(|wait| wait.into_inner()).collect();
+        waits.sort_by(f64::total_cmp);
+        assert_eq!(waits.len(), 4, "{waits:?}");
+        assert!(waits[0] >= 0.04 && waits[0] < 0.09, "{waits:?}");
+        assert!(waits[1..].iter().all(|&wait| wait >= 0.09), "{waits:?}");
+        let calls = |outcome| {
+            recorded.counter(
+                "impcache_cached_calls_total",
+                &[("function", "metrics::fresh_panicky"), ("outcome", outcome)],
+            )
+        };
+        assert_eq!((calls("hit"), calls("miss"), calls("bypass")), (0, 4, 0));
+    });
+}
+
 /// `square` with a freshness option (its calls go through `get_or_set`).
 #[impcache::cached(cache = cache, expire = Duration::from_millis(300), stale_while_revalidate = 60, skip(cache))]
 async fn fresh_square(cache: &Cache, n: u64) -> u64 {

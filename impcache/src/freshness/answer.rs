@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::future::Future;
 
-use tokio::time::Instant;
+use crate::observe::hooks::FlightWait;
 
 /// How a call was answered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,21 +18,28 @@ pub(crate) enum Answer {
     Hit,
     /// By this caller's loader run (it led the key's flight).
     Ran,
-    /// By another caller's run, waited for since then (or by its own run after that one
-    /// failed).
-    Waited(Instant),
+    /// By another caller's run (or by its own run after that one failed).
+    Waited,
     /// Without the cache: the key was refused or the read failed.
     Bypass,
 }
 
+/// How a call was answered, and its wait for other callers' runs (one however many leaders it
+/// waited for, whether it then ran its own or not: as the plain `#[cached]` path counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Answered {
+    pub(crate) answer: Answer,
+    pub(crate) wait: FlightWait,
+}
+
 tokio::task_local! {
-    static ANSWER: Cell<Answer>;
+    static ANSWER: Cell<Answered>;
 }
 
 /// Runs `call`, a `get_or_set`, and says how it was answered.
-pub(crate) async fn scope<T>(call: impl Future<Output = T>) -> (T, Answer) {
+pub(crate) async fn scope<T>(call: impl Future<Output = T>) -> (T, Answered) {
     ANSWER
-        .scope(Cell::new(Answer::Hit), async {
+        .scope(Cell::new(Answered::default()), async {
             let done = call.await;
             (done, ANSWER.with(Cell::get))
         })
@@ -44,8 +51,20 @@ pub(crate) async fn scope<T>(call: impl Future<Output = T>) -> (T, Answer) {
 /// plain `#[cached]` path counts it).
 pub(super) fn record(answer: Answer) {
     let _ = ANSWER.try_with(|current| {
-        if current.get() != Answer::Bypass {
-            current.set(answer);
+        let mut answered = current.get();
+        if answered.answer != Answer::Bypass {
+            answered.answer = answer;
+            current.set(answered);
         }
+    });
+}
+
+/// Records that the current call's wait for another caller's run begins
+/// ([`FlightWait::begins`]) or ends ([`FlightWait::ends`]).
+pub(super) fn wait(change: fn(&mut FlightWait)) {
+    let _ = ANSWER.try_with(|current| {
+        let mut answered = current.get();
+        change(&mut answered.wait);
+        current.set(answered);
     });
 }

@@ -22,6 +22,7 @@ use super::policy::{Freshness, LoadSettings, State};
 use crate::error::{shown, Error};
 use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
 use crate::json;
+use crate::observe::hooks::FlightWait;
 use crate::observe::polling::polled;
 use crate::observe::stale::StaleReason;
 use crate::repository::WithTtl;
@@ -410,7 +411,8 @@ where
             }
             Join::Waiter(waiter) => {
                 let waiting_since = *waiting_since.get_or_insert_with(Instant::now);
-                answer::record(Answer::Waited(Instant::now()));
+                answer::record(Answer::Waited);
+                answer::wait(FlightWait::begins);
                 let joined = tags::stamp_micros();
                 let soft = stale.as_ref().and(job.policy.soft_timeout_duration());
                 // (To wait for this flight's end when its leader panicked: see below.)
@@ -428,6 +430,7 @@ where
                     }
                     (None, None) => waiter.wait_unbounded().await,
                 };
+                answer::wait(FlightWait::ends);
                 match waited {
                     // The leader's loader failed: this caller's loader does not run (one loader
                     // run per key per process, failing or not). Answered with the stale value its

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::task::Poll;
-use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -15,8 +14,7 @@ use crate::error::{shown, Error};
 use crate::expire::Expire;
 use crate::flight::{FlightGuard, Flights, Join, Leader, Wait};
 use crate::key::Version;
-use crate::observe::hooks::{CachedFunction, CallOutcome};
-use crate::observe::metrics::recorder_installed;
+use crate::observe::hooks::{CachedFunction, CallOutcome, FlightWait};
 use crate::observe::polling::polled;
 use crate::Cache;
 
@@ -134,19 +132,18 @@ where
             outcome = CallOutcome::Bypass;
         }
     }
-    let (ret, outcome) = Box::pin(miss::<P, R, Fut>(
-        function, cache, key, expire, codec, body, overwrite, outcome,
+    let (ret, outcome, wait) = Box::pin(miss::<P, R, Fut>(
+        cache, key, expire, codec, body, overwrite, outcome,
     ))
     .await;
-    function.call(outcome);
+    function.answered(outcome, wait);
     ret
 }
 
-/// A miss: one execution per key per process, then store. Answers with the call's outcome: `hit`
-/// when a leader elected late finds the value, `outcome` otherwise.
-#[allow(clippy::too_many_arguments)]
+/// A miss: one execution per key per process, then store. Answers with the call's outcome (`hit`
+/// when a leader elected late finds the value, `outcome` otherwise) and its wait for other
+/// callers' runs, both counted by the caller once answered.
 async fn miss<P, R, Fut>(
-    function: &'static CachedFunction,
     cache: &Cache,
     key: String,
     expire: Expire,
@@ -154,7 +151,7 @@ async fn miss<P, R, Fut>(
     body: impl FnOnce() -> Fut,
     mut overwrite: bool,
     outcome: CallOutcome,
-) -> (R, CallOutcome)
+) -> (R, CallOutcome, FlightWait)
 where
     P: Policy<R>,
     Fut: Future<Output = R>,
@@ -170,21 +167,19 @@ where
     // that caller run the body once more: a narrow, documented race. The store's command is
     // sent before the leader answers, so a later GET from this process queues behind it.)
     let ticket = FLIGHTS.ticket();
-    // Since this caller first waited for another caller's run (with a recorder installed): one
-    // wait per caller, counted when its waiting ends, however many leaders it waited for (the
-    // waiters of a cancelled one join again).
-    let mut waiting_since = None;
+    // One wait however many leaders this caller waits for (the waiters of a cancelled one join
+    // again), counted once it answers.
+    let mut waited = FlightWait::default();
     loop {
         match FLIGHTS.join(&flight, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
-                waited(function, waiting_since);
                 if recheck {
                     // A second read of the key: not another lookup of this caller's (its
                     // first was its `GET` in `memoize`), as `get_or_set`'s second look.
                     if let Ok(Some(bytes)) = polled(cache.get_raw(&key)).await {
                         if let Ok(value) = decode(codec, cache, &key, &bytes) {
                             guard.publish(bytes);
-                            return (P::wrap(value), CallOutcome::Hit);
+                            return (P::wrap(value), CallOutcome::Hit, waited);
                         }
                         overwrite = true;
                     }
@@ -192,41 +187,27 @@ where
                 let ret =
                     run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), Some(guard))
                         .await;
-                return (ret, outcome);
+                return (ret, outcome, waited);
             }
             Join::Waiter(waiter) => {
-                if waiting_since.is_none() {
-                    waiting_since = recorder_installed().then(Instant::now);
-                }
+                waited.begins();
                 let wait = waiter.wait_unbounded().await;
-                // The leader panicked or was cancelled: join again (the first to join leads).
-                if matches!(wait, Wait::Abandoned) {
-                    continue;
-                }
-                waited(function, waiting_since);
+                waited.ends();
                 let overwrite = match wait {
                     Wait::Published(bytes) => match decode(codec, cache, &key, &bytes) {
-                        Ok(value) => return (P::wrap(value), outcome),
+                        Ok(value) => return (P::wrap(value), outcome, waited),
                         // Another instantiation of a generic function under the same key.
                         Err(()) => true,
                     },
-                    // (`Abandoned`: joined again above.)
-                    Wait::NotShared | Wait::TimedOut | Wait::Abandoned => overwrite,
+                    Wait::NotShared | Wait::TimedOut => overwrite,
+                    // The leader panicked or was cancelled: join again (the first to join leads).
+                    Wait::Abandoned => continue,
                 };
                 let ret =
                     run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), None).await;
-                return (ret, outcome);
+                return (ret, outcome, waited);
             }
         }
-    }
-}
-
-/// Counts a caller's wait for other callers' runs of its key, from `since` (when it first
-/// waited; `None` when it did not, or no recorder was installed then).
-#[inline]
-fn waited(function: &'static CachedFunction, since: Option<Instant>) {
-    if let Some(since) = since {
-        function.single_flight_wait(since.elapsed());
     }
 }
 

@@ -29,7 +29,7 @@ use super::codec::Codec;
 use super::returns::Policy;
 use crate::error::Error;
 use crate::expire::Expire;
-use crate::freshness::answer::{self, Answer};
+use crate::freshness::answer::{self, Answer, Answered};
 use crate::freshness::{load_with, Freshness, LoadError, Lock, Origin};
 use crate::json;
 use crate::key::Version;
@@ -357,18 +357,18 @@ where
         Origin::Cached,
         loader,
     );
-    let (loaded, answer) = answer::scope(load).await;
+    let (loaded, Answered { answer, wait }) = answer::scope(load).await;
     // Counted as the plain path counts: a caller that waited for another caller's run is a
-    // miss, and a wait.
-    function.call(match answer {
-        Answer::Hit => CallOutcome::Hit,
-        Answer::Ran => CallOutcome::Miss,
-        Answer::Waited(since) => {
-            function.single_flight_wait(since.elapsed());
-            CallOutcome::Miss
-        }
-        Answer::Bypass => CallOutcome::Bypass,
-    });
+    // miss (or a bypass), and one wait; a caller whose body panicked is not counted (the panic
+    // goes on to it).
+    if !matches!(loaded, Err(Failed::Panicked(_))) {
+        let outcome = match answer {
+            Answer::Hit => CallOutcome::Hit,
+            Answer::Ran | Answer::Waited => CallOutcome::Miss,
+            Answer::Bypass => CallOutcome::Bypass,
+        };
+        function.answered(outcome, wait);
+    }
     match loaded {
         Ok(Stored(ret, _)) | Err(Failed::Returned(ret)) => ret,
         Err(Failed::Panicked(payload)) => std::panic::resume_unwind(payload),

@@ -6,7 +6,7 @@
 //! [`CachedFunction`] in the expansion): recording then allocates nothing. A route is the
 //! framework's matched route (bounded), never the request's path.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{Key, Label, Recorder, Unit};
 
@@ -120,6 +120,15 @@ impl CachedFunction {
         recorder.register_counter(&key, &METADATA).increment(1);
     }
 
+    /// Counts one call answered with `outcome`, and its wait for other callers' runs when it
+    /// waited (both only once the call answers: a call dropped before is neither).
+    pub(crate) fn answered(&'static self, outcome: CallOutcome, wait: FlightWait) {
+        if let Some(waited) = wait.waited {
+            self.single_flight_wait(waited);
+        }
+        self.call(outcome);
+    }
+
     /// Counts one caller that waited `waited` for another caller's run of the same key.
     pub fn single_flight_wait(&'static self, waited: Duration) {
         let count = Key::from_static_parts(SINGLE_FLIGHT_WAITS_TOTAL, &self.function);
@@ -128,6 +137,33 @@ impl CachedFunction {
             recorder.register_counter(&count, &METADATA).increment(1);
             recorder.register_histogram(&time, &METADATA).record(waited);
         });
+    }
+}
+
+/// A `#[cached]` caller's wait for other callers' runs of its key, the same with or without a
+/// freshness option: one wait per caller however many leaders it waited for (the waiters of a
+/// panicked or dropped leader join the flight again, and one of them leads), timed from its
+/// first wait to its last's end, and counted by [`CachedFunction::answered`] when the call
+/// answers (a caller dropped before, even one that led since, counts none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FlightWait {
+    /// When the caller first waited, with a recorder installed then.
+    since: Option<Instant>,
+    /// How long it had waited when its last wait ended.
+    waited: Option<Duration>,
+}
+
+impl FlightWait {
+    /// The caller waits for another caller's run (again, or for the first time).
+    pub(crate) fn begins(&mut self) {
+        if self.since.is_none() {
+            self.since = super::metrics::recorder_installed().then(Instant::now);
+        }
+    }
+
+    /// A wait ended: the caller was answered, or joins the flight again.
+    pub(crate) fn ends(&mut self) {
+        self.waited = self.since.map(|since| since.elapsed());
     }
 }
 
