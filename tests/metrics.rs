@@ -388,8 +388,13 @@ fn waiters_of_a_cancelled_leader_count_one_wait_and_one_lookup_each() {
         let mut waits: Vec<f64> = waits.iter().map(|wait| wait.into_inner()).collect();
         waits.sort_by(f64::total_cmp);
         assert_eq!(waits.len(), 4, "{waits:?}");
-        assert!(waits[0] >= 0.02 && waits[0] < 0.1, "{waits:?}");
+        // Lower bounds and an order only: a busy machine may stretch any wait.
+        assert!(waits[0] >= 0.02, "{waits:?}");
         assert!(waits[1..].iter().all(|&wait| wait >= 0.1), "{waits:?}");
+        assert!(
+            waits[0] < waits[1],
+            "the new leader waited only until the first caller gave up: {waits:?}"
+        );
         // The leader's call, dropped, is not counted; the 4 others are misses.
         assert_eq!(
             recorded.counter(
@@ -529,8 +534,13 @@ fn waiters_of_a_panicking_leader_with_a_freshness_option_count_one_wait_each() {
         let mut waits: Vec<f64> = waits.iter().map(|wait| wait.into_inner()).collect();
         waits.sort_by(f64::total_cmp);
         assert_eq!(waits.len(), 4, "{waits:?}");
-        assert!(waits[0] >= 0.04 && waits[0] < 0.09, "{waits:?}");
+        // Lower bounds and an order only: a busy machine may stretch any wait.
+        assert!(waits[0] >= 0.04, "{waits:?}");
         assert!(waits[1..].iter().all(|&wait| wait >= 0.09), "{waits:?}");
+        assert!(
+            waits[0] < waits[1],
+            "the new leader waited for one run only: {waits:?}"
+        );
         let calls = |outcome| {
             recorded.counter(
                 "impcache_cached_calls_total",
