@@ -240,7 +240,9 @@ impl CacheBuilder {
     /// Tags (issue 16): how far apart the clocks of the processes sharing this cache may be
     /// (default 0). Entries created up to this long after a tag's invalidation count as
     /// invalidated too, so an entry computed just before it on a host whose clock runs ahead is
-    /// not served. See the [`tags` section of the README](crate#tags) and `Cache::invalidate_tag`.
+    /// not served. A tagged load then reads its tags' state as it begins (one more round trip),
+    /// so that the callers of this process waiting for it still share its value. See the
+    /// [`tags` section of the README](crate#tags) and `Cache::invalidate_tag`.
     pub fn tag_clock_skew(mut self, allowance: Duration) -> Self {
         self.tag_clock_skew = allowance;
         self
