@@ -114,7 +114,10 @@ impl<'a, F> GetOrSet<'a, F> {
     /// The tags of this call's entry (issue 16): read with the entry in one round trip, and
     /// stored with a loaded value, whose creation time is taken before the loader runs.
     /// [`Cache::invalidate_tag`] of any of them hides the entry; a soft invalidation makes it
-    /// stale under this call's [`freshness`](GetOrSet::freshness) policy.
+    /// stale under this call's [`freshness`](GetOrSet::freshness) policy. A tag the cache
+    /// refuses (empty, or longer than the key limit allows) makes the call run its loader
+    /// uncached and log why, as a key it refuses does: the entry could not be invalidated by
+    /// it ([`Cache::set_tagged`] and [`Cache::invalidate_tag`] return `Error::InvalidTag`).
     pub fn tags<I>(mut self, tags: I) -> Self
     where
         I: IntoIterator,
