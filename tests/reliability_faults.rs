@@ -325,6 +325,11 @@ async fn the_breaker_fails_fast_during_an_outage_and_probes_close_it() {
     );
     let message = cache.get::<i32>("k").await.unwrap_err().to_string();
     assert!(message.contains("circuit breaker"), "{message}");
+    // It names the failure that opened it (it said only "after repeated backend failures").
+    assert!(
+        message.contains(&format!("; the last: timed out after {DEADLINE:?}")),
+        "{message}"
+    );
 
     // Half-open: after the cool-down one probe goes to the (still frozen) server and fails; the
     // breaker reopens.

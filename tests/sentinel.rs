@@ -555,3 +555,59 @@ async fn a_silent_first_sentinel_does_not_keep_the_second_ones_answer_from_the_c
     }
     assert_eq!(cache.get::<i32>("k").await.unwrap(), Some(1));
 }
+
+/// A service name the Sentinels do not know (the `redis` crate says the same when the primary
+/// is flagged down): an outage, as before, but the message names the service and the Sentinels
+/// asked. It named neither (`Master with given name not found in sentinel`: found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_service_name_is_named_in_the_error() {
+    let group = SentinelGroup::start();
+    let repository = RedisSentinelCacheRepository::builder([group.sentinel_url()], "nosuchmaster")
+        .deadline(Duration::from_millis(500))
+        .follow_announcements(false)
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository).build();
+    let error = cache.get::<i32>("k").await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, impcache::Error::Unavailable { .. }),
+        "{error:?}"
+    );
+    assert!(message.contains("cache:1:k"), "{message}");
+    assert!(
+        message.contains("no primary named `nosuchmaster`"),
+        "{message}"
+    );
+    assert!(message.contains(&group.sentinel_url()), "{message}");
+}
+
+/// A plain Redis server given as the Sentinel is a configuration error, not an outage: every
+/// call says so, naming the address (`Error::Server`, as for a refused login), and the breaker
+/// stays closed. It was an outage (`Address does not point to a sentinel node`, naming no
+/// address), and after 5 calls every error was `CircuitOpen` (found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_redis_given_as_the_sentinel_is_a_configuration_error() {
+    let server = impcache_tests::RedisServer::start();
+    let repository = RedisSentinelCacheRepository::builder([server.url()], "mymaster")
+        .deadline(Duration::from_millis(500))
+        .follow_announcements(false)
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository.clone()).build();
+    for _ in 0..8 {
+        let error = cache.get::<i32>("k").await.unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, impcache::Error::Server { .. }), "{error:?}");
+        assert!(!error.is_outage(), "{error:?}");
+        assert!(
+            message.contains(&format!(
+                "a server given as a Sentinel (`{}`) is not one",
+                server.url()
+            )),
+            "{message}"
+        );
+        assert!(message.contains("`mymaster`"), "{message}");
+    }
+    assert!(!repository.is_circuit_open());
+}

@@ -129,19 +129,28 @@ pub enum Error {
         /// The deadline that passed.
         deadline: Duration,
     },
-    /// The circuit breaker is open after repeated failures: the operation was not attempted.
-    #[error("{operation} of `{key}` not attempted: the circuit breaker is open after repeated backend failures")]
+    /// The circuit breaker is open after repeated failures: the operation was not attempted. The
+    /// message names what the last failure that opened it ended in.
+    #[error(
+        "{operation} of `{key}` not attempted: the circuit breaker is open after repeated backend \
+         failures{}",
+        .last_failure.as_ref().map(|last| format!("; the last: {last}")).unwrap_or_default()
+    )]
     CircuitOpen {
         /// The operation (`get`, `set`, ...).
         operation: &'static str,
         /// The key or pattern.
         key: String,
+        /// What the last failure that opened the breaker ended in, without the key it was about
+        /// (`Connection refused (os error 111)`, `timed out after 500ms`), when known.
+        last_failure: Option<String>,
     },
     /// The server answered with an error (for example `OOM` when `maxmemory` is reached under
     /// `noeviction`), or refused the DSN's user name and password when the connection logged in
     /// (a wrong password, an unknown or disabled ACL user): the message then says
-    /// `authentication failed` (or is the server's `WRONGPASS ...` under RESP3). Not an outage:
-    /// the circuit breaker stays closed.
+    /// `authentication failed` (or is the server's `WRONGPASS ...` under RESP3); or, through
+    /// Sentinel, a server given as a Sentinel is not one. Not an outage: the circuit breaker
+    /// stays closed.
     #[error("server refused {operation} of `{key}`: {message}")]
     Server {
         /// The operation (`get`, `set`, ...).
@@ -253,9 +262,12 @@ impl Error {
                 key: subject(&key),
                 deadline,
             },
-            Self::CircuitOpen { key, .. } => Self::CircuitOpen {
+            Self::CircuitOpen {
+                key, last_failure, ..
+            } => Self::CircuitOpen {
                 operation,
                 key: subject(&key),
+                last_failure,
             },
             Self::Server {
                 key, code, message, ..

@@ -1,9 +1,12 @@
 //! A lock-free circuit breaker: after `threshold` consecutive outages the repository fails fast for
-//! `cool_down`, then lets one probe through (half-open); a successful probe closes it again.
+//! `cool_down`, then lets one probe through (half-open); a successful probe closes it again. The
+//! calls it turns away name the failure that opened it.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use metrics::Label;
 
 use crate::observe::hooks::{breaker_state, breaker_transition, BreakerState};
@@ -56,6 +59,8 @@ pub(crate) struct CircuitBreaker {
     /// Milliseconds since `epoch` until which the breaker is open; 0 when closed.
     open_until_ms: AtomicU64,
     probe_in_flight: AtomicBool,
+    /// What the last failure that opened the breaker (or kept it open) ended in.
+    last_failure: ArcSwapOption<String>,
 }
 
 impl CircuitBreaker {
@@ -82,6 +87,7 @@ impl CircuitBreaker {
             consecutive_failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             probe_in_flight: AtomicBool::new(false),
+            last_failure: ArcSwapOption::empty(),
         }
     }
 
@@ -94,6 +100,16 @@ impl CircuitBreaker {
     pub(crate) fn is_open(&self) -> bool {
         let open_until = self.open_until_ms.load(Ordering::Acquire);
         open_until != 0 && self.now_ms() < open_until
+    }
+
+    /// What the last failure that opened the breaker (or kept it open) ended in (`Connection
+    /// refused (os error 111)`): named by the errors of the calls it turns away, which said only
+    /// "after repeated backend failures" (found by a probe). `None` before any opened it.
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .load()
+            .as_deref()
+            .map(|cause| cause.as_str().to_owned())
     }
 
     /// Decides whether the next operation may run. The closed path is one atomic load.
@@ -145,6 +161,8 @@ impl CircuitBreaker {
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
         if *admission == Admission::Probe || failures >= config.failure_threshold {
+            // Before it opens: a call turned away finds the cause.
+            self.last_failure.store(Some(Arc::new(cause.to_string())));
             // `Duration::MAX` ("stay open") would overflow: capped at 100 years.
             let cool_down = crate::expire::capped(config.cool_down).as_millis() as u64;
             let until = self.now_ms().saturating_add(cool_down);
@@ -235,6 +253,34 @@ mod tests {
         assert_eq!(breaker.admit(), Admission::Probe);
         breaker.record_success();
         assert_eq!(breaker.admit(), Admission::Allowed);
+    }
+
+    /// The calls an open breaker turns away name the failure that opened it (or, after a failed
+    /// probe, the probe's): they said only "after repeated backend failures".
+    #[test]
+    fn an_open_breaker_names_the_failure_that_opened_it() {
+        let breaker = CircuitBreaker::new(
+            Some(CircuitBreakerConfig::new(2, Duration::from_millis(10))),
+            "redis",
+            "h:1".to_owned(),
+        );
+        assert_eq!(breaker.last_failure(), None);
+        let a = breaker.admit();
+        breaker.record_failure(&a, &"refused");
+        let a = breaker.admit();
+        breaker.record_failure(&a, &"Connection reset by peer");
+        assert_eq!(breaker.admit(), Admission::Rejected);
+        assert_eq!(
+            breaker.last_failure().as_deref(),
+            Some("Connection reset by peer")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let probe = breaker.admit();
+        breaker.record_failure(&probe, &"timed out after 100ms");
+        assert_eq!(
+            breaker.last_failure().as_deref(),
+            Some("timed out after 100ms")
+        );
     }
 
     /// A cool-down of `Duration::MAX` ("stay open") keeps the breaker open; it overflowed the

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::breaker::{Admission, CircuitBreaker, ProbeGuard};
 use super::failure::{Failed, Failure, Waited};
+use crate::error::Error;
 
 /// One call as errors report it: the operation, the key (or keys, or pattern) it is about, and
 /// whether sending it twice is harmless.
@@ -159,7 +160,12 @@ where
     let admission = breaker.admit();
     if admission == Admission::Rejected {
         target.rejected();
-        return Err(Failed::circuit_open(call.operation, (call.subject)()));
+        let last_failure = breaker.last_failure();
+        return Err(Failed::circuit_open(
+            call.operation,
+            (call.subject)(),
+            last_failure,
+        ));
     }
     // Frees the half-open probe slot even when the caller drops this future mid-flight.
     let _probe = ProbeGuard {
@@ -291,13 +297,17 @@ pub(crate) fn current_runtime() -> Option<tokio::runtime::Id> {
 }
 
 /// What a failure ended in, without the key it was about: the underlying error (`Connection
-/// refused (os error 111)`), else the kind of failure (`Timeout`). The breaker's warning is
+/// refused (os error 111)`), the deadline that passed (`timed out after 250ms`), else the kind of
+/// failure. Named by the breaker's warning and by the calls it turns away. The warning is
 /// logged whatever the cache's `record_keys`, and named the key (`last_error=cache backend
 /// unavailable during set of `cache:1:user:alice@example.com``: CI caught it, 2026-12-06).
 struct Cause<'a>(&'a Failed);
 
 impl std::fmt::Display for Cause<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Error::Timeout { deadline, .. } = &self.0.error {
+            return write!(f, "timed out after {deadline:?}");
+        }
         match std::error::Error::source(&self.0.error) {
             Some(source) => std::fmt::Display::fmt(source, f),
             None => write!(f, "{:?}", self.0.kind),

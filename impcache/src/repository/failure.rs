@@ -32,6 +32,10 @@ pub(crate) enum Failure {
     /// replaced, and the next call logs in again (a password corrected on the server works at
     /// once).
     Auth,
+    /// The client's configuration cannot work (the `redis` crate's `InvalidClientConfig`: an
+    /// address given as a Sentinel is a plain Redis server, for instance). Retrying cannot help:
+    /// no outage, as for a refused login.
+    Misconfigured,
     /// The server answered `READONLY`: it is a replica (a demoted primary).
     ReadOnly,
     /// The server answered a protocol error (a value beyond its `proto-max-bulk-len`), after
@@ -66,6 +70,8 @@ impl Failure {
             Failure::Timeout
         } else if is_auth_failure(e) {
             Failure::Auth
+        } else if e.kind() == ErrorKind::InvalidClientConfig {
+            Failure::Misconfigured
         } else if e.is_connection_refusal() {
             Failure::Refused
         } else if e.is_connection_dropped() || is_runtime_shutting_down(e) {
@@ -83,14 +89,15 @@ impl Failure {
         }
     }
 
-    /// Any failure but a timeout or a refused login counted as an outage: how a failed Sentinel
-    /// lookup is reported, whatever the error. A refused login (to a Sentinel or to the primary
-    /// it names) is the server's answer, as on a single node (it opened the breaker: found by a
-    /// probe).
+    /// Any failure but a timeout, a refused login or a configuration that cannot work counted
+    /// as an outage: how a failed Sentinel lookup is reported, whatever the error. A refused
+    /// login (to a Sentinel or to the primary it names) is the server's answer, as on a single
+    /// node, and a plain Redis server given as a Sentinel a configuration error (both opened the
+    /// breaker: found by probes).
     #[cfg(feature = "sentinel")]
     pub(crate) fn or_outage(self) -> Failure {
         match self {
-            Failure::Timeout | Failure::GaveUp | Failure::Auth => self,
+            Failure::Timeout | Failure::GaveUp | Failure::Auth | Failure::Misconfigured => self,
             _ => Failure::Broken,
         }
     }
@@ -193,11 +200,20 @@ impl Failed {
         }
     }
 
-    /// The circuit breaker is open: the call was not attempted.
-    pub(crate) fn circuit_open(operation: &'static str, key: String) -> Failed {
+    /// The circuit breaker is open: the call was not attempted; `last_failure` is what the
+    /// failure that opened it ended in.
+    pub(crate) fn circuit_open(
+        operation: &'static str,
+        key: String,
+        last_failure: Option<String>,
+    ) -> Failed {
         Failed {
             kind: Failure::CircuitOpen,
-            error: Error::CircuitOpen { operation, key },
+            error: Error::CircuitOpen {
+                operation,
+                key,
+                last_failure,
+            },
         }
     }
 
@@ -389,11 +405,20 @@ mod tests {
     }
 
     /// A Sentinel lookup's failures are outages but for a timeout and a refused login (to a
-    /// Sentinel or to the primary it names), as on a single node (it opened the breaker).
+    /// Sentinel or to the primary it names), as on a single node (it opened the breaker), and a
+    /// configuration that cannot work (a plain Redis server given as a Sentinel: it opened the
+    /// breaker too).
     #[cfg(feature = "sentinel")]
     #[test]
     fn a_refused_login_during_a_sentinel_lookup_is_no_outage() {
         assert_eq!(Failure::Auth.or_outage(), Failure::Auth);
         assert_eq!(Failure::Reply.or_outage(), Failure::Broken);
+        let not_a_sentinel = RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "Address does not point to a sentinel node",
+        ));
+        let failure = of(not_a_sentinel).or_outage();
+        assert_eq!(failure, Failure::Misconfigured);
+        assert!(!failure.is_outage());
     }
 }

@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 use std::time::Instant;
 
+use redis::{ErrorKind, RedisError};
+
 use super::{Primary, RedisSentinelCacheRepository, State};
 use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
 use crate::repository::failure::{Failed, Failure, Waited};
@@ -148,6 +150,40 @@ impl RedisSentinelCacheRepository {
         Ok(primary)
     }
 
+    /// A failed lookup in words that name the service and the Sentinels asked, where the `redis`
+    /// crate's name neither (`Master with given name not found in sentinel`, `Address does not
+    /// point to a sentinel node`: found by a probe); its kind is kept. Any other error as it is.
+    fn explained(&self, e: RedisError) -> RedisError {
+        let service = &self.inner.service_name;
+        let sentinels = self
+            .inner
+            .shown_sentinels
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let detail = match e.kind() {
+            ErrorKind::MasterNameNotFoundBySentinel => format!(
+                "no primary named `{service}` is known and up at the Sentinels {sentinels} (a \
+                 wrong service name, or the primary is down)"
+            ),
+            // The `redis` crate's words, matched as text: the one thing it keeps.
+            ErrorKind::InvalidClientConfig
+                if e.to_string().contains("does not point to a sentinel") =>
+            {
+                format!(
+                    "a server given as a Sentinel ({sentinels}) is not one (a plain Redis \
+                     server?), so the primary of `{service}` cannot be found"
+                )
+            }
+            ErrorKind::InvalidClientConfig => {
+                format!("{e}, asking the Sentinels {sentinels} for the primary of `{service}`")
+            }
+            _ => return e,
+        };
+        RedisError::from((e.kind(), "Sentinel lookup failed", detail))
+    }
+
     /// Makes `client` (at `address`) the primary in use, unless it already is.
     pub(super) fn adopt(
         &self,
@@ -236,7 +272,13 @@ impl Target for RedisSentinelCacheRepository {
                     connect_timeout: None,
                 };
                 let kind = Failure::of(&e, waited).or_outage();
-                Failed::of(kind, e, call.operation, (call.subject)(), waited)
+                Failed::of(
+                    kind,
+                    self.explained(e),
+                    call.operation,
+                    (call.subject)(),
+                    waited,
+                )
             })?;
         Ok(Opened {
             generation: primary.generation,
