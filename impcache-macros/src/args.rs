@@ -61,8 +61,9 @@ pub(crate) struct Args {
     /// `invalidate_all`: tag every entry with the function's tag and generate
     /// `{name}_invalidate_all` (implied by `tags`).
     pub(crate) invalidate_all: Option<Span>,
-    /// Whether an option starts with `expire`, even one that did not parse: `expire` is then
-    /// not reported missing on top of its own error.
+    /// Whether an option starts with `expire` (or `time`, the `cached` crate's name for it),
+    /// even one that did not parse: `expire` is then not reported missing on top of its own
+    /// error.
     pub(crate) expire_given: bool,
 }
 
@@ -127,10 +128,11 @@ fn options(tokens: TokenStream, args: &mut Args, errors: &mut Errors) -> Vec<Met
     let mut metas = Vec::new();
     let parser = |input: ParseStream<'_>| -> syn::Result<()> {
         while !input.is_empty() {
+            // (`cached`'s `time` has its own error, which says to write `expire`.)
             if input
                 .cursor()
                 .ident()
-                .is_some_and(|(ident, _)| ident == "expire")
+                .is_some_and(|(ident, _)| ident == "expire" || ident == "time")
             {
                 args.expire_given = true;
             }
@@ -373,13 +375,30 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                     "`invalidate_all` takes no value: write `invalidate_all`",
                 )),
             },
-            _ => errors.push(syn::Error::new_spanned(
-                path,
-                format!("unknown option `{option}`; expected one of: {OPTIONS}"),
-            )),
+            _ => {
+                let message = match cached_crate_hint(&option) {
+                    Some(hint) => format!("unknown option `{option}`{hint}"),
+                    None => format!("unknown option `{option}`; expected one of: {OPTIONS}"),
+                };
+                errors.push(syn::Error::new_spanned(path, message));
+            }
         }
     }
     args
+}
+
+/// For an option of the `cached` crate's `#[cached]`, what says the same here (the end of the
+/// "unknown option" error).
+fn cached_crate_hint(option: &str) -> Option<&'static str> {
+    Some(match option {
+        "time" => "; did you mean `expire`? (seconds, as `cached`'s `time`: `expire = 60`, or a `Duration`)",
+        "result" => "; did you mean `returns = \"result\"`? (not needed: a `Result` is told by its type, and only `Ok` is cached)",
+        "option" => "; did you mean `returns = \"option\"`? (not needed: an `Option` is told by its type, and only `Some` is cached)",
+        "sync_writes" => "; did you mean `lock`? (concurrent calls of one key run once per process already, as with `cached`'s `sync_writes`; `lock` makes it once across processes)",
+        "size" | "unbound" => ": a function has no size of its own here; bound the cache instead (`MemoryCacheRepository::builder().max_capacity_bytes(..)`)",
+        "convert" => "; did you mean `key = \"...\"`? (a template over the arguments, as in `key = \"user:{id}\"`; `skip(..)` leaves arguments out of the default key)",
+        _ => return None,
+    })
 }
 
 /// `tags = ["user:{id}", "org:{org}"]`: an array of string literals.

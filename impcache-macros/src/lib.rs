@@ -101,8 +101,9 @@ use proc_macro::TokenStream;
 /// The full key is the cache's `{key_prefix}:{version}:{key}`, where `{key}` is:
 /// - default: `{module_path}::{fn_name}:{arg1}:{arg2}...`, each argument as compact JSON
 ///   (`myapp::users::get_user:42:"alice"`), `self`, `_` and an argument that `#[cfg]` removes
-///   excluded. For methods and associated functions the first part is
-///   `{type_name::<Self>()}::{fn_name}` (`myapp::users::UserRepo::get_user:42`), so two types'
+///   excluded; `{fn_name}` is written without `r#` (`r#type` is `type`, as in a path). For
+///   methods and associated functions the first part is `{type_name::<Self>()}::{fn_name}`
+///   (`myapp::users::UserRepo::get_user:42`), wherever their `impl` block is, so two types'
 ///   functions of the same name never share entries; for a trait's default method,
 ///   `<{type} as {trait path}>::{fn_name}` (`<myapp::Db as myapp::Users>::load:42`), so two
 ///   traits' methods of one name, implemented by one type, do not either; for a function nested

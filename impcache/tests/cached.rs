@@ -640,6 +640,98 @@ async fn associated_and_nested_functions_of_one_name_do_not_share_entries() {
         .is_some());
 }
 
+mod elsewhere {
+    pub(crate) struct Shelved;
+}
+
+mod shelved_impl {
+    use super::*;
+
+    impl super::elsewhere::Shelved {
+        #[cached(cache = TITLES, expire = 60)]
+        pub(crate) async fn title(id: u64) -> String {
+            format!("shelved {id}")
+        }
+    }
+}
+
+impl dyn Catalogue {
+    #[cached(cache = TITLES, expire = 60)]
+    async fn title(id: u64) -> String {
+        format!("catalogue {id}")
+    }
+}
+
+/// An associated function is keyed `{type_name::<Self>()}::{fn}` wherever its impl is: it was
+/// `cached::shelved_impl::<impl cached::elsewhere::Shelved>::title` for an impl outside its
+/// type's module, and `<dyn cached::Catalogue>::title` on a trait object (found by a probe).
+#[tokio::test]
+async fn an_associated_function_is_keyed_by_its_type_wherever_its_impl_is() {
+    assert_eq!(elsewhere::Shelved::title(1).await, "shelved 1");
+    assert_eq!(<dyn Catalogue>::title(1).await, "catalogue 1");
+    for ty in [
+        std::any::type_name::<elsewhere::Shelved>(),
+        std::any::type_name::<dyn Catalogue>(),
+    ] {
+        let key = format!("{ty}::title:1");
+        assert!(TITLES.get_raw(&key).await.unwrap().is_some(), "{key}");
+    }
+    assert!(TITLES
+        .get_raw("cached::elsewhere::Shelved::title:1")
+        .await
+        .unwrap()
+        .is_some());
+    elsewhere::Shelved::title_invalidate_all().await.unwrap();
+    assert!(TITLES
+        .get_raw("cached::elsewhere::Shelved::title:1")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[cached(cache = TITLES, expire = 60)]
+async fn r#type(r#match: u64) -> u64 {
+    r#match
+}
+
+mod edition_2021 {
+    use super::*;
+
+    // `gen`, a keyword from edition 2024, where `cargo fix --edition` spells it `r#gen`.
+    #[cached(cache = TITLES, expire = 60)]
+    pub(crate) async fn gen(id: u64) -> u64 {
+        id
+    }
+}
+
+mod edition_2024 {
+    use super::*;
+
+    #[cached(cache = TITLES, expire = 60)]
+    pub(crate) async fn r#gen(id: u64) -> u64 {
+        id
+    }
+}
+
+/// A function named with a raw identifier is keyed by its name without `r#`, as
+/// `{module_path}::{fn}` says (its keys were `cached::r#type:7`): `gen` and `r#gen` are one
+/// identifier, whose keys do not change when `cargo fix --edition 2024` respells it.
+#[tokio::test]
+async fn a_raw_identifiers_key_is_its_name_without_r_hash() {
+    assert_eq!(r#type(7).await, 7);
+    assert_eq!(edition_2021::gen(1).await, 1);
+    assert_eq!(edition_2024::gen(1).await, 1);
+    for key in [
+        "cached::type:7",
+        "cached::edition_2021::gen:1",
+        "cached::edition_2024::gen:1",
+    ] {
+        assert!(TITLES.get_raw(key).await.unwrap().is_some(), "{key}");
+    }
+    type_invalidate_all().await.unwrap();
+    assert!(TITLES.get_raw("cached::type:7").await.unwrap().is_none());
+}
+
 static DECADES: AtomicUsize = AtomicUsize::new(0);
 
 /// 80 years written as a product of plain numbers: the macro types it as a `u64` (as an `i32`,

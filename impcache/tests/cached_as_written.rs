@@ -252,3 +252,100 @@ async fn an_expectation_on_an_argument_holds_for_the_generated_items() {
     assert!(expect_on_arg_in_cfg_attr_invalidate(1, 4).await.unwrap());
     expect_on_skipped_arg_invalidate_all().await.unwrap();
 }
+
+// ---------------------------------------------------------------- `#[no_implicit_prelude]`
+
+/// The expansion names what it uses by full paths, so it compiles without the prelude (found by
+/// a probe: `version` was converted with `::impcache::Version::from(..)`, a method of `From`,
+/// which needs the prelude in scope).
+#[no_implicit_prelude]
+mod without_prelude {
+    use super::CACHE;
+    use ::impcache::cached;
+
+    #[cached(cache = CACHE, expire = 60, version = "v2", skip(_flag))]
+    pub(crate) async fn versioned(id: u64, _flag: bool) -> ::std::option::Option<u64> {
+        ::std::option::Option::Some(id)
+    }
+
+    #[cached(
+        cache = CACHE,
+        expire = ::std::time::Duration::from_secs(60),
+        version = 3,
+        key = "np:{id}",
+        stale_while_revalidate = 5,
+        hard_timeout = 5,
+        lock = 10,
+        tags = ["np:{id}"],
+        tags_from = |v: &u64| [::std::format!("v:{v}")],
+    )]
+    pub(crate) async fn everything(id: u64) -> ::std::result::Result<u64, ::impcache::Error> {
+        ::std::result::Result::Ok(id)
+    }
+
+    pub(crate) struct Holder;
+
+    impl Holder {
+        #[cached(cache = CACHE, expire = 60, version = "v2", cache_none = true)]
+        pub(crate) async fn method(&self, (a, b): (u64, u64)) -> ::std::option::Option<u64> {
+            ::std::option::Option::Some(a + b)
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_expansion_needs_no_prelude() {
+    assert_eq!(without_prelude::versioned(1, true).await, Some(1));
+    assert!(without_prelude::versioned_invalidate(1).await.is_ok());
+    without_prelude::versioned_invalidate_all().await.unwrap();
+    assert_eq!(without_prelude::everything(2).await.unwrap(), 2);
+    without_prelude::everything_invalidate_all().await.unwrap();
+    let holder = without_prelude::Holder;
+    assert_eq!(holder.method((1, 2)).await, Some(3));
+    assert!(holder.method_invalidate((1, 2)).await.is_ok());
+}
+
+// ---------------------------------------------------------------- lifetimes of left-out arguments
+
+/// A lifetime that the function names twice, once in an argument `{name}_invalidate` leaves out:
+/// the companion named it once, which `single_use_lifetimes` reported (found by a probe); it
+/// is elided there. One named twice in its arguments stays.
+#[deny(single_use_lifetimes, unused_lifetimes)]
+mod lifetimes {
+    use super::CACHE;
+    use impcache::cached;
+
+    pub(crate) trait Db: Sync {}
+    impl Db for () {}
+
+    #[cached(cache = CACHE, expire = 60, skip(db))]
+    pub(crate) async fn one_left<'a>(db: &'a (), name: Option<&'a str>) -> usize {
+        let () = *db;
+        name.map_or(0, str::len)
+    }
+
+    #[cached(cache = CACHE, expire = 60, skip(db))]
+    pub(crate) async fn bounded<'a, D>(db: &'a D, name: &'a str) -> usize
+    where
+        D: Db + 'a,
+    {
+        let _ = db;
+        name.len()
+    }
+
+    #[cached(cache = CACHE, expire = 60, skip(db))]
+    pub(crate) async fn two_left<'a>(db: &'a (), a: &'a str, b: &'a str) -> usize {
+        let () = *db;
+        a.len() + b.len()
+    }
+}
+
+#[tokio::test]
+async fn a_lifetime_of_a_left_out_argument_is_elided_in_the_companion() {
+    assert_eq!(lifetimes::one_left(&(), Some("ab")).await, 2);
+    assert!(lifetimes::one_left_invalidate(Some("ab")).await.is_ok());
+    assert_eq!(lifetimes::bounded(&(), "abc").await, 3);
+    assert!(lifetimes::bounded_invalidate("abc").await.is_ok());
+    assert_eq!(lifetimes::two_left(&(), "a", "b").await, 2);
+    assert!(lifetimes::two_left_invalidate("a", "b").await.is_ok());
+}

@@ -580,3 +580,26 @@ async fn with_cache_none_tags_from_takes_the_whole_option() {
         "only the `Some` carried the tag"
     );
 }
+
+static RAW_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, invalidate_all)]
+async fn r#match(id: u64) -> u64 {
+    RAW_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+/// A raw identifier's function tag is its name without `r#`, as its keys (`gen` and `r#gen`
+/// are one identifier): it was `__impcache_fn:cached_tags::r#match`.
+#[tokio::test]
+async fn a_raw_identifiers_function_tag_is_its_name_without_r_hash() {
+    assert_eq!(r#match(1).await, 1);
+    stored("cached_tags::match:1").await;
+    CACHE
+        .invalidate_tag("__impcache_fn:cached_tags::match")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(r#match(1).await, 1);
+    assert_eq!(RAW_RUNS.load(SeqCst), 2, "the tag hid the entry");
+}

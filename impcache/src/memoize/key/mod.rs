@@ -26,13 +26,24 @@ impl<T: Serialize + ?Sized> KeyArg for T {}
 /// function it is in, then `::{{closure}}` for it and each async block around it): the path of
 /// what holds the function. A free function's module (the key is `{module_path}::{fn}`, as
 /// always); an associated function's type (`{type}::{fn}`, as a method's, so that two types'
-/// functions of one name do not share entries), or for a trait's default one the qualified
-/// path `<{type} as {trait}>`; an enclosing function's path for a nested one. The function's
+/// functions of one name do not share entries; wherever its impl is, see
+/// [`inherent_impl_type`]), or for a trait's default one the qualified path
+/// `<{type} as {trait}>`; an enclosing function's path for a nested one. The function's
 /// own segment is the last one outside angle brackets (a generic function's is `name<T>`, whose
 /// arguments may hold `::`). Written by hand: no crate reads Rust paths, and it runs on every
 /// call (a few dozen bytes scanned, no allocation).
 fn fn_container(marker: &'static str) -> &'static str {
     let path = without_closures(marker);
+    match split_last(path) {
+        // A function nested in an async one is under its body's `{{closure}}`.
+        Some((container, _)) => inherent_impl_type(without_closures(container)),
+        None => path,
+    }
+}
+
+/// `path` split at its last `::` outside angle brackets: what precedes it and its last segment;
+/// `None` for a path of one segment.
+fn split_last(path: &'static str) -> Option<(&'static str, &'static str)> {
     let bytes = path.as_bytes();
     let mut depth = 0usize;
     for i in (1..bytes.len()).rev() {
@@ -41,12 +52,59 @@ fn fn_container(marker: &'static str) -> &'static str {
             b'>' if bytes[i - 1] == b'-' => {}
             b'>' => depth += 1,
             b'<' => depth = depth.saturating_sub(1),
-            // A function nested in an async one is under its body's `{{closure}}`.
-            b':' if depth == 0 && bytes[i - 1] == b':' => return without_closures(&path[..i - 1]),
+            b':' if depth == 0 && bytes[i - 1] == b':' => {
+                return Some((&path[..i - 1], &path[i + 1..]))
+            }
             _ => {}
         }
     }
-    path
+    None
+}
+
+/// An inherent impl, the container of its associated functions, as its type, as
+/// `type_name::<Self>()` writes it (the documented `{type}::{fn}`, what a method's key starts
+/// with): `type_name` writes the impl `{module}::<impl {type}>` when it is not in the type's
+/// module (`app::db::<impl app::Db>` for `app::Db`) and `<{type}>` when the type is not a path
+/// (`<dyn app::Local>`). Any other container is returned as it is: a module, a type's path, a
+/// qualified path `<{type} as {trait}>` (a trait's default function), an enclosing function's
+/// path, and a trait impl outside both its type's and its trait's module,
+/// `{module}::<impl {trait} for {type}>` (no `#[cached]` function is directly in a trait impl:
+/// its companions cannot be).
+fn inherent_impl_type(container: &'static str) -> &'static str {
+    let last = split_last(container).map_or(container, |(_, last)| last);
+    if let Some(ty) = last
+        .strip_prefix("<impl ")
+        .and_then(|rest| rest.strip_suffix('>'))
+    {
+        if !has_top_level(ty, " for ") {
+            return ty;
+        }
+    }
+    match container
+        .strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix('>'))
+    {
+        // `<{type}>`, one pair of brackets around it all (not `<A>::f<B>`), not `<{type} as ..>`.
+        Some(ty) if split_last(container).is_none() && !has_top_level(ty, " as ") => ty,
+        _ => container,
+    }
+}
+
+/// Whether `text` holds `needle` outside angle brackets.
+fn has_top_level(text: &str, needle: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    for (i, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'<' => depth += 1,
+            // (The `>` of a function type's `->` closes nothing.)
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
+            b'>' => depth = depth.saturating_sub(1),
+            _ if depth == 0 && bytes[i..].starts_with(needle.as_bytes()) => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `fn_container` of one function, computed once: the expansion keeps one in a `static` per
@@ -78,9 +136,9 @@ impl FnContainer {
     /// [`of`](Self::of) does. For a trait's default method the container is a qualified path,
     /// `<{Self type} as {trait path}>`: it is the answer, so that two traits' methods of one
     /// name, implemented by one type, are two functions. Otherwise `self_type`
-    /// (`type_name::<Self>()`), as always: an inherent method's container is its type's path
-    /// too, but spelled `{module}::<impl {type}>` when the impl is not in the type's module, and
-    /// `<dyn {trait}>` for an inherent impl on a trait object (not a trait's method: no ` as `).
+    /// (`type_name::<Self>()`), as always: an inherent method's container is its type too (see
+    /// [`inherent_impl_type`]; `<dyn {trait}>`, an inherent impl on a trait object, is not a
+    /// trait's method: no ` as `).
     pub fn of_method(&self, marker: &'static str, self_type: &'static str) -> &'static str {
         let container = self.of(marker);
         if is_qualified(container) {
@@ -94,22 +152,8 @@ impl FnContainer {
 /// Whether `path` is a qualified path, `<{type} as {trait}>`: ` as ` within its outermost angle
 /// brackets, not nested deeper (in a generic argument).
 fn is_qualified(path: &str) -> bool {
-    if !path.starts_with('<') {
-        return false;
-    }
-    let mut depth = 0usize;
-    let bytes = path.as_bytes();
-    for (i, &byte) in bytes.iter().enumerate() {
-        match byte {
-            b'<' => depth += 1,
-            // (The `>` of a function type's `->` closes nothing.)
-            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
-            b'>' => depth = depth.saturating_sub(1),
-            b' ' if depth == 1 && path[i..].starts_with(" as ") => return true,
-            _ => {}
-        }
-    }
-    false
+    path.strip_prefix('<')
+        .is_some_and(|inside| has_top_level(inside, " as "))
 }
 
 /// `path` without its trailing `::{{closure}}` segments.
@@ -290,11 +334,40 @@ mod tests {
                 "<app::G<u8> as app::Repo<alloc::string::String>>::load::{{closure}}",
                 "<app::G<u8> as app::Repo<alloc::string::String>>",
             ),
-            // An inherent impl outside its type's module.
+            // An inherent impl outside its type's module, or on a type that is not a path: its
+            // type, as `type_name::<Self>()` writes it (an associated function's key was
+            // `app::db::<impl app::Db>::get`, not the documented `app::Db::get`: found by a probe).
+            ("app::db::<impl app::Db>::get::{{closure}}", "app::Db"),
             (
-                "app::db::<impl app::Db>::get::{{closure}}",
-                "app::db::<impl app::Db>",
+                "app::db::<impl app::G<fn() -> u8>>::get::{{closure}}::{{closure}}",
+                "app::G<fn() -> u8>",
             ),
+            ("app::db::<impl app::R<'_>>::get::{{closure}}", "app::R<'_>"),
+            (
+                "app::db::<impl dyn app::Local + core::marker::Send>::get::{{closure}}",
+                "dyn app::Local + core::marker::Send",
+            ),
+            ("<dyn app::Local>::get::{{closure}}", "dyn app::Local"),
+            (
+                "<dyn app::Local<<u8 as app::Tr>::Out>>::get::{{closure}}",
+                "dyn app::Local<<u8 as app::Tr>::Out>",
+            ),
+            // A trait impl outside its type's and its trait's module, and a function nested in
+            // an associated one, as they were.
+            (
+                "app::db::<impl app::Tr for app::Db>::get::{{closure}}",
+                "app::db::<impl app::Tr for app::Db>",
+            ),
+            (
+                "app::db::<impl app::Db>::run::helper::{{closure}}",
+                "app::db::<impl app::Db>::run",
+            ),
+            (
+                "<dyn app::Local>::run::helper::{{closure}}",
+                "<dyn app::Local>::run",
+            ),
+            // Non-ASCII names.
+            ("app::données::<impl app::É>::get::{{closure}}", "app::É"),
             (
                 "app::handler::{{closure}}::helper::{{closure}}",
                 "app::handler",

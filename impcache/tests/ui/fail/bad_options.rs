@@ -44,4 +44,16 @@ async fn empty_key(id: u64) -> u64 {
     id
 }
 
+// The `cached` crate's options say what to write instead (its `time` is not also reported as a
+// missing `expire`).
+#[cached(time = 60, result = true, sync_writes = true, size = 100)]
+async fn cached_crate_options(id: u64) -> Result<u64, String> {
+    Ok(id)
+}
+
+#[cached(expire = 60, option = true, convert = r#"{ format!("{}", id) }"#, unbound)]
+async fn more_cached_crate_options(id: u64) -> Option<u64> {
+    Some(id)
+}
+
 fn main() {}
