@@ -240,8 +240,8 @@ impl CacheBuilder {
     /// Tags (issue 16): how far apart the clocks of the processes sharing this cache may be
     /// (default 0). Entries created up to this long after a tag's invalidation count as
     /// invalidated too, so an entry computed just before it on a host whose clock runs ahead is
-    /// not served. A tagged load then reads its tags' state as it begins (one more round trip),
-    /// so that the callers of this process waiting for it still share its value. See the
+    /// not served, the value of a load its callers wait for included: for this long after an
+    /// invalidation, concurrent callers of a key each run their loader. See the
     /// [`tags` section of the README](crate#tags) and `Cache::invalidate_tag`.
     pub fn tag_clock_skew(mut self, allowance: Duration) -> Self {
         self.tag_clock_skew = allowance;

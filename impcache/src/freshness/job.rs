@@ -64,9 +64,6 @@ pub(super) struct Job {
     pub(super) loaded_tags: Option<LoadedTags>,
     /// Whether the stale value at hand is the near cache's fail-safe copy (the read failed).
     pub(super) fail_safe: bool,
-    /// Whether the call's read failed (the cache is down): nothing more is read before its
-    /// loader runs, so that the call waits at most one deadline.
-    pub(super) read_failed: bool,
     /// An early refresh: when the fresh value it replaces expires. The lock's second read ends
     /// such a refresh only for a value expiring later (another process's refresh), not for the
     /// value it replaces, which is fresh too.

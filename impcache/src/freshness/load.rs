@@ -77,21 +77,14 @@ pub(super) struct Holds {
     /// Read from the cache for a call whose loader chooses tags (`tags_from`): the entry may
     /// carry tags the call does not know, whose state a waiter could not check.
     tags_unknown: bool,
-    /// With a clock skew allowance (`CacheBuilder::tag_clock_skew`): the tags' state, read
-    /// after `since` and before the loader started. A waiter that reads the same state knows,
-    /// whatever the clocks, that no invalidation came after the load began. By the times
-    /// alone, a value created within the allowance after an invalidation counts as
-    /// invalidated, and every waiter ran its own loader (50 runs for 50 callers of one key,
-    /// found by a probe).
-    seen: Option<Vec<Option<Bytes>>>,
 }
 
 impl Shared {
-    /// A value loaded from `since` for a call with `tags`, the tags' state `seen` as it began.
-    fn new(json: Bytes, since: u64, tags: &Tags, seen: Option<Vec<Option<Bytes>>>) -> Shared {
+    /// A value that holds since `since` for a call with `tags`.
+    fn new(json: Bytes, since: u64, tags: &Tags) -> Shared {
         Shared::Value(Value {
             json,
-            holds: Holds::since(since, tags, seen),
+            holds: Holds::since(since, tags),
         })
     }
 
@@ -107,20 +100,17 @@ impl Shared {
             holds: Holds {
                 since,
                 tags_unknown: job.loaded_tags.is_some(),
-                seen: None,
             },
         })
     }
 }
 
 impl Holds {
-    /// What was computed from `since` (taken before its loader ran) for a call with `tags`,
-    /// their state `seen` as it began ([`Holds::seen`]).
-    fn since(since: u64, tags: &Tags, seen: Option<Vec<Option<Bytes>>>) -> Holds {
+    /// What was computed from `since` (taken before its loader ran) for a call with `tags`.
+    fn since(since: u64, tags: &Tags) -> Holds {
         Holds {
             since: (!tags.is_empty()).then(|| (since, tags.clone())),
             tags_unknown: false,
-            seen,
         }
     }
 
@@ -170,8 +160,6 @@ impl Holds {
             return unseen();
         }
         match cache.tag_states(tags.as_slice()).await {
-            // Unchanged since the load began: nothing was invalidated after it.
-            Ok(states) if self.seen.as_ref() == Some(&states) => true,
             Ok(states) => {
                 let verdict = |from| tags::verdict(from, &states, cache.shared.tag_clock_skew);
                 match judged {
@@ -268,7 +256,6 @@ where
         tags: tags.clone(),
         loaded_tags: loaded_tags.clone(),
         fail_safe: false,
-        read_failed: false,
         replaces: None,
         waited: Duration::ZERO,
         origin,
@@ -294,7 +281,6 @@ where
             let job = Job {
                 lock: None,
                 fail_safe: stale.is_some(),
-                read_failed: true,
                 ..job()
             };
             // The read failed: another one would most likely wait a second deadline.
@@ -602,28 +588,6 @@ async fn second_look<V: DeserializeOwned>(job: &Job) -> Option<(V, Shared, Optio
     Some((value, Shared::read(found.value, since, job), left))
 }
 
-/// With a clock skew allowance, the state of a leader's tags as its load begins, for its
-/// waiters ([`Holds::seen`]): one more read before the loader runs, not made when the call's
-/// read failed (a call waits at most one deadline) nor for tags its loader chooses, whose
-/// state a waiter reads with the call's. `None` when not needed or not read.
-async fn state_as_loading_begins(job: &Job) -> Option<Vec<Option<Bytes>>> {
-    let skew = job.cache.shared.tag_clock_skew;
-    if skew.is_zero() || job.tags.is_empty() || job.read_failed || job.loaded_tags.is_some() {
-        return None;
-    }
-    match job.cache.tag_states(job.tags.as_slice()).await {
-        Ok(states) => Some(states),
-        Err(error) => {
-            let (key, error) = (
-                job.cache.logged_key(&job.key),
-                job.cache.logged_error(&error),
-            );
-            load_event!(job.origin, debug, key, %error, "tag state unreadable as the load begins; its waiters judge its value by the clock");
-            None
-        }
-    }
-}
-
 /// `loader`, run in the caller's `tracing` span although its task is spawned, as it would be in
 /// place. The loader alone: the span then closes once the caller and its loader are done, not
 /// when the store after them is (an exporter timing a request by its span would count it).
@@ -833,10 +797,6 @@ pub(super) async fn run<V, E, F, Fut>(
     // landing during the computation hides it; after the wait for the lock, which is no part of
     // the computation (an invalidation during the wait would hide the value loaded after it).
     let created = tags::stamp_micros();
-    let seen = match &guard {
-        Some(_) => state_as_loading_begins(&job).await,
-        None => None,
-    };
     // A panic is caught here and becomes the loader's error: the caller is answered (the stale
     // value or `Error::Loader`). With a stale value at hand, the waiters with one of their own
     // answer with it, the others elect a new leader (`Shared::Panicked`); without one, the
@@ -915,10 +875,7 @@ pub(super) async fn run<V, E, F, Fut>(
                     Some(reason) => Arc::from(reason.as_str()),
                     None => Arc::from(error.to_string()),
                 });
-                Some(Shared::Failed(
-                    told,
-                    Holds::since(created, &job.tags, seen.clone()),
-                ))
+                Some(Shared::Failed(told, Holds::since(created, &job.tags)))
             } else if stale.is_some() {
                 Some(Shared::Panicked)
             } else {
@@ -951,7 +908,7 @@ pub(super) async fn run<V, E, F, Fut>(
     // this is a background reload: a write of the key made meanwhile is overwritten.)
     let mut storing = encoded.map(|bytes| {
         if let Some(guard) = &guard {
-            guard.publish(Shared::new(bytes.clone(), created, &tags, seen.clone()));
+            guard.publish(Shared::new(bytes.clone(), created, &tags));
         }
         Box::pin(store(&job, bytes, created, &tags))
     });
