@@ -100,6 +100,72 @@ async fn sentinel_hard_and_soft_invalidations_never_lose_the_hard_one() {
     concurrent_hard_and_soft_invalidations_never_lose_the_hard_one(b).await;
 }
 
+/// With a clock skew allowance, an entry created within it after an invalidation counts as
+/// invalidated, for the callers that waited for its load too; they then take the next turn
+/// together, one of them loading for the others: two loader runs for 20 callers of a key, not
+/// one each (found by a probe: 50 runs for 50 callers).
+async fn within_the_clock_skew_callers_share_the_next_load(cache: Cache, other: Cache) {
+    other.invalidate_tag("t").await.unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let call = |cache: &Cache| {
+        let (cache, runs, gate) = (cache.clone(), Arc::clone(&runs), Arc::clone(&gate));
+        // A loader that takes some time, once let through.
+        let loader = move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            drop(gate.acquire().await.unwrap());
+            tokio::time::sleep(50 * MS).await;
+            "v".to_owned()
+        };
+        tokio::spawn(async move {
+            let value: String = cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap();
+            value
+        })
+    };
+    let leader = call(&cache);
+    while runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(MS).await;
+    }
+    // The load has begun: these callers wait for it.
+    let waiters: Vec<_> = (0..19).map(|_| call(&cache)).collect();
+    tokio::time::sleep(20 * MS).await;
+    gate.add_permits(1000);
+    assert_eq!(leader.await.unwrap(), "v");
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap(), "v");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // Its entry counts as invalidated for a later read, within the allowance.
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_within_the_clock_skew_callers_share_the_next_load() {
+    let store = impcache::MemoryCacheRepository::new();
+    let process = || {
+        let repository: Arc<dyn CacheRepository> = Arc::new(store.clone());
+        Cache::builder_shared(repository)
+            .tag_clock_skew(Duration::from_secs(30))
+            .build()
+    };
+    within_the_clock_skew_callers_share_the_next_load(process(), process()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_within_the_clock_skew_callers_share_the_next_load() {
+    let server = RedisServer::start();
+    let process = || {
+        let repository = RedisCacheRepository::builder(server.url())
+            .deadline(HANG)
+            .build()
+            .unwrap();
+        Cache::builder(repository)
+            .tag_clock_skew(Duration::from_secs(30))
+            .build()
+    };
+    within_the_clock_skew_callers_share_the_next_load(process(), process()).await;
+}
+
 /// The raw bytes stored at `key` (through the repository: no tag check).
 async fn raw(cache: &Cache, key: &str) -> Option<bytes::Bytes> {
     cache.repository().get(&cache.make_key(key)).await.unwrap()

@@ -241,7 +241,8 @@ impl CacheBuilder {
     /// (default 0). Entries created up to this long after a tag's invalidation count as
     /// invalidated too, so an entry computed just before it on a host whose clock runs ahead is
     /// not served, the value of a load its callers wait for included: for this long after an
-    /// invalidation, concurrent callers of a key each run their loader. See the
+    /// invalidation, the waiters of a load take the next turn together (two loader runs for a
+    /// burst of callers of a key). See the
     /// [`tags` section of the README](crate#tags) and `Cache::invalidate_tag`.
     pub fn tag_clock_skew(mut self, allowance: Duration) -> Self {
         self.tag_clock_skew = allowance;

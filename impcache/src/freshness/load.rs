@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::lock::{self, Turn};
 use super::policy::{Freshness, LoadSettings, State};
 use crate::error::{shown, Error};
-use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait};
+use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait, Waiter};
 use crate::json;
 use crate::observe::hooks::FlightWait;
 use crate::observe::polling::polled;
@@ -394,6 +394,10 @@ where
     let mut waiting_since = None;
     // Whether this caller joined again once already after a leader with nothing to share.
     let mut retried_unshared = false;
+    // Whether this caller joined again once already after a value or failure that no longer
+    // held for it (without a lock).
+    let mut rejoined = false;
+    let mut first_joined = None;
     loop {
         match FLIGHTS.join(&flight, ticket) {
             Join::Leader(Leader { guard, recheck }) => {
@@ -413,7 +417,9 @@ where
                 let waiting_since = *waiting_since.get_or_insert_with(Instant::now);
                 answer::record(Answer::Waited);
                 answer::wait(FlightWait::begins);
-                let joined = tags::stamp_micros();
+                // When this caller first joined: a value whose load began after it holds for it
+                // (as for the leader's own caller), whichever turn it waits in.
+                let joined = *first_joined.get_or_insert_with(tags::stamp_micros);
                 let soft = stale.as_ref().and(job.policy.soft_timeout_duration());
                 // (To wait for this flight's end when its leader panicked: see below.)
                 let this_flight = waiter.clone();
@@ -439,7 +445,14 @@ where
                     // this caller asked: then as behind a value that no longer holds.)
                     Wait::Published(Shared::Failed(shared, holds)) => {
                         if !holds.holds_for(&job, joined, reread, Judged::Failure).await {
-                            if rejoins_after_invalidation(&job, &flight, waiting_since).await {
+                            if rejoins_after_invalidation(
+                                &job,
+                                &this_flight,
+                                waiting_since,
+                                &mut rejoined,
+                            )
+                            .await
+                            {
                                 continue;
                             }
                         } else {
@@ -481,7 +494,14 @@ where
                             .holds_for(&job, joined, reread, Judged::Value)
                             .await
                         {
-                            if rejoins_after_invalidation(&job, &flight, waiting_since).await {
+                            if rejoins_after_invalidation(
+                                &job,
+                                &this_flight,
+                                waiting_since,
+                                &mut rejoined,
+                            )
+                            .await
+                            {
                                 continue;
                             }
                         } else if let Some(value) = decode(&job, &shared.json) {
@@ -517,19 +537,33 @@ where
 }
 
 /// Whether a waiter handed what a tag's invalidation made obsolete since it joined (a value, or
-/// the failure of a load that started before it) joins the key's flight again, under a lock
-/// ([`joins_again`]): the next turn, one caller loading through the lock for the others, once
-/// the flight that published it has ended (joined while it still stores, it would hand the same
-/// answer back at once, again and again). Else it loads on its own.
-async fn rejoins_after_invalidation(job: &Job, flight: &FlightKey, waiting_since: Instant) -> bool {
-    if !joins_again(job, waiting_since) {
+/// the failure of a load that started before it) joins the key's flight again: the next turn,
+/// one caller loading for the others, once the flight that published it has ended (joined
+/// while it still stores, it would hand the same answer back at once). Under a lock
+/// ([`joins_again`]) while its `wait` lasts, through the lock. Without one, once (`rejoined`),
+/// with a `tag_clock_skew` allowance, within which every load after an invalidation is obsolete
+/// for its waiters: each loaded on its own, 50 runs for 50 callers of a key (found by a probe);
+/// the flight's end is bounded by its store's deadline. The next leader's load begins after
+/// they first joined: its value holds for them, as the leader's does for its own caller. Else
+/// (an invalidation during a load, without an allowance) it loads on its own at once, not
+/// waiting for the leader's store.
+async fn rejoins_after_invalidation(
+    job: &Job,
+    published: &Waiter<Shared>,
+    waiting_since: Instant,
+    rejoined: &mut bool,
+) -> bool {
+    let bound = if joins_again(job, waiting_since) {
+        lock_wait(job).saturating_sub(waiting_since.elapsed())
+    } else if job.lock.is_none()
+        && !job.cache.shared.tag_clock_skew.is_zero()
+        && !std::mem::replace(rejoined, true)
+    {
+        Duration::MAX
+    } else {
         return false;
-    }
-    if let Some(storing) = FLIGHTS.current(flight) {
-        storing
-            .ended(lock_wait(job).saturating_sub(waiting_since.elapsed()))
-            .await;
-    }
+    };
+    published.clone().ended(bound).await;
     true
 }
 
