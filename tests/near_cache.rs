@@ -2336,6 +2336,73 @@ async fn a_kept_tag_verdict_holds_only_for_the_same_tags_and_no_tag_change() {
     assert_eq!(read(&["x", "y"], 5).await, 5);
 }
 
+/// The byte bound holds for a tagged entry's kept verdict, which holds a copy of the call's
+/// tags: the entry weighs its tags a second time (the largest copy kept), and a read whose tags
+/// are larger than the entry's keeps no verdict (it is judged again on every read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_entry_weighs_the_verdict_it_may_keep() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    let long: Vec<String> = (0..20)
+        .map(|t| format!("tag-{t}-{}", "x".repeat(500)))
+        .collect();
+    let tags_len: usize = long.iter().map(String::len).sum();
+
+    // Entry `a` brings the tags' states in; entry `b`, read next, is then the only one kept.
+    cache.set_tagged("a", &1, 600, &long).await.unwrap();
+    wait_local(&cache, "a").await;
+    let before = cache.near_cache_stats().bytes;
+    cache.set_tagged("b", &1, 600, &long).await.unwrap();
+    wait_local(&cache, "b").await;
+    let weight = usize::try_from(cache.near_cache_stats().bytes - before).unwrap();
+    let key = cache.make_key("b");
+    let envelope: usize = server.cmd(&["STRLEN", &key]);
+    assert!(
+        weight >= key.len() + envelope + tags_len,
+        "entry `b` weighs {weight} B: key {} B, envelope {envelope} B, tags {tags_len} B",
+        key.len()
+    );
+
+    // Stored with [a], read with [a] and the long tags: no verdict kept, each read is judged
+    // (the entry and 21 tag states looked up locally, not one verdict).
+    cache.set_tagged("small", &1, 600, ["a"]).await.unwrap();
+    let read = |tags: Vec<String>| {
+        let cache = cache.clone();
+        async move {
+            let value: i64 = cache
+                .get_or_set("small", 600, || async { 2 })
+                .tags(tags.iter())
+                .await
+                .unwrap();
+            assert_eq!(value, 1);
+        }
+    };
+    let mut larger = vec!["a".to_owned()];
+    larger.extend(long.iter().cloned());
+    wait_served_locally(&server, "the tagged entry is served locally", || {
+        read(larger.clone())
+    })
+    .await;
+    let hits = cache.near_cache_stats().hits;
+    read(larger.clone()).await;
+    let looked_up = cache.near_cache_stats().hits - hits;
+    assert!(
+        looked_up > 1,
+        "served from a kept verdict: {looked_up} lookup(s)"
+    );
+
+    // Read with its own tags, a verdict is kept: one lookup per read.
+    wait_served_locally(&server, "the tagged entry is served locally", || {
+        read(vec!["a".to_owned()])
+    })
+    .await;
+    read(vec!["a".to_owned()]).await;
+    let hits = cache.near_cache_stats().hits;
+    read(vec!["a".to_owned()]).await;
+    assert_eq!(cache.near_cache_stats().hits - hits, 1);
+}
+
 /// A soft invalidation by another `Cache` makes the near-cached entry stale: served under the
 /// stale window while one reload runs, then replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

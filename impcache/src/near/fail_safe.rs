@@ -57,7 +57,7 @@ impl FailSafe {
     pub(super) fn new(max_capacity_bytes: u64) -> FailSafe {
         let copies = moka::sync::Cache::builder()
             .max_capacity(max_capacity_bytes)
-            .weigher(|key: &String, copy: &Copy| super::weight::of(key, &copy.value, false))
+            .weigher(|key: &String, copy: &Copy| super::weight::of(key, &copy.value, None))
             .expire_after(UntilRedisExpiry)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build_with_hasher(LocalKeyHasher::default());

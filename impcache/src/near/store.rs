@@ -24,6 +24,8 @@
 //! invalidation) and every flush. The next read with the same tags is served from the verdict
 //! while the tag sequence has not moved ([`Store::verified`]): a tag invalidated anywhere, or a
 //! lost tracking connection, moves it, and the entry is judged again from its tags' states.
+//! The verdict holds a copy of the call's tags: the entry is weighed for the largest copy it may
+//! keep, that of its own tags, and a call whose tags take more keeps none ([`VerdictCell`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -45,7 +47,7 @@ use crate::key::LocalKeyHasher;
 use crate::observe::hooks::{near_lookups, Tier};
 use crate::observe::StripedCounter;
 use crate::repository::WithTtl;
-use crate::tags::{envelope, Tags, TAG_KEY_PART};
+use crate::tags::{self, envelope, Tags, TAG_KEY_PART};
 
 /// The longest a read waits for an own write of its key still in flight
 /// ([`Store::after_own_write`]): a write on a healthy connection returns well within it (a
@@ -76,9 +78,9 @@ struct Entry {
     redis_expires: Option<Instant>,
     /// A tag state known to be absent (`value` is empty): served by [`Store::get_state`] only.
     absent: bool,
-    /// For a tagged entry (an envelope), its last verdict "fresh" ([`VerdictSlot::keep`]); shared by
-    /// the clones moka hands out. `None` for other entries.
-    verified: Option<Arc<ArcSwapOption<Verified>>>,
+    /// For a tagged entry (a well-formed envelope), its last verdict "fresh"
+    /// ([`VerdictSlot::keep`]); shared by the clones moka hands out. `None` for other entries.
+    verified: Option<Arc<VerdictCell>>,
     /// The read it was kept from: served only while no invalidation of its slot (nor a flush)
     /// came after that read's ticket ([`Store::vouches`]).
     read: Read,
@@ -93,6 +95,31 @@ struct Read {
     shard: u16,
 }
 
+/// Where a tagged entry keeps its last verdict "fresh", and how much a verdict's copy of the
+/// call's tags may take.
+struct VerdictCell {
+    /// The heap a copy of the entry's own tags takes (`tags::heap_bytes`), weighed with the
+    /// entry (`weight.rs`): a verdict is kept only for a call whose tags take no more, so that
+    /// the byte bound holds whatever tags the entry is read with.
+    budget: usize,
+    kept: ArcSwapOption<Verified>,
+}
+
+impl VerdictCell {
+    /// The cell of the tagged entry `value`; `None` when it is no (well-formed) envelope: no
+    /// verdict is ever kept on such an entry.
+    fn of(value: &Bytes) -> Option<Arc<VerdictCell>> {
+        // The prefix first: a plain value is never parsed.
+        let opened = envelope::is_envelope(value)
+            .then(|| envelope::open(value))
+            .flatten()?;
+        Some(Arc::new(VerdictCell {
+            budget: tags::heap_bytes(&opened.tags),
+            kept: ArcSwapOption::empty(),
+        }))
+    }
+}
+
 /// A tagged entry judged fresh: against which call's tags, from states read after which tag
 /// sequence, and the envelope's value (a slice of the entry's bytes).
 struct Verified {
@@ -103,7 +130,7 @@ struct Verified {
 
 /// Where a new verdict on a local tagged entry is kept ([`Store::verified`] found none valid).
 pub(crate) struct VerdictSlot {
-    cell: Arc<ArcSwapOption<Verified>>,
+    cell: Arc<VerdictCell>,
     /// The entry's bytes, to tell them from another entry's.
     bytes: Bytes,
     /// The tag sequence when the entry was looked up, before its states were read.
@@ -113,11 +140,14 @@ pub(crate) struct VerdictSlot {
 impl VerdictSlot {
     /// Keeps the verdict "fresh" on the entry whose bytes `stored` were judged against `tags`;
     /// `value` is the envelope's value. Nothing is kept when `stored` are not this entry's bytes
-    /// (the entry was replaced between the lookup and the read).
+    /// (the entry was replaced between the lookup and the read), nor when a copy of `tags` would
+    /// take more heap than the entry's own tags (its weight counts no more): a call reading
+    /// with more tags than the entry carries is judged on every read.
     pub(crate) fn keep(self, stored: &Bytes, tags: &Tags, value: Bytes) {
         // The same bytes, not equal ones: the verdict belongs to this entry.
-        if self.bytes.as_ptr() == stored.as_ptr() && self.bytes.len() == stored.len() {
-            self.cell.store(Some(Arc::new(Verified {
+        let same = self.bytes.as_ptr() == stored.as_ptr() && self.bytes.len() == stored.len();
+        if same && tags::heap_bytes(tags.as_slice()) <= self.cell.budget {
+            self.cell.kept.store(Some(Arc::new(Verified {
                 tags: tags.clone(),
                 sequence: self.sequence,
                 value,
@@ -259,7 +289,11 @@ impl Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_capacity_bytes)
             .weigher(|key: &String, entry: &Entry| {
-                weight::of(key, &entry.value, entry.verified.is_some())
+                weight::of(
+                    key,
+                    &entry.value,
+                    entry.verified.as_ref().map(|cell| cell.budget),
+                )
             })
             .time_to_live(config.max_ttl)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
@@ -454,7 +488,7 @@ impl Store {
         let entry = self.live_entry(key, now).ok_or(None)?;
         let cell = entry.verified.as_ref().ok_or(None)?;
         let sequence = self.tag_sequence.load(Ordering::SeqCst);
-        let kept = cell.load();
+        let kept = cell.kept.load();
         let Some(verified) = kept
             .as_ref()
             .filter(|verified| verified.sequence == sequence && verified.tags == *tags)
@@ -727,7 +761,7 @@ impl Store {
             // The TTL was read after `sent`: counting from `sent` errs on the early side.
             redis_expires: found.ttl.map(|redis_ttl| ticket.sent + redis_ttl),
             absent: false,
-            verified: envelope::is_envelope(&found.value).then(Default::default),
+            verified: VerdictCell::of(&found.value),
             read: self.read_of(ticket, key),
         };
         self.insert(entry, key);

@@ -10,14 +10,17 @@
 /// in the weight so that `max_capacity_bytes` bounds the memory, not only the payload.
 const ENTRY_OVERHEAD_BYTES: usize = 384;
 
-/// What a tagged entry's kept verdict costs besides: its cell (an `Arc` of an `ArcSwapOption`,
-/// 32 B allocated) and the verdict (an `Arc` of the call's tags, the tag sequence and the
-/// value's `Bytes`, 80 B allocated), rounded up (`store.rs`, `Verified`).
+/// What a tagged entry's kept verdict costs besides, its tags' copy aside: its cell (an `Arc` of
+/// the verdict budget and an `ArcSwapOption`, 32 B allocated) and the verdict (an `Arc` of the
+/// call's tags, the tag sequence and the value's `Bytes`, 80 B allocated), rounded up
+/// (`store.rs`, `VerdictCell`, `Verified`).
 const VERIFIED_OVERHEAD_BYTES: usize = 128;
 
-/// An entry's weight against `max_capacity_bytes`: key, value, [`ENTRY_OVERHEAD_BYTES`] and, for
-/// a tagged entry (`verified`), [`VERIFIED_OVERHEAD_BYTES`] (moka weighs with a `u32`).
-pub(super) fn of(key: &str, value: &[u8], verified: bool) -> u32 {
-    let verdict = if verified { VERIFIED_OVERHEAD_BYTES } else { 0 };
+/// An entry's weight against `max_capacity_bytes` (moka weighs with a `u32`): key, value and
+/// [`ENTRY_OVERHEAD_BYTES`]; for a tagged entry, whose kept verdict may hold a copy of the
+/// call's tags up to `verdict_budget` bytes of heap (`Some`: that of the entry's own tags,
+/// `tags::heap_bytes`), [`VERIFIED_OVERHEAD_BYTES`] and that budget as well.
+pub(super) fn of(key: &str, value: &[u8], verdict_budget: Option<usize>) -> u32 {
+    let verdict = verdict_budget.map_or(0, |budget| VERIFIED_OVERHEAD_BYTES + budget);
     u32::try_from(key.len() + value.len() + ENTRY_OVERHEAD_BYTES + verdict).unwrap_or(u32::MAX)
 }

@@ -155,6 +155,26 @@ impl Tags {
     }
 }
 
+/// What the allocator takes per allocation besides the bytes asked for, as [`heap_bytes`]
+/// counts it: a rough figure, not an exact one. glibc's malloc adds an 8 B header and rounds to
+/// 16 B (8–23 B more per allocation of 24 B or more; up to 31 B for a tag of 1 B, its chunks
+/// being 32 B at least); other allocators round to size classes instead.
+const ALLOCATION_SLACK_BYTES: usize = 16;
+
+/// The heap a [`Tags`] holding `tags` takes: its list's buffer (one `String` per tag) and each
+/// tag's bytes, each allocation counted with [`ALLOCATION_SLACK_BYTES`]. A clone of a `Tags`
+/// allocates exactly that much (no spare capacity), so this is what a copy kept by a near
+/// cache's verdict costs (`near/store.rs`, `VerdictSlot::keep`).
+pub(crate) fn heap_bytes<T: AsRef<str>>(tags: &[T]) -> usize {
+    if tags.is_empty() {
+        return 0;
+    }
+    let list = tags.len() * std::mem::size_of::<String>() + ALLOCATION_SLACK_BYTES;
+    tags.iter().fold(list, |bytes, tag| {
+        bytes + tag.as_ref().len() + ALLOCATION_SLACK_BYTES
+    })
+}
+
 /// The tags a loader chose from its value (`get_or_set(..).tags_from(..)`): set by the loader's
 /// wrapper once the value is there, read by the load that stores it. A tag may then depend on
 /// what was loaded (the organisation a user belongs to, say), which a caller cannot know before
