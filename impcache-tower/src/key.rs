@@ -12,6 +12,11 @@
 //! the header names the URL's responses vary on (possibly none, when only credentialed variants
 //! exist), which name the variant to read next.
 //!
+//! - `host` is lowercased; an absolute-form target's default port is left out
+//!   (`http://example.com:80/` and `https://example.com:443/` name `example.com`: RFC 9110
+//!   §4.2.3). A `Host` field's port is kept as sent: a request in origin form names no scheme,
+//!   and a handler may build links or redirects from the field, so `Host: example.com:80` must
+//!   not store its response under `example.com`, for every client (an unkeyed input).
 //! - `host` and `path` are *percent-encoded* with every byte outside a small safe set escaped (`%`
 //!   and `:` included, and all Redis glob characters `* ? [ ] \`), so user-controlled parts can
 //!   neither add a `:` segment nor act as a wildcard in a purge pattern, and the encoding is
@@ -73,6 +78,22 @@ fn push_host_segment(out: &mut String, host: Option<&str>) {
             push_encoded(out, &host.to_ascii_lowercase(), TOKEN);
         }
         Some(host) => push_encoded(out, host, TOKEN),
+    }
+}
+
+/// `host` (an absolute-form target's authority) without the default port of its `scheme`
+/// (RFC 9110 §4.2.3: a default port is the same as none): `:80` of `http`, `:443` of `https`.
+fn without_default_port<'a>(host: &'a str, scheme: &str) -> &'a str {
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else if scheme.eq_ignore_ascii_case("http") {
+        ":80"
+    } else {
+        return host;
+    };
+    match host.strip_suffix(default) {
+        Some(name) if !name.is_empty() => name,
+        _ => host,
     }
 }
 
@@ -176,13 +197,20 @@ pub(crate) fn request_path<B>(request: &http::Request<B>) -> &str {
 /// `:authority`), else the `Host` header. The target wins over a `Host` that disagrees with it,
 /// as the handler sees it (RFC 9112 §3.2.2): a response is never stored under another host than
 /// the one it was made for. Userinfo in the target's authority (`user:pw@`, which RFC 9110
-/// §4.2.4 deprecates for http URIs) is left out: it names no other host.
+/// §4.2.4 deprecates for http URIs) is left out: it names no other host; so is the target's
+/// default port ([`without_default_port`]). A `Host` field is taken as sent.
 pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    uri.authority().map(without_userinfo).or_else(|| {
-        headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+    let authority = uri.authority().map(without_userinfo);
+    authority
+        .map(|host| match uri.scheme_str() {
+            Some(scheme) => without_default_port(host, scheme),
+            None => host,
+        })
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
 }
 
 /// A URL to purge given in absolute form (`http://example.com/a?b=1`, as in an absolute-form
@@ -192,8 +220,9 @@ pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Op
 /// line (`/a?b=1`).
 pub(crate) fn absolute_form(target: &str) -> Option<(String, String)> {
     let uri: http::Uri = target.parse().ok()?;
-    uri.scheme()?;
-    let authority = without_userinfo(uri.authority()?).to_owned();
+    let scheme = uri.scheme_str()?;
+    let authority = without_default_port(without_userinfo(uri.authority()?), scheme);
+    let authority = authority.to_owned();
     let path_and_query = match uri.query() {
         Some(query) => format!("{}?{query}", uri.path()),
         None => uri.path().to_owned(),

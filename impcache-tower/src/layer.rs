@@ -259,7 +259,11 @@ impl CacheLayer {
     /// `max-age` or `min-fresh` asks for a fresh response is not served from it (see
     /// [`honor_request_cache_control`](Self::honor_request_cache_control)). Default
     /// [`Duration::ZERO`]: only responses that say `stale-while-revalidate` are served stale.
-    /// Entries are stored for their freshness plus the longer of the two stale windows.
+    /// Entries are stored for their freshness plus the longer of the two stale windows; a
+    /// response with no freshness (`max-age=0`; in the [origin-freshness mode](Self::follow_origin)
+    /// one without a validator) is not stored, whatever the windows, the response's or the
+    /// layer's (`detail=zero-ttl`), as nginx and Varnish: a window extends a stored response's
+    /// life, it does not make a response storable.
     pub fn stale_while_revalidate(self, window: Duration) -> Self {
         self.with(|c| c.stale_while_revalidate = window)
     }
@@ -275,6 +279,11 @@ impl CacheLayer {
     /// response's own `stale-if-error=N` wins over this; the directives that forbid
     /// [`stale_while_revalidate`](Self::stale_while_revalidate) forbid it too. Default
     /// [`Duration::ZERO`]: the responses' directives only.
+    ///
+    /// A handler that panics is not covered: the panic reaches the caller (the server's task for
+    /// the connection) as without a stale response, where `get_or_set` counts a loader's panic as
+    /// a failure. To have a stale response answer for it, turn panics into a `500` under this
+    /// layer (tower-http's `CatchPanicLayer` between it and the handler): a listed status.
     pub fn stale_if_error(self, window: Duration) -> Self {
         self.with(|c| c.stale_if_error = window)
     }
@@ -444,8 +453,10 @@ impl CacheLayer {
     /// a handler error) leaves nothing for the other processes to find: their leaders take the
     /// lock in turn, so a burst of misses of such a URL in N processes makes N handler calls one
     /// after another, each process waiting for the one before (at most the lock's `wait`), as
-    /// nginx's `proxy_cache_lock` serializes them (Varnish's hit-for-miss does not). Put the
-    /// lock on a layer over the routes whose responses are stored, not over routes never stored.
+    /// nginx's `proxy_cache_lock` serializes them (Varnish's hit-for-miss does not). The
+    /// requests of a process that waited for its leader then call the handler side by side,
+    /// without the lock, as without one. Put the lock on a layer over the routes whose
+    /// responses are stored, not over routes never stored.
     pub fn lock(self, lock: impcache::Lock) -> Self {
         self.with(|c| c.lock = Some(lock))
     }

@@ -473,6 +473,8 @@ where
     //    to share): it takes the answer of a GET's flight under way, or calls for itself.
     // Its waits for other requests' calls: one lock timeout in all, across hand-overs.
     let mut waiting = Waiting::new(config.lock_timeout, limits);
+    // Released by a leader whose answer was not for sharing (see `Coalesced::NotShared`).
+    let mut unshared = false;
     let guard = if lead.is_some() {
         lead
     } else if config.coalesce && !refresh {
@@ -493,6 +495,7 @@ where
             )
             .await
         };
+        unshared = matches!(coalesced, Coalesced::NotShared);
         match coalesced {
             Coalesced::Hit(entry) => {
                 count(LayerOutcome::Hit);
@@ -510,7 +513,7 @@ where
                 }
                 None => None,
             },
-            Coalesced::Alone => None,
+            Coalesced::Alone | Coalesced::NotShared => None,
         }
     } else {
         None
@@ -521,10 +524,14 @@ where
 
     // 2b. The cross-process lock (`CacheLayer::lock`): for a call this process leads, with a
     //     stale entry at hand too (as `get_or_set`'s); a background revalidation took it before
-    //     the call.
+    //     the call. Not for a request whose leader's answer was not for sharing: it calls the
+    //     handler at once, as without the lock (taking the lock in turn, a process's waiters
+    //     made one call after another: 50 requests of a URL answering 500 took 50 calls'
+    //     time), so a burst of such misses in N processes costs N calls one after another, one
+    //     per process's leader, each followed by its waiters' calls side by side.
     let (locked, fwd) = if revalidation {
         (lock, fwd)
-    } else if may_store && !refresh && !head {
+    } else if may_store && !refresh && !head && !unshared {
         match crate::lock::take(config, &keys, (&headers, &limits), seen.as_ref(), None).await {
             Locked::Stored(entry) => {
                 count(LayerOutcome::Hit);
@@ -1329,9 +1336,14 @@ enum Coalesced {
     /// The leader's handler failed, and a stale entry answered for it; or (`HandlerTimeout`)
     /// its call passed the hard timeout.
     StoodIn(Why),
-    /// This request calls the handler for itself: the leader's response is not shareable, is
-    /// another variant, or is late.
+    /// This request calls the handler for itself: the leader's response is not for it (another
+    /// variant, or one its limits refuse), or is late.
     Alone,
+    /// This request calls the handler for itself, without the cross-process lock: the leader's
+    /// answer was not for sharing (not stored: an uncacheable response, an error status, a
+    /// handler error), so the lock would only line this process's waiters up one call after
+    /// another (the other processes' leaders wait on the lock's holder, not on them).
+    NotShared,
 }
 
 /// The flight of a request's `Vary` variant: keyed by its variant key.
@@ -1446,7 +1458,8 @@ async fn coalesce(
                         flight = variant_flight(config, url, &published.vary, headers);
                         waiting.on_variant_flight();
                     }
-                    Wait::NotShared | Wait::TimedOut => return Coalesced::Alone,
+                    Wait::NotShared => return Coalesced::NotShared,
+                    Wait::TimedOut => return Coalesced::Alone,
                     Wait::Abandoned => {
                         // The leader went away (cancelled, panicked, its body failed mid-way, or
                         // moved to its variant's flight): look again, then join again; the first

@@ -1507,3 +1507,42 @@ async fn purge_url_takes_a_url_in_absolute_form() {
         .unwrap();
     assert_eq!(send(&svc, with_userinfo).await.outcome(), "HIT");
 }
+
+/// An absolute-form target's default port is the same as none (RFC 9110 §4.2.3):
+/// `http://example.com:80/..` and `https://example.com:443/..` name `example.com`'s entry, and
+/// so does such a URL given to `purge_url` (found by a probe). A port in a `Host` field is kept
+/// as sent: a handler may build links or redirects from it, and a request naming `:80` must not
+/// store its response for every client of `example.com`. Another port is another host.
+#[tokio::test]
+async fn an_absolute_targets_default_port_is_the_same_as_none() {
+    let layer = CacheLayer::new(memory_cache()).expire(60);
+    let (svc, calls) = service(layer.clone());
+    let on = |host: &str| on_host(Some(host), "/plain/port");
+    let target = |url: &str| Request::get(url).body(Body::empty()).unwrap();
+    stored_on(&layer, &svc, Some("example.com"), "/plain/port").await;
+    for url in [
+        "http://example.com:80/plain/port",
+        "https://example.com:443/plain/port",
+    ] {
+        assert_eq!(send(&svc, target(url)).await.outcome(), "HIT", "{url}");
+    }
+    assert_eq!(calls.get(), 1, "one entry");
+    for other in [
+        "example.com:80",
+        "example.com:8080",
+        "example.com:443",
+        "example.com.",
+    ] {
+        assert_ne!(
+            layer.request_key(&on(other)),
+            layer.request_key(&on("example.com")),
+            "{other}"
+        );
+    }
+    let purged = layer
+        .purge_url(None, "https://example.com:443/plain/port")
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(send(&svc, on("example.com")).await.outcome(), "MISS");
+}

@@ -262,3 +262,39 @@ async fn misses_of_different_variants_do_not_wait_for_each_other() {
     send_all(&processes(4), ["m0", "m1", "m2", "m3"]).await;
     assert_eq!(most(), 4);
 }
+
+/// A burst of misses of a URL whose response is never stored (a `500`): the requests waiting
+/// for their process's leader call the handler side by side once it has answered, without the
+/// lock, as without one. They took the lock in turn, one call after another: 50 requests of a
+/// 200 ms handler took 5.4 s in one process (the lock's wait), 0.4 s without the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_of_a_response_never_stored_do_not_take_the_lock_in_turn() {
+    let redis = RedisServer::start();
+    let under_way = UnderWay::default();
+    let (svc, calls) = app(locked_layer(&redis), {
+        let under_way = under_way.clone();
+        move |_, _req| {
+            let under_way = under_way.clone();
+            async move {
+                let now = under_way.now.fetch_add(1, Ordering::SeqCst) + 1;
+                under_way.most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                under_way.now.fetch_sub(1, Ordering::SeqCst);
+                Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .body(Body::from("down"))
+                    .unwrap()
+            }
+        }
+    });
+    let answers = burst(&[&svc], "/down", 20).await;
+    assert!(answers
+        .iter()
+        .all(|seen| seen.status == StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(calls.get(), 20, "each request calls");
+    let most = under_way.most.load(Ordering::SeqCst);
+    assert!(
+        most > 1,
+        "the waiters' calls one after another (most at once: {most})"
+    );
+}
