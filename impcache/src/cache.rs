@@ -81,6 +81,16 @@ macro_rules! observed {
 /// For the load protocol's reads and writes in `crate::freshness`.
 pub(crate) use observed;
 
+/// What a write of the caller's reached, for `Cache::detach_flights`.
+enum Written<'a> {
+    /// One key (the caller's part, without the prefix and version).
+    Key(&'a str),
+    /// Full keys.
+    Full(&'a [&'a str]),
+    /// A full `delete_pattern` glob.
+    Pattern(&'a str),
+}
+
 /// How many times [`Cache::set_nx`] looks again at a key whose hidden tagged entry changed
 /// under it (another writer's value, or another hidden entry, landed first) before it answers
 /// `false`.
@@ -486,6 +496,41 @@ impl Cache {
         Ok(batch)
     }
 
+    /// Ends, for the calls made from now on, this process's loads in flight (`get_or_set`'s and
+    /// `#[cached]`'s single-flights) of the keys a write of the caller's reached: their waiters,
+    /// who asked before, still get their leaders' answers ([`crate::flight`]: detaching), while
+    /// the caller's next call of such a key loads anew rather than join a load whose store is
+    /// still in progress and be handed the value the write replaced or removed (found by a
+    /// probe: on Redis, a `delete` then a call of the key got the deleted value without a run).
+    ///
+    /// Called once the write is done, failed or not (it may have landed), before the caller is
+    /// answered; not before the write is sent: a load begun meanwhile (by another caller) could
+    /// read the old value before the write lands and hand it to the caller's next call. One
+    /// lock of each table; the keys are copied only while a load is in flight.
+    fn detach_flights(&self, written: Written<'_>) {
+        fn detach_keys(keys: impl Iterator<Item = (usize, String)> + Clone) {
+            crate::freshness::detach_loads(keys.clone());
+            crate::memoize::detach_runs(keys);
+        }
+        // The repository's address, as in the flights' keys (`freshness::job::flight_key`).
+        let repository = Arc::as_ptr(self.repository()) as *const () as usize;
+        match written {
+            Written::Key(key) => {
+                detach_keys(std::iter::once_with(|| (repository, self.make_key(key))))
+            }
+            Written::Full(keys) => {
+                detach_keys(keys.iter().map(|key| (repository, (*key).to_owned())))
+            }
+            Written::Pattern(pattern) => {
+                let reaches = |(at, key): &(usize, String)| {
+                    *at == repository && crate::glob_match(pattern.as_bytes(), key.as_bytes())
+                };
+                crate::freshness::detach_loads_where(reaches);
+                crate::memoize::detach_runs_where(reaches);
+            }
+        }
+    }
+
     /// The bytes at `key`, and the lookup's tally.
     async fn read(&self, key: &str) -> Result<(Option<Bytes>, Tally)> {
         self.check_key(key)?;
@@ -521,8 +566,13 @@ impl Cache {
             let expiry = expire.into().resolve(key)?;
             let bytes = json::encode(key, value)?;
             let tally = Tally::written(bytes.len());
-            let key = self.key_parts(key);
-            self.shared.backend.set(key, bytes, expiry).await?;
+            let stored = self
+                .shared
+                .backend
+                .set(self.key_parts(key), bytes, expiry)
+                .await;
+            self.detach_flights(Written::Key(key));
+            stored?;
             Ok(((), tally))
         })
     }
@@ -563,8 +613,9 @@ impl Cache {
             let expiry = expire.into().resolve(key)?;
             let bytes = json::encode(key, value)?;
             let tally = Tally::written(bytes.len());
-            let stored = self.claim(key, bytes, expiry).await?;
-            Ok((stored, tally))
+            let stored = self.claim(key, bytes, expiry).await;
+            self.detach_flights(Written::Key(key));
+            Ok((stored?, tally))
         })
     }
 
@@ -628,8 +679,11 @@ impl Cache {
             return Ok(0);
         };
         let written = values.iter().map(Bytes::len).sum();
-        let entries: Vec<(&str, Bytes)> = keys.keys().into_iter().zip(values).collect();
-        self.shared.backend.set_many(&entries, expiry).await?;
+        let full = keys.keys();
+        let entries: Vec<(&str, Bytes)> = full.iter().copied().zip(values).collect();
+        let stored = self.shared.backend.set_many(&entries, expiry).await;
+        self.detach_flights(Written::Full(&full));
+        stored?;
         Ok(written)
     }
 
@@ -725,8 +779,9 @@ impl Cache {
     pub async fn delete(&self, key: &str) -> Result<u64> {
         observed!(self, Operation::Delete, Some(key), async {
             self.check_key(key)?;
-            let removed = self.shared.backend.delete(self.key_parts(key)).await?;
-            Ok((removed, Tally::NONE))
+            let removed = self.shared.backend.delete(self.key_parts(key)).await;
+            self.detach_flights(Written::Key(key));
+            Ok((removed?, Tally::NONE))
         })
     }
 
@@ -742,8 +797,9 @@ impl Cache {
             if full.is_empty() {
                 return Ok((0, Tally::NONE));
             }
-            let removed = self.shared.backend.delete_many(&full).await?;
-            Ok((removed, Tally::NONE))
+            let removed = self.shared.backend.delete_many(&full).await;
+            self.detach_flights(Written::Full(&full));
+            Ok((removed?, Tally::NONE))
         })
     }
 
@@ -800,12 +856,9 @@ impl Cache {
                 trace_progress(&progress);
                 on_progress(progress);
             };
-            let removed = self
-                .shared
-                .backend
-                .delete_pattern(&full, &mut report)
-                .await?;
-            Ok((removed, Tally::NONE))
+            let removed = self.shared.backend.delete_pattern(&full, &mut report).await;
+            self.detach_flights(Written::Pattern(&full));
+            Ok((removed?, Tally::NONE))
         })
     }
 
@@ -848,8 +901,13 @@ impl Cache {
             envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.into().resolve(key)?;
             let tally = Tally::written(value.len());
-            let key = self.key_parts(key);
-            self.shared.backend.set(key, value, expiry).await?;
+            let stored = self
+                .shared
+                .backend
+                .set(self.key_parts(key), value, expiry)
+                .await;
+            self.detach_flights(Written::Key(key));
+            stored?;
             Ok(((), tally))
         })
     }
@@ -867,8 +925,9 @@ impl Cache {
             envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.into().resolve(key)?;
             let tally = Tally::written(value.len());
-            let stored = self.claim(key, value, expiry).await?;
-            Ok((stored, tally))
+            let stored = self.claim(key, value, expiry).await;
+            self.detach_flights(Written::Key(key));
+            Ok((stored?, tally))
         })
     }
 }
@@ -942,10 +1001,13 @@ impl Cache {
             if !tags.is_empty() {
                 bytes = envelope::wrap(&bytes, tags.as_slice(), created);
             }
-            self.shared
+            let stored = self
+                .shared
                 .backend
                 .set(self.key_parts(key), bytes, expiry)
-                .await?;
+                .await;
+            self.detach_flights(Written::Key(key));
+            stored?;
             Ok(((), tally))
         })
     }

@@ -28,10 +28,11 @@
 //!   fresh ticket instead (`impcache-tower`). Taking a ticket is one atomic load.
 //! - Waiting can be bounded ([`Waiter::wait`]: [`Wait::TimedOut`]) or not
 //!   ([`Waiter::wait_unbounded`]).
-//! - **Detaching** ([`Flights::detach`], for a purge). The flights of the keys a purge reaches
-//!   leave the table at once: a caller that joins from then on starts a new flight (its own
-//!   computation, begun after the purge), while the detached flights' waiters, who joined before
-//!   it, still get their leader's answer. A detached flight's end counts as any flight's.
+//! - **Detaching** ([`Flights::detach`], for a purge; [`Flights::detach_keys`], for a write of
+//!   some keys). The flights of the keys a purge or a write reaches leave the table at once: a
+//!   caller that joins from then on starts a new flight (its own computation, begun after the
+//!   purge), while the detached flights' waiters, who joined before it, still get their
+//!   leader's answer. A detached flight's end counts as any flight's.
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
@@ -266,6 +267,19 @@ impl<K: Hash + Eq, V> Flights<K, V> {
         let before = table.flights.len();
         table.flights.retain(|key, _| !reaches(key));
         before - table.flights.len()
+    }
+
+    /// Takes the flights of `keys` out of the table, as [`detach`](Flights::detach) does, each
+    /// found by its key (no scan of the table): for a write of those keys. `keys` is not
+    /// iterated when no flight is in progress. Returns how many were detached.
+    pub fn detach_keys(&self, keys: impl IntoIterator<Item = K>) -> usize {
+        let mut table = self.lock();
+        if table.flights.is_empty() {
+            return 0;
+        }
+        keys.into_iter()
+            .filter(|key| table.flights.remove(key).is_some())
+            .count()
     }
 }
 
@@ -601,6 +615,30 @@ mod tests {
         drop(old.guard);
         assert_eq!(flights.in_flight(), 2);
         assert_eq!(flights.ended.load(Ordering::Relaxed), ended.wrapping_add(1));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn detaching_keys_takes_out_only_their_flights() -> Checked {
+        let flights = flights();
+        let ticket = flights.ticket();
+        let old = leader(flights.join("a", ticket), "old leader")?;
+        let _other = leader(flights.join("b", ticket), "other key")?;
+        let keys = ["a", "missing"].map(String::from);
+        assert_eq!(flights.detach_keys(keys), 1);
+        assert_eq!(flights.in_flight(), 1, "the other key's flight stays");
+        let _new = leader(flights.join("a", ticket), "after the detach")?;
+        drop(old);
+        assert_eq!(flights.in_flight(), 2);
+        // Nothing in flight: the keys are not even looked at.
+        let empty = self::flights();
+        let mut looked = false;
+        let keys = std::iter::once_with(|| {
+            looked = true;
+            String::from("a")
+        });
+        assert_eq!(empty.detach_keys(keys), 0);
+        assert!(!looked);
         Ok(())
     }
 

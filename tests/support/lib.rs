@@ -7,6 +7,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test harness: failing loudly is its job
 
 pub mod cluster;
+pub mod late;
 pub mod loader;
 pub mod logs;
 pub mod proxy;

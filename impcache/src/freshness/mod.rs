@@ -17,9 +17,11 @@
 //!   of the caller; the command is sent before the caller is answered, so a write of the key the
 //!   caller makes next lands after it, except when the caller was answered before the loader was
 //!   done: a soft timeout's or stale-while-revalidate's stale answer, an early refresh) and only
-//!   then ends the flight. The loader runs in the caller's `tracing` span, as it would in
-//!   place (the loader only: the span closes once the caller and its loader are done, not the
-//!   store; a background reload runs in no caller's span); a task-local cannot follow it. A dropped caller therefore cancels nothing and strands no one. A
+//!   then ends the flight. A write of the key through a `Cache` (`set`, `delete`, ...: the
+//!   caller's own) detaches the flight once done (`Cache::detach_flights`): a call after it
+//!   loads again rather than be handed the value the write replaced or removed. The loader
+//!   runs in the caller's `tracing` span, as it would in place (the loader only: the span
+//!   closes once the caller and its loader are done, not the store; a background reload runs in no caller's span); a task-local cannot follow it. A dropped caller therefore cancels nothing and strands no one. A
 //!   panicking loader is caught in its task and treated as a failure (below): the flight is
 //!   answered, nothing stays stuck, and the panicking caller gets the stale value or
 //!   [`Error::Loader`](crate::Error::Loader) (`#[cached]` resumes the panic instead).
@@ -85,6 +87,19 @@ mod throttle;
 pub(crate) use job::Origin;
 pub(crate) use load::{get_or_set as load_with, LoadError};
 pub use lock_settings::Lock;
+
+/// Detaches this process's loads in flight of `keys` (each a repository's address and a full
+/// key, as their flights are keyed), for the caller's own write of them
+/// ([`Cache::detach_flights`](crate::Cache)): a call from then on loads anew.
+pub(crate) fn detach_loads(keys: impl IntoIterator<Item = (usize, String)>) {
+    load::FLIGHTS.detach_keys(keys);
+}
+
+/// Detaches this process's loads in flight whose key `reaches` (a `delete_pattern`'s glob),
+/// scanning only the loads in flight.
+pub(crate) fn detach_loads_where(reaches: impl Fn(&(usize, String)) -> bool) {
+    load::FLIGHTS.detach(reaches);
+}
 
 /// The lock's protocol for the HTTP layer (`__private::lock`).
 pub(crate) mod lock_private {

@@ -51,6 +51,19 @@ static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Bytes>>> = LazyLock::new(Arc::de
 /// A leader's handle on its flight.
 type Guard = FlightGuard<FlightKey, Bytes>;
 
+/// Detaches this process's `#[cached]` runs in flight of `keys` (each a repository's address and
+/// a full key, as their flights are keyed), for the caller's own write of them
+/// ([`Cache::detach_flights`](crate::Cache)): a call from then on runs the body anew.
+pub(crate) fn detach_runs(keys: impl IntoIterator<Item = (usize, String)>) {
+    FLIGHTS.detach_keys(keys);
+}
+
+/// Detaches this process's `#[cached]` runs in flight whose key `reaches` (a `delete_pattern`'s
+/// glob), scanning only the runs in flight.
+pub(crate) fn detach_runs_where(reaches: impl Fn(&(usize, String)) -> bool) {
+    FLIGHTS.detach(reaches);
+}
+
 /// The cache a call uses: the function's cache with its version override, if any.
 enum Target<'a> {
     Borrowed(&'a Cache),
@@ -272,8 +285,10 @@ where
 /// the connection ahead of any later command of this process, so the caller's next read
 /// sees it; an in-memory write simply completes), and the rest runs in a tokio task. The
 /// leader's flight stays open until the write has finished, so callers arriving in that
-/// window get the leader's value from memory instead of running the body again. Outside a
-/// tokio runtime the store is awaited in place.
+/// window get the leader's value from memory instead of running the body again (unless the
+/// key is written or deleted by a caller meanwhile: own writes detach the key's flights, see
+/// `Cache::detach_flights`; this store's own write detaches it too, just before its guard
+/// would end it). Outside a tokio runtime the store is awaited in place.
 async fn store(
     cache: Cache,
     key: String,

@@ -8,7 +8,8 @@
 //!   body has, and stored with `SET NX` and the expire in the background (a tokio task): a miss
 //!   costs at most one deadline (its `GET`) plus the body. The key's flight stays open until the
 //!   store has finished, so callers arriving meanwhile get the leader's value without running the
-//!   body. Waiters get the leader's encoded JSON and decode it, so values need not be `Clone` and
+//!   body; a write of the key through a `Cache` (`delete`, `*_invalidate`, `set`, ...) detaches
+//!   it at once, and a call after the write runs the body again. Waiters get the leader's encoded JSON and decode it, so values need not be `Clone` and
 //!   waiters are served even while the cache itself is down.
 //! - **Leader returns `Err`/`None`** (a value that is not cached): each waiter runs its own body,
 //!   concurrently. Errors are never shared between callers.
@@ -38,7 +39,7 @@ mod fresh;
 mod key;
 mod returns;
 
-pub(crate) use call::TARGET;
+pub(crate) use call::{detach_runs, detach_runs_where, TARGET};
 pub use default_cache::{default_cache, set_default_cache, SetDefaultCacheError};
 
 /// Internals the `#[cached]` expansion names. /!\ Not a stable API: may change in any release. /!\
