@@ -7,7 +7,8 @@
 //! stored; that a stale entry stood in for a failed handler (each waiter then serves its own stale
 //! entry: a failing origin is called once per flight, not once per request); "not shareable"
 //! otherwise (they then call the handler themselves, side by side, without the cross-process
-//! lock: `service.rs`, `Coalesced::NotShared`). The leader keeps the flight open until its
+//! lock: `service.rs`, `Coalesced::NotShared`; under the lock, once one more of them has called
+//! through it for the others). The leader keeps the flight open until its
 //! background store has finished, so requests joining in that window are answered from memory.
 //!
 //! **`Vary` variants.** A flight is keyed by the URL until the URL's `Vary` names are known, then

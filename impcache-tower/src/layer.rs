@@ -454,9 +454,11 @@ impl CacheLayer {
     /// lock in turn, so a burst of misses of such a URL in N processes makes N handler calls one
     /// after another, each process waiting for the one before (at most the lock's `wait`), as
     /// nginx's `proxy_cache_lock` serializes them (Varnish's hit-for-miss does not). The
-    /// requests of a process that waited for its leader then call the handler side by side,
-    /// without the lock, as without one. Put the lock on a layer over the routes whose
-    /// responses are stored, not over routes never stored.
+    /// requests of a process that waited for its leader then make one more call between them,
+    /// through the lock (one of them calls, the others wait: a transient `500` costs one call
+    /// more), and after a second answer not for sharing call the handler side by side, without
+    /// the lock, as without one. Put the lock on a layer over the routes whose responses are
+    /// stored, not over routes never stored.
     pub fn lock(self, lock: impcache::Lock) -> Self {
         self.with(|c| c.lock = Some(lock))
     }

@@ -524,11 +524,10 @@ where
 
     // 2b. The cross-process lock (`CacheLayer::lock`): for a call this process leads, with a
     //     stale entry at hand too (as `get_or_set`'s); a background revalidation took it before
-    //     the call. Not for a request whose leader's answer was not for sharing: it calls the
-    //     handler at once, as without the lock (taking the lock in turn, a process's waiters
-    //     made one call after another: 50 requests of a URL answering 500 took 50 calls'
-    //     time), so a burst of such misses in N processes costs N calls one after another, one
-    //     per process's leader, each followed by its waiters' calls side by side.
+    //     the call. Not for a request whose leader's answer was not for sharing, twice (see
+    //     `coalesce`): it calls the handler at once, as without the lock (taking the lock in
+    //     turn, a process's waiters made one call after another: 50 requests of a URL
+    //     answering 500 took 50 calls' time).
     let (locked, fwd) = if revalidation {
         (lock, fwd)
     } else if may_store && !refresh && !head && !unshared {
@@ -1384,6 +1383,8 @@ async fn coalesce(
     // On its own variant's flight once `flight != url` (a variant key extends the URL key):
     // a response of another variant there (its `Vary` changed meanwhile) is not waited past.
     let mut flight = first_flight(config, url, vary, headers);
+    // Whether this request joined again once already behind a leader with nothing to share.
+    let mut retried_unshared = false;
     loop {
         match config.flights.join(flight.as_str(), ticket) {
             Join::Leader(Leader { guard, recheck }) => {
@@ -1457,6 +1458,17 @@ async fn coalesce(
                         }
                         flight = variant_flight(config, url, &published.vary, headers);
                         waiting.on_variant_flight();
+                    }
+                    // Under the cross-process lock, once: the waiters join again, one of them
+                    // calls once more through the lock and the others wait for it, as
+                    // `get_or_set`'s waiters do. A transient failure (one 500, then the origin
+                    // is back) then costs one more call, not one per request (30 calls for 30
+                    // requests: found by a regression probe); a second answer not for sharing
+                    // sends each to the handler side by side, without the lock.
+                    Wait::NotShared if config.lock.is_some() && !retried_unshared => {
+                        retried_unshared = true;
+                        leaders_flight.ended(waiting.left()).await;
+                        ticket = config.flights.ticket();
                     }
                     Wait::NotShared => return Coalesced::NotShared,
                     Wait::TimedOut => return Coalesced::Alone,

@@ -263,9 +263,37 @@ async fn misses_of_different_variants_do_not_wait_for_each_other() {
     assert_eq!(most(), 4);
 }
 
+/// A transient failure under the lock (the first call answers `500`, the origin is back for the
+/// next): the requests waiting for the failed call make one more call between them, through the
+/// lock, and share its stored response. Each called the handler once the first change let them
+/// past the lock (30 calls for 30 requests; found by a regression probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_under_the_lock_costs_one_more_call() {
+    let redis = RedisServer::start();
+    let (svc, calls) = app(locked_layer(&redis), move |n, _req| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = if n == 1 {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        };
+        Response::builder()
+            .status(status)
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    let answers = burst(&[&svc], "/flaky", 20).await;
+    let failed = answers
+        .iter()
+        .filter(|seen| seen.status == StatusCode::INTERNAL_SERVER_ERROR)
+        .count();
+    assert_eq!(failed, 1, "only the first call's own request");
+    assert_eq!(calls.get(), 2, "one more call for all the waiters");
+}
+
 /// A burst of misses of a URL whose response is never stored (a `500`): the requests waiting
-/// for their process's leader call the handler side by side once it has answered, without the
-/// lock, as without one. They took the lock in turn, one call after another: 50 requests of a
+/// for their process's leader call once more through the lock (one of them, the others waiting
+/// for it), then side by side, without the lock, as without one. They took the lock in turn, one call after another: 50 requests of a
 /// 200 ms handler took 5.4 s in one process (the lock's wait), 0.4 s without the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misses_of_a_response_never_stored_do_not_take_the_lock_in_turn() {
