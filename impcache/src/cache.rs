@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::error::{shown, shown_many, Error, Result};
 use crate::expire::{Expire, Expiry};
+use crate::flight;
 use crate::json;
 use crate::key::{full_key, full_pattern, KeyBatch, KeyParts, Version, LOCK_KEY_PART};
 use crate::near::{NearCache, NearCacheStats, NearCacheStatus, Store as NearStore};
@@ -508,25 +509,20 @@ impl Cache {
     /// read the old value before the write lands and hand it to the caller's next call. One
     /// lock of each table; the keys are copied only while a load is in flight.
     fn detach_flights(&self, written: Written<'_>) {
-        fn detach_keys(keys: impl Iterator<Item = (usize, String)> + Clone) {
-            crate::freshness::detach_loads(keys.clone());
-            crate::memoize::detach_runs(keys);
-        }
         // The repository's address, as in the flights' keys (`freshness::job::flight_key`).
         let repository = Arc::as_ptr(self.repository()) as *const () as usize;
         match written {
             Written::Key(key) => {
-                detach_keys(std::iter::once_with(|| (repository, self.make_key(key))))
+                flight::detach_written(std::iter::once_with(|| (repository, self.make_key(key))))
             }
             Written::Full(keys) => {
-                detach_keys(keys.iter().map(|key| (repository, (*key).to_owned())))
+                flight::detach_written(keys.iter().map(|key| (repository, (*key).to_owned())))
             }
             Written::Pattern(pattern) => {
                 let reaches = |(at, key): &(usize, String)| {
                     *at == repository && crate::glob_match(pattern.as_bytes(), key.as_bytes())
                 };
-                crate::freshness::detach_loads_where(reaches);
-                crate::memoize::detach_runs_where(reaches);
+                flight::detach_written_where(reaches);
             }
         }
     }

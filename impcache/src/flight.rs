@@ -356,6 +356,68 @@ impl<V: Clone> Waiter<V> {
     }
 }
 
+/// A flight's key in the load protocols' tables (`get_or_set`'s and `#[cached]`'s): the
+/// repository's address and the full key.
+pub(crate) type RepositoryKey = (usize, String);
+
+/// The load protocols' tables, which a write through a `Cache` detaches its keys from
+/// ([`detach_written`]). Each registers itself when first used ([`keyed_by_repository`]), so
+/// that the cache reaches them without importing the protocols, which import it.
+static WRITTEN: Mutex<Vec<Arc<dyn DetachWritten>>> = Mutex::new(Vec::new());
+
+/// A table that own writes detach keys from, whatever it publishes.
+trait DetachWritten: Send + Sync {
+    fn detach_keys(&self, keys: &mut dyn Iterator<Item = RepositoryKey>);
+    fn detach_reached(&self, reaches: &dyn Fn(&RepositoryKey) -> bool);
+}
+
+impl<V: Send + Sync> DetachWritten for Flights<RepositoryKey, V> {
+    fn detach_keys(&self, keys: &mut dyn Iterator<Item = RepositoryKey>) {
+        Flights::detach_keys(self, keys);
+    }
+
+    fn detach_reached(&self, reaches: &dyn Fn(&RepositoryKey) -> bool) {
+        self.detach(reaches);
+    }
+}
+
+/// A new table of flights keyed by repository and full key, registered for
+/// [`detach_written`].
+pub(crate) fn keyed_by_repository<V: Send + Sync + 'static>() -> Arc<Flights<RepositoryKey, V>> {
+    let table = Arc::new(Flights::default());
+    let registered: Arc<dyn DetachWritten> = table.clone();
+    WRITTEN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(registered);
+    table
+}
+
+/// Detaches the flights of `keys` (written by a caller) from every load protocol's table: a
+/// call from then on loads anew (see the protocol: detaching). `keys` is iterated only for a
+/// table with flights in progress.
+pub(crate) fn detach_written(keys: impl Iterator<Item = RepositoryKey> + Clone) {
+    for table in WRITTEN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        table.detach_keys(&mut keys.clone());
+    }
+}
+
+/// Detaches the flights whose key `reaches` accepts (a `delete_pattern`'s glob) from every
+/// load protocol's table, scanning only the flights in progress.
+pub(crate) fn detach_written_where(reaches: impl Fn(&RepositoryKey) -> bool) {
+    for table in WRITTEN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        table.detach_reached(&reaches);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

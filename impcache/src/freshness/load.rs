@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::lock::{self, Turn};
 use super::policy::{Freshness, LoadSettings, State};
 use crate::error::{shown, Error};
-use crate::flight::{FlightGuard, Flights, Join, Leader, Ticket, Wait, Waiter};
+use crate::flight::{self, FlightGuard, Flights, Join, Leader, Ticket, Wait, Waiter};
 use crate::json;
 use crate::observe::hooks::FlightWait;
 use crate::observe::polling::polled;
@@ -34,7 +34,8 @@ use super::job::{decode, decode_at, load_event, report, FlightKey, Job, Origin};
 use super::throttle;
 
 /// The loads in flight in this process, publishing the value.
-pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> = LazyLock::new(Arc::default);
+pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> =
+    LazyLock::new(flight::keyed_by_repository);
 
 /// A leader's handle on its flight.
 pub(super) type Guard = FlightGuard<FlightKey, Shared>;

@@ -88,19 +88,6 @@ pub(crate) use job::Origin;
 pub(crate) use load::{get_or_set as load_with, LoadError};
 pub use lock_settings::Lock;
 
-/// Detaches this process's loads in flight of `keys` (each a repository's address and a full
-/// key, as their flights are keyed), for the caller's own write of them
-/// ([`Cache::detach_flights`](crate::Cache)): a call from then on loads anew.
-pub(crate) fn detach_loads(keys: impl IntoIterator<Item = (usize, String)>) {
-    load::FLIGHTS.detach_keys(keys);
-}
-
-/// Detaches this process's loads in flight whose key `reaches` (a `delete_pattern`'s glob),
-/// scanning only the loads in flight.
-pub(crate) fn detach_loads_where(reaches: impl Fn(&(usize, String)) -> bool) {
-    load::FLIGHTS.detach(reaches);
-}
-
 /// The lock's protocol for the HTTP layer (`__private::lock`).
 pub(crate) mod lock_private {
     use std::time::Duration;

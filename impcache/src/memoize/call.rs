@@ -12,7 +12,7 @@ use super::codec::Codec;
 use super::returns::Policy;
 use crate::error::{shown, Error};
 use crate::expire::Expire;
-use crate::flight::{FlightGuard, Flights, Join, Leader, Wait};
+use crate::flight::{self, FlightGuard, Flights, Join, Leader, Wait};
 use crate::key::Version;
 use crate::observe::hooks::{CachedFunction, CallOutcome, FlightWait};
 use crate::observe::polling::polled;
@@ -46,23 +46,11 @@ pub(crate) const TARGET: &str = "impcache::cached";
 type FlightKey = (usize, String);
 
 /// The `#[cached]` computations in flight in this process, publishing the value's JSON.
-static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Bytes>>> = LazyLock::new(Arc::default);
+static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Bytes>>> =
+    LazyLock::new(flight::keyed_by_repository);
 
 /// A leader's handle on its flight.
 type Guard = FlightGuard<FlightKey, Bytes>;
-
-/// Detaches this process's `#[cached]` runs in flight of `keys` (each a repository's address and
-/// a full key, as their flights are keyed), for the caller's own write of them
-/// ([`Cache::detach_flights`](crate::Cache)): a call from then on runs the body anew.
-pub(crate) fn detach_runs(keys: impl IntoIterator<Item = (usize, String)>) {
-    FLIGHTS.detach_keys(keys);
-}
-
-/// Detaches this process's `#[cached]` runs in flight whose key `reaches` (a `delete_pattern`'s
-/// glob), scanning only the runs in flight.
-pub(crate) fn detach_runs_where(reaches: impl Fn(&(usize, String)) -> bool) {
-    FLIGHTS.detach(reaches);
-}
 
 /// The cache a call uses: the function's cache with its version override, if any.
 enum Target<'a> {

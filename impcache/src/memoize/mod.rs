@@ -39,7 +39,7 @@ mod fresh;
 mod key;
 mod returns;
 
-pub(crate) use call::{detach_runs, detach_runs_where, TARGET};
+pub(crate) use call::TARGET;
 pub use default_cache::{default_cache, set_default_cache, SetDefaultCacheError};
 
 /// Internals the `#[cached]` expansion names. /!\ Not a stable API: may change in any release. /!\
