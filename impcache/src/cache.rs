@@ -892,17 +892,24 @@ impl Cache {
     /// envelope does (`{"__impcache_tagged__":`) are refused ([`Error::Encode`]): they would
     /// read back as another value.
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
+        self.write_raw(key, value, expire.into(), true).await
+    }
+
+    /// [`set_raw`](Cache::set_raw), detaching the key's flights (`detach`) or not.
+    async fn write_raw(&self, key: &str, value: Bytes, expire: Expire, detach: bool) -> Result<()> {
         observed!(self, Operation::Set, Some(key), async {
             self.check_written_key(key)?;
             envelope::refuse_lookalike(key, &value)?;
-            let expiry = expire.into().resolve(key)?;
+            let expiry = expire.resolve(key)?;
             let tally = Tally::written(value.len());
             let stored = self
                 .shared
                 .backend
                 .set(self.key_parts(key), value, expiry)
                 .await;
-            self.detach_flights(Written::Key(key));
+            if detach {
+                self.detach_flights(Written::Key(key));
+            }
             stored?;
             Ok(((), tally))
         })
@@ -916,15 +923,47 @@ impl Cache {
         value: Bytes,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
+        self.claim_raw(key, value, expire.into(), true).await
+    }
+
+    /// [`set_nx_raw`](Cache::set_nx_raw), detaching the key's flights (`detach`) or not.
+    async fn claim_raw(
+        &self,
+        key: &str,
+        value: Bytes,
+        expire: Expire,
+        detach: bool,
+    ) -> Result<bool> {
         observed!(self, Operation::SetNx, Some(key), async {
             self.check_written_key(key)?;
             envelope::refuse_lookalike(key, &value)?;
-            let expiry = expire.into().resolve(key)?;
+            let expiry = expire.resolve(key)?;
             let tally = Tally::written(value.len());
             let stored = self.claim(key, value, expiry).await;
-            self.detach_flights(Written::Key(key));
+            if detach {
+                self.detach_flights(Written::Key(key));
+            }
             Ok((stored?, tally))
         })
+    }
+
+    /// A `#[cached]` leader's store of its value (`set_raw` when `overwrite`, else
+    /// `set_nx_raw`), which leaves the key's flight alone: that flight is the leader's own, and
+    /// ends once this write has returned, so that callers arriving meanwhile take its value
+    /// (detached by its own write, it let a caller whose `GET` missed just before run the body
+    /// once more: found by a probe).
+    pub(crate) async fn store_loaded_raw(
+        &self,
+        key: &str,
+        value: Bytes,
+        expire: Expire,
+        overwrite: bool,
+    ) -> Result<()> {
+        if overwrite {
+            self.write_raw(key, value, expire, false).await
+        } else {
+            self.claim_raw(key, value, expire, false).await.map(|_| ())
+        }
     }
 }
 
