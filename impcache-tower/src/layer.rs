@@ -457,8 +457,9 @@ impl CacheLayer {
     /// requests of a process that waited for its leader then make one more call between them,
     /// through the lock (one of them calls, the others wait: a transient `500` costs one call
     /// more), and after a second answer not for sharing call the handler side by side, without
-    /// the lock, as without one. Put the lock on a layer over the routes whose responses are
-    /// stored, not over routes never stored.
+    /// the lock, as without one. A request's waits for the lock count from its first wait in
+    /// the process, however many of its calls it waited for: one `wait` in all. Put the lock on
+    /// a layer over the routes whose responses are stored, not over routes never stored.
     pub fn lock(self, lock: impcache::Lock) -> Self {
         self.with(|c| c.lock = Some(lock))
     }

@@ -12,6 +12,8 @@
 //! record's lock, and once the first response names them, a waiter whose variant it is not
 //! moves to its own variant's lock (one wait for another variant's call, not one per variant).
 
+use std::time::Duration;
+
 use impcache::__private::lock::{self, Turn};
 
 use crate::config::Config;
@@ -64,10 +66,15 @@ pub(crate) async fn take(
     (headers, limits): (&http::HeaderMap, &Limits),
     seen: Option<&Seen>,
     revalidates: Option<&Entry>,
+    spent: Duration,
 ) -> Locked {
     let Some(options) = config.lock else {
         return Locked::Call(None);
     };
+    // What is left of the lock's `wait` after `spent` waiting for this process's calls (a
+    // request that joined again behind a response not stored waited out its leader's wait
+    // first: twice the `wait` in all, found by a probe).
+    let options = options.wait(options.wait_duration().saturating_sub(spent));
     let variant = seen.and_then(|seen| variant_key(config, keys, headers, seen));
     let lock_key = variant.as_deref().unwrap_or(keys.record());
     let asks = (headers, limits);

@@ -473,6 +473,9 @@ where
     //    to share): it takes the answer of a GET's flight under way, or calls for itself.
     // Its waits for other requests' calls: one lock timeout in all, across hand-overs.
     let mut waiting = Waiting::new(config.lock_timeout, limits);
+    // Since when this request waits for other calls: the cross-process lock's `wait` is one
+    // allowance from here, however many of this process's calls it waited for first.
+    let coalescing = std::time::Instant::now();
     // Released by a leader whose answer was not for sharing (see `Coalesced::NotShared`).
     let mut unshared = false;
     let guard = if lead.is_some() {
@@ -531,7 +534,9 @@ where
     let (locked, fwd) = if revalidation {
         (lock, fwd)
     } else if may_store && !refresh && !head && !unshared {
-        match crate::lock::take(config, &keys, (&headers, &limits), seen.as_ref(), None).await {
+        let asks = (&headers, &limits);
+        let spent = coalescing.elapsed();
+        match crate::lock::take(config, &keys, asks, seen.as_ref(), None, spent).await {
             Locked::Stored(entry) => {
                 count(LayerOutcome::Hit);
                 return Ok(hit(entry, &headers, false, config, now_ms()));
@@ -1123,7 +1128,9 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
         let (seen, stale) = (miss.seen.as_ref(), miss.stale.as_ref());
         // Nobody's limits: no stored response is handed to a client here.
         let asks = (headers, &Limits::default());
-        let lock = match crate::lock::take(&config, &miss.keys, asks, seen, stale).await {
+        let lock = match crate::lock::take(&config, &miss.keys, asks, seen, stale, Duration::ZERO)
+            .await
+        {
             Locked::Call(lock) | Locked::Refused(lock) => lock,
             Locked::Stored(_) | Locked::Busy => return,
         };
