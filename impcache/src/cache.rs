@@ -892,25 +892,22 @@ impl Cache {
     /// envelope does (`{"__impcache_tagged__":`) are refused ([`Error::Encode`]): they would
     /// read back as another value.
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
-        self.write_raw(key, value, expire.into(), true).await
+        let stored = self.write_raw(key, value, expire.into()).await;
+        self.detach_flights(Written::Key(key));
+        stored
     }
 
-    /// [`set_raw`](Cache::set_raw), detaching the key's flights (`detach`) or not.
-    async fn write_raw(&self, key: &str, value: Bytes, expire: Expire, detach: bool) -> Result<()> {
+    /// [`set_raw`](Cache::set_raw) without ending the key's loads in flight.
+    async fn write_raw(&self, key: &str, value: Bytes, expire: Expire) -> Result<()> {
         observed!(self, Operation::Set, Some(key), async {
             self.check_written_key(key)?;
             envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.resolve(key)?;
             let tally = Tally::written(value.len());
-            let stored = self
-                .shared
+            self.shared
                 .backend
                 .set(self.key_parts(key), value, expiry)
-                .await;
-            if detach {
-                self.detach_flights(Written::Key(key));
-            }
-            stored?;
+                .await?;
             Ok(((), tally))
         })
     }
@@ -923,27 +920,20 @@ impl Cache {
         value: Bytes,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
-        self.claim_raw(key, value, expire.into(), true).await
+        let claimed = self.claim_raw(key, value, expire.into()).await;
+        self.detach_flights(Written::Key(key));
+        claimed
     }
 
-    /// [`set_nx_raw`](Cache::set_nx_raw), detaching the key's flights (`detach`) or not.
-    async fn claim_raw(
-        &self,
-        key: &str,
-        value: Bytes,
-        expire: Expire,
-        detach: bool,
-    ) -> Result<bool> {
+    /// [`set_nx_raw`](Cache::set_nx_raw) without ending the key's loads in flight.
+    async fn claim_raw(&self, key: &str, value: Bytes, expire: Expire) -> Result<bool> {
         observed!(self, Operation::SetNx, Some(key), async {
             self.check_written_key(key)?;
             envelope::refuse_lookalike(key, &value)?;
             let expiry = expire.resolve(key)?;
             let tally = Tally::written(value.len());
-            let stored = self.claim(key, value, expiry).await;
-            if detach {
-                self.detach_flights(Written::Key(key));
-            }
-            Ok((stored?, tally))
+            let stored = self.claim(key, value, expiry).await?;
+            Ok((stored, tally))
         })
     }
 
@@ -960,9 +950,9 @@ impl Cache {
         overwrite: bool,
     ) -> Result<()> {
         if overwrite {
-            self.write_raw(key, value, expire, false).await
+            self.write_raw(key, value, expire).await
         } else {
-            self.claim_raw(key, value, expire, false).await.map(|_| ())
+            self.claim_raw(key, value, expire).await.map(|_| ())
         }
     }
 }

@@ -141,8 +141,8 @@ impl NearCache {
     /// entry weighs its full key, its value and about 384 bytes of bookkeeping (measured: moka's
     /// entry and the near entry's lifetime), and a tagged entry also its kept verdict (128 bytes
     /// and its tags' size: the most the verdict's copy of a call's tags may take), so the bound
-    /// holds for the process's memory, small entries included. The fail-safe copies ([`fail_safe`](NearCache::fail_safe)) have a bound
-    /// of the same size of their own.
+    /// holds for the process's memory, small entries included. The fail-safe copies
+    /// ([`fail_safe`](NearCache::fail_safe)) have a bound of the same size of their own.
     pub fn max_capacity_bytes(mut self, bytes: u64) -> Self {
         self.max_capacity_bytes = bytes;
         self
