@@ -164,8 +164,6 @@ pub(crate) struct Plan {
     /// Indices into `args` of the `{name}_invalidate` companion's arguments: the key arguments
     /// and any argument the `cache` expression names.
     pub(crate) invalidate_args: Vec<usize>,
-    /// Their types, as `{name}_invalidate` writes them (see [`crate::generics::companion`]).
-    pub(crate) invalidate_types: Vec<TokenStream>,
     /// The generics of `{name}_invalidate`: those its arguments need.
     pub(crate) invalidate_generics: Generics,
     /// Tags (issue 16): `Some` (the templates of `tags`, possibly none) when the function's
@@ -178,8 +176,6 @@ pub(crate) struct Plan {
     /// Indices into `args` of `{name}_invalidate_all`'s arguments: those the `cache` expression
     /// names.
     pub(crate) invalidate_all_args: Vec<usize>,
-    /// Their types, as `{name}_invalidate_all` writes them.
-    pub(crate) invalidate_all_types: Vec<TokenStream>,
     /// The generics of `{name}_invalidate_all`: those its arguments need.
     pub(crate) invalidate_all_generics: Generics,
 }
@@ -222,15 +218,20 @@ impl Plan {
                 key_args.contains(i) || cache_mentions.contains(&plan_args[*i].name.to_string())
             })
             .collect();
-        let companion = |args: &[usize]| {
-            let types: Vec<&Type> = args.iter().map(|&i| &plan_args[i].ty).collect();
-            crate::generics::companion(&func.sig.generics, &types)
-        };
-        let (invalidate_generics, invalidate_types) = companion(&invalidate_args);
+        let invalidate_types: TokenStream = invalidate_args
+            .iter()
+            .map(|&i| plan_args[i].ty.to_token_stream())
+            .collect();
+        let invalidate_generics = crate::generics::filter(&func.sig.generics, invalidate_types);
         let invalidate_all_args: Vec<usize> = (0..plan_args.len())
             .filter(|i| cache_mentions.contains(&plan_args[*i].name.to_string()))
             .collect();
-        let (invalidate_all_generics, invalidate_all_types) = companion(&invalidate_all_args);
+        let invalidate_all_types: TokenStream = invalidate_all_args
+            .iter()
+            .map(|&i| plan_args[i].ty.to_token_stream())
+            .collect();
+        let invalidate_all_generics =
+            crate::generics::filter(&func.sig.generics, invalidate_all_types);
 
         let Args {
             expire,
@@ -256,12 +257,10 @@ impl Plan {
             policy,
             check_not_in_trait_impl,
             invalidate_args,
-            invalidate_types,
             invalidate_generics,
             tags,
             tags_from,
             invalidate_all_args,
-            invalidate_all_types,
             invalidate_all_generics,
         })
     }
