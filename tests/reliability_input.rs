@@ -46,6 +46,23 @@ fn malformed_dsns_are_refused_with_a_reason_and_without_the_password() {
         ("redis+unix:///", "socket path"),
         ("redis://user:hunter2@host with space/0", "URL"),
         ("redis://user:hunter2@127.0.0.1:0/0", "port 0"),
+        // A query parameter neither impcache nor redis-py reads: a mistyped password was
+        // silently not sent, every call refused with NOAUTH at run time (found by a probe).
+        (
+            "redis://127.0.0.1:1/0?pwd=hunter2",
+            "`pwd` (did you mean `password`?)",
+        ),
+        (
+            "redis://127.0.0.1:1/0?passwd=hunter2",
+            "`passwd` (did you mean `password`?)",
+        ),
+        (
+            "redis://127.0.0.1:1/0?Password=hunter2",
+            "did you mean `password`?",
+        ),
+        ("redis://127.0.0.1:1/0?dB=3", "`dB` (did you mean `db`?)"),
+        ("unix:///tmp/r.sock?pwd=hunter2", "unknown query parameter"),
+        ("redis://127.0.0.1:1/0?x=1", "unknown query parameter `x`"),
     ];
     for (dsn, expected) in cases {
         let error = RedisCacheRepository::new(dsn).unwrap_err();
@@ -66,6 +83,9 @@ fn malformed_dsns_are_refused_with_a_reason_and_without_the_password() {
         }
         assert!(!error.is_backend_failure());
     }
+    // Line breaks in a DSN are escaped in its message, as keys' are (one was shown raw).
+    let error = RedisCacheRepository::new("redis://127.0.0.1:1/0\nINFO forged").unwrap_err();
+    assert!(error.to_string().contains("0\\nINFO forged"), "{error}");
 }
 
 /// Settings under which nothing could work are refused when the repository is built, naming
@@ -109,6 +129,11 @@ fn well_formed_dsns_are_accepted_without_connecting() {
         "redis://127.0.0.1:1/?db=3",
         "unix:///tmp/nothing-here.sock",
         "redis+unix:///tmp/nothing-here.sock?db=2",
+        // The `redis` crate's protocol, and redis-py's connection options (ignored), so that
+        // one DSN serves both languages.
+        "redis://127.0.0.1:1/0?protocol=resp3",
+        "redis://127.0.0.1:1/0?socket_timeout=5&socket_connect_timeout=1&health_check_interval=10",
+        "redis://127.0.0.1:1/0?max_connections=50&retry_on_timeout=true&client_name=web",
     ] {
         let repository = RedisCacheRepository::new(dsn).unwrap_or_else(|e| panic!("{dsn}: {e}"));
         assert!(!format!("{repository:?}").contains("hunter2"));
@@ -235,9 +260,11 @@ async fn bad_input_is_refused(repository: Arc<dyn CacheRepository>, keys: impl F
     assert!(matches!(error, Error::Encode { .. }), "{error:?}");
 
     // A key holding control characters: escaped in messages (as Rust writes them), so that it
-    // cannot forge a log line or a terminal escape; other characters are shown as they are.
-    let hostile = "a`\nWARN forged\r\u{1b}[31m\u{85}é`";
-    let shown = "a`\\nWARN forged\\r\\u{1b}[31m\\u{85}é`";
+    // cannot forge a log line or a terminal escape; the line and paragraph separators and the
+    // bidi overrides too (they were shown raw: found by a probe); other characters, a combining
+    // mark included, are shown as they are.
+    let hostile = "a`\nWARN forged\r\u{1b}[31m\u{85}\u{2028}\u{2029}\u{202e}e\u{301}é`";
+    let shown = "a`\\nWARN forged\\r\\u{1b}[31m\\u{85}\\u{2028}\\u{2029}\\u{202e}e\u{301}é`";
     let long = format!("{hostile}{}", "k".repeat(300));
     for (result, expected) in [
         (
@@ -253,7 +280,7 @@ async fn bad_input_is_refused(repository: Arc<dyn CacheRepository>, keys: impl F
             "{message:?} should show {expected:?}"
         );
         assert!(
-            !message.contains(['\n', '\r', '\u{1b}', '\u{85}']),
+            !message.contains(['\n', '\r', '\u{1b}', '\u{85}', '\u{2028}', '\u{2029}', '\u{202e}']),
             "{message:?}"
         );
     }

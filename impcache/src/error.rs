@@ -343,26 +343,37 @@ impl From<Error> for std::io::Error {
 const SHOWN_KEY_CHARS: usize = 200;
 
 /// A key as it appears in error messages: shortened when long, so a 1 MiB key does not make a
-/// 1 MiB log line, and with its control characters escaped as Rust writes them (`\n`,
-/// `\u{1b}`), so a key cannot forge log lines or terminal escapes; other characters, unicode
-/// included, are shown as they are.
+/// 1 MiB log line, and [`escaped`].
 pub(crate) fn shown(key: &str) -> String {
-    let (head, cut) = match key.char_indices().nth(SHOWN_KEY_CHARS) {
-        None => (key, false),
-        Some((cut, _)) => (&key[..cut], true),
-    };
-    let mut shown = String::with_capacity(head.len());
-    for c in head.chars() {
-        if c.is_control() {
+    match key.char_indices().nth(SHOWN_KEY_CHARS) {
+        None => escaped(key),
+        Some((cut, _)) => format!("{}… ({} bytes)", escaped(&key[..cut]), key.len()),
+    }
+}
+
+/// `text` with its unprintable characters escaped as Rust writes them (`\n`, `\u{1b}`,
+/// `\u{202e}`), so that it cannot forge log lines, terminal escapes or reordered text: control
+/// characters, and those `str::escape_debug` escapes (format characters such as the bidi
+/// overrides, the line and paragraph separators U+2028/9, unassigned code points). Other
+/// characters, combining marks included, are shown as they are.
+pub(crate) fn escaped(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || unprintable(c) {
             shown.extend(c.escape_debug());
         } else {
             shown.push(c);
         }
     }
-    if cut {
-        shown.push_str(&format!("… ({} bytes)", key.len()));
-    }
     shown
+}
+
+/// Whether std's tables call `c` unprintable. They are not public: `str::escape_debug` escapes
+/// such a character wherever it is, but a combining mark only first in the string, and ASCII
+/// quotes and backslashes always, so `c` is asked about after a letter, and ASCII is left out.
+fn unprintable(c: char) -> bool {
+    // Error messages only: the allocation does not matter.
+    !c.is_ascii() && format!("a{c}").escape_debug().nth(1) == Some('\\')
 }
 
 /// The keys of a multi-key operation as they appear in error messages.

@@ -82,7 +82,7 @@ fn redact_as_url(dsn: &str) -> Option<String> {
 }
 
 /// `dsn` with the value of each query parameter that may hold a password
-/// ([`is_password_name`]; up to the next `&` or `#`) replaced by `***`.
+/// ([`may_hold_a_password`]; up to the next `&` or `#`) replaced by `***`.
 fn hide_query_passwords(dsn: &str) -> String {
     let mut hidden = String::with_capacity(dsn.len());
     let mut rest = dsn;
@@ -94,7 +94,7 @@ fn hide_query_passwords(dsn: &str) -> String {
         let Some((name, _value)) = param[..end].split_once('=') else {
             continue;
         };
-        if is_password_name(name) {
+        if may_hold_a_password(name) {
             hidden.push_str(name);
             hidden.push_str("=***");
             rest = &param[end..];
@@ -105,18 +105,80 @@ fn hide_query_passwords(dsn: &str) -> String {
 }
 
 /// Whether a query parameter written `name` (percent-encoded or not, in any case) may hold a
-/// password: what it decodes to starts with `pass` (`password` and `pass`, which are sent;
-/// `passwd`, `Password`, which are not, hidden all the same). Decoded as the credentials are
-/// read ([`query_credentials`]): `pass%77ord` is `password`, and was sent but shown.
-fn is_password_name(name: &str) -> bool {
+/// password: any but the known names ([`known_query_parameter`]) other than `password` and
+/// `pass`, decoded as the credentials are read ([`query_credentials`]): `pass%77ord` is
+/// `password`, and was sent but shown; `pwd=`, refused as unknown, was shown in the refusal
+/// (found by probes).
+fn may_hold_a_password(name: &str) -> bool {
     // Without the tabs and line breaks the URL parser removes (`p\tassword` is `password`).
     let name: String = name
         .chars()
         .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
         .collect();
-    url::form_urlencoded::parse(name.as_bytes())
+    !url::form_urlencoded::parse(name.as_bytes())
         .next()
-        .is_some_and(|(decoded, _)| decoded.to_ascii_lowercase().starts_with("pass"))
+        .is_some_and(|(decoded, _)| {
+            known_query_parameter(&decoded) && !matches!(decoded.as_ref(), "password" | "pass")
+        })
+}
+
+/// The query parameters impcache reads: the database, the login (as redis-py reads them, and
+/// `user=` / `pass=` as the `redis` crate does) and the `redis` crate's `protocol`.
+const READ_QUERY_PARAMETERS: &[&str] = &["db", "password", "pass", "username", "user", "protocol"];
+
+/// redis-py's connection options, accepted so that one DSN serves both languages, and ignored:
+/// impcache has its own connect timeout, deadline and connection handling.
+const REDIS_PY_QUERY_PARAMETERS: &[&str] = &[
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "health_check_interval",
+    "max_connections",
+    "retry_on_timeout",
+    "timeout",
+    "readonly",
+    "client_name",
+    "decode_responses",
+    "encoding",
+    "encoding_errors",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+];
+
+/// Whether impcache reads or accepts the query parameter `name`.
+fn known_query_parameter(name: &str) -> bool {
+    READ_QUERY_PARAMETERS.contains(&name) || REDIS_PY_QUERY_PARAMETERS.contains(&name)
+}
+
+/// Refuses a query parameter that neither impcache nor redis-py reads: a typo (`passwd=`, `dB=`)
+/// was silently ignored, the password not sent and every call refused with `NOAUTH` at run time
+/// (found by a probe), as redis-py refuses it.
+fn check_query_names(dsn: &str, url: &url::Url) -> Result<()> {
+    for (name, _) in url.query_pairs() {
+        let name = name.as_ref();
+        if known_query_parameter(name) {
+            continue;
+        }
+        let hint = READ_QUERY_PARAMETERS
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(name))
+            .copied()
+            .or_else(|| {
+                let lower = name.to_ascii_lowercase();
+                (lower.starts_with("pass") || lower == "pwd").then_some("password")
+            })
+            .map(|known| format!(" (did you mean `{known}`?)"))
+            .unwrap_or_default();
+        return Err(invalid(dsn)(format!(
+            "unknown query parameter `{}`{hint}; impcache reads `db`, `password`, `username` \
+             and `protocol` (and redis-py's connection options, ignored)",
+            crate::error::escaped(name)
+        )));
+    }
+    Ok(())
 }
 
 /// Each DSN redacted, joined with `, `: how a list of addresses appears in an error.
@@ -261,7 +323,7 @@ pub(crate) fn cluster_node(dsn: &str) -> Result<redis::ConnectionInfo> {
 /// The [`Error::InvalidDsn`] for `dsn` (redacted) and a reason.
 fn invalid(dsn: &str) -> impl Fn(String) -> Error + '_ {
     move |reason| Error::InvalidDsn {
-        dsn: redact(dsn),
+        dsn: crate::error::escaped(&redact(dsn)),
         reason,
     }
 }
@@ -322,6 +384,7 @@ fn check_db(dsn: &str, db: &str) -> Result<u16> {
 /// The `redis` crate's reading of a checked `dsn` (parsed as `url`), its errors without the
 /// password, with the user name and password of the query applied ([`query_credentials`]).
 fn connection_info(dsn: &str, url: &url::Url) -> Result<redis::ConnectionInfo> {
+    check_query_names(dsn, url)?;
     let info = redis::IntoConnectionInfo::into_connection_info(dsn)
         .map_err(|e| invalid(dsn)(scrub(&e.to_string(), &[dsn])))?;
     let mut settings = info.redis_settings().clone();
@@ -427,6 +490,11 @@ mod tests {
             "redis://h:1/0?Password=***&PASS=***&passwd=***&db=1"
         );
         assert_eq!(redact("redis://h:1/0?db=1&x"), "redis://h:1/0?db=1&x");
+        // Any parameter not known to hold no secret (`pwd=` was shown).
+        assert_eq!(
+            redact("redis://h:1/0?pwd=s3cret&protocol=3&timeout=2"),
+            "redis://h:1/0?pwd=***&protocol=3&timeout=2"
+        );
         // A userinfo password holding what looks like a query parameter; a name with a tab.
         assert_eq!(
             redact("redis://alice:Tr0ub&passw0rd=1@127.0.0.1:6379/0"),
