@@ -106,11 +106,10 @@ impl Pending {
         let mut urls = vec![self.path_and_query.clone()];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             for value in headers.get_all(name) {
-                let target = value
-                    .to_str()
-                    .ok()
-                    .and_then(|reference| self.same_host_target(reference));
-                if let Some(target) = target {
+                let Ok(reference) = value.to_str() else {
+                    continue;
+                };
+                for target in self.same_host_targets(reference) {
                     if !urls.contains(&target) {
                         urls.push(target);
                     }
@@ -120,18 +119,45 @@ impl Pending {
         urls
     }
 
-    /// The path and query `reference` names, resolved against the request's URL (RFC 3986 §5,
-    /// as browsers do), when it is on the request's host (same host name and port; the scheme is
-    /// not part of a key); `None` for another host or an unusable reference.
-    fn same_host_target(&self, reference: &str) -> Option<String> {
+    /// The spellings of the path and query `reference` names, resolved against the request's
+    /// URL (RFC 3986 §5, as browsers do), when it is on the request's host (same host name and
+    /// port; the scheme is not part of a key); none for another host or an unusable reference.
+    ///
+    /// Keys are made of the request target as sent, and `url` percent-encodes some characters
+    /// as it resolves (`'` in a query, `{ } "` in a path): the target comes as `url` spells it
+    /// (what a client following the reference sends), then as the reference spells it (`'` kept
+    /// as `'`, `%27` as `%27`) when that differs.
+    fn same_host_targets(&self, reference: &str) -> Vec<String> {
+        let reference = reference.trim();
+        let Some(encoded) = self.resolve(&self.path_and_query, reference) else {
+            return Vec::new();
+        };
+        // `url` never encodes a `%`: with every `%` escaped as `%25` first, each `%XX` of the
+        // result is one `url` added or an escaped `%`, and decoding them all gives back the
+        // reference's own spelling.
+        let escape = |s: &str| s.replace('%', "%25");
+        let literal = self
+            .resolve(&escape(&self.path_and_query), &escape(reference))
+            .and_then(|target| {
+                let decoded = percent_encoding::percent_decode_str(&target).decode_utf8();
+                decoded.ok().map(|decoded| decoded.into_owned())
+            });
+        match literal {
+            Some(literal) if literal != encoded => vec![encoded, literal],
+            _ => vec![encoded],
+        }
+    }
+
+    /// The path and query of `reference` resolved against this request's host and
+    /// `path_and_query`, by `url` (which percent-encodes as it parses), when on the same host.
+    fn resolve(&self, path_and_query: &str, reference: &str) -> Option<String> {
         let host = self.host.as_deref().filter(|h| !h.is_empty());
         let base = url::Url::parse(&format!(
-            "http://{}{}",
-            host.unwrap_or(NO_HOST),
-            self.path_and_query
+            "http://{}{path_and_query}",
+            host.unwrap_or(NO_HOST)
         ))
         .ok()?;
-        let target = base.join(reference.trim()).ok()?;
+        let target = base.join(reference).ok()?;
         let same_host = matches!(target.scheme(), "http" | "https")
             && target.host_str() == base.host_str()
             && target.port() == base.port();
@@ -364,19 +390,19 @@ mod tests {
     #[test]
     fn references_resolve_against_the_request_url() {
         let p = pending(Some("Example.com"), "/users/1/edit?x=1");
-        let target = |r: &str| p.same_host_target(r);
-        assert_eq!(target("/users/1").as_deref(), Some("/users/1"));
-        assert_eq!(target("profile").as_deref(), Some("/users/1/profile"));
-        assert_eq!(target("../2?tab=a#top").as_deref(), Some("/users/2?tab=a"));
-        assert_eq!(target("?y=2").as_deref(), Some("/users/1/edit?y=2"));
-        assert_eq!(target("").as_deref(), Some("/users/1/edit?x=1"));
+        let target = |r: &str| p.same_host_targets(r);
+        assert_eq!(target("/users/1"), ["/users/1"]);
+        assert_eq!(target("profile"), ["/users/1/profile"]);
+        assert_eq!(target("../2?tab=a#top"), ["/users/2?tab=a"]);
+        assert_eq!(target("?y=2"), ["/users/1/edit?y=2"]);
+        assert_eq!(target(""), ["/users/1/edit?x=1"]);
         assert_eq!(
-            target("http://example.com/a").as_deref(),
-            Some("/a"),
+            target("http://example.com/a"),
+            ["/a"],
             "the same host, absolute"
         );
-        assert_eq!(target("https://EXAMPLE.com:443/a").as_deref(), Some("/a"));
-        assert_eq!(target("//example.com/b").as_deref(), Some("/b"));
+        assert_eq!(target("https://EXAMPLE.com:443/a"), ["/a"]);
+        assert_eq!(target("//example.com/b"), ["/b"]);
         for other in [
             "http://other.com/a",
             "//other.com/a",
@@ -386,19 +412,46 @@ mod tests {
             "ftp://example.com/a",
             "http://[::1",
         ] {
-            assert_eq!(target(other), None, "{other}");
+            assert!(target(other).is_empty(), "{other}");
         }
         // A port in `Host` must match.
         let p = pending(Some("example.com:8080"), "/a");
-        assert_eq!(p.same_host_target("/b").as_deref(), Some("/b"));
-        assert_eq!(
-            p.same_host_target("http://example.com:8080/c").as_deref(),
-            Some("/c")
-        );
-        assert_eq!(p.same_host_target("http://example.com/c"), None);
+        assert_eq!(p.same_host_targets("/b"), ["/b"]);
+        assert_eq!(p.same_host_targets("http://example.com:8080/c"), ["/c"]);
+        assert!(p.same_host_targets("http://example.com/c").is_empty());
         // No host: only relative references are on it.
         let p = pending(None, "/a/b");
-        assert_eq!(p.same_host_target("c").as_deref(), Some("/a/c"));
-        assert_eq!(p.same_host_target("http://example.com/c"), None);
+        assert_eq!(p.same_host_targets("c"), ["/a/c"]);
+        assert!(p.same_host_targets("http://example.com/c").is_empty());
+    }
+
+    /// Characters `url` percent-encodes as it resolves: the target as it spells it, and as the
+    /// reference (and the request's URL, for what the reference keeps of it) spell it.
+    #[test]
+    fn a_reference_is_also_resolved_as_spelled() {
+        let p = pending(Some("example.com"), "/q\"x/{id}?name=O'Brien");
+        let target = |r: &str| p.same_host_targets(r);
+        assert_eq!(
+            target("/s?name=O'Brien"),
+            ["/s?name=O%27Brien", "/s?name=O'Brien"]
+        );
+        assert_eq!(target("/a{b}"), ["/a%7Bb%7D", "/a{b}"]);
+        assert_eq!(target("http://example.com/q\"x"), ["/q%22x", "/q\"x"]);
+        assert_eq!(target("../{c}/d"), ["/%7Bc%7D/d", "/{c}/d"]);
+        assert_eq!(target("e"), ["/q%22x/e", "/q\"x/e"]);
+        assert_eq!(
+            target(""),
+            ["/q%22x/%7Bid%7D?name=O%27Brien", "/q\"x/{id}?name=O'Brien"],
+            "the request's own URL"
+        );
+        // Already encoded, or nothing to encode: one spelling, as sent.
+        assert_eq!(
+            target("/p/%7Bid%7D?q=a%20b&r=%27"),
+            ["/p/%7Bid%7D?q=a%20b&r=%27"]
+        );
+        assert_eq!(target("/s?b=2&a=1"), ["/s?b=2&a=1"]);
+        // `%25` stays `%25`; a `%` without two hex digits stays as sent.
+        assert_eq!(target("/a%25b{"), ["/a%25b%7B", "/a%25b{"]);
+        assert_eq!(target("/100%"), ["/100%"]);
     }
 }

@@ -97,7 +97,8 @@ impl CacheLayer {
     /// handler call (a coalesced flight, another process holding the [`lock`](Self::lock))
     /// hands it over (such a request calls the handler at once, without waiting for the lock's
     /// holder: its answer would be refused as well); `only-if-cached` answers `504 Gateway Timeout` (`detail=only-if-cached`)
-    /// whenever the handler would be called.
+    /// whenever the handler would be called, a bypassed request's (credentials, `Range`,
+    /// `no-store`, …: `fwd=bypass`; a method not stored: `fwd=method`) included.
     ///
     /// A request with `max-age` or `min-fresh` asks for a fresh response (RFC 9111 §5.2.1.1,
     /// §5.2.1.3): it is not served stale from a [stale-while-revalidate

@@ -284,7 +284,13 @@ where
         // rather than the handler (RFC 9111 §5.2.1.7).
         if limits.only_if_cached {
             counted.count(LayerOutcome::Miss);
-            return Ok(gateway_timeout(config, fwd, "only-if-cached"));
+            let detail = Some("only-if-cached");
+            let outcome = Outcome::Miss {
+                fwd,
+                stored: false,
+                detail,
+            };
+            return Ok(gateway_timeout(config, outcome));
         }
         // A failed lookup is an `error` whatever follows; otherwise counted by `forward`, once
         // the request is answered from a flight's leader or another process (`hit`) or goes to
@@ -321,7 +327,7 @@ where
 }
 
 /// A request the cache does not answer (`Cache-Control: no-store`, a method it does not cache, …):
-/// the handler's response, marked.
+/// the handler's response, marked (a `504` for an honoured `only-if-cached`).
 async fn bypass<S, ReqBody, ResBody>(
     config: &Config,
     mut inner: S,
@@ -338,6 +344,14 @@ where
     } else {
         "bypass"
     };
+    // `only-if-cached` (honoured request directives): a bypassed request has no stored response
+    // to answer it, so a 504 rather than the handler, as on a miss (RFC 9111 §5.2.1.7).
+    if config.honor_request_cache_control
+        && policy::CacheControl::parse(request.headers()).only_if_cached
+    {
+        let detail = "only-if-cached";
+        return Ok(gateway_timeout(config, Outcome::Bypass { fwd, detail }));
+    }
     let invalidation = invalidate::Pending::of(config, &request);
     let mut response = inner.call(request).await?.map(ResponseBody::inner);
     if let Some(invalidation) = invalidation {
@@ -621,7 +635,13 @@ where
                 }
                 let url = config.logged(url);
                 tracing::warn!(target: "impcache_tower", url, ?limit, "the handler timed out (hard timeout): 504");
-                return Ok(gateway_timeout(config, fwd, "handler-timeout"));
+                let detail = Some("handler-timeout");
+                let outcome = Outcome::Miss {
+                    fwd,
+                    stored: false,
+                    detail,
+                };
+                return Ok(gateway_timeout(config, outcome));
             }
         },
         None => inner.call(request).await,
@@ -1051,20 +1071,12 @@ where
     }
 }
 
-/// The answer to a request whose handler exceeded the hard timeout with no stale entry to stand
-/// in: `504 Gateway Timeout`, never stored.
-fn gateway_timeout<B>(
-    config: &Config,
-    fwd: &'static str,
-    detail: &'static str,
-) -> Response<ResponseBody<B>> {
+/// `504 Gateway Timeout`, never stored, marked with `outcome`: the answer to a request whose
+/// handler exceeded the hard timeout with no stale entry to stand in, or to an honoured
+/// `only-if-cached` that no stored response answers (a miss, a bypassed request).
+fn gateway_timeout<B>(config: &Config, outcome: Outcome) -> Response<ResponseBody<B>> {
     let mut response = Response::new(ResponseBody::full(Bytes::new()));
     *response.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
-    let outcome = Outcome::Miss {
-        fwd,
-        stored: false,
-        detail: Some(detail),
-    };
     mark(&mut response, config.status_header, outcome);
     response
 }

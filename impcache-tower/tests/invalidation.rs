@@ -313,6 +313,44 @@ async fn location_and_content_location_on_the_same_host_are_invalidated() {
     assert_eq!(send(&svc, other_host()).await.outcome(), "HIT");
 }
 
+/// A `Location` / `Content-Location` that names a stored URL as its client spells it
+/// invalidates it, also when `url` percent-encodes some of its characters as it resolves the
+/// reference (`'` in a query, `{ } "` in a path): keys are made of the request target as sent.
+/// References already encoded, or relative ones, are invalidated as before.
+#[tokio::test]
+async fn location_spelled_as_the_stored_url_invalidates_it() {
+    let cases = [
+        ("/s?name=O'Brien", "/s?name=O'Brien"),
+        ("/a{b}", "/a{b}"),
+        ("/q\"x", "/q\"x"),
+        ("/plain/{c}?q='1'", "plain/{c}?q='1'"),
+        ("/a{b}/d", "http://example.com/a{b}/./d"),
+        ("/s?q=a%20b", "/s?q=a%20b"),
+        ("/p/%7Bid%7D", "/p/%7Bid%7D"),
+    ];
+    for (round, (stored, reference)) in cases.into_iter().enumerate() {
+        for field in ["x-location", "x-content-location"] {
+            // A namespace per round: the stores of the previous round's misses run in the
+            // background.
+            let layer = CacheLayer::new(memory_cache()).namespace(format!("{round}{field}"));
+            let (svc, _) = service(layer.clone());
+            store_all(&svc, &[stored, "/a{b}c"]).await;
+            let headers = [("x-status", "201"), (field, reference)];
+            send(&svc, request("POST", "/collection", &headers)).await;
+            assert_eq!(
+                outcomes(&svc, stored).await,
+                ("MISS", "MISS"),
+                "{field}: {reference}"
+            );
+            assert_eq!(
+                outcomes(&svc, "/a{b}c").await,
+                ("HIT", "HIT"),
+                "{reference}"
+            );
+        }
+    }
+}
+
 /// A layer over `redis` for the healthy paths: a deadline no loaded CI machine reaches, so a slow
 /// moment fails no request (those tests count misses and calls, not time).
 fn redis_layer(redis: &RedisServer) -> CacheLayer {

@@ -511,6 +511,61 @@ async fn honoured_request_directives_limit_what_a_stored_response_answers() {
     assert_eq!((absent.status, calls.get()), (StatusCode::OK, 1));
 }
 
+/// `only-if-cached` on a request the layer bypasses (credentials, `Range`, `no-store`, a method
+/// it does not store): no stored response answers it, so a `504` without a handler call, as on a
+/// miss (RFC 9111 §5.2.1.7), marked as bypassed; only when request directives are honoured.
+#[tokio::test]
+async fn only_if_cached_answers_504_for_a_bypassed_request() {
+    let honouring = layer()
+        .honor_request_cache_control(true)
+        .status_header(StatusHeader::Both);
+    let (svc, calls) = counting(honouring);
+    let only_if_cached = ("cache-control", "only-if-cached");
+    for (method, headers, fwd) in [
+        (
+            "GET",
+            [("authorization", "Bearer x"), only_if_cached],
+            "bypass",
+        ),
+        ("GET", [("cookie", "s=1"), only_if_cached], "bypass"),
+        ("GET", [("range", "bytes=0-1"), only_if_cached], "bypass"),
+        (
+            "GET",
+            [
+                ("x-any", "1"),
+                ("cache-control", "no-store, only-if-cached"),
+            ],
+            "bypass",
+        ),
+        ("POST", [("x-any", "1"), only_if_cached], "method"),
+    ] {
+        let seen = send(&svc, request(method, "/b", &headers)).await;
+        let status = format!("impcache; fwd={fwd}; detail=only-if-cached");
+        assert_eq!(
+            (
+                seen.status,
+                seen.header("cache-status"),
+                seen.header("x-cache")
+            ),
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                Some(status.as_str()),
+                Some("BYPASS")
+            ),
+            "{method} {headers:?}"
+        );
+    }
+    assert_eq!(calls.get(), 0);
+    // Not honoured (the default): the handler answers.
+    let (svc, calls) = counting(layer());
+    let headers = [("authorization", "Bearer x"), only_if_cached];
+    let seen = send(&svc, request("GET", "/b", &headers)).await;
+    assert_eq!(
+        (seen.status, seen.outcome(), calls.get()),
+        (StatusCode::OK, "BYPASS", 1)
+    );
+}
+
 /// The request's limits bind every stored response handed to it, not only its lookup's: the
 /// response a flight publishes (its store lands while the next request looks up), the second
 /// look of a new leader, and what the cross-process lock's read finds. Back-to-back
