@@ -16,10 +16,15 @@ pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     let plan = match syn::parse2::<ItemFn>(item.clone()) {
         Ok(func) => Plan::new(args, func, &mut errors),
         Err(_) => {
-            errors.push(syn::Error::new(
-                Span::call_site(),
-                "the `#[cached]` attribute applies to `async fn` items",
-            ));
+            // A method declared without a body (a trait's required method) is an `async fn` too.
+            let message = match syn::parse2::<syn::TraitItemFn>(item.clone()) {
+                Ok(declared) if declared.default.is_none() => {
+                    "the `#[cached]` attribute needs the function's body: it cannot be used on a \
+                     method declared without one"
+                }
+                _ => "the `#[cached]` attribute applies to `async fn` items",
+            };
+            errors.push(syn::Error::new(Span::call_site(), message));
             None
         }
     };

@@ -577,7 +577,8 @@ fn returns(args: &Args, func: &ItemFn, errors: &mut Errors) -> (Type, Type, Poli
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
     };
-    if contains_impl_trait(&ret) {
+    // Not for a `fn` returning `impl Future`: `check_fn`'s "requires an `async fn`" says it.
+    if contains_impl_trait(&ret) && func.sig.asyncness.is_some() {
         errors.push(syn::Error::new_spanned(
             &ret,
             "`#[cached]` cannot store an `impl Trait` return type: name the type",

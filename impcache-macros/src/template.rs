@@ -44,6 +44,12 @@ pub(crate) fn parse(template: &str, option: &str) -> Result<Vec<Segment>, String
                         "empty `{{}}` in `{option}`: name an argument, as in `\"user:{{id}}\"`"
                     ));
                 }
+                if let Some(unsupported) = unsupported(&name) {
+                    return Err(format!(
+                        "`{{{name}}}` in `{option}`: {unsupported}; a placeholder names one \
+                         argument as it is (`{{id}}`), written as JSON"
+                    ));
+                }
                 if !literal.is_empty() {
                     segments.push(Segment::Literal(std::mem::take(&mut literal)));
                 }
@@ -61,6 +67,23 @@ pub(crate) fn parse(template: &str, option: &str) -> Result<Vec<Segment>, String
         segments.push(Segment::Literal(literal));
     }
     Ok(segments)
+}
+
+/// What `format!` syntax a placeholder uses that a template does not support, if any: a
+/// format spec (`{id:>5}`), a position (`{0}`), a field (`{user.id}`). Said as such, not as
+/// "no argument `id:>5`" while `id` is one (found by a probe).
+fn unsupported(name: &str) -> Option<&'static str> {
+    if name.contains(':') {
+        Some("format specs (`:>5`, `:?`) are not supported")
+    } else if name.chars().all(|c| c.is_ascii_digit()) {
+        Some("positional placeholders are not supported")
+    } else if name.contains('.') {
+        Some(
+            "fields are not supported: take the field as an argument, or key by the whole argument",
+        )
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -104,7 +127,15 @@ mod tests {
 
     #[test]
     fn malformed_templates_say_what_is_wrong() {
-        for (template, said) in [("a{b", "unclosed"), ("a}b", "unmatched"), ("{ }", "empty")] {
+        for (template, said) in [
+            ("a{b", "unclosed"),
+            ("a}b", "unmatched"),
+            ("{ }", "empty"),
+            ("u:{id:>5}", "format specs"),
+            ("u:{id:?}", "format specs"),
+            ("{0}", "positional"),
+            ("{user.id}", "fields"),
+        ] {
             let error = shown(template).err().unwrap_or_default();
             assert!(error.contains(said), "{template}: {error}");
         }

@@ -56,4 +56,15 @@ async fn more_cached_crate_options(id: u64) -> Option<u64> {
     Some(id)
 }
 
+// `format!` syntax a template does not support, said as such.
+#[cached(expire = 60, key = "user:{id:>5}")]
+async fn key_format_spec(id: u64) -> u64 {
+    id
+}
+
+#[cached(expire = 60, key = "user:{0}")]
+async fn key_position(id: u64) -> u64 {
+    id
+}
+
 fn main() {}
