@@ -261,6 +261,80 @@ async fn recovers_from_a_half_open_connection() {
     assert!(!repository.is_circuit_open());
 }
 
+/// The caller's own timeout around each call (a tower `Timeout` layer, an HTTP request timeout),
+/// shorter than the repository's deadline.
+const CALLER_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Calls `get` every 20 ms, each under [`CALLER_TIMEOUT`], for at most `limit`, until `done`
+/// says so of a call's outcome (`None`: the caller's timeout cut it short); whether it did.
+async fn poll_with_caller_timeouts(
+    cache: &Cache,
+    limit: Duration,
+    done: impl Fn(&Option<Result<Option<i32>, Error>>) -> bool,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let outcome = tokio::time::timeout(CALLER_TIMEOUT, cache.get::<i32>("k"))
+            .await
+            .ok();
+        if done(&outcome) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A half-open connection while every caller gives up (100 ms) before the repository's deadline
+/// (500 ms by default): the calls cut short count as timeouts once their deadline has passed,
+/// so the connection is still replaced after 3 of them and a call answers. Before, no call ever
+/// reached the deadline: the connection stayed stranded for good (0 answers in 6 s, no errors,
+/// the breaker closed; found by a probe, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_connection_is_replaced_when_callers_time_out_first() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port()).await;
+    let repository = RedisCacheRepository::builder(proxy.url()).build().unwrap();
+    assert!(repository.deadline() > CALLER_TIMEOUT * 4);
+    let cache = Cache::new(repository.clone());
+    cache.set("k", &1, 60).await.unwrap();
+    proxy.strand_connections();
+    let answered = poll_with_caller_timeouts(&cache, Duration::from_secs(10), |outcome| {
+        matches!(outcome, Some(Ok(Some(1))))
+    })
+    .await;
+    eprintln!("stats {:?}", cache.stats());
+    assert!(
+        answered,
+        "no call answered in 10 s: the connection was never replaced"
+    );
+    assert!(cache.stats().cancelled > 0, "{:?}", cache.stats());
+}
+
+/// A frozen server while every caller gives up (100 ms) before the deadline (500 ms): the calls
+/// cut short count as outages, so the breaker opens and the calls fail fast (counted as errors)
+/// instead of each costing its caller's whole timeout. Before, the breaker stayed closed and no
+/// error was ever counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_when_callers_time_out_first_on_a_frozen_server() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url()).build().unwrap();
+    let cache = Cache::new(repository.clone());
+    cache.set("k", &1, 60).await.unwrap();
+    server.freeze();
+    let failed_fast = poll_with_caller_timeouts(&cache, Duration::from_secs(10), |outcome| {
+        matches!(outcome, Some(Err(Error::CircuitOpen { .. })))
+    })
+    .await;
+    let stats = cache.stats();
+    let open = repository.is_circuit_open();
+    server.thaw();
+    eprintln!("stats {stats:?}");
+    assert!(failed_fast, "the breaker never opened in 10 s: {stats:?}");
+    assert!(open);
+    assert!(stats.errors > 0, "{stats:?}");
+}
+
 /// Calls `get` every 20 ms until it succeeds; the time it took. Panics after `limit`.
 async fn poll_until_ok(cache: &Cache, limit: Duration) -> Duration {
     let start = Instant::now();

@@ -6,7 +6,8 @@
 //! [`Target`]: the single node, the Sentinel primary, the cluster client and each cluster node.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::RedisError;
@@ -134,6 +135,87 @@ pub(crate) trait Target: Sync {
     fn is_outage(&self, failure: Failure) -> bool {
         failure.is_outage()
     }
+
+    /// Where the calls its callers abandoned are remembered ([`Unanswered`]); `None`: they are
+    /// not counted.
+    fn unanswered(&self) -> Option<&Unanswered> {
+        None
+    }
+}
+
+/// The earliest call of a [`Target`] that its caller abandoned (dropped its future: a `timeout`
+/// around it shorter than the deadline, a request timeout, a disconnected client) before it had
+/// an outcome, with nothing answered since. Such a call never reaches its deadline, so it never
+/// counts as a timeout: without this, callers that all give up first would keep a half-open
+/// connection forever (it is replaced after a few timeouts) and keep the breaker closed while the
+/// server is frozen. Once that call's deadline has passed with no success since, the next call
+/// counts it as the timeout it would have been ([`call`]): once per deadline at most, however
+/// many calls were abandoned meanwhile. Any answer (a success, an error reply) clears it: a
+/// multiplexed connection answers in order.
+#[derive(Debug, Default)]
+pub(crate) struct Unanswered {
+    /// Whether `earliest` holds a call: the one load on a call's path.
+    marked: AtomicBool,
+    /// The generation of the connection that call used (0: none yet) and its deadline.
+    earliest: Mutex<Option<(u64, Instant)>>,
+}
+
+impl Unanswered {
+    /// A call on connection `generation`, which would have timed out at `until`, was abandoned.
+    fn abandoned(&self, generation: u64, until: Instant) {
+        let mut earliest = self.earliest.lock().unwrap_or_else(PoisonError::into_inner);
+        if earliest.is_none_or(|(_, earlier)| until < earlier) {
+            *earliest = Some((generation, until));
+        }
+        self.marked.store(true, Ordering::Release);
+    }
+
+    /// The server answered a call.
+    fn answered(&self) {
+        if self.marked.load(Ordering::Relaxed) {
+            self.clear(|_| true);
+        }
+    }
+
+    /// The generation of the connection of the abandoned call whose deadline has passed by
+    /// `now` (0: it had none), forgotten now.
+    fn overdue(&self, now: Instant) -> Option<u64> {
+        if !self.marked.load(Ordering::Acquire) {
+            return None;
+        }
+        self.clear(|until| until <= now)
+    }
+
+    /// Forgets the call remembered if its deadline passes `due`; its generation.
+    #[cold]
+    fn clear(&self, due: impl Fn(Instant) -> bool) -> Option<u64> {
+        let mut earliest = self.earliest.lock().unwrap_or_else(PoisonError::into_inner);
+        let (generation, until) = (*earliest)?;
+        if !due(until) {
+            return None;
+        }
+        *earliest = None;
+        self.marked.store(false, Ordering::Release);
+        Some(generation)
+    }
+}
+
+/// Tells a [`Target`]'s [`Unanswered`] when the call is dropped while armed: after admission,
+/// before the outcome.
+struct Abandon<'a> {
+    unanswered: Option<&'a Unanswered>,
+    /// The generation of the connection in use (0: none yet).
+    used: &'a AtomicU64,
+    /// The call's deadline; `None` (unbounded) or disarmed: nothing to tell.
+    until: Option<Instant>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let (Some(unanswered), Some(until)) = (self.unanswered, self.until) {
+            unanswered.abandoned(self.used.load(Ordering::Relaxed), until);
+        }
+    }
 }
 
 /// Runs `request` on `target` under its breaker, giving up at `until` (`None`: the request
@@ -157,6 +239,22 @@ where
         deadline,
         connect_timeout,
     } = target.limits();
+    let unanswered = target.unanswered();
+    // A call abandoned by its caller that would have timed out by now counts as that timeout,
+    // before this call's admission: as an operation admitted while closed (a probe of its own
+    // freed its slot when dropped), so that it may open the breaker and turn this call away.
+    if let Some(generation) = unanswered.and_then(|u| u.overdue(Instant::now())) {
+        tracing::debug!(
+            ?deadline,
+            "impcache: a call abandoned by its caller had no answer within the deadline; \
+             counted as a timeout"
+        );
+        let failed = call.timeout(deadline);
+        target.failed((generation != 0).then_some(generation), failed.kind);
+        if target.is_outage(failed.kind) {
+            breaker.record_failure(&Admission::Allowed, &Cause(&failed));
+        }
+    }
     let admission = breaker.admit();
     if admission == Admission::Rejected {
         target.rejected();
@@ -213,16 +311,26 @@ where
             retried = true;
         }
     };
+    // Armed until the outcome: the caller dropping this future before then abandons the call.
+    let mut abandon = Abandon {
+        unanswered,
+        used: &used,
+        until,
+    };
     let outcome = match until {
         Some(until) => tokio::time::timeout_at(until, attempt)
             .await
             .unwrap_or_else(|_elapsed| Err(call.timeout(deadline))),
         None => attempt.await,
     };
+    abandon.until = None;
     match outcome {
         Ok(value) => {
             target.succeeded();
             breaker.record_success();
+            if let Some(unanswered) = unanswered {
+                unanswered.answered();
+            }
             Ok(value)
         }
         Err(failed) => {
@@ -232,6 +340,9 @@ where
                 breaker.record_failure(&admission, &Cause(&failed));
             } else {
                 breaker.record_success();
+                if let Some(unanswered) = unanswered {
+                    unanswered.answered();
+                }
             }
             Err(failed)
         }
@@ -312,5 +423,32 @@ impl std::fmt::Display for Cause<'_> {
             Some(source) => std::fmt::Display::fmt(source, f),
             None => write!(f, "{:?}", self.0.kind),
         }
+    }
+}
+
+// Unit tests: an `assert!` here is the test failing (clippy.toml allows the panicking macros in
+// tests); none of it is compiled into the library.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The earliest abandoned call is kept, counted only once its deadline has passed, and
+    /// forgotten by an answer or once counted.
+    #[test]
+    fn an_abandoned_call_counts_once_after_its_deadline_unless_answered() {
+        let unanswered = Unanswered::default();
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(unanswered.overdue(now + ms(1000)), None);
+        unanswered.abandoned(7, now + ms(500));
+        unanswered.abandoned(8, now + ms(600));
+        unanswered.abandoned(6, now + ms(400));
+        assert_eq!(unanswered.overdue(now + ms(399)), None, "not due yet");
+        assert_eq!(unanswered.overdue(now + ms(400)), Some(6), "the earliest");
+        assert_eq!(unanswered.overdue(now + ms(1000)), None, "counted once");
+
+        unanswered.abandoned(9, now + ms(500));
+        unanswered.answered();
+        assert_eq!(unanswered.overdue(now + ms(1000)), None, "answered since");
     }
 }

@@ -12,7 +12,9 @@ use redis::RedisError;
 
 use super::{Inner, RedisClusterCacheRepository};
 use crate::error::Result;
-use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
+use crate::repository::call::{
+    self, current_runtime, Attempt, Call, Limits, Opened, Target, Unanswered,
+};
 use crate::repository::failure::{Failed, Failure};
 
 /// Consecutive outage errors after which the cluster connection is replaced by a fresh one (new
@@ -187,5 +189,9 @@ impl Target for RedisClusterCacheRepository {
         if failure.is_outage() {
             self.record_outage(generation);
         }
+    }
+
+    fn unanswered(&self) -> Option<&Unanswered> {
+        Some(&self.inner.client_unanswered)
     }
 }

@@ -29,7 +29,7 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use self::node::{is_redirection, Node};
 use self::topology::{key_slot, parse_primaries, SlotMap, SLOTS};
 use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
-use super::call::require_runtime;
+use super::call::{require_runtime, Unanswered};
 use super::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, mark_tag_command,
     set_command, set_if_equal_command, set_nx_get_command, NxGet,
@@ -143,6 +143,9 @@ struct Inner {
     /// The breaker of the requests that go through the cluster client's own routing (keys of a
     /// slot the map does not know or that moved, and [`RedisClusterCacheRepository::primaries`]).
     client_breaker: CircuitBreaker,
+    /// A call through the cluster client its caller abandoned, counted as an outage once its
+    /// deadline has passed (see [`Unanswered`]).
+    client_unanswered: Unanswered,
     /// Whether the servers take `SET .. NX GET` (`set_nx_or_get`): learned from their reply.
     nx_get: NxGet,
     /// The node addresses with passwords replaced: the only form that is ever printed.
@@ -563,6 +566,7 @@ impl RedisClusterCacheRepositoryBuilder {
                     "cluster",
                     shown_nodes.join(","),
                 ),
+                client_unanswered: Unanswered::default(),
                 nx_get: NxGet::default(),
                 shown_nodes,
             }),

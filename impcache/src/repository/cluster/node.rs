@@ -11,7 +11,9 @@ use redis::{ConnectionAddr, RedisError, ServerErrorKind};
 use super::RedisClusterCacheRepository;
 use crate::error::Result;
 use crate::repository::breaker::CircuitBreaker;
-use crate::repository::call::{self, current_runtime, Attempt, Call, Limits, Opened, Target};
+use crate::repository::call::{
+    self, current_runtime, Attempt, Call, Limits, Opened, Target, Unanswered,
+};
 use crate::repository::failure::{Failed, Failure, Waited};
 
 /// One node as the repository sees it: its own circuit breaker and its own direct connection, so
@@ -25,6 +27,9 @@ pub(super) struct Node {
     pub(super) host: String,
     pub(super) port: u16,
     pub(super) breaker: CircuitBreaker,
+    /// A call to this node its caller abandoned, counted as an outage once its deadline has
+    /// passed (see [`Unanswered`]).
+    pub(super) unanswered: Unanswered,
     /// The direct connection and the tokio runtime that opened it (where its driver task runs).
     pub(super) connection: RwLock<Option<(MultiplexedConnection, Option<tokio::runtime::Id>)>>,
 }
@@ -81,6 +86,7 @@ impl RedisClusterCacheRepository {
                         "cluster",
                         format!("{host}:{port}"),
                     ),
+                    unanswered: Unanswered::default(),
                     connection: RwLock::new(None),
                 })
             })
@@ -269,6 +275,10 @@ impl Target for OnNode<'_> {
 
     fn rejected(&self) {
         self.repository.refresh_soon();
+    }
+
+    fn unanswered(&self) -> Option<&Unanswered> {
+        Some(&self.node.unanswered)
     }
 }
 

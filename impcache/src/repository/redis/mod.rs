@@ -18,7 +18,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
 use super::breaker::CircuitBreaker;
-use super::call::{current_runtime, Opened};
+use super::call::{current_runtime, Opened, Unanswered};
 use super::commands::NxGet;
 use super::dsn;
 use super::settings::{shared_setters, Settings};
@@ -40,7 +40,9 @@ const RESET_AFTER_TIMEOUTS: u32 = 3;
 ///   server later: a timeout is not a cancellation.
 /// - **Self-healing**: a connection that failed (refused, reset, a protocol error) or timed out 3
 ///   times in a row (a half-open connection, a black-holed route) is dropped, and the next
-///   operation opens a fresh one: recovery needs no restart of the application.
+///   operation opens a fresh one: recovery needs no restart of the application. A call its
+///   caller dropped first (a shorter timeout of its own around it) counts as a timeout once its
+///   deadline has passed with no answer since, here and for the breaker.
 /// - **Circuit breaker**: after 5 consecutive outage errors, operations fail at once with
 ///   [`Error::CircuitOpen`] for 500 ms, then one probe goes through; see
 ///   [`RedisCacheRepositoryBuilder::circuit_breaker`].
@@ -86,6 +88,9 @@ struct Inner {
     connecting: tokio::sync::Mutex<()>,
     generations: AtomicU64,
     consecutive_timeouts: AtomicU32,
+    /// A call its caller abandoned, counted as a timeout once its deadline has passed (see
+    /// [`Unanswered`]).
+    unanswered: Unanswered,
     deadline: Duration,
     connect_timeout: Duration,
     max_value_bytes: usize,
@@ -411,6 +416,7 @@ impl RedisCacheRepositoryBuilder {
                 connecting: tokio::sync::Mutex::new(()),
                 generations: AtomicU64::new(0),
                 consecutive_timeouts: AtomicU32::new(0),
+                unanswered: Unanswered::default(),
                 deadline: self.settings.deadline,
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,

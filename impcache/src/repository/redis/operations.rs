@@ -11,7 +11,7 @@ use super::RedisCacheRepository;
 use crate::error::{shown, shown_many, Result};
 use crate::expire::Expiry;
 use crate::progress::{DeleteProgress, Sweep};
-use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
+use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target, Unanswered};
 use crate::repository::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, keys_command,
     mark_tag_command, scan_command, set_command, set_if_equal_command, set_nx_get_command,
@@ -135,6 +135,13 @@ impl Target for RedisCacheRepository {
             | Failure::Auth => self.reset_connection(generation),
             _ => {}
         }
+    }
+
+    /// A request its caller abandoned counts as a timeout of its connection once its deadline
+    /// has passed with no answer since: a half-open connection is replaced even when every
+    /// caller gives up before the deadline.
+    fn unanswered(&self) -> Option<&Unanswered> {
+        Some(&self.inner.unanswered)
     }
 }
 

@@ -19,7 +19,7 @@ use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ConnectionInfo, RedisConnectionInfo};
 
 use super::breaker::CircuitBreaker;
-use super::call::{self, Call};
+use super::call::{self, Call, Unanswered};
 use super::dsn;
 use super::failure::Failed;
 use super::redis::RedisCacheRepository;
@@ -76,6 +76,9 @@ struct Inner {
     connect_timeout: Duration,
     max_value_bytes: usize,
     breaker: CircuitBreaker,
+    /// A call its caller abandoned, counted as an outage once its deadline has passed (see
+    /// [`Unanswered`]; the primary's repository counts it against its connection).
+    unanswered: Unanswered,
     shown_sentinels: Vec<String>,
     recheck_every: Option<Duration>,
     epoch: Instant,
@@ -575,6 +578,7 @@ impl RedisSentinelCacheRepositoryBuilder {
                 connect_timeout: self.settings.connect_timeout,
                 max_value_bytes: self.settings.max_value_bytes,
                 breaker: CircuitBreaker::new(self.settings.breaker, "sentinel", breaker_target),
+                unanswered: Unanswered::default(),
                 shown_sentinels,
                 recheck_every: self.recheck_every,
                 epoch: Instant::now(),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use redis::{ErrorKind, RedisError};
 
 use super::{Primary, RedisSentinelCacheRepository, State};
-use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target};
+use crate::repository::call::{self, Attempt, Call, Limits, Opened, Target, Unanswered};
 use crate::repository::failure::{Failed, Failure, Waited};
 use crate::repository::redis::RedisCacheRepository;
 
@@ -298,5 +298,9 @@ impl Target for RedisSentinelCacheRepository {
 
     fn is_outage(&self, failure: Failure) -> bool {
         failure.is_outage() || failure == Failure::ReadOnly
+    }
+
+    fn unanswered(&self) -> Option<&Unanswered> {
+        Some(&self.inner.unanswered)
     }
 }
