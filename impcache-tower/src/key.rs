@@ -21,10 +21,11 @@
 //!   and `:` included, and all Redis glob characters `* ? [ ] \`), so user-controlled parts can
 //!   neither add a `:` segment nor act as a wildcard in a purge pattern, and the encoding is
 //!   one-to-one (no two requests share a key by accident).
-//! - `query` is `-` without a query, else the first 128 bits of the SHA-256 of the query with its
-//!   `&`-separated parameters sorted by name, stably (so `?b=2&a=1` and `?a=1&b=2` share an
-//!   entry, while `?x=1&x=2` and `?x=2&x=1` do not: the values of a repeated name keep their
-//!   order), in hex. Names and values are compared as written (not percent-decoded).
+//! - `query` is `-` without a query, else the first 128 bits, in hex, of the SHA-256 of the line
+//!   `impcache-tower query 2\n` followed by each of the query's `&`-separated parameters and an
+//!   `&` (`a=1&b=2&`), the parameters sorted by name, stably (so `?b=2&a=1` and `?a=1&b=2` share
+//!   an entry, while `?x=1&x=2` and `?x=2&x=1` do not: the values of a repeated name keep their
+//!   order). Names and values are compared as written (not percent-decoded).
 //! - `vary-hash` is the SHA-256 (128 bits, hex) of the request's values of the headers that the
 //!   response's `Vary` names (and of `Authorization`/`Cookie` when authenticated requests are cached).
 //! - The request's content is in no key: a request of a stored method other than GET that carries
