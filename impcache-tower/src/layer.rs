@@ -494,7 +494,9 @@ impl CacheLayer {
     /// entries): within the layer's (or the response's) [stale-while-revalidate
     /// window](Self::stale_while_revalidate), counted from the purge, it is served at once while
     /// one background handler call per URL refreshes it; without a window it is a miss.
-    /// Case as in [`purge_tag`](Self::purge_tag).
+    /// Case as in [`purge_tag`](Self::purge_tag). Waits first for this process's stores in
+    /// progress (500 ms at most), so that a response already sent, its store not landed yet, is
+    /// marked stale with the others rather than be a miss.
     pub async fn soft_purge_tag(&self, tag: &str) -> impcache::Result<()> {
         self.soft_purge_tags([tag]).await
     }
@@ -506,6 +508,7 @@ impl CacheLayer {
         I::Item: AsRef<str>,
     {
         let tags = crate::tags::spellings(tags, self.config.case_insensitive_tags());
+        self.config.landing.stores_landed().await;
         self.config.cache.soft_invalidate_tags(tags).await
     }
 

@@ -21,6 +21,10 @@ use impcache::{
 pub struct LateWrites {
     inner: Arc<dyn CacheRepository>,
     delay: Duration,
+    /// Whether `delete` is answered late too ([`deletes_too`](LateWrites::deletes_too)).
+    deletes: bool,
+    /// Whether writes land late rather than answer late ([`lands_late`](LateWrites::lands_late)).
+    lands: bool,
 }
 
 impl LateWrites {
@@ -29,15 +33,36 @@ impl LateWrites {
         LateWrites {
             inner: Arc::new(inner),
             delay,
+            deletes: false,
+            lands: false,
         }
     }
 
-    /// `write`'s result, `delay` after it completes.
+    /// Writes *land* `delay` late (sent to `inner` after it) and are answered as they land:
+    /// the window in which a response is out and its store still on its way.
+    pub fn lands_late(mut self) -> Self {
+        self.lands = true;
+        self
+    }
+
+    /// `delete` answered `delay` late too: the key is gone, the reply not yet handled, which
+    /// opens the window in which a write is in flight while a load of its key ends.
+    pub fn deletes_too(mut self) -> Self {
+        self.deletes = true;
+        self
+    }
+
+    /// `write`'s result, `delay` after it completes (or, [`lands_late`](LateWrites::lands_late),
+    /// `write` run `delay` late).
     fn late<'a, T: Send + 'a>(
         &'a self,
         write: BoxFuture<'a, Result<T>>,
     ) -> BoxFuture<'a, Result<T>> {
         Box::pin(async move {
+            if self.lands {
+                tokio::time::sleep(self.delay).await;
+                return write.await;
+            }
             let written = write.await;
             tokio::time::sleep(self.delay).await;
             written
@@ -79,6 +104,9 @@ impl CacheRepository for LateWrites {
         self.inner.get_many(keys)
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+        if self.deletes {
+            return self.late(self.inner.delete(key));
+        }
         self.inner.delete(key)
     }
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>> {
