@@ -151,6 +151,34 @@ use proc_macro::TokenStream;
 ///   which never ends: the call never returns (with `hard_timeout`, until it gives up), as
 ///   moka's `get_with` documents for a recursive call of one key. Calls with other keys, a
 ///   recursion over smaller arguments, are fine.
+/// - **Recursion and the stack**: a recursive call is boxed (`Box::pin(f(n - 1)).await`). Each
+///   level of a cold recursion (a miss whose body awaits the next level) holds about 5.4 KiB of
+///   the stack in a debug build, 4.2 KiB in a release one (`f(n: u64) -> u64`, memory
+///   repository): 330 levels of a debug build fit a 2 MiB stack (a test thread's, a tokio
+///   worker's). A helper that boxes the call, as below, saves another 2.5 KiB per level of a
+///   debug build. With a freshness
+///   option, `lock` or tags, each level's body runs in a task of its own (no stack per level),
+///   and must be `Send`: `Box::pin(f(n - 1)).await` in the body is refused by rustc's auto-trait
+///   cycle ("future cannot be sent between threads safely", "cannot satisfy `impl Future<Output =
+///   u64>: Send`"); call it through a helper that returns it as a `dyn Future + Send`:
+///   ```
+///   use std::{future::Future, pin::Pin};
+///   # use impcache::{cached, Cache, MemoryCacheRepository};
+///
+///   fn fib_boxed(n: u64) -> Pin<Box<dyn Future<Output = u64> + Send>> {
+///       Box::pin(fib(n))
+///   }
+///
+///   #[cached(expire = 60, stale_if_error = 60)]
+///   async fn fib(n: u64) -> u64 {
+///       if n < 2 { n } else { fib_boxed(n - 1).await + fib_boxed(n - 2).await }
+///   }
+///   # #[tokio::main(flavor = "current_thread")]
+///   # async fn main() {
+///   # impcache::set_default_cache(Cache::new(MemoryCacheRepository::new())).unwrap();
+///   assert_eq!(fib(60).await, 1_548_008_755_920);
+///   # }
+///   ```
 /// - **Fail open**: when the cache fails (server down, deadline passed, breaker open), the body
 ///   runs and its value is returned; a stored value that no longer decodes (the type changed) is
 ///   recomputed and overwritten. Errors go to `tracing`, never to the caller.
@@ -159,7 +187,9 @@ use proc_macro::TokenStream;
 /// Next to `fn name`, with the same visibility:
 /// - `name_uncached(...)`: the same arguments; runs the body without the cache.
 /// - `name_invalidate(...) -> impcache::Result<bool>`: `&self` if the function has a receiver, the
-///   key arguments (and any argument the `cache` expression names); removes that call's entry.
+///   key arguments (and any argument the `cache` expression names); removes that call's entry. A
+///   run of that call in progress in this process (its body not yet returned) then stores
+///   nothing: the next call runs the body again.
 /// - `name_invalidate_all(...) -> impcache::Result<()>`: `&self` if the function has a receiver
 ///   (and any argument the `cache` expression names); removes every entry of the function. With
 ///   `tags` or `invalidate_all`, one invalidation of the function's tag (no scan); else, with the

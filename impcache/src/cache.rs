@@ -3,6 +3,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +83,8 @@ macro_rules! observed {
 /// For the load protocol's reads and writes in `crate::freshness`.
 pub(crate) use observed;
 
-/// What a write of the caller's reached, for `Cache::detach_flights`.
+/// What a write of the caller's reached, for `Cache::detaching`.
+#[derive(Clone, Copy)]
 enum Written<'a> {
     /// One key (the caller's part, without the prefix and version).
     Key(&'a str),
@@ -497,17 +499,38 @@ impl Cache {
         Ok(batch)
     }
 
-    /// Ends, for the calls made from now on, this process's loads in flight (`get_or_set`'s and
-    /// `#[cached]`'s single-flights) of the keys a write of the caller's reached: their waiters,
-    /// who asked before, still get their leaders' answers ([`crate::flight`]: detaching), while
-    /// the caller's next call of such a key loads anew rather than join a load whose store is
-    /// still in progress and be handed the value the write replaced or removed (found by a
-    /// probe: on Redis, a `delete` then a call of the key got the deleted value without a run).
+    /// Runs the write that `write` makes, a write of the caller's that reaches `written`, ending
+    /// this process's loads in flight (`get_or_set`'s and `#[cached]`'s single-flights) of those
+    /// keys on both sides of it ([`crate::flight`]: detaching). Their waiters, who asked before,
+    /// still get their leaders' answers, but:
     ///
-    /// Called once the write is done, failed or not (it may have landed), before the caller is
-    /// answered; not before the write is sent: a load begun meanwhile (by another caller) could
-    /// read the old value before the write lands and hand it to the caller's next call. One
-    /// lock of each table; the keys are copied only while a load is in flight.
+    /// - a detached load stores nothing (its leader checks right before sending its store): its
+    ///   value, computed before the write, would otherwise land after it and be served for the
+    ///   whole expiry, the `delete` or `_invalidate` undone (found by a probe);
+    /// - the caller's next call of such a key loads anew rather than join a load whose store is
+    ///   still in progress and be handed the value the write replaced or removed (found by a
+    ///   probe: on Redis, a `delete` then a call of the key got the deleted value without a run).
+    ///
+    /// Before the write is sent, so that a load ending while it is in flight (its reply not yet
+    /// in) stores nothing: its store would land after the write. Again once the write is done,
+    /// failed or not (it may have landed), before the caller is answered: a load begun meanwhile
+    /// (by another caller) could read the old value before the write lands and hand it to the
+    /// caller's next call.
+    async fn detaching<F: Future>(
+        &self,
+        written: Written<'_>,
+        write: impl FnOnce() -> F,
+    ) -> F::Output {
+        self.detach_flights(written);
+        // Built here, in its place in this future: built by the caller, it was moved in (a copy
+        // of the repository call's future on every write).
+        let done = write().await;
+        self.detach_flights(written);
+        done
+    }
+
+    /// [`detaching`](Cache::detaching)'s work, done on each side of the write: one lock of each
+    /// table; the keys are copied only while a load is in flight.
     fn detach_flights(&self, written: Written<'_>) {
         // The repository's address, as in the flights' keys (`freshness::job::flight_key`).
         let repository = Arc::as_ptr(self.repository()) as *const () as usize;
@@ -562,13 +585,8 @@ impl Cache {
             let expiry = expire.into().resolve(key)?;
             let bytes = json::encode(key, value)?;
             let tally = Tally::written(bytes.len());
-            let stored = self
-                .shared
-                .backend
-                .set(self.key_parts(key), bytes, expiry)
-                .await;
-            self.detach_flights(Written::Key(key));
-            stored?;
+            let write = || self.shared.backend.set(self.key_parts(key), bytes, expiry);
+            self.detaching(Written::Key(key), write).await?;
             Ok(((), tally))
         })
     }
@@ -609,9 +627,9 @@ impl Cache {
             let expiry = expire.into().resolve(key)?;
             let bytes = json::encode(key, value)?;
             let tally = Tally::written(bytes.len());
-            let stored = self.claim(key, bytes, expiry).await;
-            self.detach_flights(Written::Key(key));
-            Ok((stored?, tally))
+            let write = || self.claim(key, bytes, expiry);
+            let stored = self.detaching(Written::Key(key), write).await?;
+            Ok((stored, tally))
         })
     }
 
@@ -677,9 +695,8 @@ impl Cache {
         let written = values.iter().map(Bytes::len).sum();
         let full = keys.keys();
         let entries: Vec<(&str, Bytes)> = full.iter().copied().zip(values).collect();
-        let stored = self.shared.backend.set_many(&entries, expiry).await;
-        self.detach_flights(Written::Full(&full));
-        stored?;
+        let write = || self.shared.backend.set_many(&entries, expiry);
+        self.detaching(Written::Full(&full), write).await?;
         Ok(written)
     }
 
@@ -775,9 +792,9 @@ impl Cache {
     pub async fn delete(&self, key: &str) -> Result<u64> {
         observed!(self, Operation::Delete, Some(key), async {
             self.check_key(key)?;
-            let removed = self.shared.backend.delete(self.key_parts(key)).await;
-            self.detach_flights(Written::Key(key));
-            Ok((removed?, Tally::NONE))
+            let write = || self.shared.backend.delete(self.key_parts(key));
+            let removed = self.detaching(Written::Key(key), write).await?;
+            Ok((removed, Tally::NONE))
         })
     }
 
@@ -793,9 +810,9 @@ impl Cache {
             if full.is_empty() {
                 return Ok((0, Tally::NONE));
             }
-            let removed = self.shared.backend.delete_many(&full).await;
-            self.detach_flights(Written::Full(&full));
-            Ok((removed?, Tally::NONE))
+            let write = || self.shared.backend.delete_many(&full);
+            let removed = self.detaching(Written::Full(&full), write).await?;
+            Ok((removed, Tally::NONE))
         })
     }
 
@@ -852,9 +869,12 @@ impl Cache {
                 trace_progress(&progress);
                 on_progress(progress);
             };
-            let removed = self.shared.backend.delete_pattern(&full, &mut report).await;
-            self.detach_flights(Written::Pattern(&full));
-            Ok((removed?, Tally::NONE))
+            let removed = self
+                .detaching(Written::Pattern(&full), || {
+                    self.shared.backend.delete_pattern(&full, &mut report)
+                })
+                .await?;
+            Ok((removed, Tally::NONE))
         })
     }
 
@@ -892,9 +912,8 @@ impl Cache {
     /// envelope does (`{"__impcache_tagged__":`) are refused ([`Error::Encode`]): they would
     /// read back as another value.
     pub async fn set_raw(&self, key: &str, value: Bytes, expire: impl Into<Expire>) -> Result<()> {
-        let stored = self.write_raw(key, value, expire.into()).await;
-        self.detach_flights(Written::Key(key));
-        stored
+        let write = || self.write_raw(key, value, expire.into());
+        self.detaching(Written::Key(key), write).await
     }
 
     /// [`set_raw`](Cache::set_raw) without ending the key's loads in flight.
@@ -920,9 +939,8 @@ impl Cache {
         value: Bytes,
         expire: impl Into<Expire>,
     ) -> Result<bool> {
-        let claimed = self.claim_raw(key, value, expire.into()).await;
-        self.detach_flights(Written::Key(key));
-        claimed
+        let write = || self.claim_raw(key, value, expire.into());
+        self.detaching(Written::Key(key), write).await
     }
 
     /// [`set_nx_raw`](Cache::set_nx_raw) without ending the key's loads in flight.
@@ -941,7 +959,8 @@ impl Cache {
     /// `set_nx_raw`), which leaves the key's flight alone: that flight is the leader's own, and
     /// ends once this write has returned, so that callers arriving meanwhile take its value
     /// (detached by its own write, it let a caller whose `GET` missed just before run the body
-    /// once more: found by a probe).
+    /// once more: found by a probe; and it would skip its own store, taking its detaching for
+    /// another caller's write: see [`detaching`](Cache::detaching)).
     pub(crate) async fn store_loaded_raw(
         &self,
         key: &str,
@@ -1026,13 +1045,8 @@ impl Cache {
             if !tags.is_empty() {
                 bytes = envelope::wrap(&bytes, tags.as_slice(), created);
             }
-            let stored = self
-                .shared
-                .backend
-                .set(self.key_parts(key), bytes, expiry)
-                .await;
-            self.detach_flights(Written::Key(key));
-            stored?;
+            let write = || self.shared.backend.set(self.key_parts(key), bytes, expiry);
+            self.detaching(Written::Key(key), write).await?;
             Ok(((), tally))
         })
     }

@@ -32,7 +32,9 @@
 //!   some keys). The flights of the keys a purge or a write reaches leave the table at once: a
 //!   caller that joins from then on starts a new flight (its own computation, begun after the
 //!   purge), while the detached flights' waiters, who joined before it, still get their
-//!   leader's answer. A detached flight's end counts as any flight's.
+//!   leader's answer. A detached flight's end counts as any flight's. Its leader can tell
+//!   ([`FlightGuard::is_detached`]): the load protocols then store nothing, their value having
+//!   been computed before the write (it still answers their caller and waiters).
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
@@ -295,6 +297,17 @@ impl<K: Hash + Eq, V> FlightGuard<K, V> {
     /// Tells the waiters there is no value to share, and ends the flight.
     pub fn not_shared(self) {
         self.tx.send_replace(Slot::Done(None));
+    }
+
+    /// Whether this flight was detached ([`Flights::detach`], [`Flights::detach_keys`]): a
+    /// purge or a write of its key came after it began, so that what it computed may be older
+    /// than that write. Checked with the table locked, as detaching is done.
+    pub fn is_detached(&self) -> bool {
+        self.flights
+            .lock()
+            .flights
+            .get(&self.key)
+            .is_none_or(|(id, _)| *id != self.id)
     }
 }
 
@@ -666,10 +679,13 @@ mod tests {
         let old = leader(flights.join("k:a", ticket), "old leader")?;
         let _other = leader(flights.join("other", ticket), "other key")?;
         let before = waiter(flights.join("k:a", ticket), "joined before")?;
+        assert!(!old.guard.is_detached());
         assert_eq!(flights.detach(|key| key.starts_with("k:")), 1);
         assert_eq!(flights.in_flight(), 1, "the other key's flight stays");
+        assert!(old.guard.is_detached());
         // Joining after the detach: a new flight, not the old one's answer.
         let new = leader(flights.join("k:a", ticket), "after the detach")?;
+        assert!(!new.guard.is_detached() && old.guard.is_detached());
         let after = waiter(flights.join("k:a", ticket), "joined after")?;
         old.guard.publish(1);
         new.guard.publish(2);

@@ -936,29 +936,37 @@ pub(super) async fn run<V, E, F, Fut>(
         }
     };
     let tags = job.value_tags();
+    let published = encoded.is_some();
     // The store is sent before the caller is answered: polled once here, its command is queued
     // ahead of any later command of this process (an in-memory write completes), so a `set` or
-    // `delete` the caller makes next is not undone by this store landing after it. (Not so when the
-    // caller was answered before the loader was done, by a soft timeout's stale value, or when
-    // this is a background reload: a write of the key made meanwhile is overwritten.)
-    let mut storing = encoded.map(|bytes| {
+    // `delete` the caller makes next is not undone by this store landing after it. A load whose
+    // flight a write of the key detached since it began (a `delete`, a `set`, from any caller
+    // of this process, also while the caller was answered early by a soft timeout's stale value,
+    // or during a background reload) stores nothing: its value, computed before that write,
+    // answers its caller and waiters only. Checked right before the store is sent, with no
+    // await in between (the write detaches before it is sent too: see `Cache::detaching`).
+    let mut storing = encoded.and_then(|bytes| {
         if let Some(guard) = &guard {
             guard.publish(Shared::new(bytes.clone(), created, &tags));
+            if guard.is_detached() {
+                return None;
+            }
         }
-        Box::pin(store(&job, bytes, created, &tags))
+        Some(Box::pin(store(&job, bytes, created, &tags)))
     });
     let stored = match &mut storing {
         Some(storing) => std::future::poll_fn(|cx| Poll::Ready(storing.as_mut().poll(cx))).await,
         None => Poll::Ready(()),
     };
     // The flight ends before the caller is answered when nothing of it is left to run (the
-    // loader failed, or its store completed in that first poll, as in memory): a caller that
-    // calls again at once, or deletes the key and calls again, would join it and be handed this
-    // answer, its own failure as "another caller's load" or the value it had just deleted
-    // (found by a probe: up to 94 calls in 500 on the memory repository or a near-cache hit).
+    // loader failed, or its store completed in that first poll, as in memory, or was skipped):
+    // a caller that calls again at once, or deletes the key and calls again, would join it and
+    // be handed this answer, its own failure as "another caller's load" or the value it had
+    // just deleted (found by a probe: up to 94 calls in 500 on the memory repository or a
+    // near-cache hit).
     let guard = match (stored, guard) {
         (Poll::Pending, guard) => guard,
-        (Poll::Ready(()), Some(guard)) if storing.is_none() => {
+        (Poll::Ready(()), Some(guard)) if !published => {
             settle_failed(guard, shared_failure, panicked);
             None
         }

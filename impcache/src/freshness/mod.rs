@@ -15,11 +15,13 @@
 //!   single-flight of [`crate::flight`]. The leader's loader runs in a spawned task that answers
 //!   the leader, publishes the value's JSON to the waiters, stores it (`SET`, in the background
 //!   of the caller; the command is sent before the caller is answered, so a write of the key the
-//!   caller makes next lands after it, except when the caller was answered before the loader was
-//!   done: a soft timeout's or stale-while-revalidate's stale answer, an early refresh) and only
-//!   then ends the flight. A write of the key through a `Cache` (`set`, `delete`, ...: the
-//!   caller's own) detaches the flight once done (`Cache::detach_flights`): a call after it
-//!   loads again rather than be handed the value the write replaced or removed. The loader
+//!   caller makes next lands after it) and only then ends the flight. A write of the key through
+//!   a `Cache` of the process (`set`, `delete`, ...) detaches the flight before it is sent and
+//!   again once done (`Cache::detaching`): a load detached before its store is sent stores
+//!   nothing (its value, computed before the write, answers its caller and waiters only; so too
+//!   a background reload, or a load whose caller was answered early with a stale value), and a
+//!   call after the write loads again rather than be handed the value the write replaced or
+//!   removed. The loader
 //!   runs in the caller's `tracing` span, as it would in place (the loader only: the span
 //!   closes once the caller and its loader are done, not the store; a background reload runs in no caller's span); a task-local cannot follow it. A dropped caller therefore cancels nothing and strands no one. A
 //!   panicking loader is caught in its task and treated as a failure (below): the flight is

@@ -3,6 +3,7 @@
 //! on ([`NotInTraitImpl`]).
 
 use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, LazyLock};
 use std::task::Poll;
 
@@ -98,10 +99,11 @@ where
     Fut: Future<Output = R>,
 {
     // Everything but the hit path is boxed, so that the future of a cached function stays
-    // small: the body's future is only created (and allocated) on a miss.
+    // small: the body's future is only created (and allocated) on a miss. Each box is built by
+    // `boxed`, outside this function's poll: see there.
     let Some(cache) = cache else {
         function.call(CallOutcome::Bypass);
-        return Box::pin(body()).await;
+        return boxed(body).await;
     };
     let key = match key {
         Ok(key) => key,
@@ -109,7 +111,7 @@ where
             let error = cache.logged_error(&error);
             tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
-            return Box::pin(body()).await;
+            return boxed(body).await;
         }
     };
     let target = target(cache, version);
@@ -117,13 +119,14 @@ where
 
     // Taken before the GET (one atomic load): a flight of the key that ends after it may have
     // stored its value after this GET read a miss, and the caller that then leads looks again
-    // rather than run the body once more (see `miss`).
+    // rather than run the body once more (see `join`).
     let ticket = FLIGHTS.ticket();
     // The hit path: one GET, one decode (the hit counted with the GET).
     let mut overwrite = false;
     let mut outcome = CallOutcome::Miss;
-    match cache
-        .get_raw_cached(&key, function, |bytes| decode(codec, cache, &key, bytes))
+    // Pinned where it is built, in this future: awaited in place, it would be built in the poll's
+    // stack frame first (see `boxed`).
+    match pin!(cache.get_raw_cached(&key, function, |bytes| decode(codec, cache, &key, bytes)))
         .await
     {
         Ok(Some(Ok(value))) => {
@@ -137,36 +140,64 @@ where
             outcome = CallOutcome::Bypass;
         }
     }
-    let (ret, outcome, wait) = Box::pin(miss::<P, R, Fut>(
-        cache, key, expire, codec, body, overwrite, outcome, ticket,
-    ))
-    .await;
+    // A miss: one execution per key per process (`join`), the body, then the store (`run`), each
+    // boxed (see `boxed`): the body is polled right below this function's poll, in the stack
+    // that a recursive function holds once per level.
+    let (turn, wait) = boxed(|| join::<P, R>(cache, &key, codec, overwrite, outcome, ticket)).await;
+    let (ret, outcome) = match turn {
+        Turn::Answered(ret, outcome) => (ret, outcome),
+        Turn::Run { leader, overwrite } => {
+            let ret = boxed(body).await;
+            let ret = boxed(|| run::<P, R>(cache, &key, expire, overwrite, codec, ret, leader));
+            (ret.await, outcome)
+        }
+    };
     function.answered(outcome, wait);
     ret
 }
 
-/// A miss: one execution per key per process, then store. Answers with the call's outcome (`hit`
-/// when a leader elected late finds the value, `outcome` otherwise) and its wait for other
-/// callers' runs, both counted by the caller once answered. `ticket` was taken before the
-/// caller's `GET`.
-#[allow(clippy::too_many_arguments)]
-async fn miss<P, R, Fut>(
+/// `make()`'s future in a box, built in this function's stack frame, which has ended when the
+/// box is polled. A future built in an async fn's poll (`Box::pin(f(..))`, or `f(..).await`)
+/// takes its size in that poll's stack frame (in a debug build, a few times over), and the
+/// frames of the polls that lead to the body stay on the stack while it runs: once per level of
+/// a recursive `#[cached]` function. Built in place, the miss path held 47 KiB of stack per
+/// level of a debug build (the 41st level overflowed a 2 MiB stack), 10.5 KiB of a release one;
+/// built so, with the `GET` and the expansion's call pinned where they are built, 5.4 and
+/// 4.2 KiB.
+#[inline(never)]
+fn boxed<T: Future>(make: impl FnOnce() -> T) -> Pin<Box<T>> {
+    Box::pin(make())
+}
+
+/// What a caller that missed does once it has joined the key's flight.
+enum Turn<R> {
+    /// Answers: with the leader's value, or (`Hit`) the value a leader elected late found.
+    Answered(R, CallOutcome),
+    /// Runs the body, as the flight's leader or on its own, and stores its result.
+    Run {
+        leader: Option<Guard>,
+        overwrite: bool,
+    },
+}
+
+/// A miss joins the key's flight: one execution per key per process. Answers with what the
+/// caller does next and its wait for other callers' runs, counted by the caller once answered
+/// (with the call's outcome: `hit` when a leader elected late finds the value, `outcome`
+/// otherwise). `ticket` was taken before the caller's `GET`.
+async fn join<P, R>(
     cache: &Cache,
-    key: String,
-    expire: Expire,
+    key: &str,
     codec: Codec<P::Value>,
-    body: impl FnOnce() -> Fut,
     mut overwrite: bool,
     outcome: CallOutcome,
     ticket: Ticket,
-) -> (R, CallOutcome, FlightWait)
+) -> (Turn<R>, FlightWait)
 where
     P: Policy<R>,
-    Fut: Future<Output = R>,
 {
     let flight = (
         Arc::as_ptr(cache.repository()) as *const () as usize,
-        cache.make_key(&key),
+        cache.make_key(key),
     );
     // A first leader runs the body at once: a miss costs GET + SET NX, as by hand. A leader
     // elected after a flight of the key's group ended since the caller's ticket (taken before
@@ -185,26 +216,24 @@ where
                 if recheck && reread {
                     // A second read of the key: not another lookup of this caller's (its
                     // first was its `GET` in `memoize`), as `get_or_set`'s second look.
-                    if let Ok(Some(bytes)) = polled(cache.get_raw(&key)).await {
-                        if let Ok(value) = decode(codec, cache, &key, &bytes) {
+                    if let Ok(Some(bytes)) = polled(cache.get_raw(key)).await {
+                        if let Ok(value) = decode(codec, cache, key, &bytes) {
                             guard.publish(bytes);
-                            return (P::wrap(value), CallOutcome::Hit, waited);
+                            return (Turn::Answered(P::wrap(value), CallOutcome::Hit), waited);
                         }
                         overwrite = true;
                     }
                 }
-                let ret =
-                    run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), Some(guard))
-                        .await;
-                return (ret, outcome, waited);
+                let leader = Some(guard);
+                return (Turn::Run { leader, overwrite }, waited);
             }
             Join::Waiter(waiter) => {
                 waited.begins();
                 let wait = waiter.wait_unbounded().await;
                 waited.ends();
                 let overwrite = match wait {
-                    Wait::Published(bytes) => match decode(codec, cache, &key, &bytes) {
-                        Ok(value) => return (P::wrap(value), outcome, waited),
+                    Wait::Published(bytes) => match decode(codec, cache, key, &bytes) {
+                        Ok(value) => return (Turn::Answered(P::wrap(value), outcome), waited),
                         // Another instantiation of a generic function under the same key.
                         Err(()) => true,
                     },
@@ -212,29 +241,26 @@ where
                     // The leader panicked or was cancelled: join again (the first to join leads).
                     Wait::Abandoned => continue,
                 };
-                let ret =
-                    run::<P, R, Fut>(cache, &key, expire, overwrite, codec, body(), None).await;
-                return (ret, outcome, waited);
+                let leader = None;
+                return (Turn::Run { leader, overwrite }, waited);
             }
         }
     }
 }
 
-/// Runs the body and stores a cacheable result, publishing it to the waiters first.
-async fn run<P, R, Fut>(
+/// After the body has run: stores a cacheable result, publishing it to the waiters first.
+async fn run<P, R>(
     cache: &Cache,
     key: &str,
     expire: Expire,
     overwrite: bool,
     codec: Codec<P::Value>,
-    body: Fut,
+    ret: R,
     leader: Option<Guard>,
 ) -> R
 where
     P: Policy<R>,
-    Fut: Future<Output = R>,
 {
-    let ret = body.await;
     let Some(value) = P::value(&ret) else {
         if let Some(leader) = leader {
             leader.not_shared();
@@ -283,8 +309,8 @@ where
 /// leader's flight stays open until the write has finished, so callers arriving in that
 /// window get the leader's value from memory instead of running the body again (unless the
 /// key is written or deleted by a caller meanwhile: own writes detach the key's flights, see
-/// `Cache::detach_flights`; not this store's own). Outside a tokio runtime the store is
-/// awaited in place.
+/// `Cache::detaching`; not this store's own). A leader whose flight was detached so before its
+/// store is sent stores nothing. Outside a tokio runtime the store is awaited in place.
 async fn store(
     cache: Cache,
     key: String,
@@ -294,6 +320,13 @@ async fn store(
     leader: Option<Guard>,
 ) {
     let write = async move {
+        // Detached by a write of the key since the body began (`_invalidate`, `delete`, `set`):
+        // its value, computed before that write, is not stored (it still answers the caller and
+        // the waiters). Checked in the poll that sends the store, with no await in between.
+        if leader.as_ref().is_some_and(Guard::is_detached) {
+            drop(leader);
+            return;
+        }
         let stored = cache.store_loaded_raw(&key, bytes, expire, overwrite).await;
         if let Err(error) = stored {
             report(&cache, "set", &key, &error);

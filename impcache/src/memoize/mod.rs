@@ -9,7 +9,9 @@
 //!   costs at most one deadline (its `GET`) plus the body. The key's flight stays open until the
 //!   store has finished, so callers arriving meanwhile get the leader's value without running the
 //!   body; a write of the key through a `Cache` (`delete`, `*_invalidate`, `set`, ...) detaches
-//!   it at once, and a call after the write runs the body again. Waiters get the leader's encoded JSON and decode it, so values need not be `Clone` and
+//!   it at once, and a call after the write runs the body again. A leader whose flight was so
+//!   detached before its store is sent (the write came while its body ran) stores nothing: its
+//!   value, computed before the write, answers its caller and waiters only. Waiters get the leader's encoded JSON and decode it, so values need not be `Clone` and
 //!   waiters are served even while the cache itself is down.
 //! - **Leader returns `Err`/`None`** (a value that is not cached): each waiter runs its own body,
 //!   concurrently. Errors are never shared between callers.
