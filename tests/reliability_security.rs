@@ -451,10 +451,23 @@ mod tls {
     }
 
     impl TlsServer {
+        /// On a free port, retried on another when the server exits: the port may be taken
+        /// between `free_port` and the bind (another test's server or proxy, which the readiness
+        /// check then connected to: the calls met "connection refused" once it was gone, 1 CI
+        /// run).
         fn start(pki: &Pki, cert: &str) -> Self {
+            for _ in 0..10 {
+                if let Some(server) = Self::try_start(pki, cert) {
+                    return server;
+                }
+            }
+            panic!("TLS redis-server did not start");
+        }
+
+        fn try_start(pki: &Pki, cert: &str) -> Option<Self> {
             let port = impcache_tests::free_port();
             let file = |ext: &str| pki.dir.join(format!("{cert}.{ext}"));
-            let child = Command::new(impcache_tests::redis_server_bin())
+            let mut child = Command::new(impcache_tests::redis_server_bin())
                 .args(["--port", "0", "--tls-port", &port.to_string()])
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .arg("--dir")
@@ -471,12 +484,24 @@ mod tls {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server");
+            let exited = |child: &mut Child| !matches!(child.try_wait(), Ok(None));
             let deadline = Instant::now() + Duration::from_secs(10);
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "TLS redis-server did not start");
+                if exited(&mut child) || Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            TlsServer { child, port }
+            // Listening, but maybe another process on the port: ours then exits at once, its
+            // bind refused.
+            std::thread::sleep(Duration::from_millis(100));
+            if exited(&mut child) {
+                let _ = child.wait();
+                return None;
+            }
+            Some(TlsServer { child, port })
         }
 
         fn url(&self, host: &str) -> String {
