@@ -142,7 +142,8 @@ use proc_macro::TokenStream;
 /// # Behaviour
 /// - **One execution per key per process**: concurrent callers with the same key wait for the
 ///   first one and decode its JSON (values need not be `Clone`). If it returns a value that is not
-///   cached (`Err`, `None`), each waiter runs its own body, concurrently (with `lock`, one of
+///   cached (`Err`, `None`, or one JSON cannot encode: a NaN, a `u128` above 64 bits, logged as a
+///   warning), each waiter runs its own body, concurrently (with `lock`, one of
 ///   them first runs it once more through the lock for the others, and if that fails too they
 ///   run theirs without taking it); if it panics or is cancelled, the waiters elect a new
 ///   leader. Nothing is poisoned.
