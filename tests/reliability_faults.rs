@@ -335,6 +335,58 @@ async fn the_breaker_opens_when_callers_time_out_first_on_a_frozen_server() {
     assert!(stats.errors > 0, "{stats:?}");
 }
 
+/// A healthy server whose calls are now and then dropped by their callers, each followed by an
+/// idle gap longer than the deadline, then by a call the server answers with an error reply
+/// (`WRONGTYPE`): each dropped call counts as a timeout, and the error reply, an answer, starts
+/// the connection's count of timeouts in a row again, so it is never replaced. Before, only a
+/// success did: the connection was replaced every 3 cycles (found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_replies_keep_a_healthy_connection_whose_callers_drop_calls() {
+    let server = RedisServer::start();
+    let repository = RedisCacheRepository::builder(server.url())
+        .deadline(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let cache = Cache::new(repository.clone());
+    cache.set("k", &1, 60).await.unwrap();
+    cache.set("w", &1, 60).await.unwrap();
+    let list = cache.make_key("w");
+    let _: i64 = server.cmd(&["DEL", &list]);
+    let _: i64 = server.cmd(&["LPUSH", &list, "a"]);
+    let library_clients = || {
+        let list: String = server.cmd(&["CLIENT", "LIST"]);
+        list.lines()
+            .filter(|line| !line.contains("cmd=client|list"))
+            .filter_map(|line| {
+                line.split(' ')
+                    .find(|f| f.starts_with("id="))
+                    .map(str::to_owned)
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = library_clients();
+    for _ in 0..6 {
+        // Polled once (its request sent), then dropped: a caller that gave up.
+        let mut dropped = std::pin::pin!(cache.get::<i32>("k"));
+        std::future::poll_fn(|cx| {
+            let _ = dropped.as_mut().poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        drop(dropped);
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let error = cache.get::<i32>("w").await.unwrap_err();
+        assert!(matches!(error, Error::Server { .. }), "{error:?}");
+    }
+    assert_eq!(
+        library_clients(),
+        before,
+        "a healthy connection was replaced: {:?}",
+        cache.stats()
+    );
+    assert!(!repository.is_circuit_open());
+}
+
 /// Calls `get` every 20 ms until it succeeds; the time it took. Panics after `limit`.
 async fn poll_until_ok(cache: &Cache, limit: Duration) -> Duration {
     let start = Instant::now();

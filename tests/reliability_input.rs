@@ -83,9 +83,17 @@ fn malformed_dsns_are_refused_with_a_reason_and_without_the_password() {
         }
         assert!(!error.is_backend_failure());
     }
-    // Line breaks in a DSN are escaped in its message, as keys' are (one was shown raw).
+    // Line breaks in a DSN are escaped in its message, as keys' are (one was shown raw), and in
+    // the reason that repeats a decoded part of it, or the `redis` crate's words (a probe).
     let error = RedisCacheRepository::new("redis://127.0.0.1:1/0\nINFO forged").unwrap_err();
     assert!(error.to_string().contains("0\\nINFO forged"), "{error}");
+    for dsn in [
+        "redis://127.0.0.1:1?db=1%0A2",
+        "redis://127.0.0.1:1/0?protocol=%E2%80%AEresp3",
+    ] {
+        let message = RedisCacheRepository::new(dsn).unwrap_err().to_string();
+        assert!(!message.contains(['\n', '\u{202e}']), "{message:?}");
+    }
 }
 
 /// Settings under which nothing could work are refused when the repository is built, naming
@@ -134,6 +142,8 @@ fn well_formed_dsns_are_accepted_without_connecting() {
         "redis://127.0.0.1:1/0?protocol=resp3",
         "redis://127.0.0.1:1/0?socket_timeout=5&socket_connect_timeout=1&health_check_interval=10",
         "redis://127.0.0.1:1/0?max_connections=50&retry_on_timeout=true&client_name=web",
+        "redis://127.0.0.1:1/0?lib_name=app&lib_version=1&socket_read_size=65536",
+        "redis://127.0.0.1:1/0?ssl_min_version=2&ssl_ciphers=x&ssl_ca_path=/etc/ssl",
     ] {
         let repository = RedisCacheRepository::new(dsn).unwrap_or_else(|e| panic!("{dsn}: {e}"));
         assert!(!format!("{repository:?}").contains("hunter2"));

@@ -339,6 +339,10 @@ where
             if target.is_outage(failed.kind) {
                 breaker.record_failure(&admission, &Cause(&failed));
             } else {
+                // The server answered (an error reply): the connection is alive, so its count of
+                // timeouts in a row starts again too (a dropped call counted as one, then an
+                // error reply, thrice, replaced a healthy connection: found by a probe).
+                target.succeeded();
                 breaker.record_success();
                 if let Some(unanswered) = unanswered {
                     unanswered.answered();

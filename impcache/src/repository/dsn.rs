@@ -105,8 +105,8 @@ fn hide_query_passwords(dsn: &str) -> String {
 }
 
 /// Whether a query parameter written `name` (percent-encoded or not, in any case) may hold a
-/// password: any but the known names ([`known_query_parameter`]) other than `password` and
-/// `pass`, decoded as the credentials are read ([`query_credentials`]): `pass%77ord` is
+/// password: any but the known names ([`known_query_parameter`]) other than `password`,
+/// `pass` and `ssl_password`, decoded as the credentials are read ([`query_credentials`]): `pass%77ord` is
 /// `password`, and was sent but shown; `pwd=`, refused as unknown, was shown in the refusal
 /// (found by probes).
 fn may_hold_a_password(name: &str) -> bool {
@@ -118,7 +118,8 @@ fn may_hold_a_password(name: &str) -> bool {
     !url::form_urlencoded::parse(name.as_bytes())
         .next()
         .is_some_and(|(decoded, _)| {
-            known_query_parameter(&decoded) && !matches!(decoded.as_ref(), "password" | "pass")
+            known_query_parameter(&decoded)
+                && !matches!(decoded.as_ref(), "password" | "pass" | "ssl_password")
         })
 }
 
@@ -126,26 +127,41 @@ fn may_hold_a_password(name: &str) -> bool {
 /// `user=` / `pass=` as the `redis` crate does) and the `redis` crate's `protocol`.
 const READ_QUERY_PARAMETERS: &[&str] = &["db", "password", "pass", "username", "user", "protocol"];
 
-/// redis-py's connection options, accepted so that one DSN serves both languages, and ignored:
-/// impcache has its own connect timeout, deadline and connection handling.
+/// redis-py's connection options that a URL can give (its `parse_url` passes any query name to
+/// the connection, whose constructor refuses the names it does not take), accepted so that one
+/// DSN serves both languages, and ignored: impcache has its own connect timeout, deadline,
+/// connection handling and TLS settings (`tls_root_certificate`).
 const REDIS_PY_QUERY_PARAMETERS: &[&str] = &[
     "socket_timeout",
     "socket_connect_timeout",
     "socket_keepalive",
+    "socket_read_size",
+    "socket_type",
     "health_check_interval",
     "max_connections",
     "retry_on_timeout",
+    "retry_on_error",
     "timeout",
     "readonly",
     "client_name",
+    "lib_name",
+    "lib_version",
     "decode_responses",
     "encoding",
     "encoding_errors",
     "ssl_cert_reqs",
     "ssl_check_hostname",
     "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_ca_data",
     "ssl_certfile",
     "ssl_keyfile",
+    "ssl_password",
+    "ssl_min_version",
+    "ssl_ciphers",
+    "ssl_validate_ocsp",
+    "ssl_validate_ocsp_stapled",
+    "ssl_ocsp_expected_cert",
 ];
 
 /// Whether impcache reads or accepts the query parameter `name`.
@@ -322,9 +338,11 @@ pub(crate) fn cluster_node(dsn: &str) -> Result<redis::ConnectionInfo> {
 
 /// The [`Error::InvalidDsn`] for `dsn` (redacted) and a reason.
 fn invalid(dsn: &str) -> impl Fn(String) -> Error + '_ {
+    // The reason may repeat a decoded part of the DSN (`the database `1\n2``) or the `redis`
+    // crate's words about it: escaped as the DSN is.
     move |reason| Error::InvalidDsn {
         dsn: crate::error::escaped(&redact(dsn)),
-        reason,
+        reason: crate::error::escaped(&reason),
     }
 }
 
@@ -492,8 +510,8 @@ mod tests {
         assert_eq!(redact("redis://h:1/0?db=1&x"), "redis://h:1/0?db=1&x");
         // Any parameter not known to hold no secret (`pwd=` was shown).
         assert_eq!(
-            redact("redis://h:1/0?pwd=s3cret&protocol=3&timeout=2"),
-            "redis://h:1/0?pwd=***&protocol=3&timeout=2"
+            redact("redis://h:1/0?pwd=s3cret&protocol=3&timeout=2&ssl_password=k3y"),
+            "redis://h:1/0?pwd=***&protocol=3&timeout=2&ssl_password=***"
         );
         // A userinfo password holding what looks like a query parameter; a name with a tab.
         assert_eq!(
