@@ -303,11 +303,29 @@ impl<K: Hash + Eq, V> FlightGuard<K, V> {
     /// purge or a write of its key came after it began, so that what it computed may be older
     /// than that write. Checked with the table locked, as detaching is done.
     pub fn is_detached(&self) -> bool {
-        self.flights
-            .lock()
+        !self.attached(&self.flights.lock())
+    }
+
+    /// Runs `send` unless this flight was detached ([`is_detached`](Self::is_detached)), with
+    /// the table locked while it runs, so that a detach comes wholly before it (`None`: not
+    /// run) or after it. The load protocols send their store so: a write of the key detaches
+    /// before it is sent, so either it stores nothing or its command is queued behind the
+    /// store's; a check, then the send, let a write on another thread come in between (a stress
+    /// probe: a few rounds in 300). `send` must not join, detach or end a flight of this table:
+    /// its lock is not reentrant.
+    pub fn unless_detached<R>(&self, send: impl FnOnce() -> R) -> Option<R> {
+        let table = self.flights.lock();
+        let sent = self.attached(&table).then(send);
+        drop(table);
+        sent
+    }
+
+    /// Whether the table still holds this flight under its key.
+    fn attached(&self, table: &Table<K, V>) -> bool {
+        table
             .flights
             .get(&self.key)
-            .is_none_or(|(id, _)| *id != self.id)
+            .is_some_and(|(id, _)| *id == self.id)
     }
 }
 

@@ -943,19 +943,30 @@ pub(super) async fn run<V, E, F, Fut>(
     // flight a write of the key detached since it began (a `delete`, a `set`, from any caller
     // of this process, also while the caller was answered early by a soft timeout's stale value,
     // or during a background reload) stores nothing: its value, computed before that write,
-    // answers its caller and waiters only. Checked right before the store is sent, with no
-    // await in between (the write detaches before it is sent too: see `Cache::detaching`).
-    let mut storing = encoded.and_then(|bytes| {
+    // answers its caller and waiters only. Checked and sent in one step
+    // (`FlightGuard::unless_detached`; the write detaches before it is sent: see
+    // `Cache::detaching`).
+    let mut storing = encoded.map(|bytes| {
         if let Some(guard) = &guard {
             guard.publish(Shared::new(bytes.clone(), created, &tags));
-            if guard.is_detached() {
-                return None;
-            }
         }
-        Some(Box::pin(store(&job, bytes, created, &tags)))
+        Box::pin(store(&job, bytes, created, &tags))
     });
     let stored = match &mut storing {
-        Some(storing) => std::future::poll_fn(|cx| Poll::Ready(storing.as_mut().poll(cx))).await,
+        Some(store) => {
+            let sent = std::future::poll_fn(|cx| {
+                Poll::Ready(match &guard {
+                    Some(guard) => guard.unless_detached(|| store.as_mut().poll(cx)),
+                    None => Some(store.as_mut().poll(cx)),
+                })
+            })
+            .await;
+            // Detached: nothing is stored (the store, never polled, is dropped).
+            sent.unwrap_or_else(|| {
+                storing = None;
+                Poll::Ready(())
+            })
+        }
         None => Poll::Ready(()),
     };
     // The flight ends before the caller is answered when nothing of it is left to run (the

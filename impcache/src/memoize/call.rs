@@ -320,28 +320,36 @@ async fn store(
     leader: Option<Guard>,
 ) {
     let write = async move {
-        // Detached by a write of the key since the body began (`_invalidate`, `delete`, `set`):
-        // its value, computed before that write, is not stored (it still answers the caller and
-        // the waiters). Checked in the poll that sends the store, with no await in between.
-        if leader.as_ref().is_some_and(Guard::is_detached) {
-            drop(leader);
-            return;
-        }
         let stored = cache.store_loaded_raw(&key, bytes, expire, overwrite).await;
         if let Err(error) = stored {
             report(&cache, "set", &key, &error);
         }
-        drop(leader);
     };
+    // Detached by a write of the key since the body began (`_invalidate`, `delete`, `set`): its
+    // value, computed before that write, is not stored (it still answers the caller and the
+    // waiters). Checked and sent in one step (`FlightGuard::unless_detached`).
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return write.await;
+        if !leader.as_ref().is_some_and(Guard::is_detached) {
+            write.await;
+        }
+        return;
     };
     let mut write = Box::pin(write);
     // One poll with this task's waker; the spawned task polls again with its own, so the
     // first waker may be woken once for nothing (harmless).
-    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    if first.is_pending() {
-        runtime.spawn(write);
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match &leader {
+            Some(guard) => guard.unless_detached(|| write.as_mut().poll(cx)),
+            None => Some(write.as_mut().poll(cx)),
+        })
+    })
+    .await;
+    if first.is_some_and(|first| first.is_pending()) {
+        // The flight stays open until the write has finished.
+        runtime.spawn(async move {
+            write.await;
+            drop(leader);
+        });
     }
 }
 
