@@ -366,14 +366,16 @@ async fn error_replies_keep_a_healthy_connection_whose_callers_drop_calls() {
     };
     let before = library_clients();
     for _ in 0..6 {
-        // Polled once (its request sent), then dropped: a caller that gave up.
-        let mut dropped = std::pin::pin!(cache.get::<i32>("k"));
-        std::future::poll_fn(|cx| {
-            let _ = dropped.as_mut().poll(cx);
-            std::task::Poll::Ready(())
-        })
-        .await;
-        drop(dropped);
+        // Polled once (its request sent), then dropped at the end of the block: a caller that
+        // gave up.
+        {
+            let mut dropped = std::pin::pin!(cache.get::<i32>("k"));
+            std::future::poll_fn(|cx| {
+                let _ = dropped.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
         tokio::time::sleep(Duration::from_millis(450)).await;
         let error = cache.get::<i32>("w").await.unwrap_err();
         assert!(matches!(error, Error::Server { .. }), "{error:?}");
