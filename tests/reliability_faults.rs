@@ -697,10 +697,16 @@ fn a_connection_left_by_a_finished_runtime_is_replaced_transparently() {
 /// reconnects and runs once more, writes included, within its deadline (found by a probe: 7 runs
 /// in 8 failed a `set` with `broken pipe` or tokio's "context ... is being shutdown", as only
 /// the first call to meet the dead connection was sent again).
+///
+/// The default deadline (500 ms), not this file's 150 ms: 8 threads with their own runtimes
+/// reconnecting on a loaded 2-core CI machine timed out 2 calls of 1,760 once (not seen in 6
+/// runs alone; most likely a retry's reconnect under load); the test is about every call
+/// answering, not about the time.
 #[test]
 fn runtimes_ending_while_others_share_the_cache_fail_no_call() {
     let server = RedisServer::start();
-    let (cache, repository) = cache(&server.url());
+    let repository = RedisCacheRepository::builder(server.url()).build().unwrap();
+    let cache = Cache::new(repository.clone());
     let failures = impcache_tests::share_across_ending_runtimes(&cache);
     assert!(
         failures.is_empty(),
