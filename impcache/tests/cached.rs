@@ -2,15 +2,12 @@
 //! companions, methods, generics, concurrency, panics and failures, values of the wrong type.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use impcache::{cached, Cache, MemoryCacheRepository};
-use impcache_tests::late::LateWrites;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
 /// The default cache of this test binary (installed once).
 fn default() -> &'static Cache {
@@ -362,100 +359,6 @@ async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
         out.push(task.await.unwrap());
     }
     out
-}
-
-static HELD_RUNS: AtomicUsize = AtomicUsize::new(0);
-
-/// Its key argument and the run's number, once `gate` lets the run through.
-#[cached(cache = cache, expire = 60, skip(cache, gate))]
-async fn held(cache: &Cache, gate: Arc<Semaphore>, id: u64) -> (u64, usize) {
-    let run = HELD_RUNS.fetch_add(1, SeqCst);
-    drop(gate.acquire().await);
-    (id, run)
-}
-
-/// `held` with a freshness option: its load goes through `get_or_set`'s protocol.
-#[cached(cache = cache, expire = 60, stale_if_error = 60, skip(cache, gate))]
-async fn held_fresh(cache: &Cache, gate: Arc<Semaphore>, id: u64) -> (u64, usize) {
-    let run = HELD_RUNS.fetch_add(1, SeqCst);
-    drop(gate.acquire().await);
-    (id, run)
-}
-
-/// A call of `call` whose run is held until `invalidate` is done, or, `in_flight`, until 50 ms
-/// after it began (the key is gone, the reply not yet handled); then a call after both. The run
-/// number each of the two calls got.
-async fn invalidated_during_a_run<C, Fut>(
-    call: C,
-    invalidate: impl Future<Output = ()>,
-    in_flight: bool,
-) -> (usize, usize)
-where
-    C: Fn(Arc<Semaphore>) -> Fut,
-    Fut: Future<Output = (u64, usize)>,
-{
-    let gate = Arc::new(Semaphore::new(0));
-    let before = HELD_RUNS.load(SeqCst);
-    let writer = async {
-        while HELD_RUNS.load(SeqCst) == before {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let open = async {
-            if in_flight {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            gate.add_permits(1000);
-        };
-        if in_flight {
-            tokio::join!(invalidate, open);
-        } else {
-            invalidate.await;
-            open.await;
-        }
-    };
-    let ((_, first), ()) = tokio::join!(call(Arc::clone(&gate)), writer);
-    let (_, again) = call(gate).await;
-    (first, again)
-}
-
-/// An `_invalidate` (or a `Cache::delete`) of a key made while its body runs is not undone by
-/// that run's store: the value, computed before the invalidation, answers the run's callers but
-/// is not stored, and the next call runs the body again. It was stored after the invalidation
-/// and served for the whole `expire` (found by a probe, with and without freshness options).
-/// Both with the invalidation done before the body returns, and with it in flight when the body
-/// returns (its reply handled 300 ms late: `LateWrites::deletes_too`), which a write's detaching
-/// before it is sent covers. (`cached_redis.rs` has the same on Redis.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalidation_during_a_run_is_not_undone_by_its_store() {
-    let late = LateWrites::new(MemoryCacheRepository::new(), Duration::from_millis(300));
-    let cache = &Cache::new(late.deletes_too());
-    let mut undone = Vec::new();
-    for (id, in_flight) in (0..8).map(|id| (id, id % 2 == 1)) {
-        let fresh = id >= 4;
-        let invalidate = async move {
-            let name = if fresh { "held_fresh" } else { "held" };
-            let key = format!("cached::{name}:{id}");
-            let removed = match (id % 4 < 2, fresh) {
-                (true, false) => held_invalidate(cache, id).await.unwrap(),
-                (true, true) => held_fresh_invalidate(cache, id).await.unwrap(),
-                (false, _) => cache.delete(&key).await.unwrap() > 0,
-            };
-            assert!(!removed, "nothing stored yet");
-        };
-        let (first, again) = if fresh {
-            let call = |gate| held_fresh(cache, gate, id);
-            invalidated_during_a_run(call, invalidate, in_flight).await
-        } else {
-            invalidated_during_a_run(|gate| held(cache, gate, id), invalidate, in_flight).await
-        };
-        if again == first {
-            undone.push(format!("{id} (fresh: {fresh}, in flight: {in_flight})"));
-        }
-    }
-    assert!(
-        undone.is_empty(),
-        "invalidations undone by the store of a run they came during: {undone:?}"
-    );
 }
 
 static TYPED: AtomicUsize = AtomicUsize::new(0);
