@@ -284,13 +284,10 @@ where
         // rather than the handler (RFC 9111 §5.2.1.7).
         if limits.only_if_cached {
             counted.count(LayerOutcome::Miss);
-            let detail = Some("only-if-cached");
-            let outcome = Outcome::Miss {
-                fwd,
-                stored: false,
-                detail,
-            };
-            return Ok(gateway_timeout(config, outcome));
+            return Ok(gateway_timeout(
+                config,
+                unstored_miss(fwd, "only-if-cached"),
+            ));
         }
         // A failed lookup is an `error` whatever follows; otherwise counted by `forward`, once
         // the request is answered from a flight's leader or another process (`hit`) or goes to
@@ -635,12 +632,7 @@ where
                 }
                 let url = config.logged(url);
                 tracing::warn!(target: "impcache_tower", url, ?limit, "the handler timed out (hard timeout): 504");
-                let detail = Some("handler-timeout");
-                let outcome = Outcome::Miss {
-                    fwd,
-                    stored: false,
-                    detail,
-                };
+                let outcome = unstored_miss(fwd, "handler-timeout");
                 return Ok(gateway_timeout(config, outcome));
             }
         },
@@ -1068,6 +1060,15 @@ where
             let why = Why::SoftTimeout;
             WithinSoft::Stale(stale_hit(entry, &headers, false, shared, past, why))
         }
+    }
+}
+
+/// A miss answered without a stored response nor a handler's: `detail` says why.
+fn unstored_miss(fwd: &'static str, detail: &'static str) -> Outcome {
+    Outcome::Miss {
+        fwd,
+        stored: false,
+        detail: Some(detail),
     }
 }
 
