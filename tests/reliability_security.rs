@@ -112,12 +112,17 @@ async fn acl_users_work_and_passwords_never_show() {
     }
     assert!(repository.is_circuit_open());
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    // The breaker's warning names the failure that opened it, not its key (which the cache
-    // logs only when it records keys).
+    // The breaker's warning names the failure that opened it and whose breaker it is (the
+    // server, as the metrics' `target` label names it: no password), not its key (which the
+    // cache logs only when it records keys).
+    let target = format!("127.0.0.1:{}", server.port());
     assert!(
         logs.lines()
             .any(|line| line.contains("circuit breaker opened")
                 && line.contains("last_error=")
+                && line.contains("repository=\"redis\"")
+                && line.contains("target=")
+                && line.contains(&target)
                 && !line.contains("cache:1:k")),
         "logs: {logs}"
     );

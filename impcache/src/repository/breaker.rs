@@ -91,6 +91,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// The value of its `i`th metrics label (0: `repository`, 1: `target`), which its log events
+    /// carry too: with two repositories, a log line says whose breaker moved.
+    fn label(&self, i: usize) -> &str {
+        self.labels.get(i).map_or("", Label::value)
+    }
+
     fn now_ms(&self) -> u64 {
         // At least 1, so that 0 can mean "closed".
         (self.epoch.elapsed().as_millis() as u64).max(1)
@@ -140,15 +146,22 @@ impl CircuitBreaker {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        if self.open_until_ms.load(Ordering::Relaxed) != 0 {
-            self.open_until_ms.store(0, Ordering::Release);
+        // The load keeps the closed path read-only; the swap lets one of two successes landing
+        // together close it (and log it) once.
+        if self.open_until_ms.load(Ordering::Relaxed) != 0
+            && self.open_until_ms.swap(0, Ordering::AcqRel) != 0
+        {
             let from = if self.probe_in_flight.swap(false, Ordering::AcqRel) {
                 BreakerState::HalfOpen
             } else {
                 BreakerState::Open
             };
             self.transition(from, BreakerState::Closed);
-            tracing::info!("impcache: redis answered again, circuit breaker closed");
+            tracing::info!(
+                repository = self.label(0),
+                target = self.label(1),
+                "impcache: redis answered again, circuit breaker closed"
+            );
         }
     }
 
@@ -179,6 +192,8 @@ impl CircuitBreaker {
             }
             if !was_open {
                 tracing::warn!(
+                    repository = self.label(0),
+                    target = self.label(1),
                     failures,
                     cool_down = ?config.cool_down,
                     last_error = %cause,
