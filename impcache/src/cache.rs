@@ -834,7 +834,8 @@ impl Cache {
 
     /// [`delete_pattern`](Cache::delete_pattern), calling `on_progress` after each batch with the
     /// totals so far ([`DeleteProgress`]: keys matched, keys removed, batches): on Redis a batch
-    /// is one `SCAN` reply of up to 1,000 keys and its `UNLINK`.
+    /// is one `SCAN` reply (`COUNT 1000`: about 1,000 keys, a hint Redis may exceed by a few) and its
+    /// `UNLINK`.
     ///
     /// Every sweep, with or without a callback, also emits a `tracing` event (target `impcache`,
     /// inside the operation's span) every 10 batches at `DEBUG` and every 100 batches at `INFO`,

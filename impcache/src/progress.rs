@@ -8,7 +8,7 @@ use crate::error::Error;
 /// How far a [`delete_pattern`](crate::Cache::delete_pattern_with_progress) sweep has got:
 /// totals since it started, reported after each batch.
 ///
-/// On Redis a batch is one `SCAN` reply that found keys (up to 1,000) and its `UNLINK`; on Redis
+/// On Redis a batch is one `SCAN` reply that found keys (about 1,000: `COUNT` is a hint) and its `UNLINK`; on Redis
 /// Cluster the batches of every primary are added up, as they come; the in-memory repository
 /// removes in batches of 1,000 too. A [`CacheRepository`](crate::CacheRepository) that does not
 /// report its own progress reports once, at the end.

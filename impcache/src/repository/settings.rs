@@ -88,6 +88,11 @@ macro_rules! shared_setters {
 
         /// The largest encoded value accepted before sending (default 512 MiB, Redis's own
         /// limit). `build` refuses zero ([`Error::InvalidDsn`](crate::Error::InvalidDsn)).
+        ///
+        /// Set it to the server's `proto-max-bulk-len` when that is lower: the server answers a
+        /// longer value with a protocol error and closes the connection, which the client may
+        /// see first, as an outage ([`Error::Unavailable`](crate::Error::Unavailable), counted
+        /// towards the circuit breaker) rather than as the server's refusal.
         pub fn max_value_bytes(mut self, bytes: usize) -> Self {
             self.settings.max_value_bytes = bytes;
             self
