@@ -1249,3 +1249,160 @@ fn a_fail_safe_copy_counts_as_a_failed_read_and_a_stale_answer() {
         );
     });
 }
+
+/// What `get_or_set` or a `#[cached]` call counts for one read of a value of another type: one
+/// lookup, a miss (not a hit), its `get` a miss, and the same in `stats()`.
+fn counts_one_miss(recorded: &Recorded, before: CacheStats, after: CacheStats, what: &str) {
+    let lookups = |o| recorded.counter("impcache_lookups_total", &[("outcome", o)]);
+    assert_eq!((lookups("hit"), lookups("miss")), (0, 1), "{what}");
+    assert_eq!(
+        (recorded.ops("get", "hit"), recorded.ops("get", "miss")),
+        (0, 1),
+        "{what}"
+    );
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (0, 1),
+        "{what}"
+    );
+    // No error either: the loader ran, as on a miss.
+    assert_eq!(recorded.ops("get", "error"), 0, "{what}");
+}
+
+/// `get_or_set` of a `u64` at `key`, the variant the key names: `try` (`try_get_or_set`),
+/// `policy` (a freshness policy), `tagged` (with tags), else plain.
+async fn load_as_u64(cache: &Cache, key: &str) -> u64 {
+    let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(60));
+    let loaded = match key {
+        "try" => {
+            cache
+                .try_get_or_set(key, 60, || async { Ok::<_, impcache::Error>(3) })
+                .await
+        }
+        "policy" => {
+            cache
+                .get_or_set(key, 60, || async { 3 })
+                .freshness(policy)
+                .await
+        }
+        "tagged" => cache.get_or_set(key, 60, || async { 3 }).tags(["t"]).await,
+        _ => cache.get_or_set(key, 60, || async { 3 }).await,
+    };
+    loaded.unwrap()
+}
+
+/// A probe's find: a value `get_or_set` reads that does not decode as the caller's type (stored
+/// by another type, as before a deploy that changed it) is loaded and overwritten, as a miss,
+/// and was counted a hit: every recomputation after such a deploy read as a hit. It is a miss
+/// now, in every variant (`try_get_or_set`, a freshness policy, tags).
+#[test]
+fn get_or_set_over_a_value_of_another_type_counts_a_miss() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        cache.set("plain", &"a string", 60).await.unwrap();
+        cache.set("try", &"a string", 60).await.unwrap();
+        cache.set("policy", &"a string", 60).await.unwrap();
+        cache
+            .set_tagged("tagged", &"a string", 60, ["t"])
+            .await
+            .unwrap();
+        for what in ["plain", "try", "policy", "tagged"] {
+            Recorded::take(&snapshotter);
+            let before = cache.stats();
+            assert_eq!(load_as_u64(&cache, what).await, 3, "{what}");
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            let recorded = Recorded::take(&snapshotter);
+            counts_one_miss(&recorded, before, cache.stats(), what);
+            // Overwritten: the next call is a hit.
+            assert_eq!(load_as_u64(&cache, what).await, 3, "{what}");
+            let recorded = Recorded::take(&snapshotter);
+            let lookups = |o| recorded.counter("impcache_lookups_total", &[("outcome", o)]);
+            assert_eq!((lookups("hit"), lookups("miss")), (1, 0), "{what}");
+        }
+    });
+}
+
+/// The same through a near cache, the value of another type answered from process memory.
+#[test]
+fn get_or_set_over_a_near_cached_value_of_another_type_counts_a_miss() {
+    let server = RedisServer::start();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = near_cached(&server);
+        cache.set("k", &"a string", 60).await.unwrap();
+        // Until the value is answered from process memory.
+        for _ in 0..400 {
+            let hits = cache.near_cache_stats().hits;
+            cache.get::<String>("k").await.unwrap();
+            if cache.near_cache_stats().hits > hits {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Recorded::take(&snapshotter);
+        let (before, near_before) = (cache.stats(), cache.near_cache_stats().hits);
+        let loaded: u64 = cache.get_or_set("k", 60, || async { 3 }).await.unwrap();
+        assert_eq!(loaded, 3);
+        assert!(
+            cache.near_cache_stats().hits > near_before,
+            "read from process memory"
+        );
+        let recorded = Recorded::take(&snapshotter);
+        counts_one_miss(&recorded, before, cache.stats(), "near cache");
+    });
+}
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache))]
+async fn retyped(cache: &Cache, n: u64) -> u64 {
+    n + 1
+}
+
+#[impcache::cached(cache = cache, expire = 60, skip(cache), stale_if_error = 60)]
+async fn retyped_fresh(cache: &Cache, n: u64) -> u64 {
+    n + 1
+}
+
+/// A probe's find: a `#[cached]` call over a value of another type (its return type changed)
+/// runs its body, a `miss` of the function, and its lookup was counted a hit. A miss now, with
+/// or without a freshness option (which runs on `get_or_set`'s machinery).
+#[test]
+fn a_cached_call_over_a_value_of_another_type_counts_a_miss() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        for (function, key) in [
+            ("metrics::retyped", "metrics::retyped:5"),
+            ("metrics::retyped_fresh", "metrics::retyped_fresh:5"),
+        ] {
+            cache.set(key, &"old type", 60).await.unwrap();
+            Recorded::take(&snapshotter);
+            let before = cache.stats();
+            let answer = match function {
+                "metrics::retyped" => retyped(&cache, 5).await,
+                _ => retyped_fresh(&cache, 5).await,
+            };
+            assert_eq!(answer, 6);
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            let recorded = Recorded::take(&snapshotter);
+            let calls = |o| {
+                recorded.counter(
+                    "impcache_cached_calls_total",
+                    &[("function", function), ("outcome", o)],
+                )
+            };
+            assert_eq!((calls("hit"), calls("miss")), (0, 1), "{function}");
+            counts_one_miss(&recorded, before, cache.stats(), function);
+        }
+    });
+}

@@ -42,8 +42,11 @@ use crate::tags::{self, envelope, StateKeys, TagInvalidation, Tags, Verdict};
 /// the recorder (only when one is installed).
 macro_rules! observed {
     ($cache:expr, $operation:expr, $key:expr, $body:expr) => {
-        $crate::cache::observed!($cache, $operation, $key, $body, map: |value| value, also: |_, _| {})
+        $crate::cache::observed!($cache, $operation, $key, $body, map: |value, _| value, also: |_, _| {})
     };
+    // `map` turns what the body read into the caller's answer, and may count a key found as a
+    // miss in its tally (`Tally::not_decoded`: a value the caller cannot use, whose loader runs).
+    // `also` records the caller's own metrics in the same call into the recorder.
     ($cache:expr, $operation:expr, $key:expr, $body:expr, map: $map:expr, also: $also:expr) => {{
         // A cooperative yield point, as tokio's own resources are: local hits (the memory
         // repository, the near cache) complete without ever waiting, so a task looping over them
@@ -68,8 +71,8 @@ macro_rules! observed {
             };
         // A match, not `Result::map`s: the value is moved once (it may be a large decoded one).
         match result {
-            Ok((value, tally)) => {
-                let value = ($map)(value);
+            Ok((value, mut tally)) => {
+                let value = ($map)(value, &mut tally);
                 observation.finish(Ok(&tally), |recorder| ($also)(&value, recorder));
                 Ok(value)
             }
@@ -886,12 +889,14 @@ impl Cache {
     }
 
     /// [`get_raw`](Cache::get_raw) for the `#[cached]` runtime: the bytes found go through `decode`
-    /// (`Err(())`: not a value of the function's type), and a decoded value counts as a hit of
-    /// `function` in the same call into the metrics recorder as the `get` itself.
+    /// (`Err(())`: not a value of the function's type, whose body then runs: a miss, not a hit,
+    /// see [`Tally::not_decoded`]), and a decoded value counts as a hit of `function` (when
+    /// given: not for a leader's second look) in the same call into the metrics recorder as the
+    /// `get` itself.
     pub(crate) async fn get_raw_cached<V>(
         &self,
         key: &str,
-        function: &'static CachedFunction,
+        function: Option<&'static CachedFunction>,
         decode: impl FnOnce(&Bytes) -> Result<V, ()>,
     ) -> Result<Option<Result<V, ()>>> {
         observed!(
@@ -899,9 +904,15 @@ impl Cache {
             Operation::Get,
             Some(key),
             self.read(key),
-            map: |found: Option<Bytes>| found.map(|bytes| decode(&bytes)),
+            map: |found: Option<Bytes>, tally: &mut Tally| {
+                let found = found.map(|bytes| decode(&bytes));
+                if let Some(Err(())) = found {
+                    tally.not_decoded();
+                }
+                found
+            },
             also: |found: &Option<Result<V, ()>>, recorder: &dyn Recorder| {
-                if let Some(Ok(_)) = found {
+                if let (Some(Ok(_)), Some(function)) = (found, function) {
                     function.record_call(recorder, CallOutcome::Hit);
                 }
             }

@@ -5,7 +5,9 @@
 //! next to the protocol, so that `cache.rs` needs nothing of `crate::freshness`.
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 
+use super::job::{decode_at, Origin};
 use super::policy::Freshness;
 use super::request::{GetOrSet, TryGetOrSet};
 use crate::cache::{observed, Cache};
@@ -189,71 +191,120 @@ impl Cache {
 
 // --- Tags (issue 16): the tagged reads of `get_or_set`. ---
 
+/// What a `get_or_set` read found at its key: the value as the caller's type, and the entry it
+/// was decoded from (its JSON, the key's remaining TTL).
+pub(crate) struct Found<V> {
+    pub(crate) value: V,
+    pub(crate) entry: WithTtl,
+}
+
 impl Cache {
-    /// [`read_for_load`](Cache::read_for_load) for `get_or_set`: with the call's `tags`, their
-    /// state is read with the entry (one wait); a tagged entry is judged against its tags and the
-    /// call's. A soft-invalidated entry comes back with a TTL that makes `policy` see it as
-    /// stale since the invalidation, or as a miss past the policy's stale window.
-    pub(crate) async fn read_for_load_tagged(
+    /// The read of `get_or_set` (every variant, and `#[cached]` with a freshness option, tags or
+    /// a lock), counted as a `get`: with the call's `tags`, their state is read with the entry
+    /// (one wait); a tagged entry is judged against its tags and the call's. A soft-invalidated
+    /// entry comes back with a TTL that makes `policy` see it as stale since the invalidation,
+    /// or as a miss past the policy's stale window.
+    ///
+    /// The entry is decoded as a `V` here: one that does not decode (stored by another type,
+    /// such as before a deploy that changed it) is logged (for `origin`) and answered as not
+    /// found, and counted as a miss ([`Tally::not_decoded`]): the caller's loader runs and
+    /// overwrites it.
+    pub(crate) async fn read_for_load_tagged<V: DeserializeOwned>(
         &self,
         key: &str,
         policy: &Freshness,
         tags: &Tags,
-    ) -> Result<Option<WithTtl>> {
-        if tags.is_empty() {
-            return self.read_for_load_judged(key, policy).await;
-        }
-        observed!(self, Operation::Get, Some(key), async {
-            self.check_key(key)?;
-            let parts = self.key_parts(key);
-            let backend = &self.shared.backend;
-            // Through a near cache: an entry judged fresh against these tags, no tag state
-            // having changed since, needs no judging again (`near/store.rs`).
-            backend.catch_up().await;
-            let slot = match backend.verified(parts, tags, policy.needs_ttl()) {
-                Ok(found) => {
-                    let tally = Tally::read(Some(found.value.len()));
-                    return Ok((Some(found), tally));
+        origin: Origin,
+    ) -> Result<Option<Found<V>>> {
+        let decoded = |found: Option<WithTtl>, tally: &mut Tally| {
+            let entry = found?;
+            match decode_at::<V>(origin, self, key, &entry.value) {
+                Some(value) => Some(Found { value, entry }),
+                None => {
+                    tally.not_decoded();
+                    None
                 }
-                Err(slot) => slot,
-            };
-            let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
-            let (found, states) = backend
-                .get_with_tags(parts, &keys.keys(), policy.needs_ttl())
-                .await
-                .map_err(self.read_failed_for(Operation::Get, key))?;
-            let found = self.judge(key, found, states, tags, policy, slot).await?;
-            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
-            Ok((found, tally))
-        })
+            }
+        };
+        if tags.is_empty() {
+            observed!(
+                self,
+                Operation::Get,
+                Some(key),
+                self.read_for_load_judged(key, policy),
+                map: decoded,
+                also: |_, _| {}
+            )
+        } else {
+            observed!(
+                self,
+                Operation::Get,
+                Some(key),
+                self.read_for_load_with_tags(key, policy, tags),
+                map: decoded,
+                also: |_, _| {}
+            )
+        }
+    }
+
+    /// The read of [`read_for_load_tagged`](Cache::read_for_load_tagged) for a call with tags.
+    async fn read_for_load_with_tags(
+        &self,
+        key: &str,
+        policy: &Freshness,
+        tags: &Tags,
+    ) -> Result<(Option<WithTtl>, Tally)> {
+        self.check_key(key)?;
+        let parts = self.key_parts(key);
+        let backend = &self.shared.backend;
+        // Through a near cache: an entry judged fresh against these tags, no tag state
+        // having changed since, needs no judging again (`near/store.rs`).
+        backend.catch_up().await;
+        let slot = match backend.verified(parts, tags, policy.needs_ttl()) {
+            Ok(found) => {
+                let tally = Tally::read(Some(found.value.len()));
+                return Ok((Some(found), tally));
+            }
+            Err(slot) => slot,
+        };
+        let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
+        let (found, states) = backend
+            .get_with_tags(parts, &keys.keys(), policy.needs_ttl())
+            .await
+            .map_err(self.read_failed_for(Operation::Get, key))?;
+        let found = self.judge(key, found, states, tags, policy, slot).await?;
+        let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
+        Ok((found, tally))
     }
 
     /// An untagged `get_or_set` read: as [`read_for_load`](Cache::read_for_load), and a tagged
     /// entry found is judged with the policy's stale window.
-    async fn read_for_load_judged(&self, key: &str, policy: &Freshness) -> Result<Option<WithTtl>> {
-        observed!(self, Operation::Get, Some(key), async {
-            self.check_key(key)?;
-            let parts = self.key_parts(key);
-            let found = if policy.needs_ttl() {
-                self.shared.backend.get_with_ttl(parts).await?
-            } else {
-                self.shared
-                    .backend
-                    .get(parts)
+    async fn read_for_load_judged(
+        &self,
+        key: &str,
+        policy: &Freshness,
+    ) -> Result<(Option<WithTtl>, Tally)> {
+        self.check_key(key)?;
+        let parts = self.key_parts(key);
+        let found = if policy.needs_ttl() {
+            self.shared.backend.get_with_ttl(parts).await?
+        } else {
+            self.shared
+                .backend
+                .get(parts)
+                .await?
+                .map(|value| WithTtl::new(value, None))
+        };
+        // Only a tagged entry needs judging: a plain one skips the (async) judge.
+        let found = match found {
+            Some(found) if envelope::is_envelope(&found.value) => {
+                self.judge(key, Some(found), Vec::new(), &Tags::default(), policy, None)
                     .await?
-                    .map(|value| WithTtl::new(value, None))
-            };
-            // Only a tagged entry needs judging: a plain one skips the (async) judge.
-            let found = match found {
-                Some(found) if envelope::is_envelope(&found.value) => {
-                    self.judge(key, Some(found), Vec::new(), &Tags::default(), policy, None)
-                        .await?
-                }
-                found => found,
-            };
-            let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
-            Ok((found, tally))
-        })
+            }
+            found => found,
+        };
+        let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
+        Ok((found, tally))
     }
 
     /// What a `get_or_set` read of `key` found, judged against the tags' `states` (those of

@@ -25,12 +25,12 @@ use crate::json;
 use crate::observe::hooks::FlightWait;
 use crate::observe::polling::polled;
 use crate::observe::stale::StaleReason;
-use crate::repository::WithTtl;
 use crate::tags::{self, envelope, LoadedTags, Tags};
 use crate::Cache;
 
 use super::answer::{self, Answer};
-use super::job::{decode, decode_at, load_event, report, FlightKey, Job, Origin};
+use super::cache_io::Found;
+use super::job::{decode, load_event, report, FlightKey, Job, Origin};
 use super::throttle;
 
 /// The loads in flight in this process, publishing the value.
@@ -261,8 +261,11 @@ where
         waited: Duration::ZERO,
         origin,
     };
-    let (job, stale, loader, reread) = match cache.read_for_load_tagged(key, &policy, &tags).await {
-        Ok(Some(found)) => match serve(cache, key, origin, &policy, &job, ticket, found, loader) {
+    // A value of another type (the read counts it as a miss) reads as none: loaded and
+    // overwritten.
+    let read = cache.read_for_load_tagged(key, &policy, &tags, origin);
+    let (job, stale, loader, reread) = match read.await {
+        Ok(Some(found)) => match serve(cache, key, &policy, &job, ticket, found, loader) {
             Served::Value(value) => return Ok(value),
             Served::Load { stale, loader } => (job(), stale, loader, Reread::IfAFlightEnded),
         },
@@ -314,15 +317,13 @@ enum Served<V, F> {
 
 /// What to do with the value a call's read `found`: answer with it (fresh, or stale within a
 /// window that allows it), or load.
-#[allow(clippy::too_many_arguments)]
 fn serve<V, E, F, Fut>(
     cache: &Cache,
     key: &str,
-    origin: Origin,
     policy: &Freshness,
     job: &dyn Fn() -> Job,
     ticket: Ticket,
-    found: WithTtl,
+    found: Found<V>,
     loader: F,
 ) -> Served<V, F>
 where
@@ -331,13 +332,10 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
-    let Some(value) = decode_at::<V>(origin, cache, key, &found.value) else {
-        // Not this type (any more): load and overwrite.
-        return Served::Load {
-            stale: None,
-            loader,
-        };
-    };
+    let Found {
+        value,
+        entry: found,
+    } = found;
     match policy.state(found.ttl) {
         State::Fresh { left } => {
             // An early refresh is a background reload: not while the key's loader is throttled.
@@ -612,15 +610,14 @@ async fn second_look<V: DeserializeOwned>(job: &Job) -> Option<(V, Shared, Optio
     let since = tags::stamp_micros();
     let read = job
         .cache
-        .read_for_load_tagged(&job.key, &job.policy, &job.tags);
+        .read_for_load_tagged(&job.key, &job.policy, &job.tags, job.origin);
     // A `get` operation, but not another lookup: the caller's was its first read (and a
     // background reload's look is no caller's).
-    let found = polled(read).await.ok()??;
-    let State::Fresh { left } = job.policy.state(found.ttl) else {
+    let Found { value, entry } = polled(read).await.ok()??;
+    let State::Fresh { left } = job.policy.state(entry.ttl) else {
         return None;
     };
-    let value = decode(job, &found.value)?;
-    Some((value, Shared::read(found.value, since, job), left))
+    Some((value, Shared::read(entry.value, since, job), left))
 }
 
 /// `loader`, run in the caller's `tracing` span although its task is spawned, as it would be in

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::job::{decode_at, load_event, report, Job, Origin};
+use super::cache_io::Found;
+use super::job::{load_event, report, Job, Origin};
 use super::lock_settings::Lock;
 use super::policy::State;
 use crate::cache::{observed, Cache};
@@ -279,14 +280,15 @@ async fn owned<T>(
 /// refresh, not the value it replaces.
 async fn fresh<V: DeserializeOwned>(job: &Job) -> Result<Option<(V, Bytes)>> {
     // The tagged read when the call has tags: an envelope is opened and its tags are checked.
+    // (A value of another type reads as none: reloaded under the lock.)
     let found = job
         .cache
-        .read_for_load_tagged(&job.key, &job.policy, &job.tags)
+        .read_for_load_tagged(&job.key, &job.policy, &job.tags, job.origin)
         .await?;
-    let Some(found) = found else {
+    let Some(Found { value, entry }) = found else {
         return Ok(None);
     };
-    let State::Fresh { left } = job.policy.state(found.ttl) else {
+    let State::Fresh { left } = job.policy.state(entry.ttl) else {
         return Ok(None);
     };
     if let (Some(replaced), Some(left)) = (job.replaces, left) {
@@ -294,10 +296,7 @@ async fn fresh<V: DeserializeOwned>(job: &Job) -> Result<Option<(V, Bytes)>> {
             return Ok(None);
         }
     }
-    Ok(
-        decode_at::<V>(job.origin, &job.cache, &job.key, &found.value)
-            .map(|value| (value, found.value)),
-    )
+    Ok(Some((value, entry.value)))
 }
 
 /// How much later than the value an early refresh replaces another value must expire to be

@@ -124,11 +124,11 @@ where
     // The hit path: one GET, one decode (the hit counted with the GET).
     let mut overwrite = false;
     let mut outcome = CallOutcome::Miss;
+    // A value of another type counts as a miss of the `get` (`Cache::get_raw_cached`).
+    let decoded = |bytes: &Bytes| decode(codec, cache, &key, bytes);
     // Pinned where it is built, in this future: awaited in place, it would be built in the poll's
     // stack frame first (see `boxed`).
-    match pin!(cache.get_raw_cached(&key, function, |bytes| decode(codec, cache, &key, bytes)))
-        .await
-    {
+    match pin!(cache.get_raw_cached(&key, Some(function), decoded)).await {
         Ok(Some(Ok(value))) => {
             function.trace(CallOutcome::Hit);
             return P::wrap(value);
@@ -215,13 +215,18 @@ where
             Join::Leader(Leader { guard, recheck }) => {
                 if recheck && reread {
                     // A second read of the key: not another lookup of this caller's (its
-                    // first was its `GET` in `memoize`), as `get_or_set`'s second look.
-                    if let Ok(Some(bytes)) = polled(cache.get_raw(key)).await {
-                        if let Ok(value) = decode(codec, cache, key, &bytes) {
+                    // first was its `GET` in `memoize`), as `get_or_set`'s second look. Its
+                    // `get` counts a value of another type as a miss, as the first read does.
+                    let read = cache.get_raw_cached(key, None, |bytes| {
+                        decode(codec, cache, key, bytes).map(|value| (value, bytes.clone()))
+                    });
+                    match polled(read).await {
+                        Ok(Some(Ok((value, bytes)))) => {
                             guard.publish(bytes);
                             return (Turn::Answered(P::wrap(value), CallOutcome::Hit), waited);
                         }
-                        overwrite = true;
+                        Ok(Some(Err(()))) => overwrite = true,
+                        Ok(None) | Err(_) => {}
                     }
                 }
                 let leader = Some(guard);

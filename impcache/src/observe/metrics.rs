@@ -142,6 +142,16 @@ impl Tally {
         }
     }
 
+    /// A key found whose value the caller cannot use: it does not decode as the caller's type
+    /// (`get_or_set`'s read, `#[cached]`'s, of a value stored by another type, such as before a
+    /// deploy that changed a cached type). The caller's loader runs and overwrites it, so it
+    /// counts as a miss, not a hit (its bytes were read all the same). A `get` of it fails with
+    /// a decode error instead (no lookup).
+    pub(crate) fn not_decoded(&mut self) {
+        self.misses += self.hits;
+        self.hits = 0;
+    }
+
     /// `len` value bytes written.
     pub(crate) fn written(len: usize) -> Tally {
         Tally {
