@@ -97,9 +97,11 @@
 //! ## Metrics
 //!
 //! With a [`metrics`](https://docs.rs/metrics) recorder installed, every request counts in
-//! `impcache_http_requests_total{outcome, route}` (`hit`, `miss`, `bypass`, `error`, `stale`). `route` is the
-//! route axum matched (`/users/{id}`, never the request's path) with the `axum` feature, absent
-//! otherwise. The table of metrics is in impcache's `OBSERVABILITY.md`.
+//! `impcache_http_requests_total{outcome, route}` (`hit`, `miss`, `bypass`, `error`, `stale`, and
+//! `cancelled` for a request whose response future was dropped before its outcome was known),
+//! each request once. `route` is the route axum matched (`/users/{id}`, never the request's
+//! path) with the `axum` feature, absent otherwise. The table of metrics is in impcache's
+//! `OBSERVABILITY.md`.
 //!
 //! ## Storage
 //!

@@ -8,8 +8,15 @@
 use http::Request;
 use impcache::__private::metrics::{layer_request, recorder_installed, LayerOutcome};
 
-/// The request being counted: `None` without a metrics recorder (nothing is counted, nothing is
-/// looked up in the request).
+/// The request being counted, once: `None` without a metrics recorder (nothing is counted,
+/// nothing is looked up in the request), and once it has been counted.
+///
+/// Also the request's drop guard, as the core's operations' (`impcache::observe::Observation`):
+/// a request whose response future is dropped before its outcome was counted (its client went
+/// away while it waited for another request's handler call or the cross-process lock, or while
+/// its handler ran with a stale response that could stand in for it; a panic of the handler) is
+/// counted when this is dropped, as `cancelled`. Dropped after its count (a hit whose client drops
+/// the body, a miss whose client leaves during the handler call), it counts nothing more.
 #[derive(Debug)]
 pub(crate) struct Counted(Option<Option<Route>>);
 
@@ -25,11 +32,27 @@ impl Counted {
         Counted(recorder_installed().then(|| route(request)))
     }
 
-    /// Counts the request with its outcome.
+    /// Counts the request with its outcome, unless it was counted already (each request once).
     #[inline]
-    pub(crate) fn count(&self, outcome: LayerOutcome) {
-        if let Some(route) = &self.0 {
+    pub(crate) fn count(&mut self, outcome: LayerOutcome) {
+        if let Some(route) = self.0.take() {
             layer_request(outcome, route.as_ref().map(as_str));
+        }
+    }
+
+    /// Dropped before its outcome was counted: the request's future was dropped.
+    #[cold]
+    #[inline(never)]
+    fn cancelled(&mut self) {
+        self.count(LayerOutcome::Cancelled);
+    }
+}
+
+impl Drop for Counted {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            self.cancelled();
         }
     }
 }

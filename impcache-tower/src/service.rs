@@ -173,7 +173,9 @@ where
             config.allow_authenticated,
             config.honor_request_cache_control,
         );
-        let counted = Counted::of(&request);
+        // Counted once, when its outcome is known; dropped before (its client went away), as
+        // `cancelled` (the drop guard: see `Counted`), wherever it waited.
+        let mut counted = Counted::of(&request);
         // A HEAD request is never a refresh: a client's `no-cache` bypasses it (see the plan).
         let (head, refresh, limits) = match plan {
             RequestPlan::Bypass(reason) => {
@@ -264,7 +266,7 @@ where
                                 let call = (inner, request, keys, ticket, limits);
                                 let within =
                                     within_soft_timeout(&shared, call, found, (past, fwd), soft);
-                                return Box::pin(within).await.counted(&counted);
+                                return Box::pin(within).await.counted(&mut counted);
                             }
                             _ => (fwd, true, None, Some(entry), Some(past), seen),
                         },
@@ -291,7 +293,8 @@ where
         }
         // A failed lookup is an `error` whatever follows; otherwise counted by `forward`, once
         // the request is answered from a flight's leader or another process (`hit`) or goes to
-        // the handler (`miss`; when a stale entry may stand in for it, once it has answered).
+        // the handler (`miss`; when a stale entry may stand in for it, once it has answered), or
+        // as `cancelled` when its client goes away before (while it waits, or the handler runs).
         let counted = match (fallback, detail) {
             (None, Some(_)) => {
                 counted.count(LayerOutcome::Error);
@@ -395,7 +398,9 @@ struct Miss<S, ReqBody> {
     /// How long `stale` is past its freshness, when it may stand in for a failed handler
     /// (stale-if-error).
     fallback: Option<Duration>,
-    /// The request's count, when it waits for the handler's answer (with a `fallback`).
+    /// The request's count, `None` when counted already (a failed lookup's `error`) or not the
+    /// client's (a background call). Dropped uncounted (the client went away while the request
+    /// waited), it counts as `cancelled` (see [`Counted`]).
     counted: Option<Counted>,
     /// The URL's flight, already led (a background revalidation): no coalescing.
     lead: Option<FlightGuard>,
@@ -460,14 +465,14 @@ where
         detail,
         stale,
         fallback,
-        counted,
+        mut counted,
         lead,
         lock,
         seen,
     } = miss;
     let revalidation = lead.is_some();
-    let count = |outcome| {
-        if let Some(counted) = &counted {
+    let mut count = |outcome| {
+        if let Some(counted) = &mut counted {
             counted.count(outcome);
         }
     };
@@ -599,8 +604,8 @@ where
         && !revalidating
         && revalidate::without_validators(request.headers_mut());
     let request_ms = now_ms();
-    // Counted before the call (a request whose client goes away meanwhile counts too), unless a
-    // stale entry may stand in for it: then once the handler has answered.
+    // Counted before the call, unless a stale entry may stand in for it: then once the handler
+    // has answered (a request whose client goes away meanwhile counts as `cancelled`).
     let count_after_call = stand_in.is_some();
     if !count_after_call {
         count(LayerOutcome::Miss);
@@ -964,7 +969,7 @@ enum WithinSoft<B, E> {
 }
 
 impl<B, E> WithinSoft<B, E> {
-    fn counted(self, counted: &Counted) -> Result<Response<ResponseBody<B>>, E> {
+    fn counted(self, counted: &mut Counted) -> Result<Response<ResponseBody<B>>, E> {
         match self {
             WithinSoft::Answered(Ok(mut response)) => {
                 let stood_in = response.extensions_mut().remove::<StoodIn>().is_some();

@@ -5,6 +5,8 @@
 
 mod recorded;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,6 +14,7 @@ use axum::extract::Path;
 use axum::routing::get;
 use axum::Router;
 use http::Request;
+use http_body_util::BodyExt;
 use impcache::{Cache, MemoryCacheRepository, RedisCacheRepository};
 use impcache_tower::CacheLayer;
 use recorded::{count, requests_total};
@@ -97,6 +100,115 @@ fn coalesced_requests_are_counted_as_hits() {
         }
     });
     assert_eq!(counts, [count("hit", ROUTE, 9), count("miss", ROUTE, 1)]);
+}
+
+/// A request whose client goes away while it waits, coalesced behind another request's handler
+/// call, is counted once, as `cancelled` (a probe's find: it was not counted at all, 1 request of
+/// 6 counted). A request counted before its client went away (a hit whose response is dropped
+/// unread) is not counted again.
+#[test]
+fn coalesced_requests_dropped_while_waiting_are_counted_as_cancelled() {
+    let counts = requests_total(|| async {
+        let app: Router = Router::new()
+            .route(
+                "/users/{id}",
+                get(|Path(id): Path<u64>| async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    format!("user {id}")
+                }),
+            )
+            .layer(CacheLayer::new(Cache::new(MemoryCacheRepository::new())).expire(60));
+        let get = || Request::get("/users/7").body(Body::empty()).unwrap();
+        let leader = tokio::spawn(app.clone().oneshot(get()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..3 {
+            let waiter =
+                tokio::time::timeout(Duration::from_millis(30), app.clone().oneshot(get()));
+            assert!(
+                waiter.await.is_err(),
+                "answered while the leader's call runs"
+            );
+        }
+        let response = leader.await.unwrap().unwrap();
+        assert!(response.status().is_success());
+        response.into_body().collect().await.unwrap();
+        // Until the store lands.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        // A hit, dropped with its body unread.
+        let hit = app.clone().oneshot(get()).await.unwrap();
+        let status = hit.headers()["cache-status"].to_str().unwrap();
+        assert!(status.starts_with("impcache; hit"), "{status}");
+        drop(hit);
+    });
+    assert_eq!(
+        counts,
+        [
+            count("cancelled", ROUTE, 3),
+            count("hit", ROUTE, 1),
+            count("miss", ROUTE, 1)
+        ]
+    );
+}
+
+/// A request whose client goes away while its handler runs with a stale response that could
+/// stand in for it (stale-if-error: counted once the handler has answered) is counted once, as
+/// `cancelled`, with a soft timeout too (a probe's find: it was not counted at all). A miss with
+/// no stale response, counted before its handler runs, is counted once, as `miss`.
+#[test]
+fn a_request_dropped_while_a_stale_response_could_stand_in_is_counted_as_cancelled() {
+    let counts = requests_total(|| async {
+        let slow = Arc::new(AtomicBool::new(false));
+        let app = |layer: CacheLayer| -> Router {
+            let slow = Arc::clone(&slow);
+            Router::new()
+                .route(
+                    "/users/{id}",
+                    get(move |Path(id): Path<u64>| {
+                        let slow = slow.load(Ordering::SeqCst);
+                        async move {
+                            if slow {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                            format!("user {id}")
+                        }
+                    }),
+                )
+                .layer(layer)
+        };
+        let layer = || {
+            CacheLayer::new(Cache::new(MemoryCacheRepository::new()))
+                .expire(1)
+                .stale_if_error(Duration::from_secs(60))
+        };
+        let plain = app(layer());
+        let soft = app(layer().soft_timeout(Duration::from_secs(1)));
+        let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+        for app in [&plain, &soft] {
+            let response = app.clone().oneshot(get("/users/1")).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        // Past the one-second freshness: stale, within the stale-if-error window.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        slow.store(true, Ordering::SeqCst);
+        for (app, uri) in [
+            (&plain, "/users/1"),
+            (&soft, "/users/1"),
+            (&plain, "/users/2"),
+        ] {
+            let request = app.clone().oneshot(get(uri));
+            let dropped = tokio::time::timeout(Duration::from_millis(100), request).await;
+            assert!(dropped.is_err(), "{uri} answered while its handler runs");
+        }
+    });
+    assert_eq!(
+        counts,
+        [count("cancelled", ROUTE, 2), count("miss", ROUTE, 3)]
+    );
 }
 
 /// Issue 17 (a probe's find): `purge_url` reads the URL's records through the cache, counted as

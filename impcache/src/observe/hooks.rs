@@ -182,6 +182,10 @@ pub enum LayerOutcome {
     /// A stored response served past its freshness (stale-while-revalidate, or standing in for
     /// a failed service under stale-if-error).
     Stale,
+    /// The request's response future was dropped before its outcome was counted (its client went
+    /// away, a timeout around the service, a panic of the service): a caller that left, as the
+    /// `cancelled` outcome of `impcache_operations_total`; not an error.
+    Cancelled,
 }
 
 impl LayerOutcome {
@@ -193,6 +197,7 @@ impl LayerOutcome {
             LayerOutcome::Bypass => "bypass",
             LayerOutcome::Error => "error",
             LayerOutcome::Stale => "stale",
+            LayerOutcome::Cancelled => "cancelled",
         }
     }
 }
