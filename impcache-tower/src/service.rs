@@ -673,8 +673,11 @@ where
         config.handler_succeeded(url);
     }
     if head {
-        // Never stored: a HEAD response has no body to serve GETs with.
-        let mut response = response.map(ResponseBody::inner);
+        // Never stored: a HEAD response has no body to serve GETs with. Nor is one sent, as on
+        // a hit: a handler that wrote one (a service answering HEAD as GET) had it dropped by
+        // hyper, but not by a caller of the layer without a server (`oneshot`, another layer).
+        // Its headers, `Content-Length` included, are the GET's, as RFC 9110 §9.3.2 has them.
+        let mut response = response.map(|_| ResponseBody::full(Bytes::new()));
         response.headers_mut().remove(TAGS_FIELD);
         tagging::strip(config, response.headers_mut());
         let detail = detail.or(Some(NotStored::Head.detail()));

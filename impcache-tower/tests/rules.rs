@@ -156,6 +156,26 @@ async fn defect_head_request_poisons_the_get_entry() {
     assert_eq!(calls.get(), 2);
 }
 
+/// A HEAD that misses is answered without a body, as one that hits: a handler answering it as a
+/// GET (a plain service, not axum's router) has its body dropped by the layer, not only by a
+/// server (found by a probe through `oneshot`); its `Content-Length` stays the GET's.
+#[tokio::test]
+async fn a_head_miss_is_answered_without_the_handlers_body() {
+    let (svc, calls) = app(layer(), |n, _| async move {
+        Response::builder()
+            .header("content-length", "6")
+            .body(Body::from(format!("call {n}")))
+            .unwrap()
+    });
+    for _ in 0..2 {
+        let head = send(&svc, request("HEAD", "/page", &[])).await;
+        assert_eq!(head.outcome(), "MISS");
+        assert!(head.body.is_empty(), "{:?}", head.body);
+        assert_eq!(head.header("content-length"), Some("6"));
+    }
+    assert_eq!(calls.get(), 2);
+}
+
 /// http-cache-tower-server, axum-response-cache, rustango #1251: `Set-Cookie` stored and replayed.
 #[tokio::test]
 async fn defect_set_cookie_replayed_to_other_users() {
