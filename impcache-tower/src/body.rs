@@ -33,6 +33,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Full { data: Option<Bytes> },
+        // A HEAD response's: no data, and no length of its own unless the GET's is known (then
+        // its `Content-Length` says it): an exact 0 made axum and hyper write `0` or nothing.
+        Headless { length_known: bool },
         Inner { #[pin] body: B },
         Replay {
             frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
@@ -280,6 +283,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Full { .. } => "Full",
+            Kind::Headless { .. } => "Headless",
             Kind::Inner { .. } => "Inner",
             Kind::Replay { .. } => "Replay",
         };
@@ -293,6 +297,15 @@ impl<B> ResponseBody<B> {
         let data = (!data.is_empty()).then_some(data);
         ResponseBody {
             kind: Kind::Full { data },
+        }
+    }
+
+    /// The body of a HEAD response, which carries none: its size is unknown unless
+    /// `length_known` (the response's `Content-Length` gives the GET's), so that a server does not
+    /// write a length of 0 for a GET whose length is unknown.
+    pub(crate) fn headless(length_known: bool) -> Self {
+        ResponseBody {
+            kind: Kind::Headless { length_known },
         }
     }
 
@@ -348,6 +361,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Headless { .. } => Poll::Ready(None),
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Replay { frames, rest, copy } => poll_replay(frames, rest, copy, cx),
         }
@@ -356,6 +370,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { data } => data.is_none(),
+            Kind::Headless { .. } => true,
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Replay { frames, rest, .. } => {
                 frames.is_empty() && rest.as_ref().is_none_or(|b| b.is_end_stream())
@@ -368,6 +383,10 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Headless { length_known: true } => SizeHint::with_exact(0),
+            Kind::Headless {
+                length_known: false,
+            } => SizeHint::default(),
             Kind::Inner { body } => body.size_hint(),
             Kind::Replay { frames, rest, .. } => {
                 let buffered: u64 = frames

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
 use impcache::__private::metrics::LayerOutcome;
@@ -676,8 +676,18 @@ where
         // Never stored: a HEAD response has no body to serve GETs with. Nor is one sent, as on
         // a hit: a handler that wrote one (a service answering HEAD as GET) had it dropped by
         // hyper, but not by a caller of the layer without a server (`oneshot`, another layer).
-        // Its headers, `Content-Length` included, are the GET's, as RFC 9110 §9.3.2 has them.
-        let mut response = response.map(|_| ResponseBody::full(Bytes::new()));
+        // Its headers, `Content-Length` included, are the GET's, as RFC 9110 §9.3.2 has them: a
+        // body of a known length that the handler sent without the field gets it here, as a
+        // server would have written it (axum's router writes it above the layer, from the body).
+        let (mut parts, body) = response.into_parts();
+        if let Some(length) = body.size_hint().exact() {
+            parts
+                .headers
+                .entry(header::CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(length));
+        }
+        let length_known = parts.headers.contains_key(header::CONTENT_LENGTH);
+        let mut response = Response::from_parts(parts, ResponseBody::headless(length_known));
         response.headers_mut().remove(TAGS_FIELD);
         tagging::strip(config, response.headers_mut());
         let detail = detail.or(Some(NotStored::Head.detail()));

@@ -145,6 +145,55 @@ async fn fetch(addr: SocketAddr, method: &str, path: &str) -> (String, Bytes, ht
     (seen.outcome().to_owned(), body, seen.headers)
 }
 
+/// A HEAD that misses says what the GET says of its length, over a real axum server: the layer
+/// drops the handler's body, and axum's router writes a `Content-Length` above the layer from the
+/// body's size, so the empty body must not pass for a length of 0 (a regression found by a probe:
+/// `content-length: 0` for an 11-byte page, and for a streamed one of unknown length).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_miss_over_axum_keeps_the_gets_content_length() {
+    let app: Router = Router::new()
+        .route("/page", get(|| async { "hello world" }))
+        .route(
+            "/streamed",
+            get(|| async { Body::new(OfUnknownLength(Some(Bytes::from("abcdef")))) }),
+        )
+        .layer(CacheLayer::new(memory_cache()).expire(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let length = |headers: &http::HeaderMap| {
+        headers
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let (outcome, body, headers) = fetch(addr, "HEAD", "/page").await;
+    assert_eq!((outcome.as_str(), body.len()), ("MISS", 0));
+    assert_eq!(length(&headers).as_deref(), Some("11"));
+    let (_, body, get_headers) = fetch(addr, "GET", "/page").await;
+    assert_eq!(body, "hello world");
+    assert_eq!(length(&get_headers).as_deref(), Some("11"));
+    // A body of unknown length: no length at all, as the GET (chunked) has none.
+    let (outcome, _, headers) = fetch(addr, "HEAD", "/streamed").await;
+    assert_eq!(outcome, "MISS");
+    assert_ne!(length(&headers).as_deref(), Some("0"), "{headers:?}");
+    server.abort();
+}
+
+/// A body that does not tell its length (as a stream's), so that axum and hyper send it chunked.
+struct OfUnknownLength(Option<Bytes>);
+
+impl http_body::Body for OfUnknownLength {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
 /// End to end: axum over TCP, a real HTTP client, a real Redis. Stored → the next request is a
 /// HIT read back from Redis (not from process memory), HEAD from the GET entry, purge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
