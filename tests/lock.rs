@@ -877,3 +877,43 @@ fn debug_logs() -> &'static impcache_tests::logs::Logs {
         logs
     })
 }
+
+/// A process waiting for another's load over a value of another type (an older deploy's) warns
+/// of it once, at its own read, not at each poll of the wait (every 5 to 50 ms: 15 warnings in
+/// 550 ms after the read of `get_or_set` began to decode; found by a regression probe).
+#[test]
+fn a_waiter_over_a_value_of_another_type_warns_once_not_at_each_poll() {
+    let server = impcache_tests::RedisServer::start();
+    let logs = impcache_tests::logs::Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let _subscriber = tracing::subscriber::set_default(subscriber);
+    let warned = || {
+        logs.text()
+            .matches("does not decode as the requested type")
+            .count()
+    };
+    impcache_tests::current_thread_runtime().block_on(async {
+        let process = || Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
+        let (owner, waiter) = (process(), process());
+        owner.set("k", &"an older type", 60).await.unwrap();
+        let policy = Freshness::new().lock(Lock::new().wait(HANG));
+        let first = tokio::spawn(async move {
+            let load = owner.get_or_set("k", 60, || async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                1_u64
+            });
+            load.freshness(policy).await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waited = waiter.get_or_set("k", 60, || async { 2_u64 });
+        assert_eq!(waited.freshness(policy).await.unwrap(), 1);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+    });
+    // The owner's read and the waiter's.
+    assert_eq!(warned(), 2, "{}", logs.text());
+}
