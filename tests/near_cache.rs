@@ -1425,6 +1425,74 @@ async fn a_sentinel_switch_stops_local_hits_at_once() {
     wait_value(&cache, "k", Some(3)).await;
 }
 
+/// Sentinel, its announcements missed (`follow_announcements(false)`; the same for a Sentinel
+/// that cannot be subscribed to, or a subscription lost): the repository's periodic recheck
+/// (`recheck_every`, 1 s) runs for the near cache even when every read is a local hit. It ran
+/// only when an operation called the repository, which local hits never do: after a forced
+/// failover and another client's write on the new primary, the reader served the old local value
+/// for 8 to 11 s (until Sentinel demoted the old primary; found by a probe), however short the
+/// recheck. Heartbeat 5 s here: the new value must be read within 4 s of the write (a generous
+/// ceiling over about 1 to 2 s, well under the defect's), and the old one never again after.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_sentinel_announcement_is_caught_while_reads_are_local() {
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+
+    let group = SentinelGroup::start();
+    let second = group.replica.port();
+    let repository =
+        impcache::RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .deadline(Duration::from_millis(500))
+            .follow_announcements(false)
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository.clone())
+        .key_prefix("missed")
+        .near_cache(NearCache::new().heartbeat(Duration::from_secs(5)))
+        .build();
+    wait_active(&cache).await;
+    let key = cache.make_key("k");
+    cache.set("k", &1, 600).await.unwrap();
+    wait_local(&cache, "k").await;
+    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+
+    let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+    eventually("the replica is promoted", || async {
+        SentinelGroup::role(second) == "master"
+    })
+    .await;
+    // Another client writes on the new primary, which the old one's tracking never reports.
+    let _: () = group.replica.cmd(&["SET", &key, "2"]);
+    let written = Instant::now();
+    let limit = Duration::from_secs(4);
+    loop {
+        match cache.get::<i64>("k").await {
+            Ok(Some(2)) => break,
+            read => assert!(
+                written.elapsed() < limit,
+                "still {read:?} {:?} after the write on the new primary (the repository on {:?})",
+                written.elapsed(),
+                repository.primary_address()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let promoted = format!(":{second}");
+    assert!(repository
+        .primary_address()
+        .is_some_and(|address| address.ends_with(&promoted)));
+    // Never the old value again.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let read = cache.get::<i64>("k").await;
+        assert!(
+            !matches!(read, Ok(Some(1))),
+            "the old value again after the new one"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Sentinel: a killed primary, the replica promoted. The switch is one flush and one
 /// subscription on the new primary, and tracking follows as the repository switches: the
 /// tracker woke from its backoff (it waited out up to 5 s of it), and the notice of the switch,

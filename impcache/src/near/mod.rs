@@ -91,7 +91,8 @@ pub const DEFAULT_NEAR_HEARTBEAT: Duration = Duration::from_millis(500);
 /// - A lost or replaced tracking connection, a Sentinel failover or a new Cluster slot map
 ///   flushes everything; until the tracking connection is back and subscribed, nothing is served
 ///   locally ([`NearCacheStatus::Connecting`]). A failover or a new slot map flushes as soon as
-///   the repository switches to it (a Sentinel announcement, a slot map it learned that says
+///   the repository switches to it (a Sentinel announcement, or its once-a-second check, which
+///   the near cache keeps running while every read is local; a slot map it learned that says
 ///   something else, a `MOVED`), and on Cluster the heartbeat asks for the slot map afresh, at
 ///   the same time as its `PING`s: a replica promoted in place of a frozen primary flushes at
 ///   the first heartbeat after the promotion, whatever the `PING` of the frozen one waits for.

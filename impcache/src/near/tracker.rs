@@ -49,6 +49,10 @@ pub(crate) enum Target {
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
 /// The longest pause between two attempts to connect, however many failed in a row.
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
+/// The shortest pause between two asks whether the repository's periodic recheck is due (one
+/// not started, as when another caller's lookup is under way, is asked for again this soon).
+#[cfg(feature = "sentinel")]
+const SHORTEST_RECHECK_PAUSE: Duration = Duration::from_millis(20);
 /// The failures in a row after which they are logged (once, `warn!`).
 const WARN_AFTER: u32 = 5;
 
@@ -246,6 +250,24 @@ impl Target {
         }
     }
 
+    /// Runs the repository's periodic check of where its servers are, for as long as it is
+    /// polled (the tracker's session): Sentinel's recheck (`recheck_every`), which otherwise runs
+    /// only when an operation calls the repository. Local hits call nothing, so a failover whose
+    /// announcement was missed (announcements off, a Sentinel that cannot be subscribed to, the
+    /// subscription lost) went unnoticed while every read was local: the old value was served
+    /// until Sentinel demoted the old primary (found by a probe: 8 to 11 s with a 5 s
+    /// heartbeat). A switch it finds flushes through [`Target::follow_switches`]. Never
+    /// ends; without a recheck (`recheck_every(None)`, another repository) it does nothing.
+    async fn rechecks(&self) -> std::convert::Infallible {
+        #[cfg(feature = "sentinel")]
+        if let Target::Sentinel(repository) = self {
+            while let Some(due) = repository.recheck() {
+                tokio::time::sleep(due.max(SHORTEST_RECHECK_PAUSE)).await;
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Whether the servers can change under the repository (a failover, a new slot map).
     fn moves(&self) -> bool {
         !matches!(self, Target::Single(_))
@@ -306,8 +328,12 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
             Ok(Some(named)) => {
                 failures.succeeded();
                 tracing::debug!(target: "impcache", servers = ?named.identity, "near cache active");
-                let ended = watch(&store, &target, &prefix, session, &named, heartbeat);
-                let ended = ended.await;
+                let watched = watch(&store, &target, &prefix, session, &named, heartbeat);
+                // The repository's own check of its servers runs meanwhile, whatever the reads.
+                let ended = tokio::select! {
+                    ended = watched => ended,
+                    never = target.rechecks() => match never {},
+                };
                 let Some(strong) = store.upgrade() else {
                     return;
                 };

@@ -501,7 +501,8 @@ impl RedisSentinelCacheRepositoryBuilder {
 
     /// How often a background task asks the Sentinels whether the primary changed, so that a
     /// failover that leaves the old primary answering (`SENTINEL FAILOVER`) is noticed within
-    /// this interval. Default 1 s; `None` only looks up again after errors.
+    /// this interval. Calls start the check, and so does a near cache following the repository,
+    /// whose local hits call nothing. Default 1 s; `None` only looks up again after errors.
     pub fn recheck_every(mut self, every: Option<Duration>) -> Self {
         self.recheck_every = every;
         self

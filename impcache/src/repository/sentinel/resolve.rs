@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError};
 
@@ -94,6 +94,20 @@ impl RedisSentinelCacheRepository {
         tokio::spawn(async move {
             let _ = tokio::time::timeout(call::BACKGROUND_OPEN_LIMIT, this.lookup(false)).await;
         });
+    }
+
+    /// The periodic check for a caller other than an operation: a near cache's tracker, whose
+    /// reads may all be local hits that never call the repository (so [`Self::maybe_recheck`],
+    /// run by each operation, would never run and a missed announcement would go unnoticed).
+    /// Runs the check when it is due, and returns how long until the next one is; `None`
+    /// without `recheck_every`. A switch it finds tells the near cache as any other does
+    /// (`on_switch`).
+    pub(crate) fn recheck(&self) -> Option<Duration> {
+        let every = self.inner.recheck_every?;
+        self.maybe_recheck();
+        let last = self.inner.last_lookup_ms.load(Ordering::Relaxed);
+        let since = Duration::from_millis(self.now_ms().saturating_sub(last));
+        Some(every.saturating_sub(since))
     }
 
     /// Asks the Sentinels for the primary and switches to it when it changed. With `only_if_stale`,
