@@ -133,6 +133,13 @@ fn with_number(prefix: &'static str, n: u64) -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from(value)).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
+/// Whether a response of `status` carries a `Content-Length`: not a 1xx, 204 or 304, which have
+/// no content (RFC 9110 §8.6: a 204 has none; a 304's would be the 200's, which the layer does
+/// not know).
+pub(crate) fn has_content_length(status: http::StatusCode) -> bool {
+    !matches!(status.as_u16(), 100..=199 | 204 | 304)
+}
+
 /// A stored response, as sent at `now_ms` (the time it was judged fresh at): `Age`, the status
 /// headers, and a 304 when `If-None-Match` matches its `ETag`; an empty body for HEAD (and the
 /// 304).
@@ -217,7 +224,7 @@ fn serve_as(
         // Stored with the entry (see `Unfinished::finish`); entries stored by earlier versions
         // lack it.
         if !response.headers().contains_key(header::CONTENT_LENGTH)
-            && !matches!(response.status().as_u16(), 100..=199 | 204 | 304)
+            && has_content_length(response.status())
         {
             response
                 .headers_mut()

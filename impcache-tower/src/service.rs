@@ -680,7 +680,11 @@ where
         // body of a known length that the handler sent without the field gets it here, as a
         // server would have written it (axum's router writes it above the layer, from the body).
         let (mut parts, body) = response.into_parts();
-        if let Some(length) = body.size_hint().exact() {
+        let length = body
+            .size_hint()
+            .exact()
+            .filter(|_| render::has_content_length(parts.status));
+        if let Some(length) = length {
             parts
                 .headers
                 .entry(header::CONTENT_LENGTH)

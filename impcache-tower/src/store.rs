@@ -400,7 +400,7 @@ impl Unfinished {
         // The length of the body as stored (a hit then serves it without formatting it); none
         // for a status without content (RFC 9110 §8.6: a 204 has no `Content-Length`), nor an
         // ETag for its absent body.
-        let content = !matches!(self.status.as_u16(), 100..=199 | 204 | 304);
+        let content = crate::render::has_content_length(self.status);
         if content {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         } else {

@@ -176,6 +176,34 @@ async fn a_head_miss_is_answered_without_the_handlers_body() {
     assert_eq!(calls.get(), 2);
 }
 
+/// A HEAD that misses on a `204` or a `304` gets no `Content-Length` of the layer's making (RFC
+/// 9110 §8.6: a 204 has none, a 304's would be the 200's); a `200` whose handler gave none gets
+/// its body's length, as a server would write it for the GET (a regression probe found
+/// `content-length: 0` written on the 204 and 304).
+#[tokio::test]
+async fn a_head_miss_gets_a_content_length_only_where_its_status_has_content() {
+    let (svc, _) = app(layer(), |_, req| async move {
+        let status = match req.uri().path() {
+            "/none" => StatusCode::NO_CONTENT,
+            "/same" => StatusCode::NOT_MODIFIED,
+            _ => StatusCode::OK,
+        };
+        Response::builder()
+            .status(status)
+            .body(if status == StatusCode::OK {
+                Body::from("twelve bytes")
+            } else {
+                Body::empty()
+            })
+            .unwrap()
+    });
+    for (path, length) in [("/none", None), ("/same", None), ("/page", Some("12"))] {
+        let head = send(&svc, request("HEAD", path, &[])).await;
+        assert!(head.body.is_empty(), "{path}");
+        assert_eq!(head.header("content-length"), length, "{path}");
+    }
+}
+
 /// http-cache-tower-server, axum-response-cache, rustango #1251: `Set-Cookie` stored and replayed.
 #[tokio::test]
 async fn defect_set_cookie_replayed_to_other_users() {
