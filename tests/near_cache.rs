@@ -1493,6 +1493,53 @@ async fn a_missed_sentinel_announcement_is_caught_while_reads_are_local() {
     }
 }
 
+/// A dropped near-cached `Cache` over Sentinel stops asking the Sentinels at once: the recheck
+/// runs beside the tracker's session, which notices the drop only at its next heartbeat (30 s
+/// here), and went on looking the primary up every second until then (found by a regression
+/// probe: 4 lookups in the 4 s after the drop, as many as alive).
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_near_cache_over_sentinel_stops_its_lookups() {
+    use impcache::RedisSentinelCacheRepository;
+    use impcache_tests::cluster::{SentinelGroup, SENTINEL_SERVICE};
+
+    let group = SentinelGroup::start();
+    let commands = || {
+        let info: String = group.sentinel_cmd(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    // Announcements off: the only Sentinel traffic is the recheck's lookups.
+    let repository =
+        RedisSentinelCacheRepository::builder([group.sentinel_url()], SENTINEL_SERVICE)
+            .follow_announcements(false)
+            .build()
+            .unwrap();
+    let cache = Cache::builder(repository)
+        .near_cache(NearCache::new().heartbeat(Duration::from_secs(30)))
+        .build();
+    cache.set("k", &1, 600).await.unwrap();
+    let started = Instant::now();
+    while !cache.is_near_cache_active() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = commands();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // `INFO` itself counts one.
+    assert!(
+        commands() - before > 1,
+        "the recheck runs while the cache lives"
+    );
+    drop(cache);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dropped = commands();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(commands() - dropped, 1, "lookups after the drop");
+}
+
 /// Sentinel: a killed primary, the replica promoted. The switch is one flush and one
 /// subscription on the new primary, and tracking follows as the repository switches: the
 /// tracker woke from its backoff (it waited out up to 5 s of it), and the notice of the switch,

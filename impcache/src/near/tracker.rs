@@ -256,15 +256,24 @@ impl Target {
     /// announcement was missed (announcements off, a Sentinel that cannot be subscribed to, the
     /// subscription lost) went unnoticed while every read was local: the old value was served
     /// until Sentinel demoted the old primary (found by a probe: 8 to 11 s with a 5 s
-    /// heartbeat). A switch it finds flushes through [`Target::follow_switches`]. Never
-    /// ends; without a recheck (`recheck_every(None)`, another repository) it does nothing.
-    async fn rechecks(&self) -> std::convert::Infallible {
+    /// heartbeat). A switch it finds flushes through [`Target::follow_switches`]. Ends only once
+    /// `store` is dropped (the `Cache` is gone: no lookup more, rather than until the tracker's
+    /// next heartbeat, which may be long); without a recheck (`recheck_every(None)`, another
+    /// repository) it does nothing.
+    async fn rechecks(&self, store: &Weak<Store>) {
         #[cfg(feature = "sentinel")]
         if let Target::Sentinel(repository) = self {
-            while let Some(due) = repository.recheck() {
+            while store.strong_count() > 0 {
+                let Some(due) = repository.recheck() else {
+                    break;
+                };
                 tokio::time::sleep(due.max(SHORTEST_RECHECK_PAUSE)).await;
             }
+            if store.strong_count() == 0 {
+                return;
+            }
         }
+        let _ = store;
         std::future::pending().await
     }
 
@@ -332,7 +341,8 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
                 // The repository's own check of its servers runs meanwhile, whatever the reads.
                 let ended = tokio::select! {
                     ended = watched => ended,
-                    never = target.rechecks() => match never {},
+                    // Only once the store is gone.
+                    () = target.rechecks(&store) => return,
                 };
                 let Some(strong) = store.upgrade() else {
                     return;
