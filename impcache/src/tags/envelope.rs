@@ -69,7 +69,11 @@ pub(crate) struct Opened<'a> {
     pub(crate) value: Bytes,
 }
 
+// No field but those `wrap` writes: a look-alike with another one (a hand-written or another
+// language's JSON) is no envelope, whatever the order of its fields (with the other field after
+// `value`, the written layout's reading already refused it as JSON; before it, serde skipped it).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Header<'a> {
     created: u64,
     #[serde(borrow)]
@@ -77,6 +81,7 @@ struct Header<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Envelope<'a> {
     #[serde(rename = "__impcache_tagged__", borrow)]
     header: Header<'a>,
@@ -205,5 +210,17 @@ mod tests {
             open(&Bytes::from_static(b"{\"__impcache_tagged__\":1}")),
             None
         );
+    }
+
+    #[test]
+    fn a_lookalike_with_another_field_is_no_envelope_wherever_the_field_is() {
+        for lookalike in [
+            &br#"{"__impcache_tagged__":{"created":1,"tags":["t"]},"x":1,"value":5}"#[..],
+            br#"{"__impcache_tagged__":{"created":1,"tags":["t"],"x":1},"value":5}"#,
+            br#"{"__impcache_tagged__":{"created":1,"x":1,"tags":["t"]},"value":5}"#,
+        ] {
+            let bytes = Bytes::copy_from_slice(lookalike);
+            assert_eq!(open(&bytes), None, "{}", String::from_utf8_lossy(lookalike));
+        }
     }
 }
