@@ -70,8 +70,9 @@ pub(crate) struct Opened<'a> {
 }
 
 // No field but those `wrap` writes: a look-alike with another one (a hand-written or another
-// language's JSON) is no envelope, whatever the order of its fields (with the other field after
-// `value`, the written layout's reading already refused it as JSON; before it, serde skipped it).
+// language's JSON) is no envelope, and reads as the plain value it is (serde skipped the field,
+// and the look-alike read as its `value`). One whose other field comes after `value` is still
+// taken in the written layout (its value, not walked, runs to the closing brace).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Header<'a> {
