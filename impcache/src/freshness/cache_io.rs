@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use super::job::{decode_at, Origin};
+use super::job::{decode_at, Found, Origin};
 use super::policy::Freshness;
 use super::request::{GetOrSet, TryGetOrSet};
 use crate::cache::{observed, Cache};
@@ -192,13 +192,6 @@ impl Cache {
 }
 
 // --- Tags (issue 16): the tagged reads of `get_or_set`. ---
-
-/// What a `get_or_set` read found at its key: the value as the caller's type, and the entry it
-/// was decoded from (its JSON, the key's remaining TTL).
-pub(crate) struct Found<V> {
-    pub(crate) value: V,
-    pub(crate) entry: WithTtl,
-}
 
 impl Cache {
     /// The read of `get_or_set` (every variant, and `#[cached]` with a freshness option, tags or

@@ -11,6 +11,7 @@ use super::policy::Freshness;
 use crate::error::{shown, Error};
 use crate::expire::Expiry;
 use crate::json;
+use crate::repository::WithTtl;
 use crate::tags::{LoadedTags, Tags};
 use crate::Cache;
 
@@ -144,6 +145,14 @@ pub(super) fn report(
     } else {
         load_event!(origin, warn, operation, key, %error, "cache operation failed; loading regardless");
     }
+}
+
+/// What a `get_or_set` read found at its key: the value as the caller's type, and the entry it
+/// was decoded from (its JSON, the key's remaining TTL). A value that does not decode is not
+/// found ([`Cache::read_for_load_tagged`]).
+pub(crate) struct Found<V> {
+    pub(crate) value: V,
+    pub(crate) entry: WithTtl,
 }
 
 /// The stored JSON as a `V`; `None` (logged) when it is not one.

@@ -29,8 +29,7 @@ use crate::tags::{self, envelope, LoadedTags, Tags};
 use crate::Cache;
 
 use super::answer::{self, Answer};
-use super::cache_io::Found;
-use super::job::{decode, load_event, report, FlightKey, Job, Origin};
+use super::job::{decode, load_event, report, FlightKey, Found, Job, Origin};
 use super::throttle;
 
 /// The loads in flight in this process, publishing the value.

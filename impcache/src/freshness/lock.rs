@@ -13,8 +13,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::cache_io::Found;
-use super::job::{load_event, report, Job, Origin};
+use super::job::{load_event, report, Found, Job, Origin};
 use super::lock_settings::Lock;
 use super::policy::State;
 use crate::cache::{observed, Cache};
