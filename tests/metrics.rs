@@ -1206,15 +1206,8 @@ fn a_fail_safe_copy_counts_as_a_failed_read_and_a_stale_answer() {
             .await
             .unwrap();
         assert_eq!(loaded, "v1");
-        // Until the value is served from process memory (the copy is kept from then on).
-        for _ in 0..400 {
-            let hits = cache.near_cache_stats().hits;
-            cache.get::<String>("k").await.unwrap();
-            if cache.near_cache_stats().hits > hits {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // The copy is kept from then on.
+        until_held_locally(&cache, "k").await;
         server.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
         Recorded::take(&snapshotter);
@@ -1337,15 +1330,7 @@ fn get_or_set_over_a_near_cached_value_of_another_type_counts_a_miss() {
     current_thread_runtime().block_on(async {
         let cache = near_cached(&server);
         cache.set("k", &"a string", 60).await.unwrap();
-        // Until the value is answered from process memory.
-        for _ in 0..400 {
-            let hits = cache.near_cache_stats().hits;
-            cache.get::<String>("k").await.unwrap();
-            if cache.near_cache_stats().hits > hits {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_held_locally(&cache, "k").await;
         Recorded::take(&snapshotter);
         let (before, near_before) = (cache.stats(), cache.near_cache_stats().hits);
         let loaded: u64 = cache.get_or_set("k", 60, || async { 3 }).await.unwrap();
@@ -1405,4 +1390,16 @@ fn a_cached_call_over_a_value_of_another_type_counts_a_miss() {
             counts_one_miss(&recorded, before, cache.stats(), function);
         }
     });
+}
+
+/// Reads `key` (a `get`) until process memory answers it: the near cache tracks it from then on.
+async fn until_held_locally(cache: &Cache, key: &str) {
+    for _ in 0..400 {
+        let hits = cache.near_cache_stats().hits;
+        cache.get::<serde_json::Value>(key).await.unwrap();
+        if cache.near_cache_stats().hits > hits {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
