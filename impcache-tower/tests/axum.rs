@@ -155,7 +155,7 @@ async fn a_head_miss_over_axum_keeps_the_gets_content_length() {
         .route("/page", get(|| async { "hello world" }))
         .route(
             "/streamed",
-            get(|| async { Body::new(OfUnknownLength(Some(Bytes::from("abcdef")))) }),
+            get(|| async { Body::new(support::Unsized(Some(Bytes::from("abcdef")))) }),
         )
         .layer(CacheLayer::new(memory_cache()).expire(60));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,21 +177,6 @@ async fn a_head_miss_over_axum_keeps_the_gets_content_length() {
     assert_eq!(outcome, "MISS");
     assert_ne!(length(&headers).as_deref(), Some("0"), "{headers:?}");
     server.abort();
-}
-
-/// A body that does not tell its length (as a stream's), so that axum and hyper send it chunked.
-struct OfUnknownLength(Option<Bytes>);
-
-impl http_body::Body for OfUnknownLength {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
-    }
 }
 
 /// End to end: axum over TCP, a real HTTP client, a real Redis. Stored → the next request is a

@@ -256,21 +256,6 @@ async fn if_error_serves_stale_on_5xx_error_and_timeout(cache: Cache) {
     assert!(cache_status.contains("fwd=uri-miss"), "{cache_status}");
 }
 
-/// A body that says nothing of its size: the layer learns it is too large only by reading it.
-struct Unsized(Option<Bytes>);
-
-impl http_body::Body for Unsized {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
-    }
-}
-
 /// Stale-while-revalidate: a background call whose answer the layer does not store (a 404, a
 /// 410, `no-store`, `private`, a body over `max_body_size`, known before or after reading it)
 /// replaces the stale response all the same (RFC 9111 §4.3.3; RFC 5861 lets a stale response
@@ -301,7 +286,8 @@ async fn an_unstorable_refresh_replaces_the_stale_response(cache: Cache) {
                     .header("cache-control", "private")
                     .body(Body::from(format!("new {n}"))),
                 "/too-large" => response.body(Body::from(big)),
-                _ => response.body(Body::new(Unsized(Some(big)))),
+                // Says nothing of its size: the layer learns it is too large only by reading it.
+                _ => response.body(Body::new(support::Unsized(Some(big)))),
             }
             .unwrap()
         }

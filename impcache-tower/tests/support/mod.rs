@@ -244,3 +244,19 @@ pub async fn wait_key(layer: &CacheLayer, uri: &str, suffix: &str) {
     }
     panic!("{key} was never stored");
 }
+
+/// A body of one chunk that says nothing of its size, as a stream's: a server sends it chunked,
+/// and the layer learns its length only by reading it.
+pub struct Unsized(pub Option<Bytes>);
+
+impl http_body::Body for Unsized {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+}

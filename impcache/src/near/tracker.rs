@@ -263,14 +263,14 @@ impl Target {
     async fn rechecks(&self, store: &Weak<Store>) {
         #[cfg(feature = "sentinel")]
         if let Target::Sentinel(repository) = self {
-            while store.strong_count() > 0 {
+            loop {
+                if store.strong_count() == 0 {
+                    return;
+                }
                 let Some(due) = repository.recheck() else {
                     break;
                 };
                 tokio::time::sleep(due.max(SHORTEST_RECHECK_PAUSE)).await;
-            }
-            if store.strong_count() == 0 {
-                return;
             }
         }
         let _ = store;
