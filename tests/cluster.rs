@@ -1049,3 +1049,77 @@ async fn a_redirected_key_is_served_while_an_unrelated_primary_is_frozen() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `CacheLayer` (keys by host) on a Cluster: each store first lists its host in the namespace's
+/// list of hosts, one key on one primary. While that primary is frozen, responses whose records
+/// live on the other primaries are still stored once this process has listed their host, and
+/// only then: after this layer's `purge_all` (which removes the list) a store whose listing
+/// fails stores nothing until the host is listed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_layer_stores_while_the_primary_of_its_list_of_hosts_is_frozen() {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use impcache_tower::CacheLayer;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let cluster = RedisCluster::start(3, 0);
+    let cache = Cache::builder(repository(&cluster, Duration::from_millis(300)))
+        .key_prefix("hosts")
+        .build();
+    let layer = CacheLayer::new(cache.clone()).expire(60);
+    let service = layer
+        .clone()
+        .layer(service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+        }));
+    // Whether `path`'s response is stored within `within`, its record read from the cache (the
+    // store runs in the background, and a request meanwhile may be served by its flight).
+    let becomes_stored = |path: &str, within: Duration| {
+        let request = Request::get(format!("http://example.com{path}"))
+            .body(Full::default())
+            .unwrap();
+        let record = format!("http:example.com:{path}:-:GET:v");
+        let (service, cache) = (service.clone(), cache.clone());
+        async move {
+            service.oneshot(request).await.unwrap();
+            let until = Instant::now() + within;
+            while Instant::now() < until {
+                if let Ok(Some(_)) = cache.get_raw(&record).await {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+
+    let victim = cluster.primary_for(&cache.make_key("__impcache_hosts:http"));
+    let on_others: Vec<String> = (0..12)
+        .map(|i| format!("/page-{i:02}"))
+        .filter(|path| {
+            let record = cache.make_key(&format!("http:example.com:{path}:-:GET:v"));
+            cluster.primary_for(&record) != victim
+        })
+        .collect();
+    assert!(on_others.len() >= 4, "{on_others:?}");
+
+    assert!(becomes_stored("/seed", Duration::from_secs(5)).await);
+    layer.purge_all().await.unwrap();
+    {
+        let _frozen = cluster.freeze_node(victim);
+        // Not listed since the purge: stores nothing.
+        assert!(!becomes_stored(&on_others[0], Duration::from_millis(1500)).await);
+    }
+    // Listed again by a store, then frozen: every response of the other primaries is stored.
+    assert!(becomes_stored("/seed", Duration::from_secs(10)).await);
+    let _frozen = cluster.freeze_node(victim);
+    for path in &on_others {
+        assert!(
+            becomes_stored(path, Duration::from_secs(5)).await,
+            "{path} was not stored"
+        );
+    }
+}

@@ -118,6 +118,9 @@ pub(crate) struct Config {
     pub(crate) lock: Option<impcache::Lock>,
     /// The path prefixes purged by tag (`CacheLayer::tag_prefixes`).
     pub(crate) tag_prefixes: crate::prefixes::TagPrefixes,
+    /// The hosts this layer listed in their namespace's list of hosts (shared by every clone of
+    /// the layer, like `flights`).
+    pub(crate) listed_hosts: crate::store::ListedHosts,
 }
 
 impl Config {
@@ -159,6 +162,7 @@ impl Config {
             learned_tags: crate::tags::LearnedTags::default(),
             lock: None,
             tag_prefixes: crate::prefixes::TagPrefixes::default(),
+            listed_hosts: crate::store::ListedHosts::default(),
         }
     }
 
@@ -302,6 +306,7 @@ impl fmt::Debug for Config {
             .field("tags_from", &self.tags_from)
             .field("lock", &self.lock)
             .field("tag_prefixes", &self.tag_prefixes)
+            .field("listed_hosts", &self.listed_hosts)
             .finish()
     }
 }

@@ -825,6 +825,8 @@ impl CacheLayer {
         cache
             .delete(&key::hosts_key(&self.config.namespace))
             .await?;
+        // Stores now list their hosts again before writing, failing when the list fails.
+        self.config.listed_hosts.forget();
         cache
             .delete_pattern_with_progress(&pattern, on_progress)
             .await

@@ -172,7 +172,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
             let unfinished = Unfinished {
                 cache: config.cache.clone(),
                 keys,
-                list_host: config.key_by_host,
+                listed: config.key_by_host.then(|| config.listed_hosts.clone()),
                 call,
                 compute_etag: false,
                 status: stale.status,

@@ -816,7 +816,7 @@ where
     let unfinished = Unfinished {
         cache: config.cache.clone(),
         keys,
-        list_host: config.key_by_host,
+        listed: config.key_by_host.then(|| config.listed_hosts.clone()),
         call,
         compute_etag: config.compute_etag && !config.follow_origin,
         status: parts.status,

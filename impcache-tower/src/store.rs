@@ -17,8 +17,9 @@
 //! store that races a purge never makes the purged variants reachable again: it could only write
 //! a record of a new generation.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -200,8 +201,8 @@ pub(crate) fn has_variants(record: Option<&Bytes>) -> bool {
     record.is_some_and(|bytes| Record::decode(bytes).is_none())
 }
 
-/// Writes a response: its host in the namespace's list of hosts when `list_host` (keys by
-/// host), then its variant and the URL's record naming it ([`write`]).
+/// Writes a response: its host in the namespace's list of hosts when `listed` is given (keys
+/// by host), then its variant and the URL's record naming it ([`write`]).
 ///
 /// Listed first: a purge on any host that reads the list after this store began finds this
 /// host's record, and once the record is there the store has made its last command (a caller
@@ -211,11 +212,11 @@ pub(crate) fn has_variants(record: Option<&Bytes>) -> bool {
 async fn store(
     cache: &Cache,
     keys: &key::UrlKeys,
-    list_host: bool,
+    listed: Option<&ListedHosts>,
     published: &Published,
 ) -> impcache::Result<()> {
-    if list_host {
-        list(cache, keys).await?;
+    if let Some(listed) = listed {
+        list(cache, keys, listed).await?;
     }
     write(cache, keys.record(), published).await
 }
@@ -224,16 +225,68 @@ async fn store(
 /// ACL, `NOPERM`, or renamed away, `ERR`), the list is marked as holding too many hosts
 /// instead, so that purges on any host sweep, and the response is stored all the same. Any other
 /// failure (the cache down, or refusing writes: `OOM`, `READONLY`) stores nothing, at once (a
-/// record no list names would survive a purge on any host).
-async fn list(cache: &Cache, keys: &key::UrlKeys) -> impcache::Result<()> {
+/// record no list names would survive a purge on any host), unless this process listed the host
+/// before ([`ListedHosts`]): on a Cluster the list lives on one primary, and its outage must not
+/// stop the stores of every other primary.
+async fn list(cache: &Cache, keys: &key::UrlKeys, listed: &ListedHosts) -> impcache::Result<()> {
     let list = keys.hosts_key();
     match members::add(cache, &list, keys.host_segment(), Expire::NEVER).await {
+        Ok(()) => {
+            listed.remember(&list, keys.host_segment());
+            Ok(())
+        }
         Err(error) if script_refused(&error) => {
             let error = impcache::__private::logged_error(cache, &error);
             tracing::warn!(%error, "impcache-tower: the list of hosts refused an addition; purges on any host will sweep");
             members::give_up(cache, &list).await
         }
-        listed => listed,
+        Err(error) if listed.knows(&list, keys.host_segment()) => {
+            let error = impcache::__private::logged_error(cache, &error);
+            tracing::debug!(%error, "impcache-tower: the list of hosts is unreachable; storing, as this host was listed before");
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The most hosts [`ListedHosts`] remembers: as many as a list holds
+/// (`impcache`'s `members::MAX_MEMBERS`); past them purges sweep.
+const LISTED_HOSTS: usize = 64;
+
+/// The hosts this process has listed, each with the key of its namespace's list, shared by
+/// every clone of the layer: a store whose listing fails then writes its record all the same
+/// ([`list`]), as a purge on any host reads the list and finds the host there. Forgotten by this
+/// layer's `purge_all`, which removes the list; another process's `purge_all` it cannot see, so
+/// a store during a list outage that follows one leaves its record unlisted until the host's
+/// next store lists it again, as a `purge_all` racing a store does. At most [`LISTED_HOSTS`]
+/// (the hosts may come from requests); beyond them a failed listing stores nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListedHosts(Arc<Mutex<HashSet<(String, String)>>>);
+
+impl ListedHosts {
+    fn hosts(&self) -> MutexGuard<'_, HashSet<(String, String)>> {
+        // Nothing is left half-done under this lock: a poisoned one is as good.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers that `segment` is listed in `list`.
+    fn remember(&self, list: &str, segment: &str) {
+        let mut hosts = self.hosts();
+        if hosts.len() < LISTED_HOSTS {
+            hosts.insert((list.to_owned(), segment.to_owned()));
+        }
+    }
+
+    /// Whether `segment` was listed in `list` by this process (since its last `purge_all`).
+    fn knows(&self, list: &str, segment: &str) -> bool {
+        self.hosts()
+            .iter()
+            .any(|(known, host)| known == list && host == segment)
+    }
+
+    /// Forgets every host: their lists were removed.
+    pub(crate) fn forget(&self) {
+        self.hosts().clear();
     }
 }
 
@@ -305,7 +358,7 @@ async fn write(cache: &Cache, record: &str, published: &Published) -> impcache::
 /// until the write has finished. Without a tokio runtime to run it on, the store is returned for
 /// the caller to await.
 fn store_in_background(
-    (cache, keys, list_host): (Cache, key::UrlKeys, bool),
+    (cache, keys, listed): (Cache, key::UrlKeys, Option<ListedHosts>),
     published: Arc<Published>,
     (guard, lock, in_progress): (
         Option<FlightGuard>,
@@ -314,7 +367,7 @@ fn store_in_background(
     ),
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
-        if let Err(error) = store(&cache, &keys, list_host, &published).await {
+        if let Err(error) = store(&cache, &keys, listed.as_ref(), &published).await {
             let error = impcache::__private::logged_error(&cache, &error);
             tracing::debug!(%error, "impcache-tower: response not stored");
         }
@@ -340,9 +393,9 @@ fn store_in_background(
 pub(crate) struct Unfinished {
     pub(crate) cache: Cache,
     pub(crate) keys: key::UrlKeys,
-    /// Whether keys are by host: the host is then listed in the namespace's list of hosts
-    /// before the store (`purge_url` on any host reads the list).
-    pub(crate) list_host: bool,
+    /// When keys are by host, the hosts this layer listed: the host is listed in the
+    /// namespace's list of hosts before the store (`purge_url` on any host reads the list).
+    pub(crate) listed: Option<ListedHosts>,
     /// The handler call, recorded in progress before it started ([`crate::landing`]); `None`
     /// when its response is not stored (the cache failing). A purge of its URL during the call
     /// refuses the store.
@@ -453,7 +506,7 @@ impl Unfinished {
             return (published, etag, false, None);
         }
         let held = (self.guard, self.lock, call);
-        let to = (self.cache, self.keys, self.list_host);
+        let to = (self.cache, self.keys, self.listed);
         let storing = store_in_background(to, Arc::clone(&published), held);
         (published, etag, true, storing)
     }
