@@ -128,11 +128,12 @@ fn options(tokens: TokenStream, args: &mut Args, errors: &mut Errors) -> Vec<Met
     let mut metas = Vec::new();
     let parser = |input: ParseStream<'_>| -> syn::Result<()> {
         while !input.is_empty() {
-            // (`cached`'s `time` has its own error, which says to write `expire`.)
+            // (Another name of `expire`, such as `cached`'s `time`, has its own error, which
+            // says to write `expire`.)
             if input
                 .cursor()
                 .ident()
-                .is_some_and(|(ident, _)| ident == "expire" || ident == "time")
+                .is_some_and(|(ident, _)| ident == "expire" || names_expire(&ident.to_string()))
             {
                 args.expire_given = true;
             }
@@ -387,16 +388,33 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
     args
 }
 
-/// For an option of the `cached` crate's `#[cached]`, what says the same here (the end of the
-/// "unknown option" error).
+/// Whether `option` is another name of `expire`: the `cached` crate's (`time` in its 0.x
+/// releases, `ttl`, `ttl_secs` and `ttl_millis` later) or a likely misspelling.
+fn names_expire(option: &str) -> bool {
+    matches!(
+        option,
+        "time" | "ttl" | "ttl_secs" | "ttl_millis" | "expires" | "expiry" | "expiration"
+    )
+}
+
+/// For an option of the `cached` crate's `#[cached]` (in its 0.x releases and later), or a
+/// likely misspelling of `expire`, what says the same here (the end of the "unknown option"
+/// error).
 fn cached_crate_hint(option: &str) -> Option<&'static str> {
     Some(match option {
-        "time" => "; did you mean `expire`? (seconds, as `cached`'s `time`: `expire = 60`, or a `Duration`)",
+        "ttl_millis" => "; did you mean `expire`? (`expire = Duration::from_millis(..)`, or seconds: `expire = 60`)",
+        _ if names_expire(option) => "; did you mean `expire`? (seconds, as `cached`'s `time` and `ttl`: `expire = 60`, or a `Duration`)",
         "result" => "; did you mean `returns = \"result\"`? (not needed: a `Result` is told by its type, and only `Ok` is cached)",
         "option" => "; did you mean `returns = \"option\"`? (not needed: an `Option` is told by its type, and only `Some` is cached)",
         "sync_writes" => "; did you mean `lock`? (concurrent calls of one key run once per process already, as with `cached`'s `sync_writes`; `lock` makes it once across processes)",
-        "size" | "unbound" => ": a function has no size of its own here; bound the cache instead (`MemoryCacheRepository::builder().max_capacity_bytes(..)`)",
+        "size" | "unbound" | "max_size" => ": a function has no size of its own here; bound the cache instead (`MemoryCacheRepository::builder().max_capacity_bytes(..)`)",
         "convert" => "; did you mean `key = \"...\"`? (a template over the arguments, as in `key = \"user:{id}\"`; `skip(..)` leaves arguments out of the default key)",
+        "result_fallback" => "; did you mean `stale_if_error = ..`? (the last value answers when the body fails, for that long past `expire`)",
+        "cache_err" => ": an `Err` is never cached here; `stale_if_error = ..` answers with the last `Ok` value when the body fails",
+        "refresh" => ": a hit does not restart an entry's lifetime here (it lives `expire` from its store); `stale_while_revalidate = ..` serves it past that while one call recomputes it, `early_refresh` recomputes it before",
+        "ty" | "create" => ": the store is a `Cache`, given with `cache = ..` (else the default cache)",
+        "in_impl" => ": not needed, `#[cached]` works on methods in `impl` blocks as it is",
+        "with_cached_flag" => ": not available; hits and misses are counted in `impcache_lookups_total` (see OBSERVABILITY.md)",
         _ => return None,
     })
 }

@@ -466,7 +466,7 @@ fn key(
                         }
                         None => errors.push(syn::Error::new_spanned(
                             key,
-                            format!("`key` names `{{{name}}}`, but the function has no argument `{name}`"),
+                            no_such_argument("key", &name),
                         )),
                     },
                 }
@@ -474,6 +474,17 @@ fn key(
         }
     }
     (Key::Template(parts), key_args)
+}
+
+/// The error of a placeholder of `option`'s template that names no argument.
+fn no_such_argument(option: &str, name: &str) -> String {
+    if name == "self" {
+        return format!(
+            "`{option}` names `{{self}}`, but `self` is never part of a key: pass what \
+             identifies it as an argument, and name that"
+        );
+    }
+    format!("`{option}` names `{{{name}}}`, but the function has no argument `{name}`")
 }
 
 /// What the runtime refuses a written key to start with: the cross-process locks' keys
@@ -559,7 +570,7 @@ fn tags(args: &Args, plan_args: &[Arg], errors: &mut Errors) -> Option<Vec<Vec<P
                             Some(i) => parts.push(Part::Arg(i)),
                             None => errors.push(syn::Error::new_spanned(
                                 template,
-                                format!("`tags` names `{{{name}}}`, but the function has no argument `{name}`"),
+                                no_such_argument("tags", &name),
                             )),
                         },
                     }

@@ -56,6 +56,28 @@ async fn more_cached_crate_options(id: u64) -> Option<u64> {
     Some(id)
 }
 
+// The names of later `cached` releases, and a misspelled `expire` (neither is also reported as
+// a missing `expire`).
+#[cached(ttl = 60, max_size = 100, result_fallback = true, refresh = true)]
+async fn later_cached_crate_options(id: u64) -> Result<u64, String> {
+    Ok(id)
+}
+
+#[cached(expires = 60)]
+async fn misspelled_expire(id: u64) -> u64 {
+    id
+}
+
+struct Service;
+
+impl Service {
+    // `self` is never part of a key, said as such.
+    #[cached(expire = 60, key = "{self}:{id}")]
+    async fn keyed_by_self(&self, id: u64) -> u64 {
+        id
+    }
+}
+
 // `format!` syntax a template does not support, said as such.
 #[cached(expire = 60, key = "user:{id:>5}")]
 async fn key_format_spec(id: u64) -> u64 {

@@ -45,8 +45,9 @@ async fn comma_in_option(id: u8) -> HashMap<u8, u8> {
     [(id, id)].into()
 }
 
-// Still missing when no option starts with `expire`.
-#[cached(version = , expires = 60)]
+// Still missing when no option names `expire` (another name of it, as `expires`, has its own
+// error).
+#[cached(version = , max_age = 60)]
 async fn really_missing(id: u64) -> u64 {
     id
 }
