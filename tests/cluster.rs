@@ -1123,3 +1123,92 @@ async fn the_http_layer_stores_while_the_primary_of_its_list_of_hosts_is_frozen(
         );
     }
 }
+
+/// `CacheLayer` (keys by host) on a Cluster whose list of hosts lost this process's host (as
+/// another process's `purge_all` removes it): a store whose listing the list's primary refuses
+/// (`OOM`: the addition is known not to have landed) stores nothing; one whose listing meets an
+/// outage of that primary is stored, and the listing is retried in the background, so that
+/// once the replica has taken over the list names the host again and `purge_url` on any host
+/// removes the record (the addition sent to the dead primary was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_layer_lists_its_host_again_after_an_outage_of_the_list() {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use impcache_tower::CacheLayer;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let cluster = RedisCluster::start(3, 1);
+    let cache = Cache::builder(repository(&cluster, Duration::from_millis(300)))
+        .key_prefix("relist")
+        .build();
+    let layer = CacheLayer::new(cache.clone()).expire(60);
+    let service = layer
+        .clone()
+        .layer(service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+        }));
+    let record = |path: &str| format!("http:example.com:{path}:-:GET:v");
+    // Whether `path`'s response is stored within `within` (see the test above).
+    let becomes_stored = |path: &str, within: Duration| {
+        let request = Request::get(format!("http://example.com{path}"))
+            .body(Full::default())
+            .unwrap();
+        let (service, cache, record) = (service.clone(), cache.clone(), record(path));
+        async move {
+            service.oneshot(request).await.unwrap();
+            let until = Instant::now() + within;
+            while Instant::now() < until {
+                if let Ok(Some(_)) = cache.get_raw(&record).await {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    let list = "__impcache_hosts:http";
+    let victim = cluster.primary_for(&cache.make_key(list));
+    let on_others: Vec<String> = (0..12)
+        .map(|i| format!("/page-{i:02}"))
+        .filter(|path| cluster.primary_for(&cache.make_key(&record(path))) != victim)
+        .collect();
+    assert!(on_others.len() >= 2, "{on_others:?}");
+
+    assert!(becomes_stored("/seed", Duration::from_secs(5)).await);
+    cache.delete(list).await.unwrap();
+    cluster.cmd::<()>(victim, &["CONFIG", "SET", "maxmemory", "1"]);
+    let refused = becomes_stored(&on_others[0], Duration::from_millis(1500)).await;
+    cluster.cmd::<()>(victim, &["CONFIG", "SET", "maxmemory", "0"]);
+    assert!(!refused, "stored, though its listing was refused");
+
+    // The list's deletion replicated, the primary dies: the store's listing fails.
+    let heir = cluster.replica_of(victim).expect("a replica");
+    let synced = Instant::now();
+    while cluster.cmd::<i64>(heir, &["DBSIZE"]) != cluster.cmd::<i64>(victim, &["DBSIZE"]) {
+        assert!(
+            synced.elapsed() < Duration::from_secs(5),
+            "replica not in sync"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.kill_node(victim);
+    let path = &on_others[1];
+    assert!(becomes_stored(path, Duration::from_secs(5)).await);
+    let listed_again = Instant::now();
+    loop {
+        let listed = cache.get_raw(list).await.ok().flatten();
+        if listed.is_some_and(|hosts| hosts.as_ref() == b"example.com\n") {
+            break;
+        }
+        assert!(
+            listed_again.elapsed() < Duration::from_secs(20),
+            "the host was not listed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("listed again after {:?}", listed_again.elapsed());
+    assert_eq!(layer.purge_url(None, path).await.unwrap(), 1);
+}

@@ -120,7 +120,7 @@ pub(crate) struct Config {
     pub(crate) tag_prefixes: crate::prefixes::TagPrefixes,
     /// The hosts this layer listed in their namespace's list of hosts (shared by every clone of
     /// the layer, like `flights`).
-    pub(crate) listed_hosts: crate::store::ListedHosts,
+    pub(crate) listed_hosts: crate::hosts::ListedHosts,
 }
 
 impl Config {
@@ -162,7 +162,7 @@ impl Config {
             learned_tags: crate::tags::LearnedTags::default(),
             lock: None,
             tag_prefixes: crate::prefixes::TagPrefixes::default(),
-            listed_hosts: crate::store::ListedHosts::default(),
+            listed_hosts: crate::hosts::ListedHosts::default(),
         }
     }
 

@@ -596,7 +596,8 @@ impl CacheLayer {
     /// (upgrade every process sharing the namespace together, or purge each host), and the list
     /// itself lost while records stay (evicted under an `allkeys-*` `maxmemory-policy`, an
     /// addition lost in a failover, or a store racing `purge_all`): the hosts stored since are
-    /// listed again, others are missed until their responses expire. With responses stored
+    /// listed again (a store during an outage of the list, by a host this process listed
+    /// before, once the list answers again), others are missed until their responses expire. With responses stored
     /// without expiry, purge by host or with [`purge_prefix`](Self::purge_prefix) in those cases.
     ///
     /// Like every purge, a sweep that fails after removing keys returns
@@ -822,11 +823,10 @@ impl CacheLayer {
         // again before writing its record. (One that listed its host just before it and writes
         // its record after the sweep leaves that record unlisted until the host's next store:
         // see `purge_url`.)
-        cache
-            .delete(&key::hosts_key(&self.config.namespace))
-            .await?;
+        let list = key::hosts_key(&self.config.namespace);
+        cache.delete(&list).await?;
         // Stores now list their hosts again before writing, failing when the list fails.
-        self.config.listed_hosts.forget();
+        self.config.listed_hosts.forget(&list);
         cache
             .delete_pattern_with_progress(&pattern, on_progress)
             .await

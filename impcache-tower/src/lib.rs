@@ -118,6 +118,7 @@ mod flight;
 mod freshness;
 mod future;
 mod held_lock;
+mod hosts;
 mod invalidate;
 pub mod key;
 mod landing;

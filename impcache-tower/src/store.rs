@@ -17,15 +17,13 @@
 //! store that races a purge never makes the purged variants reachable again: it could only write
 //! a record of a new generation.
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{HeaderName, StatusCode};
-use impcache::__private::members;
 use impcache::__private::tags::{self as state, Verdict};
 use impcache::{Cache, Expire};
 
@@ -33,6 +31,7 @@ use crate::config::Config;
 use crate::entry::Freshness;
 use crate::entry::{encode_marker, new_generation, now_ms, Entry, Record};
 use crate::flight::{FlightGuard, Published, Shared};
+use crate::hosts::ListedHosts;
 use crate::key;
 use crate::landing::InProgress;
 use crate::policy::NotStored;
@@ -202,7 +201,7 @@ pub(crate) fn has_variants(record: Option<&Bytes>) -> bool {
 }
 
 /// Writes a response: its host in the namespace's list of hosts when `listed` is given (keys
-/// by host), then its variant and the URL's record naming it ([`write`]).
+/// by host, [`crate::hosts::list`]), then its variant and the URL's record naming it ([`write`]).
 ///
 /// Listed first: a purge on any host that reads the list after this store began finds this
 /// host's record, and once the record is there the store has made its last command (a caller
@@ -215,101 +214,31 @@ async fn store(
     listed: Option<&ListedHosts>,
     published: &Published,
 ) -> impcache::Result<()> {
+    let lifetime = key_lifetime(published, keys.record())?;
     if let Some(listed) = listed {
-        list(cache, keys, listed).await?;
+        crate::hosts::list(cache, keys, listed, lifetime).await?;
     }
-    write(cache, keys.record(), published).await
+    write(cache, keys.record(), published, lifetime).await
 }
 
-/// Adds the host of `keys` to its namespace's list of hosts. The script refused (denied by an
-/// ACL, `NOPERM`, or renamed away, `ERR`), the list is marked as holding too many hosts
-/// instead, so that purges on any host sweep, and the response is stored all the same. Any other
-/// failure (the cache down, or refusing writes: `OOM`, `READONLY`) stores nothing, at once (a
-/// record no list names would survive a purge on any host), unless this process listed the host
-/// before ([`ListedHosts`]): on a Cluster the list lives on one primary, and its outage must not
-/// stop the stores of every other primary.
-async fn list(cache: &Cache, keys: &key::UrlKeys, listed: &ListedHosts) -> impcache::Result<()> {
-    let list = keys.hosts_key();
-    match members::add(cache, &list, keys.host_segment(), Expire::NEVER).await {
-        Ok(()) => {
-            listed.remember(&list, keys.host_segment());
-            Ok(())
-        }
-        Err(error) if script_refused(&error) => {
-            let error = impcache::__private::logged_error(cache, &error);
-            tracing::warn!(%error, "impcache-tower: the list of hosts refused an addition; purges on any host will sweep");
-            members::give_up(cache, &list).await
-        }
-        Err(error) if listed.knows(&list, keys.host_segment()) => {
-            let error = impcache::__private::logged_error(cache, &error);
-            tracing::debug!(%error, "impcache-tower: the list of hosts is unreachable; storing, as this host was listed before");
-            Ok(())
-        }
-        Err(error) => Err(error),
-    }
-}
-
-/// The most hosts [`ListedHosts`] remembers: as many as a list holds
-/// (`impcache`'s `members::MAX_MEMBERS`); past them purges sweep.
-const LISTED_HOSTS: usize = 64;
-
-/// The hosts this process has listed, each with the key of its namespace's list, shared by
-/// every clone of the layer: a store whose listing fails then writes its record all the same
-/// ([`list`]), as a purge on any host reads the list and finds the host there. Forgotten by this
-/// layer's `purge_all`, which removes the list; another process's `purge_all` it cannot see, so
-/// a store during a list outage that follows one leaves its record unlisted until the host's
-/// next store lists it again, as a `purge_all` racing a store does. At most [`LISTED_HOSTS`]
-/// (the hosts may come from requests); beyond them a failed listing stores nothing.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ListedHosts(Arc<Mutex<HashSet<(String, String)>>>);
-
-impl ListedHosts {
-    fn hosts(&self) -> MutexGuard<'_, HashSet<(String, String)>> {
-        // Nothing is left half-done under this lock: a poisoned one is as good.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Remembers that `segment` is listed in `list`.
-    fn remember(&self, list: &str, segment: &str) {
-        let mut hosts = self.hosts();
-        if hosts.len() < LISTED_HOSTS {
-            hosts.insert((list.to_owned(), segment.to_owned()));
-        }
-    }
-
-    /// Whether `segment` was listed in `list` by this process (since its last `purge_all`).
-    fn knows(&self, list: &str, segment: &str) -> bool {
-        self.hosts()
-            .iter()
-            .any(|(known, host)| known == list && host == segment)
-    }
-
-    /// Forgets every host: their lists were removed.
-    pub(crate) fn forget(&self) {
-        self.hosts().clear();
-    }
-}
-
-/// Whether the server refused a script as such (not the write it would make).
-fn script_refused(error: &impcache::Error) -> bool {
-    matches!(
-        error,
-        impcache::Error::Server { code: Some(code), .. } if code == "NOPERM" || code == "ERR"
-    )
-}
-
-/// Writes a response's variant, and the URL's record naming it.
-async fn write(cache: &Cache, record: &str, published: &Published) -> impcache::Result<()> {
+/// How long a response's keys live (`None`: no expiry): fresh for its TTL, kept for its stale
+/// window after it.
+fn key_lifetime(published: &Published, record: &str) -> impcache::Result<Option<Duration>> {
     let expire = published
         .entry
         .ttl
         .map_or(Expire::NEVER, Expire::from_duration);
-    // Fresh for the TTL, kept for the stale window after it.
-    let expire = published
-        .stale
-        .stored_expiry(expire, record)?
-        .as_duration()
-        .map_or(Expire::NEVER, Expire::from_duration);
+    Ok(published.stale.stored_expiry(expire, record)?.as_duration())
+}
+
+/// Writes a response's variant, and the URL's record naming it, to live `lifetime`.
+async fn write(
+    cache: &Cache,
+    record: &str,
+    published: &Published,
+    lifetime: Option<Duration>,
+) -> impcache::Result<()> {
+    let expire = lifetime.map_or(Expire::NEVER, Expire::from_duration);
     if published.variant_key == record {
         // The plain variant: one key, which also replaces a Vary marker (a new generation: the
         // variants of the record it replaces are unreachable).
