@@ -195,11 +195,11 @@ pub(crate) fn request_path<B>(request: &http::Request<B>) -> &str {
 }
 
 /// The host a request names: the URI's authority (an absolute-form request target, or HTTP/2's
-/// `:authority`), else the `Host` header. The target wins over a `Host` that disagrees with it,
-/// as the handler sees it (RFC 9112 §3.2.2): a response is never stored under another host than
-/// the one it was made for. Userinfo in the target's authority (`user:pw@`, which RFC 9110
-/// §4.2.4 deprecates for http URIs) is left out: it names no other host; so is the target's
-/// default port ([`without_default_port`]). A `Host` field is taken as sent.
+/// `:authority`), else the `Host` header, as the handler sees it (RFC 9112 §3.2.2); a request
+/// whose `Host` disagrees with its target is not cached at all (`policy::names_two_hosts`).
+/// Userinfo in the target's authority (`user:pw@`, which RFC 9110 §4.2.4 deprecates for http
+/// URIs) is left out: it names no other host; so is the target's default port
+/// ([`without_default_port`]). A `Host` field is taken as sent.
 pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     let authority = uri.authority().map(without_userinfo);
     authority
@@ -232,7 +232,7 @@ pub(crate) fn absolute_form(target: &str) -> Option<(String, String)> {
 }
 
 /// `authority` without its userinfo (`user:pw@example.com` → `example.com`).
-fn without_userinfo(authority: &http::uri::Authority) -> &str {
+pub(crate) fn without_userinfo(authority: &http::uri::Authority) -> &str {
     let authority = authority.as_str();
     authority
         .rsplit_once('@')

@@ -57,8 +57,9 @@ impl CacheLayer {
     /// answered from the GET entry when GET is listed.
     ///
     /// The key holds the method, never the request's content: a request of a listed method other
-    /// than GET that carries content (a `Content-Length` other than 0 or a `Transfer-Encoding`; an
-    /// HTTP/2 request may carry content with neither, and is then not seen), such as a `QUERY` or `POST` with a body, is neither
+    /// than GET that carries content (a `Content-Length` other than 0 or a `Transfer-Encoding`;
+    /// over HTTP/2 and HTTP/3, where content may come with neither, any request without
+    /// `Content-Length: 0`), such as a `QUERY` or `POST` with a body, is neither
     /// answered from the cache nor stored. It goes to the handler (`Cache-Status: impcache;
     /// fwd=bypass; detail=request-content`, counted as a `bypass`), and is otherwise treated as
     /// the read it is declared to be (it invalidates nothing). The same method without content
@@ -553,7 +554,7 @@ impl CacheLayer {
     ///
     /// The URL may also be given in absolute form (`http://example.com/users/1?tab=a`, as
     /// Fastly-style purge-by-URL tools send it): its authority is then the host, in place of
-    /// `host` (as a request's absolute-form target wins over its `Host` header), so it purges
+    /// `host` (as a request's absolute-form target names its host), so it purges
     /// what a request `GET http://example.com/users/1?tab=a`, or `GET /users/1?tab=a` with
     /// `Host: example.com`, is keyed by. The scheme is in no key: `https://` purges the same.
     ///

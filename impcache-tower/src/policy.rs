@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode, Version};
 
 /// One parsed `Cache-Control` header (all its fields), only the directives this layer reads.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -137,6 +137,8 @@ pub(crate) enum Bypass {
     RequestNoStore,
     /// A stored method other than GET whose request carries content: the key cannot hold it.
     RequestContent,
+    /// A target's authority and a `Host` field that disagree (see `names_two_hosts`).
+    TwoHosts,
 }
 
 impl Bypass {
@@ -147,6 +149,7 @@ impl Bypass {
             Bypass::Range => "range",
             Bypass::RequestNoStore => "request-no-store",
             Bypass::RequestContent => "request-content",
+            Bypass::TwoHosts => "host-mismatch",
         }
     }
 }
@@ -321,25 +324,45 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
-/// Whether a request carries content: a `Content-Length` other than 0 or a `Transfer-Encoding`.
-/// The body itself is not asked (its size hint): that would bind the layer to request bodies
-/// that are [`http_body::Body`]s, and `Request<()>` services would no longer fit. An HTTP/1
-/// request with content always has one of the two fields; an HTTP/2 one may have neither.
-fn carries_content(headers: &HeaderMap) -> bool {
+/// Whether a request carries content: a `Content-Length` other than 0 or a `Transfer-Encoding`;
+/// over HTTP/2 and HTTP/3, any request without a `Content-Length` of 0. The body itself is not
+/// asked (its size hint): that would bind the layer to request bodies that are
+/// [`http_body::Body`]s, and `Request<()>` services would no longer fit. An HTTP/1 request with
+/// content always has one of the two fields; an HTTP/2 one may have neither (its content ends
+/// with its stream), so there only a declared empty body is known to be none: one client's
+/// content must never pick the answer stored for everyone.
+fn carries_content(version: Version, headers: &HeaderMap) -> bool {
     let length = headers
         .get(header::CONTENT_LENGTH)
-        .is_some_and(|_| declared_length(headers) != Some(0));
-    length || headers.contains_key(header::TRANSFER_ENCODING)
+        .map(|_| declared_length(headers) != Some(0));
+    let framed_by_its_stream = version >= Version::HTTP_2;
+    length.unwrap_or(framed_by_its_stream) || headers.contains_key(header::TRANSFER_ENCODING)
 }
 
-/// The request-side rules, for a request with `method` and `headers`.
-pub(crate) fn plan_request(
-    method: &Method,
-    headers: &HeaderMap,
+/// Whether a request names two hosts: a target with an authority (absolute form, or HTTP/2's
+/// `:authority`) and a `Host` field that disagrees with it. The key takes the target's (RFC
+/// 9112 §3.2.2), but a handler reading `Host` would make another host's response, stored for
+/// every client of the target's host; RFC 9113 §8.3.1 has an HTTP/2 server treat such a
+/// request as malformed. Compared as sent, without case; each `Host` field, if several.
+fn names_two_hosts(uri: &http::Uri, headers: &HeaderMap) -> bool {
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    let target = crate::key::without_userinfo(authority);
+    headers
+        .get_all(header::HOST)
+        .iter()
+        .any(|host| !host.as_bytes().eq_ignore_ascii_case(target.as_bytes()))
+}
+
+/// The request-side rules, for `request`.
+pub(crate) fn plan_request<B>(
+    request: &http::Request<B>,
     methods: &[Method],
     allow_authenticated: bool,
     honor_request_cache_control: bool,
 ) -> RequestPlan {
+    let (method, headers) = (request.method(), request.headers());
     let head = method == Method::HEAD && methods.contains(&Method::GET);
     if !head && !methods.contains(method) {
         return RequestPlan::Bypass(Bypass::Method);
@@ -347,8 +370,11 @@ pub(crate) fn plan_request(
     // A stored method with request content (`QUERY`, `POST`): its response depends on the
     // content, which the key cannot hold (reading it would mean buffering a body the handler
     // reads). GET content has no meaning (RFC 9110 §9.3.1), and HEAD is answered as a GET.
-    if !head && method != Method::GET && carries_content(headers) {
+    if !head && method != Method::GET && carries_content(request.version(), headers) {
         return RequestPlan::Bypass(Bypass::RequestContent);
+    }
+    if names_two_hosts(request.uri(), headers) {
+        return RequestPlan::Bypass(Bypass::TwoHosts);
     }
     // One pass over the names: cheaper than three lookups for the few fields a request has.
     let (mut credentials, mut range) = (false, false);
@@ -673,6 +699,14 @@ mod tests {
         h
     }
 
+    /// An HTTP/1.1 request `method /` with the fields `pairs`.
+    fn request(method: Method, pairs: &[(&'static str, &'static str)]) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        *request.method_mut() = method;
+        *request.headers_mut() = headers(pairs);
+        request
+    }
+
     #[test]
     fn cache_control_directives_parse_with_quotes_and_case() {
         let cc = CacheControl::parse(&headers(&[
@@ -782,7 +816,7 @@ mod tests {
     fn requests_are_planned() {
         let m = [Method::GET];
         let plan = |method: Method, h: &[(&'static str, &'static str)], auth, honor| {
-            plan_request(&method, &headers(h), &m, auth, honor)
+            plan_request(&request(method, h), &m, auth, honor)
         };
         assert_eq!(
             plan(Method::GET, &[], false, false),
@@ -913,7 +947,7 @@ mod tests {
         };
         let content = RequestPlan::Bypass(Bypass::RequestContent);
         let plan = |method: &Method, h: &[(&'static str, &'static str)]| {
-            plan_request(method, &headers(h), &methods, false, false)
+            plan_request(&request(method.clone(), h), &methods, false, false)
         };
         for method in [&query, &Method::POST] {
             assert_eq!(plan(method, &[]), lookup, "{method}");
@@ -922,6 +956,18 @@ mod tests {
             assert_eq!(plan(method, &[("content-length", "x")]), content);
             assert_eq!(plan(method, &[("transfer-encoding", "chunked")]), content);
         }
+        // Over HTTP/2 content may come with neither field: only a declared empty body is none.
+        let h2 = |method: &Method, h: &[(&'static str, &'static str)]| {
+            let mut request = request(method.clone(), h);
+            *request.version_mut() = http::Version::HTTP_2;
+            plan_request(&request, &methods, false, false)
+        };
+        for method in [&query, &Method::POST] {
+            assert_eq!(h2(method, &[]), content, "{method}");
+            assert_eq!(h2(method, &[("content-length", "5")]), content);
+            assert_eq!(h2(method, &[("content-length", "0")]), lookup);
+        }
+        assert_eq!(h2(&Method::GET, &[]), lookup);
         assert_eq!(plan(&Method::GET, &[("content-length", "5")]), lookup);
         let head = RequestPlan::Head {
             limits: Limits::default(),
@@ -931,6 +977,35 @@ mod tests {
         let put = plan(&Method::PUT, &[("content-length", "5")]);
         assert_eq!(put, RequestPlan::Bypass(Bypass::Method));
         Ok(())
+    }
+
+    /// A target whose authority a `Host` field contradicts (HTTP/2's `:authority`, or an
+    /// absolute-form target) is not answered from the cache nor stored: a handler reading `Host`
+    /// would make another host's response.
+    #[test]
+    fn a_request_naming_two_hosts_bypasses() {
+        let plan = |uri: &'static str, h: &[(&'static str, &'static str)]| {
+            let mut request = request(Method::GET, h);
+            *request.uri_mut() = http::Uri::from_static(uri);
+            plan_request(&request, &[Method::GET], false, false)
+        };
+        let lookup = RequestPlan::Lookup {
+            refresh: false,
+            limits: Limits::default(),
+        };
+        let two = RequestPlan::Bypass(Bypass::TwoHosts);
+        assert_eq!(plan("http://a.example/x", &[]), lookup);
+        assert_eq!(plan("/x", &[("host", "a.example")]), lookup);
+        assert_eq!(plan("http://a.example/x", &[("host", "A.Example")]), lookup);
+        assert_eq!(
+            plan("http://u@a.example/x", &[("host", "a.example")]),
+            lookup
+        );
+        assert_eq!(plan("http://a.example/x", &[("host", "evil.example")]), two);
+        assert_eq!(
+            plan("http://a.example:8080/x", &[("host", "a.example")]),
+            two
+        );
     }
 
     #[test]

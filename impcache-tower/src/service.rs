@@ -167,8 +167,7 @@ where
     async move {
         let config = &*shared;
         let plan = policy::plan_request(
-            request.method(),
-            request.headers(),
+            &request,
             &config.methods,
             config.allow_authenticated,
             config.honor_request_cache_control,

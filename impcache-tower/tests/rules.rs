@@ -2034,23 +2034,40 @@ async fn expires_counts_from_now_whatever_the_date() {
     }
 }
 
-/// An absolute-form request target names the host, over a `Host` field that disagrees (RFC 9112
-/// §3.2.2, and what the handler sees in `uri()`): the response is stored under the target's
-/// host, never served for the `Host` field's (cache poisoning: it was).
+/// A request whose target names another host than its `Host` field (an absolute-form target,
+/// or HTTP/2's `:authority`) is neither answered from the cache nor stored: the key would take
+/// the target's host (RFC 9112 §3.2.2) while a handler reading `Host` makes the other host's
+/// response (cache poisoning: it was, then it was stored under the target's host, which a
+/// handler reading `Host` still poisoned; RFC 9113 §8.3.1 calls such an HTTP/2 request
+/// malformed). The same target with a `Host` that agrees is cached as usual.
 #[tokio::test]
-async fn the_request_target_names_the_host_over_the_host_field() {
+async fn a_request_naming_two_hosts_is_not_cached() {
     let (svc, calls) = app(layer(), |n, request| async move {
         let host = request.uri().authority().map(|a| a.to_string());
         Response::new(Body::from(format!("{host:?} call {n}")))
     });
-    let absolute = || request("GET", "http://evil.test/abs", &[("host", "example.com")]);
-    let first = send(&svc, absolute()).await;
+    let two_hosts = || request("GET", "http://evil.test/abs", &[("host", "example.com")]);
+    let first = send(&svc, two_hosts()).await;
     assert_eq!(first.body, "Some(\"evil.test\") call 1");
+    assert_eq!(
+        first.header("cache-status"),
+        Some("impcache; fwd=bypass; detail=host-mismatch")
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        send(&svc, two_hosts()).await.body,
+        "Some(\"evil.test\") call 2"
+    );
     let origin_form = send(&svc, request("GET", "/abs", &[("host", "example.com")])).await;
-    assert_eq!(origin_form.body, "None call 2");
-    assert_eq!(send(&svc, absolute()).await.outcome(), "HIT");
-    assert_eq!(calls.get(), 2);
+    assert_eq!(origin_form.body, "None call 3");
+    let agreeing = || {
+        let request = http::Request::get("http://evil.test/abs").header("host", "EVIL.test");
+        request.body(Body::empty()).unwrap()
+    };
+    send(&svc, agreeing()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(send(&svc, agreeing()).await.outcome(), "HIT");
+    assert_eq!(calls.get(), 4);
 }
 
 /// A stored 204 is served without `Content-Length` (RFC 9110 §8.6) or a computed ETag.
