@@ -96,8 +96,17 @@ pub(crate) struct ListedHosts(Arc<Mutex<Hosts>>);
 #[derive(Debug, Default)]
 struct Hosts {
     listed: HashSet<Listing>,
-    /// The listings retried in the background, each until when it is needed.
-    relisting: HashMap<Listing, Instant>,
+    /// The listings retried in the background: each by which task, until when.
+    relisting: HashMap<Listing, Relisting>,
+    /// The number of the next relisting task.
+    next_task: u64,
+}
+
+/// A listing retried in the background.
+#[derive(Debug)]
+struct Relisting {
+    task: u64,
+    until: Instant,
 }
 
 impl ListedHosts {
@@ -126,7 +135,7 @@ impl ListedHosts {
     }
 
     /// Retries the listing of `segment` in `list` in the background, for a record living
-    /// `lifetime`; one retry at a time per host, which a later record's lifetime extends.
+    /// `lifetime`; one task at a time per host, which a later record's lifetime extends.
     /// Without a tokio runtime to run it on, there is none.
     fn relist(&self, cache: &Cache, list: String, segment: &str, lifetime: Option<Duration>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -135,29 +144,58 @@ impl ListedHosts {
         let until =
             Instant::now() + lifetime.map_or(LONGEST_RELISTING, |d| d.min(LONGEST_RELISTING));
         let listing = (list, segment.to_owned());
-        {
+        let task = {
             let mut hosts = self.hosts();
-            if let Some(needed) = hosts.relisting.get_mut(&listing) {
-                *needed = (*needed).max(until);
+            if let Some(relisting) = hosts.relisting.get_mut(&listing) {
+                relisting.until = relisting.until.max(until);
                 return;
             }
-            hosts.relisting.insert(listing.clone(), until);
-        }
-        let (cache, listed) = (cache.clone(), self.clone());
-        runtime.spawn(async move { listed.relisting(&cache, listing).await });
+            let task = hosts.next_task;
+            hosts.next_task += 1;
+            hosts
+                .relisting
+                .insert(listing.clone(), Relisting { task, until });
+            task
+        };
+        let slot = Slot {
+            listed: self.clone(),
+            listing,
+            task,
+        };
+        let cache = cache.clone();
+        runtime.spawn(async move { slot.relisting(&cache).await });
     }
 
-    /// The background relisting of `listing`, until it lands or is no longer needed.
-    async fn relisting(&self, cache: &Cache, (list, segment): Listing) {
+    /// Forgets the hosts of `list`: it was removed (`purge_all`).    /// Forgets the hosts of `list`: it was removed (`purge_all`).
+    pub(crate) fn forget(&self, list: &str) {
+        let mut hosts = self.hosts();
+        hosts.listed.retain(|(known, _)| known != list);
+        hosts.relisting.retain(|(known, _), _| known != list);
+    }
+}
+
+/// A relisting task's hold on its entry in [`Hosts::relisting`]: the entry goes when the task
+/// ends, also when it is dropped unfinished (its runtime shut down), so that a later outage
+/// starts another task instead of extending one that no longer runs.
+struct Slot {
+    listed: ListedHosts,
+    listing: Listing,
+    task: u64,
+}
+
+impl Slot {
+    /// Retries the listing until it lands or is no longer needed.
+    async fn relisting(&self, cache: &Cache) {
+        let (list, segment) = &self.listing;
         let mut pause = FIRST_PAUSE;
         loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LONGEST_PAUSE);
-            if !self.still_relisting(&list, &segment) {
+            if !self.needed() {
                 return;
             }
-            match add(cache, &list, &segment).await {
-                Ok(()) => return self.remember(&list, &segment),
+            match add(cache, list, segment).await {
+                Ok(()) => return self.listed.remember(list, segment),
                 Err(error) => {
                     let logged = impcache::__private::logged_error(cache, &error);
                     tracing::debug!(error = %logged, "impcache-tower: listing a host again failed; retrying");
@@ -166,26 +204,26 @@ impl ListedHosts {
         }
     }
 
-    /// Whether the relisting of `segment` in `list` is still needed: not landed through another
-    /// store, nor forgotten by a `purge_all`, nor past the records that needed it (then it ends).
-    fn still_relisting(&self, list: &str, segment: &str) -> bool {
-        let listing = (list.to_owned(), segment.to_owned());
-        let mut hosts = self.hosts();
-        match hosts.relisting.get(&listing) {
-            Some(until) if Instant::now() < *until => true,
-            Some(_) => {
-                hosts.relisting.remove(&listing);
-                false
-            }
-            None => false,
-        }
+    /// Whether the listing is still this task's to retry: not landed through another store,
+    /// nor forgotten by a `purge_all`, nor past the records that needed it.
+    fn needed(&self) -> bool {
+        let hosts = self.listed.hosts();
+        hosts.relisting.get(&self.listing).is_some_and(|relisting| {
+            relisting.task == self.task && Instant::now() < relisting.until
+        })
     }
+}
 
-    /// Forgets the hosts of `list`: it was removed (`purge_all`).
-    pub(crate) fn forget(&self, list: &str) {
-        let mut hosts = self.hosts();
-        hosts.listed.retain(|(known, _)| known != list);
-        hosts.relisting.retain(|(known, _), _| known != list);
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut hosts = self.listed.hosts();
+        if hosts
+            .relisting
+            .get(&self.listing)
+            .is_some_and(|relisting| relisting.task == self.task)
+        {
+            hosts.relisting.remove(&self.listing);
+        }
     }
 }
 
@@ -201,6 +239,23 @@ mod tests {
         listed.forget("__impcache_hosts:a");
         assert!(!listed.knows("__impcache_hosts:a", "example.com"));
         assert!(listed.knows("__impcache_hosts:b", "example.com"));
+    }
+
+    /// A relisting task dropped unfinished (its runtime shut down) leaves no entry behind: a
+    /// later outage starts a task of its own (it extended the dead one's, and the host was never
+    /// listed again; found by a probe).
+    #[test]
+    fn a_relisting_dropped_with_its_runtime_leaves_no_entry() -> std::io::Result<()> {
+        let listed = ListedHosts::default();
+        let cache = Cache::new(impcache::MemoryCacheRepository::new());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        runtime.block_on(async { listed.relist(&cache, "list".to_owned(), "example.com", None) });
+        assert_eq!(listed.hosts().relisting.len(), 1);
+        drop(runtime);
+        assert!(listed.hosts().relisting.is_empty());
+        Ok(())
     }
 
     #[test]
