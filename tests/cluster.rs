@@ -1050,6 +1050,75 @@ async fn a_redirected_key_is_served_while_an_unrelated_primary_is_frozen() {
     }
 }
 
+/// A `CacheLayer` (keys by host, the default) on a cluster cache, its handler answering
+/// `hello`: the tests of its list of hosts, one key on one primary.
+struct HostsApp {
+    cache: Cache,
+    layer: impcache_tower::CacheLayer,
+}
+
+impl HostsApp {
+    /// The list of hosts' key (under the cache's prefix and version).
+    const LIST: &'static str = "__impcache_hosts:http";
+
+    fn new(cluster: &RedisCluster, prefix: &str) -> Self {
+        let cache = Cache::builder(repository(cluster, Duration::from_millis(300)))
+            .key_prefix(prefix)
+            .build();
+        let layer = impcache_tower::CacheLayer::new(cache.clone()).expire(60);
+        HostsApp { cache, layer }
+    }
+
+    /// The record key of `path` on `example.com`.
+    fn record(path: &str) -> String {
+        format!("http:example.com:{path}:-:GET:v")
+    }
+
+    /// The primary holding the list of hosts.
+    fn list_primary(&self, cluster: &RedisCluster) -> u16 {
+        cluster.primary_for(&self.cache.make_key(Self::LIST))
+    }
+
+    /// Paths on `example.com` whose records live on another primary than `victim`.
+    fn paths_off(&self, cluster: &RedisCluster, victim: u16) -> Vec<String> {
+        (0..12)
+            .map(|i| format!("/page-{i:02}"))
+            .filter(|path| cluster.primary_for(&self.cache.make_key(&Self::record(path))) != victim)
+            .collect()
+    }
+
+    /// Requests `path` on `example.com`, then whether its response is stored within `within`,
+    /// its record read from the cache (the store runs in the background, and a request meanwhile
+    /// may be served by its flight).
+    async fn becomes_stored(&self, path: &str, within: Duration) -> bool {
+        use std::convert::Infallible;
+
+        use bytes::Bytes;
+        use http::{Request, Response};
+        use http_body_util::Full;
+        use tower::{service_fn, Layer, ServiceExt};
+
+        let service = self
+            .layer
+            .clone()
+            .layer(service_fn(|_: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+            }));
+        let request = Request::get(format!("http://example.com{path}"))
+            .body(Full::default())
+            .unwrap();
+        service.oneshot(request).await.unwrap();
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.cache.get_raw(&Self::record(path)).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
 /// `CacheLayer` (keys by host) on a Cluster: each store first lists its host in the namespace's
 /// list of hosts, one key on one primary. While that primary is frozen, responses whose records
 /// live on the other primaries are still stored once this process has listed their host, and
@@ -1057,68 +1126,28 @@ async fn a_redirected_key_is_served_while_an_unrelated_primary_is_frozen() {
 /// fails stores nothing until the host is listed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_layer_stores_while_the_primary_of_its_list_of_hosts_is_frozen() {
-    use std::convert::Infallible;
-
-    use bytes::Bytes;
-    use http::{Request, Response};
-    use http_body_util::Full;
-    use impcache_tower::CacheLayer;
-    use tower::{service_fn, Layer, ServiceExt};
-
     let cluster = RedisCluster::start(3, 0);
-    let cache = Cache::builder(repository(&cluster, Duration::from_millis(300)))
-        .key_prefix("hosts")
-        .build();
-    let layer = CacheLayer::new(cache.clone()).expire(60);
-    let service = layer
-        .clone()
-        .layer(service_fn(|_: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
-        }));
-    // Whether `path`'s response is stored within `within`, its record read from the cache (the
-    // store runs in the background, and a request meanwhile may be served by its flight).
-    let becomes_stored = |path: &str, within: Duration| {
-        let request = Request::get(format!("http://example.com{path}"))
-            .body(Full::default())
-            .unwrap();
-        let record = format!("http:example.com:{path}:-:GET:v");
-        let (service, cache) = (service.clone(), cache.clone());
-        async move {
-            service.oneshot(request).await.unwrap();
-            let until = Instant::now() + within;
-            while Instant::now() < until {
-                if let Ok(Some(_)) = cache.get_raw(&record).await {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            false
-        }
-    };
-
-    let victim = cluster.primary_for(&cache.make_key("__impcache_hosts:http"));
-    let on_others: Vec<String> = (0..12)
-        .map(|i| format!("/page-{i:02}"))
-        .filter(|path| {
-            let record = cache.make_key(&format!("http:example.com:{path}:-:GET:v"));
-            cluster.primary_for(&record) != victim
-        })
-        .collect();
+    let app = HostsApp::new(&cluster, "hosts");
+    let victim = app.list_primary(&cluster);
+    let on_others = app.paths_off(&cluster, victim);
     assert!(on_others.len() >= 4, "{on_others:?}");
 
-    assert!(becomes_stored("/seed", Duration::from_secs(5)).await);
-    layer.purge_all().await.unwrap();
+    assert!(app.becomes_stored("/seed", Duration::from_secs(5)).await);
+    app.layer.purge_all().await.unwrap();
     {
         let _frozen = cluster.freeze_node(victim);
         // Not listed since the purge: stores nothing.
-        assert!(!becomes_stored(&on_others[0], Duration::from_millis(1500)).await);
+        assert!(
+            !app.becomes_stored(&on_others[0], Duration::from_millis(1500))
+                .await
+        );
     }
     // Listed again by a store, then frozen: every response of the other primaries is stored.
-    assert!(becomes_stored("/seed", Duration::from_secs(10)).await);
+    assert!(app.becomes_stored("/seed", Duration::from_secs(10)).await);
     let _frozen = cluster.freeze_node(victim);
     for path in &on_others {
         assert!(
-            becomes_stored(path, Duration::from_secs(5)).await,
+            app.becomes_stored(path, Duration::from_secs(5)).await,
             "{path} was not stored"
         );
     }
@@ -1132,55 +1161,18 @@ async fn the_http_layer_stores_while_the_primary_of_its_list_of_hosts_is_frozen(
 /// removes the record (the addition sent to the dead primary was lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_layer_lists_its_host_again_after_an_outage_of_the_list() {
-    use std::convert::Infallible;
-
-    use bytes::Bytes;
-    use http::{Request, Response};
-    use http_body_util::Full;
-    use impcache_tower::CacheLayer;
-    use tower::{service_fn, Layer, ServiceExt};
-
     let cluster = RedisCluster::start(3, 1);
-    let cache = Cache::builder(repository(&cluster, Duration::from_millis(300)))
-        .key_prefix("relist")
-        .build();
-    let layer = CacheLayer::new(cache.clone()).expire(60);
-    let service = layer
-        .clone()
-        .layer(service_fn(|_: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
-        }));
-    let record = |path: &str| format!("http:example.com:{path}:-:GET:v");
-    // Whether `path`'s response is stored within `within` (see the test above).
-    let becomes_stored = |path: &str, within: Duration| {
-        let request = Request::get(format!("http://example.com{path}"))
-            .body(Full::default())
-            .unwrap();
-        let (service, cache, record) = (service.clone(), cache.clone(), record(path));
-        async move {
-            service.oneshot(request).await.unwrap();
-            let until = Instant::now() + within;
-            while Instant::now() < until {
-                if let Ok(Some(_)) = cache.get_raw(&record).await {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            false
-        }
-    };
-    let list = "__impcache_hosts:http";
-    let victim = cluster.primary_for(&cache.make_key(list));
-    let on_others: Vec<String> = (0..12)
-        .map(|i| format!("/page-{i:02}"))
-        .filter(|path| cluster.primary_for(&cache.make_key(&record(path))) != victim)
-        .collect();
+    let app = HostsApp::new(&cluster, "relist");
+    let victim = app.list_primary(&cluster);
+    let on_others = app.paths_off(&cluster, victim);
     assert!(on_others.len() >= 2, "{on_others:?}");
 
-    assert!(becomes_stored("/seed", Duration::from_secs(5)).await);
-    cache.delete(list).await.unwrap();
+    assert!(app.becomes_stored("/seed", Duration::from_secs(5)).await);
+    app.cache.delete(HostsApp::LIST).await.unwrap();
     cluster.cmd::<()>(victim, &["CONFIG", "SET", "maxmemory", "1"]);
-    let refused = becomes_stored(&on_others[0], Duration::from_millis(1500)).await;
+    let refused = app
+        .becomes_stored(&on_others[0], Duration::from_millis(1500))
+        .await;
     cluster.cmd::<()>(victim, &["CONFIG", "SET", "maxmemory", "0"]);
     assert!(!refused, "stored, though its listing was refused");
 
@@ -1196,10 +1188,10 @@ async fn the_http_layer_lists_its_host_again_after_an_outage_of_the_list() {
     }
     cluster.kill_node(victim);
     let path = &on_others[1];
-    assert!(becomes_stored(path, Duration::from_secs(5)).await);
+    assert!(app.becomes_stored(path, Duration::from_secs(5)).await);
     let listed_again = Instant::now();
     loop {
-        let listed = cache.get_raw(list).await.ok().flatten();
+        let listed = app.cache.get_raw(HostsApp::LIST).await.ok().flatten();
         if listed.is_some_and(|hosts| hosts.as_ref() == b"example.com\n") {
             break;
         }
@@ -1210,5 +1202,5 @@ async fn the_http_layer_lists_its_host_again_after_an_outage_of_the_list() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("listed again after {:?}", listed_again.elapsed());
-    assert_eq!(layer.purge_url(None, path).await.unwrap(), 1);
+    assert_eq!(app.layer.purge_url(None, path).await.unwrap(), 1);
 }
