@@ -464,10 +464,8 @@ fn key(
                             }
                             parts.push(Part::Arg(i));
                         }
-                        None => errors.push(syn::Error::new_spanned(
-                            key,
-                            no_such_argument("key", &name),
-                        )),
+                        None => errors
+                            .push(syn::Error::new_spanned(key, no_such_argument("key", &name))),
                     },
                 }
             }
