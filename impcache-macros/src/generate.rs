@@ -578,15 +578,21 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let inv_receiver = receiver.map(|_| quote!(&self,));
     let invalidate_all = invalidate_all(plan, receiver);
 
-    quote! {
-        #(#wrapper_attrs)*
-        #wrapper_doc
-        #vis async #unsafety #abi fn #ident #generics (#receiver_comma #(#wrapper_inputs),*) #output #where_clause {
+    // The wrapper's first token (`async`, when it has no visibility) and its braces are the
+    // user's: the item's span, the context of the span rustc's `dead_code` reports (the name, in
+    // the item's context), is then the user's, not the attribute's, whose lints rustc drops as
+    // from an external macro. An unused `#[cached]` function is reported as a plain one.
+    let asyncness = &sig.asyncness;
+    let mut wrapper_body = Group::new(
+        Delimiter::Brace,
+        quote! {
+            // Items first: a statement before an item, in the user's braces, is clippy's
+            // `items_after_statements` (the `static` is spanned at the `version` value).
+            #version_static
             #trait_impl_check
             #key_block
             #tags_block
             #cache_binding
-            #version_static
             #returns
             // The body's statements, not its block: `{ { expr } }` would make rustc's
             // `unused_braces` lint fire on the user's braces.
@@ -598,7 +604,14 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             static __IMPCACHE_FUNCTION: ::impcache::__private::CachedFunction =
                 ::impcache::__private::CachedFunction::new(::core::concat!(::core::module_path!(), "::", #fn_name));
             #call
-        }
+        },
+    );
+    wrapper_body.set_span(block.brace_token.span.join());
+
+    quote! {
+        #(#wrapper_attrs)*
+        #wrapper_doc
+        #vis #asyncness #unsafety #abi fn #ident #generics (#receiver_comma #(#wrapper_inputs),*) #output #where_clause #wrapper_body
 
         #[doc = #uncached_doc]
         #uncached_safety
