@@ -598,8 +598,9 @@ impl CacheLayer {
     /// itself lost while records stay (evicted under an `allkeys-*` `maxmemory-policy`, an
     /// addition lost in a failover, or a store racing `purge_all`): the hosts stored since are
     /// listed again (a store during an outage of the list, by a host this process listed
-    /// before, once the list answers again), others are missed until their responses expire. With responses stored
-    /// without expiry, purge by host or with [`purge_prefix`](Self::purge_prefix) in those cases.
+    /// before, once the list answers again), others are missed until their responses expire.
+    /// With responses stored without expiry, purge by host or with
+    /// [`purge_prefix`](Self::purge_prefix) in those cases.
     ///
     /// Like every purge, a sweep that fails after removing keys returns
     /// [`Error::Interrupted`](impcache::Error::Interrupted) with the count removed
