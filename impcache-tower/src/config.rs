@@ -166,6 +166,12 @@ impl Config {
         }
     }
 
+    /// The hosts this layer listed, for a store to list its host first: when keys are by host
+    /// (`purge_url` on any host reads the list of hosts), else `None`.
+    pub(crate) fn host_listing(&self) -> Option<crate::hosts::ListedHosts> {
+        self.key_by_host.then(|| self.listed_hosts.clone())
+    }
+
     fn resolve(expire: Expire) -> Option<Duration> {
         // Zero or negative: zero, which `policy::storable` stores nothing for; longer than
         // `MAX_EXPIRE` (`Duration::MAX` meaning "no limit"): `MAX_EXPIRE`, as `NearCache::max_ttl`

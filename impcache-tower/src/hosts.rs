@@ -15,9 +15,9 @@ use impcache::{Cache, Expire};
 
 use crate::key;
 
-/// The most hosts [`ListedHosts`] remembers: as many as a list holds (`impcache`'s
-/// `members::MAX_MEMBERS`); past them the list holds too many and purges sweep.
-const REMEMBERED: usize = 64;
+/// The most hosts [`ListedHosts`] remembers: as many as a list holds; past them the list holds
+/// too many and purges sweep.
+const REMEMBERED: usize = members::MAX_MEMBERS;
 
 /// The first pause of a background relisting, doubled after each failed attempt up to
 /// [`LONGEST_PAUSE`].
@@ -128,10 +128,8 @@ impl ListedHosts {
     /// Whether `segment` was listed in `list` by this process (since the last `purge_all` of
     /// its namespace here).
     fn knows(&self, list: &str, segment: &str) -> bool {
-        self.hosts()
-            .listed
-            .iter()
-            .any(|(known, host)| known == list && host == segment)
+        let listing = (list.to_owned(), segment.to_owned());
+        self.hosts().listed.contains(&listing)
     }
 
     /// Retries the listing of `segment` in `list` in the background, for a record living

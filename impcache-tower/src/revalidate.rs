@@ -172,7 +172,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
             let unfinished = Unfinished {
                 cache: config.cache.clone(),
                 keys,
-                listed: config.key_by_host.then(|| config.listed_hosts.clone()),
+                listed: config.host_listing(),
                 call,
                 compute_etag: false,
                 status: stale.status,

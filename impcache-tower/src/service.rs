@@ -815,7 +815,7 @@ where
     let unfinished = Unfinished {
         cache: config.cache.clone(),
         keys,
-        listed: config.key_by_host.then(|| config.listed_hosts.clone()),
+        listed: config.host_listing(),
         call,
         compute_etag: config.compute_etag && !config.follow_origin,
         status: parts.status,

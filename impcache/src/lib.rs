@@ -172,7 +172,7 @@ pub mod __private {
     /// namespace): a key holding a short list of distinct names that only grows, read in one
     /// round trip.
     pub mod members {
-        pub use crate::members::Members;
+        pub use crate::members::{Members, MAX_MEMBERS};
 
         /// Adds `member` (not empty, no newline, not `*`) to the list at `key` (under the
         /// cache's prefix and version), atomically; the key then lives at least `expire`, or

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::expire::Expiry;
 
 /// The most members a list holds; one more makes it [`TOO_MANY`].
-pub(crate) const MAX_MEMBERS: usize = 64;
+pub const MAX_MEMBERS: usize = 64;
 
 /// A list that outgrew [`MAX_MEMBERS`].
 pub(crate) const TOO_MANY: &[u8] = b"*\n";

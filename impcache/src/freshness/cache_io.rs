@@ -228,25 +228,14 @@ impl Cache {
                 }
             }
         };
-        if tags.is_empty() {
-            observed!(
-                self,
-                Operation::Get,
-                Some(key),
-                self.read_for_load_judged(key, policy),
-                map: decoded,
-                also: |_, _| {}
-            )
-        } else {
-            observed!(
-                self,
-                Operation::Get,
-                Some(key),
-                self.read_for_load_with_tags(key, policy, tags),
-                map: decoded,
-                also: |_, _| {}
-            )
-        }
+        let read = async {
+            if tags.is_empty() {
+                self.read_for_load_judged(key, policy).await
+            } else {
+                self.read_for_load_with_tags(key, policy, tags).await
+            }
+        };
+        observed!(self, Operation::Get, Some(key), read, map: decoded, also: |_, _| {})
     }
 
     /// The read of [`read_for_load_tagged`](Cache::read_for_load_tagged) for a call with tags.
