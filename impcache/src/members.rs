@@ -18,7 +18,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::expire::Expiry;
 
-/// The most members a list holds; one more makes it [`TOO_MANY`].
+/// The most members a list holds; one more makes it [`Members::TooMany`] for good.
 pub const MAX_MEMBERS: usize = 64;
 
 /// A list that outgrew [`MAX_MEMBERS`].
