@@ -155,15 +155,18 @@ where
 /// stored; given up (too large, trailers, another length than declared), the flight's waiters
 /// call the handler themselves; failed (a body error) or dropped unfinished (the client went away
 /// mid-body), nothing is stored and the flight is abandoned (its waiters elect a new leader, see
-/// [`Unfinished::give_up`]).
+/// [`Unfinished::give_up`]). Dropped holding all the bytes its response declared, it is complete:
+/// a server stops polling a body once it has written its declared length (hyper then drops it,
+/// before the `None` that would end it, when the body does not say it has ended).
 pub(crate) struct StreamCopy {
     chunks: Vec<Bytes>,
     size: usize,
     limit: usize,
-    /// The length the response's `Content-Length` declares: a body of another length is not
-    /// stored.
+    /// The length the response declares (its `Content-Length`, else an exact size hint): a body
+    /// of another length is not stored.
     declared: Option<u64>,
-    unfinished: Unfinished,
+    /// `None` once the copy is finished or given up.
+    unfinished: Option<Unfinished>,
 }
 
 impl StreamCopy {
@@ -180,53 +183,74 @@ impl StreamCopy {
             size,
             limit,
             declared,
-            unfinished,
+            unfinished: Some(unfinished),
         }
     }
 
     /// Follows one frame polled from the body (`None`: the end); `ended` when the body has
-    /// ended with it. Returns the copy when it is still being kept.
-    fn follow(
-        mut self: Box<Self>,
-        polled: Option<&Result<Frame<Bytes>, BoxError>>,
-        ended: bool,
-    ) -> Option<Box<Self>> {
+    /// ended with it. Returns whether the copy is still being kept.
+    fn follow(&mut self, polled: Option<&Result<Frame<Bytes>, BoxError>>, ended: bool) -> bool {
         match polled {
             Some(Ok(frame)) => match frame.data_ref() {
                 Some(data) => {
                     self.size = self.size.saturating_add(data.len());
                     if self.size > self.limit {
                         // Too large: the rest streams through, unstored, and is not held.
-                        self.unfinished.give_up(NotStored::TooLarge);
-                        return None;
+                        self.give_up(NotStored::TooLarge);
+                        return false;
                     }
                     self.chunks.push(data.clone());
                 }
                 // Trailers: never stored.
                 None => {
-                    self.unfinished.give_up(NotStored::Trailers);
-                    return None;
+                    self.give_up(NotStored::Trailers);
+                    return false;
                 }
             },
             Some(Err(_)) => {
-                self.unfinished.give_up(NotStored::BodyError);
-                return None;
+                self.give_up(NotStored::BodyError);
+                return false;
             }
             None => {}
         }
         if ended {
             if not_as_declared(self.declared, self.size) {
-                self.unfinished.give_up(NotStored::LengthMismatch);
-                return None;
+                self.give_up(NotStored::LengthMismatch);
+            } else {
+                self.complete();
             }
-            let (_, _, storing) = self.unfinished.finish(concat(self.chunks, self.size));
-            if storing.is_some() {
-                // Its waiters got it; nothing outside a tokio runtime can run the store.
-                tracing::debug!("impcache-tower: no tokio runtime, streamed response not stored");
-            }
-            return None;
+            return false;
         }
-        Some(self)
+        true
+    }
+
+    fn give_up(&mut self, reason: NotStored) {
+        if let Some(unfinished) = self.unfinished.take() {
+            unfinished.give_up(reason);
+        }
+    }
+
+    /// Publishes the copy to the flight's waiters and stores it.
+    fn complete(&mut self) {
+        let Some(unfinished) = self.unfinished.take() else {
+            return;
+        };
+        let body = concat(std::mem::take(&mut self.chunks), self.size);
+        let (_, _, storing) = unfinished.finish(body);
+        if storing.is_some() {
+            // Its waiters got it; nothing outside a tokio runtime can run the store.
+            tracing::debug!("impcache-tower: no tokio runtime, streamed response not stored");
+        }
+    }
+}
+
+impl Drop for StreamCopy {
+    fn drop(&mut self) {
+        // Unfinished: complete when it holds the declared length (see the type's docs); else the
+        // client went away mid-body, and `Unfinished`'s own drop abandons the flight.
+        if self.declared == Some(self.size as u64) {
+            self.complete();
+        }
     }
 }
 
@@ -273,8 +297,11 @@ where
     if ended {
         *rest = None;
     }
-    if let Some(kept) = copy.take() {
-        *copy = kept.follow(polled.as_ref(), ended);
+    if copy
+        .as_mut()
+        .is_some_and(|kept| !kept.follow(polled.as_ref(), ended))
+    {
+        *copy = None;
     }
     Poll::Ready(polled)
 }

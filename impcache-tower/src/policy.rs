@@ -171,6 +171,8 @@ pub(crate) enum NotStored {
     /// The body is not the length its `Content-Length` declares.
     LengthMismatch,
     Head,
+    /// `Content-Type: text/event-stream`: a live stream of events, not a document.
+    EventStream,
 }
 
 impl NotStored {
@@ -189,6 +191,7 @@ impl NotStored {
             NotStored::BodyError => "body-error",
             NotStored::LengthMismatch => "length-mismatch",
             NotStored::Head => "head",
+            NotStored::EventStream => "event-stream",
         }
     }
 }
@@ -422,6 +425,15 @@ pub(crate) fn plan_request<B>(
     RequestPlan::Lookup { refresh, limits }
 }
 
+/// Whether the response's `Content-Type` is `text/event-stream` (parameters and case aside).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
 /// The response-side rules of the default mode, for a response with `status` and `headers`
 /// that arrived at `response_ms`: `Ok(ttl)` when it may be stored (`None`: no expiry), the
 /// reason otherwise. The body size is checked separately, while buffering.
@@ -445,6 +457,12 @@ pub(crate) fn storable(
     }
     if headers.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
+    }
+    // Server-sent events never end: stored, a copy would hold the requests that join its flight
+    // for a whole `lock_timeout`, then replay old events. (tower-http's compression skips them
+    // by default too.)
+    if is_event_stream(headers) {
+        return Err(NotStored::EventStream);
     }
     let cc = CacheControl::parse(headers);
     if cc.no_store {
@@ -805,6 +823,17 @@ mod tests {
         assert_eq!(
             check(StatusCode::OK, &[("vary", "accept, *")]),
             Some(NotStored::VaryStar)
+        );
+        assert_eq!(
+            check(
+                StatusCode::OK,
+                &[("content-type", "Text/Event-Stream; charset=utf-8")]
+            ),
+            Some(NotStored::EventStream)
+        );
+        assert_eq!(
+            check(StatusCode::OK, &[("content-type", "text/event-streams")]),
+            None
         );
         assert_eq!(
             check(StatusCode::OK, &[("vary", "Accept-Language, accept")]),

@@ -864,6 +864,10 @@ where
             size,
             rest,
         } => {
+            // Its length: the declared one, else an exact size hint (a server declares that
+            // one for it).
+            let left = rest.size_hint().exact();
+            let declared = declared.or_else(|| left.map(|left| left.saturating_add(size as u64)));
             let copy = StreamCopy::new((chunks, size), config.max_body_size, declared, unfinished);
             let body = ResponseBody::streaming(frames, rest, copy);
             // Stored when (and if) the body completes.

@@ -179,6 +179,61 @@ async fn a_head_miss_over_axum_keeps_the_gets_content_length() {
     server.abort();
 }
 
+/// A streamed body of declared length (a `Content-Length` field, or an exact size hint from
+/// which hyper writes one) is stored over a real server: hyper stops polling a body once it has
+/// written that length and drops it before its `None` (as `Body::from_stream` and tower-http's
+/// `ServeDir` bodies never say they have ended), which the layer took for a client gone mid-body,
+/// storing nothing; concurrent clients then made one handler call each, one after another
+/// (a regression found by a probe: 20 clients, 20 calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_of_declared_length_is_stored_over_tcp() {
+    let chunks: Vec<Bytes> = (0..10u8)
+        .map(|i| Bytes::from(vec![b'a' + i; 100]))
+        .collect();
+    let whole: Bytes = chunks.concat().into();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = |declared_by_header: bool| {
+        let (chunks, calls) = (chunks.clone(), calls.clone());
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let exact = (!declared_by_header).then_some(1000);
+            let body = support::Trickle::sending(chunks, Duration::from_millis(5), exact);
+            let mut response = Response::new(Body::new(body));
+            if declared_by_header {
+                response
+                    .headers_mut()
+                    .insert("content-length", http::HeaderValue::from_static("1000"));
+            }
+            response
+        }
+    };
+    let app: Router = Router::new()
+        .route("/header", get(handler(true)))
+        .route("/hint", get(handler(false)))
+        .layer(CacheLayer::new(memory_cache()).expire(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    for path in ["/header", "/hint"] {
+        calls.store(0, Ordering::SeqCst);
+        let clients: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(async move { fetch(addr, "GET", path).await }))
+            .collect();
+        for client in clients {
+            assert_eq!(client.await.unwrap().1, whole, "{path}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{path}: one call for 10 clients"
+        );
+        let (outcome, body, headers) = fetch(addr, "GET", path).await;
+        assert_eq!((outcome.as_str(), body), ("HIT", whole.clone()), "{path}");
+        assert_eq!(headers["content-length"], "1000", "{path}");
+    }
+    server.abort();
+}
+
 /// End to end: axum over TCP, a real HTTP client, a real Redis. Stored → the next request is a
 /// HIT read back from Redis (not from process memory), HEAD from the GET entry, purge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

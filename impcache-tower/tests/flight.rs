@@ -1007,3 +1007,40 @@ async fn a_handed_over_request_has_what_is_left_of_its_hard_timeout() {
     assert!(timed_out > 0, "the last requests had no time left");
     assert!(calls.get() < 9, "{} calls: one per request", calls.get());
 }
+
+/// Server-sent events (`Content-Type: text/event-stream`) are never stored: a copy of a stream
+/// that never ends held every request joining its flight for a whole `lock_timeout` (10 s by
+/// default), then each called the handler (found by a probe). Now each subscriber gets its own
+/// stream at once (`detail=event-stream`), whatever the `lock_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_is_not_stored_and_holds_no_other_subscriber() {
+    let layer = layer().lock_timeout(Duration::from_secs(3600));
+    let (feeds, mut fed) = mpsc::unbounded_channel();
+    let (svc, calls) = app(layer.clone(), move |_, _| {
+        let feeds = feeds.clone();
+        async move {
+            let (feed, chunks) = mpsc::channel(4);
+            feeds.send(feed).unwrap();
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::new(ChannelBody(chunks)))
+                .unwrap()
+        }
+    });
+    let mut subscribers = Vec::new();
+    for n in 1..=2 {
+        let response = head_of(&svc, "/events").await;
+        let feed = fed.recv().await.unwrap();
+        assert_eq!(
+            response.headers()["cache-status"],
+            "impcache; fwd=uri-miss; detail=event-stream"
+        );
+        let mut body = response.into_body();
+        feed.send(Ok(Bytes::from("data: 1\n\n"))).await.unwrap();
+        assert_eq!(next_chunk(&mut body).await, "data: 1\n\n");
+        assert_eq!(calls.get(), n);
+        // Both streams stay open.
+        subscribers.push((feed, body));
+    }
+    assert!(!stored(&layer, "/events").await);
+}

@@ -260,3 +260,48 @@ impl http_body::Body for Unsized {
         std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
     }
 }
+
+/// A body whose chunks arrive from a channel (`Trickle::new` gives the sending end), as
+/// `Body::from_stream`'s: it never says it has ended before its `None`, and declares an exact
+/// size only when given one (`exact`).
+pub struct Trickle {
+    pub rx: tokio::sync::mpsc::Receiver<Bytes>,
+    pub exact: Option<u64>,
+}
+
+impl Trickle {
+    /// A body of `chunks`, sent `gap` apart by a task, then ended (the channel closed).
+    pub fn sending(chunks: Vec<Bytes>, gap: Duration, exact: Option<u64>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for chunk in chunks {
+                tokio::time::sleep(gap).await;
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Trickle { rx, exact }
+    }
+}
+
+impl http_body::Body for Trickle {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|data| Ok(http_body::Frame::data(data))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.exact.map_or_else(
+            http_body::SizeHint::default,
+            http_body::SizeHint::with_exact,
+        )
+    }
+}
