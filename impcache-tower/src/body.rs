@@ -318,6 +318,15 @@ impl<B> fmt::Debug for ResponseBody<B> {
     }
 }
 
+/// An empty body, as tower-http's middleware (`TimeoutLayer`, `CorsLayer`, ...) makes for the
+/// responses it answers itself: those fit above a [`CacheLayer`](crate::CacheLayer) in one
+/// `ServiceBuilder`.
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        ResponseBody::full(Bytes::new())
+    }
+}
+
 impl<B> ResponseBody<B> {
     /// A body of `data` (a hit, or a buffered miss); none when `data` is empty (HEAD, 304).
     pub(crate) fn full(data: Bytes) -> Self {

@@ -128,6 +128,29 @@ async fn fits_a_plain_hyper_service() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
+/// tower-http's `TimeoutLayer`, `CorsLayer` and `ValidateRequestHeaderLayer` answer some
+/// requests themselves with `ResBody::default()`: above a `CacheLayer` in one `ServiceBuilder`
+/// they need its response body to be `Default` (found by a probe: it did not compile).
+#[tokio::test]
+async fn the_response_body_has_an_empty_default_for_middleware_above() {
+    fn answers_itself<S, ReqBody, ResBody>(_: &S)
+    where
+        S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Default,
+    {
+    }
+    let handler = tower::service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("x"))))
+    });
+    answers_itself(&tower::Layer::layer(
+        &CacheLayer::new(memory_cache()),
+        handler,
+    ));
+    let empty = impcache_tower::ResponseBody::<Body>::default();
+    assert!(http_body::Body::is_end_stream(&empty));
+    assert_eq!(empty.collect().await.unwrap().to_bytes(), "");
+}
+
 async fn fetch(addr: SocketAddr, method: &str, path: &str) -> (String, Bytes, http::HeaderMap) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let request = Request::builder()
