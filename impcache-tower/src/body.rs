@@ -9,6 +9,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::header::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 use crate::policy::{declared_length, NotStored};
@@ -40,6 +41,9 @@ pin_project! {
         Replay {
             frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
             rest: Option<Pin<Box<B>>>,
+            // The size the body declared before any of it was read, less what the client has
+            // been sent: its size hint.
+            left: SizeHint,
             // The copy of a cacheable body, kept while it is being streamed (boxed: every
             // response, hits too, moves a `ResponseBody` around).
             copy: Option<Box<StreamCopy>>,
@@ -68,6 +72,7 @@ pub(crate) enum Buffered<B> {
         frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
         rest: Option<Pin<Box<B>>>,
         reason: NotStored,
+        hint: SizeHint,
     },
     /// Still arriving: the data frames read so far (`size` bytes), then the rest of the body.
     Streaming {
@@ -75,17 +80,20 @@ pub(crate) enum Buffered<B> {
         chunks: Vec<Bytes>,
         size: usize,
         rest: Pin<Box<B>>,
+        hint: SizeHint,
     },
 }
 
 /// Reads the frames of `body` that are ready now, up to `limit` bytes: a body that is all there
 /// (the usual handler response) is complete, one still being produced is streamed. `declared`:
-/// the length its `Content-Length` declares (a body of another length is not stored).
+/// the length its `Content-Length` declares (a body of another length is not stored). A body not
+/// read to its end comes back with its size hint as it was before it was read.
 pub(crate) async fn buffer<B>(body: B, limit: usize, declared: Option<u64>) -> Buffered<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    let hint = body.size_hint();
     let mut body = Box::pin(body);
     let mut frames = VecDeque::new();
     let mut chunks = Vec::new();
@@ -101,6 +109,7 @@ where
                     chunks,
                     size,
                     rest: body,
+                    hint,
                 }
             }
             Poll::Ready(None) => break,
@@ -110,6 +119,7 @@ where
                     frames,
                     rest: None,
                     reason: NotStored::BodyError,
+                    hint,
                 };
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -126,6 +136,7 @@ where
                         frames,
                         rest: Some(body),
                         reason: NotStored::TooLarge,
+                        hint,
                     };
                 }
                 if trailers {
@@ -139,6 +150,7 @@ where
             frames,
             rest: Some(body),
             reason: NotStored::Trailers,
+            hint,
         };
     }
     if not_as_declared(declared, size) {
@@ -146,9 +158,25 @@ where
             frames,
             rest: None,
             reason: NotStored::LengthMismatch,
+            hint,
         };
     }
     Buffered::Complete(concat(chunks, size))
+}
+
+/// Reads `body` as a server sends it, for nobody: to its end, or until it has given the length
+/// it declared, where a server stops reading it (so the copy of a streamed body is complete then,
+/// see [`StreamCopy`], and a background call stores as a client's does).
+pub(crate) async fn read_as_sent<B: Body>(body: B) -> Result<(), B::Error> {
+    let mut body = Box::pin(body);
+    while !body.is_end_stream() && body.size_hint().exact() != Some(0) {
+        match body.frame().await {
+            None => break,
+            Some(Err(error)) => return Err(error),
+            Some(Ok(_)) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The copy of a streamed body kept for the cache, up to the size limit. Completed, it is
@@ -273,8 +301,42 @@ fn concat(chunks: Vec<Bytes>, size: usize) -> Bytes {
 }
 
 /// Polls a replayed body: the frames already read, then the rest of the body, followed by its
-/// copy (when one is kept).
+/// copy (when one is kept). `left` loses what is sent.
 fn poll_replay<B>(
+    frames: &mut VecDeque<Result<Frame<Bytes>, BoxError>>,
+    rest: &mut Option<Pin<Box<B>>>,
+    copy: &mut Option<Box<StreamCopy>>,
+    left: &mut SizeHint,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let polled = ready!(poll_next(frames, rest, copy, cx));
+    if let Some(Ok(data)) = polled
+        .as_ref()
+        .map(|frame| frame.as_ref().map(Frame::data_ref))
+    {
+        let sent = data.map_or(0, |data| data.len() as u64);
+        *left = hint_less(left, sent);
+    }
+    Poll::Ready(polled)
+}
+
+/// `hint` less `sent` bytes.
+fn hint_less(hint: &SizeHint, sent: u64) -> SizeHint {
+    let mut less = SizeHint::new();
+    less.set_lower(hint.lower().saturating_sub(sent));
+    if let Some(upper) = hint.upper() {
+        // Not below the lower bound: both lose `sent`, or fall to 0.
+        less.set_upper(upper.saturating_sub(sent));
+    }
+    less
+}
+
+/// The next frame of a replayed body ([`poll_replay`]).
+fn poll_next<B>(
     frames: &mut VecDeque<Result<Frame<Bytes>, BoxError>>,
     rest: &mut Option<Pin<Box<B>>>,
     copy: &mut Option<Box<StreamCopy>>,
@@ -352,31 +414,37 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    /// Frames already read, then the rest of `rest` (when the body has not ended).
+    /// Frames already read, then the rest of `rest` (when the body has not ended); `hint`: the
+    /// body's size hint before it was read.
     pub(crate) fn replay(
         frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
         rest: Option<Pin<Box<B>>>,
+        hint: SizeHint,
     ) -> Self {
         ResponseBody {
             kind: Kind::Replay {
                 frames,
                 rest,
+                left: hint,
                 copy: None,
             },
         }
     }
 
     /// Frames already read (and copied into `copy`), then the rest of `rest`, streamed to the
-    /// client while `copy` keeps it for the cache.
+    /// client while `copy` keeps it for the cache; `hint`: the body's size hint before it was
+    /// read.
     pub(crate) fn streaming(
         frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
         rest: Pin<Box<B>>,
         copy: StreamCopy,
+        hint: SizeHint,
     ) -> Self {
         ResponseBody {
             kind: Kind::Replay {
                 frames,
                 rest: Some(rest),
+                left: hint,
                 copy: Some(Box::new(copy)),
             },
         }
@@ -399,7 +467,12 @@ where
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Headless { .. } => Poll::Ready(None),
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
-            KindProj::Replay { frames, rest, copy } => poll_replay(frames, rest, copy, cx),
+            KindProj::Replay {
+                frames,
+                rest,
+                left,
+                copy,
+            } => poll_replay(frames, rest, copy, left, cx),
         }
     }
 
@@ -424,23 +497,12 @@ where
                 length_known: false,
             } => SizeHint::default(),
             Kind::Inner { body } => body.size_hint(),
-            Kind::Replay { frames, rest, .. } => {
-                let buffered: u64 = frames
-                    .iter()
-                    .filter_map(|f| f.as_ref().ok())
-                    .filter_map(|f| f.data_ref())
-                    .map(|d| d.len() as u64)
-                    .sum();
-                let rest = rest
-                    .as_ref()
-                    .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
-                let mut hint = SizeHint::new();
-                hint.set_lower(buffered.saturating_add(rest.lower()));
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(buffered.saturating_add(upper));
-                }
-                hint
-            }
+            // What the body declared before it was read, less what was sent: as the handler sent
+            // it. (Adding the frames read to the rest's hint counted them twice for a body whose
+            // hint does not shrink, and hyper wrote a `Content-Length` too long; an exact length
+            // of the frames read made a server stop before a body error that followed them, and
+            // the client got a complete response.)
+            Kind::Replay { left, .. } => *left,
         }
     }
 }

@@ -140,6 +140,10 @@ pub(crate) fn storable(
     if headers.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
+    // As in the default mode (`policy::storable`), whatever its freshness: an endless stream.
+    if policy::is_event_stream(headers) {
+        return Err(NotStored::EventStream);
+    }
     let cc = directives(headers, config.targeted_field.as_ref());
     if cc.must_understand && !understood(status) {
         return Err(NotStored::Status);
@@ -267,6 +271,12 @@ mod tests {
         assert_eq!(verdict(100, &[cc("max-age=5")]), Err(NotStored::Status));
         // No freshness and no validator: nothing to store.
         assert_eq!(verdict(200, &[]), Err(NotStored::ZeroTtl));
+        // Server-sent events, whatever their freshness.
+        let events = [
+            cc("max-age=60"),
+            ("content-type", "text/event-stream".to_owned()),
+        ];
+        assert_eq!(verdict(200, &events), Err(NotStored::EventStream));
     }
 
     #[test]

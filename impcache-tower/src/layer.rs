@@ -347,7 +347,7 @@ impl CacheLayer {
 
     /// FusionCache's fail-safe throttle (default: none): for `throttle` after a handler call of
     /// a URL failed (in the foreground, an error, status or timeout a stale response stood in
-    /// for; in a background revalidation, an error, a 5xx or a timeout), its stale response answers
+    /// for; in a background revalidation, an error, a 5xx, a body that fails or a timeout), its stale response answers
     /// within the [stale-while-revalidate](Self::stale_while_revalidate) or
     /// [stale-if-error](Self::stale_if_error) window (the layer's or the response's) without a
     /// handler call (`Cache-Status: ..; detail=fail-safe-throttle`), so a failing origin is not

@@ -426,7 +426,7 @@ pub(crate) fn plan_request<B>(
 }
 
 /// Whether the response's `Content-Type` is `text/event-stream` (parameters and case aside).
-fn is_event_stream(headers: &HeaderMap) -> bool {
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

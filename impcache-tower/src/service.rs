@@ -847,6 +847,7 @@ where
             frames,
             rest,
             reason,
+            hint,
         } => {
             // Before the flight ends (see above).
             let answer = (parts.status, reason);
@@ -855,7 +856,7 @@ where
                 revalidate::remove(config, &replaced).await;
             }
             unfinished.give_up(reason);
-            let body = ResponseBody::replay(frames, rest);
+            let body = ResponseBody::replay(frames, rest, hint);
             (body, false, detail.or(Some(reason.detail())), false)
         }
         Buffered::Streaming {
@@ -863,13 +864,13 @@ where
             chunks,
             size,
             rest,
+            hint,
         } => {
             // Its length: the declared one, else an exact size hint (a server declares that
             // one for it).
-            let left = rest.size_hint().exact();
-            let declared = declared.or_else(|| left.map(|left| left.saturating_add(size as u64)));
+            let declared = declared.or(hint.exact());
             let copy = StreamCopy::new((chunks, size), config.max_body_size, declared, unfinished);
-            let body = ResponseBody::streaming(frames, rest, copy);
+            let body = ResponseBody::streaming(frames, rest, copy, hint);
             // Stored when (and if) the body completes.
             (body, false, detail.or(Some("streamed")), false)
         }
@@ -1175,13 +1176,15 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
         let miss = Miss { lock, ..miss };
         let refresh = async {
             match forward(&config, miss).await {
-                // Read to its end: a streamed body is stored once complete.
+                // Read as a server sends it: a streamed body is stored once complete.
                 Ok(response) => {
-                    // A status that a stale response would stand in for is a failed call.
+                    // A status that a stale response would stand in for is a failed call, and
+                    // so is a body that fails (it leaves the stale response in place).
                     if response.status().is_server_error() {
                         config.handler_failed(&url);
                     }
-                    if let Err(error) = response.into_body().collect().await {
+                    if let Err(error) = body::read_as_sent(response.into_body()).await {
+                        config.handler_failed(&url);
                         let logged = config.logged(&url);
                         tracing::debug!(%error, url = logged, "impcache-tower: revalidation body failed");
                     }

@@ -36,6 +36,8 @@ enum Answer {
     Slow,
     /// 300 ms late.
     Late,
+    /// A 200 whose body fails after its first chunk.
+    BrokenBody,
 }
 
 /// A service answering `call {n}` as `answer` says, counting calls; `Cache-Control` of its
@@ -96,6 +98,10 @@ impl Origin {
                         tokio::time::sleep(Duration::from_millis(300)).await;
                         200
                     }
+                    Answer::BrokenBody => {
+                        let body = Body::new(BreaksAfter(Some(Bytes::from("call "))));
+                        return Ok(Response::new(body));
+                    }
                 };
                 let mut response = Response::builder().status(status);
                 if !cache_control.is_empty() {
@@ -104,6 +110,25 @@ impl Origin {
                 Ok(response.body(Body::from(format!("call {n}"))).unwrap())
             }
         })
+    }
+}
+
+/// A body that fails after its one chunk.
+struct BreaksAfter(Option<Bytes>);
+
+impl http_body::Body for BreaksAfter {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        let frame = match self.0.take() {
+            Some(data) => Ok(http_body::Frame::data(data)),
+            None => Err(std::io::Error::other("the body broke")),
+        };
+        std::task::Poll::Ready(Some(frame))
     }
 }
 
@@ -430,10 +455,10 @@ async fn fail_safe_throttle_leaves_a_failing_handler_alone(cache: Cache) {
     assert_eq!((x_cache.as_str(), body.as_ref()), ("MISS", &b"call 3"[..]));
 }
 
-/// Under stale-while-revalidate, a background revalidation that failed (a 5xx) throttles the
-/// next ones: the stale response answers, and no handler call starts until the throttle has
-/// passed.
-async fn fail_safe_throttle_after_a_failed_revalidation(cache: Cache) {
+/// Under stale-while-revalidate, a background revalidation that failed (`failure`: a 5xx, or a
+/// body that fails, which did not throttle: found by a probe) throttles the next ones: the stale
+/// response answers, and no handler call starts until the throttle has passed.
+async fn fail_safe_throttle_after_a_failed_revalidation(cache: Cache, failure: Answer) {
     let origin = Origin::new("");
     let layer = layer(cache)
         .stale_while_revalidate(Duration::from_secs(60))
@@ -442,7 +467,7 @@ async fn fail_safe_throttle_after_a_failed_revalidation(cache: Cache) {
     call(&service, "/revalidated").await.unwrap();
     wait_stored(&layer, "/revalidated").await;
     past_freshness().await;
-    origin.set(Answer::Status(503));
+    origin.set(failure);
     let (_, x_cache, _, body) = call(&service, "/revalidated").await.unwrap();
     assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
     // The background call (100 ms late) fails; the throttle starts right after its answer.
@@ -472,7 +497,9 @@ async fn fail_safe_throttle_after_a_failed_revalidation(cache: Cache) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_safe_throttle_on_memory() {
     fail_safe_throttle_leaves_a_failing_handler_alone(memory_cache()).await;
-    fail_safe_throttle_after_a_failed_revalidation(memory_cache()).await;
+    for failure in [Answer::Status(503), Answer::BrokenBody] {
+        fail_safe_throttle_after_a_failed_revalidation(memory_cache(), failure).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +507,7 @@ async fn fail_safe_throttle_on_redis() {
     let redis = RedisServer::start();
     let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
     fail_safe_throttle_leaves_a_failing_handler_alone(cache.clone()).await;
-    fail_safe_throttle_after_a_failed_revalidation(cache).await;
+    fail_safe_throttle_after_a_failed_revalidation(cache, Answer::Status(503)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

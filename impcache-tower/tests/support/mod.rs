@@ -261,18 +261,23 @@ impl http_body::Body for Unsized {
     }
 }
 
-/// A body whose chunks arrive from a channel (`Trickle::new` gives the sending end), as
-/// `Body::from_stream`'s: it never says it has ended before its `None`, and declares an exact
-/// size only when given one (`exact`).
+/// A body whose chunks arrive from a channel, as `Body::from_stream`'s: it never says it has
+/// ended before its `None`, and declares an exact size only when given one (`exact`, which
+/// does not shrink as it is read, as some bodies' hints do not).
 pub struct Trickle {
     pub rx: tokio::sync::mpsc::Receiver<Bytes>,
     pub exact: Option<u64>,
 }
 
 impl Trickle {
-    /// A body of `chunks`, sent `gap` apart by a task, then ended (the channel closed).
+    /// A body of `chunks`: the first ready at once, the others sent `gap` apart by a task, then
+    /// ended (the channel closed).
     pub fn sending(chunks: Vec<Bytes>, gap: Duration, exact: Option<u64>) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut chunks = chunks.into_iter();
+        if let Some(first) = chunks.next() {
+            tx.try_send(first).unwrap();
+        }
         tokio::spawn(async move {
             for chunk in chunks {
                 tokio::time::sleep(gap).await;
