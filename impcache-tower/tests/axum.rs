@@ -259,6 +259,49 @@ async fn a_streamed_body_of_declared_length_is_stored_over_tcp() {
     server.abort();
 }
 
+/// A body of unknown length that fails after a chunk ready at once reaches an HTTP client as a
+/// failure, as it does without the layer: the layer's body once declared the exact length of
+/// the chunk it had read, so hyper sent `Content-Length: 4`, stopped before the error, and the
+/// client got a complete, truncated 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fails_after_its_first_chunk_fails_for_the_client_over_tcp() {
+    struct BreaksAfter(Option<Bytes>);
+    impl http_body::Body for BreaksAfter {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Ready(Some(match self.0.take() {
+                Some(data) => Ok(http_body::Frame::data(data)),
+                None => Err(std::io::Error::other("the body broke")),
+            }))
+        }
+    }
+    let app: Router = Router::new()
+        .route(
+            "/broken",
+            get(|| async { Body::new(BreaksAfter(Some(Bytes::from("part")))) }),
+        )
+        .layer(CacheLayer::new(memory_cache()).expire(60));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for _ in 0..2 {
+        let request = Request::get(format!("http://{addr}/broken"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        // The failure shows in the response's head or in its body, as hyper writes them.
+        if let Ok(response) = client.request(request).await {
+            let read = response.into_body().collect().await.map(|b| b.to_bytes());
+            assert!(read.is_err(), "a complete body: {read:?}");
+        }
+    }
+    server.abort();
+}
+
 /// End to end: axum over TCP, a real HTTP client, a real Redis. Stored → the next request is a
 /// HIT read back from Redis (not from process memory), HEAD from the GET entry, purge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
