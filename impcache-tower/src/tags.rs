@@ -86,13 +86,19 @@ pub(crate) fn push_spellings(out: &mut Vec<String>, tag: &str, case_insensitive:
 /// What a tag is percent-encoded against in the stored field: the separators and `%`.
 const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',');
 
-/// How many URLs [`LearnedTags`] remembers (the most recently read are kept).
-const LEARNED_URLS: u64 = 10_000;
+/// How many bytes of record keys and tags [`LearnedTags`] holds (the URLs seen most recently are
+/// kept): about 10,000 URLs with a few short tags each. A bound in bytes, not URLs: an origin
+/// sending hundreds of tags per response made 10,000 URLs hold over 100 MB (found by a probe).
+const LEARNED_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What one learned URL weighs beyond its key's and tags' bytes: the map's entry, the `Arc` and
+/// a `String` per tag, roughly.
+const LEARNED_OVERHEAD: usize = 96;
 
 /// The tags each URL's response carried when last read, by record key: their state is read with
 /// the record on the next lookup. A hint only: the verdict is always made from the entry's own
-/// tags. Bounded to [`LEARNED_URLS`] URLs (a few hundred bytes each with their tags). Until a
-/// layer has seen a tagged response, a lookup pays one atomic load here, not a map lookup.
+/// tags. Bounded to [`LEARNED_BYTES`]. Until a layer has seen a tagged response, a lookup pays
+/// one atomic load here, not a map lookup.
 #[derive(Clone)]
 pub(crate) struct LearnedTags {
     urls: moka::sync::Cache<String, Arc<[String]>>,
@@ -103,7 +109,15 @@ pub(crate) struct LearnedTags {
 impl Default for LearnedTags {
     fn default() -> Self {
         LearnedTags {
-            urls: moka::sync::Cache::new(LEARNED_URLS),
+            urls: moka::sync::Cache::builder()
+                .max_capacity(LEARNED_BYTES)
+                // The URLs seen most recently (moka's default, TinyLFU, may refuse a new one).
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .weigher(|record: &String, tags: &Arc<[String]>| {
+                    let tags: usize = tags.iter().map(|tag| tag.len() + 24).sum();
+                    u32::try_from(record.len() + tags + LEARNED_OVERHEAD).unwrap_or(u32::MAX)
+                })
+                .build(),
             any: Arc::default(),
         }
     }
@@ -182,5 +196,25 @@ impl Tagged {
             tags,
             soft_since: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The learned tags are bounded in bytes, whatever the number of tags per URL.
+    #[test]
+    fn learned_tags_hold_at_most_their_bytes() {
+        let learned = LearnedTags::default();
+        let tags: Vec<String> = (0..200).map(|n| format!("tag-number-{n:04}")).collect();
+        for url in 0..5_000 {
+            learned.learn(&format!("cache:1:http:example.com:/page/{url}"), &tags);
+        }
+        learned.urls.run_pending_tasks();
+        assert!(learned.urls.weighted_size() <= LEARNED_BYTES);
+        // About 7.6 KB a URL: hundreds of them, not thousands.
+        assert!(learned.urls.entry_count() < 1_000, "{learned:?}");
+        assert!(learned.get("cache:1:http:example.com:/page/4999").is_some());
     }
 }
