@@ -265,24 +265,10 @@ async fn a_streamed_body_of_declared_length_is_stored_over_tcp() {
 /// client got a complete, truncated 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_fails_after_its_first_chunk_fails_for_the_client_over_tcp() {
-    struct BreaksAfter(Option<Bytes>);
-    impl http_body::Body for BreaksAfter {
-        type Data = Bytes;
-        type Error = std::io::Error;
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
-            std::task::Poll::Ready(Some(match self.0.take() {
-                Some(data) => Ok(http_body::Frame::data(data)),
-                None => Err(std::io::Error::other("the body broke")),
-            }))
-        }
-    }
     let app: Router = Router::new()
         .route(
             "/broken",
-            get(|| async { Body::new(BreaksAfter(Some(Bytes::from("part")))) }),
+            get(|| async { Body::new(support::BreaksAfter(Some(Bytes::from("part")))) }),
         )
         .layer(CacheLayer::new(memory_cache()).expire(60));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -113,25 +113,6 @@ impl Origin {
     }
 }
 
-/// A body that fails after its one chunk.
-struct BreaksAfter(Option<Bytes>);
-
-impl http_body::Body for BreaksAfter {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
-        let frame = match self.0.take() {
-            Some(data) => Ok(http_body::Frame::data(data)),
-            None => Err(std::io::Error::other("the body broke")),
-        };
-        std::task::Poll::Ready(Some(frame))
-    }
-}
-
 /// What a client sees: status, `x-cache`, `Cache-Status`, body (`Err` for a handler error).
 async fn call<S>(service: &S, uri: &str) -> Result<(StatusCode, String, String, Bytes), String>
 where

@@ -310,3 +310,21 @@ impl http_body::Body for Trickle {
         )
     }
 }
+
+/// A body that fails after its one chunk (ready at once), with no size hint.
+pub struct BreaksAfter(pub Option<Bytes>);
+
+impl http_body::Body for BreaksAfter {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(data) => Ok(http_body::Frame::data(data)),
+            None => Err(std::io::Error::other("the body broke")),
+        }))
+    }
+}
