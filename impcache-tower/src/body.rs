@@ -165,15 +165,25 @@ where
 }
 
 /// Reads `body` as a server sends it, for nobody: to its end, or until it has given the length
-/// it declared, where a server stops reading it (so the copy of a streamed body is complete then,
-/// see [`StreamCopy`], and a background call stores as a client's does).
-pub(crate) async fn read_as_sent<B: Body>(body: B) -> Result<(), B::Error> {
+/// it declared (`declared`, its response's `Content-Length`, else its size hint), where a server
+/// stops reading it (so the copy of a streamed body is complete then, see [`StreamCopy`], and a
+/// background call stores as a client's does).
+pub(crate) async fn read_as_sent<B>(body: B, declared: Option<u64>) -> Result<(), B::Error>
+where
+    B: Body<Data = Bytes>,
+{
     let mut body = Box::pin(body);
-    while !body.is_end_stream() && body.size_hint().exact() != Some(0) {
+    let mut read = 0u64;
+    while !body.is_end_stream()
+        && body.size_hint().exact() != Some(0)
+        && declared.is_none_or(|declared| read < declared)
+    {
         match body.frame().await {
             None => break,
             Some(Err(error)) => return Err(error),
-            Some(Ok(_)) => {}
+            Some(Ok(frame)) => {
+                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+            }
         }
     }
     Ok(())

@@ -1183,7 +1183,8 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
                     if response.status().is_server_error() {
                         config.handler_failed(&url);
                     }
-                    if let Err(error) = body::read_as_sent(response.into_body()).await {
+                    let declared = policy::declared_length(response.headers());
+                    if let Err(error) = body::read_as_sent(response.into_body(), declared).await {
                         config.handler_failed(&url);
                         let logged = config.logged(&url);
                         tracing::debug!(%error, url = logged, "impcache-tower: revalidation body failed");

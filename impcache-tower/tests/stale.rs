@@ -38,6 +38,26 @@ enum Answer {
     Late,
     /// A 200 whose body fails after its first chunk.
     BrokenBody,
+    /// A 200 declaring its `Content-Length`, whose body never ends after those bytes.
+    Endless,
+}
+
+/// A body of one chunk that never ends after it (as a stream whose end has not come yet).
+struct Endless(Option<Bytes>);
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        match self.0.take() {
+            Some(data) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+            None => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// A service answering `call {n}` as `answer` says, counting calls; `Cache-Control` of its
@@ -101,6 +121,13 @@ impl Origin {
                     Answer::BrokenBody => {
                         let body = Body::new(BreaksAfter(Some(Bytes::from("call "))));
                         return Ok(Response::new(body));
+                    }
+                    Answer::Endless => {
+                        let data = Bytes::from(format!("call {n}"));
+                        let response = Response::builder()
+                            .header("content-length", data.len())
+                            .body(Body::new(Endless(Some(data))));
+                        return Ok(response.unwrap());
                     }
                 };
                 let mut response = Response::builder().status(status);
@@ -473,6 +500,26 @@ async fn fail_safe_throttle_after_a_failed_revalidation(cache: Cache, failure: A
         "{cache_status}"
     );
     until_calls(&origin, 3).await;
+}
+
+/// A background revalidation reads its answer's body as a server sends it: up to its
+/// `Content-Length`, where hyper stops, so a body that declares its length and does not end
+/// after it is stored at once (found by a probe: only when the `lock_timeout` had passed, 10 s by
+/// default, and counted as a failed call, which started the fail-safe throttle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidation_reads_its_body_up_to_its_content_length() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache())
+        .stale_while_revalidate(Duration::from_secs(60))
+        .fail_safe_throttle(THROTTLE);
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/declared").await.unwrap();
+    wait_stored(&layer, "/declared").await;
+    past_freshness().await;
+    origin.set(Answer::Endless);
+    let (_, x_cache, _, body) = call(&service, "/declared").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+    wait_hit(&service, "/declared", "call 2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
