@@ -12,6 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
+use impcache::Cache;
+
 use crate::policy::{declared_length, NotStored};
 use crate::store::Unfinished;
 
@@ -205,6 +207,9 @@ pub(crate) struct StreamCopy {
     declared: Option<u64>,
     /// `None` once the copy is finished or given up.
     unfinished: Option<Unfinished>,
+    /// The stored response this answer replaces (a stale one it revalidates), removed when the
+    /// copy is given up for the response's own reasons (too large, trailers), not for a failure.
+    replaces: Option<(Cache, String)>,
 }
 
 impl StreamCopy {
@@ -222,7 +227,14 @@ impl StreamCopy {
             limit,
             declared,
             unfinished: Some(unfinished),
+            replaces: None,
         }
+    }
+
+    /// The copy of an answer that replaces the stored response at `replaces` (see the field).
+    pub(crate) fn replacing(mut self, replaces: Option<(Cache, String)>) -> Self {
+        self.replaces = replaces;
+        self
     }
 
     /// Follows one frame polled from the body (`None`: the end); `ended` when the body has
@@ -263,9 +275,17 @@ impl StreamCopy {
     }
 
     fn give_up(&mut self, reason: NotStored) {
-        if let Some(unfinished) = self.unfinished.take() {
-            unfinished.give_up(reason);
+        let Some(unfinished) = self.unfinished.take() else {
+            return;
+        };
+        let failed = matches!(reason, NotStored::BodyError | NotStored::LengthMismatch);
+        if let Some((cache, key)) = self.replaces.take().filter(|_| !failed) {
+            // In the background: this is a body's poll. Outside a runtime it expires by itself.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { crate::revalidate::remove(&cache, &key).await });
+            }
         }
+        unfinished.give_up(reason);
     }
 
     /// Publishes the copy to the flight's waiters and stores it.

@@ -199,7 +199,7 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
                 guard.not_shared();
             }
             if reason == NotStored::NoStore && may_store {
-                remove(config, &variant_key).await;
+                remove(&config.cache, &variant_key).await;
             }
             let entry = Entry {
                 headers: policy::stored_headers(&updated, &[X_CACHE]),
@@ -220,9 +220,9 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
 
 /// Removes the response stored under `variant_key` (a failure is logged, at debug level: the
 /// response expires with its key).
-pub(crate) async fn remove(config: &Config, variant_key: &str) {
-    if let Err(error) = config.cache.delete(variant_key).await {
-        let error = config.logged_error(&error);
+pub(crate) async fn remove(cache: &impcache::Cache, variant_key: &str) {
+    if let Err(error) = cache.delete(variant_key).await {
+        let error = impcache::__private::logged_error(cache, &error);
         tracing::debug!(%error, "impcache-tower: stored response not removed");
     }
 }

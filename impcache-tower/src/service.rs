@@ -785,7 +785,7 @@ where
             };
             let answer = (parts.status, reason);
             if let Some(replaced) = replaced(config, found_at, (fwd, may_store), answer, named) {
-                revalidate::remove(config, &replaced).await;
+                revalidate::remove(&config.cache, &replaced).await;
             }
             // Waiters call the handler themselves: an uncacheable response is never shared.
             if let Some(guard) = guard {
@@ -853,7 +853,7 @@ where
             let answer = (parts.status, reason);
             let named = || unfinished.variant_key.clone();
             if let Some(replaced) = replaced(config, found_at, (fwd, may_store), answer, named) {
-                revalidate::remove(config, &replaced).await;
+                revalidate::remove(&config.cache, &replaced).await;
             }
             unfinished.give_up(reason);
             let body = ResponseBody::replay(frames, rest, hint);
@@ -869,7 +869,14 @@ where
             // Its length: the declared one, else an exact size hint (a server declares that
             // one for it).
             let declared = declared.or(hint.exact());
-            let copy = StreamCopy::new((chunks, size), config.max_body_size, declared, unfinished);
+            // What the answer replaces if its body turns out not storable (too large, trailers):
+            // as for a body that is all there (above), removed then.
+            let answer = (parts.status, NotStored::TooLarge);
+            let named = || unfinished.variant_key.clone();
+            let replaces = replaced(config, found_at, (fwd, may_store), answer, named)
+                .map(|key| (config.cache.clone(), key));
+            let copy = StreamCopy::new((chunks, size), config.max_body_size, declared, unfinished)
+                .replacing(replaces);
             let body = ResponseBody::streaming(frames, rest, copy, hint);
             // Stored when (and if) the body completes.
             (body, false, detail.or(Some("streamed")), false)

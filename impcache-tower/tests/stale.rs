@@ -40,6 +40,8 @@ enum Answer {
     BrokenBody,
     /// A 200 declaring its `Content-Length`, whose body never ends after those bytes.
     Endless,
+    /// A 200 whose body streams `call {n}`, then 20 more bytes.
+    Streamed,
 }
 
 /// A body of one chunk that never ends after it (as a stream whose end has not come yet).
@@ -121,6 +123,14 @@ impl Origin {
                     Answer::BrokenBody => {
                         let body = Body::new(BreaksAfter(Some(Bytes::from("call "))));
                         return Ok(Response::new(body));
+                    }
+                    Answer::Streamed => {
+                        let chunks = vec![
+                            Bytes::from(format!("call {n}")),
+                            Bytes::from([b'+'; 20].to_vec()),
+                        ];
+                        let body = Trickle::sending(chunks, Duration::from_millis(20), None);
+                        return Ok(Response::new(Body::new(body)));
                     }
                     Answer::Endless => {
                         let data = Bytes::from(format!("call {n}"));
@@ -520,6 +530,42 @@ async fn a_revalidation_reads_its_body_up_to_its_content_length() {
     let (_, x_cache, _, body) = call(&service, "/declared").await.unwrap();
     assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
     wait_hit(&service, "/declared", "call 2").await;
+}
+
+/// A revalidation's answer whose body streams and then turns out too large to store replaces
+/// the stale response, as one whose body is all there does (found by a probe: it was kept, and
+/// each stale request started another background call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_too_large_to_store_replaces_the_stale_response() {
+    let origin = Origin::new("");
+    let layer = layer(memory_cache())
+        .max_body_size(10)
+        .stale_while_revalidate(Duration::from_secs(60));
+    let service = layer.clone().layer(origin.service());
+    call(&service, "/grown").await.unwrap();
+    wait_stored(&layer, "/grown").await;
+    past_freshness().await;
+    origin.set(Answer::Streamed);
+    let (_, x_cache, _, body) = call(&service, "/grown").await.unwrap();
+    assert_eq!((x_cache.as_str(), body.as_ref()), ("STALE", &b"call 1"[..]));
+    let key = format!("{}:v", layer.request_key(&get("/grown")));
+    for _ in 0..400 {
+        if layer
+            .cache()
+            .repository()
+            .get(&key)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            let (_, x_cache, _, body) = call(&service, "/grown").await.unwrap();
+            assert_eq!(x_cache, "MISS");
+            assert_eq!(body.len(), 26);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the stale response was kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
