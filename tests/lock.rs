@@ -39,6 +39,7 @@ per_store!(
     a_stale_key_is_reloaded_in_the_background_by_one_process,
     a_value_of_an_older_type_is_reloaded_once_across_processes,
     an_early_refresh_under_the_lock_reloads,
+    a_lock_left_by_a_runtime_shut_down_is_taken_over_at_once_by_its_process,
 );
 
 /// `CALLERS` concurrent `get_or_set` calls of `key` on `cache`, each with `loader()`.
@@ -154,6 +155,37 @@ async fn a_killed_owner_is_taken_over_once_with_the_default_wait(store: Store) {
     let lock = Lock::new().lifetime(Duration::from_secs(1));
     assert_eq!(lock.wait_duration(), Duration::from_secs(2));
     killed_owner(store, Freshness::new().lock(lock)).await;
+}
+
+/// The same process, in another runtime: a `Cache` whose locked load was cut short by its
+/// runtime's shutdown (a `static` cache used by successive `#[tokio::test]`s, say) releases and
+/// takes that lock at its next call of the key, instead of waiting out the lock's lifetime (an
+/// hour here; 10 s by default, found by a probe) as another process must.
+async fn a_lock_left_by_a_runtime_shut_down_is_taken_over_at_once_by_its_process(store: Store) {
+    let policy = Freshness::new().lock(Lock::new().lifetime(Duration::from_secs(3600)));
+    let cache = store.cache();
+    let owner_runtime = impcache_tests::multi_thread_runtime();
+    let (started, loading) = oneshot::channel::<()>();
+    let owner = cache.clone();
+    owner_runtime.spawn(async move {
+        let _ = owner
+            .get_or_set("k", 60, move || async move {
+                let _ = started.send(());
+                std::future::pending::<String>().await
+            })
+            .freshness(policy)
+            .await;
+    });
+    tokio::time::timeout(HANG, loading).await.unwrap().unwrap();
+    owner_runtime.shutdown_background();
+    assert!(cache.get_raw("__lock:k").await.unwrap().is_some());
+    let next = cache
+        .get_or_set("k", 60, || async { "next".to_owned() })
+        .freshness(policy);
+    let next = tokio::time::timeout(HANG, next.into_future()).await;
+    assert_eq!(next.expect("not held up by the lock").unwrap(), "next");
+    // Its own lock this time, released after the store.
+    released(&cache).await;
 }
 
 async fn killed_owner(store: Store, policy: Freshness) {

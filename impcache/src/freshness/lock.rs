@@ -7,6 +7,7 @@ use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,7 +48,9 @@ pub enum Turn<T = Bytes> {
     Busy,
 }
 
-/// The lock of a key, held by this process.
+/// The lock of a key, held by this process. Dropped unreleased (its load's future dropped: its
+/// runtime shut down, say), it is left to this process's next attempt on the key, which
+/// releases and takes it at once ([`Orphans`]), where another process waits out its lifetime.
 #[derive(Debug)]
 pub struct Held {
     token: Bytes,
@@ -55,12 +58,14 @@ pub struct Held {
     expires: Instant,
     /// Whom it was taken for: the target of the release's events.
     origin: Origin,
+    /// Which lock it is, until it is released (or found gone, or expired).
+    which: Option<LockId>,
 }
 
 impl Held {
-    /// The lock taken with `token` for `lifetime` (counted from now: the answer to its `SET NX`,
-    /// by when it has expired for sure), for `origin`.
-    fn new(token: Bytes, lifetime: Expiry, origin: Origin) -> Held {
+    /// The lock of `key` in `cache`, taken with `token` for `lifetime` (counted from now: the
+    /// answer to its `SET NX`, by when it has expired for sure), for `origin`.
+    fn new(cache: &Cache, key: &str, token: Bytes, lifetime: Expiry, origin: Origin) -> Held {
         let lifetime = lifetime
             .as_duration()
             .map_or(crate::expire::MAX_EXPIRE, crate::expire::capped);
@@ -68,6 +73,7 @@ impl Held {
             token,
             expires: Instant::now() + lifetime,
             origin,
+            which: Some(lock_id(cache, key)),
         }
     }
 
@@ -75,8 +81,12 @@ impl Held {
     /// (compare-and-delete). A release that fails (a connection reset, say) is logged and
     /// retried in the background (on the current tokio runtime; the caller does not wait), with
     /// a backoff, until it lands or the lock has expired by itself.
-    pub async fn release(self, cache: &Cache, key: &str) {
-        match cache.release_lock(key, self.token.clone()).await {
+    pub async fn release(mut self, cache: &Cache, key: &str) {
+        let released = cache.release_lock(key, self.token.clone()).await;
+        if released.is_ok() {
+            self.which = None;
+        }
+        match released {
             Ok(true) => {}
             Ok(false) => {
                 let key = cache.logged_key(key);
@@ -101,11 +111,14 @@ impl Held {
     /// Tries the release of `key` again (the compare-and-delete is safe to repeat: only this
     /// process's token is deleted), pausing 50 ms, then twice as long each time up to 1 s,
     /// until it lands, finds the lock gone, or the lock has expired by itself.
-    async fn retry_release(self, cache: &Cache, key: &str) {
+    async fn retry_release(mut self, cache: &Cache, key: &str) {
         let mut pause = FIRST_RETRY;
         while Instant::now() + pause < self.expires {
             tokio::time::sleep(pause).await;
             let released = cache.release_lock(key, self.token.clone()).await;
+            if released.is_ok() {
+                self.which = None;
+            }
             let logged = cache.logged_key(key);
             match released {
                 Ok(true) => {
@@ -133,12 +146,68 @@ impl Held {
             }
             pause = (pause * 2).min(LAST_RETRY);
         }
+        self.which = None;
         load_event!(
             self.origin,
             debug,
             key = cache.logged_key(key),
             "the lock expires by itself before the release's next retry: giving it up"
         );
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(which) = self.which.take() {
+            Orphans::leave(which, self.token.clone(), self.expires);
+        }
+    }
+}
+
+/// A lock of this process: the repository's address (as in the flights' keys) and the lock's
+/// full key.
+type LockId = (usize, String);
+
+/// The [`LockId`] of the lock of `key` in `cache`.
+fn lock_id(cache: &Cache, key: &str) -> LockId {
+    (
+        Arc::as_ptr(cache.repository()) as *const () as usize,
+        cache.make_key(&lock_key(key)),
+    )
+}
+
+/// The locks this process took and dropped unreleased, by [`LockId`], with their tokens and
+/// expiry: the next attempt of this process on such a lock releases it (compare-and-delete) and
+/// takes it at once. Without this, a load whose runtime shut down mid-way held up this process's
+/// next runtime for the lock's whole lifetime (10 s by default; found by a probe). Entries are
+/// only made by such drops, and the expired ones are pruned at each.
+struct Orphans;
+
+/// A list, not a map: it is empty but after a runtime's shutdown, and a `static` needs a `const`
+/// constructor.
+static ORPHANS: Mutex<Vec<(LockId, Bytes, Instant)>> = Mutex::new(Vec::new());
+
+impl Orphans {
+    fn leave(which: LockId, token: Bytes, expires: Instant) {
+        let now = Instant::now();
+        if expires <= now {
+            return;
+        }
+        let mut orphans = ORPHANS.lock().unwrap_or_else(PoisonError::into_inner);
+        orphans.retain(|(known, _, expires)| *expires > now && *known != which);
+        orphans.push((which, token, expires));
+    }
+
+    /// The token of this process's orphaned lock of `key` in `cache`, if any (taken out).
+    fn take(cache: &Cache, key: &str) -> Option<Bytes> {
+        let mut orphans = ORPHANS.lock().unwrap_or_else(PoisonError::into_inner);
+        if orphans.is_empty() {
+            return None;
+        }
+        let which = lock_id(cache, key);
+        let at = orphans.iter().position(|(known, _, _)| *known == which)?;
+        let (_, token, expires) = orphans.swap_remove(at);
+        (expires > Instant::now()).then_some(token)
     }
 }
 
@@ -184,8 +253,18 @@ where
                 let read = polled(poll());
                 return owned(cache, key, token, origin, lifetime, waited, read).await;
             }
-            Ok(false) if !wait => return outcome(LockOutcome::Busy, Turn::Busy),
-            Ok(false) => {}
+            Ok(false) => {
+                if let Some(token) = Orphans::take(cache, key) {
+                    // This process's own lock, dropped unreleased: released (only if it still
+                    // holds that token) and taken again at once.
+                    if cache.release_lock(key, token).await.unwrap_or(false) {
+                        continue;
+                    }
+                }
+                if !wait {
+                    return outcome(LockOutcome::Busy, Turn::Busy);
+                }
+            }
             Err(error) => {
                 if may_have_landed(&error) {
                     // The `SET NX` may have taken the lock with its answer lost (the connection
@@ -193,7 +272,7 @@ where
                     // without the lock, and a lock it may hold unknowingly is released in the
                     // background (only this token is deleted), or other processes would wait
                     // out its whole lifetime for a value no one is loading.
-                    Held::new(token, lifetime, origin).release_later(cache, key);
+                    Held::new(cache, key, token, lifetime, origin).release_later(cache, key);
                 }
                 return failed(origin, cache, key, "acquire_lock", &error);
             }
@@ -254,7 +333,7 @@ async fn owned<T>(
     waited: bool,
     read: impl Future<Output = Result<Option<T>>>,
 ) -> Turn<T> {
-    let held = Held::new(token, lifetime, origin);
+    let held = Held::new(cache, key, token, lifetime, origin);
     match read.await {
         Ok(None) => {}
         Ok(Some(value)) => {
