@@ -164,20 +164,7 @@ async fn a_killed_owner_is_taken_over_once_with_the_default_wait(store: Store) {
 async fn a_lock_left_by_a_runtime_shut_down_is_taken_over_at_once_by_its_process(store: Store) {
     let policy = Freshness::new().lock(Lock::new().lifetime(Duration::from_secs(3600)));
     let cache = store.cache();
-    let owner_runtime = impcache_tests::multi_thread_runtime();
-    let (started, loading) = oneshot::channel::<()>();
-    let owner = cache.clone();
-    owner_runtime.spawn(async move {
-        let _ = owner
-            .get_or_set("k", 60, move || async move {
-                let _ = started.send(());
-                std::future::pending::<String>().await
-            })
-            .freshness(policy)
-            .await;
-    });
-    tokio::time::timeout(HANG, loading).await.unwrap().unwrap();
-    owner_runtime.shutdown_background();
+    dies_mid_load(cache.clone(), policy).await;
     assert!(cache.get_raw("__lock:k").await.unwrap().is_some());
     let next = cache
         .get_or_set("k", 60, || async { "next".to_owned() })
@@ -188,10 +175,10 @@ async fn a_lock_left_by_a_runtime_shut_down_is_taken_over_at_once_by_its_process
     released(&cache).await;
 }
 
-async fn killed_owner(store: Store, policy: Freshness) {
-    // The owner, in a runtime of its own.
+/// `owner` loads `k` under `policy` in a runtime of its own, which is shut down once the loader
+/// runs: nothing is released.
+async fn dies_mid_load(owner: Cache, policy: Freshness) {
     let owner_runtime = impcache_tests::multi_thread_runtime();
-    let owner = store.cache();
     let (started, loading) = oneshot::channel::<()>();
     let started = std::sync::Mutex::new(Some(started));
     let started = Arc::new(started);
@@ -208,6 +195,10 @@ async fn killed_owner(store: Store, policy: Freshness) {
     });
     tokio::time::timeout(HANG, loading).await.unwrap().unwrap();
     owner_runtime.shutdown_background();
+}
+
+async fn killed_owner(store: Store, policy: Freshness) {
+    dies_mid_load(store.cache(), policy).await;
 
     let processes = store.processes(PROCESSES - 1);
     // The dead owner's lock, at `{prefix}:{version}:__lock:{key}`.

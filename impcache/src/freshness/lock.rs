@@ -50,7 +50,7 @@ pub enum Turn<T = Bytes> {
 
 /// The lock of a key, held by this process. Dropped unreleased (its load's future dropped: its
 /// runtime shut down, say), it is left to this process's next attempt on the key, which
-/// releases and takes it at once ([`Orphans`]), where another process waits out its lifetime.
+/// releases and takes it at once (see `Orphans`), where another process waits out its lifetime.
 #[derive(Debug)]
 pub struct Held {
     token: Bytes,
