@@ -278,8 +278,7 @@ impl StreamCopy {
         let Some(unfinished) = self.unfinished.take() else {
             return;
         };
-        let failed = matches!(reason, NotStored::BodyError | NotStored::LengthMismatch);
-        if let Some((cache, key)) = self.replaces.take().filter(|_| !failed) {
+        if let Some((cache, key)) = self.replaces.take().filter(|_| !reason.is_failure()) {
             // In the background: this is a body's poll. Outside a runtime it expires by itself.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move { crate::revalidate::remove(&cache, &key).await });

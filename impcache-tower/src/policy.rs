@@ -176,6 +176,12 @@ pub(crate) enum NotStored {
 }
 
 impl NotStored {
+    /// Whether the response failed (its body broke, or is not the length it declares): a
+    /// stale response it answers for stands in, where any other reason replaces it.
+    pub(crate) fn is_failure(self) -> bool {
+        matches!(self, NotStored::BodyError | NotStored::LengthMismatch)
+    }
+
     pub(crate) fn detail(self) -> &'static str {
         match self {
             NotStored::Status => "status",

@@ -946,7 +946,7 @@ fn replaced(
 fn answer_keeps_stale(config: &Config, status: http::StatusCode, reason: NotStored) -> bool {
     status.is_server_error()
         || config.stale_if_error_statuses.contains(&status)
-        || matches!(reason, NotStored::BodyError | NotStored::LengthMismatch)
+        || reason.is_failure()
         || matches!(
             status,
             http::StatusCode::TOO_MANY_REQUESTS

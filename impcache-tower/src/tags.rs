@@ -91,9 +91,12 @@ const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b',');
 /// sending hundreds of tags per response made 10,000 URLs hold over 100 MB (found by a probe).
 const LEARNED_BYTES: u64 = 4 * 1024 * 1024;
 
-/// What one learned URL weighs beyond its key's and tags' bytes: the map's entry, the `Arc` and
-/// a `String` per tag, roughly.
+/// What one learned URL weighs beyond its key's and tags' bytes: the map's entry and the `Arc`,
+/// roughly; each tag adds a `String` ([`TAG_OVERHEAD`]).
 const LEARNED_OVERHEAD: usize = 96;
+
+/// What one tag weighs beyond its bytes.
+const TAG_OVERHEAD: usize = std::mem::size_of::<String>();
 
 /// The tags each URL's response carried when last read, by record key: their state is read with
 /// the record on the next lookup. A hint only: the verdict is always made from the entry's own
@@ -114,7 +117,7 @@ impl Default for LearnedTags {
                 // The URLs seen most recently (moka's default, TinyLFU, may refuse a new one).
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .weigher(|record: &String, tags: &Arc<[String]>| {
-                    let tags: usize = tags.iter().map(|tag| tag.len() + 24).sum();
+                    let tags: usize = tags.iter().map(|tag| tag.len() + TAG_OVERHEAD).sum();
                     u32::try_from(record.len() + tags + LEARNED_OVERHEAD).unwrap_or(u32::MAX)
                 })
                 .build(),
