@@ -1341,7 +1341,7 @@ async fn sentinel_failover_moves_tracking_to_the_new_primary() {
     let _: () = group.primary.cmd(&["SET", &key, "2"]);
     wait_value(&cache, "k", Some(2)).await;
     wait_local(&cache, "k").await;
-    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    group.primary.wait_replicated();
 
     let flushes = cache.near_cache_stats().flushes;
     let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
@@ -1389,7 +1389,7 @@ async fn a_sentinel_switch_stops_local_hits_at_once() {
     let key = cache.make_key("k");
     cache.set("k", &1, 600).await.unwrap();
     wait_local(&cache, "k").await;
-    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    group.primary.wait_replicated();
 
     let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
     let promoted = format!(":{second}");
@@ -1454,7 +1454,7 @@ async fn a_missed_sentinel_announcement_is_caught_while_reads_are_local() {
     let key = cache.make_key("k");
     cache.set("k", &1, 600).await.unwrap();
     wait_local(&cache, "k").await;
-    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    group.primary.wait_replicated();
 
     let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
     eventually("the replica is promoted", || async {
@@ -1553,7 +1553,7 @@ async fn a_killed_sentinel_primary_is_one_flush_and_one_subscription() {
     let promoted = format!(":{}", group.replica.port());
     let (repository, cache) = sentinel_near_cache(&group, "killed", near()).await;
     cache.set("k", &1, 600).await.unwrap();
-    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    group.primary.wait_replicated();
     let flushes = cache.near_cache_stats().flushes;
     let subscriptions = || group.replica.command_calls(&["client|tracking"]);
     let subscribed = subscriptions();

@@ -84,7 +84,7 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
     );
     assert_eq!(group.primary.keys(), ["s:1:k"]);
     // Replication is asynchronous: let the replica have it before promoting it.
-    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    group.primary.wait_replicated();
 
     // 1. Forced failover: the replica is promoted, the old primary becomes its replica.
     let forced = Instant::now();
@@ -185,7 +185,7 @@ async fn writes_through_a_forced_failover(
     let new_primary = format!("127.0.0.1:{second}");
     let cache = Cache::builder(repository.clone()).key_prefix("w").build();
     cache.set("warm", &0, 100).await.unwrap();
-    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    group.primary.wait_replicated();
 
     // Observer (a thread: its checks are blocking): when the replica reports `role:master`, and
     // when the repository names it.
@@ -409,7 +409,7 @@ async fn announcements_are_followed_until_the_repository_is_dropped_and_readonly
         subscribers(&group).is_empty(),
         "follow_announcements(false)"
     );
-    let _: i64 = group.primary.cmd(&["WAIT", "1", "2000"]);
+    group.primary.wait_replicated();
     let _: () = group.sentinel_cmd(&["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
     // `SENTINEL MASTERS`, which a lookup reads, names it after `+switch-master` (a little after
     // `GET-MASTER-ADDR-BY-NAME` does).

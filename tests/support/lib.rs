@@ -273,6 +273,31 @@ impl RedisServer {
         keys.sort();
         keys
     }
+
+    /// Waits until this primary's replica has applied every write made before the call, on any
+    /// connection: a write of its own (set, then deleted: no key is left) acknowledged by the
+    /// replica (`WAIT` on the connection that wrote it; replication keeps the order of writes).
+    /// `WAIT` on a connection that wrote nothing returns at once, whatever the replica has.
+    pub fn wait_replicated(&self) {
+        let mut connection = self.raw();
+        for command in ["SET", "DEL"] {
+            let mut write = redis::cmd(command);
+            write.arg("impcache-harness:replicated");
+            if command == "SET" {
+                write.arg(1);
+            }
+            let _: redis::Value = write.query(&mut connection).expect("write on the primary");
+            let acknowledged: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(10_000)
+                .query(&mut connection)
+                .expect("WAIT");
+            assert_eq!(
+                acknowledged, 1,
+                "the replica did not apply a write within 10 s"
+            );
+        }
+    }
 }
 
 impl Drop for RedisServer {
