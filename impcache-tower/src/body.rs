@@ -14,6 +14,7 @@ use pin_project_lite::pin_project;
 
 use impcache::Cache;
 
+use crate::ahead::{read_ahead, Ahead};
 use crate::policy::{declared_length, NotStored};
 use crate::store::Unfinished;
 
@@ -49,6 +50,12 @@ pin_project! {
             // The copy of a cacheable body, kept while it is being streamed (boxed: every
             // response, hits too, moves a `ResponseBody` around).
             copy: Option<Box<StreamCopy>>,
+        },
+        // A cacheable body read ahead of the client while its copy is kept (see `ahead.rs`).
+        Ahead {
+            ahead: Ahead<B>,
+            // As `Replay`'s.
+            left: SizeHint,
         },
     }
 }
@@ -239,7 +246,11 @@ impl StreamCopy {
 
     /// Follows one frame polled from the body (`None`: the end); `ended` when the body has
     /// ended with it. Returns whether the copy is still being kept.
-    fn follow(&mut self, polled: Option<&Result<Frame<Bytes>, BoxError>>, ended: bool) -> bool {
+    pub(crate) fn follow(
+        &mut self,
+        polled: Option<&Result<Frame<Bytes>, BoxError>>,
+        ended: bool,
+    ) -> bool {
         match polled {
             Some(Ok(frame)) => match frame.data_ref() {
                 Some(data) => {
@@ -287,8 +298,14 @@ impl StreamCopy {
         unfinished.give_up(reason);
     }
 
+    /// Whether the copy holds all the bytes its response declared (then it is complete: see the
+    /// type's docs).
+    pub(crate) fn holds_declared_length(&self) -> bool {
+        self.declared == Some(self.size as u64)
+    }
+
     /// Publishes the copy to the flight's waiters and stores it.
-    fn complete(&mut self) {
+    pub(crate) fn complete(&mut self) {
         let Some(unfinished) = self.unfinished.take() else {
             return;
         };
@@ -305,7 +322,7 @@ impl Drop for StreamCopy {
     fn drop(&mut self) {
         // Unfinished: complete when it holds the declared length (see the type's docs); else the
         // client went away mid-body, and `Unfinished`'s own drop abandons the flight.
-        if self.declared == Some(self.size as u64) {
+        if self.holds_declared_length() {
             self.complete();
         }
     }
@@ -343,14 +360,16 @@ where
     B::Error: Into<BoxError>,
 {
     let polled = ready!(poll_next(frames, rest, copy, cx));
-    if let Some(Ok(data)) = polled
-        .as_ref()
-        .map(|frame| frame.as_ref().map(Frame::data_ref))
-    {
-        let sent = data.map_or(0, |data| data.len() as u64);
+    sent(left, polled.as_ref());
+    Poll::Ready(polled)
+}
+
+/// Takes a frame sent to the client (`polled`) off `left`.
+fn sent(left: &mut SizeHint, polled: Option<&Result<Frame<Bytes>, BoxError>>) {
+    if let Some(Ok(frame)) = polled {
+        let sent = frame.data_ref().map_or(0, |data| data.len() as u64);
         *left = hint_less(left, sent);
     }
-    Poll::Ready(polled)
 }
 
 /// `hint` less `sent` bytes.
@@ -404,6 +423,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
             Kind::Headless { .. } => "Headless",
             Kind::Inner { .. } => "Inner",
             Kind::Replay { .. } => "Replay",
+            Kind::Ahead { .. } => "Ahead",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }
@@ -459,24 +479,36 @@ impl<B> ResponseBody<B> {
             },
         }
     }
+}
 
+impl<B> ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     /// Frames already read (and copied into `copy`), then the rest of `rest`, streamed to the
     /// client while `copy` keeps it for the cache; `hint`: the body's size hint before it was
-    /// read.
+    /// read. The rest is read ahead of the client while the copy is kept (`ahead.rs`); outside a
+    /// tokio runtime, as the client reads it.
     pub(crate) fn streaming(
         frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
         rest: Pin<Box<B>>,
         copy: StreamCopy,
         hint: SizeHint,
     ) -> Self {
-        ResponseBody {
-            kind: Kind::Replay {
+        let kind = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Kind::Ahead {
+                ahead: read_ahead(frames, rest, copy, &runtime),
+                left: hint,
+            },
+            Err(_) => Kind::Replay {
                 frames,
                 rest: Some(rest),
                 left: hint,
                 copy: Some(Box::new(copy)),
             },
-        }
+        };
+        ResponseBody { kind }
     }
 }
 
@@ -502,6 +534,11 @@ where
                 left,
                 copy,
             } => poll_replay(frames, rest, copy, left, cx),
+            KindProj::Ahead { ahead, left } => {
+                let polled = ready!(ahead.poll_frame(cx));
+                sent(left, polled.as_ref());
+                Poll::Ready(polled)
+            }
         }
     }
 
@@ -513,6 +550,7 @@ where
             Kind::Replay { frames, rest, .. } => {
                 frames.is_empty() && rest.as_ref().is_none_or(|b| b.is_end_stream())
             }
+            Kind::Ahead { ahead, .. } => ahead.is_end_stream(),
         }
     }
 
@@ -531,7 +569,7 @@ where
             // hint does not shrink, and hyper wrote a `Content-Length` too long; an exact length
             // of the frames read made a server stop before a body error that followed them, and
             // the client got a complete response.)
-            Kind::Replay { left, .. } => *left,
+            Kind::Replay { left, .. } | Kind::Ahead { left, .. } => *left,
         }
     }
 }

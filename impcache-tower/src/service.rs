@@ -448,7 +448,7 @@ async fn forward<S, ReqBody, ResBody>(
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let Miss {
@@ -885,7 +885,7 @@ where
     // Stored with its tag fields (above), sent without them unless kept.
     tagging::strip(config, &mut parts.headers);
     // Only a complete body answers with a 304: a 200 answers a conditional request too, and a
-    // body still streaming is stored as the client reads it.
+    // body still streaming is stored once it has all been read.
     let mut response = if complete
         && conditional
         && render::matches_validators(&headers, parts.status, &parts.headers)

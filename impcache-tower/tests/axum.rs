@@ -259,6 +259,71 @@ async fn a_streamed_body_of_declared_length_is_stored_over_tcp() {
     server.abort();
 }
 
+/// A slow first client does not hold up the requests waiting for its response: the layer reads
+/// a streamed cacheable body at the handler's pace, not the client's (as nginx reads an upstream
+/// into its cache). The first client here reads nothing (a 4 KiB receive buffer, an 8 MiB body):
+/// the copy was read only as fast as it read, so the second request waited its `lock_timeout`
+/// (5 s) and then called the handler itself. It is answered from the one call now, and the first
+/// client still gets the whole body once it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_client_does_not_hold_up_the_requests_waiting_for_its_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let chunks: Vec<Bytes> = (0..128u8)
+        .map(|i| Bytes::from(vec![i; 64 * 1024]))
+        .collect();
+    let whole: Bytes = chunks.concat().into();
+    let length = whole.len().to_string();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (chunks, calls) = (chunks.clone(), calls.clone());
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let body = support::Trickle::sending(chunks, Duration::ZERO, None);
+            let mut response = Response::new(Body::new(body));
+            let length = http::HeaderValue::from_str(&length).unwrap();
+            response.headers_mut().insert("content-length", length);
+            response
+        }
+    };
+    let layer = CacheLayer::new(memory_cache())
+        .expire(60)
+        .max_body_size(16 << 20)
+        .lock_timeout(Duration::from_secs(5));
+    let app: Router = Router::new().route("/large", get(handler)).layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr).await.unwrap();
+    let head = format!("GET /large HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    slow.write_all(head.as_bytes()).await.unwrap();
+    // The first request leads: its handler call has begun.
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, body, _) = fetch(addr, "GET", "/large").await;
+    assert!(body == whole, "the waiter got {} bytes", body.len());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the waiter called the handler"
+    );
+
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).await.unwrap();
+    assert!(
+        raw.ends_with(&whole),
+        "the slow client got {} bytes",
+        raw.len()
+    );
+    let (outcome, _, _) = fetch(addr, "GET", "/large").await;
+    assert_eq!(outcome, "HIT");
+    server.abort();
+}
+
 /// A body of unknown length that fails after a chunk ready at once reaches an HTTP client as a
 /// failure, as it does without the layer: the layer's body once declared the exact length of
 /// the chunk it had read, so hyper sent `Content-Length: 4`, stopped before the error, and the
