@@ -16,7 +16,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use crate::body::{BoxError, StreamCopy};
+use crate::copy::{BoxError, StreamCopy};
 
 /// What the reading task sends the client's side.
 enum Message<B> {

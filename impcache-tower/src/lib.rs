@@ -114,6 +114,7 @@
 mod ahead;
 mod body;
 mod config;
+mod copy;
 mod entry;
 mod flight;
 mod freshness;
@@ -136,11 +137,12 @@ mod store;
 mod tagging;
 mod tags;
 
-pub use body::{BoxError, ResponseBody};
+pub use body::ResponseBody;
 pub use config::{
     StatusHeader, CACHE_STATUS, DEFAULT_EXPIRE_SECS, DEFAULT_KEEP_STALE, DEFAULT_LOCK_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE, DEFAULT_NAMESPACE, DEFAULT_STALE_IF_ERROR_STATUSES, X_CACHE,
 };
+pub use copy::BoxError;
 pub use future::ResponseFuture;
 pub use layer::CacheLayer;
 pub use service::CacheService;

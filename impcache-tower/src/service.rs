@@ -14,8 +14,9 @@ use impcache::__private::metrics::LayerOutcome;
 use impcache::Cache;
 use tower::{Layer, Service};
 
-use crate::body::{self, BoxError, Buffered, ResponseBody, StreamCopy};
+use crate::body::ResponseBody;
 use crate::config::{Config, X_CACHE};
+use crate::copy::{self, BoxError, Buffered, StreamCopy};
 use crate::entry::{now_ms, Entry};
 use crate::flight::{FlightGuard, Join, Leader, Published, Shared, Ticket, Wait};
 use crate::freshness;
@@ -763,7 +764,7 @@ where
         .map(|ttl| (ttl, None))
     };
     let verdict = verdict.and_then(|ttl| {
-        if body::exceeds(&parts.headers, &body, config.max_body_size) {
+        if copy::exceeds(&parts.headers, &body, config.max_body_size) {
             Err(NotStored::TooLarge)
         } else {
             Ok(ttl)
@@ -831,7 +832,7 @@ where
         guard,
     };
     let declared = policy::declared_length(&parts.headers);
-    let buffered = body::buffer(body, config.max_body_size, declared).await;
+    let buffered = copy::buffer(body, config.max_body_size, declared).await;
     let (body, stored, detail, complete) = match buffered {
         Buffered::Complete(body) => {
             let (etag, stored, storing) = unfinished.finish(body.clone());
@@ -1191,7 +1192,7 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
                         config.handler_failed(&url);
                     }
                     let declared = policy::declared_length(response.headers());
-                    if let Err(error) = body::read_as_sent(response.into_body(), declared).await {
+                    if let Err(error) = copy::read_as_sent(response.into_body(), declared).await {
                         config.handler_failed(&url);
                         let logged = config.logged(&url);
                         tracing::debug!(%error, url = logged, "impcache-tower: revalidation body failed");

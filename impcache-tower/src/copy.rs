@@ -1,0 +1,306 @@
+//! The layer's copy of a handler's body: read whole when it is all there ([`buffer`]), kept
+//! while it streams ([`StreamCopy`]), or read as a server would for a background call
+//! ([`read_as_sent`]).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use http::header::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use impcache::Cache;
+
+use crate::policy::{declared_length, NotStored};
+use crate::store::Unfinished;
+
+/// The error of a [`ResponseBody`](crate::ResponseBody): the inner body's error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Whether a body is known to be larger than `limit` before it is read: by its `Content-Length`
+/// or its size hint.
+pub(crate) fn exceeds<B: Body>(headers: &HeaderMap, body: &B, limit: usize) -> bool {
+    let limit = limit as u64;
+    declared_length(headers).is_some_and(|len| len > limit) || body.size_hint().lower() > limit
+}
+
+/// Whether a body of `size` bytes is not the length its response declared: an incomplete (or
+/// overlong) response, never stored (RFC 9111 §3.3), and sent as the handler sent it.
+fn not_as_declared(declared: Option<u64>, size: usize) -> bool {
+    declared.is_some_and(|declared| declared != size as u64)
+}
+
+/// A body read up to the size limit, as far as it is there without waiting.
+pub(crate) enum Buffered<B> {
+    Complete(Bytes),
+    /// Not storable: the frames read so far, then the rest of the body (if it has not ended).
+    Partial {
+        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+        rest: Option<Pin<Box<B>>>,
+        reason: NotStored,
+        hint: SizeHint,
+    },
+    /// Still arriving: the data frames read so far (`size` bytes), then the rest of the body.
+    Streaming {
+        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
+        chunks: Vec<Bytes>,
+        size: usize,
+        rest: Pin<Box<B>>,
+        hint: SizeHint,
+    },
+}
+
+/// Reads the frames of `body` that are ready now, up to `limit` bytes: a body that is all there
+/// (the usual handler response) is complete, one still being produced is streamed. `declared`:
+/// the length its `Content-Length` declares (a body of another length is not stored). A body not
+/// read to its end comes back with its size hint as it was before it was read.
+pub(crate) async fn buffer<B>(body: B, limit: usize, declared: Option<u64>) -> Buffered<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let hint = body.size_hint();
+    let mut body = Box::pin(body);
+    let mut frames = VecDeque::new();
+    let mut chunks = Vec::new();
+    let mut size = 0usize;
+    let mut trailers = false;
+    while !body.is_end_stream() {
+        // One poll: `Pending` means the rest is still being produced.
+        let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        match polled {
+            Poll::Pending => {
+                return Buffered::Streaming {
+                    frames,
+                    chunks,
+                    size,
+                    rest: body,
+                    hint,
+                }
+            }
+            Poll::Ready(None) => break,
+            Poll::Ready(Some(Err(error))) => {
+                frames.push_back(Err(error.into()));
+                return Buffered::Partial {
+                    frames,
+                    rest: None,
+                    reason: NotStored::BodyError,
+                    hint,
+                };
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                match frame.data_ref() {
+                    Some(data) => {
+                        size = size.saturating_add(data.len());
+                        chunks.push(data.clone());
+                    }
+                    None => trailers = true,
+                }
+                frames.push_back(Ok(frame));
+                if size > limit {
+                    return Buffered::Partial {
+                        frames,
+                        rest: Some(body),
+                        reason: NotStored::TooLarge,
+                        hint,
+                    };
+                }
+                if trailers {
+                    break;
+                }
+            }
+        }
+    }
+    if trailers {
+        return Buffered::Partial {
+            frames,
+            rest: Some(body),
+            reason: NotStored::Trailers,
+            hint,
+        };
+    }
+    if not_as_declared(declared, size) {
+        return Buffered::Partial {
+            frames,
+            rest: None,
+            reason: NotStored::LengthMismatch,
+            hint,
+        };
+    }
+    Buffered::Complete(concat(chunks, size))
+}
+
+/// Reads `body` as a server sends it, for nobody: to its end, or until it has given the length
+/// it declared (`declared`, its response's `Content-Length`, else its size hint), where a server
+/// stops reading it (so the copy of a streamed body is complete then, see [`StreamCopy`], and a
+/// background call stores as a client's does).
+pub(crate) async fn read_as_sent<B>(body: B, declared: Option<u64>) -> Result<(), B::Error>
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = Box::pin(body);
+    let mut read = 0u64;
+    while !body.is_end_stream()
+        && body.size_hint().exact() != Some(0)
+        && declared.is_none_or(|declared| read < declared)
+    {
+        match body.frame().await {
+            None => break,
+            Some(Err(error)) => return Err(error),
+            Some(Ok(frame)) => {
+                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The copy of a streamed body kept for the cache, up to the size limit. Completed, it is
+/// stored; given up (too large, trailers, another length than declared), the flight's waiters
+/// call the handler themselves; failed (a body error) or dropped unfinished (the client went away
+/// mid-body), nothing is stored and the flight is abandoned (its waiters elect a new leader, see
+/// [`Unfinished::give_up`]). Dropped holding all the bytes its response declared, it is complete:
+/// a server stops polling a body once it has written its declared length (hyper then drops it,
+/// before the `None` that would end it, when the body does not say it has ended).
+pub(crate) struct StreamCopy {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    /// The length the response declares (its `Content-Length`, else an exact size hint): a body
+    /// of another length is not stored.
+    declared: Option<u64>,
+    /// `None` once the copy is finished or given up.
+    unfinished: Option<Unfinished>,
+    /// The stored response this answer replaces (a stale one it revalidates), removed when the
+    /// copy is given up for the response's own reasons (too large, trailers), not for a failure.
+    replaces: Option<(Cache, String)>,
+}
+
+impl StreamCopy {
+    /// A copy holding `chunks` (the data read so far, `size` bytes, within `limit`) of a body
+    /// declared `declared` bytes long.
+    pub(crate) fn new(
+        (chunks, size): (Vec<Bytes>, usize),
+        limit: usize,
+        declared: Option<u64>,
+        unfinished: Unfinished,
+    ) -> Self {
+        StreamCopy {
+            chunks,
+            size,
+            limit,
+            declared,
+            unfinished: Some(unfinished),
+            replaces: None,
+        }
+    }
+
+    /// The copy of an answer that replaces the stored response at `replaces` (see the field).
+    pub(crate) fn replacing(mut self, replaces: Option<(Cache, String)>) -> Self {
+        self.replaces = replaces;
+        self
+    }
+
+    /// Follows one frame polled from the body (`None`: the end); `ended` when the body has
+    /// ended with it. Returns whether the copy is still being kept.
+    pub(crate) fn follow(
+        &mut self,
+        polled: Option<&Result<Frame<Bytes>, BoxError>>,
+        ended: bool,
+    ) -> bool {
+        match polled {
+            Some(Ok(frame)) => match frame.data_ref() {
+                Some(data) => {
+                    self.size = self.size.saturating_add(data.len());
+                    if self.size > self.limit {
+                        // Too large: the rest streams through, unstored, and is not held.
+                        self.give_up(NotStored::TooLarge);
+                        return false;
+                    }
+                    self.chunks.push(data.clone());
+                }
+                // Trailers: never stored.
+                None => {
+                    self.give_up(NotStored::Trailers);
+                    return false;
+                }
+            },
+            Some(Err(_)) => {
+                self.give_up(NotStored::BodyError);
+                return false;
+            }
+            None => {}
+        }
+        if ended {
+            if not_as_declared(self.declared, self.size) {
+                self.give_up(NotStored::LengthMismatch);
+            } else {
+                self.complete();
+            }
+            return false;
+        }
+        true
+    }
+
+    fn give_up(&mut self, reason: NotStored) {
+        let Some(unfinished) = self.unfinished.take() else {
+            return;
+        };
+        if let Some((cache, key)) = self.replaces.take().filter(|_| !reason.is_failure()) {
+            // In the background: this is a body's poll. Outside a runtime it expires by itself.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { crate::revalidate::remove(&cache, &key).await });
+            }
+        }
+        unfinished.give_up(reason);
+    }
+
+    /// Whether the copy holds all the bytes its response declared (then it is complete: see the
+    /// type's docs).
+    pub(crate) fn holds_declared_length(&self) -> bool {
+        self.declared == Some(self.size as u64)
+    }
+
+    /// Publishes the copy to the flight's waiters and stores it.
+    pub(crate) fn complete(&mut self) {
+        let Some(unfinished) = self.unfinished.take() else {
+            return;
+        };
+        let body = concat(std::mem::take(&mut self.chunks), self.size);
+        let (_, _, storing) = unfinished.finish(body);
+        if storing.is_some() {
+            // Its waiters got it; nothing outside a tokio runtime can run the store.
+            tracing::debug!("impcache-tower: no tokio runtime, streamed response not stored");
+        }
+    }
+}
+
+impl Drop for StreamCopy {
+    fn drop(&mut self) {
+        // Unfinished: complete when it holds the declared length (see the type's docs); else the
+        // client went away mid-body, and `Unfinished`'s own drop abandons the flight.
+        if self.holds_declared_length() {
+            self.complete();
+        }
+    }
+}
+
+/// `chunks` (of `size` bytes in all) as one `Bytes`, copied only when there are several.
+fn concat(chunks: Vec<Bytes>, size: usize) -> Bytes {
+    let mut chunks = chunks.into_iter();
+    match (chunks.next(), chunks.next()) {
+        (None, _) => Bytes::new(),
+        (Some(only), None) => only,
+        (Some(first), Some(second)) => {
+            let mut all = BytesMut::with_capacity(size);
+            all.extend_from_slice(&first);
+            all.extend_from_slice(&second);
+            for chunk in chunks {
+                all.extend_from_slice(&chunk);
+            }
+            all.freeze()
+        }
+    }
+}
