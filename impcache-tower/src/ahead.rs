@@ -3,10 +3,13 @@
 //! flight's waiters get it) however slowly the leading request's client reads. nginx does the
 //! same: it reads an upstream response into its cache at the upstream's pace.
 //!
-//! The task reads ahead only while the copy is kept, which holds at most the size limit: once it
-//! is complete or given up (too large, trailers, a body error), the rest of the body goes back to
-//! the client's side, which reads it at the client's pace as an uncached body streams. A client
-//! that goes away stops the task (the copy is then dropped unfinished, as before).
+//! The task reads ahead only while the copy is kept, which holds at most the size limit, and at
+//! most [`AHEAD_FRAMES`] frames ahead of the client: once the copy is complete or given up (too
+//! large, trailers, a body error), the rest of the body goes back to the client's side, which
+//! reads it at the client's pace as an uncached body streams. A client that goes away stops the
+//! task (the copy is then dropped unfinished, as before). Its sends on the bounded channel count
+//! against its tokio budget, so that a body whose frames are always ready takes turns with the
+//! other tasks of its runtime (with an unbounded channel, one was read whole in one turn).
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -17,6 +20,11 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use crate::copy::{BoxError, StreamCopy};
+
+/// The most frames read ahead of the client: a body of tiny frames held about 100 bytes per
+/// frame while the client did not read (a probe: 107 MiB for a 1 MiB body of 1-byte frames). With
+/// frames of 256 bytes or more, the 1 MiB default size limit comes first.
+const AHEAD_FRAMES: usize = 4096;
 
 /// What the reading task sends the client's side.
 enum Message<B> {
@@ -30,7 +38,7 @@ enum Message<B> {
 /// The client's side of a body read ahead: the frames the task read, then the rest of the body
 /// once the task hands it back.
 pub(crate) struct Ahead<B> {
-    receiver: mpsc::UnboundedReceiver<Message<B>>,
+    receiver: mpsc::Receiver<Message<B>>,
     rest: Option<Pin<Box<B>>>,
     ended: bool,
 }
@@ -47,12 +55,9 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    for frame in read {
-        // The receiver is right here: this cannot fail.
-        let _ = sender.send(Message::Frame(frame));
-    }
-    runtime.spawn(read_into_copy(rest, copy, sender));
+    let (sender, receiver) = mpsc::channel(AHEAD_FRAMES);
+    let read: Vec<_> = read.into_iter().map(Message::Frame).collect();
+    runtime.spawn(read_into_copy(read, rest, copy, sender));
     Ahead {
         receiver,
         rest: None,
@@ -60,16 +65,23 @@ where
     }
 }
 
-/// The task: reads `body` into `copy` and sends each frame on, until the body ends, the copy is
-/// no longer kept (then the rest of the body is sent on), or the client's side is dropped.
+/// The task: sends `read` on, then reads `body` into `copy` and sends each frame on, until the
+/// body ends, the copy is no longer kept (then the rest of the body is sent on), or the client's
+/// side is dropped.
 async fn read_into_copy<B>(
+    read: Vec<Message<B>>,
     mut body: Pin<Box<B>>,
     mut copy: StreamCopy,
-    sender: mpsc::UnboundedSender<Message<B>>,
+    sender: mpsc::Sender<Message<B>>,
 ) where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    for message in read {
+        if sender.send(message).await.is_err() {
+            return;
+        }
+    }
     loop {
         let polled = tokio::select! {
             biased;
@@ -79,12 +91,12 @@ async fn read_into_copy<B>(
         let ended = polled.is_none() || body.is_end_stream();
         let kept = copy.follow(polled.as_ref(), ended);
         if let Some(frame) = polled {
-            if sender.send(Message::Frame(frame)).is_err() {
+            if sender.send(Message::Frame(frame)).await.is_err() {
                 return;
             }
         }
         if ended {
-            let _ = sender.send(Message::End);
+            let _ = sender.send(Message::End).await;
             return;
         }
         // All the length it declared: complete, as a server would stop reading here.
@@ -93,7 +105,7 @@ async fn read_into_copy<B>(
             copy.complete();
         }
         if !kept || complete {
-            let _ = sender.send(Message::Rest(body));
+            let _ = sender.send(Message::Rest(body)).await;
             return;
         }
     }

@@ -324,6 +324,86 @@ async fn a_slow_first_client_does_not_hold_up_the_requests_waiting_for_its_respo
     server.abort();
 }
 
+/// A body of 1-byte frames, `left` of them, always ready but for its first poll; counts its
+/// polls.
+struct TinyFrames {
+    left: usize,
+    polls: Arc<AtomicUsize>,
+}
+
+impl http_body::Body for TinyFrames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Still being produced when the handler returns: the layer streams it.
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"x")))))
+    }
+}
+
+/// Reading a streamed body ahead of its client (see the test above) takes turns with the
+/// runtime's other tasks, and holds a bounded number of frames for a client that reads none: a
+/// body of 1-byte frames, always ready, was read whole without a turn for any other task (a
+/// current-thread server answered nothing else for 0.9 s), and the frames read ahead held about
+/// 100 bytes each (107 MiB for a 1 MiB body; found by a probe).
+#[tokio::test]
+async fn a_body_read_ahead_takes_turns_and_holds_few_frames_for_a_client_reading_none() {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let frames = 1 << 20;
+    let handler = {
+        let polls = polls.clone();
+        tower::service_fn(move |_: Request<Body>| {
+            let polls = polls.clone();
+            async move {
+                Ok::<_, Infallible>(Response::new(TinyFrames {
+                    left: frames,
+                    polls,
+                }))
+            }
+        })
+    };
+    let layer = CacheLayer::new(memory_cache())
+        .expire(60)
+        .max_body_size(2 << 20);
+    let service = tower::Layer::layer(&layer, handler);
+    let request = Request::get("http://x/tiny").body(Body::empty()).unwrap();
+    let response = service.clone().oneshot(request).await.unwrap();
+    let read_at_another_tasks_turn = tokio::spawn({
+        let polls = polls.clone();
+        async move { polls.load(Ordering::SeqCst) }
+    })
+    .await
+    .unwrap();
+    assert!(
+        read_at_another_tasks_turn < 1000,
+        "{read_at_another_tasks_turn} frames read before another task's turn"
+    );
+    // Long enough for the reading to go as far as it goes without the client.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let read_ahead = polls.load(Ordering::SeqCst);
+    assert!(read_ahead < 5000, "{read_ahead} frames read ahead");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), frames);
+    // Its copy (small frames are copied together) was stored whole.
+    let request = Request::get("http://x/tiny").body(Body::empty()).unwrap();
+    let hit = service.oneshot(request).await.unwrap();
+    let cache_status = hit.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert!(cache_status.contains("hit"), "{cache_status}");
+    let body = hit.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.len() == frames && body.iter().all(|b| *b == b'x'));
+}
+
 /// A body of unknown length that fails after a chunk ready at once reaches an HTTP client as a
 /// failure, as it does without the layer: the layer's body once declared the exact length of
 /// the chunk it had read, so hyper sent `Content-Length: 4`, stopped before the error, and the
