@@ -127,7 +127,19 @@ fn stale_hit<B>(
         why,
     );
     tagging::strip(config, response.headers_mut());
-    response.map(ResponseBody::full)
+    stored_body(response, head)
+}
+
+/// The body of a stored response served: its data, or for a HEAD request none, with no size of
+/// its own unless its `Content-Length` gives the GET's: axum's router writes a `Content-Length`
+/// from an exact size, and sent `0` for the HEAD of a stored 204 or a 304, which have none.
+fn stored_body<B>(response: Response<Bytes>, head: bool) -> Response<ResponseBody<B>> {
+    if head {
+        let length_known = response.headers().contains_key(header::CONTENT_LENGTH);
+        response.map(|_| ResponseBody::headless(length_known))
+    } else {
+        response.map(ResponseBody::full)
+    }
 }
 
 /// A stored response, as sent at `now_ms` (see [`render::serve`]).
@@ -141,7 +153,7 @@ fn hit<B>(
     let mut response = render::serve(entry, request_headers, head, config.status_header, now_ms);
     // Stored with the response (a `304` may update them), served only when kept.
     tagging::strip(config, response.headers_mut());
-    response.map(ResponseBody::full)
+    stored_body(response, head)
 }
 
 /// A request through the layer: the lookup, and a hit served from it. Everything that calls the

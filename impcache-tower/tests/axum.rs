@@ -202,6 +202,59 @@ async fn a_head_miss_over_axum_keeps_the_gets_content_length() {
     server.abort();
 }
 
+/// A HEAD hit has no `Content-Length` where the GET has none: a stored 204, and a 304 to a
+/// conditional HEAD. axum's router writes one from the body's exact size, and the layer's empty
+/// body made it `0` (found by a probe; RFC 9110 §8.6: never in a 204, and in a 304 only the
+/// 200's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_hit_has_no_content_length_where_the_get_has_none() {
+    let app: Router = Router::new()
+        .route("/empty", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/page", get(|| async { "hello world" }))
+        .layer(
+            CacheLayer::new(memory_cache())
+                .expire(60)
+                .statuses([StatusCode::OK, StatusCode::NO_CONTENT]),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let send = |method: &str, path: &str, etag: Option<&str>| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", etag);
+        }
+        client.request(request.body(Full::new(Bytes::new())).unwrap())
+    };
+    let (_, _, headers) = fetch(addr, "GET", "/empty").await;
+    assert!(!headers.contains_key("content-length"), "{headers:?}");
+    let hit = send("HEAD", "/empty", None).await.unwrap();
+    assert_eq!(hit.status(), StatusCode::NO_CONTENT);
+    assert!(hit.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("hit"));
+    assert!(!hit.headers().contains_key("content-length"), "{hit:?}");
+
+    let (_, _, headers) = fetch(addr, "GET", "/page").await;
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let head = send("HEAD", "/page", None).await.unwrap();
+    assert_eq!(head.headers()["content-length"], "11");
+    let not_modified = send("HEAD", "/page", Some(&etag)).await.unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert!(
+        not_modified
+            .headers()
+            .get("content-length")
+            .is_none_or(|v| v == "11"),
+        "{not_modified:?}"
+    );
+    server.abort();
+}
+
 /// A streamed body of declared length (a `Content-Length` field, or an exact size hint from
 /// which hyper writes one) is stored over a real server: hyper stops polling a body once it has
 /// written that length and drops it before its `None` (as `Body::from_stream` and tower-http's
