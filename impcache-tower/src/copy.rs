@@ -42,11 +42,10 @@ pub(crate) enum Buffered<B> {
         reason: NotStored,
         hint: SizeHint,
     },
-    /// Still arriving: the data frames read so far (`size` bytes), then the rest of the body.
+    /// Still arriving: the data read so far (also the frames to replay), then the rest of the
+    /// body.
     Streaming {
-        frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
-        chunks: Vec<Bytes>,
-        size: usize,
+        data: Chunks,
         rest: Pin<Box<B>>,
         hint: SizeHint,
     },
@@ -55,7 +54,8 @@ pub(crate) enum Buffered<B> {
 /// Reads the frames of `body` that are ready now, up to `limit` bytes: a body that is all there
 /// (the usual handler response) is complete, one still being produced is streamed. `declared`:
 /// the length its `Content-Length` declares (a body of another length is not stored). A body not
-/// read to its end comes back with its size hint as it was before it was read.
+/// read to its end comes back with its size hint as it was before it was read. The data read is
+/// replayed to the client as [`Chunks`] keeps it, small frames together.
 pub(crate) async fn buffer<B>(body: B, limit: usize, declared: Option<u64>) -> Buffered<B>
 where
     B: Body<Data = Bytes>,
@@ -63,73 +63,114 @@ where
 {
     let hint = body.size_hint();
     let mut body = Box::pin(body);
-    let mut frames = VecDeque::new();
-    let mut chunks = Vec::new();
-    let mut size = 0usize;
-    let mut trailers = false;
+    let mut data = Chunks::default();
+    let partial = |mut data: Chunks, last, rest, reason| Buffered::Partial {
+        frames: data.frames().chain(last).collect(),
+        rest,
+        reason,
+        hint,
+    };
     while !body.is_end_stream() {
         // One poll: `Pending` means the rest is still being produced.
         let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
         match polled {
             Poll::Pending => {
                 return Buffered::Streaming {
-                    frames,
-                    chunks,
-                    size,
+                    data,
                     rest: body,
                     hint,
                 }
             }
             Poll::Ready(None) => break,
             Poll::Ready(Some(Err(error))) => {
-                frames.push_back(Err(error.into()));
-                return Buffered::Partial {
-                    frames,
-                    rest: None,
-                    reason: NotStored::BodyError,
-                    hint,
-                };
+                let error = Err(error.into());
+                return partial(data, Some(error), None, NotStored::BodyError);
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                match frame.data_ref() {
-                    Some(data) => {
-                        size = size.saturating_add(data.len());
-                        chunks.push(data.clone());
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(frame_data) => {
+                    data.push(&frame_data);
+                    if data.size() > limit {
+                        return partial(data, None, Some(body), NotStored::TooLarge);
                     }
-                    None => trailers = true,
                 }
-                frames.push_back(Ok(frame));
-                if size > limit {
-                    return Buffered::Partial {
-                        frames,
-                        rest: Some(body),
-                        reason: NotStored::TooLarge,
-                        hint,
-                    };
+                Err(trailers) => {
+                    let trailers = Ok(trailers);
+                    return partial(data, Some(trailers), Some(body), NotStored::Trailers);
                 }
-                if trailers {
-                    break;
+            },
+        }
+    }
+    if not_as_declared(declared, data.size()) {
+        return partial(data, None, None, NotStored::LengthMismatch);
+    }
+    Buffered::Complete(data.into_bytes())
+}
+
+/// Frames with less data than this are copied together where the layer keeps a body's data, not
+/// kept one `Bytes` each: a body of 1-byte frames made the copy of a streamed body hold about 50
+/// times its size (a probe: 54 MiB for the 1 MiB limit), and empty frames grew it without bound.
+const SMALL_FRAME: usize = 1024;
+
+/// The data read from a body, kept for a copy or a replay: frames of [`SMALL_FRAME`] bytes or
+/// more as they are, smaller ones copied together.
+#[derive(Default)]
+pub(crate) struct Chunks {
+    chunks: Vec<Bytes>,
+    /// Small frames' data, copied together; after `chunks`.
+    small: BytesMut,
+    size: usize,
+}
+
+impl Chunks {
+    /// Keeps a frame's `data`.
+    fn push(&mut self, data: &Bytes) {
+        self.size = self.size.saturating_add(data.len());
+        if data.len() < SMALL_FRAME {
+            self.small.extend_from_slice(data);
+        } else {
+            self.seal();
+            self.chunks.push(data.clone());
+        }
+    }
+
+    /// How many bytes it holds.
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Moves the small frames' data copied so far to `chunks`.
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
+    }
+
+    /// The data as frames to replay (sharing it, not copied).
+    pub(crate) fn frames(&mut self) -> impl Iterator<Item = Result<Frame<Bytes>, BoxError>> + '_ {
+        self.seal();
+        self.chunks
+            .iter()
+            .map(|chunk| Ok(Frame::data(chunk.clone())))
+    }
+
+    /// The data as one `Bytes`, copied only when there are several chunks.
+    fn into_bytes(mut self) -> Bytes {
+        self.seal();
+        let mut chunks = self.chunks.into_iter();
+        match (chunks.next(), chunks.next()) {
+            (None, _) => Bytes::new(),
+            (Some(only), None) => only,
+            (Some(first), Some(second)) => {
+                let mut all = BytesMut::with_capacity(self.size);
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&second);
+                for chunk in chunks {
+                    all.extend_from_slice(&chunk);
                 }
+                all.freeze()
             }
         }
     }
-    if trailers {
-        return Buffered::Partial {
-            frames,
-            rest: Some(body),
-            reason: NotStored::Trailers,
-            hint,
-        };
-    }
-    if not_as_declared(declared, size) {
-        return Buffered::Partial {
-            frames,
-            rest: None,
-            reason: NotStored::LengthMismatch,
-            hint,
-        };
-    }
-    Buffered::Complete(concat(chunks, size))
 }
 
 /// Reads `body` as a server sends it, for nobody: to its end, or until it has given the length
@@ -157,11 +198,6 @@ where
     Ok(())
 }
 
-/// Frames with less data than this are copied together into the copy of a streamed body, not kept
-/// one `Bytes` each: a body of 1-byte frames made the copy hold about 50 times its size (a probe:
-/// 54 MiB for the 1 MiB limit), and empty frames grew it without bound.
-const SMALL_FRAME: usize = 1024;
-
 /// The copy of a streamed body kept for the cache, up to the size limit. Completed, it is
 /// stored; given up (too large, trailers, another length than declared), the flight's waiters
 /// call the handler themselves; failed (a body error) or dropped unfinished (the client went away
@@ -170,10 +206,7 @@ const SMALL_FRAME: usize = 1024;
 /// a server stops polling a body once it has written its declared length (hyper then drops it,
 /// before the `None` that would end it, when the body does not say it has ended).
 pub(crate) struct StreamCopy {
-    chunks: Vec<Bytes>,
-    /// Small frames' data, copied together (see [`SMALL_FRAME`]); after `chunks`.
-    small: BytesMut,
-    size: usize,
+    data: Chunks,
     limit: usize,
     /// The length the response declares (its `Content-Length`, else an exact size hint): a body
     /// of another length is not stored.
@@ -186,18 +219,16 @@ pub(crate) struct StreamCopy {
 }
 
 impl StreamCopy {
-    /// A copy holding `chunks` (the data read so far, `size` bytes, within `limit`) of a body
-    /// declared `declared` bytes long.
+    /// A copy holding `data` (the data read so far, within `limit`) of a body declared
+    /// `declared` bytes long.
     pub(crate) fn new(
-        (chunks, size): (Vec<Bytes>, usize),
+        data: Chunks,
         limit: usize,
         declared: Option<u64>,
         unfinished: Unfinished,
     ) -> Self {
         StreamCopy {
-            chunks,
-            small: BytesMut::new(),
-            size,
+            data,
             limit,
             declared,
             unfinished: Some(unfinished),
@@ -221,13 +252,12 @@ impl StreamCopy {
         match polled {
             Some(Ok(frame)) => match frame.data_ref() {
                 Some(data) => {
-                    self.size = self.size.saturating_add(data.len());
-                    if self.size > self.limit {
+                    self.data.push(data);
+                    if self.data.size() > self.limit {
                         // Too large: the rest streams through, unstored, and is not held.
                         self.give_up(NotStored::TooLarge);
                         return false;
                     }
-                    self.keep(data);
                 }
                 // Trailers: never stored.
                 None => {
@@ -242,7 +272,7 @@ impl StreamCopy {
             None => {}
         }
         if ended {
-            if not_as_declared(self.declared, self.size) {
+            if not_as_declared(self.declared, self.data.size()) {
                 self.give_up(NotStored::LengthMismatch);
             } else {
                 self.complete();
@@ -265,28 +295,10 @@ impl StreamCopy {
         unfinished.give_up(reason);
     }
 
-    /// Keeps a frame's `data`: a small one copied after the small ones before it, a larger one
-    /// as it is.
-    fn keep(&mut self, data: &Bytes) {
-        if data.len() < SMALL_FRAME {
-            self.small.extend_from_slice(data);
-        } else {
-            self.keep_small();
-            self.chunks.push(data.clone());
-        }
-    }
-
-    /// Moves the small frames' data copied so far to `chunks`.
-    fn keep_small(&mut self) {
-        if !self.small.is_empty() {
-            self.chunks.push(self.small.split().freeze());
-        }
-    }
-
     /// Whether the copy holds all the bytes its response declared (then it is complete: see the
     /// type's docs).
     pub(crate) fn holds_declared_length(&self) -> bool {
-        self.declared == Some(self.size as u64)
+        self.declared == Some(self.data.size() as u64)
     }
 
     /// Publishes the copy to the flight's waiters and stores it.
@@ -294,8 +306,7 @@ impl StreamCopy {
         let Some(unfinished) = self.unfinished.take() else {
             return;
         };
-        self.keep_small();
-        let body = concat(std::mem::take(&mut self.chunks), self.size);
+        let body = std::mem::take(&mut self.data).into_bytes();
         let (_, _, storing) = unfinished.finish(body);
         if storing.is_some() {
             // Its waiters got it; nothing outside a tokio runtime can run the store.
@@ -310,24 +321,6 @@ impl Drop for StreamCopy {
         // client went away mid-body, and `Unfinished`'s own drop abandons the flight.
         if self.holds_declared_length() {
             self.complete();
-        }
-    }
-}
-
-/// `chunks` (of `size` bytes in all) as one `Bytes`, copied only when there are several.
-fn concat(chunks: Vec<Bytes>, size: usize) -> Bytes {
-    let mut chunks = chunks.into_iter();
-    match (chunks.next(), chunks.next()) {
-        (None, _) => Bytes::new(),
-        (Some(only), None) => only,
-        (Some(first), Some(second)) => {
-            let mut all = BytesMut::with_capacity(size);
-            all.extend_from_slice(&first);
-            all.extend_from_slice(&second);
-            for chunk in chunks {
-                all.extend_from_slice(&chunk);
-            }
-            all.freeze()
         }
     }
 }

@@ -873,9 +873,7 @@ where
             (body, false, detail.or(Some(reason.detail())), false)
         }
         Buffered::Streaming {
-            frames,
-            chunks,
-            size,
+            mut data,
             rest,
             hint,
         } => {
@@ -888,7 +886,8 @@ where
             let named = || unfinished.variant_key.clone();
             let replaces = replaced(config, found_at, (fwd, may_store), answer, named)
                 .map(|key| (config.cache.clone(), key));
-            let copy = StreamCopy::new((chunks, size), config.max_body_size, declared, unfinished)
+            let frames = data.frames().collect();
+            let copy = StreamCopy::new(data, config.max_body_size, declared, unfinished)
                 .replacing(replaces);
             let body = ResponseBody::streaming(frames, rest, copy, hint);
             // Stored when (and if) the body completes.

@@ -377,11 +377,12 @@ async fn a_slow_first_client_does_not_hold_up_the_requests_waiting_for_its_respo
     server.abort();
 }
 
-/// A body of 1-byte frames, `left` of them, always ready but for its first poll; counts its
-/// polls.
+/// A body of 1-byte frames, `left` of them, always ready but for its first poll when
+/// `pending_first`; counts its polls.
 struct TinyFrames {
     left: usize,
     polls: Arc<AtomicUsize>,
+    pending_first: bool,
 }
 
 impl http_body::Body for TinyFrames {
@@ -392,7 +393,7 @@ impl http_body::Body for TinyFrames {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+        if self.polls.fetch_add(1, Ordering::SeqCst) == 0 && self.pending_first {
             // Still being produced when the handler returns: the layer streams it.
             cx.waker().wake_by_ref();
             return std::task::Poll::Pending;
@@ -423,6 +424,7 @@ async fn a_body_read_ahead_stops_a_bounded_number_of_frames_ahead_of_a_client_re
                 Ok::<_, Infallible>(Response::new(TinyFrames {
                     left: frames,
                     polls,
+                    pending_first: true,
                 }))
             }
         })
@@ -456,6 +458,42 @@ async fn a_body_read_ahead_stops_a_bounded_number_of_frames_ahead_of_a_client_re
     assert!(cache_status.contains("hit"), "{cache_status}");
     let body = hit.into_body().collect().await.unwrap().to_bytes();
     assert!(body.len() == frames && body.iter().all(|b| *b == b'x'));
+}
+
+/// A body larger than the size limit, all of it ready when the handler returns, reaches its
+/// client whole, with the frames read before the layer knew it too large copied together: each
+/// was kept as the handler's frame, about 100 bytes apiece for 1-byte frames (the same class as
+/// the read-ahead's copy, above). The client got 8,192 frames here before, 4,096 now (one for
+/// the 4,097 bytes read, then the rest as the handler sends it).
+#[tokio::test]
+async fn a_too_large_body_of_tiny_ready_frames_is_replayed_with_what_was_read_copied_together() {
+    let frames = 8192;
+    let handler = tower::service_fn(move |_: Request<Body>| async move {
+        Ok::<_, Infallible>(Response::new(TinyFrames {
+            left: frames,
+            polls: Arc::default(),
+            pending_first: false,
+        }))
+    });
+    let layer = CacheLayer::new(memory_cache())
+        .expire(60)
+        .max_body_size(4096);
+    let service = tower::Layer::layer(&layer, handler);
+    let request = Request::get("http://x/tiny").body(Body::empty()).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    let cache_status = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cache_status.contains("detail=too-large"), "{cache_status}");
+    let mut body = response.into_body();
+    let (mut received, mut bytes) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        received += 1;
+        bytes += frame.unwrap().into_data().unwrap().len();
+    }
+    assert_eq!(bytes, frames);
+    assert!(received <= frames - 4096, "{received} frames");
 }
 
 /// A body of unknown length that fails after a chunk ready at once reaches an HTTP client as a
