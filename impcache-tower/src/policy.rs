@@ -134,6 +134,9 @@ pub(crate) enum Bypass {
     Method,
     Credentials,
     Range,
+    /// A request to switch protocols (`Upgrade`: a WebSocket's handshake, say): answered by
+    /// its handler, never from a stored response of its URL.
+    Upgrade,
     RequestNoStore,
     /// A stored method other than GET whose request carries content: the key cannot hold it.
     RequestContent,
@@ -147,6 +150,7 @@ impl Bypass {
             Bypass::Method => "method",
             Bypass::Credentials => "credentials",
             Bypass::Range => "range",
+            Bypass::Upgrade => "upgrade",
             Bypass::RequestNoStore => "request-no-store",
             Bypass::RequestContent => "request-content",
             Bypass::TwoHosts => "host-mismatch",
@@ -386,10 +390,14 @@ pub(crate) fn plan_request<B>(
         return RequestPlan::Bypass(Bypass::TwoHosts);
     }
     // One pass over the names: cheaper than three lookups for the few fields a request has.
-    let (mut credentials, mut range) = (false, false);
+    let (mut credentials, mut range, mut upgrade) = (false, false, false);
     for name in headers.keys() {
         credentials |= name == header::AUTHORIZATION || name == header::COOKIE;
         range |= name == header::RANGE;
+        upgrade |= name == header::UPGRADE;
+    }
+    if upgrade {
+        return RequestPlan::Bypass(Bypass::Upgrade);
     }
     if credentials && !allow_authenticated {
         return RequestPlan::Bypass(Bypass::Credentials);

@@ -833,6 +833,22 @@ async fn range_requests_go_to_the_handler() {
     assert_eq!((ranged.outcome(), calls.get()), ("BYPASS", 2));
 }
 
+/// A request to switch protocols (a WebSocket handshake on a URL that also serves a page) goes
+/// to its handler: it was answered with the page stored for its URL, so the connection never
+/// upgraded (found by a probe).
+#[tokio::test]
+async fn upgrade_requests_go_to_the_handler() {
+    let (svc, calls) = counting(layer());
+    send(&svc, get("/ws")).await;
+    let upgrade = [("connection", "upgrade"), ("upgrade", "websocket")];
+    let upgrading = send(&svc, request("GET", "/ws", &upgrade)).await;
+    assert_eq!((upgrading.outcome(), calls.get()), ("BYPASS", 2));
+    assert_eq!(
+        upgrading.header("cache-status").unwrap(),
+        "impcache; fwd=bypass; detail=upgrade"
+    );
+}
+
 #[tokio::test]
 async fn ttl_is_lowered_by_max_age_and_s_maxage_and_capped() {
     async fn ttl_of(layer: CacheLayer, cache_control: &'static str) -> String {
