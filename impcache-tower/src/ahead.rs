@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::copy::{BoxError, StreamCopy};
 
@@ -45,7 +46,8 @@ pub(crate) struct Ahead<B> {
 }
 
 /// Reads `rest` ahead of its client into `copy`, after `read` (the frames read before, which the
-/// client gets first), in a task of `runtime`'s.
+/// client gets first), in a task of `runtime`'s, in the caller's `tracing` span (the request's:
+/// the handler's body is polled in it, as without the layer).
 pub(crate) fn read_ahead<B>(
     read: impl IntoIterator<Item = Result<Frame<Bytes>, BoxError>>,
     rest: Pin<Box<B>>,
@@ -58,7 +60,8 @@ where
 {
     let (sender, receiver) = mpsc::channel(AHEAD_FRAMES);
     let read: Vec<_> = read.into_iter().map(Message::Frame).collect();
-    runtime.spawn(read_into_copy(read, rest, copy, sender));
+    let task = read_into_copy(read, rest, copy, sender);
+    runtime.spawn(task.instrument(tracing::Span::current()));
     Ahead {
         receiver,
         rest: None,

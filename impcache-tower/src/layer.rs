@@ -298,6 +298,12 @@ impl CacheLayer {
     /// empty list with a [`stale_if_error`](Self::stale_if_error) window: stale responses answer
     /// only for a handler error (a reverse proxy's "the origin cannot be reached", see
     /// `examples/cache_proxy.rs`) and a [`handler_timeout`](Self::handler_timeout).
+    ///
+    /// A timeout layer under this one answers for a slow handler with its own status, which
+    /// must be listed for a stale response to stand in: tower-http's `TimeoutLayer::new` answers
+    /// `408 Request Timeout`, not listed by default, so its `408` replaces the stale response.
+    /// Give it `504` (`TimeoutLayer::with_status_code`), or list 408 here, or use this layer's
+    /// [`handler_timeout`](Self::handler_timeout).
     pub fn stale_if_error_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses: Vec<StatusCode> = statuses.into_iter().collect();
         self.with(|c| c.stale_if_error_statuses = statuses)
@@ -315,8 +321,10 @@ impl CacheLayer {
     /// [`stale_if_error`](Self::stale_if_error) window): past `timeout`, the stale response is
     /// served (`Cache-Status: impcache; fwd=stale; ttl=-N; detail=soft-timeout`) while the
     /// handler call goes on in the background and its response is stored (default: none). The
-    /// handler is then called in a task of its own: the call and its body together are bounded
-    /// by the [`lock_timeout`](Self::lock_timeout) (past it the call is dropped, unstored).
+    /// handler is then called in a task of its own, in the request's `tracing` span: the call
+    /// and its body together are bounded by the [`lock_timeout`](Self::lock_timeout) (past it
+    /// the call is dropped, unstored). A handler that panics within `timeout` panics the
+    /// request's future, as without it (see [`stale_if_error`](Self::stale_if_error)).
     pub fn soft_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.soft_timeout = Some(timeout))
     }

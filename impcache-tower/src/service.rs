@@ -13,6 +13,7 @@ use http_body::Body;
 use impcache::__private::metrics::LayerOutcome;
 use impcache::Cache;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::config::{Config, X_CACHE};
@@ -1067,9 +1068,12 @@ where
     };
     let config = Arc::clone(shared);
     let (tx, mut rx) = tokio::sync::oneshot::channel();
-    runtime.spawn(async move {
+    // The call in the request's `tracing` span, as without a soft timeout (and so its body's
+    // read-ahead, see `ahead.rs`): this client may well get its answer.
+    let span = tracing::Span::current();
+    let task = runtime.spawn(async move {
         let call = async {
-            let answered = forward(&config, miss).await;
+            let answered = forward(&config, miss).instrument(span).await;
             // Nobody waits for it any more (the stale entry answered): read the body here, so
             // that the response is stored.
             if let Err(Ok(response)) = tx.send(answered) {
@@ -1090,8 +1094,18 @@ where
         }
     });
     let answered = match tokio::time::timeout(soft, &mut rx).await {
-        // `Err`: the task ended without an answer (its runtime shut down).
-        Ok(answered) => answered.ok(),
+        Ok(Ok(answered)) => Some(answered),
+        // The task ended without an answer: its handler panicked, or its runtime shut down.
+        Ok(Err(_)) => {
+            if let Err(ended) = task.await {
+                if ended.is_panic() {
+                    // As without a soft timeout (`stale_if_error`'s docs): a handler's panic
+                    // reaches the caller, not a stale response.
+                    std::panic::resume_unwind(ended.into_panic());
+                }
+            }
+            None
+        }
         Err(_) => {
             // An answer sent just before the close is still taken.
             rx.close();

@@ -699,6 +699,124 @@ async fn a_hanging_call_past_the_soft_timeout_is_dropped_after_the_lock_timeout(
     assert_eq!((x_cache.as_str(), body.as_ref()), ("MISS", &b"call 3"[..]));
 }
 
+/// A handler that panics within the soft timeout: the panic reaches the caller, as without a
+/// soft timeout (`stale_if_error`'s docs). The call runs in a task of its own there, and the
+/// stale response answered for it at once, marked `detail=soft-timeout` though no timeout had
+/// passed (found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panic_within_the_soft_timeout_reaches_the_caller() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = tower::service_fn({
+        let calls = calls.clone();
+        move |_: Request<Body>| {
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                assert!(call == 1, "the handler panics in call {call}");
+                Ok::<_, std::convert::Infallible>(Response::new(Body::from("call 1")))
+            }
+        }
+    });
+    let layer = layer(memory_cache())
+        .stale_if_error(Duration::from_secs(60))
+        .soft_timeout(Duration::from_secs(3));
+    let service = layer.clone().layer(handler);
+    call(&service, "/panics").await.unwrap();
+    wait_stored(&layer, "/panics").await;
+    past_freshness().await;
+    let answered = tokio::spawn(service.oneshot(get("/panics"))).await;
+    assert!(answered.is_err_and(|ended| ended.is_panic()));
+}
+
+/// A spy of the `tracing` span a handler's future and its body's polls run in.
+#[derive(Clone, Default)]
+struct Spans(Arc<std::sync::Mutex<Vec<Option<&'static str>>>>);
+
+impl Spans {
+    fn record(&self) {
+        let span = tracing::Span::current();
+        self.0
+            .lock()
+            .unwrap()
+            .push(span.metadata().map(|meta| meta.name()));
+    }
+}
+
+/// A body of two frames, still being produced when its handler returns (its first poll is
+/// `Pending`), recording the span of each poll.
+struct SpiedBody {
+    polls: usize,
+    spans: Spans,
+}
+
+impl http_body::Body for SpiedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.spans.record();
+        self.polls += 1;
+        match self.polls {
+            1 => {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            2 | 3 => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from("x"))))),
+            _ => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+/// The handler calls a client waits for run in its request's `tracing` span (as tower-http's
+/// `TraceLayer` makes one), as without the layer: the call past the soft timeout, in a task of
+/// its own, and a streamed body read ahead of its client ran in none (found by a probe). A
+/// background revalidation runs in none on purpose (OBSERVABILITY.md).
+#[tokio::test]
+async fn the_calls_a_client_waits_for_run_in_its_requests_span() {
+    use tracing::Instrument;
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    // This thread's: a current-thread runtime runs every task on it.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let spans = Spans::default();
+    let handler = tower::service_fn({
+        let spans = spans.clone();
+        move |_: Request<Body>| {
+            let spans = spans.clone();
+            async move {
+                spans.record();
+                let body = SpiedBody { polls: 0, spans };
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            }
+        }
+    });
+    let layer = layer(memory_cache())
+        .stale_if_error(Duration::from_secs(60))
+        .soft_timeout(Duration::from_secs(3));
+    let service = layer.clone().layer(handler);
+    for stale in [false, true] {
+        let request = service.clone().oneshot(get("/spans"));
+        let response = request.instrument(tracing::info_span!("request")).await;
+        let (parts, body) = response.unwrap().into_parts();
+        let status = parts.headers["cache-status"].to_str().unwrap().to_owned();
+        assert_eq!(status.contains("fwd=stale"), stale, "{status}");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "xx");
+        wait_stored(&layer, "/spans").await;
+        past_freshness().await;
+    }
+    let spans = spans.0.lock().unwrap().clone();
+    // The handler's future and its body's four polls, twice.
+    assert_eq!(spans.len(), 10, "{spans:?}");
+    assert!(
+        spans.iter().all(|span| *span == Some("request")),
+        "{spans:?}"
+    );
+}
+
 /// A background revalidation asks for the whole response: the client's validators are not
 /// forwarded, so an `ETag`-aware handler answers `200`, which is stored, and not
 /// a `304` for the client's copy, which could not refresh the entry (nginx does the same).
