@@ -39,6 +39,11 @@ use http_body_util::BodyExt;
 
 /// The service [`CacheLayer`] wraps around a handler (or any
 /// `Service<Request<_>, Response = Response<_>>`). Its error type is the inner service's.
+///
+/// It is ready when the inner service is (`poll_ready` passes through, as tower-http's services
+/// do): a concurrency limit or a `Buffer` between it and the handler holds hits too while the
+/// handler is saturated, also by a call that outlives its request (past a soft timeout, a
+/// background revalidation). Put such a limit outside the cache's layer, or in the handler.
 #[derive(Clone, Debug)]
 pub struct CacheService<S> {
     inner: S,
