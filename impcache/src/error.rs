@@ -223,6 +223,12 @@ impl Error {
         )
     }
 
+    /// `true` for the server's refusal of a key that holds another kind of value (`WRONGTYPE`:
+    /// a list, a hash, ... where the cache reads and writes strings).
+    pub(crate) fn is_wrong_type(&self) -> bool {
+        matches!(self, Self::Server { code: Some(code), .. } if code == "WRONGTYPE")
+    }
+
     /// The key, tag, pattern or DSN the error is about.
     pub fn subject(&self) -> &str {
         match self {

@@ -178,6 +178,41 @@ async fn a_stored_value_of_another_type_is_replaced() {
     assert_eq!(TYPED.load(SeqCst), 1);
 }
 
+#[cached(cache = cache, expire = 60, key = "foreign:{id}", version = 3)]
+async fn foreign(cache: &Cache, id: u64) -> u64 {
+    id
+}
+
+/// A key of another Redis type under the function's key (a list another program pushed to) is
+/// replaced, as a value of another type is (issue 3: "a value that no longer decodes is
+/// replaced"): its store was a `SET NX`, which never lands on a taken key, so the function ran
+/// its body on every call for as long as the list lived (found by a probe). `get_or_set` too.
+#[tokio::test]
+async fn a_key_of_another_redis_type_is_replaced() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server);
+    for key in ["cache:3:foreign:1", "cache:1:loaded"] {
+        let _: () = server.cmd(&["RPUSH", key, "a"]);
+    }
+    assert_eq!(foreign(&cache, 1).await, 1);
+    let loaded = cache.get_or_set("loaded", 60, || async { 7 }).await;
+    assert_eq!(loaded.unwrap(), 7);
+    for key in ["cache:3:foreign:1", "cache:1:loaded"] {
+        // Replaced in the background: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.cmd::<String>(&["TYPE", key]) != "string" && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ttl: i64 = server.cmd(&["TTL", key]);
+        assert!(
+            ttl > 0 && ttl <= 60,
+            "{key} replaced with the expire: {ttl}"
+        );
+    }
+    assert_eq!(server.cmd::<String>(&["GET", "cache:3:foreign:1"]), "1");
+    assert_eq!(cache.get::<u64>("loaded").await.unwrap(), Some(7));
+}
+
 static DOWN: AtomicUsize = AtomicUsize::new(0);
 
 #[cached(cache = cache, expire = 60, skip(cache))]

@@ -137,6 +137,9 @@ where
         Ok(None) => {}
         Err(error) => {
             report(cache, "get", &key, &error);
+            // A key of another Redis type (a list, a hash) holds no value of ours: replaced,
+            // as a value that does not decode is (its `SET NX` would never land).
+            overwrite = error.is_wrong_type();
             outcome = CallOutcome::Bypass;
         }
     }
