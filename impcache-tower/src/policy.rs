@@ -134,8 +134,8 @@ pub(crate) enum Bypass {
     Method,
     Credentials,
     Range,
-    /// A request to switch protocols (`Upgrade`: a WebSocket's handshake, say): answered by
-    /// its handler, never from a stored response of its URL.
+    /// A request to switch protocols (`Upgrade`: a WebSocket's handshake, say; see
+    /// `asks_to_switch`): answered by its handler, never from a stored response of its URL.
     Upgrade,
     RequestNoStore,
     /// A stored method other than GET whose request carries content: the key cannot hold it.
@@ -368,6 +368,24 @@ fn names_two_hosts(uri: &http::Uri, headers: &HeaderMap) -> bool {
         .any(|host| !host.as_bytes().eq_ignore_ascii_case(target.as_bytes()))
 }
 
+/// Whether a request asks to switch protocols (a WebSocket handshake, say) as its handler may:
+/// an HTTP/1.1 `Upgrade` naming a protocol other than `h2c`. An HTTP/1.0 request's `Upgrade` is
+/// ignored (RFC 9110 §7.8), and so is an offer of HTTP/2 alone (`curl --http2`, Java's
+/// `HttpClient` on every plain-http request), which hyper does not take: such a request is
+/// answered as the GET it is.
+fn asks_to_switch(version: http::Version, headers: &HeaderMap) -> bool {
+    version == http::Version::HTTP_11
+        && headers.get_all(header::UPGRADE).iter().any(|value| {
+            // Unreadable: taken as a protocol, a switch the cache must stay out of.
+            value.to_str().map_or(true, |value| {
+                value.split(',').any(|protocol| {
+                    let name = protocol.split('/').next().unwrap_or_default().trim();
+                    !name.is_empty() && !name.eq_ignore_ascii_case("h2c")
+                })
+            })
+        })
+}
+
 /// The request-side rules, for `request`.
 pub(crate) fn plan_request<B>(
     request: &http::Request<B>,
@@ -390,13 +408,12 @@ pub(crate) fn plan_request<B>(
         return RequestPlan::Bypass(Bypass::TwoHosts);
     }
     // One pass over the names: cheaper than three lookups for the few fields a request has.
-    let (mut credentials, mut range, mut upgrade) = (false, false, false);
+    let (mut credentials, mut range) = (false, false);
     for name in headers.keys() {
         credentials |= name == header::AUTHORIZATION || name == header::COOKIE;
         range |= name == header::RANGE;
-        upgrade |= name == header::UPGRADE;
     }
-    if upgrade {
+    if asks_to_switch(request.version(), headers) {
         return RequestPlan::Bypass(Bypass::Upgrade);
     }
     if credentials && !allow_authenticated {
@@ -1020,6 +1037,30 @@ mod tests {
         let put = plan(&Method::PUT, &[("content-length", "5")]);
         assert_eq!(put, RequestPlan::Bypass(Bypass::Method));
         Ok(())
+    }
+
+    /// Only a switch the handler may make bypasses: an HTTP/1.1 `Upgrade` naming a protocol other
+    /// than `h2c` (a regression hunt found every `Upgrade` bypassing, `curl --http2`'s offer and
+    /// HTTP/1.0 requests too).
+    #[test]
+    fn only_a_request_to_switch_protocols_bypasses() {
+        let plan = |version, upgrade: &'static str| {
+            let mut request = request(Method::GET, &[("upgrade", upgrade)]);
+            *request.version_mut() = version;
+            plan_request(&request, &[Method::GET], false, false)
+        };
+        let lookup = RequestPlan::Lookup {
+            refresh: false,
+            limits: Limits::default(),
+        };
+        let switch = RequestPlan::Bypass(Bypass::Upgrade);
+        let http11 = http::Version::HTTP_11;
+        assert_eq!(plan(http11, "websocket"), switch);
+        assert_eq!(plan(http11, "h2c, WebSocket"), switch);
+        assert_eq!(plan(http11, "TLS/1.2"), switch);
+        assert_eq!(plan(http11, "h2c"), lookup);
+        assert_eq!(plan(http11, " H2C "), lookup);
+        assert_eq!(plan(http::Version::HTTP_10, "websocket"), lookup);
     }
 
     /// A target whose authority a `Host` field contradicts (HTTP/2's `:authority`, or an
