@@ -1099,7 +1099,7 @@ where
         }
     });
     let answered = match tokio::time::timeout(soft, &mut rx).await {
-        Ok(Ok(answered)) => Some(answered),
+        Ok(Ok(answered)) => Ok(answered),
         // The task ended without an answer: its handler panicked, or its runtime shut down.
         Ok(Err(_)) => {
             if let Err(ended) = task.await {
@@ -1109,19 +1109,21 @@ where
                     std::panic::resume_unwind(ended.into_panic());
                 }
             }
-            None
+            // A call lost: the stale response stands in as for a failed one.
+            Err(Why::HandlerError)
         }
+        // An answer sent just before the close is still taken.
         Err(_) => {
-            // An answer sent just before the close is still taken.
             rx.close();
-            rx.try_recv().ok()
+            rx.try_recv().map_err(|_| Why::SoftTimeout)
         }
     };
     match answered {
-        Some(answered) => WithinSoft::Answered(answered),
-        None => {
-            tracing::debug!(target: "impcache_tower", ?soft, "soft timeout: the stale response answers; the handler call goes on in the background");
-            let why = Why::SoftTimeout;
+        Ok(answered) => WithinSoft::Answered(answered),
+        Err(why) => {
+            if why == Why::SoftTimeout {
+                tracing::debug!(target: "impcache_tower", ?soft, "soft timeout: the stale response answers; the handler call goes on in the background");
+            }
             WithinSoft::Stale(stale_hit(entry, &headers, false, shared, past, why))
         }
     }

@@ -727,6 +727,55 @@ async fn a_handler_panic_within_the_soft_timeout_reaches_the_caller() {
     assert!(answered.is_err_and(|ended| ended.is_panic()));
 }
 
+/// A call past the soft timeout lost with its runtime (shut down mid-call) is a failed call: the
+/// stale response answers for it with `detail=handler-error`, not `soft-timeout` before the soft
+/// timeout has passed (found by a regression hunt).
+#[test]
+fn a_call_lost_with_its_runtime_is_answered_stale_as_a_failed_one() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let origin = Origin::new("");
+    let layer = layer(memory_cache())
+        .stale_if_error(Duration::from_secs(60))
+        .soft_timeout(Duration::from_secs(3));
+    let service = layer.layer(origin.service());
+    runtime.block_on(async {
+        call(&service, "/lost").await.unwrap();
+        wait_stored(&layer, "/lost").await;
+        past_freshness().await;
+    });
+    origin.set(Answer::Slow);
+    // The request polled on this thread, its call spawned on the runtime, shut down meanwhile.
+    let handle = runtime.handle().clone();
+    let shutdown = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        runtime.shutdown_background();
+    });
+    let _entered = handle.enter();
+    let mut answer = std::pin::pin!(service.oneshot(get("/lost")));
+    let waker = std::task::Waker::noop();
+    let started = std::time::Instant::now();
+    let response = loop {
+        let polled = answer
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        if let std::task::Poll::Ready(response) = polled {
+            break response.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no answer");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    shutdown.join().unwrap();
+    let status = response.headers()["cache-status"].to_str().unwrap();
+    assert!(
+        status.contains("fwd=stale") && status.ends_with("detail=handler-error"),
+        "{status}"
+    );
+}
+
 /// A spy of the `tracing` span a handler's future and its body's polls run in.
 #[derive(Clone, Default)]
 struct Spans(Arc<std::sync::Mutex<Vec<Option<&'static str>>>>);
