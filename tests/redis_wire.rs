@@ -99,6 +99,25 @@ async fn set_many_is_one_set_ex_per_key_and_get_many_one_mget() {
     assert_eq!(calls.len(), 1, "{calls:?}");
 }
 
+/// A batch larger than 10,000 keys goes in round trips of 10,000, one after another, each within
+/// the deadline: 200,000 keys always timed out as one round trip at the default deadline, and five
+/// such timeouts opened the circuit breaker for every caller of a healthy server (found by a
+/// probe). The values come back in the caller's order.
+#[tokio::test]
+async fn large_batches_go_in_round_trips_of_ten_thousand_keys() {
+    let server = RedisServer::start();
+    let cache = cache(&server);
+    let keys: Vec<String> = (0..200_000).map(|i| format!("k{i}")).collect();
+    cache.set_many(keys.iter().zip(0..), 100).await.unwrap();
+    reset_stats(&server);
+    let values: Vec<Option<u32>> = cache.get_many(&keys).await.unwrap();
+    assert!(values.iter().zip(0..).all(|(v, i)| *v == Some(i)));
+    assert_eq!(command_calls(&server).get("mget"), Some(&20));
+    reset_stats(&server);
+    assert_eq!(cache.delete_many(&keys).await.unwrap(), 200_000);
+    assert_eq!(command_calls(&server).get("unlink"), Some(&20));
+}
+
 #[tokio::test]
 async fn empty_inputs_send_nothing() {
     let server = RedisServer::start();

@@ -637,8 +637,8 @@ impl Cache {
     }
 
     /// Stores every pair, each with its own TTL of `expire`, in one round trip (pipelined
-    /// `SET .. EX`, not atomic). Every value is encoded before anything is sent, so a bad value
-    /// stores nothing.
+    /// `SET .. EX`, not atomic) per 10,000 pairs and 16 MiB of values, each round trip within the
+    /// deadline. Every value is encoded before anything is sent, so a bad value stores nothing.
     ///
     /// ```
     /// # use impcache::{Cache, MemoryCacheRepository};
@@ -718,7 +718,8 @@ impl Cache {
     }
 
     /// The values at `keys`, in the same order, `None` where nothing is stored; one round trip
-    /// (a second one reads the tag states of the tagged entries found, if any).
+    /// per 10,000 keys, each within the deadline (and one more reads the tag states of the tagged
+    /// entries found, if any).
     pub async fn get_many<V>(
         &self,
         keys: impl IntoIterator<Item = impl AsRef<str>>,
@@ -801,7 +802,8 @@ impl Cache {
         })
     }
 
-    /// Removes `keys`; the number of keys removed. An empty list sends nothing.
+    /// Removes `keys`; the number of keys removed: one `UNLINK` per 10,000 keys, each within the
+    /// deadline. An empty list sends nothing.
     pub async fn delete_many<I>(&self, keys: I) -> Result<u64>
     where
         I: IntoIterator,

@@ -42,6 +42,71 @@ pub(crate) enum Backend {
     Near(Box<Near<Backend>>),
 }
 
+/// The most keys one call to the repository carries for a batch (`get_many`, `set_many`,
+/// `delete_many`): one round trip on a single node, one per node on a Cluster. A larger batch is
+/// sent in calls of this many keys, one after another, each within the deadline, so that its size
+/// alone does not time out on a healthy server (a timeout counts towards the circuit breaker:
+/// five `get_many`s of 300,000 keys opened it for every caller, found by a probe), and the calls
+/// of other tasks on the shared connection go between its round trips rather than wait behind
+/// all of it. A frozen server still costs one deadline: the batch fails with its first call.
+pub(crate) const BATCH_KEYS: usize = 10_000;
+
+/// The most value bytes one call of a `set_many` carries (a larger value goes alone), for the
+/// same reasons as [`BATCH_KEYS`].
+pub(crate) const BATCH_BYTES: usize = 16 << 20;
+
+/// How many of `entries` the next call of a `set_many` carries: at most [`BATCH_KEYS`], and
+/// at most [`BATCH_BYTES`] of values unless the first value alone is larger.
+fn set_batch_len(entries: &[(&str, Bytes)]) -> usize {
+    let mut bytes = 0usize;
+    let fit = entries
+        .iter()
+        .take(BATCH_KEYS)
+        .take_while(|(_, value)| {
+            bytes = bytes.saturating_add(value.len());
+            bytes <= BATCH_BYTES
+        })
+        .count();
+    fit.max(1)
+}
+
+impl Backend {
+    /// `entries` stored, in calls of at most [`BATCH_KEYS`] keys and [`BATCH_BYTES`] of
+    /// values, one after another; the first that fails fails the batch (the calls before it
+    /// stay applied: a `set_many` is not atomic).
+    pub(crate) async fn set_many(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let (batch, after) = rest.split_at(set_batch_len(rest));
+            self.set_many_at_once(batch, expiry).await?;
+            rest = after;
+        }
+        Ok(())
+    }
+
+    /// The values at `keys`, in calls of at most [`BATCH_KEYS`] keys, one after another.
+    pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        if keys.len() <= BATCH_KEYS {
+            return self.get_many_at_once(keys).await;
+        }
+        let mut found = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(BATCH_KEYS) {
+            found.extend(self.get_many_at_once(batch).await?);
+        }
+        Ok(found)
+    }
+
+    /// `keys` removed, in calls of at most [`BATCH_KEYS`] keys, one after another; the number
+    /// removed.
+    pub(crate) async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let mut removed = 0u64;
+        for batch in keys.chunks(BATCH_KEYS) {
+            removed = removed.saturating_add(self.delete_many_at_once(batch).await?);
+        }
+        Ok(removed)
+    }
+}
+
 impl Backend {
     /// The backend for `repository`: its own arm if it is a built-in one (which it tells through
     /// [`CacheRepository::as_any`]), else the trait.
@@ -133,7 +198,8 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn set_many(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
+    /// One call of a `set_many` ([`set_many`](Backend::set_many) splits larger ones).
+    async fn set_many_at_once(&self, entries: &[(&str, Bytes)], expiry: Expiry) -> Result<()> {
         match self {
             Backend::Memory(memory) => memory.set_many_now(entries, expiry),
             Backend::Redis(redis) => redis
@@ -459,7 +525,8 @@ impl Backend {
         Ok(states.filled(fetched))
     }
 
-    pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+    /// One call of a `get_many` ([`get_many`](Backend::get_many) splits larger ones).
+    async fn get_many_at_once(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         match self {
             Backend::Memory(memory) => Ok(memory.get_many_now(keys)),
             Backend::Redis(redis) => redis
@@ -552,7 +619,8 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+    /// One call of a `delete_many` ([`delete_many`](Backend::delete_many) splits larger ones).
+    async fn delete_many_at_once(&self, keys: &[&str]) -> Result<u64> {
         match self {
             Backend::Memory(memory) => Ok(memory.delete_many_now(keys)),
             Backend::Redis(redis) => redis
@@ -651,6 +719,22 @@ mod tests {
 
     use super::*;
     use crate::BoxFuture;
+
+    #[test]
+    fn a_set_many_call_carries_at_most_ten_thousand_keys_and_sixteen_mib() {
+        let entries = |sizes: &[usize]| -> Vec<(&'static str, Bytes)> {
+            sizes
+                .iter()
+                .map(|size| ("k", Bytes::from(vec![0; *size])))
+                .collect()
+        };
+        let mib = 1 << 20;
+        assert_eq!(set_batch_len(&entries(&[1; 25_000])), BATCH_KEYS);
+        assert_eq!(set_batch_len(&entries(&[mib; 20])), 16);
+        assert_eq!(set_batch_len(&entries(&[20 * mib, 1])), 1);
+        assert_eq!(set_batch_len(&entries(&[10 * mib, 10 * mib])), 1);
+        assert_eq!(set_batch_len(&entries(&[1, 2])), 2);
+    }
 
     /// A user repository: here, one that delegates to the memory repository. With a barrier, a
     /// read waits at it first: `n` reads in flight at once pass it, reads made one after another

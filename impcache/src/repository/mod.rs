@@ -65,6 +65,8 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool>>;
 
     /// Stores every pair, each with the same expiry; one round trip where the backend allows it.
+    /// A `Cache` calls it with at most 10,000 pairs and 16 MiB of values (a larger value alone):
+    /// a larger batch comes in several calls, one after another.
     ///
     /// The values of one call may share an allocation (they are encoded into a few buffers): a
     /// repository that keeps them in memory should keep copies (`Bytes::copy_from_slice`).
@@ -77,13 +79,15 @@ pub trait CacheRepository: Debug + Send + Sync + 'static {
     /// The bytes at `key`, `None` when nothing is stored.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
 
-    /// The bytes at each key, in the order of `keys`.
+    /// The bytes at each key, in the order of `keys` (at most 10,000 of them from a `Cache`, see
+    /// [`set_many`](CacheRepository::set_many)).
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Option<Bytes>>>>;
 
     /// Removes `key`; the number of keys removed (0 or 1).
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>>;
 
-    /// Removes every key; the number of keys removed.
+    /// Removes every key; the number of keys removed (at most 10,000 keys from a `Cache`, see
+    /// [`set_many`](CacheRepository::set_many)).
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<u64>>;
 
     /// Removes every key matching the Redis glob `pattern`; the number of keys removed.

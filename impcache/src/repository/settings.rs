@@ -66,7 +66,8 @@ macro_rules! shared_setters {
 
         /// The most any operation waits, reconnecting (and, on a cluster, redirections and
         /// retries) included. Default 500 ms. For `delete_pattern` it bounds each round trip
-        /// of the sweep. `build` refuses zero ([`Error::InvalidDsn`](crate::Error::InvalidDsn)).
+        /// of the sweep, and for a `get_many`, `set_many` or `delete_many` each round trip of
+        /// 10,000 keys. `build` refuses zero ([`Error::InvalidDsn`](crate::Error::InvalidDsn)).
         pub fn deadline(mut self, deadline: std::time::Duration) -> Self {
             self.settings.deadline = $crate::expire::capped(deadline);
             self
