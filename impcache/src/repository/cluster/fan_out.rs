@@ -579,7 +579,7 @@ fn sort_replies(
 }
 
 /// The node an `ASK` reply sends its keys to.
-fn ask_target(error: redis::ServerError) -> Option<(String, u16)> {
+pub(super) fn ask_target(error: redis::ServerError) -> Option<(String, u16)> {
     let error = RedisError::from(error);
     let (address, _) = error.redirect_node()?;
     let (host, port) = address.rsplit_once(':')?;
