@@ -1,6 +1,8 @@
 //! Code generation: the wrapper, `{name}_uncached` and `{name}_invalidate`, written out from a
 //! [`Plan`]. The expansion stays thin: it calls `::impcache::__private`, where the logic is.
 
+use std::collections::HashSet;
+
 use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
@@ -8,7 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, BinOp, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr};
 
 use crate::plan::{expect_as_allow, Arg, Key, Part, Plan, Policy, Prefix};
-use crate::tokens::{first_last, mentions};
+use crate::tokens::{first_last, mentioned, mentions};
 
 /// Attributes that also apply to the companions.
 fn shared_attrs(attrs: &[Attribute]) -> Vec<Attribute> {
@@ -60,19 +62,34 @@ fn fn_name(plan: &Plan) -> String {
     plan.func.sig.ident.unraw().to_string()
 }
 
+/// `arg`'s name located at the end of its type (where an error about the argument's value is
+/// reported), and that location. Only located there: given the type's span whole, the name (and
+/// the key builder, in the statement spanned there) resolved where the type was written, so a
+/// `macro_rules!` whose caller names an argument (`$arg:ident`) of a type it writes itself
+/// (`$t:ty`, or a type in its own body) failed to compile ("cannot find value `n` in this
+/// scope"; found by a probe).
+fn at_type(arg: &Arg) -> (Ident, Span) {
+    let (_, last) = first_last(arg.ty.to_token_stream());
+    let mut name = arg.name.clone();
+    name.set_span(arg.name.span().located_at(last));
+    (name, last)
+}
+
 /// The statement that builds the key into `__impcache_key`, in one buffer.
 fn key_block(plan: &Plan) -> TokenStream {
     let key_arg_expr = |i: usize| {
         let arg = &plan.args[i];
         // `&name` spans from the argument's name to the end of its type, so that an argument
-        // that is not `Serialize` is reported on `name: Type`.
-        let (_, last) = first_last(arg.ty.to_token_stream());
-        let mut name = arg.name.clone();
-        name.set_span(last);
+        // that is not `Serialize` is reported on `name: Type`. Located there only: the name
+        // keeps its own resolution (and the statement the macro's), for a type written by a
+        // `macro_rules!` other than the one that wrote the name (see `at_type`).
+        let (name, last) = at_type(arg);
         let amp = quote_spanned!(arg.name.span()=> &);
         let label = LitStr::new(&arg.name.unraw().to_string(), arg.name.span());
         (quote!(#amp #name), label, last)
     };
+    // The builder, named with the macro's own resolution in statements spanned at a type.
+    let k = Ident::new("__impcache_k", Span::call_site());
     let mut key_parts = Vec::new();
     match &plan.key {
         Key::Template(parts) => {
@@ -81,8 +98,7 @@ fn key_block(plan: &Plan) -> TokenStream {
                     Part::Literal(s) => key_parts.push(quote!(__impcache_k.push_str(#s);)),
                     Part::Arg(i) => {
                         let (arg, label, span) = key_arg_expr(*i);
-                        key_parts
-                            .push(quote_spanned!(span=> __impcache_k.push_template(#label, #arg);));
+                        key_parts.push(quote_spanned!(span=> #k.push_template(#label, #arg);));
                     }
                 }
             }
@@ -93,7 +109,7 @@ fn key_block(plan: &Plan) -> TokenStream {
             }
             for &i in &plan.key_args {
                 let (arg, label, span) = key_arg_expr(i);
-                let push_json = quote_spanned!(span=> __impcache_k.push_json(#label, #arg););
+                let push_json = quote_spanned!(span=> #k.push_json(#label, #arg););
                 let cfg = plan.args[i].cfg_attrs();
                 key_parts.push(quote! {
                     #(#cfg)*
@@ -135,11 +151,11 @@ fn tags_block(plan: &Plan) -> TokenStream {
             Part::Literal(s) => quote!(__impcache_k.push_str(#s);),
             Part::Arg(i) => {
                 let arg = &plan.args[*i];
-                let (_, last) = first_last(arg.ty.to_token_stream());
-                let mut name = arg.name.clone();
-                name.set_span(last);
+                let (name, last) = at_type(arg);
                 let label = LitStr::new(&arg.name.unraw().to_string(), arg.name.span());
-                quote_spanned!(last=> __impcache_k.push_tag(#label, &#name);)
+                // As in `key_block`.
+                let k = Ident::new("__impcache_k", Span::call_site());
+                quote_spanned!(last=> #k.push_tag(#label, &#name);)
             }
         });
         quote! {{
@@ -216,21 +232,47 @@ fn method_owner() -> TokenStream {
 }
 
 /// `version = ..`: the `static` holding the version (converted once, through `From`, spelled
-/// out so that it needs no prelude: `#[no_implicit_prelude]`), and the version argument of the
-/// runtime's calls; none and `None` without the option.
-fn version(plan: &Plan) -> (TokenStream, TokenStream) {
-    match &plan.version {
-        Some(expr) => (
-            quote_spanned! {expr.span()=>
-                static __IMPCACHE_VERSION: ::std::sync::LazyLock<::impcache::Version> =
-                    ::std::sync::LazyLock::new(|| {
-                        <::impcache::Version as ::core::convert::From<_>>::from(#expr)
-                    });
+/// out so that it needs no prelude: `#[no_implicit_prelude]`), or, for a value that names `Self`
+/// (`Self::VERSION`), which no `static` can, the statement converting it at each call; and the
+/// version argument of the runtime's calls. None and `None` without the option.
+fn version(plan: &Plan) -> Version {
+    let Some(expr) = &plan.version else {
+        return Version {
+            item: quote!(),
+            statement: quote!(),
+            arg: quote!(::core::option::Option::None),
+        };
+    };
+    let convert = quote!(<::impcache::Version as ::core::convert::From<_>>::from(#expr));
+    let mut names = HashSet::new();
+    mentioned(expr.to_token_stream(), &mut names);
+    if names.contains("Self") {
+        return Version {
+            item: quote!(),
+            statement: quote_spanned! {expr.span()=>
+                let __impcache_version: ::impcache::Version = #convert;
             },
-            quote!(::core::option::Option::Some(&*__IMPCACHE_VERSION)),
-        ),
-        None => (quote!(), quote!(::core::option::Option::None)),
+            arg: quote!(::core::option::Option::Some(&__impcache_version)),
+        };
     }
+    Version {
+        item: quote_spanned! {expr.span()=>
+            static __IMPCACHE_VERSION: ::std::sync::LazyLock<::impcache::Version> =
+                ::std::sync::LazyLock::new(|| #convert);
+        },
+        statement: quote!(),
+        arg: quote!(::core::option::Option::Some(&*__IMPCACHE_VERSION)),
+    }
+}
+
+/// What `version = ..` adds to a function (see [`version`]).
+struct Version {
+    /// An item, first in the function.
+    item: TokenStream,
+    /// A statement, after the items.
+    statement: TokenStream,
+    /// The version argument of the runtime's calls.
+    arg: TokenStream,
 }
 
 /// The policy argument of `memoize`.
@@ -387,7 +429,11 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         }
         None => (quote!(), quote!(::impcache::__private::default_cache())),
     };
-    let (version_static, version_opt) = version(plan);
+    let Version {
+        item: version_item,
+        statement: version_statement,
+        arg: version_opt,
+    } = version(plan);
 
     let expire = &plan.expire;
     let expire = if unsuffixed_seconds(expire) {
@@ -588,8 +634,9 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         quote! {
             // Items first: a statement before an item, in the user's braces, is clippy's
             // `items_after_statements` (the `static` is spanned at the `version` value).
-            #version_static
+            #version_item
             #trait_impl_check
+            #version_statement
             #key_block
             #tags_block
             #cache_binding
@@ -637,7 +684,8 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         #vis async fn #invalidate #inv_generics (#inv_receiver #(#invalidate_inputs),*) -> ::impcache::Result<bool> #inv_where {
             #key_block
             #cache_binding
-            #version_static
+            #version_item
+            #version_statement
             ::impcache::__private::invalidate(#cache_opt, #version_opt, __impcache_key).await
         }
 
@@ -696,7 +744,11 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
         ),
         None => (quote!(), quote!(::impcache::__private::default_cache())),
     };
-    let (version_static, version_opt) = version(plan);
+    let Version {
+        item: version_item,
+        statement: version_statement,
+        arg: version_opt,
+    } = version(plan);
     let body = match sweep_base {
         Some(base) => quote! {
             ::impcache::__private::invalidate_all_keys(#cache_opt, #version_opt, &[#(#base),*].concat()).await
@@ -716,7 +768,8 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
         #(#shared)*
         #vis async fn #name #generics (#receiver #(#inputs),*) -> ::impcache::Result<()> #where_clause {
             #cache_binding
-            #version_static
+            #version_item
+            #version_statement
             #body
         }
     }

@@ -905,3 +905,103 @@ fn a_cold_recursion_200_levels_deep_fits_a_2_mib_stack() {
         .unwrap();
     assert!(run.join().is_ok());
 }
+
+/// Functions a `macro_rules!` writes, its caller naming the arguments (`$arg:ident`) of types
+/// the macro writes (`$t:ty`, `$t:ident`, a type of its own body), read into the default key, a
+/// key template and a tag template: they did not compile, the argument (and the key builder)
+/// looked up where its type was written (found by a probe).
+mod written_by_a_macro {
+    use super::*;
+
+    macro_rules! cached_fns {
+        ($arg:ident: $t:ty, $u:ident) => {
+            #[cached(cache = cache, expire = 60, skip(cache))]
+            pub(super) async fn by_default(cache: &Cache, $arg: $t) -> u64 {
+                $arg + 1
+            }
+
+            #[cached(cache = cache, expire = 60, key = "t:{n}", tags = ["g:{n}"])]
+            pub(super) async fn templated(cache: &Cache, $arg: $u) -> u64 {
+                $arg + 2
+            }
+
+            #[cached(cache = cache, expire = 60, skip(cache))]
+            pub(super) async fn own_type(cache: &Cache, $arg: u64) -> u64 {
+                $arg + 3
+            }
+        };
+    }
+
+    cached_fns!(n: u64, u64);
+
+    #[tokio::test]
+    async fn their_arguments_are_read_into_keys_and_tags() {
+        let cache = &fresh();
+        assert_eq!(by_default(cache, 1).await, 2);
+        assert_eq!(templated(cache, 1).await, 3);
+        assert_eq!(own_type(cache, 1).await, 4);
+        for (key, value) in [
+            ("cached::written_by_a_macro::by_default:1", 2),
+            ("t:1", 3),
+            ("cached::written_by_a_macro::own_type:1", 4),
+        ] {
+            assert_eq!(cache.get::<u64>(key).await.unwrap(), Some(value), "{key}");
+        }
+        cache.invalidate_tag("g:1").await.unwrap();
+        assert_eq!(cache.get::<u64>("t:1").await.unwrap(), None);
+    }
+}
+
+/// `version = Self::VERSION`, in a plain and a generic impl, with and without a freshness
+/// option: no `static` can name `Self`, where the version was kept (found by a probe).
+mod version_of_self {
+    use super::*;
+
+    pub(super) struct Plain;
+
+    impl Plain {
+        const VERSION: u32 = 7;
+
+        #[cached(cache = cache, expire = 60, skip(cache), version = Self::VERSION)]
+        pub(super) async fn load(cache: &Cache, id: u64) -> u64 {
+            id + 1
+        }
+
+        #[cached(
+            cache = cache,
+            expire = 60,
+            skip(cache),
+            version = Self::VERSION,
+            stale_while_revalidate = 60
+        )]
+        pub(super) async fn fresh(cache: &Cache, id: u64) -> u64 {
+            id + 2
+        }
+    }
+
+    pub(super) struct Generic<T>(std::marker::PhantomData<T>);
+
+    impl<T: Send + Sync + 'static> Generic<T> {
+        const VERSION: &'static str = "g";
+
+        #[cached(cache = cache, expire = 60, skip(cache), version = Self::VERSION)]
+        pub(super) async fn load(cache: &Cache, id: u64) -> u64 {
+            id + 3
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_carry_the_version() {
+        let cache = &fresh();
+        assert_eq!(Plain::load(cache, 1).await, 2);
+        assert_eq!(Plain::fresh(cache, 1).await, 3);
+        assert_eq!(Generic::<u8>::load(cache, 1).await, 4);
+        let at = |version: &str| cache.with_version(version.to_owned());
+        let key = "cached::version_of_self::Plain::load:1";
+        assert_eq!(at("7").get::<u64>(key).await.unwrap(), Some(2));
+        assert!(Plain::load_invalidate(cache, 1).await.unwrap());
+        assert_eq!(at("7").get::<u64>(key).await.unwrap(), None);
+        // The generic impl's entry, under version `g`.
+        assert_eq!(at("g").delete_pattern("*Generic*load:1").await.unwrap(), 1);
+    }
+}
