@@ -264,3 +264,25 @@ async fn the_waiters_of_a_body_returning_err_each_run_their_own() {
     assert_eq!(errors.len(), 10, "each its own `Err`: {errors:?}");
     assert_eq!(ERR_RUNS.load(SeqCst), 10);
 }
+
+#[cached(cache = CACHE, expire = 60, stale_while_revalidate = 10)]
+async fn holds_20_kib(id: u8) -> u64 {
+    let held = [id; 20 * 1024];
+    tokio::task::yield_now().await;
+    held.iter().map(|b| u64::from(*b)).sum()
+}
+
+/// A freshness option does not put the body's future in the caller's: the caller's future of a
+/// body holding 20 KiB across an await was over 60 KiB (three times the body's, past clippy's
+/// `large_futures` at the call site; found by a probe), where the plain path boxes its body.
+#[tokio::test]
+async fn the_callers_future_does_not_hold_the_body() {
+    let body = std::mem::size_of_val(&holds_20_kib_uncached(1));
+    let call = holds_20_kib(1);
+    assert!(
+        std::mem::size_of_val(&call) < body / 2,
+        "{} bytes",
+        std::mem::size_of_val(&call)
+    );
+    assert_eq!(call.await, 20 * 1024);
+}

@@ -293,7 +293,7 @@ where
 {
     let Some(cache) = cache else {
         function.call(CallOutcome::Bypass);
-        return body().await;
+        return Box::pin(body()).await;
     };
     let key = match key {
         Ok(key) => key,
@@ -301,7 +301,7 @@ where
             let error = cache.logged_error(&error);
             tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
-            return body().await;
+            return Box::pin(body()).await;
         }
     };
     let versioned;
@@ -317,7 +317,7 @@ where
         let error = cache.logged_error(&error);
         tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: running uncached");
         function.call(CallOutcome::Bypass);
-        return body().await;
+        return Box::pin(body()).await;
     }
     let tags = match tags {
         Ok(tags) => Tags::from_owned(tags),
@@ -325,7 +325,7 @@ where
             let error = cache.logged_error(&error);
             tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: a tag cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
-            return body().await;
+            return Box::pin(body()).await;
         }
     };
     // `tags_from`: the value's tags, recorded once the body has answered.
@@ -334,7 +334,11 @@ where
         let chosen = chosen.clone();
         move || {
             async move {
-                let ret = body().await;
+                // Boxed (it runs only on a miss), as on the bypasses above: held in place, the
+                // body's future made the caller's 3.3 times the size it has without a freshness
+                // option (34 KB for a body holding 10 KB; found by a probe), past clippy's
+                // `large_futures` at the call site.
+                let ret = Box::pin(body()).await;
                 match P::value(&ret) {
                     // (Not a `Some` that `cache_none` would store as `None`, `null`.)
                     Some(value) if !P::reads_back_otherwise(&ret, || json::writes_null(value)) => {
