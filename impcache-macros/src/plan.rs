@@ -419,8 +419,13 @@ fn key(
                     }
                     None => errors.push(syn::Error::new_spanned(
                         ident,
-                        format!(
-                            "`skip` names `{ident}`, but the function has no argument `{ident}`"
+                        not_an_argument(
+                            format!(
+                                "`skip` names `{ident}`, but the function has no argument \
+                                 `{ident}`"
+                            ),
+                            &ident.to_string(),
+                            plan_args,
                         ),
                     )),
                 }
@@ -464,8 +469,10 @@ fn key(
                             }
                             parts.push(Part::Arg(i));
                         }
-                        None => errors
-                            .push(syn::Error::new_spanned(key, no_such_argument("key", &name))),
+                        None => errors.push(syn::Error::new_spanned(
+                            key,
+                            no_such_argument("key", &name, plan_args),
+                        )),
                     },
                 }
             }
@@ -475,14 +482,37 @@ fn key(
 }
 
 /// The error of a placeholder of `option`'s template that names no argument.
-fn no_such_argument(option: &str, name: &str) -> String {
+fn no_such_argument(option: &str, name: &str, args: &[Arg]) -> String {
     if name == "self" {
         return format!(
             "`{option}` names `{{self}}`, but `self` is never part of a key: pass what \
              identifies it as an argument, and name that"
         );
     }
-    format!("`{option}` names `{{{name}}}`, but the function has no argument `{name}`")
+    let message =
+        format!("`{option}` names `{{{name}}}`, but the function has no argument `{name}`");
+    not_an_argument(message, name, args)
+}
+
+/// `message` (an option names `name`, which is no argument), with a way out when `name` is
+/// bound by an argument written as a pattern (`State(hits): State<..>`, as axum handlers take
+/// theirs), which `key`, `skip` and `tags` cannot name.
+fn not_an_argument(message: String, name: &str, args: &[Arg]) -> String {
+    let bound_by = args.iter().find_map(|arg| {
+        let pattern = arg.pattern.as_ref()?;
+        let mut names = HashSet::new();
+        mentioned(pattern.to_token_stream(), &mut names);
+        names.contains(name).then_some(pattern)
+    });
+    match bound_by {
+        Some(pattern) => format!(
+            "{message}: `{name}` is bound by the pattern `{}`, whose bindings cannot be named \
+             here; give that argument a plain name (`state: State<..>`), name or skip that, \
+             and take it apart in the body",
+            pattern.to_token_stream()
+        ),
+        None => message,
+    }
 }
 
 /// What the runtime refuses a written key to start with: the cross-process locks' keys
@@ -568,7 +598,7 @@ fn tags(args: &Args, plan_args: &[Arg], errors: &mut Errors) -> Option<Vec<Vec<P
                             Some(i) => parts.push(Part::Arg(i)),
                             None => errors.push(syn::Error::new_spanned(
                                 template,
-                                no_such_argument("tags", &name),
+                                no_such_argument("tags", &name, plan_args),
                             )),
                         },
                     }
