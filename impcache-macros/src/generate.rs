@@ -75,6 +75,15 @@ fn at_type(arg: &Arg) -> (Ident, Span) {
     (name, last)
 }
 
+/// A local variable of the expansion, named with the expansion's own resolution: in a statement
+/// spanned at a user's tokens (so that their errors are reported there), a name spanned with them
+/// would resolve where they were written, which differs when a `macro_rules!` wrote them (a
+/// `cache = ..` or `version = ..` forwarded whole as `$(#[$m:meta])*`: "cannot find value
+/// `__impcache_cache`"; found by a probe).
+fn local(name: &str) -> Ident {
+    Ident::new(name, Span::call_site())
+}
+
 /// The statement that builds the key into `__impcache_key`, in one buffer.
 fn key_block(plan: &Plan) -> TokenStream {
     let key_arg_expr = |i: usize| {
@@ -88,8 +97,8 @@ fn key_block(plan: &Plan) -> TokenStream {
         let label = LitStr::new(&arg.name.unraw().to_string(), arg.name.span());
         (quote!(#amp #name), label, last)
     };
-    // The builder, named with the macro's own resolution in statements spanned at a type.
-    let k = Ident::new("__impcache_k", Span::call_site());
+    // The builder, in statements spanned at a type (see `local`).
+    let k = local("__impcache_k");
     let mut key_parts = Vec::new();
     match &plan.key {
         Key::Template(parts) => {
@@ -154,7 +163,7 @@ fn tags_block(plan: &Plan) -> TokenStream {
                 let (name, last) = at_type(arg);
                 let label = LitStr::new(&arg.name.unraw().to_string(), arg.name.span());
                 // As in `key_block`.
-                let k = Ident::new("__impcache_k", Span::call_site());
+                let k = local("__impcache_k");
                 quote_spanned!(last=> #k.push_tag(#label, &#name);)
             }
         });
@@ -243,15 +252,15 @@ fn version(plan: &Plan) -> Version {
             arg: quote!(::core::option::Option::None),
         };
     };
-    let convert = quote!(<::impcache::Version as ::core::convert::From<_>>::from(#expr));
+    // Spanned at the value: a value of another type is reported there.
+    let convert = quote_spanned!(expr.span()=> <::impcache::Version as ::core::convert::From<_>>::from(#expr));
     let mut names = HashSet::new();
     mentioned(expr.to_token_stream(), &mut names);
     if names.contains("Self") {
+        let version = local("__impcache_version");
         return Version {
             item: quote!(),
-            statement: quote_spanned! {expr.span()=>
-                let __impcache_version: ::impcache::Version = #convert;
-            },
+            statement: quote!(let #version: ::impcache::Version = #convert;),
             arg: quote!(::core::option::Option::Some(&__impcache_version)),
         };
     }
@@ -409,9 +418,11 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         // `state` used in the body): that argument moves into the body, so the cache cannot stay
         // borrowed from it; a clone of it (two reference counts) is taken instead.
         Some(expr) if borrows_moved_argument(plan, expr, &block.stmts) => {
+            let owned = local("__impcache_owned_cache");
+            let cache = local("__impcache_cache");
             let binding = quote_spanned! {expr.span()=>
-                let __impcache_owned_cache: ::impcache::Cache = ::impcache::Cache::clone(&(#expr));
-                let __impcache_cache: &::impcache::Cache = &__impcache_owned_cache;
+                let #owned: ::impcache::Cache = ::impcache::Cache::clone(&(#expr));
+                let #cache: &::impcache::Cache = &#owned;
             };
             (
                 binding,
@@ -419,8 +430,9 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             )
         }
         Some(expr) => {
+            let cache = local("__impcache_cache");
             let binding = quote_spanned! {expr.span()=>
-                let __impcache_cache: &::impcache::Cache = &(#expr);
+                let #cache: &::impcache::Cache = &(#expr);
             };
             (
                 binding,
@@ -736,12 +748,15 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
     let (_, _, where_clause) = generics.split_for_impl();
     let receiver = receiver.map(|_| quote!(&self,));
     let (cache_binding, cache_opt) = match &plan.cache {
-        Some(expr) => (
-            quote_spanned! {expr.span()=>
-                let __impcache_cache: &::impcache::Cache = &(#expr);
-            },
-            quote!(::core::option::Option::Some(__impcache_cache)),
-        ),
+        Some(expr) => {
+            let cache = local("__impcache_cache");
+            (
+                quote_spanned! {expr.span()=>
+                    let #cache: &::impcache::Cache = &(#expr);
+                },
+                quote!(::core::option::Option::Some(__impcache_cache)),
+            )
+        }
         None => (quote!(), quote!(::impcache::__private::default_cache())),
     };
     let Version {

@@ -498,20 +498,42 @@ fn no_such_argument(option: &str, name: &str, args: &[Arg]) -> String {
 /// bound by an argument written as a pattern (`State(hits): State<..>`, as axum handlers take
 /// theirs), which `key`, `skip` and `tags` cannot name.
 fn not_an_argument(message: String, name: &str, args: &[Arg]) -> String {
-    let bound_by = args.iter().find_map(|arg| {
-        let pattern = arg.pattern.as_ref()?;
-        let mut names = HashSet::new();
-        mentioned(pattern.to_token_stream(), &mut names);
-        names.contains(name).then_some(pattern)
-    });
+    let bound_by = args
+        .iter()
+        .find_map(|arg| arg.pattern.as_ref().filter(|pattern| binds(pattern, name)));
     match bound_by {
         Some(pattern) => format!(
             "{message}: `{name}` is bound by the pattern `{}`, whose bindings cannot be named \
-             here; give that argument a plain name (`state: State<..>`), name or skip that, \
-             and take it apart in the body",
+             here; give that argument a plain name (`name: Type`), name or skip that, and take \
+             it apart in the body",
             pattern.to_token_stream()
         ),
         None => message,
+    }
+}
+
+/// Whether `pattern` binds `name` (not a path or a field name it mentions).
+fn binds(pattern: &Pat, name: &str) -> bool {
+    fn any<'a>(patterns: impl IntoIterator<Item = &'a Pat>, name: &str) -> bool {
+        patterns.into_iter().any(|pattern| binds(pattern, name))
+    }
+    match pattern {
+        Pat::Ident(binding) => {
+            binding.ident == name
+                || binding
+                    .subpat
+                    .as_ref()
+                    .is_some_and(|(_, sub)| binds(sub, name))
+        }
+        Pat::Tuple(tuple) => any(&tuple.elems, name),
+        Pat::TupleStruct(tuple) => any(&tuple.elems, name),
+        Pat::Struct(fields) => any(fields.fields.iter().map(|field| &*field.pat), name),
+        Pat::Slice(slice) => any(&slice.elems, name),
+        Pat::Or(or) => any(&or.cases, name),
+        Pat::Reference(reference) => binds(&reference.pat, name),
+        Pat::Paren(paren) => binds(&paren.pat, name),
+        Pat::Type(typed) => binds(&typed.pat, name),
+        _ => false,
     }
 }
 

@@ -934,6 +934,31 @@ mod written_by_a_macro {
 
     cached_fns!(n: u64, u64);
 
+    /// An attribute forwarded whole (`$(#[$m:meta])*`), with a cache and a version naming
+    /// `Self`: "cannot find value `__impcache_cache`" (and `__impcache_version`), the expansion's
+    /// locals named with the tokens' resolution (found by a probe).
+    macro_rules! forwarded {
+        ($(#[$m:meta])* $name:ident) => {
+            $(#[$m])*
+            pub(super) async fn $name(id: u64) -> u64 {
+                id + 4
+            }
+        };
+    }
+
+    pub(super) static FORWARDED: LazyLock<Cache> = LazyLock::new(fresh);
+
+    pub(super) struct Versioned;
+
+    impl Versioned {
+        const VERSION: u32 = 9;
+
+        forwarded!(
+            #[cached(cache = FORWARDED, expire = 60, version = Self::VERSION)]
+            load
+        );
+    }
+
     #[tokio::test]
     async fn their_arguments_are_read_into_keys_and_tags() {
         let cache = &fresh();
@@ -949,6 +974,10 @@ mod written_by_a_macro {
         }
         cache.invalidate_tag("g:1").await.unwrap();
         assert_eq!(cache.get::<u64>("t:1").await.unwrap(), None);
+        assert_eq!(Versioned::load(1).await, 5);
+        let key = "cached::written_by_a_macro::Versioned::load:1";
+        let at_9 = FORWARDED.with_version(9);
+        assert_eq!(at_9.get::<u64>(key).await.unwrap(), Some(5));
     }
 }
 

@@ -14,4 +14,14 @@ async fn templated(Wrapper(id): Wrapper<u64>) -> u64 {
     id
 }
 
+struct Point {
+    x: u64,
+}
+
+// A field name is no binding: no hint.
+#[cached(expire = 60, key = "p:{x}")]
+async fn field(Point { x: px }: Point) -> u64 {
+    px
+}
+
 fn main() {}
