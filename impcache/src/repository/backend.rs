@@ -84,16 +84,33 @@ impl Backend {
         Ok(())
     }
 
-    /// The values at `keys`, in calls of at most [`BATCH_KEYS`] keys, one after another.
+    /// The values at `keys`, in calls of at most [`BATCH_KEYS`] keys, one after another. Each
+    /// key is read once, so that a key listed twice gets one value (read in two round trips, its
+    /// two places got two values while another client wrote it: found by a probe).
     pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         if keys.len() <= BATCH_KEYS {
             return self.get_many_at_once(keys).await;
         }
-        let mut found = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(BATCH_KEYS) {
+        let mut place: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+        let mut unique: Vec<&str> = Vec::with_capacity(keys.len());
+        for key in keys {
+            place.entry(*key).or_insert_with(|| {
+                unique.push(key);
+                unique.len() - 1
+            });
+        }
+        let mut found = Vec::with_capacity(unique.len());
+        for batch in unique.chunks(BATCH_KEYS) {
             found.extend(self.get_many_at_once(batch).await?);
         }
-        Ok(found)
+        let value = |key: &&str| {
+            place
+                .get(key)
+                .and_then(|at| found.get(*at))
+                .cloned()
+                .flatten()
+        };
+        Ok(keys.iter().map(value).collect())
     }
 
     /// `keys` removed, in calls of at most [`BATCH_KEYS`] keys, one after another; the number
