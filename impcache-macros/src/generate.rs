@@ -261,7 +261,7 @@ fn version(plan: &Plan) -> Version {
         return Version {
             item: quote!(),
             statement: quote!(let #version: ::impcache::Version = #convert;),
-            arg: quote!(::core::option::Option::Some(&__impcache_version)),
+            arg: quote!(::core::option::Option::Some(&#version)),
         };
     }
     Version {
@@ -424,20 +424,14 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
                 let #owned: ::impcache::Cache = ::impcache::Cache::clone(&(#expr));
                 let #cache: &::impcache::Cache = &#owned;
             };
-            (
-                binding,
-                quote!(::core::option::Option::Some(__impcache_cache)),
-            )
+            (binding, quote!(::core::option::Option::Some(#cache)))
         }
         Some(expr) => {
             let cache = local("__impcache_cache");
             let binding = quote_spanned! {expr.span()=>
                 let #cache: &::impcache::Cache = &(#expr);
             };
-            (
-                binding,
-                quote!(::core::option::Option::Some(__impcache_cache)),
-            )
+            (binding, quote!(::core::option::Option::Some(#cache)))
         }
         None => (quote!(), quote!(::impcache::__private::default_cache())),
     };
@@ -754,7 +748,7 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
                 quote_spanned! {expr.span()=>
                     let #cache: &::impcache::Cache = &(#expr);
                 },
-                quote!(::core::option::Option::Some(__impcache_cache)),
+                quote!(::core::option::Option::Some(#cache)),
             )
         }
         None => (quote!(), quote!(::impcache::__private::default_cache())),

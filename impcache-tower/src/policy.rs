@@ -408,12 +408,13 @@ pub(crate) fn plan_request<B>(
         return RequestPlan::Bypass(Bypass::TwoHosts);
     }
     // One pass over the names: cheaper than three lookups for the few fields a request has.
-    let (mut credentials, mut range) = (false, false);
+    let (mut credentials, mut range, mut upgrade) = (false, false, false);
     for name in headers.keys() {
         credentials |= name == header::AUTHORIZATION || name == header::COOKIE;
         range |= name == header::RANGE;
+        upgrade |= name == header::UPGRADE;
     }
-    if asks_to_switch(request.version(), headers) {
+    if upgrade && asks_to_switch(request.version(), headers) {
         return RequestPlan::Bypass(Bypass::Upgrade);
     }
     if credentials && !allow_authenticated {

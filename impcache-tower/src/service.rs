@@ -1115,17 +1115,15 @@ where
         // An answer sent just before the close is still taken.
         Err(_) => {
             rx.close();
-            rx.try_recv().map_err(|_| Why::SoftTimeout)
+            rx.try_recv().map_err(|_| {
+                tracing::debug!(target: "impcache_tower", ?soft, "soft timeout: the stale response answers; the handler call goes on in the background");
+                Why::SoftTimeout
+            })
         }
     };
     match answered {
         Ok(answered) => WithinSoft::Answered(answered),
-        Err(why) => {
-            if why == Why::SoftTimeout {
-                tracing::debug!(target: "impcache_tower", ?soft, "soft timeout: the stale response answers; the handler call goes on in the background");
-            }
-            WithinSoft::Stale(stale_hit(entry, &headers, false, shared, past, why))
-        }
+        Err(why) => WithinSoft::Stale(stale_hit(entry, &headers, false, shared, past, why)),
     }
 }
 

@@ -49,11 +49,11 @@ pub(crate) enum Backend {
 /// five `get_many`s of 300,000 keys opened it for every caller, found by a probe), and the calls
 /// of other tasks on the shared connection go between its round trips rather than wait behind
 /// all of it. A frozen server still costs one deadline: the batch fails with its first call.
-pub(crate) const BATCH_KEYS: usize = 10_000;
+const BATCH_KEYS: usize = 10_000;
 
 /// The most value bytes one call of a `set_many` carries (a larger value goes alone), for the
 /// same reasons as [`BATCH_KEYS`].
-pub(crate) const BATCH_BYTES: usize = 16 << 20;
+const BATCH_BYTES: usize = 16 << 20;
 
 /// How many of `entries` the next call of a `set_many` carries: at most [`BATCH_KEYS`], and
 /// at most [`BATCH_BYTES`] of values unless the first value alone is larger.

@@ -64,8 +64,9 @@ const CLUSTER_RETRIES: u32 = 3;
 ///   nothing for the others'. A key of a migrating slot that its primary sends on (`ASK`) is
 ///   asked for on the importing primary's direct connection, `ASKING` pipelined with the command.
 ///   Keys the map cannot place, or whose primary redirects them otherwise, go through the `redis`
-///   crate's cluster client (which follows `MOVED`), under a breaker of its own. While a primary fails, the slot map is learned again in the background (at most
-///   every 200 ms), so a replica promoted in its place is used as soon as the cluster says so.
+///   crate's cluster client (which follows `MOVED`), under a breaker of its own. While a primary
+///   fails, the slot map is learned again in the background (at most every 200 ms), so a replica
+///   promoted in its place is used as soon as the cluster says so.
 ///
 /// Multi-key operations cross slots freely, one round trip per node:
 /// - `set_many`, `get_many` and `delete_many` group the keys by the primary serving their slot
