@@ -670,9 +670,11 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         #uncached_safety
         // The user's body and signature, as written: what the user cannot change (an `async`
         // the macro requires, `# Errors` written on the function) is not the companion's to lint.
+        // `async_fn_in_trait`: a default method of a `pub trait` gets it once, for the function.
         #[allow(
             dead_code,
             unused,
+            async_fn_in_trait,
             clippy::unused_async,
             clippy::missing_errors_doc,
             clippy::missing_panics_doc,
