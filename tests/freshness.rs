@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use impcache::freshness::State;
 use impcache::{
-    Cache, CacheRepository, Error, Freshness, MemoryCacheRepository, RedisCacheRepository,
+    Cache, CacheRepository, Error, Freshness, Lock, MemoryCacheRepository, RedisCacheRepository,
 };
 use impcache_tests::late::LateWrites;
 use impcache_tests::loader::counted;
@@ -66,6 +66,7 @@ per_store!(
     a_successful_load_ends_the_throttle,
     a_window_of_duration_max_keeps_the_value_as_long_as_there_is,
     a_write_right_after_get_or_set_is_not_undone_by_its_store,
+    a_loader_calling_its_own_key_runs_without_waiting_for_itself,
 );
 
 /// The same on a multi-thread runtime, where the caller resumes on another worker while the
@@ -339,6 +340,72 @@ async fn a_write_right_after_get_or_set_is_not_undone_by_its_store(b: Backend) {
         undone.is_empty(),
         "writes undone by an earlier store: {undone:?}"
     );
+}
+
+/// A loader that calls `get_or_set` of its own key (or of a key whose loader calls it back)
+/// would wait for its own load for ever, and hold the key's flight for every caller of the
+/// process until a write of the key (it hung, and every later call of the key with it, found by
+/// a probe 2026-12-07): the inner call runs its loader without the single flight, as the code
+/// would without a cache, and the outer load answers and stores. Also under a lock, which the
+/// outer load holds.
+async fn a_loader_calling_its_own_key_runs_without_waiting_for_itself(b: Backend) {
+    for policy in [Freshness::new(), Freshness::new().lock(Lock::new())] {
+        let cache = &b.cache;
+        cache
+            .delete_many(&["self", "cycle:a", "cycle:b"])
+            .await
+            .unwrap();
+        // Directly.
+        let inner = cache.clone();
+        let outer = cache
+            .get_or_set("self", 60, move || async move {
+                let inner: String = inner
+                    .get_or_set("self", 60, || async { "inner".to_owned() })
+                    .freshness(policy)
+                    .await
+                    .unwrap();
+                format!("outer over {inner}")
+            })
+            .freshness(policy);
+        let outer: String = tokio::time::timeout(HANG, outer.into_future())
+            .await
+            .expect("a loader calling its own key hangs")
+            .unwrap();
+        assert_eq!(outer, "outer over inner");
+        let next = cache
+            .get_or_set("self", 60, || async { "next".to_owned() })
+            .freshness(policy);
+        let next: String = tokio::time::timeout(HANG, next.into_future())
+            .await
+            .expect("the key stayed held")
+            .unwrap();
+        assert_eq!(next, outer, "the outer load, stored last, answers");
+
+        // Through another key's load: a -> b -> a.
+        let (in_a, in_b) = (cache.clone(), cache.clone());
+        let a = cache
+            .get_or_set("cycle:a", 60, move || async move {
+                let b: String = in_a
+                    .get_or_set("cycle:b", 60, move || async move {
+                        let a: String = in_b
+                            .get_or_set("cycle:a", 60, || async { "a".to_owned() })
+                            .freshness(policy)
+                            .await
+                            .unwrap();
+                        format!("b over {a}")
+                    })
+                    .freshness(policy)
+                    .await
+                    .unwrap();
+                format!("a over {b}")
+            })
+            .freshness(policy);
+        let a: String = tokio::time::timeout(HANG, a.into_future())
+            .await
+            .expect("a cycle of loaders hangs")
+            .unwrap();
+        assert_eq!(a, "a over b over a");
+    }
 }
 
 /// `stale_if_error(Duration::MAX)` / `stale_while_revalidate(Duration::MAX)` ("serve stale for

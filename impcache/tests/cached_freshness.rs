@@ -286,3 +286,30 @@ async fn the_callers_future_does_not_hold_the_body() {
     );
     assert_eq!(call.await, 20 * 1024);
 }
+
+static REENTERED: AtomicUsize = AtomicUsize::new(0);
+
+/// Calls itself twice, nested, with the same key: each inner call would wait for its own run.
+#[cached(cache = CACHE, expire = 60, stale_if_error = 60)]
+async fn reentrant(id: u32) -> u32 {
+    if REENTERED.fetch_add(1, SeqCst) < 2 {
+        return boxed_reentrant(id).await + 1;
+    }
+    id
+}
+
+fn boxed_reentrant(id: u32) -> std::pin::Pin<Box<dyn std::future::Future<Output = u32> + Send>> {
+    Box::pin(reentrant(id))
+}
+
+/// With a freshness option, a body calling its own key runs that call's body without the single
+/// flight, as `get_or_set` does: it answered nothing, ever (found by a probe, 2026-12-07).
+#[tokio::test]
+async fn a_body_calling_its_own_key_does_not_wait_for_itself() {
+    let answered = tokio::time::timeout(HANG, reentrant(7))
+        .await
+        .expect("a reentrant body hangs");
+    assert_eq!(answered, 9);
+    assert_eq!(REENTERED.load(SeqCst), 3);
+    assert_eq!(reentrant(7).await, 9, "the outer run is stored");
+}

@@ -39,6 +39,30 @@ pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> =
 /// A leader's handle on its flight.
 pub(super) type Guard = FlightGuard<FlightKey, Shared>;
 
+tokio::task_local! {
+    /// The flights a load's task runs within: its own, and those of the loads waiting for it (a
+    /// load's task is spawned with its caller's list and its own flight; [`within`]).
+    static WITHIN: Vec<FlightKey>;
+}
+
+/// `task`, a load of `flight`, run within it and within the flights its caller runs within.
+fn within<T: Future>(flight: FlightKey, task: T) -> impl Future<Output = T::Output> {
+    let mut flights = WITHIN.try_with(Vec::clone).unwrap_or_default();
+    flights.push(flight);
+    WITHIN.scope(flights, task)
+}
+
+/// Whether a call that would wait for `flight` runs within it: a loader calling `get_or_set` of
+/// its own key (or of a key whose loader calls it back). It would wait for itself for ever, and
+/// hold the key's flight, for every caller of the process, until a write of the key (found by a
+/// probe, 2026-12-07): it runs its loader without the flight instead, as a call whose key the
+/// cache refuses does, and as the code would run without a cache.
+fn waits_for_itself(flight: &FlightKey) -> bool {
+    WITHIN
+        .try_with(|flights| flights.contains(flight))
+        .unwrap_or(false)
+}
+
 /// What a flight's leader hands its waiters: a value, or the failure of its loader.
 #[derive(Clone, Debug)]
 pub(super) enum Shared {
@@ -411,6 +435,17 @@ where
                 answer::record(Answer::Ran);
                 return lead(job, stale, loader, guard).await;
             }
+            Join::Waiter(_) if waits_for_itself(&flight) => {
+                load_event!(
+                    job.origin,
+                    warn,
+                    key = job.cache.logged_key(&job.key),
+                    "called from within its own load: its loader runs without the single flight"
+                );
+                answer::record(Answer::Ran);
+                // Nor with the lock across processes, which this load may hold.
+                return alone(Job { lock: None, ..job }, stale, loader).await;
+            }
             Join::Waiter(waiter) => {
                 let waiting_since = *waiting_since.get_or_insert_with(Instant::now);
                 answer::record(Answer::Waited);
@@ -649,6 +684,7 @@ where
         Some(guard),
         Some(tx),
     );
+    let task = within(job.flight(), task);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // No runtime to spawn on (nor timers): in place.
         task.await;
@@ -745,6 +781,7 @@ where
     // The answer comes as soon as the loader has one; the store goes on in the task (stores
     // never delay an answer). A caller dropped before its answer stops its loader, as when it
     // ran in place: no flight holds this load for anyone else.
+    let task = within(job.flight(), task);
     let mut abort = None;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
@@ -1081,7 +1118,8 @@ where
         // A load of this key is under way: its value will be stored.
         Join::Waiter(_) => {}
         Join::Leader(Leader { guard, recheck }) => {
-            runtime.spawn(async move {
+            let flight = job.flight();
+            runtime.spawn(within(flight, async move {
                 if recheck {
                     if let Some((_, shared, left)) = second_look::<V>(&job).await {
                         if !job.policy.refresh_early(left) {
@@ -1097,7 +1135,7 @@ where
                     "reloading in the background"
                 );
                 run::<V, E, F, Fut>(job, None, loader, Some(guard), None).await;
-            });
+            }));
         }
     }
 }
