@@ -70,6 +70,7 @@ per_store!(
     an_earlier_invalidation_landing_later_undoes_nothing,
     every_repository_keeps_the_later_invalidation,
     a_version_spelled_like_tag_state_is_refused,
+    a_prefix_spelled_like_tag_state_is_refused,
     a_value_spelled_like_a_tagged_entry_is_refused,
     a_plain_entry_read_with_tags_is_covered_by_their_invalidations,
     set_nx_claims_an_entry_its_tags_hide,
@@ -1318,6 +1319,44 @@ async fn a_version_spelled_like_tag_state_is_refused(b: Backend) {
     // Only those: a version that merely starts alike is an ordinary one.
     let ordinary = cache.with_version("__impcache_tags");
     ordinary.set("t", &"user data", 60).await.unwrap();
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+}
+
+/// The same through a key prefix: a cache whose prefix is another's followed by
+/// `:__impcache_tag` makes keys of that cache's tag state (`{prefix}:__impcache_tag:u:1`, the
+/// key `1` of version `u`, is the state of the tag `u:1`): its `delete_pattern("*")` removed the
+/// other cache's invalidations, and a hidden entry came back (found by a probe, 2026-12-07).
+/// Refused by every operation, naming the prefix.
+async fn a_prefix_spelled_like_tag_state_is_refused(b: Backend) {
+    let cache = &b.cache;
+    cache.set_tagged("k", &"hidden", 60, ["u:1"]).await.unwrap();
+    cache.invalidate_tag("u:1").await.unwrap();
+    let over = |prefix: String| {
+        Cache::builder_shared(cache.repository().clone())
+            .key_prefix(prefix)
+            .version("u")
+            .build()
+    };
+    let prefix = cache.key_prefix();
+    for odd in [
+        format!("{prefix}:__impcache_tag"),
+        format!("{prefix}:__impcache_tag:x"),
+    ] {
+        let odd = over(odd);
+        let error = odd.set("1", &"user data", 60).await.unwrap_err();
+        assert!(
+            matches!(&error, impcache::Error::InvalidKey { key, .. } if key == "1"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("key prefix"), "{error}");
+        assert!(odd.get::<String>("1").await.is_err());
+        assert!(odd.delete("1").await.is_err());
+        assert!(odd.delete_pattern("*").await.is_err());
+    }
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+    // Only those: a prefix whose segment merely starts alike is an ordinary one.
+    let ordinary = over(format!("{prefix}:__impcache_tags"));
+    ordinary.set("1", &"user data", 60).await.unwrap();
     assert_eq!(cache.get::<String>("k").await.unwrap(), None);
 }
 

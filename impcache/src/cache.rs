@@ -166,6 +166,8 @@ pub(crate) struct Shared {
     /// Every operation's single call into the repository.
     pub(crate) backend: Backend,
     key_prefix: String,
+    /// Whether the prefix makes keys of another cache's tag state ([`reserved_prefix`]).
+    reserved_prefix: bool,
     max_key_bytes: usize,
     /// Whether operation spans carry the key.
     pub(crate) record_keys: bool,
@@ -280,6 +282,7 @@ impl CacheBuilder {
                 backend,
                 near,
                 repository: self.repository,
+                reserved_prefix: reserved_prefix(&self.key_prefix),
                 key_prefix: self.key_prefix,
                 max_key_bytes: self.max_key_bytes,
                 record_keys: self.record_keys,
@@ -290,6 +293,18 @@ impl CacheBuilder {
             version: self.version,
         }
     }
+}
+
+/// Whether a key prefix makes keys of another cache's tag state: with a `__impcache_tag`
+/// segment past its first (`cache:__impcache_tag`), its keys are those of the tags' state of the
+/// cache whose prefix is the part before it (`cache:__impcache_tag:{tag}`), as a version
+/// `__impcache_tag` would make them of its own prefix (found by a probe, 2026-12-07).
+fn reserved_prefix(prefix: &str) -> bool {
+    let tag_space = crate::tags::TAG_KEY_PART.trim_end_matches(':');
+    prefix
+        .split(':')
+        .skip(1)
+        .any(|segment| segment == tag_space)
 }
 
 impl Cache {
@@ -399,20 +414,20 @@ impl Cache {
     /// The full Redis glob for a `delete_pattern` pattern: prefix and version escaped, the
     /// pattern as given (checked for unclosed `[`).
     pub fn make_pattern(&self, pattern: &str) -> Result<String> {
-        if self.version.is_reserved() {
+        if self.reserved() {
             return Err(Error::InvalidPattern {
                 pattern: shown(pattern),
-                reason: self.reserved_version(),
+                reason: self.why_reserved(),
             });
         }
         full_pattern(&self.shared.key_prefix, self.version.as_str(), pattern)
     }
 
     pub(crate) fn check_key(&self, key: &str) -> Result<()> {
-        if self.version.is_reserved() {
+        if self.reserved() {
             return Err(Error::InvalidKey {
                 key: shown(key),
-                reason: self.reserved_version(),
+                reason: self.why_reserved(),
             });
         }
         if key.len() > self.shared.max_key_bytes {
@@ -444,9 +459,21 @@ impl Cache {
         Ok(())
     }
 
-    /// Why a reserved version ([`Version::is_reserved`]) is refused.
+    /// Whether this cache's keys would be tag state keys: its version's
+    /// ([`Version::is_reserved`]) or its prefix's ([`reserved_prefix`]). Operations refuse them.
+    fn reserved(&self) -> bool {
+        self.version.is_reserved() || self.shared.reserved_prefix
+    }
+
+    /// Why a reserved version or prefix ([`reserved`](Self::reserved)) is refused.
     #[cold]
-    fn reserved_version(&self) -> String {
+    fn why_reserved(&self) -> String {
+        if self.shared.reserved_prefix {
+            return format!(
+                "the key prefix `{}` is reserved: `{{prefix}}:__impcache_tag:{{tag}}` keys hold tags' state",
+                self.shared.key_prefix
+            );
+        }
         format!(
             "the version `{}` is reserved: `{}:__impcache_tag:{{tag}}` keys hold tags' state",
             self.version, self.shared.key_prefix
