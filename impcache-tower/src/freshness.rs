@@ -116,14 +116,16 @@ pub(crate) struct Verdict {
 }
 
 /// The response-side rules of the origin mode: `Ok` when the response may be stored, the reason
-/// otherwise. `request_ms` is when the request went to the origin, `response_ms` when its
-/// response arrived (milliseconds since the Unix epoch). The body size is checked separately.
+/// otherwise. `authorized`: the request carried `Authorization` (with
+/// [`allow_authenticated`](crate::CacheLayer::allow_authenticated)). `request_ms` is when the
+/// request went to the origin, `response_ms` when its response arrived (milliseconds since the
+/// Unix epoch). The body size is checked separately.
 pub(crate) fn storable(
     config: &Config,
     status: StatusCode,
     headers: &HeaderMap,
-    request_ms: u64,
-    response_ms: u64,
+    authorized: bool,
+    (request_ms, response_ms): (u64, u64),
 ) -> Result<Verdict, NotStored> {
     // A `429` "MUST NOT be stored by a cache" (RFC 6585 §4), whatever its freshness says: stored
     // in the origin mode with a `max-age`, it replaced a stale response it should leave in place.
@@ -155,6 +157,12 @@ pub(crate) fn storable(
     if cc.private {
         return Err(NotStored::Private);
     }
+    // §3.5: a response to a request with `Authorization` is for a shared cache only when it says
+    // so (`public`, `s-maxage`, `must-revalidate`). Keyed by the credential here, it would still
+    // answer a revoked one for its whole `max-age` (found by a probe, 2026-12-07).
+    if authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        return Err(NotStored::Authorization);
+    }
     if policy::vary_names(headers).is_none() {
         return Err(NotStored::VaryStar);
     }
@@ -180,7 +188,11 @@ pub(crate) fn storable(
     // §4.2.3: the corrected initial age.
     let apparent_age = date.map_or(0, |date| response_secs.saturating_sub(date));
     let response_delay = response_ms.saturating_sub(request_ms) / 1000;
-    let corrected_age = age_value(headers).map_or(0, |age| age.saturating_add(response_delay));
+    // Without `Age`, the age value is 0 and the response delay still counts (a handler slower
+    // than its `max-age` answers with a response already stale; found by a probe, 2026-12-07).
+    let corrected_age = age_value(headers)
+        .unwrap_or(0)
+        .saturating_add(response_delay);
     let initial_age = apparent_age.max(corrected_age);
     let fresh_for = lifetime.saturating_sub(initial_age);
     let validator =
@@ -229,7 +241,13 @@ mod tests {
         let config = Config::new(Cache::new(MemoryCacheRepository::new()));
         // Outside 100–999 no status exists, so none is stored.
         let status = StatusCode::from_u16(status).map_err(|_| NotStored::Status)?;
-        storable(&config, status, &headers(pairs), NOW * 1000, NOW * 1000)
+        storable(
+            &config,
+            status,
+            &headers(pairs),
+            false,
+            (NOW * 1000, NOW * 1000),
+        )
     }
 
     fn lifetime(status: u16, pairs: &[(&'static str, String)]) -> Option<u64> {
@@ -297,7 +315,7 @@ mod tests {
             ("cdn-cache-control", "max-age=50".to_owned()),
             ("impcache-cache-control", "max-age=7".to_owned()),
         ]);
-        let v = storable(&config, StatusCode::OK, &h, 0, 0)?;
+        let v = storable(&config, StatusCode::OK, &h, false, (0, 0))?;
         assert_eq!(v.freshness.lifetime, 7);
         Ok(())
     }

@@ -84,7 +84,9 @@ impl CacheLayer {
 
     /// Whether requests with `Authorization` or `Cookie` use the cache (default `false`: they go
     /// straight to the handler). When `true`, their values are part of the key, so each
-    /// credential gets its own entries and none is ever served to another.
+    /// credential gets its own entries and none is ever served to another. With
+    /// [`follow_origin`](Self::follow_origin), a response to a request with `Authorization` is
+    /// stored only when it allows a shared cache to (RFC 9111 §3.5).
     pub fn allow_authenticated(self, allow: bool) -> Self {
         self.with(|c| c.allow_authenticated = allow)
     }
@@ -200,8 +202,9 @@ impl CacheLayer {
     ///   status but 1xx, 206 and 304 is stored when it is explicitly fresh.
     /// - **Targeted fields** (RFC 9213): the [`targeted_cache_control`](Self::targeted_cache_control)
     ///   field, else `CDN-Cache-Control`, when present, replaces `Cache-Control`.
-    /// - **Age**: the response's `Age` and `Date` make its initial age (RFC 9111 §4.2.3), which
-    ///   counts against its lifetime and is part of the `Age` of every hit.
+    /// - **Age**: the response's `Age` and `Date`, and the time the handler took, make its
+    ///   initial age (RFC 9111 §4.2.3), which counts against its lifetime and is part of the
+    ///   `Age` of every hit.
     /// - **Directives**: `no-store` and `private` responses are not stored (a `no-store` response
     ///   also removes the stored response it replaces, as does any response not stored that
     ///   answers a stale entry's revalidation, unless it is an error: see
@@ -222,6 +225,10 @@ impl CacheLayer {
     ///   [listed status](Self::stale_if_error_statuses)) is answered with the stale response.
     /// - **ETag**: none is computed ([`compute_etag`](Self::compute_etag) is not used); the
     ///   origin's validators are served as they are.
+    ///
+    /// - **Credentials**: with [`allow_authenticated`](Self::allow_authenticated), a response to
+    ///   a request with `Authorization` is stored only when it allows a shared cache to
+    ///   (`public`, `s-maxage` or `must-revalidate`, RFC 9111 §3.5).
     ///
     /// Unchanged: the safety rules (`Set-Cookie`, credentials, `HEAD`, `Range`, streaming and the
     /// body limit), the key and `Vary`, invalidation after unsafe methods, and the client's

@@ -177,6 +177,9 @@ pub(crate) enum NotStored {
     Head,
     /// `Content-Type: text/event-stream`: a live stream of events, not a document.
     EventStream,
+    /// The origin mode: a response to a request with `Authorization` that does not say a shared
+    /// cache may store it (RFC 9111 §3.5).
+    Authorization,
 }
 
 impl NotStored {
@@ -202,6 +205,7 @@ impl NotStored {
             NotStored::LengthMismatch => "length-mismatch",
             NotStored::Head => "head",
             NotStored::EventStream => "event-stream",
+            NotStored::Authorization => "authorization",
         }
     }
 }

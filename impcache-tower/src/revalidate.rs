@@ -148,7 +148,14 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
     if !not_modified.contains_key(header::DATE) {
         current.remove(header::DATE);
     }
-    let verdict = freshness::storable(config, stale.status, &current, request_ms, response_ms);
+    let authorized = headers.contains_key(header::AUTHORIZATION);
+    let verdict = freshness::storable(
+        config,
+        stale.status,
+        &current,
+        authorized,
+        (request_ms, response_ms),
+    );
     let set_cookie: Vec<_> = updated
         .get_all(header::SET_COOKIE)
         .iter()

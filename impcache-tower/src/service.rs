@@ -767,8 +767,8 @@ where
             config,
             parts.status,
             &parts.headers,
-            request_ms,
-            response_ms,
+            headers.contains_key(header::AUTHORIZATION),
+            (request_ms, response_ms),
         )
         .map(|verdict| (Some(verdict.ttl), Some((verdict.freshness, response_ms))))
     } else {

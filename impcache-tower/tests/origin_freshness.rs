@@ -1,6 +1,7 @@
 //! The origin-freshness mode (`CacheLayer::follow_origin(true)`): an RFC 9111 shared cache, on the
 //! in-memory repository with `ServiceExt::oneshot`. Staleness comes from the responses' `Age` and
-//! `max-age=0` rather than from waiting, so these tests do not sleep.
+//! `max-age=0` rather than from waiting, so these tests do not sleep (but for the response delay,
+//! which is a handler taking its time).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -1234,4 +1235,74 @@ async fn another_process_finds_a_variant_at_every_step_of_its_304_refresh() {
         );
     }
     assert_eq!((calls_a.get(), calls_b.get()), (2, 0));
+}
+
+/// A GET of `uri` with `Authorization: Bearer {token}`.
+fn authorized(uri: &str, token: &str) -> Request<Body> {
+    let mut request = get(uri);
+    let value = format!("Bearer {token}").parse().unwrap();
+    request.headers_mut().insert("authorization", value);
+    request
+}
+
+/// RFC 9111 §3.5: with `allow_authenticated`, a response to a request with `Authorization` is
+/// stored only when it says a shared cache may (`public`, `s-maxage`, `must-revalidate`). A
+/// `max-age` alone was stored and answered that credential for its whole lifetime, a revoked
+/// one too (found by a probe, 2026-12-07). The default mode, where the server owns its cache,
+/// is unchanged.
+#[tokio::test]
+async fn an_authorized_response_is_stored_only_when_it_allows_a_shared_cache() {
+    let cases: [(&'static str, &'static str); 5] = [
+        ("max-age=3600", "MISS"),
+        ("public, max-age=3600", "HIT"),
+        ("s-maxage=3600", "HIT"),
+        ("max-age=3600, must-revalidate", "HIT"),
+        ("private, max-age=3600", "MISS"),
+    ];
+    for (cache_control, second) in cases {
+        let layer = origin().allow_authenticated(true);
+        let (svc, _) = app(layer.clone(), move |n, _| async move {
+            respond(n, 200, &[("cache-control", cache_control)])
+        });
+        let first = send(&svc, authorized("/me", "a")).await;
+        if second == "MISS" {
+            let status = first.header("cache-status").unwrap_or_default().to_owned();
+            let detail = if cache_control.starts_with("private") {
+                "private"
+            } else {
+                "authorization"
+            };
+            assert!(
+                status.contains(&format!("detail={detail}")),
+                "{cache_control}: {status}"
+            );
+        } else {
+            wait_stored(&layer, "/me").await;
+        }
+        let again = send(&svc, authorized("/me", "a")).await;
+        assert_eq!(again.outcome(), second, "{cache_control}");
+    }
+    // Without `Authorization` (a cookie), and in the default mode, as before.
+    let layer = CacheLayer::new(memory_cache()).allow_authenticated(true);
+    let svc = fixed(layer.clone(), 200, &[("cache-control", "max-age=3600")]);
+    let first = send(&svc, authorized("/mine", "a")).await;
+    assert!(first
+        .header("cache-status")
+        .is_some_and(|s| s.contains("stored")));
+}
+
+/// §4.2.3: the response delay counts in the corrected initial age without an `Age` field too
+/// (the age value is then 0): a handler slower than its `max-age` answers with a response stale
+/// on arrival, which, without a validator, is not stored (it was stored, fresh for its whole
+/// `max-age`; found by a probe, 2026-12-07).
+#[tokio::test]
+async fn the_response_delay_counts_in_the_age_without_an_age_field() {
+    let layer = origin();
+    let (svc, _) = app(layer.clone(), |n, _| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        respond(n, 200, &[("cache-control", "max-age=1")])
+    });
+    let first = send(&svc, get("/slow")).await;
+    let status = first.header("cache-status").unwrap_or_default().to_owned();
+    assert!(status.contains("detail=zero-ttl"), "{status}");
 }
