@@ -67,6 +67,7 @@ per_store!(
     a_window_of_duration_max_keeps_the_value_as_long_as_there_is,
     a_write_right_after_get_or_set_is_not_undone_by_its_store,
     a_loader_calling_its_own_key_runs_without_waiting_for_itself,
+    a_background_reload_started_by_a_loader_waits_for_its_key_as_anyone,
 );
 
 /// The same on a multi-thread runtime, where the caller resumes on another worker while the
@@ -406,6 +407,45 @@ async fn a_loader_calling_its_own_key_runs_without_waiting_for_itself(b: Backend
             .unwrap();
         assert_eq!(a, "a over b over a");
     }
+}
+
+/// A background reload runs within its own load only: started from a loader (whose call was
+/// answered at once with the stale value), its own loader waiting for that loader's key is an
+/// ordinary waiter, and that key's loader runs once. It ran twice: the reload took on the
+/// list of loads its starter ran within, and its wait looked like a load waiting for itself
+/// (found by a regression hunt, 2026-12-07).
+async fn a_background_reload_started_by_a_loader_waits_for_its_key_as_anyone(b: Backend) {
+    let cache = &b.cache;
+    let policy = Freshness::new().stale_while_revalidate(MINUTE);
+    stale_entry(cache, "b", "old b", 100 * MS, policy).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (in_x, in_b, x_runs) = (cache.clone(), cache.clone(), runs.clone());
+    let x = cache
+        .get_or_set("x", 60, move || async move {
+            x_runs.fetch_add(1, Ordering::SeqCst);
+            let b: String = in_x
+                .get_or_set("b", 60, move || async move {
+                    let x: String = in_b
+                        .get_or_set("x", 60, || async { "x alone".to_owned() })
+                        .freshness(policy)
+                        .await
+                        .unwrap();
+                    format!("b over {x}")
+                })
+                .freshness(policy)
+                .await
+                .unwrap();
+            tokio::time::sleep(300 * MS).await;
+            format!("x over {b}")
+        })
+        .freshness(policy);
+    let x: String = tokio::time::timeout(HANG, x.into_future())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(x, "x over old b");
+    until_stored(cache, "b", "b over x over old b").await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 /// `stale_if_error(Duration::MAX)` / `stale_while_revalidate(Duration::MAX)` ("serve stale for

@@ -51,7 +51,7 @@ use proc_macro::TokenStream;
 /// |---|---|
 /// | `expire = 100` / `expire = Duration::from_millis(1500)` | **required**: the lifetime of an entry (seconds, or anything `Into<Expire>`) |
 /// | `cache = APP_CACHE` | the cache: any expression giving a `Cache`, `&Cache`, or something that derefs to one (`LazyLock<Cache>`, `Arc<Cache>`, `self.cache`); default: the one installed with `impcache::set_default_cache` (without one, the function runs uncached and a `tracing` warning is emitted once) |
-/// | `version = 2` | a constant key version (integer or string) replacing the cache's own, converted once (a value naming `Self`, `Self::VERSION`, at each call); not `"__impcache_tag"` (alone or followed by `:`), the tags' state keys (a compile error when it is a literal) |
+/// | `version = 2` | a constant key version (integer or string) replacing the cache's own, converted once (a value naming `Self`, `Self::VERSION`, at each call); not one with a `__impcache_tag` segment (`"__impcache_tag"`, `"x:__impcache_tag"`), the tags' state keys (a compile error when it is a literal) |
 /// | `key = "user:{id}"` | the whole key part, a template over argument names; only the named arguments are part of the key; not starting with `__lock:`, the locks' keys, which the cache refuses to store: a compile error (as a `name` that makes every key start so) |
 /// | `skip(db, client)` | arguments left out of the default key (an argument written as a pattern, `State(db): State<Db>`, is in the key whole and cannot be named here nor in `key` or `tags`: give it a plain name to skip or name it) |
 /// | `name = "users::get"` | replaces the `{module_path}::{fn_name}` part of the default key |

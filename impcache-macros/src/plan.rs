@@ -541,15 +541,14 @@ fn binds(pattern: &Pat, name: &str) -> bool {
 /// (impcache's `key::LOCK_KEY_PART`; the two must stay equal).
 const LOCK_KEY_PART: &str = "__lock:";
 
-/// The version the runtime refuses, alone or followed by `:`: its keys would be the tags' state
-/// keys (impcache's `Version::is_reserved`; the two must stay equal).
+/// The segment the runtime refuses in a version: its keys would be tags' state keys
+/// (impcache's `Version::is_reserved`; the two must stay equal).
 const TAG_SPACE: &str = "__impcache_tag";
 
 /// A key or a version that the runtime refuses on every call (the function would then run
 /// uncached, with a warning each time), reported on the option instead: a `key` template or a
-/// `name` that makes every key start with `__lock:`, a `version` string that is `__impcache_tag`
-/// or starts with `__impcache_tag:`. (A key that only some argument values make reserved is
-/// refused at run time.)
+/// `name` that makes every key start with `__lock:`, a `version` string with a `__impcache_tag`
+/// segment. (A key that only some argument values make reserved is refused at run time.)
 fn check_reserved(args: &Args, key_args: &[usize], errors: &mut Errors) {
     let reserved_key = |option: &str, lit: &LitStr| {
         syn::Error::new_spanned(
@@ -580,14 +579,14 @@ fn check_reserved(args: &Args, key_args: &[usize], errors: &mut Errors) {
         ..
     })) = &args.version
     {
-        let reserved = version
+        if version
             .value()
-            .strip_prefix(TAG_SPACE)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'));
-        if reserved {
+            .split(':')
+            .any(|segment| segment == TAG_SPACE)
+        {
             errors.push(syn::Error::new_spanned(
                 version,
-                format!("the version `{TAG_SPACE}` (alone or followed by `:`) is reserved: the cache's `{{prefix}}:{TAG_SPACE}:{{tag}}` keys hold tags' state, and it refuses every operation with this version"),
+                format!("a version with a `{TAG_SPACE}` segment is reserved: `{{prefix}}:{TAG_SPACE}:{{tag}}` keys hold tags' state, and the cache refuses every operation with this version"),
             ));
         }
     }

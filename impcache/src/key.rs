@@ -38,14 +38,14 @@ impl Version {
     }
 
     /// Whether this version's keys would be tag state keys (`{prefix}:__impcache_tag:{tag}`,
-    /// which have no version): `__impcache_tag`, or `__impcache_tag:` and more. Operations
-    /// refuse it, so that a write cannot replace a tag's state. (The `#[cached]` macro refuses
-    /// such a `version` string with its own copy of this rule, `impcache-macros/src/plan.rs`.)
+    /// which have no version): a version with a `__impcache_tag` segment (`__impcache_tag`,
+    /// `__impcache_tag:x`, and `x:__impcache_tag`, whose keys are the tag state of the cache
+    /// whose prefix is `{prefix}:x`). Operations refuse it, so that a write cannot replace a
+    /// tag's state. (The `#[cached]` macro refuses such a `version` string with its own copy of
+    /// this rule, `impcache-macros/src/plan.rs`.)
     pub(crate) fn is_reserved(&self) -> bool {
         let tag_space = crate::tags::TAG_KEY_PART.trim_end_matches(':');
-        self.0
-            .strip_prefix(tag_space)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+        self.0.split(':').any(|segment| segment == tag_space)
     }
 }
 

@@ -157,9 +157,11 @@ impl Holds {
     /// one does) only this cache's own invalidations are known (by the same rules: any since
     /// the value's time; a hard one between the load's start and the join for a failure, its
     /// soft ones leaving it shared: 20 waiters ran 21 loaders against a failing origin after
-    /// one, found by a probe). Another process's it cannot see while the cache fails, and a
-    /// load per waiter would fall on the loader's source exactly then (one loader run per
-    /// key). Not reading it after a failed read keeps the call within one deadline.
+    /// one, found by a probe), and for a value, those of other processes its near cache was
+    /// told of (of any tag: it was handed the older value, found by a chaos fuzz, 2026-12-07).
+    /// Others it cannot see while the cache fails, and a load per waiter would fall on the
+    /// loader's source exactly then (one loader run per key). Not reading it after a failed
+    /// read keeps the call within one deadline.
     async fn holds_for(&self, job: &Job, joined: u64, reread: Reread, judged: Judged) -> bool {
         let Some((since, tags)) = &self.since else {
             return true;
@@ -172,8 +174,17 @@ impl Holds {
         }
         let cache = &job.cache;
         let sent = &cache.shared.invalidations_sent;
+        // Another process's invalidation that the near cache was told of (it cannot say which
+        // tag, nor hard or soft: any counts for a value).
+        let told = || {
+            cache
+                .shared
+                .near
+                .as_ref()
+                .is_some_and(|near| near.tag_changed_since(*since))
+        };
         let unseen = || match judged {
-            Judged::Value => !sent.any_since(*since),
+            Judged::Value => !sent.any_since(*since) && !told(),
             // (The latest hard time only is kept: one after the join hides one before.)
             Judged::Failure => {
                 let hard = sent.latest_hard();
@@ -1118,8 +1129,10 @@ where
         // A load of this key is under way: its value will be stored.
         Join::Waiter(_) => {}
         Join::Leader(Leader { guard, recheck }) => {
-            let flight = job.flight();
-            runtime.spawn(within(flight, async move {
+            // Within its own flight only: no caller waits for it (the one that started it was
+            // answered with the value at hand), so a load it waits for does not wait for it.
+            let flight = vec![job.flight()];
+            runtime.spawn(WITHIN.scope(flight, async move {
                 if recheck {
                     if let Some((_, shared, left)) = second_look::<V>(&job).await {
                         if !job.policy.refresh_early(left) {

@@ -225,6 +225,10 @@ pub(crate) struct Store {
     /// Bumped by every invalidation of a tag state key and every flush: a verdict on a tagged
     /// entry holds while it stands still ([`Store::verified`]).
     tag_sequence: AtomicU64,
+    /// When an invalidation of a tag state key last arrived or was made here
+    /// ([`tags::stamp_micros`](crate::tags::stamp_micros); 0: none): what a waiter that cannot
+    /// read the tags' state knows of other processes' invalidations ([`Store::tag_changed_since`]).
+    tag_changed_at: AtomicU64,
     state: AtomicU8,
     /// Whether every server of the tracking session is subscribed (else, on Cluster, the status
     /// is [`NearCacheStatus::Partial`] while the store is active).
@@ -304,6 +308,7 @@ impl Store {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             flushed: AtomicU64::new(0),
             tag_sequence: AtomicU64::new(0),
+            tag_changed_at: AtomicU64::new(0),
             state: AtomicU8::new(CONNECTING),
             complete: AtomicBool::new(false),
             shards: slot_of.map(Shards::new),
@@ -895,6 +900,8 @@ impl Store {
         // Before the state is dropped: no verdict made from it is served from then on.
         if key.map_or(true, |key| key.contains(TAG_KEY_PART)) {
             self.tag_sequence.fetch_add(1, Ordering::SeqCst);
+            self.tag_changed_at
+                .fetch_max(crate::tags::stamp_micros(), Ordering::Relaxed);
         }
         if let Ok(key) = key {
             self.entries.invalidate(key);
@@ -903,6 +910,13 @@ impl Store {
             }
             self.watches.changed(key);
         }
+    }
+
+    /// Whether a tag state key was invalidated (by Redis's report, or an own write) at or after
+    /// `since` ([`tags::stamp_micros`](crate::tags::stamp_micros)). Not a flush, which tells of no
+    /// change, only that nothing more is known.
+    pub(crate) fn tag_changed_since(&self, since: u64) -> bool {
+        self.tag_changed_at.load(Ordering::Relaxed) >= since
     }
 
     /// A watch of `key` (a full key): woken when Redis reports it changed, or on a flush.

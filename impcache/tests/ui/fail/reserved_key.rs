@@ -40,6 +40,12 @@ async fn tag_version_and_more(id: u64) -> u64 {
     id
 }
 
+// Its keys are the tags' state of the cache whose prefix is `{prefix}:2`.
+#[cached(expire = 60, version = "2:__impcache_tag")]
+async fn tag_version_after_a_segment(id: u64) -> u64 {
+    id
+}
+
 #[cached(expire = 60, version = "__impcache_tags")]
 async fn another_version(id: u64) -> u64 {
     id
