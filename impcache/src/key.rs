@@ -23,7 +23,11 @@ pub(crate) type LocalKeyHasher = foldhash::quality::RandomState;
 /// assert_eq!(Version::from("v2").as_str(), "v2");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Version(Arc<str>);
+pub struct Version {
+    text: Arc<str>,
+    /// [`is_reserved`](Version::is_reserved), judged once: every operation asks.
+    reserved: bool,
+}
 
 /// What the caller's part of every lock key (`freshness::lock`) starts with: user keys starting
 /// so are refused (`Cache::check_written_key`), so that no value stands in a lock's place. The
@@ -32,9 +36,15 @@ pub struct Version(Arc<str>);
 pub(crate) const LOCK_KEY_PART: &str = "__lock:";
 
 impl Version {
+    fn new(text: Arc<str>) -> Self {
+        let tag_space = crate::tags::TAG_KEY_PART.trim_end_matches(':');
+        let reserved = text.split(':').any(|segment| segment == tag_space);
+        Version { text, reserved }
+    }
+
     /// The version as it appears in keys.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     /// Whether this version's keys would be tag state keys (`{prefix}:__impcache_tag:{tag}`,
@@ -44,26 +54,25 @@ impl Version {
     /// tag's state. (The `#[cached]` macro refuses such a `version` string with its own copy of
     /// this rule, `impcache-macros/src/plan.rs`.)
     pub(crate) fn is_reserved(&self) -> bool {
-        let tag_space = crate::tags::TAG_KEY_PART.trim_end_matches(':');
-        self.0.split(':').any(|segment| segment == tag_space)
+        self.reserved
     }
 }
 
 impl Default for Version {
     fn default() -> Self {
-        Version(Arc::from("1"))
+        Version::new(Arc::from("1"))
     }
 }
 
 impl fmt::Debug for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.text, f)
     }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -71,7 +80,7 @@ macro_rules! version_from_int {
     ($($t:ty),*) => {$(
         impl From<$t> for Version {
             fn from(version: $t) -> Self {
-                Version(Arc::from(version.to_string()))
+                Version::new(Arc::from(version.to_string()))
             }
         }
     )*};
@@ -80,19 +89,19 @@ version_from_int!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
 
 impl From<&str> for Version {
     fn from(version: &str) -> Self {
-        Version(Arc::from(version))
+        Version::new(Arc::from(version))
     }
 }
 
 impl From<String> for Version {
     fn from(version: String) -> Self {
-        Version(Arc::from(version))
+        Version::new(Arc::from(version))
     }
 }
 
 impl From<&String> for Version {
     fn from(version: &String) -> Self {
-        Version(Arc::from(version.as_str()))
+        Version::new(Arc::from(version.as_str()))
     }
 }
 
