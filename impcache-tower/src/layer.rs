@@ -225,7 +225,6 @@ impl CacheLayer {
     ///   [listed status](Self::stale_if_error_statuses)) is answered with the stale response.
     /// - **ETag**: none is computed ([`compute_etag`](Self::compute_etag) is not used); the
     ///   origin's validators are served as they are.
-    ///
     /// - **Credentials**: with [`allow_authenticated`](Self::allow_authenticated), a response to
     ///   a request with `Authorization` is stored only when it allows a shared cache to
     ///   (`public`, `s-maxage` or `must-revalidate`, RFC 9111 §3.5).
