@@ -31,6 +31,7 @@ use crate::Cache;
 use super::answer::{self, Answer};
 use super::job::{decode, load_event, report, FlightKey, Found, Job, Origin};
 use super::throttle;
+use super::waits;
 
 /// The loads in flight in this process, publishing the value.
 pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> =
@@ -38,30 +39,6 @@ pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> =
 
 /// A leader's handle on its flight.
 pub(super) type Guard = FlightGuard<FlightKey, Shared>;
-
-tokio::task_local! {
-    /// The flights a load's task runs within: its own, and those of the loads waiting for it (a
-    /// load's task is spawned with its caller's list and its own flight; [`within`]).
-    static WITHIN: Vec<FlightKey>;
-}
-
-/// `task`, a load of `flight`, run within it and within the flights its caller runs within.
-fn within<T: Future>(flight: FlightKey, task: T) -> impl Future<Output = T::Output> {
-    let mut flights = WITHIN.try_with(Vec::clone).unwrap_or_default();
-    flights.push(flight);
-    WITHIN.scope(flights, task)
-}
-
-/// Whether a call that would wait for `flight` runs within it: a loader calling `get_or_set` of
-/// its own key (or of a key whose loader calls it back). It would wait for itself for ever, and
-/// hold the key's flight, for every caller of the process, until a write of the key (found by a
-/// probe, 2026-12-07): it runs its loader without the flight instead, as a call whose key the
-/// cache refuses does, and as the code would run without a cache.
-fn waits_for_itself(flight: &FlightKey) -> bool {
-    WITHIN
-        .try_with(|flights| flights.contains(flight))
-        .unwrap_or(false)
-}
 
 /// What a flight's leader hands its waiters: a value, or the failure of its loader.
 #[derive(Clone, Debug)]
@@ -446,18 +423,20 @@ where
                 answer::record(Answer::Ran);
                 return lead(job, stale, loader, guard).await;
             }
-            Join::Waiter(_) if waits_for_itself(&flight) => {
-                load_event!(
-                    job.origin,
-                    warn,
-                    key = job.cache.logged_key(&job.key),
-                    "called from within its own load: its loader runs without the single flight"
-                );
-                answer::record(Answer::Ran);
-                // Nor with the lock across processes, which this load may hold.
-                return alone(Job { lock: None, ..job }, stale, loader).await;
-            }
             Join::Waiter(waiter) => {
+                // A wait that would close a cycle of loads (a loader calling its own key,
+                // directly or not) is not made (see `waits`).
+                let Ok(_waiting) = waits::wait_for(&flight) else {
+                    load_event!(
+                        job.origin,
+                        warn,
+                        key = job.cache.logged_key(&job.key),
+                        "called from within its own load: its loader runs without the single flight"
+                    );
+                    answer::record(Answer::Ran);
+                    // Nor with the lock across processes, which this load may hold.
+                    return alone(Job { lock: None, ..job }, stale, loader).await;
+                };
                 let waiting_since = *waiting_since.get_or_insert_with(Instant::now);
                 answer::record(Answer::Waited);
                 answer::wait(FlightWait::begins);
@@ -695,7 +674,10 @@ where
         Some(guard),
         Some(tx),
     );
-    let task = within(job.flight(), task);
+    // This caller's wait for the load, recorded before its task starts (whose loader may wait
+    // for this caller's own load: see `waits`).
+    let _waiting = waits::waiting_for_own(&job.flight());
+    let task = waits::loading(job.flight(), task);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // No runtime to spawn on (nor timers): in place.
         task.await;
@@ -792,7 +774,8 @@ where
     // The answer comes as soon as the loader has one; the store goes on in the task (stores
     // never delay an answer). A caller dropped before its answer stops its loader, as when it
     // ran in place: no flight holds this load for anyone else.
-    let task = within(job.flight(), task);
+    let _waiting = waits::waiting_for_own(&job.flight());
+    let task = waits::loading(job.flight(), task);
     let mut abort = None;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
@@ -1129,10 +1112,7 @@ where
         // A load of this key is under way: its value will be stored.
         Join::Waiter(_) => {}
         Join::Leader(Leader { guard, recheck }) => {
-            // Within its own flight only: no caller waits for it (the one that started it was
-            // answered with the value at hand), so a load it waits for does not wait for it.
-            let flight = vec![job.flight()];
-            runtime.spawn(WITHIN.scope(flight, async move {
+            runtime.spawn(waits::loading(job.flight(), async move {
                 if recheck {
                     if let Some((_, shared, left)) = second_look::<V>(&job).await {
                         if !job.policy.refresh_early(left) {

@@ -85,6 +85,7 @@ mod lock_settings;
 mod policy;
 mod request;
 mod throttle;
+mod waits;
 
 pub(crate) use job::Origin;
 pub(crate) use load::{get_or_set as load_with, LoadError};

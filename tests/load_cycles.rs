@@ -1,0 +1,363 @@
+//! Cycles of loads (`impcache/src/freshness/waits.rs`): a wait of one load for another that
+//! would close a cycle is not made (that call runs its loader without the single flight), while
+//! every other wait is made as before: a load that goes on after its caller stopped waiting for it
+//! (a soft timeout, a caller's own timeout) is waited for as any other, a loader waiting for the
+//! background reload it started does not hang, a cycle entered from both ends at once does not
+//! hang, and 100 concurrent callers still run one loader in every policy. Found by regression
+//! hunts over the first, task-local version of the detection (2026-12-07), on the memory
+//! repository.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use impcache::{Cache, Freshness, MemoryCacheRepository};
+use impcache_tests::loader::counted;
+use tokio::sync::Semaphore;
+
+const HANG: Duration = Duration::from_secs(10);
+const MS: Duration = Duration::from_millis(1);
+const MINUTE: Duration = Duration::from_secs(60);
+/// Runs of the inner ("x alone") loader of x, called from b's loader: its outer loader still
+/// runs, so each is a second run of x's loader at once (README: "one loader run per key").
+static INNER_X: AtomicUsize = AtomicUsize::new(0);
+
+async fn until_stored(cache: &Cache, key: &str, want: &str) {
+    tokio::time::timeout(HANG, async {
+        loop {
+            if cache.get::<String>(key).await.unwrap().as_deref() == Some(want) {
+                return;
+            }
+            tokio::time::sleep(MS).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{key} never became {want}"));
+}
+
+async fn stale_entry(cache: &Cache, key: &str, value: &str, fresh: Duration, policy: Freshness) {
+    let value = value.to_owned();
+    let stored: String = cache
+        .get_or_set(key, fresh, move || async move { value })
+        .freshness(policy)
+        .await
+        .unwrap();
+    until_stored(cache, key, &stored).await;
+    tokio::time::sleep(fresh + 50 * MS).await;
+}
+
+/// x's loader calls b (stale, soft timeout 50 ms): answered with the stale b after 50 ms, and x's
+/// loader goes on (300 ms). b's load goes on too; 150 ms in, b's loader calls x, whose loader no
+/// longer waits for b: an ordinary waiter. x's loader runs once (it ran twice when the detection
+/// took every load a task was started from for one waiting on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_continuing_past_its_soft_timeout_waits_for_its_starter_as_anyone() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new()
+        .soft_timeout(50 * MS)
+        .stale_if_error(MINUTE);
+    stale_entry(&cache, "b", "old b", 100 * MS, policy).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (in_x, in_b, x_runs) = (cache.clone(), cache.clone(), runs.clone());
+    let x = cache
+        .get_or_set("x", 60, move || async move {
+            x_runs.fetch_add(1, Ordering::SeqCst);
+            let b: String = in_x
+                .get_or_set("b", 60, move || async move {
+                    tokio::time::sleep(150 * MS).await;
+                    let x: String = in_b
+                        .get_or_set("x", 60, || async {
+                            INNER_X.fetch_add(1, Ordering::SeqCst);
+                            "x alone".to_owned()
+                        })
+                        .freshness(policy)
+                        .await
+                        .unwrap();
+                    format!("b over {x}")
+                })
+                .freshness(policy)
+                .await
+                .unwrap();
+            tokio::time::sleep(300 * MS).await;
+            format!("x over {b}")
+        })
+        .freshness(policy);
+    let x: String = tokio::time::timeout(HANG, x.into_future())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(x, "x over old b");
+    tokio::time::sleep(500 * MS).await;
+    let b: Option<String> = cache.get("b").await.unwrap();
+    let x_stored: Option<String> = cache.get("x").await.unwrap();
+    eprintln!("x stored: {x_stored:?}");
+    eprintln!(
+        "b stored: {b:?}, x runs: {} + inner {}",
+        runs.load(Ordering::SeqCst),
+        INNER_X.load(Ordering::SeqCst)
+    );
+    assert_eq!(b.as_deref(), Some("b over x over old b"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "x's loader ran twice");
+}
+
+/// The same with the caller dropped: x's loader gives up on b after 50 ms (a timeout around the
+/// call); b's load goes on for nobody. 150 ms in, b's loader calls x, whose loader no longer
+/// waits for b. x's loader runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_caller_gave_up_waits_for_its_starter_as_anyone() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new().hard_timeout(Duration::from_secs(5));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (in_x, in_b, x_runs) = (cache.clone(), cache.clone(), runs.clone());
+    let x = cache
+        .get_or_set("x", 60, move || async move {
+            x_runs.fetch_add(1, Ordering::SeqCst);
+            let gave_up = tokio::time::timeout(
+                50 * MS,
+                in_x.get_or_set("b", 60, move || async move {
+                    tokio::time::sleep(150 * MS).await;
+                    let x: String = in_b
+                        .get_or_set("x", 60, || async {
+                            INNER_X.fetch_add(1, Ordering::SeqCst);
+                            "x alone".to_owned()
+                        })
+                        .freshness(policy)
+                        .await
+                        .unwrap();
+                    format!("b over {x}")
+                })
+                .freshness(policy)
+                .into_future(),
+            )
+            .await
+            .is_err();
+            tokio::time::sleep(300 * MS).await;
+            format!("x (gave up on b: {gave_up})")
+        })
+        .freshness(policy);
+    let x: String = tokio::time::timeout(HANG, x.into_future())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(x, "x (gave up on b: true)");
+    tokio::time::sleep(500 * MS).await;
+    let b: Option<String> = cache.get("b").await.unwrap();
+    let x_stored: Option<String> = cache.get("x").await.unwrap();
+    eprintln!("x stored: {x_stored:?}");
+    eprintln!(
+        "b stored: {b:?}, x runs: {} + inner {}",
+        runs.load(Ordering::SeqCst),
+        INNER_X.load(Ordering::SeqCst)
+    );
+    assert_eq!(b.as_deref(), Some("b over x (gave up on b: true)"));
+}
+
+/// A cycle started from both ends at once: caller 1 loads x (whose loader needs y), caller 2
+/// loads y (whose loader needs x). The second of the two waits would close the cycle: that call
+/// runs its loader alone, and both answer (they waited for each other for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_entered_from_both_ends_at_once() {
+    cycle_from_both_ends(
+        Freshness::new().stale_if_error(MINUTE),
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+async fn cycle_from_both_ends(policy: Freshness, bound: Duration) {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let (c1, c2) = (cache.clone(), cache.clone());
+    let one = tokio::spawn(async move {
+        let inner = c1.clone();
+        c1.get_or_set("x", 60, move || async move {
+            tokio::time::sleep(100 * MS).await;
+            let y: String = inner
+                .get_or_set("y", 60, || async { "y leaf".to_owned() })
+                .freshness(policy)
+                .await
+                .unwrap();
+            format!("x over {y}")
+        })
+        .freshness(policy)
+        .await
+    });
+    let two = tokio::spawn(async move {
+        let inner = c2.clone();
+        c2.get_or_set("y", 60, move || async move {
+            tokio::time::sleep(100 * MS).await;
+            let x: String = inner
+                .get_or_set("x", 60, || async { "x leaf".to_owned() })
+                .freshness(policy)
+                .await
+                .unwrap();
+            format!("y over {x}")
+        })
+        .freshness(policy)
+        .await
+    });
+    let both = tokio::time::timeout(bound, async { (one.await, two.await) }).await;
+    eprintln!("cycle from both ends: {both:?}");
+    assert!(both.is_ok(), "x and y wait for each other: hung {bound:?}");
+}
+
+/// Single flight still: 100 concurrent callers, one loader run, for each policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_run_for_100_callers_in_every_policy() {
+    let policies = [
+        ("plain", Freshness::new()),
+        (
+            "soft",
+            Freshness::new()
+                .soft_timeout(10 * MS)
+                .stale_if_error(MINUTE),
+        ),
+        ("swr", Freshness::new().stale_while_revalidate(MINUTE)),
+        (
+            "early",
+            Freshness::new().early_refresh(Duration::from_secs(30)),
+        ),
+        (
+            "hard",
+            Freshness::new().hard_timeout(Duration::from_secs(5)),
+        ),
+        ("lock", Freshness::new().lock(impcache::Lock::new())),
+        (
+            "all",
+            Freshness::new()
+                .soft_timeout(10 * MS)
+                .stale_if_error(MINUTE)
+                .early_refresh(Duration::from_secs(30))
+                .hard_timeout(Duration::from_secs(5))
+                .lock(impcache::Lock::new()),
+        ),
+    ];
+    for (name, policy) in policies {
+        for tagged in [false, true] {
+            let cache = Cache::new(MemoryCacheRepository::new());
+            let runs = Arc::new(AtomicUsize::new(0));
+            let gate = Arc::new(Semaphore::new(0));
+            let callers: Vec<_> = (0..100)
+                .map(|_| {
+                    let (cache, loader) = (cache.clone(), counted(&runs, &gate, "v"));
+                    tokio::spawn(async move {
+                        let call = cache.get_or_set("k", 60, loader).freshness(policy);
+                        if tagged {
+                            call.tags(["t"]).await.unwrap()
+                        } else {
+                            call.await.unwrap()
+                        }
+                    })
+                })
+                .collect();
+            tokio::time::sleep(50 * MS).await;
+            gate.add_permits(1000);
+            for caller in callers {
+                assert_eq!(
+                    tokio::time::timeout(HANG, caller).await.unwrap().unwrap(),
+                    "v"
+                );
+            }
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "{name} tagged {tagged}");
+        }
+    }
+}
+
+/// 100 concurrent callers of a key whose loader calls another key (which calls back the first):
+/// still one run of each key's loader? (The inner call of x runs alone; the 99 other x callers
+/// wait for the leader.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_run_for_100_callers_of_a_self_calling_chain() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let policy = Freshness::new();
+    let x_runs = Arc::new(AtomicUsize::new(0));
+    let y_runs = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, x_runs, y_runs) = (cache.clone(), x_runs.clone(), y_runs.clone());
+            tokio::spawn(async move {
+                let inner = cache.clone();
+                cache
+                    .get_or_set("x", 60, move || async move {
+                        x_runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(50 * MS).await;
+                        let inner2 = inner.clone();
+                        let y: String = inner
+                            .get_or_set("y", 60, move || async move {
+                                y_runs.fetch_add(1, Ordering::SeqCst);
+                                let x: String = inner2
+                                    .get_or_set("x", 60, || async { "x leaf".to_owned() })
+                                    .freshness(policy)
+                                    .await
+                                    .unwrap();
+                                format!("y over {x}")
+                            })
+                            .freshness(policy)
+                            .await
+                            .unwrap();
+                        format!("x over {y}")
+                    })
+                    .freshness(policy)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(
+            tokio::time::timeout(HANG, caller).await.unwrap().unwrap(),
+            "x over y over x leaf"
+        );
+    }
+    assert_eq!(x_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(y_runs.load(Ordering::SeqCst), 1);
+}
+
+/// x's loader reads b with
+/// stale-while-revalidate (stale: answered at once, a reload of b starts in the background; b's
+/// loader calls x, and waits for x's flight as an ordinary waiter), then reads b again without
+/// the window (a load: it waits for b's flight, held by that reload). x's loader waits for b's
+/// reload, which waits for x's load: that wait is not made, and x answers (it hung).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_waiting_for_the_background_reload_it_started() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let swr = Freshness::new().stale_while_revalidate(MINUTE);
+    stale_entry(&cache, "b", "old b", 100 * MS, swr).await;
+    let (in_x, in_b) = (cache.clone(), cache.clone());
+    let x = cache.get_or_set("x", 60, move || async move {
+        let in_b2 = in_b.clone();
+        let first: String = in_x
+            .get_or_set("b", 60, move || async move {
+                tokio::time::sleep(20 * MS).await;
+                let x: String = in_b
+                    .get_or_set("x", 60, || async { "x alone".to_owned() })
+                    .await
+                    .unwrap();
+                format!("b over {x}")
+            })
+            .freshness(swr)
+            .await
+            .unwrap();
+        tokio::time::sleep(50 * MS).await;
+        let second: String = in_x
+            .get_or_set("b", 60, move || async move {
+                let x: String = in_b2
+                    .get_or_set("x", 60, || async { "x alone 2".to_owned() })
+                    .await
+                    .unwrap();
+                format!("b2 over {x}")
+            })
+            .freshness(Freshness::new().stale_if_error(MINUTE))
+            .await
+            .unwrap();
+        format!("x over {first} then {second}")
+    });
+    let x = tokio::time::timeout(Duration::from_secs(5), x.into_future()).await;
+    eprintln!("x: {x:?}");
+    assert!(
+        x.is_ok(),
+        "x's loader waits for b's reload, which waits for x: hung 5 s"
+    );
+}
