@@ -229,6 +229,8 @@ pub(crate) struct Store {
     /// ([`tags::stamp_micros`](crate::tags::stamp_micros); 0: none): what a waiter that cannot
     /// read the tags' state knows of other processes' invalidations ([`Store::tag_changed_since`]).
     tag_changed_at: AtomicU64,
+    /// What the cache's tag state keys start with, `{prefix}:__impcache_tag:`.
+    tag_keys: Box<str>,
     state: AtomicU8,
     /// Whether every server of the tracking session is subscribed (else, on Cluster, the status
     /// is [`NearCacheStatus::Partial`] while the store is active).
@@ -289,6 +291,7 @@ impl Store {
         config: &NearCache,
         read_deadline: Duration,
         slot_of: Option<fn(&[u8]) -> u16>,
+        prefix: &str,
     ) -> Store {
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_capacity_bytes)
@@ -309,6 +312,7 @@ impl Store {
             flushed: AtomicU64::new(0),
             tag_sequence: AtomicU64::new(0),
             tag_changed_at: AtomicU64::new(0),
+            tag_keys: format!("{prefix}:{TAG_KEY_PART}").into(),
             state: AtomicU8::new(CONNECTING),
             complete: AtomicBool::new(false),
             shards: slot_of.map(Shards::new),
@@ -900,6 +904,12 @@ impl Store {
         // Before the state is dropped: no verdict made from it is served from then on.
         if key.map_or(true, |key| key.contains(TAG_KEY_PART)) {
             self.tag_sequence.fetch_add(1, Ordering::SeqCst);
+        }
+        // Only the cache's tag state keys: an entry's key may hold `__impcache_tag:` (a key
+        // `__impcache_tag:x` of version 1 is `cache:1:__impcache_tag:x`), and each change of it
+        // sent every waiter of a tagged load to its own loader while Redis was down (found by a
+        // regression hunt, 2026-12-07).
+        if key.map_or(true, |key| key.starts_with(&*self.tag_keys)) {
             self.tag_changed_at
                 .fetch_max(crate::tags::stamp_micros(), Ordering::Relaxed);
         }
@@ -1214,7 +1224,7 @@ mod tests {
     }
 
     fn active() -> Store {
-        let store = Store::new(&NearCache::new(), Duration::MAX, None);
+        let store = Store::new(&NearCache::new(), Duration::MAX, None, "cache");
         activate(&store);
         store
     }
@@ -1235,7 +1245,7 @@ mod tests {
 
     #[test]
     fn no_echo_is_expected_unless_tracking_is_on() {
-        let store = Store::new(&NearCache::new(), Duration::MAX, None);
+        let store = Store::new(&NearCache::new(), Duration::MAX, None, "cache");
         store.writing(vec![b"k"]).written(true);
         store.unsupported("test");
         store.writing(vec![b"j"]).written(true);
@@ -1289,6 +1299,7 @@ mod tests {
             &NearCache::new(),
             Duration::MAX,
             Some(|key| key.first().map_or(0, |byte| (*byte).into())),
+            "cache",
         );
         store.begin(1, vec![vec![u16::from(b'a')], vec![u16::from(b'b')]]);
         assert!(store.attach_server(1, 0, None));
@@ -1390,7 +1401,12 @@ mod tests {
 
     #[test]
     fn lifetimes_are_capped_and_large_values_skipped() -> Result<(), &'static str> {
-        let store = Store::new(&NearCache::new().max_value_bytes(4), Duration::MAX, None);
+        let store = Store::new(
+            &NearCache::new().max_value_bytes(4),
+            Duration::MAX,
+            None,
+            "cache",
+        );
         activate(&store);
         store.keep(
             store.ticket("big").ok_or(NO_TICKET)?,

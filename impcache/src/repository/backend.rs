@@ -151,12 +151,17 @@ impl Backend {
         };
         match target {
             Ok(target) => {
-                let store = Arc::new(Store::new(config, target.deadline(), target.slot_of()));
+                let store = Arc::new(Store::new(
+                    config,
+                    target.deadline(),
+                    target.slot_of(),
+                    prefix,
+                ));
                 let near = Near::new(self, Arc::clone(&store), target, prefix);
                 (Backend::Near(Box::new(near)), store)
             }
             Err(why) => {
-                let store = Arc::new(Store::new(config, Duration::MAX, None));
+                let store = Arc::new(Store::new(config, Duration::MAX, None, prefix));
                 store.unsupported(why);
                 (self, store)
             }
