@@ -18,7 +18,7 @@ use impcache::{
     Cache, CacheRepository, Error, Freshness, Lock, MemoryCacheRepository, RedisCacheRepository,
 };
 use impcache_tests::late::LateWrites;
-use impcache_tests::loader::counted;
+use impcache_tests::loader::{counted, stale_entry, until_stored};
 use impcache_tests::logs::Logs;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
@@ -485,30 +485,6 @@ async fn a_window_of_duration_max_keeps_the_value_as_long_as_there_is(b: Backend
         "{error}"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-}
-
-/// Waits (at most [`HANG`]) until `key` holds `value`.
-async fn until_stored(cache: &Cache, key: &str, value: &str) {
-    tokio::time::timeout(HANG, async {
-        while cache.get::<String>(key).await.unwrap().as_deref() != Some(value) {
-            tokio::time::sleep(10 * MS).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("`{key}` never became {value:?}"));
-}
-
-/// Stores `value` at `key` through `get_or_set` with `policy`, fresh for `fresh`, and waits
-/// until it is stale.
-async fn stale_entry(cache: &Cache, key: &str, value: &str, fresh: Duration, policy: Freshness) {
-    let value = value.to_owned();
-    let stored: String = cache
-        .get_or_set(key, fresh, move || async move { value })
-        .freshness(policy)
-        .await
-        .unwrap();
-    until_stored(cache, key, &stored).await;
-    tokio::time::sleep(fresh + 50 * MS).await;
 }
 
 async fn concurrent_misses_run_the_loader_once(backend: Backend) {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, Freshness, MemoryCacheRepository};
-use impcache_tests::loader::counted;
+use impcache_tests::loader::{counted, stale_entry, until_stored};
 use tokio::sync::Semaphore;
 
 const HANG: Duration = Duration::from_secs(10);
@@ -24,30 +24,6 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// Runs of the inner ("x alone") loader of x, called from b's loader: its outer loader still
 /// runs, so each is a second run of x's loader at once (README: "one loader run per key").
 static INNER_X: AtomicUsize = AtomicUsize::new(0);
-
-async fn until_stored(cache: &Cache, key: &str, want: &str) {
-    tokio::time::timeout(HANG, async {
-        loop {
-            if cache.get::<String>(key).await.unwrap().as_deref() == Some(want) {
-                return;
-            }
-            tokio::time::sleep(MS).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{key} never became {want}"));
-}
-
-async fn stale_entry(cache: &Cache, key: &str, value: &str, fresh: Duration, policy: Freshness) {
-    let value = value.to_owned();
-    let stored: String = cache
-        .get_or_set(key, fresh, move || async move { value })
-        .freshness(policy)
-        .await
-        .unwrap();
-    until_stored(cache, key, &stored).await;
-    tokio::time::sleep(fresh + 50 * MS).await;
-}
 
 /// x's loader calls b (stale, soft timeout 50 ms): answered with the stale b after 50 ms, and x's
 /// loader goes on (300 ms). b's load goes on too; 150 ms in, b's loader calls x, whose loader no

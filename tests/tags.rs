@@ -1259,6 +1259,38 @@ async fn with_redis_down_a_caller_after_an_own_invalidation_does_not_share_the_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_a_caller_after_another_process_invalidation_its_near_cache_saw_loads_its_own(
 ) {
+    let (first, second, runs) = near_cached_load_told_of(|other| async move {
+        other.invalidate_tag("t").await.unwrap();
+    })
+    .await;
+    assert_eq!((first.as_str(), second.as_str()), ("old", "new"));
+    assert_eq!(runs, 2);
+}
+
+/// What counts is a change of a tag state key, not of an entry whose key holds
+/// `__impcache_tag:` (the key `__impcache_tag:x` of version 1): with Redis down the caller takes
+/// the load's value (each waiter ran its own loader: found by a regression hunt, 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_an_entry_key_holding_the_tag_part_is_no_tag_change() {
+    let (first, second, runs) = near_cached_load_told_of(|other| async move {
+        other
+            .set("__impcache_tag:x", &"an entry", 60)
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!((first.as_str(), second.as_str()), ("old", "old"));
+    assert_eq!(runs, 1);
+}
+
+/// A tagged load of `k` (tag `t`) through a near-cached `Cache`, held at its gate while another
+/// process makes `change` and the near cache is told of it; then Redis is killed, a second
+/// caller of `k` joins, and the load is let through: the two answers and the loader runs.
+async fn near_cached_load_told_of<F, Fut>(change: F) -> (String, String, usize)
+where
+    F: FnOnce(Cache) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut server = RedisServer::start();
     let repository = RedisCacheRepository::builder(server.url())
         .deadline(Duration::from_millis(200))
@@ -1290,14 +1322,14 @@ async fn with_redis_down_a_caller_after_another_process_invalidation_its_near_ca
     .await
     .unwrap();
     let invalidations = cache.near_cache_stats().invalidations;
-    other.invalidate_tag("t").await.unwrap();
+    change(other).await;
     tokio::time::timeout(HANG, async {
         while cache.near_cache_stats().invalidations == invalidations {
             tokio::time::sleep(MS).await;
         }
     })
     .await
-    .expect("the near cache is told of the invalidation");
+    .expect("the near cache is told of the change");
     server.kill();
     let second = tokio::spawn({
         let (cache, loader) = (cache.clone(), counted(&runs, &gate, "new"));
@@ -1309,68 +1341,7 @@ async fn with_redis_down_a_caller_after_another_process_invalidation_its_near_ca
     gate.add_permits(100);
     let first = tokio::time::timeout(HANG, first).await.unwrap().unwrap();
     let second = tokio::time::timeout(HANG, second).await.unwrap().unwrap();
-    assert_eq!((first.as_str(), second.as_str()), ("old", "new"));
-    assert_eq!(runs.load(Ordering::SeqCst), 2);
-}
-
-/// What counts is a change of a tag state key, not of an entry whose key holds
-/// `__impcache_tag:` (the key `__impcache_tag:x` of version 1): with Redis down the caller takes
-/// the load's value (each waiter ran its own loader: found by a regression hunt, 2026-12-07).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_redis_down_an_entry_key_holding_the_tag_part_is_no_tag_change() {
-    let mut server = RedisServer::start();
-    let repository = RedisCacheRepository::builder(server.url())
-        .deadline(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let cache = Cache::builder(repository)
-        .near_cache(NearCache::new().heartbeat(Duration::from_millis(100)))
-        .build();
-    let other = Cache::new(RedisCacheRepository::new(&server.url()).unwrap());
-    let _ = cache.get::<String>("warm-up").await;
-    tokio::time::timeout(HANG, async {
-        while !cache.is_near_cache_active() {
-            tokio::time::sleep(MS).await;
-        }
-    })
-    .await
-    .unwrap();
-    let runs = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(0));
-    let first = tokio::spawn({
-        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "old"));
-        async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
-    });
-    tokio::time::timeout(HANG, async {
-        while runs.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(MS).await;
-        }
-    })
-    .await
-    .unwrap();
-    let invalidations = cache.near_cache_stats().invalidations;
-    other
-        .set("__impcache_tag:x", &"an entry", 60)
-        .await
-        .unwrap();
-    tokio::time::timeout(HANG, async {
-        while cache.near_cache_stats().invalidations == invalidations {
-            tokio::time::sleep(MS).await;
-        }
-    })
-    .await
-    .expect("the near cache is told of the write");
-    server.kill();
-    let second = tokio::spawn({
-        let (cache, loader) = (cache.clone(), counted(&runs, &gate, "new"));
-        async move { cache.get_or_set("k", 60, loader).tags(["t"]).await.unwrap() }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    gate.add_permits(100);
-    let first = tokio::time::timeout(HANG, first).await.unwrap().unwrap();
-    let second = tokio::time::timeout(HANG, second).await.unwrap().unwrap();
-    assert_eq!((first.as_str(), second.as_str()), ("old", "old"));
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    (first, second, runs.load(Ordering::SeqCst))
 }
 
 /// One loader run per key per process holds with Redis down too, for tagged calls as for

@@ -166,7 +166,8 @@ pub(crate) struct Shared {
     /// Every operation's single call into the repository.
     pub(crate) backend: Backend,
     key_prefix: String,
-    /// Whether the prefix makes keys of another cache's tag state ([`reserved_prefix`]).
+    /// Whether the prefix makes keys of another cache's tag state
+    /// ([`is_reserved_prefix`](crate::key::is_reserved_prefix)).
     reserved_prefix: bool,
     max_key_bytes: usize,
     /// Whether operation spans carry the key.
@@ -282,7 +283,7 @@ impl CacheBuilder {
                 backend,
                 near,
                 repository: self.repository,
-                reserved_prefix: reserved_prefix(&self.key_prefix),
+                reserved_prefix: crate::key::is_reserved_prefix(&self.key_prefix),
                 key_prefix: self.key_prefix,
                 max_key_bytes: self.max_key_bytes,
                 record_keys: self.record_keys,
@@ -293,18 +294,6 @@ impl CacheBuilder {
             version: self.version,
         }
     }
-}
-
-/// Whether a key prefix makes keys of another cache's tag state: with a `__impcache_tag`
-/// segment past its first (`cache:__impcache_tag`), its keys are those of the tags' state of the
-/// cache whose prefix is the part before it (`cache:__impcache_tag:{tag}`), as a version
-/// `__impcache_tag` would make them of its own prefix (found by a probe, 2026-12-07).
-fn reserved_prefix(prefix: &str) -> bool {
-    let tag_space = crate::tags::TAG_KEY_PART.trim_end_matches(':');
-    prefix
-        .split(':')
-        .skip(1)
-        .any(|segment| segment == tag_space)
 }
 
 impl Cache {
@@ -460,7 +449,8 @@ impl Cache {
     }
 
     /// Whether this cache's keys would be tag state keys: its version's
-    /// ([`Version::is_reserved`]) or its prefix's ([`reserved_prefix`]). Operations refuse them.
+    /// ([`Version::is_reserved`]) or its prefix's
+    /// ([`is_reserved_prefix`](crate::key::is_reserved_prefix)). Operations refuse them.
     fn reserved(&self) -> bool {
         self.version.is_reserved() || self.shared.reserved_prefix
     }

@@ -35,10 +35,23 @@ pub struct Version {
 /// `impcache-macros/src/plan.rs`: keep the two equal).
 pub(crate) const LOCK_KEY_PART: &str = "__lock:";
 
+/// Whether a segment of a key (between `:`s) is the tags' state space, `__impcache_tag`: a
+/// prefix or a version holding one makes keys of some cache's tag state.
+fn is_tag_space(segment: &str) -> bool {
+    segment == crate::tags::TAG_KEY_PART.trim_end_matches(':')
+}
+
+/// Whether a key prefix makes keys of another cache's tag state: with a `__impcache_tag`
+/// segment past its first (`cache:__impcache_tag`), its keys are those of the tags' state of the
+/// cache whose prefix is the part before it (`cache:__impcache_tag:{tag}`), as a version
+/// `__impcache_tag` would make them of its own prefix (found by a probe, 2026-12-07).
+pub(crate) fn is_reserved_prefix(prefix: &str) -> bool {
+    prefix.split(':').skip(1).any(is_tag_space)
+}
+
 impl Version {
     fn new(text: Arc<str>) -> Self {
-        let tag_space = crate::tags::TAG_KEY_PART.trim_end_matches(':');
-        let reserved = text.split(':').any(|segment| segment == tag_space);
+        let reserved = text.split(':').any(is_tag_space);
         Version { text, reserved }
     }
 

@@ -22,3 +22,33 @@ pub fn counted(
         })
     }
 }
+
+/// Waits (at most 5 s) until `key` holds the string `value`.
+pub async fn until_stored(cache: &impcache::Cache, key: &str, value: &str) {
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while cache.get::<String>(key).await.unwrap().as_deref() != Some(value) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("`{key}` never became {value:?}"));
+}
+
+/// Stores `value` at `key` through `get_or_set` with `policy`, fresh for `fresh`, and waits
+/// until it is stale.
+pub async fn stale_entry(
+    cache: &impcache::Cache,
+    key: &str,
+    value: &str,
+    fresh: std::time::Duration,
+    policy: impcache::Freshness,
+) {
+    let value = value.to_owned();
+    let stored: String = cache
+        .get_or_set(key, fresh, move || async move { value })
+        .freshness(policy)
+        .await
+        .unwrap();
+    until_stored(cache, key, &stored).await;
+    tokio::time::sleep(fresh + std::time::Duration::from_millis(50)).await;
+}

@@ -676,8 +676,9 @@ where
     );
     // This caller's wait for the load, recorded before its task starts (whose loader may wait
     // for this caller's own load: see `waits`).
-    let _waiting = waits::waiting_for_own(&job.flight());
-    let task = waits::loading(job.flight(), task);
+    let flight = job.flight();
+    let _waiting = waits::waiting_for_own(&flight);
+    let task = waits::loading(flight, task);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // No runtime to spawn on (nor timers): in place.
         task.await;
@@ -774,8 +775,9 @@ where
     // The answer comes as soon as the loader has one; the store goes on in the task (stores
     // never delay an answer). A caller dropped before its answer stops its loader, as when it
     // ran in place: no flight holds this load for anyone else.
-    let _waiting = waits::waiting_for_own(&job.flight());
-    let task = waits::loading(job.flight(), task);
+    let flight = job.flight();
+    let _waiting = waits::waiting_for_own(&flight);
+    let task = waits::loading(flight, task);
     let mut abort = None;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {

@@ -902,14 +902,12 @@ impl Store {
         self.slots[slot_of_bytes(key)].fetch_max(number, Ordering::SeqCst);
         let key = std::str::from_utf8(key);
         // Before the state is dropped: no verdict made from it is served from then on.
-        if key.map_or(true, |key| key.contains(TAG_KEY_PART)) {
-            self.tag_sequence.fetch_add(1, Ordering::SeqCst);
-        }
-        // Only the cache's tag state keys: an entry's key may hold `__impcache_tag:` (a key
+        // The cache's tag state keys only: an entry's key may hold `__impcache_tag:` (the key
         // `__impcache_tag:x` of version 1 is `cache:1:__impcache_tag:x`), and each change of it
         // sent every waiter of a tagged load to its own loader while Redis was down (found by a
         // regression hunt, 2026-12-07).
         if key.map_or(true, |key| key.starts_with(&*self.tag_keys)) {
+            self.tag_sequence.fetch_add(1, Ordering::SeqCst);
             self.tag_changed_at
                 .fetch_max(crate::tags::stamp_micros(), Ordering::Relaxed);
         }
