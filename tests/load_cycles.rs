@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, Freshness, MemoryCacheRepository};
-use impcache_tests::loader::{counted, stale_entry, until_stored};
+use impcache_tests::loader::{counted, stale_entry};
 use tokio::sync::Semaphore;
 
 const HANG: Duration = Duration::from_secs(10);
