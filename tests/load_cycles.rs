@@ -337,3 +337,70 @@ async fn a_loader_waiting_for_the_background_reload_it_started() {
         "x's loader waits for b's reload, which waits for x: hung 5 s"
     );
 }
+
+/// A write of a key during its load starts another flight of it, for later callers: a wait
+/// leading to the first load is no cycle for the second. a's first load waits at a gate; c's
+/// loader calls a (it waits for that first load); a is deleted, and a's second load calls c (it
+/// waits for c's load, which waits for the first load of a, not for this one). c's loader runs
+/// once (twice when loads were known by their keys: the second load of a took the wait for c for
+/// a cycle and ran c's loader again, with a warning).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_leading_to_an_earlier_load_of_its_own_key_is_no_cycle() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let gate = Arc::new(Semaphore::new(0));
+    let (a_runs, c_runs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (in_test, loader) = (cache.clone(), counted(&a_runs, &gate, "first a"));
+    let first_a = tokio::spawn(async move { in_test.get_or_set("a", 60, loader).await });
+    tokio::time::sleep(50 * MS).await;
+    let (in_test, in_c, runs) = (cache.clone(), cache.clone(), c_runs.clone());
+    let c = tokio::spawn(async move {
+        in_test
+            .get_or_set("c", 60, move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let a: String = in_c
+                    .get_or_set("a", 60, || async { "a for c".to_owned() })
+                    .await
+                    .unwrap();
+                format!("c over {a}")
+            })
+            .await
+    });
+    tokio::time::sleep(50 * MS).await;
+    cache.delete("a").await.unwrap();
+    let (in_test, in_a, runs) = (cache.clone(), cache.clone(), c_runs.clone());
+    let second_a = tokio::spawn(async move {
+        in_test
+            .get_or_set("a", 60, move || async move {
+                let c: String = in_a
+                    .get_or_set("c", 60, move || async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        "c again".to_owned()
+                    })
+                    .await
+                    .unwrap();
+                format!("second a over {c}")
+            })
+            .await
+    });
+    tokio::time::sleep(50 * MS).await;
+    gate.add_permits(1);
+    let first_a: String = tokio::time::timeout(HANG, first_a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let c: String = tokio::time::timeout(HANG, c)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let second_a: String = tokio::time::timeout(HANG, second_a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    eprintln!("{first_a:?}, {c:?}, {second_a:?}");
+    assert_eq!(first_a, "first a");
+    assert_eq!(second_a, format!("second a over {c}"));
+    assert_eq!(c_runs.load(Ordering::SeqCst), 1, "c's loader ran twice");
+}

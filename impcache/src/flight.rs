@@ -158,7 +158,10 @@ impl<K: Hash + Eq + fmt::Debug, V> fmt::Debug for FlightGuard<K, V> {
 }
 
 /// A caller waiting for a leader's answer.
-pub struct Waiter<V>(watch::Receiver<Slot<V>>);
+pub struct Waiter<V> {
+    flight: u64,
+    rx: watch::Receiver<Slot<V>>,
+}
 
 impl<V> fmt::Debug for Waiter<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,7 +172,10 @@ impl<V> fmt::Debug for Waiter<V> {
 /// Another handle on the same flight (its value need not be `Clone`).
 impl<V> Clone for Waiter<V> {
     fn clone(&self) -> Self {
-        Waiter(self.0.clone())
+        Waiter {
+            flight: self.flight,
+            rx: self.rx.clone(),
+        }
     }
 }
 
@@ -220,8 +226,11 @@ impl<K: Hash + Eq, V> Flights<K, V> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let mut table = self.lock();
-        if let Some((_, rx)) = table.flights.get(key) {
-            return Join::Waiter(Waiter(rx.clone()));
+        if let Some((id, rx)) = table.flights.get(key) {
+            return Join::Waiter(Waiter {
+                flight: *id,
+                rx: rx.clone(),
+            });
         }
         // Under the lock, which every flight's end takes: none ends unseen between the two.
         let recheck = ticket.is_before(table.last_end[self.shard(key)]);
@@ -250,7 +259,10 @@ impl<K: Hash + Eq, V> Flights<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let table = self.lock();
-        table.flights.get(key).map(|(_, rx)| Waiter(rx.clone()))
+        table.flights.get(key).map(|(id, rx)| Waiter {
+            flight: *id,
+            rx: rx.clone(),
+        })
     }
 
     /// Whether a flight of `key`'s group ended after `ticket` was taken: the caller's lookup
@@ -289,6 +301,11 @@ impl<K: Hash + Eq, V> Flights<K, V> {
 }
 
 impl<K: Hash + Eq, V> FlightGuard<K, V> {
+    /// Which flight this is (see [`Waiter::flight`]).
+    pub fn flight(&self) -> u64 {
+        self.id
+    }
+
     /// Hands `value` to the waiters (and to callers joining until the guard is dropped).
     pub fn publish(&self, value: V) {
         self.tx.send_replace(Slot::Done(Some(value)));
@@ -353,6 +370,14 @@ impl<K: Hash + Eq, V> Drop for FlightGuard<K, V> {
     }
 }
 
+impl<V> Waiter<V> {
+    /// Which flight this is: each flight of a table has an id of its own (a write of a key
+    /// during its flight starts another flight of that key, with another id).
+    pub fn flight(&self) -> u64 {
+        self.flight
+    }
+}
+
 impl<V: Clone> Waiter<V> {
     /// The leader's answer, waiting at most `timeout` (unbounded outside a tokio runtime, which
     /// has no timer to bound it with: the leader's guard still ends it).
@@ -369,7 +394,7 @@ impl<V: Clone> Waiter<V> {
     /// done), at most `timeout`; at once when it has already.
     pub async fn ended(mut self, timeout: Duration) {
         // Nothing is sent after the answer: `changed` fails once the guard's sender is dropped.
-        let closed = async { while self.0.changed().await.is_ok() {} };
+        let closed = async { while self.rx.changed().await.is_ok() {} };
         // Unbounded outside a tokio runtime, which has no timer (the guard still ends it).
         if tokio::runtime::Handle::try_current().is_err() {
             return closed.await;
@@ -379,7 +404,7 @@ impl<V: Clone> Waiter<V> {
 
     /// The leader's answer, however long it takes (the leader's guard ends it).
     pub async fn wait_unbounded(mut self) -> Wait<V> {
-        match self.0.wait_for(|slot| matches!(slot, Slot::Done(_))).await {
+        match self.rx.wait_for(|slot| matches!(slot, Slot::Done(_))).await {
             Ok(slot) => match &*slot {
                 Slot::Done(Some(value)) => Wait::Published(value.clone()),
                 Slot::Done(None) | Slot::Pending => Wait::NotShared,

@@ -31,7 +31,7 @@ use crate::Cache;
 use super::answer::{self, Answer};
 use super::job::{decode, load_event, report, FlightKey, Found, Job, Origin};
 use super::throttle;
-use super::waits;
+use super::waits::{self, Load};
 
 /// The loads in flight in this process, publishing the value.
 pub(super) static FLIGHTS: LazyLock<Arc<Flights<FlightKey, Shared>>> =
@@ -426,7 +426,7 @@ where
             Join::Waiter(waiter) => {
                 // A wait that would close a cycle of loads (a loader calling its own key,
                 // directly or not) is not made (see `waits`).
-                let Ok(_waiting) = waits::wait_for(&flight) else {
+                let Ok(_waiting) = waits::wait_for(Load::Flight(waiter.flight())) else {
                     load_event!(
                         job.origin,
                         warn,
@@ -667,6 +667,7 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
+    let load = Load::Flight(guard.flight());
     let task = run(
         job.clone(),
         stale.clone(),
@@ -676,9 +677,8 @@ where
     );
     // This caller's wait for the load, recorded before its task starts (whose loader may wait
     // for this caller's own load: see `waits`).
-    let flight = job.flight();
-    let _waiting = waits::waiting_for_own(&flight);
-    let task = waits::loading(flight, task);
+    let _waiting = waits::waiting_for_own(load);
+    let task = waits::loading(load, task);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // No runtime to spawn on (nor timers): in place.
         task.await;
@@ -775,9 +775,9 @@ where
     // The answer comes as soon as the loader has one; the store goes on in the task (stores
     // never delay an answer). A caller dropped before its answer stops its loader, as when it
     // ran in place: no flight holds this load for anyone else.
-    let flight = job.flight();
-    let _waiting = waits::waiting_for_own(&flight);
-    let task = waits::loading(flight, task);
+    let load = Load::alone();
+    let _waiting = waits::waiting_for_own(load);
+    let task = waits::loading(load, task);
     let mut abort = None;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
@@ -1114,7 +1114,7 @@ where
         // A load of this key is under way: its value will be stored.
         Join::Waiter(_) => {}
         Join::Leader(Leader { guard, recheck }) => {
-            runtime.spawn(waits::loading(job.flight(), async move {
+            runtime.spawn(waits::loading(Load::Flight(guard.flight()), async move {
                 if recheck {
                     if let Some((_, shared, left)) = second_look::<V>(&job).await {
                         if !job.policy.refresh_early(left) {
