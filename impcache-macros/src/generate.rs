@@ -183,7 +183,8 @@ fn tags_block(plan: &Plan) -> TokenStream {
 
 /// The function's own tag (what `{name}_invalidate_all` invalidates): from `name = "..."` when
 /// given, so that it survives moving the function; from a `key = "..."` template, for the same
-/// reason (the template makes its keys: two functions with one template share their entries);
+/// reason (the template makes its keys: two functions with one template share their entries;
+/// it is spelled as written, literal braces doubled);
 /// else the default key's first part (see [`default_key_base`]): for a method its type (or
 /// `<{type} as {trait}>`) and name, as its keys (two types' methods of one name in one module
 /// are two functions), for a free function its module path and name.
@@ -193,7 +194,11 @@ fn function_tag(plan: &Plan) -> TokenStream {
             let mut template = String::from("__impcache_fn:key=");
             for part in parts {
                 match part {
-                    Part::Literal(text) => template.push_str(text),
+                    // Literal braces doubled, as written: `u:{{x}}:{id}` and `u:{x}:{{id}}`
+                    // make other keys, and must make other tags.
+                    Part::Literal(text) => {
+                        template.push_str(&text.replace('{', "{{").replace('}', "}}"));
+                    }
                     Part::Arg(i) => {
                         if let Some(arg) = plan.args.get(*i) {
                             template.push('{');

@@ -603,3 +603,52 @@ async fn a_raw_identifiers_function_tag_is_its_name_without_r_hash() {
     assert_eq!(r#match(1).await, 1);
     assert_eq!(RAW_RUNS.load(SeqCst), 2, "the tag hid the entry");
 }
+
+static FIRST_RUNS: AtomicUsize = AtomicUsize::new(0);
+static SECOND_RUNS: AtomicUsize = AtomicUsize::new(0);
+static CONSTANT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, key = "u:{{x}}:{id}", invalidate_all)]
+async fn first_braced(id: u64) -> String {
+    FIRST_RUNS.fetch_add(1, SeqCst);
+    format!("first {id}")
+}
+
+#[cached(cache = CACHE, expire = 60, key = "u:{x}:{{id}}", invalidate_all)]
+async fn second_braced(x: u64) -> String {
+    SECOND_RUNS.fetch_add(1, SeqCst);
+    format!("second {x}")
+}
+
+#[cached(cache = CACHE, expire = 60, key = "u:{{id}}", invalidate_all)]
+async fn constant_braced() -> String {
+    CONSTANT_RUNS.fetch_add(1, SeqCst);
+    "constant".to_owned()
+}
+
+/// Templates differing only in which braces are literal make other keys (`u:{x}:1`, `u:2:{id}`,
+/// `u:{id}`), and other function tags: each `_invalidate_all` reaches its own function only (the
+/// tag was spelled with literal braces undoubled, the same for the three: found by a probe,
+/// 2026-12-07).
+#[tokio::test]
+async fn invalidate_all_tells_literal_braces_from_placeholders() {
+    assert_eq!(first_braced(1).await, "first 1");
+    assert_eq!(second_braced(2).await, "second 2");
+    assert_eq!(constant_braced().await, "constant");
+    first_braced_invalidate_all().await.unwrap();
+    assert_eq!(second_braced(2).await, "second 2");
+    assert_eq!(constant_braced().await, "constant");
+    assert_eq!(first_braced(1).await, "first 1");
+    assert_eq!(
+        (
+            FIRST_RUNS.load(SeqCst),
+            SECOND_RUNS.load(SeqCst),
+            CONSTANT_RUNS.load(SeqCst)
+        ),
+        (2, 1, 1)
+    );
+    second_braced_invalidate_all().await.unwrap();
+    assert_eq!(constant_braced().await, "constant");
+    assert_eq!(second_braced(2).await, "second 2");
+    assert_eq!((SECOND_RUNS.load(SeqCst), CONSTANT_RUNS.load(SeqCst)), (2, 1));
+}
