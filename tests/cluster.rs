@@ -1086,6 +1086,46 @@ async fn a_redirected_key_is_served_while_an_unrelated_primary_is_frozen() {
     }
 }
 
+/// A cache pinned to one slot by its prefix (`{pin}`: every key on one primary) sweeps with
+/// `delete_pattern` while another primary, which can hold none of its keys, is frozen or killed:
+/// the sweep succeeds (it failed with `Unavailable`, all its keys removed, and so did the
+/// `CacheLayer` purges on it; found by a probe, 2026-12-07). With the pinned primary frozen it
+/// still fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_cache_sweeps_while_a_primary_holding_none_of_its_keys_is_down() {
+    let cluster = RedisCluster::start(3, 0);
+    let cache = Cache::builder(repository(&cluster, Duration::from_millis(500)))
+        .key_prefix("{pin}")
+        .build();
+    let home = cluster.primary_for("{pin}");
+    let unrelated = cluster
+        .primaries()
+        .into_iter()
+        .find(|port| *port != home)
+        .unwrap();
+    let keys = || (0..50).map(|i| format!("k{i}"));
+    cache.set_many(keys().map(|k| (k, 1)), 100).await.unwrap();
+
+    let frozen = cluster.freeze_node(home);
+    let failed = cache.delete_pattern("k4*").await;
+    assert!(
+        matches!(
+            failed,
+            Err(Error::Timeout { .. } | Error::Unavailable { .. })
+        ),
+        "{failed:?}"
+    );
+    drop(frozen);
+
+    let frozen = cluster.freeze_node(unrelated);
+    assert_eq!(cache.delete_pattern("k1*").await.unwrap(), 11);
+    drop(frozen);
+    cluster.kill_node(unrelated);
+    assert_eq!(cache.delete_pattern("*").await.unwrap(), 39);
+    let left: Vec<Option<i32>> = cache.get_many(keys()).await.unwrap();
+    assert!(left.iter().all(Option::is_none), "{left:?}");
+}
+
 /// A `CacheLayer` (keys by host, the default) on a cluster cache, its handler answering
 /// `hello`: the tests of its list of hosts, one key on one primary.
 struct HostsApp {

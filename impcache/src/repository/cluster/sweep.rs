@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 
 use super::fan_out::{check_nodes, join_set, NodeFailure};
 use super::node::Node;
+use super::topology::pattern_slot;
 use super::RedisClusterCacheRepository;
 use crate::error::{shown, Error, Result};
 use crate::progress::{Report, Sweep};
@@ -43,16 +44,22 @@ impl RedisClusterCacheRepository {
                 })
             }
         };
+        // A pattern whose keys all have one hash tag (a cache whose prefix is `{app}`) matches
+        // keys of one slot only: on its primary, and on a primary importing it while it migrates.
+        // Every primary is still swept, but the failure of one not serving that slot is no
+        // failure of the sweep (a primary holding none of the cache's keys was down: its purge
+        // failed, all its keys removed; found by a probe, 2026-12-07).
+        let pinned_to = pattern_slot(pattern.as_bytes()).and_then(|slot| map.owner(slot));
         let (batches, mut done) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
-        for node in &map.handles {
+        for (index, node) in map.handles.iter().enumerate() {
             let this = self.clone();
             let node = node.clone();
             let pattern = pattern.to_owned();
             let batches = batches.clone();
             tasks.spawn(async move {
                 let swept = this.sweep(&node, &pattern, &batches).await;
-                (format!("{}:{}", node.host, node.port), swept)
+                (index, format!("{}:{}", node.host, node.port), swept)
             });
         }
         // Every task holds a sender: the channel closes when the last one ends.
@@ -64,8 +71,11 @@ impl RedisClusterCacheRepository {
         let mut failures = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((_, Ok(_))) => {}
-                Ok((node, Err(error))) => failures.push(NodeFailure { node, error }),
+                Ok((_, _, Ok(_))) => {}
+                Ok((index, node, Err(error))) if pinned_to.is_some_and(|owner| owner != index) => {
+                    tracing::debug!(%node, %error, pattern = %subject(), "impcache: delete_pattern: a primary not serving the pattern's slot failed");
+                }
+                Ok((_, node, Err(error))) => failures.push(NodeFailure { node, error }),
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => {}
             }

@@ -277,6 +277,19 @@ pub(super) fn key_slot(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS
 }
 
+/// The one slot of every key a glob `pattern` matches, when it has one: when the pattern's start
+/// before any glob character (`*`, `?`, `[`, `\`) holds a whole, non-empty hash tag, every key
+/// it matches starts with that text, so has that hash tag (a cache whose prefix is `{app}`).
+pub(super) fn pattern_slot(pattern: &[u8]) -> Option<u16> {
+    let literal = pattern
+        .iter()
+        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        .map_or(pattern, |glob| &pattern[..glob]);
+    let open = literal.iter().position(|&b| b == b'{')?;
+    let close = literal[open + 1..].iter().position(|&b| b == b'}')?;
+    (close > 0).then(|| key_slot(literal))
+}
+
 /// The primaries of a `CLUSTER NODES` reply that may hold keys: flagged `master`, not failed,
 /// with an address. Lines look like
 /// `<id> <ip:port@cport[,hostname]> <flags> <master-id> <ping> <pong> <epoch> <link> <slot>...`.
@@ -398,6 +411,38 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
             );
         }
         assert_eq!(checked, 8000);
+    }
+
+    #[test]
+    fn a_pattern_has_a_slot_when_a_whole_hash_tag_comes_before_any_glob_character() {
+        let pinned = key_slot(b"app");
+        for pattern in [
+            "{app}:1:*",
+            "x{app}y:1:k?",
+            "{app}",
+            "{app}[ab]",
+            "{app}\\*",
+            "{app}{b*",
+        ] {
+            assert_eq!(
+                pattern_slot(pattern.as_bytes()),
+                Some(key_slot(pattern.as_bytes()))
+            );
+            assert_eq!(key_slot(pattern.as_bytes()), pinned, "{pattern}");
+        }
+        // No tag, an empty one, or one that a glob character may change.
+        for pattern in [
+            "app:1:*",
+            "{}app:*",
+            "*{app}:1:*",
+            "{a*p}:1",
+            "{ap?}",
+            "{app",
+            "[{]app}",
+            "\\{app}",
+        ] {
+            assert_eq!(pattern_slot(pattern.as_bytes()), None, "{pattern}");
+        }
     }
 
     #[test]
