@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use super::fan_out::{check_nodes, join_set, NodeFailure};
 use super::node::Node;
-use super::topology::pattern_slot;
+use super::topology::{pattern_slot, serves_whole_slot};
 use super::RedisClusterCacheRepository;
 use crate::error::{shown, Error, Result};
 use crate::progress::{Report, Sweep};
@@ -44,12 +44,6 @@ impl RedisClusterCacheRepository {
                 })
             }
         };
-        // A pattern whose keys all have one hash tag (a cache whose prefix is `{app}`) matches
-        // keys of one slot only: on its primary, and on a primary importing it while it migrates.
-        // Every primary is still swept, but the failure of one not serving that slot is no
-        // failure of the sweep (a primary holding none of the cache's keys was down: its purge
-        // failed, all its keys removed; found by a probe, 2026-12-07).
-        let pinned_to = pattern_slot(pattern.as_bytes()).and_then(|slot| map.owner(slot));
         let (batches, mut done) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
         for (index, node) in map.handles.iter().enumerate() {
@@ -69,19 +63,57 @@ impl RedisClusterCacheRepository {
             sweep.batch(matched, removed);
         }
         let mut failures = Vec::new();
+        let mut failed = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((_, _, Ok(_))) => {}
-                Ok((index, node, Err(error))) if pinned_to.is_some_and(|owner| owner != index) => {
-                    tracing::debug!(%node, %error, pattern = %subject(), "impcache: delete_pattern: a primary not serving the pattern's slot failed");
+                Ok((index, node, Err(error))) => {
+                    failed.push(index);
+                    failures.push(NodeFailure { node, error });
                 }
-                Ok((_, node, Err(error))) => failures.push(NodeFailure { node, error }),
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => {}
             }
         }
+        // A pattern whose keys all have one hash tag (a cache whose prefix is `{app}`) matches
+        // keys of one slot only. When the primaries that failed are others, and the slot's
+        // primary says it holds the whole slot (it serves it and is not migrating it, so no
+        // primary importing it holds some of its keys), none of them held a key of the pattern:
+        // the sweep is whole (a primary holding none of the cache's keys down failed it, all its
+        // keys removed; found by a probe, 2026-12-07).
+        if !failures.is_empty() {
+            if let Some(slot) = pattern_slot(pattern.as_bytes()) {
+                if let Some(owner) = map.owner(slot).filter(|owner| !failed.contains(owner)) {
+                    let node = &map.handles[owner];
+                    if self.holds_whole_slot(node, slot, &subject).await {
+                        tracing::debug!(pattern = %subject(), "impcache: delete_pattern: primaries that failed hold none of the pattern's slot");
+                        failures.clear();
+                    }
+                }
+            }
+        }
         check_nodes("delete_pattern", &subject, failures).map_err(|e| sweep.interrupted(e))?;
         Ok(sweep.removed())
+    }
+
+    /// Whether `node` says it holds the whole of `slot` (its own line of `CLUSTER NODES`: it
+    /// serves the slot and is not migrating it). `false` when it cannot tell.
+    async fn holds_whole_slot(
+        &self,
+        node: &Node,
+        slot: u16,
+        subject: &(dyn Fn() -> String + Sync),
+    ) -> bool {
+        let until = Instant::now() + self.inner.deadline;
+        let nodes = self
+            .on_node(node, until, "delete_pattern", subject, |mut c| async move {
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("NODES");
+                let reply = c.send_packed_command(&cmd).await?.extract_error()?;
+                Ok(redis::from_redis_value::<String>(reply)?)
+            })
+            .await;
+        nodes.is_ok_and(|nodes| serves_whole_slot(&nodes, slot))
     }
 
     /// Sweeps one primary: `SCAN` it, `UNLINK` each batch on it; keys that moved away meanwhile

@@ -290,6 +290,34 @@ pub(super) fn pattern_slot(pattern: &[u8]) -> Option<u16> {
     (close > 0).then(|| key_slot(literal))
 }
 
+/// Whether the node that answered `CLUSTER NODES` with `nodes` serves `slot` and is neither
+/// migrating nor importing it: its own line (flagged `myself`) lists the slot in its ranges, and
+/// no `[slot->-id]` or `[slot-<-id]` entry for it.
+pub(super) fn serves_whole_slot(nodes: &str, slot: u16) -> bool {
+    let Some(own) = nodes.lines().find(|line| {
+        line.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|flag| flag == "myself"))
+    }) else {
+        return false;
+    };
+    let mut serves = false;
+    for spec in own.split(' ').skip(8) {
+        if let Some(moving) = spec.strip_prefix('[') {
+            let number = moving.split(['-', ']']).next().unwrap_or_default();
+            if number.parse() == Ok(slot) {
+                return false;
+            }
+            continue;
+        }
+        let (first, last) = spec.split_once('-').unwrap_or((spec, spec));
+        if let (Ok(first), Ok(last)) = (first.parse::<u16>(), last.parse::<u16>()) {
+            serves |= (first..=last).contains(&slot);
+        }
+    }
+    serves
+}
+
 /// The primaries of a `CLUSTER NODES` reply that may hold keys: flagged `master`, not failed,
 /// with an address. Lines look like
 /// `<id> <ip:port@cport[,hostname]> <flags> <master-id> <ping> <pong> <epoch> <link> <slot>...`.
@@ -443,6 +471,24 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
         ] {
             assert_eq!(pattern_slot(pattern.as_bytes()), None, "{pattern}");
         }
+    }
+
+    #[test]
+    fn a_node_holds_a_slot_it_serves_and_does_not_move() {
+        let nodes = "07c3 127.0.0.1:30004@31004 master - 0 1 4 connected\n\
+                     e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 6000 [5461-<-292f] [7000->-07c3]\n\
+                     292f 127.0.0.1:30002@31002 master - 0 1 2 connected 5461-10922\n";
+        assert!(serves_whole_slot(nodes, 0));
+        assert!(serves_whole_slot(nodes, 5460));
+        assert!(serves_whole_slot(nodes, 6000));
+        // Not its own: another node's range, an importing slot, a migrating one, none at all.
+        assert!(!serves_whole_slot(nodes, 5461));
+        assert!(!serves_whole_slot(nodes, 7000));
+        assert!(!serves_whole_slot(nodes, 10000));
+        let moving = nodes.replace("[7000->-07c3]", "[6000->-07c3]");
+        assert!(!serves_whole_slot(&moving, 6000));
+        assert!(!serves_whole_slot("", 0));
+        assert!(!serves_whole_slot(&nodes.replace("myself,", ""), 0));
     }
 
     #[test]
