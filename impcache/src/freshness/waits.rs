@@ -21,7 +21,7 @@
 //! Only the load's own task is known: a task the loader spawns and awaits is no part of its
 //! load (tokio's task-locals do not reach it), and a cycle through it is not seen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, PoisonError};
@@ -48,9 +48,12 @@ tokio::task_local! {
     static LOADING: Load;
 }
 
-/// The waits of the loads in this process: by waiting load, the loads it waits for now (a
-/// loader may wait for several at once).
-static WAITS: LazyLock<Mutex<HashMap<Load, Vec<Load>>>> = LazyLock::new(Default::default);
+/// The waits of the loads in this process: by waiting load, the loads it waits for now, each
+/// with the number of its waits for it (a loader may wait for several at once, and for one more
+/// than once).
+type Waits = HashMap<Load, HashMap<Load, usize>>;
+
+static WAITS: LazyLock<Mutex<Waits>> = LazyLock::new(Default::default);
 
 /// `task`, running `load`.
 pub(super) fn loading<T: Future>(load: Load, task: T) -> impl Future<Output = T::Output> {
@@ -67,8 +70,11 @@ impl Drop for Edge {
     fn drop(&mut self) {
         let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(targets) = waits.get_mut(&self.from) {
-            if let Some(at) = targets.iter().position(|target| *target == self.to) {
-                targets.swap_remove(at);
+            if let Some(count) = targets.get_mut(&self.to) {
+                *count -= 1;
+                if *count == 0 {
+                    targets.remove(&self.to);
+                }
             }
             if targets.is_empty() {
                 waits.remove(&self.from);
@@ -90,17 +96,17 @@ pub(super) fn wait_for(load: Load) -> Result<Option<Edge>, Cycle> {
         return Ok(None);
     };
     let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
+    // Each load reached once: a walk as long as the loads it reaches (a load waiting for 10,000
+    // others at once, each of 50 loads waiting for it: one walk of each, not 10,000² steps each
+    // under this lock, which stalled the runtime for seconds; found by a probe).
     let mut next = vec![load];
-    let mut seen = Vec::new();
+    let mut seen = HashSet::from([load]);
     while let Some(at) = next.pop() {
         if at == own {
             return Err(Cycle);
         }
-        if seen.contains(&at) {
-            continue;
-        }
-        seen.push(at);
-        next.extend(waits.get(&at).into_iter().flatten());
+        let targets = waits.get(&at).into_iter().flat_map(HashMap::keys);
+        next.extend(targets.filter(|target| seen.insert(**target)));
     }
     Ok(Some(record(&mut waits, own, load)))
 }
@@ -114,7 +120,51 @@ pub(super) fn waiting_for_own(load: Load) -> Option<Edge> {
     Some(record(&mut waits, own, load))
 }
 
-fn record(waits: &mut HashMap<Load, Vec<Load>>, own: Load, to: Load) -> Edge {
-    waits.entry(own).or_default().push(to);
+fn record(waits: &mut Waits, own: Load, to: Load) -> Edge {
+    *waits.entry(own).or_default().entry(to).or_default() += 1;
     Edge { from: own, to }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` as the load `own`.
+    async fn as_load<R>(own: Load, f: impl FnOnce() -> R) -> R {
+        loading(own, async move { f() }).await
+    }
+
+    #[tokio::test]
+    async fn a_wait_is_refused_only_when_it_leads_back_to_the_waiting_load() {
+        let (root, waiter) = (Load::alone(), Load::alone());
+        let leaves: Vec<Load> = (0..1000).map(|_| Load::alone()).collect();
+        // The root waits for 1,000 leaves, twice for the first.
+        let mut edges = as_load(root, || {
+            let mut edges: Vec<Edge> = leaves
+                .iter()
+                .map(|leaf| wait_for(*leaf).unwrap().unwrap())
+                .collect();
+            edges.push(wait_for(leaves[0]).unwrap().unwrap());
+            edges
+        })
+        .await;
+        // Another load may wait for the root (a wide wait, no cycle), but a leaf may not.
+        let to_root = as_load(waiter, || wait_for(root)).await;
+        assert!(matches!(to_root, Ok(Some(_))));
+        assert!(as_load(leaves[0], || wait_for(root)).await.is_err());
+        assert!(as_load(leaves[0], || wait_for(waiter)).await.is_err());
+        // One of the root's two waits for the first leaf ends: the other still leads back.
+        drop(edges.pop());
+        assert!(as_load(leaves[0], || wait_for(waiter)).await.is_err());
+        drop(edges);
+        assert!(matches!(
+            as_load(leaves[0], || wait_for(waiter)).await,
+            Ok(Some(_))
+        ));
+        drop(to_root);
+        // Outside a load, nothing is recorded.
+        assert!(matches!(wait_for(root), Ok(None)));
+        let waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(!waits.contains_key(&root) && !waits.contains_key(&waiter));
+    }
 }
