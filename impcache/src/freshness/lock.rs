@@ -7,7 +7,8 @@ use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use super::job::{load_event, report, Found, Job, Origin};
 use super::lock_settings::Lock;
 use super::policy::State;
+use super::waits::{self, Cycle, Load};
 use crate::cache::{observed, Cache};
 use crate::error::{Error, Result};
 use crate::expire::Expiry;
@@ -60,6 +62,8 @@ pub struct Held {
     origin: Origin,
     /// Which lock it is, until it is released (or found gone, or expired).
     which: Option<LockId>,
+    /// The load of this process holding it, when taken for one.
+    holding: Option<Holding>,
 }
 
 impl Held {
@@ -74,6 +78,7 @@ impl Held {
             expires: Instant::now() + lifetime,
             origin,
             which: Some(lock_id(cache, key)),
+            holding: None,
         }
     }
 
@@ -176,6 +181,43 @@ fn lock_id(cache: &Cache, key: &str) -> LockId {
     )
 }
 
+/// The loads of this process holding a lock, by lock (see [`Holding`]).
+static HOLDERS: LazyLock<Mutex<HashMap<LockId, Load>>> = LazyLock::new(Default::default);
+
+/// The load of this process holding a lock, known while the lock is held: a load of this process
+/// waiting for that lock waits for that load, and a wait that would close a cycle of loads is
+/// not made (see `waits`).
+#[derive(Debug)]
+struct Holding {
+    which: LockId,
+    load: Load,
+}
+
+impl Holding {
+    /// The lock `which` held by the load this task runs (`None` outside a load).
+    fn new(which: LockId) -> Option<Holding> {
+        let load = waits::current()?;
+        let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
+        holders.insert(which.clone(), load);
+        Some(Holding { which, load })
+    }
+
+    /// The load of this process holding the lock `which`, if any.
+    fn holder(which: &LockId) -> Option<Load> {
+        let holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
+        holders.get(which).copied()
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
+        if holders.get(&self.which) == Some(&self.load) {
+            holders.remove(&self.which);
+        }
+    }
+}
+
 /// The locks this process took and dropped unreleased, by [`LockId`], with their tokens and
 /// expiry: the next attempt of this process on such a lock releases it (compare-and-delete) and
 /// takes it at once. Without this, a load whose runtime shut down mid-way held up this process's
@@ -247,6 +289,8 @@ where
     let watch = wait.then(|| cache.near_watch(key)).flatten();
     let mut pause = FIRST_POLL;
     let mut waited = false;
+    // This caller's wait for the load of this process holding the lock, if one does.
+    let mut waiting_for_holder = None;
     loop {
         match cache.acquire_lock(key, token.clone(), lifetime).await {
             Ok(true) => {
@@ -263,6 +307,17 @@ where
                 }
                 if !wait {
                     return outcome(LockOutcome::Busy, Turn::Busy);
+                }
+                if waiting_for_holder.is_none() {
+                    let holder = Holding::holder(&lock_id(cache, key));
+                    match holder.map(waits::wait_for).transpose() {
+                        Ok(edge) => waiting_for_holder = Some(edge.flatten()),
+                        Err(Cycle) => {
+                            let key = cache.logged_key(key);
+                            load_event!(origin, warn, key, "the lock is held by a load waiting for this one: loading here, without the lock");
+                            return Turn::Open;
+                        }
+                    }
                 }
             }
             Err(error) => {
@@ -333,7 +388,8 @@ async fn owned<T>(
     waited: bool,
     read: impl Future<Output = Result<Option<T>>>,
 ) -> Turn<T> {
-    let held = Held::new(cache, key, token, lifetime, origin);
+    let mut held = Held::new(cache, key, token, lifetime, origin);
+    held.holding = Holding::new(lock_id(cache, key));
     match read.await {
         Ok(None) => {}
         Ok(Some(value)) => {

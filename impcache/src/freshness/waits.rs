@@ -18,6 +18,11 @@
 //! (with keys for loads, a wait leading to the first load of a key was taken for a cycle by its
 //! second, whose call then ran its loader a second time).
 //!
+//! A load waiting for the lock across processes ([`Lock`](crate::Lock)) that a load of this
+//! process holds waits for that load too (`freshness/lock.rs`, `Holding`): a second load of a
+//! key, started after a write of it, whose loader's callees call the key back, waited for its
+//! first load's lock until the lock's lifetime had passed (found by a regression hunt).
+//!
 //! Only the load's own task is known: a task the loader spawns and awaits is no part of its
 //! load (tokio's task-locals do not reach it), and a cycle through it is not seen.
 
@@ -60,6 +65,11 @@ pub(super) fn loading<T: Future>(load: Load, task: T) -> impl Future<Output = T:
     LOADING.scope(load, task)
 }
 
+/// The load this task runs, if it runs one.
+pub(super) fn current() -> Option<Load> {
+    LOADING.try_with(|own| *own).ok()
+}
+
 /// A wait of one load for another, recorded until dropped.
 pub(super) struct Edge {
     from: Load,
@@ -92,7 +102,7 @@ pub(super) struct Cycle;
 /// back to this task's load along the recorded waits. Checked and recorded under one lock, so
 /// that of two loads starting to wait for each other at once, the second sees the cycle.
 pub(super) fn wait_for(load: Load) -> Result<Option<Edge>, Cycle> {
-    let Ok(own) = LOADING.try_with(|own| *own) else {
+    let Some(own) = current() else {
         return Ok(None);
     };
     let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -115,7 +125,7 @@ pub(super) fn wait_for(load: Load) -> Result<Option<Edge>, Cycle> {
 /// or runs without the flight), recorded before that task starts (its loader may wait for this
 /// task's load) and whatever else waits: this wait is made in any case. `None` outside a load.
 pub(super) fn waiting_for_own(load: Load) -> Option<Edge> {
-    let own = LOADING.try_with(|own| *own).ok()?;
+    let own = current()?;
     let mut waits = WAITS.lock().unwrap_or_else(PoisonError::into_inner);
     Some(record(&mut waits, own, load))
 }
