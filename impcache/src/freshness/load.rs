@@ -781,7 +781,7 @@ where
     let mut abort = None;
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            abort = Some(AbortOnDrop(runtime.spawn(task).abort_handle()));
+            abort = Some(AbortOnDrop(Some(runtime.spawn(task).abort_handle())));
         }
         Err(_) => task.await,
     }
@@ -795,17 +795,22 @@ where
 /// Aborts a task when dropped, unless [`disarmed`](AbortOnDrop::disarm). Written here: it is
 /// tokio-util's `AbortOnDropHandle`, and tokio-util is not a dependency of this crate for
 /// anything else.
-struct AbortOnDrop(tokio::task::AbortHandle);
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
 
 impl AbortOnDrop {
-    fn disarm(self) {
-        std::mem::forget(self);
+    /// Lets the task be: its handle is dropped, not aborted. (Not `mem::forget`: a handle never
+    /// dropped keeps its task's memory for ever, 12 KB per load in a release build; found by a
+    /// probe.)
+    fn disarm(mut self) {
+        self.0 = None;
     }
 }
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
