@@ -451,3 +451,77 @@ async fn a_cycle_through_this_processs_own_lock_is_not_waited_for() {
         .unwrap();
     assert_eq!(first, "first a over b over second a");
 }
+
+/// The lock passes from load to load while a load waits for it: the wait follows its holder.
+/// k's first load holds k's lock, waits at a gate, then fails (it stores nothing, and releases);
+/// k is deleted, and m's loader calls k: a second load of k, which waits for the lock (held by
+/// the first). k is deleted again, and a third load of k, whose loader calls m, waits for the
+/// lock too. The first releases, the third takes the lock and waits for m, which waits for the
+/// second, which waits for the lock the third now holds: that wait is refused (it was looked up
+/// once, at the first holder, and waited out the lock's lifetime; found by a regression hunt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_the_lock_follows_it_from_load_to_load() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let lock = Lock::new()
+        .lifetime(Duration::from_secs(60))
+        .wait(Duration::from_secs(120));
+    let policy = Freshness::new().lock(lock);
+    let gate = Arc::new(Semaphore::new(0));
+    let (in_first, first_gate) = (cache.clone(), gate.clone());
+    let first = tokio::spawn(async move {
+        let failed: Result<String, String> = in_first
+            .try_get_or_set("k", 60, move || async move {
+                drop(first_gate.acquire().await.unwrap());
+                Err("the first load of k fails".to_owned())
+            })
+            .freshness(policy)
+            .await;
+        failed
+    });
+    tokio::time::sleep(20 * MS).await;
+    cache.delete("k").await.unwrap();
+    let (in_m, in_m_loader) = (cache.clone(), cache.clone());
+    let m = tokio::spawn(async move {
+        in_m.get_or_set("m", 60, move || async move {
+            let k: String = in_m_loader
+                .get_or_set("k", 60, || async { "second k".to_owned() })
+                .freshness(policy)
+                .await
+                .unwrap();
+            format!("m over {k}")
+        })
+        .freshness(policy)
+        .await
+    });
+    tokio::time::sleep(200 * MS).await;
+    cache.delete("k").await.unwrap();
+    let (in_third, in_third_loader) = (cache.clone(), cache.clone());
+    let third = tokio::spawn(async move {
+        in_third
+            .get_or_set("k", 60, move || async move {
+                let m: String = in_third_loader
+                    .get_or_set("m", 60, || async { "m alone".to_owned() })
+                    .freshness(policy)
+                    .await
+                    .unwrap();
+                format!("third k over {m}")
+            })
+            .freshness(policy)
+            .await
+    });
+    // The third polls every 5 ms at first, the second every 50 ms by now: the third takes the
+    // lock when the first releases it.
+    tokio::time::sleep(3 * MS).await;
+    gate.add_permits(1);
+    let all = async {
+        let first = first.await.unwrap();
+        let m: String = m.await.unwrap().unwrap();
+        let third: String = third.await.unwrap().unwrap();
+        (first, m, third)
+    };
+    let (first, m, third) = tokio::time::timeout(HANG, all)
+        .await
+        .expect("waited out the lock's lifetime");
+    assert!(first.is_err());
+    assert_eq!(third, format!("third k over {m}"));
+}

@@ -1108,6 +1108,54 @@ fn a_lock_waits_polls_are_not_lookups() {
     });
 }
 
+/// A cycle of loads through the lock counts an outcome too (`cycle`): a's load holds a's lock,
+/// a is deleted, a's loader calls b, whose loader calls a: that second load of a finds a's lock
+/// held by the first, which waits for it, and loads without the lock (uncounted before: found by
+/// a regression hunt).
+#[test]
+fn a_cycle_through_the_lock_counts_its_outcome() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = Cache::new(MemoryCacheRepository::new());
+        let policy = impcache::Freshness::new().lock(impcache::Lock::new());
+        let (in_a, in_b) = (cache.clone(), cache.clone());
+        let first = tokio::spawn(async move {
+            in_a.get_or_set("a", 60, move || async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let b: String = in_b
+                    .clone()
+                    .get_or_set("b", 60, move || async move {
+                        let a: String = in_b
+                            .get_or_set("a", 60, || async { "second a".to_owned() })
+                            .freshness(policy)
+                            .await
+                            .unwrap();
+                        format!("b over {a}")
+                    })
+                    .freshness(policy)
+                    .await
+                    .unwrap();
+                format!("first a over {b}")
+            })
+            .freshness(policy)
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cache.delete("a").await.unwrap();
+        let first: String = tokio::time::timeout(Duration::from_secs(5), first)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, "first a over b over second a");
+        let recorded = Recorded::take(&snapshotter);
+        let outcome = |o| recorded.counter("impcache_lock_outcomes_total", &[("outcome", o)]);
+        assert_eq!((outcome("acquired"), outcome("cycle")), (2, 1));
+    });
+}
+
 /// A flight leader's second look at its key (a flight of the key ended since its read: here the
 /// waiters of a panicking loader, one of which leads next) is a `get` operation but no lookup:
 /// each caller counts one, its own read.

@@ -4,10 +4,10 @@
 //! The protocol is in [`Lock`]'s docs.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::job::{load_event, report, Found, Job, Origin};
 use super::lock_settings::Lock;
 use super::policy::State;
-use super::waits::{self, Cycle, Load};
+use super::waits::{self, Cycle, Edge, Load};
 use crate::cache::{observed, Cache};
 use crate::error::{Error, Result};
 use crate::expire::Expiry;
@@ -289,8 +289,10 @@ where
     let watch = wait.then(|| cache.near_watch(key)).flatten();
     let mut pause = FIRST_POLL;
     let mut waited = false;
-    // This caller's wait for the load of this process holding the lock, if one does.
-    let mut waiting_for_holder = None;
+    // Within a load: the lock's id, and this caller's wait for the load of this process holding
+    // the lock, if one does, looked up at each busy attempt (the lock passes from load to load).
+    let which = waits::current().is_some().then(|| lock_id(cache, key));
+    let mut waiting_for_holder: Option<(Load, Option<Edge>)> = None;
     loop {
         match cache.acquire_lock(key, token.clone(), lifetime).await {
             Ok(true) => {
@@ -308,16 +310,18 @@ where
                 if !wait {
                     return outcome(LockOutcome::Busy, Turn::Busy);
                 }
-                if waiting_for_holder.is_none() {
-                    let holder = Holding::holder(&lock_id(cache, key));
-                    match holder.map(waits::wait_for).transpose() {
-                        Ok(edge) => waiting_for_holder = Some(edge.flatten()),
+                match which.as_ref().and_then(Holding::holder) {
+                    Some(holder)
+                        if waiting_for_holder.as_ref().map(|(load, _)| *load) == Some(holder) => {}
+                    Some(holder) => match waits::wait_for(holder) {
+                        Ok(edge) => waiting_for_holder = Some((holder, edge)),
                         Err(Cycle) => {
                             let key = cache.logged_key(key);
                             load_event!(origin, warn, key, "the lock is held by a load waiting for this one: loading here, without the lock");
-                            return Turn::Open;
+                            return outcome(LockOutcome::Cycle, Turn::Open);
                         }
-                    }
+                    },
+                    None => waiting_for_holder = None,
                 }
             }
             Err(error) => {

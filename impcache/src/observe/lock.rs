@@ -24,6 +24,9 @@ pub(crate) enum LockOutcome {
     TimedOut,
     /// The cache failed (down, deadline, breaker open): the loader runs here, without the lock.
     FailedOpen,
+    /// The lock is held by a load of this process that waits for this one (a cycle of loads):
+    /// the loader runs here, without the lock.
+    Cycle,
 }
 
 impl LockOutcome {
@@ -36,6 +39,7 @@ impl LockOutcome {
             LockOutcome::Busy => "busy",
             LockOutcome::TimedOut => "timed_out",
             LockOutcome::FailedOpen => "failed_open",
+            LockOutcome::Cycle => "cycle",
         }
     }
 }
@@ -53,7 +57,7 @@ pub(crate) fn lock_outcome(outcome: LockOutcome) {
 pub(super) const DESCRIPTIONS: &[(&str, Option<Unit>, &str)] = &[(
     LOCK_OUTCOMES_TOTAL,
     Some(Unit::Count),
-    "Attempts to take a key's cross-process loader lock, by outcome (acquired, took_over, waited, busy, timed_out, failed_open).",
+    "Attempts to take a key's cross-process loader lock, by outcome (acquired, took_over, waited, busy, timed_out, failed_open, cycle).",
 )];
 
 // Unit tests: an `assert!` here is the test failing (clippy.toml allows the panicking macros in
