@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, Freshness, Lock, MemoryCacheRepository};
-use impcache_tests::loader::{counted, stale_entry};
+use impcache_tests::loader::{counted, cycle_through_the_lock, stale_entry};
 use tokio::sync::Semaphore;
 
 const HANG: Duration = Duration::from_secs(10);
@@ -405,9 +405,9 @@ async fn a_wait_leading_to_an_earlier_load_of_its_own_key_is_no_cycle() {
     assert_eq!(c_runs.load(Ordering::SeqCst), 1, "c's loader ran twice");
 }
 
-/// With the lock across processes: a's load takes a's lock and waits at a gate; a is deleted (a
-/// later caller starts another load of a); a's loader calls b, whose loader calls a: a second
-/// load of a, which finds a's lock held by the first, which waits for b. That wait for the lock
+/// With the lock across processes: a's load takes a's lock; a is deleted (a later caller starts
+/// another load of a); a's loader calls b, whose loader calls a: a second load of a, which finds
+/// a's lock held by the first, which waits for b (`cycle_through_the_lock`). That wait for the lock
 /// is a wait for the first load (this process holds the lock): it would close a cycle, so it is
 /// not made, and the second load runs without the lock (it waited out the lock's lifetime, 60 s
 /// here; found by a regression hunt).
@@ -417,39 +417,13 @@ async fn a_cycle_through_this_processs_own_lock_is_not_waited_for() {
     let lock = Lock::new()
         .lifetime(Duration::from_secs(60))
         .wait(Duration::from_secs(120));
-    let policy = Freshness::new().lock(lock);
-    let gate = Arc::new(Semaphore::new(0));
-    let (in_a, in_b, a_gate) = (cache.clone(), cache.clone(), gate.clone());
-    let first = tokio::spawn(async move {
-        in_a.get_or_set("a", 60, move || async move {
-            drop(a_gate.acquire().await.unwrap());
-            let b: String = in_b
-                .clone()
-                .get_or_set("b", 60, move || async move {
-                    let a: String = in_b
-                        .get_or_set("a", 60, || async { "second a".to_owned() })
-                        .freshness(policy)
-                        .await
-                        .unwrap();
-                    format!("b over {a}")
-                })
-                .freshness(policy)
-                .await
-                .unwrap();
-            format!("first a over {b}")
-        })
-        .freshness(policy)
-        .await
-    });
-    tokio::time::sleep(50 * MS).await;
-    cache.delete("a").await.unwrap();
-    gate.add_permits(1);
-    let first: String = tokio::time::timeout(HANG, first)
-        .await
-        .expect("waited for its own lock")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first, "first a over b over second a");
+    let first = tokio::time::timeout(
+        HANG,
+        cycle_through_the_lock(&cache, Freshness::new().lock(lock)),
+    )
+    .await
+    .expect("waited for its own lock");
+    assert_eq!(first.unwrap(), "first a over b over second a");
 }
 
 /// The lock passes from load to load while a load waits for it: the wait follows its holder.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, CacheRepository, CacheStats, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::loader::cycle_through_the_lock;
 use impcache_tests::logs::Logs;
 use impcache_tests::{current_thread_runtime, RedisServer};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -1120,36 +1121,14 @@ fn a_cycle_through_the_lock_counts_its_outcome() {
     current_thread_runtime().block_on(async {
         let cache = Cache::new(MemoryCacheRepository::new());
         let policy = impcache::Freshness::new().lock(impcache::Lock::new());
-        let (in_a, in_b) = (cache.clone(), cache.clone());
-        let first = tokio::spawn(async move {
-            in_a.get_or_set("a", 60, move || async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let b: String = in_b
-                    .clone()
-                    .get_or_set("b", 60, move || async move {
-                        let a: String = in_b
-                            .get_or_set("a", 60, || async { "second a".to_owned() })
-                            .freshness(policy)
-                            .await
-                            .unwrap();
-                        format!("b over {a}")
-                    })
-                    .freshness(policy)
-                    .await
-                    .unwrap();
-                format!("first a over {b}")
-            })
-            .freshness(policy)
-            .await
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        cache.delete("a").await.unwrap();
-        let first: String = tokio::time::timeout(Duration::from_secs(5), first)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(first, "first a over b over second a");
+        let first = tokio::time::timeout(
+            Duration::from_secs(5),
+            cycle_through_the_lock(&cache, policy),
+        );
+        assert_eq!(
+            first.await.unwrap().unwrap(),
+            "first a over b over second a"
+        );
         let recorded = Recorded::take(&snapshotter);
         let outcome = |o| recorded.counter("impcache_lock_outcomes_total", &[("outcome", o)]);
         assert_eq!((outcome("acquired"), outcome("cycle")), (2, 1));

@@ -52,3 +52,38 @@ pub async fn stale_entry(
     until_stored(cache, key, &stored).await;
     tokio::time::sleep(fresh + std::time::Duration::from_millis(50)).await;
 }
+
+/// A cycle of loads through the lock across processes (`policy` has one): a's load holds a's
+/// lock and, 50 ms in, calls b, whose loader calls a; a is deleted 10 ms in, so that this call
+/// starts a second load of a, which finds a's lock held by the first load, waiting for it.
+/// Returns the first load's answer (`first a over b over second a` when the second load ran).
+pub async fn cycle_through_the_lock(
+    cache: &impcache::Cache,
+    policy: impcache::Freshness,
+) -> impcache::Result<String> {
+    let (in_a, in_b) = (cache.clone(), cache.clone());
+    let first = tokio::spawn(async move {
+        in_a.get_or_set("a", 60, move || async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let b: String = in_b
+                .clone()
+                .get_or_set("b", 60, move || async move {
+                    let a: String = in_b
+                        .get_or_set("a", 60, || async { "second a".to_owned() })
+                        .freshness(policy)
+                        .await
+                        .unwrap();
+                    format!("b over {a}")
+                })
+                .freshness(policy)
+                .await
+                .unwrap();
+            format!("first a over {b}")
+        })
+        .freshness(policy)
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    cache.delete("a").await?;
+    first.await.unwrap()
+}
