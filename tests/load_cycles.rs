@@ -499,3 +499,62 @@ async fn a_wait_for_the_lock_follows_it_from_load_to_load() {
     assert!(first.is_err());
     assert_eq!(third, format!("third k over {m}"));
 }
+
+/// A lock that expired while its load ran is no longer that load's: two processes (caches over
+/// one store, each its own single flight and locks). Process 1's first load of k holds k's lock
+/// (200 ms lifetime, a 600 ms loader, then it calls m, whose loader calls k); process 2 takes the
+/// expired lock and loads k for a second. k is deleted in process 1, so m's call of k is a second
+/// load of k, which finds the lock held by process 2 and waits for its value: no cycle (the lock
+/// was taken for the first load's still, a cycle, and the second load ran k's loader without the
+/// lock; found by a regression hunt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_that_expired_during_its_load_is_another_processs() {
+    let store = Arc::new(MemoryCacheRepository::new());
+    let process = || Cache::builder_shared(Arc::new(store.as_ref().clone())).build();
+    let (first_process, second_process) = (process(), process());
+    let lock = |lifetime| Lock::new().lifetime(lifetime).wait(Duration::from_secs(10));
+    let short = Freshness::new().lock(lock(200 * MS));
+    let long = Freshness::new().lock(lock(Duration::from_secs(5)));
+    let (in_k, in_m) = (first_process.clone(), first_process.clone());
+    let first = tokio::spawn(async move {
+        in_k.get_or_set("k", 60, move || async move {
+            tokio::time::sleep(600 * MS).await;
+            let m: String = in_m
+                .clone()
+                .get_or_set("m", 60, move || async move {
+                    let k: String = in_m
+                        .get_or_set("k", 60, || async { "second k".to_owned() })
+                        .freshness(short)
+                        .await
+                        .unwrap();
+                    format!("m over {k}")
+                })
+                .freshness(short)
+                .await
+                .unwrap();
+            format!("first k over {m}")
+        })
+        .freshness(short)
+        .await
+    });
+    tokio::time::sleep(50 * MS).await;
+    let second = tokio::spawn(async move {
+        second_process
+            .get_or_set("k", 60, || async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                "process 2's k".to_owned()
+            })
+            .freshness(long)
+            .await
+    });
+    tokio::time::sleep(350 * MS).await;
+    first_process.delete("k").await.unwrap();
+    let first: String = tokio::time::timeout(HANG, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let second: String = second.await.unwrap().unwrap();
+    assert_eq!(second, "process 2's k");
+    assert_eq!(first, "first k over m over process 2's k");
+}

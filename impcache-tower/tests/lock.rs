@@ -326,3 +326,60 @@ async fn misses_of_a_response_never_stored_do_not_take_the_lock_in_turn() {
         "the waiters' calls one after another (most at once: {most})"
     );
 }
+
+/// The layer's lock is no load's: taken by a request made inside a `get_or_set` loader, it
+/// outlives that request (released after the store, in the background). One process, two
+/// layers (one lock of `/u` between them): a's loader requests `/u` through the first and
+/// takes its lock; 50 ms later b's loader requests `/u` through the second and waits for that
+/// lock. a's request is answered, and a's loader calls b: it waits for b's load, which finds
+/// the stored response at its next poll. b's loader runs once (the lock was taken for a's load's,
+/// b's wait for it for a wait for a, and a's wait for b for a cycle: b's loader ran a second
+/// time, every time; found by a regression hunt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layers_lock_taken_inside_a_load_is_not_that_loads() {
+    let repository: Arc<dyn impcache::CacheRepository> =
+        Arc::new(impcache::MemoryCacheRepository::new());
+    let cache = Cache::builder_shared(repository.clone()).build();
+    let layer = || CacheLayer::new(Cache::builder_shared(repository.clone()).build());
+    let slow = |layer: CacheLayer| {
+        app(layer.lock(Lock::new()), |_, _| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Response::new(Body::from("u"))
+        })
+        .0
+    };
+    let (first, second) = (slow(layer()), slow(layer()));
+    let b_runs = Arc::new(AtomicUsize::new(0));
+    let runs = b_runs.clone();
+    let b_loader = move || {
+        let (b_runs, second) = (runs.clone(), second.clone());
+        move || async move {
+            b_runs.fetch_add(1, Ordering::SeqCst);
+            let u = send(&second, get("/u")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            format!("b over {}", String::from_utf8_lossy(&u.body))
+        }
+    };
+    let (in_a, b_for_a) = (cache.clone(), b_loader.clone());
+    let a = tokio::spawn(async move {
+        let inner = in_a.clone();
+        in_a.get_or_set("a", 60, move || async move {
+            let u = send(&first, get("/u")).await;
+            let b: String = inner.get_or_set("b", 60, b_for_a()).await.unwrap();
+            format!("a over {} and {b}", String::from_utf8_lossy(&u.body))
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let in_b = cache.clone();
+    let b = tokio::spawn(async move { in_b.get_or_set("b", 60, b_loader()).await });
+    let a: String = tokio::time::timeout(Duration::from_secs(20), a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let b: String = b.await.unwrap().unwrap();
+    assert_eq!(a, format!("a over u and {b}"));
+    assert_eq!(b, "b over u");
+    assert_eq!(b_runs.load(Ordering::SeqCst), 1, "b's loader ran twice");
+}

@@ -95,7 +95,7 @@ impl Held {
             Ok(true) => {}
             Ok(false) => {
                 let key = cache.logged_key(key);
-                load_event!(self.origin, warn, key, "the lock had expired before its release: its lifetime is shorter than the load and store took");
+                load_event!(self.origin, warn, key, "the lock was gone before its release: expired (its lifetime is shorter than the load and store took) or deleted (a delete_pattern matching the lock keys, `__lock:` under the prefix and version)");
             }
             Err(error) => {
                 report(self.origin, cache, "release_lock", key, &error);
@@ -181,12 +181,14 @@ fn lock_id(cache: &Cache, key: &str) -> LockId {
     )
 }
 
-/// The loads of this process holding a lock, by lock (see [`Holding`]).
-static HOLDERS: LazyLock<Mutex<HashMap<LockId, Load>>> = LazyLock::new(Default::default);
+/// The loads of this process holding a lock, by lock, with when the lock has expired by itself
+/// (see [`Holding`]).
+static HOLDERS: LazyLock<Mutex<HashMap<LockId, (Load, Instant)>>> = LazyLock::new(Default::default);
 
-/// The load of this process holding a lock, known while the lock is held: a load of this process
-/// waiting for that lock waits for that load, and a wait that would close a cycle of loads is
-/// not made (see `waits`).
+/// The load of this process holding a lock (a `get_or_set` load's, not the HTTP layer's, whose
+/// lock outlives the call that took it), known while the lock is held and has not expired: a
+/// load of this process waiting for that lock waits for that load, and a wait that would close
+/// a cycle of loads is not made (see `waits`).
 #[derive(Debug)]
 struct Holding {
     which: LockId,
@@ -194,25 +196,28 @@ struct Holding {
 }
 
 impl Holding {
-    /// The lock `which` held by the load this task runs (`None` outside a load).
-    fn new(which: LockId) -> Option<Holding> {
+    /// The lock `which`, expiring by itself at `expires`, held by the load this task runs
+    /// (`None` outside a load).
+    fn new(which: LockId, expires: Instant) -> Option<Holding> {
         let load = waits::current()?;
         let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
-        holders.insert(which.clone(), load);
+        holders.insert(which.clone(), (load, expires));
         Some(Holding { which, load })
     }
 
-    /// The load of this process holding the lock `which`, if any.
+    /// The load of this process holding the lock `which`, if any. Not one whose lock has expired
+    /// (it may be another process's now: a lifetime shorter than the load).
     fn holder(which: &LockId) -> Option<Load> {
         let holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
-        holders.get(which).copied()
+        let (load, expires) = holders.get(which)?;
+        (*expires > Instant::now()).then_some(*load)
     }
 }
 
 impl Drop for Holding {
     fn drop(&mut self) {
         let mut holders = HOLDERS.lock().unwrap_or_else(PoisonError::into_inner);
-        if holders.get(&self.which) == Some(&self.load) {
+        if holders.get(&self.which).map(|(load, _)| *load) == Some(self.load) {
             holders.remove(&self.which);
         }
     }
@@ -262,7 +267,13 @@ pub(super) async fn take<V: DeserializeOwned>(
     wait: bool,
 ) -> Turn<(V, Bytes)> {
     let poll = || fresh(job);
-    take_polling(&job.cache, &job.key, job.origin, lock, lifetime, wait, poll).await
+    match take_polling(&job.cache, &job.key, job.origin, lock, lifetime, wait, poll).await {
+        Turn::Owner(mut held) => {
+            held.holding = Holding::new(lock_id(&job.cache, &job.key), held.expires);
+            Turn::Owner(held)
+        }
+        turn => turn,
+    }
 }
 
 /// The protocol of [`Lock`] on the lock of `key` (caller's part), `poll` reading what another
@@ -392,8 +403,7 @@ async fn owned<T>(
     waited: bool,
     read: impl Future<Output = Result<Option<T>>>,
 ) -> Turn<T> {
-    let mut held = Held::new(cache, key, token, lifetime, origin);
-    held.holding = Holding::new(lock_id(cache, key));
+    let held = Held::new(cache, key, token, lifetime, origin);
     match read.await {
         Ok(None) => {}
         Ok(Some(value)) => {
