@@ -83,8 +83,8 @@ impl RedisClusterCacheRepository {
         // keys removed; found by a probe, 2026-12-07).
         if !failures.is_empty() {
             if let Some(slot) = pattern_slot(pattern.as_bytes()) {
-                if let Some(owner) = map.owner(slot).filter(|owner| !failed.contains(owner)) {
-                    let node = &map.handles[owner];
+                let owner = map.owner(slot).filter(|owner| !failed.contains(owner));
+                if let Some(node) = owner.and_then(|owner| map.handles.get(owner)) {
                     if self.holds_whole_slot(node, slot, &subject).await {
                         tracing::debug!(pattern = %subject(), "impcache: delete_pattern: primaries that failed hold none of the pattern's slot");
                         failures.clear();
