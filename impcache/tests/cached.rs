@@ -1034,3 +1034,28 @@ mod version_of_self {
         assert_eq!(at("g").delete_pattern("*Generic*load:1").await.unwrap(), 1);
     }
 }
+
+static SHORT_KEYS: LazyLock<Cache> = LazyLock::new(|| {
+    Cache::builder(MemoryCacheRepository::new())
+        .max_key_bytes(40)
+        .build()
+});
+static LONG_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = SHORT_KEYS, expire = 60)]
+async fn slow_echo(text: String) -> String {
+    LONG_RUNS.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    text
+}
+
+/// A key the cache refuses (over its key limit) runs the body uncached and without the single
+/// flight, as `get_or_set` runs its loader: two concurrent calls, two runs (they joined one
+/// flight under that key, and a call could take the other's answer; found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_the_limit_runs_each_call_on_its_own() {
+    let long = "x".repeat(100);
+    let (first, second) = tokio::join!(slow_echo(long.clone()), slow_echo(long.clone()));
+    assert_eq!((first, second), (long.clone(), long));
+    assert_eq!(LONG_RUNS.load(SeqCst), 2);
+}

@@ -135,6 +135,14 @@ where
         }
         Ok(Some(Err(()))) => overwrite = true,
         Ok(None) => {}
+        // A key the cache refuses (over the key limit): the body runs uncached, with no single
+        // flight, as `get_or_set` runs its loader (it joined a flight under that key, and a call
+        // could take another's answer; found by a probe).
+        Err(error @ crate::Error::InvalidKey { .. }) => {
+            report(cache, "get", &key, &error);
+            function.call(CallOutcome::Bypass);
+            return boxed(body).await;
+        }
         Err(error) => {
             report(cache, "get", &key, &error);
             // A key of another Redis type (a list, a hash) holds no value of ours: replaced,
