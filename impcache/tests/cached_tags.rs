@@ -650,5 +650,8 @@ async fn invalidate_all_tells_literal_braces_from_placeholders() {
     second_braced_invalidate_all().await.unwrap();
     assert_eq!(constant_braced().await, "constant");
     assert_eq!(second_braced(2).await, "second 2");
-    assert_eq!((SECOND_RUNS.load(SeqCst), CONSTANT_RUNS.load(SeqCst)), (2, 1));
+    assert_eq!(
+        (SECOND_RUNS.load(SeqCst), CONSTANT_RUNS.load(SeqCst)),
+        (2, 1)
+    );
 }
