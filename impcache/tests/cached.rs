@@ -1059,3 +1059,35 @@ async fn a_key_over_the_limit_runs_each_call_on_its_own() {
     assert_eq!((first, second), (long.clone(), long));
     assert_eq!(LONG_RUNS.load(SeqCst), 2);
 }
+
+static LOCK_KEY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = SHORT_KEYS, expire = 60, key = "{key}")]
+async fn own_number(key: String, caller: u32) -> u32 {
+    LOCK_KEY_RUNS.fetch_add(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    caller
+}
+
+/// A key the cache reads but does not write (one starting `__lock:`, made at run time by the
+/// template): each call runs its body, without the single flight (20 callers ran 1 body and 19
+/// were handed another caller's answer; found by a regression hunt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_cache_does_not_write_runs_each_call_on_its_own() {
+    let calls = (0..20).map(|caller| own_number("__lock:p".to_owned(), caller));
+    let answers = all_at_once(calls).await;
+    assert_eq!(answers, (0..20).collect::<Vec<u32>>());
+    assert_eq!(LOCK_KEY_RUNS.load(SeqCst), 20);
+}
+
+/// The answers of `calls`, run at once, in order.
+async fn all_at_once<F: std::future::Future<Output = u32> + Send + 'static>(
+    calls: impl Iterator<Item = F>,
+) -> Vec<u32> {
+    let tasks: Vec<_> = calls.map(tokio::spawn).collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}

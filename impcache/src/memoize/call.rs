@@ -137,7 +137,8 @@ where
         Ok(None) => {}
         // A key the cache refuses (over the key limit): the body runs uncached, with no single
         // flight, as `get_or_set` runs its loader (it joined a flight under that key, and a call
-        // could take another's answer; found by a probe).
+        // could take another's answer; found by a probe). So does a key whose write it refuses,
+        // below.
         Err(error @ crate::Error::InvalidKey { .. }) => {
             report(cache, "get", &key, &error);
             function.call(CallOutcome::Bypass);
@@ -150,6 +151,14 @@ where
             overwrite = error.is_wrong_type();
             outcome = CallOutcome::Bypass;
         }
+    }
+    // A key the cache reads but does not write (one starting `__lock:`, the locks' keys, made
+    // at run time by a `key` template): the body runs uncached, with no single flight (a
+    // hunt: 50 callers, 1 run, 49 handed another caller's answer). Checked on a miss only.
+    if let Err(error) = cache.check_written_key(&key) {
+        report(cache, "set", &key, &error);
+        function.call(CallOutcome::Bypass);
+        return boxed(body).await;
     }
     // A miss: one execution per key per process (`join`), the body, then the store (`run`), each
     // boxed (see `boxed`): the body is polled right below this function's poll, in the stack
