@@ -18,7 +18,7 @@ use impcache::{
     Cache, CacheRepository, Error, Freshness, Lock, MemoryCacheRepository, RedisCacheRepository,
 };
 use impcache_tests::late::LateWrites;
-use impcache_tests::loader::{counted, stale_entry, until_stored};
+use impcache_tests::loader::{calling_x_back, counted, stale_entry, until_stored};
 use impcache_tests::logs::Logs;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
@@ -418,20 +418,14 @@ async fn a_background_reload_started_by_a_loader_waits_for_its_key_as_anyone(b: 
     let cache = &b.cache;
     let policy = Freshness::new().stale_while_revalidate(MINUTE);
     stale_entry(cache, "b", "old b", 100 * MS, policy).await;
-    let runs = Arc::new(AtomicUsize::new(0));
-    let (in_x, in_b, x_runs) = (cache.clone(), cache.clone(), runs.clone());
+    let (runs, inner_runs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (in_x, x_runs) = (cache.clone(), runs.clone());
+    let b_loader = calling_x_back(cache, Duration::ZERO, policy, &inner_runs);
     let x = cache
         .get_or_set("x", 60, move || async move {
             x_runs.fetch_add(1, Ordering::SeqCst);
             let b: String = in_x
-                .get_or_set("b", 60, move || async move {
-                    let x: String = in_b
-                        .get_or_set("x", 60, || async { "x alone".to_owned() })
-                        .freshness(policy)
-                        .await
-                        .unwrap();
-                    format!("b over {x}")
-                })
+                .get_or_set("b", 60, b_loader)
                 .freshness(policy)
                 .await
                 .unwrap();

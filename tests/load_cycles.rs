@@ -15,15 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, Freshness, Lock, MemoryCacheRepository};
-use impcache_tests::loader::{counted, cycle_through_the_lock, stale_entry};
+use impcache_tests::loader::{calling_x_back, counted, cycle_through_the_lock, stale_entry};
 use tokio::sync::Semaphore;
 
 const HANG: Duration = Duration::from_secs(10);
 const MS: Duration = Duration::from_millis(1);
 const MINUTE: Duration = Duration::from_secs(60);
-/// Runs of the inner ("x alone") loader of x, called from b's loader: its outer loader still
-/// runs, so each is a second run of x's loader at once (README: "one loader run per key").
-static INNER_X: AtomicUsize = AtomicUsize::new(0);
 
 /// x's loader calls b (stale, soft timeout 50 ms): answered with the stale b after 50 ms, and x's
 /// loader goes on (300 ms). b's load goes on too; 150 ms in, b's loader calls x, whose loader no
@@ -36,24 +33,14 @@ async fn a_load_continuing_past_its_soft_timeout_waits_for_its_starter_as_anyone
         .soft_timeout(50 * MS)
         .stale_if_error(MINUTE);
     stale_entry(&cache, "b", "old b", 100 * MS, policy).await;
-    let runs = Arc::new(AtomicUsize::new(0));
-    let (in_x, in_b, x_runs) = (cache.clone(), cache.clone(), runs.clone());
+    let (runs, inner_runs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (in_x, x_runs) = (cache.clone(), runs.clone());
+    let b_loader = calling_x_back(&cache, 150 * MS, policy, &inner_runs);
     let x = cache
         .get_or_set("x", 60, move || async move {
             x_runs.fetch_add(1, Ordering::SeqCst);
             let b: String = in_x
-                .get_or_set("b", 60, move || async move {
-                    tokio::time::sleep(150 * MS).await;
-                    let x: String = in_b
-                        .get_or_set("x", 60, || async {
-                            INNER_X.fetch_add(1, Ordering::SeqCst);
-                            "x alone".to_owned()
-                        })
-                        .freshness(policy)
-                        .await
-                        .unwrap();
-                    format!("b over {x}")
-                })
+                .get_or_set("b", 60, b_loader)
                 .freshness(policy)
                 .await
                 .unwrap();
@@ -68,15 +55,9 @@ async fn a_load_continuing_past_its_soft_timeout_waits_for_its_starter_as_anyone
     assert_eq!(x, "x over old b");
     tokio::time::sleep(500 * MS).await;
     let b: Option<String> = cache.get("b").await.unwrap();
-    let x_stored: Option<String> = cache.get("x").await.unwrap();
-    eprintln!("x stored: {x_stored:?}");
-    eprintln!(
-        "b stored: {b:?}, x runs: {} + inner {}",
-        runs.load(Ordering::SeqCst),
-        INNER_X.load(Ordering::SeqCst)
-    );
     assert_eq!(b.as_deref(), Some("b over x over old b"));
     assert_eq!(runs.load(Ordering::SeqCst), 1, "x's loader ran twice");
+    assert_eq!(inner_runs.load(Ordering::SeqCst), 0, "x's loader ran twice");
 }
 
 /// The same with the caller dropped: x's loader gives up on b after 50 ms (a timeout around the
@@ -86,27 +67,17 @@ async fn a_load_continuing_past_its_soft_timeout_waits_for_its_starter_as_anyone
 async fn a_load_whose_caller_gave_up_waits_for_its_starter_as_anyone() {
     let cache = Cache::new(MemoryCacheRepository::new());
     let policy = Freshness::new().hard_timeout(Duration::from_secs(5));
-    let runs = Arc::new(AtomicUsize::new(0));
-    let (in_x, in_b, x_runs) = (cache.clone(), cache.clone(), runs.clone());
+    let (runs, inner_runs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (in_x, x_runs) = (cache.clone(), runs.clone());
+    let b_loader = calling_x_back(&cache, 150 * MS, policy, &inner_runs);
     let x = cache
         .get_or_set("x", 60, move || async move {
             x_runs.fetch_add(1, Ordering::SeqCst);
             let gave_up = tokio::time::timeout(
                 50 * MS,
-                in_x.get_or_set("b", 60, move || async move {
-                    tokio::time::sleep(150 * MS).await;
-                    let x: String = in_b
-                        .get_or_set("x", 60, || async {
-                            INNER_X.fetch_add(1, Ordering::SeqCst);
-                            "x alone".to_owned()
-                        })
-                        .freshness(policy)
-                        .await
-                        .unwrap();
-                    format!("b over {x}")
-                })
-                .freshness(policy)
-                .into_future(),
+                in_x.get_or_set("b", 60, b_loader)
+                    .freshness(policy)
+                    .into_future(),
             )
             .await
             .is_err();
@@ -121,14 +92,9 @@ async fn a_load_whose_caller_gave_up_waits_for_its_starter_as_anyone() {
     assert_eq!(x, "x (gave up on b: true)");
     tokio::time::sleep(500 * MS).await;
     let b: Option<String> = cache.get("b").await.unwrap();
-    let x_stored: Option<String> = cache.get("x").await.unwrap();
-    eprintln!("x stored: {x_stored:?}");
-    eprintln!(
-        "b stored: {b:?}, x runs: {} + inner {}",
-        runs.load(Ordering::SeqCst),
-        INNER_X.load(Ordering::SeqCst)
-    );
     assert_eq!(b.as_deref(), Some("b over x (gave up on b: true)"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "x's loader ran twice");
+    assert_eq!(inner_runs.load(Ordering::SeqCst), 0, "x's loader ran twice");
 }
 
 /// A cycle started from both ends at once: caller 1 loads x (whose loader needs y), caller 2

@@ -87,3 +87,28 @@ pub async fn cycle_through_the_lock(
     cache.delete("a").await?;
     first.await.unwrap()
 }
+
+/// A loader of `b` calling `x` back: after `pause`, `get_or_set` of `x` under `policy`, whose own
+/// loader (counted in `inner_runs`) answers `x alone`; answers `b over {x}`.
+pub fn calling_x_back(
+    cache: &impcache::Cache,
+    pause: std::time::Duration,
+    policy: impcache::Freshness,
+    inner_runs: &Arc<AtomicUsize>,
+) -> impl FnOnce() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + 'static {
+    let (cache, inner_runs) = (cache.clone(), Arc::clone(inner_runs));
+    move || {
+        Box::pin(async move {
+            tokio::time::sleep(pause).await;
+            let x: String = cache
+                .get_or_set("x", 60, move || async move {
+                    inner_runs.fetch_add(1, Ordering::SeqCst);
+                    "x alone".to_owned()
+                })
+                .freshness(policy)
+                .await
+                .unwrap();
+            format!("b over {x}")
+        })
+    }
+}
