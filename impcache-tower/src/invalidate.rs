@@ -355,13 +355,25 @@ impl Targets {
         } else {
             Vec::new()
         };
+        let open = matches!(error, impcache::Error::CircuitOpen { .. });
         let error = impcache::__private::logged_error(&self.cache, error);
-        tracing::warn!(
-            %error,
-            ?paths,
-            "impcache-tower: invalidation after an unsafe request failed ({step}); stored \
-             responses of these paths may be served until they expire"
-        );
+        if open {
+            // The breaker's opening was logged once; so are the failures it stands for.
+            tracing::debug!(
+                %error,
+                ?paths,
+                "impcache-tower: invalidation after an unsafe request skipped ({step}): the cache \
+                 is unavailable; stored responses of these paths may be served until they expire"
+            );
+        } else {
+            impcache::__private::limited_warn!(
+                target: module_path!(),
+                %error,
+                ?paths,
+                "impcache-tower: invalidation after an unsafe request failed ({step}); stored \
+                 responses of these paths may be served until they expire"
+            );
+        }
     }
 }
 

@@ -654,7 +654,7 @@ where
                     guard.publish(Shared::TimedOut);
                 }
                 let url = config.logged(url);
-                tracing::warn!(target: "impcache_tower", url, ?limit, "the handler timed out (hard timeout): 504");
+                impcache::__private::limited_warn!(target: "impcache_tower", url, ?limit, "the handler timed out (hard timeout): 504");
                 let outcome = unstored_miss(fwd, "handler-timeout");
                 return Ok(gateway_timeout(config, outcome));
             }
@@ -989,7 +989,7 @@ fn stood_in<B>(
         guard.publish(Shared::StoodIn(why));
     }
     config.handler_failed(url);
-    tracing::warn!(
+    impcache::__private::limited_warn!(
         target: "impcache_tower",
         url = config.logged(url),
         cause = why.detail(),
@@ -1087,7 +1087,7 @@ where
         };
         // The handler call and its body together, as a background revalidation is: a handler
         // that hangs must not hold the URL's flight (every later miss would wait for it).
-        if tokio::time::timeout(config.lock_timeout, call)
+        if tokio::time::timeout(config.background_limit(), call)
             .await
             .is_err()
         {
@@ -1235,7 +1235,7 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
                 }
             }
         };
-        if tokio::time::timeout(config.lock_timeout, refresh)
+        if tokio::time::timeout(config.background_limit(), refresh)
             .await
             .is_err()
         {

@@ -34,7 +34,7 @@ pub(crate) fn collect(
                 let Ok(tag) = std::str::from_utf8(token) else {
                     let tag = String::from_utf8_lossy(token);
                     let tag = config.cache.records_keys().then_some(&*tag);
-                    tracing::warn!(header = %name, tag, "impcache-tower: a response's tag that is not UTF-8 is left out");
+                    impcache::__private::limited_warn!(target: module_path!(), header = %name, tag, "impcache-tower: a response's tag that is not UTF-8 is left out");
                     continue;
                 };
                 // A case-insensitive tag also in lower case, which a purge of any case reaches.
@@ -47,7 +47,7 @@ pub(crate) fn collect(
         // A tag the cache refuses (too long) could never be purged: left out, and logged.
         if let Err(error) = impcache::__private::tags::check(&config.cache, &tag) {
             let error = impcache::__private::logged_error(&config.cache, &error);
-            tracing::warn!(%error, "impcache-tower: a response's tag is left out");
+            impcache::__private::limited_warn!(target: module_path!(), %error, "impcache-tower: a response's tag is left out");
             continue;
         }
         if !unique.contains(&tag) {

@@ -1,5 +1,6 @@
 //! The error type of every cache operation.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// A `Result` whose error is [`enum@Error`].
@@ -348,12 +349,17 @@ impl From<Error> for std::io::Error {
 /// Longest key shown in an error message; longer keys are cut, with their size.
 const SHOWN_KEY_CHARS: usize = 200;
 
-/// A key as it appears in error messages: shortened when long, so a 1 MiB key does not make a
-/// 1 MiB log line, and [`escaped`].
+/// A key as it appears in error messages: its [`excerpt`], [`escaped`].
 pub(crate) fn shown(key: &str) -> String {
+    escaped(&excerpt(key))
+}
+
+/// A key shortened when long (its first [`SHOWN_KEY_CHARS`] characters and its length), so that
+/// a 1 MiB key does not make a 1 MiB log line or error message.
+pub(crate) fn excerpt(key: &str) -> Cow<'_, str> {
     match key.char_indices().nth(SHOWN_KEY_CHARS) {
-        None => escaped(key),
-        Some((cut, _)) => format!("{}… ({} bytes)", escaped(&key[..cut]), key.len()),
+        None => Cow::Borrowed(key),
+        Some((cut, _)) => Cow::Owned(format!("{}… ({} bytes)", &key[..cut], key.len())),
     }
 }
 

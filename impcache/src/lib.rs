@@ -137,7 +137,9 @@ pub use impcache_macros::cached;
 /// Items used by macro expansions. /!\ Not a stable API: may change in any release. /!\
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::__limited_warn as limited_warn;
     pub use crate::memoize::__private::*;
+    pub use crate::observe::limited::Limited;
 
     /// `error` as `cache`'s log events show it: its message (which names its key) when the cache
     /// records keys, else its kind and cause.

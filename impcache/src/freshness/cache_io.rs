@@ -186,7 +186,7 @@ impl Cache {
     /// Counts and logs the near cache's fail-safe copy of `key` served.
     pub(crate) fn near_fail_safe_served(&self, key: &str) {
         if let Some(store) = &self.shared.near {
-            store.fail_safe_served(self.logged_key(key));
+            store.fail_safe_served(self.logged_key(key).as_deref());
         }
     }
 }

@@ -33,6 +33,16 @@ pub(crate) enum Origin {
 /// is `tracing::warn!` with the origin's target. A target is fixed at each call site: this picks
 /// one call site per origin.
 macro_rules! load_event {
+    ($origin:expr, limited_warn, $($event:tt)+) => {
+        match $origin {
+            $crate::freshness::job::Origin::GetOrSet => {
+                $crate::observe::limited::limited_warn!(target: $crate::freshness::job::TARGET, $($event)+)
+            }
+            $crate::freshness::job::Origin::Cached => {
+                $crate::observe::limited::limited_warn!(target: $crate::memoize::TARGET, $($event)+)
+            }
+        }
+    };
     ($origin:expr, $level:ident, $($event:tt)+) => {
         match $origin {
             $crate::freshness::job::Origin::GetOrSet => {
@@ -143,7 +153,7 @@ pub(super) fn report(
     if open {
         load_event!(origin, debug, operation, key, %error, "cache unavailable; loading regardless");
     } else {
-        load_event!(origin, warn, operation, key, %error, "cache operation failed; loading regardless");
+        load_event!(origin, limited_warn, operation, key, %error, "cache operation failed; loading regardless");
     }
 }
 

@@ -109,7 +109,7 @@ where
         Ok(key) => key,
         Err(error) => {
             let error = cache.logged_error(&error);
-            tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
+            crate::observe::limited::limited_warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
             return boxed(body).await;
         }
@@ -393,7 +393,7 @@ fn report(cache: &Cache, operation: &'static str, key: &str, error: &Error) {
     if open {
         tracing::debug!(target: TARGET, operation, key, %error, "#[cached]: cache unavailable; running uncached");
     } else {
-        tracing::warn!(target: TARGET, operation, key, %error, "#[cached]: cache operation failed; the function runs regardless");
+        crate::observe::limited::limited_warn!(target: TARGET, operation, key, %error, "#[cached]: cache operation failed; the function runs regardless");
     }
 }
 

@@ -1125,7 +1125,7 @@ impl Store {
     pub(crate) fn fail_safe_served(&self, key: Option<&str>) {
         self.fail_safe_served.fetch_add(1, Ordering::Relaxed);
         near_lookups(Tier::FailSafe, 1);
-        tracing::warn!(
+        crate::observe::limited::limited_warn!(
             target: "impcache",
             key,
             "Redis and the loader failed: serving the near cache's fail-safe copy (not vouched for)"

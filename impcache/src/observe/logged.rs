@@ -8,7 +8,7 @@ use std::fmt;
 
 use super::metrics::error_kind;
 use crate::cache::Cache;
-use crate::error::Error;
+use crate::error::{excerpt, Error};
 use crate::json::without_data;
 
 /// An error in a log event: its message when keys are recorded, else its kind and its cause
@@ -46,9 +46,11 @@ impl fmt::Display for LoggedError<'_> {
 }
 
 impl Cache {
-    /// `key` for a log event's `key` field: `None` (no field) unless the cache records keys.
-    pub(crate) fn logged_key<'a>(&self, key: &'a str) -> Option<&'a str> {
-        self.shared.record_keys.then_some(key)
+    /// `key` for a log event's `key` field: `None` (no field) unless the cache records keys, and
+    /// then its [`excerpt`] (a key the cache refuses may be of any length: a 1 MiB one was
+    /// logged whole, found by a probe).
+    pub(crate) fn logged_key(&self, key: &str) -> Option<String> {
+        self.shared.record_keys.then(|| excerpt(key).into_owned())
     }
 
     /// `error` for a log event (see [`LoggedError`]).

@@ -6,6 +6,7 @@
 //! The table of metrics is in `OBSERVABILITY.md`.
 
 pub(crate) mod hooks;
+pub(crate) mod limited;
 pub(crate) mod lock;
 mod logged;
 pub(crate) mod metrics;

@@ -31,7 +31,7 @@ pub(crate) fn operation_span(operation: Operation, key: Option<&str>, record_key
         key = Empty,
     );
     if let (true, Some(key)) = (record_keys, key) {
-        span.record("key", key);
+        span.record("key", &*crate::error::excerpt(key));
     }
     span
 }
