@@ -940,3 +940,48 @@ fn a_waiter_over_a_value_of_another_type_warns_once_not_at_each_poll() {
     // The owner's read and the waiter's.
     assert_eq!(warned(), 2, "{}", logs.text());
 }
+
+/// A lock owner that stops running past its lock's lifetime (a paused process; here a loader
+/// holding its runtime's only thread, so that every timer is overdue when it runs again, its
+/// hard timeout too) answers with its value but does not store it: the process that took the
+/// expired lock over stored a newer one meanwhile (found by a probe: the older value replaced
+/// it, 5 runs of 5, also with SIGSTOP/SIGCONT of a separate process).
+#[test]
+fn a_stalled_owner_does_not_overwrite_the_value_of_the_process_that_took_over() {
+    let server = impcache_tests::RedisServer::start();
+    // The lifetime outlasts the hard timeout, as required.
+    let policy = || {
+        Freshness::new()
+            .hard_timeout(Duration::from_millis(800))
+            .lock(Lock::new().lifetime(Duration::from_secs(1)).wait(HANG))
+    };
+    let process = |url: String| Cache::new(RedisCacheRepository::new(url.as_str()).unwrap());
+    let (stalled, url) = (process(server.url()), server.url());
+    let owner = std::thread::spawn(move || {
+        impcache_tests::current_thread_runtime().block_on(async move {
+            stalled
+                .get_or_set("k", 60, || async {
+                    std::thread::sleep(Duration::from_millis(2500));
+                    "older".to_owned()
+                })
+                .freshness(policy())
+                .await
+        })
+    });
+    // The other process comes once the owner's lock has expired.
+    std::thread::sleep(Duration::from_millis(1300));
+    let newer = impcache_tests::multi_thread_runtime().block_on(async {
+        process(url)
+            .get_or_set("k", 60, || async { "newer".to_owned() })
+            .freshness(policy())
+            .await
+    });
+    assert_eq!(newer.unwrap(), "newer");
+    assert_eq!(
+        owner.join().unwrap().unwrap(),
+        "older",
+        "its callers have its value"
+    );
+    let stored: Option<String> = server.cmd(&["GET", "cache:1:k"]);
+    assert_eq!(stored.as_deref(), Some(r#""newer""#));
+}

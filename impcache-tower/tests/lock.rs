@@ -383,3 +383,55 @@ async fn the_layers_lock_taken_inside_a_load_is_not_that_loads() {
     assert_eq!(b, "b over u");
     assert_eq!(b_runs.load(Ordering::SeqCst), 1, "b's loader ran twice");
 }
+
+/// A request whose client goes away while it takes the lock (its future dropped after its `SET
+/// NX` was sent, or during the read that follows) leaves no lock behind: it is released in the
+/// background. It was held for its whole lifetime, 10 s, with no one calling the handler: every
+/// process's next request for the URL waited that long (found by a probe, 6 drops in 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_while_it_takes_the_lock_leaves_no_lock() {
+    use std::future::Future;
+    use std::task::{Context, Wake, Waker};
+
+    struct Woken(tokio::sync::Notify);
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.notify_one();
+        }
+    }
+    let redis = RedisServer::start();
+    let layer = locked_layer(&redis);
+    let (service, _) = app(layer, |n, _| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Response::new(Body::from(format!("call {n}")))
+    });
+    send(&service, get("/warm")).await;
+    for k in 1..=4 {
+        let uri = format!("/dropped/{k}");
+        // Polled `k` times, each after a wake, then given 20 ms (an answer arrives, unread).
+        let mut request = Box::pin(send(&service, get(&uri)));
+        let woken = Arc::new(Woken(tokio::sync::Notify::new()));
+        let waker = Waker::from(woken.clone());
+        for i in 0..k {
+            let polled = request.as_mut().poll(&mut Context::from_waker(&waker));
+            assert!(polled.is_pending(), "k={k}: answered at poll {i}");
+            if i + 1 < k {
+                let _ = tokio::time::timeout(Duration::from_secs(5), woken.0.notified()).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(request);
+        let mut left: Vec<String> = Vec::new();
+        for _ in 0..100 {
+            left = redis.cmd(&["KEYS", "*__lock*"]);
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            left.is_empty(),
+            "k={k}: {left:?} still held a second after the drop"
+        );
+    }
+}

@@ -298,6 +298,13 @@ where
                 fail_safe: stale.is_some(),
                 ..job()
             };
+            // Within the fail-safe throttle the copy answers without a loader run, as a stale
+            // value read from Redis does (`serve`).
+            if stale.is_some() && throttled(cache, key, &policy) {
+                if let Some(value) = serve_stale(&job, stale.as_ref(), StaleReason::Throttled) {
+                    return Ok(value);
+                }
+            }
             // The read failed: another one would most likely wait a second deadline.
             (job, stale, loader, Reread::Never)
         }
@@ -955,7 +962,7 @@ pub(super) async fn run<V, E, F, Fut>(
                 (Some(reason), false) => {
                     load_event!(
                         job.origin,
-                        warn,
+                        limited_warn,
                         reason,
                         serving_stale,
                         "the loader failed; nothing is stored"
@@ -963,7 +970,7 @@ pub(super) async fn run<V, E, F, Fut>(
                 }
                 _ => {
                     let key = job.cache.logged_key(&job.key);
-                    load_event!(job.origin, warn, key, %error, serving_stale, "the loader failed; nothing is stored");
+                    load_event!(job.origin, limited_warn, key, %error, serving_stale, "the loader failed; nothing is stored");
                 }
             }
             None
@@ -979,12 +986,19 @@ pub(super) async fn run<V, E, F, Fut>(
     // or during a background reload) stores nothing: its value, computed before that write,
     // answers its caller and waiters only. Checked and sent in one step
     // (`FlightGuard::unless_detached`; the write detaches before it is sent: see
-    // `Cache::detaching`).
-    let mut storing = encoded.map(|bytes| {
+    // `Cache::detaching`). Nor does a load under a cross-process lock whose lifetime has passed
+    // ([`Held::still_held`](super::lock::Held::still_held)): another process may have taken
+    // it over and stored a newer value.
+    let lock_lost = held.as_ref().is_some_and(|held| !held.still_held());
+    if lock_lost && encoded.is_some() {
+        let key = job.cache.logged_key(&job.key);
+        load_event!(job.origin, limited_warn, key, "the lock's lifetime passed before the loader's value was stored: another process may have loaded the key since, so this value answers its callers unstored (make the lock's lifetime longer than the load)");
+    }
+    let mut storing = encoded.and_then(|bytes| {
         if let Some(guard) = &guard {
             guard.publish(Shared::new(bytes.clone(), created, &tags));
         }
-        Box::pin(store(&job, bytes, created, &tags))
+        (!lock_lost).then(|| Box::pin(store(&job, bytes, created, &tags)))
     });
     let stored = match &mut storing {
         Some(store) => {

@@ -50,14 +50,21 @@ pub enum Turn<T = Bytes> {
     Busy,
 }
 
-/// The lock of a key, held by this process. Dropped unreleased (its load's future dropped: its
-/// runtime shut down, say), it is left to this process's next attempt on the key, which
-/// releases and takes it at once (see `Orphans`), where another process waits out its lifetime.
+/// The lock of a key, held by this process. Dropped unreleased (its load's future dropped: a
+/// `CacheLayer` request whose client went away, a runtime shut down), it is released in the
+/// background on the current runtime, and left to this process's next attempt on the key,
+/// which releases and takes it at once (see `Orphans`), in case that release cannot run (the
+/// runtime is gone): otherwise another process waits out its lifetime.
 #[derive(Debug)]
 pub struct Held {
+    /// Where it is (the cache and the caller's key): for a release when dropped unreleased.
+    /// Boxed: `Turn::Owner` would otherwise be the size of a whole `Cache` more.
+    at: Box<(Cache, String)>,
     token: Bytes,
     /// When the lock has expired by itself: its lifetime, counted from when it was taken.
     expires: Instant,
+    /// Until when it is held for sure: its lifetime, counted from when its `SET NX` was sent.
+    held_until: Instant,
     /// Whom it was taken for: the target of the release's events.
     origin: Origin,
     /// Which lock it is, until it is released (or found gone, or expired).
@@ -67,19 +74,37 @@ pub struct Held {
 }
 
 impl Held {
-    /// The lock of `key` in `cache`, taken with `token` for `lifetime` (counted from now: the
-    /// answer to its `SET NX`, by when it has expired for sure), for `origin`.
-    fn new(cache: &Cache, key: &str, token: Bytes, lifetime: Expiry, origin: Origin) -> Held {
+    /// The lock of `key` in `cache`, taken with `token` for `lifetime` by a `SET NX` `sent` then
+    /// (it has expired for sure `lifetime` after now, its answer, and is held for sure until
+    /// `lifetime` after `sent`), for `origin`.
+    fn new(
+        cache: &Cache,
+        key: &str,
+        token: Bytes,
+        lifetime: Expiry,
+        origin: Origin,
+        sent: Instant,
+    ) -> Held {
         let lifetime = lifetime
             .as_duration()
             .map_or(crate::expire::MAX_EXPIRE, crate::expire::capped);
         Held {
+            at: Box::new((cache.clone(), key.to_owned())),
             token,
             expires: Instant::now() + lifetime,
+            held_until: sent + lifetime,
             origin,
             which: Some(lock_id(cache, key)),
             holding: None,
         }
+    }
+
+    /// Whether the lock is still held for sure: its lifetime has not passed since it was taken.
+    /// Once it has, another process may have taken it over and stored a newer value: a load
+    /// past its lock's lifetime (a stall, the process paused) stores nothing (a paused owner
+    /// overwrote the value of the process that took over, every time; found by a probe).
+    pub fn still_held(&self) -> bool {
+        Instant::now() < self.held_until
     }
 
     /// Releases the lock of `key` on `cache` if this process still holds it
@@ -165,6 +190,39 @@ impl Drop for Held {
     fn drop(&mut self) {
         if let Some(which) = self.which.take() {
             Orphans::leave(which, self.token.clone(), self.expires);
+            // (A runtime shutting down drops the task unrun: the orphan stays for the next
+            // attempt.)
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (cache, key) = (self.at.0.clone(), self.at.1.clone());
+                let token = self.token.clone();
+                runtime.spawn(async move {
+                    let _ = cache.release_lock(&key, token).await;
+                });
+            }
+        }
+    }
+}
+
+/// A `SET NX` of a lock under way. Dropped before its answer is known (the caller's future
+/// dropped: `CacheLayer` takes its lock in the request's future, dropped when the client goes
+/// away), it may have taken the lock: released in the background, as after an error that may
+/// have landed. It held every process off for the lock's lifetime with no one loading (found by
+/// a probe: 10 s for the next request of every process).
+struct Taking<'a> {
+    lock: Option<(&'a Cache, &'a str, Bytes, Expiry, Origin, Instant)>,
+}
+
+impl Taking<'_> {
+    /// Its answer is known: nothing to do when dropped.
+    fn answered(mut self) {
+        self.lock = None;
+    }
+}
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        if let Some((cache, key, token, lifetime, origin, sent)) = self.lock.take() {
+            Held::new(cache, key, token, lifetime, origin, sent).release_later(cache, key);
         }
     }
 }
@@ -305,10 +363,17 @@ where
     let which = waits::current().is_some().then(|| lock_id(cache, key));
     let mut waiting_for_holder: Option<(Load, Option<Edge>)> = None;
     loop {
-        match cache.acquire_lock(key, token.clone(), lifetime).await {
+        let sent = Instant::now();
+        let taking = Taking {
+            lock: Some((cache, key, token.clone(), lifetime, origin, sent)),
+        };
+        let acquired = cache.acquire_lock(key, token.clone(), lifetime).await;
+        taking.answered();
+        match acquired {
             Ok(true) => {
                 let read = polled(poll());
-                return owned(cache, key, token, origin, lifetime, waited, read).await;
+                let held = Held::new(cache, key, token, lifetime, origin, sent);
+                return owned(cache, key, held, waited, read).await;
             }
             Ok(false) => {
                 if let Some(token) = Orphans::take(cache, key) {
@@ -342,7 +407,7 @@ where
                     // without the lock, and a lock it may hold unknowingly is released in the
                     // background (only this token is deleted), or other processes would wait
                     // out its whole lifetime for a value no one is loading.
-                    Held::new(cache, key, token, lifetime, origin).release_later(cache, key);
+                    Held::new(cache, key, token, lifetime, origin, sent).release_later(cache, key);
                 }
                 return failed(origin, cache, key, "acquire_lock", &error);
             }
@@ -356,7 +421,7 @@ where
         }
         until_changed(
             origin,
-            cache.logged_key(key),
+            cache.logged_key(key).as_deref(),
             pause.min(deadline - now),
             watch.as_ref(),
         )
@@ -391,19 +456,16 @@ async fn until_changed(
     }
 }
 
-/// The lock was taken (with `token`, for `origin`, for `lifetime`): one more read (`read`),
-/// since another process may have stored the value (and released its lock) since this
-/// process's read.
+/// The lock was taken (`held`): one more read (`read`), since another process may have stored
+/// the value (and released its lock) since this process's read.
 async fn owned<T>(
     cache: &Cache,
     key: &str,
-    token: Bytes,
-    origin: Origin,
-    lifetime: Expiry,
+    held: Held,
     waited: bool,
     read: impl Future<Output = Result<Option<T>>>,
 ) -> Turn<T> {
-    let held = Held::new(cache, key, token, lifetime, origin);
+    let origin = held.origin;
     match read.await {
         Ok(None) => {}
         Ok(Some(value)) => {
