@@ -2073,6 +2073,34 @@ async fn failing_load(cache: &Cache, policy: impcache::Freshness) -> Result<i64,
         .await
 }
 
+/// The fail-safe throttle holds for the near cache's fail-safe copy as for a stale value read
+/// from Redis: once the loader failed, the copy answers without a loader run until the throttle
+/// has passed (found by a probe: the loader ran at every call, 199 runs in 200 calls, each
+/// logging two warnings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fail_safe_throttle_holds_for_the_near_fail_safe_copy() {
+    let policy = impcache::Freshness::new()
+        .stale_if_error(Duration::from_secs(3600))
+        .fail_safe_throttle(Duration::from_secs(3600));
+    let mut server = RedisServer::start();
+    let cache = near_cache(&server, near().fail_safe(true));
+    outage_after_a_local_entry(&mut server, &cache, policy).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    for _ in 0..20 {
+        let counted = runs.clone();
+        let answer = cache
+            .try_get_or_set("k", 60, move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Err::<i64, _>(boom())
+            })
+            .freshness(policy)
+            .await;
+        assert_eq!(answer.unwrap(), 1);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one run, then the throttle");
+    assert_eq!(cache.near_cache_stats().fail_safe_served, 20);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_safe_serves_the_near_entry_when_redis_and_the_loader_fail() {
     let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(3600));

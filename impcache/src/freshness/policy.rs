@@ -142,7 +142,9 @@ impl Freshness {
     /// failing origin is not called again at the rate of the requests. Per process; past
     /// `throttle` (at most a year) the next call loads again, and a load that succeeds (a miss
     /// always loads) ends it at once, as in FusionCache. Timed on tokio's clock, as the
-    /// loader's timeouts are (`tokio::time::advance` ends it on a paused clock). Off by default.
+    /// loader's timeouts are (`tokio::time::advance` ends it on a paused clock). The process
+    /// keeps the throttles of at most 10,000 keys (of every `Cache`; the least recently throttled
+    /// go first). Off by default.
     pub const fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.fail_safe_throttle = Some(throttle);
         self
