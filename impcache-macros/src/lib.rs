@@ -57,7 +57,7 @@ use proc_macro::TokenStream;
 /// | `name = "users::get"` | replaces the `{module_path}::{fn_name}` part of the default key |
 /// | `cache_none = true` | with `Option<T>` (or an alias of it): cache `None` as well |
 /// | `returns = "result"` / `"option"` / `"value"` | overrides the classification of the return type below: `"result"` caches `Ok`'s value and `"option"` `Some`'s (a compile error if the type is not one, through aliases), `"value"` caches the whole value whatever its type (`Err` and `None` included, which then need serde) |
-/// | `stale_while_revalidate = 60` | freshness (seconds or a `Duration`): up to that long past `expire`, answer with the stale value and reload once in the background |
+/// | `stale_while_revalidate = 60` | freshness (whole seconds of any integer type, a `Duration` or an `Expire`): up to that long past `expire`, answer with the stale value and reload once in the background |
 /// | `stale_if_error = 3600` | freshness: up to that long past `expire`, a body that fails (an `Err`, an uncached `None`, a panic) is answered with the stale value |
 /// | `soft_timeout = Duration::from_millis(100)` | freshness: with a stale value at hand, answer with it after that long; the body finishes and stores in the background |
 /// | `hard_timeout = Duration::from_secs(2)` | freshness: give up on the body after that long; the stale value answers within `stale_if_error`, else the call returns `None` (an `Option`) or `Err(impcache::Error::Loader { .. }.into())` (a `Result` whose error converts from `impcache::Error`; other return types do not compile), and so do the callers waiting for that run, without running the body |

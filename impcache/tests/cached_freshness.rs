@@ -313,3 +313,59 @@ async fn a_body_calling_its_own_key_does_not_wait_for_itself() {
     assert_eq!(REENTERED.load(SeqCst), 3);
     assert_eq!(reentrant(7).await, 9, "the outer run is stored");
 }
+
+const ZERO_SECONDS: u64 = 0;
+const MINUS_FIVE: i64 = -5;
+const NO_TIME: Duration = Duration::ZERO;
+static ZERO_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(cache = CACHE, expire = 60, hard_timeout = ZERO_SECONDS)]
+async fn zero_hard_timeout(id: u32) -> Option<u32> {
+    ZERO_RUNS.fetch_add(1, SeqCst);
+    Some(id)
+}
+
+#[cached(cache = CACHE, expire = 60, hard_timeout = MINUS_FIVE)]
+async fn negative_hard_timeout(id: u32) -> Result<u32, impcache::Error> {
+    ZERO_RUNS.fetch_add(1, SeqCst);
+    Ok(id)
+}
+
+#[cached(cache = CACHE, expire = 60, soft_timeout = NO_TIME)]
+async fn zero_soft_timeout(id: u32) -> u32 {
+    ZERO_RUNS.fetch_add(1, SeqCst);
+    id
+}
+
+/// A freshness option the macro cannot read (a `const`) that is zero or negative is refused at
+/// run time, as a literal one is at compile time: the body runs uncached, with a warning (found
+/// by a probe: a zero `hard_timeout` gave up on every call without running the body, and a zero
+/// `soft_timeout` was ignored, the value cached).
+#[tokio::test]
+async fn a_zero_or_negative_option_from_a_const_runs_the_body_uncached() {
+    for _ in 0..2 {
+        assert_eq!(zero_hard_timeout(1).await, Some(1));
+        assert_eq!(negative_hard_timeout(2).await.unwrap(), 2);
+        assert_eq!(zero_soft_timeout(3).await, 3);
+    }
+    assert_eq!(ZERO_RUNS.load(SeqCst), 6, "each call runs its body");
+}
+
+/// A freshness option takes any integer type and an `Expire`, as `expire` does (a `u8`, an
+/// `isize`, `Expire::seconds(..)` did not compile, naming a private trait).
+#[cached(
+    cache = CACHE,
+    expire = 60,
+    stale_while_revalidate = 60u8,
+    stale_if_error = 60isize,
+    fail_safe_throttle = impcache::Expire::seconds(5),
+    lock = 10u16
+)]
+async fn options_of_other_types(id: u32) -> u32 {
+    id
+}
+
+#[tokio::test]
+async fn options_of_any_integer_type_or_an_expire_compile() {
+    assert_eq!(options_of_other_types(4).await, 4);
+}

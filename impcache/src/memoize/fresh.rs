@@ -37,7 +37,7 @@ use crate::observe::hooks::{CachedFunction, CallOutcome};
 use crate::tags::{LoadedTags, Tags};
 use crate::Cache;
 
-/// A freshness option's value: whole seconds (any integer) or a [`Duration`].
+/// A freshness option's value: whole seconds (any integer), a [`Duration`] or an [`Expire`].
 pub trait IntoDuration {
     /// The duration; a negative number of seconds is zero.
     fn into_duration(self) -> Duration;
@@ -59,7 +59,15 @@ macro_rules! seconds {
         }
     )*};
 }
-seconds!(i32, i64, u32, u64, usize);
+seconds!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+
+/// `Expire::seconds(5)` as `expire` takes it: no expiry is the longest duration kept
+/// ([`MAX_EXPIRE`](crate::MAX_EXPIRE)), a negative one zero.
+impl IntoDuration for Expire {
+    fn into_duration(self) -> Duration {
+        self.as_bound()
+    }
+}
 
 /// Tags (issue 16): the tags built from a function's templates, then its own tag; the first
 /// template that could not be built is the error.
@@ -154,6 +162,37 @@ pub async fn invalidate_all(
                 .invalidate_tag(function)
                 .await
         }
+    }
+}
+
+/// Refuses a freshness option of zero, as the macro refuses a literal zero or negative one: a
+/// `const` or computed value is only known here (a negative number of seconds is zero by
+/// then). Run with it, a zero `hard_timeout` gave up on every call without running the body, and
+/// a zero `soft_timeout` was ignored (found by a probe).
+fn zero_option(freshness: &Freshness, key: &str) -> crate::Result<()> {
+    let options = [
+        (
+            "stale_while_revalidate",
+            freshness.stale_while_revalidate_window(),
+        ),
+        ("stale_if_error", freshness.stale_if_error_window()),
+        ("soft_timeout", freshness.soft_timeout_duration()),
+        ("hard_timeout", freshness.hard_timeout_duration()),
+        ("early_refresh", freshness.early_refresh_gap()),
+        (
+            "fail_safe_throttle",
+            freshness.fail_safe_throttle_duration(),
+        ),
+    ];
+    match options
+        .iter()
+        .find(|(_, value)| *value == Some(Duration::ZERO))
+    {
+        Some((option, _)) => Err(Error::InvalidExpire {
+            key: crate::error::shown(key),
+            reason: format!("`{option}` is zero or negative"),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -299,7 +338,7 @@ where
         Ok(key) => key,
         Err(error) => {
             let error = cache.logged_error(&error);
-            tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
+            crate::observe::limited::limited_warn!(target: TARGET, function = function.name(), %error, "#[cached]: the key cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
             return Box::pin(body()).await;
         }
@@ -312,10 +351,13 @@ where
             &versioned
         }
     };
-    // Checked first: an invalid expire or lock would otherwise drop the body unrun.
-    if let Err(error) = freshness.load_settings(expire, &key) {
+    // Checked first: an invalid expire, lock or freshness option would otherwise drop the body
+    // unrun.
+    let settings =
+        zero_option(&freshness, &key).and_then(|()| freshness.load_settings(expire, &key));
+    if let Err(error) = settings {
         let error = cache.logged_error(&error);
-        tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: running uncached");
+        crate::observe::limited::limited_warn!(target: TARGET, function = function.name(), %error, "#[cached]: running uncached");
         function.call(CallOutcome::Bypass);
         return Box::pin(body()).await;
     }
@@ -323,7 +365,7 @@ where
         Ok(tags) => Tags::from_owned(tags),
         Err(error) => {
             let error = cache.logged_error(&error);
-            tracing::warn!(target: TARGET, function = function.name(), %error, "#[cached]: a tag cannot be built; running uncached");
+            crate::observe::limited::limited_warn!(target: TARGET, function = function.name(), %error, "#[cached]: a tag cannot be built; running uncached");
             function.call(CallOutcome::Bypass);
             return Box::pin(body()).await;
         }
