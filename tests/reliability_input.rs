@@ -407,3 +407,21 @@ async fn delete_pattern_star_never_touches_a_neighbour_on_redis() {
 async fn delete_pattern_star_never_touches_a_neighbour_in_memory() {
     delete_pattern_star_stays_in_its_prefix(Arc::new(MemoryCacheRepository::new())).await;
 }
+
+/// `connect_timeout(Duration::MAX)` is the longest timeout kept, 100 years, as
+/// `deadline(Duration::MAX)` is: the Sentinel repository adds the two, and the task following
+/// its failover announcements panicked on the overflow (found by a probe).
+#[test]
+fn a_connect_timeout_of_duration_max_is_a_hundred_years() {
+    let repository = RedisCacheRepository::builder("redis://127.0.0.1:1/0")
+        .connect_timeout(Duration::MAX)
+        .deadline(Duration::MAX)
+        .build()
+        .unwrap();
+    let shown = format!("{repository:?}");
+    let hundred_years = format!("{:?}", impcache::MAX_EXPIRE);
+    assert!(
+        shown.contains(&format!("connect_timeout: {hundred_years}")),
+        "{shown}"
+    );
+}

@@ -58,9 +58,11 @@ impl Settings {
 macro_rules! shared_setters {
     () => {
         /// Time allowed to open a connection (TCP and handshake). Default 250 ms; `build`
-        /// refuses zero ([`Error::InvalidDsn`](crate::Error::InvalidDsn)).
+        /// refuses zero ([`Error::InvalidDsn`](crate::Error::InvalidDsn)); `Duration::MAX` is
+        /// 100 years, as for the deadline (added to it, it overflowed: the Sentinel
+        /// repository's task following failover announcements panicked, found by a probe).
         pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
-            self.settings.connect_timeout = timeout;
+            self.settings.connect_timeout = $crate::expire::capped(timeout);
             self
         }
 

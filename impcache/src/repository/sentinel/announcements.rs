@@ -224,7 +224,7 @@ async fn subscribe(
             .await?;
         Ok::<_, redis::RedisError>(connection)
     };
-    match tokio::time::timeout(connect_timeout + deadline, subscribed).await {
+    match tokio::time::timeout(connect_timeout.saturating_add(deadline), subscribed).await {
         Ok(Ok(connection)) => Some((connection, pushes)),
         Ok(Err(e)) => {
             tracing::debug!(service = %shown, sentinel = %info.addr(), error = %e,
