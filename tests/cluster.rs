@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 
 use impcache::{Cache, CacheRepository, Error, RedisClusterCacheRepository};
 use impcache_tests::cluster::{NamespacedRepository, RedisCluster, NODE_TIMEOUT_MS};
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
+
+/// The metrics of every test of this binary (a recorder installed once, for the process).
+fn global_metrics() -> &'static Snapshotter {
+    static METRICS: std::sync::OnceLock<Snapshotter> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("no other recorder in this binary");
+        snapshotter
+    })
+}
 
 fn repository(cluster: &RedisCluster, deadline: Duration) -> RedisClusterCacheRepository {
     RedisClusterCacheRepository::builder(cluster.urls())
@@ -235,6 +249,7 @@ async fn namespaces_isolate_tests_sharing_the_cluster() {
 /// anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_fails_open_then_its_replica_takes_over() {
+    let metrics = global_metrics();
     let cluster = RedisCluster::start(3, 1);
     let deadline = Duration::from_millis(300);
     let cache = Cache::builder(repository(&cluster, deadline))
@@ -318,6 +333,29 @@ async fn a_killed_primary_fails_open_then_its_replica_takes_over() {
     assert!(
         cluster.primaries().contains(&heir),
         "the replica was promoted"
+    );
+    // The dead primary is no node of the slot map any more: its breaker, opened by the failed
+    // reads, is in no state (its gauge said "open" for ever; found by a probe).
+    let target = format!("127.0.0.1:{victim}");
+    let open = metrics
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| {
+            let key = key.key();
+            let labels: Vec<(&str, &str)> = key.labels().map(|l| (l.key(), l.value())).collect();
+            let ours = key.name() == "impcache_circuit_breaker_state"
+                && labels.contains(&("target", target.as_str()))
+                && labels.contains(&("state", "open"));
+            match value {
+                metrics_util::debugging::DebugValue::Gauge(v) if ours => Some(v.into_inner()),
+                _ => None,
+            }
+        });
+    assert_ne!(
+        open,
+        Some(1.0),
+        "the dead primary's breaker still says open"
     );
     // Writes and multi-key operations work again on every slot.
     // Right after the failover the cluster client can still time out on every node for a few

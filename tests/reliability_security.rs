@@ -631,3 +631,32 @@ mod tls {
         assert!(error.to_string().contains("rediss://"), "{error}");
     }
 }
+
+/// A login the server refuses is not tried again at every call: after the second refusal in a
+/// row, the next attempt waits (10 ms, doubling up to a second), the calls meanwhile failing at
+/// once with its error, without a connection (each call made a new connection and `AUTH`, about
+/// 200 a second from one process while a password was rotated; found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_not_tried_again_at_every_call() {
+    let server = RedisServer::start();
+    let connections = || -> u64 {
+        let info: String = server.cmd(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    // A user the server does not know: `WRONGPASS`.
+    let dsn = format!("redis://ghost:wrong@127.0.0.1:{}/0", server.port());
+    let cache = Cache::new(RedisCacheRepository::new(dsn.as_str()).unwrap());
+    let before = connections();
+    for _ in 0..50 {
+        match cache.get::<u64>("k").await {
+            Err(Error::Server { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // A few logins (10 ms, then 20 ms, ... apart), one connection for each reading of the count.
+    let made = connections() - before;
+    assert!(made <= 12, "{made} connections for 50 calls");
+}

@@ -271,9 +271,20 @@ pub fn breaker_transition(breaker: &[Label], from: BreakerState, to: BreakerStat
 /// Sets the state gauge of a breaker (labels `breaker`): 1 for `state`, 0 for the others. Also
 /// when it is made (closed), so that a healthy repository's series exists before any change.
 pub fn breaker_state(breaker: &[Label], state: BreakerState) {
+    breaker_gauges(breaker, Some(state));
+}
+
+/// Sets every state gauge of a breaker that is gone (a Cluster node no longer in the cluster) to
+/// 0: no state is its.
+#[cfg(feature = "cluster")]
+pub fn breaker_gone(breaker: &[Label]) {
+    breaker_gauges(breaker, None);
+}
+
+fn breaker_gauges(breaker: &[Label], state: Option<BreakerState>) {
     metrics::with_recorder(|recorder| {
         for each in BreakerState::ALL {
-            let value = if each == state { 1.0 } else { 0.0 };
+            let value = if Some(each) == state { 1.0 } else { 0.0 };
             let labels = breaker
                 .iter()
                 .cloned()

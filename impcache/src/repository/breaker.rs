@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use metrics::Label;
 
+#[cfg(feature = "cluster")]
+use crate::observe::hooks::breaker_gone;
 use crate::observe::hooks::{breaker_state, breaker_transition, BreakerState};
 
 /// Circuit-breaker settings of a [`RedisCacheRepository`](crate::RedisCacheRepository).
@@ -61,6 +63,8 @@ pub(crate) struct CircuitBreaker {
     probe_in_flight: AtomicBool,
     /// What the last failure that opened the breaker (or kept it open) ended in.
     last_failure: ArcSwapOption<String>,
+    /// Whether its target is gone ([`CircuitBreaker::retire`]): its metrics no longer move.
+    retired: AtomicBool,
 }
 
 impl CircuitBreaker {
@@ -88,6 +92,17 @@ impl CircuitBreaker {
             open_until_ms: AtomicU64::new(0),
             probe_in_flight: AtomicBool::new(false),
             last_failure: ArcSwapOption::empty(),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Its target is gone (a Cluster node no longer in the slot map): its state gauges are set
+    /// to 0 and no longer move, whatever a call still under way records. A breaker left open
+    /// for a primary replaced by a failover said "open" for ever (found by a probe).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn retire(&self) {
+        if self.config.is_some() && !self.retired.swap(true, Ordering::AcqRel) {
+            breaker_gone(&self.labels);
         }
     }
 
@@ -214,6 +229,9 @@ impl CircuitBreaker {
     /// Records a change of state in the metrics (rare: no cost on the paths that do not change it).
     #[cold]
     fn transition(&self, from: BreakerState, to: BreakerState) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
         breaker_transition(&self.labels, from, to);
     }
 }
@@ -311,6 +329,42 @@ mod tests {
         breaker.record_failure(&a, &"refused");
         assert!(breaker.is_open());
         assert_eq!(breaker.admit(), Admission::Rejected);
+    }
+
+    /// A retired breaker (its Cluster node gone from the slot map) is in no state: its state
+    /// gauges are 0, and what a call still under way records does not move them.
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn a_retired_breaker_is_in_no_state() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let breaker = CircuitBreaker::new(
+                Some(CircuitBreakerConfig::new(1, Duration::from_secs(60))),
+                "cluster",
+                "10.0.0.1:7000".to_owned(),
+            );
+            let a = breaker.admit();
+            breaker.record_failure(&a, &"refused"); // closed -> open
+            breaker.retire();
+            breaker.record_success(); // open -> closed, not shown
+        });
+        let states: Vec<(String, f64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Gauge(v) => {
+                    let state = key.key().labels().find(|l| l.key() == "state")?;
+                    Some((state.value().to_owned(), v.into_inner()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(states.len(), 3, "{states:?}");
+        assert!(states.iter().all(|(_, v)| *v == 0.0), "{states:?}");
     }
 
     #[test]

@@ -288,6 +288,67 @@ struct GaveUpEarly {
 /// "Failed to create initial connections", an `Io` error that keeps only the text of a node's
 /// error (whose kind's name or code it ends with): a refused login there opened the breaker
 /// (found by a probe). Matched as text there, the one thing the `redis` crate keeps.
+/// The longest a login the server refused is not tried again: the calls meanwhile fail with
+/// its error at once.
+const LOGIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last login a server refused (a wrong password, an unknown user) and how many were
+/// refused in a row: after the second, the next attempt waits 10 ms, doubling up to
+/// [`LOGIN_RETRY`], the calls meanwhile failing with its error at once. A refused login is the
+/// server's answer, not an outage, so no circuit breaker stands in for it, and each call made a
+/// new connection and `AUTH` (about 200 a second from one process while a password was
+/// rotated; found by a probe). The first retry is not delayed: a password fixed on the server
+/// right after a refusal is taken at the next call.
+#[derive(Default)]
+pub(crate) struct RefusedLogin(std::sync::Mutex<Option<Refused>>);
+
+struct Refused {
+    at: std::time::Instant,
+    error: RedisError,
+    in_a_row: u32,
+}
+
+impl RefusedLogin {
+    /// The last refusal, while the next attempt waits.
+    pub(crate) fn recent(&self) -> Option<RedisError> {
+        let last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let refused = last.as_ref()?;
+        let pause = match refused.in_a_row {
+            0 | 1 => std::time::Duration::ZERO,
+            n => std::time::Duration::from_millis(10)
+                .saturating_mul(1 << (n - 2).min(16))
+                .min(LOGIN_RETRY),
+        };
+        (refused.at.elapsed() < pause).then(|| refused.error.clone())
+    }
+
+    /// Notes how a connection attempt ended: a refused login is counted, anything else ends the
+    /// count.
+    pub(crate) fn note<T>(&self, attempt: &Result<T, RedisError>) {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last = match attempt {
+            Err(error) if is_auth_failure(error) => Some(Refused {
+                at: std::time::Instant::now(),
+                error: error.clone(),
+                in_a_row: last.as_ref().map_or(0, |r| r.in_a_row).saturating_add(1),
+            }),
+            _ => None,
+        };
+    }
+}
+
+impl std::fmt::Debug for RefusedLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusedLogin")
+    }
+}
+
 fn is_auth_failure(e: &RedisError) -> bool {
     const REFUSED_LOGIN: [&str; 3] = ["AuthenticationFailed", "WRONGPASS", "NOAUTH"];
     e.kind() == ErrorKind::AuthenticationFailed

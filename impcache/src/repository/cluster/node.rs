@@ -14,7 +14,7 @@ use crate::repository::breaker::CircuitBreaker;
 use crate::repository::call::{
     self, current_runtime, Attempt, Call, Limits, Opened, Target, Unanswered,
 };
-use crate::repository::failure::{Failed, Failure, Waited};
+use crate::repository::failure::{Failed, Failure, RefusedLogin, Waited};
 
 /// One node as the repository sees it: its own circuit breaker and its own direct connection, so
 /// that a fault on one node costs nothing for the keys of the others.
@@ -32,6 +32,8 @@ pub(super) struct Node {
     pub(super) unanswered: Unanswered,
     /// The direct connection and the tokio runtime that opened it (where its driver task runs).
     pub(super) connection: RwLock<Option<(MultiplexedConnection, Option<tokio::runtime::Id>)>>,
+    /// A login the node refused lately: not tried again at every call.
+    pub(super) refused_login: RefusedLogin,
 }
 
 impl fmt::Debug for Node {
@@ -62,35 +64,43 @@ impl RedisClusterCacheRepository {
 
     /// The node at `host:port`, met now or before.
     pub(super) fn node(&self, host: &str, port: u16) -> Arc<Node> {
-        let address = (host.to_owned(), port);
-        if let Some(node) = self
-            .inner
-            .nodes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&address)
-        {
-            return node.clone();
+        if let Some(node) = self.known_node(host, port) {
+            return node;
         }
         self.inner
             .nodes
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(address)
-            .or_insert_with(|| {
-                Arc::new(Node {
-                    host: host.to_owned(),
-                    port,
-                    breaker: CircuitBreaker::new(
-                        self.inner.breaker_config,
-                        "cluster",
-                        format!("{host}:{port}"),
-                    ),
-                    unanswered: Unanswered::default(),
-                    connection: RwLock::new(None),
-                })
-            })
+            .entry((host.to_owned(), port))
+            .or_insert_with(|| Arc::new(self.new_node(host, port, self.inner.breaker_config)))
             .clone()
+    }
+
+    /// The node at `host:port` if it is known (a primary of the slot map, or met since).
+    pub(super) fn known_node(&self, host: &str, port: u16) -> Option<Arc<Node>> {
+        self.inner
+            .nodes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(host.to_owned(), port))
+            .cloned()
+    }
+
+    /// A node at `host:port` with a breaker of `breaker` (`None`: none, and no metrics).
+    pub(super) fn new_node(
+        &self,
+        host: &str,
+        port: u16,
+        breaker: Option<crate::CircuitBreakerConfig>,
+    ) -> Node {
+        Node {
+            host: host.to_owned(),
+            port,
+            breaker: CircuitBreaker::new(breaker, "cluster", format!("{host}:{port}")),
+            unanswered: Unanswered::default(),
+            connection: RwLock::new(None),
+            refused_login: RefusedLogin::default(),
+        }
     }
 
     /// The direct connection to `node`, made on first use with the settings of the configured
@@ -117,9 +127,14 @@ impl RedisClusterCacheRepository {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.inner.connect_timeout))
             .set_response_timeout(Some(self.inner.deadline));
-        let connection = redis::Client::open(info)?
+        if let Some(refused) = node.refused_login.recent() {
+            return Err(refused);
+        }
+        let connected = redis::Client::open(info)?
             .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .await;
+        node.refused_login.note(&connected);
+        let connection = connected?;
         let mut slot = node
             .connection
             .write()

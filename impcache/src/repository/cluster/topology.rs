@@ -55,7 +55,12 @@ impl RedisClusterCacheRepository {
         candidates.dedup();
         let mut tasks = JoinSet::new();
         for (host, port) in candidates {
-            let node = self.node(&host, port);
+            // A configured node that is no primary (a replica, a dead node) is asked through a
+            // connection of its own, without a breaker: only the map's primaries are known
+            // nodes, with breakers and their metrics.
+            let node = self
+                .known_node(&host, port)
+                .unwrap_or_else(|| Arc::new(self.new_node(&host, port, None)));
             let this = self.clone();
             tasks.spawn(async move {
                 let mut cmd = redis::cmd("CLUSTER");
@@ -88,6 +93,7 @@ impl RedisClusterCacheRepository {
                 continue;
             }
             map.handles = map.nodes.iter().map(|(h, p)| self.node(h, *p)).collect();
+            self.forget_nodes_outside(&map);
             let map = Arc::new(map);
             tracing::debug!(
                 target: NODE_EVENTS,
@@ -114,6 +120,26 @@ impl RedisClusterCacheRepository {
                 "no cluster node answered CLUSTER SLOTS",
             ))
         }))
+    }
+
+    /// Forgets the nodes that are no primaries of `map`: a primary replaced by a failover, a
+    /// node removed from the cluster. Their breakers are retired (the state gauge of a dead
+    /// primary's breaker said "open" for ever after its replica took over, and every address
+    /// ever met stayed a label; found by a probe), and their direct connections close with the
+    /// last handle. A node met again (it came back as a primary, a `MOVED` names it) is made
+    /// anew.
+    fn forget_nodes_outside(&self, map: &SlotMap) {
+        self.inner
+            .nodes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|address, node| {
+                let kept = map.nodes.contains(address);
+                if !kept {
+                    node.breaker.retire();
+                }
+                kept
+            });
     }
 
     /// Learns the slot map again in the background, at most once per [`REFRESH_INTERVAL`]: a

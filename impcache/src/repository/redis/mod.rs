@@ -21,6 +21,7 @@ use super::breaker::CircuitBreaker;
 use super::call::{current_runtime, Opened, Unanswered};
 use super::commands::NxGet;
 use super::dsn;
+use super::failure::RefusedLogin;
 use super::settings::{shared_setters, Settings};
 pub use super::settings::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES};
 use crate::error::Result;
@@ -99,6 +100,8 @@ struct Inner {
     nx_get: NxGet,
     /// The DSN with its password replaced: the only form that is ever printed.
     shown_dsn: String,
+    /// A login the server refused lately: not tried again at every call.
+    refused_login: RefusedLogin,
 }
 
 /// A connection and its generation (which tells a dead connection's replacement apart from it).
@@ -238,11 +241,16 @@ impl RedisCacheRepository {
         if let Some(opened) = self.usable(own_runtime) {
             return Ok(opened);
         }
-        let connection = self
+        if let Some(refused) = self.inner.refused_login.recent() {
+            return Err(refused);
+        }
+        let connected = self
             .inner
             .client
             .get_multiplexed_async_connection_with_config(&self.inner.connection_config)
-            .await?;
+            .await;
+        self.inner.refused_login.note(&connected);
+        let connection = connected?;
         let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let here = current_runtime();
         let opened = Opened {
@@ -423,6 +431,7 @@ impl RedisCacheRepositoryBuilder {
                 breaker: CircuitBreaker::new(self.settings.breaker, "redis", shown_dsn.clone()),
                 nx_get: NxGet::default(),
                 shown_dsn,
+                refused_login: RefusedLogin::default(),
             }),
         }
     }
