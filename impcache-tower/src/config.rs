@@ -124,6 +124,19 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The longest a handler call made in the background (a stale-while-revalidate or early
+    /// refresh, the call going on past a soft timeout) and its body may take: the lock timeout,
+    /// so that a handler that hangs does not hold the URL's flight for ever, or the hard timeout
+    /// when that is longer (a probe found a 100 ms lock timeout dropping every refresh of a
+    /// 200 ms handler whose hard timeout allowed it; without a hard timeout the lock timeout
+    /// alone bounds it, as documented on [`CacheLayer::lock_timeout`]).
+    ///
+    /// [`CacheLayer::lock_timeout`]: crate::CacheLayer::lock_timeout
+    pub(crate) fn background_limit(&self) -> Duration {
+        self.hard_timeout
+            .map_or(self.lock_timeout, |hard| hard.max(self.lock_timeout))
+    }
+
     /// The default rules, storing in `cache`: GET (and HEAD from the GET entry), status 200,
     /// 60 s, bodies up to 1 MiB.
     pub(crate) fn new(cache: Cache) -> Self {

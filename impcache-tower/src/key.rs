@@ -7,6 +7,9 @@
 //! {namespace}:{host}:{path}:{query}:{method}:v:{vary-hash}  one entry per Vary (or credential) variant
 //! ```
 //!
+//! The namespace is written with its `:` and `%` percent-encoded (`api:v2` is `api%3Av2`), so
+//! that no namespace's keys start like another's.
+//!
 //! The record holds either the entry itself, when the response had no `Vary` and the request
 //! carried no keyed credentials (the common case: a hit reads this one key), or a *Vary marker*:
 //! the header names the URL's responses vary on (possibly none, when only credentialed variants
@@ -64,7 +67,20 @@ const PATH: &AsciiSet = &NON_ALPHANUMERIC
 /// the path starts with one.
 const TOKEN: &AsciiSet = &PATH.add(b'/');
 
+/// Bytes escaped in the namespace segment: `:`, so that a namespace never reads as another's
+/// followed by more segments, and `%`, so that the escaping is one to one.
+const NAMESPACE: &AsciiSet = &AsciiSet::EMPTY.add(b':').add(b'%');
+
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+
+/// A layer's namespace as the first segment of its keys: as given, but with `:` and `%` escaped
+/// (`%3A`, `%25`). Purges of namespace `api` (`api:*`, `api:*:/path*`) reached namespace
+/// `api:v2`'s responses, whose keys started `api:v2:` (found by a probe).
+pub(crate) fn namespace_segment(namespace: &str) -> String {
+    let mut segment = String::with_capacity(namespace.len());
+    push_encoded(&mut segment, namespace, NAMESPACE);
+    segment
+}
 
 /// Appends `s` with the bytes of `escaped` as `%XX` (uppercase hex).
 fn push_encoded(out: &mut String, s: &str, escaped: &'static AsciiSet) {
@@ -253,7 +269,7 @@ pub(crate) fn url_key(
 /// `{namespace}:{host segment}:`, the start of every key of one host's URLs in `namespace`
 /// ([`UrlKeys::through_host`] of each): what a declared prefix's tag is scoped to.
 pub(crate) fn through_host(namespace: &str, host_segment: &str) -> String {
-    [namespace, ":", host_segment, ":"].concat()
+    [&namespace_segment(namespace), ":", host_segment, ":"].concat()
 }
 
 /// The start of the key of a namespace's list of hosts.
@@ -266,7 +282,7 @@ const HOSTS_PREFIX: &str = "__impcache_hosts:";
 /// `purge_url` on any host, which reads each listed host's records instead of scanning the
 /// keyspace; removed by `purge_all`.
 pub(crate) fn hosts_key(namespace: &str) -> String {
-    [HOSTS_PREFIX, namespace].concat()
+    [HOSTS_PREFIX, &namespace_segment(namespace)].concat()
 }
 
 /// The host a key segment stands for (`-`: none), as [`UrlKeys::new`] takes it.
@@ -323,7 +339,7 @@ impl UrlKeys {
         // Room for the segments added beyond the namespace, host and path as given.
         let capacity = namespace.len() + host.map_or(1, str::len) + path.len() + 64;
         let mut record = String::with_capacity(capacity);
-        record.push_str(namespace);
+        push_encoded(&mut record, namespace, NAMESPACE);
         record.push(':');
         let host_start = record.len();
         push_host_segment(&mut record, host);
@@ -364,12 +380,12 @@ impl UrlKeys {
 
     /// The key of the list of the hosts of this URL's namespace (see [`hosts_key`]).
     pub(crate) fn hosts_key(&self) -> String {
-        // The namespace is what precedes the host segment's `:`.
+        // The namespace's segment is what precedes the host segment's `:`.
         let namespace = self
             .record
             .get(..self.host.start.saturating_sub(1))
             .unwrap_or_default();
-        hosts_key(namespace)
+        [HOSTS_PREFIX, namespace].concat()
     }
 
     /// The URL key alone.
@@ -484,7 +500,7 @@ pub fn prefix_pattern(namespace: &str, host: Option<&str>, path_prefix: &str) ->
 
 /// The start of a pattern: `{namespace}:{host}:{path}`, with `*` for any host.
 fn pattern_through_path(namespace: &str, host: Option<&str>, path: &str) -> String {
-    let mut pattern = impcache::escape_pattern(namespace);
+    let mut pattern = impcache::escape_pattern(&namespace_segment(namespace));
     pattern.push(':');
     match host {
         // Only the path segment contains `/`, so `*` cannot reach past the host into another path.

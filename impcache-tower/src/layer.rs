@@ -151,6 +151,14 @@ impl CacheLayer {
     /// nothing left, a request calls the handler itself. So even an upstream whose bodies always
     /// fail keeps no request waiting past this timeout: each is answered within it and one
     /// handler call.
+    ///
+    /// It also bounds the handler calls made in the background (a
+    /// [`stale_while_revalidate`](Self::stale_while_revalidate) or
+    /// [`early_refresh`](Self::early_refresh) refresh, the call going on past a
+    /// [`soft_timeout`](Self::soft_timeout)), so that a handler that hangs does not hold the
+    /// URL's flight, unless the [`hard_timeout`](Self::hard_timeout) is longer: then that. Keep
+    /// the longer of the two above the handler's time, or those calls are dropped before they
+    /// answer and the stale response is served until its window ends.
     pub fn lock_timeout(self, timeout: Duration) -> Self {
         self.with(|c| c.lock_timeout = timeout)
     }
@@ -376,7 +384,9 @@ impl CacheLayer {
     /// The first segment of the keys of this layer's responses (default `"http"`), inside the
     /// cache's `{prefix}:{version}:`; its list of hosts is `__impcache_hosts:{namespace}` (see
     /// [`purge_url`](Self::purge_url)), so `__impcache_hosts` itself is reserved. Layers with
-    /// different rules on one cache should use different ones.
+    /// different rules on one cache should use different ones. A `:` in it is written `%3A` in
+    /// the keys (and `%` as `%25`), so that the purges of namespace `api` leave those of `api:v2`
+    /// alone.
     pub fn namespace(self, namespace: impl Into<String>) -> Self {
         let namespace = namespace.into();
         self.with(|c| c.namespace = namespace)
@@ -833,7 +843,8 @@ impl CacheLayer {
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let cache = &self.config.cache;
-        let pattern = format!("{}:*", impcache::escape_pattern(&self.config.namespace));
+        let namespace = crate::key::namespace_segment(&self.config.namespace);
+        let pattern = format!("{}:*", impcache::escape_pattern(&namespace));
         self.purging(&pattern).await;
         // The list of hosts first (not counted): a store that begins after it lists its host
         // again before writing its record. (One that listed its host just before it and writes

@@ -1584,3 +1584,64 @@ async fn an_absolute_targets_default_port_is_the_same_as_none() {
     assert_eq!(purged, 1);
     assert_eq!(send(&svc, on("example.com")).await.outcome(), "MISS");
 }
+
+/// The purges of a namespace leave a namespace it is the start of alone: `api`'s `purge_all`
+/// and `purge_prefix` on any host removed `api:v2`'s responses, whose keys started `api:v2:`
+/// (found by a probe). A namespace's `:` is written `%3A` in its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_of_a_namespace_leave_one_it_starts_alone() {
+    let cache = memory_cache();
+    let api = CacheLayer::new(cache.clone()).namespace("api");
+    let api_v2 = CacheLayer::new(cache).namespace("api:v2");
+    assert!(
+        api_v2.request_key(&get("/users/1")).contains(":api%3Av2:"),
+        "{}",
+        api_v2.request_key(&get("/users/1"))
+    );
+    let (in_api, _) = counting(api.clone());
+    let (in_v2, v2_calls) = counting(api_v2.clone());
+    for round in 0..3 {
+        send(&in_api, get("/users/1")).await;
+        send(&in_v2, get("/users/1")).await;
+        wait_stored(&api, "/users/1").await;
+        wait_stored(&api_v2, "/users/1").await;
+        let removed = match round {
+            0 => api.purge_all().await.unwrap(),
+            1 => api.purge_prefix(None, "/users/").await.unwrap(),
+            _ => api.purge_url(None, "/users/1").await.unwrap(),
+        };
+        assert!(removed >= 1, "round {round}: {removed}");
+        let seen = send(&in_v2, get("/users/1")).await;
+        assert_eq!(seen.outcome(), "HIT", "round {round}");
+    }
+    assert_eq!(v2_calls.get(), 1);
+}
+
+/// With the cache down, the failed invalidations of unsafe requests warn at most once a second
+/// (the breaker's opening is its own warning; the requests it turns away are logged at `DEBUG`):
+/// each request warned, thousands a second (found by a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_down_unsafe_requests_do_not_warn_each() {
+    let captured = captured_logs();
+    let mut redis = RedisServer::start();
+    let repository = RedisCacheRepository::builder(redis.url())
+        .deadline(DEADLINE)
+        .build()
+        .unwrap();
+    let recording = Cache::builder(repository).record_keys(true).build();
+    let (svc, calls) = service(CacheLayer::new(recording).expire(60));
+    redis.kill();
+    for _ in 0..40 {
+        let seen = send(&svc, request("POST", "/warned-once", &[])).await;
+        assert_eq!(seen.status, StatusCode::OK);
+    }
+    assert_eq!(calls.get(), 40);
+    let logs = String::from_utf8(captured.lock().unwrap().clone()).unwrap();
+    let ours: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("/warned-once") && line.contains("unsafe request"))
+        .collect();
+    let warned = ours.iter().filter(|line| line.contains(" WARN ")).count();
+    assert!(warned <= 2, "{warned} warnings:\n{}", ours.join("\n"));
+    assert_eq!(ours.len(), 40, "each logged at DEBUG or WARN:\n{logs}");
+}

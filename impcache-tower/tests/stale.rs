@@ -1596,3 +1596,35 @@ async fn stale_waiters_keep_their_own_variant() {
     // One failing call per URL flight, not one per request.
     assert!(calls.load(Ordering::SeqCst) <= 2 + 2, "{calls:?}");
 }
+
+/// A background revalidation is bounded by the hard timeout when that is longer than the lock
+/// timeout: a handler slower than a short lock timeout but within its hard timeout refreshes the
+/// stale response with one call (found by a probe: a 100 ms lock timeout dropped every refresh of
+/// a 200 ms handler, the stale response served for the whole window and the handler called at
+/// the rate of the requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidation_slower_than_the_lock_timeout_lands_within_the_hard_timeout() {
+    let layer = CacheLayer::new(memory_cache())
+        .expire(1)
+        .stale_while_revalidate(Duration::from_secs(60))
+        .lock_timeout(Duration::from_millis(100))
+        .hard_timeout(Duration::from_secs(5));
+    let (service, calls) = app(layer.clone(), |n, _| async move {
+        if n > 1 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Response::new(Body::from(format!("call {n}")))
+    });
+    send(&service, get("/slow")).await;
+    wait_stored(&layer, "/slow").await;
+    past_freshness().await;
+    let stale = send(&service, get("/slow")).await;
+    assert_eq!(stale.body, "call 1");
+    let key = format!("{}:v", layer.request_key(&get("/slow")));
+    wait_value(layer.cache(), &key, |entry| {
+        entry.is_some_and(|entry| entry.windows(6).any(|w| w == b"call 2"))
+    })
+    .await;
+    assert_eq!(send(&service, get("/slow")).await.body, "call 2");
+    assert_eq!(calls.get(), 2, "one revalidation call");
+}
