@@ -985,3 +985,26 @@ fn a_stalled_owner_does_not_overwrite_the_value_of_the_process_that_took_over() 
     let stored: Option<String> = server.cmd(&["GET", "cache:1:k"]);
     assert_eq!(stored.as_deref(), Some(r#""newer""#));
 }
+
+/// A loader slower than its lock's lifetime, with no other process loading the key, still
+/// stores its value: past the lifetime the store is made only into an empty key (`SET NX`), so
+/// it does not replace a newer value another process stored, yet fills a missing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_slower_than_its_locks_lifetime_fills_an_empty_key() {
+    let server = impcache_tests::RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(server.url().as_str()).unwrap());
+    let policy = Freshness::new().lock(Lock::new().lifetime(Duration::from_millis(200)));
+    let loaded: String = cache
+        .get_or_set("slow", 60, || async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            "value".to_owned()
+        })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(loaded, "value");
+    assert_eq!(
+        cache.get::<String>("slow").await.unwrap().as_deref(),
+        Some("value")
+    );
+}

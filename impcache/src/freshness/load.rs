@@ -986,19 +986,19 @@ pub(super) async fn run<V, E, F, Fut>(
     // or during a background reload) stores nothing: its value, computed before that write,
     // answers its caller and waiters only. Checked and sent in one step
     // (`FlightGuard::unless_detached`; the write detaches before it is sent: see
-    // `Cache::detaching`). Nor does a load under a cross-process lock whose lifetime has passed
-    // ([`Held::still_held`](super::lock::Held::still_held)): another process may have taken
-    // it over and stored a newer value.
+    // `Cache::detaching`). A load under a cross-process lock whose lifetime has passed
+    // ([`Held::still_held`](super::lock::Held::still_held)) stores only into an empty key
+    // (`SET NX`): another process may have taken the lock over and stored a newer value.
     let lock_lost = held.as_ref().is_some_and(|held| !held.still_held());
     if lock_lost && encoded.is_some() {
         let key = job.cache.logged_key(&job.key);
-        load_event!(job.origin, limited_warn, key, "the lock's lifetime passed before the loader's value was stored: another process may have loaded the key since, so this value answers its callers unstored (make the lock's lifetime longer than the load)");
+        load_event!(job.origin, limited_warn, key, "the lock's lifetime passed before the loader's value was stored: another process may have stored the key since, so this value is stored only if the key is empty (make the lock's lifetime longer than the load)");
     }
-    let mut storing = encoded.and_then(|bytes| {
+    let mut storing = encoded.map(|bytes| {
         if let Some(guard) = &guard {
             guard.publish(Shared::new(bytes.clone(), created, &tags));
         }
-        (!lock_lost).then(|| Box::pin(store(&job, bytes, created, &tags)))
+        Box::pin(store(&job, bytes, created, &tags, lock_lost))
     });
     let stored = match &mut storing {
         Some(store) => {
@@ -1061,12 +1061,13 @@ fn settle_failed(guard: Guard, failed: Option<Shared>, panicked: bool) {
     }
 }
 
-/// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry), in an
-/// envelope with its `tags` and creation time when it has tags.
-async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags) {
+/// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry; only into an
+/// empty key, `SET NX`, when `if_absent`), in an envelope with its `tags` and creation time when
+/// it has tags.
+async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags, if_absent: bool) {
     let stored = job
         .cache
-        .set_for_load(&job.key, bytes, tags, created, job.expiry);
+        .set_for_load(&job.key, bytes, (tags, created), job.expiry, if_absent);
     if let Err(error) = stored.await {
         report(job.origin, &job.cache, "set", &job.key, &error);
     }
