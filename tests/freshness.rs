@@ -589,8 +589,11 @@ fn global_logs() -> &'static Logs {
     LOGS.get_or_init(|| {
         let logs = Logs::default();
         let writer = logs.clone();
+        // At `DEBUG`: a warning repeated within a second from its call site (another test's
+        // failing loader) is logged at `DEBUG`.
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::DEBUG)
             .with_ansi(false)
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
