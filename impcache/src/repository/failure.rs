@@ -282,12 +282,6 @@ struct GaveUpEarly {
     source: RedisError,
 }
 
-/// The server refused the login: the `redis` crate's `AuthenticationFailed` (its reading of an
-/// `AUTH` refused, the server's reply dropped), `WRONGPASS` (a `HELLO` refused, under RESP3), or
-/// `NOAUTH` (no password given to a server that wants one). Also inside the Cluster client's
-/// "Failed to create initial connections", an `Io` error that keeps only the text of a node's
-/// error (whose kind's name or code it ends with): a refused login there opened the breaker
-/// (found by a probe). Matched as text there, the one thing the `redis` crate keeps.
 /// The longest a login the server refused is not tried again: the calls meanwhile fail with
 /// its error at once.
 const LOGIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -349,6 +343,12 @@ impl std::fmt::Debug for RefusedLogin {
     }
 }
 
+/// The server refused the login: the `redis` crate's `AuthenticationFailed` (its reading of an
+/// `AUTH` refused, the server's reply dropped), `WRONGPASS` (a `HELLO` refused, under RESP3), or
+/// `NOAUTH` (no password given to a server that wants one). Also inside the Cluster client's
+/// "Failed to create initial connections", an `Io` error that keeps only the text of a node's
+/// error (whose kind's name or code it ends with): a refused login there opened the breaker
+/// (found by a probe). Matched as text there, the one thing the `redis` crate keeps.
 fn is_auth_failure(e: &RedisError) -> bool {
     const REFUSED_LOGIN: [&str; 3] = ["AuthenticationFailed", "WRONGPASS", "NOAUTH"];
     e.kind() == ErrorKind::AuthenticationFailed
