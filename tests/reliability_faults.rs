@@ -825,3 +825,35 @@ async fn near_cache_reads_across_a_freeze_stay_within_the_deadline() {
         );
     }
 }
+
+/// Under tokio's paused test clock, Redis calls time out at once (the clock's auto-advance fires
+/// each deadline while the call waits on the socket) and the cache fails open, storing nothing:
+/// errors that read as a server down. The first such timeout says so, once per process, with a
+/// warning naming the paused clock (found by a probe: nothing said so, and a user would look for
+/// a network fault). The only test of this binary on a paused clock, and the only subscriber.
+#[tokio::test(start_paused = true)]
+async fn a_paused_test_clock_is_named_when_redis_calls_time_out() {
+    let logs = impcache_tests::logs::Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let server = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(server.url().as_str()).unwrap());
+    for _ in 0..3 {
+        let failed = cache.get::<u64>("k").await;
+        assert!(
+            failed.as_ref().is_err_and(Error::is_backend_failure),
+            "{failed:?}"
+        );
+    }
+    let text = logs.text();
+    assert_eq!(
+        text.matches("tokio's clock is ahead of the real one")
+            .count(),
+        1,
+        "{text}"
+    );
+}

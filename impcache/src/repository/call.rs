@@ -336,6 +336,9 @@ where
         Err(failed) => {
             let generation = used.load(Ordering::Relaxed);
             target.failed((generation != 0).then_some(generation), failed.kind);
+            if matches!(failed.kind, Failure::Timeout | Failure::GaveUp) {
+                warn_of_a_paused_clock(deadline);
+            }
             if target.is_outage(failed.kind) {
                 breaker.record_failure(&admission, &Cause(&failed));
             } else {
@@ -350,6 +353,29 @@ where
             }
             Err(failed)
         }
+    }
+}
+
+/// Warns, once per process, when a call timed out because tokio's clock ran ahead of the real one
+/// by half its deadline or more: a paused test clock (`#[tokio::test(start_paused = true)]`,
+/// `tokio::time::pause`), whose auto-advance fires every call's deadline while the runtime waits
+/// on the socket, so that every Redis call fails at once, the breaker opens, and the cache fails
+/// open and stores nothing, with errors that read as a server down (found by a probe; reqwest
+/// users know it as "requests always time out when tokio time is paused").
+fn warn_of_a_paused_clock(deadline: Duration) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let ahead = Instant::now()
+        .into_std()
+        .saturating_duration_since(std::time::Instant::now());
+    if ahead >= deadline / 2 && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            target: "impcache",
+            ?ahead,
+            "impcache: tokio's clock is ahead of the real one (a paused test clock: start_paused, \
+             tokio::time::pause): its auto-advance fires a Redis call's deadline while the call \
+             waits on the socket, so Redis calls time out at once and the cache fails open; test \
+             with a real clock or the memory repository"
+        );
     }
 }
 
