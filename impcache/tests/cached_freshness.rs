@@ -352,13 +352,14 @@ async fn a_zero_or_negative_option_from_a_const_runs_the_body_uncached() {
 }
 
 /// A freshness option takes any integer type and an `Expire`, as `expire` does (a `u8`, an
-/// `isize`, `Expire::seconds(..)` did not compile, naming a private trait).
+/// `isize`, a `u128`, `Expire::seconds(..)` did not compile, naming a private trait).
 #[cached(
     cache = CACHE,
     expire = 60,
     stale_while_revalidate = 60u8,
     stale_if_error = 60isize,
     fail_safe_throttle = impcache::Expire::seconds(5),
+    early_refresh = 1u128,
     lock = 10u16
 )]
 async fn options_of_other_types(id: u32) -> u32 {

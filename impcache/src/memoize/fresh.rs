@@ -52,14 +52,14 @@ impl IntoDuration for Duration {
 macro_rules! seconds {
     ($($int:ty),*) => {$(
         impl IntoDuration for $int {
-            #[allow(clippy::cast_sign_loss, clippy::cast_lossless, unused_comparisons)]
             fn into_duration(self) -> Duration {
-                Duration::from_secs(if self < 0 { 0 } else { self as u64 })
+                // Negative: zero; past `u64::MAX` seconds (an `i128`, a `u128`): the longest.
+                Duration::from_secs(u64::try_from(self).unwrap_or(if self > 0 { u64::MAX } else { 0 }))
             }
         }
     )*};
 }
-seconds!(i8, i16, i32, i64, isize, u8, u16, u32, u64, usize);
+seconds!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize);
 
 /// `Expire::seconds(5)` as `expire` takes it: no expiry is the longest duration kept
 /// ([`MAX_EXPIRE`](crate::MAX_EXPIRE)), a negative one zero.
