@@ -1350,3 +1350,42 @@ async fn the_http_layer_lists_its_host_again_after_an_outage_of_the_list() {
     eprintln!("listed again after {:?}", listed_again.elapsed());
     assert_eq!(app.layer.purge_url(None, path).await.unwrap(), 1);
 }
+
+/// The configured nodes that are no primaries (here the replicas) are asked for the slot map
+/// through connections that are kept: each `delete_pattern` learns the map, and each made a new
+/// connection to every replica (found by a regression hunt: 49-50 connections per replica for
+/// 50 sweeps, and two a second per replica with a near cache's heartbeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_keep_their_connections_to_the_replicas() {
+    let cluster = RedisCluster::shared();
+    let cache = Cache::builder(repository(cluster, Duration::from_secs(2)))
+        .key_prefix("replica-connections")
+        .build();
+    let replicas: Vec<u16> = cluster
+        .primaries()
+        .into_iter()
+        .filter_map(|primary| cluster.replica_of(primary))
+        .collect();
+    assert!(!replicas.is_empty());
+    let connections = |port: u16| -> u64 {
+        let info: String = cluster.cmd(port, &["INFO", "stats"]);
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    cache.delete_pattern("*").await.unwrap();
+    let before: Vec<u64> = replicas.iter().map(|port| connections(*port)).collect();
+    for _ in 0..20 {
+        cache.delete_pattern("*").await.unwrap();
+    }
+    for (port, before) in replicas.iter().zip(before) {
+        // One for the reading of the count, and a margin for the cluster client's own (20 or
+        // more when each sweep connected anew).
+        let made = connections(*port) - before;
+        assert!(
+            made <= 10,
+            "{made} new connections to replica {port} for 20 sweeps"
+        );
+    }
+}

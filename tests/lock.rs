@@ -1008,3 +1008,37 @@ async fn a_loader_slower_than_its_locks_lifetime_fills_an_empty_key() {
         Some("value")
     );
 }
+
+/// Past its lock's lifetime, a loader alone still replaces what does not answer: an entry hidden
+/// by its tag's invalidation, a value of another type, a stale one (with an `SET NX` store they
+/// stayed, and every call ran the loader: 3 runs in 3 calls; found by a regression hunt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_slower_than_its_locks_lifetime_replaces_what_does_not_answer() {
+    let server = impcache_tests::RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(server.url().as_str()).unwrap());
+    let policy = Freshness::new().lock(Lock::new().lifetime(Duration::from_millis(200)));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let slow = |runs: &Arc<AtomicUsize>| {
+        let runs = runs.clone();
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            "new".to_owned()
+        }
+    };
+    cache.set_tagged("hidden", &"old", 60, ["t"]).await.unwrap();
+    cache.invalidate_tag("t").await.unwrap();
+    cache.set("typed", &42, 60).await.unwrap();
+    for (key, tags) in [("hidden", vec!["t"]), ("typed", vec![])] {
+        for _ in 0..2 {
+            let loaded: String = cache
+                .get_or_set(key, 60, slow(&runs))
+                .tags(tags.clone())
+                .freshness(policy)
+                .await
+                .unwrap();
+            assert_eq!(loaded, "new", "{key}");
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one run per key");
+}

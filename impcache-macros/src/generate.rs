@@ -523,10 +523,14 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             quote_spanned!(value.span()=> .#name(::impcache::__private::duration(#value)))
         });
         // `lock = ...` (issue 16): a lock of that lifetime, or the default one.
-        let lock = plan.lock.iter().map(|value| {
-            let value = typed_seconds(value);
-            quote_spanned!(value.span()=> .lock(::impcache::__private::lock(#value)))
-        });
+        let freshness = quote!(::impcache::Freshness::new() #(#options)*);
+        let freshness = match &plan.lock {
+            Some(value) => {
+                let value = typed_seconds(value);
+                quote_spanned!(value.span()=> ::impcache::__private::with_lock(#freshness, #value))
+            }
+            None => freshness,
+        };
         // `hard_timeout = ...`: what a given-up body returns (`None`, `Err(..)`); a return type
         // with no such value is reported on the return type. A typed binding, not an `as` cast
         // (which `trivial_casts` would flag in the user's crate).
@@ -560,7 +564,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
                 #version_opt,
                 __impcache_key,
                 #expire,
-                ::impcache::Freshness::new() #(#options)* #(#lock)*,
+                #freshness,
                 __impcache_tags,
                 #tags_from,
                 #timed_out,

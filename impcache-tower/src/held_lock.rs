@@ -23,12 +23,6 @@ impl HeldLock {
             held: Some(held),
         }
     }
-
-    /// Whether the lock is still held for sure (its lifetime has not passed): see
-    /// [`Held::still_held`].
-    pub(crate) fn still_held(&self) -> bool {
-        self.held.as_ref().is_some_and(Held::still_held)
-    }
 }
 
 impl fmt::Debug for HeldLock {

@@ -296,18 +296,7 @@ fn store_in_background(
     ),
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
-        // Under a cross-process lock whose lifetime has passed, another process may have taken
-        // it over and stored a newer response (see `Held::still_held`): stored only when the
-        // URL has no record.
-        let lock_lost = lock.as_ref().is_some_and(|lock| !lock.still_held());
-        if lock_lost && !matches!(cache.get_raw(keys.record()).await, Ok(None)) {
-            impcache::__private::limited_warn!(
-                target: module_path!(),
-                "impcache-tower: the lock's lifetime passed before the response was stored, and \
-                 the URL has a stored response (another process may have stored it since): this \
-                 one is not stored (make the lock's lifetime longer than the handler call)"
-            );
-        } else if let Err(error) = store(&cache, &keys, listed.as_ref(), &published).await {
+        if let Err(error) = store(&cache, &keys, listed.as_ref(), &published).await {
             let error = impcache::__private::logged_error(&cache, &error);
             tracing::debug!(%error, "impcache-tower: response not stored");
         }

@@ -261,3 +261,28 @@ async fn a_transient_failure_costs_one_more_run_in_one_process() {
         assert_eq!(runs.load(SeqCst), 2, "key {id}");
     }
 }
+
+const NO_LOCK: bool = false;
+
+#[cached(cache = process, expire = 60, skip(process), lock = NO_LOCK)]
+async fn not_locked_by_a_const(process: Cache, id: u32) -> u32 {
+    id
+}
+
+/// `lock = false` given as a `const` (which the macro cannot read) is no lock, as the literal
+/// is: the call does not wait for a lock another process holds (a `const` `false` turned the
+/// default lock on; found by a regression hunt).
+#[tokio::test]
+async fn a_const_false_lock_is_no_lock() {
+    let store = MemoryCacheRepository::new();
+    let process = Cache::builder_shared(Arc::new(store.clone())).build();
+    let lock = process.make_key("__lock:cached_lock::not_locked_by_a_const:5");
+    let held = store.set_nx(
+        &lock,
+        "another process".into(),
+        impcache::Expiry::Seconds(60),
+    );
+    assert!(held.await.unwrap());
+    let answered = tokio::time::timeout(Duration::from_secs(2), not_locked_by_a_const(process, 5));
+    assert_eq!(answered.await.unwrap(), 5);
+}

@@ -140,34 +140,26 @@ impl Cache {
     }
 
     /// Stores a loaded value's JSON with an expiry already resolved, in an envelope with its
-    /// `tags` and creation time `created` when it has tags; counted as a `set` (a `set_nx` when
-    /// only into an empty key, `if_absent`) of the value's bytes (as
-    /// [`set_tagged`](Cache::set_tagged) counts them, without the envelope).
+    /// `tags` and creation time `created` when it has tags; counted as a `set` of the value's
+    /// bytes (as [`set_tagged`](Cache::set_tagged) counts them, without the envelope).
     pub(crate) async fn set_for_load(
         &self,
         key: &str,
         value: Bytes,
-        (tags, created): (&Tags, u64),
+        tags: &Tags,
+        created: u64,
         expiry: Expiry,
-        if_absent: bool,
     ) -> Result<()> {
-        let operation = if if_absent {
-            Operation::SetNx
-        } else {
-            Operation::Set
-        };
-        observed!(self, operation, Some(key), async {
+        observed!(self, Operation::Set, Some(key), async {
             let tally = Tally::written(value.len());
             let stored = match tags.as_slice() {
                 [] => value,
                 tags => envelope::wrap(&value, tags, created),
             };
-            let backend = &self.shared.backend;
-            if if_absent {
-                backend.set_nx(self.key_parts(key), stored, expiry).await?;
-            } else {
-                backend.set(self.key_parts(key), stored, expiry).await?;
-            }
+            self.shared
+                .backend
+                .set(self.key_parts(key), stored, expiry)
+                .await?;
             Ok(((), tally))
         })
     }

@@ -986,19 +986,26 @@ pub(super) async fn run<V, E, F, Fut>(
     // or during a background reload) stores nothing: its value, computed before that write,
     // answers its caller and waiters only. Checked and sent in one step
     // (`FlightGuard::unless_detached`; the write detaches before it is sent: see
-    // `Cache::detaching`). A load under a cross-process lock whose lifetime has passed
-    // ([`Held::still_held`](super::lock::Held::still_held)) stores only into an empty key
-    // (`SET NX`): another process may have taken the lock over and stored a newer value.
-    let lock_lost = held.as_ref().is_some_and(|held| !held.still_held());
-    if lock_lost && encoded.is_some() {
+    // `Cache::detaching`). Nor does a load under a cross-process lock whose lifetime has passed
+    // ([`Held::still_held`](super::lock::Held::still_held)) when the key holds a fresh value of
+    // the caller's type (read as the lock's waiters read it, `lock::fresh`): another process took
+    // the lock over and stored a newer one (a paused owner replaced it; found by a probe). A
+    // hidden, stale or other-typed entry is replaced, as under the lock.
+    let superseded = match (&held, &encoded) {
+        (Some(held), Some(_)) if !held.still_held() => {
+            matches!(polled(lock::fresh::<V>(&job)).await, Ok(Some(_)))
+        }
+        _ => false,
+    };
+    if superseded {
         let key = job.cache.logged_key(&job.key);
-        load_event!(job.origin, limited_warn, key, "the lock's lifetime passed before the loader's value was stored: another process may have stored the key since, so this value is stored only if the key is empty (make the lock's lifetime longer than the load)");
+        load_event!(job.origin, limited_warn, key, "the lock's lifetime passed before the loader's value was stored, and another process has stored the key since: this value answers its callers unstored (make the lock's lifetime longer than the load)");
     }
-    let mut storing = encoded.map(|bytes| {
+    let mut storing = encoded.and_then(|bytes| {
         if let Some(guard) = &guard {
             guard.publish(Shared::new(bytes.clone(), created, &tags));
         }
-        Box::pin(store(&job, bytes, created, &tags, lock_lost))
+        (!superseded).then(|| Box::pin(store(&job, bytes, created, &tags)))
     });
     let stored = match &mut storing {
         Some(store) => {
@@ -1061,13 +1068,12 @@ fn settle_failed(guard: Guard, failed: Option<Shared>, panicked: bool) {
     }
 }
 
-/// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry; only into an
-/// empty key, `SET NX`, when `if_absent`), in an envelope with its `tags` and creation time when
-/// it has tags.
-async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags, if_absent: bool) {
+/// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry), in an
+/// envelope with its `tags` and creation time when it has tags.
+async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags) {
     let stored = job
         .cache
-        .set_for_load(&job.key, bytes, (tags, created), job.expiry, if_absent);
+        .set_for_load(&job.key, bytes, tags, created, job.expiry);
     if let Err(error) = stored.await {
         report(job.origin, &job.cache, "set", &job.key, &error);
     }

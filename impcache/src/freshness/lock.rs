@@ -103,7 +103,7 @@ impl Held {
     /// Once it has, another process may have taken it over and stored a newer value: a load
     /// past its lock's lifetime (a stall, the process paused) stores nothing (a paused owner
     /// overwrote the value of the process that took over, every time; found by a probe).
-    pub fn still_held(&self) -> bool {
+    pub(crate) fn still_held(&self) -> bool {
         Instant::now() < self.held_until
     }
 
@@ -488,7 +488,7 @@ async fn owned<T>(
 /// The value at `job`'s key (decoded, and its bytes) if it is there, fresh, of the caller's
 /// type (a value of an older type is reloaded under the lock, not served), and, for an early
 /// refresh, not the value it replaces.
-async fn fresh<V: DeserializeOwned>(job: &Job) -> Result<Option<(V, Bytes)>> {
+pub(super) async fn fresh<V: DeserializeOwned>(job: &Job) -> Result<Option<(V, Bytes)>> {
     // The tagged read when the call has tags: an envelope is opened and its tags are checked.
     // (A value of another type reads as none: reloaded under the lock.)
     let found = job

@@ -218,34 +218,39 @@ pub fn duration(value: impl IntoDuration) -> Duration {
 
 // --- `#[cached(lock = ...)]` (issue 16). ---
 
-/// A `lock` option's value: `true` (the default [`Lock`]), a lifetime in whole seconds or as a
-/// [`Duration`] (the wait is [`Lock`]'s default, twice the lifetime), or a [`Lock`].
+/// A `lock` option's value: `true` (the default [`Lock`]) or `false` (none), a lifetime in whole
+/// seconds or as a [`Duration`] (the wait is [`Lock`]'s default, twice the lifetime), or a
+/// [`Lock`].
 pub trait IntoLock {
-    /// The lock.
-    fn into_lock(self) -> Lock;
+    /// The lock, if any.
+    fn into_lock(self) -> Option<Lock>;
 }
 
 impl IntoLock for bool {
-    fn into_lock(self) -> Lock {
-        Lock::new()
+    fn into_lock(self) -> Option<Lock> {
+        self.then(Lock::new)
     }
 }
 
 impl<T: IntoDuration> IntoLock for T {
-    fn into_lock(self) -> Lock {
-        Lock::new().lifetime(self.into_duration())
+    fn into_lock(self) -> Option<Lock> {
+        Some(Lock::new().lifetime(self.into_duration()))
     }
 }
 
 impl IntoLock for Lock {
-    fn into_lock(self) -> Lock {
-        self
+    fn into_lock(self) -> Option<Lock> {
+        Some(self)
     }
 }
 
-/// A `lock` option's value as a [`Lock`].
-pub fn lock(value: impl IntoLock) -> Lock {
-    value.into_lock()
+/// `freshness` with the `lock` option's value: unchanged for `false` (a `const` the macro cannot
+/// read: it turned the lock on; found by a regression hunt).
+pub fn with_lock(freshness: Freshness, value: impl IntoLock) -> Freshness {
+    match value.into_lock() {
+        Some(lock) => freshness.lock(lock),
+        None => freshness,
+    }
 }
 
 /// A return value that is cached: stored as its policy's part (`T` of `Ok(T)`, ...), read back

@@ -51,8 +51,8 @@ pub(crate) mod __private {
     pub use super::codec::{codec, CacheValue, Codec};
     pub use super::default_cache::default_cache_or_warn as default_cache;
     pub use super::fresh::{
-        duration, invalidate_all, lock, memoize_fresh, seconds, tag_list, tags_from, IntoDuration,
-        IntoLock, NoTagsFrom, TagsFrom, TagsFromValue,
+        duration, invalidate_all, memoize_fresh, seconds, tag_list, tags_from, with_lock,
+        IntoDuration, IntoLock, NoTagsFrom, TagsFrom, TagsFromValue,
     };
     pub use super::key::{FnContainer, KeyArg, KeyBuilder};
     pub use super::returns::{

@@ -128,10 +128,13 @@ struct Inner {
     seed: redis::ConnectionInfo,
     /// The configured node addresses: where the slot map is learned first.
     seeds: Vec<(String, u16)>,
-    /// Every node met so far (configured, or in a slot map), by address, each with its own
-    /// breaker and direct connection. Kept across slot maps, so that a node's breaker outlives a
-    /// relearned map.
+    /// The primaries of the current slot map (and nodes a redirection named since), by
+    /// address, each with its own breaker and direct connection. A node stays across slot maps
+    /// while it is a primary, so that its breaker outlives a relearned map.
     nodes: RwLock<HashMap<(String, u16), Arc<Node>>>,
+    /// The configured nodes that are no primaries (replicas, dead nodes), asked for the slot
+    /// map: each with its direct connection, without a breaker (nor its metrics).
+    others: RwLock<HashMap<(String, u16), Arc<Node>>>,
     /// When the slot map was last learned in the background (milliseconds since `epoch`).
     last_refresh_ms: AtomicU64,
     epoch: Instant,
@@ -597,6 +600,7 @@ impl RedisClusterCacheRepositoryBuilder {
                 seed,
                 seeds,
                 nodes: RwLock::new(HashMap::new()),
+                others: RwLock::new(HashMap::new()),
                 last_refresh_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
                 generations: AtomicU64::new(0),

@@ -55,12 +55,13 @@ impl RedisClusterCacheRepository {
         candidates.dedup();
         let mut tasks = JoinSet::new();
         for (host, port) in candidates {
-            // A configured node that is no primary (a replica, a dead node) is asked through a
-            // connection of its own, without a breaker: only the map's primaries are known
-            // nodes, with breakers and their metrics.
+            // A configured node that is no primary (a replica, a dead node) is asked through its
+            // own connection, kept, without a breaker: only the map's primaries have breakers
+            // and their metrics. (A connection made for each learning was one more connection
+            // to each replica at every near-cache heartbeat and sweep; a regression hunt.)
             let node = self
                 .known_node(&host, port)
-                .unwrap_or_else(|| Arc::new(self.new_node(&host, port, None)));
+                .unwrap_or_else(|| self.other_node(&host, port));
             let this = self.clone();
             tasks.spawn(async move {
                 let mut cmd = redis::cmd("CLUSTER");
@@ -120,6 +121,18 @@ impl RedisClusterCacheRepository {
                 "no cluster node answered CLUSTER SLOTS",
             ))
         }))
+    }
+
+    /// The configured node at `host:port` that is no primary, made on first use (see
+    /// `Inner::others`).
+    fn other_node(&self, host: &str, port: u16) -> Arc<Node> {
+        self.inner
+            .others
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((host.to_owned(), port))
+            .or_insert_with(|| Arc::new(self.new_node(host, port, None)))
+            .clone()
     }
 
     /// Forgets the nodes that are no primaries of `map`: a primary replaced by a failover, a
