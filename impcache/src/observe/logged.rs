@@ -33,6 +33,14 @@ impl fmt::Display for LoggedError<'_> {
             return write!(f, "{source} ({removed} keys removed before the failure)");
         }
         f.write_str(error_kind(self.error))?;
+        if let Error::Server {
+            code: Some(code), ..
+        } = self.error
+        {
+            // The server's error code names no key, and tells `READONLY` from `OOM` or `BUSY`
+            // (they all read `server`: a probe).
+            return write!(f, ": {code}");
+        }
         if let Error::Decode { source, .. } = self.error {
             // The values serde_json quotes are stored data, as keys are; the names the type
             // expects are kept, and say what changed.
@@ -93,6 +101,21 @@ mod tests {
         }
         .to_string();
         assert!(shown.contains("alice@example.com"), "{shown}");
+    }
+
+    #[test]
+    fn without_keys_a_server_error_shows_its_code() {
+        let error = Error::Server {
+            operation: "set",
+            key: "cache:1:alice@example.com".to_owned(),
+            code: Some("READONLY".to_owned()),
+            message: "READONLY You can't write against a read only replica.".to_owned(),
+        };
+        let logged = LoggedError {
+            error: &error,
+            record_keys: false,
+        };
+        assert_eq!(logged.to_string(), "server: READONLY");
     }
 
     #[test]
