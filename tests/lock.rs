@@ -987,8 +987,9 @@ fn a_stalled_owner_does_not_overwrite_the_value_of_the_process_that_took_over() 
 }
 
 /// A loader slower than its lock's lifetime, with no other process loading the key, still
-/// stores its value: past the lifetime the store is made only into an empty key (`SET NX`), so
-/// it does not replace a newer value another process stored, yet fills a missing one.
+/// stores its value: past the lifetime the store is skipped only when the key holds a fresh
+/// value (another process's, stored after taking the lock over), and a missing one is filled
+/// (storing nothing past the lifetime left it uncached for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_slower_than_its_locks_lifetime_fills_an_empty_key() {
     let server = impcache_tests::RedisServer::start();

@@ -446,9 +446,9 @@ async fn a_request_dropped_while_it_takes_the_lock_leaves_no_lock() {
     }
 }
 
-/// A handler slower than the lock's lifetime, with no other process storing the URL, still has
-/// its response stored: past the lifetime the store is made only when the URL has no record, so
-/// it does not replace a response another process stored meanwhile.
+/// A handler slower than the lock's lifetime still has its response stored: the layer's store
+/// does not check the lock's lifetime (README, "One loader run across processes"; a check of
+/// the URL's record blocked new `Vary` variants and purged URLs, found by a regression hunt).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_slower_than_the_locks_lifetime_fills_an_empty_url() {
     let redis = RedisServer::start();
