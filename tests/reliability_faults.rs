@@ -861,3 +861,28 @@ async fn a_paused_test_clock_is_named_when_redis_calls_time_out() {
         "{text}"
     );
 }
+
+/// A connection the server closed while it sat idle (its `timeout` setting, common on managed
+/// Redis) is found dropped by the next call: writes that leave the same state when sent twice
+/// (`set`, `set_many`, `delete`, `delete_many`, a tag's invalidation) are then sent once more on a
+/// new connection, as reads are, within the deadline (each was refused with a broken pipe, 7 of 7,
+/// so an invalidation an application made was lost; found by a probe, 2026-12-07). One `Cache`
+/// per write, so that each is the first call after the idle time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_after_the_server_closed_an_idle_connection_are_sent_again() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(&["CONFIG", "SET", "timeout", "1"]);
+    let caches: Vec<Cache> = (0..5).map(|_| cache(&server.url()).0).collect();
+    for cache in &caches {
+        cache.set("k", &1_u64, 60).await.unwrap();
+    }
+    // The server closes connections idle for more than a second, in its next cron tick.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    caches[0].set("k", &2_u64, 60).await.unwrap();
+    caches[1].set_many([("m", 3_u64)], 60).await.unwrap();
+    caches[2].delete("m").await.unwrap();
+    caches[3].delete_many(["k"]).await.unwrap();
+    caches[4].invalidate_tag("t").await.unwrap();
+    let left: Vec<String> = server.cmd(&["KEYS", "rel:1:*"]);
+    assert!(left.is_empty(), "{left:?}");
+}

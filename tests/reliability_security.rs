@@ -660,3 +660,47 @@ async fn a_refused_login_is_not_tried_again_at_every_call() {
     let made = connections() - before;
     assert!(made <= 12, "{made} connections for 50 calls");
 }
+
+/// A server that starts wanting a password the DSN does not give (`requirepass` set while the
+/// cache runs) refuses each command with `NOAUTH` on a connection it accepted: that counts as a
+/// refused login as well, so the calls do not each make a new connection (467 in 2 s from one
+/// task; found by a probe, 2026-12-07), and the cache is back once the password is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_starts_wanting_a_password_is_not_logged_in_to_at_every_call() {
+    let server = RedisServer::start();
+    // Made before `requirepass`: logged in for good, it reads the count and sets things back.
+    let mut admin = server.raw();
+    let connections = |admin: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(admin).unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    let cache = Cache::new(RedisCacheRepository::new(server.url().as_str()).unwrap());
+    cache.set("k", &1_u64, 60).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", PASSWORD][..])
+        .query(&mut admin)
+        .unwrap();
+    let _: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+        .query(&mut admin)
+        .unwrap();
+    let before = connections(&mut admin);
+    for _ in 0..50 {
+        let refused = cache.get::<u64>("k").await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    let made = connections(&mut admin) - before;
+    assert!(made <= 12, "{made} connections for 50 calls");
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", ""][..])
+        .query(&mut admin)
+        .unwrap();
+    let back = std::time::Instant::now();
+    while cache.get::<u64>("k").await.ok() != Some(Some(1)) {
+        assert!(back.elapsed() < Duration::from_secs(10), "not back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

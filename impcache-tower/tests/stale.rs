@@ -1628,3 +1628,24 @@ async fn a_revalidation_slower_than_the_lock_timeout_lands_within_the_hard_timeo
     assert_eq!(send(&service, get("/slow")).await.body, "call 2");
     assert_eq!(calls.get(), 2, "one revalidation call");
 }
+
+/// An entry of the default mode whose key lost its TTL (another client's `PERSIST`, a copy that
+/// drops TTLs) expires with its own freshness, give or take a second for clocks: it was served
+/// as a fresh hit for ever (4.5 s after a 1 s store, still `hit`; found by a probe, 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_key_lost_its_ttl_still_expires() {
+    let redis = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
+    let layer = CacheLayer::new(cache).expire(Duration::from_millis(300));
+    let (service, calls) = counting(layer.clone());
+    send(&service, get("/kept")).await;
+    wait_stored(&layer, "/kept").await;
+    for key in redis.keys() {
+        let _: i64 = redis.cmd(&["PERSIST", &key]);
+    }
+    assert_eq!(send(&service, get("/kept")).await.outcome(), "HIT");
+    // Past its freshness by more than the grace for clocks (a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = send(&service, get("/kept")).await;
+    assert_eq!((seen.outcome(), calls.get()), ("MISS", 2), "{seen:?}");
+}

@@ -23,7 +23,7 @@ use crate::error::Error;
 pub(crate) struct Call<'a> {
     pub(crate) operation: &'static str,
     pub(crate) subject: &'a (dyn Fn() -> String + Sync),
-    /// A read: safe to send twice.
+    /// Safe to send twice: a read, or a write that leaves the same state when applied twice.
     pub(crate) idempotent: bool,
 }
 
@@ -124,6 +124,12 @@ pub(crate) trait Target: Sync {
 
     /// The call succeeded.
     fn succeeded(&self) {}
+
+    /// The server answered the call with an error reply (not an outage): by default as a
+    /// success, for the connection's health.
+    fn answered(&self) {
+        self.succeeded();
+    }
 
     /// The call failed (for good), on the connection `generation` when one was opened.
     fn failed(&self, _generation: Option<u64>, _failure: Failure) {}
@@ -345,7 +351,7 @@ where
                 // The server answered (an error reply): the connection is alive, so its count of
                 // timeouts in a row starts again too (a dropped call counted as one, then an
                 // error reply, thrice, replaced a healthy connection: found by a probe).
-                target.succeeded();
+                target.answered();
                 breaker.record_success();
                 if let Some(unanswered) = unanswered {
                     unanswered.answered();

@@ -293,22 +293,30 @@ const LOGIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// new connection and `AUTH` (about 200 a second from one process while a password was
 /// rotated; found by a probe). The first retry is not delayed: a password fixed on the server
 /// right after a refusal is taken at the next call.
+///
+/// A `NOAUTH` reply to a command counts as a refused login too (the DSN gives no password and
+/// the server now wants one: each connection is made, then its first command refused, and each
+/// call made a new connection, 467 in 2 s from one task; found by a probe, 2026-12-07).
 #[derive(Default)]
-pub(crate) struct RefusedLogin(std::sync::Mutex<Option<Refused>>);
+pub(crate) struct RefusedLogin {
+    last: std::sync::Mutex<Option<Refused>>,
+    /// Whether `last` holds a refusal: a call that succeeds reads this, not the lock.
+    any: std::sync::atomic::AtomicBool,
+}
 
 struct Refused {
     at: std::time::Instant,
     error: RedisError,
     in_a_row: u32,
+    /// Refused by a command's `NOAUTH` after a connection was made without `AUTH`: only a call
+    /// that succeeds ends the count (a connection made says nothing).
+    by_command: bool,
 }
 
 impl RefusedLogin {
     /// The last refusal, while the next attempt waits.
     pub(crate) fn recent(&self) -> Option<RedisError> {
-        let last = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = self.lock();
         let refused = last.as_ref()?;
         let pause = match refused.in_a_row {
             0 | 1 => std::time::Duration::ZERO,
@@ -319,21 +327,57 @@ impl RefusedLogin {
         (refused.at.elapsed() < pause).then(|| refused.error.clone())
     }
 
-    /// Notes how a connection attempt ended: a refused login is counted, anything else ends the
-    /// count.
+    /// Notes how a connection attempt ended: a refused login is counted; a connection made ends
+    /// the count, unless a command refused its login (it is made before any command is refused).
     pub(crate) fn note<T>(&self, attempt: &Result<T, RedisError>) {
-        let mut last = self
-            .0
+        match attempt {
+            Err(error) if is_auth_failure(error) => self.refused(error.clone(), false),
+            Err(_) => self.clear(),
+            Ok(_) => {
+                let mut last = self.lock();
+                if last.as_ref().is_some_and(|refused| !refused.by_command) {
+                    *last = None;
+                    self.any.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A command was refused with `NOAUTH`: the connection was made without logging in.
+    pub(crate) fn refused_by_command(&self) {
+        let error = RedisError::from((
+            redis::ErrorKind::AuthenticationFailed,
+            "NOAUTH",
+            "Authentication required (the DSN gives no password)".to_owned(),
+        ));
+        self.refused(error, true);
+    }
+
+    /// A call succeeded: the count of refusals ends (one relaxed load when there is none).
+    pub(crate) fn clear(&self) {
+        if self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut last = self.lock();
+            *last = None;
+            self.any.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn refused(&self, error: RedisError, by_command: bool) {
+        let mut last = self.lock();
+        let in_a_row = last.as_ref().map_or(0, |r| r.in_a_row).saturating_add(1);
+        *last = Some(Refused {
+            at: std::time::Instant::now(),
+            error,
+            in_a_row,
+            by_command,
+        });
+        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Refused>> {
+        self.last
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *last = match attempt {
-            Err(error) if is_auth_failure(error) => Some(Refused {
-                at: std::time::Instant::now(),
-                error: error.clone(),
-                in_a_row: last.as_ref().map_or(0, |r| r.in_a_row).saturating_add(1),
-            }),
-            _ => None,
-        };
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

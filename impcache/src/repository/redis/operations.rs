@@ -31,14 +31,22 @@ impl RedisCacheRepository {
         request: Request<'_>,
     ) -> Result<T, Failed> {
         let call = Call {
-            idempotent: matches!(request, Request::Read(_) | Request::ReadPipe(_)),
+            idempotent: matches!(
+                request,
+                Request::Read(_)
+                    | Request::ReadPipe(_)
+                    | Request::Replay(_)
+                    | Request::ReplayPipe(_)
+            ),
             ..Call::new(operation, subject)
         };
         let until = tokio::time::Instant::now() + self.inner.deadline;
         call::call(self, call, Some(until), |mut connection| async move {
             match request {
-                Request::Read(cmd) | Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
-                Request::Pipe(pipe) | Request::ReadPipe(pipe) => {
+                Request::Read(cmd) | Request::Cmd(cmd) | Request::Replay(cmd) => {
+                    cmd.query_async(&mut connection).await
+                }
+                Request::Pipe(pipe) | Request::ReadPipe(pipe) | Request::ReplayPipe(pipe) => {
                     pipe.query_async(&mut connection).await
                 }
             }
@@ -60,6 +68,12 @@ enum Request<'a> {
     Pipe(&'a redis::Pipeline),
     /// A pipeline of reads: safe to send twice.
     ReadPipe(&'a redis::Pipeline),
+    /// A write that leaves the same state when applied twice (`SET`, `UNLINK`, a tag's
+    /// invalidation, which keeps the later time): sent once more on a fresh connection when the
+    /// connection turned out to be dropped (an idle connection the server closed: `timeout`).
+    Replay(&'a redis::Cmd),
+    /// A pipeline of such writes.
+    ReplayPipe(&'a redis::Pipeline),
 }
 
 /// The single node's hooks of the call policy: a connection that failed (refused, reset, a
@@ -113,6 +127,11 @@ impl Target for RedisCacheRepository {
     }
 
     fn succeeded(&self) {
+        self.answered();
+        self.inner.refused_login.clear();
+    }
+
+    fn answered(&self) {
         // Read before writing: a store on every call would bounce the cache line between cores
         // on the hot path.
         if self.inner.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
@@ -131,8 +150,14 @@ impl Target for RedisCacheRepository {
             | Failure::Refused
             | Failure::Dropped
             | Failure::Broken
-            | Failure::Protocol
-            | Failure::Auth => self.reset_connection(generation),
+            | Failure::Protocol => self.reset_connection(generation),
+            // A login refused by a command (`NOAUTH`: the DSN gives no password and the server
+            // now wants one) rather than at the connection's `AUTH`: counted as a refused
+            // login, so that the next connections wait as after refused `AUTH`s.
+            Failure::Auth => {
+                self.inner.refused_login.refused_by_command();
+                self.reset_connection(generation);
+            }
             _ => {}
         }
     }
@@ -156,7 +181,8 @@ impl RedisCacheRepository {
     ) -> Result<(), Failed> {
         self.check_size(key, &value)?;
         let cmd = set_command(key, &value, expiry, false);
-        self.query("set", &|| shown(key), Request::Cmd(&cmd)).await
+        self.query("set", &|| shown(key), Request::Replay(&cmd))
+            .await
     }
 
     pub(crate) async fn set_nx_direct(
@@ -224,7 +250,8 @@ impl RedisCacheRepository {
             let keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
             shown_many(&keys)
         };
-        self.query("set_many", &keys, Request::Pipe(&pipe)).await
+        self.query("set_many", &keys, Request::ReplayPipe(&pipe))
+            .await
     }
 
     pub(crate) async fn get_direct(&self, key: &str) -> Result<Option<Bytes>, Failed> {
@@ -315,7 +342,7 @@ impl RedisCacheRepository {
 
     pub(crate) async fn delete_direct(&self, key: &str) -> Result<u64, Failed> {
         let cmd = key_command("UNLINK", key);
-        self.query("delete", &|| shown(key), Request::Cmd(&cmd))
+        self.query("delete", &|| shown(key), Request::Replay(&cmd))
             .await
     }
 
@@ -324,7 +351,7 @@ impl RedisCacheRepository {
             return Ok(0);
         }
         let cmd = keys_command("UNLINK", keys);
-        self.query("delete_many", &|| shown_many(keys), Request::Cmd(&cmd))
+        self.query("delete_many", &|| shown_many(keys), Request::Replay(&cmd))
             .await
     }
 
@@ -369,7 +396,7 @@ impl RedisCacheRepository {
         for key in keys {
             pipe.add_command(mark_tag_command(key, kind, at));
         }
-        self.query("set", &|| shown_many(keys), Request::Pipe(&pipe))
+        self.query("set", &|| shown_many(keys), Request::ReplayPipe(&pipe))
             .await
     }
 
