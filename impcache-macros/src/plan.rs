@@ -314,9 +314,16 @@ fn arguments(func: &ItemFn, errors: &mut Errors) -> (bool, Vec<Arg>) {
                     Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
                         (p.ident.clone(), None, p.mutability, false)
                     }
-                    Pat::Wild(_) => (format_ident!("__impcache_arg{}", i), None, None, true),
+                    Pat::Wild(w) => (
+                        format_ident!("__impcache_arg{}", i, span = w.span()),
+                        None,
+                        None,
+                        true,
+                    ),
                     other => (
-                        format_ident!("__impcache_arg{}", i),
+                        // Spanned at the pattern: an argument that is not `Serialize` is
+                        // reported on it, not on the whole attribute.
+                        format_ident!("__impcache_arg{}", i, span = other.span()),
                         Some(other.clone()),
                         None,
                         false,

@@ -529,7 +529,8 @@ pub(crate) fn storable(
     Ok(ttl)
 }
 
-/// The header names the response's `Vary` lists, lowercased, sorted and deduplicated; `None` for
+/// The header names the response's `Vary` lists (and `Accept-Encoding` for a response in a
+/// content coding), lowercased, sorted and deduplicated; `None` for
 /// `Vary: *` (or an unreadable `Vary`).
 pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
@@ -541,6 +542,18 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
             }
             names.push(HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()?);
         }
+    }
+    // A response in a content coding varies by `Accept-Encoding` whether it says so or not
+    // (tower-http's `ServeDir::precompressed_*` before tower-http#692 did not): stored without
+    // it, it would answer a client that does not accept the coding.
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|c| !c.trim().is_empty() && !c.trim().eq_ignore_ascii_case("identity"));
+    if encoded {
+        names.push(header::ACCEPT_ENCODING);
     }
     names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();

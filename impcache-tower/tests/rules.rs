@@ -941,6 +941,45 @@ async fn vary_is_learned_per_url_and_keys_the_variants() {
     assert_eq!(calls.get(), 3);
 }
 
+/// A response in a content coding varies by `Accept-Encoding` even when it does not say so
+/// (tower-http's `ServeDir::precompressed_gzip` sent `Content-Encoding: gzip` without `Vary`
+/// before tower-http#692): a client that does not accept gzip is not served the gzip body
+/// stored for one that does (4 of 4; found by a probe, 2026-12-07).
+#[tokio::test]
+async fn a_response_in_a_content_coding_varies_by_accept_encoding() {
+    let layer = layer();
+    let (svc, calls) = app(layer.clone(), |_, req| async move {
+        let gzip = req
+            .headers()
+            .get("accept-encoding")
+            .is_some_and(|v| v.to_str().unwrap().contains("gzip"));
+        let response = Response::builder();
+        if gzip {
+            response
+                .header("content-encoding", "gzip")
+                .body(Body::from("gzipped"))
+                .unwrap()
+        } else {
+            response.body(Body::from("plain")).unwrap()
+        }
+    });
+    let gzip = || request("GET", "/file", &[("accept-encoding", "gzip")]);
+    assert_eq!(send(&svc, gzip()).await.body, "gzipped");
+    wait_key(&layer, "/file", ":v").await;
+    assert_eq!(send(&svc, gzip()).await.outcome(), "HIT");
+    let plain = send(&svc, get("/file")).await;
+    assert_eq!(
+        (plain.header("content-encoding"), plain.body.as_ref()),
+        (None, &b"plain"[..])
+    );
+    let plain = send(&svc, get("/file")).await;
+    assert_eq!(
+        (plain.outcome(), plain.body.as_ref()),
+        ("HIT", &b"plain"[..])
+    );
+    assert_eq!(calls.get(), 2);
+}
+
 #[tokio::test]
 async fn query_parameters_are_sorted_into_the_key() {
     let (svc, calls) = counting(layer());

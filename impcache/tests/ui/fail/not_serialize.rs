@@ -38,4 +38,10 @@ async fn tag_not_serialize(n: NoSer, x: u64) -> u64 {
     x
 }
 
+// A pattern argument: the error points at the pattern, not at the attribute.
+#[cached(expire = 60)]
+async fn pattern_not_serialize((id, _db): (u64, Db)) -> u64 {
+    id
+}
+
 fn main() {}
