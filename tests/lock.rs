@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use impcache::{Cache, Error, Freshness, Lock, MemoryCacheRepository, RedisCacheRepository};
+use impcache_tests::loader::until_stored;
 use impcache_tests::per_store;
 use impcache_tests::store::Store;
 use tokio::sync::{oneshot, Semaphore};
@@ -971,10 +972,16 @@ fn a_stalled_owner_does_not_overwrite_the_value_of_the_process_that_took_over() 
     // The other process comes once the owner's lock has expired.
     std::thread::sleep(Duration::from_millis(1300));
     let newer = impcache_tests::multi_thread_runtime().block_on(async {
-        process(url)
+        let cache = process(url);
+        let newer = cache
             .get_or_set("k", 60, || async { "newer".to_owned() })
             .freshness(policy())
-            .await
+            .await;
+        // Its store runs in the background: a runtime ended right after the call may drop it
+        // (README), and the owner then rightly fills the empty key (the key was empty after 5
+        // of 30 runs on a loaded machine). The runtime lives until it has landed.
+        until_stored(&cache, "k", "newer").await;
+        newer
     });
     assert_eq!(newer.unwrap(), "newer");
     assert_eq!(

@@ -338,9 +338,15 @@ fn cached_calls_count_by_function_and_outcome_and_their_hits_once() {
     });
 }
 
-/// A body slow enough for its first caller to give up on it.
+/// How many times `abandoned`'s body ran.
+static ABANDONED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// A body whose first run never ends (its caller gives up on it); the next ones take 100 ms.
 #[impcache::cached(cache = cache, expire = 60, skip(cache))]
 async fn abandoned(cache: &Cache, n: u64) -> u64 {
+    if ABANDONED_RUNS.fetch_add(1, Ordering::SeqCst) == 0 {
+        std::future::pending::<()>().await;
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     n
 }
@@ -356,19 +362,33 @@ fn waiters_of_a_cancelled_leader_count_one_wait_and_one_lookup_each() {
     let _local = metrics::set_default_local_recorder(&recorder);
     current_thread_runtime().block_on(async {
         let cache = Cache::new(MemoryCacheRepository::new());
+        // The leader's caller gives up on it (drops it, as a timeout around it does) 25 ms after
+        // the waiters joined. A 30 ms timeout from the leader's start raced their spawn after a
+        // 5 ms sleep: on a loaded machine they joined late (a 16 ms wait, 11 of 100 runs) or
+        // after the leader was gone (3 waits).
+        let (give_up, given_up) = tokio::sync::oneshot::channel::<()>();
         let leader = {
             let cache = cache.clone();
             tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_millis(30), abandoned(&cache, 9)).await
+                tokio::select! {
+                    n = abandoned(&cache, 9) => Ok(n),
+                    _ = given_up => Err("given up"),
+                }
             })
         };
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // One turn of this runtime (its only thread): the leader runs its body (a memory
+        // repository answers at once).
+        tokio::task::yield_now().await;
         let waiters: Vec<_> = (0..4)
             .map(|_| {
                 let cache = cache.clone();
                 tokio::spawn(async move { abandoned(&cache, 9).await })
             })
             .collect();
+        // Another: each waiter has joined the leader's flight.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        give_up.send(()).unwrap();
         assert!(leader.await.unwrap().is_err());
         for waiter in waiters {
             assert_eq!(waiter.await.unwrap(), 9);
