@@ -43,8 +43,16 @@ pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
 /// `cache` (unequal shares: the runtimes end one after the other, while the others' calls are in
 /// flight on connections the ended ones opened). Returns the calls that failed or read a wrong
 /// value; 1,760 calls in all.
+///
+/// A call that timed out is not counted, up to [`STALLS_ALLOWED`] of them: the connection's
+/// driver task runs on the runtime that opened it, so a thread stalled between leaving its
+/// current-thread runtime's `block_on` and dropping it stalls the calls in flight there, and a
+/// loaded 2-core machine stalled one past the 500 ms deadline in 4 of 130 runs (a flake hunt,
+/// 2026-12-07; RELIABILITY.md, row 1). A timed-out `set` may still land, so its key's `get` is
+/// not checked. A failure of any other kind (a dropped connection that was not sent again) is.
 pub fn share_across_ending_runtimes(cache: &impcache::Cache) -> Vec<String> {
     let mut failures = Vec::new();
+    let mut stalls = 0;
     for round in 0..4 {
         let threads: Vec<_> = (0..8usize)
             .map(|thread| {
@@ -56,28 +64,43 @@ pub fn share_across_ending_runtimes(cache: &impcache::Cache) -> Vec<String> {
                         multi_thread_runtime()
                     };
                     let mut failures = Vec::new();
+                    let mut stalls = 0;
                     runtime.block_on(async {
                         for i in 0..10 + 5 * thread {
                             let key = format!("r{round}:t{thread}:{i}");
-                            if let Err(e) = cache.set(&key, &i, 60).await {
-                                failures.push(format!("set {key}: {e}"));
+                            match cache.set(&key, &i, 60).await {
+                                Ok(()) => {}
+                                Err(impcache::Error::Timeout { .. }) => {
+                                    stalls += 1;
+                                    continue;
+                                }
+                                Err(e) => failures.push(format!("set {key}: {e}")),
                             }
                             match cache.get::<usize>(&key).await {
                                 Ok(Some(found)) if found == i => {}
+                                Err(impcache::Error::Timeout { .. }) => stalls += 1,
                                 other => failures.push(format!("get {key}: {other:?}")),
                             }
                         }
                     });
-                    failures
+                    (failures, stalls)
                 })
             })
             .collect();
         for thread in threads {
-            failures.extend(thread.join().unwrap());
+            let (failed, stalled) = thread.join().unwrap();
+            failures.extend(failed);
+            stalls += stalled;
         }
+    }
+    if stalls > STALLS_ALLOWED {
+        failures.push(format!("{stalls} calls timed out"));
     }
     failures
 }
+
+/// The calls of [`share_across_ending_runtimes`] that may time out, stalled by the machine.
+pub const STALLS_ALLOWED: usize = 8;
 
 /// The `redis-server` binary: `$REDIS_SERVER_BIN`, else `redis-server` on the `PATH`.
 pub fn redis_server_bin() -> String {
