@@ -460,14 +460,26 @@ fn a_new_leader_dropped_by_its_caller_counts_no_wait() {
             let cache = cache.clone();
             tokio::spawn(CALLER.scope(id, async move { relayed(&cache, 1).await }))
         };
+        // The first leader's caller gives up on it (drops it, as a timeout around it does) once
+        // the waiters joined: a 30 ms timeout raced their spawn after a 5 ms sleep, as in
+        // `waiters_of_a_cancelled_leader_count_one_wait_and_one_lookup_each` (a flake hunt).
+        let (give_up, given_up) = tokio::sync::oneshot::channel::<()>();
         let leader = {
             let cache = cache.clone();
             tokio::spawn(CALLER.scope(0, async move {
-                tokio::time::timeout(Duration::from_millis(30), relayed(&cache, 1)).await
+                tokio::select! {
+                    n = relayed(&cache, 1) => Ok(n),
+                    _ = given_up => Err("given up"),
+                }
             }))
         };
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // One turn of this runtime (its only thread): the leader starts its body.
+        tokio::task::yield_now().await;
         let mut waiters: Vec<_> = (1..5).map(|id| Some(caller(id))).collect();
+        // Another: each waiter has joined the leader's flight.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        give_up.send(()).unwrap();
         assert!(leader.await.unwrap().is_err());
         // The next leader's caller drops it 50 ms into its run.
         let next = loop {
