@@ -97,15 +97,16 @@ pub(crate) fn key_ttl(ttl: Duration, policy: &Freshness) -> Duration {
 }
 
 /// How far past its freshness an entry of the default mode without a stale policy is still
-/// served as fresh: its key's TTL is its freshness, so such an entry is about to go (read in the
-/// instant before, or stamped by a writer whose clock is behind the reader's). Past that, its key
-/// has lost its TTL (another client's `PERSIST`, a copy that drops TTLs) and the entry has
-/// expired (it was served as a fresh hit for ever: found by a probe, 2026-12-07).
+/// served as fresh, at least (its own TTL when longer): its key's TTL is its freshness, so such
+/// an entry is about to go (read in the instant before, or stamped by a writer whose clock is
+/// behind the reader's). Past that, its key has lost its TTL (another client's `PERSIST`, a copy
+/// that drops TTLs) and the entry has expired (it was served as a fresh hit for ever: found by a
+/// probe, 2026-12-07).
 const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 
 /// Where `entry` stands at `now_ms`. An entry of the default mode past its TTL without a stale
-/// policy is still served, up to [`EXPIRY_GRACE`]: its key's TTL is its freshness, so it is about
-/// to go.
+/// policy is still served, up to [`EXPIRY_GRACE`] or its TTL: its key's TTL is its freshness, so
+/// it is about to go.
 #[inline]
 pub(crate) fn judge(config: &Config, entry: &Entry, now_ms: u64) -> Judged {
     // Soft-purged by a tag (issue 16): stale since the purge, and never served as fresh.
@@ -119,7 +120,11 @@ pub(crate) fn judge(config: &Config, entry: &Entry, now_ms: u64) -> Judged {
         }
     };
     let Some(policy) = policy(config, &entry.headers) else {
-        return if config.follow_origin || soft_purged.is_some() || past > EXPIRY_GRACE {
+        // A writer's clock behind this process's by more than the grace: up to the entry's
+        // own TTL is taken for that lag (a miss before the key's end, 6 of 6 with a 7 s lag
+        // and a 5 s TTL, found by a regression hunt); a persisted key still expires.
+        let grace = EXPIRY_GRACE.max(entry.ttl.unwrap_or_default());
+        return if config.follow_origin || soft_purged.is_some() || past > grace {
             Judged::Expired
         } else {
             Judged::Fresh

@@ -1649,3 +1649,39 @@ async fn an_entry_whose_key_lost_its_ttl_still_expires() {
     let seen = send(&service, get("/kept")).await;
     assert_eq!((seen.outcome(), calls.get()), ("MISS", 2), "{seen:?}");
 }
+
+/// An entry stored by a process whose clock is behind this one's by more than a second is served
+/// until its key ends, its own TTL taken for the writer's lag (with a grace of one second only,
+/// a 7 s lag on a 5 s TTL made it a miss while its key still had 5 s to live, 6 of 6; found by a
+/// regression hunt). The writer's lag is made by moving the entry's stored time back in its
+/// bytes (`IHC` 6 header: the stored time in ms, little-endian, 8 bytes after the magic's end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_from_a_writer_whose_clock_is_behind_lives_until_its_key_ends() {
+    let redis = RedisServer::start();
+    let cache = Cache::new(RedisCacheRepository::new(&redis.url()).unwrap());
+    let layer = CacheLayer::new(cache).expire(5);
+    let (service, calls) = counting(layer.clone());
+    send(&service, get("/lagging")).await;
+    wait_stored(&layer, "/lagging").await;
+    let mut raw = redis.raw();
+    let mut moved = 0;
+    for key in redis.keys() {
+        let mut bytes: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut raw).unwrap();
+        let Some(magic) = bytes.windows(4).position(|w| w == b"IHC\x06") else {
+            continue;
+        };
+        let at = magic + 4 + 8;
+        let stored = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        bytes[at..at + 8].copy_from_slice(&(stored - 7_000).to_le_bytes());
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(bytes)
+            .arg("KEEPTTL")
+            .query(&mut raw)
+            .unwrap();
+        moved += 1;
+    }
+    assert_eq!(moved, 1);
+    let seen = send(&service, get("/lagging")).await;
+    assert_eq!((seen.outcome(), calls.get()), ("HIT", 1), "{seen:?}");
+}

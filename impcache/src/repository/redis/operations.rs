@@ -16,7 +16,7 @@ use crate::repository::commands::{
     add_member_command, check_value_size, delete_if_equal_command, key_command, keys_command,
     mark_tag_command, scan_command, set_command, set_if_equal_command, set_nx_get_command,
 };
-use crate::repository::failure::{Failed, Failure};
+use crate::repository::failure::{unless_unsent, Failed, Failure};
 use crate::repository::{
     BoxFuture, CacheRepository, SetNxOrGet, TagInvalidation, TaggedRead, WithTtl,
 };
@@ -43,12 +43,18 @@ impl RedisCacheRepository {
         let until = tokio::time::Instant::now() + self.inner.deadline;
         call::call(self, call, Some(until), |mut connection| async move {
             match request {
-                Request::Read(cmd) | Request::Cmd(cmd) | Request::Replay(cmd) => {
-                    cmd.query_async(&mut connection).await
-                }
-                Request::Pipe(pipe) | Request::ReadPipe(pipe) | Request::ReplayPipe(pipe) => {
+                Request::Read(cmd) | Request::Cmd(cmd) => cmd.query_async(&mut connection).await,
+                Request::Pipe(pipe) | Request::ReadPipe(pipe) => {
                     pipe.query_async(&mut connection).await
                 }
+                Request::Replay(cmd) => cmd
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unless_unsent),
+                Request::ReplayPipe(pipe) => pipe
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unless_unsent),
             }
         })
         .await
@@ -69,8 +75,9 @@ enum Request<'a> {
     /// A pipeline of reads: safe to send twice.
     ReadPipe(&'a redis::Pipeline),
     /// A write that leaves the same state when applied twice (`SET`, `UNLINK`, a tag's
-    /// invalidation, which keeps the later time): sent once more on a fresh connection when the
-    /// connection turned out to be dropped (an idle connection the server closed: `timeout`).
+    /// invalidation, which keeps the later time): sent once more on a fresh connection when its
+    /// connection was found closed before it was sent (an idle connection the server closed:
+    /// `timeout`), not when it was dropped with the write in flight ([`unless_unsent`]).
     Replay(&'a redis::Cmd),
     /// A pipeline of such writes.
     ReplayPipe(&'a redis::Pipeline),
