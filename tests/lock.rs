@@ -1017,9 +1017,10 @@ async fn a_loader_slower_than_its_locks_lifetime_fills_an_empty_key() {
     );
 }
 
-/// Past its lock's lifetime, a loader alone still replaces what does not answer: an entry hidden
-/// by its tag's invalidation, a value of another type, a stale one (with an `SET NX` store they
-/// stayed, and every call ran the loader: 3 runs in 3 calls; found by a regression hunt).
+/// Past its lock's lifetime, a loader alone still replaces what does not answer: here an entry
+/// hidden by its tag's invalidation and a value of another type (with a `SET NX` store they
+/// stayed, and every call ran the loader: 3 runs in 3 calls; found by a regression hunt). A
+/// stale entry is replaced the same way (`lock::fresh` reads it as absent); not tested here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_slower_than_its_locks_lifetime_replaces_what_does_not_answer() {
     let server = impcache_tests::RedisServer::start();

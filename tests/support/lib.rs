@@ -48,7 +48,7 @@ pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
 /// driver task runs on the runtime that opened it, so a thread stalled between leaving its
 /// current-thread runtime's `block_on` and dropping it stalls the calls in flight there, and a
 /// loaded 2-core machine stalled one past the 500 ms deadline in 4 of 130 runs (a flake hunt,
-/// 2026-12-07; RELIABILITY.md, row 1). A timed-out `set` may still land, so its key's `get` is
+/// 2026-12-07; RELIABILITY.md, "Self-healing connection"). A timed-out `set` may still land, so its key's `get` is
 /// not checked. A failure of any other kind (a dropped connection that was not sent again) is.
 pub fn share_across_ending_runtimes(cache: &impcache::Cache) -> Vec<String> {
     let mut failures = Vec::new();

@@ -101,8 +101,9 @@ impl Held {
 
     /// Whether the lock is still held for sure: its lifetime has not passed since it was taken.
     /// Once it has, another process may have taken it over and stored a newer value: a load
-    /// past its lock's lifetime (a stall, the process paused) stores nothing (a paused owner
-    /// overwrote the value of the process that took over, every time; found by a probe).
+    /// past its lock's lifetime (a stall, the process paused) does not store when the key holds
+    /// a fresh value of its type (a paused owner overwrote the value of the process that took
+    /// over, every time; found by a probe; see `load::run`).
     pub(crate) fn still_held(&self) -> bool {
         Instant::now() < self.held_until
     }
