@@ -11,7 +11,7 @@ use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Meta, Token};
 use crate::errors::Errors;
 
 /// The valid options, in the order the error message lists them.
-const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `hard_timeout`, `early_refresh`, `fail_safe_throttle`, `lock`, `tags`, `tags_from`, `invalidate_all`";
+const OPTIONS: &str = "`expire`, `version`, `cache`, `key`, `skip`, `name`, `cache_none`, `returns`, `stale_while_revalidate`, `stale_if_error`, `soft_timeout`, `hard_timeout`, `early_refresh`, `fail_safe_throttle`, `lock`, `tags`, `tags_from`, `invalidate_all`, `crate`";
 
 /// The freshness options (issue 15), each taking seconds or a `Duration`: the name of the
 /// `impcache::Freshness` builder method each one calls.
@@ -23,6 +23,10 @@ const FRESHNESS: [&str; 6] = [
     "early_refresh",
     "fail_safe_throttle",
 ];
+
+/// What `crate = ..` takes.
+const CRATE_EXPECTED: &str =
+    "`crate` takes the path of the impcache crate, e.g. `crate = \"my_facade::impcache\"`";
 
 /// `returns = "..."`: which part of the return value is cached, overriding the classification
 /// by type.
@@ -61,6 +65,9 @@ pub(crate) struct Args {
     /// `invalidate_all`: tag every entry with the function's tag and generate
     /// `{name}_invalidate_all` (implied by `tags`).
     pub(crate) invalidate_all: Option<Span>,
+    /// `crate = "path"`: the path of the `impcache` crate in the expansion, for a crate that
+    /// renamed the dependency or uses it through a re-export (as tokio's `crate` option).
+    pub(crate) krate: Option<syn::Path>,
     /// Whether an option starts with `expire` (or `time`, the `cached` crate's name for it),
     /// even one that did not parse: `expire` is then not reported missing on top of its own
     /// error.
@@ -269,6 +276,32 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                         errors.push(syn::Error::new_spanned(&s, "`name` cannot be empty"));
                     }
                     set(&mut args.name, s, path, "name", errors);
+                }
+            }
+            "crate" => {
+                // A string, as tokio's and serde's `crate` options, or the path itself.
+                let krate = match value(meta, "crate", "\"my_facade::impcache\"", errors) {
+                    Some(Expr::Path(p)) if p.qself.is_none() && p.attrs.is_empty() => {
+                        Some(p.path.clone())
+                    }
+                    Some(Expr::Lit(ExprLit {
+                        lit: Lit::Str(s), ..
+                    })) => match s.parse_with(syn::Path::parse_mod_style) {
+                        // Parsed with the literal's span: an unresolved path is reported there.
+                        Ok(krate) => Some(krate),
+                        Err(_) => {
+                            errors.push(syn::Error::new_spanned(s, CRATE_EXPECTED));
+                            None
+                        }
+                    },
+                    Some(other) => {
+                        errors.push(syn::Error::new_spanned(other, CRATE_EXPECTED));
+                        None
+                    }
+                    None => None,
+                };
+                if let Some(krate) = krate {
+                    set(&mut args.krate, krate, path, "crate", errors);
                 }
             }
             "cache_none" => {

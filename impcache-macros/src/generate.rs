@@ -7,7 +7,7 @@ use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, BinOp, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr};
+use syn::{Attribute, BinOp, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr, Path};
 
 use crate::plan::{expect_as_allow, Arg, Key, Part, Plan, Policy, Prefix};
 use crate::tokens::{first_last, mentioned, mentions};
@@ -86,6 +86,7 @@ fn local(name: &str) -> Ident {
 
 /// The statement that builds the key into `__impcache_key`, in one buffer.
 fn key_block(plan: &Plan) -> TokenStream {
+    let krate = &plan.krate;
     let key_arg_expr = |i: usize| {
         let arg = &plan.args[i];
         // `&name` spans from the argument's name to the end of its type, so that an argument
@@ -135,7 +136,7 @@ fn key_block(plan: &Plan) -> TokenStream {
     quote! {
         #[allow(clippy::used_underscore_binding)]
         let __impcache_key = {
-            let mut __impcache_k = ::impcache::__private::KeyBuilder::with_capacity(64);
+            let mut __impcache_k = #krate::__private::KeyBuilder::with_capacity(64);
             #(#key_parts)*
             __impcache_k.finish()
         };
@@ -146,6 +147,7 @@ fn key_block(plan: &Plan) -> TokenStream {
 /// template as `key`'s but never quoted for what follows a placeholder, `KeyBuilder::push_tag`;
 /// then the function's own tag), or `Ok(vec![])` for an untagged function.
 fn tags_block(plan: &Plan) -> TokenStream {
+    let krate = &plan.krate;
     let Some(tags) = &plan.tags else {
         if plan.spawned_by.is_none() {
             // The plain runtime (`memoize`) takes no tags.
@@ -168,7 +170,7 @@ fn tags_block(plan: &Plan) -> TokenStream {
             }
         });
         quote! {{
-            let mut __impcache_k = ::impcache::__private::KeyBuilder::with_capacity(32);
+            let mut __impcache_k = #krate::__private::KeyBuilder::with_capacity(32);
             #(#parts)*
             __impcache_k.finish()
         }}
@@ -177,7 +179,7 @@ fn tags_block(plan: &Plan) -> TokenStream {
     // As the key's (see `key_block`): the tags read the arguments by name.
     quote! {
         #[allow(clippy::used_underscore_binding)]
-        let __impcache_tags = ::impcache::__private::tag_list([#(#tags),*], #function_tag);
+        let __impcache_tags = #krate::__private::tag_list([#(#tags),*], #function_tag);
     }
 }
 
@@ -223,10 +225,10 @@ fn function_tag(plan: &Plan) -> TokenStream {
 /// What holds the function, at run time (see `impcache::__private::FnContainer`): its module,
 /// or for an associated function its type, or for a nested one the enclosing function; read once
 /// per call site.
-fn fn_container() -> TokenStream {
+fn fn_container(krate: &Path) -> TokenStream {
     quote!({
-        static __IMPCACHE_CONTAINER: ::impcache::__private::FnContainer =
-            ::impcache::__private::FnContainer::new();
+        static __IMPCACHE_CONTAINER: #krate::__private::FnContainer =
+            #krate::__private::FnContainer::new();
         __IMPCACHE_CONTAINER.of(::core::any::type_name_of_val(&|| ()))
     })
 }
@@ -234,10 +236,10 @@ fn fn_container() -> TokenStream {
 /// What a method's default key starts with, at run time (see
 /// `impcache::__private::FnContainer::of_method`): its type, or for a trait's default method
 /// `<{type} as {trait}>`.
-fn method_owner() -> TokenStream {
+fn method_owner(krate: &Path) -> TokenStream {
     quote!({
-        static __IMPCACHE_CONTAINER: ::impcache::__private::FnContainer =
-            ::impcache::__private::FnContainer::new();
+        static __IMPCACHE_CONTAINER: #krate::__private::FnContainer =
+            #krate::__private::FnContainer::new();
         __IMPCACHE_CONTAINER.of_method(
             ::core::any::type_name_of_val(&|| ()),
             ::core::any::type_name::<Self>(),
@@ -250,6 +252,7 @@ fn method_owner() -> TokenStream {
 /// (`Self::VERSION`), which no `static` can, the statement converting it at each call; and the
 /// version argument of the runtime's calls. None and `None` without the option.
 fn version(plan: &Plan) -> Version {
+    let krate = &plan.krate;
     let Some(expr) = &plan.version else {
         return Version {
             item: quote!(),
@@ -258,20 +261,22 @@ fn version(plan: &Plan) -> Version {
         };
     };
     // Spanned at the value: a value of another type is reported there.
-    let convert = quote_spanned!(expr.span()=> <::impcache::Version as ::core::convert::From<_>>::from(#expr));
+    let k = krate_at(krate, expr.span());
+    let convert =
+        quote_spanned!(expr.span()=> <#k::Version as ::core::convert::From<_>>::from(#expr));
     let mut names = HashSet::new();
     mentioned(expr.to_token_stream(), &mut names);
     if names.contains("Self") {
         let version = local("__impcache_version");
         return Version {
             item: quote!(),
-            statement: quote!(let #version: ::impcache::Version = #convert;),
+            statement: quote!(let #version: #krate::Version = #convert;),
             arg: quote!(::core::option::Option::Some(&#version)),
         };
     }
     Version {
         item: quote_spanned! {expr.span()=>
-            static __IMPCACHE_VERSION: ::std::sync::LazyLock<::impcache::Version> =
+            static __IMPCACHE_VERSION: ::std::sync::LazyLock<#krate::Version> =
                 ::std::sync::LazyLock::new(|| #convert);
         },
         statement: quote!(),
@@ -291,6 +296,7 @@ struct Version {
 
 /// The policy argument of `memoize`.
 fn policy(plan: &Plan) -> TokenStream {
+    let krate = &plan.krate;
     let ret = &plan.ret;
     // The policy is chosen by method lookup on `&Returns<R>` (autoref specialization: see
     // `impcache::__private::Returns`), so that aliases are seen through.
@@ -299,10 +305,10 @@ fn policy(plan: &Plan) -> TokenStream {
     let classify = |method: &str, span: Span| {
         let method = Ident::new(method, span);
         quote! {{
-            use ::impcache::__private::{
+            use #krate::__private::{
                 ReturnsMismatch as _, ReturnsOption as _, ReturnsResult as _, ReturnsValue as _,
             };
-            (&::impcache::__private::Returns::<#ret>::new()).#method()
+            (&#krate::__private::Returns::<#ret>::new()).#method()
         }}
     };
     match plan.policy {
@@ -310,7 +316,7 @@ fn policy(plan: &Plan) -> TokenStream {
         Policy::Result(span) => classify("result_policy", span),
         Policy::Option(span) => classify("option_policy", span),
         Policy::OptionWithNone(span) => classify("option_with_none_policy", span),
-        Policy::Value => quote!(::impcache::__private::Plain),
+        Policy::Value => quote!(#krate::__private::Plain),
     }
 }
 
@@ -336,10 +342,25 @@ fn unsuffixed_seconds(value: &Expr) -> bool {
     }
 }
 
+/// The path of the impcache crate with every token at `span`, for `quote_spanned!`: the whole
+/// call is then at the user's tokens (a missing impl is reported at the value's type), as it
+/// was with a literal `::impcache` there.
+fn krate_at(krate: &Path, span: Span) -> TokenStream {
+    krate
+        .to_token_stream()
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(span);
+            token
+        })
+        .collect()
+}
+
 /// A duration option's value, its [`unsuffixed_seconds`] typed as a `u64`.
-fn typed_seconds(value: &Expr) -> TokenStream {
+fn typed_seconds(value: &Expr, krate: &Path) -> TokenStream {
     if unsuffixed_seconds(value) {
-        quote_spanned!(value.span()=> ::impcache::__private::seconds(#value))
+        let k = krate_at(krate, value.span());
+        quote_spanned!(value.span()=> #k::__private::seconds(#value))
     } else {
         value.to_token_stream()
     }
@@ -349,13 +370,13 @@ fn typed_seconds(value: &Expr) -> TokenStream {
 /// `#[cached]`). A method checks that its `{name}_uncached` companion is inherent: if it is not,
 /// `Self::{name}_uncached` falls back to a local trait whose bound fails with a message that says
 /// what to do.
-fn trait_impl_check(uncached: &Ident) -> TokenStream {
+fn trait_impl_check(uncached: &Ident, krate: &Path) -> TokenStream {
     quote! {
         #[allow(dead_code, non_camel_case_types)]
         trait __impcache_not_in_trait_impl {
             fn #uncached()
             where
-                Self: ::impcache::__private::NotInTraitImpl,
+                Self: #krate::__private::NotInTraitImpl,
             {
             }
         }
@@ -399,6 +420,7 @@ fn root_ident(expr: &syn::Expr) -> Option<&Ident> {
 
 /// The wrapper, then `{name}_uncached` and `{name}_invalidate`.
 pub(crate) fn generate(plan: &Plan) -> TokenStream {
+    let krate = &plan.krate;
     let ItemFn {
         attrs,
         vis,
@@ -426,19 +448,19 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             let owned = local("__impcache_owned_cache");
             let cache = local("__impcache_cache");
             let binding = quote_spanned! {expr.span()=>
-                let #owned: ::impcache::Cache = ::impcache::Cache::clone(&(#expr));
-                let #cache: &::impcache::Cache = &#owned;
+                let #owned: #krate::Cache = #krate::Cache::clone(&(#expr));
+                let #cache: &#krate::Cache = &#owned;
             };
             (binding, quote!(::core::option::Option::Some(#cache)))
         }
         Some(expr) => {
             let cache = local("__impcache_cache");
             let binding = quote_spanned! {expr.span()=>
-                let #cache: &::impcache::Cache = &(#expr);
+                let #cache: &#krate::Cache = &(#expr);
             };
             (binding, quote!(::core::option::Option::Some(#cache)))
         }
-        None => (quote!(), quote!(::impcache::__private::default_cache())),
+        None => (quote!(), quote!(#krate::__private::default_cache())),
     };
     let Version {
         item: version_item,
@@ -447,16 +469,18 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     } = version(plan);
 
     let expire = &plan.expire;
+    let k = krate_at(krate, expire.span());
     let expire = if unsuffixed_seconds(expire) {
-        quote_spanned!(expire.span()=> ::impcache::Expire::seconds(#expire))
+        quote_spanned!(expire.span()=> #k::Expire::seconds(#expire))
     } else {
-        quote_spanned!(expire.span()=> <::impcache::Expire as ::core::convert::From<_>>::from(#expire))
+        quote_spanned!(expire.span()=> <#k::Expire as ::core::convert::From<_>>::from(#expire))
     };
     let policy = policy(plan);
     // `codec()` is the one place that requires `Serialize + DeserializeOwned` of the stored type;
     // the call spans the type (`T` of `Result<T, E>`), so that is where a missing impl is reported.
     let (first, last) = first_last(plan.value_ty.to_token_stream());
-    let codec_path = quote_spanned!(first=> ::impcache::__private::codec);
+    let k = krate_at(krate, first);
+    let codec_path = quote_spanned!(first=> #k::__private::codec);
     let mut codec_args = Group::new(Delimiter::Parenthesis, TokenStream::new());
     codec_args.set_span(last);
 
@@ -494,7 +518,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     };
     let return_type = quote_spanned! {ret_first=>
         if let ::core::option::Option::Some(__impcache_ret) =
-            ::impcache::__private::no_value(__impcache_returns)
+            #krate::__private::no_value(__impcache_returns)
         {
             #[allow(unreachable_code)]
             return __impcache_ret;
@@ -504,7 +528,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let tags_block = tags_block(plan);
     let call = if plan.spawned_by.is_none() {
         quote! {
-            ::impcache::__private::memoize(
+            #krate::__private::memoize(
                 &__IMPCACHE_FUNCTION,
                 #cache_opt,
                 #version_opt,
@@ -519,15 +543,17 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         // Freshness options, `lock` or tags: the `get_or_set` machinery, which needs a
         // `Send + 'static` body (the plan has refused the arguments it would borrow).
         let options = plan.freshness.iter().map(|(name, value)| {
-            let value = typed_seconds(value);
-            quote_spanned!(value.span()=> .#name(::impcache::__private::duration(#value)))
+            let value = typed_seconds(value, &plan.krate);
+            let k = krate_at(krate, value.span());
+            quote_spanned!(value.span()=> .#name(#k::__private::duration(#value)))
         });
         // `lock = ...` (issue 16): a lock of that lifetime, or the default one.
-        let freshness = quote!(::impcache::Freshness::new() #(#options)*);
+        let freshness = quote!(#krate::Freshness::new() #(#options)*);
         let freshness = match &plan.lock {
             Some(value) => {
-                let value = typed_seconds(value);
-                quote_spanned!(value.span()=> ::impcache::__private::with_lock(#freshness, #value))
+                let value = typed_seconds(value, &plan.krate);
+                let k = krate_at(krate, value.span());
+                quote_spanned!(value.span()=> #k::__private::with_lock(#freshness, #value))
             }
             None => freshness,
         };
@@ -541,8 +567,8 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
             .any(|(name, _)| name == "hard_timeout")
         {
             quote! {{
-                let __impcache_timed_out: fn(::impcache::Error) -> #ret =
-                    <#ret as ::impcache::__private::TimedOut>::timed_out;
+                let __impcache_timed_out: fn(#krate::Error) -> #ret =
+                    <#ret as #krate::__private::TimedOut>::timed_out;
                 ::core::option::Option::Some(__impcache_timed_out)
             }}
         } else {
@@ -553,12 +579,13 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         let tags_from = match &plan.tags_from {
             Some(f) => {
                 let value_ty = &plan.value_ty;
-                quote_spanned!(f.span()=> ::impcache::__private::tags_from::<#value_ty, _, _>(#f))
+                let k = krate_at(krate, f.span());
+                quote_spanned!(f.span()=> #k::__private::tags_from::<#value_ty, _, _>(#f))
             }
-            None => quote!(::impcache::__private::NoTagsFrom),
+            None => quote!(#krate::__private::NoTagsFrom),
         };
         quote! {
-            ::impcache::__private::memoize_fresh(
+            #krate::__private::memoize_fresh(
                 &__IMPCACHE_FUNCTION,
                 #cache_opt,
                 #version_opt,
@@ -592,7 +619,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     let uncached = format_ident!("{}_uncached", ident);
     let trait_impl_check = plan
         .check_not_in_trait_impl
-        .then(|| trait_impl_check(&uncached));
+        .then(|| trait_impl_check(&uncached, &plan.krate));
     let invalidate = format_ident!("{}_invalidate", ident);
     // Appended to the user's docs only: on an undocumented function it would silence the
     // user's `missing_docs`.
@@ -663,8 +690,8 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
                 #(#restore)*
                 #(#body)*
             };
-            static __IMPCACHE_FUNCTION: ::impcache::__private::CachedFunction =
-                ::impcache::__private::CachedFunction::new(::core::concat!(::core::module_path!(), "::", #fn_name));
+            static __IMPCACHE_FUNCTION: #krate::__private::CachedFunction =
+                #krate::__private::CachedFunction::new(::core::concat!(::core::module_path!(), "::", #fn_name));
             #call
         },
     );
@@ -698,12 +725,12 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         // the companion names once (`single_use_lifetimes`, found by a probe).
         #[allow(dead_code, single_use_lifetimes, clippy::missing_errors_doc)]
         #(#shared)*
-        #vis async fn #invalidate #inv_generics (#inv_receiver #(#invalidate_inputs),*) -> ::impcache::Result<bool> #inv_where {
+        #vis async fn #invalidate #inv_generics (#inv_receiver #(#invalidate_inputs),*) -> #krate::Result<bool> #inv_where {
             #key_block
             #cache_binding
             #version_item
             #version_statement
-            ::impcache::__private::invalidate(#cache_opt, #version_opt, __impcache_key).await
+            #krate::__private::invalidate(#cache_opt, #version_opt, __impcache_key).await
         }
 
         #invalidate_all
@@ -728,6 +755,7 @@ fn companion_inputs<'a>(
 /// keep the Python library's format); none for an untagged one with a `key` template, whose keys
 /// have no prefix of their own.
 fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
+    let krate = &plan.krate;
     let sweep_base = match (&plan.tags, &plan.key) {
         (Some(_), _) => None,
         (None, Key::Default(prefix)) => Some(default_key_base(plan, prefix)),
@@ -757,12 +785,12 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
             let cache = local("__impcache_cache");
             (
                 quote_spanned! {expr.span()=>
-                    let #cache: &::impcache::Cache = &(#expr);
+                    let #cache: &#krate::Cache = &(#expr);
                 },
                 quote!(::core::option::Option::Some(#cache)),
             )
         }
-        None => (quote!(), quote!(::impcache::__private::default_cache())),
+        None => (quote!(), quote!(#krate::__private::default_cache())),
     };
     let Version {
         item: version_item,
@@ -771,12 +799,12 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
     } = version(plan);
     let body = match sweep_base {
         Some(base) => quote! {
-            ::impcache::__private::invalidate_all_keys(#cache_opt, #version_opt, &[#(#base),*].concat()).await
+            #krate::__private::invalidate_all_keys(#cache_opt, #version_opt, &[#(#base),*].concat()).await
         },
         None => {
             let function_tag = function_tag(plan);
             quote! {
-                ::impcache::__private::invalidate_all(#cache_opt, #version_opt, #function_tag).await
+                #krate::__private::invalidate_all(#cache_opt, #version_opt, #function_tag).await
             }
         }
     };
@@ -786,7 +814,7 @@ fn invalidate_all(plan: &Plan, receiver: Option<&FnArg>) -> TokenStream {
         // the companion names once (`single_use_lifetimes`, found by a probe).
         #[allow(dead_code, single_use_lifetimes, clippy::missing_errors_doc)]
         #(#shared)*
-        #vis async fn #name #generics (#receiver #(#inputs),*) -> ::impcache::Result<()> #where_clause {
+        #vis async fn #name #generics (#receiver #(#inputs),*) -> #krate::Result<()> #where_clause {
             #cache_binding
             #version_item
             #version_statement
@@ -806,11 +834,11 @@ fn default_key_base(plan: &Plan, prefix: &Prefix) -> Vec<TokenStream> {
         Prefix::Name(name) => vec![quote!(#name)],
         Prefix::Method => {
             let suffix = format!("::{fn_name}");
-            vec![method_owner(), quote!(#suffix)]
+            vec![method_owner(&plan.krate), quote!(#suffix)]
         }
         Prefix::Function => {
             let suffix = format!("::{fn_name}");
-            vec![fn_container(), quote!(#suffix)]
+            vec![fn_container(&plan.krate), quote!(#suffix)]
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `#[cached]` attribute macro of [impcache](https://docs.rs/impcache). Use it through the
 //! `impcache` crate (`impcache::cached`, feature `macros`, on by default); the expansion names
-//! `::impcache::__private`, so this crate is not useful alone.
+//! `::impcache::__private` (or the path given with `crate = "..."`), so this crate is not useful
+//! alone.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -67,6 +68,7 @@ use proc_macro::TokenStream;
 /// | `tags = ["user:{id}", "org:{org}"]` | tags, templates over argument names as in `key`, never quoted for the text that follows: each value as its compact JSON, as in the key, except that a value whose JSON is a string is written as that string, without quotes, as `format!` writes a string (a `String`, a `char`, a unit enum variant: `Kind::Admin` is `Admin`, a `Some` of one: `Some("op")` is `op`); so integers and bools read as `format!` writes them, a float keeps its `.0` (`1.0f64` is `1.0`, not `format!`'s `1`), `None` is `null`, a struct or an enum variant with data is its JSON object (`Kind::Guest(1)` is `{"Guest":1}`); `cache.invalidate_tag("user:42")` hides every entry carrying it, without a scan |
 /// | `tags_from = org_tags` / `tags_from = \|user\| [format!("org:{}", user.org)]` | tags chosen from the cached value once the body has answered (a function or closure over `&Value`, the cached part of the return value: `T` of `Result<T, E>` or `Option<T>`, but the whole `Option<T>` with `cache_none = true` (`fn tags(v: &Option<User>)`, called with `None` too) and the whole value with `returns = "value"`; returning a list of strings), stored with the `tags` ones: for a tag the arguments do not give |
 /// | `invalidate_all` | gives the function its own tag, so `name_invalidate_all()` is one tag invalidation instead of a sweep; the tag comes from `name` or the `key` template when given (so it survives moving the function), else from the default key's first part (module path, a method's type or trait, see the key layout) |
+/// | `crate = "my_facade::impcache"` / `crate = my_facade::impcache` | the path of the `impcache` crate in the expansion (default `::impcache`), for a crate that renamed the dependency or reaches it through a re-export, as tokio's and serde's `crate` options; an unresolved path is reported there |
 ///
 /// Durations are checked at compile time when they are literals (an integer, a path ending in
 /// `ZERO` such as `Duration::ZERO`, or `from_secs`, `from_millis`, `from_micros`, `from_nanos`

@@ -178,6 +178,8 @@ pub(crate) struct Plan {
     pub(crate) invalidate_all_args: Vec<usize>,
     /// The generics of `{name}_invalidate_all`: those its arguments need.
     pub(crate) invalidate_all_generics: Generics,
+    /// The path of the `impcache` crate in the expansion: `crate = "..."`, else `::impcache`.
+    pub(crate) krate: syn::Path,
 }
 
 impl Plan {
@@ -239,6 +241,7 @@ impl Plan {
             cache,
             freshness,
             lock,
+            krate,
             ..
         } = args;
         Some(Plan {
@@ -262,6 +265,7 @@ impl Plan {
             tags_from,
             invalidate_all_args,
             invalidate_all_generics,
+            krate: krate.unwrap_or_else(|| syn::parse_quote!(::impcache)),
         })
     }
 }
