@@ -97,16 +97,20 @@ pub(crate) fn key_ttl(ttl: Duration, policy: &Freshness) -> Duration {
 }
 
 /// How far past its freshness an entry of the default mode without a stale policy is still
-/// served as fresh, at least (its own TTL when longer): its key's TTL is its freshness, so such
-/// an entry is about to go (read in the instant before, or stamped by a writer whose clock is
-/// behind the reader's). Past that, its key has lost its TTL (another client's `PERSIST`, a copy
-/// that drops TTLs) and the entry has expired (it was served as a fresh hit for ever: found by a
-/// probe, 2026-12-07).
+/// served as fresh: its key's TTL is its freshness when the writer had no stale window, so such
+/// an entry is about to go (read in the instant before, or stamped by a writer whose clock is up
+/// to this much behind the reader's). Past that it has expired: its key lost its TTL (another
+/// client's `PERSIST`, a copy that drops TTLs: it was served as a fresh hit for ever, found by a
+/// probe, 2026-12-07), or its writer stored it with a stale window (a layer with
+/// `stale_while_revalidate` in a rolling deploy, another service on the namespace), which this
+/// layer does not have. Not the entry's own TTL: that served a windowed entry as a fresh hit up to
+/// twice its freshness (3 of 3, found by a probe, 2026-12-07); a writer whose clock is behind by
+/// more makes its entries misses past their freshness by the reader's clock (stored again).
 const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 
 /// Where `entry` stands at `now_ms`. An entry of the default mode past its TTL without a stale
-/// policy is still served, up to [`EXPIRY_GRACE`] or its TTL: its key's TTL is its freshness, so
-/// it is about to go.
+/// policy is still served, up to [`EXPIRY_GRACE`]: its key's TTL is its freshness, so it is about
+/// to go.
 #[inline]
 pub(crate) fn judge(config: &Config, entry: &Entry, now_ms: u64) -> Judged {
     // Soft-purged by a tag (issue 16): stale since the purge, and never served as fresh.
@@ -120,11 +124,7 @@ pub(crate) fn judge(config: &Config, entry: &Entry, now_ms: u64) -> Judged {
         }
     };
     let Some(policy) = policy(config, &entry.headers) else {
-        // A writer's clock behind this process's by more than the grace: up to the entry's
-        // own TTL is taken for that lag (a miss before the key's end, 6 of 6 with a 7 s lag
-        // and a 5 s TTL, found by a regression hunt); a persisted key still expires.
-        let grace = EXPIRY_GRACE.max(entry.ttl.unwrap_or_default());
-        return if config.follow_origin || soft_purged.is_some() || past > grace {
+        return if config.follow_origin || soft_purged.is_some() || past > EXPIRY_GRACE {
             Judged::Expired
         } else {
             Judged::Fresh
