@@ -924,6 +924,40 @@ async fn the_hard_timeout_error_names_the_timeout_set() {
 /// A hard timeout of zero gives the loader no time: it is not started, and the error says so
 /// (it said "its hard timeout was spent waiting for another caller's load", with no other
 /// caller); a stale value within `stale_if_error` answers instead, as for any hard timeout.
+/// Outside a tokio runtime (a plain executor) a zero hard timeout still starts no loader: it
+/// needs no timer (the loader ran and answered, 4 of 4; found by a probe, 2026-12-07). A
+/// non-zero one cannot be timed there: the loader runs to its end (README).
+#[test]
+fn a_zero_hard_timeout_runs_no_loader_outside_tokio() {
+    let cache = Cache::new(MemoryCacheRepository::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let error = impcache_tests::block_on(
+        cache
+            .get_or_set("k", 60, move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                1_u64
+            })
+            .hard_timeout(Duration::ZERO),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, Error::Loader { key, reason } if key == "k" && reason == "not run: the hard timeout is zero"),
+        "{error:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let counted = Arc::clone(&runs);
+    let loaded = impcache_tests::block_on(
+        cache
+            .get_or_set("k", 60, move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                2_u64
+            })
+            .hard_timeout(Duration::from_secs(5)),
+    );
+    assert_eq!((loaded.unwrap(), runs.load(Ordering::SeqCst)), (2, 1));
+}
+
 #[tokio::test]
 async fn a_zero_hard_timeout_runs_no_loader() {
     let cache = Cache::new(MemoryCacheRepository::new());

@@ -1330,9 +1330,14 @@ fn same_variant(config: &Config, url: &str, headers: &HeaderMap, published: &Pub
 
 /// The output of the call `call` makes if it comes within `limit`; `None` past it, and at once
 /// for a zero `limit` (the handler is then not called: it would have no time to answer).
+/// Outside a tokio runtime (a plain executor), which has no timers, the call is not limited, as
+/// `get_or_set`'s loader there (it panicked: "no reactor running", found by a probe, 2026-12-07).
 async fn call_within<F: Future>(limit: Duration, call: impl FnOnce() -> F) -> Option<F::Output> {
     if limit.is_zero() {
         return None;
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Some(call().await);
     }
     tokio::time::timeout(limit, call()).await.ok()
 }

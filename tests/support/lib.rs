@@ -29,6 +29,31 @@ pub fn current_thread_runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// Polls `future` on this thread until it is ready, parking between wake-ups: a plain executor
+/// that is not tokio (no runtime, no timers), as `futures::executor::block_on`, for the tests of
+/// what the library does outside a tokio runtime. Asserts that there is none.
+pub fn block_on<F: std::future::IntoFuture>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "block_on is for code outside a tokio runtime"
+    );
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future.into_future());
+    loop {
+        if let std::task::Poll::Ready(out) = std::future::Future::poll(future.as_mut(), &mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
 /// A fresh multi-thread tokio runtime with two workers, for the same tests.
 pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -890,15 +890,19 @@ pub(super) async fn run<V, E, F, Fut>(
     // What went wrong when it is this crate's to say (its error names the key): for the log.
     let mut failure = None;
     let caught = match job.policy.hard_timeout_duration() {
-        Some(hard) if tokio::runtime::Handle::try_current().is_ok() => {
+        Some(hard) => {
             // With nothing left (a zero hard timeout, or a caller that waited its whole hard
             // timeout for another caller's load), the loader is not started: polled once, it
-            // would start its work only to be dropped.
+            // would start its work only to be dropped. That needs no timer: outside a tokio
+            // runtime too (it ran the loader there, found by a probe, 2026-12-07), where a
+            // non-zero hard timeout cannot be timed and the loader runs unbounded (README).
             let left = hard.saturating_sub(job.waited);
             let within = if left.is_zero() {
                 None
-            } else {
+            } else if tokio::runtime::Handle::try_current().is_ok() {
                 tokio::time::timeout(left, loading).await.ok()
+            } else {
+                Some(loading.await)
             };
             match within {
                 Some(caught) => caught,
@@ -910,7 +914,7 @@ pub(super) async fn run<V, E, F, Fut>(
                 }
             }
         }
-        _ => loading.await,
+        None => loading.await,
     };
     let panicked = caught.is_err();
     // A failure the waiters are handed (set below), or `None`.

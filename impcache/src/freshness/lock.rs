@@ -353,6 +353,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
 {
+    // Outside a tokio runtime (a plain executor) there are no timers to wait with nor tasks to
+    // release a lock with: the caller loads without it, as `get_or_set` does (`load.rs`, `run`).
+    // (`CacheLayer`'s lock, taken here, panicked there when busy: "no reactor running", found by
+    // a probe, 2026-12-07.)
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Turn::Open;
+    }
     let token = token();
     let deadline = Instant::now() + crate::expire::capped(lock.wait_duration());
     // Before the first attempt: a store made after it is not missed.

@@ -118,7 +118,9 @@ impl Freshness {
     /// stale value, else an `Error::Loader` naming that failure), without running their
     /// loaders. Also bounds background reloads. Taken literally, as a zero
     /// [`soft_timeout`](Freshness::soft_timeout) is: a zero `timeout` gives the loader no time,
-    /// so it is never started (`not run: the hard timeout is zero`). Timed on tokio's clock.
+    /// so it is never started (`not run: the hard timeout is zero`). Timed on tokio's clock;
+    /// outside a tokio runtime (a plain executor) a non-zero one is not applied, having no timer
+    /// (README).
     pub const fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = Some(timeout);
         self
