@@ -289,6 +289,28 @@ async fn own_writes_are_read_back_at_once() {
     assert_eq!(value, 6);
 }
 
+/// A dropped `Cache` with a near cache closes its connections at once, not at its tracker's
+/// next heartbeat (an hour here): the tracker holds the repository, and with a 500 ms heartbeat a
+/// `Cache` built per request left a connection per request open meanwhile (313 file descriptors
+/// for 300 builds in 0.46 s; found by a probe, 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_cache_closes_its_connections_at_once() {
+    let server = RedisServer::start();
+    let clients = || {
+        let list: String = server.cmd(&["CLIENT", "LIST"]);
+        list.lines().count()
+    };
+    let alone = clients();
+    let cache = near_cache(
+        &server,
+        NearCache::new().heartbeat(Duration::from_secs(3600)),
+    );
+    wait_active(&cache).await;
+    assert!(clients() >= alone + 2, "a data and a tracking connection");
+    drop(cache);
+    eventually("the connections close", || async { clients() == alone }).await;
+}
+
 /// The id of the cache's tracking connection: the one RESP3 client.
 fn tracking_client_id(server: &RedisServer) -> Option<String> {
     let list: String = server.cmd(&["CLIENT", "LIST"]);

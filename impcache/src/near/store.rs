@@ -280,8 +280,18 @@ pub(crate) struct Store {
     watches: Arc<Watches>,
     /// Wakes the tracker when the repository switched to other servers (a Sentinel failover, a
     /// new Cluster slot map; see `impl SwitchListener for Store`): it subscribes again at once,
-    /// on the new servers.
+    /// on the new servers. Also when the store is dropped: the tracker then ends at once.
     pub(super) switched: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Store {
+    /// The cache is gone: its tracker ends now, not at its next heartbeat, and drops the
+    /// repository it holds, connections included. With the heartbeat's wait (500 ms), a `Cache`
+    /// with a near cache built per request left a connection per request open meanwhile (313
+    /// file descriptors for 300 builds in 0.46 s; found by a probe, 2026-12-07).
+    fn drop(&mut self) {
+        self.switched.notify_one();
+    }
 }
 
 impl Store {

@@ -373,7 +373,8 @@ async fn run(store: Weak<Store>, target: Arc<Target>, prefix: Arc<str>) {
             }
         }
         // A switch of servers ends the pause: the new ones are tracked at once (the pause after
-        // failures to reach a dead primary grows to 5 s).
+        // failures to reach a dead primary grows to 5 s); so does the store's drop, after which
+        // the loop ends.
         tokio::select! {
             () = switched.notified() => {}
             () = tokio::time::sleep(failures.pause(heartbeat)) => {}
@@ -586,6 +587,10 @@ async fn watch(
         tokio::select! {
             biased;
             () = switched.notified() => {
+                // The store dropped (`impl Drop for Store`): the session ends with it.
+                if store.strong_count() == 0 {
+                    return Ended::AtHeartbeat;
+                }
                 // Unless the store still serves the servers the tracker subscribed to (a notice
                 // left while it subscribed, of the switch it subscribed after): no second flush.
                 let serving = store.upgrade().is_some_and(|store| store.active());
