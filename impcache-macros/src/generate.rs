@@ -7,9 +7,9 @@ use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, BinOp, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr, Path};
+use syn::{Attribute, BinOp, Expr, ExprLit, FnArg, Ident, ItemFn, Lit, LitStr};
 
-use crate::plan::{expect_as_allow, Arg, Key, Part, Plan, Policy, Prefix};
+use crate::plan::{expect_as_allow, Arg, CratePath, Key, Part, Plan, Policy, Prefix};
 use crate::tokens::{first_last, mentioned, mentions};
 
 /// Attributes that also apply to the companions.
@@ -225,7 +225,7 @@ fn function_tag(plan: &Plan) -> TokenStream {
 /// What holds the function, at run time (see `impcache::__private::FnContainer`): its module,
 /// or for an associated function its type, or for a nested one the enclosing function; read once
 /// per call site.
-fn fn_container(krate: &Path) -> TokenStream {
+fn fn_container(krate: &CratePath) -> TokenStream {
     quote!({
         static __IMPCACHE_CONTAINER: #krate::__private::FnContainer =
             #krate::__private::FnContainer::new();
@@ -236,7 +236,7 @@ fn fn_container(krate: &Path) -> TokenStream {
 /// What a method's default key starts with, at run time (see
 /// `impcache::__private::FnContainer::of_method`): its type, or for a trait's default method
 /// `<{type} as {trait}>`.
-fn method_owner(krate: &Path) -> TokenStream {
+fn method_owner(krate: &CratePath) -> TokenStream {
     quote!({
         static __IMPCACHE_CONTAINER: #krate::__private::FnContainer =
             #krate::__private::FnContainer::new();
@@ -261,7 +261,7 @@ fn version(plan: &Plan) -> Version {
         };
     };
     // Spanned at the value: a value of another type is reported there.
-    let k = krate_at(krate, expr.span());
+    let k = krate.at(expr.span());
     let convert =
         quote_spanned!(expr.span()=> <#k::Version as ::core::convert::From<_>>::from(#expr));
     let mut names = HashSet::new();
@@ -342,24 +342,10 @@ fn unsuffixed_seconds(value: &Expr) -> bool {
     }
 }
 
-/// The path of the impcache crate with every token at `span`, for `quote_spanned!`: the whole
-/// call is then at the user's tokens (a missing impl is reported at the value's type), as it
-/// was with a literal `::impcache` there.
-fn krate_at(krate: &Path, span: Span) -> TokenStream {
-    krate
-        .to_token_stream()
-        .into_iter()
-        .map(|mut token| {
-            token.set_span(span);
-            token
-        })
-        .collect()
-}
-
 /// A duration option's value, its [`unsuffixed_seconds`] typed as a `u64`.
-fn typed_seconds(value: &Expr, krate: &Path) -> TokenStream {
+fn typed_seconds(value: &Expr, krate: &CratePath) -> TokenStream {
     if unsuffixed_seconds(value) {
-        let k = krate_at(krate, value.span());
+        let k = krate.at(value.span());
         quote_spanned!(value.span()=> #k::__private::seconds(#value))
     } else {
         value.to_token_stream()
@@ -370,7 +356,7 @@ fn typed_seconds(value: &Expr, krate: &Path) -> TokenStream {
 /// `#[cached]`). A method checks that its `{name}_uncached` companion is inherent: if it is not,
 /// `Self::{name}_uncached` falls back to a local trait whose bound fails with a message that says
 /// what to do.
-fn trait_impl_check(uncached: &Ident, krate: &Path) -> TokenStream {
+fn trait_impl_check(uncached: &Ident, krate: &CratePath) -> TokenStream {
     quote! {
         #[allow(dead_code, non_camel_case_types)]
         trait __impcache_not_in_trait_impl {
@@ -469,7 +455,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     } = version(plan);
 
     let expire = &plan.expire;
-    let k = krate_at(krate, expire.span());
+    let k = krate.at(expire.span());
     let expire = if unsuffixed_seconds(expire) {
         quote_spanned!(expire.span()=> #k::Expire::seconds(#expire))
     } else {
@@ -479,7 +465,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
     // `codec()` is the one place that requires `Serialize + DeserializeOwned` of the stored type;
     // the call spans the type (`T` of `Result<T, E>`), so that is where a missing impl is reported.
     let (first, last) = first_last(plan.value_ty.to_token_stream());
-    let k = krate_at(krate, first);
+    let k = krate.at(first);
     let codec_path = quote_spanned!(first=> #k::__private::codec);
     let mut codec_args = Group::new(Delimiter::Parenthesis, TokenStream::new());
     codec_args.set_span(last);
@@ -544,7 +530,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         // `Send + 'static` body (the plan has refused the arguments it would borrow).
         let options = plan.freshness.iter().map(|(name, value)| {
             let value = typed_seconds(value, &plan.krate);
-            let k = krate_at(krate, value.span());
+            let k = krate.at(value.span());
             quote_spanned!(value.span()=> .#name(#k::__private::duration(#value)))
         });
         // `lock = ...` (issue 16): a lock of that lifetime, or the default one.
@@ -552,7 +538,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         let freshness = match &plan.lock {
             Some(value) => {
                 let value = typed_seconds(value, &plan.krate);
-                let k = krate_at(krate, value.span());
+                let k = krate.at(value.span());
                 quote_spanned!(value.span()=> #k::__private::with_lock(#freshness, #value))
             }
             None => freshness,
@@ -579,7 +565,7 @@ pub(crate) fn generate(plan: &Plan) -> TokenStream {
         let tags_from = match &plan.tags_from {
             Some(f) => {
                 let value_ty = &plan.value_ty;
-                let k = krate_at(krate, f.span());
+                let k = krate.at(f.span());
                 quote_spanned!(f.span()=> #k::__private::tags_from::<#value_ty, _, _>(#f))
             }
             None => quote!(#krate::__private::NoTagsFrom),

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{format_ident, ToTokens};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -132,6 +132,68 @@ pub(crate) enum Policy {
     Value,
 }
 
+/// The path of the impcache crate in the expansion: `::impcache`, or the one given with
+/// `crate = ..` (a renamed dependency, a facade's re-export, a facade macro's `$crate::impcache`).
+pub(crate) struct CratePath {
+    path: syn::Path,
+    given: bool,
+}
+
+impl CratePath {
+    /// `::impcache` without `given`. A given path resolves at the call site, where the user wrote
+    /// it (a `$crate` keeps its own resolution: the facade's), but as the expansion's tokens: the
+    /// user's lints (`unused_qualifications`) do not reach the expansion's paths (they did, with
+    /// the user's own spans, and `cargo fix` broke the attribute; found by a regression hunt).
+    fn new(given: Option<syn::Path>) -> CratePath {
+        let Some(path) = given else {
+            return CratePath {
+                path: syn::parse_quote!(::impcache),
+                given: false,
+            };
+        };
+        let tokens: TokenStream = path
+            .to_token_stream()
+            .into_iter()
+            .map(|mut token| {
+                if !matches!(&token, TokenTree::Ident(ident) if ident == "$crate") {
+                    token.set_span(Span::call_site().located_at(token.span()));
+                }
+                token
+            })
+            .collect();
+        CratePath {
+            path: syn::parse2(tokens).unwrap_or(path),
+            given: true,
+        }
+    }
+
+    /// The path located at `span`, for `quote_spanned!`: the whole call is then at the user's
+    /// tokens (a missing impl is reported at the value's type). `::impcache` is spanned there
+    /// whole, as when it was written in the `quote_spanned!`; a given path keeps its resolution
+    /// (a `$crate` moved to the user's span named the user's crate: found by a regression hunt).
+    pub(crate) fn at(&self, span: Span) -> TokenStream {
+        self.path
+            .to_token_stream()
+            .into_iter()
+            .map(|mut token| {
+                let placed = if self.given {
+                    token.span().located_at(span)
+                } else {
+                    span
+                };
+                token.set_span(placed);
+                token
+            })
+            .collect()
+    }
+}
+
+impl ToTokens for CratePath {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        self.path.to_tokens(tokens);
+    }
+}
+
 /// What to generate for one `#[cached]` function.
 pub(crate) struct Plan {
     /// The function as written (its attributes without `#[cached]`).
@@ -179,7 +241,7 @@ pub(crate) struct Plan {
     /// The generics of `{name}_invalidate_all`: those its arguments need.
     pub(crate) invalidate_all_generics: Generics,
     /// The path of the `impcache` crate in the expansion: `crate = "..."`, else `::impcache`.
-    pub(crate) krate: syn::Path,
+    pub(crate) krate: CratePath,
 }
 
 impl Plan {
@@ -265,7 +327,7 @@ impl Plan {
             tags_from,
             invalidate_all_args,
             invalidate_all_generics,
-            krate: krate.unwrap_or_else(|| syn::parse_quote!(::impcache)),
+            krate: CratePath::new(krate),
         })
     }
 }

@@ -2,6 +2,11 @@
 //! tokio's `#[tokio::main(crate = "...")]` does (a string, or the path itself), for a crate that renamed the dependency or uses
 //! impcache through a re-export. That a path which does not resolve fails to compile (so the
 //! option is used) is `tests/ui/fail/crate_path.rs`.
+//!
+//! The user's lints do not reach the expansion's paths: with `Cache` imported, a given
+//! `facade::cache` made `unused_qualifications` fire on `facade::cache::Cache` (found by a
+//! regression hunt, 2026-12-07).
+#![deny(unused_qualifications)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

@@ -20,6 +20,29 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// impcache as a facade crate re-exports it, for [`cached_through_a_facade!`].
+#[doc(hidden)]
+pub use impcache as facade_impcache;
+
+/// A facade's memoizing macro, as an application's shared crate writes one: the expansion reaches
+/// impcache through this crate's re-export (`crate = $crate::facade_impcache`), from another
+/// crate that need not depend on impcache; with the user's own expire and freshness values (a
+/// `$crate` moved to their spans named the user's crate: found by a regression hunt,
+/// 2026-12-07). `tests/cached_facade.rs`.
+#[macro_export]
+macro_rules! cached_through_a_facade {
+    ($cache:expr, $expire:expr, $stale:expr, $item:item) => {
+        #[$crate::facade_impcache::cached(
+                    crate = $crate::facade_impcache,
+                    cache = $cache,
+                    expire = $expire,
+                    stale_while_revalidate = $stale,
+                    tags = ["facade"],
+                )]
+        $item
+    };
+}
+
 /// A fresh current-thread tokio runtime, for tests that use one cache from several runtimes in
 /// turn (a connection left by a finished runtime).
 pub fn current_thread_runtime() -> tokio::runtime::Runtime {
