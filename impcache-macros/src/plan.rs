@@ -466,6 +466,23 @@ fn owned_instead(ty: &Type) -> &'static str {
 }
 
 /// The key layout and the key arguments, from `key`, `skip` and `name`.
+/// Whether a `key` template spells a Rust type (`"String"`, `"u64"`, `"(u64, String)"`,
+/// `"Vec<u8>"`, `"&str"`) rather than a key: the `cached` crate's `key` is the key's type (with
+/// `convert` making it), and a user moving to impcache who drops `convert` keeps a constant key
+/// that every call shares (found by a probe, 2026-12-07). A constant such as `"config"` is a
+/// deliberate single entry and stays allowed.
+fn spells_a_type(template: &str) -> bool {
+    const NAMES: [&str; 18] = [
+        "String", "str", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16",
+        "i32", "i64", "i128", "isize", "f32", "f64",
+    ];
+    let template = template.trim();
+    NAMES.contains(&template)
+        || (template.contains(['<', '&', '('])
+            && !template.contains('{')
+            && syn::parse_str::<Type>(template).is_ok())
+}
+
 fn key(
     args: &Args,
     has_receiver: bool,
@@ -525,6 +542,17 @@ fn key(
         errors.push(syn::Error::new_spanned(
             name,
             "`name` cannot be combined with `key`: the template is the whole key",
+        ));
+    }
+    if spells_a_type(&key.value()) {
+        errors.push(syn::Error::new_spanned(
+            key,
+            format!(
+                "`key = {:?}` reads as the `cached` crate's key *type*; here `key` is the key \
+                 itself, a template over the arguments (`key = \"user:{{id}}\"`): as written, \
+                 every call would share one entry",
+                key.value()
+            ),
         ));
     }
     let mut key_args = Vec::new();

@@ -594,6 +594,7 @@ impl Cache {
     /// assert_eq!(cache.get::<String>("key").await?.as_deref(), Some("value"));
     /// # Ok(()) }
     /// ```
+    #[doc(alias = "insert")]
     pub async fn set<V: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -810,6 +811,7 @@ impl Cache {
     }
 
     /// Removes `key`; the number of keys removed (0 or 1).
+    #[doc(alias = "remove", alias = "invalidate")]
     pub async fn delete(&self, key: &str) -> Result<u64> {
         observed!(self, Operation::Delete, Some(key), async {
             self.check_key(key)?;
@@ -1086,7 +1088,8 @@ impl Cache {
     /// started before this call): they read as misses from now on, in every process sharing the
     /// repository. One `EVAL` of a script on the tag's key (keeping the later time if another
     /// process's invalidation, stamped later, landed first), never a scan; counted as a
-    /// `set_many`.
+    /// `set_many`. A tag is not a key: to remove one key, [`delete`](Cache::delete) it (moka's
+    /// `invalidate`).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         self.mark_tags(Tags::new([tag]), TagInvalidation::Hard, "invalidate_tag")
             .await

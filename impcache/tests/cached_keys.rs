@@ -119,3 +119,20 @@ async fn template_values_that_serialize_as_strings_are_written_unquoted() {
     );
     assert!(cache.get_raw("w:read:Admin:a").await.unwrap().is_some());
 }
+
+/// A constant `key` is a deliberate single entry, whatever the arguments (a handle, a cache):
+/// still allowed; only a key that spells a Rust type (`key = "String"`, the `cached` crate's key
+/// type) is refused at compile time (`ui/fail/cached_crate_key_type.rs`).
+#[cached(cache = cache, expire = 60, key = "config")]
+async fn config(cache: &Cache, generation: u32) -> u32 {
+    let _ = cache;
+    generation
+}
+
+#[tokio::test]
+async fn a_constant_key_is_one_entry_for_every_call() {
+    let cache = fresh();
+    assert_eq!(config(&cache, 1).await, 1);
+    assert_eq!(config(&cache, 2).await, 1, "the one entry answers");
+    assert!(cache.get_raw("config").await.unwrap().is_some());
+}

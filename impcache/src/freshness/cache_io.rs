@@ -57,6 +57,7 @@ impl Cache {
     /// assert_eq!(user, "Ada");
     /// # Ok(()) }
     /// ```
+    #[doc(alias = "get_with")]
     pub fn get_or_set<'a, F>(
         &'a self,
         key: &'a str,
@@ -76,6 +77,7 @@ impl Cache {
     /// that load has ended runs its loader again. `E: From<impcache::Error>` carries the errors
     /// of [`get_or_set`](Cache::get_or_set) (invalid expire, a loader that gave no value,
     /// another caller's failed load).
+    #[doc(alias = "try_get_with")]
     pub fn try_get_or_set<'a, F>(
         &'a self,
         key: &'a str,
