@@ -29,16 +29,18 @@ pub use impcache as facade_impcache;
 /// crate that need not depend on impcache; with the user's own expire and freshness values (a
 /// `$crate` moved to their spans named the user's crate: found by a regression hunt,
 /// 2026-12-07). `tests/cached_facade.rs`.
+// (rustfmt indents the attribute further at every run: not idempotent on it.)
+#[rustfmt::skip]
 #[macro_export]
 macro_rules! cached_through_a_facade {
     ($cache:expr, $expire:expr, $stale:expr, $item:item) => {
         #[$crate::facade_impcache::cached(
-                    crate = $crate::facade_impcache,
-                    cache = $cache,
-                    expire = $expire,
-                    stale_while_revalidate = $stale,
-                    tags = ["facade"],
-                )]
+            crate = $crate::facade_impcache,
+            cache = $cache,
+            expire = $expire,
+            stale_while_revalidate = $stale,
+            tags = ["facade"],
+        )]
         $item
     };
 }
