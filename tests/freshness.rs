@@ -931,30 +931,24 @@ async fn the_hard_timeout_error_names_the_timeout_set() {
 fn a_zero_hard_timeout_runs_no_loader_outside_tokio() {
     let cache = Cache::new(MemoryCacheRepository::new());
     let runs = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&runs);
-    let error = impcache_tests::block_on(
-        cache
-            .get_or_set("k", 60, move || async move {
-                counted.fetch_add(1, Ordering::SeqCst);
-                1_u64
-            })
-            .hard_timeout(Duration::ZERO),
-    )
-    .unwrap_err();
+    let load = |value: u64, hard: Duration| {
+        let runs = Arc::clone(&runs);
+        impcache_tests::block_on(
+            cache
+                .get_or_set("k", 60, move || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    value
+                })
+                .hard_timeout(hard),
+        )
+    };
+    let error = load(1, Duration::ZERO).unwrap_err();
     assert!(
         matches!(&error, Error::Loader { key, reason } if key == "k" && reason == "not run: the hard timeout is zero"),
         "{error:?}"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 0);
-    let counted = Arc::clone(&runs);
-    let loaded = impcache_tests::block_on(
-        cache
-            .get_or_set("k", 60, move || async move {
-                counted.fetch_add(1, Ordering::SeqCst);
-                2_u64
-            })
-            .hard_timeout(Duration::from_secs(5)),
-    );
+    let loaded = load(2, Duration::from_secs(5));
     assert_eq!((loaded.unwrap(), runs.load(Ordering::SeqCst)), (2, 1));
 }
 

@@ -135,7 +135,7 @@ pub(crate) enum Policy {
 /// The path of the impcache crate in the expansion: `::impcache`, or the one given with
 /// `crate = ..` (a renamed dependency, a facade's re-export, a facade macro's `$crate::impcache`).
 pub(crate) struct CratePath {
-    path: syn::Path,
+    tokens: TokenStream,
     given: bool,
 }
 
@@ -147,11 +147,11 @@ impl CratePath {
     fn new(given: Option<syn::Path>) -> CratePath {
         let Some(path) = given else {
             return CratePath {
-                path: syn::parse_quote!(::impcache),
+                tokens: quote::quote!(::impcache),
                 given: false,
             };
         };
-        let tokens: TokenStream = path
+        let tokens = path
             .to_token_stream()
             .into_iter()
             .map(|mut token| {
@@ -162,7 +162,7 @@ impl CratePath {
             })
             .collect();
         CratePath {
-            path: syn::parse2(tokens).unwrap_or(path),
+            tokens,
             given: true,
         }
     }
@@ -172,8 +172,8 @@ impl CratePath {
     /// whole, as when it was written in the `quote_spanned!`; a given path keeps its resolution
     /// (a `$crate` moved to the user's span named the user's crate: found by a regression hunt).
     pub(crate) fn at(&self, span: Span) -> TokenStream {
-        self.path
-            .to_token_stream()
+        self.tokens
+            .clone()
             .into_iter()
             .map(|mut token| {
                 let placed = if self.given {
@@ -190,7 +190,7 @@ impl CratePath {
 
 impl ToTokens for CratePath {
     fn to_tokens(&self, tokens: &mut TokenStream) {
-        self.path.to_tokens(tokens);
+        tokens.extend(self.tokens.clone());
     }
 }
 

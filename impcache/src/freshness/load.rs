@@ -839,15 +839,14 @@ pub(super) async fn run<V, E, F, Fut>(
 {
     // Across processes (a flight's leader only, with a lock): take the lock, or serve the value
     // another process stored while this one waited. Outside a tokio runtime (no timers to wait
-    // with) the loader runs without it.
+    // with) the lock is not taken (`lock::take_polling`): the loader runs without it.
     // A throttle is the time a value stands in for a failed loader (a stale one, or the one a
     // background reload would replace), as FusionCache's is set on the stale entry: a failed
     // miss had none, and starts none (nor takes a place in its table, 10,000 keys, from a key
     // whose throttle answers).
     let throttles = stale.is_some() || answer.is_none();
-    let timers = tokio::runtime::Handle::try_current().is_ok();
     let held = match (job.lock, &guard) {
-        (Some((lock, lifetime)), Some(_)) if timers => {
+        (Some((lock, lifetime)), Some(_)) => {
             // (Before another process's value is read: what its waiters' checks count from.)
             let since = tags::stamp_micros();
             match lock::take(&job, lock, lifetime, answer.is_some()).await {
