@@ -876,6 +876,52 @@ fn a_near_cache_records_the_tier_that_answered() {
     }
 }
 
+/// A `get_or_set` hit answered from the near cache alone (its future built without the call's
+/// machinery, `GetOrSetFuture`) records its read as the full way does: a `get` span with
+/// `tier="near"`, never one without a tier.
+#[test]
+fn a_get_or_set_hit_answered_from_the_near_cache_alone_records_the_near_tier() {
+    let server = RedisServer::start();
+    let expected = [r#"cache_operation{operation="get" tier="near" outcome="hit"}"#];
+    let logs = logged_with_all(&expected, || async {
+        let cache = near_cached(&server);
+        let call = || {
+            cache
+                .get_or_set("k", 60, || async { 1 })
+                .stale_while_revalidate(Duration::from_secs(10))
+                .into_future()
+        };
+        assert_eq!(call().await.unwrap(), 1);
+        // Calls back to back: on this one-thread runtime, the first read after a pause goes the
+        // full way (it gives the thread back first, `Store::catch_up`).
+        let mut local = 0;
+        for _ in 0..400 {
+            for _ in 0..3 {
+                let future = call();
+                if format!("{future:?}").contains("answered from the near cache") {
+                    local += 1;
+                }
+                assert_eq!(future.await.unwrap(), 1);
+            }
+            if local >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(local >= 3, "never answered from the near cache alone");
+        // The write asserted on: the spans of a test's first moments can be missed while other
+        // tests' subscribers come and go (tracing's callsite interest is process-wide).
+        cache.set("other", &3, 60).await.unwrap();
+    });
+    for line in expected {
+        assert!(logs.contains(line), "{logs}");
+    }
+    assert!(
+        !logs.contains(r#"cache_operation{operation="get" outcome="hit"}"#),
+        "{logs}"
+    );
+}
+
 /// A probe's find: the span of a `get_many` through a near cache has one `near` per key answered
 /// from process memory and one `remote` for its one read of the others from Redis (3 fields for
 /// 5 keys, 2 local), as OBSERVABILITY.md now says (it said one per key).
@@ -1419,6 +1465,51 @@ async fn retyped(cache: &Cache, n: u64) -> u64 {
 #[impcache::cached(cache = cache, expire = 60, skip(cache), stale_if_error = 60)]
 async fn retyped_fresh(cache: &Cache, n: u64) -> u64 {
     n + 1
+}
+
+/// Through a near cache, a `#[cached]` function with a freshness option answers its fresh hits
+/// from process memory without its body (`memoize_fresh` takes `get_or_set`'s answer from the
+/// near cache alone): each call one hit of the function, one `get` hit, one local hit. A value
+/// of another type held locally is still a miss that runs the body.
+#[test]
+fn a_near_cached_function_with_a_freshness_option_counts_its_local_hits() {
+    let server = RedisServer::start();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    current_thread_runtime().block_on(async {
+        let cache = near_cached(&server);
+        assert_eq!(retyped_fresh(&cache, 7).await, 8);
+        until_held_locally(&cache, "metrics::retyped_fresh:7").await;
+        Recorded::take(&snapshotter);
+        let (before, near_before) = (cache.stats(), cache.near_cache_stats().hits);
+        for _ in 0..20 {
+            assert_eq!(retyped_fresh(&cache, 7).await, 8);
+        }
+        let recorded = Recorded::take(&snapshotter);
+        let calls = |o| {
+            recorded.counter(
+                "impcache_cached_calls_total",
+                &[("function", "metrics::retyped_fresh"), ("outcome", o)],
+            )
+        };
+        assert_eq!((calls("hit"), calls("miss")), (20, 0));
+        let lookups = |o| recorded.counter("impcache_lookups_total", &[("outcome", o)]);
+        assert_eq!((lookups("hit"), lookups("miss")), (20, 0));
+        assert_eq!(cache.stats().hits, before.hits + 20);
+        assert_eq!(cache.near_cache_stats().hits, near_before + 20);
+
+        cache
+            .set("metrics::retyped_fresh:5", &"old type", 60)
+            .await
+            .unwrap();
+        until_held_locally(&cache, "metrics::retyped_fresh:5").await;
+        Recorded::take(&snapshotter);
+        let before = cache.stats();
+        assert_eq!(retyped_fresh(&cache, 5).await, 6);
+        let recorded = Recorded::take(&snapshotter);
+        counts_one_miss(&recorded, before, cache.stats(), "near-cached #[cached]");
+    });
 }
 
 /// A probe's find: a `#[cached]` call over a value of another type (its return type changed)

@@ -2683,3 +2683,183 @@ async fn cluster_tag_state_is_tracked_on_every_primary() {
     )
     .await;
 }
+
+/// Whether `call` (a `get_or_set` not yet awaited) is answered from the near cache alone: its
+/// future says so (`GetOrSetFuture`'s `Debug`).
+fn answered_locally<F: std::future::IntoFuture>(call: F) -> (bool, F::IntoFuture)
+where
+    F::IntoFuture: std::fmt::Debug,
+{
+    let future = call.into_future();
+    let local = format!("{future:?}").contains("answered from the near cache");
+    (local, future)
+}
+
+/// A fresh, untagged `get_or_set` hit held by the near cache is answered from it alone (no
+/// future of the call's machinery is built), counted as the full read counts one: one `get` hit
+/// and one local hit. Anything else goes the full way, which judges it as before: a value of
+/// another type (loaded and overwritten), an invalid expire (an error, though the value is
+/// local), tags, an early refresh, a value past its freshness (served stale and revalidated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_get_or_set_hit_is_answered_from_the_near_cache_alone() {
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    // (`k` is stored for 60 s without a window: fresh under a window of 10 s.)
+    let policy = impcache::Freshness::new().stale_while_revalidate(Duration::from_secs(10));
+    let loaded = |n: i64| move || async move { n };
+    assert_eq!(cache.get_or_set("k", 60, loaded(1)).await.unwrap(), 1);
+    wait_local(&cache, "k").await;
+
+    for with_policy in [false, true] {
+        let (stats, near_hits) = (cache.stats(), cache.near_cache_stats().hits);
+        let call = cache.get_or_set("k", 60, || async { unreachable!("held locally") });
+        let call = if with_policy {
+            call.freshness(policy)
+        } else {
+            call
+        };
+        let (local, future) = answered_locally(call);
+        assert!(local, "with a policy: {with_policy}");
+        let value: i64 = future.await.unwrap();
+        assert_eq!(value, 1);
+        assert_eq!(cache.stats().hits, stats.hits + 1);
+        assert_eq!(cache.stats().misses, stats.misses);
+        assert_eq!(cache.near_cache_stats().hits, near_hits + 1);
+    }
+    let (local, _) =
+        answered_locally(cache.try_get_or_set("k", 60, || async { Ok::<i64, impcache::Error>(9) }));
+    assert!(local, "try_get_or_set");
+
+    // The full way: a value of another type is loaded and overwritten.
+    let (local, future) =
+        answered_locally(cache.get_or_set("k", 60, || async { "two".to_owned() }));
+    assert!(!local);
+    assert_eq!(future.await.unwrap(), "two");
+    // An invalid expire is an error, though the value is held locally.
+    wait_local(&cache, "k").await;
+    let (local, future) =
+        answered_locally(cache.get_or_set("k", 0, || async { "never".to_owned() }));
+    assert!(!local);
+    assert!(matches!(
+        future.await,
+        Err(impcache::Error::InvalidExpire { .. })
+    ));
+    // Tags, and an early refresh (its coin is thrown once, on the full way).
+    let (local, _) = answered_locally(
+        cache
+            .get_or_set("k", 60, || async { "never".to_owned() })
+            .tags(["t"]),
+    );
+    assert!(!local, "tags");
+    let (local, _) = answered_locally(
+        cache
+            .get_or_set("k", 60, || async { "never".to_owned() })
+            .early_refresh(Duration::from_secs(1)),
+    );
+    assert!(!local, "early refresh");
+
+    // A tagged entry judged fresh against the call's tags, no tag state changed since: local
+    // too; once its tag is invalidated, the full way (the loader runs).
+    let tagged = |n: i64| {
+        cache
+            .get_or_set("t", 60, move || async move { n })
+            .tags(["user:1"])
+    };
+    assert_eq!(tagged(1).await.unwrap(), 1);
+    eventually("the tagged entry's verdict is kept", || async {
+        let _ = tagged(0).await;
+        answered_locally(tagged(0)).0
+    })
+    .await;
+    let (stats, near_hits) = (cache.stats(), cache.near_cache_stats().hits);
+    assert_eq!(answered_locally(tagged(0)).1.await.unwrap(), 1);
+    assert_eq!(cache.stats().hits, stats.hits + 1);
+    assert_eq!(cache.near_cache_stats().hits, near_hits + 1);
+    cache.invalidate_tag("user:1").await.unwrap();
+    let (local, future) = answered_locally(tagged(2));
+    assert!(!local, "invalidated");
+    assert_eq!(future.await.unwrap(), 2);
+
+    // Past its freshness (2 s, of 12 s stored), within the window: the full way serves it
+    // stale and reloads it in the background, once.
+    let runs = Arc::new(AtomicU64::new(0));
+    let counted = |n: i64| {
+        let runs = Arc::clone(&runs);
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            n
+        }
+    };
+    let first: i64 = cache
+        .get_or_set("s", 2, counted(1))
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(first, 1);
+    wait_local(&cache, "s").await;
+    let (local, future) = answered_locally(cache.get_or_set("s", 2, counted(2)).freshness(policy));
+    assert!(local, "fresh");
+    assert_eq!(future.await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (local, future) = answered_locally(cache.get_or_set("s", 2, counted(2)).freshness(policy));
+    assert!(!local, "stale");
+    assert_eq!(future.await.unwrap(), 1, "served stale");
+    eventually("the background reload stores 2", || async {
+        cache.get::<i64>("s").await.ok() == Some(Some(2))
+    })
+    .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// As `a_reader_looping_over_local_hits_still_receives_invalidations`, for `get_or_set` hits
+/// answered from the near cache alone, on a multi-thread runtime of one worker (where no
+/// catch-up of the near cache gives the thread back): the answer's future spends tokio's
+/// cooperative budget too.
+#[test]
+fn a_reader_looping_over_local_get_or_set_hits_still_receives_invalidations() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (ready, key) = std::sync::mpsc::channel();
+    let (done, reads) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let repository = RedisCacheRepository::builder(url)
+                .deadline(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            let cache = Cache::builder(repository).near_cache(near()).build();
+            wait_active(&cache).await;
+            cache.set("k", &1, 60).await.unwrap();
+            wait_local(&cache, "k").await;
+            let key = cache.make_key("k");
+            let looping = tokio::spawn(async move {
+                let mut reads = 0u64;
+                loop {
+                    reads += 1;
+                    let value: i64 = cache.get_or_set("k", 60, || async { 0 }).await.unwrap();
+                    match value {
+                        2 => return reads,
+                        // Looping: the other client may write now.
+                        _ if reads == 1 => ready.send(key.clone()).unwrap(),
+                        _ => {}
+                    }
+                }
+            });
+            done.send(looping.await.unwrap()).unwrap();
+        });
+    });
+    let key = key
+        .recv_timeout(SOON)
+        .expect("the near cache never became active");
+    let _: () = server.cmd(&["SET", &key, "2"]);
+    let reads = reads
+        .recv_timeout(3 * SOON)
+        .expect("a reader looping over local get_or_set hits never saw another client's write");
+    assert!(reads > 1);
+}

@@ -109,7 +109,7 @@ mod tags;
 pub use cache::{Cache, CacheBuilder, DEFAULT_KEY_PREFIX, DEFAULT_MAX_KEY_BYTES};
 pub use error::{BoxError, Error, Result};
 pub use expire::{Expire, Expiry, MAX_EXPIRE};
-pub use freshness::{Freshness, GetOrSet, Lock, TryGetOrSet};
+pub use freshness::{Freshness, GetOrSet, GetOrSetFuture, Lock, TryGetOrSet};
 pub use glob::glob_match;
 pub use key::{escape_pattern, Version};
 pub use memoize::{default_cache, set_default_cache, SetDefaultCacheError};

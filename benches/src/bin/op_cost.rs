@@ -44,6 +44,7 @@ const OPERATIONS: &[&str] = &[
     "near-fresh-hit",
     "near-tagged-hit",
     "near-get-tagged",
+    "near-memo-fresh-hit",
     "http-cached",
     "http-cached-lean",
     "http-cached-stale",
@@ -98,6 +99,18 @@ async fn memo_small(id: u64, name: &str) -> Small {
 #[impcache::cached(expire = 300, cache = memo(), key = "m:{name}:{id}")]
 async fn memo_template(id: u64, name: &str) -> Small {
     black_box(name);
+    Small::new(id)
+}
+
+/// `near-memo-fresh-hit`: a `#[cached]` hit with a freshness option through the near cache
+/// (issue 15's machinery, as `near-fresh-hit`).
+#[impcache::cached(
+    expire = 300,
+    cache = NEAR.get().unwrap(),
+    key = "small:{id}",
+    stale_while_revalidate = 60
+)]
+async fn near_memo_fresh(id: u64) -> Small {
     Small::new(id)
 }
 
@@ -181,6 +194,7 @@ fn main() {
             || operation == "near-fresh-hit"
             || operation == "near-tagged-hit"
             || operation == "near-get-tagged"
+            || operation == "near-memo-fresh-hit"
         {
             let near = Cache::builder(RedisCacheRepository::new(&server.url()).unwrap())
                 .near_cache(impcache::NearCache::new())
@@ -369,6 +383,9 @@ async fn run(
                 .await
                 .unwrap();
             black_box(v);
+        }
+        "near-memo-fresh-hit" => {
+            black_box(near_memo_fresh(id).await);
         }
         "near-get-tagged" => {
             let near = NEAR.get().unwrap();

@@ -17,6 +17,7 @@ use crate::json;
 use crate::near::VerdictSlot;
 use crate::observe::metrics::{Operation, Tally};
 use crate::observe::polling;
+use crate::observe::Observation;
 use crate::repository::WithTtl;
 use crate::tags::{self, envelope, StateKeys, Tags, Verdict};
 
@@ -139,6 +140,39 @@ impl Cache {
             let tally = Tally::read(found.as_ref().map(|found| found.value.len()));
             Ok((found, tally))
         })
+    }
+
+    /// `get_or_set`'s read answered by the near cache alone, without waiting: the local entry
+    /// at `key` (for a call with `tags`, one already judged fresh against them: see
+    /// [`read_for_load_with_tags`](Cache::read_for_load_with_tags)) as `accept` takes it
+    /// (decoded, judged fresh by `policy`), counted as a `get` that found it
+    /// locally (stats, metrics, the span and its `tier`), as the full read
+    /// ([`read_for_load_tagged`]) counts one. `None` when there is no such entry or `accept`
+    /// refuses it, counting nothing: the call's full read follows.
+    ///
+    /// [`read_for_load_tagged`]: Cache::read_for_load_tagged
+    pub(crate) fn read_near_now<T>(
+        &self,
+        key: &str,
+        tags: &Tags,
+        policy: &Freshness,
+        accept: impl FnOnce(&WithTtl) -> Option<T>,
+    ) -> Option<T> {
+        let started = Observation::clock();
+        let backend = &self.shared.backend;
+        let found = backend.near_now(self.key_parts(key), tags, policy.needs_ttl())?;
+        let taken = accept(&found)?;
+        let observation = Observation::started_at(
+            started,
+            &self.shared.counters,
+            self.shared.record_keys,
+            self.shared.near.is_some(),
+            Operation::Get,
+            Some(key),
+        );
+        observation.span().in_scope(|| backend.near_hit());
+        observation.finish(Ok(&Tally::read(Some(found.value.len()))), |_| {});
+        Some(taken)
     }
 
     /// Stores a loaded value's JSON with an expiry already resolved, in an envelope with its

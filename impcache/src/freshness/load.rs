@@ -316,6 +316,41 @@ where
     Box::pin(load(job, ticket, stale, loader, reread)).await
 }
 
+/// A call answered by the near cache alone, without waiting (the near-cached hit of issue 15,
+/// which thus neither allocates nor builds the call's future): the local value at `key` when
+/// the call is due for no early refresh and the value, fresh under `policy`, decodes as a `V`;
+/// for a call with tags, a tagged entry already judged fresh against them and no tag state
+/// changed since. [`serve`] answers such a value as it is, with nothing else to do. `None` for
+/// anything else, counting nothing: the call goes its full way ([`get_or_set`]), which also
+/// reports what it refuses (an invalid setting, key or tag).
+pub(crate) fn near_fresh_hit<V: DeserializeOwned>(
+    cache: &Cache,
+    key: &str,
+    expire: crate::Expire,
+    policy: &Freshness,
+    (tags, loaded_tags): (&Tags, Option<&LoadedTags>),
+) -> Option<V> {
+    // Tags chosen by the loader may be others than the call's (its entry's are judged on the
+    // full way); an early refresh throws its coin in `serve` (thrown here too, the refresh would
+    // be less likely than configured).
+    if cache.shared.near.is_none() || loaded_tags.is_some() || policy.early_refresh_gap().is_some()
+    {
+        return None;
+    }
+    policy.load_settings(expire, key).ok()?;
+    cache.check_key_for_load(key, tags).ok()?;
+    cache.read_near_now(key, tags, policy, |found| {
+        // (A tagged entry read without tags is judged on the full way.)
+        if tags.is_empty() && envelope::is_envelope(&found.value) {
+            return None;
+        }
+        match policy.state(found.ttl) {
+            State::Fresh { .. } => json::from_slice(&found.value).ok(),
+            State::Stale { .. } => None,
+        }
+    })
+}
+
 /// Whether a caller that becomes a flight's leader reads the key again first.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reread {

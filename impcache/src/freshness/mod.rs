@@ -67,7 +67,8 @@
 //!
 //! # Where each part lives
 //! - `policy.rs`: [`Freshness`], its options and the fresh/stale rule.
-//! - `request.rs`: [`GetOrSet`] / [`TryGetOrSet`], what `get_or_set` returns.
+//! - `request.rs`: [`GetOrSet`] / [`TryGetOrSet`], what `get_or_set` returns, and their future
+//!   [`GetOrSetFuture`] (a near-cached fresh hit answered without the machinery).
 //! - `load.rs`: one call: read, classify, load through the flight.
 //! - `throttle.rs`: the fail-safe throttle's table of recently failed keys.
 //! - `answer.rs`: how a call was answered, for `#[cached]`'s counts.
@@ -88,7 +89,7 @@ mod throttle;
 mod waits;
 
 pub(crate) use job::Origin;
-pub(crate) use load::{get_or_set as load_with, LoadError};
+pub(crate) use load::{get_or_set as load_with, near_fresh_hit, LoadError};
 pub use lock_settings::Lock;
 
 /// The lock's protocol for the HTTP layer (`__private::lock`).
@@ -165,4 +166,4 @@ pub(crate) mod throttle_private {
     }
 }
 pub use policy::{Freshness, State};
-pub use request::{GetOrSet, TryGetOrSet};
+pub use request::{GetOrSet, GetOrSetFuture, TryGetOrSet};

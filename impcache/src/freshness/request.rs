@@ -4,6 +4,8 @@
 use std::fmt;
 use std::fmt::Display;
 use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -178,6 +180,18 @@ impl<'a, F> GetOrSet<'a, F> {
         })
     }
 
+    /// The call's answer from the near cache alone, when it holds one
+    /// ([`load::near_fresh_hit`]).
+    fn near_fresh_hit<V: DeserializeOwned>(&self) -> Option<V> {
+        load::near_fresh_hit(
+            self.cache,
+            self.key,
+            self.expire,
+            &self.policy,
+            (&self.tags, self.loaded_tags.as_ref()),
+        )
+    }
+
     /// This call with its loader wrapped by `wrap`, which records the tags it chooses in the
     /// call's [`LoadedTags`] (those of an earlier `tags_from`, if any).
     fn choosing_tags<L>(self, wrap: impl FnOnce(F, LoadedTags) -> L) -> GetOrSet<'a, L> {
@@ -255,11 +269,14 @@ where
     Fut: Future<Output = V> + Send + 'static,
 {
     type Output = Result<V>;
-    type IntoFuture = BoxFuture<'a, Result<V>>;
+    type IntoFuture = GetOrSetFuture<'a, Result<V>>;
 
     fn into_future(self) -> Self::IntoFuture {
+        if let Some(value) = self.near_fresh_hit() {
+            return GetOrSetFuture::ready(Ok(value));
+        }
         let loader = self.loader;
-        Box::pin(load::get_or_set(
+        GetOrSetFuture::load(load::get_or_set(
             self.cache,
             self.key,
             self.expire,
@@ -279,9 +296,12 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     type Output = Result<V, E>;
-    type IntoFuture = BoxFuture<'a, Result<V, E>>;
+    type IntoFuture = GetOrSetFuture<'a, Result<V, E>>;
 
     fn into_future(self) -> Self::IntoFuture {
+        if let Some(value) = self.inner.near_fresh_hit() {
+            return GetOrSetFuture::ready(Ok(value));
+        }
         let GetOrSet {
             cache,
             key,
@@ -292,7 +312,7 @@ where
             loader,
         } = self.inner;
         let tags = (tags, loaded_tags);
-        Box::pin(load::get_or_set(
+        GetOrSetFuture::load(load::get_or_set(
             cache,
             key,
             expire,
@@ -301,6 +321,69 @@ where
             Origin::GetOrSet,
             loader,
         ))
+    }
+}
+
+/// The future of a [`GetOrSet`] or [`TryGetOrSet`] call.
+///
+/// A call whose answer a [near cache](crate::NearCache) holds (a value fresh under the call's
+/// policy, due for no early refresh; with [tags](GetOrSet::tags), one already judged fresh
+/// against them, no tag state changed since) is answered from it alone when the call is
+/// awaited (`into_future`): its future holds the value, counted as a hit then, and neither
+/// allocates nor runs the call's machinery (a near-cached hit costs what a near-cached
+/// [`Cache::get`](crate::Cache::get) does). Any other call runs that machinery, boxed.
+#[must_use = "futures do nothing unless you `.await` or poll them"]
+pub struct GetOrSetFuture<'a, T> {
+    inner: Step<'a, T>,
+}
+
+enum Step<'a, T> {
+    /// Answered from the near cache.
+    Ready(std::future::Ready<T>),
+    /// The whole call.
+    Load(BoxFuture<'a, T>),
+}
+
+impl<'a, T> GetOrSetFuture<'a, T> {
+    fn ready(answer: T) -> Self {
+        GetOrSetFuture {
+            inner: Step::Ready(std::future::ready(answer)),
+        }
+    }
+
+    fn load(call: impl Future<Output = T> + Send + 'a) -> Self {
+        GetOrSetFuture {
+            inner: Step::Load(Box::pin(call)),
+        }
+    }
+}
+
+impl<T> Future for GetOrSetFuture<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match &mut self.get_mut().inner {
+            Step::Ready(answer) => {
+                // A cooperative yield point, as every operation of the cache has (`observed!`
+                // in `cache.rs`): a task looping over near hits gives its worker back.
+                let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+                progress.made_progress();
+                Pin::new(answer).poll(cx)
+            }
+            Step::Load(call) => call.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> fmt::Debug for GetOrSetFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let step = match self.inner {
+            Step::Ready(_) => "answered from the near cache",
+            Step::Load(_) => "loading",
+        };
+        f.debug_struct("GetOrSetFuture")
+            .field("step", &step)
+            .finish()
     }
 }
 

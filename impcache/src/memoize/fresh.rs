@@ -30,10 +30,10 @@ use super::returns::Policy;
 use crate::error::Error;
 use crate::expire::Expire;
 use crate::freshness::answer::{self, Answer, Answered};
-use crate::freshness::{load_with, Freshness, LoadError, Lock, Origin};
+use crate::freshness::{load_with, near_fresh_hit, Freshness, LoadError, Lock, Origin};
 use crate::json;
 use crate::key::Version;
-use crate::observe::hooks::{CachedFunction, CallOutcome};
+use crate::observe::hooks::{CachedFunction, CallOutcome, FlightWait};
 use crate::tags::{LoadedTags, Tags};
 use crate::Cache;
 
@@ -385,6 +385,15 @@ where
     };
     // `tags_from`: the value's tags, recorded once the body has answered.
     let chosen = tags_from.given().then(LoadedTags::default);
+    // A fresh hit held by the near cache, answered from it alone, as `get_or_set`'s
+    // (`GetOrSetFuture`); a cooperative yield point, as every read of the cache is.
+    if let Some(Stored(ret, _)) =
+        near_fresh_hit::<Stored<P, R>>(cache, &key, expire, &freshness, (&tags, chosen.as_ref()))
+    {
+        tokio::task::coop::consume_budget().await;
+        function.answered(CallOutcome::Hit, FlightWait::default());
+        return ret;
+    }
     let loader = {
         let chosen = chosen.clone();
         move || {

@@ -384,13 +384,7 @@ impl Store {
     /// of local hits yields about once per millisecond (three turns: a few µs per ms); each read
     /// reads the clock once.
     pub(crate) async fn catch_up(&self) {
-        // On a multi-thread runtime the tracker's connection is read by another worker; there
-        // the clock and the turns cost a task alone on its worker 10-25 % (BENCHMARKS, Run G).
-        if !self.one_thread.load(Ordering::Relaxed) {
-            return;
-        }
-        let now = catch_up_clock();
-        if now != self.caught_up.load(Ordering::Relaxed) {
+        if let Some(now) = self.behind() {
             self.caught_up.store(now, Ordering::Relaxed);
             // Three turns: the connection's driver needs two to report its end once its socket
             // is read (one turn was not enough in the test; two were, every run); one more as
@@ -399,6 +393,25 @@ impl Store {
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// Whether a local lookup may be made now without [`catch_up`](Store::catch_up) giving the
+    /// thread back first (for a read that cannot wait: `get_or_set`'s answer from the near
+    /// cache alone).
+    pub(crate) fn caught_up(&self) -> bool {
+        self.behind().is_none()
+    }
+
+    /// The [`catch_up_clock`] now, when a lookup must give the thread back first (on a
+    /// one-thread runtime, once per tick of that clock).
+    fn behind(&self) -> Option<u64> {
+        // On a multi-thread runtime the tracker's connection is read by another worker; there
+        // the clock and the turns cost a task alone on its worker 10-25 % (BENCHMARKS, Run G).
+        if !self.one_thread.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = catch_up_clock();
+        (now != self.caught_up.load(Ordering::Relaxed)).then_some(now)
     }
 
     /// Until the first tracking handshake has ended (the store active, tracking refused, or the
@@ -451,13 +464,21 @@ impl Store {
 
     /// The local value at `key` with its remaining Redis TTL.
     pub(crate) fn get_with_ttl(&self, key: &str) -> Option<WithTtl> {
+        let found = self.peek_with_ttl(key)?;
+        self.count_hit();
+        Some(found)
+    }
+
+    /// [`get_with_ttl`](Store::get_with_ttl) without counting a hit: for a caller that judges
+    /// the entry first and counts it ([`count_hit`](Store::count_hit)) only if it answers with
+    /// it (`get_or_set`'s answer from the near cache alone).
+    pub(crate) fn peek_with_ttl(&self, key: &str) -> Option<WithTtl> {
         let now = Instant::now();
-        self.get_entry(key, now).map(|entry| {
-            let ttl = entry
-                .redis_expires
-                .map(|at| at.saturating_duration_since(now));
-            WithTtl::new(entry.value, ttl)
-        })
+        let entry = self.live_entry_now(key, now)?;
+        let ttl = entry
+            .redis_expires
+            .map(|at| at.saturating_duration_since(now));
+        Some(WithTtl::new(entry.value, ttl))
     }
 
     /// The entry at `key` while its local lifetime runs at `now` and the store vouches for it.
@@ -477,18 +498,30 @@ impl Store {
     }
 
     fn get_entry(&self, key: &str, now: Instant) -> Option<Entry> {
+        let entry = self.live_entry_now(key, now)?;
+        self.count_hit();
+        Some(entry)
+    }
+
+    /// The entry at `key` the store serves at `now` (active, live, vouched for, a value), not
+    /// counted.
+    fn live_entry_now(&self, key: &str, now: Instant) -> Option<Entry> {
         if !self.active() {
             return None;
         }
-        let entry = self.live_entry(key, now).filter(|entry| !entry.absent)?;
+        self.live_entry(key, now).filter(|entry| !entry.absent)
+    }
+
+    /// Counts one local hit (on the current operation's span too: its `tier`).
+    pub(crate) fn count_hit(&self) {
         self.hits.add(1);
         near_lookups(Tier::Near, 1);
-        Some(entry)
     }
 
     /// The value of the tagged entry at `key` when it was judged fresh against `tags` and no
     /// tag state changed (nor anything was flushed) since the states were read; with its
-    /// remaining Redis TTL when `with_ttl`. Counted as one local hit. Otherwise, for a local
+    /// remaining Redis TTL when `with_ttl`; not counted (the caller counts it,
+    /// [`count_hit`](Store::count_hit), when it answers with it). Otherwise, for a local
     /// tagged entry, `Err(Some(slot))`: where a new verdict on it is kept ([`VerdictSlot::keep`]),
     /// stamped with the tag sequence read now, before its states are.
     pub(crate) fn verified(
@@ -518,8 +551,6 @@ impl Store {
                 sequence,
             }));
         };
-        self.hits.add(1);
-        near_lookups(Tier::Near, 1);
         let ttl = entry
             .redis_expires
             .filter(|_| with_ttl)
@@ -534,8 +565,7 @@ impl Store {
             return None;
         }
         let entry = self.live_entry(key, Instant::now())?;
-        self.hits.add(1);
-        near_lookups(Tier::Near, 1);
+        self.count_hit();
         Some((!entry.absent).then_some(entry.value))
     }
 

@@ -81,10 +81,39 @@ impl<'a> Observation<'a> {
         operation: Operation,
         key: Option<&str>,
     ) -> Self {
+        Self::started_at(
+            Observation::clock(),
+            counters,
+            record_keys,
+            near,
+            operation,
+            key,
+        )
+    }
+
+    /// The start of an observation: the time now when a metrics recorder is installed (else the
+    /// clock is not read).
+    #[inline(always)]
+    pub(crate) fn clock() -> Option<Instant> {
+        metrics::recorder_installed().then(Instant::now)
+    }
+
+    /// As [`start`](Observation::start), for an operation that began at `started` (a
+    /// [`clock`](Observation::clock) read before it): one whose body ran before it was known to
+    /// be this operation (`get_or_set`'s answer from the near cache alone).
+    #[inline(always)]
+    pub(crate) fn started_at(
+        started: Option<Instant>,
+        counters: &'a Counters,
+        record_keys: bool,
+        near: bool,
+        operation: Operation,
+        key: Option<&str>,
+    ) -> Self {
         Observation {
             operation,
             span: span::operation_span(operation, key, record_keys),
-            started: metrics::recorder_installed().then(Instant::now),
+            started,
             counters,
             record_keys,
             near,

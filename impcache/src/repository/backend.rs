@@ -389,6 +389,45 @@ impl Backend {
         }
     }
 
+    /// Through a near cache, without waiting, the local entry at `key` with its remaining Redis
+    /// TTL when `with_ttl`, not counted ([`near_hit`](Backend::near_hit) counts it): for a call
+    /// with `tags`, the value of a tagged entry already judged fresh against them
+    /// ([`verified`](Backend::verified)). `None` without a near cache, when a lookup would first
+    /// have to give the thread back ([`Store::catch_up`]), or when nothing (or no verdict) is
+    /// held locally.
+    ///
+    /// [`Store::catch_up`]: crate::near::Store::catch_up
+    pub(crate) fn near_now(
+        &self,
+        key: KeyParts<'_>,
+        tags: &Tags,
+        with_ttl: bool,
+    ) -> Option<WithTtl> {
+        let Backend::Near(near) = self else {
+            return None;
+        };
+        if !near.store.caught_up() {
+            return None;
+        }
+        let key = key.stack();
+        if !tags.is_empty() {
+            return near.store.verified(key.as_str(), tags, with_ttl).ok();
+        }
+        let found = near.store.peek_with_ttl(key.as_str())?;
+        Some(if with_ttl {
+            found
+        } else {
+            WithTtl::new(found.value, None)
+        })
+    }
+
+    /// Counts a local entry of [`near_now`](Backend::near_now) that answered a read.
+    pub(crate) fn near_hit(&self) {
+        if let Backend::Near(near) = self {
+            near.store.count_hit();
+        }
+    }
+
     /// Before a local lookup made outside this dispatch point ([`verified`](Self::verified)):
     /// see `Store::catch_up`.
     pub(crate) async fn catch_up(&self) {
@@ -407,7 +446,11 @@ impl Backend {
         with_ttl: bool,
     ) -> Result<WithTtl, Option<VerdictSlot>> {
         match self {
-            Backend::Near(near) => near.store.verified(key.stack().as_str(), tags, with_ttl),
+            Backend::Near(near) => {
+                let found = near.store.verified(key.stack().as_str(), tags, with_ttl)?;
+                near.store.count_hit();
+                Ok(found)
+            }
             _ => Err(None),
         }
     }
