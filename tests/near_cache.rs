@@ -702,15 +702,25 @@ impl CacheRepository for Custom {
 /// runtime runs on its own thread and the test waits for its answer with a bound.
 #[test]
 fn a_reader_looping_over_local_hits_still_receives_invalidations() {
+    let runtime = tokio::runtime::Builder::new_current_thread();
+    a_looping_reader_sees_another_clients_write(runtime, |cache| {
+        Box::pin(async move { cache.get::<i64>("k").await.unwrap().unwrap_or(0) })
+    });
+}
+
+/// The test of [`a_reader_looping_over_local_hits_still_receives_invalidations`]: a runtime of
+/// `runtime` on its own thread, one task looping over `read` of `k` (held locally), another
+/// client's `SET` of `k` to 2, which the loop must see.
+fn a_looping_reader_sees_another_clients_write(
+    mut runtime: tokio::runtime::Builder,
+    read: fn(&Cache) -> impcache::BoxFuture<'_, i64>,
+) {
     let server = RedisServer::start();
     let url = server.url();
     let (ready, key) = std::sync::mpsc::channel();
     let (done, reads) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime.enable_all().build().unwrap();
         runtime.block_on(async move {
             let repository = RedisCacheRepository::builder(url)
                 .deadline(Duration::from_secs(2))
@@ -725,8 +735,8 @@ fn a_reader_looping_over_local_hits_still_receives_invalidations() {
                 let mut reads = 0u64;
                 loop {
                     reads += 1;
-                    match cache.get::<i64>("k").await.unwrap() {
-                        Some(2) => return reads,
+                    match read(&cache).await {
+                        2 => return reads,
                         // Looping: the other client may write now.
                         _ if reads == 1 => ready.send(key.clone()).unwrap(),
                         _ => {}
@@ -2818,48 +2828,9 @@ async fn a_fresh_get_or_set_hit_is_answered_from_the_near_cache_alone() {
 /// cooperative budget too.
 #[test]
 fn a_reader_looping_over_local_get_or_set_hits_still_receives_invalidations() {
-    let server = RedisServer::start();
-    let url = server.url();
-    let (ready, key) = std::sync::mpsc::channel();
-    let (done, reads) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let repository = RedisCacheRepository::builder(url)
-                .deadline(Duration::from_secs(2))
-                .build()
-                .unwrap();
-            let cache = Cache::builder(repository).near_cache(near()).build();
-            wait_active(&cache).await;
-            cache.set("k", &1, 60).await.unwrap();
-            wait_local(&cache, "k").await;
-            let key = cache.make_key("k");
-            let looping = tokio::spawn(async move {
-                let mut reads = 0u64;
-                loop {
-                    reads += 1;
-                    let value: i64 = cache.get_or_set("k", 60, || async { 0 }).await.unwrap();
-                    match value {
-                        2 => return reads,
-                        // Looping: the other client may write now.
-                        _ if reads == 1 => ready.send(key.clone()).unwrap(),
-                        _ => {}
-                    }
-                }
-            });
-            done.send(looping.await.unwrap()).unwrap();
-        });
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.worker_threads(1);
+    a_looping_reader_sees_another_clients_write(runtime, |cache| {
+        Box::pin(async move { cache.get_or_set("k", 60, || async { 0 }).await.unwrap() })
     });
-    let key = key
-        .recv_timeout(SOON)
-        .expect("the near cache never became active");
-    let _: () = server.cmd(&["SET", &key, "2"]);
-    let reads = reads
-        .recv_timeout(3 * SOON)
-        .expect("a reader looping over local get_or_set hits never saw another client's write");
-    assert!(reads > 1);
 }
