@@ -15,7 +15,7 @@ use std::time::Duration;
 use impcache::{Cache, CacheRepository, CacheStats, MemoryCacheRepository, RedisCacheRepository};
 use impcache_tests::loader::cycle_through_the_lock;
 use impcache_tests::logs::Logs;
-use impcache_tests::{current_thread_runtime, RedisServer};
+use impcache_tests::{answered_locally, current_thread_runtime, RedisServer};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
 
@@ -881,27 +881,28 @@ fn a_near_cache_records_the_tier_that_answered() {
 /// `tier="near"`, never one without a tier.
 #[test]
 fn a_get_or_set_hit_answered_from_the_near_cache_alone_records_the_near_tier() {
+    use tracing::Instrument;
     let server = RedisServer::start();
-    let expected = [r#"cache_operation{operation="get" tier="near" outcome="hit"}"#];
+    let expected = [r#"request:cache_operation{operation="get" tier="near" outcome="hit"}"#];
     let logs = logged_with_all(&expected, || async {
         let cache = near_cached(&server);
         let call = || {
             cache
                 .get_or_set("k", 60, || async { 1 })
                 .stale_while_revalidate(Duration::from_secs(10))
-                .into_future()
         };
         assert_eq!(call().await.unwrap(), 1);
         // Calls back to back: on this one-thread runtime, the first read after a pause goes the
-        // full way (it gives the thread back first, `Store::catch_up`).
+        // full way (it gives the thread back first, `Store::catch_up`). Each in the caller's
+        // span, whose child its operation's span is.
         let mut local = 0;
         for _ in 0..400 {
             for _ in 0..3 {
-                let future = call();
-                if format!("{future:?}").contains("answered from the near cache") {
-                    local += 1;
-                }
-                assert_eq!(future.await.unwrap(), 1);
+                let (answered_locally, value) = answered_locally(call())
+                    .instrument(tracing::info_span!("request"))
+                    .await;
+                assert_eq!(value.unwrap(), 1);
+                local += usize::from(answered_locally);
             }
             if local >= 3 {
                 break;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use impcache::{
     Cache, CacheRepository, MemoryCacheRepository, NearCache, NearCacheStatus, RedisCacheRepository,
 };
-use impcache_tests::RedisServer;
+use impcache_tests::{answered_locally, RedisServer};
 use redis::AsyncCommands;
 
 /// The ceiling for anything that must happen "soon" (an invalidation, a reconnect).
@@ -2694,22 +2694,12 @@ async fn cluster_tag_state_is_tracked_on_every_primary() {
     .await;
 }
 
-/// Whether `call` (a `get_or_set` not yet awaited) is answered from the near cache alone: its
-/// future says so (`GetOrSetFuture`'s `Debug`).
-fn answered_locally<F: std::future::IntoFuture>(call: F) -> (bool, F::IntoFuture)
-where
-    F::IntoFuture: std::fmt::Debug,
-{
-    let future = call.into_future();
-    let local = format!("{future:?}").contains("answered from the near cache");
-    (local, future)
-}
-
-/// A fresh, untagged `get_or_set` hit held by the near cache is answered from it alone (no
-/// future of the call's machinery is built), counted as the full read counts one: one `get` hit
-/// and one local hit. Anything else goes the full way, which judges it as before: a value of
-/// another type (loaded and overwritten), an invalid expire (an error, though the value is
-/// local), tags, an early refresh, a value past its freshness (served stale and revalidated).
+/// A fresh `get_or_set` hit held by the near cache is answered from it alone (no future of the
+/// call's machinery is built), counted as the full read counts one: one `get` hit and one local
+/// hit. Anything else goes the full way, which judges it as before: a value of another type
+/// (loaded and overwritten), an invalid expire (an error, though the value is local), a plain
+/// entry read with tags, an early refresh, a tag invalidated since, a value past its freshness
+/// (served stale and revalidated).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_get_or_set_hit_is_answered_from_the_near_cache_alone() {
     let server = RedisServer::start();
@@ -2729,45 +2719,49 @@ async fn a_fresh_get_or_set_hit_is_answered_from_the_near_cache_alone() {
         } else {
             call
         };
-        let (local, future) = answered_locally(call);
+        let (local, value) = answered_locally(call).await;
         assert!(local, "with a policy: {with_policy}");
-        let value: i64 = future.await.unwrap();
+        let value: i64 = value.unwrap();
         assert_eq!(value, 1);
         assert_eq!(cache.stats().hits, stats.hits + 1);
         assert_eq!(cache.stats().misses, stats.misses);
         assert_eq!(cache.near_cache_stats().hits, near_hits + 1);
     }
-    let (local, _) =
-        answered_locally(cache.try_get_or_set("k", 60, || async { Ok::<i64, impcache::Error>(9) }));
+    let (local, value) =
+        answered_locally(cache.try_get_or_set("k", 60, || async { Ok::<i64, impcache::Error>(9) }))
+            .await;
     assert!(local, "try_get_or_set");
+    assert_eq!(value.unwrap(), 1);
 
     // The full way: a value of another type is loaded and overwritten.
-    let (local, future) =
-        answered_locally(cache.get_or_set("k", 60, || async { "two".to_owned() }));
+    let (local, value) =
+        answered_locally(cache.get_or_set("k", 60, || async { "two".to_owned() })).await;
     assert!(!local);
-    assert_eq!(future.await.unwrap(), "two");
+    assert_eq!(value.unwrap(), "two");
     // An invalid expire is an error, though the value is held locally.
     wait_local(&cache, "k").await;
-    let (local, future) =
-        answered_locally(cache.get_or_set("k", 0, || async { "never".to_owned() }));
+    let (local, value) =
+        answered_locally(cache.get_or_set("k", 0, || async { "never".to_owned() })).await;
     assert!(!local);
-    assert!(matches!(
-        future.await,
-        Err(impcache::Error::InvalidExpire { .. })
-    ));
-    // Tags, and an early refresh (its coin is thrown once, on the full way).
-    let (local, _) = answered_locally(
+    assert!(matches!(value, Err(impcache::Error::InvalidExpire { .. })));
+    // A plain entry read with tags (judged against them), and an early refresh (its coin is
+    // thrown once, on the full way).
+    let (local, value) = answered_locally(
         cache
             .get_or_set("k", 60, || async { "never".to_owned() })
             .tags(["t"]),
-    );
+    )
+    .await;
     assert!(!local, "tags");
-    let (local, _) = answered_locally(
+    assert_eq!(value.unwrap(), "two");
+    let (local, value) = answered_locally(
         cache
             .get_or_set("k", 60, || async { "never".to_owned() })
             .early_refresh(Duration::from_secs(1)),
-    );
+    )
+    .await;
     assert!(!local, "early refresh");
+    assert_eq!(value.unwrap(), "two");
 
     // A tagged entry judged fresh against the call's tags, no tag state changed since: local
     // too; once its tag is invalidated, the full way (the loader runs).
@@ -2778,18 +2772,20 @@ async fn a_fresh_get_or_set_hit_is_answered_from_the_near_cache_alone() {
     };
     assert_eq!(tagged(1).await.unwrap(), 1);
     eventually("the tagged entry's verdict is kept", || async {
-        let _ = tagged(0).await;
-        answered_locally(tagged(0)).0
+        answered_locally(tagged(0)).await.0
     })
     .await;
     let (stats, near_hits) = (cache.stats(), cache.near_cache_stats().hits);
-    assert_eq!(answered_locally(tagged(0)).1.await.unwrap(), 1);
+    let ok = |(local, value): (bool, impcache::Result<i64>)| (local, value.ok());
+    assert_eq!(ok(answered_locally(tagged(0)).await), (true, Some(1)));
     assert_eq!(cache.stats().hits, stats.hits + 1);
     assert_eq!(cache.near_cache_stats().hits, near_hits + 1);
     cache.invalidate_tag("user:1").await.unwrap();
-    let (local, future) = answered_locally(tagged(2));
-    assert!(!local, "invalidated");
-    assert_eq!(future.await.unwrap(), 2);
+    assert_eq!(
+        ok(answered_locally(tagged(2)).await),
+        (false, Some(2)),
+        "invalidated"
+    );
 
     // Past its freshness (2 s, of 12 s stored), within the window: the full way serves it
     // stale and reloads it in the background, once.
@@ -2808,18 +2804,145 @@ async fn a_fresh_get_or_set_hit_is_answered_from_the_near_cache_alone() {
         .unwrap();
     assert_eq!(first, 1);
     wait_local(&cache, "s").await;
-    let (local, future) = answered_locally(cache.get_or_set("s", 2, counted(2)).freshness(policy));
-    assert!(local, "fresh");
-    assert_eq!(future.await.unwrap(), 1);
+    let fresh = answered_locally(cache.get_or_set("s", 2, counted(2)).freshness(policy)).await;
+    assert_eq!(ok(fresh), (true, Some(1)), "fresh");
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (local, future) = answered_locally(cache.get_or_set("s", 2, counted(2)).freshness(policy));
-    assert!(!local, "stale");
-    assert_eq!(future.await.unwrap(), 1, "served stale");
+    let stale = answered_locally(cache.get_or_set("s", 2, counted(2)).freshness(policy)).await;
+    assert_eq!(ok(stale), (false, Some(1)), "served stale");
     eventually("the background reload stores 2", || async {
         cache.get::<i64>("s").await.ok() == Some(Some(2))
     })
     .await;
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// A `get_or_set` answered from the near cache alone looks it up when first polled, not when
+/// its future is made (found by a probe, 2026-12-07: it looked up in `into_future`): a future
+/// made before an own write, or before the value's freshness ended, and awaited after, reads
+/// what is there then (the new value; a reload); one dropped unpolled counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_or_set_answered_locally_looks_up_when_polled() {
+    use std::future::IntoFuture;
+    let server = RedisServer::start();
+    let cache = near_cache(&server, near());
+    wait_active(&cache).await;
+    cache.set("k", &1, 60).await.unwrap();
+    wait_local(&cache, "k").await;
+
+    let (stats, near_hits) = (cache.stats(), cache.near_cache_stats().hits);
+    for _ in 0..10 {
+        drop(cache.get_or_set("k", 60, || async { 0 }).into_future());
+    }
+    assert_eq!(cache.stats().hits, stats.hits, "dropped unpolled");
+    assert_eq!(cache.near_cache_stats().hits, near_hits);
+
+    let made_before = cache.get_or_set("k", 60, || async { 0 }).into_future();
+    cache.set("k", &2, 60).await.unwrap();
+    assert_eq!(
+        made_before.await.unwrap(),
+        2,
+        "an own write before the first poll"
+    );
+    let (set, read) = tokio::join!(
+        cache.set("k", &3, 60),
+        cache.get_or_set("k", 60, || async { 0 })
+    );
+    set.unwrap();
+    assert_eq!(read.unwrap(), 3, "an own write polled first in a join");
+
+    let runs = Arc::new(AtomicU64::new(0));
+    let counted = || {
+        let runs = Arc::clone(&runs);
+        move || async move { runs.fetch_add(1, Ordering::SeqCst) + 1 }
+    };
+    assert_eq!(cache.get_or_set("e", 1, counted()).await.unwrap(), 1);
+    wait_local(&cache, "e").await;
+    let made_fresh = cache.get_or_set("e", 1, counted()).into_future();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        made_fresh.await.unwrap(),
+        2,
+        "expired before the first poll: loaded"
+    );
+}
+
+/// A `get_or_set` answered from the near cache alone gives the thread back before it looks up,
+/// as every read does, so an invalidation read meanwhile counts (found by a probe, 2026-12-07:
+/// it looked up, then yielded, and 757-951 of ~1,000 calls racing another client's writes every
+/// millisecond answered a value whose invalidation had arrived during the yield; 3-10 before).
+/// On a runtime of one worker the near cache's invalidations are read only while the reader
+/// waits, so a call that counted an invalidation and answered from process memory looked up
+/// before it: there must be none.
+#[test]
+fn a_get_or_set_answered_locally_looks_up_after_its_yield() {
+    looks_up_after_its_yield(|cache| {
+        Box::pin(async move { cache.get_or_set("k", 60, || async { 0 }).await.unwrap() })
+    });
+}
+
+/// The same for a `#[cached]` function with a freshness option.
+#[test]
+fn a_cached_call_answered_locally_looks_up_after_its_yield() {
+    #[impcache::cached(cache = cache, expire = 60, key = "k", stale_while_revalidate = 10)]
+    async fn cached_k(cache: &Cache) -> u64 {
+        0
+    }
+    looks_up_after_its_yield(|cache| Box::pin(cached_k(cache)));
+}
+
+/// The test of [`a_get_or_set_answered_locally_looks_up_after_its_yield`], reading `k` with
+/// `read`.
+fn looks_up_after_its_yield(read: fn(&Cache) -> impcache::BoxFuture<'_, u64>) {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let cache = near_cache(&server, near());
+        wait_active(&cache).await;
+        cache.set("k", &0, 60).await.unwrap();
+        wait_local(&cache, "k").await;
+        // Another client's writes, on their own thread, every 5 ms.
+        let key = cache.make_key("k");
+        let url = server.url();
+        let writer = std::thread::spawn(move || {
+            let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+            for n in 1..=60u64 {
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(n.to_string())
+                    .query(&mut connection)
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        // The reader on the worker, beside the near cache's tasks (`block_on` runs on this
+        // thread, in parallel with them).
+        let reader = tokio::spawn(async move {
+            let (mut stale, mut invalidated) = (0, 0);
+            while !writer.is_finished() {
+                let before = cache.near_cache_stats();
+                read(&cache).await;
+                let after = cache.near_cache_stats();
+                if after.invalidations > before.invalidations {
+                    invalidated += 1;
+                    if after.hits > before.hits {
+                        stale += 1;
+                    }
+                }
+            }
+            writer.join().unwrap();
+            (stale, invalidated)
+        });
+        let (stale, invalidated) = reader.await.unwrap();
+        assert!(invalidated > 0, "no invalidation arrived during a call");
+        assert_eq!(
+            stale, 0,
+            "local answers looked up before an invalidation read in the call"
+        );
+    });
 }
 
 /// As `a_reader_looping_over_local_hits_still_receives_invalidations`, for `get_or_set` hits

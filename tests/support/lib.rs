@@ -79,6 +79,30 @@ pub fn block_on<F: std::future::IntoFuture>(future: F) -> F::Output {
     }
 }
 
+/// `call` (a `get_or_set` or `try_get_or_set` of a `Cache` with a near cache) awaited, and
+/// whether it was answered from the near cache alone at its first poll: its future says so
+/// (`GetOrSetFuture`'s `Debug`).
+pub async fn answered_locally<F>(call: F) -> (bool, F::Output)
+where
+    F: std::future::IntoFuture,
+    F::IntoFuture: std::fmt::Debug + Unpin,
+{
+    let mut future = call.into_future();
+    assert!(format!("{future:?}").contains("not polled"), "{future:?}");
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(
+            std::pin::Pin::new(&mut future),
+            cx,
+        ))
+    })
+    .await;
+    let local = format!("{future:?}").contains("answered from the near cache");
+    match first {
+        std::task::Poll::Ready(output) => (local, output),
+        std::task::Poll::Pending => (local, future.await),
+    }
+}
+
 /// A fresh multi-thread tokio runtime with two workers, for the same tests.
 pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -269,14 +269,23 @@ where
     Fut: Future<Output = V> + Send + 'static,
 {
     type Output = Result<V>;
-    type IntoFuture = GetOrSetFuture<'a, Result<V>>;
+    type IntoFuture = GetOrSetFuture<'a, Self, Result<V>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        if let Some(value) = self.near_fresh_hit() {
-            return GetOrSetFuture::ready(Ok(value));
-        }
+        GetOrSetFuture::new(self)
+    }
+}
+
+impl<'a, V, F, Fut> GetOrSet<'a, F>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = V> + Send + 'static,
+{
+    /// The whole call ([`load::get_or_set`]), boxed.
+    fn load(self) -> BoxFuture<'a, Result<V>> {
         let loader = self.loader;
-        GetOrSetFuture::load(load::get_or_set(
+        Box::pin(load::get_or_set(
             self.cache,
             self.key,
             self.expire,
@@ -296,12 +305,22 @@ where
     Fut: Future<Output = Result<V, E>> + Send + 'static,
 {
     type Output = Result<V, E>;
-    type IntoFuture = GetOrSetFuture<'a, Result<V, E>>;
+    type IntoFuture = GetOrSetFuture<'a, Self, Result<V, E>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        if let Some(value) = self.inner.near_fresh_hit() {
-            return GetOrSetFuture::ready(Ok(value));
-        }
+        GetOrSetFuture::new(self)
+    }
+}
+
+impl<'a, V, E, F, Fut> TryGetOrSet<'a, F>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    E: From<Error> + Display + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    /// The whole call ([`load::get_or_set`]), boxed.
+    fn load(self) -> BoxFuture<'a, Result<V, E>> {
         let GetOrSet {
             cache,
             key,
@@ -311,75 +330,122 @@ where
             loaded_tags,
             loader,
         } = self.inner;
-        let tags = (tags, loaded_tags);
-        GetOrSetFuture::load(load::get_or_set(
+        Box::pin(load::get_or_set(
             cache,
             key,
             expire,
             policy,
-            tags,
+            (tags, loaded_tags),
             Origin::GetOrSet,
             loader,
         ))
     }
 }
 
-/// The future of a [`GetOrSet`] or [`TryGetOrSet`] call.
+/// The future of a [`GetOrSet`] (`C`) or [`TryGetOrSet`] call, giving `T`.
 ///
-/// A call whose answer a [near cache](crate::NearCache) holds (a value fresh under the call's
-/// policy, due for no early refresh; with [tags](GetOrSet::tags), one already judged fresh
-/// against them, no tag state changed since) is answered from it alone when the call is
-/// awaited (`into_future`): its future holds the value, counted as a hit then, and neither
-/// allocates nor runs the call's machinery (a near-cached hit costs what a near-cached
-/// [`Cache::get`](crate::Cache::get) does). Any other call runs that machinery, boxed.
+/// When first polled, once tokio's cooperative budget lets it run (as every operation of the
+/// cache), a call whose answer a [near cache](crate::NearCache) holds (a value fresh under the
+/// call's policy, due for no early refresh; with [tags](GetOrSet::tags), one already judged
+/// fresh against them, no tag state changed since) is answered from it alone: neither
+/// allocating nor running the call's machinery, it costs what a near-cached
+/// [`Cache::get`](crate::Cache::get) does. Any other call runs that machinery, boxed.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
-pub struct GetOrSetFuture<'a, T> {
-    inner: Step<'a, T>,
+pub struct GetOrSetFuture<'a, C, T> {
+    step: Step<'a, C, T>,
 }
 
-enum Step<'a, T> {
-    /// Answered from the near cache.
-    Ready(std::future::Ready<T>),
+enum Step<'a, C, T> {
+    /// Not polled yet.
+    Call(C),
     /// The whole call.
     Load(BoxFuture<'a, T>),
+    /// Answered from the near cache.
+    Answered,
 }
 
-impl<'a, T> GetOrSetFuture<'a, T> {
-    fn ready(answer: T) -> Self {
+// The call is never pinned (it is data until the first poll moves it), and the whole call's
+// future is pinned in its box: nothing here relies on not moving.
+impl<C, T> Unpin for GetOrSetFuture<'_, C, T> {}
+
+impl<'a, C, T> GetOrSetFuture<'a, C, T> {
+    fn new(call: C) -> Self {
         GetOrSetFuture {
-            inner: Step::Ready(std::future::ready(answer)),
+            step: Step::Call(call),
         }
     }
 
-    fn load(call: impl Future<Output = T> + Send + 'a) -> Self {
-        GetOrSetFuture {
-            inner: Step::Load(Box::pin(call)),
-        }
-    }
-}
-
-impl<T> Future for GetOrSetFuture<'_, T> {
-    type Output = T;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        match &mut self.get_mut().inner {
-            Step::Ready(answer) => {
-                // A cooperative yield point, as every operation of the cache has (`observed!`
-                // in `cache.rs`): a task looping over near hits gives its worker back.
-                let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+    /// Polls the call: at the first poll, answers from the near cache (`near`) or starts the
+    /// whole call (`load`).
+    fn poll_call(
+        &mut self,
+        cx: &mut Context<'_>,
+        near: impl FnOnce(&C) -> Option<T>,
+        load: impl FnOnce(C) -> BoxFuture<'a, T>,
+    ) -> Poll<T> {
+        if let Step::Call(call) = &self.step {
+            // A cooperative yield point before the lookup, as every operation of the cache has
+            // (`observed!` in `cache.rs`): a task looping over near hits gives its worker back,
+            // and what it answers is looked up after the turn (an invalidation read meanwhile
+            // counts). Given back unspent when the whole call runs: it spends its own.
+            let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            if let Some(answer) = near(call) {
                 progress.made_progress();
-                Pin::new(answer).poll(cx)
+                self.step = Step::Answered;
+                return Poll::Ready(answer);
             }
+            drop(progress);
+            if let Step::Call(call) = std::mem::replace(&mut self.step, Step::Answered) {
+                self.step = Step::Load(load(call));
+            }
+        }
+        match &mut self.step {
             Step::Load(call) => call.as_mut().poll(cx),
+            // A future polled after it completed breaks `Future`'s contract; `async fn` futures
+            // panic there too.
+            Step::Call(_) | Step::Answered => panic!("`GetOrSetFuture` polled after completion"),
         }
     }
 }
 
-impl<T> fmt::Debug for GetOrSetFuture<'_, T> {
+impl<'a, V, F, Fut> Future for GetOrSetFuture<'a, GetOrSet<'a, F>, Result<V>>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = V> + Send + 'static,
+{
+    type Output = Result<V>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<V>> {
+        self.get_mut()
+            .poll_call(cx, |call| call.near_fresh_hit().map(Ok), GetOrSet::load)
+    }
+}
+
+impl<'a, V, E, F, Fut> Future for GetOrSetFuture<'a, TryGetOrSet<'a, F>, Result<V, E>>
+where
+    V: Serialize + DeserializeOwned + Send + 'static,
+    E: From<Error> + Display + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<V, E>> + Send + 'static,
+{
+    type Output = Result<V, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<V, E>> {
+        self.get_mut().poll_call(
+            cx,
+            |call| call.inner.near_fresh_hit().map(Ok),
+            TryGetOrSet::load,
+        )
+    }
+}
+
+impl<C, T> fmt::Debug for GetOrSetFuture<'_, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let step = match self.inner {
-            Step::Ready(_) => "answered from the near cache",
+        let step = match self.step {
+            Step::Call(_) => "not polled",
             Step::Load(_) => "loading",
+            Step::Answered => "answered from the near cache",
         };
         f.debug_struct("GetOrSetFuture")
             .field("step", &step)

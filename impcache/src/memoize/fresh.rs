@@ -386,11 +386,23 @@ where
     // `tags_from`: the value's tags, recorded once the body has answered.
     let chosen = tags_from.given().then(LoadedTags::default);
     // A fresh hit held by the near cache, answered from it alone, as `get_or_set`'s
-    // (`GetOrSetFuture`); a cooperative yield point, as every read of the cache is.
-    if let Some(Stored(ret, _)) =
-        near_fresh_hit::<Stored<P, R>>(cache, &key, expire, &freshness, (&tags, chosen.as_ref()))
-    {
-        tokio::task::coop::consume_budget().await;
+    // (`GetOrSetFuture`), after a cooperative yield point, as every read of the cache (its
+    // budget given back unspent when the whole call runs: that spends its own).
+    let hit = {
+        let progress = std::future::poll_fn(tokio::task::coop::poll_proceed).await;
+        let hit = near_fresh_hit::<Stored<P, R>>(
+            cache,
+            &key,
+            expire,
+            &freshness,
+            (&tags, chosen.as_ref()),
+        );
+        if hit.is_some() {
+            progress.made_progress();
+        }
+        hit
+    };
+    if let Some(Stored(ret, _)) = hit {
         function.answered(CallOutcome::Hit, FlightWait::default());
         return ret;
     }
