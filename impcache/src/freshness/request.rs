@@ -360,8 +360,8 @@ enum Step<'a, C, T> {
     Call(C),
     /// The whole call.
     Load(BoxFuture<'a, T>),
-    /// Answered from the near cache.
-    Answered,
+    /// Answered from the near cache (and, for a moment, between the call and its load).
+    Done,
 }
 
 // The call is never pinned (it is data until the first poll moves it), and the whole call's
@@ -391,11 +391,11 @@ impl<'a, C, T> GetOrSetFuture<'a, C, T> {
             let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             if let Some(answer) = near(call) {
                 progress.made_progress();
-                self.step = Step::Answered;
+                self.step = Step::Done;
                 return Poll::Ready(answer);
             }
             drop(progress);
-            if let Step::Call(call) = std::mem::replace(&mut self.step, Step::Answered) {
+            if let Step::Call(call) = std::mem::replace(&mut self.step, Step::Done) {
                 self.step = Step::Load(load(call));
             }
         }
@@ -403,7 +403,7 @@ impl<'a, C, T> GetOrSetFuture<'a, C, T> {
             Step::Load(call) => call.as_mut().poll(cx),
             // A future polled after it completed breaks `Future`'s contract; `async fn` futures
             // panic there too.
-            Step::Call(_) | Step::Answered => panic!("`GetOrSetFuture` polled after completion"),
+            Step::Call(_) | Step::Done => panic!("`GetOrSetFuture` polled after completion"),
         }
     }
 }
@@ -445,7 +445,7 @@ impl<C, T> fmt::Debug for GetOrSetFuture<'_, C, T> {
         let step = match self.step {
             Step::Call(_) => "not polled",
             Step::Load(_) => "loading",
-            Step::Answered => "answered from the near cache",
+            Step::Done => "answered from the near cache",
         };
         f.debug_struct("GetOrSetFuture")
             .field("step", &step)
