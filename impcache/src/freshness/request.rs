@@ -360,7 +360,9 @@ enum Step<'a, C, T> {
     Call(C),
     /// The whole call.
     Load(BoxFuture<'a, T>),
-    /// Answered from the near cache (and, for a moment, between the call and its load).
+    /// Answered from the near cache.
+    Answered,
+    /// The whole call answered (and, for a moment, between the call and its load).
     Done,
 }
 
@@ -391,7 +393,7 @@ impl<'a, C, T> GetOrSetFuture<'a, C, T> {
             let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             if let Some(answer) = near(call) {
                 progress.made_progress();
-                self.step = Step::Done;
+                self.step = Step::Answered;
                 return Poll::Ready(answer);
             }
             drop(progress);
@@ -399,12 +401,15 @@ impl<'a, C, T> GetOrSetFuture<'a, C, T> {
                 self.step = Step::Load(load(call));
             }
         }
-        match &mut self.step {
-            Step::Load(call) => call.as_mut().poll(cx),
+        let Step::Load(call) = &mut self.step else {
             // A future polled after it completed breaks `Future`'s contract; `async fn` futures
             // panic there too.
-            Step::Call(_) | Step::Done => panic!("`GetOrSetFuture` polled after completion"),
-        }
+            panic!("`GetOrSetFuture` polled after completion");
+        };
+        let answer = std::task::ready!(call.as_mut().poll(cx));
+        // The call's future is freed now, not when this one is dropped.
+        self.step = Step::Done;
+        Poll::Ready(answer)
     }
 }
 
@@ -445,7 +450,8 @@ impl<C, T> fmt::Debug for GetOrSetFuture<'_, C, T> {
         let step = match self.step {
             Step::Call(_) => "not polled",
             Step::Load(_) => "loading",
-            Step::Done => "answered from the near cache",
+            Step::Answered => "answered from the near cache",
+            Step::Done => "done",
         };
         f.debug_struct("GetOrSetFuture")
             .field("step", &step)
