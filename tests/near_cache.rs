@@ -2957,3 +2957,43 @@ fn a_reader_looping_over_local_get_or_set_hits_still_receives_invalidations() {
         Box::pin(async move { cache.get_or_set("k", 60, || async { 0 }).await.unwrap() })
     });
 }
+
+/// A `GetOrSetFuture` polled again once it has answered (a caller's bug: it breaks `Future`'s
+/// contract) answers `Error::Loader` naming the key rather than panic, whether the near cache
+/// answered it or the whole call did (on the memory repository, which has no near cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_or_set_polled_after_its_answer_answers_an_error() {
+    use std::future::{Future, IntoFuture};
+    use std::pin::Pin;
+    use std::task::Poll;
+    /// One poll of `future`.
+    async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
+    }
+    let server = RedisServer::start();
+    let near = near_cache(&server, near());
+    wait_active(&near).await;
+    near.set("k", &1, 60).await.unwrap();
+    wait_local(&near, "k").await;
+    let memory = Cache::new(MemoryCacheRepository::new());
+    for (cache, local) in [(&near, true), (&memory, false)] {
+        let mut future = cache.get_or_set("k", 60, || async { 1 }).into_future();
+        let mut first = poll_once(&mut future).await;
+        while first.is_pending() {
+            tokio::task::yield_now().await;
+            first = poll_once(&mut future).await;
+        }
+        assert!(matches!(first, Poll::Ready(Ok(1))), "{first:?}");
+        assert_eq!(
+            format!("{future:?}").contains("answered from the near cache"),
+            local
+        );
+        match poll_once(&mut future).await {
+            Poll::Ready(Err(impcache::Error::Loader { key, reason })) => {
+                assert_eq!(key, "k");
+                assert!(reason.contains("polled again"), "{reason}");
+            }
+            again => panic!("{again:?}"),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use super::job::Origin;
 use super::load;
 use super::lock_settings::Lock;
 use super::policy::Freshness;
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 use crate::expire::Expire;
 use crate::repository::BoxFuture;
 use crate::tags::{LoadedTags, Tags};
@@ -272,28 +272,7 @@ where
     type IntoFuture = GetOrSetFuture<'a, Self, Result<V>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        GetOrSetFuture::new(self)
-    }
-}
-
-impl<'a, V, F, Fut> GetOrSet<'a, F>
-where
-    V: Serialize + DeserializeOwned + Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = V> + Send + 'static,
-{
-    /// The whole call ([`load::get_or_set`]), boxed.
-    fn load(self) -> BoxFuture<'a, Result<V>> {
-        let loader = self.loader;
-        Box::pin(load::get_or_set(
-            self.cache,
-            self.key,
-            self.expire,
-            self.policy,
-            (self.tags, self.loaded_tags),
-            Origin::GetOrSet,
-            move || async move { Ok::<V, Error>(loader().await) },
-        ))
+        GetOrSetFuture::new(self.key, self)
     }
 }
 
@@ -308,37 +287,7 @@ where
     type IntoFuture = GetOrSetFuture<'a, Self, Result<V, E>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        GetOrSetFuture::new(self)
-    }
-}
-
-impl<'a, V, E, F, Fut> TryGetOrSet<'a, F>
-where
-    V: Serialize + DeserializeOwned + Send + 'static,
-    E: From<Error> + Display + Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<V, E>> + Send + 'static,
-{
-    /// The whole call ([`load::get_or_set`]), boxed.
-    fn load(self) -> BoxFuture<'a, Result<V, E>> {
-        let GetOrSet {
-            cache,
-            key,
-            expire,
-            policy,
-            tags,
-            loaded_tags,
-            loader,
-        } = self.inner;
-        Box::pin(load::get_or_set(
-            cache,
-            key,
-            expire,
-            policy,
-            (tags, loaded_tags),
-            Origin::GetOrSet,
-            loader,
-        ))
+        GetOrSetFuture::new(self.inner.key, self)
     }
 }
 
@@ -350,8 +299,13 @@ where
 /// fresh against them, no tag state changed since) is answered from it alone: neither
 /// allocating nor running the call's machinery, it costs what a near-cached
 /// [`Cache::get`](crate::Cache::get) does. Any other call runs that machinery, boxed.
+///
+/// Polled again once it has answered (which breaks `Future`'s contract), it answers
+/// [`Error::Loader`] naming the key, rather than panic as an `async fn`'s future does.
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct GetOrSetFuture<'a, C, T> {
+    /// The call's key, for the error of a poll after the answer.
+    key: &'a str,
     step: Step<'a, C, T>,
 }
 
@@ -371,19 +325,21 @@ enum Step<'a, C, T> {
 impl<C, T> Unpin for GetOrSetFuture<'_, C, T> {}
 
 impl<'a, C, T> GetOrSetFuture<'a, C, T> {
-    fn new(call: C) -> Self {
+    fn new(key: &'a str, call: C) -> Self {
         GetOrSetFuture {
+            key,
             step: Step::Call(call),
         }
     }
 
     /// Polls the call: at the first poll, answers from the near cache (`near`) or starts the
-    /// whole call (`load`).
+    /// whole call (`load`); `failed` makes the answer of a cache error.
     fn poll_call(
         &mut self,
         cx: &mut Context<'_>,
         near: impl FnOnce(&C) -> Option<T>,
         load: impl FnOnce(C) -> BoxFuture<'a, T>,
+        failed: impl FnOnce(Error) -> T,
     ) -> Poll<T> {
         if let Step::Call(call) = &self.step {
             // A cooperative yield point before the lookup, as every operation of the cache has
@@ -402,9 +358,10 @@ impl<'a, C, T> GetOrSetFuture<'a, C, T> {
             }
         }
         let Step::Load(call) = &mut self.step else {
-            // A future polled after it completed breaks `Future`'s contract; `async fn` futures
-            // panic there too.
-            panic!("`GetOrSetFuture` polled after completion");
+            return Poll::Ready(failed(Error::Loader {
+                key: shown(self.key),
+                reason: "its future was polled again after it answered".to_owned(),
+            }));
         };
         let answer = std::task::ready!(call.as_mut().poll(cx));
         // The call's future is freed now, not when this one is dropped.
@@ -422,8 +379,20 @@ where
     type Output = Result<V>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<V>> {
+        let load = |call: GetOrSet<'a, F>| -> BoxFuture<'a, Result<V>> {
+            let loader = call.loader;
+            Box::pin(load::get_or_set(
+                call.cache,
+                call.key,
+                call.expire,
+                call.policy,
+                (call.tags, call.loaded_tags),
+                Origin::GetOrSet,
+                move || async move { Ok::<V, Error>(loader().await) },
+            ))
+        };
         self.get_mut()
-            .poll_call(cx, |call| call.near_fresh_hit().map(Ok), GetOrSet::load)
+            .poll_call(cx, |call| call.near_fresh_hit().map(Ok), load, Err)
     }
 }
 
@@ -437,10 +406,31 @@ where
     type Output = Result<V, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<V, E>> {
+        let load = |call: TryGetOrSet<'a, F>| -> BoxFuture<'a, Result<V, E>> {
+            let GetOrSet {
+                cache,
+                key,
+                expire,
+                policy,
+                tags,
+                loaded_tags,
+                loader,
+            } = call.inner;
+            Box::pin(load::get_or_set(
+                cache,
+                key,
+                expire,
+                policy,
+                (tags, loaded_tags),
+                Origin::GetOrSet,
+                loader,
+            ))
+        };
         self.get_mut().poll_call(
             cx,
             |call| call.inner.near_fresh_hit().map(Ok),
-            TryGetOrSet::load,
+            load,
+            |error| Err(E::from(error)),
         )
     }
 }
@@ -454,6 +444,7 @@ impl<C, T> fmt::Debug for GetOrSetFuture<'_, C, T> {
             Step::Done => "done",
         };
         f.debug_struct("GetOrSetFuture")
+            .field("key", &self.key)
             .field("step", &step)
             .finish()
     }
