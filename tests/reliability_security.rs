@@ -180,6 +180,24 @@ async fn a_refused_login_is_the_servers_answer_not_an_outage() {
         assert!(!repository.is_circuit_open(), "{dsn}");
     }
 
+    // No password in the DSN: the server's `NOAUTH`, or in our words a refused login that does
+    // not claim the DSN gave a password (it said "refused the user name and password of the
+    // DSN" from the third call on; found by a probe).
+    let cache =
+        Cache::new(RedisCacheRepository::new(&format!("redis://127.0.0.1:{port}/0")).unwrap());
+    for _ in 0..6 {
+        let error = cache.get::<i32>("k").await.unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(error, Error::Server { .. }) && !error.is_outage(),
+            "{error:?}"
+        );
+        assert!(
+            message.contains("NOAUTH") || message.contains("when the DSN gives none"),
+            "{message}"
+        );
+    }
+
     // The server's password changed to the one the repository has: the next call logs in.
     let repository = RedisCacheRepository::new(&dsns[0]).unwrap();
     let cache = Cache::new(repository.clone());

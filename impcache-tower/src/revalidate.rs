@@ -225,12 +225,11 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
     response
 }
 
-/// Removes the response stored under `variant_key` (a failure is logged, at debug level: the
-/// response expires with its key).
+/// Removes the response stored under `variant_key` (a failure is logged: the response expires
+/// with its key).
 pub(crate) async fn remove(cache: &impcache::Cache, variant_key: &str) {
     if let Err(error) = cache.delete(variant_key).await {
-        let error = impcache::__private::logged_error(cache, &error);
-        tracing::debug!(%error, "impcache-tower: stored response not removed");
+        crate::store::cache_failed(cache, &error, "a stored response is not removed");
     }
 }
 

@@ -68,10 +68,29 @@ pub(crate) enum Lookup {
 
 /// `Lookup::Failed` for a cache error.
 fn failed(config: &Config, error: &impcache::Error) -> Lookup {
-    let logged = config.logged_error(error);
-    tracing::debug!(error = %logged, "impcache-tower: lookup failed, calling the handler");
+    cache_failed(&config.cache, error, "lookup; the handler answers");
     Lookup::Failed {
         backend: error.is_backend_failure(),
+    }
+}
+
+/// Logs a cache operation the layer goes on without (`step`: the handler answers, the response
+/// is not stored or not removed), as `get_or_set` logs its own: at `WARN` at most once a second
+/// (the rest at `DEBUG`, counted in the next warning's `left_out`), at `DEBUG` alone when the
+/// circuit breaker turned it away (its opening is logged once). A read-only replica or a refused
+/// login, which open no breaker, was logged at `DEBUG` alone: a layer caching nothing said
+/// nothing at the default level (found by a probe).
+pub(crate) fn cache_failed(cache: &Cache, error: &impcache::Error, step: &'static str) {
+    let open = matches!(error, impcache::Error::CircuitOpen { .. });
+    let error = impcache::__private::logged_error(cache, error);
+    if open {
+        tracing::debug!(%error, "impcache-tower: cache unavailable ({step})");
+    } else {
+        impcache::__private::limited_warn!(
+            target: module_path!(),
+            %error,
+            "impcache-tower: cache operation failed ({step})"
+        );
     }
 }
 
@@ -297,8 +316,7 @@ fn store_in_background(
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let task = async move {
         if let Err(error) = store(&cache, &keys, listed.as_ref(), &published).await {
-            let error = impcache::__private::logged_error(&cache, &error);
-            tracing::debug!(%error, "impcache-tower: response not stored");
+            cache_failed(&cache, &error, "the response is not stored");
         }
         // The flight ends once the store has landed, and only then may a purge waiting for it
         // go on (its requests from then on read the cache).
@@ -533,8 +551,7 @@ async fn judge_tags(
         }
         Ok(_) => not_served(seen),
         Err(error) => {
-            let logged = config.logged_error(&error);
-            tracing::debug!(error = %logged, "impcache-tower: tag state unreadable, calling the handler");
+            cache_failed(cache, &error, "tag state unreadable; the handler answers");
             Lookup::Failed {
                 backend: error.is_backend_failure(),
             }

@@ -236,16 +236,9 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
         dsn,
         "expected redis://host:port/db, rediss://..., or unix:///path",
     )?;
-    // The database in a TCP address's path, if any.
-    let mut path_db = None;
     match url.scheme() {
         "redis" | "rediss" | "valkey" | "valkeys" => {
             require_host(dsn, &url)?;
-            // Slashes on both sides, as the `redis` crate and redis-py read it: `/0/` is 0.
-            let db = url.path().trim_matches('/');
-            if !db.is_empty() {
-                path_db = Some(check_db(dsn, db)?);
-            }
             check_tls(dsn, &url)?;
         }
         "unix" | "redis+unix" => {
@@ -259,34 +252,14 @@ pub(crate) fn server(dsn: &str) -> Result<redis::Client> {
             )))
         }
     }
-    let mut query_db = None;
-    for (name, value) in url.query_pairs() {
-        if name == "db" {
-            let db = check_db(dsn, &value)?;
-            // redis-py takes the first, the `redis` crate (for sockets) the last: refused.
-            if let Some(first) = query_db.filter(|&first| first != db) {
-                return Err(invalid(format!(
-                    "two databases: `db={first}` and `db={db}` in the query"
-                )));
-            }
-            query_db = Some(db);
-        }
-    }
+    let db = database(dsn, &url)?;
     let mut info = connection_info(dsn, &url)?;
     // `redis://host/?db=3`: redis-py (the Python library's client) reads the database from the
     // query as well as from the path; the `redis` crate only for sockets, and would silently use
     // database 0. Applied here, so both languages share one database.
-    match (query_db, path_db) {
-        (Some(query), Some(path)) if query != path => {
-            return Err(invalid(format!(
-                "two databases: `/{path}` in the path and `db={query}` in the query"
-            )));
-        }
-        (Some(query), None) => {
-            let settings = info.redis_settings().clone().set_db(i64::from(query));
-            info = info.set_redis_settings(settings);
-        }
-        _ => {}
+    if let Some(db) = db {
+        let settings = info.redis_settings().clone().set_db(i64::from(db));
+        info = info.set_redis_settings(settings);
     }
     redis::Client::open(info).map_err(|e| invalid(scrub(&e.to_string(), &[dsn])))
 }
@@ -301,6 +274,14 @@ pub(crate) fn sentinel(dsn: &str) -> Result<redis::ConnectionInfo> {
         ));
     }
     check_tls(dsn, &url)?;
+    // The `redis` crate would send a path's `SELECT` to the Sentinel, which refuses it: every
+    // call failed as an outage; a query's `db` was silently ignored (found by a probe).
+    if let Some(db) = database(dsn, &url)?.filter(|&db| db != 0) {
+        return Err(invalid(dsn)(format!(
+            "a Sentinel has no database `{db}`: set the primary's with \
+             `RedisSentinelCacheRepository::builder(..).db({db})`"
+        )));
+    }
     connection_info(dsn, &url)
 }
 
@@ -327,8 +308,8 @@ pub(crate) fn cluster_node(dsn: &str) -> Result<redis::ConnectionInfo> {
         }
     }
     require_host(dsn, &url)?;
-    let db = url.path().trim_matches('/');
-    if !db.is_empty() && db != "0" {
+    // In the path or the query (`?db=3` was silently ignored, found by a probe).
+    if let Some(db) = database(dsn, &url)?.filter(|&db| db != 0) {
         return Err(invalid(format!(
             "a cluster has only database 0, not `{db}`"
         )));
@@ -348,8 +329,12 @@ fn invalid(dsn: &str) -> impl Fn(String) -> Error + '_ {
 
 /// `dsn` as a URL; `expected` says what was expected instead.
 fn parse(dsn: &str, expected: &str) -> Result<url::Url> {
-    let url =
-        url::Url::parse(dsn).map_err(|e| invalid(dsn)(format!("not a URL ({e}); {expected}")))?;
+    let url = url::Url::parse(dsn).map_err(|e| {
+        invalid(dsn)(format!(
+            "not a URL ({e}); {expected}{}",
+            credentials_hint(dsn)
+        ))
+    })?;
     // Port 0 asks the operating system for any free port: no server listens there.
     if url.port() == Some(0) {
         return Err(invalid(dsn)(format!(
@@ -362,9 +347,27 @@ fn parse(dsn: &str, expected: &str) -> Result<url::Url> {
 /// Refuses a TCP address without a host.
 fn require_host(dsn: &str, url: &url::Url) -> Result<()> {
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid(dsn)("the host is missing".to_owned()));
+        return Err(invalid(dsn)(format!(
+            "the host is missing{}",
+            credentials_hint(dsn)
+        )));
     }
     Ok(())
+}
+
+/// What to add to the reason a DSN holding a user name or a password does not parse: one
+/// holding `/`, `?` or `#` ends the address early (`redis://:pa/ss@host` has no host), which the
+/// reason alone (`empty host`) did not say, the host plainly in the message (found by a probe).
+fn credentials_hint(dsn: &str) -> &'static str {
+    if dsn
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('@'))
+    {
+        "; a user name or password holding `/`, `?`, `#` or `@` must be percent-encoded \
+         (`%2F`, `%3F`, `%23`, `%40`)"
+    } else {
+        ""
+    }
 }
 
 /// Refuses `rediss://` (and `valkeys://`) when this build cannot speak TLS, and with
@@ -397,6 +400,38 @@ fn check_db(dsn: &str, db: &str) -> Result<u16> {
             "the database `{db}` is not a number between 0 and 65535"
         ))
     })
+}
+
+/// The database a checked `dsn` (parsed as `url`) names, if any: in a TCP address's path
+/// (slashes on both sides, as the `redis` crate and redis-py read it: `/0/` is 0) or in a `db`
+/// query parameter (as redis-py reads it, for any address); two different ones are refused.
+fn database(dsn: &str, url: &url::Url) -> Result<Option<u16>> {
+    let tcp = !matches!(url.scheme(), "unix" | "redis+unix");
+    let path = url.path().trim_matches('/');
+    let path_db = match path {
+        "" => None,
+        _ if tcp => Some(check_db(dsn, path)?),
+        _ => None,
+    };
+    let mut query_db = None;
+    for (name, value) in url.query_pairs() {
+        if name == "db" {
+            let db = check_db(dsn, &value)?;
+            // redis-py takes the first, the `redis` crate (for sockets) the last: refused.
+            if let Some(first) = query_db.filter(|&first| first != db) {
+                return Err(invalid(dsn)(format!(
+                    "two databases: `db={first}` and `db={db}` in the query"
+                )));
+            }
+            query_db = Some(db);
+        }
+    }
+    match (query_db, path_db) {
+        (Some(query), Some(path)) if query != path => Err(invalid(dsn)(format!(
+            "two databases: `/{path}` in the path and `db={query}` in the query"
+        ))),
+        (query, path) => Ok(query.or(path)),
+    }
 }
 
 /// The `redis` crate's reading of a checked `dsn` (parsed as `url`), its errors without the
@@ -564,6 +599,23 @@ mod tests {
         }
     }
 
+    /// A password holding `/`, `?` or `#` unencoded cuts the address short: the reason says to
+    /// percent-encode it (it said `empty host` alone, the host plainly in the message).
+    #[test]
+    fn an_unencoded_delimiter_in_a_password_is_named() {
+        for dsn in [
+            "redis://:zq/x@h:1/0",
+            "redis://:zq?x@h:1/0",
+            "redis://u:zq#x@h:1",
+        ] {
+            let err = server(dsn).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("must be percent-encoded"), "{dsn}: {err}");
+            assert!(!err.contains("zq"), "{dsn}: {err}");
+        }
+        let err = server("redis://h:1/x").map(|_| ()).unwrap_err().to_string();
+        assert!(!err.contains("percent-encoded"), "{err}");
+    }
+
     #[test]
     fn the_database_of_a_query_parameter_is_used_as_redis_py_does() {
         let db = |dsn: &str| server(dsn).map(|c| c.get_connection_info().redis_settings().db());
@@ -635,10 +687,16 @@ mod tests {
             "unix:///tmp/s.sock",
             "redis://",
             "redis://h:0",
+            // A Sentinel has no databases: the primary's is the builder's `db`.
+            "redis://h:26379/2",
+            "redis://h:26379?db=2",
         ] {
             let err = crate::RedisSentinelCacheRepository::new([bad], "mymaster").unwrap_err();
             assert!(matches!(err, Error::InvalidDsn { .. }), "{bad}: {err}");
         }
+        let err = crate::RedisSentinelCacheRepository::new(["redis://h:26379/2"], "m").unwrap_err();
+        assert!(err.to_string().contains(".db(2)"), "{err}");
+        assert!(crate::RedisSentinelCacheRepository::new(["redis://h:26379/0"], "m").is_ok());
         assert!(crate::RedisSentinelCacheRepository::new(Vec::<String>::new(), "m").is_err());
         let zero = crate::RedisSentinelCacheRepository::builder(["redis://h:26379"], "m")
             .connect_timeout(std::time::Duration::ZERO)
@@ -668,6 +726,8 @@ mod tests {
             "http://h:1",
             "unix:///tmp/s.sock",
             "redis://h:1/3",
+            "redis://h:1?db=3",
+            "redis://h:1/0?db=3",
             "redis://",
             "redis://h:0",
         ] {
