@@ -2174,6 +2174,38 @@ async fn fail_safe_serves_the_near_entry_when_redis_and_the_loader_fail() {
     assert_eq!(failing_load(&cache, policy).await.unwrap(), 3);
 }
 
+/// A value loaded during an outage, whose store failed, becomes the key's fail-safe copy: a
+/// loader failing next is answered with it, never with the copy from before the load. The
+/// store's own write dropped the older copy and nothing took its place: after one successful
+/// load every failing call got the loader's error until Redis was back (6 of 6 in a probe;
+/// FusionCache keeps the last value loaded in its L1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_loaded_during_an_outage_is_the_next_fail_safe_copy() {
+    let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(3600));
+    let mut server = RedisServer::start();
+    let cache = near_cache(&server, near().fail_safe(true));
+    outage_after_a_local_entry(&mut server, &cache, policy).await;
+    assert_eq!(failing_load(&cache, policy).await.unwrap(), 1);
+    let loaded: i64 = cache
+        .get_or_set("k", 60, || async { 7 })
+        .freshness(policy)
+        .await
+        .unwrap();
+    assert_eq!(loaded, 7);
+    // The failed store's end (which keeps the copy) may come after the caller's answer.
+    eventually("the loaded value is the copy", || async {
+        match failing_load(&cache, policy).await {
+            Ok(answer) => {
+                assert_eq!(answer, 7, "the copy from before the load answered");
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert_eq!(failing_load(&cache, policy).await.unwrap(), 7);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_fail_safe_the_loader_error_returns() {
     let policy = impcache::Freshness::new().stale_if_error(Duration::from_secs(3600));

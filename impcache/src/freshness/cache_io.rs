@@ -204,6 +204,14 @@ impl Cache {
 // --- The near cache's fail-safe copy (issue 15) for a `get_or_set` whose read failed. ---
 
 impl Cache {
+    /// Keeps a loaded value whose store failed as the near cache's fail-safe copy of `key`
+    /// (its JSON, stored for `expiry`), when fail-safe is on ([`Store::keep_unstored`](crate::near::Store::keep_unstored)).
+    pub(crate) fn near_keep_unstored(&self, key: &str, value: &Bytes, expiry: Expiry) {
+        if let Some(near) = &self.shared.near {
+            near.keep_unstored(&self.make_key(key), value, expiry.as_duration());
+        }
+    }
+
     /// The near cache's fail-safe copy of `key` within `policy`'s `stale_if_error` window
     /// (issue 15: [`NearCache::fail_safe`](crate::NearCache::fail_safe)), for a `get_or_set` whose read failed.
     pub(crate) fn near_fail_safe(&self, key: &str, policy: &Freshness) -> Option<Bytes> {

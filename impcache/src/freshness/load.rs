@@ -1108,12 +1108,18 @@ fn settle_failed(guard: Guard, failed: Option<Shared>, panicked: bool) {
 
 /// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry), in an
 /// envelope with its `tags` and creation time when it has tags.
+/// A value that could not be stored because the cache is unreachable is kept as the near
+/// cache's fail-safe copy of the key (when there is one; not for tags, whose state no copy can
+/// vouch for).
 async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags) {
     let stored = job
         .cache
-        .set_for_load(&job.key, bytes, tags, created, job.expiry);
+        .set_for_load(&job.key, bytes.clone(), tags, created, job.expiry);
     if let Err(error) = stored.await {
         report(job.origin, &job.cache, "set", &job.key, &error);
+        if error.is_backend_failure() && tags.is_empty() {
+            job.cache.near_keep_unstored(&job.key, &bytes, job.expiry);
+        }
     }
 }
 

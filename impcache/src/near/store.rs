@@ -1160,6 +1160,31 @@ impl Store {
         self.fail_safe.as_ref()?.get(key, policy)
     }
 
+    /// A value this cache loaded (`get_or_set`) but could not store (Redis unreachable) becomes
+    /// the fail-safe copy of `key` (a full key), vouched for as long as the stored entry would
+    /// have been kept locally (`lifetime`: the TTL it was stored with): a loader failing next,
+    /// Redis still down, is answered with it, as FusionCache's L1 keeps the last value loaded.
+    /// The store's own write had dropped the copy read before (older than this value), and
+    /// nothing took its place: every failing loader from then on got its error (found by a
+    /// probe). A read from Redis once it is back drops it, as any copy ([`replied`](Store::replied)).
+    pub(crate) fn keep_unstored(&self, key: &str, value: &Bytes, lifetime: Option<Duration>) {
+        let Some(fail_safe) = &self.fail_safe else {
+            return;
+        };
+        if value.len() > self.max_value_bytes {
+            return;
+        }
+        let now = Instant::now();
+        let redis_expires = lifetime.and_then(|lifetime| now.checked_add(lifetime));
+        let local_end = now.checked_add(self.max_ttl);
+        let vouched_until = match (redis_expires, local_end) {
+            (Some(expires), Some(end)) => expires.min(end),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => now,
+        };
+        fail_safe.keep(key, value, vouched_until, redis_expires);
+    }
+
     /// Counts and logs a fail-safe copy served in place of a failed loader (`key`: the caller's
     /// key, when the cache records keys).
     pub(crate) fn fail_safe_served(&self, key: Option<&str>) {
