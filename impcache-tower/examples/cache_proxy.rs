@@ -56,8 +56,12 @@ async fn forward(origin: Origin, mut request: Request) -> Result<Response, Origi
     };
     *request.uri_mut() = uri;
     request.headers_mut().remove(http::header::CONNECTION);
-    let response = origin.client.request(request).await?;
-    Ok(response.map(Body::new))
+    let mut response = origin.client.request(request).await?.map(Body::new);
+    // The proxy's own HTTP version, not the origin's (RFC 9110 §6.2): an HTTP/1.0 origin's
+    // misses reached HTTP/1.1 clients as `HTTP/1.0 200 OK`, its hits as HTTP/1.1 (found by a
+    // probe); the server answers in the version of the client's connection.
+    *response.version_mut() = http::Version::default();
+    Ok(response)
 }
 
 /// The origin did not answer (connection refused, closed before a response, …).

@@ -255,6 +255,19 @@ pub(crate) fn without_userinfo(authority: &http::uri::Authority) -> &str {
         .map_or(authority, |(_, host)| host)
 }
 
+/// What a request target cannot hold as it is: controls, the space, and (always encoded by
+/// `utf8_percent_encode`) every byte outside ASCII.
+const NOT_IN_A_TARGET: &AsciiSet = &percent_encoding::CONTROLS.add(b' ');
+
+/// A path (and query) given to a purge, as a client sends it: its non-ASCII characters, spaces
+/// and controls percent-encoded (`/café` → `/caf%C3%A9`, the uppercase hex of browsers and
+/// curl), so that it names the keys its requests were stored under, which hold the target as
+/// sent. `purge_url("/café")` removed nothing and said `Ok(0)` (found by a probe). Anything
+/// else is kept as given: an escape in lowercase hex names the requests sent that way.
+pub(crate) fn as_sent(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    utf8_percent_encode(path_and_query, NOT_IN_A_TARGET).into()
+}
+
 /// The URL part of a key (without the cache's prefix and version): everything but the variant.
 pub(crate) fn url_key(
     namespace: &str,

@@ -150,7 +150,9 @@ impl CacheLayer {
     /// waiters, and the others wait for that one only what is left of their own timeout; with
     /// nothing left, a request calls the handler itself. So even an upstream whose bodies always
     /// fail keeps no request waiting past this timeout: each is answered within it and one
-    /// handler call.
+    /// handler call. A request that calls the handler once its timeout has passed, its leader's
+    /// call still going on, does not store the response (`Cache-Status: ..; detail=lock-timeout`):
+    /// the leader's is stored, as nginx passes such a request on without caching its response.
     ///
     /// It also bounds the handler calls made in the background (a
     /// [`stale_while_revalidate`](Self::stale_while_revalidate) or
@@ -582,7 +584,11 @@ impl CacheLayer {
     /// what a request `GET http://example.com/users/1?tab=a`, or `GET /users/1?tab=a` with
     /// `Host: example.com`, is keyed by. The scheme is in no key: `https://` purges the same.
     ///
-    /// The query is matched after sorting its parameters by name, as keys are.
+    /// The query is matched after sorting its parameters by name, as keys are. The path is the
+    /// request target as clients send it: its non-ASCII characters, spaces and controls are
+    /// percent-encoded first (`/café` purges the requests for `/caf%C3%A9`, as browsers and curl
+    /// send them; so does [`purge_prefix`](Self::purge_prefix)); any other escape is taken as
+    /// given (a target sent as `/caf%c3%a9` is another URL, as in nginx's keys).
     ///
     /// **Handler calls and stores in progress**: a response goes out before its store has
     /// landed. This purge, as every purge that removes records or sweeps
@@ -648,8 +654,9 @@ impl CacheLayer {
         mut on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let config = &self.config;
-        let absolute = key::absolute_form(path_and_query);
-        let (host, path_and_query) = of_url(host, path_and_query, absolute.as_ref());
+        let sent = key::as_sent(path_and_query);
+        let absolute = key::absolute_form(&sent);
+        let (host, path_and_query) = of_url(host, &sent, absolute.as_ref());
         let urls = vec![path_and_query.to_owned()];
         let targets = if host.is_none() && config.key_by_host {
             // In this process, on every host, whatever the list of hosts says (a host is listed
@@ -765,6 +772,8 @@ impl CacheLayer {
         on_progress: impl FnMut(DeleteProgress) + Send,
     ) -> impcache::Result<u64> {
         let config = &self.config;
+        let sent = key::as_sent(path_prefix);
+        let path_prefix: &str = &sent;
         let pattern = self.prefix_pattern(host, path_prefix);
         // In this process first, by tag or by sweep: a tag write does not reach the handler calls
         // of hosts not listed yet (a host is listed at its first store, after its handler call),

@@ -726,6 +726,29 @@ async fn stored_on(layer: &CacheLayer, svc: &Svc, host: Option<&str>, uri: &str)
 
 const HOSTS: [Option<&str>; 3] = [Some("a.example"), Some("B.example:8080"), None];
 
+/// A purge given a path as written (`/café`, `/a b`) names the requests sent for it, which
+/// carry it percent-encoded as clients send it (`/caf%C3%A9`): it removed nothing and said
+/// `Ok(0)` (found by a probe). `purge_prefix` too.
+#[tokio::test]
+async fn a_purge_of_a_path_as_written_reaches_its_encoded_requests() {
+    let layer = CacheLayer::new(memory_cache());
+    let (svc, _) = service(layer.clone());
+    for uri in ["/caf%C3%A9", "/a%20b?q=x%20y", "/docs/%C3%BCber/1"] {
+        stored_on(&layer, &svc, None, uri).await;
+    }
+    assert_eq!(layer.purge_url(None, "/café").await.unwrap(), 1);
+    assert_eq!(layer.purge_url(None, "/a b?q=x y").await.unwrap(), 1);
+    // The record and its variant (this handler varies on `Accept`).
+    assert_eq!(layer.purge_prefix(None, "/docs/über/").await.unwrap(), 2);
+    for uri in ["/caf%C3%A9", "/a%20b?q=x%20y", "/docs/%C3%BCber/1"] {
+        assert_eq!(
+            send(&svc, on_host(None, uri)).await.outcome(),
+            "MISS",
+            "{uri}"
+        );
+    }
+}
+
 /// `purge_url` of a URL on any host, keys by host (the default): each store lists its host in
 /// the namespace's list of hosts, so the purge reads the list and removes every host's records
 /// (three round trips, no scan), a URL with `Vary` and one without; another URL keeps its

@@ -1934,6 +1934,42 @@ async fn a_conditional_miss_that_is_not_stored_is_sent_whole() {
     assert_eq!(calls.get(), 2);
 }
 
+/// A response without a `Date` gets one when it is stored, the time it arrived, sent with it
+/// and again with its hits (RFC 9110 §6.6.1; Varnish sends the stored `Date`): a hit got a new
+/// `Date` from the server beside the stored `Expires` and the hit's `Age`, so a downstream
+/// cache counted the age twice (found by a probe). In both modes; a handler's own `Date` is kept.
+#[tokio::test]
+async fn a_stored_response_without_a_date_is_given_the_time_it_arrived() {
+    for follow_origin in [false, true] {
+        let (svc, _) = app(layer().follow_origin(follow_origin), |n, req| async move {
+            let expires =
+                httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+            let mut response = Response::builder().header("expires", expires);
+            if req.uri().path() == "/dated" {
+                response = response.header("date", "Mon, 07 Dec 2026 20:00:00 GMT");
+            }
+            response.body(Body::from(format!("call {n}"))).unwrap()
+        });
+        let miss = send(&svc, get("/undated")).await;
+        let date = miss.header("date").expect("a Date").to_owned();
+        let arrived = httpdate::parse_http_date(&date).unwrap();
+        let skew = std::time::SystemTime::now()
+            .duration_since(arrived)
+            .unwrap();
+        assert!(skew < Duration::from_secs(5), "{date}");
+        let hit = loop {
+            let seen = send(&svc, get("/undated")).await;
+            if seen.outcome() == "HIT" {
+                break seen;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(hit.header("date"), Some(date.as_str()), "{follow_origin}");
+        let dated = send(&svc, get("/dated")).await;
+        assert_eq!(dated.header("date"), Some("Mon, 07 Dec 2026 20:00:00 GMT"));
+    }
+}
+
 /// In the default mode, a response's `Expires` lowers the TTL as `max-age` does when it has no
 /// `max-age` (RFC 9111 §4.2.1, and nginx): one in the past, or an invalid one ("already
 /// expired", §5.3, `Expires: 0` included), stores nothing.
