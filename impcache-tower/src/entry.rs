@@ -160,6 +160,15 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `ms` (since the Unix epoch) as an HTTP-date: the `Date` the layer gives a response without
+/// one (RFC 9110 §6.6.1).
+pub(crate) fn http_date(ms: u64) -> http::HeaderValue {
+    let time = UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    // An IMF-fixdate is ASCII letters, digits, spaces, commas and colons: always a valid value.
+    http::HeaderValue::from_str(&httpdate::fmt_http_date(time))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
 fn put_varint(out: &mut BytesMut, mut n: u64) {
     while n >= 0x80 {
         out.put_u8((n as u8) | 0x80);

@@ -150,9 +150,13 @@ impl CacheLayer {
     /// waiters, and the others wait for that one only what is left of their own timeout; with
     /// nothing left, a request calls the handler itself. So even an upstream whose bodies always
     /// fail keeps no request waiting past this timeout: each is answered within it and one
-    /// handler call. A request that calls the handler once its timeout has passed, its leader's
-    /// call still going on, does not store the response (`Cache-Status: ..; detail=lock-timeout`):
-    /// the leader's is stored, as nginx passes such a request on without caching its response.
+    /// handler call. Unlike nginx, whose requests past `proxy_cache_lock_timeout` are not cached,
+    /// a request that calls the handler once its timeout has passed stores its response, as the
+    /// leader will: a leader whose handler hangs (no [`hard_timeout`](Self::hard_timeout)) would
+    /// otherwise keep the URL uncached, each request waiting this timeout first (nginx's
+    /// `proxy_cache_lock_age` lets one more request through for that). Under a handler slower
+    /// than this timeout, concurrent requests each write the same response: keep it above the
+    /// handler's time. Waiting for the cross-process [`lock`](Self::lock) follows (its `wait`).
     ///
     /// It also bounds the handler calls made in the background (a
     /// [`stale_while_revalidate`](Self::stale_while_revalidate) or

@@ -180,9 +180,6 @@ pub(crate) enum NotStored {
     /// The origin mode: a response to a request with `Authorization` that does not say a shared
     /// cache may store it (RFC 9111 §3.5).
     Authorization,
-    /// The request called the handler once its lock timeout had passed, another request's call
-    /// still going on (which stores), as nginx's `proxy_cache_lock_timeout`.
-    LockTimeout,
 }
 
 impl NotStored {
@@ -209,7 +206,6 @@ impl NotStored {
             NotStored::Head => "head",
             NotStored::EventStream => "event-stream",
             NotStored::Authorization => "authorization",
-            NotStored::LockTimeout => "lock-timeout",
         }
     }
 }

@@ -29,7 +29,8 @@ impl TagPrefixes {
     pub(crate) fn new(prefixes: impl IntoIterator<Item = String>) -> Self {
         let mut encoded: Vec<String> = Vec::new();
         for prefix in prefixes {
-            let prefix = key::path_segment(&prefix);
+            // As a purge's path is taken (`/café/` names the requests for `/caf%C3%A9/`).
+            let prefix = key::path_segment(&key::as_sent(&prefix));
             if !encoded.contains(&prefix) {
                 encoded.push(prefix);
             }
@@ -79,6 +80,19 @@ mod tests {
 
     fn keys(host: Option<&str>, path: &str) -> UrlKeys {
         UrlKeys::new("http", host, path, Some("a=1"), &Method::GET)
+    }
+
+    /// A prefix declared as written (`/café/`, `/a b/`) is the prefix of the requests sent for
+    /// it, percent-encoded, as a purge's path is: it was never a tag, its purges swept (found
+    /// by a regression hunt).
+    #[test]
+    fn a_prefix_declared_as_written_is_its_requests_prefix() {
+        let prefixes = TagPrefixes::new(["/café/", "/a b/"].map(String::from));
+        let tags: Vec<String> = prefixes.tags_of(&keys(None, "/caf%C3%A9/1")).collect();
+        // (`%` itself encoded in keys.)
+        assert_eq!(tags, ["__impcache_prefix:http:-:/caf%25C3%25A9/"]);
+        assert!(prefixes.declared(&key::as_sent("/café/")).is_some());
+        assert!(prefixes.declared("/a%20b/").is_some());
     }
 
     #[test]

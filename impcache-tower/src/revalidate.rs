@@ -141,13 +141,15 @@ pub(crate) async fn refreshed(config: &Config, refresh: Refresh<'_>) -> Response
     } = refresh;
     let may_store = call.is_some();
     let mut updated = updated_headers(&stale, not_modified);
-    // For the freshness: without a `Date` of its own, the 304's time stands for it (the stored
-    // `Date` would age the refreshed response by its whole stay in the cache).
+    // Without a `Date` of its own, the 304's time stands for it, in the stored headers too: the
+    // stored `Date` would age the refreshed response by its whole stay in the cache, and be sent
+    // beside `Age: 0` (found by a regression hunt, once a response without a `Date` was given
+    // one).
+    if !not_modified.contains_key(header::DATE) {
+        updated.insert(header::DATE, crate::entry::http_date(response_ms));
+    }
     let mut current = updated.clone();
     current.remove(header::SET_COOKIE);
-    if !not_modified.contains_key(header::DATE) {
-        current.remove(header::DATE);
-    }
     let authorized = headers.contains_key(header::AUTHORIZATION);
     let verdict = freshness::storable(
         config,

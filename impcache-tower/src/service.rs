@@ -567,7 +567,7 @@ where
     //     answering 500 took 50 calls' time).
     let (locked, fwd) = if revalidation {
         (lock, fwd)
-    } else if may_store && !refresh && !head && !unshared && !waiting.timed_out {
+    } else if may_store && !refresh && !head && !unshared {
         let asks = (&headers, &limits);
         let spent = coalescing.elapsed();
         match crate::lock::take(config, &keys, asks, seen.as_ref(), None, spent).await {
@@ -767,7 +767,7 @@ where
     parts
         .headers
         .entry(header::DATE)
-        .or_insert_with(|| http_date(response_ms));
+        .or_insert_with(|| crate::entry::http_date(response_ms));
     // Its tag fields stay in its headers: stored with it (a `304` may update them), and removed
     // before the client unless kept.
     let tagged = tagging::collect(config, request_tags, &parts.headers, created);
@@ -791,9 +791,7 @@ where
         .map(|ttl| (ttl, None))
     };
     let verdict = verdict.and_then(|ttl| {
-        if waiting.timed_out {
-            Err(NotStored::LockTimeout)
-        } else if copy::exceeds(&parts.headers, &body, config.max_body_size) {
+        if copy::exceeds(&parts.headers, &body, config.max_body_size) {
             Err(NotStored::TooLarge)
         } else {
             Ok(ttl)
@@ -970,14 +968,12 @@ fn replaced(
 /// [listed status](crate::CacheLayer::stale_if_error_statuses), a body that failed or is not the
 /// length it declares, an incomplete response), an origin shedding load (`429`: it says nothing
 /// of the resource, and removing the stale response would send every request to the origin that
-/// asked for less; nginx serves stale on it with `proxy_cache_use_stale http_429`), not a
-/// full response (a `206`, a `304`), or one not stored because another request's call, still
-/// going on, is the one that stores (a lock timeout).
+/// asked for less; nginx serves stale on it with `proxy_cache_use_stale http_429`), or not a
+/// full response (a `206`, a `304`).
 fn answer_keeps_stale(config: &Config, status: http::StatusCode, reason: NotStored) -> bool {
     status.is_server_error()
         || config.stale_if_error_statuses.contains(&status)
         || reason.is_failure()
-        || reason == NotStored::LockTimeout
         || matches!(
             status,
             http::StatusCode::TOO_MANY_REQUESTS
@@ -1380,11 +1376,6 @@ struct Waiting {
     /// A fresh response handed to it was refused by those limits: its own call is then
     /// `fwd=request`, as after a lookup's entry refused.
     refused: bool,
-    /// Its lock timeout passed while a leader's call was still going on: its own call's
-    /// response is not stored (`detail=lock-timeout`), as nginx's after
-    /// `proxy_cache_lock_timeout`: the leader stores, and each request it kept waiting too long
-    /// stored its own copy (10 writes of the same response for 10 requests; found by a probe).
-    timed_out: bool,
 }
 
 impl Waiting {
@@ -1397,7 +1388,6 @@ impl Waiting {
             spent: Duration::ZERO,
             limits,
             refused: false,
-            timed_out: false,
         }
     }
 
@@ -1582,10 +1572,7 @@ async fn coalesce(
                         ticket = config.flights.ticket();
                     }
                     Wait::NotShared => return Coalesced::NotShared,
-                    Wait::TimedOut => {
-                        waiting.timed_out = true;
-                        return Coalesced::Alone;
-                    }
+                    Wait::TimedOut => return Coalesced::Alone,
                     Wait::Abandoned => {
                         // The leader went away (cancelled, panicked, its body failed mid-way, or
                         // moved to its variant's flight): look again, then join again; the first
@@ -1613,12 +1600,4 @@ async fn coalesce(
             }
         }
     }
-}
-
-/// `ms` (since the Unix epoch) as an HTTP-date.
-fn http_date(ms: u64) -> HeaderValue {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    // An IMF-fixdate is ASCII letters, digits, spaces, commas and colons: always a valid value.
-    HeaderValue::from_str(&httpdate::fmt_http_date(time))
-        .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }

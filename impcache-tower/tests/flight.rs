@@ -194,40 +194,6 @@ async fn a_wait_for_another_variant_leaves_the_lock_timeout_of_its_own_whole() {
     assert_eq!(calls.get(), 3, "one call per variant");
 }
 
-/// Requests whose lock timeout passes while the leader's call goes on call the handler, and do
-/// not store what it answers (`detail=lock-timeout`), as nginx's after
-/// `proxy_cache_lock_timeout`: the leader's response is the one stored. Each stored its own
-/// before: 10 writes of the same response for 10 requests (found by a probe).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_past_their_lock_timeout_call_the_handler_without_storing() {
-    let layer = layer().lock_timeout(Duration::from_millis(100));
-    let (svc, calls) = app(layer.clone(), |n, _| async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Response::new(Body::from(format!("call {n}")))
-    });
-    let leader = tokio::spawn(send(&svc, get("/slow")));
-    wait_calls(&calls, 1).await;
-    let waiters: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(send(&svc, get("/slow"))))
-        .collect();
-    for waiter in waiters {
-        let seen = waiter.await.unwrap();
-        assert_eq!(seen.status, 200);
-        let status = seen.header("cache-status").unwrap();
-        assert!(
-            status.contains("detail=lock-timeout") && !status.contains("stored"),
-            "{status}"
-        );
-    }
-    let seen = leader.await.unwrap();
-    assert_eq!(seen.body, "call 1");
-    assert!(seen.header("cache-status").unwrap().ends_with("stored"));
-    assert_eq!(calls.get(), 6);
-    wait_stored(&layer, "/slow").await;
-    let hit = send(&svc, get("/slow")).await;
-    assert_eq!((hit.outcome(), &hit.body[..]), ("HIT", &b"call 1"[..]));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_per_variant_however_many_miss_at_once_in_memory() {
     one_call_per_variant_however_many_miss_at_once(layer()).await;

@@ -1970,6 +1970,40 @@ async fn a_stored_response_without_a_date_is_given_the_time_it_arrived() {
     }
 }
 
+/// A stored response refreshed by a `304` without a `Date` takes the 304's time as its `Date`,
+/// sent with its `Age`: it kept the `Date` given when it was first stored, sent beside `Age: 0`,
+/// so a downstream cache took the refreshed response for stale (found by a regression hunt).
+#[tokio::test]
+async fn a_refresh_by_a_304_without_a_date_dates_the_response_anew() {
+    let (svc, calls) = app(layer().follow_origin(true), |n, req| async move {
+        let builder = Response::builder()
+            .header("etag", "\"a\"")
+            .header("cache-control", "max-age=1");
+        if req.headers().contains_key("if-none-match") {
+            return builder.status(304).body(Body::empty()).unwrap();
+        }
+        builder.body(Body::from(format!("call {n}"))).unwrap()
+    });
+    let first = send(&svc, get("/r")).await;
+    let first_date = first.header("date").expect("a Date").to_owned();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let refreshed = send(&svc, get("/r")).await;
+    assert_eq!(calls.get(), 2, "revalidated");
+    let date = refreshed.header("date").expect("a Date");
+    assert_ne!(date, first_date);
+    let date = httpdate::parse_http_date(date).unwrap();
+    let apparent = std::time::SystemTime::now()
+        .duration_since(date)
+        .unwrap_or_default();
+    let age: u64 = refreshed
+        .header("age")
+        .map_or(0, |age| age.parse().unwrap());
+    assert!(
+        apparent.as_secs() <= age + 1,
+        "Date {apparent:?} old, Age {age}"
+    );
+}
+
 /// In the default mode, a response's `Expires` lowers the TTL as `max-age` does when it has no
 /// `max-age` (RFC 9111 §4.2.1, and nginx): one in the past, or an invalid one ("already
 /// expired", §5.3, `Expires: 0` included), stores nothing.
