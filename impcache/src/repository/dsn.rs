@@ -178,6 +178,13 @@ fn check_query_names(dsn: &str, url: &url::Url) -> Result<()> {
         if known_query_parameter(name) {
             continue;
         }
+        // The rest of a password cut short by an unencoded `?`: not shown.
+        if name.contains('@') {
+            return Err(invalid(dsn)(format!(
+                "the query holds an unknown parameter{}",
+                credentials_hint(dsn)
+            )));
+        }
         let hint = READ_QUERY_PARAMETERS
             .iter()
             .find(|known| known.eq_ignore_ascii_case(name))
@@ -335,6 +342,17 @@ fn parse(dsn: &str, expected: &str) -> Result<url::Url> {
             credentials_hint(dsn)
         ))
     })?;
+    // The rest of a password cut short by an unencoded `#` (the part before it read as a host
+    // and port): the DSN was accepted, every login then refused (found by a regression hunt).
+    if url
+        .fragment()
+        .is_some_and(|fragment| fragment.contains('@'))
+    {
+        return Err(invalid(dsn)(format!(
+            "the fragment holds `@`{}",
+            credentials_hint(dsn)
+        )));
+    }
     // Port 0 asks the operating system for any free port: no server listens there.
     if url.port() == Some(0) {
         return Err(invalid(dsn)(format!(
@@ -396,6 +414,14 @@ fn check_tls(dsn: &str, url: &url::Url) -> Result<()> {
 /// The database number `db`; refused when it is not one Redis accepts.
 fn check_db(dsn: &str, db: &str) -> Result<u16> {
     db.parse::<u16>().map_err(|_| {
+        // One holding `@` is the rest of a password cut short by an unencoded `/` (the part
+        // before it read as a host and port): not shown (found by a regression hunt).
+        if db.contains('@') {
+            return invalid(dsn)(format!(
+                "the path is not a database number{}",
+                credentials_hint(dsn)
+            ));
+        }
         invalid(dsn)(format!(
             "the database `{db}` is not a number between 0 and 65535"
         ))
@@ -607,6 +633,12 @@ mod tests {
             "redis://:zq/x@h:1/0",
             "redis://:zq?x@h:1/0",
             "redis://u:zq#x@h:1",
+            // The part before the delimiter read as a host and a port, the rest as a path, a
+            // query or a fragment: the password's rest was shown, or (`#`) the DSN accepted.
+            "redis://default:1234/zqXY@h:6379/0",
+            "redis://default:1234?zqXY@h:6379/0",
+            "redis://default:1234#zqXY@h:6379/0",
+            "redis://us/er:zq@h:6379/0",
         ] {
             let err = server(dsn).map(|_| ()).unwrap_err().to_string();
             assert!(err.contains("must be percent-encoded"), "{dsn}: {err}");
