@@ -212,10 +212,10 @@ pub(crate) fn request_path<B>(request: &http::Request<B>) -> &str {
 
 /// The host a request names: the URI's authority (an absolute-form request target, or HTTP/2's
 /// `:authority`), else the `Host` header, as the handler sees it (RFC 9112 §3.2.2); a request
-/// whose `Host` disagrees with its target is not cached at all (`policy::names_two_hosts`).
-/// Userinfo in the target's authority (`user:pw@`, which RFC 9110 §4.2.4 deprecates for http
-/// URIs) is left out: it names no other host; so is the target's default port
-/// ([`without_default_port`]). A `Host` field is taken as sent.
+/// whose `Host` disagrees with its target is not cached at all (`policy::host_unclear`, which
+/// also bypasses a target with userinfo). Userinfo in the target's authority (`user:pw@`,
+/// which RFC 9110 §4.2.4 deprecates for http URIs) is left out here: it names no other host;
+/// so is the target's default port ([`without_default_port`]). A `Host` field is taken as sent.
 pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     let authority = uri.authority().map(without_userinfo);
     authority

@@ -138,9 +138,10 @@ pub(crate) enum Bypass {
     /// `asks_to_switch`): answered by its handler, never from a stored response of its URL.
     Upgrade,
     RequestNoStore,
-    /// A stored method other than GET whose request carries content: the key cannot hold it.
+    /// A request of a stored method that carries content: the key cannot hold it.
     RequestContent,
-    /// A target's authority and a `Host` field that disagree (see `names_two_hosts`).
+    /// A request whose host is not one the key can hold as the handler sees it: a target's
+    /// authority and a `Host` field that disagree, and the like (see `host_unclear`).
     TwoHosts,
 }
 
@@ -356,20 +357,44 @@ fn carries_content(version: Version, headers: &HeaderMap) -> bool {
     length.unwrap_or(framed_by_its_stream) || headers.contains_key(header::TRANSFER_ENCODING)
 }
 
-/// Whether a request names two hosts: a target with an authority (absolute form, or HTTP/2's
-/// `:authority`) and a `Host` field that disagrees with it. The key takes the target's (RFC
-/// 9112 §3.2.2), but a handler reading `Host` would make another host's response, stored for
-/// every client of the target's host; RFC 9113 §8.3.1 has an HTTP/2 server treat such a
-/// request as malformed. Compared as sent, without case; each `Host` field, if several.
-fn names_two_hosts(uri: &http::Uri, headers: &HeaderMap) -> bool {
+/// Whether a request declares content in its fields: a `Content-Length` other than 0, or a
+/// `Transfer-Encoding` (what HTTP/1.1 frames a body with).
+fn declares_content(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|_| declared_length(headers) != Some(0))
+        || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// Whether a request's host is not one the key can hold as its handler sees it, so that the
+/// response a handler reading `Host` makes would be stored for every client of another host:
+/// - a target with an authority (absolute form, or HTTP/2's `:authority`) and a `Host` field
+///   that disagrees with the host the key takes from it (RFC 9112 §3.2.2; RFC 9113 §8.3.1 has
+///   an HTTP/2 server treat such a request as malformed), compared without case, each `Host`
+///   field if several: the target's default port is left out of the key
+///   (`key::request_host`), so `http://a.example:80/` with `Host: a.example:80` is one (it was
+///   stored under `a.example`, found by a probe);
+/// - userinfo in the target's authority (`http://x@a.example/`, which RFC 9110 §4.2.4 has a
+///   recipient treat as an error): left out of the key, it reached the handler's URI;
+/// - more than one `Host` field (RFC 9112 §3.2 makes it a 400): the key took the first, a
+///   handler may take another.
+///
+/// A target without a `Host` field (HTTP/2's, or a request made in process) is keyed by the
+/// target's host.
+fn host_unclear(uri: &http::Uri, headers: &HeaderMap) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return true;
+    }
     let Some(authority) = uri.authority() else {
         return false;
     };
-    let target = crate::key::without_userinfo(authority);
-    headers
-        .get_all(header::HOST)
-        .iter()
-        .any(|host| !host.as_bytes().eq_ignore_ascii_case(target.as_bytes()))
+    if authority.as_str().contains('@') {
+        return true;
+    }
+    let keyed = crate::key::request_host(uri, headers).unwrap_or_default();
+    first.is_some_and(|host| !host.as_bytes().eq_ignore_ascii_case(keyed.as_bytes()))
 }
 
 /// Whether a request asks to switch protocols (a WebSocket handshake, say) as its handler may:
@@ -404,11 +429,19 @@ pub(crate) fn plan_request<B>(
     }
     // A stored method with request content (`QUERY`, `POST`): its response depends on the
     // content, which the key cannot hold (reading it would mean buffering a body the handler
-    // reads). GET content has no meaning (RFC 9110 §9.3.1), and HEAD is answered as a GET.
-    if !head && method != Method::GET && carries_content(request.version(), headers) {
+    // reads). HEAD is answered as a GET. A GET's content has no meaning (RFC 9110 §9.3.1), but
+    // a handler may read it (axum's do): a GET declaring content is bypassed too, or its
+    // response, made from it, was stored for every client of the URL (found by a probe).
+    // Declaring: over HTTP/2 a GET without `Content-Length` is taken as one without content.
+    let content = if method == Method::GET {
+        declares_content(headers)
+    } else {
+        carries_content(request.version(), headers)
+    };
+    if !head && content {
         return RequestPlan::Bypass(Bypass::RequestContent);
     }
-    if names_two_hosts(request.uri(), headers) {
+    if host_unclear(request.uri(), headers) {
         return RequestPlan::Bypass(Bypass::TwoHosts);
     }
     // One pass over the names: cheaper than three lookups for the few fields a request has.
@@ -1014,7 +1047,7 @@ mod tests {
     }
 
     /// A stored method other than GET is not looked up when its request carries content (the key
-    /// cannot hold it); without content, or for GET and HEAD, it is.
+    /// cannot hold it); without content, or for HEAD, it is; a GET declaring content is not.
     #[test]
     fn a_stored_method_with_request_content_bypasses() -> Result<(), http::method::InvalidMethod> {
         let query = Method::from_bytes(b"QUERY")?;
@@ -1046,7 +1079,8 @@ mod tests {
             assert_eq!(h2(method, &[("content-length", "0")]), lookup);
         }
         assert_eq!(h2(&Method::GET, &[]), lookup);
-        assert_eq!(plan(&Method::GET, &[("content-length", "5")]), lookup);
+        // A GET declaring content: bypassed too (see `a_get_declaring_content_bypasses`).
+        assert_eq!(plan(&Method::GET, &[("content-length", "5")]), content);
         let head = RequestPlan::Head {
             limits: Limits::default(),
         };
@@ -1096,18 +1130,64 @@ mod tests {
             limits: Limits::default(),
         };
         let two = RequestPlan::Bypass(Bypass::TwoHosts);
-        assert_eq!(plan("http://a.example/x", &[]), lookup);
         assert_eq!(plan("/x", &[("host", "a.example")]), lookup);
         assert_eq!(plan("http://a.example/x", &[("host", "A.Example")]), lookup);
-        assert_eq!(
-            plan("http://u@a.example/x", &[("host", "a.example")]),
-            lookup
-        );
         assert_eq!(plan("http://a.example/x", &[("host", "evil.example")]), two);
         assert_eq!(
             plan("http://a.example:8080/x", &[("host", "a.example")]),
             two
         );
+        // Found by a probe: each was stored for every client of `a.example`, the handler
+        // seeing another host, userinfo in its URI, or a second `Host`.
+        assert_eq!(plan("http://u@a.example/x", &[("host", "a.example")]), two);
+        assert_eq!(
+            plan("http://a.example:80/x", &[("host", "a.example:80")]),
+            two
+        );
+        assert_eq!(
+            plan("https://a.example:443/x", &[("host", "a.example:443")]),
+            two
+        );
+        assert_eq!(
+            plan("http://a.example:80/x", &[("host", "a.example")]),
+            lookup
+        );
+        assert_eq!(
+            plan("/x", &[("host", "a.example"), ("host", "evil.example")]),
+            two
+        );
+        // No `Host` (HTTP/2's `:authority`, a request made in process): the target's host.
+        assert_eq!(plan("http://a.example/x", &[]), lookup);
+        assert_eq!(plan("http://a.example:80/x", &[]), lookup);
+    }
+
+    /// A GET declaring content is bypassed as another method's is: a handler may read it, and
+    /// its response was stored for every client of the URL (found by a probe). Over HTTP/2, a
+    /// GET without `Content-Length` is looked up.
+    #[test]
+    fn a_get_declaring_content_bypasses() {
+        let content = RequestPlan::Bypass(Bypass::RequestContent);
+        for fields in [
+            &[("content-length", "6")][..],
+            &[("transfer-encoding", "chunked")][..],
+        ] {
+            let request = request(Method::GET, fields);
+            assert_eq!(
+                plan_request(&request, &[Method::GET], false, false),
+                content
+            );
+        }
+        let empty = request(Method::GET, &[("content-length", "0")]);
+        assert!(matches!(
+            plan_request(&empty, &[Method::GET], false, false),
+            RequestPlan::Lookup { .. }
+        ));
+        let mut h2 = request(Method::GET, &[]);
+        *h2.version_mut() = Version::HTTP_2;
+        assert!(matches!(
+            plan_request(&h2, &[Method::GET], false, false),
+            RequestPlan::Lookup { .. }
+        ));
     }
 
     #[test]
