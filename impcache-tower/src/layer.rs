@@ -56,8 +56,9 @@ impl CacheLayer {
     /// The request methods whose responses are stored (default: GET). HEAD is never stored; it is
     /// answered from the GET entry when GET is listed.
     ///
-    /// The key holds the method, never the request's content: a request of a listed method other
-    /// than GET that carries content (a `Content-Length` other than 0 or a `Transfer-Encoding`;
+    /// The key holds the method, never the request's content: a GET whose fields declare content
+    /// (a `Content-Length` other than 0 or a `Transfer-Encoding`: a handler may read it), and a
+    /// request of another listed method that carries content (the same fields;
     /// over HTTP/2 and HTTP/3, where content may come with neither, any request without
     /// `Content-Length: 0`), such as a `QUERY` or `POST` with a body, is neither
     /// answered from the cache nor stored. It goes to the handler (`Cache-Status: impcache;
