@@ -192,19 +192,26 @@ pub(crate) fn split_path_and_query(path_and_query: &str) -> (&str, Option<&str>)
 /// `/a/x`), so that two nested routers with a route of the same path would share their keys,
 /// and a purge of the URL the client sent would miss. With the `axum` feature, the prefix is put
 /// back from the request's `axum::extract::OriginalUri`: when the path the layer sees is what
-/// is left of the original one once a prefix is stripped. Any other change of the path (a
-/// middleware rewriting it) is kept, as the query always is: the handler answers what it is
-/// given. Without the feature, the path the layer sees.
+/// is left of the original one once a prefix is stripped, and only inside a nested router (its
+/// `axum::extract::NestedPath` set). Any other change of the path (a middleware rewriting it)
+/// is kept, as the query always is: the handler answers what it is given. (Outside a nest, a
+/// rewrite to `/` or to a suffix of the path was taken for a nest's strip and keyed by the
+/// original path: `X-Original-URL: /` applied by a middleware stored `/`'s response for every
+/// client of `/static/app.js`, found by a probe.) Without the feature, the path the layer sees.
 pub(crate) fn request_path<B>(request: &http::Request<B>) -> &str {
     let path = request.uri().path();
     #[cfg(feature = "axum")]
-    if let Some(axum::extract::OriginalUri(original)) = request.extensions().get() {
-        let original = original.path();
-        let stripped = original
-            .strip_suffix(path)
-            .or_else(|| (path == "/").then_some(original));
-        if stripped.is_some_and(|prefix| !prefix.is_empty() && prefix.starts_with('/')) {
-            return original;
+    {
+        let extensions = request.extensions();
+        let nested = extensions.get::<axum::extract::NestedPath>().is_some();
+        if let Some(axum::extract::OriginalUri(original)) = extensions.get().filter(|_| nested) {
+            let original = original.path();
+            let stripped = original
+                .strip_suffix(path)
+                .or_else(|| (path == "/").then_some(original));
+            if stripped.is_some_and(|prefix| !prefix.is_empty() && prefix.starts_with('/')) {
+                return original;
+            }
         }
     }
     path

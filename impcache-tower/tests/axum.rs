@@ -729,6 +729,50 @@ async fn a_url_rewritten_inside_the_router_is_keyed_as_the_handler_sees_it() {
     assert_eq!(body, "query=", "{cache_status}");
 }
 
+/// Outside a nested router, a path rewritten before the cache is keyed as the handler sees it,
+/// also a rewrite to `/` or to a suffix of the path: taken for a nest's stripped prefix, it was
+/// keyed by the path the client sent, so `X-Original-URL: /` stored `/`'s response for every
+/// client of `/static/app.js` (found by a probe).
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_path_rewritten_to_a_suffix_outside_a_nest_is_keyed_as_rewritten() {
+    let layer = CacheLayer::new(memory_cache());
+    let echo = |uri: http::Uri| async move { format!("path={}", uri.path()) };
+    let original_url = |mut request: Request<Body>| async move {
+        if let Some(url) = request.headers().get("x-original-url").cloned() {
+            *request.uri_mut() = url.to_str().unwrap().parse().unwrap();
+        }
+        request
+    };
+    let app: Router = Router::new()
+        .fallback(echo)
+        .layer(layer.clone())
+        .layer(axum::middleware::map_request(original_url));
+    for (uri, rewritten) in [("/static/app.js", "/"), ("/en/admin", "/admin")] {
+        let poisoned = || {
+            Request::get(uri)
+                .header("host", "example.com")
+                .header("x-original-url", rewritten)
+                .body(Body::empty())
+                .unwrap()
+        };
+        // Until the rewritten request is a hit: its response is stored (in the background).
+        for _ in 0..400 {
+            let response = app.clone().oneshot(poisoned()).await.unwrap();
+            let hit = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .starts_with("impcache; hit");
+            if hit {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (body, cache_status) = nested_get(&app, "GET", uri).await;
+        assert_eq!(body, format!("path={uri}"), "{cache_status}");
+    }
+}
+
 /// Inside a nested router, the URL the client sent is the one stored: `request_key` names its
 /// key, `purge_url` removes it, and an unsafe request to it invalidates it.
 #[cfg(feature = "axum")]
