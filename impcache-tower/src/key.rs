@@ -31,8 +31,8 @@
 //!   order). Names and values are compared as written (not percent-decoded).
 //! - `vary-hash` is the SHA-256 (128 bits, hex) of the request's values of the headers that the
 //!   response's `Vary` names (and of `Authorization`/`Cookie` when authenticated requests are cached).
-//! - The request's content is in no key: a request of a stored method other than GET that carries
-//!   content is neither looked up nor stored (see
+//! - The request's content is in no key: a GET whose fields declare content, and a request of
+//!   another stored method that carries content, are neither looked up nor stored (see
 //!   [`CacheLayer::methods`](crate::CacheLayer::methods)).
 //!
 //! Purging one URL removes all its methods and variants with one pattern,

@@ -1115,9 +1115,10 @@ mod tests {
         assert_eq!(plan(http::Version::HTTP_10, "websocket"), lookup);
     }
 
-    /// A target whose authority a `Host` field contradicts (HTTP/2's `:authority`, or an
-    /// absolute-form target) is not answered from the cache nor stored: a handler reading `Host`
-    /// would make another host's response.
+    /// A request whose host the key cannot hold as the handler sees it (a target whose authority
+    /// a `Host` field contradicts, the target's default port left out as in keys; userinfo in the
+    /// target; several `Host` fields) is not answered from the cache nor stored: a handler reading
+    /// `Host` or the URI would make another host's response.
     #[test]
     fn a_request_naming_two_hosts_bypasses() {
         let plan = |uri: &'static str, h: &[(&'static str, &'static str)]| {

@@ -192,8 +192,8 @@ impl NearCache {
     /// write or delete, `FLUSHDB` and `delete_pattern` drop them, and so does a read of the key
     /// from Redis whose reply is not kept locally (absent, too large, read while reconnecting):
     /// a copy never answers with a value older than one this process has read since. A value a
-    /// `get_or_set` loads while Redis is unreachable, whose store fails, becomes the key's copy
-    /// (untagged entries), in place of the one its write dropped.
+    /// `get_or_set` loads whose store fails (Redis unreachable, timed out or refusing the write)
+    /// becomes the key's copy (untagged entries), in place of the one its write dropped.
     pub fn fail_safe(mut self, on: bool) -> Self {
         self.fail_safe = on;
         self

@@ -1160,7 +1160,8 @@ impl Store {
         self.fail_safe.as_ref()?.get(key, policy)
     }
 
-    /// A value this cache loaded (`get_or_set`) but could not store (Redis unreachable) becomes
+    /// A value this cache loaded (`get_or_set`) but could not store (Redis unreachable, timed out
+    /// or refusing the write) becomes
     /// the fail-safe copy of `key` (a full key), vouched for as long as the stored entry would
     /// have been kept locally (`lifetime`: the TTL it was stored with): a loader failing next,
     /// Redis still down, is answered with it, as FusionCache's L1 keeps the last value loaded.

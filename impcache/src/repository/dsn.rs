@@ -173,13 +173,14 @@ fn known_query_parameter(name: &str) -> bool {
 /// was silently ignored, the password not sent and every call refused with `NOAUTH` at run time
 /// (found by a probe), as redis-py refuses it.
 fn check_query_names(dsn: &str, url: &url::Url) -> Result<()> {
-    for (name, _) in url.query_pairs() {
+    for (name, value) in url.query_pairs() {
         let name = name.as_ref();
         if known_query_parameter(name) {
             continue;
         }
-        // The rest of a password cut short by an unencoded `?`: not shown.
-        if name.contains('@') {
+        // The rest of a password cut short by an unencoded `?` (in the name, or past a `=` in
+        // the value): not shown.
+        if name.contains('@') || value.contains('@') {
             return Err(invalid(dsn)(format!(
                 "the query holds an unknown parameter{}",
                 credentials_hint(dsn)
@@ -637,6 +638,7 @@ mod tests {
             // query or a fragment: the password's rest was shown, or (`#`) the DSN accepted.
             "redis://default:1234/zqXY@h:6379/0",
             "redis://default:1234?zqXY@h:6379/0",
+            "redis://default:1234?zq=XY@h:6379/0",
             "redis://default:1234#zqXY@h:6379/0",
             "redis://us/er:zq@h:6379/0",
         ] {

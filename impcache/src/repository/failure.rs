@@ -458,9 +458,9 @@ fn first_failed_command(e: RedisError) -> RedisError {
 /// A server's error reply as Redis writes it (`OOM command not allowed when ...`): the `redis`
 /// crate's own text quotes the code (`"OOM": command not ...`). A refused `AUTH`, whose reply the
 /// `redis` crate does not keep (`Password authentication failed - AuthenticationFailed`), is
-/// told in our words: also when the DSN has no password for a server that requires one (the
-/// `redis` crate reports a new connection's `NOAUTH` so), which the words first used ("refused the
-/// user name and password of the DSN") denied (found by a probe).
+/// told in our words, which also fit a DSN with no password for a server that requires one (a
+/// probe saw such a `NOAUTH` reported so from the third call on; the words first used, "refused the
+/// user name and password of the DSN", denied it).
 fn server_message(error: &redis::RedisError) -> String {
     match (error.code(), error.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
