@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// still has its userinfo hidden. Where the address is ambiguous (an `@` in a query value or a
 /// fragment) it hides too much, never too little.
 pub(crate) fn redact(dsn: &str) -> String {
-    if let Some(redacted) = redact_as_url(dsn) {
+    if let Some(redacted) = redact_as_url(dsn).or_else(|| redact_past_authority(dsn)) {
         return redacted;
     }
     // First, so that an `@` in a hidden value is not taken for the userinfo's.
@@ -79,6 +79,28 @@ fn redact_as_url(dsn: &str) -> Option<String> {
     };
     let (scheme, rest) = (&dsn[..start], &dsn[at + 1..]);
     Some(format!("{scheme}{shown}@{}", hide_query_passwords(rest)))
+}
+
+/// [`redact`] of a TCP DSN with an `@` past its authority (after the first `/`, `?` or `#`
+/// following `://`): a password holding an unencoded delimiter (`redis://u:12?ab=cd@host`, whose
+/// `12` reads as a port and `ab` as a query parameter) or a query value's `@`. Everything up to
+/// the last `@` is taken for the userinfo and hidden, too much rather than too little: the text
+/// rules hid the query's values first and showed the password's parts as a port and a
+/// parameter's name (found by a regression hunt).
+fn redact_past_authority(dsn: &str) -> Option<String> {
+    let start = dsn.find("://")? + "://".len();
+    if matches!(&dsn[..start - 3], "unix" | "redis+unix") {
+        return None;
+    }
+    let end = dsn[start..]
+        .find(['/', '?', '#'])
+        .map_or(dsn.len(), |at| start + at);
+    let at = end + dsn[end..].rfind('@')?;
+    let shown = match dsn[start..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    Some(format!("{}{shown}@{}", &dsn[..start], &dsn[at + 1..]))
 }
 
 /// `dsn` with the value of each query parameter that may hold a password
