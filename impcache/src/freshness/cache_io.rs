@@ -204,8 +204,9 @@ impl Cache {
 // --- The near cache's fail-safe copy (issue 15) for a `get_or_set` whose read failed. ---
 
 impl Cache {
-    /// Keeps a loaded value whose store failed as the near cache's fail-safe copy of `key`
-    /// (its JSON, stored for `expiry`), when fail-safe is on ([`Store::keep_unstored`](crate::near::Store::keep_unstored)).
+    /// Keeps a loaded value whose store failed as the near cache's fail-safe copy of `key` (its
+    /// JSON, stored for `expiry`), when fail-safe is on
+    /// ([`Store::keep_unstored`](crate::near::Store::keep_unstored)).
     pub(crate) fn near_keep_unstored(&self, key: &str, value: &Bytes, expiry: Expiry) {
         if let Some(near) = &self.shared.near {
             near.keep_unstored(&self.make_key(key), value, expiry.as_duration());

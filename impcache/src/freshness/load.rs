@@ -1108,9 +1108,9 @@ fn settle_failed(guard: Guard, failed: Option<Shared>, panicked: bool) {
 
 /// Stores a loaded value with the policy's expiry (`SET`, replacing a stale entry), in an
 /// envelope with its `tags` and creation time when it has tags.
-/// A value that could not be stored (the cache unreachable, timed out or refusing) is kept as the
-/// near cache's fail-safe copy of the key (when there is one; not for tags, whose state no copy can
-/// vouch for).
+/// A value that could not be stored (the cache unreachable, timed out or refusing) is kept as
+/// the near cache's fail-safe copy of the key (when there is one; not for tags, whose state no
+/// copy can vouch for).
 async fn store(job: &Job, bytes: Bytes, created: u64, tags: &Tags) {
     let stored = job
         .cache

@@ -1161,10 +1161,10 @@ impl Store {
     }
 
     /// A value this cache loaded (`get_or_set`) but could not store (Redis unreachable, timed out
-    /// or refusing the write) becomes
-    /// the fail-safe copy of `key` (a full key), vouched for as long as the stored entry would
-    /// have been kept locally (`lifetime`: the TTL it was stored with): a loader failing next,
-    /// Redis still down, is answered with it, as FusionCache's L1 keeps the last value loaded.
+    /// or refusing the write) becomes the fail-safe copy of `key` (a full key), vouched for as
+    /// long as the stored entry would have been kept locally (`lifetime`: the TTL it was stored
+    /// with): a loader failing next, Redis still down, is answered with it, as FusionCache's L1
+    /// keeps the last value loaded.
     /// The store's own write had dropped the copy read before (older than this value), and
     /// nothing took its place: every failing loader from then on got its error (found by a
     /// probe). A read from Redis once it is back drops it, as any copy ([`replied`](Store::replied)).
