@@ -350,11 +350,9 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// with its stream), so there only a declared empty body is known to be none: one client's
 /// content must never pick the answer stored for everyone.
 fn carries_content(version: Version, headers: &HeaderMap) -> bool {
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .map(|_| declared_length(headers) != Some(0));
     let framed_by_its_stream = version >= Version::HTTP_2;
-    length.unwrap_or(framed_by_its_stream) || headers.contains_key(header::TRANSFER_ENCODING)
+    declares_content(headers)
+        || (framed_by_its_stream && !headers.contains_key(header::CONTENT_LENGTH))
 }
 
 /// Whether a request declares content in its fields: a `Content-Length` other than 0, or a

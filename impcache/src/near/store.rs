@@ -1178,11 +1178,11 @@ impl Store {
         let now = Instant::now();
         let redis_expires = lifetime.and_then(|lifetime| now.checked_add(lifetime));
         let local_end = now.checked_add(self.max_ttl);
-        let vouched_until = match (redis_expires, local_end) {
-            (Some(expires), Some(end)) => expires.min(end),
-            (Some(at), None) | (None, Some(at)) => at,
-            (None, None) => now,
-        };
+        let vouched_until = [redis_expires, local_end]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now);
         fail_safe.keep(key, value, vouched_until, redis_expires);
     }
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// still has its userinfo hidden. Where the address is ambiguous (an `@` in a query value or a
 /// fragment) it hides too much, never too little.
 pub(crate) fn redact(dsn: &str) -> String {
-    if let Some(redacted) = redact_as_url(dsn).or_else(|| redact_past_authority(dsn)) {
+    if let Some(redacted) = redact_as_url(dsn) {
         return redacted;
     }
     // First, so that an `@` in a hidden value is not taken for the userinfo's.
@@ -60,47 +60,32 @@ pub(crate) fn redact(dsn: &str) -> String {
 /// authority ending at the first `/`, `?` or `#` after the scheme's `//` (where the parser ends
 /// it), so a password holding `&` or `=` is the userinfo's, not a query's (`&passw0rd=` in a
 /// password was taken for a query parameter, which swallowed the `@host`, and the password's
-/// start was shown: found by a probe). `None` for anything else, left to the text rules, and
-/// when an `@` follows the authority (`redis://:p@ss?word@h`: a password holding a delimiter,
-/// which those rules hide whole).
+/// start was shown: found by a probe). With an `@` past the authority (a TCP DSN, parsed or
+/// not): a password holding an unencoded delimiter (`redis://u:12?ab=cd@host`, whose `12` reads
+/// as a port and `ab` as a query parameter) or a query value's `@`; everything up to the last
+/// `@` is taken for the userinfo, too much rather than too little (the text rules hid the
+/// query's values first and showed the password's parts as a port and a parameter's name:
+/// found by a regression hunt). `None` for anything else, left to the text rules.
 fn redact_as_url(dsn: &str) -> Option<String> {
-    url::Url::parse(dsn).ok()?;
     let start = dsn.find("://")? + "://".len();
     let end = dsn[start..]
         .find(['/', '?', '#'])
         .map_or(dsn.len(), |at| start + at);
-    if dsn[end..].contains('@') {
-        return None;
-    }
-    let at = start + dsn[start..end].rfind('@')?;
+    let at = match dsn[end..].rfind('@') {
+        // A socket's path may hold an `@`: the text rules read it.
+        Some(_) if matches!(&dsn[..start - "://".len()], "unix" | "redis+unix") => return None,
+        Some(past) => end + past,
+        None => {
+            url::Url::parse(dsn).ok()?;
+            start + dsn[start..end].rfind('@')?
+        }
+    };
     let shown = match dsn[start..at].split_once(':') {
         Some((user, _password)) => format!("{user}:***"),
         None => "***".to_owned(),
     };
     let (scheme, rest) = (&dsn[..start], &dsn[at + 1..]);
     Some(format!("{scheme}{shown}@{}", hide_query_passwords(rest)))
-}
-
-/// [`redact`] of a TCP DSN with an `@` past its authority (after the first `/`, `?` or `#`
-/// following `://`): a password holding an unencoded delimiter (`redis://u:12?ab=cd@host`, whose
-/// `12` reads as a port and `ab` as a query parameter) or a query value's `@`. Everything up to
-/// the last `@` is taken for the userinfo and hidden, too much rather than too little: the text
-/// rules hid the query's values first and showed the password's parts as a port and a
-/// parameter's name (found by a regression hunt).
-fn redact_past_authority(dsn: &str) -> Option<String> {
-    let start = dsn.find("://")? + "://".len();
-    if matches!(&dsn[..start - 3], "unix" | "redis+unix") {
-        return None;
-    }
-    let end = dsn[start..]
-        .find(['/', '?', '#'])
-        .map_or(dsn.len(), |at| start + at);
-    let at = end + dsn[end..].rfind('@')?;
-    let shown = match dsn[start..at].split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        None => "***".to_owned(),
-    };
-    Some(format!("{}{shown}@{}", &dsn[..start], &dsn[at + 1..]))
 }
 
 /// `dsn` with the value of each query parameter that may hold a password
@@ -661,6 +646,7 @@ mod tests {
             "redis://default:1234/zqXY@h:6379/0",
             "redis://default:1234?zqXY@h:6379/0",
             "redis://default:1234?zq=XY@h:6379/0",
+            "redis://default:1234?zq=XY@h:6379/0?password=zq",
             "redis://default:1234#zqXY@h:6379/0",
             "redis://us/er:zq@h:6379/0",
         ] {
