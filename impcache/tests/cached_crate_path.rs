@@ -1,7 +1,7 @@
 //! `#[cached(crate = "...")]`: the expansion reaches the runtime through the path given, as
 //! tokio's `#[tokio::main(crate = "...")]` does (a string, or the path itself), for a crate that renamed the dependency or uses
 //! impcache through a re-export. That a path which does not resolve fails to compile (so the
-//! option is used) is `tests/ui/fail/crate_path.rs`.
+//! option is used) is `impcache-macros/tests/ui/fail/crate_path.rs`.
 //!
 //! The user's lints do not reach the expansion's paths: with `Cache` imported, a given
 //! `facade::cache` made `unused_qualifications` fire on `facade::cache::Cache` (found by a
