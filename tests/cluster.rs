@@ -157,10 +157,18 @@ async fn delete_pattern_reports_the_batches_of_every_primary() {
 /// follows `ASK`), and `delete_pattern` removes each key exactly once, wherever it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_pattern_while_a_slot_migrates() {
-    let cluster = RedisCluster::shared();
+    // A cluster of its own: a migration moves every key of its slot, and other tests' keys live
+    // there (`progress:1:k801`, of delete_pattern_reports_the_batches_of_every_primary, is in
+    // slot 7346, `{migrating}`'s), under their sweeps.
+    let cluster = &RedisCluster::start(3, 0);
+    let own = |prefix: &str| {
+        Cache::builder(repository(cluster, Duration::from_secs(5)))
+            .key_prefix(prefix)
+            .build()
+    };
     // Every key of this prefix lives in the slot of the hash tag `{migrating}`.
-    let cache = shared_cache("{migrating}");
-    let spread = shared_cache("migrating-spread");
+    let cache = own("{migrating}");
+    let spread = own("migrating-spread");
     cache
         .set_many((0..200).map(|i| (format!("k{i}"), i)), 100)
         .await
@@ -202,9 +210,12 @@ async fn delete_pattern_while_a_slot_migrates() {
 /// opened (found by a probe).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_single_key_calls_on_a_migrating_slot_all_answer() {
-    let cluster = RedisCluster::shared();
+    // A cluster of its own, as delete_pattern_while_a_slot_migrates.
+    let cluster = &RedisCluster::start(3, 0);
     // Every key of this prefix lives in the slot of the hash tag `{asking}`.
-    let cache = shared_cache("{asking}");
+    let cache = Cache::builder(repository(cluster, Duration::from_secs(5)))
+        .key_prefix("{asking}")
+        .build();
     cache.set("warm", &0, 100).await.unwrap();
     let slot = cluster.slot_of("{asking}");
     let from = cluster.primary_for("{asking}");
@@ -375,7 +386,7 @@ async fn a_killed_primary_fails_open_then_its_replica_takes_over() {
 #[tokio::test]
 async fn an_unreachable_cluster_fails_within_the_deadline() {
     // Nothing listens there: the lazy connect fails, typed, and the next call tries again.
-    let port = impcache_tests::free_port();
+    let port = impcache_tests::NOTHING_LISTENS;
     let deadline = Duration::from_millis(200);
     let cache = Cache::builder(
         RedisClusterCacheRepository::builder([format!("redis://127.0.0.1:{port}")])

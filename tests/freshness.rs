@@ -1353,7 +1353,7 @@ async fn early_refresh_reloads_a_fresh_value_in_the_background(backend: Backend)
 async fn with_the_cache_down_the_loader_answers() {
     let repository = RedisCacheRepository::builder(format!(
         "redis://127.0.0.1:{}/",
-        impcache_tests::free_port()
+        impcache_tests::NOTHING_LISTENS
     ))
     .deadline(Duration::from_millis(200))
     .build()

@@ -637,7 +637,7 @@ fn cached_calls_with_a_freshness_option_count_as_the_plain_ones() {
         let recorded = Recorded::take(&snapshotter);
         assert_eq!((calls(&recorded, "hit"), calls(&recorded, "miss")), (30, 0));
         // The cache down: bypasses.
-        let port = impcache_tests::free_port();
+        let port = impcache_tests::NOTHING_LISTENS;
         let repository = RedisCacheRepository::builder(format!("redis://127.0.0.1:{port}/0"))
             .deadline(Duration::from_millis(200))
             .build()

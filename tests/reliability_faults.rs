@@ -750,7 +750,17 @@ async fn an_early_client_error_names_its_cause_and_the_time_waited() {
 
 /// A near-cached cache (heartbeat 2 s) over `url`, active, with the usual deadline.
 async fn active_near_cache(url: &str) -> Cache {
-    let cache = Cache::builder(repository(url))
+    active_near_cache_with(url, DEADLINE).await
+}
+
+/// The same with `deadline`.
+async fn active_near_cache_with(url: &str, deadline: Duration) -> Cache {
+    let repository = RedisCacheRepository::builder(url)
+        .deadline(deadline)
+        .connect_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let cache = Cache::builder(repository)
         .key_prefix("rel")
         .near_cache(NearCache::new().heartbeat(Duration::from_secs(2)))
         .build();
@@ -771,18 +781,20 @@ async fn active_near_cache(url: &str) -> Cache {
 async fn a_near_cache_miss_on_a_slow_link_stays_within_the_deadline() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port()).await;
-    let cache = active_near_cache(&proxy.url()).await;
-    // 40 ms each way: the `GET` answers in ~80 ms, within the deadline (a loaded machine has
-    // 70 ms of room); the barrier's two `PING`s would take ~160 ms more (240 ms in all, past the
-    // bound below), never within the 70 ms left.
-    proxy.set_latency(Duration::from_millis(40));
+    // A deadline of its own, twice the usual: 100 ms each way, the `GET` answers in ~200 ms,
+    // within the deadline (100 ms of room); the barrier's two `PING`s would take ~400 ms more
+    // (600 ms in all, past the bound below), never within the 100 ms left. The bound leaves 200
+    // ms for a late timer (it left 40, and a loaded machine's timeouts ended up to 14 ms late).
+    let deadline = 2 * DEADLINE;
+    let cache = active_near_cache_with(&proxy.url(), deadline).await;
+    proxy.set_latency(Duration::from_millis(100));
     let flushes = cache.near_cache_stats().flushes;
     let mut answered = 0;
     for i in 0..20 {
         let (result, elapsed) = timed(cache.get::<i32>(&format!("miss-{i}"))).await;
         assert!(
-            elapsed <= DEADLINE + Duration::from_millis(40),
-            "a near-cached miss took {elapsed:?} (deadline {DEADLINE:?}): {result:?}"
+            elapsed <= deadline + Duration::from_millis(200),
+            "a near-cached miss took {elapsed:?} (deadline {deadline:?}): {result:?}"
         );
         answered += usize::from(result.is_ok());
         if answered == 5 {

@@ -66,7 +66,7 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
     let (first, second) = (group.primary.port(), group.replica.port());
     let deadline = Duration::from_millis(500);
     // The first Sentinel listed is down: the lookup moves on to the next one.
-    let dead_sentinel = format!("redis://127.0.0.1:{}", impcache_tests::free_port());
+    let dead_sentinel = format!("redis://127.0.0.1:{}", impcache_tests::NOTHING_LISTENS);
     let repository = RedisSentinelCacheRepository::builder(
         [dead_sentinel, group.sentinel_url()],
         SENTINEL_SERVICE,
@@ -134,7 +134,10 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
 async fn no_reachable_sentinel_is_a_typed_failure_within_the_deadline() {
     let deadline = Duration::from_millis(200);
     let repository = RedisSentinelCacheRepository::builder(
-        [format!("redis://127.0.0.1:{}", impcache_tests::free_port())],
+        [format!(
+            "redis://127.0.0.1:{}",
+            impcache_tests::NOTHING_LISTENS
+        )],
         "mymaster",
     )
     .deadline(deadline)

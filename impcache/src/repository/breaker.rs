@@ -258,7 +258,9 @@ mod tests {
     #[test]
     fn opens_after_threshold_then_probes_once_and_closes_on_success() {
         let breaker = CircuitBreaker::new(
-            Some(CircuitBreakerConfig::new(3, Duration::from_millis(30))),
+            // A cool-down long enough that no preemption of the test's thread ends it between
+            // two lines that expect it running (30 ms could).
+            Some(CircuitBreakerConfig::new(3, Duration::from_millis(300))),
             "redis",
             "redis://127.0.0.1:6379/0".to_owned(),
         );
@@ -272,7 +274,7 @@ mod tests {
         breaker.record_failure(&a, &"refused");
         assert!(breaker.is_open());
         assert_eq!(breaker.admit(), Admission::Rejected);
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(350));
         let probe = breaker.admit();
         assert_eq!(probe, Admission::Probe);
         assert_eq!(
@@ -282,7 +284,7 @@ mod tests {
         );
         breaker.record_failure(&probe, &"refused");
         assert!(breaker.is_open(), "a failed probe reopens at once");
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(350));
         assert_eq!(breaker.admit(), Admission::Probe);
         breaker.record_success();
         assert_eq!(breaker.admit(), Admission::Allowed);
