@@ -20,8 +20,12 @@ const DEADLINE: Duration = Duration::from_millis(150);
 const SLACK: Duration = Duration::from_millis(450);
 
 fn repository(url: &str) -> RedisCacheRepository {
+    repository_with(url, DEADLINE)
+}
+
+fn repository_with(url: &str, deadline: Duration) -> RedisCacheRepository {
     RedisCacheRepository::builder(url)
-        .deadline(DEADLINE)
+        .deadline(deadline)
         .connect_timeout(Duration::from_millis(100))
         .build()
         .unwrap()
@@ -755,12 +759,7 @@ async fn active_near_cache(url: &str) -> Cache {
 
 /// The same with `deadline`.
 async fn active_near_cache_with(url: &str, deadline: Duration) -> Cache {
-    let repository = RedisCacheRepository::builder(url)
-        .deadline(deadline)
-        .connect_timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let cache = Cache::builder(repository)
+    let cache = Cache::builder(repository_with(url, deadline))
         .key_prefix("rel")
         .near_cache(NearCache::new().heartbeat(Duration::from_secs(2)))
         .build();
