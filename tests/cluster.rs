@@ -37,8 +37,14 @@ fn repository(cluster: &RedisCluster, deadline: Duration) -> RedisClusterCacheRe
 
 /// A cache on the shared cluster under a prefix of its own.
 fn shared_cache(prefix: &str) -> Cache {
-    let repository = repository(RedisCluster::shared(), Duration::from_secs(5));
-    Cache::builder(repository).key_prefix(prefix).build()
+    cache_on(RedisCluster::shared(), prefix)
+}
+
+/// A cache on `cluster` under `prefix` (deadline 5 s).
+fn cache_on(cluster: &RedisCluster, prefix: &str) -> Cache {
+    Cache::builder(repository(cluster, Duration::from_secs(5)))
+        .key_prefix(prefix)
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,14 +167,9 @@ async fn delete_pattern_while_a_slot_migrates() {
     // there (`progress:1:k801`, of delete_pattern_reports_the_batches_of_every_primary, is in
     // slot 7346, `{migrating}`'s), under their sweeps.
     let cluster = &RedisCluster::start(3, 0);
-    let own = |prefix: &str| {
-        Cache::builder(repository(cluster, Duration::from_secs(5)))
-            .key_prefix(prefix)
-            .build()
-    };
     // Every key of this prefix lives in the slot of the hash tag `{migrating}`.
-    let cache = own("{migrating}");
-    let spread = own("migrating-spread");
+    let cache = cache_on(cluster, "{migrating}");
+    let spread = cache_on(cluster, "migrating-spread");
     cache
         .set_many((0..200).map(|i| (format!("k{i}"), i)), 100)
         .await
@@ -213,9 +214,7 @@ async fn concurrent_single_key_calls_on_a_migrating_slot_all_answer() {
     // A cluster of its own, as delete_pattern_while_a_slot_migrates.
     let cluster = &RedisCluster::start(3, 0);
     // Every key of this prefix lives in the slot of the hash tag `{asking}`.
-    let cache = Cache::builder(repository(cluster, Duration::from_secs(5)))
-        .key_prefix("{asking}")
-        .build();
+    let cache = cache_on(cluster, "{asking}");
     cache.set("warm", &0, 100).await.unwrap();
     let slot = cluster.slot_of("{asking}");
     let from = cluster.primary_for("{asking}");
@@ -386,10 +385,9 @@ async fn a_killed_primary_fails_open_then_its_replica_takes_over() {
 #[tokio::test]
 async fn an_unreachable_cluster_fails_within_the_deadline() {
     // Nothing listens there: the lazy connect fails, typed, and the next call tries again.
-    let port = impcache_tests::NOTHING_LISTENS;
     let deadline = Duration::from_millis(200);
     let cache = Cache::builder(
-        RedisClusterCacheRepository::builder([format!("redis://127.0.0.1:{port}")])
+        RedisClusterCacheRepository::builder([impcache_tests::NO_SERVER_URL])
             .deadline(deadline)
             .build()
             .unwrap(),
@@ -515,9 +513,7 @@ async fn multi_key_operations_take_one_round_trip_per_node() {
     let cluster = RedisCluster::start(3, 0);
     let events = NodeEvents::default();
     let _subscriber = tracing::subscriber::set_default(events.clone());
-    let cache = Cache::builder(repository(&cluster, Duration::from_secs(5)))
-        .key_prefix("trips")
-        .build();
+    let cache = cache_on(&cluster, "trips");
     let primaries = cluster.primaries();
     let nodes: BTreeSet<String> = primaries.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let reset = || {

@@ -1351,13 +1351,10 @@ async fn early_refresh_reloads_a_fresh_value_in_the_background(backend: Backend)
 /// With Redis down, the loader answers every call; nothing fails.
 #[tokio::test]
 async fn with_the_cache_down_the_loader_answers() {
-    let repository = RedisCacheRepository::builder(format!(
-        "redis://127.0.0.1:{}/",
-        impcache_tests::NOTHING_LISTENS
-    ))
-    .deadline(Duration::from_millis(200))
-    .build()
-    .unwrap();
+    let repository = RedisCacheRepository::builder(impcache_tests::NO_SERVER_URL)
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let cache = Cache::new(repository);
     let policy = Freshness::new()
         .stale_while_revalidate(MINUTE)

@@ -438,11 +438,10 @@ async fn holds(cache: &Cache, json: &str) {
 /// With Redis down, every process fails open at once: each call is answered by its loader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_every_process_fails_open() {
-    let url = format!("redis://127.0.0.1:{}/", impcache_tests::NOTHING_LISTENS);
     let processes: Vec<Cache> = (0..PROCESSES)
         .map(|_| {
             Cache::new(
-                RedisCacheRepository::builder(url.clone())
+                RedisCacheRepository::builder(impcache_tests::NO_SERVER_URL)
                     .deadline(Duration::from_millis(200))
                     .build()
                     .unwrap(),

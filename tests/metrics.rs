@@ -637,8 +637,7 @@ fn cached_calls_with_a_freshness_option_count_as_the_plain_ones() {
         let recorded = Recorded::take(&snapshotter);
         assert_eq!((calls(&recorded, "hit"), calls(&recorded, "miss")), (30, 0));
         // The cache down: bypasses.
-        let port = impcache_tests::NOTHING_LISTENS;
-        let repository = RedisCacheRepository::builder(format!("redis://127.0.0.1:{port}/0"))
+        let repository = RedisCacheRepository::builder(impcache_tests::NO_SERVER_URL)
             .deadline(Duration::from_millis(200))
             .build()
             .unwrap();
@@ -783,10 +782,11 @@ async fn profile(cache: &Cache, email: String) -> String {
 /// call, a `get_or_set` and a `try_get_or_set` keyed by an e-mail address.
 fn logs_of_an_outage(record_keys: bool) -> String {
     let logs = logged(tracing::Level::TRACE, async {
-        // Nothing listens on port 1: every operation fails at once.
-        let cache = Cache::builder(RedisCacheRepository::new("redis://127.0.0.1:1/0").unwrap())
-            .record_keys(record_keys)
-            .build();
+        // A server that is down: every operation fails at once.
+        let cache =
+            Cache::builder(RedisCacheRepository::new(impcache_tests::NO_SERVER_URL).unwrap())
+                .record_keys(record_keys)
+                .build();
         let email = "alice@example.com".to_owned();
         assert_eq!(
             profile(&cache, email.clone()).await,
@@ -1081,9 +1081,9 @@ fn every_warning_of_a_cached_call_has_target_impcache_cached() {
         r#"operation="tags" error=invalid_tag"#,
     ];
     let logs = logged_with_all(&expected, || async {
-        // Nothing listens on port 1: every operation fails at once (and keeps failing so: no
+        // A server that is down: every operation fails at once (and keeps failing so: no
         // breaker, whose opening is a warning of its own).
-        let down = RedisCacheRepository::builder("redis://127.0.0.1:1/0")
+        let down = RedisCacheRepository::builder(impcache_tests::NO_SERVER_URL)
             .without_circuit_breaker()
             .build()
             .unwrap();

@@ -66,7 +66,7 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
     let (first, second) = (group.primary.port(), group.replica.port());
     let deadline = Duration::from_millis(500);
     // The first Sentinel listed is down: the lookup moves on to the next one.
-    let dead_sentinel = format!("redis://127.0.0.1:{}", impcache_tests::NOTHING_LISTENS);
+    let dead_sentinel = impcache_tests::NO_SERVER_URL.to_owned();
     let repository = RedisSentinelCacheRepository::builder(
         [dead_sentinel, group.sentinel_url()],
         SENTINEL_SERVICE,
@@ -133,16 +133,11 @@ async fn follows_a_forced_failover_and_a_crashed_primary() {
 #[tokio::test]
 async fn no_reachable_sentinel_is_a_typed_failure_within_the_deadline() {
     let deadline = Duration::from_millis(200);
-    let repository = RedisSentinelCacheRepository::builder(
-        [format!(
-            "redis://127.0.0.1:{}",
-            impcache_tests::NOTHING_LISTENS
-        )],
-        "mymaster",
-    )
-    .deadline(deadline)
-    .build()
-    .unwrap();
+    let repository =
+        RedisSentinelCacheRepository::builder([impcache_tests::NO_SERVER_URL], "mymaster")
+            .deadline(deadline)
+            .build()
+            .unwrap();
     let cache = Cache::builder(repository).build();
     for _ in 0..3 {
         let started = Instant::now();

@@ -181,10 +181,10 @@ pub fn redis_server_bin() -> String {
     std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned())
 }
 
-/// A loopback port nothing listens on, for a server that is down: 1 (`tcpmux`, privileged, never
-/// bound by a test), where a connection is refused at once. A port from [`free_port`] is free
-/// only until the next server a test starts meanwhile takes it.
-pub const NOTHING_LISTENS: u16 = 1;
+/// The address of a server that is down: loopback port 1 (`tcpmux`, privileged, never bound by a
+/// test), where a connection is refused at once. A port from [`free_port`] is free only until
+/// the next server a test starts meanwhile takes it.
+pub const NO_SERVER_URL: &str = "redis://127.0.0.1:1";
 
 /// A free loopback TCP port (racy by nature: the caller retries when the bind fails).
 pub fn free_port() -> u16 {
