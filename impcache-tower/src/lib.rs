@@ -108,7 +108,7 @@
 //! Entries are a compact binary framing (see the `entry` module source) stored with
 //! [`Cache::set_raw`](impcache::Cache::set_raw): the body is stored as is, plus about 20 bytes and
 //! the headers. Bump the cache's version to drop every entry at once.
-#![deny(missing_docs)]
+#![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
 mod ahead;

@@ -84,7 +84,7 @@
 //! | `tls` | no | `rediss://` through rustls, certificates verified |
 //! | `cluster` | no | `RedisClusterCacheRepository` (Redis Cluster) |
 //! | `sentinel` | no | `RedisSentinelCacheRepository` (the primary found through Sentinel) |
-#![deny(missing_docs)]
+#![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 // On docs.rs (nightly), items behind a feature show which one.
 #![cfg_attr(docsrs, feature(doc_cfg))]
