@@ -512,6 +512,7 @@ fn pipelines(events: &[NodeEvent]) -> Vec<(String, u64)> {
 async fn multi_key_operations_take_one_round_trip_per_node() {
     let cluster = RedisCluster::start(3, 0);
     let events = NodeEvents::default();
+    impcache_tests::logs::keep_callsites_interested();
     let _subscriber = tracing::subscriber::set_default(events.clone());
     let cache = cache_on(&cluster, "trips");
     let primaries = cluster.primaries();
@@ -592,6 +593,7 @@ async fn multi_key_operations_take_one_round_trip_per_node() {
 async fn a_stale_slot_map_falls_back_then_is_relearned() {
     let cluster = RedisCluster::start(3, 0);
     let events = NodeEvents::default();
+    impcache_tests::logs::keep_callsites_interested();
     let _subscriber = tracing::subscriber::set_default(events.clone());
     let cache = Cache::builder(repository(&cluster, Duration::from_secs(5))).build();
     // 20 keys in the slot of `{moving}`, 100 spread over every node.

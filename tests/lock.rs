@@ -914,6 +914,10 @@ fn a_waiter_over_a_value_of_another_type_warns_once_not_at_each_poll() {
         .with_max_level(tracing::Level::WARN)
         .with_ansi(false)
         .finish();
+    // The binary's global subscriber first: a call site first reached by a sibling test's thread
+    // with none would be cached as uninterested for every thread, this one's included
+    // (`impcache_tests::logs::keep_callsites_interested`).
+    debug_logs();
     let _subscriber = tracing::subscriber::set_default(subscriber);
     let warned = || {
         logs.text()

@@ -200,6 +200,7 @@ fn logged(level: tracing::Level, body: impl std::future::Future<Output = ()>) ->
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(move || writer.clone())
         .finish();
+    impcache_tests::logs::keep_callsites_interested();
     tracing::subscriber::with_default(subscriber, || {
         // Interest computed with this subscriber in place: another test's subscriber, made or
         // dropped alongside, may have left a callsite switched off (tracing's interest and max
@@ -662,6 +663,7 @@ fn cached_hits_and_misses_are_trace_events_of_target_impcache_cached() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    impcache_tests::logs::keep_callsites_interested();
     tracing::subscriber::with_default(subscriber, || {
         current_thread_runtime().block_on(async {
             let cache = Cache::builder(MemoryCacheRepository::new())
@@ -979,6 +981,7 @@ fn the_tier_is_never_recorded_on_a_users_span() {
                     .with_default(tracing::Level::DEBUG),
             ),
     );
+    impcache_tests::logs::keep_callsites_interested();
     tracing::subscriber::with_default(subscriber, || {
         current_thread_runtime().block_on(async {
             let cache = near_cached(&server);

@@ -453,6 +453,7 @@ async fn before_redis_7_set_nx_falls_back_to_a_get_after_one_refusal() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    impcache_tests::logs::keep_callsites_interested();
     let _logging = tracing::subscriber::set_default(subscriber);
     let server = OldServer::start().await;
     let repository = RedisCacheRepository::builder(server.url())

@@ -858,6 +858,7 @@ async fn a_paused_test_clock_is_named_when_redis_calls_time_out() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    impcache_tests::logs::keep_callsites_interested();
     let _logging = tracing::subscriber::set_default(subscriber);
     let server = RedisServer::start();
     let cache = Cache::new(RedisCacheRepository::new(server.url().as_str()).unwrap());

@@ -1117,6 +1117,7 @@ async fn a_failed_read_of_tag_states_names_the_operation_and_the_entry() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    impcache_tests::logs::keep_callsites_interested();
     let logging = tracing::subscriber::set_default(subscriber);
     repository.freeze_at_get_many(0);
     let value: i32 = cache

@@ -2313,6 +2313,7 @@ mod out_of_range_settings {
             .with_writer(move || writer.clone())
             .finish();
         let second = Duration::from_secs(1);
+        impcache_tests::logs::keep_callsites_interested();
         tracing::subscriber::with_default(subscriber, || {
             for (lifetime, hard_timeout) in [(1, 2), (3, 10), (5, 2)] {
                 let layer = CacheLayer::new(Cache::new(MemoryCacheRepository::new()))

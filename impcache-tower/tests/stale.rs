@@ -830,6 +830,7 @@ async fn the_calls_a_client_waits_for_run_in_its_requests_span() {
         .with_max_level(tracing::Level::TRACE)
         .finish();
     // This thread's: a current-thread runtime runs every task on it.
+    impcache_tests::logs::keep_callsites_interested();
     let _default = tracing::subscriber::set_default(subscriber);
     let spans = Spans::default();
     let handler = tower::service_fn({
