@@ -94,7 +94,11 @@ async fn restart_with_k_2(server: &mut RedisServer, cache: &Cache, served: &str)
 
 /// A near cache on `server`, active, with `k` = 1 set and served from process memory.
 async fn local_k(server: &RedisServer) -> Cache {
-    let cache = near_cache(server, near());
+    local_k_with(server, near()).await
+}
+
+async fn local_k_with(server: &RedisServer, near: NearCache) -> Cache {
+    let cache = near_cache(server, near);
     wait_active(&cache).await;
     cache.set("k", &1, 60).await.unwrap();
     wait_local(&cache, "k").await;
@@ -323,7 +327,10 @@ fn tracking_client_id(server: &RedisServer) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_tracking_connection_never_leaves_a_stale_value() {
     let server = RedisServer::start();
-    let cache = local_k(&server).await;
+    // A heartbeat of 1 s, not 100 ms: the loss is read from the connection's end at once, and a
+    // heartbeat `PING` that a loaded machine answers later than the heartbeat would be a second
+    // flush, against the count below.
+    let cache = local_k_with(&server, NearCache::new().heartbeat(Duration::from_secs(1))).await;
     let mut other = other_client(&server).await;
     let key = cache.make_key("k");
 
@@ -1588,7 +1595,10 @@ async fn a_killed_sentinel_primary_is_one_flush_and_one_subscription() {
 
     let mut group = SentinelGroup::start();
     let promoted = format!(":{}", group.replica.port());
-    let (repository, cache) = sentinel_near_cache(&group, "killed", near()).await;
+    // A heartbeat of 500 ms, not 100 ms: a `PING` that a loaded machine answers later than the
+    // heartbeat would be a flush more, against the count below.
+    let near = NearCache::new().heartbeat(Duration::from_millis(500));
+    let (repository, cache) = sentinel_near_cache(&group, "killed", near).await;
     cache.set("k", &1, 600).await.unwrap();
     group.primary.wait_replicated();
     let flushes = cache.near_cache_stats().flushes;
@@ -1608,7 +1618,7 @@ async fn a_killed_sentinel_primary_is_one_flush_and_one_subscription() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A few heartbeats more.
-    for _ in 0..50 {
+    for _ in 0..150 {
         let _ = cache.get::<i64>("k").await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
