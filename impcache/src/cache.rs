@@ -25,7 +25,7 @@ use crate::observe::{CacheStats, Counters};
 use crate::progress::{trace_progress, DeleteProgress};
 use crate::repository::backend::Backend;
 use crate::repository::{CacheRepository, SetNxOrGet};
-use crate::tags::{self, envelope, StateKeys, TagInvalidation, Tags, Verdict};
+use crate::tags::{self, envelope, TagInvalidation, Tags, Verdict};
 
 /// Runs `$body`, the future of one operation's work (`Result<(T, Tally)>`), observed: inside the
 /// operation's span, then counted in the stats and the metrics; evaluates to `Result<T>`. A
@@ -500,7 +500,8 @@ impl Cache {
     }
 
     fn key_batch(&self, count: usize) -> KeyBatch {
-        KeyBatch::with_capacity(&self.shared.key_prefix, self.version.as_str(), count)
+        let each = self.shared.key_prefix.len() + self.version.as_str().len() + 24;
+        KeyBatch::with_capacity(count.saturating_mul(each), count)
     }
 
     /// The full keys of `keys`, each checked, in one buffer.
@@ -1158,7 +1159,7 @@ impl Cache {
                 self.shared.invalidations_sent.record(kind, stamp);
             }
             let now = Bytes::from(stamp.to_string());
-            let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
+            let keys = tags::state_keys(self.key_prefix(), tags.as_slice());
             let keys = keys.keys();
             self.shared
                 .backend
@@ -1241,7 +1242,7 @@ impl Cache {
     ) -> Result<(Option<Bytes>, Vec<Option<Bytes>>)> {
         observed!(self, Operation::Get, Some(key), async {
             self.check_key(key)?;
-            let keys = StateKeys::new(self.key_prefix(), tags);
+            let keys = tags::state_keys(self.key_prefix(), tags);
             let (found, states) = self
                 .shared
                 .backend
@@ -1282,7 +1283,7 @@ impl Cache {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = StateKeys::new(self.key_prefix(), tags);
+        let keys = tags::state_keys(self.key_prefix(), tags);
         self.shared.backend.get_tag_states(&keys.keys()).await
     }
 

@@ -35,10 +35,13 @@ pub struct Version {
 /// `impcache-macros/src/plan.rs`: keep the two equal).
 pub(crate) const LOCK_KEY_PART: &str = "__lock:";
 
+/// The reserved key part of tag state keys (`{prefix}:__impcache_tag:{tag}`: `tags`).
+pub(crate) const TAG_KEY_PART: &str = "__impcache_tag:";
+
 /// Whether a segment of a key (between `:`s) is the tags' state space, `__impcache_tag`: a
 /// prefix or a version holding one makes keys of some cache's tag state.
 fn is_tag_space(segment: &str) -> bool {
-    segment == crate::tags::TAG_KEY_PART.trim_end_matches(':')
+    segment == TAG_KEY_PART.trim_end_matches(':')
 }
 
 /// Whether a key prefix makes keys of another cache's tag state: with a `__impcache_tag`
@@ -182,24 +185,30 @@ impl FullKey {
     }
 }
 
-/// The full keys of a batch in one buffer: a handful of allocations however many keys.
+/// Keys in one buffer: a handful of allocations however many keys (a batch's full keys, the
+/// state keys of a call's tags, built on every tagged read: `tags::state_keys`).
 pub(crate) struct KeyBatch {
     buffer: String,
     ends: Vec<usize>,
 }
 
 impl KeyBatch {
-    /// Room for about `count` keys.
-    pub(crate) fn with_capacity(prefix: &str, version: &str, count: usize) -> KeyBatch {
+    /// Room for `count` keys of `bytes` bytes in all.
+    pub(crate) fn with_capacity(bytes: usize, count: usize) -> KeyBatch {
         KeyBatch {
-            buffer: String::with_capacity(count.saturating_mul(prefix.len() + version.len() + 24)),
+            buffer: String::with_capacity(bytes),
             ends: Vec::with_capacity(count),
         }
     }
 
     /// Appends `{prefix}:{version}:{key}`.
     pub(crate) fn push(&mut self, prefix: &str, version: &str, key: &str) {
-        for part in [prefix, ":", version, ":", key] {
+        self.push_parts([prefix, ":", version, ":", key]);
+    }
+
+    /// Appends the key made of `parts`, in order.
+    pub(crate) fn push_parts<const N: usize>(&mut self, parts: [&str; N]) {
+        for part in parts {
             self.buffer.push_str(part);
         }
         self.ends.push(self.buffer.len());
@@ -211,7 +220,7 @@ impl KeyBatch {
         self.ends
             .iter()
             .map(|&end| {
-                // Each end is the length after a whole `push`: always a char boundary.
+                // Each end is the length after a whole key: always a char boundary.
                 let key = self.buffer.get(start..end).unwrap_or_default();
                 start = end;
                 key
@@ -335,7 +344,7 @@ mod tests {
 
     #[test]
     fn batches_hold_each_key_whole() {
-        let mut batch = KeyBatch::with_capacity("p", "2", 1);
+        let mut batch = KeyBatch::with_capacity(8, 1);
         for key in ["a", "", "ü:ß", "long key with spaces"] {
             batch.push("p", "2", key);
         }

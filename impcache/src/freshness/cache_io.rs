@@ -19,7 +19,7 @@ use crate::observe::metrics::{Operation, Tally};
 use crate::observe::polling;
 use crate::observe::Observation;
 use crate::repository::WithTtl;
-use crate::tags::{self, envelope, StateKeys, Tags, Verdict};
+use crate::tags::{self, envelope, Tags, Verdict};
 
 // --- Freshness (issue 15): get_or_set, and what its machinery (`crate::freshness`) reads and
 // writes through. ---
@@ -303,7 +303,7 @@ impl Cache {
             }
             Err(slot) => slot,
         };
-        let keys = StateKeys::new(self.key_prefix(), tags.as_slice());
+        let keys = tags::state_keys(self.key_prefix(), tags.as_slice());
         let (found, states) = backend
             .get_with_tags(parts, &keys.keys(), policy.needs_ttl())
             .await

@@ -43,11 +43,11 @@ use super::watch::{Watch, Watches};
 use super::weight;
 use super::{NearCache, NearCacheStats, NearCacheStatus};
 use crate::freshness::Freshness;
-use crate::key::LocalKeyHasher;
+use crate::key::{LocalKeyHasher, TAG_KEY_PART};
 use crate::observe::hooks::{near_lookups, Tier};
 use crate::observe::StripedCounter;
 use crate::repository::WithTtl;
-use crate::tags::{self, envelope, Tags, TAG_KEY_PART};
+use crate::tags::{self, envelope, Tags};
 
 /// The longest a read waits for an own write of its key still in flight
 /// ([`Store::after_own_write`]): a write on a healthy connection returns well within it (a

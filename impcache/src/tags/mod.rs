@@ -95,9 +95,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::error::{shown, shown_many};
-
-/// The reserved key part of tag state keys.
-pub(crate) const TAG_KEY_PART: &str = "__impcache_tag:";
+use crate::key::KeyBatch;
+pub(crate) use crate::key::TAG_KEY_PART;
 
 /// The tags of one call (`get_or_set(..).tags(..)`, `#[cached(tags = ..)]`). A plain list, not
 /// a shared one: a hit builds it and drops it, and only a miss (its job) or a near cache's
@@ -228,40 +227,16 @@ impl TagInvalidation {
     }
 }
 
-/// The state keys of some tags, in order (`{prefix}:__impcache_tag:{tag}`: no version, see the
+/// The state keys of `tags`, in order (`{prefix}:__impcache_tag:{tag}`: no version, see the
 /// module docs): in one buffer, since a tagged read builds them on every call.
-pub(crate) struct StateKeys {
-    buffer: String,
-    ends: Vec<usize>,
-}
-
-impl StateKeys {
-    pub(crate) fn new<T: AsRef<str>>(prefix: &str, tags: &[T]) -> StateKeys {
-        let fixed = prefix.len() + TAG_KEY_PART.len() + 1;
-        let size: usize = tags.iter().map(|tag| fixed + tag.as_ref().len()).sum();
-        let mut buffer = String::with_capacity(size);
-        let mut ends = Vec::with_capacity(tags.len());
-        for tag in tags {
-            for part in [prefix, ":", TAG_KEY_PART, tag.as_ref()] {
-                buffer.push_str(part);
-            }
-            ends.push(buffer.len());
-        }
-        StateKeys { buffer, ends }
+pub(crate) fn state_keys<T: AsRef<str>>(prefix: &str, tags: &[T]) -> KeyBatch {
+    let fixed = prefix.len() + TAG_KEY_PART.len() + 1;
+    let size: usize = tags.iter().map(|tag| fixed + tag.as_ref().len()).sum();
+    let mut keys = KeyBatch::with_capacity(size, tags.len());
+    for tag in tags {
+        keys.push_parts([prefix, ":", TAG_KEY_PART, tag.as_ref()]);
     }
-
-    /// The keys, in order.
-    pub(crate) fn keys(&self) -> Vec<&str> {
-        let mut start = 0;
-        self.ends
-            .iter()
-            .map(|&end| {
-                let key = self.buffer.get(start..end).unwrap_or_default();
-                start = end;
-                key
-            })
-            .collect()
-    }
+    keys
 }
 
 /// The tag an invalidation's error is about, for its message: `subject`, the state key the
@@ -269,7 +244,7 @@ impl StateKeys {
 /// `… and 2 more`), with that key replaced by its tag of `tags`; all of `tags` when it names
 /// none of their keys (a user repository's own error).
 pub(crate) fn failed_tags(prefix: &str, tags: &[String], subject: &str) -> String {
-    let keys = StateKeys::new(prefix, tags);
+    let keys = state_keys(prefix, tags);
     for (tag, key) in tags.iter().zip(keys.keys()) {
         let Some(rest) = subject.strip_prefix(shown(key).as_str()) else {
             continue;
@@ -560,7 +535,7 @@ mod tests {
         // A subject naming none of the state keys: all the tags.
         assert_eq!(failed("somewhere else"), "user:4 and 1 more");
         let long = ["t".repeat(300)];
-        let key = StateKeys::new("p", &long).keys().concat();
+        let key = state_keys("p", &long).keys().concat();
         assert_eq!(failed_tags("p", &long, &shown(&key)), shown(&long[0]));
     }
 
@@ -584,7 +559,7 @@ mod tests {
         assert_eq!(tags.as_slice(), ["a", "b"]);
         let owned = ["b", "a", "b", "c", "a"].map(str::to_owned);
         assert_eq!(Tags::from_owned(owned.to_vec()).as_slice(), ["b", "a", "c"]);
-        let keys = StateKeys::new("p", tags.as_slice());
+        let keys = state_keys("p", tags.as_slice());
         assert_eq!(keys.keys(), ["p:__impcache_tag:a", "p:__impcache_tag:b"]);
         assert!(Tags::new(Vec::<String>::new()).is_empty());
     }
