@@ -2313,7 +2313,11 @@ mod out_of_range_settings {
             .with_writer(move || writer.clone())
             .finish();
         let second = Duration::from_secs(1);
-        impcache_tests::logs::keep_callsites_interested();
+        // A global subscriber that records nothing first, so that a call site a sibling test's
+        // thread reached first with none is not cached as uninterested for this thread too
+        // (`impcache_tests::logs::keep_callsites_interested`, which this published test cannot
+        // use). Refused if already installed, which serves as well.
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
         tracing::subscriber::with_default(subscriber, || {
             for (lifetime, hard_timeout) in [(1, 2), (3, 10), (5, 2)] {
                 let layer = CacheLayer::new(Cache::new(MemoryCacheRepository::new()))
