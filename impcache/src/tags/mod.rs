@@ -95,8 +95,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::error::{shown, shown_many};
-use crate::key::KeyBatch;
-pub(crate) use crate::key::TAG_KEY_PART;
+use crate::key::{KeyBatch, TAG_KEY_PART};
 
 /// The tags of one call (`get_or_set(..).tags(..)`, `#[cached(tags = ..)]`). A plain list, not
 /// a shared one: a hit builds it and drops it, and only a miss (its job) or a near cache's
